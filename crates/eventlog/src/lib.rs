@@ -1,1 +1,61 @@
-//! placeholder
+//! Airlock's event log on NATS JetStream: the source of truth every other
+//! component folds.
+//!
+//! Owns: the stream's setup (file storage, deletes and purges denied, a
+//! duplicate window), appends (deduplicated by event id, optimistic
+//! concurrency per subject, acknowledged before returning), reads from a
+//! sequence and live tails (ordered consumers), subject names, ids, and the
+//! per-subject hash chains and their check.
+//!
+//! Does not own: what events mean. Folding them into state is the control
+//! plane's job; deciding what to append is the caller's.
+
+mod chain;
+mod error;
+pub mod ids;
+mod log;
+pub mod subjects;
+
+pub use airlock_proto::v1 as proto;
+pub use chain::{ChainError, ChainHead, ChainSummary, hash, verify_chain};
+pub use error::Error;
+pub use ids::{EventId, InvalidId, ProxyId, RequestId, SessionId};
+pub use log::{
+    Appended, ChainWriter, EVENT_KIND, EventLog, Expect, MAX_EVENT_BYTES, NatsSettings, ReadFilter,
+    StoredEvent, TRACEPARENT, TRACESTATE, link,
+};
+
+use proto::event::Body;
+
+/// The name of an event's body, as in the proto (`approval_requested`, ...).
+/// Also the `Airlock-Event` header, for filtering without decoding.
+pub fn body_kind(body: &Body) -> &'static str {
+    match body {
+        Body::SessionOpened(_) => "session_opened",
+        Body::StatementExecuted(_) => "statement_executed",
+        Body::StatementRefused(_) => "statement_refused",
+        Body::ApprovalRequested(_) => "approval_requested",
+        Body::ApprovalVoted(_) => "approval_voted",
+        Body::ApprovalGranted(_) => "approval_granted",
+        Body::ApprovalDenied(_) => "approval_denied",
+        Body::ApprovalExpired(_) => "approval_expired",
+        Body::ApprovalCancelled(_) => "approval_cancelled",
+        Body::SessionKillRequested(_) => "session_kill_requested",
+        Body::SessionClosed(_) => "session_closed",
+        Body::PolicyLoaded(_) => "policy_loaded",
+        Body::Checkpoint(_) => "checkpoint",
+    }
+}
+
+/// A new event: fresh ULID id, the current time, `source` and `body`. The
+/// caller sets session/request ids and trace context; the log sets the link.
+pub fn new_event(source: &proto::Source, body: Body) -> proto::Event {
+    let now = std::time::SystemTime::now();
+    proto::Event {
+        id: EventId::generate().to_string(),
+        time: Some(prost_types::Timestamp::from(now)),
+        source: Some(source.clone()),
+        body: Some(body),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,704 @@
+//! The JetStream client: ensure the stream, append (dedup by event id,
+//! optimistic concurrency per subject, chained), read from a sequence, tail.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, context, stream};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message as _;
+use serde::Deserialize;
+
+use airlock_proto::v1::Event;
+
+use crate::chain::{ChainHead, hash};
+use crate::error::Error;
+use crate::subjects;
+
+/// Header carrying the W3C trace context of the operation that wrote an event.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+/// Header naming the event's body kind, so tools can filter without decoding.
+pub const EVENT_KIND: &str = "Airlock-Event";
+
+/// The `nats:` section of airlock.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// `nats://host:port` (several, comma separated, for a cluster).
+    pub url: String,
+    /// Stream name.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Stream replicas: 1 locally, 3 in a cluster.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long JetStream remembers event ids to drop duplicates. Must exceed
+    /// the longest time an append is retried.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long one append keeps retrying (same event id) before giving up.
+    #[serde(default = "default_append_timeout", with = "humantime_serde")]
+    pub append_timeout: Duration,
+    /// NATS credentials file (JWT + nkey), if the server requires one.
+    #[serde(default)]
+    pub credentials: Option<std::path::PathBuf>,
+    /// Name this client shows in the server's connection list.
+    #[serde(default)]
+    pub client_name: Option<String>,
+}
+
+fn default_stream() -> String {
+    subjects::DEFAULT_STREAM.to_owned()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_append_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl NatsSettings {
+    pub fn new(url: impl Into<String>) -> NatsSettings {
+        NatsSettings {
+            url: url.into(),
+            stream: default_stream(),
+            replicas: default_replicas(),
+            duplicate_window: default_duplicate_window(),
+            append_timeout: default_append_timeout(),
+            credentials: None,
+            client_name: None,
+        }
+    }
+}
+
+/// The largest event accepted (protobuf bytes). Statements are capped well
+/// below this by the proxy; the rest is headroom for parameters.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// What an append expects of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Append regardless of what is on the subject.
+    Anything,
+    /// The subject's last event must be at this stream sequence (0: the
+    /// subject must have no events). Sent as
+    /// `Nats-Expected-Last-Subject-Sequence`.
+    LastSequence(u64),
+}
+
+/// An acknowledged append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Stream sequence of the stored event.
+    pub sequence: u64,
+    /// True when JetStream had already stored this event id: nothing new was
+    /// written and `sequence` is the original's.
+    pub duplicate: bool,
+    /// The new head of the subject's chain.
+    pub head: ChainHead,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Stream sequence.
+    pub sequence: u64,
+    pub subject: String,
+    /// When JetStream stored it.
+    pub stored_at: time::OffsetDateTime,
+    /// The exact stored bytes (what the hash chain covers).
+    pub raw: Bytes,
+    pub event: Event,
+}
+
+impl StoredEvent {
+    fn decode(
+        sequence: u64,
+        subject: &str,
+        stored_at: time::OffsetDateTime,
+        raw: Bytes,
+    ) -> Result<Self, Error> {
+        let event = Event::decode(raw.clone()).map_err(|e| Error::Corrupt {
+            sequence,
+            subject: subject.to_owned(),
+            detail: e.to_string(),
+        })?;
+        Ok(StoredEvent {
+            sequence,
+            subject: subject.to_owned(),
+            stored_at,
+            raw,
+            event,
+        })
+    }
+}
+
+/// Which events a read delivers.
+#[derive(Debug, Clone, Default)]
+pub struct ReadFilter {
+    /// Subjects (wildcards allowed); empty means the whole stream.
+    pub subjects: Vec<String>,
+}
+
+impl ReadFilter {
+    pub fn all() -> ReadFilter {
+        ReadFilter::default()
+    }
+
+    pub fn subject(subject: impl Into<String>) -> ReadFilter {
+        ReadFilter {
+            subjects: vec![subject.into()],
+        }
+    }
+}
+
+/// A handle on the event log. Cheap to clone; share one per process.
+#[derive(Clone, Debug)]
+pub struct EventLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: NatsSettings,
+}
+
+impl EventLog {
+    /// Connects to NATS. Does not touch the stream: call
+    /// [`EventLog::ensure_stream`] (writers) or rely on it existing (readers).
+    pub async fn connect(settings: NatsSettings) -> Result<EventLog, Error> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(
+                settings
+                    .client_name
+                    .clone()
+                    .unwrap_or_else(|| "airlock".to_owned()),
+            )
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(path) = &settings.credentials {
+            options = options.credentials_file(path).await.map_err(|e| Error::Stream {
+                stream: settings.stream.clone(),
+                detail: format!("reading NATS credentials {}: {e}", path.display()),
+            })?;
+        }
+        let client = options
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|source| Error::Connect {
+                url: settings.url.clone(),
+                source,
+            })?;
+        let js = context::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client.clone());
+        Ok(EventLog { client, js, settings })
+    }
+
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.settings.stream.clone(),
+            description: Some("Airlock event log: append-only, source of truth".to_owned()),
+            subjects: vec![subjects::ALL.to_owned()],
+            storage: stream::StorageType::File,
+            num_replicas: self.settings.replicas,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: self.settings.duplicate_window,
+            deny_delete: true,
+            deny_purge: true,
+            allow_rollup: false,
+            allow_direct: true,
+            max_message_size: (MAX_EVENT_BYTES + 4096) as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the stream if it does not exist; checks it if it does. Never
+    /// loosens an existing stream: one that allows deletes or purges, or
+    /// takes other subjects, is an error for an operator to fix.
+    pub async fn ensure_stream(&self) -> Result<(), Error> {
+        let name = &self.settings.stream;
+        let wanted = self.stream_config();
+        let mut existing = self
+            .js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| Error::Stream {
+                stream: name.clone(),
+                detail: e.to_string(),
+            })?;
+        let info = existing.info().await.map_err(|e| Error::Stream {
+            stream: name.clone(),
+            detail: e.to_string(),
+        })?;
+        let have = &info.config;
+        let mut problems = Vec::new();
+        if !have.deny_delete {
+            problems.push("deletes are allowed (deny_delete is false)");
+        }
+        if !have.deny_purge {
+            problems.push("purges are allowed (deny_purge is false)");
+        }
+        if have.allow_rollup {
+            problems.push("roll-ups are allowed");
+        }
+        if have.subjects != wanted.subjects {
+            problems.push("its subjects are not exactly airlock.v1.>");
+        }
+        if have.storage != stream::StorageType::File {
+            problems.push("it is not file-backed");
+        }
+        if have.max_messages > 0 || have.max_bytes > 0 || have.max_age > Duration::ZERO {
+            problems.push("it has limits that would drop old events (max_msgs, max_bytes or max_age)");
+        }
+        if !problems.is_empty() {
+            return Err(Error::StreamMisconfigured {
+                stream: name.clone(),
+                detail: format!(
+                    "{}; Airlock will not write to a log that can lose events. Fix the stream \
+                     (nats stream edit {name}) or point nats.stream at a new one",
+                    problems.join(", ")
+                ),
+            });
+        }
+        if have.num_replicas != wanted.num_replicas {
+            tracing::warn!(
+                stream = %name,
+                have = have.num_replicas,
+                want = wanted.num_replicas,
+                "stream replica count differs from nats.replicas; leaving it as it is"
+            );
+        }
+        Ok(())
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<()>, Error> {
+        self.js
+            .get_stream_no_info(&self.settings.stream)
+            .await
+            .map_err(|e| Error::Stream {
+                stream: self.settings.stream.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Appends `event`, exactly as given, to `subject`.
+    ///
+    /// Returns only after JetStream acknowledged the write. Timeouts and lost
+    /// connections are retried with the same bytes and the same
+    /// `Nats-Msg-Id` (the event id) until `append_timeout`, so the event is
+    /// stored at most once. A stale `expect` is [`Error::Conflict`].
+    ///
+    /// Cancel safety: if this future is dropped, the event may or may not
+    /// have been stored; appending the same event again is safe.
+    pub async fn append(&self, subject: &str, event: &Event, expect: Expect) -> Result<Appended, Error> {
+        if event.id.is_empty() {
+            return Err(Error::InvalidEvent("the event has no id".to_owned()));
+        }
+        if event.body.is_none() {
+            return Err(Error::InvalidEvent(format!("event {} has no body", event.id)));
+        }
+        let raw = Bytes::from(event.encode_to_vec());
+        if raw.len() > MAX_EVENT_BYTES {
+            return Err(Error::InvalidEvent(format!(
+                "event {} is {} bytes, over the {MAX_EVENT_BYTES}-byte limit",
+                event.id,
+                raw.len()
+            )));
+        }
+        let headers = headers_for(event, expect);
+        let started = Instant::now();
+        let deadline = started + self.settings.append_timeout;
+        let mut attempts = 0u32;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            attempts += 1;
+            let last = match self.publish_once(subject, headers.clone(), raw.clone()).await {
+                Ok(ack) => {
+                    return Ok(Appended {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                        head: ChainHead {
+                            sequence: ack.sequence,
+                            hash: hash(&raw).to_vec(),
+                            index: event.chain_index,
+                        },
+                    });
+                }
+                Err(e) => match e.kind() {
+                    context::PublishErrorKind::WrongLastSequence => {
+                        // JetStream checks the expected sequence before the
+                        // duplicate window, so a retry of an append that was
+                        // stored (ack lost) lands here. If the first event
+                        // after the expected sequence is this one, it is ours.
+                        if let Expect::LastSequence(expected) = expect
+                            && let Some(stored) = self.stored_after(subject, expected, &event.id).await
+                        {
+                            return Ok(Appended {
+                                sequence: stored,
+                                duplicate: true,
+                                head: ChainHead {
+                                    sequence: stored,
+                                    hash: hash(&raw).to_vec(),
+                                    index: event.chain_index,
+                                },
+                            });
+                        }
+                        return Err(Error::Conflict {
+                            subject: subject.to_owned(),
+                            expected: match expect {
+                                Expect::LastSequence(s) => s,
+                                Expect::Anything => 0,
+                            },
+                            detail: e.to_string(),
+                        });
+                    }
+                    context::PublishErrorKind::MaxPayloadExceeded
+                    | context::PublishErrorKind::WrongLastMessageId => {
+                        return Err(Error::Rejected {
+                            subject: subject.to_owned(),
+                            detail: e.to_string(),
+                        });
+                    }
+                    context::PublishErrorKind::Other if is_permanent(&e) => {
+                        return Err(Error::Rejected {
+                            subject: subject.to_owned(),
+                            detail: error_chain(&e),
+                        });
+                    }
+                    // Timed out, broken pipe, no responders (JetStream not
+                    // ready, or mid-reconnect), too many in flight: retry.
+                    context::PublishErrorKind::TimedOut
+                    | context::PublishErrorKind::BrokenPipe
+                    | context::PublishErrorKind::StreamNotFound
+                    | context::PublishErrorKind::MaxAckPending
+                    | context::PublishErrorKind::Other => error_chain(&e),
+                },
+            };
+            let now = Instant::now();
+            if now + backoff >= deadline {
+                return Err(Error::Unavailable {
+                    subject: subject.to_owned(),
+                    attempts,
+                    elapsed: now - started,
+                    last,
+                });
+            }
+            tracing::debug!(subject, event_id = %event.id, attempts, error = %last, "append not acknowledged; retrying with the same id");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The sequence of `event_id` if it is the first event on `subject` after
+    /// sequence `after`.
+    async fn stored_after(&self, subject: &str, after: u64, event_id: &str) -> Option<u64> {
+        let stream = self.stream().await.ok()?;
+        let m = stream
+            .get_first_raw_message_by_subject(subject, after + 1)
+            .await
+            .ok()?;
+        let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+        (id.as_str() == event_id).then_some(m.sequence)
+    }
+
+    async fn publish_once(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        raw: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, context::PublishError> {
+        let ack = self
+            .js
+            .send_publish(
+                subject.to_owned(),
+                jetstream::message::PublishMessage::build()
+                    .payload(raw)
+                    .headers(headers),
+            )
+            .await?;
+        // Await the acknowledgement here: a dropped ack future would hide a
+        // failure (async-nats hands it to a background acker and moves on).
+        ack.await
+    }
+
+    /// Appends `event` as the next link of `subject`'s chain: reads the chain
+    /// head, sets `prev_hash` and `chain_index`, and appends expecting that
+    /// head, so two writers can never fork a chain. On [`Error::Conflict`]
+    /// the caller re-reads and decides again (that is the point for
+    /// decisions; fact writers use [`ChainWriter`], which retries).
+    pub async fn append_next(&self, subject: &str, mut event: Event) -> Result<(Appended, Event), Error> {
+        let head = self.head(subject).await?;
+        link(&mut event, &head);
+        let appended = self
+            .append(subject, &event, Expect::LastSequence(head.sequence))
+            .await?;
+        Ok((appended, event))
+    }
+
+    /// The last event of `subject`, if any.
+    pub async fn last(&self, subject: &str) -> Result<Option<StoredEvent>, Error> {
+        let stream = self.stream().await?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => StoredEvent::decode(m.sequence, m.subject.as_str(), m.time, m.payload).map(Some),
+            Err(e) => match e.kind() {
+                stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                stream::LastRawMessageErrorKind::InvalidSubject
+                | stream::LastRawMessageErrorKind::JetStream(_)
+                | stream::LastRawMessageErrorKind::Other => {
+                    Err(Error::Read(format!("last event on {subject}: {e}")))
+                }
+            },
+        }
+    }
+
+    /// The head of `subject`'s chain (empty when the subject has no events).
+    pub async fn head(&self, subject: &str) -> Result<ChainHead, Error> {
+        Ok(self
+            .last(subject)
+            .await?
+            .as_ref()
+            .map(ChainHead::of)
+            .unwrap_or_else(ChainHead::empty))
+    }
+
+    /// One event by stream sequence.
+    pub async fn get(&self, sequence: u64) -> Result<StoredEvent, Error> {
+        let stream = self.stream().await?;
+        let m = stream
+            .get_raw_message(sequence)
+            .await
+            .map_err(|e| Error::Read(format!("event {sequence}: {e}")))?;
+        StoredEvent::decode(m.sequence, m.subject.as_str(), m.time, m.payload)
+    }
+
+    /// The stream's last sequence (0 when empty).
+    pub async fn last_sequence(&self) -> Result<u64, Error> {
+        let stream = self.stream().await?;
+        let info = stream.get_info().await.map_err(|e| Error::Stream {
+            stream: self.settings.stream.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Every event matching `filter` from stream sequence `from` (0 or 1: the
+    /// beginning), in order, then live ones as they are stored, without end.
+    /// Uses an ordered consumer, which re-creates itself on gaps, so no event
+    /// is skipped or repeated.
+    pub async fn tail(
+        &self,
+        from: u64,
+        filter: ReadFilter,
+    ) -> Result<impl Stream<Item = Result<StoredEvent, Error>> + Send + 'static + use<>, Error> {
+        let (messages, _) = self.ordered(from, &filter).await?;
+        Ok(messages.map(|item| item.map(|(event, _)| event)))
+    }
+
+    /// Every event matching `filter` from `from` up to the last one stored
+    /// when the call was made; then the stream ends. For replay and verify.
+    pub async fn read(
+        &self,
+        from: u64,
+        filter: ReadFilter,
+    ) -> Result<impl Stream<Item = Result<StoredEvent, Error>> + Send + 'static + use<>, Error> {
+        let end = self.last_sequence().await?;
+        let (messages, pending) = self.ordered(from, &filter).await?;
+        let nothing_to_read = pending == 0 || end < from.max(1);
+        // End after the message at `end`, or when the consumer says no more
+        // messages matching the filter are stored. (Decided before polling
+        // again: the consumer would wait forever for a next message.)
+        let state = (Box::pin(messages), nothing_to_read);
+        let stream = futures::stream::unfold(state, move |(mut messages, done)| async move {
+            if done {
+                return None;
+            }
+            let item = messages.next().await?;
+            let finished = match &item {
+                Ok((event, left)) => *left == 0 || event.sequence >= end,
+                Err(_) => true,
+            };
+            Some((item.map(|(event, _)| event), (messages, finished)))
+        });
+        Ok(stream)
+    }
+
+    /// All events of one subject, in order (for chain checks and records).
+    pub async fn read_subject(&self, subject: &str) -> Result<Vec<StoredEvent>, Error> {
+        let mut out = Vec::new();
+        let stream = self.read(0, ReadFilter::subject(subject)).await?;
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    async fn ordered(
+        &self,
+        from: u64,
+        filter: &ReadFilter,
+    ) -> Result<
+        (
+            impl Stream<Item = Result<(StoredEvent, u64), Error>> + Send + 'static + use<>,
+            u64,
+        ),
+        Error,
+    > {
+        let stream = self.stream().await?;
+        let deliver_policy = if from <= 1 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: from }
+        };
+        let config = consumer::pull::OrderedConfig {
+            deliver_policy,
+            filter_subjects: filter.subjects.clone(),
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| Error::Read(format!("creating an ordered consumer: {e}")))?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::Read(format!("starting the ordered consumer: {e}")))?;
+        let events = messages.map(|m| {
+            let m = m.map_err(|e| Error::Read(e.to_string()))?;
+            let info = m
+                .info()
+                .map_err(|e| Error::Read(format!("message metadata: {e}")))?;
+            let (sequence, published, left) = (info.stream_sequence, info.published, info.pending);
+            StoredEvent::decode(sequence, m.subject.as_str(), published, m.payload.clone()).map(|e| (e, left))
+        });
+        Ok((events, pending))
+    }
+}
+
+/// Sets `event`'s link to `head`.
+pub fn link(event: &mut Event, head: &ChainHead) {
+    event.prev_hash = head.hash.clone();
+    event.chain_index = head.index + 1;
+}
+
+fn headers_for(event: &Event, expect: Expect) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+    if let Expect::LastSequence(seq) = expect {
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            seq.to_string().as_str(),
+        );
+    }
+    if let Some(trace) = &event.trace {
+        if !trace.traceparent.is_empty() {
+            headers.insert(TRACEPARENT, trace.traceparent.as_str());
+        }
+        if !trace.tracestate.is_empty() {
+            headers.insert(TRACESTATE, trace.tracestate.as_str());
+        }
+    }
+    if let Some(body) = &event.body {
+        headers.insert(EVENT_KIND, crate::body_kind(body));
+    }
+    headers
+}
+
+/// JetStream API errors that retrying cannot fix (the stream refused the
+/// message), as opposed to transport trouble.
+fn is_permanent(e: &context::PublishError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .is_some_and(|s| s.downcast_ref::<jetstream::Error>().is_some())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Appends the events of a chain that only facts are written to (a proxy's
+/// session), keeping the head in memory so an append costs one round trip.
+/// If someone else appended to the subject meanwhile (a kill request filed by
+/// the control plane), the head is re-read and the append retried: facts do
+/// not need re-judging.
+#[derive(Debug)]
+pub struct ChainWriter {
+    subject: String,
+    head: Option<ChainHead>,
+}
+
+impl ChainWriter {
+    pub fn new(subject: impl Into<String>) -> ChainWriter {
+        ChainWriter {
+            subject: subject.into(),
+            head: None,
+        }
+    }
+
+    /// A writer for a subject known to have no events yet (a new session).
+    pub fn new_chain(subject: impl Into<String>) -> ChainWriter {
+        ChainWriter {
+            subject: subject.into(),
+            head: Some(ChainHead::empty()),
+        }
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Links `event` to the chain and appends it. Returns the stored event.
+    pub async fn append(&mut self, log: &EventLog, mut event: Event) -> Result<(Appended, Event), Error> {
+        for _ in 0..5 {
+            let head = match &self.head {
+                Some(h) => h.clone(),
+                None => log.head(&self.subject).await?,
+            };
+            link(&mut event, &head);
+            match log
+                .append(&self.subject, &event, Expect::LastSequence(head.sequence))
+                .await
+            {
+                Ok(appended) => {
+                    // A duplicate means an earlier try of this event id was
+                    // stored, perhaps with another link: re-read next time.
+                    self.head = (!appended.duplicate).then(|| appended.head.clone());
+                    return Ok((appended, event));
+                }
+                Err(Error::Conflict { .. }) => {
+                    // Someone else wrote to the subject: re-read the head.
+                    self.head = None;
+                }
+                Err(e) => {
+                    // Unknown outcome: the next append must re-read the head.
+                    self.head = None;
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::Conflict {
+            subject: self.subject.clone(),
+            expected: 0,
+            detail: "the subject kept moving after 5 re-reads".to_owned(),
+        })
+    }
+}
