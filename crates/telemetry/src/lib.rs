@@ -80,7 +80,9 @@ pub fn init(service: &'static str) -> Result<Guard, Error> {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     };
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -173,8 +175,8 @@ mod tests {
 
     fn with_tracer<R>(f: impl FnOnce() -> R) -> R {
         let provider = SdkTracerProvider::builder().build();
-        let subscriber =
-            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         tracing::subscriber::with_default(subscriber, f)
     }
 
@@ -200,7 +202,10 @@ mod tests {
             let _g = span.enter();
             let read = current_trace_context();
             assert_eq!(read.traceparent.split('-').nth(1).map(str::to_owned), trace_id);
-            assert_ne!(read.traceparent, written.traceparent, "a new span id in the same trace");
+            assert_ne!(
+                read.traceparent, written.traceparent,
+                "a new span id in the same trace"
+            );
         });
     }
 

@@ -229,7 +229,7 @@ impl Postgres {
 
     /// Like [`Postgres::psql`] but returns psql's error text instead of panicking.
     pub fn try_psql(&self, database: &str, sql: &str) -> Result<String, String> {
-        let psql = find_binary("psql", "AIRLOCK_PSQL", &[self.bin.clone()]);
+        let psql = find_binary("psql", "AIRLOCK_PSQL", std::slice::from_ref(&self.bin));
         let out: Output = Command::new(psql)
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
@@ -304,7 +304,7 @@ fn pg_bin_dirs() -> Vec<PathBuf> {
             Some((version, e.path().join("bin")))
         })
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.into_iter().map(|(_, p)| p).collect()
 }
 
