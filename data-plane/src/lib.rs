@@ -1,3 +1,6 @@
 //! `airlock-proxy`: the Postgres wire-protocol gate that agents connect to.
 //!
-//! Not built yet: reserved by the workspace layout, filled in by the data-plane issue.
+//! Built so far: `codec` (bytes <-> frames <-> messages). The session state
+//! machine, upstream connection and server follow in the data-plane issue.
+
+pub mod codec;
