@@ -1,6 +1,8 @@
 //! `airlock-proxy`: the Postgres wire-protocol gate that agents connect to.
 //!
-//! Built so far: `codec` (bytes <-> frames <-> messages). The session state
-//! machine, upstream connection and server follow in the data-plane issue.
+//! Built so far: `codec` (bytes <-> frames <-> messages) and `upstream`
+//! (logging into PostgreSQL with the connection's credential). The session
+//! state machine and the server follow in the data-plane issue.
 
 pub mod codec;
+pub mod upstream;
