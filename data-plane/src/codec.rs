@@ -757,6 +757,13 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         Ok(self.inner.read_buf(&mut self.buf).await? > 0)
     }
 
+    /// Puts bytes read past a boundary (a login's pipelined first query)
+    /// in front of whatever is buffered.
+    pub fn prepend(&mut self, mut buf: BytesMut) {
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+    }
+
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }

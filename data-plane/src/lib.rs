@@ -5,4 +5,7 @@
 //! state machine and the server follow in the data-plane issue.
 
 pub mod codec;
+pub mod gate;
+pub mod server;
+pub mod session;
 pub mod upstream;

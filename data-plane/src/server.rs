@@ -1,0 +1,399 @@
+//! The front door: the only code that sees sockets, TLS, timeouts and
+//! connection limits. Accepts clients, negotiates TLS, reads the startup
+//! packet, asks for the token, then hands the connection to a session.
+//!
+//! Startup parameters. Forwarded to the upstream: `application_name`,
+//! `client_encoding` (UTF8 only: the policy reads statements as UTF-8, and a
+//! multi-byte client encoding could make the proxy and PostgreSQL read
+//! different statements), `DateStyle`, `TimeZone`, `IntervalStyle`,
+//! `extra_float_digits`. Refused, with an error naming the parameter:
+//! `options`, `role`, `session_authorization`, `search_path` and
+//! `replication`, which could change privileges or what a table name means.
+//! Any other parameter is dropped (logged at debug level).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::codec::{BeMessage, CodecError, Diagnostic, FeStartup, FrameReader, Limits, ReadError, Severity};
+use crate::gate::Gate;
+use crate::session;
+
+/// The `proxy:` section of airlock.yaml, as far as the front door uses it.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// Accept plain-text logins from loopback addresses (development only).
+    pub allow_plaintext_loopback: bool,
+    pub max_connections: usize,
+    /// Time a client has from connecting to finishing login.
+    pub startup_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl ServerSettings {
+    pub fn new(listen: SocketAddr) -> ServerSettings {
+        ServerSettings {
+            listen,
+            tls: None,
+            allow_plaintext_loopback: false,
+            max_connections: 1000,
+            startup_timeout: Duration::from_secs(15),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// PEM certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Failing to start the server (bad TLS files, address in use).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("reading TLS {what} {path}: {detail}")]
+    Tls {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Builds the TLS acceptor from PEM files.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServerError::Tls {
+            what: "certificate",
+            path: files.cert.clone(),
+            detail: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| ServerError::Tls {
+        what: "key",
+        path: files.key.clone(),
+        detail: e.to_string(),
+    })?;
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .map_err(|e| ServerError::Tls {
+                what: "configuration",
+                path: files.cert.clone(),
+                detail: e.to_string(),
+            })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A listening proxy.
+pub struct Server {
+    listener: TcpListener,
+    settings: ServerSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Server {
+    pub async fn bind(settings: ServerSettings) -> Result<Server, ServerError> {
+        let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            settings,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped. Each runs on its own
+    /// task: one client's trouble never touches another's.
+    pub async fn run(self, gate: Arc<dyn Gate>) {
+        let limit = Arc::new(Semaphore::new(self.settings.max_connections));
+        let settings = Arc::new(self.settings);
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tokio::spawn(refuse_busy(socket));
+                continue;
+            };
+            let (settings, gate, tls) = (settings.clone(), gate.clone(), self.tls.clone());
+            tokio::spawn(async move {
+                handle(socket, peer, &settings, tls, gate).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Over `max_connections`: PostgreSQL's own answer, 53300.
+async fn refuse_busy(mut socket: TcpStream) {
+    let mut out = BytesMut::new();
+    BeMessage::ErrorResponse(&Diagnostic {
+        severity: Severity::Fatal,
+        code: "53300",
+        message: "too many connections to this Airlock proxy; retry later".into(),
+        detail: None,
+        hint: None,
+    })
+    .encode(&mut out);
+    let _ = socket.write_all(&out).await;
+}
+
+/// Any byte stream the session can run over (TCP or TLS over TCP).
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
+/// The client's side after startup.
+pub struct Login {
+    pub io: FrameReader<Box<dyn ClientStream>>,
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub params: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn handle(
+    socket: TcpStream,
+    peer: SocketAddr,
+    settings: &ServerSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    gate: Arc<dyn Gate>,
+) {
+    let login =
+        match tokio::time::timeout(settings.startup_timeout, negotiate(socket, peer, settings, tls)).await {
+            Ok(Ok(Some(login))) => login,
+            Ok(Ok(None)) => return, // a cancel request, or the client left
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "connection refused during startup");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "startup timed out");
+                return;
+            }
+        };
+    session::run(login, settings, gate).await;
+}
+
+/// Why a connection ended before login.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// SSLRequest / GSSENCRequest / startup, up to a validated StartupMessage.
+async fn negotiate(
+    socket: TcpStream,
+    peer: SocketAddr,
+    settings: &ServerSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<Option<Login>, StartupError> {
+    let mut reader = FrameReader::new(Box::new(socket) as Box<dyn ClientStream>, settings.limits);
+    let mut encrypted = false;
+    let mut gss_refused = false;
+    loop {
+        let Some(first) = reader.read_startup().await? else {
+            return Ok(None);
+        };
+        match first {
+            FeStartup::SslRequest if !encrypted => {
+                let (mut stream, leftover) = reader.into_parts();
+                if !leftover.is_empty() {
+                    // Bytes sent before the TLS handshake could be injected
+                    // by anyone on the path (CVE-2021-23214): refuse.
+                    return Err(StartupError::Refused(
+                        "data sent after SSLRequest before TLS".into(),
+                    ));
+                }
+                match &tls {
+                    Some(acceptor) => {
+                        stream.write_all(b"S").await.map_err(ReadError::Io)?;
+                        let tls_stream = acceptor.accept(stream).await.map_err(StartupError::Tls)?;
+                        reader = FrameReader::new(Box::new(tls_stream), settings.limits);
+                        encrypted = true;
+                    }
+                    None => {
+                        stream.write_all(b"N").await.map_err(ReadError::Io)?;
+                        reader = FrameReader::new(stream, settings.limits);
+                    }
+                }
+            }
+            FeStartup::GssEncRequest if !encrypted && !gss_refused => {
+                let (mut stream, leftover) = reader.into_parts();
+                if !leftover.is_empty() {
+                    return Err(StartupError::Refused("data sent after GSSENCRequest".into()));
+                }
+                stream.write_all(b"N").await.map_err(ReadError::Io)?;
+                reader = FrameReader::new(stream, settings.limits);
+                gss_refused = true;
+            }
+            FeStartup::SslRequest | FeStartup::GssEncRequest => {
+                let msg = "encryption requested twice";
+                fatal(&mut reader, "08P01", msg).await;
+                return Err(StartupError::Refused(msg.into()));
+            }
+            FeStartup::CancelRequest {
+                process_id,
+                secret_key,
+            } => {
+                // Cancellation is built with held statements; until then a
+                // cancel request is accepted and has no effect, as when
+                // PostgreSQL finds no matching backend.
+                tracing::debug!(%peer, process_id, secret_key_set = secret_key != 0, "cancel request");
+                return Ok(None);
+            }
+            FeStartup::Startup { params } => {
+                let loopback = peer.ip().is_loopback();
+                let plaintext_ok = settings.allow_plaintext_loopback && loopback;
+                if !(encrypted || plaintext_ok) {
+                    let msg = "Airlock requires TLS: connect with sslmode=require";
+                    fatal(&mut reader, "28000", msg).await;
+                    return Err(StartupError::Refused(msg.into()));
+                }
+                let params = match screen_params(params) {
+                    Ok(p) => p,
+                    Err(msg) => {
+                        fatal(&mut reader, "28000", &msg).await;
+                        return Err(StartupError::Refused(msg));
+                    }
+                };
+                return Ok(Some(Login {
+                    io: reader,
+                    peer,
+                    tls: encrypted,
+                    params,
+                }));
+            }
+        }
+    }
+}
+
+/// Parameters forwarded to the upstream as they are.
+const FORWARDED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+];
+/// Parameters that could change privileges or name resolution: refused.
+const REFUSED_PARAMS: &[&str] = &[
+    "options",
+    "role",
+    "session_authorization",
+    "search_path",
+    "replication",
+];
+
+/// Applies the startup-parameter rules in the module docs. Keeps `user` and
+/// `database` for the session.
+pub fn screen_params(params: Vec<(String, String)>) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (name, value) in params {
+        if REFUSED_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(&name)) {
+            return Err(format!(
+                "startup parameter \"{name}\" is not allowed through Airlock (it could change privileges or \
+                 what table names mean); remove it from the connection string"
+            ));
+        }
+        if name.eq_ignore_ascii_case("client_encoding") {
+            let v = value.trim().trim_matches('\'').replace(['-', '_'], "");
+            if !v.eq_ignore_ascii_case("UTF8") && !v.eq_ignore_ascii_case("UNICODE") {
+                return Err(format!(
+                    "client_encoding \"{value}\" is not allowed through Airlock; use UTF8"
+                ));
+            }
+        }
+        if name == "user" || name == "database" || FORWARDED_PARAMS.contains(&name.as_str()) {
+            out.push((name, value));
+        } else {
+            tracing::debug!(parameter = %name, "dropping startup parameter");
+        }
+    }
+    Ok(out)
+}
+
+/// Sends a FATAL error and flushes; the caller then drops the connection.
+pub async fn fatal<S: AsyncWrite + Unpin + ?Sized>(
+    io: &mut FrameReader<Box<S>>,
+    code: &'static str,
+    message: &str,
+) where
+    Box<S>: AsyncRead + Unpin,
+{
+    let mut out = BytesMut::new();
+    BeMessage::ErrorResponse(&Diagnostic {
+        severity: Severity::Fatal,
+        code,
+        message: message.to_owned(),
+        detail: None,
+        hint: None,
+    })
+    .encode(&mut out);
+    let w = io.get_mut();
+    let _ = w.write_all(&out).await;
+    let _ = w.flush().await;
+}
+
+/// SQLSTATE for a codec error: a protocol violation.
+pub fn codec_sqlstate(_: &CodecError) -> &'static str {
+    "08P01"
+}

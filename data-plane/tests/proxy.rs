@@ -1,0 +1,348 @@
+//! The proxy between real clients and a real PostgreSQL, with a test double
+//! for identity and policy (the real ones are tested in their own crates).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_proxy::gate::{Agent, Binding, BoxFuture, Gate, Judgement, Refusal};
+use airlock_proxy::server::{Server, ServerSettings, TlsFiles};
+use airlock_proxy::upstream::{Secret, UpstreamConfig};
+use airlock_testkit::{Postgres, PostgresOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+const TOKEN: &str = "token-of-agent-7";
+
+/// Accepts one token; binds database `shop`; denies DROP, holds DELETE.
+struct TestGate {
+    upstream: UpstreamConfig,
+}
+
+impl Gate for TestGate {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Agent, Refusal>> {
+        Box::pin(async move {
+            if token == TOKEN {
+                Ok(Agent {
+                    subject: "oid-agent-7".into(),
+                    display_name: "agent-7".into(),
+                    groups: vec![],
+                })
+            } else {
+                Err(Refusal::unauthenticated("token refused: bad signature"))
+            }
+        })
+    }
+
+    fn bind(&self, agent: &Agent, database: &str) -> Result<Binding, Refusal> {
+        if database == "shop" {
+            Ok(Binding {
+                connection: "shop".into(),
+                upstream: self.upstream.clone(),
+                policy: "db-maintenance-agents".into(),
+            })
+        } else {
+            Err(Refusal::unauthenticated(format!(
+                "no policy binds {} to connection \"{database}\"",
+                agent.display_name
+            )))
+        }
+    }
+
+    fn judge(&self, _: &Binding, sql: &str) -> Judgement {
+        let upper = sql.to_uppercase();
+        if upper.contains("DROP") {
+            Judgement::Deny {
+                message:
+                    "refused by policy db-maintenance-agents, rule 3 (DROP): schema changes are not allowed"
+                        .into(),
+            }
+        } else if upper.contains("DELETE") {
+            Judgement::Hold {
+                rule: "rule 2 (DELETE)".into(),
+                reason: "deletes need a reviewer".into(),
+            }
+        } else {
+            Judgement::Allow
+        }
+    }
+}
+
+struct Fixture {
+    pg: Postgres,
+    addr: SocketAddr,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
+    let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
+    pg.create_database("shop");
+    pg.create_role("maint", "maint-secret");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, total int); INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 5) g; \
+         GRANT ALL ON orders TO maint",
+    );
+    let upstream = UpstreamConfig {
+        host: "127.0.0.1".into(),
+        port: pg.port(),
+        user: "maint".into(),
+        database: "shop".into(),
+        password: Some(Secret::new("maint-secret")),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let mut s = ServerSettings::new("127.0.0.1:0".parse().expect("addr"));
+    s.allow_plaintext_loopback = true;
+    settings(&mut s);
+    let server = Server::bind(s).await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let handle = tokio::spawn(server.run(Arc::new(TestGate { upstream })));
+    Fixture {
+        pg,
+        addr,
+        _server: handle,
+    }
+}
+
+fn config(addr: SocketAddr, password: &str, db: &str) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(addr.port())
+        .user("agent-7")
+        .password(password)
+        .dbname(db)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect_timeout(Duration::from_secs(5));
+    c
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    let (client, conn) = config(addr, TOKEN, "shop")
+        .connect(NoTls)
+        .await
+        .expect("connect through proxy");
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test]
+async fn allowed_reads_return_rows_over_both_protocols() {
+    let f = start(|_| {}).await;
+    let client = connect(f.addr).await;
+    let rows = client
+        .query(
+            "SELECT id, total FROM orders WHERE id <= $1 ORDER BY id",
+            &[&3i32],
+        )
+        .await
+        .expect("extended-protocol select");
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(1)).collect::<Vec<_>>(),
+        vec![10, 20, 30]
+    );
+    let simple = client
+        .simple_query("SELECT count(*) FROM orders")
+        .await
+        .expect("simple select");
+    let count = simple.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("5"));
+}
+
+#[tokio::test]
+async fn a_denied_drop_is_an_error_and_the_session_goes_on() {
+    let f = start(|_| {}).await;
+    let client = connect(f.addr).await;
+    for sql in ["DROP TABLE orders", "drop table orders"] {
+        let err = client.simple_query(sql).await.expect_err("DROP must be refused");
+        let db = err
+            .as_db_error()
+            .expect("a server error, not a dropped connection");
+        assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE);
+        assert!(db.message().contains("rule 3 (DROP)"), "{}", db.message());
+    }
+    // Extended protocol too.
+    let err = client
+        .execute("DROP TABLE orders", &[])
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    // The session goes on, and the table is still there.
+    let rows = client
+        .query("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("next statement works");
+    assert_eq!(rows[0].get::<_, i64>(0), 5);
+    assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
+    assert!(
+        !f.pg.server_log().contains("DROP TABLE orders"),
+        "the upstream never saw the DROP"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_inside_a_transaction_aborts_it_as_postgres_would() {
+    let f = start(|_| {}).await;
+    let client = connect(f.addr).await;
+    client.simple_query("BEGIN").await.expect("begin");
+    client
+        .simple_query("INSERT INTO orders VALUES (100, 1)")
+        .await
+        .expect("insert in transaction");
+    let err = client
+        .simple_query("DROP TABLE orders")
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let err = client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("transaction is aborted");
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    client.simple_query("COMMIT").await.expect("commit (rolls back)");
+    assert_eq!(
+        f.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 100"),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn a_statement_needing_approval_is_refused_while_approvals_are_not_built() {
+    let f = start(|_| {}).await;
+    let client = connect(f.addr).await;
+    let err = client
+        .simple_query("DELETE FROM orders")
+        .await
+        .expect_err("fails closed");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
+}
+
+#[tokio::test]
+async fn bad_tokens_unknown_connections_and_risky_parameters_are_refused() {
+    let f = start(|_| {}).await;
+    let err = config(f.addr, "forged", "shop")
+        .connect(NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("bad token");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION));
+    assert!(db_message(&err).contains("bad signature"), "{}", db_message(&err));
+    assert!(!db_message(&err).contains("forged") && !format!("{err:?}").contains("forged"));
+
+    let err = config(f.addr, TOKEN, "billing")
+        .connect(NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("no policy");
+    assert!(
+        db_message(&err).contains("no policy binds agent-7 to connection \"billing\""),
+        "{}",
+        db_message(&err)
+    );
+
+    let mut c = config(f.addr, TOKEN, "shop");
+    c.options("-c role=postgres");
+    let err = c.connect(NoTls).await.map(|_| ()).expect_err("options refused");
+    assert!(
+        db_message(&err).contains("\"options\" is not allowed"),
+        "{}",
+        db_message(&err)
+    );
+}
+
+#[tokio::test]
+async fn plain_text_is_refused_unless_allowed_on_loopback() {
+    let f = start(|s| s.allow_plaintext_loopback = false).await;
+    let err = config(f.addr, TOKEN, "shop")
+        .connect(NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("TLS required");
+    assert!(db_message(&err).contains("requires TLS"), "{}", db_message(&err));
+}
+
+#[tokio::test]
+async fn psql_connects_over_tls_with_sslmode_require() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("cert");
+    std::fs::write(dir.path().join("proxy.crt"), cert.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("proxy.key"), cert.signing_key.serialize_pem()).expect("write key");
+    let files = TlsFiles {
+        cert: dir.path().join("proxy.crt"),
+        key: dir.path().join("proxy.key"),
+    };
+    let f = start(move |s| {
+        s.allow_plaintext_loopback = false;
+        s.tls = Some(files);
+    })
+    .await;
+    let out = tokio::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} dbname=shop user=agent-7 sslmode=require",
+            f.addr.port()
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT count(*) FROM orders",
+            "-c",
+            "SHOW ssl",
+        ])
+        .env("PGPASSWORD", TOKEN)
+        .output()
+        .await
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().next(), Some("5"));
+}
+
+#[tokio::test]
+async fn a_malformed_message_closes_that_connection_only() {
+    let f = start(|_| {}).await;
+    let healthy = connect(f.addr).await;
+
+    // Log in by hand, then send garbage.
+    let mut raw = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    let mut startup = Vec::new();
+    let body = b"\x00\x03\x00\x00user\0agent-7\0database\0shop\0\0";
+    startup.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.expect("startup");
+    let mut buf = vec![0u8; 9];
+    raw.read_exact(&mut buf).await.expect("auth request");
+    assert_eq!(&buf[..1], b"R");
+    let mut pw = vec![b'p'];
+    pw.extend_from_slice(&((TOKEN.len() + 5) as i32).to_be_bytes());
+    pw.extend_from_slice(TOKEN.as_bytes());
+    pw.push(0);
+    raw.write_all(&pw).await.expect("password");
+    // A Query whose string is not NUL-terminated.
+    raw.write_all(b"Q\0\0\0\x08abcd").await.expect("garbage");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the proxy closes the broken connection");
+
+    let rows = healthy
+        .query("SELECT 1", &[])
+        .await
+        .expect("other sessions carry on");
+    assert_eq!(rows.len(), 1);
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
