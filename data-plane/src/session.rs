@@ -20,7 +20,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::codec::{
-    BeMessage, Diagnostic, FeMessage, Frame, FrameReader, ReadError, Severity, TxStatus,
+    BeMessage, CodecError, Diagnostic, FeMessage, Frame, FrameReader, ReadError, Severity, TxStatus,
     parse_diagnostic_fields,
 };
 use crate::gate::{Binding, Gate, Judgement};
@@ -146,6 +146,7 @@ async fn relay(login: Login, binding: Binding, upstream: Upstream, gate: Arc<dyn
         client_reader.prepend(leftover);
     }
     let pending: Pending = Arc::default();
+    let (inject_tx, inject_rx) = tokio::sync::mpsc::channel(16);
 
     let mut to_upstream = tokio::spawn(client_to_upstream(
         client_reader,
@@ -153,13 +154,31 @@ async fn relay(login: Login, binding: Binding, upstream: Upstream, gate: Arc<dyn
         binding,
         gate,
         pending.clone(),
+        inject_tx,
     ));
-    let mut to_client = tokio::spawn(upstream_to_client(up_reader, client_write, pending));
-    // Either side ending ends the session; the other is stopped.
+    let mut to_client = tokio::spawn(upstream_to_client(up_reader, client_write, pending, inject_rx));
+    // Either side ending ends the session; the other is stopped. After a
+    // protocol violation the writer first sends the client its FATAL.
     tokio::select! {
-        r = &mut to_upstream => { to_client.abort(); log_end("client", r); }
+        r = &mut to_upstream => {
+            if matches!(r, Ok(Err(ref e)) if e.starts_with(PROTOCOL_VIOLATION)) {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut to_client).await;
+            }
+            to_client.abort();
+            log_end("client", r);
+        }
         r = &mut to_client => { to_upstream.abort(); log_end("upstream", r); }
     }
+}
+
+const PROTOCOL_VIOLATION: &str = "protocol violation";
+
+/// Messages for the client from the client -> upstream side, written in
+/// order with the upstream's output by the single writer.
+#[derive(Debug)]
+enum Inject {
+    /// Write, then end the session.
+    Fatal(Diagnostic),
 }
 
 fn log_end(side: &str, r: Result<Result<(), String>, tokio::task::JoinError>) {
@@ -176,20 +195,33 @@ async fn client_to_upstream(
     binding: Binding,
     gate: Arc<dyn Gate>,
     pending: Pending,
+    inject: tokio::sync::mpsc::Sender<Inject>,
 ) -> Result<(), String> {
     let mut out = BytesMut::new();
     loop {
-        let frame = match client.read_frame().await {
-            Ok(Some(f)) => f,
+        let routed = match client.read_frame().await {
+            Ok(Some(frame)) => route(&frame, &binding, gate.as_ref()).map(|r| (frame, r)),
             Ok(None) => return Ok(()),
-            Err(ReadError::Codec(e)) => {
-                // Out of step with the client: tell it (through the writer
-                // task's queue is not possible here), then end the session.
-                return Err(format!("protocol violation: {e}"));
-            }
+            Err(ReadError::Codec(e)) => Err(e),
             Err(e) => return Err(e.to_string()),
         };
-        match route(&frame, &binding, gate.as_ref())? {
+        let (frame, route) = match routed {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of step with the client: say why, then end the session.
+                let _ = inject
+                    .send(Inject::Fatal(Diagnostic {
+                        severity: Severity::Fatal,
+                        code: "08P01",
+                        message: format!("protocol violation: {e}"),
+                        detail: None,
+                        hint: None,
+                    }))
+                    .await;
+                return Err(format!("{PROTOCOL_VIOLATION}: {e}"));
+            }
+        };
+        match route {
             Route::Forward => frame.encode(&mut out),
             Route::Terminate => {
                 frame.encode(&mut out);
@@ -224,16 +256,19 @@ enum Route {
     },
 }
 
-fn route(frame: &Frame, binding: &Binding, gate: &dyn Gate) -> Result<Route, String> {
+fn route(frame: &Frame, binding: &Binding, gate: &dyn Gate) -> Result<Route, CodecError> {
     match frame.tag {
         b'Q' | b'P' => {
-            let msg = FeMessage::parse(frame).map_err(|e| format!("protocol violation: {e}"))?;
-            let (sql, name) = match &msg {
-                FeMessage::Query { sql } => (sql.as_str(), None),
-                FeMessage::Parse { name, query, .. } => (query.as_str(), Some(name.clone())),
-                _ => return Err("unreachable message kind".into()),
+            let (sql, name) = match FeMessage::parse(frame)? {
+                FeMessage::Query { sql } => (sql, None),
+                FeMessage::Parse { name, query, .. } => (query, Some(name)),
+                _ => {
+                    return Err(CodecError::UnknownTag {
+                        tag: frame.tag as char,
+                    });
+                }
             };
-            let diagnostic = match gate.judge(binding, sql) {
+            let diagnostic = match gate.judge(binding, &sql) {
                 Judgement::Allow => return Ok(Route::Forward),
                 Judgement::Deny { message } => refused(message, None),
                 Judgement::Hold { rule, reason } => refused(
@@ -272,8 +307,9 @@ fn route(frame: &Frame, binding: &Binding, gate: &dyn Gate) -> Result<Route, Str
         }),
         b'X' => Ok(Route::Terminate),
         // Bind, Describe, Execute, Sync, Flush, Close, Copy*: judged where the
-        // statement was (Query or Parse).
-        _ => Ok(Route::Forward),
+        // statement was (Query or Parse). Their bodies are checked here so a
+        // malformed one never reaches the upstream.
+        _ => FeMessage::parse(frame).map(|_| Route::Forward),
     }
 }
 
@@ -291,10 +327,26 @@ async fn upstream_to_client(
     mut upstream: FrameReader<ReadHalf<TcpStream>>,
     mut client: WriteHalf<Box<dyn ClientStream>>,
     pending: Pending,
+    mut inject: tokio::sync::mpsc::Receiver<Inject>,
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
-        let frame = match upstream.read_frame().await {
+        // Both branches are cancel safe: FrameReader keeps partial frames.
+        let read = tokio::select! {
+            r = upstream.read_frame() => r,
+            Some(msg) = inject.recv() => {
+                match msg {
+                    Inject::Fatal(d) => {
+                        BeMessage::ErrorResponse(&d).encode(&mut out);
+                        client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
+                        let _ = client.flush().await;
+                        let _ = client.shutdown().await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) => {
                 client.write_all(&out).await.ok();

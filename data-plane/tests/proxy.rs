@@ -333,6 +333,11 @@ async fn a_malformed_message_closes_that_connection_only() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the proxy closes the broken connection");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("08P01") && text.contains("protocol violation"),
+        "the client is told why: {text:?}"
+    );
 
     let rows = healthy
         .query("SELECT 1", &[])
