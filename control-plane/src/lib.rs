@@ -1,4 +1,9 @@
 //! `airlock-control`: approval state as a projection of the event log,
 //! decisions, gRPC services, and replay/verify/export for auditors.
 //!
-//! Not built yet: reserved by the workspace layout, filled in by the control-plane issue.
+//! Built so far: `projection` (the fold) and `decide` (votes, outcomes,
+//! expiry, as pure functions). The gRPC services, the log tailer and the
+//! auditor commands follow in the control-plane issue.
+
+pub mod decide;
+pub mod projection;

@@ -1,0 +1,264 @@
+//! Deciding: given the folded state and a command, which events to append,
+//! or the precise reason to refuse. Pure: no I/O, no clock (the caller
+//! passes `now`), so every rule is tested as given/when/then.
+//!
+//! The rules a vote must pass, in order:
+//! 1. the request exists and is pending;
+//! 2. its deadline has not passed;
+//! 3. the voter is a person: an app identity (every agent) never approves
+//!    or denies anything, its own request or another's;
+//! 4. the voter is not the requester (same subject), with no exception;
+//! 5. the voter is in one of the request's reviewer groups;
+//! 6. the voter has not voted on it before;
+//! 7. if the voter states the digest they were shown, it is the request's.
+//!
+//! Outcomes: any denial denies; `approvals_required` distinct approvals
+//! grant. Votes and outcomes are separate events so that a crash between
+//! them is repaired by [`due_outcome`], which any replica runs.
+
+use std::time::SystemTime;
+
+use airlock_eventlog::new_event;
+use airlock_eventlog::proto::{self, event::Body};
+use prost_types::Timestamp;
+
+use crate::projection::{Projection, Request};
+
+/// A reviewer's vote, as verified by the caller (token checked).
+#[derive(Debug, Clone)]
+pub struct Vote {
+    pub request_id: String,
+    pub reviewer: proto::Identity,
+    pub decision: proto::Decision,
+    pub reason: String,
+    /// The statement digest the reviewer was shown, if the client sent it.
+    pub statement_sha256: Option<Vec<u8>>,
+}
+
+/// Why a vote is refused. Each maps to an HTTP / gRPC status at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    #[error("no request {0}")]
+    UnknownRequest(String),
+    #[error("request {request_id} is already {state}")]
+    AlreadyDecided { request_id: String, state: String },
+    #[error("request {request_id} expired at its deadline; the statement was refused")]
+    Expired { request_id: String },
+    #[error("{who} is an application identity; only people can approve or deny")]
+    AppIdentity { who: String },
+    #[error("{who} filed this request and cannot approve or deny it (no self-approval)")]
+    SelfApproval { who: String },
+    #[error("{who} is not in a reviewer group of this request ({groups})")]
+    NotAReviewer { who: String, groups: String },
+    #[error("{who} has already voted on request {request_id}")]
+    AlreadyVoted { who: String, request_id: String },
+    #[error("the statement digest shown to the reviewer does not match request {request_id}; reload it")]
+    DigestMismatch { request_id: String },
+    #[error("a vote must approve or deny")]
+    NoDecision,
+}
+
+fn who(identity: &proto::Identity) -> String {
+    if identity.display_name.is_empty() {
+        identity.subject.clone()
+    } else {
+        format!("{} ({})", identity.display_name, identity.subject)
+    }
+}
+
+fn state_name(r: &Request) -> String {
+    r.state()
+        .as_str_name()
+        .trim_start_matches("REQUEST_STATE_")
+        .to_lowercase()
+}
+
+fn past(deadline: Option<&Timestamp>, now: SystemTime) -> bool {
+    match deadline.and_then(|d| SystemTime::try_from(*d).ok()) {
+        Some(deadline) => now > deadline,
+        // A request without a deadline is malformed: treat it as expired.
+        None => true,
+    }
+}
+
+/// Judges a vote. On success returns the events to append to the request's
+/// subject, in order: the vote, then the outcome if the vote settles it.
+pub fn decide(
+    state: &Projection,
+    vote: &Vote,
+    now: SystemTime,
+    source: &proto::Source,
+) -> Result<Vec<proto::Event>, DecideError> {
+    let request = state
+        .request(&vote.request_id)
+        .ok_or_else(|| DecideError::UnknownRequest(vote.request_id.clone()))?;
+    if !request.is_pending() {
+        return Err(DecideError::AlreadyDecided {
+            request_id: vote.request_id.clone(),
+            state: state_name(request),
+        });
+    }
+    let asked = request.requested();
+    if past(asked.deadline.as_ref(), now) {
+        return Err(DecideError::Expired {
+            request_id: vote.request_id.clone(),
+        });
+    }
+    let reviewer = &vote.reviewer;
+    if reviewer.kind != proto::identity::Kind::User as i32 || reviewer.subject.is_empty() {
+        return Err(DecideError::AppIdentity { who: who(reviewer) });
+    }
+    let requester = asked.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
+    if reviewer.subject == requester {
+        return Err(DecideError::SelfApproval { who: who(reviewer) });
+    }
+    let allowed = asked.reviewer_groups.iter().any(|g| {
+        reviewer
+            .groups
+            .iter()
+            .any(|mine| !g.id.is_empty() && mine.id == g.id)
+    });
+    if !allowed {
+        let groups = asked
+            .reviewer_groups
+            .iter()
+            .map(|g| {
+                if g.name.is_empty() {
+                    g.id.clone()
+                } else {
+                    g.name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(DecideError::NotAReviewer {
+            who: who(reviewer),
+            groups,
+        });
+    }
+    if request
+        .view
+        .votes
+        .iter()
+        .any(|v| v.reviewer.as_ref().is_some_and(|r| r.subject == reviewer.subject))
+    {
+        return Err(DecideError::AlreadyVoted {
+            who: who(reviewer),
+            request_id: vote.request_id.clone(),
+        });
+    }
+    let digest = asked
+        .statement
+        .as_ref()
+        .map(|s| s.sha256.clone())
+        .unwrap_or_default();
+    if let Some(shown) = &vote.statement_sha256
+        && *shown != digest
+    {
+        return Err(DecideError::DigestMismatch {
+            request_id: vote.request_id.clone(),
+        });
+    }
+    if vote.decision == proto::Decision::Unspecified {
+        return Err(DecideError::NoDecision);
+    }
+
+    let approvals = request.approvals() + usize::from(vote.decision == proto::Decision::Approve);
+    let required = asked.approvals_required.max(1);
+    let mut voted = new_event(
+        source,
+        Body::ApprovalVoted(proto::ApprovalVoted {
+            reviewer: Some(reviewer.clone()),
+            decision: vote.decision as i32,
+            reason: vote.reason.clone(),
+            statement_sha256: digest,
+            approvals: approvals as u32,
+            approvals_required: required,
+        }),
+    );
+    voted.request_id = vote.request_id.clone();
+    voted.session_id = request.view.session_id.clone();
+
+    // What the request looks like once the vote is folded.
+    let mut after = request.clone();
+    after.view.votes.push(proto::Vote {
+        reviewer: Some(reviewer.clone()),
+        decision: vote.decision as i32,
+        reason: vote.reason.clone(),
+        time: voted.time,
+    });
+    let mut events = vec![voted];
+    events.extend(due_outcome(&after, now, source));
+    Ok(events)
+}
+
+/// The outcome a pending request has earned and not yet recorded: a denial
+/// if anyone denied, a grant once enough distinct people approved, expiry
+/// past the deadline. `None` while it still waits.
+pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -> Option<proto::Event> {
+    if !request.is_pending() {
+        return None;
+    }
+    let asked = request.requested();
+    let body = if let Some(denial) = request
+        .view
+        .votes
+        .iter()
+        .find(|v| v.decision == proto::Decision::Deny as i32)
+    {
+        Body::ApprovalDenied(proto::ApprovalDenied {
+            reviewer: denial.reviewer.clone(),
+            reason: denial.reason.clone(),
+        })
+    } else if request.approvals() >= asked.approvals_required.max(1) as usize {
+        let mut approvers: Vec<proto::Approver> = Vec::new();
+        for v in &request.view.votes {
+            let subject = v.reviewer.as_ref().map(|r| r.subject.as_str());
+            if v.decision == proto::Decision::Approve as i32
+                && !approvers
+                    .iter()
+                    .any(|a| a.reviewer.as_ref().map(|r| r.subject.as_str()) == subject)
+            {
+                approvers.push(proto::Approver {
+                    reviewer: v.reviewer.clone(),
+                    reason: v.reason.clone(),
+                    time: v.time,
+                });
+            }
+        }
+        Body::ApprovalGranted(proto::ApprovalGranted {
+            approvers,
+            statement_sha256: asked
+                .statement
+                .as_ref()
+                .map(|s| s.sha256.clone())
+                .unwrap_or_default(),
+        })
+    } else if past(asked.deadline.as_ref(), now) {
+        Body::ApprovalExpired(proto::ApprovalExpired {
+            deadline: asked.deadline,
+        })
+    } else {
+        return None;
+    };
+    let mut event = new_event(source, body);
+    event.request_id = request.view.request_id.clone();
+    event.session_id = request.view.session_id.clone();
+    Some(event)
+}
+
+/// Every pending request that has an outcome due (expiry, or a vote whose
+/// outcome was never appended), with the event to append.
+pub fn due_outcomes(
+    state: &Projection,
+    now: SystemTime,
+    source: &proto::Source,
+) -> Vec<(String, proto::Event)> {
+    state
+        .pending()
+        .filter_map(|r| due_outcome(r, now, source).map(|e| (r.view.request_id.clone(), e)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

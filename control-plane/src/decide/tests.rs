@@ -1,0 +1,378 @@
+//! Given these events, when this vote, expect these events (or this refusal).
+
+use std::time::{Duration, SystemTime};
+
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{StoredEvent, new_event};
+
+use super::*;
+use crate::projection::Projection;
+
+const REVIEWERS: &str = "0b7e2f4c-reviewers";
+const AGENTS: &str = "6f1d1a52-agents";
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn source() -> proto::Source {
+    proto::Source {
+        kind: proto::source::Kind::Control as i32,
+        id: "replica-1".into(),
+        ..Default::default()
+    }
+}
+
+fn person(subject: &str, groups: &[&str]) -> proto::Identity {
+    proto::Identity {
+        subject: subject.into(),
+        display_name: subject.into(),
+        kind: proto::identity::Kind::User as i32,
+        groups: groups
+            .iter()
+            .map(|g| proto::Group {
+                id: (*g).into(),
+                name: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn app(subject: &str, groups: &[&str]) -> proto::Identity {
+    proto::Identity {
+        kind: proto::identity::Kind::App as i32,
+        ..person(subject, groups)
+    }
+}
+
+struct Given {
+    state: Projection,
+    seq: u64,
+    log: Vec<StoredEvent>,
+}
+
+impl Given {
+    fn new() -> Given {
+        Given {
+            state: Projection::new(),
+            seq: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn event(mut self, subject: &str, mut e: proto::Event) -> Given {
+        self.seq += 1;
+        if e.time.is_none() {
+            e.time = Some(t0().into());
+        }
+        let raw = prost::Message::encode_to_vec(&e).into();
+        let stored = StoredEvent {
+            sequence: self.seq,
+            subject: subject.into(),
+            stored_at: time::OffsetDateTime::UNIX_EPOCH,
+            raw,
+            event: e,
+        };
+        self.state.apply(&stored);
+        self.log.push(stored);
+        self
+    }
+
+    /// A DELETE held for `requester`, needing `required` approvals from
+    /// REVIEWERS, due in 15 minutes.
+    fn requested(self, id: &str, requester: proto::Identity, required: u32) -> Given {
+        let mut e = new_event(
+            &source(),
+            Body::ApprovalRequested(proto::ApprovalRequested {
+                identity: Some(requester),
+                statement: Some(proto::Statement {
+                    text: "DELETE FROM orders WHERE id = 7".into(),
+                    sha256: vec![7; 32],
+                    ..Default::default()
+                }),
+                approvals_required: required,
+                reviewer_groups: vec![proto::Group {
+                    id: REVIEWERS.into(),
+                    name: "db-reviewers".into(),
+                }],
+                deadline: Some((t0() + Duration::from_secs(900)).into()),
+                ..Default::default()
+            }),
+        );
+        e.request_id = id.into();
+        e.session_id = "S1".into();
+        self.event(&format!("airlock.v1.request.{id}"), e)
+    }
+
+    fn folded(self, events: Vec<proto::Event>) -> Given {
+        let mut g = self;
+        for e in events {
+            let subject = format!("airlock.v1.request.{}", e.request_id);
+            g = g.event(&subject, e);
+        }
+        g
+    }
+}
+
+fn vote(id: &str, reviewer: proto::Identity, decision: proto::Decision) -> Vote {
+    Vote {
+        request_id: id.into(),
+        reviewer,
+        decision,
+        reason: "looked at it".into(),
+        statement_sha256: None,
+    }
+}
+
+fn kinds(events: &[proto::Event]) -> Vec<&'static str> {
+    events
+        .iter()
+        .map(|e| airlock_eventlog::body_kind(e.body.as_ref().expect("body")))
+        .collect()
+}
+
+fn at(minutes: u64) -> SystemTime {
+    t0() + Duration::from_secs(minutes * 60)
+}
+
+#[test]
+fn one_approval_by_a_reviewer_grants() {
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
+    let events = decide(
+        &given.state,
+        &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+        at(1),
+        &source(),
+    )
+    .expect("alice may approve");
+    assert_eq!(kinds(&events), vec!["approval_voted", "approval_granted"]);
+    match &events[1].body {
+        Some(Body::ApprovalGranted(g)) => {
+            assert_eq!(
+                g.statement_sha256,
+                vec![7; 32],
+                "the grant binds the exact digest"
+            );
+            assert_eq!(g.approvers.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = given.folded(events);
+    assert_eq!(
+        after.state.request("R1").expect("R1").state(),
+        proto::RequestState::Granted
+    );
+}
+
+#[test]
+fn two_approvals_need_two_people() {
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 2);
+    let first = decide(
+        &given.state,
+        &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+        at(1),
+        &source(),
+    )
+    .expect("first vote");
+    assert_eq!(
+        kinds(&first),
+        vec!["approval_voted"],
+        "one approval of two: still pending"
+    );
+    let given = given.folded(first);
+    assert_eq!(
+        decide(
+            &given.state,
+            &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+            at(2),
+            &source()
+        ),
+        Err(DecideError::AlreadyVoted {
+            who: "alice (alice)".into(),
+            request_id: "R1".into()
+        }),
+        "the same person twice is not two approvals"
+    );
+    let second = decide(
+        &given.state,
+        &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Approve),
+        at(2),
+        &source(),
+    )
+    .expect("second person");
+    assert_eq!(kinds(&second), vec!["approval_voted", "approval_granted"]);
+}
+
+#[test]
+fn any_denial_denies() {
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 2);
+    let approved = decide(
+        &given.state,
+        &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+        at(1),
+        &source(),
+    )
+    .expect("approve");
+    let given = given.folded(approved);
+    let events = decide(
+        &given.state,
+        &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
+        at(2),
+        &source(),
+    )
+    .expect("deny");
+    assert_eq!(kinds(&events), vec!["approval_voted", "approval_denied"]);
+    let after = given.folded(events);
+    let r = after.state.request("R1").expect("R1");
+    assert_eq!(r.state(), proto::RequestState::Denied);
+    assert_eq!(r.view.outcome_reason, "looked at it");
+    assert_eq!(
+        decide(
+            &after.state,
+            &vote("R1", person("carol", &[REVIEWERS]), proto::Decision::Approve),
+            at(3),
+            &source()
+        ),
+        Err(DecideError::AlreadyDecided {
+            request_id: "R1".into(),
+            state: "denied".into()
+        })
+    );
+}
+
+#[test]
+fn refusals_name_their_reason() {
+    // The requester is a person in the reviewer group: still no self-approval.
+    let given = Given::new()
+        .requested("R1", person("dave", &[REVIEWERS, AGENTS]), 1)
+        .requested("R2", app("agent-7", &[AGENTS]), 1);
+    let cases: Vec<(Vote, SystemTime, DecideError)> = vec![
+        (
+            vote("R1", person("dave", &[REVIEWERS]), proto::Decision::Approve),
+            at(1),
+            DecideError::SelfApproval {
+                who: "dave (dave)".into(),
+            },
+        ),
+        (
+            vote("R2", app("agent-7", &[REVIEWERS]), proto::Decision::Approve),
+            at(1),
+            DecideError::AppIdentity {
+                who: "agent-7 (agent-7)".into(),
+            },
+        ),
+        (
+            // Another agent, even one placed in the reviewer group.
+            vote("R2", app("agent-9", &[REVIEWERS]), proto::Decision::Deny),
+            at(1),
+            DecideError::AppIdentity {
+                who: "agent-9 (agent-9)".into(),
+            },
+        ),
+        (
+            vote("R2", person("erin", &[AGENTS]), proto::Decision::Approve),
+            at(1),
+            DecideError::NotAReviewer {
+                who: "erin (erin)".into(),
+                groups: "db-reviewers".into(),
+            },
+        ),
+        (
+            vote("R2", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+            at(16),
+            DecideError::Expired {
+                request_id: "R2".into(),
+            },
+        ),
+        (
+            vote("R9", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+            at(1),
+            DecideError::UnknownRequest("R9".into()),
+        ),
+        (
+            Vote {
+                statement_sha256: Some(vec![8; 32]),
+                ..vote("R2", person("alice", &[REVIEWERS]), proto::Decision::Approve)
+            },
+            at(1),
+            DecideError::DigestMismatch {
+                request_id: "R2".into(),
+            },
+        ),
+    ];
+    for (v, now, want) in cases {
+        assert_eq!(
+            decide(&given.state, &v, now, &source()),
+            Err(want.clone()),
+            "{want}"
+        );
+    }
+}
+
+#[test]
+fn expiry_is_due_once_past_the_deadline() {
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
+    assert!(due_outcomes(&given.state, at(14), &source()).is_empty());
+    let due = due_outcomes(&given.state, at(16), &source());
+    assert_eq!(due.len(), 1);
+    assert_eq!(kinds(&[due[0].1.clone()]), vec!["approval_expired"]);
+    let after = given.folded(vec![due[0].1.clone()]);
+    assert_eq!(
+        after.state.request("R1").expect("R1").state(),
+        proto::RequestState::Expired
+    );
+    assert!(
+        due_outcomes(&after.state, at(30), &source()).is_empty(),
+        "expired exactly once"
+    );
+}
+
+#[test]
+fn a_vote_whose_outcome_was_lost_is_repaired() {
+    // A replica appended the vote and died before appending the grant.
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
+    let mut events = decide(
+        &given.state,
+        &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+        at(1),
+        &source(),
+    )
+    .expect("vote");
+    events.truncate(1);
+    let given = given.folded(events);
+    let due = due_outcomes(&given.state, at(2), &source());
+    assert_eq!(kinds(&[due[0].1.clone()]), vec!["approval_granted"]);
+}
+
+#[test]
+fn the_same_log_folds_to_the_same_state() {
+    let g = Given::new()
+        .requested("R1", app("agent-7", &[AGENTS]), 1)
+        .requested("R2", app("agent-7", &[AGENTS]), 2);
+    let events = decide(
+        &g.state,
+        &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+        at(1),
+        &source(),
+    )
+    .expect("vote");
+    let g = g.folded(events);
+    let due = due_outcomes(&g.state, at(20), &source());
+    let g = g.folded(due.into_iter().map(|(_, e)| e).collect());
+
+    let mut again = Projection::new();
+    for e in &g.log {
+        again.apply(e);
+    }
+    assert_eq!(again, g.state, "folding the same log twice gives the same state");
+    // Replaying an overlap (as after loading a snapshot) changes nothing.
+    for e in &g.log {
+        again.apply(e);
+    }
+    assert_eq!(again, g.state);
+    assert_eq!(
+        again.request("R2").expect("R2").state(),
+        proto::RequestState::Expired
+    );
+}

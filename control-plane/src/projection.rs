@@ -1,0 +1,251 @@
+//! The control plane's state: a fold of the event log. `apply` only updates
+//! state; it decides nothing (deciding is in `decide`). The same events in
+//! the same order always give the same state, so any replica, restarted or
+//! new, rebuilds exactly what the others hold.
+
+use std::collections::{BTreeMap, HashMap};
+
+use airlock_eventlog::StoredEvent;
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::subjects::{SubjectKind, classify};
+use prost_types::Timestamp;
+
+/// One approval request, as folded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub view: proto::RequestView,
+    /// Stream sequence of the last event on the request's subject: what a
+    /// decision appends against (optimistic concurrency).
+    pub last_sequence: u64,
+}
+
+impl Request {
+    pub fn state(&self) -> proto::RequestState {
+        proto::RequestState::try_from(self.view.state).unwrap_or(proto::RequestState::Unspecified)
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.state() == proto::RequestState::Pending
+    }
+
+    pub fn requested(&self) -> &proto::ApprovalRequested {
+        static EMPTY: std::sync::OnceLock<proto::ApprovalRequested> = std::sync::OnceLock::new();
+        self.view
+            .request
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+    }
+
+    /// Distinct people who approved so far.
+    pub fn approvals(&self) -> usize {
+        let mut seen: Vec<&str> = Vec::new();
+        for v in &self.view.votes {
+            let who = v.reviewer.as_ref().map(|r| r.subject.as_str()).unwrap_or("");
+            if v.decision == proto::Decision::Approve as i32 && !who.is_empty() && !seen.contains(&who) {
+                seen.push(who);
+            }
+        }
+        seen.len()
+    }
+}
+
+/// One session, as folded (the full record is read from its subject).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub summary: proto::SessionSummary,
+    pub request_ids: Vec<String>,
+    pub last_sequence: u64,
+}
+
+/// What a proxy or replica last said of itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyView {
+    pub proxy_id: String,
+    pub policies: Vec<proto::policy_loaded::Loaded>,
+    pub last_seen: Option<Timestamp>,
+}
+
+/// The whole folded state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Projection {
+    /// Ordered by id (ULIDs sort by creation time).
+    pub requests: BTreeMap<String, Request>,
+    pub sessions: HashMap<String, Session>,
+    pub proxies: BTreeMap<String, ProxyView>,
+    /// Last stream sequence folded.
+    pub sequence: u64,
+    /// Events that did not fit (an outcome for an unknown request, a second
+    /// outcome): counted, never fatal. An auditor's `verify` reports them.
+    pub anomalies: u64,
+}
+
+impl Projection {
+    pub fn new() -> Projection {
+        Projection::default()
+    }
+
+    /// Folds one stored event. Events at or below the folded sequence are
+    /// ignored, so replaying an overlap (after a snapshot) is harmless.
+    pub fn apply(&mut self, stored: &StoredEvent) {
+        if stored.sequence <= self.sequence {
+            return;
+        }
+        self.sequence = stored.sequence;
+        let event = &stored.event;
+        let Some(body) = &event.body else {
+            self.anomalies += 1;
+            return;
+        };
+        match classify(&stored.subject) {
+            SubjectKind::Request(id) => self.apply_request(&id, stored, body),
+            SubjectKind::Session(id) => self.apply_session(&id, stored, body),
+            SubjectKind::Proxy(id) => {
+                if let Body::PolicyLoaded(p) = body {
+                    self.proxies.insert(
+                        id.clone(),
+                        ProxyView {
+                            proxy_id: id,
+                            policies: p.policies.clone(),
+                            last_seen: event.time,
+                        },
+                    );
+                }
+            }
+            SubjectKind::Checkpoint | SubjectKind::Other => {}
+        }
+    }
+
+    fn apply_request(&mut self, id: &str, stored: &StoredEvent, body: &Body) {
+        let event = &stored.event;
+        if let Body::ApprovalRequested(r) = body {
+            if self.requests.contains_key(id) {
+                self.anomalies += 1;
+                return;
+            }
+            self.requests.insert(
+                id.to_owned(),
+                Request {
+                    view: proto::RequestView {
+                        request_id: id.to_owned(),
+                        session_id: event.session_id.clone(),
+                        state: proto::RequestState::Pending as i32,
+                        request: Some(r.clone()),
+                        requested_at: event.time,
+                        sequence: stored.sequence,
+                        ..Default::default()
+                    },
+                    last_sequence: stored.sequence,
+                },
+            );
+            if let Some(s) = self.sessions.get_mut(&event.session_id) {
+                s.request_ids.push(id.to_owned());
+                s.summary.requests_pending += 1;
+            }
+            return;
+        }
+        let Some(request) = self.requests.get_mut(id) else {
+            self.anomalies += 1;
+            return;
+        };
+        request.last_sequence = stored.sequence;
+        request.view.sequence = stored.sequence;
+        let outcome = match body {
+            Body::ApprovalVoted(v) => {
+                request.view.votes.push(proto::Vote {
+                    reviewer: v.reviewer.clone(),
+                    decision: v.decision,
+                    reason: v.reason.clone(),
+                    time: event.time,
+                });
+                None
+            }
+            Body::ApprovalGranted(_) => Some((proto::RequestState::Granted, String::new())),
+            Body::ApprovalDenied(d) => Some((proto::RequestState::Denied, d.reason.clone())),
+            Body::ApprovalExpired(_) => Some((
+                proto::RequestState::Expired,
+                "no decision before the deadline".into(),
+            )),
+            Body::ApprovalCancelled(c) => Some((proto::RequestState::Cancelled, c.detail.clone())),
+            Body::SessionOpened(_)
+            | Body::StatementExecuted(_)
+            | Body::StatementRefused(_)
+            | Body::ApprovalRequested(_)
+            | Body::SessionKillRequested(_)
+            | Body::SessionClosed(_)
+            | Body::PolicyLoaded(_)
+            | Body::Checkpoint(_) => {
+                self.anomalies += 1;
+                None
+            }
+        };
+        if let Some((state, reason)) = outcome {
+            if !request.is_pending() {
+                // OCC makes a second outcome impossible; count it if seen.
+                self.anomalies += 1;
+                return;
+            }
+            request.view.state = state as i32;
+            request.view.decided_at = event.time;
+            request.view.outcome_reason = reason;
+            let session_id = request.view.session_id.clone();
+            if let Some(s) = self.sessions.get_mut(&session_id) {
+                s.summary.requests_pending = s.summary.requests_pending.saturating_sub(1);
+            }
+        }
+    }
+
+    fn apply_session(&mut self, id: &str, stored: &StoredEvent, body: &Body) {
+        let event = &stored.event;
+        if let Body::SessionOpened(o) = body {
+            self.sessions.insert(
+                id.to_owned(),
+                Session {
+                    summary: proto::SessionSummary {
+                        session_id: id.to_owned(),
+                        state: proto::SessionState::Open as i32,
+                        identity: o.identity.clone(),
+                        connection: o.connection.clone(),
+                        client: o.client.clone(),
+                        proxy_id: o.proxy_id.clone(),
+                        opened_at: event.time,
+                        ..Default::default()
+                    },
+                    request_ids: Vec::new(),
+                    last_sequence: stored.sequence,
+                },
+            );
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(id) else {
+            self.anomalies += 1;
+            return;
+        };
+        session.last_sequence = stored.sequence;
+        match body {
+            Body::StatementExecuted(_) => session.summary.statements_executed += 1,
+            Body::StatementRefused(_) => session.summary.statements_refused += 1,
+            Body::SessionClosed(_) => {
+                session.summary.state = proto::SessionState::Closed as i32;
+                session.summary.closed_at = event.time;
+            }
+            Body::SessionKillRequested(_) => {}
+            Body::SessionOpened(_)
+            | Body::ApprovalRequested(_)
+            | Body::ApprovalVoted(_)
+            | Body::ApprovalGranted(_)
+            | Body::ApprovalDenied(_)
+            | Body::ApprovalExpired(_)
+            | Body::ApprovalCancelled(_)
+            | Body::PolicyLoaded(_)
+            | Body::Checkpoint(_) => self.anomalies += 1,
+        }
+    }
+
+    pub fn request(&self, id: &str) -> Option<&Request> {
+        self.requests.get(id)
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &Request> {
+        self.requests.values().filter(|r| r.is_pending())
+    }
+}
