@@ -1,0 +1,133 @@
+//! The [`Verifier`]: one call from a token string to an [`Identity`].
+//!
+//! Owns the order of checks, which is the security argument: size and shape
+//! first, then the algorithm allow-list, then the key the `kid` names, then
+//! the signature, and only then the claims. Nothing from the payload is read
+//! before the signature holds.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Validation, decode};
+use serde_json::{Map, Value};
+
+use crate::cache::{CacheOptions, KeyCache, KeySource, spawn_refresh};
+use crate::claims::check_and_map;
+use crate::config::IdentityConfig;
+use crate::error::{FetchError, VerifyError, clip};
+use crate::fetch::Fetcher;
+use crate::identity::Identity;
+use crate::jwt::{algorithm_name, check_header};
+
+/// Verifies access tokens against one issuer's keys. Cheap to clone; clones
+/// share the key cache and its single background refresh task, which stops
+/// once every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: IdentityConfig,
+    cache: Arc<KeyCache>,
+}
+
+impl Verifier {
+    /// A verifier with production cache settings. Does no network I/O: keys
+    /// are fetched on first use (or by [`Verifier::refresh_keys`]). When
+    /// called inside a tokio runtime, it also starts the background refresh.
+    pub fn new(config: IdentityConfig) -> Result<Self, VerifyError> {
+        Self::with_options(config, CacheOptions::default())
+    }
+
+    /// A verifier with explicit cache settings (tests, tuning).
+    pub fn with_options(config: IdentityConfig, options: CacheOptions) -> Result<Self, VerifyError> {
+        config.validate()?;
+        let source = match (&config.jwks_uri, config.discovery_url(), config.issuers().first()) {
+            (Some(uri), _, _) => KeySource::Jwks { uri: uri.clone() },
+            (None, Some(discovery), Some(issuer)) => KeySource::Discover {
+                discovery,
+                issuer: issuer.clone(),
+            },
+            // validate() has ruled this out; stay closed all the same.
+            _ => return Err(crate::error::ConfigError::NoIssuer.into()),
+        };
+        let fetcher = Fetcher::new(options.fetch_timeout)?;
+        let cache = KeyCache::new(source, fetcher, options);
+        spawn_refresh(&cache);
+        Ok(Verifier {
+            inner: Arc::new(Inner { config, cache }),
+        })
+    }
+
+    /// The configuration this verifier enforces.
+    pub fn config(&self) -> &IdentityConfig {
+        &self.inner.config
+    }
+
+    /// Fetches the issuer's keys now. Binaries call this at start-up to
+    /// report a misconfigured or unreachable issuer early; verification works
+    /// without it. Returns how many keys the JWKS has.
+    pub async fn refresh_keys(&self) -> Result<usize, FetchError> {
+        self.inner.cache.refresh().await
+    }
+
+    /// How many times the JWKS document has been requested so far.
+    pub fn jwks_fetch_count(&self) -> u64 {
+        self.inner.cache.jwks_fetches()
+    }
+
+    /// Verifies `token` and maps its claims. Never logs the token, and no
+    /// error carries it.
+    pub async fn verify(&self, token: &str) -> Result<Identity, VerifyError> {
+        let config = &self.inner.config;
+        let header = check_header(token, config.max_token_bytes)?;
+        let entry = self.inner.cache.entry(&header.kid).await?;
+        let key = entry.key_for(&header.kid, header.alg)?;
+
+        // Signature only: jsonwebtoken's claim checks are switched off, ours
+        // (claims.rs) run next with precise reasons.
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = decode::<Map<String, Value>>(token, key, &validation)
+            .map_err(|error| signature_error(&header.kid, header.alg, error.into_kind()))?
+            .claims;
+
+        check_and_map(&claims, config, unix_now())
+    }
+}
+
+fn signature_error(kid: &str, alg: jsonwebtoken::Algorithm, kind: ErrorKind) -> VerifyError {
+    let malformed = |reason: &str| VerifyError::Malformed {
+        reason: reason.to_owned(),
+    };
+    match kind {
+        ErrorKind::InvalidSignature => VerifyError::BadSignature { kid: clip(kid) },
+        ErrorKind::Base64(_) => malformed("payload or signature is not base64url"),
+        ErrorKind::Json(_) => malformed("payload is not a JSON object"),
+        ErrorKind::Utf8(_) => malformed("payload is not UTF-8"),
+        ErrorKind::InvalidToken => malformed("not a compact JWS"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => VerifyError::KeyTypeMismatch {
+            kid: clip(kid),
+            alg: algorithm_name(alg).into(),
+            kty: "(does not match)".into(),
+        },
+        other => VerifyError::KeyUnusable {
+            kid: clip(kid),
+            reason: format!("verification failed: {other:?}"),
+        },
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
