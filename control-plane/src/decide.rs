@@ -98,6 +98,14 @@ pub fn decide(
             state: state_name(request),
         });
     }
+    // Votes that settle a request settle it even before the outcome event
+    // is appended (a replica may be appending it right now).
+    if let Some(settled) = settled_by_votes(request) {
+        return Err(DecideError::AlreadyDecided {
+            request_id: vote.request_id.clone(),
+            state: settled.into(),
+        });
+    }
     let asked = request.requested();
     if past(asked.deadline.as_ref(), now) {
         return Err(DecideError::Expired {
@@ -190,6 +198,22 @@ pub fn decide(
     let mut events = vec![voted];
     events.extend(due_outcome(&after, now, source));
     Ok(events)
+}
+
+/// "denied" or "granted" when the votes already settle the request.
+fn settled_by_votes(request: &Request) -> Option<&'static str> {
+    if request
+        .view
+        .votes
+        .iter()
+        .any(|v| v.decision == proto::Decision::Deny as i32)
+    {
+        Some("denied")
+    } else if request.approvals() >= request.requested().approvals_required.max(1) as usize {
+        Some("granted")
+    } else {
+        None
+    }
 }
 
 /// The outcome a pending request has earned and not yet recorded: a denial

@@ -341,6 +341,19 @@ fn a_vote_whose_outcome_was_lost_is_repaired() {
     .expect("vote");
     events.truncate(1);
     let given = given.folded(events);
+    // Nobody may vote on it meanwhile: the votes already settle it.
+    assert_eq!(
+        decide(
+            &given.state,
+            &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
+            at(2),
+            &source()
+        ),
+        Err(DecideError::AlreadyDecided {
+            request_id: "R1".into(),
+            state: "granted".into()
+        })
+    );
     let due = due_outcomes(&given.state, at(2), &source());
     assert_eq!(kinds(&[due[0].1.clone()]), vec!["approval_granted"]);
 }

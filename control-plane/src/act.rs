@@ -1,0 +1,142 @@
+//! Acting on the log: appending votes and outcomes with optimistic
+//! concurrency, so that however many replicas run, one request is decided
+//! once. Judging happens in `decide`; this module re-reads and re-judges
+//! whenever the log moved under it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use airlock_eventlog::proto;
+use airlock_eventlog::{Error as LogError, EventLog, Expect, RequestId, link, subjects};
+
+use crate::decide::{DecideError, Vote, decide, due_outcomes};
+use crate::live::Live;
+
+/// Why a vote did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum VoteError {
+    #[error(transparent)]
+    Refused(#[from] DecideError),
+    #[error("the event log: {0}")]
+    Log(#[from] LogError),
+    #[error("this replica has not caught up with the log; retry")]
+    Lagging,
+    #[error("the request kept changing while deciding; retry")]
+    Contended,
+}
+
+/// A vote that landed.
+#[derive(Debug, Clone)]
+pub struct Voted {
+    pub event_id: String,
+    pub sequence: u64,
+}
+
+/// How long to wait for the fold to reach what the log says.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Judges and appends a vote (and its outcome, if it settles the request).
+pub async fn vote(
+    live: &Live,
+    log: &EventLog,
+    vote: &Vote,
+    source: &proto::Source,
+) -> Result<Voted, VoteError> {
+    let id = RequestId::parse(&vote.request_id)
+        .map_err(|_| DecideError::UnknownRequest(vote.request_id.clone()))?;
+    let subject = subjects::request(&id);
+    for _ in 0..5 {
+        let head = log.head(&subject).await?;
+        // Judge on a state that includes everything on the subject.
+        if !live.wait_for(head.sequence, CATCH_UP).await {
+            return Err(VoteError::Lagging);
+        }
+        let events = live.read(|s| decide(s, vote, SystemTime::now(), source))?;
+        let mut head = head;
+        let mut voted = None;
+        for (i, mut event) in events.into_iter().enumerate() {
+            link(&mut event, &head);
+            match log
+                .append(&subject, &event, Expect::LastSequence(head.sequence))
+                .await
+            {
+                Ok(appended) => {
+                    if i == 0 {
+                        voted = Some(Voted {
+                            event_id: event.id.clone(),
+                            sequence: appended.sequence,
+                        });
+                    }
+                    head = appended.head;
+                }
+                // Someone else moved the request first: judge again.
+                Err(LogError::Conflict { .. }) if i == 0 => break,
+                // The vote is in; the outcome is repaired by `reconcile`.
+                Err(e) if i > 0 => {
+                    tracing::warn!(request = %vote.request_id, error = %e, "outcome not appended; reconcile will");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(v) = voted {
+            // Read your writes: the caller's next view includes the vote.
+            live.wait_for(head.sequence, CATCH_UP).await;
+            return Ok(v);
+        }
+    }
+    Err(VoteError::Contended)
+}
+
+/// Appends every outcome that is due: expiries, and outcomes of votes whose
+/// outcome was never appended. Safe to run on every replica at once: the
+/// expected-sequence check lets one append win.
+pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> usize {
+    let due = live.read(|s| {
+        due_outcomes(s, SystemTime::now(), source)
+            .into_iter()
+            .map(|(id, e)| {
+                let last = s.request(&id).map(|r| r.last_sequence).unwrap_or(0);
+                (id, e, last)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut appended = 0;
+    for (id, mut event, last) in due {
+        let Ok(rid) = RequestId::parse(&id) else { continue };
+        let subject = subjects::request(&rid);
+        let head = match log.head(&subject).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "cannot read request head");
+                continue;
+            }
+        };
+        if head.sequence != last {
+            // The fold lags the log for this request; next round.
+            continue;
+        }
+        link(&mut event, &head);
+        match log
+            .append(&subject, &event, Expect::LastSequence(head.sequence))
+            .await
+        {
+            Ok(_) => appended += 1,
+            Err(LogError::Conflict { .. }) => {} // another replica did it
+            Err(e) => tracing::warn!(request = %id, error = %e, "appending an outcome failed"),
+        }
+    }
+    appended
+}
+
+/// Runs [`reconcile`] every `interval` until the task is dropped.
+pub async fn reconcile_forever(live: Arc<Live>, log: EventLog, source: proto::Source, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if live.is_ready() {
+            reconcile(&live, &log, &source).await;
+        }
+    }
+}

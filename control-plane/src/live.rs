@@ -1,0 +1,125 @@
+//! The projection kept current: a task tails the log and folds every event,
+//! publishing each one to subscribers (Attach streams, Watch streams) after
+//! it is folded. If the log goes away the tailer retries from the next
+//! sequence it needs; nothing is skipped or folded twice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use airlock_eventlog::{EventLog, ReadFilter, StoredEvent};
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+
+use crate::projection::Projection;
+
+/// Shared, live state of one replica.
+#[derive(Debug)]
+pub struct Live {
+    state: RwLock<Projection>,
+    folded: watch::Sender<u64>,
+    changes: broadcast::Sender<Arc<StoredEvent>>,
+    ready: AtomicBool,
+}
+
+impl Live {
+    /// Starts folding `log` from `start` (a loaded snapshot, or empty).
+    /// Ready once it has folded everything stored when it started.
+    pub async fn spawn(log: EventLog, start: Projection) -> Arc<Live> {
+        let (folded, _) = watch::channel(start.sequence);
+        let (changes, _) = broadcast::channel(4096);
+        let live = Arc::new(Live {
+            state: RwLock::new(start),
+            folded,
+            changes,
+            ready: AtomicBool::new(false),
+        });
+        let target = log.last_sequence().await.unwrap_or(0);
+        if live.sequence() >= target {
+            live.ready.store(true, Ordering::Release);
+        }
+        tokio::spawn(tail(live.clone(), log, target));
+        live
+    }
+
+    /// Runs `f` on the current state. Keep it short: the tailer waits.
+    pub fn read<R>(&self, f: impl FnOnce(&Projection) -> R) -> R {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    pub fn sequence(&self) -> u64 {
+        *self.folded.borrow()
+    }
+
+    /// True once the replica has caught up with the log as it was at start.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Every event folded from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.changes.subscribe()
+    }
+
+    /// Waits until the fold has reached `sequence`; false on timeout.
+    pub async fn wait_for(&self, sequence: u64, timeout: Duration) -> bool {
+        let mut rx = self.folded.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s >= sequence))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until the replica is ready; false on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    fn fold(&self, event: StoredEvent, target: u64) {
+        let sequence = event.sequence;
+        {
+            let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+            guard.apply(&event);
+        }
+        self.folded.send_replace(sequence);
+        if sequence >= target {
+            self.ready.store(true, Ordering::Release);
+        }
+        // No subscriber is fine.
+        let _ = self.changes.send(Arc::new(event));
+    }
+}
+
+async fn tail(live: Arc<Live>, log: EventLog, target: u64) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let from = live.sequence() + 1;
+        match log.tail(from, ReadFilter::all()).await {
+            Ok(stream) => {
+                futures::pin_mut!(stream);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(event) => {
+                            backoff = Duration::from_millis(100);
+                            live.fold(event, target);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "tailing the log failed; resuming");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, from, "cannot tail the log; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

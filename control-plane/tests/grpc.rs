@@ -1,0 +1,319 @@
+//! The control plane against a real nats-server: reviewers decide over
+//! gRPC, proxies receive decisions on Attach, and two replicas never both
+//! decide one request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use airlock_control::grpc::{BoxFuture, Control, ReviewerAuth};
+use airlock_control::live::Live;
+use airlock_control::projection::Projection;
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{EventLog, NatsSettings, ReadFilter, RequestId, SessionId, new_event, subjects};
+use airlock_testkit::NatsServer;
+use futures::StreamExt;
+use proto::proxy_service_client::ProxyServiceClient;
+use proto::reviewer_service_client::ReviewerServiceClient;
+use tonic::transport::Channel;
+
+const REVIEWERS: &str = "grp-reviewers";
+const AGENTS: &str = "grp-agents";
+
+struct Tokens(HashMap<&'static str, proto::Identity>);
+
+impl ReviewerAuth for Tokens {
+    fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<proto::Identity, String>> {
+        Box::pin(async move { self.0.get(token).cloned().ok_or_else(|| "unknown key".to_owned()) })
+    }
+}
+
+fn identity(subject: &str, kind: proto::identity::Kind, groups: &[&str]) -> proto::Identity {
+    proto::Identity {
+        subject: subject.into(),
+        display_name: subject.into(),
+        kind: kind as i32,
+        groups: groups
+            .iter()
+            .map(|g| proto::Group {
+                id: (*g).into(),
+                name: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn tokens() -> Tokens {
+    use proto::identity::Kind;
+    Tokens(HashMap::from([
+        ("alice", identity("alice", Kind::User, &[REVIEWERS])),
+        ("bob", identity("bob", Kind::User, &[REVIEWERS])),
+        ("erin", identity("erin", Kind::User, &[AGENTS])),
+        ("agent-7", identity("agent-7", Kind::App, &[AGENTS, REVIEWERS])),
+    ]))
+}
+
+async fn log(nats: &NatsServer) -> EventLog {
+    let log = EventLog::connect(NatsSettings::new(nats.url()))
+        .await
+        .expect("connect");
+    log.ensure_stream().await.expect("stream");
+    log
+}
+
+/// Starts one replica; returns its gRPC address.
+async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
+    let log = log(nats).await;
+    let live = Live::spawn(log.clone(), Projection::new()).await;
+    assert!(live.wait_ready(Duration::from_secs(10)).await);
+    let source = proto::Source {
+        kind: proto::source::Kind::Control as i32,
+        id: id.into(),
+        ..Default::default()
+    };
+    let control = Control {
+        live: live.clone(),
+        log: log.clone(),
+        auth: Arc::new(tokens()),
+        source: source.clone(),
+        kill_groups: vec![REVIEWERS.into()],
+    };
+    tokio::spawn(airlock_control::act::reconcile_forever(
+        live.clone(),
+        log.clone(),
+        source,
+        Duration::from_millis(200),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
+                control.clone(),
+            ))
+            .add_service(proto::proxy_service_server::ProxyServiceServer::new(control))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, live, log)
+}
+
+/// Files a held DELETE as a proxy would.
+async fn file_request(log: &EventLog, required: u32, deadline: Duration) -> (RequestId, SessionId) {
+    let request = RequestId::generate();
+    let session = SessionId::generate();
+    let mut e = new_event(
+        &proto::Source::default(),
+        Body::ApprovalRequested(proto::ApprovalRequested {
+            identity: Some(identity("agent-7", proto::identity::Kind::App, &[AGENTS])),
+            statement: Some(proto::Statement {
+                text: "DELETE FROM orders WHERE id = 7".into(),
+                sha256: vec![42; 32],
+                ..Default::default()
+            }),
+            approvals_required: required,
+            reviewer_groups: vec![proto::Group {
+                id: REVIEWERS.into(),
+                name: "db-reviewers".into(),
+            }],
+            deadline: Some((SystemTime::now() + deadline).into()),
+            ..Default::default()
+        }),
+    );
+    e.request_id = request.to_string();
+    e.session_id = session.to_string();
+    log.append_next(&subjects::request(&request), e)
+        .await
+        .expect("file request");
+    (request, session)
+}
+
+fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    r
+}
+
+async fn decide(
+    client: &mut ReviewerServiceClient<Channel>,
+    token: &str,
+    request: &RequestId,
+    decision: proto::Decision,
+) -> Result<proto::DecideResponse, tonic::Status> {
+    client
+        .decide(authed(
+            token,
+            proto::DecideRequest {
+                request_id: request.to_string(),
+                decision: decision as i32,
+                reason: format!("{token} looked"),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn error_code(s: &tonic::Status) -> String {
+    s.metadata()
+        .get("airlock-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn outcomes(log: &EventLog, request: &RequestId) -> Vec<&'static str> {
+    let stream = log
+        .read(0, ReadFilter::subject(subjects::request(request)))
+        .await
+        .expect("read");
+    futures::pin_mut!(stream);
+    let mut kinds = Vec::new();
+    while let Some(e) = stream.next().await {
+        kinds.push(airlock_eventlog::body_kind(
+            e.expect("event").event.body.as_ref().expect("body"),
+        ));
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn a_reviewer_approves_and_the_holding_proxy_is_told() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let (request, session) = file_request(&log, 1, Duration::from_secs(600)).await;
+
+    // The proxy holding it attaches and announces it.
+    let mut proxy = ProxyServiceClient::connect(addr.clone())
+        .await
+        .expect("proxy connects");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(proto::ProxyMessage {
+        message: Some(proto::proxy_message::Message::Hello(proto::ProxyHello {
+            proxy_id: "proxy-1".into(),
+            held: vec![proto::Held {
+                request_id: request.to_string(),
+                session_id: session.to_string(),
+                statement_sha256: vec![42; 32],
+            }],
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = proxy
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("attach")
+        .into_inner();
+    let welcome = inbound.next().await.expect("welcome").expect("ok");
+    assert!(matches!(
+        welcome.message,
+        Some(proto::control_message::Message::Welcome(_))
+    ));
+
+    let mut reviewer = ReviewerServiceClient::connect(addr)
+        .await
+        .expect("reviewer connects");
+    assert!(live.wait_for(1, Duration::from_secs(5)).await);
+    let pending = reviewer
+        .list_requests(authed(
+            "alice",
+            proto::ListRequestsRequest {
+                states: vec![proto::RequestState::Pending as i32],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(pending.requests.len(), 1);
+    assert_eq!(pending.requests[0].request_id, request.to_string());
+
+    // Refusals, each with its reason.
+    for (token, code) in [("agent-7", "app_identity"), ("erin", "not_a_reviewer")] {
+        let err = decide(&mut reviewer, token, &request, proto::Decision::Approve)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{token}");
+        assert_eq!(error_code(&err), code, "{token}: {}", err.message());
+    }
+    let err = decide(&mut reviewer, "forged", &request, proto::Decision::Approve)
+        .await
+        .expect_err("bad token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    let done = decide(&mut reviewer, "alice", &request, proto::Decision::Approve)
+        .await
+        .expect("alice approves");
+    assert_eq!(
+        done.request.expect("view").state,
+        proto::RequestState::Granted as i32
+    );
+
+    // The proxy hears of it.
+    let notice = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.next())
+            .await
+            .expect("a decision arrives")
+            .expect("stream open")
+            .expect("ok");
+        if let Some(proto::control_message::Message::Decision(d)) = m.message {
+            break d;
+        }
+    };
+    assert_eq!(notice.request_id, request.to_string());
+    assert_eq!(notice.outcome, proto::decision_notice::Outcome::Granted as i32);
+    assert_eq!(notice.statement_sha256, vec![42; 32]);
+    assert_eq!(
+        outcomes(&log, &request).await,
+        vec!["approval_requested", "approval_voted", "approval_granted"]
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_never_both_decide_one_request() {
+    let nats = NatsServer::start();
+    let (addr1, _, log) = replica(&nats, "replica-1").await;
+    let (addr2, _, _) = replica(&nats, "replica-2").await;
+    for _ in 0..5 {
+        let (request, _) = file_request(&log, 1, Duration::from_secs(600)).await;
+        let mut c1 = ReviewerServiceClient::connect(addr1.clone()).await.expect("c1");
+        let mut c2 = ReviewerServiceClient::connect(addr2.clone()).await.expect("c2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (a, b) = tokio::join!(
+            decide(&mut c1, "alice", &request, proto::Decision::Approve),
+            decide(&mut c2, "bob", &request, proto::Decision::Deny),
+        );
+        assert!(a.is_ok() != b.is_ok(), "exactly one vote wins: {a:?} / {b:?}");
+        let loser = a.err().or(b.err()).expect("one refusal");
+        assert_eq!(error_code(&loser), "already_decided", "{}", loser.message());
+        let kinds = outcomes(&log, &request).await;
+        assert_eq!(kinds.len(), 3, "one vote and one outcome: {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_request_expires_exactly_once_with_two_replicas() {
+    let nats = NatsServer::start();
+    let (_, live1, log) = replica(&nats, "replica-1").await;
+    let (_, _live2, _) = replica(&nats, "replica-2").await;
+    let (request, _) = file_request(&log, 1, Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = live1.read(|s| s.request(request.as_str()).map(|r| r.state()));
+        if state == Some(proto::RequestState::Expired) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "request never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await; // more reconcile rounds
+    assert_eq!(
+        outcomes(&log, &request).await,
+        vec!["approval_requested", "approval_expired"]
+    );
+}
