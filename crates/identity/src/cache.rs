@@ -83,10 +83,12 @@ struct State {
     keys: Arc<KeySet>,
     /// When the current keys were fetched; None: never.
     fetched_at: Option<Instant>,
-    /// When a fetch was last attempted, and how many so far. The count lets
-    /// a caller that waited on the fetch lock see that someone else fetched.
+    /// When the last fetch attempt finished, and how many have finished.
+    /// The count lets a caller that waited on the fetch lock see that
+    /// someone else fetched meanwhile; it moves only when a fetch is over,
+    /// so a caller that arrives mid-fetch also waits for its result.
     last_attempt: Option<Instant>,
-    attempts: u64,
+    completed: u64,
     last_error: Option<FetchError>,
     /// The jwks_uri found by discovery.
     discovered_jwks_uri: Option<String>,
@@ -122,17 +124,17 @@ impl KeyCache {
     /// The entry for `kid`, refetching the JWKS when policy allows.
     ///
     /// Cancel safety: dropping the future while it waits for or runs a fetch
-    /// is safe; a fetch in progress is abandoned and the state is unchanged
-    /// apart from the attempt being counted.
+    /// is safe; a fetch in progress is abandoned and the state is unchanged,
+    /// so the next caller fetches instead.
     pub(crate) async fn entry(&self, kid: &str) -> Result<Arc<JwkEntry>, VerifyError> {
-        let seen_attempts = {
+        let seen_completed = {
             let state = self.read();
             if let Some(keys) = state.trusted_keys(Instant::now(), self.options.max_key_age)
                 && let Some(entry) = keys.get(kid)
             {
                 return Ok(entry);
             }
-            state.attempts
+            state.completed
         };
 
         let _flight = self.fetch_lock.lock().await;
@@ -140,7 +142,10 @@ impl KeyCache {
         {
             let state = self.read();
             let trusted = state.trusted_keys(now, self.options.max_key_age).cloned();
-            if state.attempts != seen_attempts {
+            if let Some(entry) = trusted.as_ref().and_then(|keys| keys.get(kid)) {
+                return Ok(entry);
+            }
+            if state.completed != seen_completed {
                 // Someone fetched while we waited: their result is ours.
                 return lookup_after_fetch(&state, trusted.as_deref(), kid);
             }
@@ -155,7 +160,7 @@ impl KeyCache {
                     (Some(_), _) => VerifyError::UnknownKeyId {
                         kid: clip(kid),
                         detail: format!(
-                            "not in the issuer's JWKS; the JWKS was fetched {} s ago and is refetched for unknown keys at most every {} s",
+                            "not in the issuer's JWKS; the JWKS was last requested {} s ago and is refetched for unknown keys at most every {} s",
                             now.duration_since(last).as_secs(),
                             cooldown.as_secs()
                         ),
@@ -188,13 +193,10 @@ impl KeyCache {
 
     /// One fetch; the caller holds `fetch_lock`.
     async fn fetch_locked(&self) -> Result<usize, FetchError> {
-        {
-            let mut state = self.write();
-            state.attempts += 1;
-            state.last_attempt = Some(Instant::now());
-        }
         let result = self.fetch_keys().await;
         let mut state = self.write();
+        state.completed += 1;
+        state.last_attempt = Some(Instant::now());
         match result {
             Ok(keys) => {
                 let count = keys.len();
