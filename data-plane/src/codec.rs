@@ -749,6 +749,18 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads more bytes into the buffer without taking a frame; false when
+    /// the peer has closed. Used to notice a client leaving while its
+    /// statement is held. Cancel safe.
+    pub async fn fill_more(&mut self) -> Result<bool, ReadError> {
+        self.fill().await
+    }
+
+    /// Bytes buffered and not yet taken as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     async fn fill(&mut self) -> Result<bool, ReadError> {
         use tokio::io::AsyncReadExt;
         if self.buf.capacity() - self.buf.len() < 1024 {

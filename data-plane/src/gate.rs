@@ -4,19 +4,30 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+use airlock_eventlog::proto;
 
 use crate::upstream::UpstreamConfig;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A verified agent, as much as the proxy needs to show and record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verified agent: the identity as recorded in events.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Agent {
-    /// Entra object id (`oid`), or `sub`.
-    pub subject: String,
-    pub display_name: String,
-    /// Group object ids, with names where configured.
-    pub groups: Vec<(String, String)>,
+    pub identity: proto::Identity,
+}
+
+impl Agent {
+    /// "name (subject)", for messages.
+    pub fn describe(&self) -> String {
+        let i = &self.identity;
+        if i.display_name.is_empty() {
+            i.subject.clone()
+        } else {
+            format!("{} ({})", i.display_name, i.subject)
+        }
+    }
 }
 
 /// A refusal at login: the message is safe to send to the client (it never
@@ -42,23 +53,53 @@ pub struct Binding {
     /// `connections[].name` (the client's `dbname`).
     pub connection: String,
     pub upstream: UpstreamConfig,
-    /// The policy (Entra group) that binds the agent to the connection.
-    pub policy: String,
+    /// The policies (Entra groups) that bind the agent to the connection.
+    pub policies: Vec<proto::PolicyRef>,
+    /// Record every statement (policy `record: true`), not only gated and
+    /// refused ones.
+    pub record: bool,
+}
+
+impl Binding {
+    pub fn connection_info(&self) -> proto::ConnectionInfo {
+        proto::ConnectionInfo {
+            name: self.connection.clone(),
+            upstream_host: self.upstream.host.clone(),
+            upstream_port: u32::from(self.upstream.port),
+            upstream_database: self.upstream.database.clone(),
+            upstream_user: self.upstream.user.clone(),
+        }
+    }
+}
+
+/// What a held statement waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldSpec {
+    /// Distinct people who must approve.
+    pub approvals: u32,
+    /// Groups whose members may approve.
+    pub reviewers: Vec<proto::Group>,
+    /// How long the statement waits before it is refused as expired.
+    pub timeout: Duration,
 }
 
 /// What policy says of one statement string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Judgement {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
     Allow,
     /// Refused: the message names the rule and its reason.
     Deny {
         message: String,
     },
     /// Needs a reviewer's approval.
-    Hold {
-        rule: String,
-        reason: String,
-    },
+    Hold(HoldSpec),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub action: Action,
+    /// The verdict as recorded (rule, reason, effects).
+    pub verdict: proto::Verdict,
 }
 
 /// Identity and policy, as the proxy sees them.

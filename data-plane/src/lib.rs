@@ -4,8 +4,10 @@
 //! (logging into PostgreSQL with the connection's credential). The session
 //! state machine and the server follow in the data-plane issue.
 
+pub mod attach;
 pub mod codec;
 pub mod gate;
+pub mod record;
 pub mod server;
 pub mod session;
 pub mod upstream;

@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::codec::{BeMessage, CodecError, Diagnostic, FeStartup, FrameReader, Limits, ReadError, Severity};
-use crate::gate::Gate;
 use crate::session;
 
 /// The `proxy:` section of airlock.yaml, as far as the front door uses it.
@@ -141,7 +140,7 @@ impl Server {
 
     /// Accepts connections until the task is dropped. Each runs on its own
     /// task: one client's trouble never touches another's.
-    pub async fn run(self, gate: Arc<dyn Gate>) {
+    pub async fn run(self, deps: Arc<session::Deps>) {
         let limit = Arc::new(Semaphore::new(self.settings.max_connections));
         let settings = Arc::new(self.settings);
         loop {
@@ -159,9 +158,9 @@ impl Server {
                 tokio::spawn(refuse_busy(socket));
                 continue;
             };
-            let (settings, gate, tls) = (settings.clone(), gate.clone(), self.tls.clone());
+            let (settings, deps, tls) = (settings.clone(), deps.clone(), self.tls.clone());
             tokio::spawn(async move {
-                handle(socket, peer, &settings, tls, gate).await;
+                handle(socket, peer, &settings, tls, deps).await;
                 drop(permit);
             });
         }
@@ -183,8 +182,8 @@ async fn refuse_busy(mut socket: TcpStream) {
 }
 
 /// Any byte stream the session can run over (TCP or TLS over TCP).
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ClientStream for T {}
 
 /// The client's side after startup.
 pub struct Login {
@@ -209,7 +208,7 @@ async fn handle(
     peer: SocketAddr,
     settings: &ServerSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    gate: Arc<dyn Gate>,
+    deps: Arc<session::Deps>,
 ) {
     let login =
         match tokio::time::timeout(settings.startup_timeout, negotiate(socket, peer, settings, tls)).await {
@@ -224,7 +223,7 @@ async fn handle(
                 return;
             }
         };
-    session::run(login, settings, gate).await;
+    session::run(login, deps).await;
 }
 
 /// Why a connection ended before login.

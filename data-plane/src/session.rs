@@ -1,42 +1,81 @@
 //! One client session, after startup: the agent's login, the upstream
-//! connection, and the relay that judges every statement.
+//! connection, and the relay that judges, holds, refuses and records every
+//! statement.
 //!
 //! How refusals keep PostgreSQL's semantics. A refused statement is never
-//! sent upstream. In its place the proxy sends a fixed statement that makes
-//! PostgreSQL raise an error ([`REFUSAL_SQL`]; it carries no client text),
+//! sent upstream. In its place the proxy sends [`REFUSAL_SQL`], a fixed
+//! statement PostgreSQL rejects at parse time (it carries no client text),
 //! and rewrites that error into the refusal the client should see. So the
-//! refusal arrives in its exact place among pipelined responses, and a
-//! transaction open at the time is aborted just as PostgreSQL would abort it
-//! for a failing statement; the session goes on.
+//! refusal arrives in its exact place among pipelined responses, an
+//! extended-protocol batch is skipped up to its Sync, and an open transaction
+//! is aborted, just as PostgreSQL does for a statement it rejects.
+//!
+//! Held statements (simple protocol). The proxy appends `ApprovalRequested`
+//! (exact text, SHA-256 of the exact Query message), tells the client in a
+//! NOTICE which request it waits on, and waits for the decision from the
+//! control plane, a local deadline, a kill order or the client leaving. On a
+//! grant whose digest matches, the held bytes are forwarded unchanged. A
+//! statement needing approval over the extended protocol is refused for now.
 //!
 //! All client output is written by one task (upstream -> client); the other
-//! task (client -> upstream) only forwards or substitutes.
+//! task (client -> upstream) forwards, substitutes, and injects notices and
+//! fatal errors through a channel, so output stays in order.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{ChainWriter, EventLog, RequestId, SessionId, new_event, subjects};
+use bytes::BytesMut;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
+use crate::attach::Holds;
 use crate::codec::{
     BeMessage, CodecError, Diagnostic, FeMessage, Frame, FrameReader, ReadError, Severity, TxStatus,
     parse_diagnostic_fields,
 };
-use crate::gate::{Binding, Gate, Judgement};
-use crate::server::{ClientStream, Login, ServerSettings};
-use crate::upstream::{Upstream, ready_status};
+use crate::gate::{Action, Agent, Binding, Gate, HoldSpec, Judgement};
+use crate::record::{Recorder, Slot};
+use crate::server::{ClientStream, Login};
+use crate::upstream::Upstream;
 
-/// What the proxy sends upstream in place of a refused statement. Fixed
-/// text: nothing the client sent reaches the upstream.
-pub const REFUSAL_SQL: &str = "DO $airlock$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'airlock: statement refused'; END $airlock$";
+/// What the proxy sends upstream in place of a refused statement: rejected
+/// by PostgreSQL's parser (unknown column), whatever the connection's
+/// privileges. Fixed text: nothing the client sent reaches the upstream.
+pub const REFUSAL_SQL: &str = "SELECT \"airlock: statement refused\"";
 const REFUSAL_MARKER: &str = "airlock: statement refused";
+
+/// What every session shares.
+pub struct Deps {
+    pub gate: Arc<dyn Gate>,
+    pub log: EventLog,
+    pub recorder: Recorder,
+    pub holds: Arc<Holds>,
+    pub source: proto::Source,
+    /// Base URL of the reviewer UI, named in hold notices.
+    pub reviewer_url: Option<String>,
+    /// Extra time past a hold's deadline before the proxy refuses it on its
+    /// own (the control plane's expiry normally arrives first).
+    pub expiry_grace: Duration,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Runs a session to its end. Never panics on client input; every failure
 /// ends in an error message to the client and a log line.
-pub async fn run(mut login: Login, _settings: &ServerSettings, gate: Arc<dyn Gate>) {
+pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let peer = login.peer;
-    let (binding, upstream) = match authenticate(&mut login, gate.as_ref()).await {
+    let (agent, binding, upstream) = match authenticate(&mut login, deps.gate.as_ref()).await {
         Ok(x) => x,
         Err(refusal) => {
             tracing::info!(%peer, reason = %refusal.1, "login refused");
@@ -44,15 +83,117 @@ pub async fn run(mut login: Login, _settings: &ServerSettings, gate: Arc<dyn Gat
             return;
         }
     };
-    tracing::info!(%peer, connection = %binding.connection, policy = %binding.policy, "session open");
-    relay(login, binding, upstream, gate).await;
+    let session = SessionId::generate();
+    let param = |k: &str| login.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let client = proto::ClientInfo {
+        address: peer.to_string(),
+        user: param("user").unwrap_or_default(),
+        database: param("database").unwrap_or_default(),
+        application_name: param("application_name").unwrap_or_default(),
+        tls: login.tls,
+        tls_version: String::new(),
+    };
+    let ctx = Arc::new(Ctx {
+        deps: deps.clone(),
+        session: session.clone(),
+        agent,
+        binding,
+        client,
+        opened: Instant::now(),
+        counts: Mutex::new((0, 0)),
+    });
+    let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
+        identity: Some(ctx.agent.identity.clone()),
+        connection: Some(ctx.binding.connection_info()),
+        client: Some(ctx.client.clone()),
+        proxy_id: deps.source.id.clone(),
+        policies: ctx.binding.policies.clone(),
+        record: ctx.binding.record,
+    }));
+    if deps.recorder.record(&session, opened).is_err() {
+        fatal(
+            &mut login.io,
+            "57P03",
+            "Airlock cannot record sessions right now (the event log is not keeping up); retry shortly",
+        )
+        .await;
+        return;
+    }
+    tracing::info!(%peer, %session, agent = %ctx.agent.describe(), connection = %ctx.binding.connection, "session open");
+    let kills = deps.holds.open_session(session.as_str());
+    let cause = relay(login, upstream, ctx.clone(), kills).await;
+    deps.holds.close_session(session.as_str());
+    let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
+    let closed = ctx.event(Body::SessionClosed(proto::SessionClosed {
+        cause: cause.0 as i32,
+        detail: cause.1,
+        statements_executed: executed,
+        statements_refused: refused,
+        duration: prost_types::Duration::try_from(ctx.opened.elapsed()).ok(),
+    }));
+    if deps.recorder.record(&session, closed).is_err() {
+        tracing::error!(%session, "SessionClosed could not be buffered: the event log is not keeping up");
+    }
+}
+
+/// Per-session context shared by the two relay tasks.
+struct Ctx {
+    deps: Arc<Deps>,
+    session: SessionId,
+    agent: Agent,
+    binding: Binding,
+    client: proto::ClientInfo,
+    opened: Instant,
+    /// (executed, refused)
+    counts: Mutex<(u64, u64)>,
+}
+
+impl Ctx {
+    fn event(&self, body: Body) -> proto::Event {
+        let mut e = new_event(&self.deps.source, body);
+        e.session_id = self.session.to_string();
+        e
+    }
+
+    fn count(&self, executed: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if executed {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
+    }
+
+    /// Records a refusal. A full buffer is logged: the statement is refused
+    /// either way, so nothing ran unrecorded.
+    fn refused(
+        &self,
+        statement: proto::Statement,
+        verdict: proto::Verdict,
+        cause: proto::statement_refused::Cause,
+        d: &Diagnostic,
+        request_id: &str,
+    ) {
+        self.count(false);
+        let e = self.event(Body::StatementRefused(proto::StatementRefused {
+            statement: Some(statement),
+            verdict: Some(verdict),
+            cause: cause as i32,
+            request_id: request_id.to_owned(),
+            message: d.message.clone(),
+            sqlstate: d.code.to_owned(),
+        }));
+        if self.deps.recorder.record(&self.session, e).is_err() {
+            tracing::error!(session = %self.session, "a refusal could not be recorded: buffer full");
+        }
+    }
 }
 
 /// Password (token) exchange, policy binding and upstream login.
 async fn authenticate(
     login: &mut Login,
     gate: &dyn Gate,
-) -> Result<(Binding, Upstream), (&'static str, String)> {
+) -> Result<(Agent, Binding, Upstream), (&'static str, String)> {
     let mut out = BytesMut::new();
     BeMessage::AuthenticationCleartextPassword.encode(&mut out);
     write(&mut login.io, &out)
@@ -121,7 +262,7 @@ async fn authenticate(
     write(&mut login.io, &out)
         .await
         .map_err(|e| ("08006", format!("writing to client: {e}")))?;
-    Ok((binding, upstream))
+    Ok((agent, binding, upstream))
 }
 
 fn session_key() -> (i32, i32) {
@@ -129,10 +270,54 @@ fn session_key() -> (i32, i32) {
     ((id >> 64) as i32 & 0x7fff_ffff, id as i32)
 }
 
-/// Refusals waiting for their substitute's error, in order.
-type Pending = Arc<Mutex<VecDeque<Diagnostic>>>;
+/// A statement sent upstream and not yet answered, in order.
+enum InFlight {
+    /// A simple-protocol Query: answered by one ReadyForQuery.
+    Simple(Running),
+    /// An extended-protocol Execute: answered by CommandComplete (or an
+    /// error); skipped if an earlier message of its batch failed.
+    Extended(Running),
+    /// A Sync: its ReadyForQuery ends a batch.
+    Sync,
+    /// A refusal's stand-in; `boundary` for a simple Query.
+    Substitute {
+        diagnostic: Option<Diagnostic>,
+        boundary: bool,
+    },
+}
 
-async fn relay(login: Login, binding: Binding, upstream: Upstream, gate: Arc<dyn Gate>) {
+struct Running {
+    statement: proto::Statement,
+    verdict: proto::Verdict,
+    request_id: String,
+    started: Instant,
+    tags: Vec<String>,
+    error: Option<(String, String)>,
+    /// Room for the record, reserved before the statement was sent.
+    slot: Option<Slot>,
+}
+
+type Queue = Arc<Mutex<VecDeque<InFlight>>>;
+
+/// Messages for the client from the reading side, written in order with the
+/// upstream's output by the single writer.
+#[derive(Debug)]
+enum Inject {
+    Notice(Diagnostic),
+    /// Write, then end the session.
+    Fatal(Diagnostic),
+}
+
+/// Why a session ended, for `SessionClosed`.
+type Ending = (proto::session_closed::Cause, String);
+
+async fn relay(
+    login: Login,
+    upstream: Upstream,
+    ctx: Arc<Ctx>,
+    kills: mpsc::Receiver<proto::KillOrder>,
+) -> Ending {
+    use proto::session_closed::Cause;
     let Upstream {
         reader: up_reader,
         writer: up_writer,
@@ -145,189 +330,654 @@ async fn relay(login: Login, binding: Binding, upstream: Upstream, gate: Arc<dyn
         // Bytes pipelined right after login stay in order.
         client_reader.prepend(leftover);
     }
-    let pending: Pending = Arc::default();
-    let (inject_tx, inject_rx) = tokio::sync::mpsc::channel(16);
+    let queue: Queue = Arc::default();
+    let (inject_tx, inject_rx) = mpsc::channel(16);
 
     let mut to_upstream = tokio::spawn(client_to_upstream(
         client_reader,
         up_writer,
-        binding,
-        gate,
-        pending.clone(),
+        ctx.clone(),
+        queue.clone(),
         inject_tx,
+        kills,
     ));
-    let mut to_client = tokio::spawn(upstream_to_client(up_reader, client_write, pending, inject_rx));
-    // Either side ending ends the session; the other is stopped. After a
-    // protocol violation the writer first sends the client its FATAL.
+    let mut to_client = tokio::spawn(upstream_to_client(up_reader, client_write, ctx, queue, inject_rx));
+    // Either side ending ends the session; the other is stopped. A FATAL
+    // from the reading side is written before the writer stops.
     tokio::select! {
         r = &mut to_upstream => {
-            if matches!(r, Ok(Err(ref e)) if e.starts_with(PROTOCOL_VIOLATION)) {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut to_client).await;
+            let ending = match r {
+                Ok(e) => e,
+                Err(e) => (Cause::Error, format!("session task failed: {e}")),
+            };
+            if ending.0 != Cause::ClientTerminated && ending.0 != Cause::ClientDisconnected {
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut to_client).await;
             }
             to_client.abort();
-            log_end("client", r);
+            ending
         }
-        r = &mut to_client => { to_upstream.abort(); log_end("upstream", r); }
-    }
-}
-
-const PROTOCOL_VIOLATION: &str = "protocol violation";
-
-/// Messages for the client from the client -> upstream side, written in
-/// order with the upstream's output by the single writer.
-#[derive(Debug)]
-enum Inject {
-    /// Write, then end the session.
-    Fatal(Diagnostic),
-}
-
-fn log_end(side: &str, r: Result<Result<(), String>, tokio::task::JoinError>) {
-    match r {
-        Ok(Ok(())) => tracing::info!(side, "session closed"),
-        Ok(Err(e)) => tracing::info!(side, error = %e, "session ended"),
-        Err(e) => tracing::error!(side, error = %e, "session task failed"),
-    }
-}
-
-async fn client_to_upstream(
-    mut client: FrameReader<ReadHalf<Box<dyn ClientStream>>>,
-    mut upstream: WriteHalf<TcpStream>,
-    binding: Binding,
-    gate: Arc<dyn Gate>,
-    pending: Pending,
-    inject: tokio::sync::mpsc::Sender<Inject>,
-) -> Result<(), String> {
-    let mut out = BytesMut::new();
-    loop {
-        let routed = match client.read_frame().await {
-            Ok(Some(frame)) => route(&frame, &binding, gate.as_ref()).map(|r| (frame, r)),
-            Ok(None) => return Ok(()),
-            Err(ReadError::Codec(e)) => Err(e),
-            Err(e) => return Err(e.to_string()),
-        };
-        let (frame, route) = match routed {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of step with the client: say why, then end the session.
-                let _ = inject
-                    .send(Inject::Fatal(Diagnostic {
-                        severity: Severity::Fatal,
-                        code: "08P01",
-                        message: format!("protocol violation: {e}"),
-                        detail: None,
-                        hint: None,
-                    }))
-                    .await;
-                return Err(format!("{PROTOCOL_VIOLATION}: {e}"));
+        r = &mut to_client => {
+            to_upstream.abort();
+            match r {
+                Ok(Ok(())) => (Cause::ClientDisconnected, "client connection closed".into()),
+                Ok(Err(e)) => (Cause::UpstreamClosed, e),
+                Err(e) => (Cause::Error, format!("session task failed: {e}")),
             }
-        };
-        match route {
-            Route::Forward => frame.encode(&mut out),
-            Route::Terminate => {
-                frame.encode(&mut out);
-                let _ = upstream.write_all(&out).await;
-                return Ok(());
-            }
-            Route::Refuse {
-                substitute,
-                diagnostic,
-            } => {
-                pending.lock().map_err(|_| "poisoned")?.push_back(diagnostic);
-                substitute.encode(&mut out);
-            }
-        }
-        // Batch what the client pipelined into one write.
-        if !client.has_buffered_frame() {
-            upstream
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("upstream write: {e}"))?;
-            out.clear();
         }
     }
 }
 
-enum Route {
-    Forward,
-    Terminate,
-    Refuse {
-        substitute: Frame,
-        diagnostic: Diagnostic,
-    },
-}
-
-fn route(frame: &Frame, binding: &Binding, gate: &dyn Gate) -> Result<Route, CodecError> {
-    match frame.tag {
-        b'Q' | b'P' => {
-            let (sql, name) = match FeMessage::parse(frame)? {
-                FeMessage::Query { sql } => (sql, None),
-                FeMessage::Parse { name, query, .. } => (query, Some(name)),
-                _ => {
-                    return Err(CodecError::UnknownTag {
-                        tag: frame.tag as char,
-                    });
-                }
-            };
-            let diagnostic = match gate.judge(binding, &sql) {
-                Judgement::Allow => return Ok(Route::Forward),
-                Judgement::Deny { message } => refused(message, None),
-                Judgement::Hold { rule, reason } => refused(
-                    format!(
-                        "statement needs a reviewer's approval ({rule}: {reason}), and approvals are not available on this proxy yet: refused"
-                    ),
-                    Some("run it through a path with approvals, or ask an operator".into()),
-                ),
-            };
-            let substitute = match name {
-                None => FeMessage::Query {
-                    sql: REFUSAL_SQL.into(),
-                }
-                .to_frame(),
-                Some(name) => FeMessage::Parse {
-                    name,
-                    query: REFUSAL_SQL.into(),
-                    param_types: Vec::new(),
-                }
-                .to_frame(),
-            };
-            Ok(Route::Refuse {
-                substitute,
-                diagnostic,
-            })
-        }
-        b'F' => Ok(Route::Refuse {
-            substitute: FeMessage::Query {
-                sql: REFUSAL_SQL.into(),
-            }
-            .to_frame(),
-            diagnostic: refused(
-                "the function-call protocol message is not allowed through Airlock".into(),
-                None,
-            ),
-        }),
-        b'X' => Ok(Route::Terminate),
-        // Bind, Describe, Execute, Sync, Flush, Close, Copy*: judged where the
-        // statement was (Query or Parse). Their bodies are checked here so a
-        // malformed one never reaches the upstream.
-        _ => FeMessage::parse(frame).map(|_| Route::Forward),
-    }
-}
-
-fn refused(message: String, hint: Option<String>) -> Diagnostic {
+fn refusal(code: &'static str, message: String, hint: Option<String>) -> Diagnostic {
     Diagnostic {
         severity: Severity::Error,
-        code: "42501",
+        code,
         message,
         detail: None,
         hint,
     }
 }
 
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+/// What the reading side knows of named statements and portals.
+#[derive(Default)]
+struct Prepared {
+    /// statement name -> (text, verdict), for allowed statements only.
+    statements: HashMap<String, (String, proto::Verdict)>,
+    /// portal name -> statement name.
+    portals: HashMap<String, String>,
+}
+
+async fn client_to_upstream(
+    mut client: FrameReader<ReadHalf<Box<dyn ClientStream>>>,
+    mut upstream: WriteHalf<TcpStream>,
+    ctx: Arc<Ctx>,
+    queue: Queue,
+    inject: mpsc::Sender<Inject>,
+    mut kills: mpsc::Receiver<proto::KillOrder>,
+) -> Ending {
+    use proto::session_closed::Cause;
+    let mut out = BytesMut::new();
+    let mut prepared = Prepared::default();
+    loop {
+        let read = tokio::select! {
+            r = client.read_frame() => r,
+            Some(order) = kills.recv() => return killed(&inject, &order).await,
+        };
+        let frame = match read {
+            Ok(Some(f)) => f,
+            Ok(None) => return (Cause::ClientDisconnected, "client closed the connection".into()),
+            Err(ReadError::Codec(e)) => return violation(&inject, &e).await,
+            Err(e) => return (Cause::ClientDisconnected, e.to_string()),
+        };
+        let msg = match FeMessage::parse(&frame) {
+            Ok(m) => m,
+            Err(e) => return violation(&inject, &e).await,
+        };
+        match msg {
+            FeMessage::Query { sql } => {
+                let judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
+                let statement = proto::Statement {
+                    text: sql.clone(),
+                    protocol: proto::statement::Protocol::Simple as i32,
+                    sha256: sha256(&frame.to_bytes()),
+                    ..Default::default()
+                };
+                let step = match judgement.action.clone() {
+                    Action::Allow => Step::Run {
+                        request_id: String::new(),
+                    },
+                    Action::Deny { message } => Step::Refuse(
+                        refusal("42501", message, None),
+                        proto::statement_refused::Cause::Policy,
+                        String::new(),
+                    ),
+                    Action::Hold(spec) => {
+                        // Everything pipelined so far goes first.
+                        if !out.is_empty() {
+                            if let Err(e) = upstream.write_all(&out).await {
+                                return (Cause::UpstreamClosed, e.to_string());
+                            }
+                            out.clear();
+                        }
+                        match hold(
+                            &ctx,
+                            &statement,
+                            &judgement,
+                            &spec,
+                            &mut client,
+                            &inject,
+                            &mut kills,
+                        )
+                        .await
+                        {
+                            Held::Decided(step) => step,
+                            Held::End(ending) => return ending,
+                        }
+                    }
+                };
+                match step {
+                    Step::Run { request_id } => {
+                        let slot = if ctx.binding.record || !request_id.is_empty() {
+                            match ctx.deps.recorder.reserve(&ctx.session) {
+                                Ok(s) => Some(s),
+                                Err(full) => {
+                                    substitute_query(
+                                        &ctx,
+                                        &queue,
+                                        &mut out,
+                                        statement,
+                                        judgement.verdict,
+                                        full_refusal(full),
+                                        proto::statement_refused::Cause::Unavailable,
+                                        &request_id,
+                                    );
+                                    flush_if_idle(&client, &mut upstream, &mut out).await;
+                                    continue;
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        push(
+                            &queue,
+                            InFlight::Simple(Running {
+                                statement,
+                                verdict: judgement.verdict,
+                                request_id,
+                                started: Instant::now(),
+                                tags: Vec::new(),
+                                error: None,
+                                slot,
+                            }),
+                        );
+                        frame.encode(&mut out);
+                    }
+                    Step::Refuse(d, cause, request_id) => {
+                        substitute_query(
+                            &ctx,
+                            &queue,
+                            &mut out,
+                            statement,
+                            judgement.verdict,
+                            d,
+                            cause,
+                            &request_id,
+                        );
+                    }
+                }
+            }
+            FeMessage::Parse { name, query, .. } => {
+                let judgement = ctx.deps.gate.judge(&ctx.binding, &query);
+                let refuse = match judgement.action {
+                    Action::Allow => None,
+                    Action::Deny { message } => Some(refusal("42501", message, None)),
+                    Action::Hold(_) => Some(refusal(
+                        "42501",
+                        "this statement needs a reviewer's approval, which the extended query protocol cannot wait for yet; send it as a simple query (for example with psql) to have it held for review".into(),
+                        None,
+                    )),
+                };
+                match refuse {
+                    None => {
+                        prepared.statements.insert(name, (query, judgement.verdict));
+                        frame.encode(&mut out);
+                    }
+                    Some(d) => {
+                        prepared.statements.remove(&name);
+                        let statement = proto::Statement {
+                            text: query,
+                            protocol: proto::statement::Protocol::Extended as i32,
+                            sha256: sha256(&frame.to_bytes()),
+                            prepared_name: name.clone(),
+                            ..Default::default()
+                        };
+                        ctx.refused(
+                            statement,
+                            judgement.verdict,
+                            proto::statement_refused::Cause::Policy,
+                            &d,
+                            "",
+                        );
+                        push(
+                            &queue,
+                            InFlight::Substitute {
+                                diagnostic: Some(d),
+                                boundary: false,
+                            },
+                        );
+                        FeMessage::Parse {
+                            name,
+                            query: REFUSAL_SQL.into(),
+                            param_types: Vec::new(),
+                        }
+                        .to_frame()
+                        .encode(&mut out);
+                    }
+                }
+            }
+            FeMessage::Bind {
+                portal, statement, ..
+            } => {
+                prepared.portals.insert(portal, statement);
+                frame.encode(&mut out);
+            }
+            FeMessage::Execute { portal, .. } => {
+                let known = prepared
+                    .portals
+                    .get(&portal)
+                    .and_then(|s| prepared.statements.get(s))
+                    .cloned();
+                if let Some((text, verdict)) = known {
+                    let slot = if ctx.binding.record {
+                        match ctx.deps.recorder.reserve(&ctx.session) {
+                            Ok(s) => Some(s),
+                            Err(full) => {
+                                // Cannot record it: make the batch fail here.
+                                let d = full_refusal(full);
+                                let statement = proto::Statement {
+                                    text,
+                                    ..Default::default()
+                                };
+                                ctx.refused(
+                                    statement,
+                                    verdict,
+                                    proto::statement_refused::Cause::Unavailable,
+                                    &d,
+                                    "",
+                                );
+                                push(
+                                    &queue,
+                                    InFlight::Substitute {
+                                        diagnostic: Some(d),
+                                        boundary: false,
+                                    },
+                                );
+                                FeMessage::Parse {
+                                    name: String::new(),
+                                    query: REFUSAL_SQL.into(),
+                                    param_types: Vec::new(),
+                                }
+                                .to_frame()
+                                .encode(&mut out);
+                                flush_if_idle(&client, &mut upstream, &mut out).await;
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    push(
+                        &queue,
+                        InFlight::Extended(Running {
+                            statement: proto::Statement {
+                                text,
+                                protocol: proto::statement::Protocol::Extended as i32,
+                                portal_name: portal.clone(),
+                                ..Default::default()
+                            },
+                            verdict,
+                            request_id: String::new(),
+                            started: Instant::now(),
+                            tags: Vec::new(),
+                            error: None,
+                            slot,
+                        }),
+                    );
+                }
+                frame.encode(&mut out);
+            }
+            FeMessage::Sync => {
+                push(&queue, InFlight::Sync);
+                frame.encode(&mut out);
+            }
+            FeMessage::Close { kind, name } => {
+                if kind == b'S' {
+                    prepared.statements.remove(&name);
+                } else {
+                    prepared.portals.remove(&name);
+                }
+                frame.encode(&mut out);
+            }
+            FeMessage::Terminate => {
+                frame.encode(&mut out);
+                let _ = upstream.write_all(&out).await;
+                return (Cause::ClientTerminated, "client sent Terminate".into());
+            }
+            FeMessage::FunctionCall(_) => {
+                let d = refusal(
+                    "42501",
+                    "the function-call protocol message is not allowed through Airlock".into(),
+                    None,
+                );
+                push(
+                    &queue,
+                    InFlight::Substitute {
+                        diagnostic: Some(d),
+                        boundary: true,
+                    },
+                );
+                FeMessage::Query {
+                    sql: REFUSAL_SQL.into(),
+                }
+                .to_frame()
+                .encode(&mut out);
+            }
+            FeMessage::Describe { .. }
+            | FeMessage::Flush
+            | FeMessage::CopyData(_)
+            | FeMessage::CopyDone
+            | FeMessage::CopyFail { .. } => frame.encode(&mut out),
+            FeMessage::Password(_) => {
+                return violation(
+                    &inject,
+                    &CodecError::Malformed {
+                        tag: 'p',
+                        what: "password message after login",
+                    },
+                )
+                .await;
+            }
+        }
+        if let Err(e) = flush_if_idle_result(&client, &mut upstream, &mut out).await {
+            return (Cause::UpstreamClosed, e);
+        }
+    }
+}
+
+enum Step {
+    Run { request_id: String },
+    Refuse(Diagnostic, proto::statement_refused::Cause, String),
+}
+
+enum Held {
+    Decided(Step),
+    End(Ending),
+}
+
+fn full_refusal(full: crate::record::RecorderFull) -> Diagnostic {
+    refusal(
+        "57P03",
+        format!("statement not run: {full}; nothing was executed, retry shortly"),
+        None,
+    )
+}
+
+fn push(queue: &Queue, item: InFlight) {
+    queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(item);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn substitute_query(
+    ctx: &Ctx,
+    queue: &Queue,
+    out: &mut BytesMut,
+    statement: proto::Statement,
+    verdict: proto::Verdict,
+    d: Diagnostic,
+    cause: proto::statement_refused::Cause,
+    request_id: &str,
+) {
+    ctx.refused(statement, verdict, cause, &d, request_id);
+    push(
+        queue,
+        InFlight::Substitute {
+            diagnostic: Some(d),
+            boundary: true,
+        },
+    );
+    FeMessage::Query {
+        sql: REFUSAL_SQL.into(),
+    }
+    .to_frame()
+    .encode(out);
+}
+
+/// Writes what is batched unless the client has more pipelined.
+async fn flush_if_idle_result(
+    client: &FrameReader<ReadHalf<Box<dyn ClientStream>>>,
+    upstream: &mut WriteHalf<TcpStream>,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    if !client.has_buffered_frame() && !out.is_empty() {
+        upstream
+            .write_all(out)
+            .await
+            .map_err(|e| format!("upstream write: {e}"))?;
+        out.clear();
+    }
+    Ok(())
+}
+
+async fn flush_if_idle(
+    client: &FrameReader<ReadHalf<Box<dyn ClientStream>>>,
+    upstream: &mut WriteHalf<TcpStream>,
+    out: &mut BytesMut,
+) {
+    let _ = flush_if_idle_result(client, upstream, out).await;
+}
+
+async fn violation(inject: &mpsc::Sender<Inject>, e: &CodecError) -> Ending {
+    let _ = inject
+        .send(Inject::Fatal(Diagnostic {
+            severity: Severity::Fatal,
+            code: "08P01",
+            message: format!("protocol violation: {e}"),
+            detail: None,
+            hint: None,
+        }))
+        .await;
+    (proto::session_closed::Cause::ProtocolViolation, e.to_string())
+}
+
+fn describe(identity: Option<&proto::Identity>) -> String {
+    match identity {
+        Some(i) if !i.display_name.is_empty() => i.display_name.clone(),
+        Some(i) => i.subject.clone(),
+        None => "a reviewer".into(),
+    }
+}
+
+async fn killed(inject: &mpsc::Sender<Inject>, order: &proto::KillOrder) -> Ending {
+    let who = describe(order.requested_by.as_ref());
+    let _ = inject
+        .send(Inject::Fatal(Diagnostic {
+            severity: Severity::Fatal,
+            code: "57P01",
+            message: format!("session terminated by {who} through Airlock: {}", order.reason),
+            detail: None,
+            hint: None,
+        }))
+        .await;
+    (
+        proto::session_closed::Cause::Killed,
+        format!("killed by {who}: {}", order.reason),
+    )
+}
+
+/// Holds a simple-protocol statement until it is decided.
+#[allow(clippy::too_many_arguments)]
+async fn hold(
+    ctx: &Ctx,
+    statement: &proto::Statement,
+    judgement: &Judgement,
+    spec: &HoldSpec,
+    client: &mut FrameReader<ReadHalf<Box<dyn ClientStream>>>,
+    inject: &mpsc::Sender<Inject>,
+    kills: &mut mpsc::Receiver<proto::KillOrder>,
+) -> Held {
+    use proto::statement_refused::Cause;
+    let deps = &ctx.deps;
+    let unavailable = |why: &str| {
+        Held::Decided(Step::Refuse(
+            refusal(
+                "42501",
+                format!("this statement needs a reviewer's approval, but {why}; nothing was run"),
+                Some("retry when Airlock's control plane and event log are reachable".into()),
+            ),
+            Cause::Unavailable,
+            String::new(),
+        ))
+    };
+    if !deps.holds.is_attached() {
+        return unavailable("the control plane is unreachable");
+    }
+    let request_id = RequestId::generate();
+    let deadline = SystemTime::now() + spec.timeout;
+    let mut requested = ctx.event(Body::ApprovalRequested(proto::ApprovalRequested {
+        identity: Some(ctx.agent.identity.clone()),
+        connection: Some(ctx.binding.connection_info()),
+        client: Some(ctx.client.clone()),
+        statement: Some(statement.clone()),
+        verdict: Some(judgement.verdict.clone()),
+        approvals_required: spec.approvals.max(1),
+        reviewer_groups: spec.reviewers.clone(),
+        deadline: Some(deadline.into()),
+        proxy_id: deps.source.id.clone(),
+    }));
+    requested.request_id = request_id.to_string();
+    let subject = subjects::request(&request_id);
+    // Register before appending, so a decision cannot outrun us.
+    let decision = deps
+        .holds
+        .hold(request_id.as_str(), ctx.session.as_str(), &statement.sha256);
+    if let Err(e) = ChainWriter::new_chain(&subject)
+        .append(&deps.log, requested)
+        .await
+    {
+        deps.holds.release(request_id.as_str());
+        tracing::warn!(session = %ctx.session, error = %e, "approval request not recorded");
+        return unavailable("the event log is unavailable");
+    }
+    let where_ = deps
+        .reviewer_url
+        .as_ref()
+        .map(|u| format!(" Review it at {}/requests/{request_id}.", u.trim_end_matches('/')))
+        .unwrap_or_default();
+    let _ = inject
+        .send(Inject::Notice(Diagnostic {
+            severity: Severity::Notice,
+            code: "00000",
+            message: format!(
+                "Airlock is holding this statement for approval: request {request_id} ({} rule: {}). Waiting up to {}s for a reviewer.{where_}",
+                judgement.verdict.rule,
+                judgement.verdict.reason,
+                spec.timeout.as_secs()
+            ),
+            detail: None,
+            hint: None,
+        }))
+        .await;
+    tracing::info!(session = %ctx.session, request = %request_id, "statement held");
+
+    let local_deadline = tokio::time::Instant::now() + spec.timeout + deps.expiry_grace;
+    let mut decision = decision;
+    let outcome = loop {
+        tokio::select! {
+            d = &mut decision => break d.ok(),
+            _ = tokio::time::sleep_until(local_deadline) => break None,
+            Some(order) = kills.recv() => {
+                cancel(ctx, &request_id, proto::approval_cancelled::Cause::SessionKilled, "the session was killed").await;
+                return Held::End(killed(inject, &order).await);
+            }
+            more = client.fill_more() => {
+                if !matches!(more, Ok(true)) {
+                    cancel(ctx, &request_id, proto::approval_cancelled::Cause::ClientDisconnected, "the client went away while waiting").await;
+                    return Held::End((proto::session_closed::Cause::ClientDisconnected, "client left while a statement was held".into()));
+                }
+                if client.buffered() > 1024 * 1024 {
+                    // A client flooding while held: stop reading until decided.
+                    break (&mut decision).await.ok();
+                }
+            }
+        }
+    };
+    deps.holds.release(request_id.as_str());
+    use proto::decision_notice::Outcome;
+    let rid = request_id.to_string();
+    let step = match outcome {
+        Some(n) if n.outcome == Outcome::Granted as i32 => {
+            if n.statement_sha256 == statement.sha256 {
+                Step::Run { request_id: rid }
+            } else {
+                Step::Refuse(
+                    refusal(
+                        "42501",
+                        format!("request {rid} was granted for different bytes than the ones held; refused"),
+                        None,
+                    ),
+                    Cause::DigestMismatch,
+                    rid,
+                )
+            }
+        }
+        Some(n) if n.outcome == Outcome::Denied as i32 => Step::Refuse(
+            refusal(
+                "42501",
+                format!(
+                    "request {rid} was denied by {}: {}",
+                    describe(n.decided_by.as_ref()),
+                    n.reason
+                ),
+                None,
+            ),
+            Cause::Denied,
+            rid,
+        ),
+        Some(n) if n.outcome == Outcome::Cancelled as i32 => Step::Refuse(
+            refusal(
+                "57014",
+                format!("request {rid} was cancelled: {}", n.reason),
+                None,
+            ),
+            Cause::Cancelled,
+            rid,
+        ),
+        Some(_) | None => Step::Refuse(
+            refusal(
+                "42501",
+                format!(
+                    "request {rid} expired: no reviewer decided within {}s",
+                    spec.timeout.as_secs()
+                ),
+                None,
+            ),
+            Cause::Expired,
+            rid,
+        ),
+    };
+    Held::Decided(step)
+}
+
+/// Files ApprovalCancelled for a request this session holds.
+async fn cancel(ctx: &Ctx, request_id: &RequestId, cause: proto::approval_cancelled::Cause, detail: &str) {
+    ctx.deps.holds.release(request_id.as_str());
+    let mut e = ctx.event(Body::ApprovalCancelled(proto::ApprovalCancelled {
+        cause: cause as i32,
+        detail: detail.to_owned(),
+    }));
+    e.request_id = request_id.to_string();
+    let subject = subjects::request(request_id);
+    for _ in 0..5 {
+        match ctx.deps.log.append_next(&subject, e.clone()).await {
+            Ok(_) => return,
+            Err(airlock_eventlog::Error::Conflict { .. }) => continue,
+            Err(err) => {
+                tracing::warn!(request = %request_id, error = %err, "could not record the cancellation");
+                return;
+            }
+        }
+    }
+}
+
 async fn upstream_to_client(
     mut upstream: FrameReader<ReadHalf<TcpStream>>,
     mut client: WriteHalf<Box<dyn ClientStream>>,
-    pending: Pending,
-    mut inject: tokio::sync::mpsc::Receiver<Inject>,
+    ctx: Arc<Ctx>,
+    queue: Queue,
+    mut inject: mpsc::Receiver<Inject>,
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -336,6 +986,13 @@ async fn upstream_to_client(
             r = upstream.read_frame() => r,
             Some(msg) = inject.recv() => {
                 match msg {
+                    Inject::Notice(d) => {
+                        BeMessage::NoticeResponse(&d).encode(&mut out);
+                        client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
+                        client.flush().await.map_err(|e| format!("client flush: {e}"))?;
+                        out.clear();
+                        continue;
+                    }
                     Inject::Fatal(d) => {
                         BeMessage::ErrorResponse(&d).encode(&mut out);
                         client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
@@ -354,21 +1011,7 @@ async fn upstream_to_client(
             }
             Err(e) => return Err(format!("upstream: {e}")),
         };
-        match frame.tag {
-            b'E' if is_refusal(&frame.body) => {
-                let ours = pending.lock().map_err(|_| "poisoned")?.pop_front();
-                match ours {
-                    Some(d) => BeMessage::ErrorResponse(&d).encode(&mut out),
-                    None => frame.encode(&mut out),
-                }
-            }
-            _ => {
-                if let Some(status) = ready_status(&frame) {
-                    tracing::trace!(?status, "ready");
-                }
-                frame.encode(&mut out);
-            }
-        }
+        observe(&ctx, &queue, &frame, &mut out);
         // Flush when nothing more is buffered, or the batch is large.
         if !upstream.has_buffered_frame() || out.len() > 64 * 1024 {
             client
@@ -381,10 +1024,106 @@ async fn upstream_to_client(
     }
 }
 
-fn is_refusal(body: &Bytes) -> bool {
-    parse_diagnostic_fields(body)
+/// Matches one upstream frame to the statement it answers, records
+/// completed statements, rewrites refusals, and encodes it for the client.
+fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
+    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+    match frame.tag {
+        b'C' | b'I' | b's' => {
+            let tag = match frame.tag {
+                b'C' => String::from_utf8_lossy(frame.body.strip_suffix(b"\0").unwrap_or(&frame.body))
+                    .into_owned(),
+                b'I' => "EMPTY".into(),
+                _ => "SUSPENDED".into(),
+            };
+            match q.front_mut() {
+                Some(InFlight::Extended(_)) => {
+                    if let Some(InFlight::Extended(mut r)) = q.pop_front() {
+                        r.tags.push(tag);
+                        finish(ctx, r);
+                    }
+                }
+                Some(InFlight::Simple(r)) => r.tags.push(tag),
+                Some(InFlight::Sync) | Some(InFlight::Substitute { .. }) | None => {}
+            }
+            frame.encode(out);
+        }
+        b'E' => {
+            let fields = parse_diagnostic_fields(&frame.body);
+            let is_ours = fields
+                .iter()
+                .any(|(c, v)| *c == b'M' && v.contains(REFUSAL_MARKER));
+            if is_ours {
+                let ours = q.iter_mut().find_map(|i| match i {
+                    InFlight::Substitute { diagnostic, .. } if diagnostic.is_some() => diagnostic.take(),
+                    _ => None,
+                });
+                match ours {
+                    Some(d) => BeMessage::ErrorResponse(&d).encode(out),
+                    None => frame.encode(out),
+                }
+                return;
+            }
+            let get = |c: u8| {
+                fields
+                    .iter()
+                    .find(|(k, _)| *k == c)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let error = Some((get(b'C'), get(b'M')));
+            match q.front_mut() {
+                Some(InFlight::Extended(_)) => {
+                    if let Some(InFlight::Extended(mut r)) = q.pop_front() {
+                        r.error = error;
+                        finish(ctx, r);
+                    }
+                }
+                Some(InFlight::Simple(r)) => r.error = error,
+                Some(InFlight::Sync) | Some(InFlight::Substitute { .. }) | None => {}
+            }
+            frame.encode(out);
+        }
+        b'Z' => {
+            // The end of a Query or of a batch: settle everything up to it.
+            while let Some(item) = q.pop_front() {
+                match item {
+                    InFlight::Simple(r) => {
+                        finish(ctx, r);
+                        break;
+                    }
+                    InFlight::Sync | InFlight::Substitute { boundary: true, .. } => break,
+                    // Skipped after an earlier error in its batch.
+                    InFlight::Extended(_) | InFlight::Substitute { boundary: false, .. } => {}
+                }
+            }
+            frame.encode(out);
+        }
+        _ => frame.encode(out),
+    }
+}
+
+/// Records a statement that ran (if recording applies to it).
+fn finish(ctx: &Ctx, r: Running) {
+    ctx.count(true);
+    let Some(slot) = r.slot else { return };
+    let rows = r
+        .tags
         .iter()
-        .any(|(code, value)| *code == b'M' && value == REFUSAL_MARKER)
+        .filter_map(|t| t.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    let (error_sqlstate, error_message) = r.error.unwrap_or_default();
+    let e = ctx.event(Body::StatementExecuted(proto::StatementExecuted {
+        statement: Some(r.statement),
+        verdict: Some(r.verdict),
+        request_id: r.request_id,
+        duration: prost_types::Duration::try_from(r.started.elapsed()).ok(),
+        command_tag: r.tags.join("; "),
+        rows,
+        error_sqlstate,
+        error_message,
+    }));
+    slot.send(e);
 }
 
 async fn write(io: &mut FrameReader<Box<dyn ClientStream>>, bytes: &[u8]) -> std::io::Result<()> {

@@ -5,10 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_proxy::gate::{Agent, Binding, BoxFuture, Gate, Judgement, Refusal};
+use airlock_eventlog::proto;
+use airlock_eventlog::{EventLog, NatsSettings, ReadFilter};
+use airlock_proxy::attach::Holds;
+use airlock_proxy::gate::{Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal};
+use airlock_proxy::record::Recorder;
 use airlock_proxy::server::{Server, ServerSettings, TlsFiles};
+use airlock_proxy::session::Deps;
 use airlock_proxy::upstream::{Secret, UpstreamConfig};
-use airlock_testkit::{Postgres, PostgresOptions};
+use airlock_testkit::{NatsServer, Postgres, PostgresOptions};
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
@@ -25,9 +31,12 @@ impl Gate for TestGate {
         Box::pin(async move {
             if token == TOKEN {
                 Ok(Agent {
-                    subject: "oid-agent-7".into(),
-                    display_name: "agent-7".into(),
-                    groups: vec![],
+                    identity: proto::Identity {
+                        subject: "oid-agent-7".into(),
+                        display_name: "agent-7".into(),
+                        kind: proto::identity::Kind::App as i32,
+                        ..Default::default()
+                    },
                 })
             } else {
                 Err(Refusal::unauthenticated("token refused: bad signature"))
@@ -40,31 +49,40 @@ impl Gate for TestGate {
             Ok(Binding {
                 connection: "shop".into(),
                 upstream: self.upstream.clone(),
-                policy: "db-maintenance-agents".into(),
+                policies: vec![proto::PolicyRef {
+                    name: "db-maintenance-agents".into(),
+                    digest: "test".into(),
+                }],
+                record: true,
             })
         } else {
             Err(Refusal::unauthenticated(format!(
                 "no policy binds {} to connection \"{database}\"",
-                agent.display_name
+                agent.identity.display_name
             )))
         }
     }
 
     fn judge(&self, _: &Binding, sql: &str) -> Judgement {
         let upper = sql.to_uppercase();
-        if upper.contains("DROP") {
-            Judgement::Deny {
+        let action = if upper.contains("DROP") {
+            Action::Deny {
                 message:
                     "refused by policy db-maintenance-agents, rule 3 (DROP): schema changes are not allowed"
                         .into(),
             }
         } else if upper.contains("DELETE") {
-            Judgement::Hold {
-                rule: "rule 2 (DELETE)".into(),
-                reason: "deletes need a reviewer".into(),
-            }
+            Action::Hold(HoldSpec {
+                approvals: 1,
+                reviewers: vec![],
+                timeout: Duration::from_secs(60),
+            })
         } else {
-            Judgement::Allow
+            Action::Allow
+        };
+        Judgement {
+            action,
+            verdict: proto::Verdict::default(),
         }
     }
 }
@@ -72,6 +90,8 @@ impl Gate for TestGate {
 struct Fixture {
     pg: Postgres,
     addr: SocketAddr,
+    log: EventLog,
+    _nats: NatsServer,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -97,10 +117,31 @@ async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
     settings(&mut s);
     let server = Server::bind(s).await.expect("bind");
     let addr = server.local_addr().expect("addr");
-    let handle = tokio::spawn(server.run(Arc::new(TestGate { upstream })));
+    let nats = NatsServer::start();
+    let log = EventLog::connect(NatsSettings::new(nats.url()))
+        .await
+        .expect("nats");
+    log.ensure_stream().await.expect("stream");
+    let deps = Deps {
+        gate: Arc::new(TestGate { upstream }),
+        log: log.clone(),
+        recorder: Recorder::spawn(log.clone(), 2, 1024),
+        // Never attached: no control plane in these tests.
+        holds: Holds::new(),
+        source: proto::Source {
+            kind: proto::source::Kind::Proxy as i32,
+            id: "proxy-test".into(),
+            ..Default::default()
+        },
+        reviewer_url: None,
+        expiry_grace: Duration::from_secs(2),
+    };
+    let handle = tokio::spawn(server.run(Arc::new(deps)));
     Fixture {
         pg,
         addr,
+        log,
+        _nats: nats,
         _server: handle,
     }
 }
@@ -210,7 +251,7 @@ async fn a_refusal_inside_a_transaction_aborts_it_as_postgres_would() {
 }
 
 #[tokio::test]
-async fn a_statement_needing_approval_is_refused_while_approvals_are_not_built() {
+async fn without_a_control_plane_a_gated_statement_fails_closed() {
     let f = start(|_| {}).await;
     let client = connect(f.addr).await;
     let err = client
@@ -218,7 +259,80 @@ async fn a_statement_needing_approval_is_refused_while_approvals_are_not_built()
         .await
         .expect_err("fails closed");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert!(
+        db_message(&err).contains("control plane is unreachable"),
+        "{}",
+        db_message(&err)
+    );
     assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
+    assert!(!f.pg.server_log().contains("DELETE FROM orders"));
+}
+
+#[tokio::test]
+async fn the_session_is_recorded_in_the_log() {
+    let f = start(|_| {}).await;
+    let client = connect(f.addr).await;
+    client
+        .simple_query("SELECT count(*) FROM orders")
+        .await
+        .expect("select");
+    client
+        .query("SELECT id FROM orders WHERE id = $1", &[&2i32])
+        .await
+        .expect("extended select");
+    let _ = client.simple_query("DROP TABLE orders").await;
+    drop(client);
+    let want = [
+        "session_opened",
+        "statement_executed",
+        "statement_executed",
+        "statement_refused",
+        "session_closed",
+    ];
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        let stream = f
+            .log
+            .read(0, ReadFilter::subject("airlock.v1.session.*"))
+            .await
+            .expect("read");
+        futures::pin_mut!(stream);
+        kinds.clear();
+        let mut events = Vec::new();
+        while let Some(e) = stream.next().await {
+            let e = e.expect("event");
+            kinds.push(airlock_eventlog::body_kind(e.event.body.as_ref().expect("body")));
+            events.push(e);
+        }
+        if kinds == want {
+            // The simple SELECT: its text, tag and row count.
+            match &events[1].event.body {
+                Some(proto::event::Body::StatementExecuted(x)) => {
+                    assert_eq!(
+                        x.statement.as_ref().map(|s| s.text.as_str()),
+                        Some("SELECT count(*) FROM orders")
+                    );
+                    assert_eq!(x.command_tag, "SELECT 1");
+                    assert_eq!(x.rows, 1);
+                }
+                other => panic!("{other:?}"),
+            }
+            match &events[3].event.body {
+                Some(proto::event::Body::StatementRefused(x)) => {
+                    assert_eq!(x.sqlstate, "42501");
+                    assert_eq!(
+                        x.statement.as_ref().map(|s| s.text.as_str()),
+                        Some("DROP TABLE orders")
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            airlock_eventlog::verify_chain(&events).expect("the session's chain verifies");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("session events never matched: {kinds:?}");
 }
 
 #[tokio::test]

@@ -1,0 +1,216 @@
+//! The proxy's one `Attach` stream to the control plane. It announces the
+//! requests held here, receives their decisions and the kill orders for
+//! sessions here, and reconnects with backoff, re-announcing everything held
+//! (the control plane then sends decisions made meanwhile).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_eventlog::proto;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug)]
+struct Held {
+    session_id: String,
+    sha256: Vec<u8>,
+    decision: oneshot::Sender<proto::DecisionNotice>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    held: HashMap<String, Held>,
+    sessions: HashMap<String, mpsc::Sender<proto::KillOrder>>,
+    /// The current stream's outbound queue, when attached.
+    out: Option<mpsc::UnboundedSender<proto::ProxyMessage>>,
+}
+
+/// What this proxy holds, shared by sessions and the attach task.
+#[derive(Debug, Default)]
+pub struct Holds {
+    inner: Mutex<Inner>,
+    attached: AtomicBool,
+}
+
+fn message(m: proto::proxy_message::Message) -> proto::ProxyMessage {
+    proto::ProxyMessage { message: Some(m) }
+}
+
+impl Holds {
+    pub fn new() -> Arc<Holds> {
+        Arc::new(Holds::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while an Attach stream is up (else gated statements fail closed).
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Registers a held request; the receiver gets its decision.
+    pub fn hold(
+        &self,
+        request_id: &str,
+        session_id: &str,
+        sha256: &[u8],
+    ) -> oneshot::Receiver<proto::DecisionNotice> {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        inner.held.insert(
+            request_id.to_owned(),
+            Held {
+                session_id: session_id.to_owned(),
+                sha256: sha256.to_vec(),
+                decision: tx,
+            },
+        );
+        if let Some(out) = &inner.out {
+            let _ = out.send(message(proto::proxy_message::Message::Holding(proto::Holding {
+                held: Some(proto::Held {
+                    request_id: request_id.to_owned(),
+                    session_id: session_id.to_owned(),
+                    statement_sha256: sha256.to_vec(),
+                }),
+            })));
+        }
+        rx
+    }
+
+    /// The request is no longer held here.
+    pub fn release(&self, request_id: &str) {
+        let mut inner = self.lock();
+        if let Some(h) = inner.held.remove(request_id)
+            && let Some(out) = &inner.out
+        {
+            let _ = out.send(message(proto::proxy_message::Message::Released(
+                proto::Released {
+                    request_id: request_id.to_owned(),
+                    session_id: h.session_id,
+                    session_closed: false,
+                },
+            )));
+        }
+    }
+
+    /// A session opened here: kill orders for it arrive on the receiver.
+    pub fn open_session(&self, session_id: &str) -> mpsc::Receiver<proto::KillOrder> {
+        let (tx, rx) = mpsc::channel(1);
+        self.lock().sessions.insert(session_id.to_owned(), tx);
+        rx
+    }
+
+    pub fn close_session(&self, session_id: &str) {
+        let mut inner = self.lock();
+        inner.sessions.remove(session_id);
+        if let Some(out) = &inner.out {
+            let _ = out.send(message(proto::proxy_message::Message::Released(
+                proto::Released {
+                    request_id: String::new(),
+                    session_id: session_id.to_owned(),
+                    session_closed: true,
+                },
+            )));
+        }
+    }
+
+    fn deliver(&self, notice: proto::DecisionNotice) {
+        if let Some(h) = self.lock().held.remove(&notice.request_id) {
+            let _ = h.decision.send(notice);
+        }
+    }
+
+    fn kill(&self, order: proto::KillOrder) {
+        if let Some(tx) = self.lock().sessions.get(&order.session_id) {
+            let _ = tx.try_send(order);
+        }
+    }
+
+    /// Starts a stream: everything held goes in the Hello.
+    fn connect_stream(&self, proxy_id: &str) -> mpsc::UnboundedReceiver<proto::ProxyMessage> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = self.lock();
+        let hello = proto::ProxyHello {
+            proxy_id: proxy_id.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            held: inner
+                .held
+                .iter()
+                .map(|(id, h)| proto::Held {
+                    request_id: id.clone(),
+                    session_id: h.session_id.clone(),
+                    statement_sha256: h.sha256.clone(),
+                })
+                .collect(),
+            session_ids: inner.sessions.keys().cloned().collect(),
+        };
+        let _ = tx.send(message(proto::proxy_message::Message::Hello(hello)));
+        inner.out = Some(tx);
+        rx
+    }
+
+    fn disconnected(&self) {
+        self.attached.store(false, Ordering::Release);
+        self.lock().out = None;
+    }
+}
+
+/// Keeps the Attach stream to `control` (an `http://host:port` URL) up for
+/// as long as the task runs.
+pub async fn run(control: String, proxy_id: String, holds: Arc<Holds>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attach_once(&control, &proxy_id, &holds).await {
+            Ok(()) => tracing::warn!(%control, "control plane closed the Attach stream; reconnecting"),
+            Err(e) => tracing::warn!(%control, error = %e, "Attach to the control plane failed; retrying"),
+        }
+        holds.disconnected();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if holds.is_attached() {
+            backoff = Duration::from_millis(100);
+        }
+    }
+}
+
+async fn attach_once(control: &str, proxy_id: &str, holds: &Holds) -> Result<(), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(control.to_owned())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = proto::proxy_service_client::ProxyServiceClient::new(channel);
+    let outbound = holds.connect_stream(proxy_id);
+    let mut inbound = client
+        .attach(tokio_stream::wrappers::UnboundedReceiverStream::new(outbound))
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    // Missing three heartbeats means the link is dead.
+    let silence = crate::attach::DEAD_AFTER;
+    loop {
+        let next = tokio::time::timeout(silence, inbound.next())
+            .await
+            .map_err(|_| "no heartbeat from the control plane".to_owned())?;
+        let Some(msg) = next else { return Ok(()) };
+        let msg = msg.map_err(|s| s.message().to_owned())?;
+        use proto::control_message::Message;
+        match msg.message {
+            Some(Message::Welcome(w)) => {
+                holds.attached.store(true, Ordering::Release);
+                tracing::info!(replica = %w.replica_id, "attached to the control plane");
+            }
+            Some(Message::Decision(d)) => holds.deliver(d),
+            Some(Message::Kill(k)) => holds.kill(k),
+            Some(Message::Heartbeat(_)) | None => {}
+        }
+    }
+}
+
+/// The control plane sends a heartbeat every 5 s; three missed end the link.
+pub const DEAD_AFTER: Duration = Duration::from_secs(15);
