@@ -1,0 +1,46 @@
+//! `airlock-dev-idp`: a local OpenID Connect issuer for Airlock development
+//! and tests. **Development only, never production**: its signing key sits
+//! unprotected in a file, and anyone who can run it can mint any identity.
+//!
+//! Owns: the command line ([`cli`]), the signing key file ([`key`]), minting
+//! Entra-shaped v2 access tokens ([`token`]), and serving OIDC discovery and
+//! the JWKS on loopback ([`server`]). A later OIDC authorization-code + PKCE
+//! login for reviewers belongs in its own module beside `server` (routes
+//! added to [`server::router`], tokens minted through [`token::mint`]), so
+//! the pieces here do not need to change shape for it.
+//!
+//! It does not verify anything: that is `airlock-identity`, which the tests
+//! use to check this issuer's tokens exactly as the proxy would.
+
+pub mod cli;
+pub mod error;
+pub mod key;
+pub mod server;
+pub mod token;
+
+use std::io::Write;
+
+pub use cli::{Cli, Command};
+pub use error::DevIdpError;
+
+/// Printed at the start of every command, on standard error.
+pub const WARNING: &str = "airlock-dev-idp: DEVELOPMENT ONLY, NEVER PRODUCTION. \
+Its signing key is an unprotected file and it mints any identity on request.";
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<(), DevIdpError> {
+    eprintln!("{WARNING}");
+    match cli.command {
+        Command::Serve(args) => {
+            let key = key::SigningKey::load_or_create(&args.key_file)?;
+            server::serve(args.listen, &args.issuer, key).await
+        }
+        Command::Token(args) => {
+            let key = key::SigningKey::load_or_create(&args.key_file)?;
+            let token = token::mint(&key, &args.request())?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{token}").map_err(DevIdpError::Output)?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Serving OIDC discovery and the JWKS, on loopback only.
+//!
+//! Owns the HTTP routes and the listener. Routes live under the issuer's
+//! path, as OpenID Connect Discovery 1.0 §4 requires
+//! (`<issuer>/.well-known/openid-configuration`); the JWKS is at
+//! `<issuer>/discovery/v2.0/keys`, where Entra keeps it. A future login
+//! module adds its `authorize` and `token` routes to [`router`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::error::DevIdpError;
+use crate::key::SigningKey;
+
+/// What the routes serve.
+#[derive(Debug)]
+pub struct Published {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub key: SigningKey,
+}
+
+/// Checks `issuer` and returns (issuer as given, path prefix for routes).
+pub fn issuer_prefix(issuer: &str) -> Result<String, DevIdpError> {
+    let invalid = |reason: &str| DevIdpError::InvalidIssuer {
+        url: issuer.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = Url::parse(issuer).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid("not an http(s) URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("an issuer has no query or fragment"));
+    }
+    Ok(url.path().trim_end_matches('/').to_owned())
+}
+
+/// The discovery and JWKS routes for `published`.
+pub fn router(published: Arc<Published>) -> Result<Router, DevIdpError> {
+    let prefix = issuer_prefix(&published.issuer)?;
+    Ok(Router::new()
+        .route(
+            &format!("{prefix}/.well-known/openid-configuration"),
+            get(discovery),
+        )
+        .route(&format!("{prefix}/discovery/v2.0/keys"), get(jwks))
+        .with_state(published))
+}
+
+/// Serves until interrupted (Ctrl-C). Refuses any non-loopback address.
+pub async fn serve(listen: SocketAddr, issuer: &str, key: SigningKey) -> Result<(), DevIdpError> {
+    if !listen.ip().is_loopback() {
+        return Err(DevIdpError::NonLoopbackListen(listen));
+    }
+    let base = issuer.trim_end_matches('/');
+    let published = Arc::new(Published {
+        issuer: issuer.to_owned(),
+        jwks_uri: format!("{base}/discovery/v2.0/keys"),
+        key,
+    });
+    let app = router(published.clone())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DevIdpError::Serve { addr: listen, source })?;
+    eprintln!(
+        "airlock-dev-idp: serving issuer {issuer} on http://{listen} (kid {}); discovery at {base}/.well-known/openid-configuration",
+        published.key.kid()
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|source| DevIdpError::Serve { addr: listen, source })
+}
+
+async fn discovery(State(published): State<Arc<Published>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "issuer": published.issuer,
+        "jwks_uri": published.jwks_uri,
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "subject_types_supported": ["public"],
+        "claims_supported": ["iss", "aud", "exp", "nbf", "iat", "oid", "sub", "tid",
+                             "azp", "idtyp", "groups", "roles", "name",
+                             "preferred_username", "scp", "app_displayname"],
+    }))
+}
+
+async fn jwks(State(published): State<Arc<Published>>) -> axum::Json<Value> {
+    axum::Json(published.key.jwks())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_paths() {
+        assert_eq!(issuer_prefix("http://127.0.0.1:9400").unwrap(), "");
+        assert_eq!(issuer_prefix("http://127.0.0.1:9400/").unwrap(), "");
+        assert_eq!(
+            issuer_prefix("http://localhost:9400/tenant/v2.0").unwrap(),
+            "/tenant/v2.0"
+        );
+        assert!(issuer_prefix("ftp://x").is_err());
+        assert!(issuer_prefix("http://x/?q=1").is_err());
+        assert!(issuer_prefix("nonsense").is_err());
+    }
+}
