@@ -127,7 +127,10 @@ fn map_identity(
         .or(string(claims, "sub")?)
         .ok_or(VerifyError::MissingClaim { claim: "oid or sub" })?;
     let display_name = first_string(claims, &["name", "preferred_username", "upn", "app_displayname"])?;
-    let client_app = first_string(claims, &["azp", "appid"])?;
+    // ID tokens carry neither; refusing them stops an ID token issued to an
+    // app whose client id is also the configured audience from passing as
+    // an access token.
+    let client_app = first_string(claims, &["azp", "appid"])?.ok_or(VerifyError::NotAnAccessToken)?;
     let scopes: Vec<String> = match string(claims, "scp")? {
         Some(scp) => scp.split_whitespace().map(str::to_owned).collect(),
         None => Vec::new(),
@@ -149,7 +152,7 @@ fn map_identity(
         kind,
         tenant: string(claims, "tid")?.map(TenantId),
         display_name,
-        client_app: client_app.map(ClientAppId),
+        client_app: Some(ClientAppId(client_app)),
         groups,
         roles: string_list(claims, "roles")?,
         scopes,
@@ -327,6 +330,7 @@ mod tests {
                 "group_overage",
             ),
             (json!({"hasgroups": true}), "group_overage"),
+            (json!({"azp": null}), "not_an_access_token"),
         ];
         for (change, code) in cases {
             let err = check_and_map(&with(change.clone()), &config(), NOW).unwrap_err();

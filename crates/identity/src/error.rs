@@ -80,6 +80,13 @@ pub enum VerifyError {
     /// A claim is present but of the wrong shape.
     #[error("token claim {claim} is invalid: {reason}")]
     InvalidClaim { claim: &'static str, reason: String },
+    /// No client application claim (`azp`, or v1 `appid`): every Entra
+    /// access token has one and ID tokens have none, so this is an ID token
+    /// (or something else) presented where an access token belongs.
+    #[error(
+        "token has no azp or appid claim, so it is not an Entra access token (an ID token?); request an access token for the configured audience"
+    )]
+    NotAnAccessToken,
     /// Entra left the groups out because there are too many (group overage:
     /// `_claim_names` names the groups claim, or `hasgroups` is set).
     #[error(
@@ -115,6 +122,7 @@ impl VerifyError {
             VerifyError::WrongAudience { .. } => "wrong_audience",
             VerifyError::MissingClaim { .. } => "missing_claim",
             VerifyError::InvalidClaim { .. } => "invalid_claim",
+            VerifyError::NotAnAccessToken => "not_an_access_token",
             VerifyError::GroupOverage => "group_overage",
             VerifyError::JwksUnavailable(_) => "jwks_unavailable",
             VerifyError::Config(_) => "config",
@@ -143,6 +151,7 @@ impl VerifyError {
             | VerifyError::WrongAudience { .. }
             | VerifyError::MissingClaim { .. }
             | VerifyError::InvalidClaim { .. }
+            | VerifyError::NotAnAccessToken
             | VerifyError::GroupOverage => false,
         }
     }

@@ -58,6 +58,8 @@ pub struct Identity {
     pub tenant: Option<TenantId>,
     /// `name`, else `preferred_username`, else `upn`, else `app_displayname`.
     pub display_name: Option<String>,
+    /// `azp`, else `appid`; always present in an accepted token (kept an
+    /// `Option` so the serialised form can grow other issuers).
     pub client_app: Option<ClientAppId>,
     /// From the configured groups claim, in token order.
     pub groups: Vec<GroupMembership>,

@@ -16,7 +16,9 @@
 //! 4. `iss` equals a configured issuer exactly; `aud` (string or list)
 //!    contains a configured audience; `exp` is present and, with the leeway
 //!    (default 60 s), not passed; `nbf`, when present, has arrived;
-//! 5. no group overage.
+//! 5. a client app claim (`azp` or `appid`): Entra access tokens always
+//!    have one, ID tokens never, so an ID token cannot pass as an access
+//!    token; and no group overage.
 //!
 //! Keys come only from the configured `jwks_uri` or, without one, from the
 //! `jwks_uri` in `<issuer>/.well-known/openid-configuration`; never from the

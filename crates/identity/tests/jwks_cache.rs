@@ -324,3 +324,17 @@ async fn check_token_reports_identity_or_reason() {
     assert!(json["message"].as_str().unwrap().contains("expired at"));
     assert!(json.get("identity").is_none());
 }
+
+#[tokio::test]
+async fn https_is_spoken_and_fails_cleanly_against_a_plain_server() {
+    // The TLS stack is wired (no crypto-provider panic): a handshake against
+    // a plain-HTTP port fails as a transport error.
+    let main = TestKey::rsa(0, "main");
+    let server = JwksServer::start(&[&main]).await;
+    let mut config = server.config();
+    config.jwks_uri = Some(server.jwks_uri().replace("http://", "https://"));
+    let verifier = Verifier::with_options(config, fast_options()).unwrap();
+    let err = verifier.refresh_keys().await.unwrap_err();
+    assert!(matches!(err, FetchError::Transport { .. }), "{err}");
+    assert_eq!(server.jwks_fetches(), 0);
+}

@@ -389,6 +389,15 @@ async fn bad_tokens_are_refused_with_the_right_reason() {
             says: "JSON",
         },
         Case {
+            name: "an ID token (no azp/appid, nonce) instead of an access token",
+            token: main.sign(&with(
+                user_claims(),
+                json!({"azp": null, "scp": null, "idtyp": null, "nonce": "n-0S6_WzA2Mj"}),
+            )),
+            code: "not_an_access_token",
+            says: "ID token",
+        },
+        Case {
             name: "group overage",
             token: main.sign(&with(
                 user_claims(),
