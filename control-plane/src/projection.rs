@@ -72,6 +72,10 @@ pub struct Projection {
     pub requests: BTreeMap<String, Request>,
     pub sessions: HashMap<String, Session>,
     pub proxies: BTreeMap<String, ProxyView>,
+    /// Requests by the session that filed them (a request may be folded
+    /// before its session's SessionOpened: they are written by different
+    /// paths).
+    pub session_requests: HashMap<String, Vec<String>>,
     /// Last stream sequence folded.
     pub sequence: u64,
     /// Events that did not fit (an outcome for an unknown request, a second
@@ -137,6 +141,10 @@ impl Projection {
                     last_sequence: stored.sequence,
                 },
             );
+            self.session_requests
+                .entry(event.session_id.clone())
+                .or_default()
+                .push(id.to_owned());
             if let Some(s) = self.sessions.get_mut(&event.session_id) {
                 s.request_ids.push(id.to_owned());
                 s.summary.requests_pending += 1;
@@ -197,6 +205,11 @@ impl Projection {
     fn apply_session(&mut self, id: &str, stored: &StoredEvent, body: &Body) {
         let event = &stored.event;
         if let Body::SessionOpened(o) = body {
+            let request_ids = self.session_requests.get(id).cloned().unwrap_or_default();
+            let pending = request_ids
+                .iter()
+                .filter(|r| self.requests.get(*r).is_some_and(Request::is_pending))
+                .count() as u32;
             self.sessions.insert(
                 id.to_owned(),
                 Session {
@@ -208,9 +221,10 @@ impl Projection {
                         client: o.client.clone(),
                         proxy_id: o.proxy_id.clone(),
                         opened_at: event.time,
+                        requests_pending: pending,
                         ..Default::default()
                     },
-                    request_ids: Vec::new(),
+                    request_ids,
                     last_sequence: stored.sequence,
                 },
             );

@@ -26,6 +26,9 @@ pub struct RecorderFull;
 struct Job {
     session: SessionId,
     event: proto::Event,
+    /// Told once this job (and so every earlier one of the session) is in
+    /// the log.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Counters for metrics and tests.
@@ -68,8 +71,27 @@ impl Recorder {
             .try_send(Job {
                 session: session.clone(),
                 event,
+                done: None,
             })
             .map_err(|_| RecorderFull)
+    }
+
+    /// Queues a session event and waits until it, and every earlier event
+    /// of the session, is in the log (or `timeout` passes: false).
+    pub async fn record_and_wait(&self, session: &SessionId, event: proto::Event, timeout: Duration) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        session.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            session: session.clone(),
+            event,
+            done: Some(tx),
+        };
+        if shard.try_send(job).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
     }
 
     /// Reserves room for one event of `session`, to be filled when the
@@ -97,7 +119,11 @@ pub struct Slot {
 impl Slot {
     pub fn send(self, event: proto::Event) {
         let Slot { permit, session } = self;
-        permit.send(Job { session, event });
+        permit.send(Job {
+            session,
+            event,
+            done: None,
+        });
     }
 }
 
@@ -124,6 +150,9 @@ async fn worker(log: EventLog, mut jobs: mpsc::Receiver<Job>, stats: Arc<Recorde
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        if let Some(done) = job.done {
+            let _ = done.send(());
         }
         if closing {
             chains.remove(&job.session);

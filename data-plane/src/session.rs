@@ -110,7 +110,13 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         policies: ctx.binding.policies.clone(),
         record: ctx.binding.record,
     }));
-    if deps.recorder.record(&session, opened).is_err() {
+    // The session's first event is in the log before any of its statements
+    // runs or is held, so a record never starts in the middle.
+    if !deps
+        .recorder
+        .record_and_wait(&session, opened, Duration::from_secs(5))
+        .await
+    {
         fatal(
             &mut login.io,
             "57P03",

@@ -1,0 +1,264 @@
+//! The promise, checked end to end: the agent's DELETE pauses, surfaces to
+//! the reviewer, and runs only after a human approves, with the exchange in
+//! the session record; a denied DELETE never reaches the database.
+
+use std::time::Duration;
+
+use airlock_e2e::{AGENT_TOKEN, Stack, authed, request_id};
+use airlock_eventlog::proto;
+use tokio_postgres::error::SqlState;
+
+async fn held_request(notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+        .await
+        .expect("a hold notice arrives")
+        .expect("notice");
+    assert!(notice.contains("holding this statement for approval"), "{notice}");
+    assert!(notice.contains("https://airlock.example/requests/"), "{notice}");
+    request_id(&notice).expect("the notice names the request")
+}
+
+async fn decide(
+    stack: &Stack,
+    token: &str,
+    id: &str,
+    decision: proto::Decision,
+    reason: &str,
+) -> Result<(), tonic::Status> {
+    stack
+        .reviewer()
+        .await
+        .decide(authed(
+            token,
+            proto::DecideRequest {
+                request_id: id.to_owned(),
+                decision: decision as i32,
+                reason: reason.to_owned(),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_delete_waits_for_approval_then_runs() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let held = tokio::spawn(async move {
+        let r = agent.simple_query("DELETE FROM orders WHERE id <= 3").await;
+        (agent, r)
+    });
+    let id = held_request(&mut notices).await;
+
+    // Reads flow while the DELETE waits, on another session.
+    let (other, _) = stack.agent().await;
+    let rows = other
+        .query("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("select flows");
+    assert_eq!(rows[0].get::<_, i64>(0), 10);
+    assert!(!held.is_finished(), "the DELETE is still waiting");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
+
+    // The reviewer sees who wants to run exactly what.
+    let view = stack
+        .reviewer()
+        .await
+        .get_request(authed(
+            "alice",
+            proto::GetRequestRequest {
+                request_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("get request")
+        .into_inner();
+    let asked = view.request.expect("request");
+    assert_eq!(
+        asked.identity.as_ref().map(|i| i.display_name.as_str()),
+        Some("agent-7")
+    );
+    assert_eq!(
+        asked.statement.as_ref().map(|s| s.text.as_str()),
+        Some("DELETE FROM orders WHERE id <= 3")
+    );
+    assert_eq!(
+        asked.connection.as_ref().map(|c| c.name.as_str()),
+        Some("prod-maintenance")
+    );
+
+    // The agent cannot approve its own request.
+    let err = decide(&stack, AGENT_TOKEN, &id, proto::Decision::Approve, "me")
+        .await
+        .expect_err("no self-approval");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    decide(
+        &stack,
+        "alice",
+        &id,
+        proto::Decision::Approve,
+        "cleanup of test orders",
+    )
+    .await
+    .expect("alice approves");
+    let (agent, result) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task");
+    result.expect("the DELETE ran");
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders"),
+        "7",
+        "rows gone"
+    );
+    // The session goes on.
+    agent.simple_query("SELECT 1").await.expect("next statement");
+}
+
+#[tokio::test]
+async fn a_denied_delete_never_reaches_the_database() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let held = tokio::spawn(async move {
+        let r = agent.simple_query("DELETE FROM orders").await;
+        (agent, r)
+    });
+    let id = held_request(&mut notices).await;
+    decide(
+        &stack,
+        "bob",
+        &id,
+        proto::Decision::Deny,
+        "not during business hours",
+    )
+    .await
+    .expect("bob denies");
+    let (agent, result) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task");
+    let err = result.expect_err("denied");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("denied by Bob: not during business hours"), "{msg}");
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders"),
+        "10",
+        "rows still there"
+    );
+    assert!(
+        !stack.pg.server_log().contains("DELETE FROM orders"),
+        "PostgreSQL's statement log shows no DELETE"
+    );
+    agent.simple_query("SELECT 1").await.expect("the session goes on");
+}
+
+#[tokio::test]
+async fn an_unanswered_delete_expires_and_is_refused() {
+    let stack = Stack::start(Duration::from_secs(1)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let held = tokio::spawn(async move { agent.simple_query("DELETE FROM orders").await });
+    let _ = held_request(&mut notices).await;
+    let err = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task")
+        .expect_err("expired");
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("expired"), "{msg}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
+}
+
+#[tokio::test]
+async fn the_session_record_ties_identity_statement_approver_and_outcome() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let held = tokio::spawn(async move {
+        let r = agent
+            .simple_query("UPDATE orders SET status = 'closed' WHERE id = 1")
+            .await;
+        (agent, r)
+    });
+    let id = held_request(&mut notices).await;
+    decide(&stack, "alice", &id, proto::Decision::Approve, "ticket 42")
+        .await
+        .expect("approve");
+    let (agent, r) = held.await.expect("task");
+    r.expect("update ran");
+    drop(agent);
+
+    let session_id = stack
+        .live
+        .read(|s| s.request(&id).map(|r| r.view.session_id.clone()))
+        .expect("request folded");
+    // The StatementExecuted for the approved UPDATE arrives asynchronously.
+    let mut view = None;
+    for _ in 0..50 {
+        let v = stack
+            .reviewer()
+            .await
+            .get_session(authed(
+                "alice",
+                proto::GetSessionRequest {
+                    session_id: session_id.clone(),
+                },
+            ))
+            .await
+            .expect("session record")
+            .into_inner();
+        let done = v.timeline.iter().any(|e| {
+            matches!(&e.event.as_ref().and_then(|e| e.body.clone()), Some(proto::event::Body::StatementExecuted(x)) if x.request_id == id)
+        });
+        if done {
+            view = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = view.expect("the executed UPDATE is in the session record");
+    let summary = view.summary.expect("summary");
+    assert_eq!(
+        summary.identity.as_ref().map(|i| i.subject.as_str()),
+        Some("oid-agent-7")
+    );
+    let kinds: Vec<&str> = view
+        .timeline
+        .iter()
+        .filter_map(|e| e.event.as_ref()?.body.as_ref().map(airlock_eventlog::body_kind))
+        .collect();
+    for want in [
+        "session_opened",
+        "approval_requested",
+        "approval_voted",
+        "approval_granted",
+        "statement_executed",
+    ] {
+        assert!(kinds.contains(&want), "{want} missing from {kinds:?}");
+    }
+    let executed = view
+        .timeline
+        .iter()
+        .find_map(|e| match e.event.as_ref()?.body.as_ref()? {
+            proto::event::Body::StatementExecuted(x) if x.request_id == id => Some(x.clone()),
+            _ => None,
+        })
+        .expect("executed");
+    assert_eq!(executed.command_tag, "UPDATE 1");
+    let request = &view.requests[0];
+    assert_eq!(
+        request.votes[0]
+            .reviewer
+            .as_ref()
+            .map(|r| r.display_name.as_str()),
+        Some("Alice")
+    );
+    assert_eq!(request.votes[0].reason, "ticket 42");
+}
