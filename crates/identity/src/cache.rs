@@ -72,7 +72,7 @@ pub(crate) struct KeyCache {
     options: CacheOptions,
     state: RwLock<State>,
     /// Held for the whole of a fetch: this is the single flight.
-    fetch_lock: tokio::sync::Mutex<()>,
+    fetch_lock: Arc<tokio::sync::Mutex<()>>,
     /// Completed HTTP fetches of the JWKS document (success or failure), for
     /// tests and metrics.
     jwks_fetches: AtomicU64,
@@ -111,7 +111,7 @@ impl KeyCache {
             fetcher,
             options,
             state: RwLock::new(State::default()),
-            fetch_lock: tokio::sync::Mutex::new(()),
+            fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
             jwks_fetches: AtomicU64::new(0),
         })
     }
@@ -123,10 +123,11 @@ impl KeyCache {
 
     /// The entry for `kid`, refetching the JWKS when policy allows.
     ///
-    /// Cancel safety: dropping the future while it waits for or runs a fetch
-    /// is safe; a fetch in progress is abandoned and the state is unchanged,
-    /// so the next caller fetches instead.
-    pub(crate) async fn entry(&self, kid: &str) -> Result<Arc<JwkEntry>, VerifyError> {
+    /// Cancel safety: dropping the future is safe at any point. A fetch runs
+    /// in its own task, so a caller that goes away (a client disconnecting
+    /// mid-login) never abandons it: the result still lands in the cache,
+    /// and cancelling cannot be used to get around the cooldown.
+    pub(crate) async fn entry(self: &Arc<Self>, kid: &str) -> Result<Arc<JwkEntry>, VerifyError> {
         let seen_completed = {
             let state = self.read();
             if let Some(keys) = state.trusted_keys(Instant::now(), self.options.max_key_age)
@@ -137,7 +138,7 @@ impl KeyCache {
             state.completed
         };
 
-        let _flight = self.fetch_lock.lock().await;
+        let flight = self.fetch_lock.clone().lock_owned().await;
         let now = Instant::now();
         {
             let state = self.read();
@@ -175,7 +176,7 @@ impl KeyCache {
         }
         tracing::debug!(kid = %clip(kid), "key id not cached; fetching the JWKS");
         // The outcome is recorded in the state (keys or last_error).
-        let _ = self.fetch_locked().await;
+        let _ = self.fetch_detached(flight).await;
         let state = self.read();
         let trusted = state
             .trusted_keys(Instant::now(), self.options.max_key_age)
@@ -186,9 +187,28 @@ impl KeyCache {
     /// Fetches now (waiting for any fetch in progress first). Returns the
     /// number of keys, or why the fetch failed; cached keys are kept on
     /// failure.
-    pub(crate) async fn refresh(&self) -> Result<usize, FetchError> {
-        let _flight = self.fetch_lock.lock().await;
-        self.fetch_locked().await
+    pub(crate) async fn refresh(self: &Arc<Self>) -> Result<usize, FetchError> {
+        let flight = self.fetch_lock.clone().lock_owned().await;
+        self.fetch_detached(flight).await
+    }
+
+    /// Runs one fetch in its own task, which keeps `flight` (the fetch lock)
+    /// until the fetch is over, whatever happens to the caller.
+    async fn fetch_detached(
+        self: &Arc<Self>,
+        flight: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<usize, FetchError> {
+        let cache = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _flight = flight;
+            cache.fetch_locked().await
+        });
+        task.await.unwrap_or_else(|join| {
+            Err(FetchError::Transport {
+                url: self.describe_source(),
+                detail: format!("the fetch task ended abnormally: {join}"),
+            })
+        })
     }
 
     /// One fetch; the caller holds `fetch_lock`.

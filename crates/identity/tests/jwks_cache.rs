@@ -338,3 +338,21 @@ async fn https_is_spoken_and_fails_cleanly_against_a_plain_server() {
     assert!(matches!(err, FetchError::Transport { .. }), "{err}");
     assert_eq!(server.jwks_fetches(), 0);
 }
+
+#[tokio::test]
+async fn a_cancelled_verification_does_not_abandon_the_fetch() {
+    let main = TestKey::rsa(0, "main");
+    let server = JwksServer::start(&[&main]).await;
+    server.set_mode(Mode::Slow(Duration::from_millis(300)));
+    let verifier = server.verifier();
+    let token = main.sign(&user_claims());
+
+    // The caller gives up (a client disconnecting mid-login)...
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), verifier.verify(&token)).await;
+    assert!(gave_up.is_err());
+    // ...but the fetch it started completes and fills the cache.
+    wait_for("the fetch to land", || verifier.jwks_fetch_count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(server.jwks_fetches(), 1);
+}
