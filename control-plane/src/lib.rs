@@ -8,7 +8,12 @@
 //! the auditor commands follow in the control-plane issue.
 
 pub mod act;
+pub mod cli;
+pub mod config;
+pub mod convert;
 pub mod decide;
 pub mod grpc;
 pub mod live;
 pub mod projection;
+pub mod serve;
+pub mod verify;

@@ -29,3 +29,23 @@ pub use process::{find_binary, free_port};
 /// How the harness tells a developer to get the servers it needs.
 pub const INSTALL_HINT: &str =
     "run ./deploy/local/install-deps.sh (installs nats-server and PostgreSQL where missing)";
+
+/// Path of a binary of this workspace, building it first if it is missing
+/// (when a single package's tests are run alone).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target.join("debug").join(name);
+    if !path.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--bin", name])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}

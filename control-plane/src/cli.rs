@@ -1,0 +1,114 @@
+//! The `airlock-control` command line. `main` only calls [`main`].
+
+// Printing results to standard output is what a CLI is for.
+#![allow(clippy::print_stdout)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock-control",
+    version,
+    about = "Airlock control plane: approvals, decisions, audit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a control-plane replica (gRPC for proxies, reviewers, integrators).
+    Serve {
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
+    },
+    /// Check the log: every hash chain, and events that do not fit.
+    Verify {
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
+    },
+    /// Identity tools.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Read a token on standard input; print the identity it maps to as
+    /// JSON, or why it is refused (exit 1). The token is never printed.
+    Check {
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
+    },
+}
+
+/// Parses flags and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = match airlock_telemetry::init("airlock-control") {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("airlock-control: telemetry: {e}");
+            None
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("airlock-control: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("airlock-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let config = crate::config::load(&config)?;
+            crate::serve::serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { config } => {
+            let config = crate::config::load(&config)?;
+            let log = airlock_eventlog::EventLog::connect(config.nats).await?;
+            let report = crate::verify::verify(&log).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Identity {
+            command: IdentityCommand::Check { config },
+        } => {
+            let text = std::fs::read_to_string(&config)?;
+            let section: airlock_identity::IdentitySection = serde_norway::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: identity section: {e}", config.display()))?;
+            let mut token = String::new();
+            std::io::stdin().read_to_string(&mut token)?;
+            let result = airlock_identity::check_token(&section.identity, &token).await;
+            let report = airlock_identity::CheckReport::from_result(&result);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if result.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

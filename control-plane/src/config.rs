@@ -1,0 +1,168 @@
+//! The sections of airlock.yaml the control plane reads: `nats`,
+//! `identity`, `control` and `approvals`. Top-level keys are checked against
+//! the whole file's vocabulary, so a misspelt section is an error rather
+//! than silently ignored; sections other binaries own are not read here.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use airlock_eventlog::NatsSettings;
+use airlock_identity::IdentityConfig;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Every top-level section of airlock.yaml, whoever reads it.
+pub const SECTIONS: &[&str] = &[
+    "nats",
+    "identity",
+    "approvals",
+    "control",
+    "reviewer",
+    "proxy",
+    "connections",
+    "policies",
+];
+
+/// `control:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Id of this replica in events (`source.id`); default: host name and pid.
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// How often due outcomes (expiry) are checked.
+    #[serde(default = "default_reconcile", with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+fn default_reconcile() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `approvals:` (defaults for require-approval rules).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsSection {
+    /// Groups (names from `identity.group_names`, or object ids) whose
+    /// members may approve; also who may kill a session.
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// What `airlock-control serve` needs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub nats: NatsSettings,
+    pub identity: IdentityConfig,
+    pub control: ControlSection,
+    pub approvals: ApprovalsSection,
+}
+
+/// Reads and checks airlock.yaml.
+pub fn load(path: &Path) -> anyhow::Result<ControlConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    doc: &serde_norway::Mapping,
+    name: &str,
+) -> anyhow::Result<Option<T>> {
+    match doc.get(name) {
+        None => Ok(None),
+        Some(v) => serde_norway::from_value(v.clone())
+            .map(Some)
+            .with_context(|| format!("section `{name}:`")),
+    }
+}
+
+/// Parses airlock.yaml text.
+pub fn parse(text: &str) -> anyhow::Result<ControlConfig> {
+    let doc: serde_norway::Mapping = serde_norway::from_str(text).context("not a YAML mapping")?;
+    check_sections(&doc)?;
+    let nats =
+        section::<NatsSettings>(&doc, "nats")?.context("missing section `nats:` (url of the NATS server)")?;
+    let identity = section::<IdentityConfig>(&doc, "identity")?
+        .context("missing section `identity:` (issuer and audience)")?;
+    let control = section::<ControlSection>(&doc, "control")?
+        .context("missing section `control:` (listen: host:port)")?;
+    let approvals = section::<ApprovalsSection>(&doc, "approvals")?.unwrap_or(ApprovalsSection {
+        reviewers: Vec::new(),
+        timeout: None,
+    });
+    Ok(ControlConfig {
+        nats,
+        identity,
+        control,
+        approvals,
+    })
+}
+
+/// Refuses unknown top-level keys, naming the closest known one.
+pub fn check_sections(doc: &serde_norway::Mapping) -> anyhow::Result<()> {
+    for key in doc.keys() {
+        let Some(k) = key.as_str() else {
+            bail!("a top-level key is not a string: {key:?}");
+        };
+        if !SECTIONS.contains(&k) {
+            bail!(
+                "unknown top-level section `{k}:`; the sections are {}",
+                SECTIONS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+nats:
+  url: nats://127.0.0.1:4222
+identity:
+  issuer: https://login.microsoftonline.com/t/v2.0
+  audience: api://airlock
+  group_names:
+    db-reviewers: 0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90
+approvals:
+  reviewers: [db-reviewers]
+  timeout: 15m
+control:
+  listen: 127.0.0.1:7070
+proxy:
+  listen: 127.0.0.1:6432
+policies: []
+"#;
+
+    #[test]
+    fn reads_its_sections_and_ignores_others() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.control.listen.port(), 7070);
+        assert_eq!(c.approvals.reviewers, vec!["db-reviewers"]);
+        assert_eq!(c.approvals.timeout, Some(Duration::from_secs(900)));
+        assert_eq!(c.nats.stream, "AIRLOCK");
+    }
+
+    #[test]
+    fn misspelt_sections_and_keys_are_errors() {
+        let err = parse(&GOOD.replace("approvals:", "aprovals:")).expect_err("typo");
+        assert!(
+            format!("{err:#}").contains("unknown top-level section `aprovals:`"),
+            "{err:#}"
+        );
+        let err = parse(&GOOD.replace("listen: 127.0.0.1:7070", "listne: 127.0.0.1:7070")).expect_err("typo");
+        assert!(format!("{err:#}").contains("section `control:`"), "{err:#}");
+        let err = parse(&GOOD.replace("control:\n  listen: 127.0.0.1:7070\n", "")).expect_err("missing");
+        assert!(
+            format!("{err:#}").contains("missing section `control:`"),
+            "{err:#}"
+        );
+    }
+}

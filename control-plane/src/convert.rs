@@ -1,0 +1,31 @@
+//! Verified identities (identity crate) into the form events carry (proto).
+
+use airlock_eventlog::proto;
+use airlock_identity::{Identity, PrincipalKind};
+
+pub fn identity_to_proto(i: &Identity) -> proto::Identity {
+    proto::Identity {
+        subject: i.subject.0.clone(),
+        tenant_id: i.tenant.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
+        display_name: i.display_name.clone().unwrap_or_default(),
+        client_app_id: i.client_app.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        kind: match i.kind {
+            PrincipalKind::User => proto::identity::Kind::User,
+            PrincipalKind::App => proto::identity::Kind::App,
+        } as i32,
+        groups: i
+            .groups
+            .iter()
+            .map(|g| proto::Group {
+                id: g.id.0.clone(),
+                name: g.name.clone().unwrap_or_default(),
+            })
+            .collect(),
+        roles: i.roles.clone(),
+        issuer: i.issuer.clone(),
+        token_expires_at: Some(prost_types::Timestamp {
+            seconds: i.expires_at.unix_timestamp(),
+            nanos: 0,
+        }),
+    }
+}

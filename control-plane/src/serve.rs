@@ -1,0 +1,123 @@
+//! `airlock-control serve`: one control-plane replica. Connects to the log,
+//! folds it, then serves gRPC (reviewer, proxy Attach, audit; reflection on
+//! so grpcurl works) and appends due outcomes. Any number of replicas may
+//! run against one log.
+
+use std::sync::Arc;
+
+use airlock_eventlog::proto;
+use airlock_eventlog::{EventLog, ProxyId};
+use airlock_identity::Verifier;
+use anyhow::Context;
+
+use crate::config::ControlConfig;
+use crate::convert::identity_to_proto;
+use crate::grpc::{BoxFuture, Control, ReviewerAuth};
+use crate::live::Live;
+use crate::projection::Projection;
+
+/// Reviewer tokens checked by the identity crate.
+struct VerifierAuth(Verifier);
+
+impl ReviewerAuth for VerifierAuth {
+    fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<proto::Identity, String>> {
+        Box::pin(async move {
+            self.0
+                .verify(token)
+                .await
+                .map(|i| identity_to_proto(&i))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "control".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
+    let replica = config
+        .control
+        .replica_id
+        .clone()
+        .unwrap_or_else(default_replica_id);
+    ProxyId::parse(&replica).with_context(|| "control.replica_id")?;
+    let source = proto::Source {
+        kind: proto::source::Kind::Control as i32,
+        id: replica.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: String::new(),
+    };
+    let log = EventLog::connect(config.nats.clone()).await?;
+    log.ensure_stream().await?;
+    let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
+    let live = Live::spawn(log.clone(), Projection::new()).await;
+
+    // Kill rights: the reviewer groups, by name and by object id.
+    let mut kill_groups = config.approvals.reviewers.clone();
+    for g in &config.approvals.reviewers {
+        if let Some(id) = config.identity.group_names.get(g) {
+            kill_groups.push(id.clone());
+        }
+    }
+    let control = Control {
+        live: live.clone(),
+        log: log.clone(),
+        auth: Arc::new(VerifierAuth(verifier)),
+        source: source.clone(),
+        kill_groups,
+    };
+    tokio::spawn(crate::act::reconcile_forever(
+        live.clone(),
+        log.clone(),
+        source,
+        config.control.reconcile_interval,
+    ));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+    let listen = config.control.listen;
+    tracing::info!(%listen, %replica, "control plane serving");
+    tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
+            control.clone(),
+        ))
+        .add_service(proto::proxy_service_server::ProxyServiceServer::new(
+            control.clone(),
+        ))
+        .add_service(proto::audit_service_server::AuditServiceServer::new(control))
+        .serve_with_shutdown(listen, shutdown())
+        .await
+        .with_context(|| format!("serving gRPC on {listen}"))?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
