@@ -1,0 +1,117 @@
+//! A bounded verdict cache, so a repeated statement costs a hash lookup.
+//! Keyed by policy digest, default schema and the exact statement text;
+//! verdicts that depend on session state (`EXECUTE`, `PREPARE`,
+//! `DEALLOCATE`) are never stored, so one session's prepared statements
+//! cannot leak into another's judgement.
+//!
+//! Thread-safe behind a mutex; the proxy shares one per policy set.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use crate::classify::PreparedStatements;
+use crate::config::Policy;
+use crate::judge::Verdict;
+
+/// Entries kept unless the caller says otherwise.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+
+#[derive(Debug)]
+struct Entry {
+    digest: String,
+    schema: String,
+    sql: String,
+    verdict: Arc<Verdict>,
+}
+
+/// Cache of verdicts. Lookups hash the key once and compare the stored key
+/// in full, so a hash collision can never return another statement's verdict.
+#[derive(Debug)]
+pub struct VerdictCache {
+    entries: Mutex<LruCache<u64, Vec<Entry>>>,
+}
+
+impl Default for VerdictCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl VerdictCache {
+    /// A cache holding at most `capacity` statements (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        VerdictCache {
+            entries: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    fn key(digest: &str, schema: &str, sql: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        (digest, schema, sql).hash(&mut h);
+        h.finish()
+    }
+
+    /// The verdict for `sql` under `policy`, from the cache or freshly judged.
+    pub fn evaluate(
+        &self,
+        policy: &Policy,
+        sql: &str,
+        default_schema: &str,
+        prepared: &PreparedStatements,
+    ) -> Arc<Verdict> {
+        // Oversized text is not worth hashing or keeping; it is refused anyway.
+        let cacheable_size = sql.len() <= policy.max_statement_bytes;
+        let key = Self::key(policy.digest(), default_schema, sql);
+        if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, sql) {
+            return hit;
+        }
+        let verdict = Arc::new(policy.evaluate(sql, default_schema, prepared));
+        if cacheable_size && !verdict.uses_session {
+            self.store(
+                key,
+                Entry {
+                    digest: policy.digest().to_owned(),
+                    schema: default_schema.to_owned(),
+                    sql: sql.to_owned(),
+                    verdict: Arc::clone(&verdict),
+                },
+            );
+        }
+        verdict
+    }
+
+    fn lookup(&self, key: u64, digest: &str, schema: &str, sql: &str) -> Option<Arc<Verdict>> {
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // map is still consistent, so keep using it.
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&key)?
+            .iter()
+            .find(|e| e.sql == sql && e.digest == digest && e.schema == schema)
+            .map(|e| Arc::clone(&e.verdict))
+    }
+
+    fn store(&self, key: u64, entry: Entry) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get_mut(&key) {
+            Some(bucket) => bucket.push(entry),
+            None => {
+                entries.put(key, vec![entry]);
+            }
+        }
+    }
+
+    /// Statements currently cached (hash buckets, nearly always one each).
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,716 @@
+//! SQL classification: text -> the effects of every statement in it. Owns
+//! parsing (sqlparser, PostgreSQL dialect) and the mapping from parsed
+//! statements to [`Kind`]s with their tables and functions. Knows nothing
+//! about policies or rules.
+//!
+//! Effects are found wherever they hide: a data-modifying CTE makes a SELECT
+//! a DELETE, `EXPLAIN ANALYZE x` is `x`, `SELECT INTO` creates, `COPY FROM`
+//! inserts, functions anywhere in a statement are `FUNCTION` effects unless
+//! known to be read-only, and `EXECUTE name` is what `PREPARE name` held.
+
+mod prepared;
+mod scan;
+
+use serde::Serialize;
+use sqlparser::ast::{
+    CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query,
+    Reset, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+pub use prepared::{PreparedChange, PreparedStatements};
+
+use crate::functions;
+use crate::kind::Kind;
+
+/// Statements larger than this are refused without being parsed, unless the
+/// policy sets `max_statement_bytes`.
+pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1024 * 1024;
+
+/// How deep the parser may nest before it gives up (and the statement counts
+/// as unparsed). Bounds stack use on hostile input.
+const RECURSION_LIMIT: usize = 64;
+
+/// The session context a statement is classified in.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyContext<'a> {
+    /// Schema that unqualified table names resolve to (`public` unless the
+    /// connection says otherwise).
+    pub default_schema: &'a str,
+    /// Statements this session has prepared with SQL-level `PREPARE`.
+    pub prepared: &'a PreparedStatements,
+    /// Larger statements are not parsed at all.
+    pub max_statement_bytes: usize,
+}
+
+/// One thing a statement does: a kind with the tables and functions it
+/// concerns. A statement may have several (an INSERT ... SELECT has an
+/// INSERT and a SELECT).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Effect {
+    pub kind: Kind,
+    /// Schema-qualified (`public.orders`), lowercase unless quoted.
+    pub tables: Vec<String>,
+    /// Functions called (for `FUNCTION` and `CALL` effects).
+    pub functions: Vec<String>,
+    /// For UPDATE and DELETE: whether a WHERE clause limits the rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_where: Option<bool>,
+}
+
+impl Effect {
+    fn new(kind: Kind) -> Self {
+        Effect {
+            kind,
+            tables: Vec::new(),
+            functions: Vec::new(),
+            has_where: None,
+        }
+    }
+
+    fn on(kind: Kind, tables: Vec<String>) -> Self {
+        Effect {
+            tables,
+            ..Effect::new(kind)
+        }
+    }
+}
+
+/// Everything classification learned about one query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    /// Effects of all statements in the string, in order.
+    pub effects: Vec<Effect>,
+    /// Why the parser could not read the text; `effects` then holds only
+    /// what the leading keywords reveal, and the policy's `unparsed` action applies.
+    pub unparsed: Option<String>,
+    /// Set when the text is over the size limit: it was not parsed.
+    pub oversized: Option<usize>,
+    /// The judgement depends on this session's prepared statements
+    /// (`EXECUTE`), so it must not be cached across sessions.
+    pub uses_session: bool,
+    /// Changes to the session's prepared statements, to apply once the
+    /// statement has run.
+    pub prepared_changes: Vec<PreparedChange>,
+}
+
+/// Classifies every statement in `sql`.
+pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
+    if sql.len() > ctx.max_statement_bytes {
+        return Classification {
+            oversized: Some(sql.len()),
+            ..Classification::default()
+        };
+    }
+    let mut out = Classification::default();
+    // sqlparser reads `U&"..."` as the operator `&` between two names, so the
+    // name PostgreSQL sees differs from ours: refuse to judge such text.
+    if contains_unicode_escaped_identifier(sql) {
+        out.unparsed = Some("Unicode-escaped identifiers (U&\"...\") are not supported".into());
+        out.effects = leading_keyword_effects(sql);
+        return out;
+    }
+    let dialect = PostgreSqlDialect {};
+    let parsed = Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements());
+    match parsed {
+        Ok(statements) => {
+            let mut c = Classifier {
+                ctx,
+                out: &mut out,
+                top_variant: "",
+                cte_names: Vec::new(),
+            };
+            for statement in &statements {
+                c.statement(statement);
+            }
+        }
+        Err(e) => {
+            out.unparsed = Some(e.to_string());
+            out.effects = leading_keyword_effects(sql);
+        }
+    }
+    out
+}
+
+fn contains_unicode_escaped_identifier(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(3)
+        .any(|w| (w[0] == b'u' || w[0] == b'U') && w[1] == b'&' && w[2] == b'"')
+}
+
+/// For text the parser rejects: the kinds its statements' leading keywords
+/// name (`DO`, `ALTER SYSTEM`, ...), so rules on those kinds still apply. The
+/// policy's `unparsed` action applies as well, so this can only make a
+/// verdict stricter.
+fn leading_keyword_effects(sql: &str) -> Vec<Effect> {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return Vec::new();
+    };
+    let mut effects = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut flush = |words: &mut Vec<String>| {
+        if let Some(kind) = kind_of_leading_words(words) {
+            effects.push(Effect::new(kind));
+        }
+        words.clear();
+    };
+    for token in tokens {
+        match token {
+            Token::SemiColon => flush(&mut words),
+            Token::Whitespace(_) => {}
+            Token::Word(w) if words.len() < 2 => words.push(w.value.to_ascii_uppercase()),
+            _ if words.is_empty() => words.push(String::new()),
+            _ => {}
+        }
+    }
+    flush(&mut words);
+    effects
+}
+
+fn kind_of_leading_words(words: &[String]) -> Option<Kind> {
+    let first = words.first()?.as_str();
+    let second = words.get(1).map(String::as_str).unwrap_or("");
+    Some(match (first, second) {
+        ("", _) => return None,
+        ("ALTER", "SYSTEM") => Kind::AlterSystem,
+        ("SET" | "RESET", "ROLE" | "SESSION") => Kind::SetRole,
+        ("BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE", _) => {
+            // Unparsed transaction control (`PREPARE TRANSACTION` is not) still
+            // falls to the `unparsed` action; no need to name it.
+            return None;
+        }
+        (w, _) => match w.parse::<Kind>() {
+            Ok(k) => k,
+            Err(_) => match w {
+                "WITH" | "TABLE" | "VALUES" => Kind::Select,
+                _ => Kind::Other,
+            },
+        },
+    })
+}
+
+struct Classifier<'c, 'a> {
+    ctx: &'c ClassifyContext<'a>,
+    out: &'c mut Classification,
+    /// Variant name of the top-level statement being classified.
+    top_variant: &'static str,
+    /// Names of CTEs seen: reading them is not reading a table.
+    cte_names: Vec<String>,
+}
+
+impl Classifier<'_, '_> {
+    fn push(&mut self, effect: Effect) {
+        self.out.effects.push(effect);
+    }
+
+    /// Resolves name parts to `schema.table`, lowercase unless quoted (the
+    /// parts come normalised from [`object_parts`] or the scanner).
+    fn qualify(&self, parts: &[String]) -> String {
+        match parts {
+            [] => String::new(),
+            [table] => format!("{}.{}", self.ctx.default_schema, table),
+            // `db.schema.table`: PostgreSQL only accepts the current database.
+            [.., schema, table] => format!("{schema}.{table}"),
+        }
+    }
+
+    fn qualify_name(&self, name: &ObjectName) -> String {
+        self.qualify(&object_parts(name))
+    }
+
+    /// A top-level statement: typed effects, plus what the scanner found anywhere inside.
+    fn statement(&mut self, statement: &Statement) {
+        match statement {
+            // Plain EXPLAIN reads the catalog and plans; it runs nothing.
+            Statement::Explain {
+                analyze,
+                statement: inner,
+                options,
+                ..
+            } if !explain_analyzes(*analyze, options.as_deref()) => {
+                let found = scan::scan(inner.as_ref());
+                let tables = found.relations.iter().map(|r| self.qualify(r)).collect();
+                self.push(Effect::on(Kind::Select, dedup(tables)));
+            }
+            Statement::Explain { statement: inner, .. } => self.statement(inner),
+            Statement::Prepare {
+                name,
+                statement: inner,
+                ..
+            } => {
+                // The PREPARE is judged as what it prepares; EXECUTE later is too.
+                let start = self.out.effects.len();
+                self.statement(inner);
+                let effects = self.out.effects[start..].to_vec();
+                self.out.prepared_changes.push(PreparedChange::Prepare {
+                    name: ident_name(name),
+                    effects,
+                });
+                self.out.uses_session = true;
+            }
+            _ => {
+                let found = scan::scan(statement);
+                let before = self.out.effects.len();
+                self.top_variant = found.top.unwrap_or("");
+                let targets = self.typed(statement);
+                self.reads_and_calls(statement, found, &targets, before);
+            }
+        }
+    }
+
+    /// Adds the SELECT effect for relations read, FUNCTION effects for calls,
+    /// and a backstop effect for nested statements the typed walk missed.
+    fn reads_and_calls(
+        &mut self,
+        statement: &Statement,
+        found: scan::Found,
+        targets: &[String],
+        before: usize,
+    ) {
+        let mut reads: Vec<String> = found
+            .relations
+            .iter()
+            .filter(|r| !matches!(r.as_slice(), [one] if self.cte_names.contains(one)))
+            .map(|r| self.qualify(r))
+            .filter(|t| !targets.contains(t))
+            .collect();
+        reads = dedup(reads);
+        let is_query = matches!(statement, Statement::Query(_));
+        if is_query || !reads.is_empty() {
+            // Put the read first so a plain SELECT's effects read naturally.
+            self.out.effects.insert(before, Effect::on(Kind::Select, reads));
+        }
+        let mut calls = found.functions;
+        if let Statement::Call(f) = statement {
+            // The procedure itself is the CALL effect, not a separate FUNCTION.
+            let name = scan::join_parts(&object_parts(&f.name));
+            if let Some(i) = calls.iter().position(|c| *c == name) {
+                calls.remove(i);
+            }
+        }
+        for f in dedup(calls) {
+            if !functions::is_read_only(&f) {
+                self.push(Effect {
+                    functions: vec![f],
+                    ..Effect::new(Kind::Function)
+                });
+            }
+        }
+        // Nested statements the typed walk did not attribute (DML inside a
+        // subquery, say): count them per kind and add what is missing.
+        let typed_nested: Vec<Kind> = self.out.effects[before..].iter().map(|e| e.kind).collect();
+        let mut seen: Vec<Kind> = Vec::new();
+        for variant in found.nested {
+            let kind = nested_kind(variant);
+            seen.push(kind);
+            let needed = seen.iter().filter(|k| **k == kind).count();
+            let have = typed_nested.iter().filter(|k| **k == kind).count();
+            let top = found.top.map(nested_kind);
+            if have < needed + usize::from(top == Some(kind)) {
+                self.push(Effect::new(kind));
+            }
+        }
+    }
+
+    /// Effects known from the statement's own shape. Returns the tables it
+    /// writes (so they are not also listed as reads).
+    fn typed(&mut self, statement: &Statement) -> Vec<String> {
+        let mut targets = Vec::new();
+        match statement {
+            Statement::Query(q) => self.query(q, &mut targets),
+            Statement::Insert(insert) => {
+                let table = match &insert.table {
+                    TableObject::TableName(name) => Some(self.qualify_name(name)),
+                    TableObject::TableFunction(_) | TableObject::TableQuery(_) => None,
+                };
+                let tables: Vec<String> = table.into_iter().collect();
+                self.push(Effect::on(Kind::Insert, tables.clone()));
+                if let Some(OnInsert::OnConflict(c)) = &insert.on {
+                    if matches!(c.action, OnConflictAction::DoUpdate(_)) {
+                        self.push(Effect::on(Kind::Update, tables.clone()));
+                    }
+                } else if let Some(OnInsert::DuplicateKeyUpdate(_)) = &insert.on {
+                    self.push(Effect::on(Kind::Update, tables.clone()));
+                }
+                targets.extend(tables);
+                if let Some(source) = &insert.source {
+                    self.query(source, &mut targets);
+                }
+            }
+            Statement::Update(update) => {
+                let tables = self.table_with_joins_names(std::slice::from_ref(&update.table));
+                targets.extend(tables.iter().cloned());
+                self.push(Effect {
+                    has_where: Some(update.selection.is_some()),
+                    ..Effect::on(Kind::Update, tables)
+                });
+            }
+            Statement::Delete(delete) => {
+                let tables = if delete.tables.is_empty() {
+                    let from = match &delete.from {
+                        FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+                    };
+                    self.table_with_joins_names(from)
+                } else {
+                    delete.tables.iter().map(|n| self.qualify_name(n)).collect()
+                };
+                targets.extend(tables.iter().cloned());
+                self.push(Effect {
+                    has_where: Some(delete.selection.is_some()),
+                    ..Effect::on(Kind::Delete, tables)
+                });
+            }
+            Statement::Merge(merge) => {
+                let tables = self.factor_name(&merge.table).into_iter().collect::<Vec<_>>();
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Merge, tables.clone()));
+                for clause in &merge.clauses {
+                    use sqlparser::ast::MergeAction;
+                    let kind = match clause.action {
+                        MergeAction::Insert(_) => Kind::Insert,
+                        MergeAction::Update(_) => Kind::Update,
+                        MergeAction::Delete { .. } => Kind::Delete,
+                        MergeAction::DoNothing { .. } => continue,
+                    };
+                    self.push(Effect::on(kind, tables.clone()));
+                }
+            }
+            Statement::Truncate(t) => {
+                let tables: Vec<String> = t.table_names.iter().map(|n| self.qualify_name(&n.name)).collect();
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Truncate, tables));
+            }
+            Statement::Copy {
+                source, to, target, ..
+            } => {
+                let table = match source {
+                    CopySource::Table { table_name, .. } => Some(self.qualify_name(table_name)),
+                    CopySource::Query(q) => {
+                        self.query(q, &mut targets);
+                        None
+                    }
+                };
+                let tables: Vec<String> = table.into_iter().collect();
+                self.push(Effect::on(Kind::Copy, tables.clone()));
+                if !*to {
+                    self.push(Effect::on(Kind::Insert, tables.clone()));
+                    targets.extend(tables.iter().cloned());
+                } else if !tables.is_empty() {
+                    self.push(Effect::on(Kind::Select, tables.clone()));
+                }
+                match target {
+                    CopyTarget::Stdin | CopyTarget::Stdout => {}
+                    CopyTarget::File { .. } => self.push(Effect::on(Kind::ServerFile, tables)),
+                    CopyTarget::Program { .. } => self.push(Effect::on(Kind::Program, tables)),
+                }
+            }
+            Statement::CreateTable(ct) => {
+                let name = self.qualify_name(&ct.name);
+                targets.push(name.clone());
+                self.push(Effect::on(Kind::Create, vec![name]));
+                if let Some(q) = &ct.query {
+                    self.query(q, &mut targets);
+                }
+            }
+            Statement::CreateView(cv) => {
+                let name = self.qualify_name(&cv.name);
+                targets.push(name.clone());
+                self.push(Effect::on(Kind::Create, vec![name]));
+                self.query(&cv.query, &mut targets);
+            }
+            Statement::CreateIndex(ci) => {
+                let table = self.qualify_name(&ci.table_name);
+                targets.push(table.clone());
+                self.push(Effect::on(Kind::Create, vec![table]));
+            }
+            Statement::CreateFunction(f) => {
+                let name = scan::join_parts(&object_parts(&f.name));
+                self.push(Effect::new(Kind::Create));
+                self.push(Effect {
+                    functions: vec![name],
+                    ..Effect::new(Kind::CreateFunction)
+                });
+            }
+            Statement::CreateProcedure { name, .. } => {
+                let name = scan::join_parts(&object_parts(name));
+                self.push(Effect::new(Kind::Create));
+                self.push(Effect {
+                    functions: vec![name],
+                    ..Effect::new(Kind::CreateFunction)
+                });
+            }
+            Statement::CreateTrigger(_) => {
+                self.push(Effect::new(Kind::Create));
+                self.push(Effect::new(Kind::CreateTrigger));
+            }
+            Statement::CreateRule(r) => {
+                let table = self.qualify_name(&r.table_name);
+                targets.push(table.clone());
+                self.push(Effect::new(Kind::Create));
+                self.push(Effect::on(Kind::CreateRule, vec![table]));
+            }
+            Statement::Drop { names, .. } => {
+                let names = names.iter().map(|n| self.qualify_name(n)).collect::<Vec<_>>();
+                targets.extend(names.iter().cloned());
+                self.push(Effect::on(Kind::Drop, names));
+            }
+            Statement::Call(f) => {
+                let name = scan::join_parts(&object_parts(&f.name));
+                self.push(Effect {
+                    functions: vec![name],
+                    ..Effect::new(Kind::Call)
+                });
+            }
+            Statement::Lock(lock) => {
+                let tables = lock
+                    .tables
+                    .iter()
+                    .map(|t| self.qualify_name(&t.name))
+                    .collect::<Vec<_>>();
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Lock, tables));
+            }
+            Statement::LockTables { .. } => self.push(Effect::new(Kind::Lock)),
+            Statement::Set(set) => self.push(Effect::new(set_kind(set))),
+            Statement::Reset(r) => self.push(Effect::new(match &r.reset {
+                Reset::SessionAuthorization => Kind::SetRole,
+                Reset::ConfigurationParameter(name)
+                    if is_role_setting(&scan::join_parts(&object_parts(name))) =>
+                {
+                    Kind::SetRole
+                }
+                Reset::ALL | Reset::ConfigurationParameter(_) => Kind::Set,
+            })),
+            Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. } => self.push(Effect::new(Kind::Transaction)),
+            Statement::Execute { name, parameters, .. } => {
+                self.out.uses_session = true;
+                let name = name
+                    .as_ref()
+                    .map(|n| scan::join_parts(&object_parts(n)))
+                    .unwrap_or_default();
+                match self.ctx.prepared.get(&name) {
+                    Some(effects) => self.out.effects.extend(effects.iter().cloned()),
+                    None => self.push(Effect {
+                        functions: vec![],
+                        ..Effect::new(Kind::Execute)
+                    }),
+                }
+                let _ = parameters;
+            }
+            Statement::Deallocate { name, .. } => {
+                self.out.uses_session = true;
+                let change = if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                    PreparedChange::DeallocateAll
+                } else {
+                    PreparedChange::Deallocate {
+                        name: ident_name(name),
+                    }
+                };
+                self.out.prepared_changes.push(change);
+                self.push(Effect::new(Kind::Deallocate));
+            }
+            Statement::Discard { .. } => {
+                // DISCARD ALL and DISCARD PLANS drop prepared statements too.
+                self.out.uses_session = true;
+                self.out.prepared_changes.push(PreparedChange::DeallocateAll);
+                self.push(Effect::new(Kind::Discard));
+            }
+            Statement::Grant(_) | Statement::GrantRole(_) | Statement::AlterDefaultPrivileges(_) => {
+                self.push(Effect::new(Kind::Grant))
+            }
+            Statement::Revoke(_) | Statement::RevokeRole(_) => self.push(Effect::new(Kind::Revoke)),
+            Statement::ShowVariable { .. }
+            | Statement::ShowVariables { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowFunctions { .. }
+            | Statement::ShowSchemas { .. }
+            | Statement::ShowDatabases { .. }
+            | Statement::ShowCreate { .. }
+            | Statement::ShowViews { .. }
+            | Statement::ShowCollation { .. } => self.push(Effect::new(Kind::Show)),
+            Statement::ExplainTable { .. } => self.push(Effect::new(Kind::Select)),
+            Statement::LISTEN { .. } | Statement::UNLISTEN { .. } => self.push(Effect::new(Kind::Listen)),
+            Statement::NOTIFY { .. } => self.push(Effect::new(Kind::Notify)),
+            Statement::Vacuum(_) => self.push(Effect::new(Kind::Vacuum)),
+            Statement::Analyze(_) => self.push(Effect::new(Kind::Analyze)),
+            Statement::Comment { .. } => self.push(Effect::new(Kind::Comment)),
+            Statement::RefreshMaterializedView(_) => self.push(Effect::new(Kind::Refresh)),
+            Statement::Declare { stmts, .. } => {
+                self.push(Effect::new(Kind::Cursor));
+                for d in stmts {
+                    if let Some(q) = &d.for_query {
+                        self.query(q, &mut targets);
+                    }
+                }
+            }
+            Statement::Fetch { .. } | Statement::Close { .. } => self.push(Effect::new(Kind::Cursor)),
+            _ => {
+                let kind = nested_kind(self.top_variant);
+                self.push(Effect::new(kind));
+            }
+        }
+        targets
+    }
+
+    /// Write effects inside a query: data-modifying CTEs, `SELECT INTO`.
+    fn query(&mut self, q: &Query, targets: &mut Vec<String>) {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.cte_names.push(ident_name(&cte.alias.name));
+                self.query(&cte.query, targets);
+            }
+        }
+        self.set_expr(&q.body, targets);
+    }
+
+    fn set_expr(&mut self, body: &SetExpr, targets: &mut Vec<String>) {
+        match body {
+            SetExpr::Select(select) => {
+                if let Some(into) = &select.into {
+                    let tables: Vec<String> = into
+                        .targets
+                        .iter()
+                        .map(|t| self.qualify(&expr_parts(t)))
+                        .collect();
+                    targets.extend(tables.iter().cloned());
+                    self.push(Effect::on(Kind::Create, tables));
+                }
+            }
+            SetExpr::Query(q) => self.query(q, targets),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left, targets);
+                self.set_expr(right, targets);
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+                targets.extend(self.typed(s));
+            }
+            SetExpr::Values(_) | SetExpr::Table(_) => {}
+        }
+    }
+
+    fn table_with_joins_names(&self, tables: &[TableWithJoins]) -> Vec<String> {
+        tables
+            .iter()
+            .filter_map(|t| self.factor_name(&t.relation))
+            .collect()
+    }
+
+    fn factor_name(&self, factor: &TableFactor) -> Option<String> {
+        match factor {
+            TableFactor::Table { name, .. } => Some(self.qualify_name(name)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether EXPLAIN's options run the statement. Any ANALYZE option not
+/// explicitly off counts.
+fn explain_analyzes(analyze: bool, options: Option<&[sqlparser::ast::UtilityOption]>) -> bool {
+    analyze
+        || options.unwrap_or_default().iter().any(|o| {
+            o.name.value.eq_ignore_ascii_case("analyze")
+                && !matches!(&o.arg, Some(arg) if {
+                    let v = arg.to_string().to_ascii_lowercase();
+                    v == "false" || v == "off" || v == "0"
+                })
+        })
+}
+
+fn set_kind(set: &Set) -> Kind {
+    match set {
+        Set::SetRole { .. } | Set::SetSessionAuthorization(_) => Kind::SetRole,
+        Set::SingleAssignment { variable, .. }
+            if is_role_setting(&scan::join_parts(&object_parts(variable))) =>
+        {
+            Kind::SetRole
+        }
+        Set::MultipleAssignments { assignments } => {
+            if assignments
+                .iter()
+                .any(|a| is_role_setting(&scan::join_parts(&object_parts(&a.name))))
+            {
+                Kind::SetRole
+            } else {
+                Kind::Set
+            }
+        }
+        Set::SetTransaction { .. } => Kind::Transaction,
+        _ => Kind::Set,
+    }
+}
+
+/// `SET role = x` is `SET ROLE x`; likewise session_authorization.
+fn is_role_setting(name: &str) -> bool {
+    matches!(name, "role" | "session_authorization")
+}
+
+/// The kind a statement variant has by itself: for variants without typed
+/// handling, and for nested statements found by the scanner.
+fn nested_kind(variant: &str) -> Kind {
+    match variant {
+        "Query" => Kind::Select,
+        "Insert" => Kind::Insert,
+        "Update" => Kind::Update,
+        "Delete" => Kind::Delete,
+        "Merge" => Kind::Merge,
+        "Truncate" => Kind::Truncate,
+        "Call" => Kind::Call,
+        "Copy" => Kind::Copy,
+        "Grant" | "GrantRole" | "AlterDefaultPrivileges" => Kind::Grant,
+        "Revoke" | "RevokeRole" => Kind::Revoke,
+        "Lock" | "LockTables" => Kind::Lock,
+        "Drop" => Kind::Drop,
+        v if v.starts_with("Drop") => Kind::Drop,
+        v if v.starts_with("Create") => Kind::Create,
+        v if v.starts_with("Alter") => Kind::Alter,
+        _ => Kind::Other,
+    }
+}
+
+/// Name parts of an object name, normalised (unquoted parts lowercase).
+fn object_parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => ident_name(ident),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn expr_parts(expr: &Expr) -> Vec<String> {
+    match expr {
+        Expr::Identifier(i) => vec![ident_name(i)],
+        Expr::CompoundIdentifier(parts) => parts.iter().map(ident_name).collect(),
+        other => vec![other.to_string()],
+    }
+}
+
+fn ident_name(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+    v
+}
+
+#[cfg(test)]
+mod tests;

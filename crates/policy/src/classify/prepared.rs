@@ -1,0 +1,66 @@
+//! SQL-level prepared statements of one session (`PREPARE name AS ...`,
+//! `EXECUTE name`, `DEALLOCATE`). The proxy keeps one per session and applies
+//! a statement's [`PreparedChange`]s once it has run; classification reads it
+//! so that `EXECUTE name` is judged as what was prepared.
+//!
+//! Protocol-level (extended query) statements are not kept here: the proxy
+//! sees their text in the Parse message and classifies that.
+
+use std::collections::HashMap;
+
+use super::Effect;
+
+/// A change a statement makes to its session's prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreparedChange {
+    Prepare {
+        name: String,
+        effects: Vec<Effect>,
+    },
+    Deallocate {
+        name: String,
+    },
+    /// `DEALLOCATE ALL`, `DISCARD ALL`.
+    DeallocateAll,
+}
+
+/// Prepared statements by name (normalised as PostgreSQL does: unquoted
+/// names lowercase), with the effects of what each one runs.
+#[derive(Debug, Clone, Default)]
+pub struct PreparedStatements {
+    by_name: HashMap<String, Vec<Effect>>,
+}
+
+impl PreparedStatements {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The effects of `EXECUTE name`, if this session prepared `name`.
+    pub fn get(&self, name: &str) -> Option<&[Effect]> {
+        self.by_name.get(name).map(Vec::as_slice)
+    }
+
+    /// Applies what a statement did, once it has run successfully.
+    pub fn apply(&mut self, changes: &[PreparedChange]) {
+        for change in changes {
+            match change {
+                PreparedChange::Prepare { name, effects } => {
+                    self.by_name.insert(name.clone(), effects.clone());
+                }
+                PreparedChange::Deallocate { name } => {
+                    self.by_name.remove(name);
+                }
+                PreparedChange::DeallocateAll => self.by_name.clear(),
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}

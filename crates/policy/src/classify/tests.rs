@@ -1,0 +1,230 @@
+use super::*;
+
+fn effects(sql: &str) -> Classification {
+    let prepared = PreparedStatements::new();
+    classify(
+        sql,
+        &ClassifyContext {
+            default_schema: "public",
+            prepared: &prepared,
+            max_statement_bytes: 1 << 20,
+        },
+    )
+}
+
+fn kinds(sql: &str) -> Vec<(Kind, Vec<String>)> {
+    let c = effects(sql);
+    c.effects
+        .into_iter()
+        .map(|e| {
+            (
+                e.kind,
+                if e.kind == Kind::Function {
+                    e.functions
+                } else {
+                    e.tables
+                },
+            )
+        })
+        .collect()
+}
+
+fn k(kind: Kind, names: &[&str]) -> (Kind, Vec<String>) {
+    (kind, names.iter().map(|s| s.to_string()).collect())
+}
+
+#[test]
+fn plain_select_reads_its_tables() {
+    assert_eq!(
+        kinds("SELECT u.id, count(*) FROM users u JOIN shop.orders o ON o.uid = u.id GROUP BY 1"),
+        vec![k(Kind::Select, &["public.users", "shop.orders"])]
+    );
+    assert_eq!(kinds("SELECT 1"), vec![k(Kind::Select, &[])]);
+}
+
+#[test]
+fn cte_delete_is_a_delete() {
+    assert_eq!(
+        kinds("WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x"),
+        vec![k(Kind::Select, &[]), k(Kind::Delete, &["public.orders"])]
+    );
+}
+
+#[test]
+fn update_and_delete_report_where() {
+    let c = effects("UPDATE accounts SET balance = 0");
+    assert_eq!(c.effects[0].kind, Kind::Update);
+    assert_eq!(c.effects[0].has_where, Some(false));
+    let c = effects("DELETE FROM accounts WHERE id = 1");
+    assert_eq!(c.effects[0].has_where, Some(true));
+    assert_eq!(c.effects[0].tables, vec!["public.accounts"]);
+}
+
+#[test]
+fn insert_select_has_two_effects() {
+    assert_eq!(
+        kinds("INSERT INTO archive SELECT * FROM orders WHERE at < now()"),
+        vec![
+            k(Kind::Select, &["public.orders"]),
+            k(Kind::Insert, &["public.archive"])
+        ]
+    );
+}
+
+#[test]
+fn functions_anywhere_are_effects_unless_read_only() {
+    assert_eq!(
+        kinds("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
+        vec![
+            k(Kind::Select, &["public.pg_stat_activity"]),
+            k(Kind::Function, &["pg_terminate_backend"])
+        ]
+    );
+    assert_eq!(
+        kinds("SELECT lower(name) FROM t"),
+        vec![k(Kind::Select, &["public.t"])]
+    );
+    assert_eq!(
+        kinds("SELECT * FROM dblink('host=x', 'DELETE FROM t') AS r(a int)"),
+        vec![k(Kind::Select, &[]), k(Kind::Function, &["dblink"])]
+    );
+    assert_eq!(
+        kinds("SELECT \"PG_SLEEP\"(1), pg_catalog.set_config('role', 'x', false)"),
+        vec![
+            k(Kind::Select, &[]),
+            k(Kind::Function, &["PG_SLEEP"]),
+            k(Kind::Function, &["pg_catalog.set_config"])
+        ]
+    );
+}
+
+#[test]
+fn explain_analyze_runs_the_statement_plain_explain_reads() {
+    assert_eq!(
+        kinds("EXPLAIN ANALYZE DELETE FROM t"),
+        vec![k(Kind::Delete, &["public.t"])]
+    );
+    assert_eq!(
+        kinds("EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t"),
+        vec![k(Kind::Delete, &["public.t"])]
+    );
+    assert_eq!(
+        kinds("EXPLAIN (ANALYZE off) DELETE FROM t"),
+        vec![k(Kind::Select, &["public.t"])]
+    );
+    assert_eq!(
+        kinds("EXPLAIN DELETE FROM t"),
+        vec![k(Kind::Select, &["public.t"])]
+    );
+}
+
+#[test]
+fn copy_program_and_select_into() {
+    assert_eq!(
+        kinds("COPY t TO PROGRAM 'curl x'"),
+        vec![
+            k(Kind::Copy, &["public.t"]),
+            k(Kind::Select, &["public.t"]),
+            k(Kind::Program, &["public.t"])
+        ]
+    );
+    assert_eq!(
+        kinds("COPY t FROM STDIN"),
+        vec![k(Kind::Copy, &["public.t"]), k(Kind::Insert, &["public.t"])]
+    );
+    assert_eq!(
+        kinds("SELECT * INTO copy_t FROM t"),
+        vec![
+            k(Kind::Select, &["public.t"]),
+            k(Kind::Create, &["public.copy_t"])
+        ]
+    );
+}
+
+#[test]
+fn session_kinds() {
+    assert_eq!(kinds("SET ROLE admin"), vec![k(Kind::SetRole, &[])]);
+    assert_eq!(kinds("SET role = 'admin'"), vec![k(Kind::SetRole, &[])]);
+    assert_eq!(
+        kinds("SET SESSION AUTHORIZATION admin"),
+        vec![k(Kind::SetRole, &[])]
+    );
+    assert_eq!(kinds("RESET ROLE"), vec![k(Kind::SetRole, &[])]);
+    assert_eq!(kinds("SET search_path = evil"), vec![k(Kind::Set, &[])]);
+    assert_eq!(
+        kinds("BEGIN; COMMIT"),
+        vec![k(Kind::Transaction, &[]), k(Kind::Transaction, &[])]
+    );
+    assert_eq!(
+        kinds("LOCK TABLE t IN ACCESS EXCLUSIVE MODE"),
+        vec![k(Kind::Lock, &["public.t"])]
+    );
+}
+
+#[test]
+fn unparseable_text_keeps_its_leading_kind() {
+    let c = effects("DO $$ BEGIN DELETE FROM t; END $$");
+    assert!(c.unparsed.is_some());
+    assert_eq!(
+        c.effects.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![Kind::Do]
+    );
+    let c = effects("ALTER SYSTEM SET wal_level = minimal");
+    assert_eq!(
+        c.effects.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![Kind::AlterSystem]
+    );
+}
+
+#[test]
+fn prepare_then_execute_is_judged_as_prepared() {
+    let mut prepared = PreparedStatements::new();
+    fn ctx(p: &PreparedStatements) -> ClassifyContext<'_> {
+        ClassifyContext {
+            default_schema: "public",
+            prepared: p,
+            max_statement_bytes: 1 << 20,
+        }
+    }
+    let c = classify("PREPARE wipe AS DELETE FROM orders", &ctx(&prepared));
+    assert_eq!(c.effects[0].kind, Kind::Delete);
+    prepared.apply(&c.prepared_changes);
+    let c = classify("EXECUTE wipe", &ctx(&prepared));
+    assert!(c.uses_session);
+    assert_eq!(c.effects[0].kind, Kind::Delete);
+    assert_eq!(c.effects[0].tables, vec!["public.orders"]);
+    let c = classify("DEALLOCATE wipe", &ctx(&prepared));
+    prepared.apply(&c.prepared_changes);
+    let c = classify("EXECUTE wipe", &ctx(&prepared));
+    assert_eq!(c.effects[0].kind, Kind::Execute);
+}
+
+#[test]
+fn oversized_text_is_not_parsed() {
+    let prepared = PreparedStatements::new();
+    let c = classify(
+        "SELECT 1",
+        &ClassifyContext {
+            default_schema: "public",
+            prepared: &prepared,
+            max_statement_bytes: 4,
+        },
+    );
+    assert_eq!(c.oversized, Some(8));
+    assert!(c.effects.is_empty());
+}
+
+#[test]
+fn default_schema_and_quoting() {
+    let prepared = PreparedStatements::new();
+    let c = classify(
+        "DELETE FROM \"Orders\" WHERE true; DELETE FROM Shop.Items",
+        &ClassifyContext {
+            default_schema: "sales",
+            prepared: &prepared,
+            max_statement_bytes: 1 << 20,
+        },
+    );
+    assert_eq!(c.effects[0].tables, vec!["sales.Orders"]);
+    assert_eq!(c.effects[1].tables, vec!["shop.items"]);
+}

@@ -1,0 +1,879 @@
+//! Policy files: the `policies:` list of `airlock.yaml` (with the
+//! `approvals:`, `identity.group_names` and `connections:` sections it
+//! depends on) and standalone files holding one policy. Owns parsing, strict
+//! validation with file:line errors, normalisation and the policy digest.
+//! Other sections of `airlock.yaml` belong to other crates and are ignored.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::classify::DEFAULT_MAX_STATEMENT_BYTES;
+use crate::error::{Location, PolicyError};
+use crate::kind::{Kind, known_kind_names};
+
+/// How long a held statement waits unless a rule or `approvals:` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// What happens to a statement. Ordered by strictness: `Deny` is the strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Allow,
+    RequireApproval,
+    Deny,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::RequireApproval => "require-approval",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One rule, normalised: defaults resolved, lists sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// 1-based position in the policy.
+    #[serde(skip)]
+    pub index: usize,
+    /// Canonical one-line text, shown in verdicts.
+    #[serde(skip)]
+    pub text: String,
+    /// Kinds the rule matches (sorted). Empty only when `functions` is set,
+    /// which then implies `FUNCTION`.
+    pub kinds: Vec<Kind>,
+    /// Globs on schema-qualified table names; empty means any table.
+    pub tables: Vec<String>,
+    /// Globs on function names; empty means any function.
+    pub functions: Vec<String>,
+    pub action: Action,
+    /// For require-approval: distinct reviewers needed.
+    pub approvals: u32,
+    /// For require-approval: groups whose members may approve.
+    pub reviewers: Vec<String>,
+    /// For require-approval: how long the statement is held.
+    #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
+    pub timeout: Duration,
+    pub reason: Option<String>,
+}
+
+/// One policy: which group on which connection, its rules and defaults.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    /// Format marker, so a digest never collides with a future format's.
+    format: &'static str,
+    /// The Entra group (name from `identity.group_names`, or object id).
+    pub name: String,
+    pub connection: String,
+    pub rules: Vec<Rule>,
+    pub record: bool,
+    /// For statements no rule matches: require-approval or deny.
+    pub default: Action,
+    /// For SQL the parser cannot read: require-approval or deny.
+    pub unparsed: Action,
+    /// Reviewers, approvals and timeout for `default` and `unparsed` holds.
+    pub reviewers: Vec<String>,
+    pub approvals: u32,
+    #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
+    pub timeout: Duration,
+    pub max_statement_bytes: usize,
+    #[serde(skip)]
+    digest: String,
+    /// The file it came from.
+    #[serde(skip)]
+    pub source: String,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+impl Policy {
+    /// Hex SHA-256 of the canonical JSON of the normalised policy. Stable
+    /// across key order, whitespace, comments and defaults written out or left implicit.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn seal(mut self) -> Self {
+        let canonical = serde_json::to_vec(&self).unwrap_or_default();
+        self.digest = hex::encode(Sha256::digest(&canonical));
+        self
+    }
+
+    /// Parses a standalone policy file. `defaults` are the `approvals:` of the
+    /// `airlock.yaml` it will be used with, if known.
+    pub fn from_yaml(text: &str, file: &str, defaults: &ApprovalDefaults) -> Result<Policy, PolicyError> {
+        let ctx = Context {
+            defaults: defaults.clone(),
+            connections: None,
+            groups: None,
+        };
+        let raw: RawPolicyFile = parse_located(text, file, &ctx, |raw: &RawPolicyFile| {
+            check_policies(std::slice::from_ref(&raw.0), &ctx)
+        })?;
+        Ok(build_policy(raw.0.value, &ctx, file))
+    }
+}
+
+/// `approvals:` in `airlock.yaml`: defaults for require-approval rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDefaults {
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    #[serde(default, deserialize_with = "de_timeout_opt")]
+    pub timeout: Option<Duration>,
+}
+
+/// What a connection entry tells the policy engine.
+#[derive(Debug, Clone)]
+pub struct ConnectionPolicyInfo {
+    /// Where unqualified table names resolve (`public` unless set).
+    pub default_schema: String,
+}
+
+/// Every policy of an `airlock.yaml` (or of one standalone file), with what
+/// is needed to pick one for a session.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+    pub connections: BTreeMap<String, ConnectionPolicyInfo>,
+    /// Readable group name -> Entra object id.
+    pub group_names: BTreeMap<String, String>,
+    pub approvals: ApprovalDefaults,
+}
+
+impl PolicySet {
+    /// Parses `airlock.yaml` text: its `policies:` and the sections they refer to.
+    pub fn from_config_yaml(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
+        // First the sections policies depend on, wherever they are in the file.
+        let header: ConfigHeader = serde_norway::from_str(text).map_err(|e| yaml_error(&e, file))?;
+        let connections: BTreeMap<String, ConnectionPolicyInfo> = header
+            .connections
+            .iter()
+            .map(|c| {
+                let schema = c.default_schema.clone().unwrap_or_else(|| "public".to_owned());
+                (
+                    c.name.clone(),
+                    ConnectionPolicyInfo {
+                        default_schema: schema,
+                    },
+                )
+            })
+            .collect();
+        let group_names = header.identity.map(|i| i.group_names).unwrap_or_default();
+        let approvals = header.approvals.unwrap_or_default();
+        let ctx = Context {
+            defaults: approvals.clone(),
+            connections: (!header.connections.is_empty()).then(|| connections.keys().cloned().collect()),
+            groups: Some(group_names.clone()),
+        };
+        let body: ConfigPolicies = parse_located(text, file, &ctx, |b: &ConfigPolicies| {
+            check_policies(&b.policies, &ctx)
+        })?;
+        if body.policies.is_empty() {
+            return Err(PolicyError::NoPolicies {
+                file: file.to_owned(),
+            });
+        }
+        let policies = body
+            .policies
+            .into_iter()
+            .map(|p| build_policy(p.value, &ctx, file))
+            .collect();
+        Ok(PolicySet {
+            policies,
+            connections,
+            group_names,
+            approvals,
+        })
+    }
+
+    /// Parses either form: `airlock.yaml` (has `policies:`) or a standalone
+    /// policy (has `policy:`). `defaults` apply to a standalone policy.
+    pub fn from_yaml(text: &str, file: &str, defaults: &ApprovalDefaults) -> Result<PolicySet, PolicyError> {
+        let probe: Probe = serde_norway::from_str(text).map_err(|e| yaml_error(&e, file))?;
+        if probe.policy.is_some() && probe.policies.is_none() {
+            let policy = Policy::from_yaml(text, file, defaults)?;
+            Ok(PolicySet {
+                policies: vec![policy],
+                approvals: defaults.clone(),
+                ..PolicySet::default()
+            })
+        } else if probe.policies.is_some() {
+            Self::from_config_yaml(text, file)
+        } else {
+            Err(PolicyError::NoPolicies {
+                file: file.to_owned(),
+            })
+        }
+    }
+
+    /// Where unqualified table names resolve on `connection`.
+    pub fn default_schema(&self, connection: &str) -> &str {
+        self.connections
+            .get(connection)
+            .map(|c| c.default_schema.as_str())
+            .unwrap_or("public")
+    }
+
+    /// Whether `policy_name` (a group name or object id) names `group`
+    /// (either form).
+    fn names_group(&self, policy_name: &str, group: &str) -> bool {
+        let id_of = |n: &str| self.group_names.get(n).cloned().unwrap_or_else(|| n.to_owned());
+        policy_name == group || id_of(policy_name) == id_of(group)
+    }
+
+    /// Policies for `connection` and `group`, either filter optional.
+    pub fn select(&self, connection: Option<&str>, group: Option<&str>) -> Vec<&Policy> {
+        self.policies
+            .iter()
+            .filter(|p| connection.is_none_or(|c| p.connection == c))
+            .filter(|p| group.is_none_or(|g| self.names_group(&p.name, g)))
+            .collect()
+    }
+
+    /// Exactly one policy for `connection` and `group`, or an error saying why not.
+    pub fn select_one(&self, connection: Option<&str>, group: Option<&str>) -> Result<&Policy, PolicyError> {
+        let found = self.select(connection, group);
+        let describe = |ps: &[&Policy]| {
+            ps.iter()
+                .map(|p| format!("{} on {}", p.name, p.connection))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => Err(PolicyError::NoPolicyMatches {
+                connection: connection.map(str::to_owned),
+                group: group.map(str::to_owned),
+                available: describe(&self.policies.iter().collect::<Vec<_>>()),
+            }),
+            many => Err(PolicyError::SeveralPoliciesMatch {
+                candidates: describe(many),
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the YAML holds.
+
+#[derive(Deserialize)]
+struct Probe {
+    policy: Option<serde_norway::Value>,
+    policies: Option<serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+struct ConfigHeader {
+    approvals: Option<ApprovalDefaults>,
+    identity: Option<IdentityNames>,
+    #[serde(default)]
+    connections: Vec<ConnectionEntry>,
+}
+
+#[derive(Deserialize)]
+struct IdentityNames {
+    #[serde(default)]
+    group_names: BTreeMap<String, String>,
+}
+
+/// Only the keys the policy engine reads; the proxy owns the rest.
+#[derive(Deserialize)]
+struct ConnectionEntry {
+    name: String,
+    default_schema: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ConfigPolicies {
+    #[serde(default)]
+    policies: Vec<Counted<RawPolicy>>,
+}
+
+struct RawPolicyFile(Counted<RawPolicy>);
+
+impl<'de> Deserialize<'de> for RawPolicyFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Counted::deserialize(d).map(RawPolicyFile)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    policy: String,
+    connection: String,
+    rules: Vec<Counted<RawRule>>,
+    #[serde(default)]
+    record: bool,
+    default: Option<NotAllow>,
+    unparsed: Option<NotAllow>,
+    reviewers: Option<Vec<String>>,
+    approvals: Option<Approvals>,
+    #[serde(default, deserialize_with = "de_timeout_opt")]
+    timeout: Option<Duration>,
+    max_statement_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    kinds: Option<Kinds>,
+    tables: Option<Vec<TableGlob>>,
+    functions: Option<Vec<String>>,
+    action: RuleAction,
+    approvals: Option<Approvals>,
+    reviewers: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_timeout_opt")]
+    timeout: Option<Duration>,
+    reason: Option<String>,
+}
+
+/// Separates a message from its hint inside a serde custom error.
+const HINT: &str = "\u{1f}";
+
+fn invalid<E: de::Error>(message: impl fmt::Display, hint: impl fmt::Display) -> E {
+    E::custom(format!("{message}{HINT}{hint}"))
+}
+
+/// Reads a string and converts it inside the string visitor, so a failed
+/// conversion is reported at the value's own line and column.
+fn de_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    what: &'static str,
+    convert: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<T> {
+        what: &'static str,
+        convert: fn(&str) -> Result<T, String>,
+    }
+    impl<T> Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.what)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.convert)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V { what, convert })
+}
+
+fn hinted(message: impl fmt::Display, hint: impl fmt::Display) -> String {
+    format!("{message}{HINT}{hint}")
+}
+
+struct Kinds(Vec<Kind>);
+
+struct KindNames(Vec<Kind>);
+
+fn parse_kinds(s: &str) -> Result<KindNames, String> {
+    let mut kinds = Vec::new();
+    for name in s.split('|') {
+        let kind = name
+            .parse::<Kind>()
+            .map_err(|e| hinted(e, format_args!("write one of: {}", known_kind_names())))?;
+        kinds.push(kind);
+    }
+    Ok(KindNames(kinds))
+}
+
+impl<'de> Deserialize<'de> for KindNames {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_str(d, "a statement kind such as SELECT", parse_kinds)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kinds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kinds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("kinds, as `DELETE|UPDATE` or `[DELETE, UPDATE]`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Kinds, E> {
+                parse_kinds(v).map(|k| Kinds(k.0)).map_err(E::custom)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kinds, A::Error> {
+                let mut kinds = Vec::new();
+                while let Some(KindNames(mut k)) = seq.next_element()? {
+                    kinds.append(&mut k);
+                }
+                if kinds.is_empty() {
+                    return Err(invalid(
+                        "`match` is empty",
+                        "name at least one kind, e.g. `match: SELECT`",
+                    ));
+                }
+                Ok(Kinds(kinds))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    match s {
+        "allow" => Ok(Action::Allow),
+        "require-approval" => Ok(Action::RequireApproval),
+        "deny" => Ok(Action::Deny),
+        other => Err(hinted(
+            format_args!("unknown action `{other}`"),
+            "write `allow`, `require-approval` or `deny`",
+        )),
+    }
+}
+
+struct RuleAction(Action);
+
+impl<'de> Deserialize<'de> for RuleAction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_str(d, "an action", |s| parse_action(s).map(RuleAction))
+    }
+}
+
+/// `default:` and `unparsed:` may never allow.
+struct NotAllow(Action);
+
+impl<'de> Deserialize<'de> for NotAllow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_str(d, "require-approval or deny", |s| match parse_action(s)? {
+            Action::Allow => Err(hinted(
+                "a statement no rule matches, or one that cannot be parsed, is never allowed",
+                "write `require-approval` or `deny`",
+            )),
+            other => Ok(NotAllow(other)),
+        })
+    }
+}
+
+struct Approvals(u32);
+
+impl<'de> Deserialize<'de> for Approvals {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d).map_err(|_: D::Error| {
+            invalid::<D::Error>("`approvals` must be a number", "write e.g. `approvals: 2`")
+        })?;
+        match u32::try_from(n) {
+            Ok(n) if (1..=100).contains(&n) => Ok(Approvals(n)),
+            _ => Err(invalid(
+                format_args!("`approvals: {n}` is out of range"),
+                "write the number of distinct reviewers needed, from 1 to 100",
+            )),
+        }
+    }
+}
+
+fn de_timeout_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_str(d, "a duration such as 15m", |s| {
+        match humantime::parse_duration(s) {
+            Ok(t) if !t.is_zero() => Ok(Some(t)),
+            Ok(_) => Err(hinted(
+                "a zero timeout would expire every hold at once",
+                "write e.g. `timeout: 15m`",
+            )),
+            Err(e) => Err(hinted(
+                format_args!("bad duration `{s}`: {e}"),
+                "write e.g. `timeout: 15m`, `90s` or `2h`",
+            )),
+        }
+    })
+}
+
+struct TableGlob(String);
+
+impl<'de> Deserialize<'de> for TableGlob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_str(d, "a schema-qualified table pattern", |s| {
+            if s == "*" || (s.split('.').count() == 2 && s.split('.').all(|p| !p.is_empty())) {
+                Ok(TableGlob(s.to_owned()))
+            } else {
+                Err(hinted(
+                    format_args!("table pattern `{s}` is not schema-qualified"),
+                    format_args!(
+                        "write `public.{}` or `schema.*`",
+                        s.rsplit('.').next().unwrap_or(s)
+                    ),
+                ))
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checks that need more than one key, reported at the right line.
+//
+// serde's errors carry the position of the node being read when they are
+// raised. A check that spans keys (a rule's action and its reviewers, which
+// may be set on the policy) runs after the file is read; to report it at the
+// offending rule, the file is read a second time with a trap that fails on
+// the same rule, so the YAML parser supplies its position.
+
+/// A value with its place in document order (1-based), counted per type.
+struct Counted<T> {
+    value: T,
+    ordinal: usize,
+}
+
+#[derive(Default)]
+struct Trap {
+    counters: [usize; 2],
+    fire: Option<(usize, usize, String)>,
+}
+
+thread_local! {
+    static TRAP: RefCell<Trap> = RefCell::new(Trap::default());
+}
+
+trait Slot {
+    const SLOT: usize;
+    const WHAT: &'static str;
+}
+impl Slot for RawPolicy {
+    const SLOT: usize = 0;
+    const WHAT: &'static str = "a policy (a mapping with `policy`, `connection` and `rules`)";
+}
+impl Slot for RawRule {
+    const SLOT: usize = 1;
+    const WHAT: &'static str = "a rule (a mapping with `match` and `action`)";
+}
+
+impl<'de, T: Deserialize<'de> + Slot> Deserialize<'de> for Counted<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Slot> Visitor<'de> for V<T> {
+            type Value = Counted<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(T::WHAT)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Counted<T>, A::Error> {
+                let value = T::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let (ordinal, fire) = TRAP.with(|t| {
+                    let mut t = t.borrow_mut();
+                    t.counters[T::SLOT] += 1;
+                    let n = t.counters[T::SLOT];
+                    let fire = match &t.fire {
+                        Some((slot, at, msg)) if *slot == T::SLOT && *at == n => Some(msg.clone()),
+                        _ => None,
+                    };
+                    (n, fire)
+                });
+                match fire {
+                    Some(msg) => Err(<A::Error as de::Error>::custom(msg)),
+                    None => Ok(Counted { value, ordinal }),
+                }
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A problem found after reading: which node (slot, ordinal) and the message.
+struct Late {
+    slot: usize,
+    ordinal: usize,
+    message: String,
+}
+
+struct Context {
+    defaults: ApprovalDefaults,
+    /// Connection names, when the file declares `connections:`.
+    connections: Option<Vec<String>>,
+    /// Group names, when reading an `airlock.yaml`.
+    groups: Option<BTreeMap<String, String>>,
+}
+
+fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), Late> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for p in policies {
+        let at_policy = |message: String| Late {
+            slot: 0,
+            ordinal: p.ordinal,
+            message,
+        };
+        let raw = &p.value;
+        if let Some(conns) = &ctx.connections
+            && !conns.contains(&raw.connection)
+        {
+            return Err(at_policy(format!(
+                "unknown connection `{}`{HINT}write one of the `connections:` names: {}",
+                raw.connection,
+                conns.join(", ")
+            )));
+        }
+        if let Some(groups) = &ctx.groups {
+            let known = groups.contains_key(&raw.policy) || groups.values().any(|v| *v == raw.policy);
+            if !known && !looks_like_object_id(&raw.policy) {
+                return Err(at_policy(format!(
+                    "unknown group `{}`{HINT}add it under `identity.group_names`, or write the group's object id",
+                    raw.policy
+                )));
+            }
+        }
+        if seen.contains(&(raw.policy.as_str(), raw.connection.as_str())) {
+            return Err(at_policy(format!(
+                "a second policy for group `{}` on connection `{}`{HINT}merge their rules into one policy",
+                raw.policy, raw.connection
+            )));
+        }
+        seen.push((&raw.policy, &raw.connection));
+        if raw.rules.is_empty() {
+            return Err(at_policy(format!(
+                "policy `{}` has no rules{HINT}add e.g. `rules: [{{match: SELECT, action: allow}}]`",
+                raw.policy
+            )));
+        }
+        let policy_reviewers = raw.reviewers.is_some() || !ctx.defaults.reviewers.is_empty();
+        for r in &raw.rules {
+            let rule = &r.value;
+            let at_rule = |message: String| Late {
+                slot: 1,
+                ordinal: r.ordinal,
+                message,
+            };
+            if rule.kinds.is_none() && rule.functions.is_none() {
+                return Err(at_rule(format!(
+                    "rule has no `match`{HINT}add e.g. `match: SELECT`, or `functions: [name]` for function calls"
+                )));
+            }
+            let holds = rule.action.0 == Action::RequireApproval;
+            if holds && rule.reviewers.is_none() && !policy_reviewers {
+                return Err(at_rule(format!(
+                    "this rule requires approval but names no reviewers{HINT}add `reviewers: [group]` to the rule or the policy, or `approvals: {{reviewers: [group]}}` to airlock.yaml"
+                )));
+            }
+            if matches!(&rule.reviewers, Some(r) if r.is_empty()) && holds {
+                return Err(at_rule(format!(
+                    "`reviewers` is empty{HINT}name at least one group"
+                )));
+            }
+            if !holds && (rule.approvals.is_some() || rule.reviewers.is_some() || rule.timeout.is_some()) {
+                return Err(at_rule(format!(
+                    "`approvals`, `reviewers` and `timeout` only apply to require-approval rules{HINT}remove them, or write `action: require-approval`"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Entra object ids are GUIDs.
+fn looks_like_object_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Reads `text`, runs `check`, and on a late problem reads again with the trap
+/// set so the error carries the offending node's line.
+fn parse_located<T, F>(text: &str, file: &str, _ctx: &Context, check: F) -> Result<T, PolicyError>
+where
+    T: for<'de> Deserialize<'de>,
+    F: Fn(&T) -> Result<(), Late>,
+{
+    TRAP.with(|t| *t.borrow_mut() = Trap::default());
+    let first: Result<T, _> = serde_norway::from_str(text);
+    let value = first.map_err(|e| yaml_error(&e, file))?;
+    let Err(late) = check(&value) else {
+        return Ok(value);
+    };
+    TRAP.with(|t| {
+        *t.borrow_mut() = Trap {
+            counters: [0, 0],
+            fire: Some((late.slot, late.ordinal, late.message.clone())),
+        }
+    });
+    let second: Result<T, _> = serde_norway::from_str(text);
+    TRAP.with(|t| *t.borrow_mut() = Trap::default());
+    match second {
+        Err(e) => Err(yaml_error(&e, file)),
+        // The trap did not fire (cannot happen: same text, same order); report without a line.
+        Ok(_) => {
+            let (message, hint) = split_hint(&late.message);
+            Err(PolicyError::InvalidPolicy {
+                at: Location {
+                    file: file.to_owned(),
+                    line: None,
+                    column: None,
+                },
+                message,
+                hint,
+            })
+        }
+    }
+}
+
+fn split_hint(s: &str) -> (String, Option<String>) {
+    match s.split_once(HINT) {
+        Some((m, h)) => (m.to_owned(), Some(h.to_owned())),
+        None => (s.to_owned(), None),
+    }
+}
+
+fn yaml_error(e: &serde_norway::Error, file: &str) -> PolicyError {
+    let mut text = e.to_string();
+    let (line, column) = match e.location() {
+        Some(l) => {
+            let suffix = format!(" at line {} column {}", l.line(), l.column());
+            if let Some(stripped) = text.strip_suffix(&suffix) {
+                text = stripped.to_owned();
+            }
+            (Some(l.line()), Some(l.column()))
+        }
+        None => (None, None),
+    };
+    let (message, mut hint) = split_hint(&text);
+    if hint.is_none() {
+        hint = builtin_hint(&message);
+    }
+    PolicyError::InvalidPolicy {
+        at: Location {
+            file: file.to_owned(),
+            line,
+            column,
+        },
+        message,
+        hint,
+    }
+}
+
+/// Hints for serde's own messages.
+fn builtin_hint(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("remove the key or correct its spelling (the keys allowed here are listed above)".into())
+    } else if let Some(rest) = message.split("missing field `").nth(1) {
+        let field = rest.split('`').next().unwrap_or("");
+        let example = match field {
+            "action" => "action: allow | require-approval | deny",
+            "policy" => "policy: <Entra group name or object id>",
+            "connection" => "connection: <a name from connections:>",
+            "rules" => "rules: [{match: SELECT, action: allow}]",
+            _ => "",
+        };
+        Some(format!(
+            "add `{}`",
+            if example.is_empty() { field } else { example }
+        ))
+    } else if message.contains("invalid type") {
+        Some("check the value's form against the policy format (lists in [..], durations like 15m)".into())
+    } else {
+        None
+    }
+}
+
+fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
+    let policy_reviewers = sorted(
+        raw.reviewers
+            .clone()
+            .unwrap_or_else(|| ctx.defaults.reviewers.clone()),
+    );
+    let policy_timeout = raw.timeout.or(ctx.defaults.timeout).unwrap_or(DEFAULT_TIMEOUT);
+    let policy_approvals = raw.approvals.as_ref().map(|a| a.0).unwrap_or(1);
+    let rules = raw
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let r = r.value;
+            let holds = r.action.0 == Action::RequireApproval;
+            let mut kinds = r.kinds.map(|k| k.0).unwrap_or_else(|| vec![Kind::Function]);
+            kinds.sort();
+            kinds.dedup();
+            let mut rule = Rule {
+                index: i + 1,
+                text: String::new(),
+                kinds,
+                tables: sorted(r.tables.unwrap_or_default().into_iter().map(|t| t.0).collect()),
+                functions: sorted(
+                    r.functions
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|f| f.to_lowercase())
+                        .collect(),
+                ),
+                action: r.action.0,
+                approvals: if holds {
+                    r.approvals.map(|a| a.0).unwrap_or(policy_approvals)
+                } else {
+                    0
+                },
+                reviewers: if holds {
+                    r.reviewers
+                        .map(sorted)
+                        .unwrap_or_else(|| policy_reviewers.clone())
+                } else {
+                    vec![]
+                },
+                timeout: if holds {
+                    r.timeout.unwrap_or(policy_timeout)
+                } else {
+                    Duration::ZERO
+                },
+                reason: r.reason,
+            };
+            rule.text = rule_text(&rule);
+            rule
+        })
+        .collect();
+    Policy {
+        format: "airlock.policy.v1",
+        name: raw.policy,
+        connection: raw.connection,
+        rules,
+        record: raw.record,
+        default: raw.default.map(|a| a.0).unwrap_or(Action::RequireApproval),
+        unparsed: raw.unparsed.map(|a| a.0).unwrap_or(Action::RequireApproval),
+        reviewers: policy_reviewers,
+        approvals: policy_approvals,
+        timeout: policy_timeout,
+        max_statement_bytes: raw.max_statement_bytes.unwrap_or(DEFAULT_MAX_STATEMENT_BYTES),
+        digest: String::new(),
+        source: file.to_owned(),
+    }
+    .seal()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `match: DELETE|DROP, tables: [public.orders], action: require-approval`
+fn rule_text(r: &Rule) -> String {
+    let mut parts = vec![format!(
+        "match: {}",
+        r.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("|")
+    )];
+    if !r.tables.is_empty() {
+        parts.push(format!("tables: [{}]", r.tables.join(", ")));
+    }
+    if !r.functions.is_empty() {
+        parts.push(format!("functions: [{}]", r.functions.join(", ")));
+    }
+    parts.push(format!("action: {}", r.action));
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests;

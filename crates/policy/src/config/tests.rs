@@ -1,0 +1,143 @@
+use super::*;
+
+pub(crate) const SEED: &str = r#"
+nats:
+  url: nats://127.0.0.1:4222
+identity:
+  issuer: https://issuer.example/v2.0
+  group_names:
+    db-maintenance-agents: 6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11
+    db-reviewers: 0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90
+approvals:
+  reviewers: [db-reviewers]
+  timeout: 15m
+connections:
+  - name: prod-maintenance
+    upstream: postgres://maint@127.0.0.1:5432/shop
+    password_env: PROD_MAINT_PASSWORD
+policies:
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+    record: true
+"#;
+
+fn err(text: &str) -> PolicyError {
+    PolicySet::from_yaml(text, "p.yaml", &ApprovalDefaults::default()).expect_err("should be rejected")
+}
+
+#[test]
+fn seed_config_loads_with_defaults_resolved() {
+    let set = PolicySet::from_config_yaml(SEED, "airlock.yaml").unwrap();
+    let p = set
+        .select_one(Some("prod-maintenance"), Some("db-maintenance-agents"))
+        .unwrap();
+    assert_eq!(p.rules.len(), 2);
+    assert_eq!(p.rules[1].reviewers, vec!["db-reviewers"]);
+    assert_eq!(p.rules[1].timeout, Duration::from_secs(900));
+    assert_eq!(
+        p.rules[1].text,
+        "match: UPDATE|DELETE|DROP, action: require-approval"
+    );
+    assert_eq!(p.default, Action::RequireApproval);
+    assert!(p.record);
+    assert_eq!(p.digest().len(), 64);
+    // The group's object id names the same policy.
+    assert!(
+        set.select_one(None, Some("6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11"))
+            .is_ok()
+    );
+}
+
+#[test]
+fn digest_ignores_layout_and_key_order() {
+    let a = Policy::from_yaml(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT\n    action: allow\n",
+        "a",
+        &ApprovalDefaults::default(),
+    )
+    .unwrap();
+    let b = Policy::from_yaml(
+        "# comment\nrules: [{action: allow, match: [select]}]\nreviewers: [r]\nconnection: c\npolicy: g\nrecord: false\n",
+        "b",
+        &ApprovalDefaults::default(),
+    )
+    .unwrap();
+    assert_eq!(a.digest(), b.digest());
+    let c = Policy::from_yaml(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT\n    action: deny\n",
+        "c",
+        &ApprovalDefaults::default(),
+    )
+    .unwrap();
+    assert_ne!(a.digest(), c.digest());
+}
+
+fn line_of(e: &PolicyError) -> Option<usize> {
+    e.location().and_then(|l| l.line)
+}
+
+#[test]
+fn unknown_kind_names_its_line_and_the_known_kinds() {
+    let e =
+        err("policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT|DELET\n    action: deny\n");
+    assert_eq!(line_of(&e), Some(5), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("unknown statement kind `DELET`"), "{text}");
+    assert!(text.contains("hint: write one of: SELECT"), "{text}");
+    assert!(text.starts_with("p.yaml:5:"), "{text}");
+}
+
+#[test]
+fn unknown_key_and_bad_duration_and_allow_default() {
+    let e = err("policy: g\nconnection: c\nrules:\n  - match: SELECT\n    acton: allow\n");
+    assert_eq!(line_of(&e), Some(5), "{e}");
+    assert!(e.to_string().contains("unknown field `acton`"), "{e}");
+    let e = err(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n    timeout: soon\n",
+    );
+    assert_eq!(line_of(&e), Some(7), "{e}");
+    assert!(e.to_string().contains("hint: write e.g. `timeout: 15m`"), "{e}");
+    let e = err("policy: g\nconnection: c\ndefault: allow\nrules:\n  - match: SELECT\n    action: allow\n");
+    assert_eq!(line_of(&e), Some(3), "{e}");
+    assert!(e.to_string().contains("require-approval` or `deny"), "{e}");
+}
+
+#[test]
+fn approval_rule_without_reviewers_is_reported_at_the_rule() {
+    let e = err(
+        "policy: g\nconnection: c\nrules:\n  - match: SELECT\n    action: allow\n  - match: DELETE\n    action: require-approval\n",
+    );
+    assert_eq!(line_of(&e), Some(6), "{e}");
+    assert!(e.to_string().contains("names no reviewers"), "{e}");
+    // The same rule is fine when airlock.yaml's approvals: names reviewers.
+    let defaults = ApprovalDefaults {
+        reviewers: vec!["db-reviewers".into()],
+        timeout: None,
+    };
+    let ok = "policy: g\nconnection: c\nrules:\n  - match: DELETE\n    action: require-approval\n";
+    assert!(Policy::from_yaml(ok, "p.yaml", &defaults).is_ok());
+}
+
+#[test]
+fn config_checks_connections_and_groups() {
+    let bad = SEED.replace("connection: prod-maintenance", "connection: prod");
+    let e = PolicySet::from_config_yaml(&bad, "airlock.yaml").unwrap_err();
+    assert!(e.to_string().contains("unknown connection `prod`"), "{e}");
+    assert_eq!(line_of(&e), Some(17), "{e}");
+    let bad = SEED.replace("- policy: db-maintenance-agents", "- policy: agents");
+    let e = PolicySet::from_config_yaml(&bad, "airlock.yaml").unwrap_err();
+    assert!(e.to_string().contains("unknown group `agents`"), "{e}");
+}
+
+#[test]
+fn tables_must_be_qualified() {
+    let e =
+        err("policy: g\nconnection: c\nrules:\n  - match: SELECT\n    tables: [orders]\n    action: allow\n");
+    assert!(e.to_string().contains("write `public.orders`"), "{e}");
+    assert_eq!(line_of(&e), Some(5), "{e}");
+}

@@ -1,0 +1,322 @@
+//! Rule evaluation: a [`Classification`] and a [`Policy`] -> a [`Verdict`]
+//! that explains itself (action, effects, the rule that decided, reason,
+//! who may approve). Owns the matching semantics; knows nothing of parsing.
+//!
+//! Each effect is judged on its own: the first rule whose kinds, tables and
+//! functions match it decides, else the policy's `default`. The strictest
+//! effect decides the statement (deny > require-approval > allow).
+//! Transaction control is always allowed; unparsed SQL gets the `unparsed`
+//! action (never allow); oversized SQL is denied.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::classify::{Classification, ClassifyContext, Effect, PreparedChange, classify};
+use crate::config::{Action, Policy, Rule};
+use crate::glob;
+use crate::kind::Kind;
+
+/// What decided an effect or a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", rename_all = "kebab-case")]
+pub enum Decision {
+    /// A rule (1-based index and its canonical text).
+    Rule { index: usize, text: String },
+    /// No rule matched: the policy's `default`.
+    Default,
+    /// The parser could not read the text: the policy's `unparsed`.
+    Unparsed { error: String },
+    /// Over the size limit; not parsed.
+    Oversized { bytes: usize, limit: usize },
+    /// BEGIN, COMMIT, ... : always allowed.
+    TransactionControl,
+    /// Nothing to run (empty text or only comments).
+    Empty,
+}
+
+/// The judgement of one effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EffectVerdict {
+    #[serde(flatten)]
+    pub effect: Effect,
+    pub action: Action,
+    pub decision: Decision,
+}
+
+/// The judgement of a whole query string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub action: Action,
+    /// The policy (group) that judged, and its digest.
+    pub policy: String,
+    pub policy_digest: String,
+    /// What decided the strictest effect.
+    pub decision: Decision,
+    /// The deciding rule's `reason`, or an explanation of the decision.
+    pub reason: String,
+    /// Every effect with its own judgement.
+    pub effects: Vec<EffectVerdict>,
+    /// For require-approval: distinct approvals needed, groups allowed to
+    /// approve (those allowed for every held effect), and how long to wait.
+    pub approvals: u32,
+    pub reviewers: Vec<String>,
+    #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
+    pub timeout: Duration,
+    /// Whether the policy asks for results to be recorded.
+    pub record: bool,
+    /// Whether the verdict depends on session state (`EXECUTE`), so must not be cached.
+    #[serde(skip)]
+    pub uses_session: bool,
+    /// Changes to the session's prepared statements once the statement runs.
+    #[serde(skip)]
+    pub prepared_changes: Vec<PreparedChange>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+impl Verdict {
+    /// Distinct kinds of all effects, in order of appearance.
+    pub fn kinds(&self) -> Vec<Kind> {
+        let mut out: Vec<Kind> = Vec::new();
+        for e in &self.effects {
+            if !out.contains(&e.effect.kind) {
+                out.push(e.effect.kind);
+            }
+        }
+        out
+    }
+
+    /// Distinct tables of all effects, in order of appearance.
+    pub fn tables(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.effects.iter().flat_map(|e| &e.effect.tables) {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether the parser read the statement.
+    pub fn parsed(&self) -> bool {
+        !matches!(
+            self.decision,
+            Decision::Unparsed { .. } | Decision::Oversized { .. }
+        ) && !self
+            .effects
+            .iter()
+            .any(|e| matches!(e.decision, Decision::Unparsed { .. }))
+    }
+}
+
+impl Policy {
+    /// Classifies and judges `sql` under this policy's size limit.
+    pub fn evaluate(&self, sql: &str, default_schema: &str, prepared: &crate::PreparedStatements) -> Verdict {
+        let ctx = ClassifyContext {
+            default_schema,
+            prepared,
+            max_statement_bytes: self.max_statement_bytes,
+        };
+        self.judge(&classify(sql, &ctx))
+    }
+
+    /// Judges a classification.
+    pub fn judge(&self, c: &Classification) -> Verdict {
+        let mut verdict = Verdict {
+            action: Action::Allow,
+            policy: self.name.clone(),
+            policy_digest: self.digest().to_owned(),
+            decision: Decision::Empty,
+            reason: String::new(),
+            effects: Vec::new(),
+            approvals: 0,
+            reviewers: Vec::new(),
+            timeout: Duration::ZERO,
+            record: self.record,
+            uses_session: c.uses_session,
+            prepared_changes: c.prepared_changes.clone(),
+        };
+        if let Some(bytes) = c.oversized {
+            verdict.action = Action::Deny;
+            verdict.decision = Decision::Oversized {
+                bytes,
+                limit: self.max_statement_bytes,
+            };
+            verdict.reason = format!(
+                "statement is {bytes} bytes, over this policy's limit of {} bytes; it was not parsed",
+                self.max_statement_bytes
+            );
+            return verdict;
+        }
+
+        // Candidates in order; the first of the strictest decides.
+        struct Held<'r> {
+            action: Action,
+            decision: Decision,
+            rule: Option<&'r Rule>,
+        }
+        let mut decided: Vec<Held<'_>> = Vec::new();
+        if let Some(error) = &c.unparsed {
+            decided.push(Held {
+                action: self.unparsed,
+                decision: Decision::Unparsed { error: error.clone() },
+                rule: None,
+            });
+        }
+        for effect in &c.effects {
+            let (action, decision, rule) = if effect.kind.is_transaction_control() {
+                (Action::Allow, Decision::TransactionControl, None)
+            } else {
+                match self.rules.iter().find(|r| rule_matches(r, effect)) {
+                    Some(r) => (
+                        r.action,
+                        Decision::Rule {
+                            index: r.index,
+                            text: r.text.clone(),
+                        },
+                        Some(r),
+                    ),
+                    None => (self.default, Decision::Default, None),
+                }
+            };
+            verdict.effects.push(EffectVerdict {
+                effect: effect.clone(),
+                action,
+                decision: decision.clone(),
+            });
+            decided.push(Held {
+                action,
+                decision,
+                rule,
+            });
+        }
+        let Some(strictest) = decided.iter().map(|h| h.action).max() else {
+            verdict.reason = "nothing to run".into();
+            return verdict;
+        };
+        let Some(first) = decided.iter().find(|h| h.action == strictest) else {
+            return verdict;
+        };
+        verdict.action = strictest;
+        verdict.decision = first.decision.clone();
+        verdict.reason = match (&first.decision, first.rule.and_then(|r| r.reason.clone())) {
+            (_, Some(reason)) => reason,
+            (Decision::Rule { index, text }, None) => format!("rule {index} ({text})"),
+            (Decision::Default, None) => format!(
+                "no rule matches {}; the policy default is {}",
+                describe_unmatched(&verdict.effects),
+                self.default
+            ),
+            (Decision::Unparsed { error }, None) => {
+                format!("the statement could not be parsed ({error}); unparsed SQL is never allowed")
+            }
+            (Decision::TransactionControl, None) => "transaction control is always allowed".into(),
+            (Decision::Oversized { .. } | Decision::Empty, None) => String::new(),
+        };
+        if strictest == Action::RequireApproval {
+            self.fill_approval(
+                &mut verdict,
+                &decided
+                    .iter()
+                    .filter(|h| h.action == strictest)
+                    .map(|h| h.rule)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        verdict
+    }
+
+    /// Reviewers allowed to approve every held effect (their intersection),
+    /// the most approvals any asks for, and the shortest timeout. If no group
+    /// may approve them all, nobody can: the statement is denied.
+    fn fill_approval(&self, verdict: &mut Verdict, holds: &[Option<&Rule>]) {
+        let mut reviewers: Option<Vec<String>> = None;
+        let mut approvals = 0;
+        let mut timeout = Duration::MAX;
+        for rule in holds {
+            let (r, a, t) = match rule {
+                Some(rule) => (&rule.reviewers, rule.approvals, rule.timeout),
+                None => (&self.reviewers, self.approvals, self.timeout),
+            };
+            reviewers = Some(match reviewers {
+                None => r.clone(),
+                Some(prev) => prev.into_iter().filter(|g| r.contains(g)).collect(),
+            });
+            approvals = approvals.max(a);
+            timeout = timeout.min(t);
+        }
+        let reviewers = reviewers.unwrap_or_default();
+        if reviewers.is_empty() {
+            verdict.action = Action::Deny;
+            verdict.reason = format!(
+                "{}; no reviewer group may approve all of it, so it is refused",
+                verdict.reason
+            );
+            return;
+        }
+        verdict.reviewers = reviewers;
+        verdict.approvals = approvals;
+        verdict.timeout = timeout;
+    }
+}
+
+fn describe_unmatched(effects: &[EffectVerdict]) -> String {
+    let kinds: Vec<String> = effects
+        .iter()
+        .filter(|e| e.decision == Decision::Default)
+        .map(|e| {
+            let what = e
+                .effect
+                .tables
+                .iter()
+                .chain(&e.effect.functions)
+                .cloned()
+                .collect::<Vec<_>>();
+            if what.is_empty() {
+                e.effect.kind.to_string()
+            } else {
+                format!("{} {}", e.effect.kind, what.join(", "))
+            }
+        })
+        .collect();
+    kinds.join("; ")
+}
+
+/// Whether `rule` covers `effect`. Tables and functions are matched with
+/// the rule's action in mind: an `allow` rule must cover every table (and
+/// function) of the effect, a `deny` or `require-approval` rule any one of
+/// them. So a narrow allow never lets a statement touching other tables
+/// through, and a narrow deny always catches it.
+pub(crate) fn rule_matches(rule: &Rule, effect: &Effect) -> bool {
+    if !rule.kinds.contains(&effect.kind) {
+        return false;
+    }
+    let covers = |patterns: &[String], names: &[String], bare: bool| {
+        if patterns.is_empty() {
+            return true;
+        }
+        let hit = |name: &String| {
+            patterns.iter().any(|p| {
+                glob::matches(p, name) || (bare && glob::matches(p, name.rsplit('.').next().unwrap_or(name)))
+            })
+        };
+        if rule.action == Action::Allow {
+            // A read of no table at all (`SELECT 1`, `VALUES`) reads nothing a
+            // table pattern protects. Any other effect without tables (an
+            // unresolved target) is not covered by a table-scoped allow.
+            (names.is_empty() && effect.kind == Kind::Select) || (!names.is_empty() && names.iter().all(hit))
+        } else {
+            names.iter().any(hit)
+        }
+    };
+    // A deny may name a function bare and still catch `pg_catalog.f`; an allow
+    // names exactly what it lets through.
+    let bare = rule.action != Action::Allow;
+    covers(&rule.tables, &effect.tables, false) && covers(&rule.functions, &effect.functions, bare)
+}
+
+#[cfg(test)]
+mod tests;
