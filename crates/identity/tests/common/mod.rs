@@ -297,10 +297,15 @@ async fn serve_discovery(State(state): State<Arc<ServerState>>, headers: axum::h
     answer(&state, body).await
 }
 
+/// The unknown-kid cooldown of [`fast_options`], and a wait just past it.
+/// Long enough that a loaded machine finishes a test step well within it.
+pub const COOLDOWN: Duration = Duration::from_millis(800);
+pub const PAST_COOLDOWN: Duration = Duration::from_millis(900);
+
 /// Options with short periods, so cache behaviour is observable in a test.
 pub fn fast_options() -> CacheOptions {
     CacheOptions {
-        unknown_kid_cooldown: Duration::from_millis(300),
+        unknown_kid_cooldown: COOLDOWN,
         cold_retry: Duration::from_millis(100),
         refresh_interval: Duration::from_secs(3600),
         refresh_retry: Duration::from_secs(3600),
