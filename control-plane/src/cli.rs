@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Policy tools: lint policy files, explain a statement's verdict.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy_cmd::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +57,11 @@ enum IdentityCommand {
 /// Parses flags and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Pure and offline: no telemetry or runtime, so stdout carries only the result.
+    let command = match cli.command {
+        Command::Policy { command } => return crate::policy_cmd::run(command),
+        other => other,
+    };
     let _telemetry = match airlock_telemetry::init("airlock-control") {
         Ok(g) => Some(g),
         Err(e) => {
@@ -66,7 +76,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("airlock-control: {e:#}");
@@ -93,6 +103,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Policy { command } => Ok(crate::policy_cmd::run(command)),
         Command::Identity {
             command: IdentityCommand::Check { config },
         } => {

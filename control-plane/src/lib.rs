@@ -14,6 +14,7 @@ pub mod convert;
 pub mod decide;
 pub mod grpc;
 pub mod live;
+pub mod policy_cmd;
 pub mod projection;
 pub mod serve;
 pub mod verify;

@@ -141,6 +141,19 @@ pub struct ApprovalDefaults {
     pub timeout: Option<Duration>,
 }
 
+impl ApprovalDefaults {
+    /// The `approvals:` section of an `airlock.yaml` (empty when absent), for
+    /// checking standalone policy files against the config they will run under.
+    pub fn from_config_yaml(text: &str, file: &str) -> Result<ApprovalDefaults, PolicyError> {
+        #[derive(Deserialize)]
+        struct OnlyApprovals {
+            approvals: Option<ApprovalDefaults>,
+        }
+        let only: OnlyApprovals = serde_norway::from_str(text).map_err(|e| yaml_error(&e, file))?;
+        Ok(only.approvals.unwrap_or_default())
+    }
+}
+
 /// What a connection entry tells the policy engine.
 #[derive(Debug, Clone)]
 pub struct ConnectionPolicyInfo {
