@@ -25,6 +25,17 @@
 //! token (`jku`, `x5u`, `jwk`, `x5c` are ignored). See [`CacheOptions`] for
 //! the refetch, refresh and outage rules.
 //!
+//! ```no_run
+//! # async fn login(config: airlock_identity::IdentityConfig, password: &str)
+//! #     -> Result<(), airlock_identity::VerifyError> {
+//! // Once per process; clones share the key cache.
+//! let verifier = airlock_identity::Verifier::new(config)?;
+//! // Per login: the password is the access token.
+//! let identity = verifier.verify(password).await?;
+//! let may_review = identity.in_group("db-reviewers");
+//! # let _ = may_review; Ok(()) }
+//! ```
+//!
 //! Identity mapping (Entra): subject = `oid`, else `sub`; tenant = `tid`;
 //! display name = `name`, `preferred_username`, `upn` or `app_displayname`;
 //! client app = `azp`, else `appid`; kind: see [`PrincipalKind`]; groups from

@@ -32,6 +32,9 @@ pub async fn run(cli: Cli) -> Result<(), DevIdpError> {
     eprintln!("{WARNING}");
     match cli.command {
         Command::Serve(args) => {
+            // Refuse a bad address or issuer before creating any key file.
+            server::check_listen(args.listen)?;
+            server::issuer_prefix(&args.issuer)?;
             let key = key::SigningKey::load_or_create(&args.key_file)?;
             server::serve(args.listen, &args.issuer, key).await
         }

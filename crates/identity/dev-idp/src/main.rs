@@ -6,7 +6,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = airlock_dev_idp::Cli::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
     airlock_dev_idp::run(cli).await?;
     Ok(())
 }

@@ -54,11 +54,19 @@ pub fn router(published: Arc<Published>) -> Result<Router, DevIdpError> {
         .with_state(published))
 }
 
+/// Refuses any non-loopback address: this issuer must never be reachable
+/// from another machine.
+pub fn check_listen(listen: SocketAddr) -> Result<(), DevIdpError> {
+    if listen.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(DevIdpError::NonLoopbackListen(listen))
+    }
+}
+
 /// Serves until interrupted (Ctrl-C). Refuses any non-loopback address.
 pub async fn serve(listen: SocketAddr, issuer: &str, key: SigningKey) -> Result<(), DevIdpError> {
-    if !listen.ip().is_loopback() {
-        return Err(DevIdpError::NonLoopbackListen(listen));
-    }
+    check_listen(listen)?;
     let base = issuer.trim_end_matches('/');
     let published = Arc::new(Published {
         issuer: issuer.to_owned(),

@@ -184,6 +184,7 @@ fn serve_refuses_non_loopback_addresses() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("loopback"), "{stderr}");
     assert!(stderr.contains("NEVER PRODUCTION"), "{stderr}");
+    assert!(!dir.path().join("k.pem").exists(), "no key for a refused start");
 }
 
 #[test]
