@@ -20,6 +20,11 @@ use crate::judge::Verdict;
 /// Entries kept unless the caller says otherwise.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
+/// Longer statements are judged every time rather than kept, so the cache's
+/// memory stays bounded by capacity x this (about 640 MiB at the very worst,
+/// a few MiB for real traffic).
+pub const MAX_CACHED_STATEMENT_BYTES: usize = 64 * 1024;
+
 #[derive(Debug)]
 struct Entry {
     digest: String,
@@ -64,8 +69,9 @@ impl VerdictCache {
         default_schema: &str,
         prepared: &PreparedStatements,
     ) -> Arc<Verdict> {
-        // Oversized text is not worth hashing or keeping; it is refused anyway.
-        let cacheable_size = sql.len() <= policy.max_statement_bytes;
+        // Long text is judged afresh: keeping it would make the cache's memory
+        // unbounded in practice, and oversized text is refused anyway.
+        let cacheable_size = sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
         let key = Self::key(policy.digest(), default_schema, sql);
         if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, sql) {
             return hit;

@@ -4,8 +4,59 @@
 //!
 //! * [`config`] reads policies from `airlock.yaml` and standalone policy files.
 //! * [`classify()`] turns SQL text into [`Effect`]s (kind, tables, functions).
-//! * [`Policy::judge`] turns a [`Classification`] into a [`Verdict`].
+//! * [`Policy::judge`] turns a [`Classification`] into a [`Verdict`];
+//!   [`Policy::evaluate`] does both.
 //! * [`VerdictCache`] remembers verdicts for repeated statements.
+//!
+//! # Policy format
+//!
+//! ```yaml
+//! policy: db-maintenance-agents   # Entra group: name from identity.group_names, or object id
+//! connection: prod-maintenance    # a name from connections:
+//! record: true
+//! default: require-approval       # statements no rule matches: require-approval | deny
+//! unparsed: require-approval      # SQL the parser cannot read: require-approval | deny
+//! reviewers: [db-reviewers]       # optional; else approvals.reviewers of airlock.yaml
+//! approvals: 1                    # optional; distinct reviewers needed
+//! timeout: 15m                    # optional; else approvals.timeout, else 15m
+//! max_statement_bytes: 1048576    # optional; larger statements are refused unparsed
+//! rules:
+//!   - match: SELECT               # kinds: `A|B` or a list; see [`Kind`]
+//!     tables: [public.*]          # optional globs on schema-qualified names
+//!     action: allow
+//!   - match: FUNCTION             # calls of functions not known to be read-only
+//!     functions: [pg_cancel_backend]
+//!     action: allow
+//!   - match: DELETE|DROP|UPDATE
+//!     action: require-approval
+//!     approvals: 2
+//!     reviewers: [dba-leads]
+//!     timeout: 30m
+//!     reason: writes need a second pair of eyes
+//! ```
+//!
+//! Rules are tried in order per effect; the first whose kinds, tables and
+//! functions match decides it. An `allow` rule with `tables:`/`functions:`
+//! must cover every table/function of the effect; a `deny` or
+//! `require-approval` rule needs only one (and names functions bare or
+//! qualified). `functions:` without `match:` means `match: FUNCTION`. The
+//! strictest effect decides the statement.
+//!
+//! # Kinds that need care
+//!
+//! * `FUNCTION`: any call of a function not on the read-only allowlist in
+//!   [`functions`], wherever it appears (select list, WHERE, FROM, ORDER BY,
+//!   `EXECUTE` arguments). `SELECT pg_terminate_backend(...)` is a `SELECT`
+//!   *and* a `FUNCTION`, so `match: SELECT -> allow` does not cover it.
+//! * `PROGRAM` / `SERVER FILE`: COPY to or from a shell command or a file on
+//!   the database server (beside the `COPY` and, for FROM, `INSERT` effects).
+//! * `SET ROLE`: `SET ROLE`, `SET SESSION AUTHORIZATION`, `RESET ROLE`,
+//!   `SET role = ...`. Other settings (`search_path` included) are `SET`.
+//! * `EXECUTE`: only for `EXECUTE name` this session never prepared; a known
+//!   name is judged as what `PREPARE` held (the proxy keeps
+//!   [`PreparedStatements`] per session and applies
+//!   [`Verdict::prepared_changes`]).
+//! * `TRANSACTION`: BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE: always allowed.
 
 pub mod cache;
 pub mod classify;
