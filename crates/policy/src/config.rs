@@ -484,16 +484,26 @@ struct Approvals(u32);
 
 impl<'de> Deserialize<'de> for Approvals {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d).map_err(|_: D::Error| {
-            invalid::<D::Error>("`approvals` must be a number", "write e.g. `approvals: 2`")
-        })?;
-        match u32::try_from(n) {
-            Ok(n) if (1..=100).contains(&n) => Ok(Approvals(n)),
-            _ => Err(invalid(
-                format_args!("`approvals: {n}` is out of range"),
-                "write the number of distinct reviewers needed, from 1 to 100",
-            )),
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Approvals;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of distinct reviewers, e.g. `approvals: 2`")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Approvals, E> {
+                match u32::try_from(n) {
+                    Ok(n) if (1..=100).contains(&n) => Ok(Approvals(n)),
+                    _ => Err(invalid(
+                        format_args!("`approvals: {n}` is out of range"),
+                        "write the number of distinct reviewers needed, from 1 to 100",
+                    )),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Approvals, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
         }
+        d.deserialize_any(V)
     }
 }
 

@@ -35,6 +35,10 @@
 //!     reason: writes need a second pair of eyes
 //! ```
 //!
+//! In `airlock.yaml`, a connection may set `default_schema:` (beside the keys
+//! the proxy reads); unqualified table names on it resolve there, else to
+//! `public`.
+//!
 //! Rules are tried in order per effect; the first whose kinds, tables and
 //! functions match decides it. An `allow` rule with `tables:`/`functions:`
 //! must cover every table/function of the effect; a `deny` or
@@ -57,6 +61,18 @@
 //!   [`PreparedStatements`] per session and applies
 //!   [`Verdict::prepared_changes`]).
 //! * `TRANSACTION`: BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE: always allowed.
+//!
+//! # Known limits
+//!
+//! * Table names resolve against the connection's default schema, not the
+//!   session's `search_path`: a policy that allows `SET` lets an agent point
+//!   unqualified names elsewhere, so table-scoped rules should come with `SET`
+//!   left to approval (the default).
+//! * A view or a function's body is not looked into: `SELECT * FROM v` is a
+//!   read even if `v` calls a volatile function. Creating such objects is
+//!   `CREATE`/`CREATE FUNCTION`, which a policy should not allow freely.
+//! * Text sqlparser cannot read (`U&"..."` identifiers, `DO`, `ALTER SYSTEM`,
+//!   `CLUSTER`, `TABLE x`, ...) gets the `unparsed` action even when it is harmless.
 
 pub mod cache;
 pub mod classify;

@@ -165,7 +165,9 @@ impl<'a> Compound<'a> {
             ("Ident", _, "quote_style") if self.s.capture.is_some() => {
                 self.quoted = !self.s.is_none(value);
             }
-            ("Function", _, "name") => {
+            ("Function", _, "name")
+            | ("TableFactor", "Function", "name")
+            | ("ObjectNamePartFunction", _, "name") => {
                 let parts = self.s.capture_name(value);
                 self.s.found.functions.push(join_parts(&parts));
             }

@@ -228,3 +228,55 @@ fn default_schema_and_quoting() {
     assert_eq!(c.effects[0].tables, vec!["sales.Orders"]);
     assert_eq!(c.effects[1].tables, vec!["shop.items"]);
 }
+
+#[test]
+fn function_calls_are_found_wherever_they_are_written() {
+    for sql in [
+        "SELECT * FROM orders, LATERAL pg_read_file('x') AS f",
+        "SELECT * FROM ROWS FROM (pg_read_file('x'))",
+        "SELECT * FROM orders WHERE id IN (SELECT 1 FROM pg_read_file('x'))",
+        "SELECT * FROM orders ORDER BY pg_read_file('x')",
+        "SELECT * FROM orders GROUP BY 1 HAVING pg_read_file('x') = ''",
+        "SELECT * FROM orders LIMIT length(pg_read_file('x'))",
+        "SELECT (pg_read_file('x')).foo",
+        "SELECT pg_read_file('x')::text",
+        "SELECT CAST(pg_read_file('x') AS text)",
+        "SELECT * FROM orders o JOIN items i ON pg_read_file('x') = i.name",
+        "INSERT INTO t VALUES (pg_read_file('x'))",
+        "UPDATE t SET a = pg_read_file('x') WHERE true",
+        "DELETE FROM t WHERE a = pg_read_file('x')",
+        "SELECT count(*) FILTER (WHERE pg_read_file('x') = '') FROM t",
+        "SELECT sum(a) OVER (ORDER BY pg_read_file('x')) FROM t",
+        "SELECT ARRAY(SELECT pg_read_file('x'))",
+        "SELECT ROW(pg_read_file('x'))",
+        "SELECT 1 WHERE EXISTS (SELECT pg_read_file('x'))",
+        "CALL p(pg_read_file('x'))",
+        "SELECT * FROM json_to_record(pg_read_file('x')::json) AS r(a int)",
+    ] {
+        let c = effects(sql);
+        let found = c
+            .effects
+            .iter()
+            .any(|e| e.kind == Kind::Function && e.functions.iter().any(|f| f == "pg_read_file"));
+        // Text the parser rejects gets the `unparsed` action, which is never allow.
+        assert!(found || c.unparsed.is_some(), "pg_read_file not found in {sql}");
+    }
+}
+
+#[test]
+fn dml_nested_anywhere_is_still_an_effect() {
+    for sql in [
+        "SELECT * FROM (WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d) s",
+        "SELECT (WITH d AS (DELETE FROM orders RETURNING 1) SELECT 1)",
+        "SELECT 1 WHERE EXISTS (WITH d AS (DELETE FROM orders RETURNING 1) SELECT 1 FROM d)",
+        "INSERT INTO t SELECT * FROM (WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d) s",
+    ] {
+        let c = effects(sql);
+        let delete = c.effects.iter().any(|e| e.kind == Kind::Delete);
+        assert!(
+            delete || c.unparsed.is_some(),
+            "no DELETE in {sql}: {:?}",
+            c.effects
+        );
+    }
+}

@@ -141,3 +141,12 @@ fn tables_must_be_qualified() {
     assert!(e.to_string().contains("write `public.orders`"), "{e}");
     assert_eq!(line_of(&e), Some(5), "{e}");
 }
+
+#[test]
+fn approvals_out_of_range_is_reported_at_the_value() {
+    let e = err(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n    approvals: 0\n",
+    );
+    assert_eq!(line_of(&e), Some(7), "{e}");
+    assert!(e.to_string().contains("from 1 to 100"), "{e}");
+}
