@@ -782,8 +782,20 @@ fn yaml_error(e: &serde_norway::Error, file: &str) -> PolicyError {
 
 /// Hints for serde's own messages.
 fn builtin_hint(message: &str) -> Option<String> {
-    if message.contains("unknown field") {
-        Some("remove the key or correct its spelling (the keys allowed here are listed above)".into())
+    if let Some(rest) = message.split("unknown field `").nth(1) {
+        let unknown = rest.split('`').next().unwrap_or("");
+        let allowed: Vec<&str> = rest
+            .split("expected ")
+            .nth(1)
+            .unwrap_or("")
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        Some(match allowed.iter().min_by_key(|k| edit_distance(unknown, k)) {
+            Some(best) if edit_distance(unknown, best) <= 2 => format!("did you mean `{best}`?"),
+            _ => "remove the key or correct its spelling (the keys allowed here are listed above)".into(),
+        })
     } else if let Some(rest) = message.split("missing field `").nth(1) {
         let field = rest.split('`').next().unwrap_or("");
         let example = match field {
@@ -802,6 +814,22 @@ fn builtin_hint(message: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Levenshtein distance, for "did you mean" hints on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {

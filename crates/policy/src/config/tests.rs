@@ -97,6 +97,7 @@ fn unknown_key_and_bad_duration_and_allow_default() {
     let e = err("policy: g\nconnection: c\nrules:\n  - match: SELECT\n    acton: allow\n");
     assert_eq!(line_of(&e), Some(5), "{e}");
     assert!(e.to_string().contains("unknown field `acton`"), "{e}");
+    assert!(e.to_string().contains("hint: did you mean `action`?"), "{e}");
     let e = err(
         "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n    timeout: soon\n",
     );

@@ -156,3 +156,27 @@ fn cache_never_serves_a_session_dependent_verdict() {
     assert_eq!(c.tables(), vec!["sales.t"]);
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn cache_keys_on_the_policy_digest() {
+    let lenient = policy(SEED);
+    let strict = policy(
+        "policy: agents\nconnection: prod\ndefault: deny\nrules:\n  - match: UPDATE\n    action: deny\n",
+    );
+    let cache = crate::VerdictCache::new(16);
+    let session = PreparedStatements::new();
+    let sql = "UPDATE t SET a = 1 WHERE id = 2";
+    assert_eq!(
+        cache.evaluate(&lenient, sql, "public", &session).action,
+        Action::RequireApproval
+    );
+    assert_eq!(
+        cache.evaluate(&strict, sql, "public", &session).action,
+        Action::Deny
+    );
+    assert_eq!(
+        cache.evaluate(&lenient, sql, "public", &session).action,
+        Action::RequireApproval
+    );
+    assert_eq!(cache.len(), 2);
+}
