@@ -1,13 +1,17 @@
 //! Verdict cost over a realistic mix: pgbench's statements, ORM-style queries
 //! with joins and CTEs, DDL, and a few bypass attempts. `uncached` parses,
-//! classifies and judges every time; `cached` is a warm [`VerdictCache`] hit.
+//! classifies and judges every time; `cached` is a warm [`VerdictCache`] hit;
+//! `stages` splits the cost into sqlparser alone and classification (parse
+//! plus our walk) for two statements.
 //! Targets from the policy issue: cached at most 2 us, uncached median at most 30 us.
 
 use std::hint::black_box;
 
 use airlock_policy::config::ApprovalDefaults;
-use airlock_policy::{Policy, PreparedStatements, VerdictCache};
+use airlock_policy::{ClassifyContext, Policy, PreparedStatements, VerdictCache, classify};
 use criterion::{Criterion, criterion_group, criterion_main};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
 
 const POLICY: &str = "\
 policy: db-maintenance-agents
@@ -92,6 +96,26 @@ fn bench(c: &mut Criterion) {
         });
     }
     uncached.finish();
+
+    // Where the uncached time goes, for the slowest and the most common statement.
+    let mut stages = c.benchmark_group("stages");
+    for (name, sql) in MIX
+        .iter()
+        .filter(|(n, _)| *n == "orm_join" || *n == "pgbench_select")
+    {
+        stages.bench_function(format!("{name}/parse_only"), |b| {
+            b.iter(|| black_box(Parser::parse_sql(&PostgreSqlDialect {}, black_box(sql))))
+        });
+        let ctx = ClassifyContext {
+            default_schema: "public",
+            prepared: &session,
+            max_statement_bytes: 1 << 20,
+        };
+        stages.bench_function(format!("{name}/classify"), |b| {
+            b.iter(|| black_box(classify(black_box(sql), &ctx)))
+        });
+    }
+    stages.finish();
 
     let cache = VerdictCache::default();
     let mut cached = c.benchmark_group("cached");
