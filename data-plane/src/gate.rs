@@ -58,6 +58,9 @@ pub struct Binding {
     /// Record every statement (policy `record: true`), not only gated and
     /// refused ones.
     pub record: bool,
+    /// The gate's per-session state (prepared statements for PREPARE /
+    /// EXECUTE).
+    pub session: std::sync::Arc<std::sync::Mutex<crate::policy_gate::SessionPolicy>>,
 }
 
 impl Binding {

@@ -6,8 +6,11 @@
 
 pub mod attach;
 pub mod codec;
+pub mod config;
 pub mod gate;
+pub mod policy_gate;
 pub mod record;
+pub mod run;
 pub mod server;
 pub mod session;
 pub mod upstream;

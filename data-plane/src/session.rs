@@ -867,9 +867,8 @@ async fn hold(
             severity: Severity::Notice,
             code: "00000",
             message: format!(
-                "Airlock is holding this statement for approval: request {request_id} ({} rule: {}). Waiting up to {}s for a reviewer.{where_}",
-                judgement.verdict.rule,
-                judgement.verdict.reason,
+                "Airlock is holding this statement for approval: request {request_id} ({}). Waiting up to {}s for a reviewer.{where_}",
+                why(&judgement.verdict),
                 spec.timeout.as_secs()
             ),
             detail: None,
@@ -955,6 +954,18 @@ async fn hold(
         ),
     };
     Held::Decided(step)
+}
+
+/// "policy P, rule: R; reason" without saying the same thing twice.
+pub fn why(v: &proto::Verdict) -> String {
+    let mut out = format!("policy {}, {}", v.policy, v.rule);
+    if !v.reason.is_empty() && !v.rule.contains(&v.reason) && !v.reason.contains(&v.rule) {
+        out.push_str(": ");
+        out.push_str(&v.reason);
+    } else if v.reason.contains(&v.rule) && v.reason != v.rule {
+        out = format!("policy {}, {}", v.policy, v.reason);
+    }
+    out
 }
 
 /// Files ApprovalCancelled for a request this session holds.

@@ -54,6 +54,7 @@ impl Gate for TestGate {
                     digest: "test".into(),
                 }],
                 record: true,
+                session: Default::default(),
             })
         } else {
             Err(Refusal::unauthenticated(format!(

@@ -4,16 +4,23 @@
 #   ./deploy/local/demo.sh         start (foreground; Ctrl-C stops everything)
 #   ./deploy/local/demo.sh stop    stop a stack started from another terminal
 #
-# Today this starts the parts that exist: NATS with JetStream (the event log)
-# and a throwaway PostgreSQL holding the demo `shop` database. The proxy,
-# control plane, reviewer API and development identity provider are added
-# here as they are built; the script says which ones it could not start.
+# Starts on loopback: NATS with JetStream (the event log, data in
+# .airlock/demo/nats), a throwaway PostgreSQL with the demo `shop` database,
+# airlock-dev-idp (a development token issuer), airlock-control and
+# airlock-proxy (with a self-signed certificate made here), all configured by
+# .airlock/demo/airlock.yaml. It prints the command an agent uses.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 state="$repo/.airlock/demo"
 NATS_PORT="${AIRLOCK_DEMO_NATS_PORT:-4222}"
 PG_PORT="${AIRLOCK_DEMO_PG_PORT:-55432}"
+IDP_PORT="${AIRLOCK_DEMO_IDP_PORT:-9400}"
+CONTROL_PORT="${AIRLOCK_DEMO_CONTROL_PORT:-7070}"
+PROXY_PORT="${AIRLOCK_DEMO_PROXY_PORT:-6432}"
+# Group object ids of the demo tenant (any ids work with the dev issuer).
+AGENTS_GROUP=6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11
+REVIEWERS_GROUP=0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90
 
 say() { printf 'demo: %s\n' "$*" >&2; }
 
@@ -30,6 +37,12 @@ pgbin() {
 
 stop_all() {
   local stopped=0
+  for svc in proxy control idp; do
+    if [ -f "$state/$svc.pid" ]; then
+      kill "$(cat "$state/$svc.pid")" 2>/dev/null && stopped=1 || true
+      rm -f "$state/$svc.pid"
+    fi
+  done
   if [ -f "$state/pg/data/postmaster.pid" ]; then
     as_postgres "$(pgbin pg_ctl)" -D "$state/pg/data" -m fast stop >/dev/null 2>&1 && stopped=1 || true
   fi
@@ -112,27 +125,127 @@ SQL
 psql_su -d shop -c "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO maint; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO maint" >/dev/null
 say "PostgreSQL on 127.0.0.1:$PG_PORT: database shop, table orders ($(psql_su -d shop -tAc 'SELECT count(*) FROM orders') rows)"
 
-# --- Airlock -------------------------------------------------------------------
-missing=()
-for b in airlock-proxy airlock-control airlock-reviewer airlock-dev-idp; do
-  [ -x "$repo/target/release/$b" ] || missing+=("$b")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  say "not started yet, not built yet: ${missing[*]}"
+# --- Airlock ---------------------------------------------------------------------
+say "building the Airlock binaries (release; the first build takes a few minutes)"
+(cd "$repo" && cargo build --release --locked -q -p airlock-proxy -p airlock-control -p airlock-dev-idp)
+bin="$repo/target/release"
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  say "$2 did not start; see .airlock/demo/$2.log"
+  return 1
+}
+
+start() { # name, then the command
+  local name="$1"; shift
+  if [ -f "$state/$name.pid" ] && kill -0 "$(cat "$state/$name.pid")" 2>/dev/null; then
+    return 0
+  fi
+  "$@" >"$state/$name.log" 2>&1 &
+  echo $! >"$state/$name.pid"
+}
+
+# A self-signed certificate for the proxy (agents use sslmode=require).
+if [ ! -f "$state/proxy.crt" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$state/proxy.key" -out "$state/proxy.crt" >/dev/null 2>&1
+  chmod 600 "$state/proxy.key"
 fi
+
+cat >"$state/airlock.yaml" <<YAML
+# Airlock local demo. Every binary reads its own sections of this file.
+nats:
+  url: nats://127.0.0.1:$NATS_PORT
+  stream: AIRLOCK
+  replicas: 1
+identity:
+  issuer: http://127.0.0.1:$IDP_PORT          # airlock-dev-idp: development only
+  audience: api://airlock
+  groups_claim: groups
+  group_names:
+    db-maintenance-agents: $AGENTS_GROUP
+    db-reviewers: $REVIEWERS_GROUP
+approvals:
+  reviewers: [db-reviewers]
+  timeout: 15m
+control:
+  listen: 127.0.0.1:$CONTROL_PORT
+proxy:
+  listen: 127.0.0.1:$PROXY_PORT
+  control: http://127.0.0.1:$CONTROL_PORT
+  tls: { cert: $state/proxy.crt, key: $state/proxy.key }
+connections:
+  - name: prod-maintenance
+    upstream: postgres://maint@127.0.0.1:$PG_PORT/shop
+    password_file: $state/maint.password
+policies:
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+    record: true
+YAML
+
+start idp "$bin/airlock-dev-idp" serve --listen "127.0.0.1:$IDP_PORT" \
+  --issuer "http://127.0.0.1:$IDP_PORT" --key-file "$state/idp.key"
+wait_port "$IDP_PORT" idp
+start control "$bin/airlock-control" serve --config "$state/airlock.yaml"
+wait_port "$CONTROL_PORT" control
+start proxy "$bin/airlock-proxy" --config "$state/airlock.yaml"
+wait_port "$PROXY_PORT" proxy
+
+mint() {
+  "$bin/airlock-dev-idp" token --key-file "$state/idp.key" --issuer "http://127.0.0.1:$IDP_PORT" \
+    --audience api://airlock "$@"
+}
+agent_token="$(mint --sub 7d0c1f2e-agent-7 --name agent-7 --app --group "$AGENTS_GROUP" --ttl 8h)"
+reviewer_token="$(mint --sub 3a9e5b11-alice --name "Alice Reviewer" --group "$REVIEWERS_GROUP" --ttl 8h)"
+echo "$agent_token" >"$state/agent.token"
+echo "$reviewer_token" >"$state/reviewer.token"
+chmod 600 "$state/agent.token" "$state/reviewer.token"
 
 cat >&2 <<INFO
 
-  Event log   nats://127.0.0.1:$NATS_PORT   (stream AIRLOCK is created by the first writer)
-  Database    psql "host=127.0.0.1 port=$PG_PORT dbname=shop user=postgres"   (direct, for checking)
-  Stop        ./deploy/local/demo.sh stop   (or Ctrl-C here)
+  Airlock is running (config: .airlock/demo/airlock.yaml).
+
+  Agent (identity agent-7, group db-maintenance-agents):
+    PGPASSWORD="\$(cat .airlock/demo/agent.token)" psql "host=127.0.0.1 port=$PROXY_PORT dbname=prod-maintenance user=agent-7 sslmode=require"
+    SELECT runs at once; DELETE, DROP and UPDATE wait for a reviewer.
+
+  Reviewer (Alice Reviewer, group db-reviewers; token in .airlock/demo/reviewer.token):
+    gRPC on 127.0.0.1:$CONTROL_PORT with reflection, e.g. with grpcurl:
+      grpcurl -plaintext -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" \\
+        -d '{"states":["REQUEST_STATE_PENDING"]}' 127.0.0.1:$CONTROL_PORT airlock.v1.ReviewerService/ListRequests
+      grpcurl -plaintext -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" \\
+        -d '{"request_id":"<id from the NOTICE>","decision":"DECISION_APPROVE","reason":"ok"}' \\
+        127.0.0.1:$CONTROL_PORT airlock.v1.ReviewerService/Decide
+    (The reviewer web UI and REST API are not built yet.)
+
+  Audit        ./target/release/airlock-control verify --config .airlock/demo/airlock.yaml
+  Database     psql "host=127.0.0.1 port=$PG_PORT dbname=shop user=postgres"   (direct, for checking)
+  Logs         .airlock/demo/*.log
+  Stop         ./deploy/local/demo.sh stop   (or Ctrl-C here)
 
 INFO
 
 if [ "${AIRLOCK_DEMO_FOREGROUND:-1}" = 1 ]; then
   trap 'echo; stop_all; exit 0' INT TERM
   say "running; Ctrl-C stops everything"
-  while kill -0 "$(cat "$state/nats.pid")" 2>/dev/null; do sleep 1; done
-  say "NATS exited; see .airlock/demo/nats.log"
-  stop_all
+  while true; do
+    for svc in nats idp control proxy; do
+      if ! kill -0 "$(cat "$state/$svc.pid" 2>/dev/null)" 2>/dev/null; then
+        say "$svc exited; see .airlock/demo/$svc.log"
+        stop_all
+        exit 1
+      fi
+    done
+    sleep 1
+  done
 fi

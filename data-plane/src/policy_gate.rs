@@ -1,0 +1,255 @@
+//! The real [`Gate`]: tokens checked by the identity crate, statements
+//! judged by the policy crate, connections from airlock.yaml.
+//!
+//! An identity in several groups that each have a policy for the
+//! connection is judged under all of them, and the strictest verdict wins
+//! (deny, then require-approval, then allow), the same rule the policy crate
+//! applies within one statement.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use airlock_eventlog::proto;
+use airlock_identity::{Identity, PrincipalKind, Verifier};
+use airlock_policy::{Decision, PolicySet, PreparedStatements, VerdictCache};
+
+use crate::gate::{Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal};
+use crate::upstream::UpstreamConfig;
+
+pub struct PolicyGate {
+    verifier: Verifier,
+    policies: PolicySet,
+    connections: HashMap<String, UpstreamConfig>,
+    /// Group name -> object id (`identity.group_names`).
+    group_names: BTreeMap<String, String>,
+    cache: VerdictCache,
+}
+
+impl std::fmt::Debug for PolicyGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyGate")
+            .field("policies", &self.policies.policies.len())
+            .field("connections", &self.connections.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyGate {
+    pub fn new(
+        verifier: Verifier,
+        policies: PolicySet,
+        connections: Vec<(String, UpstreamConfig)>,
+        group_names: BTreeMap<String, String>,
+    ) -> PolicyGate {
+        PolicyGate {
+            verifier,
+            policies,
+            connections: connections.into_iter().collect(),
+            group_names,
+            cache: VerdictCache::new(10_000),
+        }
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    fn group(&self, name_or_id: &str) -> proto::Group {
+        match self.group_names.get(name_or_id) {
+            Some(id) => proto::Group {
+                id: id.clone(),
+                name: name_or_id.to_owned(),
+            },
+            None => proto::Group {
+                id: name_or_id.to_owned(),
+                name: self
+                    .group_names
+                    .iter()
+                    .find(|(_, id)| id.eq_ignore_ascii_case(name_or_id))
+                    .map(|(n, _)| n.clone())
+                    .unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Per-session policy state kept in the binding.
+#[derive(Debug, Default)]
+pub struct SessionPolicy {
+    pub prepared: PreparedStatements,
+}
+
+pub fn identity_to_proto(i: &Identity) -> proto::Identity {
+    proto::Identity {
+        subject: i.subject.0.clone(),
+        tenant_id: i.tenant.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
+        display_name: i.display_name.clone().unwrap_or_default(),
+        client_app_id: i.client_app.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        kind: match i.kind {
+            PrincipalKind::User => proto::identity::Kind::User,
+            PrincipalKind::App => proto::identity::Kind::App,
+        } as i32,
+        groups: i
+            .groups
+            .iter()
+            .map(|g| proto::Group {
+                id: g.id.0.clone(),
+                name: g.name.clone().unwrap_or_default(),
+            })
+            .collect(),
+        roles: i.roles.clone(),
+        issuer: i.issuer.clone(),
+        token_expires_at: Some(prost_types::Timestamp {
+            seconds: i.expires_at.unix_timestamp(),
+            nanos: 0,
+        }),
+    }
+}
+
+fn decision_text(d: &Decision) -> (u32, String, bool) {
+    match d {
+        Decision::Rule { index, text } => (*index as u32, text.clone(), false),
+        Decision::Default => (0, "no rule matched (policy default)".into(), true),
+        Decision::Unparsed { error } => (0, format!("unparsed: {error}"), true),
+        Decision::Oversized { bytes, limit } => (
+            0,
+            format!("statement of {bytes} bytes is over the {limit}-byte limit"),
+            true,
+        ),
+        Decision::TransactionControl => (0, "transaction control".into(), false),
+        Decision::Empty => (0, "empty statement".into(), false),
+    }
+}
+
+impl Gate for PolicyGate {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Agent, Refusal>> {
+        Box::pin(async move {
+            match self.verifier.verify(token).await {
+                Ok(identity) => Ok(Agent {
+                    identity: identity_to_proto(&identity),
+                }),
+                // The error's text never holds the token.
+                Err(e) => Err(Refusal::unauthenticated(format!("access token refused: {e}"))),
+            }
+        })
+    }
+
+    fn bind(&self, agent: &Agent, database: &str) -> Result<Binding, Refusal> {
+        let upstream = self.connections.get(database).ok_or_else(|| {
+            Refusal::unauthenticated(format!(
+                "no connection named \"{database}\" on this proxy (dbname selects the connection)"
+            ))
+        })?;
+        let mut names: Vec<String> = Vec::new();
+        for g in &agent.identity.groups {
+            for key in [
+                Some(g.id.as_str()),
+                (!g.name.is_empty()).then_some(g.name.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for p in self.policies.select(Some(database), Some(key)) {
+                    if !names.contains(&p.name) {
+                        names.push(p.name.clone());
+                    }
+                }
+            }
+        }
+        if names.is_empty() {
+            return Err(Refusal::unauthenticated(format!(
+                "no policy binds {} to connection \"{database}\"; ask an operator to add one for one of its groups",
+                agent.describe()
+            )));
+        }
+        let bound: Vec<_> = self
+            .policies
+            .policies
+            .iter()
+            .filter(|p| p.connection == database && names.contains(&p.name))
+            .collect();
+        Ok(Binding {
+            connection: database.to_owned(),
+            upstream: upstream.clone(),
+            policies: bound
+                .iter()
+                .map(|p| proto::PolicyRef {
+                    name: p.name.clone(),
+                    digest: p.digest().to_owned(),
+                })
+                .collect(),
+            record: bound.iter().any(|p| p.record),
+            session: Arc::new(Mutex::new(SessionPolicy::default())),
+        })
+    }
+
+    fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
+        let schema = self.policies.default_schema(&binding.connection).to_owned();
+        let mut state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
+        for r in &binding.policies {
+            let Some(policy) = self
+                .policies
+                .policies
+                .iter()
+                .find(|p| p.name == r.name && p.connection == binding.connection)
+            else {
+                continue;
+            };
+            let v = self.cache.evaluate(policy, sql, &schema, &state.prepared);
+            if strictest.as_ref().is_none_or(|s| v.action > s.action) {
+                strictest = Some(v);
+            }
+        }
+        let Some(v) = strictest else {
+            // A binding with no policy left: never allow.
+            return Judgement {
+                action: Action::Deny {
+                    message: "no policy applies to this session any more; reconnect".into(),
+                },
+                verdict: proto::Verdict {
+                    action: proto::verdict::Action::Deny as i32,
+                    ..Default::default()
+                },
+            };
+        };
+        if v.action == airlock_policy::Action::Allow {
+            state.prepared.apply(&v.prepared_changes);
+        }
+        let (rule_index, rule, default_applied) = decision_text(&v.decision);
+        let verdict = proto::Verdict {
+            action: match v.action {
+                airlock_policy::Action::Allow => proto::verdict::Action::Allow,
+                airlock_policy::Action::RequireApproval => proto::verdict::Action::RequireApproval,
+                airlock_policy::Action::Deny => proto::verdict::Action::Deny,
+            } as i32,
+            policy: v.policy.clone(),
+            policy_digest: v.policy_digest.clone(),
+            rule_index,
+            rule: rule.clone(),
+            default_applied,
+            reason: v.reason.clone(),
+            effects: v
+                .effects
+                .iter()
+                .map(|e| proto::Effect {
+                    kind: e.effect.kind.to_string(),
+                    tables: e.effect.tables.clone(),
+                })
+                .collect(),
+            parsed: v.parsed(),
+        };
+        let action = match v.action {
+            airlock_policy::Action::Allow => Action::Allow,
+            airlock_policy::Action::Deny => Action::Deny {
+                message: format!("refused by Airlock: {}", crate::session::why(&verdict)),
+            },
+            airlock_policy::Action::RequireApproval => Action::Hold(HoldSpec {
+                approvals: v.approvals.max(1),
+                reviewers: v.reviewers.iter().map(|g| self.group(g)).collect(),
+                timeout: v.timeout,
+            }),
+        };
+        Judgement { action, verdict }
+    }
+}

@@ -1,0 +1,113 @@
+//! `airlock-proxy --config airlock.yaml`: wires the parts together and
+//! serves until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{EventLog, ProxyId, new_event, subjects};
+use airlock_identity::Verifier;
+use airlock_policy::PolicySet;
+use anyhow::Context;
+
+use crate::attach::{self, Holds};
+use crate::config::ProxyConfig;
+use crate::policy_gate::PolicyGate;
+use crate::record::Recorder;
+use crate::server::{Server, ServerSettings, TlsFiles};
+use crate::session::Deps;
+
+fn default_proxy_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "proxy".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    let proxy_id = config.proxy.proxy_id.clone().unwrap_or_else(default_proxy_id);
+    let proxy_id = ProxyId::parse(&proxy_id).context("proxy.proxy_id")?;
+    let file = config.path.display().to_string();
+    let policies = PolicySet::from_config_yaml(&config.text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
+    let log = EventLog::connect(config.nats.clone()).await?;
+    log.ensure_stream().await?;
+
+    let source = proto::Source {
+        kind: proto::source::Kind::Proxy as i32,
+        id: proxy_id.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: String::new(),
+    };
+    // Say which policies this proxy enforces.
+    let loaded = new_event(
+        &source,
+        Body::PolicyLoaded(proto::PolicyLoaded {
+            policies: policies
+                .policies
+                .iter()
+                .map(|p| proto::policy_loaded::Loaded {
+                    policy: p.name.clone(),
+                    connection: p.connection.clone(),
+                    digest: p.digest().to_owned(),
+                    source: p.source.clone(),
+                })
+                .collect(),
+        }),
+    );
+    log.append_next(&subjects::proxy(&proxy_id), loaded)
+        .await
+        .context("recording PolicyLoaded")?;
+
+    let holds = Holds::new();
+    tokio::spawn(attach::run(
+        config.proxy.control.clone(),
+        proxy_id.to_string(),
+        holds.clone(),
+    ));
+    let gate = PolicyGate::new(
+        verifier,
+        policies,
+        config.connections.clone(),
+        config.identity.group_names.clone(),
+    );
+    let deps = Deps {
+        gate: Arc::new(gate),
+        log: log.clone(),
+        recorder: Recorder::spawn(log, 4, config.proxy.record_buffer),
+        holds,
+        source,
+        reviewer_url: config.proxy.reviewer_url.clone(),
+        expiry_grace: Duration::from_secs(5),
+    };
+    let mut settings = ServerSettings::new(config.proxy.listen);
+    settings.tls = config.proxy.tls.as_ref().map(|t| TlsFiles {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+    });
+    settings.allow_plaintext_loopback = config.proxy.allow_plaintext_loopback;
+    settings.max_connections = config.proxy.max_connections;
+    settings.startup_timeout = config.proxy.startup_timeout;
+    if settings.tls.is_none() && !settings.allow_plaintext_loopback {
+        anyhow::bail!("proxy.tls is not set and plain text is not allowed: no client could log in");
+    }
+    let server = Server::bind(settings).await?;
+    tracing::info!(listen = %config.proxy.listen, proxy = %proxy_id, "proxy serving");
+    tokio::select! {
+        _ = server.run(Arc::new(deps)) => {}
+        _ = shutdown() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,353 @@
+//! The whole stack from its binaries, as an operator runs it: nats-server,
+//! PostgreSQL, airlock-dev-idp, airlock-control, airlock-proxy with the seed
+//! policy, and psql as the agent over TLS (sslmode=require).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use airlock_e2e::authed;
+use airlock_eventlog::proto;
+use airlock_testkit::{NatsServer, Postgres, PostgresOptions, free_port, workspace_binary};
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} does not listen on {port}");
+}
+
+const AGENTS: &str = "6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11";
+const REVIEWERS: &str = "0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90";
+
+struct Stack {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    pg: Postgres,
+    _nats: NatsServer,
+    issuer: String,
+    proxy_port: u16,
+    control_port: u16,
+    _children: Vec<Child>,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
+        pg.create_database("shop");
+        pg.create_role("maint", "maint-secret");
+        pg.psql(
+            "shop",
+            "CREATE TABLE orders (id int PRIMARY KEY, total int); \
+             INSERT INTO orders SELECT g, g * 100 FROM generate_series(1, 20) g; GRANT ALL ON orders TO maint",
+        );
+        let nats = NatsServer::start();
+        let cert =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("cert");
+        std::fs::write(dir.join("proxy.crt"), cert.cert.pem()).expect("cert");
+        std::fs::write(dir.join("proxy.key"), cert.signing_key.serialize_pem()).expect("key");
+
+        let idp_port = free_port();
+        let issuer = format!("http://127.0.0.1:{idp_port}");
+        let mut children = vec![Child(
+            Command::new(workspace_binary("airlock-dev-idp"))
+                .arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{idp_port}"), "--issuer", &issuer])
+                .arg("--key-file")
+                .arg(dir.join("idp.key"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start airlock-dev-idp"),
+        )];
+        wait_port(idp_port, "airlock-dev-idp");
+
+        let (control_port, proxy_port) = (free_port(), free_port());
+        let config = format!(
+            r#"
+nats:
+  url: {nats}
+identity:
+  issuer: {issuer}
+  audience: api://airlock
+  group_names:
+    db-maintenance-agents: {AGENTS}
+    db-reviewers: {REVIEWERS}
+approvals:
+  reviewers: [db-reviewers]
+  timeout: 2m
+control:
+  listen: 127.0.0.1:{control_port}
+proxy:
+  listen: 127.0.0.1:{proxy_port}
+  control: http://127.0.0.1:{control_port}
+  tls: {{ cert: {dir}/proxy.crt, key: {dir}/proxy.key }}
+  reviewer_url: https://airlock.example
+connections:
+  - name: prod-maintenance
+    upstream: postgres://maint@127.0.0.1:{pg_port}/shop
+    password_env: PROD_MAINT_PASSWORD
+policies:
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+    record: true
+"#,
+            nats = nats.url(),
+            dir = dir.display(),
+            pg_port = pg.port(),
+        );
+        std::fs::write(dir.join("airlock.yaml"), config).expect("config");
+        children.push(Child(
+            Command::new(workspace_binary("airlock-control"))
+                .args(["serve", "--config"])
+                .arg(dir.join("airlock.yaml"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start airlock-control"),
+        ));
+        wait_port(control_port, "airlock-control");
+        children.push(Child(
+            Command::new(workspace_binary("airlock-proxy"))
+                .arg("--config")
+                .arg(dir.join("airlock.yaml"))
+                .env("PROD_MAINT_PASSWORD", "maint-secret")
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start airlock-proxy"),
+        ));
+        wait_port(proxy_port, "airlock-proxy");
+        Stack {
+            _tmp: tmp,
+            dir,
+            pg,
+            _nats: nats,
+            issuer,
+            proxy_port,
+            control_port,
+            _children: children,
+        }
+    }
+
+    fn token(&self, args: &[&str]) -> String {
+        let out = Command::new(workspace_binary("airlock-dev-idp"))
+            .arg("token")
+            .arg("--key-file")
+            .arg(self.dir.join("idp.key"))
+            .args(["--issuer", &self.issuer, "--audience", "api://airlock"])
+            .args(args)
+            .output()
+            .expect("mint a token");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn agent_token(&self) -> String {
+        self.token(&[
+            "--sub",
+            "oid-agent-7",
+            "--name",
+            "agent-7",
+            "--app",
+            "--group",
+            AGENTS,
+        ])
+    }
+
+    /// psql as the agent, over TLS.
+    fn psql(&self, token: &str, sql: &str) -> std::process::Child {
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname=prod-maintenance user=agent-7 sslmode=require",
+                self.proxy_port
+            ))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+
+    async fn reviewer(
+        &self,
+    ) -> proto::reviewer_service_client::ReviewerServiceClient<tonic::transport::Channel> {
+        proto::reviewer_service_client::ReviewerServiceClient::connect(format!(
+            "http://127.0.0.1:{}",
+            self.control_port
+        ))
+        .await
+        .expect("reviewer connects")
+    }
+
+    async fn pending(&self, reviewer_token: &str) -> proto::RequestView {
+        let mut client = self.reviewer().await;
+        for _ in 0..100 {
+            let r = client
+                .list_requests(authed(
+                    reviewer_token,
+                    proto::ListRequestsRequest {
+                        states: vec![proto::RequestState::Pending as i32],
+                        ..Default::default()
+                    },
+                ))
+                .await;
+            if let Ok(r) = r
+                && let Some(v) = r.into_inner().requests.into_iter().next()
+            {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no pending request appeared");
+    }
+}
+
+async fn finish(child: std::process::Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("psql output")
+}
+
+#[tokio::test]
+async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
+    let stack = Stack::start();
+    let agent = stack.agent_token();
+    let alice = stack.token(&["--sub", "oid-alice", "--name", "Alice", "--group", REVIEWERS]);
+
+    let out = finish(stack.psql(&agent, "SELECT count(*) FROM orders")).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20");
+
+    // The DELETE waits for approval...
+    let held = stack.psql(&agent, "DELETE FROM orders WHERE id > 15");
+    let request = stack.pending(&alice).await;
+    let asked = request.request.clone().expect("request");
+    assert_eq!(
+        asked.statement.as_ref().map(|s| s.text.as_str()),
+        Some("DELETE FROM orders WHERE id > 15")
+    );
+    assert_eq!(
+        asked.identity.as_ref().map(|i| i.subject.as_str()),
+        Some("oid-agent-7")
+    );
+    let rule = asked.verdict.as_ref().map(|v| v.rule.clone()).unwrap_or_default();
+    assert!(
+        rule.contains("DELETE"),
+        "the reviewer sees the rule that held it: {rule:?}"
+    );
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders"),
+        "20",
+        "nothing ran yet"
+    );
+
+    // ... the agent's own token cannot approve it ...
+    let err = stack
+        .reviewer()
+        .await
+        .decide(authed(
+            &agent,
+            proto::DecideRequest {
+                request_id: request.request_id.clone(),
+                decision: proto::Decision::Approve as i32,
+                reason: "self".into(),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .expect_err("no self-approval");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // ... a reviewer approves, and it runs.
+    stack
+        .reviewer()
+        .await
+        .decide(authed(
+            &alice,
+            proto::DecideRequest {
+                request_id: request.request_id.clone(),
+                decision: proto::Decision::Approve as i32,
+                reason: "expired test orders".into(),
+                statement_sha256: asked
+                    .statement
+                    .as_ref()
+                    .map(|s| s.sha256.clone())
+                    .unwrap_or_default(),
+            },
+        ))
+        .await
+        .expect("alice approves");
+    let out = finish(held).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holding this statement for approval"),
+        "psql showed the notice: {stderr}"
+    );
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders"),
+        "15",
+        "rows gone"
+    );
+
+    // A denied one never reaches PostgreSQL.
+    let held = stack.psql(&agent, "DROP TABLE orders");
+    let request = stack.pending(&alice).await;
+    stack
+        .reviewer()
+        .await
+        .decide(authed(
+            &alice,
+            proto::DecideRequest {
+                request_id: request.request_id.clone(),
+                decision: proto::Decision::Deny as i32,
+                reason: "never drop orders".into(),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .expect("alice denies");
+    let out = finish(held).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("denied by Alice: never drop orders"), "{stderr}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "15");
+    assert!(!stack.pg.server_log().contains("DROP TABLE orders"));
+
+    // A CTE that hides a DELETE behind a SELECT is not a read.
+    let sneaky = stack.psql(
+        &agent,
+        "WITH x AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM x",
+    );
+    let request = stack.pending(&alice).await;
+    assert!(
+        request
+            .request
+            .and_then(|r| r.statement)
+            .is_some_and(|s| s.text.starts_with("WITH x AS (DELETE"))
+    );
+    drop(sneaky);
+
+    // A forged token is refused at login.
+    let out = finish(stack.psql("eyJhbGciOiJub25lIn0.e30.", "SELECT 1")).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("access token refused"));
+}
