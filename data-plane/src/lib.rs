@@ -8,6 +8,7 @@ pub mod attach;
 pub mod codec;
 pub mod config;
 pub mod gate;
+pub mod params;
 pub mod policy_gate;
 pub mod record;
 pub mod run;

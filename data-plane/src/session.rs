@@ -14,8 +14,12 @@
 //! (exact text, SHA-256 of the exact Query message), tells the client in a
 //! NOTICE which request it waits on, and waits for the decision from the
 //! control plane, a local deadline, a kill order or the client leaving. On a
-//! grant whose digest matches, the held bytes are forwarded unchanged. A
-//! statement needing approval over the extended protocol is refused for now.
+//! grant whose digest matches, the held bytes are forwarded unchanged.
+//! Over the extended protocol a held statement is parsed upstream (which
+//! runs nothing) and held at its Execute, with its bound parameters shown to
+//! the reviewer and the approval bound to the exact Parse, Bind and Execute
+//! messages; a refusal there fails that Execute, as PostgreSQL would, and the
+//! rest of the batch up to Sync is skipped.
 //!
 //! All client output is written by one task (upstream -> client); the other
 //! task (client -> upstream) forwards, substitutes, and injects notices and
@@ -101,6 +105,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         client,
         opened: Instant::now(),
         counts: Mutex::new((0, 0)),
+        described: Mutex::default(),
     });
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
         identity: Some(ctx.agent.identity.clone()),
@@ -152,6 +157,16 @@ struct Ctx {
     opened: Instant,
     /// (executed, refused)
     counts: Mutex<(u64, u64)>,
+    /// Parameter types the server reported (ParameterDescription) for
+    /// statements the client described, to show bound values readably.
+    described: Mutex<Described>,
+}
+
+#[derive(Default)]
+struct Described {
+    /// Statement names of Describe('S') messages awaiting their answer.
+    waiting: VecDeque<String>,
+    types: HashMap<String, Vec<u32>>,
 }
 
 impl Ctx {
@@ -390,10 +405,27 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 /// What the reading side knows of named statements and portals.
 #[derive(Default)]
 struct Prepared {
-    /// statement name -> (text, verdict), for allowed statements only.
-    statements: HashMap<String, (String, proto::Verdict)>,
-    /// portal name -> statement name.
-    portals: HashMap<String, String>,
+    /// Statements the upstream has, allowed or held (never denied ones).
+    statements: HashMap<String, PreparedStatement>,
+    /// portal name -> what was bound.
+    portals: HashMap<String, Portal>,
+}
+
+#[derive(Clone)]
+struct PreparedStatement {
+    text: String,
+    judgement: Judgement,
+    param_types: Vec<u32>,
+    /// The exact Parse message, part of what a held statement's approval
+    /// is bound to.
+    parse: bytes::Bytes,
+}
+
+#[derive(Clone)]
+struct Portal {
+    statement: String,
+    parameters: Vec<proto::Parameter>,
+    bind: bytes::Bytes,
 }
 
 async fn client_to_upstream(
@@ -515,20 +547,34 @@ async fn client_to_upstream(
                     }
                 }
             }
-            FeMessage::Parse { name, query, .. } => {
+            FeMessage::Parse {
+                name,
+                query,
+                param_types,
+            } => {
+                ctx.described
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .types
+                    .remove(&name);
                 let judgement = ctx.deps.gate.judge(&ctx.binding, &query);
-                let refuse = match judgement.action {
-                    Action::Allow => None,
+                // A held statement is parsed upstream (parsing runs nothing)
+                // and held at its Execute, where the parameters are known.
+                let refuse = match judgement.action.clone() {
+                    Action::Allow | Action::Hold(_) => None,
                     Action::Deny { message } => Some(refusal("42501", message, None)),
-                    Action::Hold(_) => Some(refusal(
-                        "42501",
-                        "this statement needs a reviewer's approval, which the extended query protocol cannot wait for yet; send it as a simple query (for example with psql) to have it held for review".into(),
-                        None,
-                    )),
                 };
                 match refuse {
                     None => {
-                        prepared.statements.insert(name, (query, judgement.verdict));
+                        prepared.statements.insert(
+                            name,
+                            PreparedStatement {
+                                text: query,
+                                judgement,
+                                param_types,
+                                parse: frame.to_bytes(),
+                            },
+                        );
                         frame.encode(&mut out);
                     }
                     Some(d) => {
@@ -565,19 +611,132 @@ async fn client_to_upstream(
                 }
             }
             FeMessage::Bind {
-                portal, statement, ..
+                portal,
+                statement,
+                param_formats,
+                params,
+                ..
             } => {
-                prepared.portals.insert(portal, statement);
+                let declared = prepared
+                    .statements
+                    .get(&statement)
+                    .map(|p| p.param_types.clone())
+                    .unwrap_or_default();
+                let reported = ctx
+                    .described
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .types
+                    .get(&statement)
+                    .cloned()
+                    .unwrap_or_default();
+                // Declared types first; the server's where the client left
+                // a type unspecified (0).
+                let types: Vec<u32> = (0..params.len())
+                    .map(|i| match declared.get(i).copied() {
+                        Some(t) if t != 0 => t,
+                        _ => reported.get(i).copied().unwrap_or(0),
+                    })
+                    .collect();
+                let parameters = params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, value)| {
+                        let format = match param_formats.len() {
+                            0 => 0,
+                            1 => param_formats[0],
+                            _ => param_formats.get(i).copied().unwrap_or(0),
+                        };
+                        crate::params::describe(types.get(i).copied().unwrap_or(0), format, value.as_deref())
+                    })
+                    .collect();
+                prepared.portals.insert(
+                    portal,
+                    Portal {
+                        statement,
+                        parameters,
+                        bind: frame.to_bytes(),
+                    },
+                );
                 frame.encode(&mut out);
             }
             FeMessage::Execute { portal, .. } => {
-                let known = prepared
-                    .portals
-                    .get(&portal)
-                    .and_then(|s| prepared.statements.get(s))
+                let bound = prepared.portals.get(&portal).cloned();
+                let known = bound
+                    .as_ref()
+                    .and_then(|b| prepared.statements.get(&b.statement))
                     .cloned();
-                if let Some((text, verdict)) = known {
-                    let slot = if ctx.binding.record {
+                let mut request_id = String::new();
+                let mut parameters = Vec::new();
+                if let (Some(stmt), Some(bound)) = (&known, &bound)
+                    && let Action::Hold(spec) = &stmt.judgement.action
+                {
+                    // What the reviewer approves: the exact Parse, Bind and
+                    // Execute messages of this statement.
+                    let mut digest = Sha256::new();
+                    digest.update(&stmt.parse);
+                    digest.update(&bound.bind);
+                    digest.update(frame.to_bytes());
+                    let statement = proto::Statement {
+                        text: stmt.text.clone(),
+                        protocol: proto::statement::Protocol::Extended as i32,
+                        parameters: bound.parameters.clone(),
+                        sha256: digest.finalize().to_vec(),
+                        prepared_name: bound.statement.clone(),
+                        portal_name: portal.clone(),
+                    };
+                    // Everything before the Execute goes first.
+                    if !out.is_empty() {
+                        if let Err(e) = upstream.write_all(&out).await {
+                            return (Cause::UpstreamClosed, e.to_string());
+                        }
+                        out.clear();
+                    }
+                    let step = match hold(
+                        &ctx,
+                        &statement,
+                        &stmt.judgement,
+                        spec,
+                        &mut client,
+                        &inject,
+                        &mut kills,
+                    )
+                    .await
+                    {
+                        Held::Decided(step) => step,
+                        Held::End(ending) => return ending,
+                    };
+                    match step {
+                        Step::Run { request_id: rid } => {
+                            request_id = rid;
+                            parameters = bound.parameters.clone();
+                        }
+                        Step::Refuse(d, cause, rid) => {
+                            // Executing a portal that does not exist fails
+                            // at the Execute, as the held statement would
+                            // have; the held portal never runs.
+                            ctx.refused(statement, stmt.judgement.verdict.clone(), cause, &d, &rid);
+                            push(
+                                &queue,
+                                InFlight::Substitute {
+                                    diagnostic: Some(d),
+                                    boundary: false,
+                                },
+                            );
+                            FeMessage::Execute {
+                                portal: REFUSAL_MARKER.into(),
+                                max_rows: 0,
+                            }
+                            .to_frame()
+                            .encode(&mut out);
+                            flush_if_idle(&client, &mut upstream, &mut out).await;
+                            continue;
+                        }
+                    }
+                }
+                if let Some(stmt) = known {
+                    let (text, verdict) = (stmt.text, stmt.judgement.verdict);
+                    let slot = if ctx.binding.record || !request_id.is_empty() {
                         match ctx.deps.recorder.reserve(&ctx.session) {
                             Ok(s) => Some(s),
                             Err(full) => {
@@ -622,10 +781,11 @@ async fn client_to_upstream(
                                 text,
                                 protocol: proto::statement::Protocol::Extended as i32,
                                 portal_name: portal.clone(),
+                                parameters,
                                 ..Default::default()
                             },
                             verdict,
-                            request_id: String::new(),
+                            request_id,
                             started: Instant::now(),
                             tags: Vec::new(),
                             error: None,
@@ -671,11 +831,19 @@ async fn client_to_upstream(
                 .to_frame()
                 .encode(&mut out);
             }
-            FeMessage::Describe { .. }
-            | FeMessage::Flush
-            | FeMessage::CopyData(_)
-            | FeMessage::CopyDone
-            | FeMessage::CopyFail { .. } => frame.encode(&mut out),
+            FeMessage::Describe { kind, name } => {
+                if kind == b'S' {
+                    ctx.described
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .waiting
+                        .push_back(name);
+                }
+                frame.encode(&mut out);
+            }
+            FeMessage::Flush | FeMessage::CopyData(_) | FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
+                frame.encode(&mut out)
+            }
             FeMessage::Password(_) => {
                 return violation(
                     &inject,
@@ -1101,7 +1269,30 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
             }
             frame.encode(out);
         }
+        b't' => {
+            let mut d = ctx.described.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(name) = d.waiting.pop_front() {
+                let body = &frame.body;
+                let n = body
+                    .get(..2)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                let types = (0..n)
+                    .filter_map(|i| body.get(2 + i * 4..6 + i * 4))
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                d.types.insert(name, types);
+            }
+            frame.encode(out);
+        }
         b'Z' => {
+            // Describes of a batch are answered (or skipped) by now.
+            ctx.described
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiting
+                .clear();
             // The end of a Query or of a batch: settle everything up to it.
             while let Some(item) = q.pop_front() {
                 match item {

@@ -262,3 +262,72 @@ async fn the_session_record_ties_identity_statement_approver_and_outcome() {
     );
     assert_eq!(request.votes[0].reason, "ticket 42");
 }
+
+#[tokio::test]
+async fn over_the_extended_protocol_a_delete_is_held_at_execute_with_its_parameters() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let held = tokio::spawn(async move {
+        let r = agent.execute("DELETE FROM orders WHERE id <= $1", &[&4i32]).await;
+        (agent, r)
+    });
+    let id = held_request(&mut notices).await;
+    let view = stack
+        .reviewer()
+        .await
+        .get_request(authed(
+            "alice",
+            proto::GetRequestRequest {
+                request_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    let statement = view.request.and_then(|r| r.statement).expect("statement");
+    assert_eq!(statement.text, "DELETE FROM orders WHERE id <= $1");
+    assert_eq!(statement.protocol, proto::statement::Protocol::Extended as i32);
+    assert_eq!(
+        statement
+            .parameters
+            .iter()
+            .map(|p| p.display.as_str())
+            .collect::<Vec<_>>(),
+        vec!["4"],
+        "the reviewer sees the bound value"
+    );
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
+    decide(&stack, "alice", &id, proto::Decision::Approve, "ok")
+        .await
+        .expect("approve");
+    let (agent, r) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task");
+    assert_eq!(r.expect("the DELETE ran"), 4, "four rows deleted");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "6");
+
+    // Denied over the extended protocol: an ordinary error; nothing ran.
+    let held = tokio::spawn(async move {
+        let r = agent.execute("DELETE FROM orders WHERE id > $1", &[&0i32]).await;
+        (agent, r)
+    });
+    let id = held_request(&mut notices).await;
+    decide(&stack, "bob", &id, proto::Decision::Deny, "no")
+        .await
+        .expect("deny");
+    let (agent, r) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task");
+    let err = r.expect_err("denied");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err:?}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "6");
+    assert!(!stack.pg.server_log().contains("DELETE FROM orders WHERE id > $1"));
+    // The session goes on, with prepared statements working.
+    let rows = agent
+        .query("SELECT count(*) FROM orders WHERE id > $1", &[&0i32])
+        .await
+        .expect("next statement");
+    assert_eq!(rows[0].get::<_, i64>(0), 6);
+}
