@@ -5,6 +5,7 @@
 //! state machine and the server follow in the data-plane issue.
 
 pub mod attach;
+pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod gate;

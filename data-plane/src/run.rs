@@ -59,6 +59,8 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         .await
         .context("recording PolicyLoaded")?;
 
+    let cancels = crate::cancel::Cancels::new();
+    tokio::spawn(cancels.clone().listen(log.client().clone()));
     let holds = Holds::new();
     tokio::spawn(attach::run(
         config.proxy.control.clone(),
@@ -79,6 +81,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         source,
         reviewer_url: config.proxy.reviewer_url.clone(),
         expiry_grace: Duration::from_secs(5),
+        cancels,
     };
     let mut settings = ServerSettings::new(config.proxy.listen);
     settings.tls = config.proxy.tls.as_ref().map(|t| TlsFiles {

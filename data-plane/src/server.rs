@@ -212,8 +212,15 @@ async fn handle(
 ) {
     let login =
         match tokio::time::timeout(settings.startup_timeout, negotiate(socket, peer, settings, tls)).await {
-            Ok(Ok(Some(login))) => login,
-            Ok(Ok(None)) => return, // a cancel request, or the client left
+            Ok(Ok(Some(Opening::Login(login)))) => login,
+            Ok(Ok(Some(Opening::Cancel {
+                process_id,
+                secret_key,
+            }))) => {
+                deps.cancels.cancel(process_id, secret_key).await;
+                return;
+            }
+            Ok(Ok(None)) => return, // the client left
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "connection refused during startup");
                 return;
@@ -224,6 +231,13 @@ async fn handle(
             }
         };
     session::run(login, deps).await;
+}
+
+/// What a new connection turned out to be.
+#[derive(Debug)]
+pub enum Opening {
+    Login(Login),
+    Cancel { process_id: i32, secret_key: i32 },
 }
 
 /// Why a connection ended before login.
@@ -243,7 +257,7 @@ async fn negotiate(
     peer: SocketAddr,
     settings: &ServerSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> Result<Option<Login>, StartupError> {
+) -> Result<Option<Opening>, StartupError> {
     let mut reader = FrameReader::new(Box::new(socket) as Box<dyn ClientStream>, settings.limits);
     let mut encrypted = false;
     let mut gss_refused = false;
@@ -292,11 +306,11 @@ async fn negotiate(
                 process_id,
                 secret_key,
             } => {
-                // Cancellation is built with held statements; until then a
-                // cancel request is accepted and has no effect, as when
-                // PostgreSQL finds no matching backend.
-                tracing::debug!(%peer, process_id, secret_key_set = secret_key != 0, "cancel request");
-                return Ok(None);
+                tracing::debug!(%peer, process_id, "cancel request");
+                return Ok(Some(Opening::Cancel {
+                    process_id,
+                    secret_key,
+                }));
             }
             FeStartup::Startup { params } => {
                 let loopback = peer.ip().is_loopback();
@@ -313,12 +327,12 @@ async fn negotiate(
                         return Err(StartupError::Refused(msg));
                     }
                 };
-                return Ok(Some(Login {
+                return Ok(Some(Opening::Login(Login {
                     io: reader,
                     peer,
                     tls: encrypted,
                     params,
-                }));
+                })));
             }
         }
     }

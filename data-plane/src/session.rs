@@ -65,6 +65,7 @@ pub struct Deps {
     /// Extra time past a hold's deadline before the proxy refuses it on its
     /// own (the control plane's expiry normally arrives first).
     pub expiry_grace: Duration,
+    pub cancels: Arc<crate::cancel::Cancels>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -79,7 +80,7 @@ impl std::fmt::Debug for Deps {
 /// ends in an error message to the client and a log line.
 pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let peer = login.peer;
-    let (agent, binding, upstream) = match authenticate(&mut login, deps.gate.as_ref()).await {
+    let (agent, binding, upstream, key) = match authenticate(&mut login, deps.gate.as_ref()).await {
         Ok(x) => x,
         Err(refusal) => {
             tracing::info!(%peer, reason = %refusal.1, "login refused");
@@ -106,6 +107,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         opened: Instant::now(),
         counts: Mutex::new((0, 0)),
         described: Mutex::default(),
+        holding: Arc::default(),
     });
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
         identity: Some(ctx.agent.identity.clone()),
@@ -132,7 +134,18 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     }
     tracing::info!(%peer, %session, agent = %ctx.agent.describe(), connection = %ctx.binding.connection, "session open");
     let kills = deps.holds.open_session(session.as_str());
-    let cause = relay(login, upstream, ctx.clone(), kills).await;
+    let (cancel_tx, cancel_rx) = mpsc::channel(1);
+    deps.cancels.register(
+        key,
+        crate::cancel::Cancellable {
+            holding: ctx.holding.clone(),
+            cancel_hold: cancel_tx,
+            upstream_addr: upstream.addr.clone(),
+            upstream_key: (upstream.process_id, upstream.secret_key),
+        },
+    );
+    let cause = relay(login, upstream, ctx.clone(), kills, cancel_rx).await;
+    deps.cancels.unregister(key);
     deps.holds.close_session(session.as_str());
     let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
     let closed = ctx.event(Body::SessionClosed(proto::SessionClosed {
@@ -160,6 +173,9 @@ struct Ctx {
     /// Parameter types the server reported (ParameterDescription) for
     /// statements the client described, to show bound values readably.
     described: Mutex<Described>,
+    /// True while a statement of this session is held (a cancel then
+    /// cancels the hold instead of going upstream).
+    holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -214,7 +230,7 @@ impl Ctx {
 async fn authenticate(
     login: &mut Login,
     gate: &dyn Gate,
-) -> Result<(Agent, Binding, Upstream), (&'static str, String)> {
+) -> Result<(Agent, Binding, Upstream, (i32, i32)), (&'static str, String)> {
     let mut out = BytesMut::new();
     BeMessage::AuthenticationCleartextPassword.encode(&mut out);
     write(&mut login.io, &out)
@@ -283,7 +299,7 @@ async fn authenticate(
     write(&mut login.io, &out)
         .await
         .map_err(|e| ("08006", format!("writing to client: {e}")))?;
-    Ok((agent, binding, upstream))
+    Ok((agent, binding, upstream, (process_id, secret_key)))
 }
 
 fn session_key() -> (i32, i32) {
@@ -337,6 +353,7 @@ async fn relay(
     upstream: Upstream,
     ctx: Arc<Ctx>,
     kills: mpsc::Receiver<proto::KillOrder>,
+    cancels: mpsc::Receiver<()>,
 ) -> Ending {
     use proto::session_closed::Cause;
     let Upstream {
@@ -361,6 +378,7 @@ async fn relay(
         queue.clone(),
         inject_tx,
         kills,
+        cancels,
     ));
     let mut to_client = tokio::spawn(upstream_to_client(up_reader, client_write, ctx, queue, inject_rx));
     // Either side ending ends the session; the other is stopped. A FATAL
@@ -435,6 +453,7 @@ async fn client_to_upstream(
     queue: Queue,
     inject: mpsc::Sender<Inject>,
     mut kills: mpsc::Receiver<proto::KillOrder>,
+    mut cancels: mpsc::Receiver<()>,
 ) -> Ending {
     use proto::session_closed::Cause;
     let mut out = BytesMut::new();
@@ -488,6 +507,7 @@ async fn client_to_upstream(
                             &mut client,
                             &inject,
                             &mut kills,
+                            &mut cancels,
                         )
                         .await
                         {
@@ -700,6 +720,7 @@ async fn client_to_upstream(
                         &mut client,
                         &inject,
                         &mut kills,
+                        &mut cancels,
                     )
                     .await
                     {
@@ -981,6 +1002,7 @@ async fn hold(
     client: &mut FrameReader<ReadHalf<Box<dyn ClientStream>>>,
     inject: &mpsc::Sender<Inject>,
     kills: &mut mpsc::Receiver<proto::KillOrder>,
+    cancels: &mut mpsc::Receiver<()>,
 ) -> Held {
     use proto::statement_refused::Cause;
     let deps = &ctx.deps;
@@ -1047,9 +1069,21 @@ async fn hold(
 
     let local_deadline = tokio::time::Instant::now() + spec.timeout + deps.expiry_grace;
     let mut decision = decision;
+    // A cancel that arrived before the hold began is for an earlier statement.
+    while cancels.try_recv().is_ok() {}
+    ctx.holding.store(true, std::sync::atomic::Ordering::Release);
     let outcome = loop {
         tokio::select! {
             d = &mut decision => break d.ok(),
+            Some(()) = cancels.recv() => {
+                ctx.holding.store(false, std::sync::atomic::Ordering::Release);
+                cancel(ctx, &request_id, proto::approval_cancelled::Cause::ClientCancelled, "the client cancelled the statement").await;
+                return Held::Decided(Step::Refuse(
+                    refusal("57014", format!("canceling statement due to user request (request {request_id} cancelled)"), None),
+                    Cause::Cancelled,
+                    request_id.to_string(),
+                ));
+            }
             _ = tokio::time::sleep_until(local_deadline) => break None,
             Some(order) = kills.recv() => {
                 cancel(ctx, &request_id, proto::approval_cancelled::Cause::SessionKilled, "the session was killed").await;
@@ -1067,6 +1101,7 @@ async fn hold(
             }
         }
     };
+    ctx.holding.store(false, std::sync::atomic::Ordering::Release);
     deps.holds.release(request_id.as_str());
     use proto::decision_notice::Outcome;
     let rid = request_id.to_string();

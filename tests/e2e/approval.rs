@@ -331,3 +331,67 @@ async fn over_the_extended_protocol_a_delete_is_held_at_execute_with_its_paramet
         .expect("next statement");
     assert_eq!(rows[0].get::<_, i64>(0), 6);
 }
+
+#[tokio::test]
+async fn cancelling_a_held_statement_cancels_its_request() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let cancel = agent.cancel_token();
+    let held = tokio::spawn(async move {
+        let r = agent.simple_query("DELETE FROM orders").await;
+        (agent, r)
+    });
+    let id = held_request(&mut notices).await;
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let (agent, r) = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task");
+    let err = r.expect_err("cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
+    // The request is cancelled in the control plane; nobody can approve it now.
+    let mut state = None;
+    for _ in 0..50 {
+        state = stack.live.read(|s| s.request(&id).map(|r| r.state()));
+        if state == Some(proto::RequestState::Cancelled) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, Some(proto::RequestState::Cancelled));
+    let err = decide(&stack, "alice", &id, proto::Decision::Approve, "late")
+        .await
+        .expect_err("too late");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    agent.simple_query("SELECT 1").await.expect("the session goes on");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let other_proxy = stack.second_proxy().await;
+    let (agent, _) = stack.agent().await;
+    let cancel = agent.cancel_token();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(async move { agent.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The cancel lands on a proxy that does not hold the session.
+    let socket = tokio::net::TcpStream::connect(other_proxy)
+        .await
+        .expect("connect proxy-2");
+    cancel
+        .cancel_query_raw(socket, tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let err = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("cancelled in time")
+        .expect("task")
+        .expect_err("cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

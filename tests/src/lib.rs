@@ -165,6 +165,56 @@ pub struct Stack {
     pub control_url: String,
     pub proxy: SocketAddr,
     pub holds: Arc<Holds>,
+    upstream: UpstreamConfig,
+    hold_timeout: Duration,
+}
+
+/// Starts a proxy attached to the control plane; returns its address.
+async fn spawn_proxy(
+    log: &EventLog,
+    control_url: &str,
+    upstream: UpstreamConfig,
+    hold_timeout: Duration,
+    id: &str,
+) -> (SocketAddr, Arc<Holds>) {
+    let holds = Holds::new();
+    tokio::spawn(airlock_proxy::attach::run(
+        control_url.to_owned(),
+        id.into(),
+        holds.clone(),
+    ));
+    let mut settings = ServerSettings::new("127.0.0.1:0".parse().expect("addr"));
+    settings.allow_plaintext_loopback = true;
+    let server = Server::bind(settings).await.expect("bind proxy");
+    let proxy = server.local_addr().expect("addr");
+    let cancels = airlock_proxy::cancel::Cancels::new();
+    tokio::spawn(cancels.clone().listen(log.client().clone()));
+    let deps = Deps {
+        gate: Arc::new(SeedGate {
+            upstream,
+            timeout: hold_timeout,
+        }),
+        log: log.clone(),
+        recorder: Recorder::spawn(log.clone(), 2, 4096),
+        holds: holds.clone(),
+        source: proto::Source {
+            kind: proto::source::Kind::Proxy as i32,
+            id: id.into(),
+            ..Default::default()
+        },
+        reviewer_url: Some("https://airlock.example".into()),
+        expiry_grace: Duration::from_secs(2),
+        cancels,
+    };
+    tokio::spawn(server.run(Arc::new(deps)));
+    for _ in 0..100 {
+        if holds.is_attached() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(holds.is_attached(), "proxy {id} attached to the control plane");
+    (proxy, holds)
 }
 
 impl Stack {
@@ -222,12 +272,6 @@ impl Stack {
         );
 
         // Proxy.
-        let holds = Holds::new();
-        tokio::spawn(airlock_proxy::attach::run(
-            control_url.clone(),
-            "proxy-1".into(),
-            holds.clone(),
-        ));
         let upstream = UpstreamConfig {
             host: "127.0.0.1".into(),
             port: pg.port(),
@@ -236,34 +280,7 @@ impl Stack {
             password: Some(Secret::new("maint-secret")),
             connect_timeout: Duration::from_secs(5),
         };
-        let mut settings = ServerSettings::new("127.0.0.1:0".parse().expect("addr"));
-        settings.allow_plaintext_loopback = true;
-        let server = Server::bind(settings).await.expect("bind proxy");
-        let proxy = server.local_addr().expect("addr");
-        let deps = Deps {
-            gate: Arc::new(SeedGate {
-                upstream,
-                timeout: hold_timeout,
-            }),
-            log: log.clone(),
-            recorder: Recorder::spawn(log.clone(), 2, 4096),
-            holds: holds.clone(),
-            source: proto::Source {
-                kind: proto::source::Kind::Proxy as i32,
-                id: "proxy-1".into(),
-                ..Default::default()
-            },
-            reviewer_url: Some("https://airlock.example".into()),
-            expiry_grace: Duration::from_secs(2),
-        };
-        tokio::spawn(server.run(Arc::new(deps)));
-        for _ in 0..100 {
-            if holds.is_attached() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(holds.is_attached(), "proxy attached to the control plane");
+        let (proxy, holds) = spawn_proxy(&log, &control_url, upstream.clone(), hold_timeout, "proxy-1").await;
         Stack {
             pg,
             nats,
@@ -272,7 +289,22 @@ impl Stack {
             control_url,
             proxy,
             holds,
+            upstream,
+            hold_timeout,
         }
+    }
+
+    /// Another proxy of the fleet on the same log and control plane.
+    pub async fn second_proxy(&self) -> SocketAddr {
+        spawn_proxy(
+            &self.log,
+            &self.control_url,
+            self.upstream.clone(),
+            self.hold_timeout,
+            "proxy-2",
+        )
+        .await
+        .0
     }
 
     /// An agent's connection through the proxy, with its notices collected.
