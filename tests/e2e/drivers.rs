@@ -1,0 +1,125 @@
+//! Real Python drivers (psycopg 3, asyncpg) as agents through the proxy:
+//! reads flow; a DELETE with bound parameters waits for a reviewer; a denial
+//! is an ordinary error the driver reports with its SQLSTATE.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_e2e::{AGENT_TOKEN, Stack, authed};
+use airlock_eventlog::proto;
+
+fn python() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.airlock/tools/venv/bin/python");
+    assert!(
+        p.is_file(),
+        "the Python test clients are missing: run ./deploy/local/install-deps.sh (installs psycopg and asyncpg)"
+    );
+    p
+}
+
+fn agent(stack: &Stack, driver: &str, sql: &str, params: &[i32]) -> tokio::process::Child {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/agent.py");
+    tokio::process::Command::new(python())
+        .arg(script)
+        .arg(driver)
+        .arg(stack.proxy.port().to_string())
+        .arg(AGENT_TOKEN)
+        .arg(sql)
+        .args(params.iter().map(|p| p.to_string()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the Python agent")
+}
+
+async fn output(child: tokio::process::Child) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the agent finished")
+        .expect("agent output");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        !stdout.is_empty(),
+        "the agent printed nothing; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn pending(stack: &Stack) -> proto::RequestView {
+    let mut client = stack.reviewer().await;
+    for _ in 0..100 {
+        let list = client
+            .list_requests(authed(
+                "alice",
+                proto::ListRequestsRequest {
+                    states: vec![proto::RequestState::Pending as i32],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        if let Some(v) = list.requests.into_iter().next() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no request was held");
+}
+
+async fn decide(stack: &Stack, id: &str, decision: proto::Decision) {
+    stack
+        .reviewer()
+        .await
+        .decide(authed(
+            "alice",
+            proto::DecideRequest {
+                request_id: id.to_owned(),
+                decision: decision as i32,
+                reason: "checked".into(),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .expect("decide");
+}
+
+#[tokio::test]
+async fn psycopg_and_asyncpg_read_and_wait_for_approval() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    for (driver, sql) in [
+        ("psycopg", "SELECT count(*) FROM orders WHERE id > %s"),
+        ("asyncpg", "SELECT count(*) FROM orders WHERE id > $1"),
+    ] {
+        let out = output(agent(&stack, driver, sql, &[0])).await;
+        assert_eq!(out, "ok 10", "{driver} reads");
+    }
+
+    // psycopg: a parameterised DELETE, approved.
+    let child = agent(&stack, "psycopg", "DELETE FROM orders WHERE id <= %s", &[2]);
+    let request = pending(&stack).await;
+    let statement = request
+        .request
+        .as_ref()
+        .and_then(|r| r.statement.clone())
+        .expect("statement");
+    assert_eq!(statement.text, "DELETE FROM orders WHERE id <= $1");
+    assert_eq!(
+        statement.parameters.first().map(|p| p.display.as_str()),
+        Some("2")
+    );
+    decide(&stack, &request.request_id, proto::Decision::Approve).await;
+    assert_eq!(output(child).await, "ok 2");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "8");
+
+    // asyncpg: a parameterised DELETE, denied.
+    let child = agent(&stack, "asyncpg", "DELETE FROM orders WHERE id > $1", &[5]);
+    let request = pending(&stack).await;
+    decide(&stack, &request.request_id, proto::Decision::Deny).await;
+    let out = output(child).await;
+    assert!(out.starts_with("error 42501"), "{out}");
+    assert!(out.contains("denied by Alice"), "{out}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "8");
+}
