@@ -473,6 +473,25 @@ async fn client_to_upstream(
             Ok(m) => m,
             Err(e) => return violation(&inject, &e).await,
         };
+        // A session does not outlive the token it was opened with: the next
+        // statement after expiry ends it, and the agent reconnects with a
+        // fresh token (nothing runs on an expired identity).
+        if matches!(
+            msg,
+            FeMessage::Query { .. } | FeMessage::Parse { .. } | FeMessage::Execute { .. }
+        ) && token_expired(&ctx.agent.identity)
+        {
+            let _ = inject
+                .send(Inject::Fatal(Diagnostic {
+                    severity: Severity::Fatal,
+                    code: "28000",
+                    message: "the access token this session was opened with has expired; reconnect with a fresh token".into(),
+                    detail: None,
+                    hint: None,
+                }))
+                .await;
+            return (Cause::TokenExpired, "access token expired".into());
+        }
         match msg {
             FeMessage::Query { sql } => {
                 let judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
@@ -880,6 +899,17 @@ async fn client_to_upstream(
             return (Cause::UpstreamClosed, e);
         }
     }
+}
+
+fn token_expired(identity: &proto::Identity) -> bool {
+    let Some(exp) = identity.token_expires_at else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    exp.seconds <= now
 }
 
 enum Step {

@@ -346,6 +346,55 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     );
     drop(sneaky);
 
+    // A session does not outlive its token: the next statement ends it.
+    let short = stack.token(&[
+        "--sub",
+        "oid-agent-7",
+        "--name",
+        "agent-7",
+        "--app",
+        "--group",
+        AGENTS,
+        "--ttl",
+        "2s",
+    ]);
+    let out = finish(
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname=prod-maintenance user=agent-7 sslmode=require",
+                stack.proxy_port
+            ))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT 'before'",
+                "-c",
+                "\\! sleep 3",
+                "-c",
+                "SELECT 'after'",
+            ])
+            .env("PGPASSWORD", &short)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql"),
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("before") && !stdout.contains("after"),
+        "{stdout} / {stderr}"
+    );
+    assert!(
+        stderr.contains("has expired; reconnect with a fresh token"),
+        "{stderr}"
+    );
+
     // A forged token is refused at login.
     let out = finish(stack.psql("eyJhbGciOiJub25lIn0.e30.", "SELECT 1")).await;
     assert!(!out.status.success());
