@@ -48,6 +48,9 @@ pub struct ProxySection {
     /// Public URL of the reviewer UI, named in hold notices.
     #[serde(default)]
     pub reviewer_url: Option<String>,
+    /// Where to serve Prometheus `/metrics` and `/healthz` (off when unset).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Events buffered for the log before statements are refused.
     #[serde(default = "default_record_buffer")]
     pub record_buffer: usize,

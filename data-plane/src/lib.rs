@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod gate;
+pub mod metrics;
 pub mod params;
 pub mod policy_gate;
 pub mod record;

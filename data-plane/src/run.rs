@@ -73,15 +73,26 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.connections.clone(),
         config.identity.group_names.clone(),
     );
+    let metrics = crate::metrics::Metrics::new();
+    let recorder = Recorder::spawn(log.clone(), 4, config.proxy.record_buffer);
+    if let Some(addr) = config.proxy.metrics_listen {
+        let (m, r) = (metrics.clone(), recorder.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, r).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     let deps = Deps {
         gate: Arc::new(gate),
         log: log.clone(),
-        recorder: Recorder::spawn(log, 4, config.proxy.record_buffer),
+        recorder,
         holds,
         source,
         reviewer_url: config.proxy.reviewer_url.clone(),
         expiry_grace: Duration::from_secs(5),
         cancels,
+        metrics,
     };
     let mut settings = ServerSettings::new(config.proxy.listen);
     settings.tls = config.proxy.tls.as_ref().map(|t| TlsFiles {

@@ -66,6 +66,7 @@ pub struct Deps {
     /// own (the control plane's expiry normally arrives first).
     pub expiry_grace: Duration,
     pub cancels: Arc<crate::cancel::Cancels>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -79,10 +80,13 @@ impl std::fmt::Debug for Deps {
 /// Runs a session to its end. Never panics on client input; every failure
 /// ends in an error message to the client and a log line.
 pub async fn run(mut login: Login, deps: Arc<Deps>) {
+    use crate::metrics::Metrics;
     let peer = login.peer;
+    Metrics::inc(&deps.metrics.connections_total);
     let (agent, binding, upstream, key) = match authenticate(&mut login, deps.gate.as_ref()).await {
         Ok(x) => x,
         Err(refusal) => {
+            Metrics::inc(&deps.metrics.logins_refused);
             tracing::info!(%peer, reason = %refusal.1, "login refused");
             fatal(&mut login.io, refusal.0, &refusal.1).await;
             return;
@@ -134,6 +138,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     }
     tracing::info!(%peer, %session, agent = %ctx.agent.describe(), connection = %ctx.binding.connection, "session open");
     let kills = deps.holds.open_session(session.as_str());
+    Metrics::inc(&deps.metrics.connections_open);
     let (cancel_tx, cancel_rx) = mpsc::channel(1);
     deps.cancels.register(
         key,
@@ -147,6 +152,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let cause = relay(login, upstream, ctx.clone(), kills, cancel_rx).await;
     deps.cancels.unregister(key);
     deps.holds.close_session(session.as_str());
+    Metrics::dec(&deps.metrics.connections_open);
     let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
     let closed = ctx.event(Body::SessionClosed(proto::SessionClosed {
         cause: cause.0 as i32,
@@ -495,6 +501,7 @@ async fn client_to_upstream(
         match msg {
             FeMessage::Query { sql } => {
                 let judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
+                count_verdict(&ctx, &judgement);
                 let statement = proto::Statement {
                     text: sql.clone(),
                     protocol: proto::statement::Protocol::Simple as i32,
@@ -597,6 +604,7 @@ async fn client_to_upstream(
                     .types
                     .remove(&name);
                 let judgement = ctx.deps.gate.judge(&ctx.binding, &query);
+                count_verdict(&ctx, &judgement);
                 // A held statement is parsed upstream (parsing runs nothing)
                 // and held at its Execute, where the parameters are known.
                 let refuse = match judgement.action.clone() {
@@ -901,6 +909,15 @@ async fn client_to_upstream(
     }
 }
 
+fn count_verdict(ctx: &Ctx, j: &Judgement) {
+    let m = &ctx.deps.metrics;
+    crate::metrics::Metrics::inc(match j.action {
+        Action::Allow => &m.statements_allowed,
+        Action::Deny { .. } => &m.statements_denied,
+        Action::Hold(_) => &m.statements_held,
+    });
+}
+
 fn token_expired(identity: &proto::Identity) -> bool {
     let Some(exp) = identity.token_expires_at else {
         return false;
@@ -1102,6 +1119,7 @@ async fn hold(
     // A cancel that arrived before the hold began is for an earlier statement.
     while cancels.try_recv().is_ok() {}
     ctx.holding.store(true, std::sync::atomic::Ordering::Release);
+    let _held = HeldGauge::new(&ctx.deps.metrics);
     let outcome = loop {
         tokio::select! {
             d = &mut decision => break d.ok(),
@@ -1199,6 +1217,34 @@ pub fn why(v: &proto::Verdict) -> String {
         out = format!("policy {}, {}", v.policy, v.reason);
     }
     out
+}
+
+/// Counts a hold while it lasts, however the wait ends.
+struct HeldGauge<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    since: Instant,
+}
+
+impl<'a> HeldGauge<'a> {
+    fn new(metrics: &'a crate::metrics::Metrics) -> Self {
+        crate::metrics::Metrics::inc(&metrics.held_now);
+        HeldGauge {
+            metrics,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for HeldGauge<'_> {
+    fn drop(&mut self) {
+        use crate::metrics::Metrics;
+        Metrics::dec(&self.metrics.held_now);
+        Metrics::inc(&self.metrics.holds_ended);
+        Metrics::add(
+            &self.metrics.hold_micros_sum,
+            self.since.elapsed().as_micros() as u64,
+        );
+    }
 }
 
 /// Files ApprovalCancelled for a request this session holds.
@@ -1379,6 +1425,9 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
 /// Records a statement that ran (if recording applies to it).
 fn finish(ctx: &Ctx, r: Running) {
     ctx.count(true);
+    let m = &ctx.deps.metrics;
+    crate::metrics::Metrics::inc(&m.upstream_statements);
+    crate::metrics::Metrics::add(&m.upstream_micros_sum, r.started.elapsed().as_micros() as u64);
     let Some(slot) = r.slot else { return };
     let rows = r
         .tags

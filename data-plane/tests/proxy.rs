@@ -137,6 +137,7 @@ async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
         reviewer_url: None,
         expiry_grace: Duration::from_secs(2),
         cancels: airlock_proxy::cancel::Cancels::new(),
+        metrics: airlock_proxy::metrics::Metrics::new(),
     };
     let handle = tokio::spawn(server.run(Arc::new(deps)));
     Fixture {

@@ -205,6 +205,7 @@ async fn spawn_proxy(
         reviewer_url: Some("https://airlock.example".into()),
         expiry_grace: Duration::from_secs(2),
         cancels,
+        metrics: airlock_proxy::metrics::Metrics::new(),
     };
     tokio::spawn(server.run(Arc::new(deps)));
     for _ in 0..100 {
