@@ -98,11 +98,26 @@ pub enum Action {
     Hold(HoldSpec),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Run once a statement has succeeded upstream (a SQL-level PREPARE becomes
+/// known to the gate only then).
+pub type OnSuccess = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone)]
 pub struct Judgement {
     pub action: Action,
     /// The verdict as recorded (rule, reason, effects).
     pub verdict: proto::Verdict,
+    pub on_success: Option<OnSuccess>,
+}
+
+impl std::fmt::Debug for Judgement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Judgement")
+            .field("action", &self.action)
+            .field("verdict", &self.verdict)
+            .field("on_success", &self.on_success.is_some())
+            .finish()
+    }
 }
 
 /// Identity and policy, as the proxy sees them.

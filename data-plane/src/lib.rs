@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod gate;
 pub mod metrics;
+pub mod names;
 pub mod params;
 pub mod policy_gate;
 pub mod record;

@@ -185,7 +185,7 @@ impl Gate for PolicyGate {
 
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
         let schema = self.policies.default_schema(&binding.connection).to_owned();
-        let mut state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
+        let state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
         for r in &binding.policies {
             let Some(policy) = self
@@ -211,11 +211,26 @@ impl Gate for PolicyGate {
                     action: proto::verdict::Action::Deny as i32,
                     ..Default::default()
                 },
+                on_success: None,
             };
         };
-        if v.action == airlock_policy::Action::Allow {
-            state.prepared.apply(&v.prepared_changes);
-        }
+        // PREPARE and DEALLOCATE change what later EXECUTEs mean, but only
+        // once they have run: applied on success, never at judgement.
+        let on_success: Option<crate::gate::OnSuccess> =
+            if v.action == airlock_policy::Action::Allow && !v.prepared_changes.is_empty() {
+                let session = binding.session.clone();
+                let changes = v.prepared_changes.clone();
+                Some(Arc::new(move || {
+                    session
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .prepared
+                        .apply(&changes);
+                }))
+            } else {
+                None
+            };
+        drop(state);
         let (rule_index, rule, default_applied) = decision_text(&v.decision);
         let verdict = proto::Verdict {
             action: match v.action {
@@ -250,6 +265,10 @@ impl Gate for PolicyGate {
                 timeout: v.timeout,
             }),
         };
-        Judgement { action, verdict }
+        Judgement {
+            action,
+            verdict,
+            on_success,
+        }
     }
 }

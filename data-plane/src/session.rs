@@ -3,9 +3,10 @@
 //! statement.
 //!
 //! How refusals keep PostgreSQL's semantics. A refused statement is never
-//! sent upstream. In its place the proxy sends [`REFUSAL_SQL`], a fixed
-//! statement PostgreSQL rejects at parse time (it carries no client text),
-//! and rewrites that error into the refusal the client should see. So the
+//! sent upstream. In its place the proxy sends a stand-in PostgreSQL rejects
+//! (a query naming an unknown column, or a statement or portal that does not
+//! exist), named with a per-session marker no client can know or use, and
+//! rewrites that error into the refusal the client should see. So the
 //! refusal arrives in its exact place among pipelined responses, an
 //! extended-protocol batch is skipped up to its Sync, and an open transaction
 //! is aborted, just as PostgreSQL does for a statement it rejects.
@@ -43,15 +44,10 @@ use crate::codec::{
     parse_diagnostic_fields,
 };
 use crate::gate::{Action, Agent, Binding, Gate, HoldSpec, Judgement};
+use crate::names::{Names, Portal, Statement};
 use crate::record::{Recorder, Slot};
 use crate::server::{ClientStream, Login};
 use crate::upstream::Upstream;
-
-/// What the proxy sends upstream in place of a refused statement: rejected
-/// by PostgreSQL's parser (unknown column), whatever the connection's
-/// privileges. Fixed text: nothing the client sent reaches the upstream.
-pub const REFUSAL_SQL: &str = "SELECT \"airlock: statement refused\"";
-const REFUSAL_MARKER: &str = "airlock: statement refused";
 
 /// What every session shares.
 pub struct Deps {
@@ -112,6 +108,8 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         counts: Mutex::new((0, 0)),
         described: Mutex::default(),
         holding: Arc::default(),
+        names: Mutex::default(),
+        marker: format!("airlock: statement refused {}", ulid::Ulid::new()),
     });
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
         identity: Some(ctx.agent.identity.clone()),
@@ -182,6 +180,11 @@ struct Ctx {
     /// True while a statement of this session is held (a cancel then
     /// cancels the hold instead of going upstream).
     holding: Arc<std::sync::atomic::AtomicBool>,
+    /// Prepared statements and portals as PostgreSQL has them.
+    names: Mutex<Names>,
+    /// Names the proxy's stand-ins: "airlock: statement refused <random>".
+    /// Unguessable, and client names with its prefix are refused.
+    marker: String,
 }
 
 #[derive(Default)]
@@ -192,6 +195,15 @@ struct Described {
 }
 
 impl Ctx {
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A query PostgreSQL rejects at parse time, naming the marker.
+    fn refusal_sql(&self) -> String {
+        format!("SELECT \"{}\"", self.marker)
+    }
+
     fn event(&self, body: Body) -> proto::Event {
         let mut e = new_event(&self.deps.source, body);
         e.session_id = self.session.to_string();
@@ -338,6 +350,8 @@ struct Running {
     error: Option<(String, String)>,
     /// Room for the record, reserved before the statement was sent.
     slot: Option<Slot>,
+    /// What the gate learns once the statement succeeded (SQL PREPARE).
+    on_success: Option<crate::gate::OnSuccess>,
 }
 
 type Queue = Arc<Mutex<VecDeque<InFlight>>>;
@@ -395,9 +409,11 @@ async fn relay(
                 Ok(e) => e,
                 Err(e) => (Cause::Error, format!("session task failed: {e}")),
             };
-            if ending.0 != Cause::ClientTerminated && ending.0 != Cause::ClientDisconnected {
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut to_client).await;
-            }
+            // The writer finishes: after a FATAL it stops at once; after the
+            // client left, it reads PostgreSQL's answers to what was already
+            // sent (the proxy sent Terminate), so statements that ran are
+            // recorded, then PostgreSQL closes.
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut to_client).await;
             to_client.abort();
             ending
         }
@@ -426,30 +442,11 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
-/// What the reading side knows of named statements and portals.
-#[derive(Default)]
-struct Prepared {
-    /// Statements the upstream has, allowed or held (never denied ones).
-    statements: HashMap<String, PreparedStatement>,
-    /// portal name -> what was bound.
-    portals: HashMap<String, Portal>,
-}
+/// Names reserved for the proxy's stand-ins; a client may not use them.
+const RESERVED_PREFIX: &str = "airlock:";
 
-#[derive(Clone)]
-struct PreparedStatement {
-    text: String,
-    judgement: Judgement,
-    param_types: Vec<u32>,
-    /// The exact Parse message, part of what a held statement's approval
-    /// is bound to.
-    parse: bytes::Bytes,
-}
-
-#[derive(Clone)]
-struct Portal {
-    statement: String,
-    parameters: Vec<proto::Parameter>,
-    bind: bytes::Bytes,
+fn reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
 }
 
 async fn client_to_upstream(
@@ -463,7 +460,8 @@ async fn client_to_upstream(
 ) -> Ending {
     use proto::session_closed::Cause;
     let mut out = BytesMut::new();
-    let mut prepared = Prepared::default();
+    // An extended-protocol batch is open from its first message to its Sync.
+    let mut batch_open = false;
     loop {
         let read = tokio::select! {
             r = client.read_frame() => r,
@@ -471,14 +469,50 @@ async fn client_to_upstream(
         };
         let frame = match read {
             Ok(Some(f)) => f,
-            Ok(None) => return (Cause::ClientDisconnected, "client closed the connection".into()),
+            Ok(None) => {
+                // Let PostgreSQL finish what it was sent, then end cleanly.
+                out.extend_from_slice(&FeMessage::Terminate.to_frame().to_bytes());
+                let _ = upstream.write_all(&out).await;
+                return (Cause::ClientDisconnected, "client closed the connection".into());
+            }
             Err(ReadError::Codec(e)) => return violation(&inject, &e).await,
-            Err(e) => return (Cause::ClientDisconnected, e.to_string()),
+            Err(e) => {
+                out.extend_from_slice(&FeMessage::Terminate.to_frame().to_bytes());
+                let _ = upstream.write_all(&out).await;
+                return (Cause::ClientDisconnected, e.to_string());
+            }
         };
         let msg = match FeMessage::parse(&frame) {
             Ok(m) => m,
             Err(e) => return violation(&inject, &e).await,
         };
+        let names_used: Vec<&str> = match &msg {
+            FeMessage::Parse { name, .. } => vec![name.as_str()],
+            FeMessage::Bind {
+                portal, statement, ..
+            } => vec![portal.as_str(), statement.as_str()],
+            FeMessage::Execute { portal, .. } => vec![portal.as_str()],
+            FeMessage::Describe { name, .. } | FeMessage::Close { name, .. } => vec![name.as_str()],
+            FeMessage::Query { .. }
+            | FeMessage::Sync
+            | FeMessage::Flush
+            | FeMessage::Terminate
+            | FeMessage::CopyData(_)
+            | FeMessage::CopyDone
+            | FeMessage::CopyFail { .. }
+            | FeMessage::Password(_)
+            | FeMessage::FunctionCall(_) => vec![],
+        };
+        if names_used.iter().any(|n| reserved(n)) {
+            return violation(
+                &inject,
+                &CodecError::Malformed {
+                    tag: frame.tag as char,
+                    what: "statement and portal names starting with \"airlock:\" are reserved",
+                },
+            )
+            .await;
+        }
         // A session does not outlive the token it was opened with: the next
         // statement after expiry ends it, and the agent reconnects with a
         // fresh token (nothing runs on an expired identity).
@@ -497,6 +531,18 @@ async fn client_to_upstream(
                 }))
                 .await;
             return (Cause::TokenExpired, "access token expired".into());
+        }
+        if batch_open && matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) {
+            // PostgreSQL may be skipping this batch after an error; a Query
+            // here would be skipped too and the record would drift.
+            return violation(
+                &inject,
+                &CodecError::Malformed {
+                    tag: frame.tag as char,
+                    what: "a simple Query inside an unfinished extended-protocol batch (send Sync first)",
+                },
+            )
+            .await;
         }
         match msg {
             FeMessage::Query { sql } => {
@@ -538,10 +584,16 @@ async fn client_to_upstream(
                         .await
                         {
                             Held::Decided(step) => step,
-                            Held::End(ending) => return ending,
+                            Held::End(ending) => {
+                                let _ = upstream
+                                    .write_all(&FeMessage::Terminate.to_frame().to_bytes())
+                                    .await;
+                                return ending;
+                            }
                         }
                     }
                 };
+                ctx.names().boundary();
                 match step {
                     Step::Run { request_id } => {
                         let slot = if ctx.binding.record || !request_id.is_empty() {
@@ -575,6 +627,7 @@ async fn client_to_upstream(
                                 tags: Vec::new(),
                                 error: None,
                                 slot,
+                                on_success: judgement.on_success,
                             }),
                         );
                         frame.encode(&mut out);
@@ -598,6 +651,7 @@ async fn client_to_upstream(
                 query,
                 param_types,
             } => {
+                batch_open = true;
                 ctx.described
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -605,17 +659,14 @@ async fn client_to_upstream(
                     .remove(&name);
                 let judgement = ctx.deps.gate.judge(&ctx.binding, &query);
                 count_verdict(&ctx, &judgement);
-                // A held statement is parsed upstream (parsing runs nothing)
-                // and held at its Execute, where the parameters are known.
-                let refuse = match judgement.action.clone() {
-                    Action::Allow | Action::Hold(_) => None,
-                    Action::Deny { message } => Some(refusal("42501", message, None)),
-                };
-                match refuse {
-                    None => {
-                        prepared.statements.insert(
+                match judgement.action.clone() {
+                    // A held statement is parsed upstream (parsing runs
+                    // nothing) and held at its Execute, where the parameters
+                    // are known.
+                    Action::Allow | Action::Hold(_) => {
+                        ctx.names().parse(
                             name,
-                            PreparedStatement {
+                            Statement {
                                 text: query,
                                 judgement,
                                 param_types,
@@ -624,8 +675,8 @@ async fn client_to_upstream(
                         );
                         frame.encode(&mut out);
                     }
-                    Some(d) => {
-                        prepared.statements.remove(&name);
+                    Action::Deny { message } => {
+                        let d = refusal("42501", message, None);
                         let statement = proto::Statement {
                             text: query,
                             protocol: proto::statement::Protocol::Extended as i32,
@@ -647,9 +698,11 @@ async fn client_to_upstream(
                                 boundary: false,
                             },
                         );
+                        // Fails at parse time: the Parse fails where the
+                        // client expects its answer.
                         FeMessage::Parse {
-                            name,
-                            query: REFUSAL_SQL.into(),
+                            name: ctx.marker.clone(),
+                            query: ctx.refusal_sql(),
                             param_types: Vec::new(),
                         }
                         .to_frame()
@@ -664,11 +717,27 @@ async fn client_to_upstream(
                 params,
                 ..
             } => {
-                let declared = prepared
-                    .statements
-                    .get(&statement)
-                    .map(|p| p.param_types.clone())
-                    .unwrap_or_default();
+                batch_open = true;
+                let known = ctx.names().statement(&statement).cloned();
+                let Some(stmt) = known else {
+                    // A statement Airlock never judged (say, one made with
+                    // SQL-level PREPARE): binding it is refused.
+                    refuse_extended(
+                        &ctx,
+                        &queue,
+                        &mut out,
+                        "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse".into(),
+                        FeMessage::Bind {
+                            portal: ctx.marker.clone(),
+                            statement: ctx.marker.clone(),
+                            param_formats: Vec::new(),
+                            params: Vec::new(),
+                            result_formats: Vec::new(),
+                        },
+                    );
+                    flush_if_idle(&client, &mut upstream, &mut out).await;
+                    continue;
+                };
                 let reported = ctx
                     .described
                     .lock()
@@ -680,7 +749,7 @@ async fn client_to_upstream(
                 // Declared types first; the server's where the client left
                 // a type unspecified (0).
                 let types: Vec<u32> = (0..params.len())
-                    .map(|i| match declared.get(i).copied() {
+                    .map(|i| match stmt.param_types.get(i).copied() {
                         Some(t) if t != 0 => t,
                         _ => reported.get(i).copied().unwrap_or(0),
                     })
@@ -697,10 +766,11 @@ async fn client_to_upstream(
                         crate::params::describe(types.get(i).copied().unwrap_or(0), format, value.as_deref())
                     })
                     .collect();
-                prepared.portals.insert(
+                ctx.names().bind(
                     portal,
                     Portal {
-                        statement,
+                        statement_name: statement,
+                        statement: stmt,
                         parameters,
                         bind: frame.to_bytes(),
                     },
@@ -708,16 +778,25 @@ async fn client_to_upstream(
                 frame.encode(&mut out);
             }
             FeMessage::Execute { portal, .. } => {
-                let bound = prepared.portals.get(&portal).cloned();
-                let known = bound
-                    .as_ref()
-                    .and_then(|b| prepared.statements.get(&b.statement))
-                    .cloned();
+                batch_open = true;
+                let bound = ctx.names().portal(&portal).cloned();
+                let Some(bound) = bound else {
+                    refuse_extended(
+                        &ctx,
+                        &queue,
+                        &mut out,
+                        "executing a portal Airlock has not judged is not allowed".into(),
+                        FeMessage::Execute {
+                            portal: ctx.marker.clone(),
+                            max_rows: 0,
+                        },
+                    );
+                    flush_if_idle(&client, &mut upstream, &mut out).await;
+                    continue;
+                };
+                let stmt = &bound.statement;
                 let mut request_id = String::new();
-                let mut parameters = Vec::new();
-                if let (Some(stmt), Some(bound)) = (&known, &bound)
-                    && let Action::Hold(spec) = &stmt.judgement.action
-                {
+                if let Action::Hold(spec) = &stmt.judgement.action {
                     // What the reviewer approves: the exact Parse, Bind and
                     // Execute messages of this statement.
                     let mut digest = Sha256::new();
@@ -729,7 +808,7 @@ async fn client_to_upstream(
                         protocol: proto::statement::Protocol::Extended as i32,
                         parameters: bound.parameters.clone(),
                         sha256: digest.finalize().to_vec(),
-                        prepared_name: bound.statement.clone(),
+                        prepared_name: bound.statement_name.clone(),
                         portal_name: portal.clone(),
                     };
                     // Everything before the Execute goes first.
@@ -752,13 +831,15 @@ async fn client_to_upstream(
                     .await
                     {
                         Held::Decided(step) => step,
-                        Held::End(ending) => return ending,
+                        Held::End(ending) => {
+                            let _ = upstream
+                                .write_all(&FeMessage::Terminate.to_frame().to_bytes())
+                                .await;
+                            return ending;
+                        }
                     };
                     match step {
-                        Step::Run { request_id: rid } => {
-                            request_id = rid;
-                            parameters = bound.parameters.clone();
-                        }
+                        Step::Run { request_id: rid } => request_id = rid,
                         Step::Refuse(d, cause, rid) => {
                             // Executing a portal that does not exist fails
                             // at the Execute, as the held statement would
@@ -772,7 +853,7 @@ async fn client_to_upstream(
                                 },
                             );
                             FeMessage::Execute {
-                                portal: REFUSAL_MARKER.into(),
+                                portal: ctx.marker.clone(),
                                 max_rows: 0,
                             }
                             .to_frame()
@@ -782,77 +863,73 @@ async fn client_to_upstream(
                         }
                     }
                 }
-                if let Some(stmt) = known {
-                    let (text, verdict) = (stmt.text, stmt.judgement.verdict);
-                    let slot = if ctx.binding.record || !request_id.is_empty() {
-                        match ctx.deps.recorder.reserve(&ctx.session) {
-                            Ok(s) => Some(s),
-                            Err(full) => {
-                                // Cannot record it: make the batch fail here.
-                                let d = full_refusal(full);
-                                let statement = proto::Statement {
-                                    text,
-                                    ..Default::default()
-                                };
-                                ctx.refused(
-                                    statement,
-                                    verdict,
-                                    proto::statement_refused::Cause::Unavailable,
-                                    &d,
-                                    "",
-                                );
-                                push(
-                                    &queue,
-                                    InFlight::Substitute {
-                                        diagnostic: Some(d),
-                                        boundary: false,
-                                    },
-                                );
-                                FeMessage::Parse {
-                                    name: String::new(),
-                                    query: REFUSAL_SQL.into(),
-                                    param_types: Vec::new(),
-                                }
-                                .to_frame()
-                                .encode(&mut out);
-                                flush_if_idle(&client, &mut upstream, &mut out).await;
-                                continue;
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    push(
-                        &queue,
-                        InFlight::Extended(Running {
-                            statement: proto::Statement {
-                                text,
-                                protocol: proto::statement::Protocol::Extended as i32,
-                                portal_name: portal.clone(),
-                                parameters,
+                let slot = if ctx.binding.record || !request_id.is_empty() {
+                    match ctx.deps.recorder.reserve(&ctx.session) {
+                        Ok(s) => Some(s),
+                        Err(full) => {
+                            let d = full_refusal(full);
+                            let statement = proto::Statement {
+                                text: stmt.text.clone(),
                                 ..Default::default()
-                            },
-                            verdict,
-                            request_id,
-                            started: Instant::now(),
-                            tags: Vec::new(),
-                            error: None,
-                            slot,
-                        }),
-                    );
-                }
+                            };
+                            ctx.refused(
+                                statement,
+                                stmt.judgement.verdict.clone(),
+                                proto::statement_refused::Cause::Unavailable,
+                                &d,
+                                &request_id,
+                            );
+                            push(
+                                &queue,
+                                InFlight::Substitute {
+                                    diagnostic: Some(d),
+                                    boundary: false,
+                                },
+                            );
+                            FeMessage::Execute {
+                                portal: ctx.marker.clone(),
+                                max_rows: 0,
+                            }
+                            .to_frame()
+                            .encode(&mut out);
+                            flush_if_idle(&client, &mut upstream, &mut out).await;
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                push(
+                    &queue,
+                    InFlight::Extended(Running {
+                        statement: proto::Statement {
+                            text: stmt.text.clone(),
+                            protocol: proto::statement::Protocol::Extended as i32,
+                            portal_name: portal.clone(),
+                            prepared_name: bound.statement_name.clone(),
+                            parameters: bound.parameters.clone(),
+                            ..Default::default()
+                        },
+                        verdict: stmt.judgement.verdict.clone(),
+                        request_id,
+                        started: Instant::now(),
+                        tags: Vec::new(),
+                        error: None,
+                        slot,
+                        on_success: stmt.judgement.on_success.clone(),
+                    }),
+                );
                 frame.encode(&mut out);
             }
             FeMessage::Sync => {
+                batch_open = false;
+                ctx.names().boundary();
                 push(&queue, InFlight::Sync);
                 frame.encode(&mut out);
             }
             FeMessage::Close { kind, name } => {
-                if kind == b'S' {
-                    prepared.statements.remove(&name);
-                } else {
-                    prepared.portals.remove(&name);
-                }
+                batch_open = true;
+                ctx.names().close(kind == b'S', name);
                 frame.encode(&mut out);
             }
             FeMessage::Terminate => {
@@ -866,6 +943,7 @@ async fn client_to_upstream(
                     "the function-call protocol message is not allowed through Airlock".into(),
                     None,
                 );
+                ctx.names().boundary();
                 push(
                     &queue,
                     InFlight::Substitute {
@@ -874,12 +952,13 @@ async fn client_to_upstream(
                     },
                 );
                 FeMessage::Query {
-                    sql: REFUSAL_SQL.into(),
+                    sql: ctx.refusal_sql(),
                 }
                 .to_frame()
                 .encode(&mut out);
             }
             FeMessage::Describe { kind, name } => {
+                batch_open = true;
                 if kind == b'S' {
                     ctx.described
                         .lock()
@@ -889,7 +968,11 @@ async fn client_to_upstream(
                 }
                 frame.encode(&mut out);
             }
-            FeMessage::Flush | FeMessage::CopyData(_) | FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
+            FeMessage::Flush => {
+                batch_open = true;
+                frame.encode(&mut out);
+            }
+            FeMessage::CopyData(_) | FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
                 frame.encode(&mut out)
             }
             FeMessage::Password(_) => {
@@ -903,10 +986,78 @@ async fn client_to_upstream(
                 .await;
             }
         }
+        if ctx.names().over_limit() {
+            return violation(
+                &inject,
+                &CodecError::Malformed {
+                    tag: frame.tag as char,
+                    what: "too many prepared statements or portals",
+                },
+            )
+            .await;
+        }
         if let Err(e) = flush_if_idle_result(&client, &mut upstream, &mut out).await {
             return (Cause::UpstreamClosed, e);
         }
     }
+}
+
+/// Refuses an extended-protocol message that refers to something Airlock
+/// did not judge: `substitute` fails upstream in its place (its names are
+/// reserved, so they never exist) and its error is rewritten.
+fn refuse_extended(ctx: &Ctx, queue: &Queue, out: &mut BytesMut, message: String, substitute: FeMessage) {
+    // After a refusal earlier in this batch PostgreSQL skips this message
+    // anyway: do not record a second refusal that nobody will see.
+    let already = queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .rev()
+        .take_while(|i| {
+            !matches!(
+                i,
+                InFlight::Sync | InFlight::Simple(_) | InFlight::Substitute { boundary: true, .. }
+            )
+        })
+        .any(|i| {
+            matches!(
+                i,
+                InFlight::Substitute {
+                    diagnostic: Some(_),
+                    ..
+                }
+            )
+        });
+    if already {
+        push(
+            queue,
+            InFlight::Substitute {
+                diagnostic: None,
+                boundary: false,
+            },
+        );
+        substitute.to_frame().encode(out);
+        return;
+    }
+    let d = refusal("42501", message, None);
+    ctx.refused(
+        proto::Statement::default(),
+        proto::Verdict {
+            action: proto::verdict::Action::Deny as i32,
+            ..Default::default()
+        },
+        proto::statement_refused::Cause::Policy,
+        &d,
+        "",
+    );
+    push(
+        queue,
+        InFlight::Substitute {
+            diagnostic: Some(d),
+            boundary: false,
+        },
+    );
+    substitute.to_frame().encode(out);
 }
 
 fn count_verdict(ctx: &Ctx, j: &Judgement) {
@@ -971,7 +1122,7 @@ fn substitute_query(
         },
     );
     FeMessage::Query {
-        sql: REFUSAL_SQL.into(),
+        sql: ctx.refusal_sql(),
     }
     .to_frame()
     .encode(out);
@@ -1276,6 +1427,9 @@ async fn upstream_to_client(
     mut inject: mpsc::Receiver<Inject>,
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
+    // Once the client is gone, keep reading PostgreSQL's answers (to record
+    // what ran) and write nothing.
+    let mut client_gone = false;
     loop {
         // Both branches are cancel safe: FrameReader keeps partial frames.
         let read = tokio::select! {
@@ -1309,12 +1463,12 @@ async fn upstream_to_client(
         };
         observe(&ctx, &queue, &frame, &mut out);
         // Flush when nothing more is buffered, or the batch is large.
-        if !upstream.has_buffered_frame() || out.len() > 64 * 1024 {
-            client
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("client write: {e}"))?;
-            client.flush().await.map_err(|e| format!("client flush: {e}"))?;
+        if client_gone {
+            out.clear();
+        } else if !upstream.has_buffered_frame() || out.len() > 64 * 1024 {
+            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+                client_gone = true;
+            }
             out.clear();
         }
     }
@@ -1346,18 +1500,16 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
         }
         b'E' => {
             let fields = parse_diagnostic_fields(&frame.body);
-            let is_ours = fields
-                .iter()
-                .any(|(c, v)| *c == b'M' && v.contains(REFUSAL_MARKER));
-            if is_ours {
-                let ours = q.iter_mut().find_map(|i| match i {
-                    InFlight::Substitute { diagnostic, .. } if diagnostic.is_some() => diagnostic.take(),
-                    _ => None,
-                });
-                match ours {
-                    Some(d) => BeMessage::ErrorResponse(&d).encode(out),
-                    None => frame.encode(out),
-                }
+            // PostgreSQL now skips the rest of the batch.
+            ctx.names().failed();
+            // Ours only if it names this session's marker and a stand-in is
+            // what PostgreSQL answers now.
+            let names_marker = fields.iter().any(|(c, v)| *c == b'M' && v.contains(&ctx.marker));
+            if names_marker
+                && let Some(InFlight::Substitute { diagnostic, .. }) = q.front_mut()
+                && let Some(d) = diagnostic.take()
+            {
+                BeMessage::ErrorResponse(&d).encode(out);
                 return;
             }
             let get = |c: u8| {
@@ -1397,7 +1549,14 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
             }
             frame.encode(out);
         }
+        b'1' | b'2' | b'3' => {
+            // ParseComplete, BindComplete, CloseComplete.
+            ctx.names().confirmed();
+            frame.encode(out);
+        }
         b'Z' => {
+            let idle = frame.body.first() == Some(&b'I');
+            ctx.names().ready(idle);
             // Describes of a batch are answered (or skipped) by now.
             ctx.described
                 .lock()
@@ -1434,6 +1593,11 @@ fn finish(ctx: &Ctx, r: Running) {
         .iter()
         .filter_map(|t| t.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
         .sum();
+    if r.error.is_none()
+        && let Some(apply) = &r.on_success
+    {
+        apply();
+    }
     let (error_sqlstate, error_message) = r.error.unwrap_or_default();
     let e = ctx.event(Body::StatementExecuted(proto::StatementExecuted {
         statement: Some(r.statement),

@@ -84,6 +84,7 @@ impl Gate for TestGate {
         Judgement {
             action,
             verdict: proto::Verdict::default(),
+            on_success: None,
         }
     }
 }
@@ -467,4 +468,225 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| d.message().to_owned())
         .unwrap_or_else(|| e.to_string())
+}
+
+/// A hand-driven client, for message sequences no driver sends.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn login(addr: SocketAddr) -> Raw {
+        use airlock_proxy::codec::FeMessage;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let body = b"\x00\x03\x00\x00user\0agent-7\0database\0shop\0\0";
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        stream.write_all(&startup).await.expect("startup");
+        let mut raw = Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let (tag, _) = raw.next().await;
+        assert_eq!(tag, b'R');
+        let mut pw = TOKEN.as_bytes().to_vec();
+        pw.push(0);
+        raw.send(&[FeMessage::Password(pw.into())]).await;
+        raw.until_ready().await;
+        raw
+    }
+
+    async fn send(&mut self, msgs: &[airlock_proxy::codec::FeMessage]) {
+        let mut out = Vec::new();
+        for m in msgs {
+            out.extend_from_slice(&m.to_frame().to_bytes());
+        }
+        self.stream.write_all(&out).await.expect("send");
+    }
+
+    async fn next(&mut self) -> (u8, bytes::Bytes) {
+        use airlock_proxy::codec::{Limits, decode_frame};
+        loop {
+            if let Some(f) = decode_frame(&mut self.buf, &Limits::default()).expect("valid frame") {
+                return (f.tag, f.body);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("answer in time")
+                .expect("read");
+            assert!(n > 0, "connection closed; buffered: {:?}", self.buf);
+        }
+    }
+
+    /// Messages up to ReadyForQuery: (tags seen, SQLSTATEs of errors).
+    async fn until_ready(&mut self) -> (Vec<char>, Vec<String>) {
+        let mut tags = Vec::new();
+        let mut errors = Vec::new();
+        loop {
+            let (tag, body) = self.next().await;
+            if tag == b'E' {
+                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+                errors.extend(fields.into_iter().filter(|(c, _)| *c == b'C').map(|(_, v)| v));
+            }
+            tags.push(tag as char);
+            if tag == b'Z' {
+                return (tags, errors);
+            }
+        }
+    }
+}
+
+mod attacks {
+    //! Message sequences that try to run a held or denied statement
+    //! without approval. Without a control plane every hold is refused at
+    //! once, so any DELETE that reaches PostgreSQL is a bypass.
+    use super::*;
+    use airlock_proxy::codec::FeMessage;
+
+    fn parse(name: &str, sql: &str) -> FeMessage {
+        FeMessage::Parse {
+            name: name.into(),
+            query: sql.into(),
+            param_types: vec![],
+        }
+    }
+
+    fn bind(portal: &str, statement: &str) -> FeMessage {
+        FeMessage::Bind {
+            portal: portal.into(),
+            statement: statement.into(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+    }
+
+    fn execute(portal: &str) -> FeMessage {
+        FeMessage::Execute {
+            portal: portal.into(),
+            max_rows: 0,
+        }
+    }
+
+    fn assert_untouched(f: &Fixture) {
+        assert_eq!(
+            f.pg.psql("shop", "SELECT count(*) FROM orders"),
+            "5",
+            "rows were deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn rebinding_the_unnamed_statement_does_not_change_what_a_portal_runs() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            parse("", "DELETE FROM orders"),
+            bind("", ""),
+            parse("", "SELECT 1"),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(
+            errors,
+            vec!["42501"],
+            "the portal's DELETE is judged, and refused"
+        );
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn reusing_a_statement_name_does_not_launder_it() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        raw.until_ready().await;
+        // PostgreSQL refuses the duplicate name and keeps the DELETE.
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(errors, vec!["42P05"]);
+        raw.send(&[bind("p", "s"), execute("p"), FeMessage::Sync]).await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(errors, vec!["42501"], "still judged as the DELETE it is");
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn the_proxys_reserved_names_cannot_be_used() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            parse("s", "DELETE FROM orders"),
+            bind("airlock: statement refused", "s"),
+            bind("p", "s"),
+            execute("p"),
+            FeMessage::Sync,
+        ])
+        .await;
+        let (tag, body) = raw.next().await;
+        let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+        assert_eq!(tag, b'E');
+        assert!(
+            fields.iter().any(|(c, v)| *c == b'C' && v == "08P01"),
+            "{fields:?}"
+        );
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn statements_the_proxy_never_judged_cannot_be_bound() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        // A SQL-level PREPARE (of a harmless statement, so it is allowed) ...
+        raw.send(&[FeMessage::Query {
+            sql: "PREPARE x AS SELECT count(*) FROM orders".into(),
+        }])
+        .await;
+        let (_, errors) = raw.until_ready().await;
+        assert!(errors.is_empty(), "{errors:?}");
+        // ... cannot be run through the extended protocol unjudged.
+        raw.send(&[bind("p", "x"), execute("p"), FeMessage::Sync]).await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(errors, vec!["42501"]);
+        // Nor can a portal that was never bound here.
+        raw.send(&[execute("nope"), FeMessage::Sync]).await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(errors, vec!["42501"]);
+        // The session goes on.
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT 1".into(),
+        }])
+        .await;
+        let (_, errors) = raw.until_ready().await;
+        assert!(errors.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_cannot_forge_the_refusal_message() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        // An error that names the marker's prefix is passed through as is.
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT \"airlock: statement refused\"".into(),
+        }])
+        .await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(
+            errors,
+            vec!["42703"],
+            "PostgreSQL's own error, not a rewritten one"
+        );
+        // And a real refusal right after is still reported as one.
+        raw.send(&[FeMessage::Query {
+            sql: "DROP TABLE orders".into(),
+        }])
+        .await;
+        let (_, errors) = raw.until_ready().await;
+        assert_eq!(errors, vec!["42501"]);
+        assert_untouched(&f);
+    }
 }

@@ -151,6 +151,7 @@ impl Gate for SeedGate {
                 parsed: true,
                 ..Default::default()
             },
+            on_success: None,
         }
     }
 }
