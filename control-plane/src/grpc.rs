@@ -475,6 +475,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
 /// What a proxy holds, per Attach stream.
 #[derive(Debug, Default)]
 struct Holdings {
+    proxy_id: String,
     requests: HashMap<String, String>,
     sessions: HashSet<String>,
 }
@@ -561,7 +562,10 @@ impl proto::proxy_service_server::ProxyService for Control {
         let replica = self.source.id.clone();
         tracing::info!(proxy = %hello.proxy_id, held = hello.held.len(), "proxy attached");
         tokio::spawn(async move {
-            let mut held = Holdings::default();
+            let mut held = Holdings {
+                proxy_id: hello.proxy_id.clone(),
+                ..Holdings::default()
+            };
             for h in hello.held {
                 held.requests.insert(h.request_id, h.session_id);
             }
@@ -662,7 +666,12 @@ async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx)
             }
             true
         }
-        Some(Body::SessionKillRequested(k)) if held.sessions.contains(&e.session_id) => {
+        // Sessions opened after the proxy attached are known from the log:
+        // the kill names the proxy its SessionOpened named.
+        Some(Body::SessionKillRequested(k))
+            if held.sessions.contains(&e.session_id)
+                || (!k.proxy_id.is_empty() && k.proxy_id == held.proxy_id) =>
+        {
             let order = proto::KillOrder {
                 session_id: e.session_id.clone(),
                 requested_by: k.requested_by.clone(),

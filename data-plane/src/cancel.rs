@@ -108,7 +108,7 @@ impl Cancels {
 }
 
 /// Sends PostgreSQL a CancelRequest for the upstream session.
-async fn relay(addr: &str, (pid, key): (i32, i32)) {
+pub async fn relay(addr: &str, (pid, key): (i32, i32)) {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         tracing::warn!(%addr, "cannot reach the upstream to cancel a query");
         return;

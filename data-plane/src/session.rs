@@ -109,6 +109,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         described: Mutex::default(),
         holding: Arc::default(),
         names: Mutex::default(),
+        upstream_cancel: (upstream.addr.clone(), (upstream.process_id, upstream.secret_key)),
         marker: format!("airlock: statement refused {}", ulid::Ulid::new()),
     });
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
@@ -182,6 +183,8 @@ struct Ctx {
     holding: Arc<std::sync::atomic::AtomicBool>,
     /// Prepared statements and portals as PostgreSQL has them.
     names: Mutex<Names>,
+    /// Where and with which key to cancel the upstream's running query.
+    upstream_cancel: (String, (i32, i32)),
     /// Names the proxy's stand-ins: "airlock: statement refused <random>".
     /// Unguessable, and client names with its prefix are refused.
     marker: String,
@@ -465,7 +468,13 @@ async fn client_to_upstream(
     loop {
         let read = tokio::select! {
             r = client.read_frame() => r,
-            Some(order) = kills.recv() => return killed(&inject, &order).await,
+            Some(order) = kills.recv() => {
+                // A statement may be running upstream: cancel it, then end.
+                let (addr, key) = ctx.upstream_cancel.clone();
+                crate::cancel::relay(&addr, key).await;
+                let _ = upstream.write_all(&FeMessage::Terminate.to_frame().to_bytes()).await;
+                return killed(&inject, &order).await;
+            }
         };
         let frame = match read {
             Ok(Some(f)) => f,

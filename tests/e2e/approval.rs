@@ -395,3 +395,74 @@ async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy(
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, _) = stack.agent().await;
+    let started = std::time::Instant::now();
+    let running = tokio::spawn(async move { agent.simple_query("SELECT pg_sleep(30)").await });
+    // Find the session and kill it.
+    let mut session_id = None;
+    for _ in 0..50 {
+        session_id = stack.live.read(|s| s.sessions.keys().next().cloned());
+        if session_id.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let session_id = session_id.expect("the session is known to the control plane");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The agent's own token cannot kill; a reviewer can.
+    let err = stack
+        .reviewer()
+        .await
+        .kill_session(authed(
+            AGENT_TOKEN,
+            proto::KillSessionRequest {
+                session_id: session_id.clone(),
+                reason: "no".into(),
+            },
+        ))
+        .await
+        .expect_err("an app cannot kill");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    stack
+        .reviewer()
+        .await
+        .kill_session(authed(
+            "alice",
+            proto::KillSessionRequest {
+                session_id,
+                reason: "runaway query".into(),
+            },
+        ))
+        .await
+        .expect("alice kills");
+    let err = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("ended in time")
+        .expect("task")
+        .expect_err("killed");
+    let db = err.as_db_error().expect("a FATAL from the proxy");
+    assert_eq!(db.code(), &SqlState::ADMIN_SHUTDOWN);
+    assert!(
+        db.message().contains("Alice") && db.message().contains("runaway query"),
+        "{}",
+        db.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The upstream query was cancelled, not left running.
+    let mut still = String::new();
+    for _ in 0..30 {
+        still = stack.pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+        );
+        if still == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(still, "0", "pg_sleep still running upstream");
+}
