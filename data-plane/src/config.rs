@@ -51,6 +51,9 @@ pub struct ProxySection {
     /// Where to serve Prometheus `/metrics` and `/healthz` (off when unset).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM, how long sessions may go on before they are ended.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Events buffered for the log before statements are refused.
     #[serde(default = "default_record_buffer")]
     pub record_buffer: usize,
@@ -61,6 +64,9 @@ fn default_max_connections() -> usize {
 }
 fn default_startup_timeout() -> Duration {
     Duration::from_secs(15)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_record_buffer() -> usize {
     16_384

@@ -83,6 +83,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             }
         });
     }
+    let (phase_tx, phase) = tokio::sync::watch::channel(crate::session::Phase::Running);
     let deps = Deps {
         gate: Arc::new(gate),
         log: log.clone(),
@@ -92,7 +93,8 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         reviewer_url: config.proxy.reviewer_url.clone(),
         expiry_grace: Duration::from_secs(5),
         cancels,
-        metrics,
+        metrics: metrics.clone(),
+        phase,
     };
     let mut settings = ServerSettings::new(config.proxy.listen);
     settings.tls = config.proxy.tls.as_ref().map(|t| TlsFiles {
@@ -107,10 +109,34 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     }
     let server = Server::bind(settings).await?;
     tracing::info!(listen = %config.proxy.listen, proxy = %proxy_id, "proxy serving");
-    tokio::select! {
-        _ = server.run(Arc::new(deps)) => {}
-        _ = shutdown() => tracing::info!("shutting down"),
+    let serving = tokio::spawn(server.run(Arc::new(deps)));
+    shutdown().await;
+    // Drain: stop accepting, refuse held statements, let sessions finish up
+    // to the deadline, then end the rest.
+    let deadline = config.proxy.drain_timeout;
+    tracing::info!(?deadline, "draining");
+    let _ = phase_tx.send(crate::session::Phase::Draining);
+    let _ = serving.await;
+    let until = tokio::time::Instant::now() + deadline;
+    while metrics
+        .connections_open
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = phase_tx.send(crate::session::Phase::Stopping);
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while metrics
+        .connections_open
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("proxy stopped");
     Ok(())
 }
 

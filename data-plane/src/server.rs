@@ -143,8 +143,14 @@ impl Server {
     pub async fn run(self, deps: Arc<session::Deps>) {
         let limit = Arc::new(Semaphore::new(self.settings.max_connections));
         let settings = Arc::new(self.settings);
+        let mut phase = deps.phase.clone();
         loop {
-            let (socket, peer) = match self.listener.accept().await {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                // Draining: stop accepting; the listener closes on return.
+                Ok(_) = phase.wait_for(|p| *p != session::Phase::Running) => return,
+            };
+            let (socket, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, go on.

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{ChainWriter, EventLog, RequestId, SessionId, new_event, subjects};
 use bytes::BytesMut;
+use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -63,6 +64,18 @@ pub struct Deps {
     pub expiry_grace: Duration,
     pub cancels: Arc<crate::cancel::Cancels>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Shutdown state: see [`Phase`].
+    pub phase: tokio::sync::watch::Receiver<Phase>,
+}
+
+/// Where a proxy is in its life. Draining: no new connections, held
+/// statements are refused (the proxy cannot wait for approvals it is about
+/// to abandon), running sessions go on. Stopping: sessions end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    Draining,
+    Stopping,
 }
 
 impl std::fmt::Debug for Deps {
@@ -466,8 +479,24 @@ async fn client_to_upstream(
     // An extended-protocol batch is open from its first message to its Sync.
     let mut batch_open = false;
     loop {
+        let mut phase = ctx.deps.phase.clone();
         let read = tokio::select! {
             r = client.read_frame() => r,
+            Ok(()) = phase.wait_for(|p| *p == Phase::Stopping).map(|r| r.map(|_| ())) => {
+                let (addr, key) = ctx.upstream_cancel.clone();
+                crate::cancel::relay(&addr, key).await;
+                let _ = upstream.write_all(&FeMessage::Terminate.to_frame().to_bytes()).await;
+                let _ = inject
+                    .send(Inject::Fatal(Diagnostic {
+                        severity: Severity::Fatal,
+                        code: "57P01",
+                        message: "this Airlock proxy is shutting down; reconnect to continue".into(),
+                        detail: None,
+                        hint: None,
+                    }))
+                    .await;
+                return (Cause::ProxyShutdown, "proxy shutting down".into());
+            }
             Some(order) = kills.recv() => {
                 // A statement may be running upstream: cancel it, then end.
                 let (addr, key) = ctx.upstream_cancel.clone();
@@ -1224,6 +1253,9 @@ async fn hold(
             String::new(),
         ))
     };
+    if *deps.phase.borrow() != Phase::Running {
+        return unavailable("this proxy is shutting down (reconnect and run it again)");
+    }
     if !deps.holds.is_attached() {
         return unavailable("the control plane is unreachable");
     }
@@ -1274,6 +1306,7 @@ async fn hold(
         .await;
     tracing::info!(session = %ctx.session, request = %request_id, "statement held");
 
+    let mut phase = deps.phase.clone();
     let local_deadline = tokio::time::Instant::now() + spec.timeout + deps.expiry_grace;
     let mut decision = decision;
     // A cancel that arrived before the hold began is for an earlier statement.
@@ -1283,6 +1316,19 @@ async fn hold(
     let outcome = loop {
         tokio::select! {
             d = &mut decision => break d.ok(),
+            Ok(()) = phase.wait_for(|p| *p != Phase::Running).map(|r| r.map(|_| ())) => {
+                ctx.holding.store(false, std::sync::atomic::Ordering::Release);
+                cancel(ctx, &request_id, proto::approval_cancelled::Cause::ProxyShutdown, "the proxy holding it shut down").await;
+                return Held::Decided(Step::Refuse(
+                    refusal(
+                        "57P01",
+                        format!("this Airlock proxy is shutting down; request {request_id} was cancelled and nothing was run; reconnect and run it again"),
+                        None,
+                    ),
+                    Cause::Cancelled,
+                    request_id.to_string(),
+                ));
+            }
             Some(()) = cancels.recv() => {
                 ctx.holding.store(false, std::sync::atomic::Ordering::Release);
                 cancel(ctx, &request_id, proto::approval_cancelled::Cause::ClientCancelled, "the client cancelled the statement").await;

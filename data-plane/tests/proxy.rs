@@ -139,6 +139,7 @@ async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
         expiry_grace: Duration::from_secs(2),
         cancels: airlock_proxy::cancel::Cancels::new(),
         metrics: airlock_proxy::metrics::Metrics::new(),
+        phase: tokio::sync::watch::channel(airlock_proxy::session::Phase::Running).1,
     };
     let handle = tokio::spawn(server.run(Arc::new(deps)));
     Fixture {

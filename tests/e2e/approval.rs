@@ -466,3 +466,68 @@ async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
     }
     assert_eq!(still, "0", "pg_sleep still running upstream");
 }
+
+#[tokio::test]
+async fn shutting_down_refuses_held_statements_then_ends_sessions() {
+    use airlock_proxy::session::Phase;
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (idle, _) = stack.agent().await;
+    let (agent, mut notices) = stack.agent().await;
+    let held = tokio::spawn(async move { agent.simple_query("DELETE FROM orders").await });
+    let id = held_request(&mut notices).await;
+
+    stack.shutdown_phase(Phase::Draining);
+    let err = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task")
+        .expect_err("refused");
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("shutting down") && msg.contains("nothing was run"),
+        "{msg}"
+    );
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
+    let mut state = None;
+    for _ in 0..50 {
+        state = stack.live.read(|s| s.request(&id).map(|r| r.state()));
+        if state == Some(proto::RequestState::Cancelled) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        state,
+        Some(proto::RequestState::Cancelled),
+        "nobody can approve it any more"
+    );
+
+    // Draining: open sessions go on; new connections are not accepted.
+    idle.simple_query("SELECT 1")
+        .await
+        .expect("an open session goes on while draining");
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(stack.proxy).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "no new connections while draining");
+
+    // Stopping: the rest end with a clear FATAL.
+    stack.shutdown_phase(Phase::Stopping);
+    let mut ended = false;
+    for _ in 0..50 {
+        if idle.simple_query("SELECT 1").await.is_err() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ended, "sessions end when the proxy stops");
+}

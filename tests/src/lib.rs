@@ -168,6 +168,7 @@ pub struct Stack {
     pub holds: Arc<Holds>,
     upstream: UpstreamConfig,
     hold_timeout: Duration,
+    phase: tokio::sync::watch::Sender<airlock_proxy::session::Phase>,
 }
 
 /// Starts a proxy attached to the control plane; returns its address.
@@ -177,8 +178,13 @@ async fn spawn_proxy(
     upstream: UpstreamConfig,
     hold_timeout: Duration,
     id: &str,
-) -> (SocketAddr, Arc<Holds>) {
+) -> (
+    SocketAddr,
+    Arc<Holds>,
+    tokio::sync::watch::Sender<airlock_proxy::session::Phase>,
+) {
     let holds = Holds::new();
+    let (phase_tx, phase) = tokio::sync::watch::channel(airlock_proxy::session::Phase::Running);
     tokio::spawn(airlock_proxy::attach::run(
         control_url.to_owned(),
         id.into(),
@@ -207,6 +213,7 @@ async fn spawn_proxy(
         expiry_grace: Duration::from_secs(2),
         cancels,
         metrics: airlock_proxy::metrics::Metrics::new(),
+        phase,
     };
     tokio::spawn(server.run(Arc::new(deps)));
     for _ in 0..100 {
@@ -216,7 +223,7 @@ async fn spawn_proxy(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(holds.is_attached(), "proxy {id} attached to the control plane");
-    (proxy, holds)
+    (proxy, holds, phase_tx)
 }
 
 impl Stack {
@@ -282,7 +289,8 @@ impl Stack {
             password: Some(Secret::new("maint-secret")),
             connect_timeout: Duration::from_secs(5),
         };
-        let (proxy, holds) = spawn_proxy(&log, &control_url, upstream.clone(), hold_timeout, "proxy-1").await;
+        let (proxy, holds, phase) =
+            spawn_proxy(&log, &control_url, upstream.clone(), hold_timeout, "proxy-1").await;
         Stack {
             pg,
             nats,
@@ -293,6 +301,7 @@ impl Stack {
             holds,
             upstream,
             hold_timeout,
+            phase,
         }
     }
 
@@ -307,6 +316,11 @@ impl Stack {
         )
         .await
         .0
+    }
+
+    /// Moves proxy-1 to a shutdown phase (as SIGTERM does).
+    pub fn shutdown_phase(&self, phase: airlock_proxy::session::Phase) {
+        let _ = self.phase.send(phase);
     }
 
     /// An agent's connection through the proxy, with its notices collected.
