@@ -27,6 +27,12 @@ enum Command {
         #[arg(long, default_value = "airlock.yaml")]
         config: PathBuf,
     },
+    /// Rebuild the state from the whole log, as a new replica would, and
+    /// print it (requests by state, sessions, anomalies, fold rate).
+    Replay {
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
+    },
     /// Check the log: every hash chain, and events that do not fit.
     Verify {
         #[arg(long, default_value = "airlock.yaml")]
@@ -90,6 +96,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let config = crate::config::load(&config)?;
             crate::serve::serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { config } => {
+            let config = crate::config::load(&config)?;
+            let log = airlock_eventlog::EventLog::connect(config.nats).await?;
+            let report = crate::verify::replay(&log).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { config } => {

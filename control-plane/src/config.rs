@@ -33,6 +33,10 @@ pub struct ControlSection {
     /// Id of this replica in events (`source.id`); default: host name and pid.
     #[serde(default)]
     pub replica_id: Option<String>,
+    /// Where to serve `/healthz` over HTTP (200 once the replica has caught
+    /// up with the log, 503 before); off when unset.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
     /// How often due outcomes (expiry) are checked.
     #[serde(default = "default_reconcile", with = "humantime_serde")]
     pub reconcile_interval: Duration,

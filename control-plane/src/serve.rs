@@ -78,6 +78,15 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         config.control.reconcile_interval,
     ));
 
+    if let Some(addr) = config.control.health_listen {
+        let live = live.clone();
+        tokio::spawn(async move {
+            if let Err(e) = health(addr, live).await {
+                tracing::error!(%addr, error = %e, "health endpoint failed");
+            }
+        });
+    }
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -98,6 +107,32 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .with_context(|| format!("serving gRPC on {listen}"))?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// `/healthz`: 200 once caught up with the log (ready to decide), else 503.
+async fn health(addr: std::net::SocketAddr, live: Arc<Live>) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let live = live.clone();
+            async move {
+                if live.is_ready() {
+                    (
+                        StatusCode::OK,
+                        format!("ready: folded up to sequence {}\n", live.sequence()),
+                    )
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "catching up with the log\n".to_owned(),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
 }
 
 async fn shutdown() {

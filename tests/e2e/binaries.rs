@@ -61,12 +61,13 @@ async fn control_plane_binary_serves_reviewers_with_real_tokens() {
     );
     wait_port(idp_port);
     let control_port = free_port();
+    let health_port = free_port();
     let config = dir.join("airlock.yaml");
     std::fs::write(
         &config,
         format!(
             "nats:\n  url: {}\nidentity:\n  issuer: {issuer}\n  audience: api://airlock\n  group_names:\n    db-reviewers: grp-reviewers\n\
-             approvals:\n  reviewers: [db-reviewers]\ncontrol:\n  listen: 127.0.0.1:{control_port}\n",
+             approvals:\n  reviewers: [db-reviewers]\ncontrol:\n  listen: 127.0.0.1:{control_port}\n  health_listen: 127.0.0.1:{health_port}\n",
             nats.url()
         ),
     )
@@ -156,6 +157,33 @@ async fn control_plane_binary_serves_reviewers_with_real_tokens() {
         "{json}"
     );
     assert!(!json.contains(&agent), "the token is never printed");
+
+    // The health endpoint says ready once the replica caught up.
+    wait_port(health_port);
+    let mut health = std::net::TcpStream::connect(("127.0.0.1", health_port)).expect("health");
+    health
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut health, &mut response).expect("response");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    assert!(response.contains("ready"), "{response}");
+
+    // replay rebuilds the state from the log.
+    let out = Command::new(workspace_binary("airlock-control"))
+        .args(["replay", "--config"])
+        .arg(&config)
+        .output()
+        .expect("replay");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("\"anomalies\": 0") && report.contains("\"events\""),
+        "{report}"
+    );
 
     // The auditor's verify passes on an untouched log.
     let out = Command::new(workspace_binary("airlock-control"))
