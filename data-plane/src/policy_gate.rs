@@ -18,7 +18,9 @@ use crate::upstream::UpstreamConfig;
 
 pub struct PolicyGate {
     verifier: Verifier,
-    policies: PolicySet,
+    /// Replaced whole on reload (SIGHUP); sessions see the new rules at
+    /// their next statement.
+    policies: std::sync::RwLock<Arc<PolicySet>>,
     connections: HashMap<String, UpstreamConfig>,
     /// Group name -> object id (`identity.group_names`).
     group_names: BTreeMap<String, String>,
@@ -28,7 +30,7 @@ pub struct PolicyGate {
 impl std::fmt::Debug for PolicyGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyGate")
-            .field("policies", &self.policies.policies.len())
+            .field("policies", &self.policies().policies.len())
             .field("connections", &self.connections.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -43,15 +45,20 @@ impl PolicyGate {
     ) -> PolicyGate {
         PolicyGate {
             verifier,
-            policies,
+            policies: std::sync::RwLock::new(Arc::new(policies)),
             connections: connections.into_iter().collect(),
             group_names,
             cache: VerdictCache::new(10_000),
         }
     }
 
-    pub fn policies(&self) -> &PolicySet {
-        &self.policies
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Enforces a new policy set from now on.
+    pub fn replace_policies(&self, policies: PolicySet) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
     }
 
     fn group(&self, name_or_id: &str) -> proto::Group {
@@ -140,6 +147,7 @@ impl Gate for PolicyGate {
                 "no connection named \"{database}\" on this proxy (dbname selects the connection)"
             ))
         })?;
+        let set = self.policies();
         let mut names: Vec<String> = Vec::new();
         for g in &agent.identity.groups {
             for key in [
@@ -149,7 +157,7 @@ impl Gate for PolicyGate {
             .into_iter()
             .flatten()
             {
-                for p in self.policies.select(Some(database), Some(key)) {
+                for p in set.select(Some(database), Some(key)) {
                     if !names.contains(&p.name) {
                         names.push(p.name.clone());
                     }
@@ -162,8 +170,7 @@ impl Gate for PolicyGate {
                 agent.describe()
             )));
         }
-        let bound: Vec<_> = self
-            .policies
+        let bound: Vec<_> = set
             .policies
             .iter()
             .filter(|p| p.connection == database && names.contains(&p.name))
@@ -184,12 +191,12 @@ impl Gate for PolicyGate {
     }
 
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
-        let schema = self.policies.default_schema(&binding.connection).to_owned();
+        let set = self.policies();
+        let schema = set.default_schema(&binding.connection).to_owned();
         let state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
         for r in &binding.policies {
-            let Some(policy) = self
-                .policies
+            let Some(policy) = set
                 .policies
                 .iter()
                 .find(|p| p.name == r.name && p.connection == binding.connection)

@@ -17,6 +17,57 @@ use crate::record::Recorder;
 use crate::server::{Server, ServerSettings, TlsFiles};
 use crate::session::Deps;
 
+fn policy_loaded(source: &proto::Source, policies: &PolicySet) -> proto::Event {
+    new_event(
+        source,
+        Body::PolicyLoaded(proto::PolicyLoaded {
+            policies: policies
+                .policies
+                .iter()
+                .map(|p| proto::policy_loaded::Loaded {
+                    policy: p.name.clone(),
+                    connection: p.connection.clone(),
+                    digest: p.digest().to_owned(),
+                    source: p.source.clone(),
+                })
+                .collect(),
+        }),
+    )
+}
+
+/// On SIGHUP: re-read the policies from airlock.yaml. A file that does not
+/// check keeps the policies in force (and says why); a good one is enforced
+/// from the next statement of every session and recorded as PolicyLoaded.
+/// Connections, identity and listen addresses are read only at start.
+async fn reload_on_hangup(
+    path: std::path::PathBuf,
+    gate: Arc<PolicyGate>,
+    log: EventLog,
+    source: proto::Source,
+    proxy_id: ProxyId,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let file = path.display().to_string();
+        let loaded = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| PolicySet::from_config_yaml(&text, &file).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(policies) => {
+                let event = policy_loaded(&source, &policies);
+                gate.replace_policies(policies);
+                tracing::info!(%file, "policies reloaded");
+                if let Err(e) = log.append_next(&subjects::proxy(&proxy_id), event).await {
+                    tracing::error!(error = %e, "could not record PolicyLoaded after reload");
+                }
+            }
+            Err(e) => tracing::error!(%file, error = %e, "policy reload refused; the policies in force stay"),
+        }
+    }
+}
+
 fn default_proxy_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
@@ -40,22 +91,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         host: String::new(),
     };
     // Say which policies this proxy enforces.
-    let loaded = new_event(
-        &source,
-        Body::PolicyLoaded(proto::PolicyLoaded {
-            policies: policies
-                .policies
-                .iter()
-                .map(|p| proto::policy_loaded::Loaded {
-                    policy: p.name.clone(),
-                    connection: p.connection.clone(),
-                    digest: p.digest().to_owned(),
-                    source: p.source.clone(),
-                })
-                .collect(),
-        }),
-    );
-    log.append_next(&subjects::proxy(&proxy_id), loaded)
+    log.append_next(&subjects::proxy(&proxy_id), policy_loaded(&source, &policies))
         .await
         .context("recording PolicyLoaded")?;
 
@@ -67,12 +103,19 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         proxy_id.to_string(),
         holds.clone(),
     ));
-    let gate = PolicyGate::new(
+    let gate = Arc::new(PolicyGate::new(
         verifier,
         policies,
         config.connections.clone(),
         config.identity.group_names.clone(),
-    );
+    ));
+    tokio::spawn(reload_on_hangup(
+        config.path.clone(),
+        gate.clone(),
+        log.clone(),
+        source.clone(),
+        proxy_id.clone(),
+    ));
     let metrics = crate::metrics::Metrics::new();
     let recorder = Recorder::spawn(log.clone(), 4, config.proxy.record_buffer);
     if let Some(addr) = config.proxy.metrics_listen {
@@ -85,7 +128,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     }
     let (phase_tx, phase) = tokio::sync::watch::channel(crate::session::Phase::Running);
     let deps = Deps {
-        gate: Arc::new(gate),
+        gate: gate.clone(),
         log: log.clone(),
         recorder,
         holds,

@@ -39,6 +39,7 @@ struct Stack {
     issuer: String,
     proxy_port: u16,
     control_port: u16,
+    proxy_pid: u32,
     _children: Vec<Child>,
 }
 
@@ -133,6 +134,7 @@ policies:
                 .expect("start airlock-proxy"),
         ));
         wait_port(proxy_port, "airlock-proxy");
+        let proxy_pid = children.last().map(|c| c.0.id()).unwrap_or(0);
         Stack {
             _tmp: tmp,
             dir,
@@ -141,6 +143,7 @@ policies:
             issuer,
             proxy_port,
             control_port,
+            proxy_pid,
             _children: children,
         }
     }
@@ -394,6 +397,31 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
         stderr.contains("has expired; reconnect with a fresh token"),
         "{stderr}"
     );
+
+    // SIGHUP reloads the policies: reads are now denied, for a stated reason.
+    let path = stack.dir.join("airlock.yaml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let stricter = text.replace(
+        "      - match: SELECT\n        action: allow",
+        "      - match: SELECT\n        action: deny\n        reason: maintenance window",
+    );
+    assert_ne!(text, stricter);
+    std::fs::write(&path, stricter).expect("write config");
+    let status = Command::new("kill")
+        .args(["-HUP", &stack.proxy_pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let mut stderr = String::new();
+    for _ in 0..50 {
+        let out = finish(stack.psql(&agent, "SELECT count(*) FROM orders")).await;
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stderr.contains("maintenance window"), "{stderr}");
 
     // A forged token is refused at login.
     let out = finish(stack.psql("eyJhbGciOiJub25lIn0.e30.", "SELECT 1")).await;
