@@ -200,6 +200,11 @@ policies:
     }
 
     async fn pending(&self, reviewer_token: &str) -> proto::RequestView {
+        self.pending_for(reviewer_token, "").await
+    }
+
+    /// The pending request whose statement starts with `prefix`.
+    async fn pending_for(&self, reviewer_token: &str, prefix: &str) -> proto::RequestView {
         let mut client = self.reviewer().await;
         for _ in 0..100 {
             let r = client
@@ -212,7 +217,12 @@ policies:
                 ))
                 .await;
             if let Ok(r) = r
-                && let Some(v) = r.into_inner().requests.into_iter().next()
+                && let Some(v) = r.into_inner().requests.into_iter().find(|v| {
+                    v.request
+                        .as_ref()
+                        .and_then(|r| r.statement.as_ref())
+                        .is_some_and(|s| s.text.starts_with(prefix))
+                })
             {
                 return v;
             }
@@ -340,14 +350,11 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
         &agent,
         "WITH x AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM x",
     );
-    let request = stack.pending(&alice).await;
-    assert!(
-        request
-            .request
-            .and_then(|r| r.statement)
-            .is_some_and(|s| s.text.starts_with("WITH x AS (DELETE"))
-    );
-    drop(sneaky);
+    let request = stack.pending_for(&alice, "WITH x AS (DELETE").await;
+    assert_eq!(request.state, proto::RequestState::Pending as i32);
+    let mut sneaky = sneaky;
+    let _ = sneaky.kill();
+    let _ = sneaky.wait();
 
     // A session does not outlive its token: the next statement ends it.
     let short = stack.token(&[
@@ -396,6 +403,61 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     assert!(
         stderr.contains("has expired; reconnect with a fresh token"),
         "{stderr}"
+    );
+
+    // COPY: out is a read and flows; in is a write and waits for a reviewer,
+    // then its data flows.
+    let out = finish(stack.psql(
+        &agent,
+        "\\copy (SELECT id FROM orders WHERE id <= 3 ORDER BY id) TO STDOUT",
+    ))
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        vec!["1", "2", "3"]
+    );
+    let csv = stack.dir.join("new-orders.csv");
+    std::fs::write(&csv, "101,10100\n102,10200\n").expect("csv");
+    let copy_in = stack.psql(
+        &agent,
+        &format!("\\copy orders FROM '{}' WITH (FORMAT csv)", csv.display()),
+    );
+    let request = stack.pending_for(&alice, "COPY").await;
+    let text = request
+        .request
+        .as_ref()
+        .and_then(|r| r.statement.as_ref())
+        .map(|s| s.text.clone())
+        .unwrap_or_default();
+    assert!(text.contains("FROM STDIN"), "{text}");
+    assert_eq!(
+        stack
+            .pg
+            .psql("shop", "SELECT count(*) FROM orders WHERE id > 100"),
+        "0"
+    );
+    stack
+        .reviewer()
+        .await
+        .decide(authed(
+            &alice,
+            proto::DecideRequest {
+                request_id: request.request_id.clone(),
+                decision: proto::Decision::Approve as i32,
+                reason: "import".into(),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .expect("approve the import");
+    let out = finish(copy_in).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stack
+            .pg
+            .psql("shop", "SELECT count(*) FROM orders WHERE id > 100"),
+        "2"
     );
 
     // SIGHUP reloads the policies: reads are now denied, for a stated reason.

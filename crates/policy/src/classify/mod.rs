@@ -397,6 +397,12 @@ impl Classifier<'_, '_> {
                     }
                 };
                 let tables: Vec<String> = table.into_iter().collect();
+                // COPY ... TO STDOUT only reads: it is judged as the read it
+                // is (the query's own effects, or SELECT on the table).
+                if *to && matches!(target, CopyTarget::Stdout) {
+                    self.push(Effect::on(Kind::Select, tables));
+                    return targets;
+                }
                 self.push(Effect::on(Kind::Copy, tables.clone()));
                 if !*to {
                     self.push(Effect::on(Kind::Insert, tables.clone()));

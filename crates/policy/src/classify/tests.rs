@@ -128,6 +128,7 @@ fn copy_program_and_select_into() {
             k(Kind::Program, &["public.t"])
         ]
     );
+    assert_eq!(kinds("COPY t TO STDOUT"), vec![k(Kind::Select, &["public.t"])]);
     assert_eq!(
         kinds("COPY t FROM STDIN"),
         vec![k(Kind::Copy, &["public.t"]), k(Kind::Insert, &["public.t"])]
