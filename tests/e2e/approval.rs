@@ -531,3 +531,94 @@ async fn shutting_down_refuses_held_statements_then_ends_sessions() {
     }
     assert!(ended, "sessions end when the proxy stops");
 }
+
+#[tokio::test]
+async fn a_held_statement_in_a_transaction_and_in_a_pipeline_behaves_as_postgres_would() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, mut notices) = stack.agent().await;
+    let agent = std::sync::Arc::new(agent);
+
+    // Inside a transaction, approved: everything commits together.
+    agent.simple_query("BEGIN").await.expect("begin");
+    agent
+        .simple_query("INSERT INTO orders (id) VALUES (100)")
+        .await
+        .expect("insert");
+    let a = agent.clone();
+    let held = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 1").await });
+    let id = held_request(&mut notices).await;
+    decide(&stack, "alice", &id, proto::Decision::Approve, "ok")
+        .await
+        .expect("approve");
+    held.await.expect("task").expect("delete ran");
+    agent.simple_query("COMMIT").await.expect("commit");
+    assert_eq!(
+        stack
+            .pg
+            .psql("shop", "SELECT count(*) FROM orders WHERE id IN (1, 100)"),
+        "1",
+        "id 1 gone, id 100 in"
+    );
+
+    // Inside a transaction, denied: the transaction is aborted, as if
+    // PostgreSQL had refused the statement; COMMIT rolls back.
+    agent.simple_query("BEGIN").await.expect("begin");
+    agent
+        .simple_query("INSERT INTO orders (id) VALUES (101)")
+        .await
+        .expect("insert");
+    let a = agent.clone();
+    let held = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 2").await });
+    let id = held_request(&mut notices).await;
+    decide(&stack, "bob", &id, proto::Decision::Deny, "no")
+        .await
+        .expect("deny");
+    held.await.expect("task").expect_err("denied");
+    let err = agent
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("aborted transaction");
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    agent.simple_query("COMMIT").await.expect("commit (rolls back)");
+    assert_eq!(
+        stack
+            .pg
+            .psql("shop", "SELECT count(*) FROM orders WHERE id IN (2, 101)"),
+        "1",
+        "id 2 still there, id 101 rolled back"
+    );
+
+    // Pipelined: a read, a held DELETE and another read sent together (the
+    // statements prepared first, so each is one Bind/Execute on the wire, in
+    // this order); the answers come back in order once the DELETE is
+    // approved.
+    let count_all = agent
+        .prepare("SELECT count(*) FROM orders")
+        .await
+        .expect("prepare");
+    let delete = agent
+        .prepare("DELETE FROM orders WHERE id = $1")
+        .await
+        .expect("prepare");
+    let (a, b, c) = (agent.clone(), agent.clone(), agent.clone());
+    let (s1, s2, s3) = (count_all.clone(), delete, count_all);
+    let pipeline = tokio::spawn(async move {
+        futures::future::join3(a.query(&s1, &[]), b.execute(&s2, &[&3i32]), c.query(&s3, &[])).await
+    });
+    let id = held_request(&mut notices).await;
+    decide(&stack, "alice", &id, proto::Decision::Approve, "ok")
+        .await
+        .expect("approve");
+    let (before, deleted, after) = tokio::time::timeout(Duration::from_secs(10), pipeline)
+        .await
+        .expect("pipeline done")
+        .expect("task");
+    let count =
+        |r: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>| r.expect("read")[0].get::<_, i64>(0);
+    assert_eq!(deleted.expect("delete"), 1);
+    assert_eq!(
+        count(before) - count(after),
+        1,
+        "the reads around it see before and after"
+    );
+}
