@@ -181,11 +181,22 @@ fn upstream_config(
     if url.password().is_some() {
         bail!("do not put the password in the upstream URL; use password_env or password_file");
     }
-    if url.query().is_some_and(|q| !q.is_empty()) {
-        bail!(
-            "upstream URL parameters (such as sslmode) are not supported yet: TLS to the upstream is not built"
-        );
+    let mut sslmode = "disable".to_owned();
+    let mut root_cert = None;
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => sslmode = v.into_owned(),
+            "sslrootcert" => root_cert = Some(PathBuf::from(v.as_ref())),
+            other => bail!("upstream URL parameter `{other}` is not supported (sslmode and sslrootcert are)"),
+        }
     }
+    let tls = match (sslmode.as_str(), root_cert) {
+        ("disable", _) => crate::upstream::UpstreamTls::Disable,
+        ("require", _) => crate::upstream::UpstreamTls::Require,
+        ("verify-full", Some(root_cert)) => crate::upstream::UpstreamTls::VerifyFull { root_cert },
+        ("verify-full", None) => bail!("sslmode=verify-full needs sslrootcert=<CA file>"),
+        (other, _) => bail!("sslmode={other} is not supported; use disable, require or verify-full"),
+    };
     let user = url.username();
     if user.is_empty() {
         bail!("upstream URL has no user (postgres://user@host:port/database)");
@@ -211,6 +222,7 @@ fn upstream_config(
         (None, None) => None,
     };
     Ok(UpstreamConfig {
+        tls,
         host,
         port: url.port().unwrap_or(5432),
         user: user.to_owned(),
@@ -267,8 +279,12 @@ policies: []
                 "MISSING_VAR (password_env) is not set",
             ),
             (
-                GOOD.replace("/shop", "/shop?sslmode=require"),
-                "not supported yet",
+                GOOD.replace("/shop", "/shop?sslmode=prefer"),
+                "sslmode=prefer is not supported",
+            ),
+            (
+                GOOD.replace("/shop", "/shop?sslmode=verify-full"),
+                "needs sslrootcert",
             ),
             (
                 GOOD.replace("proxy:", "proxi:"),

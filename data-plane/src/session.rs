@@ -36,7 +36,6 @@ use bytes::BytesMut;
 use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::attach::Holds;
@@ -467,7 +466,7 @@ fn reserved(name: &str) -> bool {
 
 async fn client_to_upstream(
     mut client: FrameReader<ReadHalf<Box<dyn ClientStream>>>,
-    mut upstream: WriteHalf<TcpStream>,
+    mut upstream: WriteHalf<Box<dyn ClientStream>>,
     ctx: Arc<Ctx>,
     queue: Queue,
     inject: mpsc::Sender<Inject>,
@@ -1169,7 +1168,7 @@ fn substitute_query(
 /// Writes what is batched unless the client has more pipelined.
 async fn flush_if_idle_result(
     client: &FrameReader<ReadHalf<Box<dyn ClientStream>>>,
-    upstream: &mut WriteHalf<TcpStream>,
+    upstream: &mut WriteHalf<Box<dyn ClientStream>>,
     out: &mut BytesMut,
 ) -> Result<(), String> {
     if !client.has_buffered_frame() && !out.is_empty() {
@@ -1184,7 +1183,7 @@ async fn flush_if_idle_result(
 
 async fn flush_if_idle(
     client: &FrameReader<ReadHalf<Box<dyn ClientStream>>>,
-    upstream: &mut WriteHalf<TcpStream>,
+    upstream: &mut WriteHalf<Box<dyn ClientStream>>,
     out: &mut BytesMut,
 ) {
     let _ = flush_if_idle_result(client, upstream, out).await;
@@ -1475,7 +1474,7 @@ async fn cancel(ctx: &Ctx, request_id: &RequestId, cause: proto::approval_cancel
 }
 
 async fn upstream_to_client(
-    mut upstream: FrameReader<ReadHalf<TcpStream>>,
+    mut upstream: FrameReader<ReadHalf<Box<dyn ClientStream>>>,
     mut client: WriteHalf<Box<dyn ClientStream>>,
     ctx: Arc<Ctx>,
     queue: Queue,

@@ -6,8 +6,11 @@
 //! collecting ParameterStatus and BackendKeyData. After `connect` the
 //! upstream is ready for queries and is driven frame by frame.
 //!
-//! Does not own: what is sent afterwards (the session decides) or TLS to the
-//! upstream (not built yet: connections go over plain TCP).
+//! TLS to the upstream, as libpq's sslmode: `disable` (plain TCP),
+//! `require` (encrypted, the server's certificate not checked) and
+//! `verify-full` (chain checked against `sslrootcert`, and the host name).
+//!
+//! Does not own: what is sent afterwards (the session decides).
 
 use std::fmt;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::codec::{Frame, FrameReader, Limits, ReadError, TxStatus, parse_diagnostic_fields};
+use crate::server::ClientStream;
 
 /// The largest message accepted from the upstream (PostgreSQL's own cap on
 /// a field is 1 GiB).
@@ -45,9 +49,21 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// TLS to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UpstreamTls {
+    #[default]
+    Disable,
+    /// Encrypted; the certificate is not checked (libpq's `require`).
+    Require,
+    /// Encrypted; chain checked against this CA file, and the host name.
+    VerifyFull { root_cert: std::path::PathBuf },
+}
+
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    pub tls: UpstreamTls,
     pub host: String,
     pub port: u16,
     pub user: String,
@@ -78,6 +94,8 @@ pub enum UpstreamError {
     PasswordRequired { user: String },
     #[error("upstream asks for {method} authentication, which Airlock does not support")]
     UnsupportedAuth { method: String },
+    #[error("upstream {addr} TLS: {detail}")]
+    Tls { addr: String, detail: String },
     #[error("upstream protocol error: {0}")]
     Protocol(String),
     #[error("upstream connection: {0}")]
@@ -87,16 +105,24 @@ pub enum UpstreamError {
 }
 
 /// A logged-in upstream connection, ready for queries.
-#[derive(Debug)]
 pub struct Upstream {
-    pub reader: FrameReader<tokio::io::ReadHalf<TcpStream>>,
-    pub writer: tokio::io::WriteHalf<TcpStream>,
+    pub reader: FrameReader<tokio::io::ReadHalf<Box<dyn ClientStream>>>,
+    pub writer: tokio::io::WriteHalf<Box<dyn ClientStream>>,
     /// ParameterStatus values PostgreSQL reported at startup.
     pub parameters: Vec<(String, String)>,
     /// The upstream's own cancel key (never given to the client).
     pub process_id: i32,
     pub secret_key: i32,
     pub addr: String,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("process_id", &self.process_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
@@ -127,6 +153,7 @@ impl Upstream {
                 source,
             })?;
         stream.set_nodelay(true)?;
+        let stream = tls(stream, config, addr).await?;
         let (r, mut writer) = tokio::io::split(stream);
         let mut reader = FrameReader::new(
             r,
@@ -222,6 +249,104 @@ impl Upstream {
             .read_frame()
             .await?
             .ok_or_else(|| UpstreamError::Protocol("upstream closed the connection".into()))
+    }
+}
+
+/// Negotiates TLS as configured (SSLRequest, then the handshake).
+async fn tls(
+    mut stream: TcpStream,
+    config: &UpstreamConfig,
+    addr: &str,
+) -> Result<Box<dyn ClientStream>, UpstreamError> {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let err = |detail: String| UpstreamError::Tls {
+        addr: addr.to_owned(),
+        detail,
+    };
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &config.tls {
+        UpstreamTls::Disable => return Ok(Box::new(stream)),
+        UpstreamTls::Require => Arc::new(AnyCertificate(provider())),
+        UpstreamTls::VerifyFull { root_cert } => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(root_cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| err(format!("reading sslrootcert {}: {e}", root_cert.display())))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| err(format!("sslrootcert {}: {e}", root_cert.display())))?;
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
+                .build()
+                .map_err(|e| err(e.to_string()))?
+        }
+    };
+    // SSLRequest.
+    stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(err("the server does not accept TLS connections".into()));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(config.host.clone())
+        .map_err(|e| err(format!("host name {}: {e}", config.host)))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, stream)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok(Box::new(stream))
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// libpq's `sslmode=require`: any certificate, but handshake signatures are
+/// still checked (the session is encrypted to whoever holds the key).
+#[derive(Debug)]
+struct AnyCertificate(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

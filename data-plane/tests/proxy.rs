@@ -107,6 +107,7 @@ async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
          GRANT ALL ON orders TO maint",
     );
     let upstream = UpstreamConfig {
+        tls: Default::default(),
         host: "127.0.0.1".into(),
         port: pg.port(),
         user: "maint".into(),

@@ -8,6 +8,7 @@ use airlock_testkit::{Postgres, PostgresOptions};
 
 fn config(pg: &Postgres, user: &str, password: Option<&str>) -> UpstreamConfig {
     UpstreamConfig {
+        tls: Default::default(),
         host: "127.0.0.1".into(),
         port: pg.port(),
         user: user.into(),
@@ -106,6 +107,7 @@ async fn a_wrong_password_is_refused_without_showing_it() {
 async fn an_unreachable_upstream_is_a_clear_error() {
     let port = airlock_testkit::free_port();
     let cfg = UpstreamConfig {
+        tls: Default::default(),
         host: "127.0.0.1".into(),
         port,
         user: "u".into(),
@@ -116,4 +118,65 @@ async fn an_unreachable_upstream_is_a_clear_error() {
     let err = Upstream::connect(&cfg, &[]).await.expect_err("nothing listens");
     assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")));
+}
+
+#[tokio::test]
+async fn tls_to_the_upstream_require_and_verify_full() {
+    use airlock_proxy::upstream::UpstreamTls;
+    let pg = Postgres::start_with(
+        PostgresOptions::default()
+            .tls()
+            .hba("hostssl all maint 127.0.0.1/32 scram-sha-256")
+            .hba("host all maint 127.0.0.1/32 reject"),
+    );
+    pg.create_database("shop");
+    pg.create_role("maint", "pw");
+    let mut cfg = config(&pg, "maint", Some("pw"));
+
+    // Plain text is refused by this server's pg_hba.
+    assert!(Upstream::connect(&cfg, &[]).await.is_err());
+
+    for tls in [
+        UpstreamTls::Require,
+        UpstreamTls::VerifyFull {
+            root_cert: pg.server_ca(),
+        },
+    ] {
+        cfg.tls = tls.clone();
+        let mut up = Upstream::connect(&cfg, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+        up.send(
+            &FeMessage::Query {
+                sql: "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()".into(),
+            }
+            .to_frame()
+            .to_bytes(),
+        )
+        .await
+        .expect("send");
+        let mut ssl = String::new();
+        loop {
+            let f = up.recv().await.expect("recv");
+            if f.tag == b'D' {
+                ssl = String::from_utf8_lossy(&f.body[6..]).into_owned();
+            }
+            if ready_status(&f).is_some() {
+                break;
+            }
+        }
+        assert_eq!(ssl, "t", "{tls:?}: the upstream session is encrypted");
+    }
+
+    // verify-full against another CA fails: the chain is checked.
+    let other = tempfile::tempdir().expect("tempdir");
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    std::fs::write(other.path().join("ca.crt"), ca.cert.pem()).expect("write");
+    cfg.tls = UpstreamTls::VerifyFull {
+        root_cert: other.path().join("ca.crt"),
+    };
+    let err = Upstream::connect(&cfg, &[])
+        .await
+        .expect_err("untrusted certificate");
+    assert!(matches!(err, UpstreamError::Tls { .. }), "{err:?}");
 }

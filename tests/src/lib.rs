@@ -282,6 +282,7 @@ impl Stack {
 
         // Proxy.
         let upstream = UpstreamConfig {
+            tls: Default::default(),
             host: "127.0.0.1".into(),
             port: pg.port(),
             user: "maint".into(),

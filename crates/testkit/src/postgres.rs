@@ -19,6 +19,9 @@ pub struct PostgresOptions {
     pub settings: Vec<(String, String)>,
     /// pg_hba.conf lines placed before the defaults (first match wins).
     pub hba_lines: Vec<String>,
+    /// Serve TLS with a self-signed certificate for 127.0.0.1 (made with
+    /// openssl at start; see [`Postgres::server_cert`]).
+    pub tls: bool,
 }
 
 impl PostgresOptions {
@@ -29,6 +32,11 @@ impl PostgresOptions {
 
     pub fn hba(mut self, line: &str) -> Self {
         self.hba_lines.push(line.to_owned());
+        self
+    }
+
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 }
@@ -166,6 +174,94 @@ impl Postgres {
              host all all ::1/128 scram-sha-256\n"
         ));
         std::fs::write(self.data_dir().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        if self.options.tls {
+            let data = self.data_dir();
+            let openssl = find_binary("openssl", "AIRLOCK_OPENSSL", &[]);
+            // A throwaway CA, and a server certificate for 127.0.0.1 it signs.
+            std::fs::write(
+                data.join("server.ext"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .expect("write server.ext");
+            let steps: [&[&str]; 3] = [
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=airlock-test-ca",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                ],
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                ],
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "server.ext",
+                    "-out",
+                    "server.crt",
+                ],
+            ];
+            for args in steps {
+                let out = Command::new(&openssl)
+                    .args(args)
+                    .current_dir(&data)
+                    .output()
+                    .expect("run openssl");
+                assert!(
+                    out.status.success(),
+                    "openssl {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // The server reads its key only if nobody else can.
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            if running_as_root() {
+                let _ = Command::new("chown")
+                    .arg(format!("{SUPERUSER}:{SUPERUSER}"))
+                    .arg(data.join("server.key"))
+                    .arg(data.join("server.crt"))
+                    .status();
+            }
+            self.options.settings.push(("ssl".into(), "on".into()));
+        }
+    }
+
+    /// The CA that signed the server's certificate (PEM), when started
+    /// with TLS.
+    pub fn server_ca(&self) -> PathBuf {
+        self.data_dir().join("ca.crt")
     }
 
     fn launch(&mut self) -> Result<(), String> {
