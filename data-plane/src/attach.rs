@@ -159,25 +159,54 @@ impl Holds {
     }
 }
 
-/// Keeps the Attach stream to `control` (an `http://host:port` URL) up for
-/// as long as the task runs.
-pub async fn run(control: String, proxy_id: String, holds: Arc<Holds>) {
+/// Keeps one Attach stream up for as long as the task runs, to any of the
+/// `controls` (`http://host:port` URLs of control-plane replicas): on a
+/// failure it moves on to the next replica, with backoff once all failed.
+pub async fn run(controls: Vec<String>, proxy_id: String, holds: Arc<Holds>) {
     let mut backoff = Duration::from_millis(100);
+    let mut i = 0usize;
     loop {
-        match attach_once(&control, &proxy_id, &holds).await {
-            Ok(()) => tracing::warn!(%control, "control plane closed the Attach stream; reconnecting"),
-            Err(e) => tracing::warn!(%control, error = %e, "Attach to the control plane failed; retrying"),
-        }
+        let Some(control) = controls.get(i % controls.len().max(1)).cloned() else {
+            tracing::error!("no control plane configured: gated statements will be refused");
+            return;
+        };
+        i = i.wrapping_add(1);
+        let was_attached = match attach_once(&control, &proxy_id, &holds).await {
+            Ok(()) => {
+                tracing::warn!(%control, "control plane closed the Attach stream; reconnecting");
+                true
+            }
+            Err((attached, e)) => {
+                tracing::warn!(%control, error = %e, "Attach to the control plane failed; trying the next replica");
+                attached
+            }
+        };
         holds.disconnected();
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-        if holds.is_attached() {
+        if was_attached {
+            // It worked until now: reconnect at once, elsewhere if need be.
             backoff = Duration::from_millis(100);
+            continue;
+        }
+        if i.is_multiple_of(controls.len().max(1)) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
 
-async fn attach_once(control: &str, proxy_id: &str, holds: &Holds) -> Result<(), String> {
+/// One Attach stream; on failure, whether it had been attached.
+async fn attach_once(control: &str, proxy_id: &str, holds: &Holds) -> Result<(), (bool, String)> {
+    let mut attached = false;
+    let result = attach_inner(control, proxy_id, holds, &mut attached).await;
+    result.map_err(|e| (attached, e))
+}
+
+async fn attach_inner(
+    control: &str,
+    proxy_id: &str,
+    holds: &Holds,
+    attached: &mut bool,
+) -> Result<(), String> {
     let endpoint = tonic::transport::Endpoint::from_shared(control.to_owned())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
@@ -202,6 +231,7 @@ async fn attach_once(control: &str, proxy_id: &str, holds: &Holds) -> Result<(),
         use proto::control_message::Message;
         match msg.message {
             Some(Message::Welcome(w)) => {
+                *attached = true;
                 holds.attached.store(true, Ordering::Release);
                 tracing::info!(replica = %w.replica_id, "attached to the control plane");
             }

@@ -31,8 +31,10 @@ pub const SECTIONS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
     pub listen: SocketAddr,
-    /// The control plane's gRPC URL, e.g. `http://127.0.0.1:7070`.
-    pub control: String,
+    /// The control plane's gRPC URL, e.g. `http://127.0.0.1:7070`, or a
+    /// list of replicas' URLs (the proxy attaches to one, and moves on to
+    /// the next when it fails).
+    pub control: airlock_identity::OneOrMany,
     #[serde(default)]
     pub tls: Option<TlsSection>,
     /// Accept plain-text logins from loopback clients. Development only.

@@ -6,10 +6,11 @@
 //! BindComplete, CloseComplete). After an error PostgreSQL skips everything
 //! up to the batch's Sync, so pending operations of that batch are dropped.
 //! Lookups see pending operations first (in order, as PostgreSQL will apply
-//! them), then confirmed state. A lookup can only be wrong about messages
-//! that follow an error in the same batch, and PostgreSQL runs none of
-//! those. At the end of a transaction PostgreSQL drops every portal; so does
-//! this. Pure: no I/O.
+//! them), then confirmed state, and count every pending operation as one
+//! that may or may not take effect: a name that could mean two different
+//! statements is ambiguous, and the session refuses to use it. At the end
+//! of a transaction PostgreSQL drops every portal; so does this. Pure: no
+//! I/O.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -54,6 +55,42 @@ enum Op {
     Boundary,
 }
 
+/// What a name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<T> {
+    One(T),
+    Missing,
+    /// Different statements are possible, depending on answers not yet seen.
+    Ambiguous,
+}
+
+impl<T: Copy> Lookup<T> {
+    fn among(candidates: Vec<T>, same: impl Fn(&T, &T) -> bool) -> Lookup<T> {
+        match candidates.first() {
+            None => Lookup::Missing,
+            Some(first) if candidates.iter().all(|c| same(first, c)) => Lookup::One(*first),
+            Some(_) => Lookup::Ambiguous,
+        }
+    }
+}
+
+impl<T> Lookup<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Lookup<U> {
+        match self {
+            Lookup::One(t) => Lookup::One(f(t)),
+            Lookup::Missing => Lookup::Missing,
+            Lookup::Ambiguous => Lookup::Ambiguous,
+        }
+    }
+
+    pub fn one(self) -> Option<T> {
+        match self {
+            Lookup::One(t) => Some(t),
+            Lookup::Missing | Lookup::Ambiguous => None,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Names {
     statements: HashMap<String, Statement>,
@@ -85,34 +122,71 @@ impl Names {
             || self.pending.len() > 4 * MAX_NAMES
     }
 
-    /// The statement `name` refers to once pending operations apply.
-    pub fn statement(&self, name: &str) -> Option<&Statement> {
+    /// The statement `name` may refer to. An operation earlier in the same
+    /// batch decides it: if that operation fails, PostgreSQL skips the rest
+    /// of the batch, so nothing can use the old meaning. Operations in
+    /// earlier batches PostgreSQL has not answered yet may or may not take
+    /// effect (a name may be taken, an earlier message may fail), so every
+    /// candidate counts: if two different statements are possible the
+    /// answer is [`Lookup::Ambiguous`] and the caller refuses.
+    pub fn statement(&self, name: &str) -> Lookup<&Statement> {
+        let mut candidates: Vec<&Statement> = Vec::new();
+        let mut in_this_batch = true;
         for op in self.pending.iter().rev() {
             match op {
-                Op::Parse(n, s) if n == name => return Some(s),
+                Op::Boundary => in_this_batch = false,
+                Op::Parse(n, s) if n == name => {
+                    if in_this_batch {
+                        return Lookup::One(s);
+                    }
+                    candidates.push(s);
+                }
                 Op::Close {
                     statement: true,
                     name: n,
-                } if n == name => return None,
-                Op::Parse(..) | Op::Bind(..) | Op::Close { .. } | Op::Boundary => {}
+                } if n == name && in_this_batch => return Lookup::Missing,
+                Op::Parse(..) | Op::Bind(..) | Op::Close { .. } => {}
             }
         }
-        self.statements.get(name)
+        candidates.extend(self.statements.get(name));
+        Lookup::among(candidates, |a, b| a.parse == b.parse)
     }
 
-    /// The portal `name` refers to once pending operations apply.
-    pub fn portal(&self, name: &str) -> Option<&Portal> {
+    /// The portal `name` may refer to (see [`Names::statement`]).
+    pub fn portal(&self, name: &str) -> Lookup<&Portal> {
+        let mut candidates: Vec<&Portal> = Vec::new();
+        let mut in_this_batch = true;
         for op in self.pending.iter().rev() {
             match op {
-                Op::Bind(n, p) if n == name => return Some(p),
+                Op::Boundary => in_this_batch = false,
+                Op::Bind(n, p) if n == name => {
+                    if in_this_batch {
+                        return Lookup::One(p);
+                    }
+                    candidates.push(p);
+                }
                 Op::Close {
                     statement: false,
                     name: n,
-                } if n == name => return None,
-                Op::Parse(..) | Op::Bind(..) | Op::Close { .. } | Op::Boundary => {}
+                } if n == name && in_this_batch => return Lookup::Missing,
+                Op::Parse(..) | Op::Bind(..) | Op::Close { .. } => {}
             }
         }
-        self.portals.get(name)
+        candidates.extend(self.portals.get(name));
+        Lookup::among(candidates, |a, b| {
+            a.bind == b.bind && a.statement.parse == b.statement.parse
+        })
+    }
+
+    /// Whether some portal (bound or being bound) runs a statement that is
+    /// not simply allowed: SQL FETCH or MOVE on it would run it unapproved.
+    pub fn has_gated_portal(&self) -> bool {
+        let gated = |p: &Portal| !matches!(p.statement.judgement.action, crate::gate::Action::Allow);
+        self.portals.values().any(gated)
+            || self
+                .pending
+                .iter()
+                .any(|op| matches!(op, Op::Bind(_, p) if gated(p)))
     }
 
     /// ParseComplete, BindComplete or CloseComplete: the oldest pending
@@ -183,14 +257,14 @@ mod tests {
                 on_success: None,
             },
             param_types: vec![],
-            parse: Bytes::new(),
+            parse: Bytes::from(text.to_owned()),
         }
     }
 
     fn portal(names: &Names, statement: &str) -> Portal {
         Portal {
             statement_name: statement.into(),
-            statement: names.statement(statement).cloned().expect("statement"),
+            statement: names.statement(statement).one().cloned().expect("statement"),
             parameters: vec![],
             bind: Bytes::new(),
         }
@@ -205,7 +279,7 @@ mod tests {
         // The unnamed statement is replaced, the portal is not.
         n.parse(String::new(), stmt("SELECT 1"));
         assert_eq!(
-            n.portal("").map(|p| p.statement.text.as_str()),
+            n.portal("").one().map(|p| p.statement.text.as_str()),
             Some("DELETE FROM orders")
         );
     }
@@ -223,7 +297,7 @@ mod tests {
         n.failed();
         n.ready(true);
         assert_eq!(
-            n.statement("s").map(|s| s.text.as_str()),
+            n.statement("s").one().map(|s| s.text.as_str()),
             Some("DELETE FROM orders")
         );
     }
@@ -239,15 +313,54 @@ mod tests {
         n.confirmed();
         n.ready(false);
         assert!(
-            n.portal("p").is_some(),
+            n.portal("p").one().is_some(),
             "portal lives while the transaction is open"
         );
         n.close(true, "s".into());
-        assert!(n.statement("s").is_none(), "a pending Close hides it");
         n.boundary();
         n.confirmed();
         n.ready(true);
-        assert!(n.statement("s").is_none());
-        assert!(n.portal("p").is_none(), "portals end with the transaction");
+        assert!(n.statement("s").one().is_none(), "closed once confirmed");
+        assert!(n.portal("p").one().is_none(), "portals end with the transaction");
+    }
+}
+
+#[cfg(test)]
+mod ambiguity {
+    use super::*;
+    use crate::gate::Action;
+
+    fn stmt(text: &str) -> Statement {
+        Statement {
+            text: text.into(),
+            judgement: Judgement {
+                action: Action::Allow,
+                verdict: Default::default(),
+                on_success: None,
+            },
+            param_types: vec![],
+            parse: Bytes::from(text.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_redefinition_not_yet_answered_is_ambiguous() {
+        let mut n = Names::default();
+        n.parse("s".into(), stmt("DELETE FROM orders"));
+        n.boundary();
+        n.confirmed();
+        n.ready(true);
+        // Pipelined: a new Parse of the name, and in a later batch a Bind,
+        // before PostgreSQL has answered either.
+        n.parse("s".into(), stmt("SELECT 1"));
+        n.boundary();
+        assert!(matches!(n.statement("s"), Lookup::Ambiguous));
+        // Once PostgreSQL refused the redefinition, the name is clear again.
+        n.failed();
+        n.ready(true);
+        assert_eq!(
+            n.statement("s").one().map(|s| s.text.as_str()),
+            Some("DELETE FROM orders")
+        );
     }
 }

@@ -261,7 +261,17 @@ impl Gate for PolicyGate {
                 .collect(),
             parsed: v.parsed(),
         };
+        // EXECUTE of a name the policy did not see prepared (by SQL PREPARE
+        // on this session) could run anything: it is never allowed.
+        let unknown_execute = v
+            .effects
+            .iter()
+            .any(|e| e.effect.kind == airlock_policy::Kind::Execute);
         let action = match v.action {
+            _ if unknown_execute => Action::Deny {
+                message: "EXECUTE of a statement this session did not PREPARE through Airlock is refused"
+                    .into(),
+            },
             airlock_policy::Action::Allow => Action::Allow,
             airlock_policy::Action::Deny => Action::Deny {
                 message: format!("refused by Airlock: {}", crate::session::why(&verdict)),

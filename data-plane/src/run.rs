@@ -99,7 +99,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     tokio::spawn(cancels.clone().listen(log.client().clone()));
     let holds = Holds::new();
     tokio::spawn(attach::run(
-        config.proxy.control.clone(),
+        config.proxy.control.values(),
         proxy_id.to_string(),
         holds.clone(),
     ));

@@ -44,7 +44,7 @@ use crate::codec::{
     parse_diagnostic_fields,
 };
 use crate::gate::{Action, Agent, Binding, Gate, HoldSpec, Judgement};
-use crate::names::{Names, Portal, Statement};
+use crate::names::{Lookup, Names, Portal, Statement};
 use crate::record::{Recorder, Slot};
 use crate::server::{ClientStream, Login};
 use crate::upstream::Upstream;
@@ -122,7 +122,12 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         holding: Arc::default(),
         names: Mutex::default(),
         upstream_cancel: (upstream.addr.clone(), (upstream.process_id, upstream.secret_key)),
-        marker: format!("airlock: statement refused {}", ulid::Ulid::new()),
+        marker: format!(
+            "{REFUSAL_TEXT} {:032x}{:032x}",
+            ulid::Ulid::new().random(),
+            ulid::Ulid::new().random()
+        ),
+        copy_in: std::sync::atomic::AtomicBool::new(false),
     });
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
         identity: Some(ctx.agent.identity.clone()),
@@ -197,10 +202,17 @@ struct Ctx {
     names: Mutex<Names>,
     /// Where and with which key to cancel the upstream's running query.
     upstream_cancel: (String, (i32, i32)),
-    /// Names the proxy's stand-ins: "airlock: statement refused <random>".
-    /// Unguessable, and client names with its prefix are refused.
+    /// Names the proxy's stand-ins: "airlock: statement refused <random>",
+    /// longer than PostgreSQL's 63-byte identifiers so no SQL PREPARE can
+    /// create it; client names with its prefix, and SQL text containing
+    /// [`REFUSAL_TEXT`], are refused.
     marker: String,
+    /// A COPY FROM STDIN may be in progress: only COPY data may follow.
+    copy_in: std::sync::atomic::AtomicBool,
 }
+
+/// The text every refusal stand-in carries.
+const REFUSAL_TEXT: &str = "airlock: statement refused";
 
 #[derive(Default)]
 struct Described {
@@ -214,9 +226,16 @@ impl Ctx {
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A query PostgreSQL rejects at parse time, naming the marker.
+    /// A query PostgreSQL rejects at parse time, naming the marker as a
+    /// column. Kept within 63 bytes, so PostgreSQL neither truncates it nor
+    /// says so in a NOTICE.
     fn refusal_sql(&self) -> String {
-        format!("SELECT \"{}\"", self.marker)
+        format!("SELECT \"{}\"", self.sql_marker())
+    }
+
+    /// The part of the marker errors about the SQL stand-in name.
+    fn sql_marker(&self) -> &str {
+        &self.marker[..self.marker.len().min(REFUSAL_TEXT.len() + 33)]
     }
 
     fn event(&self, body: Body) -> proto::Event {
@@ -569,6 +588,40 @@ async fn client_to_upstream(
                 .await;
             return (Cause::TokenExpired, "access token expired".into());
         }
+        // During COPY FROM STDIN only COPY data may come; PostgreSQL ignores
+        // Sync and Flush then (so they are not counted, nor sent).
+        if ctx.copy_in.load(std::sync::atomic::Ordering::Acquire) {
+            match msg {
+                FeMessage::CopyData(_) => {}
+                FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
+                    ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
+                }
+                FeMessage::Sync | FeMessage::Flush => continue,
+                FeMessage::Query { .. }
+                | FeMessage::Parse { .. }
+                | FeMessage::Bind { .. }
+                | FeMessage::Describe { .. }
+                | FeMessage::Execute { .. }
+                | FeMessage::Close { .. }
+                | FeMessage::Terminate
+                | FeMessage::Password(_)
+                | FeMessage::FunctionCall(_) => {
+                    return violation(
+                        &inject,
+                        &CodecError::Malformed {
+                            tag: frame.tag as char,
+                            what: "only COPY data may be sent during COPY FROM STDIN",
+                        },
+                    )
+                    .await;
+                }
+            }
+            frame.encode(&mut out);
+            if let Err(e) = flush_if_idle_result(&client, &mut upstream, &mut out).await {
+                return (Cause::UpstreamClosed, e);
+            }
+            continue;
+        }
         if batch_open && matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) {
             // PostgreSQL may be skipping this batch after an error; a Query
             // here would be skipped too and the record would drift.
@@ -583,8 +636,19 @@ async fn client_to_upstream(
         }
         match msg {
             FeMessage::Query { sql } => {
-                let judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
+                let mut judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
                 count_verdict(&ctx, &judgement);
+                if let Some(why) = session_refusal(&ctx, &sql, &judgement.verdict) {
+                    judgement.action = Action::Deny { message: why.into() };
+                }
+                // A COPY FROM STDIN puts PostgreSQL in copy mode.
+                let copies_in = judgement.verdict.effects.iter().any(|e| e.kind == "COPY")
+                    && judgement.verdict.effects.iter().any(|e| e.kind == "INSERT")
+                    && !judgement
+                        .verdict
+                        .effects
+                        .iter()
+                        .any(|e| e.kind == "SERVER FILE" || e.kind == "PROGRAM");
                 let statement = proto::Statement {
                     text: sql.clone(),
                     protocol: proto::statement::Protocol::Simple as i32,
@@ -654,6 +718,9 @@ async fn client_to_upstream(
                         } else {
                             None
                         };
+                        if copies_in {
+                            ctx.copy_in.store(true, std::sync::atomic::Ordering::Release);
+                        }
                         push(
                             &queue,
                             InFlight::Simple(Running {
@@ -694,8 +761,29 @@ async fn client_to_upstream(
                     .unwrap_or_else(|p| p.into_inner())
                     .types
                     .remove(&name);
-                let judgement = ctx.deps.gate.judge(&ctx.binding, &query);
+                let mut judgement = ctx.deps.gate.judge(&ctx.binding, &query);
                 count_verdict(&ctx, &judgement);
+                let sql_prepared = !name.is_empty()
+                    && ctx
+                        .binding
+                        .session
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .prepared
+                        .get(&name)
+                        .is_some();
+                let why = if sql_prepared {
+                    Some("this name is taken by a statement made with SQL PREPARE; use another name")
+                } else if judgement.verdict.effects.iter().any(|e| e.kind == "COPY") {
+                    Some(
+                        "COPY to or from the client, a file or a program is not supported over the extended query protocol through Airlock; send it as a simple query (psql \\copy)",
+                    )
+                } else {
+                    session_refusal(&ctx, &query, &judgement.verdict)
+                };
+                if let Some(why) = why {
+                    judgement.action = Action::Deny { message: why.into() };
+                }
                 match judgement.action.clone() {
                     // A held statement is parsed upstream (parsing runs
                     // nothing) and held at its Execute, where the parameters
@@ -755,15 +843,25 @@ async fn client_to_upstream(
                 ..
             } => {
                 batch_open = true;
-                let known = ctx.names().statement(&statement).cloned();
-                let Some(stmt) = known else {
+                let known = ctx.names().statement(&statement).map(|s| s.clone());
+                let stmt = match known {
+                    Lookup::One(s) => Ok(s),
                     // A statement Airlock never judged (say, one made with
                     // SQL-level PREPARE): binding it is refused.
+                    Lookup::Missing => Err(
+                        "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse",
+                    ),
+                    Lookup::Ambiguous => Err(
+                        "this statement name was redefined in a batch PostgreSQL has not answered yet; wait for the answers (Sync) before binding it",
+                    ),
+                };
+                let Ok(stmt) = stmt else {
+                    let why = stmt.err().unwrap_or_default();
                     refuse_extended(
                         &ctx,
                         &queue,
                         &mut out,
-                        "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse".into(),
+                        why.into(),
                         FeMessage::Bind {
                             portal: ctx.marker.clone(),
                             statement: ctx.marker.clone(),
@@ -816,13 +914,20 @@ async fn client_to_upstream(
             }
             FeMessage::Execute { portal, .. } => {
                 batch_open = true;
-                let bound = ctx.names().portal(&portal).cloned();
-                let Some(bound) = bound else {
+                let bound = match ctx.names().portal(&portal).map(|p| p.clone()) {
+                    Lookup::One(p) => Ok(p),
+                    Lookup::Missing => Err("executing a portal Airlock has not judged is not allowed"),
+                    Lookup::Ambiguous => Err(
+                        "this portal was rebound in a batch PostgreSQL has not answered yet; wait for the answers (Sync) before executing it",
+                    ),
+                };
+                let Ok(bound) = bound else {
+                    let why = bound.err().unwrap_or_default();
                     refuse_extended(
                         &ctx,
                         &queue,
                         &mut out,
-                        "executing a portal Airlock has not judged is not allowed".into(),
+                        why.into(),
                         FeMessage::Execute {
                             portal: ctx.marker.clone(),
                             max_rows: 0,
@@ -1097,6 +1202,21 @@ fn refuse_extended(ctx: &Ctx, queue: &Queue, out: &mut BytesMut, message: String
     substitute.to_frame().encode(out);
 }
 
+/// Refusals that depend on the session, not on the policy: SQL naming the
+/// proxy's stand-ins, and cursor commands while a portal holds a statement
+/// that is not simply allowed (FETCH would run it unapproved).
+fn session_refusal(ctx: &Ctx, sql: &str, verdict: &proto::Verdict) -> Option<&'static str> {
+    if sql.contains(REFUSAL_TEXT) {
+        return Some("this text is reserved by Airlock");
+    }
+    if verdict.effects.iter().any(|e| e.kind == "CURSOR") && ctx.names().has_gated_portal() {
+        return Some(
+            "FETCH, MOVE and CLOSE are refused while this session has a portal bound to a statement that needs approval; Execute it instead",
+        );
+    }
+    None
+}
+
 fn count_verdict(ctx: &Ctx, j: &Judgement) {
     let m = &ctx.deps.metrics;
     crate::metrics::Metrics::inc(match j.action {
@@ -1306,6 +1426,7 @@ async fn hold(
     tracing::info!(session = %ctx.session, request = %request_id, "statement held");
 
     let mut phase = deps.phase.clone();
+    let mut flooded = false;
     let local_deadline = tokio::time::Instant::now() + spec.timeout + deps.expiry_grace;
     let mut decision = decision;
     // A cancel that arrived before the hold began is for an earlier statement.
@@ -1342,14 +1463,15 @@ async fn hold(
                 cancel(ctx, &request_id, proto::approval_cancelled::Cause::SessionKilled, "the session was killed").await;
                 return Held::End(killed(inject, &order).await);
             }
-            more = client.fill_more() => {
+            more = client.fill_more(), if !flooded => {
                 if !matches!(more, Ok(true)) {
                     cancel(ctx, &request_id, proto::approval_cancelled::Cause::ClientDisconnected, "the client went away while waiting").await;
                     return Held::End((proto::session_closed::Cause::ClientDisconnected, "client left while a statement was held".into()));
                 }
                 if client.buffered() > 1024 * 1024 {
-                    // A client flooding while held: stop reading until decided.
-                    break (&mut decision).await.ok();
+                    // A client flooding while held: stop reading; the
+                    // deadline, kills, cancels and shutdown still apply.
+                    flooded = true;
                 }
             }
         }
@@ -1558,7 +1680,9 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
             ctx.names().failed();
             // Ours only if it names this session's marker and a stand-in is
             // what PostgreSQL answers now.
-            let names_marker = fields.iter().any(|(c, v)| *c == b'M' && v.contains(&ctx.marker));
+            let names_marker = fields
+                .iter()
+                .any(|(c, v)| *c == b'M' && v.contains(ctx.sql_marker()));
             if names_marker
                 && let Some(InFlight::Substitute { diagnostic, .. }) = q.front_mut()
                 && let Some(d) = diagnostic.take()
@@ -1609,6 +1733,7 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
             frame.encode(out);
         }
         b'Z' => {
+            ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
             let idle = frame.body.first() == Some(&b'I');
             ctx.names().ready(idle);
             // Describes of a batch are answered (or skipped) by now.
@@ -1641,17 +1766,17 @@ fn finish(ctx: &Ctx, r: Running) {
     let m = &ctx.deps.metrics;
     crate::metrics::Metrics::inc(&m.upstream_statements);
     crate::metrics::Metrics::add(&m.upstream_micros_sum, r.started.elapsed().as_micros() as u64);
+    if r.error.is_none()
+        && let Some(apply) = &r.on_success
+    {
+        apply();
+    }
     let Some(slot) = r.slot else { return };
     let rows = r
         .tags
         .iter()
         .filter_map(|t| t.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
         .sum();
-    if r.error.is_none()
-        && let Some(apply) = &r.on_success
-    {
-        apply();
-    }
     let (error_sqlstate, error_message) = r.error.unwrap_or_default();
     let e = ctx.event(Body::StatementExecuted(proto::StatementExecuted {
         statement: Some(r.statement),

@@ -98,6 +98,13 @@ struct Fixture {
 }
 
 async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
+    start_with_gate(settings, |upstream| Arc::new(TestGate { upstream })).await
+}
+
+async fn start_with_gate(
+    settings: impl FnOnce(&mut ServerSettings),
+    gate: impl FnOnce(UpstreamConfig) -> Arc<dyn Gate>,
+) -> Fixture {
     let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
     pg.create_database("shop");
     pg.create_role("maint", "maint-secret");
@@ -126,7 +133,7 @@ async fn start(settings: impl FnOnce(&mut ServerSettings)) -> Fixture {
         .expect("nats");
     log.ensure_stream().await.expect("stream");
     let deps = Deps {
-        gate: Arc::new(TestGate { upstream }),
+        gate: gate(upstream),
         log: log.clone(),
         recorder: Recorder::spawn(log.clone(), 2, 1024),
         // Never attached: no control plane in these tests.
@@ -539,6 +546,82 @@ impl Raw {
     }
 }
 
+/// The real policy gate (the seed policy, plus cursors allowed) behind a
+/// fixed login, for sequences whose judgement depends on the policy crate.
+struct SeedPolicy {
+    inner: airlock_proxy::policy_gate::PolicyGate,
+}
+
+const SEED: &str = "
+identity:
+  issuer: https://issuer.invalid/v2.0
+  audience: api://airlock
+  group_names:
+    db-maintenance-agents: grp-agents
+    db-reviewers: grp-reviewers
+approvals:
+  reviewers: [db-reviewers]
+connections:
+  - name: shop
+    upstream: postgres://maint@127.0.0.1:1/shop
+policies:
+  - policy: db-maintenance-agents
+    connection: shop
+    rules:
+      - match: SELECT|CURSOR
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+    record: true
+";
+
+impl SeedPolicy {
+    fn gate(upstream: UpstreamConfig) -> Arc<dyn Gate> {
+        let identity = airlock_identity::IdentityConfig::new("https://issuer.invalid/v2.0", "api://airlock");
+        let verifier = airlock_identity::Verifier::new(identity).expect("verifier");
+        let policies = airlock_policy::PolicySet::from_config_yaml(SEED, "seed.yaml").expect("seed policy");
+        let names = policies.group_names.clone();
+        Arc::new(SeedPolicy {
+            inner: airlock_proxy::policy_gate::PolicyGate::new(
+                verifier,
+                policies,
+                vec![("shop".into(), upstream)],
+                names,
+            ),
+        })
+    }
+}
+
+impl Gate for SeedPolicy {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Agent, Refusal>> {
+        Box::pin(async move {
+            if token != TOKEN {
+                return Err(Refusal::unauthenticated("token refused"));
+            }
+            Ok(Agent {
+                identity: proto::Identity {
+                    subject: "oid-agent-7".into(),
+                    display_name: "agent-7".into(),
+                    kind: proto::identity::Kind::App as i32,
+                    groups: vec![proto::Group {
+                        id: "grp-agents".into(),
+                        name: "db-maintenance-agents".into(),
+                    }],
+                    ..Default::default()
+                },
+            })
+        })
+    }
+
+    fn bind(&self, agent: &Agent, database: &str) -> Result<Binding, Refusal> {
+        self.inner.bind(agent, database)
+    }
+
+    fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
+        self.inner.judge(binding, sql)
+    }
+}
+
 mod attacks {
     //! Message sequences that try to run a held or denied statement
     //! without approval. Without a control plane every hold is refused at
@@ -618,6 +701,94 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn a_pipelined_redefinition_cannot_launder_a_statement() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        // All in one write, before any answer: define s as the DELETE,
+        // redefine it (PostgreSQL refuses: the name is taken), then run s.
+        raw.send(&[
+            parse("s", "DELETE FROM orders"),
+            FeMessage::Sync,
+            parse("s", "SELECT 1"),
+            FeMessage::Sync,
+            bind("p", "s"),
+            execute("p"),
+            FeMessage::Sync,
+        ])
+        .await;
+        let (_, e1) = raw.until_ready().await;
+        let (_, e2) = raw.until_ready().await;
+        let (_, e3) = raw.until_ready().await;
+        assert!(e1.is_empty(), "{e1:?}");
+        assert_eq!(e2, vec!["42P05"], "PostgreSQL keeps the DELETE under s");
+        assert_eq!(
+            e3,
+            vec!["42501"],
+            "the ambiguous name is refused, not run as SELECT"
+        );
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn sql_and_protocol_prepared_statements_cannot_be_mixed() {
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        // A name taken by SQL PREPARE cannot be redefined through Parse.
+        raw.send(&[FeMessage::Query {
+            sql: "PREPARE x AS SELECT 1".into(),
+        }])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        raw.send(&[parse("x", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        assert_eq!(raw.until_ready().await.1, vec!["42501"]);
+        // A statement prepared through Parse (held: parsing runs nothing)
+        // cannot be run with SQL EXECUTE.
+        raw.send(&[parse("y", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        raw.send(&[FeMessage::Query {
+            sql: "EXECUTE y".into(),
+        }])
+        .await;
+        assert_eq!(raw.until_ready().await.1, vec!["42501"]);
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_held_portal_cannot_be_run_with_fetch() {
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[FeMessage::Query { sql: "BEGIN".into() }]).await;
+        assert!(raw.until_ready().await.1.is_empty());
+        raw.send(&[
+            parse("", "DELETE FROM orders RETURNING *"),
+            bind("c", ""),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        raw.send(&[FeMessage::Query {
+            sql: "FETCH ALL FROM c".into(),
+        }])
+        .await;
+        assert_eq!(raw.until_ready().await.1, vec!["42501"], "FETCH is refused");
+        raw.send(&[FeMessage::Query { sql: "COMMIT".into() }]).await;
+        raw.until_ready().await;
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn copy_over_the_extended_protocol_is_refused() {
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("", "COPY orders FROM STDIN"), FeMessage::Sync])
+            .await;
+        assert_eq!(raw.until_ready().await.1, vec!["42501"]);
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
     async fn the_proxys_reserved_names_cannot_be_used() {
         let f = start(|_| {}).await;
         let mut raw = Raw::login(f.addr).await;
@@ -671,16 +842,19 @@ mod attacks {
     async fn a_client_cannot_forge_the_refusal_message() {
         let f = start(|_| {}).await;
         let mut raw = Raw::login(f.addr).await;
-        // An error that names the marker's prefix is passed through as is.
+        // SQL that names the stand-ins' text is refused outright, so it can
+        // neither be used to learn the marker nor to pose as a refusal.
         raw.send(&[FeMessage::Query {
             sql: "SELECT \"airlock: statement refused\"".into(),
         }])
         .await;
         let (_, errors) = raw.until_ready().await;
-        assert_eq!(
-            errors,
-            vec!["42703"],
-            "PostgreSQL's own error, not a rewritten one"
+        assert_eq!(errors, vec!["42501"]);
+        assert!(
+            !f.pg
+                .server_log()
+                .contains("SELECT \"airlock: statement refused\""),
+            "the reserved text never reaches PostgreSQL"
         );
         // And a real refusal right after is still reported as one.
         raw.send(&[FeMessage::Query {

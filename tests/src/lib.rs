@@ -186,7 +186,7 @@ async fn spawn_proxy(
     let holds = Holds::new();
     let (phase_tx, phase) = tokio::sync::watch::channel(airlock_proxy::session::Phase::Running);
     tokio::spawn(airlock_proxy::attach::run(
-        control_url.to_owned(),
+        vec![control_url.to_owned()],
         id.into(),
         holds.clone(),
     ));
