@@ -94,6 +94,26 @@ impl Recorder {
         matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
     }
 
+    /// Events buffered and not yet handed to a worker's append (the event a
+    /// worker is appending right now is not counted).
+    pub fn buffered(&self) -> usize {
+        self.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum()
+    }
+
+    /// Waits until the buffer is empty, up to `timeout`; false if not.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        while self.buffered() > 0 {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the appends in progress finish.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        true
+    }
+
     /// Reserves room for one event of `session`, to be filled when the
     /// statement completes: an allowed statement runs only if its record is
     /// certain to be buffered.

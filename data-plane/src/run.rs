@@ -130,7 +130,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let deps = Deps {
         gate: gate.clone(),
         log: log.clone(),
-        recorder,
+        recorder: recorder.clone(),
         holds,
         source,
         reviewer_url: config.proxy.reviewer_url.clone(),
@@ -178,6 +178,13 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         && tokio::time::Instant::now() < until
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every recorded event reaches the log before the process ends.
+    if !recorder.flush(Duration::from_secs(30)).await {
+        tracing::error!(
+            left = recorder.buffered(),
+            "stopping with events not yet in the log"
+        );
     }
     tracing::info!("proxy stopped");
     Ok(())
