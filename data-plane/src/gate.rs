@@ -108,6 +108,11 @@ pub struct Judgement {
     /// The verdict as recorded (rule, reason, effects).
     pub verdict: proto::Verdict,
     pub on_success: Option<OnSuccess>,
+    /// Names of prepared statements the SQL creates or drops (PREPARE,
+    /// DEALLOCATE), and whether it drops them all (DEALLOCATE ALL, DISCARD
+    /// ALL): PostgreSQL shares one namespace with the protocol's Parse.
+    pub sql_names: Vec<String>,
+    pub drops_all: bool,
 }
 
 impl std::fmt::Debug for Judgement {

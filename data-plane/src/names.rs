@@ -178,6 +178,23 @@ impl Names {
         })
     }
 
+    /// Whether `name` is, or may become, a statement made through Parse.
+    pub fn has_statement(&self, name: &str) -> bool {
+        let key = airlock_policy::prepared_key(name);
+        self.statements.keys().any(|n| n == key)
+            || self
+                .pending
+                .iter()
+                .any(|op| matches!(op, Op::Parse(n, _) if n == key))
+    }
+
+    /// SQL DEALLOCATE ALL or DISCARD ALL succeeded: PostgreSQL dropped every
+    /// prepared statement (and DISCARD every portal).
+    pub fn drop_all(&mut self) {
+        self.statements.clear();
+        self.portals.clear();
+    }
+
     /// Whether some portal (bound or being bound) runs a statement that is
     /// not simply allowed: SQL FETCH or MOVE on it would run it unapproved.
     pub fn has_gated_portal(&self) -> bool {
@@ -255,6 +272,8 @@ mod tests {
                 action: Action::Allow,
                 verdict: Default::default(),
                 on_success: None,
+                sql_names: vec![],
+                drops_all: false,
             },
             param_types: vec![],
             parse: Bytes::from(text.to_owned()),
@@ -337,6 +356,8 @@ mod ambiguity {
                 action: Action::Allow,
                 verdict: Default::default(),
                 on_success: None,
+                sql_names: vec![],
+                drops_all: false,
             },
             param_types: vec![],
             parse: Bytes::from(text.to_owned()),

@@ -219,6 +219,8 @@ impl Gate for PolicyGate {
                     ..Default::default()
                 },
                 on_success: None,
+                sql_names: Vec::new(),
+                drops_all: false,
             };
         };
         // PREPARE and DEALLOCATE change what later EXECUTEs mean, but only
@@ -282,10 +284,21 @@ impl Gate for PolicyGate {
                 timeout: v.timeout,
             }),
         };
+        let mut sql_names = Vec::new();
+        let mut drops_all = false;
+        for change in &v.prepared_changes {
+            match change {
+                airlock_policy::PreparedChange::Prepare { name, .. }
+                | airlock_policy::PreparedChange::Deallocate { name } => sql_names.push(name.clone()),
+                airlock_policy::PreparedChange::DeallocateAll => drops_all = true,
+            }
+        }
         Judgement {
             action,
             verdict,
             on_success,
+            sql_names,
+            drops_all,
         }
     }
 }

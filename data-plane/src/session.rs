@@ -386,6 +386,8 @@ struct Running {
     slot: Option<Slot>,
     /// What the gate learns once the statement succeeded (SQL PREPARE).
     on_success: Option<crate::gate::OnSuccess>,
+    /// DEALLOCATE ALL or DISCARD ALL: on success, forget every statement.
+    drops_all: bool,
 }
 
 type Queue = Arc<Mutex<VecDeque<InFlight>>>;
@@ -476,6 +478,9 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
+/// PostgreSQL's longest name (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
+
 /// Names reserved for the proxy's stand-ins; a client may not use them.
 const RESERVED_PREFIX: &str = "airlock:";
 
@@ -559,6 +564,18 @@ async fn client_to_upstream(
             | FeMessage::Password(_)
             | FeMessage::FunctionCall(_) => vec![],
         };
+        if names_used.iter().any(|n| n.len() > MAX_NAME_BYTES) {
+            // PostgreSQL compares only the first 63 bytes: longer names
+            // could alias each other there and not here.
+            return violation(
+                &inject,
+                &CodecError::Malformed {
+                    tag: frame.tag as char,
+                    what: "statement and portal names longer than 63 bytes are refused",
+                },
+            )
+            .await;
+        }
         if names_used.iter().any(|n| reserved(n)) {
             return violation(
                 &inject,
@@ -640,6 +657,10 @@ async fn client_to_upstream(
                 count_verdict(&ctx, &judgement);
                 if let Some(why) = session_refusal(&ctx, &sql, &judgement.verdict) {
                     judgement.action = Action::Deny { message: why.into() };
+                } else if judgement.sql_names.iter().any(|n| ctx.names().has_statement(n)) {
+                    judgement.action = Action::Deny {
+                        message: "this name belongs to a statement prepared through the extended protocol; use another name".into(),
+                    };
                 }
                 // A COPY FROM STDIN puts PostgreSQL in copy mode.
                 let copies_in = judgement.verdict.effects.iter().any(|e| e.kind == "COPY")
@@ -732,6 +753,7 @@ async fn client_to_upstream(
                                 error: None,
                                 slot,
                                 on_success: judgement.on_success,
+                                drops_all: judgement.drops_all,
                             }),
                         );
                         frame.encode(&mut out);
@@ -1059,6 +1081,7 @@ async fn client_to_upstream(
                         error: None,
                         slot,
                         on_success: stmt.judgement.on_success.clone(),
+                        drops_all: stmt.judgement.drops_all,
                     }),
                 );
                 frame.encode(&mut out);
@@ -1071,8 +1094,31 @@ async fn client_to_upstream(
             }
             FeMessage::Close { kind, name } => {
                 batch_open = true;
-                ctx.names().close(kind == b'S', name);
-                frame.encode(&mut out);
+                let sql_prepared = kind == b'S'
+                    && !name.is_empty()
+                    && ctx
+                        .binding
+                        .session
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .prepared
+                        .get(&name)
+                        .is_some();
+                if sql_prepared {
+                    refuse_extended(
+                        &ctx,
+                        &queue,
+                        &mut out,
+                        "this statement was made with SQL PREPARE; drop it with DEALLOCATE".into(),
+                        FeMessage::Execute {
+                            portal: ctx.marker.clone(),
+                            max_rows: 0,
+                        },
+                    );
+                } else {
+                    ctx.names().close(kind == b'S', name);
+                    frame.encode(&mut out);
+                }
             }
             FeMessage::Terminate => {
                 frame.encode(&mut out);
@@ -1770,6 +1816,9 @@ fn finish(ctx: &Ctx, r: Running) {
         && let Some(apply) = &r.on_success
     {
         apply();
+    }
+    if r.error.is_none() && r.drops_all {
+        ctx.names().drop_all();
     }
     let Some(slot) = r.slot else { return };
     let rows = r

@@ -85,6 +85,8 @@ impl Gate for TestGate {
             action,
             verdict: proto::Verdict::default(),
             on_success: None,
+            sql_names: Vec::new(),
+            drops_all: false,
         }
     }
 }
@@ -568,7 +570,7 @@ policies:
   - policy: db-maintenance-agents
     connection: shop
     rules:
-      - match: SELECT|CURSOR
+      - match: SELECT|CURSOR|DEALLOCATE
         action: allow
       - match: DELETE|DROP|UPDATE
         action: require-approval
@@ -752,6 +754,57 @@ mod attacks {
         }])
         .await;
         assert_eq!(raw.until_ready().await.1, vec!["42501"]);
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert!(raw.until_ready().await.1.is_empty());
+        raw.send(&[FeMessage::Query {
+            sql: "DEALLOCATE s".into(),
+        }])
+        .await;
+        assert_eq!(
+            raw.until_ready().await.1,
+            vec!["42501"],
+            "DEALLOCATE of a Parse name is refused"
+        );
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        assert!(raw.until_ready().await.1.is_empty(), "s is still the SELECT");
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn names_postgres_would_shorten_are_refused() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        let long = format!("{}x", "a".repeat(63));
+        raw.send(&[parse(&long, "SELECT 1"), FeMessage::Sync]).await;
+        let (tag, body) = raw.next().await;
+        assert_eq!(tag, b'E');
+        let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+        assert!(
+            fields.iter().any(|(c, v)| *c == b'C' && v == "08P01"),
+            "{fields:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn explain_analyse_is_not_a_read() {
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[FeMessage::Query {
+            sql: "EXPLAIN (ANALYSE) DELETE FROM orders".into(),
+        }])
+        .await;
+        assert_eq!(
+            raw.until_ready().await.1,
+            vec!["42501"],
+            "held (and refused: no control plane)"
+        );
         assert_untouched(&f);
     }
 

@@ -152,6 +152,8 @@ impl Gate for SeedGate {
                 ..Default::default()
             },
             on_success: None,
+            sql_names: Vec::new(),
+            drops_all: false,
         }
     }
 }

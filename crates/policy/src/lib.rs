@@ -84,9 +84,10 @@ pub mod judge;
 pub mod kind;
 
 pub use cache::VerdictCache;
+
 pub use classify::{
     Classification, ClassifyContext, DEFAULT_MAX_STATEMENT_BYTES, Effect, PreparedChange, PreparedStatements,
-    classify,
+    classify, prepared_key,
 };
 pub use config::{Action, Policy, PolicySet, Rule};
 pub use error::{Location, PolicyError};

@@ -20,7 +20,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-pub use prepared::{PreparedChange, PreparedStatements};
+pub use prepared::{PreparedChange, PreparedStatements, key as prepared_key};
 
 use crate::functions;
 use crate::kind::Kind;
@@ -621,16 +621,33 @@ impl Classifier<'_, '_> {
     }
 }
 
-/// Whether EXPLAIN's options run the statement. Any ANALYZE option not
-/// explicitly off counts.
+/// Whether EXPLAIN's options run the statement: ANALYZE (PostgreSQL also
+/// spells it ANALYSE) unless explicitly off, and any option this code does
+/// not know, since a new or misspelt option must not make a write look like
+/// a plan.
 fn explain_analyzes(analyze: bool, options: Option<&[sqlparser::ast::UtilityOption]>) -> bool {
+    const PLAN_ONLY: &[&str] = &[
+        "verbose",
+        "costs",
+        "settings",
+        "generic_plan",
+        "buffers",
+        "serialize",
+        "wal",
+        "timing",
+        "summary",
+        "memory",
+        "format",
+    ];
     analyze
         || options.unwrap_or_default().iter().any(|o| {
-            o.name.value.eq_ignore_ascii_case("analyze")
-                && !matches!(&o.arg, Some(arg) if {
-                    let v = arg.to_string().to_ascii_lowercase();
-                    v == "false" || v == "off" || v == "0"
-                })
+            let name = o.name.value.to_ascii_lowercase();
+            let off = matches!(&o.arg, Some(arg) if {
+                let v = arg.to_string().to_ascii_lowercase();
+                v == "false" || v == "off" || v == "0"
+            });
+            let analyze = name == "analyze" || name == "analyse";
+            (analyze && !off) || (!analyze && !PLAN_ONLY.contains(&name.as_str()))
         })
 }
 

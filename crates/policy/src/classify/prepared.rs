@@ -38,7 +38,7 @@ impl PreparedStatements {
 
     /// The effects of `EXECUTE name`, if this session prepared `name`.
     pub fn get(&self, name: &str) -> Option<&[Effect]> {
-        self.by_name.get(name).map(Vec::as_slice)
+        self.by_name.get(key(name)).map(Vec::as_slice)
     }
 
     /// Applies what a statement did, once it has run successfully.
@@ -46,10 +46,10 @@ impl PreparedStatements {
         for change in changes {
             match change {
                 PreparedChange::Prepare { name, effects } => {
-                    self.by_name.insert(name.clone(), effects.clone());
+                    self.by_name.insert(key(name).to_owned(), effects.clone());
                 }
                 PreparedChange::Deallocate { name } => {
-                    self.by_name.remove(name);
+                    self.by_name.remove(key(name));
                 }
                 PreparedChange::DeallocateAll => self.by_name.clear(),
             }
@@ -63,4 +63,18 @@ impl PreparedStatements {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+/// PostgreSQL keeps the first 63 bytes of a name (cut at a character
+/// boundary): longer names that share them are the same statement.
+pub fn key(name: &str) -> &str {
+    const MAX: usize = 63;
+    if name.len() <= MAX {
+        return name;
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
