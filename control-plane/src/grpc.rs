@@ -40,7 +40,8 @@ pub struct Control {
     pub log: EventLog,
     pub auth: Arc<dyn ReviewerAuth>,
     pub source: proto::Source,
-    /// Groups whose members may kill sessions (`approvals.reviewers`).
+    /// Reviewer groups (`approvals.reviewers`, by name and object id):
+    /// their members may read records and kill sessions.
     pub kill_groups: Vec<String>,
 }
 
@@ -87,7 +88,32 @@ fn vote_status(e: VoteError) -> Status {
 }
 
 impl Control {
+    /// The verified caller, who must be in one of the reviewer groups
+    /// (`approvals.reviewers`): records of sessions and requests are not for
+    /// agents or anyone else. Deciding checks the request's own groups too.
     async fn reviewer<T>(&self, request: &Request<T>) -> Result<proto::Identity, Status> {
+        let identity = self.caller(request).await?;
+        let member = identity.groups.iter().any(|g| {
+            self.kill_groups
+                .iter()
+                .any(|k| *k == g.id || (!g.name.is_empty() && *k == g.name))
+        });
+        if !member {
+            let who = if identity.display_name.is_empty() {
+                identity.subject.clone()
+            } else {
+                identity.display_name.clone()
+            };
+            return Err(status(
+                "not_a_reviewer",
+                tonic::Code::PermissionDenied,
+                format!("{who} is not in a reviewer group"),
+            ));
+        }
+        Ok(identity)
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<proto::Identity, Status> {
         let header = request
             .metadata()
             .get("authorization")

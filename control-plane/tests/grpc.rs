@@ -231,6 +231,13 @@ async fn a_reviewer_approves_and_the_holding_proxy_is_told() {
         .expect("list")
         .into_inner();
     assert_eq!(pending.requests.len(), 1);
+    // Records are for reviewers: someone outside the reviewer groups cannot
+    // even list them.
+    let err = reviewer
+        .list_requests(authed("erin", proto::ListRequestsRequest::default()))
+        .await
+        .expect_err("not a reviewer");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(pending.requests[0].request_id, request.to_string());
 
     // Refusals, each with its reason.
