@@ -1528,9 +1528,7 @@ async fn hold(
     let rid = request_id.to_string();
     let step = match outcome {
         Some(n) if n.outcome == Outcome::Granted as i32 => {
-            if n.statement_sha256 == statement.sha256 {
-                Step::Run { request_id: rid }
-            } else {
+            if n.statement_sha256 != statement.sha256 {
                 Step::Refuse(
                     refusal(
                         "42501",
@@ -1540,6 +1538,22 @@ async fn hold(
                     Cause::DigestMismatch,
                     rid,
                 )
+            } else if !grant_in_log(ctx, &request_id, &statement.sha256).await {
+                // The grant must be in the log, not only on the wire from the
+                // control plane: a forged Attach message runs nothing.
+                Step::Refuse(
+                    refusal(
+                        "42501",
+                        format!(
+                            "request {rid}: the grant could not be confirmed in the event log; nothing was run"
+                        ),
+                        None,
+                    ),
+                    Cause::Unavailable,
+                    rid,
+                )
+            } else {
+                Step::Run { request_id: rid }
             }
         }
         Some(n) if n.outcome == Outcome::Denied as i32 => Step::Refuse(
@@ -1617,6 +1631,23 @@ impl Drop for HeldGauge<'_> {
             &self.metrics.hold_micros_sum,
             self.since.elapsed().as_micros() as u64,
         );
+    }
+}
+
+/// Whether the log holds an ApprovalGranted for `request_id`, for exactly
+/// `sha256`, as the last event of the request's chain.
+async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
+    let subject = subjects::request(request_id);
+    match ctx.deps.log.last(&subject).await {
+        Ok(Some(e)) => matches!(
+            &e.event.body,
+            Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && e.event.request_id == request_id.as_str()
+        ),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(request = %request_id, error = %err, "cannot confirm a grant in the log");
+            false
+        }
     }
 }
 

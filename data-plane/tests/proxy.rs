@@ -95,6 +95,7 @@ struct Fixture {
     pg: Postgres,
     addr: SocketAddr,
     log: EventLog,
+    holds: Arc<Holds>,
     _nats: NatsServer,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -134,12 +135,13 @@ async fn start_with_gate(
         .await
         .expect("nats");
     log.ensure_stream().await.expect("stream");
+    let holds = Holds::new();
     let deps = Deps {
         gate: gate(upstream),
         log: log.clone(),
         recorder: Recorder::spawn(log.clone(), 2, 1024),
-        // Never attached: no control plane in these tests.
-        holds: Holds::new(),
+        // Not attached unless a test attaches it.
+        holds: holds.clone(),
         source: proto::Source {
             kind: proto::source::Kind::Proxy as i32,
             id: "proxy-test".into(),
@@ -156,6 +158,7 @@ async fn start_with_gate(
         pg,
         addr,
         log,
+        holds,
         _nats: nats,
         _server: handle,
     }
@@ -918,4 +921,87 @@ mod attacks {
         assert_eq!(errors, vec!["42501"]);
         assert_untouched(&f);
     }
+}
+
+/// A control plane that grants everything it is told about, without any
+/// event in the log: what an attacker on the network could send.
+struct ForgingControl;
+
+#[tonic::async_trait]
+impl proto::proxy_service_server::ProxyService for ForgingControl {
+    type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<proto::ControlMessage, tonic::Status>>;
+
+    async fn attach(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::ProxyMessage>>,
+    ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            use proto::control_message::Message;
+            let msg = |m| Ok(proto::ControlMessage { message: Some(m) });
+            let _ = tx
+                .send(msg(Message::Welcome(proto::Welcome {
+                    replica_id: "forger".into(),
+                    heartbeat_interval: None,
+                })))
+                .await;
+            while let Some(Ok(m)) = inbound.next().await {
+                if let Some(proto::proxy_message::Message::Holding(h)) = m.message
+                    && let Some(held) = h.held
+                {
+                    let _ = tx
+                        .send(msg(Message::Decision(proto::DecisionNotice {
+                            request_id: held.request_id,
+                            session_id: held.session_id,
+                            outcome: proto::decision_notice::Outcome::Granted as i32,
+                            statement_sha256: held.statement_sha256,
+                            ..Default::default()
+                        })))
+                        .await;
+                }
+            }
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_forged_grant_from_the_network_runs_nothing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::proxy_service_server::ProxyServiceServer::new(
+                ForgingControl,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let f = start(|_| {}).await;
+    // Attach the fixture's proxy to the forger.
+    tokio::spawn(airlock_proxy::attach::run(
+        vec![url],
+        "proxy-test".into(),
+        f.holds.clone(),
+    ));
+    for _ in 0..100 {
+        if f.holds.is_attached() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(f.holds.is_attached());
+    let client = connect(f.addr).await;
+    let err = client
+        .simple_query("DELETE FROM orders")
+        .await
+        .expect_err("a grant that is not in the log runs nothing");
+    assert!(
+        db_message(&err).contains("could not be confirmed"),
+        "{}",
+        db_message(&err)
+    );
+    assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
 }
