@@ -282,6 +282,13 @@ impl Classifier<'_, '_> {
             .collect();
         reads = dedup(reads);
         let is_query = matches!(statement, Statement::Query(_));
+        // SELECT ... FOR UPDATE / FOR SHARE locks (writes) every row it reads
+        // until the transaction ends: a LOCK on those tables, not a read.
+        if let Statement::Query(q) = statement
+            && !q.locks.is_empty()
+        {
+            self.push(Effect::on(Kind::Lock, reads.clone()));
+        }
         if is_query || !reads.is_empty() {
             // Put the read first so a plain SELECT's effects read naturally.
             self.out.effects.insert(before, Effect::on(Kind::Select, reads));
