@@ -436,7 +436,13 @@ async fn relay(
         kills,
         cancels,
     ));
-    let mut to_client = tokio::spawn(upstream_to_client(up_reader, client_write, ctx, queue, inject_rx));
+    let mut to_client = tokio::spawn(upstream_to_client(
+        up_reader,
+        client_write,
+        ctx.clone(),
+        queue,
+        inject_rx,
+    ));
     // Either side ending ends the session; the other is stopped. A FATAL
     // from the reading side is written before the writer stops.
     tokio::select! {
@@ -445,6 +451,13 @@ async fn relay(
                 Ok(e) => e,
                 Err(e) => (Cause::Error, format!("session task failed: {e}")),
             };
+            // Ended by the proxy (protocol violation, expired token, error):
+            // a statement still running upstream is cancelled, not left to
+            // finish unobserved. (Kills and shutdown cancel on their own.)
+            if matches!(ending.0, Cause::ProtocolViolation | Cause::TokenExpired | Cause::Error) {
+                let (addr, key) = ctx.upstream_cancel.clone();
+                crate::cancel::relay(&addr, key).await;
+            }
             // The writer finishes: after a FATAL it stops at once; after the
             // client left, it reads PostgreSQL's answers to what was already
             // sent (the proxy sent Terminate), so statements that ran are

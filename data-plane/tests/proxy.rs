@@ -1005,3 +1005,29 @@ async fn a_forged_grant_from_the_network_runs_nothing() {
     );
     assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
 }
+
+#[tokio::test]
+async fn a_session_ended_for_a_protocol_violation_cancels_its_running_query() {
+    use airlock_proxy::codec::FeMessage;
+    let f = start(|_| {}).await;
+    let mut raw = Raw::login(f.addr).await;
+    raw.send(&[FeMessage::Query {
+        sql: "SELECT pg_sleep(30)".into(),
+    }])
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A Query whose string is not NUL-terminated ends the session.
+    raw.stream.write_all(b"Q\0\0\0\x08abcd").await.expect("garbage");
+    let mut still = String::new();
+    for _ in 0..50 {
+        still = f.pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+        );
+        if still == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(still, "0", "the running query was cancelled");
+}
