@@ -10,7 +10,6 @@
 pub mod act;
 pub mod cli;
 pub mod config;
-pub mod convert;
 pub mod decide;
 pub mod grpc;
 pub mod live;

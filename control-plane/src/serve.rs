@@ -11,7 +11,6 @@ use airlock_identity::Verifier;
 use anyhow::Context;
 
 use crate::config::ControlConfig;
-use crate::convert::identity_to_proto;
 use crate::grpc::{BoxFuture, Control, ReviewerAuth};
 use crate::live::Live;
 use crate::projection::Projection;
@@ -25,7 +24,7 @@ impl ReviewerAuth for VerifierAuth {
             self.0
                 .verify(token)
                 .await
-                .map(|i| identity_to_proto(&i))
+                .map(|i| i.to_proto())
                 .map_err(|e| e.to_string())
         })
     }

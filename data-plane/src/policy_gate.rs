@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use airlock_eventlog::proto;
-use airlock_identity::{Identity, PrincipalKind, Verifier};
+use airlock_identity::Verifier;
 use airlock_policy::{Decision, PolicySet, PreparedStatements, VerdictCache};
 
 use crate::gate::{Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal};
@@ -86,33 +86,6 @@ pub struct SessionPolicy {
     pub prepared: PreparedStatements,
 }
 
-pub fn identity_to_proto(i: &Identity) -> proto::Identity {
-    proto::Identity {
-        subject: i.subject.0.clone(),
-        tenant_id: i.tenant.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
-        display_name: i.display_name.clone().unwrap_or_default(),
-        client_app_id: i.client_app.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
-        kind: match i.kind {
-            PrincipalKind::User => proto::identity::Kind::User,
-            PrincipalKind::App => proto::identity::Kind::App,
-        } as i32,
-        groups: i
-            .groups
-            .iter()
-            .map(|g| proto::Group {
-                id: g.id.0.clone(),
-                name: g.name.clone().unwrap_or_default(),
-            })
-            .collect(),
-        roles: i.roles.clone(),
-        issuer: i.issuer.clone(),
-        token_expires_at: Some(prost_types::Timestamp {
-            seconds: i.expires_at.unix_timestamp(),
-            nanos: 0,
-        }),
-    }
-}
-
 fn decision_text(d: &Decision) -> (u32, String, bool) {
     match d {
         Decision::Rule { index, text } => (*index as u32, text.clone(), false),
@@ -133,7 +106,7 @@ impl Gate for PolicyGate {
         Box::pin(async move {
             match self.verifier.verify(token).await {
                 Ok(identity) => Ok(Agent {
-                    identity: identity_to_proto(&identity),
+                    identity: identity.to_proto(),
                 }),
                 // The error's text never holds the token.
                 Err(e) => Err(Refusal::unauthenticated(format!("access token refused: {e}"))),
@@ -192,7 +165,7 @@ impl Gate for PolicyGate {
 
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
         let set = self.policies();
-        let schema = set.default_schema(&binding.connection).to_owned();
+        let schema = set.default_schema(&binding.connection);
         let state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
         for r in &binding.policies {
@@ -203,7 +176,7 @@ impl Gate for PolicyGate {
             else {
                 continue;
             };
-            let v = self.cache.evaluate(policy, sql, &schema, &state.prepared);
+            let v = self.cache.evaluate(policy, sql, schema, &state.prepared);
             if strictest.as_ref().is_none_or(|s| v.action > s.action) {
                 strictest = Some(v);
             }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::codec::{BeMessage, CodecError, Diagnostic, FeStartup, FrameReader, Limits, ReadError, Severity};
+use crate::codec::{BeMessage, Diagnostic, FeStartup, FrameReader, Limits, ReadError, Severity};
 use crate::session;
 
 /// The `proxy:` section of airlock.yaml, as far as the front door uses it.
@@ -410,9 +410,4 @@ pub async fn fatal<S: AsyncWrite + Unpin + ?Sized>(
     let w = io.get_mut();
     let _ = w.write_all(&out).await;
     let _ = w.flush().await;
-}
-
-/// SQLSTATE for a codec error: a protocol violation.
-pub fn codec_sqlstate(_: &CodecError) -> &'static str {
-    "08P01"
 }

@@ -233,6 +233,14 @@ impl Ctx {
         format!("SELECT \"{}\"", self.sql_marker())
     }
 
+    /// An Execute of a portal that cannot exist (its name is the marker).
+    fn no_portal(&self) -> FeMessage {
+        FeMessage::Execute {
+            portal: self.marker.clone(),
+            max_rows: 0,
+        }
+    }
+
     /// The part of the marker errors about the SQL stand-in name.
     fn sql_marker(&self) -> &str {
         &self.marker[..self.marker.len().min(REFUSAL_TEXT.len() + 33)]
@@ -487,8 +495,14 @@ fn refusal(code: &'static str, message: String, hint: Option<String>) -> Diagnos
     }
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    Sha256::digest(bytes).to_vec()
+/// SHA-256 of a frame's exact wire bytes (tag, length, body), without
+/// copying it: computed for every Query, so kept off the allocator.
+fn frame_sha256(frame: &Frame) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update([frame.tag]);
+    h.update(((frame.body.len() + 4) as i32).to_be_bytes());
+    h.update(&frame.body);
+    h.finalize().to_vec()
 }
 
 /// PostgreSQL's longest name (NAMEDATALEN - 1).
@@ -686,7 +700,7 @@ async fn client_to_upstream(
                 let statement = proto::Statement {
                     text: sql.clone(),
                     protocol: proto::statement::Protocol::Simple as i32,
-                    sha256: sha256(&frame.to_bytes()),
+                    sha256: frame_sha256(&frame),
                     ..Default::default()
                 };
                 let step = match judgement.action.clone() {
@@ -840,7 +854,7 @@ async fn client_to_upstream(
                         let statement = proto::Statement {
                             text: query,
                             protocol: proto::statement::Protocol::Extended as i32,
-                            sha256: sha256(&frame.to_bytes()),
+                            sha256: frame_sha256(&frame),
                             prepared_name: name.clone(),
                             ..Default::default()
                         };
@@ -958,16 +972,7 @@ async fn client_to_upstream(
                 };
                 let Ok(bound) = bound else {
                     let why = bound.err().unwrap_or_default();
-                    refuse_extended(
-                        &ctx,
-                        &queue,
-                        &mut out,
-                        why.into(),
-                        FeMessage::Execute {
-                            portal: ctx.marker.clone(),
-                            max_rows: 0,
-                        },
-                    );
+                    refuse_extended(&ctx, &queue, &mut out, why.into(), ctx.no_portal());
                     flush_if_idle(&client, &mut upstream, &mut out).await;
                     continue;
                 };
@@ -1021,20 +1026,18 @@ async fn client_to_upstream(
                             // Executing a portal that does not exist fails
                             // at the Execute, as the held statement would
                             // have; the held portal never runs.
-                            ctx.refused(statement, stmt.judgement.verdict.clone(), cause, &d, &rid);
-                            push(
+                            let verdict = stmt.judgement.verdict.clone();
+                            refuse_with(
+                                &ctx,
                                 &queue,
-                                InFlight::Substitute {
-                                    diagnostic: Some(d),
-                                    boundary: false,
-                                },
+                                &mut out,
+                                statement,
+                                verdict,
+                                cause,
+                                d,
+                                &rid,
+                                ctx.no_portal(),
                             );
-                            FeMessage::Execute {
-                                portal: ctx.marker.clone(),
-                                max_rows: 0,
-                            }
-                            .to_frame()
-                            .encode(&mut out);
                             flush_if_idle(&client, &mut upstream, &mut out).await;
                             continue;
                         }
@@ -1044,31 +1047,21 @@ async fn client_to_upstream(
                     match ctx.deps.recorder.reserve(&ctx.session) {
                         Ok(s) => Some(s),
                         Err(full) => {
-                            let d = full_refusal(full);
                             let statement = proto::Statement {
                                 text: stmt.text.clone(),
                                 ..Default::default()
                             };
-                            ctx.refused(
+                            refuse_with(
+                                &ctx,
+                                &queue,
+                                &mut out,
                                 statement,
                                 stmt.judgement.verdict.clone(),
                                 proto::statement_refused::Cause::Unavailable,
-                                &d,
+                                full_refusal(full),
                                 &request_id,
+                                ctx.no_portal(),
                             );
-                            push(
-                                &queue,
-                                InFlight::Substitute {
-                                    diagnostic: Some(d),
-                                    boundary: false,
-                                },
-                            );
-                            FeMessage::Execute {
-                                portal: ctx.marker.clone(),
-                                max_rows: 0,
-                            }
-                            .to_frame()
-                            .encode(&mut out);
                             flush_if_idle(&client, &mut upstream, &mut out).await;
                             continue;
                         }
@@ -1123,10 +1116,7 @@ async fn client_to_upstream(
                         &queue,
                         &mut out,
                         "this statement was made with SQL PREPARE; drop it with DEALLOCATE".into(),
-                        FeMessage::Execute {
-                            portal: ctx.marker.clone(),
-                            max_rows: 0,
-                        },
+                        ctx.no_portal(),
                     );
                 } else {
                     ctx.names().close(kind == b'S', name);
@@ -1318,6 +1308,32 @@ fn push(queue: &Queue, item: InFlight) {
     queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(item);
 }
 
+/// Records a refusal and sends `stand_in` upstream in the statement's place;
+/// the stand-in's error is rewritten into `d`.
+#[allow(clippy::too_many_arguments)]
+fn refuse_with(
+    ctx: &Ctx,
+    queue: &Queue,
+    out: &mut BytesMut,
+    statement: proto::Statement,
+    verdict: proto::Verdict,
+    cause: proto::statement_refused::Cause,
+    d: Diagnostic,
+    request_id: &str,
+    stand_in: FeMessage,
+) {
+    ctx.refused(statement, verdict, cause, &d, request_id);
+    let boundary = matches!(stand_in, FeMessage::Query { .. });
+    push(
+        queue,
+        InFlight::Substitute {
+            diagnostic: Some(d),
+            boundary,
+        },
+    );
+    stand_in.to_frame().encode(out);
+}
+
 #[allow(clippy::too_many_arguments)]
 fn substitute_query(
     ctx: &Ctx,
@@ -1329,19 +1345,12 @@ fn substitute_query(
     cause: proto::statement_refused::Cause,
     request_id: &str,
 ) {
-    ctx.refused(statement, verdict, cause, &d, request_id);
-    push(
-        queue,
-        InFlight::Substitute {
-            diagnostic: Some(d),
-            boundary: true,
-        },
-    );
-    FeMessage::Query {
+    let stand_in = FeMessage::Query {
         sql: ctx.refusal_sql(),
-    }
-    .to_frame()
-    .encode(out);
+    };
+    refuse_with(
+        ctx, queue, out, statement, verdict, cause, d, request_id, stand_in,
+    );
 }
 
 /// Writes what is batched unless the client has more pipelined.

@@ -60,3 +60,5 @@ pub use error::{ConfigError, FetchError, VerifyError};
 pub use fetch::{MAX_DOCUMENT_BYTES, check_fetch_url};
 pub use identity::{ClientAppId, GroupId, GroupMembership, Identity, PrincipalKind, SubjectId, TenantId};
 pub use verifier::Verifier;
+
+mod to_proto;
