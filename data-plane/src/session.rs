@@ -453,19 +453,9 @@ async fn relay(
     ));
     // Either side ending ends the session; the other is stopped. A FATAL
     // from the reading side is written before the writer stops.
-    tokio::select! {
+    let ending = tokio::select! {
         r = &mut to_upstream => {
-            let ending = match r {
-                Ok(e) => e,
-                Err(e) => (Cause::Error, format!("session task failed: {e}")),
-            };
-            // Ended by the proxy (protocol violation, expired token, error):
-            // a statement still running upstream is cancelled, not left to
-            // finish unobserved. (Kills and shutdown cancel on their own.)
-            if matches!(ending.0, Cause::ProtocolViolation | Cause::TokenExpired | Cause::Error) {
-                let (addr, key) = ctx.upstream_cancel.clone();
-                crate::cancel::relay(&addr, key).await;
-            }
+            let ending = joined(r);
             // The writer finishes: after a FATAL it stops at once; after the
             // client left, it reads PostgreSQL's answers to what was already
             // sent (the proxy sent Terminate), so statements that ran are
@@ -474,15 +464,40 @@ async fn relay(
             to_client.abort();
             ending
         }
-        r = &mut to_client => {
-            to_upstream.abort();
-            match r {
-                Ok(Ok(())) => (Cause::ClientDisconnected, "client connection closed".into()),
-                Ok(Err(e)) => (Cause::UpstreamClosed, e),
-                Err(e) => (Cause::Error, format!("session task failed: {e}")),
+        r = &mut to_client => match r {
+            // The writer stops by itself only after writing a FATAL the
+            // reading side sent; the reason is the reading side's.
+            Ok(Ok(())) => joined((&mut to_upstream).await),
+            Ok(Err(e)) => {
+                to_upstream.abort();
+                (Cause::UpstreamClosed, e)
             }
-        }
+            Err(e) => {
+                to_upstream.abort();
+                (Cause::Error, format!("session task failed: {e}"))
+            }
+        },
+    };
+    // Ended by the proxy (protocol violation, expired token, error): a
+    // statement still running upstream is cancelled, not left to finish
+    // unobserved. (Kills and shutdown cancel on their own.)
+    if matches!(
+        ending.0,
+        Cause::ProtocolViolation | Cause::TokenExpired | Cause::Error
+    ) {
+        let (addr, key) = ctx.upstream_cancel.clone();
+        crate::cancel::relay(&addr, key).await;
     }
+    ending
+}
+
+fn joined(r: Result<Ending, tokio::task::JoinError>) -> Ending {
+    r.unwrap_or_else(|e| {
+        (
+            proto::session_closed::Cause::Error,
+            format!("session task failed: {e}"),
+        )
+    })
 }
 
 fn refusal(code: &'static str, message: String, hint: Option<String>) -> Diagnostic {

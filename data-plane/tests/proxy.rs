@@ -1015,15 +1015,21 @@ async fn a_session_ended_for_a_protocol_violation_cancels_its_running_query() {
         sql: "SELECT pg_sleep(30)".into(),
     }])
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until PostgreSQL is running it (a cancel that arrives before a
+    // query starts cancels nothing, in PostgreSQL too).
+    let active =
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+    for _ in 0..100 {
+        if f.pg.psql("postgres", active) == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A Query whose string is not NUL-terminated ends the session.
     raw.stream.write_all(b"Q\0\0\0\x08abcd").await.expect("garbage");
     let mut still = String::new();
     for _ in 0..50 {
-        still = f.pg.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
-        );
+        still = f.pg.psql("postgres", active);
         if still == "0" {
             break;
         }
