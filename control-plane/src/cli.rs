@@ -33,10 +33,41 @@ enum Command {
         #[arg(long, default_value = "airlock.yaml")]
         config: PathBuf,
     },
-    /// Check the log: every hash chain, and events that do not fit.
+    /// Check the log: every hash chain, every checkpoint (digest and
+    /// signature), and events that do not fit. Exit 1 naming the first bad
+    /// event.
     Verify {
         #[arg(long, default_value = "airlock.yaml")]
         config: PathBuf,
+        /// Checkpoint public key (PEM); repeat for rotated keys. Default:
+        /// the public half of `control.checkpoints.signing_key`, if readable.
+        #[arg(long = "checkpoint-key")]
+        checkpoint_keys: Vec<PathBuf>,
+    },
+    /// Write the log as JSON lines (one object per event; see the README
+    /// for the schema).
+    Export {
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
+        /// First stream sequence to write (1: the beginning).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last stream sequence to write (default: the end of the log now).
+        #[arg(long)]
+        to: Option<u64>,
+        #[arg(long, default_value = "jsonl", value_parser = clap::builder::PossibleValuesParser::new(crate::export::FORMATS))]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Create a checkpoint signing key pair: the private key for
+    /// `control.checkpoints.signing_key` and the public key for auditors.
+    CheckpointKey {
+        #[arg(long)]
+        private: PathBuf,
+        #[arg(long)]
+        public: PathBuf,
     },
     /// Identity tools.
     Identity {
@@ -105,16 +136,68 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { config } => {
+        Command::Verify {
+            config,
+            checkpoint_keys,
+        } => {
             let config = crate::config::load(&config)?;
+            let mut keys = Vec::new();
+            for path in &checkpoint_keys {
+                keys.push(crate::checkpoint::load_public_key(path)?);
+            }
+            if keys.is_empty()
+                && let Some(c) = &config.control.checkpoints
+                && let Ok(signer) = crate::checkpoint::CheckpointSigner::load(&c.signing_key)
+            {
+                keys.push(signer.verifying_key());
+            }
             let log = airlock_eventlog::EventLog::connect(config.nats).await?;
-            let report = crate::verify::verify(&log).await?;
+            let report = crate::verify::verify(&log, &keys).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.signatures_checked {
+                eprintln!(
+                    "airlock-control: the log holds signed checkpoints but no public key was given \
+                     (--checkpoint-key): their signatures were not checked"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(if report.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Export {
+            config,
+            from,
+            to,
+            format: _,
+            output,
+        } => {
+            let config = crate::config::load(&config)?;
+            let log = airlock_eventlog::EventLog::connect(config.nats).await?;
+            let written = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+                    crate::export::export(&log, from, to, &mut std::io::BufWriter::new(file)).await?
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    crate::export::export(&log, from, to, &mut std::io::BufWriter::new(stdout.lock())).await?
+                }
+            };
+            eprintln!("airlock-control: exported {written} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckpointKey { private, public } => {
+            let id = crate::checkpoint::generate_key(&private, &public)?;
+            println!(
+                "checkpoint key {id}: private key {}, public key {}",
+                private.display(),
+                public.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => Ok(crate::policy_cmd::run(command)),
         Command::Identity {

@@ -40,10 +40,43 @@ pub struct ControlSection {
     /// How often due outcomes (expiry) are checked.
     #[serde(default = "default_reconcile", with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// How often to consider storing a snapshot of the folded state (`0s`:
+    /// never), and how many events must have been folded since the stored
+    /// one. Start-up loads the latest snapshot and folds only the rest.
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    #[serde(default = "default_snapshot_min_events")]
+    pub snapshot_min_events: u64,
+    /// Signed checkpoints over the log; off when unset.
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointsSection>,
+}
+
+/// `control.checkpoints:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsSection {
+    /// Ed25519 private key, PKCS#8 PEM (`airlock-control checkpoint-key`).
+    pub signing_key: std::path::PathBuf,
+    /// How often a checkpoint is appended over the events since the last.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 fn default_reconcile() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_snapshot_min_events() -> u64 {
+    10_000
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `approvals:` (defaults for require-approval rules).

@@ -504,6 +504,8 @@ struct Holdings {
     proxy_id: String,
     requests: HashMap<String, String>,
     sessions: HashSet<String>,
+    /// Sessions a kill order was sent for on this stream (sent once).
+    killed: HashSet<String>,
 }
 
 /// The notice for a request that has ended, if it has.
@@ -652,15 +654,34 @@ impl proto::proxy_service_server::ProxyService for Control {
 
 type Tx = mpsc::Sender<Result<proto::ControlMessage, Status>>;
 
-/// Sends a notice for every held request that has ended. False when the
-/// proxy is gone.
+/// Sends a notice for every held request that has ended, and every kill
+/// order still pending for a session the proxy holds (made while it was
+/// away, or on another replica's stream). False when the proxy is gone.
 async fn send_decided(live: &Live, held: &mut Holdings, tx: &Tx) -> bool {
-    let notices: Vec<proto::DecisionNotice> = live.read(|s| {
-        held.requests
+    let (notices, kills): (Vec<proto::DecisionNotice>, Vec<proto::KillOrder>) = live.read(|s| {
+        let notices = held
+            .requests
             .keys()
             .filter_map(|id| s.request(id).and_then(|r| notice(r, "")))
-            .collect()
+            .collect();
+        let kills = held
+            .sessions
+            .iter()
+            .filter(|id| !held.killed.contains(*id))
+            .filter_map(|id| s.sessions.get(id)?.kill.as_ref().map(|k| k.order.clone()))
+            .collect();
+        (notices, kills)
     });
+    for k in kills {
+        held.killed.insert(k.session_id.clone());
+        if tx
+            .send(Ok(control(proto::control_message::Message::Kill(k))))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
     for n in notices {
         held.requests.remove(&n.request_id);
         if tx
@@ -698,6 +719,9 @@ async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx)
             if held.sessions.contains(&e.session_id)
                 || (!k.proxy_id.is_empty() && k.proxy_id == held.proxy_id) =>
         {
+            if !held.killed.insert(e.session_id.clone()) {
+                return true;
+            }
             let order = proto::KillOrder {
                 session_id: e.session_id.clone(),
                 requested_by: k.requested_by.clone(),

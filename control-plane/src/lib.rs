@@ -1,19 +1,23 @@
 //! `airlock-control`: approval state as a projection of the event log,
 //! decisions, gRPC services, and replay/verify/export for auditors.
 //!
-//! Built so far: `projection` (the fold), `decide` (votes, outcomes, expiry,
-//! as pure functions), `live` (the fold kept current by tailing the log),
-//! `act` (appending decisions with optimistic concurrency) and `grpc` (the
-//! reviewer, proxy and audit services). Snapshots, the `serve` command and
-//! the auditor commands follow in the control-plane issue.
+//! `projection` (the fold), `snapshot` (the fold stored, so start-up reads
+//! only the rest of the log), `decide` (votes, outcomes, expiry, as pure
+//! functions), `live` (the fold kept current by tailing the log), `act`
+//! (appending decisions with optimistic concurrency), `checkpoint` (signed
+//! digests over ranges of the log), `grpc` (the reviewer, proxy and audit
+//! services), `serve`, and the auditor commands in `verify` and `export`.
 
 pub mod act;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod export;
 pub mod grpc;
 pub mod live;
 pub mod policy_cmd;
 pub mod projection;
 pub mod serve;
+pub mod snapshot;
 pub mod verify;

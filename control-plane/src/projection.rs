@@ -55,6 +55,15 @@ pub struct Session {
     pub summary: proto::SessionSummary,
     pub request_ids: Vec<String>,
     pub last_sequence: u64,
+    /// A kill requested and not yet carried out (the session is still
+    /// open): re-sent to the proxy whenever it attaches.
+    pub kill: Option<PendingKill>,
+}
+
+/// A kill order waiting for its session to close.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingKill {
+    pub order: proto::KillOrder,
 }
 
 /// What a proxy or replica last said of itself.
@@ -226,6 +235,7 @@ impl Projection {
                     },
                     request_ids,
                     last_sequence: stored.sequence,
+                    kill: None,
                 },
             );
             return;
@@ -241,8 +251,22 @@ impl Projection {
             Body::SessionClosed(_) => {
                 session.summary.state = proto::SessionState::Closed as i32;
                 session.summary.closed_at = event.time;
+                session.kill = None;
             }
-            Body::SessionKillRequested(_) => {}
+            Body::SessionKillRequested(k) => {
+                // The first order stands; a kill of a closed session is moot.
+                if session.kill.is_none() && session.summary.state == proto::SessionState::Open as i32 {
+                    session.kill = Some(PendingKill {
+                        order: proto::KillOrder {
+                            session_id: id.to_owned(),
+                            requested_by: k.requested_by.clone(),
+                            reason: k.reason.clone(),
+                            event_id: event.id.clone(),
+                            sequence: stored.sequence,
+                        },
+                    });
+                }
+            }
             Body::SessionOpened(_)
             | Body::ApprovalRequested(_)
             | Body::ApprovalVoted(_)

@@ -54,7 +54,52 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     let log = EventLog::connect(config.nats.clone()).await?;
     log.ensure_stream().await?;
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
-    let live = Live::spawn(log.clone(), Projection::new()).await;
+    let signer = match &config.control.checkpoints {
+        Some(c) => Some((crate::checkpoint::CheckpointSigner::load(&c.signing_key)?, c.interval)),
+        None => {
+            tracing::warn!("control.checkpoints is not set: no signed checkpoints will be appended");
+            None
+        }
+    };
+    let started = std::time::Instant::now();
+    let (start, snapshot) = if config.control.snapshot_interval.is_zero() {
+        (Projection::new(), Err("snapshots are off".to_owned()))
+    } else {
+        crate::snapshot::load(&log).await
+    };
+    if let Err(why) = &snapshot {
+        tracing::info!(reason = %why, "starting without a snapshot: folding the whole log");
+    }
+    let live = Live::spawn(log.clone(), start).await;
+    {
+        let live = live.clone();
+        tokio::spawn(async move {
+            if live.wait_ready(std::time::Duration::from_secs(24 * 3600)).await {
+                tracing::info!(
+                    sequence = live.sequence(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "caught up with the log"
+                );
+            }
+        });
+    }
+    if !config.control.snapshot_interval.is_zero() {
+        tokio::spawn(crate::snapshot::save_forever(
+            live.clone(),
+            log.clone(),
+            config.control.snapshot_interval,
+            config.control.snapshot_min_events,
+        ));
+    }
+    if let Some((signer, interval)) = signer {
+        tracing::info!(key_id = signer.key_id(), ?interval, "appending signed checkpoints");
+        tokio::spawn(crate::checkpoint::checkpoint_forever(
+            log.clone(),
+            signer,
+            source.clone(),
+            interval,
+        ));
+    }
 
     // Kill rights: the reviewer groups, by name and by object id.
     let mut kill_groups = config.approvals.reviewers.clone();

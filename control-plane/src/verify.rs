@@ -1,13 +1,19 @@
-//! `airlock-control verify`: the auditor's check of the log. Reads every
-//! event, checks each subject's hash chain, and folds the whole log to
-//! report events that do not fit (anomalies).
+//! The auditor's commands over the whole log: `verify` (every hash chain,
+//! every checkpoint's digest and signature, events that do not fit) and
+//! `replay` (the state the log folds to, summarised). Both read the log from
+//! its first event, never a snapshot, and keep memory proportional to the
+//! number of chains and sessions, not to the length of the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-use airlock_eventlog::{EventLog, ReadFilter, StoredEvent, verify_chain};
+use airlock_eventlog::checkpoint::{Leaf, RangeDigest};
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{ChainChecker, EventLog, ReadFilter, StoredEvent};
+use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::checkpoint::check_signature;
 use crate::projection::Projection;
 
 #[derive(Debug, Serialize)]
@@ -16,40 +22,146 @@ pub struct VerifyReport {
     pub chains: usize,
     pub last_sequence: u64,
     pub anomalies: u64,
+    /// Checkpoints found, and how far the valid ones reach.
+    pub checkpoints: u64,
+    pub covered_through: u64,
+    /// Events after the last checkpoint (protected by their chains only).
+    pub uncovered_events: u64,
+    /// Whether checkpoint signatures were checked (a public key was given).
+    pub signatures_checked: bool,
+    /// Every finding, first one first; each names the event.
     pub broken: Vec<String>,
     pub ok: bool,
 }
 
-pub async fn verify(log: &EventLog) -> anyhow::Result<VerifyReport> {
+/// Checkpoint checks as the log streams by: the leaves of events not yet
+/// covered wait in a queue until the checkpoint over them arrives.
+struct CheckpointCheck<'k> {
+    keys: &'k [VerifyingKey],
+    pending: VecDeque<Leaf>,
+    next_first: u64,
+    found: u64,
+}
+
+impl CheckpointCheck<'_> {
+    fn check(&mut self, stored: &StoredEvent, c: &proto::Checkpoint) -> Result<(), String> {
+        self.found += 1;
+        let at = format!("checkpoint {} (seq {})", stored.event.id, stored.sequence);
+        if c.first_sequence != self.next_first {
+            return Err(format!(
+                "{at} covers {}..={}, but the range must start at {}: a range is missing or covered twice",
+                c.first_sequence, c.last_sequence, self.next_first
+            ));
+        }
+        if c.last_sequence < c.first_sequence || c.last_sequence >= stored.sequence {
+            return Err(format!(
+                "{at} covers {}..={}, which does not lie before it",
+                c.first_sequence, c.last_sequence
+            ));
+        }
+        let mut digest = RangeDigest::new(c.first_sequence);
+        while self
+            .pending
+            .front()
+            .is_some_and(|l| l.sequence <= c.last_sequence)
+        {
+            if let Some(leaf) = self.pending.pop_front() {
+                digest
+                    .add_leaf(&leaf)
+                    .map_err(|e| format!("{at}: events missing from its range: {e}"))?;
+            }
+        }
+        if digest.last() != c.last_sequence || digest.count() != c.event_count {
+            return Err(format!(
+                "{at} covers {} events up to {}, the log holds {} up to {}: events were removed",
+                c.event_count,
+                c.last_sequence,
+                digest.count(),
+                digest.last()
+            ));
+        }
+        if digest.finish().as_slice() != c.digest.as_slice() {
+            return Err(format!(
+                "{at}: the digest over {}..={} does not match: an event in that range was altered",
+                c.first_sequence, c.last_sequence
+            ));
+        }
+        if !self.keys.is_empty() {
+            check_signature(c, self.keys).map_err(|e| format!("{at}: {e}"))?;
+        }
+        self.next_first = c.last_sequence + 1;
+        Ok(())
+    }
+}
+
+/// Checks the whole log. `keys`: the checkpoint public keys (empty: digests
+/// are checked, signatures are not, and the report says so).
+pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<VerifyReport> {
     let stream = log.read(0, ReadFilter::all()).await?;
     futures::pin_mut!(stream);
-    let mut chains: BTreeMap<String, Vec<StoredEvent>> = BTreeMap::new();
+    let mut chains = ChainChecker::new();
     let mut fold = Projection::new();
+    let mut checkpoints = CheckpointCheck {
+        keys,
+        pending: VecDeque::new(),
+        next_first: 1,
+        found: 0,
+    };
     let mut events = 0u64;
     let mut broken = Vec::new();
     while let Some(item) = stream.next().await {
-        match item {
-            Ok(e) => {
-                events += 1;
-                fold.apply(&e);
-                chains.entry(e.subject.clone()).or_default().push(e);
+        let e = match item {
+            Ok(e) => e,
+            Err(e) => {
+                broken.push(e.to_string());
+                continue;
             }
-            Err(e) => broken.push(e.to_string()),
+        };
+        events += 1;
+        if let Err(err) = chains.check(&e) {
+            broken.push(err.to_string());
         }
-    }
-    for chain in chains.values() {
-        if let Err(e) = verify_chain(chain) {
-            broken.push(e.to_string());
+        if let Some(Body::Checkpoint(c)) = &e.event.body
+            && let Err(err) = checkpoints.check(&e, c)
+        {
+            broken.push(err);
         }
+        checkpoints.pending.push_back(Leaf::of(&e));
+        fold.apply(&e);
     }
+    let uncovered = checkpoints.pending.len() as u64;
+    let signatures_checked = !keys.is_empty() || checkpoints.found == 0;
     Ok(VerifyReport {
         events,
-        chains: chains.len(),
+        chains: chains.chains(),
         last_sequence: fold.sequence,
         anomalies: fold.anomalies,
+        checkpoints: checkpoints.found,
+        covered_through: checkpoints.next_first - 1,
+        uncovered_events: uncovered,
+        signatures_checked,
         ok: broken.is_empty(),
         broken,
     })
+}
+
+/// Per-identity activity in `replay`.
+#[derive(Debug, Default, Serialize)]
+pub struct IdentitySummary {
+    pub display_name: String,
+    pub kind: String,
+    pub sessions: u64,
+    pub statements_executed: u64,
+    pub statements_refused: u64,
+    pub approvals_requested: u64,
+}
+
+/// A reviewer's votes in `replay`.
+#[derive(Debug, Default, Serialize)]
+pub struct ReviewerSummary {
+    pub display_name: String,
+    pub approved: u64,
+    pub denied: u64,
 }
 
 /// What `airlock-control replay` prints: the state the log folds to.
@@ -57,13 +169,25 @@ pub async fn verify(log: &EventLog) -> anyhow::Result<VerifyReport> {
 pub struct ReplayReport {
     pub events: u64,
     pub last_sequence: u64,
-    pub requests: BTreeMap<String, usize>,
     pub sessions_open: usize,
     pub sessions_closed: usize,
+    /// Executed statements by the verdict that let them run (allow,
+    /// require_approval), and refused ones by cause (policy, denied, ...).
+    pub statements_executed: BTreeMap<String, u64>,
+    pub statements_refused: BTreeMap<String, u64>,
+    pub requests: BTreeMap<String, usize>,
+    /// Votes by reviewer (keyed by object id).
+    pub approvals_by_reviewer: BTreeMap<String, ReviewerSummary>,
+    /// Activity by identity (keyed by object id).
+    pub identities: BTreeMap<String, IdentitySummary>,
     pub proxies: usize,
     pub anomalies: u64,
     pub seconds: f64,
     pub events_per_second: f64,
+}
+
+fn enum_name(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_lowercase()
 }
 
 /// Folds the whole log from the start, as a fresh replica would.
@@ -73,31 +197,82 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
     futures::pin_mut!(stream);
     let mut fold = Projection::new();
     let mut events = 0u64;
+    let mut executed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+    let mut reviewers: BTreeMap<String, ReviewerSummary> = BTreeMap::new();
+    let mut identities: BTreeMap<String, IdentitySummary> = BTreeMap::new();
+    // Session -> identity, from SessionOpened (events of a session follow it).
+    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     while let Some(item) = stream.next().await {
-        fold.apply(&item?);
+        let e = item?;
         events += 1;
+        let session_owner = owner.get(&e.event.session_id).cloned();
+        match &e.event.body {
+            Some(Body::SessionOpened(o)) => {
+                let id = o.identity.clone().unwrap_or_default();
+                owner.insert(e.event.session_id.clone(), id.subject.clone());
+                let entry = identities.entry(id.subject.clone()).or_default();
+                entry.display_name = id.display_name.clone();
+                entry.kind = enum_name(id.kind().as_str_name(), "KIND_");
+                entry.sessions += 1;
+            }
+            Some(Body::StatementExecuted(s)) => {
+                let action = s.verdict.as_ref().map(|v| v.action()).unwrap_or_default();
+                *executed
+                    .entry(enum_name(action.as_str_name(), "ACTION_"))
+                    .or_default() += 1;
+                if let Some(who) = session_owner {
+                    identities.entry(who).or_default().statements_executed += 1;
+                }
+            }
+            Some(Body::StatementRefused(s)) => {
+                *refused
+                    .entry(enum_name(s.cause().as_str_name(), "CAUSE_"))
+                    .or_default() += 1;
+                if let Some(who) = session_owner {
+                    identities.entry(who).or_default().statements_refused += 1;
+                }
+            }
+            Some(Body::ApprovalRequested(r)) => {
+                let who = r.identity.as_ref().map(|i| i.subject.clone()).unwrap_or_default();
+                identities.entry(who).or_default().approvals_requested += 1;
+            }
+            Some(Body::ApprovalVoted(v)) => {
+                let r = v.reviewer.clone().unwrap_or_default();
+                let entry = reviewers.entry(r.subject.clone()).or_default();
+                entry.display_name = r.display_name;
+                if v.decision() == proto::Decision::Approve {
+                    entry.approved += 1;
+                } else if v.decision() == proto::Decision::Deny {
+                    entry.denied += 1;
+                }
+            }
+            _ => {}
+        }
+        fold.apply(&e);
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut requests: BTreeMap<String, usize> = BTreeMap::new();
     for r in fold.requests.values() {
-        let state = r
-            .state()
-            .as_str_name()
-            .trim_start_matches("REQUEST_STATE_")
-            .to_lowercase();
-        *requests.entry(state).or_default() += 1;
+        *requests
+            .entry(enum_name(r.state().as_str_name(), "REQUEST_STATE_"))
+            .or_default() += 1;
     }
     let open = fold
         .sessions
         .values()
-        .filter(|s| s.summary.state == airlock_eventlog::proto::SessionState::Open as i32)
+        .filter(|s| s.summary.state == proto::SessionState::Open as i32)
         .count();
     Ok(ReplayReport {
         events,
         last_sequence: fold.sequence,
-        requests,
         sessions_open: open,
         sessions_closed: fold.sessions.len() - open,
+        statements_executed: executed,
+        statements_refused: refused,
+        requests,
+        approvals_by_reviewer: reviewers,
+        identities,
         proxies: fold.proxies.len(),
         anomalies: fold.anomalies,
         seconds,

@@ -121,67 +121,123 @@ pub enum ChainError {
     },
 }
 
+/// What a chain check keeps of the last event of a chain.
+#[derive(Debug, Clone)]
+struct Link {
+    event_id: String,
+    sequence: u64,
+    index: u64,
+    hash: [u8; 32],
+}
+
+/// Checks that `stored` follows `previous` on `subject` (or starts the chain).
+fn check_next(subject: &str, previous: Option<&Link>, stored: &StoredEvent) -> Result<Link, ChainError> {
+    let e = &stored.event;
+    if stored.subject != subject {
+        return Err(ChainError::WrongSubject {
+            subject: subject.to_owned(),
+            event_id: e.id.clone(),
+            sequence: stored.sequence,
+            found: stored.subject.clone(),
+        });
+    }
+    check_ids(subject, stored)?;
+    match previous {
+        None => {
+            if e.chain_index != 1 || !e.prev_hash.is_empty() {
+                return Err(ChainError::MissingStart {
+                    subject: subject.to_owned(),
+                    event_id: e.id.clone(),
+                    sequence: stored.sequence,
+                    index: e.chain_index,
+                });
+            }
+        }
+        Some(prev) => {
+            let expected = prev.index + 1;
+            if e.chain_index != expected {
+                return Err(ChainError::IndexGap {
+                    subject: subject.to_owned(),
+                    event_id: e.id.clone(),
+                    sequence: stored.sequence,
+                    expected,
+                    found: e.chain_index,
+                });
+            }
+            if e.prev_hash.as_slice() != prev.hash.as_slice() {
+                return Err(ChainError::AlteredEvent {
+                    subject: subject.to_owned(),
+                    event_id: e.id.clone(),
+                    sequence: stored.sequence,
+                    previous_event_id: prev.event_id.clone(),
+                    previous_sequence: prev.sequence,
+                    recorded: hex::encode(&e.prev_hash),
+                    actual: hex::encode(prev.hash),
+                });
+            }
+        }
+    }
+    Ok(Link {
+        event_id: e.id.clone(),
+        sequence: stored.sequence,
+        index: e.chain_index,
+        hash: hash(&stored.raw),
+    })
+}
+
 /// Checks one chain: `events` are every event of one subject in stream order,
 /// from the first. Returns the head on success, or the first break.
 pub fn verify_chain(events: &[StoredEvent]) -> Result<ChainSummary, ChainError> {
     let first = events.first().ok_or(ChainError::Empty)?;
     let subject = first.subject.clone();
-    let mut previous: Option<&StoredEvent> = None;
+    let mut previous: Option<Link> = None;
     for stored in events {
-        let e = &stored.event;
-        if stored.subject != subject {
-            return Err(ChainError::WrongSubject {
-                subject,
-                event_id: e.id.clone(),
-                sequence: stored.sequence,
-                found: stored.subject.clone(),
-            });
-        }
-        check_ids(&subject, stored)?;
-        match previous {
-            None => {
-                if e.chain_index != 1 || !e.prev_hash.is_empty() {
-                    return Err(ChainError::MissingStart {
-                        subject,
-                        event_id: e.id.clone(),
-                        sequence: stored.sequence,
-                        index: e.chain_index,
-                    });
-                }
-            }
-            Some(prev) => {
-                let expected = prev.event.chain_index + 1;
-                if e.chain_index != expected {
-                    return Err(ChainError::IndexGap {
-                        subject,
-                        event_id: e.id.clone(),
-                        sequence: stored.sequence,
-                        expected,
-                        found: e.chain_index,
-                    });
-                }
-                let actual = hash(&prev.raw);
-                if e.prev_hash.as_slice() != actual.as_slice() {
-                    return Err(ChainError::AlteredEvent {
-                        subject,
-                        event_id: e.id.clone(),
-                        sequence: stored.sequence,
-                        previous_event_id: prev.event.id.clone(),
-                        previous_sequence: prev.sequence,
-                        recorded: hex::encode(&e.prev_hash),
-                        actual: hex::encode(actual),
-                    });
-                }
-            }
-        }
-        previous = Some(stored);
+        previous = Some(check_next(&subject, previous.as_ref(), stored)?);
     }
-    let last = previous.unwrap_or(first);
+    let last = events.last().unwrap_or(first);
     Ok(ChainSummary {
         subject,
         events: events.len(),
         head: ChainHead::of(last),
     })
+}
+
+/// Checks every chain of a log read in stream order, one event at a time,
+/// keeping only the head of each chain (so a log of any length is checked
+/// in memory proportional to its number of subjects). After a chain breaks,
+/// its later events are not judged again: the first break is the finding.
+#[derive(Debug, Default)]
+pub struct ChainChecker {
+    heads: std::collections::HashMap<String, Link>,
+    broken: std::collections::HashSet<String>,
+}
+
+impl ChainChecker {
+    pub fn new() -> ChainChecker {
+        ChainChecker::default()
+    }
+
+    /// Checks the next event of the log (every subject is a chain).
+    pub fn check(&mut self, stored: &StoredEvent) -> Result<(), ChainError> {
+        if self.broken.contains(&stored.subject) {
+            return Ok(());
+        }
+        match check_next(&stored.subject, self.heads.get(&stored.subject), stored) {
+            Ok(link) => {
+                self.heads.insert(stored.subject.clone(), link);
+                Ok(())
+            }
+            Err(e) => {
+                self.broken.insert(stored.subject.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Chains seen so far.
+    pub fn chains(&self) -> usize {
+        self.heads.len() + self.broken.iter().filter(|s| !self.heads.contains_key(*s)).count()
+    }
 }
 
 /// An event on a session or request subject must carry that id, so an event

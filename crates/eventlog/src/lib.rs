@@ -11,19 +11,22 @@
 //! plane's job; deciding what to append is the caller's.
 
 mod chain;
+pub mod checkpoint;
 mod error;
 pub mod ids;
 mod log;
+mod snapshot;
 pub mod subjects;
 
 pub use airlock_proto::v1 as proto;
-pub use chain::{ChainError, ChainHead, ChainSummary, hash, verify_chain};
+pub use chain::{ChainChecker, ChainError, ChainHead, ChainSummary, hash, verify_chain};
 pub use error::Error;
 pub use ids::{EventId, InvalidId, ProxyId, RequestId, SessionId};
 pub use log::{
     Appended, ChainWriter, EVENT_KIND, EventLog, Expect, MAX_EVENT_BYTES, NatsSettings, ReadFilter,
     StoredEvent, TRACEPARENT, TRACESTATE, link,
 };
+pub use snapshot::{SnapshotMeta, SnapshotRejected};
 
 use proto::event::Body;
 

@@ -204,6 +204,10 @@ impl EventLog {
         &self.client
     }
 
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.settings.stream.clone(),

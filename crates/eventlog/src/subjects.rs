@@ -15,6 +15,12 @@ pub const ALL: &str = "airlock.v1.>";
 /// Checkpoints over ranges of the log.
 pub const CHECKPOINT: &str = "airlock.v1.checkpoint";
 
+/// The object-store bucket holding snapshots of state derived from
+/// `stream` (object-store bucket names allow letters, digits, `-`, `_`).
+pub fn snapshot_bucket(stream: &str) -> String {
+    format!("{stream}_SNAPSHOTS")
+}
+
 /// Events of one session: opened, statements, kill requests, closed.
 pub fn session(id: &SessionId) -> String {
     format!("{PREFIX}.session.{id}")

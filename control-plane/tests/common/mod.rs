@@ -1,0 +1,3 @@
+//! Helpers shared by the control plane's integration tests.
+
+pub mod synth;
