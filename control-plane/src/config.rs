@@ -72,7 +72,9 @@ fn default_snapshot_interval() -> Duration {
 }
 
 fn default_snapshot_min_events() -> u64 {
-    10_000
+    // About 7 MB of snapshot per 100,000 events folded: store it no more
+    // often than that much new work would cost to fold again (~0.5 s).
+    100_000
 }
 
 fn default_checkpoint_interval() -> Duration {

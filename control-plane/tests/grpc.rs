@@ -324,3 +324,115 @@ async fn an_unanswered_request_expires_exactly_once_with_two_replicas() {
         vec!["approval_requested", "approval_expired"]
     );
 }
+
+/// Attaches as `proxy_id` holding `sessions`; returns the inbound stream
+/// after the Welcome.
+async fn attach(
+    addr: &str,
+    proxy_id: &str,
+    sessions: &[&SessionId],
+) -> (
+    tonic::Streaming<proto::ControlMessage>,
+    tokio::sync::mpsc::Sender<proto::ProxyMessage>,
+) {
+    let mut proxy = ProxyServiceClient::connect(addr.to_owned())
+        .await
+        .expect("proxy connects");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(proto::ProxyMessage {
+        message: Some(proto::proxy_message::Message::Hello(proto::ProxyHello {
+            proxy_id: proxy_id.into(),
+            session_ids: sessions.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = proxy
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("attach")
+        .into_inner();
+    let welcome = inbound.next().await.expect("welcome").expect("ok");
+    assert!(matches!(
+        welcome.message,
+        Some(proto::control_message::Message::Welcome(_))
+    ));
+    (inbound, tx)
+}
+
+/// The next kill order on `inbound` within `wait`, skipping heartbeats.
+async fn next_kill(inbound: &mut tonic::Streaming<proto::ControlMessage>, wait: Duration) -> Option<proto::KillOrder> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, inbound.next()).await {
+            Ok(Some(Ok(proto::ControlMessage {
+                message: Some(proto::control_message::Message::Kill(k)),
+            }))) => return Some(k),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kill_ordered_while_the_proxy_was_away_reaches_it_when_it_attaches() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let session = SessionId::generate();
+    let mut opened = new_event(
+        &proto::Source::default(),
+        Body::SessionOpened(proto::SessionOpened {
+            identity: Some(identity("agent-7", proto::identity::Kind::App, &[AGENTS])),
+            proxy_id: "proxy-1".into(),
+            ..Default::default()
+        }),
+    );
+    opened.session_id = session.to_string();
+    let (stored, _) = log
+        .append_next(&subjects::session(&session), opened)
+        .await
+        .expect("opened");
+    assert!(live.wait_for(stored.sequence, Duration::from_secs(5)).await);
+
+    // No proxy attached: the reviewer orders the kill anyway.
+    let mut reviewer = ReviewerServiceClient::connect(addr.clone()).await.expect("reviewer");
+    reviewer
+        .kill_session(authed(
+            "alice",
+            proto::KillSessionRequest {
+                session_id: session.to_string(),
+                reason: "runaway agent".into(),
+            },
+        ))
+        .await
+        .expect("kill ordered");
+
+    // The proxy comes back holding the session: the order is delivered, once.
+    let (mut inbound, _tx) = attach(&addr, "proxy-1", &[&session]).await;
+    let kill = next_kill(&mut inbound, Duration::from_secs(5))
+        .await
+        .expect("the pending kill arrives");
+    assert_eq!(kill.session_id, session.to_string());
+    assert_eq!(kill.reason, "runaway agent");
+    assert_eq!(kill.requested_by.expect("who").subject, "alice");
+    assert!(
+        next_kill(&mut inbound, Duration::from_millis(500)).await.is_none(),
+        "sent once per stream"
+    );
+
+    // Once the session is closed, the order is moot: a new attach gets none.
+    let mut closed = new_event(
+        &proto::Source::default(),
+        Body::SessionClosed(proto::SessionClosed::default()),
+    );
+    closed.session_id = session.to_string();
+    let (stored, _) = log
+        .append_next(&subjects::session(&session), closed)
+        .await
+        .expect("closed");
+    assert!(live.wait_for(stored.sequence, Duration::from_secs(5)).await);
+    let (mut again, _tx2) = attach(&addr, "proxy-1", &[&session]).await;
+    assert!(next_kill(&mut again, Duration::from_millis(500)).await.is_none());
+}
