@@ -1,3 +1,150 @@
-//! `airlock-reviewer`: REST, server-sent events, web UI and webhooks for reviewers.
+//! `airlock-reviewer`: the human side of Airlock. REST (`api`), server-sent
+//! events (`events`), a server-rendered web UI (`ui`, `html`), browser
+//! sign-in with OIDC authorization code + PKCE (`oidc`), webhook
+//! notifications (`notify`), health and Prometheus metrics (`metrics`).
 //!
-//! Not built yet: reserved by the workspace layout, filled in by the reviewer issue.
+//! It decides nothing. Every read and every vote goes to the control plane
+//! over gRPC (`control`) with the caller's own token, and the control plane
+//! judges it (reviewer group, self-approval, app identity, quorum, expiry);
+//! refusals come back as JSON errors with a stable code (`error`).
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod events;
+pub mod html;
+pub mod metrics;
+pub mod notify;
+pub mod oidc;
+pub mod openapi;
+pub mod ui;
+pub mod views;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::MethodRouter;
+
+use crate::auth::{Authenticator, Sessions};
+use crate::config::ReviewerConfig;
+use crate::control::ControlClient;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    pub config: ReviewerConfig,
+    pub public_url: String,
+    pub auth: Authenticator,
+    pub control: ControlClient,
+    pub metrics: Arc<Metrics>,
+    pub oidc: Option<oidc::Oidc>,
+}
+
+pub type State = Arc<App>;
+
+impl App {
+    pub fn new(config: ReviewerConfig) -> anyhow::Result<App> {
+        let verifier = airlock_identity::Verifier::new(config.identity.clone()).context("identity")?;
+        let public_url = config.public_url();
+        let origin = url::Url::parse(&public_url)
+            .context("reviewer.public_url")?
+            .origin()
+            .ascii_serialization();
+        let control = ControlClient::new(&config.reviewer.control).context("reviewer.control")?;
+        let oidc = config
+            .reviewer
+            .oidc
+            .as_ref()
+            .map(|o| oidc::Oidc::new(o, &config.identity, &public_url))
+            .transpose()?;
+        Ok(App {
+            auth: Authenticator {
+                verifier,
+                sessions: Sessions::default(),
+                secure_cookies: config.secure_cookies(),
+                origin,
+            },
+            public_url,
+            control,
+            metrics: Metrics::new(),
+            oidc,
+            config,
+        })
+    }
+}
+
+/// One route: method, path (axum syntax) and handler. The REST routes are
+/// listed in one place so the OpenAPI document can be checked against them.
+pub type Route = (&'static str, &'static str, MethodRouter<State>);
+
+/// Every route of the server.
+pub fn routes() -> Vec<Route> {
+    let mut all = api::routes();
+    all.extend(ui::routes());
+    all.extend(oidc::routes());
+    all
+}
+
+/// The whole HTTP surface.
+pub fn router(app: State) -> Router {
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(ui::not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
+        .with_state(app)
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
+    let listen = config.reviewer.listen;
+    let app = Arc::new(App::new(config)?);
+    match app.auth.verifier.refresh_keys().await {
+        Ok(n) => tracing::info!(keys = n, "identity provider keys loaded"),
+        Err(e) => tracing::warn!(error = %e, "identity provider keys not loaded yet; retried on use"),
+    }
+    if let Some(n) = app.config.reviewer.notifications.clone() {
+        notify::spawn(
+            n,
+            app.control.clone(),
+            app.public_url.clone(),
+            app.metrics.clone(),
+        )?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, public_url = %app.public_url, "airlock-reviewer serving");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving")
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,418 @@
+//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. JSON in and
+//! out; every error leaves through [`ApiError`]. Each handler verifies the
+//! caller, asks the control plane with the caller's token and shapes the
+//! answer (`views`). Nothing here decides whether a vote counts.
+
+use std::time::Duration;
+
+use airlock_proto::v1 as proto;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Caller, Via};
+use crate::error::{ApiError, Code};
+use crate::metrics::Metrics;
+use crate::{Route, views};
+
+/// The REST routes, listed once: the router is built from this list and the
+/// OpenAPI document is checked against it.
+pub fn routes() -> Vec<Route> {
+    vec![
+        ("GET", "/api/v1/requests", get(list_requests)),
+        ("GET", "/api/v1/requests/{id}", get(get_request)),
+        ("POST", "/api/v1/requests/{id}/approve", post(approve)),
+        ("POST", "/api/v1/requests/{id}/deny", post(deny)),
+        ("GET", "/api/v1/sessions", get(list_sessions)),
+        ("GET", "/api/v1/sessions/{id}", get(get_session)),
+        ("POST", "/api/v1/sessions/{id}/kill", post(kill_session)),
+        ("GET", "/api/v1/events", get(crate::events::events)),
+        ("GET", "/api/v1/me", get(me)),
+        ("GET", "/api/v1/openapi.json", get(openapi)),
+        ("GET", "/healthz", get(healthz)),
+        ("GET", "/metrics", get(metrics)),
+    ]
+}
+
+/// Longest reason accepted with a vote or a kill.
+pub const MAX_REASON_CHARS: usize = 2000;
+
+/// Request and session ids are ULIDs; refuse anything that could not be one
+/// before it goes anywhere.
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::invalid("not a valid id"));
+    }
+    Ok(())
+}
+
+fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn page_size(value: &str) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| ApiError::invalid("page_size must be a number from 1 to 1000"))
+}
+
+/// `state=pending,granted` (or repeated `state=`), `decided` for every
+/// final state.
+pub fn parse_states(values: &[String]) -> Result<Vec<i32>, ApiError> {
+    let mut states = Vec::new();
+    for word in values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        if word == "decided" {
+            states.extend([
+                proto::RequestState::Granted as i32,
+                proto::RequestState::Denied as i32,
+                proto::RequestState::Expired as i32,
+                proto::RequestState::Cancelled as i32,
+            ]);
+            continue;
+        }
+        let state = views::parse_state(word).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown state {word:?}: use pending, granted, denied, expired, cancelled or decided"
+            ))
+        })?;
+        states.push(state as i32);
+    }
+    Ok(states)
+}
+
+/// A page of requests this caller may review, newest first.
+pub async fn requests_page(
+    app: &crate::App,
+    caller: &Caller,
+    q: proto::ListRequestsRequest,
+) -> Result<(Vec<proto::RequestView>, String), ApiError> {
+    let page = app.control.list_requests(&caller.token, q).await?;
+    let visible = page
+        .requests
+        .into_iter()
+        .filter(|r| views::may_review(&caller.identity, r))
+        .collect();
+    Ok((visible, page.next_page_token))
+}
+
+async fn list_requests(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.auth.caller(&headers).await?;
+    let mut q = proto::ListRequestsRequest::default();
+    let mut states = Vec::new();
+    for (k, v) in query_pairs(raw.as_deref()) {
+        match k.as_str() {
+            "state" => states.push(v),
+            "connection" => q.connection = v,
+            "page_size" => q.page_size = page_size(&v)?,
+            "page_token" => q.page_token = v,
+            other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    q.states = parse_states(&states)?;
+    let (requests, next) = requests_page(&app, &caller, q).await?;
+    let requests: Vec<_> = requests.iter().map(views::request).collect();
+    Ok(Json(json!({"requests": requests, "next_page_token": next})))
+}
+
+/// One request, if the caller's groups may review it.
+pub async fn visible_request(
+    app: &crate::App,
+    caller: &Caller,
+    id: &str,
+) -> Result<proto::RequestView, ApiError> {
+    check_id(id)?;
+    let view = app.control.get_request(&caller.token, id).await?;
+    if !views::may_review(&caller.identity, &view) {
+        return Err(ApiError::new(
+            Code::NotAReviewer,
+            format!("{} is not in a reviewer group of request {id}", caller.name()),
+        ));
+    }
+    Ok(view)
+}
+
+async fn get_request(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<views::RequestJson>, ApiError> {
+    let caller = app.auth.caller(&headers).await?;
+    let view = visible_request(&app, &caller, &id).await?;
+    Ok(Json(views::request(&view)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Hex SHA-256 of the statement as shown to the reviewer.
+    #[serde(default)]
+    statement_sha256: Option<String>,
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+}
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::invalid(format!(
+            "reason is longer than {MAX_REASON_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Passes one vote to the control plane. The vote is bound to `sha256_hex`
+/// when given (what the reviewer was shown), else to the digest of the
+/// request as read just before, so a vote never covers bytes nobody saw.
+pub async fn vote(
+    app: &crate::App,
+    caller: &Caller,
+    id: &str,
+    decision: proto::Decision,
+    reason: String,
+    sha256_hex: Option<&str>,
+) -> Result<proto::DecideResponse, ApiError> {
+    check_id(id)?;
+    check_reason(&reason)?;
+    let digest = match sha256_hex.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(h) => match hex::decode(h) {
+            Ok(d) if d.len() == 32 => d,
+            _ => return Err(ApiError::invalid("statement_sha256 must be 64 hex digits")),
+        },
+        None => visible_request(app, caller, id)
+            .await?
+            .request
+            .and_then(|r| r.statement)
+            .map(|s| s.sha256)
+            .unwrap_or_default(),
+    };
+    let q = proto::DecideRequest {
+        request_id: id.to_owned(),
+        decision: decision as i32,
+        reason,
+        statement_sha256: digest,
+    };
+    match app.control.decide(&caller.token, q).await {
+        Ok(r) => {
+            Metrics::inc(match decision {
+                proto::Decision::Deny => &app.metrics.votes_deny,
+                proto::Decision::Approve | proto::Decision::Unspecified => &app.metrics.votes_approve,
+            });
+            tracing::info!(request = id, reviewer = %caller.identity.subject, decision = views::decision_name(decision as i32), "vote accepted");
+            Ok(r)
+        }
+        Err(e) => {
+            Metrics::inc(&app.metrics.votes_refused);
+            Err(e)
+        }
+    }
+}
+
+async fn decide_json(
+    app: crate::State,
+    headers: HeaderMap,
+    id: String,
+    body: Bytes,
+    decision: proto::Decision,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.auth.changing(&headers, None).await?;
+    let body: VoteBody = json_body(&body)?;
+    let r = vote(
+        &app,
+        &caller,
+        &id,
+        decision,
+        body.reason.unwrap_or_default(),
+        body.statement_sha256.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({
+        "request": r.request.as_ref().map(views::request),
+        "event_id": r.event_id,
+        "sequence": r.sequence,
+    })))
+}
+
+async fn approve(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide_json(app, headers, id, body, proto::Decision::Approve).await
+}
+
+async fn deny(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide_json(app, headers, id, body, proto::Decision::Deny).await
+}
+
+async fn list_sessions(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.auth.caller(&headers).await?;
+    let mut q = proto::ListSessionsRequest::default();
+    for (k, v) in query_pairs(raw.as_deref()) {
+        match k.as_str() {
+            "state" => {
+                for word in v.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                    q.states.push(match word {
+                        "open" => proto::SessionState::Open as i32,
+                        "closed" => proto::SessionState::Closed as i32,
+                        _ => {
+                            return Err(ApiError::invalid(format!(
+                                "unknown session state {word:?}: open or closed"
+                            )));
+                        }
+                    });
+                }
+            }
+            "connection" => q.connection = v,
+            "subject" => q.subject = v,
+            "page_size" => q.page_size = page_size(&v)?,
+            "page_token" => q.page_token = v,
+            other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let page = app.control.list_sessions(&caller.token, q).await?;
+    let sessions: Vec<_> = page.sessions.iter().map(views::session_summary).collect();
+    Ok(Json(
+        json!({"sessions": sessions, "next_page_token": page.next_page_token}),
+    ))
+}
+
+async fn get_session(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<views::SessionJson>, ApiError> {
+    let caller = app.auth.caller(&headers).await?;
+    check_id(&id)?;
+    let session = app.control.get_session(&caller.token, &id).await?;
+    Ok(Json(views::session(&session)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn kill_session(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = app.auth.changing(&headers, None).await?;
+    check_id(&id)?;
+    let body: KillBody = json_body(&body)?;
+    let reason = body.reason.unwrap_or_default();
+    check_reason(&reason)?;
+    let killed = app.control.kill_session(&caller.token, &id, reason).await?;
+    Metrics::inc(&app.metrics.kills);
+    Ok(Json(
+        json!({"event_id": killed.event_id, "sequence": killed.sequence}),
+    ))
+}
+
+async fn me(State(app): State<crate::State>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let caller = app.auth.caller(&headers).await?;
+    Ok(Json(json!({
+        "identity": views::identity(&caller.identity),
+        "via": match caller.via { Via::Bearer => "bearer", Via::Session { .. } => "session" },
+    })))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+/// 200 while the control plane's gRPC port accepts connections, else 503.
+async fn healthz(State(app): State<crate::State>) -> Response {
+    let target = url::Url::parse(&app.config.reviewer.control).ok().and_then(|u| {
+        let port = u.port_or_known_default()?;
+        Some(format!("{}:{port}", u.host_str()?.trim_matches(['[', ']'])))
+    });
+    let reachable = match target {
+        Some(t) => matches!(
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(t)).await,
+            Ok(Ok(_))
+        ),
+        None => false,
+    };
+    let (status, word) = if reachable {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "control plane unreachable")
+    };
+    (
+        status,
+        Json(json!({"status": word, "control_reachable": reachable})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<crate::State>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(app.auth.sessions.len()),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_ids_are_checked() {
+        assert_eq!(parse_states(&["pending".into()]).unwrap(), vec![1]);
+        assert_eq!(parse_states(&["decided".into()]).unwrap().len(), 4);
+        assert_eq!(parse_states(&["granted, denied".into()]).unwrap(), vec![2, 3]);
+        assert!(parse_states(&["bogus".into()]).is_err());
+        assert!(check_id("01J0ABCDEF").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("../etc").is_err());
+        assert!(check_id(&"x".repeat(65)).is_err());
+        assert!(page_size("0").is_err());
+        assert!(page_size("1001").is_err());
+        assert_eq!(page_size("50").unwrap(), 50);
+    }
+}

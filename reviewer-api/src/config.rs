@@ -1,0 +1,294 @@
+//! The sections of airlock.yaml the reviewer reads: `identity` and
+//! `reviewer`. Other sections belong to other binaries and are only checked
+//! by name, so a misspelt section is an error rather than silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_identity::IdentityConfig;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use url::Url;
+
+/// Every top-level section of airlock.yaml, whoever reads it.
+pub const SECTIONS: &[&str] = &[
+    "nats",
+    "identity",
+    "approvals",
+    "control",
+    "reviewer",
+    "proxy",
+    "connections",
+    "policies",
+];
+
+/// `reviewer:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewerSection {
+    /// HTTP listen address (REST, events, UI, health, metrics).
+    pub listen: SocketAddr,
+    /// The control plane's gRPC URL.
+    pub control: String,
+    /// The address reviewers reach this server at, e.g.
+    /// `https://airlock.example`: the base of links in notifications and of
+    /// the OIDC redirect URI. An `https` URL makes cookies `Secure`.
+    /// Default: `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Browser sign-in (OIDC authorization code + PKCE). Off when unset:
+    /// then only bearer tokens are accepted.
+    #[serde(default)]
+    pub oidc: Option<OidcSection>,
+    /// Webhook notifications. Off when unset.
+    #[serde(default)]
+    pub notifications: Option<NotificationsSection>,
+    /// How long a browser session lasts at most (it also ends when the
+    /// token it was made from expires).
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+/// `reviewer.oidc:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The application (client) id registered for the reviewer UI.
+    pub client_id: String,
+    /// Scopes to ask for; the access token must be for `identity.audience`.
+    /// Default: `openid profile <audience>/access_as_user`.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Default: from `<identity.issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// A confidential client's secret, read from this environment variable
+    /// (public clients, as with PKCE alone, have none).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+}
+
+/// `reviewer.notifications:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsSection {
+    /// A file holding the bearer token the notifier watches the control
+    /// plane with (an identity in a reviewer group). Re-read at every
+    /// reconnect, so whatever renews it only has to rewrite the file.
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
+    /// Deliveries waiting at most, per webhook; when full, the oldest is
+    /// dropped (and counted), never the caller delayed.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Attempts per delivery, the first included.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// First retry delay; doubles each attempt.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Per-attempt timeout.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// One webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    pub kind: WebhookKind,
+    pub url: String,
+    /// Generic webhooks: the environment variable holding the HMAC key.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Which notifications: `requested`, `decided` (default both).
+    #[serde(default = "default_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookKind {
+    Slack,
+    Teams,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    Requested,
+    Decided,
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_queue() -> usize {
+    1000
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Requested, NotifyOn::Decided]
+}
+
+/// What `airlock-reviewer` needs.
+#[derive(Debug, Clone)]
+pub struct ReviewerConfig {
+    pub identity: IdentityConfig,
+    pub reviewer: ReviewerSection,
+}
+
+impl ReviewerConfig {
+    /// `public_url` without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.reviewer
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.reviewer.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Whether cookies get `Secure`: the public URL is https.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url().starts_with("https://")
+    }
+}
+
+/// Reads and checks airlock.yaml.
+pub fn load(path: &Path) -> anyhow::Result<ReviewerConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    doc: &serde_norway::Mapping,
+    name: &str,
+) -> anyhow::Result<Option<T>> {
+    match doc.get(name) {
+        None => Ok(None),
+        Some(v) => serde_norway::from_value(v.clone())
+            .map(Some)
+            .with_context(|| format!("section `{name}:`")),
+    }
+}
+
+/// Parses airlock.yaml text and checks what can be checked offline.
+pub fn parse(text: &str) -> anyhow::Result<ReviewerConfig> {
+    let doc: serde_norway::Mapping = serde_norway::from_str(text).context("not a YAML mapping")?;
+    for key in doc.keys() {
+        let Some(k) = key.as_str() else {
+            bail!("a top-level key is not a string: {key:?}");
+        };
+        if !SECTIONS.contains(&k) {
+            bail!(
+                "unknown top-level section `{k}:`; the sections are {}",
+                SECTIONS.join(", ")
+            );
+        }
+    }
+    let identity = section::<IdentityConfig>(&doc, "identity")?
+        .context("missing section `identity:` (issuer and audience)")?;
+    identity.validate().context("section `identity:`")?;
+    let reviewer = section::<ReviewerSection>(&doc, "reviewer")?
+        .context("missing section `reviewer:` (listen and control)")?;
+    let control = Url::parse(&reviewer.control).context("`reviewer.control` is not a URL")?;
+    if !matches!(control.scheme(), "http" | "https") {
+        bail!("`reviewer.control` must be an http(s) URL of the control plane's gRPC listener");
+    }
+    let config = ReviewerConfig { identity, reviewer };
+    let public = Url::parse(&config.public_url()).context("`reviewer.public_url` is not a URL")?;
+    if !matches!(public.scheme(), "http" | "https") || public.query().is_some() {
+        bail!("`reviewer.public_url` must be an http(s) URL without a query");
+    }
+    if let Some(n) = &config.reviewer.notifications {
+        if n.queue == 0 || n.attempts == 0 {
+            bail!("`reviewer.notifications`: queue and attempts must be at least 1");
+        }
+        for w in &n.webhooks {
+            let url = Url::parse(&w.url).with_context(|| format!("webhook URL {:?}", w.url))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("webhook URL {:?} is not http(s)", w.url);
+            }
+            if w.kind == WebhookKind::Generic && w.secret_env.is_none() {
+                bail!("a generic webhook needs `secret_env` (its payloads are signed)");
+            }
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+nats:
+  url: nats://127.0.0.1:4222
+identity:
+  issuer: https://login.microsoftonline.com/t/v2.0
+  audience: api://airlock
+reviewer:
+  listen: 127.0.0.1:8080
+  control: http://127.0.0.1:7070
+  oidc:
+    client_id: c1
+  notifications:
+    token_file: /run/airlock/notifier.token
+    webhooks:
+      - kind: slack
+        url: https://hooks.example/x
+      - kind: generic
+        url: https://hooks.example/y
+        secret_env: HOOK_SECRET
+        on: [decided]
+policies: []
+"#;
+
+    #[test]
+    fn reads_its_sections() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.reviewer.listen.port(), 8080);
+        assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+        assert!(!c.secure_cookies());
+        let n = c.reviewer.notifications.expect("notifications");
+        assert_eq!(n.webhooks.len(), 2);
+        assert_eq!(n.webhooks[1].on, vec![NotifyOn::Decided]);
+        assert_eq!(n.attempts, 5);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = parse(&GOOD.replace("reviewer:", "reviwer:")).expect_err("typo");
+        assert!(
+            format!("{err:#}").contains("unknown top-level section `reviwer:`"),
+            "{err:#}"
+        );
+        let err = parse(&GOOD.replace("client_id: c1", "client: c1")).expect_err("typo");
+        assert!(format!("{err:#}").contains("section `reviewer:`"), "{err:#}");
+        let err = parse(&GOOD.replace("        secret_env: HOOK_SECRET\n", "")).expect_err("unsigned");
+        assert!(format!("{err:#}").contains("secret_env"), "{err:#}");
+        let err = parse(&GOOD.replace("http://127.0.0.1:7070", "127.0.0.1:7070")).expect_err("no scheme");
+        assert!(format!("{err:#}").contains("reviewer.control"), "{err:#}");
+        let https = GOOD.replace(
+            "  control: http://127.0.0.1:7070\n",
+            "  control: http://127.0.0.1:7070\n  public_url: https://airlock.example/\n",
+        );
+        let c = parse(&https).expect("valid");
+        assert_eq!(c.public_url(), "https://airlock.example");
+        assert!(c.secure_cookies());
+    }
+}

@@ -1,0 +1,531 @@
+//! Notifications on new requests and on outcomes: Slack incoming webhooks,
+//! Microsoft Teams Adaptive Cards, and a generic JSON webhook signed with
+//! HMAC-SHA256.
+//!
+//! A watcher task follows the control plane's `Watch` (with the token in
+//! `notifications.token_file`) and puts each notification on every
+//! webhook's own bounded queue; one worker per webhook delivers with
+//! retries and exponential backoff. Nothing waits for a webhook: votes and
+//! proxies never pass through here, the watcher never blocks on a queue
+//! (when one is full its oldest notification is dropped and counted), and a
+//! slow or dead endpoint only delays its own queue.
+//!
+//! Generic webhook signature: headers `X-Airlock-Timestamp` (Unix seconds)
+//! and `X-Airlock-Signature: v1=<hex>`, where `<hex>` is
+//! HMAC-SHA256(key, "<timestamp>.<body>") over the exact body bytes. A
+//! receiver recomputes it, compares in constant time, and refuses old
+//! timestamps (say, more than five minutes) to stop replays.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_proto::v1 as proto;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::Notify;
+
+use crate::auth::Token;
+use crate::config::{NotificationsSection, NotifyOn, WebhookKind, WebhookSection};
+use crate::control::ControlClient;
+use crate::metrics::Metrics;
+use crate::views;
+
+/// What happened, for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Occasion {
+    Requested,
+    Decided,
+}
+
+/// One notification, before it is shaped for a particular webhook.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub occasion: Occasion,
+    pub view: proto::RequestView,
+    /// Link to the request page.
+    pub link: String,
+    pub sequence: u64,
+}
+
+/// The signature header value for `body` sent at `timestamp`.
+pub fn sign(key: &[u8], timestamp: i64, body: &[u8]) -> String {
+    // HMAC accepts keys of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn who(i: Option<&proto::Identity>) -> String {
+    match i {
+        Some(i) if !i.display_name.is_empty() => i.display_name.clone(),
+        Some(i) => i.subject.clone(),
+        None => "unknown".into(),
+    }
+}
+
+fn headline(n: &Notification) -> String {
+    let asked = n.view.request.clone().unwrap_or_default();
+    let connection = asked.connection.as_ref().map(|c| c.name.as_str()).unwrap_or("?");
+    match n.occasion {
+        Occasion::Requested => format!(
+            "{} wants to run a statement on {} that needs {} approval(s)",
+            who(asked.identity.as_ref()),
+            connection,
+            asked.approvals_required
+        ),
+        Occasion::Decided => format!(
+            "Request by {} on {}: {}{}",
+            who(asked.identity.as_ref()),
+            connection,
+            views::state_name(n.view.state),
+            if n.view.outcome_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", n.view.outcome_reason)
+            }
+        ),
+    }
+}
+
+fn statement_text(n: &Notification) -> String {
+    n.view
+        .request
+        .as_ref()
+        .and_then(|r| r.statement.as_ref())
+        .map(|s| s.text.clone())
+        .unwrap_or_default()
+}
+
+/// Slack mrkdwn: `&`, `<` and `>` are control characters there.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(max).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// A Slack incoming-webhook message.
+pub fn slack_payload(n: &Notification) -> Value {
+    let title = headline(n);
+    // A code block cannot be closed early by the statement's own backticks.
+    let sql = slack_escape(&clip(&statement_text(n), 2500)).replace("```", "`\u{200b}``");
+    let asked = n.view.request.clone().unwrap_or_default();
+    let rule = asked.verdict.unwrap_or_default();
+    json!({
+        "text": format!("{} — {}", slack_escape(&title), n.link),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", slack_escape(&title))}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("```{sql}```")}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&format!(
+                "request {} · policy {} · rule {} · {}", n.view.request_id, rule.policy, rule.rule, rule.reason))}]},
+            {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in Airlock"},
+                "url": n.link}]}
+        ]
+    })
+}
+
+/// A Microsoft Teams message with an Adaptive Card (as Teams incoming
+/// webhooks and Workflows accept).
+pub fn teams_payload(n: &Notification) -> Value {
+    let asked = n.view.request.clone().unwrap_or_default();
+    let rule = asked.verdict.clone().unwrap_or_default();
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true, "text": headline(n)},
+                    {"type": "TextBlock", "fontType": "Monospace", "wrap": true, "text": clip(&statement_text(n), 2500)},
+                    {"type": "FactSet", "facts": [
+                        {"title": "Request", "value": n.view.request_id},
+                        {"title": "State", "value": views::state_name(n.view.state)},
+                        {"title": "Identity", "value": who(asked.identity.as_ref())},
+                        {"title": "Connection", "value": asked.connection.as_ref().map(|c| c.name.clone()).unwrap_or_default()},
+                        {"title": "Rule", "value": format!("{} {}", rule.policy, rule.rule)},
+                        {"title": "Reason", "value": rule.reason},
+                        {"title": "Approvals", "value": format!("{} of {}", views::approvals_given(&n.view), asked.approvals_required)}
+                    ]}
+                ],
+                "actions": [{"type": "Action.OpenUrl", "title": "Open in Airlock", "url": n.link}]
+            }
+        }]
+    })
+}
+
+/// The generic webhook's JSON: the whole request as the REST API shows it.
+pub fn generic_payload(n: &Notification) -> Value {
+    json!({
+        "type": match n.occasion { Occasion::Requested => "request.created", Occasion::Decided => "request.decided" },
+        "sequence": n.sequence,
+        "url": n.link,
+        "summary": headline(n),
+        "request": views::request(&n.view),
+    })
+}
+
+/// One webhook's queue and its delivery settings.
+#[derive(Debug)]
+struct Queue {
+    items: Mutex<VecDeque<Notification>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+impl Queue {
+    /// Never blocks: a full queue loses its oldest item.
+    fn push(&self, n: Notification, metrics: &Metrics) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        if items.len() >= self.capacity {
+            items.pop_front();
+            Metrics::inc(&metrics.webhook_dropped);
+        }
+        items.push_back(n);
+        drop(items);
+        self.ready.notify_one();
+    }
+
+    async fn pop(&self) -> Notification {
+        loop {
+            let next = self.items.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            if let Some(n) = next {
+                return n;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// The notifier: the queues, one per webhook.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    hooks: Vec<(WebhookSection, Arc<Queue>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    /// Queues `n` for every webhook that wants it; returns at once.
+    pub fn dispatch(&self, n: &Notification) {
+        for (hook, queue) in &self.hooks {
+            let wanted = match n.occasion {
+                Occasion::Requested => hook.on.contains(&NotifyOn::Requested),
+                Occasion::Decided => hook.on.contains(&NotifyOn::Decided),
+            };
+            if wanted {
+                Metrics::inc(&self.metrics.notifications_queued);
+                queue.push(n.clone(), &self.metrics);
+            }
+        }
+    }
+}
+
+/// Starts one delivery worker per webhook; returns the dispatcher.
+pub fn start_workers(section: &NotificationsSection, metrics: Arc<Metrics>) -> anyhow::Result<Dispatcher> {
+    let http = reqwest::Client::builder()
+        .timeout(section.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut hooks = Vec::new();
+    for hook in &section.webhooks {
+        let key = match (&hook.kind, &hook.secret_env) {
+            (WebhookKind::Generic, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| anyhow::anyhow!("webhook secret_env names {var}, which is not set"))?
+                    .into_bytes(),
+            ),
+            (WebhookKind::Generic, None) => anyhow::bail!("a generic webhook needs secret_env"),
+            _ => None,
+        };
+        let queue = Arc::new(Queue {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity: section.queue,
+        });
+        tokio::spawn(deliver_forever(
+            hook.clone(),
+            key,
+            queue.clone(),
+            http.clone(),
+            section.attempts,
+            section.backoff,
+            metrics.clone(),
+        ));
+        hooks.push((hook.clone(), queue));
+    }
+    Ok(Dispatcher { hooks, metrics })
+}
+
+/// Where a webhook's URL points, without its path or query (which often
+/// hold the webhook's secret): safe to log.
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+async fn deliver_forever(
+    hook: WebhookSection,
+    key: Option<Vec<u8>>,
+    queue: Arc<Queue>,
+    http: reqwest::Client,
+    attempts: u32,
+    backoff: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let host = host_of(&hook.url);
+    loop {
+        let n = queue.pop().await;
+        let payload = match hook.kind {
+            WebhookKind::Slack => slack_payload(&n),
+            WebhookKind::Teams => teams_payload(&n),
+            WebhookKind::Generic => generic_payload(&n),
+        };
+        let body = payload.to_string().into_bytes();
+        let mut delay = backoff;
+        for attempt in 1..=attempts {
+            let mut request = http
+                .post(&hook.url)
+                .header("content-type", "application/json")
+                .header(
+                    "user-agent",
+                    concat!("airlock-reviewer/", env!("CARGO_PKG_VERSION")),
+                );
+            if let Some(key) = &key {
+                let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+                request = request
+                    .header("x-airlock-timestamp", timestamp.to_string())
+                    .header("x-airlock-signature", sign(key, timestamp, &body))
+                    .header(
+                        "x-airlock-event",
+                        if n.occasion == Occasion::Requested {
+                            "request.created"
+                        } else {
+                            "request.decided"
+                        },
+                    );
+            }
+            let outcome = request.body(body.clone()).send().await;
+            let failure = match outcome {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("answered {}", r.status())),
+                Err(e) => Some(if e.is_timeout() {
+                    "timed out".to_owned()
+                } else {
+                    "unreachable".to_owned()
+                }),
+            };
+            match failure {
+                None => {
+                    Metrics::inc(&metrics.webhook_delivered);
+                    break;
+                }
+                Some(why) if attempt < attempts => {
+                    Metrics::inc(&metrics.webhook_retried);
+                    tracing::info!(webhook = %host, request = %n.view.request_id, attempt, %why, "webhook delivery failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(300));
+                }
+                Some(why) => {
+                    Metrics::inc(&metrics.webhook_failed);
+                    tracing::warn!(webhook = %host, request = %n.view.request_id, attempts, %why, "webhook delivery gave up");
+                }
+            }
+        }
+    }
+}
+
+/// What to notify for one watch event, if anything. `seen` remembers what
+/// was already sent, so a resumed watch (which replays current views) does
+/// not notify twice.
+fn occasion_of(item: &proto::WatchEvent, seen: &mut HashSet<(String, bool)>) -> Option<Occasion> {
+    let view = item.request.as_ref()?;
+    let pending = view.state == proto::RequestState::Pending as i32;
+    let occasion = match views::change_kind(item.event.as_ref()) {
+        "requested" => Occasion::Requested,
+        "granted" | "denied" | "expired" | "cancelled" => Occasion::Decided,
+        "updated" if pending => Occasion::Requested,
+        "updated" => Occasion::Decided,
+        _ => return None,
+    };
+    if seen.len() > 100_000 {
+        seen.clear();
+    }
+    seen.insert((view.request_id.clone(), occasion == Occasion::Decided))
+        .then_some(occasion)
+}
+
+/// Starts the workers and the watcher.
+pub fn spawn(
+    section: NotificationsSection,
+    control: ControlClient,
+    public_url: String,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Dispatcher> {
+    let dispatcher = start_workers(&section, metrics.clone())?;
+    let d = dispatcher.clone();
+    tokio::spawn(async move {
+        let mut after = 0u64;
+        let mut seen = HashSet::new();
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let token = match tokio::fs::read_to_string(&section.token_file).await {
+                Ok(t) if !t.trim().is_empty() => Token::new(t.trim().to_owned()),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(file = %section.token_file.display(), "notifier: no token to watch with");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            match control.watch(&token, after).await {
+                Ok(mut stream) => {
+                    Metrics::inc(&metrics.notifier_connected);
+                    tracing::info!(after, "notifier watching the control plane");
+                    pause = Duration::from_secs(1);
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(item)) => {
+                                after = after.max(item.sequence);
+                                if let Some(occasion) = occasion_of(&item, &mut seen) {
+                                    let view = item.request.clone().unwrap_or_default();
+                                    d.dispatch(&Notification {
+                                        occasion,
+                                        link: format!("{public_url}/requests/{}", view.request_id),
+                                        view,
+                                        sequence: item.sequence,
+                                    });
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::warn!(code = ?status.code(), message = status.message(), "notifier watch ended");
+                                break;
+                            }
+                        }
+                    }
+                    Metrics::dec(&metrics.notifier_connected);
+                }
+                Err(e) => {
+                    tracing::warn!(code = e.code.as_str(), message = %e.message, "notifier cannot watch")
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(60));
+        }
+    });
+    Ok(dispatcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification() -> Notification {
+        Notification {
+            occasion: Occasion::Requested,
+            view: proto::RequestView {
+                request_id: "01REQ".into(),
+                state: proto::RequestState::Pending as i32,
+                request: Some(proto::ApprovalRequested {
+                    identity: Some(proto::Identity {
+                        display_name: "agent-7".into(),
+                        ..Default::default()
+                    }),
+                    statement: Some(proto::Statement {
+                        text: "DELETE FROM t WHERE note = '```<b>&'".into(),
+                        ..Default::default()
+                    }),
+                    approvals_required: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            link: "https://airlock.example/requests/01REQ".into(),
+            sequence: 9,
+        }
+    }
+
+    #[test]
+    fn hmac_signature_is_over_timestamp_and_body() {
+        // RFC 4231 test case 2 key and data, split as "<timestamp>.<body>".
+        let sig = sign(b"Jefe", 1_700_000_000, b"{}");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"1700000000.{}");
+        assert_eq!(sig, format!("v1={}", hex::encode(mac.finalize().into_bytes())));
+        assert_ne!(sig, sign(b"Jefe", 1_700_000_001, b"{}"));
+        assert_ne!(sig, sign(b"Jefe", 1_700_000_000, b"{ }"));
+    }
+
+    #[test]
+    fn payloads_carry_the_link_and_escape_the_statement() {
+        let n = notification();
+        let slack = slack_payload(&n).to_string();
+        assert!(slack.contains("https://airlock.example/requests/01REQ"));
+        assert!(slack.contains("&lt;b&gt;&amp;"), "{slack}");
+        assert!(!slack.contains("'```<b>"), "{slack}");
+        let teams = teams_payload(&n);
+        assert_eq!(teams["attachments"][0]["content"]["type"], "AdaptiveCard");
+        assert_eq!(
+            teams["attachments"][0]["content"]["actions"][0]["url"],
+            "https://airlock.example/requests/01REQ"
+        );
+        let generic = generic_payload(&n);
+        assert_eq!(generic["type"], "request.created");
+        assert_eq!(
+            generic["request"]["statement"]["text"],
+            "DELETE FROM t WHERE note = '```<b>&'"
+        );
+    }
+
+    #[test]
+    fn resumed_watches_do_not_notify_twice() {
+        let mut seen = HashSet::new();
+        let n = notification();
+        let item = proto::WatchEvent {
+            request: Some(n.view.clone()),
+            event: None,
+            sequence: 3,
+        };
+        assert_eq!(occasion_of(&item, &mut seen), Some(Occasion::Requested));
+        assert_eq!(occasion_of(&item, &mut seen), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_without_waiting() {
+        let metrics = Metrics::new();
+        let q = Queue {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity: 2,
+        };
+        for seq in 1..=3 {
+            let mut n = notification();
+            n.sequence = seq;
+            q.push(n, &metrics);
+        }
+        assert_eq!(
+            metrics.webhook_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(q.pop().await.sequence, 2);
+        assert_eq!(q.pop().await.sequence, 3);
+    }
+}
