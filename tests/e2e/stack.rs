@@ -91,6 +91,7 @@ approvals:
   timeout: 2m
 control:
   listen: 127.0.0.1:{control_port}
+  checkpoints: {{ signing_key: {dir}/checkpoint.key, interval: 1s }}
 proxy:
   listen: 127.0.0.1:{proxy_port}
   control: http://127.0.0.1:{control_port}
@@ -115,6 +116,14 @@ policies:
             pg_port = pg.port(),
         );
         std::fs::write(dir.join("airlock.yaml"), config).expect("config");
+        let keys = Command::new(workspace_binary("airlock-control"))
+            .args(["checkpoint-key", "--private"])
+            .arg(dir.join("checkpoint.key"))
+            .arg("--public")
+            .arg(dir.join("checkpoint.pub"))
+            .output()
+            .expect("airlock-control checkpoint-key");
+        assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
         children.push(Child(
             Command::new(workspace_binary("airlock-control"))
                 .args(["serve", "--config"])
@@ -489,4 +498,112 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     let out = finish(stack.psql("eyJhbGciOiJub25lIn0.e30.", "SELECT 1")).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("access token refused"));
+
+    auditor_sees_the_same_exchange(&stack);
+}
+
+fn airlock_control(stack: &Stack, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_binary("airlock-control"))
+        .args(args)
+        .arg("--config")
+        .arg(stack.dir.join("airlock.yaml"))
+        .output()
+        .expect("run airlock-control")
+}
+
+/// `export`, `replay` and `verify` tell the story the agent and the
+/// reviewer lived: who asked, what was held, who approved or denied and
+/// why, what ran, and that the log is intact under signed checkpoints.
+fn auditor_sees_the_same_exchange(stack: &Stack) {
+    let out = airlock_control(stack, &["export", "--from", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is a JSON object"))
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["sequence"].as_u64(), Some(i as u64 + 1), "in order, no gaps");
+    }
+    let find = |kind: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == kind && pred(&l["event"]))
+            .unwrap_or_else(|| panic!("no {kind} in the export"))
+            .clone()
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+
+    // The approved DELETE: request, vote, grant, execution, one session.
+    let vote = find("approval_voted", &|e| {
+        e["approval_voted"]["reason"] == "expired test orders"
+    });
+    let request_id = text(&vote["event"]["request_id"]);
+    assert_eq!(vote["event"]["approval_voted"]["reviewer"]["subject"], "oid-alice");
+    assert_eq!(vote["event"]["approval_voted"]["decision"], "DECISION_APPROVE");
+    let asked = find("approval_requested", &|e| e["request_id"] == request_id.as_str());
+    assert_eq!(
+        asked["event"]["approval_requested"]["statement"]["text"],
+        "DELETE FROM orders WHERE id > 15"
+    );
+    assert_eq!(
+        asked["event"]["approval_requested"]["identity"]["subject"],
+        "oid-agent-7"
+    );
+    find("approval_granted", &|e| e["request_id"] == request_id.as_str());
+    let ran = find("statement_executed", &|e| {
+        e["statement_executed"]["request_id"] == request_id.as_str()
+    });
+    assert_eq!(ran["event"]["statement_executed"]["command_tag"], "DELETE 5");
+    let session_id = text(&asked["event"]["session_id"]);
+    assert_eq!(ran["event"]["session_id"], session_id.as_str());
+    let opened = find("session_opened", &|e| e["session_id"] == session_id.as_str());
+    assert_eq!(opened["event"]["session_opened"]["identity"]["subject"], "oid-agent-7");
+
+    // The denied DROP: denied by Alice with her reason, refused, never run.
+    let denied = find("approval_voted", &|e| {
+        e["approval_voted"]["reason"] == "never drop orders"
+    });
+    let drop_id = text(&denied["event"]["request_id"]);
+    assert_eq!(denied["event"]["approval_voted"]["decision"], "DECISION_DENY");
+    find("approval_denied", &|e| e["request_id"] == drop_id.as_str());
+    let refused = find("statement_refused", &|e| {
+        e["statement_refused"]["request_id"] == drop_id.as_str()
+    });
+    assert_eq!(refused["event"]["statement_refused"]["cause"], "CAUSE_DENIED");
+    assert!(
+        !lines.iter().any(|l| l["kind"] == "statement_executed"
+            && l["event"]["statement_executed"]["statement"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("DROP"))),
+        "the DROP never executed"
+    );
+
+    // replay counts the same people and outcomes.
+    let out = airlock_control(stack, &["replay"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replay: serde_json::Value = serde_json::from_slice(&out.stdout).expect("replay JSON");
+    let alice = &replay["approvals_by_reviewer"]["oid-alice"];
+    assert!(alice["approved"].as_u64() >= Some(2), "{replay}");
+    assert_eq!(alice["denied"].as_u64(), Some(1), "{replay}");
+    let agent = &replay["identities"]["oid-agent-7"];
+    assert!(agent["statements_executed"].as_u64() >= Some(3), "{replay}");
+    assert!(agent["approvals_requested"].as_u64() >= Some(3), "{replay}");
+    assert_eq!(replay["anomalies"].as_u64(), Some(0), "{replay}");
+
+    // verify: chains and signed checkpoints hold (a checkpoint lands each second).
+    let public = stack.dir.join("checkpoint.pub");
+    let public = public.to_str().expect("utf-8 path");
+    let mut report = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = airlock_control(stack, &["verify", "--checkpoint-key", public]);
+        report = serde_json::from_slice(&out.stdout).expect("verify JSON");
+        assert!(out.status.success(), "{report}");
+        if report["checkpoints"].as_u64() >= Some(1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["checkpoints"].as_u64() >= Some(1), "{report}");
+    assert_eq!(report["signatures_checked"], true, "{report}");
 }
