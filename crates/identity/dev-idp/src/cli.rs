@@ -17,7 +17,9 @@ DEVELOPMENT ONLY, NEVER PRODUCTION: the signing key is an unprotected file,
 and anyone who can run this program can mint a token for any identity.
 
 `serve` publishes OIDC discovery and the JWKS on a loopback address, so
-Airlock's `identity:` section can point `issuer` at it. `token` prints an
+Airlock's `identity:` section can point `issuer` at it; with --login-config it
+also lets a browser sign in as a listed test user (authorization code + PKCE),
+as the reviewer UI does against Entra ID in production. `token` prints an
 access token shaped like a Microsoft Entra ID v2 token, signed with the same
 key file, for agents (`--app` for app-only tokens) and reviewers.";
 
@@ -54,6 +56,12 @@ pub struct ServeArgs {
     /// Signing key file (PKCS#8 PEM); created, readable by the owner only, if missing.
     #[arg(long, default_value = DEFAULT_KEY_FILE)]
     pub key_file: PathBuf,
+    /// Browser sign-in for development: a YAML file listing OAuth clients
+    /// (client_id, redirect_uris) and test users (sub, name, groups). With
+    /// it, the issuer serves an authorization page to pick a test user and a
+    /// token endpoint (authorization code + PKCE S256).
+    #[arg(long)]
+    pub login_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,9 @@ pub enum DevIdpError {
         #[source]
         source: std::io::Error,
     },
+    /// The `--login-config` file cannot be read or is not valid.
+    #[error("login config {path}: {reason}")]
+    LoginConfig { path: PathBuf, reason: String },
     /// Key generation or token signing failed.
     #[error("signing failed: {0}")]
     Signing(String),

@@ -4,10 +4,8 @@
 //!
 //! Owns: the command line ([`cli`]), the signing key file ([`key`]), minting
 //! Entra-shaped v2 access tokens ([`token`]), and serving OIDC discovery and
-//! the JWKS on loopback ([`server`]). A later OIDC authorization-code + PKCE
-//! login for reviewers belongs in its own module beside `server` (routes
-//! added to [`server::router`], tokens minted through [`token::mint`]), so
-//! the pieces here do not need to change shape for it.
+//! the JWKS on loopback ([`server`]), and browser sign-in with the
+//! authorization code flow and PKCE for test users ([`login`]).
 //!
 //! It does not verify anything: that is `airlock-identity`, which the tests
 //! use to check this issuer's tokens exactly as the proxy would.
@@ -15,6 +13,7 @@
 pub mod cli;
 pub mod error;
 pub mod key;
+pub mod login;
 pub mod server;
 pub mod token;
 
@@ -35,8 +34,13 @@ pub async fn run(cli: Cli) -> Result<(), DevIdpError> {
             // Refuse a bad address or issuer before creating any key file.
             server::check_listen(args.listen)?;
             server::issuer_prefix(&args.issuer)?;
+            let login = args
+                .login_config
+                .as_deref()
+                .map(login::LoginConfig::load)
+                .transpose()?;
             let key = key::SigningKey::load_or_create(&args.key_file)?;
-            server::serve(args.listen, &args.issuer, key).await
+            server::serve(args.listen, &args.issuer, key, login).await
         }
         Command::Token(args) => {
             let key = key::SigningKey::load_or_create(&args.key_file)?;

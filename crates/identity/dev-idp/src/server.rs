@@ -3,15 +3,16 @@
 //! Owns the HTTP routes and the listener. Routes live under the issuer's
 //! path, as OpenID Connect Discovery 1.0 §4 requires
 //! (`<issuer>/.well-known/openid-configuration`); the JWKS is at
-//! `<issuer>/discovery/v2.0/keys`, where Entra keeps it. A future login
-//! module adds its `authorize` and `token` routes to [`router`].
+//! `<issuer>/discovery/v2.0/keys`, where Entra keeps it; the sign-in
+//! endpoints of [`crate::login`] at `<issuer>/oauth2/v2.0/authorize` and
+//! `<issuer>/oauth2/v2.0/token`, as Entra names them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -24,6 +25,8 @@ pub struct Published {
     pub issuer: String,
     pub jwks_uri: String,
     pub key: SigningKey,
+    /// Browser sign-in, when `--login-config` was given.
+    pub login: Option<Arc<crate::login::Login>>,
 }
 
 /// Checks `issuer` and returns (issuer as given, path prefix for routes).
@@ -51,6 +54,11 @@ pub fn router(published: Arc<Published>) -> Result<Router, DevIdpError> {
             get(discovery),
         )
         .route(&format!("{prefix}/discovery/v2.0/keys"), get(jwks))
+        .route(
+            &format!("{prefix}/oauth2/v2.0/authorize"),
+            get(crate::login::authorize_page).post(crate::login::authorize_submit),
+        )
+        .route(&format!("{prefix}/oauth2/v2.0/token"), post(crate::login::token))
         .with_state(published))
 }
 
@@ -65,13 +73,19 @@ pub fn check_listen(listen: SocketAddr) -> Result<(), DevIdpError> {
 }
 
 /// Serves until interrupted (Ctrl-C). Refuses any non-loopback address.
-pub async fn serve(listen: SocketAddr, issuer: &str, key: SigningKey) -> Result<(), DevIdpError> {
+pub async fn serve(
+    listen: SocketAddr,
+    issuer: &str,
+    key: SigningKey,
+    login: Option<crate::login::LoginConfig>,
+) -> Result<(), DevIdpError> {
     check_listen(listen)?;
     let base = issuer.trim_end_matches('/');
     let published = Arc::new(Published {
         issuer: issuer.to_owned(),
         jwks_uri: format!("{base}/discovery/v2.0/keys"),
         key,
+        login: login.map(crate::login::Login::new),
     });
     let app = router(published.clone())?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -81,6 +95,12 @@ pub async fn serve(listen: SocketAddr, issuer: &str, key: SigningKey) -> Result<
         "airlock-dev-idp: serving issuer {issuer} on http://{listen} (kid {}); discovery at {base}/.well-known/openid-configuration",
         published.key.kid()
     );
+    if let Some(login) = &published.login {
+        eprintln!(
+            "airlock-dev-idp: browser sign-in at {base}/oauth2/v2.0/authorize for {} test user(s), DEVELOPMENT ONLY",
+            login.config.users.len()
+        );
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -90,9 +110,17 @@ pub async fn serve(listen: SocketAddr, issuer: &str, key: SigningKey) -> Result<
 }
 
 async fn discovery(State(published): State<Arc<Published>>) -> axum::Json<Value> {
+    let base = published.issuer.trim_end_matches('/');
     axum::Json(json!({
         "issuer": published.issuer,
         "jwks_uri": published.jwks_uri,
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "scopes_supported": ["openid", "profile"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "subject_types_supported": ["public"],
         "claims_supported": ["iss", "aud", "exp", "nbf", "iat", "oid", "sub", "tid",
