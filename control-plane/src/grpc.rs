@@ -761,8 +761,10 @@ impl proto::audit_service_server::AuditService for Control {
             Box::pin(self.log.tail(q.start_sequence, filter).await.map_err(log_err)?)
         };
         let (tx, rx) = mpsc::channel(256);
+        let live = self.live.clone();
         tokio::spawn(async move {
             futures::pin_mut!(stream);
+            let mut by_identity = (!q.identity.is_empty()).then(|| IdentityFilter::new(&q.identity));
             while let Some(item) = stream.next().await {
                 let out = match item {
                     Ok(e) => {
@@ -775,6 +777,7 @@ impl proto::audit_service_server::AuditService for Control {
                         if (!q.kinds.is_empty() && !q.kinds.iter().any(|k| k == kind))
                             || (!q.session_id.is_empty() && e.event.session_id != q.session_id)
                             || (!q.request_id.is_empty() && e.event.request_id != q.request_id)
+                            || by_identity.as_mut().is_some_and(|f| !f.matches(&live, &e))
                         {
                             continue;
                         }
@@ -799,5 +802,79 @@ impl proto::audit_service_server::AuditService for Control {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The audit stream's identity filter: an identity's sessions and requests
+/// are learnt from the events that open them as the stream passes them, and
+/// looked up in the projection for those opened before the stream started.
+struct IdentityFilter {
+    subject: String,
+    /// Session and request ids, and whether they belong to the identity.
+    sessions: HashMap<String, bool>,
+    requests: HashMap<String, bool>,
+}
+
+impl IdentityFilter {
+    fn new(subject: &str) -> IdentityFilter {
+        IdentityFilter {
+            subject: subject.to_owned(),
+            sessions: HashMap::new(),
+            requests: HashMap::new(),
+        }
+    }
+
+    fn is(&self, who: Option<&proto::Identity>) -> bool {
+        who.is_some_and(|i| i.subject == self.subject)
+    }
+
+    fn session(&mut self, live: &Live, id: &str) -> bool {
+        if id.is_empty() {
+            return false;
+        }
+        if let Some(known) = self.sessions.get(id) {
+            return *known;
+        }
+        let mine = live.read(|s| {
+            s.sessions
+                .get(id)
+                .is_some_and(|x| x.summary.identity.as_ref().is_some_and(|i| i.subject == self.subject))
+        });
+        self.sessions.insert(id.to_owned(), mine);
+        mine
+    }
+
+    fn request(&mut self, live: &Live, id: &str) -> bool {
+        if id.is_empty() {
+            return false;
+        }
+        if let Some(known) = self.requests.get(id) {
+            return *known;
+        }
+        let mine = live.read(|s| {
+            s.request(id)
+                .is_some_and(|r| r.requested().identity.as_ref().is_some_and(|i| i.subject == self.subject))
+        });
+        self.requests.insert(id.to_owned(), mine);
+        mine
+    }
+
+    fn matches(&mut self, live: &Live, stored: &StoredEvent) -> bool {
+        let e = &stored.event;
+        match &e.body {
+            Some(Body::SessionOpened(o)) => {
+                let mine = self.is(o.identity.as_ref());
+                self.sessions.insert(e.session_id.clone(), mine);
+                mine
+            }
+            Some(Body::ApprovalRequested(r)) => {
+                let mine = self.is(r.identity.as_ref());
+                self.requests.insert(e.request_id.clone(), mine);
+                mine
+            }
+            Some(Body::ApprovalVoted(v)) if self.is(v.reviewer.as_ref()) => true,
+            Some(Body::SessionKillRequested(k)) if self.is(k.requested_by.as_ref()) => true,
+            _ => self.session(live, &e.session_id) || self.request(live, &e.request_id),
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! gRPC, proxies receive decisions on Attach, and two replicas never both
 //! decide one request.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -92,7 +94,10 @@ async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
             .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
                 control.clone(),
             ))
-            .add_service(proto::proxy_service_server::ProxyServiceServer::new(control))
+            .add_service(proto::proxy_service_server::ProxyServiceServer::new(
+                control.clone(),
+            ))
+            .add_service(proto::audit_service_server::AuditServiceServer::new(control))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     (addr, live, log)
@@ -435,4 +440,122 @@ async fn a_kill_ordered_while_the_proxy_was_away_reaches_it_when_it_attaches() {
     assert!(live.wait_for(stored.sequence, Duration::from_secs(5)).await);
     let (mut again, _tx2) = attach(&addr, "proxy-1", &[&session]).await;
     assert!(next_kill(&mut again, Duration::from_millis(500)).await.is_none());
+}
+
+async fn subscribe(
+    addr: &str,
+    token: &str,
+    request: proto::SubscribeRequest,
+) -> Result<tonic::Streaming<proto::LogEvent>, tonic::Status> {
+    let mut audit = proto::audit_service_client::AuditServiceClient::connect(addr.to_owned())
+        .await
+        .expect("audit connects");
+    audit.subscribe(authed(token, request)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
+    use common::synth;
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    synth::write_sessions(&log, 5, 5).await;
+    assert!(live.wait_for(5 * synth::EVENTS_PER_SESSION, Duration::from_secs(5)).await);
+
+    // An integrator reads part of the log live, then goes away.
+    let mut stream = subscribe(&addr, "alice", proto::SubscribeRequest::default())
+        .await
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    for _ in 0..17 {
+        let e = stream.next().await.expect("open").expect("event");
+        assert!(!e.raw.is_empty() && e.event.is_some());
+        seen.push(e.sequence);
+    }
+    drop(stream);
+    synth::write_sessions(&log, 3, 3).await;
+    let end = 8 * synth::EVENTS_PER_SESSION;
+
+    // It resumes after the last sequence it saw and follows the log live.
+    let last = *seen.last().expect("seen");
+    let mut stream = subscribe(
+        &addr,
+        "alice",
+        proto::SubscribeRequest {
+            start_sequence: last + 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("resume");
+    while seen.last() != Some(&end) {
+        let e = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the rest arrives")
+            .expect("open")
+            .expect("event");
+        seen.push(e.sequence);
+    }
+    assert_eq!(seen, (1..=end).collect::<Vec<_>>(), "every event once, in order");
+    // Live: an event stored now arrives on the open stream.
+    synth::write_session(&log, 99).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("live event")
+        .expect("open")
+        .expect("event");
+    assert_eq!(next.sequence, end + 1);
+
+    // Filtered by identity: one agent's sessions and requests, nothing else.
+    let mut only = subscribe(
+        &addr,
+        "alice",
+        proto::SubscribeRequest {
+            identity: "agent-1".into(),
+            stop_at_end: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("filtered");
+    let mut kinds = Vec::new();
+    let mut sessions = std::collections::HashSet::new();
+    while let Some(e) = only.next().await {
+        let e = e.expect("event").event.expect("body");
+        sessions.insert(e.session_id.clone());
+        kinds.push(airlock_eventlog::body_kind(e.body.as_ref().expect("body")));
+    }
+    // Sessions are numbered 0..5, then 0..3 again, then 99: agent-1 had two.
+    assert_eq!(sessions.len(), 2, "the two sessions of agent-1");
+    assert_eq!(kinds.len() as u64, 2 * synth::EVENTS_PER_SESSION, "{kinds:?}");
+    assert_eq!(kinds.first(), Some(&"session_opened"));
+    assert!(kinds.contains(&"approval_granted"), "its request's events too: {kinds:?}");
+
+    // A reviewer's own votes, by kind.
+    let mut votes = subscribe(
+        &addr,
+        "alice",
+        proto::SubscribeRequest {
+            identity: "reviewer-1".into(),
+            kinds: vec!["approval_voted".into()],
+            stop_at_end: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("votes");
+    let mut n = 0;
+    while let Some(e) = votes.next().await {
+        match e.expect("event").event.and_then(|e| e.body) {
+            Some(Body::ApprovalVoted(v)) => assert_eq!(v.reviewer.expect("who").subject, "reviewer-1"),
+            other => panic!("not a vote: {other:?}"),
+        }
+        n += 1;
+    }
+    assert_eq!(n, 3, "reviewer-1 voted on sessions 1, 1 and 99 (n % 7 == 1)");
+
+    // The log is for reviewers only.
+    let err = subscribe(&addr, "erin", proto::SubscribeRequest::default())
+        .await
+        .expect_err("not a reviewer");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
 }
