@@ -156,6 +156,11 @@ if [ ! -f "$state/proxy.crt" ]; then
   chmod 600 "$state/proxy.key"
 fi
 
+# The control plane's checkpoint signing key; auditors get the public half.
+if [ ! -f "$state/checkpoint.key" ]; then
+  "$bin/airlock-control" checkpoint-key --private "$state/checkpoint.key" --public "$state/checkpoint.pub" >/dev/null
+fi
+
 cat >"$state/airlock.yaml" <<YAML
 # Airlock local demo. Every binary reads its own sections of this file.
 nats:
@@ -174,6 +179,7 @@ approvals:
   timeout: 15m
 control:
   listen: 127.0.0.1:$CONTROL_PORT
+  checkpoints: { signing_key: $state/checkpoint.key, interval: 30s }
 proxy:
   listen: 127.0.0.1:$PROXY_PORT
   control: http://127.0.0.1:$CONTROL_PORT
@@ -228,7 +234,9 @@ cat >&2 <<INFO
         127.0.0.1:$CONTROL_PORT airlock.v1.ReviewerService/Decide
     (The reviewer web UI and REST API are not built yet.)
 
-  Audit        ./target/release/airlock-control verify --config .airlock/demo/airlock.yaml
+  Audit        ./target/release/airlock-control verify --config .airlock/demo/airlock.yaml --checkpoint-key .airlock/demo/checkpoint.pub
+               ./target/release/airlock-control replay --config .airlock/demo/airlock.yaml
+               ./target/release/airlock-control export --config .airlock/demo/airlock.yaml --from 1
   Database     psql "host=127.0.0.1 port=$PG_PORT dbname=shop user=postgres"   (direct, for checking)
   Logs         .airlock/demo/*.log
   Stop         ./deploy/local/demo.sh stop   (or Ctrl-C here)
