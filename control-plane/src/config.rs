@@ -50,6 +50,25 @@ pub struct ControlSection {
     /// Signed checkpoints over the log; off when unset.
     #[serde(default)]
     pub checkpoints: Option<CheckpointsSection>,
+    /// TLS for the gRPC listener; plain text when unset (loopback and
+    /// development only: reviewer tokens cross this link).
+    #[serde(default)]
+    pub tls: Option<GrpcTls>,
+}
+
+/// `control.tls:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTls {
+    /// Server certificate chain and private key (PEM).
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// CA (PEM) that signs proxies' client certificates. When set, `Attach`
+    /// (decisions and kill orders) is served only to a client presenting a
+    /// certificate it signed; reviewer and audit calls still authenticate
+    /// with the caller's token.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// `control.checkpoints:`.

@@ -136,15 +136,53 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .build_v1()
         .context("gRPC reflection")?;
     let listen = config.control.listen;
-    tracing::info!(%listen, %replica, "control plane serving");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    let mut attach_needs_cert = false;
+    match &config.control.tls {
+        Some(tls) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).with_context(|| format!("control.tls: reading {}", p.display()))
+            };
+            let mut server_tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+            if let Some(ca) = &tls.client_ca {
+                // Optional at the handshake (reviewers and integrators come
+                // with tokens), required by Attach below.
+                server_tls = server_tls
+                    .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+                    .client_auth_optional(true);
+                attach_needs_cert = true;
+            }
+            server = server.tls_config(server_tls).context("control.tls")?;
+        }
+        None if !listen.ip().is_loopback() => tracing::warn!(
+            %listen,
+            "control.tls is not set: gRPC is plain text on a non-loopback address, and Attach \
+             (decisions, kill orders) is open to anyone who can reach it"
+        ),
+        None => {}
+    }
+    if !attach_needs_cert && config.control.tls.is_some() {
+        tracing::warn!("control.tls.client_ca is not set: Attach does not authenticate proxies");
+    }
+    let attach = proto::proxy_service_server::ProxyServiceServer::with_interceptor(
+        control.clone(),
+        move |request: tonic::Request<()>| {
+            if attach_needs_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+                return Err(tonic::Status::unauthenticated(
+                    "Attach is for proxies: present a client certificate signed by control.tls.client_ca",
+                ));
+            }
+            Ok(request)
+        },
+    );
+    tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), "control plane serving");
+    server
         .add_service(reflection)
         .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
             control.clone(),
         ))
-        .add_service(proto::proxy_service_server::ProxyServiceServer::new(
-            control.clone(),
-        ))
+        .add_service(attach)
         .add_service(proto::audit_service_server::AuditServiceServer::new(control))
         .serve_with_shutdown(listen, shutdown())
         .await

@@ -159,10 +159,44 @@ impl Holds {
     }
 }
 
+/// TLS for the Attach link: the control plane's CA and, for a control
+/// plane that authenticates proxies, this proxy's client certificate.
+#[derive(Debug, Clone)]
+pub struct ControlTls(tonic::transport::ClientTlsConfig);
+
+impl ControlTls {
+    pub fn load(section: &crate::config::ControlTlsSection) -> anyhow::Result<ControlTls> {
+        use anyhow::Context;
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("proxy.control_tls: reading {}", p.display()))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&section.ca)?));
+        match (&section.cert, &section.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("proxy.control_tls: set both cert and key, or neither"),
+        }
+        Ok(ControlTls(tls))
+    }
+}
+
 /// Keeps one Attach stream up for as long as the task runs, to any of the
 /// `controls` (`http://host:port` URLs of control-plane replicas): on a
 /// failure it moves on to the next replica, with backoff once all failed.
 pub async fn run(controls: Vec<String>, proxy_id: String, holds: Arc<Holds>) {
+    run_with_tls(controls, None, proxy_id, holds).await
+}
+
+/// [`run`], over TLS when `tls` is given (the URLs are then `https://`).
+pub async fn run_with_tls(
+    controls: Vec<String>,
+    tls: Option<ControlTls>,
+    proxy_id: String,
+    holds: Arc<Holds>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut i = 0usize;
     loop {
@@ -171,7 +205,7 @@ pub async fn run(controls: Vec<String>, proxy_id: String, holds: Arc<Holds>) {
             return;
         };
         i = i.wrapping_add(1);
-        let was_attached = match attach_once(&control, &proxy_id, &holds).await {
+        let was_attached = match attach_once(&control, tls.as_ref(), &proxy_id, &holds).await {
             Ok(()) => {
                 tracing::warn!(%control, "control plane closed the Attach stream; reconnecting");
                 true
@@ -195,23 +229,32 @@ pub async fn run(controls: Vec<String>, proxy_id: String, holds: Arc<Holds>) {
 }
 
 /// One Attach stream; on failure, whether it had been attached.
-async fn attach_once(control: &str, proxy_id: &str, holds: &Holds) -> Result<(), (bool, String)> {
+async fn attach_once(
+    control: &str,
+    tls: Option<&ControlTls>,
+    proxy_id: &str,
+    holds: &Holds,
+) -> Result<(), (bool, String)> {
     let mut attached = false;
-    let result = attach_inner(control, proxy_id, holds, &mut attached).await;
+    let result = attach_inner(control, tls, proxy_id, holds, &mut attached).await;
     result.map_err(|e| (attached, e))
 }
 
 async fn attach_inner(
     control: &str,
+    tls: Option<&ControlTls>,
     proxy_id: &str,
     holds: &Holds,
     attached: &mut bool,
 ) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(control.to_owned())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(control.to_owned())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.0.clone()).map_err(|e| e.to_string())?;
+    }
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let mut client = proto::proxy_service_client::ProxyServiceClient::new(channel);
     let outbound = holds.connect_stream(proxy_id);

@@ -59,6 +59,22 @@ pub struct ProxySection {
     /// Events buffered for the log before statements are refused.
     #[serde(default = "default_record_buffer")]
     pub record_buffer: usize,
+    /// TLS to the control plane (`https://` control URLs): the CA that
+    /// signed its certificate, and this proxy's client certificate and key,
+    /// which a control plane with `control.tls.client_ca` requires.
+    #[serde(default)]
+    pub control_tls: Option<ControlTlsSection>,
+}
+
+/// `proxy.control_tls:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlTlsSection {
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_max_connections() -> usize {

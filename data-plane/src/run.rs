@@ -98,8 +98,15 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let cancels = crate::cancel::Cancels::new();
     tokio::spawn(cancels.clone().listen(log.client().clone()));
     let holds = Holds::new();
-    tokio::spawn(attach::run(
+    let control_tls = config
+        .proxy
+        .control_tls
+        .as_ref()
+        .map(attach::ControlTls::load)
+        .transpose()?;
+    tokio::spawn(attach::run_with_tls(
         config.proxy.control.values(),
+        control_tls,
         proxy_id.to_string(),
         holds.clone(),
     ));

@@ -195,3 +195,227 @@ async fn control_plane_binary_serves_reviewers_with_real_tokens() {
     assert!(out.status.success(), "{report}");
     assert!(report.contains("\"ok\": true"), "{report}");
 }
+
+/// A CA, a control-plane server certificate and a proxy client certificate,
+/// written as PEM files into `dir`; and a client certificate no CA vouches for.
+fn write_certificates(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "airlock test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("write");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    };
+    leaf(
+        "control",
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    leaf("proxy-1", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    let rogue = rcgen::generate_simple_self_signed(vec!["rogue".into()]).expect("rogue");
+    std::fs::write(dir.join("rogue.crt"), rogue.cert.pem()).expect("write");
+    std::fs::write(dir.join("rogue.key"), rogue.signing_key.serialize_pem()).expect("write");
+}
+
+async fn tls_channel(port: u16, dir: &std::path::Path, client: Option<&str>) -> Result<tonic::transport::Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |f: &str| std::fs::read(dir.join(f)).expect("read cert");
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .domain_name("localhost");
+    if let Some(name) = client {
+        tls = tls.identity(Identity::from_pem(
+            read(&format!("{name}.crt")),
+            read(&format!("{name}.key")),
+        ));
+    }
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Tries an Attach; Ok once the control plane welcomes it.
+async fn try_attach(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
+    use futures::StreamExt;
+    let mut client = proto::proxy_service_client::ProxyServiceClient::new(channel);
+    let hello = proto::ProxyMessage {
+        message: Some(proto::proxy_message::Message::Hello(proto::ProxyHello {
+            proxy_id: "someone".into(),
+            ..Default::default()
+        })),
+    };
+    let mut inbound = client
+        .attach(futures::stream::iter(vec![hello]).chain(futures::stream::pending()))
+        .await?
+        .into_inner();
+    match inbound.next().await {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(s)) => Err(s),
+        None => Err(tonic::Status::unknown("stream ended")),
+    }
+}
+
+#[tokio::test]
+async fn attach_over_mutual_tls_serves_only_proxies_with_a_certificate() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
+    write_certificates(&dir);
+    let nats = NatsServer::start();
+    let pg = airlock_testkit::Postgres::start();
+    pg.create_database("shop");
+    pg.create_role("maint", "maint-secret");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 10); \
+         GRANT ALL ON orders TO maint",
+    );
+    let idp_port = free_port();
+    let issuer = format!("http://127.0.0.1:{idp_port}");
+    let _idp = Child(
+        Command::new(workspace_binary("airlock-dev-idp"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{idp_port}"), "--issuer", &issuer])
+            .arg("--key-file")
+            .arg(dir.join("idp.key"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start airlock-dev-idp"),
+    );
+    wait_port(idp_port);
+    let (control_port, proxy_port) = (free_port(), free_port());
+    let d = dir.display();
+    let config = format!(
+        "nats:\n  url: {nats}\nidentity:\n  issuer: {issuer}\n  audience: api://airlock\n\
+         \x20 group_names:\n    agents: grp-agents\n    reviewers: grp-reviewers\n\
+         approvals:\n  reviewers: [reviewers]\n\
+         control:\n  listen: 127.0.0.1:{control_port}\n  tls: {{ cert: {d}/control.crt, key: {d}/control.key, client_ca: {d}/ca.crt }}\n\
+         proxy:\n  listen: 127.0.0.1:{proxy_port}\n  control: https://localhost:{control_port}\n  allow_plaintext_loopback: true\n\
+         \x20 control_tls: {{ ca: {d}/ca.crt, cert: {d}/proxy-1.crt, key: {d}/proxy-1.key }}\n\
+         connections:\n  - name: shop\n    upstream: postgres://maint@127.0.0.1:{pg}/shop\n    password_env: MAINT_PASSWORD\n\
+         policies:\n  - policy: agents\n    connection: shop\n    rules:\n      - match: SELECT\n        action: allow\n\
+         \x20     - match: DELETE\n        action: require-approval\n    record: true\n",
+        nats = nats.url(),
+        pg = pg.port(),
+    );
+    std::fs::write(dir.join("airlock.yaml"), config).expect("config");
+    let _control = Child(
+        Command::new(workspace_binary("airlock-control"))
+            .args(["serve", "--config"])
+            .arg(dir.join("airlock.yaml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start airlock-control"),
+    );
+    wait_port(control_port);
+    let _proxy = Child(
+        Command::new(workspace_binary("airlock-proxy"))
+            .arg("--config")
+            .arg(dir.join("airlock.yaml"))
+            .env("MAINT_PASSWORD", "maint-secret")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start airlock-proxy"),
+    );
+    wait_port(proxy_port);
+
+    // Not a proxy: no client certificate, or one no CA vouches for.
+    let no_cert = tls_channel(control_port, &dir, None).await.expect("TLS without a client cert");
+    let err = try_attach(no_cert).await.expect_err("no certificate, no Attach");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("client certificate"), "{}", err.message());
+    let rogue = match tls_channel(control_port, &dir, Some("rogue")).await {
+        Ok(channel) => try_attach(channel).await.map_err(|s| s.to_string()),
+        Err(e) => Err(e),
+    };
+    assert!(rogue.is_err(), "a certificate from no trusted CA is refused");
+    // Plain text to the TLS port gets nowhere.
+    let plain = proto::proxy_service_client::ProxyServiceClient::connect(format!(
+        "http://127.0.0.1:{control_port}"
+    ))
+    .await;
+    if let Ok(mut client) = plain {
+        assert!(
+            client
+                .attach(futures::stream::pending::<proto::ProxyMessage>())
+                .await
+                .is_err()
+        );
+    }
+
+    // The real proxy attaches with its certificate: a held DELETE is
+    // approved by a reviewer over TLS (with a token, no client certificate)
+    // and the decision reaches the proxy.
+    let agent = token(
+        &dir,
+        &issuer,
+        &["--sub", "oid-agent", "--name", "agent", "--app", "--group", "grp-agents"],
+    );
+    let alice = token(&dir, &issuer, &["--sub", "oid-alice", "--name", "Alice", "--group", "grp-reviewers"]);
+    let held = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={proxy_port} dbname=shop user=agent sslmode=disable"
+        ))
+        .args(["-X", "-c", "DELETE FROM orders WHERE id > 5"])
+        .env("PGPASSWORD", &agent)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let channel = tls_channel(control_port, &dir, None).await.expect("reviewer TLS");
+    let mut reviewer = proto::reviewer_service_client::ReviewerServiceClient::new(channel);
+    let mut pending = Vec::new();
+    for _ in 0..100 {
+        pending = reviewer
+            .list_requests(authed(
+                &alice,
+                proto::ListRequestsRequest {
+                    states: vec![proto::RequestState::Pending as i32],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().requests)
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let request = pending.first().expect("the DELETE is held");
+    reviewer
+        .decide(authed(
+            &alice,
+            proto::DecideRequest {
+                request_id: request.request_id.clone(),
+                decision: proto::Decision::Approve as i32,
+                reason: "over mTLS".into(),
+                statement_sha256: vec![],
+            },
+        ))
+        .await
+        .expect("approve");
+    let out = tokio::task::spawn_blocking(move || held.wait_with_output())
+        .await
+        .expect("join")
+        .expect("psql output");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM orders"), "5", "the DELETE ran");
+}
