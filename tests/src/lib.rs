@@ -21,6 +21,8 @@ use airlock_proxy::session::Deps;
 use airlock_proxy::upstream::{Secret, UpstreamConfig};
 use airlock_testkit::{NatsServer, Postgres, PostgresOptions};
 
+pub mod binaries;
+
 pub const AGENT_TOKEN: &str = "token-agent-7";
 pub const REVIEWERS: &str = "grp-db-reviewers";
 pub const AGENTS: &str = "grp-db-maintenance-agents";
