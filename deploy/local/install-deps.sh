@@ -6,6 +6,8 @@
 #   * openssl, for the demo's self-signed certificate
 #   * the Python drivers psycopg 3 and asyncpg (pinned, in the same
 #     virtualenv), which the end-to-end tests use as real clients
+#   * Node.js and its `pg` driver (pinned by tests/clients/package-lock.json,
+#     installed into tests/clients/node_modules)
 # Idempotent: a second run changes nothing. Binaries it installs are linked
 # into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
 set -euo pipefail
@@ -101,6 +103,19 @@ install_python_clients() {
   fi
 }
 
+install_node_clients() {
+  # Node's `pg` driver for the end-to-end tests, pinned by the committed
+  # lockfile in tests/clients.
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  local dir="$repo/tests/clients"
+  if [ ! -f "$dir/node_modules/pg/package.json" ]; then
+    say "installing Node's pg driver for the tests (tests/clients/package-lock.json)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+}
+
 install_tools() {
   # openssl makes the demo proxy's self-signed certificate.
   command -v openssl >/dev/null 2>&1 || apt_install openssl
@@ -110,6 +125,7 @@ install_nats
 install_postgres
 install_tools
 install_python_clients
+install_node_clients
 
 say "nats-server: $(command -v nats-server) ($(nats-server --version 2>&1 | head -n1))"
 say "postgres:    $(command -v postgres || ls /usr/lib/postgresql/*/bin/postgres | tail -n1)"

@@ -123,3 +123,80 @@ async fn psycopg_and_asyncpg_read_and_wait_for_approval() {
     assert!(out.contains("denied by Alice"), "{out}");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "8");
 }
+
+fn node_agent(stack: &Stack, mode: &str, sql: &str, params: &[i32]) -> tokio::process::Child {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients");
+    assert!(
+        dir.join("node_modules/pg/package.json").is_file(),
+        "Node's pg driver is missing: run ./deploy/local/install-deps.sh (installs it into tests/clients)"
+    );
+    let node = which("node").unwrap_or_else(|| {
+        panic!("node was not found on PATH: run ./deploy/local/install-deps.sh (installs nodejs and npm)")
+    });
+    tokio::process::Command::new(node)
+        .arg(dir.join("agent.js"))
+        .arg(mode)
+        .arg(stack.proxy.port().to_string())
+        .arg(AGENT_TOKEN)
+        .arg(sql)
+        .args(params.iter().map(|p| p.to_string()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the Node agent")
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn node_pg_reads_while_a_delete_waits_and_only_approved_bytes_run() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    assert_eq!(
+        output(node_agent(
+            &stack,
+            "pg",
+            "SELECT count(*) FROM orders WHERE id > $1",
+            &[3]
+        ))
+        .await,
+        "ok 7"
+    );
+
+    // A named prepared DELETE is held; reads on other sessions go on meanwhile.
+    let held = node_agent(&stack, "pg-prepared", "DELETE FROM orders WHERE id > $1", &[7]);
+    let request = pending(&stack).await;
+    let statement = request
+        .request
+        .as_ref()
+        .and_then(|r| r.statement.clone())
+        .expect("statement");
+    assert_eq!(statement.text, "DELETE FROM orders WHERE id > $1");
+    assert_eq!(
+        statement.parameters.first().map(|p| p.display.as_str()),
+        Some("7")
+    );
+    assert_eq!(
+        output(node_agent(&stack, "pg", "SELECT count(*) FROM orders", &[])).await,
+        "ok 10",
+        "a read is not held behind the DELETE"
+    );
+    decide(&stack, &request.request_id, proto::Decision::Approve).await;
+    assert_eq!(output(held).await, "ok 3");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "7");
+
+    // Denied: an ordinary error with its SQLSTATE; PostgreSQL never sees it.
+    let held = node_agent(&stack, "pg", "DELETE FROM orders WHERE id <= $1", &[7]);
+    let request = pending(&stack).await;
+    decide(&stack, &request.request_id, proto::Decision::Deny).await;
+    let out = output(held).await;
+    assert!(out.starts_with("error 42501"), "{out}");
+    assert!(out.contains("denied by Alice"), "{out}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "7");
+}
