@@ -367,7 +367,10 @@ async fn attach(
 }
 
 /// The next kill order on `inbound` within `wait`, skipping heartbeats.
-async fn next_kill(inbound: &mut tonic::Streaming<proto::ControlMessage>, wait: Duration) -> Option<proto::KillOrder> {
+async fn next_kill(
+    inbound: &mut tonic::Streaming<proto::ControlMessage>,
+    wait: Duration,
+) -> Option<proto::KillOrder> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -402,7 +405,9 @@ async fn a_kill_ordered_while_the_proxy_was_away_reaches_it_when_it_attaches() {
     assert!(live.wait_for(stored.sequence, Duration::from_secs(5)).await);
 
     // No proxy attached: the reviewer orders the kill anyway.
-    let mut reviewer = ReviewerServiceClient::connect(addr.clone()).await.expect("reviewer");
+    let mut reviewer = ReviewerServiceClient::connect(addr.clone())
+        .await
+        .expect("reviewer");
     reviewer
         .kill_session(authed(
             "alice",
@@ -423,7 +428,9 @@ async fn a_kill_ordered_while_the_proxy_was_away_reaches_it_when_it_attaches() {
     assert_eq!(kill.reason, "runaway agent");
     assert_eq!(kill.requested_by.expect("who").subject, "alice");
     assert!(
-        next_kill(&mut inbound, Duration::from_millis(500)).await.is_none(),
+        next_kill(&mut inbound, Duration::from_millis(500))
+            .await
+            .is_none(),
         "sent once per stream"
     );
 
@@ -450,7 +457,10 @@ async fn subscribe(
     let mut audit = proto::audit_service_client::AuditServiceClient::connect(addr.to_owned())
         .await
         .expect("audit connects");
-    audit.subscribe(authed(token, request)).await.map(|r| r.into_inner())
+    audit
+        .subscribe(authed(token, request))
+        .await
+        .map(|r| r.into_inner())
 }
 
 #[tokio::test]
@@ -459,7 +469,10 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
     let nats = NatsServer::start();
     let (addr, live, log) = replica(&nats, "replica-1").await;
     synth::write_sessions(&log, 5, 5).await;
-    assert!(live.wait_for(5 * synth::EVENTS_PER_SESSION, Duration::from_secs(5)).await);
+    assert!(
+        live.wait_for(5 * synth::EVENTS_PER_SESSION, Duration::from_secs(5))
+            .await
+    );
 
     // An integrator reads part of the log live, then goes away.
     let mut stream = subscribe(&addr, "alice", proto::SubscribeRequest::default())
@@ -528,7 +541,10 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
     assert_eq!(sessions.len(), 2, "the two sessions of agent-1");
     assert_eq!(kinds.len() as u64, 2 * synth::EVENTS_PER_SESSION, "{kinds:?}");
     assert_eq!(kinds.first(), Some(&"session_opened"));
-    assert!(kinds.contains(&"approval_granted"), "its request's events too: {kinds:?}");
+    assert!(
+        kinds.contains(&"approval_granted"),
+        "its request's events too: {kinds:?}"
+    );
 
     // A reviewer's own votes, by kind.
     let mut votes = subscribe(
@@ -558,4 +574,80 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
         .await
         .expect_err("not a reviewer");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn quorum_needs_two_different_people() {
+    let nats = NatsServer::start();
+    let (addr, _, log) = replica(&nats, "replica-1").await;
+    let (request, _) = file_request(&log, 2, Duration::from_secs(600)).await;
+    let mut c = ReviewerServiceClient::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = decide(&mut c, "alice", &request, proto::Decision::Approve)
+        .await
+        .expect("alice approves");
+    let view = first.request.expect("view");
+    assert_eq!(view.state, proto::RequestState::Pending as i32, "one of two approvals");
+    assert_eq!(view.votes.len(), 1);
+    let again = decide(&mut c, "alice", &request, proto::Decision::Approve)
+        .await
+        .expect_err("one vote per person");
+    assert_eq!(error_code(&again), "already_voted", "{}", again.message());
+    let second = decide(&mut c, "bob", &request, proto::Decision::Approve)
+        .await
+        .expect("bob approves");
+    assert_eq!(
+        second.request.expect("view").state,
+        proto::RequestState::Granted as i32
+    );
+    assert_eq!(
+        outcomes(&log, &request).await,
+        vec!["approval_requested", "approval_voted", "approval_voted", "approval_granted"]
+    );
+}
+
+#[tokio::test]
+async fn many_requests_raced_on_two_replicas_end_with_exactly_one_outcome_each() {
+    let nats = NatsServer::start();
+    let (addr1, _, log) = replica(&nats, "replica-1").await;
+    let (addr2, live2, _) = replica(&nats, "replica-2").await;
+    let mut filed = Vec::new();
+    for i in 0..40 {
+        // Every fourth needs two approvals: both votes must land, then one grant.
+        let required = if i % 4 == 0 { 2 } else { 1 };
+        filed.push((file_request(&log, required, Duration::from_secs(600)).await.0, required));
+    }
+    let last = log.last_sequence().await.expect("last");
+    assert!(live2.wait_for(last, Duration::from_secs(10)).await);
+    let c1 = ReviewerServiceClient::connect(addr1).await.expect("c1");
+    let c2 = ReviewerServiceClient::connect(addr2).await.expect("c2");
+    let races = filed.iter().map(|(request, _)| {
+        let (mut c1, mut c2) = (c1.clone(), c2.clone());
+        async move {
+            tokio::join!(
+                decide(&mut c1, "alice", request, proto::Decision::Approve),
+                decide(&mut c2, "bob", request, proto::Decision::Approve),
+            )
+        }
+    });
+    let results = futures::future::join_all(races).await;
+    for ((request, required), (a, b)) in filed.iter().zip(results) {
+        let kinds = outcomes(&log, request).await;
+        let grants = kinds.iter().filter(|k| **k == "approval_granted").count();
+        let ends = kinds
+            .iter()
+            .filter(|k| k.starts_with("approval_") && !matches!(**k, "approval_requested" | "approval_voted"))
+            .count();
+        assert_eq!((grants, ends), (1, 1), "one outcome, a grant: {kinds:?}");
+        let votes = kinds.iter().filter(|k| **k == "approval_voted").count();
+        if *required == 2 {
+            assert!(a.is_ok() && b.is_ok(), "both votes count: {a:?} / {b:?}");
+            assert_eq!(votes, 2, "{kinds:?}");
+        } else {
+            assert!(a.is_ok() != b.is_ok(), "exactly one vote wins: {a:?} / {b:?}");
+            let loser = a.err().or(b.err()).expect("a refusal");
+            assert_eq!(error_code(&loser), "already_decided", "{}", loser.message());
+            assert_eq!(votes, 1, "{kinds:?}");
+        }
+    }
 }
