@@ -29,7 +29,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 async fn start_replica(log: &EventLog, start: Projection) -> (f64, u64) {
     let t = Instant::now();
     let live = Live::spawn(log.clone(), start).await;
-    assert!(live.wait_ready(Duration::from_secs(600)).await, "replica never caught up");
+    assert!(
+        live.wait_ready(Duration::from_secs(600)).await,
+        "replica never caught up"
+    );
     (t.elapsed().as_secs_f64(), live.sequence())
 }
 

@@ -102,9 +102,12 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("creating {} (an existing key is never overwritten)", path.display()))?;
+    let mut f = options.open(path).with_context(|| {
+        format!(
+            "creating {} (an existing key is never overwritten)",
+            path.display()
+        )
+    })?;
     f.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -213,8 +216,18 @@ pub async fn checkpoint_forever(
     loop {
         tick.tick().await;
         match checkpoint_once(&log, &signer, &source).await {
-            Ok(Outcome::Appended { first, last, sequence }) => {
-                tracing::info!(first, last, sequence, key_id = signer.key_id(), "checkpoint appended");
+            Ok(Outcome::Appended {
+                first,
+                last,
+                sequence,
+            }) => {
+                tracing::info!(
+                    first,
+                    last,
+                    sequence,
+                    key_id = signer.key_id(),
+                    "checkpoint appended"
+                );
             }
             Ok(Outcome::NothingNew | Outcome::Lost) => {}
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "checkpoint failed; will retry"),
@@ -225,10 +238,16 @@ pub async fn checkpoint_forever(
 /// Checks one checkpoint's signature against the known keys.
 pub fn check_signature(c: &proto::Checkpoint, keys: &[VerifyingKey]) -> Result<(), String> {
     if c.algorithm != ALGORITHM {
-        return Err(format!("signature algorithm {:?}, expected {ALGORITHM}", c.algorithm));
+        return Err(format!(
+            "signature algorithm {:?}, expected {ALGORITHM}",
+            c.algorithm
+        ));
     }
     let Some(key) = keys.iter().find(|k| key_id(k) == c.key_id) else {
-        return Err(format!("signed with key {}, which is not among the keys given", c.key_id));
+        return Err(format!(
+            "signed with key {}, which is not among the keys given",
+            c.key_id
+        ));
     };
     let signature =
         Signature::from_slice(&c.signature).map_err(|e| format!("signature is malformed: {e}"))?;
@@ -279,7 +298,10 @@ mod tests {
         assert_eq!(signer.key_id(), id);
         assert_eq!(key_id(&key), id);
         assert!(format!("{signer:?}").contains(&id));
-        assert!(generate_key(&private, &public).is_err(), "existing key overwritten");
+        assert!(
+            generate_key(&private, &public).is_err(),
+            "existing key overwritten"
+        );
         let err = CheckpointSigner::load(&public).expect_err("public is not private");
         assert!(format!("{err:#}").contains("PKCS#8"), "{err:#}");
     }

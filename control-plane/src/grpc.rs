@@ -836,9 +836,12 @@ impl IdentityFilter {
             return *known;
         }
         let mine = live.read(|s| {
-            s.sessions
-                .get(id)
-                .is_some_and(|x| x.summary.identity.as_ref().is_some_and(|i| i.subject == self.subject))
+            s.sessions.get(id).is_some_and(|x| {
+                x.summary
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| i.subject == self.subject)
+            })
         });
         self.sessions.insert(id.to_owned(), mine);
         mine
@@ -852,8 +855,12 @@ impl IdentityFilter {
             return *known;
         }
         let mine = live.read(|s| {
-            s.request(id)
-                .is_some_and(|r| r.requested().identity.as_ref().is_some_and(|i| i.subject == self.subject))
+            s.request(id).is_some_and(|r| {
+                r.requested()
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| i.subject == self.subject)
+            })
         });
         self.requests.insert(id.to_owned(), mine);
         mine

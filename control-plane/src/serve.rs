@@ -55,7 +55,10 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     log.ensure_stream().await?;
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     let signer = match &config.control.checkpoints {
-        Some(c) => Some((crate::checkpoint::CheckpointSigner::load(&c.signing_key)?, c.interval)),
+        Some(c) => Some((
+            crate::checkpoint::CheckpointSigner::load(&c.signing_key)?,
+            c.interval,
+        )),
         None => {
             tracing::warn!("control.checkpoints is not set: no signed checkpoints will be appended");
             None
@@ -92,7 +95,11 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         ));
     }
     if let Some((signer, interval)) = signer {
-        tracing::info!(key_id = signer.key_id(), ?interval, "appending signed checkpoints");
+        tracing::info!(
+            key_id = signer.key_id(),
+            ?interval,
+            "appending signed checkpoints"
+        );
         tokio::spawn(crate::checkpoint::checkpoint_forever(
             log.clone(),
             signer,
@@ -143,8 +150,9 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
             let read = |p: &std::path::Path| {
                 std::fs::read(p).with_context(|| format!("control.tls: reading {}", p.display()))
             };
-            let mut server_tls = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+            let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?),
+            );
             if let Some(ca) = &tls.client_ca {
                 // Optional at the handshake (reviewers and integrators come
                 // with tokens), required by Attach below.

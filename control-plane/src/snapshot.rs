@@ -91,7 +91,12 @@ pub fn encode(p: &Projection) -> Vec<u8> {
         .collect();
     // Deterministic bytes for the same state.
     sessions.sort_by(|a, b| {
-        let id = |e: &SessionEntry| e.summary.as_ref().map(|s| s.session_id.clone()).unwrap_or_default();
+        let id = |e: &SessionEntry| {
+            e.summary
+                .as_ref()
+                .map(|s| s.session_id.clone())
+                .unwrap_or_default()
+        };
         id(a).cmp(&id(b))
     });
     let mut session_requests: Vec<SessionRequests> = p

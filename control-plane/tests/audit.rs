@@ -27,7 +27,10 @@ async fn log(nats: &NatsServer) -> EventLog {
 
 async fn live(log: &EventLog, start: Projection) -> Arc<Live> {
     let live = Live::spawn(log.clone(), start).await;
-    assert!(live.wait_ready(Duration::from_secs(30)).await, "replica caught up");
+    assert!(
+        live.wait_ready(Duration::from_secs(30)).await,
+        "replica caught up"
+    );
     live
 }
 
@@ -125,7 +128,9 @@ async fn a_snapshot_that_does_not_belong_to_this_log_is_ignored() {
         ),
     ];
     for (meta, why) in cases {
-        log.save_snapshot(snapshot::NAME, &meta, &bytes).await.expect("save");
+        log.save_snapshot(snapshot::NAME, &meta, &bytes)
+            .await
+            .expect("save");
         let (p, used) = snapshot::load(&log).await;
         let err = used.expect_err("must not be used");
         assert!(err.contains(why), "{why}: {err}");
@@ -137,7 +142,9 @@ async fn a_snapshot_that_does_not_belong_to_this_log_is_ignored() {
         event_id: log.get(state.sequence).await.expect("get").event.id,
         format: snapshot::FORMAT.into(),
     };
-    log.save_snapshot(snapshot::NAME, &meta, &[0xff; 64]).await.expect("save");
+    log.save_snapshot(snapshot::NAME, &meta, &[0xff; 64])
+        .await
+        .expect("save");
     let (_, used) = snapshot::load(&log).await;
     assert!(used.expect_err("garbage").contains("undecodable"));
 }
@@ -160,7 +167,14 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
         .collect();
     assert_eq!(appended.len(), 1, "exactly one checkpoint lands: {outcomes:?}");
     assert!(
-        matches!(appended[0], Outcome::Appended { first: 1, last: 80, .. }),
+        matches!(
+            appended[0],
+            Outcome::Appended {
+                first: 1,
+                last: 80,
+                ..
+            }
+        ),
         "{outcomes:?}"
     );
     // Nothing new: no checkpoint over the checkpoint alone.
@@ -175,12 +189,21 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
         .await
         .expect("second");
     assert!(
-        matches!(second, Outcome::Appended { first: 81, last: 121, .. }),
+        matches!(
+            second,
+            Outcome::Appended {
+                first: 81,
+                last: 121,
+                ..
+            }
+        ),
         "the next range starts after the last: {second:?}"
     );
     synth::write_sessions(&log, 1, 1).await;
 
-    let report = verify::verify(&log, &[key.verifying_key()]).await.expect("verify");
+    let report = verify::verify(&log, &[key.verifying_key()])
+        .await
+        .expect("verify");
     assert!(report.ok, "{:?}", report.broken);
     assert_eq!(report.checkpoints, 2);
     assert_eq!(report.covered_through, 121);
@@ -191,13 +214,20 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
         .await
         .expect("verify");
     assert!(!wrong.ok);
-    assert!(wrong.broken[0].contains("not among the keys given"), "{:?}", wrong.broken);
+    assert!(
+        wrong.broken[0].contains("not among the keys given"),
+        "{:?}",
+        wrong.broken
+    );
     let unchecked = verify::verify(&log, &[]).await.expect("verify");
     assert!(unchecked.ok && !unchecked.signatures_checked);
 }
 
 /// Copies `events` into another server's log, passing each through `alter`.
-async fn copy(events: &[StoredEvent], alter: impl Fn(&StoredEvent) -> proto::Event) -> (NatsServer, EventLog) {
+async fn copy(
+    events: &[StoredEvent],
+    alter: impl Fn(&StoredEvent) -> proto::Event,
+) -> (NatsServer, EventLog) {
     let nats = NatsServer::start();
     let copy = log(&nats).await;
     for e in events {
@@ -219,16 +249,16 @@ async fn verify_names_the_event_altered_in_a_copy_of_the_log() {
         .expect("checkpoint");
     let events = all(&log).await;
     let (_keep, faithful) = copy(&events, |e| e.event.clone()).await;
-    let report = verify::verify(&faithful, &[key.verifying_key()]).await.expect("verify");
+    let report = verify::verify(&faithful, &[key.verifying_key()])
+        .await
+        .expect("verify");
     assert!(report.ok, "an unaltered copy verifies: {:?}", report.broken);
 
     // An approved DELETE's text changed in the middle of its chain: the
     // chain names it, and the checkpoint's digest no longer matches.
     let target = events
         .iter()
-        .find(|e| {
-            matches!(&e.event.body, Some(Body::StatementExecuted(s)) if !s.request_id.is_empty())
-        })
+        .find(|e| matches!(&e.event.body, Some(Body::StatementExecuted(s)) if !s.request_id.is_empty()))
         .expect("an executed DELETE")
         .clone();
     let rewrite = |e: &StoredEvent| {
@@ -242,10 +272,15 @@ async fn verify_names_the_event_altered_in_a_copy_of_the_log() {
         ev
     };
     let (_keep2, altered) = copy(&events, rewrite).await;
-    let report = verify::verify(&altered, &[key.verifying_key()]).await.expect("verify");
+    let report = verify::verify(&altered, &[key.verifying_key()])
+        .await
+        .expect("verify");
     assert!(!report.ok);
     assert!(
-        report.broken.iter().any(|b| b.contains(&target.event.id) && b.contains("was altered")),
+        report
+            .broken
+            .iter()
+            .any(|b| b.contains(&target.event.id) && b.contains("was altered")),
         "the altered event is named: {:?}",
         report.broken
     );
@@ -270,7 +305,9 @@ async fn verify_names_the_event_altered_in_a_copy_of_the_log() {
         ev
     };
     let (_keep3, altered) = copy(&events, rewrite).await;
-    let report = verify::verify(&altered, &[key.verifying_key()]).await.expect("verify");
+    let report = verify::verify(&altered, &[key.verifying_key()])
+        .await
+        .expect("verify");
     assert!(!report.ok);
     assert_eq!(report.broken.len(), 1, "{:?}", report.broken);
     assert!(

@@ -587,7 +587,11 @@ async fn quorum_needs_two_different_people() {
         .await
         .expect("alice approves");
     let view = first.request.expect("view");
-    assert_eq!(view.state, proto::RequestState::Pending as i32, "one of two approvals");
+    assert_eq!(
+        view.state,
+        proto::RequestState::Pending as i32,
+        "one of two approvals"
+    );
     assert_eq!(view.votes.len(), 1);
     let again = decide(&mut c, "alice", &request, proto::Decision::Approve)
         .await
@@ -602,7 +606,12 @@ async fn quorum_needs_two_different_people() {
     );
     assert_eq!(
         outcomes(&log, &request).await,
-        vec!["approval_requested", "approval_voted", "approval_voted", "approval_granted"]
+        vec![
+            "approval_requested",
+            "approval_voted",
+            "approval_voted",
+            "approval_granted"
+        ]
     );
 }
 
@@ -615,7 +624,10 @@ async fn many_requests_raced_on_two_replicas_end_with_exactly_one_outcome_each()
     for i in 0..40 {
         // Every fourth needs two approvals: both votes must land, then one grant.
         let required = if i % 4 == 0 { 2 } else { 1 };
-        filed.push((file_request(&log, required, Duration::from_secs(600)).await.0, required));
+        filed.push((
+            file_request(&log, required, Duration::from_secs(600)).await.0,
+            required,
+        ));
     }
     let last = log.last_sequence().await.expect("last");
     assert!(live2.wait_for(last, Duration::from_secs(10)).await);

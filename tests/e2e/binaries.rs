@@ -231,7 +231,11 @@ fn write_certificates(dir: &std::path::Path) {
     std::fs::write(dir.join("rogue.key"), rogue.signing_key.serialize_pem()).expect("write");
 }
 
-async fn tls_channel(port: u16, dir: &std::path::Path, client: Option<&str>) -> Result<tonic::transport::Channel, String> {
+async fn tls_channel(
+    port: u16,
+    dir: &std::path::Path,
+    client: Option<&str>,
+) -> Result<tonic::transport::Channel, String> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let read = |f: &str| std::fs::read(dir.join(f)).expect("read cert");
     let mut tls = ClientTlsConfig::new()
@@ -337,7 +341,9 @@ async fn attach_over_mutual_tls_serves_only_proxies_with_a_certificate() {
     wait_port(proxy_port);
 
     // Not a proxy: no client certificate, or one no CA vouches for.
-    let no_cert = tls_channel(control_port, &dir, None).await.expect("TLS without a client cert");
+    let no_cert = tls_channel(control_port, &dir, None)
+        .await
+        .expect("TLS without a client cert");
     let err = try_attach(no_cert).await.expect_err("no certificate, no Attach");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("client certificate"), "{}", err.message());
@@ -347,10 +353,9 @@ async fn attach_over_mutual_tls_serves_only_proxies_with_a_certificate() {
     };
     assert!(rogue.is_err(), "a certificate from no trusted CA is refused");
     // Plain text to the TLS port gets nowhere.
-    let plain = proto::proxy_service_client::ProxyServiceClient::connect(format!(
-        "http://127.0.0.1:{control_port}"
-    ))
-    .await;
+    let plain =
+        proto::proxy_service_client::ProxyServiceClient::connect(format!("http://127.0.0.1:{control_port}"))
+            .await;
     if let Ok(mut client) = plain {
         assert!(
             client
@@ -366,9 +371,28 @@ async fn attach_over_mutual_tls_serves_only_proxies_with_a_certificate() {
     let agent = token(
         &dir,
         &issuer,
-        &["--sub", "oid-agent", "--name", "agent", "--app", "--group", "grp-agents"],
+        &[
+            "--sub",
+            "oid-agent",
+            "--name",
+            "agent",
+            "--app",
+            "--group",
+            "grp-agents",
+        ],
     );
-    let alice = token(&dir, &issuer, &["--sub", "oid-alice", "--name", "Alice", "--group", "grp-reviewers"]);
+    let alice = token(
+        &dir,
+        &issuer,
+        &[
+            "--sub",
+            "oid-alice",
+            "--name",
+            "Alice",
+            "--group",
+            "grp-reviewers",
+        ],
+    );
     let held = Command::new("psql")
         .arg(format!(
             "host=127.0.0.1 port={proxy_port} dbname=shop user=agent sslmode=disable"
@@ -417,5 +441,9 @@ async fn attach_over_mutual_tls_serves_only_proxies_with_a_certificate() {
         .expect("join")
         .expect("psql output");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(pg.psql("shop", "SELECT count(*) FROM orders"), "5", "the DELETE ran");
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM orders"),
+        "5",
+        "the DELETE ran"
+    );
 }

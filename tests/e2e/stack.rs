@@ -538,7 +538,10 @@ fn auditor_sees_the_same_exchange(stack: &Stack) {
         e["approval_voted"]["reason"] == "expired test orders"
     });
     let request_id = text(&vote["event"]["request_id"]);
-    assert_eq!(vote["event"]["approval_voted"]["reviewer"]["subject"], "oid-alice");
+    assert_eq!(
+        vote["event"]["approval_voted"]["reviewer"]["subject"],
+        "oid-alice"
+    );
     assert_eq!(vote["event"]["approval_voted"]["decision"], "DECISION_APPROVE");
     let asked = find("approval_requested", &|e| e["request_id"] == request_id.as_str());
     assert_eq!(
@@ -557,7 +560,10 @@ fn auditor_sees_the_same_exchange(stack: &Stack) {
     let session_id = text(&asked["event"]["session_id"]);
     assert_eq!(ran["event"]["session_id"], session_id.as_str());
     let opened = find("session_opened", &|e| e["session_id"] == session_id.as_str());
-    assert_eq!(opened["event"]["session_opened"]["identity"]["subject"], "oid-agent-7");
+    assert_eq!(
+        opened["event"]["session_opened"]["identity"]["subject"],
+        "oid-agent-7"
+    );
 
     // The denied DROP: denied by Alice with her reason, refused, never run.
     let denied = find("approval_voted", &|e| {

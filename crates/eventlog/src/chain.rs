@@ -236,7 +236,12 @@ impl ChainChecker {
 
     /// Chains seen so far.
     pub fn chains(&self) -> usize {
-        self.heads.len() + self.broken.iter().filter(|s| !self.heads.contains_key(*s)).count()
+        self.heads.len()
+            + self
+                .broken
+                .iter()
+                .filter(|s| !self.heads.contains_key(*s))
+                .count()
     }
 }
 

@@ -188,7 +188,13 @@ mod tests {
     #[test]
     fn the_signed_message_binds_the_range() {
         let digest = [7u8; 32];
-        assert_ne!(signed_message(1, 10, 10, &digest), signed_message(2, 11, 10, &digest));
-        assert_ne!(signed_message(1, 10, 10, &digest), signed_message(1, 10, 9, &digest));
+        assert_ne!(
+            signed_message(1, 10, 10, &digest),
+            signed_message(2, 11, 10, &digest)
+        );
+        assert_ne!(
+            signed_message(1, 10, 10, &digest),
+            signed_message(1, 10, 9, &digest)
+        );
     }
 }

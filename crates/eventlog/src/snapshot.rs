@@ -182,10 +182,7 @@ impl EventLog {
         }
         let mut object = store.get(name).await.map_err(|e| unreadable(&e))?;
         let mut bytes = Vec::with_capacity(info.size);
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| unreadable(&e))?;
+        object.read_to_end(&mut bytes).await.map_err(|e| unreadable(&e))?;
         // A replacement may have landed between info and get: the object
         // read is whole and checked, but its metadata must be the one read.
         let after = object.info.metadata.clone();
