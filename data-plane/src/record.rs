@@ -1,21 +1,25 @@
 //! Recording session events without making the allowed path wait on the
-//! log. Events go into a bounded buffer; workers append them in order per
-//! session (one hash chain each), every append acknowledged, and retried
-//! with the same event id until it is. A full buffer is reported to the
-//! caller, which then refuses the statement rather than run it unrecorded.
+//! log. Events go into a bounded buffer; each session's events are appended
+//! in order (one hash chain per session), every append acknowledged, and
+//! retried with the same event id until it is. A full buffer is reported to
+//! the caller, which then refuses the statement rather than run it
+//! unrecorded.
 //!
-//! Sessions are spread over workers by id, so one slow session never holds
-//! up the others' order, and each session's events stay in order.
+//! Each session with events to write has its own writer task, so a session
+//! waits only on its own appends: one slow session never holds up the
+//! others, and many sessions' appends are in flight at once (up to a
+//! limit). An append needs the acknowledgement of the one before it (it
+//! names the chain's last sequence), so a session's own appends cannot
+//! overlap; sessions' appends can, and that is where the throughput is.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{ChainWriter, EventLog, SessionId, subjects};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The buffer is full: the log is slow or away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,11 +28,12 @@ pub struct RecorderFull;
 
 #[derive(Debug)]
 struct Job {
-    session: SessionId,
     event: proto::Event,
     /// Told once this job (and so every earlier one of the session) is in
     /// the log.
     done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// This job's room in the buffer, given back when a writer takes it.
+    room: OwnedSemaphorePermit,
 }
 
 /// Counters for metrics and tests.
@@ -38,66 +43,90 @@ pub struct RecorderStats {
     pub retries: AtomicU64,
 }
 
-/// Handle to the recording workers. Cheap to clone.
+#[derive(Debug)]
+struct Shared {
+    log: EventLog,
+    /// One permit per buffered event: the buffer's bound.
+    room: Arc<Semaphore>,
+    capacity: usize,
+    /// Appends in flight at once, over all sessions.
+    lanes: Arc<Semaphore>,
+    /// The writer of each session with events queued or being appended.
+    writers: Mutex<HashMap<SessionId, mpsc::UnboundedSender<Job>>>,
+    stats: Arc<RecorderStats>,
+}
+
+/// Handle to the recording writers. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    shards: Arc<Vec<mpsc::Sender<Job>>>,
+    shared: Arc<Shared>,
     pub stats: Arc<RecorderStats>,
 }
 
 impl Recorder {
-    /// Starts `workers` workers sharing a buffer of `capacity` events.
+    /// A recorder buffering up to `capacity` events, with up to `workers`
+    /// appends (each of a different session) in flight at once. Must be
+    /// called inside a Tokio runtime (writers are spawned on demand).
     pub fn spawn(log: EventLog, workers: usize, capacity: usize) -> Recorder {
-        let workers = workers.max(1);
         let stats = Arc::new(RecorderStats::default());
-        let mut shards = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (tx, rx) = mpsc::channel((capacity / workers).max(1));
-            tokio::spawn(worker(log.clone(), rx, stats.clone()));
-            shards.push(tx);
-        }
+        let capacity = capacity.max(1);
         Recorder {
-            shards: Arc::new(shards),
+            shared: Arc::new(Shared {
+                log,
+                room: Arc::new(Semaphore::new(capacity)),
+                capacity,
+                lanes: Arc::new(Semaphore::new(workers.max(1))),
+                writers: Mutex::default(),
+                stats: stats.clone(),
+            }),
             stats,
         }
     }
 
     /// Queues a session event. Never waits.
     pub fn record(&self, session: &SessionId, event: proto::Event) -> Result<(), RecorderFull> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        session.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
-        shard
-            .try_send(Job {
-                session: session.clone(),
+        let room = self.room()?;
+        self.shared.queue(
+            session,
+            Job {
                 event,
                 done: None,
-            })
-            .map_err(|_| RecorderFull)
+                room,
+            },
+        );
+        Ok(())
     }
 
     /// Queues a session event and waits until it, and every earlier event
     /// of the session, is in the log (or `timeout` passes: false).
     pub async fn record_and_wait(&self, session: &SessionId, event: proto::Event, timeout: Duration) -> bool {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        session.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            session: session.clone(),
-            event,
-            done: Some(tx),
-        };
-        if shard.try_send(job).is_err() {
+        let Ok(room) = self.room() else {
             return false;
-        }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.queue(
+            session,
+            Job {
+                event,
+                done: Some(tx),
+                room,
+            },
+        );
         matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
     }
 
-    /// Events buffered and not yet handed to a worker's append (the event a
-    /// worker is appending right now is not counted).
+    fn room(&self) -> Result<OwnedSemaphorePermit, RecorderFull> {
+        self.shared
+            .room
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RecorderFull)
+    }
+
+    /// Events buffered and not yet handed to a writer's append (the event a
+    /// writer is appending right now is not counted).
     pub fn buffered(&self) -> usize {
-        self.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum()
+        self.shared.capacity - self.shared.room.available_permits()
     }
 
     /// Waits until the buffer is empty, up to `timeout`; false if not.
@@ -118,13 +147,10 @@ impl Recorder {
     /// statement completes: an allowed statement runs only if its record is
     /// certain to be buffered.
     pub fn reserve(&self, session: &SessionId) -> Result<Slot, RecorderFull> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        session.hash(&mut h);
-        let shard = self.shards[(h.finish() as usize) % self.shards.len()].clone();
-        let permit = shard.try_reserve_owned().map_err(|_| RecorderFull)?;
         Ok(Slot {
-            permit,
+            room: self.room()?,
             session: session.clone(),
+            shared: self.shared.clone(),
         })
     }
 }
@@ -132,50 +158,111 @@ impl Recorder {
 /// Room for one event, reserved in advance.
 #[derive(Debug)]
 pub struct Slot {
-    permit: mpsc::OwnedPermit<Job>,
+    room: OwnedSemaphorePermit,
     session: SessionId,
+    shared: Arc<Shared>,
 }
 
 impl Slot {
     pub fn send(self, event: proto::Event) {
-        let Slot { permit, session } = self;
-        permit.send(Job {
+        let Slot {
+            room,
             session,
-            event,
-            done: None,
-        });
+            shared,
+        } = self;
+        shared.queue(
+            &session,
+            Job {
+                event,
+                done: None,
+                room,
+            },
+        );
     }
 }
 
-async fn worker(log: EventLog, mut jobs: mpsc::Receiver<Job>, stats: Arc<RecorderStats>) {
-    let mut chains: HashMap<SessionId, ChainWriter> = HashMap::new();
-    while let Some(job) = jobs.recv().await {
-        let closing = matches!(job.event.body, Some(Body::SessionClosed(_)));
-        let writer = chains
-            .entry(job.session.clone())
-            .or_insert_with(|| ChainWriter::new(subjects::session(&job.session)));
+impl Shared {
+    /// Hands a job to its session's writer, starting one if the session has
+    /// none. Never waits: room was taken before.
+    fn queue(self: &Arc<Self>, session: &SessionId, job: Job) {
+        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let job = match writers.get(session) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                // The writer ended (it only does so with the map locked and
+                // nothing queued, so this is not expected): start another.
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(job);
+        writers.insert(session.clone(), tx);
+        tokio::spawn(writer(
+            Writer {
+                log: self.log.clone(),
+                lanes: self.lanes.clone(),
+                stats: self.stats.clone(),
+                shared: Arc::downgrade(self),
+            },
+            session.clone(),
+            rx,
+        ));
+    }
+}
+
+/// What a session's writer needs. It holds the recorder only weakly, so
+/// writers end once every handle to the recorder is gone.
+struct Writer {
+    log: EventLog,
+    lanes: Arc<Semaphore>,
+    stats: Arc<RecorderStats>,
+    shared: std::sync::Weak<Shared>,
+}
+
+/// Appends one session's events in order, until its queue is empty after
+/// SessionClosed (or the recorder is gone).
+async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut chain = ChainWriter::new(subjects::session(&session));
+    loop {
+        let Some(job) = jobs.recv().await else { return };
+        let Job { event, done, room } = job;
+        drop(room);
+        let closing = matches!(event.body, Some(Body::SessionClosed(_)));
         let mut backoff = Duration::from_millis(100);
         // Until acknowledged: an event handed to the recorder is never
         // dropped. Retries keep the event id, so it is stored once.
         loop {
-            match writer.append(&log, job.event.clone()).await {
+            let lane = w.lanes.acquire().await;
+            let appended = chain.append(&w.log, event.clone()).await;
+            drop(lane);
+            match appended {
                 Ok(_) => {
-                    stats.appended.fetch_add(1, Ordering::Relaxed);
+                    w.stats.appended.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(session = %job.session, event = %job.event.id, error = %e, "recording failed; retrying");
+                    w.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%session, event = %event.id, error = %e, "recording failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        if let Some(done) = job.done {
+        if let Some(done) = done {
             let _ = done.send(());
         }
         if closing {
-            chains.remove(&job.session);
+            // The session's last event: end, unless more was queued
+            // meanwhile (checked with the map locked, so nothing is lost).
+            let Some(recorder) = w.shared.upgrade() else {
+                return;
+            };
+            let mut writers = recorder.writers.lock().unwrap_or_else(|p| p.into_inner());
+            if jobs.is_empty() {
+                writers.remove(&session);
+                return;
+            }
         }
     }
 }

@@ -124,7 +124,8 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         proxy_id.clone(),
     ));
     let metrics = crate::metrics::Metrics::new();
-    let recorder = Recorder::spawn(log.clone(), 4, config.proxy.record_buffer);
+    // Up to 128 sessions' appends in flight at once (each session's in order).
+    let recorder = Recorder::spawn(log.clone(), 128, config.proxy.record_buffer);
     if let Some(addr) = config.proxy.metrics_listen {
         let (m, r) = (metrics.clone(), recorder.clone());
         tokio::spawn(async move {
