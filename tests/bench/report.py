@@ -240,6 +240,37 @@ def main():
     w.append(f"Failed transactions over all runs: {failed}.")
     w.append("")
 
+    # Where the CPU goes.
+    cpu_path = os.path.join(results, "cpu.csv")
+    if os.path.exists(cpu_path):
+        with open(cpu_path) as f:
+            cpu_rows = list(csv.DictReader(f))
+        hz = float(meta.get("hz") or 100)
+        parts = ("proxy", "pgbouncer", "nats", "control", "postgres", "pgbench")
+        per = {}
+        for r in cpu_rows:
+            tx = float(r["transactions"] or 0)
+            if tx <= 0:
+                continue
+            key = (int(r["clients"]), r["protocol"], r["target"])
+            per.setdefault(key, []).append({k: float(r[k] or 0) / hz * 1e6 / tx for k in parts})
+        if per:
+            w.append("Where the CPU goes: CPU time (user + system, from `/proc/<pid>/stat`; pgbench's from GNU "
+                     "time) per transaction, in microseconds, median over the rounds. PostgreSQL's includes "
+                     "its backends. On this machine everything shares the same cores, so a target's TPS is "
+                     "roughly the cores' time divided by the total.")
+            w.append("")
+            w.append("| clients | protocol | target | airlock-proxy | PgBouncer | NATS | airlock-control "
+                     "| PostgreSQL | pgbench | total |")
+            w.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+            for (c, p, t) in sorted(per, key=lambda k: (k[0], protocols.index(k[1]) if k[1] in protocols else 9,
+                                                       TARGETS.index(k[2]))):
+                vals = {k: median([d[k] for d in per[(c, p, t)]]) for k in parts}
+                total = sum(vals.values())
+                cells = " | ".join(fmt(vals[k], 1) if vals[k] else "-" for k in parts)
+                w.append(f"| {c} | {p} | {t} | {cells} | {fmt(total, 1)} |")
+            w.append("")
+
     # Part 2.
     w.append("## 2. Approval round trip")
     w.append("")

@@ -69,11 +69,15 @@ say() { printf 'bench: [%4ss] %s\n' "$(($(date +%s) - started_at))" "$*" >&2; }
 # --- dependencies ---------------------------------------------------------------
 ./deploy/local/install-deps.sh
 export PATH="$repo/.airlock/bin:$PATH"
-if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-  say "installing pgbouncer (Debian package)"
+# PgBouncer, and GNU time for pgbench's own CPU time (Debian packages).
+wanted=()
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || wanted+=(pgbouncer)
+[ -x /usr/bin/time ] || wanted+=(time)
+if [ "${#wanted[@]}" -gt 0 ]; then
+  say "installing ${wanted[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${wanted[@]}" >&2
 fi
 PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
 
@@ -94,8 +98,8 @@ PGBENCH="$PGBIN/pgbench"
 
 # --- build ----------------------------------------------------------------------
 say "building release binaries and the bench programs"
-cargo build --release --locked -q -p airlock-proxy -p airlock-control -p airlock-dev-idp
-cargo bench --locked -q -p airlock-e2e --no-run --bench approval --bench idle 2>&1 | grep -v '^ *Executable' >&2 || true
+cargo build --release -q -p airlock-proxy -p airlock-control -p airlock-dev-idp
+cargo bench -q -p airlock-e2e --no-run --bench approval --bench idle 2>&1 | grep -v '^ *Executable' >&2 || true
 bin="$repo/target/release"
 
 # --- the stack ------------------------------------------------------------------
@@ -253,6 +257,7 @@ export AIRLOCK_LOG=warn
 pids+=($!)
 wait_port "$IDP_PORT" idp
 "$bin/airlock-control" serve --config "$state/airlock.yaml" >"$state/control.log" 2>&1 &
+CONTROL_PID=$!
 pids+=($!)
 wait_port "$CONTROL_PORT" control
 "$bin/airlock-proxy" --config "$state/airlock.yaml" >"$state/proxy.log" 2>&1 &
@@ -287,7 +292,7 @@ if [ "$stack_only" = 1 ]; then
     echo "export AGENT_TOKEN='$AGENT_TOKEN' REVIEWER_TOKEN='$REVIEWER_TOKEN' DB_PASSWORD='$DB_PASSWORD'"
   } >"$state/env.sh"
   say "stack running; its settings are in $state/env.sh; Ctrl-C stops it"
-  while sleep 3600; do :; done
+  while true; do sleep 3600 & wait $!; done
 fi
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -302,7 +307,7 @@ run_idle() { # label pid port user db password
   AIRLOCK_BENCH_PID="$2" AIRLOCK_BENCH_ADDR="127.0.0.1:$3" AIRLOCK_BENCH_USER="$4" \
   AIRLOCK_BENCH_DB="$5" AIRLOCK_BENCH_PASSWORD="$6" AIRLOCK_BENCH_CONNECTIONS="$BENCH_IDLE" \
   AIRLOCK_BENCH_OUT="$results/idle-$1.json" \
-    cargo bench --locked -q -p airlock-e2e --bench idle >"$state/idle-$1.log" 2>&1 \
+    cargo bench -q -p airlock-e2e --bench idle >"$state/idle-$1.log" 2>&1 \
     || { echo "run.sh: the idle-connection bench failed; see $state/idle-$1.log" >&2; exit 1; }
 }
 run_idle airlock "$PROXY_PID" "$PROXY_PORT" bench-agent bench "$AGENT_TOKEN"
@@ -319,6 +324,15 @@ for _ in $(seq "$BENCH_ROUNDS"); do for c in $BENCH_CLIENTS; do for p in $BENCH_
   runs=$((runs + 3)); done; done; done
 say "pgbench -S: $runs runs of ${BENCH_DURATION}s ($BENCH_ROUNDS rounds x clients {$BENCH_CLIENTS} x {$BENCH_PROTOCOLS} x 3 targets)"
 echo "round,clients,protocol,target,tps,latency_ms,failed,median_latency_us" >"$results/pgbench.csv"
+# CPU time (user + system, clock ticks) of each server process, cumulative;
+# PostgreSQL's is the postmaster's plus its exited backends'.
+PG_MASTER_PID="$(head -n1 "$state/pg/data/postmaster.pid")"
+ticks() { # pid -> utime+stime+cutime+cstime
+  awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+cpu_now() { echo "$(ticks "$PROXY_PID") $(ticks "$NATS_PID") $(ticks "$CONTROL_PID") $(ticks "$BOUNCER_PID") $(ticks "$PG_MASTER_PID")"; }
+echo "round,clients,protocol,target,transactions,proxy,nats,control,pgbouncer,postgres,pgbench" >"$results/cpu.csv"
+HZ="$(getconf CLK_TCK)"
 for round in $(seq "$BENCH_ROUNDS"); do
   for c in $BENCH_CLIENTS; do
     for p in $BENCH_PROTOCOLS; do
@@ -330,7 +344,8 @@ for round in $(seq "$BENCH_ROUNDS"); do
         # One client: keep every transaction's latency for a true median.
         txlog=()
         [ "$c" = 1 ] && txlog=(-l --log-prefix "$log/tx")
-        if ! PGPASSWORD="$password" "$PGBENCH" -n -S -M "$p" -c "$c" -j "$j" -T "$BENCH_DURATION" \
+        read -r -a cpu_before <<<"$(cpu_now)"
+        if ! PGPASSWORD="$password" /usr/bin/time -f "%U %S" -o "$log/time.txt" "$PGBENCH" -n -S -M "$p" -c "$c" -j "$j" -T "$BENCH_DURATION" \
              "${txlog[@]}" -h 127.0.0.1 -p "$port" -U "$user" "$db" >"$log/out.txt" 2>&1; then
           echo "run.sh: pgbench against $t failed (clients $c, $p); its output:" >&2
           cat "$log/out.txt" >&2
@@ -339,6 +354,13 @@ for round in $(seq "$BENCH_ROUNDS"); do
         tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log/out.txt" | tail -n1)
         lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$log/out.txt")
         failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log/out.txt")
+        sleep 0.2 # the backends exit and are counted in the postmaster's total
+        read -r -a cpu_after <<<"$(cpu_now)"
+        tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log/out.txt")
+        cpu_line="$round,$c,$p,$t,$tx"
+        for k in 0 1 2 3 4; do cpu_line="$cpu_line,$(( cpu_after[k] - cpu_before[k] ))"; done
+        pgbench_cpu=$(awk -v hz="$HZ" '{printf "%d", ($1 + $2) * hz}' "$log/time.txt" 2>/dev/null || echo 0)
+        echo "$cpu_line,$pgbench_cpu" >>"$results/cpu.csv"
         median=""
         if [ "$c" = 1 ]; then
           # Column 3 of pgbench's transaction log is the latency in us.
@@ -360,7 +382,7 @@ AIRLOCK_BENCH_PASSWORD="$AGENT_TOKEN" AIRLOCK_BENCH_REVIEWER_TOKEN="$REVIEWER_TO
 AIRLOCK_BENCH_CONTROL="http://127.0.0.1:$CONTROL_PORT" AIRLOCK_BENCH_NATS="nats://127.0.0.1:$NATS_PORT" \
 AIRLOCK_BENCH_STATEMENTS="$BENCH_APPROVALS" AIRLOCK_BENCH_AGENTS="$BENCH_APPROVAL_AGENTS" \
 AIRLOCK_BENCH_OUT="$results/approval.json" \
-  cargo bench --locked -q -p airlock-e2e --bench approval >"$state/approval.log" 2>&1 \
+  cargo bench -q -p airlock-e2e --bench approval >"$state/approval.log" 2>&1 \
   || { echo "run.sh: the approval bench failed; see $state/approval.log" >&2; exit 1; }
 echo "approval $(loadavg)" >>"$results/load.txt"
 
@@ -376,7 +398,7 @@ echo "approval $(loadavg)" >>"$results/load.txt"
 # --- part 5: classification -----------------------------------------------------
 say "policy crate criterion bench ($BENCH_CRITERION)"
 # shellcheck disable=SC2086
-cargo bench --locked -q -p airlock-policy --bench verdict -- $BENCH_CRITERION \
+cargo bench -q -p airlock-policy --bench verdict -- $BENCH_CRITERION \
   >"$results/criterion.txt" 2>"$state/criterion.log" \
   || { echo "run.sh: the criterion bench failed; see $state/criterion.log" >&2; exit 1; }
 echo "end $(date -u +%FT%TZ) $(loadavg)" >>"$results/load.txt"
@@ -395,7 +417,7 @@ command_line="./tests/bench/run.sh"
   echo "pgbouncer=$("$PGBOUNCER" --version | head -n1)"
   echo "nats=$(nats-server --version)"
   echo "rustc=$(rustc --version)"
-  echo "commit=$(git rev-parse HEAD)$(git diff --quiet HEAD -- data-plane crates tests proto Cargo.lock || echo ' (with uncommitted changes)')"
+  echo "commit=$(git rev-parse HEAD)$(git diff --quiet HEAD -- data-plane tests/bench tests/benches crates/policy || echo ' (with uncommitted changes)')"
   echo "date=$(date -u +%F)"
   echo "command=$command_line"
   echo "elapsed_s=$elapsed"
@@ -404,6 +426,7 @@ command_line="./tests/bench/run.sh"
   echo "scale=$BENCH_SCALE"
   echo "criterion=$BENCH_CRITERION"
   echo "note=$BENCH_NOTE"
+  echo "hz=$HZ"
 } >"$results/meta.txt"
 python3 "$repo/tests/bench/report.py" "$results" "$repo/$BENCH_OUT"
 say "done in ${elapsed}s; wrote $BENCH_OUT"

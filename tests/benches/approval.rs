@@ -59,8 +59,13 @@ fn summary(name: &str, mut values: Vec<f64>) -> String {
 }
 
 /// One agent session with its NOTICEs collected.
-async fn agent(config: &tokio_postgres::Config) -> (Arc<tokio_postgres::Client>, mpsc::UnboundedReceiver<String>) {
-    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await.expect("the agent logs in");
+async fn agent(
+    config: &tokio_postgres::Config,
+) -> (Arc<tokio_postgres::Client>, mpsc::UnboundedReceiver<String>) {
+    let (client, mut conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the agent logs in");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -103,7 +108,10 @@ async fn agent_loop(
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         // Deletes nothing (the table is empty) but needs approval.
-        let sql = format!("DELETE FROM airlock_bench_held WHERE id = {}", first_id + i as i64);
+        let sql = format!(
+            "DELETE FROM airlock_bench_held WHERE id = {}",
+            first_id + i as i64
+        );
         let sent = Instant::now();
         let c = client.clone();
         let running = tokio::spawn(async move {
@@ -170,8 +178,12 @@ async fn main() {
         .dbname(env("AIRLOCK_BENCH_DB").unwrap_or_default())
         .password(env("AIRLOCK_BENCH_PASSWORD").unwrap_or_default())
         .ssl_mode(tokio_postgres::config::SslMode::Disable);
-    let log = EventLog::connect(NatsSettings::new(nats)).await.expect("connect to NATS");
-    let reviewer = Reviewer::connect(control).await.expect("connect to the control plane");
+    let log = EventLog::connect(NatsSettings::new(nats))
+        .await
+        .expect("connect to NATS");
+    let reviewer = Reviewer::connect(control)
+        .await
+        .expect("connect to the control plane");
 
     // A reviewer watching every request: when did each new one arrive?
     let seen: Arc<Mutex<HashMap<String, (SystemTime, u64)>>> = Arc::default();
@@ -237,7 +249,9 @@ async fn main() {
         };
         let stored = log.get(*sequence).await.expect("read ApprovalRequested");
         let stored_ns = stored.stored_at.unix_timestamp_nanos();
-        let at_ns = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        let at_ns = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
         visible.push((at_ns - stored_ns) as f64 / 1e6);
     }
     let raced = held.iter().filter(|h| h.raced).count();
