@@ -6,6 +6,8 @@
 #   * openssl, for the demo's self-signed certificate
 #   * the Python drivers psycopg 3 and asyncpg (pinned, in the same
 #     virtualenv), which the end-to-end tests use as real clients
+#   * Debian's chromium, Node.js and playwright-core (pinned in
+#     tests/browser), for the reviewer UI's browser test
 #   * Node.js and its `pg` driver (pinned by tests/clients/package-lock.json,
 #     installed into tests/clients/node_modules)
 # Idempotent: a second run changes nothing. Binaries it installs are linked
@@ -116,6 +118,23 @@ install_node_clients() {
   fi
 }
 
+install_browser_test() {
+  # The reviewer UI's browser test: Debian's chromium (never a browser
+  # downloaded by a test tool), Node.js, and playwright-core pinned by the
+  # committed lockfile in tests/browser.
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  local dir="$repo/tests/browser"
+  local want
+  want="$(sed -n 's/.*"playwright-core": "\([^"]*\)".*/\1/p' "$dir/package.json")"
+  if ! grep -q "\"version\": \"$want\"" "$dir/node_modules/playwright-core/package.json" 2>/dev/null; then
+    say "installing playwright-core $want for the browser test (tests/browser/package-lock.json)"
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  fi
+}
+
 install_tools() {
   # openssl makes the demo proxy's self-signed certificate.
   command -v openssl >/dev/null 2>&1 || apt_install openssl
@@ -126,7 +145,9 @@ install_postgres
 install_tools
 install_python_clients
 install_node_clients
+install_browser_test
 
 say "nats-server: $(command -v nats-server) ($(nats-server --version 2>&1 | head -n1))"
 say "postgres:    $(command -v postgres || ls /usr/lib/postgresql/*/bin/postgres | tail -n1)"
 say "psql:        $(command -v psql)"
+say "chromium:    $(command -v chromium) ($(chromium --version 2>/dev/null | head -n1))"

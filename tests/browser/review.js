@@ -1,0 +1,86 @@
+// Drives the Airlock reviewer web UI in headless Chromium, as a reviewer
+// would: sign in through airlock-dev-idp, find the held request in the
+// inbox, check what it shows, open it, and approve or deny it.
+//
+// Usage: node review.js <reviewer-url> <request-id> <approve|deny> <json-expectations>
+// Environment: AIRLOCK_CHROMIUM (default /usr/bin/chromium), AIRLOCK_USER_DATA
+// (a fresh empty directory), AIRLOCK_SCREENSHOT (optional: a PNG path for
+// the inbox). Prints one JSON line with what it saw; exits 1 on any failure.
+"use strict";
+
+const fs = require("fs");
+const { chromium } = require("playwright-core");
+
+const [base, requestId, decision, expectJson] = process.argv.slice(2);
+const expected = JSON.parse(expectJson || "{}");
+const executablePath = process.env.AIRLOCK_CHROMIUM || "/usr/bin/chromium";
+const userDataDir = process.env.AIRLOCK_USER_DATA;
+
+function fail(message) {
+  console.error("review.js: " + message);
+  process.exit(1);
+}
+
+(async () => {
+  if (!base || !requestId || !["approve", "deny"].includes(decision)) {
+    fail("usage: node review.js <reviewer-url> <request-id> <approve|deny> <json>");
+  }
+  if (!userDataDir) { fail("set AIRLOCK_USER_DATA to a fresh empty directory"); }
+  if (!fs.existsSync(executablePath)) {
+    fail(executablePath + " is missing: install Debian's chromium (./deploy/local/install-deps.sh)");
+  }
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run",
+    ],
+    viewport: { width: 1280, height: 900 },
+  });
+  const seen = {};
+  const page = context.pages()[0] || await context.newPage();
+  try {
+    page.setDefaultTimeout(20000);
+
+    // Not signed in: the reviewer's sign-in page, then the issuer's.
+    await page.goto(base + "/");
+    await page.click("#sign-in");
+    await page.waitForURL((url) => !url.toString().startsWith(base));
+    seen.idpPage = await page.textContent("body");
+    await page.click('button[data-user="' + expected.user + '"]');
+
+    // Back at the inbox, signed in.
+    await page.waitForURL(base + "/");
+    await page.waitForSelector('article[data-request-id="' + requestId + '"]');
+    seen.header = (await page.textContent("header")).replace(/\s+/g, " ").trim();
+    const card = page.locator('article[data-request-id="' + requestId + '"]');
+    seen.statement = await card.locator("pre.sql").innerText();
+    seen.identity = (await card.locator(".identity").innerText()).replace(/\s+/g, " ").trim();
+    seen.card = (await card.innerText()).replace(/\s+/g, " ").trim();
+    seen.cookies = (await context.cookies()).map((c) => ({
+      name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure,
+    }));
+    if (process.env.AIRLOCK_SCREENSHOT) {
+      await page.screenshot({ path: process.env.AIRLOCK_SCREENSHOT, fullPage: true });
+    }
+
+    // The request page: approve or deny with a reason.
+    await card.locator("a.button").click();
+    await page.waitForURL(base + "/requests/" + requestId);
+    seen.requestStatement = await page.locator("pre.sql").first().innerText();
+    await page.fill("#reason", expected.reason || "checked in the browser");
+    await page.click("#" + decision);
+    await page.waitForURL(base + "/requests/" + requestId + "?voted=" + decision);
+    seen.notice = await page.textContent("#notice");
+    seen.state = await page.locator("article .state").first().innerText();
+    console.log(JSON.stringify(seen));
+  } catch (e) {
+    seen.failedAt = page.url();
+    seen.failedPage = await page.textContent("body").catch(() => "");
+    console.log(JSON.stringify(seen));
+    fail(String(e && e.stack || e));
+  } finally {
+    await context.close();
+  }
+})();

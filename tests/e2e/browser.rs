@@ -1,0 +1,208 @@
+//! The reviewer web UI in a real browser: Debian's headless Chromium driven
+//! by playwright-core (tests/browser/review.js). A reviewer signs in through
+//! `airlock-dev-idp`, sees the held statement with its exact text and the
+//! agent's identity, and approves it (the statement then completes on the
+//! agent's session) or denies it (the agent gets the refusal).
+//!
+//! Chromium, Node.js and playwright-core are installed by
+//! `deploy/local/install-deps.sh`; a missing one fails the test with that
+//! hint, never skips it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use airlock_e2e::binaries::{ALICE, Held, Options, ReviewerStack, hold};
+use serde_json::{Value, json};
+
+const HINT: &str = "run ./deploy/local/install-deps.sh (installs Debian's chromium, Node.js and \
+                    tests/browser's pinned playwright-core)";
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Chromium's path: `AIRLOCK_CHROMIUM`, else Debian's.
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(path.is_file(), "{} is missing: {HINT}", path.display());
+    path
+}
+
+fn check_tools() {
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "node is missing: {HINT}"
+    );
+    assert!(
+        browser_dir()
+            .join("node_modules/playwright-core/package.json")
+            .is_file(),
+        "playwright-core is not installed in tests/browser: {HINT}"
+    );
+    chromium();
+}
+
+/// Runs the browser as the reviewer `user`; returns what it saw.
+fn review(stack: &ReviewerStack, request_id: &str, decision: &str, screenshot: Option<&Path>) -> Value {
+    check_tools();
+    let profile = tempfile::tempdir().expect("a fresh user-data-dir");
+    let mut cmd = Command::new("node");
+    cmd.arg(browser_dir().join("review.js"))
+        .arg(&stack.reviewer_url)
+        .arg(request_id)
+        .arg(decision)
+        .arg(json!({"user": ALICE.0, "reason": format!("{} in the browser test", if decision == "deny" { "denied" } else { "approved" })}).to_string())
+        .env("AIRLOCK_CHROMIUM", chromium())
+        .env("AIRLOCK_USER_DATA", profile.path())
+        .current_dir(browser_dir());
+    match screenshot {
+        Some(path) => cmd.env("AIRLOCK_SCREENSHOT", path),
+        None => cmd.env_remove("AIRLOCK_SCREENSHOT"),
+    };
+    let out = cmd.output().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed\nstdout: {stdout}\nstderr: {}\nreviewer log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stack.reviewer_log()
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("the browser's JSON report")
+}
+
+/// What every browser run must have seen.
+fn check_seen(seen: &Value, statement: &str) {
+    assert_eq!(seen["statement"], statement, "the exact statement text: {seen}");
+    assert_eq!(seen["requestStatement"], statement, "{seen}");
+    // innerText shows the badge as styled (upper case).
+    let identity = seen["identity"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        identity.contains("agent-7")
+            && identity.contains("app")
+            && identity.contains("db-maintenance-agents"),
+        "the agent's identity, kind and group: {identity}"
+    );
+    let card = seen["card"].as_str().unwrap_or_default();
+    assert!(card.contains("prod-maintenance"), "the connection: {card}");
+    assert!(
+        card.contains("deletes need a reviewer"),
+        "the rule's reason: {card}"
+    );
+    assert!(card.contains("0 of 1"), "approvals given of needed: {card}");
+    assert!(card.contains("time left"), "{card}");
+    assert!(
+        seen["idpPage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("DEVELOPMENT AND TESTS ONLY"),
+        "{seen}"
+    );
+    assert!(
+        seen["header"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Alice Reviewer"),
+        "{seen}"
+    );
+    let session = seen["cookies"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "airlock_session"))
+        .unwrap_or_else(|| panic!("a session cookie: {seen}"));
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["sameSite"], "Strict");
+}
+
+async fn outcome(held: Held) -> Result<u64, tokio_postgres::Error> {
+    tokio::time::timeout(Duration::from_secs(30), held.outcome)
+        .await
+        .expect("the held statement finishes")
+        .expect("join")
+}
+
+#[tokio::test]
+async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
+    let stack = ReviewerStack::start(Options::default());
+    let agent = stack.agent_token();
+    // Something else waiting too, so the inbox shows more than one request.
+    let (other, _notices) = stack.connect(&agent).await;
+    let _update = tokio::spawn(async move {
+        other
+            .execute(
+                "UPDATE orders SET status = $1 WHERE id = $2",
+                &[&"refunded", &8i32],
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let statement = "DELETE FROM orders\nWHERE status = 'open' AND id <= 3 -- <b>stale</b> test orders";
+    let held = hold(&stack, &agent, statement).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let screenshot = std::env::var_os("AIRLOCK_SCREENSHOT").map(PathBuf::from);
+    let seen = review(&stack, &held.request_id, "approve", screenshot.as_deref());
+    check_seen(&seen, statement);
+    assert!(
+        seen["notice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("vote to approve was recorded"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["state"].as_str().map(str::to_lowercase).as_deref(),
+        Some("granted"),
+        "{seen}"
+    );
+
+    let rows = outcome(held)
+        .await
+        .expect("the approved DELETE ran on the agent's session");
+    assert_eq!(rows, 3);
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id <= 3"),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused() {
+    let stack = ReviewerStack::start(Options::default());
+    let agent = stack.agent_token();
+    let statement = "DELETE FROM orders WHERE id = 17";
+    let held = hold(&stack, &agent, statement).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let seen = review(&stack, &held.request_id, "deny", None);
+    check_seen(&seen, statement);
+    assert!(
+        seen["notice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("vote to deny was recorded"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["state"].as_str().map(str::to_lowercase).as_deref(),
+        Some("denied"),
+        "{seen}"
+    );
+
+    let err = outcome(held).await.expect_err("the denied DELETE never ran");
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("42501") || err.as_db_error().is_some_and(|d| d.code().code() == "42501"),
+        "{text}"
+    );
+    assert!(
+        text.contains("denied in the browser test"),
+        "the reviewer's reason reaches the agent: {text}"
+    );
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 17"),
+        "1"
+    );
+}
