@@ -75,7 +75,8 @@ pub fn fresh_binary(name: &str) -> PathBuf {
 /// What a test adds to the stack.
 #[derive(Debug, Default, Clone)]
 pub struct Options {
-    /// YAML lines appended to the `reviewer:` section (indented two spaces).
+    /// YAML lines appended to the `reviewer:` section (indented two spaces);
+    /// `{DIR}` stands for the stack's directory.
     pub reviewer_extra: String,
     /// Environment for the reviewer process.
     pub reviewer_env: Vec<(String, String)>,
@@ -200,7 +201,9 @@ policies:
 "#,
             nats = nats.url(),
             pg_port = pg.port(),
-            reviewer_extra = options.reviewer_extra,
+            reviewer_extra = options
+                .reviewer_extra
+                .replace("{DIR}", &dir.display().to_string()),
         );
         std::fs::write(dir.join("airlock.yaml"), config).expect("config");
         children.push(Child(
