@@ -297,10 +297,10 @@ impl Authenticator {
     pub async fn changing(&self, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Caller, ApiError> {
         let caller = self.caller(headers).await?;
         if let Via::Session { csrf } = &caller.via {
-            if let Some(origin) = headers.get(header::ORIGIN) {
-                if origin.to_str().ok() != Some(self.origin.as_str()) {
-                    return Err(ApiError::new(Code::Csrf, "cross-origin request refused"));
-                }
+            if let Some(origin) = headers.get(header::ORIGIN)
+                && origin.to_str().ok() != Some(self.origin.as_str())
+            {
+                return Err(ApiError::new(Code::Csrf, "cross-origin request refused"));
             }
             let sent = form_csrf
                 .map(str::to_owned)
@@ -343,11 +343,13 @@ mod tests {
     #[test]
     fn sessions_end_with_their_token() {
         let sessions = Sessions::default();
-        let mut identity = proto::Identity::default();
-        identity.token_expires_at = Some(prost_types::Timestamp {
-            seconds: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
-            nanos: 0,
-        });
+        let mut identity = proto::Identity {
+            token_expires_at: Some(prost_types::Timestamp {
+                seconds: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
         let cookie = sessions
             .create(Token::new("t".into()), identity.clone(), Duration::from_secs(60))
             .unwrap();

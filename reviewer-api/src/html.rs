@@ -152,8 +152,8 @@ pub fn highlight(sql: &str) -> String {
             let e = rest.find('\n').map_or(sql.len(), |n| i + n);
             span(&mut out, "c", &sql[i..e]);
             e
-        } else if rest.starts_with("/*") {
-            let e = rest[2..].find("*/").map_or(sql.len(), |n| i + 2 + n + 2);
+        } else if let Some(body) = rest.strip_prefix("/*") {
+            let e = body.find("*/").map_or(sql.len(), |n| i + 2 + n + 2);
             span(&mut out, "c", &sql[i..e]);
             e
         } else if c == '\'' || c == '"' {

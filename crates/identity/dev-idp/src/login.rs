@@ -188,35 +188,35 @@ pub struct AuthorizeParams {
     user: String,
 }
 
-fn login_of(published: &Published) -> Result<&Arc<Login>, Response> {
+fn login_of(published: &Published) -> Result<&Arc<Login>, String> {
     published.login.as_ref().ok_or_else(|| {
-        refuse_page("no test users are configured: start `airlock-dev-idp serve` with --login-config FILE")
+        "no test users are configured: start `airlock-dev-idp serve` with --login-config FILE".to_owned()
     })
 }
 
 /// Checks what must hold before anything may be sent back to the redirect
 /// URI: a registered client and exactly one of its redirect URIs. Then the
 /// rest (response type, PKCE).
-fn check(login: &Login, p: &AuthorizeParams) -> Result<(), Response> {
+fn check(login: &Login, p: &AuthorizeParams) -> Result<(), String> {
     let client = login
         .config
         .clients
         .iter()
         .find(|c| c.client_id == p.client_id)
-        .ok_or_else(|| refuse_page(&format!("unknown client_id {:?}", p.client_id)))?;
-    if !client.redirect_uris.iter().any(|u| *u == p.redirect_uri) {
-        return Err(refuse_page(&format!(
+        .ok_or_else(|| format!("unknown client_id {:?}", p.client_id))?;
+    if !client.redirect_uris.contains(&p.redirect_uri) {
+        return Err(format!(
             "redirect_uri {:?} is not registered for client {:?}",
             p.redirect_uri, p.client_id
-        )));
+        ));
     }
     if p.response_type != "code" {
-        return Err(refuse_page("response_type must be code"));
+        return Err("response_type must be code".into());
     }
     if p.code_challenge_method != "S256" || p.code_challenge.len() != 43 {
-        return Err(refuse_page(
-            "PKCE is required: code_challenge (S256, 43 characters) and code_challenge_method=S256",
-        ));
+        return Err(
+            "PKCE is required: code_challenge (S256, 43 characters) and code_challenge_method=S256".into(),
+        );
     }
     Ok(())
 }
@@ -228,10 +228,10 @@ pub async fn authorize_page(
 ) -> Response {
     let login = match login_of(&published) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(why) => return refuse_page(&why),
     };
-    if let Err(r) = check(login, &p) {
-        return r;
+    if let Err(why) = check(login, &p) {
+        return refuse_page(&why);
     }
     let hidden = [
         ("response_type", &p.response_type),
@@ -285,10 +285,10 @@ pub async fn authorize_submit(
 ) -> Response {
     let login = match login_of(&published) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(why) => return refuse_page(&why),
     };
-    if let Err(r) = check(login, &p) {
-        return r;
+    if let Err(why) = check(login, &p) {
+        return refuse_page(&why);
     }
     let Some(user) = login.config.users.iter().find(|u| u.sub == p.user) else {
         return refuse_page(&format!("no test user {:?}", p.user));
