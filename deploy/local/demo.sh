@@ -18,6 +18,7 @@ PG_PORT="${AIRLOCK_DEMO_PG_PORT:-55432}"
 IDP_PORT="${AIRLOCK_DEMO_IDP_PORT:-9400}"
 CONTROL_PORT="${AIRLOCK_DEMO_CONTROL_PORT:-7070}"
 PROXY_PORT="${AIRLOCK_DEMO_PROXY_PORT:-6432}"
+REVIEWER_PORT="${AIRLOCK_DEMO_REVIEWER_PORT:-8080}"
 # Group object ids of the demo tenant (any ids work with the dev issuer).
 AGENTS_GROUP=6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11
 REVIEWERS_GROUP=0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90
@@ -37,7 +38,7 @@ pgbin() {
 
 stop_all() {
   local stopped=0
-  for svc in proxy control idp; do
+  for svc in reviewer proxy control idp; do
     if [ -f "$state/$svc.pid" ]; then
       kill "$(cat "$state/$svc.pid")" 2>/dev/null && stopped=1 || true
       rm -f "$state/$svc.pid"
@@ -127,7 +128,7 @@ say "PostgreSQL on 127.0.0.1:$PG_PORT: database shop, table orders ($(psql_su -d
 
 # --- Airlock ---------------------------------------------------------------------
 say "building the Airlock binaries (release; the first build takes a few minutes)"
-(cd "$repo" && cargo build --release --locked -q -p airlock-proxy -p airlock-control -p airlock-dev-idp)
+(cd "$repo" && cargo build --release --locked -q -p airlock-proxy -p airlock-control -p airlock-dev-idp -p airlock-reviewer)
 bin="$repo/target/release"
 
 wait_port() {
@@ -180,10 +181,17 @@ approvals:
 control:
   listen: 127.0.0.1:$CONTROL_PORT
   checkpoints: { signing_key: $state/checkpoint.key, interval: 30s }
+reviewer:
+  listen: 127.0.0.1:$REVIEWER_PORT
+  control: http://127.0.0.1:$CONTROL_PORT
+  public_url: http://127.0.0.1:$REVIEWER_PORT
+  oidc:
+    client_id: airlock-reviewer-demo      # registered in .airlock/demo/login.yaml
 proxy:
   listen: 127.0.0.1:$PROXY_PORT
   control: http://127.0.0.1:$CONTROL_PORT
   tls: { cert: $state/proxy.crt, key: $state/proxy.key }
+  reviewer_url: http://127.0.0.1:$REVIEWER_PORT
 connections:
   - name: prod-maintenance
     upstream: postgres://maint@127.0.0.1:$PG_PORT/shop
@@ -199,13 +207,29 @@ policies:
     record: true
 YAML
 
+# Browser sign-in for the reviewer UI: test users the dev issuer offers.
+cat >"$state/login.yaml" <<LOGIN
+# airlock-dev-idp browser sign-in: development only.
+audience: api://airlock
+ttl: 8h
+clients:
+  - client_id: airlock-reviewer-demo
+    redirect_uris: [http://127.0.0.1:$REVIEWER_PORT/auth/callback]
+users:
+  - { sub: 3a9e5b11-alice, name: Alice Reviewer, groups: [$REVIEWERS_GROUP] }
+  - { sub: 8c4d2f70-bob, name: Bob Reviewer, groups: [$REVIEWERS_GROUP] }
+  - { sub: 1e6b9a33-erin, name: Erin (not a reviewer), groups: [$AGENTS_GROUP] }
+LOGIN
+
 start idp "$bin/airlock-dev-idp" serve --listen "127.0.0.1:$IDP_PORT" \
-  --issuer "http://127.0.0.1:$IDP_PORT" --key-file "$state/idp.key"
+  --issuer "http://127.0.0.1:$IDP_PORT" --key-file "$state/idp.key" --login-config "$state/login.yaml"
 wait_port "$IDP_PORT" idp
 start control "$bin/airlock-control" serve --config "$state/airlock.yaml"
 wait_port "$CONTROL_PORT" control
 start proxy "$bin/airlock-proxy" --config "$state/airlock.yaml"
 wait_port "$PROXY_PORT" proxy
+start reviewer "$bin/airlock-reviewer" --config "$state/airlock.yaml"
+wait_port "$REVIEWER_PORT" reviewer
 
 mint() {
   "$bin/airlock-dev-idp" token --key-file "$state/idp.key" --issuer "http://127.0.0.1:$IDP_PORT" \
@@ -225,14 +249,16 @@ cat >&2 <<INFO
     PGPASSWORD="\$(cat .airlock/demo/agent.token)" psql "host=127.0.0.1 port=$PROXY_PORT dbname=prod-maintenance user=agent-7 sslmode=require"
     SELECT runs at once; DELETE, DROP and UPDATE wait for a reviewer.
 
-  Reviewer (Alice Reviewer, group db-reviewers; token in .airlock/demo/reviewer.token):
-    gRPC on 127.0.0.1:$CONTROL_PORT with reflection, e.g. with grpcurl:
-      grpcurl -plaintext -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" \\
-        -d '{"states":["REQUEST_STATE_PENDING"]}' 127.0.0.1:$CONTROL_PORT airlock.v1.ReviewerService/ListRequests
-      grpcurl -plaintext -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" \\
-        -d '{"request_id":"<id from the NOTICE>","decision":"DECISION_APPROVE","reason":"ok"}' \\
-        127.0.0.1:$CONTROL_PORT airlock.v1.ReviewerService/Decide
-    (The reviewer web UI and REST API are not built yet.)
+  Reviewer web UI: http://127.0.0.1:$REVIEWER_PORT/
+    Sign in as "Alice Reviewer" (or "Bob Reviewer"; both in db-reviewers) on the
+    development issuer's page, then approve or deny held statements in the inbox.
+  Reviewer REST API (token of Alice Reviewer in .airlock/demo/reviewer.token):
+      curl -s -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" \\
+        'http://127.0.0.1:$REVIEWER_PORT/api/v1/requests?state=pending'
+      curl -s -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" -H 'content-type: application/json' \\
+        -d '{"reason":"ok"}' http://127.0.0.1:$REVIEWER_PORT/api/v1/requests/<id from the NOTICE>/approve
+      curl -sN -H "authorization: Bearer \$(cat .airlock/demo/reviewer.token)" http://127.0.0.1:$REVIEWER_PORT/api/v1/events
+    (gRPC on 127.0.0.1:$CONTROL_PORT with reflection works too, e.g. grpcurl airlock.v1.ReviewerService/ListRequests.)
 
   Audit        ./target/release/airlock-control verify --config .airlock/demo/airlock.yaml --checkpoint-key .airlock/demo/checkpoint.pub
                ./target/release/airlock-control replay --config .airlock/demo/airlock.yaml
@@ -247,7 +273,7 @@ if [ "${AIRLOCK_DEMO_FOREGROUND:-1}" = 1 ]; then
   trap 'echo; stop_all; exit 0' INT TERM
   say "running; Ctrl-C stops everything"
   while true; do
-    for svc in nats idp control proxy; do
+    for svc in nats idp control proxy reviewer; do
       if ! kill -0 "$(cat "$state/$svc.pid" 2>/dev/null)" 2>/dev/null; then
         say "$svc exited; see .airlock/demo/$svc.log"
         stop_all
