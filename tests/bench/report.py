@@ -133,15 +133,18 @@ def main():
     with open(os.path.join(results, "pgbench.csv")) as f:
         rows = list(csv.DictReader(f))
     table, one, raw, summary, added, failed, clients, protocols = pgbench_section(rows, meta)
-    with open(os.path.join(results, "approval.json")) as f:
-        approval = json.load(f)
+    approval = None
+    if os.path.exists(os.path.join(results, "approval.json")):
+        with open(os.path.join(results, "approval.json")) as f:
+            approval = json.load(f)
     idle = {}
     for t in ("airlock", "pgbouncer"):
         p = os.path.join(results, f"idle-{t}.json")
         if os.path.exists(p):
             with open(p) as f:
                 idle[t] = json.load(f)
-    crit = parse_criterion(os.path.join(results, "criterion.txt"))
+    crit_path = os.path.join(results, "criterion.txt")
+    crit = parse_criterion(crit_path) if os.path.exists(crit_path) else []
     with open(os.path.join(results, "load.txt")) as f:
         load = [line.split() for line in f if line.strip()]
     log_md = os.path.join(results, "log.md")
@@ -200,8 +203,11 @@ def main():
         a = added.get(p)
         w.append(f"| 1 client, {p}: <= 60 us added median latency | {fmt(a)} us | "
                  f"{verdict(None if a is None else a <= 60)} |")
-    rel = approval["release"]["p99_ms"]
-    w.append(f"| approval release p99 <= 10 ms | {rel:.2f} ms | {verdict(rel <= 10)} |")
+    if approval:
+        rel = approval["release"]["p99_ms"]
+        w.append(f"| approval release p99 <= 10 ms | {rel:.2f} ms | {verdict(rel <= 10)} |")
+    else:
+        w.append("| approval release p99 <= 10 ms | not measured in this run | n/a |")
     if "airlock" in idle:
         per = idle["airlock"]["per_connection_kib"]
         w.append(f"| <= 64 KiB per idle connection | {per:.1f} KiB | {verdict(per <= 64)} |")
@@ -267,38 +273,47 @@ def main():
                                                        TARGETS.index(k[2]))):
                 vals = {k: median([d[k] for d in per[(c, p, t)]]) for k in parts}
                 total = sum(vals.values())
-                cells = " | ".join(fmt(vals[k], 1) if vals[k] else "-" for k in parts)
-                w.append(f"| {c} | {p} | {t} | {cells} | {fmt(total, 1)} |")
+                cells = [fmt(vals[k], 1) if vals[k] else "-" for k in parts]
+                if t == "pgbouncer" and not vals["postgres"]:
+                    # Older runs counted only exited backends; PgBouncer's pool outlives the run.
+                    cells[parts.index("postgres")] = "n/a"
+                    total = None
+                w.append(f"| {c} | {p} | {t} | {' | '.join(cells)} | {fmt(total, 1)} |")
             w.append("")
 
     # Part 2.
     w.append("## 2. Approval round trip")
     w.append("")
-    w.append(f"`tests/benches/approval.rs`: {approval['agents']} agent sessions through the proxy each send "
-             f"`DELETE`s the policy holds, one after another ({approval['statements']} in all, "
-             f"{approval['elapsed_s']} s); a reviewer approves each through `ReviewerService.Decide` "
-             "(gRPC) as soon as the agent's NOTICE names the request, and a second reviewer connection "
-             "watches `ReviewerService.Watch`.")
-    w.append("")
-    w.append("| latency | n | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
-    w.append("|---|---:|---:|---:|---:|---:|")
-    labels = {
-        "release": "decision acknowledged (`Decide` returned) -> agent has its result",
-        "visible": "`ApprovalRequested` stored in JetStream -> on a reviewer's `Watch` stream",
-        "notice": "statement sent -> hold NOTICE at the agent",
-        "total": "statement sent -> result at the agent (whole round trip, reviewer included)",
-    }
-    for key in ("release", "visible", "notice", "total"):
-        s = approval[key]
-        w.append(f"| {labels[key]} | {s['n']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} "
-                 f"| {s['max_ms']:.2f} |")
-    w.append("")
-    w.append(f"Results that reached the agent before `Decide` returned (counted as 0 ms): "
-             f"{approval['released_before_ack']} of {approval['statements']}. Requests never seen on "
-             f"`Watch`: {approval['not_seen_on_watch']}. Visibility is measured on `Watch`, the push path; "
-             "`ListRequests` reads the same projection, so a request is listed no later than it is "
-             "pushed.")
-    w.append("")
+    if approval:
+        w.append(f"`tests/benches/approval.rs`: {approval['agents']} agent sessions through the proxy each send "
+                 f"`DELETE`s the policy holds, one after another ({approval['statements']} in all, "
+                 f"{approval['elapsed_s']} s); a reviewer approves each through `ReviewerService.Decide` "
+                 "(gRPC) as soon as the agent's NOTICE names the request, and a second reviewer connection "
+                 "watches `ReviewerService.Watch`.")
+        w.append("")
+        w.append("| latency | n | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
+        w.append("|---|---:|---:|---:|---:|---:|")
+        labels = {
+            "release": "decision acknowledged (`Decide` returned) -> agent has its result",
+            "visible": "`ApprovalRequested` stored in JetStream -> on a reviewer's `Watch` stream",
+            "notice": "statement sent -> hold NOTICE at the agent",
+            "total": "statement sent -> result at the agent (whole round trip, reviewer included)",
+        }
+        for key in ("release", "visible", "notice", "total"):
+            s = approval[key]
+            w.append(f"| {labels[key]} | {s['n']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} "
+                     f"| {s['max_ms']:.2f} |")
+        w.append("")
+        w.append(f"Results that reached the agent before `Decide` returned (counted as 0 ms): "
+                 f"{approval['released_before_ack']} of {approval['statements']}. Requests never seen on "
+                 f"`Watch`: {approval['not_seen_on_watch']}. Visibility is measured on `Watch`, the push path; "
+                 "`ListRequests` reads the same projection, so a request is listed no later than it is "
+                 "pushed.")
+        w.append("")
+
+    else:
+        w.append("**Not measured in this run**: the run ended before this part (see the note at the top).")
+        w.append("")
 
     # Part 3.
     w.append("## 3. Event log: append throughput, fold rate, start-up")
@@ -346,6 +361,9 @@ def main():
              "`cached` is a hit in the proxy's verdict cache; `stages` splits the uncached cost. "
              "Criterion's estimate with its confidence interval:")
     w.append("")
+    if not crit:
+        w.append("**Not measured in this run**: the run ended before this part (see the note at the top).")
+        w.append("")
     w.append("| statement | uncached | cached |")
     w.append("|---|---:|---:|")
     by = {name: vals for name, vals in crit}
