@@ -502,13 +502,10 @@ async fn request_page(
     match api::visible_request(&app, &caller, &id).await {
         Ok(view) => {
             let body = request_body(&view, &caller, notice);
-            html::page(
-                StatusCode::OK,
-                "Request",
-                Some(&viewer(&caller)),
-                "request",
-                &body,
-            )
+            // Just after a vote the page is fresh: no live reload under the
+            // reviewer's eyes.
+            let live = if notice.is_some() { "" } else { "request" };
+            html::page(StatusCode::OK, "Request", Some(&viewer(&caller)), live, &body)
         }
         Err(e) => html::error_page(&e),
     }

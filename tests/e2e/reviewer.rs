@@ -765,6 +765,7 @@ async fn browser_sign_in_uses_pkce_and_a_strict_cookie_and_votes_need_csrf() {
         "DELETE FROM orders WHERE id = 2",
     )
     .await;
+    let held_id = held.request_id.clone();
     let url = format!("{}/api/v1/requests/{}/approve", api.base, held.request_id);
     let no_csrf = http
         .post(&url)
@@ -799,6 +800,67 @@ async fn browser_sign_in_uses_pkce_and_a_strict_cookie_and_votes_need_csrf() {
         .expect("join")
         .expect("ran");
     assert_eq!(rows, 1);
+
+    // The pages escape what agents send: a statement is hostile input.
+    let hostile = hold_seen(
+        &stack,
+        &api,
+        &stack.user_token(ALICE),
+        &agent,
+        "DELETE FROM orders WHERE id = 6 -- </pre><script>alert(1)</script>\u{202e}",
+    )
+    .await;
+    let page = |path: String| {
+        let http = http.clone();
+        let cookie = session_value.clone();
+        async move {
+            let r = http
+                .get(path)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .expect("page");
+            (r.status(), r.text().await.expect("html"))
+        }
+    };
+    let (status, inbox) = page(format!("{}/", api.base)).await;
+    assert_eq!(status, 200);
+    assert!(inbox.contains(&hostile.request_id), "listed");
+    assert!(!inbox.contains("<script>alert"), "{inbox}");
+    assert!(
+        inbox.contains("&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{inbox}"
+    );
+    assert!(inbox.contains("U+202E"), "the bidi override is made visible");
+    let (status, one) = page(format!("{}/requests/{}", api.base, hostile.request_id)).await;
+    assert_eq!(status, 200);
+    assert!(
+        !one.contains("<script>alert") && one.contains("id=\"approve\""),
+        "{one}"
+    );
+    drop(hostile);
+    let (status, history) = page(format!("{}/history", api.base)).await;
+    assert_eq!(status, 200);
+    assert!(history.contains("DELETE FROM orders WHERE id = 2"), "{history}");
+    let (_, record) = api
+        .get(
+            Some(&stack.user_token(ALICE)),
+            &format!("/api/v1/requests/{}", held_id),
+        )
+        .await;
+    let (status, timeline) = page(format!(
+        "{}/sessions/{}",
+        api.base,
+        record["session_id"].as_str().expect("session")
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        timeline.contains("approval_granted") && timeline.contains("statement_executed"),
+        "{timeline}"
+    );
+    let (status, missing) = page(format!("{}/requests/01ARZ3NDEKTSV4RRFFQ69G5FAV", api.base)).await;
+    assert_eq!(status, 404, "{missing}");
 
     // The form post of the web UI: same CSRF rule.
     let held = hold_seen(
