@@ -128,6 +128,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
             ulid::Ulid::new().random()
         ),
         copy_in: std::sync::atomic::AtomicBool::new(false),
+        names_settled: tokio::sync::Notify::new(),
     });
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
         identity: Some(ctx.agent.identity.clone()),
@@ -209,6 +210,9 @@ struct Ctx {
     marker: String,
     /// A COPY FROM STDIN may be in progress: only COPY data may follow.
     copy_in: std::sync::atomic::AtomicBool,
+    /// Woken whenever PostgreSQL's answers settle pending names (a
+    /// completion, an error, a ReadyForQuery): see [`settle`].
+    names_settled: tokio::sync::Notify,
 }
 
 /// The text every refusal stand-in carries.
@@ -548,26 +552,10 @@ async fn client_to_upstream(
         let read = tokio::select! {
             r = client.read_frame() => r,
             Ok(()) = phase.wait_for(|p| *p == Phase::Stopping).map(|r| r.map(|_| ())) => {
-                let (addr, key) = ctx.upstream_cancel.clone();
-                crate::cancel::relay(&addr, key).await;
-                let _ = upstream.write_all(&FeMessage::Terminate.to_frame().to_bytes()).await;
-                let _ = inject
-                    .send(Inject::Fatal(Diagnostic {
-                        severity: Severity::Fatal,
-                        code: "57P01",
-                        message: "this Airlock proxy is shutting down; reconnect to continue".into(),
-                        detail: None,
-                        hint: None,
-                    }))
-                    .await;
-                return (Cause::ProxyShutdown, "proxy shutting down".into());
+                return shutting_down(&ctx, &mut upstream, &inject).await;
             }
             Some(order) = kills.recv() => {
-                // A statement may be running upstream: cancel it, then end.
-                let (addr, key) = ctx.upstream_cancel.clone();
-                crate::cancel::relay(&addr, key).await;
-                let _ = upstream.write_all(&FeMessage::Terminate.to_frame().to_bytes()).await;
-                return killed(&inject, &order).await;
+                return kill_now(&ctx, &mut upstream, &inject, &order).await;
             }
         };
         let frame = match read {
@@ -907,7 +895,17 @@ async fn client_to_upstream(
                 ..
             } => {
                 batch_open = true;
-                let known = ctx.names().statement(&statement).map(|s| s.clone());
+                let mut known = ctx.names().statement(&statement).map(|s| s.clone());
+                if matches!(known, Lookup::Ambiguous) {
+                    match settle(&ctx, &mut upstream, &mut out, &mut kills, &inject, |n| {
+                        n.statement(&statement).map(|s| s.clone())
+                    })
+                    .await
+                    {
+                        Ok(settled) => known = settled,
+                        Err(ending) => return ending,
+                    }
+                }
                 let stmt = match known {
                     Lookup::One(s) => Ok(s),
                     // A statement Airlock never judged (say, one made with
@@ -978,7 +976,18 @@ async fn client_to_upstream(
             }
             FeMessage::Execute { portal, .. } => {
                 batch_open = true;
-                let bound = match ctx.names().portal(&portal).map(|p| p.clone()) {
+                let mut lookup = ctx.names().portal(&portal).map(|p| p.clone());
+                if matches!(lookup, Lookup::Ambiguous) {
+                    match settle(&ctx, &mut upstream, &mut out, &mut kills, &inject, |n| {
+                        n.portal(&portal).map(|p| p.clone())
+                    })
+                    .await
+                    {
+                        Ok(settled) => lookup = settled,
+                        Err(ending) => return ending,
+                    }
+                }
+                let bound = match lookup {
                     Lookup::One(p) => Ok(p),
                     Lookup::Missing => Err("executing a portal Airlock has not judged is not allowed"),
                     Lookup::Ambiguous => Err(
@@ -1392,6 +1401,92 @@ async fn flush_if_idle(
     let _ = flush_if_idle_result(client, upstream, out).await;
 }
 
+/// The proxy is shutting down: cancel what runs upstream, end the session.
+async fn shutting_down(
+    ctx: &Ctx,
+    upstream: &mut WriteHalf<Box<dyn ClientStream>>,
+    inject: &mpsc::Sender<Inject>,
+) -> Ending {
+    let (addr, key) = ctx.upstream_cancel.clone();
+    crate::cancel::relay(&addr, key).await;
+    let _ = upstream
+        .write_all(&FeMessage::Terminate.to_frame().to_bytes())
+        .await;
+    let _ = inject
+        .send(Inject::Fatal(Diagnostic {
+            severity: Severity::Fatal,
+            code: "57P01",
+            message: "this Airlock proxy is shutting down; reconnect to continue".into(),
+            detail: None,
+            hint: None,
+        }))
+        .await;
+    (
+        proto::session_closed::Cause::ProxyShutdown,
+        "proxy shutting down".into(),
+    )
+}
+
+/// A reviewer killed the session: a statement may be running upstream, so
+/// cancel it, then end.
+async fn kill_now(
+    ctx: &Ctx,
+    upstream: &mut WriteHalf<Box<dyn ClientStream>>,
+    inject: &mpsc::Sender<Inject>,
+    order: &proto::KillOrder,
+) -> Ending {
+    let (addr, key) = ctx.upstream_cancel.clone();
+    crate::cancel::relay(&addr, key).await;
+    let _ = upstream
+        .write_all(&FeMessage::Terminate.to_frame().to_bytes())
+        .await;
+    killed(inject, order).await
+}
+
+/// A name's meaning depends on answers PostgreSQL has not sent yet (an
+/// earlier batch redefined it, and may yet fail): send what is buffered and
+/// wait for those answers before judging, instead of guessing. Only
+/// operations before a Sync the proxy has already forwarded make a name
+/// ambiguous, so PostgreSQL answers them and the wait ends; meanwhile the
+/// client's next messages wait (as PostgreSQL itself would make them), and
+/// a kill or shutdown still ends the session at once.
+async fn settle<T>(
+    ctx: &Ctx,
+    upstream: &mut WriteHalf<Box<dyn ClientStream>>,
+    out: &mut BytesMut,
+    kills: &mut mpsc::Receiver<proto::KillOrder>,
+    inject: &mpsc::Sender<Inject>,
+    lookup: impl Fn(&Names) -> Lookup<T>,
+) -> Result<Lookup<T>, Ending> {
+    if !out.is_empty() {
+        if upstream.write_all(out).await.is_err() {
+            return Err((
+                proto::session_closed::Cause::UpstreamClosed,
+                "PostgreSQL closed the connection".into(),
+            ));
+        }
+        out.clear();
+    }
+    let mut phase = ctx.deps.phase.clone();
+    loop {
+        // Registered before looking, so no answer slips in between.
+        let settled = ctx.names_settled.notified();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
+        let now = lookup(&ctx.names());
+        if !matches!(now, Lookup::Ambiguous) {
+            return Ok(now);
+        }
+        tokio::select! {
+            () = &mut settled => {}
+            Ok(()) = phase.wait_for(|p| *p == Phase::Stopping).map(|r| r.map(|_| ())) => {
+                return Err(shutting_down(ctx, upstream, inject).await);
+            }
+            Some(order) = kills.recv() => return Err(kill_now(ctx, upstream, inject, &order).await),
+        }
+    }
+}
+
 async fn violation(inject: &mpsc::Sender<Inject>, e: &CodecError) -> Ending {
     let _ = inject
         .send(Inject::Fatal(Diagnostic {
@@ -1792,6 +1887,7 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
             let fields = parse_diagnostic_fields(&frame.body);
             // PostgreSQL now skips the rest of the batch.
             ctx.names().failed();
+            ctx.names_settled.notify_waiters();
             // Ours only if it names this session's marker and a stand-in is
             // what PostgreSQL answers now.
             let names_marker = fields
@@ -1844,12 +1940,14 @@ fn observe(ctx: &Ctx, queue: &Queue, frame: &Frame, out: &mut BytesMut) {
         b'1' | b'2' | b'3' => {
             // ParseComplete, BindComplete, CloseComplete.
             ctx.names().confirmed();
+            ctx.names_settled.notify_waiters();
             frame.encode(out);
         }
         b'Z' => {
             ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
             let idle = frame.body.first() == Some(&b'I');
             ctx.names().ready(idle);
+            ctx.names_settled.notify_waiters();
             // Describes of a batch are answered (or skipped) by now.
             ctx.described
                 .lock()
