@@ -139,6 +139,9 @@ impl Idp {
     }
 }
 
+/// Spoils one field of an exchange form.
+type Change = fn(&mut Vec<(&str, &str)>);
+
 fn exchange_form<'a>(code: &'a str, verifier: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("grant_type", "authorization_code"),
@@ -208,7 +211,7 @@ async fn authorization_code_with_pkce_and_its_refusals() {
     }
 
     // Each wrong exchange is refused, and burns the code.
-    let cases: [(&str, fn(&mut Vec<(&str, &str)>), &str); 4] = [
+    let cases: [(&str, Change, &str); 4] = [
         (
             "no verifier",
             |f| f.retain(|(k, _)| *k != "code_verifier"),
