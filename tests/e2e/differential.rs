@@ -437,3 +437,67 @@ async fn run_seed(stack: &Stack, seed: u64, batches: usize) {
     let b = count(proxied.run(&msg(b'Q', &q), 1).await);
     assert_eq!(a, b, "seed {seed}: the scratch tables differ");
 }
+
+/// The case the differential test first found, pinned: a batch redefines a
+/// statement name (PostgreSQL will refuse: it exists), and the next batch,
+/// sent before any answer, binds that name. PostgreSQL binds the old
+/// statement; so must the proxy, rather than refuse the name as ambiguous.
+#[tokio::test]
+async fn a_name_an_unanswered_batch_may_redefine_is_judged_once_postgres_answers() {
+    let stack = Stack::start(Duration::from_secs(30)).await;
+    let parse = |name: &str, sql: &str| {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'P', &b)
+    };
+    let mut bind = Vec::new();
+    cstr(&mut bind, "");
+    cstr(&mut bind, "s1");
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut execute = Vec::new();
+    cstr(&mut execute, "");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let sync = msg(b'S', &[]);
+    let bytes = [
+        parse("s1", "SELECT 'old'"),
+        sync.clone(),
+        parse("s1", "SELECT 'new'"),
+        sync.clone(),
+        msg(b'B', &bind),
+        msg(b'E', &execute),
+        sync,
+    ]
+    .concat();
+    let mut direct = Conn::connect(stack.pg.port(), "postgres", "shop", None).await;
+    let mut proxied = Conn::connect(
+        stack.proxy.port(),
+        "agent-7",
+        "prod-maintenance",
+        Some(AGENT_TOKEN),
+    )
+    .await;
+    let want = direct.run(&bytes, 3).await;
+    let got = proxied.run(&bytes, 3).await;
+    let kinds = |v: &[Be]| v.iter().map(Be::describe).collect::<Vec<_>>();
+    assert_eq!(
+        want.iter().filter_map(Be::comparable).collect::<Vec<_>>(),
+        got.iter().filter_map(Be::comparable).collect::<Vec<_>>(),
+        "PostgreSQL: {:?}\nproxy: {:?}",
+        kinds(&want),
+        kinds(&got)
+    );
+    let row = got.iter().find(|m| m.tag == b'D').expect("a row");
+    assert!(
+        row.body.ends_with(b"old"),
+        "the old statement ran: {:?}",
+        kinds(&got)
+    );
+    assert!(
+        got.iter()
+            .any(|m| m.tag == b'E' && m.describe().contains("42P05")),
+        "PostgreSQL's own refusal of the redefinition: {:?}",
+        kinds(&got)
+    );
+}
