@@ -345,7 +345,7 @@ async fn random_protocol_batches_get_the_same_answers_through_the_proxy_as_from_
 
 async fn run_seed(stack: &Stack, seed: u64, batches: usize) {
     // Printed with the test's output when it fails, whatever the failure.
-    println!("AIRLOCK_DIFF_SEED={seed}");
+    eprintln!("AIRLOCK_DIFF_SEED={seed}");
     let mut direct = Conn::connect(stack.pg.port(), "postgres", "shop", None).await;
     let mut proxied = Conn::connect(
         stack.proxy.port(),
