@@ -8,6 +8,7 @@ use std::time::Duration;
 use airlock_proto::v1 as proto;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -54,6 +55,12 @@ pub fn check_id(id: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid("not a valid id"));
     }
     Ok(())
+}
+
+/// The `{id}` of a path, or a JSON 400 (axum's own rejection is plain text).
+pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|e| ApiError::invalid(format!("path: {}", e.body_text())))
 }
 
 fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
@@ -157,8 +164,9 @@ pub async fn visible_request(
 async fn get_request(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<views::RequestJson>, ApiError> {
+    let id = path_id(id)?;
     let caller = app.auth.caller(&headers).await?;
     let view = visible_request(&app, &caller, &id).await?;
     Ok(Json(views::request(&view)))
@@ -265,18 +273,20 @@ async fn decide_json(
 async fn approve(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id)?;
     decide_json(app, headers, id, body, proto::Decision::Approve).await
 }
 
 async fn deny(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id)?;
     decide_json(app, headers, id, body, proto::Decision::Deny).await
 }
 
@@ -319,8 +329,9 @@ async fn list_sessions(
 async fn get_session(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<views::SessionJson>, ApiError> {
+    let id = path_id(id)?;
     let caller = app.auth.caller(&headers).await?;
     check_id(&id)?;
     let session = app.control.get_session(&caller.token, &id).await?;
@@ -337,9 +348,10 @@ struct KillBody {
 async fn kill_session(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id)?;
     let caller = app.auth.changing(&headers, None).await?;
     check_id(&id)?;
     let body: KillBody = json_body(&body)?;

@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use airlock_proto::v1 as proto;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -484,9 +485,13 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<(&str
 async fn request_page(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    let id = match api::path_id(id) {
+        Ok(id) => id,
+        Err(e) => return html::error_page(&e),
+    };
     let caller = match signed_in(&app, &headers, &format!("/requests/{id}")).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -514,9 +519,13 @@ async fn request_page(
 async fn decide(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Response {
+    let id = match api::path_id(id) {
+        Ok(id) => id,
+        Err(e) => return html::error_page(&e),
+    };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let caller = match app.auth.changing(&headers, field("csrf")).await {
@@ -559,8 +568,12 @@ async fn decide(
 async fn session_page(
     State(app): State<crate::State>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let id = match api::path_id(id) {
+        Ok(id) => id,
+        Err(e) => return html::error_page(&e),
+    };
     let caller = match signed_in(&app, &headers, &format!("/sessions/{id}")).await {
         Ok(c) => c,
         Err(r) => return r,
