@@ -1811,7 +1811,8 @@ async fn upstream_to_client(
     queue: Queue,
     mut inject: mpsc::Receiver<Inject>,
 ) -> Result<(), String> {
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    // Grows on first use: an idle session holds no write buffer.
+    let mut out = BytesMut::new();
     // Once the client is gone, keep reading PostgreSQL's answers (to record
     // what ran) and write nothing.
     let mut client_gone = false;
