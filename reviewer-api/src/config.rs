@@ -37,6 +37,10 @@ pub struct ReviewerSection {
     /// Default: `http://<listen>`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Serve HTTPS with this certificate and key (else plain HTTP, for a
+    /// TLS-terminating proxy in front). Cookies are `Secure` under TLS.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Browser sign-in (OIDC authorization code + PKCE). Off when unset:
     /// then only bearer tokens are accepted.
     #[serde(default)]
@@ -157,14 +161,22 @@ impl ReviewerConfig {
         self.reviewer
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.reviewer.listen))
+            .unwrap_or_else(|| {
+                let scheme = if self.reviewer.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", self.reviewer.listen)
+            })
             .trim_end_matches('/')
             .to_owned()
     }
 
-    /// Whether cookies get `Secure`: the public URL is https.
+    /// Whether cookies get `Secure`: this server speaks TLS, or the public
+    /// URL is https (TLS ends in front of it).
     pub fn secure_cookies(&self) -> bool {
-        self.public_url().starts_with("https://")
+        self.reviewer.tls.is_some() || self.public_url().starts_with("https://")
     }
 }
 
@@ -289,6 +301,13 @@ policies: []
         );
         let c = parse(&https).expect("valid");
         assert_eq!(c.public_url(), "https://airlock.example");
+        assert!(c.secure_cookies());
+        let tls = GOOD.replace(
+            "  control: http://127.0.0.1:7070\n",
+            "  control: http://127.0.0.1:7070\n  tls: { cert: r.crt, key: r.key }\n",
+        );
+        let c = parse(&tls).expect("valid");
+        assert_eq!(c.public_url(), "https://127.0.0.1:8080");
         assert!(c.secure_cookies());
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod openapi;
+pub mod tls;
 pub mod ui;
 pub mod views;
 
@@ -118,14 +119,21 @@ pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
             app.metrics.clone(),
         )?;
     }
+    let acceptor = app.config.reviewer.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, public_url = %app.public_url, "airlock-reviewer serving");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving")
+    tracing::info!(%listen, public_url = %app.public_url, tls = acceptor.is_some(), "airlock-reviewer serving");
+    match acceptor {
+        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, router(app))
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("serving"),
+        None => axum::serve(listener, router(app))
+            .with_graceful_shutdown(shutdown())
+            .await
+            .context("serving"),
+    }
 }
 
 async fn shutdown() {
