@@ -58,8 +58,13 @@ async fn js() -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> Response {
-    html::error_page(&ApiError::new(Code::NotFound, "there is no such page"))
+/// Unknown paths: a JSON error under `/api/`, a page elsewhere.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        ApiError::new(Code::NotFound, "there is no such API route").into_response()
+    } else {
+        html::error_page(&ApiError::new(Code::NotFound, "there is no such page"))
+    }
 }
 
 fn viewer(caller: &Caller) -> Viewer {

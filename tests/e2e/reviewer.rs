@@ -150,6 +150,11 @@ async fn rest_lists_gets_approves_denies_and_refuses_with_the_right_status() {
         "invalid_argument",
     );
     refused(
+        &api.get(Some(&alice), "/api/v1/no-such-route").await,
+        404,
+        "not_found",
+    );
+    refused(
         &api.get(Some(&alice), "/api/v1/requests?state=bogus").await,
         400,
         "invalid_argument",
