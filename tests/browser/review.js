@@ -5,7 +5,9 @@
 // Usage: node review.js <reviewer-url> <request-id> <approve|deny> <json-expectations>
 // Environment: AIRLOCK_CHROMIUM (default /usr/bin/chromium), AIRLOCK_USER_DATA
 // (a fresh empty directory), AIRLOCK_SCREENSHOT (optional: a PNG path for
-// the inbox). Prints one JSON line with what it saw; exits 1 on any failure.
+// the inbox), AIRLOCK_LIVE_CHECK (optional: print READY, then wait for a new
+// request to appear in the open inbox). Prints one JSON line with what it
+// saw, last; exits 1 on any failure.
 "use strict";
 
 const fs = require("fs");
@@ -61,6 +63,14 @@ function fail(message) {
     seen.cookies = (await context.cookies()).map((c) => ({
       name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, secure: c.secure,
     }));
+    if (process.env.AIRLOCK_LIVE_CHECK) {
+      // The test holds another statement once told READY; the open inbox
+      // must show it without anyone reloading (server-sent events).
+      console.log("READY");
+      const other = 'article[data-request-id]:not([data-request-id="' + requestId + '"])';
+      await page.waitForSelector(other, { timeout: 20000 });
+      seen.liveArrival = await page.locator(other).first().getAttribute("data-request-id");
+    }
     if (process.env.AIRLOCK_SCREENSHOT) {
       await page.screenshot({ path: process.env.AIRLOCK_SCREENSHOT, fullPage: true });
     }

@@ -46,32 +46,69 @@ fn check_tools() {
     chromium();
 }
 
-/// Runs the browser as the reviewer `user`; returns what it saw.
-fn review(stack: &ReviewerStack, request_id: &str, decision: &str, screenshot: Option<&Path>) -> Value {
+/// Runs the browser as Alice; returns what it saw. With `live`, the browser
+/// says READY once the inbox is open, `live` then holds another statement,
+/// and the browser waits for it to appear there by itself.
+async fn review(
+    stack: &ReviewerStack,
+    request_id: &str,
+    decision: &str,
+    screenshot: Option<&Path>,
+    live: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Held> + Send + '_>>>,
+) -> (Value, Option<Held>) {
+    use tokio::io::AsyncBufReadExt;
     check_tools();
     let profile = tempfile::tempdir().expect("a fresh user-data-dir");
-    let mut cmd = Command::new("node");
+    let reason = if decision == "deny" {
+        "denied in the browser test"
+    } else {
+        "approved in the browser test"
+    };
+    let mut cmd = tokio::process::Command::new("node");
     cmd.arg(browser_dir().join("review.js"))
         .arg(&stack.reviewer_url)
         .arg(request_id)
         .arg(decision)
-        .arg(json!({"user": ALICE.0, "reason": format!("{} in the browser test", if decision == "deny" { "denied" } else { "approved" })}).to_string())
+        .arg(json!({"user": ALICE.0, "reason": reason}).to_string())
         .env("AIRLOCK_CHROMIUM", chromium())
         .env("AIRLOCK_USER_DATA", profile.path())
-        .current_dir(browser_dir());
+        .current_dir(browser_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     match screenshot {
         Some(path) => cmd.env("AIRLOCK_SCREENSHOT", path),
         None => cmd.env_remove("AIRLOCK_SCREENSHOT"),
     };
-    let out = cmd.output().expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    match live {
+        Some(_) => cmd.env("AIRLOCK_LIVE_CHECK", "1"),
+        None => cmd.env_remove("AIRLOCK_LIVE_CHECK"),
+    };
+    let mut child = cmd.spawn().expect("run node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut live = live;
+    let mut arrived = None;
+    let mut last = String::new();
+    while let Some(line) = lines.next_line().await.expect("read the browser's output") {
+        if line == "READY" {
+            if let Some(hold_another) = live.take() {
+                arrived = Some(hold_another.await);
+            }
+        } else if !line.trim().is_empty() {
+            last = line;
+        }
+    }
+    let out = child.wait_with_output().await.expect("node ends");
     assert!(
         out.status.success(),
-        "the browser run failed\nstdout: {stdout}\nstderr: {}\nreviewer log:\n{}",
+        "the browser run failed\nstdout: {last}\nstderr: {}\nreviewer log:\n{}",
         String::from_utf8_lossy(&out.stderr),
         stack.reviewer_log()
     );
-    serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("the browser's JSON report")
+    (
+        serde_json::from_str(&last).expect("the browser's JSON report"),
+        arrived,
+    )
 }
 
 /// What every browser run must have seen.
@@ -143,7 +180,7 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let screenshot = std::env::var_os("AIRLOCK_SCREENSHOT").map(PathBuf::from);
-    let seen = review(&stack, &held.request_id, "approve", screenshot.as_deref());
+    let (seen, _) = review(&stack, &held.request_id, "approve", screenshot.as_deref(), None).await;
     check_seen(&seen, statement);
     assert!(
         seen["notice"]
@@ -176,8 +213,18 @@ async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused
     let held = hold(&stack, &agent, statement).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let seen = review(&stack, &held.request_id, "deny", None);
+    let agent_again = agent.clone();
+    let stack_ref = &stack;
+    let another =
+        Box::pin(async move { hold(stack_ref, &agent_again, "DELETE FROM orders WHERE id = 18").await });
+    let (seen, arrived) = review(&stack, &held.request_id, "deny", None, Some(another)).await;
     check_seen(&seen, statement);
+    let arrived = arrived.expect("another request was held");
+    assert_eq!(
+        seen["liveArrival"],
+        arrived.request_id.as_str(),
+        "the open inbox showed the new request by itself (server-sent events): {seen}"
+    );
     assert!(
         seen["notice"]
             .as_str()
