@@ -120,13 +120,7 @@ pub fn decide(
     if reviewer.subject == requester {
         return Err(DecideError::SelfApproval { who: who(reviewer) });
     }
-    let allowed = asked.reviewer_groups.iter().any(|g| {
-        reviewer
-            .groups
-            .iter()
-            .any(|mine| !g.id.is_empty() && mine.id == g.id)
-    });
-    if !allowed {
+    if !in_reviewer_groups(reviewer, asked) {
         let groups = asked
             .reviewer_groups
             .iter()
@@ -282,6 +276,15 @@ pub fn due_outcomes(
         .pending()
         .filter_map(|r| due_outcome(r, now, source).map(|e| (r.view.request_id.clone(), e)))
         .collect()
+}
+
+/// Whether `who` is in one of the request's reviewer groups (by object id,
+/// as tokens carry them): who may see a request, and vote on it.
+pub fn in_reviewer_groups(who: &proto::Identity, asked: &proto::ApprovalRequested) -> bool {
+    asked
+        .reviewer_groups
+        .iter()
+        .any(|g| !g.id.is_empty() && who.groups.iter().any(|mine| mine.id == g.id))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::act::{self, VoteError};
-use crate::decide::{DecideError, Vote};
+use crate::decide::{DecideError, Vote, in_reviewer_groups};
 use crate::live::Live;
 use crate::projection::Request as RequestState;
 
@@ -167,7 +167,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::ListRequestsRequest>,
     ) -> Result<Response<proto::ListRequestsResponse>, Status> {
-        self.reviewer(&request).await?;
+        let caller = self.reviewer(&request).await?;
         self.ready()?;
         let q = request.into_inner();
         let page_size = if q.page_size == 0 {
@@ -185,7 +185,9 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     continue;
                 }
                 let asked = r.requested();
+                // Reviewers see only requests their groups may review.
                 if !keep(r)
+                    || !in_reviewer_groups(&caller, asked)
                     || (!q.connection.is_empty()
                         && asked.connection.as_ref().map(|c| c.name.as_str()) != Some(q.connection.as_str()))
                     || (!q.reviewer_group.is_empty()
@@ -217,12 +219,42 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::GetRequestRequest>,
     ) -> Result<Response<proto::RequestView>, Status> {
-        self.reviewer(&request).await?;
+        let caller = self.reviewer(&request).await?;
         let id = request.into_inner().request_id;
-        self.live
-            .read(|s| s.request(&id).map(|r| r.view.clone()))
-            .map(Response::new)
-            .ok_or_else(|| decide_status(DecideError::UnknownRequest(id)))
+        let found = self.live.read(|s| {
+            s.request(&id)
+                .map(|r| (in_reviewer_groups(&caller, r.requested()), r.view.clone()))
+        });
+        match found {
+            Some((true, view)) => Ok(Response::new(view)),
+            // Another group's request: refused as its vote would be.
+            Some((false, view)) => {
+                let groups = view
+                    .request
+                    .as_ref()
+                    .map(|r| {
+                        r.reviewer_groups
+                            .iter()
+                            .map(|g| {
+                                if g.name.is_empty() {
+                                    g.id.clone()
+                                } else {
+                                    g.name.clone()
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                let who = if caller.display_name.is_empty() {
+                    caller.subject.clone()
+                } else {
+                    caller.display_name.clone()
+                };
+                Err(decide_status(DecideError::NotAReviewer { who, groups }))
+            }
+            None => Err(decide_status(DecideError::UnknownRequest(id))),
+        }
     }
 
     async fn decide(
@@ -258,7 +290,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.reviewer(&request).await?;
+        let caller = self.reviewer(&request).await?;
         let q = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let mut changes = self.live.subscribe();
@@ -271,6 +303,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     .values()
                     .filter(|r| r.view.sequence > q.after_sequence)
                     .filter(|r| state_filter(&q.states)(r))
+                    .filter(|r| in_reviewer_groups(&caller, r.requested()))
                     .map(|r| r.view.clone())
                     .collect();
                 v.sort_by_key(|r| r.sequence);
@@ -307,7 +340,11 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                 if event.event.request_id.is_empty() || !event.subject.starts_with("airlock.v1.request.") {
                     continue;
                 }
-                let view = live.read(|s| s.request(&event.event.request_id).map(|r| r.view.clone()));
+                let view = live.read(|s| {
+                    s.request(&event.event.request_id)
+                        .filter(|r| in_reviewer_groups(&caller, r.requested()))
+                        .map(|r| r.view.clone())
+                });
                 let Some(view) = view else { continue };
                 if !q.states.is_empty() && !q.states.contains(&view.state) {
                     continue;

@@ -105,6 +105,16 @@ async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
 
 /// Files a held DELETE as a proxy would.
 async fn file_request(log: &EventLog, required: u32, deadline: Duration) -> (RequestId, SessionId) {
+    file_request_for(log, required, deadline, REVIEWERS).await
+}
+
+/// Files a held DELETE reviewed by `group`.
+async fn file_request_for(
+    log: &EventLog,
+    required: u32,
+    deadline: Duration,
+    group: &str,
+) -> (RequestId, SessionId) {
     let request = RequestId::generate();
     let session = SessionId::generate();
     let mut e = new_event(
@@ -118,7 +128,7 @@ async fn file_request(log: &EventLog, required: u32, deadline: Duration) -> (Req
             }),
             approvals_required: required,
             reviewer_groups: vec![proto::Group {
-                id: REVIEWERS.into(),
+                id: group.into(),
                 name: "db-reviewers".into(),
             }],
             deadline: Some((SystemTime::now() + deadline).into()),
@@ -662,4 +672,50 @@ async fn many_requests_raced_on_two_replicas_end_with_exactly_one_outcome_each()
             assert_eq!(votes, 1, "{kinds:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn reviewers_see_only_requests_their_groups_may_review() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let mut c = ReviewerServiceClient::connect(addr).await.expect("connect");
+    let mut watch = c
+        .watch(authed("alice", proto::WatchRequest::default()))
+        .await
+        .expect("watch")
+        .into_inner();
+    let (theirs, _) = file_request_for(&log, 1, Duration::from_secs(600), "grp-finance-reviewers").await;
+    let (ours, _) = file_request(&log, 1, Duration::from_secs(600)).await;
+    let last = log.last_sequence().await.expect("last");
+    assert!(live.wait_for(last, Duration::from_secs(5)).await);
+
+    let listed = c
+        .list_requests(authed("alice", proto::ListRequestsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<&str> = listed.requests.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids, vec![ours.as_str()], "another group's request is not listed");
+    let err = c
+        .get_request(authed(
+            "alice",
+            proto::GetRequestRequest {
+                request_id: theirs.to_string(),
+            },
+        ))
+        .await
+        .expect_err("not hers to see");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
+    let err = decide(&mut c, "alice", &theirs, proto::Decision::Approve)
+        .await
+        .expect_err("not hers to decide");
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
+    // The live stream carries her request, never the other group's.
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("an event")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(first.request.expect("view").request_id, ours.to_string());
 }
