@@ -153,6 +153,24 @@ impl Recorder {
             shared: self.shared.clone(),
         })
     }
+
+    /// [`Recorder::reserve`], waiting up to `wait` for room when the buffer
+    /// is full: a burst the log absorbs a moment later slows the statement
+    /// down instead of refusing it. Still refused after `wait`.
+    pub async fn reserve_within(&self, session: &SessionId, wait: Duration) -> Result<Slot, RecorderFull> {
+        if let Ok(slot) = self.reserve(session) {
+            return Ok(slot);
+        }
+        let room = tokio::time::timeout(wait, self.shared.room.clone().acquire_owned())
+            .await
+            .map_err(|_| RecorderFull)?
+            .map_err(|_| RecorderFull)?;
+        Ok(Slot {
+            room,
+            session: session.clone(),
+            shared: self.shared.clone(),
+        })
+    }
 }
 
 /// Room for one event, reserved in advance.

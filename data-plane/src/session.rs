@@ -749,7 +749,7 @@ async fn client_to_upstream(
                 match step {
                     Step::Run { request_id } => {
                         let slot = if ctx.binding.record || !request_id.is_empty() {
-                            match ctx.deps.recorder.reserve(&ctx.session) {
+                            match reserve_record(&ctx, &mut upstream, &mut out).await {
                                 Ok(s) => Some(s),
                                 Err(full) => {
                                     substitute_query(
@@ -1068,7 +1068,7 @@ async fn client_to_upstream(
                     }
                 }
                 let slot = if ctx.binding.record || !request_id.is_empty() {
-                    match ctx.deps.recorder.reserve(&ctx.session) {
+                    match reserve_record(&ctx, &mut upstream, &mut out).await {
                         Ok(s) => Some(s),
                         Err(full) => {
                             let statement = proto::Statement {
@@ -1399,6 +1399,27 @@ async fn flush_if_idle(
     out: &mut BytesMut,
 ) {
     let _ = flush_if_idle_result(client, upstream, out).await;
+}
+
+/// How long a statement waits for room in a full recording buffer before
+/// it is refused (the log is not keeping up; nothing runs unrecorded).
+const RECORD_WAIT: Duration = Duration::from_secs(2);
+
+/// Room for a statement's record. When the buffer is full, what is already
+/// buffered for PostgreSQL goes out first, then the statement waits up to
+/// [`RECORD_WAIT`].
+async fn reserve_record(
+    ctx: &Ctx,
+    upstream: &mut WriteHalf<Box<dyn ClientStream>>,
+    out: &mut BytesMut,
+) -> Result<crate::record::Slot, crate::record::RecorderFull> {
+    if let Ok(slot) = ctx.deps.recorder.reserve(&ctx.session) {
+        return Ok(slot);
+    }
+    if !out.is_empty() && upstream.write_all(out).await.is_ok() {
+        out.clear();
+    }
+    ctx.deps.recorder.reserve_within(&ctx.session, RECORD_WAIT).await
 }
 
 /// The proxy is shutting down: cancel what runs upstream, end the session.

@@ -1037,3 +1037,40 @@ async fn a_session_ended_for_a_protocol_violation_cancels_its_running_query() {
     }
     assert_eq!(still, "0", "the running query was cancelled");
 }
+
+/// A full recording buffer: a statement waits for room, then is refused;
+/// room freed within the wait lets it run.
+#[tokio::test]
+async fn a_full_record_buffer_makes_a_statement_wait_then_refuses_it() {
+    let nats = NatsServer::start();
+    let log = EventLog::connect(NatsSettings::new(nats.url()))
+        .await
+        .expect("nats");
+    log.ensure_stream().await.expect("stream");
+    let recorder = Recorder::spawn(log, 1, 1);
+    let session = airlock_eventlog::SessionId::generate();
+    let held = recorder.reserve(&session).expect("the only slot");
+    assert!(recorder.reserve(&session).is_err(), "full");
+    let started = std::time::Instant::now();
+    assert!(
+        recorder
+            .reserve_within(&session, Duration::from_millis(300))
+            .await
+            .is_err(),
+        "still full after the wait: refused"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
+    // Room comes back while a statement waits: it gets it.
+    let waiting = {
+        let recorder = recorder.clone();
+        let session = session.clone();
+        tokio::spawn(async move { recorder.reserve_within(&session, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(held);
+    let slot = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("not stuck")
+        .expect("join");
+    assert!(slot.is_ok(), "the freed room went to the waiting statement");
+}
