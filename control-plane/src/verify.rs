@@ -41,6 +41,8 @@ struct CheckpointCheck<'k> {
     pending: VecDeque<Leaf>,
     next_first: u64,
     found: u64,
+    /// End of the last checkpoint that checked out.
+    valid_through: u64,
 }
 
 impl CheckpointCheck<'_> {
@@ -71,6 +73,9 @@ impl CheckpointCheck<'_> {
                     .map_err(|e| format!("{at}: events missing from its range: {e}"))?;
             }
         }
+        // The range is consumed: later checkpoints are judged on their own,
+        // whatever this one's verdict.
+        self.next_first = c.last_sequence + 1;
         if digest.last() != c.last_sequence || digest.count() != c.event_count {
             return Err(format!(
                 "{at} covers {} events up to {}, the log holds {} up to {}: events were removed",
@@ -89,7 +94,7 @@ impl CheckpointCheck<'_> {
         if !self.keys.is_empty() {
             check_signature(c, self.keys).map_err(|e| format!("{at}: {e}"))?;
         }
-        self.next_first = c.last_sequence + 1;
+        self.valid_through = c.last_sequence;
         Ok(())
     }
 }
@@ -106,6 +111,7 @@ pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<Ver
         pending: VecDeque::new(),
         next_first: 1,
         found: 0,
+        valid_through: 0,
     };
     let mut events = 0u64;
     let mut broken = Vec::new();
@@ -137,7 +143,7 @@ pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<Ver
         last_sequence: fold.sequence,
         anomalies: fold.anomalies,
         checkpoints: checkpoints.found,
-        covered_through: checkpoints.next_first - 1,
+        covered_through: checkpoints.valid_through,
         uncovered_events: uncovered,
         signatures_checked,
         ok: broken.is_empty(),
