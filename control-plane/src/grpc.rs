@@ -451,12 +451,18 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         timeline.sort_by_key(|e| e.sequence);
         Ok(Response::new(proto::SessionView {
             summary: Some(summary),
+            // Statements recorded together are shown one by one, each at
+            // the sequence of the event that holds it.
             timeline: timeline
                 .into_iter()
-                .map(|e| proto::RecordedEvent {
-                    sequence: e.sequence,
-                    subject: e.subject,
-                    event: Some(e.event),
+                .flat_map(|e| {
+                    airlock_eventlog::split_group(&e.event)
+                        .into_iter()
+                        .map(move |single| proto::RecordedEvent {
+                            sequence: e.sequence,
+                            subject: e.subject.clone(),
+                            event: Some(single),
+                        })
                 })
                 .collect(),
             requests,
@@ -811,7 +817,12 @@ impl proto::audit_service_server::AuditService for Control {
                             .as_ref()
                             .map(airlock_eventlog::body_kind)
                             .unwrap_or("");
-                        if (!q.kinds.is_empty() && !q.kinds.iter().any(|k| k == kind))
+                        // Asking for statement_executed also gets the
+                        // statements recorded together.
+                        let wanted = |k: &String| {
+                            k == kind || (k == "statement_executed" && kind == "statements_executed")
+                        };
+                        if (!q.kinds.is_empty() && !q.kinds.iter().any(wanted))
                             || (!q.session_id.is_empty() && e.event.session_id != q.session_id)
                             || (!q.request_id.is_empty() && e.event.request_id != q.request_id)
                             || by_identity.as_mut().is_some_and(|f| !f.matches(&live, &e))

@@ -185,6 +185,7 @@ impl Projection {
             Body::ApprovalCancelled(c) => Some((proto::RequestState::Cancelled, c.detail.clone())),
             Body::SessionOpened(_)
             | Body::StatementExecuted(_)
+            | Body::StatementsExecuted(_)
             | Body::StatementRefused(_)
             | Body::ApprovalRequested(_)
             | Body::SessionKillRequested(_)
@@ -247,6 +248,9 @@ impl Projection {
         session.last_sequence = stored.sequence;
         match body {
             Body::StatementExecuted(_) => session.summary.statements_executed += 1,
+            Body::StatementsExecuted(g) => {
+                session.summary.statements_executed += g.statements.len() as u64;
+            }
             Body::StatementRefused(_) => session.summary.statements_refused += 1,
             Body::SessionClosed(_) => {
                 session.summary.state = proto::SessionState::Closed as i32;

@@ -222,13 +222,21 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
                 entry.kind = enum_name(id.kind().as_str_name(), "KIND_");
                 entry.sessions += 1;
             }
-            Some(Body::StatementExecuted(s)) => {
-                let action = s.verdict.as_ref().map(|v| v.action()).unwrap_or_default();
-                *executed
-                    .entry(enum_name(action.as_str_name(), "ACTION_"))
-                    .or_default() += 1;
-                if let Some(who) = session_owner {
-                    identities.entry(who).or_default().statements_executed += 1;
+            Some(Body::StatementExecuted(_) | Body::StatementsExecuted(_)) => {
+                // A group counts as the statements it records.
+                for x in airlock_eventlog::executed_statements(&e.event) {
+                    let action = x
+                        .statement
+                        .verdict
+                        .as_ref()
+                        .map(|v| v.action())
+                        .unwrap_or_default();
+                    *executed
+                        .entry(enum_name(action.as_str_name(), "ACTION_"))
+                        .or_default() += 1;
+                    if let Some(who) = &session_owner {
+                        identities.entry(who.clone()).or_default().statements_executed += 1;
+                    }
                 }
             }
             Some(Body::StatementRefused(s)) => {

@@ -85,6 +85,12 @@ async fn a_replica_started_from_a_snapshot_folds_only_the_rest_and_agrees_with_a
     let a = from_snapshot.read(Projection::clone);
     let b = from_scratch.read(Projection::clone);
     assert_eq!(a.sessions.len(), 55);
+    // Each synthetic session ran 5 statements: 1 alone, 3 recorded
+    // together, and the approved DELETE.
+    assert!(
+        a.sessions.values().all(|s| s.summary.statements_executed == 5),
+        "a group counts as the statements it holds"
+    );
     assert_eq!(a, b, "snapshot + rest == the whole log folded");
     assert_eq!(first.read(Projection::clone), b);
     assert_eq!(
@@ -171,7 +177,7 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
             appended[0],
             Outcome::Appended {
                 first: 1,
-                last: 80,
+                last: 90,
                 ..
             }
         ),
@@ -192,8 +198,8 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
         matches!(
             second,
             Outcome::Appended {
-                first: 81,
-                last: 121,
+                first: 91,
+                last: 136,
                 ..
             }
         ),
@@ -206,7 +212,7 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
         .expect("verify");
     assert!(report.ok, "{:?}", report.broken);
     assert_eq!(report.checkpoints, 2);
-    assert_eq!(report.covered_through, 121);
+    assert_eq!(report.covered_through, 136);
     assert_eq!(report.uncovered_events, 1 + synth::EVENTS_PER_SESSION);
     assert!(report.signatures_checked);
 

@@ -59,6 +59,12 @@ pub struct ProxySection {
     /// Events buffered for the log before statements are refused.
     #[serde(default = "default_record_buffer")]
     pub record_buffer: usize,
+    /// How long a session's recorder waits for more statements to record
+    /// together in one event (zero: only those already waiting). Bounds how
+    /// far the log may trail an allowed statement; held statements and
+    /// their approvals are never delayed by it.
+    #[serde(default = "default_record_linger", with = "humantime_serde")]
+    pub record_linger: Duration,
     /// TLS to the control plane (`https://` control URLs): the CA that
     /// signed its certificate, and this proxy's client certificate and key,
     /// which a control plane with `control.tls.client_ca` requires.
@@ -88,6 +94,9 @@ fn default_drain_timeout() -> Duration {
 }
 fn default_record_buffer() -> usize {
     16_384
+}
+fn default_record_linger() -> Duration {
+    Duration::from_millis(2)
 }
 
 #[derive(Debug, Clone, Deserialize)]

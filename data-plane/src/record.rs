@@ -11,6 +11,16 @@
 //! limit). An append needs the acknowledgement of the one before it (it
 //! names the chain's last sequence), so a session's own appends cannot
 //! overlap; sessions' appends can, and that is where the throughput is.
+//!
+//! A busy session's allowed statements are grouped: the writer takes every
+//! `StatementExecuted` queued behind the first (waiting at most `linger` for
+//! more) and appends them as one `StatementsExecuted` event. An append costs
+//! the log, the proxy and every reader about the same whether it carries one
+//! statement or fifty, so on a session running thousands of statements a
+//! second this is what keeps recording from costing more than the statements
+//! themselves. Anything else (a session opening or closing, a refusal, an
+//! approval, a statement that ran after an approval, an event a caller waits
+//! for) ends a group and is appended on its own, in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_eventlog::proto::{self, event::Body};
-use airlock_eventlog::{ChainWriter, EventLog, SessionId, subjects};
+use airlock_eventlog::{ChainWriter, EventId, EventLog, MAX_EVENT_BYTES, SessionId, subjects};
+use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The buffer is full: the log is slow or away.
@@ -54,7 +65,14 @@ struct Shared {
     /// The writer of each session with events queued or being appended.
     writers: Mutex<HashMap<SessionId, mpsc::UnboundedSender<Job>>>,
     stats: Arc<RecorderStats>,
+    /// How long a writer waits for more statements to group with one.
+    linger: Duration,
 }
+
+/// At most this many statements in one group.
+const MAX_GROUP: usize = 256;
+/// And at most this many bytes of them, well under the log's event limit.
+const MAX_GROUP_BYTES: usize = MAX_EVENT_BYTES / 4;
 
 /// Handle to the recording writers. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -65,9 +83,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// A recorder buffering up to `capacity` events, with up to `workers`
-    /// appends (each of a different session) in flight at once. Must be
-    /// called inside a Tokio runtime (writers are spawned on demand).
-    pub fn spawn(log: EventLog, workers: usize, capacity: usize) -> Recorder {
+    /// appends (each of a different session) in flight at once, grouping a
+    /// session's statements for up to `linger` (zero: only those already
+    /// queued). Must be called inside a Tokio runtime (writers are spawned
+    /// on demand).
+    pub fn spawn(log: EventLog, workers: usize, capacity: usize, linger: Duration) -> Recorder {
         let stats = Arc::new(RecorderStats::default());
         let capacity = capacity.max(1);
         Recorder {
@@ -78,6 +98,7 @@ impl Recorder {
                 lanes: Arc::new(Semaphore::new(workers.max(1))),
                 writers: Mutex::default(),
                 stats: stats.clone(),
+                linger,
             }),
             stats,
         }
@@ -222,6 +243,7 @@ impl Shared {
                 lanes: self.lanes.clone(),
                 stats: self.stats.clone(),
                 shared: Arc::downgrade(self),
+                linger: self.linger,
             },
             session.clone(),
             rx,
@@ -236,16 +258,33 @@ struct Writer {
     lanes: Arc<Semaphore>,
     stats: Arc<RecorderStats>,
     shared: std::sync::Weak<Shared>,
+    linger: Duration,
 }
 
 /// Appends one session's events in order, until its queue is empty after
 /// SessionClosed (or the recorder is gone).
 async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut chain = ChainWriter::new(subjects::session(&session));
+    // A job taken from the queue while gathering a group that could not
+    // join it: the next to append.
+    let mut next: Option<Job> = None;
     loop {
-        let Some(job) = jobs.recv().await else { return };
+        let job = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let Job { event, done, room } = job;
         drop(room);
+        let event = if groupable(&event, done.as_ref()) {
+            let (event, left) = gather(event, &mut jobs, w.linger).await;
+            next = left;
+            event
+        } else {
+            event
+        };
         let closing = matches!(event.body, Some(Body::SessionClosed(_)));
         let mut backoff = Duration::from_millis(100);
         // Until acknowledged: an event handed to the recorder is never
@@ -277,10 +316,88 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
                 return;
             };
             let mut writers = recorder.writers.lock().unwrap_or_else(|p| p.into_inner());
-            if jobs.is_empty() {
+            if next.is_none() && jobs.is_empty() {
                 writers.remove(&session);
                 return;
             }
         }
     }
+}
+
+/// Whether a job may join a group: an allowed statement's record that no
+/// one waits for and that did not run after an approval (those stay single
+/// events, next to their request in the log).
+fn groupable(event: &proto::Event, done: Option<&tokio::sync::oneshot::Sender<()>>) -> bool {
+    done.is_none() && matches!(&event.body, Some(Body::StatementExecuted(s)) if s.request_id.is_empty())
+}
+
+/// Gathers the statements queued behind `first` (waiting up to `linger` for
+/// more) into one event. Returns it (`first` itself when nothing joined)
+/// and the job that stopped the group, if one was taken from the queue.
+async fn gather(
+    first: proto::Event,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    linger: Duration,
+) -> (proto::Event, Option<Job>) {
+    let until = tokio::time::Instant::now() + linger;
+    let mut group = vec![first];
+    let mut bytes = group[0].encoded_len();
+    let mut left = None;
+    while group.len() < MAX_GROUP {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                match tokio::time::timeout(until - now, jobs.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        };
+        let size = job.event.encoded_len();
+        if !groupable(&job.event, job.done.as_ref()) || bytes + size > MAX_GROUP_BYTES {
+            left = Some(job);
+            break;
+        }
+        bytes += size;
+        // Its room in the buffer is given back now: it is the writer's.
+        group.push(job.event);
+    }
+    if group.len() == 1 {
+        let first = group.pop().unwrap_or_default();
+        return (first, left);
+    }
+    (group_event(group), left)
+}
+
+/// One `StatementsExecuted` event for `group` (two or more single
+/// `StatementExecuted` events of one session), each statement keeping its
+/// own id and time.
+fn group_event(group: Vec<proto::Event>) -> proto::Event {
+    let first = &group[0];
+    let mut event = proto::Event {
+        id: EventId::generate().to_string(),
+        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        source: first.source.clone(),
+        session_id: first.session_id.clone(),
+        trace: first.trace.clone(),
+        ..Default::default()
+    };
+    let statements = group
+        .into_iter()
+        .filter_map(|e| match e.body {
+            Some(Body::StatementExecuted(statement)) => Some(proto::RecordedStatement {
+                id: e.id,
+                time: e.time,
+                statement: Some(statement),
+            }),
+            _ => None,
+        })
+        .collect();
+    event.body = Some(Body::StatementsExecuted(proto::StatementsExecuted { statements }));
+    event
 }

@@ -125,7 +125,12 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     ));
     let metrics = crate::metrics::Metrics::new();
     // Up to 128 sessions' appends in flight at once (each session's in order).
-    let recorder = Recorder::spawn(log.clone(), 128, config.proxy.record_buffer);
+    let recorder = Recorder::spawn(
+        log.clone(),
+        128,
+        config.proxy.record_buffer,
+        config.proxy.record_linger,
+    );
     if let Some(addr) = config.proxy.metrics_listen {
         let (m, r) = (metrics.clone(), recorder.clone());
         tokio::spawn(async move {

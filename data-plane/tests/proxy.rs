@@ -139,7 +139,7 @@ async fn start_with_gate(
     let deps = Deps {
         gate: gate(upstream),
         log: log.clone(),
-        recorder: Recorder::spawn(log.clone(), 2, 1024),
+        recorder: Recorder::spawn(log.clone(), 2, 1024, Duration::from_millis(2)),
         // Not attached unless a test attaches it.
         holds: holds.clone(),
         source: proto::Source {
@@ -317,14 +317,20 @@ async fn the_session_is_recorded_in_the_log() {
         futures::pin_mut!(stream);
         kinds.clear();
         let mut events = Vec::new();
+        // Statements recorded together count as the single events they
+        // stand for.
+        let mut singles = Vec::new();
         while let Some(e) = stream.next().await {
             let e = e.expect("event");
-            kinds.push(airlock_eventlog::body_kind(e.event.body.as_ref().expect("body")));
+            for single in airlock_eventlog::split_group(&e.event) {
+                kinds.push(airlock_eventlog::body_kind(single.body.as_ref().expect("body")));
+                singles.push(single);
+            }
             events.push(e);
         }
         if kinds == want {
             // The simple SELECT: its text, tag and row count.
-            match &events[1].event.body {
+            match &singles[1].body {
                 Some(proto::event::Body::StatementExecuted(x)) => {
                     assert_eq!(
                         x.statement.as_ref().map(|s| s.text.as_str()),
@@ -335,7 +341,7 @@ async fn the_session_is_recorded_in_the_log() {
                 }
                 other => panic!("{other:?}"),
             }
-            match &events[3].event.body {
+            match &singles[3].body {
                 Some(proto::event::Body::StatementRefused(x)) => {
                     assert_eq!(x.sqlstate, "42501");
                     assert_eq!(
@@ -1047,7 +1053,7 @@ async fn a_full_record_buffer_makes_a_statement_wait_then_refuses_it() {
         .await
         .expect("nats");
     log.ensure_stream().await.expect("stream");
-    let recorder = Recorder::spawn(log, 1, 1);
+    let recorder = Recorder::spawn(log, 1, 1, Duration::ZERO);
     let session = airlock_eventlog::SessionId::generate();
     let held = recorder.reserve(&session).expect("the only slot");
     assert!(recorder.reserve(&session).is_err(), "full");
@@ -1073,4 +1079,133 @@ async fn a_full_record_buffer_makes_a_statement_wait_then_refuses_it() {
         .expect("not stuck")
         .expect("join");
     assert!(slot.is_ok(), "the freed room went to the waiting statement");
+}
+
+/// A busy session's statements are recorded together: the statements queued
+/// within the linger become one `StatementsExecuted` event, in order, each
+/// with its own id and time; anything else (an approved statement, an event
+/// someone waits for, the session's end) is its own event, in its place;
+/// the chain verifies; and readers count every statement.
+#[tokio::test]
+async fn a_busy_sessions_statements_are_recorded_together_in_order() {
+    use proto::event::Body;
+    let nats = NatsServer::start();
+    let log = EventLog::connect(NatsSettings::new(nats.url()))
+        .await
+        .expect("nats");
+    log.ensure_stream().await.expect("stream");
+    let recorder = Recorder::spawn(log.clone(), 2, 1024, Duration::from_millis(300));
+    let session = airlock_eventlog::SessionId::generate();
+    let source = proto::Source {
+        kind: proto::source::Kind::Proxy as i32,
+        id: "test-proxy".into(),
+        ..Default::default()
+    };
+    let event = |body: Body| {
+        let mut e = airlock_eventlog::new_event(&source, body);
+        e.session_id = session.to_string();
+        e
+    };
+    let executed = |text: &str, request_id: &str| {
+        event(Body::StatementExecuted(proto::StatementExecuted {
+            statement: Some(proto::Statement {
+                text: text.into(),
+                ..Default::default()
+            }),
+            request_id: request_id.into(),
+            command_tag: "SELECT 1".into(),
+            rows: 1,
+            ..Default::default()
+        }))
+    };
+    let mut sent = Vec::new();
+    let mut record = |e: proto::Event| {
+        sent.push(e.clone());
+        recorder.record(&session, e).expect("room");
+    };
+    record(event(Body::SessionOpened(proto::SessionOpened::default())));
+    for i in 0..40 {
+        record(executed(&format!("SELECT {i}"), ""));
+    }
+    // A statement that ran after an approval ends the group.
+    record(executed("DELETE FROM orders", "01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+    for i in 40..45 {
+        record(executed(&format!("SELECT {i}"), ""));
+    }
+    record(event(Body::SessionClosed(proto::SessionClosed::default())));
+    assert!(recorder.flush(Duration::from_secs(10)).await, "written");
+
+    let mut stored = Vec::new();
+    for _ in 0..50 {
+        stored = log
+            .read_subject(&airlock_eventlog::subjects::session(&session))
+            .await
+            .expect("read");
+        if stored.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kinds: Vec<&str> = stored
+        .iter()
+        .map(|e| airlock_eventlog::body_kind(e.event.body.as_ref().expect("body")))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_opened",
+            "statements_executed",
+            "statement_executed",
+            "statements_executed",
+            "session_closed"
+        ],
+        "40 statements in one event, the approved one alone, then the next 5"
+    );
+    airlock_eventlog::verify_chain(&stored).expect("the chain verifies");
+    // Split back, the log says exactly what was recorded, in order, with
+    // each statement's own id and time.
+    let singles: Vec<proto::Event> = stored
+        .iter()
+        .flat_map(|e| airlock_eventlog::split_group(&e.event))
+        .collect();
+    assert_eq!(singles.len(), sent.len());
+    for (got, want) in singles.iter().zip(&sent) {
+        assert_eq!(got.id, want.id);
+        assert_eq!(got.time, want.time);
+        assert_eq!(got.body, want.body);
+        assert_eq!(got.session_id, want.session_id);
+    }
+    let counted: usize = stored
+        .iter()
+        .map(|e| airlock_eventlog::executed_statements(&e.event).len())
+        .sum();
+    assert_eq!(counted, 46);
+
+    // The linger: a statement that completes shortly after another, while
+    // the writer waits for company, joins it.
+    let quiet = airlock_eventlog::SessionId::generate();
+    for text in ["SELECT 'a'", "SELECT 'b'"] {
+        let mut e = executed(text, "");
+        e.session_id = quiet.to_string();
+        recorder.record(&quiet, e).expect("room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recorder.flush(Duration::from_secs(10)).await, "written");
+    let mut stored = Vec::new();
+    for _ in 0..50 {
+        stored = log
+            .read_subject(&airlock_eventlog::subjects::session(&quiet))
+            .await
+            .expect("read");
+        if !stored.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored.len(), 1, "one event for both");
+    let texts: Vec<&str> = airlock_eventlog::executed_statements(&stored[0].event)
+        .iter()
+        .map(|x| x.statement.statement.as_ref().map_or("", |s| s.text.as_str()))
+        .collect();
+    assert_eq!(texts, ["SELECT 'a'", "SELECT 'b'"]);
 }

@@ -406,6 +406,12 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
                 format!("failed in PostgreSQL: {} {}", x.error_sqlstate, x.error_message)
             };
         }
+        Body::StatementsExecuted(x) => {
+            // The control plane splits groups in session timelines; a group
+            // seen here is summarised.
+            out.kind = "statements_executed";
+            out.summary = format!("{} statements executed", x.statements.len());
+        }
         Body::StatementRefused(x) => {
             out.kind = "statement_refused";
             out.statement = x.statement.as_ref().map(statement);
@@ -514,6 +520,7 @@ pub fn change_kind(event: Option<&proto::Event>) -> &'static str {
         Some(
             Body::SessionOpened(_)
             | Body::StatementExecuted(_)
+            | Body::StatementsExecuted(_)
             | Body::StatementRefused(_)
             | Body::SessionKillRequested(_)
             | Body::SessionClosed(_)

@@ -577,10 +577,18 @@ fn auditor_sees_the_same_exchange(stack: &Stack) {
     });
     assert_eq!(refused["event"]["statement_refused"]["cause"], "CAUSE_DENIED");
     assert!(
-        !lines.iter().any(|l| l["kind"] == "statement_executed"
-            && l["event"]["statement_executed"]["statement"]["text"]
-                .as_str()
-                .is_some_and(|t| t.contains("DROP"))),
+        !lines.iter().any(|l| {
+            let single = [&l["event"]["statement_executed"]];
+            let grouped = l["event"]["statements_executed"]["statements"]
+                .as_array()
+                .map(|g| g.iter().map(|r| &r["statement"]).collect::<Vec<_>>())
+                .unwrap_or_default();
+            single.into_iter().chain(grouped).any(|x| {
+                x["statement"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("DROP"))
+            })
+        }),
         "the DROP never executed"
     );
 

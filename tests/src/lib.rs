@@ -206,7 +206,7 @@ async fn spawn_proxy(
             timeout: hold_timeout,
         }),
         log: log.clone(),
-        recorder: Recorder::spawn(log.clone(), 2, 4096),
+        recorder: Recorder::spawn(log.clone(), 2, 4096, Duration::from_millis(2)),
         holds: holds.clone(),
         source: proto::Source {
             kind: proto::source::Kind::Proxy as i32,

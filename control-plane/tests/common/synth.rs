@@ -10,7 +10,7 @@ use airlock_eventlog::{ChainWriter, EventLog, RequestId, SessionId, new_event, s
 use futures::StreamExt;
 
 /// Events written per session.
-pub const EVENTS_PER_SESSION: u64 = 8;
+pub const EVENTS_PER_SESSION: u64 = 9;
 
 pub fn person(subject: &str, groups: &[&str], kind: proto::identity::Kind) -> proto::Identity {
     proto::Identity {
@@ -90,6 +90,25 @@ pub async fn write_session(log: &EventLog, n: u64) -> SessionId {
                 command_tag: "SELECT 1".into(),
                 rows: 1,
                 ..Default::default()
+            }),
+        ),
+        (
+            true,
+            // A busy stretch: three statements recorded together.
+            Body::StatementsExecuted(proto::StatementsExecuted {
+                statements: (0..3)
+                    .map(|i| proto::RecordedStatement {
+                        id: airlock_eventlog::EventId::generate().to_string(),
+                        time: Some(SystemTime::now().into()),
+                        statement: Some(proto::StatementExecuted {
+                            statement: Some(statement(&format!("SELECT {i} FROM orders WHERE id = {n}"))),
+                            verdict: Some(verdict(proto::verdict::Action::Allow)),
+                            command_tag: "SELECT 1".into(),
+                            rows: 1,
+                            ..Default::default()
+                        }),
+                    })
+                    .collect(),
             }),
         ),
         (

@@ -47,7 +47,69 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::SessionClosed(_) => "session_closed",
         Body::PolicyLoaded(_) => "policy_loaded",
         Body::Checkpoint(_) => "checkpoint",
+        Body::StatementsExecuted(_) => "statements_executed",
     }
+}
+
+/// One executed statement as recorded: on its own (`StatementExecuted`) or
+/// as one of a group (`StatementsExecuted`).
+#[derive(Debug, Clone, Copy)]
+pub struct Executed<'a> {
+    /// The event id, or the statement's own id within a group.
+    pub id: &'a str,
+    pub time: Option<&'a prost_types::Timestamp>,
+    pub statement: &'a proto::StatementExecuted,
+}
+
+/// The statements `event` records as executed, in order: one for a
+/// `StatementExecuted`, each of a `StatementsExecuted` group, none for any
+/// other event. Readers that count or list statements go through this, so a
+/// group counts exactly as that many single events.
+pub fn executed_statements(event: &proto::Event) -> Vec<Executed<'_>> {
+    match &event.body {
+        Some(Body::StatementExecuted(s)) => vec![Executed {
+            id: &event.id,
+            time: event.time.as_ref(),
+            statement: s,
+        }],
+        Some(Body::StatementsExecuted(group)) => group
+            .statements
+            .iter()
+            .filter_map(|r| {
+                r.statement.as_ref().map(|statement| Executed {
+                    id: &r.id,
+                    time: r.time.as_ref(),
+                    statement,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `event` as the single events it stands for: a `StatementsExecuted` group
+/// becomes one `StatementExecuted` event per statement (each with the
+/// statement's own id and time and the group's other envelope fields, but
+/// no chain link of its own); any other event is returned as it is. For
+/// showing a session's timeline; the stored group is what the chain covers.
+pub fn split_group(event: &proto::Event) -> Vec<proto::Event> {
+    if !matches!(event.body, Some(Body::StatementsExecuted(_))) {
+        return vec![event.clone()];
+    }
+    executed_statements(event)
+        .into_iter()
+        .map(|x| proto::Event {
+            id: x.id.to_owned(),
+            time: x.time.cloned(),
+            source: event.source.clone(),
+            session_id: event.session_id.clone(),
+            request_id: x.statement.request_id.clone(),
+            trace: event.trace.clone(),
+            prev_hash: Vec::new(),
+            chain_index: 0,
+            body: Some(Body::StatementExecuted(x.statement.clone())),
+        })
+        .collect()
 }
 
 /// A new event: fresh ULID id, the current time, `source` and `body`. The
