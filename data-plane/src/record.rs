@@ -266,11 +266,13 @@ struct Writer {
 async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut chain = ChainWriter::new(subjects::session(&session));
     // A job taken from the queue while gathering a group that could not
-    // join it: the next to append.
-    let mut next: Option<Job> = None;
+    // join it: the next to append. Boxed, like the futures below: this task
+    // lives as long as its session, idle sessions included, and its size is
+    // that of its largest state.
+    let mut next: Option<Box<Job>> = None;
     loop {
         let job = match next.take() {
-            Some(job) => job,
+            Some(job) => *job,
             None => match jobs.recv().await {
                 Some(job) => job,
                 None => return,
@@ -279,8 +281,8 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
         let Job { event, done, room } = job;
         drop(room);
         let event = if groupable(&event, done.as_ref()) {
-            let (event, left) = gather(event, &mut jobs, w.linger).await;
-            next = left;
+            let (event, left) = Box::pin(gather(event, &mut jobs, w.linger)).await;
+            next = left.map(Box::new);
             event
         } else {
             event
@@ -291,7 +293,7 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
         // dropped. Retries keep the event id, so it is stored once.
         loop {
             let lane = w.lanes.acquire().await;
-            let appended = chain.append(&w.log, event.clone()).await;
+            let appended = Box::pin(chain.append(&w.log, event.clone())).await;
             drop(lane);
             match appended {
                 Ok(_) => {
