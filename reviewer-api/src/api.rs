@@ -189,7 +189,7 @@ fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("request body: {e}")))
 }
 
-fn check_reason(reason: &str) -> Result<(), ApiError> {
+pub fn check_reason(reason: &str) -> Result<(), ApiError> {
     if reason.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::invalid(format!(
             "reason is longer than {MAX_REASON_CHARS} characters"

@@ -28,6 +28,7 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/requests/{id}", get(request_page)),
         ("POST", "/requests/{id}/decide", post(decide)),
         ("GET", "/sessions/{id}", get(session_page)),
+        ("POST", "/sessions/{id}/kill", post(kill)),
         ("GET", "/static/app.css", get(css)),
         ("GET", "/static/app.js", get(js)),
     ]
@@ -574,6 +575,7 @@ async fn session_page(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let id = match api::path_id(id) {
         Ok(id) => id,
@@ -591,7 +593,16 @@ async fn session_page(
         Err(e) => return html::error_page(&e),
     };
     let summary = session.summary.clone().unwrap_or_default();
-    let mut body = format!(
+    let killed = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).any(|(k, _)| k == "killed");
+    let mut body = String::new();
+    if killed {
+        body.push_str(
+            "<p class=\"notice ok\" id=\"notice\">Your kill order was recorded. The proxy ends the \
+             session (the agent gets FATAL 57P01 naming you) and cancels what it is running.</p>",
+        );
+    }
+    let _ = write!(
+        body,
         "<h1>Session <code>{}</code></h1><section class=\"card\"><dl>\
          <dt>who</dt><dd>{}</dd><dt>connection</dt><dd>{}</dd><dt>state</dt><dd>{}</dd>\
          <dt>opened</dt><dd>{}</dd><dt>closed</dt><dd>{}</dd>\
@@ -610,6 +621,21 @@ async fn session_page(
         summary.statements_refused,
         summary.requests_pending,
     );
+    if summary.state != proto::SessionState::Closed as i32 && !killed {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/sessions/{}/kill\" class=\"card kill\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label for=\"kill-reason\">Why end this session? (recorded in the audit log)</label>\
+             <textarea id=\"kill-reason\" name=\"reason\" rows=\"2\" maxlength=\"{}\" required></textarea>\
+             <div class=\"actions\"><button type=\"submit\" class=\"deny\" id=\"kill\">End this session</button></div>\
+             <p class=\"muted\">The agent is disconnected and its running statement cancelled; \
+             statements it holds for approval are refused.</p></form>",
+            esc(&summary.session_id),
+            esc(caller.csrf()),
+            api::MAX_REASON_CHARS,
+        );
+    }
     for entry in &session.timeline {
         let j = views::timeline_entry(entry);
         let event = entry.event.clone().unwrap_or_default();
@@ -638,4 +664,42 @@ async fn session_page(
     }
     body.push_str("</ol>");
     html::page(StatusCode::OK, "Session", Some(&viewer(&caller)), "", &body)
+}
+
+/// The session page's kill form: the same rules as the REST call (a person
+/// in a reviewer group, CSRF token and origin for a cookie session).
+async fn kill(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Response {
+    let id = match api::path_id(id) {
+        Ok(id) => id,
+        Err(e) => return html::error_page(&e),
+    };
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let caller = match app.auth.changing(&headers, field("csrf")).await {
+        Ok(c) => c,
+        Err(e) => return html::error_page(&e),
+    };
+    let reason = field("reason").unwrap_or_default().trim().to_owned();
+    if reason.is_empty() {
+        return html::error_page(&ApiError::invalid("say why the session is ended"));
+    }
+    if let Err(e) = api::check_id(&id).and_then(|()| api::check_reason(&reason)) {
+        return html::error_page(&e);
+    }
+    match app.control.kill_session(&caller.token, &id, reason).await {
+        Ok(_) => {
+            crate::metrics::Metrics::inc(&app.metrics.kills);
+            (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, format!("/sessions/{id}?killed=1"))],
+            )
+                .into_response()
+        }
+        Err(e) => html::error_page(&e),
+    }
 }

@@ -904,6 +904,61 @@ async fn browser_sign_in_uses_pkce_and_a_strict_cookie_and_votes_need_csrf() {
         .expect_err("denied");
     assert!(format!("{err:?}").contains("not today"), "{err:?}");
 
+    // The session page's kill form: the same CSRF rule; the agent's session
+    // ends, naming who ended it and why.
+    let held = hold_seen(
+        &stack,
+        &api,
+        &stack.user_token(ALICE),
+        &agent,
+        "DELETE FROM orders WHERE id = 5",
+    )
+    .await;
+    let (_, record) = api
+        .get(
+            Some(&stack.user_token(ALICE)),
+            &format!("/api/v1/requests/{}", held.request_id),
+        )
+        .await;
+    let sid = record["session_id"].as_str().expect("session").to_owned();
+    let (status, open) = page(format!("{}/sessions/{sid}", api.base)).await;
+    assert_eq!(status, 200);
+    assert!(
+        open.contains("id=\"kill\""),
+        "an open session offers the kill form: {open}"
+    );
+    let kill_url = format!("{}/sessions/{sid}/kill", api.base);
+    let forged = http
+        .post(&kill_url)
+        .header("cookie", &session_value)
+        .form(&[("reason", "x")])
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(forged.status(), 403, "no CSRF token: refused");
+    let killed = http
+        .post(&kill_url)
+        .header("cookie", &session_value)
+        .form(&[("reason", "runaway agent"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(killed.status(), 303);
+    assert_eq!(
+        killed.headers()["location"].to_str().expect("location"),
+        format!("/sessions/{sid}?killed=1")
+    );
+    let err = tokio::time::timeout(Duration::from_secs(20), held.outcome)
+        .await
+        .expect("in time")
+        .expect("join")
+        .expect_err("killed");
+    let err = format!("{err:?}");
+    assert!(
+        err.contains("E57P01") && err.contains("Alice Reviewer") && err.contains("runaway agent"),
+        "{err}"
+    );
+
     // Sign out ends the session.
     let out = http
         .post(format!("{}/auth/logout", api.base))
