@@ -144,8 +144,8 @@ impl Recorder {
             .map_err(|_| RecorderFull)
     }
 
-    /// Events buffered and not yet handed to a writer's append (the event a
-    /// writer is appending right now is not counted).
+    /// Events buffered and not yet in the log (of the event or group a
+    /// writer is appending right now, the first statement is not counted).
     pub fn buffered(&self) -> usize {
         self.shared.capacity - self.shared.room.available_permits()
     }
@@ -280,12 +280,15 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
         };
         let Job { event, done, room } = job;
         drop(room);
-        let event = if groupable(&event, done.as_ref()) {
-            let (event, left) = Box::pin(gather(event, &mut jobs, w.linger)).await;
+        // The room of the statements that joined a group is given back once
+        // the group is in the log: the buffer's bound stays the bound on
+        // what the recorder holds.
+        let (event, joined) = if groupable(&event, done.as_ref()) {
+            let (event, joined, left) = Box::pin(gather(event, &mut jobs, w.linger)).await;
             next = left.map(Box::new);
-            event
+            (event, joined)
         } else {
-            event
+            (event, Vec::new())
         };
         let closing = matches!(event.body, Some(Body::SessionClosed(_)));
         let mut backoff = Duration::from_millis(100);
@@ -308,6 +311,7 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
                 }
             }
         }
+        drop(joined);
         if let Some(done) = done {
             let _ = done.send(());
         }
@@ -334,15 +338,17 @@ fn groupable(event: &proto::Event, done: Option<&tokio::sync::oneshot::Sender<()
 }
 
 /// Gathers the statements queued behind `first` (waiting up to `linger` for
-/// more) into one event. Returns it (`first` itself when nothing joined)
-/// and the job that stopped the group, if one was taken from the queue.
+/// more) into one event. Returns it (`first` itself when nothing joined),
+/// the buffer room of the statements that joined, and the job that stopped
+/// the group, if one was taken from the queue.
 async fn gather(
     first: proto::Event,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     linger: Duration,
-) -> (proto::Event, Option<Job>) {
+) -> (proto::Event, Vec<OwnedSemaphorePermit>, Option<Job>) {
     let until = tokio::time::Instant::now() + linger;
     let mut group = vec![first];
+    let mut rooms = Vec::new();
     let mut bytes = group[0].encoded_len();
     let mut left = None;
     while group.len() < MAX_GROUP {
@@ -366,14 +372,14 @@ async fn gather(
             break;
         }
         bytes += size;
-        // Its room in the buffer is given back now: it is the writer's.
+        rooms.push(job.room);
         group.push(job.event);
     }
     if group.len() == 1 {
         let first = group.pop().unwrap_or_default();
-        return (first, left);
+        return (first, rooms, left);
     }
-    (group_event(group), left)
+    (group_event(group), rooms, left)
 }
 
 /// One `StatementsExecuted` event for `group` (two or more single
