@@ -236,7 +236,8 @@ def main():
     w.append("* **direct**: PostgreSQL itself (SCRAM login);")
     w.append("* **PgBouncer**: session pooling, plain-text password to PgBouncer, SCRAM to PostgreSQL;")
     w.append("* **Airlock**: `airlock-proxy` with a policy allowing `SELECT` with `record: true` (every statement "
-             "is parsed, judged, and recorded as `StatementExecuted` in NATS JetStream), logging in with a "
+             "is parsed, judged, and recorded in NATS JetStream; a busy session's statements are recorded "
+             "together, one `StatementsExecuted` event per `proxy.record_linger` of 2 ms), logging in with a "
              "token from `airlock-dev-idp` as the password, plain text on loopback "
              "(`proxy.allow_plaintext_loopback`), SCRAM to PostgreSQL; `airlock-control` attached.")
     w.append("")

@@ -415,8 +415,8 @@ dec = json.load(open(os.path.join(results, "decision.json")))
 events = int(log["events"])
 lines = [
     f"One nats-server (JetStream, file storage, R1) on loopback; {events:,} events written as "
-    f"{int(log['sessions']):,} recorded sessions of 8 events each (opened, a read, a held DELETE "
-    f"requested, voted, granted and run, a refused DROP, closed), {log['concurrency']} sessions at once, "
+    f"{int(log['sessions']):,} recorded sessions of 9 events each (opened, a read, three reads "
+    f"recorded together in one event, a held DELETE requested, voted, granted and run, a refused DROP, closed), {log['concurrency']} sessions at once, "
     "each on its own hash chains (every append acknowledged, with optimistic concurrency on its subject).",
     "",
     "| measure | figure |",
