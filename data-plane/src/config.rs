@@ -95,6 +95,9 @@ fn default_drain_timeout() -> Duration {
 fn default_record_buffer() -> usize {
     16_384
 }
+/// The longest `proxy.record_linger` accepted.
+pub const MAX_RECORD_LINGER: Duration = Duration::from_secs(1);
+
 fn default_record_linger() -> Duration {
     Duration::from_millis(2)
 }
@@ -174,6 +177,14 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> a
     let identity = section::<IdentityConfig>(&doc, "identity")?.context("missing section `identity:`")?;
     let proxy =
         section::<ProxySection>(&doc, "proxy")?.context("missing section `proxy:` (listen, control)")?;
+    if proxy.record_linger > MAX_RECORD_LINGER {
+        bail!(
+            "proxy.record_linger is {:?}; at most {:?} (it is how far the log may trail an allowed \
+             statement: a few milliseconds is what groups a busy session's statements)",
+            proxy.record_linger,
+            MAX_RECORD_LINGER
+        );
+    }
     let raw: Vec<ConnectionSection> = section(&doc, "connections")?.unwrap_or_default();
     if raw.is_empty() {
         bail!("no `connections:`: the proxy has nothing to connect agents to");
@@ -316,6 +327,10 @@ policies: []
             (
                 GOOD.replace("proxy:", "proxi:"),
                 "unknown top-level section `proxi:`",
+            ),
+            (
+                GOOD.replace("7070 }", "7070, record_linger: 5s }"),
+                "proxy.record_linger is 5s; at most 1s",
             ),
         ];
         for (text, want) in cases {
