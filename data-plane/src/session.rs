@@ -437,6 +437,7 @@ async fn relay(
         client_reader.prepend(leftover);
     }
     let queue: Queue = Arc::default();
+    let unanswered = queue.clone();
     let (inject_tx, inject_rx) = mpsc::channel(16);
 
     let mut to_upstream = tokio::spawn(client_to_upstream(
@@ -491,6 +492,19 @@ async fn relay(
     ) {
         let (addr, key) = ctx.upstream_cancel.clone();
         crate::cancel::relay(&addr, key).await;
+    }
+    // Statements passed on and not answered when the session ended are
+    // recorded as unfinished: the log shows every statement that may have
+    // run, however the session ended.
+    let left: Vec<InFlight> = unanswered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect();
+    for item in left {
+        if let InFlight::Simple(r) | InFlight::Extended(r) = item {
+            record(&ctx, r, Some(&ending.1));
+        }
     }
     ending
 }
@@ -2008,13 +2022,27 @@ fn finish(ctx: &Ctx, r: Running) {
     if r.error.is_none() && r.drops_all {
         ctx.names().drop_all();
     }
+    record(ctx, r, None);
+}
+
+/// Writes a statement's `StatementExecuted` into the room reserved for it
+/// (if recording applies to it); `ended` when the session ended before
+/// PostgreSQL finished answering it, with why.
+fn record(ctx: &Ctx, r: Running, ended: Option<&str>) {
     let Some(slot) = r.slot else { return };
     let rows = r
         .tags
         .iter()
         .filter_map(|t| t.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
         .sum();
-    let (error_sqlstate, error_message) = r.error.unwrap_or_default();
+    let (error_sqlstate, mut error_message) = r.error.unwrap_or_default();
+    if let Some(why) = ended {
+        if !error_message.is_empty() {
+            error_message.push_str("; ");
+        }
+        error_message.push_str("the session ended before PostgreSQL finished answering: ");
+        error_message.push_str(why);
+    }
     let e = ctx.event(Body::StatementExecuted(proto::StatementExecuted {
         statement: Some(r.statement),
         verdict: Some(r.verdict),
@@ -2024,6 +2052,7 @@ fn finish(ctx: &Ctx, r: Running) {
         rows,
         error_sqlstate,
         error_message,
+        unfinished: ended.is_some(),
     }));
     slot.send(e);
 }

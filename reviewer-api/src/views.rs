@@ -400,7 +400,9 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             out.kind = "statement_executed";
             out.statement = x.statement.as_ref().map(statement);
             out.verdict = x.verdict.as_ref().map(verdict);
-            out.summary = if x.error_sqlstate.is_empty() {
+            out.summary = if x.unfinished {
+                format!("unfinished (outcome unknown): {}", x.error_message)
+            } else if x.error_sqlstate.is_empty() {
                 format!("executed: {} ({} rows)", x.command_tag, x.rows)
             } else {
                 format!("failed in PostgreSQL: {} {}", x.error_sqlstate, x.error_message)

@@ -433,7 +433,7 @@ async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
         .kill_session(authed(
             "alice",
             proto::KillSessionRequest {
-                session_id,
+                session_id: session_id.clone(),
                 reason: "runaway query".into(),
             },
         ))
@@ -465,6 +465,49 @@ async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(still, "0", "pg_sleep still running upstream");
+    // The log still says what was running when the session was ended.
+    let mut unfinished = None;
+    for _ in 0..50 {
+        let view = stack
+            .reviewer()
+            .await
+            .get_session(authed(
+                "alice",
+                proto::GetSessionRequest {
+                    session_id: session_id.clone(),
+                },
+            ))
+            .await
+            .expect("session record")
+            .into_inner();
+        unfinished = view
+            .timeline
+            .iter()
+            .find_map(|e| match e.event.as_ref()?.body.as_ref()? {
+                proto::event::Body::StatementExecuted(x)
+                    if x.statement
+                        .as_ref()
+                        .is_some_and(|s| s.text == "SELECT pg_sleep(30)") =>
+                {
+                    Some(x.clone())
+                }
+                _ => None,
+            });
+        if unfinished.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unfinished = unfinished.expect("the statement running at the kill is recorded");
+    assert!(unfinished.unfinished, "{unfinished:?}");
+    assert!(
+        unfinished
+            .error_message
+            .contains("the session ended before PostgreSQL finished answering: killed by")
+            && unfinished.error_message.contains("runaway query"),
+        "{}",
+        unfinished.error_message
+    );
 }
 
 #[tokio::test]
