@@ -69,6 +69,13 @@ struct Shared {
     linger: Duration,
 }
 
+/// A record larger than this has its statement texts cut (see [`fit`]).
+const FIT_BYTES: usize = MAX_EVENT_BYTES - 64 * 1024;
+/// How much of a cut statement's text a record keeps.
+const KEPT_TEXT_BYTES: usize = 64 * 1024;
+/// How many bound parameters a cut record keeps.
+const KEPT_PARAMETERS: usize = 256;
+
 /// At most this many statements in one group.
 const MAX_GROUP: usize = 256;
 /// And at most this many bytes of them, well under the log's event limit.
@@ -290,6 +297,8 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
         } else {
             (event, Vec::new())
         };
+        let mut event = event;
+        fit(&mut event);
         let closing = matches!(event.body, Some(Body::SessionClosed(_)));
         let mut backoff = Duration::from_millis(100);
         // Until acknowledged: an event handed to the recorder is never
@@ -408,4 +417,46 @@ fn group_event(group: Vec<proto::Event>) -> proto::Event {
         .collect();
     event.body = Some(Body::StatementsExecuted(proto::StatementsExecuted { statements }));
     event
+}
+
+/// Cuts the statements of a record that would not fit in one event of the
+/// log: each keeps the start of its text, with how long it was, and at most
+/// [`KEPT_PARAMETERS`] parameters; its digest, which covers the exact
+/// bytes, stays. A statement near or over the log's event limit (a large
+/// allowed INSERT, a 10 MiB query refused by policy) is recorded this way
+/// rather than not at all, and its session's writer does not retry an
+/// append the log can never take.
+fn fit(event: &mut proto::Event) {
+    if event.encoded_len() <= FIT_BYTES {
+        return;
+    }
+    let cut = |s: &mut proto::Statement| {
+        if s.text.len() > KEPT_TEXT_BYTES {
+            let total = s.text.len();
+            let mut end = KEPT_TEXT_BYTES;
+            while !s.text.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.text.truncate(end);
+            s.text
+                .push_str(&format!(" … [cut by the recorder: {total} bytes in all]"));
+        }
+        if s.parameters.len() > KEPT_PARAMETERS {
+            let total = s.parameters.len();
+            s.parameters.truncate(KEPT_PARAMETERS);
+            s.text.push_str(&format!(
+                " [the recorder kept {KEPT_PARAMETERS} of {total} parameters]"
+            ));
+        }
+    };
+    match &mut event.body {
+        Some(Body::StatementExecuted(x)) => x.statement.iter_mut().for_each(cut),
+        Some(Body::StatementRefused(x)) => x.statement.iter_mut().for_each(cut),
+        Some(Body::StatementsExecuted(g)) => g
+            .statements
+            .iter_mut()
+            .filter_map(|r| r.statement.as_mut())
+            .for_each(|x| x.statement.iter_mut().for_each(cut)),
+        _ => {}
+    }
 }

@@ -1209,3 +1209,78 @@ async fn a_busy_sessions_statements_are_recorded_together_in_order() {
         .collect();
     assert_eq!(texts, ["SELECT 'a'", "SELECT 'b'"]);
 }
+
+/// A record too large for one event of the log (a statement of several
+/// MiB) is written with its text cut and its digest kept, and the session's
+/// later events follow: the writer is not stuck retrying it.
+#[tokio::test]
+async fn a_statement_too_large_for_the_log_is_recorded_cut_and_the_session_goes_on() {
+    use proto::event::Body;
+    let nats = NatsServer::start();
+    let log = EventLog::connect(NatsSettings::new(nats.url()))
+        .await
+        .expect("nats");
+    log.ensure_stream().await.expect("stream");
+    let recorder = Recorder::spawn(log.clone(), 2, 1024, Duration::ZERO);
+    let session = airlock_eventlog::SessionId::generate();
+    let source = proto::Source::default();
+    let huge = format!("SELECT '{}'", "é".repeat(1_500_000));
+    let refused = {
+        let mut e = airlock_eventlog::new_event(
+            &source,
+            Body::StatementRefused(proto::StatementRefused {
+                statement: Some(proto::Statement {
+                    text: huge.clone(),
+                    sha256: vec![7; 32],
+                    parameters: vec![proto::Parameter::default(); 1000],
+                    ..Default::default()
+                }),
+                sqlstate: "42501".into(),
+                ..Default::default()
+            }),
+        );
+        e.session_id = session.to_string();
+        e
+    };
+    let mut closed =
+        airlock_eventlog::new_event(&source, Body::SessionClosed(proto::SessionClosed::default()));
+    closed.session_id = session.to_string();
+    recorder.record(&session, refused).expect("room");
+    recorder.record(&session, closed).expect("room");
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        stored = log
+            .read_subject(&airlock_eventlog::subjects::session(&session))
+            .await
+            .expect("read");
+        if stored.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored.len(),
+        2,
+        "the refusal and the session's end are both in the log"
+    );
+    match &stored[0].event.body {
+        Some(Body::StatementRefused(x)) => {
+            let s = x.statement.as_ref().expect("statement");
+            assert!(s.text.len() < 100 * 1024, "cut to {} bytes", s.text.len());
+            assert!(huge.starts_with(s.text.split(" … [cut").next().expect("start")));
+            assert!(
+                s.text
+                    .contains(&format!("[cut by the recorder: {} bytes in all]", huge.len())),
+                "{}",
+                &s.text[s.text.len() - 120..]
+            );
+            assert!(s.text.ends_with("[the recorder kept 256 of 1000 parameters]"));
+            assert_eq!(s.parameters.len(), 256);
+            assert_eq!(s.sha256, vec![7; 32], "the digest of the exact bytes stays");
+            assert_eq!(x.sqlstate, "42501");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(stored[1].event.body, Some(Body::SessionClosed(_))));
+    airlock_eventlog::verify_chain(&stored).expect("the chain verifies");
+}
