@@ -1616,6 +1616,23 @@ async fn hold(
     {
         deps.holds.release(request_id.as_str());
         tracing::warn!(session = %ctx.session, error = %e, "approval request not recorded");
+        if let airlock_eventlog::Error::InvalidEvent(_) = e {
+            // Too large for one event: a reviewer could not be shown it.
+            return Held::Decided(Step::Refuse(
+                refusal(
+                    "54000",
+                    format!(
+                        "this statement needs a reviewer's approval, but at {} bytes it is too large to \
+                         put before a reviewer (the event log takes at most {} bytes per event); nothing was run",
+                        statement.text.len(),
+                        airlock_eventlog::MAX_EVENT_BYTES
+                    ),
+                    Some("split it into smaller statements".into()),
+                ),
+                Cause::Unavailable,
+                String::new(),
+            ));
+        }
         return unavailable("the event log is unavailable");
     }
     let where_ = deps

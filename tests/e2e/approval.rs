@@ -665,3 +665,24 @@ async fn a_held_statement_in_a_transaction_and_in_a_pipeline_behaves_as_postgres
         "the reads around it see before and after"
     );
 }
+
+/// A statement that needs approval but is too large to put before a
+/// reviewer (its ApprovalRequested would not fit in one event of the log) is
+/// refused saying so, not as "log unavailable", and the session goes on.
+#[tokio::test]
+async fn a_held_statement_too_large_for_the_log_is_refused_saying_so() {
+    let stack = Stack::start(Duration::from_secs(60)).await;
+    let (agent, _) = stack.agent().await;
+    let filler = "x".repeat(1024 * 1024 - 64);
+    let sql = format!("DELETE FROM orders WHERE note = '{filler}'");
+    let err = agent.simple_query(&sql).await.expect_err("refused");
+    let db = err.as_db_error().expect("an error from the proxy");
+    assert_eq!(db.code().code(), "54000", "{}", db.message());
+    assert!(
+        db.message().contains("too large to put before a reviewer")
+            && db.message().contains("nothing was run"),
+        "{}",
+        db.message()
+    );
+    agent.simple_query("SELECT 1").await.expect("the session goes on");
+}
