@@ -1,0 +1,256 @@
+//! `ProxyService`: the `Attach` stream each proxy keeps, carrying decisions
+//! and kill orders for what it holds.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use airlock_eventlog::StoredEvent;
+use airlock_eventlog::proto::{self, event::Body};
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::live::Live;
+use crate::projection::Request as RequestState;
+
+use super::{Control, status};
+
+/// What a proxy holds, per Attach stream.
+#[derive(Debug, Default)]
+struct Holdings {
+    proxy_id: String,
+    requests: HashMap<String, String>,
+    sessions: HashSet<String>,
+    /// Sessions a kill order was sent for on this stream (sent once).
+    killed: HashSet<String>,
+}
+
+/// The notice for a request that has ended, if it has.
+fn notice(r: &RequestState, event_id: &str) -> Option<proto::DecisionNotice> {
+    use proto::decision_notice::Outcome;
+    let outcome = match r.state() {
+        proto::RequestState::Granted => Outcome::Granted,
+        proto::RequestState::Denied => Outcome::Denied,
+        proto::RequestState::Expired => Outcome::Expired,
+        proto::RequestState::Cancelled => Outcome::Cancelled,
+        proto::RequestState::Pending | proto::RequestState::Unspecified => return None,
+    };
+    let approvers = r
+        .view
+        .votes
+        .iter()
+        .filter(|v| v.decision == proto::Decision::Approve as i32)
+        .map(|v| proto::Approver {
+            reviewer: v.reviewer.clone(),
+            reason: v.reason.clone(),
+            time: v.time,
+        })
+        .collect();
+    let decided_by = r
+        .view
+        .votes
+        .iter()
+        .find(|v| v.decision == proto::Decision::Deny as i32)
+        .and_then(|v| v.reviewer.clone());
+    Some(proto::DecisionNotice {
+        request_id: r.view.request_id.clone(),
+        session_id: r.view.session_id.clone(),
+        outcome: outcome as i32,
+        statement_sha256: r
+            .requested()
+            .statement
+            .as_ref()
+            .map(|s| s.sha256.clone())
+            .unwrap_or_default(),
+        approvers,
+        decided_by,
+        reason: r.view.outcome_reason.clone(),
+        event_id: event_id.to_owned(),
+        sequence: r.view.sequence,
+    })
+}
+
+fn control(m: proto::control_message::Message) -> proto::ControlMessage {
+    proto::ControlMessage { message: Some(m) }
+}
+
+/// Heartbeat period announced to proxies.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+#[tonic::async_trait]
+impl proto::proxy_service_server::ProxyService for Control {
+    type AttachStream = ReceiverStream<Result<proto::ControlMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<proto::ProxyMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        use proto::proxy_message::Message as In;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(proto::ProxyMessage {
+                message: Some(In::Hello(h)),
+            })) => h,
+            _ => {
+                return Err(status(
+                    "invalid_argument",
+                    tonic::Code::InvalidArgument,
+                    "the first message on Attach must be Hello".into(),
+                ));
+            }
+        };
+        self.ready()?;
+        let (tx, rx) = mpsc::channel(256);
+        // Subscribe before reading state, so no outcome falls in between.
+        let mut changes = self.live.subscribe();
+        let live = self.live.clone();
+        let replica = self.source.id.clone();
+        tracing::info!(proxy = %hello.proxy_id, held = hello.held.len(), "proxy attached");
+        tokio::spawn(async move {
+            let mut held = Holdings {
+                proxy_id: hello.proxy_id.clone(),
+                ..Holdings::default()
+            };
+            for h in hello.held {
+                held.requests.insert(h.request_id, h.session_id);
+            }
+            held.sessions.extend(hello.session_ids);
+            let welcome = control(proto::control_message::Message::Welcome(proto::Welcome {
+                replica_id: replica,
+                heartbeat_interval: prost_types::Duration::try_from(HEARTBEAT).ok(),
+            }));
+            if tx.send(Ok(welcome)).await.is_err() {
+                return;
+            }
+            // Decisions made while the proxy was away.
+            if !send_decided(&live, &mut held, &tx).await {
+                return;
+            }
+            let mut heartbeat = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    msg = inbound.next() => match msg {
+                        Some(Ok(proto::ProxyMessage { message: Some(m) })) => match m {
+                            In::Holding(h) => {
+                                if let Some(h) = h.held {
+                                    held.sessions.insert(h.session_id.clone());
+                                    held.requests.insert(h.request_id, h.session_id);
+                                    if !send_decided(&live, &mut held, &tx).await { return; }
+                                }
+                            }
+                            In::Released(r) => {
+                                held.requests.remove(&r.request_id);
+                                if r.session_closed { held.sessions.remove(&r.session_id); }
+                            }
+                            In::Heartbeat(_) => {}
+                            In::Hello(_) => {}
+                        },
+                        Some(Ok(proto::ProxyMessage { message: None })) => {}
+                        Some(Err(_)) | None => return,
+                    },
+                    change = changes.recv() => match change {
+                        Ok(event) => {
+                            if !forward(&live, &mut held, &event, &tx).await { return; }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Missed some: re-check everything held.
+                            if !send_decided(&live, &mut held, &tx).await { return; }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = heartbeat.tick() => {
+                        let beat = control(proto::control_message::Message::Heartbeat(proto::Heartbeat {}));
+                        if tx.send(Ok(beat)).await.is_err() { return; }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type Tx = mpsc::Sender<Result<proto::ControlMessage, Status>>;
+
+/// Sends a notice for every held request that has ended, and every kill
+/// order still pending for a session the proxy holds (made while it was
+/// away, or on another replica's stream). False when the proxy is gone.
+async fn send_decided(live: &Live, held: &mut Holdings, tx: &Tx) -> bool {
+    let (notices, kills): (Vec<proto::DecisionNotice>, Vec<proto::KillOrder>) = live.read(|s| {
+        let notices = held
+            .requests
+            .keys()
+            .filter_map(|id| s.request(id).and_then(|r| notice(r, "")))
+            .collect();
+        let kills = held
+            .sessions
+            .iter()
+            .filter(|id| !held.killed.contains(*id))
+            .filter_map(|id| s.sessions.get(id)?.kill.as_ref().map(|k| k.order.clone()))
+            .collect();
+        (notices, kills)
+    });
+    for k in kills {
+        held.killed.insert(k.session_id.clone());
+        if tx
+            .send(Ok(control(proto::control_message::Message::Kill(k))))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    for n in notices {
+        held.requests.remove(&n.request_id);
+        if tx
+            .send(Ok(control(proto::control_message::Message::Decision(n))))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx) -> bool {
+    let e = &event.event;
+    match &e.body {
+        Some(
+            Body::ApprovalGranted(_)
+            | Body::ApprovalDenied(_)
+            | Body::ApprovalExpired(_)
+            | Body::ApprovalCancelled(_),
+        ) if held.requests.contains_key(&e.request_id) => {
+            if let Some(n) = live.read(|s| s.request(&e.request_id).and_then(|r| notice(r, &e.id))) {
+                held.requests.remove(&e.request_id);
+                return tx
+                    .send(Ok(control(proto::control_message::Message::Decision(n))))
+                    .await
+                    .is_ok();
+            }
+            true
+        }
+        // Sessions opened after the proxy attached are known from the log:
+        // the kill names the proxy its SessionOpened named.
+        Some(Body::SessionKillRequested(k))
+            if held.sessions.contains(&e.session_id)
+                || (!k.proxy_id.is_empty() && k.proxy_id == held.proxy_id) =>
+        {
+            if !held.killed.insert(e.session_id.clone()) {
+                return true;
+            }
+            let order = proto::KillOrder {
+                session_id: e.session_id.clone(),
+                requested_by: k.requested_by.clone(),
+                reason: k.reason.clone(),
+                event_id: e.id.clone(),
+                sequence: event.sequence,
+            };
+            tx.send(Ok(control(proto::control_message::Message::Kill(order))))
+                .await
+                .is_ok()
+        }
+        _ => true,
+    }
+}

@@ -1,0 +1,398 @@
+//! `ReviewerService`: list, get, decide and watch requests; list, read and
+//! kill sessions. Every call needs a reviewer's token.
+
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{SessionId, StoredEvent, new_event, subjects};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::act;
+use crate::decide::{DecideError, Vote, in_reviewer_groups};
+use crate::projection::Request as RequestState;
+
+use super::{Control, decide_status, status, vote_status};
+
+fn state_filter(states: &[i32]) -> impl Fn(&RequestState) -> bool + '_ {
+    move |r| states.is_empty() || states.contains(&r.view.state)
+}
+
+#[tonic::async_trait]
+impl proto::reviewer_service_server::ReviewerService for Control {
+    async fn list_requests(
+        &self,
+        request: Request<proto::ListRequestsRequest>,
+    ) -> Result<Response<proto::ListRequestsResponse>, Status> {
+        let caller = self.reviewer(&request).await?;
+        self.ready()?;
+        let q = request.into_inner();
+        let page_size = if q.page_size == 0 {
+            100
+        } else {
+            q.page_size.min(1000)
+        } as usize;
+        let keep = state_filter(&q.states);
+        let (requests, next) = self.live.read(|s| {
+            // Newest first; the page token is the last id of the page before.
+            let mut out = Vec::new();
+            let mut next = String::new();
+            for (id, r) in s.requests.iter().rev() {
+                if !q.page_token.is_empty() && id.as_str() >= q.page_token.as_str() {
+                    continue;
+                }
+                let asked = r.requested();
+                // Reviewers see only requests their groups may review.
+                if !keep(r)
+                    || !in_reviewer_groups(&caller, asked)
+                    || (!q.connection.is_empty()
+                        && asked.connection.as_ref().map(|c| c.name.as_str()) != Some(q.connection.as_str()))
+                    || (!q.reviewer_group.is_empty()
+                        && !asked
+                            .reviewer_groups
+                            .iter()
+                            .any(|g| g.id == q.reviewer_group || g.name == q.reviewer_group))
+                {
+                    continue;
+                }
+                if out.len() == page_size {
+                    next = out
+                        .last()
+                        .map(|v: &proto::RequestView| v.request_id.clone())
+                        .unwrap_or_default();
+                    break;
+                }
+                out.push(r.view.clone());
+            }
+            (out, next)
+        });
+        Ok(Response::new(proto::ListRequestsResponse {
+            requests,
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_request(
+        &self,
+        request: Request<proto::GetRequestRequest>,
+    ) -> Result<Response<proto::RequestView>, Status> {
+        let caller = self.reviewer(&request).await?;
+        let id = request.into_inner().request_id;
+        let found = self.live.read(|s| {
+            s.request(&id)
+                .map(|r| (in_reviewer_groups(&caller, r.requested()), r.view.clone()))
+        });
+        match found {
+            Some((true, view)) => Ok(Response::new(view)),
+            // Another group's request: refused as its vote would be.
+            Some((false, view)) => {
+                let groups = view
+                    .request
+                    .as_ref()
+                    .map(|r| {
+                        r.reviewer_groups
+                            .iter()
+                            .map(|g| {
+                                if g.name.is_empty() {
+                                    g.id.clone()
+                                } else {
+                                    g.name.clone()
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                let who = if caller.display_name.is_empty() {
+                    caller.subject.clone()
+                } else {
+                    caller.display_name.clone()
+                };
+                Err(decide_status(DecideError::NotAReviewer { who, groups }))
+            }
+            None => Err(decide_status(DecideError::UnknownRequest(id))),
+        }
+    }
+
+    async fn decide(
+        &self,
+        request: Request<proto::DecideRequest>,
+    ) -> Result<Response<proto::DecideResponse>, Status> {
+        let reviewer = self.reviewer(&request).await?;
+        self.ready()?;
+        let q = request.into_inner();
+        let vote = Vote {
+            request_id: q.request_id.clone(),
+            reviewer,
+            decision: proto::Decision::try_from(q.decision).unwrap_or(proto::Decision::Unspecified),
+            reason: q.reason,
+            statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
+        };
+        let voted = act::vote(&self.live, &self.log, &vote, &self.source)
+            .await
+            .map_err(vote_status)?;
+        let view = self
+            .live
+            .read(|s| s.request(&q.request_id).map(|r| r.view.clone()));
+        Ok(Response::new(proto::DecideResponse {
+            request: view,
+            event_id: voted.event_id,
+            sequence: voted.sequence,
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.reviewer(&request).await?;
+        let q = request.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let mut changes = self.live.subscribe();
+        let live = self.live.clone();
+        // Catch-up first: views changed after the client's last sequence.
+        let backlog: Vec<proto::RequestView> = if q.after_sequence > 0 {
+            live.read(|s| {
+                let mut v: Vec<_> = s
+                    .requests
+                    .values()
+                    .filter(|r| r.view.sequence > q.after_sequence)
+                    .filter(|r| state_filter(&q.states)(r))
+                    .filter(|r| in_reviewer_groups(&caller, r.requested()))
+                    .map(|r| r.view.clone())
+                    .collect();
+                v.sort_by_key(|r| r.sequence);
+                v
+            })
+        } else {
+            Vec::new()
+        };
+        tokio::spawn(async move {
+            for view in backlog {
+                let sequence = view.sequence;
+                let item = proto::WatchEvent {
+                    request: Some(view),
+                    event: None,
+                    sequence,
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let event = match changes.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "watcher fell {n} events behind; resume with after_sequence"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if event.event.request_id.is_empty() || !event.subject.starts_with("airlock.v1.request.") {
+                    continue;
+                }
+                let view = live.read(|s| {
+                    s.request(&event.event.request_id)
+                        .filter(|r| in_reviewer_groups(&caller, r.requested()))
+                        .map(|r| r.view.clone())
+                });
+                let Some(view) = view else { continue };
+                if !q.states.is_empty() && !q.states.contains(&view.state) {
+                    continue;
+                }
+                let item = proto::WatchEvent {
+                    request: Some(view),
+                    event: Some(event.event.clone()),
+                    sequence: event.sequence,
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<proto::ListSessionsRequest>,
+    ) -> Result<Response<proto::ListSessionsResponse>, Status> {
+        self.reviewer(&request).await?;
+        let q = request.into_inner();
+        let page_size = if q.page_size == 0 {
+            100
+        } else {
+            q.page_size.min(1000)
+        } as usize;
+        let mut sessions = self.live.read(|s| {
+            s.sessions
+                .values()
+                .filter(|x| q.states.is_empty() || q.states.contains(&x.summary.state))
+                .filter(|x| {
+                    q.connection.is_empty()
+                        || x.summary.connection.as_ref().map(|c| c.name.as_str())
+                            == Some(q.connection.as_str())
+                })
+                .filter(|x| {
+                    q.subject.is_empty()
+                        || x.summary.identity.as_ref().map(|i| i.subject.as_str()) == Some(q.subject.as_str())
+                })
+                .map(|x| x.summary.clone())
+                .collect::<Vec<_>>()
+        });
+        sessions.sort_by(|a, b| b.session_id.cmp(&a.session_id));
+        let start = if q.page_token.is_empty() {
+            0
+        } else {
+            sessions
+                .iter()
+                .position(|s| s.session_id < q.page_token)
+                .unwrap_or(sessions.len())
+        };
+        let page: Vec<_> = sessions.into_iter().skip(start).take(page_size + 1).collect();
+        let next = if page.len() > page_size {
+            page[page_size - 1].session_id.clone()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListSessionsResponse {
+            sessions: page.into_iter().take(page_size).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<proto::GetSessionRequest>,
+    ) -> Result<Response<proto::SessionView>, Status> {
+        self.reviewer(&request).await?;
+        let id = request.into_inner().session_id;
+        let sid = SessionId::parse(&id)
+            .map_err(|e| status("invalid_argument", tonic::Code::InvalidArgument, e.to_string()))?;
+        let (summary, request_ids) = self
+            .live
+            .read(|s| {
+                s.sessions
+                    .get(&id)
+                    .map(|x| (x.summary.clone(), x.request_ids.clone()))
+            })
+            .ok_or_else(|| status("not_found", tonic::Code::NotFound, format!("no session {id}")))?;
+        let log_err = |e: airlock_eventlog::Error| {
+            status("unavailable", tonic::Code::Unavailable, format!("event log: {e}"))
+        };
+        let mut timeline: Vec<StoredEvent> = self
+            .log
+            .read_subject(&subjects::session(&sid))
+            .await
+            .map_err(log_err)?;
+        let mut requests = Vec::new();
+        for rid in &request_ids {
+            if let Ok(r) = airlock_eventlog::RequestId::parse(rid) {
+                timeline.extend(
+                    self.log
+                        .read_subject(&subjects::request(&r))
+                        .await
+                        .map_err(log_err)?,
+                );
+            }
+            if let Some(v) = self.live.read(|s| s.request(rid).map(|r| r.view.clone())) {
+                requests.push(v);
+            }
+        }
+        timeline.sort_by_key(|e| e.sequence);
+        Ok(Response::new(proto::SessionView {
+            summary: Some(summary),
+            // Statements recorded together are shown one by one, each at
+            // the sequence of the event that holds it.
+            timeline: timeline
+                .into_iter()
+                .flat_map(|e| {
+                    airlock_eventlog::split_group(&e.event)
+                        .into_iter()
+                        .map(move |single| proto::RecordedEvent {
+                            sequence: e.sequence,
+                            subject: e.subject.clone(),
+                            event: Some(single),
+                        })
+                })
+                .collect(),
+            requests,
+        }))
+    }
+
+    async fn kill_session(
+        &self,
+        request: Request<proto::KillSessionRequest>,
+    ) -> Result<Response<proto::KillSessionResponse>, Status> {
+        let reviewer = self.reviewer(&request).await?;
+        if reviewer.kind != proto::identity::Kind::User as i32 {
+            return Err(decide_status(DecideError::AppIdentity {
+                who: reviewer.display_name.clone(),
+            }));
+        }
+        if !reviewer.groups.iter().any(|g| {
+            self.kill_groups
+                .iter()
+                .any(|k| *k == g.id || (!g.name.is_empty() && *k == g.name))
+        }) {
+            return Err(status(
+                "not_a_reviewer",
+                tonic::Code::PermissionDenied,
+                format!(
+                    "{} is not in a group allowed to kill sessions",
+                    reviewer.display_name
+                ),
+            ));
+        }
+        let q = request.into_inner();
+        let sid = SessionId::parse(&q.session_id)
+            .map_err(|e| status("invalid_argument", tonic::Code::InvalidArgument, e.to_string()))?;
+        let proxy_id = self
+            .live
+            .read(|s| s.sessions.get(sid.as_str()).map(|x| x.summary.proxy_id.clone()))
+            .ok_or_else(|| status("not_found", tonic::Code::NotFound, format!("no session {sid}")))?;
+        let mut event = new_event(
+            &self.source,
+            Body::SessionKillRequested(proto::SessionKillRequested {
+                requested_by: Some(reviewer),
+                reason: q.reason,
+                proxy_id,
+            }),
+        );
+        event.session_id = sid.to_string();
+        let subject = subjects::session(&sid);
+        let mut last = None;
+        for _ in 0..5 {
+            match self.log.append_next(&subject, event.clone()).await {
+                Ok((appended, e)) => {
+                    last = Some((appended, e));
+                    break;
+                }
+                Err(airlock_eventlog::Error::Conflict { .. }) => continue,
+                Err(e) => {
+                    return Err(status(
+                        "unavailable",
+                        tonic::Code::Unavailable,
+                        format!("event log: {e}"),
+                    ));
+                }
+            }
+        }
+        let (appended, e) = last.ok_or_else(|| {
+            status(
+                "unavailable",
+                tonic::Code::Unavailable,
+                "session kept changing".into(),
+            )
+        })?;
+        Ok(Response::new(proto::KillSessionResponse {
+            event_id: e.id,
+            sequence: appended.sequence,
+        }))
+    }
+}
