@@ -1,44 +1,69 @@
 //! Telemetry for every Airlock binary, in one place: `tracing` with an env
-//! filter, human or JSON logs, OpenTelemetry export over OTLP/gRPC when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context
-//! (`traceparent`) to carry a statement's trace across the event log.
+//! filter, human or JSON logs, OpenTelemetry span export over OTLP (gRPC or
+//! HTTP/protobuf), and W3C trace context (`traceparent`) to carry a
+//! statement's trace across the event log.
 //!
 //! Environment:
-//! * `AIRLOCK_LOG` (else `RUST_LOG`): filter directives, default `info`.
-//! * `AIRLOCK_LOG_FORMAT=json`: one JSON object per line (for log shippers).
-//! * `OTEL_EXPORTER_OTLP_ENDPOINT` (and the other standard `OTEL_*`
-//!   variables): export spans over OTLP/gRPC. Unset: no export, no cost.
+//! * `AIRLOCK_LOG` (else `RUST_LOG`): filter directives, default `info`. A
+//!   filter that does not parse stops the binary ([`Error::BadFilter`]).
+//! * `AIRLOCK_LOG_FORMAT=json` (or `text`): one JSON object per line.
+//! * `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`:
+//!   export spans. Unset: no export, no cost.
+//! * `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`: `grpc` (default) or
+//!   `http/protobuf`. `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true`
+//!   turn export off. The other standard variables (headers, timeout,
+//!   sampler, batch delays, resource attributes) are read by the SDK.
+//!
+//! The OTLP exporters do their I/O on the Tokio runtime, so telemetry starts
+//! inside it: binaries call [`run_binary`], which orders runtime, telemetry,
+//! work and the final flush.
 //!
 //! Does not own: what is logged. Secrets (tokens, passwords, upstream
 //! credentials) must never be put in a field; that is each caller's duty.
 
-use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::process::{ExitCode, Termination};
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Setting up telemetry failed.
+mod context;
+mod export;
+mod settings;
+
+pub use context::{TraceContext, continue_trace, current_trace_context, is_traced, span_trace_context};
+pub use settings::{LogFormat, Protocol, Settings};
+
+/// Setting up telemetry failed. Each message names the variable to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid log filter {filter:?} (from {var}): {detail}")]
+    #[error("{var}={filter:?} is not a valid log filter: {detail}")]
     BadFilter {
         var: &'static str,
         filter: String,
         detail: String,
     },
-    #[error("OTLP exporter for {endpoint}: {detail}")]
-    Exporter { endpoint: String, detail: String },
+    #[error("{var}={value:?} is not supported: expected {expected}")]
+    BadSetting {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("OTLP export must be started inside the Tokio runtime")]
+    NoRuntime,
+    #[error("the OTLP exporter ({protocol}): {detail}")]
+    Exporter { protocol: Protocol, detail: String },
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
 }
 
-/// Keeps the exporter alive; dropping it flushes pending spans.
+/// Keeps the exporter alive; dropping it flushes pending spans. Drop it
+/// while the runtime still runs: the exporter sends on it.
 #[derive(Debug)]
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct Guard {
@@ -56,172 +81,84 @@ impl Drop for Guard {
 }
 
 /// Installs the global subscriber for a binary named `service` (the
-/// OpenTelemetry `service.name`). Call once, early in `main`, inside the
-/// tokio runtime when OTLP export is wanted.
+/// OpenTelemetry `service.name`), configured from the environment. Call
+/// once, inside the Tokio runtime (see [`run_binary`]).
 pub fn init(service: &'static str) -> Result<Guard, Error> {
-    let (var, directives) = match std::env::var("AIRLOCK_LOG") {
-        Ok(v) => ("AIRLOCK_LOG", v),
-        Err(_) => match std::env::var("RUST_LOG") {
-            Ok(v) => ("RUST_LOG", v),
-            Err(_) => ("default", "info".to_owned()),
-        },
+    install(service, &Settings::from_env()?)
+}
+
+/// Installs the global subscriber with `settings`.
+pub fn install(service: &'static str, settings: &Settings) -> Result<Guard, Error> {
+    let filter = || {
+        EnvFilter::try_new(&settings.filter).map_err(|e| Error::BadFilter {
+            var: settings.filter_source,
+            filter: settings.filter.clone(),
+            detail: e.to_string(),
+        })
     };
-    let filter = EnvFilter::try_new(&directives).map_err(|e| Error::BadFilter {
-        var,
-        filter: directives.clone(),
-        detail: e.to_string(),
-    })?;
-    let json = std::env::var("AIRLOCK_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let fmt = if json {
-        tracing_subscriber::fmt::layer()
+    let fmt = match settings.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_writer(std::io::stderr)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .boxed()
+            .boxed(),
     };
-
+    let provider = settings
+        .export
+        .map(|protocol| export::provider(service, protocol))
+        .transpose()?;
+    let otel = match &provider {
+        Some(p) => Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service))
+                .with_filter(filter()?),
+        ),
+        None => None,
+    };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service, &endpoint)?),
-        _ => None,
-    };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service))
-            .with_filter(EnvFilter::new(directives.clone()))
-    });
-
     tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
+        .with(fmt.with_filter(filter()?))
         .with(otel)
         .try_init()
         .map_err(|_| Error::AlreadyInstalled)?;
     Ok(Guard { provider })
 }
 
-fn otlp_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, Error> {
-    // The endpoint and the other OTEL_EXPORTER_OTLP_* settings are read from
-    // the environment by the exporter itself.
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|e| Error::Exporter {
-            endpoint: endpoint.to_owned(),
-            detail: e.to_string(),
-        })?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service)
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
-}
-
-/// W3C trace context, as stored in an event and its NATS headers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceContext {
-    pub traceparent: String,
-    pub tracestate: String,
-}
-
-impl TraceContext {
-    pub fn is_empty(&self) -> bool {
-        self.traceparent.is_empty()
-    }
-}
-
-/// The trace context of the current span, to store with an event. Empty
-/// when no span is being traced (export off, or outside any span).
-pub fn current_trace_context() -> TraceContext {
-    let cx = tracing::Span::current().context();
-    if !cx.span().span_context().is_valid() {
-        return TraceContext::default();
-    }
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    TraceContext {
-        traceparent: carrier.remove("traceparent").unwrap_or_default(),
-        tracestate: carrier.remove("tracestate").unwrap_or_default(),
-    }
-}
-
-/// Makes `span` continue the trace recorded with an event, so work done on
-/// an event (a decision, a released statement) joins the trace of the
-/// statement that caused it. A malformed context is ignored.
-pub fn continue_trace(span: &tracing::Span, trace: &TraceContext) {
-    if trace.is_empty() {
-        return;
-    }
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    carrier.insert("traceparent".to_owned(), trace.traceparent.clone());
-    if !trace.tracestate.is_empty() {
-        carrier.insert("tracestate".to_owned(), trace.tracestate.clone());
-    }
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    if cx.span().span_context().is_valid() {
-        let _ = span.set_parent(cx);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_tracer<R>(f: impl FnOnce() -> R) -> R {
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, f)
-    }
-
-    #[test]
-    fn no_span_no_context() {
-        assert!(current_trace_context().is_empty());
-    }
-
-    #[test]
-    fn a_trace_continues_across_the_log() {
-        with_tracer(|| {
-            let written = {
-                let span = tracing::info_span!("statement");
-                let _g = span.enter();
-                current_trace_context()
-            };
-            assert!(written.traceparent.starts_with("00-"), "{written:?}");
-            let trace_id = written.traceparent.split('-').nth(1).map(str::to_owned);
-
-            // A reader of the event continues the same trace in a new span.
-            let span = tracing::info_span!("decision");
-            continue_trace(&span, &written);
-            let _g = span.enter();
-            let read = current_trace_context();
-            assert_eq!(read.traceparent.split('-').nth(1).map(str::to_owned), trace_id);
-            assert_ne!(
-                read.traceparent, written.traceparent,
-                "a new span id in the same trace"
-            );
-        });
-    }
-
-    #[test]
-    fn a_malformed_context_is_ignored() {
-        with_tracer(|| {
-            let span = tracing::info_span!("decision");
-            continue_trace(
-                &span,
-                &TraceContext {
-                    traceparent: "not-a-traceparent".into(),
-                    tracestate: String::new(),
-                },
-            );
-            let _g = span.enter();
-            assert!(!current_trace_context().traceparent.contains("not-a"));
-        });
+/// Runs a binary: starts the Tokio runtime, then telemetry inside it, then
+/// `work`; flushes spans before the runtime stops. A telemetry error stops
+/// the binary before any work. Errors are printed as `service: error` (the
+/// alternate form, so an `anyhow` chain is shown whole).
+pub fn run_binary<T, E>(service: &'static str, work: impl Future<Output = Result<T, E>>) -> ExitCode
+where
+    T: Termination,
+    E: Display,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{service}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let telemetry = match runtime.block_on(async { init(service) }) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(work);
+    // Flush while the runtime's workers still carry the exporter's I/O.
+    drop(telemetry);
+    match outcome {
+        Ok(done) => done.report(),
+        Err(e) => {
+            eprintln!("{service}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
