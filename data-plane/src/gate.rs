@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use airlock_eventlog::proto;
 
+use crate::error_response::sqlstate;
 use crate::upstream::UpstreamConfig;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,11 +40,37 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn unauthenticated(message: impl Into<String>) -> Refusal {
+    fn new(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
         Refusal {
-            sqlstate: "28000",
+            sqlstate,
             message: message.into(),
         }
+    }
+
+    /// Refused for a reason other than the token itself (no policy binds
+    /// the agent, no database named).
+    pub fn unauthenticated(message: impl Into<String>) -> Refusal {
+        Refusal::new(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message)
+    }
+
+    /// The token was refused: 28P01, as PostgreSQL answers a wrong password.
+    pub fn bad_token(message: impl Into<String>) -> Refusal {
+        Refusal::new(sqlstate::INVALID_PASSWORD, message)
+    }
+
+    /// No connection of that name: 3D000, as for an unknown database.
+    pub fn unknown_connection(message: impl Into<String>) -> Refusal {
+        Refusal::new(sqlstate::INVALID_CATALOG_NAME, message)
+    }
+
+    /// The client broke the login exchange.
+    pub fn protocol(message: impl Into<String>) -> Refusal {
+        Refusal::new(sqlstate::PROTOCOL_VIOLATION, message)
+    }
+
+    /// The client or the upstream could not be reached during login.
+    pub fn connection_failure(message: impl Into<String>) -> Refusal {
+        Refusal::new(sqlstate::CONNECTION_FAILURE, message)
     }
 }
 
@@ -60,7 +87,7 @@ pub struct Binding {
     pub record: bool,
     /// The gate's per-session state (prepared statements for PREPARE /
     /// EXECUTE).
-    pub session: std::sync::Arc<std::sync::Mutex<crate::policy_gate::SessionPolicy>>,
+    pub session: std::sync::Arc<std::sync::Mutex<SessionPolicy>>,
 }
 
 impl Binding {
@@ -73,6 +100,12 @@ impl Binding {
             upstream_user: self.upstream.user.clone(),
         }
     }
+}
+
+/// Per-session policy state kept in the binding.
+#[derive(Debug, Default)]
+pub struct SessionPolicy {
+    pub prepared: airlock_policy::PreparedStatements,
 }
 
 /// What a held statement waits for.
@@ -136,4 +169,16 @@ pub trait Gate: Send + Sync + 'static {
 
     /// Judges a statement string (possibly several statements).
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement;
+}
+
+/// "policy P, rule: R; reason" without saying the same thing twice.
+pub fn why(v: &proto::Verdict) -> String {
+    let mut out = format!("policy {}, {}", v.policy, v.rule);
+    if !v.reason.is_empty() && !v.rule.contains(&v.reason) && !v.reason.contains(&v.rule) {
+        out.push_str(": ");
+        out.push_str(&v.reason);
+    } else if v.reason.contains(&v.rule) && v.reason != v.rule {
+        out = format!("policy {}, {}", v.policy, v.reason);
+    }
+    out
 }

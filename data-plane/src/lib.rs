@@ -1,13 +1,28 @@
 //! `airlock-proxy`: the Postgres wire-protocol gate that agents connect to.
 //!
-//! Built so far: `codec` (bytes <-> frames <-> messages) and `upstream`
-//! (logging into PostgreSQL with the connection's credential). The session
-//! state machine and the server follow in the data-plane issue.
+//! The rooms, from the bytes up (each imports only rooms listed before it):
+//! * `codec`: bytes <-> frames <-> `FeMessage`/`BeMessage`, with limits;
+//! * `params`: bound parameter values shown readably;
+//! * `conn`: a client connection after startup (`ClientStream`, `Login`);
+//! * `upstream`: logging into PostgreSQL with the connection's credential;
+//! * `gate`: what the session asks of identity and policy (a trait);
+//!   `error_response`: every error and notice a client can see;
+//! * `names`: prepared statements and portals as PostgreSQL has them;
+//! * `record`: the per-session recorder into the event log;
+//! * `attach`: the Attach stream to the control plane (held requests,
+//!   decisions, kills); `cancel`: cancel requests across the fleet;
+//! * `metrics`: Prometheus counters;
+//! * `session`: one client session (login, relay, holds, refusals);
+//! * `server`: the front door (sockets, TLS, startup, connection limits);
+//! * `policy_gate`: the real `Gate` (identity and policy crates);
+//! * `config` and `run`: airlock.yaml and the wiring of it all.
 
 pub mod attach;
 pub mod cancel;
 pub mod codec;
 pub mod config;
+pub mod conn;
+pub mod error_response;
 pub mod gate;
 pub mod metrics;
 pub mod names;

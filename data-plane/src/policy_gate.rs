@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use airlock_eventlog::proto;
 use airlock_identity::Verifier;
-use airlock_policy::{Decision, PolicySet, PreparedStatements, VerdictCache};
+use airlock_policy::{Decision, PolicySet, VerdictCache};
 
-use crate::gate::{Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal};
+use crate::gate::{
+    Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal, SessionPolicy, why,
+};
 use crate::upstream::UpstreamConfig;
 
 pub struct PolicyGate {
@@ -80,12 +82,6 @@ impl PolicyGate {
     }
 }
 
-/// Per-session policy state kept in the binding.
-#[derive(Debug, Default)]
-pub struct SessionPolicy {
-    pub prepared: PreparedStatements,
-}
-
 fn decision_text(d: &Decision) -> (u32, String, bool) {
     match d {
         Decision::Rule { index, text } => (*index as u32, text.clone(), false),
@@ -109,14 +105,14 @@ impl Gate for PolicyGate {
                     identity: identity.to_proto(),
                 }),
                 // The error's text never holds the token.
-                Err(e) => Err(Refusal::unauthenticated(format!("access token refused: {e}"))),
+                Err(e) => Err(Refusal::bad_token(format!("access token refused: {e}"))),
             }
         })
     }
 
     fn bind(&self, agent: &Agent, database: &str) -> Result<Binding, Refusal> {
         let upstream = self.connections.get(database).ok_or_else(|| {
-            Refusal::unauthenticated(format!(
+            Refusal::unknown_connection(format!(
                 "no connection named \"{database}\" on this proxy (dbname selects the connection)"
             ))
         })?;
@@ -249,7 +245,7 @@ impl Gate for PolicyGate {
             },
             airlock_policy::Action::Allow => Action::Allow,
             airlock_policy::Action::Deny => Action::Deny {
-                message: format!("refused by Airlock: {}", crate::session::why(&verdict)),
+                message: format!("refused by Airlock: {}", why(&verdict)),
             },
             airlock_policy::Action::RequireApproval => Action::Hold(HoldSpec {
                 approvals: v.approvals.max(1),

@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::codec::{BeMessage, Diagnostic, FeStartup, FrameReader, Limits, ReadError, Severity};
+use crate::codec::{BeMessage, FeStartup, FrameReader, Limits, ReadError};
+use crate::conn::{ClientStream, Login, fatal};
+use crate::error_response;
 use crate::session;
 
 /// The `proxy:` section of airlock.yaml, as far as the front door uses it.
@@ -176,37 +178,8 @@ impl Server {
 /// Over `max_connections`: PostgreSQL's own answer, 53300.
 async fn refuse_busy(mut socket: TcpStream) {
     let mut out = BytesMut::new();
-    BeMessage::ErrorResponse(&Diagnostic {
-        severity: Severity::Fatal,
-        code: "53300",
-        message: "too many connections to this Airlock proxy; retry later".into(),
-        detail: None,
-        hint: None,
-    })
-    .encode(&mut out);
+    BeMessage::ErrorResponse(&error_response::too_many_connections()).encode(&mut out);
     let _ = socket.write_all(&out).await;
-}
-
-/// Any byte stream the session can run over (TCP or TLS over TCP).
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ClientStream for T {}
-
-/// The client's side after startup.
-pub struct Login {
-    pub io: FrameReader<Box<dyn ClientStream>>,
-    pub peer: SocketAddr,
-    pub tls: bool,
-    pub params: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for Login {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login")
-            .field("peer", &self.peer)
-            .field("tls", &self.tls)
-            .field("params", &self.params)
-            .finish_non_exhaustive()
-    }
 }
 
 async fn handle(
@@ -304,9 +277,9 @@ async fn negotiate(
                 gss_refused = true;
             }
             FeStartup::SslRequest | FeStartup::GssEncRequest => {
-                let msg = "encryption requested twice";
-                fatal(&mut reader, "08P01", msg).await;
-                return Err(StartupError::Refused(msg.into()));
+                let refusal = error_response::encryption_requested_twice();
+                fatal(&mut reader, &refusal).await;
+                return Err(StartupError::Refused(refusal.message));
             }
             FeStartup::CancelRequest {
                 process_id,
@@ -322,14 +295,18 @@ async fn negotiate(
                 let loopback = peer.ip().is_loopback();
                 let plaintext_ok = settings.allow_plaintext_loopback && loopback;
                 if !(encrypted || plaintext_ok) {
-                    let msg = "Airlock requires TLS: connect with sslmode=require";
-                    fatal(&mut reader, "28000", msg).await;
-                    return Err(StartupError::Refused(msg.into()));
+                    let refusal = error_response::tls_required();
+                    fatal(&mut reader, &refusal).await;
+                    return Err(StartupError::Refused(refusal.message));
                 }
                 let params = match screen_params(params) {
                     Ok(p) => p,
                     Err(msg) => {
-                        fatal(&mut reader, "28000", &msg).await;
+                        fatal(
+                            &mut reader,
+                            &error_response::startup_parameter_refused(msg.clone()),
+                        )
+                        .await;
                         return Err(StartupError::Refused(msg));
                     }
                 };
@@ -388,26 +365,4 @@ pub fn screen_params(params: Vec<(String, String)>) -> Result<Vec<(String, Strin
         }
     }
     Ok(out)
-}
-
-/// Sends a FATAL error and flushes; the caller then drops the connection.
-pub async fn fatal<S: AsyncWrite + Unpin + ?Sized>(
-    io: &mut FrameReader<Box<S>>,
-    code: &'static str,
-    message: &str,
-) where
-    Box<S>: AsyncRead + Unpin,
-{
-    let mut out = BytesMut::new();
-    BeMessage::ErrorResponse(&Diagnostic {
-        severity: Severity::Fatal,
-        code,
-        message: message.to_owned(),
-        detail: None,
-        hint: None,
-    })
-    .encode(&mut out);
-    let w = io.get_mut();
-    let _ = w.write_all(&out).await;
-    let _ = w.flush().await;
 }

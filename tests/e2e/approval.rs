@@ -174,6 +174,8 @@ async fn an_unanswered_delete_expires_and_is_refused() {
         .map(|d| d.message().to_owned())
         .unwrap_or_default();
     assert!(msg.contains("expired"), "{msg}");
+    // A timeout, which the agent may retry.
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
 }
 

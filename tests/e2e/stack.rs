@@ -414,6 +414,31 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
         "{stderr}"
     );
 
+    // A dbname no connection has is PostgreSQL's "database does not exist"
+    // (3D000); a refused token is its "password authentication failed"
+    // (28P01). psql shows the SQLSTATE with VERBOSITY verbose.
+    for (dbname, password, code) in [
+        ("no-such-connection", short.as_str(), "3D000"),
+        ("prod-maintenance", "not-a-token", "28P01"),
+    ] {
+        let out = finish(
+            Command::new("psql")
+                .arg(format!(
+                    "host=127.0.0.1 port={} dbname={dbname} user=agent-7 sslmode=require",
+                    stack.proxy_port
+                ))
+                .args(["-X", "-v", "VERBOSITY=verbose", "-c", "SELECT 1"])
+                .env("PGPASSWORD", password)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("psql"),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(code), "{dbname}: {stderr}");
+    }
+
     // COPY: out is a read and flows; in is a write and waits for a reviewer,
     // then its data flows.
     let out = finish(stack.psql(

@@ -1,0 +1,292 @@
+//! The extended query protocol, one handler per message.
+//!
+//! A statement is judged at Parse. An allowed or held one is parsed
+//! upstream (parsing runs nothing); a denied one is replaced by a Parse that
+//! fails. Bind and Execute look up what PostgreSQL will really use (see
+//! [`crate::names`]) and refuse names Airlock never judged. A held statement
+//! waits at its Execute, where its parameters are known: the reviewer sees
+//! them and the approval binds the exact Parse, Bind and Execute messages.
+//! A refusal there fails that Execute, as PostgreSQL would, and the rest of
+//! the batch up to Sync is skipped.
+
+use airlock_eventlog::proto::{self, statement_refused::Cause};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::hold::Step;
+use super::inflight::{InFlight, Running};
+use super::refuse::Refused;
+use super::relay::queue;
+use super::to_upstream::ToUpstream;
+use super::{Ctx, Ending};
+use crate::codec::Frame;
+use crate::error_response;
+use crate::gate::{Action, Judgement};
+use crate::names::{Lookup, Portal, Statement};
+
+impl ToUpstream {
+    pub(super) fn parse(&mut self, frame: &Frame, name: String, query: String, param_types: Vec<u32>) {
+        self.batch_open = true;
+        let ctx = self.ctx.clone();
+        ctx.described().types.remove(&name);
+        let mut judgement = ctx.deps.gate.judge(&ctx.binding, &query);
+        ctx.count_verdict(&judgement);
+        let why = if sql_prepared(&ctx, &name) {
+            Some("this name is taken by a statement made with SQL PREPARE; use another name")
+        } else if judgement.verdict.effects.iter().any(|e| e.kind == "COPY") {
+            Some(
+                "COPY to or from the client, a file or a program is not supported over the extended query protocol through Airlock; send it as a simple query (psql \\copy)",
+            )
+        } else {
+            ctx.session_refusal(&query, &judgement.verdict)
+        };
+        if let Some(why) = why {
+            judgement.action = Action::Deny { message: why.into() };
+        }
+        match judgement.action.clone() {
+            // A held statement is parsed upstream (parsing runs nothing) and
+            // held at its Execute, where the parameters are known.
+            Action::Allow | Action::Hold(_) => {
+                let statement = Statement {
+                    text: query,
+                    judgement,
+                    param_types,
+                    parse: frame.to_bytes(),
+                };
+                ctx.names().parse(name, statement);
+                frame.encode(&mut self.out);
+            }
+            // Fails at parse time: the Parse fails where the client expects
+            // its answer.
+            Action::Deny { message } => {
+                let refused = Refused {
+                    statement: proto::Statement {
+                        text: query,
+                        protocol: proto::statement::Protocol::Extended as i32,
+                        sha256: super::hold::frame_sha256(frame),
+                        prepared_name: name,
+                        ..Default::default()
+                    },
+                    verdict: judgement.verdict,
+                    cause: Cause::Policy,
+                    diagnostic: error_response::denied(message),
+                    request_id: String::new(),
+                };
+                self.refuse(refused, ctx.failing_parse());
+            }
+        }
+    }
+
+    pub(super) async fn bind(
+        &mut self,
+        frame: &Frame,
+        portal: String,
+        statement: String,
+        param_formats: Vec<i16>,
+        params: Vec<Option<Bytes>>,
+    ) -> Result<(), Ending> {
+        self.batch_open = true;
+        let found = self
+            .resolve(|n| n.statement(&statement).map(|s| s.clone()))
+            .await?;
+        let stmt = match found {
+            Lookup::One(s) => s,
+            // A statement Airlock never judged (say, one made with SQL-level
+            // PREPARE): binding it is refused.
+            Lookup::Missing => {
+                let why = "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse";
+                self.refuse_unjudged(why, self.ctx.no_statement());
+                return Ok(());
+            }
+            Lookup::Ambiguous => {
+                let why = "this statement name was redefined in a batch PostgreSQL has not answered yet; wait for the answers (Sync) before binding it";
+                self.refuse_unjudged(why, self.ctx.no_statement());
+                return Ok(());
+            }
+        };
+        let parameters = self.describe_parameters(&statement, &stmt, &param_formats, &params);
+        let bound = Portal {
+            statement_name: statement,
+            statement: stmt,
+            parameters,
+            bind: frame.to_bytes(),
+        };
+        self.ctx.names().bind(portal, bound);
+        frame.encode(&mut self.out);
+        Ok(())
+    }
+
+    /// The bound values as the reviewer and the log see them: declared
+    /// types first, the server's where the client left a type unspecified.
+    fn describe_parameters(
+        &self,
+        name: &str,
+        stmt: &Statement,
+        param_formats: &[i16],
+        params: &[Option<Bytes>],
+    ) -> Vec<proto::Parameter> {
+        let reported = self.ctx.described().types.get(name).cloned().unwrap_or_default();
+        params
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let type_oid = match stmt.param_types.get(i).copied() {
+                    Some(t) if t != 0 => t,
+                    _ => reported.get(i).copied().unwrap_or(0),
+                };
+                let format = match param_formats.len() {
+                    0 => 0,
+                    1 => param_formats[0],
+                    _ => param_formats.get(i).copied().unwrap_or(0),
+                };
+                crate::params::describe(type_oid, format, value.as_deref())
+            })
+            .collect()
+    }
+
+    pub(super) async fn execute(&mut self, frame: &Frame, portal: String) -> Result<(), Ending> {
+        self.batch_open = true;
+        let ctx = self.ctx.clone();
+        let found = self.resolve(|n| n.portal(&portal).map(|p| p.clone())).await?;
+        let bound = match found {
+            Lookup::One(p) => p,
+            Lookup::Missing => {
+                self.refuse_unjudged(
+                    "executing a portal Airlock has not judged is not allowed",
+                    ctx.no_portal(),
+                );
+                return Ok(());
+            }
+            Lookup::Ambiguous => {
+                let why = "this portal was rebound in a batch PostgreSQL has not answered yet; wait for the answers (Sync) before executing it";
+                self.refuse_unjudged(why, ctx.no_portal());
+                return Ok(());
+            }
+        };
+        let judgement = &bound.statement.judgement;
+        let statement = proto::Statement {
+            text: bound.statement.text.clone(),
+            protocol: proto::statement::Protocol::Extended as i32,
+            parameters: bound.parameters.clone(),
+            prepared_name: bound.statement_name.clone(),
+            portal_name: portal,
+            sha256: Vec::new(),
+        };
+        let step = match &judgement.action {
+            Action::Hold(spec) => {
+                // What the reviewer approves: the exact Parse, Bind and
+                // Execute messages of this statement.
+                let mut digest = Sha256::new();
+                digest.update(&bound.statement.parse);
+                digest.update(&bound.bind);
+                digest.update(frame.to_bytes());
+                let held = proto::Statement {
+                    sha256: digest.finalize().to_vec(),
+                    ..statement.clone()
+                };
+                match self.hold(&held, judgement, spec).await? {
+                    Step::Run { request_id } => Step::Run { request_id },
+                    // Executing a portal that does not exist fails at the
+                    // Execute, as the held statement would have; the held
+                    // portal never runs.
+                    Step::Refuse {
+                        diagnostic,
+                        cause,
+                        request_id,
+                    } => {
+                        let refused = Refused {
+                            statement: held,
+                            verdict: judgement.verdict.clone(),
+                            cause,
+                            diagnostic,
+                            request_id,
+                        };
+                        self.refuse(refused, ctx.no_portal());
+                        return Ok(());
+                    }
+                }
+            }
+            // Denied statements never reach a portal (their Parse failed).
+            Action::Allow | Action::Deny { .. } => Step::Run {
+                request_id: String::new(),
+            },
+        };
+        let Step::Run { request_id } = step else {
+            return Ok(());
+        };
+        self.run_portal(frame, statement, judgement, request_id).await;
+        Ok(())
+    }
+
+    /// Sends an allowed or approved Execute, with room for its record.
+    async fn run_portal(
+        &mut self,
+        frame: &Frame,
+        statement: proto::Statement,
+        judgement: &Judgement,
+        request_id: String,
+    ) {
+        let needed = self.ctx.binding.record || !request_id.is_empty();
+        match self.reserve_record(needed).await {
+            Ok(slot) => {
+                let running = Running::new(statement, judgement, request_id, slot);
+                queue(&self.queue).push(InFlight::Extended(running));
+                frame.encode(&mut self.out);
+            }
+            Err(full) => {
+                let refused = Refused {
+                    statement: proto::Statement {
+                        text: statement.text,
+                        ..Default::default()
+                    },
+                    verdict: judgement.verdict.clone(),
+                    cause: Cause::Unavailable,
+                    diagnostic: error_response::log_unavailable(&full),
+                    request_id,
+                };
+                let stand_in = self.ctx.no_portal();
+                self.refuse(refused, stand_in);
+            }
+        }
+    }
+
+    pub(super) fn sync(&mut self, frame: &Frame) {
+        self.batch_open = false;
+        self.ctx.names().boundary();
+        queue(&self.queue).push(InFlight::Sync);
+        frame.encode(&mut self.out);
+    }
+
+    pub(super) fn close(&mut self, frame: &Frame, kind: u8, name: String) {
+        self.batch_open = true;
+        if kind == b'S' && sql_prepared(&self.ctx, &name) {
+            let why = "this statement was made with SQL PREPARE; drop it with DEALLOCATE";
+            self.refuse_unjudged(why, self.ctx.no_portal());
+        } else {
+            self.ctx.names().close(kind == b'S', name);
+            frame.encode(&mut self.out);
+        }
+    }
+
+    pub(super) fn describe(&mut self, frame: &Frame, kind: u8, name: String) {
+        self.batch_open = true;
+        if kind == b'S' {
+            self.ctx.described().waiting.push_back(name);
+        }
+        frame.encode(&mut self.out);
+    }
+}
+
+/// Whether `name` is a statement made with SQL PREPARE on this session
+/// (PostgreSQL shares one namespace between it and the protocol's Parse).
+fn sql_prepared(ctx: &Ctx, name: &str) -> bool {
+    !name.is_empty()
+        && ctx
+            .binding
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prepared
+            .get(name)
+            .is_some()
+}

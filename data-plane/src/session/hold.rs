@@ -1,0 +1,413 @@
+//! Holding a statement that needs approval: the request in the log, the
+//! NOTICE to the client, the wait, and what the outcome means.
+//!
+//! The proxy appends `ApprovalRequested` (exact text, SHA-256 of the exact
+//! messages), tells the client in a NOTICE which request it waits on, and
+//! waits for the decision from the control plane, a local deadline, a kill
+//! order, a cancel request, the proxy's shutdown, or the client leaving. A
+//! grant runs the statement only if it is for the held bytes and is in the
+//! log (a forged Attach message runs nothing). Over the simple protocol the
+//! held bytes are the Query message; over the extended protocol they are
+//! the statement's Parse, Bind and Execute messages (see `extended`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use airlock_eventlog::proto::{self, decision_notice::Outcome, event::Body, statement_refused::Cause};
+use airlock_eventlog::{ChainWriter, RequestId, subjects};
+use sha2::{Digest, Sha256};
+
+use super::signals::HoldInterrupt;
+use super::to_client::Inject;
+use super::to_upstream::ToUpstream;
+use super::{Ctx, Ending};
+use crate::codec::{Diagnostic, FeMessage, Frame};
+use crate::error_response;
+use crate::gate::{HoldSpec, Judgement, why};
+use crate::metrics::Metrics;
+
+/// What becomes of a statement once judged (and, if held, decided).
+#[derive(Debug)]
+pub(super) enum Step {
+    Run {
+        /// The approval it runs under; empty when allowed by policy.
+        request_id: String,
+    },
+    Refuse {
+        diagnostic: Diagnostic,
+        cause: Cause,
+        request_id: String,
+    },
+}
+
+impl Step {
+    fn refuse(diagnostic: Diagnostic, cause: Cause, request_id: impl Into<String>) -> Step {
+        Step::Refuse {
+            diagnostic,
+            cause,
+            request_id: request_id.into(),
+        }
+    }
+}
+
+impl ToUpstream {
+    /// Holds `statement` until it is decided. `Err` when the session must
+    /// end (a kill, the client leaving); PostgreSQL has then been told to
+    /// terminate.
+    pub(super) async fn hold(
+        &mut self,
+        statement: &proto::Statement,
+        judgement: &Judgement,
+        spec: &HoldSpec,
+    ) -> Result<Step, Ending> {
+        // Everything pipelined before it goes first.
+        self.flush().await?;
+        let ended = match self.hold_inner(statement, judgement, spec).await {
+            Ok(step) => return Ok(step),
+            Err(ending) => ending,
+        };
+        let _ = tokio::io::AsyncWriteExt::write_all(
+            &mut self.upstream,
+            &FeMessage::Terminate.to_frame().to_bytes(),
+        )
+        .await;
+        Err(ended)
+    }
+
+    async fn hold_inner(
+        &mut self,
+        statement: &proto::Statement,
+        judgement: &Judgement,
+        spec: &HoldSpec,
+    ) -> Result<Step, Ending> {
+        let ctx = self.ctx.clone();
+        let deps = &ctx.deps;
+        let unavailable =
+            |why: &str| Step::refuse(error_response::hold_unavailable(why), Cause::Unavailable, "");
+        if !self.signals.running() {
+            return Ok(unavailable(
+                "this proxy is shutting down (reconnect and run it again)",
+            ));
+        }
+        if !deps.holds.is_attached() {
+            return Ok(unavailable("the control plane is unreachable"));
+        }
+        let request_id = RequestId::generate();
+        let rid = request_id.to_string();
+        // Registered before appending, so a decision cannot outrun us.
+        let mut decision = deps
+            .holds
+            .hold(request_id.as_str(), ctx.session.as_str(), &statement.sha256);
+        if let Err(e) = request(&ctx, &request_id, statement, judgement, spec).await {
+            deps.holds.release(request_id.as_str());
+            tracing::warn!(session = %ctx.session, error = %e, "approval request not recorded");
+            if let airlock_eventlog::Error::InvalidEvent(_) = e {
+                // Too large for one event: a reviewer could not be shown it.
+                let d = error_response::too_large_to_review(
+                    statement.text.len(),
+                    airlock_eventlog::MAX_EVENT_BYTES,
+                );
+                return Ok(Step::refuse(d, Cause::Unavailable, ""));
+            }
+            return Ok(unavailable("the event log is unavailable"));
+        }
+        let notice = error_response::held(
+            &rid,
+            &why(&judgement.verdict),
+            spec.timeout.as_secs(),
+            deps.reviewer_url.as_deref(),
+        );
+        let _ = self.inject.send(Inject::Notice(notice)).await;
+        tracing::info!(session = %ctx.session, request = %request_id, "statement held");
+
+        let mut flooded = false;
+        let local_deadline = tokio::time::Instant::now() + spec.timeout + deps.expiry_grace;
+        // A cancel that arrived before the hold began is for an earlier
+        // statement: forgotten before the hold is announced as cancellable.
+        self.signals.forget_cancels();
+        ctx.holding.store(true, std::sync::atomic::Ordering::Release);
+        let _held = HeldGauge::new(&deps.metrics);
+        use proto::approval_cancelled::Cause as Cancel;
+        let notice = loop {
+            tokio::select! {
+                d = &mut decision => break d.ok(),
+                _ = tokio::time::sleep_until(local_deadline) => break None,
+                interrupt = self.signals.while_held() => {
+                    ctx.holding.store(false, std::sync::atomic::Ordering::Release);
+                    return match interrupt {
+                        HoldInterrupt::ShuttingDown => {
+                            cancel(&ctx, &request_id, Cancel::ProxyShutdown, "the proxy holding it shut down").await;
+                            Ok(Step::refuse(error_response::hold_ended_by_shutdown(&rid), Cause::Cancelled, rid))
+                        }
+                        HoldInterrupt::Cancelled => {
+                            cancel(&ctx, &request_id, Cancel::ClientCancelled, "the client cancelled the statement").await;
+                            Ok(Step::refuse(error_response::hold_cancelled_by_client(&rid), Cause::Cancelled, rid))
+                        }
+                        HoldInterrupt::Killed(order) => {
+                            cancel(&ctx, &request_id, Cancel::SessionKilled, "the session was killed").await;
+                            Err(self.killed(&order).await)
+                        }
+                    };
+                }
+                more = self.client.fill_more(), if !flooded => {
+                    if !matches!(more, Ok(true)) {
+                        ctx.holding.store(false, std::sync::atomic::Ordering::Release);
+                        cancel(&ctx, &request_id, Cancel::ClientDisconnected, "the client went away while waiting").await;
+                        return Err(Ending::new(
+                            proto::session_closed::Cause::ClientDisconnected,
+                            "client left while a statement was held",
+                        ));
+                    }
+                    if self.client.buffered() > 1024 * 1024 {
+                        // A client flooding while held: stop reading; the
+                        // deadline, kills, cancels and shutdown still apply.
+                        flooded = true;
+                    }
+                }
+            }
+        };
+        ctx.holding.store(false, std::sync::atomic::Ordering::Release);
+        deps.holds.release(request_id.as_str());
+        Ok(
+            match outcome(notice.as_ref(), &statement.sha256, &rid, spec.timeout) {
+                Decided::Granted if grant_in_log(&ctx, &request_id, &statement.sha256).await => {
+                    Step::Run { request_id: rid }
+                }
+                // The grant must be in the log, not only on the wire from the
+                // control plane: a forged Attach message runs nothing.
+                Decided::Granted => {
+                    Step::refuse(error_response::grant_unconfirmed(&rid), Cause::Unavailable, rid)
+                }
+                Decided::Refused(d, cause) => Step::refuse(d, cause, rid),
+            },
+        )
+    }
+}
+
+/// Appends `ApprovalRequested` as the first event of the request's chain.
+async fn request(
+    ctx: &Ctx,
+    request_id: &RequestId,
+    statement: &proto::Statement,
+    judgement: &Judgement,
+    spec: &HoldSpec,
+) -> Result<(), airlock_eventlog::Error> {
+    let deadline = SystemTime::now() + spec.timeout;
+    let mut requested = ctx.event(Body::ApprovalRequested(proto::ApprovalRequested {
+        identity: Some(ctx.agent.identity.clone()),
+        connection: Some(ctx.binding.connection_info()),
+        client: Some(ctx.client.clone()),
+        statement: Some(statement.clone()),
+        verdict: Some(judgement.verdict.clone()),
+        approvals_required: spec.approvals.max(1),
+        reviewer_groups: spec.reviewers.clone(),
+        deadline: Some(deadline.into()),
+        proxy_id: ctx.deps.source.id.clone(),
+    }));
+    requested.request_id = request_id.to_string();
+    ChainWriter::new_chain(subjects::request(request_id))
+        .append(&ctx.deps.log, requested)
+        .await
+        .map(|_| ())
+}
+
+/// What a decision (or its absence by the deadline) means for the held
+/// statement, before the grant is confirmed in the log.
+#[derive(Debug)]
+enum Decided {
+    Granted,
+    Refused(Diagnostic, Cause),
+}
+
+/// Pure: the decision notice the control plane sent, against the held
+/// bytes' digest. A grant for other bytes is refused; no notice is expiry.
+fn outcome(notice: Option<&proto::DecisionNotice>, held: &[u8], rid: &str, timeout: Duration) -> Decided {
+    let Some(n) = notice else {
+        return Decided::Refused(
+            error_response::hold_expired(rid, timeout.as_secs()),
+            Cause::Expired,
+        );
+    };
+    match Outcome::try_from(n.outcome) {
+        Ok(Outcome::Granted) if n.statement_sha256 == held => Decided::Granted,
+        Ok(Outcome::Granted) => Decided::Refused(error_response::digest_mismatch(rid), Cause::DigestMismatch),
+        Ok(Outcome::Denied) => Decided::Refused(
+            error_response::denied_by(rid, &describe(n.decided_by.as_ref()), &n.reason),
+            Cause::Denied,
+        ),
+        Ok(Outcome::Cancelled) => Decided::Refused(
+            error_response::request_cancelled(rid, &n.reason),
+            Cause::Cancelled,
+        ),
+        Ok(Outcome::Expired) | Ok(Outcome::Unspecified) | Err(_) => Decided::Refused(
+            error_response::hold_expired(rid, timeout.as_secs()),
+            Cause::Expired,
+        ),
+    }
+}
+
+/// A reviewer's name for messages.
+pub(super) fn describe(identity: Option<&proto::Identity>) -> String {
+    match identity {
+        Some(i) if !i.display_name.is_empty() => i.display_name.clone(),
+        Some(i) => i.subject.clone(),
+        None => "a reviewer".into(),
+    }
+}
+
+/// SHA-256 of a frame's exact wire bytes (tag, length, body), without
+/// copying it: computed for every Query, so kept off the allocator.
+pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update([frame.tag]);
+    h.update(((frame.body.len() + 4) as i32).to_be_bytes());
+    h.update(&frame.body);
+    h.finalize().to_vec()
+}
+
+/// Counts a hold while it lasts, however the wait ends.
+struct HeldGauge<'a> {
+    metrics: &'a Metrics,
+    since: Instant,
+}
+
+impl<'a> HeldGauge<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Metrics::inc(&metrics.held_now);
+        HeldGauge {
+            metrics,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for HeldGauge<'_> {
+    fn drop(&mut self) {
+        Metrics::dec(&self.metrics.held_now);
+        Metrics::inc(&self.metrics.holds_ended);
+        Metrics::add(
+            &self.metrics.hold_micros_sum,
+            self.since.elapsed().as_micros() as u64,
+        );
+    }
+}
+
+/// Whether the log holds an ApprovalGranted for `request_id`, for exactly
+/// `sha256`, as the last event of the request's chain.
+async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
+    let subject = subjects::request(request_id);
+    match ctx.deps.log.last(&subject).await {
+        Ok(Some(e)) => matches!(
+            &e.event.body,
+            Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && e.event.request_id == request_id.as_str()
+        ),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(request = %request_id, error = %err, "cannot confirm a grant in the log");
+            false
+        }
+    }
+}
+
+/// Files ApprovalCancelled for a request this session holds.
+async fn cancel(ctx: &Ctx, request_id: &RequestId, cause: proto::approval_cancelled::Cause, detail: &str) {
+    ctx.deps.holds.release(request_id.as_str());
+    let mut e = ctx.event(Body::ApprovalCancelled(proto::ApprovalCancelled {
+        cause: cause as i32,
+        detail: detail.to_owned(),
+    }));
+    e.request_id = request_id.to_string();
+    let subject = subjects::request(request_id);
+    for _ in 0..5 {
+        match ctx.deps.log.append_next(&subject, e.clone()).await {
+            Ok(_) => return,
+            Err(airlock_eventlog::Error::Conflict { .. }) => continue,
+            Err(err) => {
+                tracing::warn!(request = %request_id, error = %err, "could not record the cancellation");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELD: &[u8] = b"digest of the held bytes";
+    const T: Duration = Duration::from_secs(30);
+
+    fn notice(outcome: Outcome, sha: &[u8]) -> proto::DecisionNotice {
+        proto::DecisionNotice {
+            outcome: outcome as i32,
+            statement_sha256: sha.to_vec(),
+            reason: "looks wrong".into(),
+            decided_by: Some(proto::Identity {
+                display_name: "Alice Reviewer".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_grant_for_the_held_bytes_is_a_grant() {
+        assert!(matches!(
+            outcome(Some(&notice(Outcome::Granted, HELD)), HELD, "r1", T),
+            Decided::Granted
+        ));
+    }
+
+    #[test]
+    fn a_grant_for_other_bytes_is_refused() {
+        match outcome(Some(&notice(Outcome::Granted, b"other")), HELD, "r1", T) {
+            Decided::Refused(d, Cause::DigestMismatch) => assert_eq!(d.code, "42501"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_denial_names_the_reviewer_and_the_reason() {
+        match outcome(Some(&notice(Outcome::Denied, HELD)), HELD, "r1", T) {
+            Decided::Refused(d, Cause::Denied) => {
+                assert_eq!(d.code, "42501");
+                assert_eq!(d.message, "request r1 was denied by Alice Reviewer: looks wrong");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_decision_in_time_is_a_retryable_timeout() {
+        for n in [None, Some(notice(Outcome::Expired, HELD))] {
+            match outcome(n.as_ref(), HELD, "r1", T) {
+                Decided::Refused(d, Cause::Expired) => {
+                    assert_eq!(d.code, "57014");
+                    assert!(
+                        d.message.contains("expired: no reviewer decided within 30s"),
+                        "{}",
+                        d.message
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancelled_request_is_a_cancel() {
+        match outcome(Some(&notice(Outcome::Cancelled, HELD)), HELD, "r1", T) {
+            Decided::Refused(d, Cause::Cancelled) => assert_eq!(d.code, "57014"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_outcome_never_runs_the_statement() {
+        let mut n = notice(Outcome::Granted, HELD);
+        n.outcome = 99;
+        assert!(matches!(
+            outcome(Some(&n), HELD, "r1", T),
+            Decided::Refused(_, Cause::Expired)
+        ));
+    }
+}

@@ -1,0 +1,282 @@
+//! What was sent upstream and not yet answered, in order, and how
+//! PostgreSQL's answers are matched to it. Pure: no I/O.
+//!
+//! The rules, from PostgreSQL's protocol: a simple Query is answered by one
+//! ReadyForQuery (with any number of command completions and errors before
+//! it); an Execute by its CommandComplete, EmptyQueryResponse,
+//! PortalSuspended or ErrorResponse; after an error in an extended batch
+//! PostgreSQL skips everything up to the Sync, whose ReadyForQuery ends the
+//! batch. A refusal's stand-in fails upstream where the refused message
+//! would have been answered.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use airlock_eventlog::proto;
+
+use crate::codec::Diagnostic;
+use crate::record::Slot;
+
+/// A statement sent upstream and not yet answered, in order.
+pub(super) enum InFlight {
+    /// A simple-protocol Query: answered by one ReadyForQuery.
+    Simple(Running),
+    /// An extended-protocol Execute: answered by CommandComplete (or an
+    /// error); skipped if an earlier message of its batch failed.
+    Extended(Running),
+    /// A Sync: its ReadyForQuery ends a batch.
+    Sync,
+    /// A refusal's stand-in; `boundary` for a simple Query (or a
+    /// FunctionCall), whose ReadyForQuery ends it. `diagnostic` is what the
+    /// client sees instead of the stand-in's error (none when PostgreSQL
+    /// skips the stand-in after an earlier refusal of its batch).
+    Substitute {
+        diagnostic: Option<Diagnostic>,
+        boundary: bool,
+    },
+}
+
+/// A statement PostgreSQL is running, and what is learnt of it.
+pub(super) struct Running {
+    pub statement: proto::Statement,
+    pub verdict: proto::Verdict,
+    pub request_id: String,
+    pub started: Instant,
+    pub tags: Vec<String>,
+    /// (SQLSTATE, message) of its error.
+    pub error: Option<(String, String)>,
+    /// Room for the record, reserved before the statement was sent.
+    pub slot: Option<Slot>,
+    /// What the gate learns once the statement succeeded (SQL PREPARE).
+    pub on_success: Option<crate::gate::OnSuccess>,
+    /// DEALLOCATE ALL or DISCARD ALL: on success, forget every statement.
+    pub drops_all: bool,
+}
+
+impl Running {
+    pub fn new(
+        statement: proto::Statement,
+        judgement: &crate::gate::Judgement,
+        request_id: String,
+        slot: Option<Slot>,
+    ) -> Running {
+        Running {
+            statement,
+            verdict: judgement.verdict.clone(),
+            request_id,
+            started: Instant::now(),
+            tags: Vec::new(),
+            error: None,
+            slot,
+            on_success: judgement.on_success.clone(),
+            drops_all: judgement.drops_all,
+        }
+    }
+}
+
+/// The queue of what PostgreSQL has yet to answer.
+#[derive(Default)]
+pub(super) struct InFlightQueue {
+    items: VecDeque<InFlight>,
+}
+
+impl InFlightQueue {
+    pub fn push(&mut self, item: InFlight) {
+        self.items.push_back(item);
+    }
+
+    /// A command completed (its tag, or EMPTY / SUSPENDED). Returns the
+    /// extended-protocol statement this finishes; a simple Query keeps
+    /// collecting tags until its ReadyForQuery.
+    pub fn completed(&mut self, tag: String) -> Option<Running> {
+        self.answered(|r| r.tags.push(tag))
+    }
+
+    /// PostgreSQL reported an error (that is not a stand-in's).
+    pub fn failed(&mut self, error: (String, String)) -> Option<Running> {
+        self.answered(|r| r.error = Some(error))
+    }
+
+    fn answered(&mut self, note: impl FnOnce(&mut Running)) -> Option<Running> {
+        match self.items.front_mut() {
+            Some(InFlight::Extended(_)) => match self.items.pop_front() {
+                Some(InFlight::Extended(mut r)) => {
+                    note(&mut r);
+                    Some(r)
+                }
+                _ => None,
+            },
+            Some(InFlight::Simple(r)) => {
+                note(r);
+                None
+            }
+            Some(InFlight::Sync) | Some(InFlight::Substitute { .. }) | None => None,
+        }
+    }
+
+    /// An error naming this session's marker: if a stand-in is what
+    /// PostgreSQL answers now, the refusal the client sees in its place.
+    pub fn stand_in_failed(&mut self) -> Option<Diagnostic> {
+        match self.items.front_mut() {
+            Some(InFlight::Substitute { diagnostic, .. }) => diagnostic.take(),
+            _ => None,
+        }
+    }
+
+    /// ReadyForQuery: the end of a Query or of a batch. Settles everything
+    /// up to it; returns the simple Query it completes, if any. Execute
+    /// statements still queued before it were skipped after an error.
+    pub fn ready(&mut self) -> Option<Running> {
+        while let Some(item) = self.items.pop_front() {
+            match item {
+                InFlight::Simple(r) => return Some(r),
+                InFlight::Sync | InFlight::Substitute { boundary: true, .. } => return None,
+                InFlight::Extended(_) | InFlight::Substitute { boundary: false, .. } => {}
+            }
+        }
+        None
+    }
+
+    /// Whether a refusal earlier in the open batch will already fail it:
+    /// PostgreSQL then skips later messages, so a second refusal would
+    /// never be seen and is not recorded.
+    pub fn refused_in_open_batch(&self) -> bool {
+        self.items
+            .iter()
+            .rev()
+            .take_while(|i| {
+                !matches!(
+                    i,
+                    InFlight::Sync | InFlight::Simple(_) | InFlight::Substitute { boundary: true, .. }
+                )
+            })
+            .any(|i| {
+                matches!(
+                    i,
+                    InFlight::Substitute {
+                        diagnostic: Some(_),
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// Every statement still unanswered (the session is ending).
+    pub fn drain_running(&mut self) -> Vec<Running> {
+        self.items
+            .drain(..)
+            .filter_map(|i| match i {
+                InFlight::Simple(r) | InFlight::Extended(r) => Some(r),
+                InFlight::Sync | InFlight::Substitute { .. } => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Severity;
+
+    fn running(text: &str) -> Running {
+        Running {
+            statement: proto::Statement {
+                text: text.into(),
+                ..Default::default()
+            },
+            verdict: proto::Verdict::default(),
+            request_id: String::new(),
+            started: Instant::now(),
+            tags: Vec::new(),
+            error: None,
+            slot: None,
+            on_success: None,
+            drops_all: false,
+        }
+    }
+
+    fn refusal() -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            code: "42501",
+            message: "refused".into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    fn text(r: Option<Running>) -> Option<String> {
+        r.map(|r| r.statement.text)
+    }
+
+    #[test]
+    fn a_simple_query_collects_every_tag_until_ready() {
+        let mut q = InFlightQueue::default();
+        q.push(InFlight::Simple(running("SELECT 1; SELECT 2")));
+        assert!(q.completed("SELECT 1".into()).is_none());
+        assert!(q.completed("SELECT 1".into()).is_none());
+        let r = q.ready().expect("the query");
+        assert_eq!(r.tags, ["SELECT 1", "SELECT 1"]);
+        assert!(q.ready().is_none());
+    }
+
+    #[test]
+    fn an_execute_is_finished_by_its_completion_and_the_sync_by_ready() {
+        let mut q = InFlightQueue::default();
+        q.push(InFlight::Extended(running("a")));
+        q.push(InFlight::Extended(running("b")));
+        q.push(InFlight::Sync);
+        assert_eq!(text(q.completed("DELETE 1".into())), Some("a".into()));
+        let b = q.failed(("23505".into(), "dup".into())).expect("b");
+        assert_eq!(b.error.as_ref().map(|e| e.0.as_str()), Some("23505"));
+        assert!(q.ready().is_none());
+        assert!(q.drain_running().is_empty());
+    }
+
+    #[test]
+    fn executes_skipped_after_an_error_are_dropped_at_ready() {
+        let mut q = InFlightQueue::default();
+        q.push(InFlight::Extended(running("fails")));
+        q.push(InFlight::Extended(running("skipped")));
+        q.push(InFlight::Sync);
+        q.push(InFlight::Simple(running("next")));
+        assert!(q.failed(("42P01".into(), "no table".into())).is_some());
+        assert!(q.ready().is_none(), "the Sync's ReadyForQuery ends the batch");
+        assert_eq!(text(q.ready()), Some("next".into()));
+    }
+
+    #[test]
+    fn a_stand_in_error_becomes_its_refusal_once() {
+        let mut q = InFlightQueue::default();
+        q.push(InFlight::Substitute {
+            diagnostic: Some(refusal()),
+            boundary: true,
+        });
+        assert_eq!(q.stand_in_failed().map(|d| d.message), Some("refused".into()));
+        assert!(q.stand_in_failed().is_none());
+        assert!(q.ready().is_none());
+    }
+
+    #[test]
+    fn a_second_refusal_in_a_batch_is_known_to_be_skipped() {
+        let mut q = InFlightQueue::default();
+        assert!(!q.refused_in_open_batch());
+        q.push(InFlight::Substitute {
+            diagnostic: Some(refusal()),
+            boundary: false,
+        });
+        assert!(q.refused_in_open_batch());
+        q.push(InFlight::Sync);
+        assert!(!q.refused_in_open_batch(), "a Sync opens a new batch");
+    }
+
+    #[test]
+    fn errors_outside_any_statement_change_nothing() {
+        let mut q = InFlightQueue::default();
+        assert!(q.failed(("08P01".into(), "x".into())).is_none());
+        q.push(InFlight::Sync);
+        assert!(q.completed("SELECT 1".into()).is_none());
+        assert!(q.stand_in_failed().is_none());
+        assert!(q.ready().is_none());
+    }
+}

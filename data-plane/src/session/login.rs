@@ -1,0 +1,116 @@
+//! The login after startup: the token (the password) checked by the gate,
+//! the connection (`dbname`) and the policy binding the agent to it, and
+//! the upstream login with the connection's own credential. The client is
+//! told it is authenticated only once all of that worked.
+
+use airlock_eventlog::proto;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use crate::codec::{BeMessage, TxStatus};
+use crate::conn::Login;
+use crate::gate::{Agent, Binding, Gate, Refusal};
+use crate::upstream::Upstream;
+
+/// A logged-in session, ready for statements.
+pub(super) struct LoggedIn {
+    pub agent: Agent,
+    pub binding: Binding,
+    pub upstream: Upstream,
+    /// The cancel key the client was given (the proxy's, never the
+    /// upstream's).
+    pub key: (i32, i32),
+}
+
+/// Password (token) exchange, policy binding and upstream login.
+pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<LoggedIn, Refusal> {
+    let mut out = BytesMut::new();
+    BeMessage::AuthenticationCleartextPassword.encode(&mut out);
+    write(login, &out).await?;
+    let frame = match login.io.read_frame().await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(Refusal::connection_failure("client left during login")),
+        Err(e) => return Err(Refusal::protocol(e.to_string())),
+    };
+    if frame.tag != b'p' {
+        return Err(Refusal::protocol(
+            "expected a password message carrying the access token",
+        ));
+    }
+    // The token: NUL-terminated. Never log it.
+    let raw = frame.body.strip_suffix(b"\0").unwrap_or(&frame.body);
+    let token =
+        std::str::from_utf8(raw).map_err(|_| Refusal::bad_token("the password is not a valid token"))?;
+    let agent = gate.authenticate(token).await?;
+
+    let param = |k: &str| login.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let database = param("database")
+        .or_else(|| param("user"))
+        .ok_or_else(|| Refusal::unknown_connection("no database (connection name) given"))?;
+    let binding = gate.bind(&agent, &database)?;
+
+    let forwarded: Vec<(String, String)> = login
+        .params
+        .iter()
+        .filter(|(k, _)| k != "user" && k != "database")
+        .cloned()
+        .collect();
+    let upstream = Upstream::connect(&binding.upstream, &forwarded)
+        .await
+        .map_err(|e| {
+            tracing::warn!(connection = %binding.connection, error = %e, "upstream login failed");
+            Refusal::connection_failure(format!(
+                "connection \"{}\" is unavailable right now (the proxy could not log in upstream)",
+                binding.connection
+            ))
+        })?;
+
+    let mut out = BytesMut::new();
+    BeMessage::AuthenticationOk.encode(&mut out);
+    for (name, value) in &upstream.parameters {
+        BeMessage::ParameterStatus { name, value }.encode(&mut out);
+    }
+    // The client gets the proxy's own cancel key, never the upstream's.
+    let (process_id, secret_key) = session_key();
+    BeMessage::BackendKeyData {
+        process_id,
+        secret_key,
+    }
+    .encode(&mut out);
+    BeMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
+    write(login, &out).await?;
+    Ok(LoggedIn {
+        agent,
+        binding,
+        upstream,
+        key: (process_id, secret_key),
+    })
+}
+
+fn session_key() -> (i32, i32) {
+    let id = ulid::Ulid::new().0;
+    ((id >> 64) as i32 & 0x7fff_ffff, id as i32)
+}
+
+async fn write(login: &mut Login, bytes: &[u8]) -> Result<(), Refusal> {
+    let w = login.io.get_mut();
+    let written = async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    written
+        .await
+        .map_err(|e| Refusal::connection_failure(format!("writing to client: {e}")))
+}
+
+/// Whether the token a session was opened with has expired by now.
+pub(super) fn token_expired(identity: &proto::Identity) -> bool {
+    let Some(exp) = identity.token_expires_at else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    exp.seconds <= now
+}

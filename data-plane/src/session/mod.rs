@@ -1,0 +1,352 @@
+//! One client session, after startup: the agent's login, the upstream
+//! connection, and the relay that judges, holds, refuses and records every
+//! statement.
+//!
+//! The rooms, in the order a statement passes through them:
+//! * [`login`]: the token exchange, the policy binding and the upstream
+//!   login, ending in ReadyForQuery or a refusal;
+//! * [`relay`]: starts the two tasks below and records how the session ended;
+//! * [`to_upstream`]: reads the client's messages, checks what applies to
+//!   every message, and dispatches each kind to its handler in [`simple`]
+//!   (Query, FunctionCall) or [`extended`] (Parse, Bind, Execute, ...);
+//! * [`hold`]: a statement needing approval waits for its decision;
+//! * [`refuse`]: refused statements are replaced by stand-ins that fail
+//!   upstream in their place (the module says why);
+//! * [`inflight`]: what was sent upstream and not yet answered, matched to
+//!   PostgreSQL's answers (pure);
+//! * [`to_client`]: the single writer to the client, recording statements as
+//!   their answers arrive;
+//! * [`signals`]: shutdown, kill orders and cancel requests, in one place.
+//!
+//! All client output is written by one task (upstream -> client); the other
+//! task (client -> upstream) forwards, substitutes, and injects notices and
+//! fatal errors through a channel, so output stays in order.
+
+mod extended;
+mod hold;
+mod inflight;
+mod login;
+mod refuse;
+mod relay;
+mod signals;
+mod simple;
+mod to_client;
+mod to_upstream;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{EventLog, SessionId, new_event};
+
+use crate::attach::Holds;
+use crate::codec::Diagnostic;
+use crate::conn::{Login, fatal};
+use crate::error_response;
+use crate::gate::{Agent, Binding, Gate};
+use crate::metrics::Metrics;
+use crate::names::Names;
+use crate::record::Recorder;
+use inflight::Running;
+
+/// What every session shares.
+pub struct Deps {
+    pub gate: Arc<dyn Gate>,
+    pub log: EventLog,
+    pub recorder: Recorder,
+    pub holds: Arc<Holds>,
+    pub source: proto::Source,
+    /// Base URL of the reviewer UI, named in hold notices.
+    pub reviewer_url: Option<String>,
+    /// Extra time past a hold's deadline before the proxy refuses it on its
+    /// own (the control plane's expiry normally arrives first).
+    pub expiry_grace: Duration,
+    pub cancels: Arc<crate::cancel::Cancels>,
+    pub metrics: Arc<Metrics>,
+    /// Shutdown state: see [`Phase`].
+    pub phase: tokio::sync::watch::Receiver<Phase>,
+}
+
+/// Where a proxy is in its life. Draining: no new connections, held
+/// statements are refused (the proxy cannot wait for approvals it is about
+/// to abandon), running sessions go on. Stopping: sessions end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    Draining,
+    Stopping,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a session ended, for `SessionClosed`.
+#[derive(Debug, Clone)]
+struct Ending {
+    cause: proto::session_closed::Cause,
+    detail: String,
+}
+
+impl Ending {
+    fn new(cause: proto::session_closed::Cause, detail: impl Into<String>) -> Ending {
+        Ending {
+            cause,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs a session to its end. Never panics on client input; every failure
+/// ends in an error message to the client and a log line.
+pub async fn run(mut login: Login, deps: Arc<Deps>) {
+    let peer = login.peer;
+    Metrics::inc(&deps.metrics.connections_total);
+    let logged_in = match login::authenticate(&mut login, deps.gate.as_ref()).await {
+        Ok(x) => x,
+        Err(refusal) => {
+            Metrics::inc(&deps.metrics.logins_refused);
+            tracing::info!(%peer, reason = %refusal.message, "login refused");
+            fatal(&mut login.io, &error_response::login_refused(&refusal)).await;
+            return;
+        }
+    };
+    let login::LoggedIn {
+        agent,
+        binding,
+        upstream,
+        key,
+    } = logged_in;
+    let ctx = Arc::new(Ctx::new(deps.clone(), &login, agent, binding, &upstream));
+    let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
+        identity: Some(ctx.agent.identity.clone()),
+        connection: Some(ctx.binding.connection_info()),
+        client: Some(ctx.client.clone()),
+        proxy_id: deps.source.id.clone(),
+        policies: ctx.binding.policies.clone(),
+        record: ctx.binding.record,
+    }));
+    // The session's first event is in the log before any of its statements
+    // runs or is held, so a record never starts in the middle.
+    if !deps
+        .recorder
+        .record_and_wait(&ctx.session, opened, Duration::from_secs(5))
+        .await
+    {
+        fatal(&mut login.io, &error_response::cannot_record_sessions()).await;
+        return;
+    }
+    tracing::info!(%peer, session = %ctx.session, agent = %ctx.agent.describe(), connection = %ctx.binding.connection, "session open");
+    let kills = deps.holds.open_session(ctx.session.as_str());
+    Metrics::inc(&deps.metrics.connections_open);
+    let (cancel_tx, cancel_rx) = tokio::sync::mpsc::channel(1);
+    deps.cancels.register(
+        key,
+        crate::cancel::Cancellable {
+            holding: ctx.holding.clone(),
+            cancel_hold: cancel_tx,
+            upstream_addr: upstream.addr.clone(),
+            upstream_key: (upstream.process_id, upstream.secret_key),
+        },
+    );
+    let signals = signals::Signals::new(deps.phase.clone(), kills, cancel_rx);
+    let ending = relay::relay(login, upstream, ctx.clone(), signals).await;
+    deps.cancels.unregister(key);
+    deps.holds.close_session(ctx.session.as_str());
+    Metrics::dec(&deps.metrics.connections_open);
+    let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
+    let closed = ctx.event(Body::SessionClosed(proto::SessionClosed {
+        cause: ending.cause as i32,
+        detail: ending.detail,
+        statements_executed: executed,
+        statements_refused: refused,
+        duration: prost_types::Duration::try_from(ctx.opened.elapsed()).ok(),
+    }));
+    if deps.recorder.record(&ctx.session, closed).is_err() {
+        tracing::error!(session = %ctx.session, "SessionClosed could not be buffered: the event log is not keeping up");
+    }
+}
+
+/// Per-session context shared by the two relay tasks.
+struct Ctx {
+    deps: Arc<Deps>,
+    session: SessionId,
+    agent: Agent,
+    binding: Binding,
+    client: proto::ClientInfo,
+    opened: Instant,
+    /// (executed, refused)
+    counts: Mutex<(u64, u64)>,
+    /// Parameter types the server reported (ParameterDescription) for
+    /// statements the client described, to show bound values readably.
+    described: Mutex<Described>,
+    /// True while a statement of this session is held (a cancel then
+    /// cancels the hold instead of going upstream).
+    holding: Arc<std::sync::atomic::AtomicBool>,
+    /// Prepared statements and portals as PostgreSQL has them.
+    names: Mutex<Names>,
+    /// Where and with which key to cancel the upstream's running query.
+    upstream_cancel: (String, (i32, i32)),
+    /// Names the proxy's stand-ins: see [`refuse`].
+    marker: String,
+    /// A COPY FROM STDIN may be in progress: only COPY data may follow.
+    copy_in: std::sync::atomic::AtomicBool,
+    /// Woken whenever PostgreSQL's answers settle pending names (a
+    /// completion, an error, a ReadyForQuery): see `ToUpstream::settle`.
+    names_settled: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Described {
+    /// Statement names of Describe('S') messages awaiting their answer.
+    waiting: VecDeque<String>,
+    types: HashMap<String, Vec<u32>>,
+}
+
+impl Ctx {
+    fn new(
+        deps: Arc<Deps>,
+        login: &Login,
+        agent: Agent,
+        binding: Binding,
+        upstream: &crate::upstream::Upstream,
+    ) -> Ctx {
+        let param = |k: &str| login.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let client = proto::ClientInfo {
+            address: login.peer.to_string(),
+            user: param("user").unwrap_or_default(),
+            database: param("database").unwrap_or_default(),
+            application_name: param("application_name").unwrap_or_default(),
+            tls: login.tls,
+            tls_version: String::new(),
+        };
+        Ctx {
+            deps,
+            session: SessionId::generate(),
+            agent,
+            binding,
+            client,
+            opened: Instant::now(),
+            counts: Mutex::new((0, 0)),
+            described: Mutex::default(),
+            holding: Arc::default(),
+            names: Mutex::default(),
+            upstream_cancel: (upstream.addr.clone(), (upstream.process_id, upstream.secret_key)),
+            marker: refuse::new_marker(),
+            copy_in: std::sync::atomic::AtomicBool::new(false),
+            names_settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn described(&self) -> std::sync::MutexGuard<'_, Described> {
+        self.described.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(&self, body: Body) -> proto::Event {
+        let mut e = new_event(&self.deps.source, body);
+        e.session_id = self.session.to_string();
+        e
+    }
+
+    fn count(&self, executed: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if executed {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
+    }
+
+    fn count_verdict(&self, j: &crate::gate::Judgement) {
+        use crate::gate::Action;
+        let m = &self.deps.metrics;
+        Metrics::inc(match j.action {
+            Action::Allow => &m.statements_allowed,
+            Action::Deny { .. } => &m.statements_denied,
+            Action::Hold(_) => &m.statements_held,
+        });
+    }
+
+    /// Records a refusal. A full buffer is logged: the statement is refused
+    /// either way, so nothing ran unrecorded.
+    fn refused(
+        &self,
+        statement: proto::Statement,
+        verdict: proto::Verdict,
+        cause: proto::statement_refused::Cause,
+        d: &Diagnostic,
+        request_id: &str,
+    ) {
+        self.count(false);
+        let e = self.event(Body::StatementRefused(proto::StatementRefused {
+            statement: Some(statement),
+            verdict: Some(verdict),
+            cause: cause as i32,
+            request_id: request_id.to_owned(),
+            message: d.message.clone(),
+            sqlstate: d.code.to_owned(),
+        }));
+        if self.deps.recorder.record(&self.session, e).is_err() {
+            tracing::error!(session = %self.session, "a refusal could not be recorded: buffer full");
+        }
+    }
+
+    /// A statement PostgreSQL has answered: applies what it changed (SQL
+    /// PREPARE, DEALLOCATE ALL) if it succeeded, and records it.
+    fn finish(&self, r: Running) {
+        self.count(true);
+        let m = &self.deps.metrics;
+        Metrics::inc(&m.upstream_statements);
+        Metrics::add(&m.upstream_micros_sum, r.started.elapsed().as_micros() as u64);
+        if r.error.is_none()
+            && let Some(apply) = &r.on_success
+        {
+            apply();
+        }
+        if r.error.is_none() && r.drops_all {
+            self.names().drop_all();
+        }
+        self.record(r, None);
+    }
+
+    /// Writes a statement's `StatementExecuted` into the room reserved for
+    /// it (if recording applies to it); `ended` when the session ended
+    /// before PostgreSQL finished answering it, with why.
+    fn record(&self, r: Running, ended: Option<&str>) {
+        let Some(slot) = r.slot else { return };
+        let rows = r
+            .tags
+            .iter()
+            .filter_map(|t| t.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+            .sum();
+        let (error_sqlstate, mut error_message) = r.error.unwrap_or_default();
+        if let Some(why) = ended {
+            if !error_message.is_empty() {
+                error_message.push_str("; ");
+            }
+            error_message.push_str("the session ended before PostgreSQL finished answering: ");
+            error_message.push_str(why);
+        }
+        let e = self.event(Body::StatementExecuted(proto::StatementExecuted {
+            statement: Some(r.statement),
+            verdict: Some(r.verdict),
+            request_id: r.request_id,
+            duration: prost_types::Duration::try_from(r.started.elapsed()).ok(),
+            command_tag: r.tags.join("; "),
+            rows,
+            error_sqlstate,
+            error_message,
+            unfinished: ended.is_some(),
+        }));
+        slot.send(e);
+    }
+}

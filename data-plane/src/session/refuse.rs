@@ -1,0 +1,158 @@
+//! Refusing a statement without breaking the protocol.
+//!
+//! How refusals keep PostgreSQL's semantics. A refused statement is never
+//! sent upstream. In its place the proxy sends a stand-in PostgreSQL rejects
+//! (a query naming an unknown column, or a statement or portal that does not
+//! exist), named with a per-session marker no client can know or use, and
+//! rewrites that error into the refusal the client should see. So the
+//! refusal arrives in its exact place among pipelined responses, an
+//! extended-protocol batch is skipped up to its Sync, and an open transaction
+//! is aborted, just as PostgreSQL does for a statement it rejects.
+//!
+//! The marker ("airlock: statement refused <random>") is longer than
+//! PostgreSQL's 63-byte identifiers, so no SQL PREPARE can create it; client
+//! names with its prefix, and SQL text containing [`REFUSAL_TEXT`], are
+//! refused.
+
+use airlock_eventlog::proto::{self, statement_refused::Cause};
+
+use super::Ctx;
+use super::inflight::InFlight;
+use super::relay::queue;
+use super::to_upstream::ToUpstream;
+use crate::codec::{Diagnostic, FeMessage};
+use crate::error_response;
+
+/// The text every refusal stand-in carries.
+pub(super) const REFUSAL_TEXT: &str = "airlock: statement refused";
+
+/// Names reserved for the proxy's stand-ins; a client may not use them.
+const RESERVED_PREFIX: &str = "airlock:";
+
+pub(super) fn reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
+/// A fresh marker for one session.
+pub(super) fn new_marker() -> String {
+    format!(
+        "{REFUSAL_TEXT} {:032x}{:032x}",
+        ulid::Ulid::new().random(),
+        ulid::Ulid::new().random()
+    )
+}
+
+impl Ctx {
+    /// A query PostgreSQL rejects at parse time, naming the marker as a
+    /// column. Kept within 63 bytes, so PostgreSQL neither truncates it nor
+    /// says so in a NOTICE.
+    pub(super) fn refusal_sql(&self) -> String {
+        format!("SELECT \"{}\"", self.sql_marker())
+    }
+
+    /// An Execute of a portal that cannot exist (its name is the marker).
+    pub(super) fn no_portal(&self) -> FeMessage {
+        FeMessage::Execute {
+            portal: self.marker.clone(),
+            max_rows: 0,
+        }
+    }
+
+    /// A Bind of a statement that cannot exist, to a portal that cannot.
+    pub(super) fn no_statement(&self) -> FeMessage {
+        FeMessage::Bind {
+            portal: self.marker.clone(),
+            statement: self.marker.clone(),
+            param_formats: Vec::new(),
+            params: Vec::new(),
+            result_formats: Vec::new(),
+        }
+    }
+
+    /// A Parse that fails at parse time (its SQL names the marker).
+    pub(super) fn failing_parse(&self) -> FeMessage {
+        FeMessage::Parse {
+            name: self.marker.clone(),
+            query: self.refusal_sql(),
+            param_types: Vec::new(),
+        }
+    }
+
+    /// A simple Query that fails: the stand-in for a Query or FunctionCall.
+    pub(super) fn failing_query(&self) -> FeMessage {
+        FeMessage::Query {
+            sql: self.refusal_sql(),
+        }
+    }
+
+    /// The part of the marker errors about the SQL stand-in name.
+    pub(super) fn sql_marker(&self) -> &str {
+        &self.marker[..self.marker.len().min(REFUSAL_TEXT.len() + 33)]
+    }
+
+    /// Refusals that depend on the session, not on the policy: SQL naming
+    /// the proxy's stand-ins, and cursor commands while a portal holds a
+    /// statement that is not simply allowed (FETCH would run it unapproved).
+    pub(super) fn session_refusal(&self, sql: &str, verdict: &proto::Verdict) -> Option<&'static str> {
+        if sql.contains(REFUSAL_TEXT) {
+            return Some("this text is reserved by Airlock");
+        }
+        if verdict.effects.iter().any(|e| e.kind == "CURSOR") && self.names().has_gated_portal() {
+            return Some(
+                "FETCH, MOVE and CLOSE are refused while this session has a portal bound to a statement that needs approval; Execute it instead",
+            );
+        }
+        None
+    }
+}
+
+/// A statement refused, with what the log records of it.
+pub(super) struct Refused {
+    pub statement: proto::Statement,
+    pub verdict: proto::Verdict,
+    pub cause: Cause,
+    pub diagnostic: Diagnostic,
+    pub request_id: String,
+}
+
+impl ToUpstream {
+    /// Records a refusal and sends `stand_in` upstream in the statement's
+    /// place; the stand-in's error is rewritten into the refusal.
+    pub(super) fn refuse(&mut self, r: Refused, stand_in: FeMessage) {
+        self.ctx
+            .refused(r.statement, r.verdict, r.cause, &r.diagnostic, &r.request_id);
+        let boundary = matches!(stand_in, FeMessage::Query { .. });
+        queue(&self.queue).push(InFlight::Substitute {
+            diagnostic: Some(r.diagnostic),
+            boundary,
+        });
+        stand_in.to_frame().encode(&mut self.out);
+    }
+
+    /// Refuses an extended-protocol message that refers to something
+    /// Airlock did not judge: `stand_in` fails upstream in its place (its
+    /// names are reserved, so they never exist) and its error is rewritten.
+    pub(super) fn refuse_unjudged(&mut self, message: &str, stand_in: FeMessage) {
+        // After a refusal earlier in this batch PostgreSQL skips this message
+        // anyway: do not record a second refusal that nobody will see.
+        if queue(&self.queue).refused_in_open_batch() {
+            queue(&self.queue).push(InFlight::Substitute {
+                diagnostic: None,
+                boundary: false,
+            });
+            stand_in.to_frame().encode(&mut self.out);
+            return;
+        }
+        let refused = Refused {
+            statement: proto::Statement::default(),
+            verdict: proto::Verdict {
+                action: proto::verdict::Action::Deny as i32,
+                ..Default::default()
+            },
+            cause: Cause::Policy,
+            diagnostic: error_response::denied(message),
+            request_id: String::new(),
+        };
+        self.refuse(refused, stand_in);
+    }
+}

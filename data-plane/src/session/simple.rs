@@ -1,0 +1,113 @@
+//! The simple query protocol: Query (and the FunctionCall message, which is
+//! always refused). A Query string is judged as a whole (every statement in
+//! it, the strictest verdict wins), then run, held or refused.
+
+use airlock_eventlog::proto::{self, statement_refused::Cause};
+
+use super::Ending;
+use super::hold::Step;
+use super::inflight::{InFlight, Running};
+use super::refuse::Refused;
+use super::relay::queue;
+use super::to_upstream::ToUpstream;
+use crate::codec::Frame;
+use crate::error_response;
+use crate::gate::Action;
+
+impl ToUpstream {
+    pub(super) async fn query(&mut self, frame: &Frame, sql: String) -> Result<(), Ending> {
+        let ctx = self.ctx.clone();
+        let mut judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
+        ctx.count_verdict(&judgement);
+        if let Some(why) = ctx.session_refusal(&sql, &judgement.verdict) {
+            judgement.action = Action::Deny { message: why.into() };
+        } else if judgement.sql_names.iter().any(|n| ctx.names().has_statement(n)) {
+            judgement.action = Action::Deny {
+                message: "this name belongs to a statement prepared through the extended protocol; use another name".into(),
+            };
+        }
+        // A COPY FROM STDIN puts PostgreSQL in copy mode.
+        let has = |kind: &str| judgement.verdict.effects.iter().any(|e| e.kind == kind);
+        let copies_in = has("COPY") && has("INSERT") && !has("SERVER FILE") && !has("PROGRAM");
+        let statement = proto::Statement {
+            text: sql,
+            protocol: proto::statement::Protocol::Simple as i32,
+            sha256: super::hold::frame_sha256(frame),
+            ..Default::default()
+        };
+        let step = match judgement.action.clone() {
+            Action::Allow => Step::Run {
+                request_id: String::new(),
+            },
+            Action::Deny { message } => Step::Refuse {
+                diagnostic: error_response::denied(message),
+                cause: Cause::Policy,
+                request_id: String::new(),
+            },
+            Action::Hold(spec) => self.hold(&statement, &judgement, &spec).await?,
+        };
+        ctx.names().boundary();
+        let refused = |diagnostic, cause, request_id| Refused {
+            statement: statement.clone(),
+            verdict: judgement.verdict.clone(),
+            cause,
+            diagnostic,
+            request_id,
+        };
+        match step {
+            Step::Run { request_id } => {
+                let needed = ctx.binding.record || !request_id.is_empty();
+                let slot = match self.reserve_record(needed).await {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        let r = refused(
+                            error_response::log_unavailable(&full),
+                            Cause::Unavailable,
+                            request_id,
+                        );
+                        self.refuse(r, ctx.failing_query());
+                        return Ok(());
+                    }
+                };
+                if copies_in {
+                    ctx.copy_in.store(true, std::sync::atomic::Ordering::Release);
+                }
+                let running = Running::new(statement, &judgement, request_id, slot);
+                queue(&self.queue).push(InFlight::Simple(running));
+                frame.encode(&mut self.out);
+            }
+            Step::Refuse {
+                diagnostic,
+                cause,
+                request_id,
+            } => {
+                let r = refused(diagnostic, cause, request_id);
+                self.refuse(r, ctx.failing_query());
+            }
+        }
+        Ok(())
+    }
+
+    /// The function-call protocol message runs a function by OID, around
+    /// any judgement of SQL: always refused, as a failed simple query.
+    pub(super) fn function_call(&mut self) {
+        self.ctx.names().boundary();
+        let refused = Refused {
+            statement: proto::Statement {
+                protocol: proto::statement::Protocol::Simple as i32,
+                ..Default::default()
+            },
+            verdict: proto::Verdict {
+                action: proto::verdict::Action::Deny as i32,
+                ..Default::default()
+            },
+            cause: Cause::Policy,
+            diagnostic: error_response::denied(
+                "the function-call protocol message is not allowed through Airlock",
+            ),
+            request_id: String::new(),
+        };
+        let stand_in = self.ctx.failing_query();
+        self.refuse(refused, stand_in);
+    }
+}

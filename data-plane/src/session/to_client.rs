@@ -1,0 +1,168 @@
+//! The single writer to the client: PostgreSQL's answers, in order, with the
+//! reading side's notices and fatal errors put in their place. Each answer
+//! is matched to the statement it ends ([`super::inflight`]); finished
+//! statements are recorded, and a stand-in's error is rewritten into the
+//! refusal it stands for.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::Ctx;
+use super::relay::{Queue, queue};
+use crate::codec::{BeMessage, Diagnostic, Frame, FrameReader, parse_diagnostic_fields};
+use crate::conn::ClientStream;
+
+/// Messages for the client from the reading side, written in order with the
+/// upstream's output by the single writer.
+#[derive(Debug)]
+pub(super) enum Inject {
+    Notice(Diagnostic),
+    /// Write, then end the session.
+    Fatal(Diagnostic),
+}
+
+pub(super) async fn upstream_to_client(
+    mut upstream: FrameReader<ReadHalf<Box<dyn ClientStream>>>,
+    mut client: WriteHalf<Box<dyn ClientStream>>,
+    ctx: Arc<Ctx>,
+    queue: Queue,
+    mut inject: mpsc::Receiver<Inject>,
+) -> Result<(), String> {
+    // Grows on first use: an idle session holds no write buffer.
+    let mut out = BytesMut::new();
+    // Once the client is gone, keep reading PostgreSQL's answers (to record
+    // what ran) and write nothing.
+    let mut client_gone = false;
+    loop {
+        // Both branches are cancel safe: FrameReader keeps partial frames.
+        let read = tokio::select! {
+            r = upstream.read_frame() => r,
+            Some(msg) = inject.recv() => {
+                match msg {
+                    Inject::Notice(d) => {
+                        BeMessage::NoticeResponse(&d).encode(&mut out);
+                        client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
+                        client.flush().await.map_err(|e| format!("client flush: {e}"))?;
+                        out.clear();
+                        continue;
+                    }
+                    Inject::Fatal(d) => {
+                        BeMessage::ErrorResponse(&d).encode(&mut out);
+                        client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
+                        let _ = client.flush().await;
+                        let _ = client.shutdown().await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let frame = match read {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                client.write_all(&out).await.ok();
+                return Err("upstream closed the connection".into());
+            }
+            Err(e) => return Err(format!("upstream: {e}")),
+        };
+        observe(&ctx, &queue, &frame, &mut out);
+        // Flush when nothing more is buffered, or the batch is large.
+        if client_gone {
+            out.clear();
+        } else if !upstream.has_buffered_frame() || out.len() > 64 * 1024 {
+            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+                client_gone = true;
+            }
+            out.clear();
+        }
+    }
+}
+
+/// Matches one upstream frame to the statement it answers, records
+/// completed statements, rewrites refusals, and encodes it for the client.
+fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) {
+    match frame.tag {
+        // CommandComplete, EmptyQueryResponse, PortalSuspended.
+        b'C' | b'I' | b's' => {
+            let tag = match frame.tag {
+                b'C' => String::from_utf8_lossy(frame.body.strip_suffix(b"\0").unwrap_or(&frame.body))
+                    .into_owned(),
+                b'I' => "EMPTY".into(),
+                _ => "SUSPENDED".into(),
+            };
+            let finished = queue(queue_).completed(tag);
+            if let Some(r) = finished {
+                ctx.finish(r);
+            }
+            frame.encode(out);
+        }
+        b'E' => {
+            let fields = parse_diagnostic_fields(&frame.body);
+            // PostgreSQL now skips the rest of the batch.
+            ctx.names().failed();
+            ctx.names_settled.notify_waiters();
+            // Ours only if it names this session's marker and a stand-in is
+            // what PostgreSQL answers now.
+            let names_marker = fields
+                .iter()
+                .any(|(c, v)| *c == b'M' && v.contains(ctx.sql_marker()));
+            if names_marker && let Some(d) = queue(queue_).stand_in_failed() {
+                BeMessage::ErrorResponse(&d).encode(out);
+                return;
+            }
+            let get = |c: u8| {
+                fields
+                    .iter()
+                    .find(|(k, _)| *k == c)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let finished = queue(queue_).failed((get(b'C'), get(b'M')));
+            if let Some(r) = finished {
+                ctx.finish(r);
+            }
+            frame.encode(out);
+        }
+        // ParameterDescription: the types of the statement described.
+        b't' => {
+            let mut d = ctx.described();
+            if let Some(name) = d.waiting.pop_front() {
+                let body = &frame.body;
+                let n = body
+                    .get(..2)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                let types = (0..n)
+                    .filter_map(|i| body.get(2 + i * 4..6 + i * 4))
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                d.types.insert(name, types);
+            }
+            frame.encode(out);
+        }
+        b'1' | b'2' | b'3' => {
+            // ParseComplete, BindComplete, CloseComplete.
+            ctx.names().confirmed();
+            ctx.names_settled.notify_waiters();
+            frame.encode(out);
+        }
+        b'Z' => {
+            ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
+            let idle = frame.body.first() == Some(&b'I');
+            ctx.names().ready(idle);
+            ctx.names_settled.notify_waiters();
+            // Describes of a batch are answered (or skipped) by now.
+            ctx.described().waiting.clear();
+            // The end of a Query or of a batch: settle everything up to it.
+            let finished = queue(queue_).ready();
+            if let Some(r) = finished {
+                ctx.finish(r);
+            }
+            frame.encode(out);
+        }
+        _ => frame.encode(out),
+    }
+}

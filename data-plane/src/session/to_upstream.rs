@@ -1,0 +1,385 @@
+//! The reading side: the client's messages, in order, to PostgreSQL.
+//!
+//! [`ToUpstream::run`] reads a message (or notices a shutdown or a kill),
+//! applies what holds for every message (name limits, reserved names, an
+//! expired token, COPY mode, no Query inside an open batch), and dispatches
+//! it to one handler per kind: [`super::simple`] for Query and
+//! FunctionCall, [`super::extended`] for the extended protocol. A handler
+//! either forwards the message, holds it ([`super::hold`]) or refuses it
+//! ([`super::refuse`]), and returns `Err` only when the session must end.
+//! After every handler the loop checks the name limits and writes what is
+//! batched unless the client has more pipelined.
+
+use std::sync::Arc;
+
+use airlock_eventlog::proto::session_closed::Cause;
+use bytes::BytesMut;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::login::token_expired;
+use super::relay::Queue;
+use super::signals::{Interrupt, Signals};
+use super::to_client::Inject;
+use super::{Ctx, Ending, refuse};
+use crate::codec::{CodecError, FeMessage, Frame, FrameReader, ReadError};
+use crate::conn::ClientStream;
+use crate::error_response;
+use crate::names::{Lookup, Names};
+use crate::record::{RecorderFull, Slot};
+
+pub(super) type ClientReader = FrameReader<ReadHalf<Box<dyn ClientStream>>>;
+pub(super) type UpstreamWriter = WriteHalf<Box<dyn ClientStream>>;
+
+/// PostgreSQL's longest name (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
+
+/// How long a statement waits for room in a full recording buffer before
+/// it is refused (the log is not keeping up; nothing runs unrecorded).
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The reading side's state.
+pub(super) struct ToUpstream {
+    pub ctx: Arc<Ctx>,
+    pub client: ClientReader,
+    pub upstream: UpstreamWriter,
+    /// Messages for PostgreSQL not yet written (pipelined ones go together).
+    pub out: BytesMut,
+    pub queue: Queue,
+    pub inject: mpsc::Sender<Inject>,
+    pub signals: Signals,
+    /// An extended-protocol batch is open from its first message to its Sync.
+    pub batch_open: bool,
+}
+
+impl ToUpstream {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        client: ClientReader,
+        upstream: UpstreamWriter,
+        queue: Queue,
+        inject: mpsc::Sender<Inject>,
+        signals: Signals,
+    ) -> ToUpstream {
+        ToUpstream {
+            ctx,
+            client,
+            upstream,
+            out: BytesMut::new(),
+            queue,
+            inject,
+            signals,
+            batch_open: false,
+        }
+    }
+
+    /// Runs until the session ends; returns why.
+    pub(super) async fn run(mut self) -> Ending {
+        loop {
+            let read = tokio::select! {
+                r = self.client.read_frame() => r,
+                i = self.signals.interrupted() => return self.interrupted(i).await,
+            };
+            let frame = match read {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    // Let PostgreSQL finish what it was sent, then end cleanly.
+                    self.terminate_upstream().await;
+                    return Ending::new(Cause::ClientDisconnected, "client closed the connection");
+                }
+                Err(ReadError::Codec(e)) => return self.violation(&e).await,
+                Err(e) => {
+                    self.terminate_upstream().await;
+                    return Ending::new(Cause::ClientDisconnected, e.to_string());
+                }
+            };
+            let msg = match FeMessage::parse(&frame) {
+                Ok(m) => m,
+                Err(e) => return self.violation(&e).await,
+            };
+            if let Err(ending) = self.message(&frame, msg).await {
+                return ending;
+            }
+            if self.ctx.names().over_limit() {
+                return self
+                    .violation(&malformed(&frame, "too many prepared statements or portals"))
+                    .await;
+            }
+            if let Err(e) = self.flush_if_idle().await {
+                return e;
+            }
+        }
+    }
+
+    /// One message: the checks every message passes, then its handler.
+    async fn message(&mut self, frame: &Frame, msg: FeMessage) -> Result<(), Ending> {
+        if let Some(what) = names_refused(&msg) {
+            return Err(self.violation(&malformed(frame, what)).await);
+        }
+        // A session does not outlive the token it was opened with: the next
+        // statement after expiry ends it, and the agent reconnects with a
+        // fresh token (nothing runs on an expired identity).
+        if matches!(
+            msg,
+            FeMessage::Query { .. } | FeMessage::Parse { .. } | FeMessage::Execute { .. }
+        ) && token_expired(&self.ctx.agent.identity)
+        {
+            let _ = self
+                .inject
+                .send(Inject::Fatal(error_response::token_expired()))
+                .await;
+            return Err(Ending::new(Cause::TokenExpired, "access token expired"));
+        }
+        if self.ctx.copy_in.load(std::sync::atomic::Ordering::Acquire) {
+            return self.copy_data(frame, msg).await;
+        }
+        if self.batch_open && matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) {
+            // PostgreSQL may be skipping this batch after an error; a Query
+            // here would be skipped too and the record would drift.
+            let what = "a simple Query inside an unfinished extended-protocol batch (send Sync first)";
+            return Err(self.violation(&malformed(frame, what)).await);
+        }
+        match msg {
+            FeMessage::Query { sql } => self.query(frame, sql).await,
+            FeMessage::FunctionCall(_) => {
+                self.function_call();
+                Ok(())
+            }
+            FeMessage::Parse {
+                name,
+                query,
+                param_types,
+            } => {
+                self.parse(frame, name, query, param_types);
+                Ok(())
+            }
+            FeMessage::Bind {
+                portal,
+                statement,
+                param_formats,
+                params,
+                ..
+            } => self.bind(frame, portal, statement, param_formats, params).await,
+            FeMessage::Execute { portal, .. } => self.execute(frame, portal).await,
+            FeMessage::Describe { kind, name } => {
+                self.describe(frame, kind, name);
+                Ok(())
+            }
+            FeMessage::Close { kind, name } => {
+                self.close(frame, kind, name);
+                Ok(())
+            }
+            FeMessage::Sync => {
+                self.sync(frame);
+                Ok(())
+            }
+            FeMessage::Flush => {
+                self.batch_open = true;
+                frame.encode(&mut self.out);
+                Ok(())
+            }
+            FeMessage::Terminate => {
+                frame.encode(&mut self.out);
+                let _ = self.upstream.write_all(&self.out).await;
+                Err(Ending::new(Cause::ClientTerminated, "client sent Terminate"))
+            }
+            // Outside COPY, PostgreSQL answers stray COPY messages itself.
+            FeMessage::CopyData(_) | FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
+                frame.encode(&mut self.out);
+                Ok(())
+            }
+            FeMessage::Password(_) => Err(self
+                .violation(&CodecError::Malformed {
+                    tag: 'p',
+                    what: "password message after login",
+                })
+                .await),
+        }
+    }
+
+    /// During COPY FROM STDIN only COPY data may come; PostgreSQL ignores
+    /// Sync and Flush then (so they are not counted, nor sent).
+    async fn copy_data(&mut self, frame: &Frame, msg: FeMessage) -> Result<(), Ending> {
+        match msg {
+            FeMessage::CopyData(_) => {}
+            FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
+                self.ctx
+                    .copy_in
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            FeMessage::Sync | FeMessage::Flush => return Ok(()),
+            FeMessage::Query { .. }
+            | FeMessage::Parse { .. }
+            | FeMessage::Bind { .. }
+            | FeMessage::Describe { .. }
+            | FeMessage::Execute { .. }
+            | FeMessage::Close { .. }
+            | FeMessage::Terminate
+            | FeMessage::Password(_)
+            | FeMessage::FunctionCall(_) => {
+                let what = "only COPY data may be sent during COPY FROM STDIN";
+                return Err(self.violation(&malformed(frame, what)).await);
+            }
+        }
+        frame.encode(&mut self.out);
+        Ok(())
+    }
+
+    /// Writes what is batched unless the client has more pipelined.
+    pub(super) async fn flush_if_idle(&mut self) -> Result<(), Ending> {
+        if !self.client.has_buffered_frame() && !self.out.is_empty() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is batched now (before a hold or a wait, everything
+    /// pipelined so far goes first).
+    pub(super) async fn flush(&mut self) -> Result<(), Ending> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.upstream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| Ending::new(Cause::UpstreamClosed, format!("upstream write: {e}")))?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Asks PostgreSQL to end once it has answered what it was sent.
+    pub(super) async fn terminate_upstream(&mut self) {
+        self.out
+            .extend_from_slice(&FeMessage::Terminate.to_frame().to_bytes());
+        let _ = self.upstream.write_all(&self.out).await;
+        self.out.clear();
+    }
+
+    /// Room for a statement's record, when it is recorded (`needed`). When
+    /// the buffer is full, what is already batched for PostgreSQL goes out
+    /// first, then the statement waits up to [`RECORD_WAIT`].
+    pub(super) async fn reserve_record(&mut self, needed: bool) -> Result<Option<Slot>, RecorderFull> {
+        if !needed {
+            return Ok(None);
+        }
+        let recorder = &self.ctx.deps.recorder;
+        if let Ok(slot) = recorder.reserve(&self.ctx.session) {
+            return Ok(Some(slot));
+        }
+        if !self.out.is_empty() && self.upstream.write_all(&self.out).await.is_ok() {
+            self.out.clear();
+        }
+        recorder
+            .reserve_within(&self.ctx.session, RECORD_WAIT)
+            .await
+            .map(Some)
+    }
+
+    /// What a name refers to, waiting for PostgreSQL's answers when an
+    /// earlier batch made it ambiguous, instead of guessing. Only operations
+    /// before a Sync already forwarded make a name ambiguous, so PostgreSQL
+    /// answers them and the wait ends; meanwhile the client's next messages
+    /// wait (as PostgreSQL itself would make them), and a kill or shutdown
+    /// still ends the session at once.
+    pub(super) async fn resolve<T>(
+        &mut self,
+        lookup: impl Fn(&Names) -> Lookup<T>,
+    ) -> Result<Lookup<T>, Ending> {
+        let now = lookup(&self.ctx.names());
+        if !matches!(now, Lookup::Ambiguous) {
+            return Ok(now);
+        }
+        self.flush().await?;
+        let ctx = self.ctx.clone();
+        loop {
+            // Registered before looking, so no answer slips in between.
+            let settled = ctx.names_settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let now = lookup(&ctx.names());
+            if !matches!(now, Lookup::Ambiguous) {
+                return Ok(now);
+            }
+            tokio::select! {
+                () = &mut settled => {}
+                i = self.signals.interrupted() => return Err(self.interrupted(i).await),
+            }
+        }
+    }
+
+    /// The proxy stops, or a reviewer killed the session: a statement may
+    /// be running upstream, so cancel it, then end.
+    pub(super) async fn interrupted(&mut self, i: Interrupt) -> Ending {
+        let (addr, key) = self.ctx.upstream_cancel.clone();
+        crate::cancel::relay(&addr, key).await;
+        let _ = self
+            .upstream
+            .write_all(&FeMessage::Terminate.to_frame().to_bytes())
+            .await;
+        match i {
+            Interrupt::Stopping => {
+                let _ = self
+                    .inject
+                    .send(Inject::Fatal(error_response::shutting_down()))
+                    .await;
+                Ending::new(Cause::ProxyShutdown, "proxy shutting down")
+            }
+            Interrupt::Killed(order) => self.killed(&order).await,
+        }
+    }
+
+    /// Tells the client who ended its session and why.
+    pub(super) async fn killed(&mut self, order: &airlock_eventlog::proto::KillOrder) -> Ending {
+        let who = super::hold::describe(order.requested_by.as_ref());
+        let _ = self
+            .inject
+            .send(Inject::Fatal(error_response::killed_by(&who, &order.reason)))
+            .await;
+        Ending::new(Cause::Killed, format!("killed by {who}: {}", order.reason))
+    }
+
+    pub(super) async fn violation(&mut self, e: &CodecError) -> Ending {
+        let _ = self
+            .inject
+            .send(Inject::Fatal(error_response::protocol_violation(e)))
+            .await;
+        Ending::new(Cause::ProtocolViolation, e.to_string())
+    }
+}
+
+fn malformed(frame: &Frame, what: &'static str) -> CodecError {
+    CodecError::Malformed {
+        tag: frame.tag as char,
+        what,
+    }
+}
+
+/// Statement and portal names the proxy does not accept: longer than
+/// PostgreSQL compares (they could alias each other there and not here), or
+/// reserved for the proxy's stand-ins.
+fn names_refused(msg: &FeMessage) -> Option<&'static str> {
+    let names: Vec<&str> = match msg {
+        FeMessage::Parse { name, .. } => vec![name.as_str()],
+        FeMessage::Bind {
+            portal, statement, ..
+        } => vec![portal.as_str(), statement.as_str()],
+        FeMessage::Execute { portal, .. } => vec![portal.as_str()],
+        FeMessage::Describe { name, .. } | FeMessage::Close { name, .. } => vec![name.as_str()],
+        FeMessage::Query { .. }
+        | FeMessage::Sync
+        | FeMessage::Flush
+        | FeMessage::Terminate
+        | FeMessage::CopyData(_)
+        | FeMessage::CopyDone
+        | FeMessage::CopyFail { .. }
+        | FeMessage::Password(_)
+        | FeMessage::FunctionCall(_) => vec![],
+    };
+    if names.iter().any(|n| n.len() > MAX_NAME_BYTES) {
+        return Some("statement and portal names longer than 63 bytes are refused");
+    }
+    if names.iter().any(|n| refuse::reserved(n)) {
+        return Some("statement and portal names starting with \"airlock:\" are reserved");
+    }
+    None
+}
