@@ -1,7 +1,7 @@
 //! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. JSON in and
 //! out; every error leaves through [`ApiError`]. Each handler verifies the
 //! caller, asks the control plane with the caller's token and shapes the
-//! answer (`views`). Nothing here decides whether a vote counts.
+//! answer (`json`). Nothing here decides whether a vote counts.
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::auth::{Caller, Via};
 use crate::error::{ApiError, Code};
 use crate::metrics::Metrics;
-use crate::{Route, views};
+use crate::{Route, json};
 
 /// The REST routes, listed once: the router is built from this list and the
 /// OpenAPI document is checked against it.
@@ -96,7 +96,7 @@ pub fn parse_states(values: &[String]) -> Result<Vec<i32>, ApiError> {
             ]);
             continue;
         }
-        let state = views::parse_state(word).ok_or_else(|| {
+        let state = json::parse_state(word).ok_or_else(|| {
             ApiError::invalid(format!(
                 "unknown state {word:?}: use pending, granted, denied, expired, cancelled or decided"
             ))
@@ -104,6 +104,23 @@ pub fn parse_states(values: &[String]) -> Result<Vec<i32>, ApiError> {
         states.push(state as i32);
     }
     Ok(states)
+}
+
+/// True when `caller` is in one of the groups that may review `view`:
+/// reviewers see only what their groups may review. Ids compare
+/// case-insensitively (Entra object ids are GUIDs), names exactly.
+pub fn may_review(caller: &proto::Identity, view: &proto::RequestView) -> bool {
+    let groups = view
+        .request
+        .as_ref()
+        .map(|r| r.reviewer_groups.as_slice())
+        .unwrap_or_default();
+    groups.iter().any(|g| {
+        caller.groups.iter().any(|c| {
+            (!g.id.is_empty() && c.id.eq_ignore_ascii_case(&g.id))
+                || (!g.name.is_empty() && (c.name == g.name || c.id.eq_ignore_ascii_case(&g.name)))
+        })
+    })
 }
 
 /// A page of requests this caller may review, newest first.
@@ -116,7 +133,7 @@ pub async fn requests_page(
     let visible = page
         .requests
         .into_iter()
-        .filter(|r| views::may_review(&caller.identity, r))
+        .filter(|r| may_review(&caller.identity, r))
         .collect();
     Ok((visible, page.next_page_token))
 }
@@ -140,7 +157,7 @@ async fn list_requests(
     }
     q.states = parse_states(&states)?;
     let (requests, next) = requests_page(&app, &caller, q).await?;
-    let requests: Vec<_> = requests.iter().map(views::request).collect();
+    let requests: Vec<_> = requests.iter().map(json::request).collect();
     Ok(Json(json!({"requests": requests, "next_page_token": next})))
 }
 
@@ -152,7 +169,7 @@ pub async fn visible_request(
 ) -> Result<proto::RequestView, ApiError> {
     check_id(id)?;
     let view = app.control.get_request(&caller.token, id).await?;
-    if !views::may_review(&caller.identity, &view) {
+    if !may_review(&caller.identity, &view) {
         return Err(ApiError::new(
             Code::NotAReviewer,
             format!("{} is not in a reviewer group of request {id}", caller.name()),
@@ -165,11 +182,11 @@ async fn get_request(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<views::RequestJson>, ApiError> {
+) -> Result<Json<json::RequestJson>, ApiError> {
     let id = path_id(id)?;
     let caller = app.auth.caller(&headers).await?;
     let view = visible_request(&app, &caller, &id).await?;
-    Ok(Json(views::request(&view)))
+    Ok(Json(json::request(&view)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,7 +252,7 @@ pub async fn vote(
                 proto::Decision::Deny => &app.metrics.votes_deny,
                 proto::Decision::Approve | proto::Decision::Unspecified => &app.metrics.votes_approve,
             });
-            tracing::info!(request = id, reviewer = %caller.identity.subject, decision = views::decision_name(decision as i32), "vote accepted");
+            tracing::info!(request = id, reviewer = %caller.identity.subject, decision = json::decision_name(decision as i32), "vote accepted");
             Ok(r)
         }
         Err(e) => {
@@ -264,7 +281,7 @@ async fn decide_json(
     )
     .await?;
     Ok(Json(json!({
-        "request": r.request.as_ref().map(views::request),
+        "request": r.request.as_ref().map(json::request),
         "event_id": r.event_id,
         "sequence": r.sequence,
     })))
@@ -320,7 +337,7 @@ async fn list_sessions(
         }
     }
     let page = app.control.list_sessions(&caller.token, q).await?;
-    let sessions: Vec<_> = page.sessions.iter().map(views::session_summary).collect();
+    let sessions: Vec<_> = page.sessions.iter().map(json::session_summary).collect();
     Ok(Json(
         json!({"sessions": sessions, "next_page_token": page.next_page_token}),
     ))
@@ -330,12 +347,12 @@ async fn get_session(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<views::SessionJson>, ApiError> {
+) -> Result<Json<json::SessionJson>, ApiError> {
     let id = path_id(id)?;
     let caller = app.auth.caller(&headers).await?;
     check_id(&id)?;
     let session = app.control.get_session(&caller.token, &id).await?;
-    Ok(Json(views::session(&session)))
+    Ok(Json(json::session(&session)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,7 +384,7 @@ async fn kill_session(
 async fn me(State(app): State<crate::State>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let caller = app.auth.caller(&headers).await?;
     Ok(Json(json!({
-        "identity": views::identity(&caller.identity),
+        "identity": json::identity(&caller.identity),
         "via": match caller.via { Via::Bearer => "bearer", Via::Session { .. } => "session" },
     })))
 }
@@ -412,6 +429,45 @@ async fn metrics(State(app): State<crate::State>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn caller(groups: &[(&str, &str)]) -> proto::Identity {
+        proto::Identity {
+            groups: groups
+                .iter()
+                .map(|(id, name)| proto::Group {
+                    id: (*id).into(),
+                    name: (*name).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn view(groups: &[(&str, &str)]) -> proto::RequestView {
+        proto::RequestView {
+            request: Some(proto::ApprovalRequested {
+                reviewer_groups: caller(groups).groups,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reviewers_see_only_their_groups() {
+        let v = view(&[("0B7E", "db-reviewers")]);
+        assert!(may_review(&caller(&[("0b7e", "")]), &v), "id, any case");
+        assert!(may_review(&caller(&[("other", "db-reviewers")]), &v), "by name");
+        assert!(!may_review(&caller(&[("x", "y")]), &v));
+        assert!(!may_review(&caller(&[]), &v));
+        // A policy naming a group by id only, seen by a caller with names.
+        let by_name = view(&[("", "db-reviewers")]);
+        assert!(may_review(&caller(&[("g", "db-reviewers")]), &by_name));
+        assert!(
+            !may_review(&caller(&[("", "")]), &view(&[("", "")])),
+            "empty never matches"
+        );
+    }
 
     #[test]
     fn states_and_ids_are_checked() {

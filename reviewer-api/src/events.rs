@@ -20,8 +20,8 @@ use futures::Stream;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::json;
 use crate::metrics::Metrics;
-use crate::views;
 
 /// Keeps the open-streams gauge right however the stream ends.
 struct Open(Arc<Metrics>);
@@ -52,11 +52,11 @@ fn resume_after(headers: &HeaderMap, raw_query: Option<&str>) -> Result<u64, Api
 
 /// The SSE frame for one watch event.
 pub fn frame(item: &proto::WatchEvent) -> Event {
-    let kind = views::change_kind(item.event.as_ref());
+    let kind = json::change_kind(item.event.as_ref());
     let data = json!({
         "sequence": item.sequence,
         "kind": kind,
-        "request": item.request.as_ref().map(views::request),
+        "request": item.request.as_ref().map(json::request),
     });
     Event::default()
         .id(item.sequence.to_string())
@@ -86,7 +86,7 @@ pub async fn events(
                         let visible = item
                             .request
                             .as_ref()
-                            .is_some_and(|r| views::may_review(&identity, r));
+                            .is_some_and(|r| crate::api::may_review(&identity, r));
                         if visible {
                             return Some((Ok(frame(&item)), Some((watch, open))));
                         }

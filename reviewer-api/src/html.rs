@@ -1,213 +1,245 @@
-//! HTML building blocks for the web UI: escaping, SQL highlighting, the page
-//! frame, and the error and signed-in pages.
+//! The web UI's page frame, its one error exit ([`PageError`]) and the
+//! security headers of every page. The pages themselves are in `ui`, the
+//! SQL highlighter in `highlight`.
 //!
 //! Statements, names, reasons and everything else shown come from agents
-//! and tokens: hostile input. Every value goes through [`esc`] (or
-//! [`highlight`], which escapes each token) before it touches markup, and
-//! the pages are served with a Content-Security-Policy that allows no
-//! inline script and nothing from another origin.
+//! and tokens: hostile input. Markup is written only with maud's `html!`,
+//! which escapes every value it is given; nothing here or in `ui` builds
+//! markup from strings. The pages are also served with a
+//! Content-Security-Policy that allows no inline script and nothing from
+//! another origin.
 
-use std::fmt::Write;
-
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Who is signed in, for the page header.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub csrf: String,
 }
 
-/// Characters a reviewer could not see but the database would: controls
-/// other than newline and tab, bidirectional overrides and zero-width
-/// characters. Shown as a visible marker so nothing hides in a statement.
-fn hidden(c: char) -> bool {
-    (c.is_control() && c != '\n' && c != '\t' && c != '\r')
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+/// What a page reloads itself for (`static/app.js` reads `data-live`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Never: a form may be half filled, or a reload would post it again.
+    Off,
+    /// Any request arriving or changing.
+    Inbox,
+    /// A change to the request on the page.
+    Request,
 }
 
-/// True when the statement holds characters [`highlight`] marks.
-pub fn has_hidden(text: &str) -> bool {
-    text.chars().any(hidden)
-}
-
-fn push_escaped_visible(out: &mut String, text: &str) {
-    for c in text.chars() {
-        if hidden(c) {
-            let _ = write!(
-                out,
-                "<span class=\"hidden\" title=\"invisible character\">U+{:04X}</span>",
-                c as u32
-            );
-        } else {
-            out.push_str(&esc(c.encode_utf8(&mut [0; 4])));
+impl Live {
+    fn as_str(self) -> &'static str {
+        match self {
+            Live::Off => "",
+            Live::Inbox => "inbox",
+            Live::Request => "request",
         }
     }
 }
 
-const KEYWORDS: &[&str] = &[
-    "ALTER",
-    "AND",
-    "AS",
-    "BEGIN",
-    "BY",
-    "CALL",
-    "CASCADE",
-    "COMMIT",
-    "COPY",
-    "CREATE",
-    "DELETE",
-    "DISTINCT",
-    "DO",
-    "DROP",
-    "EXPLAIN",
-    "ANALYZE",
-    "FROM",
-    "GRANT",
-    "GROUP",
-    "HAVING",
-    "IN",
-    "INSERT",
-    "INTO",
-    "IS",
-    "JOIN",
-    "LIMIT",
-    "MERGE",
-    "NOT",
-    "NULL",
-    "ON",
-    "OR",
-    "ORDER",
-    "RETURNING",
-    "REVOKE",
-    "ROLLBACK",
-    "SELECT",
-    "SET",
-    "TABLE",
-    "TRUNCATE",
-    "UPDATE",
-    "USING",
-    "VALUES",
-    "WHERE",
-    "WITH",
-    "LEFT",
-    "RIGHT",
-    "INNER",
-    "OUTER",
-    "UNION",
-    "ALL",
-    "EXISTS",
-    "BETWEEN",
-    "LIKE",
-    "CASE",
-    "WHEN",
-    "THEN",
-    "ELSE",
-    "END",
-    "TRUE",
-    "FALSE",
-];
-
-/// Finds where a `$tag$` opening at `start` ends, if it is one.
-fn dollar_tag(s: &str, start: usize) -> Option<usize> {
-    let rest = &s[start + 1..];
-    let end = rest.find('$')?;
-    let tag = &rest[..end];
-    if tag.chars().all(|c| c.is_alphanumeric() || c == '_') && !tag.starts_with(|c: char| c.is_ascii_digit())
-    {
-        Some(start + 1 + end + 1)
-    } else {
-        None
-    }
-}
-
-/// The statement as escaped HTML with spans for keywords, strings,
-/// numbers and comments. Every byte of `sql` is in the output, in order:
-/// highlighting never drops or reorders text.
-pub fn highlight(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() * 2);
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    let span = |out: &mut String, class: &str, text: &str| {
-        let _ = write!(out, "<span class=\"{class}\">");
-        push_escaped_visible(out, text);
-        out.push_str("</span>");
-    };
-    while i < sql.len() {
-        let rest = &sql[i..];
-        let c = rest.chars().next().unwrap_or(' ');
-        let end = if rest.starts_with("--") {
-            let e = rest.find('\n').map_or(sql.len(), |n| i + n);
-            span(&mut out, "c", &sql[i..e]);
-            e
-        } else if let Some(body) = rest.strip_prefix("/*") {
-            let e = body.find("*/").map_or(sql.len(), |n| i + 2 + n + 2);
-            span(&mut out, "c", &sql[i..e]);
-            e
-        } else if c == '\'' || c == '"' {
-            // A quoted string or identifier; a doubled quote stays inside.
-            let mut j = i + 1;
-            loop {
-                match sql[j..].find(c) {
-                    None => {
-                        j = sql.len();
-                        break;
-                    }
-                    Some(n) => {
-                        j += n + 1;
-                        if bytes.get(j) == Some(&(c as u8)) {
-                            j += 1;
-                        } else {
-                            break;
+/// A whole page around `body`, with the signed-in header when there is a
+/// viewer.
+pub fn page(title: &str, viewer: Option<&Viewer>, live: Live, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Airlock" }
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
+            }
+            body data-live=(live.as_str()) {
+                header {
+                    a.brand href="/" { "Airlock" }
+                    @if let Some(v) = viewer {
+                        nav {
+                            a href="/" { "Inbox" }
+                            a href="/history" { "History" }
+                        }
+                        div.who {
+                            "Signed in as " strong { (v.name) }
+                            @if !v.groups.is_empty() {
+                                " " span.muted { "(" (v.groups.join(", ")) ")" }
+                            }
+                            form.inline method="post" action="/auth/logout" {
+                                input type="hidden" name="csrf" value=(v.csrf);
+                                button.link { "Sign out" }
+                            }
                         }
                     }
                 }
+                main { (body) }
             }
-            span(&mut out, if c == '\'' { "s" } else { "i" }, &sql[i..j]);
-            j
-        } else if c == '$' && dollar_tag(sql, i).is_some() {
-            let open = dollar_tag(sql, i).unwrap_or(i + 1);
-            let tag = &sql[i..open];
-            let e = sql[open..].find(tag).map_or(sql.len(), |n| open + n + tag.len());
-            span(&mut out, "s", &sql[i..e]);
-            e
-        } else if c.is_ascii_digit() {
-            let e = rest
-                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '.' || ch == '_'))
-                .map_or(sql.len(), |n| i + n);
-            span(&mut out, "n", &sql[i..e]);
-            e
-        } else if c.is_alphabetic() || c == '_' {
-            let e = rest
-                .find(|ch: char| !(ch.is_alphanumeric() || ch == '_' || ch == '$'))
-                .map_or(sql.len(), |n| i + n);
-            let word = &sql[i..e];
-            if KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word)) {
-                span(&mut out, "k", word);
-            } else {
-                push_escaped_visible(&mut out, word);
-            }
-            e
-        } else {
-            let e = i + c.len_utf8();
-            push_escaped_visible(&mut out, &sql[i..e]);
-            e
-        };
-        i = end.max(i + c.len_utf8());
+        }
     }
-    out
+}
+
+/// After sign-in: moves on to `return_to` with a same-site navigation, so
+/// the SameSite=Strict cookie just set is sent. `return_to` is a path on
+/// this server (`oidc::safe_return`).
+pub fn signed_in_page(name: &str, return_to: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content={ "0;url=" (return_to) };
+                title { "Signed in · Airlock" }
+                link rel="stylesheet" href="/static/app.css";
+            }
+            body {
+                main {
+                    section.card {
+                        p { "Signed in as " strong { (name) } "." }
+                        p { a #continue href=(return_to) { "Continue" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a page could not be shown. Every UI handler fails with this, and its
+/// `IntoResponse` is the one place a failed page is logged and drawn, with
+/// the status the JSON API gives the same error.
+#[derive(Debug)]
+pub enum PageError {
+    /// A refusal or failure: an error page with the code and message.
+    Refused(ApiError),
+    /// No signed-in reviewer: the sign-in page (401), which comes back to
+    /// `return_to` (a path on this server) once signed in.
+    SignIn {
+        return_to: String,
+        /// Whether browser sign-in (`reviewer.oidc`) is configured.
+        available: bool,
+    },
+    /// A refusal shown inside the page it concerns (a vote the control plane
+    /// refused: the request page again, with why on top).
+    InPage { error: ApiError, page: Markup },
+}
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError::Refused(e)
+    }
+}
+
+fn log(e: &ApiError) {
+    match e.code {
+        Code::Internal | Code::Unavailable => {
+            tracing::warn!(code = e.code.as_str(), message = %e.message, "page failed")
+        }
+        Code::Unauthenticated
+        | Code::NotAReviewer
+        | Code::SelfApproval
+        | Code::AppIdentity
+        | Code::NotFound
+        | Code::AlreadyDecided
+        | Code::AlreadyVoted
+        | Code::Expired
+        | Code::DigestMismatch
+        | Code::Csrf
+        | Code::InvalidArgument => {
+            tracing::info!(code = e.code.as_str(), message = %e.message, "page refused")
+        }
+    }
+}
+
+fn error_page(e: &ApiError) -> Markup {
+    let body = html! {
+        section.card.error {
+            h1 { (e.code.status().canonical_reason().unwrap_or("Error")) }
+            p { (e.message) }
+            p.muted { "code: " (e.code.as_str()) }
+            p {
+                a href="/" { "Back to the inbox" }
+                " · "
+                a href="/auth/login" { "Sign in" }
+            }
+        }
+    };
+    page("Error", None, Live::Off, body)
+}
+
+fn sign_in_page(return_to: &str, available: bool) -> Markup {
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("return_to", return_to)
+        .finish();
+    let body = html! {
+        section.card {
+            h1 { "Sign in" }
+            @if available {
+                p { "Reviewers sign in with their organisation account." }
+                p { a.button #sign-in href={ "/auth/login?" (query) } { "Sign in" } }
+            } @else {
+                p {
+                    "Browser sign-in is not configured on this server ("
+                    code { "reviewer.oidc" }
+                    "). Use the REST API with a bearer token."
+                }
+            }
+        }
+    };
+    page("Sign in", None, Live::Off, body)
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, markup) = match self {
+            PageError::Refused(e) => {
+                log(&e);
+                (e.code.status(), error_page(&e))
+            }
+            PageError::SignIn { return_to, available } => {
+                (StatusCode::UNAUTHORIZED, sign_in_page(&return_to, available))
+            }
+            PageError::InPage { error, page } => {
+                log(&error);
+                (error.code.status(), page)
+            }
+        };
+        (status, markup).into_response()
+    }
+}
+
+/// Middleware: the security headers of every HTML response (pages, error
+/// pages, the signed-in page), wherever it was made.
+pub async fn secure_pages(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html {
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+                 form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// "2h 5m", "3m 12s", "40s".
@@ -221,159 +253,59 @@ pub fn duration(seconds: i64) -> String {
     }
 }
 
-/// Security headers of every page.
-pub fn secure_headers(response: &mut Response) {
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-/// Who is signed in, for the page header.
-#[derive(Debug, Clone, Default)]
-pub struct Viewer {
-    pub name: String,
-    pub groups: Vec<String>,
-    pub csrf: String,
-}
-
-/// A whole page. `body` must already be escaped markup.
-pub fn page(status: StatusCode, title: &str, viewer: Option<&Viewer>, live: &str, body: &str) -> Response {
-    let mut nav = String::new();
-    if let Some(v) = viewer {
-        let _ = write!(
-            nav,
-            "<nav><a href=\"/\">Inbox</a><a href=\"/history\">History</a></nav>\
-             <div class=\"who\">Signed in as <strong>{}</strong>{}\
-             <form method=\"post\" action=\"/auth/logout\" class=\"inline\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button class=\"link\">Sign out</button></form></div>",
-            esc(&v.name),
-            if v.groups.is_empty() {
-                String::new()
-            } else {
-                format!(" <span class=\"muted\">({})</span>", esc(&v.groups.join(", ")))
-            },
-            esc(&v.csrf),
-        );
-    }
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Airlock</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
-         <script src=\"/static/app.js\" defer></script></head>\
-         <body data-live=\"{}\"><header><a class=\"brand\" href=\"/\">Airlock</a>{nav}</header>\
-         <main>{body}</main></body></html>\n",
-        esc(title),
-        esc(live),
-    );
-    let mut response = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
-    secure_headers(&mut response);
-    response
-}
-
-/// An error as a page, with the same code and status as the JSON API.
-pub fn error_page(e: &ApiError) -> Response {
-    let body = format!(
-        "<section class=\"card error\"><h1>{}</h1><p>{}</p><p class=\"muted\">code: {}</p>\
-         <p><a href=\"/\">Back to the inbox</a> · <a href=\"/auth/login\">Sign in</a></p></section>",
-        esc(e.code.status().canonical_reason().unwrap_or("Error")),
-        esc(&e.message),
-        esc(e.code.as_str()),
-    );
-    tracing::info!(code = e.code.as_str(), message = %e.message, "page refused");
-    page(e.code.status(), "Error", None, "", &body)
-}
-
-/// After sign-in: moves on to `return_to` with a same-site navigation, so
-/// the SameSite=Strict cookie just set is sent.
-pub fn signed_in_page(name: &str, return_to: &str) -> Response {
-    let target = esc(return_to);
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"0;url={target}\">\
-         <title>Signed in · Airlock</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
-         <body><main><section class=\"card\"><p>Signed in as <strong>{}</strong>.</p>\
-         <p><a id=\"continue\" href=\"{target}\">Continue</a></p></section></main></body></html>\n",
-        esc(name)
-    );
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        html,
-    )
-        .into_response();
-    secure_headers(&mut response);
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Removes tags and undoes [`esc`], to compare with the input.
-    fn text_of(markup: &str) -> String {
-        let mut out = String::new();
-        let mut in_tag = false;
-        for c in markup.chars() {
-            match c {
-                '<' => in_tag = true,
-                '>' => in_tag = false,
-                c if !in_tag => out.push(c),
-                _ => {}
-            }
-        }
-        out.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&amp;", "&")
-    }
+    const HOSTILE: &str = "\"><script>alert(1)</script>'&amp;";
+    const ESCAPED: &str = "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;'&amp;amp;";
 
     #[test]
-    fn highlighting_keeps_every_character_and_escapes_them() {
-        let cases = [
-            "DELETE FROM orders WHERE id = 3",
-            "select 'it''s' , \"Odd\"\"Name\" from t -- <script>alert(1)</script>\nwhere x < 2 && y > 1",
-            "/* unterminated <b>",
-            "SELECT $body$ <img src=x onerror=alert(1)> $body$, $1, 1.5e3, 'unterminated",
-            "SELECT 'é' || \"ünïcode\" FROM täble",
-            "",
-        ];
-        for sql in cases {
-            let html = highlight(sql);
-            assert_eq!(text_of(&html), sql, "{html}");
-            assert!(!html.contains("<script"), "{html}");
-            assert!(!html.contains("<img"), "{html}");
-        }
-        assert!(highlight("DELETE x").starts_with("<span class=\"k\">DELETE</span>"));
-    }
-
-    #[test]
-    fn invisible_characters_are_shown() {
-        let sql = "SELECT 1 -- \u{202E}gnp.exe\nDELETE\u{200B}";
-        assert!(has_hidden(sql));
-        let html = highlight(sql);
-        assert!(html.contains("U+202E") && html.contains("U+200B"), "{html}");
-        assert!(!has_hidden("SELECT 1\n\tFROM t"));
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(
-            esc("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    fn the_frame_escapes_the_viewer_and_title() {
+        let viewer = Viewer {
+            name: HOSTILE.into(),
+            groups: vec![HOSTILE.into()],
+            csrf: HOSTILE.into(),
+        };
+        let html = page(HOSTILE, Some(&viewer), Live::Inbox, html! { p { "body" } }).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert_eq!(html.matches(ESCAPED).count(), 4, "{html}");
+        assert!(html.contains("<body data-live=\"inbox\">"), "{html}");
+        assert!(
+            html.contains(&format!("name=\"csrf\" value=\"{ESCAPED}\"")),
+            "{html}"
         );
+    }
+
+    #[test]
+    fn error_pages_carry_the_api_status_and_escape_the_message() {
+        let response = PageError::from(ApiError::new(Code::NotFound, HOSTILE)).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let html = error_page(&ApiError::new(Code::Csrf, HOSTILE)).into_string();
+        assert!(html.contains(ESCAPED) && !html.contains("<script>"), "{html}");
+        assert!(html.contains("code: csrf"), "{html}");
+
+        let sign_in = PageError::SignIn {
+            return_to: "/requests/x\"><b>".into(),
+            available: true,
+        }
+        .into_response();
+        assert_eq!(sign_in.status(), StatusCode::UNAUTHORIZED);
+        let html = sign_in_page("/", true).into_string();
+        assert!(html.contains("href=\"/auth/login?return_to=%2F\""), "{html}");
+        let html = sign_in_page("/x\"><b>&", true).into_string();
+        assert!(!html.contains("<b>") && !html.contains("x\">"), "{html}");
+    }
+
+    #[test]
+    fn the_signed_in_page_moves_on() {
+        let html = signed_in_page(HOSTILE, "/history").into_string();
+        assert!(html.contains("content=\"0;url=/history\""), "{html}");
+        assert!(html.contains(ESCAPED) && !html.contains("<script>"), "{html}");
+    }
+
+    #[test]
+    fn durations() {
         assert_eq!(duration(42), "42s");
         assert_eq!(duration(192), "3m 12s");
         assert_eq!(duration(7500), "2h 5m");

@@ -1,7 +1,8 @@
-//! `airlock-reviewer`: the human side of Airlock. REST (`api`), server-sent
-//! events (`events`), a server-rendered web UI (`ui`, `html`), browser
-//! sign-in with OIDC authorization code + PKCE (`oidc`), webhook
-//! notifications (`notify`), health and Prometheus metrics (`metrics`).
+//! `airlock-reviewer`: the human side of Airlock. REST (`api`, its JSON
+//! shapes in `json`), server-sent events (`events`), a server-rendered web
+//! UI (`ui`, `html`, `highlight`), browser sign-in with OIDC authorization
+//! code + PKCE (`oidc`), webhook notifications (`notify`), health and
+//! Prometheus metrics (`metrics`).
 //!
 //! It decides nothing. Every read and every vote goes to the control plane
 //! over gRPC (`control`) with the caller's own token, and the control plane
@@ -15,14 +16,15 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod highlight;
 pub mod html;
+pub mod json;
 pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod openapi;
 pub mod tls;
 pub mod ui;
-pub mod views;
 
 use std::sync::Arc;
 
@@ -99,6 +101,7 @@ pub fn router(app: State) -> Router {
     }
     router
         .fallback(ui::not_found)
+        .layer(axum::middleware::from_fn(html::secure_pages))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app)
 }

@@ -29,8 +29,8 @@ use tokio::sync::Notify;
 use crate::auth::Token;
 use crate::config::{NotificationsSection, NotifyOn, WebhookKind, WebhookSection};
 use crate::control::ControlClient;
+use crate::json;
 use crate::metrics::Metrics;
-use crate::views;
 
 /// What happened, for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +81,7 @@ fn headline(n: &Notification) -> String {
             "Request by {} on {}: {}{}",
             who(asked.identity.as_ref()),
             connection,
-            views::state_name(n.view.state),
+            json::state_name(n.view.state),
             if n.view.outcome_reason.is_empty() {
                 String::new()
             } else {
@@ -156,12 +156,12 @@ pub fn teams_payload(n: &Notification) -> Value {
                     {"type": "TextBlock", "fontType": "Monospace", "wrap": true, "text": clip(&statement_text(n), 2500)},
                     {"type": "FactSet", "facts": [
                         {"title": "Request", "value": n.view.request_id},
-                        {"title": "State", "value": views::state_name(n.view.state)},
+                        {"title": "State", "value": json::state_name(n.view.state)},
                         {"title": "Identity", "value": who(asked.identity.as_ref())},
                         {"title": "Connection", "value": asked.connection.as_ref().map(|c| c.name.clone()).unwrap_or_default()},
                         {"title": "Rule", "value": format!("{} {}", rule.policy, rule.rule)},
                         {"title": "Reason", "value": rule.reason},
-                        {"title": "Approvals", "value": format!("{} of {}", views::approvals_given(&n.view), asked.approvals_required)}
+                        {"title": "Approvals", "value": format!("{} of {}", json::approvals_given(&n.view), asked.approvals_required)}
                     ]}
                 ],
                 "actions": [{"type": "Action.OpenUrl", "title": "Open in Airlock", "url": n.link}]
@@ -177,7 +177,7 @@ pub fn generic_payload(n: &Notification) -> Value {
         "sequence": n.sequence,
         "url": n.link,
         "summary": headline(n),
-        "request": views::request(&n.view),
+        "request": json::request(&n.view),
     })
 }
 
@@ -358,7 +358,7 @@ async fn deliver_forever(
 fn occasion_of(item: &proto::WatchEvent, seen: &mut HashSet<(String, bool)>) -> Option<Occasion> {
     let view = item.request.as_ref()?;
     let pending = view.state == proto::RequestState::Pending as i32;
-    let occasion = match views::change_kind(item.event.as_ref()) {
+    let occasion = match json::change_kind(item.event.as_ref()) {
         "requested" => Occasion::Requested,
         "granted" | "denied" | "expired" | "cancelled" => Occasion::Decided,
         "updated" if pending => Occasion::Requested,

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,11 +27,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+use crate::Route;
 use crate::auth::{self, LOGIN_COOKIE, Token, random_token};
 use crate::config::OidcSection;
 use crate::error::{ApiError, Code};
+use crate::html::{self, PageError};
 use crate::metrics::Metrics;
-use crate::{Route, html};
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -263,19 +264,14 @@ fn query(raw: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Result<Response, Response> {
-    let page_error = |e: ApiError| html::error_page(&e);
-    let oidc = oidc(&app).map_err(page_error)?;
-    let endpoints = oidc.endpoints().await.map_err(page_error)?;
+async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Result<Response, PageError> {
+    let oidc = oidc(&app)?;
+    let endpoints = oidc.endpoints().await?;
     let state = random_token();
     let verifier = random_token();
     let return_to = safe_return(&query(raw.as_deref(), "return_to").unwrap_or_else(|| "/".into()));
-    let mut url = url::Url::parse(&endpoints.authorization).map_err(|e| {
-        page_error(ApiError::new(
-            Code::Unavailable,
-            format!("authorization endpoint: {e}"),
-        ))
-    })?;
+    let mut url = url::Url::parse(&endpoints.authorization)
+        .map_err(|e| ApiError::new(Code::Unavailable, format!("authorization endpoint: {e}")))?;
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", &oidc.client_id)
@@ -291,8 +287,7 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
             return_to,
             started: Instant::now(),
         },
-    )
-    .map_err(page_error)?;
+    )?;
     let cookie = auth::set_cookie(
         LOGIN_COOKIE,
         &state,
@@ -308,32 +303,33 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
     Ok(response)
 }
 
-async fn callback(State(app): State<crate::State>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    match finish(&app, &headers, raw.as_deref()).await {
-        Ok((cookie, name, return_to)) => {
-            Metrics::inc(&app.metrics.sign_ins);
-            let mut response = html::signed_in_page(&name, &return_to);
-            let secure = app.auth.secure_cookies;
-            let session = auth::set_cookie(
-                auth::session_cookie_name(secure),
-                &cookie,
-                "/",
-                app.config.reviewer.session_ttl,
-                true,
-                secure,
-            );
-            for c in [session, auth::clear_cookie(LOGIN_COOKIE, "/auth", secure)] {
-                if let Ok(v) = HeaderValue::from_str(&c) {
-                    response.headers_mut().append(header::SET_COOKIE, v);
-                }
-            }
-            response
-        }
+async fn callback(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<impl IntoResponse, PageError> {
+    let (cookie, name, return_to) = match finish(&app, &headers, raw.as_deref()).await {
+        Ok(done) => done,
         Err(e) => {
             Metrics::inc(&app.metrics.sign_ins_refused);
-            html::error_page(&e)
+            return Err(e.into());
         }
-    }
+    };
+    Metrics::inc(&app.metrics.sign_ins);
+    let secure = app.auth.secure_cookies;
+    let session = auth::set_cookie(
+        auth::session_cookie_name(secure),
+        &cookie,
+        "/",
+        app.config.reviewer.session_ttl,
+        true,
+        secure,
+    );
+    let cookies = [session, auth::clear_cookie(LOGIN_COOKIE, "/auth", secure)]
+        .into_iter()
+        .filter_map(|c| HeaderValue::from_str(&c).ok())
+        .map(|v| (header::SET_COOKIE, v));
+    Ok((AppendHeaders(cookies), html::signed_in_page(&name, &return_to)))
 }
 
 /// Returns (session cookie value, display name, where to go next).
@@ -378,7 +374,11 @@ async fn finish(
     Ok((cookie, name, pending.return_to))
 }
 
-async fn logout(State(app): State<crate::State>, headers: HeaderMap, body: Bytes) -> Response {
+async fn logout(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
     let csrf = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.into_owned());
@@ -391,13 +391,13 @@ async fn logout(State(app): State<crate::State>, headers: HeaderMap, body: Bytes
             }
         }
         Err(e) if e.code == Code::Unauthenticated => {}
-        Err(e) => return html::error_page(&e),
+        Err(e) => return Err(e.into()),
     }
-    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+    let mut response = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie(name, "/", secure)) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
-    response
+    Ok(response)
 }
 
 #[cfg(test)]
