@@ -9,8 +9,9 @@
 //!
 //! Errors PostgreSQL itself sends are forwarded unchanged and are not here.
 
+use airlock_eventlog::proto;
+
 use crate::codec::{Diagnostic, Severity};
-use crate::gate::Refusal;
 
 /// The SQLSTATEs the proxy uses (PostgreSQL's names, Appendix A of its
 /// documentation).
@@ -89,9 +90,10 @@ pub fn too_many_connections() -> Diagnostic {
     )
 }
 
-/// A refused login, as the gate or the login exchange explained it.
-pub fn login_refused(r: &Refusal) -> Diagnostic {
-    fatal(r.sqlstate, r.message.clone())
+/// A refused login, as the gate or the login exchange explained it
+/// (`gate::Refusal` carries the code and message).
+pub fn login_refused(sqlstate: &'static str, message: &str) -> Diagnostic {
+    fatal(sqlstate, message.to_owned())
 }
 
 /// The session's opening could not be put in the log: nothing may run
@@ -125,11 +127,20 @@ pub fn shutting_down() -> Diagnostic {
 }
 
 /// A reviewer ended the session.
-pub fn killed_by(who: &str, reason: &str) -> Diagnostic {
+pub fn killed_by(who: Option<&proto::Identity>, reason: &str) -> Diagnostic {
     fatal(
         ADMIN_SHUTDOWN,
-        format!("session terminated by {who} through Airlock: {reason}"),
+        format!("session terminated by {} through Airlock: {reason}", person(who)),
     )
+}
+
+/// A reviewer's name as agents are told it.
+pub fn person(identity: Option<&proto::Identity>) -> String {
+    match identity {
+        Some(i) if !i.display_name.is_empty() => i.display_name.clone(),
+        Some(i) => i.subject.clone(),
+        None => "a reviewer".into(),
+    }
 }
 
 // ---- Refusing one statement (ERROR: the session goes on) ----
@@ -224,8 +235,11 @@ pub fn grant_unconfirmed(request_id: &str) -> Diagnostic {
 }
 
 /// A reviewer denied the request.
-pub fn denied_by(request_id: &str, who: &str, reason: &str) -> Diagnostic {
-    denied(format!("request {request_id} was denied by {who}: {reason}"))
+pub fn denied_by(request_id: &str, who: Option<&proto::Identity>, reason: &str) -> Diagnostic {
+    denied(format!(
+        "request {request_id} was denied by {}: {reason}",
+        person(who)
+    ))
 }
 
 /// The control plane cancelled the request.
@@ -251,7 +265,7 @@ mod tests {
     #[test]
     fn fatal_errors_end_the_session_and_refusals_do_not() {
         assert_eq!(shutting_down().severity, Severity::Fatal);
-        assert_eq!(killed_by("Alice", "runaway").severity, Severity::Fatal);
+        assert_eq!(killed_by(None, "runaway").severity, Severity::Fatal);
         assert_eq!(denied("no").severity, Severity::Error);
         assert_eq!(hold_expired("r", 3).severity, Severity::Error);
         assert_eq!(held("r", "policy p", 3, None).severity, Severity::Notice);
@@ -261,7 +275,7 @@ mod tests {
     fn codes_are_postgresqls_where_postgresql_has_one() {
         assert_eq!(hold_expired("r", 3).code, "57014");
         assert_eq!(hold_unavailable("the control plane is unreachable").code, "57P03");
-        assert_eq!(denied_by("r", "Alice", "no").code, "42501");
+        assert_eq!(denied_by("r", None, "no").code, "42501");
         assert_eq!(too_many_connections().code, "53300");
         assert_eq!(token_expired().code, "28000");
     }

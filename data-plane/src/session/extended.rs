@@ -14,9 +14,9 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::hold::Step;
+use super::inflight::queue;
 use super::inflight::{InFlight, Running};
 use super::refuse::Refused;
-use super::relay::queue;
 use super::to_upstream::ToUpstream;
 use super::{Ctx, Ending};
 use crate::codec::Frame;

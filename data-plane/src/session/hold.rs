@@ -231,7 +231,7 @@ fn outcome(notice: Option<&proto::DecisionNotice>, held: &[u8], rid: &str, timeo
         Ok(Outcome::Granted) if n.statement_sha256 == held => Decided::Granted,
         Ok(Outcome::Granted) => Decided::Refused(error_response::digest_mismatch(rid), Cause::DigestMismatch),
         Ok(Outcome::Denied) => Decided::Refused(
-            error_response::denied_by(rid, &describe(n.decided_by.as_ref()), &n.reason),
+            error_response::denied_by(rid, n.decided_by.as_ref(), &n.reason),
             Cause::Denied,
         ),
         Ok(Outcome::Cancelled) => Decided::Refused(
@@ -242,15 +242,6 @@ fn outcome(notice: Option<&proto::DecisionNotice>, held: &[u8], rid: &str, timeo
             error_response::hold_expired(rid, timeout.as_secs()),
             Cause::Expired,
         ),
-    }
-}
-
-/// A reviewer's name for messages.
-pub(super) fn describe(identity: Option<&proto::Identity>) -> String {
-    match identity {
-        Some(i) if !i.display_name.is_empty() => i.display_name.clone(),
-        Some(i) => i.subject.clone(),
-        None => "a reviewer".into(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! would have been answered.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use airlock_eventlog::proto;
@@ -72,6 +73,14 @@ impl Running {
             drops_all: judgement.drops_all,
         }
     }
+}
+
+/// The in-flight queue, shared by the two directions of a session.
+pub(super) type Queue = Arc<Mutex<InFlightQueue>>;
+
+/// Locks the queue (a panic elsewhere does not poison it for the rest).
+pub(super) fn queue(q: &Queue) -> std::sync::MutexGuard<'_, InFlightQueue> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The queue of what PostgreSQL has yet to answer.

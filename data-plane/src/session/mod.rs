@@ -112,7 +112,11 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         Err(refusal) => {
             Metrics::inc(&deps.metrics.logins_refused);
             tracing::info!(%peer, reason = %refusal.message, "login refused");
-            fatal(&mut login.io, &error_response::login_refused(&refusal)).await;
+            fatal(
+                &mut login.io,
+                &error_response::login_refused(refusal.sqlstate, &refusal.message),
+            )
+            .await;
             return;
         }
     };

@@ -18,7 +18,7 @@ use airlock_eventlog::proto::{self, statement_refused::Cause};
 
 use super::Ctx;
 use super::inflight::InFlight;
-use super::relay::queue;
+use super::inflight::queue;
 use super::to_upstream::ToUpstream;
 use crate::codec::{Diagnostic, FeMessage};
 use crate::error_response;
@@ -29,7 +29,7 @@ pub(super) const REFUSAL_TEXT: &str = "airlock: statement refused";
 /// Names reserved for the proxy's stand-ins; a client may not use them.
 const RESERVED_PREFIX: &str = "airlock:";
 
-pub(super) fn reserved(name: &str) -> bool {
+fn reserved(name: &str) -> bool {
     name.starts_with(RESERVED_PREFIX)
 }
 
@@ -101,6 +101,41 @@ impl Ctx {
             return Some(
                 "FETCH, MOVE and CLOSE are refused while this session has a portal bound to a statement that needs approval; Execute it instead",
             );
+        }
+        None
+    }
+}
+
+/// PostgreSQL's longest name (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
+
+impl Ctx {
+    /// Statement and portal names the proxy does not accept: longer than
+    /// PostgreSQL compares (they could alias each other there and not here), or
+    /// reserved for the proxy's stand-ins.
+    pub(super) fn names_refused(&self, msg: &FeMessage) -> Option<&'static str> {
+        let names: Vec<&str> = match msg {
+            FeMessage::Parse { name, .. } => vec![name.as_str()],
+            FeMessage::Bind {
+                portal, statement, ..
+            } => vec![portal.as_str(), statement.as_str()],
+            FeMessage::Execute { portal, .. } => vec![portal.as_str()],
+            FeMessage::Describe { name, .. } | FeMessage::Close { name, .. } => vec![name.as_str()],
+            FeMessage::Query { .. }
+            | FeMessage::Sync
+            | FeMessage::Flush
+            | FeMessage::Terminate
+            | FeMessage::CopyData(_)
+            | FeMessage::CopyDone
+            | FeMessage::CopyFail { .. }
+            | FeMessage::Password(_)
+            | FeMessage::FunctionCall(_) => vec![],
+        };
+        if names.iter().any(|n| n.len() > MAX_NAME_BYTES) {
+            return Some("statement and portal names longer than 63 bytes are refused");
+        }
+        if names.iter().any(|n| reserved(n)) {
+            return Some("statement and portal names starting with \"airlock:\" are reserved");
         }
         None
     }

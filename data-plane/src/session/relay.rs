@@ -1,13 +1,13 @@
 //! The relay: two tasks per session, one per direction, and how their ends
 //! become the session's end.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_eventlog::proto::session_closed::Cause;
 use tokio::sync::mpsc;
 
-use super::inflight::InFlightQueue;
+use super::inflight::{Queue, queue};
 use super::signals::Signals;
 use super::to_client::upstream_to_client;
 use super::to_upstream::ToUpstream;
@@ -15,14 +15,6 @@ use super::{Ctx, Ending};
 use crate::codec::FrameReader;
 use crate::conn::Login;
 use crate::upstream::Upstream;
-
-/// The statements sent upstream and not yet answered, shared by the two
-/// directions.
-pub(super) type Queue = Arc<Mutex<InFlightQueue>>;
-
-pub(super) fn queue(q: &Queue) -> std::sync::MutexGuard<'_, InFlightQueue> {
-    q.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 pub(super) async fn relay(login: Login, upstream: Upstream, ctx: Arc<Ctx>, signals: Signals) -> Ending {
     let Upstream {
@@ -37,14 +29,14 @@ pub(super) async fn relay(login: Login, upstream: Upstream, ctx: Arc<Ctx>, signa
         // Bytes pipelined right after login stay in order.
         client_reader.prepend(leftover);
     }
-    let queue: Queue = Arc::default();
+    let in_flight: Queue = Arc::default();
     let (inject_tx, inject_rx) = mpsc::channel(16);
 
     let reading = ToUpstream::new(
         ctx.clone(),
         client_reader,
         up_writer,
-        queue.clone(),
+        in_flight.clone(),
         inject_tx,
         signals,
     );
@@ -53,7 +45,7 @@ pub(super) async fn relay(login: Login, upstream: Upstream, ctx: Arc<Ctx>, signa
         up_reader,
         client_write,
         ctx.clone(),
-        queue.clone(),
+        in_flight.clone(),
         inject_rx,
     ));
     // Either side ending ends the session; the other is stopped. A FATAL
@@ -96,7 +88,7 @@ pub(super) async fn relay(login: Login, upstream: Upstream, ctx: Arc<Ctx>, signa
     // Statements passed on and not answered when the session ended are
     // recorded as unfinished: the log shows every statement that may have
     // run, however the session ended.
-    let left = super::relay::queue(&queue).drain_running();
+    let left = queue(&in_flight).drain_running();
     for r in left {
         ctx.record(r, Some(&ending.detail));
     }

@@ -6,9 +6,9 @@ use airlock_eventlog::proto::{self, statement_refused::Cause};
 
 use super::Ending;
 use super::hold::Step;
+use super::inflight::queue;
 use super::inflight::{InFlight, Running};
 use super::refuse::Refused;
-use super::relay::queue;
 use super::to_upstream::ToUpstream;
 use crate::codec::Frame;
 use crate::error_response;

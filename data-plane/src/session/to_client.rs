@@ -11,7 +11,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::Ctx;
-use super::relay::{Queue, queue};
+use super::inflight::{Queue, queue};
 use crate::codec::{BeMessage, Diagnostic, Frame, FrameReader, parse_diagnostic_fields};
 use crate::conn::ClientStream;
 

@@ -17,11 +17,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
+use super::inflight::Queue;
 use super::login::token_expired;
-use super::relay::Queue;
 use super::signals::{Interrupt, Signals};
 use super::to_client::Inject;
-use super::{Ctx, Ending, refuse};
+use super::{Ctx, Ending};
 use crate::codec::{CodecError, FeMessage, Frame, FrameReader, ReadError};
 use crate::conn::ClientStream;
 use crate::error_response;
@@ -30,9 +30,6 @@ use crate::record::{RecorderFull, Slot};
 
 pub(super) type ClientReader = FrameReader<ReadHalf<Box<dyn ClientStream>>>;
 pub(super) type UpstreamWriter = WriteHalf<Box<dyn ClientStream>>;
-
-/// PostgreSQL's longest name (NAMEDATALEN - 1).
-const MAX_NAME_BYTES: usize = 63;
 
 /// How long a statement waits for room in a full recording buffer before
 /// it is refused (the log is not keeping up; nothing runs unrecorded).
@@ -113,7 +110,7 @@ impl ToUpstream {
 
     /// One message: the checks every message passes, then its handler.
     async fn message(&mut self, frame: &Frame, msg: FeMessage) -> Result<(), Ending> {
-        if let Some(what) = names_refused(&msg) {
+        if let Some(what) = self.ctx.names_refused(&msg) {
             return Err(self.violation(&malformed(frame, what)).await);
         }
         // A session does not outlive the token it was opened with: the next
@@ -330,11 +327,12 @@ impl ToUpstream {
 
     /// Tells the client who ended its session and why.
     pub(super) async fn killed(&mut self, order: &airlock_eventlog::proto::KillOrder) -> Ending {
-        let who = super::hold::describe(order.requested_by.as_ref());
+        let who = order.requested_by.as_ref();
         let _ = self
             .inject
-            .send(Inject::Fatal(error_response::killed_by(&who, &order.reason)))
+            .send(Inject::Fatal(error_response::killed_by(who, &order.reason)))
             .await;
+        let who = error_response::person(who);
         Ending::new(Cause::Killed, format!("killed by {who}: {}", order.reason))
     }
 
@@ -352,34 +350,4 @@ fn malformed(frame: &Frame, what: &'static str) -> CodecError {
         tag: frame.tag as char,
         what,
     }
-}
-
-/// Statement and portal names the proxy does not accept: longer than
-/// PostgreSQL compares (they could alias each other there and not here), or
-/// reserved for the proxy's stand-ins.
-fn names_refused(msg: &FeMessage) -> Option<&'static str> {
-    let names: Vec<&str> = match msg {
-        FeMessage::Parse { name, .. } => vec![name.as_str()],
-        FeMessage::Bind {
-            portal, statement, ..
-        } => vec![portal.as_str(), statement.as_str()],
-        FeMessage::Execute { portal, .. } => vec![portal.as_str()],
-        FeMessage::Describe { name, .. } | FeMessage::Close { name, .. } => vec![name.as_str()],
-        FeMessage::Query { .. }
-        | FeMessage::Sync
-        | FeMessage::Flush
-        | FeMessage::Terminate
-        | FeMessage::CopyData(_)
-        | FeMessage::CopyDone
-        | FeMessage::CopyFail { .. }
-        | FeMessage::Password(_)
-        | FeMessage::FunctionCall(_) => vec![],
-    };
-    if names.iter().any(|n| n.len() > MAX_NAME_BYTES) {
-        return Some("statement and portal names longer than 63 bytes are refused");
-    }
-    if names.iter().any(|n| refuse::reserved(n)) {
-        return Some("statement and portal names starting with \"airlock:\" are reserved");
-    }
-    None
 }
