@@ -2,12 +2,17 @@
 //! concurrency, so that however many replicas run, one request is decided
 //! once. Judging happens in `decide`; this module re-reads and re-judges
 //! whenever the log moved under it.
+//!
+//! Each decision runs in a span that continues the trace of the request it
+//! decides (from its `ApprovalRequested`), and the events it appends carry
+//! that span's context, so the holding proxy's trace goes on through here.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto;
-use airlock_eventlog::{Error as LogError, EventLog, Expect, RequestId, link, subjects};
+use airlock_eventlog::{Error as LogError, EventLog, Expect, RequestId, link, subjects, trace};
+use tracing::Instrument as _;
 
 use crate::decide::{DecideError, Vote, decide, due_outcomes};
 use crate::live::Live;
@@ -42,6 +47,25 @@ pub async fn vote(
     vote: &Vote,
     source: &proto::Source,
 ) -> Result<Voted, VoteError> {
+    let decision = vote.decision.as_str_name();
+    let span = tracing::info_span!("control.vote", request = %vote.request_id, decision);
+    let span = request_span(span, live, &vote.request_id);
+    append_vote(live, log, vote, source).instrument(span).await
+}
+
+/// `span`, continuing the trace of request `id` if it has one.
+fn request_span(span: tracing::Span, live: &Live, id: &str) -> tracing::Span {
+    let requested = live.read(|s| s.request(id).and_then(|r| r.trace.clone()));
+    airlock_telemetry::continue_trace(&span, &trace::context(requested.as_ref()));
+    span
+}
+
+async fn append_vote(
+    live: &Live,
+    log: &EventLog,
+    vote: &Vote,
+    source: &proto::Source,
+) -> Result<Voted, VoteError> {
     let id = RequestId::parse(&vote.request_id)
         .map_err(|_| DecideError::UnknownRequest(vote.request_id.clone()))?;
     let subject = subjects::request(&id);
@@ -55,6 +79,7 @@ pub async fn vote(
         let mut head = head;
         let mut voted = None;
         for (i, mut event) in events.into_iter().enumerate() {
+            trace::stamp(&mut event);
             link(&mut event, &head);
             match log
                 .append(&subject, &event, Expect::LastSequence(head.sequence))
@@ -102,31 +127,45 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
             .collect::<Vec<_>>()
     });
     let mut appended = 0;
-    for (id, mut event, last) in due {
-        let Ok(rid) = RequestId::parse(&id) else { continue };
-        let subject = subjects::request(&rid);
-        let head = match log.head(&subject).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(request = %id, error = %e, "cannot read request head");
-                continue;
-            }
-        };
-        if head.sequence != last {
-            // The fold lags the log for this request; next round.
-            continue;
-        }
-        link(&mut event, &head);
-        match log
-            .append(&subject, &event, Expect::LastSequence(head.sequence))
-            .await
-        {
-            Ok(_) => appended += 1,
-            Err(LogError::Conflict { .. }) => {} // another replica did it
-            Err(e) => tracing::warn!(request = %id, error = %e, "appending an outcome failed"),
+    for (id, event, last) in due {
+        let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
+        if append_due(log, &id, event, last).instrument(span).await {
+            appended += 1;
         }
     }
     appended
+}
+
+/// Appends one due outcome if the request's subject is still at `last`.
+async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64) -> bool {
+    let Ok(rid) = RequestId::parse(id) else {
+        return false;
+    };
+    let subject = subjects::request(&rid);
+    let head = match log.head(&subject).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(request = %id, error = %e, "cannot read request head");
+            return false;
+        }
+    };
+    if head.sequence != last {
+        // The fold lags the log for this request; next round.
+        return false;
+    }
+    trace::stamp(&mut event);
+    link(&mut event, &head);
+    match log
+        .append(&subject, &event, Expect::LastSequence(head.sequence))
+        .await
+    {
+        Ok(_) => true,
+        Err(LogError::Conflict { .. }) => false, // another replica did it
+        Err(e) => {
+            tracing::warn!(request = %id, error = %e, "appending an outcome failed");
+            false
+        }
+    }
 }
 
 /// Runs [`reconcile`] every `interval` until the task is dropped.

@@ -2,11 +2,16 @@
 //! publishing each one to subscribers (Attach streams, Watch streams) after
 //! it is folded. If the log goes away the tailer retries from the next
 //! sequence it needs; nothing is skipped or folded twice.
+//!
+//! Once caught up, folding an event of a request's lifecycle that carries a
+//! trace context is a span of that trace (replaying history at start-up
+//! adds nothing to old traces).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use airlock_eventlog::subjects::{SubjectKind, classify};
 use airlock_eventlog::{EventLog, ReadFilter, StoredEvent};
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
@@ -83,6 +88,8 @@ impl Live {
     }
 
     fn fold(&self, event: StoredEvent, target: u64) {
+        let span = self.fold_span(&event);
+        let _in = span.enter();
         let sequence = event.sequence;
         {
             let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -94,6 +101,30 @@ impl Live {
         }
         // No subscriber is fine.
         let _ = self.changes.send(Arc::new(event));
+    }
+
+    /// The span folding `stored` runs in: disabled unless the event is part
+    /// of a request's lifecycle, carries a trace context, and this replica
+    /// is live rather than catching up.
+    fn fold_span(&self, stored: &StoredEvent) -> tracing::Span {
+        let Some(trace) = &stored.event.trace else {
+            return tracing::Span::none();
+        };
+        let SubjectKind::Request(request) = classify(&stored.subject) else {
+            return tracing::Span::none();
+        };
+        if !self.is_ready() {
+            return tracing::Span::none();
+        }
+        let kind = stored
+            .event
+            .body
+            .as_ref()
+            .map(airlock_eventlog::body_kind)
+            .unwrap_or("none");
+        let span = tracing::info_span!("control.fold", request, kind, sequence = stored.sequence);
+        airlock_telemetry::continue_trace(&span, &airlock_eventlog::trace::context(Some(trace)));
+        span
     }
 }
 

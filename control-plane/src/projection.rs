@@ -17,6 +17,9 @@ pub struct Request {
     /// Stream sequence of the last event on the request's subject: what a
     /// decision appends against (optimistic concurrency).
     pub last_sequence: u64,
+    /// Trace context of the `ApprovalRequested` event: decisions on the
+    /// request continue its trace. Not state anyone decides on.
+    pub trace: Option<proto::TraceContext>,
 }
 
 impl Request {
@@ -148,6 +151,7 @@ impl Projection {
                         ..Default::default()
                     },
                     last_sequence: stored.sequence,
+                    trace: event.trace.clone(),
                 },
             );
             self.session_requests

@@ -45,6 +45,9 @@ struct RequestEntry {
     view: Option<proto::RequestView>,
     #[prost(uint64, tag = "2")]
     last_sequence: u64,
+    /// Added after v1 was first written: older snapshots decode without it.
+    #[prost(message, optional, tag = "3")]
+    trace: Option<proto::TraceContext>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -117,6 +120,7 @@ pub fn encode(p: &Projection) -> Vec<u8> {
             .map(|r| RequestEntry {
                 view: Some(r.view.clone()),
                 last_sequence: r.last_sequence,
+                trace: r.trace.clone(),
             })
             .collect(),
         sessions,
@@ -147,6 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<Projection, prost::DecodeError> {
             Request {
                 view,
                 last_sequence: r.last_sequence,
+                trace: r.trace,
             },
         );
     }
@@ -267,5 +272,36 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode(&[0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+
+    #[test]
+    fn a_requests_trace_context_is_kept() {
+        use airlock_eventlog::proto::event::Body;
+        use airlock_eventlog::{RequestId, StoredEvent, new_event, subjects};
+
+        let id = RequestId::generate();
+        let mut e = new_event(
+            &proto::Source::default(),
+            Body::ApprovalRequested(proto::ApprovalRequested::default()),
+        );
+        e.request_id = id.to_string();
+        let trace = proto::TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: "vendor=1".into(),
+        };
+        e.trace = Some(trace.clone());
+        let mut p = Projection::new();
+        p.apply(&StoredEvent {
+            sequence: 1,
+            subject: subjects::request(&id),
+            stored_at: time::OffsetDateTime::UNIX_EPOCH,
+            raw: prost::Message::encode_to_vec(&e).into(),
+            event: e,
+        });
+        assert_eq!(
+            p.request(id.as_str()).and_then(|r| r.trace.as_ref()),
+            Some(&trace)
+        );
+        assert_eq!(decode(&encode(&p)).expect("decodes"), p);
     }
 }

@@ -17,6 +17,7 @@ pub mod ids;
 mod log;
 mod snapshot;
 pub mod subjects;
+pub mod trace;
 
 pub use airlock_proto::v1 as proto;
 pub use chain::{ChainChecker, ChainError, ChainHead, ChainSummary, hash, verify_chain};
@@ -113,7 +114,8 @@ pub fn split_group(event: &proto::Event) -> Vec<proto::Event> {
 }
 
 /// A new event: fresh ULID id, the current time, `source` and `body`. The
-/// caller sets session/request ids and trace context; the log sets the link.
+/// caller sets session/request ids; the log sets the link, and the trace
+/// context where [`trace`] says.
 pub fn new_event(source: &proto::Source, body: Body) -> proto::Event {
     let now = std::time::SystemTime::now();
     proto::Event {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message as _;
 use serde::Deserialize;
+use tracing::Instrument as _;
 
 use airlock_proto::v1::Event;
 
@@ -305,7 +306,15 @@ impl EventLog {
     ///
     /// Cancel safety: if this future is dropped, the event may or may not
     /// have been stored; appending the same event again is safe.
+    ///
+    /// Runs in a `log.append` span when traced; the event's own trace
+    /// context is the caller's to set ([`crate::trace::stamp`]).
     pub async fn append(&self, subject: &str, event: &Event, expect: Expect) -> Result<Appended, Error> {
+        let span = crate::trace::append_span_as_is(subject, event);
+        self.append_as_is(subject, event, expect).instrument(span).await
+    }
+
+    async fn append_as_is(&self, subject: &str, event: &Event, expect: Expect) -> Result<Appended, Error> {
         if event.id.is_empty() {
             return Err(Error::InvalidEvent("the event has no id".to_owned()));
         }
@@ -441,13 +450,21 @@ impl EventLog {
     /// head, so two writers can never fork a chain. On [`Error::Conflict`]
     /// the caller re-reads and decides again (that is the point for
     /// decisions; fact writers use [`ChainWriter`], which retries).
+    ///
+    /// Puts the trace context of its `log.append` span on the event (see
+    /// [`crate::trace`]) unless the event carries one.
     pub async fn append_next(&self, subject: &str, mut event: Event) -> Result<(Appended, Event), Error> {
-        let head = self.head(subject).await?;
-        link(&mut event, &head);
-        let appended = self
-            .append(subject, &event, Expect::LastSequence(head.sequence))
-            .await?;
-        Ok((appended, event))
+        let span = crate::trace::append_span(subject, &mut event);
+        async {
+            let head = self.head(subject).await?;
+            link(&mut event, &head);
+            let appended = self
+                .append_as_is(subject, &event, Expect::LastSequence(head.sequence))
+                .await?;
+            Ok((appended, event))
+        }
+        .instrument(span)
+        .await
     }
 
     /// The last event of `subject`, if any.
@@ -670,8 +687,15 @@ impl ChainWriter {
         &self.subject
     }
 
-    /// Links `event` to the chain and appends it. Returns the stored event.
+    /// Links `event` to the chain and appends it. Returns the stored event,
+    /// which carries the trace context of the append's `log.append` span
+    /// (see [`crate::trace`]) unless it carried one already.
     pub async fn append(&mut self, log: &EventLog, mut event: Event) -> Result<(Appended, Event), Error> {
+        let span = crate::trace::append_span(&self.subject, &mut event);
+        self.append_linked(log, event).instrument(span).await
+    }
+
+    async fn append_linked(&mut self, log: &EventLog, mut event: Event) -> Result<(Appended, Event), Error> {
         for _ in 0..5 {
             let head = match &self.head {
                 Some(h) => h.clone(),
@@ -679,7 +703,7 @@ impl ChainWriter {
             };
             link(&mut event, &head);
             match log
-                .append(&self.subject, &event, Expect::LastSequence(head.sequence))
+                .append_as_is(&self.subject, &event, Expect::LastSequence(head.sequence))
                 .await
             {
                 Ok(appended) => {

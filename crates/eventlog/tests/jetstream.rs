@@ -416,3 +416,46 @@ async fn with_nats_gone_an_append_fails_clearly_and_a_retry_after_recovery_is_st
         "the event before the outage and the retried one, once"
     );
 }
+
+#[tokio::test]
+async fn an_approval_request_is_stored_with_the_trace_of_its_append() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let _tracing = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
+    );
+    let nats = NatsServer::start();
+    let log = open_log(&nats).await;
+    let request = RequestId::generate();
+    let subject = subjects::request(&request);
+    let mut e = new_event(
+        &source(),
+        Body::ApprovalRequested(proto::ApprovalRequested::default()),
+    );
+    e.request_id = request.to_string();
+    let (appended, written) = ChainWriter::new_chain(subject.clone())
+        .append(&log, e)
+        .await
+        .expect("append");
+    let trace = written.trace.clone().expect("a trace context on the event");
+    assert!(trace.traceparent.starts_with("00-"), "{trace:?}");
+
+    // The stored bytes (what the chain's hash covers) carry it, and so do
+    // the headers.
+    let stored = log.read_subject(&subject).await.expect("read");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].event.trace.as_ref(), Some(&trace));
+    verify_chain(&stored).expect("an intact chain");
+    let js = async_nats::jetstream::new(log.client().clone());
+    let stream = js.get_stream("AIRLOCK").await.expect("stream");
+    let raw = stream
+        .get_raw_message(appended.sequence)
+        .await
+        .expect("raw message");
+    assert_eq!(
+        raw.headers.get("traceparent").map(|v| v.as_str()),
+        Some(trace.traceparent.as_str())
+    );
+}
