@@ -177,7 +177,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         control.clone(),
         move |request: tonic::Request<()>| {
             if attach_needs_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-                return Err(tonic::Status::unauthenticated(
+                return Err(airlock_proto::ErrorCode::Unauthenticated.status(
                     "Attach is for proxies: present a client certificate signed by control.tls.client_ca",
                 ));
             }

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use proto::proxy_service_client::ProxyServiceClient;
 use proto::reviewer_service_client::ReviewerServiceClient;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 const REVIEWERS: &str = "grp-reviewers";
 const AGENTS: &str = "grp-agents";
@@ -172,12 +173,15 @@ async fn decide(
         .map(|r| r.into_inner())
 }
 
+/// The refusal's code, read as any gRPC client reads it: the reason of the
+/// `google.rpc.ErrorInfo` in the status details, in Airlock's domain.
 fn error_code(s: &tonic::Status) -> String {
-    s.metadata()
-        .get("airlock-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
+    let details = s.get_error_details();
+    let Some(info) = details.error_info() else {
+        return String::new();
+    };
+    assert_eq!(info.domain, "airlock", "{s:?}");
+    info.reason.clone()
 }
 
 async fn outcomes(log: &EventLog, request: &RequestId) -> Vec<&'static str> {
@@ -294,6 +298,29 @@ async fn a_reviewer_approves_and_the_holding_proxy_is_told() {
         outcomes(&log, &request).await,
         vec!["approval_requested", "approval_voted", "approval_granted"]
     );
+}
+
+#[tokio::test]
+async fn a_vote_by_someone_outside_the_reviewer_groups_carries_not_a_reviewer_in_error_info() {
+    let nats = NatsServer::start();
+    let (addr, _live, log) = replica(&nats, "replica-1").await;
+    let (request, _) = file_request(&log, 1, Duration::from_secs(600)).await;
+    let mut reviewer = ReviewerServiceClient::connect(addr).await.expect("connect");
+
+    let err = decide(&mut reviewer, "erin", &request, proto::Decision::Approve)
+        .await
+        .expect_err("erin is not a reviewer");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let details = err.get_error_details();
+    let info = details.error_info().expect("an ErrorInfo in the status details");
+    assert_eq!(info.reason, "not_a_reviewer");
+    assert_eq!(info.domain, "airlock");
+    assert_eq!(
+        airlock_proto::ErrorCode::of(&err),
+        Some(airlock_proto::ErrorCode::NotAReviewer)
+    );
+    // The refused vote is not in the log.
+    assert_eq!(outcomes(&log, &request).await, vec!["approval_requested"]);
 }
 
 #[tokio::test]

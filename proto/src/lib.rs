@@ -2,8 +2,14 @@
 //! envelope and vocabulary written to the log, and the gRPC services of the
 //! control plane (proxy `Attach`, reviewer, audit stream).
 //!
-//! Hand-written code stays out of this crate; it only re-exports what
-//! tonic-prost-build generates.
+//! Hand-written code stays out of this crate, which re-exports what
+//! tonic-prost-build generates, with one exception: [`error`], the refusal
+//! codes both ends of a call must agree on, which are as much a part of the
+//! wire contract as the messages.
+
+pub mod error;
+
+pub use error::ErrorCode;
 
 /// Package `airlock.v1`.
 pub mod v1 {

@@ -3,10 +3,12 @@
 //! status the house error table gives the code.
 //!
 //! The reviewer decides nothing, so most errors are the control plane's
-//! refusals passed on: its `airlock-error` metadata code is kept as is, and
+//! refusals passed on: the code it sends ([`ErrorCode`], in the status's
+//! `google.rpc.ErrorInfo`) becomes the REST code of the same spelling, and
 //! only the HTTP status is chosen here. Never put a token or cookie in a
 //! message: messages are logged and shown.
 
+use airlock_proto::ErrorCode;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -83,9 +85,27 @@ impl Code {
         Code::Unavailable,
         Code::Internal,
     ];
+}
 
-    fn from_control(code: &str) -> Option<Code> {
-        Code::ALL.iter().copied().find(|c| c.as_str() == code)
+/// The control plane's codes as REST codes: the same spelling, except a
+/// watch that fell behind, which a REST client sees as `internal` (its event
+/// stream ends and it reconnects).
+impl From<ErrorCode> for Code {
+    fn from(code: ErrorCode) -> Code {
+        match code {
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
+            ErrorCode::NotAReviewer => Code::NotAReviewer,
+            ErrorCode::SelfApproval => Code::SelfApproval,
+            ErrorCode::AppIdentity => Code::AppIdentity,
+            ErrorCode::NotFound => Code::NotFound,
+            ErrorCode::AlreadyDecided => Code::AlreadyDecided,
+            ErrorCode::AlreadyVoted => Code::AlreadyVoted,
+            ErrorCode::Expired => Code::Expired,
+            ErrorCode::DigestMismatch => Code::DigestMismatch,
+            ErrorCode::InvalidArgument => Code::InvalidArgument,
+            ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::FellBehind => Code::Internal,
+        }
     }
 }
 
@@ -114,32 +134,30 @@ impl ApiError {
     }
 }
 
-/// The control plane's refusal, with its `airlock-error` code when it sent
-/// one, else a code from the gRPC status.
+/// The control plane's refusal, with the code its `ErrorInfo` names when it
+/// sent one, else a code from the gRPC status (transport errors, and codes
+/// newer than this build).
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let sent = status
-            .metadata()
-            .get("airlock-error")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Code::from_control);
-        let code = sent.unwrap_or(match status.code() {
-            tonic::Code::Unauthenticated => Code::Unauthenticated,
-            tonic::Code::PermissionDenied => Code::NotAReviewer,
-            tonic::Code::NotFound => Code::NotFound,
-            tonic::Code::FailedPrecondition | tonic::Code::Aborted => Code::AlreadyDecided,
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Code::InvalidArgument,
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                Code::Unavailable
-            }
-            tonic::Code::Ok
-            | tonic::Code::Unknown
-            | tonic::Code::AlreadyExists
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::Unimplemented
-            | tonic::Code::Internal
-            | tonic::Code::DataLoss => Code::Internal,
-        });
+        let code = ErrorCode::of(&status)
+            .map(Code::from)
+            .unwrap_or(match status.code() {
+                tonic::Code::Unauthenticated => Code::Unauthenticated,
+                tonic::Code::PermissionDenied => Code::NotAReviewer,
+                tonic::Code::NotFound => Code::NotFound,
+                tonic::Code::FailedPrecondition | tonic::Code::Aborted => Code::AlreadyDecided,
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Code::InvalidArgument,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    Code::Unavailable
+                }
+                tonic::Code::Ok
+                | tonic::Code::Unknown
+                | tonic::Code::AlreadyExists
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Unimplemented
+                | tonic::Code::Internal
+                | tonic::Code::DataLoss => Code::Internal,
+            });
         let message = if status.message().is_empty() {
             format!("control plane: {}", status.code())
         } else {
@@ -176,40 +194,119 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
-    fn status_with(code: tonic::Code, airlock: Option<&'static str>) -> tonic::Status {
-        let mut s = tonic::Status::new(code, "why");
-        if let Some(a) = airlock {
-            s.metadata_mut()
-                .insert("airlock-error", tonic::metadata::MetadataValue::from_static(a));
+    /// A refusal as the control plane sends it, or a bare status.
+    fn status_with(code: tonic::Code, airlock: Option<ErrorCode>) -> tonic::Status {
+        match airlock {
+            Some(a) => {
+                assert_eq!(a.grpc(), code, "{a}");
+                a.status("why")
+            }
+            None => tonic::Status::new(code, "why"),
         }
-        s
     }
 
     #[test]
     fn control_plane_codes_map_to_statuses() {
         let table = [
-            ("unauthenticated", tonic::Code::Unauthenticated, 401),
-            ("not_a_reviewer", tonic::Code::PermissionDenied, 403),
-            ("self_approval", tonic::Code::PermissionDenied, 403),
-            ("app_identity", tonic::Code::PermissionDenied, 403),
-            ("not_found", tonic::Code::NotFound, 404),
-            ("already_decided", tonic::Code::FailedPrecondition, 409),
-            ("already_voted", tonic::Code::FailedPrecondition, 409),
-            ("expired", tonic::Code::FailedPrecondition, 409),
-            ("digest_mismatch", tonic::Code::FailedPrecondition, 409),
-            ("invalid_argument", tonic::Code::InvalidArgument, 400),
-            ("unavailable", tonic::Code::Unavailable, 503),
+            (
+                ErrorCode::Unauthenticated,
+                tonic::Code::Unauthenticated,
+                "unauthenticated",
+                401,
+            ),
+            (
+                ErrorCode::NotAReviewer,
+                tonic::Code::PermissionDenied,
+                "not_a_reviewer",
+                403,
+            ),
+            (
+                ErrorCode::SelfApproval,
+                tonic::Code::PermissionDenied,
+                "self_approval",
+                403,
+            ),
+            (
+                ErrorCode::AppIdentity,
+                tonic::Code::PermissionDenied,
+                "app_identity",
+                403,
+            ),
+            (ErrorCode::NotFound, tonic::Code::NotFound, "not_found", 404),
+            (
+                ErrorCode::AlreadyDecided,
+                tonic::Code::FailedPrecondition,
+                "already_decided",
+                409,
+            ),
+            (
+                ErrorCode::AlreadyVoted,
+                tonic::Code::FailedPrecondition,
+                "already_voted",
+                409,
+            ),
+            (
+                ErrorCode::Expired,
+                tonic::Code::FailedPrecondition,
+                "expired",
+                409,
+            ),
+            (
+                ErrorCode::DigestMismatch,
+                tonic::Code::FailedPrecondition,
+                "digest_mismatch",
+                409,
+            ),
+            (
+                ErrorCode::InvalidArgument,
+                tonic::Code::InvalidArgument,
+                "invalid_argument",
+                400,
+            ),
+            (
+                ErrorCode::Unavailable,
+                tonic::Code::Unavailable,
+                "unavailable",
+                503,
+            ),
+            (ErrorCode::FellBehind, tonic::Code::DataLoss, "internal", 500),
         ];
-        for (code, grpc, http) in table {
-            let e = ApiError::from(status_with(grpc, Some(code)));
-            assert_eq!(e.code.as_str(), code);
-            assert_eq!(e.code.status().as_u16(), http, "{code}");
+        assert_eq!(
+            table.len(),
+            ErrorCode::ALL.len(),
+            "every control-plane code is in the table"
+        );
+        for (sent, grpc, code, http) in table {
+            let e = ApiError::from(status_with(grpc, Some(sent)));
+            assert_eq!(e.code.as_str(), code, "{sent}");
+            assert_eq!(e.code.status().as_u16(), http, "{sent}");
             assert_eq!(e.message, "why");
         }
-        // An unknown code falls back to the gRPC code.
-        let e = ApiError::from(status_with(tonic::Code::NotFound, Some("something_new")));
-        assert_eq!(e.code, Code::NotFound);
+        // The code in the ErrorInfo wins over the gRPC code's guess...
+        let e = ApiError::from(status_with(
+            tonic::Code::FailedPrecondition,
+            Some(ErrorCode::AlreadyVoted),
+        ));
+        assert_eq!(e.code, Code::AlreadyVoted);
+        // ...and without one (a transport error), the gRPC code decides.
+        let e = ApiError::from(status_with(tonic::Code::FailedPrecondition, None));
+        assert_eq!(e.code, Code::AlreadyDecided);
         let e = ApiError::from(status_with(tonic::Code::Internal, None));
         assert_eq!(e.code.status().as_u16(), 500);
+    }
+
+    #[tokio::test]
+    async fn a_refused_vote_answers_the_same_json_as_before() {
+        let refused = ErrorCode::NotAReviewer.status("erin is not in a reviewer group");
+        let response = ApiError::from(refused).into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            body,
+            json!({"error": {"code": "not_a_reviewer", "message": "erin is not in a reviewer group"}})
+        );
     }
 }

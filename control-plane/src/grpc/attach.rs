@@ -11,6 +11,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use airlock_proto::ErrorCode;
+
 use crate::live::Live;
 use crate::projection::Request as RequestState;
 
@@ -94,9 +96,8 @@ impl proto::proxy_service_server::ProxyService for Control {
             })) => h,
             _ => {
                 return Err(status(
-                    "invalid_argument",
-                    tonic::Code::InvalidArgument,
-                    "the first message on Attach must be Hello".into(),
+                    ErrorCode::InvalidArgument,
+                    "the first message on Attach must be Hello",
                 ));
             }
         };

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::live::Live;
 
-use super::{Control, status};
+use super::{Control, log_status};
 
 #[tonic::async_trait]
 impl proto::audit_service_server::AuditService for Control {
@@ -27,15 +27,22 @@ impl proto::audit_service_server::AuditService for Control {
         let filter = ReadFilter {
             subjects: q.subjects.clone(),
         };
-        let log_err = |e: airlock_eventlog::Error| {
-            status("unavailable", tonic::Code::Unavailable, format!("event log: {e}"))
-        };
         let stream: Pin<
             Box<dyn futures::Stream<Item = Result<StoredEvent, airlock_eventlog::Error>> + Send>,
         > = if q.stop_at_end {
-            Box::pin(self.log.read(q.start_sequence, filter).await.map_err(log_err)?)
+            Box::pin(
+                self.log
+                    .read(q.start_sequence, filter)
+                    .await
+                    .map_err(log_status)?,
+            )
         } else {
-            Box::pin(self.log.tail(q.start_sequence, filter).await.map_err(log_err)?)
+            Box::pin(
+                self.log
+                    .tail(q.start_sequence, filter)
+                    .await
+                    .map_err(log_status)?,
+            )
         };
         let (tx, rx) = mpsc::channel(256);
         let live = self.live.clone();
@@ -75,7 +82,7 @@ impl proto::audit_service_server::AuditService for Control {
                             raw: e.raw.to_vec(),
                         })
                     }
-                    Err(e) => Err(Status::unavailable(format!("event log: {e}"))),
+                    Err(e) => Err(log_status(e)),
                 };
                 let stop = out.is_err();
                 if tx.send(out).await.is_err() || stop {

@@ -2,8 +2,11 @@
 //! watch, sessions, kill), `ProxyService` (`Attach`: decisions and kills to
 //! the proxies holding them) and `AuditService` (the log, then live).
 //!
-//! Every error leaves through [`status`], which logs the full reason and
-//! sets a stable `airlock-error` code in the metadata for integrators.
+//! One file per service (`reviewer`, `attach`, `audit`); this one holds
+//! what they share: the caller's identity and the error exit. Every refusal
+//! leaves through [`status`], which logs it and carries its stable code
+//! ([`ErrorCode`], shared with the reviewer) as a `google.rpc.ErrorInfo`
+//! in the status details, the convention gRPC clients read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 
 use airlock_eventlog::EventLog;
 use airlock_eventlog::proto;
+use airlock_proto::ErrorCode;
 use tonic::{Request, Status};
 
 use crate::act::VoteError;
@@ -47,37 +51,63 @@ impl std::fmt::Debug for Control {
     }
 }
 
-/// The error -> status table (see the house style's error table).
-fn status(code: &'static str, grpc: tonic::Code, message: String) -> Status {
-    tracing::info!(code, %message, "request refused");
-    let mut s = Status::new(grpc, message);
-    s.metadata_mut()
-        .insert("airlock-error", tonic::metadata::MetadataValue::from_static(code));
-    s
+/// The one way a refusal leaves: logged with its code, then sent with the
+/// code in a `google.rpc.ErrorInfo` ([`ErrorCode::status`]) and the gRPC
+/// status the shared table gives it. `message` reaches the caller.
+fn status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let message = message.into();
+    match code {
+        ErrorCode::Unavailable | ErrorCode::FellBehind => {
+            tracing::warn!(code = code.as_str(), %message, "request failed")
+        }
+        ErrorCode::Unauthenticated
+        | ErrorCode::NotAReviewer
+        | ErrorCode::SelfApproval
+        | ErrorCode::AppIdentity
+        | ErrorCode::NotFound
+        | ErrorCode::AlreadyDecided
+        | ErrorCode::AlreadyVoted
+        | ErrorCode::Expired
+        | ErrorCode::DigestMismatch
+        | ErrorCode::InvalidArgument => tracing::info!(code = code.as_str(), %message, "request refused"),
+    }
+    code.status(message)
 }
 
 fn decide_status(e: DecideError) -> Status {
-    let (code, grpc) = match &e {
-        DecideError::UnknownRequest(_) => ("not_found", tonic::Code::NotFound),
-        DecideError::AlreadyDecided { .. } => ("already_decided", tonic::Code::FailedPrecondition),
-        DecideError::Expired { .. } => ("expired", tonic::Code::FailedPrecondition),
-        DecideError::AppIdentity { .. } => ("app_identity", tonic::Code::PermissionDenied),
-        DecideError::SelfApproval { .. } => ("self_approval", tonic::Code::PermissionDenied),
-        DecideError::NotAReviewer { .. } => ("not_a_reviewer", tonic::Code::PermissionDenied),
-        DecideError::AlreadyVoted { .. } => ("already_voted", tonic::Code::FailedPrecondition),
-        DecideError::DigestMismatch { .. } => ("digest_mismatch", tonic::Code::FailedPrecondition),
-        DecideError::NoDecision => ("invalid_argument", tonic::Code::InvalidArgument),
+    let code = match &e {
+        DecideError::UnknownRequest(_) => ErrorCode::NotFound,
+        DecideError::AlreadyDecided { .. } => ErrorCode::AlreadyDecided,
+        DecideError::Expired { .. } => ErrorCode::Expired,
+        DecideError::AppIdentity { .. } => ErrorCode::AppIdentity,
+        DecideError::SelfApproval { .. } => ErrorCode::SelfApproval,
+        DecideError::NotAReviewer { .. } => ErrorCode::NotAReviewer,
+        DecideError::AlreadyVoted { .. } => ErrorCode::AlreadyVoted,
+        DecideError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+        DecideError::NoDecision => ErrorCode::InvalidArgument,
     };
-    status(code, grpc, e.to_string())
+    status(code, e.to_string())
 }
 
 fn vote_status(e: VoteError) -> Status {
     match e {
         VoteError::Refused(d) => decide_status(d),
-        VoteError::Log(l) => status("unavailable", tonic::Code::Unavailable, format!("event log: {l}")),
-        VoteError::Lagging | VoteError::Contended => {
-            status("unavailable", tonic::Code::Unavailable, e.to_string())
-        }
+        VoteError::Log(l) => log_status(l),
+        VoteError::Lagging | VoteError::Contended => status(ErrorCode::Unavailable, e.to_string()),
+    }
+}
+
+/// The log could not be read or written: the caller may retry.
+fn log_status(e: airlock_eventlog::Error) -> Status {
+    status(ErrorCode::Unavailable, format!("event log: {e}"))
+}
+
+/// How a person is named in messages: display name, else subject.
+fn who(identity: &proto::Identity) -> String {
+    if identity.display_name.is_empty() {
+        identity.subject.clone()
+    } else {
+        identity.display_name.clone()
     }
 }
 
@@ -87,24 +117,23 @@ impl Control {
     /// agents or anyone else. Deciding checks the request's own groups too.
     async fn reviewer<T>(&self, request: &Request<T>) -> Result<proto::Identity, Status> {
         let identity = self.caller(request).await?;
-        let member = identity.groups.iter().any(|g| {
-            self.kill_groups
-                .iter()
-                .any(|k| *k == g.id || (!g.name.is_empty() && *k == g.name))
-        });
-        if !member {
-            let who = if identity.display_name.is_empty() {
-                identity.subject.clone()
-            } else {
-                identity.display_name.clone()
-            };
+        if !self.in_kill_groups(&identity) {
             return Err(status(
-                "not_a_reviewer",
-                tonic::Code::PermissionDenied,
-                format!("{who} is not in a reviewer group"),
+                ErrorCode::NotAReviewer,
+                format!("{} is not in a reviewer group", who(&identity)),
             ));
         }
         Ok(identity)
+    }
+
+    /// Whether `identity` is in one of the reviewer groups, by object id
+    /// or by name.
+    fn in_kill_groups(&self, identity: &proto::Identity) -> bool {
+        identity.groups.iter().any(|g| {
+            self.kill_groups
+                .iter()
+                .any(|k| *k == g.id || (!g.name.is_empty() && *k == g.name))
+        })
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<proto::Identity, Status> {
@@ -112,30 +141,15 @@ impl Control {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                status(
-                    "unauthenticated",
-                    tonic::Code::Unauthenticated,
-                    "no bearer token".into(),
-                )
-            })?;
+            .ok_or_else(|| status(ErrorCode::Unauthenticated, "no bearer token"))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                status(
-                    "unauthenticated",
-                    tonic::Code::Unauthenticated,
-                    "authorization is not a bearer token".into(),
-                )
-            })?;
-        self.auth.verify(token.trim()).await.map_err(|why| {
-            status(
-                "unauthenticated",
-                tonic::Code::Unauthenticated,
-                format!("token refused: {why}"),
-            )
-        })
+            .ok_or_else(|| status(ErrorCode::Unauthenticated, "authorization is not a bearer token"))?;
+        self.auth
+            .verify(token.trim())
+            .await
+            .map_err(|why| status(ErrorCode::Unauthenticated, format!("token refused: {why}")))
     }
 
     fn ready(&self) -> Result<(), Status> {
@@ -143,9 +157,8 @@ impl Control {
             Ok(())
         } else {
             Err(status(
-                "unavailable",
-                tonic::Code::Unavailable,
-                "this replica is still catching up with the log".into(),
+                ErrorCode::Unavailable,
+                "this replica is still catching up with the log",
             ))
         }
     }

