@@ -99,27 +99,7 @@ pub fn main() -> ExitCode {
         Command::Policy { command } => return crate::policy_cmd::run(command),
         other => other,
     };
-    let _telemetry = match airlock_telemetry::init("airlock-control") {
-        Ok(g) => Some(g),
-        Err(e) => {
-            eprintln!("airlock-control: telemetry: {e}");
-            None
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("airlock-control: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("airlock-control: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    airlock_telemetry::run_binary("airlock-control", run(command))
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

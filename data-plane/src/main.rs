@@ -16,26 +16,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _telemetry = airlock_telemetry::init("airlock-proxy").ok();
-    let config = match airlock_proxy::config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("airlock-proxy: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("airlock-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(airlock_proxy::run::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("airlock-proxy: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    airlock_telemetry::run_binary("airlock-proxy", async move {
+        let config = airlock_proxy::config::load(&args.config)?;
+        airlock_proxy::run::run(config).await
+    })
 }

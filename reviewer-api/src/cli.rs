@@ -16,26 +16,8 @@ struct Args {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("airlock-reviewer: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let _telemetry = runtime.block_on(async { airlock_telemetry::init("airlock-reviewer").ok() });
-    let config = match crate::config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("airlock-reviewer: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("airlock-reviewer: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    airlock_telemetry::run_binary("airlock-reviewer", async move {
+        let config = crate::config::load(&args.config)?;
+        crate::run(config).await
+    })
 }
