@@ -778,6 +778,39 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn a_name_folded_differently_from_postgresql_cannot_launder_a_statement() {
+        // PostgreSQL folds unquoted names in ASCII only: `EXECUTE ÉX` runs
+        // the statement named "Éx" (here the protocol-level DELETE), not
+        // the SELECT prepared as "éx". The Kelvin sign is kept too, where
+        // Unicode would lower it to `k`.
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        for (protocol_name, sql_name, executed) in [("Éx", "éx", "ÉX"), ("\u{212A}", "k", "\u{212A}")] {
+            raw.send(&[parse(protocol_name, "DELETE FROM orders"), FeMessage::Sync])
+                .await;
+            assert!(
+                raw.until_ready().await.1.is_empty(),
+                "the Parse itself runs nothing"
+            );
+            raw.send(&[FeMessage::Query {
+                sql: format!("PREPARE {sql_name} AS SELECT 1"),
+            }])
+            .await;
+            assert!(raw.until_ready().await.1.is_empty());
+            raw.send(&[FeMessage::Query {
+                sql: format!("EXECUTE {executed}"),
+            }])
+            .await;
+            assert_eq!(
+                raw.until_ready().await.1,
+                vec!["42501"],
+                "EXECUTE {executed} is not the SELECT prepared as {sql_name}"
+            );
+            assert_untouched(&f);
+        }
+    }
+
+    #[tokio::test]
     async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
         let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
         let mut raw = Raw::login(f.addr).await;

@@ -859,7 +859,7 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
                     r.functions
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|f| f.to_lowercase())
+                        .map(|f| f.to_ascii_lowercase())
                         .collect(),
                 ),
                 action: r.action.0,

@@ -80,6 +80,7 @@ pub mod config;
 mod error;
 pub mod functions;
 mod glob;
+pub mod ident;
 pub mod judge;
 pub mod kind;
 

@@ -729,11 +729,7 @@ fn expr_parts(expr: &Expr) -> Vec<String> {
 }
 
 fn ident_name(ident: &sqlparser::ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
+    crate::ident::fold(&ident.value, ident.quote_style.is_some())
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {

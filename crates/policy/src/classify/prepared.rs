@@ -68,13 +68,5 @@ impl PreparedStatements {
 /// PostgreSQL keeps the first 63 bytes of a name (cut at a character
 /// boundary): longer names that share them are the same statement.
 pub fn key(name: &str) -> &str {
-    const MAX: usize = 63;
-    if name.len() <= MAX {
-        return name;
-    }
-    let mut end = MAX;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
+    crate::ident::truncate(name)
 }

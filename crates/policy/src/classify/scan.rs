@@ -101,8 +101,8 @@ impl Scanner {
     }
 }
 
-/// Normalises identifier parts the way PostgreSQL does: unquoted names fold
-/// to lowercase, quoted ones keep their case.
+/// Joins identifier parts (already folded as PostgreSQL folds them, see
+/// [`crate::ident`]) into a dotted name.
 pub(crate) fn join_parts(parts: &[String]) -> String {
     parts.join(".")
 }
@@ -184,7 +184,7 @@ impl<'a> Compound<'a> {
     fn finish(self) {
         if self.name == "Ident" {
             if let (Some(capture), Some(value)) = (self.s.capture.as_mut(), self.ident) {
-                capture.push(if self.quoted { value } else { value.to_lowercase() });
+                capture.push(crate::ident::fold(&value, self.quoted));
             }
         } else if let Some(mut table) = self.table {
             if self.table_args {

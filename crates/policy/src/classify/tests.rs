@@ -201,6 +201,41 @@ fn prepare_then_execute_is_judged_as_prepared() {
 }
 
 #[test]
+fn names_fold_as_postgresql_folds_them_in_ascii_only() {
+    // A SELECT prepared under a name whose Unicode lower case differs from
+    // PostgreSQL's fold must not be found by EXECUTE of the other spelling:
+    // PostgreSQL would run whatever the other name holds.
+    fn ctx(p: &PreparedStatements) -> ClassifyContext<'_> {
+        ClassifyContext {
+            default_schema: "public",
+            prepared: p,
+            max_statement_bytes: 1 << 20,
+        }
+    }
+    let mut prepared = PreparedStatements::new();
+    for (prepared_as, executed_as) in [("éx", "ÉX"), ("k", "\u{212A}"), ("i", "İ")] {
+        let c = classify(&format!("PREPARE {prepared_as} AS SELECT 1"), &ctx(&prepared));
+        prepared.apply(&c.prepared_changes);
+        let c = classify(&format!("EXECUTE {executed_as}"), &ctx(&prepared));
+        assert_eq!(
+            c.effects[0].kind,
+            Kind::Execute,
+            "EXECUTE {executed_as} must not find {prepared_as}"
+        );
+    }
+    // ASCII capitals do fold: the same statement.
+    let c = classify("PREPARE Wipe AS DELETE FROM orders", &ctx(&prepared));
+    prepared.apply(&c.prepared_changes);
+    assert_eq!(
+        classify("EXECUTE WIPE", &ctx(&prepared)).effects[0].kind,
+        Kind::Delete
+    );
+    // Tables too: an unquoted non-ASCII capital is kept.
+    let c = classify("DELETE FROM ÖRDERS", &ctx(&prepared));
+    assert_eq!(c.effects[0].tables, vec!["public.Örders"]);
+}
+
+#[test]
 fn oversized_text_is_not_parsed() {
     let prepared = PreparedStatements::new();
     let c = classify(
