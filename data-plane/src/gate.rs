@@ -146,6 +146,16 @@ pub struct Judgement {
     /// ALL): PostgreSQL shares one namespace with the protocol's Parse.
     pub sql_names: Vec<String>,
     pub drops_all: bool,
+    /// The kinds of the statement's effects (a COPY FROM STDIN is a COPY
+    /// and an INSERT), for what the session itself must know of it.
+    pub kinds: Vec<airlock_policy::Kind>,
+}
+
+impl Judgement {
+    /// Whether one of the statement's effects is of `kind`.
+    pub fn has(&self, kind: airlock_policy::Kind) -> bool {
+        self.kinds.contains(&kind)
+    }
 }
 
 impl std::fmt::Debug for Judgement {

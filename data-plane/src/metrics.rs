@@ -1,156 +1,286 @@
-//! Prometheus metrics for the proxy: plain atomics, rendered in the text
-//! exposition format on `GET /metrics` of `proxy.metrics_listen`.
+//! The proxy's Prometheus metrics, served on `GET /metrics` of
+//! `proxy.metrics_listen` (text format 0.0.4). This module owns the names;
+//! the session bumps them where things happen. Durations are histograms in
+//! seconds; counters end in `_total`.
 
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Every counter the proxy keeps. Durations are kept in microseconds and
-/// exposed in seconds.
-#[derive(Debug, Default)]
+use airlock_eventlog::proto::statement_refused::Cause;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// What a statement was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+/// Why a statement was refused (or a session ended for its token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// A deny rule, the policy default, or a rule of the session.
+    Policy,
+    /// A reviewer denied it.
+    Denied,
+    /// Nobody decided in time.
+    Expired,
+    Cancelled,
+    /// The control plane or event log could not take the request.
+    Unavailable,
+    /// The recording buffer stayed full.
+    BufferFull,
+    /// A grant for other bytes than the ones held.
+    DigestMismatch,
+    /// Too large to put before a reviewer.
+    TooLarge,
+    /// The session's token expired (the session ended).
+    TokenExpired,
+}
+
+impl Refusal {
+    /// The metric cause of a recorded refusal's cause.
+    pub fn of(cause: Cause) -> Refusal {
+        match cause {
+            Cause::Policy | Cause::Unspecified => Refusal::Policy,
+            Cause::Denied => Refusal::Denied,
+            Cause::Expired => Refusal::Expired,
+            Cause::Cancelled => Refusal::Cancelled,
+            Cause::Unavailable => Refusal::Unavailable,
+            Cause::DigestMismatch => Refusal::DigestMismatch,
+        }
+    }
+}
+
+impl EncodeLabelValue for Verdict {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                Verdict::Allow => "allow",
+                Verdict::Deny => "deny",
+                Verdict::RequireApproval => "require-approval",
+            },
+        )
+    }
+}
+
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                Refusal::Policy => "policy",
+                Refusal::Denied => "denied",
+                Refusal::Expired => "expired",
+                Refusal::Cancelled => "cancelled",
+                Refusal::Unavailable => "unavailable",
+                Refusal::BufferFull => "buffer_full",
+                Refusal::DigestMismatch => "digest_mismatch",
+                Refusal::TooLarge => "too_large",
+                Refusal::TokenExpired => "token_expired",
+            },
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CauseLabels {
+    cause: Refusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// Every metric the proxy keeps. Cheap to bump from any task.
+#[derive(Debug)]
 pub struct Metrics {
-    pub connections_total: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub logins_refused: AtomicU64,
-    pub statements_allowed: AtomicU64,
-    pub statements_denied: AtomicU64,
-    pub statements_held: AtomicU64,
-    pub held_now: AtomicU64,
-    pub hold_micros_sum: AtomicU64,
-    pub holds_ended: AtomicU64,
-    pub upstream_micros_sum: AtomicU64,
-    pub upstream_statements: AtomicU64,
+    registry: Registry,
+    connections: Counter,
+    connections_open: Gauge,
+    logins_refused: Counter,
+    statements: Family<VerdictLabels, Counter>,
+    refusals: Family<CauseLabels, Counter>,
+    held_now: Gauge,
+    hold_seconds: Histogram,
+    upstream_seconds: Histogram,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
-        Arc::new(Metrics::default())
+    /// The proxy's metrics, with the recorder's own counters (events
+    /// acknowledged by the log, appends retried) among them.
+    pub fn new(recorder: &crate::record::RecorderStats) -> Arc<Metrics> {
+        let mut m = Metrics::default();
+        m.registry.register(
+            "events_recorded",
+            "Session events acknowledged by the log",
+            recorder.appended.clone(),
+        );
+        m.registry
+            .register("event_retries", "Event appends retried", recorder.retries.clone());
+        Arc::new(m)
     }
 
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Client sessions open now.
+    pub fn sessions_open(&self) -> i64 {
+        self.connections_open.get()
     }
 
-    pub fn dec(counter: &AtomicU64) {
-        // Saturating: a gauge never wraps below zero.
-        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(v.saturating_sub(1))
-        });
+    pub fn connection_accepted(&self) {
+        self.connections.inc();
     }
 
-    pub fn add(counter: &AtomicU64, v: u64) {
-        counter.fetch_add(v, Ordering::Relaxed);
+    pub fn session_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn session_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn login_refused(&self) {
+        self.logins_refused.inc();
+    }
+
+    pub fn judged(&self, verdict: Verdict) {
+        self.statements.get_or_create(&VerdictLabels { verdict }).inc();
+    }
+
+    pub fn refused(&self, cause: Refusal) {
+        self.refusals.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// A hold began; the returned guard ends it (and observes its length)
+    /// however the wait ends.
+    pub fn hold(&self) -> HoldTimer<'_> {
+        self.held_now.inc();
+        HoldTimer {
+            metrics: self,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// A statement PostgreSQL answered, `seconds` after it was forwarded.
+    pub fn answered(&self, seconds: f64) {
+        self.upstream_seconds.observe(seconds);
     }
 
     /// The text exposition format.
-    pub fn render(&self, recorded: u64, record_retries: u64) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let secs = |c: &AtomicU64| g(c) as f64 / 1e6;
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in lines {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let one = |v: String| vec![(String::new(), v)];
-        metric(
-            "airlock_proxy_connections_total",
-            "counter",
-            "Client connections accepted.",
-            &one(g(&self.connections_total).to_string()),
-        );
-        metric(
-            "airlock_proxy_connections_open",
-            "gauge",
-            "Client sessions open now.",
-            &one(g(&self.connections_open).to_string()),
-        );
-        metric(
-            "airlock_proxy_logins_refused_total",
-            "counter",
-            "Logins refused (token, policy, upstream).",
-            &one(g(&self.logins_refused).to_string()),
-        );
-        metric(
-            "airlock_proxy_statements_total",
-            "counter",
-            "Statements judged, by verdict.",
-            &[
-                (
-                    "{verdict=\"allow\"}".into(),
-                    g(&self.statements_allowed).to_string(),
-                ),
-                (
-                    "{verdict=\"deny\"}".into(),
-                    g(&self.statements_denied).to_string(),
-                ),
-                (
-                    "{verdict=\"require-approval\"}".into(),
-                    g(&self.statements_held).to_string(),
-                ),
-            ],
-        );
-        metric(
-            "airlock_proxy_held_now",
-            "gauge",
-            "Statements waiting for a decision now.",
-            &one(g(&self.held_now).to_string()),
-        );
-        metric(
-            "airlock_proxy_hold_seconds",
-            "summary",
-            "Time held statements waited for their decision.",
-            &[
-                ("_sum".into(), secs(&self.hold_micros_sum).to_string()),
-                ("_count".into(), g(&self.holds_ended).to_string()),
-            ],
-        );
-        metric(
-            "airlock_proxy_upstream_seconds",
-            "summary",
-            "Time from forwarding a statement to its completion upstream.",
-            &[
-                ("_sum".into(), secs(&self.upstream_micros_sum).to_string()),
-                ("_count".into(), g(&self.upstream_statements).to_string()),
-            ],
-        );
-        metric(
-            "airlock_proxy_events_recorded_total",
-            "counter",
-            "Session events acknowledged by the log.",
-            &one(recorded.to_string()),
-        );
-        metric(
-            "airlock_proxy_event_retries_total",
-            "counter",
-            "Event appends retried.",
-            &one(record_retries.to_string()),
-        );
+        // Writing to a String cannot fail.
+        let _ = text::encode(&mut out, &self.registry);
         out
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("airlock_proxy");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Counter::default(),
+            connections_open: Gauge::default(),
+            logins_refused: Counter::default(),
+            statements: Family::default(),
+            refusals: Family::default(),
+            held_now: Gauge::default(),
+            // 1 ms to about 2.3 hours: holds wait for people.
+            hold_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
+            // 100 us to about 27 minutes.
+            upstream_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
+        };
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client sessions open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "logins_refused",
+            "Logins refused (token, policy, upstream)",
+            m.logins_refused.clone(),
+        );
+        registry.register(
+            "statements",
+            "Statements judged, by verdict",
+            m.statements.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Statements refused, by cause (token_expired: sessions ended for an expired token)",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "held_now",
+            "Statements waiting for a decision now",
+            m.held_now.clone(),
+        );
+        registry.register_with_unit(
+            "hold",
+            "Time held statements waited for their decision",
+            Unit::Seconds,
+            m.hold_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "upstream",
+            "Time from forwarding a statement to its completion upstream",
+            Unit::Seconds,
+            m.upstream_seconds.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "This proxy's version (always 1)", build);
+        Metrics { registry, ..m }
+    }
+}
+
+/// Counts a hold while it lasts.
+#[derive(Debug)]
+pub struct HoldTimer<'a> {
+    metrics: &'a Metrics,
+    since: std::time::Instant,
+}
+
+impl Drop for HoldTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.held_now.dec();
+        self.metrics
+            .hold_seconds
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
 /// Serves `/metrics` (and `/healthz`) until the task is dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    recorder: crate::record::Recorder,
-) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let (m, r) = (metrics.clone(), recorder.clone());
-                async move {
-                    let body = m.render(
-                        r.stats.appended.load(Ordering::Relaxed),
-                        r.stats.retries.load(Ordering::Relaxed),
-                    );
-                    ([("content-type", "text/plain; version=0.0.4")], body)
-                }
+                let m = metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
@@ -164,19 +294,28 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics::default();
-        Metrics::inc(&m.statements_allowed);
-        Metrics::inc(&m.connections_open);
-        Metrics::dec(&m.connections_open);
-        Metrics::dec(&m.connections_open);
-        Metrics::add(&m.hold_micros_sum, 1_500_000);
-        let text = m.render(3, 0);
-        assert!(
-            text.contains("airlock_proxy_statements_total{verdict=\"allow\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("airlock_proxy_connections_open 0"), "{text}");
-        assert!(text.contains("airlock_proxy_hold_seconds_sum 1.5"), "{text}");
-        assert!(text.contains("airlock_proxy_events_recorded_total 3"), "{text}");
+        let stats = crate::record::RecorderStats::default();
+        let m = Metrics::new(&stats);
+        m.judged(Verdict::Allow);
+        m.session_opened();
+        m.session_closed();
+        m.refused(Refusal::of(Cause::Denied));
+        m.refused(Refusal::BufferFull);
+        drop(m.hold());
+        stats.appended.inc_by(3);
+        let text = m.render();
+        for line in [
+            "airlock_proxy_statements_total{verdict=\"allow\"} 1",
+            "airlock_proxy_connections_open 0",
+            "airlock_proxy_refusals_total{cause=\"denied\"} 1",
+            "airlock_proxy_refusals_total{cause=\"buffer_full\"} 1",
+            "airlock_proxy_hold_seconds_count 1",
+            "airlock_proxy_held_now 0",
+            "airlock_proxy_events_recorded_total 3",
+            "# TYPE airlock_proxy_upstream_seconds histogram",
+            "airlock_proxy_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 }

@@ -190,6 +190,7 @@ impl Gate for PolicyGate {
                 on_success: None,
                 sql_names: Vec::new(),
                 drops_all: false,
+                kinds: Vec::new(),
             };
         };
         // PREPARE and DEALLOCATE change what later EXECUTEs mean, but only
@@ -268,6 +269,7 @@ impl Gate for PolicyGate {
             on_success,
             sql_names,
             drops_all,
+            kinds: v.effects.iter().map(|e| e.effect.kind).collect(),
         }
     }
 }

@@ -23,7 +23,6 @@
 //! for) ends a group and is appended on its own, in order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,11 +46,11 @@ struct Job {
     room: OwnedSemaphorePermit,
 }
 
-/// Counters for metrics and tests.
+/// Counters for metrics and tests (shared with the metrics registry).
 #[derive(Debug, Default)]
 pub struct RecorderStats {
-    pub appended: AtomicU64,
-    pub retries: AtomicU64,
+    pub appended: prometheus_client::metrics::counter::Counter,
+    pub retries: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug)]
@@ -309,11 +308,11 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
             drop(lane);
             match appended {
                 Ok(_) => {
-                    w.stats.appended.fetch_add(1, Ordering::Relaxed);
+                    w.stats.appended.inc();
                     break;
                 }
                 Err(e) => {
-                    w.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    w.stats.retries.inc();
                     tracing::warn!(%session, event = %event.id, error = %e, "recording failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -123,7 +123,6 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         source.clone(),
         proxy_id.clone(),
     ));
-    let metrics = crate::metrics::Metrics::new();
     // Up to 128 sessions' appends in flight at once (each session's in order).
     let recorder = Recorder::spawn(
         log.clone(),
@@ -131,10 +130,11 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.proxy.record_buffer,
         config.proxy.record_linger,
     );
+    let metrics = crate::metrics::Metrics::new(&recorder.stats);
     if let Some(addr) = config.proxy.metrics_listen {
-        let (m, r) = (metrics.clone(), recorder.clone());
+        let m = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m, r).await {
+            if let Err(e) = crate::metrics::serve(addr, m).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
@@ -174,22 +174,12 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let _ = phase_tx.send(crate::session::Phase::Draining);
     let _ = serving.await;
     let until = tokio::time::Instant::now() + deadline;
-    while metrics
-        .connections_open
-        .load(std::sync::atomic::Ordering::Relaxed)
-        > 0
-        && tokio::time::Instant::now() < until
-    {
+    while metrics.sessions_open() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = phase_tx.send(crate::session::Phase::Stopping);
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while metrics
-        .connections_open
-        .load(std::sync::atomic::Ordering::Relaxed)
-        > 0
-        && tokio::time::Instant::now() < until
-    {
+    while metrics.sessions_open() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every recorded event reaches the log before the process ends.

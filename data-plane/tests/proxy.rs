@@ -92,6 +92,7 @@ impl Gate for TestGate {
             on_success: None,
             sql_names: Vec::new(),
             drops_all: false,
+            kinds: Vec::new(),
         }
     }
 }
@@ -155,7 +156,7 @@ async fn start_with_gate(
         reviewer_url: None,
         expiry_grace: Duration::from_secs(2),
         cancels: airlock_proxy::cancel::Cancels::new(),
-        metrics: airlock_proxy::metrics::Metrics::new(),
+        metrics: airlock_proxy::metrics::Metrics::new(&Default::default()),
         phase: tokio::sync::watch::channel(airlock_proxy::session::Phase::Running).1,
     };
     let handle = tokio::spawn(server.run(Arc::new(deps)));

@@ -156,6 +156,7 @@ impl Gate for SeedGate {
             on_success: None,
             sql_names: Vec::new(),
             drops_all: false,
+            kinds: Vec::new(),
         }
     }
 }
@@ -216,7 +217,7 @@ async fn spawn_proxy(
         reviewer_url: Some("https://airlock.example".into()),
         expiry_grace: Duration::from_secs(2),
         cancels,
-        metrics: airlock_proxy::metrics::Metrics::new(),
+        metrics: airlock_proxy::metrics::Metrics::new(&Default::default()),
         phase,
     };
     tokio::spawn(server.run(Arc::new(deps)));

@@ -21,7 +21,10 @@ use super::to_upstream::ToUpstream;
 use super::{Ctx, Ending};
 use crate::codec::Frame;
 use crate::error_response;
+use airlock_policy::Kind;
+
 use crate::gate::{Action, Judgement};
+use crate::metrics;
 use crate::names::{Lookup, Portal, Statement};
 
 impl ToUpstream {
@@ -33,12 +36,12 @@ impl ToUpstream {
         ctx.count_verdict(&judgement);
         let why = if sql_prepared(&ctx, &name) {
             Some("this name is taken by a statement made with SQL PREPARE; use another name")
-        } else if judgement.verdict.effects.iter().any(|e| e.kind == "COPY") {
+        } else if judgement.has(Kind::Copy) {
             Some(
                 "COPY to or from the client, a file or a program is not supported over the extended query protocol through Airlock; send it as a simple query (psql \\copy)",
             )
         } else {
-            ctx.session_refusal(&query, &judgement.verdict)
+            ctx.session_refusal(&query, &judgement)
         };
         if let Some(why) = why {
             judgement.action = Action::Deny { message: why.into() };
@@ -69,6 +72,7 @@ impl ToUpstream {
                     },
                     verdict: judgement.verdict,
                     cause: Cause::Policy,
+                    counted: None,
                     diagnostic: error_response::denied(message),
                     request_id: String::new(),
                 };
@@ -198,6 +202,7 @@ impl ToUpstream {
                             statement: held,
                             verdict: judgement.verdict.clone(),
                             cause,
+                            counted: None,
                             diagnostic,
                             request_id,
                         };
@@ -241,6 +246,7 @@ impl ToUpstream {
                     },
                     verdict: judgement.verdict.clone(),
                     cause: Cause::Unavailable,
+                    counted: Some(metrics::Refusal::BufferFull),
                     diagnostic: error_response::log_unavailable(&full),
                     request_id,
                 };

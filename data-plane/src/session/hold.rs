@@ -10,7 +10,7 @@
 //! held bytes are the Query message; over the extended protocol they are
 //! the statement's Parse, Bind and Execute messages (see `extended`).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto::{self, decision_notice::Outcome, event::Body, statement_refused::Cause};
 use airlock_eventlog::{ChainWriter, RequestId, subjects};
@@ -23,7 +23,6 @@ use super::{Ctx, Ending};
 use crate::codec::{Diagnostic, FeMessage, Frame};
 use crate::error_response;
 use crate::gate::{HoldSpec, Judgement, why};
-use crate::metrics::Metrics;
 
 /// What becomes of a statement once judged (and, if held, decided).
 #[derive(Debug)]
@@ -125,7 +124,7 @@ impl ToUpstream {
         // statement: forgotten before the hold is announced as cancellable.
         self.signals.forget_cancels();
         ctx.holding.store(true, std::sync::atomic::Ordering::Release);
-        let _held = HeldGauge::new(&deps.metrics);
+        let _held = deps.metrics.hold();
         use proto::approval_cancelled::Cause as Cancel;
         let notice = loop {
             tokio::select! {
@@ -253,33 +252,6 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
     h.update(((frame.body.len() + 4) as i32).to_be_bytes());
     h.update(&frame.body);
     h.finalize().to_vec()
-}
-
-/// Counts a hold while it lasts, however the wait ends.
-struct HeldGauge<'a> {
-    metrics: &'a Metrics,
-    since: Instant,
-}
-
-impl<'a> HeldGauge<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
-        Metrics::inc(&metrics.held_now);
-        HeldGauge {
-            metrics,
-            since: Instant::now(),
-        }
-    }
-}
-
-impl Drop for HeldGauge<'_> {
-    fn drop(&mut self) {
-        Metrics::dec(&self.metrics.held_now);
-        Metrics::inc(&self.metrics.holds_ended);
-        Metrics::add(
-            &self.metrics.hold_micros_sum,
-            self.since.elapsed().as_micros() as u64,
-        );
-    }
 }
 
 /// Whether the log holds an ApprovalGranted for `request_id`, for exactly

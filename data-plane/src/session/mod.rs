@@ -45,7 +45,7 @@ use crate::codec::Diagnostic;
 use crate::conn::{Login, fatal};
 use crate::error_response;
 use crate::gate::{Agent, Binding, Gate};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::names::Names;
 use crate::record::Recorder;
 use inflight::Running;
@@ -106,11 +106,11 @@ impl Ending {
 /// ends in an error message to the client and a log line.
 pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let peer = login.peer;
-    Metrics::inc(&deps.metrics.connections_total);
+    deps.metrics.connection_accepted();
     let logged_in = match login::authenticate(&mut login, deps.gate.as_ref()).await {
         Ok(x) => x,
         Err(refusal) => {
-            Metrics::inc(&deps.metrics.logins_refused);
+            deps.metrics.login_refused();
             tracing::info!(%peer, reason = %refusal.message, "login refused");
             fatal(
                 &mut login.io,
@@ -147,7 +147,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     }
     tracing::info!(%peer, session = %ctx.session, agent = %ctx.agent.describe(), connection = %ctx.binding.connection, "session open");
     let kills = deps.holds.open_session(ctx.session.as_str());
-    Metrics::inc(&deps.metrics.connections_open);
+    deps.metrics.session_opened();
     let (cancel_tx, cancel_rx) = tokio::sync::mpsc::channel(1);
     deps.cancels.register(
         key,
@@ -162,7 +162,10 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let ending = relay::relay(login, upstream, ctx.clone(), signals).await;
     deps.cancels.unregister(key);
     deps.holds.close_session(ctx.session.as_str());
-    Metrics::dec(&deps.metrics.connections_open);
+    deps.metrics.session_closed();
+    if ending.cause == proto::session_closed::Cause::TokenExpired {
+        deps.metrics.refused(metrics::Refusal::TokenExpired);
+    }
     let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
     let closed = ctx.event(Body::SessionClosed(proto::SessionClosed {
         cause: ending.cause as i32,
@@ -272,11 +275,10 @@ impl Ctx {
 
     fn count_verdict(&self, j: &crate::gate::Judgement) {
         use crate::gate::Action;
-        let m = &self.deps.metrics;
-        Metrics::inc(match j.action {
-            Action::Allow => &m.statements_allowed,
-            Action::Deny { .. } => &m.statements_denied,
-            Action::Hold(_) => &m.statements_held,
+        self.deps.metrics.judged(match j.action {
+            Action::Allow => metrics::Verdict::Allow,
+            Action::Deny { .. } => metrics::Verdict::Deny,
+            Action::Hold(_) => metrics::Verdict::RequireApproval,
         });
     }
 
@@ -289,8 +291,10 @@ impl Ctx {
         cause: proto::statement_refused::Cause,
         d: &Diagnostic,
         request_id: &str,
+        counted: metrics::Refusal,
     ) {
         self.count(false);
+        self.deps.metrics.refused(counted);
         let e = self.event(Body::StatementRefused(proto::StatementRefused {
             statement: Some(statement),
             verdict: Some(verdict),
@@ -308,9 +312,7 @@ impl Ctx {
     /// PREPARE, DEALLOCATE ALL) if it succeeded, and records it.
     fn finish(&self, r: Running) {
         self.count(true);
-        let m = &self.deps.metrics;
-        Metrics::inc(&m.upstream_statements);
-        Metrics::add(&m.upstream_micros_sum, r.started.elapsed().as_micros() as u64);
+        self.deps.metrics.answered(r.started.elapsed().as_secs_f64());
         if r.error.is_none()
             && let Some(apply) = &r.on_success
         {

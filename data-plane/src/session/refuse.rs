@@ -15,6 +15,7 @@
 //! refused.
 
 use airlock_eventlog::proto::{self, statement_refused::Cause};
+use airlock_policy::Kind;
 
 use super::Ctx;
 use super::inflight::InFlight;
@@ -22,6 +23,8 @@ use super::inflight::queue;
 use super::to_upstream::ToUpstream;
 use crate::codec::{Diagnostic, FeMessage};
 use crate::error_response;
+use crate::gate::Judgement;
+use crate::metrics;
 
 /// The text every refusal stand-in carries.
 pub(super) const REFUSAL_TEXT: &str = "airlock: statement refused";
@@ -93,11 +96,11 @@ impl Ctx {
     /// Refusals that depend on the session, not on the policy: SQL naming
     /// the proxy's stand-ins, and cursor commands while a portal holds a
     /// statement that is not simply allowed (FETCH would run it unapproved).
-    pub(super) fn session_refusal(&self, sql: &str, verdict: &proto::Verdict) -> Option<&'static str> {
+    pub(super) fn session_refusal(&self, sql: &str, judgement: &Judgement) -> Option<&'static str> {
         if sql.contains(REFUSAL_TEXT) {
             return Some("this text is reserved by Airlock");
         }
-        if verdict.effects.iter().any(|e| e.kind == "CURSOR") && self.names().has_gated_portal() {
+        if judgement.has(Kind::Cursor) && self.names().has_gated_portal() {
             return Some(
                 "FETCH, MOVE and CLOSE are refused while this session has a portal bound to a statement that needs approval; Execute it instead",
             );
@@ -144,6 +147,8 @@ impl Ctx {
 /// A statement refused, with what the log records of it.
 pub(super) struct Refused {
     pub statement: proto::Statement,
+    /// Counted as this cause in the metrics; by default, as `cause`.
+    pub counted: Option<metrics::Refusal>,
     pub verdict: proto::Verdict,
     pub cause: Cause,
     pub diagnostic: Diagnostic,
@@ -154,8 +159,18 @@ impl ToUpstream {
     /// Records a refusal and sends `stand_in` upstream in the statement's
     /// place; the stand-in's error is rewritten into the refusal.
     pub(super) fn refuse(&mut self, r: Refused, stand_in: FeMessage) {
-        self.ctx
-            .refused(r.statement, r.verdict, r.cause, &r.diagnostic, &r.request_id);
+        let counted = r.counted.unwrap_or(match r.diagnostic.code {
+            error_response::sqlstate::PROGRAM_LIMIT_EXCEEDED => metrics::Refusal::TooLarge,
+            _ => metrics::Refusal::of(r.cause),
+        });
+        self.ctx.refused(
+            r.statement,
+            r.verdict,
+            r.cause,
+            &r.diagnostic,
+            &r.request_id,
+            counted,
+        );
         let boundary = matches!(stand_in, FeMessage::Query { .. });
         queue(&self.queue).push(InFlight::Substitute {
             diagnostic: Some(r.diagnostic),
@@ -185,6 +200,7 @@ impl ToUpstream {
                 ..Default::default()
             },
             cause: Cause::Policy,
+            counted: None,
             diagnostic: error_response::denied(message),
             request_id: String::new(),
         };

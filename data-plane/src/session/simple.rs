@@ -12,14 +12,17 @@ use super::refuse::Refused;
 use super::to_upstream::ToUpstream;
 use crate::codec::Frame;
 use crate::error_response;
+use airlock_policy::Kind;
+
 use crate::gate::Action;
+use crate::metrics;
 
 impl ToUpstream {
     pub(super) async fn query(&mut self, frame: &Frame, sql: String) -> Result<(), Ending> {
         let ctx = self.ctx.clone();
         let mut judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
         ctx.count_verdict(&judgement);
-        if let Some(why) = ctx.session_refusal(&sql, &judgement.verdict) {
+        if let Some(why) = ctx.session_refusal(&sql, &judgement) {
             judgement.action = Action::Deny { message: why.into() };
         } else if judgement.sql_names.iter().any(|n| ctx.names().has_statement(n)) {
             judgement.action = Action::Deny {
@@ -27,8 +30,8 @@ impl ToUpstream {
             };
         }
         // A COPY FROM STDIN puts PostgreSQL in copy mode.
-        let has = |kind: &str| judgement.verdict.effects.iter().any(|e| e.kind == kind);
-        let copies_in = has("COPY") && has("INSERT") && !has("SERVER FILE") && !has("PROGRAM");
+        let has = |kind| judgement.has(kind);
+        let copies_in = has(Kind::Copy) && has(Kind::Insert) && !has(Kind::ServerFile) && !has(Kind::Program);
         let statement = proto::Statement {
             text: sql,
             protocol: proto::statement::Protocol::Simple as i32,
@@ -47,10 +50,11 @@ impl ToUpstream {
             Action::Hold(spec) => self.hold(&statement, &judgement, &spec).await?,
         };
         ctx.names().boundary();
-        let refused = |diagnostic, cause, request_id| Refused {
+        let refused = |diagnostic, cause, counted, request_id| Refused {
             statement: statement.clone(),
             verdict: judgement.verdict.clone(),
             cause,
+            counted,
             diagnostic,
             request_id,
         };
@@ -63,6 +67,7 @@ impl ToUpstream {
                         let r = refused(
                             error_response::log_unavailable(&full),
                             Cause::Unavailable,
+                            Some(metrics::Refusal::BufferFull),
                             request_id,
                         );
                         self.refuse(r, ctx.failing_query());
@@ -81,7 +86,7 @@ impl ToUpstream {
                 cause,
                 request_id,
             } => {
-                let r = refused(diagnostic, cause, request_id);
+                let r = refused(diagnostic, cause, None, request_id);
                 self.refuse(r, ctx.failing_query());
             }
         }
@@ -102,6 +107,7 @@ impl ToUpstream {
                 ..Default::default()
             },
             cause: Cause::Policy,
+            counted: None,
             diagnostic: error_response::denied(
                 "the function-call protocol message is not allowed through Airlock",
             ),
