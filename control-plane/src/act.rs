@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use crate::decide::{DecideError, Vote, decide, due_outcomes};
 use crate::live::Live;
+use crate::metrics::Outcome;
 
 /// Why a vote did not land.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,9 @@ async fn append_vote(
                 .await
             {
                 Ok(appended) => {
+                    if let Some(outcome) = event.body.as_ref().and_then(Outcome::of) {
+                        live.metrics().decided(outcome);
+                    }
                     if i == 0 {
                         voted = Some(Voted {
                             event_id: event.id.clone(),
@@ -129,7 +133,11 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
     let mut appended = 0;
     for (id, event, last) in due {
         let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
+        let outcome = event.body.as_ref().and_then(Outcome::of);
         if append_due(log, &id, event, last).instrument(span).await {
+            if let Some(outcome) = outcome {
+                live.metrics().decided(outcome);
+            }
             appended += 1;
         }
     }

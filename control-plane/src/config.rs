@@ -37,6 +37,10 @@ pub struct ControlSection {
     /// up with the log, 503 before); off when unset.
     #[serde(default)]
     pub health_listen: Option<SocketAddr>,
+    /// Where to serve `GET /metrics` (Prometheus text) over HTTP; off when
+    /// unset. May be the same address as `health_listen`.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// How often due outcomes (expiry) are checked.
     #[serde(default = "default_reconcile", with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -206,6 +210,22 @@ policies: []
         assert_eq!(c.approvals.reviewers, vec!["db-reviewers"]);
         assert_eq!(c.approvals.timeout, Some(Duration::from_secs(900)));
         assert_eq!(c.nats.stream, "AIRLOCK");
+        assert_eq!(c.control.metrics_listen, None);
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address() {
+        let with = GOOD.replace(
+            "listen: 127.0.0.1:7070\n",
+            "listen: 127.0.0.1:7070\n  metrics_listen: 127.0.0.1:9464\n",
+        );
+        let c = parse(&with).expect("valid");
+        assert_eq!(
+            c.control.metrics_listen,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+        let err = parse(&with.replace("127.0.0.1:9464", "not-an-address")).expect_err("bad");
+        assert!(format!("{err:#}").contains("section `control:`"), "{err:#}");
     }
 
     #[test]

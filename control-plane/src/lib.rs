@@ -5,8 +5,9 @@
 //! only the rest of the log), `decide` (votes, outcomes, expiry, as pure
 //! functions), `live` (the fold kept current by tailing the log), `act`
 //! (appending decisions with optimistic concurrency), `checkpoint` (signed
-//! digests over ranges of the log), `grpc` (the reviewer, proxy and audit
-//! services), `serve`, and the auditor commands in `verify` and `export`.
+//! digests over ranges of the log), `grpc` (the reviewer, proxy, audit and
+//! health services), `metrics` (Prometheus), `serve`, and the auditor
+//! commands in `verify` and `export`.
 
 pub mod act;
 pub mod checkpoint;
@@ -16,6 +17,7 @@ pub mod decide;
 pub mod export;
 pub mod grpc;
 pub mod live;
+pub mod metrics;
 pub mod policy_cmd;
 pub mod projection;
 pub mod serve;

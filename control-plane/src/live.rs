@@ -1,13 +1,15 @@
 //! The projection kept current: a task tails the log and folds every event,
 //! publishing each one to subscribers (Attach streams, Watch streams) after
 //! it is folded. If the log goes away the tailer retries from the next
-//! sequence it needs; nothing is skipped or folded twice.
+//! sequence it needs; nothing is skipped or folded twice. A second task asks
+//! the log for its last sequence every second, so the replica knows whether
+//! the log is reachable and how far the fold is behind it.
 //!
 //! Once caught up, folding an event of a request's lifecycle that carries a
 //! trace context is a span of that trace (replaying history at start-up
 //! adds nothing to old traces).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -16,7 +18,13 @@ use airlock_eventlog::{EventLog, ReadFilter, StoredEvent};
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
+use crate::metrics::Metrics;
 use crate::projection::Projection;
+
+/// How often the log is asked for its last sequence, and how long an
+/// answer may take before the log counts as unreachable.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared, live state of one replica.
 #[derive(Debug)]
@@ -25,12 +33,18 @@ pub struct Live {
     folded: watch::Sender<u64>,
     changes: broadcast::Sender<Arc<StoredEvent>>,
     ready: AtomicBool,
+    /// Whether the log answered the last probe, and the last sequence it
+    /// reported then.
+    log_reachable: AtomicBool,
+    log_sequence: AtomicU64,
+    metrics: Metrics,
 }
 
 impl Live {
     /// Starts folding `log` from `start` (a loaded snapshot, or empty).
     /// Ready once it has folded everything stored when it started.
     pub async fn spawn(log: EventLog, start: Projection) -> Arc<Live> {
+        let last = log.last_sequence().await;
         let (folded, _) = watch::channel(start.sequence);
         let (changes, _) = broadcast::channel(4096);
         let live = Arc::new(Live {
@@ -38,13 +52,47 @@ impl Live {
             folded,
             changes,
             ready: AtomicBool::new(false),
+            log_reachable: AtomicBool::new(last.is_ok()),
+            log_sequence: AtomicU64::new(*last.as_ref().unwrap_or(&0)),
+            metrics: Metrics::new(),
         });
-        let target = log.last_sequence().await.unwrap_or(0);
+        let target = last.unwrap_or(0);
         if live.sequence() >= target {
             live.ready.store(true, Ordering::Release);
         }
-        tokio::spawn(tail(live.clone(), log, target));
+        tokio::spawn(tail(live.clone(), log.clone(), target));
+        tokio::spawn(probe(live.clone(), log));
         live
+    }
+
+    /// This replica's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the log answered the last probe (within a second or two).
+    pub fn log_reachable(&self) -> bool {
+        self.log_reachable.load(Ordering::Acquire)
+    }
+
+    /// Events in the log not yet folded, as of the last probe.
+    pub fn lag(&self) -> u64 {
+        self.log_sequence
+            .load(Ordering::Acquire)
+            .saturating_sub(self.sequence())
+    }
+
+    /// Records a probe's answer: the log's last sequence, or none.
+    fn probed(&self, last: Option<u64>) {
+        if let Some(sequence) = last {
+            self.log_sequence.store(sequence, Ordering::Release);
+        }
+        let was = self.log_reachable.swap(last.is_some(), Ordering::AcqRel);
+        match (was, last.is_some()) {
+            (true, false) => tracing::warn!("the event log does not answer"),
+            (false, true) => tracing::info!("the event log answers"),
+            (true, true) | (false, false) => {}
+        }
     }
 
     /// Runs `f` on the current state. Keep it short: the tailer waits.
@@ -125,6 +173,17 @@ impl Live {
         let span = tracing::info_span!("control.fold", request, kind, sequence = stored.sequence);
         airlock_telemetry::continue_trace(&span, &airlock_eventlog::trace::context(Some(trace)));
         span
+    }
+}
+
+/// Asks the log for its last sequence every [`PROBE_EVERY`], forever.
+async fn probe(live: Arc<Live>, log: EventLog) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let last = tokio::time::timeout(PROBE_TIMEOUT, log.last_sequence()).await;
+        live.probed(last.ok().and_then(Result::ok));
     }
 }
 

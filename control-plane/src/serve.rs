@@ -1,8 +1,10 @@
 //! `airlock-control serve`: one control-plane replica. Connects to the log,
-//! folds it, then serves gRPC (reviewer, proxy Attach, audit; reflection on
-//! so grpcurl works) and appends due outcomes. Any number of replicas may
-//! run against one log.
+//! folds it, then serves gRPC (reviewer, proxy Attach, audit, health;
+//! reflection on so grpcurl works) and appends due outcomes. Any number of
+//! replicas may run against one log. `/healthz` and `/metrics` are served
+//! over HTTP when their addresses are configured.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use airlock_eventlog::proto;
@@ -10,7 +12,8 @@ use airlock_eventlog::{EventLog, ProxyId};
 use airlock_identity::Verifier;
 use anyhow::Context;
 
-use crate::config::ControlConfig;
+use crate::config::{ControlConfig, ControlSection};
+use crate::grpc::health::Serving;
 use crate::grpc::{BoxFuture, Control, ReviewerAuth};
 use crate::live::Live;
 use crate::projection::Projection;
@@ -129,19 +132,50 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         config.control.reconcile_interval,
     ));
 
-    if let Some(addr) = config.control.health_listen {
-        let live = live.clone();
-        tokio::spawn(async move {
-            if let Err(e) = health(addr, live).await {
-                tracing::error!(%addr, error = %e, "health endpoint failed");
-            }
-        });
-    }
+    spawn_http(&config.control, &live);
+    let (serving, health) = Serving::start(live.clone()).await;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("gRPC reflection")?;
+    let listen = config.control.listen;
+    let (mut server, attach_needs_cert) = grpc_builder(&config)?;
+    let attach = proto::proxy_service_server::ProxyServiceServer::with_interceptor(
+        control.clone(),
+        move |request: tonic::Request<()>| {
+            if attach_needs_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+                return Err(airlock_proto::ErrorCode::Unauthenticated.status(
+                    "Attach is for proxies: present a client certificate signed by control.tls.client_ca",
+                ));
+            }
+            Ok(request)
+        },
+    );
+    tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), "control plane serving");
+    server
+        .add_service(reflection)
+        .add_service(health)
+        .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
+            control.clone(),
+        ))
+        .add_service(attach)
+        .add_service(proto::audit_service_server::AuditServiceServer::new(control))
+        .serve_with_shutdown(listen, async move {
+            shutdown().await;
+            // While connections are still open: health watchers hear it.
+            serving.shutting_down().await;
+        })
+        .await
+        .with_context(|| format!("serving gRPC on {listen}"))?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// The gRPC server with `control.tls` applied, and whether Attach must
+/// demand a client certificate.
+fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Server, bool)> {
     let listen = config.control.listen;
     let mut server = tonic::transport::Server::builder();
     let mut attach_needs_cert = false;
@@ -173,36 +207,41 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     if !attach_needs_cert && config.control.tls.is_some() {
         tracing::warn!("control.tls.client_ca is not set: Attach does not authenticate proxies");
     }
-    let attach = proto::proxy_service_server::ProxyServiceServer::with_interceptor(
-        control.clone(),
-        move |request: tonic::Request<()>| {
-            if attach_needs_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-                return Err(airlock_proto::ErrorCode::Unauthenticated.status(
-                    "Attach is for proxies: present a client certificate signed by control.tls.client_ca",
-                ));
+    Ok((server, attach_needs_cert))
+}
+
+/// Serves `/healthz` on `control.health_listen` and `/metrics` on
+/// `control.metrics_listen`, on one listener when they are the same
+/// address. A listener that fails is logged; the replica goes on.
+fn spawn_http(control: &ControlSection, live: &Arc<Live>) {
+    let mut apps: Vec<(SocketAddr, axum::Router)> = Vec::new();
+    let mut add = |addr: SocketAddr, app: axum::Router| match apps.iter_mut().find(|(a, _)| *a == addr) {
+        Some((_, existing)) => *existing = std::mem::take(existing).merge(app),
+        None => apps.push((addr, app)),
+    };
+    if let Some(addr) = control.health_listen {
+        add(addr, healthz(live.clone()));
+    }
+    if let Some(addr) = control.metrics_listen {
+        add(addr, crate::metrics::router(live.clone()));
+    }
+    for (addr, app) in apps {
+        tokio::spawn(async move {
+            let served = match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => axum::serve(listener, app).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
+                tracing::error!(%addr, error = %e, "HTTP endpoint (health, metrics) failed");
             }
-            Ok(request)
-        },
-    );
-    tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), "control plane serving");
-    server
-        .add_service(reflection)
-        .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
-            control.clone(),
-        ))
-        .add_service(attach)
-        .add_service(proto::audit_service_server::AuditServiceServer::new(control))
-        .serve_with_shutdown(listen, shutdown())
-        .await
-        .with_context(|| format!("serving gRPC on {listen}"))?;
-    tracing::info!("control plane stopped");
-    Ok(())
+        });
+    }
 }
 
 /// `/healthz`: 200 once caught up with the log (ready to decide), else 503.
-async fn health(addr: std::net::SocketAddr, live: Arc<Live>) -> std::io::Result<()> {
+fn healthz(live: Arc<Live>) -> axum::Router {
     use axum::http::StatusCode;
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/healthz",
         axum::routing::get(move || {
             let live = live.clone();
@@ -220,9 +259,7 @@ async fn health(addr: std::net::SocketAddr, live: Arc<Live>) -> std::io::Result<
                 }
             }
         }),
-    );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    )
 }
 
 async fn shutdown() {

@@ -228,17 +228,39 @@ pub async fn save_if_due(live: &Live, log: &EventLog, min_events: u64) -> anyhow
     if state.sequence == 0 {
         return Ok(None);
     }
-    let event_id = log.get(state.sequence).await?.event.id;
+    let started = Instant::now();
+    let last = log.get(state.sequence).await?;
     let sequence = state.sequence;
     let bytes = tokio::task::spawn_blocking(move || encode(&state)).await?;
     let meta = SnapshotMeta {
         sequence,
-        event_id,
+        event_id: last.event.id,
         format: FORMAT.to_owned(),
     };
     log.save_snapshot(NAME, &meta, &bytes).await?;
+    live.metrics().observe_snapshot_save(started.elapsed());
+    live.metrics().snapshot_stored(sequence, last.stored_at.into());
     tracing::info!(sequence, bytes = bytes.len(), "stored a snapshot");
     Ok(Some(sequence))
+}
+
+/// Tells the metrics of the newest stored snapshot (loaded at start, or
+/// stored by another replica) when it is newer than the one they know.
+pub async fn note_newest(live: &Live, log: &EventLog) -> anyhow::Result<()> {
+    let Some(meta) = log.snapshot_meta(NAME).await? else {
+        return Ok(());
+    };
+    if live
+        .metrics()
+        .snapshot_sequence()
+        .is_some_and(|known| known >= meta.sequence)
+    {
+        return Ok(());
+    }
+    let last = log.get(meta.sequence).await?;
+    live.metrics()
+        .snapshot_stored(meta.sequence, last.stored_at.into());
+    Ok(())
 }
 
 /// Every `interval`, stores a snapshot if `min_events` have been folded
@@ -248,6 +270,9 @@ pub async fn save_forever(live: Arc<Live>, log: EventLog, interval: Duration, mi
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    if let Err(e) = note_newest(&live, &log).await {
+        tracing::debug!(error = %format!("{e:#}"), "reading the stored snapshot's metadata failed");
+    }
     loop {
         tick.tick().await;
         if !live.is_ready() {
@@ -255,6 +280,9 @@ pub async fn save_forever(live: Arc<Live>, log: EventLog, interval: Duration, mi
         }
         if let Err(e) = save_if_due(&live, &log, min_events).await {
             tracing::warn!(error = %format!("{e:#}"), "storing a snapshot failed; will retry");
+        }
+        if let Err(e) = note_newest(&live, &log).await {
+            tracing::debug!(error = %format!("{e:#}"), "reading the stored snapshot's metadata failed");
         }
     }
 }

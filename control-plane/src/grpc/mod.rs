@@ -166,6 +166,7 @@ impl Control {
 
 mod attach;
 mod audit;
+pub mod health;
 mod reviewer;
 
 pub use attach::HEARTBEAT;

@@ -131,9 +131,10 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             reason: q.reason,
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
         };
-        let voted = act::vote(&self.live, &self.log, &vote, &self.source)
-            .await
-            .map_err(vote_status)?;
+        let started = std::time::Instant::now();
+        let voted = act::vote(&self.live, &self.log, &vote, &self.source).await;
+        self.live.metrics().observe_decide(started.elapsed());
+        let voted = voted.map_err(vote_status)?;
         let view = self
             .live
             .read(|s| s.request(&q.request_id).map(|r| r.view.clone()));

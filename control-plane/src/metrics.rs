@@ -1,0 +1,305 @@
+//! The control plane's Prometheus metrics, served on `control.metrics_listen`
+//! (`GET /metrics`, Prometheus text format 0.0.4).
+//!
+//! Counters and histograms are bumped where things happen (a decision
+//! appended, a snapshot stored); gauges that describe the replica (fold lag,
+//! pending requests, snapshot age) are read from it when scraped, so they are
+//! never stale. This module owns the names; it owns none of the state.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use airlock_eventlog::proto::event::Body;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::live::Live;
+
+/// How a request ended, for the outcomes a control-plane replica appends
+/// (proxies append cancellations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Granted,
+    Denied,
+    Expired,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Granted, Outcome::Denied, Outcome::Expired];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Denied => "denied",
+            Outcome::Expired => "expired",
+        }
+    }
+
+    /// The outcome an event body records, if it is one a replica appends.
+    pub fn of(body: &Body) -> Option<Outcome> {
+        match body {
+            Body::ApprovalGranted(_) => Some(Outcome::Granted),
+            Body::ApprovalDenied(_) => Some(Outcome::Denied),
+            Body::ApprovalExpired(_) => Some(Outcome::Expired),
+            Body::ApprovalCancelled(_)
+            | Body::ApprovalRequested(_)
+            | Body::ApprovalVoted(_)
+            | Body::SessionOpened(_)
+            | Body::StatementExecuted(_)
+            | Body::StatementsExecuted(_)
+            | Body::StatementRefused(_)
+            | Body::SessionKillRequested(_)
+            | Body::SessionClosed(_)
+            | Body::PolicyLoaded(_)
+            | Body::Checkpoint(_) => None,
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// The newest stored snapshot this replica knows of.
+#[derive(Debug, Clone, Copy)]
+struct SnapshotSeen {
+    sequence: u64,
+    /// When the last event it covers was stored in the log.
+    covers_until: SystemTime,
+}
+
+/// One replica's metrics. Made with its [`Live`]; read with [`Metrics::encode`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    fold_lag: Gauge,
+    log_reachable: Gauge,
+    pending: Gauge,
+    decisions: Family<OutcomeLabels, Counter>,
+    decide_seconds: Histogram,
+    snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    snapshot_behind: Gauge,
+    snapshot_save_seconds: Histogram,
+    snapshot: Mutex<Option<SnapshotSeen>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "airlock_control_build_info",
+            "Always 1; the version label names the running build",
+            build,
+        );
+        let m = Metrics {
+            registry,
+            fold_lag: Gauge::default(),
+            log_reachable: Gauge::default(),
+            pending: Gauge::default(),
+            decisions: Family::default(),
+            // 1 ms to ~16 s: a vote is an append or two and a fold.
+            decide_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            snapshot_age: Gauge::default(),
+            snapshot_behind: Gauge::default(),
+            // 10 ms to ~80 s: encoding and storing the whole projection.
+            snapshot_save_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            snapshot: Mutex::new(None),
+        };
+        // Every outcome is a series from the start, at 0.
+        for outcome in Outcome::ALL {
+            drop(m.decisions.get_or_create(&OutcomeLabels { outcome }));
+        }
+        m.register_all()
+    }
+
+    fn register_all(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "airlock_control_fold_lag_events",
+            "Events in the log this replica has not folded yet (as of the last probe, once a second)",
+            self.fold_lag.clone(),
+        );
+        r.register(
+            "airlock_control_log_reachable",
+            "1 while the event log answers this replica's probes, else 0",
+            self.log_reachable.clone(),
+        );
+        r.register(
+            "airlock_control_pending_requests",
+            "Approval requests waiting for a decision",
+            self.pending.clone(),
+        );
+        r.register(
+            "airlock_control_decisions",
+            "Request outcomes this replica appended to the log, by outcome",
+            self.decisions.clone(),
+        );
+        r.register(
+            "airlock_control_decide_duration_seconds",
+            "Time to judge a vote and append it and any outcome, until folded back (Decide calls past authentication)",
+            self.decide_seconds.clone(),
+        );
+        r.register(
+            "airlock_control_snapshot_age_seconds",
+            "Time since the last event the newest stored snapshot covers (NaN when none is known)",
+            self.snapshot_age.clone(),
+        );
+        r.register(
+            "airlock_control_snapshot_behind_events",
+            "Events folded since the newest stored snapshot: what a restart from it would fold",
+            self.snapshot_behind.clone(),
+        );
+        r.register(
+            "airlock_control_snapshot_save_duration_seconds",
+            "Time to encode and store a snapshot",
+            self.snapshot_save_seconds.clone(),
+        );
+        self
+    }
+
+    /// An outcome this replica appended.
+    pub fn decided(&self, outcome: Outcome) {
+        self.decisions.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn observe_decide(&self, took: Duration) {
+        self.decide_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_snapshot_save(&self, took: Duration) {
+        self.snapshot_save_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The sequence of the newest snapshot this replica knows of, if any.
+    pub fn snapshot_sequence(&self) -> Option<u64> {
+        self.snapshot_seen().map(|s| s.sequence)
+    }
+
+    /// The newest stored snapshot covers the log up to `sequence`, whose
+    /// event was stored at `covers_until`.
+    pub fn snapshot_stored(&self, sequence: u64, covers_until: SystemTime) {
+        let mut seen = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.is_none_or(|s| s.sequence < sequence) {
+            *seen = Some(SnapshotSeen {
+                sequence,
+                covers_until,
+            });
+        }
+    }
+
+    fn snapshot_seen(&self) -> Option<SnapshotSeen> {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every metric, in the Prometheus text format, with the gauges read
+    /// from `live` now.
+    pub fn encode(&self, live: &Live) -> String {
+        self.fold_lag.set(gauge_value(live.lag()));
+        self.log_reachable.set(i64::from(live.log_reachable()));
+        let pending = live.read(|s| s.requests.values().filter(|r| r.is_pending()).count());
+        self.pending.set(gauge_value(pending as u64));
+        match self.snapshot_seen() {
+            Some(s) => {
+                let age = SystemTime::now()
+                    .duration_since(s.covers_until)
+                    .unwrap_or_default();
+                self.snapshot_age.set(age.as_secs_f64());
+                self.snapshot_behind
+                    .set(gauge_value(live.sequence().saturating_sub(s.sequence)));
+            }
+            None => {
+                self.snapshot_age.set(f64::NAN);
+                self.snapshot_behind.set(gauge_value(live.sequence()));
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `GET /metrics` for `live`'s replica.
+pub fn router(live: Arc<Live>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let live = live.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+                    live.metrics().encode(&live),
+                )
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_only_what_a_replica_appends() {
+        use airlock_eventlog::proto;
+        assert_eq!(
+            Outcome::of(&Body::ApprovalGranted(proto::ApprovalGranted::default())),
+            Some(Outcome::Granted)
+        );
+        assert_eq!(
+            Outcome::of(&Body::ApprovalExpired(proto::ApprovalExpired::default())),
+            Some(Outcome::Expired)
+        );
+        assert_eq!(
+            Outcome::of(&Body::ApprovalCancelled(proto::ApprovalCancelled::default())),
+            None
+        );
+        assert_eq!(
+            Outcome::of(&Body::ApprovalVoted(proto::ApprovalVoted::default())),
+            None
+        );
+    }
+
+    #[test]
+    fn a_newer_snapshot_replaces_an_older_one_never_the_reverse() {
+        let m = Metrics::new();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        m.snapshot_stored(10, t);
+        m.snapshot_stored(5, t);
+        assert_eq!(m.snapshot_sequence(), Some(10));
+        m.snapshot_stored(20, t);
+        assert_eq!(m.snapshot_sequence(), Some(20));
+    }
+}
