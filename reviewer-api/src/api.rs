@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 
 use crate::auth::{Caller, Via};
 use crate::error::{ApiError, Code};
-use crate::metrics::Metrics;
 use crate::{Route, json};
 
 /// The REST routes, listed once: the router is built from this list and the
@@ -248,15 +247,15 @@ pub async fn vote(
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {
-            Metrics::inc(match decision {
-                proto::Decision::Deny => &app.metrics.votes_deny,
-                proto::Decision::Approve | proto::Decision::Unspecified => &app.metrics.votes_approve,
-            });
+            match decision {
+                proto::Decision::Deny => app.metrics.votes_deny.inc(),
+                proto::Decision::Approve | proto::Decision::Unspecified => app.metrics.votes_approve.inc(),
+            };
             tracing::info!(request = id, reviewer = %caller.identity.subject, decision = json::decision_name(decision as i32), "vote accepted");
             Ok(r)
         }
         Err(e) => {
-            Metrics::inc(&app.metrics.votes_refused);
+            app.metrics.votes_refused.inc();
             Err(e)
         }
     }
@@ -375,7 +374,7 @@ async fn kill_session(
     let reason = body.reason.unwrap_or_default();
     check_reason(&reason)?;
     let killed = app.control.kill_session(&caller.token, &id, reason).await?;
-    Metrics::inc(&app.metrics.kills);
+    app.metrics.kills.inc();
     Ok(Json(
         json!({"event_id": killed.event_id, "sequence": killed.sequence}),
     ))
@@ -420,7 +419,7 @@ async fn healthz(State(app): State<crate::State>) -> Response {
 
 async fn metrics(State(app): State<crate::State>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         app.metrics.render(app.auth.sessions.len()),
     )
         .into_response()

@@ -28,7 +28,7 @@ struct Open(Arc<Metrics>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        Metrics::dec(&self.0.event_streams_open);
+        self.0.event_streams_open.dec();
     }
 }
 
@@ -72,7 +72,7 @@ pub async fn events(
     let caller = app.auth.caller(&headers).await?;
     let after = resume_after(&headers, raw.as_deref())?;
     let watch = app.control.watch(&caller.token, after).await?;
-    Metrics::inc(&app.metrics.event_streams_open);
+    app.metrics.event_streams_open.inc();
     let open = Open(app.metrics.clone());
     let identity = caller.identity;
     // Dropping the response (the client went away) drops the watch with it.

@@ -195,7 +195,7 @@ impl Queue {
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
         if items.len() >= self.capacity {
             items.pop_front();
-            Metrics::inc(&metrics.webhook_dropped);
+            metrics.webhook_dropped.inc();
         }
         items.push_back(n);
         drop(items);
@@ -229,7 +229,7 @@ impl Dispatcher {
                 Occasion::Decided => hook.on.contains(&NotifyOn::Decided),
             };
             if wanted {
-                Metrics::inc(&self.metrics.notifications_queued);
+                self.metrics.notifications_queued.inc();
                 queue.push(n.clone(), &self.metrics);
             }
         }
@@ -322,7 +322,9 @@ async fn deliver_forever(
                         },
                     );
             }
+            let started = std::time::Instant::now();
             let outcome = request.body(body.clone()).send().await;
+            metrics.webhook_seconds.observe(started.elapsed().as_secs_f64());
             let failure = match outcome {
                 Ok(r) if r.status().is_success() => None,
                 Ok(r) => Some(format!("answered {}", r.status())),
@@ -334,17 +336,17 @@ async fn deliver_forever(
             };
             match failure {
                 None => {
-                    Metrics::inc(&metrics.webhook_delivered);
+                    metrics.webhook_delivered.inc();
                     break;
                 }
                 Some(why) if attempt < attempts => {
-                    Metrics::inc(&metrics.webhook_retried);
+                    metrics.webhook_retried.inc();
                     tracing::info!(webhook = %host, request = %n.view.request_id, attempt, %why, "webhook delivery failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(300));
                 }
                 Some(why) => {
-                    Metrics::inc(&metrics.webhook_failed);
+                    metrics.webhook_failed.inc();
                     tracing::warn!(webhook = %host, request = %n.view.request_id, attempts, %why, "webhook delivery gave up");
                 }
             }
@@ -397,7 +399,7 @@ pub fn spawn(
             };
             match control.watch(&token, after).await {
                 Ok(mut stream) => {
-                    Metrics::inc(&metrics.notifier_connected);
+                    metrics.notifier_connected.set(1);
                     tracing::info!(after, "notifier watching the control plane");
                     pause = Duration::from_secs(1);
                     loop {
@@ -421,7 +423,7 @@ pub fn spawn(
                             }
                         }
                     }
-                    Metrics::dec(&metrics.notifier_connected);
+                    metrics.notifier_connected.set(0);
                 }
                 Err(e) => {
                     tracing::warn!(code = e.code.as_str(), message = %e.message, "notifier cannot watch")
@@ -521,10 +523,7 @@ mod tests {
             n.sequence = seq;
             q.push(n, &metrics);
         }
-        assert_eq!(
-            metrics.webhook_dropped.load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(metrics.webhook_dropped.get(), 1);
         assert_eq!(q.pop().await.sequence, 2);
         assert_eq!(q.pop().await.sequence, 3);
     }

@@ -32,7 +32,6 @@ use crate::auth::{self, LOGIN_COOKIE, Token, random_token};
 use crate::config::OidcSection;
 use crate::error::{ApiError, Code};
 use crate::html::{self, PageError};
-use crate::metrics::Metrics;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -311,11 +310,11 @@ async fn callback(
     let (cookie, name, return_to) = match finish(&app, &headers, raw.as_deref()).await {
         Ok(done) => done,
         Err(e) => {
-            Metrics::inc(&app.metrics.sign_ins_refused);
+            app.metrics.sign_ins_refused.inc();
             return Err(e.into());
         }
     };
-    Metrics::inc(&app.metrics.sign_ins);
+    app.metrics.sign_ins.inc();
     let secure = app.auth.secure_cookies;
     let session = auth::set_cookie(
         auth::session_cookie_name(secure),

@@ -170,7 +170,7 @@ pub fn document() -> Value {
             "/metrics": {"get": {
                 "summary": "Prometheus metrics",
                 "security": [],
-                "responses": {"200": {"description": "Prometheus text format 0.0.4", "content": {"text/plain": {}}}},
+                "responses": {"200": {"description": "OpenMetrics text format 1.0.0", "content": {"application/openmetrics-text": {}}}},
             }},
         },
         "components": {

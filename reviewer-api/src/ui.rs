@@ -585,6 +585,6 @@ async fn kill(
     api::check_id(&id)?;
     api::check_reason(&reason)?;
     app.control.kill_session(&caller.token, &id, reason).await?;
-    crate::metrics::Metrics::inc(&app.metrics.kills);
+    app.metrics.kills.inc();
     Ok(Redirect::to(&format!("/sessions/{id}?killed=1")))
 }
