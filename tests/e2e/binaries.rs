@@ -447,3 +447,152 @@ async fn attach_over_mutual_tls_serves_only_proxies_with_a_certificate() {
         "the DELETE ran"
     );
 }
+
+/// A bad log filter, log format or OTLP protocol stops each binary before it
+/// reads its configuration, naming the variable and the value, instead of
+/// being ignored.
+#[test]
+fn a_bad_telemetry_setting_stops_every_binary_naming_it() {
+    use airlock_e2e::binaries::fresh_binary;
+    let binaries: [(&str, &[&str]); 3] = [
+        ("airlock-proxy", &["--config", "no-such.yaml"]),
+        ("airlock-control", &["serve", "--config", "no-such.yaml"]),
+        ("airlock-reviewer", &["--config", "no-such.yaml"]),
+    ];
+    let bad = [
+        ("AIRLOCK_LOG", "info,airlock_proxy=loud"),
+        ("AIRLOCK_LOG_FORMAT", "yaml"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ];
+    for (binary, args) in binaries {
+        for (var, value) in bad {
+            let out = Command::new(fresh_binary(binary))
+                .args(args)
+                .env("AIRLOCK_LOG", "info")
+                .env_remove("AIRLOCK_LOG_FORMAT")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+                .env(var, value)
+                .output()
+                .expect("run the binary");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{binary} with {var}={value} ran: {stderr}");
+            assert!(
+                stderr.starts_with(&format!("{binary}: {var}=\"{value}\"")),
+                "{binary} with {var}={value}: {stderr}"
+            );
+        }
+    }
+}
+
+/// A held statement that a reviewer approves is one trace across the
+/// processes: the proxy's append of the request (exported over
+/// OTLP/HTTP), then in the control plane (over OTLP/gRPC) the fold of that
+/// request as a child of the proxy's span, the vote, the grant's append and
+/// its fold. Only the trace context in the event envelope links the two
+/// processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_then_approved_statement_is_one_trace_across_proxy_log_and_control_plane() {
+    use airlock_e2e::binaries::{ALICE, Options, ReviewerStack, hold};
+    use airlock_e2e::otlp::{ReceivedSpan, Receiver};
+
+    let otlp = Receiver::start().await;
+    let export = |endpoint: &str, protocol: &str| {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+    };
+    let options = Options {
+        proxy_env: export(&otlp.http_endpoint, "http/protobuf"),
+        control_env: export(&otlp.grpc_endpoint, "grpc"),
+        reviewer_env: export(&otlp.grpc_endpoint, "grpc"),
+        ..Options::default()
+    };
+    // Starting the stack blocks; the receiver goes on serving meanwhile.
+    let stack = tokio::task::block_in_place(|| ReviewerStack::start(options));
+
+    let held = hold(&stack, &stack.agent_token(), "DELETE FROM orders WHERE id = 3").await;
+    let request = held.request_id.clone();
+    let alice = stack.user_token(ALICE);
+    let url = format!("{}/api/v1/requests/{request}/approve", stack.reviewer_url);
+    let http = reqwest::Client::new();
+    let mut status = None;
+    // The control plane may not have folded the request yet.
+    for _ in 0..200 {
+        let answer = http
+            .post(&url)
+            .bearer_auth(&alice)
+            .json(&serde_json::json!({"reason": "traced"}))
+            .send()
+            .await
+            .expect("vote");
+        if answer.status() != reqwest::StatusCode::NOT_FOUND {
+            status = Some(answer.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, Some(reqwest::StatusCode::OK));
+    let rows = tokio::time::timeout(Duration::from_secs(20), held.outcome)
+        .await
+        .expect("the statement finished")
+        .expect("join")
+        .expect("the approved DELETE ran");
+    assert_eq!(rows, 1);
+
+    let find = |spans: &[ReceivedSpan], service: &str, name: &str, kind: Option<&str>| {
+        spans
+            .iter()
+            .find(|s| {
+                s.service == service
+                    && s.name == name
+                    && kind.is_none_or(|k| s.attribute("kind") == Some(k))
+                    && about(s, &request)
+            })
+            .cloned()
+    };
+    let expected = [
+        ("airlock-proxy", "log.append", Some("approval_requested")),
+        ("airlock-control", "control.fold", Some("approval_requested")),
+        ("airlock-control", "control.vote", None),
+        ("airlock-control", "log.append", Some("approval_granted")),
+        ("airlock-control", "control.fold", Some("approval_granted")),
+    ];
+    let spans = otlp
+        .wait_for(Duration::from_secs(30), |spans| {
+            expected
+                .iter()
+                .all(|(service, name, kind)| find(spans, service, name, *kind).is_some())
+        })
+        .await;
+    let [requested, folded, vote, granted, _] =
+        expected.map(|(service, name, kind)| find(&spans, service, name, kind).expect("arrived"));
+    assert_eq!((requested.via, folded.via), ("http/protobuf", "grpc"));
+
+    // One trace: every span about this request is in the proxy's trace...
+    for s in spans.iter().filter(|s| about(s, &request)) {
+        assert_eq!(
+            s.trace_id, requested.trace_id,
+            "{} {} is in another trace",
+            s.service, s.name
+        );
+    }
+    // ...and the control plane's spans hang from the proxy's through the log.
+    assert_eq!(folded.parent_span_id, requested.span_id, "fold under the append");
+    assert_eq!(
+        vote.parent_span_id, requested.span_id,
+        "vote continues the request"
+    );
+    assert_eq!(granted.parent_span_id, vote.span_id, "grant appended by the vote");
+}
+
+/// Whether `span` is about request `id` (its field, or its log subject).
+fn about(span: &airlock_e2e::otlp::ReceivedSpan, id: &str) -> bool {
+    span.attribute("request") == Some(id)
+        || span
+            .attribute("subject")
+            .is_some_and(|s| s.ends_with(&format!(".{id}")))
+}

@@ -132,6 +132,7 @@ async fn slack_teams_and_signed_generic_webhooks_and_a_dead_one_delays_nothing()
         reviewer_extra: extra,
         reviewer_env: vec![("AIRLOCK_TEST_WEBHOOK_SECRET".into(), SECRET.into())],
         notifier_token: true,
+        ..Options::default()
     });
     // The notifier watches from "now": let it connect first.
     let http = reqwest::Client::new();

@@ -80,6 +80,10 @@ pub struct Options {
     pub reviewer_extra: String,
     /// Environment for the reviewer process.
     pub reviewer_env: Vec<(String, String)>,
+    /// Environment for the control-plane process.
+    pub control_env: Vec<(String, String)>,
+    /// Environment for the proxy process.
+    pub proxy_env: Vec<(String, String)>,
     /// Mint a notifier token (an identity in db-reviewers) into
     /// `<dir>/notifier.token` before the reviewer starts.
     pub notifier_token: bool,
@@ -210,6 +214,7 @@ policies:
             Command::new(fresh_binary("airlock-control"))
                 .args(["serve", "--config"])
                 .arg(dir.join("airlock.yaml"))
+                .envs(options.control_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start airlock-control"),
@@ -220,6 +225,7 @@ policies:
                 .arg("--config")
                 .arg(dir.join("airlock.yaml"))
                 .env("PROD_MAINT_PASSWORD", "maint-secret")
+                .envs(options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start airlock-proxy"),

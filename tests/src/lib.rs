@@ -22,6 +22,7 @@ use airlock_proxy::upstream::{Secret, UpstreamConfig};
 use airlock_testkit::{NatsServer, Postgres, PostgresOptions};
 
 pub mod binaries;
+pub mod otlp;
 
 pub const AGENT_TOKEN: &str = "token-agent-7";
 pub const REVIEWERS: &str = "grp-db-reviewers";
