@@ -20,6 +20,10 @@ pub struct Login {
     pub peer: SocketAddr,
     pub tls: bool,
     pub params: Vec<(String, String)>,
+    /// When the client must have finished logging in (`proxy.startup_timeout`
+    /// from the moment it connected): a client that never sends its token
+    /// does not keep a connection slot.
+    pub deadline: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Login {

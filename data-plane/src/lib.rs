@@ -1,6 +1,7 @@
 //! `airlock-proxy`: the Postgres wire-protocol gate that agents connect to.
 //!
-//! The rooms, from the bytes up (each imports only rooms listed before it):
+//! The rooms, from the bytes up (each imports only rooms listed before it,
+//! but for `attach`, which reads its TLS files' section from `config`):
 //! * `codec`: bytes <-> frames <-> `FeMessage`/`BeMessage`, with limits;
 //! * `params`: bound parameter values shown readably;
 //! * `conn`: a client connection after startup (`ClientStream`, `Login`);

@@ -198,9 +198,9 @@ impl Default for Metrics {
             statements: Family::default(),
             refusals: Family::default(),
             held_now: Gauge::default(),
-            // 1 ms to about 2.3 hours: holds wait for people.
+            // 1 ms to about 70 minutes: holds wait for people.
             hold_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
-            // 100 us to about 27 minutes.
+            // 100 us to about 7 minutes.
             upstream_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
         };
         registry.register(
@@ -280,7 +280,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));

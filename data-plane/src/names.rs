@@ -8,9 +8,9 @@
 //! Lookups see pending operations first (in order, as PostgreSQL will apply
 //! them), then confirmed state, and count every pending operation as one
 //! that may or may not take effect: a name that could mean two different
-//! statements is ambiguous, and the session refuses to use it. At the end
-//! of a transaction PostgreSQL drops every portal; so does this. Pure: no
-//! I/O.
+//! statements is ambiguous, and the session waits for PostgreSQL's answers
+//! before using it. At the end of a transaction PostgreSQL drops every
+//! portal; so does this. Pure: no I/O.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -128,7 +128,7 @@ impl Names {
     /// earlier batches PostgreSQL has not answered yet may or may not take
     /// effect (a name may be taken, an earlier message may fail), so every
     /// candidate counts: if two different statements are possible the
-    /// answer is [`Lookup::Ambiguous`] and the caller refuses.
+    /// answer is [`Lookup::Ambiguous`] and the caller waits for answers.
     pub fn statement(&self, name: &str) -> Lookup<&Statement> {
         let mut candidates: Vec<&Statement> = Vec::new();
         let mut in_this_batch = true;

@@ -189,8 +189,9 @@ async fn handle(
     tls: Option<tokio_rustls::TlsAcceptor>,
     deps: Arc<session::Deps>,
 ) {
+    let deadline = tokio::time::Instant::now() + settings.startup_timeout;
     let login =
-        match tokio::time::timeout(settings.startup_timeout, negotiate(socket, peer, settings, tls)).await {
+        match tokio::time::timeout_at(deadline, negotiate(socket, peer, deadline, settings, tls)).await {
             Ok(Ok(Some(Opening::Login(login)))) => login,
             Ok(Ok(Some(Opening::Cancel {
                 process_id,
@@ -234,6 +235,7 @@ pub enum StartupError {
 async fn negotiate(
     socket: TcpStream,
     peer: SocketAddr,
+    deadline: tokio::time::Instant,
     settings: &ServerSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<Option<Opening>, StartupError> {
@@ -315,6 +317,7 @@ async fn negotiate(
                     peer,
                     tls: encrypted,
                     params,
+                    deadline,
                 })));
             }
         }

@@ -401,6 +401,24 @@ async fn bad_tokens_unknown_connections_and_risky_parameters_are_refused() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_sends_its_token_is_cut_off_at_the_startup_timeout() {
+    let f = start(|s| s.startup_timeout = Duration::from_secs(1)).await;
+    let mut stream = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    let body = b"\x00\x03\x00\x00user\0agent-7\0database\0shop\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    stream.write_all(&startup).await.expect("startup");
+    // The password request, then nothing from us: the proxy must close.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the connection stayed open past the startup timeout"
+    );
+    assert_eq!(got.first(), Some(&b'R'), "{got:?}");
+}
+
+#[tokio::test]
 async fn plain_text_is_refused_unless_allowed_on_loopback() {
     let f = start(|s| s.allow_plaintext_loopback = false).await;
     let err = config(f.addr, TOKEN, "shop")

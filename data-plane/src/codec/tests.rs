@@ -1,4 +1,5 @@
 use super::*;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tokio::io::AsyncWriteExt;
 

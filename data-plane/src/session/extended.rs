@@ -25,7 +25,7 @@ use airlock_policy::Kind;
 
 use crate::gate::{Action, Judgement};
 use crate::metrics;
-use crate::names::{Lookup, Portal, Statement};
+use crate::names::{Portal, Statement};
 
 impl ToUpstream {
     pub(super) fn parse(&mut self, frame: &Frame, name: String, query: String, param_types: Vec<u32>) {
@@ -93,20 +93,12 @@ impl ToUpstream {
         let found = self
             .resolve(|n| n.statement(&statement).map(|s| s.clone()))
             .await?;
-        let stmt = match found {
-            Lookup::One(s) => s,
-            // A statement Airlock never judged (say, one made with SQL-level
-            // PREPARE): binding it is refused.
-            Lookup::Missing => {
-                let why = "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse";
-                self.refuse_unjudged(why, self.ctx.no_statement());
-                return Ok(());
-            }
-            Lookup::Ambiguous => {
-                let why = "this statement name was redefined in a batch PostgreSQL has not answered yet; wait for the answers (Sync) before binding it";
-                self.refuse_unjudged(why, self.ctx.no_statement());
-                return Ok(());
-            }
+        // A statement Airlock never judged (say, one made with SQL-level
+        // PREPARE): binding it is refused.
+        let Some(stmt) = found else {
+            let why = "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse";
+            self.refuse_unjudged(why, self.ctx.no_statement());
+            return Ok(());
         };
         let parameters = self.describe_parameters(&statement, &stmt, &param_formats, &params);
         let bound = Portal {
@@ -152,20 +144,10 @@ impl ToUpstream {
         self.batch_open = true;
         let ctx = self.ctx.clone();
         let found = self.resolve(|n| n.portal(&portal).map(|p| p.clone())).await?;
-        let bound = match found {
-            Lookup::One(p) => p,
-            Lookup::Missing => {
-                self.refuse_unjudged(
-                    "executing a portal Airlock has not judged is not allowed",
-                    ctx.no_portal(),
-                );
-                return Ok(());
-            }
-            Lookup::Ambiguous => {
-                let why = "this portal was rebound in a batch PostgreSQL has not answered yet; wait for the answers (Sync) before executing it";
-                self.refuse_unjudged(why, ctx.no_portal());
-                return Ok(());
-            }
+        let Some(bound) = found else {
+            let why = "executing a portal Airlock has not judged is not allowed";
+            self.refuse_unjudged(why, ctx.no_portal());
+            return Ok(());
         };
         let judgement = &bound.statement.judgement;
         let statement = proto::Statement {

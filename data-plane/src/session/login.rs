@@ -27,10 +27,16 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
     let mut out = BytesMut::new();
     BeMessage::AuthenticationCleartextPassword.encode(&mut out);
     write(login, &out).await?;
-    let frame = match login.io.read_frame().await {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err(Refusal::connection_failure("client left during login")),
-        Err(e) => return Err(Refusal::protocol(e.to_string())),
+    let read = tokio::time::timeout_at(login.deadline, login.io.read_frame()).await;
+    let frame = match read {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return Err(Refusal::connection_failure("client left during login")),
+        Ok(Err(e)) => return Err(Refusal::protocol(e.to_string())),
+        Err(_) => {
+            return Err(Refusal::connection_failure(
+                "no access token sent in time (proxy.startup_timeout)",
+            ));
+        }
     };
     if frame.tag != b'p' {
         return Err(Refusal::protocol(

@@ -142,6 +142,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         .record_and_wait(&ctx.session, opened, Duration::from_secs(5))
         .await
     {
+        deps.metrics.login_refused();
         fatal(&mut login.io, &error_response::cannot_record_sessions()).await;
         return;
     }

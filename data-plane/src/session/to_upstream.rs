@@ -278,13 +278,14 @@ impl ToUpstream {
     /// answers them and the wait ends; meanwhile the client's next messages
     /// wait (as PostgreSQL itself would make them), and a kill or shutdown
     /// still ends the session at once.
+    /// `None`: the name is not one Airlock judged.
     pub(super) async fn resolve<T>(
         &mut self,
         lookup: impl Fn(&Names) -> Lookup<T>,
-    ) -> Result<Lookup<T>, Ending> {
+    ) -> Result<Option<T>, Ending> {
         let now = lookup(&self.ctx.names());
         if !matches!(now, Lookup::Ambiguous) {
-            return Ok(now);
+            return Ok(now.one());
         }
         self.flush().await?;
         let ctx = self.ctx.clone();
@@ -295,7 +296,7 @@ impl ToUpstream {
             settled.as_mut().enable();
             let now = lookup(&ctx.names());
             if !matches!(now, Lookup::Ambiguous) {
-                return Ok(now);
+                return Ok(now.one());
             }
             tokio::select! {
                 () = &mut settled => {}
