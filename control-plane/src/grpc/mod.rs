@@ -1,11 +1,12 @@
 //! The control plane's gRPC services: `ReviewerService` (list, get, decide,
 //! watch, sessions, kill), `ProxyService` (`Attach`: decisions and kills to
-//! the proxies holding them) and `AuditService` (the log, then live).
+//! the proxies holding them), `AuditService` (the log, then live) and the
+//! standard health service.
 //!
-//! One file per service (`reviewer`, `attach`, `audit`); this one holds
-//! what they share: the caller's identity and the error exit. Every refusal
-//! leaves through [`status`], which logs it and carries its stable code
-//! ([`ErrorCode`], shared with the reviewer) as a `google.rpc.ErrorInfo`
+//! One file per service (`reviewer`, `attach`, `audit`, `health`); this one
+//! holds what they share: the caller's identity and the error exit. Every
+//! refusal leaves through [`status`], which logs it and carries its stable
+//! code ([`ErrorCode`], shared with the reviewer) as a `google.rpc.ErrorInfo`
 //! in the status details, the convention gRPC clients read.
 
 use std::future::Future;
