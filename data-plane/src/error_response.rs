@@ -21,6 +21,7 @@ pub mod sqlstate {
     /// Lost or failed connection (client or upstream).
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Login refused for a reason other than the token itself.
     pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
     /// The token (the password) was refused, as for a wrong password.
@@ -123,6 +124,19 @@ pub fn shutting_down() -> Diagnostic {
     fatal(
         ADMIN_SHUTDOWN,
         "this Airlock proxy is shutting down; reconnect to continue".into(),
+    )
+}
+
+/// PostgreSQL reported a setting under which it reads statements
+/// differently from the proxy (it should never get there: such changes are
+/// refused): the session ends rather than run anything misjudged.
+pub fn reading_changed(name: &str, value: &str) -> Diagnostic {
+    fatal(
+        FEATURE_NOT_SUPPORTED,
+        format!(
+            "PostgreSQL now reads statements with {name}={value}, which Airlock cannot judge; \
+             the session was ended so that nothing runs misjudged (reconnect)"
+        ),
     )
 }
 

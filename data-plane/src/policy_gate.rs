@@ -239,7 +239,19 @@ impl Gate for PolicyGate {
             .effects
             .iter()
             .any(|e| e.effect.kind == airlock_policy::Kind::Execute);
+        // A statement that would make PostgreSQL read later statements
+        // differently from the proxy is never run, whatever the policy says.
+        let parser_setting = v
+            .effects
+            .iter()
+            .any(|e| e.effect.kind == airlock_policy::Kind::ParserSetting);
         let action = match v.action {
+            _ if parser_setting => Action::Deny {
+                message: "changing client_encoding, standard_conforming_strings, backslash_quote or \
+                          escape_string_warning is refused by Airlock: it would make PostgreSQL read \
+                          statements differently from the gate (only UTF8 and standard strings are supported)"
+                    .into(),
+            },
             _ if unknown_execute => Action::Deny {
                 message: "EXECUTE of a statement this session did not PREPARE through Airlock is refused"
                     .into(),

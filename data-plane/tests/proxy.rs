@@ -612,11 +612,44 @@ policies:
     record: true
 ";
 
+/// The seed policy loosened as operators do: session settings and function
+/// calls allowed.
+const LENIENT: &str = "
+identity:
+  issuer: https://issuer.invalid/v2.0
+  audience: api://airlock
+  group_names:
+    db-maintenance-agents: grp-agents
+    db-reviewers: grp-reviewers
+approvals:
+  reviewers: [db-reviewers]
+connections:
+  - name: shop
+    upstream: postgres://maint@127.0.0.1:1/shop
+policies:
+  - policy: db-maintenance-agents
+    connection: shop
+    rules:
+      - match: SELECT|SET|FUNCTION|CURSOR
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+    record: true
+";
+
 impl SeedPolicy {
     fn gate(upstream: UpstreamConfig) -> Arc<dyn Gate> {
+        Self::with(SEED, upstream)
+    }
+
+    fn lenient(upstream: UpstreamConfig) -> Arc<dyn Gate> {
+        Self::with(LENIENT, upstream)
+    }
+
+    fn with(yaml: &str, upstream: UpstreamConfig) -> Arc<dyn Gate> {
         let identity = airlock_identity::IdentityConfig::new("https://issuer.invalid/v2.0", "api://airlock");
         let verifier = airlock_identity::Verifier::new(identity).expect("verifier");
-        let policies = airlock_policy::PolicySet::from_config_yaml(SEED, "seed.yaml").expect("seed policy");
+        let policies = airlock_policy::PolicySet::from_config_yaml(yaml, "seed.yaml").expect("seed policy");
         let names = policies.group_names.clone();
         Arc::new(SeedPolicy {
             inner: airlock_proxy::policy_gate::PolicyGate::new(
@@ -827,6 +860,80 @@ mod attacks {
             );
             assert_untouched(&f);
         }
+    }
+
+    #[tokio::test]
+    async fn no_route_changes_how_postgresql_reads_text() {
+        // Under SJIS, the bytes of `Ё` (D0 81) followed by a backslash are
+        // a half-width kana and one double-byte character: the quote after
+        // them ends the string, and the DELETE the proxy read as part of
+        // an E'' literal runs. Every route to such a setting is refused,
+        // even by a policy that allows SET and function calls.
+        let f = start_with_gate(|_| {}, SeedPolicy::lenient).await;
+        let mut raw = Raw::login(f.addr).await;
+        for sql in [
+            "SET client_encoding = 'SJIS'",
+            "SET NAMES 'BIG5'",
+            "SET LOCAL standard_conforming_strings = off",
+            "SELECT set_config('client_encoding', 'GBK', false)",
+            "SELECT 1 WHERE set_config('standard_conforming_strings', 'off', false) IS NOT NULL",
+        ] {
+            raw.send(&[FeMessage::Query { sql: sql.into() }]).await;
+            assert_eq!(raw.until_ready().await.1, vec!["42501"], "{sql}");
+        }
+        // Harmless forms still run.
+        for sql in [
+            "SET client_encoding = 'UTF8'",
+            "RESET ALL",
+            "SET statement_timeout = '5s'",
+        ] {
+            raw.send(&[FeMessage::Query { sql: sql.into() }]).await;
+            assert!(raw.until_ready().await.1.is_empty(), "{sql}");
+        }
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT E'Ё\\'; DELETE FROM orders; --'".into(),
+        }])
+        .await;
+        assert!(
+            raw.until_ready().await.1.is_empty(),
+            "read as one literal, as the proxy read it"
+        );
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_upstream_reads_text_differently_is_ended() {
+        // A function the classifier cannot see into changes the encoding:
+        // PostgreSQL reports it in a ParameterStatus, and the proxy ends
+        // the session rather than judge anything under the wrong reading.
+        let f = start(|_| {}).await;
+        f.pg.psql(
+            "shop",
+            "CREATE FUNCTION sneaky() RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('client_encoding', 'SJIS', false) $$",
+        );
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT sneaky()".into(),
+        }])
+        .await;
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'E' {
+                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+                assert!(
+                    fields.iter().any(|(c, v)| *c == b'C' && v == "0A000"),
+                    "{fields:?}"
+                );
+                assert!(
+                    fields.iter().any(|(c, v)| *c == b'S' && v == "FATAL"),
+                    "{fields:?}"
+                );
+                break;
+            }
+            assert_ne!(tag, b'Z', "the session went on under SJIS");
+        }
+        assert_untouched(&f);
     }
 
     #[tokio::test]

@@ -64,6 +64,11 @@ kinds! {
     Lock => "LOCK",
     /// Other session settings: SET, RESET (search_path included).
     Set => "SET",
+    /// A change of a setting that makes PostgreSQL read statement text
+    /// differently from the proxy (`client_encoding` to SJIS,
+    /// `standard_conforming_strings` off, ...), by SET, set_config or
+    /// ALTER ... SET. The proxy refuses it whatever the policy says.
+    ParserSetting => "PARSER SETTING",
     Show => "SHOW",
     /// `EXECUTE name` whose PREPARE this session has not seen.
     Execute => "EXECUTE",

@@ -65,9 +65,9 @@ pub(super) async fn relay(login: Login, upstream: Upstream, ctx: Arc<Ctx>, signa
             // The writer stops by itself only after writing a FATAL the
             // reading side sent; the reason is the reading side's.
             Ok(Ok(())) => joined((&mut to_upstream).await),
-            Ok(Err(e)) => {
+            Ok(Err(ending)) => {
                 to_upstream.abort();
-                Ending::new(Cause::UpstreamClosed, e)
+                ending
             }
             Err(e) => {
                 to_upstream.abort();

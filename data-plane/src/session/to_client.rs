@@ -10,10 +10,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::Ctx;
 use super::inflight::{Queue, queue};
+use super::{Ctx, Ending};
 use crate::codec::{BeMessage, Diagnostic, Frame, FrameReader, parse_diagnostic_fields};
 use crate::conn::ClientStream;
+use crate::error_response;
+use airlock_eventlog::proto::session_closed::Cause;
 
 /// Messages for the client from the reading side, written in order with the
 /// upstream's output by the single writer.
@@ -30,7 +32,8 @@ pub(super) async fn upstream_to_client(
     ctx: Arc<Ctx>,
     queue: Queue,
     mut inject: mpsc::Receiver<Inject>,
-) -> Result<(), String> {
+) -> Result<(), Ending> {
+    let lost = |e: String| Ending::new(Cause::UpstreamClosed, e);
     // Grows on first use: an idle session holds no write buffer.
     let mut out = BytesMut::new();
     // Once the client is gone, keep reading PostgreSQL's answers (to record
@@ -44,14 +47,14 @@ pub(super) async fn upstream_to_client(
                 match msg {
                     Inject::Notice(d) => {
                         BeMessage::NoticeResponse(&d).encode(&mut out);
-                        client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
-                        client.flush().await.map_err(|e| format!("client flush: {e}"))?;
+                        client.write_all(&out).await.map_err(|e| lost(format!("client write: {e}")))?;
+                        client.flush().await.map_err(|e| lost(format!("client flush: {e}")))?;
                         out.clear();
                         continue;
                     }
                     Inject::Fatal(d) => {
                         BeMessage::ErrorResponse(&d).encode(&mut out);
-                        client.write_all(&out).await.map_err(|e| format!("client write: {e}"))?;
+                        client.write_all(&out).await.map_err(|e| lost(format!("client write: {e}")))?;
                         let _ = client.flush().await;
                         let _ = client.shutdown().await;
                         return Ok(());
@@ -63,11 +66,20 @@ pub(super) async fn upstream_to_client(
             Ok(Some(f)) => f,
             Ok(None) => {
                 client.write_all(&out).await.ok();
-                return Err("upstream closed the connection".into());
+                return Err(lost("upstream closed the connection".into()));
             }
-            Err(e) => return Err(format!("upstream: {e}")),
+            Err(e) => return Err(lost(format!("upstream: {e}"))),
         };
-        observe(&ctx, &queue, &frame, &mut out);
+        if let Err(refusal) = observe(&ctx, &queue, &frame, &mut out) {
+            // Fail closed: what PostgreSQL answered so far goes out, then
+            // the FATAL; the session ends and its running statement is
+            // cancelled.
+            BeMessage::ErrorResponse(&refusal).encode(&mut out);
+            let _ = client.write_all(&out).await;
+            let _ = client.flush().await;
+            let _ = client.shutdown().await;
+            return Err(Ending::new(Cause::Error, refusal.message));
+        }
         // Flush when nothing more is buffered, or the batch is large.
         if client_gone {
             out.clear();
@@ -82,8 +94,21 @@ pub(super) async fn upstream_to_client(
 
 /// Matches one upstream frame to the statement it answers, records
 /// completed statements, rewrites refusals, and encodes it for the client.
-fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) {
+/// `Err`: the session must end with this FATAL.
+fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Result<(), Diagnostic> {
     match frame.tag {
+        // ParameterStatus: a setting changed. Those that change how
+        // PostgreSQL reads text must stay as the proxy reads it.
+        b'S' => {
+            let mut fields = frame.body.split(|b| *b == 0);
+            let name = String::from_utf8_lossy(fields.next().unwrap_or_default());
+            let value = String::from_utf8_lossy(fields.next().unwrap_or_default());
+            if !crate::upstream::reads_as_proxy(&name, &value) {
+                tracing::error!(session = %ctx.session, %name, %value, "upstream reads statements differently now: ending the session");
+                return Err(error_response::reading_changed(&name, &value));
+            }
+            frame.encode(out);
+        }
         // CommandComplete, EmptyQueryResponse, PortalSuspended.
         b'C' | b'I' | b's' => {
             let tag = match frame.tag {
@@ -110,7 +135,7 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) {
                 .any(|(c, v)| *c == b'M' && v.contains(ctx.sql_marker()));
             if names_marker && let Some(d) = queue(queue_).stand_in_failed() {
                 BeMessage::ErrorResponse(&d).encode(out);
-                return;
+                return Ok(());
             }
             let get = |c: u8| {
                 fields
@@ -165,4 +190,5 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) {
         }
         _ => frame.encode(out),
     }
+    Ok(())
 }

@@ -127,10 +127,14 @@ impl Upstream {
 
         let mut startup: Vec<(&str, &str)> = vec![("user", &config.user), ("database", &config.database)];
         for (k, v) in params {
-            if k != "user" && k != "database" {
+            let forced = READS_AS_PROXY.iter().any(|(n, _)| n.eq_ignore_ascii_case(k));
+            if k != "user" && k != "database" && !forced {
                 startup.push((k, v));
             }
         }
+        // Startup parameters are also what RESET and DISCARD ALL return to,
+        // and no role, database or system default overrides them.
+        startup.extend(READS_AS_PROXY.iter().copied());
         let mut buf = BytesMut::new();
         frontend::startup_message(startup.iter().copied(), &mut buf)?;
         writer.write_all(&buf).await?;
@@ -163,6 +167,14 @@ impl Upstream {
                     key = Some((body.get_i32(), body.get_i32()));
                 }
                 b'Z' => {
+                    for (name, value) in &parameters {
+                        if !reads_as_proxy(name, value) {
+                            return Err(UpstreamError::Protocol(format!(
+                                "PostgreSQL reports {name}={value}; Airlock reads statements only under {}",
+                                describe_reading()
+                            )));
+                        }
+                    }
                     let (process_id, secret_key) = key.unwrap_or((0, 0));
                     return Ok(Upstream {
                         reader,
@@ -212,6 +224,34 @@ impl Upstream {
             .await?
             .ok_or_else(|| UpstreamError::Protocol("upstream closed the connection".into()))
     }
+}
+
+/// The settings under which PostgreSQL reads statement text as the proxy
+/// does (UTF-8, a backslash in '...' is an ordinary character). The proxy
+/// logs in with them and ends a session whose upstream ever reports another
+/// value (see the policy crate's `classify::reading` for the statements
+/// that would change them, which are refused before they run).
+pub const READS_AS_PROXY: &[(&str, &str)] =
+    &[("client_encoding", "UTF8"), ("standard_conforming_strings", "on")];
+
+/// Whether a ParameterStatus `name`=`value` leaves PostgreSQL reading
+/// statements as the proxy does (parameters other than those are free).
+pub fn reads_as_proxy(name: &str, value: &str) -> bool {
+    let norm = |s: &str| s.trim().to_ascii_lowercase().replace(['-', '_'], "");
+    match READS_AS_PROXY.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((_, wanted)) => {
+            norm(value) == norm(wanted) || (norm(wanted) == "utf8" && norm(value) == "unicode")
+        }
+        None => true,
+    }
+}
+
+fn describe_reading() -> String {
+    READS_AS_PROXY
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Status of a ReadyForQuery frame.

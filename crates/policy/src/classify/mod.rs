@@ -9,6 +9,7 @@
 //! known to be read-only, and `EXECUTE name` is what `PREPARE name` held.
 
 mod prepared;
+mod reading;
 mod scan;
 
 use serde::Serialize;
@@ -127,6 +128,9 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
             };
             for statement in &statements {
                 c.statement(statement);
+                if !reading::reading_changes(statement).is_empty() {
+                    c.push(Effect::new(Kind::ParserSetting));
+                }
             }
         }
         Err(e) => {
