@@ -1,5 +1,5 @@
 //! The control plane's Prometheus metrics, served on `control.metrics_listen`
-//! (`GET /metrics`, Prometheus text format 0.0.4).
+//! (`GET /metrics`, OpenMetrics text 1.0.0, as the proxy and reviewer serve).
 //!
 //! Counters and histograms are bumped where things happen (a decision
 //! appended, a snapshot stored); gauges that describe the replica (fold lag,
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto::event::Body;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, prometheus_text};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,6 +18,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::live::Live;
+
+/// What `/metrics` serves.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// How a request ended, for the outcomes a control-plane replica appends
 /// (proxies append cancellations).
@@ -242,7 +245,7 @@ impl Metrics {
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_text::encode(&mut out, &self.registry);
+        let _ = text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -259,7 +262,7 @@ pub fn router(live: Arc<Live>) -> axum::Router {
             let live = live.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
                     live.metrics().encode(&live),
                 )
             }

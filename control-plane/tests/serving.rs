@@ -291,7 +291,10 @@ async fn metrics_move_with_requests_decisions_and_snapshots() {
     let r = replica(&nats).await;
 
     let (content_type, body) = scrape(r.metrics).await;
-    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         value(

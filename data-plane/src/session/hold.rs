@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use airlock_eventlog::proto::{self, decision_notice::Outcome, event::Body, statement_refused::Cause};
 use airlock_eventlog::{ChainWriter, RequestId, subjects};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::signals::HoldInterrupt;
 use super::to_client::Inject;
@@ -60,7 +61,15 @@ impl ToUpstream {
     ) -> Result<Step, Ending> {
         // Everything pipelined before it goes first.
         self.flush().await?;
-        let ended = match self.hold_inner(statement, judgement, spec).await {
+        // One span for the whole hold: the request's append, the grant
+        // check and any cancellation are its children, in the request's
+        // trace (the log puts the context on the events).
+        let span = tracing::info_span!(
+            "proxy.hold",
+            session = %self.ctx.session,
+            request = tracing::field::Empty
+        );
+        let ended = match self.hold_inner(statement, judgement, spec).instrument(span).await {
             Ok(step) => return Ok(step),
             Err(ending) => ending,
         };
@@ -92,6 +101,7 @@ impl ToUpstream {
         }
         let request_id = RequestId::generate();
         let rid = request_id.to_string();
+        tracing::Span::current().record("request", rid.as_str());
         // Registered before appending, so a decision cannot outrun us.
         let mut decision = deps
             .holds
