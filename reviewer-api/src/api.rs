@@ -2,6 +2,10 @@
 //! out; every error leaves through [`ApiError`]. Each handler verifies the
 //! caller, asks the control plane with the caller's token and shapes the
 //! answer (`json`). Nothing here decides whether a vote counts.
+//!
+//! Each handler carries its `#[utoipa::path]`: method, path, parameters,
+//! the JSON types it answers with and every refusal it can send. `openapi`
+//! gathers them into the document; it is the only module that looks at them.
 
 use std::time::Duration;
 
@@ -13,15 +17,18 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
+use crate::access::may_review;
 use crate::auth::{Caller, Via};
 use crate::error::{ApiError, Code};
-use crate::{Route, json};
+use crate::json::{
+    self, ErrorJson, HealthJson, HealthStatusJson, KillBody, KillResultJson, MAX_REASON_CHARS, MeJson,
+    Refusals, RequestJson, RequestPageJson, SessionJson, SessionPageJson, ViaJson, VoteBody, VoteResultJson,
+};
+use crate::{Route, events};
 
-/// The REST routes, listed once: the router is built from this list and the
-/// OpenAPI document is checked against it.
+/// The REST routes, listed once: the router is built from this list, and
+/// `openapi` checks that its document names exactly these (and its own).
 pub fn routes() -> Vec<Route> {
     vec![
         ("GET", "/api/v1/requests", get(list_requests)),
@@ -31,19 +38,15 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/api/v1/sessions", get(list_sessions)),
         ("GET", "/api/v1/sessions/{id}", get(get_session)),
         ("POST", "/api/v1/sessions/{id}/kill", post(kill_session)),
-        ("GET", "/api/v1/events", get(crate::events::events)),
+        ("GET", "/api/v1/events", get(events::events)),
         ("GET", "/api/v1/me", get(me)),
-        ("GET", "/api/v1/openapi.json", get(openapi)),
         ("GET", "/healthz", get(healthz)),
         ("GET", "/metrics", get(metrics)),
     ]
 }
 
-/// Longest reason accepted with a vote or a kill.
-pub const MAX_REASON_CHARS: usize = 2000;
-
 /// Request and session ids are ULIDs; refuse anything that could not be one
-/// before it goes anywhere.
+/// before it goes anywhere. [`ID_PATTERN`] says the same to clients.
 pub fn check_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty()
         || id.len() > 64
@@ -55,6 +58,9 @@ pub fn check_id(id: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// What [`check_id`] accepts, as the document's `pattern` (a literal there).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 /// The `{id}` of a path, or a JSON 400 (axum's own rejection is plain text).
 pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -105,23 +111,6 @@ pub fn parse_states(values: &[String]) -> Result<Vec<i32>, ApiError> {
     Ok(states)
 }
 
-/// True when `caller` is in one of the groups that may review `view`:
-/// reviewers see only what their groups may review. Ids compare
-/// case-insensitively (Entra object ids are GUIDs), names exactly.
-pub fn may_review(caller: &proto::Identity, view: &proto::RequestView) -> bool {
-    let groups = view
-        .request
-        .as_ref()
-        .map(|r| r.reviewer_groups.as_slice())
-        .unwrap_or_default();
-    groups.iter().any(|g| {
-        caller.groups.iter().any(|c| {
-            (!g.id.is_empty() && c.id.eq_ignore_ascii_case(&g.id))
-                || (!g.name.is_empty() && (c.name == g.name || c.id.eq_ignore_ascii_case(&g.name)))
-        })
-    })
-}
-
 /// A page of requests this caller may review, newest first.
 pub async fn requests_page(
     app: &crate::App,
@@ -137,11 +126,33 @@ pub async fn requests_page(
     Ok((visible, page.next_page_token))
 }
 
+/// List the approval requests the caller may review, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/requests",
+    tag = "requests",
+    params(
+        ("state" = Option<String>, Query,
+            description = "Comma-separated, or repeated: pending, granted, denied, expired, cancelled, \
+                           or decided (every final state). Default: all."),
+        ("connection" = Option<String>, Query, description = "Only requests on this connection."),
+        ("page_size" = Option<u32>, Query, minimum = 1, maximum = 1000),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the page before."),
+    ),
+    responses(
+        (status = 200, description = "A page of requests.", body = RequestPageJson),
+        (status = 400, description = "An unknown parameter or state, or a page size out of range \
+                                      (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not in a reviewer group (`not_a_reviewer`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn list_requests(
     State(app): State<crate::State>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestPageJson>, ApiError> {
     let caller = app.auth.caller(&headers).await?;
     let mut q = proto::ListRequestsRequest::default();
     let mut states = Vec::new();
@@ -156,8 +167,10 @@ async fn list_requests(
     }
     q.states = parse_states(&states)?;
     let (requests, next) = requests_page(&app, &caller, q).await?;
-    let requests: Vec<_> = requests.iter().map(json::request).collect();
-    Ok(Json(json!({"requests": requests, "next_page_token": next})))
+    Ok(Json(RequestPageJson {
+        requests: requests.iter().map(json::request).collect(),
+        next_page_token: next,
+    }))
 }
 
 /// One request, if the caller's groups may review it.
@@ -177,25 +190,31 @@ pub async fn visible_request(
     Ok(view)
 }
 
+/// One approval request.
+#[utoipa::path(
+    get,
+    path = "/api/v1/requests/{id}",
+    tag = "requests",
+    params(("id" = String, Path, description = "Request id.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "The request.", body = RequestJson),
+        (status = 400, description = "Not a valid id (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not in a reviewer group of this request (`not_a_reviewer`).",
+            body = ErrorJson),
+        (status = 404, description = "No such request (`not_found`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn get_request(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<json::RequestJson>, ApiError> {
+) -> Result<Json<RequestJson>, ApiError> {
     let id = path_id(id)?;
     let caller = app.auth.caller(&headers).await?;
     let view = visible_request(&app, &caller, &id).await?;
     Ok(Json(json::request(&view)))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VoteBody {
-    #[serde(default)]
-    reason: Option<String>,
-    /// Hex SHA-256 of the statement as shown to the reviewer.
-    #[serde(default)]
-    statement_sha256: Option<String>,
 }
 
 fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
@@ -267,7 +286,7 @@ async fn decide_json(
     id: String,
     body: Bytes,
     decision: proto::Decision,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VoteResultJson>, ApiError> {
     let caller = app.auth.changing(&headers, None).await?;
     let body: VoteBody = json_body(&body)?;
     let r = vote(
@@ -279,38 +298,112 @@ async fn decide_json(
         body.statement_sha256.as_deref(),
     )
     .await?;
-    Ok(Json(json!({
-        "request": r.request.as_ref().map(json::request),
-        "event_id": r.event_id,
-        "sequence": r.sequence,
-    })))
+    Ok(Json(VoteResultJson {
+        request: r.request.as_ref().map(json::request),
+        event_id: r.event_id,
+        sequence: r.sequence,
+    }))
 }
 
+/// Vote to approve a held statement.
+///
+/// The vote goes to the control plane with the caller's token, and the
+/// control plane judges it. Send `statement_sha256` as shown so the vote
+/// binds to those exact bytes. A browser session must also send
+/// `X-CSRF-Token`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/requests/{id}/approve",
+    tag = "requests",
+    params(("id" = String, Path, description = "Request id.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = VoteBody, description = "May be left out: an empty body is `{}`."),
+    responses(
+        (status = 200, description = "The vote was recorded.", body = VoteResultJson),
+        (status = 400, description = "Not a valid id or body, a reason too long, or a digest that is \
+                                      not 64 hex digits (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not a reviewer of this request (`not_a_reviewer`), \
+                                      self-approval (`self_approval`), an app identity (`app_identity`), \
+                                      or a browser request without its CSRF token (`csrf`).",
+            body = ErrorJson),
+        (status = 404, description = "No such request (`not_found`).", body = ErrorJson),
+        (status = 409, description = "Already decided (`already_decided`), expired (`expired`), already \
+                                      voted (`already_voted`), or the digest does not match \
+                                      (`digest_mismatch`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn approve(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VoteResultJson>, ApiError> {
     let id = path_id(id)?;
     decide_json(app, headers, id, body, proto::Decision::Approve).await
 }
 
+/// Vote to deny a held statement.
+///
+/// As approve; one denial decides the request.
+#[utoipa::path(
+    post,
+    path = "/api/v1/requests/{id}/deny",
+    tag = "requests",
+    params(("id" = String, Path, description = "Request id.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = VoteBody, description = "May be left out: an empty body is `{}`."),
+    responses(
+        (status = 200, description = "The vote was recorded.", body = VoteResultJson),
+        (status = 400, description = "Not a valid id or body, a reason too long, or a digest that is \
+                                      not 64 hex digits (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not a reviewer of this request (`not_a_reviewer`), \
+                                      self-approval (`self_approval`), an app identity (`app_identity`), \
+                                      or a browser request without its CSRF token (`csrf`).",
+            body = ErrorJson),
+        (status = 404, description = "No such request (`not_found`).", body = ErrorJson),
+        (status = 409, description = "Already decided (`already_decided`), expired (`expired`), already \
+                                      voted (`already_voted`), or the digest does not match \
+                                      (`digest_mismatch`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn deny(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VoteResultJson>, ApiError> {
     let id = path_id(id)?;
     decide_json(app, headers, id, body, proto::Decision::Deny).await
 }
 
+/// List recorded sessions, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    params(
+        ("state" = Option<String>, Query, description = "open, closed, or both comma-separated."),
+        ("connection" = Option<String>, Query, description = "Only sessions on this connection."),
+        ("subject" = Option<String>, Query, description = "Only sessions of this identity (object id)."),
+        ("page_size" = Option<u32>, Query, minimum = 1, maximum = 1000),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the page before."),
+    ),
+    responses(
+        (status = 200, description = "A page of sessions.", body = SessionPageJson),
+        (status = 400, description = "An unknown parameter or state, or a page size out of range \
+                                      (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not in a reviewer group (`not_a_reviewer`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn list_sessions(
     State(app): State<crate::State>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionPageJson>, ApiError> {
     let caller = app.auth.caller(&headers).await?;
     let mut q = proto::ListSessionsRequest::default();
     for (k, v) in query_pairs(raw.as_deref()) {
@@ -336,17 +429,32 @@ async fn list_sessions(
         }
     }
     let page = app.control.list_sessions(&caller.token, q).await?;
-    let sessions: Vec<_> = page.sessions.iter().map(json::session_summary).collect();
-    Ok(Json(
-        json!({"sessions": sessions, "next_page_token": page.next_page_token}),
-    ))
+    Ok(Json(SessionPageJson {
+        sessions: page.sessions.iter().map(json::session_summary).collect(),
+        next_page_token: page.next_page_token,
+    }))
 }
 
+/// The whole recorded session: summary, timeline, requests.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "The session record.", body = SessionJson),
+        (status = 400, description = "Not a valid id (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not in a reviewer group (`not_a_reviewer`).", body = ErrorJson),
+        (status = 404, description = "No such session (`not_found`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn get_session(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<json::SessionJson>, ApiError> {
+) -> Result<Json<SessionJson>, ApiError> {
     let id = path_id(id)?;
     let caller = app.auth.caller(&headers).await?;
     check_id(&id)?;
@@ -354,19 +462,32 @@ async fn get_session(
     Ok(Json(json::session(&session)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KillBody {
-    #[serde(default)]
-    reason: Option<String>,
-}
-
+/// End a session: the proxy holding it closes it.
+///
+/// A browser session must also send `X-CSRF-Token`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/kill",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = KillBody, description = "May be left out: an empty body is `{}`."),
+    responses(
+        (status = 200, description = "The kill was recorded.", body = KillResultJson),
+        (status = 400, description = "Not a valid id or body, or a reason too long \
+                                      (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not in a reviewer group (`not_a_reviewer`), or a browser request \
+                                      without its CSRF token (`csrf`).", body = ErrorJson),
+        (status = 404, description = "No such session (`not_found`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 async fn kill_session(
     State(app): State<crate::State>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KillResultJson>, ApiError> {
     let id = path_id(id)?;
     let caller = app.auth.changing(&headers, None).await?;
     check_id(&id)?;
@@ -375,24 +496,41 @@ async fn kill_session(
     check_reason(&reason)?;
     let killed = app.control.kill_session(&caller.token, &id, reason).await?;
     app.metrics.kills.inc();
-    Ok(Json(
-        json!({"event_id": killed.event_id, "sequence": killed.sequence}),
-    ))
+    Ok(Json(KillResultJson {
+        event_id: killed.event_id,
+        sequence: killed.sequence,
+    }))
 }
 
-async fn me(State(app): State<crate::State>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// The verified caller: who the token or session belongs to.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "caller",
+    responses((status = 200, description = "The caller.", body = MeJson), Refusals),
+    security(("bearer" = []), ("session" = [])),
+)]
+async fn me(State(app): State<crate::State>, headers: HeaderMap) -> Result<Json<MeJson>, ApiError> {
     let caller = app.auth.caller(&headers).await?;
-    Ok(Json(json!({
-        "identity": json::identity(&caller.identity),
-        "via": match caller.via { Via::Bearer => "bearer", Via::Session { .. } => "session" },
-    })))
-}
-
-async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+    Ok(Json(MeJson {
+        identity: json::identity(&caller.identity),
+        via: match caller.via {
+            Via::Bearer => ViaJson::Bearer,
+            Via::Session { .. } => ViaJson::Session,
+        },
+    }))
 }
 
 /// 200 while the control plane's gRPC port accepts connections, else 503.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses(
+        (status = 200, description = "The control plane is reachable.", body = HealthJson),
+        (status = 503, description = "The control plane is unreachable.", body = HealthJson),
+    ),
+)]
 async fn healthz(State(app): State<crate::State>) -> Response {
     let target = url::Url::parse(&app.config.reviewer.control).ok().and_then(|u| {
         let port = u.port_or_known_default()?;
@@ -406,17 +544,31 @@ async fn healthz(State(app): State<crate::State>) -> Response {
         None => false,
     };
     let (status, word) = if reachable {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, HealthStatusJson::Ok)
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "control plane unreachable")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HealthStatusJson::ControlUnreachable,
+        )
     };
     (
         status,
-        Json(json!({"status": word, "control_reachable": reachable})),
+        Json(HealthJson {
+            status: word,
+            control_reachable: reachable,
+        }),
     )
         .into_response()
 }
 
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses((status = 200, description = "OpenMetrics text format 1.0.0.", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+)]
 async fn metrics(State(app): State<crate::State>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
@@ -428,45 +580,6 @@ async fn metrics(State(app): State<crate::State>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn caller(groups: &[(&str, &str)]) -> proto::Identity {
-        proto::Identity {
-            groups: groups
-                .iter()
-                .map(|(id, name)| proto::Group {
-                    id: (*id).into(),
-                    name: (*name).into(),
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    fn view(groups: &[(&str, &str)]) -> proto::RequestView {
-        proto::RequestView {
-            request: Some(proto::ApprovalRequested {
-                reviewer_groups: caller(groups).groups,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn reviewers_see_only_their_groups() {
-        let v = view(&[("0B7E", "db-reviewers")]);
-        assert!(may_review(&caller(&[("0b7e", "")]), &v), "id, any case");
-        assert!(may_review(&caller(&[("other", "db-reviewers")]), &v), "by name");
-        assert!(!may_review(&caller(&[("x", "y")]), &v));
-        assert!(!may_review(&caller(&[]), &v));
-        // A policy naming a group by id only, seen by a caller with names.
-        let by_name = view(&[("", "db-reviewers")]);
-        assert!(may_review(&caller(&[("g", "db-reviewers")]), &by_name));
-        assert!(
-            !may_review(&caller(&[("", "")]), &view(&[("", "")])),
-            "empty never matches"
-        );
-    }
 
     #[test]
     fn states_and_ids_are_checked() {

@@ -17,10 +17,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use serde_json::json;
 
+use crate::access::may_review;
 use crate::error::ApiError;
-use crate::json;
+use crate::json::{self, ErrorJson, Refusals, WatchEventJson};
 use crate::metrics::Metrics;
 
 /// Keeps the open-streams gauge right however the stream ends.
@@ -50,20 +50,47 @@ fn resume_after(headers: &HeaderMap, raw_query: Option<&str>) -> Result<u64, Api
     }
 }
 
-/// The SSE frame for one watch event.
+/// The SSE frame for one watch event: its `kind` is the event name, its
+/// sequence the id, a [`WatchEventJson`] the data.
 pub fn frame(item: &proto::WatchEvent) -> Event {
-    let kind = json::change_kind(item.event.as_ref());
-    let data = json!({
-        "sequence": item.sequence,
-        "kind": kind,
-        "request": item.request.as_ref().map(json::request),
-    });
-    Event::default()
+    let data = json::watch_event(item);
+    let event = Event::default()
         .id(item.sequence.to_string())
-        .event(kind)
-        .data(data.to_string())
+        .event(data.kind.as_str());
+    match serde_json::to_string(&data) {
+        Ok(text) => event.data(text),
+        // Serialising plain strings and numbers does not fail; were it to,
+        // the client still learns the sequence and can read the request.
+        Err(_) => event.data("{}"),
+    }
 }
 
+/// Request changes as server-sent events.
+///
+/// Event names: `requested`, `voted`, `granted`, `denied`, `expired`,
+/// `cancelled`, and `updated` (catch-up views after a resume), each with a
+/// `WatchEvent` as data; `error`, with an `Error` as data, then the end of
+/// the stream when the control plane ends it. Each event's id is a stream
+/// sequence: reconnect with `Last-Event-ID` (or `?after=`) to resume.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this stream sequence."),
+        ("after" = Option<u64>, Query, description = "As `Last-Event-ID`, for clients that cannot set it; \
+                                                     the header wins."),
+    ),
+    responses(
+        (status = 200, description = "An event stream; each event's data is a `WatchEvent`.",
+            body = WatchEventJson, content_type = "text/event-stream"),
+        (status = 400, description = "`Last-Event-ID` or `after` is not a sequence number \
+                                      (`invalid_argument`).", body = ErrorJson),
+        (status = 403, description = "Not in a reviewer group (`not_a_reviewer`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
 pub async fn events(
     State(app): State<crate::State>,
     headers: HeaderMap,
@@ -83,10 +110,7 @@ pub async fn events(
             loop {
                 match watch.message().await {
                     Ok(Some(item)) => {
-                        let visible = item
-                            .request
-                            .as_ref()
-                            .is_some_and(|r| crate::api::may_review(&identity, r));
+                        let visible = item.request.as_ref().is_some_and(|r| may_review(&identity, r));
                         if visible {
                             return Some((Ok(frame(&item)), Some((watch, open))));
                         }
@@ -96,8 +120,9 @@ pub async fn events(
                         // Tell the client why, then end: it reconnects with
                         // Last-Event-ID and misses nothing.
                         let e = ApiError::from(status);
-                        let data = json!({"error": {"code": e.code.as_str(), "message": e.message}});
-                        return Some((Ok(Event::default().event("error").data(data.to_string())), None));
+                        let data =
+                            serde_json::to_string(&ErrorJson::new(e.code, e.message)).unwrap_or_default();
+                        return Some((Ok(Event::default().event("error").data(data)), None));
                     }
                 }
             }

@@ -1,33 +1,192 @@
-//! The JSON shapes of the REST API, made from the control plane's views.
+//! The JSON shapes of the REST API, made from the control plane's views,
+//! and the bodies it accepts.
 //!
 //! Plain conversions, no decisions: what the control plane says is shown as
 //! it is, with enums as lower-case words, digests as hex and times as
-//! RFC 3339. The OpenAPI document (`openapi.rs`) describes these shapes.
+//! RFC 3339. Each shape derives its OpenAPI schema from the same definition
+//! serde uses (`openapi` gathers them), so the document follows the code: a
+//! field always sent is `required`, an `Option` always sent is required and
+//! nullable, a field serde may skip is optional, and a set of words lists
+//! exactly the words serde writes.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use airlock_proto::v1 as proto;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, RefOr, ResponseBuilder, Type};
 
-#[derive(Debug, Clone, Serialize)]
+use crate::error::Code;
+
+/// Longest reason accepted with a vote or a kill, in characters. The
+/// `max_length` of the bodies' `reason` below repeats it (the schema
+/// attribute takes a literal); a test keeps the two equal.
+pub const MAX_REASON_CHARS: usize = 2000;
+
+/// A closed set of words sent as a JSON string. The enum's serde spelling,
+/// its schema (`enum: [...]`) and `as_str` for the pages all come from the
+/// one list given here, so they cannot disagree. Each word is taken as a
+/// `tt`: the schema derive reads `#[serde(rename = ...)]` token by token and
+/// silently skips a `literal` fragment, which arrives wrapped.
+macro_rules! words {
+    ($(#[$meta:meta])* pub enum $name:ident as $schema:ident {
+        $($variant:ident = $word:tt),+ $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+        #[schema(as = $schema)]
+        pub enum $name {
+            $(#[serde(rename = $word)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word),+
+                }
+            }
+        }
+    };
+}
+
+words! {
+    /// Where a request stands. `unknown` when the control plane sends a
+    /// state this build does not know.
+    pub enum RequestStateJson as RequestState {
+        Pending = "pending",
+        Granted = "granted",
+        Denied = "denied",
+        Expired = "expired",
+        Cancelled = "cancelled",
+        Unknown = "unknown",
+    }
+}
+
+words! {
+    /// A person or an application (an app-only token); `unknown` when the
+    /// token said neither.
+    pub enum IdentityKindJson as IdentityKind {
+        User = "user",
+        App = "app",
+        Unknown = "unknown",
+    }
+}
+
+words! {
+    /// How the client sent the statement: one Query message, or
+    /// Parse/Bind/Execute.
+    pub enum ProtocolJson as Protocol {
+        Simple = "simple",
+        Extended = "extended",
+    }
+}
+
+words! {
+    /// How the client encoded a bound value.
+    pub enum ParameterFormatJson as ParameterFormat {
+        Text = "text",
+        Binary = "binary",
+    }
+}
+
+words! {
+    /// A reviewer's vote; `unknown` for a decision this build does not know.
+    pub enum DecisionJson as Decision {
+        Approve = "approve",
+        Deny = "deny",
+        Unknown = "unknown",
+    }
+}
+
+words! {
+    pub enum SessionStateJson as SessionState {
+        Open = "open",
+        Closed = "closed",
+    }
+}
+
+words! {
+    /// The kind of log event a timeline entry shows; `unknown` for an event
+    /// with no body this build can read.
+    pub enum TimelineKindJson as TimelineKind {
+        SessionOpened = "session_opened",
+        StatementExecuted = "statement_executed",
+        StatementsExecuted = "statements_executed",
+        StatementRefused = "statement_refused",
+        ApprovalRequested = "approval_requested",
+        ApprovalVoted = "approval_voted",
+        ApprovalGranted = "approval_granted",
+        ApprovalDenied = "approval_denied",
+        ApprovalExpired = "approval_expired",
+        ApprovalCancelled = "approval_cancelled",
+        SessionKillRequested = "session_kill_requested",
+        SessionClosed = "session_closed",
+        PolicyLoaded = "policy_loaded",
+        Checkpoint = "checkpoint",
+        Unknown = "unknown",
+    }
+}
+
+words! {
+    /// The kind of change a watch event is, named after the event that made
+    /// it, or `updated` for a catch-up view sent after a resume. Also the
+    /// server-sent event's `event:` name.
+    pub enum ChangeKindJson as ChangeKind {
+        Requested = "requested",
+        Voted = "voted",
+        Granted = "granted",
+        Denied = "denied",
+        Expired = "expired",
+        Cancelled = "cancelled",
+        Updated = "updated",
+    }
+}
+
+words! {
+    /// How the caller proved who they are: a bearer token, or the browser
+    /// session cookie.
+    pub enum ViaJson as Via {
+        Bearer = "bearer",
+        Session = "session",
+    }
+}
+
+words! {
+    pub enum HealthStatusJson as HealthStatus {
+        Ok = "ok",
+        ControlUnreachable = "control plane unreachable",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Group)]
 pub struct GroupJson {
+    /// The group's object id, or its name when the policy named it only.
     pub id: String,
+    /// A readable name, when the configuration gives one.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Identity)]
 pub struct IdentityJson {
+    /// The token's object id (`oid`), else its `sub`.
     pub subject: String,
     pub display_name: String,
-    /// `user` or `app`.
-    pub kind: &'static str,
+    pub kind: IdentityKindJson,
     pub groups: Vec<GroupJson>,
     pub tenant_id: String,
     pub client_app_id: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Connection)]
 pub struct ConnectionJson {
     pub name: String,
     pub upstream_host: String,
@@ -36,7 +195,8 @@ pub struct ConnectionJson {
     pub upstream_user: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Client)]
 pub struct ClientJson {
     pub address: String,
     pub user: String,
@@ -45,12 +205,13 @@ pub struct ClientJson {
     pub tls: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Parameter)]
 pub struct ParameterJson {
+    /// `$1` is 1.
     pub position: usize,
     pub type_oid: u32,
-    /// `text` or `binary`.
-    pub format: &'static str,
+    pub format: ParameterFormatJson,
     pub is_null: bool,
     /// A readable rendering of the value.
     pub display: String,
@@ -58,25 +219,28 @@ pub struct ParameterJson {
     pub value_hex: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Statement)]
 pub struct StatementJson {
     /// The exact text, byte for byte.
     pub text: String,
-    /// `simple` or `extended`.
-    pub protocol: &'static str,
+    pub protocol: ProtocolJson,
     pub parameters: Vec<ParameterJson>,
     /// SHA-256 of the exact bytes that execute, hex. Send it back when
     /// voting so the vote binds to what was shown.
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Effect)]
 pub struct EffectJson {
+    /// A statement kind as policies name it (`DELETE`, `DROP`, ...).
     pub kind: String,
     pub tables: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Verdict)]
 pub struct VerdictJson {
     pub policy: String,
     pub rule_index: u32,
@@ -86,37 +250,218 @@ pub struct VerdictJson {
     pub effects: Vec<EffectJson>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Vote)]
 pub struct VoteJson {
+    #[schema(required = true)]
     pub reviewer: Option<IdentityJson>,
-    /// `approve` or `deny`.
-    pub decision: &'static str,
+    pub decision: DecisionJson,
     pub reason: String,
+    #[schema(required = true, format = DateTime)]
     pub time: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Request)]
 pub struct RequestJson {
     pub id: String,
     pub session_id: String,
-    /// `pending`, `granted`, `denied`, `expired` or `cancelled`.
-    pub state: &'static str,
+    pub state: RequestStateJson,
+    #[schema(required = true)]
     pub identity: Option<IdentityJson>,
+    #[schema(required = true)]
     pub connection: Option<ConnectionJson>,
+    #[schema(required = true)]
     pub client: Option<ClientJson>,
+    #[schema(required = true)]
     pub statement: Option<StatementJson>,
+    #[schema(required = true)]
     pub verdict: Option<VerdictJson>,
     pub approvals_required: u32,
+    /// Distinct people who approved so far.
     pub approvals_given: u32,
     pub reviewer_groups: Vec<GroupJson>,
+    #[schema(required = true, format = DateTime)]
     pub requested_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
     pub deadline: Option<String>,
+    /// `null` while pending.
+    #[schema(required = true, format = DateTime)]
     pub decided_at: Option<String>,
     pub outcome_reason: String,
     pub votes: Vec<VoteJson>,
     pub proxy_id: String,
     /// Stream sequence of the last event folded into this view.
     pub sequence: u64,
+}
+
+/// `GET /api/v1/requests`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = RequestPage)]
+pub struct RequestPageJson {
+    pub requests: Vec<RequestJson>,
+    /// Pass as `page_token` for the next page; empty on the last.
+    pub next_page_token: String,
+}
+
+/// The answer to a vote.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = VoteResult)]
+pub struct VoteResultJson {
+    /// The request after the vote.
+    #[schema(required = true)]
+    pub request: Option<RequestJson>,
+    /// Id of the `ApprovalVoted` event.
+    pub event_id: String,
+    /// Its stream sequence.
+    pub sequence: u64,
+}
+
+/// The answer to a kill.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = KillResult)]
+pub struct KillResultJson {
+    /// Id of the `SessionKillRequested` event.
+    pub event_id: String,
+    /// Its stream sequence.
+    pub sequence: u64,
+}
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Me)]
+pub struct MeJson {
+    pub identity: IdentityJson,
+    pub via: ViaJson,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthJson {
+    pub status: HealthStatusJson,
+    pub control_reachable: bool,
+}
+
+/// The data of one server-sent event of `GET /api/v1/events`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = WatchEvent)]
+pub struct WatchEventJson {
+    /// Stream sequence of the event; also the SSE `id`.
+    pub sequence: u64,
+    pub kind: ChangeKindJson,
+    /// The request as it is after this event.
+    #[schema(required = true)]
+    pub request: Option<RequestJson>,
+}
+
+/// Body of `POST /api/v1/requests/{id}/approve` and `/deny`; an empty body
+/// is the same as `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = VoteBody)]
+pub struct VoteBody {
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    pub reason: Option<String>,
+    /// Hex SHA-256 of the statement as shown to the reviewer. Default: the
+    /// request's, as read just before voting.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    pub statement_sha256: Option<String>,
+}
+
+/// Body of `POST /api/v1/sessions/{id}/kill`; an empty body is `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = KillBody)]
+pub struct KillBody {
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    pub reason: Option<String>,
+}
+
+/// The body of every refusal.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorJson {
+    pub error: ErrorDetailJson,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ErrorDetail)]
+pub struct ErrorDetailJson {
+    pub code: Code,
+    /// For people; says what was refused, never a token.
+    pub message: String,
+}
+
+impl ErrorJson {
+    pub fn new(code: Code, message: impl Into<String>) -> ErrorJson {
+        ErrorJson {
+            error: ErrorDetailJson {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// An error code is sent as its word (`not_a_reviewer`).
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for Code {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Code::ALL.iter().map(|c| c.as_str())))
+            .description(Some("Stable, for programs; the HTTP status follows from it."))
+            .into()
+    }
+}
+
+impl ToSchema for Code {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
+}
+
+/// The refusals any authenticated route may answer with, for
+/// `#[utoipa::path(responses(...))]`; each route adds its own 400, 403,
+/// 404 and 409.
+#[derive(Debug)]
+pub struct Refusals;
+
+impl utoipa::IntoResponses for Refusals {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name(ErrorJson::name())))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        BTreeMap::from([
+            (
+                "401".to_owned(),
+                error("No token, or a token refused (`unauthenticated`)."),
+            ),
+            ("500".to_owned(), error("An unexpected failure (`internal`).")),
+            (
+                "503".to_owned(),
+                error("The control plane or the issuer is unreachable or catching up (`unavailable`)."),
+            ),
+        ])
+    }
 }
 
 pub fn time(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
@@ -130,15 +475,21 @@ pub fn rfc3339(t: Option<&prost_types::Timestamp>) -> Option<String> {
     time(t).and_then(|d| d.format(&Rfc3339).ok())
 }
 
-pub fn state_name(state: i32) -> &'static str {
-    match proto::RequestState::try_from(state).unwrap_or(proto::RequestState::Unspecified) {
-        proto::RequestState::Pending => "pending",
-        proto::RequestState::Granted => "granted",
-        proto::RequestState::Denied => "denied",
-        proto::RequestState::Expired => "expired",
-        proto::RequestState::Cancelled => "cancelled",
-        proto::RequestState::Unspecified => "unknown",
+impl RequestStateJson {
+    pub fn of(state: i32) -> RequestStateJson {
+        match proto::RequestState::try_from(state).unwrap_or(proto::RequestState::Unspecified) {
+            proto::RequestState::Pending => RequestStateJson::Pending,
+            proto::RequestState::Granted => RequestStateJson::Granted,
+            proto::RequestState::Denied => RequestStateJson::Denied,
+            proto::RequestState::Expired => RequestStateJson::Expired,
+            proto::RequestState::Cancelled => RequestStateJson::Cancelled,
+            proto::RequestState::Unspecified => RequestStateJson::Unknown,
+        }
     }
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    RequestStateJson::of(state).as_str()
 }
 
 /// Parses a state word as the API accepts it.
@@ -158,11 +509,11 @@ pub fn identity(i: &proto::Identity) -> IdentityJson {
         subject: i.subject.clone(),
         display_name: i.display_name.clone(),
         kind: if i.kind == proto::identity::Kind::App as i32 {
-            "app"
+            IdentityKindJson::App
         } else if i.kind == proto::identity::Kind::User as i32 {
-            "user"
+            IdentityKindJson::User
         } else {
-            "unknown"
+            IdentityKindJson::Unknown
         },
         groups: i.groups.iter().map(group).collect(),
         tenant_id: i.tenant_id.clone(),
@@ -201,9 +552,9 @@ pub fn statement(s: &proto::Statement) -> StatementJson {
     StatementJson {
         text: s.text.clone(),
         protocol: if s.protocol == proto::statement::Protocol::Extended as i32 {
-            "extended"
+            ProtocolJson::Extended
         } else {
-            "simple"
+            ProtocolJson::Simple
         },
         parameters: s
             .parameters
@@ -213,9 +564,9 @@ pub fn statement(s: &proto::Statement) -> StatementJson {
                 position: n + 1,
                 type_oid: p.type_oid,
                 format: if p.format == proto::parameter::Format::Binary as i32 {
-                    "binary"
+                    ParameterFormatJson::Binary
                 } else {
-                    "text"
+                    ParameterFormatJson::Text
                 },
                 is_null: p.is_null,
                 display: p.display.clone(),
@@ -244,12 +595,18 @@ pub fn verdict(v: &proto::Verdict) -> VerdictJson {
     }
 }
 
-pub fn decision_name(d: i32) -> &'static str {
-    match proto::Decision::try_from(d).unwrap_or(proto::Decision::Unspecified) {
-        proto::Decision::Approve => "approve",
-        proto::Decision::Deny => "deny",
-        proto::Decision::Unspecified => "unknown",
+impl DecisionJson {
+    pub fn of(d: i32) -> DecisionJson {
+        match proto::Decision::try_from(d).unwrap_or(proto::Decision::Unspecified) {
+            proto::Decision::Approve => DecisionJson::Approve,
+            proto::Decision::Deny => DecisionJson::Deny,
+            proto::Decision::Unspecified => DecisionJson::Unknown,
+        }
     }
+}
+
+pub fn decision_name(d: i32) -> &'static str {
+    DecisionJson::of(d).as_str()
 }
 
 /// Distinct approvals given so far.
@@ -270,7 +627,7 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
     RequestJson {
         id: view.request_id.clone(),
         session_id: view.session_id.clone(),
-        state: state_name(view.state),
+        state: RequestStateJson::of(view.state),
         identity: asked.identity.as_ref().map(identity),
         connection: asked.connection.as_ref().map(connection),
         client: asked.client.as_ref().map(client),
@@ -288,7 +645,7 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
             .iter()
             .map(|v| VoteJson {
                 reviewer: v.reviewer.as_ref().map(identity),
-                decision: decision_name(v.decision),
+                decision: DecisionJson::of(v.decision),
                 reason: v.reason.clone(),
                 time: rfc3339(v.time.as_ref()),
             })
@@ -298,29 +655,44 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = SessionSummary)]
 pub struct SessionSummaryJson {
     pub id: String,
-    /// `open` or `closed`.
-    pub state: &'static str,
+    pub state: SessionStateJson,
+    #[schema(required = true)]
     pub identity: Option<IdentityJson>,
+    #[schema(required = true)]
     pub connection: Option<ConnectionJson>,
+    #[schema(required = true)]
     pub client: Option<ClientJson>,
     pub proxy_id: String,
+    #[schema(required = true, format = DateTime)]
     pub opened_at: Option<String>,
+    /// `null` while open.
+    #[schema(required = true, format = DateTime)]
     pub closed_at: Option<String>,
     pub statements_executed: u64,
     pub statements_refused: u64,
     pub requests_pending: u32,
 }
 
+/// `GET /api/v1/sessions`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = SessionPage)]
+pub struct SessionPageJson {
+    pub sessions: Vec<SessionSummaryJson>,
+    /// Pass as `page_token` for the next page; empty on the last.
+    pub next_page_token: String,
+}
+
 pub fn session_summary(s: &proto::SessionSummary) -> SessionSummaryJson {
     SessionSummaryJson {
         id: s.session_id.clone(),
         state: if s.state == proto::SessionState::Closed as i32 {
-            "closed"
+            SessionStateJson::Closed
         } else {
-            "open"
+            SessionStateJson::Open
         },
         identity: s.identity.as_ref().map(identity),
         connection: s.connection.as_ref().map(connection),
@@ -336,20 +708,27 @@ pub fn session_summary(s: &proto::SessionSummary) -> SessionSummaryJson {
 
 /// One entry of a session's timeline, summarised for people and kept
 /// machine-readable (`kind` plus the fields that matter for it).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = TimelineEntry)]
 pub struct TimelineJson {
     pub sequence: u64,
+    #[schema(required = true, format = DateTime)]
     pub time: Option<String>,
-    /// The event kind, e.g. `statement_executed`, `approval_granted`.
-    pub kind: &'static str,
+    pub kind: TimelineKindJson,
+    /// Empty for events that belong to no request.
     pub request_id: String,
     /// One line for a reader: what happened.
     pub summary: String,
+    /// Present on statement and approval-request entries.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub statement: Option<StatementJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub verdict: Option<VerdictJson>,
+    /// Who did it, where the event names someone.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub by: Option<IdentityJson>,
 }
 
@@ -375,7 +754,7 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
     let mut out = TimelineJson {
         sequence: e.sequence,
         time: rfc3339(event.time.as_ref()),
-        kind: "unknown",
+        kind: TimelineKindJson::Unknown,
         request_id: event.request_id.clone(),
         summary: String::new(),
         statement: None,
@@ -387,7 +766,7 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
     };
     match body {
         Body::SessionOpened(o) => {
-            out.kind = "session_opened";
+            out.kind = TimelineKindJson::SessionOpened;
             out.by = o.identity.as_ref().map(identity);
             out.summary = format!(
                 "{} connected to {} through {}",
@@ -397,7 +776,7 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             );
         }
         Body::StatementExecuted(x) => {
-            out.kind = "statement_executed";
+            out.kind = TimelineKindJson::StatementExecuted;
             out.statement = x.statement.as_ref().map(statement);
             out.verdict = x.verdict.as_ref().map(verdict);
             out.summary = if x.unfinished {
@@ -411,24 +790,24 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
         Body::StatementsExecuted(x) => {
             // The control plane splits groups in session timelines; a group
             // seen here is summarised.
-            out.kind = "statements_executed";
+            out.kind = TimelineKindJson::StatementsExecuted;
             out.summary = format!("{} statements executed", x.statements.len());
         }
         Body::StatementRefused(x) => {
-            out.kind = "statement_refused";
+            out.kind = TimelineKindJson::StatementRefused;
             out.statement = x.statement.as_ref().map(statement);
             out.verdict = x.verdict.as_ref().map(verdict);
             out.summary = format!("refused ({}): {}", x.sqlstate, x.message);
         }
         Body::ApprovalRequested(x) => {
-            out.kind = "approval_requested";
+            out.kind = TimelineKindJson::ApprovalRequested;
             out.statement = x.statement.as_ref().map(statement);
             out.verdict = x.verdict.as_ref().map(verdict);
             out.by = x.identity.as_ref().map(identity);
             out.summary = format!("held for approval ({} needed)", x.approvals_required);
         }
         Body::ApprovalVoted(x) => {
-            out.kind = "approval_voted";
+            out.kind = TimelineKindJson::ApprovalVoted;
             out.by = x.reviewer.as_ref().map(identity);
             out.summary = with_reason(
                 format!(
@@ -442,25 +821,25 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             );
         }
         Body::ApprovalGranted(x) => {
-            out.kind = "approval_granted";
+            out.kind = TimelineKindJson::ApprovalGranted;
             let names: Vec<String> = x.approvers.iter().map(|a| who(a.reviewer.as_ref())).collect();
             out.summary = format!("granted by {}", names.join(", "));
         }
         Body::ApprovalDenied(x) => {
-            out.kind = "approval_denied";
+            out.kind = TimelineKindJson::ApprovalDenied;
             out.by = x.reviewer.as_ref().map(identity);
             out.summary = with_reason(format!("denied by {}", who(x.reviewer.as_ref())), &x.reason);
         }
         Body::ApprovalExpired(_) => {
-            out.kind = "approval_expired";
+            out.kind = TimelineKindJson::ApprovalExpired;
             out.summary = "expired: nobody decided in time".into();
         }
         Body::ApprovalCancelled(x) => {
-            out.kind = "approval_cancelled";
+            out.kind = TimelineKindJson::ApprovalCancelled;
             out.summary = with_reason("cancelled".into(), &x.detail);
         }
         Body::SessionKillRequested(x) => {
-            out.kind = "session_kill_requested";
+            out.kind = TimelineKindJson::SessionKillRequested;
             out.by = x.requested_by.as_ref().map(identity);
             out.summary = with_reason(
                 format!("kill requested by {}", who(x.requested_by.as_ref())),
@@ -468,7 +847,7 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             );
         }
         Body::SessionClosed(x) => {
-            out.kind = "session_closed";
+            out.kind = TimelineKindJson::SessionClosed;
             out.summary = format!(
                 "closed ({} executed, {} refused){}",
                 x.statements_executed,
@@ -481,19 +860,22 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             );
         }
         Body::PolicyLoaded(_) => {
-            out.kind = "policy_loaded";
+            out.kind = TimelineKindJson::PolicyLoaded;
             out.summary = "policy loaded".into();
         }
         Body::Checkpoint(_) => {
-            out.kind = "checkpoint";
+            out.kind = TimelineKindJson::Checkpoint;
             out.summary = "checkpoint".into();
         }
     }
     out
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// `GET /api/v1/sessions/{id}`: the whole recorded session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Session)]
 pub struct SessionJson {
+    #[schema(required = true)]
     pub summary: Option<SessionSummaryJson>,
     pub timeline: Vec<TimelineJson>,
     pub requests: Vec<RequestJson>,
@@ -507,34 +889,49 @@ pub fn session(s: &proto::SessionView) -> SessionJson {
     }
 }
 
-/// The kind of change a watch event is, named after the event that made it
-/// (`requested`, `voted`, `granted`, `denied`, `expired`, `cancelled`), or
-/// `updated` for a catch-up view sent after a resume.
+impl ChangeKindJson {
+    pub fn of(event: Option<&proto::Event>) -> ChangeKindJson {
+        use proto::event::Body;
+        match event.and_then(|e| e.body.as_ref()) {
+            Some(Body::ApprovalRequested(_)) => ChangeKindJson::Requested,
+            Some(Body::ApprovalVoted(_)) => ChangeKindJson::Voted,
+            Some(Body::ApprovalGranted(_)) => ChangeKindJson::Granted,
+            Some(Body::ApprovalDenied(_)) => ChangeKindJson::Denied,
+            Some(Body::ApprovalExpired(_)) => ChangeKindJson::Expired,
+            Some(Body::ApprovalCancelled(_)) => ChangeKindJson::Cancelled,
+            Some(
+                Body::SessionOpened(_)
+                | Body::StatementExecuted(_)
+                | Body::StatementsExecuted(_)
+                | Body::StatementRefused(_)
+                | Body::SessionKillRequested(_)
+                | Body::SessionClosed(_)
+                | Body::PolicyLoaded(_)
+                | Body::Checkpoint(_),
+            )
+            | None => ChangeKindJson::Updated,
+        }
+    }
+}
+
+/// The kind of change a watch event is, as its word ([`ChangeKindJson`]).
 pub fn change_kind(event: Option<&proto::Event>) -> &'static str {
-    use proto::event::Body;
-    match event.and_then(|e| e.body.as_ref()) {
-        Some(Body::ApprovalRequested(_)) => "requested",
-        Some(Body::ApprovalVoted(_)) => "voted",
-        Some(Body::ApprovalGranted(_)) => "granted",
-        Some(Body::ApprovalDenied(_)) => "denied",
-        Some(Body::ApprovalExpired(_)) => "expired",
-        Some(Body::ApprovalCancelled(_)) => "cancelled",
-        Some(
-            Body::SessionOpened(_)
-            | Body::StatementExecuted(_)
-            | Body::StatementsExecuted(_)
-            | Body::StatementRefused(_)
-            | Body::SessionKillRequested(_)
-            | Body::SessionClosed(_)
-            | Body::PolicyLoaded(_)
-            | Body::Checkpoint(_),
-        )
-        | None => "updated",
+    ChangeKindJson::of(event).as_str()
+}
+
+pub fn watch_event(item: &proto::WatchEvent) -> WatchEventJson {
+    WatchEventJson {
+        sequence: item.sequence,
+        kind: ChangeKindJson::of(item.event.as_ref()),
+        request: item.request.as_ref().map(request),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+    use utoipa::PartialSchema;
+
     use super::*;
 
     #[test]
@@ -557,5 +954,102 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(approvals_given(&v), 2);
+    }
+
+    fn schema_of<T: PartialSchema>() -> Value {
+        serde_json::to_value(T::schema()).expect("schema")
+    }
+
+    /// The words serde writes for every value of a set.
+    fn serialised<T: Serialize>(all: &[T]) -> Vec<Value> {
+        all.iter()
+            .map(|w| serde_json::to_value(w).expect("word"))
+            .collect()
+    }
+
+    #[test]
+    fn every_set_of_words_lists_exactly_what_serde_writes() {
+        fn check<T: Serialize + PartialSchema + Copy>(all: &[T], as_str: fn(T) -> &'static str) {
+            let schema = schema_of::<T>();
+            let words = serialised(all);
+            assert_eq!(schema["enum"], Value::Array(words.clone()), "{schema}");
+            let strs: Vec<Value> = all.iter().map(|w| json!(as_str(*w))).collect();
+            assert_eq!(words, strs);
+        }
+        check(RequestStateJson::ALL, RequestStateJson::as_str);
+        check(IdentityKindJson::ALL, IdentityKindJson::as_str);
+        check(ProtocolJson::ALL, ProtocolJson::as_str);
+        check(ParameterFormatJson::ALL, ParameterFormatJson::as_str);
+        check(DecisionJson::ALL, DecisionJson::as_str);
+        check(SessionStateJson::ALL, SessionStateJson::as_str);
+        check(TimelineKindJson::ALL, TimelineKindJson::as_str);
+        check(ChangeKindJson::ALL, ChangeKindJson::as_str);
+        check(ViaJson::ALL, ViaJson::as_str);
+        check(HealthStatusJson::ALL, HealthStatusJson::as_str);
+        check(Code::ALL, Code::as_str);
+    }
+
+    #[test]
+    fn an_option_always_sent_is_required_and_nullable_and_a_skipped_one_is_neither() {
+        let request = schema_of::<RequestJson>();
+        let required = request["required"].as_array().expect("required");
+        for field in ["decided_at", "identity", "statement", "sequence"] {
+            assert!(required.contains(&json!(field)), "{field}: {request}");
+        }
+        assert_eq!(
+            request["properties"]["decided_at"]["type"],
+            json!(["string", "null"])
+        );
+        let sent = serde_json::to_value(request_of_nothing()).expect("json");
+        for field in required {
+            assert!(
+                sent.get(field.as_str().expect("name")).is_some(),
+                "{field} is sent"
+            );
+        }
+        let timeline = schema_of::<TimelineJson>();
+        let required = timeline["required"].as_array().expect("required");
+        for field in ["statement", "verdict", "by"] {
+            assert!(!required.contains(&json!(field)), "{field}: {timeline}");
+            assert!(
+                !timeline["properties"][field].to_string().contains("null"),
+                "{timeline}"
+            );
+        }
+        let group = schema_of::<GroupJson>();
+        assert_eq!(group["required"], json!(["id"]), "an empty name is left out");
+    }
+
+    fn request_of_nothing() -> RequestJson {
+        request(&proto::RequestView::default())
+    }
+
+    #[test]
+    fn reasons_are_bounded_by_the_same_number_everywhere() {
+        for body in [schema_of::<VoteBody>(), schema_of::<KillBody>()] {
+            assert_eq!(
+                body["properties"]["reason"]["maxLength"],
+                json!(MAX_REASON_CHARS),
+                "{body}"
+            );
+            assert_eq!(
+                body["additionalProperties"],
+                json!(false),
+                "unknown fields are refused"
+            );
+        }
+    }
+
+    /// `error.rs` builds its body by hand; it must be this shape.
+    #[tokio::test]
+    async fn a_refusal_is_the_error_shape() {
+        use axum::response::IntoResponse;
+        let response = crate::error::ApiError::new(Code::SelfApproval, "no").into_response();
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        let sent: Value = serde_json::from_slice(&body).expect("JSON");
+        let shaped = serde_json::to_value(ErrorJson::new(Code::SelfApproval, "no")).expect("json");
+        assert_eq!(sent, shaped);
     }
 }

@@ -1,14 +1,16 @@
 //! `airlock-reviewer`: the human side of Airlock. REST (`api`, its JSON
-//! shapes in `json`), server-sent events (`events`), a server-rendered web
-//! UI (`ui`, `html`, `highlight`), browser sign-in with OIDC authorization
-//! code + PKCE (`oidc`), webhook notifications (`notify`), health and
-//! Prometheus metrics (`metrics`).
+//! shapes in `json`, its OpenAPI document derived from both in `openapi`,
+//! who may see which request in `access`), server-sent events (`events`), a
+//! server-rendered web UI (`ui`, `html`, `highlight`), browser sign-in with
+//! OIDC authorization code + PKCE (`oidc`), webhook notifications
+//! (`notify`), health and Prometheus metrics (`metrics`).
 //!
 //! It decides nothing. Every read and every vote goes to the control plane
 //! over gRPC (`control`) with the caller's own token, and the control plane
 //! judges it (reviewer group, self-approval, app identity, quorum, expiry);
 //! refusals come back as JSON errors with a stable code (`error`).
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod cli;
@@ -88,6 +90,7 @@ pub type Route = (&'static str, &'static str, MethodRouter<State>);
 /// Every route of the server.
 pub fn routes() -> Vec<Route> {
     let mut all = api::routes();
+    all.extend(openapi::routes());
     all.extend(ui::routes());
     all.extend(oidc::routes());
     all

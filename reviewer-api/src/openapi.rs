@@ -1,276 +1,146 @@
-//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`, written by
-//! hand next to the handlers. A test checks that every route of the REST
-//! router is in it and nothing else, with the error codes the server uses.
+//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`, derived with
+//! `utoipa`: the operations from the handlers' `#[utoipa::path]` (`api`,
+//! `events`), the schemas from the very types they serialise (`json`).
+//! Written here by hand: the list of operations, the title, and the two
+//! ways to sign in.
+//!
+//! This module sits above the handlers (it names them), so nothing below
+//! imports it; the router takes its one route from [`routes`]. Tests here
+//! check that the document names exactly the served REST routes and that
+//! every reference resolves; the end-to-end tests check real responses
+//! against it.
 
-use serde_json::{Value, json};
+use std::sync::LazyLock;
 
-use crate::error::Code;
+use axum::Json;
+use axum::routing::get;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Required};
+use utoipa::{Modify, OpenApi};
 
-fn error_response(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    })
-}
+use crate::Route;
 
-fn ok_json(description: &str, schema: Value) -> Value {
-    json!({"description": description, "content": {"application/json": {"schema": schema}}})
-}
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Airlock reviewer API",
+        description = "See who wants to run exactly what, and approve or deny. Every call is passed to \
+                       the Airlock control plane with the caller's own token; the control plane decides."
+    ),
+    paths(
+        crate::api::list_requests,
+        crate::api::get_request,
+        crate::api::approve,
+        crate::api::deny,
+        crate::api::list_sessions,
+        crate::api::get_session,
+        crate::api::kill_session,
+        crate::events::events,
+        crate::api::me,
+        serve,
+        crate::api::healthz,
+        crate::api::metrics,
+    ),
+    // Reached only through `json::Refusals`, which the derive cannot see into.
+    components(schemas(crate::json::ErrorJson)),
+    modifiers(&SignIn, &EmptyBodies),
+    tags(
+        (name = "requests", description = "Held statements and the votes on them."),
+        (name = "sessions", description = "Recorded sessions, and ending one."),
+        (name = "events", description = "Request changes as they happen."),
+        (name = "caller", description = "Who the server thinks you are."),
+        (name = "service", description = "Health, metrics and this document; no sign-in."),
+    )
+)]
+struct ApiDoc;
 
-fn reference(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
-}
+/// The security schemes the operations name: `bearer` (any client) and
+/// `session` (the web UI's cookie after OIDC sign-in).
+struct SignIn;
 
-fn id_param(what: &str) -> Value {
-    json!({"name": "id", "in": "path", "required": true, "description": what,
-           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}})
-}
-
-/// The refusals every authenticated route can answer with.
-fn common_errors() -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("400".into(), error_response("Bad input (`invalid_argument`)."));
-    m.insert(
-        "401".into(),
-        error_response("No token, or a token refused (`unauthenticated`)."),
-    );
-    m.insert(
-        "403".into(),
-        error_response("Not in a reviewer group (`not_a_reviewer`), or a browser request without its CSRF token (`csrf`)."),
-    );
-    m.insert(
-        "503".into(),
-        error_response("The control plane is unreachable or catching up (`unavailable`)."),
-    );
-    m
-}
-
-fn responses(ok: (&str, Value), extra: &[(&str, &str)]) -> Value {
-    let mut m = common_errors();
-    m.insert(ok.0.into(), ok.1);
-    for (status, description) in extra {
-        m.insert((*status).into(), error_response(description));
+impl Modify for SignIn {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from the configured issuer (Entra ID) for `identity.audience`.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "airlock_session",
+                "Browser session after OIDC sign-in (`__Host-airlock_session` under HTTPS). \
+                 State-changing requests must also send `X-CSRF-Token`.",
+            ))),
+        );
     }
-    Value::Object(m)
 }
 
-fn vote_operation(decision: &str) -> Value {
-    json!({
-        "summary": format!("Vote to {decision} a held statement"),
-        "description": "Passes the vote to the control plane with the caller's token; the control plane judges it. \
-                        Send `statement_sha256` as shown so the vote binds to those exact bytes.",
-        "security": [{"bearer": []}, {"session": []}],
-        "parameters": [id_param("request id")],
-        "requestBody": {"required": false, "content": {"application/json": {"schema": reference("VoteBody")}}},
-        "responses": responses(
-            ("200", ok_json("The vote was recorded.", reference("VoteResult"))),
-            &[
-                ("403", "Not a reviewer of this request (`not_a_reviewer`), self-approval (`self_approval`), an app identity (`app_identity`), or a missing CSRF token (`csrf`)."),
-                ("404", "No such request (`not_found`)."),
-                ("409", "Already decided (`already_decided`), expired (`expired`), already voted (`already_voted`), or the digest does not match (`digest_mismatch`)."),
-            ],
-        ),
-    })
-}
+/// Every request body may be left out: the handlers read an empty body as
+/// `{}` (`api::json_body`). The derive marks a body required unless its type
+/// is an `Option`, and an `Option` would also admit `null`, which they
+/// refuse; so the bodies are declared as their plain types and made optional
+/// here.
+struct EmptyBodies;
 
-pub fn document() -> Value {
-    let security = json!([{"bearer": []}, {"session": []}]);
-    let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Airlock reviewer API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "See who wants to run exactly what, and approve or deny. Every call is passed to the \
-                            Airlock control plane with the caller's own token; the control plane decides."
-        },
-        "paths": {
-            "/api/v1/requests": {"get": {
-                "summary": "List approval requests the caller may review, newest first",
-                "security": security,
-                "parameters": [
-                    {"name": "state", "in": "query", "description": "Comma-separated: pending, granted, denied, expired, cancelled, or decided (every final state). Default: all.",
-                     "schema": {"type": "string"}},
-                    {"name": "connection", "in": "query", "schema": {"type": "string"}},
-                    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "page_token", "in": "query", "schema": {"type": "string"}}
-                ],
-                "responses": responses(("200", ok_json("A page of requests.", reference("RequestPage"))), &[]),
-            }},
-            "/api/v1/requests/{id}": {"get": {
-                "summary": "One approval request",
-                "security": security,
-                "parameters": [id_param("request id")],
-                "responses": responses(("200", ok_json("The request.", reference("Request"))), &[("404", "No such request (`not_found`).")]),
-            }},
-            "/api/v1/requests/{id}/approve": {"post": vote_operation("approve")},
-            "/api/v1/requests/{id}/deny": {"post": vote_operation("deny")},
-            "/api/v1/sessions": {"get": {
-                "summary": "List recorded sessions, newest first",
-                "security": security,
-                "parameters": [
-                    {"name": "state", "in": "query", "description": "open, closed, or both comma-separated", "schema": {"type": "string"}},
-                    {"name": "connection", "in": "query", "schema": {"type": "string"}},
-                    {"name": "subject", "in": "query", "description": "Object id of the identity", "schema": {"type": "string"}},
-                    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "page_token", "in": "query", "schema": {"type": "string"}}
-                ],
-                "responses": responses(("200", ok_json("A page of sessions.", reference("SessionPage"))), &[]),
-            }},
-            "/api/v1/sessions/{id}": {"get": {
-                "summary": "The whole recorded session: summary, timeline, requests",
-                "security": security,
-                "parameters": [id_param("session id")],
-                "responses": responses(("200", ok_json("The session record.", reference("Session"))), &[("404", "No such session (`not_found`).")]),
-            }},
-            "/api/v1/sessions/{id}/kill": {"post": {
-                "summary": "End a session (the proxy holding it closes it)",
-                "security": security,
-                "parameters": [id_param("session id")],
-                "requestBody": {"required": false, "content": {"application/json": {"schema": reference("KillBody")}}},
-                "responses": responses(
-                    ("200", ok_json("The kill was recorded.", json!({"type": "object", "required": ["event_id", "sequence"],
-                        "properties": {"event_id": {"type": "string"}, "sequence": {"type": "integer"}}}))),
-                    &[("404", "No such session (`not_found`).")],
-                ),
-            }},
-            "/api/v1/events": {"get": {
-                "summary": "Request changes as server-sent events",
-                "description": "Event types: requested, voted, granted, denied, expired, cancelled, and updated (catch-up \
-                                views after a resume); `error` then the end of the stream when the control plane ends it. \
-                                Each event's id is a stream sequence: reconnect with `Last-Event-ID` (or `?after=`) to \
-                                resume. Data is a JSON `WatchEvent`.",
-                "security": security,
-                "parameters": [
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}}
-                ],
-                "responses": responses(("200", json!({"description": "An event stream.",
-                    "content": {"text/event-stream": {"schema": reference("WatchEvent")}}})), &[]),
-            }},
-            "/api/v1/me": {"get": {
-                "summary": "The verified caller",
-                "security": security,
-                "responses": responses(("200", ok_json("Who the token or session belongs to.", json!({"type": "object",
-                    "properties": {"identity": reference("Identity"), "via": {"enum": ["bearer", "session"]}}}))), &[]),
-            }},
-            "/api/v1/openapi.json": {"get": {
-                "summary": "This document",
-                "security": [],
-                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
-            }},
-            "/healthz": {"get": {
-                "summary": "200 while the control plane is reachable, else 503",
-                "security": [],
-                "responses": {
-                    "200": ok_json("Healthy.", reference("Health")),
-                    "503": ok_json("The control plane is unreachable.", reference("Health")),
-                },
-            }},
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics",
-                "security": [],
-                "responses": {"200": {"description": "OpenMetrics text format 1.0.0", "content": {"application/openmetrics-text": {}}}},
-            }},
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                           "description": "An access token from the configured issuer (Entra ID) for `identity.audience`."},
-                "session": {"type": "apiKey", "in": "cookie", "name": "airlock_session",
-                            "description": "Browser session after OIDC sign-in (`__Host-airlock_session` under HTTPS). \
-                                            State-changing requests must also send `X-CSRF-Token`."}
-            },
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                    "type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"enum": codes}, "message": {"type": "string"}}}}},
-                "VoteBody": {"type": "object", "additionalProperties": false, "properties": {
-                    "reason": {"type": "string", "maxLength": crate::api::MAX_REASON_CHARS},
-                    "statement_sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
-                                         "description": "The digest shown with the statement. Default: the request's, as read just before voting."}}},
-                "KillBody": {"type": "object", "additionalProperties": false, "properties": {
-                    "reason": {"type": "string", "maxLength": crate::api::MAX_REASON_CHARS}}},
-                "VoteResult": {"type": "object", "properties": {
-                    "request": reference("Request"), "event_id": {"type": "string"}, "sequence": {"type": "integer"}}},
-                "Group": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}}},
-                "Identity": {"type": "object", "properties": {
-                    "subject": {"type": "string"}, "display_name": {"type": "string"}, "kind": {"enum": ["user", "app", "unknown"]},
-                    "groups": {"type": "array", "items": reference("Group")},
-                    "tenant_id": {"type": "string"}, "client_app_id": {"type": "string"}}},
-                "Connection": {"type": "object", "properties": {
-                    "name": {"type": "string"}, "upstream_host": {"type": "string"}, "upstream_port": {"type": "integer"},
-                    "upstream_database": {"type": "string"}, "upstream_user": {"type": "string"}}},
-                "Client": {"type": "object", "properties": {
-                    "address": {"type": "string"}, "user": {"type": "string"}, "database": {"type": "string"},
-                    "application_name": {"type": "string"}, "tls": {"type": "boolean"}}},
-                "Parameter": {"type": "object", "properties": {
-                    "position": {"type": "integer"}, "type_oid": {"type": "integer"}, "format": {"enum": ["text", "binary"]},
-                    "is_null": {"type": "boolean"}, "display": {"type": "string"}, "value_hex": {"type": "string"}}},
-                "Statement": {"type": "object", "properties": {
-                    "text": {"type": "string", "description": "The exact statement text."},
-                    "protocol": {"enum": ["simple", "extended"]},
-                    "parameters": {"type": "array", "items": reference("Parameter")},
-                    "sha256": {"type": "string", "description": "SHA-256 of the exact bytes that execute, hex."}}},
-                "Verdict": {"type": "object", "properties": {
-                    "policy": {"type": "string"}, "rule_index": {"type": "integer"}, "rule": {"type": "string"},
-                    "reason": {"type": "string"}, "default_applied": {"type": "boolean"},
-                    "effects": {"type": "array", "items": {"type": "object", "properties": {
-                        "kind": {"type": "string"}, "tables": {"type": "array", "items": {"type": "string"}}}}}}},
-                "Vote": {"type": "object", "properties": {
-                    "reviewer": reference("Identity"), "decision": {"enum": ["approve", "deny"]},
-                    "reason": {"type": "string"}, "time": {"type": "string", "format": "date-time"}}},
-                "Request": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "session_id": {"type": "string"},
-                    "state": {"enum": ["pending", "granted", "denied", "expired", "cancelled"]},
-                    "identity": reference("Identity"), "connection": reference("Connection"), "client": reference("Client"),
-                    "statement": reference("Statement"), "verdict": reference("Verdict"),
-                    "approvals_required": {"type": "integer"}, "approvals_given": {"type": "integer"},
-                    "reviewer_groups": {"type": "array", "items": reference("Group")},
-                    "requested_at": {"type": "string", "format": "date-time"},
-                    "deadline": {"type": "string", "format": "date-time"},
-                    "decided_at": {"type": ["string", "null"], "format": "date-time"},
-                    "outcome_reason": {"type": "string"},
-                    "votes": {"type": "array", "items": reference("Vote")},
-                    "proxy_id": {"type": "string"}, "sequence": {"type": "integer"}}},
-                "RequestPage": {"type": "object", "properties": {
-                    "requests": {"type": "array", "items": reference("Request")}, "next_page_token": {"type": "string"}}},
-                "WatchEvent": {"type": "object", "properties": {
-                    "sequence": {"type": "integer"},
-                    "kind": {"enum": ["requested", "voted", "granted", "denied", "expired", "cancelled", "updated"]},
-                    "request": reference("Request")}},
-                "SessionSummary": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "state": {"enum": ["open", "closed"]},
-                    "identity": reference("Identity"), "connection": reference("Connection"), "client": reference("Client"),
-                    "proxy_id": {"type": "string"}, "opened_at": {"type": "string"}, "closed_at": {"type": ["string", "null"]},
-                    "statements_executed": {"type": "integer"}, "statements_refused": {"type": "integer"},
-                    "requests_pending": {"type": "integer"}}},
-                "SessionPage": {"type": "object", "properties": {
-                    "sessions": {"type": "array", "items": reference("SessionSummary")}, "next_page_token": {"type": "string"}}},
-                "TimelineEntry": {"type": "object", "properties": {
-                    "sequence": {"type": "integer"}, "time": {"type": "string"}, "kind": {"type": "string"},
-                    "request_id": {"type": "string"}, "summary": {"type": "string"},
-                    "statement": reference("Statement"), "verdict": reference("Verdict"), "by": reference("Identity")}},
-                "Session": {"type": "object", "properties": {
-                    "summary": reference("SessionSummary"),
-                    "timeline": {"type": "array", "items": reference("TimelineEntry")},
-                    "requests": {"type": "array", "items": reference("Request")}}},
-                "Health": {"type": "object", "properties": {
-                    "status": {"type": "string"}, "control_reachable": {"type": "boolean"}}}
+impl Modify for EmptyBodies {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete] {
+                if let Some(RefOr::T(body)) = op.as_mut().and_then(|op| op.request_body.as_mut()) {
+                    body.required = Some(Required::False);
+                }
             }
         }
-    })
+    }
+}
+
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+    &DOCUMENT
+}
+
+/// This route, for the router.
+pub fn routes() -> Vec<Route> {
+    vec![("GET", "/api/v1/openapi.json", get(serve))]
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "service",
+    responses((status = 200, description = "OpenAPI 3.1.", content_type = "application/json")),
+)]
+async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(document())
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn doc() -> Value {
+        serde_json::to_value(document()).expect("the document serialises")
+    }
 
     #[test]
     fn every_route_is_documented_and_nothing_else() {
-        let doc = document();
+        let doc = doc();
+        assert_eq!(doc["openapi"], "3.1.0");
         let mut documented = BTreeSet::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for method in item.as_object().expect("path item").keys() {
@@ -279,6 +149,7 @@ mod tests {
         }
         let served: BTreeSet<(String, String)> = crate::api::routes()
             .into_iter()
+            .chain(routes())
             .map(|(m, p, _)| (m.to_owned(), p.to_owned()))
             .collect();
         assert_eq!(served, documented);
@@ -296,14 +167,82 @@ mod tests {
 
     #[test]
     fn every_reference_resolves() {
-        let doc = document();
+        let doc = doc();
         let text = doc.to_string();
+        let mut seen = 0;
         for part in text.split("\"#/components/schemas/").skip(1) {
             let name = part.split('"').next().expect("name");
             assert!(
                 doc["components"]["schemas"].get(name).is_some(),
                 "dangling reference to {name}"
             );
+            seen += 1;
         }
+        assert!(seen > 20, "the operations refer to shared schemas");
+    }
+
+    /// What the server answers, per operation: every JSON answer names a
+    /// schema, and every refusal is the one error shape.
+    #[test]
+    fn every_answer_has_a_schema_and_every_refusal_is_an_error() {
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let responses = op["responses"].as_object().expect("responses");
+                assert!(responses.contains_key("200"), "{method} {path}");
+                for (status, response) in responses {
+                    let content = response["content"].as_object();
+                    if path == "/api/v1/openapi.json" {
+                        continue;
+                    }
+                    let (media, body) = content
+                        .and_then(|c| c.iter().next())
+                        .unwrap_or_else(|| panic!("{method} {path} {status} has a body"));
+                    assert!(body["schema"].is_object(), "{method} {path} {status}");
+                    let refusal = status.starts_with('4') || status.starts_with('5');
+                    if refusal && path.starts_with("/api/") {
+                        assert_eq!(media, "application/json", "{method} {path} {status}");
+                        assert_eq!(
+                            body["schema"],
+                            json!({"$ref": "#/components/schemas/Error"}),
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+                if let Some(body) = op.get("requestBody") {
+                    assert_eq!(body["required"], false, "{method} {path}: an empty body is {{}}");
+                }
+                if path.starts_with("/api/v1/") && path != "/api/v1/openapi.json" {
+                    assert_eq!(
+                        op["security"],
+                        json!([{"bearer": []}, {"session": []}]),
+                        "{method} {path}"
+                    );
+                    assert!(responses.contains_key("401"), "{method} {path}");
+                }
+            }
+        }
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+        assert_eq!(schemes["session"]["in"], "cookie");
+    }
+
+    #[test]
+    fn ids_in_paths_are_described_as_check_id_reads_them() {
+        let doc = doc();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for op in item.as_object().expect("path item").values() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" {
+                        assert_eq!(p["name"], "id", "{path}");
+                        assert_eq!(p["required"], true, "{path}");
+                        assert_eq!(p["schema"]["pattern"], crate::api::ID_PATTERN, "{path}");
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 5);
     }
 }

@@ -136,7 +136,7 @@ fn unknown() -> Markup {
 
 fn identity(i: Option<&proto::Identity>) -> Markup {
     let Some(i) = i else { return unknown() };
-    let kind = json::identity(i).kind;
+    let kind = json::identity(i).kind.as_str();
     let name = if i.display_name.is_empty() {
         &i.subject
     } else {
@@ -409,7 +409,7 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                 input type="hidden" name="csrf" value=(caller.csrf());
                 input type="hidden" name="statement_sha256" value=(sha);
                 label for="reason" { "Reason (recorded in the audit log)" }
-                textarea #reason name="reason" rows="3" maxlength=(api::MAX_REASON_CHARS) {}
+                textarea #reason name="reason" rows="3" maxlength=(json::MAX_REASON_CHARS) {}
                 div.actions {
                     button.approve #approve type="submit" name="decision" value="approve" { "Approve" }
                     button.deny #deny type="submit" name="decision" value="deny" { "Deny" }
@@ -521,7 +521,7 @@ async fn session_page(
             form.card.kill method="post" action={ "/sessions/" (summary.session_id) "/kill" } {
                 input type="hidden" name="csrf" value=(caller.csrf());
                 label for="kill-reason" { "Why end this session? (recorded in the audit log)" }
-                textarea #kill-reason name="reason" rows="2" maxlength=(api::MAX_REASON_CHARS) required {}
+                textarea #kill-reason name="reason" rows="2" maxlength=(json::MAX_REASON_CHARS) required {}
                 div.actions {
                     button.deny #kill type="submit" { "End this session" }
                 }
@@ -551,9 +551,9 @@ fn timeline_entry(entry: &proto::RecordedEvent) -> Markup {
         _ => None,
     };
     html! {
-        li.(j.kind) {
+        li.(j.kind.as_str()) {
             span.muted { "#" (entry.sequence) " " (clock(ts(event.time.as_ref()))) }
-            " " span.kind { (j.kind) }
+            " " span.kind { (j.kind.as_str()) }
             " " (j.summary)
             @if !j.request_id.is_empty() {
                 " " a href={ "/requests/" (j.request_id) } { "request " (j.request_id) }
