@@ -131,16 +131,22 @@ pub enum Action {
     Hold(HoldSpec),
 }
 
-/// Run once a statement has succeeded upstream (a SQL-level PREPARE becomes
-/// known to the gate only then).
-pub type OnSuccess = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// Run once PostgreSQL has answered a statement that changes the session's
+/// SQL prepared statements, with whether it succeeded: a PREPARE becomes
+/// known to the gate only once it ran; after a failure (which may have
+/// taken effect in part: PREPARE and DEALLOCATE are not transactional) the
+/// names it touched are forgotten, so an EXECUTE of them is refused.
+pub type OnFinish = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Judgement {
     pub action: Action,
     /// The verdict as recorded (rule, reason, effects).
     pub verdict: proto::Verdict,
-    pub on_success: Option<OnSuccess>,
+    pub on_finish: Option<OnFinish>,
+    /// The text runs a statement made with SQL PREPARE (`EXECUTE name`),
+    /// which PostgreSQL looks up when it runs.
+    pub executes_prepared: bool,
     /// Names of prepared statements the SQL creates or drops (PREPARE,
     /// DEALLOCATE), and whether it drops them all (DEALLOCATE ALL, DISCARD
     /// ALL): PostgreSQL shares one namespace with the protocol's Parse.
@@ -163,7 +169,7 @@ impl std::fmt::Debug for Judgement {
         f.debug_struct("Judgement")
             .field("action", &self.action)
             .field("verdict", &self.verdict)
-            .field("on_success", &self.on_success.is_some())
+            .field("on_finish", &self.on_finish.is_some())
             .finish()
     }
 }

@@ -41,6 +41,9 @@ pub struct Portal {
     pub parameters: Vec<airlock_eventlog::proto::Parameter>,
     /// The exact Bind message.
     pub bind: Bytes,
+    /// For a statement that needs approval: the request under which its
+    /// Bind was approved (such a portal exists only once approved).
+    pub approved: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -271,7 +274,8 @@ mod tests {
             judgement: Judgement {
                 action: Action::Allow,
                 verdict: Default::default(),
-                on_success: None,
+                on_finish: None,
+                executes_prepared: false,
                 sql_names: vec![],
                 drops_all: false,
                 kinds: Vec::new(),
@@ -287,6 +291,7 @@ mod tests {
             statement: names.statement(statement).one().cloned().expect("statement"),
             parameters: vec![],
             bind: Bytes::new(),
+            approved: None,
         }
     }
 
@@ -356,7 +361,8 @@ mod ambiguity {
             judgement: Judgement {
                 action: Action::Allow,
                 verdict: Default::default(),
-                on_success: None,
+                on_finish: None,
+                executes_prepared: false,
                 sql_names: vec![],
                 drops_all: false,
                 kinds: Vec::new(),

@@ -187,28 +187,30 @@ impl Gate for PolicyGate {
                     action: proto::verdict::Action::Deny as i32,
                     ..Default::default()
                 },
-                on_success: None,
+                on_finish: None,
+                executes_prepared: false,
                 sql_names: Vec::new(),
                 drops_all: false,
                 kinds: Vec::new(),
             };
         };
         // PREPARE and DEALLOCATE change what later EXECUTEs mean, but only
-        // once they have run: applied on success, never at judgement.
-        let on_success: Option<crate::gate::OnSuccess> =
-            if v.action == airlock_policy::Action::Allow && !v.prepared_changes.is_empty() {
-                let session = binding.session.clone();
-                let changes = v.prepared_changes.clone();
-                Some(Arc::new(move || {
-                    session
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .prepared
-                        .apply(&changes);
-                }))
-            } else {
-                None
-            };
+        // once they have run (allowed, or approved): applied on success,
+        // never at judgement; after a failure the names are forgotten.
+        let on_finish: Option<crate::gate::OnFinish> = if v.prepared_changes.is_empty() {
+            None
+        } else {
+            let session = binding.session.clone();
+            let changes = v.prepared_changes.clone();
+            Some(Arc::new(move |succeeded| {
+                let mut state = session.lock().unwrap_or_else(|p| p.into_inner());
+                if succeeded {
+                    state.prepared.apply(&changes);
+                } else {
+                    state.prepared.forget(&changes);
+                }
+            }))
+        };
         drop(state);
         let (rule_index, rule, default_applied) = decision_text(&v.decision);
         let verdict = proto::Verdict {
@@ -278,7 +280,8 @@ impl Gate for PolicyGate {
         Judgement {
             action,
             verdict,
-            on_success,
+            on_finish,
+            executes_prepared: v.executes_prepared,
             sql_names,
             drops_all,
             kinds: v.effects.iter().map(|e| e.effect.kind).collect(),

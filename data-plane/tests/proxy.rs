@@ -89,7 +89,8 @@ impl Gate for TestGate {
         Judgement {
             action,
             verdict: proto::Verdict::default(),
-            on_success: None,
+            on_finish: None,
+            executes_prepared: false,
             sql_names: Vec::new(),
             drops_all: false,
             kinds: Vec::new(),
@@ -937,6 +938,79 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn a_held_statement_is_not_planned_before_it_is_approved() {
+        // PostgreSQL plans a statement at Bind, and planning evaluates
+        // STABLE functions with constant arguments: a Bind forwarded before
+        // the approval ran this one (and its side effect) for a statement
+        // that was then refused.
+        let f = start(|_| {}).await;
+        f.pg.psql(
+            "shop",
+            "CREATE SEQUENCE planned; \
+             CREATE FUNCTION bump() RETURNS int LANGUAGE plpgsql STABLE \
+             AS $$ BEGIN PERFORM nextval('planned'); RETURN 1; END $$",
+        );
+        let held = "SELECT count(*) FROM orders WHERE id = bump() -- DELETE";
+        // The oracle: directly, a Bind alone does run bump().
+        let (direct, conn) = tokio_postgres::connect(&f.pg.url("shop"), NoTls)
+            .await
+            .expect("direct");
+        tokio::spawn(conn);
+        let mut direct = direct;
+        let tx = direct.transaction().await.expect("begin");
+        let statement = tx.prepare(held).await.expect("prepare");
+        let _portal = tx.bind(&statement, &[]).await.expect("bind");
+        tx.rollback().await.expect("rollback");
+        let after_direct =
+            f.pg.psql("shop", "SELECT last_value || ' ' || is_called FROM planned");
+        assert_eq!(after_direct, "1 true", "planning at Bind ran the function");
+        // Through the proxy: held at Bind (and refused, no control plane),
+        // so nothing is planned and the sequence does not move.
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            FeMessage::Query { sql: "BEGIN".into() },
+            parse("", held),
+            bind("", ""),
+            execute(""),
+            FeMessage::Sync,
+            FeMessage::Query { sql: "COMMIT".into() },
+        ])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty(), "BEGIN");
+        assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
+        raw.until_ready().await;
+        assert_eq!(
+            f.pg.psql("shop", "SELECT last_value || ' ' || is_called FROM planned"),
+            after_direct,
+            "the held statement was planned"
+        );
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn execute_of_a_sql_prepared_statement_is_not_judged_ahead_of_time() {
+        // A protocol statement whose text is EXECUTE p would be judged as
+        // p is now, and run as p is when its portal runs (after a
+        // DEALLOCATE and a new PREPARE p): refused.
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[FeMessage::Query {
+            sql: "PREPARE p AS SELECT 1".into(),
+        }])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        raw.send(&[parse("s", "EXECUTE p"), FeMessage::Sync]).await;
+        assert_eq!(raw.until_ready().await.1, vec!["42501"]);
+        // As a simple query it is judged when it runs, and flows.
+        raw.send(&[FeMessage::Query {
+            sql: "EXECUTE p".into(),
+        }])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
     async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
         let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
         let mut raw = Raw::login(f.addr).await;
@@ -999,12 +1073,14 @@ mod attacks {
             FeMessage::Sync,
         ])
         .await;
-        assert!(raw.until_ready().await.1.is_empty());
+        // The Bind itself is held (and refused here): the portal never
+        // exists upstream, so there is nothing for FETCH to run.
+        assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
         raw.send(&[FeMessage::Query {
             sql: "FETCH ALL FROM c".into(),
         }])
         .await;
-        assert_eq!(raw.until_ready().await.1, vec!["42501"], "FETCH is refused");
+        assert_eq!(raw.until_ready().await.1.len(), 1, "FETCH fails");
         raw.send(&[FeMessage::Query { sql: "COMMIT".into() }]).await;
         raw.until_ready().await;
         assert_untouched(&f);

@@ -154,7 +154,8 @@ impl Gate for SeedGate {
                 parsed: true,
                 ..Default::default()
             },
-            on_success: None,
+            on_finish: None,
+            executes_prepared: false,
             sql_names: Vec::new(),
             drops_all: false,
             kinds: Vec::new(),

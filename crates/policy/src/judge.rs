@@ -68,6 +68,9 @@ pub struct Verdict {
     /// Whether the verdict depends on session state (`EXECUTE`), so must not be cached.
     #[serde(skip)]
     pub uses_session: bool,
+    /// The text runs a statement made with SQL PREPARE (`EXECUTE name`).
+    #[serde(skip)]
+    pub executes_prepared: bool,
     /// Changes to the session's prepared statements once the statement runs.
     #[serde(skip)]
     pub prepared_changes: Vec<PreparedChange>,
@@ -137,6 +140,7 @@ impl Policy {
             timeout: Duration::ZERO,
             record: self.record,
             uses_session: c.uses_session,
+            executes_prepared: c.executes_prepared,
             prepared_changes: c.prepared_changes.clone(),
         };
         if let Some(bytes) = c.oversized {

@@ -1,13 +1,14 @@
 //! The extended query protocol, one handler per message.
 //!
 //! A statement is judged at Parse. An allowed or held one is parsed
-//! upstream (parsing runs nothing); a denied one is replaced by a Parse that
-//! fails. Bind and Execute look up what PostgreSQL will really use (see
-//! [`crate::names`]) and refuse names Airlock never judged. A held statement
-//! waits at its Execute, where its parameters are known: the reviewer sees
-//! them and the approval binds the exact Parse, Bind and Execute messages.
-//! A refusal there fails that Execute, as PostgreSQL would, and the rest of
-//! the batch up to Sync is skipped.
+//! upstream (parsing plans and runs nothing); a denied one is replaced by a
+//! Parse that fails. Bind and Execute look up what PostgreSQL will really
+//! use (see [`crate::names`]) and refuse names Airlock never judged. A held
+//! statement waits at its Bind, where its parameters are known and before
+//! PostgreSQL plans it: the reviewer sees the parameters and the approval
+//! binds the exact Parse and Bind messages; the portal then runs under that
+//! approval. A refusal there fails that Bind, as PostgreSQL would, and the
+//! rest of the batch up to Sync is skipped.
 
 use airlock_eventlog::proto::{self, statement_refused::Cause};
 use bytes::Bytes;
@@ -36,6 +37,12 @@ impl ToUpstream {
         ctx.count_verdict(&judgement);
         let why = if sql_prepared(&ctx, &name) {
             Some("this name is taken by a statement made with SQL PREPARE; use another name")
+        } else if judgement.executes_prepared {
+            // Judged now, run later: PostgreSQL looks the name up when the
+            // portal runs, after a DEALLOCATE and PREPARE may have changed it.
+            Some(
+                "EXECUTE of a statement made with SQL PREPARE is not allowed over the extended query protocol through Airlock; send it as a simple query",
+            )
         } else if judgement.has(Kind::Copy) {
             Some(
                 "COPY to or from the client, a file or a program is not supported over the extended query protocol through Airlock; send it as a simple query (psql \\copy)",
@@ -101,11 +108,59 @@ impl ToUpstream {
             return Ok(());
         };
         let parameters = self.describe_parameters(&statement, &stmt, &param_formats, &params);
+        // PostgreSQL plans a statement at Bind (and a plan may run
+        // functions), so a statement that needs approval is held here, with
+        // its parameters known, and its Bind goes upstream only once
+        // approved. The approval binds the exact Parse and Bind messages.
+        let approved = match stmt.judgement.action.clone() {
+            Action::Allow => None,
+            Action::Hold(spec) => {
+                let mut digest = Sha256::new();
+                digest.update(&stmt.parse);
+                digest.update(frame.to_bytes());
+                let held = proto::Statement {
+                    text: stmt.text.clone(),
+                    protocol: proto::statement::Protocol::Extended as i32,
+                    parameters: parameters.clone(),
+                    prepared_name: statement.clone(),
+                    portal_name: portal.clone(),
+                    sha256: digest.finalize().to_vec(),
+                };
+                match self.hold(&held, &stmt.judgement, &spec).await? {
+                    Step::Run { request_id } => Some(request_id),
+                    // A Bind of a statement that does not exist fails where
+                    // the held Bind would have; nothing was planned.
+                    Step::Refuse {
+                        diagnostic,
+                        cause,
+                        request_id,
+                    } => {
+                        let refused = Refused {
+                            statement: held,
+                            verdict: stmt.judgement.verdict.clone(),
+                            cause,
+                            counted: None,
+                            diagnostic,
+                            request_id,
+                        };
+                        let stand_in = self.ctx.no_statement();
+                        self.refuse(refused, stand_in);
+                        return Ok(());
+                    }
+                }
+            }
+            // Denied statements are never parsed upstream; never bound.
+            Action::Deny { message } => {
+                self.refuse_unjudged(&message, self.ctx.no_statement());
+                return Ok(());
+            }
+        };
         let bound = Portal {
             statement_name: statement,
             statement: stmt,
             parameters,
             bind: frame.to_bytes(),
+            approved,
         };
         self.ctx.names().bind(portal, bound);
         frame.encode(&mut self.out);
@@ -158,48 +213,19 @@ impl ToUpstream {
             portal_name: portal,
             sha256: Vec::new(),
         };
-        let step = match &judgement.action {
-            Action::Hold(spec) => {
-                // What the reviewer approves: the exact Parse, Bind and
-                // Execute messages of this statement.
-                let mut digest = Sha256::new();
-                digest.update(&bound.statement.parse);
-                digest.update(&bound.bind);
-                digest.update(frame.to_bytes());
-                let held = proto::Statement {
-                    sha256: digest.finalize().to_vec(),
-                    ..statement.clone()
-                };
-                match self.hold(&held, judgement, spec).await? {
-                    Step::Run { request_id } => Step::Run { request_id },
-                    // Executing a portal that does not exist fails at the
-                    // Execute, as the held statement would have; the held
-                    // portal never runs.
-                    Step::Refuse {
-                        diagnostic,
-                        cause,
-                        request_id,
-                    } => {
-                        let refused = Refused {
-                            statement: held,
-                            verdict: judgement.verdict.clone(),
-                            cause,
-                            counted: None,
-                            diagnostic,
-                            request_id,
-                        };
-                        self.refuse(refused, ctx.no_portal());
-                        return Ok(());
-                    }
-                }
+        // A portal of a statement that needs approval exists only once
+        // its Bind was approved (see `bind`); each Execute of it runs under
+        // that approval. Anything else is never run.
+        let request_id = match (&judgement.action, &bound.approved) {
+            (Action::Allow, _) => String::new(),
+            (Action::Hold(_), Some(request_id)) => request_id.clone(),
+            (Action::Hold(_) | Action::Deny { .. }, _) => {
+                self.refuse_unjudged(
+                    "executing a portal Airlock has not approved is not allowed",
+                    ctx.no_portal(),
+                );
+                return Ok(());
             }
-            // Denied statements never reach a portal (their Parse failed).
-            Action::Allow | Action::Deny { .. } => Step::Run {
-                request_id: String::new(),
-            },
-        };
-        let Step::Run { request_id } = step else {
-            return Ok(());
         };
         self.run_portal(frame, statement, judgement, request_id).await;
         Ok(())

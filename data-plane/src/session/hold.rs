@@ -8,7 +8,7 @@
 //! grant runs the statement only if it is for the held bytes and is in the
 //! log (a forged Attach message runs nothing). Over the simple protocol the
 //! held bytes are the Query message; over the extended protocol they are
-//! the statement's Parse, Bind and Execute messages (see `extended`).
+//! the statement's Parse and Bind messages (see `extended`).
 
 use std::time::{Duration, SystemTime};
 

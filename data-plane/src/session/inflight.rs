@@ -49,7 +49,7 @@ pub(super) struct Running {
     /// Room for the record, reserved before the statement was sent.
     pub slot: Option<Slot>,
     /// What the gate learns once the statement succeeded (SQL PREPARE).
-    pub on_success: Option<crate::gate::OnSuccess>,
+    pub on_finish: Option<crate::gate::OnFinish>,
     /// DEALLOCATE ALL or DISCARD ALL: on success, forget every statement.
     pub drops_all: bool,
 }
@@ -69,7 +69,7 @@ impl Running {
             tags: Vec::new(),
             error: None,
             slot,
-            on_success: judgement.on_success.clone(),
+            on_finish: judgement.on_finish.clone(),
             drops_all: judgement.drops_all,
         }
     }
@@ -199,7 +199,7 @@ mod tests {
             tags: Vec::new(),
             error: None,
             slot: None,
-            on_success: None,
+            on_finish: None,
             drops_all: false,
         }
     }

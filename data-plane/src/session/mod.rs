@@ -310,14 +310,12 @@ impl Ctx {
     }
 
     /// A statement PostgreSQL has answered: applies what it changed (SQL
-    /// PREPARE, DEALLOCATE ALL) if it succeeded, and records it.
+    /// PREPARE, DEALLOCATE ALL), and records it.
     fn finish(&self, r: Running) {
         self.count(true);
         self.deps.metrics.answered(r.started.elapsed().as_secs_f64());
-        if r.error.is_none()
-            && let Some(apply) = &r.on_success
-        {
-            apply();
+        if let Some(finished) = &r.on_finish {
+            finished(r.error.is_none());
         }
         if r.error.is_none() && r.drops_all {
             self.names().drop_all();

@@ -92,6 +92,9 @@ pub struct Classification {
     /// The judgement depends on this session's prepared statements
     /// (`EXECUTE`), so it must not be cached across sessions.
     pub uses_session: bool,
+    /// The text runs a statement prepared with SQL PREPARE (`EXECUTE`),
+    /// which PostgreSQL looks up by name when it runs, not when it parses.
+    pub executes_prepared: bool,
     /// Changes to the session's prepared statements, to apply once the
     /// statement has run.
     pub prepared_changes: Vec<PreparedChange>,
@@ -511,6 +514,7 @@ impl Classifier<'_, '_> {
             | Statement::ReleaseSavepoint { .. } => self.push(Effect::new(Kind::Transaction)),
             Statement::Execute { name, parameters, .. } => {
                 self.out.uses_session = true;
+                self.out.executes_prepared = true;
                 let name = name
                     .as_ref()
                     .map(|n| scan::join_parts(&object_parts(n)))

@@ -56,6 +56,20 @@ impl PreparedStatements {
         }
     }
 
+    /// After a statement with these changes failed: PostgreSQL may have
+    /// applied some of them (they are not transactional), so every name
+    /// they touch is forgotten, and an `EXECUTE` of it is refused.
+    pub fn forget(&mut self, changes: &[PreparedChange]) {
+        for change in changes {
+            match change {
+                PreparedChange::Prepare { name, .. } | PreparedChange::Deallocate { name } => {
+                    self.by_name.remove(key(name));
+                }
+                PreparedChange::DeallocateAll => self.by_name.clear(),
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
