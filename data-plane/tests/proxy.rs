@@ -1011,6 +1011,24 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn explain_does_not_make_a_call_harmless() {
+        // The planner evaluates table_to_xml('orders', ...) while planning
+        // a plain EXPLAIN: it reads the whole table by name. It is judged as
+        // the call it is, and never reaches PostgreSQL.
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        let sql = "EXPLAIN SELECT 1 WHERE table_to_xml('orders', true, false, '')::text = 'leak'";
+        raw.send(&[FeMessage::Query { sql: sql.into() }]).await;
+        let errors = raw.until_ready().await.1;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_ne!(errors[0], "42883", "it reached PostgreSQL");
+        assert!(
+            !f.pg.server_log().contains("table_to_xml"),
+            "PostgreSQL saw the statement"
+        );
+    }
+
+    #[tokio::test]
     async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
         let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
         let mut raw = Raw::login(f.addr).await;

@@ -241,9 +241,20 @@ impl Classifier<'_, '_> {
                 options,
                 ..
             } if !explain_analyzes(*analyze, options.as_deref()) => {
+                // Plain EXPLAIN runs nothing, but planning evaluates STABLE
+                // and IMMUTABLE calls with constant arguments: its calls
+                // are judged as the statement's own would be.
                 let found = scan::scan(inner.as_ref());
                 let tables = found.relations.iter().map(|r| self.qualify(r)).collect();
                 self.push(Effect::on(Kind::Select, dedup(tables)));
+                for f in dedup(found.functions) {
+                    if !functions::is_read_only(&f) {
+                        self.push(Effect {
+                            functions: vec![f],
+                            ..Effect::new(Kind::Function)
+                        });
+                    }
+                }
             }
             Statement::Explain { statement: inner, .. } => self.statement(inner),
             Statement::Prepare {

@@ -316,3 +316,21 @@ fn dml_nested_anywhere_is_still_an_effect() {
         );
     }
 }
+
+#[test]
+fn explain_judges_the_calls_its_planning_may_evaluate() {
+    // The planner evaluates STABLE calls with constant arguments: a plain
+    // EXPLAIN of one is a call, not only a read.
+    let got = kinds("EXPLAIN SELECT table_to_xml('secret', true, false, '')");
+    assert!(got.contains(&k(Kind::Function, &["table_to_xml"])), "{got:?}");
+    let got = kinds("EXPLAIN DELETE FROM orders WHERE id = evil.stable_writer(1)");
+    assert!(
+        got.contains(&k(Kind::Function, &["evil.stable_writer"])),
+        "{got:?}"
+    );
+    // Built-ins that only compute stay a plain read.
+    assert_eq!(
+        kinds("EXPLAIN SELECT lower(name) FROM orders"),
+        vec![k(Kind::Select, &["public.orders"])]
+    );
+}
