@@ -1,28 +1,16 @@
 //! The sections of airlock.yaml the control plane reads: `nats`,
-//! `identity`, `control` and `approvals`. Top-level keys are checked against
-//! the whole file's vocabulary, so a misspelt section is an error rather
-//! than silently ignored; sections other binaries own are not read here.
+//! `identity`, `control` and `approvals`. Reading the file and refusing
+//! unknown top-level sections is airlock-config's; sections other binaries
+//! own are not read here.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use airlock_config::ConfigFile;
 use airlock_eventlog::NatsSettings;
 use airlock_identity::IdentityConfig;
-use anyhow::{Context, bail};
 use serde::Deserialize;
-
-/// Every top-level section of airlock.yaml, whoever reads it.
-pub const SECTIONS: &[&str] = &[
-    "nats",
-    "identity",
-    "approvals",
-    "control",
-    "reviewer",
-    "proxy",
-    "connections",
-    "policies",
-];
 
 /// `control:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -127,58 +115,30 @@ pub struct ControlConfig {
 
 /// Reads and checks airlock.yaml.
 pub fn load(path: &Path) -> anyhow::Result<ControlConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text).with_context(|| format!("in {}", path.display()))
-}
-
-fn section<T: serde::de::DeserializeOwned>(
-    doc: &serde_norway::Mapping,
-    name: &str,
-) -> anyhow::Result<Option<T>> {
-    match doc.get(name) {
-        None => Ok(None),
-        Some(v) => serde_norway::from_value(v.clone())
-            .map(Some)
-            .with_context(|| format!("section `{name}:`")),
-    }
+    from_file(&ConfigFile::load(path)?)
 }
 
 /// Parses airlock.yaml text.
 pub fn parse(text: &str) -> anyhow::Result<ControlConfig> {
-    let doc: serde_norway::Mapping = serde_norway::from_str(text).context("not a YAML mapping")?;
-    check_sections(&doc)?;
-    let nats =
-        section::<NatsSettings>(&doc, "nats")?.context("missing section `nats:` (url of the NATS server)")?;
-    let identity = section::<IdentityConfig>(&doc, "identity")?
-        .context("missing section `identity:` (issuer and audience)")?;
-    let control = section::<ControlSection>(&doc, "control")?
-        .context("missing section `control:` (listen: host:port)")?;
-    let approvals = section::<ApprovalsSection>(&doc, "approvals")?.unwrap_or(ApprovalsSection {
-        reviewers: Vec::new(),
-        timeout: None,
-    });
+    from_file(&ConfigFile::parse(text, "airlock.yaml")?)
+}
+
+fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
+    let nats = file.required::<NatsSettings>("nats", "url of the NATS server")?;
+    let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;
+    let control = file.required::<ControlSection>("control", "listen: host:port")?;
+    let approvals = file
+        .section::<ApprovalsSection>("approvals")?
+        .unwrap_or(ApprovalsSection {
+            reviewers: Vec::new(),
+            timeout: None,
+        });
     Ok(ControlConfig {
         nats,
         identity,
         control,
         approvals,
     })
-}
-
-/// Refuses unknown top-level keys, naming the closest known one.
-pub fn check_sections(doc: &serde_norway::Mapping) -> anyhow::Result<()> {
-    for key in doc.keys() {
-        let Some(k) = key.as_str() else {
-            bail!("a top-level key is not a string: {key:?}");
-        };
-        if !SECTIONS.contains(&k) {
-            bail!(
-                "unknown top-level section `{k}:`; the sections are {}",
-                SECTIONS.join(", ")
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -242,5 +202,24 @@ policies: []
             format!("{err:#}").contains("missing section `control:`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_reported_at_its_line() {
+        let err = parse(&GOOD.replace("timeout: 15m", "timout: 15m")).expect_err("typo");
+        assert!(
+            format!("{err:#}").starts_with("airlock.yaml:11:3: section `approvals:`: unknown field `timout`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_local_demo_config_is_accepted() {
+        let text = airlock_config::example::local_demo(Path::new("/demo"));
+        let c = parse(&text).expect("the demo's airlock.yaml");
+        assert_eq!(c.approvals.reviewers, vec!["db-reviewers"]);
+        let checkpoints = c.control.checkpoints.expect("the demo signs checkpoints");
+        assert_eq!(checkpoints.signing_key, Path::new("/demo/checkpoint.key"));
+        assert_eq!(checkpoints.interval, Duration::from_secs(30));
     }
 }

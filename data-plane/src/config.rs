@@ -1,30 +1,20 @@
 //! The sections of airlock.yaml the proxy reads: `nats`, `identity`,
 //! `proxy`, `connections`, and (through the policy crate) `approvals` and
-//! `policies`. Top-level keys are checked against the whole file's
-//! vocabulary, so a misspelt section is an error rather than ignored.
+//! `policies`. Reading the file and refusing unknown top-level sections
+//! is airlock-config's; this module owns the proxy's section types and the
+//! checks on their values.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use airlock_config::ConfigFile;
 use airlock_eventlog::NatsSettings;
 use airlock_identity::IdentityConfig;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::upstream::{Secret, UpstreamConfig};
-
-/// Every top-level section of airlock.yaml, whoever reads it.
-pub const SECTIONS: &[&str] = &[
-    "nats",
-    "identity",
-    "approvals",
-    "control",
-    "reviewer",
-    "proxy",
-    "connections",
-    "policies",
-];
 
 /// `proxy:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,40 +133,35 @@ pub struct ProxyConfig {
     pub connections: Vec<(String, UpstreamConfig)>,
 }
 
-fn section<T: serde::de::DeserializeOwned>(
-    doc: &serde_norway::Mapping,
-    name: &str,
-) -> anyhow::Result<Option<T>> {
-    match doc.get(name) {
-        None => Ok(None),
-        Some(v) => serde_norway::from_value(v.clone())
-            .map(Some)
-            .with_context(|| format!("section `{name}:`")),
-    }
-}
-
 /// Reads airlock.yaml and resolves each connection's password.
 pub fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text, path, &|name| std::env::var(name).ok()).with_context(|| format!("in {}", path.display()))
+    from_file(&ConfigFile::load(path)?, &|name| std::env::var(name).ok())
 }
 
 /// Parses airlock.yaml text; `env` looks up environment variables.
 pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ProxyConfig> {
-    let doc: serde_norway::Mapping = serde_norway::from_str(text).context("not a YAML mapping")?;
-    for key in doc.keys() {
-        let k = key.as_str().unwrap_or("?");
-        if !SECTIONS.contains(&k) {
-            bail!(
-                "unknown top-level section `{k}:`; the sections are {}",
-                SECTIONS.join(", ")
-            );
-        }
-    }
-    let nats = section::<NatsSettings>(&doc, "nats")?.context("missing section `nats:`")?;
-    let identity = section::<IdentityConfig>(&doc, "identity")?.context("missing section `identity:`")?;
-    let proxy =
-        section::<ProxySection>(&doc, "proxy")?.context("missing section `proxy:` (listen, control)")?;
+    from_file(&ConfigFile::parse(text, path)?, env)
+}
+
+fn from_file(file: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ProxyConfig> {
+    let in_file = || format!("in {}", file.path().display());
+    let nats = file.required::<NatsSettings>("nats", "url of the NATS server")?;
+    let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;
+    let proxy = file.required::<ProxySection>("proxy", "listen, control")?;
+    check_record_linger(&proxy).with_context(in_file)?;
+    let raw: Vec<ConnectionSection> = file.section("connections")?.unwrap_or_default();
+    let connections = connections(raw, env).with_context(in_file)?;
+    Ok(ProxyConfig {
+        path: file.path().to_path_buf(),
+        text: file.text().to_owned(),
+        nats,
+        identity,
+        proxy,
+        connections,
+    })
+}
+
+fn check_record_linger(proxy: &ProxySection) -> anyhow::Result<()> {
     if proxy.record_linger > MAX_RECORD_LINGER {
         bail!(
             "proxy.record_linger is {:?}; at most {:?} (it is how far the log may trail an allowed \
@@ -185,7 +170,14 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> a
             MAX_RECORD_LINGER
         );
     }
-    let raw: Vec<ConnectionSection> = section(&doc, "connections")?.unwrap_or_default();
+    Ok(())
+}
+
+/// Each connection by name, with its upstream settings and password.
+fn connections(
+    raw: Vec<ConnectionSection>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Vec<(String, UpstreamConfig)>> {
     if raw.is_empty() {
         bail!("no `connections:`: the proxy has nothing to connect agents to");
     }
@@ -197,14 +189,7 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> a
         }
         connections.push((c.name, upstream));
     }
-    Ok(ProxyConfig {
-        path: path.to_path_buf(),
-        text: text.to_owned(),
-        nats,
-        identity,
-        proxy,
-        connections,
-    })
+    Ok(connections)
 }
 
 fn upstream_config(
@@ -337,5 +322,36 @@ policies: []
             let err = parse(&text, Path::new("airlock.yaml"), &env).expect_err(want);
             assert!(format!("{err:#}").contains(want), "{err:#}");
         }
+    }
+
+    #[test]
+    fn a_misspelt_key_is_reported_at_its_line() {
+        let err = parse(
+            &GOOD.replace("password_env:", "pasword_env:"),
+            Path::new("airlock.yaml"),
+            &env,
+        )
+        .expect_err("typo");
+        assert!(
+            format!("{err:#}").starts_with(
+                "airlock.yaml:8:5: section `connections:`: connections[0]: unknown field `pasword_env`"
+            ),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_local_demo_config_is_accepted() {
+        let state = tempfile::tempdir().expect("tempdir");
+        std::fs::write(state.path().join("maint.password"), "demo\n").expect("password file");
+        let text = airlock_config::example::local_demo(state.path());
+        let c = parse(&text, Path::new("airlock.yaml"), &|_| None).expect("the demo's airlock.yaml");
+        let (name, up) = &c.connections[0];
+        assert_eq!(
+            (name.as_str(), up.database.as_str()),
+            ("prod-maintenance", "shop")
+        );
+        assert_eq!(up.password.as_ref().map(Secret::expose), Some("demo"));
+        assert!(c.proxy.tls.is_some() && c.proxy.reviewer_url.is_some());
     }
 }

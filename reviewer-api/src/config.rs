@@ -1,27 +1,17 @@
 //! The sections of airlock.yaml the reviewer reads: `identity` and
-//! `reviewer`. Other sections belong to other binaries and are only checked
-//! by name, so a misspelt section is an error rather than silently ignored.
+//! `reviewer`. Reading the file and refusing unknown top-level sections is
+//! airlock-config's; this module owns the reviewer's section types and the
+//! checks on their values.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use airlock_config::ConfigFile;
 use airlock_identity::IdentityConfig;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use url::Url;
-
-/// Every top-level section of airlock.yaml, whoever reads it.
-pub const SECTIONS: &[&str] = &[
-    "nats",
-    "identity",
-    "approvals",
-    "control",
-    "reviewer",
-    "proxy",
-    "connections",
-    "policies",
-];
 
 /// `reviewer:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -182,51 +172,39 @@ impl ReviewerConfig {
 
 /// Reads and checks airlock.yaml.
 pub fn load(path: &Path) -> anyhow::Result<ReviewerConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text).with_context(|| format!("in {}", path.display()))
-}
-
-fn section<T: serde::de::DeserializeOwned>(
-    doc: &serde_norway::Mapping,
-    name: &str,
-) -> anyhow::Result<Option<T>> {
-    match doc.get(name) {
-        None => Ok(None),
-        Some(v) => serde_norway::from_value(v.clone())
-            .map(Some)
-            .with_context(|| format!("section `{name}:`")),
-    }
+    from_file(&ConfigFile::load(path)?)
 }
 
 /// Parses airlock.yaml text and checks what can be checked offline.
 pub fn parse(text: &str) -> anyhow::Result<ReviewerConfig> {
-    let doc: serde_norway::Mapping = serde_norway::from_str(text).context("not a YAML mapping")?;
-    for key in doc.keys() {
-        let Some(k) = key.as_str() else {
-            bail!("a top-level key is not a string: {key:?}");
-        };
-        if !SECTIONS.contains(&k) {
-            bail!(
-                "unknown top-level section `{k}:`; the sections are {}",
-                SECTIONS.join(", ")
-            );
-        }
-    }
-    let identity = section::<IdentityConfig>(&doc, "identity")?
-        .context("missing section `identity:` (issuer and audience)")?;
-    identity.validate().context("section `identity:`")?;
-    let reviewer = section::<ReviewerSection>(&doc, "reviewer")?
-        .context("missing section `reviewer:` (listen and control)")?;
+    from_file(&ConfigFile::parse(text, "airlock.yaml")?)
+}
+
+fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
+    let in_file = || format!("in {}", file.path().display());
+    let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;
+    identity
+        .validate()
+        .context("section `identity:`")
+        .with_context(in_file)?;
+    let reviewer = file.required::<ReviewerSection>("reviewer", "listen and control")?;
+    let config = ReviewerConfig { identity, reviewer };
+    check(&config).with_context(in_file)?;
+    Ok(config)
+}
+
+/// What can be checked offline beyond each field's type.
+fn check(config: &ReviewerConfig) -> anyhow::Result<()> {
+    let reviewer = &config.reviewer;
     let control = Url::parse(&reviewer.control).context("`reviewer.control` is not a URL")?;
     if !matches!(control.scheme(), "http" | "https") {
         bail!("`reviewer.control` must be an http(s) URL of the control plane's gRPC listener");
     }
-    let config = ReviewerConfig { identity, reviewer };
     let public = Url::parse(&config.public_url()).context("`reviewer.public_url` is not a URL")?;
     if !matches!(public.scheme(), "http" | "https") || public.query().is_some() {
         bail!("`reviewer.public_url` must be an http(s) URL without a query");
     }
-    if let Some(n) = &config.reviewer.notifications {
+    if let Some(n) = &reviewer.notifications {
         if n.queue == 0 || n.attempts == 0 {
             bail!("`reviewer.notifications`: queue and attempts must be at least 1");
         }
@@ -240,7 +218,7 @@ pub fn parse(text: &str) -> anyhow::Result<ReviewerConfig> {
             }
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -309,5 +287,30 @@ policies: []
         let c = parse(&tls).expect("valid");
         assert_eq!(c.public_url(), "https://127.0.0.1:8080");
         assert!(c.secure_cookies());
+    }
+
+    #[test]
+    fn a_misspelt_key_is_reported_at_its_line() {
+        let err = parse(&GOOD.replace("client_id: c1", "client: c1")).expect_err("typo");
+        assert!(
+            format!("{err:#}")
+                .starts_with("airlock.yaml:11:5: section `reviewer:`: reviewer.oidc: unknown field `client`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_local_demo_config_is_accepted() {
+        let text = airlock_config::example::local_demo(Path::new("/demo"));
+        let c = parse(&text).expect("the demo's airlock.yaml");
+        assert_eq!(
+            c.reviewer.oidc.as_ref().map(|o| o.client_id.as_str()),
+            Some("airlock-reviewer-demo")
+        );
+        assert!(
+            c.public_url().starts_with("http://127.0.0.1:"),
+            "{}",
+            c.public_url()
+        );
     }
 }
