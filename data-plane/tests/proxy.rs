@@ -1029,6 +1029,75 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn parameter_types_are_never_taken_from_another_statement() {
+        // Describe s (int4), Close s, Parse s again (float4), pipelined: the
+        // first ParameterDescription must not be used for the second s. The
+        // bytes 00 00 00 64 are int4 100 but float4 1.4e-43: a reviewer
+        // shown "100" would approve a meaning PostgreSQL does not run.
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            parse("s", "DELETE FROM orders WHERE id < $1::int4"),
+            FeMessage::Describe {
+                kind: b'S',
+                name: "s".into(),
+            },
+            FeMessage::Close {
+                kind: b'S',
+                name: "s".into(),
+            },
+            parse("s", "DELETE FROM orders WHERE id < $1::float4"),
+            FeMessage::Flush,
+        ])
+        .await;
+        // Every answer is in before the Bind: ParseComplete,
+        // ParameterDescription (int4), NoData, CloseComplete, ParseComplete.
+        for expected in [b'1', b't', b'n', b'3', b'1'] {
+            assert_eq!(raw.next().await.0, expected);
+        }
+        raw.send(&[
+            FeMessage::Bind {
+                portal: String::new(),
+                statement: "s".into(),
+                param_formats: vec![1],
+                params: vec![Some(bytes::Bytes::from_static(&[0, 0, 0, 100]))],
+                result_formats: vec![],
+            },
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
+        // What the log (and a reviewer) was shown of the held statement.
+        let shown = eventually_refused(&f.log).await;
+        let parameter = &shown.parameters[0];
+        assert!(shown.text.contains("float4"), "{}", shown.text);
+        assert_ne!(parameter.type_oid, 23, "shown as int4: {parameter:?}");
+        assert_ne!(parameter.display, "100", "{parameter:?}");
+        assert_eq!(parameter.value, [0, 0, 0, 100], "the exact bytes are kept");
+        assert_untouched(&f);
+    }
+
+    /// The statement of the first StatementRefused in the log.
+    async fn eventually_refused(log: &EventLog) -> proto::Statement {
+        use futures::StreamExt;
+        for _ in 0..50 {
+            let mut events = Box::pin(
+                log.read(0, airlock_eventlog::ReadFilter::all())
+                    .await
+                    .expect("read"),
+            );
+            while let Some(e) = events.next().await {
+                if let Some(proto::event::Body::StatementRefused(r)) = e.expect("event").event.body {
+                    return r.statement.expect("statement");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no StatementRefused in the log")
+    }
+
+    #[tokio::test]
     async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
         let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
         let mut raw = Raw::login(f.addr).await;

@@ -32,7 +32,6 @@ impl ToUpstream {
     pub(super) fn parse(&mut self, frame: &Frame, name: String, query: String, param_types: Vec<u32>) {
         self.batch_open = true;
         let ctx = self.ctx.clone();
-        ctx.described().types.remove(&name);
         let mut judgement = ctx.deps.gate.judge(&ctx.binding, &query);
         ctx.count_verdict(&judgement);
         let why = if sql_prepared(&ctx, &name) {
@@ -107,7 +106,7 @@ impl ToUpstream {
             self.refuse_unjudged(why, self.ctx.no_statement());
             return Ok(());
         };
-        let parameters = self.describe_parameters(&statement, &stmt, &param_formats, &params);
+        let parameters = self.describe_parameters(&stmt, &param_formats, &params);
         // PostgreSQL plans a statement at Bind (and a plan may run
         // functions), so a statement that needs approval is held here, with
         // its parameters known, and its Bind goes upstream only once
@@ -171,12 +170,17 @@ impl ToUpstream {
     /// types first, the server's where the client left a type unspecified.
     fn describe_parameters(
         &self,
-        name: &str,
         stmt: &Statement,
         param_formats: &[i16],
         params: &[Option<Bytes>],
     ) -> Vec<proto::Parameter> {
-        let reported = self.ctx.described().types.get(name).cloned().unwrap_or_default();
+        let reported = self
+            .ctx
+            .described()
+            .types
+            .get(&stmt.parse)
+            .cloned()
+            .unwrap_or_default();
         params
             .iter()
             .enumerate()
@@ -285,7 +289,10 @@ impl ToUpstream {
     pub(super) fn describe(&mut self, frame: &Frame, kind: u8, name: String) {
         self.batch_open = true;
         if kind == b'S' {
-            self.ctx.described().waiting.push_back(name);
+            // The statement the name means when PostgreSQL reaches this
+            // Describe; if that is not certain, its answer is not used.
+            let statement = self.ctx.names().statement(&name).one().map(|s| s.parse.clone());
+            self.ctx.described().waiting.push_back(statement);
         }
         frame.encode(&mut self.out);
     }

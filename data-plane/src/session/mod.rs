@@ -209,11 +209,16 @@ struct Ctx {
     names_settled: tokio::sync::Notify,
 }
 
+/// Parameter types PostgreSQL reported, bound to the exact statement they
+/// describe (its Parse message), never to a name: a name can be closed and
+/// parsed again before the answer arrives, and a type shown for the wrong
+/// statement would show the reviewer a value PostgreSQL does not read.
 #[derive(Default)]
 struct Described {
-    /// Statement names of Describe('S') messages awaiting their answer.
-    waiting: VecDeque<String>,
-    types: HashMap<String, Vec<u32>>,
+    /// The statement each Describe('S') awaiting its answer describes;
+    /// `None` when the proxy could not tell which (the answer is ignored).
+    waiting: VecDeque<Option<bytes::Bytes>>,
+    types: HashMap<bytes::Bytes, Vec<u32>>,
 }
 
 impl Ctx {

@@ -153,7 +153,7 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
         // ParameterDescription: the types of the statement described.
         b't' => {
             let mut d = ctx.described();
-            if let Some(name) = d.waiting.pop_front() {
+            if let Some(Some(statement)) = d.waiting.pop_front() {
                 let body = &frame.body;
                 let n = body
                     .get(..2)
@@ -164,7 +164,11 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
                     .filter_map(|i| body.get(2 + i * 4..6 + i * 4))
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
-                d.types.insert(name, types);
+                if d.types.len() >= crate::names::MAX_NAMES {
+                    // Bounded: forgotten types only make values show raw.
+                    d.types.clear();
+                }
+                d.types.insert(statement, types);
             }
             frame.encode(out);
         }
