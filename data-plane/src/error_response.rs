@@ -248,6 +248,21 @@ pub fn grant_unconfirmed(request_id: &str) -> Diagnostic {
     ))
 }
 
+/// Approved, but the token the session was opened with expired while the
+/// statement waited: nothing runs on an expired identity.
+pub fn granted_after_token_expired(request_id: &str) -> Diagnostic {
+    with_hint(
+        error(
+            INVALID_AUTHORIZATION_SPECIFICATION,
+            format!(
+                "request {request_id} was approved, but the access token this session was opened with \
+                 expired while it waited; nothing was run"
+            ),
+        ),
+        "reconnect with a fresh token and run it again (it will need a new approval)",
+    )
+}
+
 /// A reviewer denied the request.
 pub fn denied_by(request_id: &str, who: Option<&proto::Identity>, reason: &str) -> Diagnostic {
     denied(format!(

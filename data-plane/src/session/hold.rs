@@ -178,6 +178,13 @@ impl ToUpstream {
         deps.holds.release(request_id.as_str());
         Ok(
             match outcome(notice.as_ref(), &statement.sha256, &rid, spec.timeout) {
+                // Nothing runs on an expired identity, approved or not: the
+                // agent reconnects with a fresh token and asks again.
+                Decided::Granted if super::login::token_expired(&ctx.agent.identity) => Step::refuse(
+                    error_response::granted_after_token_expired(&rid),
+                    Cause::Expired,
+                    rid,
+                ),
                 Decided::Granted if grant_in_log(&ctx, &request_id, &statement.sha256).await => {
                     Step::Run { request_id: rid }
                 }
