@@ -3,18 +3,28 @@
 //! REST (list, get, approve, deny, quorum, every refusal with its status),
 //! the server-sent event stream and its resume, and the browser sign-in
 //! (authorization code + PKCE, session cookie, CSRF) driven over plain HTTP.
+//!
+//! Every answer read through [`Api`] (and every event of the stream) is also
+//! checked against the OpenAPI document the running reviewer serves: the
+//! schema of its path, method and status, with `$ref`s resolved in the
+//! document's components, as JSON Schema 2020-12 (OpenAPI 3.1's dialect).
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_e2e::binaries::{
     self, AGENTS, ALICE, BOB, CLIENT_ID, ERIN, Options, REVIEWERS, ReviewerStack, hold,
 };
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use tokio::sync::OnceCell;
 
 struct Api {
     base: String,
     http: reqwest::Client,
+    /// The server's own document, fetched on first use.
+    contract: OnceCell<Arc<Contract>>,
 }
 
 impl Api {
@@ -25,7 +35,22 @@ impl Api {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
+            contract: OnceCell::new(),
         }
+    }
+
+    async fn contract(&self) -> Arc<Contract> {
+        self.contract
+            .get_or_init(|| async {
+                let url = format!("{}/api/v1/openapi.json", self.base);
+                let response = self.http.get(url).send().await.expect("the document");
+                assert_eq!(response.status(), 200, "the document is served");
+                Arc::new(Contract::new(
+                    response.json().await.expect("the document is JSON"),
+                ))
+            })
+            .await
+            .clone()
     }
 
     async fn get(&self, token: Option<&str>, path: &str) -> (StatusCode, Value) {
@@ -35,7 +60,9 @@ impl Api {
         }
         let response = r.send().await.expect("GET");
         let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let body = response.json().await.unwrap_or(Value::Null);
+        self.contract().await.check("GET", path, status, None, &body);
+        (status, body)
     }
 
     async fn post(&self, token: Option<&str>, path: &str, body: Value) -> (StatusCode, Value) {
@@ -45,7 +72,11 @@ impl Api {
         }
         let response = r.send().await.expect("POST");
         let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let answer = response.json().await.unwrap_or(Value::Null);
+        self.contract()
+            .await
+            .check("POST", path, status, Some(&body), &answer);
+        (status, answer)
     }
 
     async fn vote(&self, token: &str, id: &str, decision: &str, body: Value) -> (StatusCode, Value) {
@@ -80,6 +111,175 @@ fn refused(got: &(StatusCode, Value), status: u16, code: &str) {
         "a human message: {}",
         got.1
     );
+}
+
+/// The reviewer's OpenAPI document as the running server serves it, and
+/// which of its answers the test has seen.
+struct Contract {
+    doc: Value,
+    /// `components`, closed (see [`closed`]): a `$ref` in a checked schema
+    /// resolves here.
+    components: Value,
+    /// "METHOD /path/{template} STATUS" of every answer checked.
+    checked: Mutex<BTreeSet<String>>,
+}
+
+impl Contract {
+    fn new(doc: Value) -> Contract {
+        assert!(
+            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")),
+            "OpenAPI 3.1, whose schemas are JSON Schema 2020-12: {}",
+            doc["openapi"]
+        );
+        let mut components = doc["components"].clone();
+        let schemas = components["schemas"]
+            .as_object_mut()
+            .expect("the document has component schemas");
+        for (name, schema) in schemas.iter_mut() {
+            if let Err(e) = jsonschema::meta::validate(schema) {
+                panic!("component {name} is not a JSON Schema: {e}");
+            }
+            *schema = closed(schema);
+        }
+        Contract {
+            doc,
+            components,
+            checked: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The documented operation that `method` on a concrete `path` falls
+    /// under, with its path template; literal segments win over `{...}`.
+    fn operation(&self, method: &str, path: &str) -> Option<(String, &Value)> {
+        let path = path.split('?').next().unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').collect();
+        let mut best: Option<(usize, &String, &Value)> = None;
+        for (template, item) in self.doc["paths"].as_object()? {
+            let parts: Vec<&str> = template.split('/').collect();
+            if parts.len() != segments.len() {
+                continue;
+            }
+            let mut holes = 0;
+            let fits = parts.iter().zip(&segments).all(|(part, segment)| {
+                if part.starts_with('{') && part.ends_with('}') {
+                    holes += 1;
+                    !segment.is_empty()
+                } else {
+                    part == segment
+                }
+            });
+            let Some(op) = item.get(method.to_lowercase()).filter(|_| fits) else {
+                continue;
+            };
+            if best.is_none_or(|(fewest, ..)| holes < fewest) {
+                best = Some((holes, template, op));
+            }
+        }
+        best.map(|(_, template, op)| (template.clone(), op))
+    }
+
+    /// Fails unless the answer (and, for an accepted request, the body sent)
+    /// is what the document says for this path, method and status. Paths
+    /// the document does not name (an unknown route's 404) are skipped.
+    #[track_caller]
+    fn check(&self, method: &str, path: &str, status: StatusCode, sent: Option<&Value>, answer: &Value) {
+        let Some((template, op)) = self.operation(method, path) else {
+            return;
+        };
+        let what = format!("{method} {template} {}", status.as_u16());
+        let response = op["responses"]
+            .get(status.as_str())
+            .unwrap_or_else(|| panic!("{what}: the document lists no such answer; the server sent {answer}"));
+        let media = response["content"]
+            .get("application/json")
+            .unwrap_or_else(|| panic!("{what}: the document says this is not JSON: {response}"));
+        if let Some(schema) = media.get("schema") {
+            self.conforms(schema, answer, &what);
+        }
+        if let Some(sent) = sent.filter(|_| status.is_success())
+            && let Some(schema) = op["requestBody"]["content"]["application/json"].get("schema")
+        {
+            self.conforms(schema, sent, &format!("{what}, the body it accepted"));
+        }
+        self.checked.lock().expect("checked").insert(what);
+    }
+
+    /// Fails unless `instance` is valid against `schema`, a schema of this
+    /// document (`$ref`s into its components).
+    #[track_caller]
+    fn conforms(&self, schema: &Value, instance: &Value, what: &str) {
+        let mut root = closed(schema);
+        let root_map = root.as_object_mut().expect("a schema object");
+        root_map.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft/2020-12/schema"),
+        );
+        root_map.insert("components".into(), self.components.clone());
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("{what}: the document's schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| format!("  at {:?}: {e}", e.instance_path().to_string()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: the answer is not what the document says:\n{}\n{instance:#}",
+            errors.join("\n")
+        );
+    }
+
+    /// The schema of one server-sent event's data: an `error` event carries
+    /// an `Error`, every other the stream's documented item.
+    fn event_schema(&self, event: &str) -> Value {
+        if event == "error" {
+            return json!({"$ref": "#/components/schemas/Error"});
+        }
+        let (_, op) = self
+            .operation("GET", "/api/v1/events")
+            .expect("the event stream is documented");
+        op["responses"]["200"]["content"]["text/event-stream"]["schema"].clone()
+    }
+
+    /// Fails unless every one of `expected` was checked.
+    #[track_caller]
+    fn assert_checked(&self, expected: &[&str]) {
+        let checked = self.checked.lock().expect("checked");
+        let missing: Vec<&&str> = expected.iter().filter(|e| !checked.contains(**e)).collect();
+        assert!(
+            missing.is_empty(),
+            "never checked: {missing:?}; checked: {checked:#?}"
+        );
+    }
+}
+
+/// `schema`, closed: an object schema that lists its properties refuses
+/// any other, so a field the server sends and the document does not name
+/// fails the check. (The served document leaves objects open, so clients
+/// keep working when a field is added; the server's own test is stricter.)
+fn closed(schema: &Value) -> Value {
+    let Value::Object(map) = schema else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (keyword, value) in map {
+        let value = match (keyword.as_str(), value) {
+            ("properties" | "patternProperties" | "$defs", Value::Object(named)) => {
+                Value::Object(named.iter().map(|(k, v)| (k.clone(), closed(v))).collect())
+            }
+            ("allOf" | "anyOf" | "oneOf" | "prefixItems", Value::Array(list)) => {
+                Value::Array(list.iter().map(closed).collect())
+            }
+            ("items" | "additionalProperties" | "not" | "contains", v) => closed(v),
+            (_, v) => v.clone(),
+        };
+        out.insert(keyword.clone(), value);
+    }
+    if out.contains_key("properties") && !out.contains_key("additionalProperties") {
+        out.insert("additionalProperties".into(), json!(false));
+    }
+    Value::Object(out)
 }
 
 #[tokio::test]
@@ -432,6 +632,29 @@ async fn rest_lists_gets_approves_denies_and_refuses_with_the_right_status() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/requests/{id}/approve"]["post"].is_object());
 
+    // Every answer above was checked against that document; these at least.
+    api.contract().await.assert_checked(&[
+        "GET /api/v1/requests 200",
+        "GET /api/v1/requests 400",
+        "GET /api/v1/requests 401",
+        "GET /api/v1/requests 403",
+        "GET /api/v1/requests/{id} 200",
+        "GET /api/v1/requests/{id} 400",
+        "GET /api/v1/requests/{id} 403",
+        "GET /api/v1/requests/{id} 404",
+        "POST /api/v1/requests/{id}/approve 200",
+        "POST /api/v1/requests/{id}/approve 400",
+        "POST /api/v1/requests/{id}/approve 403",
+        "POST /api/v1/requests/{id}/approve 409",
+        "POST /api/v1/requests/{id}/deny 200",
+        "GET /api/v1/sessions 200",
+        "GET /api/v1/sessions/{id} 200",
+        "GET /api/v1/sessions/{id} 404",
+        "POST /api/v1/sessions/{id}/kill 200",
+        "GET /api/v1/me 200",
+        "GET /healthz 200",
+    ]);
+
     // No token ever reached the reviewer's log.
     let log = stack.reviewer_log();
     for t in [&agent, &alice, &bob, &erin, &app, &dave] {
@@ -454,14 +677,18 @@ struct Sse {
     data: Value,
 }
 
-/// Reads `/api/v1/events` frames.
+/// Reads `/api/v1/events` frames, each checked against the document.
 struct EventStream {
     response: reqwest::Response,
     buffer: String,
+    contract: Arc<Contract>,
+    /// Events checked so far.
+    checked: usize,
 }
 
 impl EventStream {
     async fn open(api: &Api, token: &str, last_event_id: Option<&str>) -> EventStream {
+        let contract = api.contract().await;
         let mut r = api
             .http
             .get(format!("{}/api/v1/events", api.base))
@@ -481,6 +708,8 @@ impl EventStream {
         EventStream {
             response,
             buffer: String::new(),
+            contract,
+            checked: 0,
         }
     }
 
@@ -501,11 +730,16 @@ impl EventStream {
                 if event.is_empty() && data.is_empty() {
                     continue; // a keep-alive comment
                 }
-                return Sse {
-                    id,
-                    event,
-                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                };
+                let data = serde_json::from_str(&data).unwrap_or(Value::Null);
+                let what = format!("GET /api/v1/events, a {event:?} event");
+                self.contract
+                    .conforms(&self.contract.event_schema(&event), &data, &what);
+                if event != "error" {
+                    assert_eq!(data["kind"], event.as_str(), "the event is named by its kind");
+                    assert_eq!(data["sequence"].to_string(), id, "the event id is its sequence");
+                }
+                self.checked += 1;
+                return Sse { id, event, data };
             }
             let chunk = tokio::time::timeout(Duration::from_secs(20), self.response.chunk())
                 .await
@@ -588,6 +822,13 @@ async fn events_stream_requests_votes_and_outcomes_and_resume_with_last_event_id
     let first = tail.next().await;
     assert_eq!(first.data["request"]["id"], next.request_id.as_str(), "{first:?}");
     assert_ne!(first.event, "updated", "{first:?}");
+    assert!(
+        tail.checked > 0 && resumed.checked > 0,
+        "events were checked against the document"
+    );
+    api.contract()
+        .await
+        .assert_checked(&["GET /api/v1/events 401", "GET /api/v1/events 403"]);
     let _ = binaries::LEADS;
 }
 
