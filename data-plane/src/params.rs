@@ -54,17 +54,24 @@ fn clip(mut s: String) -> String {
 /// Binary values of the common types (PostgreSQL's send formats).
 fn binary(oid: u32, v: &[u8]) -> Option<String> {
     Some(match oid {
+        // PostgreSQL's boolrecv reads any non-zero byte as true.
         16 => match v {
             [0] => "false".into(),
-            [1] => "true".into(),
+            [_] => "true".into(),
             _ => return None,
         },
         20 => i64::from_be_bytes(v.try_into().ok()?).to_string(),
         21 => i16::from_be_bytes(v.try_into().ok()?).to_string(),
         23 => i32::from_be_bytes(v.try_into().ok()?).to_string(),
         26 => u32::from_be_bytes(v.try_into().ok()?).to_string(),
-        700 => f32::from_be_bytes(v.try_into().ok()?).to_string(),
-        701 => f64::from_be_bytes(v.try_into().ok()?).to_string(),
+        700 => float(
+            f64::from(f32::from_be_bytes(v.try_into().ok()?)),
+            f32::from_be_bytes(v.try_into().ok()?).to_string(),
+        ),
+        701 => float(
+            f64::from_be_bytes(v.try_into().ok()?),
+            f64::from_be_bytes(v.try_into().ok()?).to_string(),
+        ),
         25 | 1042 | 1043 | 19 => std::str::from_utf8(v).ok()?.to_owned(),
         2950 => {
             let h = hex::encode(<[u8; 16]>::try_from(v).ok()?);
@@ -79,6 +86,18 @@ fn binary(oid: u32, v: &[u8]) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// Infinities spelt as PostgreSQL spells them; finite values as Rust's
+/// shortest exact decimal (`shown`).
+fn float(v: f64, shown: String) -> String {
+    if v == f64::INFINITY {
+        "Infinity".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Infinity".into()
+    } else {
+        shown
+    }
 }
 
 #[cfg(test)]
