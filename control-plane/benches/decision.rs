@@ -96,6 +96,8 @@ fn main() {
                 ..Default::default()
             },
             kill_groups: vec!["reviewers".into()],
+            auditor_groups: Vec::new(),
+            attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
@@ -163,6 +165,7 @@ fn main() {
                         name: "reviewers".into(),
                     }],
                     deadline: Some((SystemTime::now() + Duration::from_secs(600)).into()),
+                    proxy_id: "bench-proxy".into(),
                     ..Default::default()
                 }),
             );

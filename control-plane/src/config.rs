@@ -46,6 +46,17 @@ pub struct ControlSection {
     /// development only: reviewer tokens cross this link).
     #[serde(default)]
     pub tls: Option<GrpcTls>,
+    /// Development only: without `tls.client_ca`, serve `Attach` to clients
+    /// connecting from a loopback address, trusting the proxy id they
+    /// announce. Off by default: then `Attach` needs a client certificate,
+    /// and a control plane without `tls.client_ca` serves it to nobody.
+    #[serde(default)]
+    pub allow_insecure_attach_loopback: bool,
+    /// Auditors: groups (names from `identity.group_names`, or object ids)
+    /// whose members may read every request, session and event of the log,
+    /// and decide nothing (no votes, no kills).
+    #[serde(default)]
+    pub auditors: Vec<String>,
 }
 
 /// `control.tls:`.
@@ -57,8 +68,9 @@ pub struct GrpcTls {
     pub key: std::path::PathBuf,
     /// CA (PEM) that signs proxies' client certificates. When set, `Attach`
     /// (decisions and kill orders) is served only to a client presenting a
-    /// certificate it signed; reviewer and audit calls still authenticate
-    /// with the caller's token.
+    /// certificate it signed whose common name or a DNS subject alternative
+    /// name is the proxy id it announces; reviewer and audit calls still
+    /// authenticate with the caller's token.
     #[serde(default)]
     pub client_ca: Option<std::path::PathBuf>,
 }
@@ -97,7 +109,9 @@ fn default_checkpoint_interval() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalsSection {
     /// Groups (names from `identity.group_names`, or object ids) whose
-    /// members may approve; also who may kill a session.
+    /// members may use the reviewer service; each request's own groups
+    /// then say who may see it and vote, and a session's requests who may
+    /// see and kill it.
     #[serde(default)]
     pub reviewers: Vec<String>,
     #[serde(default, with = "humantime_serde")]
@@ -127,6 +141,13 @@ fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
     let nats = file.required::<NatsSettings>("nats", "url of the NATS server")?;
     let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;
     let control = file.required::<ControlSection>("control", "listen: host:port")?;
+    if control.allow_insecure_attach_loopback && control.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+        anyhow::bail!(
+            "{}: section `control:`: allow_insecure_attach_loopback is for development without \
+             tls.client_ca; with client certificates configured, remove it",
+            file.path().display()
+        );
+    }
     let approvals = file
         .section::<ApprovalsSection>("approvals")?
         .unwrap_or(ApprovalsSection {
@@ -171,6 +192,30 @@ policies: []
         assert_eq!(c.approvals.timeout, Some(Duration::from_secs(900)));
         assert_eq!(c.nats.stream, "AIRLOCK");
         assert_eq!(c.control.metrics_listen, None);
+        assert!(!c.control.allow_insecure_attach_loopback, "off unless asked for");
+        assert!(c.control.auditors.is_empty());
+    }
+
+    #[test]
+    fn auditors_and_loopback_attach_are_control_keys() {
+        let with = GOOD.replace(
+            "listen: 127.0.0.1:7070\n",
+            "listen: 127.0.0.1:7070\n  auditors: [db-auditors]\n  allow_insecure_attach_loopback: true\n",
+        );
+        let c = parse(&with).expect("valid");
+        assert_eq!(c.control.auditors, vec!["db-auditors"]);
+        assert!(c.control.allow_insecure_attach_loopback);
+        // Not both ways of admitting proxies at once.
+        let both = with.replace(
+            "  auditors:",
+            "  tls: { cert: c.crt, key: c.key, client_ca: ca.crt }\n  auditors:",
+        );
+        let err = parse(&both).expect_err("contradictory");
+        assert!(
+            format!("{err:#}")
+                .contains("allow_insecure_attach_loopback is for development without tls.client_ca"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -221,5 +266,8 @@ policies: []
         let checkpoints = c.control.checkpoints.expect("the demo signs checkpoints");
         assert_eq!(checkpoints.signing_key, Path::new("/demo/checkpoint.key"));
         assert_eq!(checkpoints.interval, Duration::from_secs(30));
+        // The demo's proxy attaches over loopback without a certificate.
+        assert!(c.control.allow_insecure_attach_loopback && c.control.tls.is_none());
+        assert!(c.control.listen.ip().is_loopback());
     }
 }

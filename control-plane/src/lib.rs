@@ -3,12 +3,14 @@
 //!
 //! `projection` (the fold), `snapshot` (the fold stored, so start-up reads
 //! only the rest of the log), `decide` (votes, outcomes, expiry, as pure
-//! functions), `live` (the fold kept current by tailing the log), `act`
+//! functions), `access` (who may read and act on which request, session and
+//! event, as pure functions), `live` (the fold kept current by tailing the log), `act`
 //! (appending decisions with optimistic concurrency), `checkpoint` (signed
 //! digests over ranges of the log), `grpc` (the reviewer, proxy, audit and
 //! health services), `metrics` (Prometheus), `serve`, and the auditor
 //! commands in `verify` and `export`.
 
+pub mod access;
 pub mod act;
 pub mod checkpoint;
 pub mod cli;

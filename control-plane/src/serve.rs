@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use crate::config::{ControlConfig, ControlSection};
 use crate::grpc::health::Serving;
-use crate::grpc::{BoxFuture, Control, ReviewerAuth};
+use crate::grpc::{AttachAuth, BoxFuture, Control, ReviewerAuth};
 use crate::live::Live;
 use crate::projection::Projection;
 
@@ -111,19 +111,15 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         ));
     }
 
-    // Kill rights: the reviewer groups, by name and by object id.
-    let mut kill_groups = config.approvals.reviewers.clone();
-    for g in &config.approvals.reviewers {
-        if let Some(id) = config.identity.group_names.get(g) {
-            kill_groups.push(id.clone());
-        }
-    }
+    let (mut server, attach) = grpc_builder(&config)?;
     let control = Control {
         live: live.clone(),
         log: log.clone(),
         auth: Arc::new(VerifierAuth(verifier)),
         source: source.clone(),
-        kill_groups,
+        kill_groups: by_name_and_id(&config, &config.approvals.reviewers),
+        auditor_groups: by_name_and_id(&config, &config.control.auditors),
+        attach,
     };
     tokio::spawn(crate::act::reconcile_forever(
         live.clone(),
@@ -141,26 +137,16 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .build_v1()
         .context("gRPC reflection")?;
     let listen = config.control.listen;
-    let (mut server, attach_needs_cert) = grpc_builder(&config)?;
-    let attach = proto::proxy_service_server::ProxyServiceServer::with_interceptor(
-        control.clone(),
-        move |request: tonic::Request<()>| {
-            if attach_needs_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-                return Err(airlock_proto::ErrorCode::Unauthenticated.status(
-                    "Attach is for proxies: present a client certificate signed by control.tls.client_ca",
-                ));
-            }
-            Ok(request)
-        },
-    );
-    tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), "control plane serving");
+    tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), ?attach, "control plane serving");
     server
         .add_service(reflection)
         .add_service(health)
         .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
             control.clone(),
         ))
-        .add_service(attach)
+        .add_service(proto::proxy_service_server::ProxyServiceServer::new(
+            control.clone(),
+        ))
         .add_service(proto::audit_service_server::AuditServiceServer::new(control))
         .serve_with_shutdown(listen, async move {
             shutdown().await;
@@ -173,12 +159,28 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gRPC server with `control.tls` applied, and whether Attach must
-/// demand a client certificate.
-fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Server, bool)> {
+/// Groups named in `names` (names from `identity.group_names`, or object
+/// ids), by name and by object id.
+fn by_name_and_id(config: &ControlConfig, names: &[String]) -> Vec<String> {
+    let mut groups = names.to_vec();
+    for g in names {
+        if let Some(id) = config.identity.group_names.get(g) {
+            groups.push(id.clone());
+        }
+    }
+    groups
+}
+
+/// The gRPC server with `control.tls` applied, and how Attach
+/// authenticates proxies.
+fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Server, AttachAuth)> {
     let listen = config.control.listen;
     let mut server = tonic::transport::Server::builder();
-    let mut attach_needs_cert = false;
+    let mut attach = if config.control.allow_insecure_attach_loopback {
+        AttachAuth::InsecureLoopback
+    } else {
+        AttachAuth::Refused
+    };
     match &config.control.tls {
         Some(tls) => {
             let read = |p: &std::path::Path| {
@@ -189,25 +191,33 @@ fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Ser
             );
             if let Some(ca) = &tls.client_ca {
                 // Optional at the handshake (reviewers and integrators come
-                // with tokens), required by Attach below.
+                // with tokens), required by Attach.
                 server_tls = server_tls
                     .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
                     .client_auth_optional(true);
-                attach_needs_cert = true;
+                attach = AttachAuth::ClientCertificate;
             }
             server = server.tls_config(server_tls).context("control.tls")?;
         }
         None if !listen.ip().is_loopback() => tracing::warn!(
             %listen,
-            "control.tls is not set: gRPC is plain text on a non-loopback address, and Attach \
-             (decisions, kill orders) is open to anyone who can reach it"
+            "control.tls is not set: gRPC is plain text on a non-loopback address, and reviewers' \
+             tokens cross it in the clear"
         ),
         None => {}
     }
-    if !attach_needs_cert && config.control.tls.is_some() {
-        tracing::warn!("control.tls.client_ca is not set: Attach does not authenticate proxies");
+    match attach {
+        AttachAuth::ClientCertificate => {}
+        AttachAuth::InsecureLoopback => tracing::warn!(
+            "control.allow_insecure_attach_loopback is set: any client on this host may attach as \
+             a proxy and receive its decisions and kill orders (development only)"
+        ),
+        AttachAuth::Refused => tracing::warn!(
+            "control.tls.client_ca is not set: Attach is refused to every proxy (set it, or for \
+             development on one host control.allow_insecure_attach_loopback: true)"
+        ),
     }
-    Ok((server, attach_needs_cert))
+    Ok((server, attach))
 }
 
 /// Serves `/healthz` on `control.health_listen` and `/metrics` on

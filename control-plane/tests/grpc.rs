@@ -1,6 +1,8 @@
 //! The control plane against a real nats-server: reviewers decide over
 //! gRPC, proxies receive decisions on Attach, and two replicas never both
-//! decide one request.
+//! decide one request. Who sees what: reviewers only their groups' requests
+//! and sessions, auditors everything and decide nothing, a proxy only what
+//! it filed.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use airlock_control::grpc::{BoxFuture, Control, ReviewerAuth};
+use airlock_control::grpc::{AttachAuth, BoxFuture, Control, ReviewerAuth};
 use airlock_control::live::Live;
 use airlock_control::projection::Projection;
 use airlock_eventlog::proto::{self, event::Body};
@@ -21,6 +23,8 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 const REVIEWERS: &str = "grp-reviewers";
+const FINANCE: &str = "grp-finance-reviewers";
+const AUDITORS: &str = "grp-auditors";
 const AGENTS: &str = "grp-agents";
 
 struct Tokens(HashMap<&'static str, proto::Identity>);
@@ -52,6 +56,9 @@ fn tokens() -> Tokens {
     Tokens(HashMap::from([
         ("alice", identity("alice", Kind::User, &[REVIEWERS])),
         ("bob", identity("bob", Kind::User, &[REVIEWERS])),
+        ("fiona", identity("fiona", Kind::User, &[FINANCE])),
+        ("audrey", identity("audrey", Kind::User, &[AUDITORS])),
+        ("agent-9", identity("agent-9", Kind::App, &[AGENTS])),
         ("erin", identity("erin", Kind::User, &[AGENTS])),
         ("agent-7", identity("agent-7", Kind::App, &[AGENTS, REVIEWERS])),
     ]))
@@ -67,6 +74,17 @@ async fn log(nats: &NatsServer) -> EventLog {
 
 /// Starts one replica; returns its gRPC address.
 async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
+    replica_with(nats, id, AttachAuth::InsecureLoopback, None).await
+}
+
+/// Starts one replica authenticating proxies with `attach`, over TLS when
+/// `tls` is given (the address is then `https://localhost:<port>`).
+async fn replica_with(
+    nats: &NatsServer,
+    id: &str,
+    attach: AttachAuth,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> (String, Arc<Live>, EventLog) {
     let log = log(nats).await;
     let live = Live::spawn(log.clone(), Projection::new()).await;
     assert!(live.wait_ready(Duration::from_secs(10)).await);
@@ -80,7 +98,9 @@ async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
         log: log.clone(),
         auth: Arc::new(tokens()),
         source: source.clone(),
-        kill_groups: vec![REVIEWERS.into()],
+        kill_groups: vec![REVIEWERS.into(), FINANCE.into()],
+        auditor_groups: vec![AUDITORS.into()],
+        attach,
     };
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),
@@ -89,9 +109,17 @@ async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
         Duration::from_millis(200),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let port = listener.local_addr().expect("addr").port();
+    let mut server = tonic::transport::Server::builder();
+    let addr = match tls {
+        Some(tls) => {
+            server = server.tls_config(tls).expect("TLS");
+            format!("https://localhost:{port}")
+        }
+        None => format!("http://127.0.0.1:{port}"),
+    };
     tokio::spawn(
-        tonic::transport::Server::builder()
+        server
             .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
                 control.clone(),
             ))
@@ -104,20 +132,34 @@ async fn replica(nats: &NatsServer, id: &str) -> (String, Arc<Live>, EventLog) {
     (addr, live, log)
 }
 
-/// Files a held DELETE as a proxy would.
+/// Files a held DELETE as proxy-1 would.
 async fn file_request(log: &EventLog, required: u32, deadline: Duration) -> (RequestId, SessionId) {
     file_request_for(log, required, deadline, REVIEWERS).await
 }
 
-/// Files a held DELETE reviewed by `group`.
+/// Files a held DELETE reviewed by `group`, as proxy-1 would.
 async fn file_request_for(
     log: &EventLog,
     required: u32,
     deadline: Duration,
     group: &str,
 ) -> (RequestId, SessionId) {
-    let request = RequestId::generate();
     let session = SessionId::generate();
+    let request = file_request_in(log, &session, group, "proxy-1", required, deadline).await;
+    (request, session)
+}
+
+/// Files a held DELETE in `session`, reviewed by `group`, filed by proxy
+/// `proxy`, needing `required` approvals.
+async fn file_request_in(
+    log: &EventLog,
+    session: &SessionId,
+    group: &str,
+    proxy: &str,
+    required: u32,
+    deadline: Duration,
+) -> RequestId {
+    let request = RequestId::generate();
     let mut e = new_event(
         &proto::Source::default(),
         Body::ApprovalRequested(proto::ApprovalRequested {
@@ -133,6 +175,7 @@ async fn file_request_for(
                 name: "db-reviewers".into(),
             }],
             deadline: Some((SystemTime::now() + deadline).into()),
+            proxy_id: proxy.into(),
             ..Default::default()
         }),
     );
@@ -141,7 +184,34 @@ async fn file_request_for(
     log.append_next(&subjects::request(&request), e)
         .await
         .expect("file request");
-    (request, session)
+    request
+}
+
+/// Opens a session on proxy `proxy`, as it would, and waits until `live`
+/// has folded it.
+async fn open_session(log: &EventLog, live: &Live, proxy: &str) -> SessionId {
+    let session = SessionId::generate();
+    let mut opened = new_event(
+        &proto::Source::default(),
+        Body::SessionOpened(proto::SessionOpened {
+            identity: Some(identity("agent-7", proto::identity::Kind::App, &[AGENTS])),
+            proxy_id: proxy.into(),
+            ..Default::default()
+        }),
+    );
+    opened.session_id = session.to_string();
+    let (stored, _) = log
+        .append_next(&subjects::session(&session), opened)
+        .await
+        .expect("opened");
+    assert!(live.wait_for(stored.sequence, Duration::from_secs(5)).await);
+    session
+}
+
+/// Waits until `live` has folded everything in the log.
+async fn caught_up(log: &EventLog, live: &Live) {
+    let last = log.last_sequence().await.expect("last");
+    assert!(live.wait_for(last, Duration::from_secs(5)).await);
 }
 
 fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
@@ -511,8 +581,8 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
             .await
     );
 
-    // An integrator reads part of the log live, then goes away.
-    let mut stream = subscribe(&addr, "alice", proto::SubscribeRequest::default())
+    // An integrator (an auditor) reads part of the log live, then goes away.
+    let mut stream = subscribe(&addr, "audrey", proto::SubscribeRequest::default())
         .await
         .expect("subscribe");
     let mut seen = Vec::new();
@@ -529,7 +599,7 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
     let last = *seen.last().expect("seen");
     let mut stream = subscribe(
         &addr,
-        "alice",
+        "audrey",
         proto::SubscribeRequest {
             start_sequence: last + 1,
             ..Default::default()
@@ -558,7 +628,7 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
     // Filtered by identity: one agent's sessions and requests, nothing else.
     let mut only = subscribe(
         &addr,
-        "alice",
+        "audrey",
         proto::SubscribeRequest {
             identity: "agent-1".into(),
             stop_at_end: true,
@@ -586,7 +656,7 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
     // A reviewer's own votes, by kind.
     let mut votes = subscribe(
         &addr,
-        "alice",
+        "audrey",
         proto::SubscribeRequest {
             identity: "reviewer-1".into(),
             kinds: vec!["approval_voted".into()],
@@ -606,11 +676,12 @@ async fn the_audit_stream_resumes_from_a_sequence_without_gaps_or_duplicates() {
     }
     assert_eq!(n, 3, "reviewer-1 voted on sessions 1, 1 and 99 (n % 7 == 1)");
 
-    // The log is for reviewers only.
+    // The log is for auditors and reviewers only.
     let err = subscribe(&addr, "erin", proto::SubscribeRequest::default())
         .await
         .expect_err("not a reviewer");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
 }
 
 #[tokio::test]
@@ -745,4 +816,564 @@ async fn reviewers_see_only_requests_their_groups_may_review() {
         .expect("open")
         .expect("ok");
     assert_eq!(first.request.expect("view").request_id, ours.to_string());
+}
+
+async fn get_session(
+    client: &mut ReviewerServiceClient<Channel>,
+    token: &str,
+    session: &SessionId,
+) -> Result<proto::SessionView, tonic::Status> {
+    client
+        .get_session(authed(
+            token,
+            proto::GetSessionRequest {
+                session_id: session.to_string(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn kill(
+    client: &mut ReviewerServiceClient<Channel>,
+    token: &str,
+    session: &SessionId,
+) -> Result<proto::KillSessionResponse, tonic::Status> {
+    client
+        .kill_session(authed(
+            token,
+            proto::KillSessionRequest {
+                session_id: session.to_string(),
+                reason: format!("{token} ends it"),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn listed_sessions(client: &mut ReviewerServiceClient<Channel>, token: &str) -> Vec<String> {
+    client
+        .list_sessions(authed(token, proto::ListSessionsRequest::default()))
+        .await
+        .expect("list sessions")
+        .into_inner()
+        .sessions
+        .into_iter()
+        .map(|s| s.session_id)
+        .collect()
+}
+
+/// The ids of the requests a session record shows, in its request list and
+/// anywhere in its timeline.
+fn requests_shown(view: &proto::SessionView) -> std::collections::BTreeSet<String> {
+    let mut ids: std::collections::BTreeSet<String> =
+        view.requests.iter().map(|r| r.request_id.clone()).collect();
+    for e in view.timeline.iter().filter_map(|e| e.event.as_ref()) {
+        ids.insert(e.request_id.clone());
+        if let Some(Body::StatementExecuted(x)) = &e.body {
+            ids.insert(x.request_id.clone());
+        }
+    }
+    ids.remove("");
+    ids
+}
+
+#[tokio::test]
+async fn a_reviewer_of_another_group_can_neither_read_nor_kill_its_session() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let finance = open_session(&log, &live, "proxy-1").await;
+    let theirs = file_request_in(&log, &finance, FINANCE, "proxy-1", 1, Duration::from_secs(600)).await;
+    // A session with a request for each group, and one that filed none.
+    let mixed = open_session(&log, &live, "proxy-1").await;
+    let ours = file_request_in(&log, &mixed, REVIEWERS, "proxy-1", 1, Duration::from_secs(600)).await;
+    let hidden = file_request_in(&log, &mixed, FINANCE, "proxy-1", 1, Duration::from_secs(600)).await;
+    let mut ran = new_event(
+        &proto::Source::default(),
+        Body::StatementExecuted(proto::StatementExecuted {
+            statement: Some(proto::Statement {
+                text: "DELETE FROM invoices WHERE id = 7".into(),
+                ..Default::default()
+            }),
+            request_id: hidden.to_string(),
+            ..Default::default()
+        }),
+    );
+    ran.session_id = mixed.to_string();
+    log.append_next(&subjects::session(&mixed), ran)
+        .await
+        .expect("statement");
+    let quiet = open_session(&log, &live, "proxy-1").await;
+    caught_up(&log, &live).await;
+    let mut c = ReviewerServiceClient::connect(addr).await.expect("connect");
+
+    // Alice reviews for REVIEWERS: the finance session is not hers to see
+    // or end, and is not listed.
+    let err = get_session(&mut c, "alice", &finance)
+        .await
+        .expect_err("not hers to see");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
+    assert!(!err.message().contains("DELETE"), "{}", err.message());
+    let err = kill(&mut c, "alice", &finance)
+        .await
+        .expect_err("not hers to end");
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
+    assert!(
+        live.read(|s| s.sessions[finance.as_str()].kill.is_none()),
+        "no kill order in the log"
+    );
+    let listed = listed_sessions(&mut c, "alice").await;
+    assert!(!listed.contains(&finance.to_string()), "{listed:?}");
+    assert!(listed.contains(&mixed.to_string()) && listed.contains(&quiet.to_string()));
+
+    // In the mixed session she sees her request, and nothing of the other.
+    let view = get_session(&mut c, "alice", &mixed).await.expect("hers in part");
+    assert_eq!(
+        requests_shown(&view),
+        [ours.to_string()].into_iter().collect(),
+        "only her group's request"
+    );
+    assert!(
+        !view
+            .timeline
+            .iter()
+            .any(|e| format!("{:?}", e.event).contains("invoices")),
+        "the statement run under the finance request is left out"
+    );
+    // Fiona reviews for FINANCE: she sees both of hers in full.
+    let view = get_session(&mut c, "fiona", &mixed)
+        .await
+        .expect("fiona's in part");
+    assert_eq!(requests_shown(&view), [hidden.to_string()].into_iter().collect());
+    let view = get_session(&mut c, "fiona", &finance).await.expect("fiona's");
+    assert_eq!(requests_shown(&view), [theirs.to_string()].into_iter().collect());
+    // A session that filed no request is every reviewer's, no one else's.
+    get_session(&mut c, "alice", &quiet)
+        .await
+        .expect("no group claims it");
+    let err = get_session(&mut c, "erin", &quiet)
+        .await
+        .expect_err("not a reviewer");
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
+    kill(&mut c, "alice", &quiet).await.expect("alice ends it");
+    kill(&mut c, "fiona", &finance).await.expect("fiona ends hers");
+    // Unknown sessions are not found, whoever asks.
+    let err = get_session(&mut c, "alice", &SessionId::generate())
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_auditor_reads_everything_and_decides_nothing() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let finance = open_session(&log, &live, "proxy-1").await;
+    let theirs = file_request_in(&log, &finance, FINANCE, "proxy-1", 1, Duration::from_secs(600)).await;
+    let (ours, _) = file_request(&log, 1, Duration::from_secs(600)).await;
+    caught_up(&log, &live).await;
+    let mut c = ReviewerServiceClient::connect(addr.clone())
+        .await
+        .expect("connect");
+
+    let listed = c
+        .list_requests(authed("audrey", proto::ListRequestsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    let mut ids: Vec<String> = listed.requests.into_iter().map(|r| r.request_id).collect();
+    ids.sort();
+    let mut both = vec![theirs.to_string(), ours.to_string()];
+    both.sort();
+    assert_eq!(ids, both, "every group's requests");
+    c.get_request(authed(
+        "audrey",
+        proto::GetRequestRequest {
+            request_id: theirs.to_string(),
+        },
+    ))
+    .await
+    .expect("any request");
+    let view = get_session(&mut c, "audrey", &finance)
+        .await
+        .expect("any session");
+    assert_eq!(requests_shown(&view), [theirs.to_string()].into_iter().collect());
+    assert!(
+        listed_sessions(&mut c, "audrey")
+            .await
+            .contains(&finance.to_string())
+    );
+
+    // Reading is all: no vote, no kill, nothing appended.
+    for (request, what) in [(&theirs, "another group's"), (&ours, "any")] {
+        let err = decide(&mut c, "audrey", request, proto::Decision::Approve)
+            .await
+            .expect_err("auditors do not vote");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}");
+        assert_eq!(error_code(&err), "not_a_reviewer", "{what}: {}", err.message());
+        assert!(err.message().contains("auditor"), "{}", err.message());
+        assert_eq!(outcomes(&log, request).await, vec!["approval_requested"]);
+    }
+    let err = kill(&mut c, "audrey", &finance)
+        .await
+        .expect_err("auditors do not kill");
+    assert_eq!(error_code(&err), "not_a_reviewer", "{}", err.message());
+    caught_up(&log, &live).await;
+    assert!(live.read(|s| s.sessions[finance.as_str()].kill.is_none()));
+
+    // The whole log, whoever's it is.
+    let mut all = subscribe(
+        &addr,
+        "audrey",
+        proto::SubscribeRequest {
+            stop_at_end: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("auditors read the log");
+    let mut n = 0;
+    while let Some(e) = all.next().await {
+        e.expect("event");
+        n += 1;
+    }
+    assert_eq!(n, log.last_sequence().await.expect("last"));
+}
+
+/// Every event of the log `token` may read, to its end: (subject, kind).
+async fn readable(addr: &str, token: &str) -> Result<Vec<(String, &'static str)>, tonic::Status> {
+    let mut stream = subscribe(
+        addr,
+        token,
+        proto::SubscribeRequest {
+            stop_at_end: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut out = Vec::new();
+    while let Some(e) = stream.next().await {
+        let e = e.expect("event");
+        let kind = airlock_eventlog::body_kind(e.event.as_ref().and_then(|e| e.body.as_ref()).expect("body"));
+        out.push((e.subject, kind));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn the_audit_stream_shows_reviewers_only_their_groups_and_others_nothing() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let finance = open_session(&log, &live, "proxy-1").await;
+    let theirs = file_request_in(&log, &finance, FINANCE, "proxy-1", 1, Duration::from_secs(600)).await;
+    let (ours, _) = file_request(&log, 1, Duration::from_secs(600)).await;
+    let quiet = open_session(&log, &live, "proxy-1").await;
+    let policy = new_event(
+        &proto::Source::default(),
+        Body::PolicyLoaded(proto::PolicyLoaded::default()),
+    );
+    log.append_next("airlock.v1.proxy.proxy-1", policy)
+        .await
+        .expect("policy loaded");
+    caught_up(&log, &live).await;
+
+    // Neither a reviewer nor an auditor: refused, agents included.
+    for token in ["erin", "agent-9"] {
+        let err = readable(&addr, token).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{token}");
+        assert_eq!(error_code(&err), "not_a_reviewer", "{token}: {}", err.message());
+    }
+    let err = readable(&addr, "forged").await.expect_err("no token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // Alice: her request, and the session that filed nothing; not the
+    // finance session or request, not the fleet's events.
+    let alice = readable(&addr, "alice").await.expect("alice reads");
+    let subjects_seen: std::collections::BTreeSet<&str> = alice.iter().map(|(s, _)| s.as_str()).collect();
+    let expected: std::collections::BTreeSet<String> = [subjects::request(&ours), subjects::session(&quiet)]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        subjects_seen,
+        expected.iter().map(String::as_str).collect(),
+        "{alice:?}"
+    );
+    // Fiona: the finance session and request, and the session that filed nothing.
+    let fiona = readable(&addr, "fiona").await.expect("fiona reads");
+    let subjects_seen: std::collections::BTreeSet<&str> = fiona.iter().map(|(s, _)| s.as_str()).collect();
+    let expected: std::collections::BTreeSet<String> = [
+        subjects::session(&finance),
+        subjects::request(&theirs),
+        subjects::session(&quiet),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        subjects_seen,
+        expected.iter().map(String::as_str).collect(),
+        "{fiona:?}"
+    );
+    // Auditors: all of it, the fleet's events too.
+    let audrey = readable(&addr, "audrey").await.expect("audrey reads");
+    assert_eq!(audrey.len() as u64, log.last_sequence().await.expect("last"));
+    assert!(audrey.iter().any(|(_, k)| *k == "policy_loaded"));
+}
+
+/// Opens Attach on `channel` with `hello`; the inbound stream after the
+/// Welcome, or the refusal.
+async fn attach_on(
+    channel: Channel,
+    hello: proto::ProxyHello,
+) -> Result<
+    (
+        tonic::Streaming<proto::ControlMessage>,
+        tokio::sync::mpsc::Sender<proto::ProxyMessage>,
+    ),
+    tonic::Status,
+> {
+    let mut proxy = ProxyServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(proto::ProxyMessage {
+        message: Some(proto::proxy_message::Message::Hello(hello)),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = proxy
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match inbound.next().await {
+        Some(Ok(proto::ControlMessage {
+            message: Some(proto::control_message::Message::Welcome(_)),
+        })) => Ok((inbound, tx)),
+        Some(Err(s)) => Err(s),
+        other => panic!("not a welcome: {other:?}"),
+    }
+}
+
+fn hello(proxy_id: &str, held: &[(&RequestId, &SessionId)], sessions: &[&SessionId]) -> proto::ProxyHello {
+    proto::ProxyHello {
+        proxy_id: proxy_id.into(),
+        held: held
+            .iter()
+            .map(|(r, s)| proto::Held {
+                request_id: r.to_string(),
+                session_id: s.to_string(),
+                statement_sha256: vec![42; 32],
+            })
+            .collect(),
+        session_ids: sessions.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The next decision on `inbound` within `wait`, skipping heartbeats.
+async fn next_decision(
+    inbound: &mut tonic::Streaming<proto::ControlMessage>,
+    wait: Duration,
+) -> Option<proto::DecisionNotice> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, inbound.next()).await {
+            Ok(Some(Ok(proto::ControlMessage {
+                message: Some(proto::control_message::Message::Decision(d)),
+            }))) => return Some(d),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_hears_only_the_decisions_and_kills_of_what_it_filed() {
+    let nats = NatsServer::start();
+    let (addr, live, log) = replica(&nats, "replica-1").await;
+    let session = open_session(&log, &live, "proxy-b").await;
+    let request = file_request_in(&log, &session, REVIEWERS, "proxy-b", 1, Duration::from_secs(600)).await;
+    caught_up(&log, &live).await;
+    let channel = || async {
+        Channel::from_shared(addr.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    };
+    // Proxy A claims to hold proxy B's request and session.
+    let (mut a, _a) = attach_on(
+        channel().await,
+        hello("proxy-a", &[(&request, &session)], &[&session]),
+    )
+    .await
+    .expect("proxy-a attaches");
+    let (mut b, _b) = attach_on(
+        channel().await,
+        hello("proxy-b", &[(&request, &session)], &[&session]),
+    )
+    .await
+    .expect("proxy-b attaches");
+
+    let mut reviewer = ReviewerServiceClient::new(channel().await);
+    decide(&mut reviewer, "alice", &request, proto::Decision::Approve)
+        .await
+        .expect("alice approves");
+    let notice = next_decision(&mut b, Duration::from_secs(5))
+        .await
+        .expect("the filing proxy hears it");
+    assert_eq!(notice.request_id, request.to_string());
+    assert!(
+        next_decision(&mut a, Duration::from_millis(800)).await.is_none(),
+        "another proxy does not"
+    );
+    // Nor on a later attach, where decisions made meanwhile are caught up.
+    let (mut again, _again) = attach_on(channel().await, hello("proxy-a", &[(&request, &session)], &[]))
+        .await
+        .expect("proxy-a attaches again");
+    assert!(
+        next_decision(&mut again, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+
+    kill(&mut reviewer, "alice", &session)
+        .await
+        .expect("alice ends it");
+    assert!(next_kill(&mut b, Duration::from_secs(5)).await.is_some());
+    assert!(next_kill(&mut a, Duration::from_millis(800)).await.is_none());
+}
+
+#[tokio::test]
+async fn attach_without_a_client_certificate_is_refused_unless_loopback_development_allows_it() {
+    let nats = NatsServer::start();
+    for attach in [AttachAuth::ClientCertificate, AttachAuth::Refused] {
+        let (addr, _live, _log) = replica_with(&nats, "replica-1", attach, None).await;
+        let channel = Channel::from_shared(addr)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let err = attach_on(channel, hello("proxy-1", &[], &[]))
+            .await
+            .map(|_| ())
+            .expect_err("no certificate, no Attach");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{attach:?}: {err:?}");
+        assert_eq!(error_code(&err), "unauthenticated", "{attach:?}");
+        assert!(err.message().contains("client certificate"), "{}", err.message());
+    }
+    // Loopback development: a client on 127.0.0.1 attaches without one
+    // (a client elsewhere would not: see `proxy_auth`'s tests).
+    let (addr, _live, _log) = replica(&nats, "replica-1").await;
+    let channel = Channel::from_shared(addr)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    attach_on(channel.clone(), hello("proxy-1", &[], &[]))
+        .await
+        .expect("loopback development");
+    let err = attach_on(channel, hello("", &[], &[]))
+        .await
+        .map(|_| ())
+        .expect_err("a proxy id is required");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+/// A CA, a server certificate for localhost, and client certificates named
+/// `proxy-a` (common name) and `proxy-b` (DNS name only), signed by
+/// the CA.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    clients: HashMap<&'static str, (String, String)>,
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "test CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA cert").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |cn: Option<&str>, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        server: leaf(
+            Some("control"),
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        clients: HashMap::from([
+            (
+                "proxy-a",
+                leaf(Some("proxy-a"), vec![], ExtendedKeyUsagePurpose::ClientAuth),
+            ),
+            (
+                "proxy-b",
+                leaf(None, vec!["proxy-b".into()], ExtendedKeyUsagePurpose::ClientAuth),
+            ),
+        ]),
+        ca: ca_pem,
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_attaches_only_as_the_proxy_it_names() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    let nats = NatsServer::start();
+    let pki = pki();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&pki.server.0, &pki.server.1))
+        .client_ca_root(Certificate::from_pem(&pki.ca))
+        .client_auth_optional(true);
+    let (addr, _live, _log) =
+        replica_with(&nats, "replica-1", AttachAuth::ClientCertificate, Some(tls)).await;
+    let channel = |client: Option<&str>| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca))
+            .domain_name("localhost");
+        if let Some(name) = client {
+            let (cert, key) = &pki.clients[name];
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let endpoint = Channel::from_shared(addr.clone())
+            .expect("url")
+            .tls_config(tls)
+            .expect("client TLS");
+        async move { endpoint.connect().await.expect("TLS connect") }
+    };
+
+    attach_on(channel(Some("proxy-a")).await, hello("proxy-a", &[], &[]))
+        .await
+        .expect("its own name");
+    attach_on(channel(Some("proxy-b")).await, hello("proxy-b", &[], &[]))
+        .await
+        .expect("its DNS name");
+    let err = attach_on(channel(Some("proxy-a")).await, hello("proxy-b", &[], &[]))
+        .await
+        .map(|_| ())
+        .expect_err("another proxy's name");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("names proxy-a, not proxy proxy-b"),
+        "{}",
+        err.message()
+    );
+    let err = attach_on(channel(None).await, hello("proxy-a", &[], &[]))
+        .await
+        .map(|_| ())
+        .expect_err("no certificate");
+    assert!(err.message().contains("client certificate"), "{}", err.message());
 }

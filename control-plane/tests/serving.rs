@@ -74,6 +74,8 @@ async fn replica(nats: &NatsServer) -> Replica {
         auth: Arc::new(Alice),
         source: source.clone(),
         kill_groups: vec![REVIEWERS.into()],
+        auditor_groups: Vec::new(),
+        attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
     };
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),

@@ -181,6 +181,8 @@ approvals:
 control:
   listen: 127.0.0.1:$CONTROL_PORT
   checkpoints: { signing_key: $state/checkpoint.key, interval: 30s }
+  # The proxy attaches over loopback without a client certificate: development only.
+  allow_insecure_attach_loopback: true
 reviewer:
   listen: 127.0.0.1:$REVIEWER_PORT
   control: http://127.0.0.1:$CONTROL_PORT

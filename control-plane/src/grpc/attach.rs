@@ -1,11 +1,16 @@
 //! `ProxyService`: the `Attach` stream each proxy keeps, carrying decisions
 //! and kill orders for what it holds.
+//!
+//! Who may attach, and as which proxy id, is `proxy_auth`'s. Whatever a
+//! proxy announces, its stream carries only what the log says is its own:
+//! the outcome of a request whose `ApprovalRequested` names its proxy id,
+//! the kill order of a session whose `SessionOpened` does.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use airlock_eventlog::StoredEvent;
 use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::{ProxyId, StoredEvent};
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,13 +19,16 @@ use tonic::{Request, Response, Status};
 use airlock_proto::ErrorCode;
 
 use crate::live::Live;
-use crate::projection::Request as RequestState;
+use crate::projection::{Projection, Request as RequestState};
 
+use super::proxy_auth::Peer;
 use super::{Control, status};
 
 /// What a proxy holds, per Attach stream.
 #[derive(Debug, Default)]
 struct Holdings {
+    /// Authenticated by `proxy_auth`: only this proxy's requests and
+    /// sessions are told on the stream.
     proxy_id: String,
     requests: HashMap<String, String>,
     sessions: HashSet<String>,
@@ -89,6 +97,8 @@ impl proto::proxy_service_server::ProxyService for Control {
         request: Request<tonic::Streaming<proto::ProxyMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         use proto::proxy_message::Message as In;
+        let peer = Peer::of(&request);
+        peer.admit(self.attach)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(proto::ProxyMessage {
@@ -101,6 +111,9 @@ impl proto::proxy_service_server::ProxyService for Control {
                 ));
             }
         };
+        ProxyId::parse(&hello.proxy_id)
+            .map_err(|e| status(ErrorCode::InvalidArgument, format!("Hello's proxy_id: {e}")))?;
+        peer.may_be(self.attach, &hello.proxy_id)?;
         self.ready()?;
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading state, so no outcome falls in between.
@@ -181,12 +194,16 @@ async fn send_decided(live: &Live, held: &mut Holdings, tx: &Tx) -> bool {
         let notices = held
             .requests
             .keys()
-            .filter_map(|id| s.request(id).and_then(|r| notice(r, "")))
+            .filter_map(|id| {
+                s.request(id)
+                    .filter(|r| held.filed(r))
+                    .and_then(|r| notice(r, ""))
+            })
             .collect();
         let kills = held
             .sessions
             .iter()
-            .filter(|id| !held.killed.contains(*id))
+            .filter(|id| !held.killed.contains(*id) && held.opened(s, id))
             .filter_map(|id| s.sessions.get(id)?.kill.as_ref().map(|k| k.order.clone()))
             .collect();
         (notices, kills)
@@ -214,6 +231,22 @@ async fn send_decided(live: &Live, held: &mut Holdings, tx: &Tx) -> bool {
     true
 }
 
+impl Holdings {
+    /// Whether this proxy filed request `r` (its `ApprovalRequested`
+    /// names it): only then is its outcome told on this stream.
+    fn filed(&self, r: &RequestState) -> bool {
+        r.requested().proxy_id == self.proxy_id
+    }
+
+    /// Whether this proxy opened session `id` (its `SessionOpened` names
+    /// it): only then is its kill order sent on this stream.
+    fn opened(&self, s: &Projection, id: &str) -> bool {
+        s.sessions
+            .get(id)
+            .is_some_and(|x| x.summary.proxy_id == self.proxy_id)
+    }
+}
+
 async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx) -> bool {
     let e = &event.event;
     match &e.body {
@@ -223,7 +256,12 @@ async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx)
             | Body::ApprovalExpired(_)
             | Body::ApprovalCancelled(_),
         ) if held.requests.contains_key(&e.request_id) => {
-            if let Some(n) = live.read(|s| s.request(&e.request_id).and_then(|r| notice(r, &e.id))) {
+            let n = live.read(|s| {
+                s.request(&e.request_id)
+                    .filter(|r| held.filed(r))
+                    .and_then(|r| notice(r, &e.id))
+            });
+            if let Some(n) = n {
                 held.requests.remove(&e.request_id);
                 return tx
                     .send(Ok(control(proto::control_message::Message::Decision(n))))
@@ -232,12 +270,9 @@ async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx)
             }
             true
         }
-        // Sessions opened after the proxy attached are known from the log:
-        // the kill names the proxy its SessionOpened named.
-        Some(Body::SessionKillRequested(k))
-            if held.sessions.contains(&e.session_id)
-                || (!k.proxy_id.is_empty() && k.proxy_id == held.proxy_id) =>
-        {
+        // Sessions opened after the proxy attached are known from the log
+        // too: what counts is the proxy their SessionOpened named.
+        Some(Body::SessionKillRequested(k)) if live.read(|s| held.opened(s, &e.session_id)) => {
             if !held.killed.insert(e.session_id.clone()) {
                 return true;
             }

@@ -1,4 +1,6 @@
-//! `AuditService`: the log from a sequence, filtered, then live.
+//! `AuditService`: the log from a sequence, filtered, then live. Auditors
+//! read all of it; reviewers only the events of the requests and sessions
+//! they may see (`crate::access`); nobody else any.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -10,6 +12,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use airlock_eventlog::subjects::{SubjectKind, classify};
+
+use crate::access::{Caller, requests_named};
 use crate::live::Live;
 
 use super::{Control, log_status};
@@ -22,7 +27,8 @@ impl proto::audit_service_server::AuditService for Control {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.reviewer(&request).await?;
+        let caller = self.reader(&request).await?;
+        let scope = (!caller.auditor).then(|| ReviewerScope::new(caller));
         let q = request.into_inner();
         let filter = ReadFilter {
             subjects: q.subjects.clone(),
@@ -48,6 +54,7 @@ impl proto::audit_service_server::AuditService for Control {
         let live = self.live.clone();
         tokio::spawn(async move {
             futures::pin_mut!(stream);
+            let mut scope = scope;
             let mut by_identity = (!q.identity.is_empty()).then(|| IdentityFilter::new(&q.identity));
             while let Some(item) = stream.next().await {
                 let out = match item {
@@ -63,7 +70,9 @@ impl proto::audit_service_server::AuditService for Control {
                         let wanted = |k: &String| {
                             k == kind || (k == "statement_executed" && kind == "statements_executed")
                         };
-                        if (!q.kinds.is_empty() && !q.kinds.iter().any(wanted))
+                        // The scope first: it learns from every event it passes.
+                        if scope.as_mut().is_some_and(|f| !f.matches(&live, &e))
+                            || (!q.kinds.is_empty() && !q.kinds.iter().any(wanted))
                             || (!q.session_id.is_empty() && e.event.session_id != q.session_id)
                             || (!q.request_id.is_empty() && e.event.request_id != q.request_id)
                             || by_identity.as_mut().is_some_and(|f| !f.matches(&live, &e))
@@ -172,5 +181,64 @@ impl IdentityFilter {
             Some(Body::SessionKillRequested(k)) if self.is(k.requested_by.as_ref()) => true,
             _ => self.session(live, &e.session_id) || self.request(live, &e.request_id),
         }
+    }
+}
+
+/// What a reviewer may read of the log: the events of the requests whose
+/// groups include theirs, and of the sessions they may see, each event of
+/// which must also name only such requests. A request's groups are learnt
+/// from its `ApprovalRequested` as the stream passes it (the fold may not
+/// have it yet), or else looked up in the fold; an unknown request is
+/// nobody's. Fleet events (`PolicyLoaded`) and checkpoints are for
+/// auditors.
+struct ReviewerScope {
+    caller: Caller,
+    /// Requests passed on the stream: whether the caller may see them.
+    requests: HashMap<String, bool>,
+    /// Requests passed on the stream, by the session that filed them.
+    filed: HashMap<String, Vec<String>>,
+}
+
+impl ReviewerScope {
+    fn new(caller: Caller) -> ReviewerScope {
+        ReviewerScope {
+            caller,
+            requests: HashMap::new(),
+            filed: HashMap::new(),
+        }
+    }
+
+    fn request(&self, state: &crate::projection::Projection, id: &str) -> bool {
+        match self.requests.get(id) {
+            Some(known) => *known,
+            None => self.caller.may_read_request_id(state, id),
+        }
+    }
+
+    fn session(&self, state: &crate::projection::Projection, id: &str) -> bool {
+        let folded = state.session_requests.get(id).into_iter().flatten();
+        let passed = self.filed.get(id).into_iter().flatten();
+        self.caller
+            .reviews_session_with(folded.chain(passed).map(|r| self.request(state, r)))
+    }
+
+    fn matches(&mut self, live: &Live, stored: &StoredEvent) -> bool {
+        let e = &stored.event;
+        if let Some(Body::ApprovalRequested(r)) = &e.body {
+            let mine = self.caller.may_read_request(r);
+            self.requests.insert(e.request_id.clone(), mine);
+            self.filed
+                .entry(e.session_id.clone())
+                .or_default()
+                .push(e.request_id.clone());
+            return mine;
+        }
+        live.read(|state| match classify(&stored.subject) {
+            SubjectKind::Request(id) => self.request(state, &id),
+            SubjectKind::Session(id) => {
+                self.session(state, &id) && requests_named(e).into_iter().all(|r| self.request(state, r))
+            }
+            SubjectKind::Proxy(_) | SubjectKind::Checkpoint | SubjectKind::Other => false,
+        })
     }
 }

@@ -3,8 +3,10 @@
 //! the proxies holding them), `AuditService` (the log, then live) and the
 //! standard health service.
 //!
-//! One file per service (`reviewer`, `attach`, `audit`, `health`); this one
-//! holds what they share: the caller's identity and the error exit. Every
+//! One file per service (`reviewer`, `attach`, `audit`, `health`), and
+//! `proxy_auth` (who may open `Attach`); this one holds what they share:
+//! the caller's identity and roles (the rules are in `crate::access`) and
+//! the error exit. Every
 //! refusal leaves through [`status`], which logs it and carries its stable
 //! code ([`ErrorCode`], shared with the reviewer) as a `google.rpc.ErrorInfo`
 //! in the status details, the convention gRPC clients read.
@@ -18,6 +20,7 @@ use airlock_eventlog::proto;
 use airlock_proto::ErrorCode;
 use tonic::{Request, Status};
 
+use crate::access::{Caller, Roles};
 use crate::act::VoteError;
 use crate::decide::DecideError;
 use crate::live::Live;
@@ -40,8 +43,14 @@ pub struct Control {
     pub auth: Arc<dyn ReviewerAuth>,
     pub source: proto::Source,
     /// Reviewer groups (`approvals.reviewers`, by name and object id):
-    /// their members may read records and kill sessions.
+    /// their members may use the reviewer service, narrowed to what the
+    /// groups of each request allow (`crate::access`).
     pub kill_groups: Vec<String>,
+    /// Auditor groups (`control.auditors`, by name and object id): their
+    /// members read every record and the whole log, and decide nothing.
+    pub auditor_groups: Vec<String>,
+    /// How `Attach` authenticates proxies.
+    pub attach: AttachAuth,
 }
 
 impl std::fmt::Debug for Control {
@@ -113,28 +122,42 @@ fn who(identity: &proto::Identity) -> String {
 }
 
 impl Control {
-    /// The verified caller, who must be in one of the reviewer groups
-    /// (`approvals.reviewers`): records of sessions and requests are not for
-    /// agents or anyone else. Deciding checks the request's own groups too.
-    async fn reviewer<T>(&self, request: &Request<T>) -> Result<proto::Identity, Status> {
-        let identity = self.caller(request).await?;
-        if !self.in_kill_groups(&identity) {
-            return Err(status(
-                ErrorCode::NotAReviewer,
-                format!("{} is not in a reviewer group", who(&identity)),
-            ));
+    fn roles(&self) -> Roles {
+        Roles {
+            reviewers: self.kill_groups.clone(),
+            auditors: self.auditor_groups.clone(),
         }
-        Ok(identity)
     }
 
-    /// Whether `identity` is in one of the reviewer groups, by object id
-    /// or by name.
-    fn in_kill_groups(&self, identity: &proto::Identity) -> bool {
-        identity.groups.iter().any(|g| {
-            self.kill_groups
-                .iter()
-                .any(|k| *k == g.id || (!g.name.is_empty() && *k == g.name))
-        })
+    /// The verified caller, who must be a reviewer or an auditor: records
+    /// of sessions and requests are not for agents or anyone else. What
+    /// each may see is narrowed further by `crate::access`.
+    async fn reader<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.roles().caller(self.caller(request).await?);
+        if !caller.reviewer && !caller.auditor {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!("{} is not in a reviewer or auditor group", who(&caller.identity)),
+            ));
+        }
+        Ok(caller)
+    }
+
+    /// The verified caller, who must be a reviewer (`approvals.reviewers`)
+    /// to act: auditors read, they do not decide. The request's or the
+    /// session's own groups are checked after.
+    async fn actor<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.reader(request).await?;
+        if !caller.reviewer {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!(
+                    "{} is an auditor: auditors read records, they do not vote or kill sessions",
+                    who(&caller.identity)
+                ),
+            ));
+        }
+        Ok(caller)
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<proto::Identity, Status> {
@@ -168,6 +191,8 @@ impl Control {
 mod attach;
 mod audit;
 pub mod health;
+pub mod proxy_auth;
 mod reviewer;
 
 pub use attach::HEARTBEAT;
+pub use proxy_auth::AttachAuth;

@@ -1,5 +1,7 @@
 //! `ReviewerService`: list, get, decide and watch requests; list, read and
-//! kill sessions. Every call needs a reviewer's token.
+//! kill sessions. Every call needs a reviewer's or an auditor's token, and
+//! shows only what `crate::access` lets the caller see; votes and kills
+//! need a reviewer's.
 
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{SessionId, StoredEvent, new_event, subjects};
@@ -9,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use airlock_proto::ErrorCode;
 
+use crate::access::Caller;
 use crate::act;
-use crate::decide::{DecideError, Vote, in_reviewer_groups};
+use crate::decide::{DecideError, Vote};
 use crate::projection::Request as RequestState;
 
 use super::{Control, decide_status, log_status, status, vote_status, who};
@@ -33,7 +36,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::ListRequestsRequest>,
     ) -> Result<Response<proto::ListRequestsResponse>, Status> {
-        let caller = self.reviewer(&request).await?;
+        let caller = self.reader(&request).await?;
         self.ready()?;
         let q = request.into_inner();
         let page_size = page_size(q.page_size);
@@ -49,7 +52,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                 let asked = r.requested();
                 // Reviewers see only requests their groups may review.
                 if !keep(r)
-                    || !in_reviewer_groups(&caller, asked)
+                    || !caller.may_read_request(asked)
                     || (!q.connection.is_empty()
                         && asked.connection.as_ref().map(|c| c.name.as_str()) != Some(q.connection.as_str()))
                     || (!q.reviewer_group.is_empty()
@@ -81,11 +84,11 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::GetRequestRequest>,
     ) -> Result<Response<proto::RequestView>, Status> {
-        let caller = self.reviewer(&request).await?;
+        let caller = self.reader(&request).await?;
         let id = request.into_inner().request_id;
         let found = self.live.read(|s| {
             s.request(&id)
-                .map(|r| (in_reviewer_groups(&caller, r.requested()), r.view.clone()))
+                .map(|r| (caller.may_read_request(r.requested()), r.view.clone()))
         });
         match found {
             Some((true, view)) => Ok(Response::new(view)),
@@ -109,7 +112,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     })
                     .unwrap_or_default();
                 Err(decide_status(DecideError::NotAReviewer {
-                    who: who(&caller),
+                    who: who(&caller.identity),
                     groups,
                 }))
             }
@@ -121,7 +124,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::DecideResponse>, Status> {
-        let reviewer = self.reviewer(&request).await?;
+        let reviewer = self.actor(&request).await?.identity;
         self.ready()?;
         let q = request.into_inner();
         let vote = Vote {
@@ -151,7 +154,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.reviewer(&request).await?;
+        let caller = self.reader(&request).await?;
         let q = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let mut changes = self.live.subscribe();
@@ -164,7 +167,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                     .values()
                     .filter(|r| r.view.sequence > q.after_sequence)
                     .filter(|r| state_filter(&q.states)(r))
-                    .filter(|r| in_reviewer_groups(&caller, r.requested()))
+                    .filter(|r| caller.may_read_request(r.requested()))
                     .map(|r| r.view.clone())
                     .collect();
                 v.sort_by_key(|r| r.sequence);
@@ -204,7 +207,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                 }
                 let view = live.read(|s| {
                     s.request(&event.event.request_id)
-                        .filter(|r| in_reviewer_groups(&caller, r.requested()))
+                        .filter(|r| caller.may_read_request(r.requested()))
                         .map(|r| r.view.clone())
                 });
                 let Some(view) = view else { continue };
@@ -228,12 +231,13 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::ListSessionsRequest>,
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
-        self.reviewer(&request).await?;
+        let caller = self.reader(&request).await?;
         let q = request.into_inner();
         let page_size = page_size(q.page_size);
         let mut sessions = self.live.read(|s| {
             s.sessions
                 .values()
+                .filter(|x| caller.may_read_session(s, &x.summary.session_id))
                 .filter(|x| q.states.is_empty() || q.states.contains(&x.summary.state))
                 .filter(|x| {
                     q.connection.is_empty()
@@ -272,17 +276,23 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::GetSessionRequest>,
     ) -> Result<Response<proto::SessionView>, Status> {
-        self.reviewer(&request).await?;
+        let caller = self.reader(&request).await?;
         let id = request.into_inner().session_id;
         let sid = SessionId::parse(&id).map_err(|e| status(ErrorCode::InvalidArgument, e.to_string()))?;
-        let (summary, request_ids) = self
-            .live
-            .read(|s| {
-                s.sessions
-                    .get(&id)
-                    .map(|x| (x.summary.clone(), x.request_ids.clone()))
-            })
-            .ok_or_else(|| status(ErrorCode::NotFound, format!("no session {id}")))?;
+        let (summary, request_ids) = self.live.read(|s| {
+            let x = s.sessions.get(&id).ok_or_else(|| no_session(&id))?;
+            if !caller.may_read_session(s, &id) {
+                return Err(not_theirs(&caller, &id, "see"));
+            }
+            // Only the requests the caller may see come with the session.
+            let visible = x
+                .request_ids
+                .iter()
+                .filter(|r| caller.may_read_request_id(s, r))
+                .cloned()
+                .collect::<Vec<_>>();
+            Ok((x.summary.clone(), visible))
+        })?;
         let mut timeline: Vec<StoredEvent> = self
             .log
             .read_subject(&subjects::session(&sid))
@@ -303,22 +313,28 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             }
         }
         timeline.sort_by_key(|e| e.sequence);
-        Ok(Response::new(proto::SessionView {
-            summary: Some(summary),
-            // Statements recorded together are shown one by one, each at
-            // the sequence of the event that holds it.
-            timeline: timeline
+        // Statements recorded together are shown one by one, each at the
+        // sequence of the event that holds it; those that ran or were
+        // refused under a request the caller may not see are left out.
+        let timeline = self.live.read(|s| {
+            timeline
                 .into_iter()
                 .flat_map(|e| {
                     airlock_eventlog::split_group(&e.event)
                         .into_iter()
+                        .filter(|single| caller.may_read_session_event(s, single))
                         .map(move |single| proto::RecordedEvent {
                             sequence: e.sequence,
                             subject: e.subject.clone(),
                             event: Some(single),
                         })
+                        .collect::<Vec<_>>()
                 })
-                .collect(),
+                .collect()
+        });
+        Ok(Response::new(proto::SessionView {
+            summary: Some(summary),
+            timeline,
             requests,
         }))
     }
@@ -327,19 +343,26 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::KillSessionRequest>,
     ) -> Result<Response<proto::KillSessionResponse>, Status> {
-        let reviewer = self.reviewer(&request).await?;
-        if reviewer.kind != proto::identity::Kind::User as i32 {
+        let caller = self.actor(&request).await?;
+        if !caller.is_person() {
             return Err(decide_status(DecideError::AppIdentity {
-                who: reviewer.display_name.clone(),
+                who: caller.identity.display_name.clone(),
             }));
         }
         let q = request.into_inner();
         let sid =
             SessionId::parse(&q.session_id).map_err(|e| status(ErrorCode::InvalidArgument, e.to_string()))?;
-        let proxy_id = self
-            .live
-            .read(|s| s.sessions.get(sid.as_str()).map(|x| x.summary.proxy_id.clone()))
-            .ok_or_else(|| status(ErrorCode::NotFound, format!("no session {sid}")))?;
+        let proxy_id = self.live.read(|s| {
+            let x = s
+                .sessions
+                .get(sid.as_str())
+                .ok_or_else(|| no_session(sid.as_str()))?;
+            if !caller.reviews_session(s, sid.as_str()) {
+                return Err(not_theirs(&caller, sid.as_str(), "kill"));
+            }
+            Ok(x.summary.proxy_id.clone())
+        })?;
+        let reviewer = caller.identity;
         let mut event = new_event(
             &self.source,
             Body::SessionKillRequested(proto::SessionKillRequested {
@@ -367,4 +390,20 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             sequence: appended.sequence,
         }))
     }
+}
+
+fn no_session(id: &str) -> Status {
+    status(ErrorCode::NotFound, format!("no session {id}"))
+}
+
+/// The refusal of a session the caller has no rights over: it filed
+/// requests, none of them for the caller's groups.
+fn not_theirs(caller: &Caller, id: &str, what: &str) -> Status {
+    status(
+        ErrorCode::NotAReviewer,
+        format!(
+            "{} may not {what} session {id}: none of its requests is for their reviewer groups",
+            who(&caller.identity)
+        ),
+    )
 }
