@@ -1098,6 +1098,34 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn text_postgresql_reads_differently_from_the_parser_never_runs() {
+        // sqlparser and PostgreSQL disagreed on where a string or comment
+        // ends: a non-ASCII dollar-quote tag, an operator running into
+        // `--`. The parser saw one SELECT; PostgreSQL ran the DELETE too.
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let mut raw = Raw::login(f.addr).await;
+        for sql in [
+            "SELECT $€$ --$€$; DELETE FROM orders;",
+            "SELECT '{\"a\":1}'::jsonb ?--'\n chr(97); DELETE FROM orders; --'",
+            "SELECT '[1,2)'::int4range &>--'\n int4range(0,1); DELETE FROM orders; --'",
+        ] {
+            raw.send(&[FeMessage::Query { sql: sql.into() }]).await;
+            assert_eq!(raw.until_ready().await.1.len(), 1, "{sql:?} was refused");
+            assert_untouched(&f);
+        }
+        let cte = "WITH a AS (SELECT '{}'::jsonb ?--'\n chr(97)), d AS (DELETE FROM orders RETURNING 1) \
+                   SELECT 1 FROM a --') SELECT 1 FROM a";
+        raw.send(&[parse("", cte), bind("", ""), execute(""), FeMessage::Sync])
+            .await;
+        assert_eq!(
+            raw.until_ready().await.1.len(),
+            1,
+            "refused over the extended protocol"
+        );
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
     async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
         let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
         let mut raw = Raw::login(f.addr).await;

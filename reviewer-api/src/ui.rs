@@ -237,6 +237,15 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
             dl {
                 dt { "connection" } dd { (connection(asked.connection.as_ref())) }
                 dt { "statement" } dd.statement { (statement(asked.statement.as_ref())) }
+                @if copies_from_client(asked.verdict.as_ref()) {
+                    dt { "data" }
+                    dd {
+                        p.warning.copy-data {
+                            "COPY FROM STDIN: approving this approves the command. The rows the agent \
+                             streams after it are not shown here; they are written as they arrive."
+                        }
+                    }
+                }
                 dt { "rule" } dd { (rule(asked.verdict.as_ref())) }
                 dt { "approvals" }
                 dd { span.approvals { (json::approvals_given(view)) " of " (asked.approvals_required) } }
@@ -282,6 +291,14 @@ async fn inbox(State(app): State<crate::State>, headers: HeaderMap) -> Result<Ma
         }
     };
     Ok(html::page("Inbox", Some(&viewer(&caller)), Live::Inbox, body))
+}
+
+/// Whether a statement is a `COPY ... FROM STDIN` (its effects are a COPY
+/// and an INSERT, not from a server file or program): its rows come after
+/// the approval, unreviewed.
+fn copies_from_client(verdict: Option<&proto::Verdict>) -> bool {
+    let has = |kind: &str| verdict.is_some_and(|v| v.effects.iter().any(|e| e.kind == kind));
+    has("COPY") && has("INSERT") && !has("SERVER FILE") && !has("PROGRAM")
 }
 
 /// Longest part of a statement shown in the history table.

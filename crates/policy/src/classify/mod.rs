@@ -8,6 +8,7 @@
 //! inserts, functions anywhere in a statement are `FUNCTION` effects unless
 //! known to be read-only, and `EXECUTE name` is what `PREPARE name` held.
 
+mod lexing;
 mod prepared;
 mod reading;
 mod scan;
@@ -113,6 +114,12 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     // name PostgreSQL sees differs from ours: refuse to judge such text.
     if contains_unicode_escaped_identifier(sql) {
         out.unparsed = Some("Unicode-escaped identifiers (U&\"...\") are not supported".into());
+        out.effects = leading_keyword_effects(sql);
+        return out;
+    }
+    // What PostgreSQL's scanner reads must be what the parser reads.
+    if let Some(why) = lexing::disagreement(sql) {
+        out.unparsed = Some(why);
         out.effects = leading_keyword_effects(sql);
         return out;
     }
@@ -301,10 +308,10 @@ impl Classifier<'_, '_> {
         reads = dedup(reads);
         let is_query = matches!(statement, Statement::Query(_));
         // SELECT ... FOR UPDATE / FOR SHARE locks (writes) every row it reads
-        // until the transaction ends: a LOCK on those tables, not a read.
-        if let Statement::Query(q) = statement
-            && !q.locks.is_empty()
-        {
+        // until the transaction ends: a LOCK on those tables, not a read. At
+        // any depth: in a subquery, a CTE, a LATERAL or UNION branch, or a
+        // cursor's query, PostgreSQL takes the same locks.
+        if locks_rows(statement) {
             self.push(Effect::on(Kind::Lock, reads.clone()));
         }
         if is_query || !reads.is_empty() {
@@ -698,6 +705,24 @@ fn set_kind(set: &Set) -> Kind {
         Set::SetTransaction { .. } => Kind::Transaction,
         _ => Kind::Set,
     }
+}
+
+/// Whether any query in `statement`, at any depth, has a locking clause
+/// (`FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE`).
+fn locks_rows(statement: &Statement) -> bool {
+    use sqlparser::ast::{Visit, Visitor};
+    struct Locks;
+    impl Visitor for Locks {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> std::ops::ControlFlow<()> {
+            if q.locks.is_empty() {
+                std::ops::ControlFlow::Continue(())
+            } else {
+                std::ops::ControlFlow::Break(())
+            }
+        }
+    }
+    statement.visit(&mut Locks).is_break()
 }
 
 /// `SET role = x` is `SET ROLE x`; likewise session_authorization.

@@ -334,3 +334,36 @@ fn explain_judges_the_calls_its_planning_may_evaluate() {
         vec![k(Kind::Select, &["public.orders"])]
     );
 }
+
+#[test]
+fn row_locks_count_at_any_depth() {
+    for sql in [
+        "SELECT * FROM orders FOR UPDATE",
+        "SELECT * FROM (SELECT * FROM orders FOR UPDATE) s",
+        "WITH l AS (SELECT * FROM orders FOR UPDATE) SELECT * FROM l",
+        "SELECT * FROM t, LATERAL (SELECT * FROM orders FOR SHARE) x",
+        "SELECT 1 UNION ALL (SELECT 1 FROM orders FOR NO KEY UPDATE)",
+        "DECLARE c CURSOR FOR SELECT * FROM orders FOR UPDATE",
+    ] {
+        // A LOCK effect, or text the parser does not take (never allowed).
+        let locked = kinds(sql).iter().any(|(k, _)| *k == Kind::Lock);
+        assert!(
+            locked || effects(sql).unparsed.is_some(),
+            "{sql}: {:?}",
+            kinds(sql)
+        );
+    }
+    assert!(
+        !kinds("SELECT * FROM orders")
+            .iter()
+            .any(|(k, _)| *k == Kind::Lock)
+    );
+}
+
+#[test]
+fn reads_inside_a_parenthesised_set_operand_count() {
+    assert_eq!(
+        kinds("SELECT 1 UNION ALL (SELECT 1 FROM orders)"),
+        vec![k(Kind::Select, &["public.orders"])]
+    );
+}
