@@ -177,14 +177,13 @@ impl ToUpstream {
         ctx.holding.store(false, std::sync::atomic::Ordering::Release);
         deps.holds.release(request_id.as_str());
         Ok(
-            match outcome(notice.as_ref(), &statement.sha256, &rid, spec.timeout) {
-                // Nothing runs on an expired identity, approved or not: the
-                // agent reconnects with a fresh token and asks again.
-                Decided::Granted if super::login::token_expired(&ctx.agent.identity) => Step::refuse(
-                    error_response::granted_after_token_expired(&rid),
-                    Cause::Expired,
-                    rid,
-                ),
+            match outcome(
+                notice.as_ref(),
+                &statement.sha256,
+                &rid,
+                spec.timeout,
+                super::login::token_expired(&ctx.agent.identity),
+            ) {
                 Decided::Granted if grant_in_log(&ctx, &request_id, &statement.sha256).await => {
                     Step::Run { request_id: rid }
                 }
@@ -236,7 +235,15 @@ enum Decided {
 
 /// Pure: the decision notice the control plane sent, against the held
 /// bytes' digest. A grant for other bytes is refused; no notice is expiry.
-fn outcome(notice: Option<&proto::DecisionNotice>, held: &[u8], rid: &str, timeout: Duration) -> Decided {
+/// Nothing runs on an expired identity, approved or not (`token_expired`):
+/// the agent reconnects with a fresh token and asks again.
+fn outcome(
+    notice: Option<&proto::DecisionNotice>,
+    held: &[u8],
+    rid: &str,
+    timeout: Duration,
+    token_expired: bool,
+) -> Decided {
     let Some(n) = notice else {
         return Decided::Refused(
             error_response::hold_expired(rid, timeout.as_secs()),
@@ -244,6 +251,9 @@ fn outcome(notice: Option<&proto::DecisionNotice>, held: &[u8], rid: &str, timeo
         );
     };
     match Outcome::try_from(n.outcome) {
+        Ok(Outcome::Granted) if token_expired => {
+            Decided::Refused(error_response::granted_after_token_expired(rid), Cause::Expired)
+        }
         Ok(Outcome::Granted) if n.statement_sha256 == held => Decided::Granted,
         Ok(Outcome::Granted) => Decided::Refused(error_response::digest_mismatch(rid), Cause::DigestMismatch),
         Ok(Outcome::Denied) => Decided::Refused(
@@ -332,14 +342,14 @@ mod tests {
     #[test]
     fn a_grant_for_the_held_bytes_is_a_grant() {
         assert!(matches!(
-            outcome(Some(&notice(Outcome::Granted, HELD)), HELD, "r1", T),
+            outcome(Some(&notice(Outcome::Granted, HELD)), HELD, "r1", T, false),
             Decided::Granted
         ));
     }
 
     #[test]
     fn a_grant_for_other_bytes_is_refused() {
-        match outcome(Some(&notice(Outcome::Granted, b"other")), HELD, "r1", T) {
+        match outcome(Some(&notice(Outcome::Granted, b"other")), HELD, "r1", T, false) {
             Decided::Refused(d, Cause::DigestMismatch) => assert_eq!(d.code, "42501"),
             other => panic!("{other:?}"),
         }
@@ -347,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_denial_names_the_reviewer_and_the_reason() {
-        match outcome(Some(&notice(Outcome::Denied, HELD)), HELD, "r1", T) {
+        match outcome(Some(&notice(Outcome::Denied, HELD)), HELD, "r1", T, false) {
             Decided::Refused(d, Cause::Denied) => {
                 assert_eq!(d.code, "42501");
                 assert_eq!(d.message, "request r1 was denied by Alice Reviewer: looks wrong");
@@ -359,7 +369,7 @@ mod tests {
     #[test]
     fn no_decision_in_time_is_a_retryable_timeout() {
         for n in [None, Some(notice(Outcome::Expired, HELD))] {
-            match outcome(n.as_ref(), HELD, "r1", T) {
+            match outcome(n.as_ref(), HELD, "r1", T, false) {
                 Decided::Refused(d, Cause::Expired) => {
                     assert_eq!(d.code, "57014");
                     assert!(
@@ -375,8 +385,19 @@ mod tests {
 
     #[test]
     fn a_cancelled_request_is_a_cancel() {
-        match outcome(Some(&notice(Outcome::Cancelled, HELD)), HELD, "r1", T) {
+        match outcome(Some(&notice(Outcome::Cancelled, HELD)), HELD, "r1", T, false) {
             Decided::Refused(d, Cause::Cancelled) => assert_eq!(d.code, "57014"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_grant_after_the_token_expired_runs_nothing() {
+        match outcome(Some(&notice(Outcome::Granted, HELD)), HELD, "r1", T, true) {
+            Decided::Refused(d, Cause::Expired) => {
+                assert_eq!(d.code, "28000");
+                assert!(d.message.contains("expired while it waited"), "{}", d.message);
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -386,7 +407,7 @@ mod tests {
         let mut n = notice(Outcome::Granted, HELD);
         n.outcome = 99;
         assert!(matches!(
-            outcome(Some(&n), HELD, "r1", T),
+            outcome(Some(&n), HELD, "r1", T, false),
             Decided::Refused(_, Cause::Expired)
         ));
     }
