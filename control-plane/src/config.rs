@@ -25,7 +25,7 @@ pub struct ControlSection {
     /// up with the log, 503 before); off when unset.
     #[serde(default)]
     pub health_listen: Option<SocketAddr>,
-    /// Where to serve `GET /metrics` (Prometheus text) over HTTP; off when
+    /// Where to serve `GET /metrics` (OpenMetrics text) over HTTP; off when
     /// unset. May be the same address as `health_listen`.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,

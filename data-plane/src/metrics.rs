@@ -1,5 +1,5 @@
 //! The proxy's Prometheus metrics, served on `GET /metrics` of
-//! `proxy.metrics_listen` (text format 0.0.4). This module owns the names;
+//! `proxy.metrics_listen` (OpenMetrics text 1.0.0). This module owns the names;
 //! the session bumps them where things happen. Durations are histograms in
 //! seconds; counters end in `_total`.
 

@@ -54,7 +54,8 @@ impl ToUpstream {
         }
         match judgement.action.clone() {
             // A held statement is parsed upstream (parsing runs nothing) and
-            // held at its Execute, where the parameters are known.
+            // held at its Bind, where the parameters are known and before
+            // PostgreSQL plans it.
             Action::Allow | Action::Hold(_) => {
                 let statement = Statement {
                     text: query,
