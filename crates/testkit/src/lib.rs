@@ -1,6 +1,7 @@
 //! Test harness for integration and end-to-end tests: throwaway `nats-server`
 //! (JetStream on, temp store, free port) and throwaway PostgreSQL (initdb into
-//! a temp dir, free port) instances.
+//! a temp dir, free port) instances, and [`eventually`], the one way a test
+//! waits for something to happen.
 //!
 //! Every server runs under a small shell watchdog that holds a pipe from the
 //! test process. When the test process ends, however it ends (normal exit, a
@@ -12,19 +13,22 @@
 //! A missing binary is a panic that says how to install it: tests never skip
 //! silently.
 //!
-//! The API is blocking on purpose: servers are shared across `#[tokio::test]`
-//! functions that each run their own runtime, so nothing here may belong to a
-//! runtime.
+//! The servers' API is blocking on purpose: servers are shared across
+//! `#[tokio::test]` functions that each run their own runtime, so nothing
+//! here may belong to a runtime. (`eventually` is a future, but it only
+//! sleeps on whichever runtime polls it.)
 
 #![allow(clippy::print_stdout)]
 
 mod nats;
 mod postgres;
 mod process;
+mod wait;
 
 pub use nats::{NatsServer, shared_nats};
 pub use postgres::{Postgres, PostgresOptions, shared_postgres};
 pub use process::{find_binary, free_port};
+pub use wait::{POLL_INTERVAL, Probe, eventually, eventually_blocking, satisfies};
 
 /// How the harness tells a developer to get the servers it needs.
 pub const INSTALL_HINT: &str =

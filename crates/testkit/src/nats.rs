@@ -5,9 +5,10 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::process::{Supervised, find_binary, free_port, log_tail, wait_for_port};
+use crate::wait::poll_blocking;
 
 /// A `nats-server` with JetStream, its store in a temp dir, on free ports of
 /// 127.0.0.1. Dropping it stops the server and removes the store.
@@ -73,22 +74,18 @@ impl NatsServer {
 
     /// Polls the monitoring endpoint until JetStream reports healthy.
     fn jetstream_healthy(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitor_port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let req = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-                let mut resp = String::new();
-                if s.write_all(req.as_bytes()).is_ok()
-                    && s.read_to_string(&mut resp).is_ok()
-                    && resp.starts_with("HTTP/1.0 200")
-                {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        false
+        let healthy = || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let req = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+            let mut resp = String::new();
+            s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut resp).is_ok()
+                && resp.starts_with("HTTP/1.0 200")
+        };
+        poll_blocking(timeout, healthy).is_ok()
     }
 
     /// `nats://127.0.0.1:<port>`.

@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::INSTALL_HINT;
 use crate::process::{Supervised, find_binary, free_port, log_tail, running_as_root, wait_for_port};
+use crate::wait::poll_blocking;
 
 /// The superuser of every harness cluster. It is trusted on loopback; every
 /// other role authenticates with SCRAM-SHA-256 unless `hba_lines` say otherwise.
@@ -291,14 +292,9 @@ impl Postgres {
             return Err(log_tail(&log));
         }
         // Accepting TCP is not accepting queries: wait for the end of recovery.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.try_psql("postgres", "SELECT 1").is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(log_tail(&log))
+        poll_blocking(Duration::from_secs(30), || self.try_psql("postgres", "SELECT 1"))
+            .map(drop)
+            .map_err(|_| log_tail(&log))
     }
 
     pub fn port(&self) -> u16 {

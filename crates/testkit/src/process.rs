@@ -5,9 +5,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::INSTALL_HINT;
+use crate::wait::poll_blocking;
 
 /// Finds `name`: the environment variable `env_override` first (a path), then
 /// `PATH`, then the workspace's `.airlock/bin` (where install-deps.sh links
@@ -157,11 +158,7 @@ impl Supervised {
                 .arg(format!("-{signal}"))
                 .arg(self.pid.to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while self.is_running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if self.is_running() {
+            if poll_blocking(Duration::from_secs(20), || !self.is_running()).is_err() {
                 let _ = Command::new("kill")
                     .arg("-KILL")
                     .arg(self.pid.to_string())
@@ -197,14 +194,10 @@ pub(crate) fn log_tail(log: &Path) -> String {
 
 /// Waits until `127.0.0.1:port` accepts a TCP connection.
 pub(crate) fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    poll_blocking(timeout, || {
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+    })
+    .is_ok()
 }
 
 /// True when running as root, where PostgreSQL refuses to start.
