@@ -24,17 +24,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use airlock_e2e::{authed, request_id};
+use airlock_e2e::bench::{agent_config, env};
+use airlock_e2e::{authed, request_id, session_with};
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{EventLog, NatsSettings};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 type Reviewer = proto::reviewer_service_client::ReviewerServiceClient<tonic::transport::Channel>;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
 
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -62,24 +59,8 @@ fn summary(name: &str, mut values: Vec<f64>) -> String {
 async fn agent(
     config: &tokio_postgres::Config,
 ) -> (Arc<tokio_postgres::Client>, mpsc::UnboundedReceiver<String>) {
-    let (client, mut conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("the agent logs in");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
-                    let _ = tx.send(n.message().to_owned());
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    (Arc::new(client), rx)
+    let (client, notices) = session_with(config).await;
+    (Arc::new(client), notices)
 }
 
 /// What one held statement measured.
@@ -169,15 +150,7 @@ async fn main() {
         .map_or(8, |v| v.parse().expect("a count"))
         .clamp(1, statements.max(1));
     let token = env("AIRLOCK_BENCH_REVIEWER_TOKEN").expect("AIRLOCK_BENCH_REVIEWER_TOKEN");
-    let (host, port) = addr.rsplit_once(':').expect("AIRLOCK_BENCH_ADDR is host:port");
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port.parse().expect("a port"))
-        .user(env("AIRLOCK_BENCH_USER").unwrap_or_default())
-        .dbname(env("AIRLOCK_BENCH_DB").unwrap_or_default())
-        .password(env("AIRLOCK_BENCH_PASSWORD").unwrap_or_default())
-        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let config = agent_config(&addr);
     let log = EventLog::connect(NatsSettings::new(nats))
         .await
         .expect("connect to NATS");

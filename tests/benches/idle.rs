@@ -15,11 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_e2e::bench::{agent_config, env};
 use futures::StreamExt;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
 
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -73,16 +70,8 @@ async fn main() {
     };
     let pid: u32 = pid.parse().expect("AIRLOCK_BENCH_PID is a pid");
     let n: usize = env("AIRLOCK_BENCH_CONNECTIONS").map_or(1000, |v| v.parse().expect("a count"));
-    let (host, port) = addr.rsplit_once(':').expect("AIRLOCK_BENCH_ADDR is host:port");
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port.parse().expect("a port"))
-        .user(env("AIRLOCK_BENCH_USER").unwrap_or_default())
-        .dbname(env("AIRLOCK_BENCH_DB").unwrap_or_default())
-        .password(env("AIRLOCK_BENCH_PASSWORD").unwrap_or_default())
-        .ssl_mode(tokio_postgres::config::SslMode::Disable)
-        .connect_timeout(Duration::from_secs(30));
+    let mut config = agent_config(&addr);
+    config.connect_timeout(Duration::from_secs(30));
     let target = Target { config };
 
     // Warm up: first logins fill caches (signing keys, pools) that do not

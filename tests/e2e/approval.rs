@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use airlock_e2e::{AGENT_TOKEN, Stack, authed, request_id};
+use airlock_e2e::review::vote;
+use airlock_e2e::{AGENT_TOKEN, Stack, StackBuilder, authed, eventually, request_id, satisfies};
 use airlock_eventlog::proto;
 use tokio_postgres::error::SqlState;
 
@@ -18,32 +19,66 @@ async fn held_request(notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>
     request_id(&notice).expect("the notice names the request")
 }
 
-async fn decide(
-    stack: &Stack,
-    token: &str,
-    id: &str,
-    decision: proto::Decision,
-    reason: &str,
-) -> Result<(), tonic::Status> {
+/// The held statement's task, once released (ten seconds at most).
+async fn released<T>(held: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("released")
+        .expect("task")
+}
+
+/// The request, as alice reads it through the control plane.
+async fn request_view(stack: &Stack, id: &str) -> proto::RequestView {
     stack
         .reviewer()
         .await
-        .decide(authed(
-            token,
-            proto::DecideRequest {
+        .get_request(authed(
+            "alice",
+            proto::GetRequestRequest {
                 request_id: id.to_owned(),
-                decision: decision as i32,
-                reason: reason.to_owned(),
-                statement_sha256: vec![],
             },
         ))
         .await
-        .map(|_| ())
+        .expect("get request")
+        .into_inner()
+}
+
+/// The session's record, as alice reads it through the control plane.
+async fn session_record(stack: &Stack, session_id: &str) -> proto::SessionView {
+    stack
+        .reviewer()
+        .await
+        .get_session(authed(
+            "alice",
+            proto::GetSessionRequest {
+                session_id: session_id.to_owned(),
+            },
+        ))
+        .await
+        .expect("session record")
+        .into_inner()
+}
+
+/// What the record's timeline holds, by kind.
+fn timeline_kinds(view: &proto::SessionView) -> Vec<&'static str> {
+    view.timeline
+        .iter()
+        .filter_map(|e| e.event.as_ref()?.body.as_ref().map(airlock_eventlog::body_kind))
+        .collect()
+}
+
+/// Waits for `id`'s request to be cancelled in the control plane.
+async fn cancelled(stack: &Stack, id: &str) {
+    eventually("the request to be cancelled", Duration::from_secs(5), || async {
+        let state = stack.live.read(|s| s.request(id).map(|r| r.state()));
+        satisfies(state, |s| *s == Some(proto::RequestState::Cancelled))
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_delete_waits_for_approval_then_runs() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, mut notices) = stack.agent().await;
     let held = tokio::spawn(async move {
         let r = agent.simple_query("DELETE FROM orders WHERE id <= 3").await;
@@ -62,18 +97,7 @@ async fn a_delete_waits_for_approval_then_runs() {
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
 
     // The reviewer sees who wants to run exactly what.
-    let view = stack
-        .reviewer()
-        .await
-        .get_request(authed(
-            "alice",
-            proto::GetRequestRequest {
-                request_id: id.clone(),
-            },
-        ))
-        .await
-        .expect("get request")
-        .into_inner();
+    let view = request_view(&stack, &id).await;
     let asked = view.request.expect("request");
     assert_eq!(
         asked.identity.as_ref().map(|i| i.display_name.as_str()),
@@ -89,24 +113,20 @@ async fn a_delete_waits_for_approval_then_runs() {
     );
 
     // The agent cannot approve its own request.
-    let err = decide(&stack, AGENT_TOKEN, &id, proto::Decision::Approve, "me")
+    let err = stack
+        .decide(AGENT_TOKEN, vote(&id, proto::Decision::Approve, "me"))
         .await
         .expect_err("no self-approval");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
-    decide(
-        &stack,
-        "alice",
-        &id,
-        proto::Decision::Approve,
-        "cleanup of test orders",
-    )
-    .await
-    .expect("alice approves");
-    let (agent, result) = tokio::time::timeout(Duration::from_secs(10), held)
+    stack
+        .decide(
+            "alice",
+            vote(&id, proto::Decision::Approve, "cleanup of test orders"),
+        )
         .await
-        .expect("released")
-        .expect("task");
+        .expect("alice approves");
+    let (agent, result) = released(held).await;
     result.expect("the DELETE ran");
     assert_eq!(
         stack.pg.psql("shop", "SELECT count(*) FROM orders"),
@@ -119,26 +139,21 @@ async fn a_delete_waits_for_approval_then_runs() {
 
 #[tokio::test]
 async fn a_denied_delete_never_reaches_the_database() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, mut notices) = stack.agent().await;
     let held = tokio::spawn(async move {
         let r = agent.simple_query("DELETE FROM orders").await;
         (agent, r)
     });
     let id = held_request(&mut notices).await;
-    decide(
-        &stack,
-        "bob",
-        &id,
-        proto::Decision::Deny,
-        "not during business hours",
-    )
-    .await
-    .expect("bob denies");
-    let (agent, result) = tokio::time::timeout(Duration::from_secs(10), held)
+    stack
+        .decide(
+            "bob",
+            vote(&id, proto::Decision::Deny, "not during business hours"),
+        )
         .await
-        .expect("released")
-        .expect("task");
+        .expect("bob denies");
+    let (agent, result) = released(held).await;
     let err = result.expect_err("denied");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     let msg = err
@@ -160,15 +175,14 @@ async fn a_denied_delete_never_reaches_the_database() {
 
 #[tokio::test]
 async fn an_unanswered_delete_expires_and_is_refused() {
-    let stack = Stack::start(Duration::from_secs(1)).await;
+    let stack = StackBuilder::new()
+        .hold_timeout(Duration::from_secs(1))
+        .start()
+        .await;
     let (agent, mut notices) = stack.agent().await;
     let held = tokio::spawn(async move { agent.simple_query("DELETE FROM orders").await });
     let _ = held_request(&mut notices).await;
-    let err = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .expect("released")
-        .expect("task")
-        .expect_err("expired");
+    let err = released(held).await.expect_err("expired");
     let msg = err
         .as_db_error()
         .map(|d| d.message().to_owned())
@@ -181,7 +195,7 @@ async fn an_unanswered_delete_expires_and_is_refused() {
 
 #[tokio::test]
 async fn the_session_record_ties_identity_statement_approver_and_outcome() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, mut notices) = stack.agent().await;
     let held = tokio::spawn(async move {
         let r = agent
@@ -190,7 +204,8 @@ async fn the_session_record_ties_identity_statement_approver_and_outcome() {
         (agent, r)
     });
     let id = held_request(&mut notices).await;
-    decide(&stack, "alice", &id, proto::Decision::Approve, "ticket 42")
+    stack
+        .decide("alice", vote(&id, proto::Decision::Approve, "ticket 42"))
         .await
         .expect("approve");
     let (agent, r) = held.await.expect("task");
@@ -202,40 +217,24 @@ async fn the_session_record_ties_identity_statement_approver_and_outcome() {
         .read(|s| s.request(&id).map(|r| r.view.session_id.clone()))
         .expect("request folded");
     // The StatementExecuted for the approved UPDATE arrives asynchronously.
-    let mut view = None;
-    for _ in 0..50 {
-        let v = stack
-            .reviewer()
-            .await
-            .get_session(authed(
-                "alice",
-                proto::GetSessionRequest {
-                    session_id: session_id.clone(),
-                },
-            ))
-            .await
-            .expect("session record")
-            .into_inner();
-        let done = v.timeline.iter().any(|e| {
-            matches!(&e.event.as_ref().and_then(|e| e.body.clone()), Some(proto::event::Body::StatementExecuted(x)) if x.request_id == id)
-        });
-        if done {
-            view = Some(v);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let view = view.expect("the executed UPDATE is in the session record");
-    let summary = view.summary.expect("summary");
+    let view = eventually(
+        "the executed UPDATE in the session record",
+        Duration::from_secs(5),
+        || async {
+            let view = session_record(&stack, &session_id).await;
+            let done = view.timeline.iter().any(|e| {
+                matches!(&e.event.as_ref().and_then(|e| e.body.clone()), Some(proto::event::Body::StatementExecuted(x)) if x.request_id == id)
+            });
+            if done { Ok(view) } else { Err(timeline_kinds(&view)) }
+        },
+    )
+    .await;
+    let summary = view.summary.clone().expect("summary");
     assert_eq!(
         summary.identity.as_ref().map(|i| i.subject.as_str()),
         Some("oid-agent-7")
     );
-    let kinds: Vec<&str> = view
-        .timeline
-        .iter()
-        .filter_map(|e| e.event.as_ref()?.body.as_ref().map(airlock_eventlog::body_kind))
-        .collect();
+    let kinds = timeline_kinds(&view);
     for want in [
         "session_opened",
         "approval_requested",
@@ -267,25 +266,14 @@ async fn the_session_record_ties_identity_statement_approver_and_outcome() {
 
 #[tokio::test]
 async fn over_the_extended_protocol_a_delete_is_held_at_execute_with_its_parameters() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, mut notices) = stack.agent().await;
     let held = tokio::spawn(async move {
         let r = agent.execute("DELETE FROM orders WHERE id <= $1", &[&4i32]).await;
         (agent, r)
     });
     let id = held_request(&mut notices).await;
-    let view = stack
-        .reviewer()
-        .await
-        .get_request(authed(
-            "alice",
-            proto::GetRequestRequest {
-                request_id: id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner();
+    let view = request_view(&stack, &id).await;
     let statement = view.request.and_then(|r| r.statement).expect("statement");
     assert_eq!(statement.text, "DELETE FROM orders WHERE id <= $1");
     assert_eq!(statement.protocol, proto::statement::Protocol::Extended as i32);
@@ -299,13 +287,11 @@ async fn over_the_extended_protocol_a_delete_is_held_at_execute_with_its_paramet
         "the reviewer sees the bound value"
     );
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
-    decide(&stack, "alice", &id, proto::Decision::Approve, "ok")
+    stack
+        .decide("alice", vote(&id, proto::Decision::Approve, "ok"))
         .await
         .expect("approve");
-    let (agent, r) = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .expect("released")
-        .expect("task");
+    let (agent, r) = released(held).await;
     assert_eq!(r.expect("the DELETE ran"), 4, "four rows deleted");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "6");
 
@@ -315,13 +301,11 @@ async fn over_the_extended_protocol_a_delete_is_held_at_execute_with_its_paramet
         (agent, r)
     });
     let id = held_request(&mut notices).await;
-    decide(&stack, "bob", &id, proto::Decision::Deny, "no")
+    stack
+        .decide("bob", vote(&id, proto::Decision::Deny, "no"))
         .await
         .expect("deny");
-    let (agent, r) = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .expect("released")
-        .expect("task");
+    let (agent, r) = released(held).await;
     let err = r.expect_err("denied");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err:?}");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "6");
@@ -336,7 +320,7 @@ async fn over_the_extended_protocol_a_delete_is_held_at_execute_with_its_paramet
 
 #[tokio::test]
 async fn cancelling_a_held_statement_cancels_its_request() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, mut notices) = stack.agent().await;
     let cancel = agent.cancel_token();
     let held = tokio::spawn(async move {
@@ -348,24 +332,14 @@ async fn cancelling_a_held_statement_cancels_its_request() {
         .cancel_query(tokio_postgres::NoTls)
         .await
         .expect("cancel sent");
-    let (agent, r) = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .expect("released")
-        .expect("task");
+    let (agent, r) = released(held).await;
     let err = r.expect_err("cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
     // The request is cancelled in the control plane; nobody can approve it now.
-    let mut state = None;
-    for _ in 0..50 {
-        state = stack.live.read(|s| s.request(&id).map(|r| r.state()));
-        if state == Some(proto::RequestState::Cancelled) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, Some(proto::RequestState::Cancelled));
-    let err = decide(&stack, "alice", &id, proto::Decision::Approve, "late")
+    cancelled(&stack, &id).await;
+    let err = stack
+        .decide("alice", vote(&id, proto::Decision::Approve, "late"))
         .await
         .expect_err("too late");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -374,8 +348,8 @@ async fn cancelling_a_held_statement_cancels_its_request() {
 
 #[tokio::test]
 async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
-    let other_proxy = stack.second_proxy().await;
+    let stack = StackBuilder::new().proxies(2).start().await;
+    let other_proxy = stack.proxies[1];
     let (agent, _) = stack.agent().await;
     let cancel = agent.cancel_token();
     let started = std::time::Instant::now();
@@ -400,20 +374,17 @@ async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy(
 
 #[tokio::test]
 async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, _) = stack.agent().await;
     let started = std::time::Instant::now();
     let running = tokio::spawn(async move { agent.simple_query("SELECT pg_sleep(30)").await });
     // Find the session and kill it.
-    let mut session_id = None;
-    for _ in 0..50 {
-        session_id = stack.live.read(|s| s.sessions.keys().next().cloned());
-        if session_id.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let session_id = session_id.expect("the session is known to the control plane");
+    let session_id = eventually(
+        "the session to be known to the control plane",
+        Duration::from_secs(5),
+        || async { stack.live.read(|s| s.sessions.keys().next().cloned()) },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The agent's own token cannot kill; a reviewer can.
     let err = stack
@@ -455,52 +426,36 @@ async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     // The upstream query was cancelled, not left running.
-    let mut still = String::new();
-    for _ in 0..30 {
-        still = stack.pg.psql(
+    eventually("pg_sleep to stop upstream", Duration::from_secs(5), || async {
+        let active = stack.pg.psql(
             "postgres",
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
         );
-        if still == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(still, "0", "pg_sleep still running upstream");
+        satisfies(active, |n| n == "0")
+    })
+    .await;
     // The log still says what was running when the session was ended.
-    let mut unfinished = None;
-    for _ in 0..50 {
-        let view = stack
-            .reviewer()
-            .await
-            .get_session(authed(
-                "alice",
-                proto::GetSessionRequest {
-                    session_id: session_id.clone(),
-                },
-            ))
-            .await
-            .expect("session record")
-            .into_inner();
-        unfinished = view
-            .timeline
-            .iter()
-            .find_map(|e| match e.event.as_ref()?.body.as_ref()? {
-                proto::event::Body::StatementExecuted(x)
-                    if x.statement
-                        .as_ref()
-                        .is_some_and(|s| s.text == "SELECT pg_sleep(30)") =>
-                {
-                    Some(x.clone())
-                }
-                _ => None,
-            });
-        if unfinished.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let unfinished = unfinished.expect("the statement running at the kill is recorded");
+    let unfinished = eventually(
+        "the statement running at the kill in the session record",
+        Duration::from_secs(5),
+        || async {
+            let view = session_record(&stack, &session_id).await;
+            view.timeline
+                .iter()
+                .find_map(|e| match e.event.as_ref()?.body.as_ref()? {
+                    proto::event::Body::StatementExecuted(x)
+                        if x.statement
+                            .as_ref()
+                            .is_some_and(|s| s.text == "SELECT pg_sleep(30)") =>
+                    {
+                        Some(x.clone())
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| timeline_kinds(&view))
+        },
+    )
+    .await;
     assert!(unfinished.unfinished, "{unfinished:?}");
     assert!(
         unfinished
@@ -515,18 +470,14 @@ async fn a_reviewer_kills_a_session_and_its_running_query_stops() {
 #[tokio::test]
 async fn shutting_down_refuses_held_statements_then_ends_sessions() {
     use airlock_proxy::session::Phase;
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (idle, _) = stack.agent().await;
     let (agent, mut notices) = stack.agent().await;
     let held = tokio::spawn(async move { agent.simple_query("DELETE FROM orders").await });
     let id = held_request(&mut notices).await;
 
     stack.shutdown_phase(Phase::Draining);
-    let err = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .expect("released")
-        .expect("task")
-        .expect_err("refused");
+    let err = released(held).await.expect_err("refused");
     let msg = err
         .as_db_error()
         .map(|d| d.message().to_owned())
@@ -536,63 +487,54 @@ async fn shutting_down_refuses_held_statements_then_ends_sessions() {
         "{msg}"
     );
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "10");
-    let mut state = None;
-    for _ in 0..50 {
-        state = stack.live.read(|s| s.request(&id).map(|r| r.state()));
-        if state == Some(proto::RequestState::Cancelled) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        state,
-        Some(proto::RequestState::Cancelled),
-        "nobody can approve it any more"
-    );
+    // Nobody can approve it any more.
+    cancelled(&stack, &id).await;
 
     // Draining: open sessions go on; new connections are not accepted.
     idle.simple_query("SELECT 1")
         .await
         .expect("an open session goes on while draining");
-    let mut refused = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(stack.proxy).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(refused, "no new connections while draining");
+    eventually(
+        "new connections to be refused while draining",
+        Duration::from_secs(5),
+        || async { tokio::net::TcpStream::connect(stack.proxy()).await.is_err() },
+    )
+    .await;
 
     // Stopping: the rest end with a clear FATAL.
     stack.shutdown_phase(Phase::Stopping);
-    let mut ended = false;
-    for _ in 0..50 {
-        if idle.simple_query("SELECT 1").await.is_err() {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ended, "sessions end when the proxy stops");
+    eventually(
+        "sessions to end when the proxy stops",
+        Duration::from_secs(5),
+        || async { idle.simple_query("SELECT 1").await.is_err() },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_held_statement_in_a_transaction_and_in_a_pipeline_behaves_as_postgres_would() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, mut notices) = stack.agent().await;
     let agent = std::sync::Arc::new(agent);
 
+    // In a transaction that inserted `insert`, a DELETE of `delete` is
+    // held: its request, and the task that waits for its outcome.
+    let mut held_in_a_transaction = async |insert: i32, delete: i32| {
+        agent.simple_query("BEGIN").await.expect("begin");
+        agent
+            .simple_query(&format!("INSERT INTO orders (id) VALUES ({insert})"))
+            .await
+            .expect("insert");
+        let a = agent.clone();
+        let sql = format!("DELETE FROM orders WHERE id = {delete}");
+        let held = tokio::spawn(async move { a.simple_query(&sql).await });
+        (held_request(&mut notices).await, held)
+    };
+
     // Inside a transaction, approved: everything commits together.
-    agent.simple_query("BEGIN").await.expect("begin");
-    agent
-        .simple_query("INSERT INTO orders (id) VALUES (100)")
-        .await
-        .expect("insert");
-    let a = agent.clone();
-    let held = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 1").await });
-    let id = held_request(&mut notices).await;
-    decide(&stack, "alice", &id, proto::Decision::Approve, "ok")
+    let (id, held) = held_in_a_transaction(100, 1).await;
+    stack
+        .decide("alice", vote(&id, proto::Decision::Approve, "ok"))
         .await
         .expect("approve");
     held.await.expect("task").expect("delete ran");
@@ -607,15 +549,9 @@ async fn a_held_statement_in_a_transaction_and_in_a_pipeline_behaves_as_postgres
 
     // Inside a transaction, denied: the transaction is aborted, as if
     // PostgreSQL had refused the statement; COMMIT rolls back.
-    agent.simple_query("BEGIN").await.expect("begin");
-    agent
-        .simple_query("INSERT INTO orders (id) VALUES (101)")
-        .await
-        .expect("insert");
-    let a = agent.clone();
-    let held = tokio::spawn(async move { a.simple_query("DELETE FROM orders WHERE id = 2").await });
-    let id = held_request(&mut notices).await;
-    decide(&stack, "bob", &id, proto::Decision::Deny, "no")
+    let (id, held) = held_in_a_transaction(101, 2).await;
+    stack
+        .decide("bob", vote(&id, proto::Decision::Deny, "no"))
         .await
         .expect("deny");
     held.await.expect("task").expect_err("denied");
@@ -651,7 +587,8 @@ async fn a_held_statement_in_a_transaction_and_in_a_pipeline_behaves_as_postgres
         futures::future::join3(a.query(&s1, &[]), b.execute(&s2, &[&3i32]), c.query(&s3, &[])).await
     });
     let id = held_request(&mut notices).await;
-    decide(&stack, "alice", &id, proto::Decision::Approve, "ok")
+    stack
+        .decide("alice", vote(&id, proto::Decision::Approve, "ok"))
         .await
         .expect("approve");
     let (before, deleted, after) = tokio::time::timeout(Duration::from_secs(10), pipeline)
@@ -673,7 +610,7 @@ async fn a_held_statement_in_a_transaction_and_in_a_pipeline_behaves_as_postgres
 /// refused saying so, not as "log unavailable", and the session goes on.
 #[tokio::test]
 async fn a_held_statement_too_large_for_the_log_is_refused_saying_so() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     let (agent, _) = stack.agent().await;
     let filler = "x".repeat(1024 * 1024 - 64);
     let sql = format!("DELETE FROM orders WHERE note = '{filler}'");

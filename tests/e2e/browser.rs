@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use airlock_e2e::binaries::{ALICE, Held, Options, ReviewerStack, hold};
+use airlock_e2e::StackBuilder;
+use airlock_e2e::binaries::{ALICE, BinaryStack, Held, hold};
 use serde_json::{Value, json};
 
 const HINT: &str = "run ./deploy/local/install-deps.sh (installs Debian's chromium, Node.js and \
@@ -50,7 +51,7 @@ fn check_tools() {
 /// says READY once the inbox is open, `live` then holds another statement,
 /// and the browser waits for it to appear there by itself.
 async fn review(
-    stack: &ReviewerStack,
+    stack: &BinaryStack,
     request_id: &str,
     decision: &str,
     screenshot: Option<&Path>,
@@ -162,7 +163,7 @@ async fn outcome(held: Held) -> Result<u64, tokio_postgres::Error> {
 
 #[tokio::test]
 async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
-    let stack = ReviewerStack::start(Options::default());
+    let stack = StackBuilder::new().orders(20).reviewer().start_binaries();
     let agent = stack.agent_token();
     // Something else waiting too, so the inbox shows more than one request.
     let (other, _notices) = stack.connect(&agent).await;
@@ -207,7 +208,7 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
 
 #[tokio::test]
 async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused() {
-    let stack = ReviewerStack::start(Options::default());
+    let stack = StackBuilder::new().orders(20).reviewer().start_binaries();
     let agent = stack.agent_token();
     let statement = "DELETE FROM orders WHERE id = 17";
     let held = hold(&stack, &agent, statement).await;

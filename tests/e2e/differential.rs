@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use airlock_e2e::{AGENT_TOKEN, Stack};
+use airlock_e2e::{AGENT_TOKEN, Stack, StackBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -133,16 +133,21 @@ fn batch(rng: &mut Rng) -> (Vec<u8>, usize, Vec<String>) {
                 b.extend_from_slice(&0i16.to_be_bytes());
                 bytes.extend(msg(b'B', &b));
             }
-            5 => {
+            choice @ (5 | 8) => {
+                let (tag, verb) = if choice == 5 {
+                    (b'D', "Describe")
+                } else {
+                    (b'C', "Close")
+                };
                 let (kind, name) = if rng.below(2) == 0 {
                     (b'S', rng.pick(STATEMENTS))
                 } else {
                     (b'P', rng.pick(PORTALS))
                 };
-                script.push(format!("Describe {} {name:?}", kind as char));
+                script.push(format!("{verb} {} {name:?}", kind as char));
                 let mut b = vec![kind];
                 cstr(&mut b, name);
-                bytes.extend(msg(b'D', &b));
+                bytes.extend(msg(tag, &b));
             }
             6 | 7 => {
                 let portal = rng.pick(EXECUTED);
@@ -152,17 +157,6 @@ fn batch(rng: &mut Rng) -> (Vec<u8>, usize, Vec<String>) {
                 cstr(&mut b, portal);
                 b.extend_from_slice(&limit.to_be_bytes());
                 bytes.extend(msg(b'E', &b));
-            }
-            8 => {
-                let (kind, name) = if rng.below(2) == 0 {
-                    (b'S', rng.pick(STATEMENTS))
-                } else {
-                    (b'P', rng.pick(PORTALS))
-                };
-                script.push(format!("Close {} {name:?}", kind as char));
-                let mut b = vec![kind];
-                cstr(&mut b, name);
-                bytes.extend(msg(b'C', &b));
             }
             _ => {
                 if rng.below(2) == 0 {
@@ -315,6 +309,19 @@ impl Conn {
     }
 }
 
+/// A session straight to PostgreSQL's `shop`, and one through the proxy.
+async fn connect_both(stack: &Stack) -> (Conn, Conn) {
+    let direct = Conn::connect(stack.pg.port(), "postgres", "shop", None).await;
+    let proxied = Conn::connect(
+        stack.proxy().port(),
+        "agent-7",
+        "prod-maintenance",
+        Some(AGENT_TOKEN),
+    )
+    .await;
+    (direct, proxied)
+}
+
 /// Seeds CI runs: fixed, so a red run is reproducible and no run is flaky.
 /// `AIRLOCK_DIFF_SEED=<n>` replays one seed; `AIRLOCK_DIFF_SEED=random`
 /// explores a fresh one (printed on failure).
@@ -322,7 +329,7 @@ const SEEDS: &[u64] = &[0x5eed_0001, 0x5eed_0002, 0x5eed_0003];
 
 #[tokio::test]
 async fn random_protocol_batches_get_the_same_answers_through_the_proxy_as_from_postgres() {
-    let stack = Stack::start(Duration::from_secs(30)).await;
+    let stack = StackBuilder::new().start().await;
     let seeds: Vec<u64> = match std::env::var("AIRLOCK_DIFF_SEED").ok().as_deref() {
         None => SEEDS.to_vec(),
         Some("random") => vec![
@@ -346,14 +353,7 @@ async fn random_protocol_batches_get_the_same_answers_through_the_proxy_as_from_
 async fn run_seed(stack: &Stack, seed: u64, batches: usize) {
     // Printed with the test's output when it fails, whatever the failure.
     eprintln!("AIRLOCK_DIFF_SEED={seed}");
-    let mut direct = Conn::connect(stack.pg.port(), "postgres", "shop", None).await;
-    let mut proxied = Conn::connect(
-        stack.proxy.port(),
-        "agent-7",
-        "prod-maintenance",
-        Some(AGENT_TOKEN),
-    )
-    .await;
+    let (mut direct, mut proxied) = connect_both(stack).await;
     for c in [&mut direct, &mut proxied] {
         c.simple("CREATE TEMP TABLE scratch (v int)").await;
     }
@@ -444,7 +444,7 @@ async fn run_seed(stack: &Stack, seed: u64, batches: usize) {
 /// statement; so must the proxy, rather than refuse the name as ambiguous.
 #[tokio::test]
 async fn a_name_an_unanswered_batch_may_redefine_is_judged_once_postgres_answers() {
-    let stack = Stack::start(Duration::from_secs(30)).await;
+    let stack = StackBuilder::new().start().await;
     let parse = |name: &str, sql: &str| {
         let mut b = Vec::new();
         cstr(&mut b, name);
@@ -470,14 +470,7 @@ async fn a_name_an_unanswered_batch_may_redefine_is_judged_once_postgres_answers
         sync,
     ]
     .concat();
-    let mut direct = Conn::connect(stack.pg.port(), "postgres", "shop", None).await;
-    let mut proxied = Conn::connect(
-        stack.proxy.port(),
-        "agent-7",
-        "prod-maintenance",
-        Some(AGENT_TOKEN),
-    )
-    .await;
+    let (mut direct, mut proxied) = connect_both(&stack).await;
     let want = direct.run(&bytes, 3).await;
     let got = proxied.run(&bytes, 3).await;
     let kinds = |v: &[Be]| v.iter().map(Be::describe).collect::<Vec<_>>();

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airlock_e2e::{AGENT_TOKEN, Stack, authed};
+use airlock_e2e::review::vote;
+use airlock_e2e::{AGENT_TOKEN, Stack, StackBuilder};
 use airlock_eventlog::proto;
 
 fn python() -> PathBuf {
@@ -17,12 +18,23 @@ fn python() -> PathBuf {
     p
 }
 
-fn agent(stack: &Stack, driver: &str, sql: &str, params: &[i32]) -> tokio::process::Child {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/agent.py");
-    tokio::process::Command::new(python())
+/// Runs `program script mode <proxy port> <token> sql params...`, an agent
+/// that prints `ok <rows>` or `error <SQLSTATE> <message>`.
+fn run_agent(
+    program: PathBuf,
+    script: &str,
+    mode: &str,
+    stack: &Stack,
+    sql: &str,
+    params: &[i32],
+) -> tokio::process::Child {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(script);
+    tokio::process::Command::new(program)
         .arg(script)
-        .arg(driver)
-        .arg(stack.proxy.port().to_string())
+        .arg(mode)
+        .arg(stack.proxy().port().to_string())
         .arg(AGENT_TOKEN)
         .arg(sql)
         .args(params.iter().map(|p| p.to_string()))
@@ -30,7 +42,11 @@ fn agent(stack: &Stack, driver: &str, sql: &str, params: &[i32]) -> tokio::proce
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("run the Python agent")
+        .unwrap_or_else(|e| panic!("run the {mode} agent: {e}"))
+}
+
+fn agent(stack: &Stack, driver: &str, sql: &str, params: &[i32]) -> tokio::process::Child {
+    run_agent(python(), "agent.py", driver, stack, sql, params)
 }
 
 async fn output(child: tokio::process::Child) -> String {
@@ -47,48 +63,48 @@ async fn output(child: tokio::process::Child) -> String {
     stdout
 }
 
+/// The one request held, as alice sees it: its id, once its statement
+/// shows `text` with `value` bound first.
+async fn held(stack: &Stack, text: &str, value: &str) -> String {
+    let request = pending(stack).await;
+    let statement = request
+        .request
+        .as_ref()
+        .and_then(|r| r.statement.clone())
+        .expect("statement");
+    assert_eq!(statement.text, text);
+    assert_eq!(
+        statement.parameters.first().map(|p| p.display.as_str()),
+        Some(value)
+    );
+    request.request_id
+}
+
 async fn pending(stack: &Stack) -> proto::RequestView {
-    let mut client = stack.reviewer().await;
-    for _ in 0..100 {
-        let list = client
-            .list_requests(authed(
-                "alice",
-                proto::ListRequestsRequest {
-                    states: vec![proto::RequestState::Pending as i32],
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        if let Some(v) = list.requests.into_iter().next() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no request was held");
+    airlock_e2e::review::pending(&mut stack.reviewer().await, "alice", |_| true).await
 }
 
 async fn decide(stack: &Stack, id: &str, decision: proto::Decision) {
     stack
-        .reviewer()
-        .await
-        .decide(authed(
-            "alice",
-            proto::DecideRequest {
-                request_id: id.to_owned(),
-                decision: decision as i32,
-                reason: "checked".into(),
-                statement_sha256: vec![],
-            },
-        ))
+        .decide("alice", vote(id, decision, "checked"))
         .await
         .expect("decide");
 }
 
+/// Alice denies the one held request: the agent reports the refusal
+/// with its SQLSTATE, and `orders` still has `rows` rows.
+async fn denied(stack: &Stack, agent: tokio::process::Child, rows: &str) {
+    let request = pending(stack).await;
+    decide(stack, &request.request_id, proto::Decision::Deny).await;
+    let out = output(agent).await;
+    assert!(out.starts_with("error 42501"), "{out}");
+    assert!(out.contains("denied by Alice"), "{out}");
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), rows);
+}
+
 #[tokio::test]
 async fn psycopg_and_asyncpg_read_and_wait_for_approval() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     for (driver, sql) in [
         ("psycopg", "SELECT count(*) FROM orders WHERE id > %s"),
         ("asyncpg", "SELECT count(*) FROM orders WHERE id > $1"),
@@ -99,29 +115,14 @@ async fn psycopg_and_asyncpg_read_and_wait_for_approval() {
 
     // psycopg: a parameterised DELETE, approved.
     let child = agent(&stack, "psycopg", "DELETE FROM orders WHERE id <= %s", &[2]);
-    let request = pending(&stack).await;
-    let statement = request
-        .request
-        .as_ref()
-        .and_then(|r| r.statement.clone())
-        .expect("statement");
-    assert_eq!(statement.text, "DELETE FROM orders WHERE id <= $1");
-    assert_eq!(
-        statement.parameters.first().map(|p| p.display.as_str()),
-        Some("2")
-    );
-    decide(&stack, &request.request_id, proto::Decision::Approve).await;
+    let id = held(&stack, "DELETE FROM orders WHERE id <= $1", "2").await;
+    decide(&stack, &id, proto::Decision::Approve).await;
     assert_eq!(output(child).await, "ok 2");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "8");
 
     // asyncpg: a parameterised DELETE, denied.
     let child = agent(&stack, "asyncpg", "DELETE FROM orders WHERE id > $1", &[5]);
-    let request = pending(&stack).await;
-    decide(&stack, &request.request_id, proto::Decision::Deny).await;
-    let out = output(child).await;
-    assert!(out.starts_with("error 42501"), "{out}");
-    assert!(out.contains("denied by Alice"), "{out}");
-    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "8");
+    denied(&stack, child, "8").await;
 }
 
 fn node_agent(stack: &Stack, mode: &str, sql: &str, params: &[i32]) -> tokio::process::Child {
@@ -133,18 +134,7 @@ fn node_agent(stack: &Stack, mode: &str, sql: &str, params: &[i32]) -> tokio::pr
     let node = which("node").unwrap_or_else(|| {
         panic!("node was not found on PATH: run ./deploy/local/install-deps.sh (installs nodejs and npm)")
     });
-    tokio::process::Command::new(node)
-        .arg(dir.join("agent.js"))
-        .arg(mode)
-        .arg(stack.proxy.port().to_string())
-        .arg(AGENT_TOKEN)
-        .arg(sql)
-        .args(params.iter().map(|p| p.to_string()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run the Node agent")
+    run_agent(node, "agent.js", mode, stack, sql, params)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -157,7 +147,7 @@ fn which(name: &str) -> Option<PathBuf> {
 
 #[tokio::test]
 async fn node_pg_reads_while_a_delete_waits_and_only_approved_bytes_run() {
-    let stack = Stack::start(Duration::from_secs(60)).await;
+    let stack = StackBuilder::new().start().await;
     assert_eq!(
         output(node_agent(
             &stack,
@@ -170,33 +160,18 @@ async fn node_pg_reads_while_a_delete_waits_and_only_approved_bytes_run() {
     );
 
     // A named prepared DELETE is held; reads on other sessions go on meanwhile.
-    let held = node_agent(&stack, "pg-prepared", "DELETE FROM orders WHERE id > $1", &[7]);
-    let request = pending(&stack).await;
-    let statement = request
-        .request
-        .as_ref()
-        .and_then(|r| r.statement.clone())
-        .expect("statement");
-    assert_eq!(statement.text, "DELETE FROM orders WHERE id > $1");
-    assert_eq!(
-        statement.parameters.first().map(|p| p.display.as_str()),
-        Some("7")
-    );
+    let delete = node_agent(&stack, "pg-prepared", "DELETE FROM orders WHERE id > $1", &[7]);
+    let id = held(&stack, "DELETE FROM orders WHERE id > $1", "7").await;
     assert_eq!(
         output(node_agent(&stack, "pg", "SELECT count(*) FROM orders", &[])).await,
         "ok 10",
         "a read is not held behind the DELETE"
     );
-    decide(&stack, &request.request_id, proto::Decision::Approve).await;
-    assert_eq!(output(held).await, "ok 3");
+    decide(&stack, &id, proto::Decision::Approve).await;
+    assert_eq!(output(delete).await, "ok 3");
     assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "7");
 
     // Denied: an ordinary error with its SQLSTATE; PostgreSQL never sees it.
-    let held = node_agent(&stack, "pg", "DELETE FROM orders WHERE id <= $1", &[7]);
-    let request = pending(&stack).await;
-    decide(&stack, &request.request_id, proto::Decision::Deny).await;
-    let out = output(held).await;
-    assert!(out.starts_with("error 42501"), "{out}");
-    assert!(out.contains("denied by Alice"), "{out}");
-    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "7");
+    let delete = node_agent(&stack, "pg", "DELETE FROM orders WHERE id <= $1", &[7]);
+    denied(&stack, delete, "7").await;
 }

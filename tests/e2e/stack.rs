@@ -2,257 +2,35 @@
 //! PostgreSQL, airlock-dev-idp, airlock-control, airlock-proxy with the seed
 //! policy, and psql as the agent over TLS (sslmode=require).
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use airlock_e2e::authed;
+use airlock_e2e::binaries::{BinaryStack, REVIEWERS, finish};
+use airlock_e2e::review::vote;
+use airlock_e2e::{StackBuilder, eventually, eventually_blocking, satisfies};
 use airlock_eventlog::proto;
-use airlock_testkit::{NatsServer, Postgres, PostgresOptions, free_port, workspace_binary};
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, what: &str) {
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} does not listen on {port}");
-}
-
-const AGENTS: &str = "6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11";
-const REVIEWERS: &str = "0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90";
-
-struct Stack {
-    _tmp: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    pg: Postgres,
-    _nats: NatsServer,
-    issuer: String,
-    proxy_port: u16,
-    control_port: u16,
-    proxy_pid: u32,
-    _children: Vec<Child>,
-}
-
-impl Stack {
-    fn start() -> Stack {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path().to_path_buf();
-        let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
-        pg.create_database("shop");
-        pg.create_role("maint", "maint-secret");
-        pg.psql(
-            "shop",
-            "CREATE TABLE orders (id int PRIMARY KEY, total int); \
-             INSERT INTO orders SELECT g, g * 100 FROM generate_series(1, 20) g; GRANT ALL ON orders TO maint",
-        );
-        let nats = NatsServer::start();
-        let cert =
-            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("cert");
-        std::fs::write(dir.join("proxy.crt"), cert.cert.pem()).expect("cert");
-        std::fs::write(dir.join("proxy.key"), cert.signing_key.serialize_pem()).expect("key");
-
-        let idp_port = free_port();
-        let issuer = format!("http://127.0.0.1:{idp_port}");
-        let mut children = vec![Child(
-            Command::new(workspace_binary("airlock-dev-idp"))
-                .arg("serve")
-                .args(["--listen", &format!("127.0.0.1:{idp_port}"), "--issuer", &issuer])
-                .arg("--key-file")
-                .arg(dir.join("idp.key"))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start airlock-dev-idp"),
-        )];
-        wait_port(idp_port, "airlock-dev-idp");
-
-        let (control_port, proxy_port) = (free_port(), free_port());
-        let config = format!(
-            r#"
-nats:
-  url: {nats}
-identity:
-  issuer: {issuer}
-  audience: api://airlock
-  group_names:
-    db-maintenance-agents: {AGENTS}
-    db-reviewers: {REVIEWERS}
-approvals:
-  reviewers: [db-reviewers]
-  timeout: 2m
-control:
-  listen: 127.0.0.1:{control_port}
-  checkpoints: {{ signing_key: {dir}/checkpoint.key, interval: 1s }}
-proxy:
-  listen: 127.0.0.1:{proxy_port}
-  control: http://127.0.0.1:{control_port}
-  tls: {{ cert: {dir}/proxy.crt, key: {dir}/proxy.key }}
-  reviewer_url: https://airlock.example
-connections:
-  - name: prod-maintenance
-    upstream: postgres://maint@127.0.0.1:{pg_port}/shop
-    password_env: PROD_MAINT_PASSWORD
-policies:
-  - policy: db-maintenance-agents
-    connection: prod-maintenance
-    rules:
-      - match: SELECT
+/// Reads flow; DELETE, DROP and UPDATE wait for one reviewer.
+const RULES: &str = "      - match: SELECT
         action: allow
       - match: DELETE|DROP|UPDATE
         action: require-approval
-    record: true
-"#,
-            nats = nats.url(),
-            dir = dir.display(),
-            pg_port = pg.port(),
-        );
-        std::fs::write(dir.join("airlock.yaml"), config).expect("config");
-        let keys = Command::new(workspace_binary("airlock-control"))
-            .args(["checkpoint-key", "--private"])
-            .arg(dir.join("checkpoint.key"))
-            .arg("--public")
-            .arg(dir.join("checkpoint.pub"))
-            .output()
-            .expect("airlock-control checkpoint-key");
-        assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
-        children.push(Child(
-            Command::new(workspace_binary("airlock-control"))
-                .args(["serve", "--config"])
-                .arg(dir.join("airlock.yaml"))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start airlock-control"),
-        ));
-        wait_port(control_port, "airlock-control");
-        children.push(Child(
-            Command::new(workspace_binary("airlock-proxy"))
-                .arg("--config")
-                .arg(dir.join("airlock.yaml"))
-                .env("PROD_MAINT_PASSWORD", "maint-secret")
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start airlock-proxy"),
-        ));
-        wait_port(proxy_port, "airlock-proxy");
-        let proxy_pid = children.last().map(|c| c.0.id()).unwrap_or(0);
-        Stack {
-            _tmp: tmp,
-            dir,
-            pg,
-            _nats: nats,
-            issuer,
-            proxy_port,
-            control_port,
-            proxy_pid,
-            _children: children,
-        }
-    }
+";
 
-    fn token(&self, args: &[&str]) -> String {
-        let out = Command::new(workspace_binary("airlock-dev-idp"))
-            .arg("token")
-            .arg("--key-file")
-            .arg(self.dir.join("idp.key"))
-            .args(["--issuer", &self.issuer, "--audience", "api://airlock"])
-            .args(args)
-            .output()
-            .expect("mint a token");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn agent_token(&self) -> String {
-        self.token(&[
-            "--sub",
-            "oid-agent-7",
-            "--name",
-            "agent-7",
-            "--app",
-            "--group",
-            AGENTS,
-        ])
-    }
-
-    /// psql as the agent, over TLS.
-    fn psql(&self, token: &str, sql: &str) -> std::process::Child {
-        Command::new("psql")
-            .arg(format!(
-                "host=127.0.0.1 port={} dbname=prod-maintenance user=agent-7 sslmode=require",
-                self.proxy_port
-            ))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGPASSWORD", token)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run psql")
-    }
-
-    async fn reviewer(
-        &self,
-    ) -> proto::reviewer_service_client::ReviewerServiceClient<tonic::transport::Channel> {
-        proto::reviewer_service_client::ReviewerServiceClient::connect(format!(
-            "http://127.0.0.1:{}",
-            self.control_port
-        ))
-        .await
-        .expect("reviewer connects")
-    }
-
-    async fn pending(&self, reviewer_token: &str) -> proto::RequestView {
-        self.pending_for(reviewer_token, "").await
-    }
-
-    /// The pending request whose statement starts with `prefix`.
-    async fn pending_for(&self, reviewer_token: &str, prefix: &str) -> proto::RequestView {
-        let mut client = self.reviewer().await;
-        for _ in 0..100 {
-            let r = client
-                .list_requests(authed(
-                    reviewer_token,
-                    proto::ListRequestsRequest {
-                        states: vec![proto::RequestState::Pending as i32],
-                        ..Default::default()
-                    },
-                ))
-                .await;
-            if let Ok(r) = r
-                && let Some(v) = r.into_inner().requests.into_iter().find(|v| {
-                    v.request
-                        .as_ref()
-                        .and_then(|r| r.statement.as_ref())
-                        .is_some_and(|s| s.text.starts_with(prefix))
-                })
-            {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no pending request appeared");
-    }
-}
-
-async fn finish(child: std::process::Child) -> std::process::Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("psql output")
+/// The pending request whose statement starts with `prefix`, as `token` sees it.
+async fn pending_for(stack: &BinaryStack, token: &str, prefix: &str) -> proto::RequestView {
+    stack.pending(token, |text| text.starts_with(prefix)).await
 }
 
 #[tokio::test]
 async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
-    let stack = Stack::start();
+    let stack = StackBuilder::new()
+        .orders(20)
+        .rules(RULES)
+        .proxy_tls()
+        .checkpoints()
+        .start_binaries();
     let agent = stack.agent_token();
-    let alice = stack.token(&["--sub", "oid-alice", "--name", "Alice", "--group", REVIEWERS]);
+    let alice = stack.user_token(("oid-alice", "Alice", REVIEWERS));
 
     let out = finish(stack.psql(&agent, "SELECT count(*) FROM orders")).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -260,7 +38,7 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
 
     // The DELETE waits for approval...
     let held = stack.psql(&agent, "DELETE FROM orders WHERE id > 15");
-    let request = stack.pending(&alice).await;
+    let request = pending_for(&stack, &alice, "").await;
     let asked = request.request.clone().expect("request");
     assert_eq!(
         asked.statement.as_ref().map(|s| s.text.as_str()),
@@ -283,40 +61,28 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
 
     // ... the agent's own token cannot approve it ...
     let err = stack
-        .reviewer()
-        .await
-        .decide(authed(
+        .decide(
             &agent,
-            proto::DecideRequest {
-                request_id: request.request_id.clone(),
-                decision: proto::Decision::Approve as i32,
-                reason: "self".into(),
-                statement_sha256: vec![],
-            },
-        ))
+            vote(&request.request_id, proto::Decision::Approve, "self"),
+        )
         .await
         .expect_err("no self-approval");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     // ... a reviewer approves, and it runs.
-    stack
-        .reviewer()
-        .await
-        .decide(authed(
-            &alice,
-            proto::DecideRequest {
-                request_id: request.request_id.clone(),
-                decision: proto::Decision::Approve as i32,
-                reason: "expired test orders".into(),
-                statement_sha256: asked
-                    .statement
-                    .as_ref()
-                    .map(|s| s.sha256.clone())
-                    .unwrap_or_default(),
-            },
-        ))
-        .await
-        .expect("alice approves");
+    let pinned = proto::DecideRequest {
+        statement_sha256: asked
+            .statement
+            .as_ref()
+            .map(|s| s.sha256.clone())
+            .unwrap_or_default(),
+        ..vote(
+            &request.request_id,
+            proto::Decision::Approve,
+            "expired test orders",
+        )
+    };
+    stack.decide(&alice, pinned).await.expect("alice approves");
     let out = finish(held).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -332,19 +98,12 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
 
     // A denied one never reaches PostgreSQL.
     let held = stack.psql(&agent, "DROP TABLE orders");
-    let request = stack.pending(&alice).await;
+    let request = pending_for(&stack, &alice, "").await;
     stack
-        .reviewer()
-        .await
-        .decide(authed(
+        .decide(
             &alice,
-            proto::DecideRequest {
-                request_id: request.request_id.clone(),
-                decision: proto::Decision::Deny as i32,
-                reason: "never drop orders".into(),
-                statement_sha256: vec![],
-            },
-        ))
+            vote(&request.request_id, proto::Decision::Deny, "never drop orders"),
+        )
         .await
         .expect("alice denies");
     let out = finish(held).await;
@@ -359,47 +118,26 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
         &agent,
         "WITH x AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM x",
     );
-    let request = stack.pending_for(&alice, "WITH x AS (DELETE").await;
+    let request = pending_for(&stack, &alice, "WITH x AS (DELETE").await;
     assert_eq!(request.state, proto::RequestState::Pending as i32);
     let mut sneaky = sneaky;
     let _ = sneaky.kill();
     let _ = sneaky.wait();
 
     // A session does not outlive its token: the next statement ends it.
-    let short = stack.token(&[
-        "--sub",
-        "oid-agent-7",
-        "--name",
-        "agent-7",
-        "--app",
-        "--group",
-        AGENTS,
-        "--ttl",
-        "2s",
-    ]);
-    let out = finish(
-        Command::new("psql")
-            .arg(format!(
-                "host=127.0.0.1 port={} dbname=prod-maintenance user=agent-7 sslmode=require",
-                stack.proxy_port
-            ))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-c",
-                "SELECT 'before'",
-                "-c",
-                "\\! sleep 3",
-                "-c",
-                "SELECT 'after'",
-            ])
-            .env("PGPASSWORD", &short)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("psql"),
-    )
+    let short = stack.agent_token_with(&["--ttl", "2s"]);
+    let out = finish(stack.psql_with(
+        0,
+        &short,
+        &[
+            "-c",
+            "SELECT 'before'",
+            "-c",
+            "\\! sleep 3",
+            "-c",
+            "SELECT 'after'",
+        ],
+    ))
     .await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -452,9 +190,12 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     std::fs::write(&csv, "101,10100\n102,10200\n").expect("csv");
     let copy_in = stack.psql(
         &agent,
-        &format!("\\copy orders FROM '{}' WITH (FORMAT csv)", csv.display()),
+        &format!(
+            "\\copy orders (id, total) FROM '{}' WITH (FORMAT csv)",
+            csv.display()
+        ),
     );
-    let request = stack.pending_for(&alice, "COPY").await;
+    let request = pending_for(&stack, &alice, "COPY").await;
     let text = request
         .request
         .as_ref()
@@ -469,17 +210,10 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
         "0"
     );
     stack
-        .reviewer()
-        .await
-        .decide(authed(
+        .decide(
             &alice,
-            proto::DecideRequest {
-                request_id: request.request_id.clone(),
-                decision: proto::Decision::Approve as i32,
-                reason: "import".into(),
-                statement_sha256: vec![],
-            },
-        ))
+            vote(&request.request_id, proto::Decision::Approve, "import"),
+        )
         .await
         .expect("approve the import");
     let out = finish(copy_in).await;
@@ -492,7 +226,7 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     );
 
     // SIGHUP reloads the policies: reads are now denied, for a stated reason.
-    let path = stack.dir.join("airlock.yaml");
+    let path = stack.config();
     let text = std::fs::read_to_string(&path).expect("config");
     let stricter = text.replace(
         "      - match: SELECT\n        action: allow",
@@ -500,20 +234,19 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     );
     assert_ne!(text, stricter);
     std::fs::write(&path, stricter).expect("write config");
-    let status = Command::new("kill")
-        .args(["-HUP", &stack.proxy_pid.to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
-    let mut stderr = String::new();
-    for _ in 0..50 {
-        let out = finish(stack.psql(&agent, "SELECT count(*) FROM orders")).await;
-        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack.signal_proxy("HUP");
+    let out = eventually(
+        "the reloaded policy to deny reads",
+        Duration::from_secs(10),
+        || async {
+            satisfies(
+                finish(stack.psql(&agent, "SELECT count(*) FROM orders")).await,
+                |out| !out.status.success(),
+            )
+        },
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("maintenance window"), "{stderr}");
 
     // A forged token is refused at login.
@@ -524,19 +257,14 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     auditor_sees_the_same_exchange(&stack);
 }
 
-fn airlock_control(stack: &Stack, args: &[&str]) -> std::process::Output {
-    Command::new(workspace_binary("airlock-control"))
-        .args(args)
-        .arg("--config")
-        .arg(stack.dir.join("airlock.yaml"))
-        .output()
-        .expect("run airlock-control")
+fn airlock_control(stack: &BinaryStack, args: &[&str]) -> std::process::Output {
+    stack.control_command(args).output().expect("run airlock-control")
 }
 
 /// `export`, `replay` and `verify` tell the story the agent and the
 /// reviewer lived: who asked, what was held, who approved or denied and
 /// why, what ran, and that the log is intact under signed checkpoints.
-fn auditor_sees_the_same_exchange(stack: &Stack) {
+fn auditor_sees_the_same_exchange(stack: &BinaryStack) {
     let out = airlock_control(stack, &["export", "--from", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -629,16 +357,12 @@ fn auditor_sees_the_same_exchange(stack: &Stack) {
     // verify: chains and signed checkpoints hold (a checkpoint lands each second).
     let public = stack.dir.join("checkpoint.pub");
     let public = public.to_str().expect("utf-8 path");
-    let mut report = serde_json::Value::Null;
-    for _ in 0..50 {
+    let report = eventually_blocking("a signed checkpoint", Duration::from_secs(10), || {
         let out = airlock_control(stack, &["verify", "--checkpoint-key", public]);
-        report = serde_json::from_slice(&out.stdout).expect("verify JSON");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
         assert!(out.status.success(), "{report}");
-        if report["checkpoints"].as_u64() >= Some(1) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        satisfies(report, |r| r["checkpoints"].as_u64() >= Some(1))
+    });
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["checkpoints"].as_u64() >= Some(1), "{report}");
     assert_eq!(report["signatures_checked"], true, "{report}");

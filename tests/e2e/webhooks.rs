@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_e2e::binaries::{ALICE, Options, ReviewerStack, hold};
+use airlock_e2e::binaries::{ALICE, hold};
+use airlock_e2e::{Process, StackBuilder, eventually, satisfies};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -74,21 +75,27 @@ async fn start_receiver() -> (SocketAddr, Arc<Receiver>) {
 
 /// Waits for a delivery to `hook` whose JSON satisfies `matches`.
 async fn delivered(r: &Receiver, hook: &str, matches: impl Fn(&Value) -> bool) -> Received {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(found) = r
-            .got
-            .lock()
-            .expect("lock")
-            .iter()
-            .find(|x| x.hook == hook && matches(&x.json))
-            .cloned()
-        {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "no matching delivery to /{hook}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("a matching delivery to /{hook}"),
+        Duration::from_secs(20),
+        || async {
+            let got = r.got.lock().expect("lock");
+            let found = got.iter().find(|x| x.hook == hook && matches(&x.json)).cloned();
+            found.ok_or_else(|| got.iter().map(|x| x.hook.clone()).collect::<Vec<_>>())
+        },
+    )
+    .await
+}
+
+/// The reviewer's metrics, as scraped now.
+async fn metrics(http: &reqwest::Client, reviewer_url: &str) -> String {
+    http.get(format!("{reviewer_url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
 }
 
 /// Checks the generic webhook's signature as a receiver would.
@@ -128,34 +135,25 @@ async fn slack_teams_and_signed_generic_webhooks_and_a_dead_one_delays_nothing()
          \x20     - {{ kind: generic, url: {base}/generic, secret_env: AIRLOCK_TEST_WEBHOOK_SECRET }}\n\
          \x20     - {{ kind: slack, url: {base}/flaky, on: [requested] }}\n"
     );
-    let stack = ReviewerStack::start(Options {
-        reviewer_extra: extra,
-        reviewer_env: vec![("AIRLOCK_TEST_WEBHOOK_SECRET".into(), SECRET.into())],
-        notifier_token: true,
-        ..Options::default()
-    });
+    let stack = StackBuilder::new()
+        .orders(20)
+        .reviewer_yaml(&extra)
+        .env(Process::Reviewer, "AIRLOCK_TEST_WEBHOOK_SECRET", SECRET)
+        .notifier_token()
+        .start_binaries();
     // The notifier watches from "now": let it connect first.
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = http
-            .get(format!("{}/metrics", stack.reviewer_url))
-            .send()
+    eventually("the notifier to connect", Duration::from_secs(20), || async {
+        let connected = metrics(&http, &stack.reviewer_url)
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if metrics.contains("airlock_reviewer_notifier_connected 1") {
-            break;
+            .contains("airlock_reviewer_notifier_connected 1");
+        if connected {
+            Ok(())
+        } else {
+            Err(stack.reviewer_log())
         }
-        assert!(
-            Instant::now() < deadline,
-            "the notifier never connected:\n{}",
-            stack.reviewer_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 
     let agent = stack.agent_token();
     // Hostile text for chat formats: Slack mentions, code fences, entities.
@@ -200,11 +198,10 @@ async fn slack_teams_and_signed_generic_webhooks_and_a_dead_one_delays_nothing()
         j["text"].as_str().is_some_and(|t| t.contains(&link))
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while *receiver.flaky_calls.lock().expect("lock") < 2 {
-        assert!(Instant::now() < deadline, "no retry after a 500");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("a retry after a 500", Duration::from_secs(20), || async {
+        satisfies(*receiver.flaky_calls.lock().expect("lock"), |calls| *calls >= 2)
+    })
+    .await;
 
     // A vote while one webhook hangs and another is unreachable: neither the
     // reviewer's answer nor the agent's statement waits for them.
@@ -248,14 +245,7 @@ async fn slack_teams_and_signed_generic_webhooks_and_a_dead_one_delays_nothing()
     })
     .await;
 
-    let metrics = http
-        .get(format!("{}/metrics", stack.reviewer_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics(&http, &stack.reviewer_url).await;
     assert!(
         metrics.contains("airlock_reviewer_webhook_deliveries_total{result=\"retried\"}"),
         "{metrics}"

@@ -1,20 +1,25 @@
-//! The whole stack from its binaries, reviewer included: nats-server,
-//! PostgreSQL, `airlock-dev-idp` (with browser sign-in for test users),
-//! `airlock-control serve`, `airlock-proxy` and `airlock-reviewer`, all on
-//! loopback with free ports. For the reviewer's REST, webhook and browser
-//! tests.
+//! The stack from its binaries, as an operator runs it: nats-server,
+//! PostgreSQL, `airlock-dev-idp` (with browser sign-in for test users when
+//! the reviewer runs), `airlock-control serve` (one or more replicas),
+//! `airlock-proxy` (one or more) and, when asked, `airlock-reviewer`, all on
+//! loopback with free ports, configured from `airlock.yaml` in the stack's
+//! directory. Started by [`crate::StackBuilder::start_binaries`].
 //!
-//! The seed policy: SELECT flows; DELETE needs one approval from
-//! db-reviewers; UPDATE needs two; DROP needs one from dba-leads (so
+//! The seed policy ([`SEED_RULES`]): SELECT flows; DELETE needs one approval
+//! from db-reviewers; UPDATE needs two; DROP needs one from dba-leads (so
 //! db-reviewers may not review it); TRUNCATE needs one and expires after
-//! three seconds.
+//! three seconds. Each process logs to `<name>.log` in the directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use airlock_testkit::{NatsServer, Postgres, PostgresOptions, free_port};
+use airlock_eventlog::proto;
+use airlock_testkit::{NatsServer, Postgres, free_port};
+
+use crate::review::{self, ReviewerClient};
+use crate::{Process, Session, StackBuilder, eventually_blocking};
 
 pub const AGENTS: &str = "6f1d1a52-0c3e-4b43-9d6e-2f1b5d0c9a11";
 pub const REVIEWERS: &str = "0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90";
@@ -29,6 +34,29 @@ pub const ERIN: (&str, &str, &str) = ("oid-erin", "Erin Outsider", OTHERS);
 /// The client id the reviewer signs in with.
 pub const CLIENT_ID: &str = "airlock-reviewer-tests";
 
+/// The seed policy's rules, as YAML under `rules:`.
+pub const SEED_RULES: &str = "      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+        reason: deletes need a reviewer
+      - match: UPDATE
+        action: require-approval
+        approvals: 2
+        reason: updates need two reviewers
+      - match: DROP
+        action: require-approval
+        reviewers: [dba-leads]
+        reason: schema changes need a DBA lead
+      - match: TRUNCATE
+        action: require-approval
+        timeout: 3s
+        reason: truncations must be decided quickly
+";
+
+/// The reviewer the proxy's hold notices link to when no reviewer runs.
+const NO_REVIEWER_URL: &str = "https://airlock.example";
+
 /// A child process, killed when dropped.
 #[derive(Debug)]
 pub struct Child(pub std::process::Child);
@@ -40,14 +68,14 @@ impl Drop for Child {
     }
 }
 
+/// Waits (30 seconds at most) until something listens on `port`.
+#[track_caller]
 pub fn wait_port(port: u16, what: &str) {
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} does not listen on {port}");
+    eventually_blocking(
+        &format!("{what} to listen on {port}"),
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }
 
 /// Path of a workspace binary, built (or rebuilt if stale) once per test
@@ -72,7 +100,7 @@ pub fn fresh_binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// What a test adds to the stack.
+/// What the reviewer's tests add to their stack (see [`BinaryStack::start`]).
 #[derive(Debug, Default, Clone)]
 pub struct Options {
     /// YAML lines appended to the `reviewer:` section (indented two spaces);
@@ -89,66 +117,252 @@ pub struct Options {
     pub notifier_token: bool,
 }
 
-/// The running stack.
+/// The running stack. Dropping it stops every process.
 #[derive(Debug)]
-pub struct ReviewerStack {
+pub struct BinaryStack {
     pub dir: PathBuf,
     pub pg: Postgres,
     pub issuer: String,
+    /// The first proxy's and the first replica's ports.
     pub proxy_port: u16,
     pub control_port: u16,
+    pub proxy_ports: Vec<u16>,
+    pub control_ports: Vec<u16>,
+    /// The first replica's health endpoint (`/healthz`).
+    pub health_port: u16,
+    /// The reviewer's base URL (or where notices point when none runs).
     pub reviewer_url: String,
+    proxy_tls: bool,
+    replicas: Vec<Option<Child>>,
+    proxies: Vec<Child>,
+    others: Vec<Child>,
     _nats: NatsServer,
-    _children: Vec<Child>,
     _tmp: tempfile::TempDir,
 }
 
-impl ReviewerStack {
-    pub fn start(options: Options) -> ReviewerStack {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path().to_path_buf();
-        let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
-        pg.create_database("shop");
-        pg.create_role("maint", "maint-secret");
-        pg.psql(
-            "shop",
-            "CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL DEFAULT 'open'); \
-             INSERT INTO orders (id) SELECT g FROM generate_series(1, 20) g; GRANT ALL ON orders TO maint",
-        );
-        let nats = NatsServer::start();
-        let (idp_port, control_port, proxy_port, reviewer_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let issuer = format!("http://127.0.0.1:{idp_port}");
-        let reviewer_url = format!("http://127.0.0.1:{reviewer_port}");
+/// The reviewer's tests' name for the stack.
+pub type ReviewerStack = BinaryStack;
 
-        let users: String = [ALICE, BOB, ERIN]
+/// Where everything of one stack listens and lives.
+struct Layout {
+    dir: PathBuf,
+    nats: String,
+    pg: u16,
+    issuer: String,
+    controls: Vec<u16>,
+    healths: Vec<u16>,
+    proxies: Vec<u16>,
+    reviewer: u16,
+    reviewer_url: String,
+}
+
+pub(crate) fn start(options: StackBuilder) -> BinaryStack {
+    assert!(
+        !(options.reviewer && options.control_mtls),
+        "the reviewer speaks plain gRPC to the control plane"
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let pg = crate::shop(options.orders);
+    let nats = NatsServer::start();
+    let ports = |n: usize| (0..n).map(|_| free_port()).collect::<Vec<_>>();
+    let idp_port = free_port();
+    let reviewer = free_port();
+    let layout = Layout {
+        dir: tmp.path().to_path_buf(),
+        nats: nats.url(),
+        pg: pg.port(),
+        issuer: format!("http://127.0.0.1:{idp_port}"),
+        controls: ports(options.replicas),
+        healths: ports(options.replicas),
+        proxies: ports(options.proxies),
+        reviewer,
+        reviewer_url: if options.reviewer {
+            format!("http://127.0.0.1:{reviewer}")
+        } else {
+            NO_REVIEWER_URL.to_owned()
+        },
+    };
+    let dir = &layout.dir;
+    let env = |process: Process| {
+        options
+            .env
             .iter()
-            .map(|(sub, name, group)| format!("  - sub: {sub}\n    name: {name}\n    groups: [{group}]\n"))
-            .collect();
-        std::fs::write(
-            dir.join("login.yaml"),
-            format!(
-                "audience: api://airlock\nclients:\n  - client_id: {CLIENT_ID}\n    redirect_uris: [{reviewer_url}/auth/callback]\nusers:\n{users}"
-            ),
-        )
-        .expect("login config");
-        let mut children = vec![Child(
-            Command::new(fresh_binary("airlock-dev-idp"))
-                .arg("serve")
-                .args(["--listen", &format!("127.0.0.1:{idp_port}"), "--issuer", &issuer])
-                .arg("--key-file")
-                .arg(dir.join("idp.key"))
-                .arg("--login-config")
-                .arg(dir.join("login.yaml"))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start airlock-dev-idp"),
-        )];
-        wait_port(idp_port, "airlock-dev-idp");
+            .filter(move |(p, _, _)| *p == process)
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+    };
 
-        let config = format!(
-            r#"
-nats:
+    let mut idp = Command::new(fresh_binary("airlock-dev-idp"));
+    idp.arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{idp_port}")])
+        .args(["--issuer", &layout.issuer])
+        .arg("--key-file")
+        .arg(dir.join("idp.key"));
+    if options.reviewer {
+        write_login_config(&layout);
+        idp.arg("--login-config").arg(dir.join("login.yaml"));
+    }
+    let mut others = vec![spawn(&mut idp, dir, "idp")];
+    wait_port(idp_port, "airlock-dev-idp");
+
+    if options.proxy_tls {
+        let cert =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("cert");
+        std::fs::write(dir.join("proxy.crt"), cert.cert.pem()).expect("cert");
+        std::fs::write(dir.join("proxy.key"), cert.signing_key.serialize_pem()).expect("key");
+    }
+    if options.control_mtls {
+        write_certificates(dir);
+    }
+    if options.checkpoints {
+        let keys = Command::new(fresh_binary("airlock-control"))
+            .args(["checkpoint-key", "--private"])
+            .arg(dir.join("checkpoint.key"))
+            .arg("--public")
+            .arg(dir.join("checkpoint.pub"))
+            .output()
+            .expect("airlock-control checkpoint-key");
+        assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
+    }
+    std::fs::write(dir.join("airlock.yaml"), config(&options, &layout, 0, 0)).expect("config");
+
+    let mut replicas = Vec::new();
+    for (i, port) in layout.controls.iter().enumerate() {
+        let path = config_file(&options, &layout, "replica", i, (i, 0));
+        let mut control = Command::new(fresh_binary("airlock-control"));
+        control
+            .args(["serve", "--config"])
+            .arg(path)
+            .envs(env(Process::Control));
+        replicas.push(Some(spawn(&mut control, dir, &format!("control-{}", i + 1))));
+        wait_port(*port, "airlock-control");
+    }
+    let mut proxies = Vec::new();
+    for (i, port) in layout.proxies.iter().enumerate() {
+        let path = config_file(&options, &layout, "proxy", i, (0, i));
+        let mut proxy = Command::new(fresh_binary("airlock-proxy"));
+        proxy
+            .arg("--config")
+            .arg(path)
+            .env("PROD_MAINT_PASSWORD", "maint-secret")
+            .envs(env(Process::Proxy));
+        proxies.push(spawn(&mut proxy, dir, &format!("proxy-{}", i + 1)));
+        wait_port(*port, "airlock-proxy");
+    }
+
+    let mut stack = BinaryStack {
+        dir: dir.clone(),
+        pg,
+        issuer: layout.issuer.clone(),
+        proxy_port: layout.proxies[0],
+        control_port: layout.controls[0],
+        proxy_ports: layout.proxies.clone(),
+        control_ports: layout.controls.clone(),
+        health_port: layout.healths[0],
+        reviewer_url: layout.reviewer_url.clone(),
+        proxy_tls: options.proxy_tls,
+        replicas,
+        proxies,
+        others: Vec::new(),
+        _nats: nats,
+        _tmp: tmp,
+    };
+    if options.notifier_token {
+        let token = stack.token(&[
+            "--sub",
+            "oid-notifier",
+            "--name",
+            "Airlock notifier",
+            "--app",
+            "--group",
+            REVIEWERS,
+        ]);
+        std::fs::write(stack.dir.join("notifier.token"), token).expect("notifier token");
+    }
+    if options.reviewer {
+        let mut reviewer = Command::new(fresh_binary("airlock-reviewer"));
+        reviewer
+            .arg("--config")
+            .arg(stack.dir.join("airlock.yaml"))
+            .envs(env(Process::Reviewer));
+        others.push(spawn(&mut reviewer, &stack.dir, "reviewer"));
+        wait_port(layout.reviewer, "airlock-reviewer");
+    }
+    stack.others = others;
+    stack
+}
+
+/// Starts `command` with its output in `<dir>/<name>.log`.
+fn spawn(command: &mut Command, dir: &Path, name: &str) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let err = log.try_clone().expect("log file");
+    Child(
+        command
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}")),
+    )
+}
+
+/// `airlock.yaml` for the first replica and the first proxy; a file of its
+/// own, `<kind>-<n>.yaml`, for each further one.
+fn config_file(options: &StackBuilder, layout: &Layout, kind: &str, n: usize, at: (usize, usize)) -> PathBuf {
+    if n == 0 {
+        return layout.dir.join("airlock.yaml");
+    }
+    let path = layout.dir.join(format!("{kind}-{}.yaml", n + 1));
+    std::fs::write(&path, config(options, layout, at.0, at.1)).expect("config");
+    path
+}
+
+/// The configuration of control-plane replica `replica` and proxy `proxy`
+/// (which attaches to the replicas starting from its own number).
+fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize) -> String {
+    let d = layout.dir.display();
+    let mut control = format!(
+        "  listen: 127.0.0.1:{}\n  health_listen: 127.0.0.1:{}\n",
+        layout.controls[replica], layout.healths[replica]
+    );
+    let mut proxy_extra = String::new();
+    let scheme_host = if options.control_mtls {
+        control +=
+            &format!("  tls: {{ cert: {d}/control.crt, key: {d}/control.key, client_ca: {d}/ca.crt }}\n");
+        proxy_extra +=
+            &format!("  control_tls: {{ ca: {d}/ca.crt, cert: {d}/proxy-1.crt, key: {d}/proxy-1.key }}\n");
+        "https://localhost"
+    } else {
+        control += "  allow_insecure_attach_loopback: true\n";
+        "http://127.0.0.1"
+    };
+    if options.checkpoints {
+        control += &format!("  checkpoints: {{ signing_key: {d}/checkpoint.key, interval: 1s }}\n");
+    }
+    if options.reviewer {
+        // As the reviewer's tests were written: expiries are the proxy's.
+        control += "  reconcile_interval: 1h\n";
+    }
+    proxy_extra += &if options.proxy_tls {
+        format!("  tls: {{ cert: {d}/proxy.crt, key: {d}/proxy.key }}\n")
+    } else {
+        "  allow_plaintext_loopback: true\n".to_owned()
+    };
+    let n = layout.controls.len();
+    let attach: Vec<String> = (0..n)
+        .map(|i| format!("{scheme_host}:{}", layout.controls[(proxy + i) % n]))
+        .collect();
+    let reviewer = if options.reviewer {
+        format!(
+            "reviewer:\n  listen: 127.0.0.1:{}\n  control: http://127.0.0.1:{}\n  public_url: {}\n  oidc:\n    client_id: {CLIENT_ID}\n{}\n",
+            layout.reviewer,
+            layout.controls[0],
+            layout.reviewer_url,
+            options.reviewer_yaml.replace("{DIR}", &d.to_string()),
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "nats:
   url: {nats}
 identity:
   issuer: {issuer}
@@ -160,112 +374,122 @@ identity:
     others: {OTHERS}
 approvals:
   reviewers: [db-reviewers]
-  timeout: 5m
+  timeout: {timeout}ms
 control:
-  listen: 127.0.0.1:{control_port}
-  reconcile_interval: 1h
-reviewer:
-  listen: 127.0.0.1:{reviewer_port}
-  control: http://127.0.0.1:{control_port}
-  public_url: {reviewer_url}
-  oidc:
-    client_id: {CLIENT_ID}
-{reviewer_extra}
-proxy:
+{control}{reviewer}proxy:
   listen: 127.0.0.1:{proxy_port}
-  control: http://127.0.0.1:{control_port}
-  allow_plaintext_loopback: true
+  proxy_id: proxy-{proxy_id}
+  control: [{attach}]
   reviewer_url: {reviewer_url}
-connections:
+{proxy_extra}connections:
   - name: prod-maintenance
-    upstream: postgres://maint@127.0.0.1:{pg_port}/shop
+    upstream: postgres://maint@127.0.0.1:{pg}/shop
     password_env: PROD_MAINT_PASSWORD
 policies:
   - policy: db-maintenance-agents
     connection: prod-maintenance
     rules:
-      - match: SELECT
-        action: allow
-      - match: DELETE
-        action: require-approval
-        reason: deletes need a reviewer
-      - match: UPDATE
-        action: require-approval
-        approvals: 2
-        reason: updates need two reviewers
-      - match: DROP
-        action: require-approval
-        reviewers: [dba-leads]
-        reason: schema changes need a DBA lead
-      - match: TRUNCATE
-        action: require-approval
-        timeout: 3s
-        reason: truncations must be decided quickly
-    record: true
-"#,
-            nats = nats.url(),
-            pg_port = pg.port(),
-            reviewer_extra = options
-                .reviewer_extra
-                .replace("{DIR}", &dir.display().to_string()),
-        );
-        std::fs::write(dir.join("airlock.yaml"), config).expect("config");
-        children.push(Child(
-            Command::new(fresh_binary("airlock-control"))
-                .args(["serve", "--config"])
-                .arg(dir.join("airlock.yaml"))
-                .envs(options.control_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start airlock-control"),
-        ));
-        wait_port(control_port, "airlock-control");
-        children.push(Child(
-            Command::new(fresh_binary("airlock-proxy"))
-                .arg("--config")
-                .arg(dir.join("airlock.yaml"))
-                .env("PROD_MAINT_PASSWORD", "maint-secret")
-                .envs(options.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start airlock-proxy"),
-        ));
-        wait_port(proxy_port, "airlock-proxy");
-        let mut stack = ReviewerStack {
-            dir,
-            pg,
-            issuer,
-            proxy_port,
-            control_port,
-            reviewer_url,
-            _nats: nats,
-            _children: children,
-            _tmp: tmp,
-        };
-        if options.notifier_token {
-            let token = stack.token(&[
-                "--sub",
-                "oid-notifier",
-                "--name",
-                "Airlock notifier",
-                "--app",
-                "--group",
-                REVIEWERS,
-            ]);
-            std::fs::write(stack.dir.join("notifier.token"), token).expect("notifier token");
+{rules}    record: true
+",
+        nats = layout.nats,
+        issuer = layout.issuer,
+        timeout = options.hold_timeout.as_millis(),
+        proxy_port = layout.proxies[proxy],
+        proxy_id = proxy + 1,
+        attach = attach.join(", "),
+        reviewer_url = layout.reviewer_url,
+        pg = layout.pg,
+        rules = options.rules.as_deref().unwrap_or(SEED_RULES),
+    )
+}
+
+/// The dev issuer's sign-in page: the test users, and the reviewer as a
+/// client.
+fn write_login_config(layout: &Layout) {
+    let users: String = [ALICE, BOB, ERIN]
+        .iter()
+        .map(|(sub, name, group)| format!("  - sub: {sub}\n    name: {name}\n    groups: [{group}]\n"))
+        .collect();
+    std::fs::write(
+        layout.dir.join("login.yaml"),
+        format!(
+            "audience: api://airlock\nclients:\n  - client_id: {CLIENT_ID}\n    redirect_uris: [{}/auth/callback]\nusers:\n{users}",
+            layout.reviewer_url
+        ),
+    )
+    .expect("login config");
+}
+
+/// A CA (`ca.crt`), a control-plane server certificate (`control.crt`,
+/// `.key`) and a proxy client certificate (`proxy-1.crt`, `.key`), written
+/// as PEM files into `dir`; and a client certificate no CA vouches for
+/// (`rogue.crt`, `.key`).
+fn write_certificates(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "airlock test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("write");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    };
+    leaf(
+        "control",
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    leaf("proxy-1", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    let rogue = rcgen::generate_simple_self_signed(vec!["rogue".into()]).expect("rogue");
+    std::fs::write(dir.join("rogue.crt"), rogue.cert.pem()).expect("write");
+    std::fs::write(dir.join("rogue.key"), rogue.signing_key.serialize_pem()).expect("write");
+}
+
+impl BinaryStack {
+    /// The stack the reviewer's tests run against: the reviewer, twenty
+    /// orders, and what `options` adds.
+    pub fn start(options: Options) -> BinaryStack {
+        let mut builder = StackBuilder::new()
+            .orders(20)
+            .reviewer_yaml(&options.reviewer_extra);
+        for (process, env) in [
+            (Process::Reviewer, &options.reviewer_env),
+            (Process::Control, &options.control_env),
+            (Process::Proxy, &options.proxy_env),
+        ] {
+            for (k, v) in env {
+                builder = builder.env(process, k, v);
+            }
         }
-        let log = std::fs::File::create(stack.dir.join("reviewer.log")).expect("reviewer log");
-        stack._children.push(Child(
-            Command::new(fresh_binary("airlock-reviewer"))
-                .arg("--config")
-                .arg(stack.dir.join("airlock.yaml"))
-                .envs(options.reviewer_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("start airlock-reviewer"),
-        ));
-        wait_port(reviewer_port, "airlock-reviewer");
-        stack
+        if options.notifier_token {
+            builder = builder.notifier_token();
+        }
+        builder.start_binaries()
+    }
+
+    /// The configuration file of the first replica and proxy (and the
+    /// reviewer).
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("airlock.yaml")
+    }
+
+    /// `airlock-control <args> --config airlock.yaml`, to run.
+    pub fn control_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(fresh_binary("airlock-control"));
+        command.args(args).arg("--config").arg(self.config());
+        command
     }
 
     /// The reviewer's log so far (to check that no token was written).
@@ -273,6 +497,22 @@ policies:
         std::fs::read_to_string(self.dir.join("reviewer.log")).unwrap_or_default()
     }
 
+    /// Stops control-plane replica `i` (counting from 0), as a crash would.
+    pub fn kill_replica(&mut self, i: usize) {
+        drop(self.replicas[i].take());
+    }
+
+    /// Sends `signal` (a `kill` signal name) to the first proxy.
+    pub fn signal_proxy(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.proxies[0].0.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} the proxy");
+    }
+
+    /// A token from the dev issuer: `airlock-dev-idp token <args>`.
     pub fn token(&self, args: &[&str]) -> String {
         let out = Command::new(fresh_binary("airlock-dev-idp"))
             .arg("token")
@@ -293,7 +533,13 @@ policies:
 
     /// The agent's app-only token.
     pub fn agent_token(&self) -> String {
-        self.token(&[
+        self.agent_token_with(&[])
+    }
+
+    /// The agent's token, with more `airlock-dev-idp token` arguments
+    /// (`--ttl 2s`, say).
+    pub fn agent_token_with(&self, more: &[&str]) -> String {
+        let agent = [
             "--sub",
             "oid-agent-7",
             "--name",
@@ -301,44 +547,95 @@ policies:
             "--app",
             "--group",
             AGENTS,
-        ])
+        ];
+        self.token(&[&agent[..], more].concat())
     }
 
-    /// A session through the proxy with `token`, its notices collected.
-    pub async fn connect(
+    /// A session through the first proxy with `token`, its notices
+    /// collected.
+    pub async fn connect(&self, token: &str) -> Session {
+        crate::session(self.proxy_port, token).await
+    }
+
+    /// A reviewer's gRPC client of replica `i` (counting from 0).
+    pub async fn reviewer_of(&self, i: usize) -> ReviewerClient {
+        review::connect(format!("http://127.0.0.1:{}", self.control_ports[i])).await
+    }
+
+    /// A reviewer's gRPC client of the first replica.
+    pub async fn reviewer(&self) -> ReviewerClient {
+        self.reviewer_of(0).await
+    }
+
+    /// Casts `vote` as the holder of `token` (see [`review::vote`]).
+    pub async fn decide(
         &self,
         token: &str,
-    ) -> (
-        tokio_postgres::Client,
-        tokio::sync::mpsc::UnboundedReceiver<String>,
-    ) {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(self.proxy_port)
-            .user("agent-7")
-            .password(token)
-            .dbname("prod-maintenance")
-            .ssl_mode(tokio_postgres::config::SslMode::Disable);
-        let (client, mut conn) = c
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect through the proxy");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-            while let Some(m) = messages.next().await {
-                match m {
-                    Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
-                        let _ = tx.send(n.message().to_owned());
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        (client, rx)
+        vote: proto::DecideRequest,
+    ) -> Result<proto::DecideResponse, tonic::Status> {
+        review::decide(&mut self.reviewer().await, token, vote).await
     }
+
+    /// See [`review::pending`].
+    pub async fn pending(&self, token: &str, matches: impl Fn(&str) -> bool) -> proto::RequestView {
+        review::pending(&mut self.reviewer().await, token, matches).await
+    }
+
+    /// psql as the agent through proxy `proxy` (counting from 0), over TLS
+    /// if the proxy serves it: `-X -A -t`, then `args`. Its output piped.
+    pub fn psql_with(&self, proxy: usize, token: &str, args: &[&str]) -> std::process::Child {
+        let ssl = if self.proxy_tls { "require" } else { "disable" };
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname=prod-maintenance user=agent-7 sslmode={ssl}",
+                self.proxy_ports[proxy]
+            ))
+            .args(["-X", "-A", "-t"])
+            .args(args)
+            .env("PGPASSWORD", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql")
+    }
+
+    /// psql running `sql` through the first proxy, stopping at an error.
+    pub fn psql(&self, token: &str, sql: &str) -> std::process::Child {
+        self.psql_with(0, token, &["-v", "ON_ERROR_STOP=1", "-c", sql])
+    }
+}
+
+impl Drop for BinaryStack {
+    /// A failing test shows what each process said last.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                eprintln!("--- {} (last lines)\n{tail}", path.display());
+            }
+        }
+    }
+}
+
+/// Waits (30 seconds at most) for a psql (or any child) to finish; its
+/// output.
+pub async fn finish(child: std::process::Child) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("psql finished in time")
+    .expect("join")
+    .expect("psql output")
 }
 
 /// A statement held on its own session: the task that waits for its
@@ -350,7 +647,7 @@ pub struct Held {
 }
 
 /// Sends `sql` on a new session with `token` and waits for the hold notice.
-pub async fn hold(stack: &ReviewerStack, token: &str, sql: &str) -> Held {
+pub async fn hold(stack: &BinaryStack, token: &str, sql: &str) -> Held {
     let (client, mut notices) = stack.connect(token).await;
     let sql = sql.to_owned();
     let outcome = tokio::spawn(async move {
