@@ -1126,6 +1126,24 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn an_unknown_connection_is_postgresqls_unknown_database() {
+        // The real gate's binding: an unknown dbname is 3D000, as for a
+        // database that does not exist, so drivers report it as such.
+        let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
+        let err = config(f.addr, TOKEN, "no-such-connection")
+            .connect(NoTls)
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME));
+        assert!(
+            db_message(&err).contains("no connection named"),
+            "{}",
+            db_message(&err)
+        );
+    }
+
+    #[tokio::test]
     async fn sql_cannot_drop_or_redefine_a_protocol_statement() {
         let f = start_with_gate(|_| {}, SeedPolicy::gate).await;
         let mut raw = Raw::login(f.addr).await;
