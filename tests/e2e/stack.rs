@@ -126,7 +126,7 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
 
     // A session does not outlive its token: the next statement ends it.
     let short = stack.agent_token_with(&["--ttl", "2s"]);
-    let out = finish(stack.psql_with(
+    let out = finish(stack.psql_at(
         0,
         &short,
         &[
@@ -156,25 +156,19 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     // with what to fix (their SQLSTATEs, 3D000 and 28P01, are checked in the
     // proxy's own tests: psql does not print a login's SQLSTATE).
     for (dbname, password, says) in [
-        ("no-such-connection", short.as_str(), "no connection named \"no-such-connection\""),
+        (
+            "no-such-connection",
+            short.as_str(),
+            "no connection named \"no-such-connection\"",
+        ),
         ("prod-maintenance", "not-a-token", "access token refused"),
     ] {
-        let out = finish(
-            Command::new("psql")
-                .arg(format!(
-                    "host=127.0.0.1 port={} dbname={dbname} user=agent-7 sslmode=require",
-                    stack.proxy_port
-                ))
-                .args(["-X", "-c", "SELECT 1"])
-                .env("PGPASSWORD", password)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("psql"),
-        )
-        .await;
+        let out = finish(stack.psql_at(0, dbname, password, &["-c", "SELECT 1"])).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(says), "{dbname}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{dbname}: {stderr}"
+        );
     }
 
     // COPY: out is a read and flows; in is a write and waits for a reviewer,
