@@ -20,7 +20,12 @@ async fn hold(
     alice: &str,
     sql: &str,
 ) -> (std::process::Child, String) {
-    let held = stack.psql_with(proxy, agent, &["-v", "ON_ERROR_STOP=1", "-c", sql]);
+    let held = stack.psql_at(
+        proxy,
+        "prod-maintenance",
+        agent,
+        &["-v", "ON_ERROR_STOP=1", "-c", sql],
+    );
     let request = review::pending(&mut stack.reviewer_of(1).await, alice, |text| text == sql).await;
     (held, request.request_id)
 }

@@ -128,6 +128,7 @@ async fn psql_through_the_binaries_select_flows_delete_waits_for_a_human() {
     let short = stack.agent_token_with(&["--ttl", "2s"]);
     let out = finish(stack.psql_at(
         0,
+        "prod-maintenance",
         &short,
         &[
             "-c",

@@ -581,13 +581,14 @@ impl BinaryStack {
         review::pending(&mut self.reviewer().await, token, matches).await
     }
 
-    /// psql as the agent through proxy `proxy` (counting from 0), over TLS
-    /// if the proxy serves it: `-X -A -t`, then `args`. Its output piped.
-    pub fn psql_with(&self, proxy: usize, token: &str, args: &[&str]) -> std::process::Child {
+    /// psql as the agent to connection `dbname` through proxy `proxy`
+    /// (counting from 0), over TLS if the proxy serves it: `-X -A -t`, then
+    /// `args`. Its output piped.
+    pub fn psql_at(&self, proxy: usize, dbname: &str, token: &str, args: &[&str]) -> std::process::Child {
         let ssl = if self.proxy_tls { "require" } else { "disable" };
         Command::new("psql")
             .arg(format!(
-                "host=127.0.0.1 port={} dbname=prod-maintenance user=agent-7 sslmode={ssl}",
+                "host=127.0.0.1 port={} dbname={dbname} user=agent-7 sslmode={ssl}",
                 self.proxy_ports[proxy]
             ))
             .args(["-X", "-A", "-t"])
@@ -601,7 +602,12 @@ impl BinaryStack {
 
     /// psql running `sql` through the first proxy, stopping at an error.
     pub fn psql(&self, token: &str, sql: &str) -> std::process::Child {
-        self.psql_with(0, token, &["-v", "ON_ERROR_STOP=1", "-c", sql])
+        self.psql_at(
+            0,
+            "prod-maintenance",
+            token,
+            &["-v", "ON_ERROR_STOP=1", "-c", sql],
+        )
     }
 }
 
