@@ -1,0 +1,16 @@
+//! The end-to-end tests, one module per file, in one test binary: each
+//! binary links the whole stack, so one link serves them all. Tests run in
+//! parallel threads; each starts its own stack (servers, ports, temp
+//! directories), so none shares state with another. Run one file's tests
+//! with `cargo test -p airlock-e2e --test e2e <module>::`.
+//!
+//! The reviewer's tests (`reviewer.rs`) are a binary of their own.
+
+mod approval;
+mod binaries;
+mod browser;
+mod differential;
+mod drivers;
+mod fleet;
+mod stack;
+mod webhooks;
