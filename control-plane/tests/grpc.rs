@@ -15,7 +15,7 @@ use airlock_control::live::Live;
 use airlock_control::projection::Projection;
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{EventLog, NatsSettings, ReadFilter, RequestId, SessionId, new_event, subjects};
-use airlock_testkit::NatsServer;
+use airlock_testkit::{NatsServer, eventually, satisfies};
 use futures::StreamExt;
 use proto::proxy_service_client::ProxyServiceClient;
 use proto::reviewer_service_client::ReviewerServiceClient;
@@ -421,15 +421,11 @@ async fn an_unanswered_request_expires_exactly_once_with_two_replicas() {
     let (_, live1, log) = replica(&nats, "replica-1").await;
     let (_, _live2, _) = replica(&nats, "replica-2").await;
     let (request, _) = file_request(&log, 1, Duration::from_millis(300)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the request to expire", Duration::from_secs(10), || async {
         let state = live1.read(|s| s.request(request.as_str()).map(|r| r.state()));
-        if state == Some(proto::RequestState::Expired) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "request never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        satisfies(state, |s| *s == Some(proto::RequestState::Expired))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await; // more reconcile rounds
     assert_eq!(
         outcomes(&log, &request).await,

@@ -12,7 +12,7 @@ use airlock_control::projection::Projection;
 use airlock_control::snapshot;
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{EventLog, NatsSettings, RequestId, SessionId, new_event, subjects};
-use airlock_testkit::NatsServer;
+use airlock_testkit::{NatsServer, eventually, satisfies};
 use futures::StreamExt;
 use proto::reviewer_service_client::ReviewerServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,18 +116,6 @@ async fn check(client: &mut HealthClient<Channel>, service: &str) -> Result<Serv
         .map(|r| r.into_inner().status())
 }
 
-/// Asks until the whole server reports `wanted`; false after `within`.
-async fn becomes(client: &mut HealthClient<Channel>, wanted: ServingStatus, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if check(client, "").await.ok() == Some(wanted) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn health_is_serving_when_caught_up_and_not_while_the_log_is_gone_or_shutting_down() {
     let mut nats = NatsServer::start();
@@ -139,10 +127,18 @@ async fn health_is_serving_when_caught_up_and_not_while_the_log_is_gone_or_shutt
         .expect("connect");
     let mut client = HealthClient::new(channel);
 
-    assert!(
-        becomes(&mut client, ServingStatus::Serving, Duration::from_secs(5)).await,
-        "serving once caught up with a reachable log"
-    );
+    eventually(
+        "SERVING once caught up with a reachable log",
+        Duration::from_secs(5),
+        || {
+            let mut client = client.clone();
+            async move {
+                let status = check(&mut client, "").await.ok();
+                satisfies(status, |s| *s == Some(ServingStatus::Serving))
+            }
+        },
+    )
+    .await;
     for service in SERVICES {
         assert_eq!(
             check(&mut client, service).await.expect("known service"),
@@ -275,16 +271,14 @@ async fn caught_up(r: &Replica) {
     assert!(r.live.wait_for(last, Duration::from_secs(5)).await);
 }
 
-/// Scrapes until `series` reads `wanted`; the last reading otherwise.
+/// Scrapes until `series` reads `wanted` (ten seconds at most); the reading.
 async fn metric_becomes(r: &Replica, series: &str, wanted: f64) -> f64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = metric(r, series).await;
-        if got == wanted || tokio::time::Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{series} to read {wanted}"),
+        Duration::from_secs(10),
+        || async { satisfies(metric(r, series).await, |got| *got == wanted) },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use airlock_proxy::record::Recorder;
 use airlock_proxy::server::{Server, ServerSettings, TlsFiles};
 use airlock_proxy::session::Deps;
 use airlock_proxy::upstream::{Secret, UpstreamConfig};
-use airlock_testkit::{NatsServer, Postgres, PostgresOptions};
+use airlock_testkit::{NatsServer, Postgres, PostgresOptions, eventually, satisfies};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::error::SqlState;
@@ -315,56 +315,56 @@ async fn the_session_is_recorded_in_the_log() {
         "statement_refused",
         "session_closed",
     ];
-    let mut kinds = Vec::new();
-    for _ in 0..50 {
+    let (events, singles) = eventually("the session's events", Duration::from_secs(5), || async {
         let stream = f
             .log
             .read(0, ReadFilter::subject("airlock.v1.session.*"))
             .await
             .expect("read");
         futures::pin_mut!(stream);
-        kinds.clear();
         let mut events = Vec::new();
         // Statements recorded together count as the single events they
         // stand for.
         let mut singles = Vec::new();
         while let Some(e) = stream.next().await {
             let e = e.expect("event");
-            for single in airlock_eventlog::split_group(&e.event) {
-                kinds.push(airlock_eventlog::body_kind(single.body.as_ref().expect("body")));
-                singles.push(single);
-            }
+            singles.extend(airlock_eventlog::split_group(&e.event));
             events.push(e);
         }
+        let kinds: Vec<&str> = singles
+            .iter()
+            .map(|single| airlock_eventlog::body_kind(single.body.as_ref().expect("body")))
+            .collect();
         if kinds == want {
-            // The simple SELECT: its text, tag and row count.
-            match &singles[1].body {
-                Some(proto::event::Body::StatementExecuted(x)) => {
-                    assert_eq!(
-                        x.statement.as_ref().map(|s| s.text.as_str()),
-                        Some("SELECT count(*) FROM orders")
-                    );
-                    assert_eq!(x.command_tag, "SELECT 1");
-                    assert_eq!(x.rows, 1);
-                }
-                other => panic!("{other:?}"),
-            }
-            match &singles[3].body {
-                Some(proto::event::Body::StatementRefused(x)) => {
-                    assert_eq!(x.sqlstate, "42501");
-                    assert_eq!(
-                        x.statement.as_ref().map(|s| s.text.as_str()),
-                        Some("DROP TABLE orders")
-                    );
-                }
-                other => panic!("{other:?}"),
-            }
-            airlock_eventlog::verify_chain(&events).expect("the session's chain verifies");
-            return;
+            Ok((events, singles))
+        } else {
+            Err(kinds)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    // The simple SELECT: its text, tag and row count.
+    match &singles[1].body {
+        Some(proto::event::Body::StatementExecuted(x)) => {
+            assert_eq!(
+                x.statement.as_ref().map(|s| s.text.as_str()),
+                Some("SELECT count(*) FROM orders")
+            );
+            assert_eq!(x.command_tag, "SELECT 1");
+            assert_eq!(x.rows, 1);
+        }
+        other => panic!("{other:?}"),
     }
-    panic!("session events never matched: {kinds:?}");
+    match &singles[3].body {
+        Some(proto::event::Body::StatementRefused(x)) => {
+            assert_eq!(x.sqlstate, "42501");
+            assert_eq!(
+                x.statement.as_ref().map(|s| s.text.as_str()),
+                Some("DROP TABLE orders")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    airlock_eventlog::verify_chain(&events).expect("the session's chain verifies");
 }
 
 #[tokio::test]
@@ -509,6 +509,30 @@ async fn a_malformed_message_closes_that_connection_only() {
         .await
         .expect("other sessions carry on");
     assert_eq!(rows.len(), 1);
+}
+
+/// The events of `session` in the log, once there are at least `count`.
+async fn session_events(
+    log: &EventLog,
+    session: &airlock_eventlog::SessionId,
+    count: usize,
+) -> Vec<airlock_eventlog::StoredEvent> {
+    eventually(
+        &format!("{count} events of the session in the log"),
+        Duration::from_secs(10),
+        || async {
+            let stored = log
+                .read_subject(&airlock_eventlog::subjects::session(session))
+                .await
+                .expect("read");
+            if stored.len() >= count {
+                Ok(stored)
+            } else {
+                Err(stored.len())
+            }
+        },
+    )
+    .await
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {
@@ -1081,20 +1105,24 @@ mod attacks {
     /// The statement of the first StatementRefused in the log.
     async fn eventually_refused(log: &EventLog) -> proto::Statement {
         use futures::StreamExt;
-        for _ in 0..50 {
-            let mut events = Box::pin(
-                log.read(0, airlock_eventlog::ReadFilter::all())
-                    .await
-                    .expect("read"),
-            );
-            while let Some(e) = events.next().await {
-                if let Some(proto::event::Body::StatementRefused(r)) = e.expect("event").event.body {
-                    return r.statement.expect("statement");
+        eventually(
+            "a StatementRefused in the log",
+            Duration::from_secs(5),
+            || async {
+                let mut events = Box::pin(
+                    log.read(0, airlock_eventlog::ReadFilter::all())
+                        .await
+                        .expect("read"),
+                );
+                while let Some(e) = events.next().await {
+                    if let Some(proto::event::Body::StatementRefused(r)) = e.expect("event").event.body {
+                        return Some(r.statement.expect("statement"));
+                    }
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no StatementRefused in the log")
+                None
+            },
+        )
+        .await
     }
 
     #[tokio::test]
@@ -1371,13 +1399,12 @@ async fn a_forged_grant_from_the_network_runs_nothing() {
         "proxy-test".into(),
         f.holds.clone(),
     ));
-    for _ in 0..100 {
-        if f.holds.is_attached() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(f.holds.is_attached());
+    eventually(
+        "the proxy to attach to the forger",
+        Duration::from_secs(5),
+        || async { f.holds.is_attached() },
+    )
+    .await;
     let client = connect(f.addr).await;
     let err = client
         .simple_query("DELETE FROM orders")
@@ -1404,23 +1431,19 @@ async fn a_session_ended_for_a_protocol_violation_cancels_its_running_query() {
     // query starts cancels nothing, in PostgreSQL too).
     let active =
         "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
-    for _ in 0..100 {
-        if f.pg.psql("postgres", active) == "1" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let running = |n: &'static str| {
+        let pg = &f.pg;
+        move || async move { satisfies(pg.psql("postgres", active), |got| got == n) }
+    };
+    eventually("PostgreSQL to run pg_sleep", Duration::from_secs(5), running("1")).await;
     // A Query whose string is not NUL-terminated ends the session.
     raw.stream.write_all(b"Q\0\0\0\x08abcd").await.expect("garbage");
-    let mut still = String::new();
-    for _ in 0..50 {
-        still = f.pg.psql("postgres", active);
-        if still == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(still, "0", "the running query was cancelled");
+    eventually(
+        "the running query to be cancelled",
+        Duration::from_secs(5),
+        running("0"),
+    )
+    .await;
 }
 
 /// A full recording buffer: a statement waits for room, then is refused;
@@ -1514,17 +1537,7 @@ async fn a_busy_sessions_statements_are_recorded_together_in_order() {
     record(event(Body::SessionClosed(proto::SessionClosed::default())));
     assert!(recorder.flush(Duration::from_secs(10)).await, "written");
 
-    let mut stored = Vec::new();
-    for _ in 0..50 {
-        stored = log
-            .read_subject(&airlock_eventlog::subjects::session(&session))
-            .await
-            .expect("read");
-        if stored.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = session_events(&log, &session, 5).await;
     let kinds: Vec<&str> = stored
         .iter()
         .map(|e| airlock_eventlog::body_kind(e.event.body.as_ref().expect("body")))
@@ -1570,17 +1583,7 @@ async fn a_busy_sessions_statements_are_recorded_together_in_order() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recorder.flush(Duration::from_secs(10)).await, "written");
-    let mut stored = Vec::new();
-    for _ in 0..50 {
-        stored = log
-            .read_subject(&airlock_eventlog::subjects::session(&quiet))
-            .await
-            .expect("read");
-        if !stored.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = session_events(&log, &quiet, 1).await;
     assert_eq!(stored.len(), 1, "one event for both");
     let texts: Vec<&str> = airlock_eventlog::executed_statements(&stored[0].event)
         .iter()
@@ -1626,17 +1629,7 @@ async fn a_statement_too_large_for_the_log_is_recorded_cut_and_the_session_goes_
     closed.session_id = session.to_string();
     recorder.record(&session, refused).expect("room");
     recorder.record(&session, closed).expect("room");
-    let mut stored = Vec::new();
-    for _ in 0..100 {
-        stored = log
-            .read_subject(&airlock_eventlog::subjects::session(&session))
-            .await
-            .expect("read");
-        if stored.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = session_events(&log, &session, 2).await;
     assert_eq!(
         stored.len(),
         2,
