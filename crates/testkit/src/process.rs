@@ -64,21 +64,22 @@ pub fn free_port() -> u16 {
 /// (empty: none); the rest is the server command. It prints the server's pid,
 /// then waits. A background reader holds the owner's pipe (moved to fd 3,
 /// since a background job's stdin is /dev/null): EOF means
-/// the owner is gone, so it stops the server; after the server exits the
-/// directory is removed only in that case (a deliberate `stop` keeps it, so
-/// the server can be restarted on the same data).
+/// the owner is gone, so it marks that in the directory, then stops the
+/// server; after the server exits the directory is removed only in that
+/// case (a deliberate `stop` keeps it, so the server can be restarted on
+/// the same data). The mark is made before the kill, so the check after the
+/// server's exit cannot race the reader's own exit.
 const WATCHDOG: &str = r#"
 dir="$1"; shift
 exec 3<&0
 "$@" >&2 3<&- &
 child=$!
 echo "$child"
-( cat <&3 >/dev/null; kill -TERM "$child" 2>/dev/null ) &
+( cat <&3 >/dev/null; [ -n "$dir" ] && : > "$dir/.owner-gone"; kill -TERM "$child" 2>/dev/null ) &
 exec 3<&-
-watcher=$!
 wait "$child"
 status=$?
-if ! kill -0 "$watcher" 2>/dev/null && [ -n "$dir" ]; then
+if [ -n "$dir" ] && [ -e "$dir/.owner-gone" ]; then
   rm -rf "$dir"
 fi
 exit "$status"
