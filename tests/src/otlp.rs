@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -15,6 +15,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
+
+use crate::eventually;
 
 /// One span as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,21 +115,18 @@ impl Receiver {
         timeout: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Vec<ReceivedSpan> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually("the spans expected", timeout, || async {
             let spans = self.spans();
             if done(&spans) {
-                return spans;
+                return Ok(spans);
             }
-            if Instant::now() > deadline {
-                let seen: Vec<String> = spans
-                    .iter()
-                    .map(|s| format!("{} {} {:?}", s.service, s.name, s.attributes))
-                    .collect();
-                panic!("the spans expected did not arrive; got:\n{}", seen.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let seen: Vec<String> = spans
+                .iter()
+                .map(|s| format!("{} {} {:?}", s.service, s.name, s.attributes))
+                .collect();
+            Err(seen)
+        })
+        .await
     }
 }
 
