@@ -338,7 +338,8 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize)
         control += &format!("  checkpoints: {{ signing_key: {d}/checkpoint.key, interval: 1s }}\n");
     }
     if options.reviewer {
-        // As the reviewer's tests were written: expiries are the proxy's.
+        // As the reviewer's tests have always run: the control plane
+        // appends no expiry of its own during a test.
         control += "  reconcile_interval: 1h\n";
     }
     proxy_extra += &if options.proxy_tls {
