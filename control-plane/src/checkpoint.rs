@@ -15,109 +15,32 @@ use std::time::Duration;
 use airlock_eventlog::checkpoint::{ALGORITHM, RangeDigest, signed_message};
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{ChainHead, EventLog, Expect, ReadFilter, link, new_event, subjects};
-use anyhow::{Context, bail};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use anyhow::bail;
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 /// At most this many events per checkpoint, so one append never waits on
 /// reading an unbounded range; a long backlog takes several rounds.
 pub const MAX_RANGE: u64 = 1_000_000;
 
-/// Short id of a public key: the first 8 bytes of SHA-256 over its 32 raw
-/// bytes, in hex. Lets `verify` pick the key among several (rotation).
-pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
-}
+/// The control plane's signing key: the same Ed25519 key signs its events
+/// and its checkpoints.
+pub type CheckpointSigner = airlock_eventlog::signing::Signer;
 
-/// The control plane's signing key (PKCS#8 PEM, as `openssl genpkey
-/// -algorithm ed25519` or `airlock-control checkpoint-key` write).
-pub struct CheckpointSigner {
-    key: SigningKey,
-    key_id: String,
-}
-
-impl std::fmt::Debug for CheckpointSigner {
-    // Never the key itself.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointSigner")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CheckpointSigner {
-    pub fn load(path: &Path) -> anyhow::Result<CheckpointSigner> {
-        let pem = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the checkpoint signing key {}", path.display()))?;
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not an Ed25519 private key in PKCS#8 PEM ({e}); create one with \
-                 `airlock-control checkpoint-key`",
-                path.display()
-            )
-        })?;
-        Ok(CheckpointSigner::from_key(key))
-    }
-
-    pub fn from_key(key: SigningKey) -> CheckpointSigner {
-        let key_id = key_id(&key.verifying_key());
-        CheckpointSigner { key, key_id }
-    }
-
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
-    pub fn verifying_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
-    }
-}
+pub use airlock_eventlog::signing::key_id;
 
 /// Writes a new key pair: the private key (PKCS#8 PEM, mode 0600) and the
-/// public key (SPKI PEM) that auditors pass to `verify`.
+/// public key (SPKI PEM) that auditors pass to `verify` and fleets list in
+/// `signing.trust`. Returns the key id.
 pub fn generate_key(private: &Path, public: &Path) -> anyhow::Result<String> {
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let private_pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| anyhow::anyhow!("encoding the private key: {e}"))?;
-    let public_pem = key
-        .verifying_key()
-        .to_public_key_pem(Default::default())
-        .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
-    write_new(private, private_pem.as_bytes(), 0o600)?;
-    write_new(public, public_pem.as_bytes(), 0o644)?;
-    Ok(key_id(&key.verifying_key()))
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = options.open(path).with_context(|| {
-        format!(
-            "creating {} (an existing key is never overwritten)",
-            path.display()
-        )
-    })?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))
+    let signer = CheckpointSigner::generate();
+    signer.write(private, public)?;
+    Ok(signer.key_id().to_owned())
 }
 
 /// Reads an Ed25519 public key (SPKI PEM).
 pub fn load_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("reading public key {}", path.display()))?;
-    VerifyingKey::from_public_key_pem(&pem)
-        .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 public key in PEM: {e}", path.display()))
+    Ok(airlock_eventlog::signing::load_public_key(path)?)
 }
 
 /// What happened to one checkpoint attempt.
@@ -176,7 +99,7 @@ pub async fn checkpoint_once(
     }
     let count = digest.count();
     let value = digest.finish();
-    let signature = signer.key.sign(&signed_message(first, last, count, &value));
+    let signature = signer.sign(&signed_message(first, last, count, &value));
     let mut event = new_event(
         source,
         Body::Checkpoint(proto::Checkpoint {
@@ -185,7 +108,7 @@ pub async fn checkpoint_once(
             event_count: count,
             digest: value.to_vec(),
             algorithm: ALGORITHM.to_owned(),
-            key_id: signer.key_id.clone(),
+            key_id: signer.key_id().to_owned(),
             signature: signature.to_bytes().to_vec(),
         }),
     );
@@ -261,13 +184,14 @@ pub fn check_signature(c: &proto::Checkpoint, keys: &[VerifyingKey]) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
 
     #[test]
     fn a_signature_verifies_only_with_its_key_and_range() {
         let signer = CheckpointSigner::from_key(SigningKey::from_bytes(&[7u8; 32]));
         let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
         let digest = [1u8; 32];
-        let sig = signer.key.sign(&signed_message(1, 10, 10, &digest));
+        let sig = signer.sign(&signed_message(1, 10, 10, &digest));
         let mut c = proto::Checkpoint {
             first_sequence: 1,
             last_sequence: 10,

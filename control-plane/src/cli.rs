@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -61,9 +62,12 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Create a checkpoint signing key pair: the private key for
-    /// `control.checkpoints.signing_key` and the public key for auditors.
-    CheckpointKey {
+    /// Create an Ed25519 key pair for a writer of the log: the private key
+    /// for `proxy.signing_key`, `control.signing_key` or
+    /// `control.checkpoints.signing_key`, and the public key to list in
+    /// `signing.trust` (and give auditors).
+    #[command(alias = "checkpoint-key")]
+    SigningKey {
         #[arg(long)]
         private: PathBuf,
         #[arg(long)]
@@ -111,7 +115,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { config } => {
             let config = crate::config::load(&config)?;
-            let log = airlock_eventlog::EventLog::connect(config.nats).await?;
+            let mut log = airlock_eventlog::EventLog::connect(config.nats).await?;
+            if let Some(signing) = &config.signing {
+                log = log.with_trust(std::sync::Arc::new(signing.load().context("signing.trust")?));
+            }
             let report = crate::verify::replay(&log).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
@@ -131,9 +138,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             {
                 keys.push(signer.verifying_key());
             }
+            let trust = match &config.signing {
+                Some(signing) => Some(signing.load().context("signing.trust")?),
+                None => None,
+            };
             let log = airlock_eventlog::EventLog::connect(config.nats).await?;
-            let report = crate::verify::verify(&log, &keys).await?;
+            let report = crate::verify::verify(&log, &keys, trust.as_ref()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.writers.checked && !report.writers.signed.is_empty() {
+                eprintln!(
+                    "airlock-control: the log holds signed events but the configuration has no \
+                     `signing:` section listing the writers' public keys: who wrote them was not checked"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            if report.writers.unsigned > 0 {
+                eprintln!(
+                    "airlock-control: {} events are unsigned (written before event signing, or by \
+                     no Airlock writer): their writers cannot be told",
+                    report.writers.unsigned
+                );
+            }
             if !report.signatures_checked {
                 eprintln!(
                     "airlock-control: the log holds signed checkpoints but no public key was given \
@@ -170,10 +195,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("airlock-control: exported {written} events");
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckpointKey { private, public } => {
+        Command::SigningKey { private, public } => {
             let id = crate::checkpoint::generate_key(&private, &public)?;
             println!(
-                "checkpoint key {id}: private key {}, public key {}",
+                "key {id}: private key {}, public key {}",
                 private.display(),
                 public.display()
             );

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use airlock_config::ConfigFile;
 use airlock_eventlog::NatsSettings;
+use airlock_eventlog::signing::SigningSection;
 use airlock_identity::IdentityConfig;
 use serde::Deserialize;
 
@@ -39,6 +40,12 @@ pub struct ControlSection {
     pub snapshot_interval: Duration,
     #[serde(default = "default_snapshot_min_events")]
     pub snapshot_min_events: u64,
+    /// This replica's Ed25519 private key (PKCS#8 PEM, `airlock-control
+    /// signing-key`): every event it appends is signed with it, and its
+    /// public half is listed in `signing.trust` as `role: control`.
+    /// Required by `serve`.
+    #[serde(default)]
+    pub signing_key: Option<std::path::PathBuf>,
     /// Signed checkpoints over the log; off when unset.
     #[serde(default)]
     pub checkpoints: Option<CheckpointsSection>,
@@ -125,6 +132,9 @@ pub struct ControlConfig {
     pub identity: IdentityConfig,
     pub control: ControlSection,
     pub approvals: ApprovalsSection,
+    /// `signing:`: the writers this replica trusts. Required by `serve`;
+    /// `verify` checks signatures against it when present.
+    pub signing: Option<SigningSection>,
 }
 
 /// Reads and checks airlock.yaml.
@@ -154,11 +164,13 @@ fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
             reviewers: Vec::new(),
             timeout: None,
         });
+    let signing = file.section::<SigningSection>("signing")?;
     Ok(ControlConfig {
         nats,
         identity,
         control,
         approvals,
+        signing,
     })
 }
 

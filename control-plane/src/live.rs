@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use airlock_eventlog::signing::Trust;
 use airlock_eventlog::subjects::{SubjectKind, classify};
 use airlock_eventlog::{EventLog, ReadFilter, StoredEvent};
 use futures::StreamExt;
@@ -135,10 +136,27 @@ impl Live {
         true
     }
 
-    fn fold(&self, event: StoredEvent, target: u64) {
+    fn fold(&self, event: StoredEvent, target: u64, trust: Option<&Trust>) {
         let span = self.fold_span(&event);
         let _in = span.enter();
         let sequence = event.sequence;
+        if let Some(why) = trust.and_then(|t| t.check(&event).err()) {
+            // Not folded and not published: an event no trusted writer
+            // signed changes nothing and reaches no proxy or integrator.
+            tracing::warn!(
+                sequence,
+                subject = %event.subject,
+                event_id = %event.event.id,
+                reason = %why,
+                "event refused: its writer is not trusted for it"
+            );
+            self.metrics.rejected(why.label());
+            self.folded.send_replace(sequence);
+            if sequence >= target {
+                self.ready.store(true, Ordering::Release);
+            }
+            return;
+        }
         {
             let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
             guard.apply(&event);
@@ -198,7 +216,7 @@ async fn tail(live: Arc<Live>, log: EventLog, target: u64) {
                     match item {
                         Ok(event) => {
                             backoff = Duration::from_millis(100);
-                            live.fold(event, target);
+                            live.fold(event, target, log.trust());
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "tailing the log failed; resuming");

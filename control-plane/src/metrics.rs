@@ -75,6 +75,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectedLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -95,6 +100,7 @@ pub struct Metrics {
     log_reachable: Gauge,
     pending: Gauge,
     decisions: Family<OutcomeLabels, Counter>,
+    rejected: Family<RejectedLabels, Counter>,
     decide_seconds: Histogram,
     snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     snapshot_behind: Gauge,
@@ -128,6 +134,7 @@ impl Metrics {
             log_reachable: Gauge::default(),
             pending: Gauge::default(),
             decisions: Family::default(),
+            rejected: Family::default(),
             // 1 ms to ~16 s: a vote is an append or two and a fold.
             decide_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             snapshot_age: Gauge::default(),
@@ -166,6 +173,12 @@ impl Metrics {
             self.decisions.clone(),
         );
         r.register(
+            "airlock_control_events_rejected",
+            "Events in the log this replica did not fold because no trusted writer signed them \
+             (signing.trust), by reason: forged or misconfigured writers",
+            self.rejected.clone(),
+        );
+        r.register(
             "airlock_control_decide_duration_seconds",
             "Time to judge a vote and append it and any outcome, until folded back (Decide calls past authentication)",
             self.decide_seconds.clone(),
@@ -191,6 +204,11 @@ impl Metrics {
     /// An outcome this replica appended.
     pub fn decided(&self, outcome: Outcome) {
         self.decisions.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// An event not folded: its writer is not trusted for it.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&RejectedLabels { reason }).inc();
     }
 
     pub fn observe_decide(&self, took: Duration) {

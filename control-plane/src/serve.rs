@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use airlock_eventlog::proto;
+use airlock_eventlog::signing::{Role, Signer, Trust};
 use airlock_eventlog::{EventLog, ProxyId};
 use airlock_identity::Verifier;
 use anyhow::Context;
@@ -40,6 +41,49 @@ fn default_replica_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// This replica's signing key and the writers it trusts: both required, so
+/// that every event it appends says who wrote it and it folds only events
+/// whose writers it can name.
+pub fn signing(config: &ControlConfig) -> anyhow::Result<(Arc<Signer>, Arc<Trust>)> {
+    let Some(path) = &config.control.signing_key else {
+        anyhow::bail!(
+            "control.signing_key is not set: every event a replica appends must be signed. Create a key \
+             pair with `airlock-control signing-key --private control.key --public control.pub`, set \
+             control.signing_key to the private key and list the public key in signing.trust as role: control"
+        );
+    };
+    let signer = Signer::load(path).context("control.signing_key")?;
+    let Some(section) = &config.signing else {
+        anyhow::bail!(
+            "no `signing:` section: the control plane folds only events signed by a writer it trusts. \
+             List each proxy's and each replica's public key: signing: {{ trust: [{{ role: control, key: \
+             control.pub }}, {{ role: proxy, key: proxy.pub }}] }}"
+        );
+    };
+    let trust = section.load().context("signing.trust")?;
+    if !trust
+        .keys()
+        .iter()
+        .any(|k| k.role == Role::Control && k.key_id == signer.key_id())
+    {
+        anyhow::bail!(
+            "signing.trust does not list this replica's own key ({}) as role: control: its decisions \
+             would be refused by every proxy",
+            signer.key_id()
+        );
+    }
+    if !trust.has_role(Role::Proxy) {
+        tracing::warn!("signing.trust lists no proxy key: every event a proxy writes will be refused");
+    }
+    if trust.unsigned_before() > 0 {
+        tracing::info!(
+            below = trust.unsigned_before(),
+            "accepting unsigned events stored below this sequence as history"
+        );
+    }
+    Ok((Arc::new(signer), Arc::new(trust)))
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     let replica = config
@@ -54,7 +98,11 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         host: String::new(),
     };
-    let log = EventLog::connect(config.nats.clone()).await?;
+    let (signer, trust) = signing(&config)?;
+    let log = EventLog::connect(config.nats.clone())
+        .await?
+        .with_signer(signer)
+        .with_trust(trust);
     log.ensure_stream().await?;
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     let signer = match &config.control.checkpoints {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use airlock_eventlog::checkpoint::{Leaf, RangeDigest};
 use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::signing::{Trust, Untrusted, Vouched};
 use airlock_eventlog::{ChainChecker, EventLog, ReadFilter, StoredEvent};
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
@@ -29,9 +30,61 @@ pub struct VerifyReport {
     pub uncovered_events: u64,
     /// Whether checkpoint signatures were checked (a public key was given).
     pub signatures_checked: bool,
+    /// Who wrote the events, as their signatures say.
+    pub writers: WritersReport,
     /// Every finding, first one first; each names the event.
     pub broken: Vec<String>,
     pub ok: bool,
+}
+
+/// Events by how their writer is vouched for.
+#[derive(Debug, Default, Serialize)]
+pub struct WritersReport {
+    /// Whether signatures were checked against `signing.trust`.
+    pub checked: bool,
+    /// Events signed by a trusted key whose role may write them, by role
+    /// (when not checked: events carrying a signature, under "unchecked").
+    pub signed: BTreeMap<String, u64>,
+    /// Events without a signature: a log written before signing, or (when
+    /// checked, at or past `signing.unsigned_before`) a finding.
+    pub unsigned: u64,
+    /// Events refused: unknown key, bad signature, a role writing what it
+    /// may not, unsigned where signing is required. Each is also in `broken`.
+    pub refused: u64,
+}
+
+impl WritersReport {
+    /// Counts `e`; an error is the finding to report.
+    fn count(&mut self, trust: Option<&Trust>, e: &StoredEvent) -> Result<(), String> {
+        let Some(trust) = trust else {
+            if e.event.signature.is_some() {
+                *self.signed.entry("unchecked".to_owned()).or_default() += 1;
+            } else {
+                self.unsigned += 1;
+            }
+            return Ok(());
+        };
+        match trust.check(e) {
+            Ok(Vouched::Signed { role, .. }) => {
+                *self.signed.entry(role.to_string()).or_default() += 1;
+                Ok(())
+            }
+            Ok(Vouched::UnsignedHistory) => {
+                self.unsigned += 1;
+                Ok(())
+            }
+            Err(why) => {
+                if matches!(why, Untrusted::Unsigned) {
+                    self.unsigned += 1;
+                }
+                self.refused += 1;
+                Err(format!(
+                    "event {} (seq {}) on {} is not from a trusted writer: {why}",
+                    e.event.id, e.sequence, e.subject
+                ))
+            }
+        }
+    }
 }
 
 /// Checkpoint checks as the log streams by: the leaves of events not yet
@@ -100,8 +153,14 @@ impl CheckpointCheck<'_> {
 }
 
 /// Checks the whole log. `keys`: the checkpoint public keys (empty: digests
-/// are checked, signatures are not, and the report says so).
-pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<VerifyReport> {
+/// are checked, signatures are not, and the report says so). `trust`: the
+/// fleet's writers (`signing:`); without it event signatures are counted,
+/// not checked.
+pub async fn verify(
+    log: &EventLog,
+    keys: &[VerifyingKey],
+    trust: Option<&Trust>,
+) -> anyhow::Result<VerifyReport> {
     let stream = log.read(0, ReadFilter::all()).await?;
     futures::pin_mut!(stream);
     let mut chains = ChainChecker::new();
@@ -115,6 +174,10 @@ pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<Ver
     };
     let mut events = 0u64;
     let mut broken = Vec::new();
+    let mut writers = WritersReport {
+        checked: trust.is_some(),
+        ..Default::default()
+    };
     while let Some(item) = stream.next().await {
         let e = match item {
             Ok(e) => e,
@@ -133,7 +196,10 @@ pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<Ver
             broken.push(err);
         }
         checkpoints.pending.push_back(Leaf::of(&e));
-        fold.apply(&e);
+        match writers.count(trust, &e) {
+            Ok(()) => fold.apply(&e),
+            Err(err) => broken.push(err),
+        }
     }
     let uncovered = checkpoints.pending.len() as u64;
     let signatures_checked = !keys.is_empty() || checkpoints.found == 0;
@@ -146,6 +212,7 @@ pub async fn verify(log: &EventLog, keys: &[VerifyingKey]) -> anyhow::Result<Ver
         covered_through: checkpoints.valid_through,
         uncovered_events: uncovered,
         signatures_checked,
+        writers,
         ok: broken.is_empty(),
         broken,
     })
@@ -188,6 +255,8 @@ pub struct ReplayReport {
     pub identities: BTreeMap<String, IdentitySummary>,
     pub proxies: usize,
     pub anomalies: u64,
+    /// Events not folded: no trusted writer signed them (`signing.trust`).
+    pub untrusted: u64,
     pub seconds: f64,
     pub events_per_second: f64,
 }
@@ -196,7 +265,8 @@ fn enum_name(name: &str, prefix: &str) -> String {
     name.trim_start_matches(prefix).to_lowercase()
 }
 
-/// Folds the whole log from the start, as a fresh replica would.
+/// Folds the whole log from the start, as a fresh replica would: events no
+/// trusted writer signed are skipped and counted (`log.trust()`).
 pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
     let started = std::time::Instant::now();
     let stream = log.read(0, ReadFilter::all()).await?;
@@ -209,9 +279,14 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
     let mut identities: BTreeMap<String, IdentitySummary> = BTreeMap::new();
     // Session -> identity, from SessionOpened (events of a session follow it).
     let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut untrusted = 0u64;
     while let Some(item) = stream.next().await {
         let e = item?;
         events += 1;
+        if log.trust().is_some_and(|t| t.check(&e).is_err()) {
+            untrusted += 1;
+            continue;
+        }
         let session_owner = owner.get(&e.event.session_id).cloned();
         match &e.event.body {
             Some(Body::SessionOpened(o)) => {
@@ -289,6 +364,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
         identities,
         proxies: fold.proxies.len(),
         anomalies: fold.anomalies,
+        untrusted,
         seconds,
         events_per_second: if seconds > 0.0 {
             events as f64 / seconds

@@ -207,7 +207,7 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
     );
     synth::write_sessions(&log, 1, 1).await;
 
-    let report = verify::verify(&log, &[key.verifying_key()])
+    let report = verify::verify(&log, &[key.verifying_key()], None)
         .await
         .expect("verify");
     assert!(report.ok, "{:?}", report.broken);
@@ -216,7 +216,7 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
     assert_eq!(report.uncovered_events, 1 + synth::EVENTS_PER_SESSION);
     assert!(report.signatures_checked);
 
-    let wrong = verify::verify(&log, &[signer(9).verifying_key()])
+    let wrong = verify::verify(&log, &[signer(9).verifying_key()], None)
         .await
         .expect("verify");
     assert!(!wrong.ok);
@@ -225,7 +225,7 @@ async fn replicas_racing_land_one_checkpoint_per_range_and_verify_checks_them() 
         "{:?}",
         wrong.broken
     );
-    let unchecked = verify::verify(&log, &[]).await.expect("verify");
+    let unchecked = verify::verify(&log, &[], None).await.expect("verify");
     assert!(unchecked.ok && !unchecked.signatures_checked);
 }
 
@@ -255,7 +255,7 @@ async fn verify_names_the_event_altered_in_a_copy_of_the_log() {
         .expect("checkpoint");
     let events = all(&log).await;
     let (_keep, faithful) = copy(&events, |e| e.event.clone()).await;
-    let report = verify::verify(&faithful, &[key.verifying_key()])
+    let report = verify::verify(&faithful, &[key.verifying_key()], None)
         .await
         .expect("verify");
     assert!(report.ok, "an unaltered copy verifies: {:?}", report.broken);
@@ -278,7 +278,7 @@ async fn verify_names_the_event_altered_in_a_copy_of_the_log() {
         ev
     };
     let (_keep2, altered) = copy(&events, rewrite).await;
-    let report = verify::verify(&altered, &[key.verifying_key()])
+    let report = verify::verify(&altered, &[key.verifying_key()], None)
         .await
         .expect("verify");
     assert!(!report.ok);
@@ -311,7 +311,7 @@ async fn verify_names_the_event_altered_in_a_copy_of_the_log() {
         ev
     };
     let (_keep3, altered) = copy(&events, rewrite).await;
-    let report = verify::verify(&altered, &[key.verifying_key()])
+    let report = verify::verify(&altered, &[key.verifying_key()], None)
         .await
         .expect("verify");
     assert!(!report.ok);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use airlock_config::ConfigFile;
 use airlock_eventlog::NatsSettings;
+use airlock_eventlog::signing::SigningSection;
 use airlock_identity::IdentityConfig;
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -60,6 +61,11 @@ pub struct ProxySection {
     /// which a control plane with `control.tls.client_ca` requires.
     #[serde(default)]
     pub control_tls: Option<ControlTlsSection>,
+    /// This proxy's Ed25519 private key (PKCS#8 PEM, `airlock-control
+    /// signing-key`): every event it appends is signed with it, and its
+    /// public half is listed in `signing.trust` as `role: proxy`. Required.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
 }
 
 /// `proxy.control_tls:`.
@@ -131,6 +137,9 @@ pub struct ProxyConfig {
     pub identity: IdentityConfig,
     pub proxy: ProxySection,
     pub connections: Vec<(String, UpstreamConfig)>,
+    /// `signing:`: the writers this proxy trusts (a grant runs only if a
+    /// trusted control-plane key signed it).
+    pub signing: Option<SigningSection>,
 }
 
 /// Reads airlock.yaml and resolves each connection's password.
@@ -151,6 +160,7 @@ fn from_file(file: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     check_record_linger(&proxy).with_context(in_file)?;
     let raw: Vec<ConnectionSection> = file.section("connections")?.unwrap_or_default();
     let connections = connections(raw, env).with_context(in_file)?;
+    let signing = file.section::<SigningSection>("signing")?;
     Ok(ProxyConfig {
         path: file.path().to_path_buf(),
         text: file.text().to_owned(),
@@ -158,6 +168,7 @@ fn from_file(file: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         identity,
         proxy,
         connections,
+        signing,
     })
 }
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_eventlog::proto;
+use airlock_eventlog::proto::event::Body;
+use airlock_eventlog::signing::Trust;
 use airlock_eventlog::{EventLog, NatsSettings, ReadFilter};
 use airlock_proxy::attach::Holds;
 use airlock_proxy::gate::{Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal};
@@ -115,6 +117,16 @@ async fn start_with_gate(
     settings: impl FnOnce(&mut ServerSettings),
     gate: impl FnOnce(UpstreamConfig) -> Arc<dyn Gate>,
 ) -> Fixture {
+    start_trusting(settings, gate, None).await
+}
+
+/// A fixture whose proxy trusts exactly `trust` (as a configured proxy
+/// does) when given; otherwise it takes the log's word.
+async fn start_trusting(
+    settings: impl FnOnce(&mut ServerSettings),
+    gate: impl FnOnce(UpstreamConfig) -> Arc<dyn Gate>,
+    trust: Option<Trust>,
+) -> Fixture {
     let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
     pg.create_database("shop");
     pg.create_role("maint", "maint-secret");
@@ -138,9 +150,12 @@ async fn start_with_gate(
     let server = Server::bind(s).await.expect("bind");
     let addr = server.local_addr().expect("addr");
     let nats = NatsServer::start();
-    let log = EventLog::connect(NatsSettings::new(nats.url()))
+    let mut log = EventLog::connect(NatsSettings::new(nats.url()))
         .await
         .expect("nats");
+    if let Some(trust) = trust {
+        log = log.with_trust(Arc::new(trust));
+    }
     log.ensure_stream().await.expect("stream");
     let holds = Holds::new();
     let deps = Deps {
@@ -1416,6 +1431,158 @@ async fn a_forged_grant_from_the_network_runs_nothing() {
         db_message(&err)
     );
     assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
+}
+
+/// A control plane that, for every hold, appends an `ApprovalGranted` to the
+/// request's chain in the log (correctly linked, signed by `signer` or not
+/// at all) and then tells the proxy: what anyone able to publish on NATS,
+/// or a stolen proxy key, could do.
+struct LogForgingControl {
+    log: EventLog,
+}
+
+#[tonic::async_trait]
+impl proto::proxy_service_server::ProxyService for LogForgingControl {
+    type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<proto::ControlMessage, tonic::Status>>;
+
+    async fn attach(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::ProxyMessage>>,
+    ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            use proto::control_message::Message;
+            let msg = |m| Ok(proto::ControlMessage { message: Some(m) });
+            let _ = tx
+                .send(msg(Message::Welcome(proto::Welcome {
+                    replica_id: "forger".into(),
+                    heartbeat_interval: None,
+                })))
+                .await;
+            while let Some(Ok(m)) = inbound.next().await {
+                let Some(proto::proxy_message::Message::Holding(h)) = m.message else {
+                    continue;
+                };
+                let Some(held) = h.held else { continue };
+                let source = proto::Source {
+                    kind: proto::source::Kind::Control as i32,
+                    id: "control-1".into(),
+                    ..Default::default()
+                };
+                let mut grant = airlock_eventlog::new_event(
+                    &source,
+                    Body::ApprovalGranted(proto::ApprovalGranted {
+                        statement_sha256: held.statement_sha256.clone(),
+                        ..Default::default()
+                    }),
+                );
+                grant.request_id = held.request_id.clone();
+                grant.session_id = held.session_id.clone();
+                let request = airlock_eventlog::RequestId::parse(&held.request_id).expect("request id");
+                let subject = airlock_eventlog::subjects::request(&request);
+                // After the proxy's ApprovalRequested, as a replica would.
+                eventually("the request in the log", Duration::from_secs(5), || async {
+                    satisfies(log.last(&subject).await.ok().flatten().is_some(), |x| *x)
+                })
+                .await;
+                let appended = log.append_next(&subject, grant).await;
+                assert!(appended.is_ok(), "the forged grant is stored: {appended:?}");
+                let _ = tx
+                    .send(msg(Message::Decision(proto::DecisionNotice {
+                        request_id: held.request_id,
+                        session_id: held.session_id,
+                        outcome: proto::decision_notice::Outcome::Granted as i32,
+                        statement_sha256: held.statement_sha256,
+                        ..Default::default()
+                    })))
+                    .await;
+            }
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+/// Runs `DELETE FROM orders WHERE id = 1` on a proxy that trusts `trust`,
+/// attached to a control plane that writes grants to the log signed by
+/// `forger` (or unsigned); the agent's outcome.
+async fn delete_granted_by(
+    trust: Trust,
+    forger: Option<airlock_eventlog::signing::Signer>,
+) -> (Result<(), String>, Fixture) {
+    let f = start_trusting(|_| {}, |upstream| Arc::new(TestGate { upstream }), Some(trust)).await;
+    let mut forging_log = EventLog::connect(f.log.settings().clone()).await.expect("nats");
+    if let Some(forger) = forger {
+        forging_log = forging_log.with_signer(Arc::new(forger));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::proxy_service_server::ProxyServiceServer::new(
+                LogForgingControl { log: forging_log },
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tokio::spawn(airlock_proxy::attach::run(
+        vec![url],
+        "proxy-test".into(),
+        f.holds.clone(),
+    ));
+    eventually("the proxy to attach", Duration::from_secs(5), || async {
+        f.holds.is_attached()
+    })
+    .await;
+    let client = connect(f.addr).await;
+    let outcome = client
+        .simple_query("DELETE FROM orders WHERE id = 1")
+        .await
+        .map(|_| ())
+        .map_err(|e| db_message(&e));
+    (outcome, f)
+}
+
+/// Finding 15.6: the log trusted any writer. A grant in the log runs a held
+/// statement only if a control-plane key the proxy trusts signed it.
+#[tokio::test]
+async fn a_grant_in_the_log_runs_only_if_a_trusted_control_key_signed_it() {
+    use airlock_eventlog::signing::{Role, Signer, TrustedKey};
+    let (control, proxy) = (Signer::generate(), Signer::generate());
+    let trust = || {
+        Trust::new(vec![
+            TrustedKey::new(Role::Control, control.verifying_key()),
+            TrustedKey::new(Role::Proxy, proxy.verifying_key()),
+        ])
+    };
+    let refused = |outcome: Result<(), String>, f: &Fixture, what: &str| {
+        let err = outcome.expect_err(what);
+        assert!(err.contains("could not be confirmed"), "{what}: {err}");
+        assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5", "{what}");
+        assert!(
+            !f.pg.server_log().contains("DELETE FROM orders"),
+            "{what}: the DELETE reached PostgreSQL"
+        );
+    };
+
+    // Anyone who can publish on NATS: a correctly chained, unsigned grant.
+    let (outcome, f) = delete_granted_by(trust(), None).await;
+    refused(outcome, &f, "an unsigned grant");
+    // A key nobody listed.
+    let (outcome, f) = delete_granted_by(trust(), Some(Signer::generate())).await;
+    refused(outcome, &f, "a grant signed by an unknown key");
+    // A proxy's own key (a stolen or compromised proxy): proxies do not grant.
+    let (outcome, f) = delete_granted_by(trust(), Some(proxy.clone())).await;
+    refused(outcome, &f, "a grant signed by a proxy key");
+
+    // The same path with the trusted control key runs it: the refusals
+    // above are the signatures' doing.
+    let trusted = trust();
+    let (outcome, f) = delete_granted_by(trusted, Some(control)).await;
+    outcome.expect("a grant signed by the trusted control key runs the statement");
+    assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "4");
 }
 
 #[tokio::test]

@@ -157,10 +157,17 @@ if [ ! -f "$state/proxy.crt" ]; then
   chmod 600 "$state/proxy.key"
 fi
 
-# The control plane's checkpoint signing key; auditors get the public half.
+# Signing keys: every event the control plane or the proxy appends is signed
+# by its writer (signing.trust below lists the public halves), and the
+# control plane signs checkpoints; auditors get the public keys.
 if [ ! -f "$state/checkpoint.key" ]; then
-  "$bin/airlock-control" checkpoint-key --private "$state/checkpoint.key" --public "$state/checkpoint.pub" >/dev/null
+  "$bin/airlock-control" signing-key --private "$state/checkpoint.key" --public "$state/checkpoint.pub" >/dev/null
 fi
+for writer in control proxy; do
+  if [ ! -f "$state/$writer-signing.key" ]; then
+    "$bin/airlock-control" signing-key --private "$state/$writer-signing.key" --public "$state/$writer-signing.pub" >/dev/null
+  fi
+done
 
 cat >"$state/airlock.yaml" <<YAML
 # Airlock local demo. Every binary reads its own sections of this file.
@@ -180,6 +187,7 @@ approvals:
   timeout: 15m
 control:
   listen: 127.0.0.1:$CONTROL_PORT
+  signing_key: $state/control-signing.key
   checkpoints: { signing_key: $state/checkpoint.key, interval: 30s }
   # The proxy attaches over loopback without a client certificate: development only.
   allow_insecure_attach_loopback: true
@@ -194,6 +202,7 @@ proxy:
   control: http://127.0.0.1:$CONTROL_PORT
   tls: { cert: $state/proxy.crt, key: $state/proxy.key }
   reviewer_url: http://127.0.0.1:$REVIEWER_PORT
+  signing_key: $state/proxy-signing.key
 connections:
   - name: prod-maintenance
     upstream: postgres://maint@127.0.0.1:$PG_PORT/shop
@@ -207,6 +216,12 @@ policies:
       - match: DELETE|DROP|UPDATE
         action: require-approval
     record: true
+signing:
+  # Who may write the log: the control plane's decisions and the proxy's
+  # facts are accepted only under these keys.
+  trust:
+    - { role: control, key: $state/control-signing.pub }
+    - { role: proxy, key: $state/proxy-signing.pub }
 YAML
 
 # Browser sign-in for the reviewer UI: test users the dev issuer offers.

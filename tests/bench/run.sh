@@ -217,6 +217,10 @@ wait_port "$BOUNCER_PORT" pgbouncer
 say "starting airlock-dev-idp, airlock-control and airlock-proxy"
 printf '%s' "$DB_PASSWORD" >"$state/bench.password"
 chmod 600 "$state/bench.password"
+for writer in control proxy; do
+  rm -f "$state/$writer-signing.key" "$state/$writer-signing.pub"
+  "$bin/airlock-control" signing-key --private "$state/$writer-signing.key" --public "$state/$writer-signing.pub" >/dev/null
+done
 cat >"$state/airlock.yaml" <<YAML
 # Written by tests/bench/run.sh for one benchmark run.
 nats:
@@ -236,6 +240,7 @@ approvals:
 control:
   listen: 127.0.0.1:$CONTROL_PORT
   replica_id: bench-control
+  signing_key: $state/control-signing.key
 proxy:
   listen: 127.0.0.1:$PROXY_PORT
   control: http://127.0.0.1:$CONTROL_PORT
@@ -244,6 +249,7 @@ proxy:
   proxy_id: bench-proxy
   drain_timeout: 1s
   metrics_listen: 127.0.0.1:$METRICS_PORT
+  signing_key: $state/proxy-signing.key
 connections:
   - name: bench
     upstream: postgres://bench@127.0.0.1:$PG_PORT/pgbench
@@ -257,6 +263,10 @@ policies:
       - match: DELETE
         action: require-approval
     record: true
+signing:
+  trust:
+    - { role: control, key: $state/control-signing.pub }
+    - { role: proxy, key: $state/proxy-signing.pub, id: bench-proxy }
 YAML
 export AIRLOCK_LOG=warn
 "$bin/airlock-dev-idp" serve --listen "127.0.0.1:$IDP_PORT" --issuer "http://127.0.0.1:$IDP_PORT" \

@@ -213,14 +213,15 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     if options.control_mtls {
         write_certificates(dir);
     }
+    write_signing_keys(&layout);
     if options.checkpoints {
         let keys = Command::new(fresh_binary("airlock-control"))
-            .args(["checkpoint-key", "--private"])
+            .args(["signing-key", "--private"])
             .arg(dir.join("checkpoint.key"))
             .arg("--public")
             .arg(dir.join("checkpoint.pub"))
             .output()
-            .expect("airlock-control checkpoint-key");
+            .expect("airlock-control signing-key");
         assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
     }
     std::fs::write(dir.join("airlock.yaml"), config(&options, &layout, 0, 0)).expect("config");
@@ -334,6 +335,8 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize)
         control += "  allow_insecure_attach_loopback: true\n";
         "http://127.0.0.1"
     };
+    control += &format!("  signing_key: {d}/control-{}.key\n", replica + 1);
+    proxy_extra += &format!("  signing_key: {d}/proxy-{}.key\n", proxy + 1);
     if options.checkpoints {
         control += &format!("  checkpoints: {{ signing_key: {d}/checkpoint.key, interval: 1s }}\n");
     }
@@ -391,7 +394,7 @@ policies:
     connection: prod-maintenance
     rules:
 {rules}    record: true
-",
+{signing}",
         nats = layout.nats,
         issuer = layout.issuer,
         timeout = options.hold_timeout.as_millis(),
@@ -401,7 +404,38 @@ policies:
         reviewer_url = layout.reviewer_url,
         pg = layout.pg,
         rules = options.rules.as_deref().unwrap_or(SEED_RULES),
+        signing = signing_section(layout),
     )
+}
+
+/// A signing key pair for every replica and proxy of the stack, as an
+/// operator makes them with `airlock-control signing-key`.
+fn write_signing_keys(layout: &Layout) {
+    let names = (1..=layout.controls.len())
+        .map(|i| format!("control-{i}"))
+        .chain((1..=layout.proxies.len()).map(|i| format!("proxy-{i}")));
+    for name in names {
+        airlock_eventlog::signing::Signer::generate()
+            .write(
+                &layout.dir.join(format!("{name}.key")),
+                &layout.dir.join(format!("{name}.pub")),
+            )
+            .expect("signing key");
+    }
+}
+
+/// `signing:`: every replica's key as a control key, every proxy's bound to
+/// its proxy id.
+fn signing_section(layout: &Layout) -> String {
+    let d = layout.dir.display();
+    let mut out = "signing:\n  trust:\n".to_owned();
+    for i in 1..=layout.controls.len() {
+        out += &format!("    - {{ role: control, key: {d}/control-{i}.pub }}\n");
+    }
+    for i in 1..=layout.proxies.len() {
+        out += &format!("    - {{ role: proxy, key: {d}/proxy-{i}.pub, id: proxy-{i} }}\n");
+    }
+    out
 }
 
 /// The dev issuer's sign-in page: the test users, and the reviewer as a

@@ -34,6 +34,7 @@ pub const SECTIONS: &[&str] = &[
     "proxy",
     "connections",
     "policies",
+    "signing",
 ];
 
 /// airlock.yaml, read and checked at the top level; sections are

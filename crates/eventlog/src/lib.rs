@@ -15,6 +15,7 @@ pub mod checkpoint;
 mod error;
 pub mod ids;
 mod log;
+pub mod signing;
 mod snapshot;
 pub mod subjects;
 pub mod trace;
@@ -108,6 +109,7 @@ pub fn split_group(event: &proto::Event) -> Vec<proto::Event> {
             trace: event.trace.clone(),
             prev_hash: Vec::new(),
             chain_index: 0,
+            signature: None,
             body: Some(Body::StatementExecuted(x.statement.clone())),
         })
         .collect()

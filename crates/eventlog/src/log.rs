@@ -1,6 +1,7 @@
 //! The JetStream client: ensure the stream, append (dedup by event id,
 //! optimistic concurrency per subject, chained), read from a sequence, tail.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -15,6 +16,7 @@ use airlock_proto::v1::Event;
 
 use crate::chain::{ChainHead, hash};
 use crate::error::Error;
+use crate::signing::{Signer, Trust};
 use crate::subjects;
 
 /// Header carrying the W3C trace context of the operation that wrote an event.
@@ -164,6 +166,10 @@ pub struct EventLog {
     client: async_nats::Client,
     js: jetstream::Context,
     settings: NatsSettings,
+    /// Signs every event this handle appends ([`crate::signing`]).
+    signer: Option<Arc<Signer>>,
+    /// The writers readers through this handle trust.
+    trust: Option<Arc<Trust>>,
 }
 
 impl EventLog {
@@ -194,7 +200,37 @@ impl EventLog {
         let js = context::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
-        Ok(EventLog { client, js, settings })
+        Ok(EventLog {
+            client,
+            js,
+            settings,
+            signer: None,
+            trust: None,
+        })
+    }
+
+    /// Signs every event appended through this handle with `signer`.
+    pub fn with_signer(mut self, signer: Arc<Signer>) -> EventLog {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The writers this process trusts: readers that act on events check
+    /// them against it ([`Trust::check`]).
+    pub fn with_trust(mut self, trust: Arc<Trust>) -> EventLog {
+        self.trust = Some(trust);
+        self
+    }
+
+    /// The key events are signed with, if any.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
+    }
+
+    /// The writers this process trusts; `None` only where no configuration
+    /// was given (library use and tests): every binary sets one.
+    pub fn trust(&self) -> Option<&Trust> {
+        self.trust.as_deref()
     }
 
     pub fn settings(&self) -> &NatsSettings {
@@ -321,7 +357,10 @@ impl EventLog {
         if event.body.is_none() {
             return Err(Error::InvalidEvent(format!("event {} has no body", event.id)));
         }
-        let raw = Bytes::from(event.encode_to_vec());
+        let raw = Bytes::from(match &self.signer {
+            Some(signer) => crate::signing::seal(subject, event, signer),
+            None => event.encode_to_vec(),
+        });
         if raw.len() > MAX_EVENT_BYTES {
             return Err(Error::InvalidEvent(format!(
                 "event {} is {} bytes, over the {MAX_EVENT_BYTES}-byte limit",

@@ -13,7 +13,8 @@
 use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto::{self, decision_notice::Outcome, event::Body, statement_refused::Cause};
-use airlock_eventlog::{ChainWriter, RequestId, subjects};
+use airlock_eventlog::signing::{Role, Trust, Vouched};
+use airlock_eventlog::{ChainWriter, RequestId, StoredEvent, subjects};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -282,17 +283,43 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
 }
 
 /// Whether the log holds an ApprovalGranted for `request_id`, for exactly
-/// `sha256`, as the last event of the request's chain.
+/// `sha256`, as the last event of the request's chain, signed by a
+/// control-plane key this proxy trusts: anyone who can publish on NATS can
+/// append an event, only a replica can sign one.
 async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
     let subject = subjects::request(request_id);
     match ctx.deps.log.last(&subject).await {
-        Ok(Some(e)) => matches!(
-            &e.event.body,
-            Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && e.event.request_id == request_id.as_str()
-        ),
+        Ok(Some(e)) => {
+            let granted = matches!(
+                &e.event.body,
+                Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && e.event.request_id == request_id.as_str()
+            );
+            granted && signed_by_control(ctx.deps.log.trust(), &e, request_id)
+        }
         Ok(None) => false,
         Err(err) => {
             tracing::warn!(request = %request_id, error = %err, "cannot confirm a grant in the log");
+            false
+        }
+    }
+}
+
+/// Whether a trusted control-plane key signed `grant` (where no trust is
+/// configured, library use in tests, the log's word is taken as it is).
+fn signed_by_control(trust: Option<&Trust>, grant: &StoredEvent, request_id: &RequestId) -> bool {
+    let Some(trust) = trust else {
+        return true;
+    };
+    match trust.check(grant) {
+        Ok(Vouched::Signed {
+            role: Role::Control, ..
+        }) => true,
+        Ok(other) => {
+            tracing::warn!(request = %request_id, vouched = ?other, "a grant not signed by a control-plane key; refusing it");
+            false
+        }
+        Err(why) => {
+            tracing::warn!(request = %request_id, reason = %why, "a grant no trusted control-plane key signed; refusing it");
             false
         }
     }
