@@ -338,3 +338,122 @@ fn about(span: &airlock_e2e::otlp::ReceivedSpan, id: &str) -> bool {
             .attribute("subject")
             .is_some_and(|s| s.ends_with(&format!(".{id}")))
 }
+
+/// Finding 15.6, through the real binaries: anyone who can publish on NATS
+/// (the local setup has no NATS credentials) appends a correctly chained
+/// `ApprovalGranted` for a held DELETE, unsigned or signed with a proxy's
+/// key. The control plane does not fold it, the proxy does not run the
+/// statement, the reviewer still sees the request pending, `verify` names
+/// the forged events; a reviewer's real approval afterwards still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_published_by_anyone_but_the_control_plane_runs_nothing() {
+    use airlock_e2e::binaries::hold;
+    use airlock_eventlog::proto::event::Body;
+    use airlock_eventlog::signing::Signer;
+    use airlock_eventlog::{EventLog, NatsSettings, RequestId, new_event, subjects};
+
+    let stack = tokio::task::block_in_place(|| StackBuilder::new().orders(20).start_binaries());
+    let alice = stack.user_token(ALICE);
+    let held = hold(&stack, &stack.agent_token(), "DELETE FROM orders WHERE id = 3").await;
+    let view = stack.pending(&alice, |sql| sql.contains("id = 3")).await;
+    let sha = view
+        .request
+        .as_ref()
+        .and_then(|r| r.statement.as_ref())
+        .map(|s| s.sha256.clone())
+        .expect("the request names its digest");
+    let request = RequestId::parse(&held.request_id).expect("request id");
+
+    let forge = |signer: Option<Signer>| {
+        let (nats, request, sha, session) = (
+            stack.nats_url(),
+            request.clone(),
+            sha.clone(),
+            view.session_id.clone(),
+        );
+        async move {
+            let mut log = EventLog::connect(NatsSettings::new(nats)).await.expect("nats");
+            if let Some(signer) = signer {
+                log = log.with_signer(std::sync::Arc::new(signer));
+            }
+            let source = proto::Source {
+                kind: proto::source::Kind::Control as i32,
+                id: "control-1".into(),
+                ..Default::default()
+            };
+            let mut grant = new_event(
+                &source,
+                Body::ApprovalGranted(proto::ApprovalGranted {
+                    statement_sha256: sha,
+                    ..Default::default()
+                }),
+            );
+            grant.request_id = request.to_string();
+            grant.session_id = session;
+            log.append_next(&subjects::request(&request), grant)
+                .await
+                .expect("NATS stores the forged grant")
+                .0
+        }
+    };
+    forge(None).await;
+    let proxy_key = Signer::load(&stack.dir.join("proxy-1-signing.key")).expect("the proxy's key");
+    let forged = forge(Some(proxy_key)).await;
+
+    // Give a wrongly trusting stack ample time to act on them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!held.outcome.is_finished(), "the statement is still held");
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 3"),
+        "1"
+    );
+    let mut reviewer = stack.reviewer().await;
+    let now = reviewer
+        .get_request(authed(
+            &alice,
+            proto::GetRequestRequest {
+                request_id: held.request_id.clone(),
+            },
+        ))
+        .await
+        .expect("get request")
+        .into_inner();
+    assert_eq!(now.state(), proto::RequestState::Pending, "{now:?}");
+    assert!(
+        now.sequence < forged.sequence,
+        "the forged events were not folded"
+    );
+
+    // verify names both forged events, and nothing else.
+    let out = stack.control_command(&["verify"]).output().expect("verify");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    assert!(!out.status.success(), "{report}");
+    assert_eq!(report["writers"]["refused"].as_u64(), Some(2), "{report}");
+    let broken = report["broken"].as_array().expect("findings");
+    assert_eq!(broken.len(), 2, "{report}");
+    assert!(
+        broken[0].as_str().is_some_and(|b| b.contains("not signed")),
+        "{report}"
+    );
+    assert!(
+        broken[1]
+            .as_str()
+            .is_some_and(|b| b.contains("approval_granted") && b.contains("proxy")),
+        "{report}"
+    );
+
+    // A reviewer's approval still goes through, after the forgeries.
+    stack
+        .decide(
+            &alice,
+            vote(&held.request_id, proto::Decision::Approve, "checked"),
+        )
+        .await
+        .expect("vote");
+    let rows = tokio::time::timeout(Duration::from_secs(20), held.outcome)
+        .await
+        .expect("released")
+        .expect("join")
+        .expect("the approved DELETE ran");
+    assert_eq!(rows, 1);
+}

@@ -364,4 +364,15 @@ fn auditor_sees_the_same_exchange(stack: &BinaryStack) {
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["checkpoints"].as_u64() >= Some(1), "{report}");
     assert_eq!(report["signatures_checked"], true, "{report}");
+    // Every event's writer is known: proxies wrote the facts, the replica
+    // the decisions, and nothing is unsigned or refused.
+    let writers = &report["writers"];
+    assert_eq!(writers["checked"], true, "{report}");
+    assert_eq!(
+        (writers["unsigned"].as_u64(), writers["refused"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
+    );
+    assert!(writers["signed"]["proxy"].as_u64() >= Some(5), "{report}");
+    assert!(writers["signed"]["control"].as_u64() >= Some(3), "{report}");
 }

@@ -335,8 +335,8 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize)
         control += "  allow_insecure_attach_loopback: true\n";
         "http://127.0.0.1"
     };
-    control += &format!("  signing_key: {d}/control-{}.key\n", replica + 1);
-    proxy_extra += &format!("  signing_key: {d}/proxy-{}.key\n", proxy + 1);
+    control += &format!("  signing_key: {d}/control-{}-signing.key\n", replica + 1);
+    proxy_extra += &format!("  signing_key: {d}/proxy-{}-signing.key\n", proxy + 1);
     if options.checkpoints {
         control += &format!("  checkpoints: {{ signing_key: {d}/checkpoint.key, interval: 1s }}\n");
     }
@@ -417,8 +417,8 @@ fn write_signing_keys(layout: &Layout) {
     for name in names {
         airlock_eventlog::signing::Signer::generate()
             .write(
-                &layout.dir.join(format!("{name}.key")),
-                &layout.dir.join(format!("{name}.pub")),
+                &layout.dir.join(format!("{name}-signing.key")),
+                &layout.dir.join(format!("{name}-signing.pub")),
             )
             .expect("signing key");
     }
@@ -430,10 +430,10 @@ fn signing_section(layout: &Layout) -> String {
     let d = layout.dir.display();
     let mut out = "signing:\n  trust:\n".to_owned();
     for i in 1..=layout.controls.len() {
-        out += &format!("    - {{ role: control, key: {d}/control-{i}.pub }}\n");
+        out += &format!("    - {{ role: control, key: {d}/control-{i}-signing.pub }}\n");
     }
     for i in 1..=layout.proxies.len() {
-        out += &format!("    - {{ role: proxy, key: {d}/proxy-{i}.pub, id: proxy-{i} }}\n");
+        out += &format!("    - {{ role: proxy, key: {d}/proxy-{i}-signing.pub, id: proxy-{i} }}\n");
     }
     out
 }
@@ -521,6 +521,11 @@ impl BinaryStack {
     }
 
     /// `airlock-control <args> --config airlock.yaml`, to run.
+    /// The NATS server's URL: what anyone on the network could publish to.
+    pub fn nats_url(&self) -> String {
+        self._nats.url()
+    }
+
     pub fn control_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(fresh_binary("airlock-control"));
         command.args(args).arg("--config").arg(self.config());

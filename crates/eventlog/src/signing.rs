@@ -314,7 +314,7 @@ pub enum Untrusted {
     UnknownKey(String),
     #[error("its signature does not verify with key {0}: the event was altered or the signature forged")]
     BadSignature(String),
-    #[error("it is a {kind} event, which a {role} may not write (key {key_id})")]
+    #[error("it is an event of kind {kind}, which a {role} key may not write (key {key_id})")]
     WrongRole {
         kind: &'static str,
         role: Role,
