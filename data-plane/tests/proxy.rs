@@ -917,6 +917,13 @@ mod attacks {
             "SET LOCAL standard_conforming_strings = off",
             "SELECT set_config('client_encoding', 'GBK', false)",
             "SELECT 1 WHERE set_config('standard_conforming_strings', 'off', false) IS NOT NULL",
+            // Round 2: quoted names and table functions.
+            "SET \"client_encoding\" = 'SJIS'",
+            "SET \"CLIENT_ENCODING\" TO 'SJIS'",
+            "SET \"standard_conforming_strings\" = off",
+            "SELECT \"set_config\"('client_encoding', 'SJIS', false)",
+            "SELECT * FROM set_config('client_encoding', 'SJIS', false)",
+            "SELECT * FROM pg_catalog.\"set_config\"('standard_conforming_strings', 'off', false)",
         ] {
             raw.send(&[FeMessage::Query { sql: sql.into() }]).await;
             assert_eq!(raw.until_ready().await.1, vec!["42501"], "{sql}");
@@ -974,6 +981,117 @@ mod attacks {
             assert_ne!(tag, b'Z', "the session went on under SJIS");
         }
         assert_untouched(&f);
+    }
+
+    /// Reads messages up to a ReadyForQuery or a FATAL: the FATAL's
+    /// SQLSTATE if the session ended, and every other error's before it.
+    async fn answer(raw: &mut Raw) -> (Option<String>, Vec<String>) {
+        let mut errors = Vec::new();
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'Z' {
+                return (None, errors);
+            }
+            if tag == b'E' {
+                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+                let code = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'C')
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                if fields.iter().any(|(c, v)| *c == b'S' && v == "FATAL") {
+                    return (Some(code), errors);
+                }
+                errors.push(code);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_statement_sent_right_behind_an_encoding_change_is_not_read_under_it() {
+        // Round 2 of the review: the ParameterStatus that reports a new
+        // encoding arrives only with PostgreSQL's ReadyForQuery, and a
+        // statement sent in the same write was already read under SJIS, so
+        // the DELETE hidden in an E'' literal ran before the proxy ended
+        // the session. Text that could read differently now waits for the
+        // answer to anything before it that may change the reading.
+        let f = start_with_gate(|_| {}, SeedPolicy::lenient).await;
+        f.pg.psql(
+            "shop",
+            "CREATE FUNCTION sneaky() RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('client_encoding', 'SJIS', false) $$; \
+             CREATE FUNCTION loose() RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('standard_conforming_strings', 'off', false) $$",
+        );
+        let hidden = [
+            ("SELECT sneaky()", "SELECT E'Ё\\'; DELETE FROM orders; --'"),
+            ("SELECT loose()", "SELECT '\\''; DELETE FROM orders; --'"),
+        ];
+        // Simple protocol: both queries in one write.
+        for (change, then) in hidden {
+            let mut raw = Raw::login(f.addr).await;
+            raw.send(&[
+                FeMessage::Query { sql: change.into() },
+                FeMessage::Query { sql: then.into() },
+            ])
+            .await;
+            let (fatal, errors) = answer(&mut raw).await;
+            assert_eq!(fatal.as_deref(), Some("0A000"), "{change}; {then}: {errors:?}");
+            assert_untouched(&f);
+        }
+        // Extended protocol, one batch: the second Parse cannot wait for an
+        // answer before Sync, so it is refused; after a Sync it waits, and
+        // the session ends on the report.
+        for (change, then) in hidden {
+            let mut raw = Raw::login(f.addr).await;
+            raw.send(&[
+                parse("", change),
+                bind("", ""),
+                execute(""),
+                parse("", then),
+                bind("", ""),
+                execute(""),
+                FeMessage::Sync,
+            ])
+            .await;
+            // (The refusal fails the batch, which rolls the setting back:
+            // whether PostgreSQL then reports a change is its business.)
+            let (fatal, errors) = answer(&mut raw).await;
+            assert!(fatal.is_none() || fatal.as_deref() == Some("0A000"), "{fatal:?}");
+            assert_eq!(errors, vec!["42501"], "the second Parse is refused in its batch");
+            assert_untouched(&f);
+
+            let mut raw = Raw::login(f.addr).await;
+            raw.send(&[
+                parse("", change),
+                bind("", ""),
+                execute(""),
+                FeMessage::Sync,
+                parse("", then),
+                bind("", ""),
+                execute(""),
+                FeMessage::Sync,
+            ])
+            .await;
+            let (fatal, errors) = answer(&mut raw).await;
+            assert_eq!(fatal.as_deref(), Some("0A000"), "{change}; {then}: {errors:?}");
+            assert!(errors.is_empty(), "{change}: {errors:?}");
+            assert_untouched(&f);
+        }
+        // ASCII text without backslashes reads the same under every
+        // setting: it is not held back (the pipeline stays a pipeline).
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            FeMessage::Query {
+                sql: "SELECT count(*) FROM orders".into(),
+            },
+            FeMessage::Query {
+                sql: "SELECT 'plain'".into(),
+            },
+        ])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        assert!(raw.until_ready().await.1.is_empty());
     }
 
     #[tokio::test]

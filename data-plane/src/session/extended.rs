@@ -29,12 +29,21 @@ use crate::metrics;
 use crate::names::{Portal, Statement};
 
 impl ToUpstream {
-    pub(super) fn parse(&mut self, frame: &Frame, name: String, query: String, param_types: Vec<u32>) {
+    pub(super) async fn parse(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        query: String,
+        param_types: Vec<u32>,
+    ) -> Result<(), Ending> {
         self.batch_open = true;
         let ctx = self.ctx.clone();
+        let settled = self.settle_reading(&query).await?;
         let mut judgement = ctx.deps.gate.judge(&ctx.binding, &query);
         ctx.count_verdict(&judgement);
-        let why = if sql_prepared(&ctx, &name) {
+        let why = if !settled {
+            Some(super::READING_UNSETTLED)
+        } else if sql_prepared(&ctx, &name) {
             Some("this name is taken by a statement made with SQL PREPARE; use another name")
         } else if judgement.executes_prepared {
             // Judged now, run later: PostgreSQL looks the name up when the
@@ -86,6 +95,7 @@ impl ToUpstream {
                 self.refuse(refused, ctx.failing_parse());
             }
         }
+        Ok(())
     }
 
     pub(super) async fn bind(

@@ -52,6 +52,44 @@ pub(super) struct Running {
     pub on_finish: Option<crate::gate::OnFinish>,
     /// DEALLOCATE ALL or DISCARD ALL: on success, forget every statement.
     pub drops_all: bool,
+    /// It may change a setting that decides how PostgreSQL reads the next
+    /// statement's text (see [`may_change_reading`]).
+    pub may_change_reading: bool,
+}
+
+/// Whether a statement of these kinds may change how PostgreSQL reads
+/// later statements (`client_encoding`, `standard_conforming_strings`),
+/// which PostgreSQL reports only in a ParameterStatus just before its
+/// ReadyForQuery. Reads, SHOW, cursors and transaction control run no code
+/// of their own; anything else may run a function or trigger that calls
+/// `set_config`.
+pub(super) fn may_change_reading(kinds: &[airlock_policy::Kind]) -> bool {
+    use airlock_policy::Kind;
+    !kinds
+        .iter()
+        .all(|k| matches!(k, Kind::Select | Kind::Show | Kind::Transaction | Kind::Cursor))
+}
+
+/// Whether PostgreSQL reads `text` the same way under every client
+/// encoding and string setting it could be switched to: every client
+/// encoding keeps ASCII as ASCII (only a byte of 0x80 or more starts a
+/// multibyte character, which may swallow a backslash or quote after it),
+/// and the string settings change only what a backslash means.
+pub(super) fn reads_the_same_everywhere(text: &str) -> bool {
+    text.bytes().all(|b| b < 0x80 && b != b'\\')
+}
+
+/// What a statement whose reading depends on settings must wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadingWait {
+    /// Nothing unanswered may change the settings: send it.
+    Clear,
+    /// Something that may is unanswered, and a ReadyForQuery will end it:
+    /// wait for PostgreSQL's answer (and its ParameterStatus) first.
+    Ready,
+    /// Something that may is in the open extended batch, before any Sync:
+    /// no answer can be waited for; the statement is refused.
+    OpenBatch,
 }
 
 impl Running {
@@ -71,6 +109,7 @@ impl Running {
             slot,
             on_finish: judgement.on_finish.clone(),
             drops_all: judgement.drops_all,
+            may_change_reading: may_change_reading(&judgement.kinds),
         }
     }
 }
@@ -146,6 +185,24 @@ impl InFlightQueue {
         None
     }
 
+    /// Whether a statement whose reading depends on the session's settings
+    /// may be sent now (see [`ReadingWait`]).
+    pub fn reading_wait(&self) -> ReadingWait {
+        let mut wait = ReadingWait::Clear;
+        for item in &self.items {
+            match item {
+                InFlight::Simple(r) if r.may_change_reading => wait = ReadingWait::Ready,
+                InFlight::Extended(r) if r.may_change_reading => wait = ReadingWait::OpenBatch,
+                InFlight::Sync if wait == ReadingWait::OpenBatch => wait = ReadingWait::Ready,
+                InFlight::Simple(_)
+                | InFlight::Extended(_)
+                | InFlight::Sync
+                | InFlight::Substitute { .. } => {}
+            }
+        }
+        wait
+    }
+
     /// Whether a refusal earlier in the open batch will already fail it:
     /// PostgreSQL then skips later messages, so a second refusal would
     /// never be seen and is not recorded.
@@ -201,7 +258,55 @@ mod tests {
             slot: None,
             on_finish: None,
             drops_all: false,
+            may_change_reading: false,
         }
+    }
+
+    fn changing(text: &str) -> Running {
+        Running {
+            may_change_reading: true,
+            ..running(text)
+        }
+    }
+
+    #[test]
+    fn text_waits_only_behind_an_unanswered_statement_that_may_change_settings() {
+        let mut q = InFlightQueue::default();
+        assert_eq!(q.reading_wait(), ReadingWait::Clear);
+        q.push(InFlight::Simple(running("SELECT 1")));
+        assert_eq!(q.reading_wait(), ReadingWait::Clear, "a read changes nothing");
+        q.push(InFlight::Simple(changing("SELECT sneaky()")));
+        assert_eq!(q.reading_wait(), ReadingWait::Ready);
+        q.ready();
+        q.ready();
+        assert_eq!(q.reading_wait(), ReadingWait::Clear, "answered");
+        // Extended: nothing to wait for until a Sync follows it.
+        q.push(InFlight::Extended(changing("SELECT sneaky()")));
+        assert_eq!(q.reading_wait(), ReadingWait::OpenBatch);
+        q.push(InFlight::Sync);
+        assert_eq!(q.reading_wait(), ReadingWait::Ready);
+        q.push(InFlight::Extended(changing("INSERT ...")));
+        assert_eq!(q.reading_wait(), ReadingWait::OpenBatch, "the newest one decides");
+    }
+
+    #[test]
+    fn which_kinds_and_texts_can_change_the_reading() {
+        use airlock_policy::Kind;
+        assert!(!may_change_reading(&[Kind::Select, Kind::Transaction]));
+        assert!(!may_change_reading(&[]));
+        for k in [
+            Kind::Function,
+            Kind::Insert,
+            Kind::Set,
+            Kind::Call,
+            Kind::Do,
+            Kind::Execute,
+        ] {
+            assert!(may_change_reading(&[Kind::Select, k]), "{k}");
+        }
+        assert!(reads_the_same_everywhere("SELECT 'plain' -- ok"));
+        assert!(!reads_the_same_everywhere("SELECT E'\\''"));
+        assert!(!reads_the_same_everywhere("SELECT 'Ё'"));
     }
 
     fn refusal() -> Diagnostic {

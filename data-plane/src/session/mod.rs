@@ -50,6 +50,11 @@ use crate::names::Names;
 use crate::record::Recorder;
 use inflight::Running;
 
+/// Why a statement is refused when its text could be read differently
+/// under settings a statement before it, in the same unsynchronised
+/// extended batch, may have changed (see `ToUpstream::settle_reading`).
+const READING_UNSETTLED: &str = "this statement has non-ASCII characters or backslashes and follows, in the same batch, a statement that may change how PostgreSQL reads text (client_encoding, standard_conforming_strings); send Sync before it";
+
 /// What every session shares.
 pub struct Deps {
     pub gate: Arc<dyn Gate>,
@@ -207,6 +212,9 @@ struct Ctx {
     /// Woken whenever PostgreSQL's answers settle pending names (a
     /// completion, an error, a ReadyForQuery): see `ToUpstream::settle`.
     names_settled: tokio::sync::Notify,
+    /// PostgreSQL reported a setting under which it reads statements
+    /// differently from the proxy: nothing more may be sent.
+    reading_broken: std::sync::atomic::AtomicBool,
 }
 
 /// Parameter types PostgreSQL reported, bound to the exact statement they
@@ -253,6 +261,7 @@ impl Ctx {
             marker: refuse::new_marker(),
             copy_in: std::sync::atomic::AtomicBool::new(false),
             names_settled: tokio::sync::Notify::new(),
+            reading_broken: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

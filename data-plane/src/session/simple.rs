@@ -20,9 +20,14 @@ use crate::metrics;
 impl ToUpstream {
     pub(super) async fn query(&mut self, frame: &Frame, sql: String) -> Result<(), Ending> {
         let ctx = self.ctx.clone();
+        let settled = self.settle_reading(&sql).await?;
         let mut judgement = ctx.deps.gate.judge(&ctx.binding, &sql);
         ctx.count_verdict(&judgement);
-        if let Some(why) = ctx.session_refusal(&sql, &judgement) {
+        if !settled {
+            judgement.action = Action::Deny {
+                message: super::READING_UNSETTLED.into(),
+            };
+        } else if let Some(why) = ctx.session_refusal(&sql, &judgement) {
             judgement.action = Action::Deny { message: why.into() };
         } else if judgement.sql_names.iter().any(|n| ctx.names().has_statement(n)) {
             judgement.action = Action::Deny {

@@ -104,6 +104,9 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             let name = String::from_utf8_lossy(fields.next().unwrap_or_default());
             let value = String::from_utf8_lossy(fields.next().unwrap_or_default());
             if !crate::upstream::reads_as_proxy(&name, &value) {
+                ctx.reading_broken
+                    .store(true, std::sync::atomic::Ordering::Release);
+                ctx.names_settled.notify_waiters();
                 tracing::error!(session = %ctx.session, %name, %value, "upstream reads statements differently now: ending the session");
                 return Err(error_response::reading_changed(&name, &value));
             }

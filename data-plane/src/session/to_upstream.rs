@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::inflight::Queue;
+use super::inflight::{Queue, queue};
 use super::login::token_expired;
 use super::signals::{Interrupt, Signals};
 use super::to_client::Inject;
@@ -146,10 +146,7 @@ impl ToUpstream {
                 name,
                 query,
                 param_types,
-            } => {
-                self.parse(frame, name, query, param_types);
-                Ok(())
-            }
+            } => self.parse(frame, name, query, param_types).await,
             FeMessage::Bind {
                 portal,
                 statement,
@@ -298,6 +295,51 @@ impl ToUpstream {
             if !matches!(now, Lookup::Ambiguous) {
                 return Ok(now.one());
             }
+            tokio::select! {
+                () = &mut settled => {}
+                i = self.signals.interrupted() => return Err(self.interrupted(i).await),
+            }
+        }
+    }
+
+    /// Before `text` goes upstream: if PostgreSQL could read it differently
+    /// under settings an unanswered statement may have changed (a function
+    /// calling `set_config('client_encoding', ...)`), waits for PostgreSQL's
+    /// answer to that statement, whose ParameterStatus the proxy checks
+    /// (and ends the session on). Text that reads the same under every
+    /// setting, the common case, never waits. `Ok(false)`: it cannot be
+    /// waited for (the statement is in the open extended batch, before any
+    /// Sync), so `text` must be refused.
+    pub(super) async fn settle_reading(&mut self, text: &str) -> Result<bool, Ending> {
+        use super::inflight::{ReadingWait, reads_the_same_everywhere};
+        use std::sync::atomic::Ordering;
+        let broken = |ctx: &Ctx| ctx.reading_broken.load(Ordering::Acquire);
+        let ended = || {
+            Ending::new(
+                Cause::Error,
+                "PostgreSQL reads statements differently from the proxy now",
+            )
+        };
+        if broken(&self.ctx) {
+            return Err(ended());
+        }
+        if reads_the_same_everywhere(text) {
+            return Ok(true);
+        }
+        let ctx = self.ctx.clone();
+        loop {
+            let settled = ctx.names_settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if broken(&ctx) {
+                return Err(ended());
+            }
+            match queue(&self.queue).reading_wait() {
+                ReadingWait::Clear => return Ok(true),
+                ReadingWait::OpenBatch => return Ok(false),
+                ReadingWait::Ready => {}
+            }
+            self.flush().await?;
             tokio::select! {
                 () = &mut settled => {}
                 i = self.signals.interrupted() => return Err(self.interrupted(i).await),
