@@ -153,6 +153,38 @@ async fn a_snapshot_that_does_not_belong_to_this_log_is_ignored() {
         .expect("save");
     let (_, used) = snapshot::load(&log).await;
     assert!(used.expect_err("garbage").contains("undecodable"));
+
+    // Right metadata and body, but anyone with access to NATS can store a
+    // snapshot: a replica that trusts writers starts only from one a
+    // trusted control-plane key signed.
+    use airlock_eventlog::signing::{Role, Signer, Trust, TrustedKey};
+    let control = Signer::generate();
+    let trusting = log
+        .clone()
+        .with_trust(std::sync::Arc::new(Trust::new(vec![TrustedKey::new(
+            Role::Control,
+            control.verifying_key(),
+        )])));
+    let unsigned = log.clone();
+    let stranger = log.clone().with_signer(std::sync::Arc::new(Signer::generate()));
+    for (writer, why) in [(&unsigned, "not signed"), (&stranger, "not trusted")] {
+        writer
+            .save_snapshot(snapshot::NAME, &meta, &bytes)
+            .await
+            .expect("save");
+        let (p, used) = snapshot::load(&trusting).await;
+        let err = used.expect_err("an untrusted snapshot is not used");
+        assert!(err.contains(why), "{why}: {err}");
+        assert_eq!(p, Projection::new(), "falls back to an empty fold");
+    }
+    let replica = log.clone().with_signer(std::sync::Arc::new(control));
+    replica
+        .save_snapshot(snapshot::NAME, &meta, &bytes)
+        .await
+        .expect("save");
+    let (p, used) = snapshot::load(&trusting).await;
+    used.expect("a snapshot the replica's key signed is used");
+    assert_eq!(p, state);
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@ use airlock_proto::ErrorCode;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// Every error code the REST API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +176,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (
             self.code.status(),
-            Json(json!({"error": {"code": self.code.as_str(), "message": self.message}})),
+            Json(crate::json::ErrorJson::new(self.code, self.message)),
         )
             .into_response();
         if self.code == Code::Unauthenticated {
@@ -193,6 +192,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A refusal as the control plane sends it, or a bare status.
     fn status_with(code: tonic::Code, airlock: Option<ErrorCode>) -> tonic::Status {

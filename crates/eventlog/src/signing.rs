@@ -432,6 +432,35 @@ impl Trust {
     }
 }
 
+impl Trust {
+    /// Checks a signature over something other than an event (a snapshot):
+    /// made by trusted key `key_id` of `role`.
+    pub fn check_detached(
+        &self,
+        role: Role,
+        key_id: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Untrusted> {
+        let bytes: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| Untrusted::Malformed(format!("{} signature bytes, not 64", signature.len())))?;
+        let sig = Signature::from_bytes(&bytes);
+        let mut known = false;
+        for k in self.keys.iter().filter(|k| k.key_id == key_id) {
+            known = true;
+            if k.role == role && k.key.verify(message, &sig).is_ok() {
+                return Ok(());
+            }
+        }
+        if known {
+            Err(Untrusted::BadSignature(key_id.to_owned()))
+        } else {
+            Err(Untrusted::UnknownKey(key_id.to_owned()))
+        }
+    }
+}
+
 /// The signature of a stored event and the bytes it covers, or `None` for
 /// an unsigned event. The signature must be the last bytes stored and
 /// appear once.

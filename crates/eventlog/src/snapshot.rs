@@ -32,6 +32,23 @@ pub struct SnapshotMeta {
 const META_SEQUENCE: &str = "airlock-sequence";
 const META_EVENT_ID: &str = "airlock-event-id";
 const META_FORMAT: &str = "airlock-format";
+const META_KEY_ID: &str = "airlock-key-id";
+const META_SIGNATURE: &str = "airlock-signature";
+const SIGNED_DOMAIN: &[u8] = b"airlock.v1.snapshot.signed\n";
+
+/// What a snapshot's signature covers: its name, what it claims to cover,
+/// and the SHA-256 of its bytes, each length-prefixed.
+fn signed_message(name: &str, meta: &SnapshotMeta, bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut m = SIGNED_DOMAIN.to_vec();
+    for part in [name.as_bytes(), meta.event_id.as_bytes(), meta.format.as_bytes()] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part);
+    }
+    m.extend_from_slice(&meta.sequence.to_be_bytes());
+    m.extend_from_slice(&sha2::Sha256::digest(bytes));
+    m
+}
 
 impl SnapshotMeta {
     fn to_metadata(&self) -> HashMap<String, String> {
@@ -73,6 +90,10 @@ pub enum SnapshotRejected {
     },
     #[error("reading the snapshot: {0}")]
     Unreadable(String),
+    /// Snapshots are state a replica starts from: one no trusted
+    /// control-plane key signed could say anything.
+    #[error("the snapshot is not from a trusted control-plane replica: {0}")]
+    Untrusted(crate::signing::Untrusted),
 }
 
 fn store_error(bucket: &str, what: &str, e: impl std::fmt::Display) -> Error {
@@ -113,10 +134,16 @@ impl EventLog {
         let Some(store) = self.snapshot_store(true).await? else {
             return Err(store_error(&bucket, "snapshot bucket", "missing after creation"));
         };
+        let mut metadata = meta.to_metadata();
+        if let Some(signer) = self.signer() {
+            let signature = signer.sign(&signed_message(name, meta, bytes));
+            metadata.insert(META_KEY_ID.to_owned(), signer.key_id().to_owned());
+            metadata.insert(META_SIGNATURE.to_owned(), hex::encode(signature.to_bytes()));
+        }
         let object = object_store::ObjectMetadata {
             name: name.to_owned(),
             description: Some(format!("state up to stream sequence {}", meta.sequence)),
-            metadata: meta.to_metadata(),
+            metadata,
             ..Default::default()
         };
         let mut reader = bytes;
@@ -190,6 +217,21 @@ impl EventLog {
             return Err(SnapshotRejected::Unreadable(
                 "the snapshot was replaced while it was read".to_owned(),
             ));
+        }
+        if let Some(trust) = self.trust() {
+            let key_id = after.get(META_KEY_ID).map(String::as_str).unwrap_or("");
+            let signature = after
+                .get(META_SIGNATURE)
+                .and_then(|s| hex::decode(s).ok())
+                .ok_or(SnapshotRejected::Untrusted(crate::signing::Untrusted::Unsigned))?;
+            trust
+                .check_detached(
+                    crate::signing::Role::Control,
+                    key_id,
+                    &signed_message(name, &meta, &bytes),
+                    &signature,
+                )
+                .map_err(SnapshotRejected::Untrusted)?;
         }
         Ok((meta, bytes))
     }

@@ -523,22 +523,71 @@ fn de_timeout_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D
     })
 }
 
+/// A `schema.table` pattern, folded as PostgreSQL folds the names it
+/// matches: unquoted parts to ASCII lower case (`public.Orders` is the table
+/// `CREATE TABLE Orders` made, `public.orders`), double-quoted parts kept as
+/// written (`public."Orders"`). A pattern that kept its case would never
+/// match the folded name, and a deny or hold on it would silently do nothing.
 struct TableGlob(String);
+
+impl TableGlob {
+    fn parse(s: &str) -> Result<TableGlob, String> {
+        if s == "*" {
+            return Ok(TableGlob(s.to_owned()));
+        }
+        let mut parts = vec![String::new()];
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => {
+                    let mut closed = false;
+                    while let Some(q) = chars.next() {
+                        if q == '"' {
+                            if chars.peek() == Some(&'"') {
+                                chars.next();
+                                parts.last_mut().map(|p| p.push('"'));
+                                continue;
+                            }
+                            closed = true;
+                            break;
+                        }
+                        if q == '*' || q == '.' {
+                            return Err(format!(
+                                "table pattern `{s}`: a quoted name may not hold `{q}` (it would read as a pattern)"
+                            ));
+                        }
+                        parts.last_mut().map(|p| p.push(q));
+                    }
+                    if !closed {
+                        return Err(format!("table pattern `{s}` has an unclosed quote"));
+                    }
+                }
+                '.' => parts.push(String::new()),
+                c => {
+                    parts.last_mut().map(|p| p.push(c.to_ascii_lowercase()));
+                }
+            }
+        }
+        if parts.len() == 2 && parts.iter().all(|p| !p.is_empty()) {
+            Ok(TableGlob(parts.join(".")))
+        } else {
+            Err(format!("table pattern `{s}` is not schema-qualified"))
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for TableGlob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         de_str(d, "a schema-qualified table pattern", |s| {
-            if s == "*" || (s.split('.').count() == 2 && s.split('.').all(|p| !p.is_empty())) {
-                Ok(TableGlob(s.to_owned()))
-            } else {
-                Err(hinted(
-                    format_args!("table pattern `{s}` is not schema-qualified"),
+            TableGlob::parse(s).map_err(|message| {
+                hinted(
+                    message,
                     format_args!(
-                        "write `public.{}` or `schema.*`",
+                        "write `public.{}` or `schema.*` (quote a name to keep its case: `public.\"Orders\"`)",
                         s.rsplit('.').next().unwrap_or(s)
                     ),
-                ))
-            }
+                )
+            })
         })
     }
 }

@@ -144,6 +144,32 @@ fn tables_must_be_qualified() {
 }
 
 #[test]
+fn table_patterns_fold_as_postgresql_folds_names() {
+    // `public.Orders` is the table `CREATE TABLE Orders` made: public.orders.
+    // Kept as written it would never match, and this deny would do nothing.
+    let rules = |pattern: &str| {
+        let text = format!(
+            "policy: g\nconnection: c\nrules:\n  - match: SELECT\n    tables: ['{pattern}']\n    action: deny\n"
+        );
+        PolicySet::from_yaml(&text, "p.yaml", &ApprovalDefaults::default())
+            .map(|set| set.policies[0].rules[0].tables.clone())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(rules("public.Orders"), Ok(vec!["public.orders".to_owned()]));
+    assert_eq!(rules("HR.*"), Ok(vec!["hr.*".to_owned()]));
+    assert_eq!(rules(r#"public."Orders""#), Ok(vec!["public.Orders".to_owned()]));
+    assert_eq!(
+        rules(r#""My Schema"."a""b""#),
+        Ok(vec![r#"My Schema.a"b"#.to_owned()])
+    );
+    // Only ASCII folds, as in PostgreSQL.
+    assert_eq!(rules("public.Ärger"), Ok(vec!["public.Ärger".to_owned()]));
+    for bad in [r#"public."Orders"#, r#"public."a*""#, "public.", r#""a.b""#] {
+        assert!(rules(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn approvals_out_of_range_is_reported_at_the_value() {
     let e = err(
         "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n    approvals: 0\n",
