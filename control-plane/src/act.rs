@@ -134,7 +134,10 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
     for (id, event, last) in due {
         let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
         let outcome = event.body.as_ref().and_then(Outcome::of);
-        if append_due(log, &id, event, last).instrument(span).await {
+        if append_due(log, &id, event, last, live.sequence())
+            .instrument(span)
+            .await
+        {
             if let Some(outcome) = outcome {
                 live.metrics().decided(outcome);
             }
@@ -144,8 +147,11 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
     appended
 }
 
-/// Appends one due outcome if the request's subject is still at `last`.
-async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64) -> bool {
+/// Appends one due outcome if the request's subject is still at `last`, its
+/// last folded event, or has moved on only by events the fold (which has
+/// reached `folded`) refused as untrusted: junk anyone can publish must not
+/// keep a request from expiring.
+async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64, folded: u64) -> bool {
     let Ok(rid) = RequestId::parse(id) else {
         return false;
     };
@@ -157,7 +163,7 @@ async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64
             return false;
         }
     };
-    if head.sequence != last {
+    if head.sequence != last && folded < head.sequence {
         // The fold lags the log for this request; next round.
         return false;
     }

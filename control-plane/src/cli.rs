@@ -116,8 +116,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { config } => {
             let config = crate::config::load(&config)?;
             let mut log = airlock_eventlog::EventLog::connect(config.nats).await?;
-            if let Some(signing) = &config.signing {
-                log = log.with_trust(std::sync::Arc::new(signing.load().context("signing.trust")?));
+            match &config.signing {
+                Some(signing) => {
+                    log = log.with_trust(std::sync::Arc::new(signing.load().context("signing.trust")?));
+                }
+                None => eprintln!(
+                    "airlock-control: no `signing:` section: every event is folded as it is, whoever \
+                     wrote it; list the writers' keys to fold only theirs"
+                ),
             }
             let report = crate::verify::replay(&log).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

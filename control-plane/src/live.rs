@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use airlock_eventlog::signing::Trust;
+use airlock_eventlog::proto::event::Body;
+use airlock_eventlog::signing::{Role, Trust, Vouched};
 use airlock_eventlog::subjects::{SubjectKind, classify};
 use airlock_eventlog::{EventLog, ReadFilter, StoredEvent};
 use futures::StreamExt;
@@ -39,6 +40,9 @@ pub struct Live {
     log_reachable: AtomicBool,
     log_sequence: AtomicU64,
     metrics: Metrics,
+    /// The chain index of the last event folded on each subject, so that a
+    /// signed event published again is not folded twice.
+    chain_index: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Live {
@@ -56,6 +60,7 @@ impl Live {
             log_reachable: AtomicBool::new(last.is_ok()),
             log_sequence: AtomicU64::new(*last.as_ref().unwrap_or(&0)),
             metrics: Metrics::new(),
+            chain_index: Default::default(),
         });
         let target = last.unwrap_or(0);
         if live.sequence() >= target {
@@ -140,7 +145,12 @@ impl Live {
         let span = self.fold_span(&event);
         let _in = span.enter();
         let sequence = event.sequence;
-        if let Some(why) = trust.and_then(|t| t.check(&event).err()) {
+        let refused = match trust.map(|t| t.check(&event)) {
+            None => None,
+            Some(Err(why)) => Some((why.label(), why.to_string())),
+            Some(Ok(vouched)) => self.out_of_place(&event, &vouched),
+        };
+        if let Some((label, why)) = refused {
             // Not folded and not published: an event no trusted writer
             // signed changes nothing and reaches no proxy or integrator.
             tracing::warn!(
@@ -150,11 +160,8 @@ impl Live {
                 reason = %why,
                 "event refused: its writer is not trusted for it"
             );
-            self.metrics.rejected(why.label());
-            self.folded.send_replace(sequence);
-            if sequence >= target {
-                self.ready.store(true, Ordering::Release);
-            }
+            self.metrics.rejected(label);
+            self.skip(sequence, target);
             return;
         }
         {
@@ -167,6 +174,72 @@ impl Live {
         }
         // No subscriber is fine.
         let _ = self.changes.send(Arc::new(event));
+    }
+
+    /// Marks `sequence` folded without folding anything: a stored message
+    /// that is not an event.
+    fn pass_over(&self, sequence: u64, target: u64) {
+        self.metrics.rejected("undecodable");
+        self.skip(sequence, target);
+    }
+
+    fn skip(&self, sequence: u64, target: u64) {
+        self.folded.send_replace(sequence);
+        if sequence >= target {
+            self.ready.store(true, Ordering::Release);
+        }
+    }
+
+    /// Why a signed event still has no place in the fold, if it has none:
+    /// an older event of its chain published again (a replay: its index is
+    /// not past the last one folded), or a proxy writing into a session,
+    /// request or proxy subject that another proxy owns (a stolen proxy key
+    /// is one proxy's, not the fleet's).
+    fn out_of_place(&self, stored: &StoredEvent, vouched: &Vouched) -> Option<(&'static str, String)> {
+        let e = &stored.event;
+        let mut indexes = self.chain_index.lock().unwrap_or_else(|p| p.into_inner());
+        let last = indexes.get(&stored.subject).copied().unwrap_or(0);
+        if e.chain_index <= last {
+            return Some((
+                "replayed",
+                format!(
+                    "its chain index {} is not past {last}, the last folded on {}: an older event published again",
+                    e.chain_index, stored.subject
+                ),
+            ));
+        }
+        if let Vouched::Signed {
+            role: Role::Proxy, ..
+        } = vouched
+        {
+            let writer = e.source.as_ref().map(|s| s.id.as_str()).unwrap_or("");
+            let kind = classify(&stored.subject);
+            let owner: Option<String> = match (&kind, &e.body) {
+                (SubjectKind::Proxy(id), _) => Some(id.clone()),
+                (_, Some(Body::SessionOpened(o))) => Some(o.proxy_id.clone()),
+                (_, Some(Body::ApprovalRequested(r))) => Some(r.proxy_id.clone()),
+                (SubjectKind::Session(id), _) => {
+                    self.read(|s| s.sessions.get(id).map(|x| x.summary.proxy_id.clone()))
+                }
+                (SubjectKind::Request(id), _) => {
+                    self.read(|s| s.request(id).map(|r| r.requested().proxy_id.clone()))
+                }
+                (SubjectKind::Checkpoint | SubjectKind::Other, _) => None,
+            };
+            if let Some(owner) = owner
+                && owner != writer
+            {
+                return Some((
+                    "wrong_proxy",
+                    format!(
+                        "proxy {writer:?} wrote on {}, which belongs to proxy {owner:?}",
+                        stored.subject
+                    ),
+                ));
+            }
+        }
+        indexes.insert(stored.subject.clone(), e.chain_index);
+        None
     }
 
     /// The span folding `stored` runs in: disabled unless the event is part
@@ -217,6 +290,16 @@ async fn tail(live: Arc<Live>, log: EventLog, target: u64) {
                         Ok(event) => {
                             backoff = Duration::from_millis(100);
                             live.fold(event, target, log.trust());
+                        }
+                        // A stored message that is not an event: passed over
+                        // (resuming would meet it again, forever).
+                        Err(airlock_eventlog::Error::Corrupt {
+                            sequence,
+                            subject,
+                            detail,
+                        }) => {
+                            tracing::warn!(sequence, %subject, %detail, "a message in the log is not an event; passing over it");
+                            live.pass_over(sequence, target);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "tailing the log failed; resuming");

@@ -84,6 +84,25 @@ pub fn signing(config: &ControlConfig) -> anyhow::Result<(Arc<Signer>, Arc<Trust
     Ok((Arc::new(signer), Arc::new(trust)))
 }
 
+/// `signing.unsigned_before` may only name history: unsigned events below
+/// it are accepted, so a cut beyond the end of the log would accept
+/// unsigned events anyone can still append (votes, grants, kills).
+pub async fn check_unsigned_cut(log: &EventLog) -> anyhow::Result<()> {
+    let Some(cut) = log.trust().map(Trust::unsigned_before).filter(|c| *c > 0) else {
+        return Ok(());
+    };
+    let last = log.last_sequence().await?;
+    if cut > last + 1 {
+        anyhow::bail!(
+            "signing.unsigned_before is {cut}, but the log ends at sequence {last}: unsigned events \
+             appended from now on would be accepted. Set it to at most {} (the first sequence written \
+             with signing on)",
+            last + 1
+        );
+    }
+    Ok(())
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     let replica = config
@@ -104,6 +123,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .with_signer(signer)
         .with_trust(trust);
     log.ensure_stream().await?;
+    check_unsigned_cut(&log).await?;
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     let signer = match &config.control.checkpoints {
         Some(c) => Some((

@@ -147,9 +147,11 @@ pub struct Judgement {
     /// The text runs a statement made with SQL PREPARE (`EXECUTE name`),
     /// which PostgreSQL looks up when it runs.
     pub executes_prepared: bool,
-    /// Names of prepared statements the SQL creates or drops (PREPARE,
-    /// DEALLOCATE), and whether it drops them all (DEALLOCATE ALL, DISCARD
-    /// ALL): PostgreSQL shares one namespace with the protocol's Parse.
+    /// Names of prepared statements the SQL creates, drops or runs
+    /// (PREPARE, DEALLOCATE, EXECUTE and EXPLAIN EXECUTE), and whether it
+    /// drops them all (DEALLOCATE ALL, DISCARD ALL): PostgreSQL shares one
+    /// namespace with the protocol's Parse, so none may name a statement
+    /// made with Parse.
     pub sql_names: Vec<String>,
     pub drops_all: bool,
     /// The kinds of the statement's effects (a COPY FROM STDIN is a COPY

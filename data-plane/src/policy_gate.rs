@@ -277,6 +277,10 @@ impl Gate for PolicyGate {
                 airlock_policy::PreparedChange::DeallocateAll => drops_all = true,
             }
         }
+        // EXECUTE (also under EXPLAIN, which plans the statement and so runs
+        // its calls) looks its name up in the same namespace as the
+        // protocol's Parse: a name a Parse made must be refused here too.
+        sql_names.extend(v.executed_names.iter().cloned());
         Judgement {
             action,
             verdict,

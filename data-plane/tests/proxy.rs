@@ -1557,6 +1557,8 @@ async fn a_forged_grant_from_the_network_runs_nothing() {
 /// or a stolen proxy key, could do.
 struct LogForgingControl {
     log: EventLog,
+    /// Then publish junk on the request's subject, as anyone could.
+    junk_after: bool,
 }
 
 #[tonic::async_trait]
@@ -1570,6 +1572,7 @@ impl proto::proxy_service_server::ProxyService for LogForgingControl {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let log = self.log.clone();
+        let junk = self.junk_after;
         tokio::spawn(async move {
             use proto::control_message::Message;
             let msg = |m| Ok(proto::ControlMessage { message: Some(m) });
@@ -1607,6 +1610,23 @@ impl proto::proxy_service_server::ProxyService for LogForgingControl {
                 .await;
                 let appended = log.append_next(&subject, grant).await;
                 assert!(appended.is_ok(), "the forged grant is stored: {appended:?}");
+                if junk {
+                    let js = async_nats::jetstream::new(log.client().clone());
+                    for payload in [vec![0xff, 0xff], b"not an event".to_vec()] {
+                        let stored = js.publish(subject.clone(), payload.into()).await;
+                        stored.expect("publish").await.expect("stored");
+                    }
+                    let unsigned = EventLog::connect(log.settings().clone()).await.expect("nats");
+                    let mut e = airlock_eventlog::new_event(
+                        &source,
+                        Body::ApprovalDenied(proto::ApprovalDenied::default()),
+                    );
+                    e.request_id = held.request_id.clone();
+                    unsigned
+                        .append_next(&subject, e)
+                        .await
+                        .expect("stored after the junk");
+                }
                 let _ = tx
                     .send(msg(Message::Decision(proto::DecisionNotice {
                         request_id: held.request_id,
@@ -1630,6 +1650,7 @@ impl proto::proxy_service_server::ProxyService for LogForgingControl {
 async fn delete_granted_by(
     trust: Trust,
     forger: Option<airlock_eventlog::signing::Signer>,
+    junk_after: bool,
 ) -> (Result<(), String>, Fixture) {
     let f = start_trusting(|_| {}, |upstream| Arc::new(TestGate { upstream }), Some(trust)).await;
     let mut forging_log = EventLog::connect(f.log.settings().clone()).await.expect("nats");
@@ -1641,7 +1662,10 @@ async fn delete_granted_by(
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(proto::proxy_service_server::ProxyServiceServer::new(
-                LogForgingControl { log: forging_log },
+                LogForgingControl {
+                    log: forging_log,
+                    junk_after,
+                },
             ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -1686,20 +1710,25 @@ async fn a_grant_in_the_log_runs_only_if_a_trusted_control_key_signed_it() {
     };
 
     // Anyone who can publish on NATS: a correctly chained, unsigned grant.
-    let (outcome, f) = delete_granted_by(trust(), None).await;
+    let (outcome, f) = delete_granted_by(trust(), None, false).await;
     refused(outcome, &f, "an unsigned grant");
     // A key nobody listed.
-    let (outcome, f) = delete_granted_by(trust(), Some(Signer::generate())).await;
+    let (outcome, f) = delete_granted_by(trust(), Some(Signer::generate()), false).await;
     refused(outcome, &f, "a grant signed by an unknown key");
     // A proxy's own key (a stolen or compromised proxy): proxies do not grant.
-    let (outcome, f) = delete_granted_by(trust(), Some(proxy.clone())).await;
+    let (outcome, f) = delete_granted_by(trust(), Some(proxy.clone()), false).await;
     refused(outcome, &f, "a grant signed by a proxy key");
 
     // The same path with the trusted control key runs it: the refusals
     // above are the signatures' doing.
-    let trusted = trust();
-    let (outcome, f) = delete_granted_by(trusted, Some(control)).await;
+    let (outcome, f) = delete_granted_by(trust(), Some(control.clone()), false).await;
     outcome.expect("a grant signed by the trusted control key runs the statement");
+    assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "4");
+
+    // Junk anyone published after the grant (not events, an unsigned
+    // denial) is passed over, as the control plane passes over it.
+    let (outcome, f) = delete_granted_by(trust(), Some(control), true).await;
+    outcome.expect("junk after a genuine grant does not cancel it");
     assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "4");
 }
 

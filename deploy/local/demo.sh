@@ -202,6 +202,7 @@ proxy:
   control: http://127.0.0.1:$CONTROL_PORT
   tls: { cert: $state/proxy.crt, key: $state/proxy.key }
   reviewer_url: http://127.0.0.1:$REVIEWER_PORT
+  proxy_id: proxy-1
   signing_key: $state/proxy-signing.key
 connections:
   - name: prod-maintenance
@@ -221,7 +222,7 @@ signing:
   # facts are accepted only under these keys.
   trust:
     - { role: control, key: $state/control-signing.pub }
-    - { role: proxy, key: $state/proxy-signing.pub }
+    - { role: proxy, key: $state/proxy-signing.pub, id: proxy-1 }
 YAML
 
 # Browser sign-in for the reviewer UI: test users the dev issuer offers.

@@ -3,8 +3,6 @@
 //! parallel threads; each starts its own stack (servers, ports, temp
 //! directories), so none shares state with another. Run one file's tests
 //! with `cargo test -p airlock-e2e --test e2e <module>::`.
-//!
-//! The reviewer's tests (`reviewer.rs`) are a binary of their own.
 
 mod approval;
 mod binaries;
@@ -12,5 +10,6 @@ mod browser;
 mod differential;
 mod drivers;
 mod fleet;
+mod reviewer;
 mod stack;
 mod webhooks;

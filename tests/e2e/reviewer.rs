@@ -16,6 +16,7 @@ use std::time::Duration;
 use airlock_e2e::binaries::{
     self, AGENTS, ALICE, BOB, CLIENT_ID, ERIN, Options, REVIEWERS, ReviewerStack, hold,
 };
+use airlock_e2e::{eventually, satisfies};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
@@ -89,16 +90,18 @@ impl Api {
 /// plane has folded the request (the proxy's notice can arrive first).
 async fn hold_seen(stack: &ReviewerStack, api: &Api, viewer: &str, token: &str, sql: &str) -> binaries::Held {
     let held = hold(stack, token, sql).await;
-    for _ in 0..200 {
-        let (status, _) = api
-            .get(Some(viewer), &format!("/api/v1/requests/{}", held.request_id))
-            .await;
-        if status != StatusCode::NOT_FOUND {
-            return held;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("request {} never appeared", held.request_id);
+    let path = format!("/api/v1/requests/{}", held.request_id);
+    eventually(
+        "the request to reach the reviewer",
+        Duration::from_secs(10),
+        || async {
+            satisfies(api.get(Some(viewer), &path).await.0, |s| {
+                *s != StatusCode::NOT_FOUND
+            })
+        },
+    )
+    .await;
+    held
 }
 
 /// Asserts a JSON error with this status and code.

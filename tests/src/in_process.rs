@@ -186,7 +186,18 @@ pub(crate) async fn start(options: StackBuilder) -> Stack {
         .await
         .expect("nats");
     log.ensure_stream().await.expect("stream");
-    let (live, control_url) = spawn_control(&log).await;
+    // As in production, every writer signs with its own key and every
+    // reader trusts exactly the stack's writers.
+    use airlock_eventlog::signing::{Role, Signer, Trust, TrustedKey};
+    let control_key = Signer::generate();
+    let proxy_keys: Vec<Signer> = (0..options.proxies).map(|_| Signer::generate()).collect();
+    let mut trusted = vec![TrustedKey::new(Role::Control, control_key.verifying_key())];
+    for (i, key) in proxy_keys.iter().enumerate() {
+        trusted
+            .push(TrustedKey::new(Role::Proxy, key.verifying_key()).for_writer(format!("proxy-{}", i + 1)));
+    }
+    let log = log.with_trust(Arc::new(Trust::new(trusted)));
+    let (live, control_url) = spawn_control(&log.clone().with_signer(Arc::new(control_key))).await;
     let upstream = UpstreamConfig {
         tls: Default::default(),
         host: "127.0.0.1".into(),
@@ -198,12 +209,13 @@ pub(crate) async fn start(options: StackBuilder) -> Stack {
     };
     let mut proxies = Vec::new();
     let mut first = None;
-    for i in 1..=options.proxies {
+    for (i, key) in (1..=options.proxies).zip(proxy_keys) {
         let gate = SeedGate {
             upstream: upstream.clone(),
             timeout: options.hold_timeout,
         };
-        let (addr, holds, phase) = spawn_proxy(&log, &control_url, gate, &format!("proxy-{i}")).await;
+        let signed = log.clone().with_signer(Arc::new(key));
+        let (addr, holds, phase) = spawn_proxy(&signed, &control_url, gate, &format!("proxy-{i}")).await;
         proxies.push(addr);
         first.get_or_insert((holds, phase));
     }

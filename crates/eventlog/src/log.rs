@@ -377,6 +377,19 @@ impl EventLog {
             attempts += 1;
             let last = match self.publish_once(subject, headers.clone(), raw.clone()).await {
                 Ok(ack) => {
+                    // A duplicate is ours only if the stored message is these
+                    // very bytes on this subject: anyone can publish with an
+                    // event's id to make its real append a silent no-op.
+                    if ack.duplicate && !self.stored_is(ack.sequence, subject, &raw).await {
+                        return Err(Error::Rejected {
+                            subject: subject.to_owned(),
+                            detail: format!(
+                                "event id {} is already taken in the log by another message (seq {}): \
+                                 this event was not stored",
+                                event.id, ack.sequence
+                            ),
+                        });
+                    }
                     return Ok(Appended {
                         sequence: ack.sequence,
                         duplicate: ack.duplicate,
@@ -395,6 +408,7 @@ impl EventLog {
                         // after the expected sequence is this one, it is ours.
                         if let Expect::LastSequence(expected) = expect
                             && let Some(stored) = self.stored_after(subject, expected, &event.id).await
+                            && self.stored_is(stored, subject, &raw).await
                         {
                             return Ok(Appended {
                                 sequence: stored,
@@ -464,6 +478,17 @@ impl EventLog {
         (id.as_str() == event_id).then_some(m.sequence)
     }
 
+    /// Whether the message at `sequence` is exactly `raw` on `subject`.
+    async fn stored_is(&self, sequence: u64, subject: &str, raw: &[u8]) -> bool {
+        let Ok(stream) = self.stream().await else {
+            return false;
+        };
+        match stream.get_raw_message(sequence).await {
+            Ok(m) => m.subject.as_str() == subject && m.payload.as_ref() == raw,
+            Err(_) => false,
+        }
+    }
+
     async fn publish_once(
         &self,
         subject: &str,
@@ -523,13 +548,35 @@ impl EventLog {
     }
 
     /// The head of `subject`'s chain (empty when the subject has no events).
+    ///
+    /// When the last message stored on the subject is not an event (anyone
+    /// able to publish can store one), the next event links to its bytes
+    /// and continues the index of the last real event, so writers are not
+    /// stopped by it.
     pub async fn head(&self, subject: &str) -> Result<ChainHead, Error> {
-        Ok(self
-            .last(subject)
-            .await?
-            .as_ref()
-            .map(ChainHead::of)
-            .unwrap_or_else(ChainHead::empty))
+        match self.last(subject).await {
+            Ok(last) => Ok(last.as_ref().map(ChainHead::of).unwrap_or_else(ChainHead::empty)),
+            Err(Error::Corrupt { sequence, .. }) => {
+                let stream = self.stream().await?;
+                let raw = stream
+                    .get_raw_message(sequence)
+                    .await
+                    .map_err(|e| Error::Read(format!("message {sequence}: {e}")))?;
+                let index = self
+                    .read_subject_events(subject)
+                    .await?
+                    .iter()
+                    .map(|e| e.event.chain_index)
+                    .max()
+                    .unwrap_or(0);
+                Ok(ChainHead {
+                    sequence,
+                    hash: hash(&raw.payload).to_vec(),
+                    index,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One event by stream sequence.
@@ -586,6 +633,9 @@ impl EventLog {
             let item = messages.next().await?;
             let finished = match &item {
                 Ok((event, left)) => *left == 0 || event.sequence >= end,
+                // A message that is not an event (anyone able to publish
+                // can store one) is reported, and reading goes on past it.
+                Err(Error::Corrupt { sequence, .. }) => *sequence >= end,
                 Err(_) => true,
             };
             Some((item.map(|(event, _)| event), (messages, finished)))
@@ -600,6 +650,22 @@ impl EventLog {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             out.push(item?);
+        }
+        Ok(out)
+    }
+
+    /// The events of one subject, in order, passing over stored messages
+    /// that are not events (for readers that judge each event's writer).
+    pub async fn read_subject_events(&self, subject: &str) -> Result<Vec<StoredEvent>, Error> {
+        let mut out = Vec::new();
+        let stream = self.read(0, ReadFilter::subject(subject)).await?;
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(e) => out.push(e),
+                Err(Error::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -650,7 +716,7 @@ impl EventLog {
 /// Sets `event`'s link to `head`.
 pub fn link(event: &mut Event, head: &ChainHead) {
     event.prev_hash = head.hash.clone();
-    event.chain_index = head.index + 1;
+    event.chain_index = head.index.saturating_add(1);
 }
 
 fn headers_for(event: &Event, expect: Expect) -> HeaderMap {

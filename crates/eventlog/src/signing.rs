@@ -26,7 +26,7 @@
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -397,16 +397,17 @@ impl Trust {
             return Err(Untrusted::UnknownKey(signature.key_id));
         }
         let m = message(&stored.subject, unsigned);
-        if candidates[0].key.verify(&m, &sig).is_err() {
-            return Err(Untrusted::BadSignature(signature.key_id));
-        }
-        // The same key may be trusted in more than one role (a single-box
-        // development setup); any entry that allows this kind will do.
+        // Each entry is checked with its own key: a key id is only a hint,
+        // and two keys may share one (by accident or by grinding).
         let claimed = stored.event.source.as_ref().map(|s| s.id.as_str()).unwrap_or("");
         let mut refusal = None;
         for k in candidates {
+            if k.key.verify_strict(&m, &sig).is_err() {
+                refusal.get_or_insert(Untrusted::BadSignature(k.key_id.clone()));
+                continue;
+            }
             if k.role != role {
-                refusal.get_or_insert(Untrusted::WrongRole {
+                refusal = Some(Untrusted::WrongRole {
                     kind: crate::body_kind(body),
                     role: k.role,
                     key_id: k.key_id.clone(),
@@ -449,7 +450,7 @@ impl Trust {
         let mut known = false;
         for k in self.keys.iter().filter(|k| k.key_id == key_id) {
             known = true;
-            if k.role == role && k.key.verify(message, &sig).is_ok() {
+            if k.role == role && k.key.verify_strict(message, &sig).is_ok() {
                 return Ok(());
             }
         }
@@ -517,10 +518,28 @@ pub struct TrustEntry {
 impl SigningSection {
     /// Reads every listed key.
     pub fn load(&self) -> Result<Trust, KeyError> {
-        let mut keys = Vec::with_capacity(self.trust.len());
+        let mut keys: Vec<TrustedKey> = Vec::with_capacity(self.trust.len());
         for entry in &self.trust {
-            let mut k = TrustedKey::new(entry.role, load_public_key(&entry.key)?);
+            let key = load_public_key(&entry.key)?;
+            let bad = |detail: &str| KeyError::NotAKey {
+                path: entry.key.clone(),
+                what: "public key",
+                detail: detail.to_owned(),
+            };
+            if key.is_weak() {
+                return Err(bad("a weak (small-order) key, which anyone can sign for"));
+            }
+            if entry.role == Role::Proxy && entry.id.as_deref().is_none_or(str::is_empty) {
+                return Err(bad(
+                    "a proxy key must name its proxy (`id: <proxy_id>`): a key trusted for every proxy \
+                     could write into any other proxy's sessions",
+                ));
+            }
+            let mut k = TrustedKey::new(entry.role, key);
             k.writer = entry.id.clone();
+            if keys.iter().any(|o| o.key_id == k.key_id && o.key != k.key) {
+                return Err(bad("another listed key has the same key id"));
+            }
             keys.push(k);
         }
         Ok(Trust::new(keys).with_unsigned_before(self.unsigned_before))
@@ -676,6 +695,66 @@ mod tests {
         assert!(t.check(&ok).is_ok());
         let other = stored(1, subject, seal(subject, &opened("proxy-2"), &proxy));
         assert!(matches!(t.check(&other), Err(Untrusted::WrongWriter { .. })));
+    }
+
+    #[test]
+    fn a_key_id_shared_with_the_control_key_does_not_lend_its_role() {
+        // A proxy key whose id collides with the control key's (listed
+        // first) must not make a proxy-signed grant pass as the control's.
+        let (control, proxy) = (key(1), key(2));
+        let same = control.key_id().to_owned();
+        let mut as_proxy = TrustedKey::new(Role::Proxy, proxy.verifying_key());
+        as_proxy.key_id = same.clone();
+        let t = Trust::new(vec![
+            as_proxy,
+            TrustedKey::new(Role::Control, control.verifying_key()),
+        ]);
+        let forger = Signer {
+            key: proxy.key.clone(),
+            key_id: same,
+        };
+        let forged = stored(1, SUBJECT, seal(SUBJECT, &grant("c"), &forger));
+        assert!(
+            matches!(t.check(&forged), Err(Untrusted::WrongRole { .. })),
+            "{:?}",
+            t.check(&forged)
+        );
+        let genuine = stored(1, SUBJECT, seal(SUBJECT, &grant("c"), &control));
+        assert!(matches!(
+            t.check(&genuine),
+            Ok(Vouched::Signed {
+                role: Role::Control,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_trust_list_requires_proxy_ids_and_distinct_keys() {
+        let dir = std::env::temp_dir().join(format!("airlock-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (private, public) = (dir.join("p.key"), dir.join("p.pub"));
+        Signer::generate().write(&private, &public).expect("key");
+        let entry = |role, id: Option<&str>| TrustEntry {
+            role,
+            key: public.clone(),
+            id: id.map(str::to_owned),
+        };
+        let section = |trust| SigningSection {
+            trust,
+            unsigned_before: 0,
+        };
+        let err = section(vec![entry(Role::Proxy, None)]).load().expect_err("no id");
+        assert!(err.to_string().contains("must name its proxy"), "{err}");
+        assert!(section(vec![entry(Role::Proxy, Some("proxy-1"))]).load().is_ok());
+        assert!(
+            section(vec![entry(Role::Control, None), entry(Role::Proxy, Some("p"))])
+                .load()
+                .is_ok(),
+            "one key in two roles is allowed (single-box development)"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -85,6 +85,44 @@ async fn same_event_id_appended_twice_is_stored_once() {
 }
 
 #[tokio::test]
+async fn an_event_id_taken_by_someone_else_fails_the_append_instead_of_passing_as_a_duplicate() {
+    // Anyone who can publish learns an event's id from a refused publish
+    // and publishes junk under it: the real append would be acknowledged
+    // as a duplicate and silently not stored.
+    let nats = NatsServer::start();
+    let log = open_log(&nats).await;
+    let session = SessionId::generate();
+    let event = executed(&session, "SELECT 1");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+    let js = async_nats::jetstream::new(log.client().clone());
+    js.publish_with_headers("airlock.v1.session.squatter", headers, "junk".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let err = log
+        .append(&subjects::session(&session), &event, Expect::Anything)
+        .await
+        .expect_err("the squatted id is refused");
+    assert!(
+        matches!(&err, Error::Rejected { detail, .. } if detail.contains("already taken")),
+        "{err}"
+    );
+    // A genuine retry of the same bytes is still a duplicate, not an error.
+    let other = executed(&session, "SELECT 2");
+    let first = log
+        .append(&subjects::session(&session), &other, Expect::Anything)
+        .await
+        .expect("append");
+    let again = log
+        .append(&subjects::session(&session), &other, Expect::Anything)
+        .await
+        .expect("retry");
+    assert!(again.duplicate && again.sequence == first.sequence);
+}
+
+#[tokio::test]
 async fn retry_of_an_acknowledged_conditional_append_is_a_duplicate_not_a_conflict() {
     // A client whose ack was lost retries with the same id and the same
     // expected sequence; that must not look like someone else won.

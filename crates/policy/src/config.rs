@@ -545,7 +545,9 @@ impl TableGlob {
                         if q == '"' {
                             if chars.peek() == Some(&'"') {
                                 chars.next();
-                                parts.last_mut().map(|p| p.push('"'));
+                                if let Some(p) = parts.last_mut() {
+                                    p.push('"');
+                                }
                                 continue;
                             }
                             closed = true;
@@ -556,7 +558,9 @@ impl TableGlob {
                                 "table pattern `{s}`: a quoted name may not hold `{q}` (it would read as a pattern)"
                             ));
                         }
-                        parts.last_mut().map(|p| p.push(q));
+                        if let Some(p) = parts.last_mut() {
+                            p.push(q);
+                        }
                     }
                     if !closed {
                         return Err(format!("table pattern `{s}` has an unclosed quote"));
@@ -564,7 +568,9 @@ impl TableGlob {
                 }
                 '.' => parts.push(String::new()),
                 c => {
-                    parts.last_mut().map(|p| p.push(c.to_ascii_lowercase()));
+                    if let Some(p) = parts.last_mut() {
+                        p.push(c.to_ascii_lowercase());
+                    }
                 }
             }
         }

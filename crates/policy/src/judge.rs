@@ -71,6 +71,10 @@ pub struct Verdict {
     /// The text runs a statement made with SQL PREPARE (`EXECUTE name`).
     #[serde(skip)]
     pub executes_prepared: bool,
+    /// The names `EXECUTE` runs (also under `EXPLAIN`), for the data plane
+    /// to refuse those of protocol-level statements.
+    #[serde(skip)]
+    pub executed_names: Vec<String>,
     /// Changes to the session's prepared statements once the statement runs.
     #[serde(skip)]
     pub prepared_changes: Vec<PreparedChange>,
@@ -141,6 +145,7 @@ impl Policy {
             record: self.record,
             uses_session: c.uses_session,
             executes_prepared: c.executes_prepared,
+            executed_names: c.executed_names.clone(),
             prepared_changes: c.prepared_changes.clone(),
         };
         if let Some(bytes) = c.oversized {
@@ -294,32 +299,140 @@ fn describe_unmatched(effects: &[EffectVerdict]) -> String {
 /// function) of the effect, a `deny` or `require-approval` rule any one of
 /// them. So a narrow allow never lets a statement touching other tables
 /// through, and a narrow deny always catches it.
+///
+/// Where the classifier could not name the relations an effect acts on, it
+/// says `schema.*` (some or all relations of that schema), `*.*` (relations
+/// anywhere) or, for a kind that acts on relations, nothing at all (an
+/// unresolved target, read as `*.*`). A deny or hold catches such an effect
+/// if it could touch a table it names; an allow covers it only if it covers
+/// every table it could touch, and a table-scoped allow never covers `*.*`.
 pub(crate) fn rule_matches(rule: &Rule, effect: &Effect) -> bool {
     if !rule.kinds.contains(&effect.kind) {
         return false;
     }
-    let covers = |patterns: &[String], names: &[String], bare: bool| {
-        if patterns.is_empty() {
+    let allow = rule.action == Action::Allow;
+    let tables_match = || {
+        if rule.tables.is_empty() {
             return true;
         }
+        if effect.tables.is_empty() {
+            // A read of no table at all (`SELECT 1`, `VALUES`) reads nothing
+            // a table pattern protects, and a SET or a SHOW acts on no
+            // relation; any other effect without tables has an unresolved
+            // target, which could be any table.
+            return if acts_on_relations(effect.kind) {
+                !allow
+            } else {
+                allow && effect.kind == Kind::Select
+            };
+        }
+        if allow {
+            effect
+                .tables
+                .iter()
+                .all(|t| rule.tables.iter().any(|p| covers_every(p, t)))
+        } else {
+            effect
+                .tables
+                .iter()
+                .any(|t| rule.tables.iter().any(|p| may_touch(p, t)))
+        }
+    };
+    let functions_match = || {
+        if rule.functions.is_empty() {
+            return true;
+        }
+        let names = &effect.functions;
+        // A deny may name a function bare and still catch `pg_catalog.f`; an
+        // allow names exactly what it lets through.
         let hit = |name: &String| {
-            patterns.iter().any(|p| {
-                glob::matches(p, name) || (bare && glob::matches(p, name.rsplit('.').next().unwrap_or(name)))
+            rule.functions.iter().any(|p| {
+                glob::matches(p, name)
+                    || (!allow && glob::matches(p, name.rsplit('.').next().unwrap_or(name)))
             })
         };
-        if rule.action == Action::Allow {
-            // A read of no table at all (`SELECT 1`, `VALUES`) reads nothing a
-            // table pattern protects. Any other effect without tables (an
-            // unresolved target) is not covered by a table-scoped allow.
+        if allow {
             (names.is_empty() && effect.kind == Kind::Select) || (!names.is_empty() && names.iter().all(hit))
         } else {
             names.iter().any(hit)
         }
     };
-    // A deny may name a function bare and still catch `pg_catalog.f`; an allow
-    // names exactly what it lets through.
-    let bare = rule.action != Action::Allow;
-    covers(&rule.tables, &effect.tables, false) && covers(&rule.functions, &effect.functions, bare)
+    tables_match() && functions_match()
+}
+
+/// Whether an effect of `kind` acts on relations, so that one without
+/// tables has a target the classifier could not resolve (`VACUUM` of every
+/// table, a `GRANT` of a role, a function's body, an unknown statement).
+/// Exhaustive on purpose: a new kind must be decided here.
+fn acts_on_relations(kind: Kind) -> bool {
+    match kind {
+        Kind::Insert
+        | Kind::Update
+        | Kind::Delete
+        | Kind::Merge
+        | Kind::Truncate
+        | Kind::Create
+        | Kind::Alter
+        | Kind::Drop
+        | Kind::Grant
+        | Kind::Revoke
+        | Kind::Copy
+        | Kind::Call
+        | Kind::Do
+        | Kind::Function
+        | Kind::Program
+        | Kind::ServerFile
+        | Kind::Lock
+        | Kind::Execute
+        | Kind::CreateTrigger
+        | Kind::CreateRule
+        | Kind::Vacuum
+        | Kind::Analyze
+        | Kind::Comment
+        | Kind::Refresh
+        | Kind::Other => true,
+        Kind::Select
+        | Kind::SetRole
+        | Kind::AlterSystem
+        | Kind::Set
+        | Kind::ParserSetting
+        | Kind::Show
+        | Kind::Deallocate
+        | Kind::Transaction
+        | Kind::CreateFunction
+        | Kind::Listen
+        | Kind::Notify
+        | Kind::Discard
+        | Kind::Cursor => false,
+    }
+}
+
+/// For a deny or a hold: whether `pattern` names a table that `table` (a
+/// name, `schema.*` or `*.*`) may be.
+fn may_touch(pattern: &str, table: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match table.rsplit_once('.') {
+        Some(("*", "*")) => true,
+        Some((schema, "*")) => glob::matches(pattern.split('.').next().unwrap_or(pattern), schema),
+        _ => glob::matches(pattern, table),
+    }
+}
+
+/// For an allow: whether `pattern` covers every table that `table` (a name,
+/// `schema.*` or `*.*`) may be.
+fn covers_every(pattern: &str, table: &str) -> bool {
+    match table.rsplit_once('.') {
+        Some(("*", "*")) => false,
+        Some((schema, "*")) => {
+            pattern == "*"
+                || pattern
+                    .split_once('.')
+                    .is_some_and(|(s, t)| t.chars().all(|c| c == '*') && glob::matches(s, schema))
+        }
+        _ => glob::matches(pattern, table),
+    }
 }
 
 #[cfg(test)]

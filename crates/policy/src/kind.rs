@@ -31,7 +31,8 @@ macro_rules! kinds {
 }
 
 kinds! {
-    /// Reads rows (SELECT, VALUES, TABLE, plain EXPLAIN, SHOW-like reads of tables).
+    /// Reads rows (SELECT, VALUES, TABLE, plain EXPLAIN, SHOW-like reads of
+    /// tables). `EXPLAIN EXECUTE name` is what `EXECUTE name` is.
     Select => "SELECT",
     Insert => "INSERT",
     Update => "UPDATE",
@@ -51,18 +52,23 @@ kinds! {
     Do => "DO",
     /// A call of a function not known to be read-only: side effects
     /// (pg_terminate_backend, setval, set_config, pg_advisory_lock, lo_export,
-    /// dblink_exec, ...) or user-defined code we cannot see into. Never
-    /// covered by `match: SELECT`; allow specific ones with `functions:`.
+    /// dblink_exec, ...) or user-defined code we cannot see into, including
+    /// a cast to a type that is not built in (`cast to t`) and a custom
+    /// operator (`operator`). Never covered by `match: SELECT`; allow
+    /// specific ones with `functions:`.
     Function => "FUNCTION",
     /// COPY TO/FROM PROGRAM: runs a shell command on the database server.
     Program => "PROGRAM",
     /// COPY TO/FROM a file on the database server.
     ServerFile => "SERVER FILE",
-    /// SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE and their `SET role = ...` forms.
+    /// SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE, their `SET role = ...`
+    /// forms (any case, quoted or not) and `set_config('role', ...)`.
     SetRole => "SET ROLE",
     AlterSystem => "ALTER SYSTEM",
     Lock => "LOCK",
-    /// Other session settings: SET, RESET (search_path included).
+    /// Other session settings: SET, RESET (search_path included), SET SESSION
+    /// CHARACTERISTICS, and the READ WRITE forms of BEGIN, START TRANSACTION
+    /// and SET TRANSACTION (they undo `default_transaction_read_only`).
     Set => "SET",
     /// A change of a setting that makes PostgreSQL read statement text
     /// differently from the proxy (`client_encoding` to SJIS,
@@ -70,11 +76,13 @@ kinds! {
     /// ALTER ... SET. The proxy refuses it whatever the policy says.
     ParserSetting => "PARSER SETTING",
     Show => "SHOW",
-    /// `EXECUTE name` whose PREPARE this session has not seen.
+    /// `EXECUTE name` (or `EXPLAIN EXECUTE name`) whose PREPARE this session
+    /// has not seen.
     Execute => "EXECUTE",
     Deallocate => "DEALLOCATE",
     /// BEGIN, START TRANSACTION, COMMIT, ROLLBACK, SAVEPOINT, RELEASE,
-    /// SET TRANSACTION: always allowed, whatever the policy says.
+    /// SET TRANSACTION (not their READ WRITE forms, which are SET): always
+    /// allowed, whatever the policy says.
     Transaction => "TRANSACTION",
     CreateFunction => "CREATE FUNCTION",
     CreateTrigger => "CREATE TRIGGER",

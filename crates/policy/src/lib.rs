@@ -55,12 +55,19 @@
 //! * `PROGRAM` / `SERVER FILE`: COPY to or from a shell command or a file on
 //!   the database server (beside the `COPY` and, for FROM, `INSERT` effects).
 //! * `SET ROLE`: `SET ROLE`, `SET SESSION AUTHORIZATION`, `RESET ROLE`,
-//!   `SET role = ...`. Other settings (`search_path` included) are `SET`.
+//!   `SET role = ...` (quoted or not), `set_config('role', ...)`. Other
+//!   settings (`search_path` included, `BEGIN READ WRITE`) are `SET`.
 //! * `EXECUTE`: only for `EXECUTE name` this session never prepared; a known
 //!   name is judged as what `PREPARE` held (the proxy keeps
 //!   [`PreparedStatements`] per session and applies
 //!   [`Verdict::prepared_changes`]).
 //! * `TRANSACTION`: BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE: always allowed.
+//! * Tables: `schema.*` in an effect stands for relations of a schema it does
+//!   not name (`DROP SCHEMA hr`), `*.*` for relations anywhere (`CASCADE`);
+//!   an effect that acts on relations but names none has an unresolved
+//!   target. A table-scoped deny or hold catches all three when they could
+//!   touch its tables; a table-scoped allow never covers `*.*` or an
+//!   unresolved target. Unqualified `pg_*` names are `pg_catalog`'s.
 //!
 //! # Known limits
 //!
@@ -71,6 +78,10 @@
 //! * A view or a function's body is not looked into: `SELECT * FROM v` is a
 //!   read even if `v` calls a volatile function. Creating such objects is
 //!   `CREATE`/`CREATE FUNCTION`, which a policy should not allow freely.
+//! * Nor is what only the catalog knows: `o.f` (or `(o).f`) is taken for a
+//!   column, though PostgreSQL calls a function `f(o)` when `o` has no
+//!   column `f`; operators and casts resolved to user code by their operand
+//!   types are not seen (a cast to a type that is not built in is a call).
 //! * Text sqlparser cannot read (`U&"..."` identifiers, `DO`, `ALTER SYSTEM`,
 //!   `CLUSTER`, `TABLE x`, ...) gets the `unparsed` action even when it is harmless.
 

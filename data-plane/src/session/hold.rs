@@ -283,33 +283,37 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
 }
 
 /// Whether the log holds an ApprovalGranted for `request_id`, for exactly
-/// `sha256`, as the last event of the request's chain, signed by a
-/// control-plane key this proxy trusts: anyone who can publish on NATS can
-/// append an event, only a replica can sign one.
+/// `sha256`, as the last event of the request's chain that a trusted writer
+/// signed, and signed by a control-plane key this proxy trusts: anyone who
+/// can publish on NATS can append an event (so events no trusted writer
+/// signed are passed over, as the control plane's fold passes them over),
+/// only a replica can sign a grant.
 async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
     let subject = subjects::request(request_id);
-    match ctx.deps.log.last(&subject).await {
-        Ok(Some(e)) => {
-            let granted = matches!(
-                &e.event.body,
-                Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && e.event.request_id == request_id.as_str()
-            );
-            granted && signed_by_control(ctx.deps.log.trust(), &e, request_id)
-        }
-        Ok(None) => false,
+    let Some(trust) = ctx.deps.log.trust() else {
+        tracing::warn!(request = %request_id, "no trusted control-plane keys: no grant can be confirmed");
+        return false;
+    };
+    let events = match ctx.deps.log.read_subject_events(&subject).await {
+        Ok(events) => events,
         Err(err) => {
             tracing::warn!(request = %request_id, error = %err, "cannot confirm a grant in the log");
-            false
+            return false;
         }
-    }
+    };
+    let Some(last) = events.iter().rev().find(|e| trust.check(e).is_ok()) else {
+        return false;
+    };
+    let granted = matches!(
+        &last.event.body,
+        Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && last.event.request_id == request_id.as_str()
+    );
+    granted && signed_by_control(trust, last, request_id)
 }
 
-/// Whether a trusted control-plane key signed `grant` (where no trust is
-/// configured, library use in tests, the log's word is taken as it is).
-fn signed_by_control(trust: Option<&Trust>, grant: &StoredEvent, request_id: &RequestId) -> bool {
-    let Some(trust) = trust else {
-        return true;
-    };
+/// Whether a trusted control-plane key signed `grant`. Without a list of
+/// trusted writers nothing is confirmed (the proxy binary always has one).
+fn signed_by_control(trust: &Trust, grant: &StoredEvent, request_id: &RequestId) -> bool {
     match trust.check(grant) {
         Ok(Vouched::Signed {
             role: Role::Control, ..

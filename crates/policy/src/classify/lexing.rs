@@ -228,9 +228,10 @@ fn block_comment(s: &[char], mut i: usize) -> Option<usize> {
 
 /// A quoted string from its opening quote at `i` (`escapes`: an E string,
 /// where a backslash escapes the next character), with PostgreSQL's
-/// continuation: another quoted segment after whitespace holding a newline
-/// is the same literal, read the same way. Each segment is one marker (the
-/// parser gives each its own token). The index after the last segment.
+/// continuation: another quoted segment after [`continuation`] is the same
+/// literal, read the same way. Each segment, and each comment between them,
+/// is one marker (the parser gives each its own token). The index after the
+/// last segment.
 fn string(s: &[char], mut i: usize, escapes: bool, shape: &mut String) -> Option<usize> {
     loop {
         // s[i] is the opening quote.
@@ -247,19 +248,75 @@ fn string(s: &[char], mut i: usize, escapes: bool, shape: &mut String) -> Option
             }
         }
         shape.push(OPAQUE);
-        // Continuation: whitespace with a newline, then a quote.
-        let mut j = i;
-        let mut newline = false;
-        while j < s.len() && is_space(s[j]) {
-            newline |= s[j] == '\n' || s[j] == '\r';
-            j += 1;
-        }
-        if newline && s.get(j) == Some(&'\'') {
-            i = j;
-        } else {
-            return Some(i);
+        match continuation(s, i) {
+            Some((quote, comments)) => {
+                shape.extend(std::iter::repeat_n(OPAQUE, comments));
+                i = quote;
+            }
+            None => return Some(i),
         }
     }
+}
+
+/// PostgreSQL's `quotecontinue` after a closing quote at `i - 1`: the index
+/// of the next segment's opening quote and how many `--` comments lie
+/// before it, or `None` if the literal ends here. In scan.l terms:
+///
+/// ```text
+/// quotecontinue           {whitespace_with_newline}{quote}
+/// whitespace_with_newline ({horiz_whitespace}*{newline}{special_whitespace}*)
+/// horiz_whitespace        ({horiz_space}|{comment})
+/// special_whitespace      ({space}+|{comment}{newline})
+/// comment                 ("--"{non_newline}*)
+/// ```
+///
+/// So `E'a' --c` newline `'\''` is one E string: the comment does not end
+/// the literal.
+fn continuation(s: &[char], mut i: usize) -> Option<(usize, usize)> {
+    let newline = |c: char| c == '\n' || c == '\r';
+    let horiz_space = |c: char| is_space(c) && !newline(c);
+    let comment_at = |i: usize| s.get(i) == Some(&'-') && s.get(i + 1) == Some(&'-');
+    // The end of a `--` comment starting at `i`: the next newline or the end.
+    let comment_end = |mut i: usize| {
+        while i < s.len() && !newline(s[i]) {
+            i += 1;
+        }
+        i
+    };
+    let mut comments = 0;
+    // {horiz_whitespace}*
+    loop {
+        match s.get(i) {
+            Some(&c) if horiz_space(c) => i += 1,
+            Some(_) if comment_at(i) => {
+                i = comment_end(i);
+                comments += 1;
+            }
+            _ => break,
+        }
+    }
+    // {newline}
+    if !s.get(i).is_some_and(|&c| newline(c)) {
+        return None;
+    }
+    i += 1;
+    // {special_whitespace}*
+    loop {
+        match s.get(i) {
+            Some(&c) if is_space(c) => i += 1,
+            Some(_) if comment_at(i) => {
+                let end = comment_end(i);
+                if end == s.len() {
+                    // A comment must end with a newline here.
+                    return None;
+                }
+                i = end + 1;
+                comments += 1;
+            }
+            _ => break,
+        }
+    }
+    (s.get(i) == Some(&'\'')).then_some((i, comments))
 }
 
 /// A `"..."` identifier (`""` is a quote inside); the index after it.
@@ -352,6 +409,30 @@ mod tests {
             "COPY scratch FROM STDIN;\nDELETE FROM orders;\n",
         ] {
             assert!(disagreement(sql).is_some(), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn a_string_continues_across_line_comments_as_in_postgresql() {
+        // One E string to PostgreSQL (`a'` and then up to the last quote):
+        // the DELETE is inside it. sqlparser reads two strings and a DELETE.
+        for sql in [
+            "SELECT E'a' --c\n'\\'' ; DELETE FROM orders; -- '",
+            "SELECT E'a'\n-- c\n  -- d\r\n'\\'' ; DELETE FROM orders; -- '",
+            "SELECT E'a'\t--c\r'\\'' , evil_writer() --'",
+        ] {
+            assert!(disagreement(sql).is_some(), "{sql:?}");
+        }
+        // Where the continuation changes nothing, both still agree; and
+        // where PostgreSQL's rule does not apply, neither continues.
+        for sql in [
+            "SELECT 'a' --c\n'b'",
+            "SELECT 'a'\n--c\n'b'",
+            "SELECT E'a' /* c */\n'b'",
+            "SELECT E'a' --c",
+            "SELECT E'a'\n--c",
+        ] {
+            assert_eq!(disagreement(sql), None, "{sql:?}");
         }
     }
 }

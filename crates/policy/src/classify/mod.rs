@@ -6,17 +6,42 @@
 //! Effects are found wherever they hide: a data-modifying CTE makes a SELECT
 //! a DELETE, `EXPLAIN ANALYZE x` is `x`, `SELECT INTO` creates, `COPY FROM`
 //! inserts, functions anywhere in a statement are `FUNCTION` effects unless
-//! known to be read-only, and `EXECUTE name` is what `PREPARE name` held.
+//! known to be read-only, and `EXECUTE name` (also under `EXPLAIN`) is what
+//! `PREPARE name` held.
+//!
+//! Names are resolved from the statement alone, as PostgreSQL would resolve
+//! them under the connection's default schema: CTE names shadow tables only
+//! where PostgreSQL scopes them ([`scan`]), unqualified `pg_*` relations are
+//! `pg_catalog`'s ([`catalog`]), and setting names compare by value without
+//! regard to case ([`reading`]). Where the statement does not say which
+//! relations it touches (`DROP SCHEMA hr`, `... CASCADE`, `VACUUM` of every
+//! table), the effect says so with `schema.*` and `*.*` (see
+//! [`Effect::tables`]), or has no tables, which the judge treats as an
+//! unresolved target.
+//!
+//! Known limits, all needing catalog facts the proxy does not have: `o.f`
+//! and `(o).f` read a column, or call a function `f(o)` when `o`'s table has
+//! no column `f` (PostgreSQL's attribute notation for computed fields): a
+//! column is assumed. A cast to a type that is not built in (it may be a
+//! domain whose CHECK calls functions) and `ORDER BY ... USING` an operator
+//! that is not built in are `FUNCTION` effects, but operators, casts and
+//! comparisons that PostgreSQL resolves to user code by the types of their
+//! operands are not seen; nor are a view's or a trigger's bodies.
 
+mod catalog;
 mod lexing;
 mod prepared;
 mod reading;
 mod scan;
 
+use std::ops::ControlFlow;
+
 use serde::Serialize;
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query,
-    Reset, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    ArrayElemTypeDef, CommentObject, CopySource, CopyTarget, DataType, Expr, FromTable, GrantObjects,
+    ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, SchemaName, Set,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, TransactionAccessMode, TransactionMode,
+    Visit, visit_expressions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -53,7 +78,13 @@ pub struct ClassifyContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Effect {
     pub kind: Kind,
-    /// Schema-qualified (`public.orders`), lowercase unless quoted.
+    /// Relations acted on, schema-qualified (`public.orders`), lowercase
+    /// unless quoted. `schema.*` stands for relations of that schema the
+    /// statement does not name (`DROP SCHEMA hr` is `hr.*`; an index is in
+    /// its table's schema), and [`ANY_RELATION`] (`*.*`) for relations
+    /// anywhere (`DROP TABLE t CASCADE` also drops views on `t`). Empty: no
+    /// relation for a read, an unresolved target for the kinds the judge
+    /// treats as acting on relations.
     pub tables: Vec<String>,
     /// Functions called (for `FUNCTION` and `CALL` effects).
     pub functions: Vec<String>,
@@ -61,6 +92,10 @@ pub struct Effect {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub has_where: Option<bool>,
 }
+
+/// In [`Effect::tables`]: relations the statement affects without naming
+/// them, in any schema.
+pub const ANY_RELATION: &str = "*.*";
 
 impl Effect {
     fn new(kind: Kind) -> Self {
@@ -96,6 +131,11 @@ pub struct Classification {
     /// The text runs a statement prepared with SQL PREPARE (`EXECUTE`),
     /// which PostgreSQL looks up by name when it runs, not when it parses.
     pub executes_prepared: bool,
+    /// The names `EXECUTE` (plain or under `EXPLAIN`) runs, folded as
+    /// PostgreSQL folds them. PostgreSQL keeps SQL-level and protocol-level
+    /// (Parse) prepared statements in one namespace, so the data plane must
+    /// refuse these names when they belong to a protocol-level statement.
+    pub executed_names: Vec<String>,
     /// Changes to the session's prepared statements, to apply once the
     /// statement has run.
     pub prepared_changes: Vec<PreparedChange>,
@@ -134,13 +174,10 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
                 ctx,
                 out: &mut out,
                 top_variant: "",
-                cte_names: Vec::new(),
+                cascades: false,
             };
             for statement in &statements {
                 c.statement(statement);
-                if !reading::reading_changes(statement).is_empty() {
-                    c.push(Effect::new(Kind::ParserSetting));
-                }
             }
         }
         Err(e) => {
@@ -214,8 +251,8 @@ struct Classifier<'c, 'a> {
     out: &'c mut Classification,
     /// Variant name of the top-level statement being classified.
     top_variant: &'static str,
-    /// Names of CTEs seen: reading them is not reading a table.
-    cte_names: Vec<String>,
+    /// The statement being classified has a `CASCADE` drop behaviour.
+    cascades: bool,
 }
 
 impl Classifier<'_, '_> {
@@ -223,24 +260,61 @@ impl Classifier<'_, '_> {
         self.out.effects.push(effect);
     }
 
-    /// Resolves name parts to `schema.table`, lowercase unless quoted (the
-    /// parts come normalised from [`object_parts`] or the scanner).
-    fn qualify(&self, parts: &[String]) -> String {
+    /// Resolves name parts to the `schema.table`s they may name, lowercase
+    /// unless quoted (the parts come normalised from [`object_parts`] or the
+    /// scanner). One, except for an unqualified `pg_*` name that may be in
+    /// `pg_catalog` or the default schema (see [`catalog::resolve_unqualified`]).
+    fn qualify(&self, parts: &[String]) -> Vec<String> {
         match parts {
-            [] => String::new(),
-            [table] => format!("{}.{}", self.ctx.default_schema, table),
+            [] => Vec::new(),
+            [table] => catalog::resolve_unqualified(table, self.ctx.default_schema),
             // `db.schema.table`: PostgreSQL only accepts the current database.
-            [.., schema, table] => format!("{schema}.{table}"),
+            [.., schema, table] => vec![format!("{schema}.{table}")],
         }
     }
 
-    fn qualify_name(&self, name: &ObjectName) -> String {
+    fn qualify_name(&self, name: &ObjectName) -> Vec<String> {
         self.qualify(&object_parts(name))
+    }
+
+    fn qualify_names<'n>(&self, names: impl IntoIterator<Item = &'n ObjectName>) -> Vec<String> {
+        names.into_iter().flat_map(|n| self.qualify_name(n)).collect()
+    }
+
+    /// An index (or another object that lives in its table's schema): its
+    /// own name, and `schema.*` for the table the statement does not name.
+    fn index_target(&self, name: &ObjectName) -> Vec<String> {
+        let mut out = Vec::new();
+        for qualified in self.qualify_name(name) {
+            if let Some((schema, _)) = qualified.rsplit_once('.') {
+                let all = schema_wide(schema);
+                out.push(qualified);
+                out.push(all);
+            }
+        }
+        out
+    }
+
+    /// `CASCADE` reaches relations the statement does not name.
+    fn with_cascade(&self, mut tables: Vec<String>, cascade: bool) -> Vec<String> {
+        if cascade || self.cascades {
+            tables.push(ANY_RELATION.to_owned());
+        }
+        tables
     }
 
     /// A top-level statement: typed effects, plus what the scanner found anywhere inside.
     fn statement(&mut self, statement: &Statement) {
         match statement {
+            // `EXPLAIN EXECUTE name`, even without ANALYZE, evaluates the
+            // parameters and plans the held statement, evaluating its STABLE
+            // and IMMUTABLE calls with constant arguments: it is judged as
+            // `EXECUTE name` is, and needs the session's statements as it does.
+            Statement::Explain { statement: inner, .. }
+                if matches!(inner.as_ref(), Statement::Execute { .. }) =>
+            {
+                self.statement(inner)
+            }
             // Plain EXPLAIN reads the catalog and plans; it runs nothing.
             Statement::Explain {
                 analyze,
@@ -252,26 +326,30 @@ impl Classifier<'_, '_> {
                 // and IMMUTABLE calls with constant arguments: its calls
                 // are judged as the statement's own would be.
                 let found = scan::scan(inner.as_ref());
-                let tables = found.relations.iter().map(|r| self.qualify(r)).collect();
+                let tables = found.relations.iter().flat_map(|r| self.qualify(r)).collect();
                 self.push(Effect::on(Kind::Select, dedup(tables)));
-                for f in dedup(found.functions) {
-                    if !functions::is_read_only(&f) {
-                        self.push(Effect {
-                            functions: vec![f],
-                            ..Effect::new(Kind::Function)
-                        });
-                    }
-                }
+                let mut calls = found.functions;
+                calls.extend(casts_to_user_types(inner.as_ref()));
+                self.calls(calls);
+                self.settings(inner);
             }
             Statement::Explain { statement: inner, .. } => self.statement(inner),
             Statement::Prepare {
                 name,
+                data_types,
                 statement: inner,
-                ..
             } => {
                 // The PREPARE is judged as what it prepares; EXECUTE later is too.
                 let start = self.out.effects.len();
                 self.statement(inner);
+                // EXECUTE casts its arguments to the parameter types.
+                self.calls(
+                    data_types
+                        .iter()
+                        .filter(|t| !catalog::is_builtin_type(t))
+                        .map(cast_call)
+                        .collect(),
+                );
                 let effects = self.out.effects[start..].to_vec();
                 self.out.prepared_changes.push(PreparedChange::Prepare {
                     name: ident_name(name),
@@ -283,9 +361,35 @@ impl Classifier<'_, '_> {
                 let found = scan::scan(statement);
                 let before = self.out.effects.len();
                 self.top_variant = found.top.unwrap_or("");
+                self.cascades = found.cascades;
                 let targets = self.typed(statement);
                 self.reads_and_calls(statement, found, &targets, before);
+                self.settings(statement);
             }
+        }
+    }
+
+    /// FUNCTION effects for the calls not known to be read-only.
+    fn calls(&mut self, calls: Vec<String>) {
+        for f in dedup(calls) {
+            if !functions::is_read_only(&f) {
+                self.push(Effect {
+                    functions: vec![f],
+                    ..Effect::new(Kind::Function)
+                });
+            }
+        }
+    }
+
+    /// What a statement's kinds alone do not show: a change of how
+    /// PostgreSQL reads text (by SET, `set_config` or `ALTER ROLE ... SET`),
+    /// and `set_config` of the role or session authorization.
+    fn settings(&mut self, statement: &Statement) {
+        if !reading::reading_changes(statement).is_empty() {
+            self.push(Effect::new(Kind::ParserSetting));
+        }
+        if reading::sets_role_by_call(statement) {
+            self.push(Effect::new(Kind::SetRole));
         }
     }
 
@@ -298,11 +402,11 @@ impl Classifier<'_, '_> {
         targets: &[String],
         before: usize,
     ) {
+        // CTE names in scope are already left out (see [`scan`]).
         let mut reads: Vec<String> = found
             .relations
             .iter()
-            .filter(|r| !matches!(r.as_slice(), [one] if self.cte_names.contains(one)))
-            .map(|r| self.qualify(r))
+            .flat_map(|r| self.qualify(r))
             .filter(|t| !targets.contains(t))
             .collect();
         reads = dedup(reads);
@@ -326,14 +430,8 @@ impl Classifier<'_, '_> {
                 calls.remove(i);
             }
         }
-        for f in dedup(calls) {
-            if !functions::is_read_only(&f) {
-                self.push(Effect {
-                    functions: vec![f],
-                    ..Effect::new(Kind::Function)
-                });
-            }
-        }
+        calls.extend(casts_to_user_types(statement));
+        self.calls(calls);
         // Nested statements the typed walk did not attribute (DML inside a
         // subquery, say): count them per kind and add what is missing.
         let typed_nested: Vec<Kind> = self.out.effects[before..].iter().map(|e| e.kind).collect();
@@ -357,11 +455,10 @@ impl Classifier<'_, '_> {
         match statement {
             Statement::Query(q) => self.query(q, &mut targets),
             Statement::Insert(insert) => {
-                let table = match &insert.table {
-                    TableObject::TableName(name) => Some(self.qualify_name(name)),
-                    TableObject::TableFunction(_) | TableObject::TableQuery(_) => None,
+                let tables = match &insert.table {
+                    TableObject::TableName(name) => self.qualify_name(name),
+                    TableObject::TableFunction(_) | TableObject::TableQuery(_) => Vec::new(),
                 };
-                let tables: Vec<String> = table.into_iter().collect();
                 self.push(Effect::on(Kind::Insert, tables.clone()));
                 if let Some(OnInsert::OnConflict(c)) = &insert.on {
                     if matches!(c.action, OnConflictAction::DoUpdate(_)) {
@@ -390,7 +487,7 @@ impl Classifier<'_, '_> {
                     };
                     self.table_with_joins_names(from)
                 } else {
-                    delete.tables.iter().map(|n| self.qualify_name(n)).collect()
+                    self.qualify_names(&delete.tables)
                 };
                 targets.extend(tables.iter().cloned());
                 self.push(Effect {
@@ -399,7 +496,7 @@ impl Classifier<'_, '_> {
                 });
             }
             Statement::Merge(merge) => {
-                let tables = self.factor_name(&merge.table).into_iter().collect::<Vec<_>>();
+                let tables = self.factor_name(&merge.table);
                 targets.extend(tables.iter().cloned());
                 self.push(Effect::on(Kind::Merge, tables.clone()));
                 for clause in &merge.clauses {
@@ -414,21 +511,22 @@ impl Classifier<'_, '_> {
                 }
             }
             Statement::Truncate(t) => {
-                let tables: Vec<String> = t.table_names.iter().map(|n| self.qualify_name(&n.name)).collect();
+                let tables = self.qualify_names(t.table_names.iter().map(|n| &n.name));
+                // TRUNCATE ... CASCADE empties the tables that refer to these too.
+                let tables = self.with_cascade(tables, false);
                 targets.extend(tables.iter().cloned());
                 self.push(Effect::on(Kind::Truncate, tables));
             }
             Statement::Copy {
                 source, to, target, ..
             } => {
-                let table = match source {
-                    CopySource::Table { table_name, .. } => Some(self.qualify_name(table_name)),
+                let tables = match source {
+                    CopySource::Table { table_name, .. } => self.qualify_name(table_name),
                     CopySource::Query(q) => {
                         self.query(q, &mut targets);
-                        None
+                        Vec::new()
                     }
                 };
-                let tables: Vec<String> = table.into_iter().collect();
                 // COPY ... TO STDOUT only reads: it is judged as the read it
                 // is (the query's own effects, or SELECT on the table).
                 if *to && matches!(target, CopyTarget::Stdout) {
@@ -449,23 +547,40 @@ impl Classifier<'_, '_> {
                 }
             }
             Statement::CreateTable(ct) => {
-                let name = self.qualify_name(&ct.name);
-                targets.push(name.clone());
-                self.push(Effect::on(Kind::Create, vec![name]));
+                let mut tables = self.qualify_name(&ct.name);
+                targets.extend(tables.iter().cloned());
+                // A partition or child joins its parent: rows of the parent
+                // may then live in it, and reads of the parent see its rows.
+                let parents = ct.partition_of.iter().chain(ct.inherits.iter().flatten());
+                tables.extend(self.qualify_names(parents));
+                self.push(Effect::on(Kind::Create, tables));
                 if let Some(q) = &ct.query {
                     self.query(q, &mut targets);
                 }
             }
             Statement::CreateView(cv) => {
                 let name = self.qualify_name(&cv.name);
-                targets.push(name.clone());
-                self.push(Effect::on(Kind::Create, vec![name]));
+                targets.extend(name.iter().cloned());
+                self.push(Effect::on(Kind::Create, name));
                 self.query(&cv.query, &mut targets);
             }
             Statement::CreateIndex(ci) => {
                 let table = self.qualify_name(&ci.table_name);
-                targets.push(table.clone());
-                self.push(Effect::on(Kind::Create, vec![table]));
+                targets.extend(table.iter().cloned());
+                self.push(Effect::on(Kind::Create, table));
+            }
+            Statement::CreatePolicy(p) => {
+                let table = self.qualify_name(&p.table_name);
+                targets.extend(table.iter().cloned());
+                self.push(Effect::on(Kind::Create, table));
+            }
+            Statement::CreateSchema { schema_name, .. } => {
+                let name = match schema_name {
+                    SchemaName::Simple(name) | SchemaName::NamedAuthorization(name, _) => object_parts(name),
+                    SchemaName::UnnamedAuthorization(role) => vec![ident_name(role)],
+                };
+                let tables = name.last().map(|s| schema_wide(s)).into_iter().collect();
+                self.push(Effect::on(Kind::Create, tables));
             }
             Statement::CreateFunction(f) => {
                 let name = scan::join_parts(&object_parts(&f.name));
@@ -483,20 +598,90 @@ impl Classifier<'_, '_> {
                     ..Effect::new(Kind::CreateFunction)
                 });
             }
-            Statement::CreateTrigger(_) => {
-                self.push(Effect::new(Kind::Create));
-                self.push(Effect::new(Kind::CreateTrigger));
+            Statement::CreateTrigger(t) => {
+                let table = self.qualify_name(&t.table_name);
+                targets.extend(table.iter().cloned());
+                self.push(Effect::on(Kind::Create, table.clone()));
+                self.push(Effect::on(Kind::CreateTrigger, table));
             }
             Statement::CreateRule(r) => {
                 let table = self.qualify_name(&r.table_name);
-                targets.push(table.clone());
-                self.push(Effect::new(Kind::Create));
-                self.push(Effect::on(Kind::CreateRule, vec![table]));
+                targets.extend(table.iter().cloned());
+                self.push(Effect::on(Kind::Create, table.clone()));
+                self.push(Effect::on(Kind::CreateRule, table));
             }
-            Statement::Drop { names, .. } => {
-                let names = names.iter().map(|n| self.qualify_name(n)).collect::<Vec<_>>();
-                targets.extend(names.iter().cloned());
-                self.push(Effect::on(Kind::Drop, names));
+            Statement::AlterTable(at) => {
+                let tables = self.alter_table_targets(at);
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Alter, tables));
+            }
+            Statement::AlterView(av) => {
+                let tables = self.qualify_name(&av.name);
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Alter, tables));
+            }
+            Statement::AlterIndex { name, .. } => {
+                let tables = self.index_target(name);
+                self.push(Effect::on(Kind::Alter, tables));
+            }
+            Statement::AlterSchema(s) => {
+                let tables = object_parts(&s.name)
+                    .last()
+                    .map(|s| schema_wide(s))
+                    .into_iter()
+                    .collect();
+                self.push(Effect::on(Kind::Alter, tables));
+            }
+            Statement::AlterPolicy(p) => {
+                let table = self.qualify_name(&p.table_name);
+                targets.extend(table.iter().cloned());
+                self.push(Effect::on(Kind::Alter, table));
+            }
+            Statement::AlterTrigger(t) => {
+                let table = self.qualify_name(&t.table_name);
+                targets.extend(table.iter().cloned());
+                self.push(Effect::on(Kind::Alter, table));
+            }
+            Statement::Drop {
+                object_type,
+                names,
+                cascade,
+                ..
+            } => {
+                let tables = match object_type {
+                    ObjectType::Table
+                    | ObjectType::View
+                    | ObjectType::MaterializedView
+                    | ObjectType::ForeignTable
+                    | ObjectType::Sequence => self.qualify_names(names),
+                    ObjectType::Index => names.iter().flat_map(|n| self.index_target(n)).collect(),
+                    // Every relation in the schema goes with it.
+                    ObjectType::Schema => names
+                        .iter()
+                        .filter_map(|n| object_parts(n).last().map(|s| schema_wide(s)))
+                        .collect(),
+                    // Not a relation: which relations depend on it is unknown.
+                    _ => Vec::new(),
+                };
+                let tables = if tables.is_empty() {
+                    tables
+                } else {
+                    self.with_cascade(tables, *cascade)
+                };
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Drop, tables));
+            }
+            Statement::DropTrigger(d) => {
+                let tables = d.table_name.iter().flat_map(|t| self.qualify_name(t)).collect();
+                self.push(Effect::on(Kind::Drop, self.with_cascade(tables, false)));
+            }
+            Statement::DropPolicy(d) => {
+                let tables = self.qualify_name(&d.table_name);
+                self.push(Effect::on(Kind::Drop, self.with_cascade(tables, false)));
+            }
+            Statement::DropRule(d) => {
+                let tables = self.qualify_name(&d.table_name);
+                self.push(Effect::on(Kind::Drop, self.with_cascade(tables, false)));
             }
             Statement::Call(f) => {
                 let name = scan::join_parts(&object_parts(&f.name));
@@ -506,11 +691,7 @@ impl Classifier<'_, '_> {
                 });
             }
             Statement::Lock(lock) => {
-                let tables = lock
-                    .tables
-                    .iter()
-                    .map(|t| self.qualify_name(&t.name))
-                    .collect::<Vec<_>>();
+                let tables = self.qualify_names(lock.tables.iter().map(|t| &t.name));
                 targets.extend(tables.iter().cloned());
                 self.push(Effect::on(Kind::Lock, tables));
             }
@@ -519,18 +700,23 @@ impl Classifier<'_, '_> {
             Statement::Reset(r) => self.push(Effect::new(match &r.reset {
                 Reset::SessionAuthorization => Kind::SetRole,
                 Reset::ConfigurationParameter(name)
-                    if is_role_setting(&scan::join_parts(&object_parts(name))) =>
+                    if reading::is_role_setting(&reading::setting_name(name)) =>
                 {
                     Kind::SetRole
                 }
                 Reset::ALL | Reset::ConfigurationParameter(_) => Kind::Set,
             })),
+            // `BEGIN READ WRITE` undoes a database or role default of
+            // `default_transaction_read_only`: a setting, not mere control.
+            Statement::StartTransaction { modes, .. } if makes_read_write(modes) => {
+                self.push(Effect::new(Kind::Set))
+            }
             Statement::StartTransaction { .. }
             | Statement::Commit { .. }
             | Statement::Rollback { .. }
             | Statement::Savepoint { .. }
             | Statement::ReleaseSavepoint { .. } => self.push(Effect::new(Kind::Transaction)),
-            Statement::Execute { name, parameters, .. } => {
+            Statement::Execute { name, .. } => {
                 self.out.uses_session = true;
                 self.out.executes_prepared = true;
                 let name = name
@@ -544,7 +730,9 @@ impl Classifier<'_, '_> {
                         ..Effect::new(Kind::Execute)
                     }),
                 }
-                let _ = parameters;
+                if !name.is_empty() {
+                    self.out.executed_names.push(name);
+                }
             }
             Statement::Deallocate { name, .. } => {
                 self.out.uses_session = true;
@@ -564,10 +752,19 @@ impl Classifier<'_, '_> {
                 self.out.prepared_changes.push(PreparedChange::DeallocateAll);
                 self.push(Effect::new(Kind::Discard));
             }
-            Statement::Grant(_) | Statement::GrantRole(_) | Statement::AlterDefaultPrivileges(_) => {
+            Statement::Grant(g) => {
+                let tables = self.privilege_targets(g.objects.as_ref());
+                self.push(Effect::on(Kind::Grant, tables));
+            }
+            // A role's privileges reach any table: an unresolved target.
+            Statement::GrantRole(_) | Statement::AlterDefaultPrivileges(_) => {
                 self.push(Effect::new(Kind::Grant))
             }
-            Statement::Revoke(_) | Statement::RevokeRole(_) => self.push(Effect::new(Kind::Revoke)),
+            Statement::Revoke(r) => {
+                let tables = self.privilege_targets(r.objects.as_ref());
+                self.push(Effect::on(Kind::Revoke, tables));
+            }
+            Statement::RevokeRole(_) => self.push(Effect::new(Kind::Revoke)),
             Statement::ShowVariable { .. }
             | Statement::ShowVariables { .. }
             | Statement::ShowStatus { .. }
@@ -582,10 +779,29 @@ impl Classifier<'_, '_> {
             Statement::ExplainTable { .. } => self.push(Effect::new(Kind::Select)),
             Statement::LISTEN { .. } | Statement::UNLISTEN { .. } => self.push(Effect::new(Kind::Listen)),
             Statement::NOTIFY { .. } => self.push(Effect::new(Kind::Notify)),
-            Statement::Vacuum(_) => self.push(Effect::new(Kind::Vacuum)),
-            Statement::Analyze(_) => self.push(Effect::new(Kind::Analyze)),
-            Statement::Comment { .. } => self.push(Effect::new(Kind::Comment)),
-            Statement::RefreshMaterializedView(_) => self.push(Effect::new(Kind::Refresh)),
+            // Without a table, VACUUM and ANALYZE act on every table: no
+            // tables, which the judge reads as an unresolved target.
+            Statement::Vacuum(v) => {
+                let tables = v.table_name.iter().flat_map(|t| self.qualify_name(t)).collect();
+                self.push(Effect::on(Kind::Vacuum, tables));
+            }
+            Statement::Analyze(a) => {
+                let tables = a.table_name.iter().flat_map(|t| self.qualify_name(t)).collect();
+                self.push(Effect::on(Kind::Analyze, tables));
+            }
+            Statement::Comment {
+                object_type,
+                object_name,
+                ..
+            } => {
+                let tables = self.comment_target(object_type, object_name);
+                self.push(Effect::on(Kind::Comment, tables));
+            }
+            Statement::RefreshMaterializedView(r) => {
+                let tables = self.qualify_name(&r.name);
+                targets.extend(tables.iter().cloned());
+                self.push(Effect::on(Kind::Refresh, tables));
+            }
             Statement::Declare { stmts, .. } => {
                 self.push(Effect::new(Kind::Cursor));
                 for d in stmts {
@@ -603,11 +819,94 @@ impl Classifier<'_, '_> {
         targets
     }
 
+    /// The relations `ALTER TABLE` acts on: the table, the name a rename
+    /// gives it (in the same schema), partitions attached or detached, and
+    /// with `CASCADE` (`DROP COLUMN x CASCADE`) relations anywhere.
+    fn alter_table_targets(&self, at: &sqlparser::ast::AlterTable) -> Vec<String> {
+        use sqlparser::ast::{AlterTableOperation as Op, RenameTableNameKind};
+        let mut tables = self.qualify_name(&at.name);
+        let schemas: Vec<String> = tables
+            .iter()
+            .filter_map(|t| t.rsplit_once('.').map(|(s, _)| s.to_owned()))
+            .collect();
+        for op in &at.operations {
+            match op {
+                Op::RenameTable {
+                    table_name: RenameTableNameKind::To(new) | RenameTableNameKind::As(new),
+                } => {
+                    if let Some(new) = object_parts(new).last() {
+                        tables.extend(schemas.iter().map(|s| format!("{s}.{new}")));
+                    }
+                }
+                Op::AttachPartitionOf { partition, .. } | Op::DetachPartitionOf { partition, .. } => {
+                    tables.extend(self.qualify_name(partition));
+                }
+                _ => {}
+            }
+        }
+        self.with_cascade(tables, false)
+    }
+
+    /// The relations `GRANT` and `REVOKE ... ON` concern: tables, views and
+    /// sequences by name, `schema.*` for a schema or `ALL ... IN SCHEMA`.
+    /// Other objects (functions, databases, ...) may reach any table:
+    /// unresolved (no tables).
+    fn privilege_targets(&self, objects: Option<&GrantObjects>) -> Vec<String> {
+        let in_schemas = |schemas: &[ObjectName]| -> Vec<String> {
+            schemas
+                .iter()
+                .filter_map(|s| object_parts(s).last().map(|s| schema_wide(s)))
+                .collect()
+        };
+        match objects {
+            Some(
+                GrantObjects::Tables(names) | GrantObjects::Views(names) | GrantObjects::Sequences(names),
+            ) => self.qualify_names(names),
+            Some(
+                GrantObjects::Schemas(schemas)
+                | GrantObjects::AllTablesInSchema { schemas }
+                | GrantObjects::AllSequencesInSchema { schemas }
+                | GrantObjects::AllViewsInSchema { schemas }
+                | GrantObjects::AllMaterializedViewsInSchema { schemas }
+                | GrantObjects::AllExternalTablesInSchema { schemas }
+                | GrantObjects::FutureTablesInSchema { schemas }
+                | GrantObjects::FutureViewsInSchema { schemas }
+                | GrantObjects::FutureExternalTablesInSchema { schemas }
+                | GrantObjects::FutureMaterializedViewsInSchema { schemas }
+                | GrantObjects::FutureSequencesInSchema { schemas },
+            ) => in_schemas(schemas),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The relation `COMMENT ON` concerns; unresolved (no tables) for
+    /// objects that are not relations.
+    fn comment_target(&self, object_type: &CommentObject, name: &ObjectName) -> Vec<String> {
+        match object_type {
+            CommentObject::Table
+            | CommentObject::View
+            | CommentObject::MaterializedView
+            | CommentObject::ForeignTable
+            | CommentObject::Sequence => self.qualify_name(name),
+            // `table.column` or `schema.table.column`.
+            CommentObject::Column => {
+                let parts = object_parts(name);
+                self.qualify(&parts[..parts.len().saturating_sub(1)])
+            }
+            CommentObject::Index => self.index_target(name),
+            CommentObject::Schema => object_parts(name)
+                .last()
+                .map(|s| schema_wide(s))
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Write effects inside a query: data-modifying CTEs, `SELECT INTO`.
     fn query(&mut self, q: &Query, targets: &mut Vec<String>) {
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
-                self.cte_names.push(ident_name(&cte.alias.name));
                 self.query(&cte.query, targets);
             }
         }
@@ -621,7 +920,7 @@ impl Classifier<'_, '_> {
                     let tables: Vec<String> = into
                         .targets
                         .iter()
-                        .map(|t| self.qualify(&expr_parts(t)))
+                        .flat_map(|t| self.qualify(&expr_parts(t)))
                         .collect();
                     targets.extend(tables.iter().cloned());
                     self.push(Effect::on(Kind::Create, tables));
@@ -642,14 +941,14 @@ impl Classifier<'_, '_> {
     fn table_with_joins_names(&self, tables: &[TableWithJoins]) -> Vec<String> {
         tables
             .iter()
-            .filter_map(|t| self.factor_name(&t.relation))
+            .flat_map(|t| self.factor_name(&t.relation))
             .collect()
     }
 
-    fn factor_name(&self, factor: &TableFactor) -> Option<String> {
+    fn factor_name(&self, factor: &TableFactor) -> Vec<String> {
         match factor {
-            TableFactor::Table { name, .. } => Some(self.qualify_name(name)),
-            _ => None,
+            TableFactor::Table { name, .. } => self.qualify_name(name),
+            _ => Vec::new(),
         }
     }
 }
@@ -684,27 +983,72 @@ fn explain_analyzes(analyze: bool, options: Option<&[sqlparser::ast::UtilityOpti
         })
 }
 
+/// `SET role = x` is `SET ROLE x`, likewise `session_authorization`, in any
+/// case and quoted or not (`SET "ROLE" = x`, `SET LOCAL "Role" TO x`).
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION ...` sets the session's
+/// defaults and `SET TRANSACTION READ WRITE` undoes a database or role
+/// default of `default_transaction_read_only`: both are settings. Other
+/// `SET TRANSACTION` forms only shape the current transaction.
 fn set_kind(set: &Set) -> Kind {
+    let role = |name: &ObjectName| reading::is_role_setting(&reading::setting_name(name));
     match set {
         Set::SetRole { .. } | Set::SetSessionAuthorization(_) => Kind::SetRole,
-        Set::SingleAssignment { variable, .. }
-            if is_role_setting(&scan::join_parts(&object_parts(variable))) =>
-        {
+        Set::SingleAssignment { variable, .. } if role(variable) => Kind::SetRole,
+        Set::MultipleAssignments { assignments } if assignments.iter().any(|a| role(&a.name)) => {
             Kind::SetRole
         }
-        Set::MultipleAssignments { assignments } => {
-            if assignments
-                .iter()
-                .any(|a| is_role_setting(&scan::join_parts(&object_parts(&a.name))))
-            {
-                Kind::SetRole
-            } else {
-                Kind::Set
-            }
-        }
+        Set::ParenthesizedAssignments { variables, .. } if variables.iter().any(role) => Kind::SetRole,
+        Set::SetTransaction { session: true, .. } => Kind::Set,
+        Set::SetTransaction { modes, .. } if makes_read_write(modes) => Kind::Set,
         Set::SetTransaction { .. } => Kind::Transaction,
         _ => Kind::Set,
     }
+}
+
+/// Whether transaction modes include `READ WRITE`.
+fn makes_read_write(modes: &[TransactionMode]) -> bool {
+    modes
+        .iter()
+        .any(|m| matches!(m, TransactionMode::AccessMode(TransactionAccessMode::ReadWrite)))
+}
+
+/// `schema.*`: relations of a schema that the statement does not name.
+fn schema_wide(schema: &str) -> String {
+    format!("{schema}.*")
+}
+
+/// Calls hidden in casts: a cast to a type that is not built in (written
+/// `x::t`, `CAST(x AS t)` or `t 'literal'`) may run a domain's CHECK
+/// functions or a type's input function. Each is a call named `cast to t`.
+fn casts_to_user_types<V: Visit>(node: &V) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = visit_expressions(node, |e| {
+        let data_type = match e {
+            Expr::Cast { data_type, .. } => Some(data_type),
+            Expr::TypedString(t) => Some(&t.data_type),
+            _ => None,
+        };
+        if let Some(t) = data_type
+            && !catalog::is_builtin_type(t)
+        {
+            out.push(cast_call(t));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+fn cast_call(data_type: &DataType) -> String {
+    let name = match data_type {
+        DataType::Custom(name, _) => scan::join_parts(&object_parts(name)),
+        DataType::Array(
+            ArrayElemTypeDef::SquareBracket(inner, _) | ArrayElemTypeDef::Qualified(inner, _),
+        ) => {
+            return cast_call(inner);
+        }
+        other => other.to_string().to_ascii_lowercase(),
+    };
+    format!("cast to {name}")
 }
 
 /// Whether any query in `statement`, at any depth, has a locking clause
@@ -723,11 +1067,6 @@ fn locks_rows(statement: &Statement) -> bool {
         }
     }
     statement.visit(&mut Locks).is_break()
-}
-
-/// `SET role = x` is `SET ROLE x`; likewise session_authorization.
-fn is_role_setting(name: &str) -> bool {
-    matches!(name, "role" | "session_authorization")
 }
 
 /// The kind a statement variant has by itself: for variants without typed

@@ -8,18 +8,46 @@
 //! statement differently from the proxy, and what the proxy judged as a
 //! string literal could be a DELETE to PostgreSQL. Such changes are found
 //! here, by any route a statement can take: `SET` (and `SET LOCAL`, `SET
-//! NAMES`), `set_config(...)` anywhere in a statement, and `ALTER ROLE`,
+//! NAMES`), `set_config(...)` anywhere in a statement (a table function in
+//! FROM included), and `ALTER ROLE`,
 //! `ALTER DATABASE` or `ALTER SYSTEM ... SET`. Setting the value the proxy
 //! reads under (UTF8, on) and `RESET` are harmless: the proxy logs into
 //! PostgreSQL with `client_encoding=UTF8` and `standard_conforming_strings=on`
 //! as startup parameters, which are what RESET returns to and which role,
 //! database and system defaults do not override.
+//!
+//! Parameter names are compared as PostgreSQL compares them: by the values
+//! of their identifiers, without regard to ASCII case, quoted or not (`SET
+//! "CLIENT_ENCODING"` is `client_encoding`), never by their printed form.
 
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Set, Statement, Value, visit_expressions,
+    AlterRoleOperation, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart,
+    Set, SetConfigValue, Statement, TableFactor, Value, Visit, Visitor,
 };
+
+/// A configuration parameter's name as PostgreSQL looks it up: the values
+/// of its identifiers (not their printed form, which keeps the quotes of
+/// `SET "client_encoding"`), joined by `.`. Compare it without regard to
+/// ASCII case, as PostgreSQL's `guc_name_compare` does.
+pub(super) fn setting_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(i) => crate::ident::truncate(&i.value).to_owned(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `role` and `session_authorization`: setting either is `SET ROLE` or `SET
+/// SESSION AUTHORIZATION`, whatever the route (`SET "Role" = x`,
+/// `set_config('ROLE', ...)`).
+pub(super) fn is_role_setting(name: &str) -> bool {
+    name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization")
+}
 
 /// Whether changing `name` (a configuration parameter, any case) to
 /// `value` keeps PostgreSQL reading text as the proxy does. `None`: the
@@ -66,97 +94,165 @@ pub(super) fn reading_changes(statement: &Statement) -> Vec<String> {
         }
     };
     match statement {
+        // SET, SET SESSION and SET LOCAL alike.
         Statement::Set(Set::SingleAssignment { variable, values, .. }) => {
             let value = match values.as_slice() {
                 [one] => literal(one),
                 _ => None,
             };
-            check(&mut found, variable.to_string(), value);
+            check(&mut found, setting_name(variable), value);
         }
         Statement::Set(Set::MultipleAssignments { assignments }) => {
             for a in assignments {
-                check(&mut found, a.name.to_string(), literal(&a.value));
+                check(&mut found, setting_name(&a.name), literal(&a.value));
             }
         }
         Statement::Set(Set::ParenthesizedAssignments { variables, values }) => {
             for (i, v) in variables.iter().enumerate() {
-                check(&mut found, v.to_string(), values.get(i).and_then(literal));
+                check(&mut found, setting_name(v), values.get(i).and_then(literal));
             }
         }
         Statement::Set(Set::SetNames { charset_name, .. }) => {
             check(&mut found, "names".into(), Some(charset_name.value.clone()))
         }
+        // ALTER ROLE|USER ... [IN DATABASE ...] SET. (ALTER DATABASE and
+        // ALTER SYSTEM are not parsed at all: the policy's `unparsed` action
+        // applies to them.)
+        Statement::AlterRole {
+            operation:
+                AlterRoleOperation::Set {
+                    config_name,
+                    config_value,
+                    ..
+                },
+            ..
+        } => {
+            let value = match config_value {
+                SetConfigValue::Default => Some("default".to_owned()),
+                SetConfigValue::FromCurrent => None,
+                SetConfigValue::Value(e) => literal(e),
+            };
+            check(&mut found, setting_name(config_name), value);
+        }
         _ => {}
     }
-    // ALTER ROLE ... SET: read from the statement's own text, as the
-    // parser's shapes for it vary. (ALTER DATABASE and ALTER SYSTEM are not
-    // parsed at all: the policy's `unparsed` action applies to them.)
-    if let Some((name, value)) = alter_set(statement) {
-        check(&mut found, name, value);
-    }
-    // set_config(name, value, is_local) anywhere, at any depth.
-    let _ = visit_expressions(statement, |e| {
-        if let Expr::Function(f) = e
-            && f.name
-                .0
-                .last()
-                .is_some_and(|p| p.to_string().eq_ignore_ascii_case("set_config"))
-        {
-            let args: Vec<Option<&Expr>> = match &f.args {
-                FunctionArguments::List(list) => list
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
-                        | FunctionArg::Named {
-                            arg: FunctionArgExpr::Expr(e),
-                            ..
-                        }
-                        | FunctionArg::ExprNamed {
-                            arg: FunctionArgExpr::Expr(e),
-                            ..
-                        } => Some(e),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let name = args.first().copied().flatten().and_then(|e| match e {
-                Expr::Value(v) => match &v.value {
-                    Value::SingleQuotedString(s) => Some(s.clone()),
-                    _ => None,
-                },
-                _ => None,
-            });
-            let value = args.get(1).copied().flatten().and_then(literal);
-            match name {
-                Some(name) => check(&mut found, name, value),
-                // A name computed at run time could be any setting.
-                None => found.push("set_config(<computed name>)".into()),
-            }
+    for call in set_config_calls(statement) {
+        match call.name {
+            Some(name) => check(&mut found, name, call.value),
+            // A name computed at run time could be any setting.
+            None => found.push("set_config(<computed name>)".into()),
         }
-        ControlFlow::<()>::Continue(())
-    });
+    }
     found
 }
 
-/// `ALTER ROLE|USER ... SET name = value` (or `TO`), from the statement's
-/// text: the parameter name and its literal value.
-fn alter_set(statement: &Statement) -> Option<(String, Option<String>)> {
-    if !matches!(statement, Statement::AlterRole { .. } | Statement::AlterUser(_)) {
-        return None;
+/// Whether `statement` calls `set_config` on `role` or
+/// `session_authorization`, or on a name computed at run time (which could
+/// be either): a `SET ROLE` by another route.
+pub(super) fn sets_role_by_call(statement: &Statement) -> bool {
+    set_config_calls(statement)
+        .iter()
+        .any(|c| c.name.as_deref().is_none_or(is_role_setting))
+}
+
+/// One `set_config(setting_name, new_value, is_local)` call: its name and
+/// value, when they are literals.
+struct SetConfigCall {
+    name: Option<String>,
+    value: Option<String>,
+}
+
+/// Every `set_config` call in `statement`, at any depth: in expressions, and
+/// as a table function in FROM (`SELECT * FROM set_config(...)`, `LATERAL
+/// set_config(...)`), which PostgreSQL runs all the same. Found by the last
+/// part of the name, ignoring case and quotes (`"pg_catalog"."SET_CONFIG"`
+/// counts too): a false match only makes a judgement stricter.
+fn set_config_calls(statement: &Statement) -> Vec<SetConfigCall> {
+    struct Calls(Vec<SetConfigCall>);
+    impl Visitor for Calls {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e
+                && is_set_config(&f.name)
+            {
+                let args = match &f.args {
+                    FunctionArguments::List(list) => list.args.as_slice(),
+                    FunctionArguments::None | FunctionArguments::Subquery(_) => &[],
+                };
+                self.0.push(set_config_call(args));
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            match t {
+                TableFactor::Table {
+                    name,
+                    args: Some(args),
+                    ..
+                } if is_set_config(name) => self.0.push(set_config_call(&args.args)),
+                TableFactor::Function { name, args, .. } if is_set_config(name) => {
+                    self.0.push(set_config_call(args))
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
     }
-    let text = statement.to_string();
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let at = words.iter().position(|w| w.eq_ignore_ascii_case("SET"))?;
-    let name = words.get(at + 1)?.trim_end_matches('=').to_owned();
-    let mut rest = words.get(at + 2..).unwrap_or_default().iter();
-    let mut value = rest.next().copied();
-    if value.is_some_and(|v| v == "=" || v.eq_ignore_ascii_case("TO")) {
-        value = rest.next().copied();
+    let mut calls = Calls(Vec::new());
+    let _ = statement.visit(&mut calls);
+    calls.0
+}
+
+fn is_set_config(name: &ObjectName) -> bool {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => i.value.eq_ignore_ascii_case("set_config"),
+        Some(other) => other.to_string().eq_ignore_ascii_case("set_config"),
+        None => false,
     }
-    let value = value.map(|v| v.trim_matches('\'').to_owned());
-    Some((name, value))
+}
+
+/// The setting name and value of one call, by position or by name
+/// (`setting_name => ..., new_value => ...`, in any order). The name is
+/// known only when it is a string literal.
+fn set_config_call(args: &[FunctionArg]) -> SetConfigCall {
+    let expr = |a: &FunctionArgExpr| -> Option<Expr> {
+        match a {
+            FunctionArgExpr::Expr(e) => Some(e.clone()),
+            _ => None,
+        }
+    };
+    let mut positional: Vec<Option<Expr>> = Vec::new();
+    let mut named: Vec<(String, Option<Expr>)> = Vec::new();
+    for arg in args {
+        match arg {
+            FunctionArg::Unnamed(a) => positional.push(expr(a)),
+            FunctionArg::Named { name, arg, .. } => named.push((name.value.to_ascii_lowercase(), expr(arg))),
+            FunctionArg::ExprNamed { name, arg, .. } => {
+                let key = match name {
+                    Expr::Identifier(i) => i.value.to_ascii_lowercase(),
+                    other => other.to_string(),
+                };
+                named.push((key, expr(arg)));
+            }
+        }
+    }
+    let get = |position: usize, key: &str| -> Option<Expr> {
+        match positional.get(position) {
+            Some(e) => e.clone(),
+            None => named.iter().find(|(k, _)| k == key).and_then(|(_, e)| e.clone()),
+        }
+    };
+    let name = get(0, "setting_name").and_then(|e| match e {
+        Expr::Value(v) => match v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    });
+    SetConfigCall {
+        name,
+        value: get(1, "new_value").as_ref().and_then(literal),
+    }
 }
 
 #[cfg(test)]

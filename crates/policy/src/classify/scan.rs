@@ -2,6 +2,13 @@
 //! anywhere inside it: function calls, relations read, custom operators and
 //! nested statements.
 //!
+//! Relations are scoped as PostgreSQL scopes common table expressions: a
+//! one-part name that a `WITH` in scope defines is that CTE, not a table.
+//! Without `RECURSIVE`, a CTE is in scope in its `WITH`'s main query and in
+//! the CTEs after it (so in `WITH x AS (SELECT * FROM orders), orders AS
+//! (...)`, `x` reads the table `orders`); with `RECURSIVE`, in every CTE of
+//! the `WITH`, itself included. A subquery's `WITH` ends with the subquery.
+//!
 //! sqlparser's AST has hundreds of node types; a hand-written walker that
 //! forgets one variant is a bypass. Instead the AST is fed through its
 //! `Serialize` impl into a serializer that writes nothing and only watches
@@ -18,12 +25,16 @@ pub(crate) struct Found {
     /// Function calls, normalised (`pg_catalog.pg_sleep`, `lower`).
     pub functions: Vec<String>,
     /// Relations read in FROM, JOIN, USING, `TABLE x` (not yet schema-resolved:
-    /// unqualified names have one part).
+    /// unqualified names have one part), less CTEs in scope.
     pub relations: Vec<Vec<String>>,
     /// Variant names of statements nested inside the scanned one.
     pub nested: Vec<&'static str>,
     /// Variant name of the outermost statement, when a statement was scanned.
     pub top: Option<&'static str>,
+    /// A `CASCADE` drop behaviour appears somewhere (`DROP ... CASCADE`,
+    /// `ALTER TABLE ... DROP COLUMN x CASCADE`, `TRUNCATE ... CASCADE`):
+    /// relations the statement does not name are affected too.
+    pub cascades: bool,
 }
 
 /// Scans `node` (a `Statement` or any part of one).
@@ -46,6 +57,13 @@ struct Scanner {
     last_str: Option<String>,
     /// Whether the first value serialized since the probe was reset was `None`.
     probe: Option<bool>,
+    /// The last boolean serialized (for `With.recursive`).
+    last_bool: Option<bool>,
+    /// CTE names in scope: one frame per enclosing `Query`.
+    ctes: Vec<Vec<String>>,
+    /// Set while only the CTE names of a `RECURSIVE` list are being
+    /// collected: nested lists need no collecting of their own then.
+    collecting_ctes: bool,
 }
 
 impl Scanner {
@@ -71,6 +89,26 @@ impl Scanner {
         let none = self.probe.unwrap_or(true);
         self.probe = outer.or(Some(none));
         none
+    }
+
+    /// Whether a one-part relation name is a CTE in scope.
+    fn is_cte(&self, name: &str) -> bool {
+        self.ctes.iter().any(|frame| frame.iter().any(|n| n == name))
+    }
+
+    /// The names a list of CTEs (`With.cte_tables`) defines, before it is
+    /// walked: in a `RECURSIVE` list every CTE sees them all.
+    fn cte_names<T: Serialize + ?Sized>(&self, value: &T) -> Vec<String> {
+        if self.collecting_ctes {
+            return Vec::new();
+        }
+        let mut s = Scanner {
+            collecting_ctes: true,
+            ctes: vec![Vec::new()],
+            ..Scanner::default()
+        };
+        let _ = value.serialize(&mut s);
+        s.ctes.pop().unwrap_or_default()
     }
 
     fn enter_variant(&mut self, enum_name: &'static str, variant: &'static str) -> bool {
@@ -137,10 +175,18 @@ struct Compound<'a> {
     table: Option<Vec<String>>,
     schema: Option<Vec<String>>,
     table_args: bool,
+    /// For `With`: whether it is `WITH RECURSIVE`.
+    recursive: bool,
+    /// For `Cte`: the name it defines.
+    alias: Option<String>,
 }
 
 impl<'a> Compound<'a> {
     fn new(s: &'a mut Scanner, name: &'static str, variant: &'static str, statement: bool) -> Self {
+        if name == "Query" {
+            // A query's WITH is in scope only within the query.
+            s.ctes.push(Vec::new());
+        }
         Compound {
             s,
             name,
@@ -151,6 +197,8 @@ impl<'a> Compound<'a> {
             table: None,
             schema: None,
             table_args: false,
+            recursive: false,
+            alias: None,
         }
     }
 
@@ -175,6 +223,22 @@ impl<'a> Compound<'a> {
             ("TableFactor", "Table", "args") => self.table_args = !self.s.is_none(value),
             ("Table", "", "table_name") => self.table = Some(self.s.capture_name(value)),
             ("Table", "", "schema_name") => self.schema = Some(self.s.capture_name(value)),
+            ("With", _, "recursive") => {
+                self.s.last_bool = None;
+                let _ = value.serialize(&mut *self.s);
+                self.recursive = self.s.last_bool == Some(true);
+            }
+            ("With", _, "cte_tables") => {
+                if self.recursive {
+                    let names = self.s.cte_names(value);
+                    if let Some(frame) = self.s.ctes.last_mut() {
+                        frame.extend(names);
+                    }
+                }
+                let _ = value.serialize(&mut *self.s);
+            }
+            // The alias's name is its first identifier (column names follow).
+            ("Cte", _, "alias") => self.alias = self.s.capture_name(value).into_iter().next(),
             _ => {
                 let _ = value.serialize(&mut *self.s);
             }
@@ -182,6 +246,14 @@ impl<'a> Compound<'a> {
     }
 
     fn finish(self) {
+        if self.name == "Query" {
+            self.s.ctes.pop();
+        } else if self.name == "Cte" {
+            // In scope from the next CTE of its WITH on (and in the main query).
+            if let (Some(alias), Some(frame)) = (self.alias, self.s.ctes.last_mut()) {
+                frame.push(alias);
+            }
+        }
         if self.name == "Ident" {
             if let (Some(capture), Some(value)) = (self.s.capture.as_mut(), self.ident) {
                 capture.push(crate::ident::fold(&value, self.quoted));
@@ -195,7 +267,10 @@ impl<'a> Compound<'a> {
                     schema.append(&mut table);
                     table = schema;
                 }
-                self.s.found.relations.push(table);
+                let cte = matches!(table.as_slice(), [one] if self.s.is_cte(one));
+                if !cte {
+                    self.s.found.relations.push(table);
+                }
             }
         }
         self.s.leave_variant(self.statement);
@@ -215,8 +290,9 @@ impl<'a> ser::Serializer for &'a mut Scanner {
     type SerializeStruct = Compound<'a>;
     type SerializeStructVariant = Compound<'a>;
 
-    fn serialize_bool(self, _v: bool) -> Res {
+    fn serialize_bool(self, v: bool) -> Res {
         self.touch(false);
+        self.last_bool = Some(v);
         Ok(())
     }
     fn serialize_i8(self, _v: i8) -> Res {
@@ -290,8 +366,11 @@ impl<'a> ser::Serializer for &'a mut Scanner {
         self.touch(false);
         Ok(())
     }
-    fn serialize_unit_variant(self, _name: &'static str, _i: u32, _variant: &'static str) -> Res {
+    fn serialize_unit_variant(self, name: &'static str, _i: u32, variant: &'static str) -> Res {
         self.touch(false);
+        if matches!(name, "DropBehavior" | "CascadeOption") && variant == "Cascade" {
+            self.found.cascades = true;
+        }
         Ok(())
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, value: &T) -> Res {
@@ -306,6 +385,15 @@ impl<'a> ser::Serializer for &'a mut Scanner {
         value: &T,
     ) -> Res {
         self.touch(false);
+        if name == "OrderBySort" && variant == "Using" {
+            // `ORDER BY x USING OPERATOR(myschema.<<<)` calls the operator's
+            // function, as a custom operator in an expression does.
+            let parts = self.capture_name(value);
+            if !super::catalog::is_builtin_ordering_operator(&parts) {
+                self.found.functions.push("operator".to_owned());
+            }
+            return Ok(());
+        }
         let statement = self.enter_variant(name, variant);
         let r = value.serialize(&mut *self);
         self.leave_variant(statement);

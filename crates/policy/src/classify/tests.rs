@@ -76,7 +76,8 @@ fn functions_anywhere_are_effects_unless_read_only() {
     assert_eq!(
         kinds("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
         vec![
-            k(Kind::Select, &["public.pg_stat_activity"]),
+            // PostgreSQL finds pg_* relations in pg_catalog first.
+            k(Kind::Select, &["pg_catalog.pg_stat_activity"]),
             k(Kind::Function, &["pg_terminate_backend"])
         ]
     );
@@ -93,7 +94,9 @@ fn functions_anywhere_are_effects_unless_read_only() {
         vec![
             k(Kind::Select, &[]),
             k(Kind::Function, &["PG_SLEEP"]),
-            k(Kind::Function, &["pg_catalog.set_config"])
+            k(Kind::Function, &["pg_catalog.set_config"]),
+            // set_config('role', ...) is SET ROLE by another route.
+            k(Kind::SetRole, &[])
         ]
     );
 }
@@ -366,4 +369,370 @@ fn reads_inside_a_parenthesised_set_operand_count() {
         kinds("SELECT 1 UNION ALL (SELECT 1 FROM orders)"),
         vec![k(Kind::Select, &["public.orders"])]
     );
+}
+
+fn has_kind(sql: &str, kind: Kind) -> bool {
+    effects(sql).effects.iter().any(|e| e.kind == kind)
+}
+
+fn session(prepared: &PreparedStatements) -> ClassifyContext<'_> {
+    ClassifyContext {
+        default_schema: "public",
+        prepared,
+        max_statement_bytes: 1 << 20,
+    }
+}
+
+#[test]
+fn setting_names_are_read_as_postgresql_reads_them_quoted_or_not() {
+    // PostgreSQL finds a parameter by name without regard to case, quoted
+    // or not: each of these switches how it reads later statements.
+    for sql in [
+        "SET \"client_encoding\" = 'SJIS'",
+        "SET \"CLIENT_ENCODING\" TO 'SJIS'",
+        "SET LOCAL \"Client_Encoding\" = 'BIG5'",
+        "SET SESSION \"client_encoding\" = 'GBK'",
+        "SET \"standard_conforming_strings\" = off",
+        "SELECT \"set_config\"('client_encoding', 'SJIS', false)",
+        "SELECT \"pg_catalog\".\"set_config\"('client_encoding', 'SJIS', false)",
+        "SELECT * FROM set_config('client_encoding', 'SJIS', false)",
+        "SELECT * FROM pg_catalog.\"SET_CONFIG\"('standard_conforming_strings', 'off', false) AS s(x)",
+        "SELECT * FROM orders, LATERAL set_config('client_encoding', 'SJIS', true) s",
+        "SELECT set_config(new_value => 'SJIS', setting_name => 'client_encoding', is_local => false)",
+        "ALTER ROLE agent SET \"client_encoding\" = 'SJIS'",
+    ] {
+        assert!(has_kind(sql, Kind::ParserSetting), "{sql}: {:?}", kinds(sql));
+    }
+    for sql in [
+        "SET \"client_encoding\" = 'UTF8'",
+        "SET \"search_path\" = public",
+        "SELECT * FROM set_config('application_name', 'agent', false)",
+    ] {
+        assert!(!has_kind(sql, Kind::ParserSetting), "{sql}: {:?}", kinds(sql));
+    }
+}
+
+#[test]
+fn role_settings_are_set_role_in_any_case_and_through_set_config() {
+    for sql in [
+        "SET \"ROLE\" = 'admin'",
+        "SET \"Role\" TO admin",
+        "SET LOCAL \"ROLE\" TO admin",
+        "SET SESSION \"role\" = admin",
+        "RESET \"ROLE\"",
+        "SET \"SESSION_AUTHORIZATION\" = admin",
+        "RESET \"Session_Authorization\"",
+        "SELECT set_config('role', 'admin', false)",
+        "SELECT set_config('ROLE', 'admin', true)",
+        "SELECT set_config('session_authorization', 'admin', false)",
+        "SELECT * FROM set_config('role', 'admin', false)",
+        // A name computed at run time could be the role.
+        "SELECT set_config(current_setting('x.name'), 'admin', false)",
+    ] {
+        assert!(has_kind(sql, Kind::SetRole), "{sql}: {:?}", kinds(sql));
+    }
+    for sql in [
+        "SET search_path = public",
+        "SELECT set_config('app.tenant', '42', false)",
+    ] {
+        assert!(!has_kind(sql, Kind::SetRole), "{sql}: {:?}", kinds(sql));
+    }
+}
+
+#[test]
+fn explain_execute_is_judged_as_execute() {
+    let mut prepared = PreparedStatements::new();
+    let c = classify("PREPARE wipe AS DELETE FROM orders", &session(&prepared));
+    prepared.apply(&c.prepared_changes);
+    let execute = classify("EXECUTE wipe", &session(&prepared));
+    for sql in [
+        "EXPLAIN EXECUTE wipe",
+        "EXPLAIN (COSTS off) EXECUTE wipe",
+        "EXPLAIN ANALYZE EXECUTE wipe",
+    ] {
+        let c = classify(sql, &session(&prepared));
+        assert_eq!(c.effects, execute.effects, "{sql}");
+        assert!(c.uses_session && c.executes_prepared, "{sql}");
+        // The data plane refuses names that belong to protocol-level statements.
+        assert_eq!(c.executed_names, vec!["wipe"], "{sql}");
+    }
+    // A name this session never prepared (a protocol-level statement, say)
+    // could run anything.
+    let c = classify("EXPLAIN EXECUTE \"Held\"", &session(&prepared));
+    assert_eq!(
+        c.effects.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![Kind::Execute]
+    );
+    assert!(c.executes_prepared);
+    assert_eq!(c.executed_names, vec!["Held"]);
+}
+
+#[test]
+fn cte_names_hide_tables_only_where_postgresql_scopes_them() {
+    // Without RECURSIVE a CTE sees only the CTEs before it: in `x`,
+    // `orders` is the table.
+    assert_eq!(
+        kinds("WITH x AS (SELECT * FROM orders), orders AS (SELECT 1) SELECT * FROM x"),
+        vec![k(Kind::Select, &["public.orders"])]
+    );
+    // A CTE of one statement is nothing to the next.
+    assert_eq!(
+        kinds("WITH orders AS (SELECT 1) SELECT 1; SELECT * FROM orders"),
+        vec![k(Kind::Select, &[]), k(Kind::Select, &["public.orders"])]
+    );
+    // A subquery's WITH ends with the subquery.
+    assert_eq!(
+        kinds("SELECT * FROM (WITH orders AS (SELECT 1) SELECT * FROM orders) s, orders"),
+        vec![k(Kind::Select, &["public.orders"])]
+    );
+    assert_eq!(
+        kinds("WITH a AS (WITH orders AS (SELECT 1) SELECT * FROM orders) SELECT * FROM a, orders"),
+        vec![k(Kind::Select, &["public.orders"])]
+    );
+    // Row locks and INSERT ... SELECT reads likewise.
+    assert_eq!(
+        kinds("WITH orders AS (SELECT 1) SELECT 1; SELECT * FROM orders FOR UPDATE"),
+        vec![
+            k(Kind::Select, &[]),
+            k(Kind::Select, &["public.orders"]),
+            k(Kind::Lock, &["public.orders"])
+        ]
+    );
+    assert_eq!(
+        kinds("WITH x AS (SELECT * FROM orders), orders AS (SELECT 1) INSERT INTO archive SELECT * FROM x"),
+        vec![
+            k(Kind::Select, &["public.orders"]),
+            k(Kind::Insert, &["public.archive"])
+        ]
+    );
+    // Where PostgreSQL does read the CTE, no table is read.
+    for sql in [
+        "WITH orders AS (SELECT 1) SELECT * FROM orders",
+        "WITH a AS (SELECT 1), b AS (SELECT * FROM a) SELECT * FROM b",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT * FROM t",
+        "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+        "WITH orders AS (SELECT 1) SELECT * FROM (SELECT * FROM orders) s WHERE EXISTS (SELECT 1 FROM orders)",
+    ] {
+        assert_eq!(kinds(sql), vec![k(Kind::Select, &[])], "{sql}");
+    }
+    // A qualified name is never a CTE.
+    assert_eq!(
+        kinds("WITH orders AS (SELECT 1) SELECT * FROM public.orders"),
+        vec![k(Kind::Select, &["public.orders"])]
+    );
+}
+
+#[test]
+fn unqualified_pg_relations_are_pg_catalogs() {
+    assert_eq!(
+        kinds("SELECT * FROM pg_stats"),
+        vec![k(Kind::Select, &["pg_catalog.pg_stats"])]
+    );
+    assert_eq!(
+        kinds("SELECT query FROM pg_stat_activity JOIN orders ON true"),
+        vec![k(Kind::Select, &["pg_catalog.pg_stat_activity", "public.orders"])]
+    );
+    // A pg_* name the list does not know may be either.
+    assert_eq!(
+        kinds("SELECT * FROM pg_stat_something_new"),
+        vec![k(
+            Kind::Select,
+            &["pg_catalog.pg_stat_something_new", "public.pg_stat_something_new"]
+        )]
+    );
+    // Qualified names are what they say; information_schema is never implicit.
+    assert_eq!(
+        kinds("SELECT * FROM public.pg_stats, information_schema.tables"),
+        vec![k(Kind::Select, &["public.pg_stats", "information_schema.tables"])]
+    );
+}
+
+#[test]
+fn ddl_names_the_relations_it_acts_on() {
+    for (sql, kind, tables) in [
+        (
+            "ALTER TABLE orders DROP COLUMN note",
+            Kind::Alter,
+            &["public.orders"][..],
+        ),
+        (
+            "ALTER TABLE orders RENAME TO old_orders",
+            Kind::Alter,
+            &["public.orders", "public.old_orders"],
+        ),
+        (
+            "ALTER TABLE hr.salaries DISABLE TRIGGER ALL",
+            Kind::Alter,
+            &["hr.salaries"],
+        ),
+        (
+            "ALTER TABLE orders OWNER TO mallory",
+            Kind::Alter,
+            &["public.orders"],
+        ),
+        (
+            "ALTER TABLE orders DROP COLUMN note CASCADE",
+            Kind::Alter,
+            &["public.orders", "*.*"],
+        ),
+        (
+            "ALTER TABLE orders ATTACH PARTITION hr.p FOR VALUES IN (1)",
+            Kind::Alter,
+            &["public.orders", "hr.p"],
+        ),
+        ("ALTER VIEW v RENAME TO w", Kind::Alter, &["public.v"]),
+        ("ALTER SCHEMA hr OWNER TO mallory", Kind::Alter, &["hr.*"]),
+        (
+            "ALTER POLICY p ON orders USING (true)",
+            Kind::Alter,
+            &["public.orders"],
+        ),
+        (
+            "GRANT SELECT ON orders TO mallory",
+            Kind::Grant,
+            &["public.orders"],
+        ),
+        (
+            "GRANT ALL ON ALL TABLES IN SCHEMA hr TO mallory",
+            Kind::Grant,
+            &["hr.*"],
+        ),
+        ("GRANT USAGE ON SCHEMA hr TO mallory", Kind::Grant, &["hr.*"]),
+        (
+            "REVOKE SELECT ON hr.salaries FROM PUBLIC",
+            Kind::Revoke,
+            &["hr.salaries"],
+        ),
+        (
+            "COMMENT ON TABLE orders IS 'x'",
+            Kind::Comment,
+            &["public.orders"],
+        ),
+        (
+            "COMMENT ON COLUMN hr.salaries.amount IS 'x'",
+            Kind::Comment,
+            &["hr.salaries"],
+        ),
+        ("VACUUM orders", Kind::Vacuum, &["public.orders"]),
+        ("ANALYZE hr.salaries", Kind::Analyze, &["hr.salaries"]),
+        ("REFRESH MATERIALIZED VIEW hr.v", Kind::Refresh, &["hr.v"]),
+        (
+            "CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f()",
+            Kind::CreateTrigger,
+            &["public.orders"],
+        ),
+        ("DROP TRIGGER t ON orders", Kind::Drop, &["public.orders"]),
+        ("DROP POLICY p ON orders", Kind::Drop, &["public.orders"]),
+        ("DROP RULE r ON orders", Kind::Drop, &["public.orders"]),
+        ("CREATE INDEX ON orders (id)", Kind::Create, &["public.orders"]),
+        (
+            "CREATE POLICY p ON orders USING (true)",
+            Kind::Create,
+            &["public.orders"],
+        ),
+        (
+            "DROP INDEX hr.salaries_idx",
+            Kind::Drop,
+            &["hr.salaries_idx", "hr.*"],
+        ),
+        ("TRUNCATE orders", Kind::Truncate, &["public.orders"]),
+        (
+            "TRUNCATE orders CASCADE",
+            Kind::Truncate,
+            &["public.orders", "*.*"],
+        ),
+        ("DROP SCHEMA hr", Kind::Drop, &["hr.*"]),
+        ("DROP SCHEMA hr CASCADE", Kind::Drop, &["hr.*", "*.*"]),
+        ("DROP TABLE orders CASCADE", Kind::Drop, &["public.orders", "*.*"]),
+        (
+            "CREATE TABLE p1 PARTITION OF hr.salaries FOR VALUES IN (1)",
+            Kind::Create,
+            &["public.p1", "hr.salaries"],
+        ),
+        // No relation named: an unresolved target (VACUUM of every table).
+        ("VACUUM", Kind::Vacuum, &[]),
+        ("GRANT admin TO mallory", Kind::Grant, &[]),
+    ] {
+        let got = kinds(sql);
+        assert!(got.contains(&k(kind, tables)), "{sql}: {got:?}");
+    }
+}
+
+#[test]
+fn casts_to_types_that_are_not_built_in_are_calls() {
+    // A domain's CHECK runs functions; a type's input function is code.
+    for (sql, call) in [
+        ("SELECT '1'::evil_dom", "cast to evil_dom"),
+        ("SELECT CAST(id AS evil_dom) FROM orders", "cast to evil_dom"),
+        ("SELECT evil_dom '1'", "cast to evil_dom"),
+        ("SELECT '{1}'::public.evil_dom[]", "cast to public.evil_dom"),
+        // sqlparser has its own type for `string`; to PostgreSQL it is a name.
+        ("SELECT 'x'::string", "cast to string"),
+        (
+            "SELECT * FROM orders ORDER BY id USING OPERATOR(public.<)",
+            "operator",
+        ),
+        ("SELECT * FROM orders ORDER BY id USING <<<", "operator"),
+        (
+            "SELECT array_agg(id ORDER BY id USING OPERATOR(evil.<)) FROM orders",
+            "operator",
+        ),
+    ] {
+        let got = kinds(sql);
+        assert!(got.contains(&k(Kind::Function, &[call])), "{sql}: {got:?}");
+    }
+    for sql in [
+        "SELECT '1'::int4, id::text, '2020-01-01'::date, interval '1 day', 'orders'::regclass",
+        "SELECT '10.0.0.1'::inet, '{1}'::int[], '1'::pg_catalog.int4, 1::numeric(10, 2), 'a'::\"char\"",
+        "SELECT now()::timestamp with time zone, 1::double precision, 'x'::character varying(3)",
+        "SELECT * FROM orders ORDER BY id USING <, note USING OPERATOR(pg_catalog.>)",
+    ] {
+        assert_eq!(kinds(sql).len(), 1, "{sql}: {:?}", kinds(sql));
+    }
+    // EXECUTE casts its arguments to the parameter types PREPARE named.
+    let mut prepared = PreparedStatements::new();
+    let c = classify("PREPARE p(evil_dom) AS SELECT $1", &session(&prepared));
+    prepared.apply(&c.prepared_changes);
+    let c = classify("EXECUTE p('1')", &session(&prepared));
+    assert!(
+        c.effects
+            .iter()
+            .any(|e| e.kind == Kind::Function && e.functions == ["cast to evil_dom"]),
+        "{:?}",
+        c.effects
+    );
+}
+
+#[test]
+fn read_write_transaction_modes_are_settings() {
+    // They undo a database or role default of default_transaction_read_only.
+    for sql in [
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET TRANSACTION READ WRITE",
+        "BEGIN READ WRITE",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+    ] {
+        assert_eq!(kinds(sql), vec![k(Kind::Set, &[])], "{sql}");
+    }
+    for sql in [
+        "BEGIN",
+        "BEGIN READ ONLY",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SAVEPOINT s",
+        "ROLLBACK",
+        "COMMIT",
+    ] {
+        assert_eq!(kinds(sql), vec![k(Kind::Transaction, &[])], "{sql}");
+    }
+}
+
+#[test]
+fn a_comment_inside_a_string_continuation_does_not_end_the_string() {
+    // To PostgreSQL this is one E string: `a'` then the rest up to the last
+    // quote. Read as two strings, it would hide the DELETE.
+    let c = effects("SELECT E'a' --c\n'\\'' ; DELETE FROM orders; -- '");
+    let why = c.unparsed.expect("must not be judged as parsed");
+    assert!(why.contains("differently"), "{why}");
 }

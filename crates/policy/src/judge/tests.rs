@@ -180,3 +180,139 @@ fn cache_keys_on_the_policy_digest() {
     );
     assert_eq!(cache.len(), 2);
 }
+
+const SCOPED_DENY: &str = "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT|INSERT|ALTER|DROP|GRANT|REVOKE|COMMENT|VACUUM|ANALYZE|REFRESH|CREATE|CREATE TRIGGER|TRUNCATE|SET|SHOW\n    tables: [public.orders, hr.salaries]\n    action: deny\n  - match: SELECT|INSERT|ALTER|DROP|GRANT|REVOKE|COMMENT|VACUUM|ANALYZE|REFRESH|CREATE|CREATE TRIGGER|TRUNCATE|SET|SHOW\n    action: allow\n";
+
+#[test]
+fn a_table_scoped_deny_catches_ddl_on_its_tables_and_unresolved_targets() {
+    let p = policy(SCOPED_DENY);
+    for sql in [
+        "ALTER TABLE orders DROP COLUMN note",
+        "ALTER TABLE orders RENAME TO old_orders",
+        "ALTER TABLE orders DISABLE TRIGGER ALL",
+        "ALTER TABLE orders OWNER TO mallory",
+        "GRANT SELECT ON orders TO mallory",
+        "REVOKE ALL ON hr.salaries FROM PUBLIC",
+        "COMMENT ON TABLE orders IS 'x'",
+        "VACUUM orders",
+        "ANALYZE hr.salaries",
+        "REFRESH MATERIALIZED VIEW orders",
+        "CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f()",
+        "DROP TRIGGER t ON orders",
+        "DROP POLICY p ON orders",
+        "DROP RULE r ON orders",
+        "CREATE INDEX ON orders (id)",
+        "TRUNCATE orders",
+        // Every table of the schema goes, hr.salaries with them.
+        "DROP SCHEMA hr CASCADE",
+        "DROP SCHEMA hr",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA hr TO mallory",
+        // CASCADE reaches tables the statement does not name.
+        "TRUNCATE scratch CASCADE",
+        "DROP TABLE scratch CASCADE",
+        // No target named: it could be any table.
+        "VACUUM",
+        "ANALYZE",
+        "GRANT admin TO mallory",
+        "DROP TYPE mood",
+    ] {
+        let v = eval(&p, sql);
+        assert_eq!(v.action, Action::Deny, "{sql}: {:?}", v.effects);
+        assert!(matches!(v.decision, Decision::Rule { index: 1, .. }), "{sql}");
+    }
+    // Statements that act on no relation, or on others, are not caught.
+    for sql in [
+        "SELECT 1",
+        "VALUES (1)",
+        "BEGIN; COMMIT",
+        "SET search_path = public",
+        "SHOW search_path",
+        "DROP TABLE scratch",
+        "VACUUM scratch",
+        "DROP SCHEMA scratch",
+        "ALTER TABLE scratch RENAME TO scratch2",
+    ] {
+        assert_eq!(eval(&p, sql).action, Action::Allow, "{sql}");
+    }
+}
+
+#[test]
+fn a_table_scoped_allow_covers_a_schema_only_as_a_whole() {
+    let p = policy(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DROP\n    tables: [scratch.*]\n    action: allow\n  - match: DROP\n    tables: [tmp.t_*]\n    action: allow\n",
+    );
+    assert_eq!(eval(&p, "DROP TABLE scratch.t").action, Action::Allow);
+    assert_eq!(eval(&p, "DROP SCHEMA scratch").action, Action::Allow);
+    assert_eq!(eval(&p, "DROP TABLE tmp.t_1").action, Action::Allow);
+    for sql in [
+        // Part of a schema does not cover all of it.
+        "DROP SCHEMA tmp",
+        "DROP INDEX tmp.t_1_idx",
+        // Nor does any pattern cover relations anywhere, or an unknown target.
+        "DROP TABLE scratch.t CASCADE",
+        "DROP TYPE scratch.mood",
+    ] {
+        assert_eq!(eval(&p, sql).action, Action::RequireApproval, "{sql}");
+    }
+}
+
+#[test]
+fn an_allow_on_public_does_not_cover_the_catalog() {
+    let p = policy(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT\n    tables: [public.*]\n    action: allow\n",
+    );
+    assert_eq!(eval(&p, "SELECT * FROM orders").action, Action::Allow);
+    for sql in [
+        "SELECT * FROM pg_stats",
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM orders JOIN pg_authid ON true",
+    ] {
+        let v = eval(&p, sql);
+        assert_eq!(v.action, Action::RequireApproval, "{sql}: {:?}", v.tables());
+    }
+}
+
+#[test]
+fn a_cte_does_not_hide_a_read_postgresql_makes_of_the_table() {
+    let p = policy(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT|LOCK|INSERT\n    tables: [public.orders]\n    action: deny\n  - match: SELECT|INSERT\n    action: allow\n",
+    );
+    for sql in [
+        "WITH x AS (SELECT * FROM orders), orders AS (SELECT 1) SELECT * FROM x",
+        "WITH orders AS (SELECT 1) SELECT 1; SELECT * FROM orders",
+        "WITH orders AS (SELECT 1) SELECT 1; SELECT * FROM orders FOR UPDATE",
+        "WITH x AS (SELECT * FROM orders), orders AS (SELECT 1) INSERT INTO archive SELECT * FROM x",
+    ] {
+        assert_eq!(eval(&p, sql).action, Action::Deny, "{sql}");
+    }
+    assert_eq!(
+        eval(&p, "WITH orders AS (SELECT 1) SELECT * FROM orders").action,
+        Action::Allow
+    );
+}
+
+#[test]
+fn explain_execute_carries_what_the_data_plane_needs() {
+    let p = policy(SEED);
+    let v = eval(&p, "EXPLAIN EXECUTE held");
+    assert_eq!(v.kinds(), vec![Kind::Execute]);
+    assert!(v.uses_session && v.executes_prepared);
+    assert_eq!(v.executed_names, vec!["held"]);
+}
+
+#[test]
+fn read_write_transactions_are_judged_as_settings() {
+    let p = policy(
+        "policy: g\nconnection: c\nreviewers: [r]\ndefault: deny\nrules:\n  - match: SELECT\n    action: allow\n",
+    );
+    assert_eq!(eval(&p, "BEGIN; SELECT 1; COMMIT").action, Action::Allow);
+    for sql in [
+        "BEGIN READ WRITE",
+        "START TRANSACTION READ WRITE",
+        "SET TRANSACTION READ WRITE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    ] {
+        let v = eval(&p, sql);
+        assert_eq!((v.action, v.kinds()), (Action::Deny, vec![Kind::Set]), "{sql}");
+    }
+}
