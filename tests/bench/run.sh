@@ -241,6 +241,8 @@ control:
   listen: 127.0.0.1:$CONTROL_PORT
   replica_id: bench-control
   signing_key: $state/control-signing.key
+  # One host, no certificates: the proxy attaches over loopback.
+  allow_insecure_attach_loopback: true
 proxy:
   listen: 127.0.0.1:$PROXY_PORT
   control: http://127.0.0.1:$CONTROL_PORT
