@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Subject prefix for cancels passed between proxies (outside the event
@@ -118,6 +118,16 @@ pub async fn relay(addr: &str, (pid, key): (i32, i32)) {
     packet.extend_from_slice(&crate::codec::CANCEL_REQUEST_CODE.to_be_bytes());
     packet.extend_from_slice(&pid.to_be_bytes());
     packet.extend_from_slice(&key.to_be_bytes());
-    let _ = s.write_all(&packet).await;
-    let _ = s.shutdown().await;
+    if s.write_all(&packet).await.is_err() {
+        return;
+    }
+    // PostgreSQL closes the connection once it has passed the request on
+    // to the backend; libpq waits for that, and so does the proxy before it
+    // closes the client's cancel connection: a client that then sends its
+    // next statement does not have that one cancelled instead.
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }

@@ -1970,3 +1970,171 @@ async fn a_statement_too_large_for_the_log_is_recorded_cut_and_the_session_goes_
     assert!(matches!(stored[1].event.body, Some(Body::SessionClosed(_))));
     airlock_eventlog::verify_chain(&stored).expect("the chain verifies");
 }
+
+/// Sequences real drivers send that PostgreSQL accepts (issue: the drivers'
+/// own test suites through Airlock), each as the raw protocol the driver
+/// sends, with PostgreSQL's own behaviour as the reference.
+mod driver_patterns {
+    use super::*;
+    use airlock_proxy::codec::FeMessage;
+
+    /// Every message up to ReadyForQuery: the tags, in order.
+    async fn tags_until_ready(raw: &mut Raw) -> Vec<u8> {
+        let mut tags = Vec::new();
+        loop {
+            let (tag, _) = raw.next().await;
+            tags.push(tag);
+            if tag == b'Z' {
+                return tags;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_after_parse_describe_flush_without_sync_runs_as_in_postgresql() {
+        // asyncpg prepares (Parse, Describe, Flush) and then runs anything
+        // else as a simple Query; PostgreSQL answers both.
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            FeMessage::Parse {
+                name: "s1".into(),
+                query: "SELECT $1::int".into(),
+                param_types: vec![],
+            },
+            FeMessage::Describe {
+                kind: b'S',
+                name: "s1".into(),
+            },
+            FeMessage::Flush,
+            FeMessage::Query {
+                sql: "UPDATE orders SET total = 42 WHERE id = 1".into(),
+            },
+        ])
+        .await;
+        let tags = tags_until_ready(&mut raw).await;
+        assert_eq!(
+            tags,
+            b"1tTCZ".to_vec(),
+            "ParseComplete, the description, then the query"
+        );
+        assert_eq!(f.pg.psql("shop", "SELECT total FROM orders WHERE id = 1"), "42");
+        // The prepared statement is usable afterwards, as directly.
+        raw.send(&[
+            FeMessage::Bind {
+                portal: String::new(),
+                statement: "s1".into(),
+                param_formats: vec![],
+                params: vec![Some(bytes::Bytes::from_static(b"7"))],
+                result_formats: vec![],
+            },
+            FeMessage::Execute {
+                portal: String::new(),
+                max_rows: 0,
+            },
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(tags_until_ready(&mut raw).await, b"2DCZ".to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_query_after_an_error_in_the_open_batch_is_skipped_as_postgresql_skips_it() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            FeMessage::Parse {
+                name: String::new(),
+                query: "SELECT * FROM no_such_table".into(),
+                param_types: vec![],
+            },
+            FeMessage::Flush,
+            FeMessage::Query {
+                sql: "UPDATE orders SET total = 42 WHERE id = 1".into(),
+            },
+            FeMessage::Sync,
+        ])
+        .await;
+        // The Parse fails; PostgreSQL skips the Query until the Sync.
+        assert_eq!(tags_until_ready(&mut raw).await, b"EZ".to_vec());
+        assert_eq!(f.pg.psql("shop", "SELECT total FROM orders WHERE id = 1"), "10");
+        // And the session goes on.
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT 1".into(),
+        }])
+        .await;
+        assert_eq!(tags_until_ready(&mut raw).await, b"TDCZ".to_vec());
+    }
+
+    #[tokio::test]
+    async fn the_process_id_a_client_is_given_is_its_backends() {
+        // Drivers ignore notifications from their own backend by comparing
+        // the pid in NotificationResponse with BackendKeyData's.
+        let f = start(|_| {}).await;
+        let mut stream = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+        let body = b"\x00\x03\x00\x00user\0agent-7\0database\0shop\0\0";
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        stream.write_all(&startup).await.expect("startup");
+        let mut raw = Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        assert_eq!(raw.next().await.0, b'R');
+        let mut pw = TOKEN.as_bytes().to_vec();
+        pw.push(0);
+        raw.send(&[FeMessage::Password(pw.into())]).await;
+        let mut given = None;
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'K' {
+                given = Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]));
+            }
+            if tag == b'Z' {
+                break;
+            }
+        }
+        let given = given.expect("BackendKeyData");
+        raw.send(&[FeMessage::Query {
+            sql: "LISTEN airlock_pids; NOTIFY airlock_pids".into(),
+        }])
+        .await;
+        let mut notified = None;
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'A' {
+                notified = Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]));
+            }
+            if tag == b'Z' {
+                break;
+            }
+        }
+        assert_eq!(
+            notified,
+            Some(given),
+            "the notification names the pid the client was given"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancel_is_answered_only_once_postgresql_has_taken_it() {
+        // A stand-in upstream that takes its time to close after a
+        // CancelRequest, as PostgreSQL's postmaster closes only after
+        // signalling the backend.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut packet = [0u8; 16];
+            s.read_exact(&mut packet).await.expect("cancel request");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        let started = std::time::Instant::now();
+        airlock_proxy::cancel::relay(&addr, (1, 2)).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "returned after {:?}, before the upstream closed",
+            started.elapsed()
+        );
+    }
+}

@@ -185,6 +185,11 @@ impl InFlightQueue {
         None
     }
 
+    /// Whether anything sent is still unanswered.
+    pub fn has_unanswered(&self) -> bool {
+        !self.items.is_empty()
+    }
+
     /// Whether a statement whose reading depends on the session's settings
     /// may be sent now (see [`ReadingWait`]).
     pub fn reading_wait(&self) -> ReadingWait {

@@ -76,8 +76,9 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
     for (name, value) in &upstream.parameters {
         BeMessage::ParameterStatus { name, value }.encode(&mut out);
     }
-    // The client gets the proxy's own cancel key, never the upstream's.
-    let (process_id, secret_key) = session_key();
+    // The client gets the backend's process id (what pg_backend_pid() and
+    // notifications name) with the proxy's own secret, never the upstream's.
+    let (process_id, secret_key) = session_key(upstream.process_id);
     BeMessage::BackendKeyData {
         process_id,
         secret_key,
@@ -93,9 +94,8 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
     })
 }
 
-fn session_key() -> (i32, i32) {
-    let id = ulid::Ulid::new().0;
-    ((id >> 64) as i32 & 0x7fff_ffff, id as i32)
+fn session_key(process_id: i32) -> (i32, i32) {
+    (process_id, ulid::Ulid::new().0 as i32)
 }
 
 async fn write(login: &mut Login, bytes: &[u8]) -> Result<(), Refusal> {

@@ -131,10 +131,15 @@ impl ToUpstream {
             return self.copy_data(frame, msg).await;
         }
         if self.batch_open && matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) {
-            // PostgreSQL may be skipping this batch after an error; a Query
-            // here would be skipped too and the record would drift.
-            let what = "a simple Query inside an unfinished extended-protocol batch (send Sync first)";
-            return Err(self.violation(&malformed(frame, what)).await);
+            // PostgreSQL runs a Query sent before the batch's Sync (drivers
+            // prepare with Parse, Describe, Flush and then query), unless
+            // an error in the batch has it skipping messages until Sync.
+            if !self.finish_open_batch().await? {
+                // Skipped by PostgreSQL, so not sent: nothing runs and
+                // nothing answers it, as without the proxy.
+                return Ok(());
+            }
+            self.batch_open = false;
         }
         match msg {
             FeMessage::Query { sql } => self.query(frame, sql).await,
@@ -302,6 +307,33 @@ impl ToUpstream {
         }
     }
 
+    /// A Query arrived before the open batch's Sync: asks PostgreSQL for its
+    /// answers so far (a Flush, which changes nothing else) and waits for
+    /// them. True when the batch had no error, so PostgreSQL will run the
+    /// Query (ending the batch); false when it will skip it.
+    async fn finish_open_batch(&mut self) -> Result<bool, Ending> {
+        use std::sync::atomic::Ordering;
+        self.out
+            .extend_from_slice(&FeMessage::Flush.to_frame().to_bytes());
+        self.flush().await?;
+        let ctx = self.ctx.clone();
+        loop {
+            let settled = ctx.names_settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            // Every earlier batch answered (so the flag is this batch's),
+            // and this one's messages answered or skipped after an error.
+            let failed = ctx.batch_failed.load(Ordering::Acquire);
+            if !ctx.names().has_pending() && (failed || !queue(&self.queue).has_unanswered()) {
+                return Ok(!failed);
+            }
+            tokio::select! {
+                () = &mut settled => {}
+                i = self.signals.interrupted() => return Err(self.interrupted(i).await),
+            }
+        }
+    }
+
     /// Before `text` goes upstream: if PostgreSQL could read it differently
     /// under settings an unanswered statement may have changed (a function
     /// calling `set_config('client_encoding', ...)`), waits for PostgreSQL's
@@ -350,13 +382,9 @@ impl ToUpstream {
     /// The proxy stops, or a reviewer killed the session: a statement may
     /// be running upstream, so cancel it, then end.
     pub(super) async fn interrupted(&mut self, i: Interrupt) -> Ending {
-        let (addr, key) = self.ctx.upstream_cancel.clone();
-        crate::cancel::relay(&addr, key).await;
-        let _ = self
-            .upstream
-            .write_all(&FeMessage::Terminate.to_frame().to_bytes())
-            .await;
-        match i {
+        // The client hears why first: the cancel's own error from
+        // PostgreSQL (57014) must not arrive ahead of the FATAL.
+        let ending = match i {
             Interrupt::Stopping => {
                 let _ = self
                     .inject
@@ -365,7 +393,14 @@ impl ToUpstream {
                 Ending::new(Cause::ProxyShutdown, "proxy shutting down")
             }
             Interrupt::Killed(order) => self.killed(&order).await,
-        }
+        };
+        let (addr, key) = self.ctx.upstream_cancel.clone();
+        crate::cancel::relay(&addr, key).await;
+        let _ = self
+            .upstream
+            .write_all(&FeMessage::Terminate.to_frame().to_bytes())
+            .await;
+        ending
     }
 
     /// Tells the client who ended its session and why.
