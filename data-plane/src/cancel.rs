@@ -102,7 +102,10 @@ impl Cancels {
             }
             let pid = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
             let key = i32::from_be_bytes([p[4], p[5], p[6], p[7]]);
-            self.act(pid, key).await;
+            // Each on its own task: a relay waits for its upstream, and one
+            // slow upstream must not delay the fleet's other cancels.
+            let cancels = self.clone();
+            tokio::spawn(async move { cancels.act(pid, key).await });
         }
     }
 }

@@ -118,11 +118,6 @@ impl Names {
         self.pending.push_back(Op::Boundary);
     }
 
-    /// Whether operations sent to PostgreSQL still wait for its answer.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Too many names, or too much pending: the client is misbehaving.
     pub fn over_limit(&self) -> bool {
         self.statements.len() > MAX_NAMES

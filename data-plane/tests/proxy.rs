@@ -1077,6 +1077,27 @@ mod attacks {
             assert_eq!(fatal.as_deref(), Some("0A000"), "{change}; {then}: {errors:?}");
             assert!(errors.is_empty(), "{change}: {errors:?}");
             assert_untouched(&f);
+
+            // The change is reported only with the batch's ReadyForQuery,
+            // not with the Execute's completion: a client that waits for
+            // the completion (Flush) and then parses in the same batch is
+            // refused too (review round 3).
+            let mut raw = Raw::login(f.addr).await;
+            raw.send(&[parse("", change), bind("", ""), execute(""), FeMessage::Flush])
+                .await;
+            loop {
+                let (tag, _) = raw.next().await;
+                if tag == b'C' {
+                    break;
+                }
+                assert_ne!(tag, b'E', "{change} runs");
+            }
+            raw.send(&[parse("", then), bind("", ""), execute(""), FeMessage::Sync])
+                .await;
+            let (fatal, errors) = answer(&mut raw).await;
+            assert!(fatal.is_none() || fatal.as_deref() == Some("0A000"), "{fatal:?}");
+            assert_eq!(errors, vec!["42501"], "{change}; {then}: the Parse is refused");
+            assert_untouched(&f);
         }
         // ASCII text without backslashes reads the same under every
         // setting: it is not held back (the pipeline stays a pipeline).
@@ -1977,94 +1998,6 @@ async fn a_statement_too_large_for_the_log_is_recorded_cut_and_the_session_goes_
 mod driver_patterns {
     use super::*;
     use airlock_proxy::codec::FeMessage;
-
-    /// Every message up to ReadyForQuery: the tags, in order.
-    async fn tags_until_ready(raw: &mut Raw) -> Vec<u8> {
-        let mut tags = Vec::new();
-        loop {
-            let (tag, _) = raw.next().await;
-            tags.push(tag);
-            if tag == b'Z' {
-                return tags;
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_query_after_parse_describe_flush_without_sync_runs_as_in_postgresql() {
-        // asyncpg prepares (Parse, Describe, Flush) and then runs anything
-        // else as a simple Query; PostgreSQL answers both.
-        let f = start(|_| {}).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[
-            FeMessage::Parse {
-                name: "s1".into(),
-                query: "SELECT $1::int".into(),
-                param_types: vec![],
-            },
-            FeMessage::Describe {
-                kind: b'S',
-                name: "s1".into(),
-            },
-            FeMessage::Flush,
-            FeMessage::Query {
-                sql: "UPDATE orders SET total = 42 WHERE id = 1".into(),
-            },
-        ])
-        .await;
-        let tags = tags_until_ready(&mut raw).await;
-        assert_eq!(
-            tags,
-            b"1tTCZ".to_vec(),
-            "ParseComplete, the description, then the query"
-        );
-        assert_eq!(f.pg.psql("shop", "SELECT total FROM orders WHERE id = 1"), "42");
-        // The prepared statement is usable afterwards, as directly.
-        raw.send(&[
-            FeMessage::Bind {
-                portal: String::new(),
-                statement: "s1".into(),
-                param_formats: vec![],
-                params: vec![Some(bytes::Bytes::from_static(b"7"))],
-                result_formats: vec![],
-            },
-            FeMessage::Execute {
-                portal: String::new(),
-                max_rows: 0,
-            },
-            FeMessage::Sync,
-        ])
-        .await;
-        assert_eq!(tags_until_ready(&mut raw).await, b"2DCZ".to_vec());
-    }
-
-    #[tokio::test]
-    async fn a_query_after_an_error_in_the_open_batch_is_skipped_as_postgresql_skips_it() {
-        let f = start(|_| {}).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[
-            FeMessage::Parse {
-                name: String::new(),
-                query: "SELECT * FROM no_such_table".into(),
-                param_types: vec![],
-            },
-            FeMessage::Flush,
-            FeMessage::Query {
-                sql: "UPDATE orders SET total = 42 WHERE id = 1".into(),
-            },
-            FeMessage::Sync,
-        ])
-        .await;
-        // The Parse fails; PostgreSQL skips the Query until the Sync.
-        assert_eq!(tags_until_ready(&mut raw).await, b"EZ".to_vec());
-        assert_eq!(f.pg.psql("shop", "SELECT total FROM orders WHERE id = 1"), "10");
-        // And the session goes on.
-        raw.send(&[FeMessage::Query {
-            sql: "SELECT 1".into(),
-        }])
-        .await;
-        assert_eq!(tags_until_ready(&mut raw).await, b"TDCZ".to_vec());
-    }
 
     #[tokio::test]
     async fn the_process_id_a_client_is_given_is_its_backends() {

@@ -126,10 +126,24 @@ pub(super) fn queue(q: &Queue) -> std::sync::MutexGuard<'_, InFlightQueue> {
 #[derive(Default)]
 pub(super) struct InFlightQueue {
     items: VecDeque<InFlight>,
+    /// An Execute that may change how text is read was sent in the open
+    /// batch. PostgreSQL reports such a change only with the ReadyForQuery
+    /// that ends the batch, not with the Execute's completion.
+    batch_changes_reading: bool,
+    /// For each Sync in `items`, in order: whether its batch ran one.
+    syncs_after_change: VecDeque<bool>,
 }
 
 impl InFlightQueue {
     pub fn push(&mut self, item: InFlight) {
+        match &item {
+            InFlight::Extended(r) if r.may_change_reading => self.batch_changes_reading = true,
+            InFlight::Sync => {
+                self.syncs_after_change.push_back(self.batch_changes_reading);
+                self.batch_changes_reading = false;
+            }
+            InFlight::Simple(_) | InFlight::Extended(_) | InFlight::Substitute { .. } => {}
+        }
         self.items.push_back(item);
     }
 
@@ -178,34 +192,32 @@ impl InFlightQueue {
         while let Some(item) = self.items.pop_front() {
             match item {
                 InFlight::Simple(r) => return Some(r),
-                InFlight::Sync | InFlight::Substitute { boundary: true, .. } => return None,
+                InFlight::Sync => {
+                    self.syncs_after_change.pop_front();
+                    return None;
+                }
+                InFlight::Substitute { boundary: true, .. } => return None,
                 InFlight::Extended(_) | InFlight::Substitute { boundary: false, .. } => {}
             }
         }
         None
     }
 
-    /// Whether anything sent is still unanswered.
-    pub fn has_unanswered(&self) -> bool {
-        !self.items.is_empty()
-    }
-
     /// Whether a statement whose reading depends on the session's settings
     /// may be sent now (see [`ReadingWait`]).
     pub fn reading_wait(&self) -> ReadingWait {
-        let mut wait = ReadingWait::Clear;
-        for item in &self.items {
-            match item {
-                InFlight::Simple(r) if r.may_change_reading => wait = ReadingWait::Ready,
-                InFlight::Extended(r) if r.may_change_reading => wait = ReadingWait::OpenBatch,
-                InFlight::Sync if wait == ReadingWait::OpenBatch => wait = ReadingWait::Ready,
-                InFlight::Simple(_)
-                | InFlight::Extended(_)
-                | InFlight::Sync
-                | InFlight::Substitute { .. } => {}
-            }
+        if self.batch_changes_reading {
+            ReadingWait::OpenBatch
+        } else if self.syncs_after_change.iter().any(|c| *c)
+            || self
+                .items
+                .iter()
+                .any(|i| matches!(i, InFlight::Simple(r) if r.may_change_reading))
+        {
+            ReadingWait::Ready
+        } else {
+            ReadingWait::Clear
         }
-        wait
     }
 
     /// Whether a refusal earlier in the open batch will already fail it:
@@ -234,6 +246,8 @@ impl InFlightQueue {
 
     /// Every statement still unanswered (the session is ending).
     pub fn drain_running(&mut self) -> Vec<Running> {
+        self.batch_changes_reading = false;
+        self.syncs_after_change.clear();
         self.items
             .drain(..)
             .filter_map(|i| match i {
@@ -285,13 +299,29 @@ mod tests {
         q.ready();
         q.ready();
         assert_eq!(q.reading_wait(), ReadingWait::Clear, "answered");
-        // Extended: nothing to wait for until a Sync follows it.
+        // Extended: nothing to wait for until a Sync follows it, even once
+        // it completed (the change is reported only with ReadyForQuery).
         q.push(InFlight::Extended(changing("SELECT sneaky()")));
         assert_eq!(q.reading_wait(), ReadingWait::OpenBatch);
+        assert!(q.completed("SELECT 1".into()).is_some());
+        assert_eq!(
+            q.reading_wait(),
+            ReadingWait::OpenBatch,
+            "completed, batch still open"
+        );
         q.push(InFlight::Sync);
         assert_eq!(q.reading_wait(), ReadingWait::Ready);
+        q.push(InFlight::Extended(running("SELECT 1")));
+        q.push(InFlight::Sync);
+        assert_eq!(
+            q.reading_wait(),
+            ReadingWait::Ready,
+            "the changing batch is unanswered"
+        );
+        q.ready();
+        assert_eq!(q.reading_wait(), ReadingWait::Clear, "its ReadyForQuery came");
         q.push(InFlight::Extended(changing("INSERT ...")));
-        assert_eq!(q.reading_wait(), ReadingWait::OpenBatch, "the newest one decides");
+        assert_eq!(q.reading_wait(), ReadingWait::OpenBatch);
     }
 
     #[test]

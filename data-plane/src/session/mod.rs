@@ -215,9 +215,6 @@ struct Ctx {
     /// PostgreSQL reported a setting under which it reads statements
     /// differently from the proxy: nothing more may be sent.
     reading_broken: std::sync::atomic::AtomicBool,
-    /// An error since the last ReadyForQuery: PostgreSQL is skipping the
-    /// open extended batch's messages until its Sync.
-    batch_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Parameter types PostgreSQL reported, bound to the exact statement they
@@ -265,7 +262,6 @@ impl Ctx {
             copy_in: std::sync::atomic::AtomicBool::new(false),
             names_settled: tokio::sync::Notify::new(),
             reading_broken: std::sync::atomic::AtomicBool::new(false),
-            batch_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -130,7 +130,6 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             let fields = parse_diagnostic_fields(&frame.body);
             // PostgreSQL now skips the rest of the batch.
             ctx.names().failed();
-            ctx.batch_failed.store(true, std::sync::atomic::Ordering::Release);
             ctx.names_settled.notify_waiters();
             // Ours only if it names this session's marker and a stand-in is
             // what PostgreSQL answers now.
@@ -184,8 +183,6 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
         }
         b'Z' => {
             ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
-            ctx.batch_failed
-                .store(false, std::sync::atomic::Ordering::Release);
             let idle = frame.body.first() == Some(&b'I');
             ctx.names().ready(idle);
             ctx.names_settled.notify_waiters();

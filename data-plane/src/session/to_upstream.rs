@@ -131,15 +131,11 @@ impl ToUpstream {
             return self.copy_data(frame, msg).await;
         }
         if self.batch_open && matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) {
-            // PostgreSQL runs a Query sent before the batch's Sync (drivers
-            // prepare with Parse, Describe, Flush and then query), unless
-            // an error in the batch has it skipping messages until Sync.
-            if !self.finish_open_batch().await? {
-                // Skipped by PostgreSQL, so not sent: nothing runs and
-                // nothing answers it, as without the proxy.
-                return Ok(());
-            }
-            self.batch_open = false;
+            // PostgreSQL may be skipping this batch after an error; a Query
+            // here would be skipped too and the record would drift. (Drivers
+            // that query after Parse, Describe and Flush: see issue 24.)
+            let what = "a simple Query inside an unfinished extended-protocol batch (send Sync first)";
+            return Err(self.violation(&malformed(frame, what)).await);
         }
         match msg {
             FeMessage::Query { sql } => self.query(frame, sql).await,
@@ -299,33 +295,6 @@ impl ToUpstream {
             let now = lookup(&ctx.names());
             if !matches!(now, Lookup::Ambiguous) {
                 return Ok(now.one());
-            }
-            tokio::select! {
-                () = &mut settled => {}
-                i = self.signals.interrupted() => return Err(self.interrupted(i).await),
-            }
-        }
-    }
-
-    /// A Query arrived before the open batch's Sync: asks PostgreSQL for its
-    /// answers so far (a Flush, which changes nothing else) and waits for
-    /// them. True when the batch had no error, so PostgreSQL will run the
-    /// Query (ending the batch); false when it will skip it.
-    async fn finish_open_batch(&mut self) -> Result<bool, Ending> {
-        use std::sync::atomic::Ordering;
-        self.out
-            .extend_from_slice(&FeMessage::Flush.to_frame().to_bytes());
-        self.flush().await?;
-        let ctx = self.ctx.clone();
-        loop {
-            let settled = ctx.names_settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            // Every earlier batch answered (so the flag is this batch's),
-            // and this one's messages answered or skipped after an error.
-            let failed = ctx.batch_failed.load(Ordering::Acquire);
-            if !ctx.names().has_pending() && (failed || !queue(&self.queue).has_unanswered()) {
-                return Ok(!failed);
             }
             tokio::select! {
                 () = &mut settled => {}
