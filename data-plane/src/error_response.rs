@@ -140,6 +140,18 @@ pub fn reading_changed(name: &str, value: &str) -> Diagnostic {
     )
 }
 
+/// PostgreSQL answered something the proxy did not send (its model of the
+/// session's prepared statements no longer fits): the session ends rather
+/// than judge anything by a wrong model.
+pub fn out_of_step() -> Diagnostic {
+    fatal(
+        PROTOCOL_VIOLATION,
+        "PostgreSQL's answers no longer match what Airlock sent; the session was ended so that \
+         nothing runs misjudged (reconnect)"
+            .to_owned(),
+    )
+}
+
 /// A reviewer ended the session.
 pub fn killed_by(who: Option<&proto::Identity>, reason: &str) -> Diagnostic {
     fatal(

@@ -210,8 +210,11 @@ impl Names {
     }
 
     /// ParseComplete, BindComplete or CloseComplete: the oldest pending
-    /// operation took effect.
-    pub fn confirmed(&mut self) {
+    /// operation took effect. False when the answer does not fit what was
+    /// sent (a boundary was due, or nothing was pending): the proxy's model
+    /// of PostgreSQL's names is then wrong, and the caller must end the
+    /// session rather than go on judging by it.
+    pub fn confirmed(&mut self) -> bool {
         match self.pending.pop_front() {
             Some(Op::Parse(name, s)) => {
                 self.statements.insert(name, s);
@@ -231,13 +234,12 @@ impl Names {
             }) => {
                 self.portals.remove(&name);
             }
-            Some(Op::Boundary) => {
-                // Out of step: a completion where a boundary was expected.
-                // Forget what is pending; lookups then fail closed.
+            Some(Op::Boundary) | None => {
                 self.pending.clear();
+                return false;
             }
-            None => {}
         }
+        true
     }
 
     /// ErrorResponse: PostgreSQL skips the rest of the batch.
@@ -391,5 +393,17 @@ mod ambiguity {
             n.statement("s").one().map(|s| s.text.as_str()),
             Some("DELETE FROM orders")
         );
+    }
+
+    #[test]
+    fn an_answer_that_fits_nothing_sent_is_out_of_step() {
+        let mut n = Names::default();
+        assert!(!n.confirmed(), "nothing was pending");
+        n.boundary();
+        n.parse("s".into(), stmt("SELECT 1"));
+        assert!(!n.confirmed(), "a boundary was due, not a ParseComplete");
+        n.parse("s".into(), stmt("SELECT 1"));
+        assert!(n.confirmed());
+        assert!(matches!(n.statement("s"), Lookup::One(_)));
     }
 }

@@ -177,8 +177,12 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
         }
         b'1' | b'2' | b'3' => {
             // ParseComplete, BindComplete, CloseComplete.
-            ctx.names().confirmed();
+            let in_step = ctx.names().confirmed();
             ctx.names_settled.notify_waiters();
+            if !in_step {
+                tracing::error!(session = %ctx.session, tag = %(frame.tag as char), "an answer from PostgreSQL does not fit what was sent: ending the session");
+                return Err(error_response::out_of_step());
+            }
             frame.encode(out);
         }
         b'Z' => {
