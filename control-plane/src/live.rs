@@ -161,17 +161,14 @@ impl Live {
                 "event refused: its writer is not trusted for it"
             );
             self.metrics.rejected(label);
-            self.skip(sequence, target);
+            self.advance(sequence, target);
             return;
         }
         {
             let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
             guard.apply(&event);
         }
-        self.folded.send_replace(sequence);
-        if sequence >= target {
-            self.ready.store(true, Ordering::Release);
-        }
+        self.advance(sequence, target);
         // No subscriber is fine.
         let _ = self.changes.send(Arc::new(event));
     }
@@ -180,10 +177,11 @@ impl Live {
     /// that is not an event.
     fn pass_over(&self, sequence: u64, target: u64) {
         self.metrics.rejected("undecodable");
-        self.skip(sequence, target);
+        self.advance(sequence, target);
     }
 
-    fn skip(&self, sequence: u64, target: u64) {
+    /// `sequence` is folded (or passed over); ready once at `target`.
+    fn advance(&self, sequence: u64, target: u64) {
         self.folded.send_replace(sequence);
         if sequence >= target {
             self.ready.store(true, Ordering::Release);

@@ -1490,51 +1490,6 @@ mod attacks {
     }
 }
 
-/// A control plane that grants everything it is told about, without any
-/// event in the log: what an attacker on the network could send.
-struct ForgingControl;
-
-#[tonic::async_trait]
-impl proto::proxy_service_server::ProxyService for ForgingControl {
-    type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<proto::ControlMessage, tonic::Status>>;
-
-    async fn attach(
-        &self,
-        request: tonic::Request<tonic::Streaming<proto::ProxyMessage>>,
-    ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        tokio::spawn(async move {
-            use proto::control_message::Message;
-            let msg = |m| Ok(proto::ControlMessage { message: Some(m) });
-            let _ = tx
-                .send(msg(Message::Welcome(proto::Welcome {
-                    replica_id: "forger".into(),
-                    heartbeat_interval: None,
-                })))
-                .await;
-            while let Some(Ok(m)) = inbound.next().await {
-                if let Some(proto::proxy_message::Message::Holding(h)) = m.message
-                    && let Some(held) = h.held
-                {
-                    let _ = tx
-                        .send(msg(Message::Decision(proto::DecisionNotice {
-                            request_id: held.request_id,
-                            session_id: held.session_id,
-                            outcome: proto::decision_notice::Outcome::Granted as i32,
-                            statement_sha256: held.statement_sha256,
-                            ..Default::default()
-                        })))
-                        .await;
-                }
-            }
-        });
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
-    }
-}
-
 #[tokio::test]
 async fn a_forged_grant_from_the_network_runs_nothing() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1542,7 +1497,10 @@ async fn a_forged_grant_from_the_network_runs_nothing() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(proto::proxy_service_server::ProxyServiceServer::new(
-                ForgingControl,
+                ForgingControl {
+                    log: None,
+                    junk_after: false,
+                },
             ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -1572,18 +1530,19 @@ async fn a_forged_grant_from_the_network_runs_nothing() {
     assert_eq!(f.pg.psql("shop", "SELECT count(*) FROM orders"), "5");
 }
 
-/// A control plane that, for every hold, appends an `ApprovalGranted` to the
-/// request's chain in the log (correctly linked, signed by `signer` or not
-/// at all) and then tells the proxy: what anyone able to publish on NATS,
-/// or a stolen proxy key, could do.
-struct LogForgingControl {
-    log: EventLog,
+/// A control plane that grants every hold it is told about: what an
+/// attacker on the network could send. With `log`, it first appends an
+/// `ApprovalGranted` to the request's chain (correctly linked, signed by the
+/// log's signer or not at all): what anyone able to publish on NATS, or a
+/// stolen proxy key, could do.
+struct ForgingControl {
+    log: Option<EventLog>,
     /// Then publish junk on the request's subject, as anyone could.
     junk_after: bool,
 }
 
 #[tonic::async_trait]
-impl proto::proxy_service_server::ProxyService for LogForgingControl {
+impl proto::proxy_service_server::ProxyService for ForgingControl {
     type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<proto::ControlMessage, tonic::Status>>;
 
     async fn attach(
@@ -1608,45 +1567,8 @@ impl proto::proxy_service_server::ProxyService for LogForgingControl {
                     continue;
                 };
                 let Some(held) = h.held else { continue };
-                let source = proto::Source {
-                    kind: proto::source::Kind::Control as i32,
-                    id: "control-1".into(),
-                    ..Default::default()
-                };
-                let mut grant = airlock_eventlog::new_event(
-                    &source,
-                    Body::ApprovalGranted(proto::ApprovalGranted {
-                        statement_sha256: held.statement_sha256.clone(),
-                        ..Default::default()
-                    }),
-                );
-                grant.request_id = held.request_id.clone();
-                grant.session_id = held.session_id.clone();
-                let request = airlock_eventlog::RequestId::parse(&held.request_id).expect("request id");
-                let subject = airlock_eventlog::subjects::request(&request);
-                // After the proxy's ApprovalRequested, as a replica would.
-                eventually("the request in the log", Duration::from_secs(5), || async {
-                    satisfies(log.last(&subject).await.ok().flatten().is_some(), |x| *x)
-                })
-                .await;
-                let appended = log.append_next(&subject, grant).await;
-                assert!(appended.is_ok(), "the forged grant is stored: {appended:?}");
-                if junk {
-                    let js = async_nats::jetstream::new(log.client().clone());
-                    for payload in [vec![0xff, 0xff], b"not an event".to_vec()] {
-                        let stored = js.publish(subject.clone(), payload.into()).await;
-                        stored.expect("publish").await.expect("stored");
-                    }
-                    let unsigned = EventLog::connect(log.settings().clone()).await.expect("nats");
-                    let mut e = airlock_eventlog::new_event(
-                        &source,
-                        Body::ApprovalDenied(proto::ApprovalDenied::default()),
-                    );
-                    e.request_id = held.request_id.clone();
-                    unsigned
-                        .append_next(&subject, e)
-                        .await
-                        .expect("stored after the junk");
+                if let Some(log) = &log {
+                    forge_grant(log, &held, junk).await;
                 }
                 let _ = tx
                     .send(msg(Message::Decision(proto::DecisionNotice {
@@ -1662,6 +1584,49 @@ impl proto::proxy_service_server::ProxyService for LogForgingControl {
         Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
+    }
+}
+
+/// Appends a grant for `held` to its request's chain, then (with `junk`)
+/// messages no trusted writer signed.
+async fn forge_grant(log: &EventLog, held: &proto::Held, junk: bool) {
+    let source = proto::Source {
+        kind: proto::source::Kind::Control as i32,
+        id: "control-1".into(),
+        ..Default::default()
+    };
+    let mut grant = airlock_eventlog::new_event(
+        &source,
+        Body::ApprovalGranted(proto::ApprovalGranted {
+            statement_sha256: held.statement_sha256.clone(),
+            ..Default::default()
+        }),
+    );
+    grant.request_id = held.request_id.clone();
+    grant.session_id = held.session_id.clone();
+    let request = airlock_eventlog::RequestId::parse(&held.request_id).expect("request id");
+    let subject = airlock_eventlog::subjects::request(&request);
+    // After the proxy's ApprovalRequested, as a replica would.
+    eventually("the request in the log", Duration::from_secs(5), || async {
+        satisfies(log.last(&subject).await.ok().flatten().is_some(), |x| *x)
+    })
+    .await;
+    let appended = log.append_next(&subject, grant).await;
+    assert!(appended.is_ok(), "the forged grant is stored: {appended:?}");
+    if junk {
+        let js = async_nats::jetstream::new(log.client().clone());
+        for payload in [vec![0xff, 0xff], b"not an event".to_vec()] {
+            let stored = js.publish(subject.clone(), payload.into()).await;
+            stored.expect("publish").await.expect("stored");
+        }
+        let unsigned = EventLog::connect(log.settings().clone()).await.expect("nats");
+        let mut e =
+            airlock_eventlog::new_event(&source, Body::ApprovalDenied(proto::ApprovalDenied::default()));
+        e.request_id = held.request_id.clone();
+        unsigned
+            .append_next(&subject, e)
+            .await
+            .expect("stored after the junk");
     }
 }
 
@@ -1683,8 +1648,8 @@ async fn delete_granted_by(
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(proto::proxy_service_server::ProxyServiceServer::new(
-                LogForgingControl {
-                    log: forging_log,
+                ForgingControl {
+                    log: Some(forging_log),
                     junk_after,
                 },
             ))
