@@ -1,6 +1,8 @@
 //! The log benchmark: appends from many concurrent recorded sessions, the
 //! fold rate over the whole log, and a replica's start-up time with and
 //! without a snapshot, against a real nats-server (JetStream, file storage).
+//! Events are signed and checked as in production (a proxy key and a
+//! control key), so the figures include Ed25519 on both sides.
 //!
 //! `cargo bench -p airlock-control --bench log` (1,000,000 events);
 //! `AIRLOCK_BENCH_EVENTS=100000` for a quicker run. Prints one JSON object
@@ -11,11 +13,13 @@
 #[path = "../tests/common/synth.rs"]
 mod synth;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_control::live::Live;
 use airlock_control::projection::Projection;
 use airlock_control::{snapshot, verify};
+use airlock_eventlog::signing::{Role, Signer, Trust, TrustedKey};
 use airlock_eventlog::{EventLog, NatsSettings};
 use airlock_testkit::NatsServer;
 
@@ -46,19 +50,31 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let nats = NatsServer::start();
-        let log = EventLog::connect(NatsSettings::new(nats.url())).await.expect("connect");
-        log.ensure_stream().await.expect("stream");
+        let plain = EventLog::connect(NatsSettings::new(nats.url())).await.expect("connect");
+        plain.ensure_stream().await.expect("stream");
+        // Signed as in production: the proxy's events with a proxy key, the
+        // decisions with a control key, and every reader checks both.
+        let proxy_key = Arc::new(Signer::generate());
+        let control_key = Arc::new(Signer::generate());
+        let trust = Arc::new(Trust::new(vec![
+            TrustedKey::new(Role::Proxy, proxy_key.verifying_key()).for_writer("synth-proxy"),
+            TrustedKey::new(Role::Control, control_key.verifying_key()),
+        ]));
+        let proxy = plain.clone().with_signer(proxy_key);
+        let control = plain.clone().with_signer(control_key.clone());
+        let log = plain.with_signer(control_key).with_trust(trust);
 
         let sessions = events.div_ceil(synth::EVENTS_PER_SESSION);
         println!("writing {sessions} sessions ({} events), {concurrency} at a time", sessions * synth::EVENTS_PER_SESSION);
         let t = Instant::now();
-        synth::write_sessions(&log, sessions, concurrency).await;
+        synth::write_sessions_as(&proxy, &control, sessions, concurrency).await;
         let append_s = t.elapsed().as_secs_f64();
         let stored = log.last_sequence().await.expect("last");
         let append_rate = stored as f64 / append_s;
         println!("append: {stored} events in {append_s:.1} s = {append_rate:.0} events/s");
 
         let replay = verify::replay(&log).await.expect("replay");
+        assert_eq!(replay.untrusted, 0, "every synthetic event is signed by a trusted writer");
         println!(
             "fold (read + decode + fold, from the start): {} events in {:.2} s = {:.0} events/s",
             replay.events, replay.seconds, replay.events_per_second
@@ -66,6 +82,7 @@ fn main() {
 
         let (cold_s, seq) = start_replica(&log, Projection::new()).await;
         println!("start-up without a snapshot: {cold_s:.2} s to fold {seq} events");
+        assert_eq!(seq, stored, "the replica folded every event");
 
         let live = Live::spawn(log.clone(), Projection::new()).await;
         assert!(live.wait_ready(Duration::from_secs(600)).await);
@@ -77,7 +94,7 @@ fn main() {
 
         // Events after the snapshot: a replica folds these on top of it.
         let after = (sessions / 100).max(1);
-        synth::write_sessions(&log, after, concurrency).await;
+        synth::write_sessions_as(&proxy, &control, after, concurrency).await;
         let t = Instant::now();
         let (start, used) = snapshot::load(&log).await;
         let loaded_at = start.sequence;

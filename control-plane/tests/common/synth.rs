@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto::{self, event::Body};
-use airlock_eventlog::{ChainWriter, EventLog, RequestId, SessionId, new_event, subjects};
+use airlock_eventlog::{ChainWriter, EventLog, RequestId, SessionId, new_event, signing, subjects};
 use futures::StreamExt;
 
 /// Events written per session.
@@ -48,6 +48,13 @@ fn verdict(action: proto::verdict::Action) -> proto::Verdict {
 
 /// Writes one session's events; returns its id.
 pub async fn write_session(log: &EventLog, n: u64) -> SessionId {
+    write_session_as(log, log, n).await
+}
+
+/// Writes one session's events, the proxy's through `proxy` and the
+/// decisions through `control` (two handles signing with their own keys);
+/// returns its id.
+pub async fn write_session_as(proxy: &EventLog, control: &EventLog, n: u64) -> SessionId {
     use proto::identity::Kind;
     let source = proto::Source {
         kind: proto::source::Kind::Proxy as i32,
@@ -162,9 +169,11 @@ pub async fn write_session(log: &EventLog, n: u64) -> SessionId {
     ];
     for (on_session_chain, body) in steps {
         let result = if on_session_chain {
-            s.append(log, on_session(body)).await
+            s.append(proxy, on_session(body)).await
+        } else if signing::writer_role(&body) == signing::Role::Control {
+            r.append(control, on_request(body)).await
         } else {
-            r.append(log, on_request(body)).await
+            r.append(proxy, on_request(body)).await
         };
         result.expect("append a synthetic event");
     }
@@ -172,9 +181,23 @@ pub async fn write_session(log: &EventLog, n: u64) -> SessionId {
 }
 
 /// Writes `sessions` sessions, `concurrency` at a time. Returns their ids.
+#[allow(dead_code)]
 pub async fn write_sessions(log: &EventLog, sessions: u64, concurrency: usize) -> Vec<SessionId> {
+    write_sessions_as(log, log, sessions, concurrency).await
+}
+
+/// [`write_sessions`] with the proxy's and the control plane's events
+/// appended through their own handles ([`write_session_as`]). Used by the
+/// log benchmark, not by every test that includes this file.
+#[allow(dead_code)]
+pub async fn write_sessions_as(
+    proxy: &EventLog,
+    control: &EventLog,
+    sessions: u64,
+    concurrency: usize,
+) -> Vec<SessionId> {
     futures::stream::iter(0..sessions)
-        .map(|n| write_session(log, n))
+        .map(|n| write_session_as(proxy, control, n))
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await
