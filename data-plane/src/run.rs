@@ -18,6 +18,17 @@ use crate::record::Recorder;
 use crate::server::{Server, ServerSettings, TlsFiles};
 use crate::session::Deps;
 
+/// Loud at every load: a record-only policy lets everything through.
+fn warn_record_only(policies: &PolicySet) {
+    for p in policies.policies.iter().filter(|p| p.records_only()) {
+        tracing::warn!(
+            policy = %p.name,
+            connection = %p.connection,
+            "record-only policy: every statement of this group on this connection runs ungated (recorded, not judged)"
+        );
+    }
+}
+
 fn policy_loaded(source: &proto::Source, policies: &PolicySet) -> proto::Event {
     new_event(
         source,
@@ -57,6 +68,7 @@ async fn reload_on_hangup(
             .and_then(|text| PolicySet::from_config_yaml(&text, &file).map_err(|e| e.to_string()));
         match loaded {
             Ok(policies) => {
+                warn_record_only(&policies);
                 let event = policy_loaded(&source, &policies);
                 gate.replace_policies(policies);
                 tracing::info!(%file, "policies reloaded");
@@ -109,6 +121,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let proxy_id = ProxyId::parse(&proxy_id).context("proxy.proxy_id")?;
     let file = config.path.display().to_string();
     let policies = PolicySet::from_config_yaml(&config.text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    warn_record_only(&policies);
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     let (signer, trust) = signing(&config)?;
     let log = EventLog::connect(config.nats.clone())

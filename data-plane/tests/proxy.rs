@@ -772,6 +772,120 @@ mod attacks {
         );
     }
 
+    fn describe_statement(name: &str) -> FeMessage {
+        FeMessage::Describe {
+            kind: b'S',
+            name: name.into(),
+        }
+    }
+
+    /// Tags of the next `n` messages.
+    async fn tags(raw: &mut Raw, n: usize) -> Vec<char> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(raw.next().await.0 as char);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_query_after_parse_describe_and_flush_is_answered_as_postgresql_answers_it() {
+        // asyncpg prepares with Parse, Describe and Flush, and may send a
+        // simple Query before any Sync (issue 24, cause 1).
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s1", "SELECT 1"), describe_statement("s1"), FeMessage::Flush])
+            .await;
+        assert_eq!(tags(&mut raw, 3).await, vec!['1', 't', 'T']);
+        raw.send(&[FeMessage::Query { sql: "SELECT 42".into() }]).await;
+        // No ReadyForQuery of the proxy's own Sync reaches the client.
+        assert_eq!(raw.until_ready().await, (vec!['T', 'D', 'C', 'Z'], vec![]));
+        // The prepared statement is still there and runs; nothing is left over.
+        raw.send(&[bind("", "s1"), execute(""), FeMessage::Sync]).await;
+        assert_eq!(raw.until_ready().await, (vec!['2', 'D', 'C', 'Z'], vec![]));
+        // The same, pipelined in one write without the Flush.
+        raw.send(&[
+            parse("s2", "SELECT 2"),
+            describe_statement("s2"),
+            FeMessage::Query { sql: "SELECT 43".into() },
+        ])
+        .await;
+        assert_eq!(
+            raw.until_ready().await,
+            (vec!['1', 't', 'T', 'T', 'D', 'C', 'Z'], vec![])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_query_after_a_failed_message_of_its_batch_is_judged_and_the_session_stays_in_step() {
+        // Round 3 of the review: a Describe that fails puts PostgreSQL in
+        // skip-to-Sync mode; a Query the proxy forwarded then would be
+        // skipped and the proxy's model shifted by one.
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[describe_statement("nosuch"), FeMessage::Flush]).await;
+        assert_eq!(raw.next().await.0, b'E', "26000: no such statement");
+        raw.send(&[FeMessage::Query {
+            sql: "DELETE FROM orders".into(),
+        }])
+        .await;
+        assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
+        // A failing Parse, pipelined with the Query in one write.
+        raw.send(&[
+            parse("", "SELECT * FROM no_such_table"),
+            FeMessage::Query {
+                sql: "DELETE FROM orders".into(),
+            },
+        ])
+        .await;
+        assert_eq!(
+            raw.until_ready().await.1,
+            vec!["42P01".to_string(), HELD_WITHOUT_CONTROL.to_string()]
+        );
+        // Still in step: a held protocol DELETE is still held, a read still reads.
+        raw.send(&[parse("", "DELETE FROM orders"), bind("", ""), execute(""), FeMessage::Sync])
+            .await;
+        assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT count(*) FROM orders".into(),
+        }])
+        .await;
+        assert_eq!(raw.until_ready().await, (vec!['T', 'D', 'C', 'Z'], vec![]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_query_after_a_bind_in_an_open_batch_still_ends_the_session() {
+        // After a Bind, PostgreSQL's implicit transaction may hold work that
+        // a Sync of the proxy's would commit early: not done; the session ends.
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            parse("", "SELECT 1"),
+            bind("", ""),
+            FeMessage::Flush,
+            FeMessage::Query { sql: "SELECT 2".into() },
+        ])
+        .await;
+        let mut codes = Vec::new();
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'E' {
+                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+                codes.extend(fields.into_iter().filter(|(c, _)| *c == b'C').map(|(_, v)| v));
+                break;
+            }
+        }
+        assert_eq!(codes, vec!["08P01"]);
+        // Then the connection closes.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), raw.stream.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        assert_untouched(&f);
+    }
+
     #[tokio::test]
     async fn rebinding_the_unnamed_statement_does_not_change_what_a_portal_runs() {
         let f = start(|_| {}).await;

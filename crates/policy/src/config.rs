@@ -82,9 +82,11 @@ pub struct Policy {
     pub connection: String,
     pub rules: Vec<Rule>,
     pub record: bool,
-    /// For statements no rule matches: require-approval or deny.
+    /// For statements no rule matches: require-approval or deny (allow only
+    /// in a record-only policy, see [`Policy::records_only`]).
     pub default: Action,
-    /// For SQL the parser cannot read: require-approval or deny.
+    /// For SQL the parser cannot read: require-approval or deny (allow only
+    /// in a record-only policy).
     pub unparsed: Action,
     /// Reviewers, approvals and timeout for `default` and `unparsed` holds.
     pub reviewers: Vec<String>,
@@ -104,6 +106,14 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 }
 
 impl Policy {
+    /// A record-only policy: it allows every statement, even text the
+    /// parser cannot read (`unparsed: allow`), and records them. Loading
+    /// accepts that only when every rule allows and the rules cover every
+    /// kind, with `record: true`; binaries warn when they load one.
+    pub fn records_only(&self) -> bool {
+        self.unparsed == Action::Allow
+    }
+
     /// Hex SHA-256 of the canonical JSON of the normalised policy. Stable
     /// across key order, whitespace, comments and defaults written out or left implicit.
     pub fn digest(&self) -> &str {
@@ -337,8 +347,8 @@ struct RawPolicy {
     rules: Vec<Counted<RawRule>>,
     #[serde(default)]
     record: bool,
-    default: Option<NotAllow>,
-    unparsed: Option<NotAllow>,
+    default: Option<Fallback>,
+    unparsed: Option<Fallback>,
     reviewers: Option<Vec<String>>,
     approvals: Option<Approvals>,
     #[serde(default, deserialize_with = "de_timeout_opt")]
@@ -465,18 +475,39 @@ impl<'de> Deserialize<'de> for RuleAction {
     }
 }
 
-/// `default:` and `unparsed:` may never allow.
-struct NotAllow(Action);
+/// `default:` and `unparsed:`. `allow` is read here and accepted later only
+/// in a record-only policy (see [`check_policies`]).
+struct Fallback(Action);
 
-impl<'de> Deserialize<'de> for NotAllow {
+impl<'de> Deserialize<'de> for Fallback {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_str(d, "require-approval or deny", |s| match parse_action(s)? {
-            Action::Allow => Err(hinted(
-                "a statement no rule matches, or one that cannot be parsed, is never allowed",
-                "write `require-approval` or `deny`",
-            )),
-            other => Ok(NotAllow(other)),
+        de_str(d, "require-approval or deny", |s| parse_action(s).map(Fallback))
+    }
+}
+
+/// Whether a policy's rules allow every statement and gate none: every
+/// rule allows, and rules naming no tables or functions cover every kind.
+/// Only such a policy may write `unparsed: allow` or `default: allow`.
+fn rules_allow_everything(rules: &[Counted<RawRule>]) -> Result<(), String> {
+    if let Some(i) = rules.iter().position(|r| r.value.action.0 != Action::Allow) {
+        return Err(format!("rule {} is `{}`", i + 1, rules[i].value.action.0));
+    }
+    let covered: Vec<Kind> = rules
+        .iter()
+        .filter(|r| {
+            r.value.tables.as_ref().is_none_or(Vec::is_empty) && r.value.functions.as_ref().is_none_or(Vec::is_empty)
         })
+        .flat_map(|r| r.value.kinds.as_ref().map(|k| k.0.clone()).unwrap_or_default())
+        .collect();
+    let missing: Vec<&str> = Kind::ALL
+        .iter()
+        .filter(|k| !k.is_transaction_control() && !covered.contains(k))
+        .map(|k| k.name())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("no rule without `tables` or `functions` allows {}", missing.join(", ")))
     }
 }
 
@@ -720,6 +751,27 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                 "policy `{}` has no rules{HINT}add e.g. `rules: [{{match: SELECT, action: allow}}]`",
                 raw.policy
             )));
+        }
+        // Record-only: a policy may let everything through, the unreadable
+        // included, only if its rules gate nothing, and it must record.
+        let allows = |f: &Option<Fallback>| matches!(f, Some(Fallback(Action::Allow)));
+        if allows(&raw.unparsed) || allows(&raw.default) {
+            let key = if allows(&raw.unparsed) { "unparsed" } else { "default" };
+            if let Err(why) = rules_allow_everything(&raw.rules) {
+                return Err(at_policy(format!(
+                    "`{key}: allow` is accepted only in a record-only policy, whose rules allow every kind \
+                     and hold or deny nothing, but {why}{HINT}write `{key}: require-approval` or `{key}: deny`; \
+                     for a connection Airlock records without gating, allow every kind \
+                     (`match: {}`) and nothing else",
+                    Kind::ALL.iter().filter(|k| !k.is_transaction_control()).map(|k| k.name()).collect::<Vec<_>>().join("|")
+                )));
+            }
+            if !raw.record {
+                return Err(at_policy(format!(
+                    "`{key}: allow` without `record: true` would let every statement through unrecorded\
+                     {HINT}add `record: true`: a record-only policy exists to record"
+                )));
+            }
         }
         let policy_reviewers = raw.reviewers.is_some() || !ctx.defaults.reviewers.is_empty();
         for r in &raw.rules {

@@ -6,7 +6,7 @@
 //! functions match it decides, else the policy's `default`. The strictest
 //! effect decides the statement (deny > require-approval > allow).
 //! Transaction control is always allowed; unparsed SQL gets the `unparsed`
-//! action (never allow); oversized SQL is denied.
+//! action (allow only in a record-only policy); oversized SQL is denied.
 
 use std::time::Duration;
 
@@ -219,6 +219,9 @@ impl Policy {
                 describe_unmatched(&verdict.effects),
                 self.default
             ),
+            (Decision::Unparsed { error }, None) if self.unparsed == Action::Allow => {
+                format!("the statement could not be parsed ({error}); this record-only policy allows it")
+            }
             (Decision::Unparsed { error }, None) => {
                 format!("the statement could not be parsed ({error}); unparsed SQL is never allowed")
             }

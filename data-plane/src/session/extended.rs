@@ -18,7 +18,7 @@ use super::hold::Step;
 use super::inflight::queue;
 use super::inflight::{InFlight, Running};
 use super::refuse::Refused;
-use super::to_upstream::ToUpstream;
+use super::to_upstream::{Batch, ToUpstream};
 use super::{Ctx, Ending};
 use crate::codec::Frame;
 use crate::error_response;
@@ -36,7 +36,7 @@ impl ToUpstream {
         query: String,
         param_types: Vec<u32>,
     ) -> Result<(), Ending> {
-        self.batch_open = true;
+        self.batch = self.batch.max(Batch::Prepares);
         let ctx = self.ctx.clone();
         let settled = self.settle_reading(&query).await?;
         let mut judgement = ctx.deps.gate.judge(&ctx.binding, &query);
@@ -106,7 +106,7 @@ impl ToUpstream {
         param_formats: Vec<i16>,
         params: Vec<Option<Bytes>>,
     ) -> Result<(), Ending> {
-        self.batch_open = true;
+        self.batch = Batch::Runs;
         let found = self
             .resolve(|n| n.statement(&statement).map(|s| s.clone()))
             .await?;
@@ -211,7 +211,7 @@ impl ToUpstream {
     }
 
     pub(super) async fn execute(&mut self, frame: &Frame, portal: String) -> Result<(), Ending> {
-        self.batch_open = true;
+        self.batch = Batch::Runs;
         let ctx = self.ctx.clone();
         let found = self.resolve(|n| n.portal(&portal).map(|p| p.clone())).await?;
         let Some(bound) = found else {
@@ -280,14 +280,25 @@ impl ToUpstream {
     }
 
     pub(super) fn sync(&mut self, frame: &Frame) {
-        self.batch_open = false;
+        self.batch = Batch::Closed;
         self.ctx.names().boundary();
-        queue(&self.queue).push(InFlight::Sync);
+        queue(&self.queue).push(InFlight::Sync { own: false });
         frame.encode(&mut self.out);
     }
 
+    /// Ends an open batch that ran nothing with a Sync of the proxy's own,
+    /// so that the simple Query the client sent inside it is not skipped
+    /// after an error and the queue stays in step with PostgreSQL. Its
+    /// ReadyForQuery is not passed on to the client.
+    pub(super) fn end_batch_for_query(&mut self) {
+        self.batch = Batch::Closed;
+        self.ctx.names().boundary();
+        queue(&self.queue).push(InFlight::Sync { own: true });
+        crate::codec::FeMessage::Sync.to_frame().encode(&mut self.out);
+    }
+
     pub(super) fn close(&mut self, frame: &Frame, kind: u8, name: String) {
-        self.batch_open = true;
+        self.batch = self.batch.max(Batch::Prepares);
         if kind == b'S' && sql_prepared(&self.ctx, &name) {
             let why = "this statement was made with SQL PREPARE; drop it with DEALLOCATE";
             self.refuse_unjudged(why, self.ctx.no_portal());
@@ -298,7 +309,7 @@ impl ToUpstream {
     }
 
     pub(super) fn describe(&mut self, frame: &Frame, kind: u8, name: String) {
-        self.batch_open = true;
+        self.batch = self.batch.max(Batch::Prepares);
         if kind == b'S' {
             // The statement the name means when PostgreSQL reaches this
             // Describe; if that is not certain, its answer is not used.

@@ -25,8 +25,10 @@ pub(super) enum InFlight {
     /// An extended-protocol Execute: answered by CommandComplete (or an
     /// error); skipped if an earlier message of its batch failed.
     Extended(Running),
-    /// A Sync: its ReadyForQuery ends a batch.
-    Sync,
+    /// A Sync: its ReadyForQuery ends a batch. `own`: the proxy's, sent to
+    /// end a batch before a Query the client sent inside it; its
+    /// ReadyForQuery is not the client's.
+    Sync { own: bool },
     /// A refusal's stand-in; `boundary` for a simple Query (or a
     /// FunctionCall), whose ReadyForQuery ends it. `diagnostic` is what the
     /// client sees instead of the stand-in's error (none when PostgreSQL
@@ -114,6 +116,17 @@ impl Running {
     }
 }
 
+/// What a ReadyForQuery ends.
+pub(super) enum Ready {
+    /// A simple Query, to be recorded.
+    Query(Running),
+    /// A batch, a refused Query's stand-in, or nothing known.
+    Batch,
+    /// The batch the proxy ended with its own Sync: the client did not ask
+    /// for this ReadyForQuery and does not see it.
+    OwnSync,
+}
+
 /// The in-flight queue, shared by the two directions of a session.
 pub(super) type Queue = Arc<Mutex<InFlightQueue>>;
 
@@ -138,7 +151,7 @@ impl InFlightQueue {
     pub fn push(&mut self, item: InFlight) {
         match &item {
             InFlight::Extended(r) if r.may_change_reading => self.batch_changes_reading = true,
-            InFlight::Sync => {
+            InFlight::Sync { .. } => {
                 self.syncs_after_change.push_back(self.batch_changes_reading);
                 self.batch_changes_reading = false;
             }
@@ -172,7 +185,7 @@ impl InFlightQueue {
                 note(r);
                 None
             }
-            Some(InFlight::Sync) | Some(InFlight::Substitute { .. }) | None => None,
+            Some(InFlight::Sync { .. }) | Some(InFlight::Substitute { .. }) | None => None,
         }
     }
 
@@ -186,21 +199,21 @@ impl InFlightQueue {
     }
 
     /// ReadyForQuery: the end of a Query or of a batch. Settles everything
-    /// up to it; returns the simple Query it completes, if any. Execute
-    /// statements still queued before it were skipped after an error.
-    pub fn ready(&mut self) -> Option<Running> {
+    /// up to it; returns what it ends. Execute statements still queued
+    /// before it were skipped after an error.
+    pub fn ready(&mut self) -> Ready {
         while let Some(item) = self.items.pop_front() {
             match item {
-                InFlight::Simple(r) => return Some(r),
-                InFlight::Sync => {
+                InFlight::Simple(r) => return Ready::Query(r),
+                InFlight::Sync { own } => {
                     self.syncs_after_change.pop_front();
-                    return None;
+                    return if own { Ready::OwnSync } else { Ready::Batch };
                 }
-                InFlight::Substitute { boundary: true, .. } => return None,
+                InFlight::Substitute { boundary: true, .. } => return Ready::Batch,
                 InFlight::Extended(_) | InFlight::Substitute { boundary: false, .. } => {}
             }
         }
-        None
+        Ready::Batch
     }
 
     /// Whether a statement whose reading depends on the session's settings
@@ -230,7 +243,7 @@ impl InFlightQueue {
             .take_while(|i| {
                 !matches!(
                     i,
-                    InFlight::Sync | InFlight::Simple(_) | InFlight::Substitute { boundary: true, .. }
+                    InFlight::Sync { .. } | InFlight::Simple(_) | InFlight::Substitute { boundary: true, .. }
                 )
             })
             .any(|i| {
@@ -252,7 +265,7 @@ impl InFlightQueue {
             .drain(..)
             .filter_map(|i| match i {
                 InFlight::Simple(r) | InFlight::Extended(r) => Some(r),
-                InFlight::Sync | InFlight::Substitute { .. } => None,
+                InFlight::Sync { .. } | InFlight::Substitute { .. } => None,
             })
             .collect()
     }
@@ -260,6 +273,26 @@ impl InFlightQueue {
 
 #[cfg(test)]
 mod tests {
+    impl Ready {
+        fn query(self) -> Option<Running> {
+            match self {
+                Ready::Query(r) => Some(r),
+                Ready::Batch | Ready::OwnSync => None,
+            }
+        }
+    }
+
+    #[test]
+    fn the_proxys_own_sync_is_told_apart_from_the_clients() {
+        let mut q = InFlightQueue::default();
+        q.push(InFlight::Sync { own: true });
+        q.push(InFlight::Simple(running("SELECT 42")));
+        q.push(InFlight::Sync { own: false });
+        assert!(matches!(q.ready(), Ready::OwnSync));
+        assert_eq!(text(q.ready().query()), Some("SELECT 42".into()));
+        assert!(matches!(q.ready(), Ready::Batch));
+    }
+
     use super::*;
     use crate::codec::Severity;
 
@@ -296,8 +329,8 @@ mod tests {
         assert_eq!(q.reading_wait(), ReadingWait::Clear, "a read changes nothing");
         q.push(InFlight::Simple(changing("SELECT sneaky()")));
         assert_eq!(q.reading_wait(), ReadingWait::Ready);
-        q.ready();
-        q.ready();
+        q.ready().query();
+        q.ready().query();
         assert_eq!(q.reading_wait(), ReadingWait::Clear, "answered");
         // Extended: nothing to wait for until a Sync follows it, even once
         // it completed (the change is reported only with ReadyForQuery).
@@ -309,16 +342,16 @@ mod tests {
             ReadingWait::OpenBatch,
             "completed, batch still open"
         );
-        q.push(InFlight::Sync);
+        q.push(InFlight::Sync { own: false });
         assert_eq!(q.reading_wait(), ReadingWait::Ready);
         q.push(InFlight::Extended(running("SELECT 1")));
-        q.push(InFlight::Sync);
+        q.push(InFlight::Sync { own: false });
         assert_eq!(
             q.reading_wait(),
             ReadingWait::Ready,
             "the changing batch is unanswered"
         );
-        q.ready();
+        q.ready().query();
         assert_eq!(q.reading_wait(), ReadingWait::Clear, "its ReadyForQuery came");
         q.push(InFlight::Extended(changing("INSERT ...")));
         assert_eq!(q.reading_wait(), ReadingWait::OpenBatch);
@@ -364,9 +397,9 @@ mod tests {
         q.push(InFlight::Simple(running("SELECT 1; SELECT 2")));
         assert!(q.completed("SELECT 1".into()).is_none());
         assert!(q.completed("SELECT 1".into()).is_none());
-        let r = q.ready().expect("the query");
+        let r = q.ready().query().expect("the query");
         assert_eq!(r.tags, ["SELECT 1", "SELECT 1"]);
-        assert!(q.ready().is_none());
+        assert!(q.ready().query().is_none());
     }
 
     #[test]
@@ -374,11 +407,11 @@ mod tests {
         let mut q = InFlightQueue::default();
         q.push(InFlight::Extended(running("a")));
         q.push(InFlight::Extended(running("b")));
-        q.push(InFlight::Sync);
+        q.push(InFlight::Sync { own: false });
         assert_eq!(text(q.completed("DELETE 1".into())), Some("a".into()));
         let b = q.failed(("23505".into(), "dup".into())).expect("b");
         assert_eq!(b.error.as_ref().map(|e| e.0.as_str()), Some("23505"));
-        assert!(q.ready().is_none());
+        assert!(q.ready().query().is_none());
         assert!(q.drain_running().is_empty());
     }
 
@@ -387,11 +420,11 @@ mod tests {
         let mut q = InFlightQueue::default();
         q.push(InFlight::Extended(running("fails")));
         q.push(InFlight::Extended(running("skipped")));
-        q.push(InFlight::Sync);
+        q.push(InFlight::Sync { own: false });
         q.push(InFlight::Simple(running("next")));
         assert!(q.failed(("42P01".into(), "no table".into())).is_some());
-        assert!(q.ready().is_none(), "the Sync's ReadyForQuery ends the batch");
-        assert_eq!(text(q.ready()), Some("next".into()));
+        assert!(q.ready().query().is_none(), "the Sync's ReadyForQuery ends the batch");
+        assert_eq!(text(q.ready().query()), Some("next".into()));
     }
 
     #[test]
@@ -403,7 +436,7 @@ mod tests {
         });
         assert_eq!(q.stand_in_failed().map(|d| d.message), Some("refused".into()));
         assert!(q.stand_in_failed().is_none());
-        assert!(q.ready().is_none());
+        assert!(q.ready().query().is_none());
     }
 
     #[test]
@@ -415,7 +448,7 @@ mod tests {
             boundary: false,
         });
         assert!(q.refused_in_open_batch());
-        q.push(InFlight::Sync);
+        q.push(InFlight::Sync { own: false });
         assert!(!q.refused_in_open_batch(), "a Sync opens a new batch");
     }
 
@@ -423,9 +456,9 @@ mod tests {
     fn errors_outside_any_statement_change_nothing() {
         let mut q = InFlightQueue::default();
         assert!(q.failed(("08P01".into(), "x".into())).is_none());
-        q.push(InFlight::Sync);
+        q.push(InFlight::Sync { own: false });
         assert!(q.completed("SELECT 1".into()).is_none());
         assert!(q.stand_in_failed().is_none());
-        assert!(q.ready().is_none());
+        assert!(q.ready().query().is_none());
     }
 }

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::inflight::{Queue, queue};
+use super::inflight::{Queue, Ready, queue};
 use super::{Ctx, Ending};
 use crate::codec::{BeMessage, Diagnostic, Frame, FrameReader, parse_diagnostic_fields};
 use crate::conn::ClientStream;
@@ -193,9 +193,12 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             // Describes of a batch are answered (or skipped) by now.
             ctx.described().waiting.clear();
             // The end of a Query or of a batch: settle everything up to it.
-            let finished = queue(queue_).ready();
-            if let Some(r) = finished {
-                ctx.finish(r);
+            let ended = queue(queue_).ready();
+            match ended {
+                Ready::Query(r) => ctx.finish(r),
+                Ready::Batch => {}
+                // The proxy's own Sync: the client never asked for this one.
+                Ready::OwnSync => return Ok(()),
             }
             frame.encode(out);
         }

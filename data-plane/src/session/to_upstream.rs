@@ -2,7 +2,7 @@
 //!
 //! [`ToUpstream::run`] reads a message (or notices a shutdown or a kill),
 //! applies what holds for every message (name limits, reserved names, an
-//! expired token, COPY mode, no Query inside an open batch), and dispatches
+//! expired token, COPY mode, a Query inside an open batch), and dispatches
 //! it to one handler per kind: [`super::simple`] for Query and
 //! FunctionCall, [`super::extended`] for the extended protocol. A handler
 //! either forwards the message, holds it ([`super::hold`]) or refuses it
@@ -45,8 +45,23 @@ pub(super) struct ToUpstream {
     pub queue: Queue,
     pub inject: mpsc::Sender<Inject>,
     pub signals: Signals,
-    /// An extended-protocol batch is open from its first message to its Sync.
-    pub batch_open: bool,
+    /// The extended-protocol batch open from its first message to its Sync.
+    pub batch: Batch,
+}
+
+/// What the open extended-protocol batch holds, as far as a simple Query
+/// sent inside it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Batch {
+    /// No batch is open.
+    Closed,
+    /// Only Parse, Describe, Close and Flush: nothing has run. A Query here
+    /// is sent behind a Sync of the proxy's own (see [`ToUpstream::message`]).
+    Prepares,
+    /// A Bind or an Execute: something may have run in the batch's
+    /// implicit transaction, which a Sync of the proxy's would commit
+    /// early. A Query here ends the session.
+    Runs,
 }
 
 impl ToUpstream {
@@ -66,7 +81,7 @@ impl ToUpstream {
             queue,
             inject,
             signals,
-            batch_open: false,
+            batch: Batch::Closed,
         }
     }
 
@@ -130,12 +145,22 @@ impl ToUpstream {
         if self.ctx.copy_in.load(std::sync::atomic::Ordering::Acquire) {
             return self.copy_data(frame, msg).await;
         }
-        if self.batch_open && matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) {
-            // PostgreSQL may be skipping this batch after an error; a Query
-            // here would be skipped too and the record would drift. (Drivers
-            // that query after Parse, Describe and Flush: see issue 24.)
-            let what = "a simple Query inside an unfinished extended-protocol batch (send Sync first)";
-            return Err(self.violation(&malformed(frame, what)).await);
+        if matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) && self.batch != Batch::Closed {
+            // PostgreSQL runs a Query inside a batch, unless an error earlier
+            // in the batch has it skipping to the Sync; the proxy cannot know
+            // which in time. Drivers do this after Parse, Describe and Flush
+            // (asyncpg's prepare): there, nothing has run, so a Sync of the
+            // proxy's own ends the batch first (its ReadyForQuery is not
+            // passed on) and the Query is then answered as any other. After
+            // a Bind or an Execute, or a refusal in the batch, that Sync
+            // would change what PostgreSQL commits: refused as before.
+            if self.batch == Batch::Prepares && !queue(&self.queue).refused_in_open_batch() {
+                self.end_batch_for_query();
+            } else {
+                let what = "a simple Query after Bind or Execute in an unfinished extended-protocol batch \
+                            (send Sync first)";
+                return Err(self.violation(&malformed(frame, what)).await);
+            }
         }
         match msg {
             FeMessage::Query { sql } => self.query(frame, sql).await,
@@ -169,7 +194,7 @@ impl ToUpstream {
                 Ok(())
             }
             FeMessage::Flush => {
-                self.batch_open = true;
+                self.batch = self.batch.max(Batch::Prepares);
                 frame.encode(&mut self.out);
                 Ok(())
             }

@@ -18,52 +18,67 @@
 //! text is then treated as unparsed, which a policy never allows. Pure.
 
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, TokenizerError, Whitespace};
 
 /// Stands for one string literal, quoted identifier or comment.
 const OPAQUE: char = '\u{1}';
 
-/// `None` when both read the text alike; otherwise why not.
-pub(super) fn disagreement(sql: &str) -> Option<String> {
-    let Some(postgres) = postgres_shape(sql) else {
-        // PostgreSQL would refuse it (an unterminated string or comment):
-        // nothing runs either way, and sqlparser reports its own error.
-        return None;
+/// sqlparser's reading of some text, checked against PostgreSQL's.
+pub(super) enum Reading {
+    /// Both read the text alike (or PostgreSQL would refuse it, an
+    /// unterminated string or comment: nothing runs either way): the
+    /// tokens, for the parser, so the text is tokenized once.
+    Agreed(Vec<TokenWithSpan>),
+    /// sqlparser's tokenizer refused the text.
+    Refused(TokenizerError),
+    /// They read it differently: why.
+    Disagreed(String),
+}
+
+/// Tokenizes `sql` as the parser does and checks that PostgreSQL's scanner
+/// reads it alike.
+pub(super) fn read(sql: &str) -> Reading {
+    let tokens = match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() {
+        Ok(tokens) => tokens,
+        Err(e) => return Reading::Refused(e),
     };
-    let ours = match parser_shape(sql) {
-        Ok(shape) => shape,
-        // The parser's own error is reported by the caller.
-        Err(Refusal::Tokenizer) => return None,
+    let chars: Vec<char> = sql.chars().collect();
+    let Some(postgres) = postgres_shape(&chars) else {
+        return Reading::Agreed(tokens);
+    };
+    let why = match parser_shape(&chars, &tokens) {
+        Ok(ours) if ours == postgres => return Reading::Agreed(tokens),
+        Ok(_) => {
+            "PostgreSQL would read this text differently from Airlock's parser (where a string, \
+             identifier or comment begins or ends)"
+        }
         // Never assume agreement that could not be checked.
-        Err(Refusal::Spans) => return Some("Airlock could not check how PostgreSQL reads this text".into()),
+        Err(Refusal::Spans) => "Airlock could not check how PostgreSQL reads this text",
         Err(Refusal::CopyData) => {
-            return Some(
-                "text after COPY ... FROM STDIN in the same query string is SQL to PostgreSQL, not COPY data"
-                    .into(),
-            );
+            "text after COPY ... FROM STDIN in the same query string is SQL to PostgreSQL, not COPY data"
         }
     };
-    (ours != postgres).then(|| {
-        "PostgreSQL would read this text differently from Airlock's parser (where a string, \
-         identifier or comment begins or ends)"
-            .into()
-    })
+    Reading::Disagreed(why.into())
+}
+
+/// `None` when both read the text alike; otherwise why not.
+#[cfg(test)]
+pub(super) fn disagreement(sql: &str) -> Option<String> {
+    match read(sql) {
+        Reading::Disagreed(why) => Some(why),
+        Reading::Agreed(_) | Reading::Refused(_) => None,
+    }
 }
 
 enum Refusal {
-    Tokenizer,
     Spans,
     CopyData,
 }
 
-fn parser_shape(sql: &str) -> Result<String, Refusal> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize_with_location()
-        .map_err(|_| Refusal::Tokenizer)?;
+fn parser_shape(chars: &[char], tokens: &[TokenWithSpan]) -> Result<String, Refusal> {
     // Each token's own source text (not its Display, which normalises
     // `!=` to `<>` and the like), by its span: lines from 1, columns from 1
     // in characters, the end just past the token.
-    let chars: Vec<char> = sql.chars().collect();
     let mut line_starts = vec![0usize];
     line_starts.extend(
         chars
@@ -77,9 +92,9 @@ fn parser_shape(sql: &str) -> Result<String, Refusal> {
         let column = usize::try_from(l.column).ok()?.checked_sub(1)?;
         Some(line_starts.get(line)? + column)
     };
-    let mut shape = String::with_capacity(sql.len());
+    let mut shape = String::with_capacity(chars.len());
     for t in tokens {
-        match t.token {
+        match &t.token {
             Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => {
                 shape.push(OPAQUE)
             }
@@ -136,10 +151,9 @@ fn op_char(c: char) -> bool {
 
 /// The shape of `sql` as PostgreSQL's scanner reads it; `None` if it would
 /// refuse it (an unterminated string, quoted identifier or comment).
-fn postgres_shape(sql: &str) -> Option<String> {
-    let s: Vec<char> = sql.chars().collect();
+fn postgres_shape(s: &[char]) -> Option<String> {
     let at = |i: usize| s.get(i).copied();
-    let mut shape = String::with_capacity(sql.len());
+    let mut shape = String::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
         let c = s[i];

@@ -44,7 +44,7 @@ use sqlparser::ast::{
     Visit, visit_expressions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 pub use prepared::{PreparedChange, PreparedStatements, key as prepared_key};
@@ -158,16 +158,24 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
         return out;
     }
     // What PostgreSQL's scanner reads must be what the parser reads.
-    if let Some(why) = lexing::disagreement(sql) {
-        out.unparsed = Some(why);
-        out.effects = leading_keyword_effects(sql);
-        return out;
-    }
+    let tokens = match lexing::read(sql) {
+        lexing::Reading::Agreed(tokens) => tokens,
+        lexing::Reading::Refused(e) => {
+            out.unparsed = Some(ParserError::from(e).to_string());
+            out.effects = leading_keyword_effects(sql);
+            return out;
+        }
+        lexing::Reading::Disagreed(why) => {
+            out.unparsed = Some(why);
+            out.effects = leading_keyword_effects(sql);
+            return out;
+        }
+    };
     let dialect = PostgreSqlDialect {};
     let parsed = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements());
+        .with_tokens_with_locations(tokens)
+        .parse_statements();
     match parsed {
         Ok(statements) => {
             let mut c = Classifier {

@@ -104,8 +104,76 @@ fn unknown_key_and_bad_duration_and_allow_default() {
     assert_eq!(line_of(&e), Some(7), "{e}");
     assert!(e.to_string().contains("hint: write e.g. `timeout: 15m`"), "{e}");
     let e = err("policy: g\nconnection: c\ndefault: allow\nrules:\n  - match: SELECT\n    action: allow\n");
-    assert_eq!(line_of(&e), Some(3), "{e}");
-    assert!(e.to_string().contains("require-approval` or `deny"), "{e}");
+    assert_eq!(line_of(&e), Some(1), "{e}");
+    assert!(e.to_string().contains("record-only policy"), "{e}");
+    assert!(e.to_string().contains("`default: require-approval` or `default: deny`"), "{e}");
+}
+
+/// Every kind but transaction control (always allowed), as a `match:`.
+fn every_kind() -> String {
+    Kind::ALL
+        .iter()
+        .filter(|k| !k.is_transaction_control())
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+#[test]
+fn a_record_only_policy_may_allow_what_it_cannot_parse() {
+    let text = format!(
+        "policy: dba\nconnection: c\nrecord: true\nunparsed: allow\ndefault: allow\nrules:\n  - match: {}\n    action: allow\n",
+        every_kind()
+    );
+    let p = Policy::from_yaml(&text, "p.yaml", &ApprovalDefaults::default()).unwrap();
+    assert!(p.records_only());
+    let v = p.evaluate("DO $$ BEGIN PERFORM 1; END $$", "public", &crate::PreparedStatements::new());
+    assert_eq!(v.action, Action::Allow, "{}", v.reason);
+    assert!(!v.parsed());
+    assert!(v.reason.contains("record-only"), "{}", v.reason);
+    let v = p.evaluate("DROP TABLE orders", "public", &crate::PreparedStatements::new());
+    assert_eq!(v.action, Action::Allow, "{}", v.reason);
+    // Oversized text is still refused: it could not be recorded whole.
+    let big = format!("SELECT '{}'", "x".repeat(2 << 20));
+    assert_eq!(p.evaluate(&big, "public", &crate::PreparedStatements::new()).action, Action::Deny);
+}
+
+#[test]
+fn unparsed_allow_is_refused_unless_the_policy_gates_nothing() {
+    let all = every_kind();
+    // A rule that holds something: the policy gates, so it must not let
+    // unreadable text through.
+    let e = err(&format!(
+        "policy: g\nconnection: c\nrecord: true\nunparsed: allow\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n  - match: {all}\n    action: allow\n"
+    ));
+    assert_eq!(line_of(&e), Some(1), "{e}");
+    assert!(e.to_string().contains("rule 1 is `require-approval`"), "{e}");
+    // A table-scoped allow does not cover the kind.
+    let e = err(&format!(
+        "policy: g\nconnection: c\nrecord: true\nunparsed: allow\nrules:\n  - match: {}\n    action: allow\n  - match: DELETE\n    tables: [public.logs]\n    action: allow\n",
+        all.split('|').filter(|k| *k != "DELETE").collect::<Vec<_>>().join("|")
+    ));
+    assert!(e.to_string().contains("allows DELETE"), "{e}");
+    // Missing kinds are named.
+    let e = err("policy: g\nconnection: c\nrecord: true\nunparsed: allow\nrules:\n  - match: SELECT\n    action: allow\n");
+    assert!(e.to_string().contains("allows ") && e.to_string().contains("DROP"), "{e}");
+    // Everything allowed but nothing recorded: refused too.
+    let e = err(&format!(
+        "policy: g\nconnection: c\nunparsed: allow\nrules:\n  - match: {all}\n    action: allow\n"
+    ));
+    assert!(e.to_string().contains("record: true"), "{e}");
+    // Without `unparsed: allow`, allowing every kind is an ordinary policy.
+    let p = Policy::from_yaml(
+        &format!("policy: g\nconnection: c\nrules:\n  - match: {all}\n    action: allow\n"),
+        "p.yaml",
+        &ApprovalDefaults::default(),
+    )
+    .unwrap();
+    assert!(!p.records_only());
+    assert_ne!(
+        p.evaluate("DO $$ BEGIN PERFORM 1; END $$", "public", &crate::PreparedStatements::new()).action,
+        Action::Allow
+    );
 }
 
 #[test]
