@@ -154,6 +154,9 @@ pub struct Judgement {
     /// made with Parse.
     pub sql_names: Vec<String>,
     pub drops_all: bool,
+    /// The text was allowed without being parsed (a record-only policy):
+    /// what it does to prepared statements and portals is unknown.
+    pub unseen: bool,
     /// The kinds of the statement's effects (a COPY FROM STDIN is a COPY
     /// and an INSERT), for what the session itself must know of it.
     pub kinds: Vec<airlock_policy::Kind>,

@@ -56,6 +56,10 @@ enum Op {
     },
     /// A Sync or a simple Query: answered by ReadyForQuery.
     Boundary,
+    /// Text the proxy could not parse ran (a record-only policy allowed
+    /// it): it may have made or dropped any statement or portal. Until it
+    /// is answered every name is uncertain; once answered, none is known.
+    Unseen,
 }
 
 /// What a name refers to.
@@ -118,6 +122,12 @@ impl Names {
         self.pending.push_back(Op::Boundary);
     }
 
+    /// A simple Query whose text could not be parsed is sent (ahead of its
+    /// [`Names::boundary`]).
+    pub fn unseen(&mut self) {
+        self.pending.push_back(Op::Unseen);
+    }
+
     /// Too many names, or too much pending: the client is misbehaving.
     pub fn over_limit(&self) -> bool {
         self.statements.len() > MAX_NAMES
@@ -138,6 +148,7 @@ impl Names {
         for op in self.pending.iter().rev() {
             match op {
                 Op::Boundary => in_this_batch = false,
+                Op::Unseen => return Lookup::Ambiguous,
                 Op::Parse(n, s) if n == name => {
                     if in_this_batch {
                         return Lookup::One(s);
@@ -162,6 +173,7 @@ impl Names {
         for op in self.pending.iter().rev() {
             match op {
                 Op::Boundary => in_this_batch = false,
+                Op::Unseen => return Lookup::Ambiguous,
                 Op::Bind(n, p) if n == name => {
                     if in_this_batch {
                         return Lookup::One(p);
@@ -234,7 +246,7 @@ impl Names {
             }) => {
                 self.portals.remove(&name);
             }
-            Some(Op::Boundary) | None => {
+            Some(Op::Boundary | Op::Unseen) | None => {
                 self.pending.clear();
                 return false;
             }
@@ -248,6 +260,10 @@ impl Names {
             if matches!(op, Op::Boundary) {
                 break;
             }
+            if matches!(op, Op::Unseen) {
+                // It may have done anything before it failed.
+                self.drop_all();
+            }
             self.pending.pop_front();
         }
     }
@@ -255,8 +271,10 @@ impl Names {
     /// ReadyForQuery; `idle` when no transaction is open (portals are gone).
     pub fn ready(&mut self, idle: bool) {
         while let Some(op) = self.pending.pop_front() {
-            if matches!(op, Op::Boundary) {
-                break;
+            match op {
+                Op::Boundary => break,
+                Op::Unseen => self.drop_all(),
+                Op::Parse(..) | Op::Bind(..) | Op::Close { .. } => {}
             }
         }
         if idle {
@@ -280,6 +298,7 @@ mod tests {
                 executes_prepared: false,
                 sql_names: vec![],
                 drops_all: false,
+                unseen: false,
                 kinds: Vec::new(),
             },
             param_types: vec![],
@@ -367,6 +386,7 @@ mod ambiguity {
                 executes_prepared: false,
                 sql_names: vec![],
                 drops_all: false,
+                unseen: false,
                 kinds: Vec::new(),
             },
             param_types: vec![],

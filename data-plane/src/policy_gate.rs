@@ -191,13 +191,25 @@ impl Gate for PolicyGate {
                 executes_prepared: false,
                 sql_names: Vec::new(),
                 drops_all: false,
+                unseen: false,
                 kinds: Vec::new(),
             };
         };
         // PREPARE and DEALLOCATE change what later EXECUTEs mean, but only
         // once they have run (allowed, or approved): applied on success,
         // never at judgement; after a failure the names are forgotten.
-        let on_finish: Option<crate::gate::OnFinish> = if v.prepared_changes.is_empty() {
+        // Text a record-only policy lets through unparsed may prepare or
+        // deallocate anything: once it has run (or failed part way), no
+        // name it could have touched is trusted (SQL PREPARE names here,
+        // protocol names by the data plane's name model: `Judgement::unseen`).
+        let unseen = !v.parsed() && v.action == airlock_policy::Action::Allow;
+        let on_finish: Option<crate::gate::OnFinish> = if unseen {
+            let session = binding.session.clone();
+            Some(Arc::new(move |_| {
+                let mut state = session.lock().unwrap_or_else(|p| p.into_inner());
+                state.prepared.apply(&[airlock_policy::PreparedChange::DeallocateAll]);
+            }))
+        } else if v.prepared_changes.is_empty() {
             None
         } else {
             let session = binding.session.clone();
@@ -288,6 +300,7 @@ impl Gate for PolicyGate {
             executes_prepared: v.executes_prepared,
             sql_names,
             drops_all,
+            unseen,
             kinds: v.effects.iter().map(|e| e.effect.kind).collect(),
         }
     }

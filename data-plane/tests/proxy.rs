@@ -95,6 +95,7 @@ impl Gate for TestGate {
             executes_prepared: false,
             sql_names: Vec::new(),
             drops_all: false,
+            unseen: false,
             kinds: Vec::new(),
         }
     }
@@ -2147,6 +2148,700 @@ mod driver_patterns {
             started.elapsed() >= Duration::from_millis(300),
             "returned after {:?}, before the upstream closed",
             started.elapsed()
+        );
+    }
+}
+
+mod review_query_in_batch {
+    //! Review of a68187f (a simple Query inside an open batch of Parse,
+    //! Describe, Close and Flush runs behind a Sync of the proxy's own;
+    //! record-only policies). Each test names what it probes.
+    use super::*;
+    use airlock_proxy::codec::FeMessage;
+
+    fn parse(name: &str, sql: &str) -> FeMessage {
+        FeMessage::Parse {
+            name: name.into(),
+            query: sql.into(),
+            param_types: vec![],
+        }
+    }
+
+    fn bind(portal: &str, statement: &str) -> FeMessage {
+        FeMessage::Bind {
+            portal: portal.into(),
+            statement: statement.into(),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        }
+    }
+
+    fn execute(portal: &str) -> FeMessage {
+        FeMessage::Execute {
+            portal: portal.into(),
+            max_rows: 0,
+        }
+    }
+
+    fn query(sql: &str) -> FeMessage {
+        FeMessage::Query { sql: sql.into() }
+    }
+
+    fn describe(kind: u8, name: &str) -> FeMessage {
+        FeMessage::Describe {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    fn close(kind: u8, name: &str) -> FeMessage {
+        FeMessage::Close {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    fn count(f: &Fixture) -> String {
+        f.pg.psql("shop", "SELECT count(*) FROM orders")
+    }
+
+    fn assert_untouched(f: &Fixture) {
+        assert_eq!(count(f), "5", "rows were deleted");
+    }
+
+    /// Tags of the next `n` messages.
+    async fn tags(raw: &mut Raw, n: usize) -> Vec<char> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(raw.next().await.0 as char);
+        }
+        out
+    }
+
+    /// A raw session straight to the fixture's PostgreSQL (the superuser
+    /// is trusted on loopback): the oracle.
+    async fn direct(f: &Fixture) -> Raw {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", f.pg.port()))
+            .await
+            .expect("connect");
+        let body = b"\x00\x03\x00\x00user\0postgres\0database\0shop\0\0";
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        let mut raw = Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        raw.stream.write_all(&startup).await.expect("startup");
+        raw.until_ready().await;
+        raw
+    }
+
+    /// Whatever arrives within `ms`: tags (the session must stay open).
+    async fn quiet_for(raw: &mut Raw, ms: u64) -> Vec<char> {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(ms), raw.next()).await {
+                Ok((tag, _)) => seen.push(tag as char),
+                Err(_) => return seen,
+            }
+        }
+    }
+
+    /// Reads up to a ReadyForQuery or a FATAL: the FATAL's SQLSTATE if the
+    /// session ended, and every other error's before it.
+    async fn answer(raw: &mut Raw) -> (Option<String>, Vec<String>) {
+        let mut errors = Vec::new();
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'Z' {
+                return (None, errors);
+            }
+            if tag == b'E' {
+                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+                let code = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'C')
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                if fields.iter().any(|(c, v)| *c == b'S' && v == "FATAL") {
+                    return (Some(code), errors);
+                }
+                errors.push(code);
+            }
+        }
+    }
+
+    const HEAD: &str = "
+identity:
+  issuer: https://issuer.invalid/v2.0
+  audience: api://airlock
+  group_names:
+    db-maintenance-agents: grp-agents
+    db-reviewers: grp-reviewers
+approvals:
+  reviewers: [db-reviewers]
+connections:
+  - name: shop
+    upstream: postgres://maint@127.0.0.1:1/shop
+policies:
+  - policy: db-maintenance-agents
+    connection: shop
+    record: true
+";
+
+    /// A loader agent: reads, INSERT and COPY (FROM STDIN) allowed;
+    /// DELETE, DROP and UPDATE held, as in the seed policy.
+    fn loader_yaml() -> String {
+        format!(
+            "{HEAD}    rules:
+      - match: SELECT|INSERT|COPY
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+"
+        )
+    }
+
+    /// The record-only policy the commit introduces: every kind allowed,
+    /// `unparsed: allow`, `default: allow`, `record: true`.
+    fn record_only_yaml() -> String {
+        let every: Vec<&str> = airlock_policy::Kind::ALL
+            .iter()
+            .filter(|k| !k.is_transaction_control())
+            .map(|k| k.name())
+            .collect();
+        format!(
+            "{HEAD}    unparsed: allow
+    default: allow
+    rules:
+      - match: {}
+        action: allow
+",
+            every.join("|")
+        )
+    }
+
+    /// The real policy gate with a reloadable policy set, behind the test
+    /// login (the agent is in db-maintenance-agents).
+    struct Reloadable {
+        inner: Arc<airlock_proxy::policy_gate::PolicyGate>,
+    }
+
+    fn policy_gate(yaml: &str, upstream: UpstreamConfig) -> Arc<airlock_proxy::policy_gate::PolicyGate> {
+        let identity = airlock_identity::IdentityConfig::new("https://issuer.invalid/v2.0", "api://airlock");
+        let verifier = airlock_identity::Verifier::new(identity).expect("verifier");
+        let policies = airlock_policy::PolicySet::from_config_yaml(yaml, "review.yaml").expect("policy");
+        let names = policies.group_names.clone();
+        Arc::new(airlock_proxy::policy_gate::PolicyGate::new(
+            verifier,
+            policies,
+            vec![("shop".into(), upstream)],
+            names,
+        ))
+    }
+
+    impl Gate for Reloadable {
+        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Agent, Refusal>> {
+            Box::pin(async move {
+                if token != TOKEN {
+                    return Err(Refusal::unauthenticated("token refused"));
+                }
+                Ok(Agent {
+                    identity: proto::Identity {
+                        subject: "oid-agent-7".into(),
+                        display_name: "agent-7".into(),
+                        kind: proto::identity::Kind::App as i32,
+                        groups: vec![proto::Group {
+                            id: "grp-agents".into(),
+                            name: "db-maintenance-agents".into(),
+                        }],
+                        ..Default::default()
+                    },
+                })
+            })
+        }
+
+        fn bind(&self, agent: &Agent, database: &str) -> Result<Binding, Refusal> {
+            self.inner.bind(agent, database)
+        }
+
+        fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
+            self.inner.judge(binding, sql)
+        }
+    }
+
+    /// Starts a fixture whose gate is the real one under `yaml`; returns
+    /// the gate too, to reload it.
+    async fn start_policy(yaml: String) -> (Fixture, Arc<airlock_proxy::policy_gate::PolicyGate>) {
+        let slot: Arc<std::sync::Mutex<Option<Arc<airlock_proxy::policy_gate::PolicyGate>>>> = Arc::default();
+        let s = slot.clone();
+        let f = start_with_gate(
+            |_| {},
+            move |upstream| {
+                let g = policy_gate(&yaml, upstream);
+                *s.lock().expect("slot") = Some(g.clone());
+                Arc::new(Reloadable { inner: g })
+            },
+        )
+        .await;
+        let g = slot.lock().expect("slot").clone().expect("gate");
+        (f, g)
+    }
+
+    /// Once the proxy's model is one boundary behind PostgreSQL's, a name
+    /// redefinition PostgreSQL refused is confirmed by the next batch's
+    /// ParseComplete: the proxy believes `s` is the SELECT, PostgreSQL
+    /// still has the DELETE, and binding `s` runs it.
+    async fn launder_through_a_lagging_model(raw: &mut Raw) {
+        // PostgreSQL refuses the redefinition (42P05): s stays the DELETE.
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(raw).await, (None, vec!["42P05".to_string()]));
+        // Its ParseComplete is taken for the refused redefinition's.
+        raw.send(&[parse("y", "SELECT 2"), FeMessage::Sync]).await;
+        assert_eq!(answer(raw).await, (None, vec![]));
+        // The proxy binds "SELECT 1"; PostgreSQL runs the DELETE.
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        let _ = answer(raw).await;
+    }
+
+    #[tokio::test]
+    async fn postgresql_ignores_a_sync_sent_during_copy_from_stdin() {
+        // The oracle for the two tests below: in COPY IN (started by a
+        // simple Query) PostgreSQL ignores Sync and Flush; one
+        // ReadyForQuery ends the COPY.
+        let f = start(|_| {}).await;
+        let mut pg = direct(&f).await;
+        pg.send(&[query("COPY orders FROM STDIN")]).await;
+        assert_eq!(tags(&mut pg, 1).await, vec!['G']);
+        pg.send(&[FeMessage::Sync, FeMessage::CopyDone]).await;
+        assert_eq!(pg.until_ready().await, (vec!['C', 'Z'], vec![]));
+        assert!(quiet_for(&mut pg, 500).await.is_empty(), "no answer to the Sync");
+    }
+
+    #[tokio::test]
+    async fn copy_started_behind_the_proxys_own_sync_is_not_seen_and_a_held_delete_runs() {
+        // The own Sync's ReadyForQuery clears the proxy's COPY flag (every
+        // 'Z' does, to_client.rs) after the reading side set it for the
+        // COPY sent behind that Sync: the proxy believes COPY is over while
+        // PostgreSQL is in it. A Sync then is counted as a batch boundary
+        // PostgreSQL never answers, the name model lags by one, and a
+        // redefinition PostgreSQL refused is taken as done.
+        let (f, _) = start_policy(loader_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        // A held statement may be parsed (parsing runs nothing).
+        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        // asyncpg-style: Parse, then a simple Query before any Sync.
+        raw.send(&[parse("x", "SELECT 1"), query("COPY orders FROM STDIN")])
+            .await;
+        assert_eq!(tags(&mut raw, 2).await, vec!['1', 'G']);
+        // In COPY, a Sync is nothing to PostgreSQL (see the oracle above).
+        raw.send(&[FeMessage::Sync, FeMessage::CopyDone]).await;
+        assert_eq!(raw.until_ready().await, (vec!['C', 'Z'], vec![]));
+        launder_through_a_lagging_model(&mut raw).await;
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn copy_started_behind_a_pipelined_query_is_not_seen_either() {
+        // The same root cause without the commit's path: any ReadyForQuery
+        // answering something sent before the COPY clears the flag.
+        let (f, _) = start_policy(loader_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[query("SELECT 1"), query("COPY orders FROM STDIN")])
+            .await;
+        assert_eq!(tags(&mut raw, 5).await, vec!['T', 'D', 'C', 'Z', 'G']);
+        raw.send(&[FeMessage::Sync, FeMessage::CopyDone]).await;
+        assert_eq!(raw.until_ready().await, (vec!['C', 'Z'], vec![]));
+        launder_through_a_lagging_model(&mut raw).await;
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_query_after_an_error_in_its_batch_runs_where_postgresql_would_skip_it() {
+        // A known, documented difference (docs/proxy.md): PostgreSQL skips a
+        // Query that follows an error in an unsynced batch
+        // (ignore_till_sync); behind the proxy's own Sync it is judged and
+        // runs. What matters for the gate: it is judged like any Query and
+        // the session stays in step with PostgreSQL.
+        let f = start(|_| {}).await;
+        let update = "UPDATE orders SET total = 0 WHERE id = 1";
+        let total = |f: &Fixture| f.pg.psql("shop", "SELECT total FROM orders WHERE id = 1");
+        let mut pg = direct(&f).await;
+        pg.send(&[parse("", "SELECT * FROM no_such_table"), query(update)])
+            .await;
+        assert_eq!(tags(&mut pg, 1).await, vec!['E']);
+        assert!(
+            quiet_for(&mut pg, 500).await.is_empty(),
+            "PostgreSQL skips the Query"
+        );
+        pg.send(&[FeMessage::Sync]).await;
+        assert_eq!(pg.until_ready().await.0, vec!['Z']);
+        assert_eq!(total(&f), "10", "PostgreSQL did not run it");
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("", "SELECT * FROM no_such_table"), query(update)])
+            .await;
+        assert_eq!(raw.until_ready().await, (vec!['E', 'C', 'Z'], vec!["42P01".to_string()]));
+        assert_eq!(total(&f), "0", "through Airlock the allowed UPDATE ran");
+        // The client's own Sync is answered, and the session is in step.
+        raw.send(&[FeMessage::Sync]).await;
+        assert_eq!(raw.until_ready().await, (vec!['Z'], vec![]));
+        raw.send(&[query("DELETE FROM orders")]).await;
+        assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_close_postgresql_skipped_after_an_error_is_not_believed() {
+        // Describe of a missing portal fails; the Close after it is skipped
+        // by PostgreSQL; the Query runs behind the own Sync; s is still
+        // the DELETE and stays held.
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[describe(b'P', "nosuch"), close(b'S', "s"), query("SELECT 1")])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["34000".to_string()]));
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42P05".to_string()]));
+        raw.send(&[parse("t", "SELECT 2"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        assert_eq!(
+            answer(&mut raw).await,
+            (None, vec![HELD_WITHOUT_CONTROL.to_string()])
+        );
+        // A Close PostgreSQL did do is believed: s may then be redefined.
+        raw.send(&[close(b'S', "s"), FeMessage::Flush, query("SELECT 1")])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[
+            parse("s", "SELECT 3"),
+            bind("", "s"),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_query_in_a_failed_transactions_batch_is_judged_and_the_session_stays_in_step() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[query("BEGIN"), query("SELECT 1/0")]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        assert_eq!(answer(&mut raw).await, (None, vec!["22012".to_string()]));
+        // The Parse fails (25P02); the held Query is refused; in one write.
+        raw.send(&[
+            parse("", "SELECT 1"),
+            describe(b'S', ""),
+            query("DELETE FROM orders"),
+            parse("d", "DELETE FROM orders"),
+            FeMessage::Flush,
+            query("ROLLBACK"),
+        ])
+        .await;
+        // The stand-in fails as the DELETE would have (25P02, not rewritten).
+        let (fatal, errors) = answer(&mut raw).await;
+        assert_eq!(fatal, None);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0], "25P02");
+        // d's Parse failed in the aborted transaction: d does not exist.
+        assert_eq!(answer(&mut raw).await, (None, vec!["25P02".to_string()]));
+        raw.send(&[bind("", "d"), execute(""), FeMessage::Sync]).await;
+        let (fatal, errors) = answer(&mut raw).await;
+        assert_eq!(fatal, None);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        raw.send(&[
+            parse("d", "DELETE FROM orders"),
+            bind("", "d"),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(
+            answer(&mut raw).await,
+            (None, vec![HELD_WITHOUT_CONTROL.to_string()])
+        );
+        raw.send(&[query("SELECT count(*) FROM orders")]).await;
+        assert_eq!(raw.until_ready().await, (vec!['T', 'D', 'C', 'Z'], vec![]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn many_queries_flushes_and_errors_in_one_write_stay_in_step() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            FeMessage::Flush,
+            query("SELECT 1"),
+            parse("a", "SELECT 1"),
+            describe(b'S', "a"),
+            query("DELETE FROM orders"),
+            query("SELECT 2"),
+            describe(b'S', "nosuch"),
+            close(b'P', "nosuch"),
+            query("DELETE FROM orders"),
+            FeMessage::Flush,
+            FeMessage::Flush,
+            query("DROP TABLE orders"),
+            parse("b", "SELECT * FROM no_such_table"),
+            FeMessage::FunctionCall(bytes::Bytes::from_static(b"\0\0\0\x01\0\0\0\0\0\0")),
+            parse("", "DELETE FROM orders"),
+            bind("", ""),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        let mut all = Vec::new();
+        for _ in 0..7 {
+            let (fatal, errors) = answer(&mut raw).await;
+            assert_eq!(fatal, None, "{all:?}");
+            all.push(errors);
+        }
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            all,
+            vec![
+                s(&[]),
+                s(&[HELD_WITHOUT_CONTROL]),
+                s(&[]),
+                s(&["26000", HELD_WITHOUT_CONTROL]),
+                s(&["42501"]),
+                s(&["42P01", "42501"]),
+                s(&[HELD_WITHOUT_CONTROL]),
+            ]
+        );
+        assert!(quiet_for(&mut raw, 300).await.is_empty());
+        raw.send(&[bind("", "a"), execute(""), FeMessage::Sync]).await;
+        assert_eq!(raw.until_ready().await, (vec!['2', 'D', 'C', 'Z'], vec![]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_already_answered_does_not_stop_a_query_and_the_session_stays_in_step() {
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("", "DROP TABLE orders"), FeMessage::Flush])
+            .await;
+        assert_eq!(tags(&mut raw, 1).await, vec!['E']);
+        // The stand-in's error is in: the Query runs behind the own Sync.
+        raw.send(&[query("DELETE FROM orders")]).await;
+        assert_eq!(
+            answer(&mut raw).await,
+            (None, vec![HELD_WITHOUT_CONTROL.to_string()])
+        );
+        raw.send(&[query("SELECT count(*) FROM orders")]).await;
+        assert_eq!(raw.until_ready().await, (vec!['T', 'D', 'C', 'Z'], vec![]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn a_query_in_a_batch_still_waits_behind_an_unanswered_encoding_change() {
+        let f = start_with_gate(|_| {}, SeedPolicy::lenient).await;
+        f.pg.psql(
+            "shop",
+            "CREATE FUNCTION sneaky() RETURNS text LANGUAGE sql \
+             AS $$ SELECT set_config('client_encoding', 'SJIS', false) $$",
+        );
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[
+            query("SELECT sneaky()"),
+            parse("", "SELECT 1"),
+            FeMessage::Flush,
+            query("SELECT E'Ё\\'; DELETE FROM orders; --'"),
+        ])
+        .await;
+        let (fatal, _) = answer(&mut raw).await;
+        assert_eq!(fatal.as_deref(), Some("0A000"));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn record_only_unparsed_text_moves_a_protocol_name_and_a_reload_keeps_the_lie() {
+        // Under `unparsed: allow` the proxy's own guard on names shared by
+        // SQL PREPARE and Parse (judgement.sql_names) is gone: the text is
+        // not parsed, so its DEALLOCATE/PREPARE are not seen. PostgreSQL's
+        // s becomes the DELETE while the proxy's stays "SELECT 1" (the
+        // record of the Execute names the SELECT). When the operator
+        // reloads to a gating policy, binding s runs the DELETE unapproved.
+        let (f, gate) = start_policy(record_only_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        // The parsed form is refused even by a record-only policy.
+        raw.send(&[query("DEALLOCATE s")]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+        // The unparsed form is not (a non-ASCII dollar-quote tag).
+        raw.send(&[query(
+            "SELECT $€$x$€$; DEALLOCATE s; PREPARE s AS DELETE FROM orders",
+        )])
+        .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        // The operator stops the record-only regime.
+        let gating = format!(
+            "{HEAD}    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+"
+        );
+        gate.replace_policies(
+            airlock_policy::PolicySet::from_config_yaml(&gating, "review.yaml").expect("policy"),
+        );
+        raw.send(&[query("DELETE FROM orders")]).await;
+        assert_eq!(
+            answer(&mut raw).await,
+            (None, vec![HELD_WITHOUT_CONTROL.to_string()]),
+            "now gated"
+        );
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        let _ = answer(&mut raw).await;
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn record_only_unparsed_text_runs_as_sent_and_a_hidden_encoding_change_still_ends_the_session() {
+        // docs/policy.md: the record-only refusals of EXECUTE of unknown
+        // names and of reading settings apply to statements that parse.
+        // Text that does not parse (here a non-ASCII dollar-quote tag, with
+        // the rest in what sqlparser takes for a comment) runs as sent; a
+        // setting change hidden in it ends the session when PostgreSQL
+        // reports it.
+        let (f, _) = start_policy(record_only_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[query("SELECT $€$ --$€$; EXECUTE p;")]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["26000".to_string()]), "PostgreSQL: no such p");
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[query("SELECT $€$ --$€$; SET client_encoding = 'SJIS';")]).await;
+        let (fatal, errors) = answer(&mut raw).await;
+        assert_eq!((fatal, errors), (Some("0A000".to_string()), vec![]), "the session ends");
+        // Parsed, the same commands are refused.
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[query("EXECUTE p")]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+        raw.send(&[query("SET client_encoding = 'SJIS'")]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn a_denied_parse_pipelined_with_a_query_is_answered_like_a_failing_one() {
+        // A Parse PostgreSQL fails (42P01) pipelined with a Query: the
+        // Query runs behind the own Sync (the commit's own test). A Parse
+        // the proxy denies, in the same place: the session ends (08P01,
+        // "after Bind or Execute", though there was none), unless the
+        // client waited for the refusal first. Same wire sequence for the
+        // client, two outcomes decided by timing.
+        let f = start(|_| {}).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("", "DROP TABLE orders"), query("SELECT 1")])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+        assert_untouched(&f);
+    }
+
+    fn loads(rules: &str, extra: &str) -> Result<airlock_policy::PolicySet, String> {
+        let yaml = format!("{HEAD}{extra}    rules:\n{rules}");
+        airlock_policy::PolicySet::from_config_yaml(&yaml, "review.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn record_only_is_accepted_only_when_nothing_is_gated() {
+        let every: Vec<&str> = airlock_policy::Kind::ALL
+            .iter()
+            .filter(|k| !k.is_transaction_control())
+            .map(|k| k.name())
+            .collect();
+        let all = every.join("|");
+        let but_delete = every
+            .iter()
+            .filter(|k| **k != "DELETE")
+            .copied()
+            .collect::<Vec<_>>()
+            .join("|");
+        let unparsed = "    unparsed: allow\n";
+        let default = "    default: allow\n";
+        // The intended form.
+        assert!(
+            loads(
+                &format!("      - match: {all}\n        action: allow\n"),
+                unparsed
+            )
+            .is_ok()
+        );
+        // Listed as a YAML sequence of single kinds and pipes, with repeats.
+        let seq = every
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            loads(
+                &format!("      - match: [{seq}, SELECT|SELECT]\n        action: allow\n"),
+                unparsed
+            )
+            .is_ok()
+        );
+        // Split over rules: fine; `tables: []` is any table.
+        assert!(loads(
+            &format!(
+                "      - match: {but_delete}\n        action: allow\n      - match: DELETE\n        tables: []\n        action: allow\n"
+            ),
+            default
+        )
+        .is_ok());
+        // Refused: a missing kind, a table- or function-scoped kind, any
+        // hold or deny (even shadowed by an earlier allow), and no record.
+        for (rules, why) in [
+            (
+                format!("      - match: {but_delete}\n        action: allow\n"),
+                "missing DELETE",
+            ),
+            (
+                format!(
+                    "      - match: {but_delete}\n        action: allow\n      - match: DELETE\n        tables: [public.x]\n        action: allow\n"
+                ),
+                "table-scoped DELETE",
+            ),
+            (
+                format!(
+                    "      - match: {but_delete}\n        action: allow\n      - match: DELETE\n        functions: [f]\n        action: allow\n"
+                ),
+                "function-scoped DELETE",
+            ),
+            (
+                format!(
+                    "      - match: {all}\n        action: allow\n      - match: DELETE\n        action: deny\n"
+                ),
+                "a shadowed deny",
+            ),
+            (
+                format!(
+                    "      - match: {all}\n        action: allow\n      - functions: [pg_sleep]\n        action: deny\n"
+                ),
+                "a function deny",
+            ),
+        ] {
+            assert!(loads(&rules, unparsed).is_err(), "{why}: unparsed");
+            assert!(loads(&rules, default).is_err(), "{why}: default");
+        }
+        let no_record = format!(
+            "{}    unparsed: allow\n    rules:\n      - match: {all}\n        action: allow\n",
+            HEAD.replace("    record: true\n", "")
+        );
+        assert!(
+            airlock_policy::PolicySet::from_config_yaml(&no_record, "r.yaml").is_err(),
+            "record: false"
         );
     }
 }

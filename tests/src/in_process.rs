@@ -159,6 +159,7 @@ impl Gate for SeedGate {
             executes_prepared: false,
             sql_names: Vec::new(),
             drops_all: false,
+            unseen: false,
             kinds: Vec::new(),
         }
     }

@@ -57,6 +57,10 @@ pub(super) struct Running {
     /// It may change a setting that decides how PostgreSQL reads the next
     /// statement's text (see [`may_change_reading`]).
     pub may_change_reading: bool,
+    /// A simple Query with COPY FROM STDIN: its ReadyForQuery, and only
+    /// its, ends COPY mode (a ReadyForQuery of something sent before it
+    /// may arrive after the proxy entered COPY mode for it).
+    pub copies_in: bool,
 }
 
 /// Whether a statement of these kinds may change how PostgreSQL reads
@@ -112,6 +116,7 @@ impl Running {
             on_finish: judgement.on_finish.clone(),
             drops_all: judgement.drops_all,
             may_change_reading: may_change_reading(&judgement.kinds),
+            copies_in: false,
         }
     }
 }
@@ -311,6 +316,7 @@ mod tests {
             on_finish: None,
             drops_all: false,
             may_change_reading: false,
+            copies_in: false,
         }
     }
 

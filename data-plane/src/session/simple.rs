@@ -54,7 +54,13 @@ impl ToUpstream {
             },
             Action::Hold(spec) => self.hold(&statement, &judgement, &spec).await?,
         };
-        ctx.names().boundary();
+        {
+            let mut names = ctx.names();
+            if matches!(step, Step::Run { .. }) && judgement.unseen {
+                names.unseen();
+            }
+            names.boundary();
+        }
         let refused = |diagnostic, cause, counted, request_id| Refused {
             statement: statement.clone(),
             verdict: judgement.verdict.clone(),
@@ -82,7 +88,8 @@ impl ToUpstream {
                 if copies_in {
                     ctx.copy_in.store(true, std::sync::atomic::Ordering::Release);
                 }
-                let running = Running::new(statement, &judgement, request_id, slot);
+                let mut running = Running::new(statement, &judgement, request_id, slot);
+                running.copies_in = copies_in;
                 queue(&self.queue).push(InFlight::Simple(running));
                 frame.encode(&mut self.out);
             }

@@ -186,7 +186,6 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             frame.encode(out);
         }
         b'Z' => {
-            ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
             let idle = frame.body.first() == Some(&b'I');
             ctx.names().ready(idle);
             ctx.names_settled.notify_waiters();
@@ -195,7 +194,14 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             // The end of a Query or of a batch: settle everything up to it.
             let ended = queue(queue_).ready();
             match ended {
-                Ready::Query(r) => ctx.finish(r),
+                Ready::Query(r) => {
+                    // COPY mode ends with the COPY's own answer (if it
+                    // failed before starting, no CopyDone will come).
+                    if r.copies_in {
+                        ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
+                    }
+                    ctx.finish(r);
+                }
                 Ready::Batch => {}
                 // The proxy's own Sync: the client never asked for this one.
                 Ready::OwnSync => return Ok(()),

@@ -151,10 +151,11 @@ impl ToUpstream {
             // which in time. Drivers do this after Parse, Describe and Flush
             // (asyncpg's prepare): there, nothing has run, so a Sync of the
             // proxy's own ends the batch first (its ReadyForQuery is not
-            // passed on) and the Query is then answered as any other. After
-            // a Bind or an Execute, or a refusal in the batch, that Sync
+            // passed on) and the Query is then answered as any other (even
+            // where an error in the batch would have had PostgreSQL skip it:
+            // see docs/proxy.md). After a Bind or an Execute, that Sync
             // would change what PostgreSQL commits: refused as before.
-            if self.batch == Batch::Prepares && !queue(&self.queue).refused_in_open_batch() {
+            if self.batch == Batch::Prepares {
                 self.end_batch_for_query();
             } else {
                 let what = "a simple Query after Bind or Execute in an unfinished extended-protocol batch \
