@@ -70,7 +70,9 @@ impl ToUpstream {
             session = %self.ctx.session,
             request = tracing::field::Empty
         );
-        let ended = match self.hold_inner(statement, judgement, spec).instrument(span).await {
+        // Boxed: a hold's state is large and rare, and inline it would
+        // make every session's reading task as large, idle or not.
+        let ended = match Box::pin(self.hold_inner(statement, judgement, spec).instrument(span)).await {
             Ok(step) => return Ok(step),
             Err(ending) => ending,
         };
