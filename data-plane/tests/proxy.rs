@@ -627,7 +627,7 @@ impl Raw {
 /// The real policy gate (the seed policy, plus cursors allowed) behind a
 /// fixed login, for sequences whose judgement depends on the policy crate.
 struct SeedPolicy {
-    inner: airlock_proxy::policy_gate::PolicyGate,
+    inner: Arc<airlock_proxy::policy_gate::PolicyGate>,
 }
 
 const SEED: &str = "
@@ -688,18 +688,23 @@ impl SeedPolicy {
     }
 
     fn with(yaml: &str, upstream: UpstreamConfig) -> Arc<dyn Gate> {
+        Arc::new(SeedPolicy {
+            inner: Self::policy_gate(yaml, upstream),
+        })
+    }
+
+    /// The real policy gate under `yaml` (kept by tests that reload it).
+    fn policy_gate(yaml: &str, upstream: UpstreamConfig) -> Arc<airlock_proxy::policy_gate::PolicyGate> {
         let identity = airlock_identity::IdentityConfig::new("https://issuer.invalid/v2.0", "api://airlock");
         let verifier = airlock_identity::Verifier::new(identity).expect("verifier");
         let policies = airlock_policy::PolicySet::from_config_yaml(yaml, "seed.yaml").expect("seed policy");
         let names = policies.group_names.clone();
-        Arc::new(SeedPolicy {
-            inner: airlock_proxy::policy_gate::PolicyGate::new(
-                verifier,
-                policies,
-                vec![("shop".into(), upstream)],
-                names,
-            ),
-        })
+        Arc::new(airlock_proxy::policy_gate::PolicyGate::new(
+            verifier,
+            policies,
+            vec![("shop".into(), upstream)],
+            names,
+        ))
     }
 }
 
@@ -733,61 +738,86 @@ impl Gate for SeedPolicy {
     }
 }
 
+/// Protocol messages and checks shared by the raw-protocol tests below.
+fn parse(name: &str, sql: &str) -> airlock_proxy::codec::FeMessage {
+    airlock_proxy::codec::FeMessage::Parse {
+        name: name.into(),
+        query: sql.into(),
+        param_types: vec![],
+    }
+}
+
+fn bind(portal: &str, statement: &str) -> airlock_proxy::codec::FeMessage {
+    airlock_proxy::codec::FeMessage::Bind {
+        portal: portal.into(),
+        statement: statement.into(),
+        param_formats: vec![],
+        params: vec![],
+        result_formats: vec![],
+    }
+}
+
+fn execute(portal: &str) -> airlock_proxy::codec::FeMessage {
+    airlock_proxy::codec::FeMessage::Execute {
+        portal: portal.into(),
+        max_rows: 0,
+    }
+}
+
+fn describe_statement(name: &str) -> airlock_proxy::codec::FeMessage {
+    airlock_proxy::codec::FeMessage::Describe {
+        kind: b'S',
+        name: name.into(),
+    }
+}
+
+fn count(f: &Fixture) -> String {
+    f.pg.psql("shop", "SELECT count(*) FROM orders")
+}
+
+fn assert_untouched(f: &Fixture) {
+    assert_eq!(count(f), "5", "rows were deleted");
+}
+
+/// Tags of the next `n` messages.
+async fn tags(raw: &mut Raw, n: usize) -> Vec<char> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(raw.next().await.0 as char);
+    }
+    out
+}
+
+/// Reads up to a ReadyForQuery or a FATAL: the FATAL's SQLSTATE if the
+/// session ended, and every other error's before it.
+async fn answer(raw: &mut Raw) -> (Option<String>, Vec<String>) {
+    let mut errors = Vec::new();
+    loop {
+        let (tag, body) = raw.next().await;
+        if tag == b'Z' {
+            return (None, errors);
+        }
+        if tag == b'E' {
+            let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
+            let code = fields
+                .iter()
+                .find(|(c, _)| *c == b'C')
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            if fields.iter().any(|(c, v)| *c == b'S' && v == "FATAL") {
+                return (Some(code), errors);
+            }
+            errors.push(code);
+        }
+    }
+}
+
 mod attacks {
     //! Message sequences that try to run a held or denied statement
     //! without approval. Without a control plane every hold is refused at
     //! once, so any DELETE that reaches PostgreSQL is a bypass.
     use super::*;
     use airlock_proxy::codec::FeMessage;
-
-    fn parse(name: &str, sql: &str) -> FeMessage {
-        FeMessage::Parse {
-            name: name.into(),
-            query: sql.into(),
-            param_types: vec![],
-        }
-    }
-
-    fn bind(portal: &str, statement: &str) -> FeMessage {
-        FeMessage::Bind {
-            portal: portal.into(),
-            statement: statement.into(),
-            param_formats: vec![],
-            params: vec![],
-            result_formats: vec![],
-        }
-    }
-
-    fn execute(portal: &str) -> FeMessage {
-        FeMessage::Execute {
-            portal: portal.into(),
-            max_rows: 0,
-        }
-    }
-
-    fn assert_untouched(f: &Fixture) {
-        assert_eq!(
-            f.pg.psql("shop", "SELECT count(*) FROM orders"),
-            "5",
-            "rows were deleted"
-        );
-    }
-
-    fn describe_statement(name: &str) -> FeMessage {
-        FeMessage::Describe {
-            kind: b'S',
-            name: name.into(),
-        }
-    }
-
-    /// Tags of the next `n` messages.
-    async fn tags(raw: &mut Raw, n: usize) -> Vec<char> {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            out.push(raw.next().await.0 as char);
-        }
-        out
-    }
 
     #[tokio::test]
     async fn a_query_after_parse_describe_and_flush_is_answered_as_postgresql_answers_it() {
@@ -1096,30 +1126,6 @@ mod attacks {
             assert_ne!(tag, b'Z', "the session went on under SJIS");
         }
         assert_untouched(&f);
-    }
-
-    /// Reads messages up to a ReadyForQuery or a FATAL: the FATAL's
-    /// SQLSTATE if the session ended, and every other error's before it.
-    async fn answer(raw: &mut Raw) -> (Option<String>, Vec<String>) {
-        let mut errors = Vec::new();
-        loop {
-            let (tag, body) = raw.next().await;
-            if tag == b'Z' {
-                return (None, errors);
-            }
-            if tag == b'E' {
-                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
-                let code = fields
-                    .iter()
-                    .find(|(c, _)| *c == b'C')
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                if fields.iter().any(|(c, v)| *c == b'S' && v == "FATAL") {
-                    return (Some(code), errors);
-                }
-                errors.push(code);
-            }
-        }
     }
 
     #[tokio::test]
@@ -2159,31 +2165,6 @@ mod review_query_in_batch {
     use super::*;
     use airlock_proxy::codec::FeMessage;
 
-    fn parse(name: &str, sql: &str) -> FeMessage {
-        FeMessage::Parse {
-            name: name.into(),
-            query: sql.into(),
-            param_types: vec![],
-        }
-    }
-
-    fn bind(portal: &str, statement: &str) -> FeMessage {
-        FeMessage::Bind {
-            portal: portal.into(),
-            statement: statement.into(),
-            param_formats: vec![],
-            params: vec![],
-            result_formats: vec![],
-        }
-    }
-
-    fn execute(portal: &str) -> FeMessage {
-        FeMessage::Execute {
-            portal: portal.into(),
-            max_rows: 0,
-        }
-    }
-
     fn query(sql: &str) -> FeMessage {
         FeMessage::Query { sql: sql.into() }
     }
@@ -2200,23 +2181,6 @@ mod review_query_in_batch {
             kind,
             name: name.into(),
         }
-    }
-
-    fn count(f: &Fixture) -> String {
-        f.pg.psql("shop", "SELECT count(*) FROM orders")
-    }
-
-    fn assert_untouched(f: &Fixture) {
-        assert_eq!(count(f), "5", "rows were deleted");
-    }
-
-    /// Tags of the next `n` messages.
-    async fn tags(raw: &mut Raw, n: usize) -> Vec<char> {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            out.push(raw.next().await.0 as char);
-        }
-        out
     }
 
     /// A raw session straight to the fixture's PostgreSQL (the superuser
@@ -2244,30 +2208,6 @@ mod review_query_in_batch {
             match tokio::time::timeout(Duration::from_millis(ms), raw.next()).await {
                 Ok((tag, _)) => seen.push(tag as char),
                 Err(_) => return seen,
-            }
-        }
-    }
-
-    /// Reads up to a ReadyForQuery or a FATAL: the FATAL's SQLSTATE if the
-    /// session ended, and every other error's before it.
-    async fn answer(raw: &mut Raw) -> (Option<String>, Vec<String>) {
-        let mut errors = Vec::new();
-        loop {
-            let (tag, body) = raw.next().await;
-            if tag == b'Z' {
-                return (None, errors);
-            }
-            if tag == b'E' {
-                let fields = airlock_proxy::codec::parse_diagnostic_fields(&body);
-                let code = fields
-                    .iter()
-                    .find(|(c, _)| *c == b'C')
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                if fields.iter().any(|(c, v)| *c == b'S' && v == "FATAL") {
-                    return (Some(code), errors);
-                }
-                errors.push(code);
             }
         }
     }
@@ -2322,55 +2262,6 @@ policies:
         )
     }
 
-    /// The real policy gate with a reloadable policy set, behind the test
-    /// login (the agent is in db-maintenance-agents).
-    struct Reloadable {
-        inner: Arc<airlock_proxy::policy_gate::PolicyGate>,
-    }
-
-    fn policy_gate(yaml: &str, upstream: UpstreamConfig) -> Arc<airlock_proxy::policy_gate::PolicyGate> {
-        let identity = airlock_identity::IdentityConfig::new("https://issuer.invalid/v2.0", "api://airlock");
-        let verifier = airlock_identity::Verifier::new(identity).expect("verifier");
-        let policies = airlock_policy::PolicySet::from_config_yaml(yaml, "review.yaml").expect("policy");
-        let names = policies.group_names.clone();
-        Arc::new(airlock_proxy::policy_gate::PolicyGate::new(
-            verifier,
-            policies,
-            vec![("shop".into(), upstream)],
-            names,
-        ))
-    }
-
-    impl Gate for Reloadable {
-        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Agent, Refusal>> {
-            Box::pin(async move {
-                if token != TOKEN {
-                    return Err(Refusal::unauthenticated("token refused"));
-                }
-                Ok(Agent {
-                    identity: proto::Identity {
-                        subject: "oid-agent-7".into(),
-                        display_name: "agent-7".into(),
-                        kind: proto::identity::Kind::App as i32,
-                        groups: vec![proto::Group {
-                            id: "grp-agents".into(),
-                            name: "db-maintenance-agents".into(),
-                        }],
-                        ..Default::default()
-                    },
-                })
-            })
-        }
-
-        fn bind(&self, agent: &Agent, database: &str) -> Result<Binding, Refusal> {
-            self.inner.bind(agent, database)
-        }
-
-        fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
-            self.inner.judge(binding, sql)
-        }
-    }
-
     /// Starts a fixture whose gate is the real one under `yaml`; returns
     /// the gate too, to reload it.
     async fn start_policy(yaml: String) -> (Fixture, Arc<airlock_proxy::policy_gate::PolicyGate>) {
@@ -2379,9 +2270,9 @@ policies:
         let f = start_with_gate(
             |_| {},
             move |upstream| {
-                let g = policy_gate(&yaml, upstream);
+                let g = SeedPolicy::policy_gate(&yaml, upstream);
                 *s.lock().expect("slot") = Some(g.clone());
-                Arc::new(Reloadable { inner: g })
+                Arc::new(SeedPolicy { inner: g })
             },
         )
         .await;
