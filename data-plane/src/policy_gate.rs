@@ -207,7 +207,9 @@ impl Gate for PolicyGate {
             let session = binding.session.clone();
             Some(Arc::new(move |_| {
                 let mut state = session.lock().unwrap_or_else(|p| p.into_inner());
-                state.prepared.apply(&[airlock_policy::PreparedChange::DeallocateAll]);
+                state
+                    .prepared
+                    .apply(&[airlock_policy::PreparedChange::DeallocateAll]);
             }))
         } else if v.prepared_changes.is_empty() {
             None

@@ -825,10 +825,17 @@ mod attacks {
         // simple Query before any Sync (issue 24, cause 1).
         let f = start(|_| {}).await;
         let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s1", "SELECT 1"), describe_statement("s1"), FeMessage::Flush])
-            .await;
+        raw.send(&[
+            parse("s1", "SELECT 1"),
+            describe_statement("s1"),
+            FeMessage::Flush,
+        ])
+        .await;
         assert_eq!(tags(&mut raw, 3).await, vec!['1', 't', 'T']);
-        raw.send(&[FeMessage::Query { sql: "SELECT 42".into() }]).await;
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT 42".into(),
+        }])
+        .await;
         // No ReadyForQuery of the proxy's own Sync reaches the client.
         assert_eq!(raw.until_ready().await, (vec!['T', 'D', 'C', 'Z'], vec![]));
         // The prepared statement is still there and runs; nothing is left over.
@@ -838,7 +845,9 @@ mod attacks {
         raw.send(&[
             parse("s2", "SELECT 2"),
             describe_statement("s2"),
-            FeMessage::Query { sql: "SELECT 43".into() },
+            FeMessage::Query {
+                sql: "SELECT 43".into(),
+            },
         ])
         .await;
         assert_eq!(
@@ -874,8 +883,13 @@ mod attacks {
             vec!["42P01".to_string(), HELD_WITHOUT_CONTROL.to_string()]
         );
         // Still in step: a held protocol DELETE is still held, a read still reads.
-        raw.send(&[parse("", "DELETE FROM orders"), bind("", ""), execute(""), FeMessage::Sync])
-            .await;
+        raw.send(&[
+            parse("", "DELETE FROM orders"),
+            bind("", ""),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
         assert_eq!(raw.until_ready().await.1, vec![HELD_WITHOUT_CONTROL]);
         raw.send(&[FeMessage::Query {
             sql: "SELECT count(*) FROM orders".into(),
@@ -895,7 +909,9 @@ mod attacks {
             parse("", "SELECT 1"),
             bind("", ""),
             FeMessage::Flush,
-            FeMessage::Query { sql: "SELECT 2".into() },
+            FeMessage::Query {
+                sql: "SELECT 2".into(),
+            },
         ])
         .await;
         let mut codes = Vec::new();
@@ -2377,7 +2393,10 @@ policies:
         let mut raw = Raw::login(f.addr).await;
         raw.send(&[parse("", "SELECT * FROM no_such_table"), query(update)])
             .await;
-        assert_eq!(raw.until_ready().await, (vec!['E', 'C', 'Z'], vec!["42P01".to_string()]));
+        assert_eq!(
+            raw.until_ready().await,
+            (vec!['E', 'C', 'Z'], vec!["42P01".to_string()])
+        );
         assert_eq!(total(&f), "0", "through Airlock the allowed UPDATE ran");
         // The client's own Sync is answered, and the session is in step.
         raw.send(&[FeMessage::Sync]).await;
@@ -2612,11 +2631,20 @@ policies:
         let (f, _) = start_policy(record_only_yaml()).await;
         let mut raw = Raw::login(f.addr).await;
         raw.send(&[query("SELECT $€$ --$€$; EXECUTE p;")]).await;
-        assert_eq!(answer(&mut raw).await, (None, vec!["26000".to_string()]), "PostgreSQL: no such p");
+        assert_eq!(
+            answer(&mut raw).await,
+            (None, vec!["26000".to_string()]),
+            "PostgreSQL: no such p"
+        );
         let mut raw = Raw::login(f.addr).await;
-        raw.send(&[query("SELECT $€$ --$€$; SET client_encoding = 'SJIS';")]).await;
+        raw.send(&[query("SELECT $€$ --$€$; SET client_encoding = 'SJIS';")])
+            .await;
         let (fatal, errors) = answer(&mut raw).await;
-        assert_eq!((fatal, errors), (Some("0A000".to_string()), vec![]), "the session ends");
+        assert_eq!(
+            (fatal, errors),
+            (Some("0A000".to_string()), vec![]),
+            "the session ends"
+        );
         // Parsed, the same commands are refused.
         let mut raw = Raw::login(f.addr).await;
         raw.send(&[query("EXECUTE p")]).await;

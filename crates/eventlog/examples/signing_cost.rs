@@ -41,7 +41,10 @@ fn event() -> proto::Event {
             }),
         })
         .collect();
-    let mut e = new_event(&source, Body::StatementsExecuted(proto::StatementsExecuted { statements }));
+    let mut e = new_event(
+        &source,
+        Body::StatementsExecuted(proto::StatementsExecuted { statements }),
+    );
     e.session_id = airlock_eventlog::SessionId::generate().to_string();
     e
 }

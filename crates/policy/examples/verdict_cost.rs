@@ -44,7 +44,10 @@ fn main() {
              WHERE t0.active = true AND t0.email ILIKE 'a{i}%' GROUP BY t0.id, t0.email, t1.city \
              ORDER BY orders DESC LIMIT 20 OFFSET {i}"
         ),
-        _ => format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", 1 + i * 7919 % 1_000_000),
+        _ => format!(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+            1 + i * 7919 % 1_000_000
+        ),
     };
     let texts: Vec<String> = (0..n).map(text).collect();
     let mut allowed = 0u64;

@@ -495,7 +495,8 @@ fn rules_allow_everything(rules: &[Counted<RawRule>]) -> Result<(), String> {
     let covered: Vec<Kind> = rules
         .iter()
         .filter(|r| {
-            r.value.tables.as_ref().is_none_or(Vec::is_empty) && r.value.functions.as_ref().is_none_or(Vec::is_empty)
+            r.value.tables.as_ref().is_none_or(Vec::is_empty)
+                && r.value.functions.as_ref().is_none_or(Vec::is_empty)
         })
         .flat_map(|r| r.value.kinds.as_ref().map(|k| k.0.clone()).unwrap_or_default())
         .collect();
@@ -507,7 +508,10 @@ fn rules_allow_everything(rules: &[Counted<RawRule>]) -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("no rule without `tables` or `functions` allows {}", missing.join(", ")))
+        Err(format!(
+            "no rule without `tables` or `functions` allows {}",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -756,14 +760,23 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
         // included, only if its rules gate nothing, and it must record.
         let allows = |f: &Option<Fallback>| matches!(f, Some(Fallback(Action::Allow)));
         if allows(&raw.unparsed) || allows(&raw.default) {
-            let key = if allows(&raw.unparsed) { "unparsed" } else { "default" };
+            let key = if allows(&raw.unparsed) {
+                "unparsed"
+            } else {
+                "default"
+            };
             if let Err(why) = rules_allow_everything(&raw.rules) {
                 return Err(at_policy(format!(
                     "`{key}: allow` is accepted only in a record-only policy, whose rules allow every kind \
                      and hold or deny nothing, but {why}{HINT}write `{key}: require-approval` or `{key}: deny`; \
                      for a connection Airlock records without gating, allow every kind \
                      (`match: {}`) and nothing else",
-                    Kind::ALL.iter().filter(|k| !k.is_transaction_control()).map(|k| k.name()).collect::<Vec<_>>().join("|")
+                    Kind::ALL
+                        .iter()
+                        .filter(|k| !k.is_transaction_control())
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join("|")
                 )));
             }
             if !raw.record {

@@ -429,7 +429,10 @@ mod tests {
         q.push(InFlight::Sync { own: false });
         q.push(InFlight::Simple(running("next")));
         assert!(q.failed(("42P01".into(), "no table".into())).is_some());
-        assert!(q.ready().query().is_none(), "the Sync's ReadyForQuery ends the batch");
+        assert!(
+            q.ready().query().is_none(),
+            "the Sync's ReadyForQuery ends the batch"
+        );
         assert_eq!(text(q.ready().query()), Some("next".into()));
     }
 

@@ -145,7 +145,8 @@ impl ToUpstream {
         if self.ctx.copy_in.load(std::sync::atomic::Ordering::Acquire) {
             return self.copy_data(frame, msg).await;
         }
-        if matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) && self.batch != Batch::Closed {
+        if matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) && self.batch != Batch::Closed
+        {
             // PostgreSQL runs a Query inside a batch, unless an error earlier
             // in the batch has it skipping to the Sync; the proxy cannot know
             // which in time. Drivers do this after Parse, Describe and Flush

@@ -106,7 +106,11 @@ fn unknown_key_and_bad_duration_and_allow_default() {
     let e = err("policy: g\nconnection: c\ndefault: allow\nrules:\n  - match: SELECT\n    action: allow\n");
     assert_eq!(line_of(&e), Some(1), "{e}");
     assert!(e.to_string().contains("record-only policy"), "{e}");
-    assert!(e.to_string().contains("`default: require-approval` or `default: deny`"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`default: require-approval` or `default: deny`"),
+        "{e}"
+    );
 }
 
 /// Every kind but transaction control (always allowed), as a `match:`.
@@ -127,7 +131,11 @@ fn a_record_only_policy_may_allow_what_it_cannot_parse() {
     );
     let p = Policy::from_yaml(&text, "p.yaml", &ApprovalDefaults::default()).unwrap();
     assert!(p.records_only());
-    let v = p.evaluate("DO $$ BEGIN PERFORM 1; END $$", "public", &crate::PreparedStatements::new());
+    let v = p.evaluate(
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "public",
+        &crate::PreparedStatements::new(),
+    );
     assert_eq!(v.action, Action::Allow, "{}", v.reason);
     assert!(!v.parsed());
     assert!(v.reason.contains("record-only"), "{}", v.reason);
@@ -135,7 +143,11 @@ fn a_record_only_policy_may_allow_what_it_cannot_parse() {
     assert_eq!(v.action, Action::Allow, "{}", v.reason);
     // Oversized text is still refused: it could not be recorded whole.
     let big = format!("SELECT '{}'", "x".repeat(2 << 20));
-    assert_eq!(p.evaluate(&big, "public", &crate::PreparedStatements::new()).action, Action::Deny);
+    assert_eq!(
+        p.evaluate(&big, "public", &crate::PreparedStatements::new())
+            .action,
+        Action::Deny
+    );
 }
 
 #[test]
@@ -151,12 +163,20 @@ fn unparsed_allow_is_refused_unless_the_policy_gates_nothing() {
     // A table-scoped allow does not cover the kind.
     let e = err(&format!(
         "policy: g\nconnection: c\nrecord: true\nunparsed: allow\nrules:\n  - match: {}\n    action: allow\n  - match: DELETE\n    tables: [public.logs]\n    action: allow\n",
-        all.split('|').filter(|k| *k != "DELETE").collect::<Vec<_>>().join("|")
+        all.split('|')
+            .filter(|k| *k != "DELETE")
+            .collect::<Vec<_>>()
+            .join("|")
     ));
     assert!(e.to_string().contains("allows DELETE"), "{e}");
     // Missing kinds are named.
-    let e = err("policy: g\nconnection: c\nrecord: true\nunparsed: allow\nrules:\n  - match: SELECT\n    action: allow\n");
-    assert!(e.to_string().contains("allows ") && e.to_string().contains("DROP"), "{e}");
+    let e = err(
+        "policy: g\nconnection: c\nrecord: true\nunparsed: allow\nrules:\n  - match: SELECT\n    action: allow\n",
+    );
+    assert!(
+        e.to_string().contains("allows ") && e.to_string().contains("DROP"),
+        "{e}"
+    );
     // Everything allowed but nothing recorded: refused too.
     let e = err(&format!(
         "policy: g\nconnection: c\nunparsed: allow\nrules:\n  - match: {all}\n    action: allow\n"
@@ -171,7 +191,12 @@ fn unparsed_allow_is_refused_unless_the_policy_gates_nothing() {
     .unwrap();
     assert!(!p.records_only());
     assert_ne!(
-        p.evaluate("DO $$ BEGIN PERFORM 1; END $$", "public", &crate::PreparedStatements::new()).action,
+        p.evaluate(
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "public",
+            &crate::PreparedStatements::new()
+        )
+        .action,
         Action::Allow
     );
 }
