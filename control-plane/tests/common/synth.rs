@@ -47,6 +47,7 @@ fn verdict(action: proto::verdict::Action) -> proto::Verdict {
 }
 
 /// Writes one session's events; returns its id.
+#[allow(dead_code)]
 pub async fn write_session(log: &EventLog, n: u64) -> SessionId {
     write_session_as(log, log, n).await
 }
