@@ -2352,6 +2352,27 @@ policies:
     }
 
     #[tokio::test]
+    async fn a_second_copy_in_the_same_query_string_keeps_the_proxy_in_copy_mode() {
+        // After the first COPY's CopyDone, PostgreSQL starts the second
+        // COPY of the query string: a Parse sent then is COPY input to it.
+        // Were the proxy out of COPY mode at the CopyDone, it would count
+        // that Parse and its Sync, and its model would slip.
+        let (f, _) = start_policy(loader_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
+            .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[query("COPY orders FROM STDIN; COPY orders FROM STDIN")])
+            .await;
+        assert_eq!(tags(&mut raw, 1).await, vec!['G']);
+        raw.send(&[FeMessage::CopyDone]).await;
+        assert_eq!(tags(&mut raw, 2).await, vec!['C', 'G']);
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (Some("08P01".to_string()), vec![]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
     async fn copy_started_behind_a_pipelined_query_is_not_seen_either() {
         // The same root cause without the commit's path: any ReadyForQuery
         // answering something sent before the COPY clears the flag.

@@ -220,15 +220,15 @@ impl ToUpstream {
     }
 
     /// During COPY FROM STDIN only COPY data may come; PostgreSQL ignores
-    /// Sync and Flush then (so they are not counted, nor sent).
+    /// Sync and Flush then (so they are not counted, nor sent). COPY mode
+    /// lasts until the COPY query's own ReadyForQuery: after a CopyDone,
+    /// PostgreSQL may start the next COPY of the same query string, so a
+    /// message sent before that answer could be swallowed as COPY input
+    /// and the proxy's model of the session would slip. Such a message ends
+    /// the session; a client that waits for the answer never sees this.
     async fn copy_data(&mut self, frame: &Frame, msg: FeMessage) -> Result<(), Ending> {
         match msg {
-            FeMessage::CopyData(_) => {}
-            FeMessage::CopyDone | FeMessage::CopyFail { .. } => {
-                self.ctx
-                    .copy_in
-                    .store(false, std::sync::atomic::Ordering::Release);
-            }
+            FeMessage::CopyData(_) | FeMessage::CopyDone | FeMessage::CopyFail { .. } => {}
             FeMessage::Sync | FeMessage::Flush => return Ok(()),
             FeMessage::Query { .. }
             | FeMessage::Parse { .. }
@@ -239,7 +239,8 @@ impl ToUpstream {
             | FeMessage::Terminate
             | FeMessage::Password(_)
             | FeMessage::FunctionCall(_) => {
-                let what = "only COPY data may be sent during COPY FROM STDIN";
+                let what = "only COPY data may be sent during COPY FROM STDIN (after CopyDone, wait for \
+                            the COPY's ReadyForQuery)";
                 return Err(self.violation(&malformed(frame, what)).await);
             }
         }
