@@ -124,7 +124,7 @@ impl Running {
 /// What a ReadyForQuery ends.
 pub(super) enum Ready {
     /// A simple Query, to be recorded.
-    Query(Running),
+    Query(Box<Running>),
     /// A batch, a refused Query's stand-in, or nothing known.
     Batch,
     /// The batch the proxy ended with its own Sync: the client did not ask
@@ -209,7 +209,7 @@ impl InFlightQueue {
     pub fn ready(&mut self) -> Ready {
         while let Some(item) = self.items.pop_front() {
             match item {
-                InFlight::Simple(r) => return Ready::Query(r),
+                InFlight::Simple(r) => return Ready::Query(Box::new(r)),
                 InFlight::Sync { own } => {
                     self.syncs_after_change.pop_front();
                     return if own { Ready::OwnSync } else { Ready::Batch };
@@ -281,7 +281,7 @@ mod tests {
     impl Ready {
         fn query(self) -> Option<Running> {
             match self {
-                Ready::Query(r) => Some(r),
+                Ready::Query(r) => Some(*r),
                 Ready::Batch | Ready::OwnSync => None,
             }
         }

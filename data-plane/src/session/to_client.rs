@@ -200,7 +200,7 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
                     if r.copies_in {
                         ctx.copy_in.store(false, std::sync::atomic::Ordering::Release);
                     }
-                    ctx.finish(r);
+                    ctx.finish(*r);
                 }
                 Ready::Batch => {}
                 // The proxy's own Sync: the client never asked for this one.

@@ -165,24 +165,24 @@ fn postgres_shape(s: &[char]) -> Option<String> {
             }
             shape.push(OPAQUE);
         } else if c == '/' && at(i + 1) == Some('*') {
-            i = block_comment(&s, i)?;
+            i = block_comment(s, i)?;
             shape.push(OPAQUE);
         } else if c == '\'' {
-            i = string(&s, i, false, &mut shape)?;
+            i = string(s, i, false, &mut shape)?;
         } else if matches!(c, 'e' | 'E') && at(i + 1) == Some('\'') {
-            i = string(&s, i + 1, true, &mut shape)?;
+            i = string(s, i + 1, true, &mut shape)?;
         } else if matches!(c, 'b' | 'B' | 'x' | 'X' | 'n' | 'N') && at(i + 1) == Some('\'') {
-            i = string(&s, i + 1, false, &mut shape)?;
+            i = string(s, i + 1, false, &mut shape)?;
         } else if matches!(c, 'u' | 'U') && at(i + 1) == Some('&') && at(i + 2) == Some('\'') {
-            i = string(&s, i + 2, false, &mut shape)?;
+            i = string(s, i + 2, false, &mut shape)?;
         } else if matches!(c, 'u' | 'U') && at(i + 1) == Some('&') && at(i + 2) == Some('"') {
-            i = quoted_identifier(&s, i + 2)?;
+            i = quoted_identifier(s, i + 2)?;
             shape.push(OPAQUE);
         } else if c == '"' {
-            i = quoted_identifier(&s, i)?;
+            i = quoted_identifier(s, i)?;
             shape.push(OPAQUE);
         } else if c == '$' {
-            if let Some(end) = dollar_quote(&s, i) {
+            if let Some(end) = dollar_quote(s, i) {
                 i = end?;
                 shape.push(OPAQUE);
             } else {
