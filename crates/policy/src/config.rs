@@ -485,6 +485,12 @@ impl<'de> Deserialize<'de> for Fallback {
     }
 }
 
+/// The kinds a rule can decide: all but transaction control (always
+/// allowed). A record-only policy allows every one of them.
+pub(crate) fn judged_kinds() -> impl Iterator<Item = Kind> {
+    Kind::ALL.iter().copied().filter(|k| !k.is_transaction_control())
+}
+
 /// Whether a policy's rules allow every statement and gate none: every
 /// rule allows, and rules naming no tables or functions cover every kind.
 /// Only such a policy may write `unparsed: allow` or `default: allow`.
@@ -500,9 +506,8 @@ fn rules_allow_everything(rules: &[Counted<RawRule>]) -> Result<(), String> {
         })
         .flat_map(|r| r.value.kinds.as_ref().map(|k| k.0.clone()).unwrap_or_default())
         .collect();
-    let missing: Vec<&str> = Kind::ALL
-        .iter()
-        .filter(|k| !k.is_transaction_control() && !covered.contains(k))
+    let missing: Vec<&str> = judged_kinds()
+        .filter(|k| !covered.contains(k))
         .map(|k| k.name())
         .collect();
     if missing.is_empty() {
@@ -771,12 +776,7 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                      and hold or deny nothing, but {why}{HINT}write `{key}: require-approval` or `{key}: deny`; \
                      for a connection Airlock records without gating, allow every kind \
                      (`match: {}`) and nothing else",
-                    Kind::ALL
-                        .iter()
-                        .filter(|k| !k.is_transaction_control())
-                        .map(|k| k.name())
-                        .collect::<Vec<_>>()
-                        .join("|")
+                    judged_kinds().map(Kind::name).collect::<Vec<_>>().join("|")
                 )));
             }
             if !raw.record {
