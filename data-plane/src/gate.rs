@@ -163,6 +163,21 @@ pub struct Judgement {
 }
 
 impl Judgement {
+    /// A judgement that is only an action and its recorded verdict: the
+    /// statement names no prepared statement and its effects are unknown.
+    pub fn only(action: Action, verdict: proto::Verdict) -> Judgement {
+        Judgement {
+            action,
+            verdict,
+            on_finish: None,
+            executes_prepared: false,
+            sql_names: Vec::new(),
+            drops_all: false,
+            unseen: false,
+            kinds: Vec::new(),
+        }
+    }
+
     /// Whether one of the statement's effects is of `kind`.
     pub fn has(&self, kind: airlock_policy::Kind) -> bool {
         self.kinds.contains(&kind)

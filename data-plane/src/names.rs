@@ -56,9 +56,10 @@ enum Op {
     },
     /// A Sync or a simple Query: answered by ReadyForQuery.
     Boundary,
-    /// Text the proxy could not parse ran (a record-only policy allowed
-    /// it): it may have made or dropped any statement or portal. Until it
-    /// is answered every name is uncertain; once answered, none is known.
+    /// Opaque text ran (unparsed text a record-only policy allowed, a DO
+    /// block): it may have made or dropped any statement or portal, so no
+    /// name from before it is known (a lookup sees only what was made after
+    /// it), and once it is answered every older name is forgotten.
     Unseen,
 }
 
@@ -103,6 +104,15 @@ pub struct Names {
     statements: HashMap<String, Statement>,
     portals: HashMap<String, Portal>,
     pending: VecDeque<Op>,
+    /// A portal of a statement that is not simply allowed was forgotten
+    /// (opaque text ran): it may still exist until the transaction ends.
+    gated_forgotten: bool,
+}
+
+/// A portal whose statement is not simply allowed: SQL FETCH or MOVE on it
+/// would run it unapproved.
+fn gated(p: &Portal) -> bool {
+    !matches!(p.statement.judgement.action, crate::gate::Action::Allow)
 }
 
 impl Names {
@@ -122,8 +132,8 @@ impl Names {
         self.pending.push_back(Op::Boundary);
     }
 
-    /// A simple Query whose text could not be parsed is sent (ahead of its
-    /// [`Names::boundary`]).
+    /// Opaque text is sent (a simple Query, ahead of its
+    /// [`Names::boundary`], or an Execute of such a statement).
     pub fn unseen(&mut self) {
         self.pending.push_back(Op::Unseen);
     }
@@ -148,7 +158,8 @@ impl Names {
         for op in self.pending.iter().rev() {
             match op {
                 Op::Boundary => in_this_batch = false,
-                Op::Unseen => return Lookup::Ambiguous,
+                // Nothing older is known: only what was made after it.
+                Op::Unseen => return Lookup::among(candidates, |a, b| a.parse == b.parse),
                 Op::Parse(n, s) if n == name => {
                     if in_this_batch {
                         return Lookup::One(s);
@@ -173,7 +184,11 @@ impl Names {
         for op in self.pending.iter().rev() {
             match op {
                 Op::Boundary => in_this_batch = false,
-                Op::Unseen => return Lookup::Ambiguous,
+                Op::Unseen => {
+                    return Lookup::among(candidates, |a, b| {
+                        a.bind == b.bind && a.statement.parse == b.statement.parse
+                    });
+                }
                 Op::Bind(n, p) if n == name => {
                     if in_this_batch {
                         return Lookup::One(p);
@@ -206,6 +221,9 @@ impl Names {
     /// SQL DEALLOCATE ALL or DISCARD ALL succeeded: PostgreSQL dropped every
     /// prepared statement (and DISCARD every portal).
     pub fn drop_all(&mut self) {
+        if self.portals.values().any(gated) {
+            self.gated_forgotten = true;
+        }
         self.statements.clear();
         self.portals.clear();
     }
@@ -213,8 +231,8 @@ impl Names {
     /// Whether some portal (bound or being bound) runs a statement that is
     /// not simply allowed: SQL FETCH or MOVE on it would run it unapproved.
     pub fn has_gated_portal(&self) -> bool {
-        let gated = |p: &Portal| !matches!(p.statement.judgement.action, crate::gate::Action::Allow);
-        self.portals.values().any(gated)
+        self.gated_forgotten
+            || self.portals.values().any(gated)
             || self
                 .pending
                 .iter()
@@ -227,6 +245,13 @@ impl Names {
     /// of PostgreSQL's names is then wrong, and the caller must end the
     /// session rather than go on judging by it.
     pub fn confirmed(&mut self) -> bool {
+        // An Execute of opaque text is answered before what follows it.
+        while matches!(self.pending.front(), Some(Op::Unseen))
+            && self.pending.get(1).is_some_and(|op| !matches!(op, Op::Boundary))
+        {
+            self.pending.pop_front();
+            self.drop_all();
+        }
         match self.pending.pop_front() {
             Some(Op::Parse(name, s)) => {
                 self.statements.insert(name, s);
@@ -279,6 +304,7 @@ impl Names {
         }
         if idle {
             self.portals.clear();
+            self.gated_forgotten = false;
         }
     }
 }
@@ -291,16 +317,7 @@ mod tests {
     fn stmt(text: &str) -> Statement {
         Statement {
             text: text.into(),
-            judgement: Judgement {
-                action: Action::Allow,
-                verdict: Default::default(),
-                on_finish: None,
-                executes_prepared: false,
-                sql_names: vec![],
-                drops_all: false,
-                unseen: false,
-                kinds: Vec::new(),
-            },
+            judgement: Judgement::only(Action::Allow, Default::default()),
             param_types: vec![],
             parse: Bytes::from(text.to_owned()),
         }
@@ -379,16 +396,7 @@ mod ambiguity {
     fn stmt(text: &str) -> Statement {
         Statement {
             text: text.into(),
-            judgement: Judgement {
-                action: Action::Allow,
-                verdict: Default::default(),
-                on_finish: None,
-                executes_prepared: false,
-                sql_names: vec![],
-                drops_all: false,
-                unseen: false,
-                kinds: Vec::new(),
-            },
+            judgement: Judgement::only(Action::Allow, Default::default()),
             param_types: vec![],
             parse: Bytes::from(text.to_owned()),
         }

@@ -179,30 +179,31 @@ impl Gate for PolicyGate {
         }
         let Some(v) = strictest else {
             // A binding with no policy left: never allow.
-            return Judgement {
-                action: Action::Deny {
+            return Judgement::only(
+                Action::Deny {
                     message: "no policy applies to this session any more; reconnect".into(),
                 },
-                verdict: proto::Verdict {
+                proto::Verdict {
                     action: proto::verdict::Action::Deny as i32,
                     ..Default::default()
                 },
-                on_finish: None,
-                executes_prepared: false,
-                sql_names: Vec::new(),
-                drops_all: false,
-                unseen: false,
-                kinds: Vec::new(),
-            };
+            );
         };
         // PREPARE and DEALLOCATE change what later EXECUTEs mean, but only
         // once they have run (allowed, or approved): applied on success,
         // never at judgement; after a failure the names are forgotten.
-        // Text a record-only policy lets through unparsed may prepare or
-        // deallocate anything: once it has run (or failed part way), no
-        // name it could have touched is trusted (SQL PREPARE names here,
-        // protocol names by the data plane's name model: `Judgement::unseen`).
-        let unseen = !v.parsed() && v.action == airlock_policy::Action::Allow;
+        // Text a record-only policy lets through unparsed, and a DO block
+        // (its code is opaque: dynamic SQL may PREPARE or DEALLOCATE), may
+        // prepare or deallocate anything: once it has run (or failed part
+        // way), no name it could have touched is trusted (SQL PREPARE names
+        // here, protocol names by the data plane's name model:
+        // `Judgement::unseen`).
+        let opaque = !v.parsed()
+            || v.effects
+                .iter()
+                .any(|e| e.effect.kind == airlock_policy::Kind::Do);
+        // Whether it runs allowed or approved.
+        let unseen = opaque && !matches!(v.action, airlock_policy::Action::Deny);
         let on_finish: Option<crate::gate::OnFinish> = if unseen {
             let session = binding.session.clone();
             Some(Arc::new(move |_| {

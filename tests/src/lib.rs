@@ -43,6 +43,7 @@ pub struct StackBuilder {
     // Real binaries only.
     pub(crate) replicas: usize,
     pub(crate) rules: Option<String>,
+    pub(crate) access: Option<String>,
     pub(crate) proxy_tls: bool,
     pub(crate) control_mtls: bool,
     pub(crate) checkpoints: bool,
@@ -68,6 +69,7 @@ impl Default for StackBuilder {
             proxies: 1,
             replicas: 1,
             rules: None,
+            access: None,
             proxy_tls: false,
             control_mtls: false,
             checkpoints: false,
@@ -116,6 +118,15 @@ impl StackBuilder {
     /// spaces), instead of [`binaries::SEED_RULES`].
     pub fn rules(mut self, yaml: &str) -> Self {
         self.rules = Some(yaml.to_owned());
+        self
+    }
+
+    /// The `connections:` and `policies:` sections whole, instead of the
+    /// `prod-maintenance` connection and the agents' policy over it; `{PG}`
+    /// stands for PostgreSQL's port, and the proxy has the upstream password
+    /// in `PROD_MAINT_PASSWORD`.
+    pub fn access(mut self, yaml: &str) -> Self {
+        self.access = Some(yaml.to_owned());
         self
     }
 
@@ -174,6 +185,7 @@ impl StackBuilder {
         let defaults = StackBuilder::default();
         let binaries_only = self.replicas != defaults.replicas
             || self.rules.is_some()
+            || self.access.is_some()
             || self.proxy_tls
             || self.control_mtls
             || self.checkpoints

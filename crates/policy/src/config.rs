@@ -487,7 +487,7 @@ impl<'de> Deserialize<'de> for Fallback {
 
 /// The kinds a rule can decide: all but transaction control (always
 /// allowed). A record-only policy allows every one of them.
-pub(crate) fn judged_kinds() -> impl Iterator<Item = Kind> {
+pub fn judged_kinds() -> impl Iterator<Item = Kind> {
     Kind::ALL.iter().copied().filter(|k| !k.is_transaction_control())
 }
 
@@ -785,6 +785,21 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                      {HINT}add `record: true`: a record-only policy exists to record"
                 )));
             }
+        }
+        // A DO block runs any code: allowing it lets every statement
+        // through, so only a record-only policy may.
+        if rules_allow_everything(&raw.rules).is_err()
+            && let Some(i) = raw.rules.iter().position(|r| {
+                r.value.action.0 == Action::Allow
+                    && r.value.kinds.as_ref().is_some_and(|k| k.0.contains(&Kind::Do))
+            })
+        {
+            return Err(at_policy(format!(
+                "rule {} allows DO, but a DO block runs any code (a DELETE inside one included), so \
+                 allowing it lets every statement through ungated{HINT}hold DO (`require-approval`) \
+                 or deny it; allow it only in a record-only policy",
+                i + 1
+            )));
         }
         let policy_reviewers = raw.reviewers.is_some() || !ctx.defaults.reviewers.is_empty();
         for r in &raw.rules {

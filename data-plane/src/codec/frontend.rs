@@ -175,7 +175,7 @@ impl FeMessage {
             } => {
                 put_cstr(&mut b, name);
                 put_cstr(&mut b, query);
-                b.put_i16(param_types.len() as i16);
+                b.put_u16(count(param_types.len()));
                 for t in param_types {
                     b.put_u32(*t);
                 }
@@ -190,11 +190,11 @@ impl FeMessage {
             } => {
                 put_cstr(&mut b, portal);
                 put_cstr(&mut b, statement);
-                b.put_i16(param_formats.len() as i16);
+                b.put_u16(count(param_formats.len()));
                 for f in param_formats {
                     b.put_i16(*f);
                 }
-                b.put_i16(params.len() as i16);
+                b.put_u16(count(params.len()));
                 for p in params {
                     match p {
                         None => b.put_i32(-1),
@@ -204,7 +204,7 @@ impl FeMessage {
                         }
                     }
                 }
-                b.put_i16(result_formats.len() as i16);
+                b.put_u16(count(result_formats.len()));
                 for f in result_formats {
                     b.put_i16(*f);
                 }

@@ -175,7 +175,15 @@ fn malformed_bodies_are_named() {
             },
         ),
         (
+            // 65535 parameter types announced (counts are unsigned), none sent.
             Frame::new(b'P', &b"s\0SELECT 1\0\xff\xff"[..]),
+            CodecError::Malformed {
+                tag: 'P',
+                what: "parameter type",
+            },
+        ),
+        (
+            Frame::new(b'P', &b"s\0SELECT 1\0\x01"[..]),
             CodecError::Malformed {
                 tag: 'P',
                 what: "parameter type count",
@@ -348,5 +356,32 @@ proptest! {
         if let Some((&tag, body)) = bytes.split_first() {
             let _ = FeMessage::parse(&Frame::new(tag, body.to_vec()));
         }
+    }
+}
+
+#[test]
+fn counts_are_unsigned_up_to_65535_parameters() {
+    // PostgreSQL reads the protocol's 16-bit counts unsigned: a statement
+    // may take up to 65535 parameters (pg8000's suite binds 60000).
+    let n = 60_000;
+    let parse = FeMessage::Parse {
+        name: "s".into(),
+        query: "SELECT 1".into(),
+        param_types: vec![23; n],
+    };
+    let bind = FeMessage::Bind {
+        portal: String::new(),
+        statement: "s".into(),
+        param_formats: vec![0],
+        params: vec![Some(Bytes::from_static(b"1")); n],
+        result_formats: vec![],
+    };
+    for message in [parse, bind] {
+        let bytes = message.to_frame().to_bytes();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let frame = decode_frame(&mut buf, &Limits::default())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(FeMessage::parse(&frame), Ok(message));
     }
 }

@@ -52,11 +52,8 @@ pub(super) fn read_count(b: &mut Bytes, tag: char, what: &'static str) -> Result
     if b.remaining() < 2 {
         return Err(CodecError::Malformed { tag, what });
     }
-    let n = b.get_i16();
-    if n < 0 {
-        return Err(CodecError::Malformed { tag, what });
-    }
-    Ok(n as usize)
+    // Unsigned, as PostgreSQL reads it: up to 65535 parameters.
+    Ok(usize::from(b.get_u16()))
 }
 
 pub(super) fn read_formats(b: &mut Bytes, tag: char, what: &'static str) -> Result<Vec<i16>, CodecError> {
@@ -76,4 +73,15 @@ pub(super) fn read_formats(b: &mut Bytes, tag: char, what: &'static str) -> Resu
         out.push(f);
     }
     Ok(out)
+}
+
+/// A count as the protocol writes it: unsigned, 16 bits. The messages the
+/// proxy writes are ones it decoded (or its own, far smaller), so their
+/// counts fit.
+pub(super) fn count(n: usize) -> u16 {
+    debug_assert!(
+        n <= usize::from(u16::MAX),
+        "a count of {n} does not fit the protocol"
+    );
+    u16::try_from(n).unwrap_or(u16::MAX)
 }

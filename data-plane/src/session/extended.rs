@@ -257,6 +257,11 @@ impl ToUpstream {
         let needed = self.ctx.binding.record || !request_id.is_empty();
         match self.reserve_record(needed).await {
             Ok(slot) => {
+                // Opaque text (a DO block, unparsed text a record-only
+                // policy allows) may redefine any name once it runs.
+                if judgement.unseen {
+                    self.ctx.names().unseen();
+                }
                 let running = Running::new(statement, judgement, request_id, slot);
                 queue(&self.queue).push(InFlight::Extended(running));
                 frame.encode(&mut self.out);

@@ -29,6 +29,7 @@
 //! operands are not seen; nor are a view's or a trigger's bodies.
 
 mod catalog;
+mod fallback;
 mod lexing;
 mod prepared;
 mod reading;
@@ -189,6 +190,14 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
             }
         }
         Err(e) => {
+            // Statement by statement, with the shapes sqlparser has no
+            // rule for (`fallback`); the text was read once already, so
+            // reading it again agrees.
+            if let lexing::Reading::Agreed(tokens) = lexing::read(sql)
+                && let Some(by_statement) = fallback::by_statement(tokens, ctx)
+            {
+                return by_statement;
+            }
             out.unparsed = Some(e.to_string());
             out.effects = leading_keyword_effects(sql);
         }

@@ -167,7 +167,8 @@ fn session_kinds() {
 
 #[test]
 fn unparseable_text_keeps_its_leading_kind() {
-    let c = effects("DO $$ BEGIN DELETE FROM t; END $$");
+    // Two bodies: no DO shape the fallback reads.
+    let c = effects("DO $$ BEGIN DELETE FROM t; END $$ $$x$$");
     assert!(c.unparsed.is_some());
     assert_eq!(
         c.effects.iter().map(|e| e.kind).collect::<Vec<_>>(),
@@ -735,4 +736,132 @@ fn a_comment_inside_a_string_continuation_does_not_end_the_string() {
     let c = effects("SELECT E'a' --c\n'\\'' ; DELETE FROM orders; -- '");
     let why = c.unparsed.expect("must not be judged as parsed");
     assert!(why.contains("differently"), "{why}");
+}
+
+/// Read by the fallback (`fallback.rs`): classified, not unparsed.
+fn read_by_fallback(sql: &str) -> Vec<(Kind, Vec<String>)> {
+    let c = effects(sql);
+    assert_eq!(c.unparsed, None, "{sql}");
+    kinds(sql)
+}
+
+fn stays_unparsed(sql: &str) {
+    assert!(effects(sql).unparsed.is_some(), "{sql} must stay unparsed");
+}
+
+#[test]
+fn move_is_a_cursor_statement_like_fetch() {
+    for sql in [
+        "MOVE FORWARD 1 c",
+        "move 5 in c",
+        "MOVE ALL FROM \"My Cursor\"",
+        "MOVE ABSOLUTE -1 FROM c",
+        "MOVE c",
+    ] {
+        assert_eq!(read_by_fallback(sql), vec![k(Kind::Cursor, &[])], "{sql}");
+    }
+    // Nothing but words, numbers and signs: no expression hides in a MOVE.
+    stays_unparsed("MOVE FORWARD (SELECT 1) c");
+    stays_unparsed("MOVE 'x'");
+    stays_unparsed("MOVE");
+    stays_unparsed("MOVE FORWARD 1");
+}
+
+#[test]
+fn do_blocks_are_do_whatever_their_quoting() {
+    for sql in [
+        "DO $$BEGIN PERFORM 1; END$$",
+        "DO 'BEGIN NULL; END'",
+        "DO LANGUAGE plpgsql $x$BEGIN NULL; END$x$",
+        "DO $$BEGIN NULL; END$$ LANGUAGE plpgsql",
+        "DO E'BEGIN NULL; END'",
+    ] {
+        assert_eq!(read_by_fallback(sql), vec![k(Kind::Do, &[])], "{sql}");
+    }
+    stays_unparsed("DO $$x$$ $$y$$");
+    stays_unparsed("DO $$x$$ || 'y'");
+    stays_unparsed("DO");
+}
+
+#[test]
+fn alter_type_adding_or_dropping_attributes_is_an_alter() {
+    for sql in [
+        "ALTER TYPE typ1 ADD ATTRIBUTE c text",
+        "ALTER TYPE s.typ1 DROP ATTRIBUTE IF EXISTS x RESTRICT",
+        "ALTER TYPE typ1 ADD ATTRIBUTE a numeric(10, 2), DROP ATTRIBUTE b, ADD ATTRIBUTE c int[]",
+        "ALTER TYPE typ1 ADD ATTRIBUTE c text COLLATE \"C\"",
+    ] {
+        assert_eq!(read_by_fallback(sql), vec![k(Kind::Alter, &[])], "{sql}");
+    }
+    // A type change of typed tables' columns may run casts: not read here.
+    stays_unparsed("ALTER TYPE typ1 ALTER ATTRIBUTE a TYPE mytype CASCADE");
+    stays_unparsed("ALTER TYPE typ1 ADD ATTRIBUTE c text, ALTER ATTRIBUTE a SET DATA TYPE int");
+    stays_unparsed("ALTER TYPE typ1 ADD ATTRIBUTE c text DEFAULT 1");
+    // CASCADE reaches typed tables: their rows get the attribute's default
+    // (a domain's, computed by any function).
+    stays_unparsed("ALTER TYPE ct ADD ATTRIBUTE z dwithdefault CASCADE");
+    stays_unparsed("ALTER TYPE ct DROP ATTRIBUTE b CASCADE");
+    stays_unparsed("ALTER TYPE typ1 ADD ATTRIBUTE c text, ");
+}
+
+#[test]
+fn create_domain_without_expressions_is_a_create() {
+    for sql in [
+        "CREATE DOMAIN num_array numeric[]",
+        "CREATE DOMAIN s.d AS varchar(20) NOT NULL",
+        "CREATE DOMAIN d int COLLATE \"C\"",
+    ] {
+        assert_eq!(read_by_fallback(sql), vec![k(Kind::Create, &[])], "{sql}");
+    }
+    // Expressions are not read here: those stay unparsed (sqlparser reads
+    // the form with `AS`, expressions included).
+    stays_unparsed("CREATE DOMAIN d int[] CHECK (VALUE <> '{}')");
+    stays_unparsed("CREATE DOMAIN d int[] DEFAULT f()");
+    stays_unparsed("CREATE DOMAIN d int[] CONSTRAINT c NOT NULL");
+}
+
+#[test]
+fn alter_sequence_is_an_alter_of_the_sequence() {
+    for (sql, target) in [
+        ("ALTER SEQUENCE s RESTART WITH 10", "public.s"),
+        (
+            "ALTER SEQUENCE IF EXISTS app.\"Seq\" INCREMENT BY -1 OWNED BY t.id",
+            "app.Seq",
+        ),
+        ("ALTER SEQUENCE S RESTART", "public.s"),
+    ] {
+        let got = read_by_fallback(sql);
+        assert_eq!(got.len(), 1, "{sql}");
+        assert_eq!(got[0].0, Kind::Alter, "{sql}");
+        assert!(got[0].1.iter().any(|t| t == target), "{sql}: {:?}", got[0].1);
+    }
+    stays_unparsed("ALTER SEQUENCE s RESTART WITH (SELECT 1)");
+    stays_unparsed("ALTER SEQUENCE s");
+}
+
+#[test]
+fn a_text_the_parser_refuses_is_read_statement_by_statement() {
+    // Each statement is classified: the fallback's shape, and whatever
+    // the parser reads around it.
+    assert_eq!(
+        read_by_fallback("DROP DOMAIN IF EXISTS d; CREATE DOMAIN d numeric[]; DELETE FROM orders"),
+        vec![
+            k(Kind::Drop, &[]),
+            k(Kind::Create, &[]),
+            k(Kind::Delete, &["public.orders"])
+        ]
+    );
+    assert_eq!(
+        read_by_fallback("MOVE 1 c; SELECT * FROM t;"),
+        vec![k(Kind::Cursor, &[]), k(Kind::Select, &["public.t"])]
+    );
+    // One statement no one reads leaves the whole text unparsed.
+    stays_unparsed("MOVE 1 c; CHECKPOINT");
+    stays_unparsed("CREATE DOMAIN d int; REINDEX TABLE t");
+    // A `;` inside a string or a dollar quote ends nothing.
+    assert_eq!(
+        read_by_fallback("DO $$BEGIN DELETE FROM orders; END$$"),
+        vec![k(Kind::Do, &[])]
+    );
+    stays_unparsed("DO $$BEGIN$$; x");
 }

@@ -126,11 +126,7 @@ fn a_record_only_policy_may_allow_what_it_cannot_parse() {
     );
     let p = Policy::from_yaml(&text, "p.yaml", &ApprovalDefaults::default()).unwrap();
     assert!(p.records_only());
-    let v = p.evaluate(
-        "DO $$ BEGIN PERFORM 1; END $$",
-        "public",
-        &crate::PreparedStatements::new(),
-    );
+    let v = p.evaluate("CHECKPOINT", "public", &crate::PreparedStatements::new());
     assert_eq!(v.action, Action::Allow, "{}", v.reason);
     assert!(!v.parsed());
     assert!(v.reason.contains("record-only"), "{}", v.reason);
@@ -186,12 +182,8 @@ fn unparsed_allow_is_refused_unless_the_policy_gates_nothing() {
     .unwrap();
     assert!(!p.records_only());
     assert_ne!(
-        p.evaluate(
-            "DO $$ BEGIN PERFORM 1; END $$",
-            "public",
-            &crate::PreparedStatements::new()
-        )
-        .action,
+        p.evaluate("CHECKPOINT", "public", &crate::PreparedStatements::new())
+            .action,
         Action::Allow
     );
 }
@@ -264,4 +256,25 @@ fn approvals_out_of_range_is_reported_at_the_value() {
     );
     assert_eq!(line_of(&e), Some(7), "{e}");
     assert!(e.to_string().contains("from 1 to 100"), "{e}");
+}
+
+#[test]
+fn do_may_be_allowed_only_in_a_record_only_policy() {
+    // A DO block runs any code (a DELETE inside one included): allowing it
+    // in a policy that gates anything would let everything through.
+    let e = err(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: SELECT|DO\n    action: allow\n  - match: DELETE\n    action: require-approval\n",
+    );
+    assert!(e.to_string().contains("rule 1 allows DO"), "{e}");
+    // Held or denied, it loads.
+    for action in ["require-approval", "deny"] {
+        Policy::from_yaml(
+            &format!(
+                "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DO\n    action: {action}\n"
+            ),
+            "p.yaml",
+            &ApprovalDefaults::default(),
+        )
+        .unwrap_or_else(|e| panic!("{action}: {e}"));
+    }
 }

@@ -1,0 +1,510 @@
+//! The drivers' own test suites, run against PostgreSQL directly and then
+//! through Airlock, as an operator would judge compatibility: every test
+//! that passes directly must pass through Airlock, except the by-design
+//! differences written in `tests/suites/differences/<suite>.txt` (a test id
+//! and why, a line each). A test that fails through Airlock is run again
+//! (alone, or with the other differing tests) before it counts, so a test
+//! that is merely flaky under load is reported, not blamed on the proxy.
+//!
+//! Airlock runs each suite under a record-only policy (every kind allowed,
+//! unparsed text allowed, everything recorded), on a connection named
+//! `postgres` because the suites connect to that database. After the run,
+//! every statement PostgreSQL logged for the proxy's sessions must be in
+//! the event log, and `airlock-control verify` must pass.
+//!
+//! The suites are installed by `./deploy/local/install-deps.sh --suites`:
+//! asyncpg's and pg8000's test folders from their source distributions,
+//! and node-postgres's pg-cursor and pg-pool packages (which carry their
+//! tests), pinned in `tests/suites/package-lock.json`. Run them with
+//! `./tests/suites/run.sh` (a few minutes; not part of `./tests/run.sh`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use airlock_e2e::{BinaryStack, StackBuilder};
+
+/// One suite at a time: they time things, and share two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn suites_dir() -> PathBuf {
+    repo().join(".airlock/tools/suites")
+}
+
+/// Where a suite's files are, or a failure that says how to get them.
+fn installed(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run ./deploy/local/install-deps.sh --suites",
+        path.display()
+    );
+    path
+}
+
+/// How a suite is run and read.
+enum Runner {
+    /// `python -m pytest` over `paths` in `dir`, with `options` (on a run
+    /// again too); `-rA` names every outcome.
+    Pytest {
+        dir: PathBuf,
+        paths: Vec<String>,
+        options: Vec<String>,
+    },
+    /// Mocha over each package's `test/*.js`, read from its JSON report.
+    Mocha { packages: Vec<PathBuf> },
+}
+
+/// Where a suite connects.
+struct Target {
+    port: u16,
+    password: String,
+}
+
+/// The outcome of one run: the ids of the tests that passed, and of those
+/// that ran and did not.
+#[derive(Debug, Default)]
+struct Outcome {
+    passed: BTreeSet<String>,
+    failed: BTreeSet<String>,
+}
+
+impl Runner {
+    /// Runs the suite (or only the tests `only` names) against `target`.
+    fn run(&self, target: &Target, only: Option<&BTreeSet<String>>, log: &Path) -> Outcome {
+        match self {
+            Runner::Pytest { dir, paths, options } => {
+                let mut command = Command::new(installed(suites_dir().join("venv/bin/python")));
+                command
+                    .current_dir(dir)
+                    .args(["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"])
+                    .args(options);
+                match only {
+                    Some(ids) => command.args(ids),
+                    None => command.args(paths),
+                };
+                let out = run_logged(command, target, log);
+                read_pytest(&out)
+            }
+            Runner::Mocha { packages } => {
+                let mut outcome = Outcome::default();
+                for package in packages {
+                    let name = package.file_name().expect("name").to_string_lossy().into_owned();
+                    let report = log.with_extension(format!("{name}.json"));
+                    let _ = std::fs::remove_file(&report);
+                    let mut command =
+                        Command::new(installed(repo().join("tests/suites/node_modules/.bin/mocha")));
+                    command
+                        .current_dir(package)
+                        .args([
+                            "--exit",
+                            "--timeout",
+                            "20000",
+                            "--reporter",
+                            "json",
+                            "--reporter-option",
+                        ])
+                        .arg(format!("output={}", report.display()));
+                    if let Some(ids) = only {
+                        let titles: Vec<String> = ids
+                            .iter()
+                            .filter_map(|id| id.strip_prefix(&format!("{name}: ")))
+                            .map(regex_quote)
+                            .collect();
+                        if titles.is_empty() {
+                            continue;
+                        }
+                        command.arg("--grep").arg(format!("^({})$", titles.join("|")));
+                    }
+                    let tests: Vec<PathBuf> = std::fs::read_dir(package.join("test"))
+                        .expect("the package's tests")
+                        .map(|e| e.expect("entry").path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "js"))
+                        .collect();
+                    command.args(tests);
+                    run_logged(command, target, log);
+                    let json = std::fs::read_to_string(&report)
+                        .unwrap_or_else(|e| panic!("mocha wrote no report {}: {e}", report.display()));
+                    read_mocha(&name, &json, &mut outcome);
+                }
+                outcome
+            }
+        }
+    }
+}
+
+/// Runs `command` with libpq's environment pointing at `target`, its output
+/// appended to `log`; returns the output.
+fn run_logged(mut command: Command, target: &Target, log: &Path) -> String {
+    let out = command
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", target.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .env("PGPASSWORD", &target.password)
+        .env("PGSSLMODE", "disable")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The command without its environment (which holds the token).
+    let args: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut all = std::fs::read_to_string(log).unwrap_or_default();
+    all.push_str(&format!("$ {}\n{text}\n", args.join(" ")));
+    std::fs::write(log, all).expect("write the suite's log");
+    text
+}
+
+/// pytest's `-rA` summary: `PASSED id`, `FAILED id - why`, `ERROR id - why`.
+fn read_pytest(out: &str) -> Outcome {
+    let mut outcome = Outcome::default();
+    for line in out.lines() {
+        let id = |rest: &str| rest.split(" - ").next().unwrap_or(rest).trim().to_owned();
+        if let Some(rest) = line.strip_prefix("PASSED ") {
+            outcome.passed.insert(id(rest));
+        } else if let Some(rest) = line
+            .strip_prefix("FAILED ")
+            .or_else(|| line.strip_prefix("ERROR "))
+        {
+            outcome.failed.insert(id(rest));
+        }
+    }
+    // A test whose teardown errs after it passed did not pass.
+    let failed = outcome.failed.clone();
+    outcome.passed.retain(|t| !failed.contains(t));
+    outcome
+}
+
+/// Mocha's JSON report: `passes` and `failures`, named `<package>: <full title>`.
+fn read_mocha(package: &str, json: &str, outcome: &mut Outcome) {
+    let report: serde_json::Value = serde_json::from_str(json).expect("mocha's JSON report");
+    let titles = |key: &str| -> Vec<String> {
+        report[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| format!("{package}: {}", t["fullTitle"].as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    outcome.passed.extend(titles("passes"));
+    outcome.failed.extend(titles("failures"));
+}
+
+/// `text` as a regular expression matching itself (JavaScript's syntax).
+fn regex_quote(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\^$.|?*+()[]{}/".contains(c);
+            special.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+/// The by-design differences of a suite: test id -> why.
+fn differences(suite: &str) -> BTreeMap<String, String> {
+    let path = repo().join(format!("tests/suites/differences/{suite}.txt"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (id, why) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("{}: `{l}` is not `test id<TAB>why`", path.display()));
+            (id.trim().to_owned(), why.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Every kind a policy judges, allowed: with `unparsed` and `default`
+/// allowed too, a record-only policy (`docs/policy.md`), over a connection
+/// for each database the suite uses, named as the database (the suites
+/// pick a database by name, and through Airlock the name picks the
+/// connection).
+fn record_only(databases: &[&str]) -> String {
+    let kinds: Vec<&str> = airlock_policy::config::judged_kinds().map(|k| k.name()).collect();
+    let mut connections = String::from("connections:\n");
+    let mut policies = String::from("policies:\n");
+    for db in databases {
+        connections += &format!(
+            "  - name: {db}\n    upstream: postgres://postgres@127.0.0.1:{{PG}}/{db}\n    password_env: PROD_MAINT_PASSWORD\n"
+        );
+        policies += &format!(
+            "  - policy: db-maintenance-agents
+    connection: {db}
+    unparsed: allow
+    default: allow
+    rules:
+      - match: {}
+        action: allow
+    record: true
+",
+            kinds.join("|")
+        );
+    }
+    connections + &policies
+}
+
+/// Runs `suite` directly and through Airlock and compares; then checks the
+/// record of the run through Airlock.
+fn compare(suite: &str, databases: &[&str], runner: Runner) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = StackBuilder::new()
+        .access(&record_only(databases))
+        .start_binaries();
+    // The suites' output stays after the stack is gone, for reading.
+    let logs = repo().join("target/suites");
+    std::fs::create_dir_all(&logs).expect("target/suites");
+    let log = logs.join(format!("{suite}.log"));
+    for run in ["direct", "airlock", "again"] {
+        let _ = std::fs::remove_file(log.with_extension(format!("{run}.log")));
+    }
+    let direct = Target {
+        port: stack.pg.port(),
+        password: "unused (trust)".into(),
+    };
+    let airlock = Target {
+        port: stack.proxy_port,
+        password: stack.agent_token_with(&["--ttl", "2h"]),
+    };
+    let first = runner.run(&direct, None, &log.with_extension("direct.log"));
+    assert!(
+        first.passed.len() > 20,
+        "{suite} passed only {} tests directly; see {}",
+        first.passed.len(),
+        log.with_extension("direct.log").display()
+    );
+    let pg_log_start = stack.pg.server_log().len();
+    let through = runner.run(&airlock, None, &log.with_extension("airlock.log"));
+    let recorded_at = stack.pg.server_log().len();
+    let mut suspects: BTreeSet<String> = first.passed.difference(&through.passed).cloned().collect();
+    if !suspects.is_empty() {
+        let again = runner.run(&airlock, Some(&suspects), &log.with_extension("again.log"));
+        let flaky: Vec<String> = suspects.intersection(&again.passed).cloned().collect();
+        if !flaky.is_empty() {
+            eprintln!("{suite}: passed through Airlock when run again (flaky): {flaky:#?}");
+        }
+        suspects.retain(|t| !again.passed.contains(t));
+    }
+    let expected = differences(suite);
+    let unexplained: Vec<&String> = suspects.iter().filter(|t| !expected.contains_key(*t)).collect();
+    let stale: Vec<&String> = expected.keys().filter(|t| !suspects.contains(*t)).collect();
+    let only_through: Vec<&String> = through.passed.difference(&first.passed).collect();
+    eprintln!(
+        "{suite}: {} passed directly, {} through Airlock; {} by-design differences, {} passed only through Airlock: {only_through:#?}",
+        first.passed.len(),
+        through.passed.len(),
+        suspects.len() - unexplained.len(),
+        only_through.len(),
+    );
+    assert!(
+        unexplained.is_empty(),
+        "{suite}: tests that pass directly fail through Airlock (their output: {}): {unexplained:#?}",
+        log.with_extension("again.log").display()
+    );
+    assert!(
+        stale.is_empty(),
+        "{suite}: listed as differences but pass through Airlock (remove them from tests/suites/differences/{suite}.txt): {stale:#?}"
+    );
+    every_statement_recorded(&stack, suite, pg_log_start, recorded_at);
+}
+
+/// Every statement PostgreSQL logged between `from` and `to` (the run
+/// through Airlock) is in the event log, and the log verifies.
+fn every_statement_recorded(stack: &BinaryStack, suite: &str, from: usize, to: usize) {
+    let log = stack.pg.server_log();
+    let ran = logged_statements(&log[from..to]);
+    assert!(
+        ran.len() > 20,
+        "{suite}: PostgreSQL logged {} statements",
+        ran.len()
+    );
+    let recorded = airlock_e2e::eventually_blocking(
+        "the proxy to record the suite's statements",
+        std::time::Duration::from_secs(30),
+        || {
+            let recorded = recorded_statements(stack);
+            let missing: Vec<&String> = ran.iter().filter(|t| !recorded.contains(*t)).collect();
+            airlock_e2e::satisfies(missing.len(), |n| *n == 0).map_err(|_| {
+                let sample: Vec<&&String> = missing.iter().take(10).collect();
+                format!("{} statements not recorded, e.g. {sample:#?}", missing.len())
+            })
+        },
+    );
+    let _ = recorded;
+    parse_coverage(suite, &ran);
+    let out = stack.control_command(&["verify"]).output().expect("verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{suite}: verify: {report}");
+    assert!(report.contains("\"ok\": true"), "{suite}: verify: {report}");
+    let out = stack.control_command(&["replay"]).output().expect("replay");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{suite}: replay: {report}");
+    assert!(report.contains("\"anomalies\": 0"), "{suite}: replay: {report}");
+}
+
+/// How many of the statements the suite ran the classifier reads (the rest
+/// meet a policy's `unparsed` action), printed for docs/policy.md's figure,
+/// with the kinds of text it cannot read.
+fn parse_coverage(suite: &str, ran: &BTreeSet<String>) {
+    let prepared = airlock_policy::PreparedStatements::default();
+    let ctx = airlock_policy::ClassifyContext {
+        default_schema: "public",
+        prepared: &prepared,
+        max_statement_bytes: airlock_policy::DEFAULT_MAX_STATEMENT_BYTES,
+    };
+    let mut unread: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for text in ran {
+        let c = airlock_policy::classify(text, &ctx);
+        if c.unparsed.is_some() || c.oversized.is_some() {
+            let lead: Vec<String> = text
+                .split_whitespace()
+                .take(2)
+                .map(|w| w.to_ascii_uppercase())
+                .collect();
+            let entry = unread.entry(lead.join(" ")).or_insert((0, text.clone()));
+            entry.0 += 1;
+        }
+    }
+    let missed: usize = unread.values().map(|(n, _)| n).sum();
+    eprintln!(
+        "{suite}: parse coverage: {} of {} distinct statements classified ({:.1}%); not read, by leading words: {:#?}",
+        ran.len() - missed,
+        ran.len(),
+        100.0 * (ran.len() - missed) as f64 / ran.len() as f64,
+        unread
+            .iter()
+            .map(|(lead, (n, e))| format!("{lead}: {n}, e.g. {}", e.chars().take(120).collect::<String>()))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The texts PostgreSQL logged as run (`log_statement = all`): simple
+/// queries (`statement: ...`) and executed portals (`execute <name>: ...`).
+/// An entry starts at a line with the log prefix (`%m [%p] `) and runs to
+/// the next one; its further lines start with a tab that is not the
+/// statement's.
+fn logged_statements(log: &str) -> BTreeSet<String> {
+    let mut entries: Vec<String> = Vec::new();
+    for line in log.split_inclusive('\n') {
+        let starts_entry = line.len() > 24
+            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && line.as_bytes()[4] == b'-'
+            && line.contains(" [");
+        match entries.last_mut() {
+            // PostgreSQL starts each further line of a message with a tab.
+            Some(entry) if !starts_entry => entry.push_str(line.strip_prefix('\t').unwrap_or(line)),
+            _ => entries.push(line.to_owned()),
+        }
+    }
+    let mut texts = BTreeSet::new();
+    for entry in entries {
+        let Some((_, message)) = entry.split_once("] LOG:  ") else {
+            continue;
+        };
+        let text = if let Some(text) = message.strip_prefix("statement: ") {
+            text
+        } else if let Some(rest) = message.strip_prefix("execute ") {
+            match rest.split_once(": ") {
+                Some((_, text)) => text,
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        // An empty query runs nothing (PostgreSQL answers EmptyQueryResponse).
+        if !text.trim().is_empty() {
+            texts.insert(text.to_owned());
+        }
+    }
+    texts
+}
+
+/// Every statement text in the event log (`airlock-control export`).
+fn recorded_statements(stack: &BinaryStack) -> BTreeSet<String> {
+    let out = stack
+        .control_command(&["export", "--from", "1"])
+        .output()
+        .expect("export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut texts = BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        collect_texts(&event, &mut texts);
+    }
+    texts
+}
+
+/// Every `statement.text` below `value`.
+fn collect_texts(value: &serde_json::Value, texts: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if key == "statement"
+                    && let Some(text) = v["text"].as_str()
+                {
+                    texts.insert(text.to_owned());
+                }
+                collect_texts(v, texts);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_texts(v, texts)),
+        _ => {}
+    }
+}
+
+#[test]
+fn asyncpg_suite() {
+    let dir = installed(suites_dir().join("asyncpg"));
+    // The suite makes and uses two databases of its own besides `postgres`.
+    compare(
+        "asyncpg",
+        &["postgres", "asyncpg_intro_test", "testdb"],
+        Runner::Pytest {
+            dir,
+            paths: vec!["tests".into()],
+            options: Vec::new(),
+        },
+    );
+}
+
+#[test]
+fn pg8000_suite() {
+    let dir = installed(suites_dir().join("pg8000"));
+    // Its SCRAM tests make and use a database of their own.
+    compare(
+        "pg8000",
+        &["postgres", "pg8000_scram_sha_256"],
+        Runner::Pytest {
+            dir,
+            paths: vec!["test".into()],
+            // The benchmarks need pytest-benchmark and time nothing here.
+            options: vec!["--ignore-glob=*test_benchmarks.py".into()],
+        },
+    );
+}
+
+#[test]
+fn node_postgres_suite() {
+    let modules = installed(repo().join("tests/suites/node_modules"));
+    compare(
+        "node-postgres",
+        &["postgres"],
+        Runner::Mocha {
+            packages: vec![modules.join("pg-cursor"), modules.join("pg-pool")],
+        },
+    );
+}

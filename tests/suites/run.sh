@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The drivers' own test suites, directly against PostgreSQL and through
+# Airlock (a record-only policy), compared test by test: asyncpg, pg8000 and
+# node-postgres (its pg-cursor and pg-pool packages). Any test that passes
+# directly and fails through Airlock fails the run, unless
+# tests/suites/differences/<suite>.txt lists it with its reason; then every
+# statement PostgreSQL ran for the suite must be in the event log, and the
+# log must verify. A few minutes; not part of ./tests/run.sh.
+#
+#   ./tests/suites/run.sh              every suite
+#   ./tests/suites/run.sh asyncpg      the suites whose test name matches
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo"
+./deploy/local/install-deps.sh --suites
+export PATH="$repo/.airlock/bin:$PATH"
+exec cargo test -p airlock-e2e --test suites -- --nocapture "$@"
