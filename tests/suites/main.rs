@@ -5,6 +5,9 @@
 //! and why, a line each). A test that fails through Airlock is run again
 //! (alone, or with the other differing tests) before it counts, so a test
 //! that is merely flaky under load is reported, not blamed on the proxy.
+//! A listed test that passes through Airlock fails the run (the list must
+//! stay true), unless its reason starts with `timing:` (it depends on how
+//! loaded the machine is).
 //!
 //! Airlock runs each suite under a record-only policy (every kind allowed,
 //! unparsed text allowed, everything recorded), on a connection named
@@ -300,7 +303,12 @@ fn compare(suite: &str, databases: &[&str], runner: Runner) {
     }
     let expected = differences(suite);
     let unexplained: Vec<&String> = suspects.iter().filter(|t| !expected.contains_key(*t)).collect();
-    let stale: Vec<&String> = expected.keys().filter(|t| !suspects.contains(*t)).collect();
+    // A difference of timing may pass on a quiet machine: it is not stale.
+    let stale: Vec<&String> = expected
+        .iter()
+        .filter(|(t, why)| !suspects.contains(*t) && !why.starts_with("timing:"))
+        .map(|(t, _)| t)
+        .collect();
     let only_through: Vec<&String> = through.passed.difference(&first.passed).collect();
     eprintln!(
         "{suite}: {} passed directly, {} through Airlock; {} by-design differences, {} passed only through Airlock: {only_through:#?}",
