@@ -137,9 +137,9 @@ impl Gate for SeedGate {
         } else {
             (Action::Allow, "SELECT -> allow")
         };
-        Judgement {
+        Judgement::only(
             action,
-            verdict: proto::Verdict {
+            proto::Verdict {
                 action: if gated {
                     proto::verdict::Action::RequireApproval as i32
                 } else {
@@ -155,13 +155,7 @@ impl Gate for SeedGate {
                 parsed: true,
                 ..Default::default()
             },
-            on_finish: None,
-            executes_prepared: false,
-            sql_names: Vec::new(),
-            drops_all: false,
-            unseen: false,
-            kinds: Vec::new(),
-        }
+        )
     }
 }
 
