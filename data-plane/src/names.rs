@@ -58,8 +58,8 @@ enum Op {
     Boundary,
     /// Opaque text ran (unparsed text a record-only policy allowed, a DO
     /// block): it may have made or dropped any statement or portal, so no
-    /// name from before it is known (a lookup sees only what was made after
-    /// it), and once it is answered every older name is forgotten.
+    /// name from before it is known (see `after_unseen`), and once it is
+    /// answered every older name is forgotten.
     Unseen,
 }
 
@@ -107,6 +107,19 @@ pub struct Names {
     /// A portal of a statement that is not simply allowed was forgotten
     /// (opaque text ran): it may still exist until the transaction ends.
     gated_forgotten: bool,
+}
+
+/// A lookup that reached opaque text: nothing older is known. With no
+/// later definition in an earlier batch the name is missing (the opaque
+/// text may have made it, unjudged); with one, that definition may still
+/// fail (the opaque text may have taken the name), so the caller waits for
+/// answers (the opaque text is in an earlier batch, whose Sync is sent).
+fn after_unseen<T>(candidates: Vec<T>) -> Lookup<T> {
+    if candidates.is_empty() {
+        Lookup::Missing
+    } else {
+        Lookup::Ambiguous
+    }
 }
 
 /// A portal whose statement is not simply allowed: SQL FETCH or MOVE on it
@@ -158,8 +171,7 @@ impl Names {
         for op in self.pending.iter().rev() {
             match op {
                 Op::Boundary => in_this_batch = false,
-                // Nothing older is known: only what was made after it.
-                Op::Unseen => return Lookup::among(candidates, |a, b| a.parse == b.parse),
+                Op::Unseen => return after_unseen(candidates),
                 Op::Parse(n, s) if n == name => {
                     if in_this_batch {
                         return Lookup::One(s);
@@ -184,11 +196,7 @@ impl Names {
         for op in self.pending.iter().rev() {
             match op {
                 Op::Boundary => in_this_batch = false,
-                Op::Unseen => {
-                    return Lookup::among(candidates, |a, b| {
-                        a.bind == b.bind && a.statement.parse == b.statement.parse
-                    });
-                }
+                Op::Unseen => return after_unseen(candidates),
                 Op::Bind(n, p) if n == name => {
                     if in_this_batch {
                         return Lookup::One(p);
@@ -421,6 +429,33 @@ mod ambiguity {
             n.statement("s").one().map(|s| s.text.as_str()),
             Some("DELETE FROM orders")
         );
+    }
+
+    #[test]
+    fn behind_opaque_text_an_old_name_is_missing_and_a_later_one_waits() {
+        // Review: a DO block may PREPARE any name (a DELETE as `t`), so a
+        // Parse of `t` pipelined behind it may fail for that reason.
+        let mut n = Names::default();
+        n.parse("s".into(), stmt("SELECT 1"));
+        n.boundary();
+        n.confirmed();
+        n.ready(true);
+        n.unseen();
+        // In the opaque text's own batch, `s` is missing, not waited on.
+        assert!(matches!(n.statement("s"), Lookup::Missing));
+        n.boundary();
+        n.parse("t".into(), stmt("SELECT 2"));
+        n.boundary();
+        // `t` as parsed in the earlier batch, or whatever the opaque text
+        // made of it: wait for PostgreSQL's answers.
+        assert!(matches!(n.statement("t"), Lookup::Ambiguous));
+        assert!(matches!(n.statement("s"), Lookup::Missing));
+        // The opaque text is answered; the Parse of `t` failed.
+        n.ready(true);
+        n.failed();
+        n.ready(true);
+        assert!(matches!(n.statement("t"), Lookup::Missing));
+        assert!(matches!(n.statement("s"), Lookup::Missing));
     }
 
     #[test]
