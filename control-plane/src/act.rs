@@ -121,6 +121,11 @@ async fn append_vote(
 /// outcome was never appended. Safe to run on every replica at once: the
 /// expected-sequence check lets one append win.
 pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> usize {
+    // How far the state judged below has surely folded: read before the
+    // state (the fold advances this only after applying). Read after it,
+    // it could count another replica's outcome, appended meanwhile, as
+    // folded, and a second outcome would follow the first.
+    let folded = live.sequence();
     let due = live.read(|s| {
         due_outcomes(s, SystemTime::now(), source)
             .into_iter()
@@ -134,10 +139,7 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
     for (id, event, last) in due {
         let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
         let outcome = event.body.as_ref().and_then(Outcome::of);
-        if append_due(log, &id, event, last, live.sequence())
-            .instrument(span)
-            .await
-        {
+        if append_due(log, &id, event, last, folded).instrument(span).await {
             if let Some(outcome) = outcome {
                 live.metrics().decided(outcome);
             }
