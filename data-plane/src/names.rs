@@ -410,13 +410,18 @@ mod ambiguity {
         }
     }
 
-    #[test]
-    fn a_redefinition_not_yet_answered_is_ambiguous() {
-        let mut n = Names::default();
-        n.parse("s".into(), stmt("DELETE FROM orders"));
+    /// `name` parsed as `text` in a batch PostgreSQL has answered.
+    fn known(n: &mut Names, name: &str, text: &str) {
+        n.parse(name.into(), stmt(text));
         n.boundary();
         n.confirmed();
         n.ready(true);
+    }
+
+    #[test]
+    fn a_redefinition_not_yet_answered_is_ambiguous() {
+        let mut n = Names::default();
+        known(&mut n, "s", "DELETE FROM orders");
         // Pipelined: a new Parse of the name, and in a later batch a Bind,
         // before PostgreSQL has answered either.
         n.parse("s".into(), stmt("SELECT 1"));
@@ -436,10 +441,7 @@ mod ambiguity {
         // Review: a DO block may PREPARE any name (a DELETE as `t`), so a
         // Parse of `t` pipelined behind it may fail for that reason.
         let mut n = Names::default();
-        n.parse("s".into(), stmt("SELECT 1"));
-        n.boundary();
-        n.confirmed();
-        n.ready(true);
+        known(&mut n, "s", "SELECT 1");
         n.unseen();
         // In the opaque text's own batch, `s` is missing, not waited on.
         assert!(matches!(n.statement("s"), Lookup::Missing));

@@ -2610,9 +2610,7 @@ mod review_query_in_batch {
         // record of the Execute names the SELECT). When the operator
         // reloads to a gating policy, binding s runs the DELETE unapproved.
         let (f, gate) = start_policy(record_only_yaml()).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
-        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        let mut raw = login_with_s_as_select(&f).await;
         // The parsed form is refused even by a record-only policy.
         raw.send(&[query("DEALLOCATE s")]).await;
         assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
@@ -2778,6 +2776,14 @@ mod review_query_in_batch {
         );
     }
 
+    /// A session whose protocol statement `s` is `SELECT 1`, answered.
+    async fn login_with_s_as_select(f: &Fixture) -> Raw {
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw
+    }
+
     /// A DO block that turns the protocol statement `s` (parsed as
     /// `SELECT 1`) into a DELETE: PostgreSQL shares one namespace between
     /// protocol and SQL prepared statements, and DO's dynamic SQL may
@@ -2791,9 +2797,7 @@ mod review_query_in_batch {
         // it is no longer unparsed text; it must still make the proxy forget
         // every name, or `s` would be judged as the SELECT it was.
         let (f, _gate) = start_policy(record_only_yaml()).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
-        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        let mut raw = login_with_s_as_select(&f).await;
         raw.send(&[query(REDEFINE_S)]).await;
         assert_eq!(answer(&mut raw).await, (None, vec![]), "the DO block runs");
         raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
@@ -2808,9 +2812,7 @@ mod review_query_in_batch {
         // left `s` judged as the SELECT it was. In one batch too: the Bind
         // of `s` behind the DO's Execute is refused, not waited on.
         let (f, _gate) = start_policy(record_only_yaml()).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
-        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        let mut raw = login_with_s_as_select(&f).await;
         raw.send(&[
             parse("", REDEFINE_S),
             bind("", ""),
