@@ -2362,10 +2362,7 @@ mod review_query_in_batch {
         // Were the proxy out of COPY mode at the CopyDone, it would count
         // that Parse and its Sync, and its model would slip.
         let (f, _) = start_policy(loader_yaml()).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
-            .await;
-        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        let mut raw = login_with_s(&f, "DELETE FROM orders").await;
         raw.send(&[query("COPY orders FROM STDIN; COPY orders FROM STDIN")])
             .await;
         assert_eq!(tags(&mut raw, 1).await, vec!['G']);
@@ -2381,10 +2378,7 @@ mod review_query_in_batch {
         // The same root cause without the commit's path: any ReadyForQuery
         // answering something sent before the COPY clears the flag.
         let (f, _) = start_policy(loader_yaml()).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
-            .await;
-        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        let mut raw = login_with_s(&f, "DELETE FROM orders").await;
         raw.send(&[query("SELECT 1"), query("COPY orders FROM STDIN")])
             .await;
         assert_eq!(tags(&mut raw, 5).await, vec!['T', 'D', 'C', 'Z', 'G']);
@@ -2437,10 +2431,7 @@ mod review_query_in_batch {
         // by PostgreSQL; the Query runs behind the own Sync; s is still
         // the DELETE and stays held.
         let f = start(|_| {}).await;
-        let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "DELETE FROM orders"), FeMessage::Sync])
-            .await;
-        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        let mut raw = login_with_s(&f, "DELETE FROM orders").await;
         raw.send(&[describe(b'P', "nosuch"), close(b'S', "s"), query("SELECT 1")])
             .await;
         assert_eq!(answer(&mut raw).await, (None, vec!["34000".to_string()]));
@@ -2610,7 +2601,7 @@ mod review_query_in_batch {
         // record of the Execute names the SELECT). When the operator
         // reloads to a gating policy, binding s runs the DELETE unapproved.
         let (f, gate) = start_policy(record_only_yaml()).await;
-        let mut raw = login_with_s_as_select(&f).await;
+        let mut raw = login_with_s(&f, "SELECT 1").await;
         // The parsed form is refused even by a record-only policy.
         raw.send(&[query("DEALLOCATE s")]).await;
         assert_eq!(answer(&mut raw).await, (None, vec!["42501".to_string()]));
@@ -2776,10 +2767,10 @@ mod review_query_in_batch {
         );
     }
 
-    /// A session whose protocol statement `s` is `SELECT 1`, answered.
-    async fn login_with_s_as_select(f: &Fixture) -> Raw {
+    /// A session whose protocol statement `s` is `text`, answered.
+    async fn login_with_s(f: &Fixture, text: &str) -> Raw {
         let mut raw = Raw::login(f.addr).await;
-        raw.send(&[parse("s", "SELECT 1"), FeMessage::Sync]).await;
+        raw.send(&[parse("s", text), FeMessage::Sync]).await;
         assert_eq!(answer(&mut raw).await, (None, vec![]));
         raw
     }
@@ -2797,7 +2788,7 @@ mod review_query_in_batch {
         // it is no longer unparsed text; it must still make the proxy forget
         // every name, or `s` would be judged as the SELECT it was.
         let (f, _gate) = start_policy(record_only_yaml()).await;
-        let mut raw = login_with_s_as_select(&f).await;
+        let mut raw = login_with_s(&f, "SELECT 1").await;
         raw.send(&[query(REDEFINE_S)]).await;
         assert_eq!(answer(&mut raw).await, (None, vec![]), "the DO block runs");
         raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
@@ -2812,7 +2803,7 @@ mod review_query_in_batch {
         // left `s` judged as the SELECT it was. In one batch too: the Bind
         // of `s` behind the DO's Execute is refused, not waited on.
         let (f, _gate) = start_policy(record_only_yaml()).await;
-        let mut raw = login_with_s_as_select(&f).await;
+        let mut raw = login_with_s(&f, "SELECT 1").await;
         raw.send(&[
             parse("", REDEFINE_S),
             bind("", ""),
