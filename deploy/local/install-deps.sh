@@ -13,8 +13,10 @@
 #   * with --suites only: the drivers' own test suites that tests/suites/run.sh
 #     runs directly and through Airlock: asyncpg's, pg8000's and psycopg2's
 #     tests from their source distributions (pinned) with pytest in a
-#     virtualenv of their own (psycopg2 itself from its binary wheel), and node-postgres's pg-cursor and pg-pool packages, which
-#     carry their tests (pinned by tests/suites/package-lock.json)
+#     virtualenv of their own (psycopg2 itself from its binary wheel), pgx's
+#     and pgconn's tests from Debian's Go source packages, and
+#     node-postgres's pg-cursor and pg-pool packages, which carry their
+#     tests (pinned by tests/suites/package-lock.json)
 # Idempotent: a second run changes nothing. Binaries it installs are linked
 # into .airlock/bin, which tests/run.sh and demo.sh put first on PATH.
 set -euo pipefail
@@ -28,6 +30,8 @@ SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2==2.9.10")
 # What is installed to run each driver's tests, where it is not the driver's
 # source distribution (psycopg2's would need a compiler and libpq's headers).
 SUITE_INSTALLS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2-binary==2.9.10")
+# pgx 4.15 (Debian 12's), with its pgconn, and Go to run their tests.
+SUITE_GO_PACKAGES=(golang-go golang-github-jackc-pgx-v4-dev golang-github-stretchr-testify-dev)
 SUITE_RUNNERS=("pytest==8.3.4" "distro==1.9.0" "pytest-mock==3.14.0" "pytz==2024.2"
   # psycopg 3's suite, whose tests come from a checkout (docs/drivers.md)
   "psycopg[binary]==3.2.13" "psycopg-pool==3.2.6" "anyio==4.16.0" "pproxy==2.7.9"
@@ -196,6 +200,13 @@ install_suites() {
     echo "$version" >"$dir/$name/.version"
     rm -rf "$dir/sdist"
   done
+  # pgx's and pgconn's tests, with the Go to run them: Debian's source
+  # packages of Go libraries carry their tests.
+  if ! command -v go >/dev/null 2>&1 || [ ! -f /usr/share/gocode/src/github.com/jackc/pgconn/pgconn_test.go ] \
+     || [ ! -d /usr/share/gocode/src/github.com/stretchr/testify ]; then
+    say "installing pgx's suite (Debian packages ${SUITE_GO_PACKAGES[*]})"
+    apt_install "${SUITE_GO_PACKAGES[@]}"
+  fi
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
   fi

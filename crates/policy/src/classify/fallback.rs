@@ -32,6 +32,11 @@
 //!   (how pg_dump writes an identity column): an ALTER of that table. It
 //!   makes the column's sequence and runs no expression; only words,
 //!   numbers and signs may stand in the options.
+//! * `BEGIN [WORK | TRANSACTION] modes` and `START TRANSACTION modes`, where
+//!   the parser does not read a mode (`DEFERRABLE`): transaction control,
+//!   or a setting with `READ WRITE` (as the parser's own reading has it).
+//!   Only transaction modes may follow.
+//! * `SET CONSTRAINTS {ALL | name, ...} {DEFERRED | IMMEDIATE}`: a SET.
 //!
 //! Anything else keeps the text unparsed, with the policy's `unparsed`
 //! action. A shape is matched on whole statements, never on a prefix.
@@ -172,6 +177,29 @@ fn recognise(t: &[Token], c: &Classifier<'_, '_>) -> Option<Effect> {
                 });
             (rest.len() >= 2 && is_word(&rest[0]) && plain).then(|| Effect::new(Kind::Create))
         }
+        ("BEGIN", _) => {
+            let rest = match second.as_deref() {
+                Some("WORK" | "TRANSACTION") => &t[2..],
+                _ => &t[1..],
+            };
+            transaction_modes(rest).map(transaction_effect)
+        }
+        ("START", Some("TRANSACTION")) => transaction_modes(&t[2..]).map(transaction_effect),
+        ("SET", Some("CONSTRAINTS")) => {
+            let rest = &t[2..];
+            let (names, when) = rest.split_at(rest.len().checked_sub(1)?);
+            let names_ok = match names {
+                [only] => keyword(Some(only)).as_deref() == Some("ALL") || is_word(only),
+                _ => {
+                    !names.is_empty()
+                        && names
+                            .iter()
+                            .all(|t| matches!(t, Token::Word(_) | Token::Comma | Token::Period))
+                }
+            };
+            (names_ok && matches!(keyword(when.first()).as_deref(), Some("DEFERRED" | "IMMEDIATE")))
+                .then(|| Effect::new(Kind::Set))
+        }
         ("ALTER", Some("TABLE")) => {
             let table = identity_column_table(&t[2..])?;
             Some(Effect::on(Kind::Alter, c.qualify(&table)))
@@ -191,6 +219,51 @@ fn recognise(t: &[Token], c: &Classifier<'_, '_>) -> Option<Effect> {
         }
         _ => None,
     }
+}
+
+/// A list of transaction modes (`ISOLATION LEVEL l`, `READ ONLY`, `READ
+/// WRITE`, `[NOT] DEFERRABLE`, separated by commas or not), the whole of
+/// `t`: whether one is `READ WRITE`. `None` for anything else.
+fn transaction_modes(t: &[Token]) -> Option<bool> {
+    let words: Vec<String> = t
+        .iter()
+        .filter(|t| **t != Token::Comma)
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut read_write = false;
+    let mut rest = words.as_slice();
+    while !rest.is_empty() {
+        rest = match rest {
+            ["ISOLATION", "LEVEL", "SERIALIZABLE", more @ ..]
+            | ["ISOLATION", "LEVEL", "REPEATABLE", "READ", more @ ..]
+            | [
+                "ISOLATION",
+                "LEVEL",
+                "READ",
+                "COMMITTED" | "UNCOMMITTED",
+                more @ ..,
+            ]
+            | ["READ", "ONLY", more @ ..]
+            | ["NOT", "DEFERRABLE", more @ ..]
+            | ["DEFERRABLE", more @ ..] => more,
+            ["READ", "WRITE", more @ ..] => {
+                read_write = true;
+                more
+            }
+            _ => return None,
+        };
+    }
+    Some(read_write)
+}
+
+/// `BEGIN READ WRITE` undoes a default of `default_transaction_read_only`:
+/// a setting, as the parser's reading has it; other modes are control.
+fn transaction_effect(read_write: bool) -> Effect {
+    Effect::new(if read_write { Kind::Set } else { Kind::Transaction })
 }
 
 /// `[IF EXISTS] [ONLY] table ALTER [COLUMN] column ADD GENERATED {ALWAYS |

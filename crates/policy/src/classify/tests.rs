@@ -840,6 +840,40 @@ fn alter_sequence_is_an_alter_of_the_sequence() {
 }
 
 #[test]
+fn transactions_with_modes_the_parser_does_not_read_are_transaction_control() {
+    for sql in [
+        "BEGIN DEFERRABLE",
+        "BEGIN NOT DEFERRABLE",
+        "BEGIN READ ONLY DEFERRABLE",
+        "begin transaction isolation level serializable, read only, deferrable",
+        "START TRANSACTION ISOLATION LEVEL REPEATABLE READ DEFERRABLE",
+    ] {
+        assert_eq!(read_by_fallback(sql), vec![k(Kind::Transaction, &[])], "{sql}");
+    }
+    // READ WRITE undoes default_transaction_read_only: a setting.
+    assert_eq!(
+        read_by_fallback("BEGIN READ WRITE, DEFERRABLE"),
+        vec![k(Kind::Set, &[])]
+    );
+    stays_unparsed("BEGIN DEFERRABLE ISOLATION LEVEL CHAOS");
+    stays_unparsed("BEGIN DEFERRABLE 'x'");
+    stays_unparsed("BEGIN \"DEFERRABLE\"");
+}
+
+#[test]
+fn set_constraints_is_a_setting() {
+    for sql in [
+        "SET CONSTRAINTS table2__table1_id__fk DEFERRED",
+        "SET CONSTRAINTS ALL IMMEDIATE",
+        "SET CONSTRAINTS s.a, b DEFERRED",
+    ] {
+        assert_eq!(read_by_fallback(sql), vec![k(Kind::Set, &[])], "{sql}");
+    }
+    stays_unparsed("SET CONSTRAINTS ALL LATER");
+    stays_unparsed("SET CONSTRAINTS DEFERRED");
+}
+
+#[test]
 fn an_identity_column_added_as_pg_dump_writes_it_is_an_alter_of_the_table() {
     for (sql, target) in [
         (
