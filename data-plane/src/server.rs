@@ -8,7 +8,9 @@
 //! different statements), `DateStyle`, `TimeZone`, `IntervalStyle`,
 //! `extra_float_digits`, and the timeouts a client sets to bound its own
 //! session (`statement_timeout`, `lock_timeout`,
-//! `idle_in_transaction_session_timeout`, `idle_session_timeout`). Refused, with an error naming the parameter:
+//! `idle_in_transaction_session_timeout`, `idle_session_timeout`), and
+//! `default_transaction_read_only` when it is on (off is refused: it could
+//! undo a read-only default). Refused, with an error naming the parameter:
 //! `options`, `role`, `session_authorization`, `search_path` and
 //! `replication`, which could change privileges or what a table name means.
 //! Any other parameter is dropped (logged at debug level).
@@ -368,6 +370,20 @@ pub fn screen_params(params: Vec<(String, String)>) -> Result<Vec<(String, Strin
                 ));
             }
         }
+        // Read-only may be asked for, never undone: `off` would override a
+        // role's or database's read-only default, as `BEGIN READ WRITE`
+        // would (which a policy judges as SET).
+        if name.eq_ignore_ascii_case("default_transaction_read_only") {
+            let on = value.trim().trim_matches('\'').to_ascii_lowercase();
+            if !matches!(on.as_str(), "on" | "true" | "yes" | "1") {
+                return Err(format!(
+                    "startup parameter \"{name}\" may only be turned on through Airlock (off could undo a \
+                     read-only default); remove it from the connection string"
+                ));
+            }
+            out.push((name, value));
+            continue;
+        }
         if name == "user" || name == "database" || FORWARDED_PARAMS.contains(&name.as_str()) {
             out.push((name, value));
         } else {
@@ -418,5 +434,13 @@ mod tests {
         }
         let err = screen_params(params(&[("client_encoding", "SJIS")])).expect_err("SJIS");
         assert!(err.contains("use UTF8"), "{err}");
+        // Read-only may be asked for (pgx's target_session_attrs checks
+        // it), never undone.
+        let kept = screen_params(params(&[("default_transaction_read_only", "on")])).expect("on");
+        assert_eq!(kept, params(&[("default_transaction_read_only", "on")]));
+        for off in ["off", "false", "0", "", "of"] {
+            let err = screen_params(params(&[("default_transaction_read_only", off)])).expect_err(off);
+            assert!(err.contains("may only be turned on"), "{err}");
+        }
     }
 }

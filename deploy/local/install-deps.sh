@@ -31,7 +31,8 @@ SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2==2.9.10")
 # source distribution (psycopg2's would need a compiler and libpq's headers).
 SUITE_INSTALLS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2-binary==2.9.10")
 # pgx 4.15 (Debian 12's), with its pgconn, and Go to run their tests.
-SUITE_GO_PACKAGES=(golang-go golang-github-jackc-pgx-v4-dev golang-github-stretchr-testify-dev)
+SUITE_GO_PACKAGES=(golang-go golang-github-jackc-pgx-v4-dev golang-github-jackc-pgmock-dev
+  golang-github-stretchr-testify-dev)
 SUITE_RUNNERS=("pytest==8.3.4" "distro==1.9.0" "pytest-mock==3.14.0" "pytz==2024.2"
   # psycopg 3's suite, whose tests come from a checkout (docs/drivers.md)
   "psycopg[binary]==3.2.13" "psycopg-pool==3.2.6" "anyio==4.16.0" "pproxy==2.7.9"
@@ -203,7 +204,8 @@ install_suites() {
   # pgx's and pgconn's tests, with the Go to run them: Debian's source
   # packages of Go libraries carry their tests.
   if ! command -v go >/dev/null 2>&1 || [ ! -f /usr/share/gocode/src/github.com/jackc/pgconn/pgconn_test.go ] \
-     || [ ! -d /usr/share/gocode/src/github.com/stretchr/testify ]; then
+     || [ ! -d /usr/share/gocode/src/github.com/stretchr/testify ] \
+     || [ ! -d /usr/share/gocode/src/github.com/jackc/pgmock ]; then
     say "installing pgx's suite (Debian packages ${SUITE_GO_PACKAGES[*]})"
     apt_install "${SUITE_GO_PACKAGES[@]}"
   fi
