@@ -32,6 +32,7 @@ trap stop EXIT
 # One stack per worktree, one after the other (each builds, then starts).
 for wt in "$1" "$2"; do
   rm -f "$wt/.airlock/bench/env.sh"
+  mkdir -p "$wt/.airlock"
   say "starting the stack of $wt"
   (cd "$wt" && BENCH_IDLE=100 BENCH_SCALE="${BENCH_SCALE:-10}" ./tests/bench/run.sh --stack \
     >"$wt/.airlock/ab-stack.log" 2>&1) &
