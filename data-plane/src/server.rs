@@ -6,11 +6,11 @@
 //! `client_encoding` (UTF8 only: the policy reads statements as UTF-8, and a
 //! multi-byte client encoding could make the proxy and PostgreSQL read
 //! different statements), `DateStyle`, `TimeZone`, `IntervalStyle`,
-//! `extra_float_digits`, and the timeouts a client sets to bound its own
-//! session (`statement_timeout`, `lock_timeout`,
-//! `idle_in_transaction_session_timeout`, `idle_session_timeout`), and
-//! `default_transaction_read_only` when it is on (off is refused: it could
-//! undo a read-only default). Refused, with an error naming the parameter:
+//! `extra_float_digits`, and `default_transaction_read_only` when it is on
+//! (off is refused: it could undo a read-only default). Timeouts are
+//! dropped like any other parameter: a startup value outranks a role's or
+//! database's (`statement_timeout=0` would lift an administrator's limit
+//! without the policy judging it, as it judges `SET`). Refused, with an error naming the parameter:
 //! `options`, `role`, `session_authorization`, `search_path` and
 //! `replication`, which could change privileges or what a table name means.
 //! Any other parameter is dropped (logged at debug level).
@@ -336,11 +336,6 @@ const FORWARDED_PARAMS: &[&str] = &[
     "TimeZone",
     "IntervalStyle",
     "extra_float_digits",
-    // Limits only: a driver that sets them at connect believes them set.
-    "statement_timeout",
-    "lock_timeout",
-    "idle_in_transaction_session_timeout",
-    "idle_session_timeout",
 ];
 /// Parameters that could change privileges or name resolution: refused.
 const REFUSED_PARAMS: &[&str] = &[
@@ -405,29 +400,22 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_forwarded_risky_parameters_refused_and_others_dropped() {
+    fn risky_parameters_are_refused_and_unlisted_ones_dropped() {
+        // A startup timeout outranks a role's: `0` would lift an
+        // administrator's limit unjudged (a review found it), so timeouts
+        // are dropped like other unlisted parameters.
         let kept = screen_params(params(&[
             ("user", "agent"),
             ("database", "shop"),
-            ("statement_timeout", "3s"),
-            ("idle_in_transaction_session_timeout", "3000"),
-            ("lock_timeout", "1s"),
+            ("statement_timeout", "0"),
+            ("idle_in_transaction_session_timeout", "0"),
+            ("lock_timeout", "0"),
             ("session_replication_role", "replica"),
             ("application_name", "app"),
         ]))
         .expect("accepted");
         let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "user",
-                "database",
-                "statement_timeout",
-                "idle_in_transaction_session_timeout",
-                "lock_timeout",
-                "application_name"
-            ]
-        );
+        assert_eq!(names, ["user", "database", "application_name"]);
         for risky in ["options", "role", "search_path", "Session_Authorization"] {
             let err = screen_params(params(&[(risky, "x")])).expect_err(risky);
             assert!(err.contains(&format!("\"{risky}\" is not allowed")), "{err}");

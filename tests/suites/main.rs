@@ -17,10 +17,11 @@
 //!
 //! The suites are installed by `./deploy/local/install-deps.sh --suites`:
 //! asyncpg's, pg8000's and psycopg2's test folders from their source
-//! distributions,
+//! distributions, pgx's and pgconn's from Debian's Go source packages,
 //! and node-postgres's pg-cursor and pg-pool packages (which carry their
 //! tests), pinned in `tests/suites/package-lock.json`. Run them with
-//! `./tests/suites/run.sh` (a few minutes; not part of `./tests/run.sh`).
+//! `./tests/suites/run.sh` (about 40 minutes on two cores; not part of
+//! `./tests/run.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
