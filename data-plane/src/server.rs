@@ -7,13 +7,13 @@
 //! multi-byte client encoding could make the proxy and PostgreSQL read
 //! different statements), `DateStyle`, `TimeZone`, `IntervalStyle`,
 //! `extra_float_digits`, and `default_transaction_read_only` when it is on
-//! (off is refused: it could undo a read-only default). Timeouts are
-//! dropped like any other parameter: a startup value outranks a role's or
-//! database's (`statement_timeout=0` would lift an administrator's limit
-//! without the policy judging it, as it judges `SET`). Refused, with an error naming the parameter:
-//! `options`, `role`, `session_authorization`, `search_path` and
-//! `replication`, which could change privileges or what a table name means.
-//! Any other parameter is dropped (logged at debug level).
+//! (off is refused: it could undo a read-only default). Refused, with an
+//! error naming the parameter: `options`, `role`, `session_authorization`,
+//! `search_path` and `replication`, which could change privileges or what a
+//! table name means. Any other parameter is dropped (logged at debug
+//! level), timeouts included: a startup value outranks a role's or
+//! database's, so `statement_timeout=0` would lift an administrator's limit
+//! without the policy judging it, as it judges `SET`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
