@@ -1097,6 +1097,54 @@ mod attacks {
     }
 
     #[tokio::test]
+    async fn a_temporary_pg_settings_cannot_smuggle_a_setting_name() {
+        // A review found it: the session's temporary schema is searched
+        // before pg_catalog, and in a char(n) column 'client_encoding '
+        // equals 'client_encoding', so PostgreSQL would set the encoding
+        // while the literal names no setting the gate knows. Only
+        // pg_catalog.pg_settings pins a computed name.
+        let f = start_with_gate(
+            |_| {},
+            |upstream| {
+                SeedPolicy::with(
+                    &policy_yaml("SELECT|SET|FUNCTION|CURSOR|CREATE|INSERT|ALTER"),
+                    upstream,
+                )
+            },
+        )
+        .await;
+        let mut raw = Raw::login(f.addr).await;
+        for sql in [
+            "CREATE TEMP TABLE t (name char(30))",
+            "INSERT INTO t VALUES ('client_encoding')",
+            "ALTER TABLE t RENAME TO pg_settings",
+        ] {
+            raw.send(&[FeMessage::Query { sql: sql.into() }]).await;
+            assert!(raw.until_ready().await.1.is_empty(), "{sql}");
+        }
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT set_config(name, 'SJIS', false) FROM pg_settings WHERE name = 'client_encoding '"
+                .into(),
+        }])
+        .await;
+        assert_eq!(raw.until_ready().await.1, vec!["42501"]);
+        // The catalog's own view pins the name: a harmless setting runs.
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT set_config(name, '8MB', false) FROM pg_catalog.pg_settings WHERE name = 'work_mem'"
+                .into(),
+        }])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        // Still read as UTF8: this is one literal, not a DELETE.
+        raw.send(&[FeMessage::Query {
+            sql: "SELECT E'Ё\\'; DELETE FROM orders; --'".into(),
+        }])
+        .await;
+        assert!(raw.until_ready().await.1.is_empty());
+        assert_untouched(&f);
+    }
+
+    #[tokio::test]
     async fn a_session_whose_upstream_reads_text_differently_is_ended() {
         // A function the classifier cannot see into changes the encoding:
         // PostgreSQL reports it in a ParameterStatus, and the proxy ends
