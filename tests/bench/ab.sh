@@ -23,8 +23,13 @@ say() { printf 'ab: %s\n' "$*" >&2; }
 starters=()
 stop() {
   set +e
-  # run.sh stops its stack on SIGINT.
-  pkill -INT -f "tests/bench/run.sh --stack"
+  # run.sh stops its stack on SIGTERM (SIGINT is ignored by a script
+  # started in the background).
+  local p
+  for p in "${starters[@]}"; do
+    pkill -TERM -P "$p" -f "tests/bench/run.sh --stack"
+    kill -TERM "$p" 2>/dev/null
+  done
   wait 2>/dev/null
 }
 trap stop EXIT
