@@ -69,11 +69,18 @@ async fn append_vote(
 ) -> Result<Voted, VoteError> {
     let id = RequestId::parse(&vote.request_id)
         .map_err(|_| DecideError::UnknownRequest(vote.request_id.clone()))?;
-    let subject = subjects::request(&id);
+    // Decisions go on the decision subject, under optimistic concurrency
+    // there; the proxy's cancels on the request's own subject.
+    let subject = subjects::decision(&id);
+    let filed = subjects::request(&id);
     for _ in 0..5 {
         let head = log.head(&subject).await?;
-        // Judge on a state that includes everything on the subject.
-        if !live.wait_for(head.sequence, CATCH_UP).await {
+        let filed_head = log.head(&filed).await?;
+        // Judge on a state that includes everything on both subjects.
+        if !live
+            .wait_for(head.sequence.max(filed_head.sequence), CATCH_UP)
+            .await
+        {
             return Err(VoteError::Lagging);
         }
         let events = live.read(|s| decide(s, vote, SystemTime::now(), source))?;
@@ -130,7 +137,7 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
         due_outcomes(s, SystemTime::now(), source)
             .into_iter()
             .map(|(id, e)| {
-                let last = s.request(&id).map(|r| r.last_sequence).unwrap_or(0);
+                let last = s.request(&id).map(|r| r.decision_sequence).unwrap_or(0);
                 (id, e, last)
             })
             .collect::<Vec<_>>()
@@ -149,15 +156,15 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
     appended
 }
 
-/// Appends one due outcome if the request's subject is still at `last`, its
-/// last folded event, or has moved on only by events the fold (which has
+/// Appends one due outcome if the request's decision subject is still at
+/// `last`, its last folded event, or has moved on only by events the fold (which has
 /// reached `folded`) refused as untrusted: junk anyone can publish must not
 /// keep a request from expiring.
 async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64, folded: u64) -> bool {
     let Ok(rid) = RequestId::parse(id) else {
         return false;
     };
-    let subject = subjects::request(&rid);
+    let subject = subjects::decision(&rid);
     let head = match log.head(&subject).await {
         Ok(h) => h,
         Err(e) => {

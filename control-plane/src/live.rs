@@ -192,7 +192,8 @@ impl Live {
     /// an older event of its chain published again (a replay: its index is
     /// not past the last one folded), or a proxy writing into a session,
     /// request or proxy subject that another proxy owns (a stolen proxy key
-    /// is one proxy's, not the fleet's).
+    /// is one proxy's, not the fleet's), or on a request's decision subject
+    /// (only the control plane writes there).
     fn out_of_place(&self, stored: &StoredEvent, vouched: &Vouched) -> Option<(&'static str, String)> {
         let e = &stored.event;
         let mut indexes = self.chain_index.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,6 +213,15 @@ impl Live {
         {
             let writer = e.source.as_ref().map(|s| s.id.as_str()).unwrap_or("");
             let kind = classify(&stored.subject);
+            if let SubjectKind::Decision(_) = kind {
+                return Some((
+                    "wrong_subject",
+                    format!(
+                        "proxy {writer:?} wrote on {}, where only the control plane writes",
+                        stored.subject
+                    ),
+                ));
+            }
             let owner: Option<String> = match (&kind, &e.body) {
                 (SubjectKind::Proxy(id), _) => Some(id.clone()),
                 (_, Some(Body::SessionOpened(o))) => Some(o.proxy_id.clone()),
@@ -222,7 +232,7 @@ impl Live {
                 (SubjectKind::Request(id), _) => {
                     self.read(|s| s.request(id).map(|r| r.requested().proxy_id.clone()))
                 }
-                (SubjectKind::Checkpoint | SubjectKind::Other, _) => None,
+                (SubjectKind::Decision(_) | SubjectKind::Checkpoint | SubjectKind::Other, _) => None,
             };
             if let Some(owner) = owner
                 && owner != writer
@@ -247,7 +257,8 @@ impl Live {
         let Some(trace) = &stored.event.trace else {
             return tracing::Span::none();
         };
-        let SubjectKind::Request(request) = classify(&stored.subject) else {
+        let (SubjectKind::Request(request) | SubjectKind::Decision(request)) = classify(&stored.subject)
+        else {
             return tracing::Span::none();
         };
         if !self.is_ready() {

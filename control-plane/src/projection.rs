@@ -14,9 +14,10 @@ use prost_types::Timestamp;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub view: proto::RequestView,
-    /// Stream sequence of the last event on the request's subject: what a
-    /// decision appends against (optimistic concurrency).
-    pub last_sequence: u64,
+    /// Stream sequence of the last event on the request's decision subject
+    /// (0 before the first): what a decision appends against (optimistic
+    /// concurrency).
+    pub decision_sequence: u64,
     /// Trace context of the `ApprovalRequested` event: decisions on the
     /// request continue its trace. Not state anyone decides on.
     pub trace: Option<proto::TraceContext>,
@@ -113,7 +114,8 @@ impl Projection {
             return;
         };
         match classify(&stored.subject) {
-            SubjectKind::Request(id) => self.apply_request(&id, stored, body),
+            SubjectKind::Request(id) => self.apply_request(&id, stored, body, false),
+            SubjectKind::Decision(id) => self.apply_request(&id, stored, body, true),
             SubjectKind::Session(id) => self.apply_session(&id, stored, body),
             SubjectKind::Proxy(id) => {
                 if let Body::PolicyLoaded(p) = body {
@@ -131,10 +133,14 @@ impl Projection {
         }
     }
 
-    fn apply_request(&mut self, id: &str, stored: &StoredEvent, body: &Body) {
+    /// Folds an event of request `id`'s lifecycle: from its own subject, or
+    /// (`decision`) from its decision subject. Logs written before decisions
+    /// had a subject of their own hold them on the request's subject, so a
+    /// decision is taken from either.
+    fn apply_request(&mut self, id: &str, stored: &StoredEvent, body: &Body, decision: bool) {
         let event = &stored.event;
         if let Body::ApprovalRequested(r) = body {
-            if self.requests.contains_key(id) {
+            if decision || self.requests.contains_key(id) {
                 self.anomalies += 1;
                 return;
             }
@@ -150,7 +156,7 @@ impl Projection {
                         sequence: stored.sequence,
                         ..Default::default()
                     },
-                    last_sequence: stored.sequence,
+                    decision_sequence: 0,
                     trace: event.trace.clone(),
                 },
             );
@@ -168,7 +174,9 @@ impl Projection {
             self.anomalies += 1;
             return;
         };
-        request.last_sequence = stored.sequence;
+        if decision {
+            request.decision_sequence = stored.sequence;
+        }
         request.view.sequence = stored.sequence;
         let outcome = match body {
             Body::ApprovalVoted(v) => {
@@ -202,8 +210,15 @@ impl Projection {
         };
         if let Some((state, reason)) = outcome {
             if !request.is_pending() {
-                // OCC makes a second outcome impossible; count it if seen.
-                self.anomalies += 1;
+                // The first outcome stands. A cancel racing a decision is
+                // expected (the proxy files cancels on the request's
+                // subject, decisions go on the decision subject); any other
+                // second outcome is impossible under optimistic concurrency
+                // on the decision subject, so count it if seen.
+                let cancelled = proto::RequestState::Cancelled;
+                if state != cancelled && request.state() != cancelled {
+                    self.anomalies += 1;
+                }
                 return;
             }
             request.view.state = state as i32;

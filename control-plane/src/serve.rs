@@ -196,8 +196,8 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         config.control.reconcile_interval,
     ));
 
-    spawn_http(&config.control, &live);
     let (serving, health) = Serving::start(live.clone()).await;
+    spawn_http(&config.control, &live, &serving);
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(airlock_proto::FILE_DESCRIPTOR_SET)
@@ -288,17 +288,18 @@ fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Ser
     Ok((server, attach))
 }
 
-/// Serves `/healthz` on `control.health_listen` and `/metrics` on
-/// `control.metrics_listen`, on one listener when they are the same
-/// address. A listener that fails is logged; the replica goes on.
-fn spawn_http(control: &ControlSection, live: &Arc<Live>) {
+/// Serves `/livez`, `/readyz` and `/healthz` on `control.health_listen`
+/// and `/metrics` on `control.metrics_listen`, on one listener when they
+/// are the same address. A listener that fails is logged; the replica goes
+/// on.
+fn spawn_http(control: &ControlSection, live: &Arc<Live>, serving: &Serving) {
     let mut apps: Vec<(SocketAddr, axum::Router)> = Vec::new();
     let mut add = |addr: SocketAddr, app: axum::Router| match apps.iter_mut().find(|(a, _)| *a == addr) {
         Some((_, existing)) => *existing = std::mem::take(existing).merge(app),
         None => apps.push((addr, app)),
     };
     if let Some(addr) = control.health_listen {
-        add(addr, healthz(live.clone()));
+        add(addr, health_routes(live.clone(), serving.clone()));
     }
     if let Some(addr) = control.metrics_listen {
         add(addr, crate::metrics::router(live.clone()));
@@ -316,28 +317,60 @@ fn spawn_http(control: &ControlSection, live: &Arc<Live>) {
     }
 }
 
-/// `/healthz`: 200 once caught up with the log (ready to decide), else 503.
-fn healthz(live: Arc<Live>) -> axum::Router {
+/// `/livez`: the process answers (a liveness probe restarts a replica only
+/// then, never for a log that is away). `/readyz`: 200 while the replica
+/// can decide (caught up with the log, the log answering, not shutting
+/// down), as the gRPC health service says; 503 otherwise. `/healthz`: 200
+/// once caught up with the log (as before `/readyz` existed).
+fn health_routes(live: Arc<Live>, serving: Serving) -> axum::Router {
     use axum::http::StatusCode;
-    axum::Router::new().route(
-        "/healthz",
-        axum::routing::get(move || {
-            let live = live.clone();
-            async move {
-                if live.is_ready() {
-                    (
-                        StatusCode::OK,
-                        format!("ready: folded up to sequence {}\n", live.sequence()),
-                    )
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "catching up with the log\n".to_owned(),
-                    )
+    use axum::routing::get;
+    let caught_up = live.clone();
+    axum::Router::new()
+        .route("/livez", get(|| async { "alive\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let serving = serving.clone();
+                let live = live.clone();
+                async move {
+                    if serving.is_serving().await {
+                        (
+                            StatusCode::OK,
+                            format!("ready: folded up to sequence {}\n", live.sequence()),
+                        )
+                    } else {
+                        let why = if serving.is_stopping().await {
+                            "shutting down"
+                        } else if !live.is_ready() {
+                            "catching up with the log"
+                        } else {
+                            "the log does not answer"
+                        };
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+                    }
                 }
-            }
-        }),
-    )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let live = caught_up.clone();
+                async move {
+                    if live.is_ready() {
+                        (
+                            StatusCode::OK,
+                            format!("ready: folded up to sequence {}\n", live.sequence()),
+                        )
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "catching up with the log\n".to_owned(),
+                        )
+                    }
+                }
+            }),
+        )
 }
 
 async fn shutdown() {

@@ -43,11 +43,18 @@ struct SnapshotFile {
 struct RequestEntry {
     #[prost(message, optional, tag = "1")]
     view: Option<proto::RequestView>,
+    /// The last sequence on the request's own subject, from before
+    /// decisions had a subject of their own: no longer written or read.
     #[prost(uint64, tag = "2")]
     last_sequence: u64,
     /// Added after v1 was first written: older snapshots decode without it.
     #[prost(message, optional, tag = "3")]
     trace: Option<proto::TraceContext>,
+    /// The last sequence on the request's decision subject. Older snapshots
+    /// decode without it, as 0: their decisions are on the request's own
+    /// subject, and the decision subject is empty.
+    #[prost(uint64, tag = "4")]
+    decision_sequence: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -119,8 +126,9 @@ pub fn encode(p: &Projection) -> Vec<u8> {
             .values()
             .map(|r| RequestEntry {
                 view: Some(r.view.clone()),
-                last_sequence: r.last_sequence,
+                last_sequence: 0,
                 trace: r.trace.clone(),
+                decision_sequence: r.decision_sequence,
             })
             .collect(),
         sessions,
@@ -150,7 +158,7 @@ pub fn decode(bytes: &[u8]) -> Result<Projection, prost::DecodeError> {
             view.request_id.clone(),
             Request {
                 view,
-                last_sequence: r.last_sequence,
+                decision_sequence: r.decision_sequence,
                 trace: r.trace,
             },
         );

@@ -254,9 +254,11 @@ fn error_code(s: &tonic::Status) -> String {
     info.reason.clone()
 }
 
+/// The kinds of `request`'s events: its own subject and its decision
+/// subject, in stream order.
 async fn outcomes(log: &EventLog, request: &RequestId) -> Vec<&'static str> {
     let stream = log
-        .read(0, ReadFilter::subject(subjects::request(request)))
+        .read(0, ReadFilter::subjects(subjects::lifecycle(request)))
         .await
         .expect("read");
     futures::pin_mut!(stream);

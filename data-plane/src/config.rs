@@ -41,10 +41,13 @@ pub struct ProxySection {
     /// Public URL of the reviewer UI, named in hold notices.
     #[serde(default)]
     pub reviewer_url: Option<String>,
-    /// Where to serve Prometheus `/metrics` and `/healthz` (off when unset).
+    /// Where to serve Prometheus `/metrics`, `/livez`, `/readyz` and
+    /// `/healthz` (off when unset).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// On SIGTERM, how long sessions may go on before they are ended.
+    /// On SIGTERM, how long sessions may go on before they are ended. Below
+    /// Kubernetes' default grace period (30 s), with room for the events to
+    /// reach the log.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Events buffered for the log before statements are refused.
@@ -66,6 +69,13 @@ pub struct ProxySection {
     /// public half is listed in `signing.trust` as `role: proxy`. Required.
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// The environment variable holding the fleet's cancel key (at least 32
+    /// bytes, the same on every proxy): with it, a cancel that reaches a
+    /// proxy not holding the session is passed on over NATS, sealed
+    /// ([`crate::cancel`]); without it, cancels reach only the sessions of
+    /// the proxy they arrive at.
+    #[serde(default)]
+    pub cancel_key_env: Option<String>,
 }
 
 /// `proxy.control_tls:`.
@@ -86,7 +96,7 @@ fn default_startup_timeout() -> Duration {
     Duration::from_secs(15)
 }
 fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(20)
 }
 fn default_record_buffer() -> usize {
     16_384

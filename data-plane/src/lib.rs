@@ -25,6 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod error_response;
 pub mod gate;
+pub mod health;
 pub mod metrics;
 pub mod names;
 pub mod params;

@@ -272,8 +272,9 @@ impl Drop for HoldTimer<'_> {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves `/metrics`, and the routes of `health` ([`crate::health`]), until
+/// the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: axum::Router) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
@@ -291,7 +292,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .merge(health);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }

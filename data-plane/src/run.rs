@@ -141,7 +141,16 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         .await
         .context("recording PolicyLoaded")?;
 
-    let cancels = crate::cancel::Cancels::new();
+    let cancels = match cancel_key(&config)? {
+        Some(key) => crate::cancel::Cancels::with_key(key),
+        None => {
+            tracing::info!(
+                "proxy.cancel_key_env is not set: cancel requests reach only the sessions of \
+                 the proxy they arrive at"
+            );
+            crate::cancel::Cancels::new()
+        }
+    };
     tokio::spawn(cancels.clone().listen(log.client().clone()));
     let holds = Holds::new();
     let control_tls = config
@@ -177,15 +186,20 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.proxy.record_linger,
     );
     let metrics = crate::metrics::Metrics::new(&recorder.stats);
+    let (phase_tx, phase) = tokio::sync::watch::channel(crate::session::Phase::Running);
     if let Some(addr) = config.proxy.metrics_listen {
         let m = metrics.clone();
+        let health = crate::health::router(crate::health::Readiness {
+            holds: holds.clone(),
+            nats: log.client().clone(),
+            phase: phase.clone(),
+        });
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m).await {
+            if let Err(e) = crate::metrics::serve(addr, m, health).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
     }
-    let (phase_tx, phase) = tokio::sync::watch::channel(crate::session::Phase::Running);
     let deps = Deps {
         gate: gate.clone(),
         log: log.clone(),
@@ -249,4 +263,16 @@ async fn shutdown() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// The fleet's cancel key, from the variable `proxy.cancel_key_env` names.
+fn cancel_key(config: &ProxyConfig) -> anyhow::Result<Option<crate::cancel::CancelKey>> {
+    let Some(var) = &config.proxy.cancel_key_env else {
+        return Ok(None);
+    };
+    let value = std::env::var(var)
+        .with_context(|| format!("proxy.cancel_key_env: the environment variable {var} is not set"))?;
+    crate::cancel::CancelKey::new(value.as_bytes())
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("proxy.cancel_key_env ({var}): {e}"))
 }

@@ -41,6 +41,8 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/api/v1/events", get(events::events)),
         ("GET", "/api/v1/me", get(me)),
         ("GET", "/healthz", get(healthz)),
+        ("GET", "/livez", get(livez)),
+        ("GET", "/readyz", get(readyz)),
         ("GET", "/metrics", get(metrics)),
     ]
 }
@@ -521,7 +523,8 @@ async fn me(State(app): State<crate::State>, headers: HeaderMap) -> Result<Json<
     }))
 }
 
-/// 200 while the control plane's gRPC port accepts connections, else 503.
+/// 200 while the control plane's gRPC port accepts connections, else 503
+/// (as `/readyz`).
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -532,6 +535,37 @@ async fn me(State(app): State<crate::State>, headers: HeaderMap) -> Result<Json<
     ),
 )]
 async fn healthz(State(app): State<crate::State>) -> Response {
+    control_health(&app).await
+}
+
+/// Readiness: 200 while the control plane's gRPC port accepts connections,
+/// else 503 (a load balancer sends reviewers elsewhere meanwhile).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses(
+        (status = 200, description = "The control plane is reachable.", body = HealthJson),
+        (status = 503, description = "The control plane is unreachable.", body = HealthJson),
+    ),
+)]
+async fn readyz(State(app): State<crate::State>) -> Response {
+    control_health(&app).await
+}
+
+/// Liveness: 200 while the process answers, whatever the control plane's
+/// state (restarting the reviewer would not bring the control plane back).
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "service",
+    responses((status = 200, description = "The process answers.", body = String, content_type = "text/plain")),
+)]
+async fn livez() -> &'static str {
+    "alive\n"
+}
+
+async fn control_health(app: &crate::App) -> Response {
     let target = url::Url::parse(&app.config.reviewer.control).ok().and_then(|u| {
         let port = u.port_or_known_default()?;
         Some(format!("{}:{port}", u.host_str()?.trim_matches(['[', ']'])))

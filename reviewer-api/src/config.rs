@@ -19,8 +19,13 @@ use url::Url;
 pub struct ReviewerSection {
     /// HTTP listen address (REST, events, UI, health, metrics).
     pub listen: SocketAddr,
-    /// The control plane's gRPC URL.
+    /// The control plane's gRPC URL (`https://` with `control_tls`).
     pub control: String,
+    /// TLS to the control plane: the CA that signed its certificate, and
+    /// optionally this reviewer's client certificate and key (for a control
+    /// plane that requires client certificates).
+    #[serde(default)]
+    pub control_tls: Option<ControlTlsSection>,
     /// The address reviewers reach this server at, e.g.
     /// `https://airlock.example`: the base of links in notifications and of
     /// the OIDC redirect URI. An `https` URL makes cookies `Secure`.
@@ -42,6 +47,17 @@ pub struct ReviewerSection {
     /// token it was made from expires).
     #[serde(default = "default_session_ttl", with = "humantime_serde")]
     pub session_ttl: Duration,
+}
+
+/// `reviewer.control_tls:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlTlsSection {
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// `reviewer.oidc:`.
@@ -197,8 +213,21 @@ fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
 fn check(config: &ReviewerConfig) -> anyhow::Result<()> {
     let reviewer = &config.reviewer;
     let control = Url::parse(&reviewer.control).context("`reviewer.control` is not a URL")?;
-    if !matches!(control.scheme(), "http" | "https") {
-        bail!("`reviewer.control` must be an http(s) URL of the control plane's gRPC listener");
+    match (control.scheme(), &reviewer.control_tls) {
+        ("https", Some(tls)) => {
+            if tls.cert.is_some() != tls.key.is_some() {
+                bail!("`reviewer.control_tls`: set both cert and key, or neither");
+            }
+        }
+        ("https", None) => bail!(
+            "`reviewer.control` is https: set `reviewer.control_tls.ca` to the CA that signed \
+             the control plane's certificate"
+        ),
+        ("http", Some(_)) => {
+            bail!("`reviewer.control_tls` is set but `reviewer.control` is http: use an https URL")
+        }
+        ("http", None) => {}
+        _ => bail!("`reviewer.control` must be an http(s) URL of the control plane's gRPC listener"),
     }
     let public = Url::parse(&config.public_url()).context("`reviewer.public_url` is not a URL")?;
     if !matches!(public.scheme(), "http" | "https") || public.query().is_some() {
@@ -287,6 +316,30 @@ policies: []
         let c = parse(&tls).expect("valid");
         assert_eq!(c.public_url(), "https://127.0.0.1:8080");
         assert!(c.secure_cookies());
+    }
+
+    #[test]
+    fn tls_to_the_control_plane_needs_an_https_url_and_a_ca() {
+        let with = |control: &str| {
+            GOOD.replace(
+                "  control: http://127.0.0.1:7070\n",
+                &format!("  control: {control}\n"),
+            )
+        };
+        let err = parse(&with("https://control:7070")).expect_err("no CA");
+        assert!(format!("{err:#}").contains("reviewer.control_tls.ca"), "{err:#}");
+        let err = parse(&with("http://control:7070\n  control_tls: { ca: ca.crt }")).expect_err("http");
+        assert!(format!("{err:#}").contains("use an https URL"), "{err:#}");
+        let err = parse(&with(
+            "https://control:7070\n  control_tls: { ca: ca.crt, cert: r.crt }",
+        ))
+        .expect_err("cert without key");
+        assert!(format!("{err:#}").contains("both cert and key"), "{err:#}");
+        let c = parse(&with(
+            "https://control:7070\n  control_tls: { ca: ca.crt, cert: r.crt, key: r.key }",
+        ))
+        .expect("valid");
+        assert!(c.reviewer.control_tls.is_some());
     }
 
     #[test]

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use airlock_proto::v1 as proto;
 use airlock_proto::v1::reviewer_service_client::ReviewerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use anyhow::Context;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::Token;
+use crate::config::ControlTlsSection;
 use crate::error::ApiError;
 
 /// How long one unary call may take.
@@ -28,11 +30,28 @@ fn authed<T>(token: &Token, message: T) -> Result<tonic::Request<T>, ApiError> {
     Ok(request)
 }
 
+/// tonic's TLS settings from `reviewer.control_tls`.
+fn client_tls(section: &ControlTlsSection) -> anyhow::Result<ClientTlsConfig> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("reviewer.control_tls: reading {}", p.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&section.ca)?));
+    if let (Some(cert), Some(key)) = (&section.cert, &section.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
 impl ControlClient {
     /// A client that connects on first use (and reconnects after failures),
-    /// so the reviewer starts even while the control plane is down.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    /// so the reviewer starts even while the control plane is down; over
+    /// TLS with `tls` (whose files are read now).
+    pub fn new(url: &str, tls: Option<&ControlTlsSection>) -> anyhow::Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(client_tls(tls)?)?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .connect_lazy();

@@ -60,7 +60,8 @@ impl App {
             .context("reviewer.public_url")?
             .origin()
             .ascii_serialization();
-        let control = ControlClient::new(&config.reviewer.control).context("reviewer.control")?;
+        let control = ControlClient::new(&config.reviewer.control, config.reviewer.control_tls.as_ref())
+            .context("reviewer.control")?;
         let oidc = config
             .reviewer
             .oidc

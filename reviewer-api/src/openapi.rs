@@ -39,6 +39,8 @@ use crate::Route;
         crate::api::me,
         serve,
         crate::api::healthz,
+        crate::api::livez,
+        crate::api::readyz,
         crate::api::metrics,
     ),
     // Reached only through `json::Refusals`, which the derive cannot see into.
@@ -156,7 +158,12 @@ mod tests {
         // The router holds these routes and more (UI, sign-in), none of them
         // under /api/ or at the documented paths.
         for (method, path, _) in crate::routes() {
-            if path.starts_with("/api/") || path == "/healthz" || path == "/metrics" {
+            if path.starts_with("/api/")
+                || path == "/healthz"
+                || path == "/livez"
+                || path == "/readyz"
+                || path == "/metrics"
+            {
                 assert!(
                     documented.contains(&(method.to_owned(), path.to_owned())),
                     "{method} {path} is served but not documented"

@@ -348,12 +348,22 @@ async fn cancelling_a_held_statement_cancels_its_request() {
 
 #[tokio::test]
 async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy() {
+    use futures::StreamExt;
     let stack = StackBuilder::new().proxies(2).start().await;
     let other_proxy = stack.proxies[1];
+    // Someone listening on NATS, as anyone with access to it could.
+    let nats = stack.log.client().clone();
+    let mut overheard = nats
+        .subscribe(format!("{}.*", airlock_proxy::cancel::CANCEL_SUBJECT))
+        .await
+        .expect("subscribe");
     let (agent, _) = stack.agent().await;
     let cancel = agent.cancel_token();
     let started = std::time::Instant::now();
-    let running = tokio::spawn(async move { agent.simple_query("SELECT pg_sleep(30)").await });
+    let running = tokio::spawn(async move {
+        let result = agent.simple_query("SELECT pg_sleep(30)").await;
+        (agent, result)
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The cancel lands on a proxy that does not hold the session.
     let socket = tokio::net::TcpStream::connect(other_proxy)
@@ -363,13 +373,34 @@ async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy(
         .cancel_query_raw(socket, tokio_postgres::NoTls)
         .await
         .expect("cancel sent");
-    let err = tokio::time::timeout(Duration::from_secs(10), running)
+    let (agent, result) = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("cancelled in time")
-        .expect("task")
-        .expect_err("cancelled");
+        .expect("task");
+    let err = result.expect_err("cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // What went over NATS is sealed (not the old 8 bytes of process id
+    // and secret: the unit tests check the secret is not in it), and sent
+    // again it cancels nothing.
+    let message = tokio::time::timeout(Duration::from_secs(5), overheard.next())
+        .await
+        .expect("the cancel went over NATS")
+        .expect("a message");
+    assert_eq!(message.payload.len(), 61, "a sealed cancel");
+    let running = tokio::spawn(async move { agent.simple_query("SELECT pg_sleep(1.5)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.publish(message.subject.clone(), message.payload.clone())
+        .await
+        .expect("replay");
+    nats.flush().await.expect("flush");
+    let rows = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("finished")
+        .expect("task")
+        .expect("a replayed cancel cancels nothing");
+    assert!(!rows.is_empty());
 }
 
 #[tokio::test]

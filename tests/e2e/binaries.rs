@@ -331,12 +331,13 @@ async fn a_held_then_approved_statement_is_one_trace_across_proxy_log_and_contro
     assert_eq!(granted.parent_span_id, vote.span_id, "grant appended by the vote");
 }
 
-/// Whether `span` is about request `id` (its field, or its log subject).
+/// Whether `span` is about request `id` (its field, or its log subject:
+/// the request's own or its decision subject).
 fn about(span: &airlock_e2e::otlp::ReceivedSpan, id: &str) -> bool {
     span.attribute("request") == Some(id)
         || span
             .attribute("subject")
-            .is_some_and(|s| s.ends_with(&format!(".{id}")))
+            .is_some_and(|s| s.ends_with(&format!(".{id}")) || s.ends_with(&format!(".{id}.decision")))
 }
 
 /// Finding 15.6, through the real binaries: anyone who can publish on NATS

@@ -10,6 +10,7 @@ mod browser;
 mod differential;
 mod drivers;
 mod fleet;
+mod health;
 mod reviewer;
 mod stack;
 mod webhooks;

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use airlock_eventlog::proto;
-use airlock_testkit::{NatsServer, Postgres, free_port};
+use airlock_testkit::{NatsRole, NatsServer, Postgres, TestCa, free_port};
 
 use crate::review::{self, ReviewerClient};
 use crate::{Process, Session, StackBuilder, eventually_blocking};
@@ -127,16 +127,22 @@ pub struct BinaryStack {
     pub proxy_port: u16,
     pub control_port: u16,
     pub proxy_ports: Vec<u16>,
+    /// Each proxy's `metrics_listen` port (`/metrics`, `/livez`, `/readyz`).
+    pub proxy_health_ports: Vec<u16>,
     pub control_ports: Vec<u16>,
     /// The first replica's health endpoint (`/healthz`).
     pub health_port: u16,
     /// The reviewer's base URL (or where notices point when none runs).
     pub reviewer_url: String,
     proxy_tls: bool,
+    /// The control plane serves TLS (`ca.crt` in `dir`).
+    control_tls: bool,
     replicas: Vec<Option<Child>>,
     proxies: Vec<Child>,
     others: Vec<Child>,
     _nats: NatsServer,
+    /// The CA of a secured NATS (its files live as long as the stack).
+    nats_ca: Option<TestCa>,
     _tmp: tempfile::TempDir,
 }
 
@@ -147,34 +153,45 @@ pub type ReviewerStack = BinaryStack;
 struct Layout {
     dir: PathBuf,
     nats: String,
+    /// With a secured NATS: its CA, and the client certificates of each
+    /// role, in `dir`.
+    nats_tls: Option<PathBuf>,
     pg: u16,
     issuer: String,
     controls: Vec<u16>,
     healths: Vec<u16>,
     proxies: Vec<u16>,
+    proxy_healths: Vec<u16>,
     reviewer: u16,
     reviewer_url: String,
 }
 
 pub(crate) fn start(options: StackBuilder) -> BinaryStack {
-    assert!(
-        !(options.reviewer && options.control_mtls),
-        "the reviewer speaks plain gRPC to the control plane"
-    );
     let tmp = tempfile::tempdir().expect("temp dir");
     let pg = crate::shop(options.orders);
-    let nats = NatsServer::start();
+    let nats_ca = options.secured_nats.then(|| TestCa::new("airlock test NATS CA"));
+    let nats = match &nats_ca {
+        Some(ca) => {
+            for role in NatsRole::ALL {
+                ca.client(role.user());
+            }
+            NatsServer::start_secured(ca, true)
+        }
+        None => NatsServer::start(),
+    };
     let ports = |n: usize| (0..n).map(|_| free_port()).collect::<Vec<_>>();
     let idp_port = free_port();
     let reviewer = free_port();
     let layout = Layout {
         dir: tmp.path().to_path_buf(),
         nats: nats.url(),
+        nats_tls: nats_ca.as_ref().map(|ca| ca.dir().to_path_buf()),
         pg: pg.port(),
         issuer: format!("http://127.0.0.1:{idp_port}"),
         controls: ports(options.replicas),
         healths: ports(options.replicas),
         proxies: ports(options.proxies),
+        proxy_healths: ports(options.proxies),
         reviewer,
         reviewer_url: if options.reviewer {
             format!("http://127.0.0.1:{reviewer}")
@@ -211,7 +228,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         std::fs::write(dir.join("proxy.key"), cert.signing_key.serialize_pem()).expect("key");
     }
     if options.control_mtls {
-        write_certificates(dir);
+        write_certificates(dir, options.proxies);
     }
     write_signing_keys(&layout);
     if options.checkpoints {
@@ -224,7 +241,16 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
             .expect("airlock-control signing-key");
         assert!(keys.status.success(), "{}", String::from_utf8_lossy(&keys.stderr));
     }
-    std::fs::write(dir.join("airlock.yaml"), config(&options, &layout, 0, 0)).expect("config");
+    std::fs::write(
+        dir.join("airlock.yaml"),
+        config(&options, &layout, 0, 0, NatsRole::Auditor),
+    )
+    .expect("config");
+    let password = |role: NatsRole| {
+        options
+            .secured_nats
+            .then(|| ("AIRLOCK_NATS_PASSWORD".to_owned(), nats.password(role)))
+    };
 
     let mut replicas = Vec::new();
     for (i, port) in layout.controls.iter().enumerate() {
@@ -233,6 +259,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         control
             .args(["serve", "--config"])
             .arg(path)
+            .envs(password(NatsRole::Control))
             .envs(env(Process::Control));
         replicas.push(Some(spawn(&mut control, dir, &format!("control-{}", i + 1))));
         wait_port(*port, "airlock-control");
@@ -245,6 +272,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
             .arg("--config")
             .arg(path)
             .env("PROD_MAINT_PASSWORD", "maint-secret")
+            .envs(password(NatsRole::Proxy))
             .envs(env(Process::Proxy));
         proxies.push(spawn(&mut proxy, dir, &format!("proxy-{}", i + 1)));
         wait_port(*port, "airlock-proxy");
@@ -257,14 +285,17 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         proxy_port: layout.proxies[0],
         control_port: layout.controls[0],
         proxy_ports: layout.proxies.clone(),
+        proxy_health_ports: layout.proxy_healths.clone(),
         control_ports: layout.controls.clone(),
         health_port: layout.healths[0],
         reviewer_url: layout.reviewer_url.clone(),
         proxy_tls: options.proxy_tls,
+        control_tls: options.control_mtls,
         replicas,
         proxies,
         others: Vec::new(),
         _nats: nats,
+        nats_ca,
         _tmp: tmp,
     };
     if options.notifier_token {
@@ -292,6 +323,35 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     stack
 }
 
+/// `GET path` on 127.0.0.1:`port`: the status code and the body (0 and
+/// the error when nothing answers).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => return (0, e.to_string()),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut response = String::new();
+    if let Err(e) = stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.read_to_string(&mut response))
+    {
+        return (0, e.to_string());
+    }
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Starts `command` with its output in `<dir>/<name>.log`.
 fn spawn(command: &mut Command, dir: &Path, name: &str) -> Child {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
@@ -306,19 +366,41 @@ fn spawn(command: &mut Command, dir: &Path, name: &str) -> Child {
 }
 
 /// `airlock.yaml` for the first replica and the first proxy; a file of its
-/// own, `<kind>-<n>.yaml`, for each further one.
+/// own, `<kind>-<n>.yaml`, for each further one, and for every one when
+/// NATS is secured (each role is its own NATS user).
 fn config_file(options: &StackBuilder, layout: &Layout, kind: &str, n: usize, at: (usize, usize)) -> PathBuf {
-    if n == 0 {
+    if n == 0 && !options.secured_nats {
         return layout.dir.join("airlock.yaml");
     }
+    let role = if kind == "proxy" {
+        NatsRole::Proxy
+    } else {
+        NatsRole::Control
+    };
     let path = layout.dir.join(format!("{kind}-{}.yaml", n + 1));
-    std::fs::write(&path, config(options, layout, at.0, at.1)).expect("config");
+    std::fs::write(&path, config(options, layout, at.0, at.1, role)).expect("config");
     path
 }
 
+/// The `nats:` section, for `role`'s user when NATS is secured (its
+/// password in `AIRLOCK_NATS_PASSWORD`).
+fn nats_section(layout: &Layout, role: NatsRole) -> String {
+    let mut section = format!("nats:\n  url: {}\n", layout.nats);
+    if let Some(dir) = &layout.nats_tls {
+        let d = dir.display();
+        let user = role.user();
+        section += &format!(
+            "  tls: {{ ca: {d}/ca.crt, cert: {d}/{user}.crt, key: {d}/{user}.key }}\n  \
+             user: {user}\n  password_env: AIRLOCK_NATS_PASSWORD\n"
+        );
+    }
+    section
+}
+
 /// The configuration of control-plane replica `replica` and proxy `proxy`
-/// (which attaches to the replicas starting from its own number).
-fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize) -> String {
+/// (which attaches to the replicas starting from its own number), reading
+/// the log as `role` when NATS is secured.
+fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize, role: NatsRole) -> String {
     let d = layout.dir.display();
     let mut control = format!(
         "  listen: 127.0.0.1:{}\n  health_listen: 127.0.0.1:{}\n",
@@ -328,8 +410,10 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize)
     let scheme_host = if options.control_mtls {
         control +=
             &format!("  tls: {{ cert: {d}/control.crt, key: {d}/control.key, client_ca: {d}/ca.crt }}\n");
-        proxy_extra +=
-            &format!("  control_tls: {{ ca: {d}/ca.crt, cert: {d}/proxy-1.crt, key: {d}/proxy-1.key }}\n");
+        let p = proxy + 1;
+        proxy_extra += &format!(
+            "  control_tls: {{ ca: {d}/ca.crt, cert: {d}/proxy-{p}.crt, key: {d}/proxy-{p}.key }}\n"
+        );
         "https://localhost"
     } else {
         control += "  allow_insecure_attach_loopback: true\n";
@@ -355,10 +439,18 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize)
         .map(|i| format!("{scheme_host}:{}", layout.controls[(proxy + i) % n]))
         .collect();
     let reviewer = if options.reviewer {
+        let control = if options.control_mtls {
+            format!(
+                "https://localhost:{}\n  control_tls: {{ ca: {d}/ca.crt, cert: {d}/reviewer.crt, key: {d}/reviewer.key }}",
+                layout.controls[0]
+            )
+        } else {
+            format!("http://127.0.0.1:{}", layout.controls[0])
+        };
         format!(
-            "reviewer:\n  listen: 127.0.0.1:{}\n  control: http://127.0.0.1:{}\n  public_url: {}\n  oidc:\n    client_id: {CLIENT_ID}\n{}\n",
+            "reviewer:\n  listen: 127.0.0.1:{}\n  control: {}\n  public_url: {}\n  oidc:\n    client_id: {CLIENT_ID}\n{}\n",
             layout.reviewer,
-            layout.controls[0],
+            control,
             layout.reviewer_url,
             options.reviewer_yaml.replace("{DIR}", &d.to_string()),
         )
@@ -366,9 +458,7 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize)
         String::new()
     };
     format!(
-        "nats:
-  url: {nats}
-identity:
+        "{nats}identity:
   issuer: {issuer}
   audience: api://airlock
   group_names:
@@ -382,14 +472,16 @@ approvals:
 control:
 {control}{reviewer}proxy:
   listen: 127.0.0.1:{proxy_port}
+  metrics_listen: 127.0.0.1:{proxy_health}
   proxy_id: proxy-{proxy_id}
   control: [{attach}]
   reviewer_url: {reviewer_url}
 {proxy_extra}{access}{signing}",
-        nats = layout.nats,
+        nats = nats_section(layout, role),
         issuer = layout.issuer,
         timeout = options.hold_timeout.as_millis(),
         proxy_port = layout.proxies[proxy],
+        proxy_health = layout.proxy_healths[proxy],
         proxy_id = proxy + 1,
         attach = attach.join(", "),
         reviewer_url = layout.reviewer_url,
@@ -467,40 +559,24 @@ fn write_login_config(layout: &Layout) {
 }
 
 /// A CA (`ca.crt`), a control-plane server certificate (`control.crt`,
-/// `.key`) and a proxy client certificate (`proxy-1.crt`, `.key`), written
-/// as PEM files into `dir`; and a client certificate no CA vouches for
-/// (`rogue.crt`, `.key`).
-fn write_certificates(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose,
+/// `.key`), a client certificate for each proxy (`proxy-<n>.crt`, `.key`,
+/// named for its proxy id) and for the reviewer (`reviewer.crt`, `.key`),
+/// written as PEM files into `dir`; and a client certificate no CA of the
+/// stack vouches for (`rogue.crt`, `.key`).
+fn write_certificates(dir: &Path, proxies: usize) {
+    let copy = |files: airlock_testkit::CertFiles, name: &str| {
+        std::fs::copy(&files.cert, dir.join(format!("{name}.crt"))).expect("copy certificate");
+        std::fs::copy(&files.key, dir.join(format!("{name}.key"))).expect("copy key");
     };
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "airlock test CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("write");
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(sans).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer).expect("sign");
-        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
-    };
-    leaf(
-        "control",
-        vec!["localhost".into(), "127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    leaf("proxy-1", vec![], ExtendedKeyUsagePurpose::ClientAuth);
-    let rogue = rcgen::generate_simple_self_signed(vec!["rogue".into()]).expect("rogue");
-    std::fs::write(dir.join("rogue.crt"), rogue.cert.pem()).expect("write");
-    std::fs::write(dir.join("rogue.key"), rogue.signing_key.serialize_pem()).expect("write");
+    let ca = TestCa::new("airlock test CA");
+    std::fs::copy(ca.ca(), dir.join("ca.crt")).expect("copy CA");
+    copy(ca.server("control"), "control");
+    for n in 1..=proxies {
+        let name = format!("proxy-{n}");
+        copy(ca.client(&name), &name);
+    }
+    copy(ca.client("reviewer"), "reviewer");
+    copy(TestCa::new("rogue CA").client("rogue"), "rogue");
 }
 
 impl BinaryStack {
@@ -537,9 +613,18 @@ impl BinaryStack {
         self._nats.url()
     }
 
+    /// The NATS server's log so far (its refusals of clients among it).
+    pub fn nats_log(&self) -> String {
+        self._nats.log()
+    }
+
+    /// With a secured NATS, it reads the log as `airlock-auditor`.
     pub fn control_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(fresh_binary("airlock-control"));
         command.args(args).arg("--config").arg(self.config());
+        if self.nats_ca.is_some() {
+            command.env("AIRLOCK_NATS_PASSWORD", self._nats.password(NatsRole::Auditor));
+        }
         command
     }
 
@@ -609,8 +694,25 @@ impl BinaryStack {
     }
 
     /// A reviewer's gRPC client of replica `i` (counting from 0).
+    /// Over TLS (verifying the control plane's certificate, no client
+    /// certificate) when the stack's control plane serves it.
     pub async fn reviewer_of(&self, i: usize) -> ReviewerClient {
-        review::connect(format!("http://127.0.0.1:{}", self.control_ports[i])).await
+        if !self.control_tls {
+            return review::connect(format!("http://127.0.0.1:{}", self.control_ports[i])).await;
+        }
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let ca = std::fs::read(self.dir.join("ca.crt")).expect("read ca.crt");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", self.control_ports[i]))
+            .expect("URL")
+            .tls_config(tls)
+            .expect("TLS settings")
+            .connect()
+            .await
+            .expect("the reviewer connects over TLS");
+        ReviewerClient::new(channel)
     }
 
     /// A reviewer's gRPC client of the first replica.

@@ -289,7 +289,7 @@ async fn spawn_proxy(
     settings.allow_plaintext_loopback = true;
     let server = Server::bind(settings).await.expect("bind proxy");
     let proxy = server.local_addr().expect("addr");
-    let cancels = airlock_proxy::cancel::Cancels::new();
+    let cancels = airlock_proxy::cancel::Cancels::with_key(fleet_cancel_key());
     tokio::spawn(cancels.clone().listen(log.client().clone()));
     let deps = Deps {
         gate: Arc::new(gate),
@@ -345,4 +345,12 @@ impl Stack {
     ) -> Result<proto::DecideResponse, tonic::Status> {
         review::decide(&mut self.reviewer().await, token, vote).await
     }
+}
+
+/// The cancel key every in-process proxy of this test process shares, as
+/// a fleet's proxies share theirs; made anew for each test process.
+fn fleet_cancel_key() -> airlock_proxy::cancel::CancelKey {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let bytes = KEY.get_or_init(rand::random);
+    airlock_proxy::cancel::CancelKey::new(bytes).expect("32 bytes")
 }

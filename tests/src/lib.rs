@@ -46,6 +46,7 @@ pub struct StackBuilder {
     pub(crate) access: Option<String>,
     pub(crate) proxy_tls: bool,
     pub(crate) control_mtls: bool,
+    pub(crate) secured_nats: bool,
     pub(crate) checkpoints: bool,
     pub(crate) reviewer: bool,
     pub(crate) reviewer_yaml: String,
@@ -72,6 +73,7 @@ impl Default for StackBuilder {
             access: None,
             proxy_tls: false,
             control_mtls: false,
+            secured_nats: false,
             checkpoints: false,
             reviewer: false,
             reviewer_yaml: String::new(),
@@ -143,6 +145,16 @@ impl StackBuilder {
     /// [`binaries::BinaryStack::dir`]).
     pub fn control_mtls(mut self) -> Self {
         self.control_mtls = true;
+        self
+    }
+
+    /// NATS as a fleet runs it: TLS only, client certificates required, and
+    /// the users of `deploy/nats/airlock-permissions.conf`: each replica
+    /// connects as `airlock-control`, each proxy as `airlock-proxy`, and the
+    /// tools of [`BinaryStack::control_command`] as `airlock-auditor`, each
+    /// with a client certificate of its own.
+    pub fn secured_nats(mut self) -> Self {
+        self.secured_nats = true;
         self
     }
 

@@ -234,7 +234,7 @@ impl ReviewerScope {
             return mine;
         }
         live.read(|state| match classify(&stored.subject) {
-            SubjectKind::Request(id) => self.request(state, &id),
+            SubjectKind::Request(id) | SubjectKind::Decision(id) => self.request(state, &id),
             SubjectKind::Session(id) => {
                 self.session(state, &id) && requests_named(e).into_iter().all(|r| self.request(state, r))
             }

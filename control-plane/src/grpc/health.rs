@@ -70,6 +70,17 @@ impl Serving {
         self.live.is_ready() && self.live.log_reachable()
     }
 
+    /// Whether the replica serves now: it can, and shutdown has not begun
+    /// (what `/readyz` answers; the gRPC status follows within [`EVERY`]).
+    pub async fn is_serving(&self) -> bool {
+        !self.state.lock().await.stopping && self.can_serve()
+    }
+
+    /// Whether shutdown has begun.
+    pub async fn is_stopping(&self) -> bool {
+        self.state.lock().await.stopping
+    }
+
     /// Reports the replica's status if it changed.
     pub async fn refresh(&self) {
         let mut state = self.state.lock().await;

@@ -4,7 +4,7 @@
 //! need a reviewer's.
 
 use airlock_eventlog::proto::{self, event::Body};
-use airlock_eventlog::{SessionId, StoredEvent, new_event, subjects};
+use airlock_eventlog::{ReadFilter, SessionId, StoredEvent, new_event, subjects};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -303,7 +303,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             if let Ok(r) = airlock_eventlog::RequestId::parse(rid) {
                 timeline.extend(
                     self.log
-                        .read_subject(&subjects::request(&r))
+                        .read_all(ReadFilter::subjects(subjects::lifecycle(&r)))
                         .await
                         .map_err(log_status)?,
                 );

@@ -6,12 +6,18 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// NATS could not be reached at start-up.
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}: {source} ({hint})")]
     Connect {
         url: String,
+        /// What to check, in the words of airlock.yaml.
+        hint: String,
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The `nats:` section cannot be used as written (found before
+    /// connecting).
+    #[error("{0}")]
+    Settings(String),
     /// The stream could not be created, read or checked.
     #[error("JetStream stream {stream}: {detail}")]
     Stream { stream: String, detail: String },

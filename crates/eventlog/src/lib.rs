@@ -15,6 +15,7 @@ pub mod checkpoint;
 mod error;
 pub mod ids;
 mod log;
+mod nats;
 pub mod signing;
 mod snapshot;
 pub mod subjects;
@@ -25,9 +26,10 @@ pub use chain::{ChainChecker, ChainError, ChainHead, ChainSummary, hash, verify_
 pub use error::Error;
 pub use ids::{EventId, InvalidId, ProxyId, RequestId, SessionId};
 pub use log::{
-    Appended, ChainWriter, EVENT_KIND, EventLog, Expect, MAX_EVENT_BYTES, NatsSettings, ReadFilter,
-    StoredEvent, TRACEPARENT, TRACESTATE, link,
+    Appended, ChainWriter, EVENT_KIND, EventLog, Expect, MAX_EVENT_BYTES, ReadFilter, StoredEvent,
+    TRACEPARENT, TRACESTATE, link,
 };
+pub use nats::{NatsSettings, NatsTls};
 pub use snapshot::{SnapshotMeta, SnapshotRejected};
 
 use proto::event::Body;

@@ -9,13 +9,13 @@ use async_nats::jetstream::{self, consumer, context, stream};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message as _;
-use serde::Deserialize;
 use tracing::Instrument as _;
 
 use airlock_proto::v1::Event;
 
 use crate::chain::{ChainHead, hash};
 use crate::error::Error;
+use crate::nats::{Denials, NatsSettings};
 use crate::signing::{Signer, Trust};
 use crate::subjects;
 
@@ -24,60 +24,6 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 /// Header naming the event's body kind, so tools can filter without decoding.
 pub const EVENT_KIND: &str = "Airlock-Event";
-
-/// The `nats:` section of airlock.yaml.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSettings {
-    /// `nats://host:port` (several, comma separated, for a cluster).
-    pub url: String,
-    /// Stream name.
-    #[serde(default = "default_stream")]
-    pub stream: String,
-    /// Stream replicas: 1 locally, 3 in a cluster.
-    #[serde(default = "default_replicas")]
-    pub replicas: usize,
-    /// How long JetStream remembers event ids to drop duplicates. Must exceed
-    /// the longest time an append is retried.
-    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
-    pub duplicate_window: Duration,
-    /// How long one append keeps retrying (same event id) before giving up.
-    #[serde(default = "default_append_timeout", with = "humantime_serde")]
-    pub append_timeout: Duration,
-    /// NATS credentials file (JWT + nkey), if the server requires one.
-    #[serde(default)]
-    pub credentials: Option<std::path::PathBuf>,
-    /// Name this client shows in the server's connection list.
-    #[serde(default)]
-    pub client_name: Option<String>,
-}
-
-fn default_stream() -> String {
-    subjects::DEFAULT_STREAM.to_owned()
-}
-fn default_replicas() -> usize {
-    1
-}
-fn default_duplicate_window() -> Duration {
-    Duration::from_secs(10 * 60)
-}
-fn default_append_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl NatsSettings {
-    pub fn new(url: impl Into<String>) -> NatsSettings {
-        NatsSettings {
-            url: url.into(),
-            stream: default_stream(),
-            replicas: default_replicas(),
-            duplicate_window: default_duplicate_window(),
-            append_timeout: default_append_timeout(),
-            credentials: None,
-            client_name: None,
-        }
-    }
-}
 
 /// The largest event accepted (protobuf bytes). Statements are capped well
 /// below this by the proxy; the rest is headroom for parameters.
@@ -158,6 +104,10 @@ impl ReadFilter {
             subjects: vec![subject.into()],
         }
     }
+
+    pub fn subjects(subjects: Vec<String>) -> ReadFilter {
+        ReadFilter { subjects }
+    }
 }
 
 /// A handle on the event log. Cheap to clone; share one per process.
@@ -170,33 +120,15 @@ pub struct EventLog {
     signer: Option<Arc<Signer>>,
     /// The writers readers through this handle trust.
     trust: Option<Arc<Trust>>,
+    /// Publishes the server refused this client (its user's permissions).
+    denials: Denials,
 }
 
 impl EventLog {
     /// Connects to NATS. Does not touch the stream: call
     /// [`EventLog::ensure_stream`] (writers) or rely on it existing (readers).
     pub async fn connect(settings: NatsSettings) -> Result<EventLog, Error> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name(
-                settings
-                    .client_name
-                    .clone()
-                    .unwrap_or_else(|| "airlock".to_owned()),
-            )
-            .connection_timeout(Duration::from_secs(5));
-        if let Some(path) = &settings.credentials {
-            options = options.credentials_file(path).await.map_err(|e| Error::Stream {
-                stream: settings.stream.clone(),
-                detail: format!("reading NATS credentials {}: {e}", path.display()),
-            })?;
-        }
-        let client = options
-            .connect(settings.url.as_str())
-            .await
-            .map_err(|source| Error::Connect {
-                url: settings.url.clone(),
-                source,
-            })?;
+        let (client, denials) = settings.connect().await?;
         let js = context::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -206,6 +138,7 @@ impl EventLog {
             settings,
             signer: None,
             trust: None,
+            denials,
         })
     }
 
@@ -451,6 +384,14 @@ impl EventLog {
                     | context::PublishErrorKind::Other => error_chain(&e),
                 },
             };
+            // The server says this client may not write there: retrying
+            // will not change that.
+            if let Some(refusal) = self.denials.publish_to(subject) {
+                return Err(Error::Rejected {
+                    subject: subject.to_owned(),
+                    detail: format!("NATS refused it ({refusal}): this client's user may not write there"),
+                });
+            }
             let now = Instant::now();
             if now + backoff >= deadline {
                 return Err(Error::Unavailable {
@@ -645,8 +586,14 @@ impl EventLog {
 
     /// All events of one subject, in order (for chain checks and records).
     pub async fn read_subject(&self, subject: &str) -> Result<Vec<StoredEvent>, Error> {
+        self.read_all(ReadFilter::subject(subject)).await
+    }
+
+    /// All events matching `filter`, in stream order, up to the last stored
+    /// when the call was made.
+    pub async fn read_all(&self, filter: ReadFilter) -> Result<Vec<StoredEvent>, Error> {
         let mut out = Vec::new();
-        let stream = self.read(0, ReadFilter::subject(subject)).await?;
+        let stream = self.read(0, filter).await?;
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             out.push(item?);
@@ -657,8 +604,13 @@ impl EventLog {
     /// The events of one subject, in order, passing over stored messages
     /// that are not events (for readers that judge each event's writer).
     pub async fn read_subject_events(&self, subject: &str) -> Result<Vec<StoredEvent>, Error> {
+        self.read_events(ReadFilter::subject(subject)).await
+    }
+
+    /// As [`EventLog::read_subject_events`], for every subject `filter` names.
+    pub async fn read_events(&self, filter: ReadFilter) -> Result<Vec<StoredEvent>, Error> {
         let mut out = Vec::new();
-        let stream = self.read(0, ReadFilter::subject(subject)).await?;
+        let stream = self.read(0, filter).await?;
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             match item {

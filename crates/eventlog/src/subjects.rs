@@ -26,9 +26,27 @@ pub fn session(id: &SessionId) -> String {
     format!("{PREFIX}.session.{id}")
 }
 
-/// The lifecycle of one approval request.
+/// One approval request as the proxy holding it files it: requested,
+/// cancelled.
 pub fn request(id: &RequestId) -> String {
     format!("{PREFIX}.request.{id}")
+}
+
+/// The control plane's decisions on one request: votes, the outcome. A
+/// subject of its own, below the request's, so NATS permissions can let
+/// proxies file requests (`airlock.v1.request.*`) and only the control
+/// plane decide (`airlock.v1.request.*.decision`). Logs written before it
+/// existed hold decisions on the request's own subject; readers take both.
+pub fn decision(id: &RequestId) -> String {
+    format!("{PREFIX}.request.{id}.{DECISION}")
+}
+
+/// The last token of a decision subject.
+const DECISION: &str = "decision";
+
+/// Both subjects of a request's lifecycle, for readers that want all of it.
+pub fn lifecycle(id: &RequestId) -> Vec<String> {
+    vec![request(id), decision(id)]
 }
 
 /// What one proxy or replica says of itself (PolicyLoaded).
@@ -39,6 +57,7 @@ pub fn proxy(id: &ProxyId) -> String {
 /// Wildcards for consumers that want one family of subjects.
 pub const ALL_SESSIONS: &str = "airlock.v1.session.*";
 pub const ALL_REQUESTS: &str = "airlock.v1.request.*";
+pub const ALL_DECISIONS: &str = "airlock.v1.request.*.decision";
 pub const ALL_PROXIES: &str = "airlock.v1.proxy.*";
 
 /// What a subject says about the chain it names.
@@ -46,6 +65,8 @@ pub const ALL_PROXIES: &str = "airlock.v1.proxy.*";
 pub enum SubjectKind {
     Session(String),
     Request(String),
+    /// The decision subject of a request (the id is the request's).
+    Decision(String),
     Proxy(String),
     Checkpoint,
     Other,
@@ -59,6 +80,10 @@ pub fn classify(subject: &str) -> SubjectKind {
     match rest.split_once('.') {
         Some(("session", id)) if !id.contains('.') => SubjectKind::Session(id.to_owned()),
         Some(("request", id)) if !id.contains('.') => SubjectKind::Request(id.to_owned()),
+        Some(("request", rest)) => match rest.split_once('.') {
+            Some((id, DECISION)) if !id.is_empty() => SubjectKind::Decision(id.to_owned()),
+            _ => SubjectKind::Other,
+        },
         Some(("proxy", id)) if !id.contains('.') => SubjectKind::Proxy(id.to_owned()),
         None if rest == "checkpoint" => SubjectKind::Checkpoint,
         _ => SubjectKind::Other,
@@ -76,6 +101,16 @@ mod tests {
         assert_eq!(classify(&session(&s)), SubjectKind::Session("01J0SESSION".into()));
         assert_eq!(classify(CHECKPOINT), SubjectKind::Checkpoint);
         assert_eq!(classify("airlock.v1.session.a.b"), SubjectKind::Other);
+        let r = RequestId::parse("01J0REQUEST").expect("valid id");
+        assert_eq!(decision(&r), "airlock.v1.request.01J0REQUEST.decision");
+        assert_eq!(
+            classify(&decision(&r)),
+            SubjectKind::Decision("01J0REQUEST".into())
+        );
+        assert_eq!(classify(&request(&r)), SubjectKind::Request("01J0REQUEST".into()));
+        assert_eq!(classify("airlock.v1.request.a.other"), SubjectKind::Other);
+        assert_eq!(classify("airlock.v1.request.a.decision.x"), SubjectKind::Other);
+        assert_eq!(classify("airlock.v1.request..decision"), SubjectKind::Other);
         assert_eq!(classify("other.v1.session.a"), SubjectKind::Other);
     }
 }

@@ -67,7 +67,10 @@ pub(crate) fn append_span_as_is(subject: &str, event: &Event) -> Span {
 }
 
 fn span_for(subject: &str, event: &Event) -> Span {
-    let lifecycle = matches!(classify(subject), SubjectKind::Request(_));
+    let lifecycle = matches!(
+        classify(subject),
+        SubjectKind::Request(_) | SubjectKind::Decision(_)
+    );
     if !lifecycle && !airlock_telemetry::is_traced() {
         return Span::none();
     }

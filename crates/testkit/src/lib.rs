@@ -23,11 +23,13 @@
 mod nats;
 mod postgres;
 mod process;
+mod tls;
 mod wait;
 
-pub use nats::{NatsServer, shared_nats};
+pub use nats::{NatsRole, NatsServer, shared_nats};
 pub use postgres::{Postgres, PostgresOptions, shared_postgres};
 pub use process::{find_binary, free_port};
+pub use tls::{CertFiles, TestCa};
 pub use wait::{POLL_INTERVAL, Probe, eventually, eventually_blocking, satisfies};
 
 /// How the harness tells a developer to get the servers it needs.

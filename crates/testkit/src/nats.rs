@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,11 +18,102 @@ pub struct NatsServer {
     port: u16,
     monitor_port: u16,
     process: Option<Supervised>,
+    secured: Option<Secured>,
+}
+
+/// A server that requires TLS and the users of the repository's
+/// `deploy/nats/airlock-permissions.conf`.
+#[derive(Debug, Clone)]
+struct Secured {
+    config: PathBuf,
+    passwords: Vec<(NatsRole, String)>,
+}
+
+/// The users `deploy/nats/airlock-permissions.conf` defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsRole {
+    Proxy,
+    Control,
+    Auditor,
+}
+
+impl NatsRole {
+    pub const ALL: [NatsRole; 3] = [NatsRole::Proxy, NatsRole::Control, NatsRole::Auditor];
+
+    /// The user name.
+    pub fn user(self) -> &'static str {
+        match self {
+            NatsRole::Proxy => "airlock-proxy",
+            NatsRole::Control => "airlock-control",
+            NatsRole::Auditor => "airlock-auditor",
+        }
+    }
+
+    /// The variable the permissions file reads the user's password from.
+    pub fn password_env(self) -> &'static str {
+        match self {
+            NatsRole::Proxy => "AIRLOCK_NATS_PROXY_PASSWORD",
+            NatsRole::Control => "AIRLOCK_NATS_CONTROL_PASSWORD",
+            NatsRole::Auditor => "AIRLOCK_NATS_AUDITOR_PASSWORD",
+        }
+    }
 }
 
 impl NatsServer {
     /// Starts a new server. Panics, with the server log, if it does not come up.
     pub fn start() -> NatsServer {
+        NatsServer::start_as(|_| None)
+    }
+
+    /// A server that speaks only TLS, with a certificate `ca` issued for
+    /// 127.0.0.1, verifies client certificates when `verify_clients`, and
+    /// lets in only the users of the repository's
+    /// `deploy/nats/airlock-permissions.conf`, with passwords made now
+    /// ([`NatsServer::password`]).
+    pub fn start_secured(ca: &crate::TestCa, verify_clients: bool) -> NatsServer {
+        static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let server_cert = ca.server(&format!("nats-server-{n}"));
+        NatsServer::start_as(|dir| {
+            let permissions =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/airlock-permissions.conf");
+            std::fs::copy(&permissions, dir.join("airlock-permissions.conf"))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", permissions.display()));
+            let config = dir.join("nats.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  \
+                     verify: {verify_clients}\n  timeout: 2\n}}\ninclude ./airlock-permissions.conf\n",
+                    server_cert.cert.display(),
+                    server_cert.key.display(),
+                    ca.ca().display(),
+                ),
+            )
+            .expect("write nats.conf");
+            let passwords = NatsRole::ALL
+                .iter()
+                .map(|role| (*role, made_up_password()))
+                .collect();
+            Some(Secured { config, passwords })
+        })
+    }
+
+    /// The password of `role`'s user on a [`NatsServer::start_secured`] server.
+    pub fn password(&self, role: NatsRole) -> String {
+        let secured = self
+            .secured
+            .as_ref()
+            .expect("a server started with start_secured");
+        secured
+            .passwords
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p.clone())
+            .expect("every role has a password")
+    }
+
+    fn start_as(secure: impl Fn(&Path) -> Option<Secured>) -> NatsServer {
         let mut last_log = String::new();
         // Free ports are picked before the server binds them; retry a clash.
         for _ in 0..3 {
@@ -30,11 +121,13 @@ impl NatsServer {
                 .prefix("airlock-nats-")
                 .tempdir()
                 .expect("create a temp dir for the JetStream store");
+            let secured = secure(dir.path());
             let mut server = NatsServer {
                 dir,
                 port: free_port(),
                 monitor_port: free_port(),
                 process: None,
+                secured,
             };
             match server.launch() {
                 Ok(()) => return server,
@@ -50,6 +143,12 @@ impl NatsServer {
         let store = self.dir.path().join("jetstream");
         let log = self.dir.path().join("nats-server.log");
         let mut cmd = Command::new(binary);
+        if let Some(secured) = &self.secured {
+            cmd.arg("-c").arg(&secured.config);
+            for (role, password) in &secured.passwords {
+                cmd.env(role.password_env(), password);
+            }
+        }
         cmd.arg("-js")
             .arg("-a")
             .arg("127.0.0.1")
@@ -137,6 +236,24 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A password no one guessed: 128 bits from the standard library's
+/// randomly keyed hasher (good enough for a throwaway server's users).
+fn made_up_password() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
 }
 
 /// One server for the whole test process, started on first use. Tests that

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto::{self, decision_notice::Outcome, event::Body, statement_refused::Cause};
 use airlock_eventlog::signing::{Role, Trust, Vouched};
-use airlock_eventlog::{ChainWriter, RequestId, StoredEvent, subjects};
+use airlock_eventlog::{ChainWriter, ReadFilter, RequestId, StoredEvent, subjects};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -285,18 +285,18 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
 }
 
 /// Whether the log holds an ApprovalGranted for `request_id`, for exactly
-/// `sha256`, as the last event of the request's chain that a trusted writer
-/// signed, and signed by a control-plane key this proxy trusts: anyone who
+/// `sha256`, as the last event of the request's lifecycle (its subject and
+/// its decision subject, in stream order) that a trusted writer signed, and signed by a control-plane key this proxy trusts: anyone who
 /// can publish on NATS can append an event (so events no trusted writer
 /// signed are passed over, as the control plane's fold passes them over),
 /// only a replica can sign a grant.
 async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
-    let subject = subjects::request(request_id);
     let Some(trust) = ctx.deps.log.trust() else {
         tracing::warn!(request = %request_id, "no trusted control-plane keys: no grant can be confirmed");
         return false;
     };
-    let events = match ctx.deps.log.read_subject_events(&subject).await {
+    let lifecycle = ReadFilter::subjects(subjects::lifecycle(request_id));
+    let events = match ctx.deps.log.read_events(lifecycle).await {
         Ok(events) => events,
         Err(err) => {
             tracing::warn!(request = %request_id, error = %err, "cannot confirm a grant in the log");
