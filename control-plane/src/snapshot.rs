@@ -21,7 +21,10 @@ use crate::projection::{PendingKill, Projection, ProxyView, Request, Session};
 /// Name of the projection's snapshot in the bucket.
 pub const NAME: &str = "control-projection";
 /// The encoding below; bump when it or the fold changes.
-pub const FORMAT: &str = "airlock.control.projection.v1";
+/// v2: decisions have a subject of their own, and the fold counts the
+/// sequence on it (v1 snapshots, from replicas that folded decisions from
+/// the request's subject only, are ignored: a v2 replica folds the log).
+pub const FORMAT: &str = "airlock.control.projection.v2";
 
 #[derive(Clone, PartialEq, Message)]
 struct SnapshotFile {
@@ -43,16 +46,13 @@ struct SnapshotFile {
 struct RequestEntry {
     #[prost(message, optional, tag = "1")]
     view: Option<proto::RequestView>,
-    /// The last sequence on the request's own subject, from before
-    /// decisions had a subject of their own: no longer written or read.
+    /// v1's last sequence on the request's own subject: not written.
     #[prost(uint64, tag = "2")]
     last_sequence: u64,
     /// Added after v1 was first written: older snapshots decode without it.
     #[prost(message, optional, tag = "3")]
     trace: Option<proto::TraceContext>,
-    /// The last sequence on the request's decision subject. Older snapshots
-    /// decode without it, as 0: their decisions are on the request's own
-    /// subject, and the decision subject is empty.
+    /// The last sequence on the request's decision subject.
     #[prost(uint64, tag = "4")]
     decision_sequence: u64,
 }

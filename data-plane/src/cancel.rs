@@ -10,13 +10,14 @@
 //! the process id, a time, a nonce and an HMAC-SHA256, under the fleet's
 //! cancel key (`proxy.cancel_key_env`), of those and the secret. Only the
 //! proxy holding a session with that process id and secret can match it, a
-//! listener on NATS learns nothing it can use, a forged message (no key)
-//! matches nothing, and a replay is refused (its nonce was seen, or its
-//! time is out of the window). Without a cancel key a proxy neither passes
+//! listener on NATS without the key learns nothing it can use (with the
+//! key, which every proxy holds, the 32-bit secret could be searched for
+//! offline), a forged message (no key) matches nothing, and a replay is
+//! refused (its nonce was seen, or its time is out of the window). Without a cancel key a proxy neither passes
 //! cancels on nor takes them from NATS. A wrong secret does nothing, as in
 //! PostgreSQL.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -182,7 +183,9 @@ enum Refused {
 /// Sessions of this proxy by the key their clients hold.
 #[derive(Debug, Default)]
 pub struct Cancels {
-    sessions: Mutex<HashMap<(i32, i32), Cancellable>>,
+    /// Ordered by process id, so a passed-on cancel looks only at the
+    /// sessions with its process id (one, as a rule), not at all of them.
+    sessions: Mutex<BTreeMap<(i32, i32), Cancellable>>,
     nats: Mutex<Option<async_nats::Client>>,
     key: Option<CancelKey>,
     seen: Mutex<Seen>,
@@ -203,7 +206,7 @@ impl Cancels {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Cancellable>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(i32, i32), Cancellable>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -402,6 +405,28 @@ mod tests {
         let mut tampered = key(7).seal(42, 1234, now);
         tampered[12] ^= 1;
         assert_eq!(fleet.open(&tampered, now).err(), Some(Refused::NoSession));
+    }
+
+    /// Review finding: each passed-on cancel was checked against every
+    /// session of the proxy, under the lock logins take.
+    #[test]
+    fn a_passed_on_cancel_looks_only_at_sessions_with_its_process_id() {
+        let fleet = Cancels::with_key(key(7));
+        let mut receivers = Vec::new();
+        for pid in 0..10_000 {
+            let (c, rx) = session();
+            receivers.push(rx);
+            fleet.register((pid, pid ^ 0x5a5a), c);
+        }
+        let lock = fleet.lock();
+        assert_eq!(lock.range((42, i32::MIN)..=(42, i32::MAX)).count(), 1);
+        drop(lock);
+        let now = SystemTime::now();
+        assert!(fleet.open(&key(7).seal(42, 42 ^ 0x5a5a, now), now).is_ok());
+        assert_eq!(
+            fleet.open(&key(7).seal(20_000, 1, now), now).err(),
+            Some(Refused::NoSession)
+        );
     }
 
     #[test]

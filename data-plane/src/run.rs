@@ -128,7 +128,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         .await?
         .with_signer(signer)
         .with_trust(trust);
-    log.ensure_stream().await?;
+    wait_for_stream(&log).await?;
 
     let source = proto::Source {
         kind: proto::source::Kind::Proxy as i32,
@@ -275,4 +275,27 @@ fn cancel_key(config: &ProxyConfig) -> anyhow::Result<Option<crate::cancel::Canc
     crate::cancel::CancelKey::new(value.as_bytes())
         .map(Some)
         .map_err(|e| anyhow::anyhow!("proxy.cancel_key_env ({var}): {e}"))
+}
+
+/// Checks the event log's stream, waiting while it cannot be read: the
+/// proxy never creates it (its NATS user may not; `airlock-control serve`
+/// does). A stream that exists and could lose events is an error at once.
+async fn wait_for_stream(log: &EventLog) -> anyhow::Result<()> {
+    let mut attempts = 0u32;
+    loop {
+        match log.check_stream().await {
+            Ok(()) => return Ok(()),
+            Err(e @ airlock_eventlog::Error::StreamMisconfigured { .. }) => return Err(e.into()),
+            Err(e) => {
+                if attempts.is_multiple_of(30) {
+                    tracing::warn!(
+                        error = %e,
+                        "the event log's stream cannot be read yet (airlock-control serve creates it); waiting"
+                    );
+                }
+                attempts += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }

@@ -391,7 +391,7 @@ fn nats_section(layout: &Layout, role: NatsRole) -> String {
         let user = role.user();
         section += &format!(
             "  tls: {{ ca: {d}/ca.crt, cert: {d}/{user}.crt, key: {d}/{user}.key }}\n  \
-             user: {user}\n  password_env: AIRLOCK_NATS_PASSWORD\n"
+             user: {user}\n  password_env: AIRLOCK_NATS_PASSWORD\n  inbox_prefix: _INBOX_{user}\n"
         );
     }
     section

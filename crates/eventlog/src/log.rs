@@ -198,19 +198,34 @@ impl EventLog {
     }
 
     /// Creates the stream if it does not exist; checks it if it does. Never
-    /// loosens an existing stream: one that allows deletes or purges, or
-    /// takes other subjects, is an error for an operator to fix.
+    /// loosens an existing stream: one that could lose, rewrite or hide
+    /// events is an error for an operator to fix ([`EventLog::check_stream`]).
     pub async fn ensure_stream(&self) -> Result<(), Error> {
         let name = &self.settings.stream;
-        let wanted = self.stream_config();
-        let mut existing = self
-            .js
-            .get_or_create_stream(wanted.clone())
+        self.js
+            .get_or_create_stream(self.stream_config())
             .await
             .map_err(|e| Error::Stream {
                 stream: name.clone(),
                 detail: e.to_string(),
             })?;
+        self.check_stream().await
+    }
+
+    /// Checks the existing stream without creating it (what a proxy does:
+    /// its NATS user may not create streams). Refuses a stream that allows
+    /// deletes, purges or roll-ups, takes other subjects, is not on file,
+    /// drops events by any limit (total, per subject, age, per-message
+    /// TTL), rewrites or copies them elsewhere (subject transforms,
+    /// republish), does not acknowledge appends, is sealed, or mirrors or
+    /// sources another stream.
+    pub async fn check_stream(&self) -> Result<(), Error> {
+        let name = &self.settings.stream;
+        let wanted = self.stream_config();
+        let mut existing = self.js.get_stream(name).await.map_err(|e| Error::Stream {
+            stream: name.clone(),
+            detail: e.to_string(),
+        })?;
         let info = existing.info().await.map_err(|e| Error::Stream {
             stream: name.clone(),
             detail: e.to_string(),
@@ -234,6 +249,24 @@ impl EventLog {
         }
         if have.max_messages > 0 || have.max_bytes > 0 || have.max_age > Duration::ZERO {
             problems.push("it has limits that would drop old events (max_msgs, max_bytes or max_age)");
+        }
+        if have.max_messages_per_subject > 0 {
+            problems.push("it keeps only some events per subject (max_msgs_per_subject)");
+        }
+        if have.allow_message_ttl || have.subject_delete_marker_ttl.is_some() {
+            problems.push("events may expire (allow_msg_ttl or subject delete markers)");
+        }
+        if have.subject_transform.is_some() || have.republish.is_some() {
+            problems.push("events are rewritten or copied elsewhere (subject_transform or republish)");
+        }
+        if have.no_ack {
+            problems.push("appends are not acknowledged (no_ack)");
+        }
+        if have.sealed || have.mirror.is_some() || have.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+            problems.push("it is sealed, a mirror, or sourced from other streams");
+        }
+        if have.retention != stream::RetentionPolicy::Limits {
+            problems.push("its retention is not limits (work-queue or interest retention drops events)");
         }
         if !problems.is_empty() {
             return Err(Error::StreamMisconfigured {

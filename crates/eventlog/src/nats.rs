@@ -58,6 +58,12 @@ pub struct NatsSettings {
     /// Name this client shows in the server's connection list.
     #[serde(default)]
     pub client_name: Option<String>,
+    /// The prefix of the subjects the server answers this client on
+    /// (default `_INBOX`). With one per role, and each role allowed to
+    /// subscribe only to its own, no client can overhear another's answers
+    /// (`deploy/nats/airlock-permissions.conf`).
+    #[serde(default)]
+    pub inbox_prefix: Option<String>,
 }
 
 /// `nats.tls:`: PEM files.
@@ -115,6 +121,7 @@ impl NatsSettings {
             token_env: None,
             nkey_seed: None,
             client_name: None,
+            inbox_prefix: None,
         }
     }
 
@@ -127,10 +134,48 @@ impl NatsSettings {
         if let Err(p) = self.auth() {
             problems.push(p);
         }
+        if let Err(p) = self.urls_fit() {
+            problems.push(p);
+        }
         if let Some(tls) = &self.tls {
             problems.extend(tls.problems());
         }
         problems
+    }
+
+    /// No credentials in `url` (they would be shown wherever the URL is),
+    /// and none sent in clear: with authentication, TLS (`tls`, or `tls://`
+    /// URLs) unless every server is on loopback. Without it, an on-path
+    /// attacker who strips the server's TLS requirement from its first
+    /// plain-text message would receive the password or token.
+    fn urls_fit(&self) -> Result<(), String> {
+        let servers: Vec<(&str, &str)> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .map(|u| u.split_once("://").unwrap_or(("nats", u)))
+            .map(|(scheme, rest)| (scheme, rest.split('/').next().unwrap_or("")))
+            .collect();
+        if servers.iter().any(|(_, authority)| authority.contains('@')) {
+            return Err(
+                "nats.url carries credentials: remove them from the URL and use nats.user \
+                        with nats.password_env (or another nats setting)"
+                    .to_owned(),
+            );
+        }
+        let authenticated = !matches!(self.auth(), Ok(Auth::None) | Err(_));
+        let in_clear = servers
+            .iter()
+            .any(|(scheme, authority)| *scheme != "tls" && !is_loopback(authority));
+        if authenticated && self.tls.is_none() && in_clear {
+            return Err(
+                "nats: credentials are sent only over TLS: set nats.tls (at least \
+                        nats.tls.ca), or use tls:// URLs; plain text is allowed to a loopback \
+                        server only"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
 
     fn auth(&self) -> Result<Auth, String> {
@@ -207,9 +252,23 @@ impl NatsSettings {
     /// The client's options, after [`NatsSettings::problems`] finds none.
     async fn options(&self) -> Result<async_nats::ConnectOptions, Error> {
         let settings_error = |detail: String| Error::Settings(detail);
+        self.urls_fit().map_err(settings_error)?;
+        if let Some(prefix) = &self.inbox_prefix
+            && (prefix.is_empty()
+                || prefix
+                    .split('.')
+                    .any(|t| t.is_empty() || t.contains(['*', '>', ' '])))
+        {
+            return Err(settings_error(format!(
+                "nats.inbox_prefix {prefix:?} is not a subject without wildcards"
+            )));
+        }
         let mut options = async_nats::ConnectOptions::new()
             .name(self.client_name.clone().unwrap_or_else(|| "airlock".to_owned()))
             .connection_timeout(Duration::from_secs(5));
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
         options = match self.auth().map_err(settings_error)? {
             Auth::None => options,
             Auth::Credentials(path) => options
@@ -394,6 +453,16 @@ impl NatsTls {
     }
 }
 
+/// Whether `authority` (`host:port`) names this machine.
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The file's text, or a problem naming the setting and the path.
 fn readable(path: &Path, what: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))
@@ -470,6 +539,43 @@ mod tests {
         std::fs::write(&seed, "UABC\n").expect("write");
         let p = settings(&format!("url: nats://x\nnkey_seed: {}\n", seed.display())).problems();
         assert!(p[0].contains("not an NKey seed"), "{p:?}");
+    }
+
+    /// Review finding: credentials without TLS could be sent in clear to a
+    /// remote server (an on-path attacker strips its TLS requirement), and
+    /// credentials in the URL were printed with every connection error.
+    #[test]
+    fn credentials_go_only_over_tls_and_never_in_the_url() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "hunter2").expect("write");
+        let with = |url: &str| {
+            settings(&format!(
+                "url: {url}\nuser: a\npassword_file: {}\n",
+                file.display()
+            ))
+            .problems()
+        };
+        let p = with("nats://nats.example:4222");
+        assert!(p[0].contains("only over TLS"), "{p:?}");
+        assert!(with("nats://127.0.0.1:4222").is_empty(), "loopback is allowed");
+        assert!(with("nats://localhost:4222, nats://[::1]:4223").is_empty());
+        assert!(with("tls://nats.example:4222").is_empty());
+        let p = with("nats://127.0.0.1:4222, nats://nats.example:4222");
+        assert!(
+            p[0].contains("only over TLS"),
+            "one remote server is enough: {p:?}"
+        );
+        let p = settings("url: nats://a:sekrit@nats.example:4222\n").problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("carries credentials") && !p[0].contains("sekrit"),
+            "{p:?}"
+        );
+        assert!(
+            settings("url: nats://nats.example:4222\n").problems().is_empty(),
+            "no credentials, no TLS needed"
+        );
     }
 
     #[test]

@@ -285,6 +285,52 @@ async fn the_stream_refuses_deletes_and_purges() {
     );
 }
 
+/// Review finding: a stream that denies deletes and purges but keeps one
+/// event per subject, or lets events expire, passed the check, and the log
+/// silently lost votes and session records.
+#[tokio::test]
+async fn an_existing_stream_that_drops_or_expires_events_is_refused() {
+    for (what, config) in [
+        (
+            "keeps only some events per subject",
+            async_nats::jetstream::stream::Config {
+                max_messages_per_subject: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "events may expire",
+            async_nats::jetstream::stream::Config {
+                allow_message_ttl: true,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "AIRLOCK".into(),
+            subjects: vec!["airlock.v1.>".into()],
+            deny_delete: true,
+            deny_purge: true,
+            ..config
+        })
+        .await
+        .expect("create a lossy stream");
+        let log = EventLog::connect(NatsSettings::new(nats.url()))
+            .await
+            .expect("connect");
+        for err in [
+            log.ensure_stream().await.expect_err("refused"),
+            log.check_stream().await.expect_err("refused"),
+        ] {
+            assert!(matches!(err, Error::StreamMisconfigured { .. }), "{err:?}");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_existing_stream_that_allows_deletes_is_refused_not_loosened() {
     let nats = NatsServer::start();

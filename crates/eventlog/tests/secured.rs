@@ -32,6 +32,7 @@ fn settings(nats: &NatsServer, ca: &TestCa, role: NatsRole) -> NatsSettings {
     });
     s.user = Some(role.user().to_owned());
     s.password_file = Some(file);
+    s.inbox_prefix = Some(format!("_INBOX_{}", role.user()));
     s.append_timeout = Duration::from_secs(8);
     s
 }
@@ -63,17 +64,28 @@ async fn each_role_does_what_it_needs_and_the_server_refuses_the_rest() {
     let session = SessionId::generate();
     let request = RequestId::generate();
 
-    // The control plane creates the stream and decides.
+    // A proxy may not create the stream (review finding: it could create
+    // one that keeps one event per subject, which a check then accepted).
+    let proxy = EventLog::connect(settings(&nats, &ca, NatsRole::Proxy))
+        .await
+        .expect("proxy connects over TLS");
+    let err = proxy
+        .ensure_stream()
+        .await
+        .expect_err("a proxy creates no stream");
+    assert!(
+        err.to_string().contains("Permissions Violation") || err.to_string().contains("timed out"),
+        "{err}"
+    );
+
+    // The control plane creates the stream and decides; the proxy checks it.
     let control = EventLog::connect(settings(&nats, &ca, NatsRole::Control))
         .await
         .expect("control connects over TLS");
     control.ensure_stream().await.expect("control creates the stream");
+    proxy.check_stream().await.expect("the proxy checks the stream");
 
     // A proxy files a request and the facts of its session.
-    let proxy = EventLog::connect(settings(&nats, &ca, NatsRole::Proxy))
-        .await
-        .expect("proxy connects over TLS");
-    proxy.ensure_stream().await.expect("the proxy checks the stream");
     let requested = event(
         Body::ApprovalRequested(proto::ApprovalRequested::default()),
         &session,
@@ -147,6 +159,26 @@ async fn each_role_does_what_it_needs_and_the_server_refuses_the_rest() {
         control.last_sequence().await.expect("last"),
         3,
         "nothing else was stored"
+    );
+
+    // Review finding: every role could subscribe to every inbox and hear
+    // the control plane's answers (consumer names, the events it reads).
+    // Each role now hears only its own.
+    use futures::StreamExt as _;
+    let mut overhearing = auditor
+        .client()
+        .subscribe("_INBOX_airlock-control.>")
+        .await
+        .expect("the subscription is sent (the server refuses it)");
+    auditor.client().flush().await.expect("flush");
+    control
+        .read_all(ReadFilter::all())
+        .await
+        .expect("the control plane reads");
+    let heard = tokio::time::timeout(Duration::from_secs(1), overhearing.next()).await;
+    assert!(
+        !matches!(heard, Ok(Some(_))),
+        "an auditor heard the control plane's answers"
     );
 
     // The control plane keeps snapshots in their object store: stored,

@@ -284,12 +284,9 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// Whether the log holds an ApprovalGranted for `request_id`, for exactly
-/// `sha256`, as the last event of the request's lifecycle (its subject and
-/// its decision subject, in stream order) that a trusted writer signed, and signed by a control-plane key this proxy trusts: anyone who
-/// can publish on NATS can append an event (so events no trusted writer
-/// signed are passed over, as the control plane's fold passes them over),
-/// only a replica can sign a grant.
+/// Whether the log confirms a grant of exactly `sha256` for `request_id`
+/// ([`confirms_grant`]). Anyone who can publish on NATS can append an event,
+/// so only what a control-plane key this proxy trusts signed counts.
 async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
     let Some(trust) = ctx.deps.log.trust() else {
         tracing::warn!(request = %request_id, "no trusted control-plane keys: no grant can be confirmed");
@@ -303,32 +300,46 @@ async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool 
             return false;
         }
     };
-    let Some(last) = events.iter().rev().find(|e| trust.check(e).is_ok()) else {
-        return false;
-    };
-    let granted = matches!(
-        &last.event.body,
-        Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256 && last.event.request_id == request_id.as_str()
-    );
-    granted && signed_by_control(trust, last, request_id)
+    let confirmed = confirms_grant(&events, trust, request_id, sha256);
+    if !confirmed {
+        tracing::warn!(request = %request_id, "the log does not confirm the grant; refusing it");
+    }
+    confirmed
 }
 
-/// Whether a trusted control-plane key signed `grant`. Without a list of
-/// trusted writers nothing is confirmed (the proxy binary always has one).
-fn signed_by_control(trust: &Trust, grant: &StoredEvent, request_id: &RequestId) -> bool {
-    match trust.check(grant) {
-        Ok(Vouched::Signed {
-            role: Role::Control, ..
-        }) => true,
-        Ok(other) => {
-            tracing::warn!(request = %request_id, vouched = ?other, "a grant not signed by a control-plane key; refusing it");
-            false
-        }
-        Err(why) => {
-            tracing::warn!(request = %request_id, reason = %why, "a grant no trusted control-plane key signed; refusing it");
-            false
-        }
-    }
+/// Pure: whether the first outcome of `request_id` in `events` (stream
+/// order) that a trusted control-plane key signed, on one of the request's
+/// two subjects, is an ApprovalGranted for exactly `sha256`. The first, as
+/// the control plane's fold takes it: a later grant (from a replica of
+/// another version, or any other way) never overrides a denial or an
+/// expiry. Events of other writers (a proxy's, a replayed copy of one, junk)
+/// are passed over, so they can neither confirm a grant nor hide one.
+pub(crate) fn confirms_grant(
+    events: &[StoredEvent],
+    trust: &Trust,
+    request_id: &RequestId,
+    sha256: &[u8],
+) -> bool {
+    let own = subjects::lifecycle(request_id);
+    let first = events.iter().find(|e| {
+        own.contains(&e.subject)
+            && e.event.request_id == request_id.as_str()
+            && matches!(
+                e.event.body,
+                Some(Body::ApprovalGranted(_) | Body::ApprovalDenied(_) | Body::ApprovalExpired(_))
+            )
+            && matches!(
+                trust.check(e),
+                Ok(Vouched::Signed {
+                    role: Role::Control,
+                    ..
+                })
+            )
+    });
+    matches!(
+        first.and_then(|e| e.event.body.as_ref()),
+        Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256
+    )
 }
 
 /// Files ApprovalCancelled for a request this session holds.
@@ -369,6 +380,146 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
+        }
+    }
+
+    mod confirming {
+        use super::*;
+        use airlock_eventlog::signing::{Signer, TrustedKey, seal};
+        use prost::Message as _;
+
+        const SHA: &[u8] = &[7; 32];
+
+        struct Log {
+            events: Vec<StoredEvent>,
+            control: Signer,
+            proxy: Signer,
+            request: RequestId,
+        }
+
+        impl Log {
+            fn new() -> Log {
+                Log {
+                    events: Vec::new(),
+                    control: Signer::generate(),
+                    proxy: Signer::generate(),
+                    request: RequestId::generate(),
+                }
+            }
+
+            fn trust(&self) -> Trust {
+                Trust::new(vec![
+                    TrustedKey::new(Role::Control, self.control.verifying_key()),
+                    TrustedKey::new(Role::Proxy, self.proxy.verifying_key()).for_writer("proxy-1"),
+                ])
+            }
+
+            fn push(&mut self, subject: String, body: Body, by_control: bool) {
+                let kind = if by_control {
+                    proto::source::Kind::Control
+                } else {
+                    proto::source::Kind::Proxy
+                };
+                let source = proto::Source {
+                    kind: kind as i32,
+                    id: if by_control { "control-1" } else { "proxy-1" }.into(),
+                    ..Default::default()
+                };
+                let mut e = airlock_eventlog::new_event(&source, body);
+                e.request_id = self.request.to_string();
+                let signer = if by_control { &self.control } else { &self.proxy };
+                let raw = seal(&subject, &e, signer);
+                self.events.push(StoredEvent {
+                    sequence: self.events.len() as u64 + 1,
+                    subject,
+                    stored_at: time::OffsetDateTime::UNIX_EPOCH,
+                    event: proto::Event::decode(raw.as_slice()).expect("decodes"),
+                    raw: raw.into(),
+                });
+            }
+
+            fn decision(&mut self, body: Body) {
+                self.push(subjects::decision(&self.request), body, true);
+            }
+
+            fn legacy(&mut self, body: Body) {
+                self.push(subjects::request(&self.request), body, true);
+            }
+
+            fn confirms(&self) -> bool {
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA)
+            }
+        }
+
+        fn granted() -> Body {
+            Body::ApprovalGranted(proto::ApprovalGranted {
+                statement_sha256: SHA.to_vec(),
+                ..Default::default()
+            })
+        }
+
+        fn denied() -> Body {
+            Body::ApprovalDenied(proto::ApprovalDenied::default())
+        }
+
+        fn requested() -> Body {
+            Body::ApprovalRequested(proto::ApprovalRequested::default())
+        }
+
+        #[test]
+        fn a_signed_grant_on_the_decision_subject_or_the_old_one_confirms() {
+            let mut log = Log::new();
+            let filed = subjects::request(&log.request);
+            log.push(filed, requested(), false);
+            log.decision(granted());
+            assert!(log.confirms());
+            let mut old = Log::new();
+            old.legacy(granted());
+            assert!(old.confirms(), "logs from before the decision subject");
+        }
+
+        /// Review finding: during an upgrade an old replica (deciding on
+        /// the request's own subject) could grant what a new one denied;
+        /// the proxy took the last event and ran it. The first outcome
+        /// stands, as in the fold.
+        #[test]
+        fn a_grant_after_a_denial_confirms_nothing() {
+            let mut log = Log::new();
+            log.decision(denied());
+            log.legacy(granted());
+            assert!(!log.confirms());
+            let mut log = Log::new();
+            log.decision(Body::ApprovalExpired(proto::ApprovalExpired::default()));
+            log.decision(granted());
+            assert!(!log.confirms());
+        }
+
+        /// Review finding: a proxy's event replayed after the grant (its
+        /// signature still checks) made the grant unconfirmed: every
+        /// approved statement could be made to fail by anyone with a
+        /// proxy's NATS credentials.
+        #[test]
+        fn a_proxy_event_after_the_grant_does_not_hide_it() {
+            let mut log = Log::new();
+            let filed = subjects::request(&log.request);
+            log.push(filed.clone(), requested(), false);
+            log.decision(granted());
+            log.push(filed, requested(), false);
+            assert!(log.confirms());
+        }
+
+        #[test]
+        fn a_grant_for_other_bytes_or_not_signed_by_the_control_plane_confirms_nothing() {
+            let mut log = Log::new();
+            log.decision(Body::ApprovalGranted(proto::ApprovalGranted {
+                statement_sha256: vec![8; 32],
+                ..Default::default()
+            }));
+            assert!(!log.confirms());
+            let mut log = Log::new();
+            let subject = subjects::decision(&log.request);
+            log.push(subject, granted(), false);
+            assert!(!log.confirms(), "a proxy's key cannot grant");
         }
     }
 
