@@ -245,6 +245,15 @@ impl Cancels {
         true
     }
 
+    /// The first session with process id `pid` whose secret `matches`,
+    /// looking only at the sessions with that process id.
+    fn with_process_id(&self, pid: i32, mut matches: impl FnMut(i32, i32) -> bool) -> Option<Cancellable> {
+        self.lock()
+            .range((pid, i32::MIN)..=(pid, i32::MAX))
+            .find(|((p, secret), _)| matches(*p, *secret))
+            .map(|(_, c)| c.clone())
+    }
+
     /// The session a passed-on cancel names, if it names one of this
     /// proxy's and is neither stale nor replayed.
     fn open(&self, message: &[u8], now: SystemTime) -> Result<Cancellable, Refused> {
@@ -258,10 +267,9 @@ impl Cancels {
         // at most a few sessions share one, and only the one whose secret
         // matches the tag is cancelled.
         let found = self
-            .lock()
-            .iter()
-            .find(|((pid, secret), _)| *pid == m.pid && key.verify(*pid, *secret, m.millis, &m.nonce, &m.tag))
-            .map(|(_, c)| c.clone())
+            .with_process_id(m.pid, |pid, secret| {
+                key.verify(pid, secret, m.millis, &m.nonce, &m.tag)
+            })
             .ok_or(Refused::NoSession)?;
         if !self
             .seen
@@ -418,9 +426,20 @@ mod tests {
             receivers.push(rx);
             fleet.register((pid, pid ^ 0x5a5a), c);
         }
-        let lock = fleet.lock();
-        assert_eq!(lock.range((42, i32::MIN)..=(42, i32::MAX)).count(), 1);
-        drop(lock);
+        // Sessions at the bounds of the range, and one process id with two.
+        for (pid, secret) in [(42, i32::MIN), (42, i32::MAX), (43, i32::MIN)] {
+            let (c, rx) = session();
+            receivers.push(rx);
+            fleet.register((pid, secret), c);
+        }
+        let mut looked_at = Vec::new();
+        let found = fleet.with_process_id(42, |pid, secret| {
+            looked_at.push((pid, secret));
+            false
+        });
+        assert!(found.is_none());
+        looked_at.sort();
+        assert_eq!(looked_at, [(42, i32::MIN), (42, 42 ^ 0x5a5a), (42, i32::MAX)]);
         let now = SystemTime::now();
         assert!(fleet.open(&key(7).seal(42, 42 ^ 0x5a5a, now), now).is_ok());
         assert_eq!(

@@ -265,6 +265,12 @@ impl EventLog {
         if have.sealed || have.mirror.is_some() || have.sources.as_ref().is_some_and(|s| !s.is_empty()) {
             problems.push("it is sealed, a mirror, or sourced from other streams");
         }
+        if have.allow_message_counter {
+            problems.push("it is a counter stream (allow_msg_counter): events cannot be appended");
+        }
+        if matches!(have.persist_mode, Some(stream::PersistenceMode::Async)) {
+            problems.push("acknowledged events may be lost in a crash (persist_mode: async)");
+        }
         if have.retention != stream::RetentionPolicy::Limits {
             problems.push("its retention is not limits (work-queue or interest retention drops events)");
         }

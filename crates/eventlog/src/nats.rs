@@ -279,6 +279,22 @@ impl NatsSettings {
             Auth::Token(token) => options.token(token),
             Auth::NkeySeed(seed) => options.nkey(seed),
         };
+        let tls_urls = self.url.split(',').any(|u| {
+            u.trim()
+                .split_once("://")
+                .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("tls"))
+        });
+        let authenticated = !matches!(self.auth(), Ok(Auth::None) | Err(_));
+        if authenticated && self.tls.is_none() && !tls_urls {
+            // Servers a cluster announces would be reached as nats:// and
+            // upgraded only if their (strippable) first message asks for
+            // TLS: with credentials in clear (loopback only, urls_fit), keep
+            // to the servers configured.
+            options = options.ignore_discovered_servers();
+        }
+        if tls_urls {
+            options = options.require_tls(true);
+        }
         if let Some(tls) = &self.tls {
             let problems = tls.problems();
             if !problems.is_empty() {

@@ -305,6 +305,13 @@ async fn an_existing_stream_that_drops_or_expires_events_is_refused() {
                 ..Default::default()
             },
         ),
+        (
+            "persist_mode: async",
+            async_nats::jetstream::stream::Config {
+                persist_mode: Some(async_nats::jetstream::stream::PersistenceMode::Async),
+                ..Default::default()
+            },
+        ),
     ] {
         let nats = NatsServer::start();
         let client = async_nats::connect(nats.url()).await.expect("connect");
