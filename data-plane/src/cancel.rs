@@ -76,7 +76,8 @@ impl CancelKey {
         Ok(CancelKey(bytes.into()))
     }
 
-    fn tag(&self, pid: i32, secret: i32, millis: u64, nonce: &[u8; 16]) -> [u8; 32] {
+    /// The HMAC over everything a sealed cancel vouches for.
+    fn mac(&self, pid: i32, secret: i32, millis: u64, nonce: &[u8; 16]) -> Hmac<Sha256> {
         // HMAC takes a key of any length; this cannot fail.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
         mac.update(b"airlock cancel v2");
@@ -84,17 +85,19 @@ impl CancelKey {
         mac.update(&secret.to_be_bytes());
         mac.update(&millis.to_be_bytes());
         mac.update(nonce);
-        mac.finalize().into_bytes().into()
+        mac
     }
 
+    fn tag(&self, pid: i32, secret: i32, millis: u64, nonce: &[u8; 16]) -> [u8; 32] {
+        self.mac(pid, secret, millis, nonce)
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// In constant time.
     fn verify(&self, pid: i32, secret: i32, millis: u64, nonce: &[u8; 16], tag: &[u8]) -> bool {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
-        mac.update(b"airlock cancel v2");
-        mac.update(&pid.to_be_bytes());
-        mac.update(&secret.to_be_bytes());
-        mac.update(&millis.to_be_bytes());
-        mac.update(nonce);
-        mac.verify_slice(tag).is_ok()
+        self.mac(pid, secret, millis, nonce).verify_slice(tag).is_ok()
     }
 
     /// The message passing on a cancel for (`pid`, `secret`) at `now`.
