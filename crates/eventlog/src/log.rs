@@ -535,28 +535,50 @@ impl EventLog {
     /// stopped by it.
     pub async fn head(&self, subject: &str) -> Result<ChainHead, Error> {
         match self.last(subject).await {
-            Ok(last) => Ok(last.as_ref().map(ChainHead::of).unwrap_or_else(ChainHead::empty)),
+            Ok(None) => Ok(ChainHead::empty()),
+            Ok(Some(last)) if self.vouched(&last) => Ok(ChainHead::of(&last)),
+            // An event no trusted writer signed (anyone able to publish, or
+            // to name a stream subject as a reply, can store one): link to
+            // it, but continue the index of the trusted events, so a forged
+            // index cannot make the next genuine events look like replays.
+            Ok(Some(last)) => Ok(ChainHead {
+                sequence: last.sequence,
+                hash: hash(&last.raw).to_vec(),
+                index: self.trusted_index(subject).await?,
+            }),
             Err(Error::Corrupt { sequence, .. }) => {
                 let stream = self.stream().await?;
                 let raw = stream
                     .get_raw_message(sequence)
                     .await
                     .map_err(|e| Error::Read(format!("message {sequence}: {e}")))?;
-                let index = self
-                    .read_subject_events(subject)
-                    .await?
-                    .iter()
-                    .map(|e| e.event.chain_index)
-                    .max()
-                    .unwrap_or(0);
                 Ok(ChainHead {
                     sequence,
                     hash: hash(&raw.payload).to_vec(),
-                    index,
+                    index: self.trusted_index(subject).await?,
                 })
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a trusted writer signed `event` (every event counts when this
+    /// handle has no list of trusted writers: library use and tests).
+    fn vouched(&self, event: &StoredEvent) -> bool {
+        self.trust.as_ref().is_none_or(|t| t.check(event).is_ok())
+    }
+
+    /// The highest chain index among `subject`'s events a trusted writer
+    /// signed.
+    async fn trusted_index(&self, subject: &str) -> Result<u64, Error> {
+        Ok(self
+            .read_subject_events(subject)
+            .await?
+            .iter()
+            .filter(|e| self.vouched(e))
+            .map(|e| e.event.chain_index)
+            .max()
+            .unwrap_or(0))
     }
 
     /// One event by stream sequence.

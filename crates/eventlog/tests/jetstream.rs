@@ -285,6 +285,46 @@ async fn the_stream_refuses_deletes_and_purges() {
     );
 }
 
+/// Review finding (round 2): anyone able to store a message on a subject
+/// (a plain publish, or a JetStream request naming the subject as its
+/// reply) could store an unsigned event with the largest chain index; the
+/// next genuine events were linked after it and the control plane refused
+/// them as replays, stalling a request or a kill. The index now continues
+/// the trusted events'.
+#[tokio::test]
+async fn an_unsigned_event_cannot_push_the_chain_index_of_the_next_genuine_one() {
+    use airlock_eventlog::signing::{Role, Signer, Trust, TrustedKey};
+    let nats = NatsServer::start();
+    let signer = Signer::generate();
+    let trust = Trust::new(vec![
+        TrustedKey::new(Role::Proxy, signer.verifying_key()).for_writer("proxy-test"),
+    ]);
+    let log = open_log(&nats)
+        .await
+        .with_signer(std::sync::Arc::new(signer))
+        .with_trust(std::sync::Arc::new(trust));
+    let session = SessionId::generate();
+    let subject = subjects::session(&session);
+    log.append_next(&subject, executed(&session, "SELECT 1"))
+        .await
+        .expect("first");
+    let mut forged = executed(&session, "SELECT 2");
+    forged.chain_index = u64::MAX;
+    let js = async_nats::jetstream::new(log.client().clone());
+    js.publish(subject.clone(), forged.encode_to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let head = log.head(&subject).await.expect("head");
+    assert_eq!(head.index, 1, "the forged index is not continued");
+    let (_, next) = log
+        .append_next(&subject, executed(&session, "SELECT 3"))
+        .await
+        .expect("next");
+    assert_eq!(next.chain_index, 2);
+}
+
 /// Review finding: a stream that denies deletes and purges but keeps one
 /// event per subject, or lets events expire, passed the check, and the log
 /// silently lost votes and session records.
