@@ -131,10 +131,11 @@ impl NatsSettings {
     /// that cannot be read or is not what it should be. Empty when usable.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(p) = self.auth() {
-            problems.push(p);
+        let auth = self.auth();
+        if let Err(p) = &auth {
+            problems.push(p.clone());
         }
-        if let Err(p) = self.urls_fit() {
+        if let Err(p) = self.urls_fit(auth.as_ref().ok()) {
             problems.push(p);
         }
         if let Some(tls) = &self.tls {
@@ -148,25 +149,18 @@ impl NatsSettings {
     /// URLs) unless every server is on loopback. Without it, an on-path
     /// attacker who strips the server's TLS requirement from its first
     /// plain-text message would receive the password or token.
-    fn urls_fit(&self) -> Result<(), String> {
-        let servers: Vec<(&str, &str)> = self
-            .url
-            .split(',')
-            .map(str::trim)
-            .map(|u| u.split_once("://").unwrap_or(("nats", u)))
-            .map(|(scheme, rest)| (scheme, rest.split('/').next().unwrap_or("")))
-            .collect();
-        if servers.iter().any(|(_, authority)| authority.contains('@')) {
+    fn urls_fit(&self, auth: Option<&Auth>) -> Result<(), String> {
+        if self.servers().any(|(_, authority)| authority.contains('@')) {
             return Err(
                 "nats.url carries credentials: remove them from the URL and use nats.user \
                         with nats.password_env (or another nats setting)"
                     .to_owned(),
             );
         }
-        let authenticated = !matches!(self.auth(), Ok(Auth::None) | Err(_));
-        let in_clear = servers
-            .iter()
-            .any(|(scheme, authority)| *scheme != "tls" && !is_loopback(authority));
+        let authenticated = auth.is_some_and(|a| *a != Auth::None);
+        let in_clear = self
+            .servers()
+            .any(|(tls, authority)| !tls && !is_loopback(authority));
         if authenticated && self.tls.is_none() && in_clear {
             return Err(
                 "nats: credentials are sent only over TLS: set nats.tls (at least \
@@ -176,6 +170,18 @@ impl NatsSettings {
             );
         }
         Ok(())
+    }
+
+    /// Each server of `url`: whether its scheme (`tls://`) asks for TLS, and
+    /// its authority (`host:port`, with any user info).
+    fn servers(&self) -> impl Iterator<Item = (bool, &str)> {
+        self.url.split(',').map(str::trim).map(|u| {
+            let (scheme, rest) = u.split_once("://").unwrap_or(("nats", u));
+            (
+                scheme.eq_ignore_ascii_case("tls"),
+                rest.split('/').next().unwrap_or(""),
+            )
+        })
     }
 
     fn auth(&self) -> Result<Auth, String> {
@@ -252,7 +258,9 @@ impl NatsSettings {
     /// The client's options, after [`NatsSettings::problems`] finds none.
     async fn options(&self) -> Result<async_nats::ConnectOptions, Error> {
         let settings_error = |detail: String| Error::Settings(detail);
-        self.urls_fit().map_err(settings_error)?;
+        let auth = self.auth().map_err(settings_error)?;
+        self.urls_fit(Some(&auth)).map_err(settings_error)?;
+        let authenticated = auth != Auth::None;
         if let Some(prefix) = &self.inbox_prefix
             && (prefix.is_empty()
                 || prefix
@@ -269,7 +277,7 @@ impl NatsSettings {
         if let Some(prefix) = &self.inbox_prefix {
             options = options.custom_inbox_prefix(prefix);
         }
-        options = match self.auth().map_err(settings_error)? {
+        options = match auth {
             Auth::None => options,
             Auth::Credentials(path) => options
                 .credentials_file(&path)
@@ -279,12 +287,7 @@ impl NatsSettings {
             Auth::Token(token) => options.token(token),
             Auth::NkeySeed(seed) => options.nkey(seed),
         };
-        let tls_urls = self.url.split(',').any(|u| {
-            u.trim()
-                .split_once("://")
-                .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("tls"))
-        });
-        let authenticated = !matches!(self.auth(), Ok(Auth::None) | Err(_));
+        let tls_urls = self.servers().any(|(tls, _)| tls);
         if authenticated && self.tls.is_none() && !tls_urls {
             // Servers a cluster announces would be reached as nats:// and
             // upgraded only if their (strippable) first message asks for
