@@ -7,7 +7,8 @@
 //! event, as pure functions), `live` (the fold kept current by tailing the log), `act`
 //! (appending decisions with optimistic concurrency), `checkpoint` (signed
 //! digests over ranges of the log), `grpc` (the reviewer, proxy, audit and
-//! health services), `metrics` (Prometheus), `serve`, and the auditor
+//! health services), `metrics` (Prometheus), `serve` (with `tls`, the gRPC
+//! listener's certificate kept current), and the auditor
 //! commands in `verify` and `export`.
 
 pub mod access;
@@ -24,4 +25,5 @@ pub mod policy_cmd;
 pub mod projection;
 pub mod serve;
 pub mod snapshot;
+pub mod tls;
 pub mod verify;

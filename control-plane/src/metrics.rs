@@ -106,6 +106,8 @@ pub struct Metrics {
     snapshot_behind: Gauge,
     snapshot_save_seconds: Histogram,
     snapshot: Mutex<Option<SnapshotSeen>>,
+    /// Certificate reloads, applied or refused.
+    pub reloads: airlock_reload::Reloads,
 }
 
 impl Default for Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             // 10 ms to ~80 s: encoding and storing the whole projection.
             snapshot_save_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             snapshot: Mutex::new(None),
+            reloads: airlock_reload::Reloads::new(),
         };
         // Every outcome is a series from the start, at 0.
         for outcome in Outcome::ALL {
@@ -151,6 +154,8 @@ impl Metrics {
     }
 
     fn register_all(mut self) -> Metrics {
+        self.reloads
+            .register(self.registry.sub_registry_with_prefix("airlock_control"));
         let r = &mut self.registry;
         r.register(
             "airlock_control_fold_lag_events",

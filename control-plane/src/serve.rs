@@ -18,6 +18,7 @@ use crate::grpc::health::Serving;
 use crate::grpc::{AttachAuth, BoxFuture, Control, ReviewerAuth};
 use crate::live::Live;
 use crate::projection::Projection;
+use crate::tls::GrpcListener;
 
 /// Reviewer tokens checked by the identity crate.
 struct VerifierAuth(Verifier);
@@ -179,7 +180,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         ));
     }
 
-    let (mut server, attach) = grpc_builder(&config)?;
+    let (tls, attach) = grpc_builder(&config)?;
     let control = Control {
         live: live.clone(),
         log: log.clone(),
@@ -206,7 +207,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .context("gRPC reflection")?;
     let listen = config.control.listen;
     tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), ?attach, "control plane serving");
-    server
+    let router = tonic::transport::Server::builder()
         .add_service(reflection)
         .add_service(health)
         .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(
@@ -215,14 +216,23 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .add_service(proto::proxy_service_server::ProxyServiceServer::new(
             control.clone(),
         ))
-        .add_service(proto::audit_service_server::AuditServiceServer::new(control))
-        .serve_with_shutdown(listen, async move {
-            shutdown().await;
-            // While connections are still open: health watchers hear it.
-            serving.shutting_down().await;
-        })
-        .await
-        .with_context(|| format!("serving gRPC on {listen}"))?;
+        .add_service(proto::audit_service_server::AuditServiceServer::new(control));
+    let stop = async move {
+        shutdown().await;
+        // While connections are still open: health watchers hear it.
+        serving.shutting_down().await;
+    };
+    match tls {
+        Some(tls) => {
+            tls.certificate
+                .watch("control.tls", live.metrics().reloads.clone());
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listen).await?, stop)
+                .await
+        }
+        None => router.serve_with_shutdown(listen, stop).await,
+    }
+    .with_context(|| format!("serving gRPC on {listen}"))?;
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -241,9 +251,9 @@ fn by_name_and_id(config: &ControlConfig, names: &[String]) -> Vec<String> {
 
 /// The gRPC server with `control.tls` applied, and how Attach
 /// authenticates proxies.
-fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Server, AttachAuth)> {
+fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(Option<GrpcListener>, AttachAuth)> {
     let listen = config.control.listen;
-    let mut server = tonic::transport::Server::builder();
+    let mut listener = None;
     let mut attach = if config.control.allow_insecure_attach_loopback {
         AttachAuth::InsecureLoopback
     } else {
@@ -251,21 +261,10 @@ fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Ser
     };
     match &config.control.tls {
         Some(tls) => {
-            let read = |p: &std::path::Path| {
-                std::fs::read(p).with_context(|| format!("control.tls: reading {}", p.display()))
-            };
-            let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
-                tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?),
-            );
-            if let Some(ca) = &tls.client_ca {
-                // Optional at the handshake (reviewers and integrators come
-                // with tokens), required by Attach.
-                server_tls = server_tls
-                    .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
-                    .client_auth_optional(true);
+            if tls.client_ca.is_some() {
                 attach = AttachAuth::ClientCertificate;
             }
-            server = server.tls_config(server_tls).context("control.tls")?;
+            listener = Some(GrpcListener::load(tls)?);
         }
         None if !listen.ip().is_loopback() => tracing::warn!(
             %listen,
@@ -285,7 +284,7 @@ fn grpc_builder(config: &ControlConfig) -> anyhow::Result<(tonic::transport::Ser
              development on one host control.allow_insecure_attach_loopback: true)"
         ),
     }
-    Ok((server, attach))
+    Ok((listener, attach))
 }
 
 /// Serves `/livez`, `/readyz` and `/healthz` on `control.health_listen`

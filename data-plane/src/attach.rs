@@ -160,12 +160,24 @@ impl Holds {
 }
 
 /// TLS for the Attach link: the control plane's CA and, for a control
-/// plane that authenticates proxies, this proxy's client certificate.
+/// plane that authenticates proxies, this proxy's client certificate. The
+/// files are watched ([`ControlTls::watch`]): each new connection uses the
+/// latest version that checked.
 #[derive(Debug, Clone)]
-pub struct ControlTls(tonic::transport::ClientTlsConfig);
+pub struct ControlTls {
+    section: crate::config::ControlTlsSection,
+    current: Arc<std::sync::RwLock<tonic::transport::ClientTlsConfig>>,
+}
 
 impl ControlTls {
     pub fn load(section: &crate::config::ControlTlsSection) -> anyhow::Result<ControlTls> {
+        Ok(ControlTls {
+            section: section.clone(),
+            current: Arc::new(std::sync::RwLock::new(Self::read(section)?)),
+        })
+    }
+
+    fn read(section: &crate::config::ControlTlsSection) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
         use anyhow::Context;
         let read = |p: &std::path::Path| {
             std::fs::read(p).with_context(|| format!("proxy.control_tls: reading {}", p.display()))
@@ -174,12 +186,44 @@ impl ControlTls {
             .ca_certificate(tonic::transport::Certificate::from_pem(read(&section.ca)?));
         match (&section.cert, &section.key) {
             (Some(cert), Some(key)) => {
+                // Checked here, not at the next handshake: a pair that does
+                // not belong together is refused and the old one kept.
+                airlock_reload::load_certified_key(cert, key)
+                    .map_err(|e| anyhow::anyhow!("proxy.control_tls: {e}"))?;
                 tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
             }
             (None, None) => {}
             _ => anyhow::bail!("proxy.control_tls: set both cert and key, or neither"),
         }
-        Ok(ControlTls(tls))
+        Ok(tls)
+    }
+
+    fn current(&self) -> tonic::transport::ClientTlsConfig {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the CA, certificate and key whenever one changes on disk.
+    pub fn watch(&self, reloads: airlock_reload::Reloads) {
+        let me = self.clone();
+        let paths = [
+            Some(&self.section.ca),
+            self.section.cert.as_ref(),
+            self.section.key.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        airlock_reload::watch(
+            "proxy.control_tls",
+            paths,
+            reloads,
+            Arc::new(move || {
+                let fresh = Self::read(&me.section).map_err(|e| format!("{e:#}"))?;
+                *me.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                Ok(())
+            }),
+        );
     }
 }
 
@@ -253,7 +297,7 @@ async fn attach_inner(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.0.clone()).map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls.current()).map_err(|e| e.to_string())?;
     }
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let mut client = proto::proxy_service_client::ProxyServiceClient::new(channel);

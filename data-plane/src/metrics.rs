@@ -117,6 +117,8 @@ pub struct Metrics {
     held_now: Gauge,
     hold_seconds: Histogram,
     upstream_seconds: Histogram,
+    /// Policy and certificate reloads, applied or refused.
+    pub reloads: airlock_reload::Reloads,
 }
 
 impl Metrics {
@@ -202,7 +204,9 @@ impl Default for Metrics {
             hold_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
             // 100 us to about 7 minutes.
             upstream_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
+            reloads: airlock_reload::Reloads::new(),
         };
+        m.reloads.register(&mut registry);
         registry.register(
             "connections",
             "Client connections accepted",

@@ -47,37 +47,41 @@ fn policy_loaded(source: &proto::Source, policies: &PolicySet) -> proto::Event {
     )
 }
 
-/// On SIGHUP: re-read the policies from airlock.yaml. A file that does not
-/// check keeps the policies in force (and says why); a good one is enforced
+/// Re-reads the policies from airlock.yaml. A file that does not check
+/// keeps the policies in force (the error says why); a good one is enforced
 /// from the next statement of every session and recorded as PolicyLoaded.
 /// Connections, identity and listen addresses are read only at start.
-async fn reload_on_hangup(
+/// Runs when the file changes on disk and on SIGHUP.
+fn policy_reloader(
     path: std::path::PathBuf,
     gate: Arc<PolicyGate>,
     log: EventLog,
     source: proto::Source,
     proxy_id: ProxyId,
-) {
+) -> airlock_reload::Apply {
+    Arc::new(move || {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{file}: {e}"))?;
+        let policies = PolicySet::from_config_yaml(&text, &file).map_err(|e| e.to_string())?;
+        warn_record_only(&policies);
+        let event = policy_loaded(&source, &policies);
+        gate.replace_policies(policies);
+        let (log, subject) = (log.clone(), subjects::proxy(&proxy_id));
+        tokio::spawn(async move {
+            if let Err(e) = log.append_next(&subject, event).await {
+                tracing::error!(error = %e, "could not record PolicyLoaded after reload");
+            }
+        });
+        Ok(())
+    })
+}
+
+async fn reload_on_hangup(apply: airlock_reload::Apply, reloads: airlock_reload::Reloads) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        let file = path.display().to_string();
-        let loaded = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| PolicySet::from_config_yaml(&text, &file).map_err(|e| e.to_string()));
-        match loaded {
-            Ok(policies) => {
-                warn_record_only(&policies);
-                let event = policy_loaded(&source, &policies);
-                gate.replace_policies(policies);
-                tracing::info!(%file, "policies reloaded");
-                if let Err(e) = log.append_next(&subjects::proxy(&proxy_id), event).await {
-                    tracing::error!(error = %e, "could not record PolicyLoaded after reload");
-                }
-            }
-            Err(e) => tracing::error!(%file, error = %e, "policy reload refused; the policies in force stay"),
-        }
+        airlock_reload::run("policies", &reloads, &apply);
     }
 }
 
@@ -161,7 +165,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         .transpose()?;
     tokio::spawn(attach::run_with_tls(
         config.proxy.control.values(),
-        control_tls,
+        control_tls.clone(),
         proxy_id.to_string(),
         holds.clone(),
     ));
@@ -171,13 +175,6 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.connections.clone(),
         config.identity.group_names.clone(),
     ));
-    tokio::spawn(reload_on_hangup(
-        config.path.clone(),
-        gate.clone(),
-        log.clone(),
-        source.clone(),
-        proxy_id.clone(),
-    ));
     // Up to 128 sessions' appends in flight at once (each session's in order).
     let recorder = Recorder::spawn(
         log.clone(),
@@ -186,6 +183,23 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.proxy.record_linger,
     );
     let metrics = crate::metrics::Metrics::new(&recorder.stats);
+    let reload = policy_reloader(
+        config.path.clone(),
+        gate.clone(),
+        log.clone(),
+        source.clone(),
+        proxy_id.clone(),
+    );
+    airlock_reload::watch(
+        "policies",
+        vec![config.path.clone()],
+        metrics.reloads.clone(),
+        reload.clone(),
+    );
+    tokio::spawn(reload_on_hangup(reload, metrics.reloads.clone()));
+    if let Some(tls) = &control_tls {
+        tls.watch(metrics.reloads.clone());
+    }
     let (phase_tx, phase) = tokio::sync::watch::channel(crate::session::Phase::Running);
     if let Some(addr) = config.proxy.metrics_listen {
         let m = metrics.clone();
@@ -224,6 +238,9 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         anyhow::bail!("proxy.tls is not set and plain text is not allowed: no client could log in");
     }
     let server = Server::bind(settings).await?;
+    if let Some(certificate) = server.certificate() {
+        certificate.watch("proxy.tls", metrics.reloads.clone());
+    }
     tracing::info!(listen = %config.proxy.listen, proxy = %proxy_id, "proxy serving");
     let serving = tokio::spawn(server.run(Arc::new(deps)));
     shutdown().await;

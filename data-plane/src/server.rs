@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_reload::LiveCert;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -80,32 +81,25 @@ pub enum ServerError {
     },
 }
 
-/// Builds the TLS acceptor from PEM files.
-pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServerError::Tls {
-            what: "certificate",
-            path: files.cert.clone(),
-            detail: e.to_string(),
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| ServerError::Tls {
-        what: "key",
-        path: files.key.clone(),
-        detail: e.to_string(),
+/// Builds the TLS acceptor from PEM files. The certificate is served
+/// through a [`LiveCert`], so a renewed pair on disk is taken into use
+/// without a restart (see [`Server::certificate`]).
+pub fn tls_acceptor(files: &TlsFiles) -> Result<(tokio_rustls::TlsAcceptor, Arc<LiveCert>), ServerError> {
+    let live = LiveCert::load(&files.cert, &files.key).map_err(|detail| ServerError::Tls {
+        what: "certificate and key",
+        path: files.cert.clone(),
+        detail,
     })?;
     let config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .map(|b| b.with_no_client_auth().with_cert_resolver(live.clone()))
             .map_err(|e| ServerError::Tls {
                 what: "configuration",
                 path: files.cert.clone(),
                 detail: e.to_string(),
             })?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), live))
 }
 
 /// A listening proxy.
@@ -113,6 +107,7 @@ pub struct Server {
     listener: TcpListener,
     settings: ServerSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    certificate: Option<Arc<LiveCert>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -126,7 +121,10 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     pub async fn bind(settings: ServerSettings) -> Result<Server, ServerError> {
-        let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
+        let (tls, certificate) = match settings.tls.as_ref().map(tls_acceptor).transpose()? {
+            Some((acceptor, live)) => (Some(acceptor), Some(live)),
+            None => (None, None),
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ServerError::Listen {
@@ -137,7 +135,13 @@ impl Server {
             listener,
             settings,
             tls,
+            certificate,
         })
+    }
+
+    /// The certificate served to clients, to watch for renewal.
+    pub fn certificate(&self) -> Option<Arc<LiveCert>> {
+        self.certificate.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

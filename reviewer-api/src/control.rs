@@ -2,6 +2,7 @@
 //! carries the caller's own bearer token, so the control plane judges the
 //! real reviewer; this process holds no authority of its own.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use airlock_proto::v1 as proto;
@@ -16,9 +17,13 @@ use crate::error::ApiError;
 /// How long one unary call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Cheap to clone: clones share the channel, and a reload of
+/// `reviewer.control_tls` replaces it for all of them.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
-    inner: ReviewerServiceClient<Channel>,
+    url: String,
+    tls: Option<ControlTlsSection>,
+    inner: Arc<RwLock<ReviewerServiceClient<Channel>>>,
 }
 
 fn authed<T>(token: &Token, message: T) -> Result<tonic::Request<T>, ApiError> {
@@ -37,6 +42,10 @@ fn client_tls(section: &ControlTlsSection) -> anyhow::Result<ClientTlsConfig> {
     };
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&section.ca)?));
     if let (Some(cert), Some(key)) = (&section.cert, &section.key) {
+        // Checked now, not at the next handshake: a renewed pair that does
+        // not belong together is refused and the one in force kept.
+        airlock_reload::load_certified_key(cert, key)
+            .map_err(|e| anyhow::anyhow!("reviewer.control_tls: {e}"))?;
         tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(tls)
@@ -45,8 +54,17 @@ fn client_tls(section: &ControlTlsSection) -> anyhow::Result<ClientTlsConfig> {
 impl ControlClient {
     /// A client that connects on first use (and reconnects after failures),
     /// so the reviewer starts even while the control plane is down; over
-    /// TLS with `tls` (whose files are read now).
+    /// TLS with `tls` (whose files are read now, and again when they change:
+    /// see [`ControlClient::watch_tls`]).
     pub fn new(url: &str, tls: Option<&ControlTlsSection>) -> anyhow::Result<Self> {
+        Ok(ControlClient {
+            inner: Arc::new(RwLock::new(Self::connect(url, tls)?)),
+            url: url.to_owned(),
+            tls: tls.cloned(),
+        })
+    }
+
+    fn connect(url: &str, tls: Option<&ControlTlsSection>) -> anyhow::Result<ReviewerServiceClient<Channel>> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())?;
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(client_tls(tls)?)?;
@@ -55,9 +73,34 @@ impl ControlClient {
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .connect_lazy();
-        Ok(ControlClient {
-            inner: ReviewerServiceClient::new(channel),
-        })
+        Ok(ReviewerServiceClient::new(channel))
+    }
+
+    /// With `reviewer.control_tls`: watches its files, and when they change
+    /// and still check, calls from then on go over a new channel with them
+    /// (streams already open keep theirs).
+    pub fn watch_tls(&self, reloads: airlock_reload::Reloads) {
+        let Some(tls) = &self.tls else { return };
+        let paths = [Some(&tls.ca), tls.cert.as_ref(), tls.key.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let me = self.clone();
+        airlock_reload::watch(
+            "reviewer.control_tls",
+            paths,
+            reloads,
+            Arc::new(move || {
+                let fresh = Self::connect(&me.url, me.tls.as_ref()).map_err(|e| format!("{e:#}"))?;
+                *me.inner.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                Ok(())
+            }),
+        );
+    }
+
+    fn client(&self) -> ReviewerServiceClient<Channel> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn unary<T>(token: &Token, message: T) -> Result<tonic::Request<T>, ApiError> {
@@ -72,8 +115,7 @@ impl ControlClient {
         q: proto::ListRequestsRequest,
     ) -> Result<proto::ListRequestsResponse, ApiError> {
         Ok(self
-            .inner
-            .clone()
+            .client()
             .list_requests(Self::unary(token, q)?)
             .await?
             .into_inner())
@@ -84,8 +126,7 @@ impl ControlClient {
             request_id: id.to_owned(),
         };
         Ok(self
-            .inner
-            .clone()
+            .client()
             .get_request(Self::unary(token, q)?)
             .await?
             .into_inner())
@@ -96,12 +137,7 @@ impl ControlClient {
         token: &Token,
         q: proto::DecideRequest,
     ) -> Result<proto::DecideResponse, ApiError> {
-        Ok(self
-            .inner
-            .clone()
-            .decide(Self::unary(token, q)?)
-            .await?
-            .into_inner())
+        Ok(self.client().decide(Self::unary(token, q)?).await?.into_inner())
     }
 
     /// Opens the stream of request changes after `after_sequence` (0: from
@@ -115,7 +151,7 @@ impl ControlClient {
             after_sequence,
             states: Vec::new(),
         };
-        Ok(self.inner.clone().watch(authed(token, q)?).await?.into_inner())
+        Ok(self.client().watch(authed(token, q)?).await?.into_inner())
     }
 
     pub async fn list_sessions(
@@ -124,8 +160,7 @@ impl ControlClient {
         q: proto::ListSessionsRequest,
     ) -> Result<proto::ListSessionsResponse, ApiError> {
         Ok(self
-            .inner
-            .clone()
+            .client()
             .list_sessions(Self::unary(token, q)?)
             .await?
             .into_inner())
@@ -136,8 +171,7 @@ impl ControlClient {
             session_id: id.to_owned(),
         };
         Ok(self
-            .inner
-            .clone()
+            .client()
             .get_session(Self::unary(token, q)?)
             .await?
             .into_inner())
@@ -154,8 +188,7 @@ impl ControlClient {
             reason,
         };
         Ok(self
-            .inner
-            .clone()
+            .client()
             .kill_session(Self::unary(token, q)?)
             .await?
             .into_inner())

@@ -126,7 +126,14 @@ pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
             app.metrics.clone(),
         )?;
     }
-    let acceptor = app.config.reviewer.tls.as_ref().map(tls::acceptor).transpose()?;
+    let acceptor = match app.config.reviewer.tls.as_ref().map(tls::acceptor).transpose()? {
+        Some((acceptor, certificate)) => {
+            certificate.watch("reviewer.tls", app.metrics.reloads.clone());
+            Some(acceptor)
+        }
+        None => None,
+    };
+    app.control.watch_tls(app.metrics.reloads.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -79,6 +79,8 @@ pub struct Metrics {
     /// Time of one webhook delivery attempt, failed or not.
     pub webhook_seconds: Histogram,
     pub notifier_connected: Gauge,
+    /// Certificate reloads, applied or refused.
+    pub reloads: airlock_reload::Reloads,
 }
 
 /// Registers a family with one series per value of `values`, and returns
@@ -121,6 +123,8 @@ impl Metrics {
             ["2xx", "3xx", "4xx", "5xx"],
             |class| ClassLabel { class },
         );
+        let reloads = airlock_reload::Reloads::new();
+        reloads.register(&mut r);
         let http_seconds: LatencyFamily = Family::new_with_constructor(latency_histogram);
         r.register_with_unit(
             "http_request_duration",
@@ -216,6 +220,7 @@ impl Metrics {
             webhook_dropped,
             webhook_seconds,
             notifier_connected,
+            reloads,
         })
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_reload::LiveCert;
 use anyhow::Context;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,24 +27,19 @@ pub struct TlsFiles {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the acceptor from PEM files (HTTP/2 and HTTP/1.1 offered).
-pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reviewer.tls.cert {}", files.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("reviewer.tls.key {}", files.key.display()))?;
+/// Builds the acceptor from PEM files (HTTP/2 and HTTP/1.1 offered). The
+/// certificate is served through the returned [`LiveCert`], to watch for
+/// renewal.
+pub fn acceptor(files: &TlsFiles) -> anyhow::Result<(TlsAcceptor, Arc<LiveCert>)> {
+    let live = LiveCert::load(&files.cert, &files.key).map_err(|e| anyhow::anyhow!("reviewer.tls: {e}"))?;
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .context("TLS versions")?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .context("reviewer.tls: the certificate and key do not make a TLS configuration")?;
+            .with_cert_resolver(live.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), live))
 }
 
 /// A listener whose connections have completed the TLS handshake.
@@ -119,7 +115,8 @@ mod tests {
         std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = tcp.local_addr().unwrap().port();
-        let listener = TlsListener::new(tcp, acceptor(&files).unwrap()).unwrap();
+        let (tls, live) = acceptor(&files).unwrap();
+        let listener = TlsListener::new(tcp, tls).unwrap();
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "over TLS" }));
         tokio::spawn(async move { axum::serve(listener, app).await });
 
@@ -132,6 +129,33 @@ mod tests {
             .unwrap();
         let body = client
             .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "over TLS");
+
+        // A renewed certificate is served from the next handshake on.
+        let renewed = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&files.cert, renewed.cert.pem()).unwrap();
+        std::fs::write(&files.key, renewed.signing_key.serialize_pem()).unwrap();
+        live.reload().unwrap();
+        let trusting = |pem: String| {
+            reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+                .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], port)))
+                .build()
+                .unwrap()
+        };
+        let url = format!("https://localhost:{port}/");
+        assert!(
+            trusting(cert.cert.pem()).get(&url).send().await.is_err(),
+            "the old certificate is no longer served"
+        );
+        let body = trusting(renewed.cert.pem())
+            .get(&url)
             .send()
             .await
             .unwrap()

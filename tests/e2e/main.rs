@@ -11,6 +11,7 @@ mod differential;
 mod drivers;
 mod fleet;
 mod health;
+mod reload;
 mod reviewer;
 mod stack;
 mod webhooks;

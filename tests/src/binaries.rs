@@ -369,6 +369,10 @@ fn spawn(command: &mut Command, dir: &Path, name: &str) -> Child {
 /// own, `<kind>-<n>.yaml`, for each further one, and for every one when
 /// NATS is secured (each role is its own NATS user).
 fn config_file(options: &StackBuilder, layout: &Layout, kind: &str, n: usize, at: (usize, usize)) -> PathBuf {
+    if kind == "proxy" && n == 0 && options.configmap {
+        let text = config(options, layout, at.0, at.1, NatsRole::Proxy);
+        return configmap_version(&layout.dir, &text);
+    }
     if n == 0 && !options.secured_nats {
         return layout.dir.join("airlock.yaml");
     }
@@ -380,6 +384,27 @@ fn config_file(options: &StackBuilder, layout: &Layout, kind: &str, n: usize, at
     let path = layout.dir.join(format!("{kind}-{}.yaml", n + 1));
     std::fs::write(&path, config(options, layout, at.0, at.1, role)).expect("config");
     path
+}
+
+/// Writes `text` as a new version of `<dir>/configmap/airlock.yaml` the
+/// way the kubelet updates a mounted ConfigMap: into a new directory, then
+/// `..data` swapped to it by a rename (the file's own path is never
+/// written). Returns the path the proxy reads.
+fn configmap_version(dir: &Path, text: &str) -> PathBuf {
+    let mounted = dir.join("configmap");
+    std::fs::create_dir_all(&mounted).expect("configmap dir");
+    let versions = std::fs::read_dir(&mounted).expect("read configmap dir").count();
+    let version = format!("..2026_12_03_{versions:02}");
+    std::fs::create_dir(mounted.join(&version)).expect("version dir");
+    std::fs::write(mounted.join(&version).join("airlock.yaml"), text).expect("write version");
+    let tmp = mounted.join("..data_tmp");
+    std::os::unix::fs::symlink(&version, &tmp).expect("symlink ..data_tmp");
+    std::fs::rename(&tmp, mounted.join("..data")).expect("swap ..data");
+    let file = mounted.join("airlock.yaml");
+    if std::fs::symlink_metadata(&file).is_err() {
+        std::os::unix::fs::symlink("..data/airlock.yaml", &file).expect("symlink airlock.yaml");
+    }
+    file
 }
 
 /// The `nats:` section, for `role`'s user when NATS is secured (its
@@ -605,6 +630,17 @@ impl BinaryStack {
     /// reviewer).
     pub fn config(&self) -> PathBuf {
         self.dir.join("airlock.yaml")
+    }
+
+    /// With [`StackBuilder::configmap`]: a new version of the first proxy's
+    /// `airlock.yaml`, swapped in as the kubelet does.
+    pub fn configmap_swap(&self, text: &str) {
+        configmap_version(&self.dir, text);
+    }
+
+    /// With [`StackBuilder::configmap`]: the first proxy's `airlock.yaml`.
+    pub fn configmap_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("configmap/airlock.yaml")).expect("read the mounted config")
     }
 
     /// `airlock-control <args> --config airlock.yaml`, to run.

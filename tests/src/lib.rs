@@ -45,6 +45,7 @@ pub struct StackBuilder {
     pub(crate) rules: Option<String>,
     pub(crate) access: Option<String>,
     pub(crate) proxy_tls: bool,
+    pub(crate) configmap: bool,
     pub(crate) control_mtls: bool,
     pub(crate) secured_nats: bool,
     pub(crate) checkpoints: bool,
@@ -72,6 +73,7 @@ impl Default for StackBuilder {
             rules: None,
             access: None,
             proxy_tls: false,
+            configmap: false,
             control_mtls: false,
             secured_nats: false,
             checkpoints: false,
@@ -139,6 +141,15 @@ impl StackBuilder {
         self
     }
 
+    /// The first proxy reads its `airlock.yaml` as Kubernetes mounts a
+    /// ConfigMap: through the symlinks `configmap/airlock.yaml ->
+    /// ..data/airlock.yaml` and `..data -> <version dir>`, which
+    /// [`binaries::BinaryStack::configmap_swap`] replaces as the kubelet does.
+    pub fn configmap(mut self) -> Self {
+        self.configmap = true;
+        self
+    }
+
     /// The control plane serves gRPC over TLS and lets only clients with a
     /// certificate from its CA attach as proxies; the stack's proxies have
     /// one. The certificates are in the stack's directory (see
@@ -199,6 +210,7 @@ impl StackBuilder {
             || self.rules.is_some()
             || self.access.is_some()
             || self.proxy_tls
+            || self.configmap
             || self.control_mtls
             || self.checkpoints
             || self.reviewer

@@ -1,0 +1,253 @@
+//! Files that change under a running binary: the policies in `airlock.yaml`
+//! and TLS certificates, watched on disk and swapped in whole when the new
+//! version checks. A version that does not check is refused with a log line
+//! and a count in `<binary>_config_reloads_total{outcome="refused"}`, and the
+//! old one stays in force.
+//!
+//! Files are polled, not watched through inotify: every second each file is
+//! read through its path, following symlinks, and its bytes hashed. That
+//! sees Kubernetes' way of updating a mounted ConfigMap or Secret (the
+//! `..data` symlink swapped to a new directory, the file's own path never
+//! written), editors that write a new file and rename it, and in-place
+//! writes alike. A file caught half written does not check, is refused, and
+//! is applied at the next poll once complete. The files are small; a poll
+//! costs a few reads per second.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+
+/// How often watched files are read.
+pub const POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Refused,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Outcome::Applied => "applied",
+            Outcome::Refused => "refused",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    what: String,
+    outcome: Outcome,
+}
+
+/// Reloads by what was reloaded and how it went; cheap to clone (one
+/// counter family shared).
+#[derive(Debug, Clone, Default)]
+pub struct Reloads {
+    family: Family<Labels, Counter>,
+}
+
+impl Reloads {
+    pub fn new() -> Reloads {
+        Reloads::default()
+    }
+
+    /// Adds `<prefix>_config_reloads_total{what, outcome}` to `registry`
+    /// (its prefix names the binary: `airlock_proxy`, `airlock_control`,
+    /// `airlock_reviewer`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "config_reloads",
+            "Changed files taken into use (applied) or refused because the new version does not check (the old one stays in force)",
+            self.family.clone(),
+        );
+    }
+
+    pub fn record(&self, what: &str, outcome: Outcome) {
+        self.family
+            .get_or_create(&Labels {
+                what: what.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn count(&self, what: &str, outcome: Outcome) -> u64 {
+        self.family
+            .get_or_create(&Labels {
+                what: what.to_owned(),
+                outcome,
+            })
+            .get()
+    }
+}
+
+/// What a set of files holds now: the hash of their bytes, or of why one
+/// could not be read (so a file that disappears, then comes back, is seen).
+fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                hash.update(b"ok");
+                hash.update((bytes.len() as u64).to_le_bytes());
+                hash.update(&bytes);
+            }
+            Err(e) => {
+                hash.update(b"error");
+                hash.update(e.kind().to_string().as_bytes());
+            }
+        }
+    }
+    hash.finalize().into()
+}
+
+/// Applies a new version of the watched files: `Ok` once it is in force,
+/// `Err` with the reason it was refused (the old version stays).
+pub type Apply = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Watches `paths` for as long as the returned task runs, calling `apply`
+/// once each time what they hold changes. `what` names them in logs and in
+/// the metric. The state seen when this is called counts as in force.
+pub fn watch(what: &str, paths: Vec<PathBuf>, reloads: Reloads, apply: Apply) -> tokio::task::JoinHandle<()> {
+    watch_every(what, paths, reloads, apply, POLL)
+}
+
+pub fn watch_every(
+    what: &str,
+    paths: Vec<PathBuf>,
+    reloads: Reloads,
+    apply: Apply,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let what = what.to_owned();
+    let mut seen = fingerprint(&paths);
+    let paths = Arc::new(paths);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let reading = paths.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&reading)).await else {
+                continue;
+            };
+            if now == seen {
+                continue;
+            }
+            // A refused version is not tried again until the files change
+            // once more: one log line per bad version, not one per second.
+            seen = now;
+            run(&what, &reloads, &apply);
+        }
+    })
+}
+
+/// Applies once and records the outcome (for SIGHUP and for the watcher).
+pub fn run(what: &str, reloads: &Reloads, apply: &Apply) -> bool {
+    match apply() {
+        Ok(()) => {
+            reloads.record(what, Outcome::Applied);
+            tracing::info!(what, "reloaded");
+            true
+        }
+        Err(error) => {
+            reloads.record(what, Outcome::Refused);
+            tracing::error!(what, %error, "reload refused; the version in force stays");
+            false
+        }
+    }
+}
+
+/// A certificate chain and its key from PEM files, checked to belong
+/// together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, private, &rustls::crypto::ring::default_provider()).map_err(|e| {
+        format!(
+            "{} and {} do not make a certificate and key: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// A certificate and key in force, for a TLS server or client, replaced when
+/// their files change (see [`LiveCert::watch`]).
+#[derive(Debug)]
+pub struct LiveCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl LiveCert {
+    /// Loads the pair; an error names the file and the cause.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<LiveCert>, String> {
+        let loaded = load_certified_key(cert, key)?;
+        Ok(Arc::new(LiveCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(loaded)),
+        }))
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the files again and puts the pair in force if it checks.
+    pub fn reload(&self) -> Result<(), String> {
+        let loaded = load_certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        Ok(())
+    }
+
+    /// Watches both files; `what` names them in logs and in the metric.
+    pub fn watch(self: &Arc<Self>, what: &str, reloads: Reloads) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        watch(
+            what,
+            vec![self.cert.clone(), self.key.clone()],
+            reloads,
+            Arc::new(move || me.reload()),
+        )
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveCert {
+    fn resolve(&self, _issuers: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
