@@ -78,10 +78,28 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Check a whole airlock.yaml for every binary that reads it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Policy tools: lint policy files, explain a statement's verdict.
     Policy {
         #[command(subcommand)]
         command: crate::policy_cmd::PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check every section every binary reads (the control plane's, the
+    /// proxy's and the reviewer's, where present), the files they name and
+    /// the environment variables that hold secrets: each problem as
+    /// `file:line: key: what` on standard error, exit 1 on any. The
+    /// binaries refuse to start on the same problems.
+    Check {
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
     },
 }
 
@@ -101,15 +119,40 @@ pub fn main() -> ExitCode {
     // Pure and offline: no telemetry or runtime, so stdout carries only the result.
     let command = match cli.command {
         Command::Policy { command } => return crate::policy_cmd::run(command),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => return config_check(&config),
         other => other,
     };
     airlock_telemetry::run_binary("airlock-control", run(command))
 }
 
+/// `config check`: offline, like `policy`; what it found on standard
+/// error, a one-line verdict on standard output.
+#[allow(clippy::print_stderr)]
+fn config_check(path: &std::path::Path) -> ExitCode {
+    let (parts, problems) = crate::check::check_all(path);
+    if problems.is_empty() {
+        println!("{}: ok ({})", path.display(), parts.join(", "));
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    println!(
+        "{}: {} problem{}",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::FAILURE
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config } => {
-            let config = crate::config::load(&config)?;
+        Command::Serve { config: path } => {
+            airlock_config::refuse_unless_clean(&path, crate::check::check(&path))?;
+            let config = crate::config::load(&path)?;
             crate::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -211,6 +254,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => Ok(crate::policy_cmd::run(command)),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => Ok(config_check(&config)),
         Command::Identity {
             command: IdentityCommand::Check { config },
         } => {

@@ -147,7 +147,7 @@ pub fn parse(text: &str) -> anyhow::Result<ControlConfig> {
     from_file(&ConfigFile::parse(text, "airlock.yaml")?)
 }
 
-fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
+pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
     let nats = file.required::<NatsSettings>("nats", "url of the NATS server")?;
     let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;
     let control = file.required::<ControlSection>("control", "listen: host:port")?;

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod act;
+pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

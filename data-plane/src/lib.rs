@@ -16,10 +16,12 @@
 //! * `session`: one client session (login, relay, holds, refusals);
 //! * `server`: the front door (sockets, TLS, startup, connection limits);
 //! * `policy_gate`: the real `Gate` (identity and policy crates);
-//! * `config` and `run`: airlock.yaml and the wiring of it all.
+//! * `config`, `check` and `run`: airlock.yaml, everything checked in it
+//!   before starting, and the wiring of it all.
 
 pub mod attach;
 pub mod cancel;
+pub mod check;
 pub mod codec;
 pub mod config;
 pub mod conn;

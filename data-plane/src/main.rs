@@ -17,6 +17,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     airlock_telemetry::run_binary("airlock-proxy", async move {
+        airlock_config::refuse_unless_clean(&args.config, airlock_proxy::check::check(&args.config))?;
         let config = airlock_proxy::config::load(&args.config)?;
         airlock_proxy::run::run(config).await
     })

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_eventlog::proto::{self, event::Body};
-use airlock_eventlog::signing::{Role, Signer, Trust};
 use airlock_eventlog::{EventLog, ProxyId, new_event, subjects};
 use airlock_identity::Verifier;
 use airlock_policy::PolicySet;
@@ -92,34 +91,6 @@ fn default_proxy_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// This proxy's signing key and the writers it trusts: both required. Its
-/// events must say who wrote them, and it runs a held statement only on a
-/// grant a trusted control-plane key signed.
-fn signing(config: &ProxyConfig) -> anyhow::Result<(Arc<Signer>, Arc<Trust>)> {
-    let Some(path) = &config.proxy.signing_key else {
-        anyhow::bail!(
-            "proxy.signing_key is not set: every event a proxy appends must be signed. Create a key pair \
-             with `airlock-control signing-key --private proxy.key --public proxy.pub`, set \
-             proxy.signing_key to the private key and list the public key in signing.trust as role: proxy"
-        );
-    };
-    let signer = Signer::load(path).context("proxy.signing_key")?;
-    let Some(section) = &config.signing else {
-        anyhow::bail!(
-            "no `signing:` section: a proxy runs a held statement only on a grant signed by a control-plane \
-             key it trusts. List them: signing: {{ trust: [{{ role: control, key: control.pub }}] }}"
-        );
-    };
-    let trust = section.load().context("signing.trust")?;
-    if !trust.has_role(Role::Control) {
-        anyhow::bail!(
-            "signing.trust lists no key with role: control: no grant could ever be confirmed, so every \
-             held statement would be refused"
-        );
-    }
-    Ok((Arc::new(signer), Arc::new(trust)))
-}
-
 pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let proxy_id = config.proxy.proxy_id.clone().unwrap_or_else(default_proxy_id);
     let proxy_id = ProxyId::parse(&proxy_id).context("proxy.proxy_id")?;
@@ -127,7 +98,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let policies = PolicySet::from_config_yaml(&config.text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     warn_record_only(&policies);
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
-    let (signer, trust) = signing(&config)?;
+    let (signer, trust) = crate::check::signing(&config)?;
     let log = EventLog::connect(config.nats.clone())
         .await?
         .with_signer(signer)
@@ -145,7 +116,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         .await
         .context("recording PolicyLoaded")?;
 
-    let cancels = match cancel_key(&config)? {
+    let cancels = match crate::check::cancel_key(&config)? {
         Some(key) => crate::cancel::Cancels::with_key(key),
         None => {
             tracing::info!(
@@ -280,18 +251,6 @@ async fn shutdown() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
-}
-
-/// The fleet's cancel key, from the variable `proxy.cancel_key_env` names.
-fn cancel_key(config: &ProxyConfig) -> anyhow::Result<Option<crate::cancel::CancelKey>> {
-    let Some(var) = &config.proxy.cancel_key_env else {
-        return Ok(None);
-    };
-    let value = std::env::var(var)
-        .with_context(|| format!("proxy.cancel_key_env: the environment variable {var} is not set"))?;
-    crate::cancel::CancelKey::new(value.as_bytes())
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("proxy.cancel_key_env ({var}): {e}"))
 }
 
 /// Checks the event log's stream, waiting while it cannot be read: the

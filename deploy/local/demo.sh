@@ -239,6 +239,9 @@ users:
   - { sub: 1e6b9a33-erin, name: Erin (not a reviewer), groups: [$AGENTS_GROUP] }
 LOGIN
 
+# Every binary's part of the file, its files and its secrets, checked at once.
+"$bin/airlock-control" config check --config "$state/airlock.yaml"
+
 start idp "$bin/airlock-dev-idp" serve --listen "127.0.0.1:$IDP_PORT" \
   --issuer "http://127.0.0.1:$IDP_PORT" --key-file "$state/idp.key" --login-config "$state/login.yaml"
 wait_port "$IDP_PORT" idp

@@ -17,6 +17,7 @@ struct Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     airlock_telemetry::run_binary("airlock-reviewer", async move {
+        airlock_config::refuse_unless_clean(&args.config, crate::check::check(&args.config))?;
         let config = crate::config::load(&args.config)?;
         crate::run(config).await
     })

@@ -196,7 +196,7 @@ pub fn parse(text: &str) -> anyhow::Result<ReviewerConfig> {
     from_file(&ConfigFile::parse(text, "airlock.yaml")?)
 }
 
-fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
+pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
     let in_file = || format!("in {}", file.path().display());
     let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;
     identity

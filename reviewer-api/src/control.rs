@@ -36,7 +36,7 @@ fn authed<T>(token: &Token, message: T) -> Result<tonic::Request<T>, ApiError> {
 }
 
 /// tonic's TLS settings from `reviewer.control_tls`.
-fn client_tls(section: &ControlTlsSection) -> anyhow::Result<ClientTlsConfig> {
+pub(crate) fn client_tls(section: &ControlTlsSection) -> anyhow::Result<ClientTlsConfig> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).with_context(|| format!("reviewer.control_tls: reading {}", p.display()))
     };

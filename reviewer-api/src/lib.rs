@@ -13,6 +13,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

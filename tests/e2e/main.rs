@@ -7,6 +7,7 @@
 mod approval;
 mod binaries;
 mod browser;
+mod config_check;
 mod differential;
 mod drivers;
 mod fleet;

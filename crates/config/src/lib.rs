@@ -24,6 +24,37 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Location};
 
+/// What a binary's check found wrong in a whole file (each problem as
+/// `file:line: key: what`), as one error for refusing to start.
+#[derive(Debug, thiserror::Error)]
+#[error("{} does not check ({} problem{}):\n  {}", file.display(), problems.len(), if problems.len() == 1 { "" } else { "s" }, problems.join("\n  "))]
+pub struct Problems {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+/// An error and its causes on one line (`reading f: No such file ...`).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
+/// `Ok` when `problems` is empty, else every one of them as one error.
+pub fn refuse_unless_clean(file: &Path, problems: Vec<String>) -> Result<(), Problems> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Problems {
+        file: file.to_owned(),
+        problems,
+    })
+}
+
 /// Every top-level section of airlock.yaml, whoever reads it.
 pub const SECTIONS: &[&str] = &[
     "nats",
@@ -71,6 +102,17 @@ impl ConfigFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where `key` (dotted, e.g. `proxy.tls.cert`) is written: `file:line`,
+    /// or the deepest enclosing key that is found, or just `file`. For
+    /// messages about a key's value (a file that does not exist, a variable
+    /// that is not set), which the YAML parser cannot place.
+    pub fn locate(&self, key: &str) -> String {
+        match pick::line_of(&self.text, key) {
+            Some(line) => format!("{}:{line}", self.shown),
+            None => self.shown.clone(),
+        }
     }
 
     /// The whole file, for readers that take it as text (the policy crate).

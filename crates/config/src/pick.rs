@@ -100,3 +100,43 @@ impl<'de> DeserializeSeed<'de> for Locate<'_> {
         key.deserialize_str(self)
     }
 }
+
+/// The 1-based line of a dotted key in block-style YAML: each part is
+/// looked for among the lines indented under the previous one; a part
+/// written inside a flow mapping (`tls: { cert: a, key: b }`) is placed on
+/// its parent's line. The deepest part found gives the line.
+pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let meaningful = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let (mut start, mut end, mut parent_indent) = (0usize, lines.len(), None::<usize>);
+    let mut found = None;
+    for part in key.split('.') {
+        let label = format!("{part}:");
+        let hit = (start..end).find(|&i| {
+            let l = lines[i];
+            let body = l.trim_start().trim_start_matches("- ");
+            meaningful(l) && parent_indent.is_none_or(|p| indent(l) > p) && body.starts_with(&label)
+        });
+        match hit {
+            Some(i) => {
+                found = Some(i);
+                let own = indent(lines[i]);
+                start = i + 1;
+                end = (start..lines.len())
+                    .find(|&j| meaningful(lines[j]) && indent(lines[j]) <= own)
+                    .unwrap_or(lines.len());
+                parent_indent = Some(own);
+            }
+            None => {
+                // Written in a flow mapping on the parent's line, or absent.
+                if let Some(i) = found.filter(|&i| lines[i].contains(&format!(" {label}")) || lines[i].contains(&format!("{{{label}")))
+                {
+                    return Some(i + 1);
+                }
+                break;
+            }
+        }
+    }
+    found.map(|i| i + 1)
+}

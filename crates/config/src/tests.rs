@@ -178,3 +178,15 @@ fn the_local_demo_uses_only_known_sections() {
     assert!(text.contains("/var/lib/airlock-demo/proxy.crt"), "{text}");
     assert!(!text.contains('$'), "every variable filled in: {text}");
 }
+
+#[test]
+fn a_key_is_located_at_its_line_or_its_deepest_parent() {
+    let text = "nats:\n  url: nats://x\nproxy:\n  listen: 127.0.0.1:6432\n  # tls below\n  tls:\n    cert: a.crt\n    key: a.key\n  control_tls: { ca: ca.crt, cert: p.crt }\nreviewer:\n  tls:\n    cert: r.crt\n";
+    let file = ConfigFile::parse(text, "airlock.yaml").unwrap();
+    assert_eq!(file.locate("proxy.tls.key"), "airlock.yaml:8");
+    assert_eq!(file.locate("reviewer.tls.cert"), "airlock.yaml:12");
+    assert_eq!(file.locate("proxy.control_tls.cert"), "airlock.yaml:9");
+    assert_eq!(file.locate("proxy.signing_key"), "airlock.yaml:3", "absent: its section");
+    assert_eq!(file.locate("nats"), "airlock.yaml:1");
+    assert_eq!(file.locate("signing.trust"), "airlock.yaml");
+}

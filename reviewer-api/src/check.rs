@@ -1,0 +1,67 @@
+//! Everything the reviewer checks in airlock.yaml before it starts, found
+//! all at once: its sections, the files they name (TLS certificates and
+//! keys, CAs, the notifier's token) and the environment variables that hold
+//! its secrets. `airlock-reviewer` refuses to start on any of them;
+//! `airlock-control config check` reports the same list.
+
+use std::path::Path;
+
+use airlock_config::ConfigFile;
+
+use crate::config::WebhookKind;
+
+/// What is wrong with the reviewer's part of the file at `path`, each
+/// problem as `file:line: key: what` (nothing when it checks).
+pub fn check(path: &Path) -> Vec<String> {
+    let file = match ConfigFile::load(path) {
+        Ok(file) => file,
+        Err(e) => return vec![airlock_config::with_causes(&e)],
+    };
+    let config = match crate::config::from_file(&file) {
+        Ok(config) => config,
+        Err(e) => return vec![format!("{e:#}")],
+    };
+    let mut problems = Vec::new();
+    let mut at = |key: &str, what: String| problems.push(format!("{}: {key}: {what}", file.locate(key)));
+    let env_set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    let reviewer = &config.reviewer;
+    if let Some(tls) = &reviewer.tls
+        && let Err(e) = airlock_reload::load_certified_key(&tls.cert, &tls.key)
+    {
+        at("reviewer.tls", e);
+    }
+    if let Some(tls) = &reviewer.control_tls
+        && let Err(e) = crate::control::client_tls(tls)
+    {
+        at("reviewer.control_tls", format!("{e:#}"));
+    }
+    if let Some(oidc) = &reviewer.oidc
+        && let Some(var) = &oidc.client_secret_env
+        && !env_set(var)
+    {
+        at(
+            "reviewer.oidc.client_secret_env",
+            format!("the environment variable {var} is not set"),
+        );
+    }
+    if let Some(n) = &reviewer.notifications {
+        if let Err(e) = std::fs::read(&n.token_file) {
+            at(
+                "reviewer.notifications.token_file",
+                format!("{}: {e}", n.token_file.display()),
+            );
+        }
+        for hook in &n.webhooks {
+            if let (WebhookKind::Generic, Some(var)) = (&hook.kind, &hook.secret_env)
+                && !env_set(var)
+            {
+                at(
+                    "reviewer.notifications.webhooks",
+                    format!("webhook {}: the environment variable {var} is not set", hook.url),
+                );
+            }
+        }
+    }
+    problems
+}
+
