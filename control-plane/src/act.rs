@@ -85,6 +85,7 @@ async fn append_vote(
         }
         let events = live.read(|s| decide(s, vote, SystemTime::now(), source))?;
         let mut head = head;
+        head.index = head.index.max(live.chain_index(&subject));
         let mut voted = None;
         for (i, mut event) in events.into_iter().enumerate() {
             trace::stamp(&mut event);
@@ -146,7 +147,10 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
     for (id, event, last) in due {
         let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
         let outcome = event.body.as_ref().and_then(Outcome::of);
-        if append_due(log, &id, event, last, folded).instrument(span).await {
+        if append_due(live, log, &id, event, last, folded)
+            .instrument(span)
+            .await
+        {
             if let Some(outcome) = outcome {
                 live.metrics().decided(outcome);
             }
@@ -160,12 +164,19 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
 /// `last`, its last folded event, or has moved on only by events the fold (which has
 /// reached `folded`) refused as untrusted: junk anyone can publish must not
 /// keep a request from expiring.
-async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64, folded: u64) -> bool {
+async fn append_due(
+    live: &Live,
+    log: &EventLog,
+    id: &str,
+    mut event: proto::Event,
+    last: u64,
+    folded: u64,
+) -> bool {
     let Ok(rid) = RequestId::parse(id) else {
         return false;
     };
     let subject = subjects::decision(&rid);
-    let head = match log.head(&subject).await {
+    let mut head = match log.head(&subject).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(request = %id, error = %e, "cannot read request head");
@@ -177,6 +188,7 @@ async fn append_due(log: &EventLog, id: &str, mut event: proto::Event, last: u64
         return false;
     }
     trace::stamp(&mut event);
+    head.index = head.index.max(live.chain_index(&subject));
     link(&mut event, &head);
     match log
         .append(&subject, &event, Expect::LastSequence(head.sequence))

@@ -43,7 +43,12 @@ pub fn check(path: &Path) -> Vec<String> {
 /// Which binaries' parts a file has, by its top-level sections.
 fn parts(path: &Path) -> Result<Vec<&'static str>, String> {
     let file = ConfigFile::load(path).map_err(|e| airlock_config::with_causes(&e))?;
-    let has = |section: &str| file.section::<serde_norway::Value>(section).ok().flatten().is_some();
+    let has = |section: &str| {
+        file.section::<serde_norway::Value>(section)
+            .ok()
+            .flatten()
+            .is_some()
+    };
     Ok(["control", "proxy", "reviewer"]
         .into_iter()
         .filter(|part| has(part))

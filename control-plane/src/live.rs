@@ -46,6 +46,20 @@ pub struct Live {
 }
 
 impl Live {
+    /// The chain index of the last event folded on `subject` (0: none). A
+    /// writer continues from at least this, whatever the last message on
+    /// the subject says: a stored copy of an older signed event carries an
+    /// older index, and an event linked after it would be refused as a
+    /// replay.
+    pub fn chain_index(&self, subject: &str) -> u64 {
+        self.chain_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subject)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Starts folding `log` from `start` (a loaded snapshot, or empty).
     /// Ready once it has folded everything stored when it started.
     pub async fn spawn(log: EventLog, start: Projection) -> Arc<Live> {

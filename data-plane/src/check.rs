@@ -41,7 +41,8 @@ pub fn check(path: &Path) -> Vec<String> {
         }
         None if !config.proxy.allow_plaintext_loopback => at(
             "proxy.tls",
-            "not set, and plain text is not allowed (allow_plaintext_loopback): no client could log in".into(),
+            "not set, and plain text is not allowed (allow_plaintext_loopback): no client could log in"
+                .into(),
         ),
         None => {}
     }
@@ -68,7 +69,6 @@ pub fn check(path: &Path) -> Vec<String> {
     }
     problems
 }
-
 
 /// This proxy's signing key and the writers it trusts: both required. Its
 /// events must say who wrote them, and it runs a held statement only on a
@@ -109,4 +109,3 @@ pub fn cancel_key(config: &ProxyConfig) -> anyhow::Result<Option<crate::cancel::
         .map(Some)
         .map_err(|e| anyhow::anyhow!("proxy.cancel_key_env ({var}): {e}"))
 }
-

@@ -162,7 +162,10 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> a
     from_file(&ConfigFile::parse(text, path)?, env)
 }
 
-pub(crate) fn from_file(file: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ProxyConfig> {
+pub(crate) fn from_file(
+    file: &ConfigFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<ProxyConfig> {
     let in_file = || format!("in {}", file.path().display());
     let nats = file.required::<NatsSettings>("nats", "url of the NATS server")?;
     let identity = file.required::<IdentityConfig>("identity", "issuer and audience")?;

@@ -64,4 +64,3 @@ pub fn check(path: &Path) -> Vec<String> {
     }
     problems
 }
-

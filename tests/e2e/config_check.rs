@@ -49,13 +49,25 @@ async fn config_check_names_every_problem_at_its_line_and_the_binaries_refuse_th
         let text = std::fs::read_to_string(&good).expect("config");
         let broken_text = text
             // The proxy's certificate is not there.
-            .replace(&format!("cert: {d}/proxy.crt"), &format!("cert: {d}/missing-proxy.crt"))
+            .replace(
+                &format!("cert: {d}/proxy.crt"),
+                &format!("cert: {d}/missing-proxy.crt"),
+            )
             // The reviewer's client key is another's.
-            .replace(&format!("key: {d}/reviewer.key"), &format!("key: {d}/proxy-1.key"))
+            .replace(
+                &format!("key: {d}/reviewer.key"),
+                &format!("key: {d}/proxy-1.key"),
+            )
             // The control plane's key is another's.
-            .replace(&format!("key: {d}/control.key"), &format!("key: {d}/reviewer.key"))
+            .replace(
+                &format!("key: {d}/control.key"),
+                &format!("key: {d}/reviewer.key"),
+            )
             // A secret's variable that is not set.
-            .replace("  oidc:\n", "  oidc:\n    client_secret_env: AIRLOCK_TEST_UNSET_SECRET\n")
+            .replace(
+                "  oidc:\n",
+                "  oidc:\n    client_secret_env: AIRLOCK_TEST_UNSET_SECRET\n",
+            )
             // A rule with an action no policy knows.
             .replace("action: require-approval", "action: require-aproval");
         let broken = stack.dir.join("broken.yaml");
@@ -65,9 +77,17 @@ async fn config_check_names_every_problem_at_its_line_and_the_binaries_refuse_th
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         let expected = [
-            (line_of(&broken, &broken_text, "missing-proxy.crt"), "proxy.tls", "missing-proxy.crt"),
             (
-                line_of(&broken, &broken_text, &format!("reviewer.crt, key: {d}/proxy-1.key")),
+                line_of(&broken, &broken_text, "missing-proxy.crt"),
+                "proxy.tls",
+                "missing-proxy.crt",
+            ),
+            (
+                line_of(
+                    &broken,
+                    &broken_text,
+                    &format!("reviewer.crt, key: {d}/proxy-1.key"),
+                ),
                 "reviewer.control_tls",
                 "do not make a certificate and key",
             ),
@@ -84,7 +104,9 @@ async fn config_check_names_every_problem_at_its_line_and_the_binaries_refuse_th
         ];
         for (at, key, says) in &expected {
             assert!(
-                stderr.lines().any(|l| l.starts_with(&format!("{at}: {key}:")) && l.contains(says)),
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{at}: {key}:")) && l.contains(says)),
                 "no `{at}: {key}: ...{says}` in:\n{stderr}"
             );
         }
@@ -105,10 +127,16 @@ async fn config_check_names_every_problem_at_its_line_and_the_binaries_refuse_th
         let out = run("airlock-reviewer", &[], &broken);
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(said.contains(&format!("{}: reviewer.control_tls:", expected[1].0)), "{said}");
+        assert!(
+            said.contains(&format!("{}: reviewer.control_tls:", expected[1].0)),
+            "{said}"
+        );
         let out = run("airlock-control", &["serve"], &broken);
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(said.contains(&format!("{}: control.tls:", expected[2].0)), "{said}");
+        assert!(
+            said.contains(&format!("{}: control.tls:", expected[2].0)),
+            "{said}"
+        );
     });
 }

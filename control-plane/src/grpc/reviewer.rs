@@ -375,7 +375,8 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         let subject = subjects::session(&sid);
         let mut last = None;
         for _ in 0..5 {
-            match self.log.append_next(&subject, event.clone()).await {
+            let floor = self.live.chain_index(&subject);
+            match self.log.append_next_from(&subject, event.clone(), floor).await {
                 Ok((appended, e)) => {
                     last = Some((appended, e));
                     break;

@@ -130,8 +130,9 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
             }
             None => {
                 // Written in a flow mapping on the parent's line, or absent.
-                if let Some(i) = found.filter(|&i| lines[i].contains(&format!(" {label}")) || lines[i].contains(&format!("{{{label}")))
-                {
+                if let Some(i) = found.filter(|&i| {
+                    lines[i].contains(&format!(" {label}")) || lines[i].contains(&format!("{{{label}"))
+                }) {
                     return Some(i + 1);
                 }
                 break;

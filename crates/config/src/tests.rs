@@ -186,7 +186,11 @@ fn a_key_is_located_at_its_line_or_its_deepest_parent() {
     assert_eq!(file.locate("proxy.tls.key"), "airlock.yaml:8");
     assert_eq!(file.locate("reviewer.tls.cert"), "airlock.yaml:12");
     assert_eq!(file.locate("proxy.control_tls.cert"), "airlock.yaml:9");
-    assert_eq!(file.locate("proxy.signing_key"), "airlock.yaml:3", "absent: its section");
+    assert_eq!(
+        file.locate("proxy.signing_key"),
+        "airlock.yaml:3",
+        "absent: its section"
+    );
     assert_eq!(file.locate("nats"), "airlock.yaml:1");
     assert_eq!(file.locate("signing.trust"), "airlock.yaml");
 }

@@ -497,10 +497,24 @@ impl EventLog {
     ///
     /// Puts the trace context of its `log.append` span on the event (see
     /// [`crate::trace`]) unless the event carries one.
-    pub async fn append_next(&self, subject: &str, mut event: Event) -> Result<(Appended, Event), Error> {
+    pub async fn append_next(&self, subject: &str, event: Event) -> Result<(Appended, Event), Error> {
+        self.append_next_from(subject, event, 0).await
+    }
+
+    /// [`EventLog::append_next`], continuing the chain index from at least
+    /// `floor` (the last index the caller folded or wrote on `subject`): a
+    /// stored copy of an older signed event, last on the subject, must not
+    /// make this event's index look like a replay to the fold.
+    pub async fn append_next_from(
+        &self,
+        subject: &str,
+        mut event: Event,
+        floor: u64,
+    ) -> Result<(Appended, Event), Error> {
         let span = crate::trace::append_span(subject, &mut event);
         async {
-            let head = self.head(subject).await?;
+            let mut head = self.head(subject).await?;
+            head.index = head.index.max(floor);
             link(&mut event, &head);
             let appended = self
                 .append_as_is(subject, &event, Expect::LastSequence(head.sequence))
@@ -783,6 +797,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct ChainWriter {
     subject: String,
     head: Option<ChainHead>,
+    /// The highest chain index this writer has stored: a head re-read
+    /// after a conflict continues from at least it (the message last on
+    /// the subject may be a stored copy of an older event).
+    floor: u64,
 }
 
 impl ChainWriter {
@@ -790,6 +808,7 @@ impl ChainWriter {
         ChainWriter {
             subject: subject.into(),
             head: None,
+            floor: 0,
         }
     }
 
@@ -798,6 +817,7 @@ impl ChainWriter {
         ChainWriter {
             subject: subject.into(),
             head: Some(ChainHead::empty()),
+            floor: 0,
         }
     }
 
@@ -815,10 +835,11 @@ impl ChainWriter {
 
     async fn append_linked(&mut self, log: &EventLog, mut event: Event) -> Result<(Appended, Event), Error> {
         for _ in 0..5 {
-            let head = match &self.head {
+            let mut head = match &self.head {
                 Some(h) => h.clone(),
                 None => log.head(&self.subject).await?,
             };
+            head.index = head.index.max(self.floor);
             link(&mut event, &head);
             match log
                 .append_as_is(&self.subject, &event, Expect::LastSequence(head.sequence))
@@ -828,6 +849,7 @@ impl ChainWriter {
                     // A duplicate means an earlier try of this event id was
                     // stored, perhaps with another link: re-read next time.
                     self.head = (!appended.duplicate).then(|| appended.head.clone());
+                    self.floor = self.floor.max(event.chain_index);
                     return Ok((appended, event));
                 }
                 Err(Error::Conflict { .. }) => {

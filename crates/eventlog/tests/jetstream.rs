@@ -325,6 +325,72 @@ async fn an_unsigned_event_cannot_push_the_chain_index_of_the_next_genuine_one()
     assert_eq!(next.chain_index, 2);
 }
 
+/// Review finding (round 3): a stored copy of an older *signed* event
+/// (its bytes published again, through a reply subject or by a proxy on a
+/// subject it may write) is last on the subject with an old chain index.
+/// A writer that took the index from it linked its next genuine event at an
+/// index the fold had already passed, and the control plane refused that
+/// event as a replay: a session's record or a request's outcome stalled.
+/// Writers now continue from at least the index they stored (a session's
+/// `ChainWriter`) or the fold reached (`append_next_from`).
+#[tokio::test]
+async fn a_stored_copy_of_an_older_signed_event_does_not_rewind_the_chain_index() {
+    use airlock_eventlog::ChainWriter;
+    use airlock_eventlog::signing::{Role, Signer, Trust, TrustedKey};
+    let nats = NatsServer::start();
+    let signer = Signer::generate();
+    let trust = Trust::new(vec![
+        TrustedKey::new(Role::Proxy, signer.verifying_key()).for_writer("proxy-test"),
+    ]);
+    let log = open_log(&nats)
+        .await
+        .with_signer(std::sync::Arc::new(signer))
+        .with_trust(std::sync::Arc::new(trust));
+    let session = SessionId::generate();
+    let subject = subjects::session(&session);
+    let mut writer = ChainWriter::new_chain(subject.clone());
+    let (first, _) = writer
+        .append(&log, executed(&session, "SELECT 1"))
+        .await
+        .expect("first");
+    for sql in ["SELECT 2", "SELECT 3"] {
+        writer
+            .append(&log, executed(&session, sql))
+            .await
+            .expect("append");
+    }
+    // The first event's exact bytes, stored again: signed, index 1.
+    let copy = log.get(first.sequence).await.expect("the first event");
+    let js = async_nats::jetstream::new(log.client().clone());
+    js.publish(subject.clone(), copy.raw.clone())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    assert_eq!(
+        log.head(&subject).await.expect("head").index,
+        1,
+        "the copy is last"
+    );
+
+    let (_, fourth) = writer
+        .append(&log, executed(&session, "SELECT 4"))
+        .await
+        .expect("the writer re-reads the head after the conflict");
+    assert_eq!(fourth.chain_index, 4, "continues its own index, not the copy's");
+
+    js.publish(subject.clone(), copy.raw.clone())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let (_, fifth) = log
+        .append_next_from(&subject, executed(&session, "SELECT 5"), 4)
+        .await
+        .expect("append after the copy");
+    assert_eq!(fifth.chain_index, 5);
+}
+
 /// Review finding: a stream that denies deletes and purges but keeps one
 /// event per subject, or lets events expire, passed the check, and the log
 /// silently lost votes and session records.
