@@ -24,6 +24,14 @@ pub fn check(path: &Path) -> Vec<String> {
     for p in config.nats.problems() {
         at("nats", p);
     }
+    if let Err(e) = airlock_identity::Verifier::new(config.identity.clone()) {
+        at("identity", e.to_string());
+    }
+    if let Some(id) = &config.control.replica_id
+        && let Err(e) = airlock_eventlog::ProxyId::parse(id)
+    {
+        at("control.replica_id", e.to_string());
+    }
     if let Some(tls) = &config.control.tls
         && let Err(e) = crate::tls::GrpcListener::load(tls)
     {

@@ -182,8 +182,22 @@ impl ControlTls {
         let read = |p: &std::path::Path| {
             std::fs::read(p).with_context(|| format!("proxy.control_tls: reading {}", p.display()))
         };
+        let ca = read(&section.ca)?;
+        // Parsed now, not at the next connection: a CA file that is not one
+        // is refused (and the one in force kept) instead of failing every
+        // Attach from then on.
+        use rustls::pki_types::pem::PemObject;
+        let parsed = rustls::pki_types::CertificateDer::pem_slice_iter(&ca)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("proxy.control_tls.ca {}: {e}", section.ca.display()))?;
+        if parsed.is_empty() {
+            anyhow::bail!(
+                "proxy.control_tls.ca {}: no certificate in the file",
+                section.ca.display()
+            );
+        }
         let mut tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&section.ca)?));
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
         match (&section.cert, &section.key) {
             (Some(cert), Some(key)) => {
                 // Checked here, not at the next handshake: a pair that does
@@ -195,6 +209,10 @@ impl ControlTls {
             (None, None) => {}
             _ => anyhow::bail!("proxy.control_tls: set both cert and key, or neither"),
         }
+        // What tonic will build at the next connection, built now.
+        tonic::transport::Endpoint::from_static("https://control.invalid")
+            .tls_config(tls.clone())
+            .map_err(|e| anyhow::anyhow!("proxy.control_tls: {e}"))?;
         Ok(tls)
     }
 

@@ -33,6 +33,14 @@ pub fn check(path: &Path) -> Vec<String> {
     for p in config.nats.problems() {
         at("nats", p);
     }
+    if let Err(e) = airlock_identity::Verifier::new(config.identity.clone()) {
+        at("identity", e.to_string());
+    }
+    if let Some(id) = &config.proxy.proxy_id
+        && let Err(e) = airlock_eventlog::ProxyId::parse(id)
+    {
+        at("proxy.proxy_id", e.to_string());
+    }
     match &config.proxy.tls {
         Some(tls) => {
             if let Err(e) = airlock_reload::load_certified_key(&tls.cert, &tls.key) {

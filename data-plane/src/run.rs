@@ -48,31 +48,78 @@ fn policy_loaded(source: &proto::Source, policies: &PolicySet) -> proto::Event {
 
 /// Re-reads the policies from airlock.yaml. A file that does not check
 /// keeps the policies in force (the error says why); a good one is enforced
-/// from the next statement of every session and recorded as PolicyLoaded.
-/// Connections, identity and listen addresses are read only at start.
-/// Runs when the file changes on disk and on SIGHUP.
+/// from the next statement of every session and recorded as PolicyLoaded
+/// (through `record`, one append at a time). Connections, identity and
+/// listen addresses are read only at start: a file that changes the group
+/// names or the connections the policies bind to is refused (the verifier
+/// would still map tokens with the old names). Runs when the file changes
+/// on disk and on SIGHUP.
 fn policy_reloader(
     path: std::path::PathBuf,
     gate: Arc<PolicyGate>,
-    log: EventLog,
+    at_start: &PolicySet,
     source: proto::Source,
-    proxy_id: ProxyId,
+    record: tokio::sync::mpsc::UnboundedSender<proto::Event>,
 ) -> airlock_reload::Apply {
+    let group_names = at_start.group_names.clone();
+    let schemas = |p: &PolicySet| {
+        p.connections
+            .iter()
+            .map(|(name, c)| (name.clone(), c.default_schema.clone()))
+            .collect::<Vec<_>>()
+    };
+    let connections = schemas(at_start);
     Arc::new(move || {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{file}: {e}"))?;
         let policies = PolicySet::from_config_yaml(&text, &file).map_err(|e| e.to_string())?;
+        if policies.group_names != group_names {
+            return Err(format!(
+                "{file}: identity.group_names changed; it is read at start only, so restart the proxy to change it"
+            ));
+        }
+        if schemas(&policies) != connections {
+            return Err(format!(
+                "{file}: the connections (names or default_schema) changed; they are read at start only, so restart the proxy to change them"
+            ));
+        }
         warn_record_only(&policies);
         let event = policy_loaded(&source, &policies);
         gate.replace_policies(policies);
-        let (log, subject) = (log.clone(), subjects::proxy(&proxy_id));
-        tokio::spawn(async move {
-            if let Err(e) = log.append_next(&subject, event).await {
-                tracing::error!(error = %e, "could not record PolicyLoaded after reload");
-            }
-        });
+        let _ = record.send(event);
         Ok(())
     })
+}
+
+/// Appends this proxy's PolicyLoaded events in order, one at a time, each
+/// chained after the last it stored (`floor`: whatever else is last on the
+/// subject).
+async fn record_policy_loads(
+    log: EventLog,
+    subject: String,
+    mut floor: u64,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<proto::Event>,
+) {
+    while let Some(event) = events.recv().await {
+        let mut stored = false;
+        for _ in 0..5 {
+            match log.append_next_from(&subject, event.clone(), floor).await {
+                Ok((_, appended)) => {
+                    floor = floor.max(appended.chain_index);
+                    stored = true;
+                    break;
+                }
+                Err(airlock_eventlog::Error::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record PolicyLoaded after reload");
+                    break;
+                }
+            }
+        }
+        if !stored {
+            tracing::error!("PolicyLoaded after reload not recorded: the proxy's subject kept changing");
+        }
+    }
 }
 
 async fn reload_on_hangup(apply: airlock_reload::Apply, reloads: airlock_reload::Reloads) {
@@ -112,9 +159,17 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         host: String::new(),
     };
     // Say which policies this proxy enforces.
-    log.append_next(&subjects::proxy(&proxy_id), policy_loaded(&source, &policies))
+    let (_, loaded) = log
+        .append_next(&subjects::proxy(&proxy_id), policy_loaded(&source, &policies))
         .await
         .context("recording PolicyLoaded")?;
+    let (record_loads, loads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(record_policy_loads(
+        log.clone(),
+        subjects::proxy(&proxy_id),
+        loaded.chain_index,
+        loads,
+    ));
 
     let cancels = match crate::check::cancel_key(&config)? {
         Some(key) => crate::cancel::Cancels::with_key(key),
@@ -140,6 +195,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         proxy_id.to_string(),
         holds.clone(),
     ));
+    let at_start = policies.clone();
     let gate = Arc::new(PolicyGate::new(
         verifier,
         policies,
@@ -157,15 +213,19 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let reload = policy_reloader(
         config.path.clone(),
         gate.clone(),
-        log.clone(),
+        &at_start,
         source.clone(),
-        proxy_id.clone(),
+        record_loads,
     );
-    airlock_reload::watch(
+    // Changes are watched from the text loaded at start, not from what the
+    // file holds by now: an edit made while the proxy started is applied.
+    airlock_reload::watch_every(
         "policies",
         vec![config.path.clone()],
         metrics.reloads.clone(),
         reload.clone(),
+        airlock_reload::POLL,
+        airlock_reload::fingerprint_of(&[config.text.as_bytes()]),
     );
     tokio::spawn(reload_on_hangup(reload, metrics.reloads.clone()));
     if let Some(tls) = &control_tls {

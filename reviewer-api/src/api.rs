@@ -606,7 +606,7 @@ async fn control_health(app: &crate::App) -> Response {
 async fn metrics(State(app): State<crate::State>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        app.metrics.render(app.auth.sessions.len()),
+        app.metrics.render(app.auth.sessions.count().await),
     )
         .into_response()
 }

@@ -5,14 +5,15 @@
 //! Tokens are verified here with the identity crate, so a bad one is a 401
 //! before anything reaches the control plane; the control plane verifies
 //! them again and alone decides what the caller may do. Browser sessions live
-//! in this process's memory: a restart signs everyone out (they sign in
-//! again), and several replicas behind one name need sticky sessions.
+//! in this process's memory (a restart signs everyone out), or with
+//! `reviewer.state: nats` in NATS KV, where every replica sees them and a
+//! restart keeps them.
 //!
 //! Never log a [`Token`] or a cookie value: neither implements `Display`,
 //! and `Debug` prints only a placeholder.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_identity::Verifier;
@@ -21,10 +22,13 @@ use axum::http::HeaderMap;
 use axum::http::header;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, Code};
+use crate::shared::Shared;
 
 /// A bearer token. Only [`Token::expose`] gives the text, to put it in the
 /// `authorization` metadata of a control-plane call.
@@ -91,11 +95,25 @@ struct BrowserSession {
     expires: Instant,
 }
 
-/// Browser sessions by the SHA-256 of their cookie value (the value itself
-/// is never stored).
+/// Browser sessions: in this process's memory by the SHA-256 of their
+/// cookie value (the value itself is never stored), or, with
+/// `reviewer.state: nats`, in NATS KV shared by every replica (see
+/// [`crate::shared`]).
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], BrowserSession>>,
+    shared: Option<Arc<Shared>>,
+}
+
+/// A browser session as stored in NATS KV (sealed; see [`crate::shared`]).
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    token: String,
+    /// The protobuf encoding of the identity, base64.
+    identity: String,
+    csrf: String,
+    /// Unix seconds.
+    expires: i64,
 }
 
 /// At most this many live sessions; past it, expired ones are swept and, if
@@ -121,9 +139,29 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        Code::Unavailable,
+        format!("browser sessions cannot be reached right now: {e}"),
+    )
+}
+
 impl Sessions {
+    /// Sessions kept in NATS KV, shared by every replica.
+    pub fn shared(shared: Arc<Shared>) -> Sessions {
+        Sessions {
+            by_hash: Mutex::default(),
+            shared: Some(shared),
+        }
+    }
+
     /// Stores a session for a verified token; returns the cookie value.
-    pub fn create(&self, token: Token, identity: proto::Identity, ttl: Duration) -> Result<String, ApiError> {
+    pub async fn create(
+        &self,
+        token: Token,
+        identity: proto::Identity,
+        ttl: Duration,
+    ) -> Result<String, ApiError> {
         let cookie = random_token();
         let until_token_expiry = identity
             .token_expires_at
@@ -133,6 +171,17 @@ impl Sessions {
         let ttl = ttl.min(Duration::from_secs(
             u64::try_from(until_token_expiry).unwrap_or(0),
         ));
+        if let Some(shared) = &self.shared {
+            let stored = StoredSession {
+                token: token.expose().to_owned(),
+                identity: URL_SAFE_NO_PAD.encode(identity.encode_to_vec()),
+                csrf: random_token(),
+                expires: crate::shared::unix_now() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            };
+            let bytes = serde_json::to_vec(&stored).map_err(unavailable)?;
+            shared.put_session(&cookie, &bytes).await.map_err(unavailable)?;
+            return Ok(cookie);
+        }
         let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_SESSIONS {
             let now = Instant::now();
@@ -153,32 +202,70 @@ impl Sessions {
         Ok(cookie)
     }
 
-    fn get(&self, cookie: &str) -> Option<BrowserSession> {
+    async fn get(&self, cookie: &str) -> Result<Option<BrowserSession>, ApiError> {
+        if let Some(shared) = &self.shared {
+            let Some(bytes) = shared.session(cookie).await.map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let Ok(stored) = serde_json::from_slice::<StoredSession>(&bytes) else {
+                return Ok(None);
+            };
+            let left = stored.expires - crate::shared::unix_now();
+            let Ok(left) = u64::try_from(left) else {
+                return Ok(None);
+            };
+            if left == 0 {
+                return Ok(None);
+            }
+            let Some(identity) = URL_SAFE_NO_PAD
+                .decode(&stored.identity)
+                .ok()
+                .and_then(|b| proto::Identity::decode(b.as_slice()).ok())
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(BrowserSession {
+                token: Token::new(stored.token),
+                identity,
+                csrf: stored.csrf,
+                expires: Instant::now() + Duration::from_secs(left),
+            }));
+        }
         let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
         let key = hash(cookie);
-        match map.get(&key) {
+        Ok(match map.get(&key) {
             Some(s) if s.expires > Instant::now() => Some(s.clone()),
             Some(_) => {
                 map.remove(&key);
                 None
             }
             None => None,
-        }
+        })
     }
 
-    pub fn remove(&self, cookie: &str) {
+    /// Ends the session on every replica that shares it.
+    pub async fn remove(&self, cookie: &str) -> Result<(), ApiError> {
+        if let Some(shared) = &self.shared {
+            return shared.remove_session(cookie).await.map_err(unavailable);
+        }
         self.by_hash
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&hash(cookie));
+        Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.by_hash.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Sessions stored (with NATS KV: entries in the bucket, expired ones
+    /// until NATS drops them; 0 when it cannot be asked).
+    pub async fn count(&self) -> usize {
+        match &self.shared {
+            Some(shared) => shared
+                .session_count()
+                .await
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .unwrap_or(0),
+            None => self.by_hash.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        }
     }
 }
 
@@ -269,6 +356,7 @@ impl Authenticator {
         let session = self
             .sessions
             .get(&cookie)
+            .await?
             .ok_or_else(|| ApiError::unauthenticated("the browser session has ended; sign in again"))?;
         Ok(Caller {
             token: session.token,
@@ -340,8 +428,8 @@ mod tests {
         assert_eq!(c, "n=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure");
     }
 
-    #[test]
-    fn sessions_end_with_their_token() {
+    #[tokio::test]
+    async fn sessions_end_with_their_token() {
         let sessions = Sessions::default();
         let mut identity = proto::Identity {
             token_expires_at: Some(prost_types::Timestamp {
@@ -352,16 +440,18 @@ mod tests {
         };
         let cookie = sessions
             .create(Token::new("t".into()), identity.clone(), Duration::from_secs(60))
+            .await
             .unwrap();
-        assert!(sessions.get(&cookie).is_some());
-        assert!(sessions.get("other").is_none());
-        sessions.remove(&cookie);
-        assert!(sessions.get(&cookie).is_none());
+        assert!(sessions.get(&cookie).await.unwrap().is_some());
+        assert!(sessions.get("other").await.unwrap().is_none());
+        sessions.remove(&cookie).await.unwrap();
+        assert!(sessions.get(&cookie).await.unwrap().is_none());
         // A token already expired makes a session that is already over.
         identity.token_expires_at = Some(prost_types::Timestamp { seconds: 1, nanos: 0 });
         let cookie = sessions
             .create(Token::new("t".into()), identity, Duration::from_secs(60))
+            .await
             .unwrap();
-        assert!(sessions.get(&cookie).is_none());
+        assert!(sessions.get(&cookie).await.unwrap().is_none());
     }
 }

@@ -24,6 +24,11 @@ pub fn check(path: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let mut at = |key: &str, what: String| problems.push(format!("{}: {key}: {what}", file.locate(key)));
     let env_set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if let Some(nats) = &config.nats {
+        for p in nats.problems() {
+            at("nats", p);
+        }
+    }
     let reviewer = &config.reviewer;
     if let Some(tls) = &reviewer.tls
         && let Err(e) = airlock_reload::load_certified_key(&tls.cert, &tls.key)
@@ -36,13 +41,9 @@ pub fn check(path: &Path) -> Vec<String> {
         at("reviewer.control_tls", format!("{e:#}"));
     }
     if let Some(oidc) = &reviewer.oidc
-        && let Some(var) = &oidc.client_secret_env
-        && !env_set(var)
+        && let Err(e) = crate::oidc::Oidc::new(oidc, &config.identity, &config.public_url(), None)
     {
-        at(
-            "reviewer.oidc.client_secret_env",
-            format!("the environment variable {var} is not set"),
-        );
+        at("reviewer.oidc", format!("{e:#}"));
     }
     if let Some(n) = &reviewer.notifications {
         if let Err(e) = std::fs::read(&n.token_file) {
@@ -57,7 +58,10 @@ pub fn check(path: &Path) -> Vec<String> {
             {
                 at(
                     "reviewer.notifications.webhooks",
-                    format!("webhook {}: the environment variable {var} is not set", hook.url),
+                    format!(
+                        "webhook {}: the environment variable {var} is not set (or empty)",
+                        hook.url
+                    ),
                 );
             }
         }

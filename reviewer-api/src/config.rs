@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_config::ConfigFile;
+use airlock_eventlog::NatsSettings;
 use airlock_identity::IdentityConfig;
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -47,6 +48,22 @@ pub struct ReviewerSection {
     /// token it was made from expires).
     #[serde(default = "default_session_ttl", with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// Where browser sessions, sign-ins in progress and the notifier lease
+    /// live: `memory` (this process: one replica, a restart signs everyone
+    /// out) or `nats` (NATS KV through the `nats:` section: any number of
+    /// replicas with no sticky routing, sign-ins kept over restarts,
+    /// notifications sent by one replica at a time).
+    #[serde(default)]
+    pub state: StateKind,
+}
+
+/// `reviewer.state`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    #[default]
+    Memory,
+    Nats,
 }
 
 /// `reviewer.control_tls:`.
@@ -159,6 +176,8 @@ fn default_on() -> Vec<NotifyOn> {
 pub struct ReviewerConfig {
     pub identity: IdentityConfig,
     pub reviewer: ReviewerSection,
+    /// `nats:`, read only with `reviewer.state: nats`.
+    pub nats: Option<NatsSettings>,
 }
 
 impl ReviewerConfig {
@@ -204,7 +223,18 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
         .context("section `identity:`")
         .with_context(in_file)?;
     let reviewer = file.required::<ReviewerSection>("reviewer", "listen and control")?;
-    let config = ReviewerConfig { identity, reviewer };
+    let nats = match reviewer.state {
+        StateKind::Memory => None,
+        StateKind::Nats => Some(file.required::<NatsSettings>(
+            "nats",
+            "url of the NATS server (reviewer.state: nats keeps sign-ins there)",
+        )?),
+    };
+    let config = ReviewerConfig {
+        identity,
+        reviewer,
+        nats,
+    };
     check(&config).with_context(in_file)?;
     Ok(config)
 }

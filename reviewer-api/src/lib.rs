@@ -3,7 +3,8 @@
 //! who may see which request in `access`), server-sent events (`events`), a
 //! server-rendered web UI (`ui`, `html`, `highlight`), browser sign-in with
 //! OIDC authorization code + PKCE (`oidc`), webhook notifications
-//! (`notify`), health and Prometheus metrics (`metrics`).
+//! (`notify`), health and Prometheus metrics (`metrics`), and what replicas
+//! share in NATS KV with `reviewer.state: nats` (`shared`).
 //!
 //! It decides nothing. Every read and every vote goes to the control plane
 //! over gRPC (`control`) with the caller's own token, and the control plane
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod openapi;
+pub mod shared;
 pub mod tls;
 pub mod ui;
 
@@ -39,6 +41,7 @@ use crate::auth::{Authenticator, Sessions};
 use crate::config::ReviewerConfig;
 use crate::control::ControlClient;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -54,7 +57,9 @@ pub struct App {
 pub type State = Arc<App>;
 
 impl App {
-    pub fn new(config: ReviewerConfig) -> anyhow::Result<App> {
+    /// The reviewer for `config`, its browser sessions and sign-ins kept in
+    /// `shared` when given (`reviewer.state: nats`), else in memory.
+    pub fn new(config: ReviewerConfig, shared: Option<Arc<Shared>>) -> anyhow::Result<App> {
         let verifier = airlock_identity::Verifier::new(config.identity.clone()).context("identity")?;
         let public_url = config.public_url();
         let origin = url::Url::parse(&public_url)
@@ -67,12 +72,15 @@ impl App {
             .reviewer
             .oidc
             .as_ref()
-            .map(|o| oidc::Oidc::new(o, &config.identity, &public_url))
+            .map(|o| oidc::Oidc::new(o, &config.identity, &public_url, shared.clone()))
             .transpose()?;
         Ok(App {
             auth: Authenticator {
                 verifier,
-                sessions: Sessions::default(),
+                sessions: match &shared {
+                    Some(shared) => Sessions::shared(shared.clone()),
+                    None => Sessions::default(),
+                },
                 secure_cookies: config.secure_cookies(),
                 origin,
             },
@@ -114,7 +122,17 @@ pub fn router(app: State) -> Router {
 /// Serves until SIGTERM or Ctrl-C.
 pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
     let listen = config.reviewer.listen;
-    let app = Arc::new(App::new(config)?);
+    let shared = match &config.nats {
+        Some(nats) => {
+            let shared = Shared::open(nats, config.reviewer.session_ttl)
+                .await
+                .context("reviewer.state: nats")?;
+            tracing::info!("browser sessions and the notifier lease are kept in NATS KV");
+            Some(Arc::new(shared))
+        }
+        None => None,
+    };
+    let app = Arc::new(App::new(config, shared.clone())?);
     match app.auth.verifier.refresh_keys().await {
         Ok(n) => tracing::info!(keys = n, "identity provider keys loaded"),
         Err(e) => tracing::warn!(error = %e, "identity provider keys not loaded yet; retried on use"),
@@ -125,6 +143,7 @@ pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
             app.control.clone(),
             app.public_url.clone(),
             app.metrics.clone(),
+            shared.clone(),
         )?;
     }
     let acceptor = match app.config.reviewer.tls.as_ref().map(tls::acceptor).transpose()? {

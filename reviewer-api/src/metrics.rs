@@ -79,6 +79,8 @@ pub struct Metrics {
     /// Time of one webhook delivery attempt, failed or not.
     pub webhook_seconds: Histogram,
     pub notifier_connected: Gauge,
+    /// 1 while this replica holds the notifier lease (`reviewer.state: nats`).
+    pub notifier_leader: Gauge,
     /// Certificate reloads, applied or refused.
     pub reloads: airlock_reload::Reloads,
 }
@@ -197,6 +199,12 @@ impl Metrics {
             "1 while the notifier's watch on the control plane is open",
             notifier_connected.clone(),
         );
+        let notifier_leader = Gauge::default();
+        r.register(
+            "notifier_leader",
+            "1 while this replica holds the notifier lease and so is the one that sends notifications (reviewer.state: nats)",
+            notifier_leader.clone(),
+        );
 
         Arc::new(Metrics {
             registry: r,
@@ -220,6 +228,7 @@ impl Metrics {
             webhook_dropped,
             webhook_seconds,
             notifier_connected,
+            notifier_leader,
             reloads,
         })
     }

@@ -8,7 +8,8 @@
 //! retries and exponential backoff. Nothing waits for a webhook: votes and
 //! proxies never pass through here, the watcher never blocks on a queue
 //! (when one is full its oldest notification is dropped and counted), and a
-//! slow or dead endpoint only delays its own queue.
+//! slow or dead endpoint only delays its own queue. With `reviewer.state:
+//! nats`, one replica of a fleet sends: the holder of a lease in NATS KV.
 //!
 //! Generic webhook signature: headers `X-Airlock-Timestamp` (Unix seconds)
 //! and `X-Airlock-Signature: v1=<hex>`, where `<hex>` is
@@ -17,6 +18,7 @@
 //! timestamps (say, more than five minutes) to stop replays.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,11 +28,12 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::Notify;
 
-use crate::auth::Token;
+use crate::auth::{self, Token};
 use crate::config::{NotificationsSection, NotifyOn, WebhookKind, WebhookSection};
 use crate::control::ControlClient;
 use crate::json;
 use crate::metrics::Metrics;
+use crate::shared::{LEASE_RENEW, Shared};
 
 /// What happened, for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -374,17 +377,100 @@ fn occasion_of(item: &proto::WatchEvent, seen: &mut HashSet<(String, bool)>) -> 
         .then_some(occasion)
 }
 
-/// Starts the workers and the watcher.
+/// Starts the workers and the watcher. With `shared` (`reviewer.state:
+/// nats`), only the replica holding the notifier lease watches and sends;
+/// the others wait to take it over (see [`lead`]).
 pub fn spawn(
     section: NotificationsSection,
     control: ControlClient,
     public_url: String,
     metrics: Arc<Metrics>,
+    shared: Option<Arc<Shared>>,
 ) -> anyhow::Result<Dispatcher> {
     let dispatcher = start_workers(&section, metrics.clone())?;
-    let d = dispatcher.clone();
+    let watcher = Watcher {
+        section,
+        control,
+        public_url,
+        metrics,
+        dispatcher: dispatcher.clone(),
+    };
     tokio::spawn(async move {
-        let mut after = 0u64;
+        match shared {
+            Some(shared) => lead(watcher, shared).await,
+            None => watcher.watch(Arc::new(AtomicU64::new(0))).await,
+        }
+    });
+    Ok(dispatcher)
+}
+
+/// One notifier: watches the control plane and hands each occasion to the
+/// workers.
+struct Watcher {
+    section: NotificationsSection,
+    control: ControlClient,
+    public_url: String,
+    metrics: Arc<Metrics>,
+    dispatcher: Dispatcher,
+}
+
+/// Notifications sent once per fleet: a replica sends only while it holds
+/// the lease in NATS KV, renewing it every [`LEASE_RENEW`]. A holder that
+/// dies stops renewing, the lease lapses [`crate::shared::LEASE_TTL`] later, and another
+/// replica takes it within [`LEASE_RENEW`] after that. A holder that cannot
+/// renew (NATS unreachable, or the lease lapsed and was taken) stops
+/// sending at once, which is before another can take the lease. The holder
+/// stores how far it got with every renewal; the next one resumes from
+/// there, so an occasion between the last store and a crash may be sent
+/// twice, never lost.
+async fn lead(watcher: Watcher, shared: Arc<Shared>) {
+    let holder = format!("{}-{}", std::process::id(), auth::random_token());
+    loop {
+        let Some(mut revision) = shared.take_lease(&holder).await else {
+            tokio::time::sleep(LEASE_RENEW).await;
+            continue;
+        };
+        let after = match shared.cursor().await {
+            Ok(after) => after,
+            Err(e) => {
+                tracing::warn!(error = %e, "notifier: cannot read where notifications stopped");
+                shared.release_lease(revision).await;
+                tokio::time::sleep(LEASE_RENEW).await;
+                continue;
+            }
+        };
+        tracing::info!(
+            after,
+            "this replica holds the notifier lease: it sends notifications"
+        );
+        watcher.metrics.notifier_leader.set(1);
+        let cursor = Arc::new(AtomicU64::new(after));
+        let renewing = async {
+            loop {
+                tokio::time::sleep(LEASE_RENEW).await;
+                match shared.renew_lease(&holder, revision).await {
+                    Some(next) => revision = next,
+                    None => return,
+                }
+                if let Err(e) = shared.set_cursor(cursor.load(Ordering::Acquire)).await {
+                    tracing::warn!(error = %e, "notifier: cannot store how far notifications got");
+                }
+            }
+        };
+        tokio::select! {
+            () = watcher.watch(cursor.clone()) => {}
+            () = renewing => {}
+        }
+        watcher.metrics.notifier_leader.set(0);
+        watcher.metrics.notifier_connected.set(0);
+        tracing::warn!("this replica lost the notifier lease: another one sends notifications");
+    }
+}
+
+impl Watcher {
+    /// Watches from `cursor` for ever, moving it past every event seen.
+    async fn watch(&self, cursor: Arc<AtomicU64>) {
+        let (section, control, metrics, d) = (&self.section, &self.control, &self.metrics, &self.dispatcher);
         let mut seen = HashSet::new();
         let mut pause = Duration::from_secs(1);
         loop {
@@ -397,6 +483,7 @@ pub fn spawn(
                     continue;
                 }
             };
+            let after = cursor.load(Ordering::Acquire);
             match control.watch(&token, after).await {
                 Ok(mut stream) => {
                     metrics.notifier_connected.set(1);
@@ -405,12 +492,12 @@ pub fn spawn(
                     loop {
                         match stream.message().await {
                             Ok(Some(item)) => {
-                                after = after.max(item.sequence);
+                                cursor.fetch_max(item.sequence, Ordering::AcqRel);
                                 if let Some(occasion) = occasion_of(&item, &mut seen) {
                                     let view = item.request.clone().unwrap_or_default();
                                     d.dispatch(&Notification {
                                         occasion,
-                                        link: format!("{public_url}/requests/{}", view.request_id),
+                                        link: format!("{}/requests/{}", self.public_url, view.request_id),
                                         view,
                                         sequence: item.sequence,
                                     });
@@ -432,8 +519,7 @@ pub fn spawn(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(60));
         }
-    });
-    Ok(dispatcher)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! `/auth/logout` (POST, CSRF-checked) ends the session.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -23,7 +23,7 @@ use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
@@ -32,6 +32,7 @@ use crate::auth::{self, LOGIN_COOKIE, Token, random_token};
 use crate::config::OidcSection;
 use crate::error::{ApiError, Code};
 use crate::html::{self, PageError};
+use crate::shared::Shared;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -42,7 +43,7 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// How long a started sign-in may take.
-const LOGIN_TTL: Duration = Duration::from_secs(600);
+const LOGIN_TTL: Duration = crate::shared::LOGIN_TTL;
 /// Sign-ins in flight at most (each is a few hundred bytes).
 const MAX_PENDING: usize = 10_000;
 
@@ -70,7 +71,19 @@ pub struct Oidc {
     configured: Option<Endpoints>,
     discovered: OnceCell<Endpoints>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// With `reviewer.state: nats`: sign-ins in progress are kept there,
+    /// so the identity provider may send the browser back to any replica.
+    shared: Option<Arc<Shared>>,
     http: reqwest::Client,
+}
+
+/// A sign-in in progress as stored in NATS KV (sealed under its `state`).
+#[derive(Serialize, Deserialize)]
+struct StoredLogin {
+    verifier: String,
+    return_to: String,
+    /// Unix seconds.
+    started: i64,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +120,7 @@ impl Oidc {
         section: &OidcSection,
         identity: &airlock_identity::IdentityConfig,
         public_url: &str,
+        shared: Option<Arc<Shared>>,
     ) -> anyhow::Result<Oidc> {
         if section.client_id.trim().is_empty() {
             anyhow::bail!("reviewer.oidc.client_id is empty");
@@ -152,6 +166,7 @@ impl Oidc {
             configured,
             discovered: OnceCell::new(),
             pending: Mutex::new(HashMap::new()),
+            shared,
             http,
         })
     }
@@ -190,7 +205,22 @@ impl Oidc {
             .cloned()
     }
 
-    fn remember(&self, state: String, pending: Pending) -> Result<(), ApiError> {
+    async fn remember(&self, state: String, pending: Pending) -> Result<(), ApiError> {
+        if let Some(shared) = &self.shared {
+            let stored = StoredLogin {
+                verifier: pending.verifier,
+                return_to: pending.return_to,
+                started: crate::shared::unix_now(),
+            };
+            let bytes =
+                serde_json::to_vec(&stored).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+            return shared.put_login(&state, &bytes).await.map_err(|e| {
+                ApiError::new(
+                    Code::Unavailable,
+                    format!("cannot start a sign-in right now: {e}"),
+                )
+            });
+        }
         let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_PENDING {
             map.retain(|_, p| p.started.elapsed() < LOGIN_TTL);
@@ -202,9 +232,32 @@ impl Oidc {
         Ok(())
     }
 
-    fn take(&self, state: &str) -> Option<Pending> {
+    async fn take(&self, state: &str) -> Result<Option<Pending>, ApiError> {
+        if let Some(shared) = &self.shared {
+            let Some(bytes) = shared.take_login(state).await.map_err(|e| {
+                ApiError::new(
+                    Code::Unavailable,
+                    format!("cannot finish a sign-in right now: {e}"),
+                )
+            })?
+            else {
+                return Ok(None);
+            };
+            let Ok(stored) = serde_json::from_slice::<StoredLogin>(&bytes) else {
+                return Ok(None);
+            };
+            let age = crate::shared::unix_now().saturating_sub(stored.started);
+            if !(0..i64::try_from(LOGIN_TTL.as_secs()).unwrap_or(i64::MAX)).contains(&age) {
+                return Ok(None);
+            }
+            return Ok(Some(Pending {
+                verifier: stored.verifier,
+                return_to: stored.return_to,
+                started: Instant::now(),
+            }));
+        }
         let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(state).filter(|p| p.started.elapsed() < LOGIN_TTL)
+        Ok(map.remove(state).filter(|p| p.started.elapsed() < LOGIN_TTL))
     }
 
     /// Exchanges `code` for an access token (never logged).
@@ -286,7 +339,8 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
             return_to,
             started: Instant::now(),
         },
-    )?;
+    )
+    .await?;
     let cookie = auth::set_cookie(
         LOGIN_COOKIE,
         &state,
@@ -357,6 +411,7 @@ async fn finish(
     }
     let pending = oidc
         .take(&state)
+        .await?
         .ok_or_else(|| ApiError::unauthenticated("this sign-in expired or was already used; start again"))?;
     let token = oidc.exchange(&code, &pending.verifier).await?;
     let identity = app.auth.verify(token.expose()).await?;
@@ -369,7 +424,8 @@ async fn finish(
     let cookie = app
         .auth
         .sessions
-        .create(token, identity, app.config.reviewer.session_ttl)?;
+        .create(token, identity, app.config.reviewer.session_ttl)
+        .await?;
     Ok((cookie, name, pending.return_to))
 }
 
@@ -386,7 +442,7 @@ async fn logout(
     match app.auth.changing(&headers, csrf.as_deref()).await {
         Ok(_) => {
             if let Some(c) = auth::cookie(&headers, name) {
-                app.auth.sessions.remove(&c);
+                app.auth.sessions.remove(&c).await?;
             }
         }
         Err(e) if e.code == Code::Unauthenticated => {}

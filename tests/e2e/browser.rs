@@ -254,3 +254,70 @@ async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused
         "1"
     );
 }
+
+/// Issue: reviewer replicas share state. Two replicas with
+/// `reviewer.state: nats` behind a balancer with no sticky routing: one
+/// sign-in in a real browser is served by either replica, and by each of
+/// them again after it restarts (a fresh process, nothing in its memory).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_sign_in_is_served_by_either_reviewer_replica_and_survives_their_restarts() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    check_tools();
+    let mut stack = tokio::task::block_in_place(|| StackBuilder::new().reviewer_replicas(2).start_binaries());
+    let profile = tempfile::tempdir().expect("a fresh user-data-dir");
+    let mut child = tokio::process::Command::new("node")
+        .arg(browser_dir().join("replicas.js"))
+        .arg(&stack.reviewer_url)
+        .arg(ALICE.0)
+        .env("AIRLOCK_CHROMIUM", chromium())
+        .env("AIRLOCK_USER_DATA", profile.path())
+        .current_dir(browser_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut input = child.stdin.take().expect("stdin");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the browser answers in time")
+            .expect("read the browser's output")
+            .expect("the browser is still running")
+    };
+    assert_eq!(next().await, "SIGNED_IN");
+    let mut visits = 0;
+    let mut visit = async |what: &str| {
+        input.write_all(b"VISIT\n").await.expect("tell the browser");
+        let line = next().await;
+        let page: Value =
+            serde_json::from_str(line.strip_prefix("PAGE ").expect("a PAGE line")).expect("json");
+        assert_eq!(page["status"], 200, "{what}: {page}");
+        assert_eq!(page["signInOffered"], false, "{what}: still signed in: {page}");
+        assert!(
+            page["header"].as_str().unwrap_or_default().contains(ALICE.1),
+            "{what}: the inbox is Alice's: {page}"
+        );
+        visits += 1;
+    };
+    visit("through the balancer").await;
+    tokio::task::block_in_place(|| stack.kill_reviewer(0));
+    visit("replica 2 alone").await;
+    tokio::task::block_in_place(|| {
+        stack.start_reviewer(0);
+        stack.kill_reviewer(1);
+    });
+    visit("replica 1, restarted, alone").await;
+    tokio::task::block_in_place(|| {
+        stack.start_reviewer(1);
+        stack.kill_reviewer(0);
+    });
+    visit("replica 2, restarted, alone").await;
+    assert_eq!(visits, 4);
+    drop(input);
+    let _ = child.wait().await;
+    let log = std::fs::read_to_string(stack.dir.join("reviewer-2.log")).unwrap_or_default();
+    assert!(log.contains("kept in NATS KV"), "{log}");
+}

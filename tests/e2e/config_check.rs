@@ -97,9 +97,9 @@ async fn config_check_names_every_problem_at_its_line_and_the_binaries_refuse_th
                 "do not make a certificate and key",
             ),
             (
-                line_of(&broken, &broken_text, "client_secret_env"),
-                "reviewer.oidc.client_secret_env",
-                "AIRLOCK_TEST_UNSET_SECRET is not set",
+                line_of(&broken, &broken_text, "  oidc:"),
+                "reviewer.oidc",
+                "AIRLOCK_TEST_UNSET_SECRET, which is not set",
             ),
         ];
         for (at, key, says) in &expected {

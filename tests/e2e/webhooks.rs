@@ -146,7 +146,9 @@ async fn slack_teams_and_signed_generic_webhooks_and_a_dead_one_delays_nothing()
     eventually("the notifier to connect", Duration::from_secs(20), || async {
         let connected = metrics(&http, &stack.reviewer_url)
             .await
-            .contains("airlock_reviewer_notifier_connected 1");
+            .lines()
+            // The whole line: the HELP text begins with "1 while ...".
+            .any(|l| l.trim() == "airlock_reviewer_notifier_connected 1");
         if connected {
             Ok(())
         } else {
@@ -256,4 +258,86 @@ async fn slack_teams_and_signed_generic_webhooks_and_a_dead_one_delays_nothing()
         !log.contains("nobody-listens"),
         "webhook URL paths (often secrets) are never logged"
     );
+}
+
+/// `airlock_reviewer_notifier_leader` and `_connected` on replica port `port`.
+fn leading(port: u16) -> bool {
+    let (_, body) = airlock_e2e::binaries::http_get(port, "/metrics");
+    // Whole lines: the HELP texts begin with "1 while ...".
+    let has = |series: &str| body.lines().any(|l| l.trim() == series);
+    has("airlock_reviewer_notifier_leader 1") && has("airlock_reviewer_notifier_connected 1")
+}
+
+/// Issue: notifications sent once per fleet. Two reviewer replicas with
+/// notifications configured and `reviewer.state: nats`: one holds the lease
+/// and sends each notification once; killed, the other takes over within
+/// the lease's bound and the next request is notified once, by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_reviewer_replicas_notify_once_and_the_survivor_takes_over() {
+    let (addr, receiver) = start_receiver().await;
+    let extra = format!(
+        "  notifications:\n    token_file: {{DIR}}/notifier.token\n    webhooks:\n\
+         \x20     - {{ kind: slack, url: http://{addr}/slack, on: [requested] }}\n"
+    );
+    let mut stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .reviewer_yaml(&extra)
+            .reviewer_replicas(2)
+            .notifier_token()
+            .start_binaries()
+    });
+    let ports = stack.reviewer_ports.clone();
+    let leader = eventually(
+        "one replica to lead the notifier",
+        Duration::from_secs(30),
+        || async {
+            let leaders: Vec<usize> = (0..ports.len()).filter(|&i| leading(ports[i])).collect();
+            if leaders.len() == 1 {
+                Ok(leaders[0])
+            } else {
+                Err(leaders)
+            }
+        },
+    )
+    .await;
+    let agent = stack.agent_token();
+    let count = |id: &str| {
+        receiver
+            .got
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.json["text"].as_str().is_some_and(|t| t.contains(id)))
+            .count()
+    };
+
+    let first = hold(&stack, &agent, "DELETE FROM orders WHERE id = 1").await;
+    delivered(&receiver, "slack", |j| {
+        j["text"].as_str().is_some_and(|t| t.contains(&first.request_id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&first.request_id), 1, "sent once, by one replica");
+
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| stack.kill_reviewer(leader));
+    let survivor = 1 - leader;
+    eventually(
+        "the survivor to take the lease",
+        Duration::from_secs(30),
+        || async { satisfies(leading(ports[survivor]), |l| *l) },
+    )
+    .await;
+    eprintln!(
+        "the survivor leads {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    let second = hold(&stack, &agent, "DELETE FROM orders WHERE id = 2").await;
+    delivered(&receiver, "slack", |j| {
+        j["text"].as_str().is_some_and(|t| t.contains(&second.request_id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&second.request_id), 1, "sent once, by the survivor");
+    assert_eq!(count(&first.request_id), 1, "the first is not sent again");
 }

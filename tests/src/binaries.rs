@@ -138,6 +138,11 @@ pub struct BinaryStack {
     /// The control plane serves TLS (`ca.crt` in `dir`).
     control_tls: bool,
     replicas: Vec<Option<Child>>,
+    /// Each reviewer replica's own port (the balancer's is `reviewer_url`'s
+    /// when there are several).
+    pub reviewer_ports: Vec<u16>,
+    reviewers: Vec<Option<Child>>,
+    reviewer_env: Vec<(String, String)>,
     proxies: Vec<Child>,
     others: Vec<Child>,
     _nats: NatsServer,
@@ -218,7 +223,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         write_login_config(&layout);
         idp.arg("--login-config").arg(dir.join("login.yaml"));
     }
-    let mut others = vec![spawn(&mut idp, dir, "idp")];
+    let others = vec![spawn(&mut idp, dir, "idp")];
     wait_port(idp_port, "airlock-dev-idp");
 
     if options.proxy_tls {
@@ -292,6 +297,9 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         proxy_tls: options.proxy_tls,
         control_tls: options.control_mtls,
         replicas,
+        reviewer_ports: Vec::new(),
+        reviewers: Vec::new(),
+        reviewer_env: Vec::new(),
         proxies,
         others: Vec::new(),
         _nats: nats,
@@ -310,17 +318,67 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         ]);
         std::fs::write(stack.dir.join("notifier.token"), token).expect("notifier token");
     }
-    if options.reviewer {
-        let mut reviewer = Command::new(fresh_binary("airlock-reviewer"));
-        reviewer
-            .arg("--config")
-            .arg(stack.dir.join("airlock.yaml"))
-            .envs(env(Process::Reviewer));
-        others.push(spawn(&mut reviewer, &stack.dir, "reviewer"));
-        wait_port(layout.reviewer, "airlock-reviewer");
+    stack.reviewer_env = env(Process::Reviewer).collect();
+    if options.reviewer && options.reviewer_replicas > 1 {
+        let text = std::fs::read_to_string(stack.dir.join("airlock.yaml")).expect("config");
+        let listen = format!("reviewer:\n  listen: 127.0.0.1:{}\n", layout.reviewer);
+        assert!(
+            text.contains(&listen),
+            "the reviewer section starts with its listen line"
+        );
+        for i in 0..options.reviewer_replicas {
+            let port = free_port();
+            let own = text.replace(
+                &listen,
+                &format!("reviewer:\n  listen: 127.0.0.1:{port}\n  state: nats\n"),
+            );
+            std::fs::write(stack.dir.join(format!("reviewer-{}.yaml", i + 1)), own).expect("config");
+            stack.reviewer_ports.push(port);
+            stack.reviewers.push(None);
+            stack.start_reviewer(i);
+        }
+        balance(layout.reviewer, stack.reviewer_ports.clone());
+    } else if options.reviewer {
+        stack.reviewer_ports.push(layout.reviewer);
+        stack.reviewers.push(None);
+        stack.start_reviewer(0);
     }
     stack.others = others;
     stack
+}
+
+/// A TCP balancer on 127.0.0.1:`port` with no sticky routing: each
+/// connection goes to the next of `backends` (ports) that accepts it.
+/// Runs as long as the test process.
+fn balance(port: u16, backends: Vec<u16>) {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the balancer's port");
+    std::thread::spawn(move || {
+        let mut next = 0usize;
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let upstream = (0..backends.len()).find_map(|k| {
+                let i = (next + k) % backends.len();
+                TcpStream::connect(("127.0.0.1", backends[i]))
+                    .ok()
+                    .map(|s| (i, s))
+            });
+            let Some((i, upstream)) = upstream else { continue };
+            next = (i + 1) % backends.len();
+            let (Ok(mut client_r), Ok(mut upstream_r)) = (client.try_clone(), upstream.try_clone()) else {
+                continue;
+            };
+            let (mut client_w, mut upstream_w) = (client, upstream);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_r, &mut upstream_w);
+                let _ = upstream_w.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut upstream_r, &mut client_w);
+                let _ = client_w.shutdown(Shutdown::Both);
+            });
+        }
+    });
 }
 
 /// `GET path` on 127.0.0.1:`port`: the status code and the body (0 and
@@ -670,6 +728,31 @@ impl BinaryStack {
     }
 
     /// Stops control-plane replica `i` (counting from 0), as a crash would.
+    /// Starts reviewer replica `i` (counting from 0) and waits for its port:
+    /// `airlock.yaml` for a lone reviewer, `reviewer-<i+1>.yaml` for one of
+    /// [`StackBuilder::reviewer_replicas`]. Its log is `reviewer.log` or
+    /// `reviewer-<i+1>.log`, begun afresh at each start.
+    pub fn start_reviewer(&mut self, i: usize) {
+        let own = self.dir.join(format!("reviewer-{}.yaml", i + 1));
+        let (config, name) = if own.exists() {
+            (own, format!("reviewer-{}", i + 1))
+        } else {
+            (self.dir.join("airlock.yaml"), "reviewer".to_owned())
+        };
+        let mut reviewer = Command::new(fresh_binary("airlock-reviewer"));
+        reviewer
+            .arg("--config")
+            .arg(config)
+            .envs(self.reviewer_env.iter().cloned());
+        self.reviewers[i] = Some(spawn(&mut reviewer, &self.dir, &name));
+        wait_port(self.reviewer_ports[i], "airlock-reviewer");
+    }
+
+    /// Kills reviewer replica `i` (SIGKILL: no goodbye).
+    pub fn kill_reviewer(&mut self, i: usize) {
+        self.reviewers[i] = None;
+    }
+
     pub fn kill_replica(&mut self, i: usize) {
         drop(self.replicas[i].take());
     }

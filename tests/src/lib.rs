@@ -50,6 +50,7 @@ pub struct StackBuilder {
     pub(crate) secured_nats: bool,
     pub(crate) checkpoints: bool,
     pub(crate) reviewer: bool,
+    pub(crate) reviewer_replicas: usize,
     pub(crate) reviewer_yaml: String,
     pub(crate) notifier_token: bool,
     pub(crate) env: Vec<(Process, String, String)>,
@@ -78,6 +79,7 @@ impl Default for StackBuilder {
             secured_nats: false,
             checkpoints: false,
             reviewer: false,
+            reviewer_replicas: 1,
             reviewer_yaml: String::new(),
             notifier_token: false,
             env: Vec::new(),
@@ -182,6 +184,16 @@ impl StackBuilder {
         self
     }
 
+    /// Starts `n` replicas of `airlock-reviewer` with `reviewer.state: nats`,
+    /// behind a round-robin TCP balancer with no sticky routing: the
+    /// stack's `reviewer_url` is the balancer's; each replica listens on a
+    /// port of its own ([`binaries::BinaryStack::reviewer_ports`]).
+    pub fn reviewer_replicas(mut self, n: usize) -> Self {
+        self.reviewer = true;
+        self.reviewer_replicas = n;
+        self
+    }
+
     /// YAML lines appended to the `reviewer:` section (indented two spaces);
     /// `{DIR}` stands for the stack's directory. Implies [`Self::reviewer`].
     pub fn reviewer_yaml(mut self, yaml: &str) -> Self {
@@ -214,6 +226,7 @@ impl StackBuilder {
             || self.control_mtls
             || self.checkpoints
             || self.reviewer
+            || self.reviewer_replicas != defaults.reviewer_replicas
             || self.notifier_token
             || !self.env.is_empty();
         assert!(

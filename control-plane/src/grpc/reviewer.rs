@@ -375,6 +375,19 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         let subject = subjects::session(&sid);
         let mut last = None;
         for _ in 0..5 {
+            // The fold's index for the subject is only a floor once the fold
+            // has reached the subject's head.
+            let head = self.log.head(&subject).await.map_err(log_status)?;
+            if !self
+                .live
+                .wait_for(head.sequence, std::time::Duration::from_secs(5))
+                .await
+            {
+                return Err(status(
+                    ErrorCode::Unavailable,
+                    "the control plane is catching up with the log; try again",
+                ));
+            }
             let floor = self.live.chain_index(&subject);
             match self.log.append_next_from(&subject, event.clone(), floor).await {
                 Ok((appended, e)) => {

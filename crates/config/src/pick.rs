@@ -116,7 +116,11 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
         let hit = (start..end).find(|&i| {
             let l = lines[i];
             let body = l.trim_start().trim_start_matches("- ");
-            meaningful(l) && parent_indent.is_none_or(|p| indent(l) > p) && body.starts_with(&label)
+            let placed = match parent_indent {
+                Some(p) => indent(l) > p,
+                None => indent(l) == 0,
+            };
+            meaningful(l) && placed && body.starts_with(&label)
         });
         match hit {
             Some(i) => {

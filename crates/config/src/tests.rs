@@ -193,4 +193,9 @@ fn a_key_is_located_at_its_line_or_its_deepest_parent() {
     );
     assert_eq!(file.locate("nats"), "airlock.yaml:1");
     assert_eq!(file.locate("signing.trust"), "airlock.yaml");
+    // A top-level key is found only at the top level, not nested in an
+    // earlier section (reviewer.control before control:).
+    let text = "reviewer:\n  control: https://c\ncontrol:\n  tls:\n    cert: c.crt\n";
+    let file = ConfigFile::parse(text, "airlock.yaml").unwrap();
+    assert_eq!(file.locate("control.tls"), "airlock.yaml:4");
 }

@@ -4,14 +4,15 @@
 //! and a count in `<binary>_config_reloads_total{outcome="refused"}`, and the
 //! old one stays in force.
 //!
-//! Files are polled, not watched through inotify: every second each file is
-//! read through its path, following symlinks, and its bytes hashed. That
+//! Files are polled, not watched through inotify: twice a second each file
+//! is read through its path, following symlinks, and its bytes hashed. That
 //! sees Kubernetes' way of updating a mounted ConfigMap or Secret (the
 //! `..data` symlink swapped to a new directory, the file's own path never
 //! written), editors that write a new file and rename it, and in-place
-//! writes alike. A file caught half written does not check, is refused, and
-//! is applied at the next poll once complete. The files are small; a poll
-//! costs a few reads per second.
+//! writes alike. A change is applied once two reads in a row agree on it:
+//! a file still being written in place (which may parse, cut short at a
+//! line's end, as a weaker policy) is not taken into use half written.
+//! Only regular files of at most [`MAX_FILE`] bytes are read.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -26,8 +27,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
-/// How often watched files are read.
-pub const POLL: Duration = Duration::from_secs(1);
+/// How often watched files are read. A change is applied after two reads
+/// agree, so within two of these.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Larger files are not read (a path swapped to a device or a huge file
+/// must not stall or exhaust the watcher); they never check.
+pub const MAX_FILE: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Outcome {
@@ -98,19 +104,42 @@ impl Reloads {
 fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
     let mut hash = Sha256::new();
     for path in paths {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                hash.update(b"ok");
-                hash.update((bytes.len() as u64).to_le_bytes());
-                hash.update(&bytes);
-            }
+        match read_regular(path) {
+            Ok(bytes) => add_ok(&mut hash, &bytes),
             Err(e) => {
                 hash.update(b"error");
-                hash.update(e.kind().to_string().as_bytes());
+                hash.update(e.as_bytes());
             }
         }
     }
     hash.finalize().into()
+}
+
+fn add_ok(hash: &mut Sha256, bytes: &[u8]) {
+    hash.update(b"ok");
+    hash.update((bytes.len() as u64).to_le_bytes());
+    hash.update(bytes);
+}
+
+/// What [`fingerprint`] gives for files that hold `contents` (the bytes a
+/// binary loaded at start), to watch for changes from exactly those.
+pub fn fingerprint_of(contents: &[&[u8]]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for bytes in contents {
+        add_ok(&mut hash, bytes);
+    }
+    hash.finalize().into()
+}
+
+fn read_regular(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.kind().to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > MAX_FILE {
+        return Err("too large".to_owned());
+    }
+    std::fs::read(path).map_err(|e| e.kind().to_string())
 }
 
 /// Applies a new version of the watched files: `Ok` once it is in force,
@@ -121,20 +150,25 @@ pub type Apply = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// once each time what they hold changes. `what` names them in logs and in
 /// the metric. The state seen when this is called counts as in force.
 pub fn watch(what: &str, paths: Vec<PathBuf>, reloads: Reloads, apply: Apply) -> tokio::task::JoinHandle<()> {
-    watch_every(what, paths, reloads, apply, POLL)
+    let since = fingerprint(&paths);
+    watch_every(what, paths, reloads, apply, POLL, since)
 }
 
+/// [`watch`], every `every`, with `since` (see [`fingerprint_of`]) as the
+/// state in force.
 pub fn watch_every(
     what: &str,
     paths: Vec<PathBuf>,
     reloads: Reloads,
     apply: Apply,
     every: Duration,
+    since: [u8; 32],
 ) -> tokio::task::JoinHandle<()> {
     let what = what.to_owned();
-    let mut seen = fingerprint(&paths);
     let paths = Arc::new(paths);
     tokio::spawn(async move {
+        let mut seen = since;
+        let mut changed: Option<[u8; 32]> = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -145,11 +179,18 @@ pub fn watch_every(
                 continue;
             };
             if now == seen {
+                changed = None;
+                continue;
+            }
+            // Applied once a second read agrees: not half written.
+            if changed != Some(now) {
+                changed = Some(now);
                 continue;
             }
             // A refused version is not tried again until the files change
             // once more: one log line per bad version, not one per second.
             seen = now;
+            changed = None;
             run(&what, &reloads, &apply);
         }
     })
@@ -157,7 +198,10 @@ pub fn watch_every(
 
 /// Applies once and records the outcome (for SIGHUP and for the watcher).
 pub fn run(what: &str, reloads: &Reloads, apply: &Apply) -> bool {
-    match apply() {
+    // A panic in `apply` is a refusal, not the end of the watcher.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply()))
+        .unwrap_or_else(|_| Err("the reload panicked".to_owned()));
+    match outcome {
         Ok(()) => {
             reloads.record(what, Outcome::Applied);
             tracing::info!(what, "reloaded");

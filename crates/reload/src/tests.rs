@@ -58,6 +58,7 @@ async fn a_configmap_symlink_swap_is_applied_and_a_broken_version_refused_once()
         reloads.clone(),
         apply,
         Duration::from_millis(50),
+        fingerprint(std::slice::from_ref(&path)),
     );
 
     configmap_version(dir.path(), 2, "airlock.yaml", "v2");
@@ -97,6 +98,7 @@ async fn a_file_that_disappears_and_returns_is_seen_both_times() {
         reloads.clone(),
         apply,
         Duration::from_millis(50),
+        fingerprint_of(&[b"v1"]),
     );
     std::fs::remove_file(&path).unwrap();
     until("the missing file refused", || {
@@ -152,4 +154,78 @@ fn the_metric_has_conventional_names() {
         text.contains("airlock_proxy_config_reloads_total{what=\"policies\",outcome=\"refused\"} 1"),
         "{text}"
     );
+}
+
+/// Review finding: a file written in place, caught between two writes, can
+/// parse as a weaker policy. A change is applied only once two reads agree.
+#[tokio::test]
+async fn a_file_still_changing_is_not_applied_until_it_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.yaml");
+    std::fs::write(&path, "v1").unwrap();
+    let applied = Arc::new(Mutex::new(Vec::<String>::new()));
+    let apply: Apply = {
+        let (path, applied) = (path.clone(), applied.clone());
+        Arc::new(move || {
+            applied
+                .lock()
+                .unwrap()
+                .push(std::fs::read_to_string(&path).unwrap_or_default());
+            Ok(())
+        })
+    };
+    let reloads = Reloads::new();
+    let every = Duration::from_millis(100);
+    let task = watch_every(
+        "p",
+        vec![path.clone()],
+        reloads.clone(),
+        apply,
+        every,
+        fingerprint_of(&[b"v1"]),
+    );
+    // Changes faster than the poll: each read sees another version.
+    for i in 0..30 {
+        std::fs::write(&path, format!("partial {i}")).unwrap();
+        tokio::time::sleep(every / 4).await;
+    }
+    std::fs::write(&path, "complete").unwrap();
+    until("the settled version", || {
+        reloads.count("p", Outcome::Applied) >= 1
+    })
+    .await;
+    tokio::time::sleep(every * 3).await;
+    assert_eq!(*applied.lock().unwrap(), vec!["complete".to_owned()]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_a_regular_file_never_checks_and_a_panic_is_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, "v1").unwrap();
+    let reloads = Reloads::new();
+    let apply: Apply = Arc::new(|| panic!("a bug in apply"));
+    let task = watch_every(
+        "p",
+        vec![path.clone()],
+        reloads.clone(),
+        apply,
+        Duration::from_millis(50),
+        fingerprint_of(&[b"v1"]),
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    until("the panic counted as a refusal", || {
+        reloads.count("p", Outcome::Refused) == 1
+    })
+    .await;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "v2").unwrap();
+    until("the watcher still runs", || {
+        reloads.count("p", Outcome::Refused) == 2
+    })
+    .await;
+    assert!(!task.is_finished());
+    task.abort();
 }

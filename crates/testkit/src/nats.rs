@@ -35,10 +35,16 @@ pub enum NatsRole {
     Proxy,
     Control,
     Auditor,
+    Reviewer,
 }
 
 impl NatsRole {
-    pub const ALL: [NatsRole; 3] = [NatsRole::Proxy, NatsRole::Control, NatsRole::Auditor];
+    pub const ALL: [NatsRole; 4] = [
+        NatsRole::Proxy,
+        NatsRole::Control,
+        NatsRole::Auditor,
+        NatsRole::Reviewer,
+    ];
 
     /// The user name.
     pub fn user(self) -> &'static str {
@@ -46,6 +52,7 @@ impl NatsRole {
             NatsRole::Proxy => "airlock-proxy",
             NatsRole::Control => "airlock-control",
             NatsRole::Auditor => "airlock-auditor",
+            NatsRole::Reviewer => "airlock-reviewer",
         }
     }
 
@@ -55,6 +62,7 @@ impl NatsRole {
             NatsRole::Proxy => "AIRLOCK_NATS_PROXY_PASSWORD",
             NatsRole::Control => "AIRLOCK_NATS_CONTROL_PASSWORD",
             NatsRole::Auditor => "AIRLOCK_NATS_AUDITOR_PASSWORD",
+            NatsRole::Reviewer => "AIRLOCK_NATS_REVIEWER_PASSWORD",
         }
     }
 }

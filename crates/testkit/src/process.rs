@@ -53,11 +53,36 @@ pub fn find_binary(name: &str, env_override: &str, extra_dirs: &[PathBuf]) -> Pa
 
 /// A port that was free a moment ago on 127.0.0.1. Callers retry on a clash.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    // A port is free when the kernel hands it out, but the server it is
+    // for binds it later: meanwhile another test (a thread of this process,
+    // or another test process under nextest) may be handed the same port,
+    // and one of two servers then answers for both. A lock file per port,
+    // held until this process ends, makes each port given out once across
+    // every test process on the machine.
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("airlock-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0 to find a free port")
+            .local_addr()
+            .expect("local_addr of a bound listener")
+            .port();
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            // No place for lock files: the old behaviour.
+            return port;
+        };
+        if file.try_lock().is_ok() {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+            return port;
+        }
+    }
+    panic!("no free port: every port the kernel offered is already given to a test");
 }
 
 /// The watchdog. `$1` is a directory to remove when the owner goes away

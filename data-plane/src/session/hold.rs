@@ -352,7 +352,10 @@ async fn cancel(ctx: &Ctx, request_id: &RequestId, cause: proto::approval_cancel
     e.request_id = request_id.to_string();
     let subject = subjects::request(request_id);
     for _ in 0..5 {
-        match ctx.deps.log.append_next(&subject, e.clone()).await {
+        // This session filed the request, the subject's first event (index
+        // 1): the cancellation follows it whatever copy is last on the
+        // subject.
+        match ctx.deps.log.append_next_from(&subject, e.clone(), 1).await {
             Ok(_) => return,
             Err(airlock_eventlog::Error::Conflict { .. }) => continue,
             Err(err) => {
