@@ -140,9 +140,10 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "browser sessions cannot be reached");
     ApiError::new(
         Code::Unavailable,
-        format!("browser sessions cannot be reached right now: {e}"),
+        "browser sessions cannot be reached right now; try again",
     )
 }
 

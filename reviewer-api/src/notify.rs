@@ -414,15 +414,21 @@ struct Watcher {
     dispatcher: Dispatcher,
 }
 
+/// A lease holder whose watch has not been connected for this long gives
+/// the lease up.
+const GIVE_UP_UNWATCHED: Duration = Duration::from_secs(30);
+
 /// Notifications sent once per fleet: a replica sends only while it holds
 /// the lease in NATS KV, renewing it every [`LEASE_RENEW`]. A holder that
 /// dies stops renewing, the lease lapses [`crate::shared::LEASE_TTL`] later, and another
 /// replica takes it within [`LEASE_RENEW`] after that. A holder that cannot
 /// renew (NATS unreachable, or the lease lapsed and was taken) stops
-/// sending at once, which is before another can take the lease. The holder
-/// stores how far it got with every renewal; the next one resumes from
-/// there, so an occasion between the last store and a crash may be sent
-/// twice, never lost.
+/// sending within about two renewal periods, before another can take the
+/// lease; one whose own watch has failed for [`GIVE_UP_UNWATCHED`] gives
+/// the lease up. The holder stores how far it has queued with every
+/// renewal, and the next one resumes from there: an occasion queued in the
+/// last renewal period before a crash is sent again, and deliveries still
+/// queued (or being retried) when the holder crashes are lost.
 async fn lead(watcher: Watcher, shared: Arc<Shared>) {
     let holder = format!("{}-{}", std::process::id(), auth::random_token());
     loop {
@@ -445,25 +451,49 @@ async fn lead(watcher: Watcher, shared: Arc<Shared>) {
         );
         watcher.metrics.notifier_leader.set(1);
         let cursor = Arc::new(AtomicU64::new(after));
+        // Every step is bounded, so a holder that cannot renew notices it
+        // within about two renewal periods of its last renewal, well before
+        // the lease lapses and another replica may take it.
         let renewing = async {
+            let mut unwatched = Duration::ZERO;
             loop {
                 tokio::time::sleep(LEASE_RENEW).await;
-                match shared.renew_lease(&holder, revision).await {
-                    Some(next) => revision = next,
-                    None => return,
+                let renewed = tokio::time::timeout(LEASE_RENEW, shared.renew_lease(&holder, revision)).await;
+                match renewed {
+                    Ok(Some(next)) => revision = next,
+                    Ok(None) | Err(_) => return "it could not renew the lease",
                 }
-                if let Err(e) = shared.set_cursor(cursor.load(Ordering::Acquire)).await {
-                    tracing::warn!(error = %e, "notifier: cannot store how far notifications got");
+                let stored =
+                    tokio::time::timeout(LEASE_RENEW, shared.set_cursor(cursor.load(Ordering::Acquire)))
+                        .await;
+                if !matches!(stored, Ok(Ok(()))) {
+                    tracing::warn!("notifier: cannot store how far notifications got");
+                }
+                // A holder whose own watch does not work (no token, control
+                // plane unreachable from here) hands the lease on.
+                unwatched = if watcher.metrics.notifier_connected.get() == 1 {
+                    Duration::ZERO
+                } else {
+                    unwatched + LEASE_RENEW
+                };
+                if unwatched >= GIVE_UP_UNWATCHED {
+                    shared.release_lease(revision).await;
+                    return "its watch on the control plane has not worked for a while";
                 }
             }
         };
-        tokio::select! {
-            () = watcher.watch(cursor.clone()) => {}
-            () = renewing => {}
-        }
+        let why = tokio::select! {
+            () = watcher.watch(cursor.clone()) => "its watch ended",
+            why = renewing => why,
+        };
         watcher.metrics.notifier_leader.set(0);
         watcher.metrics.notifier_connected.set(0);
-        tracing::warn!("this replica lost the notifier lease: another one sends notifications");
+        tracing::warn!(
+            why,
+            "this replica no longer holds the notifier lease: another one sends notifications"
+        );
+        // Let another replica take it before trying again.
+        tokio::time::sleep(LEASE_RENEW * 2).await;
     }
 }
 

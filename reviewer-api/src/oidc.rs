@@ -205,7 +205,7 @@ impl Oidc {
             .cloned()
     }
 
-    async fn remember(&self, state: String, pending: Pending) -> Result<(), ApiError> {
+    async fn remember(&self, state: String, sealing: &str, pending: Pending) -> Result<(), ApiError> {
         if let Some(shared) = &self.shared {
             let stored = StoredLogin {
                 verifier: pending.verifier,
@@ -214,7 +214,7 @@ impl Oidc {
             };
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
-            return shared.put_login(&state, &bytes).await.map_err(|e| {
+            return shared.put_login(&state, sealing, &bytes).await.map_err(|e| {
                 ApiError::new(
                     Code::Unavailable,
                     format!("cannot start a sign-in right now: {e}"),
@@ -232,9 +232,9 @@ impl Oidc {
         Ok(())
     }
 
-    async fn take(&self, state: &str) -> Result<Option<Pending>, ApiError> {
+    async fn take(&self, state: &str, sealing: &str) -> Result<Option<Pending>, ApiError> {
         if let Some(shared) = &self.shared {
-            let Some(bytes) = shared.take_login(state).await.map_err(|e| {
+            let Some(bytes) = shared.take_login(state, sealing).await.map_err(|e| {
                 ApiError::new(
                     Code::Unavailable,
                     format!("cannot finish a sign-in right now: {e}"),
@@ -252,7 +252,9 @@ impl Oidc {
             }
             return Ok(Some(Pending {
                 verifier: stored.verifier,
-                return_to: stored.return_to,
+                // Checked again: what comes back from storage is not trusted
+                // to be a path on this server.
+                return_to: safe_return(&stored.return_to),
                 started: Instant::now(),
             }));
         }
@@ -320,6 +322,9 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
     let oidc = oidc(&app)?;
     let endpoints = oidc.endpoints().await?;
     let state = random_token();
+    // Seals the stored sign-in (with reviewer.state: nats); only the login
+    // cookie carries it, unlike `state`, which travels in URLs.
+    let sealing = random_token();
     let verifier = random_token();
     let return_to = safe_return(&query(raw.as_deref(), "return_to").unwrap_or_else(|| "/".into()));
     let mut url = url::Url::parse(&endpoints.authorization)
@@ -334,6 +339,7 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
         .append_pair("code_challenge_method", "S256");
     oidc.remember(
         state.clone(),
+        &sealing,
         Pending {
             verifier,
             return_to,
@@ -343,7 +349,7 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
     .await?;
     let cookie = auth::set_cookie(
         LOGIN_COOKIE,
-        &state,
+        &format!("{state}.{sealing}"),
         "/auth",
         LOGIN_TTL,
         false,
@@ -402,15 +408,16 @@ async fn finish(
     let code = query(raw, "code").ok_or_else(|| ApiError::invalid("the callback has no code"))?;
     // The state must be the one this browser started with: a sign-in started
     // elsewhere (login CSRF) has no matching cookie here.
-    let expected = auth::cookie(headers, LOGIN_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !auth::same_secret(&expected, &state) {
+    let login = auth::cookie(headers, LOGIN_COOKIE).unwrap_or_default();
+    let (expected, sealing) = login.split_once('.').unwrap_or(("", ""));
+    if expected.is_empty() || !auth::same_secret(expected, &state) {
         return Err(ApiError::new(
             Code::Csrf,
             "this sign-in was not started from this browser; start again",
         ));
     }
     let pending = oidc
-        .take(&state)
+        .take(&state, sealing)
         .await?
         .ok_or_else(|| ApiError::unauthenticated("this sign-in expired or was already used; start again"))?;
     let token = oidc.exchange(&code, &pending.verifier).await?;

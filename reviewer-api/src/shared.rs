@@ -79,11 +79,16 @@ impl Shared {
     pub async fn open(settings: &NatsSettings, session_ttl: Duration) -> anyhow::Result<Shared> {
         let log = EventLog::connect(settings.clone()).await?;
         let js = async_nats::jetstream::new(log.client().clone());
-        let bucket = |name: &str, max_age: Duration, description: &str| kv::Config {
+        // Each bucket is bounded: when full, new entries are refused (a
+        // sign-in gets 503), never the disk filled. Entries are small; a
+        // session holds one access token.
+        let bucket = |name: &str, max_age: Duration, max_bytes: i64, description: &str| kv::Config {
             bucket: name.to_owned(),
             description: description.to_owned(),
             history: 1,
             max_age,
+            max_bytes,
+            max_value_size: 64 << 10,
             storage: async_nats::jetstream::stream::StorageType::File,
             num_replicas: settings.replicas,
             ..Default::default()
@@ -93,22 +98,26 @@ impl Shared {
             bucket(
                 SESSIONS,
                 session_ttl,
+                128 << 20,
                 "Airlock reviewer: browser sessions (sealed)",
             ),
             bucket(
                 LOGINS,
                 LOGIN_TTL,
+                32 << 20,
                 "Airlock reviewer: sign-ins in progress (sealed)",
             ),
             bucket(
                 LEASE,
                 LEASE_TTL,
+                1 << 20,
                 "Airlock reviewer: which replica sends notifications",
             ),
             bucket(
                 NOTIFIER,
                 Duration::ZERO,
-                "Airlock reviewer: how far notifications were sent",
+                1 << 20,
+                "Airlock reviewer: how far notifications were queued",
             ),
         ] {
             let name = config.bucket.clone();
@@ -159,13 +168,21 @@ impl Shared {
         Ok(status.values())
     }
 
-    pub async fn put_login(&self, state: &str, value: &[u8]) -> Result<(), StoreError> {
-        put(&self.logins, "login", state, value).await
+    /// Stores a sign-in in progress under its OAuth `state` (which travels
+    /// in URLs), sealed under `sealing`, a second secret that only the
+    /// browser's login cookie carries.
+    pub async fn put_login(&self, state: &str, sealing: &str, value: &[u8]) -> Result<(), StoreError> {
+        let key = entry_key("login", state);
+        self.logins
+            .put(&key, seal(sealing, &key, value).into())
+            .await
+            .map(drop)
+            .map_err(|e| store_error("storing a sign-in", e))
     }
 
     /// The sign-in started with `state`, removed as it is read: a callback
     /// is answered once.
-    pub async fn take_login(&self, state: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn take_login(&self, state: &str, sealing: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = entry_key("login", state);
         let Some(entry) = self
             .logins
@@ -187,7 +204,7 @@ impl Shared {
         {
             return Ok(None);
         }
-        Ok(open(state, &key, &entry.value))
+        Ok(open(sealing, &key, &entry.value))
     }
 
     /// Takes the notifier lease for `holder` if nobody holds it (it
@@ -208,7 +225,8 @@ impl Shared {
             .ok()
     }
 
-    /// Gives the lease up (a replica stopping), so another takes it at once.
+    /// Gives the lease up (a holder whose watch does not work), so another
+    /// takes it at once.
     pub async fn release_lease(&self, revision: u64) {
         let _ = self.lease.purge_expect_revision(HOLDER, Some(revision)).await;
     }

@@ -70,17 +70,30 @@ async fn a_sign_in_started_on_one_replica_finishes_on_another_once() {
     let two = Shared::open(&settings(&nats), Duration::from_secs(3600))
         .await
         .expect("open");
-    one.put_login("state-1", b"pkce verifier").await.expect("put");
+    one.put_login("state-1", "seal-1", b"pkce verifier")
+        .await
+        .expect("put");
     assert_eq!(
-        two.take_login("state-1").await.expect("take").as_deref(),
+        two.take_login("state-1", "seal-1")
+            .await
+            .expect("take")
+            .as_deref(),
         Some(&b"pkce verifier"[..])
     );
     assert_eq!(
-        one.take_login("state-1").await.expect("take"),
+        one.take_login("state-1", "seal-1").await.expect("take"),
         None,
         "answered once"
     );
-    assert_eq!(two.take_login("state-2").await.expect("take"), None);
+    one.put_login("state-3", "seal-3", b"verifier 3")
+        .await
+        .expect("put");
+    assert_eq!(
+        two.take_login("state-3", "state-3").await.expect("take"),
+        None,
+        "the state does not open what the cookie's secret sealed"
+    );
+    assert_eq!(two.take_login("state-2", "seal-2").await.expect("take"), None);
 }
 
 #[tokio::test]
@@ -156,10 +169,47 @@ async fn the_reviewer_user_reaches_its_buckets_and_not_the_log() {
         .expect("open as the reviewer");
     shared.put_session("cookie", b"session").await.expect("put");
     assert!(shared.session("cookie").await.expect("get").is_some());
-    assert!(shared.take_lease("me").await.is_some());
+    let revision = shared.take_lease("me").await.expect("the lease");
     let log = airlock_eventlog::EventLog::connect(settings)
         .await
         .expect("connect");
     let denied = log.read_all(airlock_eventlog::ReadFilter::default()).await;
     assert!(denied.is_err(), "the reviewer cannot read the log");
+
+    // Review finding: NATS does not check reply subjects, so a user of the
+    // log's account could have the server store its answer on a subject of
+    // the reviewer's bucket, overwriting the lease. The reviewer's account
+    // is its own: the answer lands in the log's account, not in the bucket.
+    let proxy_password = ca.dir().join("proxy.password");
+    std::fs::write(&proxy_password, nats.password(NatsRole::Proxy)).expect("password file");
+    let proxy_settings: NatsSettings = serde_norway::from_str(&format!(
+        "url: {}\ntls: {{ ca: {d}/ca.crt }}\nuser: airlock-proxy\npassword_file: {}\ninbox_prefix: _INBOX_airlock-proxy\n",
+        nats.url(),
+        proxy_password.display()
+    ))
+    .expect("settings");
+    let proxy = airlock_eventlog::EventLog::connect(proxy_settings)
+        .await
+        .expect("connect as a proxy");
+    for reply in [
+        "$KV.airlock_reviewer_lease.notifier",
+        "$KV.airlock_reviewer_notifier.cursor",
+    ] {
+        proxy
+            .client()
+            .publish_with_reply("$JS.API.INFO", reply, "".into())
+            .await
+            .expect("publish");
+    }
+    proxy.client().flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        shared.renew_lease("me", revision).await.is_some(),
+        "the lease is untouched"
+    );
+    assert_eq!(
+        shared.cursor().await.expect("cursor"),
+        0,
+        "the cursor is untouched"
+    );
 }

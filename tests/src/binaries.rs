@@ -727,7 +727,6 @@ impl BinaryStack {
         std::fs::read_to_string(self.dir.join("reviewer.log")).unwrap_or_default()
     }
 
-    /// Stops control-plane replica `i` (counting from 0), as a crash would.
     /// Starts reviewer replica `i` (counting from 0) and waits for its port:
     /// `airlock.yaml` for a lone reviewer, `reviewer-<i+1>.yaml` for one of
     /// [`StackBuilder::reviewer_replicas`]. Its log is `reviewer.log` or
@@ -753,6 +752,7 @@ impl BinaryStack {
         self.reviewers[i] = None;
     }
 
+    /// Stops control-plane replica `i` (counting from 0), as a crash would.
     pub fn kill_replica(&mut self, i: usize) {
         drop(self.replicas[i].take());
     }
