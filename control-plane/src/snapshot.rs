@@ -227,7 +227,16 @@ pub async fn load(log: &EventLog) -> (Projection, Result<SnapshotMeta, String>) 
 /// Stores the current state if it is at least `min_events` past the stored
 /// snapshot. Returns the sequence written, if any.
 pub async fn save_if_due(live: &Live, log: &EventLog, min_events: u64) -> anyhow::Result<Option<u64>> {
-    let stored = log.snapshot_meta(NAME).await?.map(|m| m.sequence).unwrap_or(0);
+    // The stored snapshot's metadata is not signed on its own (the
+    // signature covers it with the bytes): a sequence past what this
+    // replica has folded is no snapshot of this log, and must not keep
+    // snapshots from being saved.
+    let stored = log
+        .snapshot_meta(NAME)
+        .await?
+        .map(|m| m.sequence)
+        .filter(|s| *s <= live.sequence())
+        .unwrap_or(0);
     if live.sequence() < stored.saturating_add(min_events.max(1)) {
         return Ok(None);
     }
