@@ -6,51 +6,40 @@
 
 use std::path::Path;
 
-use airlock_config::ConfigFile;
-
 /// What is wrong with the control plane's part of the file at `path`, each
 /// problem as `file:line: key: what` (nothing when it checks).
 pub fn check(path: &Path) -> Vec<String> {
-    let file = match ConfigFile::load(path) {
-        Ok(file) => file,
-        Err(e) => return vec![airlock_config::with_causes(&e)],
-    };
-    let config = match crate::config::from_file(&file) {
-        Ok(config) => config,
-        Err(e) => return vec![format!("{e:#}")],
-    };
-    let mut problems = Vec::new();
-    let mut at = |key: &str, what: String| problems.push(format!("{}: {key}: {what}", file.locate(key)));
-    for p in config.nats.problems() {
-        at("nats", p);
-    }
-    if let Err(e) = airlock_identity::Verifier::new(config.identity.clone()) {
-        at("identity", e.to_string());
-    }
-    if let Some(id) = &config.control.replica_id
-        && let Err(e) = airlock_eventlog::ProxyId::parse(id)
-    {
-        at("control.replica_id", e.to_string());
-    }
-    if let Some(tls) = &config.control.tls
-        && let Err(e) = crate::tls::GrpcListener::load(tls)
-    {
-        at("control.tls", format!("{e:#}"));
-    }
-    if let Some(c) = &config.control.checkpoints
-        && let Err(e) = crate::checkpoint::CheckpointSigner::load(&c.signing_key)
-    {
-        at("control.checkpoints.signing_key", format!("{e:#}"));
-    }
-    if let Err(e) = crate::serve::signing(&config) {
-        at("signing", format!("{e:#}"));
-    }
-    problems
+    airlock_config::check_file(path, crate::config::from_file, |_, config, found| {
+        for p in config.nats.problems() {
+            found.at("nats", p);
+        }
+        if let Err(e) = airlock_identity::Verifier::new(config.identity.clone()) {
+            found.at("identity", e.to_string());
+        }
+        if let Some(id) = &config.control.replica_id
+            && let Err(e) = airlock_eventlog::ProxyId::parse(id)
+        {
+            found.at("control.replica_id", e.to_string());
+        }
+        if let Some(tls) = &config.control.tls
+            && let Err(e) = crate::tls::GrpcListener::load(tls)
+        {
+            found.at("control.tls", format!("{e:#}"));
+        }
+        if let Some(c) = &config.control.checkpoints
+            && let Err(e) = crate::checkpoint::CheckpointSigner::load(&c.signing_key)
+        {
+            found.at("control.checkpoints.signing_key", format!("{e:#}"));
+        }
+        if let Err(e) = crate::serve::signing(config) {
+            found.at("signing", format!("{e:#}"));
+        }
+    })
 }
 
 /// Which binaries' parts a file has, by its top-level sections.
 fn parts(path: &Path) -> Result<Vec<&'static str>, String> {
-    let file = ConfigFile::load(path).map_err(|e| airlock_config::with_causes(&e))?;
+    let file = airlock_config::ConfigFile::load(path).map_err(|e| airlock_config::with_causes(&e))?;
     let has = |section: &str| {
         file.section::<serde_norway::Value>(section)
             .ok()

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use airlock_config::ConfigFile;
 use airlock_eventlog::signing::{Role, Signer, Trust};
 use airlock_policy::PolicySet;
 use anyhow::Context;
@@ -17,65 +16,59 @@ use crate::config::ProxyConfig;
 /// What is wrong with the proxy's part of the file at `path`, each problem
 /// as `file:line: key: what` (nothing when it checks).
 pub fn check(path: &Path) -> Vec<String> {
-    let file = match ConfigFile::load(path) {
-        Ok(file) => file,
-        Err(e) => return vec![airlock_config::with_causes(&e)],
-    };
-    let config = match crate::config::from_file(&file, &|name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(e) => return vec![format!("{e:#}")],
-    };
-    let mut problems = Vec::new();
-    let mut at = |key: &str, what: String| problems.push(format!("{}: {key}: {what}", file.locate(key)));
-    if let Err(e) = PolicySet::from_config_yaml(file.text(), &path.display().to_string()) {
-        at("policies", e.to_string());
-    }
-    for p in config.nats.problems() {
-        at("nats", p);
-    }
-    if let Err(e) = airlock_identity::Verifier::new(config.identity.clone()) {
-        at("identity", e.to_string());
-    }
-    if let Some(id) = &config.proxy.proxy_id
-        && let Err(e) = airlock_eventlog::ProxyId::parse(id)
-    {
-        at("proxy.proxy_id", e.to_string());
-    }
-    match &config.proxy.tls {
-        Some(tls) => {
-            if let Err(e) = airlock_reload::load_certified_key(&tls.cert, &tls.key) {
-                at("proxy.tls", e);
+    airlock_config::check_file(
+        path,
+        |file| crate::config::from_file(file, &|name| std::env::var(name).ok()),
+        |file, config, found| {
+            if let Err(e) = PolicySet::from_config_yaml(file.text(), &path.display().to_string()) {
+                found.at("policies", e.to_string());
             }
+            for p in config.nats.problems() {
+                found.at("nats", p);
+            }
+            if let Err(e) = airlock_identity::Verifier::new(config.identity.clone()) {
+                found.at("identity", e.to_string());
+            }
+            if let Some(id) = &config.proxy.proxy_id
+                && let Err(e) = airlock_eventlog::ProxyId::parse(id)
+            {
+                found.at("proxy.proxy_id", e.to_string());
+            }
+            match &config.proxy.tls {
+            Some(tls) => {
+                if let Err(e) = airlock_reload::load_certified_key(&tls.cert, &tls.key) {
+                    found.at("proxy.tls", e);
+                }
+            }
+            None if !config.proxy.allow_plaintext_loopback => found.at(
+                "proxy.tls",
+                "not set, and plain text is not allowed (allow_plaintext_loopback): no client could log in",
+            ),
+            None => {}
         }
-        None if !config.proxy.allow_plaintext_loopback => at(
-            "proxy.tls",
-            "not set, and plain text is not allowed (allow_plaintext_loopback): no client could log in"
-                .into(),
-        ),
-        None => {}
-    }
-    if let Some(tls) = &config.proxy.control_tls
-        && let Err(e) = crate::attach::ControlTls::load(tls)
-    {
-        at("proxy.control_tls", format!("{e:#}"));
-    }
-    for (name, upstream) in &config.connections {
-        if let crate::upstream::UpstreamTls::VerifyFull { root_cert } = &upstream.tls
-            && let Err(e) = std::fs::read(root_cert)
-        {
-            at(
-                "connections",
-                format!("connection {name}: root_cert {}: {e}", root_cert.display()),
-            );
-        }
-    }
-    if let Err(e) = signing(&config) {
-        at("signing", format!("{e:#}"));
-    }
-    if let Err(e) = cancel_key(&config) {
-        at("proxy.cancel_key_env", format!("{e:#}"));
-    }
-    problems
+            if let Some(tls) = &config.proxy.control_tls
+                && let Err(e) = crate::attach::ControlTls::load(tls)
+            {
+                found.at("proxy.control_tls", format!("{e:#}"));
+            }
+            for (name, upstream) in &config.connections {
+                if let crate::upstream::UpstreamTls::VerifyFull { root_cert } = &upstream.tls
+                    && let Err(e) = std::fs::read(root_cert)
+                {
+                    found.at(
+                        "connections",
+                        format!("connection {name}: root_cert {}: {e}", root_cert.display()),
+                    );
+                }
+            }
+            if let Err(e) = signing(config) {
+                found.at("signing", format!("{e:#}"));
+            }
+            if let Err(e) = cancel_key(config) {
+                found.at("proxy.cancel_key_env", format!("{e:#}"));
+            }
+        },
+    )
 }
 
 /// This proxy's signing key and the writers it trusts: both required. Its

@@ -33,6 +33,46 @@ pub struct Problems {
     pub problems: Vec<String>,
 }
 
+/// Problems found in one file, each placed at the line of its key.
+#[derive(Debug)]
+pub struct Found<'a> {
+    file: &'a ConfigFile,
+    problems: Vec<String>,
+}
+
+impl Found<'_> {
+    /// Records `what` is wrong with `key` (dotted), as `file:line: key: what`.
+    pub fn at(&mut self, key: &str, what: impl std::fmt::Display) {
+        self.problems
+            .push(format!("{}: {key}: {what}", self.file.locate(key)));
+    }
+}
+
+/// A binary's whole check of the file at `path`: reads it, `parse`s the
+/// binary's sections (a failure there is the one problem reported), then
+/// `checks` records what else is wrong. Every problem, each as
+/// `file:line: key: what`; none when the file checks.
+pub fn check_file<T, E: std::fmt::Display>(
+    path: &Path,
+    parse: impl FnOnce(&ConfigFile) -> Result<T, E>,
+    checks: impl FnOnce(&ConfigFile, &T, &mut Found<'_>),
+) -> Vec<String> {
+    let file = match ConfigFile::load(path) {
+        Ok(file) => file,
+        Err(e) => return vec![with_causes(&e)],
+    };
+    let parsed = match parse(&file) {
+        Ok(parsed) => parsed,
+        Err(e) => return vec![format!("{e:#}")],
+    };
+    let mut found = Found {
+        file: &file,
+        problems: Vec::new(),
+    };
+    checks(&file, &parsed, &mut found);
+    found.problems
+}
+
 /// An error and its causes on one line (`reading f: No such file ...`).
 pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
