@@ -16,8 +16,10 @@ use crate::subjects;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
-    /// `nats://host:port` or `tls://host:port` (several, comma separated,
-    /// for a cluster).
+    /// `nats://host:port` or `tls://host:port`; for a cluster, several: a
+    /// YAML list, or one string with commas. The client connects to any
+    /// member that answers, so a binary starts while some are down.
+    #[serde(deserialize_with = "one_or_more_urls")]
     pub url: String,
     /// Stream name.
     #[serde(default = "default_stream")]
@@ -85,6 +87,25 @@ pub struct NatsTls {
 fn default_stream() -> String {
     subjects::DEFAULT_STREAM.to_owned()
 }
+/// `url:` as one string (commas allowed) or a list, kept as one string
+/// with commas.
+fn one_or_more_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    let joined = match Urls::deserialize(d)? {
+        Urls::One(url) => url,
+        Urls::Many(urls) => urls.join(","),
+    };
+    if joined.split(',').all(|u| u.trim().is_empty()) {
+        return Err(serde::de::Error::custom("nats.url names no server"));
+    }
+    Ok(joined)
+}
+
 fn default_replicas() -> usize {
     1
 }
@@ -174,6 +195,19 @@ impl NatsSettings {
 
     /// Each server of `url`: whether its scheme (`tls://`) asks for TLS, and
     /// its authority (`host:port`, with any user info).
+    /// Every server of `url`, parsed.
+    fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, Error> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| Error::Settings(format!("nats.url: {u:?} is not a server address: {e}")))
+            })
+            .collect()
+    }
+
     fn servers(&self) -> impl Iterator<Item = (bool, &str)> {
         self.url.split(',').map(str::trim).map(|u| {
             let (scheme, rest) = u.split_once("://").unwrap_or(("nats", u));
@@ -331,8 +365,9 @@ impl NatsSettings {
                 }
             }
         });
+        let servers = self.server_addrs()?;
         let client = options
-            .connect(self.url.as_str())
+            .connect(servers.as_slice())
             .await
             .map_err(|source| Error::Connect {
                 url: self.url.clone(),

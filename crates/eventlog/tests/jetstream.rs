@@ -656,3 +656,41 @@ async fn an_approval_request_is_stored_with_the_trace_of_its_append() {
         Some(trace.traceparent.as_str())
     );
 }
+
+/// Issue 17, defect 5: `nats.url` took one server, so a binary could not
+/// start while that node was down. A list (YAML, or commas) connects to
+/// any member that answers.
+#[tokio::test]
+async fn a_list_of_servers_connects_to_any_that_answers() {
+    let nats = NatsServer::start();
+    let down = format!("nats://127.0.0.1:{}", airlock_testkit::free_port());
+    for yaml in [
+        format!("url: [{down}, {}]", nats.url()),
+        format!("url: \"{down}, {}\"", nats.url()),
+    ] {
+        let settings: NatsSettings = serde_norway::from_str(&yaml).expect("settings");
+        let log = EventLog::connect(settings)
+            .await
+            .unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        log.ensure_stream().await.expect("stream");
+        let session = SessionId::generate();
+        log.append_next(&subjects::session(&session), executed(&session, "SELECT 1"))
+            .await
+            .expect("append through the live member");
+    }
+    for (yaml, says) in [
+        ("url: []", "names no server"),
+        ("url: \"not a url, ::\"", "not a server address"),
+    ] {
+        let settings: Result<NatsSettings, _> = serde_norway::from_str(yaml);
+        let error = match settings {
+            Err(e) => e.to_string(),
+            Ok(s) => EventLog::connect(s)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        assert!(error.contains(says), "{yaml}: {error}");
+    }
+}
