@@ -33,6 +33,12 @@ pub struct ProxySection {
     pub allow_plaintext_loopback: bool,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections still logging in (before the token is accepted or
+    /// refused) at most, within `max_connections`; past it a new connection
+    /// is refused with 53300. Default: a quarter of `max_connections`, so
+    /// sockets that never log in cannot take every slot.
+    #[serde(default)]
+    pub max_unauthenticated: Option<usize>,
     #[serde(default = "default_startup_timeout", with = "humantime_serde")]
     pub startup_timeout: Duration,
     /// This proxy's id in events; default: host name and pid.

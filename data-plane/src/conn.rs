@@ -24,6 +24,9 @@ pub struct Login {
     /// from the moment it connected): a client that never sends its token
     /// does not keep a connection slot.
     pub deadline: tokio::time::Instant,
+    /// Held until the login is decided: counts against
+    /// `proxy.max_unauthenticated`.
+    pub unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Login {

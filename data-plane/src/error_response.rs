@@ -91,6 +91,14 @@ pub fn too_many_connections() -> Diagnostic {
     )
 }
 
+/// Over `proxy.max_unauthenticated`: too many connections still logging in.
+pub fn too_many_logging_in() -> Diagnostic {
+    fatal(
+        TOO_MANY_CONNECTIONS,
+        "too many connections to this Airlock proxy are still logging in; retry later".into(),
+    )
+}
+
 /// A refused login, as the gate or the login exchange explained it
 /// (`gate::Refusal` carries the code and message).
 pub fn login_refused(sqlstate: &'static str, message: &str) -> Diagnostic {

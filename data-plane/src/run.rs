@@ -264,6 +264,11 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     });
     settings.allow_plaintext_loopback = config.proxy.allow_plaintext_loopback;
     settings.max_connections = config.proxy.max_connections;
+    settings.max_unauthenticated = config
+        .proxy
+        .max_unauthenticated
+        .unwrap_or(config.proxy.max_connections / 4)
+        .max(1);
     settings.startup_timeout = config.proxy.startup_timeout;
     if settings.tls.is_none() && !settings.allow_plaintext_loopback {
         anyhow::bail!("proxy.tls is not set and plain text is not allowed: no client could log in");

@@ -39,6 +39,9 @@ pub struct ServerSettings {
     /// Accept plain-text logins from loopback addresses (development only).
     pub allow_plaintext_loopback: bool,
     pub max_connections: usize,
+    /// Connections not yet past login at most (within `max_connections`):
+    /// clients that connect and never log in cannot starve the rest.
+    pub max_unauthenticated: usize,
     /// Time a client has from connecting to finishing login.
     pub startup_timeout: Duration,
     pub limits: Limits,
@@ -51,6 +54,7 @@ impl ServerSettings {
             tls: None,
             allow_plaintext_loopback: false,
             max_connections: 1000,
+            max_unauthenticated: 250,
             startup_timeout: Duration::from_secs(15),
             limits: Limits::default(),
         }
@@ -152,6 +156,7 @@ impl Server {
     /// task: one client's trouble never touches another's.
     pub async fn run(self, deps: Arc<session::Deps>) {
         let limit = Arc::new(Semaphore::new(self.settings.max_connections));
+        let logging_in = Arc::new(Semaphore::new(self.settings.max_unauthenticated.max(1)));
         let settings = Arc::new(self.settings);
         let mut phase = deps.phase.clone();
         loop {
@@ -171,22 +176,27 @@ impl Server {
             };
             let _ = socket.set_nodelay(true);
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tokio::spawn(refuse_busy(socket));
+                tokio::spawn(refuse_busy(socket, error_response::too_many_connections()));
+                continue;
+            };
+            let Ok(pending) = logging_in.clone().try_acquire_owned() else {
+                tokio::spawn(refuse_busy(socket, error_response::too_many_logging_in()));
                 continue;
             };
             let (settings, deps, tls) = (settings.clone(), deps.clone(), self.tls.clone());
             tokio::spawn(async move {
-                handle(socket, peer, &settings, tls, deps).await;
+                handle(socket, peer, &settings, tls, deps, pending).await;
                 drop(permit);
             });
         }
     }
 }
 
-/// Over `max_connections`: PostgreSQL's own answer, 53300.
-async fn refuse_busy(mut socket: TcpStream) {
+/// Over `max_connections` or `max_unauthenticated`: PostgreSQL's own
+/// answer, 53300.
+async fn refuse_busy(mut socket: TcpStream, error: crate::codec::Diagnostic) {
     let mut out = BytesMut::new();
-    BeMessage::ErrorResponse(&error_response::too_many_connections()).encode(&mut out);
+    BeMessage::ErrorResponse(&error).encode(&mut out);
     let _ = socket.write_all(&out).await;
 }
 
@@ -196,9 +206,10 @@ async fn handle(
     settings: &ServerSettings,
     tls: Option<tokio_rustls::TlsAcceptor>,
     deps: Arc<session::Deps>,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
     let deadline = tokio::time::Instant::now() + settings.startup_timeout;
-    let login =
+    let mut login =
         match tokio::time::timeout_at(deadline, negotiate(socket, peer, deadline, settings, tls)).await {
             Ok(Ok(Some(Opening::Login(login)))) => login,
             Ok(Ok(Some(Opening::Cancel {
@@ -218,6 +229,7 @@ async fn handle(
                 return;
             }
         };
+    login.unauthenticated = Some(pending);
     session::run(login, deps).await;
 }
 
@@ -326,6 +338,7 @@ async fn negotiate(
                     tls: encrypted,
                     params,
                     deadline,
+                    unauthenticated: None,
                 })));
             }
         }

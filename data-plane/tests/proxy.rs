@@ -426,6 +426,74 @@ async fn a_client_that_never_sends_its_token_is_cut_off_at_the_startup_timeout()
     assert_eq!(got.first(), Some(&b'R'), "{got:?}");
 }
 
+/// Issue 17, defect 7: sockets that connect and never log in took
+/// connection slots until every agent was refused (53300). Connections
+/// still logging in now have a limit of their own, below the total, so
+/// logged-in agents and new logins always have room.
+#[tokio::test]
+async fn sockets_that_never_log_in_cannot_take_every_slot() {
+    let f = start(|s| {
+        s.max_connections = 4;
+        s.max_unauthenticated = 2;
+        s.startup_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(f.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut got))
+        .await
+        .expect("refused at once")
+        .expect("read");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(got.first(), Some(&b'E'), "{text}");
+    assert!(
+        text.contains("53300") && text.contains("still logging in"),
+        "{text}"
+    );
+
+    // One idle socket gives up: an agent logs in and works while the other
+    // still waits, and once logged in it no longer counts as logging in.
+    drop(idle.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (client, conn) = config(f.addr, TOKEN, "shop")
+        .connect(NoTls)
+        .await
+        .expect("an agent logs in");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.expect("and works");
+    idle.push(tokio::net::TcpStream::connect(f.addr).await.expect("connect"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Three of four slots are taken, two by logins in progress: a login is
+    // refused for those, not for the total.
+    let refused = config(f.addr, TOKEN, "shop")
+        .connect(NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("two logins in progress already");
+    assert!(
+        db_message(&refused).contains("still logging in"),
+        "{}",
+        db_message(&refused)
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (other, conn) = config(f.addr, TOKEN, "shop")
+        .connect(NoTls)
+        .await
+        .expect("room again");
+    tokio::spawn(conn);
+    other.simple_query("SELECT 1").await.expect("works");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the first still works");
+}
+
 #[tokio::test]
 async fn plain_text_is_refused_unless_allowed_on_loopback() {
     let f = start(|s| s.allow_plaintext_loopback = false).await;

@@ -112,7 +112,10 @@ impl Ending {
 pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let peer = login.peer;
     deps.metrics.connection_accepted();
-    let logged_in = match login::authenticate(&mut login, deps.gate.as_ref()).await {
+    let decided = login::authenticate(&mut login, deps.gate.as_ref()).await;
+    // Logged in or refused: no longer one of the connections logging in.
+    drop(login.unauthenticated.take());
+    let logged_in = match decided {
         Ok(x) => x,
         Err(refusal) => {
             deps.metrics.login_refused();
