@@ -97,7 +97,7 @@ struct Fixture {
     addr: SocketAddr,
     log: EventLog,
     holds: Arc<Holds>,
-    _nats: NatsServer,
+    nats: NatsServer,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -173,7 +173,7 @@ async fn start_trusting(
         addr,
         log,
         holds,
-        _nats: nats,
+        nats,
         _server: handle,
     }
 }
@@ -492,6 +492,88 @@ async fn sockets_that_never_log_in_cannot_take_every_slot() {
         .simple_query("SELECT 1")
         .await
         .expect("the first still works");
+}
+
+/// Messages of a raw backend stream: (tag, body).
+fn messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if len < 4 || rest.len() < 1 + len {
+            break;
+        }
+        out.push((rest[0], rest[5..1 + len].to_vec()));
+        rest = &rest[1 + len..];
+    }
+    out
+}
+
+/// Issue 17, defect 1: with NATS down, a login got its FATAL only after
+/// AuthenticationOk and ReadyForQuery, and when NATS came back the log
+/// gained the session's opening and never its close. Now the client is
+/// refused before it is told it is in, and the close follows the opening.
+#[tokio::test]
+async fn a_login_that_cannot_be_recorded_is_refused_before_the_client_is_in_and_closed_in_the_log() {
+    let mut f = start(|_| {}).await;
+    f.nats.stop();
+    let mut stream = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    let body = b"\x00\x03\x00\x00user\0agent-7\0database\0shop\0\0";
+    let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    let mut password = vec![b'p'];
+    password.extend_from_slice(&((TOKEN.len() + 5) as i32).to_be_bytes());
+    password.extend_from_slice(TOKEN.as_bytes());
+    password.push(0);
+    stream.write_all(&startup).await.expect("startup");
+    stream.write_all(&password).await.expect("password");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut got))
+        .await
+        .expect("the login ends")
+        .expect("read");
+    let messages = messages(&got);
+    let tags: Vec<char> = messages.iter().map(|(t, _)| *t as char).collect();
+    assert!(
+        !messages
+            .iter()
+            .any(|(t, b)| *t == b'R' && b.as_slice() == [0, 0, 0, 0]),
+        "AuthenticationOk was sent: {tags:?}"
+    );
+    assert!(!tags.contains(&'Z'), "ReadyForQuery was sent: {tags:?}");
+    let (_, error) = messages.iter().find(|(t, _)| *t == b'E').expect("an error");
+    let error = String::from_utf8_lossy(error);
+    assert!(
+        error.contains("57P03") && error.contains("cannot record sessions"),
+        "{error}"
+    );
+
+    f.nats.restart();
+    let events = eventually(
+        "the opening and its close in the log",
+        Duration::from_secs(30),
+        || async {
+            let events = f.log.read_all(ReadFilter::default()).await.unwrap_or_default();
+            let opened = events
+                .iter()
+                .filter(|e| matches!(e.event.body, Some(Body::SessionOpened(_))))
+                .count();
+            let closed = events
+                .iter()
+                .filter(|e| matches!(e.event.body, Some(Body::SessionClosed(_))))
+                .count();
+            satisfies(events, |_| opened == 1 && closed == 1)
+        },
+    )
+    .await;
+    let close = events
+        .iter()
+        .find_map(|e| match &e.event.body {
+            Some(Body::SessionClosed(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("closed");
+    assert!(close.detail.contains("login refused"), "{close:?}");
 }
 
 #[tokio::test]

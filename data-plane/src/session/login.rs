@@ -1,7 +1,8 @@
 //! The login after startup: the token (the password) checked by the gate,
 //! the connection (`dbname`) and the policy binding the agent to it, and
 //! the upstream login with the connection's own credential. The client is
-//! told it is authenticated only once all of that worked.
+//! told it is authenticated only once all of that worked and the session's
+//! opening is in the log (the caller sends [`LoggedIn::welcome`] then).
 
 use airlock_eventlog::proto;
 use bytes::BytesMut;
@@ -20,6 +21,9 @@ pub(super) struct LoggedIn {
     /// The cancel key the client was given (the proxy's, never the
     /// upstream's).
     pub key: (i32, i32),
+    /// AuthenticationOk, the server's parameters, the key and
+    /// ReadyForQuery: what tells the client it is in. Not sent yet.
+    pub welcome: BytesMut,
 }
 
 /// Password (token) exchange, policy binding and upstream login.
@@ -85,12 +89,12 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
     }
     .encode(&mut out);
     BeMessage::ReadyForQuery(TxStatus::Idle).encode(&mut out);
-    write(login, &out).await?;
     Ok(LoggedIn {
         agent,
         binding,
         upstream,
         key: (process_id, secret_key),
+        welcome: out,
     })
 }
 
@@ -98,7 +102,7 @@ fn session_key(process_id: i32) -> (i32, i32) {
     (process_id, ulid::Ulid::new().0 as i32)
 }
 
-async fn write(login: &mut Login, bytes: &[u8]) -> Result<(), Refusal> {
+pub(super) async fn write(login: &mut Login, bytes: &[u8]) -> Result<(), Refusal> {
     let w = login.io.get_mut();
     let written = async {
         w.write_all(bytes).await?;

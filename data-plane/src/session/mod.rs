@@ -133,6 +133,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         binding,
         upstream,
         key,
+        welcome,
     } = logged_in;
     let ctx = Arc::new(Ctx::new(deps.clone(), &login, agent, binding, &upstream));
     let opened = ctx.event(Body::SessionOpened(proto::SessionOpened {
@@ -143,15 +144,47 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         policies: ctx.binding.policies.clone(),
         record: ctx.binding.record,
     }));
-    // The session's first event is in the log before any of its statements
-    // runs or is held, so a record never starts in the middle.
+    // Room for the session's last event is taken now, with its first: a
+    // full buffer later cannot leave an opening in the log without a close.
+    let Ok(close_slot) = deps.recorder.reserve(&ctx.session) else {
+        deps.metrics.login_refused();
+        fatal(&mut login.io, &error_response::cannot_record_sessions()).await;
+        return;
+    };
+    let closed = |cause: proto::session_closed::Cause, detail: String| {
+        let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
+        ctx.event(Body::SessionClosed(proto::SessionClosed {
+            cause: cause as i32,
+            detail,
+            statements_executed: executed,
+            statements_refused: refused,
+            duration: prost_types::Duration::try_from(ctx.opened.elapsed()).ok(),
+        }))
+    };
+    // The session's first event is in the log before the client is told it
+    // is in, and before any of its statements runs or is held, so a record
+    // never starts in the middle. If it cannot be recorded in time, the
+    // login is refused; the opening may still reach the log later, so its
+    // close follows it there.
     if !deps
         .recorder
         .record_and_wait(&ctx.session, opened, Duration::from_secs(5))
         .await
     {
         deps.metrics.login_refused();
+        close_slot.send(closed(
+            proto::session_closed::Cause::Error,
+            "login refused: the session's opening could not be recorded in time (the event log is unreachable or slow); the client was never told it was in".to_owned(),
+        ));
         fatal(&mut login.io, &error_response::cannot_record_sessions()).await;
+        return;
+    }
+    if let Err(e) = login::write(&mut login, &welcome).await {
+        tracing::info!(%peer, session = %ctx.session, reason = %e.message, "client left at login");
+        close_slot.send(closed(
+            proto::session_closed::Cause::ClientDisconnected,
+            e.message,
+        ));
         return;
     }
     tracing::info!(%peer, session = %ctx.session, agent = %ctx.agent.describe(), connection = %ctx.binding.connection, "session open");
@@ -175,17 +208,8 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     if ending.cause == proto::session_closed::Cause::TokenExpired {
         deps.metrics.refused(metrics::Refusal::TokenExpired);
     }
-    let (executed, refused) = *ctx.counts.lock().unwrap_or_else(|p| p.into_inner());
-    let closed = ctx.event(Body::SessionClosed(proto::SessionClosed {
-        cause: ending.cause as i32,
-        detail: ending.detail,
-        statements_executed: executed,
-        statements_refused: refused,
-        duration: prost_types::Duration::try_from(ctx.opened.elapsed()).ok(),
-    }));
-    if deps.recorder.record(&ctx.session, closed).is_err() {
-        tracing::error!(session = %ctx.session, "SessionClosed could not be buffered: the event log is not keeping up");
-    }
+    // Into the room taken at login: never dropped for a full buffer.
+    close_slot.send(closed(ending.cause, ending.detail));
 }
 
 /// Per-session context shared by the two relay tasks.
