@@ -119,6 +119,16 @@ async fn start_trusting(
     gate: impl FnOnce(UpstreamConfig) -> Arc<dyn Gate>,
     trust: Option<Trust>,
 ) -> Fixture {
+    start_recording(settings, gate, trust, 1024).await
+}
+
+/// The fixture with a record buffer of `capacity` events.
+async fn start_recording(
+    settings: impl FnOnce(&mut ServerSettings),
+    gate: impl FnOnce(UpstreamConfig) -> Arc<dyn Gate>,
+    trust: Option<Trust>,
+    capacity: usize,
+) -> Fixture {
     let pg = Postgres::start_with(PostgresOptions::default().setting("log_statement", "all"));
     pg.create_database("shop");
     pg.create_role("maint", "maint-secret");
@@ -153,7 +163,7 @@ async fn start_trusting(
     let deps = Deps {
         gate: gate(upstream),
         log: log.clone(),
-        recorder: Recorder::spawn(log.clone(), 2, 1024, Duration::from_millis(2)),
+        recorder: Recorder::spawn(log.clone(), 2, capacity, Duration::from_millis(2)),
         // Not attached unless a test attaches it.
         holds: holds.clone(),
         source: proto::Source {
@@ -574,6 +584,59 @@ async fn a_login_that_cannot_be_recorded_is_refused_before_the_client_is_in_and_
         })
         .expect("closed");
     assert!(close.detail.contains("login refused"), "{close:?}");
+}
+
+/// Issue 17, defect 2: with NATS down and the record buffer full, the
+/// session's close was dropped along with its refusals. The close's room
+/// is taken at login, and it says how many refusals had no event.
+#[tokio::test]
+async fn a_full_buffer_drops_no_close_and_the_close_counts_unrecorded_refusals() {
+    let mut f = start_recording(|_| {}, |upstream| Arc::new(TestGate { upstream }), None, 3).await;
+    let (client, conn) = config(f.addr, TOKEN, "shop").connect(NoTls).await.expect("login");
+    let connection = tokio::spawn(conn);
+    f.nats.stop();
+    for _ in 0..5 {
+        client
+            .simple_query("DROP TABLE orders")
+            .await
+            .expect_err("refused by policy");
+    }
+    drop(client);
+    let _ = connection.await;
+    f.nats.restart();
+    let close = eventually("the close in the log", Duration::from_secs(30), || async {
+        let events = f.log.read_all(ReadFilter::default()).await.unwrap_or_default();
+        let close = events.iter().find_map(|e| match &e.event.body {
+            Some(Body::SessionClosed(c)) => Some(c.clone()),
+            _ => None,
+        });
+        close.ok_or(events.len())
+    })
+    .await;
+    assert_eq!(close.statements_refused, 5, "{close:?}");
+    assert!(
+        close.detail.contains("could not be recorded one by one"),
+        "{close:?}"
+    );
+    let events = f.log.read_all(ReadFilter::default()).await.expect("read");
+    let refusals = events
+        .iter()
+        .filter(|e| matches!(e.event.body, Some(Body::StatementRefused(_))))
+        .count();
+    assert!(
+        refusals < 5,
+        "the buffer was full: some refusals had no room ({refusals})"
+    );
+    let unrecorded: u64 = close
+        .detail
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("a count");
+    assert_eq!(
+        refusals as u64 + unrecorded,
+        5,
+        "every refusal is either recorded or counted"
+    );
 }
 
 #[tokio::test]

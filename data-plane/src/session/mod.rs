@@ -208,8 +208,19 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     if ending.cause == proto::session_closed::Cause::TokenExpired {
         deps.metrics.refused(metrics::Refusal::TokenExpired);
     }
-    // Into the room taken at login: never dropped for a full buffer.
-    close_slot.send(closed(ending.cause, ending.detail));
+    // Into the room taken at login: never dropped for a full buffer. It
+    // counts every refusal, and says how many had no event of their own.
+    let mut detail = ending.detail;
+    let unrecorded = ctx.unrecorded_refusals.load(std::sync::atomic::Ordering::Relaxed);
+    if unrecorded > 0 {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!(
+            "{unrecorded} refused statement(s) could not be recorded one by one (the event log was not keeping up); statements_refused counts them"
+        ));
+    }
+    close_slot.send(closed(ending.cause, detail));
 }
 
 /// Per-session context shared by the two relay tasks.
@@ -222,6 +233,9 @@ struct Ctx {
     opened: Instant,
     /// (executed, refused)
     counts: Mutex<(u64, u64)>,
+    /// Refusals whose event found no room in the record buffer: the
+    /// session's close (whose room is reserved) says how many.
+    unrecorded_refusals: std::sync::atomic::AtomicU64,
     /// Parameter types the server reported (ParameterDescription) for
     /// statements the client described, to show bound values readably.
     described: Mutex<Described>,
@@ -281,6 +295,7 @@ impl Ctx {
             client,
             opened: Instant::now(),
             counts: Mutex::new((0, 0)),
+            unrecorded_refusals: Default::default(),
             described: Mutex::default(),
             holding: Arc::default(),
             names: Mutex::default(),
@@ -346,6 +361,8 @@ impl Ctx {
             sqlstate: d.code.to_owned(),
         }));
         if self.deps.recorder.record(&self.session, e).is_err() {
+            self.unrecorded_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(session = %self.session, "a refusal could not be recorded: buffer full");
         }
     }
