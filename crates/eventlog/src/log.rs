@@ -122,13 +122,27 @@ pub struct EventLog {
     trust: Option<Arc<Trust>>,
     /// Publishes the server refused this client (its user's permissions).
     denials: Denials,
+    connects: crate::nats::Connects,
+}
+
+/// An ordered consumer's events, each with how many are left after it.
+type OrderedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<(StoredEvent, u64), Error>> + Send>>;
+
+/// A live tail's state: where it is, and what would make it start again.
+struct Tail {
+    log: EventLog,
+    filter: ReadFilter,
+    /// The sequence after the last event read.
+    next: u64,
+    messages: OrderedEvents,
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl EventLog {
     /// Connects to NATS. Does not touch the stream: call
     /// [`EventLog::ensure_stream`] (writers) or rely on it existing (readers).
     pub async fn connect(settings: NatsSettings) -> Result<EventLog, Error> {
-        let (client, denials) = settings.connect().await?;
+        let (client, denials, connects) = settings.connect().await?;
         let js = context::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -139,6 +153,7 @@ impl EventLog {
             signer: None,
             trust: None,
             denials,
+            connects,
         })
     }
 
@@ -625,7 +640,38 @@ impl EventLog {
         filter: ReadFilter,
     ) -> Result<impl Stream<Item = Result<StoredEvent, Error>> + Send + 'static + use<>, Error> {
         let (messages, _) = self.ordered(from, &filter).await?;
-        Ok(messages.map(|item| item.map(|(event, _)| event)))
+        // After a reconnect the consumer may be gone with the server that
+        // held it, and the client would find out only many seconds later:
+        // on every reconnect a new consumer starts after the last event
+        // read (ordered consumers neither skip nor repeat).
+        let messages: OrderedEvents = Box::pin(messages);
+        let state = Tail {
+            log: self.clone(),
+            filter,
+            next: from.max(1),
+            messages,
+            reconnects: self.connects.subscribe(),
+        };
+        Ok(futures::stream::unfold(state, |mut t| async move {
+            loop {
+                tokio::select! {
+                    item = t.messages.next() => {
+                        let item = item?;
+                        if let Ok((event, _)) = &item {
+                            t.next = event.sequence + 1;
+                        }
+                        return Some((item.map(|(event, _)| event), t));
+                    }
+                    changed = t.reconnects.changed() => {
+                        changed.ok()?;
+                        match t.log.ordered(t.next, &t.filter).await {
+                            Ok((messages, _)) => t.messages = Box::pin(messages),
+                            Err(e) => return Some((Err(e), t)),
+                        }
+                    }
+                }
+            }
+        }))
     }
 
     /// Every event matching `filter` from `from` up to the last one stored

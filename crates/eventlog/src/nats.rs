@@ -351,12 +351,18 @@ impl NatsSettings {
     /// Connects, with an error that names the likely cause. The server's
     /// refusals of this client's publishes are logged and kept in the
     /// returned [`Denials`].
-    pub(crate) async fn connect(&self) -> Result<(async_nats::Client, Denials), Error> {
+    pub(crate) async fn connect(&self) -> Result<(async_nats::Client, Denials, Connects), Error> {
         let denials = Denials::default();
+        let connects = Connects::default();
         let seen = denials.clone();
+        let counted = connects.clone();
         let options = self.options().await?.event_callback(move |event| {
             let seen = seen.clone();
+            let counted = counted.clone();
             async move {
+                if let async_nats::Event::Connected = event {
+                    counted.bump();
+                }
                 if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) = event
                     && message.to_lowercase().starts_with("permissions violation")
                 {
@@ -374,7 +380,7 @@ impl NatsSettings {
                 hint: self.hint(&source),
                 source,
             })?;
-        Ok((client, denials))
+        Ok((client, denials, connects))
     }
 
     /// What to check, for a connection that failed with `e`.
@@ -440,6 +446,29 @@ impl NatsSettings {
 /// recent last (a few are kept).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Denials(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+/// How many times the client has connected: a tail ends when it moves, so
+/// its reader resumes at once instead of waiting for the consumer it had
+/// on a restarted server to be found missing.
+#[derive(Debug, Clone)]
+pub(crate) struct Connects(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Connects {
+    fn default() -> Connects {
+        Connects(std::sync::Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl Connects {
+    fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
 
 impl Denials {
     const KEPT: usize = 16;

@@ -694,3 +694,55 @@ async fn a_list_of_servers_connects_to_any_that_answers() {
         assert!(error.contains(says), "{yaml}: {error}");
     }
 }
+
+/// Issue 17, defect 4: after a NATS restart a tail stayed silent for about
+/// ten seconds (until the client found its consumer missing on the
+/// restarted server), and the control plane's view with it. A tail now
+/// starts a new consumer after its last event on every reconnect: the next
+/// event arrives as soon as it is stored, once, without an error.
+#[tokio::test]
+async fn a_tail_resumes_within_seconds_after_a_nats_restart() {
+    let mut nats = NatsServer::start();
+    let log = open_log(&nats).await;
+    let session = SessionId::generate();
+    let subject = subjects::session(&session);
+    log.append(&subject, &executed(&session, "SELECT 0"), Expect::Anything)
+        .await
+        .expect("append");
+    let mut tail = Box::pin(log.tail(0, ReadFilter::subject(&subject)).await.expect("tail"));
+    let first = tokio::time::timeout(Duration::from_secs(5), tail.next())
+        .await
+        .expect("the first event")
+        .expect("stream")
+        .expect("event");
+    nats.restart();
+    let event = executed(&session, "SELECT 1");
+    let mut appended = None;
+    for _ in 0..100 {
+        match log.append(&subject, &event, Expect::Anything).await {
+            Ok(a) => {
+                appended = Some(a);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let appended = appended.expect("append after the restart");
+    let since = std::time::Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(30), tail.next())
+        .await
+        .expect("the tail resumes")
+        .expect("stream")
+        .expect("an event, not an error");
+    let took = since.elapsed();
+    eprintln!("the tail delivered the next event {took:?} after it was stored");
+    assert_eq!(
+        next.sequence, appended.sequence,
+        "the next event, not a repeat of {}",
+        first.sequence
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the tail stayed silent for {took:?}"
+    );
+}
