@@ -325,7 +325,9 @@ async fn act_on(c: Cancellable) {
 
 /// Sends PostgreSQL a CancelRequest for the upstream session.
 pub async fn relay(addr: &str, (pid, key): (i32, i32)) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await
+    else {
         tracing::warn!(%addr, "cannot reach the upstream to cancel a query");
         return;
     };

@@ -31,6 +31,15 @@ use airlock_eventlog::{ChainWriter, EventId, EventLog, MAX_EVENT_BYTES, SessionI
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+/// Why [`Recorder::record_and_wait`] could not confirm an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRecorded {
+    /// No room in the buffer: the event was not queued and never will be.
+    NoRoom,
+    /// Queued, but not in the log in time: it may still get there.
+    Late,
+}
+
 /// The buffer is full: the log is slow or away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the event log is not keeping up (recording buffer full)")]
@@ -129,9 +138,14 @@ impl Recorder {
 
     /// Queues a session event and waits until it, and every earlier event
     /// of the session, is in the log (or `timeout` passes: false).
-    pub async fn record_and_wait(&self, session: &SessionId, event: proto::Event, timeout: Duration) -> bool {
+    pub async fn record_and_wait(
+        &self,
+        session: &SessionId,
+        event: proto::Event,
+        timeout: Duration,
+    ) -> Result<(), NotRecorded> {
         let Ok(room) = self.room() else {
-            return false;
+            return Err(NotRecorded::NoRoom);
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.queue(
@@ -142,7 +156,10 @@ impl Recorder {
                 room,
             },
         );
-        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(NotRecorded::Late),
+        }
     }
 
     fn room(&self) -> Result<OwnedSemaphorePermit, RecorderFull> {

@@ -216,6 +216,9 @@ async fn handle(
                 process_id,
                 secret_key,
             }))) => {
+                // A cancel request is no login: it does not wait holding a
+                // place among the connections logging in.
+                drop(pending);
                 deps.cancels.cancel(process_id, secret_key).await;
                 return;
             }

@@ -639,6 +639,33 @@ async fn a_full_buffer_drops_no_close_and_the_close_counts_unrecorded_refusals()
     );
 }
 
+/// Review finding: with room for the close but none for the opening, the
+/// close was sent anyway and became the session's first event. A login
+/// whose opening was never queued leaves nothing in the log.
+#[tokio::test]
+async fn a_login_refused_for_a_full_buffer_leaves_no_close_without_an_opening() {
+    let f = start_recording(|_| {}, |upstream| Arc::new(TestGate { upstream }), None, 1).await;
+    let err = config(f.addr, TOKEN, "shop")
+        .connect(NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("no room to record the opening");
+    assert!(
+        db_message(&err).contains("cannot record sessions"),
+        "{}",
+        db_message(&err)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = f.log.read_all(ReadFilter::default()).await.expect("read");
+    assert!(
+        !events.iter().any(|e| matches!(
+            e.event.body,
+            Some(Body::SessionClosed(_)) | Some(Body::SessionOpened(_))
+        )),
+        "{events:?}"
+    );
+}
+
 #[tokio::test]
 async fn plain_text_is_refused_unless_allowed_on_loopback() {
     let f = start(|s| s.allow_plaintext_loopback = false).await;

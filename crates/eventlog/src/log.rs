@@ -125,6 +125,10 @@ pub struct EventLog {
     connects: crate::nats::Connects,
 }
 
+/// How long a tail tries to start its new consumer after a reconnect
+/// before it tells its reader.
+const TAIL_RESUME: Duration = Duration::from_secs(30);
+
 /// An ordered consumer's events, each with how many are left after it.
 type OrderedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<(StoredEvent, u64), Error>> + Send>>;
 
@@ -639,6 +643,9 @@ impl EventLog {
         from: u64,
         filter: ReadFilter,
     ) -> Result<impl Stream<Item = Result<StoredEvent, Error>> + Send + 'static + use<>, Error> {
+        // Subscribed before the consumer starts: a reconnect in between is
+        // not missed.
+        let reconnects = self.connects.subscribe();
         let (messages, _) = self.ordered(from, &filter).await?;
         // After a reconnect the consumer may be gone with the server that
         // held it, and the client would find out only many seconds later:
@@ -650,23 +657,40 @@ impl EventLog {
             filter,
             next: from.max(1),
             messages,
-            reconnects: self.connects.subscribe(),
+            reconnects,
         };
         Ok(futures::stream::unfold(state, |mut t| async move {
             loop {
                 tokio::select! {
                     item = t.messages.next() => {
                         let item = item?;
-                        if let Ok((event, _)) = &item {
-                            t.next = event.sequence + 1;
+                        match &item {
+                            Ok((event, _)) => t.next = event.sequence + 1,
+                            // Passed over by the reader: not to be met again.
+                            Err(Error::Corrupt { sequence, .. }) => t.next = t.next.max(sequence + 1),
+                            Err(_) => {}
                         }
                         return Some((item.map(|(event, _)| event), t));
                     }
                     changed = t.reconnects.changed() => {
                         changed.ok()?;
-                        match t.log.ordered(t.next, &t.filter).await {
-                            Ok((messages, _)) => t.messages = Box::pin(messages),
-                            Err(e) => return Some((Err(e), t)),
+                        // JetStream may not answer at the first moment after a
+                        // reconnect (a cluster electing leaders): try again
+                        // for a while before telling the reader.
+                        let mut backoff = Duration::from_millis(100);
+                        let started = Instant::now();
+                        loop {
+                            match t.log.ordered(t.next, &t.filter).await {
+                                Ok((messages, _)) => {
+                                    t.messages = Box::pin(messages);
+                                    break;
+                                }
+                                Err(e) if started.elapsed() > TAIL_RESUME => return Some((Err(e), t)),
+                                Err(_) => {
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                                }
+                            }
                         }
                     }
                 }

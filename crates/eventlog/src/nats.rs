@@ -193,8 +193,6 @@ impl NatsSettings {
         Ok(())
     }
 
-    /// Each server of `url`: whether its scheme (`tls://`) asks for TLS, and
-    /// its authority (`host:port`, with any user info).
     /// Every server of `url`, parsed.
     fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, Error> {
         self.url
@@ -208,14 +206,20 @@ impl NatsSettings {
             .collect()
     }
 
+    /// Each server of `url`: whether its scheme (`tls://`) asks for TLS, and
+    /// its authority (`host:port`, with any user info).
     fn servers(&self) -> impl Iterator<Item = (bool, &str)> {
-        self.url.split(',').map(str::trim).map(|u| {
-            let (scheme, rest) = u.split_once("://").unwrap_or(("nats", u));
-            (
-                scheme.eq_ignore_ascii_case("tls"),
-                rest.split('/').next().unwrap_or(""),
-            )
-        })
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let (scheme, rest) = u.split_once("://").unwrap_or(("nats", u));
+                (
+                    scheme.eq_ignore_ascii_case("tls"),
+                    rest.split('/').next().unwrap_or(""),
+                )
+            })
     }
 
     fn auth(&self) -> Result<Auth, String> {

@@ -58,6 +58,9 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
         .or_else(|| param("user"))
         .ok_or_else(|| Refusal::unknown_connection("no database (connection name) given"))?;
     let binding = gate.bind(&agent, &database)?;
+    // The token is good and bound: no longer a stranger's connection. A slow
+    // upstream login from here on counts against max_connections only.
+    drop(login.unauthenticated.take());
 
     let forwarded: Vec<(String, String)> = login
         .params

@@ -166,16 +166,20 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     // never starts in the middle. If it cannot be recorded in time, the
     // login is refused; the opening may still reach the log later, so its
     // close follows it there.
-    if !deps
+    if let Err(why) = deps
         .recorder
         .record_and_wait(&ctx.session, opened, Duration::from_secs(5))
         .await
     {
         deps.metrics.login_refused();
-        close_slot.send(closed(
-            proto::session_closed::Cause::Error,
-            "login refused: the session's opening could not be recorded in time (the event log is unreachable or slow); the client was never told it was in".to_owned(),
-        ));
+        // A close only where an opening may follow into the log: one that
+        // found no room was never queued, and neither is its close.
+        if why == crate::record::NotRecorded::Late {
+            close_slot.send(closed(
+                proto::session_closed::Cause::Error,
+                "login refused: the session's opening could not be recorded in time (the event log is unreachable or slow); the client was never told it was in".to_owned(),
+            ));
+        }
         fatal(&mut login.io, &error_response::cannot_record_sessions()).await;
         return;
     }
