@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use airlock_reload::LiveCert;
 use anyhow::Context;
@@ -14,12 +13,10 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::GrpcTls;
-
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The acceptor for `control.tls`, and the certificate to watch.
 pub struct GrpcListener {
@@ -74,44 +71,16 @@ impl GrpcListener {
     }
 
     /// Connections on `listen` that completed their handshake, for
-    /// `serve_with_incoming`. Each handshake runs on its own task, so a
-    /// client that stalls holds up nobody else.
+    /// `serve_with_incoming` (see [`airlock_reload::handshaken`]).
     pub async fn incoming(
         &self,
         listen: SocketAddr,
-    ) -> anyhow::Result<ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>> {
+    ) -> anyhow::Result<impl tokio_stream::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<>>
+    {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("serving gRPC on {listen}"))?;
-        let (ready, incoming) = tokio::sync::mpsc::channel(64);
-        let acceptor = self.acceptor.clone();
-        tokio::spawn(async move {
-            loop {
-                let (socket, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, go on.
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = socket.set_nodelay(true);
-                let (acceptor, sender) = (acceptor.clone(), ready.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send(Ok(stream)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
-                    }
-                });
-                if ready.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(ReceiverStream::new(incoming))
+        let ready = airlock_reload::handshaken(listener, self.acceptor.clone());
+        Ok(ReceiverStream::new(ready).map(|(stream, _)| Ok(stream)))
     }
 }
