@@ -98,6 +98,7 @@ fn main() {
             kill_groups: vec!["reviewers".into()],
             auditor_groups: Vec::new(),
             attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
+            presence: airlock_control::presence::Presence::new(Duration::from_secs(30)),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use airlock_eventlog::proto;
-use airlock_eventlog::{Error as LogError, EventLog, Expect, RequestId, link, subjects, trace};
+use airlock_eventlog::{Error as LogError, EventLog, Expect, RequestId, SessionId, link, subjects, trace};
 use tracing::Instrument as _;
 
-use crate::decide::{DecideError, Vote, decide, due_outcomes};
+use crate::decide::{DecideError, Vote, decide, due_outcomes, lost_sessions};
 use crate::live::Live;
 use crate::metrics::Outcome;
+use crate::presence::Presence;
 
 /// Why a vote did not land.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +48,12 @@ pub async fn vote(
     log: &EventLog,
     vote: &Vote,
     source: &proto::Source,
+    presence: &Presence,
 ) -> Result<Voted, VoteError> {
     let decision = vote.decision.as_str_name();
     let span = tracing::info_span!("control.vote", request = %vote.request_id, decision);
     let span = request_span(span, live, &vote.request_id);
-    append_vote(live, log, vote, source).instrument(span).await
+    append_vote(live, log, vote, source, presence).instrument(span).await
 }
 
 /// `span`, continuing the trace of request `id` if it has one.
@@ -66,6 +68,7 @@ async fn append_vote(
     log: &EventLog,
     vote: &Vote,
     source: &proto::Source,
+    presence: &Presence,
 ) -> Result<Voted, VoteError> {
     let id = RequestId::parse(&vote.request_id)
         .map_err(|_| DecideError::UnknownRequest(vote.request_id.clone()))?;
@@ -83,7 +86,8 @@ async fn append_vote(
         {
             return Err(VoteError::Lagging);
         }
-        let events = live.read(|s| decide(s, vote, SystemTime::now(), source))?;
+        let alive = crate::presence::At(presence, tokio::time::Instant::now());
+        let events = live.read(|s| decide(s, vote, SystemTime::now(), source, &alive))?;
         let mut head = head;
         head.index = head.index.max(live.chain_index(&subject));
         let mut voted = None;
@@ -128,14 +132,15 @@ async fn append_vote(
 /// Appends every outcome that is due: expiries, and outcomes of votes whose
 /// outcome was never appended. Safe to run on every replica at once: the
 /// expected-sequence check lets one append win.
-pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> usize {
+pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source, presence: &Presence) -> usize {
+    let alive = crate::presence::At(presence, tokio::time::Instant::now());
     // How far the state judged below has surely folded: read before the
     // state (the fold advances this only after applying). Read after it,
     // it could count another replica's outcome, appended meanwhile, as
     // folded, and a second outcome would follow the first.
     let folded = live.sequence();
     let due = live.read(|s| {
-        due_outcomes(s, SystemTime::now(), source)
+        due_outcomes(s, SystemTime::now(), source, &alive)
             .into_iter()
             .map(|(id, e)| {
                 let last = s.request(&id).map(|r| r.decision_sequence).unwrap_or(0);
@@ -143,7 +148,15 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source) -> u
             })
             .collect::<Vec<_>>()
     });
+    let lost = live.read(|s| lost_sessions(s, source, &alive));
     let mut appended = 0;
+    for (id, last, event) in lost {
+        let span = tracing::info_span!("control.reconcile", session = %id);
+        if close_lost(live, log, &id, event, last, folded).instrument(span).await {
+            tracing::warn!(session = %id, "closed a session whose proxy is gone");
+            appended += 1;
+        }
+    }
     for (id, event, last) in due {
         let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
         let outcome = event.body.as_ref().and_then(Outcome::of);
@@ -203,14 +216,62 @@ async fn append_due(
     }
 }
 
+/// Appends the control plane's close of session `id`, whose proxy is
+/// gone, if the session's subject is still at `last`, its last folded
+/// event: an event the proxy recorded meanwhile means it is not gone after
+/// all, or at least that the fold must catch up before judging again.
+async fn close_lost(
+    live: &Live,
+    log: &EventLog,
+    id: &str,
+    mut event: proto::Event,
+    last: u64,
+    folded: u64,
+) -> bool {
+    let Ok(sid) = SessionId::parse(id) else {
+        return false;
+    };
+    let subject = subjects::session(&sid);
+    let mut head = match log.head(&subject).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "cannot read session head");
+            return false;
+        }
+    };
+    if head.sequence != last || folded < head.sequence {
+        return false;
+    }
+    trace::stamp(&mut event);
+    head.index = head.index.max(live.chain_index(&subject));
+    link(&mut event, &head);
+    match log
+        .append(&subject, &event, Expect::LastSequence(head.sequence))
+        .await
+    {
+        Ok(_) => true,
+        Err(LogError::Conflict { .. }) => false,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "closing a lost session failed");
+            false
+        }
+    }
+}
+
 /// Runs [`reconcile`] every `interval` until the task is dropped.
-pub async fn reconcile_forever(live: Arc<Live>, log: EventLog, source: proto::Source, interval: Duration) {
+pub async fn reconcile_forever(
+    live: Arc<Live>,
+    log: EventLog,
+    source: proto::Source,
+    interval: Duration,
+    presence: Arc<Presence>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if live.is_ready() {
-            reconcile(&live, &log, &source).await;
+            reconcile(&live, &log, &source, &presence).await;
         }
     }
 }

@@ -33,6 +33,12 @@ pub struct ControlSection {
     /// How often due outcomes (expiry) are checked.
     #[serde(default = "default_reconcile", with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// How long a proxy process may go without an `Attach` stream to any
+    /// replica before it counts as gone: its open sessions are then closed
+    /// in the log (`SessionClosed`, cause `PROXY_LOST`) and its pending
+    /// requests cancelled. Longer than a control-plane restart takes.
+    #[serde(default = "default_proxy_lost_after", with = "humantime_serde")]
+    pub proxy_lost_after: Duration,
     /// How often to consider storing a snapshot of the folded state (`0s`:
     /// never), and how many events must have been folded since the stored
     /// one. Start-up loads the latest snapshot and folds only the rest.
@@ -91,6 +97,10 @@ pub struct CheckpointsSection {
     /// How often a checkpoint is appended over the events since the last.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub interval: Duration,
+}
+
+fn default_proxy_lost_after() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_reconcile() -> Duration {

@@ -9,8 +9,10 @@
 //!    or denies anything, its own request or another's;
 //! 4. the voter is not the requester (same subject), with no exception;
 //! 5. the voter is in one of the request's reviewer groups;
-//! 6. the voter has not voted on it before;
-//! 7. if the voter states the digest they were shown, it is the request's.
+//! 6. the session holding it is open and its proxy process alive (a
+//!    grant would otherwise be recorded for a statement nothing runs);
+//! 7. the voter has not voted on it before;
+//! 8. if the voter states the digest they were shown, it is the request's.
 //!
 //! Outcomes: any denial denies; `approvals_required` distinct approvals
 //! grant. Votes and outcomes are separate events so that a crash between
@@ -56,6 +58,8 @@ pub enum DecideError {
     DigestMismatch { request_id: String },
     #[error("a vote must approve or deny")]
     NoDecision,
+    #[error("the session holding request {request_id} has ended ({why}): nothing waits for a decision, and the request is being cancelled")]
+    SessionEnded { request_id: String, why: String },
 }
 
 fn who(identity: &proto::Identity) -> String {
@@ -88,6 +92,7 @@ pub fn decide(
     vote: &Vote,
     now: SystemTime,
     source: &proto::Source,
+    alive: &dyn Liveness,
 ) -> Result<Vec<proto::Event>, DecideError> {
     let request = state
         .request(&vote.request_id)
@@ -112,6 +117,7 @@ pub fn decide(
             request_id: vote.request_id.clone(),
         });
     }
+
     let reviewer = &vote.reviewer;
     if reviewer.kind != proto::identity::Kind::User as i32 || reviewer.subject.is_empty() {
         return Err(DecideError::AppIdentity { who: who(reviewer) });
@@ -136,6 +142,12 @@ pub fn decide(
         return Err(DecideError::NotAReviewer {
             who: who(reviewer),
             groups,
+        });
+    }
+    if let Some(why) = gone(state, request, alive) {
+        return Err(DecideError::SessionEnded {
+            request_id: vote.request_id.clone(),
+            why,
         });
     }
     if request
@@ -266,15 +278,178 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
 }
 
 /// Every pending request that has an outcome due (expiry, or a vote whose
-/// outcome was never appended), with the event to append.
+/// outcome was never appended, or the end of the session holding it), with
+/// the event to append.
 pub fn due_outcomes(
     state: &Projection,
     now: SystemTime,
     source: &proto::Source,
+    alive: &dyn Liveness,
 ) -> Vec<(String, proto::Event)> {
     state
         .pending()
-        .filter_map(|r| due_outcome(r, now, source).map(|e| (r.view.request_id.clone(), e)))
+        .filter_map(|r| {
+            ended_outcome(state, r, now, source, alive)
+                .or_else(|| due_outcome(r, now, source))
+                .map(|e| (r.view.request_id.clone(), e))
+        })
+        .collect()
+}
+
+/// What the control plane knows of which proxy processes are alive
+/// (`presence`), as the pure rules here ask it.
+pub trait Liveness {
+    /// Whether the run `instance` of `proxy` is gone.
+    fn lost(&self, proxy: &str, instance: &str) -> bool;
+    /// Whether every run of `proxy` is gone.
+    fn proxy_lost(&self, proxy: &str) -> bool;
+    /// How long a run goes unheard before it counts as gone, for messages.
+    fn lost_after(&self) -> std::time::Duration;
+}
+
+/// How long the proxy has, once the log shows a session closed, to file
+/// the cancellation of a request it held itself (it does so before it
+/// records the close) before the control plane does.
+pub const SESSION_END_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why nothing can run `request` any more, if nothing can: the session
+/// holding it closed, or the proxy process holding it is gone.
+fn gone(state: &Projection, request: &Request, alive: &dyn Liveness) -> Option<String> {
+    match state.sessions.get(&request.view.session_id) {
+        Some(s) if s.summary.state == proto::SessionState::Closed as i32 => Some(closed_how(&s.summary)),
+        Some(s) if alive.lost(&s.summary.proxy_id, &s.summary.proxy_instance) => Some(format!(
+            "proxy {} has not been heard from for {} s",
+            s.summary.proxy_id,
+            alive.lost_after().as_secs()
+        )),
+        Some(_) => None,
+        None if alive.proxy_lost(&request.requested().proxy_id) => Some(format!(
+            "proxy {} has not been heard from for {} s",
+            request.requested().proxy_id,
+            alive.lost_after().as_secs()
+        )),
+        None => None,
+    }
+}
+
+/// How a closed session ended, for messages: its close's cause and detail.
+pub fn closed_how(s: &proto::SessionSummary) -> String {
+    let cause = proto::session_closed::Cause::try_from(s.close_cause)
+        .map(|c| c.as_str_name().trim_start_matches("CAUSE_").to_lowercase().replace('_', " "))
+        .unwrap_or_else(|_| "unknown cause".to_owned());
+    if s.close_detail.is_empty() {
+        cause
+    } else {
+        format!("{cause}: {}", s.close_detail)
+    }
+}
+
+/// The cancellation a pending request has earned because nothing can run
+/// it any more: the session holding it closed in the log (and the proxy
+/// did not file the cancellation itself within [`SESSION_END_GRACE`]), or
+/// the proxy process holding it is gone. An approval of it would be
+/// recorded as a grant that ran nothing.
+pub fn ended_outcome(
+    state: &Projection,
+    request: &Request,
+    now: SystemTime,
+    source: &proto::Source,
+    alive: &dyn Liveness,
+) -> Option<proto::Event> {
+    use proto::approval_cancelled::Cause;
+    if !request.is_pending() {
+        return None;
+    }
+    let (cause, detail) = match state.sessions.get(&request.view.session_id) {
+        Some(s) if s.summary.state == proto::SessionState::Closed as i32 => {
+            let closed = s.summary.closed_at.and_then(|t| SystemTime::try_from(t).ok());
+            if closed.is_some_and(|t| now.duration_since(t).unwrap_or_default() < SESSION_END_GRACE) {
+                return None;
+            }
+            (
+                Cause::SessionEnded,
+                format!("the session holding it ended ({})", closed_how(&s.summary)),
+            )
+        }
+        Some(s) if alive.lost(&s.summary.proxy_id, &s.summary.proxy_instance) => (
+            Cause::ProxyLost,
+            format!(
+                "proxy {} holding it has not been heard from for {} s (crashed, restarted or cut off)",
+                s.summary.proxy_id,
+                alive.lost_after().as_secs()
+            ),
+        ),
+        Some(_) => return None,
+        None if alive.proxy_lost(&request.requested().proxy_id) => (
+            Cause::ProxyLost,
+            format!(
+                "proxy {} holding it has not been heard from for {} s",
+                request.requested().proxy_id,
+                alive.lost_after().as_secs()
+            ),
+        ),
+        None => return None,
+    };
+    let mut event = new_event(
+        source,
+        Body::ApprovalCancelled(proto::ApprovalCancelled {
+            cause: cause as i32,
+            detail,
+        }),
+    );
+    event.request_id = request.view.request_id.clone();
+    event.session_id = request.view.session_id.clone();
+    Some(event)
+}
+
+/// Open sessions whose proxy process is gone, each with the close the
+/// control plane appends for it. The proxy's own record stops at the
+/// session's last event: the close says so, so an auditor sees where
+/// statements may be missing instead of a session open for ever.
+pub fn lost_sessions(
+    state: &Projection,
+    source: &proto::Source,
+    alive: &dyn Liveness,
+) -> Vec<(String, u64, proto::Event)> {
+    state
+        .sessions
+        .values()
+        .filter(|s| s.summary.state == proto::SessionState::Open as i32)
+        .filter(|s| alive.lost(&s.summary.proxy_id, &s.summary.proxy_instance))
+        .map(|s| {
+            let summary = &s.summary;
+            let run = if summary.proxy_instance.is_empty() {
+                String::new()
+            } else {
+                format!(" (run {})", summary.proxy_instance)
+            };
+            let duration = match (
+                summary.opened_at.and_then(|t| SystemTime::try_from(t).ok()),
+                SystemTime::now(),
+            ) {
+                (Some(opened), now) => now.duration_since(opened).ok(),
+                _ => None,
+            };
+            let mut event = new_event(
+                source,
+                Body::SessionClosed(proto::SessionClosed {
+                    cause: proto::session_closed::Cause::ProxyLost as i32,
+                    detail: format!(
+                        "closed by the control plane: proxy {}{run} has not been heard from for {} s \
+                         (crashed, restarted or cut off); its record of this session ends at event #{}, \
+                         and statements it ran after that, if any, are not in the log",
+                        summary.proxy_id,
+                        alive.lost_after().as_secs(),
+                        summary.last_index
+                    ),
+                    statements_executed: summary.statements_executed,
+                    statements_refused: summary.statements_refused,
+                    duration: duration.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                }),
+            );
+            event.session_id = summary.session_id.clone();
+            (summary.session_id.clone(), s.last_sequence, event)
+        })
         .collect()
 }
 

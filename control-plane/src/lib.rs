@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod live;
 pub mod metrics;
 pub mod policy_cmd;
+pub mod presence;
 pub mod projection;
 pub mod serve;
 pub mod snapshot;

@@ -249,8 +249,10 @@ impl Projection {
                         connection: o.connection.clone(),
                         client: o.client.clone(),
                         proxy_id: o.proxy_id.clone(),
+                        proxy_instance: o.proxy_instance.clone(),
                         opened_at: event.time,
                         requests_pending: pending,
+                        last_index: event.chain_index,
                         ..Default::default()
                     },
                     request_ids,
@@ -265,15 +267,23 @@ impl Projection {
             return;
         };
         session.last_sequence = stored.sequence;
+        session.summary.last_index = session.summary.last_index.max(event.chain_index);
         match body {
             Body::StatementExecuted(_) => session.summary.statements_executed += 1,
             Body::StatementsExecuted(g) => {
                 session.summary.statements_executed += g.statements.len() as u64;
             }
             Body::StatementRefused(_) => session.summary.statements_refused += 1,
-            Body::SessionClosed(_) => {
-                session.summary.state = proto::SessionState::Closed as i32;
-                session.summary.closed_at = event.time;
+            Body::SessionClosed(c) => {
+                // The first close stands: a proxy that was thought lost
+                // may still record its own close after the control
+                // plane's.
+                if session.summary.state != proto::SessionState::Closed as i32 {
+                    session.summary.state = proto::SessionState::Closed as i32;
+                    session.summary.closed_at = event.time;
+                    session.summary.close_cause = c.cause;
+                    session.summary.close_detail = c.detail.clone();
+                }
                 session.kill = None;
             }
             Body::SessionKillRequested(k) => {

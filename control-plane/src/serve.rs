@@ -181,6 +181,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     }
 
     let (tls, attach) = grpc_builder(&config)?;
+    let presence = crate::presence::Presence::new(config.control.proxy_lost_after);
     let control = Control {
         live: live.clone(),
         log: log.clone(),
@@ -189,12 +190,15 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         kill_groups: by_name_and_id(&config, &config.approvals.reviewers),
         auditor_groups: by_name_and_id(&config, &config.control.auditors),
         attach,
+        presence: presence.clone(),
     };
+    tokio::spawn(crate::presence::run(presence.clone(), log.clone(), replica.clone()));
     tokio::spawn(crate::act::reconcile_forever(
         live.clone(),
         log.clone(),
         source,
         config.control.reconcile_interval,
+        presence,
     ));
 
     let (serving, health) = Serving::start(live.clone()).await;

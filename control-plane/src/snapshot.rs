@@ -24,7 +24,10 @@ pub const NAME: &str = "control-projection";
 /// v2: decisions have a subject of their own, and the fold counts the
 /// sequence on it (v1 snapshots, from replicas that folded decisions from
 /// the request's subject only, are ignored: a v2 replica folds the log).
-pub const FORMAT: &str = "airlock.control.projection.v2";
+/// v3: sessions carry the run of the proxy that opened them, how they
+/// closed and their last chain index. A v2 snapshot lacks the run, and a
+/// replica would take its open sessions for a lost proxy's: ignored.
+pub const FORMAT: &str = "airlock.control.projection.v3";
 
 #[derive(Clone, PartialEq, Message)]
 struct SnapshotFile {

@@ -93,6 +93,7 @@ async fn replica_with(
         id: id.into(),
         ..Default::default()
     };
+    let presence = airlock_control::presence::Presence::new(Duration::from_secs(30));
     let control = Control {
         live: live.clone(),
         log: log.clone(),
@@ -101,12 +102,15 @@ async fn replica_with(
         kill_groups: vec![REVIEWERS.into(), FINANCE.into()],
         auditor_groups: vec![AUDITORS.into()],
         attach,
+        presence: presence.clone(),
     };
+    tokio::spawn(airlock_control::presence::run(presence.clone(), log.clone(), id.into()));
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),
         log.clone(),
         source,
         Duration::from_millis(200),
+        presence,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();

@@ -68,6 +68,7 @@ async fn replica(nats: &NatsServer) -> Replica {
         id: "replica-1".into(),
         ..Default::default()
     };
+    let presence = airlock_control::presence::Presence::new(Duration::from_secs(30));
     let control = Control {
         live: live.clone(),
         log: log.clone(),
@@ -76,12 +77,14 @@ async fn replica(nats: &NatsServer) -> Replica {
         kill_groups: vec![REVIEWERS.into()],
         auditor_groups: Vec::new(),
         attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
+        presence: presence.clone(),
     };
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),
         log.clone(),
         source,
         Duration::from_millis(100),
+        presence,
     ));
     let (serving, health) = Serving::start(live.clone()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -28,10 +28,20 @@ struct Inner {
 }
 
 /// What this proxy holds, shared by sessions and the attach task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Holds {
     inner: Mutex<Inner>,
     attached: AtomicBool,
+    /// This run of the process: in every Hello and SessionOpened, so the
+    /// control plane can tell the sessions of a run that ended.
+    instance: String,
+}
+
+/// A request still registered when its session ended: it was never
+/// decided, cancelled or run here.
+#[derive(Debug)]
+pub struct Abandoned {
+    pub request_id: String,
 }
 
 fn message(m: proto::proxy_message::Message) -> proto::ProxyMessage {
@@ -40,7 +50,16 @@ fn message(m: proto::proxy_message::Message) -> proto::ProxyMessage {
 
 impl Holds {
     pub fn new() -> Arc<Holds> {
-        Arc::new(Holds::default())
+        Arc::new(Holds {
+            inner: Mutex::default(),
+            attached: AtomicBool::new(false),
+            instance: ulid::Ulid::new().to_string(),
+        })
+    }
+
+    /// This run of the proxy process.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -104,9 +123,21 @@ impl Holds {
         rx
     }
 
-    pub fn close_session(&self, session_id: &str) {
+    /// The session ended. Returns the requests it still held: ended by a
+    /// route that did not settle them (PostgreSQL going away, an error),
+    /// so the caller files their cancellation.
+    pub fn close_session(&self, session_id: &str) -> Vec<Abandoned> {
         let mut inner = self.lock();
         inner.sessions.remove(session_id);
+        let abandoned: Vec<String> = inner
+            .held
+            .iter()
+            .filter(|(_, h)| h.session_id == session_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &abandoned {
+            inner.held.remove(id);
+        }
         if let Some(out) = &inner.out {
             let _ = out.send(message(proto::proxy_message::Message::Released(
                 proto::Released {
@@ -116,6 +147,10 @@ impl Holds {
                 },
             )));
         }
+        abandoned
+            .into_iter()
+            .map(|request_id| Abandoned { request_id })
+            .collect()
     }
 
     fn deliver(&self, notice: proto::DecisionNotice) {
@@ -147,6 +182,7 @@ impl Holds {
                 })
                 .collect(),
             session_ids: inner.sessions.keys().cloned().collect(),
+            instance: self.instance.clone(),
         };
         let _ = tx.send(message(proto::proxy_message::Message::Hello(hello)));
         inner.out = Some(tx);

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Expired,
     /// The vote named a statement digest other than the request's.
     DigestMismatch,
+    /// The session holding the statement has ended (or its proxy is
+    /// gone): nothing waits for a decision, and the request is cancelled.
+    SessionEnded,
     /// A malformed id or message.
     InvalidArgument,
     /// The replica is catching up with the log, or the log cannot be read
@@ -58,6 +61,7 @@ impl ErrorCode {
         ErrorCode::AlreadyVoted,
         ErrorCode::Expired,
         ErrorCode::DigestMismatch,
+        ErrorCode::SessionEnded,
         ErrorCode::InvalidArgument,
         ErrorCode::Unavailable,
         ErrorCode::FellBehind,
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::AlreadyVoted => "already_voted",
             ErrorCode::Expired => "expired",
             ErrorCode::DigestMismatch => "digest_mismatch",
+            ErrorCode::SessionEnded => "session_ended",
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::FellBehind => "fell_behind",
@@ -98,7 +103,8 @@ impl ErrorCode {
             ErrorCode::AlreadyDecided
             | ErrorCode::AlreadyVoted
             | ErrorCode::Expired
-            | ErrorCode::DigestMismatch => tonic::Code::FailedPrecondition,
+            | ErrorCode::DigestMismatch
+            | ErrorCode::SessionEnded => tonic::Code::FailedPrecondition,
             ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::FellBehind => tonic::Code::DataLoss,

@@ -329,8 +329,9 @@ async fn decide_json(
             body = ErrorJson),
         (status = 404, description = "No such request (`not_found`).", body = ErrorJson),
         (status = 409, description = "Already decided (`already_decided`), expired (`expired`), already \
-                                      voted (`already_voted`), or the digest does not match \
-                                      (`digest_mismatch`).", body = ErrorJson),
+                                      voted (`already_voted`), the digest does not match \
+                                      (`digest_mismatch`), or the session holding the statement \
+                                      has ended (`session_ended`).", body = ErrorJson),
         Refusals,
     ),
     security(("bearer" = []), ("session" = [])),
@@ -364,8 +365,9 @@ async fn approve(
             body = ErrorJson),
         (status = 404, description = "No such request (`not_found`).", body = ErrorJson),
         (status = 409, description = "Already decided (`already_decided`), expired (`expired`), already \
-                                      voted (`already_voted`), or the digest does not match \
-                                      (`digest_mismatch`).", body = ErrorJson),
+                                      voted (`already_voted`), the digest does not match \
+                                      (`digest_mismatch`), or the session holding the statement \
+                                      has ended (`session_ended`).", body = ErrorJson),
         Refusals,
     ),
     security(("bearer" = []), ("session" = [])),

@@ -27,6 +27,8 @@ pub enum Code {
     AlreadyVoted,
     Expired,
     DigestMismatch,
+    /// The session holding the statement has ended: nothing to decide.
+    SessionEnded,
     /// A state-changing browser request without a valid CSRF token.
     Csrf,
     InvalidArgument,
@@ -47,6 +49,7 @@ impl Code {
             Code::AlreadyVoted => "already_voted",
             Code::Expired => "expired",
             Code::DigestMismatch => "digest_mismatch",
+            Code::SessionEnded => "session_ended",
             Code::Csrf => "csrf",
             Code::InvalidArgument => "invalid_argument",
             Code::Unavailable => "unavailable",
@@ -59,7 +62,11 @@ impl Code {
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::NotAReviewer | Code::SelfApproval | Code::AppIdentity | Code::Csrf => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyDecided | Code::AlreadyVoted | Code::Expired | Code::DigestMismatch => {
+            Code::AlreadyDecided
+            | Code::AlreadyVoted
+            | Code::Expired
+            | Code::DigestMismatch
+            | Code::SessionEnded => {
                 StatusCode::CONFLICT
             }
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
@@ -79,6 +86,7 @@ impl Code {
         Code::AlreadyVoted,
         Code::Expired,
         Code::DigestMismatch,
+        Code::SessionEnded,
         Code::Csrf,
         Code::InvalidArgument,
         Code::Unavailable,
@@ -101,6 +109,7 @@ impl From<ErrorCode> for Code {
             ErrorCode::AlreadyVoted => Code::AlreadyVoted,
             ErrorCode::Expired => Code::Expired,
             ErrorCode::DigestMismatch => Code::DigestMismatch,
+            ErrorCode::SessionEnded => Code::SessionEnded,
             ErrorCode::InvalidArgument => Code::InvalidArgument,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::FellBehind => Code::Internal,

@@ -149,6 +149,7 @@ fn log(e: &ApiError) {
         | Code::AlreadyVoted
         | Code::Expired
         | Code::DigestMismatch
+        | Code::SessionEnded
         | Code::Csrf
         | Code::InvalidArgument => {
             tracing::info!(code = e.code.as_str(), message = %e.message, "page refused")

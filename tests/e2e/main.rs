@@ -12,6 +12,7 @@ mod differential;
 mod drivers;
 mod fleet;
 mod health;
+mod lifetimes;
 mod reload;
 mod reviewer;
 mod stack;

@@ -143,7 +143,10 @@ pub struct BinaryStack {
     pub reviewer_ports: Vec<u16>,
     reviewers: Vec<Option<Child>>,
     reviewer_env: Vec<(String, String)>,
-    proxies: Vec<Child>,
+    /// `None` while killed ([`BinaryStack::kill_proxy`]).
+    proxies: Vec<Option<Child>>,
+    /// How each proxy was started: its configuration and environment.
+    proxy_starts: Vec<(PathBuf, Vec<(String, String)>)>,
     others: Vec<Child>,
     _nats: NatsServer,
     /// The CA of a secured NATS (its files live as long as the stack).
@@ -270,16 +273,17 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         wait_port(*port, "airlock-control");
     }
     let mut proxies = Vec::new();
+    let mut proxy_starts = Vec::new();
     for (i, port) in layout.proxies.iter().enumerate() {
         let path = config_file(&options, &layout, "proxy", i, (0, i));
+        let envs: Vec<(String, String)> = std::iter::once(("PROD_MAINT_PASSWORD".to_owned(), "maint-secret".to_owned()))
+            .chain(password(NatsRole::Proxy))
+            .chain(env(Process::Proxy))
+            .collect();
         let mut proxy = Command::new(fresh_binary("airlock-proxy"));
-        proxy
-            .arg("--config")
-            .arg(path)
-            .env("PROD_MAINT_PASSWORD", "maint-secret")
-            .envs(password(NatsRole::Proxy))
-            .envs(env(Process::Proxy));
-        proxies.push(spawn(&mut proxy, dir, &format!("proxy-{}", i + 1)));
+        proxy.arg("--config").arg(&path).envs(envs.iter().cloned());
+        proxies.push(Some(spawn(&mut proxy, dir, &format!("proxy-{}", i + 1))));
+        proxy_starts.push((path, envs));
         wait_port(*port, "airlock-proxy");
     }
 
@@ -301,6 +305,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         reviewers: Vec::new(),
         reviewer_env: Vec::new(),
         proxies,
+        proxy_starts,
         others: Vec::new(),
         _nats: nats,
         nats_ca,
@@ -507,6 +512,7 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize,
     if options.checkpoints {
         control += &format!("  checkpoints: {{ signing_key: {d}/checkpoint.key, interval: 1s }}\n");
     }
+    control += &options.control_yaml;
     if options.reviewer {
         // As the reviewer's tests have always run: the control plane
         // appends no expiry of its own during a test.
@@ -759,12 +765,30 @@ impl BinaryStack {
 
     /// Sends `signal` (a `kill` signal name) to the first proxy.
     pub fn signal_proxy(&self, signal: &str) {
+        let pid = self.proxies[0].as_ref().expect("the first proxy runs").0.id();
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(self.proxies[0].0.id().to_string())
+            .arg(pid.to_string())
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{signal} the proxy");
+    }
+
+    /// Kills proxy `i` (counting from 0) with SIGKILL: no goodbye, nothing
+    /// it had buffered reaches the log.
+    pub fn kill_proxy(&mut self, i: usize) {
+        drop(self.proxies[i].take());
+    }
+
+    /// Starts proxy `i` again, as it was started (same id, same
+    /// configuration), and waits for its port. Its log is
+    /// `proxy-<i+1>.log`, begun afresh.
+    pub fn start_proxy(&mut self, i: usize) {
+        let (path, envs) = self.proxy_starts[i].clone();
+        let mut proxy = Command::new(fresh_binary("airlock-proxy"));
+        proxy.arg("--config").arg(path).envs(envs);
+        self.proxies[i] = Some(spawn(&mut proxy, &self.dir, &format!("proxy-{}", i + 1)));
+        wait_port(self.proxy_ports[i], "airlock-proxy");
     }
 
     /// A token from the dev issuer: `airlock-dev-idp token <args>`.

@@ -240,6 +240,7 @@ async fn spawn_control(log: &EventLog) -> (Arc<Live>, String) {
         id: "control-1".into(),
         ..Default::default()
     };
+    let presence = airlock_control::presence::Presence::new(Duration::from_secs(30));
     let control = Control {
         live: live.clone(),
         log: log.clone(),
@@ -248,12 +249,19 @@ async fn spawn_control(log: &EventLog) -> (Arc<Live>, String) {
         kill_groups: vec![REVIEWERS.into()],
         auditor_groups: Vec::new(),
         attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
+        presence: presence.clone(),
     };
+    tokio::spawn(airlock_control::presence::run(
+        presence.clone(),
+        log.clone(),
+        "control-1".into(),
+    ));
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),
         log.clone(),
         source,
         Duration::from_millis(200),
+        presence,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -52,6 +52,7 @@ pub struct StackBuilder {
     pub(crate) reviewer: bool,
     pub(crate) reviewer_replicas: usize,
     pub(crate) reviewer_yaml: String,
+    pub(crate) control_yaml: String,
     pub(crate) notifier_token: bool,
     pub(crate) env: Vec<(Process, String, String)>,
 }
@@ -81,6 +82,7 @@ impl Default for StackBuilder {
             reviewer: false,
             reviewer_replicas: 1,
             reviewer_yaml: String::new(),
+            control_yaml: String::new(),
             notifier_token: false,
             env: Vec::new(),
         }
@@ -199,6 +201,13 @@ impl StackBuilder {
     pub fn reviewer_yaml(mut self, yaml: &str) -> Self {
         self.reviewer = true;
         self.reviewer_yaml = yaml.to_owned();
+        self
+    }
+
+    /// YAML lines appended to every replica's `control:` section (indented
+    /// two spaces), e.g. `  proxy_lost_after: 2s\n`.
+    pub fn control_yaml(mut self, yaml: &str) -> Self {
+        self.control_yaml = yaml.to_owned();
         self
     }
 

@@ -23,6 +23,36 @@ fn source() -> proto::Source {
     }
 }
 
+/// Every proxy process is alive.
+struct Alive;
+
+impl Liveness for Alive {
+    fn lost(&self, _: &str, _: &str) -> bool {
+        false
+    }
+    fn proxy_lost(&self, _: &str) -> bool {
+        false
+    }
+    fn lost_after(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// The proxy `p1`'s run `old` is gone; every other is alive.
+struct OldRunLost;
+
+impl Liveness for OldRunLost {
+    fn lost(&self, proxy: &str, instance: &str) -> bool {
+        proxy == "p1" && instance == "old"
+    }
+    fn proxy_lost(&self, proxy: &str) -> bool {
+        proxy == "gone"
+    }
+    fn lost_after(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
 fn person(subject: &str, groups: &[&str]) -> proto::Identity {
     proto::Identity {
         subject: subject.into(),
@@ -143,7 +173,7 @@ fn one_approval_by_a_reviewer_grants() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(),
+        &source(), &Alive,
     )
     .expect("alice may approve");
     assert_eq!(kinds(&events), vec!["approval_voted", "approval_granted"]);
@@ -172,7 +202,7 @@ fn two_approvals_need_two_people() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(),
+        &source(), &Alive,
     )
     .expect("first vote");
     assert_eq!(
@@ -186,7 +216,7 @@ fn two_approvals_need_two_people() {
             &given.state,
             &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
             at(2),
-            &source()
+            &source(), &Alive
         ),
         Err(DecideError::AlreadyVoted {
             who: "alice (alice)".into(),
@@ -198,7 +228,7 @@ fn two_approvals_need_two_people() {
         &given.state,
         &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Approve),
         at(2),
-        &source(),
+        &source(), &Alive,
     )
     .expect("second person");
     assert_eq!(kinds(&second), vec!["approval_voted", "approval_granted"]);
@@ -211,7 +241,7 @@ fn any_denial_denies() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(),
+        &source(), &Alive,
     )
     .expect("approve");
     let given = given.folded(approved);
@@ -219,7 +249,7 @@ fn any_denial_denies() {
         &given.state,
         &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
         at(2),
-        &source(),
+        &source(), &Alive,
     )
     .expect("deny");
     assert_eq!(kinds(&events), vec!["approval_voted", "approval_denied"]);
@@ -232,7 +262,7 @@ fn any_denial_denies() {
             &after.state,
             &vote("R1", person("carol", &[REVIEWERS]), proto::Decision::Approve),
             at(3),
-            &source()
+            &source(), &Alive
         ),
         Err(DecideError::AlreadyDecided {
             request_id: "R1".into(),
@@ -303,7 +333,7 @@ fn refusals_name_their_reason() {
     ];
     for (v, now, want) in cases {
         assert_eq!(
-            decide(&given.state, &v, now, &source()),
+            decide(&given.state, &v, now, &source(), &Alive),
             Err(want.clone()),
             "{want}"
         );
@@ -313,8 +343,8 @@ fn refusals_name_their_reason() {
 #[test]
 fn expiry_is_due_once_past_the_deadline() {
     let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
-    assert!(due_outcomes(&given.state, at(14), &source()).is_empty());
-    let due = due_outcomes(&given.state, at(16), &source());
+    assert!(due_outcomes(&given.state, at(14), &source(), &Alive).is_empty());
+    let due = due_outcomes(&given.state, at(16), &source(), &Alive);
     assert_eq!(due.len(), 1);
     assert_eq!(kinds(&[due[0].1.clone()]), vec!["approval_expired"]);
     let after = given.folded(vec![due[0].1.clone()]);
@@ -323,7 +353,7 @@ fn expiry_is_due_once_past_the_deadline() {
         proto::RequestState::Expired
     );
     assert!(
-        due_outcomes(&after.state, at(30), &source()).is_empty(),
+        due_outcomes(&after.state, at(30), &source(), &Alive).is_empty(),
         "expired exactly once"
     );
 }
@@ -336,7 +366,7 @@ fn a_vote_whose_outcome_was_lost_is_repaired() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(),
+        &source(), &Alive,
     )
     .expect("vote");
     events.truncate(1);
@@ -347,14 +377,14 @@ fn a_vote_whose_outcome_was_lost_is_repaired() {
             &given.state,
             &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
             at(2),
-            &source()
+            &source(), &Alive
         ),
         Err(DecideError::AlreadyDecided {
             request_id: "R1".into(),
             state: "granted".into()
         })
     );
-    let due = due_outcomes(&given.state, at(2), &source());
+    let due = due_outcomes(&given.state, at(2), &source(), &Alive);
     assert_eq!(kinds(&[due[0].1.clone()]), vec!["approval_granted"]);
 }
 
@@ -367,11 +397,11 @@ fn the_same_log_folds_to_the_same_state() {
         &g.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(),
+        &source(), &Alive,
     )
     .expect("vote");
     let g = g.folded(events);
-    let due = due_outcomes(&g.state, at(20), &source());
+    let due = due_outcomes(&g.state, at(20), &source(), &Alive);
     let g = g.folded(due.into_iter().map(|(_, e)| e).collect());
 
     let mut again = Projection::new();
@@ -388,4 +418,130 @@ fn the_same_log_folds_to_the_same_state() {
         again.request("R2").expect("R2").state(),
         proto::RequestState::Expired
     );
+}
+
+fn opened(g: Given, session: &str, instance: &str) -> Given {
+    let mut e = new_event(
+        &source(),
+        Body::SessionOpened(proto::SessionOpened {
+            proxy_id: "p1".into(),
+            proxy_instance: instance.into(),
+            ..Default::default()
+        }),
+    );
+    e.session_id = session.into();
+    e.chain_index = 1;
+    g.event(&format!("airlock.v1.session.{session}"), e)
+}
+
+fn closed(g: Given, session: &str, minutes: u64) -> Given {
+    let mut e = new_event(
+        &source(),
+        Body::SessionClosed(proto::SessionClosed {
+            cause: proto::session_closed::Cause::UpstreamClosed as i32,
+            detail: "PostgreSQL closed the connection".into(),
+            ..Default::default()
+        }),
+    );
+    e.session_id = session.into();
+    e.time = Some(at(minutes).into());
+    e.chain_index = 2;
+    g.event(&format!("airlock.v1.session.{session}"), e)
+}
+
+fn cancelled(due: &[(String, proto::Event)]) -> Vec<(String, i32, String)> {
+    due.iter()
+        .map(|(id, e)| match &e.body {
+            Some(Body::ApprovalCancelled(c)) => (id.clone(), c.cause, c.detail.clone()),
+            other => panic!("{id}: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_whose_session_closed_is_cancelled_after_the_grace_and_cannot_be_approved() {
+    let given = closed(
+        opened(Given::new(), "S1", "new").requested("R1", app("agent-7", &[AGENTS]), 1),
+        "S1",
+        1,
+    );
+    // The proxy files the cancellation itself: the control plane waits.
+    assert!(due_outcomes(&given.state, at(1), &source(), &Alive).is_empty());
+    let due = due_outcomes(&given.state, at(2), &source(), &Alive);
+    let c = cancelled(&due);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].1, proto::approval_cancelled::Cause::SessionEnded as i32);
+    assert!(c[0].2.contains("PostgreSQL closed the connection"), "{}", c[0].2);
+    // No vote counts meanwhile, even inside the grace.
+    assert!(matches!(
+        decide(
+            &given.state,
+            &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+            at(1),
+            &source(),
+            &Alive
+        ),
+        Err(DecideError::SessionEnded { .. })
+    ));
+}
+
+#[test]
+fn a_lost_proxy_run_has_its_sessions_closed_and_requests_cancelled() {
+    let given = opened(opened(Given::new(), "S1", "old"), "S2", "new")
+        .requested("R1", app("agent-7", &[AGENTS]), 1);
+    let lost = lost_sessions(&given.state, &source(), &OldRunLost);
+    assert_eq!(lost.len(), 1, "only the old run's session");
+    assert_eq!(lost[0].0, "S1");
+    match &lost[0].2.body {
+        Some(Body::SessionClosed(c)) => {
+            assert_eq!(c.cause, proto::session_closed::Cause::ProxyLost as i32);
+            assert!(c.detail.contains("ends at event #1"), "{}", c.detail);
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = cancelled(&due_outcomes(&given.state, at(1), &source(), &OldRunLost));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].1, proto::approval_cancelled::Cause::ProxyLost as i32);
+    assert!(matches!(
+        decide(
+            &given.state,
+            &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+            at(1),
+            &source(),
+            &OldRunLost
+        ),
+        Err(DecideError::SessionEnded { .. })
+    ));
+    // A non-reviewer learns nothing about the session: refused as such.
+    assert!(matches!(
+        decide(
+            &given.state,
+            &vote("R1", person("mallory", &[]), proto::Decision::Approve),
+            at(1),
+            &source(),
+            &OldRunLost
+        ),
+        Err(DecideError::NotAReviewer { .. })
+    ));
+    // The session of the live run is left alone.
+    assert!(lost_sessions(&given.state, &source(), &Alive).is_empty());
+}
+
+#[test]
+fn a_request_without_a_session_in_the_log_ends_with_its_proxy() {
+    let mut given = Given::new();
+    let mut e = new_event(
+        &source(),
+        Body::ApprovalRequested(proto::ApprovalRequested {
+            proxy_id: "gone".into(),
+            deadline: Some((t0() + Duration::from_secs(900)).into()),
+            ..Default::default()
+        }),
+    );
+    e.request_id = "R9".into();
+    e.session_id = "S9".into();
+    given = given.event("airlock.v1.request.R9", e);
+    assert!(due_outcomes(&given.state, at(1), &source(), &Alive).is_empty());
+    let c = cancelled(&due_outcomes(&given.state, at(1), &source(), &OldRunLost));
+    assert_eq!(c[0].1, proto::approval_cancelled::Cause::ProxyLost as i32);
 }

@@ -120,8 +120,15 @@ impl proto::proxy_service_server::ProxyService for Control {
         let mut changes = self.live.subscribe();
         let live = self.live.clone();
         let replica = self.source.id.clone();
-        tracing::info!(proxy = %hello.proxy_id, held = hello.held.len(), "proxy attached");
+        tracing::info!(proxy = %hello.proxy_id, instance = %hello.instance, held = hello.held.len(), "proxy attached");
+        // This run is alive while the stream lasts (and a little after:
+        // see `presence`).
+        let alive = self.presence.attach(crate::presence::Run {
+            proxy: hello.proxy_id.clone(),
+            instance: hello.instance.clone(),
+        });
         tokio::spawn(async move {
+            let _alive = alive;
             let mut held = Holdings {
                 proxy_id: hello.proxy_id.clone(),
                 ..Holdings::default()
@@ -204,7 +211,14 @@ async fn send_decided(live: &Live, held: &mut Holdings, tx: &Tx) -> bool {
             .sessions
             .iter()
             .filter(|id| !held.killed.contains(*id) && held.opened(s, id))
-            .filter_map(|id| s.sessions.get(id)?.kill.as_ref().map(|k| k.order.clone()))
+            .filter_map(|id| {
+                let session = s.sessions.get(id)?;
+                session
+                    .kill
+                    .as_ref()
+                    .map(|k| k.order.clone())
+                    .or_else(|| closed_as_lost(session))
+            })
             .collect();
         (notices, kills)
     });
@@ -247,6 +261,24 @@ impl Holdings {
     }
 }
 
+/// The kill order for a session the control plane closed because its
+/// proxy seemed gone, if that is how it closed.
+fn closed_as_lost(session: &crate::projection::Session) -> Option<proto::KillOrder> {
+    let s = &session.summary;
+    (s.state == proto::SessionState::Closed as i32
+        && s.close_cause == proto::session_closed::Cause::ProxyLost as i32)
+        .then(|| proto::KillOrder {
+            session_id: s.session_id.clone(),
+            requested_by: Some(proto::Identity {
+                display_name: "the control plane".to_owned(),
+                ..Default::default()
+            }),
+            reason: "it lost contact with this proxy and closed the session in the log".to_owned(),
+            event_id: String::new(),
+            sequence: session.last_sequence,
+        })
+}
+
 async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx) -> bool {
     let e = &event.event;
     match &e.body {
@@ -269,6 +301,27 @@ async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx)
                     .is_ok();
             }
             true
+        }
+        // A session the control plane closed while its proxy seemed gone,
+        // and that the proxy still has: it ends there too, so the log and
+        // the proxy agree that it is over.
+        Some(Body::SessionClosed(c))
+            if c.cause == proto::session_closed::Cause::ProxyLost as i32
+                && held.sessions.contains(&e.session_id)
+                && !held.killed.contains(&e.session_id) =>
+        {
+            let Some(order) = live.read(|s| {
+                s.sessions
+                    .get(&e.session_id)
+                    .filter(|_| held.opened(s, &e.session_id))
+                    .and_then(closed_as_lost)
+            }) else {
+                return true;
+            };
+            held.killed.insert(e.session_id.clone());
+            tx.send(Ok(control(proto::control_message::Message::Kill(order))))
+                .await
+                .is_ok()
         }
         // Sessions opened after the proxy attached are known from the log
         // too: what counts is the proxy their SessionOpened named.

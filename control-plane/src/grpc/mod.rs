@@ -51,6 +51,9 @@ pub struct Control {
     pub auditor_groups: Vec<String>,
     /// How `Attach` authenticates proxies.
     pub attach: AttachAuth,
+    /// Which proxy processes are alive: kept by `Attach`, asked before a
+    /// vote (a statement whose proxy is gone cannot be approved).
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 impl std::fmt::Debug for Control {
@@ -79,6 +82,7 @@ fn status(code: ErrorCode, message: impl Into<String>) -> Status {
         | ErrorCode::AlreadyVoted
         | ErrorCode::Expired
         | ErrorCode::DigestMismatch
+        | ErrorCode::SessionEnded
         | ErrorCode::InvalidArgument => tracing::info!(code = code.as_str(), %message, "request refused"),
     }
     code.status(message)
@@ -94,6 +98,7 @@ fn decide_status(e: DecideError) -> Status {
         DecideError::NotAReviewer { .. } => ErrorCode::NotAReviewer,
         DecideError::AlreadyVoted { .. } => ErrorCode::AlreadyVoted,
         DecideError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+        DecideError::SessionEnded { .. } => ErrorCode::SessionEnded,
         DecideError::NoDecision => ErrorCode::InvalidArgument,
     };
     status(code, e.to_string())

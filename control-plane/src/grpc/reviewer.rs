@@ -135,7 +135,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
         };
         let started = std::time::Instant::now();
-        let voted = act::vote(&self.live, &self.log, &vote, &self.source).await;
+        let voted = act::vote(&self.live, &self.log, &vote, &self.source, &self.presence).await;
         self.live.metrics().observe_decide(started.elapsed());
         let voted = voted.map_err(vote_status)?;
         let view = self

@@ -189,6 +189,13 @@ impl EventLog {
         &self.settings
     }
 
+    /// Counts this handle's connections to NATS: it moves on every
+    /// reconnect, so a reader of core NATS subjects knows it may have
+    /// missed messages meanwhile.
+    pub fn connects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connects.subscribe()
+    }
+
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }

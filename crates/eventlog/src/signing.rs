@@ -22,6 +22,9 @@
 //! a session (opened, statements, requests, cancellations, closed, the
 //! policy they enforce); the control plane writes what reviewers and time
 //! decide (votes, grants, denials, expiries, kill orders, checkpoints).
+//! The control plane also ends what a proxy that is gone left open
+//! ([`may_write`]): a request's cancellation and a session's close, with
+//! the causes that say so and only those.
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +77,30 @@ pub fn writer_role(body: &Body) -> Role {
         | Body::ApprovalExpired(_)
         | Body::SessionKillRequested(_)
         | Body::Checkpoint(_) => Role::Control,
+    }
+}
+
+/// Whether a key of `role` may write `body`. Each kind has one writer
+/// ([`writer_role`]), with one exception: the control plane ends what a
+/// proxy that is gone left open, a request (`ApprovalCancelled`, cause
+/// `SESSION_ENDED` or `PROXY_LOST`) or a session (`SessionClosed`, cause
+/// `PROXY_LOST`). A proxy never writes `PROXY_LOST`: it would be claiming
+/// the control plane's judgement.
+pub fn may_write(role: Role, body: &Body) -> bool {
+    use proto::approval_cancelled::Cause as Cancel;
+    use proto::session_closed::Cause as Close;
+    let proxy_lost = match body {
+        Body::ApprovalCancelled(c) => c.cause == Cancel::ProxyLost as i32,
+        Body::SessionClosed(c) => c.cause == Close::ProxyLost as i32,
+        _ => false,
+    };
+    match role {
+        Role::Proxy => writer_role(body) == Role::Proxy && !proxy_lost,
+        Role::Control => match body {
+            Body::ApprovalCancelled(c) => proxy_lost || c.cause == Cancel::SessionEnded as i32,
+            Body::SessionClosed(_) => proxy_lost,
+            _ => writer_role(body) == Role::Control,
+        },
     }
 }
 
@@ -383,7 +410,6 @@ impl Trust {
                 Err(Untrusted::Unsigned)
             };
         };
-        let role = writer_role(body);
         let bytes: [u8; 64] = signature.signature.as_slice().try_into().map_err(|_| {
             Untrusted::Malformed(format!("{} signature bytes, not 64", signature.signature.len()))
         })?;
@@ -406,7 +432,7 @@ impl Trust {
                 refusal.get_or_insert(Untrusted::BadSignature(k.key_id.clone()));
                 continue;
             }
-            if k.role != role {
+            if !may_write(k.role, body) {
                 refusal = Some(Untrusted::WrongRole {
                     kind: crate::body_kind(body),
                     role: k.role,
@@ -425,7 +451,7 @@ impl Trust {
                 continue;
             }
             return Ok(Vouched::Signed {
-                role,
+                role: k.role,
                 key_id: k.key_id.clone(),
             });
         }
@@ -551,6 +577,36 @@ mod tests {
     use super::*;
 
     const SUBJECT: &str = "airlock.v1.request.R1";
+
+    #[test]
+    fn the_control_plane_ends_only_what_a_lost_proxy_left_open() {
+        use proto::approval_cancelled::Cause as Cancel;
+        use proto::session_closed::Cause as Close;
+        let cancel = |cause: Cancel| {
+            Body::ApprovalCancelled(proto::ApprovalCancelled {
+                cause: cause as i32,
+                ..Default::default()
+            })
+        };
+        let close = |cause: Close| {
+            Body::SessionClosed(proto::SessionClosed {
+                cause: cause as i32,
+                ..Default::default()
+            })
+        };
+        assert!(may_write(Role::Control, &cancel(Cancel::ProxyLost)));
+        assert!(may_write(Role::Control, &cancel(Cancel::SessionEnded)));
+        assert!(!may_write(Role::Control, &cancel(Cancel::ClientCancelled)));
+        assert!(may_write(Role::Control, &close(Close::ProxyLost)));
+        assert!(!may_write(Role::Control, &close(Close::Killed)));
+        assert!(!may_write(Role::Control, &Body::StatementExecuted(Default::default())));
+        // A proxy never claims the control plane's judgement.
+        assert!(may_write(Role::Proxy, &cancel(Cancel::SessionEnded)));
+        assert!(!may_write(Role::Proxy, &cancel(Cancel::ProxyLost)));
+        assert!(!may_write(Role::Proxy, &close(Close::ProxyLost)));
+        assert!(may_write(Role::Proxy, &close(Close::UpstreamClosed)));
+        assert!(!may_write(Role::Proxy, &Body::ApprovalGranted(Default::default())));
+    }
 
     fn grant(source: &str) -> proto::Event {
         proto::Event {

@@ -143,6 +143,7 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
         proxy_id: deps.source.id.clone(),
         policies: ctx.binding.policies.clone(),
         record: ctx.binding.record,
+        proxy_instance: deps.holds.instance().to_owned(),
     }));
     // Room for the session's last event is taken now, with its first: a
     // full buffer later cannot leave an opening in the log without a close.
@@ -207,7 +208,20 @@ pub async fn run(mut login: Login, deps: Arc<Deps>) {
     let signals = signals::Signals::new(deps.phase.clone(), kills, cancel_rx);
     let ending = relay::relay(login, upstream, ctx.clone(), signals).await;
     deps.cancels.unregister(key);
-    deps.holds.close_session(ctx.session.as_str());
+    // A hold the session's end cut short (PostgreSQL went away, an error)
+    // was neither decided nor cancelled: its request ends here, with the
+    // cause, so no reviewer is left approving a statement nobody waits on.
+    for abandoned in deps.holds.close_session(ctx.session.as_str()) {
+        if let Ok(id) = airlock_eventlog::RequestId::parse(&abandoned.request_id) {
+            hold::cancel(
+                &ctx,
+                &id,
+                proto::approval_cancelled::Cause::SessionEnded,
+                &format!("the session holding it ended: {}", ending.detail),
+            )
+            .await;
+        }
+    }
     deps.metrics.session_closed();
     if ending.cause == proto::session_closed::Cause::TokenExpired {
         deps.metrics.refused(metrics::Refusal::TokenExpired);
