@@ -3,6 +3,10 @@
 //! a temp dir, free port) instances, and [`eventually`], the one way a test
 //! waits for something to happen.
 //!
+//! For fault tests: [`NatsCluster`], a JetStream cluster whose nodes can be
+//! killed and restarted, and [`Net`], simulated hosts (network namespaces,
+//! root only) that can be partitioned and isolated.
+//!
 //! Every server runs under a small shell watchdog that holds a pipe from the
 //! test process. When the test process ends, however it ends (normal exit, a
 //! panic, SIGKILL), the pipe closes and the watchdog stops the server and
@@ -20,13 +24,17 @@
 
 #![allow(clippy::print_stdout)]
 
+mod cluster;
 mod nats;
+mod net;
 mod postgres;
 mod process;
 mod tls;
 mod wait;
 
+pub use cluster::{DEFAULT_ACCOUNT, NatsCluster};
 pub use nats::{NatsRole, NatsServer, shared_nats};
+pub use net::{Host, Net};
 pub use postgres::{Postgres, PostgresOptions, shared_postgres};
 pub use process::{find_binary, free_port};
 pub use tls::{CertFiles, TestCa};

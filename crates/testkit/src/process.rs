@@ -173,6 +173,12 @@ impl Supervised {
         }
     }
 
+    /// The server's pid (the program's own: the watchdog runs it as a job).
+    #[cfg(test)]
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.shell.try_wait(), Ok(None))
     }
