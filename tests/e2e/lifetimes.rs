@@ -80,29 +80,44 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
         "the reason names the lost proxy: {}",
         view.outcome_reason
     );
-    assert!(took >= Duration::from_secs(2), "not before the proxy counts as gone ({took:?})");
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before the proxy counts as gone ({took:?})"
+    );
     // Nothing to approve any more, and nothing ran.
     let refused = stack
-        .decide(&alice, vote(&held.request_id, proto::Decision::Approve, "too late"))
+        .decide(
+            &alice,
+            vote(&held.request_id, proto::Decision::Approve, "too late"),
+        )
         .await
         .expect_err("a cancelled request cannot be approved");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 3"), "1");
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 3"),
+        "1"
+    );
 
     // The log closes both sessions of the dead run, each saying where the
     // proxy's own record stops.
-    let lines = eventually("both sessions closed in the log", Duration::from_secs(10), || async {
-        let lines = export(&stack);
-        let closes = lines
-            .iter()
-            .filter(|l| l["kind"] == "session_closed")
-            .filter(|l| l["event"]["session_closed"]["cause"] == "CAUSE_PROXY_LOST")
-            .count();
-        airlock_e2e::satisfies(lines, |_| closes == 2)
-    })
+    let lines = eventually(
+        "both sessions closed in the log",
+        Duration::from_secs(10),
+        || async {
+            let lines = export(&stack);
+            let closes = lines
+                .iter()
+                .filter(|l| l["kind"] == "session_closed")
+                .filter(|l| l["event"]["session_closed"]["cause"] == "CAUSE_PROXY_LOST")
+                .count();
+            airlock_e2e::satisfies(lines, |_| closes == 2)
+        },
+    )
     .await;
     for close in lines.iter().filter(|l| l["kind"] == "session_closed") {
-        let detail = close["event"]["session_closed"]["detail"].as_str().unwrap_or_default();
+        let detail = close["event"]["session_closed"]["detail"]
+            .as_str()
+            .unwrap_or_default();
         assert!(detail.contains("ends at event #"), "{detail}");
         assert_eq!(close["event"]["source"]["kind"], "KIND_CONTROL");
     }
@@ -116,15 +131,19 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
     // The proxy comes back under the same id: its new sessions are its
     // own, and outlive the time that ended the old ones.
     stack.start_proxy(0);
-    eventually("the restarted proxy to take logins", Duration::from_secs(15), || async {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(stack.proxy_port)
-            .user("agent-7")
-            .password(&agent)
-            .dbname("prod-maintenance");
-        c.connect(tokio_postgres::NoTls).await.is_ok()
-    })
+    eventually(
+        "the restarted proxy to take logins",
+        Duration::from_secs(15),
+        || async {
+            let mut c = tokio_postgres::Config::new();
+            c.host("127.0.0.1")
+                .port(stack.proxy_port)
+                .user("agent-7")
+                .password(&agent)
+                .dbname("prod-maintenance");
+            c.connect(tokio_postgres::NoTls).await.is_ok()
+        },
+    )
     .await;
     let (fresh, _notices) = stack.connect(&agent).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -162,17 +181,29 @@ async fn a_hold_that_postgresql_cuts_short_is_cancelled_with_its_cause() {
         view.outcome_reason
     );
     let refused = stack
-        .decide(&alice, vote(&held.request_id, proto::Decision::Approve, "too late"))
+        .decide(
+            &alice,
+            vote(&held.request_id, proto::Decision::Approve, "too late"),
+        )
         .await
         .expect_err("nothing to approve");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 4"), "1");
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 4"),
+        "1"
+    );
     let lines = export(&stack);
     let cancel = lines
         .iter()
         .find(|l| l["kind"] == "approval_cancelled")
         .expect("the cancellation is in the log");
-    assert_eq!(cancel["event"]["approval_cancelled"]["cause"], "CAUSE_SESSION_ENDED");
-    assert_eq!(cancel["event"]["source"]["kind"], "KIND_PROXY", "filed by the proxy itself");
+    assert_eq!(
+        cancel["event"]["approval_cancelled"]["cause"],
+        "CAUSE_SESSION_ENDED"
+    );
+    assert_eq!(
+        cancel["event"]["source"]["kind"], "KIND_PROXY",
+        "filed by the proxy itself"
+    );
     verify_passes(&stack);
 }

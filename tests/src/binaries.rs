@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use airlock_eventlog::proto;
-use airlock_testkit::{NatsRole, NatsServer, Postgres, TestCa, free_port};
+use airlock_testkit::{Host, NatsCluster, NatsRole, NatsServer, Net, Postgres, TestCa, free_port};
 
 use crate::review::{self, ReviewerClient};
 use crate::{Process, Session, StackBuilder, eventually_blocking};
@@ -148,7 +148,12 @@ pub struct BinaryStack {
     /// How each proxy was started: its configuration and environment.
     proxy_starts: Vec<(PathBuf, Vec<(String, String)>)>,
     others: Vec<Child>,
-    _nats: NatsServer,
+    _nats: Option<NatsServer>,
+    /// With [`StackBuilder::nats_cluster`]: the cluster, and with
+    /// [`StackBuilder::nats_hosts`] its hosts (dropped after the nodes).
+    pub cluster: Option<NatsCluster>,
+    pub nats_hosts: Vec<Host>,
+    pub net: Option<Net>,
     /// The CA of a secured NATS (its files live as long as the stack).
     nats_ca: Option<TestCa>,
     _tmp: tempfile::TempDir,
@@ -161,6 +166,8 @@ pub type ReviewerStack = BinaryStack;
 struct Layout {
     dir: PathBuf,
     nats: String,
+    /// `nats.replicas`: the stream's replicas.
+    replicas: usize,
     /// With a secured NATS: its CA, and the client certificates of each
     /// role, in `dir`.
     nats_tls: Option<PathBuf>,
@@ -178,21 +185,46 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     let tmp = tempfile::tempdir().expect("temp dir");
     let pg = crate::shop(options.orders);
     let nats_ca = options.secured_nats.then(|| TestCa::new("airlock test NATS CA"));
-    let nats = match &nats_ca {
-        Some(ca) => {
+    assert!(
+        options.nats_cluster == 0 || nats_ca.is_none(),
+        "a secured NATS cluster is not built by this harness"
+    );
+    let (net, nats_hosts) = if options.nats_hosts {
+        let net = Net::new();
+        let hosts = (1..=options.nats_cluster)
+            .map(|i| net.host(&format!("n{i}")))
+            .collect();
+        (Some(net), hosts)
+    } else {
+        (None, Vec::new())
+    };
+    let cluster = match options.nats_cluster {
+        0 => None,
+        n if options.nats_hosts => Some(NatsCluster::start_on(&nats_hosts[..n])),
+        n => Some(NatsCluster::start(n)),
+    };
+    let nats = match (&nats_ca, &cluster) {
+        (_, Some(_)) => None,
+        (Some(ca), None) => {
             for role in NatsRole::ALL {
                 ca.client(role.user());
             }
-            NatsServer::start_secured(ca, true)
+            Some(NatsServer::start_secured(ca, true))
         }
-        None => NatsServer::start(),
+        (None, None) => Some(NatsServer::start()),
+    };
+    let nats_url = match (&nats, &cluster) {
+        (Some(n), _) => n.url(),
+        (None, Some(c)) => c.urls(),
+        (None, None) => unreachable!("one or the other was started"),
     };
     let ports = |n: usize| (0..n).map(|_| free_port()).collect::<Vec<_>>();
     let idp_port = free_port();
     let reviewer = free_port();
     let layout = Layout {
         dir: tmp.path().to_path_buf(),
-        nats: nats.url(),
+        nats: nats_url,
+        replicas: options.nats_cluster.max(1),
         nats_tls: nats_ca.as_ref().map(|ca| ca.dir().to_path_buf()),
         pg: pg.port(),
         issuer: format!("http://127.0.0.1:{idp_port}"),
@@ -255,9 +287,10 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     )
     .expect("config");
     let password = |role: NatsRole| {
-        options
-            .secured_nats
-            .then(|| ("AIRLOCK_NATS_PASSWORD".to_owned(), nats.password(role)))
+        options.secured_nats.then(|| {
+            let nats = nats.as_ref().expect("a secured NATS is one server");
+            ("AIRLOCK_NATS_PASSWORD".to_owned(), nats.password(role))
+        })
     };
 
     let mut replicas = Vec::new();
@@ -276,10 +309,11 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     let mut proxy_starts = Vec::new();
     for (i, port) in layout.proxies.iter().enumerate() {
         let path = config_file(&options, &layout, "proxy", i, (0, i));
-        let envs: Vec<(String, String)> = std::iter::once(("PROD_MAINT_PASSWORD".to_owned(), "maint-secret".to_owned()))
-            .chain(password(NatsRole::Proxy))
-            .chain(env(Process::Proxy))
-            .collect();
+        let envs: Vec<(String, String)> =
+            std::iter::once(("PROD_MAINT_PASSWORD".to_owned(), "maint-secret".to_owned()))
+                .chain(password(NatsRole::Proxy))
+                .chain(env(Process::Proxy))
+                .collect();
         let mut proxy = Command::new(fresh_binary("airlock-proxy"));
         proxy.arg("--config").arg(&path).envs(envs.iter().cloned());
         proxies.push(Some(spawn(&mut proxy, dir, &format!("proxy-{}", i + 1))));
@@ -308,6 +342,9 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         proxy_starts,
         others: Vec::new(),
         _nats: nats,
+        cluster,
+        nats_hosts,
+        net,
         nats_ca,
         _tmp: tmp,
     };
@@ -473,7 +510,7 @@ fn configmap_version(dir: &Path, text: &str) -> PathBuf {
 /// The `nats:` section, for `role`'s user when NATS is secured (its
 /// password in `AIRLOCK_NATS_PASSWORD`).
 fn nats_section(layout: &Layout, role: NatsRole) -> String {
-    let mut section = format!("nats:\n  url: {}\n", layout.nats);
+    let mut section = format!("nats:\n  url: {}\n  replicas: {}\n", layout.nats, layout.replicas);
     if let Some(dir) = &layout.nats_tls {
         let d = dir.display();
         let user = role.user();
@@ -710,12 +747,20 @@ impl BinaryStack {
     /// `airlock-control <args> --config airlock.yaml`, to run.
     /// The NATS server's URL: what anyone on the network could publish to.
     pub fn nats_url(&self) -> String {
-        self._nats.url()
+        match (&self._nats, &self.cluster) {
+            (Some(n), _) => n.url(),
+            (None, Some(c)) => c.urls(),
+            (None, None) => String::new(),
+        }
     }
 
     /// The NATS server's log so far (its refusals of clients among it).
     pub fn nats_log(&self) -> String {
-        self._nats.log()
+        match (&self._nats, &self.cluster) {
+            (Some(n), _) => n.log(),
+            (None, Some(c)) => (0..c.size()).map(|i| c.log(i)).collect::<Vec<_>>().join("\n"),
+            (None, None) => String::new(),
+        }
     }
 
     /// With a secured NATS, it reads the log as `airlock-auditor`.
@@ -723,7 +768,8 @@ impl BinaryStack {
         let mut command = Command::new(fresh_binary("airlock-control"));
         command.args(args).arg("--config").arg(self.config());
         if self.nats_ca.is_some() {
-            command.env("AIRLOCK_NATS_PASSWORD", self._nats.password(NatsRole::Auditor));
+            let nats = self._nats.as_ref().expect("a secured NATS is one server");
+            command.env("AIRLOCK_NATS_PASSWORD", nats.password(NatsRole::Auditor));
         }
         command
     }

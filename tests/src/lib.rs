@@ -53,6 +53,8 @@ pub struct StackBuilder {
     pub(crate) reviewer_replicas: usize,
     pub(crate) reviewer_yaml: String,
     pub(crate) control_yaml: String,
+    pub(crate) nats_cluster: usize,
+    pub(crate) nats_hosts: bool,
     pub(crate) notifier_token: bool,
     pub(crate) env: Vec<(Process, String, String)>,
 }
@@ -83,6 +85,8 @@ impl Default for StackBuilder {
             reviewer_replicas: 1,
             reviewer_yaml: String::new(),
             control_yaml: String::new(),
+            nats_cluster: 0,
+            nats_hosts: false,
             notifier_token: false,
             env: Vec::new(),
         }
@@ -208,6 +212,22 @@ impl StackBuilder {
     /// two spaces), e.g. `  proxy_lost_after: 2s\n`.
     pub fn control_yaml(mut self, yaml: &str) -> Self {
         self.control_yaml = yaml.to_owned();
+        self
+    }
+
+    /// The log on a JetStream cluster of `n` nodes on loopback instead of
+    /// one server, with the stream replicated on every node (`nats.replicas:
+    /// n`), every binary given every node's URL.
+    pub fn nats_cluster(mut self, n: usize) -> Self {
+        self.nats_cluster = n;
+        self
+    }
+
+    /// With [`Self::nats_cluster`]: each node on a host of its own (a
+    /// network namespace on a bridge, see `airlock_testkit::Net`), so
+    /// nodes can be partitioned or cut off. Needs root.
+    pub fn nats_hosts(mut self) -> Self {
+        self.nats_hosts = true;
         self
     }
 
