@@ -24,6 +24,8 @@ use airlock_e2e::{StackBuilder, eventually};
 use airlock_eventlog::proto;
 use tokio::sync::watch;
 
+mod soak;
+
 /// One scenario at a time within a test process (`cargo test` runs a
 /// binary's tests in threads): three clusters at once on a small machine
 /// would measure the machine, not Airlock.
@@ -41,21 +43,34 @@ struct Reads {
 
 #[derive(Debug, Default)]
 struct ReadReport {
-    ok: Vec<u64>,
+    /// Tells this agent's reads from another's in the log.
+    name: &'static str,
+    /// Each read answered with rows, and when.
+    ok: Vec<(u64, Instant)>,
     failed: Vec<(u64, String)>,
     logins_failed: u64,
     slowest: Duration,
 }
 
-fn marker(i: u64) -> String {
-    format!("q-{i}*/")
+impl ReadReport {
+    /// What marks read `i` in its text, and so in the log.
+    fn marker(&self, i: u64) -> String {
+        format!("q-{}{i}*/", self.name)
+    }
 }
 
 impl Reads {
     fn start(port: u16, token: String) -> Reads {
+        Reads::start_named("", port, token)
+    }
+
+    fn start_named(name: &'static str, port: u16, token: String) -> Reads {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let mut report = ReadReport::default();
+            let mut report = ReadReport {
+                name,
+                ..ReadReport::default()
+            };
             let mut client: Option<tokio_postgres::Client> = None;
             let mut i = 0u64;
             while !*stopped.borrow() {
@@ -73,7 +88,7 @@ impl Reads {
                     report.slowest = report.slowest.max(started.elapsed());
                 }
                 i += 1;
-                let sql = format!("SELECT /*{} {i} AS n", marker(i));
+                let sql = format!("SELECT /*{} {i} AS n", report.marker(i));
                 let started = Instant::now();
                 let answer = tokio::time::timeout(
                     ANSWER_BOUND,
@@ -82,7 +97,7 @@ impl Reads {
                 .await;
                 report.slowest = report.slowest.max(started.elapsed());
                 match answer {
-                    Ok(Ok(_)) => report.ok.push(i),
+                    Ok(Ok(_)) => report.ok.push((i, Instant::now())),
                     Ok(Err(e)) => {
                         report.failed.push((i, e.to_string()));
                         client = None;
@@ -196,20 +211,24 @@ async fn check(stack: &BinaryStack, reads: &ReadReport, deletes: &[(u32, String)
             .output()
             .expect("export");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let missing = reads.ok.iter().filter(|i| !text.contains(&marker(**i))).count();
+        let missing = reads
+            .ok
+            .iter()
+            .filter(|(i, _)| !text.contains(&reads.marker(*i)))
+            .count();
         airlock_e2e::satisfies(text, |_| out.status.success() && missing == 0)
     })
     .await;
-    for i in &reads.ok {
+    for (i, _) in &reads.ok {
         assert_eq!(
-            log.matches(&marker(*i)).count(),
+            log.matches(&reads.marker(*i)).count(),
             1,
             "read {i} succeeded: recorded exactly once"
         );
     }
     for (i, why) in &reads.failed {
         assert!(
-            log.matches(&marker(*i)).count() <= 1,
+            log.matches(&reads.marker(*i)).count() <= 1,
             "read {i} failed ({why}): recorded at most once"
         );
     }

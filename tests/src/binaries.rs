@@ -138,6 +138,8 @@ pub struct BinaryStack {
     /// The control plane serves TLS (`ca.crt` in `dir`).
     control_tls: bool,
     replicas: Vec<Option<Child>>,
+    /// How each replica was started: its configuration and environment.
+    replica_starts: Vec<(PathBuf, Vec<(String, String)>)>,
     /// Each reviewer replica's own port (the balancer's is `reviewer_url`'s
     /// when there are several).
     pub reviewer_ports: Vec<u16>,
@@ -294,15 +296,20 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     };
 
     let mut replicas = Vec::new();
+    let mut replica_starts = Vec::new();
     for (i, port) in layout.controls.iter().enumerate() {
         let path = config_file(&options, &layout, "replica", i, (i, 0));
+        let envs: Vec<(String, String)> = password(NatsRole::Control)
+            .into_iter()
+            .chain(env(Process::Control))
+            .collect();
         let mut control = Command::new(fresh_binary("airlock-control"));
         control
             .args(["serve", "--config"])
-            .arg(path)
-            .envs(password(NatsRole::Control))
-            .envs(env(Process::Control));
+            .arg(&path)
+            .envs(envs.iter().cloned());
         replicas.push(Some(spawn(&mut control, dir, &format!("control-{}", i + 1))));
+        replica_starts.push((path, envs));
         wait_port(*port, "airlock-control");
     }
     let mut proxies = Vec::new();
@@ -335,6 +342,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         proxy_tls: options.proxy_tls,
         control_tls: options.control_mtls,
         replicas,
+        replica_starts,
         reviewer_ports: Vec::new(),
         reviewers: Vec::new(),
         reviewer_env: Vec::new(),
@@ -807,6 +815,16 @@ impl BinaryStack {
     /// Stops control-plane replica `i` (counting from 0), as a crash would.
     pub fn kill_replica(&mut self, i: usize) {
         drop(self.replicas[i].take());
+    }
+
+    /// Starts control-plane replica `i` again, as it was started, and waits
+    /// for its port. Its log, `control-<i+1>.log`, begins afresh.
+    pub fn start_replica(&mut self, i: usize) {
+        let (path, envs) = self.replica_starts[i].clone();
+        let mut control = Command::new(fresh_binary("airlock-control"));
+        control.args(["serve", "--config"]).arg(path).envs(envs);
+        self.replicas[i] = Some(spawn(&mut control, &self.dir, &format!("control-{}", i + 1)));
+        wait_port(self.control_ports[i], "airlock-control");
     }
 
     /// Sends `signal` (a `kill` signal name) to the first proxy.
