@@ -53,7 +53,9 @@ pub async fn vote(
     let decision = vote.decision.as_str_name();
     let span = tracing::info_span!("control.vote", request = %vote.request_id, decision);
     let span = request_span(span, live, &vote.request_id);
-    append_vote(live, log, vote, source, presence).instrument(span).await
+    append_vote(live, log, vote, source, presence)
+        .instrument(span)
+        .await
 }
 
 /// `span`, continuing the trace of request `id` if it has one.
@@ -152,7 +154,10 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source, pres
     let mut appended = 0;
     for (id, last, event) in lost {
         let span = tracing::info_span!("control.reconcile", session = %id);
-        if close_lost(live, log, &id, event, last, folded).instrument(span).await {
+        if close_lost(live, log, &id, event, last, folded)
+            .instrument(span)
+            .await
+        {
             tracing::warn!(session = %id, "closed a session whose proxy is gone");
             appended += 1;
         }

@@ -58,7 +58,9 @@ pub enum DecideError {
     DigestMismatch { request_id: String },
     #[error("a vote must approve or deny")]
     NoDecision,
-    #[error("the session holding request {request_id} has ended ({why}): nothing waits for a decision, and the request is being cancelled")]
+    #[error(
+        "the session holding request {request_id} has ended ({why}): nothing waits for a decision, and the request is being cancelled"
+    )]
     SessionEnded { request_id: String, why: String },
 }
 
@@ -335,7 +337,12 @@ fn gone(state: &Projection, request: &Request, alive: &dyn Liveness) -> Option<S
 /// How a closed session ended, for messages: its close's cause and detail.
 pub fn closed_how(s: &proto::SessionSummary) -> String {
     let cause = proto::session_closed::Cause::try_from(s.close_cause)
-        .map(|c| c.as_str_name().trim_start_matches("CAUSE_").to_lowercase().replace('_', " "))
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("CAUSE_")
+                .to_lowercase()
+                .replace('_', " ")
+        })
         .unwrap_or_else(|_| "unknown cause".to_owned());
     if s.close_detail.is_empty() {
         cause

@@ -192,7 +192,11 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         attach,
         presence: presence.clone(),
     };
-    tokio::spawn(crate::presence::run(presence.clone(), log.clone(), replica.clone()));
+    tokio::spawn(crate::presence::run(
+        presence.clone(),
+        log.clone(),
+        replica.clone(),
+    ));
     tokio::spawn(crate::act::reconcile_forever(
         live.clone(),
         log.clone(),

@@ -104,7 +104,11 @@ async fn replica_with(
         attach,
         presence: presence.clone(),
     };
-    tokio::spawn(airlock_control::presence::run(presence.clone(), log.clone(), id.into()));
+    tokio::spawn(airlock_control::presence::run(
+        presence.clone(),
+        log.clone(),
+        id.into(),
+    ));
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),
         log.clone(),

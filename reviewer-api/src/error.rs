@@ -66,9 +66,7 @@ impl Code {
             | Code::AlreadyVoted
             | Code::Expired
             | Code::DigestMismatch
-            | Code::SessionEnded => {
-                StatusCode::CONFLICT
-            }
+            | Code::SessionEnded => StatusCode::CONFLICT,
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -173,7 +173,8 @@ fn one_approval_by_a_reviewer_grants() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("alice may approve");
     assert_eq!(kinds(&events), vec!["approval_voted", "approval_granted"]);
@@ -202,7 +203,8 @@ fn two_approvals_need_two_people() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("first vote");
     assert_eq!(
@@ -216,7 +218,8 @@ fn two_approvals_need_two_people() {
             &given.state,
             &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
             at(2),
-            &source(), &Alive
+            &source(),
+            &Alive
         ),
         Err(DecideError::AlreadyVoted {
             who: "alice (alice)".into(),
@@ -228,7 +231,8 @@ fn two_approvals_need_two_people() {
         &given.state,
         &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Approve),
         at(2),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("second person");
     assert_eq!(kinds(&second), vec!["approval_voted", "approval_granted"]);
@@ -241,7 +245,8 @@ fn any_denial_denies() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("approve");
     let given = given.folded(approved);
@@ -249,7 +254,8 @@ fn any_denial_denies() {
         &given.state,
         &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
         at(2),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("deny");
     assert_eq!(kinds(&events), vec!["approval_voted", "approval_denied"]);
@@ -262,7 +268,8 @@ fn any_denial_denies() {
             &after.state,
             &vote("R1", person("carol", &[REVIEWERS]), proto::Decision::Approve),
             at(3),
-            &source(), &Alive
+            &source(),
+            &Alive
         ),
         Err(DecideError::AlreadyDecided {
             request_id: "R1".into(),
@@ -366,7 +373,8 @@ fn a_vote_whose_outcome_was_lost_is_repaired() {
         &given.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("vote");
     events.truncate(1);
@@ -377,7 +385,8 @@ fn a_vote_whose_outcome_was_lost_is_repaired() {
             &given.state,
             &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
             at(2),
-            &source(), &Alive
+            &source(),
+            &Alive
         ),
         Err(DecideError::AlreadyDecided {
             request_id: "R1".into(),
@@ -397,7 +406,8 @@ fn the_same_log_folds_to_the_same_state() {
         &g.state,
         &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
         at(1),
-        &source(), &Alive,
+        &source(),
+        &Alive,
     )
     .expect("vote");
     let g = g.folded(events);
@@ -487,8 +497,8 @@ fn a_request_whose_session_closed_is_cancelled_after_the_grace_and_cannot_be_app
 
 #[test]
 fn a_lost_proxy_run_has_its_sessions_closed_and_requests_cancelled() {
-    let given = opened(opened(Given::new(), "S1", "old"), "S2", "new")
-        .requested("R1", app("agent-7", &[AGENTS]), 1);
+    let given =
+        opened(opened(Given::new(), "S1", "old"), "S2", "new").requested("R1", app("agent-7", &[AGENTS]), 1);
     let lost = lost_sessions(&given.state, &source(), &OldRunLost);
     assert_eq!(lost.len(), 1, "only the old run's session");
     assert_eq!(lost[0].0, "S1");

@@ -599,13 +599,19 @@ mod tests {
         assert!(!may_write(Role::Control, &cancel(Cancel::ClientCancelled)));
         assert!(may_write(Role::Control, &close(Close::ProxyLost)));
         assert!(!may_write(Role::Control, &close(Close::Killed)));
-        assert!(!may_write(Role::Control, &Body::StatementExecuted(Default::default())));
+        assert!(!may_write(
+            Role::Control,
+            &Body::StatementExecuted(Default::default())
+        ));
         // A proxy never claims the control plane's judgement.
         assert!(may_write(Role::Proxy, &cancel(Cancel::SessionEnded)));
         assert!(!may_write(Role::Proxy, &cancel(Cancel::ProxyLost)));
         assert!(!may_write(Role::Proxy, &close(Close::ProxyLost)));
         assert!(may_write(Role::Proxy, &close(Close::UpstreamClosed)));
-        assert!(!may_write(Role::Proxy, &Body::ApprovalGranted(Default::default())));
+        assert!(!may_write(
+            Role::Proxy,
+            &Body::ApprovalGranted(Default::default())
+        ));
     }
 
     fn grant(source: &str) -> proto::Event {

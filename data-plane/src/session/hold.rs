@@ -343,7 +343,12 @@ pub(crate) fn confirms_grant(
 }
 
 /// Files ApprovalCancelled for a request this session holds.
-pub(super) async fn cancel(ctx: &Ctx, request_id: &RequestId, cause: proto::approval_cancelled::Cause, detail: &str) {
+pub(super) async fn cancel(
+    ctx: &Ctx,
+    request_id: &RequestId,
+    cause: proto::approval_cancelled::Cause,
+    detail: &str,
+) {
     ctx.deps.holds.release(request_id.as_str());
     let mut e = ctx.event(Body::ApprovalCancelled(proto::ApprovalCancelled {
         cause: cause as i32,
