@@ -153,6 +153,12 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source, pres
     let lost = live.read(|s| lost_sessions(s, source, &alive));
     let mut appended = 0;
     for (id, last, event) in lost {
+        // The judgement is as of the start of this pass; the reads and
+        // appends before this one may have taken seconds (the log slow or
+        // away), so it is made again just before acting on it.
+        if !still_gone(live, presence, &event) {
+            continue;
+        }
         let span = tracing::info_span!("control.reconcile", session = %id);
         if close_lost(live, log, &id, event, last, folded)
             .instrument(span)
@@ -163,6 +169,9 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source, pres
         }
     }
     for (id, event, last) in due {
+        if !still_gone(live, presence, &event) {
+            continue;
+        }
         let span = request_span(tracing::info_span!("control.reconcile", request = %id), live, &id);
         let outcome = event.body.as_ref().and_then(Outcome::of);
         if append_due(live, log, &id, event, last, folded)
@@ -221,10 +230,34 @@ async fn append_due(
     }
 }
 
+/// Whether an event that acts on a proxy being gone (a `PROXY_LOST` close
+/// or cancellation) still has that judgement behind it now; true for any
+/// other event.
+fn still_gone(live: &Live, presence: &Presence, event: &proto::Event) -> bool {
+    use proto::event::Body;
+    let proxy_lost = match &event.body {
+        Some(Body::SessionClosed(c)) => c.cause == proto::session_closed::Cause::ProxyLost as i32,
+        Some(Body::ApprovalCancelled(c)) => c.cause == proto::approval_cancelled::Cause::ProxyLost as i32,
+        _ => false,
+    };
+    if !proxy_lost {
+        return true;
+    }
+    let now = tokio::time::Instant::now();
+    live.read(|s| match s.sessions.get(&event.session_id) {
+        Some(session) => presence.lost(&session.summary.proxy_id, &session.summary.proxy_instance, now),
+        None => s
+            .request(&event.request_id)
+            .is_some_and(|r| presence.proxy_lost(&r.requested().proxy_id, now)),
+    })
+}
+
 /// Appends the control plane's close of session `id`, whose proxy is
 /// gone, if the session's subject is still at `last`, its last folded
-/// event: an event the proxy recorded meanwhile means it is not gone after
-/// all, or at least that the fold must catch up before judging again.
+/// event, or has moved on only by events the fold (which has reached
+/// `folded`) refused: an event the proxy recorded meanwhile means it is not
+/// gone after all, or at least that the fold must catch up before judging
+/// again; junk on the subject must not keep the session open for ever.
 async fn close_lost(
     live: &Live,
     log: &EventLog,
@@ -244,7 +277,7 @@ async fn close_lost(
             return false;
         }
     };
-    if head.sequence != last || folded < head.sequence {
+    if head.sequence != last && folded < head.sequence {
         return false;
     }
     trace::stamp(&mut event);

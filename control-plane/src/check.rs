@@ -31,6 +31,19 @@ pub fn check(path: &Path) -> Vec<String> {
         {
             found.at("control.checkpoints.signing_key", format!("{e:#}"));
         }
+        let lost = config.control.proxy_lost_after;
+        if !lost.is_zero()
+            && !(crate::presence::LOST_AFTER_MIN..=crate::presence::LOST_AFTER_MAX).contains(&lost)
+        {
+            found.at(
+                "control.proxy_lost_after",
+                format!(
+                    "{lost:?} is out of range: 0s (never judge a proxy gone) or {:?} to {:?} (shorter would take live proxies for gone before their announcements arrive)",
+                    crate::presence::LOST_AFTER_MIN,
+                    crate::presence::LOST_AFTER_MAX
+                ),
+            );
+        }
         if let Err(e) = crate::serve::signing(config) {
             found.at("signing", format!("{e:#}"));
         }

@@ -291,9 +291,14 @@ pub fn due_outcomes(
     state
         .pending()
         .filter_map(|r| {
-            ended_outcome(state, r, now, source, alive)
-                .or_else(|| due_outcome(r, now, source))
-                .map(|e| (r.view.request_id.clone(), e))
+            match ended_outcome(state, r, now, source, alive) {
+                Some(Ended::Cancel(e)) => Some(*e),
+                // Nothing at all meanwhile: not even a grant repaired
+                // from votes, for a session that has closed.
+                Some(Ended::Grace) => None,
+                None => due_outcome(r, now, source),
+            }
+            .map(|e| (r.view.request_id.clone(), e))
         })
         .collect()
 }
@@ -351,6 +356,15 @@ pub fn closed_how(s: &proto::SessionSummary) -> String {
     }
 }
 
+/// What the end of a request's session means for it.
+#[derive(Debug)]
+pub enum Ended {
+    /// The session closed moments ago: the proxy files the cancellation
+    /// itself; nothing is appended for the request meanwhile.
+    Grace,
+    Cancel(Box<proto::Event>),
+}
+
 /// The cancellation a pending request has earned because nothing can run
 /// it any more: the session holding it closed in the log (and the proxy
 /// did not file the cancellation itself within [`SESSION_END_GRACE`]), or
@@ -362,7 +376,7 @@ pub fn ended_outcome(
     now: SystemTime,
     source: &proto::Source,
     alive: &dyn Liveness,
-) -> Option<proto::Event> {
+) -> Option<Ended> {
     use proto::approval_cancelled::Cause;
     if !request.is_pending() {
         return None;
@@ -371,7 +385,7 @@ pub fn ended_outcome(
         Some(s) if s.summary.state == proto::SessionState::Closed as i32 => {
             let closed = s.summary.closed_at.and_then(|t| SystemTime::try_from(t).ok());
             if closed.is_some_and(|t| now.duration_since(t).unwrap_or_default() < SESSION_END_GRACE) {
-                return None;
+                return Some(Ended::Grace);
             }
             (
                 Cause::SessionEnded,
@@ -406,7 +420,7 @@ pub fn ended_outcome(
     );
     event.request_id = request.view.request_id.clone();
     event.session_id = request.view.session_id.clone();
-    Some(event)
+    Some(Ended::Cancel(Box::new(event)))
 }
 
 /// Open sessions whose proxy process is gone, each with the close the

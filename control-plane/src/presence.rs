@@ -3,25 +3,31 @@
 //! some replica holds an `Attach` stream from it.
 //!
 //! Each replica knows its own streams, and tells the others every
-//! [`ANNOUNCE_EVERY`] on a core NATS subject outside the log
-//! ([`SUBJECT`]): liveness is not a fact worth keeping. A run no replica
-//! has held for `control.proxy_lost_after` is *lost*: its sessions are
-//! closed in the log and its pending requests cancelled (`act::reconcile`),
-//! so no reviewer approves a statement that nobody waits on and no session
-//! of a crashed proxy stays open for ever.
+//! [`ANNOUNCE_EVERY`] on a core NATS subject outside the log ([`SUBJECT`]),
+//! signed with its control key and numbered, so a copy of an old
+//! announcement (NATS lets any client have the server deliver a stored
+//! message to a subject of its choosing) is refused. A run no replica has
+//! held for `control.proxy_lost_after` is *lost*: its sessions are closed in
+//! the log and its pending requests cancelled (`act::reconcile`), so no
+//! reviewer approves a statement that nobody waits on and no session of a
+//! crashed proxy stays open for ever.
 //!
-//! Only a replica that has heard the others for that long judges: after
-//! its start, and after every reconnect to NATS (announcements sent while
-//! it was away were missed, and an outage of the whole cluster must not
-//! look like every proxy dying). Being wrong one way (a live proxy taken
-//! for lost) fails closed: its held statements are refused and its
-//! sessions end. Being wrong the other way only delays the cleanup.
+//! A replica judges only while it has evidence that it hears the others:
+//! it is connected to NATS, has been for a whole `proxy_lost_after`, and
+//! heard its own last announcement come back. After a start, a reconnect,
+//! or with the subject denied by NATS permissions, it judges nothing. A run
+//! it has never heard of (a proxy just started, attached to another
+//! replica) counts from when this replica first asked about it. Being wrong
+//! one way (a live proxy taken for lost) fails closed: its held statements
+//! are refused and its sessions end. Being wrong the other way only delays
+//! the cleanup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_eventlog::EventLog;
+use airlock_eventlog::signing::{Role, Signer, Trust};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -33,9 +39,28 @@ pub const SUBJECT: &str = "airlock.control.presence";
 /// How often a replica announces the runs attached to it.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 
-/// Announcements larger than this are ignored (a replica with thousands of
-/// proxies announces well under it).
-const MAX_ANNOUNCEMENT: usize = 4 * 1024 * 1024;
+/// The shortest `proxy_lost_after` that leaves room for announcements to
+/// arrive: a shorter one would take live proxies for lost.
+pub const LOST_AFTER_MIN: Duration = Duration::from_secs(5);
+
+/// The longest `proxy_lost_after` taken (a day).
+pub const LOST_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// A replica judges only if its own announcement came back this recently.
+const ECHO_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs per announcement message, to stay far below NATS's payload limit.
+const RUNS_PER_MESSAGE: usize = 1000;
+
+/// Announcements larger than this are ignored.
+const MAX_ANNOUNCEMENT: usize = 1024 * 1024;
+
+/// Streams one proxy id may hold on one replica at once (a reconnect may
+/// briefly overlap the stream it replaces).
+pub const RUNS_PER_PROXY: usize = 4;
+
+/// What a replica's signature covers, before the announcement's bytes.
+const DOMAIN: &[u8] = b"airlock.control.presence.v1\n";
 
 /// One run of a proxy process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,18 +73,37 @@ pub struct Run {
 #[derive(Debug, Serialize, Deserialize)]
 struct Announcement {
     replica: String,
+    /// This run of the replica (a ULID: later runs sort later) and the
+    /// announcement's number within it: replays are refused.
+    boot: String,
+    counter: u64,
     runs: Vec<Run>,
+}
+
+/// An announcement as sent: its JSON, and the replica's signature over it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Signed {
+    body: String,
+    #[serde(default)]
+    key_id: String,
+    #[serde(default)]
+    signature: String,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Runs attached here, with how many streams each has (a reconnect
-    /// may briefly overlap the stream it replaces).
+    /// Runs attached here, with how many streams each has.
     local: HashMap<Run, usize>,
     /// When each run was last attached here or announced by a replica.
     seen: HashMap<Run, Instant>,
-    /// Since when announcements have been heard without a gap.
+    /// Runs asked about before ever being seen, and since when.
+    noticed: HashMap<Run, Instant>,
+    /// Since when this replica has been connected and listening.
     watching_since: Option<Instant>,
+    /// When this replica last heard its own announcement.
+    echo: Option<Instant>,
+    /// The latest (boot, counter) accepted from each replica.
+    latest: HashMap<String, (String, u64)>,
 }
 
 /// The runs this replica knows to be alive. Shared by the `Attach`
@@ -90,7 +134,17 @@ impl Drop for Attached {
     }
 }
 
+/// Why a Hello's run is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunRefused {
+    #[error("Hello's instance must be a ULID (26 characters) or empty")]
+    BadInstance,
+    #[error("proxy {0} already holds {RUNS_PER_PROXY} Attach streams on this replica")]
+    TooMany(String),
+}
+
 impl Presence {
+    /// `lost_after` zero: never judge any proxy lost.
     pub fn new(lost_after: Duration) -> Arc<Presence> {
         Arc::new(Presence {
             lost_after,
@@ -102,36 +156,95 @@ impl Presence {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A stream from `run` is attached here until the guard drops.
-    pub fn attach(self: &Arc<Presence>, run: Run) -> Attached {
+    /// A stream from `run` is attached here until the guard drops. A run's
+    /// instance must be a ULID (or empty, from an older proxy), and one
+    /// proxy id holds a few streams at most: what a proxy announces is
+    /// repeated to every replica, and must stay small.
+    pub fn attach(self: &Arc<Presence>, run: Run) -> Result<Attached, RunRefused> {
+        if !run.instance.is_empty() && ulid::Ulid::from_string(&run.instance).is_err() {
+            return Err(RunRefused::BadInstance);
+        }
         let mut inner = self.lock();
+        let streams: usize = inner
+            .local
+            .iter()
+            .filter(|(r, _)| r.proxy == run.proxy)
+            .map(|(_, n)| *n)
+            .sum();
+        if streams >= RUNS_PER_PROXY {
+            return Err(RunRefused::TooMany(run.proxy));
+        }
         *inner.local.entry(run.clone()).or_default() += 1;
         inner.seen.insert(run.clone(), Instant::now());
         drop(inner);
-        Attached {
+        Ok(Attached {
             presence: self.clone(),
             run,
-        }
+        })
     }
 
-    /// Announcements are heard from now on, after a gap (start, reconnect).
+    /// Connected and listening from now on, after a gap (start, reconnect).
     pub fn watching(&self, now: Instant) {
-        self.lock().watching_since = Some(now);
+        let mut inner = self.lock();
+        inner.watching_since = Some(now);
+        inner.echo = None;
     }
 
     /// Announcements may be missed (the NATS connection is down).
     pub fn not_watching(&self) {
-        self.lock().watching_since = None;
+        let mut inner = self.lock();
+        inner.watching_since = None;
+        inner.echo = None;
     }
 
-    fn heard(&self, runs: Vec<Run>, now: Instant) {
+    /// Whether this replica may judge at `now`: listening for a whole
+    /// period, and hearing itself.
+    fn judging(&self, inner: &Inner, now: Instant) -> bool {
+        if self.lost_after.is_zero() {
+            return false;
+        }
+        let listening = inner
+            .watching_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.lost_after);
+        let hears_itself = inner
+            .echo
+            .is_some_and(|at| now.saturating_duration_since(at) <= ECHO_WITHIN);
+        listening && hears_itself
+    }
+
+    /// Takes in an announcement of `replica` (its signature already
+    /// checked). Old or replayed ones are ignored.
+    fn heard(&self, a: Announcement, own: Option<&str>, now: Instant) {
         let mut inner = self.lock();
-        for run in runs {
+        let newer = match inner.latest.get(&a.replica) {
+            Some((boot, counter)) => a.boot > *boot || (a.boot == *boot && a.counter > *counter),
+            None => true,
+        };
+        if !newer {
+            return;
+        }
+        inner
+            .latest
+            .insert(a.replica.clone(), (a.boot.clone(), a.counter));
+        if own == Some(a.boot.as_str()) {
+            inner.echo = Some(now);
+        }
+        for run in a.runs {
+            inner.noticed.remove(&run);
             inner.seen.insert(run, now);
         }
-        // Forget runs long gone, so the map stays as large as the fleet.
-        let forget = self.lost_after * 10;
-        inner.seen.retain(|_, at| now.duration_since(*at) < forget);
+    }
+
+    /// Forgets runs long gone, so the maps stay as large as the fleet.
+    fn forget_old(&self, now: Instant) {
+        let forget = self.lost_after.saturating_mul(10).max(Duration::from_secs(600));
+        let mut inner = self.lock();
+        inner
+            .seen
+            .retain(|_, at| now.saturating_duration_since(*at) < forget);
+        inner
+            .noticed
+            .retain(|_, at| now.saturating_duration_since(*at) < forget);
     }
 
     fn local_runs(&self) -> Vec<Run> {
@@ -139,14 +252,11 @@ impl Presence {
     }
 
     /// Whether `proxy`'s run `instance` is lost: attached nowhere for
-    /// `lost_after`, as judged by a replica that has been listening at
-    /// least that long. Never true while this replica may have missed news.
+    /// `lost_after`, as judged by a replica that hears the others. A run
+    /// never seen counts from the first time it is asked about.
     pub fn lost(&self, proxy: &str, instance: &str, now: Instant) -> bool {
-        let inner = self.lock();
-        let Some(since) = inner.watching_since else {
-            return false;
-        };
-        if now.duration_since(since) < self.lost_after {
+        let mut inner = self.lock();
+        if !self.judging(&inner, now) {
             return false;
         }
         let run = Run {
@@ -156,27 +266,45 @@ impl Presence {
         if inner.local.contains_key(&run) {
             return false;
         }
-        match inner.seen.get(&run) {
-            Some(at) => now.duration_since(*at) >= self.lost_after,
-            None => true,
-        }
+        let since = match inner.seen.get(&run) {
+            Some(at) => *at,
+            None => *inner.noticed.entry(run).or_insert(now),
+        };
+        now.saturating_duration_since(since) >= self.lost_after
     }
 
     /// Whether no run of `proxy` at all has been alive for `lost_after`
     /// (for a request whose session the log does not show).
     pub fn proxy_lost(&self, proxy: &str, now: Instant) -> bool {
-        let inner = self.lock();
-        let Some(since) = inner.watching_since else {
-            return false;
-        };
-        if now.duration_since(since) < self.lost_after {
+        let mut inner = self.lock();
+        if !self.judging(&inner, now) {
             return false;
         }
-        !inner.local.keys().any(|r| r.proxy == proxy)
-            && !inner
-                .seen
-                .iter()
-                .any(|(r, at)| r.proxy == proxy && now.duration_since(*at) < self.lost_after)
+        if inner.local.keys().any(|r| r.proxy == proxy) {
+            return false;
+        }
+        let last = inner
+            .seen
+            .iter()
+            .filter(|(r, _)| r.proxy == proxy)
+            .map(|(_, at)| *at)
+            .max();
+        let since = match last {
+            Some(at) => at,
+            None => *inner
+                .noticed
+                .entry(Run {
+                    proxy: proxy.to_owned(),
+                    instance: "*".to_owned(),
+                })
+                .or_insert(now),
+        };
+        now.saturating_duration_since(since) >= self.lost_after
+    }
+
+    /// How long a run goes unheard before it is lost (zero: never).
+    pub fn lost_after(&self) -> Duration {
+        self.lost_after
     }
 }
 
@@ -198,11 +326,49 @@ impl crate::decide::Liveness for At<'_> {
     }
 }
 
+fn sign(body: String, signer: Option<&Signer>) -> Signed {
+    match signer {
+        Some(s) => {
+            let message = [DOMAIN, body.as_bytes()].concat();
+            Signed {
+                key_id: s.key_id().to_owned(),
+                signature: hex::encode(s.sign(&message).to_bytes()),
+                body,
+            }
+        }
+        None => Signed {
+            body,
+            key_id: String::new(),
+            signature: String::new(),
+        },
+    }
+}
+
+/// The announcement in `bytes`, if it is well formed and, where this
+/// replica trusts control keys, signed by one.
+fn open(bytes: &[u8], trust: Option<&Trust>) -> Option<Announcement> {
+    if bytes.len() > MAX_ANNOUNCEMENT {
+        return None;
+    }
+    let signed: Signed = serde_json::from_slice(bytes).ok()?;
+    if let Some(trust) = trust.filter(|t| t.has_role(Role::Control)) {
+        let signature = hex::decode(&signed.signature).ok()?;
+        let message = [DOMAIN, signed.body.as_bytes()].concat();
+        trust
+            .check_detached(Role::Control, &signed.key_id, &message, &signature)
+            .ok()?;
+    }
+    serde_json::from_str(&signed.body).ok()
+}
+
 /// Announces this replica's runs and hears the others', until dropped.
-/// Resubscribes after errors; every reconnect to NATS restarts the
-/// listening period.
+/// Listening restarts (and judging waits a whole period) whenever the
+/// connection to NATS drops.
 pub async fn run(presence: Arc<Presence>, log: EventLog, replica: String) {
+    let boot = ulid::Ulid::new().to_string();
+    let mut counter = 0u64;
     let mut connects = log.connects();
+    let mut denied_warned = false;
     loop {
         presence.not_watching();
         let mut heard = match log.client().subscribe(SUBJECT).await {
@@ -214,27 +380,48 @@ pub async fn run(presence: Arc<Presence>, log: EventLog, replica: String) {
             }
         };
         connects.borrow_and_update();
-        presence.watching(Instant::now());
+        let mut connected = log.connected();
+        if connected {
+            presence.watching(Instant::now());
+        }
         let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = heard.next() => {
                     let Some(message) = message else { break };
-                    if message.payload.len() > MAX_ANNOUNCEMENT {
-                        continue;
-                    }
-                    match serde_json::from_slice::<Announcement>(&message.payload) {
-                        Ok(a) => presence.heard(a.runs, Instant::now()),
-                        Err(e) => tracing::debug!(error = %e, "ignoring a malformed presence announcement"),
+                    match open(&message.payload, log.trust()) {
+                        Some(a) => presence.heard(a, Some(&boot), Instant::now()),
+                        None => tracing::debug!("ignoring a presence announcement that is malformed or not signed by a control key"),
                     }
                 }
                 _ = tick.tick() => {
-                    let a = Announcement { replica: replica.clone(), runs: presence.local_runs() };
-                    if let Ok(bytes) = serde_json::to_vec(&a)
-                        && let Err(e) = log.client().publish(SUBJECT, bytes.into()).await
-                    {
-                        tracing::debug!(error = %e, "presence announcement not sent");
+                    let now = Instant::now();
+                    match (connected, log.connected()) {
+                        (true, false) => presence.not_watching(),
+                        (false, true) => presence.watching(now),
+                        _ => {}
+                    }
+                    connected = log.connected();
+                    presence.forget_old(now);
+                    let runs = presence.local_runs();
+                    let chunks: Vec<&[Run]> = if runs.is_empty() { vec![&[]] } else { runs.chunks(RUNS_PER_MESSAGE).collect() };
+                    for chunk in chunks {
+                        counter += 1;
+                        let a = Announcement { replica: replica.clone(), boot: boot.clone(), counter, runs: chunk.to_vec() };
+                        let Ok(body) = serde_json::to_string(&a) else { continue };
+                        let Ok(bytes) = serde_json::to_vec(&sign(body, log.signer())) else { continue };
+                        if let Err(e) = log.client().publish(SUBJECT, bytes.into()).await {
+                            tracing::warn!(error = %e, "presence announcement not sent");
+                        }
+                    }
+                    let echo_missing = {
+                        let inner = presence.lock();
+                        connected && inner.watching_since.is_some_and(|s| now.saturating_duration_since(s) > ECHO_WITHIN * 2) && inner.echo.is_none_or(|e| now.saturating_duration_since(e) > ECHO_WITHIN)
+                    };
+                    if echo_missing && !denied_warned {
+                        denied_warned = true;
+                        tracing::warn!(subject = SUBJECT, "this replica does not hear its own presence announcements (check the control user's NATS permissions for the subject): it will judge no proxy gone");
                     }
                 }
                 changed = connects.changed() => {
@@ -243,6 +430,7 @@ pub async fn run(presence: Arc<Presence>, log: EventLog, replica: String) {
                     }
                     // Reconnected: whatever was announced meanwhile is
                     // lost; listen a full period before judging again.
+                    connected = true;
                     presence.watching(Instant::now());
                 }
             }
@@ -263,48 +451,153 @@ mod tests {
         }
     }
 
+    fn announcement(replica: &str, boot: &str, counter: u64, runs: Vec<Run>) -> Announcement {
+        Announcement {
+            replica: replica.into(),
+            boot: boot.into(),
+            counter,
+            runs,
+        }
+    }
+
+    /// A presence that has listened a whole period and hears itself.
+    fn listening(t0: Instant) -> Arc<Presence> {
+        let p = Presence::new(LOST);
+        p.watching(t0 - LOST);
+        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0);
+        p
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn nothing_is_lost_before_a_full_period_of_listening() {
+    async fn nothing_is_lost_without_a_full_period_of_listening_and_its_own_echo() {
         let p = Presence::new(LOST);
         let t0 = Instant::now();
-        assert!(!p.lost("p1", "a", t0), "not listening yet");
+        assert!(!p.lost("p1", "", t0), "not listening yet");
         p.watching(t0);
-        assert!(!p.lost("p1", "a", t0 + LOST / 2));
-        assert!(p.lost("p1", "a", t0 + LOST), "never heard of for a whole period");
-        assert!(p.proxy_lost("p1", t0 + LOST));
+        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0 + LOST / 2);
+        assert!(!p.lost("p1", "", t0 + LOST / 2), "listening for half a period");
+        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0 + LOST);
+        assert!(!p.lost("p1", "", t0 + LOST), "first asked about now");
+        p.heard(announcement("me", "BOOT", 3, vec![]), Some("BOOT"), t0 + LOST * 2);
+        assert!(
+            p.lost("p1", "", t0 + LOST * 2),
+            "unheard for a whole period since first asked"
+        );
+        // Without its own echo (the subject denied, the connection gone
+        // quiet) a replica judges nothing.
+        assert!(!p.lost("p1", "", t0 + LOST * 2 + ECHO_WITHIN * 2));
         p.not_watching();
-        assert!(!p.lost("p1", "a", t0 + LOST * 2), "may have missed news");
+        assert!(!p.lost("p1", "", t0 + LOST * 2), "may have missed news");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_run_attached_here_or_announced_elsewhere_is_alive() {
-        let p = Presence::new(LOST);
         let t0 = Instant::now();
-        p.watching(t0 - LOST);
-        let here = p.attach(run("p1", "a"));
-        assert!(!p.lost("p1", "a", t0 + LOST * 3), "attached here");
-        p.heard(vec![run("p2", "b")], t0);
-        assert!(!p.lost("p2", "b", t0 + LOST / 2));
-        assert!(p.lost("p2", "b", t0 + LOST), "announcements stopped");
+        let p = listening(t0);
+        let here = p.attach(run("p1", "")).expect("attach");
+        assert!(!p.lost("p1", "", t0), "attached here");
+        let b = "01J0000000000000000000000B";
+        p.heard(
+            announcement("other", "B1", 1, vec![run("p2", b)]),
+            Some("BOOT"),
+            t0,
+        );
+        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0 + LOST);
+        assert!(p.lost("p2", b, t0 + LOST), "announcements of it stopped");
+        // A replay of the announcement that named it changes nothing.
+        p.heard(
+            announcement("other", "B1", 1, vec![run("p2", b)]),
+            Some("BOOT"),
+            t0 + LOST,
+        );
+        assert!(p.lost("p2", b, t0 + LOST));
         // A restarted proxy: the new run is alive, the old one is not.
-        assert!(p.lost("p1", "old", t0));
-        assert!(!p.proxy_lost("p1", t0));
+        assert!(!p.proxy_lost("p1", t0 + LOST));
         drop(here);
-        let gone = Instant::now();
-        assert!(!p.lost("p1", "a", gone + LOST / 2), "detached only just now");
-        assert!(p.lost("p1", "a", gone + LOST));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn overlapping_streams_of_one_run_count_until_the_last_ends() {
+    async fn a_run_never_heard_of_is_not_lost_at_once() {
+        let t0 = Instant::now();
+        let p = listening(t0);
+        let fresh = "01J0000000000000000000000F";
+        assert!(!p.lost("p9", fresh, t0), "first asked now");
+        // Its replica announces it two seconds later: alive.
+        p.heard(
+            announcement("other", "B1", 1, vec![run("p9", fresh)]),
+            Some("BOOT"),
+            t0 + ANNOUNCE_EVERY,
+        );
+        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0 + LOST);
+        assert!(
+            !p.lost("p9", fresh, t0 + LOST),
+            "heard {ANNOUNCE_EVERY:?} after first asked"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_are_checked_and_bounded_per_proxy() {
         let p = Presence::new(LOST);
+        assert_eq!(
+            p.attach(run("p1", &"x".repeat(1 << 20))).err(),
+            Some(RunRefused::BadInstance)
+        );
+        let ids = [
+            "01J00000000000000000000001",
+            "01J00000000000000000000002",
+            "01J00000000000000000000003",
+            "01J00000000000000000000004",
+        ];
+        let held: Vec<Attached> = ids
+            .iter()
+            .map(|i| p.attach(run("p1", i)).expect("attach"))
+            .collect();
+        assert!(matches!(
+            p.attach(run("p1", "01J00000000000000000000005")),
+            Err(RunRefused::TooMany(_))
+        ));
+        assert!(
+            p.attach(run("p2", "")).is_ok(),
+            "other proxies are not limited by p1"
+        );
+        drop(held);
+        assert!(p.attach(run("p1", "01J00000000000000000000005")).is_ok());
+    }
+
+    #[test]
+    fn announcements_must_be_signed_by_a_control_key_where_control_keys_are_trusted() {
+        use airlock_eventlog::signing::TrustedKey;
+        let control = Signer::generate();
+        let proxy = Signer::generate();
+        let trust = Trust::new(vec![
+            TrustedKey::new(Role::Control, control.verifying_key()),
+            TrustedKey::new(Role::Proxy, proxy.verifying_key()),
+        ]);
+        let body = serde_json::to_string(&announcement("r", "B", 1, vec![run("p", "")])).expect("json");
+        let by = |s: Option<&Signer>| serde_json::to_vec(&sign(body.clone(), s)).expect("json");
+        assert!(open(&by(Some(&control)), Some(&trust)).is_some());
+        assert!(
+            open(&by(Some(&proxy)), Some(&trust)).is_none(),
+            "a proxy key announces nothing"
+        );
+        assert!(open(&by(None), Some(&trust)).is_none(), "unsigned");
+        assert!(
+            open(&by(None), None).is_some(),
+            "a replica that trusts no keys takes it"
+        );
+        assert!(open(b"{not json", Some(&trust)).is_none());
+        let mut tampered: Signed = serde_json::from_slice(&by(Some(&control))).expect("json");
+        tampered.body = tampered.body.replace("\"p\"", "\"q\"");
+        assert!(open(&serde_json::to_vec(&tampered).expect("json"), Some(&trust)).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_turns_judging_off() {
+        let p = Presence::new(Duration::ZERO);
         let t0 = Instant::now();
         p.watching(t0 - LOST);
-        let first = p.attach(run("p1", "a"));
-        let second = p.attach(run("p1", "a"));
-        drop(first);
-        assert!(!p.lost("p1", "a", t0 + LOST * 2), "the second stream is still up");
-        drop(second);
-        assert_eq!(p.local_runs(), Vec::<Run>::new());
+        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0);
+        assert!(!p.lost("p1", "", t0 + LOST * 10));
+        assert!(!p.proxy_lost("p1", t0 + LOST * 10));
     }
 }

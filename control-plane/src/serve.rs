@@ -215,7 +215,11 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .context("gRPC reflection")?;
     let listen = config.control.listen;
     tracing::info!(%listen, %replica, tls = config.control.tls.is_some(), ?attach, "control plane serving");
+    // Pings find a peer that vanished without closing (its host lost):
+    // its Attach stream ends, and its proxy counts as gone in time.
     let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(reflection)
         .add_service(health)
         .add_service(proto::reviewer_service_server::ReviewerServiceServer::new(

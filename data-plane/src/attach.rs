@@ -16,6 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 struct Held {
     session_id: String,
     sha256: Vec<u8>,
+    /// Its `ApprovalRequested` is stored: only then does it need a
+    /// cancellation (one with nothing before it on the request's subject
+    /// would be a chain that does not start at its beginning).
+    filed: bool,
     decision: oneshot::Sender<proto::DecisionNotice>,
 }
 
@@ -85,6 +89,7 @@ impl Holds {
             Held {
                 session_id: session_id.to_owned(),
                 sha256: sha256.to_vec(),
+                filed: false,
                 decision: tx,
             },
         );
@@ -98,6 +103,13 @@ impl Holds {
             })));
         }
         rx
+    }
+
+    /// The request's `ApprovalRequested` is stored.
+    pub fn filed(&self, request_id: &str) {
+        if let Some(h) = self.lock().held.get_mut(request_id) {
+            h.filed = true;
+        }
     }
 
     /// The request is no longer held here.
@@ -123,9 +135,11 @@ impl Holds {
         rx
     }
 
-    /// The session ended. Returns the requests it still held: ended by a
-    /// route that did not settle them (PostgreSQL going away, an error),
-    /// so the caller files their cancellation.
+    /// The session ended. Returns the filed requests it still held: ended
+    /// by a route that did not settle them (PostgreSQL going away, an
+    /// error), so the caller files their cancellation. (One whose filing
+    /// was cut short, if it was stored after all, is cancelled by the
+    /// control plane once the log shows the session closed.)
     pub fn close_session(&self, session_id: &str) -> Vec<Abandoned> {
         let mut inner = self.lock();
         inner.sessions.remove(session_id);
@@ -135,9 +149,10 @@ impl Holds {
             .filter(|(_, h)| h.session_id == session_id)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in &abandoned {
-            inner.held.remove(id);
-        }
+        let abandoned: Vec<String> = abandoned
+            .into_iter()
+            .filter(|id| inner.held.remove(id).is_some_and(|h| h.filed))
+            .collect();
         if let Some(out) = &inner.out {
             let _ = out.send(message(proto::proxy_message::Message::Released(
                 proto::Released {

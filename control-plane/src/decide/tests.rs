@@ -555,3 +555,24 @@ fn a_request_without_a_session_in_the_log_ends_with_its_proxy() {
     let c = cancelled(&due_outcomes(&given.state, at(1), &source(), &OldRunLost));
     assert_eq!(c[0].1, proto::approval_cancelled::Cause::ProxyLost as i32);
 }
+
+/// Review finding: inside the grace after a session closed, a vote whose
+/// outcome was never appended was repaired into a grant for the closed
+/// session. Nothing is appended meanwhile; then the request is cancelled.
+#[test]
+fn within_the_grace_nothing_is_repaired_into_a_grant_for_a_closed_session() {
+    let given = opened(Given::new(), "S1", "run").requested("R1", app("agent-7", &[AGENTS]), 1);
+    let mut events = decide(
+        &given.state,
+        &vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve),
+        at(1),
+        &source(),
+        &Alive,
+    )
+    .expect("vote");
+    events.truncate(1); // the vote is in; its outcome's append failed
+    let given = closed(given.folded(events), "S1", 1);
+    assert!(due_outcomes(&given.state, at(1) + Duration::from_secs(1), &source(), &Alive).is_empty());
+    let c = cancelled(&due_outcomes(&given.state, at(2), &source(), &Alive));
+    assert_eq!(c[0].1, proto::approval_cancelled::Cause::SessionEnded as i32);
+}

@@ -85,6 +85,11 @@ fn control(m: proto::control_message::Message) -> proto::ControlMessage {
     proto::ControlMessage { message: Some(m) }
 }
 
+/// How long a replica that cannot reach the log keeps a proxy's stream:
+/// well under `control.proxy_lost_after`, so the proxy is attached
+/// elsewhere before the other replicas take it for lost.
+const LET_GO_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Heartbeat period announced to proxies.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -123,10 +128,13 @@ impl proto::proxy_service_server::ProxyService for Control {
         tracing::info!(proxy = %hello.proxy_id, instance = %hello.instance, held = hello.held.len(), "proxy attached");
         // This run is alive while the stream lasts (and a little after:
         // see `presence`).
-        let alive = self.presence.attach(crate::presence::Run {
-            proxy: hello.proxy_id.clone(),
-            instance: hello.instance.clone(),
-        });
+        let alive = self
+            .presence
+            .attach(crate::presence::Run {
+                proxy: hello.proxy_id.clone(),
+                instance: hello.instance.clone(),
+            })
+            .map_err(|e| status(ErrorCode::InvalidArgument, e.to_string()))?;
         tokio::spawn(async move {
             let _alive = alive;
             let mut held = Holdings {
@@ -149,6 +157,11 @@ impl proto::proxy_service_server::ProxyService for Control {
                 return;
             }
             let mut heartbeat = tokio::time::interval(HEARTBEAT);
+            // Since when this replica has not reached the log: it can
+            // neither decide nor tell decisions, and the other replicas
+            // soon take the proxy for lost. It lets the proxy go, to
+            // attach to a replica that can.
+            let mut unreachable_since: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     msg = inbound.next() => match msg {
@@ -181,6 +194,13 @@ impl proto::proxy_service_server::ProxyService for Control {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     _ = heartbeat.tick() => {
+                        if live.log_reachable() {
+                            unreachable_since = None;
+                        } else if unreachable_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= LET_GO_AFTER {
+                            tracing::warn!(proxy = %held.proxy_id, "the event log is unreachable from this replica: ending the proxy's Attach stream so it attaches elsewhere");
+                            let _ = tx.send(Err(status(ErrorCode::Unavailable, "this replica cannot reach the event log"))).await;
+                            return;
+                        }
                         let beat = control(proto::control_message::Message::Heartbeat(proto::Heartbeat {}));
                         if tx.send(Ok(beat)).await.is_err() { return; }
                     }
@@ -307,7 +327,6 @@ async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx)
         // the proxy agree that it is over.
         Some(Body::SessionClosed(c))
             if c.cause == proto::session_closed::Cause::ProxyLost as i32
-                && held.sessions.contains(&e.session_id)
                 && !held.killed.contains(&e.session_id) =>
         {
             let Some(order) = live.read(|s| {

@@ -196,6 +196,14 @@ impl EventLog {
         self.connects.subscribe()
     }
 
+    /// Whether the client is connected to a NATS server right now.
+    pub fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }

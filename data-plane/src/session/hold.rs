@@ -122,6 +122,7 @@ impl ToUpstream {
             }
             return Ok(unavailable("the event log is unavailable"));
         }
+        deps.holds.filed(request_id.as_str());
         let notice = error_response::held(
             &rid,
             &why(&judgement.verdict),
@@ -326,7 +327,12 @@ pub(crate) fn confirms_grant(
             && e.event.request_id == request_id.as_str()
             && matches!(
                 e.event.body,
-                Some(Body::ApprovalGranted(_) | Body::ApprovalDenied(_) | Body::ApprovalExpired(_))
+                Some(
+                    Body::ApprovalGranted(_)
+                        | Body::ApprovalDenied(_)
+                        | Body::ApprovalExpired(_)
+                        | Body::ApprovalCancelled(_)
+                )
             )
             && matches!(
                 trust.check(e),
@@ -500,6 +506,32 @@ mod tests {
             log.decision(Body::ApprovalExpired(proto::ApprovalExpired::default()));
             log.decision(granted());
             assert!(!log.confirms());
+        }
+
+        /// Review finding: the control plane cancels a request whose proxy
+        /// or session is gone; a replica of an older version, which does
+        /// not fold that cancel, could still grant after it. The first
+        /// outcome the control plane signed stands, the cancel.
+        #[test]
+        fn a_grant_after_the_control_planes_cancel_confirms_nothing() {
+            let mut log = Log::new();
+            log.decision(Body::ApprovalCancelled(proto::ApprovalCancelled {
+                cause: proto::approval_cancelled::Cause::ProxyLost as i32,
+                ..Default::default()
+            }));
+            log.decision(granted());
+            assert!(!log.confirms());
+            // A proxy's own cancel (the client left) is not the control
+            // plane's outcome: a grant after it is still the outcome.
+            let mut log = Log::new();
+            let filed = subjects::request(&log.request);
+            log.push(
+                filed,
+                Body::ApprovalCancelled(proto::ApprovalCancelled::default()),
+                false,
+            );
+            log.decision(granted());
+            assert!(log.confirms());
         }
 
         /// Review finding: a proxy's event replayed after the grant (its
