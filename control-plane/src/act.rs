@@ -241,6 +241,15 @@ fn still_gone(live: &Live, presence: &Presence, event: &proto::Event) -> bool {
         _ => false,
     };
     if !proxy_lost {
+        // A grant repaired from votes is not appended for a session that
+        // closed meanwhile: the request is cancelled instead.
+        if let Some(Body::ApprovalGranted(_)) = &event.body {
+            return live.read(|s| {
+                s.sessions
+                    .get(&event.session_id)
+                    .is_none_or(|x| x.summary.state != proto::SessionState::Closed as i32)
+            });
+        }
         return true;
     }
     let now = tokio::time::Instant::now();

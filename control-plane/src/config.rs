@@ -38,7 +38,7 @@ pub struct ControlSection {
     /// in the log (`SessionClosed`, cause `PROXY_LOST`) and its pending
     /// requests cancelled. Longer than a control-plane restart takes.
     /// `0s`: never (for a rolling upgrade from replicas that do not
-    /// announce their proxies); else 5 s to a day.
+    /// announce their proxies); else 20 s to a day.
     #[serde(default = "default_proxy_lost_after", with = "humantime_serde")]
     pub proxy_lost_after: Duration,
     /// How often to consider storing a snapshot of the folded state (`0s`:

@@ -41,7 +41,7 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 
 /// The shortest `proxy_lost_after` that leaves room for announcements to
 /// arrive: a shorter one would take live proxies for lost.
-pub const LOST_AFTER_MIN: Duration = Duration::from_secs(5);
+pub const LOST_AFTER_MIN: Duration = Duration::from_secs(20);
 
 /// The longest `proxy_lost_after` taken (a day).
 pub const LOST_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -102,8 +102,11 @@ struct Inner {
     watching_since: Option<Instant>,
     /// When this replica last heard its own announcement.
     echo: Option<Instant>,
-    /// The latest (boot, counter) accepted from each replica.
-    latest: HashMap<String, (String, u64)>,
+    /// The latest counter accepted from each replica run (boot), and
+    /// when: a copy of an older announcement of a run is refused. Keyed by
+    /// boot, not by replica id: two replicas sharing an id, or one
+    /// restarted with its clock behind, are each heard.
+    latest: HashMap<String, (u64, Instant)>,
 }
 
 /// The runs this replica knows to be alive. Shared by the `Attach`
@@ -216,17 +219,23 @@ impl Presence {
     /// checked). Old or replayed ones are ignored.
     fn heard(&self, a: Announcement, own: Option<&str>, now: Instant) {
         let mut inner = self.lock();
-        let newer = match inner.latest.get(&a.replica) {
-            Some((boot, counter)) => a.boot > *boot || (a.boot == *boot && a.counter > *counter),
-            None => true,
-        };
-        if !newer {
+        if inner
+            .latest
+            .get(&a.boot)
+            .is_some_and(|(counter, _)| a.counter <= *counter)
+        {
             return;
         }
-        inner
-            .latest
-            .insert(a.replica.clone(), (a.boot.clone(), a.counter));
+        inner.latest.insert(a.boot.clone(), (a.counter, now));
         if own == Some(a.boot.as_str()) {
+            // Its own voice back after a silence: whatever the others said
+            // meanwhile may be lost too, so listening starts again.
+            let silent = inner
+                .echo
+                .is_none_or(|at| now.saturating_duration_since(at) > ECHO_WITHIN);
+            if silent && let Some(since) = inner.watching_since.as_mut() {
+                *since = (*since).max(now);
+            }
             inner.echo = Some(now);
         }
         for run in a.runs {
@@ -245,6 +254,9 @@ impl Presence {
         inner
             .noticed
             .retain(|_, at| now.saturating_duration_since(*at) < forget);
+        inner
+            .latest
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < forget);
     }
 
     fn local_runs(&self) -> Vec<Run> {
@@ -345,13 +357,21 @@ fn sign(body: String, signer: Option<&Signer>) -> Signed {
 }
 
 /// The announcement in `bytes`, if it is well formed and, where this
-/// replica trusts control keys, signed by one.
+/// replica checks writers (`trust`), signed by a control key it trusts.
 fn open(bytes: &[u8], trust: Option<&Trust>) -> Option<Announcement> {
     if bytes.len() > MAX_ANNOUNCEMENT {
         return None;
     }
     let signed: Signed = serde_json::from_slice(bytes).ok()?;
-    if let Some(trust) = trust.filter(|t| t.has_role(Role::Control)) {
+    if let Some(trust) = trust {
+        // A key id the trust list does not name costs no verification.
+        if !trust
+            .keys()
+            .iter()
+            .any(|k| k.role == Role::Control && k.key_id == signed.key_id)
+        {
+            return None;
+        }
         let signature = hex::decode(&signed.signature).ok()?;
         let message = [DOMAIN, signed.body.as_bytes()].concat();
         trust
@@ -368,7 +388,9 @@ pub async fn run(presence: Arc<Presence>, log: EventLog, replica: String) {
     let boot = ulid::Ulid::new().to_string();
     let mut counter = 0u64;
     let mut connects = log.connects();
+    let mut slow = log.slow_consumers();
     let mut denied_warned = false;
+    let mut refused_warned: Option<Instant> = None;
     loop {
         presence.not_watching();
         let mut heard = match log.client().subscribe(SUBJECT).await {
@@ -392,7 +414,16 @@ pub async fn run(presence: Arc<Presence>, log: EventLog, replica: String) {
                     let Some(message) = message else { break };
                     match open(&message.payload, log.trust()) {
                         Some(a) => presence.heard(a, Some(&boot), Instant::now()),
-                        None => tracing::debug!("ignoring a presence announcement that is malformed or not signed by a control key"),
+                        None => {
+                            // Another replica signing with a key this one
+                            // does not trust would go unheard, and its
+                            // proxies be taken for gone: say so, now and
+                            // then.
+                            if refused_warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                                refused_warned = Some(Instant::now());
+                                tracing::warn!(subject = SUBJECT, "ignoring a presence announcement that is malformed or not signed by a trusted control key (is every replica's key in signing.trust?)");
+                            }
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -423,6 +454,16 @@ pub async fn run(presence: Arc<Presence>, log: EventLog, replica: String) {
                         denied_warned = true;
                         tracing::warn!(subject = SUBJECT, "this replica does not hear its own presence announcements (check the control user's NATS permissions for the subject): it will judge no proxy gone");
                     }
+                }
+                dropped = slow.changed() => {
+                    if dropped.is_err() {
+                        return;
+                    }
+                    // The client dropped messages of a subscription that
+                    // fell behind (a flood on the subject): announcements
+                    // may be among them.
+                    tracing::warn!(subject = SUBJECT, "presence announcements may have been dropped (slow consumer): listening a whole period again before judging");
+                    presence.watching(Instant::now());
                 }
                 changed = connects.changed() => {
                     if changed.is_err() {
@@ -460,11 +501,16 @@ mod tests {
         }
     }
 
+    /// This replica heard its own announcement at `at`.
+    fn echo(p: &Presence, at: Instant) {
+        p.lock().echo = Some(at);
+    }
+
     /// A presence that has listened a whole period and hears itself.
     fn listening(t0: Instant) -> Arc<Presence> {
         let p = Presence::new(LOST);
         p.watching(t0 - LOST);
-        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0);
+        echo(&p, t0);
         p
     }
 
@@ -474,11 +520,11 @@ mod tests {
         let t0 = Instant::now();
         assert!(!p.lost("p1", "", t0), "not listening yet");
         p.watching(t0);
-        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0 + LOST / 2);
+        echo(&p, t0 + LOST / 2);
         assert!(!p.lost("p1", "", t0 + LOST / 2), "listening for half a period");
-        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0 + LOST);
+        echo(&p, t0 + LOST);
         assert!(!p.lost("p1", "", t0 + LOST), "first asked about now");
-        p.heard(announcement("me", "BOOT", 3, vec![]), Some("BOOT"), t0 + LOST * 2);
+        echo(&p, t0 + LOST * 2);
         assert!(
             p.lost("p1", "", t0 + LOST * 2),
             "unheard for a whole period since first asked"
@@ -502,7 +548,7 @@ mod tests {
             Some("BOOT"),
             t0,
         );
-        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0 + LOST);
+        echo(&p, t0 + LOST);
         assert!(p.lost("p2", b, t0 + LOST), "announcements of it stopped");
         // A replay of the announcement that named it changes nothing.
         p.heard(
@@ -528,10 +574,65 @@ mod tests {
             Some("BOOT"),
             t0 + ANNOUNCE_EVERY,
         );
-        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0 + LOST);
+        echo(&p, t0 + LOST);
         assert!(
             !p.lost("p9", fresh, t0 + LOST),
             "heard {ANNOUNCE_EVERY:?} after first asked"
+        );
+    }
+
+    /// Second review: replay protection keyed by replica id silenced for
+    /// ever a replica sharing its id with another (or restarted with its
+    /// clock behind: an older boot), and its proxies were taken for gone.
+    #[tokio::test(start_paused = true)]
+    async fn two_runs_of_one_replica_id_are_both_heard() {
+        let t0 = Instant::now();
+        let p = listening(t0);
+        let (old, new) = ("01J0000000000000000000000A", "01J0000000000000000000000B");
+        p.heard(
+            announcement("control-1", new, 5, vec![run("p1", "")]),
+            Some("BOOT"),
+            t0,
+        );
+        p.heard(
+            announcement("control-1", old, 9, vec![run("p2", "")]),
+            Some("BOOT"),
+            t0,
+        );
+        echo(&p, t0 + LOST);
+        assert!(
+            p.lost("p1", "", t0 + LOST) && p.lost("p2", "", t0 + LOST),
+            "both were heard, then silent"
+        );
+        p.heard(
+            announcement("control-1", old, 10, vec![run("p2", "")]),
+            Some("BOOT"),
+            t0 + LOST,
+        );
+        assert!(!p.lost("p2", "", t0 + LOST), "the older boot is still heard");
+    }
+
+    /// Second review: a replica connected all along but deaf for a while
+    /// (its subscription silent) judged as soon as its own voice came
+    /// back, before the others' next announcements.
+    #[tokio::test(start_paused = true)]
+    async fn its_own_voice_back_after_a_silence_restarts_listening() {
+        let t0 = Instant::now();
+        let p = Presence::new(LOST);
+        p.watching(t0 - LOST * 3);
+        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0 - LOST * 2);
+        p.heard(
+            announcement("other", "B1", 1, vec![run("p2", "")]),
+            Some("BOOT"),
+            t0 - LOST * 2,
+        );
+        // Deaf from then on; its own announcement comes back at t0.
+        p.heard(announcement("me", "BOOT", 2, vec![]), Some("BOOT"), t0);
+        assert!(!p.lost("p2", "", t0), "may have missed the others meanwhile");
+        echo(&p, t0 + LOST);
+        assert!(
+            p.lost("p2", "", t0 + LOST),
+            "a whole period heard since, without p2"
         );
     }
 
@@ -596,7 +697,7 @@ mod tests {
         let p = Presence::new(Duration::ZERO);
         let t0 = Instant::now();
         p.watching(t0 - LOST);
-        p.heard(announcement("me", "BOOT", 1, vec![]), Some("BOOT"), t0);
+        echo(&p, t0);
         assert!(!p.lost("p1", "", t0 + LOST * 10));
         assert!(!p.proxy_lost("p1", t0 + LOST * 10));
     }

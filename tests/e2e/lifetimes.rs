@@ -12,9 +12,9 @@ use airlock_e2e::review::{authed, vote};
 use airlock_e2e::{StackBuilder, eventually};
 use airlock_eventlog::proto;
 
-/// How long a proxy may go unheard in these tests (30 s by default, 5 s at
+/// How long a proxy may go unheard in these tests (30 s by default, 20 s at
 /// least).
-const LOST_AFTER: &str = "  proxy_lost_after: 5s\n  reconcile_interval: 200ms\n";
+const LOST_AFTER: &str = "  proxy_lost_after: 20s\n  reconcile_interval: 200ms\n";
 
 fn export(stack: &BinaryStack) -> Vec<serde_json::Value> {
     let out = stack
@@ -76,8 +76,8 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
 
     stack.kill_proxy(0);
     let killed = std::time::Instant::now();
-    // Gone for 5 s, judged every 200 ms: the request ends within seconds.
-    let view = ended(&stack, &alice, &held.request_id, Duration::from_secs(15)).await;
+    // Gone for 20 s, judged every 200 ms: the request ends soon after.
+    let view = ended(&stack, &alice, &held.request_id, Duration::from_secs(40)).await;
     let took = killed.elapsed();
     assert_eq!(view.state, proto::RequestState::Cancelled as i32, "{view:?}");
     assert!(
@@ -86,7 +86,7 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
         view.outcome_reason
     );
     assert!(
-        took >= Duration::from_secs(5),
+        took >= Duration::from_secs(20),
         "not before the proxy counts as gone ({took:?})"
     );
     // Nothing to approve any more, and nothing ran.
@@ -151,7 +151,7 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
     )
     .await;
     let (fresh, _notices) = stack.connect(&agent).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
     fresh
         .simple_query("SELECT 1")
         .await

@@ -174,7 +174,7 @@ async fn soak() {
         .replicas(2)
         .orders(orders)
         .hold_timeout(Duration::from_secs(120))
-        .control_yaml("  proxy_lost_after: 10s\n")
+        .control_yaml("  proxy_lost_after: 20s\n")
         .start_binaries();
     let agent = stack.agent_token_with(&["--ttl", "3h"]);
     let alice = stack.user_token(ALICE);

@@ -156,6 +156,10 @@ pub struct BinaryStack {
     pub cluster: Option<NatsCluster>,
     pub nats_hosts: Vec<Host>,
     pub net: Option<Net>,
+    /// With [`StackBuilder::nats_relays`]: the proxies' and the replicas'
+    /// way to each node.
+    pub proxy_relays: Vec<crate::relay::Relay>,
+    pub control_relays: Vec<crate::relay::Relay>,
     /// The CA of a secured NATS (its files live as long as the stack).
     nats_ca: Option<TestCa>,
     _tmp: tempfile::TempDir,
@@ -170,6 +174,9 @@ struct Layout {
     nats: String,
     /// `nats.replicas`: the stream's replicas.
     replicas: usize,
+    /// With relays: the proxies' and the replicas' own `nats.url`.
+    proxy_nats: Option<String>,
+    control_nats: Option<String>,
     /// With a secured NATS: its CA, and the client certificates of each
     /// role, in `dir`.
     nats_tls: Option<PathBuf>,
@@ -215,6 +222,19 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         }
         (None, None) => Some(NatsServer::start()),
     };
+    let relays = |on: bool| -> Vec<crate::relay::Relay> {
+        match (&cluster, on) {
+            (Some(c), true) => (0..c.size())
+                .map(|i| crate::relay::Relay::start(c.client_addr(i)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let proxy_relays = relays(options.nats_relays);
+    let control_relays = relays(options.nats_relays);
+    let urls = |relays: &[crate::relay::Relay]| {
+        (!relays.is_empty()).then(|| relays.iter().map(|r| r.nats_url()).collect::<Vec<_>>().join(","))
+    };
     let nats_url = match (&nats, &cluster) {
         (Some(n), _) => n.url(),
         (None, Some(c)) => c.urls(),
@@ -226,6 +246,8 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     let layout = Layout {
         dir: tmp.path().to_path_buf(),
         nats: nats_url,
+        proxy_nats: urls(&proxy_relays),
+        control_nats: urls(&control_relays),
         replicas: options.nats_cluster.max(1),
         nats_tls: nats_ca.as_ref().map(|ca| ca.dir().to_path_buf()),
         pg: pg.port(),
@@ -353,6 +375,8 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
         cluster,
         nats_hosts,
         net,
+        proxy_relays,
+        control_relays,
         nats_ca,
         _tmp: tmp,
     };
@@ -481,7 +505,7 @@ fn config_file(options: &StackBuilder, layout: &Layout, kind: &str, n: usize, at
         let text = config(options, layout, at.0, at.1, NatsRole::Proxy);
         return configmap_version(&layout.dir, &text);
     }
-    if n == 0 && !options.secured_nats {
+    if n == 0 && !options.secured_nats && !options.nats_relays {
         return layout.dir.join("airlock.yaml");
     }
     let role = if kind == "proxy" {
@@ -518,7 +542,13 @@ fn configmap_version(dir: &Path, text: &str) -> PathBuf {
 /// The `nats:` section, for `role`'s user when NATS is secured (its
 /// password in `AIRLOCK_NATS_PASSWORD`).
 fn nats_section(layout: &Layout, role: NatsRole) -> String {
-    let mut section = format!("nats:\n  url: {}\n  replicas: {}\n", layout.nats, layout.replicas);
+    let url = match role {
+        NatsRole::Proxy => layout.proxy_nats.as_ref(),
+        NatsRole::Control => layout.control_nats.as_ref(),
+        NatsRole::Auditor | NatsRole::Reviewer => None,
+    }
+    .unwrap_or(&layout.nats);
+    let mut section = format!("nats:\n  url: {url}\n  replicas: {}\n", layout.replicas);
     if let Some(dir) = &layout.nats_tls {
         let d = dir.display();
         let user = role.user();

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod binaries;
 pub mod in_process;
 pub mod otlp;
+pub mod relay;
 pub mod review;
 
 pub use airlock_testkit::{eventually, eventually_blocking, satisfies};
@@ -55,6 +56,7 @@ pub struct StackBuilder {
     pub(crate) control_yaml: String,
     pub(crate) nats_cluster: usize,
     pub(crate) nats_hosts: bool,
+    pub(crate) nats_relays: bool,
     pub(crate) notifier_token: bool,
     pub(crate) env: Vec<(Process, String, String)>,
 }
@@ -87,6 +89,7 @@ impl Default for StackBuilder {
             control_yaml: String::new(),
             nats_cluster: 0,
             nats_hosts: false,
+            nats_relays: false,
             notifier_token: false,
             env: Vec::new(),
         }
@@ -228,6 +231,15 @@ impl StackBuilder {
     /// nodes can be partitioned or cut off. Needs root.
     pub fn nats_hosts(mut self) -> Self {
         self.nats_hosts = true;
+        self
+    }
+
+    /// With [`Self::nats_cluster`]: proxies and replicas reach each node
+    /// through a relay of their own (`proxy_relays`, `control_relays` on
+    /// the stack), which a test cuts to partition one kind of process from
+    /// one node while everything else still reaches it.
+    pub fn nats_relays(mut self) -> Self {
+        self.nats_relays = true;
         self
     }
 

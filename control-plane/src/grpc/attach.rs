@@ -120,6 +120,14 @@ impl proto::proxy_service_server::ProxyService for Control {
             .map_err(|e| status(ErrorCode::InvalidArgument, format!("Hello's proxy_id: {e}")))?;
         peer.may_be(self.attach, &hello.proxy_id)?;
         self.ready()?;
+        if !self.live.log_reachable() {
+            // It could neither decide nor tell decisions, and would not be
+            // announced: the proxy is better off at another replica.
+            return Err(status(
+                ErrorCode::Unavailable,
+                "this replica cannot reach the event log; attach to another",
+            ));
+        }
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading state, so no outcome falls in between.
         let mut changes = self.live.subscribe();

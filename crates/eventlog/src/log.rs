@@ -129,6 +129,9 @@ pub struct EventLog {
 /// before it tells its reader.
 const TAIL_RESUME: Duration = Duration::from_secs(30);
 
+/// How long a bounded read waits for the log to serve it again.
+const READ_RESUME: Duration = Duration::from_secs(30);
+
 /// An ordered consumer's events, each with how many are left after it.
 type OrderedEvents = std::pin::Pin<Box<dyn Stream<Item = Result<(StoredEvent, u64), Error>> + Send>>;
 
@@ -194,6 +197,13 @@ impl EventLog {
     /// missed messages meanwhile.
     pub fn connects(&self) -> tokio::sync::watch::Receiver<u64> {
         self.connects.subscribe()
+    }
+
+    /// Counts the times one of this client's core NATS subscriptions fell
+    /// behind and messages for it were dropped: a reader of such a subject
+    /// knows it missed some.
+    pub fn slow_consumers(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connects.subscribe_slow()
     }
 
     /// Whether the client is connected to a NATS server right now.
@@ -715,33 +725,85 @@ impl EventLog {
 
     /// Every event matching `filter` from `from` up to the last one stored
     /// when the call was made; then the stream ends. For replay and verify.
+    /// A cluster that is electing a leader or catching a node up answers
+    /// "temporarily unavailable" for a few seconds: reading waits and
+    /// resumes after the last event read, for up to [`READ_RESUME`], before
+    /// it gives up.
     pub async fn read(
         &self,
         from: u64,
         filter: ReadFilter,
     ) -> Result<impl Stream<Item = Result<StoredEvent, Error>> + Send + 'static + use<>, Error> {
-        let end = self.last_sequence().await?;
-        let (messages, pending) = self.ordered(from, &filter).await?;
+        let started = tokio::time::Instant::now();
+        let end = loop {
+            match self.last_sequence().await {
+                Ok(end) => break end,
+                Err(e) if started.elapsed() < READ_RESUME => {
+                    tracing::debug!(error = %e, "reading the log: retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let (messages, pending) = self.ordered_resuming(from, &filter).await?;
         let nothing_to_read = pending == 0 || end < from.max(1);
         // End after the message at `end`, or when the consumer says no more
         // messages matching the filter are stored. (Decided before polling
         // again: the consumer would wait forever for a next message.)
-        let state = (Box::pin(messages), nothing_to_read);
-        let stream = futures::stream::unfold(state, move |(mut messages, done)| async move {
-            if done {
-                return None;
+        let log = self.clone();
+        let state = (Box::pin(messages) as OrderedEvents, nothing_to_read, from.max(1));
+        let stream = futures::stream::unfold(state, move |(mut messages, done, mut next)| {
+            let log = log.clone();
+            let filter = filter.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let mut item = messages.next().await?;
+                if let Err(e) = &item
+                    && !matches!(e, Error::Corrupt { .. })
+                {
+                    // Resume after the last event read, on a new consumer.
+                    match log.ordered_resuming(next, &filter).await {
+                        Ok((resumed, _)) => {
+                            messages = Box::pin(resumed);
+                            item = messages.next().await?;
+                        }
+                        Err(e) => return Some((Err(e), (messages, true, next))),
+                    }
+                }
+                let finished = match &item {
+                    Ok((event, left)) => *left == 0 || event.sequence >= end,
+                    // A message that is not an event (anyone able to publish
+                    // can store one) is reported, and reading goes on past it.
+                    Err(Error::Corrupt { sequence, .. }) => *sequence >= end,
+                    Err(_) => true,
+                };
+                match &item {
+                    Ok((event, _)) => next = event.sequence + 1,
+                    Err(Error::Corrupt { sequence, .. }) => next = sequence + 1,
+                    Err(_) => {}
+                }
+                Some((item.map(|(event, _)| event), (messages, finished, next)))
             }
-            let item = messages.next().await?;
-            let finished = match &item {
-                Ok((event, left)) => *left == 0 || event.sequence >= end,
-                // A message that is not an event (anyone able to publish
-                // can store one) is reported, and reading goes on past it.
-                Err(Error::Corrupt { sequence, .. }) => *sequence >= end,
-                Err(_) => true,
-            };
-            Some((item.map(|(event, _)| event), (messages, finished)))
         });
         Ok(stream)
+    }
+
+    /// [`EventLog::ordered`], tried again for up to [`READ_RESUME`] while
+    /// the server cannot serve it.
+    async fn ordered_resuming(&self, from: u64, filter: &ReadFilter) -> Result<(OrderedEvents, u64), Error> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.ordered(from, filter).await {
+                Ok((events, pending)) => return Ok((Box::pin(events), pending)),
+                Err(e) if started.elapsed() < READ_RESUME => {
+                    tracing::debug!(error = %e, "reading the log: retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// All events of one subject, in order (for chain checks and records).

@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::subjects;
 
+/// How often a client pings its server (see `connect`).
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+
 /// The `nats:` section of airlock.yaml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,9 +312,14 @@ impl NatsSettings {
                 "nats.inbox_prefix {prefix:?} is not a subject without wildcards"
             )));
         }
+        // A PING every 2 s: a connection to a server cut off by a partition
+        // (nothing closed, nothing answered) is given up after three
+        // unanswered, about 6 s, and the client moves to another server.
+        // The default (a minute) left the log unreachable for minutes.
         let mut options = async_nats::ConnectOptions::new()
             .name(self.client_name.clone().unwrap_or_else(|| "airlock".to_owned()))
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            .ping_interval(PING_EVERY);
         if let Some(prefix) = &self.inbox_prefix {
             options = options.custom_inbox_prefix(prefix);
         }
@@ -364,8 +372,10 @@ impl NatsSettings {
             let seen = seen.clone();
             let counted = counted.clone();
             async move {
-                if let async_nats::Event::Connected = event {
-                    counted.bump();
+                match &event {
+                    async_nats::Event::Connected => counted.bump(),
+                    async_nats::Event::SlowConsumer(_) => counted.bump_slow(),
+                    _ => {}
                 }
                 if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) = event
                     && message.to_lowercase().starts_with("permissions violation")
@@ -454,23 +464,40 @@ pub(crate) struct Denials(std::sync::Arc<std::sync::Mutex<std::collections::VecD
 /// How many times the client has connected: a tail ends when it moves, so
 /// its reader resumes at once instead of waiting for the consumer it had
 /// on a restarted server to be found missing.
+/// It also counts the times a subscription of this client fell behind and
+/// the client dropped messages for it (a slow consumer).
 #[derive(Debug, Clone)]
-pub(crate) struct Connects(std::sync::Arc<tokio::sync::watch::Sender<u64>>);
+pub(crate) struct Connects {
+    connects: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    slow: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
 
 impl Default for Connects {
     fn default() -> Connects {
-        Connects(std::sync::Arc::new(tokio::sync::watch::channel(0).0))
+        Connects {
+            connects: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            slow: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        }
     }
 }
 
 impl Connects {
     fn bump(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.connects.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn bump_slow(&self) {
+        self.slow.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Changes from now on.
     pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.subscribe()
+        self.connects.subscribe()
+    }
+
+    /// Slow-consumer drops from now on.
+    pub(crate) fn subscribe_slow(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.slow.subscribe()
     }
 }
 

@@ -38,6 +38,7 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The `/jsz` query that lists every account's streams with their raft
 /// groups.
 const STREAMS_QUERY: &str = "/jsz?accounts=true&streams=true";
+const CONSUMERS_QUERY: &str = "/jsz?accounts=true&streams=true&consumers=true";
 
 /// The account of a server without accounts (the "global" account).
 pub const DEFAULT_ACCOUNT: &str = "$G";
@@ -216,6 +217,33 @@ impl NatsCluster {
         let views = self.views(STREAMS_QUERY);
         let groups = stream_groups(&views, account, stream);
         self.agreed_leader(&groups)
+    }
+
+    /// The consumers of `stream` of `account` (the control plane's tail
+    /// among them: ordered consumers have one replica), each with the node
+    /// that leads it, as that node reports.
+    pub fn consumer_hosts(&self, account: Option<&str>, stream: &str) -> Vec<(String, usize)> {
+        let account = account.unwrap_or(DEFAULT_ACCOUNT);
+        let views = self.views(CONSUMERS_QUERY);
+        let mut hosts = Vec::new();
+        for (i, view) in views.iter().enumerate() {
+            let Ok(view) = view else { continue };
+            let name = &self.nodes[i].name;
+            let consumers = view
+                .account_details
+                .iter()
+                .filter(|a| a.name == account)
+                .flat_map(|a| &a.stream_detail)
+                .filter(|s| s.name == stream)
+                .flat_map(|s| &s.consumer_detail);
+            for c in consumers {
+                let leader = c.cluster.as_ref().and_then(|g| g.leader.as_ref());
+                if leader.is_none_or(|l| l == name) {
+                    hosts.push((c.name.clone(), i));
+                }
+            }
+        }
+        hosts
     }
 
     /// How many replicas of `stream` of `account` are current, the leader
@@ -415,7 +443,7 @@ impl Node {
              server_name: {name}\n\
              listen: \"{ip}:{client}\"\n\
              http: \"{ip}:{monitor}\"\n\
-             jetstream {{\n  store_dir: \"{store}\"\n}}\n\
+             jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n\
              cluster {{\n  name: \"{cluster_name}\"\n  listen: \"{ip}:{cluster}\"\n  routes: [\n{routes}  ]\n}}\n",
             name = self.name,
             ip = self.ip,
@@ -436,11 +464,11 @@ impl Node {
             None => Command::new(binary),
         };
         cmd.arg("-c").arg(self.config_path());
-        self.process = Some(Supervised::spawn(
-            &mut cmd,
-            &self.log_path(),
-            Some(self.dir.path()),
-        ));
+        // No clean-up by the watchdog: a node is killed and restarted on
+        // the same store, and the old watchdog, seeing its server die after
+        // the lifeline closed, would remove the store under the new one.
+        // The temp dir goes with the cluster.
+        self.process = Some(Supervised::spawn(&mut cmd, &self.log_path(), None));
     }
 
     /// Waits until the client and monitoring ports accept connections, or
@@ -510,6 +538,15 @@ struct AccountDetail {
 
 #[derive(Debug, Deserialize)]
 struct StreamDetail {
+    name: String,
+    cluster: Option<RaftGroup>,
+    /// Only with `?consumers=true`: the consumers this node has.
+    #[serde(default)]
+    consumer_detail: Vec<ConsumerDetail>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsumerDetail {
     name: String,
     cluster: Option<RaftGroup>,
 }

@@ -25,6 +25,7 @@ use super::{Ctx, Ending};
 use crate::codec::{Diagnostic, FeMessage, Frame};
 use crate::error_response;
 use crate::gate::{HoldSpec, Judgement, why};
+use proto::approval_cancelled::Cause as Cancel;
 
 /// What becomes of a statement once judged (and, if held, decided).
 #[derive(Debug)]
@@ -109,7 +110,45 @@ impl ToUpstream {
         let mut decision = deps
             .holds
             .hold(request_id.as_str(), ctx.session.as_str(), &statement.sha256);
-        if let Err(e) = request(&ctx, &request_id, statement, judgement, spec).await {
+        // Filing is bounded, so the agent hears within it: a log that does
+        // not take the request in time refuses the statement. The append
+        // goes on meanwhile; if it lands after all, the request is
+        // cancelled at once, so no reviewer is shown it as waiting.
+        let mut filing = tokio::spawn({
+            let log = deps.log.clone();
+            let event = requested(&ctx, &request_id, statement, judgement, spec);
+            let subject = subjects::request(&request_id);
+            async move {
+                ChainWriter::new_chain(subject)
+                    .append(&log, event)
+                    .await
+                    .map(|_| ())
+            }
+        });
+        let filed = match tokio::time::timeout(FILE_WITHIN, &mut filing).await {
+            Ok(Ok(filed)) => filed,
+            Ok(Err(e)) => Err(airlock_eventlog::Error::Read(format!("filing the request: {e}"))),
+            Err(_) => {
+                deps.holds.release(request_id.as_str());
+                tracing::warn!(session = %ctx.session, request = %request_id, "the event log did not take the approval request in time");
+                let (ctx, id) = (ctx.clone(), request_id.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok(())) = filing.await {
+                        cancel(
+                            &ctx,
+                            &id,
+                            Cancel::NotFiledInTime,
+                            "the event log took too long to store the request; the statement was refused",
+                        )
+                        .await;
+                    }
+                });
+                return Ok(unavailable(
+                    "the event log did not take the approval request in time",
+                ));
+            }
+        };
+        if let Err(e) = filed {
             deps.holds.release(request_id.as_str());
             tracing::warn!(session = %ctx.session, error = %e, "approval request not recorded");
             if let airlock_eventlog::Error::InvalidEvent(_) = e {
@@ -139,7 +178,6 @@ impl ToUpstream {
         self.signals.forget_cancels();
         ctx.holding.store(true, std::sync::atomic::Ordering::Release);
         let _held = deps.metrics.hold();
-        use proto::approval_cancelled::Cause as Cancel;
         let notice = loop {
             tokio::select! {
                 d = &mut decision => break d.ok(),
@@ -202,14 +240,17 @@ impl ToUpstream {
     }
 }
 
-/// Appends `ApprovalRequested` as the first event of the request's chain.
-async fn request(
+/// How long a hold waits for the log to store its request.
+const FILE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The `ApprovalRequested` that starts the request's chain.
+fn requested(
     ctx: &Ctx,
     request_id: &RequestId,
     statement: &proto::Statement,
     judgement: &Judgement,
     spec: &HoldSpec,
-) -> Result<(), airlock_eventlog::Error> {
+) -> proto::Event {
     let deadline = SystemTime::now() + spec.timeout;
     let mut requested = ctx.event(Body::ApprovalRequested(proto::ApprovalRequested {
         identity: Some(ctx.agent.identity.clone()),
@@ -223,10 +264,7 @@ async fn request(
         proxy_id: ctx.deps.source.id.clone(),
     }));
     requested.request_id = request_id.to_string();
-    ChainWriter::new_chain(subjects::request(request_id))
-        .append(&ctx.deps.log, requested)
-        .await
-        .map(|_| ())
+    requested
 }
 
 /// What a decision (or its absence by the deadline) means for the held
