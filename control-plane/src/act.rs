@@ -187,44 +187,58 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source, pres
     appended
 }
 
-/// Appends one due outcome if the request's decision subject is still at
-/// `last`, its last folded event, or has moved on only by events the fold (which has
-/// reached `folded`) refused as untrusted: junk anyone can publish must not
-/// keep a request from expiring.
+/// Appends one due outcome on the request's decision subject: see
+/// [`append_if_unmoved`].
 async fn append_due(
     live: &Live,
     log: &EventLog,
     id: &str,
-    mut event: proto::Event,
+    event: proto::Event,
     last: u64,
     folded: u64,
 ) -> bool {
     let Ok(rid) = RequestId::parse(id) else {
         return false;
     };
-    let subject = subjects::decision(&rid);
-    let mut head = match log.head(&subject).await {
+    append_if_unmoved(live, log, &subjects::decision(&rid), event, last, folded).await
+}
+
+/// Appends `event` on `subject` if the subject is still at `last`, its
+/// last folded event, or has moved on only by events the fold (which has
+/// reached `folded`) refused as untrusted: junk anyone can publish must not
+/// keep a request from expiring or a lost session from closing. An event
+/// the fold took meanwhile (another replica's outcome, the proxy recording
+/// after all) means judging again next round.
+async fn append_if_unmoved(
+    live: &Live,
+    log: &EventLog,
+    subject: &str,
+    mut event: proto::Event,
+    last: u64,
+    folded: u64,
+) -> bool {
+    let mut head = match log.head(subject).await {
         Ok(h) => h,
         Err(e) => {
-            tracing::warn!(request = %id, error = %e, "cannot read request head");
+            tracing::warn!(%subject, error = %e, "cannot read the subject's head");
             return false;
         }
     };
     if head.sequence != last && folded < head.sequence {
-        // The fold lags the log for this request; next round.
+        // The fold lags the log on this subject; next round.
         return false;
     }
     trace::stamp(&mut event);
-    head.index = head.index.max(live.chain_index(&subject));
+    head.index = head.index.max(live.chain_index(subject));
     link(&mut event, &head);
     match log
-        .append(&subject, &event, Expect::LastSequence(head.sequence))
+        .append(subject, &event, Expect::LastSequence(head.sequence))
         .await
     {
         Ok(_) => true,
         Err(LogError::Conflict { .. }) => false, // another replica did it
         Err(e) => {
-            tracing::warn!(request = %id, error = %e, "appending an outcome failed");
+            tracing::warn!(%subject, error = %e, "appending failed");
             false
         }
     }
@@ -262,47 +276,19 @@ fn still_gone(live: &Live, presence: &Presence, event: &proto::Event) -> bool {
 }
 
 /// Appends the control plane's close of session `id`, whose proxy is
-/// gone, if the session's subject is still at `last`, its last folded
-/// event, or has moved on only by events the fold (which has reached
-/// `folded`) refused: an event the proxy recorded meanwhile means it is not
-/// gone after all, or at least that the fold must catch up before judging
-/// again; junk on the subject must not keep the session open for ever.
+/// gone: see [`append_if_unmoved`].
 async fn close_lost(
     live: &Live,
     log: &EventLog,
     id: &str,
-    mut event: proto::Event,
+    event: proto::Event,
     last: u64,
     folded: u64,
 ) -> bool {
     let Ok(sid) = SessionId::parse(id) else {
         return false;
     };
-    let subject = subjects::session(&sid);
-    let mut head = match log.head(&subject).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(session = %id, error = %e, "cannot read session head");
-            return false;
-        }
-    };
-    if head.sequence != last && folded < head.sequence {
-        return false;
-    }
-    trace::stamp(&mut event);
-    head.index = head.index.max(live.chain_index(&subject));
-    link(&mut event, &head);
-    match log
-        .append(&subject, &event, Expect::LastSequence(head.sequence))
-        .await
-    {
-        Ok(_) => true,
-        Err(LogError::Conflict { .. }) => false,
-        Err(e) => {
-            tracing::warn!(session = %id, error = %e, "closing a lost session failed");
-            false
-        }
-    }
+    append_if_unmoved(live, log, &subjects::session(&sid), event, last, folded).await
 }
 
 /// Runs [`reconcile`] every `interval` until the task is dropped.

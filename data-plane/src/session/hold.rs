@@ -118,12 +118,14 @@ impl ToUpstream {
             let log = deps.log.clone();
             let event = requested(&ctx, &request_id, statement, judgement, spec);
             let subject = subjects::request(&request_id);
+            // In the hold's span: the request's trace goes on through it.
             async move {
                 ChainWriter::new_chain(subject)
                     .append(&log, event)
                     .await
                     .map(|_| ())
             }
+            .instrument(tracing::Span::current())
         });
         let filed = match tokio::time::timeout(FILE_WITHIN, &mut filing).await {
             Ok(Ok(filed)) => filed,
@@ -132,8 +134,9 @@ impl ToUpstream {
                 deps.holds.release(request_id.as_str());
                 tracing::warn!(session = %ctx.session, request = %request_id, "the event log did not take the approval request in time");
                 let (ctx, id) = (ctx.clone(), request_id.clone());
+                let span = tracing::Span::current();
                 tokio::spawn(async move {
-                    if let Ok(Ok(())) = filing.await {
+                    if let Ok(Ok(())) = filing.instrument(span).await {
                         cancel(
                             &ctx,
                             &id,
