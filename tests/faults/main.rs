@@ -13,7 +13,7 @@
 //! * clients got an answer (rows or an error) within a bound.
 //!
 //! Recovery times are printed on standard error (`FAULTS:` lines) for docs/reliability.md.
-//! Run with `cargo nextest run -p airlock-e2e --test faults`; the scenario
+//! Run with `sudo ./tests/faults/run.sh` (not part of `cargo test`); the
 //! with hosts needs root (network namespaces).
 
 use std::time::{Duration, Instant};
