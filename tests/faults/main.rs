@@ -14,7 +14,7 @@
 //!
 //! Recovery times are printed on standard error (`FAULTS:` lines) for docs/reliability.md.
 //! Run with `sudo ./tests/faults/run.sh` (not part of `cargo test`); the
-//! with hosts needs root (network namespaces).
+//! suite needs root (network namespaces).
 
 use std::time::{Duration, Instant};
 
