@@ -247,6 +247,12 @@ mod tests {
                 409,
             ),
             (
+                ErrorCode::SessionEnded,
+                tonic::Code::FailedPrecondition,
+                "session_ended",
+                409,
+            ),
+            (
                 ErrorCode::AlreadyVoted,
                 tonic::Code::FailedPrecondition,
                 "already_voted",
