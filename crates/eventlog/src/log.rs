@@ -129,6 +129,13 @@ pub struct EventLog {
 /// before it tells its reader.
 const TAIL_RESUME: Duration = Duration::from_secs(30);
 
+/// Whether `e` is the cluster being briefly unable to serve (electing a
+/// leader, catching a node up), not a refusal that retrying cannot change.
+fn transient(e: &Error) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("temporarily unavailable") || text.contains("timed out") || text.contains("no responders")
+}
+
 /// How long a bounded read waits for the log to serve it again.
 const READ_RESUME: Duration = Duration::from_secs(30);
 
@@ -738,7 +745,7 @@ impl EventLog {
         let end = loop {
             match self.last_sequence().await {
                 Ok(end) => break end,
-                Err(e) if started.elapsed() < READ_RESUME => {
+                Err(e) if transient(&e) && started.elapsed() < READ_RESUME => {
                     tracing::debug!(error = %e, "reading the log: retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -797,7 +804,7 @@ impl EventLog {
         loop {
             match self.ordered(from, filter).await {
                 Ok((events, pending)) => return Ok((Box::pin(events), pending)),
-                Err(e) if started.elapsed() < READ_RESUME => {
+                Err(e) if transient(&e) && started.elapsed() < READ_RESUME => {
                     tracing::debug!(error = %e, "reading the log: retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
