@@ -131,9 +131,11 @@ const TAIL_RESUME: Duration = Duration::from_secs(30);
 
 /// Whether `e` is the cluster being briefly unable to serve (electing a
 /// leader, catching a node up), not a refusal that retrying cannot change.
+/// A timeout is not: a request the server refuses for the user's
+/// permissions goes unanswered, and looks like one.
 fn transient(e: &Error) -> bool {
     let text = e.to_string().to_lowercase();
-    text.contains("temporarily unavailable") || text.contains("timed out") || text.contains("no responders")
+    text.contains("temporarily unavailable") || text.contains("no responders")
 }
 
 /// How long a bounded read waits for the log to serve it again.
