@@ -55,16 +55,6 @@ async fn ended(stack: &BinaryStack, token: &str, id: &str, within: Duration) -> 
     .expect("the request")
 }
 
-fn verify_passes(stack: &BinaryStack) {
-    let out = stack.control_command(&["verify"]).output().expect("verify");
-    assert!(
-        out.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_log() {
     let mut stack = StackBuilder::new().control_yaml(LOST_AFTER).start_binaries();
@@ -131,7 +121,7 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
         .find(|l| l["kind"] == "approval_cancelled")
         .expect("the cancellation is in the log");
     assert_eq!(cancel["event"]["approval_cancelled"]["cause"], "CAUSE_PROXY_LOST");
-    verify_passes(&stack);
+    stack.assert_verify_passes();
 
     // The proxy comes back under the same id: its new sessions are its
     // own, and outlive the time that ended the old ones.
@@ -210,5 +200,5 @@ async fn a_hold_that_postgresql_cuts_short_is_cancelled_with_its_cause() {
         cancel["event"]["source"]["kind"], "KIND_PROXY",
         "filed by the proxy itself"
     );
-    verify_passes(&stack);
+    stack.assert_verify_passes();
 }

@@ -247,13 +247,7 @@ async fn check(stack: &BinaryStack, reads: &ReadReport, deletes: &[(u32, String)
             "read {i} failed ({why}): recorded at most once"
         );
     }
-    let out = stack.control_command(&["verify"]).output().expect("verify");
-    assert!(
-        out.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.assert_verify_passes();
     assert!(
         reads.slowest <= ANSWER_BOUND + Duration::from_secs(1),
         "an agent waited {:?}",

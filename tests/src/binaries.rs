@@ -812,6 +812,17 @@ impl BinaryStack {
         command
     }
 
+    /// Panics with its output unless `airlock-control verify` passes.
+    pub fn assert_verify_passes(&self) {
+        let out = self.control_command(&["verify"]).output().expect("verify");
+        assert!(
+            out.status.success(),
+            "verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The reviewer's log so far (to check that no token was written).
     pub fn reviewer_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("reviewer.log")).unwrap_or_default()
