@@ -258,7 +258,18 @@ async fn soak() {
 
     // The invariants.
     let mut anomalies: Vec<String> = Vec::new();
-    let requests = all_requests(&stack, &alice).await;
+    let held = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // The replica that answers may still be folding the log's last events:
+    // judge once it lists a request for every held order (or after 2 min).
+    let listed_by = Instant::now() + Duration::from_secs(120);
+    let requests = loop {
+        let requests = all_requests(&stack, &alice).await;
+        let listed: std::collections::HashSet<u32> = requests.iter().filter_map(order_of).collect();
+        if held.keys().all(|o| listed.contains(o)) || Instant::now() > listed_by {
+            break requests;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     let mut granted: HashMap<u32, bool> = HashMap::new();
     let mut states: HashMap<String, u64> = HashMap::new();
     for r in &requests {
@@ -273,7 +284,6 @@ async fn soak() {
             *granted.entry(order).or_default() |= r.state == proto::RequestState::Granted as i32;
         }
     }
-    let held = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let gone: std::collections::HashSet<u32> = stack
         .pg
         .psql("shop", "SELECT string_agg(id::text, ',') FROM generate_series(1, 2000) id WHERE id NOT IN (SELECT id FROM orders)")

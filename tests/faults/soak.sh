@@ -7,6 +7,7 @@
 # the invariants (no unapproved execution, every acknowledged statement
 # recorded once, every request ended, verify passes) and writes
 # target/soak-report.md. Needs root: nodes live in network namespaces.
+# The stack runs from a release build (AIRLOCK_TEST_PROFILE=release).
 #
 #   ./tests/faults/soak.sh                 # 30 minutes
 #   AIRLOCK_SOAK_MINUTES=5 ./tests/faults/soak.sh
@@ -19,5 +20,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 ./deploy/local/install-deps.sh
 export PATH="$repo/.airlock/bin:$PATH"
+# Optimised binaries: a debug control plane spends its time checking
+# signatures and lags behind the log under the soak's load.
+export AIRLOCK_TEST_PROFILE=release
 cargo test -p airlock-e2e --test faults -- --ignored --exact soak::soak --nocapture
 echo "soak.sh: report in target/soak-report.md" >&2

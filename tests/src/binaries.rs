@@ -87,6 +87,7 @@ pub fn fresh_binary(name: &str) -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q"])
+            .args(airlock_testkit::release_binaries().then_some("--release"))
             .args(["--bin", "airlock-reviewer", "--bin", "airlock-dev-idp"])
             .args(["--bin", "airlock-control", "--bin", "airlock-proxy"])
             .current_dir(&root)
@@ -97,7 +98,7 @@ pub fn fresh_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join(name)
+    target.join(airlock_testkit::binary_profile()).join(name)
 }
 
 /// What the reviewer's tests add to their stack (see [`BinaryStack::start`]).

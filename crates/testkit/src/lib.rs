@@ -44,6 +44,21 @@ pub use wait::{POLL_INTERVAL, Probe, eventually, eventually_blocking, satisfies}
 pub const INSTALL_HINT: &str =
     "run ./deploy/local/install-deps.sh (installs nats-server and PostgreSQL where missing)";
 
+/// Set to `release` to run the workspace's binaries from an optimised
+/// build (long runs such as the soak, where a debug build's signature
+/// checks would make the control plane lag behind the log).
+pub const PROFILE_ENV: &str = "AIRLOCK_TEST_PROFILE";
+
+/// Whether [`PROFILE_ENV`] asks for optimised binaries.
+pub fn release_binaries() -> bool {
+    std::env::var(PROFILE_ENV).is_ok_and(|p| p == "release")
+}
+
+/// The target directory's profile folder the binaries come from.
+pub fn binary_profile() -> &'static str {
+    if release_binaries() { "release" } else { "debug" }
+}
+
 /// Path of a binary of this workspace, building it first if it is missing
 /// (when a single package's tests are run alone).
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
@@ -51,11 +66,12 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let path = target.join("debug").join(name);
+    let path = target.join(binary_profile()).join(name);
     if !path.is_file() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args(["build", "--bin", name])
+            .args(release_binaries().then_some("--release"))
             .current_dir(&root)
             .status()
             .expect("run cargo build");
