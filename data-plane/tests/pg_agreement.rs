@@ -129,6 +129,7 @@ async fn names_fold_and_truncate_as_postgresql_folds_them() {
                 default_schema: "public",
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
+                catalog: airlock_policy::Catalog::Assumed,
             },
         );
         if let Some(airlock_policy::classify::PreparedChange::Prepare { name, .. }) =
@@ -226,6 +227,7 @@ async fn literals_end_where_postgresql_ends_them() {
                 default_schema: "public",
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
+                catalog: airlock_policy::Catalog::Assumed,
             },
         );
         let pg = client.simple_query(&sql).await;

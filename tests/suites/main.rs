@@ -556,6 +556,7 @@ fn parse_coverage(suite: &str, ran: &BTreeSet<String>) {
         default_schema: "public",
         prepared: &prepared,
         max_statement_bytes: airlock_policy::DEFAULT_MAX_STATEMENT_BYTES,
+        catalog: airlock_policy::Catalog::Assumed,
     };
     let mut unread: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for text in ran {

@@ -110,6 +110,7 @@ fn bench(c: &mut Criterion) {
             default_schema: "public",
             prepared: &session,
             max_statement_bytes: 1 << 20,
+            catalog: airlock_policy::Catalog::Assumed,
         };
         stages.bench_function(format!("{name}/classify"), |b| {
             b.iter(|| black_box(classify(black_box(sql), &ctx)))

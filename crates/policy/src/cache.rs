@@ -1,5 +1,6 @@
 //! A bounded verdict cache, so a repeated statement costs a hash lookup.
-//! Keyed by policy digest, default schema and the exact statement text;
+//! Keyed by policy digest, default schema, the catalog facts judged
+//! against ([`Catalog::key`]) and the exact statement text;
 //! verdicts that depend on session state (`EXECUTE`, `PREPARE`,
 //! `DEALLOCATE`) are never stored, so one session's prepared statements
 //! cannot leak into another's judgement.
@@ -15,6 +16,7 @@ use lru::LruCache;
 
 use crate::classify::PreparedStatements;
 use crate::config::Policy;
+use crate::facts::Catalog;
 use crate::judge::Verdict;
 
 /// Entries kept unless the caller says otherwise.
@@ -29,6 +31,7 @@ pub const MAX_CACHED_STATEMENT_BYTES: usize = 64 * 1024;
 struct Entry {
     digest: String,
     schema: String,
+    catalog: u64,
     sql: String,
     verdict: Arc<Verdict>,
 }
@@ -55,13 +58,14 @@ impl VerdictCache {
         }
     }
 
-    fn key(digest: &str, schema: &str, sql: &str) -> u64 {
+    fn key(digest: &str, schema: &str, catalog: u64, sql: &str) -> u64 {
         let mut h = DefaultHasher::new();
-        (digest, schema, sql).hash(&mut h);
+        (digest, schema, catalog, sql).hash(&mut h);
         h.finish()
     }
 
-    /// The verdict for `sql` under `policy`, from the cache or freshly judged.
+    /// The verdict for `sql` under `policy`, from the cache or freshly
+    /// judged, with no catalog facts ([`Catalog::Assumed`]).
     pub fn evaluate(
         &self,
         policy: &Policy,
@@ -69,20 +73,35 @@ impl VerdictCache {
         default_schema: &str,
         prepared: &PreparedStatements,
     ) -> Arc<Verdict> {
+        self.evaluate_on(policy, sql, default_schema, Catalog::Assumed, prepared)
+    }
+
+    /// The verdict for `sql` under `policy` against `catalog`, from the
+    /// cache or freshly judged.
+    pub fn evaluate_on(
+        &self,
+        policy: &Policy,
+        sql: &str,
+        default_schema: &str,
+        catalog: Catalog<'_>,
+        prepared: &PreparedStatements,
+    ) -> Arc<Verdict> {
         // Long text is judged afresh: keeping it would make the cache's memory
         // unbounded in practice, and oversized text is refused anyway.
         let cacheable_size = sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
-        let key = Self::key(policy.digest(), default_schema, sql);
-        if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, sql) {
+        let facts = catalog.key();
+        let key = Self::key(policy.digest(), default_schema, facts, sql);
+        if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, facts, sql) {
             return hit;
         }
-        let verdict = Arc::new(policy.evaluate(sql, default_schema, prepared));
+        let verdict = Arc::new(policy.evaluate_on(sql, default_schema, catalog, prepared));
         if cacheable_size && !verdict.uses_session {
             self.store(
                 key,
                 Entry {
                     digest: policy.digest().to_owned(),
                     schema: default_schema.to_owned(),
+                    catalog: facts,
                     sql: sql.to_owned(),
                     verdict: Arc::clone(&verdict),
                 },
@@ -91,14 +110,14 @@ impl VerdictCache {
         verdict
     }
 
-    fn lookup(&self, key: u64, digest: &str, schema: &str, sql: &str) -> Option<Arc<Verdict>> {
+    fn lookup(&self, key: u64, digest: &str, schema: &str, catalog: u64, sql: &str) -> Option<Arc<Verdict>> {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map is still consistent, so keep using it.
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(&key)?
             .iter()
-            .find(|e| e.sql == sql && e.digest == digest && e.schema == schema)
+            .find(|e| e.sql == sql && e.digest == digest && e.schema == schema && e.catalog == catalog)
             .map(|e| Arc::clone(&e.verdict))
     }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::classify::{Classification, ClassifyContext, Effect, PreparedChange, classify};
 use crate::config::{Action, Policy, Rule};
+use crate::facts::Catalog;
 use crate::glob;
 use crate::kind::Kind;
 
@@ -122,10 +123,23 @@ impl Verdict {
 impl Policy {
     /// Classifies and judges `sql` under this policy's size limit.
     pub fn evaluate(&self, sql: &str, default_schema: &str, prepared: &crate::PreparedStatements) -> Verdict {
+        self.evaluate_on(sql, default_schema, Catalog::Assumed, prepared)
+    }
+
+    /// Classifies and judges `sql` against what `catalog` says of the
+    /// database it will run on.
+    pub fn evaluate_on(
+        &self,
+        sql: &str,
+        default_schema: &str,
+        catalog: Catalog<'_>,
+        prepared: &crate::PreparedStatements,
+    ) -> Verdict {
         let ctx = ClassifyContext {
             default_schema,
             prepared,
             max_statement_bytes: self.max_statement_bytes,
+            catalog,
         };
         self.judge(&classify(sql, &ctx))
     }

@@ -89,6 +89,7 @@ pub mod cache;
 pub mod classify;
 pub mod config;
 mod error;
+pub mod facts;
 pub mod functions;
 mod glob;
 pub mod ident;
@@ -103,5 +104,6 @@ pub use classify::{
 };
 pub use config::{Action, Policy, PolicySet, Rule};
 pub use error::{Location, PolicyError};
+pub use facts::{Catalog, CatalogFacts};
 pub use judge::{Decision, EffectVerdict, Verdict};
 pub use kind::Kind;

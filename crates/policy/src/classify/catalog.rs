@@ -5,6 +5,8 @@
 
 use sqlparser::ast::{ArrayElemTypeDef, DataType, ObjectNamePart};
 
+use crate::facts::CatalogFacts;
+
 /// Tables and views of `pg_catalog`, PostgreSQL 13 to 18 (sorted). Every
 /// one begins with `pg_`.
 const CATALOG_RELATIONS: &[&str] = &[
@@ -178,6 +180,40 @@ pub(super) fn resolve_unqualified(name: &str, default_schema: &str) -> Vec<Strin
     } else {
         vec![format!("{default_schema}.{name}")]
     }
+}
+
+/// An unqualified relation name resolved as PostgreSQL resolves it, through
+/// the role's effective search path as the catalog reports it: the first
+/// schema holding a relation of that name (`pg_catalog` first unless the
+/// path places it, by the static list of its relations). A name found
+/// nowhere (a relation still to be created, or made since the facts were
+/// read) is attributed to every schema on the path, so an allow must cover
+/// all of them and a deny or hold on any catches it.
+pub(super) fn resolve_through(name: &str, facts: &CatalogFacts, default_schema: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for schema in facts.relation_path() {
+        if schema == "pg_catalog" {
+            if CATALOG_RELATIONS.binary_search(&name).is_ok() {
+                return vec![format!("pg_catalog.{name}")];
+            }
+            if name.starts_with("pg_") {
+                out.push(format!("pg_catalog.{name}"));
+            }
+            continue;
+        }
+        let qualified = format!("{schema}.{name}");
+        if facts.relation(&qualified).is_some() {
+            out.retain(|q| q.starts_with("pg_catalog."));
+            out.push(qualified);
+            return out;
+        }
+        out.push(qualified);
+    }
+    if out.iter().all(|q| q.starts_with("pg_catalog.")) {
+        // No schema on the path exists: PostgreSQL finds nothing there.
+        out.push(format!("{default_schema}.{name}"));
+    }
+    out
 }
 
 /// Base, range, multirange and pseudo types of `pg_catalog` (array types

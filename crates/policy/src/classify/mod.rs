@@ -50,6 +50,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 pub use prepared::{PreparedChange, PreparedStatements, key as prepared_key};
 
+use crate::facts::{Called, Catalog, CatalogFacts};
 use crate::functions;
 use crate::kind::Kind;
 
@@ -71,6 +72,8 @@ pub struct ClassifyContext<'a> {
     pub prepared: &'a PreparedStatements,
     /// Larger statements are not parsed at all.
     pub max_statement_bytes: usize,
+    /// What the database's catalog says about the names (see [`crate::facts`]).
+    pub catalog: Catalog<'a>,
 }
 
 /// One thing a statement does: a kind with the tables and functions it
@@ -144,6 +147,67 @@ pub struct Classification {
 
 /// Classifies every statement in `sql`.
 pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
+    let mut out = classify_text(sql, ctx);
+    if let Catalog::Known(facts) = ctx.catalog {
+        through_relations(&mut out, facts);
+    }
+    out
+}
+
+/// What acting on a relation runs beyond it, from the catalog: reading a
+/// view runs its query (its relations are read too, and its calls are
+/// judged as calls, by their volatility when they are `pg_catalog`'s);
+/// writing through a view or a relation with rules reaches its base
+/// tables and its rules' targets, and runs their calls and a view's
+/// INSTEAD OF triggers. The relations are added to the effect, so a
+/// table-scoped rule sees the base table.
+fn through_relations(out: &mut Classification, facts: &CatalogFacts) {
+    let mut calls: Vec<String> = Vec::new();
+    for e in &mut out.effects {
+        let writing = matches!(e.kind, Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge);
+        if !writing && e.kind != Kind::Select {
+            continue;
+        }
+        let mut added: Vec<String> = Vec::new();
+        for t in &e.tables {
+            let reach = facts.reach(t, writing);
+            for r in reach.tables {
+                if !e.tables.contains(&r) && !added.contains(&r) {
+                    added.push(r);
+                }
+            }
+            for c in reach.calls {
+                if !reached_call_reads_only(&c) && !calls.contains(&c.name) {
+                    calls.push(c.name);
+                }
+            }
+        }
+        e.tables.extend(added);
+    }
+    for f in calls {
+        let already = out
+            .effects
+            .iter()
+            .any(|e| e.kind == Kind::Function && e.functions == [f.as_str()]);
+        if !already {
+            out.effects.push(Effect {
+                functions: vec![f],
+                ..Effect::new(Kind::Function)
+            });
+        }
+    }
+}
+
+/// A function a view or rule calls, known by the catalog's own record of
+/// it (not by a name to resolve): `pg_catalog`'s on the read-only list,
+/// or `pg_catalog`'s, not VOLATILE and not known for side effects
+/// (built-ins are labelled truthfully; user code is never trusted).
+fn reached_call_reads_only(c: &Called) -> bool {
+    functions::is_read_only(&c.name)
+        || (c.name.starts_with("pg_catalog.") && !c.volatile && !functions::is_known_side_effect(&c.name))
+}
+
+fn classify_text(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     if sql.len() > ctx.max_statement_bytes {
         return Classification {
             oversized: Some(sql.len()),
@@ -284,7 +348,12 @@ impl Classifier<'_, '_> {
     fn qualify(&self, parts: &[String]) -> Vec<String> {
         match parts {
             [] => Vec::new(),
-            [table] => catalog::resolve_unqualified(table, self.ctx.default_schema),
+            [table] => match self.ctx.catalog {
+                Catalog::Known(facts) => catalog::resolve_through(table, facts, self.ctx.default_schema),
+                Catalog::Assumed | Catalog::Unreadable => {
+                    catalog::resolve_unqualified(table, self.ctx.default_schema)
+                }
+            },
             // `db.schema.table`: PostgreSQL only accepts the current database.
             [.., schema, table] => vec![format!("{schema}.{table}")],
         }
@@ -389,7 +458,7 @@ impl Classifier<'_, '_> {
     /// FUNCTION effects for the calls not known to be read-only.
     fn calls(&mut self, calls: Vec<String>) {
         for f in dedup(calls) {
-            if !functions::is_read_only(&f) {
+            if !call_reads_only(&f, self.ctx.catalog) {
                 self.push(Effect {
                     functions: vec![f],
                     ..Effect::new(Kind::Function)
@@ -1130,6 +1199,24 @@ fn expr_parts(expr: &Expr) -> Vec<String> {
 
 fn ident_name(ident: &sqlparser::ast::Ident) -> String {
     crate::ident::fold(&ident.value, ident.quote_style.is_some())
+}
+
+/// Whether a call written `name` runs a read-only built-in. Unqualified,
+/// PostgreSQL runs whichever function of that name it finds first on the
+/// search path among all schemas' (and argument types decide between
+/// overloads), so a built-in's name is only trusted when the catalog holds
+/// no function of that name outside `pg_catalog`; qualified with
+/// `pg_catalog.`, it is the built-in.
+fn call_reads_only(name: &str, catalog: Catalog<'_>) -> bool {
+    if !functions::is_read_only(name) {
+        return false;
+    }
+    let qualified = name.starts_with("pg_catalog.");
+    match catalog {
+        Catalog::Assumed => true,
+        Catalog::Unreadable => qualified,
+        Catalog::Known(facts) => qualified || !facts.defines_outside_catalog(name),
+    }
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {

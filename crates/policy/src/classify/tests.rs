@@ -8,6 +8,7 @@ fn effects(sql: &str) -> Classification {
             default_schema: "public",
             prepared: &prepared,
             max_statement_bytes: 1 << 20,
+            catalog: crate::Catalog::Assumed,
         },
     )
 }
@@ -189,6 +190,7 @@ fn prepare_then_execute_is_judged_as_prepared() {
             default_schema: "public",
             prepared: p,
             max_statement_bytes: 1 << 20,
+            catalog: crate::Catalog::Assumed,
         }
     }
     let c = classify("PREPARE wipe AS DELETE FROM orders", &ctx(&prepared));
@@ -214,6 +216,7 @@ fn names_fold_as_postgresql_folds_them_in_ascii_only() {
             default_schema: "public",
             prepared: p,
             max_statement_bytes: 1 << 20,
+            catalog: crate::Catalog::Assumed,
         }
     }
     let mut prepared = PreparedStatements::new();
@@ -248,6 +251,7 @@ fn oversized_text_is_not_parsed() {
             default_schema: "public",
             prepared: &prepared,
             max_statement_bytes: 4,
+            catalog: crate::Catalog::Assumed,
         },
     );
     assert_eq!(c.oversized, Some(8));
@@ -263,6 +267,7 @@ fn default_schema_and_quoting() {
             default_schema: "sales",
             prepared: &prepared,
             max_statement_bytes: 1 << 20,
+            catalog: crate::Catalog::Assumed,
         },
     );
     assert_eq!(c.effects[0].tables, vec!["sales.Orders"]);
@@ -381,6 +386,7 @@ fn session(prepared: &PreparedStatements) -> ClassifyContext<'_> {
         default_schema: "public",
         prepared,
         max_statement_bytes: 1 << 20,
+        catalog: crate::Catalog::Assumed,
     }
 }
 
@@ -929,4 +935,205 @@ fn a_text_the_parser_refuses_is_read_statement_by_statement() {
         vec![k(Kind::Do, &[])]
     );
     stays_unparsed("DO $$BEGIN$$; x");
+}
+
+mod against_the_catalog {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::facts::{Called, CatalogFacts, RelationKind, RelationsBuilder};
+
+    fn on(sql: &str, catalog: Catalog<'_>) -> Vec<(Kind, Vec<String>)> {
+        let prepared = PreparedStatements::new();
+        classify(
+            sql,
+            &ClassifyContext {
+                default_schema: "public",
+                prepared: &prepared,
+                max_statement_bytes: 1 << 20,
+                catalog,
+            },
+        )
+        .effects
+        .into_iter()
+        .map(|e| {
+            (
+                e.kind,
+                if e.kind == Kind::Function {
+                    e.functions
+                } else {
+                    e.tables
+                },
+            )
+        })
+        .collect()
+    }
+
+    fn call(name: &str, volatile: bool) -> Called {
+        Called {
+            name: name.into(),
+            volatile,
+        }
+    }
+
+    /// A database with `lower` shadowed in `util`, the role's path
+    /// `app, public`, and views: `public.v_ok` over `public.orders` calling
+    /// only stable built-ins, `public.v_bad` calling `util.audit`,
+    /// `public.v_next` calling `nextval`, `public.v_v` over `v_bad`,
+    /// `public.pay` an updatable view over `hr.salaries`, `public.ruled`
+    /// with a rule deleting from `hr.salaries`.
+    fn facts() -> CatalogFacts {
+        let mut b = RelationsBuilder::default();
+        for t in ["public.orders", "app.orders", "hr.salaries", "public.only_public"] {
+            b.relation(t.into(), RelationKind::Table);
+        }
+        for v in [
+            "public.v_ok",
+            "public.v_bad",
+            "public.v_next",
+            "public.v_v",
+            "public.pay",
+            "public.ruled",
+        ] {
+            b.relation(v.into(), RelationKind::View);
+        }
+        b.relation("public.m".into(), RelationKind::MaterializedView);
+        b.reads("public.m", "public.orders".into());
+        b.read_call("public.m", call("util.audit", true));
+        b.reads("public.v_ok", "public.orders".into());
+        b.read_call("public.v_ok", call("pg_catalog.upper", false));
+        b.read_call("public.v_ok", call("pg_catalog.int4eq", false));
+        b.reads("public.v_bad", "public.orders".into());
+        b.read_call("public.v_bad", call("util.audit", true));
+        b.read_call("public.v_next", call("pg_catalog.nextval", true));
+        b.reads("public.v_v", "public.v_bad".into());
+        b.reads("public.pay", "hr.salaries".into());
+        b.rule_table("public.ruled", "hr.salaries".into());
+        CatalogFacts::new(
+            vec!["app".into(), "public".into()],
+            ["lower".to_owned(), "audit".to_owned()],
+            b.build(),
+        )
+    }
+
+    #[test]
+    fn a_shadowed_built_in_is_a_call_unless_qualified() {
+        let f = facts();
+        let known = Catalog::Known(&f);
+        assert_eq!(
+            on("SELECT lower(name) FROM orders", known),
+            vec![k(Kind::Select, &["app.orders"]), k(Kind::Function, &["lower"])]
+        );
+        assert_eq!(
+            on("SELECT pg_catalog.lower('A')", known),
+            vec![k(Kind::Select, &[])]
+        );
+        // Not shadowed: still the built-in.
+        assert_eq!(on("SELECT upper('a')", known), vec![k(Kind::Select, &[])]);
+        // Offline, names are taken for what they say.
+        assert_eq!(
+            on("SELECT lower('A')", Catalog::Assumed),
+            vec![k(Kind::Select, &[])]
+        );
+    }
+
+    #[test]
+    fn unreadable_facts_trust_only_qualified_built_ins() {
+        assert_eq!(
+            on("SELECT count(*) FROM orders", Catalog::Unreadable),
+            vec![k(Kind::Select, &["public.orders"]), k(Kind::Function, &["count"])]
+        );
+        assert_eq!(
+            on("SELECT pg_catalog.count(*) FROM orders", Catalog::Unreadable),
+            vec![k(Kind::Select, &["public.orders"])]
+        );
+    }
+
+    #[test]
+    fn unqualified_names_resolve_through_the_roles_path() {
+        let f = facts();
+        let known = Catalog::Known(&f);
+        // `app` comes first on the path and holds an `orders`.
+        assert_eq!(
+            on("DELETE FROM orders WHERE id = 1", known),
+            vec![k(Kind::Delete, &["app.orders"])]
+        );
+        assert_eq!(
+            on("SELECT * FROM only_public", known),
+            vec![k(Kind::Select, &["public.only_public"])]
+        );
+        // Unknown: every schema of the path.
+        assert_eq!(
+            on("CREATE TABLE fresh (id int)", known),
+            vec![k(Kind::Create, &["app.fresh", "public.fresh"])]
+        );
+        // Catalog relations stay pg_catalog's.
+        assert_eq!(
+            on("SELECT * FROM pg_class", known),
+            vec![k(Kind::Select, &["pg_catalog.pg_class"])]
+        );
+    }
+
+    #[test]
+    fn a_view_is_judged_by_what_it_reads_and_calls() {
+        let f = facts();
+        let known = Catalog::Known(&f);
+        assert_eq!(
+            on("SELECT * FROM v_ok", known),
+            vec![k(Kind::Select, &["public.v_ok", "public.orders"])]
+        );
+        assert_eq!(
+            on("SELECT * FROM public.v_bad", known),
+            vec![
+                k(Kind::Select, &["public.v_bad", "public.orders"]),
+                k(Kind::Function, &["util.audit"])
+            ]
+        );
+        assert_eq!(
+            on("SELECT * FROM v_next", known),
+            vec![
+                k(Kind::Select, &["public.v_next"]),
+                k(Kind::Function, &["pg_catalog.nextval"])
+            ]
+        );
+        // A view over a view over a volatile function.
+        assert_eq!(
+            on("SELECT 1 FROM v_v", known),
+            vec![
+                k(Kind::Select, &["public.v_v", "public.orders", "public.v_bad"]),
+                k(Kind::Function, &["util.audit"])
+            ]
+        );
+        // A materialized view's rows are stored: reading runs nothing.
+        assert_eq!(on("SELECT * FROM m", known), vec![k(Kind::Select, &["public.m"])]);
+    }
+
+    #[test]
+    fn writing_through_a_view_or_a_rule_reaches_the_base_table() {
+        let f = facts();
+        let known = Catalog::Known(&f);
+        assert_eq!(
+            on("DELETE FROM pay WHERE id = 1", known),
+            vec![k(Kind::Delete, &["public.pay", "hr.salaries"])]
+        );
+        assert_eq!(
+            on("UPDATE ruled SET x = 1", known),
+            vec![k(Kind::Update, &["public.ruled", "hr.salaries"])]
+        );
+        // Reading a ruled relation runs no rule but its query.
+        assert_eq!(
+            on("SELECT * FROM ruled", known),
+            vec![k(Kind::Select, &["public.ruled"])]
+        );
+    }
+
+    #[test]
+    fn facts_of_the_same_content_compare_equal_and_keys_differ() {
+        let (a, b) = (facts(), facts());
+        assert_eq!(a, b);
+        assert_ne!(Catalog::Known(&a).key(), Catalog::Known(&b).key());
+        assert_ne!(Catalog::Known(&a).key(), Catalog::Assumed.key());
+        let empty = CatalogFacts::new(vec![], Vec::<String>::new(), HashMap::new());
+        assert_ne!(a, empty);
+    }
 }
