@@ -65,6 +65,12 @@ pub struct ProxySection {
     /// their approvals are never delayed by it.
     #[serde(default = "default_record_linger", with = "humantime_serde")]
     pub record_linger: Duration,
+    /// How often each connection's catalog facts (functions that shadow
+    /// built-ins, views, the role's search path) are read again; they are
+    /// also read at once after a statement that may change the catalog
+    /// runs through this proxy, and on SIGHUP. 1s to 1h.
+    #[serde(default = "default_catalog_refresh", with = "humantime_serde")]
+    pub catalog_refresh: Duration,
     /// TLS to the control plane (`https://` control URLs): the CA that
     /// signed its certificate, and this proxy's client certificate and key,
     /// which a control plane with `control.tls.client_ca` requires.
@@ -109,6 +115,10 @@ fn default_record_buffer() -> usize {
 }
 /// The longest `proxy.record_linger` accepted.
 pub const MAX_RECORD_LINGER: Duration = Duration::from_secs(1);
+
+fn default_catalog_refresh() -> Duration {
+    Duration::from_secs(60)
+}
 
 fn default_record_linger() -> Duration {
     Duration::from_millis(2)
@@ -192,6 +202,13 @@ pub(crate) fn from_file(
 }
 
 fn check_record_linger(proxy: &ProxySection) -> anyhow::Result<()> {
+    let refresh = proxy.catalog_refresh;
+    if refresh < Duration::from_secs(1) || refresh > Duration::from_secs(3600) {
+        bail!(
+            "proxy.catalog_refresh is {refresh:?}; it must be between 1s and 1h (how long a change of \
+             the database's functions or views made outside this proxy may go unseen)"
+        );
+    }
     if proxy.record_linger > MAX_RECORD_LINGER {
         bail!(
             "proxy.record_linger is {:?}; at most {:?} (it is how far the log may trail an allowed \

@@ -106,6 +106,9 @@ impl Binding {
 #[derive(Debug, Default)]
 pub struct SessionPolicy {
     pub prepared: airlock_policy::PreparedStatements,
+    /// The connection's catalog facts as this session may use them (the
+    /// policy gate's; `None` for gates that judge names only).
+    pub catalog: Option<std::sync::Arc<crate::catalog::SessionCatalog>>,
 }
 
 /// What a held statement waits for.

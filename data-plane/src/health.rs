@@ -8,6 +8,9 @@
 //!   NATS is connected (else every recorded statement is refused). 503 with
 //!   the reasons otherwise, from the first moment of a drain, so a load
 //!   balancer stops sending new agents while the open sessions finish.
+//!   A connection whose catalog facts cannot be read is reported as
+//!   `ready, degraded: ...` (200): the proxy serves, holding calls it
+//!   cannot tell from built-ins.
 //! * `/healthz`: as `/livez` (kept for probes written before the split).
 //!
 //! Policies are loaded before the listener opens: a proxy without them
@@ -28,6 +31,7 @@ pub struct Readiness {
     pub holds: Arc<Holds>,
     pub nats: async_nats::Client,
     pub phase: watch::Receiver<Phase>,
+    pub gate: Arc<crate::policy_gate::PolicyGate>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -63,9 +67,14 @@ pub fn router(readiness: Readiness) -> axum::Router {
             "/readyz",
             get(move || {
                 let why = readiness.not_ready();
+                let degraded = readiness.gate.degraded_catalogs();
                 async move {
-                    if why.is_empty() {
+                    if why.is_empty() && degraded.is_empty() {
                         (StatusCode::OK, "ready\n".to_owned())
+                    } else if why.is_empty() {
+                        // Serving, failing closed: an orchestrator keeps
+                        // it, an operator sees why calls are being held.
+                        (StatusCode::OK, format!("ready, degraded: {}\n", degraded.join("; ")))
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,

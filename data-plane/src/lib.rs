@@ -21,6 +21,7 @@
 
 pub mod attach;
 pub mod cancel;
+pub mod catalog;
 pub mod check;
 pub mod codec;
 pub mod config;

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use airlock_eventlog::proto;
 use airlock_identity::Verifier;
-use airlock_policy::{Decision, PolicySet, VerdictCache};
+use airlock_policy::{Catalog, Decision, PolicySet, VerdictCache};
+
+use crate::catalog::{CatalogWatch, Facts, SessionCatalog};
 
 use crate::gate::{
     Action, Agent, Binding, BoxFuture, Gate, HoldSpec, Judgement, Refusal, SessionPolicy, why,
@@ -24,6 +26,8 @@ pub struct PolicyGate {
     /// their next statement.
     policies: std::sync::RwLock<Arc<PolicySet>>,
     connections: HashMap<String, UpstreamConfig>,
+    /// Each connection's catalog facts, kept fresh by a task of its own.
+    catalogs: HashMap<String, Arc<CatalogWatch>>,
     /// Group name -> object id (`identity.group_names`).
     group_names: BTreeMap<String, String>,
     cache: VerdictCache,
@@ -44,11 +48,26 @@ impl PolicyGate {
         policies: PolicySet,
         connections: Vec<(String, UpstreamConfig)>,
         group_names: BTreeMap<String, String>,
+        catalog_refresh: std::time::Duration,
     ) -> PolicyGate {
+        // Read by tasks of the runtime this is made in; without one (never
+        // in the proxy), the facts stay unread and judgement fails closed.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let catalogs = connections
+            .iter()
+            .map(|(name, upstream)| {
+                let watch = CatalogWatch::new(name.clone(), upstream.clone(), catalog_refresh);
+                if let Some(rt) = &runtime {
+                    rt.spawn(watch.clone().run());
+                }
+                (name.clone(), watch)
+            })
+            .collect();
         PolicyGate {
             verifier,
             policies: std::sync::RwLock::new(Arc::new(policies)),
             connections: connections.into_iter().collect(),
+            catalogs,
             group_names,
             cache: VerdictCache::new(10_000),
         }
@@ -56,6 +75,25 @@ impl PolicyGate {
 
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The catalog may have changed (SIGHUP): every connection's facts are
+    /// read again, and not trusted until they are.
+    pub fn reread_catalogs(&self) {
+        for watch in self.catalogs.values() {
+            watch.changed();
+        }
+    }
+
+    /// Why connections judge without catalog facts (for `/readyz`).
+    pub fn degraded_catalogs(&self) -> Vec<String> {
+        self.catalogs.values().filter_map(|w| w.degraded()).collect()
+    }
+
+    /// Waits (at most `within`) until every connection's facts have been
+    /// read once, well or not.
+    pub async fn catalogs_read(&self, within: std::time::Duration) {
+        futures::future::join_all(self.catalogs.values().map(|w| w.first_read(within))).await;
     }
 
     /// Enforces a new policy set from now on.
@@ -155,7 +193,10 @@ impl Gate for PolicyGate {
                 })
                 .collect(),
             record: bound.iter().any(|p| p.record),
-            session: Arc::new(Mutex::new(SessionPolicy::default())),
+            session: Arc::new(Mutex::new(SessionPolicy {
+                catalog: self.catalogs.get(database).cloned().map(SessionCatalog::new),
+                ..SessionPolicy::default()
+            })),
         })
     }
 
@@ -163,6 +204,17 @@ impl Gate for PolicyGate {
         let set = self.policies();
         let schema = set.default_schema(&binding.connection);
         let state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
+        // Judged against the database's catalog; without facts (unread,
+        // unreadable, or changed and not read again), only calls
+        // qualified with pg_catalog are taken for built-ins.
+        let facts = match &state.catalog {
+            Some(c) => c.facts(),
+            None => Facts::Unreadable("no catalog facts for this connection".into()),
+        };
+        let catalog = match &facts {
+            Facts::Known(f) => Catalog::Known(f),
+            Facts::Unreadable(_) => Catalog::Unreadable,
+        };
         let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
         for r in &binding.policies {
             let Some(policy) = set
@@ -172,7 +224,7 @@ impl Gate for PolicyGate {
             else {
                 continue;
             };
-            let v = self.cache.evaluate(policy, sql, schema, &state.prepared);
+            let v = self.cache.evaluate_on(policy, sql, schema, catalog, &state.prepared);
             if strictest.as_ref().is_none_or(|s| v.action > s.action) {
                 strictest = Some(v);
             }
@@ -225,6 +277,27 @@ impl Gate for PolicyGate {
                     state.prepared.forget(&changes);
                 }
             }))
+        };
+        // A statement that may change the catalog: this session judges
+        // without facts while it is in flight and, once it has run, until
+        // its transaction ends; the connection's facts are read again.
+        let kinds: Vec<airlock_policy::Kind> = v.effects.iter().map(|e| e.effect.kind).collect();
+        let on_finish = match &state.catalog {
+            Some(c)
+                if crate::catalog::may_change_catalog(&kinds, v.parsed())
+                    && !matches!(v.action, airlock_policy::Action::Deny) =>
+            {
+                let change = c.change();
+                let then = on_finish;
+                let composed: crate::gate::OnFinish = Arc::new(move |succeeded| {
+                    if let Some(f) = &then {
+                        f(succeeded);
+                    }
+                    change.ran();
+                });
+                Some(composed)
+            }
+            _ => on_finish,
         };
         drop(state);
         let (rule_index, rule, default_applied) = decision_text(&v.decision);
@@ -304,7 +377,7 @@ impl Gate for PolicyGate {
             sql_names,
             drops_all,
             unseen,
-            kinds: v.effects.iter().map(|e| e.effect.kind).collect(),
+            kinds,
         }
     }
 }

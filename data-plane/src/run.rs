@@ -122,12 +122,13 @@ async fn record_policy_loads(
     }
 }
 
-async fn reload_on_hangup(apply: airlock_reload::Apply, reloads: airlock_reload::Reloads) {
+async fn reload_on_hangup(apply: airlock_reload::Apply, reloads: airlock_reload::Reloads, gate: Arc<PolicyGate>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
         airlock_reload::run("policies", &reloads, &apply);
+        gate.reread_catalogs();
     }
 }
 
@@ -201,6 +202,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         policies,
         config.connections.clone(),
         config.identity.group_names.clone(),
+        config.proxy.catalog_refresh,
     ));
     // Up to 128 sessions' appends in flight at once (each session's in order).
     let recorder = Recorder::spawn(
@@ -227,7 +229,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         airlock_reload::POLL,
         airlock_reload::fingerprint_of(&[config.text.as_bytes()]),
     );
-    tokio::spawn(reload_on_hangup(reload, metrics.reloads.clone()));
+    tokio::spawn(reload_on_hangup(reload, metrics.reloads.clone(), gate.clone()));
     if let Some(tls) = &control_tls {
         tls.watch(metrics.reloads.clone());
     }
@@ -238,6 +240,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             holds: holds.clone(),
             nats: log.client().clone(),
             phase: phase.clone(),
+            gate: gate.clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(addr, m, health).await {

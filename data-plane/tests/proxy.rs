@@ -931,6 +931,7 @@ impl SeedPolicy {
             policies,
             vec![("shop".into(), upstream)],
             names,
+            Duration::from_secs(60),
         ))
     }
 }

@@ -193,6 +193,7 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             ctx.described().waiting.clear();
             // The end of a Query or of a batch: settle everything up to it.
             let ended = queue(queue_).ready();
+            let own = matches!(ended, Ready::OwnSync);
             match ended {
                 Ready::Query(r) => {
                     // COPY mode ends with the COPY's own answer (if it
@@ -202,9 +203,19 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
                     }
                     ctx.finish(*r);
                 }
-                Ready::Batch => {}
-                // The proxy's own Sync: the client never asked for this one.
-                Ready::OwnSync => return Ok(()),
+                Ready::Batch | Ready::OwnSync => {}
+            }
+            // Outside a transaction block: what this session changed in
+            // the catalog is committed (after the statement's finish).
+            if idle {
+                let catalog = ctx.binding.session.lock().unwrap_or_else(|p| p.into_inner()).catalog.clone();
+                if let Some(c) = catalog {
+                    c.idle();
+                }
+            }
+            // The proxy's own Sync: the client never asked for this one.
+            if own {
+                return Ok(());
             }
             frame.encode(out);
         }

@@ -1,0 +1,531 @@
+//! Catalog facts per connection: what the database says about the names a
+//! statement uses, read on a connection of the proxy's own with the
+//! connection's credential, and kept for the policy crate to judge against
+//! (see `airlock_policy::facts`). No round trip per statement: the facts
+//! are read at start, every `proxy.catalog_refresh`, on SIGHUP, and at once
+//! after a statement that may change the catalog runs through this proxy.
+//!
+//! Failing closed, three ways:
+//! * facts that cannot be read (permissions, timeout, the database away)
+//!   judge every call that is not `pg_catalog.`-qualified as unknown code,
+//!   and `/readyz` reports the connection degraded;
+//! * after a statement that may change the catalog has run, every session
+//!   of the connection judges that way until facts read after it are in;
+//! * a session whose change is not committed yet (or still in flight)
+//!   judges that way until its transaction ends: no other connection can
+//!   see what it made.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_policy::Kind;
+use airlock_policy::facts::{Called, CatalogFacts, RelationKind, RelationsBuilder};
+use bytes::{Buf, BytesMut};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::codec::parse_diagnostic_fields;
+use crate::upstream::{Upstream, UpstreamConfig};
+
+/// The longest one read of the facts may take.
+const READ_WITHIN: Duration = Duration::from_secs(10);
+
+/// How soon a failed read is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What a statement is judged against.
+#[derive(Debug, Clone)]
+pub enum Facts {
+    Known(Arc<CatalogFacts>),
+    /// Why they cannot be trusted now.
+    Unreadable(String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    facts: Option<Arc<CatalogFacts>>,
+    /// When the read that produced `facts` began.
+    read_started: Option<Instant>,
+    /// The catalog may have changed since this moment.
+    changed_at: Option<Instant>,
+    error: Option<String>,
+}
+
+/// One connection's facts, kept fresh by [`CatalogWatch::run`].
+#[derive(Debug)]
+pub struct CatalogWatch {
+    connection: String,
+    config: UpstreamConfig,
+    every: Duration,
+    state: Mutex<State>,
+    wake: Notify,
+    /// True once the first read has ended (well or not).
+    first: watch::Sender<bool>,
+}
+
+impl CatalogWatch {
+    pub fn new(connection: String, config: UpstreamConfig, every: Duration) -> Arc<CatalogWatch> {
+        Arc::new(CatalogWatch {
+            connection,
+            config,
+            every,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            first: watch::channel(false).0,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The facts to judge against now.
+    pub fn current(&self) -> Facts {
+        let s = self.state();
+        match (&s.facts, s.read_started) {
+            (Some(f), Some(started)) if s.changed_at.is_none_or(|c| started > c) => Facts::Known(f.clone()),
+            (Some(_), _) => Facts::Unreadable("the catalog changed through this proxy and is being read again".into()),
+            (None, _) => Facts::Unreadable(
+                s.error
+                    .clone()
+                    .unwrap_or_else(|| "the catalog has not been read yet".into()),
+            ),
+        }
+    }
+
+    /// Why this connection judges without facts, if it does (for `/readyz`).
+    pub fn degraded(&self) -> Option<String> {
+        let s = self.state();
+        s.facts.is_none().then(|| {
+            format!(
+                "connection \"{}\": catalog facts unreadable ({}); calls not qualified with pg_catalog are held as unknown code",
+                self.connection,
+                s.error.as_deref().unwrap_or("not read yet")
+            )
+        })
+    }
+
+    /// The catalog may have changed: facts read before now are not trusted,
+    /// and a read starts at once.
+    pub fn changed(&self) {
+        self.state().changed_at = Some(Instant::now());
+        self.wake.notify_one();
+    }
+
+    /// Waits (at most `within`) until the first read has ended.
+    pub async fn first_read(&self, within: Duration) {
+        let mut rx = self.first.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|done| *done)).await;
+    }
+
+    /// Reads the facts now and then, for as long as the process runs.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let started = Instant::now();
+            let read = match tokio::time::timeout(READ_WITHIN, read(&self.config)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("reading the catalog took longer than {READ_WITHIN:?}")),
+            };
+            let ok = read.is_ok();
+            {
+                let mut s = self.state();
+                match read {
+                    Ok(facts) => {
+                        let (relations, functions) = facts.size();
+                        if s.error.take().is_some() || s.facts.is_none() {
+                            tracing::info!(connection = %self.connection, relations, functions, search_path = ?facts.search_path(), "catalog facts read");
+                        }
+                        // The same facts keep their identity, so cached
+                        // verdicts stay valid.
+                        if s.facts.as_deref() != Some(&facts) {
+                            s.facts = Some(Arc::new(facts));
+                        }
+                        s.read_started = Some(started);
+                    }
+                    Err(e) => {
+                        if s.error.as_deref() != Some(e.as_str()) {
+                            tracing::error!(connection = %self.connection, error = %e, "catalog facts cannot be read: calls not qualified with pg_catalog are held as unknown code");
+                        }
+                        s.facts = None;
+                        s.read_started = None;
+                        s.error = Some(e);
+                    }
+                }
+            }
+            self.first.send_replace(true);
+            let wait = if ok { self.every } else { RETRY_AFTER.min(self.every) };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// Whether a statement of these kinds may change what the facts say
+/// (functions, relations, views, rules, search paths). Reads, writes of
+/// rows, settings and transaction control do not; DDL, calls of code that
+/// could run DDL, and text the parser could not read may.
+pub fn may_change_catalog(kinds: &[Kind], parsed: bool) -> bool {
+    !parsed
+        || kinds.iter().any(|k| {
+            !matches!(
+                k,
+                Kind::Select
+                    | Kind::Insert
+                    | Kind::Update
+                    | Kind::Delete
+                    | Kind::Merge
+                    | Kind::Truncate
+                    | Kind::Copy
+                    | Kind::Lock
+                    | Kind::Set
+                    | Kind::Show
+                    | Kind::Transaction
+                    | Kind::Deallocate
+                    | Kind::Listen
+                    | Kind::Notify
+                    | Kind::Vacuum
+                    | Kind::Analyze
+                    | Kind::Comment
+                    | Kind::Discard
+                    | Kind::Cursor
+                    | Kind::ParserSetting
+            )
+        })
+}
+
+/// One session's view of its connection's facts: the connection's, unless
+/// the session itself has a change of the catalog in flight or not yet
+/// committed.
+#[derive(Debug)]
+pub struct SessionCatalog {
+    watch: Arc<CatalogWatch>,
+    /// Statements that may change the catalog, judged and not yet over.
+    in_flight: AtomicUsize,
+    /// One of them ran; its transaction has not ended since.
+    uncommitted: AtomicBool,
+}
+
+impl SessionCatalog {
+    pub fn new(watch: Arc<CatalogWatch>) -> Arc<SessionCatalog> {
+        Arc::new(SessionCatalog {
+            watch,
+            in_flight: AtomicUsize::new(0),
+            uncommitted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn watch(&self) -> &Arc<CatalogWatch> {
+        &self.watch
+    }
+
+    /// The facts this session's next statement is judged against.
+    pub fn facts(&self) -> Facts {
+        if self.in_flight.load(Ordering::Acquire) > 0 || self.uncommitted.load(Ordering::Acquire) {
+            return Facts::Unreadable(
+                "this session has changed the catalog in a transaction still open".into(),
+            );
+        }
+        self.watch.current()
+    }
+
+    /// A statement that may change the catalog was judged to run (or be
+    /// held): until it is over, this session judges without facts. Call
+    /// [`Change::ran`] when it has run; drop it when it is over either way.
+    pub fn change(self: &Arc<Self>) -> Change {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Change {
+            session: self.clone(),
+            ran: AtomicBool::new(false),
+        }
+    }
+
+    /// PostgreSQL is ready for a query outside any transaction block: what
+    /// this session changed is committed (or rolled back), and visible to
+    /// a fresh read.
+    pub fn idle(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 && self.uncommitted.load(Ordering::Acquire) {
+            // The connection's facts go stale before the session's mark is
+            // lifted, so no statement sees neither.
+            self.watch.changed();
+            self.uncommitted.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// A statement that may change the catalog, judged and not yet over.
+#[derive(Debug)]
+pub struct Change {
+    session: Arc<SessionCatalog>,
+    ran: AtomicBool,
+}
+
+impl Change {
+    /// It ran (all or part of it).
+    pub fn ran(&self) {
+        self.ran.store(true, Ordering::Release);
+        // Committed already when it ran outside a transaction block.
+        self.session.watch.changed();
+    }
+}
+
+impl Drop for Change {
+    fn drop(&mut self) {
+        if self.ran.load(Ordering::Acquire) {
+            self.session.uncommitted.store(true, Ordering::Release);
+        }
+        self.session.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads the facts of the database `config` logs in to.
+pub async fn read(config: &UpstreamConfig) -> Result<CatalogFacts, String> {
+    let params = [("application_name".to_owned(), "airlock-catalog".to_owned())];
+    let mut up = Upstream::connect(config, &params).await.map_err(|e| e.to_string())?;
+    let result = read_on(&mut up).await;
+    // Terminate; the connection closes either way.
+    let _ = up.send(&[b'X', 0, 0, 0, 4]).await;
+    result
+}
+
+async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
+    query(up, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let path: Vec<String> = query(up, SEARCH_PATH)
+        .await?
+        .into_iter()
+        .filter_map(|mut r| r.swap_remove(0))
+        .collect();
+    let functions: Vec<String> = query(up, FUNCTIONS)
+        .await?
+        .into_iter()
+        .filter_map(|mut r| r.swap_remove(0))
+        .collect();
+    let mut relations = RelationsBuilder::default();
+    for row in query(up, RELATIONS).await? {
+        let [Some(schema), Some(name), Some(kind)] = &row[..] else { continue };
+        let kind = match kind.as_str() {
+            "v" => RelationKind::View,
+            "m" => RelationKind::MaterializedView,
+            _ => RelationKind::Table,
+        };
+        relations.relation(format!("{schema}.{name}"), kind);
+    }
+    for row in query(up, RULE_DEPENDENCIES).await? {
+        let [Some(schema), Some(name), Some(on_select), Some(is_relation), Some(rs), Some(rn), volatile] = &row[..]
+        else {
+            continue;
+        };
+        let at = format!("{schema}.{name}");
+        let target = format!("{rs}.{rn}");
+        if target == at {
+            continue;
+        }
+        let on_select = on_select == "t";
+        if is_relation == "t" {
+            if on_select {
+                relations.reads(&at, target);
+            } else {
+                relations.rule_table(&at, target);
+            }
+        } else {
+            let called = Called {
+                name: target,
+                volatile: volatile.as_deref() == Some("t"),
+            };
+            if on_select {
+                relations.read_call(&at, called);
+            } else {
+                relations.write_call(&at, called);
+            }
+        }
+    }
+    for row in query(up, VIEW_TRIGGERS).await? {
+        let [Some(schema), Some(name), Some(fs), Some(fname), Some(volatile)] = &row[..] else { continue };
+        relations.write_call(
+            &format!("{schema}.{name}"),
+            Called {
+                name: format!("{fs}.{fname}"),
+                volatile: volatile == "t",
+            },
+        );
+    }
+    query(up, "COMMIT").await?;
+    Ok(CatalogFacts::new(path, functions, relations.build()))
+}
+
+/// The role's effective search path: existing schemas, `$user` expanded.
+const SEARCH_PATH: &str = "SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS u(s, n) ORDER BY n";
+
+/// Names of functions outside `pg_catalog`.
+const FUNCTIONS: &str = "SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'";
+
+/// Tables, views and materialized views outside the system schemas (and
+/// other sessions' temporary schemas).
+const RELATIONS: &str = "SELECT n.nspname, c.relname, c.relkind FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+
+/// What each rewrite rule refers to: relations, functions, and the
+/// functions behind operators. A view's query is its ON SELECT rule.
+const RULE_DEPENDENCIES: &str = "SELECT DISTINCT n.nspname, c.relname, r.ev_type = '1', rc.oid IS NOT NULL, \
+       coalesce(rn.nspname, fn.nspname), coalesce(rc.relname, f.proname), f.provolatile = 'v' \
+     FROM pg_catalog.pg_rewrite r \
+     JOIN pg_catalog.pg_class c ON c.oid = r.ev_class \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+       AND d.objid = r.oid AND d.deptype = 'n' \
+     LEFT JOIN pg_catalog.pg_class rc ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+       AND rc.oid = d.refobjid \
+     LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
+     LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+       AND o.oid = d.refobjid \
+     LEFT JOIN pg_catalog.pg_proc f ON f.oid = CASE \
+       WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
+       ELSE o.oprcode::pg_catalog.oid END \
+     LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND (rc.oid IS NOT NULL OR f.oid IS NOT NULL)";
+
+/// INSTEAD OF (and other) triggers on views: what writing through them runs.
+const VIEW_TRIGGERS: &str = "SELECT n.nspname, c.relname, fn.nspname, f.proname, f.provolatile = 'v' \
+     FROM pg_catalog.pg_trigger t \
+     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
+     JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+     WHERE c.relkind = 'v' AND NOT t.tgisinternal";
+
+type Row = Vec<Option<String>>;
+
+/// Runs one statement over the simple protocol; its rows as text.
+async fn query(up: &mut Upstream, sql: &str) -> Result<Vec<Row>, String> {
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut buf).map_err(|e| e.to_string())?;
+    up.send(&buf).await.map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = up.recv().await.map_err(|e| e.to_string())?;
+        match frame.tag {
+            b'D' => rows.push(data_row(frame.body.clone()).ok_or("a malformed DataRow from PostgreSQL")?),
+            b'E' => {
+                let fields: HashMap<u8, String> = parse_diagnostic_fields(&frame.body).into_iter().collect();
+                error = Some(format!(
+                    "{} ({})",
+                    fields.get(&b'M').cloned().unwrap_or_default(),
+                    fields.get(&b'C').cloned().unwrap_or_default()
+                ));
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(e) => Err(format!("reading the catalog: {e}")),
+        None => Ok(rows),
+    }
+}
+
+fn data_row(mut body: bytes::Bytes) -> Option<Row> {
+    if body.remaining() < 2 {
+        return None;
+    }
+    let n = body.get_i16();
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        if body.remaining() < 4 {
+            return None;
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if body.remaining() < len {
+            return None;
+        }
+        row.push(Some(String::from_utf8_lossy(&body.split_to(len)).into_owned()));
+    }
+    Some(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_rows_parse_and_malformed_ones_are_refused() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&3i32.to_be_bytes());
+        b.extend_from_slice(b"abc");
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(data_row(b.clone().freeze()), Some(vec![Some("abc".into()), None]));
+        b.truncate(6);
+        assert_eq!(data_row(b.freeze()), None);
+    }
+
+    #[test]
+    fn which_kinds_may_change_the_catalog() {
+        assert!(!may_change_catalog(&[Kind::Select, Kind::Delete], true));
+        assert!(may_change_catalog(&[Kind::CreateFunction], true));
+        assert!(may_change_catalog(&[Kind::Select, Kind::Function], true));
+        assert!(may_change_catalog(&[Kind::Do], true));
+        assert!(may_change_catalog(&[Kind::Select], false));
+    }
+
+    fn watch() -> Arc<CatalogWatch> {
+        let config = UpstreamConfig {
+            tls: Default::default(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "maint".into(),
+            database: "shop".into(),
+            password: None,
+            connect_timeout: Duration::from_secs(1),
+        };
+        CatalogWatch::new("shop".into(), config, Duration::from_secs(60))
+    }
+
+    fn know(w: &CatalogWatch) {
+        let mut s = w.state();
+        s.facts = Some(Arc::new(CatalogFacts::new(vec!["public".into()], Vec::<String>::new(), HashMap::new())));
+        s.read_started = Some(Instant::now());
+    }
+
+    #[tokio::test]
+    async fn a_session_judges_without_facts_until_its_change_is_committed_and_read() {
+        let w = watch();
+        assert!(matches!(w.current(), Facts::Unreadable(_)), "not read yet");
+        know(&w);
+        let session = SessionCatalog::new(w.clone());
+        let other = SessionCatalog::new(w.clone());
+        assert!(matches!(session.facts(), Facts::Known(_)));
+        let change = session.change();
+        assert!(matches!(session.facts(), Facts::Unreadable(_)), "in flight");
+        assert!(matches!(other.facts(), Facts::Known(_)), "others see no uncommitted change");
+        change.ran();
+        drop(change);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(matches!(session.facts(), Facts::Unreadable(_)), "ran, not committed");
+        assert!(matches!(other.facts(), Facts::Unreadable(_)), "ran: the connection's facts are stale");
+        know(&w);
+        assert!(matches!(other.facts(), Facts::Known(_)));
+        assert!(matches!(session.facts(), Facts::Unreadable(_)), "still in its transaction");
+        session.idle();
+        assert!(matches!(session.facts(), Facts::Unreadable(_)), "committed: stale until read again");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        know(&w);
+        assert!(matches!(session.facts(), Facts::Known(_)));
+        // Judged but never run (refused, denied): nothing to wait for.
+        drop(session.change());
+        assert!(matches!(session.facts(), Facts::Known(_)));
+    }
+}
