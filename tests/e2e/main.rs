@@ -7,6 +7,7 @@
 mod approval;
 mod binaries;
 mod browser;
+mod catalog;
 mod config_check;
 mod differential;
 mod drivers;

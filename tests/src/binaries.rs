@@ -194,6 +194,9 @@ struct Layout {
 pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     let tmp = tempfile::tempdir().expect("temp dir");
     let pg = crate::shop(options.orders);
+    for sql in &options.database_setup {
+        pg.psql("shop", sql);
+    }
     let nats_ca = options.secured_nats.then(|| TestCa::new("airlock test NATS CA"));
     assert!(
         options.nats_cluster == 0 || nats_ca.is_none(),

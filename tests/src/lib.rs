@@ -59,6 +59,7 @@ pub struct StackBuilder {
     pub(crate) nats_relays: bool,
     pub(crate) notifier_token: bool,
     pub(crate) env: Vec<(Process, String, String)>,
+    pub(crate) database_setup: Vec<String>,
 }
 
 /// A binary of the stack, for per-process settings.
@@ -92,6 +93,7 @@ impl Default for StackBuilder {
             nats_relays: false,
             notifier_token: false,
             env: Vec::new(),
+            database_setup: Vec::new(),
         }
     }
 }
@@ -100,6 +102,13 @@ impl StackBuilder {
     /// One proxy, one control plane, ten orders, holds that outlast the test.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// SQL run in `shop` as the superuser before any proxy starts (the
+    /// proxy reads the catalog at start).
+    pub fn database_setup(mut self, sql: &str) -> Self {
+        self.database_setup.push(sql.to_owned());
+        self
     }
 
     /// Rows in `shop.orders` (ids 1 to `n`, status `open`, total `id * 100`).

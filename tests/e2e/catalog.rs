@@ -1,0 +1,212 @@
+//! The gate judges what PostgreSQL will run, not the names written: against
+//! a database whose functions shadow read-only built-ins (in `public` and
+//! in another schema on the role's search path), whose views call
+//! functions that write, whose updatable view sits over a protected table,
+//! and whose role resolves unqualified names through `hr, app, public`,
+//! nothing that writes runs without approval, and ordinary reads still
+//! flow. The facts follow a function created through the proxy, and a role
+//! that cannot read the catalog fails closed and says so.
+
+use std::time::Duration;
+
+use airlock_e2e::binaries::{ALICE, BinaryStack, http_get};
+use airlock_e2e::review::vote;
+use airlock_e2e::{StackBuilder, request_id};
+use airlock_eventlog::proto;
+
+/// Objects a production database holds, each a way a name-based judgement
+/// would let a write through.
+const DATABASE: &str = "
+CREATE SCHEMA app; CREATE SCHEMA hr;
+GRANT USAGE, CREATE ON SCHEMA app, hr, public TO maint;
+CREATE TABLE hr.salaries (id int PRIMARY KEY, pay int);
+INSERT INTO hr.salaries SELECT g, g * 1000 FROM generate_series(1, 5) g;
+GRANT ALL ON hr.salaries TO maint;
+-- lower(int): no built-in takes an int, so lower(id) runs this.
+CREATE FUNCTION public.lower(i int) RETURNS int LANGUAGE sql
+  AS $$ DELETE FROM public.orders WHERE id = i; SELECT i $$;
+-- abs(text), on the role's path: abs('3') prefers it to the numeric built-ins.
+CREATE FUNCTION app.abs(t text) RETURNS int LANGUAGE sql
+  AS $$ DELETE FROM hr.salaries WHERE id = t::int; SELECT 0 $$;
+CREATE FUNCTION public.touch() RETURNS int LANGUAGE sql
+  AS $$ DELETE FROM public.orders WHERE id = 4; SELECT 1 $$;
+CREATE VIEW public.v_touch AS SELECT touch() AS t;
+CREATE VIEW public.v_totals AS SELECT id, upper(status) AS status, total FROM public.orders;
+CREATE VIEW public.pay AS SELECT id, pay FROM hr.salaries;
+GRANT SELECT ON public.v_touch, public.v_totals TO maint;
+GRANT ALL ON public.pay TO maint;
+ALTER ROLE maint IN DATABASE shop SET search_path = hr, app, public;
+";
+
+fn counts(stack: &BinaryStack) -> (String, String) {
+    (
+        stack.pg.psql("shop", "SELECT count(*) FROM public.orders"),
+        stack.pg.psql("shop", "SELECT count(*) FROM hr.salaries"),
+    )
+}
+
+/// Runs `sql` on a new session: `Ok(rows)` if it ran at once, `Err(request
+/// id)` if the proxy held it (the session is left waiting).
+async fn run_or_hold(stack: &BinaryStack, token: &str, sql: &str) -> Result<usize, String> {
+    let (client, mut notices) = stack.connect(token).await;
+    let sql = sql.to_owned();
+    let mut ran = tokio::spawn(async move {
+        let r = client.simple_query(&sql).await;
+        (client, r)
+    });
+    tokio::select! {
+        done = &mut ran => {
+            let (_client, r) = done.expect("task");
+            Ok(r.map(|m| m.len()).unwrap_or_else(|e| panic!("the statement failed: {e}")))
+        }
+        notice = tokio::time::timeout(Duration::from_secs(15), notices.recv()) => {
+            let notice = notice.expect("a notice or an answer in time").expect("notice");
+            Err(request_id(&notice).unwrap_or_else(|| panic!("not a hold notice: {notice}")))
+        }
+    }
+}
+
+async fn assert_held(stack: &BinaryStack, token: &str, sql: &str) {
+    let before = counts(stack);
+    let held = run_or_hold(stack, token, sql).await;
+    assert!(held.is_err(), "{sql} ran without approval");
+    assert_eq!(counts(stack), before, "{sql} changed rows while held");
+}
+
+async fn assert_runs(stack: &BinaryStack, token: &str, sql: &str) {
+    let ran = run_or_hold(stack, token, sql).await;
+    assert!(ran.is_ok(), "{sql} was held: {ran:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_that_would_write_are_held_and_ordinary_reads_flow() {
+    let stack = tokio::task::block_in_place(|| StackBuilder::new().database_setup(DATABASE).start_binaries());
+    let agent = stack.agent_token();
+    // Ordinary reads of tables and views, built-ins nobody shadows, and
+    // a shadowed name qualified with pg_catalog.
+    for sql in [
+        "SELECT count(*) FROM orders",
+        "SELECT * FROM v_totals",
+        "SELECT upper(status), total FROM orders",
+        "SELECT pg_catalog.lower('A')",
+        "SELECT count(*) FROM salaries",
+    ] {
+        assert_runs(&stack, &agent, sql).await;
+    }
+    // Calls that resolve to user functions that delete, and a view that
+    // calls one: held under the seed policy (SELECT -> allow).
+    for sql in [
+        "SELECT lower(id) FROM orders WHERE id = 2",
+        "SELECT abs('3')",
+        "SELECT * FROM v_touch",
+    ] {
+        assert_held(&stack, &agent, sql).await;
+    }
+    assert_eq!(counts(&stack), ("10".into(), "5".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn table_scoped_rules_see_the_search_path_and_the_table_under_a_view() {
+    let rules = "      - match: SELECT
+        action: allow
+      - match: DELETE|UPDATE|INSERT
+        tables: [public.*]
+        action: allow
+";
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .rules(rules)
+            .database_setup(DATABASE)
+            .start_binaries()
+    });
+    let agent = stack.agent_token();
+    assert_runs(&stack, &agent, "DELETE FROM orders WHERE id = 10").await;
+    assert_eq!(counts(&stack).0, "9", "public.orders is the agent's to change");
+    // `salaries` is hr.salaries on this role's path; `pay` is a view
+    // over it.
+    for sql in [
+        "DELETE FROM salaries WHERE id = 1",
+        "DELETE FROM pay WHERE id = 2",
+        "UPDATE public.pay SET pay = 0",
+        "INSERT INTO pay VALUES (9, 9)",
+    ] {
+        assert_held(&stack, &agent, sql).await;
+    }
+    assert_eq!(counts(&stack), ("9".into(), "5".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_created_through_the_proxy_is_seen_at_once() {
+    let stack = tokio::task::block_in_place(|| StackBuilder::new().database_setup(DATABASE).start_binaries());
+    let agent = stack.agent_token();
+    let alice = stack.user_token(ALICE);
+    // length(int) does not exist yet: the call is taken for the built-in.
+    let (client, _n) = stack.connect(&agent).await;
+    let err = client
+        .simple_query("SELECT length(id) FROM orders WHERE id = 5")
+        .await
+        .expect_err("no length(integer) yet");
+    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("does not exist"), "{err:?}");
+
+    // Created through the proxy, once approved.
+    let (creator, mut notices) = stack.connect(&agent).await;
+    let create = tokio::spawn(async move {
+        let r = creator
+            .simple_query(
+                "CREATE FUNCTION public.length(i int) RETURNS int LANGUAGE sql \
+                 AS $$ DELETE FROM public.orders WHERE id = i; SELECT i $$",
+            )
+            .await;
+        (creator, r)
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
+        .await
+        .expect("held in time")
+        .expect("notice");
+    let id = request_id(&notice).expect("request id");
+    stack
+        .decide(&alice, vote(&id, proto::Decision::Approve, "a helper"))
+        .await
+        .expect("alice approves");
+    let (creator, r) = create.await.expect("task");
+    r.expect("the function is created");
+
+    // At once, on the same session and on another: a call, held.
+    let same = creator.simple_query("SELECT length(id) FROM orders WHERE id = 5");
+    let held = tokio::time::timeout(Duration::from_secs(3), same).await;
+    assert!(held.is_err(), "the creating session ran the new function: {held:?}");
+    assert_held(&stack, &agent, "SELECT length(id) FROM orders WHERE id = 6").await;
+    assert_eq!(counts(&stack).0, "10");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_cannot_read_the_catalog_fails_closed_and_says_so() {
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .database_setup("REVOKE SELECT ON pg_catalog.pg_rewrite FROM PUBLIC")
+            .start_binaries()
+    });
+    let agent = stack.agent_token();
+    let port = stack.proxy_health_ports[0];
+    let body = tokio::task::block_in_place(|| {
+        airlock_testkit::eventually_blocking(
+            "readyz to report the degraded connection",
+            Duration::from_secs(15),
+            || {
+                let (status, body) = http_get(port, "/readyz");
+                if status == 200 && body.contains("degraded") {
+                    Ok(body)
+                } else {
+                    Err((status, body))
+                }
+            },
+        )
+    });
+    assert!(body.contains("prod-maintenance"), "{body}");
+    assert!(body.contains("permission denied"), "{body}");
+    // Only calls qualified with pg_catalog are taken for built-ins.
+    assert_runs(&stack, &agent, "SELECT pg_catalog.count(*) FROM orders").await;
+    let held = run_or_hold(&stack, &agent, "SELECT count(*) FROM orders").await;
+    assert!(held.is_err(), "an unqualified call ran without the catalog's facts");
+}
