@@ -69,16 +69,25 @@
 //!   touch its tables; a table-scoped allow never covers `*.*` or an
 //!   unresolved target. Unqualified `pg_*` names are `pg_catalog`'s.
 //!
+//! # The database's catalog
+//!
+//! Classification takes a [`Catalog`]: with [`CatalogFacts`] read from the
+//! database (the data plane reads them), a read-only built-in's name is
+//! trusted only when no function of that name exists outside `pg_catalog`,
+//! unqualified tables resolve through the role's search path, views are
+//! judged by what they read and call, and writes through views and rules
+//! reach their base tables ([`facts`]). [`Catalog::Unreadable`] trusts
+//! only `pg_catalog.`-qualified calls; [`Catalog::Assumed`] (offline tools)
+//! takes names for what they say.
+//!
 //! # Known limits
 //!
-//! * Table names resolve against the connection's default schema, not the
-//!   session's `search_path`: a policy that allows `SET` lets an agent point
-//!   unqualified names elsewhere, so table-scoped rules should come with `SET`
-//!   left to approval (the default).
-//! * A view or a function's body is not looked into: `SELECT * FROM v` is a
-//!   read even if `v` calls a volatile function. Creating such objects is
-//!   `CREATE`/`CREATE FUNCTION`, which a policy should not allow freely.
-//! * Nor is what only the catalog knows: `o.f` (or `(o).f`) is taken for a
+//! * Table names resolve through the role's search path as a fresh session
+//!   has it, not the session's own `SET search_path`: a policy that allows
+//!   `SET` lets an agent point unqualified names elsewhere, so table-scoped
+//!   rules should come with `SET` left to approval (the default).
+//! * A function's body is not looked into: user code is a `FUNCTION` effect.
+//! * Nor is what only the catalog knows beyond the facts: `o.f` (or `(o).f`) is taken for a
 //!   column, though PostgreSQL calls a function `f(o)` when `o` has no
 //!   column `f`; operators and casts resolved to user code by their operand
 //!   types are not seen (a cast to a type that is not built in is a call).

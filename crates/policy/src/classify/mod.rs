@@ -19,14 +19,17 @@
 //! [`Effect::tables`]), or has no tables, which the judge treats as an
 //! unresolved target.
 //!
-//! Known limits, all needing catalog facts the proxy does not have: `o.f`
+//! With catalog facts ([`Catalog::Known`]), names are judged as the
+//! database resolves them: see [`crate::facts`] and [`through_relations`].
+//!
+//! Known limits, all needing catalog facts the proxy does not read: `o.f`
 //! and `(o).f` read a column, or call a function `f(o)` when `o`'s table has
 //! no column `f` (PostgreSQL's attribute notation for computed fields): a
 //! column is assumed. A cast to a type that is not built in (it may be a
 //! domain whose CHECK calls functions) and `ORDER BY ... USING` an operator
 //! that is not built in are `FUNCTION` effects, but operators, casts and
 //! comparisons that PostgreSQL resolves to user code by the types of their
-//! operands are not seen; nor are a view's or a trigger's bodies.
+//! operands are not seen; nor are a function's or a trigger's bodies.
 
 mod catalog;
 mod fallback;
