@@ -83,7 +83,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Policy tools: lint policy files, explain a statement's verdict.
+    /// Policy tools: lint policy files, explain a statement's verdict,
+    /// simulate candidate policies over the log.
     Policy {
         #[command(subcommand)]
         command: crate::policy_cmd::PolicyCommand,
@@ -118,7 +119,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Pure and offline: no telemetry or runtime, so stdout carries only the result.
     let command = match cli.command {
-        Command::Policy { command } => return crate::policy_cmd::run(command),
+        Command::Policy { command }
+            if !matches!(command, crate::policy_cmd::PolicyCommand::Simulate { .. }) =>
+        {
+            return crate::policy_cmd::run(command);
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => return config_check(&config),
@@ -253,7 +258,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command } => Ok(crate::policy_cmd::run(command)),
+        Command::Policy { command } => crate::policy_cmd::simulate(command).await,
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(&config)),

@@ -26,6 +26,7 @@ pub mod policy_cmd;
 pub mod presence;
 pub mod projection;
 pub mod serve;
+pub mod simulate;
 pub mod snapshot;
 pub mod tls;
 pub mod verify;

@@ -1,6 +1,8 @@
-//! `airlock-control policy check|explain`: lint policy files and show the
-//! verdict a statement would get. Pure: no runtime, no log, no network; runs
-//! before telemetry starts so `--json` output is the only thing on stdout.
+//! `airlock-control policy check|explain|simulate`: lint policy files, show
+//! the verdict a statement would get, and judge the log's statements again
+//! under a candidate ([`crate::simulate`]). `check` and `explain` are pure:
+//! no runtime, no log, no network; they run before telemetry starts so
+//! `--json` output is the only thing on stdout.
 
 // Printing results to standard output is what these commands are for.
 #![allow(clippy::print_stdout)]
@@ -24,6 +26,28 @@ pub enum PolicyCommand {
         /// The airlock.yaml whose `approvals:` defaults apply to standalone files.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Judge the statements recorded in the log again under candidate
+    /// policies and report what would change (reads the log, never writes it).
+    Simulate {
+        /// The airlock.yaml naming the log (`nats:`) and its writers' keys (`signing:`).
+        #[arg(long, default_value = "airlock.yaml")]
+        config: PathBuf,
+        /// The candidate: an airlock.yaml (its `policies:`) or a standalone policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// First event: a stream sequence or an RFC 3339 time.
+        #[arg(long)]
+        from: Option<crate::simulate::Bound>,
+        /// Last event: a stream sequence or an RFC 3339 time.
+        #[arg(long)]
+        to: Option<crate::simulate::Bound>,
+        /// Only sessions of this identity (part of its name or object id).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the verdict a statement gets under a policy.
     Explain {
@@ -51,9 +75,64 @@ pub enum PolicyCommand {
     },
 }
 
+/// `policy simulate`: connects to the log named by `config`.
+pub async fn simulate(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let PolicyCommand::Simulate {
+        config,
+        policy,
+        from,
+        to,
+        identity,
+        json,
+    } = command
+    else {
+        return Ok(run(command));
+    };
+    let text = std::fs::read_to_string(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let defaults = ApprovalDefaults::from_config_yaml(&text, &config.display().to_string())?;
+    let candidate = load(&policy, &defaults)?;
+    let config = crate::config::load(&config)?;
+    let mut log = airlock_eventlog::EventLog::connect(config.nats).await?;
+    match &config.signing {
+        Some(signing) => {
+            log = log.with_trust(std::sync::Arc::new(
+                signing
+                    .load()
+                    .map_err(|e| anyhow::anyhow!("signing.trust: {e}"))?,
+            ))
+        }
+        None => eprintln!(
+            "airlock-control: no `signing:` section: every event is simulated as it is, whoever wrote it"
+        ),
+    }
+    let started = std::time::Instant::now();
+    let report = crate::simulate::run(
+        &log,
+        crate::simulate::Simulation::new(candidate, from, to, identity),
+    )
+    .await?;
+    let took = started.elapsed().as_secs_f64();
+    eprintln!(
+        "airlock-control: {} statements from {} events in {took:.2}s ({:.0} statements/s)",
+        report.statements,
+        report.events_read,
+        report.statements as f64 / took.max(1e-9)
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::simulate::text(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a policy subcommand; errors go to stderr.
 pub fn run(command: PolicyCommand) -> ExitCode {
     match command {
+        PolicyCommand::Simulate { .. } => {
+            eprintln!("airlock-control: policy simulate needs the log: run it through the CLI");
+            ExitCode::FAILURE
+        }
         PolicyCommand::Check { files, config } => check(&files, config.as_deref()),
         PolicyCommand::Explain {
             policy,
@@ -157,6 +236,14 @@ fn explain(
     let policy = set.select_one(connection, group)?;
     let schema = schema.unwrap_or_else(|| set.default_schema(&policy.connection));
     Ok(policy.evaluate(sql, schema, &PreparedStatements::new()))
+}
+
+/// Which rule (or what else) decided, in a line.
+pub(crate) fn decided_by_text(v: &Verdict) -> String {
+    match &v.decision {
+        Decision::Rule { index, text } => format!("rule {index} ({text})"),
+        other => decided_by(other).to_owned(),
+    }
 }
 
 fn decided_by(d: &Decision) -> &'static str {
