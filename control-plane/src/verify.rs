@@ -237,6 +237,31 @@ pub struct ReviewerSummary {
     pub denied: u64,
 }
 
+/// Statements judged by shadow policies too (`shadow_policies:`), and
+/// where their verdict differed from the enforced one.
+#[derive(Debug, Default, Serialize)]
+pub struct ShadowReport {
+    /// Statements (executed or refused) that carry a shadow verdict.
+    pub judged: u64,
+    /// `enforced -> shadow` action pairs that differ, with their counts.
+    pub disagreements: BTreeMap<String, u64>,
+}
+
+impl ShadowReport {
+    fn count(&mut self, verdict: Option<&proto::Verdict>) {
+        let Some(v) = verdict else { return };
+        let Some(shadow) = &v.shadow_verdict else { return };
+        self.judged += 1;
+        if shadow.action != v.action {
+            let name = |a: proto::verdict::Action| enum_name(a.as_str_name(), "ACTION_");
+            *self
+                .disagreements
+                .entry(format!("{} -> {}", name(v.action()), name(shadow.action())))
+                .or_default() += 1;
+        }
+    }
+}
+
 /// What `airlock-control replay` prints: the state the log folds to.
 #[derive(Debug, Serialize)]
 pub struct ReplayReport {
@@ -257,6 +282,8 @@ pub struct ReplayReport {
     pub anomalies: u64,
     /// Events not folded: no trusted writer signed them (`signing.trust`).
     pub untrusted: u64,
+    /// Where shadow policies and the enforced ones disagreed.
+    pub shadow: ShadowReport,
     pub seconds: f64,
     pub events_per_second: f64,
 }
@@ -280,6 +307,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
     // Session -> identity, from SessionOpened (events of a session follow it).
     let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut untrusted = 0u64;
+    let mut shadow = ShadowReport::default();
     while let Some(item) = stream.next().await {
         let e = item?;
         events += 1;
@@ -300,6 +328,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
             Some(Body::StatementExecuted(_) | Body::StatementsExecuted(_)) => {
                 // A group counts as the statements it records.
                 for x in airlock_eventlog::executed_statements(&e.event) {
+                    shadow.count(x.statement.verdict.as_ref());
                     let action = x
                         .statement
                         .verdict
@@ -315,6 +344,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
                 }
             }
             Some(Body::StatementRefused(s)) => {
+                shadow.count(s.verdict.as_ref());
                 *refused
                     .entry(enum_name(s.cause().as_str_name(), "CAUSE_"))
                     .or_default() += 1;
@@ -365,6 +395,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
         proxies: fold.proxies.len(),
         anomalies: fold.anomalies,
         untrusted,
+        shadow,
         seconds,
         events_per_second: if seconds > 0.0 {
             events as f64 / seconds

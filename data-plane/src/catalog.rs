@@ -86,7 +86,9 @@ impl CatalogWatch {
         let s = self.state();
         match (&s.facts, s.read_started) {
             (Some(f), Some(started)) if s.changed_at.is_none_or(|c| started > c) => Facts::Known(f.clone()),
-            (Some(_), _) => Facts::Unreadable("the catalog changed through this proxy and is being read again".into()),
+            (Some(_), _) => {
+                Facts::Unreadable("the catalog changed through this proxy and is being read again".into())
+            }
             (None, _) => Facts::Unreadable(
                 s.error
                     .clone()
@@ -155,7 +157,11 @@ impl CatalogWatch {
                 }
             }
             self.first.send_replace(true);
-            let wait = if ok { self.every } else { RETRY_AFTER.min(self.every) };
+            let wait = if ok {
+                self.every
+            } else {
+                RETRY_AFTER.min(self.every)
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
@@ -284,7 +290,9 @@ impl Drop for Change {
 /// Reads the facts of the database `config` logs in to.
 pub async fn read(config: &UpstreamConfig) -> Result<CatalogFacts, String> {
     let params = [("application_name".to_owned(), "airlock-catalog".to_owned())];
-    let mut up = Upstream::connect(config, &params).await.map_err(|e| e.to_string())?;
+    let mut up = Upstream::connect(config, &params)
+        .await
+        .map_err(|e| e.to_string())?;
     let result = read_on(&mut up).await;
     // Terminate; the connection closes either way.
     let _ = up.send(&[b'X', 0, 0, 0, 4]).await;
@@ -305,7 +313,9 @@ async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
         .collect();
     let mut relations = RelationsBuilder::default();
     for row in query(up, RELATIONS).await? {
-        let [Some(schema), Some(name), Some(kind)] = &row[..] else { continue };
+        let [Some(schema), Some(name), Some(kind)] = &row[..] else {
+            continue;
+        };
         let kind = match kind.as_str() {
             "v" => RelationKind::View,
             "m" => RelationKind::MaterializedView,
@@ -314,7 +324,15 @@ async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
         relations.relation(format!("{schema}.{name}"), kind);
     }
     for row in query(up, RULE_DEPENDENCIES).await? {
-        let [Some(schema), Some(name), Some(on_select), Some(is_relation), Some(rs), Some(rn), volatile] = &row[..]
+        let [
+            Some(schema),
+            Some(name),
+            Some(on_select),
+            Some(is_relation),
+            Some(rs),
+            Some(rn),
+            volatile,
+        ] = &row[..]
         else {
             continue;
         };
@@ -343,7 +361,9 @@ async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
         }
     }
     for row in query(up, VIEW_TRIGGERS).await? {
-        let [Some(schema), Some(name), Some(fs), Some(fname), Some(volatile)] = &row[..] else { continue };
+        let [Some(schema), Some(name), Some(fs), Some(fname), Some(volatile)] = &row[..] else {
+            continue;
+        };
         relations.write_call(
             &format!("{schema}.{name}"),
             Called {
@@ -496,7 +516,11 @@ mod tests {
 
     fn know(w: &CatalogWatch) {
         let mut s = w.state();
-        s.facts = Some(Arc::new(CatalogFacts::new(vec!["public".into()], Vec::<String>::new(), HashMap::new())));
+        s.facts = Some(Arc::new(CatalogFacts::new(
+            vec!["public".into()],
+            Vec::<String>::new(),
+            HashMap::new(),
+        )));
         s.read_started = Some(Instant::now());
     }
 
@@ -510,17 +534,32 @@ mod tests {
         assert!(matches!(session.facts(), Facts::Known(_)));
         let change = session.change();
         assert!(matches!(session.facts(), Facts::Unreadable(_)), "in flight");
-        assert!(matches!(other.facts(), Facts::Known(_)), "others see no uncommitted change");
+        assert!(
+            matches!(other.facts(), Facts::Known(_)),
+            "others see no uncommitted change"
+        );
         change.ran();
         drop(change);
         tokio::time::sleep(Duration::from_millis(2)).await;
-        assert!(matches!(session.facts(), Facts::Unreadable(_)), "ran, not committed");
-        assert!(matches!(other.facts(), Facts::Unreadable(_)), "ran: the connection's facts are stale");
+        assert!(
+            matches!(session.facts(), Facts::Unreadable(_)),
+            "ran, not committed"
+        );
+        assert!(
+            matches!(other.facts(), Facts::Unreadable(_)),
+            "ran: the connection's facts are stale"
+        );
         know(&w);
         assert!(matches!(other.facts(), Facts::Known(_)));
-        assert!(matches!(session.facts(), Facts::Unreadable(_)), "still in its transaction");
+        assert!(
+            matches!(session.facts(), Facts::Unreadable(_)),
+            "still in its transaction"
+        );
         session.idle();
-        assert!(matches!(session.facts(), Facts::Unreadable(_)), "committed: stale until read again");
+        assert!(
+            matches!(session.facts(), Facts::Unreadable(_)),
+            "committed: stale until read again"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
         know(&w);
         assert!(matches!(session.facts(), Facts::Known(_)));

@@ -109,6 +109,8 @@ pub struct SessionPolicy {
     /// The connection's catalog facts as this session may use them (the
     /// policy gate's; `None` for gates that judge names only).
     pub catalog: Option<std::sync::Arc<crate::catalog::SessionCatalog>>,
+    /// Shadow policies bound at login (by name): judged, never enforced.
+    pub shadow_policies: Vec<String>,
 }
 
 /// What a held statement waits for.

@@ -74,7 +74,10 @@ pub fn router(readiness: Readiness) -> axum::Router {
                     } else if why.is_empty() {
                         // Serving, failing closed: an orchestrator keeps
                         // it, an operator sees why calls are being held.
-                        (StatusCode::OK, format!("ready, degraded: {}\n", degraded.join("; ")))
+                        (
+                            StatusCode::OK,
+                            format!("ready, degraded: {}\n", degraded.join("; ")),
+                        )
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,

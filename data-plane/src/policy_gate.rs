@@ -25,6 +25,9 @@ pub struct PolicyGate {
     /// Replaced whole on reload (SIGHUP); sessions see the new rules at
     /// their next statement.
     policies: std::sync::RwLock<Arc<PolicySet>>,
+    /// `shadow_policies:`: judged beside the enforced ones and recorded in
+    /// the verdict (`shadow_verdict`), never enforced. Replaced on reload.
+    shadow: std::sync::RwLock<Arc<PolicySet>>,
     connections: HashMap<String, UpstreamConfig>,
     /// Each connection's catalog facts, kept fresh by a task of its own.
     catalogs: HashMap<String, Arc<CatalogWatch>>,
@@ -66,6 +69,7 @@ impl PolicyGate {
         PolicyGate {
             verifier,
             policies: std::sync::RwLock::new(Arc::new(policies)),
+            shadow: std::sync::RwLock::new(Arc::new(PolicySet::default())),
             connections: connections.into_iter().collect(),
             catalogs,
             group_names,
@@ -96,6 +100,46 @@ impl PolicyGate {
         futures::future::join_all(self.catalogs.values().map(|w| w.first_read(within))).await;
     }
 
+    /// Shadow policies from now on (an empty set: none). Sessions bind to
+    /// them at login.
+    pub fn replace_shadow(&self, shadow: PolicySet) {
+        *self.shadow.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shadow);
+    }
+
+    fn shadow(&self) -> Arc<PolicySet> {
+        self.shadow.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The strictest verdict of the policies of `set` named in `names` on
+    /// `connection` (none: no such policy is left).
+    #[allow(clippy::too_many_arguments)]
+    fn strictest(
+        &self,
+        set: &PolicySet,
+        names: &[&str],
+        connection: &str,
+        sql: &str,
+        schema: &str,
+        catalog: Catalog<'_>,
+        prepared: &airlock_policy::PreparedStatements,
+    ) -> Option<Arc<airlock_policy::Verdict>> {
+        let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
+        for name in names {
+            let Some(policy) = set
+                .policies
+                .iter()
+                .find(|p| p.name == *name && p.connection == connection)
+            else {
+                continue;
+            };
+            let v = self.cache.evaluate_on(policy, sql, schema, catalog, prepared);
+            if strictest.as_ref().is_none_or(|s| v.action > s.action) {
+                strictest = Some(v);
+            }
+        }
+        strictest
+    }
+
     /// Enforces a new policy set from now on.
     pub fn replace_policies(&self, policies: PolicySet) {
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
@@ -118,6 +162,56 @@ impl PolicyGate {
             },
         }
     }
+}
+
+/// The enforced form of a verdict, for the wire and the log.
+fn proto_verdict(v: &airlock_policy::Verdict) -> proto::Verdict {
+    let (rule_index, rule, default_applied) = decision_text(&v.decision);
+    proto::Verdict {
+        action: match v.action {
+            airlock_policy::Action::Allow => proto::verdict::Action::Allow,
+            airlock_policy::Action::RequireApproval => proto::verdict::Action::RequireApproval,
+            airlock_policy::Action::Deny => proto::verdict::Action::Deny,
+        } as i32,
+        policy: v.policy.clone(),
+        policy_digest: v.policy_digest.clone(),
+        rule_index,
+        rule: rule.clone(),
+        default_applied,
+        reason: v.reason.clone(),
+        effects: v
+            .effects
+            .iter()
+            .map(|e| proto::Effect {
+                kind: e.effect.kind.to_string(),
+                tables: e.effect.tables.clone(),
+            })
+            .collect(),
+        parsed: v.parsed(),
+        shadow_verdict: None,
+    }
+}
+
+/// The policies of `set` that bind one of the agent's groups (by object id
+/// or name) to `database`, by name.
+fn bound_names(set: &PolicySet, agent: &Agent, database: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for g in &agent.identity.groups {
+        for key in [
+            Some(g.id.as_str()),
+            (!g.name.is_empty()).then_some(g.name.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for p in set.select(Some(database), Some(key)) {
+                if !names.contains(&p.name) {
+                    names.push(p.name.clone());
+                }
+            }
+        }
+    }
+    names
 }
 
 fn decision_text(d: &Decision) -> (u32, String, bool) {
@@ -155,22 +249,7 @@ impl Gate for PolicyGate {
             ))
         })?;
         let set = self.policies();
-        let mut names: Vec<String> = Vec::new();
-        for g in &agent.identity.groups {
-            for key in [
-                Some(g.id.as_str()),
-                (!g.name.is_empty()).then_some(g.name.as_str()),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                for p in set.select(Some(database), Some(key)) {
-                    if !names.contains(&p.name) {
-                        names.push(p.name.clone());
-                    }
-                }
-            }
-        }
+        let names = bound_names(&set, agent, database);
         if names.is_empty() {
             return Err(Refusal::unauthenticated(format!(
                 "no policy binds {} to connection \"{database}\"; ask an operator to add one for one of its groups",
@@ -195,6 +274,7 @@ impl Gate for PolicyGate {
             record: bound.iter().any(|p| p.record),
             session: Arc::new(Mutex::new(SessionPolicy {
                 catalog: self.catalogs.get(database).cloned().map(SessionCatalog::new),
+                shadow_policies: bound_names(&self.shadow(), agent, database),
                 ..SessionPolicy::default()
             })),
         })
@@ -215,20 +295,33 @@ impl Gate for PolicyGate {
             Facts::Known(f) => Catalog::Known(f),
             Facts::Unreadable(_) => Catalog::Unreadable,
         };
-        let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
-        for r in &binding.policies {
-            let Some(policy) = set
-                .policies
-                .iter()
-                .find(|p| p.name == r.name && p.connection == binding.connection)
-            else {
-                continue;
-            };
-            let v = self.cache.evaluate_on(policy, sql, schema, catalog, &state.prepared);
-            if strictest.as_ref().is_none_or(|s| v.action > s.action) {
-                strictest = Some(v);
-            }
-        }
+        let names: Vec<&str> = binding.policies.iter().map(|r| r.name.as_str()).collect();
+        let strictest = self.strictest(
+            &set,
+            &names,
+            &binding.connection,
+            sql,
+            schema,
+            catalog,
+            &state.prepared,
+        );
+        // Shadow policies see the same statement, facts and session.
+        let shadow_verdict = if state.shadow_policies.is_empty() {
+            None
+        } else {
+            let shadow = self.shadow();
+            let names: Vec<&str> = state.shadow_policies.iter().map(String::as_str).collect();
+            self.strictest(
+                &shadow,
+                &names,
+                &binding.connection,
+                sql,
+                schema,
+                catalog,
+                &state.prepared,
+            )
+            .map(|v| Box::new(proto_verdict(&v)))
+        };
         let Some(v) = strictest else {
             // A binding with no policy left: never allow.
             return Judgement::only(
@@ -300,29 +393,8 @@ impl Gate for PolicyGate {
             _ => on_finish,
         };
         drop(state);
-        let (rule_index, rule, default_applied) = decision_text(&v.decision);
-        let verdict = proto::Verdict {
-            action: match v.action {
-                airlock_policy::Action::Allow => proto::verdict::Action::Allow,
-                airlock_policy::Action::RequireApproval => proto::verdict::Action::RequireApproval,
-                airlock_policy::Action::Deny => proto::verdict::Action::Deny,
-            } as i32,
-            policy: v.policy.clone(),
-            policy_digest: v.policy_digest.clone(),
-            rule_index,
-            rule: rule.clone(),
-            default_applied,
-            reason: v.reason.clone(),
-            effects: v
-                .effects
-                .iter()
-                .map(|e| proto::Effect {
-                    kind: e.effect.kind.to_string(),
-                    tables: e.effect.tables.clone(),
-                })
-                .collect(),
-            parsed: v.parsed(),
-        };
+        let mut verdict = proto_verdict(&v);
+        verdict.shadow_verdict = shadow_verdict;
         // EXECUTE of a name the policy did not see prepared (by SQL PREPARE
         // on this session) could run anything: it is never allowed.
         let unknown_execute = v

@@ -83,9 +83,11 @@ fn policy_reloader(
                 "{file}: the connections (names or default_schema) changed; they are read at start only, so restart the proxy to change them"
             ));
         }
+        let shadow = PolicySet::shadow_from_config_yaml(&text, &file).map_err(|e| e.to_string())?;
         warn_record_only(&policies);
         let event = policy_loaded(&source, &policies);
         gate.replace_policies(policies);
+        gate.replace_shadow(shadow);
         let _ = record.send(event);
         Ok(())
     })
@@ -122,7 +124,11 @@ async fn record_policy_loads(
     }
 }
 
-async fn reload_on_hangup(apply: airlock_reload::Apply, reloads: airlock_reload::Reloads, gate: Arc<PolicyGate>) {
+async fn reload_on_hangup(
+    apply: airlock_reload::Apply,
+    reloads: airlock_reload::Reloads,
+    gate: Arc<PolicyGate>,
+) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
@@ -144,6 +150,8 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let proxy_id = ProxyId::parse(&proxy_id).context("proxy.proxy_id")?;
     let file = config.path.display().to_string();
     let policies = PolicySet::from_config_yaml(&config.text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shadow =
+        PolicySet::shadow_from_config_yaml(&config.text, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     warn_record_only(&policies);
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     let (signer, trust) = crate::check::signing(&config)?;
@@ -204,6 +212,13 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.identity.group_names.clone(),
         config.proxy.catalog_refresh,
     ));
+    if !shadow.policies.is_empty() {
+        tracing::info!(
+            policies = shadow.policies.len(),
+            "shadow policies judged beside the enforced ones (recorded, never enforced)"
+        );
+    }
+    gate.replace_shadow(shadow);
     // Up to 128 sessions' appends in flight at once (each session's in order).
     let recorder = Recorder::spawn(
         log.clone(),

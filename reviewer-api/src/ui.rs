@@ -202,6 +202,16 @@ fn connection(c: Option<&proto::ConnectionInfo>) -> Markup {
     }
 }
 
+/// What a shadow policy would have done, in words.
+fn shadow_action(v: &proto::Verdict) -> &'static str {
+    match v.action() {
+        proto::verdict::Action::Allow => "allow",
+        proto::verdict::Action::RequireApproval => "hold for approval",
+        proto::verdict::Action::Deny => "deny",
+        proto::verdict::Action::Unspecified => "judge nothing",
+    }
+}
+
 fn rule(v: Option<&proto::Verdict>) -> Markup {
     let Some(v) = v else { return unknown() };
     html! {
@@ -247,6 +257,12 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
                     }
                 }
                 dt { "rule" } dd { (rule(asked.verdict.as_ref())) }
+                @if let Some(shadow) = asked.verdict.as_ref().and_then(|v| v.shadow_verdict.as_deref()) {
+                    dt { "shadow policy" }
+                    dd.shadow {
+                        "would " strong { (shadow_action(shadow)) } " (not enforced): " (rule(Some(shadow)))
+                    }
+                }
                 dt { "approvals" }
                 dd { span.approvals { (json::approvals_given(view)) " of " (asked.approvals_required) } }
                 @if view.state == proto::RequestState::Pending as i32 {

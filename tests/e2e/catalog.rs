@@ -146,7 +146,10 @@ async fn a_function_created_through_the_proxy_is_seen_at_once() {
         .simple_query("SELECT length(id) FROM orders WHERE id = 5")
         .await
         .expect_err("no length(integer) yet");
-    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(message.contains("does not exist"), "{err:?}");
 
     // Created through the proxy, once approved.
@@ -175,7 +178,10 @@ async fn a_function_created_through_the_proxy_is_seen_at_once() {
     // At once, on the same session and on another: a call, held.
     let same = creator.simple_query("SELECT length(id) FROM orders WHERE id = 5");
     let held = tokio::time::timeout(Duration::from_secs(3), same).await;
-    assert!(held.is_err(), "the creating session ran the new function: {held:?}");
+    assert!(
+        held.is_err(),
+        "the creating session ran the new function: {held:?}"
+    );
     assert_held(&stack, &agent, "SELECT length(id) FROM orders WHERE id = 6").await;
     assert_eq!(counts(&stack).0, "10");
 }
@@ -208,5 +214,8 @@ async fn a_role_that_cannot_read_the_catalog_fails_closed_and_says_so() {
     // Only calls qualified with pg_catalog are taken for built-ins.
     assert_runs(&stack, &agent, "SELECT pg_catalog.count(*) FROM orders").await;
     let held = run_or_hold(&stack, &agent, "SELECT count(*) FROM orders").await;
-    assert!(held.is_err(), "an unqualified call ran without the catalog's facts");
+    assert!(
+        held.is_err(),
+        "an unqualified call ran without the catalog's facts"
+    );
 }

@@ -16,5 +16,6 @@ mod health;
 mod lifetimes;
 mod reload;
 mod reviewer;
+mod shadow;
 mod stack;
 mod webhooks;

@@ -105,6 +105,7 @@ pub const SECTIONS: &[&str] = &[
     "proxy",
     "connections",
     "policies",
+    "shadow_policies",
     "signing",
 ];
 

@@ -228,6 +228,27 @@ impl PolicySet {
         })
     }
 
+    /// The `shadow_policies:` of `airlock.yaml` text (same format as
+    /// `policies:`, judged beside them and recorded, never enforced); an
+    /// empty set when the file has none.
+    pub fn shadow_from_config_yaml(text: &str, file: &str) -> Result<PolicySet, PolicyError> {
+        let whole: serde_norway::Value = serde_norway::from_str(text).map_err(|e| yaml_error(&e, file))?;
+        let Some(shadow) = whole.get("shadow_policies") else {
+            return Ok(PolicySet::default());
+        };
+        // The shadow policies, under `policies:`, with the sections they
+        // refer to: parsed exactly as enforced policies are.
+        let mut doc = serde_norway::Mapping::new();
+        for key in ["identity", "connections", "approvals"] {
+            if let Some(v) = whole.get(key) {
+                doc.insert(key.into(), v.clone());
+            }
+        }
+        doc.insert("policies".into(), shadow.clone());
+        let text = serde_norway::to_string(&doc).map_err(|e| yaml_error(&e, file))?;
+        PolicySet::from_config_yaml(&text, &format!("{file} (shadow_policies, as re-read)"))
+    }
+
     /// Parses either form: `airlock.yaml` (has `policies:`) or a standalone
     /// policy (has `policy:`). `defaults` apply to a standalone policy.
     pub fn from_yaml(text: &str, file: &str, defaults: &ApprovalDefaults) -> Result<PolicySet, PolicyError> {

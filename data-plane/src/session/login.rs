@@ -63,7 +63,12 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
     drop(login.unauthenticated.take());
     // A proxy that has just started judges its first statements against
     // the catalog once it is read (at most the upstream's connect timeout).
-    let catalog = binding.session.lock().unwrap_or_else(|p| p.into_inner()).catalog.clone();
+    let catalog = binding
+        .session
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .catalog
+        .clone();
     if let Some(c) = catalog {
         c.watch().first_read(binding.upstream.connect_timeout).await;
     }

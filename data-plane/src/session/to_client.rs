@@ -208,7 +208,13 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             // Outside a transaction block: what this session changed in
             // the catalog is committed (after the statement's finish).
             if idle {
-                let catalog = ctx.binding.session.lock().unwrap_or_else(|p| p.into_inner()).catalog.clone();
+                let catalog = ctx
+                    .binding
+                    .session
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .catalog
+                    .clone();
                 if let Some(c) = catalog {
                     c.idle();
                 }
