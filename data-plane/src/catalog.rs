@@ -372,6 +372,26 @@ async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
             },
         );
     }
+    for row in query(up, POLICY_DEPENDENCIES).await? {
+        let [Some(schema), Some(name), Some(is_relation), Some(rs), Some(rn), volatile] = &row[..] else {
+            continue;
+        };
+        let at = format!("{schema}.{name}");
+        let target = format!("{rs}.{rn}");
+        if is_relation == "t" {
+            if target != at {
+                relations.guard_reads(&at, target);
+            }
+        } else {
+            relations.guard_call(
+                &at,
+                Called {
+                    name: target,
+                    volatile: volatile.as_deref() == Some("t"),
+                },
+            );
+        }
+    }
     query(up, "COMMIT").await?;
     Ok(CatalogFacts::new(path, functions, relations.build()))
 }
@@ -411,6 +431,27 @@ const RULE_DEPENDENCIES: &str = "SELECT DISTINCT n.nspname, c.relname, r.ev_type
      LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
        AND (rc.oid IS NOT NULL OR f.oid IS NOT NULL)";
+
+/// What the row-level security policies of each table with row security
+/// enabled refer to: relations, functions, and the functions behind
+/// operators (evaluated on every access of a role the policies apply to).
+const POLICY_DEPENDENCIES: &str = "SELECT DISTINCT n.nspname, c.relname, rc.oid IS NOT NULL, \
+       coalesce(rn.nspname, fn.nspname), coalesce(rc.relname, f.proname), f.provolatile = 'v' \
+     FROM pg_catalog.pg_policy p \
+     JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+       AND d.objid = p.oid AND d.deptype = 'n' \
+     LEFT JOIN pg_catalog.pg_class rc ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+       AND rc.oid = d.refobjid \
+     LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
+     LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+       AND o.oid = d.refobjid \
+     LEFT JOIN pg_catalog.pg_proc f ON f.oid = CASE \
+       WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid \
+       ELSE o.oprcode::pg_catalog.oid END \
+     LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+     WHERE c.relrowsecurity AND (rc.oid IS NOT NULL OR f.oid IS NOT NULL)";
 
 /// INSTEAD OF (and other) triggers on views: what writing through them runs.
 const VIEW_TRIGGERS: &str = "SELECT n.nspname, c.relname, fn.nspname, f.proname, f.provolatile = 'v' \

@@ -2,7 +2,8 @@
 //! a database whose functions shadow read-only built-ins (in `public` and
 //! in another schema on the role's search path), whose views call
 //! functions that write, whose updatable view sits over a protected table,
-//! and whose role resolves unqualified names through `hr, app, public`,
+//! whose row-level security calls a function that deletes, and whose role
+//! resolves unqualified names through `hr, app, public`,
 //! nothing that writes runs without approval, and ordinary reads still
 //! flow. The facts follow a function created through the proxy, and a role
 //! that cannot read the catalog fails closed and says so.
@@ -35,6 +36,14 @@ CREATE VIEW public.v_totals AS SELECT id, upper(status) AS status, total FROM pu
 CREATE VIEW public.pay AS SELECT id, pay FROM hr.salaries;
 GRANT SELECT ON public.v_touch, public.v_totals TO maint;
 GRANT ALL ON public.pay TO maint;
+-- Row-level security whose policy calls a function that deletes.
+CREATE TABLE public.notes (id int, body text);
+INSERT INTO public.notes VALUES (1, 'x');
+CREATE FUNCTION public.stamp() RETURNS boolean LANGUAGE sql
+  AS $$ DELETE FROM public.orders WHERE id = 7; SELECT true $$;
+ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY notes_read ON public.notes USING (public.stamp());
+GRANT SELECT ON public.notes TO maint;
 ALTER ROLE maint IN DATABASE shop SET search_path = hr, app, public;
 ";
 
@@ -99,6 +108,7 @@ async fn reads_that_would_write_are_held_and_ordinary_reads_flow() {
         "SELECT lower(id) FROM orders WHERE id = 2",
         "SELECT abs('3')",
         "SELECT * FROM v_touch",
+        "SELECT * FROM notes",
     ] {
         assert_held(&stack, &agent, sql).await;
     }

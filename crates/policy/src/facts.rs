@@ -11,7 +11,8 @@
 //! * Relations: every table, view and materialized view outside the system
 //!   schemas, with, for views, what their query reads and calls, and for
 //!   any relation, what its rewrite rules (and a view's INSTEAD OF
-//!   triggers) write and call.
+//!   triggers) write and call, and what its row-level security policies
+//!   read and call.
 //! * The effective `search_path` of the role the proxy logs in as, which
 //!   unqualified names resolve through.
 
@@ -81,6 +82,11 @@ pub struct Relation {
     /// Functions those rules call, and a view's INSTEAD OF trigger
     /// functions: what writing to it runs.
     pub write_calls: BTreeSet<Called>,
+    /// Relations its row-level security policies read (any access to it
+    /// evaluates them).
+    pub guard_reads: BTreeSet<String>,
+    /// Functions its row-level security policies call.
+    pub guard_calls: BTreeSet<Called>,
 }
 
 impl Relation {
@@ -91,6 +97,8 @@ impl Relation {
             read_calls: BTreeSet::new(),
             rule_tables: BTreeSet::new(),
             write_calls: BTreeSet::new(),
+            guard_reads: BTreeSet::new(),
+            guard_calls: BTreeSet::new(),
         }
     }
 }
@@ -178,6 +186,12 @@ impl CatalogFacts {
             let Some(rel) = self.relations.get(&name) else {
                 continue;
             };
+            // Row-level security: evaluated on every access.
+            for t in &rel.guard_reads {
+                reach.tables.insert(t.clone());
+                stack.push((t.clone(), false));
+            }
+            reach.calls.extend(rel.guard_calls.iter().cloned());
             let query_runs = rel.kind == RelationKind::View;
             if query_runs {
                 for t in &rel.reads {
@@ -236,6 +250,20 @@ impl RelationsBuilder {
     pub fn rule_table(&mut self, relation: &str, target: String) {
         if let Some(r) = self.relations.get_mut(relation) {
             r.rule_tables.insert(target);
+        }
+    }
+
+    /// A relation a row-level security policy of `relation` reads.
+    pub fn guard_reads(&mut self, relation: &str, read: String) {
+        if let Some(r) = self.relations.get_mut(relation) {
+            r.guard_reads.insert(read);
+        }
+    }
+
+    /// A function a row-level security policy of `relation` calls.
+    pub fn guard_call(&mut self, relation: &str, called: Called) {
+        if let Some(r) = self.relations.get_mut(relation) {
+            r.guard_calls.insert(called);
         }
     }
 

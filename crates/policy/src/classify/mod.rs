@@ -168,7 +168,7 @@ fn through_relations(out: &mut Classification, facts: &CatalogFacts) {
     let mut calls: Vec<String> = Vec::new();
     for e in &mut out.effects {
         let writing = matches!(e.kind, Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge);
-        if !writing && e.kind != Kind::Select {
+        if !writing && !matches!(e.kind, Kind::Select | Kind::Copy) {
             continue;
         }
         let mut added: Vec<String> = Vec::new();

@@ -1009,6 +1009,10 @@ mod against_the_catalog {
         b.reads("public.v_v", "public.v_bad".into());
         b.reads("public.pay", "hr.salaries".into());
         b.rule_table("public.ruled", "hr.salaries".into());
+        // Row-level security on a table calling a function that writes.
+        b.relation("public.guarded".into(), RelationKind::Table);
+        b.guard_call("public.guarded", call("util.audit", true));
+        b.guard_reads("public.guarded", "hr.salaries".into());
         CatalogFacts::new(
             vec!["app".into(), "public".into()],
             ["lower".to_owned(), "audit".to_owned()],
@@ -1124,6 +1128,26 @@ mod against_the_catalog {
         assert_eq!(
             on("SELECT * FROM ruled", known),
             vec![k(Kind::Select, &["public.ruled"])]
+        );
+    }
+
+    #[test]
+    fn row_level_security_runs_on_every_access() {
+        let f = facts();
+        let known = Catalog::Known(&f);
+        assert_eq!(
+            on("SELECT * FROM guarded", known),
+            vec![
+                k(Kind::Select, &["public.guarded", "hr.salaries"]),
+                k(Kind::Function, &["util.audit"])
+            ]
+        );
+        assert_eq!(
+            on("DELETE FROM guarded", known),
+            vec![
+                k(Kind::Delete, &["public.guarded", "hr.salaries"]),
+                k(Kind::Function, &["util.audit"])
+            ]
         );
     }
 
