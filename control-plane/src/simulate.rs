@@ -150,6 +150,8 @@ struct Session {
     /// Indices into the candidate's policies.
     policies: Vec<usize>,
     prepared: PreparedStatements,
+    /// It made temporary relations.
+    temp_relations: bool,
 }
 
 /// The simulation, fed the log's events in order.
@@ -242,6 +244,7 @@ impl Simulation {
                         connection,
                         policies,
                         prepared: PreparedStatements::new(),
+                        temp_relations: false,
                     },
                 );
             }
@@ -397,6 +400,7 @@ impl Simulation {
                 &statement.text,
                 schema,
                 Catalog::Assumed,
+                session.temp_relations,
                 &session.prepared,
             );
             if strictest.as_ref().is_none_or(|s| v.action > s.action) {
@@ -405,6 +409,7 @@ impl Simulation {
         }
         if ran && let Some(v) = &strictest {
             session.prepared.apply(&v.prepared_changes);
+            session.temp_relations |= v.creates_temp;
         }
         if !in_range {
             return;

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_policy::Kind;
 use airlock_policy::facts::{Called, CatalogFacts, RelationKind, RelationsBuilder};
+use airlock_policy::{Catalog, Kind};
 use bytes::{Buf, BytesMut};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -39,8 +39,29 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub enum Facts {
     Known(Arc<CatalogFacts>),
-    /// Why they cannot be trusted now.
+    /// The last facts read, and why they may be out of date.
+    Stale(Arc<CatalogFacts>, String),
+    /// None could be read: why.
     Unreadable(String),
+}
+
+impl Facts {
+    /// As the policy crate takes them.
+    pub fn catalog(&self) -> Catalog<'_> {
+        match self {
+            Facts::Known(f) => Catalog::Known(f),
+            Facts::Stale(f, _) => Catalog::Stale(f),
+            Facts::Unreadable(_) => Catalog::Unreadable,
+        }
+    }
+
+    /// The same facts, no longer trusted to be current.
+    fn stale(self, why: &str) -> Facts {
+        match self {
+            Facts::Known(f) => Facts::Stale(f, why.to_owned()),
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,12 +105,16 @@ impl CatalogWatch {
     /// The facts to judge against now.
     pub fn current(&self) -> Facts {
         let s = self.state();
-        match (&s.facts, s.read_started) {
-            (Some(f), Some(started)) if s.changed_at.is_none_or(|c| started > c) => Facts::Known(f.clone()),
-            (Some(_), _) => {
-                Facts::Unreadable("the catalog changed through this proxy and is being read again".into())
+        match (&s.facts, s.read_started, &s.error) {
+            (Some(f), Some(started), None) if s.changed_at.is_none_or(|c| started > c) => {
+                Facts::Known(f.clone())
             }
-            (None, _) => Facts::Unreadable(
+            (Some(f), _, Some(e)) => Facts::Stale(f.clone(), format!("the last read failed: {e}")),
+            (Some(f), _, None) => Facts::Stale(
+                f.clone(),
+                "the catalog changed through this proxy and is being read again".into(),
+            ),
+            (None, _, _) => Facts::Unreadable(
                 s.error
                     .clone()
                     .unwrap_or_else(|| "the catalog has not been read yet".into()),
@@ -100,11 +125,18 @@ impl CatalogWatch {
     /// Why this connection judges without facts, if it does (for `/readyz`).
     pub fn degraded(&self) -> Option<String> {
         let s = self.state();
-        s.facts.is_none().then(|| {
+        let error = s.error.as_deref()?;
+        Some(if s.facts.is_some() {
             format!(
-                "connection \"{}\": catalog facts unreadable ({}); calls not qualified with pg_catalog are held as unknown code",
-                self.connection,
-                s.error.as_deref().unwrap_or("not read yet")
+                "connection \"{}\": catalog facts out of date, the last read failed ({error}); calls not \
+                 qualified with pg_catalog and relations made since are held as unknown code",
+                self.connection
+            )
+        } else {
+            format!(
+                "connection \"{}\": catalog facts unreadable ({error}); calls not qualified with pg_catalog \
+                 and reads of relations are held as unknown code",
+                self.connection
             )
         })
     }
@@ -148,10 +180,10 @@ impl CatalogWatch {
                     }
                     Err(e) => {
                         if s.error.as_deref() != Some(e.as_str()) {
-                            tracing::error!(connection = %self.connection, error = %e, "catalog facts cannot be read: calls not qualified with pg_catalog are held as unknown code");
+                            tracing::error!(connection = %self.connection, error = %e, "catalog facts cannot be read: judging against the last facts read (if any), holding calls as unknown code");
                         }
-                        s.facts = None;
-                        s.read_started = None;
+                        // The last facts stay, for resolving and expanding
+                        // relations; they are no longer current.
                         s.error = Some(e);
                     }
                 }
@@ -230,12 +262,11 @@ impl SessionCatalog {
 
     /// The facts this session's next statement is judged against.
     pub fn facts(&self) -> Facts {
+        let current = self.watch.current();
         if self.in_flight.load(Ordering::Acquire) > 0 || self.uncommitted.load(Ordering::Acquire) {
-            return Facts::Unreadable(
-                "this session has changed the catalog in a transaction still open".into(),
-            );
+            return current.stale("this session may have changed the catalog in a transaction still open");
         }
-        self.watch.current()
+        current
     }
 
     /// A statement that may change the catalog was judged to run (or be
@@ -373,7 +404,15 @@ async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
         );
     }
     for row in query(up, POLICY_DEPENDENCIES).await? {
-        let [Some(schema), Some(name), Some(is_relation), Some(rs), Some(rn), volatile] = &row[..] else {
+        let [
+            Some(schema),
+            Some(name),
+            Some(is_relation),
+            Some(rs),
+            Some(rn),
+            volatile,
+        ] = &row[..]
+        else {
             continue;
         };
         let at = format!("{schema}.{name}");
@@ -391,6 +430,35 @@ async fn read_on(up: &mut Upstream) -> Result<CatalogFacts, String> {
                 },
             );
         }
+    }
+    for row in query(up, CODE).await? {
+        let [
+            Some(schema),
+            Some(name),
+            Some(used),
+            Some(fs),
+            Some(fname),
+            volatile,
+        ] = &row[..]
+        else {
+            continue;
+        };
+        let at = format!("{schema}.{name}");
+        let called = Called {
+            name: format!("{fs}.{fname}"),
+            volatile: volatile.as_deref() == Some("t"),
+        };
+        match used.as_str() {
+            "read" => relations.read_call(&at, called),
+            "guard" => relations.guard_call(&at, called),
+            _ => relations.write_call(&at, called),
+        }
+    }
+    for row in query(up, CASCADES).await? {
+        let [Some(schema), Some(name), Some(rs), Some(rn)] = &row[..] else {
+            continue;
+        };
+        relations.rule_table(&format!("{schema}.{name}"), format!("{rs}.{rn}"));
     }
     query(up, "COMMIT").await?;
     Ok(CatalogFacts::new(path, functions, relations.build()))
@@ -452,6 +520,53 @@ const POLICY_DEPENDENCIES: &str = "SELECT DISTINCT n.nspname, c.relname, rc.oid 
        ELSE o.oprcode::pg_catalog.oid END \
      LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
      WHERE c.relrowsecurity AND (rc.oid IS NOT NULL OR f.oid IS NOT NULL)";
+
+/// Every function the code attached to a relation calls, read from the
+/// stored expression trees (built-ins included: `pg_depend` leaves out
+/// pinned objects), with how the code runs: `read` (a view's query),
+/// `guard` (row-level security, on every access), `write` (rules other
+/// than a view's query, triggers, column defaults and generated columns,
+/// CHECK constraints, index expressions and predicates). Operators count
+/// as the functions behind them.
+const CODE: &str = "WITH exprs AS ( \
+       SELECT r.ev_class AS rel, CASE WHEN r.ev_type = '1' THEN 'read' ELSE 'write' END AS used, \
+              r.ev_action::pg_catalog.text || ' ' || coalesce(r.ev_qual::pg_catalog.text, '') AS tree \
+         FROM pg_catalog.pg_rewrite r \
+       UNION ALL SELECT p.polrelid, 'guard', \
+              coalesce(p.polqual::pg_catalog.text, '') || ' ' || coalesce(p.polwithcheck::pg_catalog.text, '') \
+         FROM pg_catalog.pg_policy p \
+       UNION ALL SELECT d.adrelid, 'write', d.adbin::pg_catalog.text FROM pg_catalog.pg_attrdef d \
+       UNION ALL SELECT c.conrelid, 'write', c.conbin::pg_catalog.text FROM pg_catalog.pg_constraint c \
+         WHERE c.contype = 'c' AND c.conrelid <> 0 \
+       UNION ALL SELECT i.indrelid, 'write', \
+              coalesce(i.indexprs::pg_catalog.text, '') || ' ' || coalesce(i.indpred::pg_catalog.text, '') \
+         FROM pg_catalog.pg_index i WHERE i.indexprs IS NOT NULL OR i.indpred IS NOT NULL \
+       UNION ALL SELECT t.tgrelid, 'write', ':funcid ' || t.tgfoid::pg_catalog.text || ' ' || \
+              coalesce(t.tgqual::pg_catalog.text, '') \
+         FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal \
+     ), ids AS ( \
+       SELECT e.rel, e.used, m.g[1] AS kind, m.g[2]::pg_catalog.oid AS id \
+         FROM exprs e, pg_catalog.regexp_matches(e.tree, ':(funcid|aggfnoid|winfnoid|opno) ([0-9]+)', 'g') AS m(g) \
+     ) \
+     SELECT DISTINCT n.nspname, c.relname, ids.used, fn.nspname, f.proname, f.provolatile = 'v' \
+       FROM ids \
+       JOIN pg_catalog.pg_class c ON c.oid = ids.rel \
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       LEFT JOIN pg_catalog.pg_operator o ON ids.kind = 'opno' AND o.oid = ids.id \
+       JOIN pg_catalog.pg_proc f ON f.oid = CASE WHEN ids.kind = 'opno' THEN o.oprcode::pg_catalog.oid ELSE ids.id END \
+       JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+        AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+
+/// Foreign keys whose deletes or updates cascade (or set null or default):
+/// a write to the referenced table also writes the referencing one.
+const CASCADES: &str = "SELECT DISTINCT tn.nspname, t.relname, rn.nspname, r.relname \
+       FROM pg_catalog.pg_constraint c \
+       JOIN pg_catalog.pg_class t ON t.oid = c.confrelid \
+       JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+       JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
+       JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+      WHERE c.contype = 'f' AND (c.confdeltype IN ('c', 'n', 'd') OR c.confupdtype IN ('c', 'n', 'd'))";
 
 /// INSTEAD OF (and other) triggers on views: what writing through them runs.
 const VIEW_TRIGGERS: &str = "SELECT n.nspname, c.relname, fn.nspname, f.proname, f.provolatile = 'v' \
@@ -566,7 +681,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_judges_without_facts_until_its_change_is_committed_and_read() {
+    async fn a_session_distrusts_its_facts_until_its_change_is_committed_and_read() {
         let w = watch();
         assert!(matches!(w.current(), Facts::Unreadable(_)), "not read yet");
         know(&w);
@@ -574,7 +689,7 @@ mod tests {
         let other = SessionCatalog::new(w.clone());
         assert!(matches!(session.facts(), Facts::Known(_)));
         let change = session.change();
-        assert!(matches!(session.facts(), Facts::Unreadable(_)), "in flight");
+        assert!(matches!(session.facts(), Facts::Stale(..)), "in flight");
         assert!(
             matches!(other.facts(), Facts::Known(_)),
             "others see no uncommitted change"
@@ -582,23 +697,20 @@ mod tests {
         change.ran();
         drop(change);
         tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(matches!(session.facts(), Facts::Stale(..)), "ran, not committed");
         assert!(
-            matches!(session.facts(), Facts::Unreadable(_)),
-            "ran, not committed"
-        );
-        assert!(
-            matches!(other.facts(), Facts::Unreadable(_)),
+            matches!(other.facts(), Facts::Stale(..)),
             "ran: the connection's facts are stale"
         );
         know(&w);
         assert!(matches!(other.facts(), Facts::Known(_)));
         assert!(
-            matches!(session.facts(), Facts::Unreadable(_)),
+            matches!(session.facts(), Facts::Stale(..)),
             "still in its transaction"
         );
         session.idle();
         assert!(
-            matches!(session.facts(), Facts::Unreadable(_)),
+            matches!(session.facts(), Facts::Stale(..)),
             "committed: stale until read again"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -121,6 +121,7 @@ impl PolicyGate {
         sql: &str,
         schema: &str,
         catalog: Catalog<'_>,
+        temp_relations: bool,
         prepared: &airlock_policy::PreparedStatements,
     ) -> Option<Arc<airlock_policy::Verdict>> {
         let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
@@ -132,7 +133,9 @@ impl PolicyGate {
             else {
                 continue;
             };
-            let v = self.cache.evaluate_on(policy, sql, schema, catalog, prepared);
+            let v = self
+                .cache
+                .evaluate_on(policy, sql, schema, catalog, temp_relations, prepared);
             if strictest.as_ref().is_none_or(|s| v.action > s.action) {
                 strictest = Some(v);
             }
@@ -283,7 +286,7 @@ impl Gate for PolicyGate {
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
         let set = self.policies();
         let schema = set.default_schema(&binding.connection);
-        let state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
         // Judged against the database's catalog; without facts (unread,
         // unreadable, or changed and not read again), only calls
         // qualified with pg_catalog are taken for built-ins.
@@ -291,10 +294,7 @@ impl Gate for PolicyGate {
             Some(c) => c.facts(),
             None => Facts::Unreadable("no catalog facts for this connection".into()),
         };
-        let catalog = match &facts {
-            Facts::Known(f) => Catalog::Known(f),
-            Facts::Unreadable(_) => Catalog::Unreadable,
-        };
+        let catalog = facts.catalog();
         let names: Vec<&str> = binding.policies.iter().map(|r| r.name.as_str()).collect();
         let strictest = self.strictest(
             &set,
@@ -303,6 +303,7 @@ impl Gate for PolicyGate {
             sql,
             schema,
             catalog,
+            state.temp_relations,
             &state.prepared,
         );
         // Shadow policies see the same statement, facts and session.
@@ -318,6 +319,7 @@ impl Gate for PolicyGate {
                 sql,
                 schema,
                 catalog,
+                state.temp_relations,
                 &state.prepared,
             )
             .map(|v| Box::new(proto_verdict(&v)))
@@ -371,6 +373,11 @@ impl Gate for PolicyGate {
                 }
             }))
         };
+        // A temporary relation shadows names for the rest of the session,
+        // from the moment it may be made.
+        if v.creates_temp && !matches!(v.action, airlock_policy::Action::Deny) {
+            state.temp_relations = true;
+        }
         // A statement that may change the catalog: this session judges
         // without facts while it is in flight and, once it has run, until
         // its transaction ends; the connection's facts are read again.

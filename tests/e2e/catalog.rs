@@ -44,6 +44,22 @@ CREATE FUNCTION public.stamp() RETURNS boolean LANGUAGE sql
 ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY notes_read ON public.notes USING (public.stamp());
 GRANT SELECT ON public.notes TO maint;
+-- Calls sqlparser reads as expressions of their own.
+CREATE FUNCTION public.floor(i int) RETURNS int LANGUAGE sql
+  AS $$ DELETE FROM public.orders WHERE id = i; SELECT i $$;
+-- Views calling built-ins that write or run SQL.
+CREATE SEQUENCE public.s;
+CREATE VIEW public.v_reset AS SELECT pg_catalog.setval('public.s', 1) AS v;
+CREATE VIEW public.v_xml AS SELECT pg_catalog.query_to_xml('select public.touch()', true, false, '') AS x;
+GRANT SELECT ON public.v_reset, public.v_xml TO maint;
+GRANT ALL ON SEQUENCE public.s TO maint;
+-- A cascade into a protected table, and a default that runs user code.
+CREATE TABLE public.customers (id int PRIMARY KEY);
+INSERT INTO public.customers VALUES (1), (2);
+CREATE TABLE hr.contracts (id int, customer int REFERENCES public.customers ON DELETE CASCADE);
+INSERT INTO hr.contracts VALUES (1, 1);
+CREATE TABLE public.stamped (id int, at int DEFAULT public.touch());
+GRANT ALL ON public.customers, public.stamped, hr.contracts TO maint;
 ALTER ROLE maint IN DATABASE shop SET search_path = hr, app, public;
 ";
 
@@ -109,6 +125,9 @@ async fn reads_that_would_write_are_held_and_ordinary_reads_flow() {
         "SELECT abs('3')",
         "SELECT * FROM v_touch",
         "SELECT * FROM notes",
+        "SELECT floor(id) FROM orders WHERE id = 8",
+        "SELECT * FROM v_reset",
+        "SELECT * FROM v_xml",
     ] {
         assert_held(&stack, &agent, sql).await;
     }
@@ -121,6 +140,8 @@ async fn table_scoped_rules_see_the_search_path_and_the_table_under_a_view() {
         action: allow
       - match: DELETE|UPDATE|INSERT
         tables: [public.*]
+        action: allow
+      - functions: [pg_cancel_backend]
         action: allow
 ";
     let stack = tokio::task::block_in_place(|| {
@@ -139,9 +160,38 @@ async fn table_scoped_rules_see_the_search_path_and_the_table_under_a_view() {
         "DELETE FROM pay WHERE id = 2",
         "UPDATE public.pay SET pay = 0",
         "INSERT INTO pay VALUES (9, 9)",
+        // Cascades into hr.contracts; runs touch() for the default.
+        "DELETE FROM customers WHERE id = 1",
+        "INSERT INTO stamped (id) VALUES (1)",
     ] {
         assert_held(&stack, &agent, sql).await;
     }
+    assert_eq!(counts(&stack), ("9".into(), "5".into()));
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM hr.contracts"), "1");
+
+    // A session with a call allowed in an open transaction still sees
+    // through views (its facts are only distrusted for calls).
+    let (client, mut notices) = stack.connect(&agent).await;
+    client.simple_query("BEGIN").await.expect("begin");
+    client
+        .simple_query("SELECT pg_cancel_backend(0)")
+        .await
+        .expect("an allowed call");
+    let delete = tokio::spawn(async move { client.simple_query("DELETE FROM pay WHERE id = 2").await });
+    let held = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(n) = notices.recv().await {
+            if n.contains("holding") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(held, Ok(true)),
+        "the DELETE through the view was not held: {held:?} (finished: {})",
+        delete.is_finished()
+    );
     assert_eq!(counts(&stack), ("9".into(), "5".into()));
 }
 
@@ -221,11 +271,55 @@ async fn a_role_that_cannot_read_the_catalog_fails_closed_and_says_so() {
     });
     assert!(body.contains("prod-maintenance"), "{body}");
     assert!(body.contains("permission denied"), "{body}");
-    // Only calls qualified with pg_catalog are taken for built-ins.
-    assert_runs(&stack, &agent, "SELECT pg_catalog.count(*) FROM orders").await;
-    let held = run_or_hold(&stack, &agent, "SELECT count(*) FROM orders").await;
+    // Only calls qualified with pg_catalog are taken for built-ins, and
+    // any relation may be a view: reads of tables are held too.
+    assert_runs(&stack, &agent, "SELECT pg_catalog.upper('a')").await;
+    for sql in ["SELECT count(*)", "SELECT pg_catalog.count(*) FROM orders"] {
+        let held = run_or_hold(&stack, &agent, sql).await;
+        assert!(held.is_err(), "{sql} ran without the catalog's facts");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_temporary_view_does_not_pass_for_the_table_it_shadows() {
+    let rules = "      - match: SELECT
+        action: allow
+      - match: DELETE|UPDATE|INSERT
+        tables: [public.*]
+        action: allow
+";
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .rules(rules)
+            .database_setup(DATABASE)
+            .start_binaries()
+    });
+    let agent = stack.agent_token();
+    let alice = stack.user_token(ALICE);
+    let (session, mut notices) = stack.connect(&agent).await;
+    let create = tokio::spawn(async move {
+        let r = session
+            .simple_query("CREATE TEMP VIEW orders AS SELECT id, pay FROM hr.salaries")
+            .await;
+        (session, r)
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
+        .await
+        .expect("held in time")
+        .expect("notice");
+    let id = request_id(&notice).expect("request id");
+    stack
+        .decide(&alice, vote(&id, proto::Decision::Approve, "a scratch view"))
+        .await
+        .expect("alice approves");
+    let (session, r) = create.await.expect("task");
+    r.expect("the temporary view is made");
+    // `orders` is now pg_temp.orders, over hr.salaries: not public.orders.
+    let delete = session.simple_query("DELETE FROM orders WHERE id = 4");
+    let held = tokio::time::timeout(Duration::from_secs(3), delete).await;
     assert!(
         held.is_err(),
-        "an unqualified call ran without the catalog's facts"
+        "the DELETE through the temporary view ran: {held:?}"
     );
+    assert_eq!(counts(&stack).1, "5");
 }

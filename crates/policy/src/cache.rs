@@ -73,7 +73,7 @@ impl VerdictCache {
         default_schema: &str,
         prepared: &PreparedStatements,
     ) -> Arc<Verdict> {
-        self.evaluate_on(policy, sql, default_schema, Catalog::Assumed, prepared)
+        self.evaluate_on(policy, sql, default_schema, Catalog::Assumed, false, prepared)
     }
 
     /// The verdict for `sql` under `policy` against `catalog`, from the
@@ -84,6 +84,7 @@ impl VerdictCache {
         sql: &str,
         default_schema: &str,
         catalog: Catalog<'_>,
+        temp_relations: bool,
         prepared: &PreparedStatements,
     ) -> Arc<Verdict> {
         // Long text is judged afresh: keeping it would make the cache's memory
@@ -94,7 +95,7 @@ impl VerdictCache {
         if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, facts, sql) {
             return hit;
         }
-        let verdict = Arc::new(policy.evaluate_on(sql, default_schema, catalog, prepared));
+        let verdict = Arc::new(policy.evaluate_on(sql, default_schema, catalog, temp_relations, prepared));
         if cacheable_size && !verdict.uses_session {
             self.store(
                 key,

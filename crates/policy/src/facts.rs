@@ -27,12 +27,20 @@ pub enum Catalog<'a> {
     /// schema's, views for tables.
     #[default]
     Assumed,
-    /// The facts could not be read (or may be out of date after a change
-    /// of the catalog): every call that is not `pg_catalog.`-qualified is
-    /// judged as unknown code.
+    /// No facts could ever be read: every call that is not
+    /// `pg_catalog.`-qualified is judged as unknown code, an unqualified
+    /// relation could be in any schema, and reading or writing a relation
+    /// outside `pg_catalog` (which may be a view, or have rules) is judged
+    /// as running unknown code.
     Unreadable,
-    /// Facts read from the database.
+    /// Facts read from the database, and current.
     Known(&'a CatalogFacts),
+    /// The last facts read, which may be out of date (a change of the
+    /// catalog since, a failed read): relations resolve and expand through
+    /// them, calls that are not `pg_catalog.`-qualified are unknown code,
+    /// and reading or writing a relation they do not know (made since) is
+    /// judged as running unknown code.
+    Stale(&'a CatalogFacts),
 }
 
 impl Catalog<'_> {
@@ -42,7 +50,8 @@ impl Catalog<'_> {
         match self {
             Catalog::Assumed => 0,
             Catalog::Unreadable => 1,
-            Catalog::Known(f) => f.id,
+            Catalog::Known(f) => f.id * 2,
+            Catalog::Stale(f) => f.id * 2 + 1,
         }
     }
 }
@@ -76,11 +85,13 @@ pub struct Relation {
     pub reads: BTreeSet<String>,
     /// Functions its query calls, directly or through operators.
     pub read_calls: BTreeSet<Called>,
-    /// Relations its rewrite rules other than the view's own query act on
-    /// (`CREATE RULE ... DO INSTEAD DELETE FROM t`).
+    /// Relations writing it reaches: what its rewrite rules other than the
+    /// view's own query act on (`CREATE RULE ... DO INSTEAD DELETE FROM
+    /// t`), and the tables whose foreign keys cascade from it.
     pub rule_tables: BTreeSet<String>,
-    /// Functions those rules call, and a view's INSTEAD OF trigger
-    /// functions: what writing to it runs.
+    /// What writing to it runs: the functions its rules call, its triggers
+    /// (a view's INSTEAD OF ones included), its column defaults and
+    /// generated columns, its CHECK constraints and its index expressions.
     pub write_calls: BTreeSet<Called>,
     /// Relations its row-level security policies read (any access to it
     /// evaluates them).
@@ -176,6 +187,12 @@ impl CatalogFacts {
     /// an INSERT, UPDATE, DELETE or MERGE on it reaches (its query, its
     /// rules' targets, its rules' and INSTEAD OF triggers' calls).
     pub fn reach(&self, qualified: &str, writing: bool) -> Reach {
+        self.reach_as(qualified, writing, false)
+    }
+
+    /// [`CatalogFacts::reach`]; `refreshing`: `qualified` is a materialized
+    /// view being refreshed, which runs its query.
+    pub fn reach_as(&self, qualified: &str, writing: bool, refreshing: bool) -> Reach {
         let mut reach = Reach::default();
         let mut stack = vec![(qualified.to_owned(), writing)];
         let mut seen: HashSet<(String, bool)> = HashSet::new();
@@ -192,7 +209,8 @@ impl CatalogFacts {
                 stack.push((t.clone(), false));
             }
             reach.calls.extend(rel.guard_calls.iter().cloned());
-            let query_runs = rel.kind == RelationKind::View;
+            let query_runs = rel.kind == RelationKind::View
+                || (refreshing && name == qualified && rel.kind == RelationKind::MaterializedView);
             if query_runs {
                 for t in &rel.reads {
                     reach.tables.insert(t.clone());
@@ -207,7 +225,15 @@ impl CatalogFacts {
                     reach.tables.insert(t.clone());
                     stack.push((t.clone(), true));
                 }
-                reach.calls.extend(rel.write_calls.iter().cloned());
+                // Built-ins a DBA put in a default, check or index
+                // (`nextval` of a serial column, `gen_random_uuid()`) act on
+                // the row written; user code there can do anything.
+                reach.calls.extend(
+                    rel.write_calls
+                        .iter()
+                        .filter(|c| !c.name.starts_with("pg_catalog."))
+                        .cloned(),
+                );
             }
         }
         reach.tables.remove(qualified);

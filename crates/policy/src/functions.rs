@@ -297,6 +297,21 @@ pub const KNOWN_SIDE_EFFECTS: &[&str] = &[
     "pg_drop_replication_slot",
     "pg_notify",
     "query_to_xml",
+    // These run SQL text, or read relations named at run time (their views
+    // and row-level security included), though not marked VOLATILE.
+    "query_to_xml_and_xmlschema",
+    "query_to_xmlschema",
+    "table_to_xml",
+    "table_to_xml_and_xmlschema",
+    "table_to_xmlschema",
+    "schema_to_xml",
+    "schema_to_xml_and_xmlschema",
+    "schema_to_xmlschema",
+    "database_to_xml",
+    "database_to_xml_and_xmlschema",
+    "database_to_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
     "txid_current",
     "pg_sleep",
 ];

@@ -76,6 +76,9 @@ pub struct Verdict {
     /// to refuse those of protocol-level statements.
     #[serde(skip)]
     pub executed_names: Vec<String>,
+    /// The text makes a temporary relation ([`Classification::creates_temp`]).
+    #[serde(skip)]
+    pub creates_temp: bool,
     /// Changes to the session's prepared statements once the statement runs.
     #[serde(skip)]
     pub prepared_changes: Vec<PreparedChange>,
@@ -123,7 +126,7 @@ impl Verdict {
 impl Policy {
     /// Classifies and judges `sql` under this policy's size limit.
     pub fn evaluate(&self, sql: &str, default_schema: &str, prepared: &crate::PreparedStatements) -> Verdict {
-        self.evaluate_on(sql, default_schema, Catalog::Assumed, prepared)
+        self.evaluate_on(sql, default_schema, Catalog::Assumed, false, prepared)
     }
 
     /// Classifies and judges `sql` against what `catalog` says of the
@@ -133,6 +136,7 @@ impl Policy {
         sql: &str,
         default_schema: &str,
         catalog: Catalog<'_>,
+        temp_relations: bool,
         prepared: &crate::PreparedStatements,
     ) -> Verdict {
         let ctx = ClassifyContext {
@@ -140,6 +144,7 @@ impl Policy {
             prepared,
             max_statement_bytes: self.max_statement_bytes,
             catalog,
+            temp_relations,
         };
         self.judge(&classify(sql, &ctx))
     }
@@ -161,6 +166,7 @@ impl Policy {
             executes_prepared: c.executes_prepared,
             executed_names: c.executed_names.clone(),
             prepared_changes: c.prepared_changes.clone(),
+            creates_temp: c.creates_temp,
         };
         if let Some(bytes) = c.oversized {
             verdict.action = Action::Deny;

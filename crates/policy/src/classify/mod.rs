@@ -77,6 +77,10 @@ pub struct ClassifyContext<'a> {
     pub max_statement_bytes: usize,
     /// What the database's catalog says about the names (see [`crate::facts`]).
     pub catalog: Catalog<'a>,
+    /// This session has made temporary relations (which the catalog facts,
+    /// read on another connection, never show): unqualified names may be
+    /// theirs.
+    pub temp_relations: bool,
 }
 
 /// One thing a statement does: a kind with the tables and functions it
@@ -146,15 +150,58 @@ pub struct Classification {
     /// Changes to the session's prepared statements, to apply once the
     /// statement has run.
     pub prepared_changes: Vec<PreparedChange>,
+    /// The text makes a temporary relation: from then on the session's
+    /// unqualified names may be its ([`ClassifyContext::temp_relations`]).
+    pub creates_temp: bool,
 }
 
 /// Classifies every statement in `sql`.
 pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     let mut out = classify_text(sql, ctx);
-    if let Catalog::Known(facts) = ctx.catalog {
-        through_relations(&mut out, facts);
+    // Judged against this session's own objects: never shared.
+    out.uses_session |= ctx.temp_relations;
+    match ctx.catalog {
+        Catalog::Known(facts) => through_relations(&mut out, facts, false),
+        Catalog::Stale(facts) => through_relations(&mut out, facts, true),
+        Catalog::Unreadable => unknown_relations(&mut out, |_| true),
+        Catalog::Assumed => {}
     }
     out
+}
+
+/// Kinds whose relations run what the catalog attaches to them (a view's
+/// query, rules, row-level security).
+fn reaches_code(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Select | Kind::Copy | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge | Kind::Refresh
+    )
+}
+
+/// Without facts for them, reading or writing relations (outside
+/// `pg_catalog`) may run anything a view, rule or policy holds: each such
+/// relation is a `FUNCTION` effect named `code of <relation>`.
+fn unknown_relations(out: &mut Classification, unknown: impl Fn(&str) -> bool) {
+    let mut calls: Vec<String> = Vec::new();
+    for e in &out.effects {
+        if !reaches_code(e.kind) {
+            continue;
+        }
+        for t in &e.tables {
+            let catalog = t.starts_with("pg_catalog.");
+            let wildcard = t.ends_with(".*");
+            let name = format!("code of {t}");
+            if !catalog && !wildcard && unknown(t) && !calls.contains(&name) {
+                calls.push(name);
+            }
+        }
+    }
+    for f in calls {
+        out.effects.push(Effect {
+            functions: vec![f],
+            ..Effect::new(Kind::Function)
+        });
+    }
 }
 
 /// What acting on a relation runs beyond it, from the catalog: reading a
@@ -164,16 +211,19 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
 /// tables and its rules' targets, and runs their calls and a view's
 /// INSTEAD OF triggers. The relations are added to the effect, so a
 /// table-scoped rule sees the base table.
-fn through_relations(out: &mut Classification, facts: &CatalogFacts) {
+fn through_relations(out: &mut Classification, facts: &CatalogFacts, stale: bool) {
+    if stale {
+        unknown_relations(out, |t| facts.relation(t).is_none());
+    }
     let mut calls: Vec<String> = Vec::new();
     for e in &mut out.effects {
         let writing = matches!(e.kind, Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge);
-        if !writing && !matches!(e.kind, Kind::Select | Kind::Copy) {
+        if !reaches_code(e.kind) {
             continue;
         }
         let mut added: Vec<String> = Vec::new();
         for t in &e.tables {
-            let reach = facts.reach(t, writing);
+            let reach = facts.reach_as(t, writing, e.kind == Kind::Refresh);
             for r in reach.tables {
                 if !e.tables.contains(&r) && !added.contains(&r) {
                     added.push(r);
@@ -349,16 +399,49 @@ impl Classifier<'_, '_> {
     /// scanner). One, except for an unqualified `pg_*` name that may be in
     /// `pg_catalog` or the default schema (see [`catalog::resolve_unqualified`]).
     fn qualify(&self, parts: &[String]) -> Vec<String> {
+        if let [table] = parts
+            && self.ctx.temp_relations
+        {
+            // This session made temporary relations: the name may be one.
+            let mut out = vec![format!("pg_temp.{table}")];
+            out.extend(self.qualify_searched(parts));
+            return out;
+        }
+        self.qualify_searched(parts)
+    }
+
+    fn qualify_searched(&self, parts: &[String]) -> Vec<String> {
         match parts {
             [] => Vec::new(),
             [table] => match self.ctx.catalog {
-                Catalog::Known(facts) => catalog::resolve_through(table, facts, self.ctx.default_schema),
-                Catalog::Assumed | Catalog::Unreadable => {
-                    catalog::resolve_unqualified(table, self.ctx.default_schema)
+                Catalog::Known(facts) | Catalog::Stale(facts) => {
+                    catalog::resolve_through(table, facts, self.ctx.default_schema)
+                }
+                Catalog::Assumed => catalog::resolve_unqualified(table, self.ctx.default_schema),
+                // The role's search path is unknown: it could be anywhere.
+                Catalog::Unreadable => {
+                    let mut out = catalog::resolve_unqualified(table, self.ctx.default_schema);
+                    out.push(ANY_RELATION.to_owned());
+                    out
                 }
             },
             // `db.schema.table`: PostgreSQL only accepts the current database.
             [.., schema, table] => vec![format!("{schema}.{table}")],
+        }
+    }
+
+    /// The name a CREATE makes: a temporary relation lives in the
+    /// session's temporary schema, `pg_temp`, which PostgreSQL searches
+    /// before any other for relations, so once made it shadows the name
+    /// everywhere in the session ([`ClassifyContext::temp_relations`]).
+    fn created(&mut self, name: &ObjectName, temporary: bool) -> Vec<String> {
+        if !temporary {
+            return self.qualify_name(name);
+        }
+        self.out.creates_temp = true;
+        match object_parts(name).as_slice() {
+            [table] => vec![format!("pg_temp.{table}")],
+            _ => self.qualify_name(name),
         }
     }
 
@@ -636,7 +719,7 @@ impl Classifier<'_, '_> {
                 }
             }
             Statement::CreateTable(ct) => {
-                let mut tables = self.qualify_name(&ct.name);
+                let mut tables = self.created(&ct.name, ct.temporary);
                 targets.extend(tables.iter().cloned());
                 // A partition or child joins its parent: rows of the parent
                 // may then live in it, and reads of the parent see its rows.
@@ -648,7 +731,7 @@ impl Classifier<'_, '_> {
                 }
             }
             Statement::CreateView(cv) => {
-                let name = self.qualify_name(&cv.name);
+                let name = self.created(&cv.name, cv.temporary);
                 targets.extend(name.iter().cloned());
                 self.push(Effect::on(Kind::Create, name));
                 self.query(&cv.query, &mut targets);
@@ -1217,7 +1300,7 @@ fn call_reads_only(name: &str, catalog: Catalog<'_>) -> bool {
     let qualified = name.starts_with("pg_catalog.");
     match catalog {
         Catalog::Assumed => true,
-        Catalog::Unreadable => qualified,
+        Catalog::Unreadable | Catalog::Stale(_) => qualified,
         Catalog::Known(facts) => qualified || !facts.defines_outside_catalog(name),
     }
 }

@@ -128,6 +128,21 @@ impl Scanner {
                 self.found.functions.push("operator".to_owned());
                 false
             }
+            // Calls sqlparser reads into expressions of their own, which
+            // PostgreSQL resolves as ordinary unqualified calls through the
+            // search path (a user's `floor(int)` runs). The node does not
+            // say which spelling was written: every one it stands for.
+            "Expr" => {
+                let names: &[&str] = match variant {
+                    "Floor" => &["floor"],
+                    "Ceil" => &["ceil", "ceiling"],
+                    "Convert" => &["convert"],
+                    "Substring" => &["substring", "substr"],
+                    _ => &[],
+                };
+                self.found.functions.extend(names.iter().map(|n| (*n).to_owned()));
+                false
+            }
             _ => false,
         }
     }

@@ -9,6 +9,7 @@ fn effects(sql: &str) -> Classification {
             prepared: &prepared,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
+            temp_relations: false,
         },
     )
 }
@@ -191,6 +192,7 @@ fn prepare_then_execute_is_judged_as_prepared() {
             prepared: p,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
+            temp_relations: false,
         }
     }
     let c = classify("PREPARE wipe AS DELETE FROM orders", &ctx(&prepared));
@@ -217,6 +219,7 @@ fn names_fold_as_postgresql_folds_them_in_ascii_only() {
             prepared: p,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
+            temp_relations: false,
         }
     }
     let mut prepared = PreparedStatements::new();
@@ -252,6 +255,7 @@ fn oversized_text_is_not_parsed() {
             prepared: &prepared,
             max_statement_bytes: 4,
             catalog: crate::Catalog::Assumed,
+            temp_relations: false,
         },
     );
     assert_eq!(c.oversized, Some(8));
@@ -268,6 +272,7 @@ fn default_schema_and_quoting() {
             prepared: &prepared,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
+            temp_relations: false,
         },
     );
     assert_eq!(c.effects[0].tables, vec!["sales.Orders"]);
@@ -387,6 +392,7 @@ fn session(prepared: &PreparedStatements) -> ClassifyContext<'_> {
         prepared,
         max_statement_bytes: 1 << 20,
         catalog: crate::Catalog::Assumed,
+        temp_relations: false,
     }
 }
 
@@ -952,6 +958,7 @@ mod against_the_catalog {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog,
+                temp_relations: false,
             },
         )
         .effects
@@ -1044,12 +1051,19 @@ mod against_the_catalog {
     #[test]
     fn unreadable_facts_trust_only_qualified_built_ins() {
         assert_eq!(
-            on("SELECT count(*) FROM orders", Catalog::Unreadable),
-            vec![k(Kind::Select, &["public.orders"]), k(Kind::Function, &["count"])]
+            on("SELECT count(*)", Catalog::Unreadable),
+            vec![k(Kind::Select, &[]), k(Kind::Function, &["count"])]
         );
         assert_eq!(
-            on("SELECT pg_catalog.count(*) FROM orders", Catalog::Unreadable),
-            vec![k(Kind::Select, &["public.orders"])]
+            on("SELECT pg_catalog.count(*)", Catalog::Unreadable),
+            vec![k(Kind::Select, &[])]
+        );
+        assert_eq!(
+            on(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_class",
+                Catalog::Unreadable
+            ),
+            vec![k(Kind::Select, &["pg_catalog.pg_class"])]
         );
     }
 
@@ -1129,6 +1143,113 @@ mod against_the_catalog {
             on("SELECT * FROM ruled", known),
             vec![k(Kind::Select, &["public.ruled"])]
         );
+    }
+
+    #[test]
+    fn calls_sqlparser_reads_as_expressions_are_calls_too() {
+        let mut b = RelationsBuilder::default();
+        b.relation("public.orders".into(), RelationKind::Table);
+        let f = CatalogFacts::new(
+            vec!["public".into()],
+            ["floor", "ceiling", "substring"].map(str::to_owned),
+            b.build(),
+        );
+        let known = Catalog::Known(&f);
+        for (sql, call) in [
+            ("SELECT floor(id) FROM orders", "floor"),
+            ("SELECT ceil(id, 2) FROM orders", "ceiling"),
+            ("SELECT substring(id, 1, 2) FROM orders", "substring"),
+        ] {
+            let got = on(sql, known);
+            assert!(got.contains(&k(Kind::Function, &[call])), "{sql}: {got:?}");
+        }
+        // convert is not a read-only built-in anywhere.
+        assert!(
+            on("SELECT convert(id, total) FROM orders", Catalog::Assumed)
+                .contains(&k(Kind::Function, &["convert"]))
+        );
+        // Unshadowed, they are the built-ins.
+        assert_eq!(
+            on("SELECT floor(1.5)", Catalog::Assumed),
+            vec![k(Kind::Select, &[])]
+        );
+    }
+
+    #[test]
+    fn stale_facts_distrust_calls_and_relations_they_do_not_know() {
+        let f = facts();
+        let stale = Catalog::Stale(&f);
+        assert_eq!(
+            on("SELECT count(*) FROM v_bad", stale),
+            vec![
+                k(Kind::Select, &["public.v_bad", "public.orders"]),
+                k(Kind::Function, &["count"]),
+                k(Kind::Function, &["util.audit"])
+            ]
+        );
+        assert_eq!(
+            on("DELETE FROM public.made_since", stale),
+            vec![
+                k(Kind::Delete, &["public.made_since"]),
+                k(Kind::Function, &["code of public.made_since"])
+            ]
+        );
+        // Never read: any relation may be a view, anywhere.
+        assert_eq!(
+            on("SELECT * FROM pay", Catalog::Unreadable),
+            vec![
+                k(Kind::Select, &["public.pay", "*.*"]),
+                k(Kind::Function, &["code of public.pay"])
+            ]
+        );
+    }
+
+    #[test]
+    fn refreshing_a_materialized_view_runs_its_query() {
+        let f = facts();
+        assert_eq!(
+            on("REFRESH MATERIALIZED VIEW m", Catalog::Known(&f)),
+            vec![
+                k(Kind::Refresh, &["public.m", "public.orders"]),
+                k(Kind::Function, &["util.audit"])
+            ]
+        );
+    }
+
+    #[test]
+    fn temporary_relations_live_in_pg_temp_and_shadow_names_after() {
+        let f = facts();
+        let known = Catalog::Known(&f);
+        let prepared = PreparedStatements::new();
+        let c = classify(
+            "CREATE TEMP VIEW orders AS SELECT id, pay FROM hr.salaries",
+            &ClassifyContext {
+                default_schema: "public",
+                prepared: &prepared,
+                max_statement_bytes: 1 << 20,
+                catalog: known,
+                temp_relations: false,
+            },
+        );
+        assert!(c.creates_temp);
+        let create = c
+            .effects
+            .iter()
+            .find(|e| e.kind == Kind::Create)
+            .expect("a CREATE");
+        assert_eq!(create.tables, vec!["pg_temp.orders"]);
+        let after = classify(
+            "DELETE FROM orders WHERE id = 4",
+            &ClassifyContext {
+                default_schema: "public",
+                prepared: &prepared,
+                max_statement_bytes: 1 << 20,
+                catalog: known,
+                temp_relations: true,
+            },
+        );
+        assert_eq!(after.effects[0].tables, vec!["pg_temp.orders", "app.orders"]);
+        assert!(after.uses_session, "never cached across sessions");
     }
 
     #[test]
