@@ -91,6 +91,30 @@ async fn run_or_hold(stack: &BinaryStack, token: &str, sql: &str) -> Result<usiz
     }
 }
 
+/// Runs `sql` on a new session of the agent's, held and then approved by
+/// alice; the session, once the statement has run.
+async fn approved(stack: &BinaryStack, agent: &str, sql: &str) -> tokio_postgres::Client {
+    let alice = stack.user_token(ALICE);
+    let (session, mut notices) = stack.connect(agent).await;
+    let text = sql.to_owned();
+    let run = tokio::spawn(async move {
+        let r = session.simple_query(&text).await;
+        (session, r)
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
+        .await
+        .expect("held in time")
+        .expect("notice");
+    let id = request_id(&notice).expect("request id");
+    stack
+        .decide(&alice, vote(&id, proto::Decision::Approve, "looks fine"))
+        .await
+        .expect("alice approves");
+    let (session, r) = run.await.expect("task");
+    r.unwrap_or_else(|e| panic!("{sql} failed once approved: {e:?}"));
+    session
+}
+
 async fn assert_held(stack: &BinaryStack, token: &str, sql: &str) {
     let before = counts(stack);
     let held = run_or_hold(stack, token, sql).await;
@@ -199,7 +223,6 @@ async fn table_scoped_rules_see_the_search_path_and_the_table_under_a_view() {
 async fn a_function_created_through_the_proxy_is_seen_at_once() {
     let stack = tokio::task::block_in_place(|| StackBuilder::new().database_setup(DATABASE).start_binaries());
     let agent = stack.agent_token();
-    let alice = stack.user_token(ALICE);
     // length(int) does not exist yet: the call is taken for the built-in.
     let (client, _n) = stack.connect(&agent).await;
     let err = client
@@ -213,27 +236,13 @@ async fn a_function_created_through_the_proxy_is_seen_at_once() {
     assert!(message.contains("does not exist"), "{err:?}");
 
     // Created through the proxy, once approved.
-    let (creator, mut notices) = stack.connect(&agent).await;
-    let create = tokio::spawn(async move {
-        let r = creator
-            .simple_query(
-                "CREATE FUNCTION public.length(i int) RETURNS int LANGUAGE sql \
-                 AS $$ DELETE FROM public.orders WHERE id = i; SELECT i $$",
-            )
-            .await;
-        (creator, r)
-    });
-    let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
-        .await
-        .expect("held in time")
-        .expect("notice");
-    let id = request_id(&notice).expect("request id");
-    stack
-        .decide(&alice, vote(&id, proto::Decision::Approve, "a helper"))
-        .await
-        .expect("alice approves");
-    let (creator, r) = create.await.expect("task");
-    r.expect("the function is created");
+    let creator = approved(
+        &stack,
+        &agent,
+        "CREATE FUNCTION public.length(i int) RETURNS int LANGUAGE sql \
+         AS $$ DELETE FROM public.orders WHERE id = i; SELECT i $$",
+    )
+    .await;
 
     // At once, on the same session and on another: a call, held.
     let same = creator.simple_query("SELECT length(id) FROM orders WHERE id = 5");
@@ -295,25 +304,12 @@ async fn a_temporary_view_does_not_pass_for_the_table_it_shadows() {
             .start_binaries()
     });
     let agent = stack.agent_token();
-    let alice = stack.user_token(ALICE);
-    let (session, mut notices) = stack.connect(&agent).await;
-    let create = tokio::spawn(async move {
-        let r = session
-            .simple_query("CREATE TEMP VIEW orders AS SELECT id, pay FROM hr.salaries")
-            .await;
-        (session, r)
-    });
-    let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
-        .await
-        .expect("held in time")
-        .expect("notice");
-    let id = request_id(&notice).expect("request id");
-    stack
-        .decide(&alice, vote(&id, proto::Decision::Approve, "a scratch view"))
-        .await
-        .expect("alice approves");
-    let (session, r) = create.await.expect("task");
-    r.expect("the temporary view is made");
+    let session = approved(
+        &stack,
+        &agent,
+        "CREATE TEMP VIEW orders AS SELECT id, pay FROM hr.salaries",
+    )
+    .await;
     // `orders` is now pg_temp.orders, over hr.salaries: not public.orders.
     let delete = session.simple_query("DELETE FROM orders WHERE id = 4");
     let held = tokio::time::timeout(Duration::from_secs(3), delete).await;

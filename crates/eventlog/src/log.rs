@@ -755,7 +755,11 @@ impl EventLog {
             }
         };
         let (messages, pending) = self.ordered_resuming(from, &filter).await?;
-        let nothing_to_read = pending == 0 || end < from.max(1);
+        // The whole stream: read up to `end`, whatever a consumer reports
+        // as pending (a consumer made as a cluster regains its quorum has
+        // been seen to report none left long before the end).
+        let whole = filter.subjects.is_empty();
+        let nothing_to_read = end < from.max(1) || (pending == 0 && !whole);
         // End after the message at `end`, or when the consumer says no more
         // messages matching the filter are stored. (Decided before polling
         // again: the consumer would wait forever for a next message.)
@@ -768,7 +772,15 @@ impl EventLog {
                 if done {
                     return None;
                 }
-                let mut item = messages.next().await?;
+                // A consumer that stops early is resumed, never taken for
+                // the end of the log.
+                let mut item = match messages.next().await {
+                    Some(item) => item,
+                    None => Err(Error::Stream {
+                        stream: log.settings.stream.clone(),
+                        detail: format!("the read stopped before event #{end}"),
+                    }),
+                };
                 if let Err(e) = &item
                     && !matches!(e, Error::Corrupt { .. })
                 {
@@ -776,13 +788,19 @@ impl EventLog {
                     match log.ordered_resuming(next, &filter).await {
                         Ok((resumed, _)) => {
                             messages = Box::pin(resumed);
-                            item = messages.next().await?;
+                            item = match messages.next().await {
+                                Some(item) => item,
+                                None => Err(Error::Stream {
+                                    stream: log.settings.stream.clone(),
+                                    detail: format!("the read stopped before event #{end}, twice"),
+                                }),
+                            };
                         }
                         Err(e) => return Some((Err(e), (messages, true, next))),
                     }
                 }
                 let finished = match &item {
-                    Ok((event, left)) => *left == 0 || event.sequence >= end,
+                    Ok((event, left)) => event.sequence >= end || (*left == 0 && !whole),
                     // A message that is not an event (anyone able to publish
                     // can store one) is reported, and reading goes on past it.
                     Err(Error::Corrupt { sequence, .. }) => *sequence >= end,
