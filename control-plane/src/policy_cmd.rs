@@ -42,7 +42,7 @@ pub enum PolicyCommand {
         /// Last event: a stream sequence or an RFC 3339 time.
         #[arg(long)]
         to: Option<crate::simulate::Bound>,
-        /// Only sessions of this identity (part of its name or object id).
+        /// Only sessions of this identity (its object id or display name, exactly).
         #[arg(long)]
         identity: Option<String>,
         /// Print the report as JSON.

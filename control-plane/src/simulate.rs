@@ -146,6 +146,8 @@ const EXAMPLE_SQL_CHARS: usize = 300;
 
 struct Session {
     identity: String,
+    subject: String,
+    display_name: String,
     connection: String,
     /// Indices into the candidate's policies.
     policies: Vec<usize>,
@@ -241,6 +243,8 @@ impl Simulation {
                     session_id.clone(),
                     Session {
                         identity: describe(&identity),
+                        subject: identity.subject.clone(),
+                        display_name: identity.display_name.clone(),
                         connection,
                         policies,
                         prepared: PreparedStatements::new(),
@@ -327,7 +331,7 @@ impl Simulation {
         let Some(wanted) = &self.identity else { return true };
         self.sessions
             .get(session_id)
-            .is_some_and(|s| s.identity.contains(wanted.as_str()))
+            .is_some_and(|s| s.subject == *wanted || s.display_name == *wanted)
     }
 
     /// The candidate's policies binding `identity` to `connection`.
@@ -464,13 +468,33 @@ impl Simulation {
                 session_id: session_id.to_owned(),
                 identity,
                 connection,
-                sql: statement.text.chars().take(EXAMPLE_SQL_CHARS).collect(),
+                sql: as_shown(&statement.text),
                 from,
                 to,
                 rule,
             });
         }
     }
+}
+
+/// Statement text as a report shows it: control characters escaped (an
+/// agent's text cannot forge or hide report lines), cut with a mark.
+fn as_shown(sql: &str) -> String {
+    let mut out: String = sql
+        .chars()
+        .take(EXAMPLE_SQL_CHARS)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if sql.chars().count() > EXAMPLE_SQL_CHARS {
+        out.push_str(&format!(" … (cut; {} characters in all)", sql.chars().count()));
+    }
+    out
 }
 
 fn describe(identity: &proto::Identity) -> String {

@@ -41,6 +41,9 @@ pub enum Facts {
     Known(Arc<CatalogFacts>),
     /// The last facts read, and why they may be out of date.
     Stale(Arc<CatalogFacts>, String),
+    /// The last facts read, while this session's own change of the
+    /// catalog is in flight or uncommitted.
+    Changing(Arc<CatalogFacts>),
     /// None could be read: why.
     Unreadable(String),
 }
@@ -51,15 +54,17 @@ impl Facts {
         match self {
             Facts::Known(f) => Catalog::Known(f),
             Facts::Stale(f, _) => Catalog::Stale(f),
+            Facts::Changing(f) => Catalog::Changing(f),
             Facts::Unreadable(_) => Catalog::Unreadable,
         }
     }
 
-    /// The same facts, no longer trusted to be current.
-    fn stale(self, why: &str) -> Facts {
+    /// The same facts, while this session's own change is not visible to
+    /// them.
+    fn changing(self) -> Facts {
         match self {
-            Facts::Known(f) => Facts::Stale(f, why.to_owned()),
-            other => other,
+            Facts::Known(f) | Facts::Stale(f, _) | Facts::Changing(f) => Facts::Changing(f),
+            Facts::Unreadable(why) => Facts::Unreadable(why),
         }
     }
 }
@@ -264,7 +269,7 @@ impl SessionCatalog {
     pub fn facts(&self) -> Facts {
         let current = self.watch.current();
         if self.in_flight.load(Ordering::Acquire) > 0 || self.uncommitted.load(Ordering::Acquire) {
-            return current.stale("this session may have changed the catalog in a transaction still open");
+            return current.changing();
         }
         current
     }
@@ -526,7 +531,8 @@ const POLICY_DEPENDENCIES: &str = "SELECT DISTINCT n.nspname, c.relname, rc.oid 
 /// pinned objects), with how the code runs: `read` (a view's query),
 /// `guard` (row-level security, on every access), `write` (rules other
 /// than a view's query, triggers, column defaults and generated columns,
-/// CHECK constraints, index expressions and predicates). Operators count
+/// CHECK constraints, the CHECKs of columns' domains, index expressions
+/// and predicates). Operators count
 /// as the functions behind them.
 const CODE: &str = "WITH exprs AS ( \
        SELECT r.ev_class AS rel, CASE WHEN r.ev_type = '1' THEN 'read' ELSE 'write' END AS used, \
@@ -541,6 +547,9 @@ const CODE: &str = "WITH exprs AS ( \
        UNION ALL SELECT i.indrelid, 'write', \
               coalesce(i.indexprs::pg_catalog.text, '') || ' ' || coalesce(i.indpred::pg_catalog.text, '') \
          FROM pg_catalog.pg_index i WHERE i.indexprs IS NOT NULL OR i.indpred IS NOT NULL \
+       UNION ALL SELECT a.attrelid, 'write', c.conbin::pg_catalog.text \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_constraint c ON c.contypid = a.atttypid \
+         WHERE c.contype = 'c' AND a.attnum > 0 AND NOT a.attisdropped \
        UNION ALL SELECT t.tgrelid, 'write', ':funcid ' || t.tgfoid::pg_catalog.text || ' ' || \
               coalesce(t.tgqual::pg_catalog.text, '') \
          FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal \
@@ -689,7 +698,7 @@ mod tests {
         let other = SessionCatalog::new(w.clone());
         assert!(matches!(session.facts(), Facts::Known(_)));
         let change = session.change();
-        assert!(matches!(session.facts(), Facts::Stale(..)), "in flight");
+        assert!(matches!(session.facts(), Facts::Changing(..)), "in flight");
         assert!(
             matches!(other.facts(), Facts::Known(_)),
             "others see no uncommitted change"
@@ -697,7 +706,10 @@ mod tests {
         change.ran();
         drop(change);
         tokio::time::sleep(Duration::from_millis(2)).await;
-        assert!(matches!(session.facts(), Facts::Stale(..)), "ran, not committed");
+        assert!(
+            matches!(session.facts(), Facts::Changing(..)),
+            "ran, not committed"
+        );
         assert!(
             matches!(other.facts(), Facts::Stale(..)),
             "ran: the connection's facts are stale"
@@ -705,7 +717,7 @@ mod tests {
         know(&w);
         assert!(matches!(other.facts(), Facts::Known(_)));
         assert!(
-            matches!(session.facts(), Facts::Stale(..)),
+            matches!(session.facts(), Facts::Changing(..)),
             "still in its transaction"
         );
         session.idle();

@@ -349,8 +349,11 @@ impl Gate for PolicyGate {
             || v.effects
                 .iter()
                 .any(|e| e.effect.kind == airlock_policy::Kind::Do);
-        // Whether it runs allowed or approved.
-        let unseen = opaque && !matches!(v.action, airlock_policy::Action::Deny);
+        // Whether it runs allowed or approved. A statement that may make a
+        // temporary relation is treated the same way: PostgreSQL plans
+        // statements prepared before it again, and their unqualified names
+        // may then be the temporary relation's, not what they were judged as.
+        let unseen = (opaque || v.creates_temp) && !matches!(v.action, airlock_policy::Action::Deny);
         let on_finish: Option<crate::gate::OnFinish> = if unseen {
             let session = binding.session.clone();
             Some(Arc::new(move |_| {

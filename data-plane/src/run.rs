@@ -83,11 +83,16 @@ fn policy_reloader(
                 "{file}: the connections (names or default_schema) changed; they are read at start only, so restart the proxy to change them"
             ));
         }
-        let shadow = PolicySet::shadow_from_config_yaml(&text, &file).map_err(|e| e.to_string())?;
         warn_record_only(&policies);
         let event = policy_loaded(&source, &policies);
         gate.replace_policies(policies);
-        gate.replace_shadow(shadow);
+        // A broken shadow section never holds back the enforced policies.
+        match PolicySet::shadow_from_config_yaml(&text, &file) {
+            Ok(shadow) => gate.replace_shadow(shadow),
+            Err(e) => {
+                tracing::error!(error = %e, "shadow_policies not reloaded (the previous ones stay); the enforced policies were")
+            }
+        }
         let _ = record.send(event);
         Ok(())
     })

@@ -1011,7 +1011,30 @@ impl ChainWriter {
         for _ in 0..5 {
             let mut head = match &self.head {
                 Some(h) => h.clone(),
-                None => log.head(&self.subject).await?,
+                None => {
+                    // After an append of unknown outcome: if that very event
+                    // (by a trusted writer, same id, same body) is now last
+                    // on the subject, it was stored and only its
+                    // acknowledgement was lost. Linking it again after
+                    // itself would make other bytes under the same id,
+                    // which the log refuses for good.
+                    if let Ok(Some(last)) = log.last(&self.subject).await
+                        && last.event.id == event.id
+                        && last.event.body == event.body
+                        && log.vouched(&last)
+                    {
+                        let head = ChainHead::of(&last);
+                        self.head = Some(head.clone());
+                        self.floor = self.floor.max(last.event.chain_index);
+                        let appended = Appended {
+                            sequence: last.sequence,
+                            duplicate: true,
+                            head,
+                        };
+                        return Ok((appended, last.event));
+                    }
+                    log.head(&self.subject).await?
+                }
             };
             head.index = head.index.max(self.floor);
             link(&mut event, &head);

@@ -746,3 +746,47 @@ async fn a_tail_resumes_within_seconds_after_a_nats_restart() {
         "the tail stayed silent for {took:?}"
     );
 }
+
+/// Found by the fault suite: an append stored while the cluster lost its
+/// quorum, whose acknowledgement never came, was tried again linked after
+/// itself (the writer re-read the head, and the head was that very event):
+/// other bytes under the same id, refused for good, and the session's
+/// record stalled behind it. The writer now takes its own event, last on
+/// the subject, for the append's outcome.
+#[tokio::test]
+async fn an_append_stored_without_its_acknowledgement_is_taken_on_the_next_try() {
+    use airlock_eventlog::signing::{Role, Signer, Trust, TrustedKey};
+    let nats = NatsServer::start();
+    let signer = Signer::generate();
+    let trust = Trust::new(vec![
+        TrustedKey::new(Role::Proxy, signer.verifying_key()).for_writer("proxy-test"),
+    ]);
+    let log = open_log(&nats)
+        .await
+        .with_signer(std::sync::Arc::new(signer))
+        .with_trust(std::sync::Arc::new(trust));
+    let session = SessionId::generate();
+    let subject = subjects::session(&session);
+    let event = executed(&session, "SELECT 1");
+    // The first try, stored; its writer never heard back.
+    let mut lost = ChainWriter::new_chain(subject.clone());
+    let (stored, _) = lost.append(&log, event.clone()).await.expect("stored");
+    // The retry, by a writer that must re-read the head.
+    let mut writer = ChainWriter::new(subject.clone());
+    let (again, kept) = writer
+        .append(&log, event.clone())
+        .await
+        .expect("the retry succeeds");
+    assert!(again.duplicate);
+    assert_eq!(again.sequence, stored.sequence);
+    assert_eq!(kept.id, event.id);
+    // And the record goes on after it.
+    let (next, _) = writer
+        .append(&log, executed(&session, "SELECT 2"))
+        .await
+        .expect("the next event");
+    assert_eq!(next.sequence, stored.sequence + 1);
+    let events = log.read_subject(&subject).await.expect("read");
+    assert_eq!(events.len(), 2);
+    verify_chain(&events).expect("one chain");
+}

@@ -89,7 +89,10 @@ impl VerdictCache {
     ) -> Arc<Verdict> {
         // Long text is judged afresh: keeping it would make the cache's memory
         // unbounded in practice, and oversized text is refused anyway.
-        let cacheable_size = sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
+        // A session with temporary relations is judged against its own
+        // names: never from, or into, the shared cache.
+        let cacheable_size =
+            !temp_relations && sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
         let facts = catalog.key();
         let key = Self::key(policy.digest(), default_schema, facts, sql);
         if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, facts, sql) {

@@ -41,6 +41,11 @@ pub enum Catalog<'a> {
     /// and reading or writing a relation they do not know (made since) is
     /// judged as running unknown code.
     Stale(&'a CatalogFacts),
+    /// This session itself may have changed the catalog, uncommitted (no
+    /// other connection sees it): as [`Catalog::Stale`], and any relation
+    /// may have been redefined, so reading or writing one (outside
+    /// `pg_catalog`) is judged as running unknown code.
+    Changing(&'a CatalogFacts),
 }
 
 impl Catalog<'_> {
@@ -52,6 +57,8 @@ impl Catalog<'_> {
             Catalog::Unreadable => 1,
             Catalog::Known(f) => f.id * 2,
             Catalog::Stale(f) => f.id * 2 + 1,
+            // Never cached (the session's own state): see `uses_session`.
+            Catalog::Changing(f) => f.id * 2 + 1,
         }
     }
 }
@@ -225,15 +232,7 @@ impl CatalogFacts {
                     reach.tables.insert(t.clone());
                     stack.push((t.clone(), true));
                 }
-                // Built-ins a DBA put in a default, check or index
-                // (`nextval` of a serial column, `gen_random_uuid()`) act on
-                // the row written; user code there can do anything.
-                reach.calls.extend(
-                    rel.write_calls
-                        .iter()
-                        .filter(|c| !c.name.starts_with("pg_catalog."))
-                        .cloned(),
-                );
+                reach.write_calls.extend(rel.write_calls.iter().cloned());
             }
         }
         reach.tables.remove(qualified);
@@ -245,7 +244,12 @@ impl CatalogFacts {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reach {
     pub tables: BTreeSet<String>,
+    /// Functions that run as the relations are read (views, row-level
+    /// security).
     pub calls: BTreeSet<Called>,
+    /// Functions that run as they are written (rules, triggers, defaults,
+    /// checks, index expressions).
+    pub write_calls: BTreeSet<Called>,
 }
 
 /// Builds [`Relation`]s from catalog rows (one per fact), as the data

@@ -163,6 +163,11 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     match ctx.catalog {
         Catalog::Known(facts) => through_relations(&mut out, facts, false),
         Catalog::Stale(facts) => through_relations(&mut out, facts, true),
+        Catalog::Changing(facts) => {
+            unknown_relations(&mut out, |_| true);
+            through_relations(&mut out, facts, true);
+            out.uses_session = true;
+        }
         Catalog::Unreadable => unknown_relations(&mut out, |_| true),
         Catalog::Assumed => {}
     }
@@ -172,9 +177,28 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
 /// Kinds whose relations run what the catalog attaches to them (a view's
 /// query, rules, row-level security).
 fn reaches_code(kind: Kind) -> bool {
+    reads_through(kind) || writes_through(kind)
+}
+
+/// Kinds whose relations run a view's query (and row-level security).
+fn reads_through(kind: Kind) -> bool {
+    matches!(kind, Kind::Select | Kind::Copy | Kind::Refresh)
+}
+
+/// Kinds that run what writing a relation runs: its rules, triggers,
+/// defaults, checks and index expressions (TRUNCATE its triggers, ANALYZE
+/// and VACUUM its index expressions, LOCK locks through a view).
+fn writes_through(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Select | Kind::Copy | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge | Kind::Refresh
+        Kind::Insert
+            | Kind::Update
+            | Kind::Delete
+            | Kind::Merge
+            | Kind::Truncate
+            | Kind::Analyze
+            | Kind::Vacuum
+            | Kind::Lock
     )
 }
 
@@ -212,12 +236,14 @@ fn unknown_relations(out: &mut Classification, unknown: impl Fn(&str) -> bool) {
 /// INSTEAD OF triggers. The relations are added to the effect, so a
 /// table-scoped rule sees the base table.
 fn through_relations(out: &mut Classification, facts: &CatalogFacts, stale: bool) {
-    if stale {
-        unknown_relations(out, |t| facts.relation(t).is_none());
-    }
+    // The session's temporary relations are never in the facts (they are
+    // read on another connection): what they run is unknown.
+    unknown_relations(out, |t| {
+        (stale && facts.relation(t).is_none()) || t.starts_with("pg_temp")
+    });
     let mut calls: Vec<String> = Vec::new();
     for e in &mut out.effects {
-        let writing = matches!(e.kind, Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge);
+        let writing = writes_through(e.kind);
         if !reaches_code(e.kind) {
             continue;
         }
@@ -229,8 +255,13 @@ fn through_relations(out: &mut Classification, facts: &CatalogFacts, stale: bool
                     added.push(r);
                 }
             }
-            for c in reach.calls {
-                if !reached_call_reads_only(&c) && !calls.contains(&c.name) {
+            let unsafe_reads = reach.calls.into_iter().filter(|c| !reached_call_reads_only(c));
+            let unsafe_writes = reach
+                .write_calls
+                .into_iter()
+                .filter(|c| !reached_write_call_acts_on_row(c));
+            for c in unsafe_reads.chain(unsafe_writes) {
+                if !calls.contains(&c.name) {
                     calls.push(c.name);
                 }
             }
@@ -258,6 +289,27 @@ fn through_relations(out: &mut Classification, facts: &CatalogFacts, stale: bool
 fn reached_call_reads_only(c: &Called) -> bool {
     functions::is_read_only(&c.name)
         || (c.name.starts_with("pg_catalog.") && !c.volatile && !functions::is_known_side_effect(&c.name))
+}
+
+/// A function that writing a relation runs (a default, a check, an index
+/// expression, a trigger): as for reads, plus the volatile built-ins that
+/// only make a value for the row (`nextval` of a serial column,
+/// `gen_random_uuid()`, the clock). Anything else, user code above all,
+/// can act beyond the row.
+fn reached_write_call_acts_on_row(c: &Called) -> bool {
+    const ROW_VALUES: &[&str] = &[
+        "pg_catalog.nextval",
+        "pg_catalog.currval",
+        "pg_catalog.lastval",
+        "pg_catalog.gen_random_uuid",
+        "pg_catalog.random",
+        "pg_catalog.clock_timestamp",
+        "pg_catalog.statement_timestamp",
+        "pg_catalog.transaction_timestamp",
+        "pg_catalog.timeofday",
+        "pg_catalog.now",
+    ];
+    reached_call_reads_only(c) || ROW_VALUES.contains(&c.name.as_str())
 }
 
 fn classify_text(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
@@ -414,7 +466,7 @@ impl Classifier<'_, '_> {
         match parts {
             [] => Vec::new(),
             [table] => match self.ctx.catalog {
-                Catalog::Known(facts) | Catalog::Stale(facts) => {
+                Catalog::Known(facts) | Catalog::Stale(facts) | Catalog::Changing(facts) => {
                     catalog::resolve_through(table, facts, self.ctx.default_schema)
                 }
                 Catalog::Assumed => catalog::resolve_unqualified(table, self.ctx.default_schema),
@@ -435,13 +487,19 @@ impl Classifier<'_, '_> {
     /// before any other for relations, so once made it shadows the name
     /// everywhere in the session ([`ClassifyContext::temp_relations`]).
     fn created(&mut self, name: &ObjectName, temporary: bool) -> Vec<String> {
-        if !temporary {
-            return self.qualify_name(name);
+        self.created_parts(&object_parts(name), temporary)
+    }
+
+    fn created_parts(&mut self, parts: &[String], temporary: bool) -> Vec<String> {
+        // Also `CREATE VIEW pg_temp.v` (or `pg_temp_3.v`) without TEMP.
+        let in_temp_schema = matches!(parts, [.., schema, _] if schema.starts_with("pg_temp"));
+        if !temporary && !in_temp_schema {
+            return self.qualify(parts);
         }
         self.out.creates_temp = true;
-        match object_parts(name).as_slice() {
+        match parts {
             [table] => vec![format!("pg_temp.{table}")],
-            _ => self.qualify_name(name),
+            _ => self.qualify(parts),
         }
     }
 
@@ -1089,10 +1147,11 @@ impl Classifier<'_, '_> {
         match body {
             SetExpr::Select(select) => {
                 if let Some(into) = &select.into {
+                    let temporary = into.temporary;
                     let tables: Vec<String> = into
                         .targets
                         .iter()
-                        .flat_map(|t| self.qualify(&expr_parts(t)))
+                        .flat_map(|t| self.created_parts(&expr_parts(t), temporary))
                         .collect();
                     targets.extend(tables.iter().cloned());
                     self.push(Effect::on(Kind::Create, tables));
@@ -1300,7 +1359,7 @@ fn call_reads_only(name: &str, catalog: Catalog<'_>) -> bool {
     let qualified = name.starts_with("pg_catalog.");
     match catalog {
         Catalog::Assumed => true,
-        Catalog::Unreadable | Catalog::Stale(_) => qualified,
+        Catalog::Unreadable | Catalog::Stale(_) | Catalog::Changing(_) => qualified,
         Catalog::Known(facts) => qualified || !facts.defines_outside_catalog(name),
     }
 }

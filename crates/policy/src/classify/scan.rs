@@ -132,6 +132,12 @@ impl Scanner {
             // PostgreSQL resolves as ordinary unqualified calls through the
             // search path (a user's `floor(int)` runs). The node does not
             // say which spelling was written: every one it stands for.
+            // `FROM unnest(...)`: a call resolved through the search path
+            // (a user's `unnest(int[])` beats the built-in's `anyarray`).
+            "TableFactor" if variant == "UNNEST" => {
+                self.found.functions.push("unnest".to_owned());
+                false
+            }
             "Expr" => {
                 let names: &[&str] = match variant {
                     "Floor" => &["floor"],

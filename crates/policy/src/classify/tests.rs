@@ -1252,6 +1252,100 @@ mod against_the_catalog {
         assert!(after.uses_session, "never cached across sessions");
     }
 
+    fn ctx_classify(sql: &str, catalog: Catalog<'_>, temp_relations: bool) -> Classification {
+        let prepared = PreparedStatements::new();
+        classify(
+            sql,
+            &ClassifyContext {
+                default_schema: "public",
+                prepared: &prepared,
+                max_statement_bytes: 1 << 20,
+                catalog,
+                temp_relations,
+            },
+        )
+    }
+
+    #[test]
+    fn temporary_relations_made_without_temp_are_seen_too() {
+        let f = facts();
+        for sql in [
+            "CREATE VIEW pg_temp.orders AS SELECT id, pay FROM hr.salaries",
+            "CREATE TABLE pg_temp_3.x (id int)",
+            "SELECT * INTO TEMP orders FROM hr.salaries",
+        ] {
+            let c = ctx_classify(sql, Catalog::Known(&f), false);
+            assert!(c.creates_temp, "{sql}: {c:?}");
+        }
+        let c = ctx_classify(
+            "SELECT * INTO TEMP orders FROM hr.salaries",
+            Catalog::Known(&f),
+            false,
+        );
+        let create = c
+            .effects
+            .iter()
+            .find(|e| e.kind == Kind::Create)
+            .expect("a CREATE");
+        assert_eq!(create.tables, vec!["pg_temp.orders"]);
+        // What a temporary relation runs is never known.
+        let c = ctx_classify("DELETE FROM pg_temp.orders", Catalog::Known(&f), true);
+        assert!(c.effects.contains(&Effect {
+            functions: vec!["code of pg_temp.orders".into()],
+            ..Effect::new(Kind::Function)
+        }));
+    }
+
+    #[test]
+    fn unnest_in_from_is_a_call() {
+        let mut b = RelationsBuilder::default();
+        b.relation("public.orders".into(), RelationKind::Table);
+        let f = CatalogFacts::new(vec!["public".into()], ["unnest".to_owned()], b.build());
+        assert_eq!(
+            on("SELECT * FROM unnest(ARRAY[1, 2])", Catalog::Known(&f)),
+            vec![k(Kind::Select, &[]), k(Kind::Function, &["unnest"])]
+        );
+    }
+
+    #[test]
+    fn a_session_changing_the_catalog_distrusts_every_relation() {
+        let f = facts();
+        let c = ctx_classify("DELETE FROM orders WHERE id = 2", Catalog::Changing(&f), false);
+        assert!(c.uses_session);
+        assert_eq!(
+            c.effects
+                .iter()
+                .map(|e| (e.kind, e.tables.clone(), e.functions.clone()))
+                .collect::<Vec<_>>(),
+            vec![
+                (Kind::Delete, vec!["app.orders".to_owned()], vec![]),
+                (Kind::Function, vec![], vec!["code of app.orders".to_owned()])
+            ]
+        );
+    }
+
+    #[test]
+    fn code_on_writes_counts_unless_it_makes_a_value_for_the_row() {
+        let mut b = RelationsBuilder::default();
+        for t in ["public.serial", "public.wiped", "public.staging"] {
+            b.relation(t.into(), RelationKind::Table);
+        }
+        b.write_call("public.serial", call("pg_catalog.nextval", true));
+        b.write_call("public.wiped", call("pg_catalog.pg_terminate_backend", true));
+        b.write_call("public.staging", call("public.on_truncate", true));
+        let f = CatalogFacts::new(vec!["public".into()], Vec::<String>::new(), b.build());
+        let known = Catalog::Known(&f);
+        assert_eq!(
+            on("INSERT INTO serial DEFAULT VALUES", known),
+            vec![k(Kind::Insert, &["public.serial"])]
+        );
+        assert!(
+            on("INSERT INTO wiped DEFAULT VALUES", known)
+                .contains(&k(Kind::Function, &["pg_catalog.pg_terminate_backend"]))
+        );
+        assert!(on("TRUNCATE staging", known).contains(&k(Kind::Function, &["public.on_truncate"])));
+    }
+
     #[test]
     fn row_level_security_runs_on_every_access() {
         let f = facts();
