@@ -438,13 +438,16 @@ impl Node {
     /// flag form worth reading, and a test can look at the file.
     fn write_config(&self, cluster_name: &str, routes: &[String]) {
         let routes: String = routes.iter().map(|r| format!("    \"{r}\"\n")).collect();
+        // Clients reach only the servers they are given: a node announcing
+        // its address would let a client cut off behind a relay (a
+        // partition in the fault suite) go round it.
         let config = format!(
             "# Node {name} of a test cluster made by airlock-testkit.\n\
              server_name: {name}\n\
              listen: \"{ip}:{client}\"\n\
              http: \"{ip}:{monitor}\"\n\
              jetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n\
-             cluster {{\n  name: \"{cluster_name}\"\n  listen: \"{ip}:{cluster}\"\n  routes: [\n{routes}  ]\n}}\n",
+             cluster {{\n  name: \"{cluster_name}\"\n  listen: \"{ip}:{cluster}\"\n  no_advertise: true\n  routes: [\n{routes}  ]\n}}\n",
             name = self.name,
             ip = self.ip,
             client = self.client_port,
