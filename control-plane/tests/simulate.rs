@@ -40,7 +40,7 @@ policies:
 /// What statement `i` of a session is: a read or a delete of one of ten tables.
 fn statement(i: u64) -> (bool, u64, String) {
     let table = i % 10;
-    let delete = i % 3 == 0;
+    let delete = i.is_multiple_of(3);
     let sql = if delete {
         format!("DELETE FROM t{table} WHERE id = {}", i % 100)
     } else {
@@ -58,7 +58,7 @@ async fn write_log(log: &EventLog) {
     for s in 0..SESSIONS {
         let session = SessionId::generate();
         let mut chain = ChainWriter::new_chain(subjects::session(&session));
-        let mut on_session = |body: Body| {
+        let on_session = |body: Body| {
             let mut e = new_event(&source, body);
             e.session_id = session.to_string();
             e
