@@ -217,6 +217,17 @@ policies:
       - match: DELETE|DROP|UPDATE
         action: require-approval
     record: true
+shadow_policies:
+  # Tried on live traffic, never enforced: what holding every INSERT too
+  # would do (airlock-control replay shows where it disagrees).
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE|INSERT
+        action: require-approval
+    record: true
 signing:
   # Who may write the log: the control plane's decisions and the proxy's
   # facts are accepted only under these keys.

@@ -62,7 +62,7 @@ fn an_unknown_section_is_refused_with_its_place_and_the_list() {
     assert_eq!(
         err.to_string(),
         "airlock.yaml:3:1: unknown top-level section `contrl:`; the sections are nats, identity, \
-         approvals, control, reviewer, proxy, connections, policies, signing"
+         approvals, control, reviewer, proxy, connections, policies, shadow_policies, signing"
     );
 }
 
