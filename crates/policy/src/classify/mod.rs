@@ -221,10 +221,16 @@ fn unknown_relations(out: &mut Classification, unknown: impl Fn(&str) -> bool) {
         }
     }
     for f in calls {
-        out.effects.push(Effect {
-            functions: vec![f],
-            ..Effect::new(Kind::Function)
-        });
+        let already = out
+            .effects
+            .iter()
+            .any(|e| e.kind == Kind::Function && e.functions == [f.as_str()]);
+        if !already {
+            out.effects.push(Effect {
+                functions: vec![f],
+                ..Effect::new(Kind::Function)
+            });
+        }
     }
 }
 
