@@ -220,6 +220,12 @@ fn unknown_relations(out: &mut Classification, unknown: impl Fn(&str) -> bool) {
             }
         }
     }
+    push_calls(out, calls);
+}
+
+/// A `FUNCTION` effect for each of `calls` the classification does not
+/// already have.
+fn push_calls(out: &mut Classification, calls: Vec<String>) {
     for f in calls {
         let already = out
             .effects
@@ -274,18 +280,7 @@ fn through_relations(out: &mut Classification, facts: &CatalogFacts, stale: bool
         }
         e.tables.extend(added);
     }
-    for f in calls {
-        let already = out
-            .effects
-            .iter()
-            .any(|e| e.kind == Kind::Function && e.functions == [f.as_str()]);
-        if !already {
-            out.effects.push(Effect {
-                functions: vec![f],
-                ..Effect::new(Kind::Function)
-            });
-        }
-    }
+    push_calls(out, calls);
 }
 
 /// A function a view or rule calls, known by the catalog's own record of
