@@ -79,6 +79,8 @@ function fail(message) {
     await card.locator("a.button").click();
     await page.waitForURL(base + "/requests/" + requestId);
     seen.requestStatement = await page.locator("pre.sql").first().innerText();
+    const shadow = page.locator("dd.shadow");
+    seen.shadow = (await shadow.count()) ? (await shadow.first().innerText()).replace(/\s+/g, " ").trim() : null;
     await page.fill("#reason", expected.reason || "checked in the browser");
     await page.click("#" + decision);
     await page.waitForURL(base + "/requests/" + requestId + "?voted=" + decision);

@@ -195,6 +195,11 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
         Some("granted"),
         "{seen}"
     );
+    assert_eq!(
+        seen["shadow"],
+        Value::Null,
+        "no shadow policy, no shadow line: {seen}"
+    );
 
     let rows = outcome(held)
         .await
@@ -208,7 +213,22 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
 
 #[tokio::test]
 async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused() {
-    let stack = StackBuilder::new().orders(20).reviewer().start_binaries();
+    // A shadow policy that would refuse the DELETE outright: the request
+    // page says so, and the enforced hold is what happens.
+    let access = crate::shadow::with_shadow(
+        "      - match: DELETE
+        tables: [public.orders]
+        action: deny
+        reason: <i>orders</i> are never deleted from next week
+      - match: SELECT
+        action: allow
+",
+    );
+    let stack = StackBuilder::new()
+        .orders(20)
+        .access(&access)
+        .reviewer()
+        .start_binaries();
     let agent = stack.agent_token();
     let statement = "DELETE FROM orders WHERE id = 17";
     let held = hold(&stack, &agent, statement).await;
@@ -237,6 +257,11 @@ async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused
         seen["state"].as_str().map(str::to_lowercase).as_deref(),
         Some("denied"),
         "{seen}"
+    );
+    assert_eq!(
+        seen["shadow"],
+        "would deny (not enforced): policy db-maintenance-agents, rule #1 match: DELETE, tables: [public.orders], action: deny — <i>orders</i> are never deleted from next week",
+        "the shadow policy's verdict, its reason as text: {seen}"
     );
 
     let err = outcome(held).await.expect_err("the denied DELETE never ran");

@@ -8,7 +8,9 @@ use std::time::Duration;
 use airlock_e2e::StackBuilder;
 use airlock_e2e::binaries::{SEED_RULES, hold};
 
-fn access() -> String {
+/// The enforced seed policy on the demo connection, with `shadow_rules`
+/// as a shadow policy for the same group beside it.
+pub(crate) fn with_shadow(shadow_rules: &str) -> String {
     format!(
         "connections:
   - name: prod-maintenance
@@ -23,14 +25,20 @@ shadow_policies:
   - policy: db-maintenance-agents
     connection: prod-maintenance
     rules:
-      - match: SELECT
+{shadow_rules}    record: true
+"
+    )
+}
+
+fn access() -> String {
+    with_shadow(
+        "      - match: SELECT
         tables: [public.orders]
         action: deny
         reason: orders are off limits from next week
       - match: SELECT
         action: allow
-    record: true
-"
+",
     )
 }
 
