@@ -205,6 +205,7 @@ control:
   listen: 127.0.0.1:7070
 proxy:
   listen: 127.0.0.1:6432
+  control: http://127.0.0.1:7070
 policies: []
 "#;
 

@@ -9,6 +9,7 @@ mod binaries;
 mod browser;
 mod catalog;
 mod config_check;
+mod config_schema;
 mod differential;
 mod drivers;
 mod fleet;

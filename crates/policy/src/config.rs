@@ -782,6 +782,15 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                 raw.policy
             )));
         }
+        if raw.reviewers.as_ref().is_some_and(Vec::is_empty) {
+            // Its holds (the default's included) could be approved by no
+            // one, and would be refused at once.
+            return Err(at_policy(format!(
+                "policy `{}` has `reviewers: []`{HINT}name at least one group, or leave `reviewers` out \
+                 to use `approvals.reviewers` of airlock.yaml",
+                raw.policy
+            )));
+        }
         // Record-only: a policy may let everything through, the unreadable
         // included, only if its rules gate nothing, and it must record.
         let allows = |f: &Option<Fallback>| matches!(f, Some(Fallback(Action::Allow)));

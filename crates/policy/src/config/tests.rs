@@ -205,6 +205,20 @@ fn approval_rule_without_reviewers_is_reported_at_the_rule() {
 }
 
 #[test]
+fn an_empty_reviewers_list_on_the_policy_is_reported() {
+    // Its holds could be approved by no one, the default's included; the
+    // airlock.yaml default must not hide that.
+    let text = "policy: g\nconnection: c\nreviewers: []\nrules:\n  - match: SELECT\n    action: allow\n";
+    let defaults = ApprovalDefaults {
+        reviewers: vec!["db-reviewers".into()],
+        timeout: None,
+    };
+    let e = Policy::from_yaml(text, "p.yaml", &defaults).expect_err("should be rejected");
+    assert!(e.to_string().contains("`reviewers: []`"), "{e}");
+    assert_eq!(line_of(&e), Some(1), "{e}");
+}
+
+#[test]
 fn config_checks_connections_and_groups() {
     let bad = SEED.replace("connection: prod-maintenance", "connection: prod");
     let e = PolicySet::from_config_yaml(&bad, "airlock.yaml").unwrap_err();
