@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::{ReadFilter, StoredEvent};
-use airlock_policy::{Action, Catalog, Policy, PolicySet, PreparedStatements, Verdict, VerdictCache};
+use airlock_policy::{
+    Action, Catalog, Policy, PolicySet, PreparedStatements, SessionNames, Verdict, VerdictCache,
+};
 use futures::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -152,8 +154,8 @@ struct Session {
     /// Indices into the candidate's policies.
     policies: Vec<usize>,
     prepared: PreparedStatements,
-    /// It made temporary relations.
-    temp_relations: bool,
+    /// What it did to how its names resolve.
+    names: SessionNames,
 }
 
 /// The simulation, fed the log's events in order.
@@ -248,7 +250,7 @@ impl Simulation {
                         connection,
                         policies,
                         prepared: PreparedStatements::new(),
-                        temp_relations: false,
+                        names: SessionNames::default(),
                     },
                 );
             }
@@ -404,7 +406,7 @@ impl Simulation {
                 &statement.text,
                 schema,
                 Catalog::Assumed,
-                session.temp_relations,
+                session.names,
                 &session.prepared,
             );
             if strictest.as_ref().is_none_or(|s| v.action > s.action) {
@@ -413,7 +415,7 @@ impl Simulation {
         }
         if ran && let Some(v) = &strictest {
             session.prepared.apply(&v.prepared_changes);
-            session.temp_relations |= v.creates_temp;
+            session.names = v.names_after(session.names);
         }
         if !in_range {
             return;

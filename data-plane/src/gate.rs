@@ -111,9 +111,9 @@ pub struct SessionPolicy {
     pub catalog: Option<std::sync::Arc<crate::catalog::SessionCatalog>>,
     /// Shadow policies bound at login (by name): judged, never enforced.
     pub shadow_policies: Vec<String>,
-    /// The session may have made temporary relations, which shadow
-    /// unqualified names.
-    pub temp_relations: bool,
+    /// What the session may have done to how its unqualified names
+    /// resolve (temporary relations, its own search path).
+    pub names: airlock_policy::SessionNames,
 }
 
 /// What a held statement waits for.

@@ -121,7 +121,7 @@ impl PolicyGate {
         sql: &str,
         schema: &str,
         catalog: Catalog<'_>,
-        temp_relations: bool,
+        session: airlock_policy::SessionNames,
         prepared: &airlock_policy::PreparedStatements,
     ) -> Option<Arc<airlock_policy::Verdict>> {
         let mut strictest: Option<Arc<airlock_policy::Verdict>> = None;
@@ -135,7 +135,7 @@ impl PolicyGate {
             };
             let v = self
                 .cache
-                .evaluate_on(policy, sql, schema, catalog, temp_relations, prepared);
+                .evaluate_on(policy, sql, schema, catalog, session, prepared);
             if strictest.as_ref().is_none_or(|s| v.action > s.action) {
                 strictest = Some(v);
             }
@@ -303,7 +303,7 @@ impl Gate for PolicyGate {
             sql,
             schema,
             catalog,
-            state.temp_relations,
+            state.names,
             &state.prepared,
         );
         // Shadow policies see the same statement, facts and session.
@@ -319,7 +319,7 @@ impl Gate for PolicyGate {
                 sql,
                 schema,
                 catalog,
-                state.temp_relations,
+                state.names,
                 &state.prepared,
             )
             .map(|v| Box::new(proto_verdict(&v)))
@@ -350,10 +350,12 @@ impl Gate for PolicyGate {
                 .iter()
                 .any(|e| e.effect.kind == airlock_policy::Kind::Do);
         // Whether it runs allowed or approved. A statement that may make a
-        // temporary relation is treated the same way: PostgreSQL plans
-        // statements prepared before it again, and their unqualified names
-        // may then be the temporary relation's, not what they were judged as.
-        let unseen = (opaque || v.creates_temp) && !matches!(v.action, airlock_policy::Action::Deny);
+        // temporary relation, or change the search path, is treated the
+        // same way: PostgreSQL plans statements prepared before it again,
+        // and their unqualified names may then be other relations than
+        // those they were judged as.
+        let unseen = (opaque || v.creates_temp || v.changes_search_path)
+            && !matches!(v.action, airlock_policy::Action::Deny);
         let on_finish: Option<crate::gate::OnFinish> = if unseen {
             let session = binding.session.clone();
             Some(Arc::new(move |_| {
@@ -376,10 +378,11 @@ impl Gate for PolicyGate {
                 }
             }))
         };
-        // A temporary relation shadows names for the rest of the session,
-        // from the moment it may be made.
-        if v.creates_temp && !matches!(v.action, airlock_policy::Action::Deny) {
-            state.temp_relations = true;
+        // A temporary relation shadows names, and a search path of the
+        // session's own moves them, for the rest of the session, from the
+        // moment the statement may run.
+        if !matches!(v.action, airlock_policy::Action::Deny) {
+            state.names = v.names_after(state.names);
         }
         // A statement that may change the catalog: this session judges
         // without facts while it is in flight and, once it has run, until

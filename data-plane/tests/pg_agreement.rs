@@ -130,7 +130,7 @@ async fn names_fold_and_truncate_as_postgresql_folds_them() {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog: airlock_policy::Catalog::Assumed,
-                temp_relations: false,
+                session: airlock_policy::SessionNames::default(),
             },
         );
         if let Some(airlock_policy::classify::PreparedChange::Prepare { name, .. }) =
@@ -229,7 +229,7 @@ async fn literals_end_where_postgresql_ends_them() {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog: airlock_policy::Catalog::Assumed,
-                temp_relations: false,
+                session: airlock_policy::SessionNames::default(),
             },
         );
         let pg = client.simple_query(&sql).await;

@@ -319,3 +319,69 @@ async fn a_temporary_view_does_not_pass_for_the_table_it_shadows() {
     );
     assert_eq!(counts(&stack).1, "5");
 }
+
+/// A session that sets its own search path (allowed here) resolves its
+/// unqualified names through it, not the role's: `orders` is then
+/// `vault.orders`, which a rule for `public.*` does not cover. Before,
+/// the gate took it for `public.orders` and let the DELETE run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_path_set_by_the_session_is_not_taken_for_the_roles() {
+    let rules = "      - match: SELECT|SET
+        action: allow
+      - functions: [set_config]
+        action: allow
+      - match: DELETE
+        tables: [public.*]
+        action: allow
+";
+    let setup = format!(
+        "{DATABASE}
+CREATE SCHEMA vault;
+CREATE TABLE vault.orders AS SELECT * FROM public.orders;
+GRANT USAGE ON SCHEMA vault TO maint;
+GRANT ALL ON vault.orders TO maint;
+"
+    );
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .rules(rules)
+            .database_setup(&setup)
+            .start_binaries()
+    });
+    let vault = || stack.pg.psql("shop", "SELECT count(*) FROM vault.orders");
+    let agent = stack.agent_token();
+    for set in [
+        "SET search_path = vault",
+        "SELECT set_config('search_path', 'vault', false)",
+    ] {
+        let (client, mut notices) = stack.connect(&agent).await;
+        // Prepared while the path is the role's: judged as public.orders.
+        let prepared = client
+            .prepare("DELETE FROM orders WHERE id = $1")
+            .await
+            .expect("prepared");
+        client
+            .simple_query(set)
+            .await
+            .unwrap_or_else(|e| panic!("{set}: {e:?}"));
+        // PostgreSQL plans it again against vault: it may not run as judged.
+        let err = client
+            .execute(&prepared, &[&1i32])
+            .await
+            .expect_err("a statement prepared before the path changed ran");
+        assert!(
+            format!("{err:?}").contains("42501") || format!("{err:?}").contains("26000"),
+            "{set}: {err:?}"
+        );
+        let text = "DELETE FROM orders WHERE id = 2";
+        let run = tokio::spawn(async move { client.simple_query(text).await });
+        let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{set}: the DELETE was not held (finished: {})", run.is_finished()))
+            .unwrap_or_else(|| panic!("{set}: no hold notice: the DELETE ran and the session ended"));
+        assert!(request_id(&notice).is_some(), "{set}: {notice}");
+        run.abort();
+        assert_eq!(vault(), "10", "{set}: vault.orders lost rows");
+    }
+    assert_eq!(counts(&stack).0, "10", "public.orders untouched");
+}

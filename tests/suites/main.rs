@@ -557,7 +557,7 @@ fn parse_coverage(suite: &str, ran: &BTreeSet<String>) {
         prepared: &prepared,
         max_statement_bytes: airlock_policy::DEFAULT_MAX_STATEMENT_BYTES,
         catalog: airlock_policy::Catalog::Assumed,
-        temp_relations: false,
+        session: airlock_policy::SessionNames::default(),
     };
     let mut unread: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for text in ran {

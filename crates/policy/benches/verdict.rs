@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
             prepared: &session,
             max_statement_bytes: 1 << 20,
             catalog: airlock_policy::Catalog::Assumed,
-            temp_relations: false,
+            session: airlock_policy::SessionNames::default(),
         };
         stages.bench_function(format!("{name}/classify"), |b| {
             b.iter(|| black_box(classify(black_box(sql), &ctx)))

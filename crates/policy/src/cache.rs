@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::classify::PreparedStatements;
+use crate::classify::{PreparedStatements, SessionNames};
 use crate::config::Policy;
 use crate::facts::Catalog;
 use crate::judge::Verdict;
@@ -73,7 +73,14 @@ impl VerdictCache {
         default_schema: &str,
         prepared: &PreparedStatements,
     ) -> Arc<Verdict> {
-        self.evaluate_on(policy, sql, default_schema, Catalog::Assumed, false, prepared)
+        self.evaluate_on(
+            policy,
+            sql,
+            default_schema,
+            Catalog::Assumed,
+            SessionNames::default(),
+            prepared,
+        )
     }
 
     /// The verdict for `sql` under `policy` against `catalog`, from the
@@ -84,21 +91,22 @@ impl VerdictCache {
         sql: &str,
         default_schema: &str,
         catalog: Catalog<'_>,
-        temp_relations: bool,
+        session: SessionNames,
         prepared: &PreparedStatements,
     ) -> Arc<Verdict> {
         // Long text is judged afresh: keeping it would make the cache's memory
         // unbounded in practice, and oversized text is refused anyway.
-        // A session with temporary relations is judged against its own
-        // names: never from, or into, the shared cache.
+        // A session with temporary relations, or its own search path, is
+        // judged against its own names: never from, or into, the shared
+        // cache.
         let cacheable_size =
-            !temp_relations && sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
+            !session.any() && sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
         let facts = catalog.key();
         let key = Self::key(policy.digest(), default_schema, facts, sql);
         if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, facts, sql) {
             return hit;
         }
-        let verdict = Arc::new(policy.evaluate_on(sql, default_schema, catalog, temp_relations, prepared));
+        let verdict = Arc::new(policy.evaluate_on(sql, default_schema, catalog, session, prepared));
         if cacheable_size && !verdict.uses_session {
             self.store(
                 key,

@@ -175,6 +175,20 @@ impl CatalogFacts {
         self.relations.get(qualified)
     }
 
+    /// Every relation named `bare` (as PostgreSQL folds it), whatever its
+    /// schema, sorted: what an unqualified name may be when the session's
+    /// search path is not known.
+    pub fn named(&self, bare: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .relations
+            .keys()
+            .filter(|q| q.strip_suffix(bare).is_some_and(|schema| schema.ends_with('.')))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
     /// How many relations and functions the facts hold (for logs).
     pub fn size(&self) -> (usize, usize) {
         (self.relations.len(), self.functions.len())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::classify::{Classification, ClassifyContext, Effect, PreparedChange, classify};
+use crate::classify::{Classification, ClassifyContext, Effect, PreparedChange, SessionNames, classify};
 use crate::config::{Action, Policy, Rule};
 use crate::facts::Catalog;
 use crate::glob;
@@ -79,6 +79,10 @@ pub struct Verdict {
     /// The text makes a temporary relation ([`Classification::creates_temp`]).
     #[serde(skip)]
     pub creates_temp: bool,
+    /// The text may change the session's search path
+    /// ([`Classification::changes_search_path`]).
+    #[serde(skip)]
+    pub changes_search_path: bool,
     /// Changes to the session's prepared statements once the statement runs.
     #[serde(skip)]
     pub prepared_changes: Vec<PreparedChange>,
@@ -123,20 +127,36 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// What `session` becomes once this statement has run, or may have.
+    pub fn names_after(&self, session: SessionNames) -> SessionNames {
+        SessionNames {
+            temp_relations: session.temp_relations || self.creates_temp,
+            search_path_changed: session.search_path_changed || self.changes_search_path,
+        }
+    }
+}
+
 impl Policy {
     /// Classifies and judges `sql` under this policy's size limit.
     pub fn evaluate(&self, sql: &str, default_schema: &str, prepared: &crate::PreparedStatements) -> Verdict {
-        self.evaluate_on(sql, default_schema, Catalog::Assumed, false, prepared)
+        self.evaluate_on(
+            sql,
+            default_schema,
+            Catalog::Assumed,
+            SessionNames::default(),
+            prepared,
+        )
     }
 
     /// Classifies and judges `sql` against what `catalog` says of the
-    /// database it will run on.
+    /// database it will run on, for a session that did `session`.
     pub fn evaluate_on(
         &self,
         sql: &str,
         default_schema: &str,
         catalog: Catalog<'_>,
-        temp_relations: bool,
+        session: SessionNames,
         prepared: &crate::PreparedStatements,
     ) -> Verdict {
         let ctx = ClassifyContext {
@@ -144,7 +164,7 @@ impl Policy {
             prepared,
             max_statement_bytes: self.max_statement_bytes,
             catalog,
-            temp_relations,
+            session,
         };
         self.judge(&classify(sql, &ctx))
     }
@@ -167,6 +187,7 @@ impl Policy {
             executed_names: c.executed_names.clone(),
             prepared_changes: c.prepared_changes.clone(),
             creates_temp: c.creates_temp,
+            changes_search_path: c.changes_search_path,
         };
         if let Some(bytes) = c.oversized {
             verdict.action = Action::Deny;
@@ -431,7 +452,7 @@ fn acts_on_relations(kind: Kind) -> bool {
 }
 
 /// For a deny or a hold: whether `pattern` names a table that `table` (a
-/// name, `schema.*` or `*.*`) may be.
+/// name, `schema.*`, `*.name` or `*.*`) may be.
 fn may_touch(pattern: &str, table: &str) -> bool {
     if pattern == "*" {
         return true;
@@ -439,15 +460,23 @@ fn may_touch(pattern: &str, table: &str) -> bool {
     match table.rsplit_once('.') {
         Some(("*", "*")) => true,
         Some((schema, "*")) => glob::matches(pattern.split('.').next().unwrap_or(pattern), schema),
+        // A relation of that name in a schema not known.
+        Some(("*", name)) => glob::matches(pattern.rsplit_once('.').map_or(pattern, |(_, t)| t), name),
         _ => glob::matches(pattern, table),
     }
 }
 
 /// For an allow: whether `pattern` covers every table that `table` (a name,
-/// `schema.*` or `*.*`) may be.
+/// `schema.*`, `*.name` or `*.*`) may be.
 fn covers_every(pattern: &str, table: &str) -> bool {
     match table.rsplit_once('.') {
         Some(("*", "*")) => false,
+        Some(("*", name)) => {
+            pattern == "*"
+                || pattern
+                    .rsplit_once('.')
+                    .is_some_and(|(s, t)| s.chars().all(|c| c == '*') && glob::matches(t, name))
+        }
         Some((schema, "*")) => {
             pattern == "*"
                 || pattern

@@ -109,7 +109,7 @@ pub use cache::VerdictCache;
 
 pub use classify::{
     Classification, ClassifyContext, DEFAULT_MAX_STATEMENT_BYTES, Effect, PreparedChange, PreparedStatements,
-    classify, prepared_key,
+    SessionNames, classify, prepared_key,
 };
 pub use config::{Action, Policy, PolicySet, Rule};
 pub use error::{Location, PolicyError};

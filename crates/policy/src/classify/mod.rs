@@ -77,10 +77,29 @@ pub struct ClassifyContext<'a> {
     pub max_statement_bytes: usize,
     /// What the database's catalog says about the names (see [`crate::facts`]).
     pub catalog: Catalog<'a>,
-    /// This session has made temporary relations (which the catalog facts,
-    /// read on another connection, never show): unqualified names may be
-    /// theirs.
+    /// What this session did that changes how its unqualified names resolve.
+    pub session: SessionNames,
+}
+
+/// What a session has done that changes how PostgreSQL resolves its
+/// unqualified names, which the catalog facts (read on another connection,
+/// as a fresh session sees the database) cannot show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionNames {
+    /// It may have made temporary relations: an unqualified name may be
+    /// one of them.
     pub temp_relations: bool,
+    /// It may have changed its search path (`SET search_path`, `SET ROLE`,
+    /// text whose effects are unknown): an unqualified name may be a
+    /// relation of that name in any schema.
+    pub search_path_changed: bool,
+}
+
+impl SessionNames {
+    /// Whether names resolve differently from a fresh session's.
+    pub fn any(self) -> bool {
+        self.temp_relations || self.search_path_changed
+    }
 }
 
 /// One thing a statement does: a kind with the tables and functions it
@@ -151,15 +170,26 @@ pub struct Classification {
     /// statement has run.
     pub prepared_changes: Vec<PreparedChange>,
     /// The text makes a temporary relation: from then on the session's
-    /// unqualified names may be its ([`ClassifyContext::temp_relations`]).
+    /// unqualified names may be its ([`SessionNames::temp_relations`]).
     pub creates_temp: bool,
+    /// The text may change the session's search path: from then on an
+    /// unqualified name may be in any schema
+    /// ([`SessionNames::search_path_changed`]).
+    pub changes_search_path: bool,
 }
 
 /// Classifies every statement in `sql`.
 pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     let mut out = classify_text(sql, ctx);
     // Judged against this session's own objects: never shared.
-    out.uses_session |= ctx.temp_relations;
+    out.uses_session |= ctx.session.any();
+    // SET ROLE changes what `$user` in the path means; text whose effects
+    // are unknown (unparsed, a DO block) may set anything.
+    out.changes_search_path |= out.unparsed.is_some()
+        || out
+            .effects
+            .iter()
+            .any(|e| matches!(e.kind, Kind::SetRole | Kind::Do));
     match ctx.catalog {
         Catalog::Known(facts) => through_relations(&mut out, facts, false),
         Catalog::Stale(facts) => through_relations(&mut out, facts, true),
@@ -452,15 +482,31 @@ impl Classifier<'_, '_> {
     /// scanner). One, except for an unqualified `pg_*` name that may be in
     /// `pg_catalog` or the default schema (see [`catalog::resolve_unqualified`]).
     fn qualify(&self, parts: &[String]) -> Vec<String> {
-        if let [table] = parts
-            && self.ctx.temp_relations
-        {
-            // This session made temporary relations: the name may be one.
-            let mut out = vec![format!("pg_temp.{table}")];
-            out.extend(self.qualify_searched(parts));
-            return out;
+        let session = self.ctx.session;
+        let [table] = parts else {
+            return self.qualify_searched(parts);
+        };
+        if !session.any() {
+            return self.qualify_searched(parts);
         }
-        self.qualify_searched(parts)
+        let mut out = Vec::new();
+        if session.temp_relations {
+            // This session made temporary relations: the name may be one.
+            out.push(format!("pg_temp.{table}"));
+        }
+        out.extend(self.qualify_searched(parts));
+        if session.search_path_changed {
+            // The session's path is not the facts': the name may be any
+            // schema's relation of that name (each known one with what it
+            // runs), or one no schema holds yet.
+            if let Catalog::Known(facts) | Catalog::Stale(facts) | Catalog::Changing(facts) = self.ctx.catalog
+            {
+                out.extend(facts.named(table));
+            }
+            out.push(format!("*.{table}"));
+            out = dedup(out);
+        }
+        out
     }
 
     fn qualify_searched(&self, parts: &[String]) -> Vec<String> {
@@ -486,7 +532,7 @@ impl Classifier<'_, '_> {
     /// The name a CREATE makes: a temporary relation lives in the
     /// session's temporary schema, `pg_temp`, which PostgreSQL searches
     /// before any other for relations, so once made it shadows the name
-    /// everywhere in the session ([`ClassifyContext::temp_relations`]).
+    /// everywhere in the session ([`SessionNames::temp_relations`]).
     fn created(&mut self, name: &ObjectName, temporary: bool) -> Vec<String> {
         self.created_parts(&object_parts(name), temporary)
     }
@@ -621,6 +667,9 @@ impl Classifier<'_, '_> {
         }
         if reading::sets_role_by_call(statement) {
             self.push(Effect::new(Kind::SetRole));
+        }
+        if reading::changes_search_path(statement) {
+            self.out.changes_search_path = true;
         }
     }
 

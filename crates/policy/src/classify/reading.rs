@@ -24,7 +24,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     AlterRoleOperation, BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
-    ObjectNamePart, SelectItem, Set, SetConfigValue, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
+    ObjectNamePart, ResetConfig, SelectItem, Set, SetConfigValue, SetExpr, Statement, TableFactor, Value,
+    Visit, Visitor,
 };
 
 /// A configuration parameter's name as PostgreSQL looks it up: the values
@@ -153,6 +154,42 @@ pub(super) fn sets_role_by_call(statement: &Statement) -> bool {
     set_config_calls(statement)
         .iter()
         .any(|c| c.name.as_deref().is_none_or(is_role_setting))
+}
+
+/// Whether `statement` may change the session's search path, after which
+/// its unqualified names no longer resolve as a fresh session's do (the
+/// catalog facts' view): SET of `search_path` (or its alias `schema`), in
+/// any form; `set_config` of it, or of a name computed at run time; and
+/// `ALTER ROLE ... SET|RESET` of it or of everything (the role's default,
+/// which a `RESET` in this session would then take). `SET ROLE` changes
+/// what `$user` means: the caller counts it too.
+pub(super) fn changes_search_path(statement: &Statement) -> bool {
+    let path = |name: &str| name.eq_ignore_ascii_case("search_path") || name.eq_ignore_ascii_case("schema");
+    let named = match statement {
+        Statement::Set(Set::SingleAssignment { variable, .. }) => path(&setting_name(variable)),
+        Statement::Set(Set::MultipleAssignments { assignments }) => {
+            assignments.iter().any(|a| path(&setting_name(&a.name)))
+        }
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
+            variables.iter().any(|v| path(&setting_name(v)))
+        }
+        Statement::AlterRole {
+            operation: AlterRoleOperation::Set { config_name, .. },
+            ..
+        } => path(&setting_name(config_name)),
+        Statement::AlterRole {
+            operation: AlterRoleOperation::Reset { config_name, .. },
+            ..
+        } => match config_name {
+            ResetConfig::ALL => true,
+            ResetConfig::ConfigName(name) => path(&setting_name(name)),
+        },
+        _ => false,
+    };
+    named
+        || set_config_calls(statement)
+            .iter()
+            .any(|c| c.name.as_deref().is_none_or(path))
 }
 
 /// One `set_config(setting_name, new_value, is_local)` call: its name and

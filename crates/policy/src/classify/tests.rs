@@ -9,7 +9,7 @@ fn effects(sql: &str) -> Classification {
             prepared: &prepared,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
-            temp_relations: false,
+            session: SessionNames::default(),
         },
     )
 }
@@ -192,7 +192,7 @@ fn prepare_then_execute_is_judged_as_prepared() {
             prepared: p,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
-            temp_relations: false,
+            session: SessionNames::default(),
         }
     }
     let c = classify("PREPARE wipe AS DELETE FROM orders", &ctx(&prepared));
@@ -219,7 +219,7 @@ fn names_fold_as_postgresql_folds_them_in_ascii_only() {
             prepared: p,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
-            temp_relations: false,
+            session: SessionNames::default(),
         }
     }
     let mut prepared = PreparedStatements::new();
@@ -255,7 +255,7 @@ fn oversized_text_is_not_parsed() {
             prepared: &prepared,
             max_statement_bytes: 4,
             catalog: crate::Catalog::Assumed,
-            temp_relations: false,
+            session: SessionNames::default(),
         },
     );
     assert_eq!(c.oversized, Some(8));
@@ -272,7 +272,7 @@ fn default_schema_and_quoting() {
             prepared: &prepared,
             max_statement_bytes: 1 << 20,
             catalog: crate::Catalog::Assumed,
-            temp_relations: false,
+            session: SessionNames::default(),
         },
     );
     assert_eq!(c.effects[0].tables, vec!["sales.Orders"]);
@@ -392,7 +392,7 @@ fn session(prepared: &PreparedStatements) -> ClassifyContext<'_> {
         prepared,
         max_statement_bytes: 1 << 20,
         catalog: crate::Catalog::Assumed,
-        temp_relations: false,
+        session: SessionNames::default(),
     }
 }
 
@@ -958,7 +958,7 @@ mod against_the_catalog {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog,
-                temp_relations: false,
+                session: SessionNames::default(),
             },
         )
         .effects
@@ -1228,7 +1228,7 @@ mod against_the_catalog {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog: known,
-                temp_relations: false,
+                session: SessionNames::default(),
             },
         );
         assert!(c.creates_temp);
@@ -1245,7 +1245,10 @@ mod against_the_catalog {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog: known,
-                temp_relations: true,
+                session: SessionNames {
+                    temp_relations: true,
+                    ..SessionNames::default()
+                },
             },
         );
         assert_eq!(after.effects[0].tables, vec!["pg_temp.orders", "app.orders"]);
@@ -1253,6 +1256,17 @@ mod against_the_catalog {
     }
 
     fn ctx_classify(sql: &str, catalog: Catalog<'_>, temp_relations: bool) -> Classification {
+        in_session(
+            sql,
+            catalog,
+            SessionNames {
+                temp_relations,
+                ..SessionNames::default()
+            },
+        )
+    }
+
+    fn in_session(sql: &str, catalog: Catalog<'_>, session: SessionNames) -> Classification {
         let prepared = PreparedStatements::new();
         classify(
             sql,
@@ -1261,9 +1275,89 @@ mod against_the_catalog {
                 prepared: &prepared,
                 max_statement_bytes: 1 << 20,
                 catalog,
-                temp_relations,
+                session,
             },
         )
+    }
+
+    fn shapes(c: &Classification) -> Vec<(Kind, Vec<String>)> {
+        c.effects.iter().map(|e| (e.kind, e.tables.clone())).collect()
+    }
+
+    #[test]
+    fn statements_that_may_change_the_search_path_are_seen() {
+        let f = facts();
+        for sql in [
+            "SET search_path = hr, public",
+            "SET LOCAL search_path TO hr",
+            "SET SESSION \"SEARCH_PATH\" = hr",
+            "SET search_path = DEFAULT",
+            "SET SCHEMA 'hr'",
+            "SET ROLE other",
+            "SET role = other",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION other",
+            "SELECT set_config('search_path', 'hr', false)",
+            "SELECT pg_catalog.set_config('Search_Path', 'hr', true)",
+            "SELECT set_config(name, 'hr', false) FROM t",
+            "ALTER ROLE CURRENT_USER SET search_path = hr",
+            "ALTER ROLE me RESET ALL",
+            "DO $$ BEGIN PERFORM set_config('search_path', 'hr', false); END $$",
+            "this is not sql",
+        ] {
+            let c = in_session(sql, Catalog::Known(&f), SessionNames::default());
+            assert!(c.changes_search_path, "{sql}");
+        }
+        for sql in [
+            "SET statement_timeout = 0",
+            "SET TIME ZONE 'UTC'",
+            "SELECT set_config('application_name', 'x', false)",
+            "SHOW search_path",
+            "SELECT current_setting('search_path')",
+            "RESET statement_timeout",
+            "DISCARD ALL",
+            "SELECT * FROM orders",
+        ] {
+            let c = in_session(sql, Catalog::Known(&f), SessionNames::default());
+            assert!(!c.changes_search_path, "{sql}");
+        }
+    }
+
+    #[test]
+    fn after_the_search_path_changed_an_unqualified_name_may_be_any_schemas() {
+        let f = facts();
+        let moved = SessionNames {
+            search_path_changed: true,
+            ..SessionNames::default()
+        };
+        let c = in_session("DELETE FROM orders WHERE id = 1", Catalog::Known(&f), moved);
+        assert_eq!(
+            shapes(&c),
+            vec![k(Kind::Delete, &["app.orders", "public.orders", "*.orders"])]
+        );
+        assert!(c.uses_session, "never cached across sessions");
+        // A view of that name anywhere counts with what it runs.
+        let c = in_session("SELECT * FROM v_bad", Catalog::Known(&f), moved);
+        assert!(
+            c.effects
+                .iter()
+                .any(|e| e.kind == Kind::Function && e.functions == ["util.audit"]),
+            "{:?}",
+            c.effects
+        );
+        // pg_catalog's names too: the path may put a schema before it.
+        let c = in_session("SELECT * FROM pg_class", Catalog::Known(&f), moved);
+        assert!(
+            c.effects[0].tables.contains(&"*.pg_class".to_owned()),
+            "{:?}",
+            c.effects
+        );
+        // Qualified names are what they say.
+        let c = in_session("DELETE FROM public.orders", Catalog::Known(&f), moved);
+        assert_eq!(shapes(&c), vec![k(Kind::Delete, &["public.orders"])]);
+        // Without facts, the same.
+        let c = in_session("DELETE FROM orders", Catalog::Assumed, moved);
+        assert_eq!(shapes(&c), vec![k(Kind::Delete, &["public.orders", "*.orders"])]);
     }
 
     #[test]

@@ -316,3 +316,47 @@ fn read_write_transactions_are_judged_as_settings() {
         assert_eq!((v.action, v.kinds()), (Action::Deny, vec![Kind::Set]), "{sql}");
     }
 }
+
+#[test]
+fn after_a_change_of_search_path_table_scoped_rules_see_any_schema() {
+    let p = policy(
+        "policy: agents\nconnection: prod\nreviewers: [r]\nrules:\n  - match: DELETE\n    tables: [hr.*]\n    action: deny\n  - match: DELETE\n    tables: [public.*]\n    action: allow\n  - match: SELECT\n    tables: ['*.orders']\n    action: allow\n",
+    );
+    let moved = SessionNames {
+        search_path_changed: true,
+        ..SessionNames::default()
+    };
+    let judge = |sql: &str, session| {
+        p.evaluate_on(
+            sql,
+            "public",
+            Catalog::Assumed,
+            session,
+            &PreparedStatements::new(),
+        )
+        .action
+    };
+    // A fresh session's `orders` is public.orders.
+    assert_eq!(
+        judge("DELETE FROM scratch", SessionNames::default()),
+        Action::Allow
+    );
+    // Moved: `scratch` may be hr.scratch, which the deny names.
+    assert_eq!(judge("DELETE FROM scratch", moved), Action::Deny);
+    // Moved: the allow on public.* does not cover another schema's.
+    let p2 = policy(
+        "policy: agents\nconnection: prod\nreviewers: [r]\nrules:\n  - match: DELETE\n    tables: [public.*]\n    action: allow\n",
+    );
+    let v = p2.evaluate_on(
+        "DELETE FROM scratch",
+        "public",
+        Catalog::Assumed,
+        moved,
+        &PreparedStatements::new(),
+    );
+    assert_eq!(v.action, Action::RequireApproval);
+    assert!(v.uses_session);
+    // A pattern for any schema's `orders` covers it wherever it is.
+    assert_eq!(judge("SELECT * FROM orders", moved), Action::Allow);
+    assert_eq!(judge("SELECT * FROM public.orders", moved), Action::Allow);
+}
