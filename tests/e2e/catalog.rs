@@ -383,5 +383,13 @@ GRANT ALL ON vault.orders TO maint;
         run.abort();
         assert_eq!(vault(), "10", "{set}: vault.orders lost rows");
     }
+    // In one text: PostgreSQL looks the DELETE's names up after the SET ran.
+    assert_held(
+        &stack,
+        &agent,
+        "SET search_path = vault; DELETE FROM orders WHERE id = 3",
+    )
+    .await;
+    assert_eq!(vault(), "10", "vault.orders lost rows");
     assert_eq!(counts(&stack).0, "10", "public.orders untouched");
 }

@@ -55,6 +55,7 @@ pub(super) fn by_statement(tokens: Vec<TokenWithSpan>, ctx: &ClassifyContext<'_>
     let mut c = Classifier {
         ctx,
         out: &mut out,
+        session: ctx.session,
         top_variant: "",
         cascades: false,
     };
@@ -82,6 +83,7 @@ pub(super) fn by_statement(tokens: Vec<TokenWithSpan>, ctx: &ClassifyContext<'_>
                 c.push(effect);
             }
         }
+        c.settle();
     }
     Some(out)
 }

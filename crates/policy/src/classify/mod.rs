@@ -382,11 +382,13 @@ fn classify_text(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
             let mut c = Classifier {
                 ctx,
                 out: &mut out,
+                session: ctx.session,
                 top_variant: "",
                 cascades: false,
             };
             for statement in &statements {
                 c.statement(statement);
+                c.settle();
             }
         }
         Err(e) => {
@@ -466,6 +468,11 @@ fn kind_of_leading_words(words: &[String]) -> Option<Kind> {
 struct Classifier<'c, 'a> {
     ctx: &'c ClassifyContext<'a>,
     out: &'c mut Classification,
+    /// How the session's names resolve for the statement being classified:
+    /// the context's, plus what the text's earlier statements did
+    /// (PostgreSQL looks each statement's names up just before it runs,
+    /// after the ones before it in the text).
+    session: SessionNames,
     /// Variant name of the top-level statement being classified.
     top_variant: &'static str,
     /// The statement being classified has a `CASCADE` drop behaviour.
@@ -477,12 +484,24 @@ impl Classifier<'_, '_> {
         self.out.effects.push(effect);
     }
 
+    /// After each statement of the text: what it did to how the names of
+    /// the statements after it resolve.
+    fn settle(&mut self) {
+        self.session.temp_relations |= self.out.creates_temp;
+        self.session.search_path_changed |= self.out.changes_search_path
+            || self
+                .out
+                .effects
+                .iter()
+                .any(|e| matches!(e.kind, Kind::SetRole | Kind::Do));
+    }
+
     /// Resolves name parts to the `schema.table`s they may name, lowercase
     /// unless quoted (the parts come normalised from [`object_parts`] or the
     /// scanner). One, except for an unqualified `pg_*` name that may be in
     /// `pg_catalog` or the default schema (see [`catalog::resolve_unqualified`]).
     fn qualify(&self, parts: &[String]) -> Vec<String> {
-        let session = self.ctx.session;
+        let session = self.session;
         let [table] = parts else {
             return self.qualify_searched(parts);
         };

@@ -1324,6 +1324,62 @@ mod against_the_catalog {
     }
 
     #[test]
+    fn a_change_of_names_counts_for_the_statements_after_it_in_the_same_text() {
+        let f = facts();
+        let fresh = SessionNames::default();
+        let c = in_session(
+            "SET search_path = vault; DELETE FROM orders",
+            Catalog::Known(&f),
+            fresh,
+        );
+        assert_eq!(
+            shapes(&c),
+            vec![
+                k(Kind::Set, &[]),
+                k(Kind::Delete, &["app.orders", "public.orders", "*.orders"])
+            ]
+        );
+        // Before the SET, the role's path.
+        let c = in_session(
+            "DELETE FROM orders; SET search_path = vault",
+            Catalog::Known(&f),
+            fresh,
+        );
+        assert_eq!(
+            shapes(&c),
+            vec![k(Kind::Delete, &["app.orders"]), k(Kind::Set, &[])]
+        );
+        // The same for a temporary relation made earlier in the text.
+        let c = in_session(
+            "CREATE TEMP VIEW orders AS SELECT * FROM hr.salaries; DELETE FROM orders",
+            Catalog::Known(&f),
+            fresh,
+        );
+        let delete = c
+            .effects
+            .iter()
+            .find(|e| e.kind == Kind::Delete)
+            .expect("a DELETE");
+        assert!(
+            delete.tables.contains(&"pg_temp.orders".to_owned()),
+            "{:?}",
+            c.effects
+        );
+        // And for text read statement by statement (the fallback).
+        let c = in_session(
+            "SET search_path = vault; SET CONSTRAINTS ALL DEFERRED; DELETE FROM orders",
+            Catalog::Known(&f),
+            fresh,
+        );
+        let delete = c
+            .effects
+            .iter()
+            .find(|e| e.kind == Kind::Delete)
+            .expect("a DELETE");
+        assert!(delete.tables.contains(&"*.orders".to_owned()), "{:?}", c.effects);
+    }
+
+    #[test]
     fn after_the_search_path_changed_an_unqualified_name_may_be_any_schemas() {
         let f = facts();
         let moved = SessionNames {
