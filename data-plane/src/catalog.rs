@@ -59,6 +59,14 @@ impl Facts {
         }
     }
 
+    /// The search path a fresh session of the role has, as last read.
+    pub fn search_path(&self) -> Option<&[String]> {
+        match self {
+            Facts::Known(f) | Facts::Stale(f, _) | Facts::Changing(f) => Some(f.search_path()),
+            Facts::Unreadable(_) => None,
+        }
+    }
+
     /// The same facts, while this session's own change is not visible to
     /// them.
     fn changing(self) -> Facts {

@@ -294,6 +294,17 @@ impl Gate for PolicyGate {
             Some(c) => c.facts(),
             None => Facts::Unreadable("no catalog facts for this connection".into()),
         };
+        // A session keeps the search path it started with (`RESET` and
+        // `DISCARD ALL` go back to it), though `ALTER ROLE ... SET
+        // search_path` changes a fresh session's, which the facts follow:
+        // once the two differ, its names may be any schema's.
+        if let Some(path) = facts.search_path() {
+            match &state.start_path {
+                None => state.start_path = Some(path.to_vec()),
+                Some(start) if start.as_slice() != path => state.names.search_path_changed = true,
+                Some(_) => {}
+            }
+        }
         let catalog = facts.catalog();
         let names: Vec<&str> = binding.policies.iter().map(|r| r.name.as_str()).collect();
         let strictest = self.strictest(

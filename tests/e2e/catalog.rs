@@ -390,6 +390,19 @@ GRANT ALL ON vault.orders TO maint;
         "SET search_path = vault; DELETE FROM orders WHERE id = 3",
     )
     .await;
+    // A SQL PREPARE made under the role's path, executed after the SET in
+    // the same text: PostgreSQL plans it again against vault (review
+    // finding).
+    let (client, _notices) = stack.connect(&agent).await;
+    client
+        .simple_query("PREPARE d AS DELETE FROM orders WHERE id = $1")
+        .await
+        .expect("prepared as a DELETE on public.orders");
+    let err = client
+        .simple_query("SET search_path = vault; EXECUTE d(4)")
+        .await
+        .expect_err("EXECUTE of a statement prepared under another path ran");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err:?}");
     assert_eq!(vault(), "10", "vault.orders lost rows");
     assert_eq!(counts(&stack).0, "10", "public.orders untouched");
 }

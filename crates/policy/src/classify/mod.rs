@@ -183,13 +183,8 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     let mut out = classify_text(sql, ctx);
     // Judged against this session's own objects: never shared.
     out.uses_session |= ctx.session.any();
-    // SET ROLE changes what `$user` in the path means; text whose effects
-    // are unknown (unparsed, a DO block) may set anything.
-    out.changes_search_path |= out.unparsed.is_some()
-        || out
-            .effects
-            .iter()
-            .any(|e| matches!(e.kind, Kind::SetRole | Kind::Do));
+    // A path this text sets for certain; then code it runs may set one.
+    let sets_path = out.changes_search_path || out.effects.iter().any(|e| e.kind == Kind::SetRole);
     match ctx.catalog {
         Catalog::Known(facts) => through_relations(&mut out, facts, false),
         Catalog::Stale(facts) => through_relations(&mut out, facts, true),
@@ -201,7 +196,84 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
         Catalog::Unreadable => unknown_relations(&mut out, |_| true),
         Catalog::Assumed => {}
     }
+    writes_settings(&mut out);
+    out.changes_search_path |=
+        out.unparsed.is_some() || out.effects.iter().any(|e| moves_names(e, ctx.catalog));
+    if ctx.session.search_path_changed || sets_path {
+        calls_anywhere(&mut out, ctx.catalog);
+    }
     out
+}
+
+/// What may change the session's search path beyond the statements that
+/// name it: `SET ROLE` (what `$user` means), and code whose workings are
+/// unknown (a DO block, a call of user code, the code of a relation, a
+/// built-in that runs SQL text), which may call `set_config` itself.
+fn moves_names(e: &Effect, catalog: Catalog<'_>) -> bool {
+    match e.kind {
+        Kind::SetRole | Kind::Do => true,
+        Kind::Function | Kind::Call => {
+            e.functions.is_empty() || !e.functions.iter().all(|f| keeps_settings(f, catalog))
+        }
+        _ => false,
+    }
+}
+
+/// A call of a built-in whose effects are known and run no SQL text
+/// (`pg_cancel_backend`, `nextval`, `pg_advisory_lock`, ...; `set_config`
+/// is judged by its arguments): it cannot change the session's settings.
+fn keeps_settings(name: &str, catalog: Catalog<'_>) -> bool {
+    let (bare, qualified) = match name.strip_prefix("pg_catalog.") {
+        Some(bare) => (bare, true),
+        None => (name, false),
+    };
+    let shadowed = !qualified
+        && match catalog {
+            Catalog::Known(facts) => facts.defines_outside_catalog(bare),
+            Catalog::Assumed => false,
+            Catalog::Stale(_) | Catalog::Changing(_) | Catalog::Unreadable => true,
+        };
+    !shadowed && !bare.contains('.') && functions::is_known_side_effect(bare) && !bare.contains("_to_xml")
+}
+
+/// A write to `pg_settings` sets the parameter its row names (its rule
+/// calls `set_config`), which the text does not show: judged as a
+/// `set_config` of a name computed at run time, which could change how
+/// PostgreSQL reads text, the role and the search path.
+fn writes_settings(out: &mut Classification) {
+    let writes = out.effects.iter().any(|e| {
+        writes_through(e.kind)
+            && e.tables
+                .iter()
+                .any(|t| t == "pg_catalog.pg_settings" || t == "*.pg_settings")
+    });
+    if writes {
+        out.effects.push(Effect::new(Kind::ParserSetting));
+        out.effects.push(Effect::new(Kind::SetRole));
+        out.changes_search_path = true;
+    }
+}
+
+/// In a session whose search path may not be the facts', a bare call may
+/// be a function of that name in any schema placed before `pg_catalog`:
+/// named `*.f`, which an allow must name as such (`*.f` or `*`), while a
+/// deny of `f` still catches it. Only names some schema defines besides
+/// `pg_catalog` (all names, when the facts are not known for sure).
+fn calls_anywhere(out: &mut Classification, catalog: Catalog<'_>) {
+    let elsewhere = |name: &str| match catalog {
+        Catalog::Known(facts) => facts.defines_outside_catalog(name),
+        Catalog::Assumed => false,
+        Catalog::Stale(_) | Catalog::Changing(_) | Catalog::Unreadable => true,
+    };
+    for e in &mut out.effects {
+        if matches!(e.kind, Kind::Function | Kind::Call) {
+            for f in &mut e.functions {
+                if !f.contains(['.', ' ']) && elsewhere(f) {
+                    *f = format!("*.{f}");
+                }
+            }
+        }
+    }
 }
 
 /// Kinds whose relations run what the catalog attaches to them (a view's
@@ -488,12 +560,9 @@ impl Classifier<'_, '_> {
     /// the statements after it resolve.
     fn settle(&mut self) {
         self.session.temp_relations |= self.out.creates_temp;
-        self.session.search_path_changed |= self.out.changes_search_path
-            || self
-                .out
-                .effects
-                .iter()
-                .any(|e| matches!(e.kind, Kind::SetRole | Kind::Do));
+        let catalog = self.ctx.catalog;
+        self.session.search_path_changed |=
+            self.out.changes_search_path || self.out.effects.iter().any(|e| moves_names(e, catalog));
     }
 
     /// Resolves name parts to the `schema.table`s they may name, lowercase
@@ -650,6 +719,7 @@ impl Classifier<'_, '_> {
                 self.out.prepared_changes.push(PreparedChange::Prepare {
                     name: ident_name(name),
                     effects,
+                    names: self.session,
                 });
                 self.out.uses_session = true;
             }
@@ -1023,8 +1093,13 @@ impl Classifier<'_, '_> {
                     .map(|n| scan::join_parts(&object_parts(n)))
                     .unwrap_or_default();
                 match self.ctx.prepared.get(&name) {
-                    Some(effects) => self.out.effects.extend(effects.iter().cloned()),
-                    None => self.push(Effect {
+                    // PostgreSQL looks its names up again once the search
+                    // path or the temporary relations changed: what it was
+                    // judged as no longer holds.
+                    Some((effects, names)) if names == self.session => {
+                        self.out.effects.extend(effects.iter().cloned())
+                    }
+                    _ => self.push(Effect {
                         functions: vec![],
                         ..Effect::new(Kind::Execute)
                     }),

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::Effect;
+use super::{Effect, SessionNames};
 
 /// A change a statement makes to its session's prepared statements.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub enum PreparedChange {
     Prepare {
         name: String,
         effects: Vec<Effect>,
+        /// How the session's names resolved when it was prepared: the
+        /// effects hold only while they still resolve so.
+        names: SessionNames,
     },
     Deallocate {
         name: String,
@@ -28,7 +31,7 @@ pub enum PreparedChange {
 /// names lowercase), with the effects of what each one runs.
 #[derive(Debug, Clone, Default)]
 pub struct PreparedStatements {
-    by_name: HashMap<String, Vec<Effect>>,
+    by_name: HashMap<String, (Vec<Effect>, SessionNames)>,
 }
 
 impl PreparedStatements {
@@ -36,17 +39,21 @@ impl PreparedStatements {
         Self::default()
     }
 
-    /// The effects of `EXECUTE name`, if this session prepared `name`.
-    pub fn get(&self, name: &str) -> Option<&[Effect]> {
-        self.by_name.get(key(name)).map(Vec::as_slice)
+    /// The effects of `EXECUTE name`, if this session prepared `name`,
+    /// and how its names resolved then.
+    pub fn get(&self, name: &str) -> Option<(&[Effect], SessionNames)> {
+        self.by_name
+            .get(key(name))
+            .map(|(e, names)| (e.as_slice(), *names))
     }
 
     /// Applies what a statement did, once it has run successfully.
     pub fn apply(&mut self, changes: &[PreparedChange]) {
         for change in changes {
             match change {
-                PreparedChange::Prepare { name, effects } => {
-                    self.by_name.insert(key(name).to_owned(), effects.clone());
+                PreparedChange::Prepare { name, effects, names } => {
+                    self.by_name
+                        .insert(key(name).to_owned(), (effects.clone(), *names));
                 }
                 PreparedChange::Deallocate { name } => {
                     self.by_name.remove(key(name));

@@ -161,8 +161,9 @@ pub(super) fn sets_role_by_call(statement: &Statement) -> bool {
 /// catalog facts' view): SET of `search_path` (or its alias `schema`), in
 /// any form; `set_config` of it, or of a name computed at run time; and
 /// `ALTER ROLE ... SET|RESET` of it or of everything (the role's default,
-/// which a `RESET` in this session would then take). `SET ROLE` changes
-/// what `$user` means: the caller counts it too.
+/// which the facts then follow while this session keeps the path it
+/// started with). `SET ROLE` changes what `$user` means: the caller counts
+/// it too.
 pub(super) fn changes_search_path(statement: &Statement) -> bool {
     let path = |name: &str| name.eq_ignore_ascii_case("search_path") || name.eq_ignore_ascii_case("schema");
     let named = match statement {

@@ -1304,6 +1304,15 @@ mod against_the_catalog {
             "ALTER ROLE me RESET ALL",
             "DO $$ BEGIN PERFORM set_config('search_path', 'hr', false); END $$",
             "this is not sql",
+            // Code that may call set_config itself.
+            "SELECT util.audit(1)",
+            "SELECT lower(id) FROM orders",
+            "CALL app.tidy()",
+            "SELECT query_to_xml('SELECT set_config(''search_path'', ''hr'', false)', true, false, '')",
+            "SELECT * FROM v_bad",
+            // pg_settings' rule calls set_config.
+            "UPDATE pg_settings SET setting = 'hr' WHERE name = 'search_path'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'hr' WHERE name = 'search_path'",
         ] {
             let c = in_session(sql, Catalog::Known(&f), SessionNames::default());
             assert!(c.changes_search_path, "{sql}");
@@ -1313,7 +1322,7 @@ mod against_the_catalog {
             "SET TIME ZONE 'UTC'",
             "SELECT set_config('application_name', 'x', false)",
             "SHOW search_path",
-            "SELECT current_setting('search_path')",
+            "SELECT upper('a'), pg_cancel_backend(0), pg_catalog.nextval('s')",
             "RESET statement_timeout",
             "DISCARD ALL",
             "SELECT * FROM orders",
@@ -1377,6 +1386,142 @@ mod against_the_catalog {
             .find(|e| e.kind == Kind::Delete)
             .expect("a DELETE");
         assert!(delete.tables.contains(&"*.orders".to_owned()), "{:?}", c.effects);
+    }
+
+    #[test]
+    fn a_statement_prepared_under_other_names_is_not_trusted() {
+        let f = facts();
+        let mut prepared = PreparedStatements::new();
+        let delete = classify(
+            "PREPARE d AS DELETE FROM orders WHERE id = $1",
+            &ClassifyContext {
+                default_schema: "public",
+                prepared: &prepared,
+                max_statement_bytes: 1 << 20,
+                catalog: Catalog::Known(&f),
+                session: SessionNames::default(),
+            },
+        );
+        prepared.apply(&delete.prepared_changes);
+        let run = |sql: &str, session: SessionNames| {
+            classify(
+                sql,
+                &ClassifyContext {
+                    default_schema: "public",
+                    prepared: &prepared,
+                    max_statement_bytes: 1 << 20,
+                    catalog: Catalog::Known(&f),
+                    session,
+                },
+            )
+        };
+        let fresh = SessionNames::default();
+        assert_eq!(
+            shapes(&run("EXECUTE d(1)", fresh)),
+            vec![k(Kind::Delete, &["app.orders"])]
+        );
+        let moved = SessionNames {
+            search_path_changed: true,
+            ..fresh
+        };
+        for (sql, session) in [
+            ("EXECUTE d(1)", moved),
+            ("SET search_path = vault; EXECUTE d(1)", fresh),
+            (
+                "SELECT set_config('search_path', 'vault', false); EXPLAIN ANALYZE EXECUTE d(1)",
+                fresh,
+            ),
+            (
+                "CREATE TEMP VIEW orders AS SELECT * FROM hr.salaries; EXECUTE d(1)",
+                fresh,
+            ),
+        ] {
+            let c = run(sql, session);
+            assert!(
+                c.effects.iter().any(|e| e.kind == Kind::Execute),
+                "{sql}: judged as what was prepared: {:?}",
+                c.effects
+            );
+            assert!(!c.effects.iter().any(|e| e.kind == Kind::Delete), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writing_pg_settings_is_a_setting_of_any_name() {
+        let f = facts();
+        for sql in [
+            "UPDATE pg_settings SET setting = 'hr' WHERE name = 'search_path'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+        ] {
+            let c = in_session(sql, Catalog::Known(&f), SessionNames::default());
+            assert!(
+                c.effects.iter().any(|e| e.kind == Kind::ParserSetting),
+                "{sql}: {:?}",
+                c.effects
+            );
+            assert!(c.changes_search_path, "{sql}");
+        }
+        // Reading it is not.
+        let c = in_session(
+            "SELECT setting FROM pg_settings",
+            Catalog::Known(&f),
+            SessionNames::default(),
+        );
+        assert!(
+            !c.effects.iter().any(|e| e.kind == Kind::ParserSetting),
+            "{:?}",
+            c.effects
+        );
+    }
+
+    #[test]
+    fn after_the_search_path_changed_a_bare_call_may_be_any_schemas() {
+        let f = facts();
+        let moved = SessionNames {
+            search_path_changed: true,
+            ..SessionNames::default()
+        };
+        // `lower` is defined outside pg_catalog: it may be that one.
+        assert_eq!(
+            on_session("SELECT lower(id) FROM public.orders", Catalog::Known(&f), moved),
+            vec![
+                k(Kind::Select, &["public.orders"]),
+                k(Kind::Function, &["*.lower"])
+            ]
+        );
+        // Qualified calls are what they say; unshadowed built-ins stay so.
+        assert_eq!(
+            on_session("SELECT util.audit(1), upper('a')", Catalog::Known(&f), moved),
+            vec![k(Kind::Select, &[]), k(Kind::Function, &["util.audit"])]
+        );
+        // In the text that sets the path, too.
+        assert_eq!(
+            on_session(
+                "SET search_path = vault; SELECT lower(1)",
+                Catalog::Known(&f),
+                SessionNames::default()
+            ),
+            vec![
+                k(Kind::Set, &[]),
+                k(Kind::Select, &[]),
+                k(Kind::Function, &["*.lower"])
+            ]
+        );
+    }
+
+    fn on_session(sql: &str, catalog: Catalog<'_>, session: SessionNames) -> Vec<(Kind, Vec<String>)> {
+        in_session(sql, catalog, session)
+            .effects
+            .into_iter()
+            .map(|e| {
+                let names = if e.kind == Kind::Function {
+                    e.functions
+                } else {
+                    e.tables
+                };
+                (e.kind, names)
+            })
+            .collect()
     }
 
     #[test]
