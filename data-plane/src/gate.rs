@@ -114,9 +114,9 @@ pub struct SessionPolicy {
     /// What the session may have done to how its unqualified names
     /// resolve (temporary relations, its own search path).
     pub names: airlock_policy::SessionNames,
-    /// The role's search path in the facts when this session was first
-    /// judged: PostgreSQL keeps the one a session started with, though
-    /// the role's default (and so the facts) change.
+    /// The role's search path in the facts when this session logged in
+    /// (`None`: not read yet): PostgreSQL keeps the one a session started
+    /// with, though the role's default (and so the facts) change.
     pub start_path: Option<Vec<String>>,
 }
 

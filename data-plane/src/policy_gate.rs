@@ -298,12 +298,12 @@ impl Gate for PolicyGate {
         // `DISCARD ALL` go back to it), though `ALTER ROLE ... SET
         // search_path` changes a fresh session's, which the facts follow:
         // once the two differ, its names may be any schema's.
-        if let Some(path) = facts.search_path() {
-            match &state.start_path {
-                None => state.start_path = Some(path.to_vec()),
-                Some(start) if start.as_slice() != path => state.names.search_path_changed = true,
-                Some(_) => {}
-            }
+        // A session that started before any facts were read started with
+        // a path nobody knows.
+        if let Some(path) = facts.search_path()
+            && state.start_path.as_deref() != Some(path)
+        {
+            state.names.search_path_changed = true;
         }
         let catalog = facts.catalog();
         let names: Vec<&str> = binding.policies.iter().map(|r| r.name.as_str()).collect();

@@ -406,3 +406,71 @@ GRANT ALL ON vault.orders TO maint;
     assert_eq!(vault(), "10", "vault.orders lost rows");
     assert_eq!(counts(&stack).0, "10", "public.orders untouched");
 }
+
+/// PostgreSQL keeps the search path a session started with, though the
+/// role's default changes: a session that started under `vault` still
+/// reads `orders` as vault.orders after the facts (read again on SIGHUP)
+/// say a fresh session's path is `public` (review finding).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_keeps_the_path_it_started_with_when_the_roles_default_changes() {
+    let rules = "      - match: SELECT|SHOW
+        action: allow
+      - match: DELETE
+        tables: [public.*]
+        action: allow
+";
+    let setup = format!(
+        "{DATABASE}
+CREATE SCHEMA vault;
+CREATE TABLE vault.orders AS SELECT * FROM public.orders;
+GRANT USAGE ON SCHEMA vault TO maint;
+GRANT ALL ON vault.orders TO maint;
+ALTER ROLE maint IN DATABASE shop SET search_path = vault;
+"
+    );
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .rules(rules)
+            .database_setup(&setup)
+            .start_binaries()
+    });
+    let agent = stack.agent_token();
+    let (old, mut notices) = stack.connect(&agent).await;
+    let rows = old.simple_query("SHOW search_path").await.expect("show");
+    assert!(format!("{rows:?}").contains("vault"), "{rows:?}");
+    // Under vault, a DELETE of `orders` is not covered by public.*.
+    stack.pg.psql(
+        "shop",
+        "ALTER ROLE maint IN DATABASE shop SET search_path = public",
+    );
+    stack.signal_proxy("HUP");
+    // A fresh session now deletes from public.orders at once...
+    airlock_e2e::eventually(
+        "the facts to show the new path",
+        Duration::from_secs(15),
+        || async {
+            run_or_hold(&stack, &agent, "DELETE FROM orders WHERE id = 9")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(counts(&stack).0, "9");
+    // ...while the old session's is still held.
+    let delete = tokio::spawn(async move { old.simple_query("DELETE FROM orders WHERE id = 1").await });
+    let notice = tokio::time::timeout(Duration::from_secs(15), notices.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the old session's DELETE was not held (finished: {})",
+                delete.is_finished()
+            )
+        })
+        .unwrap_or_else(|| panic!("no hold notice: the DELETE ran and the session ended"));
+    assert!(request_id(&notice).is_some(), "{notice}");
+    assert_eq!(
+        stack.pg.psql("shop", "SELECT count(*) FROM vault.orders"),
+        "10",
+        "vault.orders lost a row"
+    );
+}

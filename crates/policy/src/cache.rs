@@ -99,8 +99,12 @@ impl VerdictCache {
         // A session with temporary relations, or its own search path, is
         // judged against its own names: never from, or into, the shared
         // cache.
-        let cacheable_size =
-            !session.any() && sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
+        // A session whose own change of the catalog is in flight judges
+        // differently from one whose facts are merely stale, under the
+        // same facts' key: never from the cache either.
+        let cacheable_size = !session.any()
+            && !matches!(catalog, Catalog::Changing(_))
+            && sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
         let facts = catalog.key();
         let key = Self::key(policy.digest(), default_schema, facts, sql);
         if cacheable_size && let Some(hit) = self.lookup(key, policy.digest(), default_schema, facts, sql) {

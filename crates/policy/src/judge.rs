@@ -393,6 +393,11 @@ pub(crate) fn rule_matches(rule: &Rule, effect: &Effect) -> bool {
             rule.functions.iter().any(|p| {
                 glob::matches(p, name)
                     || (!allow && glob::matches(p, name.rsplit('.').next().unwrap_or(name)))
+                    // `*.f`: `f` of a schema not known, which may be the one named.
+                    || (!allow
+                        && name
+                            .strip_prefix("*.")
+                            .is_some_and(|bare| glob::matches(p.rsplit('.').next().unwrap_or(p), bare)))
             })
         };
         if allow {

@@ -71,6 +71,14 @@ pub(super) async fn authenticate(login: &mut Login, gate: &dyn Gate) -> Result<L
         .clone();
     if let Some(c) = catalog {
         c.watch().first_read(binding.upstream.connect_timeout).await;
+        // The path the upstream session is about to start with, as the
+        // facts know it (`None` when they could not be read: unknown).
+        let start = c.facts().search_path().map(<[String]>::to_vec);
+        binding
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .start_path = start;
     }
 
     let forwarded: Vec<(String, String)> = login

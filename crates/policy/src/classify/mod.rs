@@ -197,8 +197,23 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
         Catalog::Assumed => {}
     }
     writes_settings(&mut out);
-    out.changes_search_path |=
-        out.unparsed.is_some() || out.effects.iter().any(|e| moves_names(e, ctx.catalog));
+    let moved = out.unparsed.is_some() || out.effects.iter().any(moves_names);
+    if moved && !sets_path && !ctx.session.search_path_changed && !out.changes_search_path {
+        // Code reached through a relation (known only once the whole text
+        // is read) may set the path before the text's later statements
+        // run: judge the whole text again as in a moved session.
+        let again = ClassifyContext {
+            session: SessionNames {
+                search_path_changed: true,
+                ..ctx.session
+            },
+            ..*ctx
+        };
+        let mut out = classify(sql, &again);
+        out.changes_search_path = true;
+        return out;
+    }
+    out.changes_search_path |= moved;
     if ctx.session.search_path_changed || sets_path {
         calls_anywhere(&mut out, ctx.catalog);
     }
@@ -206,34 +221,22 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
 }
 
 /// What may change the session's search path beyond the statements that
-/// name it: `SET ROLE` (what `$user` means), and code whose workings are
-/// unknown (a DO block, a call of user code, the code of a relation, a
-/// built-in that runs SQL text), which may call `set_config` itself.
-fn moves_names(e: &Effect, catalog: Catalog<'_>) -> bool {
+/// name it: `SET ROLE` (what `$user` means), a DO block, and built-ins
+/// known to set it unseen: `pg_catalog.set_config` as a relation's code
+/// calls it (its arguments are not in the text; a call in the text is
+/// judged by them, see [`reading::changes_search_path`]) and the built-ins
+/// that run SQL text. User functions may call `set_config` too, but
+/// counting every call of user code (trigger functions, extension
+/// functions, column defaults) would make drivers lose their prepared
+/// statements after ordinary writes: a documented limit.
+fn moves_names(e: &Effect) -> bool {
     match e.kind {
         Kind::SetRole | Kind::Do => true,
-        Kind::Function | Kind::Call => {
-            e.functions.is_empty() || !e.functions.iter().all(|f| keeps_settings(f, catalog))
-        }
+        Kind::Function | Kind::Call => e.functions.iter().any(|f| {
+            f == "pg_catalog.set_config" || f.rsplit('.').next().is_some_and(|bare| bare.contains("_to_xml"))
+        }),
         _ => false,
     }
-}
-
-/// A call of a built-in whose effects are known and run no SQL text
-/// (`pg_cancel_backend`, `nextval`, `pg_advisory_lock`, ...; `set_config`
-/// is judged by its arguments): it cannot change the session's settings.
-fn keeps_settings(name: &str, catalog: Catalog<'_>) -> bool {
-    let (bare, qualified) = match name.strip_prefix("pg_catalog.") {
-        Some(bare) => (bare, true),
-        None => (name, false),
-    };
-    let shadowed = !qualified
-        && match catalog {
-            Catalog::Known(facts) => facts.defines_outside_catalog(bare),
-            Catalog::Assumed => false,
-            Catalog::Stale(_) | Catalog::Changing(_) | Catalog::Unreadable => true,
-        };
-    !shadowed && !bare.contains('.') && functions::is_known_side_effect(bare) && !bare.contains("_to_xml")
 }
 
 /// A write to `pg_settings` sets the parameter its row names (its rule
@@ -560,9 +563,8 @@ impl Classifier<'_, '_> {
     /// the statements after it resolve.
     fn settle(&mut self) {
         self.session.temp_relations |= self.out.creates_temp;
-        let catalog = self.ctx.catalog;
         self.session.search_path_changed |=
-            self.out.changes_search_path || self.out.effects.iter().any(|e| moves_names(e, catalog));
+            self.out.changes_search_path || self.out.effects.iter().any(moves_names);
     }
 
     /// Resolves name parts to the `schema.table`s they may name, lowercase

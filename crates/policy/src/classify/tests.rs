@@ -1004,6 +1004,8 @@ mod against_the_catalog {
         ] {
             b.relation(v.into(), RelationKind::View);
         }
+        b.relation("public.v_set".into(), RelationKind::View);
+        b.read_call("public.v_set", call("pg_catalog.set_config", true));
         b.relation("public.m".into(), RelationKind::MaterializedView);
         b.reads("public.m", "public.orders".into());
         b.read_call("public.m", call("util.audit", true));
@@ -1304,12 +1306,9 @@ mod against_the_catalog {
             "ALTER ROLE me RESET ALL",
             "DO $$ BEGIN PERFORM set_config('search_path', 'hr', false); END $$",
             "this is not sql",
-            // Code that may call set_config itself.
-            "SELECT util.audit(1)",
-            "SELECT lower(id) FROM orders",
-            "CALL app.tidy()",
+            // Built-ins that set it unseen: SQL text, a view's set_config.
             "SELECT query_to_xml('SELECT set_config(''search_path'', ''hr'', false)', true, false, '')",
-            "SELECT * FROM v_bad",
+            "SELECT * FROM v_set",
             // pg_settings' rule calls set_config.
             "UPDATE pg_settings SET setting = 'hr' WHERE name = 'search_path'",
             "UPDATE pg_catalog.pg_settings SET setting = 'hr' WHERE name = 'search_path'",
@@ -1323,6 +1322,13 @@ mod against_the_catalog {
             "SELECT set_config('application_name', 'x', false)",
             "SHOW search_path",
             "SELECT upper('a'), pg_cancel_backend(0), pg_catalog.nextval('s')",
+            // User code may, but counting it would cost drivers their
+            // prepared statements after ordinary writes (a documented limit).
+            "SELECT util.audit(1)",
+            "SELECT lower(id) FROM orders",
+            "CALL app.tidy()",
+            "SELECT * FROM v_bad",
+            "SELECT current_setting('search_path')",
             "RESET statement_timeout",
             "DISCARD ALL",
             "SELECT * FROM orders",
@@ -1374,6 +1380,20 @@ mod against_the_catalog {
             "{:?}",
             c.effects
         );
+        // And after a view whose code sets the path (found only once the
+        // whole text is read): the text is judged again, moved.
+        let c = in_session(
+            "SELECT * FROM v_set; DELETE FROM orders",
+            Catalog::Known(&f),
+            fresh,
+        );
+        let delete = c
+            .effects
+            .iter()
+            .find(|e| e.kind == Kind::Delete)
+            .expect("a DELETE");
+        assert!(delete.tables.contains(&"*.orders".to_owned()), "{:?}", c.effects);
+        assert!(c.changes_search_path);
         // And for text read statement by statement (the fallback).
         let c = in_session(
             "SET search_path = vault; SET CONSTRAINTS ALL DEFERRED; DELETE FROM orders",

@@ -360,3 +360,37 @@ fn after_a_change_of_search_path_table_scoped_rules_see_any_schema() {
     assert_eq!(judge("SELECT * FROM orders", moved), Action::Allow);
     assert_eq!(judge("SELECT * FROM public.orders", moved), Action::Allow);
 }
+
+#[test]
+fn a_deny_of_a_qualified_function_catches_it_in_any_schema() {
+    let p = policy(
+        "policy: agents\nconnection: prod\nreviewers: [r]\nrules:\n  - functions: [vault.purge]\n    action: deny\n  - match: FUNCTION|SELECT|SET\n    action: allow\n",
+    );
+    let moved = SessionNames {
+        search_path_changed: true,
+        ..SessionNames::default()
+    };
+    // vault.purge exists; after a change of path, `purge()` may be it.
+    let facts = crate::CatalogFacts::new(
+        vec!["public".into()],
+        ["purge".to_owned()],
+        std::collections::HashMap::new(),
+    );
+    let known = Catalog::Known(&facts);
+    let v = p.evaluate_on(
+        "SET search_path = vault; SELECT purge()",
+        "public",
+        known,
+        SessionNames::default(),
+        &PreparedStatements::new(),
+    );
+    assert_eq!(v.action, Action::Deny, "{v:?}");
+    let v = p.evaluate_on(
+        "SELECT purge()",
+        "public",
+        known,
+        moved,
+        &PreparedStatements::new(),
+    );
+    assert_eq!(v.action, Action::Deny, "{v:?}");
+}
