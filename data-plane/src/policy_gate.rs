@@ -297,9 +297,8 @@ impl Gate for PolicyGate {
         // A session keeps the search path it started with (`RESET` and
         // `DISCARD ALL` go back to it), though `ALTER ROLE ... SET
         // search_path` changes a fresh session's, which the facts follow:
-        // once the two differ, its names may be any schema's.
-        // A session that started before any facts were read started with
-        // a path nobody knows.
+        // once the two differ (or the start was never known), its names
+        // may be any schema's.
         if let Some(path) = facts.search_path()
             && state.start_path.as_deref() != Some(path)
         {

@@ -63,6 +63,14 @@ GRANT ALL ON public.customers, public.stamped, hr.contracts TO maint;
 ALTER ROLE maint IN DATABASE shop SET search_path = hr, app, public;
 ";
 
+/// A schema off the role's path holding another `orders`.
+const VAULT: &str = "
+CREATE SCHEMA vault;
+CREATE TABLE vault.orders AS SELECT * FROM public.orders;
+GRANT USAGE ON SCHEMA vault TO maint;
+GRANT ALL ON vault.orders TO maint;
+";
+
 fn counts(stack: &BinaryStack) -> (String, String) {
     (
         stack.pg.psql("shop", "SELECT count(*) FROM public.orders"),
@@ -334,14 +342,7 @@ async fn a_search_path_set_by_the_session_is_not_taken_for_the_roles() {
         tables: [public.*]
         action: allow
 ";
-    let setup = format!(
-        "{DATABASE}
-CREATE SCHEMA vault;
-CREATE TABLE vault.orders AS SELECT * FROM public.orders;
-GRANT USAGE ON SCHEMA vault TO maint;
-GRANT ALL ON vault.orders TO maint;
-"
-    );
+    let setup = format!("{DATABASE}{VAULT}");
     let stack = tokio::task::block_in_place(|| {
         StackBuilder::new()
             .rules(rules)
@@ -419,15 +420,7 @@ async fn a_session_keeps_the_path_it_started_with_when_the_roles_default_changes
         tables: [public.*]
         action: allow
 ";
-    let setup = format!(
-        "{DATABASE}
-CREATE SCHEMA vault;
-CREATE TABLE vault.orders AS SELECT * FROM public.orders;
-GRANT USAGE ON SCHEMA vault TO maint;
-GRANT ALL ON vault.orders TO maint;
-ALTER ROLE maint IN DATABASE shop SET search_path = vault;
-"
-    );
+    let setup = format!("{DATABASE}{VAULT}ALTER ROLE maint IN DATABASE shop SET search_path = vault;\n");
     let stack = tokio::task::block_in_place(|| {
         StackBuilder::new()
             .rules(rules)

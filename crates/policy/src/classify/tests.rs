@@ -1282,6 +1282,13 @@ mod against_the_catalog {
         )
     }
 
+    fn the_delete(c: &Classification) -> &Effect {
+        c.effects
+            .iter()
+            .find(|e| e.kind == Kind::Delete)
+            .expect("a DELETE")
+    }
+
     fn shapes(c: &Classification) -> Vec<(Kind, Vec<String>)> {
         c.effects.iter().map(|e| (e.kind, e.tables.clone())).collect()
     }
@@ -1370,11 +1377,7 @@ mod against_the_catalog {
             Catalog::Known(&f),
             fresh,
         );
-        let delete = c
-            .effects
-            .iter()
-            .find(|e| e.kind == Kind::Delete)
-            .expect("a DELETE");
+        let delete = the_delete(&c);
         assert!(
             delete.tables.contains(&"pg_temp.orders".to_owned()),
             "{:?}",
@@ -1387,11 +1390,7 @@ mod against_the_catalog {
             Catalog::Known(&f),
             fresh,
         );
-        let delete = c
-            .effects
-            .iter()
-            .find(|e| e.kind == Kind::Delete)
-            .expect("a DELETE");
+        let delete = the_delete(&c);
         assert!(delete.tables.contains(&"*.orders".to_owned()), "{:?}", c.effects);
         assert!(c.changes_search_path);
         // And for text read statement by statement (the fallback).
@@ -1400,11 +1399,7 @@ mod against_the_catalog {
             Catalog::Known(&f),
             fresh,
         );
-        let delete = c
-            .effects
-            .iter()
-            .find(|e| e.kind == Kind::Delete)
-            .expect("a DELETE");
+        let delete = the_delete(&c);
         assert!(delete.tables.contains(&"*.orders".to_owned()), "{:?}", c.effects);
     }
 
