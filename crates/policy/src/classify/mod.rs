@@ -185,6 +185,8 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     out.uses_session |= ctx.session.any();
     // A path this text sets for certain; then code it runs may set one.
     let sets_path = out.changes_search_path || out.effects.iter().any(|e| e.kind == Kind::SetRole);
+    // What the statements themselves showed (and `settle` applied).
+    let seen_moving = out.effects.iter().any(moves_names);
     match ctx.catalog {
         Catalog::Known(facts) => through_relations(&mut out, facts, false),
         Catalog::Stale(facts) => through_relations(&mut out, facts, true),
@@ -198,7 +200,13 @@ pub fn classify(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     }
     writes_settings(&mut out);
     let moved = out.unparsed.is_some() || out.effects.iter().any(moves_names);
-    if moved && !sets_path && !ctx.session.search_path_changed && !out.changes_search_path {
+    if moved
+        && !seen_moving
+        && !sets_path
+        && !out.changes_search_path
+        && out.unparsed.is_none()
+        && !ctx.session.search_path_changed
+    {
         // Code reached through a relation (known only once the whole text
         // is read) may set the path before the text's later statements
         // run: judge the whole text again as in a moved session.
