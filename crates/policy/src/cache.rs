@@ -97,11 +97,10 @@ impl VerdictCache {
         // Long text is judged afresh: keeping it would make the cache's memory
         // unbounded in practice, and oversized text is refused anyway.
         // A session with temporary relations, or its own search path, is
-        // judged against its own names: never from, or into, the shared
-        // cache.
-        // A session whose own change of the catalog is in flight judges
-        // differently from one whose facts are merely stale, under the
-        // same facts' key: never from the cache either.
+        // judged against its own names, and one whose own change of the
+        // catalog is in flight differently from one whose facts are merely
+        // stale (under the same facts' key): never from, or into, the
+        // shared cache.
         let cacheable_size = !session.any()
             && !matches!(catalog, Catalog::Changing(_))
             && sql.len() <= MAX_CACHED_STATEMENT_BYTES.min(policy.max_statement_bytes);
