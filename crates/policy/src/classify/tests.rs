@@ -950,31 +950,10 @@ mod against_the_catalog {
     use crate::facts::{Called, CatalogFacts, RelationKind, RelationsBuilder};
 
     fn on(sql: &str, catalog: Catalog<'_>) -> Vec<(Kind, Vec<String>)> {
-        let prepared = PreparedStatements::new();
-        classify(
-            sql,
-            &ClassifyContext {
-                default_schema: "public",
-                prepared: &prepared,
-                max_statement_bytes: 1 << 20,
-                catalog,
-                session: SessionNames::default(),
-            },
-        )
-        .effects
-        .into_iter()
-        .map(|e| {
-            (
-                e.kind,
-                if e.kind == Kind::Function {
-                    e.functions
-                } else {
-                    e.tables
-                },
-            )
-        })
-        .collect()
+        on_session(sql, catalog, SessionNames::default())
     }
+
+    /// Each effect's kind with its functions (FUNCTION) or tables.
 
     fn call(name: &str, volatile: bool) -> Called {
         Called {
