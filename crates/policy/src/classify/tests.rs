@@ -953,8 +953,6 @@ mod against_the_catalog {
         on_session(sql, catalog, SessionNames::default())
     }
 
-    /// Each effect's kind with its functions (FUNCTION) or tables.
-
     fn call(name: &str, volatile: bool) -> Called {
         Called {
             name: name.into(),
@@ -1503,6 +1501,7 @@ mod against_the_catalog {
         );
     }
 
+    /// Each effect's kind with its functions (FUNCTION) or tables.
     fn on_session(sql: &str, catalog: Catalog<'_>, session: SessionNames) -> Vec<(Kind, Vec<String>)> {
         in_session(sql, catalog, session)
             .effects
