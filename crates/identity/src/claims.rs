@@ -12,14 +12,23 @@ use time::OffsetDateTime;
 
 use crate::config::IdentityConfig;
 use crate::error::{VerifyError, clip};
-use crate::identity::{ClientAppId, GroupId, GroupMembership, Identity, PrincipalKind, SubjectId, TenantId};
+use crate::identity::{
+    ClientAppId, GroupId, GroupMembership, GroupsSource, Identity, PrincipalKind, SubjectId, TenantId,
+};
+
+/// A mapped token, and whether its groups were left out (group overage).
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    pub identity: Identity,
+    pub overage: bool,
+}
 
 /// Checks the registered claims and maps the rest. `now` is Unix seconds.
 pub(crate) fn check_and_map(
     claims: &Map<String, Value>,
     config: &IdentityConfig,
     now: i64,
-) -> Result<Identity, VerifyError> {
+) -> Result<Mapped, VerifyError> {
     let issuer = check_issuer(claims, config)?;
     check_audience(claims, config)?;
     let expires = check_times(claims, config.leeway, now)?;
@@ -120,8 +129,11 @@ fn map_identity(
     config: &IdentityConfig,
     issuer: String,
     expires_at: OffsetDateTime,
-) -> Result<Identity, VerifyError> {
-    check_overage(claims, &config.groups_claim)?;
+) -> Result<Mapped, VerifyError> {
+    let overage = is_overage(claims, &config.groups_claim);
+    if overage && config.graph.is_none() {
+        return Err(VerifyError::GroupOverage);
+    }
 
     let subject = string(claims, "oid")?
         .or(string(claims, "sub")?)
@@ -140,42 +152,48 @@ fn map_identity(
         (_, false) => PrincipalKind::App,
         (_, true) => PrincipalKind::User,
     };
-    let groups = string_list(claims, &config.groups_claim)?
-        .into_iter()
-        .map(|id| GroupMembership {
-            name: config.group_name(&id).map(str::to_owned),
-            id: GroupId(id),
-        })
-        .collect();
-    Ok(Identity {
+    // An overage token's groups are Graph's to say (the verifier asks);
+    // whatever the token lists beside the overage marker is not trusted.
+    let groups = if overage {
+        Vec::new()
+    } else {
+        string_list(claims, &config.groups_claim)?
+            .into_iter()
+            .map(|id| GroupMembership {
+                name: config.group_name(&id).map(str::to_owned),
+                id: GroupId(id),
+            })
+            .collect()
+    };
+    let identity = Identity {
         subject: SubjectId(subject),
         kind,
         tenant: string(claims, "tid")?.map(TenantId),
         display_name,
         client_app: Some(ClientAppId(client_app)),
         groups,
+        groups_source: GroupsSource::Token,
         roles: string_list(claims, "roles")?,
+        acrs: string_list(claims, "acrs")?,
         scopes,
         issuer,
         expires_at,
-    })
+    };
+    Ok(Mapped { identity, overage })
 }
 
 /// Group overage: Entra omits the groups and points to Graph instead
 /// (`_claim_names: {"groups": "src1"}`), or, for implicit-flow v1 tokens,
-/// sets `hasgroups: true`. Either way the membership is unknown, and Airlock
-/// refuses rather than guess (it does not call Graph).
-fn check_overage(claims: &Map<String, Value>, groups_claim: &str) -> Result<(), VerifyError> {
+/// sets `hasgroups: true`. Either way the token does not say the
+/// membership: without `identity.graph` the token is refused rather than
+/// judged on a guess; with it, the verifier asks Graph.
+fn is_overage(claims: &Map<String, Value>, groups_claim: &str) -> bool {
     let named = claims
         .get("_claim_names")
         .and_then(Value::as_object)
         .is_some_and(|names| names.contains_key(groups_claim) || names.contains_key("groups"));
     let has_groups = claims.get("hasgroups") == Some(&Value::Bool(true));
-    if named || has_groups {
-        Err(VerifyError::GroupOverage)
-    } else {
-        Ok(())
-    }
+    named || has_groups
 }
 
 fn string(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<String>, VerifyError> {
@@ -199,7 +217,11 @@ fn first_string(claims: &Map<String, Value>, names: &[&'static str]) -> Result<O
 fn string_list(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, VerifyError> {
     // Claim names from configuration are not 'static; errors name the
     // well-known claim instead.
-    let label: &'static str = if claim == "roles" { "roles" } else { "groups claim" };
+    let label: &'static str = match claim {
+        "roles" => "roles",
+        "acrs" => "acrs",
+        _ => "groups claim",
+    };
     match claims.get(claim) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -272,7 +294,7 @@ mod tests {
 
     #[test]
     fn maps_a_user_token() {
-        let id = check_and_map(&base(), &config(), NOW).unwrap();
+        let id = check_and_map(&base(), &config(), NOW).unwrap().identity;
         assert_eq!(id.subject.0, "oid-1");
         assert_eq!(id.kind, PrincipalKind::User);
         assert_eq!(id.tenant.unwrap().0, "tid-1");
@@ -287,7 +309,7 @@ mod tests {
 
     #[test]
     fn kind_rule() {
-        let kind = |c: Value| check_and_map(&with(c), &config(), NOW).unwrap().kind;
+        let kind = |c: Value| check_and_map(&with(c), &config(), NOW).unwrap().identity.kind;
         assert_eq!(kind(json!({"idtyp": "app"})), PrincipalKind::App);
         assert_eq!(kind(json!({"scp": null})), PrincipalKind::App);
         assert_eq!(kind(json!({"idtyp": "user"})), PrincipalKind::User);
@@ -302,7 +324,8 @@ mod tests {
             &config(),
             NOW,
         )
-        .unwrap();
+        .unwrap()
+        .identity;
         assert_eq!(id.subject.0, "sub-1");
         assert_eq!(id.display_name.as_deref(), Some("ada@example.com"));
         assert_eq!(id.client_app.unwrap().0, "app-v1");
@@ -336,6 +359,27 @@ mod tests {
             let err = check_and_map(&with(change.clone()), &config(), NOW).unwrap_err();
             assert_eq!(err.code(), *code, "{change}: {err}");
         }
+    }
+
+    #[test]
+    fn overage_with_graph_configured_leaves_groups_to_graph() {
+        let mut with_graph = config();
+        with_graph.graph = Some(crate::graph::GraphConfig::new("client"));
+        // Groups listed beside the overage marker are not trusted.
+        let mapped = check_and_map(
+            &with(json!({"_claim_names": {"groups": "src1"}, "acrs": ["c1"]})),
+            &with_graph,
+            NOW,
+        )
+        .unwrap();
+        assert!(mapped.overage);
+        assert!(mapped.identity.groups.is_empty());
+        assert_eq!(mapped.identity.acrs, ["c1"]);
+        let plain = check_and_map(&base(), &with_graph, NOW).unwrap();
+        assert!(!plain.overage);
+        assert_eq!(plain.identity.groups.len(), 2);
+        let err = check_and_map(&with(json!({"acrs": "c1"})), &config(), NOW).unwrap_err();
+        assert_eq!(err.code(), "invalid_claim");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, FetchError};
 use crate::fetch::check_fetch_url;
+use crate::graph::GraphConfig;
 
 /// Default `leeway` for `exp` and `nbf`: clocks drift.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
@@ -49,6 +50,10 @@ pub struct IdentityConfig {
     /// Tokens longer than this are refused unread.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Microsoft Graph, asked which configured groups a caller is in when
+    /// its token has group overage. Without it such tokens are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<GraphConfig>,
 }
 
 /// A YAML scalar or sequence of strings.
@@ -99,6 +104,7 @@ impl IdentityConfig {
             group_names: BTreeMap::new(),
             leeway: DEFAULT_LEEWAY,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            graph: None,
         }
     }
 
@@ -153,6 +159,10 @@ impl IdentityConfig {
                     second: name.clone(),
                 });
             }
+        }
+        if let Some(graph) = &self.graph {
+            let issuer = self.issuers().first().cloned().unwrap_or_default();
+            graph.validate(&issuer)?;
         }
         match (&self.jwks_uri, self.discovery_url()) {
             (Some(uri), _) => check_fetch_url(uri).map(drop),

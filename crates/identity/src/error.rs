@@ -90,9 +90,13 @@ pub enum VerifyError {
     /// Entra left the groups out because there are too many (group overage:
     /// `_claim_names` names the groups claim, or `hasgroups` is set).
     #[error(
-        "token has too many groups for Entra to include them (group overage); Airlock does not call Microsoft Graph. Assign app roles and set identity.groups_claim: roles, or limit the groups claim in the app registration to groups assigned to the application"
+        "token has too many groups for Entra to include them (group overage), and identity.graph is not configured: set identity.graph so Airlock asks Microsoft Graph about the groups it names, or assign app roles and set identity.groups_claim: roles, or limit the groups claim in the app registration to groups assigned to the application"
     )]
     GroupOverage,
+    /// The token has group overage and Microsoft Graph could not say which
+    /// of the configured groups the caller is in.
+    #[error("token has group overage and its groups could not be resolved: {0}")]
+    GraphUnavailable(#[source] crate::graph::GraphError),
     /// No key material could be obtained at all (cold cache, issuer down).
     #[error("no signing keys available: {0}")]
     JwksUnavailable(#[source] FetchError),
@@ -124,6 +128,7 @@ impl VerifyError {
             VerifyError::InvalidClaim { .. } => "invalid_claim",
             VerifyError::NotAnAccessToken => "not_an_access_token",
             VerifyError::GroupOverage => "group_overage",
+            VerifyError::GraphUnavailable(_) => "graph_unavailable",
             VerifyError::JwksUnavailable(_) => "jwks_unavailable",
             VerifyError::Config(_) => "config",
         }
@@ -134,7 +139,9 @@ impl VerifyError {
     /// these as an outage rather than as a bad token.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            VerifyError::JwksUnavailable(_) | VerifyError::Config(_) => true,
+            VerifyError::JwksUnavailable(_) | VerifyError::Config(_) | VerifyError::GraphUnavailable(_) => {
+                true
+            }
             VerifyError::TokenTooLarge { .. }
             | VerifyError::Malformed { .. }
             | VerifyError::AlgorithmNotAllowed { .. }
@@ -221,6 +228,9 @@ pub enum ConfigError {
     /// (or http on loopback).
     #[error("identity: {0}")]
     Url(#[source] FetchError),
+    /// `identity.graph` is unusable.
+    #[error("identity.graph: {0}")]
+    Graph(String),
     /// The HTTP client could not be built (TLS roots, ...).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),

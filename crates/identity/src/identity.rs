@@ -50,6 +50,18 @@ pub struct GroupMembership {
     pub name: Option<String>,
 }
 
+/// Where an identity's groups came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupsSource {
+    /// The token's groups claim.
+    #[default]
+    Token,
+    /// Microsoft Graph, because the token had group overage; only the
+    /// groups Airlock's configuration names were asked about.
+    Graph,
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -63,8 +75,15 @@ pub struct Identity {
     pub client_app: Option<ClientAppId>,
     /// From the configured groups claim, in token order.
     pub groups: Vec<GroupMembership>,
+    /// Whether `groups` came from the token or, for a token with group
+    /// overage, from Microsoft Graph.
+    #[serde(default)]
+    pub groups_source: GroupsSource,
     /// App roles (`roles`).
     pub roles: Vec<String>,
+    /// Authentication contexts the sign-in met (`acrs`, Conditional Access).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acrs: Vec<String>,
     /// Delegated scopes (`scp`, space-separated in the token).
     pub scopes: Vec<String>,
     /// `iss`, as verified.

@@ -4,8 +4,9 @@
 //! and the reviewer API: a [`Verifier`] built from the `identity:` section of
 //! `airlock.yaml` ([`IdentityConfig`]) turns an access token into an
 //! [`Identity`] or a precise [`VerifyError`]. It does not decide what the
-//! caller may do (that is `airlock-policy`), and it never calls Microsoft
-//! Graph.
+//! caller may do (that is `airlock-policy`). It calls Microsoft Graph only
+//! for tokens with group overage, and only when `identity.graph` is set
+//! (see [`GraphConfig`]).
 //!
 //! What a token must satisfy, in order:
 //! 1. at most `max_token_bytes` (default 16 KiB), three base64url segments;
@@ -18,7 +19,7 @@
 //!    (default 60 s), not passed; `nbf`, when present, has arrived;
 //! 5. a client app claim (`azp` or `appid`): Entra access tokens always
 //!    have one, ID tokens never, so an ID token cannot pass as an access
-//!    token; and no group overage.
+//!    token; and group overage only when `identity.graph` can resolve it.
 //!
 //! Keys come only from the configured `jwks_uri` or, without one, from the
 //! `jwks_uri` in `<issuer>/.well-known/openid-configuration`; never from the
@@ -42,12 +43,14 @@
 //! `groups_claim`, each with its `group_names` name when configured; roles
 //! from `roles`.
 
+mod assertion;
 mod cache;
 mod check;
 mod claims;
 mod config;
 mod error;
 mod fetch;
+mod graph;
 mod identity;
 mod jwt;
 mod keys;
@@ -58,7 +61,13 @@ pub use check::{CheckReport, check_token};
 pub use config::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, IdentityConfig, IdentitySection, OneOrMany};
 pub use error::{ConfigError, FetchError, VerifyError};
 pub use fetch::{MAX_DOCUMENT_BYTES, check_fetch_url};
-pub use identity::{ClientAppId, GroupId, GroupMembership, Identity, PrincipalKind, SubjectId, TenantId};
+pub use graph::{
+    ClientCertificate, DEFAULT_GRAPH_CACHE_TTL, DEFAULT_GRAPH_ENDPOINT, DEFAULT_GRAPH_TIMEOUT, GraphConfig,
+    GraphError,
+};
+pub use identity::{
+    ClientAppId, GroupId, GroupMembership, GroupsSource, Identity, PrincipalKind, SubjectId, TenantId,
+};
 pub use verifier::Verifier;
 
 mod to_proto;

@@ -2,7 +2,7 @@
 
 use airlock_proto::v1 as proto;
 
-use crate::identity::{Identity, PrincipalKind};
+use crate::identity::{GroupsSource, Identity, PrincipalKind};
 
 impl Identity {
     /// The identity as recorded in events and shown to reviewers.
@@ -26,6 +26,11 @@ impl Identity {
                 })
                 .collect(),
             roles: i.roles.clone(),
+            groups_source: match i.groups_source {
+                GroupsSource::Token => String::new(),
+                GroupsSource::Graph => "graph".into(),
+            },
+            acrs: i.acrs.clone(),
             issuer: i.issuer.clone(),
             token_expires_at: Some(prost_types::Timestamp {
                 seconds: i.expires_at.unix_timestamp(),

@@ -5,6 +5,7 @@
 //! the signature, and only then the claims. Nothing from the payload is read
 //! before the signature holds.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,11 +14,12 @@ use jsonwebtoken::{Validation, decode};
 use serde_json::{Map, Value};
 
 use crate::cache::{CacheOptions, KeyCache, KeySource, spawn_refresh};
-use crate::claims::check_and_map;
+use crate::claims::{Mapped, check_and_map};
 use crate::config::IdentityConfig;
 use crate::error::{FetchError, VerifyError, clip};
 use crate::fetch::Fetcher;
-use crate::identity::Identity;
+use crate::graph::{Graph, looks_like_object_id};
+use crate::identity::{GroupId, GroupMembership, GroupsSource, Identity};
 use crate::jwt::{algorithm_name, check_header};
 
 /// Verifies access tokens against one issuer's keys. Cheap to clone; clones
@@ -32,6 +34,8 @@ pub struct Verifier {
 struct Inner {
     config: IdentityConfig,
     cache: Arc<KeyCache>,
+    /// Asked about overage tokens, when `identity.graph` is set.
+    graph: Option<Graph>,
 }
 
 impl Verifier {
@@ -55,11 +59,61 @@ impl Verifier {
             _ => return Err(crate::error::ConfigError::NoIssuer.into()),
         };
         let fetcher = Fetcher::new(options.fetch_timeout)?;
+        let graph = match &config.graph {
+            Some(graph) => {
+                let issuer = config.issuers().first().cloned().unwrap_or_default();
+                Some(Graph::new(graph, &issuer)?)
+            }
+            None => None,
+        };
         let cache = KeyCache::new(source, fetcher, options);
         spawn_refresh(&cache);
-        Ok(Verifier {
-            inner: Arc::new(Inner { config, cache }),
-        })
+        let verifier = Verifier {
+            inner: Arc::new(Inner { config, cache, graph }),
+        };
+        verifier.ask_graph_about(std::iter::empty::<&str>());
+        Ok(verifier)
+    }
+
+    /// The groups Graph is asked about for overage tokens: every object id
+    /// of `identity.group_names`, and those of `names` (group names are
+    /// looked up in `group_names`; object ids are kept; anything else cannot
+    /// be asked about and is left out). Binaries pass the groups their
+    /// policies, reviewer and auditor lists name, at start and on reload.
+    /// Without `identity.graph` this does nothing.
+    pub fn ask_graph_about<S: AsRef<str>>(&self, names: impl IntoIterator<Item = S>) {
+        let Some(graph) = &self.inner.graph else {
+            return;
+        };
+        let config = &self.inner.config;
+        let mut ids: BTreeSet<String> = config
+            .group_names
+            .values()
+            .map(|id| id.to_ascii_lowercase())
+            .collect();
+        for name in names {
+            let name = name.as_ref();
+            if let Some(id) = config.group_names.get(name) {
+                ids.insert(id.to_ascii_lowercase());
+            } else if looks_like_object_id(name) {
+                ids.insert(name.to_ascii_lowercase());
+            }
+        }
+        graph.ask_about(ids);
+    }
+
+    /// The object ids Graph is asked about (empty without `identity.graph`).
+    pub fn graph_groups(&self) -> Vec<String> {
+        self.inner
+            .graph
+            .as_ref()
+            .map(|g| g.asked_about().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// How many membership questions have been sent to Graph so far.
+    pub fn graph_calls(&self) -> u64 {
+        self.inner.graph.as_ref().map_or(0, Graph::calls)
     }
 
     /// The configuration this verifier enforces.
@@ -99,7 +153,27 @@ impl Verifier {
             .map_err(|error| signature_error(&header.kid, header.alg, error.into_kind()))?
             .claims;
 
-        check_and_map(&claims, config, unix_now())
+        let Mapped {
+            mut identity,
+            overage,
+        } = check_and_map(&claims, config, unix_now())?;
+        if overage {
+            // check_and_map refuses overage without Graph; stay closed all the same.
+            let graph = self.inner.graph.as_ref().ok_or(VerifyError::GroupOverage)?;
+            let ids = graph
+                .member_groups(identity.kind, &identity.subject.0)
+                .await
+                .map_err(VerifyError::GraphUnavailable)?;
+            identity.groups = ids
+                .into_iter()
+                .map(|id| GroupMembership {
+                    name: config.group_name(&id).map(str::to_owned),
+                    id: GroupId(id),
+                })
+                .collect();
+            identity.groups_source = GroupsSource::Graph;
+        }
+        Ok(identity)
     }
 }
 
