@@ -126,6 +126,9 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     log.ensure_stream().await?;
     check_unsigned_cut(&log).await?;
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
+    // Callers with group overage: Graph is asked about the groups that give
+    // rights here (and those of identity.group_names).
+    verifier.ask_graph_about(config.approvals.reviewers.iter().chain(&config.control.auditors));
     let signer = match &config.control.checkpoints {
         Some(c) => Some((
             crate::checkpoint::CheckpointSigner::load(&c.signing_key)?,

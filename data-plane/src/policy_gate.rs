@@ -66,7 +66,7 @@ impl PolicyGate {
                 (name.clone(), watch)
             })
             .collect();
-        PolicyGate {
+        let gate = PolicyGate {
             verifier,
             policies: std::sync::RwLock::new(Arc::new(policies)),
             shadow: std::sync::RwLock::new(Arc::new(PolicySet::default())),
@@ -74,7 +74,9 @@ impl PolicyGate {
             catalogs,
             group_names,
             cache: VerdictCache::new(10_000),
-        }
+        };
+        gate.ask_graph_about_named_groups();
+        gate
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
@@ -104,6 +106,7 @@ impl PolicyGate {
     /// them at login.
     pub fn replace_shadow(&self, shadow: PolicySet) {
         *self.shadow.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shadow);
+        self.ask_graph_about_named_groups();
     }
 
     fn shadow(&self) -> Arc<PolicySet> {
@@ -146,6 +149,16 @@ impl PolicyGate {
     /// Enforces a new policy set from now on.
     pub fn replace_policies(&self, policies: PolicySet) {
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+        self.ask_graph_about_named_groups();
+    }
+
+    /// Tokens with group overage are resolved through Graph (when
+    /// `identity.graph` is set) for the groups the enforced and shadow
+    /// policies name.
+    fn ask_graph_about_named_groups(&self) {
+        let mut groups = self.policies().named_groups();
+        groups.extend(self.shadow().named_groups());
+        self.verifier.ask_graph_about(groups);
     }
 
     fn group(&self, name_or_id: &str) -> proto::Group {

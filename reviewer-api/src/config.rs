@@ -178,6 +178,16 @@ pub struct ReviewerConfig {
     pub reviewer: ReviewerSection,
     /// `nats:`, read only with `reviewer.state: nats`.
     pub nats: Option<NatsSettings>,
+    /// `approvals.reviewers`: the groups Graph is asked about for reviewers
+    /// whose tokens have group overage (with `identity.group_names`).
+    pub reviewer_groups: Vec<String>,
+}
+
+/// The part of `approvals:` the reviewer reads (the control plane owns the rest).
+#[derive(Debug, Default, serde::Deserialize)]
+struct ApprovalsReviewers {
+    #[serde(default)]
+    reviewers: Vec<String>,
 }
 
 impl ReviewerConfig {
@@ -230,10 +240,15 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
             "url of the NATS server (reviewer.state: nats keeps sign-ins there)",
         )?),
     };
+    let reviewer_groups = file
+        .section::<ApprovalsReviewers>("approvals")?
+        .unwrap_or_default()
+        .reviewers;
     let config = ReviewerConfig {
         identity,
         reviewer,
         nats,
+        reviewer_groups,
     };
     check(&config).with_context(in_file)?;
     Ok(config)

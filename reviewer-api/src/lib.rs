@@ -61,6 +61,7 @@ impl App {
     /// `shared` when given (`reviewer.state: nats`), else in memory.
     pub fn new(config: ReviewerConfig, shared: Option<Arc<Shared>>) -> anyhow::Result<App> {
         let verifier = airlock_identity::Verifier::new(config.identity.clone()).context("identity")?;
+        verifier.ask_graph_about(&config.reviewer_groups);
         let public_url = config.public_url();
         let origin = url::Url::parse(&public_url)
             .context("reviewer.public_url")?

@@ -12,6 +12,7 @@ mod config_check;
 mod config_schema;
 mod differential;
 mod drivers;
+mod entra;
 mod fleet;
 mod health;
 mod lifetimes;

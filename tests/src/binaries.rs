@@ -33,6 +33,10 @@ pub const ERIN: (&str, &str, &str) = ("oid-erin", "Erin Outsider", OTHERS);
 
 /// The client id the reviewer signs in with.
 pub const CLIENT_ID: &str = "airlock-reviewer-tests";
+/// The application Airlock asks Graph as, in stacks with `.graph()`.
+pub const GRAPH_CLIENT_ID: &str = "airlock-graph-tests";
+/// The environment variable holding its secret.
+pub const GRAPH_SECRET_ENV: &str = "AIRLOCK_GRAPH_SECRET";
 
 /// The seed policy's rules, as YAML under `rules:`.
 pub const SEED_RULES: &str = "      - match: SELECT
@@ -285,6 +289,12 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
     if options.reviewer {
         write_login_config(&layout);
         idp.arg("--login-config").arg(dir.join("login.yaml"));
+    }
+    if let Some(secret) = &options.graph_secret {
+        write_graph_config(&layout);
+        idp.arg("--graph-config")
+            .arg(dir.join("graph.yaml"))
+            .env(GRAPH_SECRET_ENV, secret);
     }
     let others = vec![spawn(&mut idp, dir, "idp")];
     wait_port(idp_port, "airlock-dev-idp");
@@ -625,11 +635,19 @@ fn config(options: &StackBuilder, layout: &Layout, replica: usize, proxy: usize,
     } else {
         String::new()
     };
+    let graph = if options.graph_secret.is_some() {
+        format!(
+            "  graph:\n    client_id: {GRAPH_CLIENT_ID}\n    client_secret_env: {GRAPH_SECRET_ENV}\n    endpoint: {}/graph\n",
+            layout.issuer
+        )
+    } else {
+        String::new()
+    };
     format!(
         "{nats}identity:
   issuer: {issuer}
   audience: api://airlock
-  group_names:
+{graph}  group_names:
     db-maintenance-agents: {AGENTS}
     db-reviewers: {REVIEWERS}
     dba-leads: {LEADS}
@@ -724,6 +742,19 @@ fn write_login_config(layout: &Layout) {
         ),
     )
     .expect("login config");
+}
+
+/// The dev issuer's Graph stand-in: who is in which group.
+fn write_graph_config(layout: &Layout) {
+    let members: String = [ALICE, BOB, ERIN, ("oid-agent-7", "agent-7", AGENTS)]
+        .iter()
+        .map(|(sub, _, group)| format!("  {sub}: [{group}]\n"))
+        .collect();
+    std::fs::write(
+        layout.dir.join("graph.yaml"),
+        format!("client_id: {GRAPH_CLIENT_ID}\nclient_secret_env: {GRAPH_SECRET_ENV}\nmembers:\n{members}"),
+    )
+    .expect("graph config");
 }
 
 /// A CA (`ca.crt`), a control-plane server certificate (`control.crt`,

@@ -60,6 +60,8 @@ pub struct StackBuilder {
     pub(crate) notifier_token: bool,
     pub(crate) env: Vec<(Process, String, String)>,
     pub(crate) database_setup: Vec<String>,
+    /// The Graph stand-in's client secret, when `identity.graph` is on.
+    pub(crate) graph_secret: Option<String>,
 }
 
 /// A binary of the stack, for per-process settings.
@@ -94,6 +96,7 @@ impl Default for StackBuilder {
             notifier_token: false,
             env: Vec::new(),
             database_setup: Vec::new(),
+            graph_secret: None,
         }
     }
 }
@@ -256,6 +259,25 @@ impl StackBuilder {
     /// `<dir>/notifier.token` before the reviewer starts.
     pub fn notifier_token(mut self) -> Self {
         self.notifier_token = true;
+        self
+    }
+
+    /// Group overage resolved through Graph: the dev issuer serves its Graph
+    /// stand-in (members: the agent in db-maintenance-agents, Alice and Bob
+    /// in db-reviewers, Erin in others) and every binary's `identity.graph`
+    /// points at it, with a client secret made now.
+    pub fn graph(mut self) -> Self {
+        let secret: String = {
+            use rand::RngCore;
+            let mut bytes = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        for process in [Process::Control, Process::Proxy, Process::Reviewer] {
+            self.env
+                .push((process, binaries::GRAPH_SECRET_ENV.to_owned(), secret.clone()));
+        }
+        self.graph_secret = Some(secret);
         self
     }
 

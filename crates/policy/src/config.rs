@@ -270,6 +270,22 @@ impl PolicySet {
     }
 
     /// Where unqualified table names resolve on `connection`.
+    /// Every group the set names: each policy's group, its reviewers and
+    /// its rules' reviewers, and `approvals.reviewers` (names or object ids,
+    /// as written). For asking Graph about callers with group overage.
+    pub fn named_groups(&self) -> std::collections::BTreeSet<String> {
+        let mut groups: std::collections::BTreeSet<String> =
+            self.approvals.reviewers.iter().cloned().collect();
+        for policy in &self.policies {
+            groups.insert(policy.name.clone());
+            groups.extend(policy.reviewers.iter().cloned());
+            for rule in &policy.rules {
+                groups.extend(rule.reviewers.iter().cloned());
+            }
+        }
+        groups
+    }
+
     pub fn default_schema(&self, connection: &str) -> &str {
         self.connections
             .get(connection)

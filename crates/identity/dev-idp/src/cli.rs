@@ -62,6 +62,14 @@ pub struct ServeArgs {
     /// token endpoint (authorization code + PKCE S256).
     #[arg(long)]
     pub login_config: Option<PathBuf>,
+    /// A Graph stand-in for group overage: a YAML file with the client_id
+    /// allowed to ask, the environment variable holding its secret
+    /// (client_secret_env) and `members` (object id -> group ids). With it,
+    /// the token endpoint also takes the client-credentials grant and
+    /// `<issuer>/graph/v1.0/{users|servicePrincipals}/{id}/checkMemberGroups`
+    /// answers from the file (and the login file's users).
+    #[arg(long)]
+    pub graph_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +110,14 @@ pub struct TokenArgs {
     /// Delegated scopes (`scp`) of user tokens, space-separated.
     #[arg(long, default_value = "access_as_user")]
     pub scope: String,
+    /// Group overage, as Entra issues it for a caller in more than 200
+    /// groups: no groups claim, `_claim_names`/`_claim_sources` pointing to
+    /// Graph instead.
+    #[arg(long)]
+    pub overage: bool,
+    /// Authentication context met by the sign-in (`acrs`); repeatable.
+    #[arg(long = "acr")]
+    pub acrs: Vec<String>,
 }
 
 impl TokenArgs {
@@ -122,6 +138,8 @@ impl TokenArgs {
             tenant: self.tenant.clone(),
             client_id: self.client_id.clone(),
             scope: self.scope.clone(),
+            overage: self.overage,
+            acrs: self.acrs.clone(),
         }
     }
 }

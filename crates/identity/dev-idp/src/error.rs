@@ -24,6 +24,9 @@ pub enum DevIdpError {
     /// The `--login-config` file cannot be read or is not valid.
     #[error("login config {path}: {reason}")]
     LoginConfig { path: PathBuf, reason: String },
+    /// The `--graph-config` file cannot be read or is not valid.
+    #[error("graph config {path}: {reason}")]
+    GraphConfig { path: PathBuf, reason: String },
     /// Key generation or token signing failed.
     #[error("signing failed: {0}")]
     Signing(String),

@@ -4,14 +4,16 @@
 //!
 //! Owns: the command line ([`cli`]), the signing key file ([`key`]), minting
 //! Entra-shaped v2 access tokens ([`token`]), and serving OIDC discovery and
-//! the JWKS on loopback ([`server`]), and browser sign-in with the
-//! authorization code flow and PKCE for test users ([`login`]).
+//! the JWKS on loopback ([`server`]), browser sign-in with the
+//! authorization code flow and PKCE for test users ([`login`]), and a
+//! stand-in for Microsoft Graph's group membership questions ([`graph`]).
 //!
 //! It does not verify anything: that is `airlock-identity`, which the tests
 //! use to check this issuer's tokens exactly as the proxy would.
 
 pub mod cli;
 pub mod error;
+pub mod graph;
 pub mod key;
 pub mod login;
 pub mod server;
@@ -39,8 +41,9 @@ pub async fn run(cli: Cli) -> Result<(), DevIdpError> {
                 .as_deref()
                 .map(login::LoginConfig::load)
                 .transpose()?;
+            let graph = args.graph_config.as_deref().map(graph::Graph::load).transpose()?;
             let key = key::SigningKey::load_or_create(&args.key_file)?;
-            server::serve(args.listen, &args.issuer, key, login).await
+            server::serve(args.listen, &args.issuer, key, login, graph).await
         }
         Command::Token(args) => {
             let key = key::SigningKey::load_or_create(&args.key_file)?;

@@ -5,7 +5,8 @@
 //! (`<issuer>/.well-known/openid-configuration`); the JWKS is at
 //! `<issuer>/discovery/v2.0/keys`, where Entra keeps it; the sign-in
 //! endpoints of [`crate::login`] at `<issuer>/oauth2/v2.0/authorize` and
-//! `<issuer>/oauth2/v2.0/token`, as Entra names them.
+//! `<issuer>/oauth2/v2.0/token`, as Entra names them; the Graph stand-in
+//! of [`crate::graph`] at `<issuer>/graph/v1.0/...`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct Published {
     pub key: SigningKey,
     /// Browser sign-in, when `--login-config` was given.
     pub login: Option<Arc<crate::login::Login>>,
+    /// The Graph stand-in, when `--graph-config` was given.
+    pub graph: Option<crate::graph::Graph>,
 }
 
 /// Checks `issuer` and returns (issuer as given, path prefix for routes).
@@ -59,6 +62,11 @@ pub fn router(published: Arc<Published>) -> Result<Router, DevIdpError> {
             get(crate::login::authorize_page).post(crate::login::authorize_submit),
         )
         .route(&format!("{prefix}/oauth2/v2.0/token"), post(crate::login::token))
+        .route(
+            &format!("{prefix}/graph/v1.0/{{collection}}/{{id}}/checkMemberGroups"),
+            post(crate::graph::check_member_groups),
+        )
+        .route(&format!("{prefix}/graph/calls"), get(crate::graph::calls))
         .with_state(published))
 }
 
@@ -78,6 +86,7 @@ pub async fn serve(
     issuer: &str,
     key: SigningKey,
     login: Option<crate::login::LoginConfig>,
+    graph: Option<crate::graph::Graph>,
 ) -> Result<(), DevIdpError> {
     check_listen(listen)?;
     let base = issuer.trim_end_matches('/');
@@ -86,6 +95,7 @@ pub async fn serve(
         jwks_uri: format!("{base}/discovery/v2.0/keys"),
         key,
         login: login.map(crate::login::Login::new),
+        graph,
     });
     let app = router(published.clone())?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -95,6 +105,11 @@ pub async fn serve(
         "airlock-dev-idp: serving issuer {issuer} on http://{listen} (kid {}); discovery at {base}/.well-known/openid-configuration",
         published.key.kid()
     );
+    if published.graph.is_some() {
+        eprintln!(
+            "airlock-dev-idp: Graph stand-in at {base}/graph (checkMemberGroups), client credentials at {base}/oauth2/v2.0/token, DEVELOPMENT ONLY"
+        );
+    }
     if let Some(login) = &published.login {
         eprintln!(
             "airlock-dev-idp: browser sign-in at {base}/oauth2/v2.0/authorize for {} test user(s), DEVELOPMENT ONLY",

@@ -40,6 +40,10 @@ pub struct TokenRequest {
     pub client_id: String,
     /// `scp` for user tokens.
     pub scope: String,
+    /// Group overage: the groups claim left out, Graph named instead.
+    pub overage: bool,
+    /// `acrs`: authentication contexts the sign-in met.
+    pub acrs: Vec<String>,
 }
 
 /// The claims of the token `request` describes, issued at `now` (Unix s).
@@ -63,6 +67,24 @@ pub fn claims(request: &TokenRequest, now: u64) -> Value {
         "ver": "2.0",
     });
     let object = claims.as_object_mut().expect("a JSON object");
+    if request.overage {
+        // Entra's shape: the claim is gone and a source says where to ask.
+        let collection = match request.kind {
+            PrincipalKind::User => "users",
+            PrincipalKind::App => "servicePrincipals",
+        };
+        object.remove("groups");
+        object.insert("_claim_names".into(), json!({"groups": "src1"}));
+        object.insert(
+            "_claim_sources".into(),
+            json!({"src1": {"endpoint": format!(
+                "https://graph.microsoft.com/v1.0/{collection}/{}/getMemberObjects", request.subject
+            )}}),
+        );
+    }
+    if !request.acrs.is_empty() {
+        object.insert("acrs".into(), json!(request.acrs));
+    }
     match request.kind {
         PrincipalKind::User => {
             object.insert("idtyp".into(), json!("user"));
@@ -110,6 +132,8 @@ mod tests {
             tenant: "t1".into(),
             client_id: "c1".into(),
             scope: "access_as_user".into(),
+            overage: false,
+            acrs: Vec::new(),
         }
     }
 
@@ -132,5 +156,24 @@ mod tests {
         assert!(app.get("name").is_none());
         assert_eq!(app["roles"], json!(["Airlock.Agent"]));
         assert_ne!(user["uti"], app["uti"]);
+        assert!(user.get("acrs").is_none());
+
+        let overage = claims(
+            &TokenRequest {
+                overage: true,
+                acrs: vec!["c1".into()],
+                ..request(PrincipalKind::App)
+            },
+            1000,
+        );
+        assert!(overage.get("groups").is_none());
+        assert_eq!(overage["_claim_names"]["groups"], "src1");
+        assert!(
+            overage["_claim_sources"]["src1"]["endpoint"]
+                .as_str()
+                .unwrap()
+                .contains("/servicePrincipals/agent-7/")
+        );
+        assert_eq!(overage["acrs"], json!(["c1"]));
     }
 }
