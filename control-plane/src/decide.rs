@@ -9,6 +9,9 @@
 //!    or denies anything, its own request or another's;
 //! 4. the voter is not the requester (same subject), with no exception;
 //! 5. the voter is in one of the request's reviewer groups;
+//! 5a. an approval comes from a sign-in that met every authentication
+//!    context the request requires (step-up; `require_acrs`). A denial
+//!    needs none: stopping a statement is never made harder;
 //! 6. the session holding it is open and its proxy process alive (a
 //!    grant would otherwise be recorded for a statement nothing runs);
 //! 7. the voter has not voted on it before;
@@ -52,6 +55,17 @@ pub enum DecideError {
     SelfApproval { who: String },
     #[error("{who} is not in a reviewer group of this request ({groups})")]
     NotAReviewer { who: String, groups: String },
+    #[error(
+        "approving request {request_id} requires a sign-in that met authentication context {} (step-up, e.g. MFA); {who}'s token has {}. Sign in again with the context (the reviewer UI asks for it), then approve",
+        missing.join(", "),
+        if met.is_empty() { "none".to_owned() } else { met.join(", ") }
+    )]
+    StepUpRequired {
+        who: String,
+        request_id: String,
+        missing: Vec<String>,
+        met: Vec<String>,
+    },
     #[error("{who} has already voted on request {request_id}")]
     AlreadyVoted { who: String, request_id: String },
     #[error("the statement digest shown to the reviewer does not match request {request_id}; reload it")]
@@ -145,6 +159,22 @@ pub fn decide(
             who: who(reviewer),
             groups,
         });
+    }
+    if vote.decision == proto::Decision::Approve {
+        let missing: Vec<String> = asked
+            .require_acrs
+            .iter()
+            .filter(|acr| !reviewer.acrs.contains(acr))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(DecideError::StepUpRequired {
+                who: who(reviewer),
+                request_id: vote.request_id.clone(),
+                missing,
+                met: reviewer.acrs.clone(),
+            });
+        }
     }
     if let Some(why) = gone(state, request, alive) {
         return Err(DecideError::SessionEnded {

@@ -129,6 +129,8 @@ pub struct HoldSpec {
     pub reviewers: Vec<proto::Group>,
     /// How long the statement waits before it is refused as expired.
     pub timeout: Duration,
+    /// Authentication contexts every approving sign-in must have met.
+    pub require_acrs: Vec<String>,
 }
 
 /// What policy says of one statement string.

@@ -462,6 +462,7 @@ impl Gate for PolicyGate {
                 approvals: v.approvals.max(1),
                 reviewers: v.reviewers.iter().map(|g| self.group(g)).collect(),
                 timeout: v.timeout,
+                require_acrs: v.require_acrs.clone(),
             }),
         };
         let mut sql_names = Vec::new();

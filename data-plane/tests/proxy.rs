@@ -84,6 +84,7 @@ impl Gate for TestGate {
                 approvals: 1,
                 reviewers: vec![],
                 timeout: Duration::from_secs(60),
+                require_acrs: vec![],
             })
         } else {
             Action::Allow

@@ -28,6 +28,10 @@ pub enum ErrorCode {
     SelfApproval,
     /// An application identity tried to vote or kill; only people may.
     AppIdentity,
+    /// An approval from a sign-in that did not meet the authentication
+    /// contexts the request requires (step-up); the `acrs` metadata of the
+    /// `ErrorInfo` lists the missing ones, space-separated.
+    StepUpRequired,
     /// No such request or session.
     NotFound,
     AlreadyDecided,
@@ -56,6 +60,7 @@ impl ErrorCode {
         ErrorCode::NotAReviewer,
         ErrorCode::SelfApproval,
         ErrorCode::AppIdentity,
+        ErrorCode::StepUpRequired,
         ErrorCode::NotFound,
         ErrorCode::AlreadyDecided,
         ErrorCode::AlreadyVoted,
@@ -74,6 +79,7 @@ impl ErrorCode {
             ErrorCode::NotAReviewer => "not_a_reviewer",
             ErrorCode::SelfApproval => "self_approval",
             ErrorCode::AppIdentity => "app_identity",
+            ErrorCode::StepUpRequired => "step_up_required",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyDecided => "already_decided",
             ErrorCode::AlreadyVoted => "already_voted",
@@ -96,9 +102,10 @@ impl ErrorCode {
     pub fn grpc(self) -> tonic::Code {
         match self {
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
-            ErrorCode::NotAReviewer | ErrorCode::SelfApproval | ErrorCode::AppIdentity => {
-                tonic::Code::PermissionDenied
-            }
+            ErrorCode::NotAReviewer
+            | ErrorCode::SelfApproval
+            | ErrorCode::AppIdentity
+            | ErrorCode::StepUpRequired => tonic::Code::PermissionDenied,
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::AlreadyDecided
             | ErrorCode::AlreadyVoted
@@ -115,11 +122,26 @@ impl ErrorCode {
     /// `message` for people, and the code in an `ErrorInfo` for programs.
     /// The message reaches the caller: no tokens or secrets in it.
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        self.status_with(message, HashMap::new())
+    }
+
+    /// [`Self::status`] with metadata in the `ErrorInfo` (for programs:
+    /// e.g. the `acrs` a step-up needs).
+    pub fn status_with(self, message: impl Into<String>, metadata: HashMap<String, String>) -> tonic::Status {
         tonic::Status::with_error_details(
             self.grpc(),
             message,
-            ErrorDetails::with_error_info(self.as_str(), DOMAIN, HashMap::new()),
+            ErrorDetails::with_error_info(self.as_str(), DOMAIN, metadata),
         )
+    }
+
+    /// The `ErrorInfo` metadata of an Airlock refusal (empty when none).
+    pub fn metadata_of(status: &tonic::Status) -> HashMap<String, String> {
+        let details = status.get_error_details();
+        match details.error_info() {
+            Some(info) if info.domain == DOMAIN => info.metadata.clone(),
+            _ => HashMap::new(),
+        }
     }
 
     /// The code a status carries in an `ErrorInfo` of [`DOMAIN`]; `None`

@@ -22,6 +22,8 @@ pub enum Code {
     NotAReviewer,
     SelfApproval,
     AppIdentity,
+    /// Approving needs a sign-in that met more authentication contexts.
+    StepUpRequired,
     NotFound,
     AlreadyDecided,
     AlreadyVoted,
@@ -44,6 +46,7 @@ impl Code {
             Code::NotAReviewer => "not_a_reviewer",
             Code::SelfApproval => "self_approval",
             Code::AppIdentity => "app_identity",
+            Code::StepUpRequired => "step_up_required",
             Code::NotFound => "not_found",
             Code::AlreadyDecided => "already_decided",
             Code::AlreadyVoted => "already_voted",
@@ -60,7 +63,11 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::NotAReviewer | Code::SelfApproval | Code::AppIdentity | Code::Csrf => StatusCode::FORBIDDEN,
+            Code::NotAReviewer
+            | Code::SelfApproval
+            | Code::AppIdentity
+            | Code::StepUpRequired
+            | Code::Csrf => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::AlreadyDecided
             | Code::AlreadyVoted
@@ -79,6 +86,7 @@ impl Code {
         Code::NotAReviewer,
         Code::SelfApproval,
         Code::AppIdentity,
+        Code::StepUpRequired,
         Code::NotFound,
         Code::AlreadyDecided,
         Code::AlreadyVoted,
@@ -102,6 +110,7 @@ impl From<ErrorCode> for Code {
             ErrorCode::NotAReviewer => Code::NotAReviewer,
             ErrorCode::SelfApproval => Code::SelfApproval,
             ErrorCode::AppIdentity => Code::AppIdentity,
+            ErrorCode::StepUpRequired => Code::StepUpRequired,
             ErrorCode::NotFound => Code::NotFound,
             ErrorCode::AlreadyDecided => Code::AlreadyDecided,
             ErrorCode::AlreadyVoted => Code::AlreadyVoted,
@@ -121,6 +130,9 @@ impl From<ErrorCode> for Code {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// For `step_up_required`: the authentication contexts a new sign-in
+    /// must meet.
+    pub acrs: Vec<String>,
 }
 
 impl ApiError {
@@ -128,6 +140,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            acrs: Vec::new(),
         }
     }
 
@@ -169,7 +182,15 @@ impl From<tonic::Status> for ApiError {
         } else {
             status.message().to_owned()
         };
-        ApiError { code, message }
+        let acrs = if code == Code::StepUpRequired {
+            ErrorCode::metadata_of(&status)
+                .get("acrs")
+                .map(|a| a.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        ApiError { code, message, acrs }
     }
 }
 
@@ -183,7 +204,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (
             self.code.status(),
-            Json(crate::json::ErrorJson::new(self.code, self.message)),
+            Json(crate::json::ErrorJson::new(self.code, self.message).with_acrs(self.acrs)),
         )
             .into_response();
         if self.code == Code::Unauthenticated {

@@ -144,6 +144,7 @@ fn log(e: &ApiError) {
         | Code::NotAReviewer
         | Code::SelfApproval
         | Code::AppIdentity
+        | Code::StepUpRequired
         | Code::NotFound
         | Code::AlreadyDecided
         | Code::AlreadyVoted

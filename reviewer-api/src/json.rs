@@ -394,6 +394,11 @@ pub struct ErrorDetailJson {
     pub code: Code,
     /// For people; says what was refused, never a token.
     pub message: String,
+    /// With `step_up_required`: the authentication contexts (Entra `acrs`)
+    /// the approving sign-in must meet; sign in again asking for them
+    /// (the `claims` request parameter) and approve again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acrs: Vec<String>,
 }
 
 impl ErrorJson {
@@ -402,8 +407,15 @@ impl ErrorJson {
             error: ErrorDetailJson {
                 code,
                 message: message.into(),
+                acrs: Vec::new(),
             },
         }
+    }
+
+    /// The same, naming the authentication contexts a step-up needs.
+    pub fn with_acrs(mut self, acrs: Vec<String>) -> ErrorJson {
+        self.error.acrs = acrs;
+        self
     }
 }
 

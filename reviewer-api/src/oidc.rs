@@ -104,6 +104,29 @@ pub fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
+/// The `claims` request parameter asking for authentication contexts
+/// (space-separated ids in `acrs`), or `None` when there is none or one is
+/// not an id (a crafted link cannot inject other claims).
+pub fn step_up_claims(acrs: &str) -> Option<String> {
+    let ids: Vec<&str> = acrs.split_whitespace().collect();
+    let valid = |id: &&str| {
+        !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if ids.is_empty() || ids.len() > 10 || !ids.iter().all(valid) {
+        return None;
+    }
+    let request = if ids.len() == 1 {
+        serde_json::json!({"access_token": {"acrs": {"essential": true, "value": ids[0]}}})
+    } else {
+        serde_json::json!({"access_token": {"acrs": {"essential": true, "values": ids}}})
+    };
+    Some(request.to_string())
+}
+
 /// Only a path on this server: never `//host` or a full URL (an open
 /// redirect would let a link sign someone in and land them elsewhere).
 fn safe_return(path: &str) -> String {
@@ -337,6 +360,12 @@ async fn login(State(app): State<crate::State>, RawQuery(raw): RawQuery) -> Resu
         .append_pair("state", &state)
         .append_pair("code_challenge", &challenge(&verifier))
         .append_pair("code_challenge_method", "S256");
+    // Step-up: ask the issuer for a sign-in that meets these authentication
+    // contexts (Entra: the `claims` parameter with `acrs`, which starts the
+    // Conditional Access policy tied to each context).
+    if let Some(claims) = query(raw.as_deref(), "acrs").and_then(|acrs| step_up_claims(&acrs)) {
+        url.query_pairs_mut().append_pair("claims", &claims);
+    }
     oidc.remember(
         state.clone(),
         &sealing,
@@ -478,6 +507,21 @@ mod tests {
             43,
             "32 random bytes: a verifier of the RFC's minimum length"
         );
+    }
+
+    #[test]
+    fn step_up_asks_only_for_context_ids() {
+        assert_eq!(
+            step_up_claims("c1").unwrap(),
+            r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#
+        );
+        assert_eq!(
+            step_up_claims("c1 c2").unwrap(),
+            r#"{"access_token":{"acrs":{"essential":true,"values":["c1","c2"]}}}"#
+        );
+        for bad in ["", "c1\"}", "c1,c2", "a b c d e f g h i j k"] {
+            assert_eq!(step_up_claims(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 use time::OffsetDateTime;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Via};
 use crate::error::{ApiError, Code};
 use crate::highlight::{has_hidden, highlight};
 use crate::html::{self, Live, PageError, Viewer, duration};
@@ -265,6 +265,13 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
                 }
                 dt { "approvals" }
                 dd { span.approvals { (json::approvals_given(view)) " of " (asked.approvals_required) } }
+                @if !asked.require_acrs.is_empty() {
+                    dt { "step-up" }
+                    dd.step-up {
+                        "approving needs a sign-in that met authentication context "
+                        code { (asked.require_acrs.join(", ")) }
+                    }
+                }
                 @if view.state == proto::RequestState::Pending as i32 {
                     dt { "waiting" } dd { (waiting) " " span.muted { "(since " (clock(requested)) ")" } }
                     dt { "time left" } dd { (left) " " span.muted { "(until " (clock(deadline)) ")" } }
@@ -399,6 +406,8 @@ fn history_row(r: &proto::RequestView) -> Markup {
 enum Notice<'a> {
     Recorded(&'a str),
     Refused(&'a str),
+    /// Refused for want of step-up: the text, and where to sign in again.
+    StepUp(&'a str, &'a str),
 }
 
 fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notice<'_>>) -> Markup {
@@ -413,6 +422,9 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
         @match notice {
             Some(Notice::Recorded(text)) => p.notice.ok #notice { (text) },
             Some(Notice::Refused(text)) => p.notice.refused #notice { (text) },
+            Some(Notice::StepUp(text, href)) => p.notice.refused #notice {
+                (text) " " a.button #step-up href=(href) { "Sign in again with step-up" }
+            },
             None => {},
         }
         h1 { "Request " code { (view.request_id) } }
@@ -432,6 +444,9 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                         (identity(v.reviewer.as_ref())) " "
                         strong { (json::decision_name(v.decision)) }
                         " at " (clock(ts(v.time.as_ref())))
+                        @if let Some(r) = v.reviewer.as_ref().filter(|r| !r.acrs.is_empty()) {
+                            " " span.muted { "(sign-in met " (r.acrs.join(", ")) ")" }
+                        }
                         @if !v.reason.is_empty() { ": " em { (v.reason) } }
                     }
                 }
@@ -461,9 +476,14 @@ async fn request_page(
 ) -> Result<Markup, PageError> {
     let id = api::path_id(id)?;
     let caller = signed_in(&app, &headers, &format!("/requests/{id}")).await?;
-    let notice = match field(raw.unwrap_or_default().as_bytes(), "voted").as_deref() {
+    let raw = raw.unwrap_or_default();
+    let notice = match field(raw.as_bytes(), "voted").as_deref() {
         Some("approve") => Some(Notice::Recorded("Your vote to approve was recorded.")),
         Some("deny") => Some(Notice::Recorded("Your vote to deny was recorded.")),
+        _ if field(raw.as_bytes(), "stepped_up").is_some() => Some(Notice::Recorded(
+            "You signed in again with the authentication context this approval needs. Approve again to \
+             record your vote.",
+        )),
         _ => None,
     };
     let view = api::visible_request(&app, &caller, &id).await?;
@@ -506,7 +526,26 @@ async fn decide(
                 return Err(error.into());
             };
             let text = format!("Refused ({}): {}", error.code.as_str(), error.message);
-            let body = request_body(&view, &caller, Some(Notice::Refused(&text)));
+            // A browser reviewer whose sign-in lacks the step-up this
+            // approval needs is offered a sign-in that asks the issuer for
+            // it (a link: the page's form-action policy keeps form posts
+            // on this server). Nothing is voted until they approve again.
+            let step_up = (error.code == Code::StepUpRequired
+                && app.oidc.is_some()
+                && matches!(caller.via, Via::Session { .. })
+                && !error.acrs.is_empty())
+            .then(|| {
+                let mut target = String::from("/auth/login?");
+                url::form_urlencoded::Serializer::for_suffix(&mut target, 0)
+                    .append_pair("return_to", &format!("/requests/{id}?stepped_up=1"))
+                    .append_pair("acrs", &error.acrs.join(" "));
+                target
+            });
+            let notice = match &step_up {
+                Some(href) => Notice::StepUp(&text, href),
+                None => Notice::Refused(&text),
+            };
+            let body = request_body(&view, &caller, Some(notice));
             // Not live: a reload would post the form again.
             let page = html::page("Request", Some(&viewer(&caller)), Live::Off, body);
             Err(PageError::InPage { error, page })

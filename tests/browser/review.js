@@ -6,7 +6,9 @@
 // Environment: AIRLOCK_CHROMIUM (default /usr/bin/chromium), AIRLOCK_USER_DATA
 // (a fresh empty directory), AIRLOCK_SCREENSHOT (optional: a PNG path for
 // the inbox), AIRLOCK_LIVE_CHECK (optional: print READY, then wait for a new
-// request to appear in the open inbox). Prints one JSON line with what it
+// request to appear in the open inbox). When a vote sends the browser back
+// to the issuer for a step-up sign-in, it signs in again as the same user,
+// records what the pages said, and votes again. Prints one JSON line with what it
 // saw, last; exits 1 on any failure.
 "use strict";
 
@@ -83,9 +85,26 @@ function fail(message) {
     seen.shadow = (await shadow.count()) ? (await shadow.first().innerText()).replace(/\s+/g, " ").trim() : null;
     await page.fill("#reason", expected.reason || "checked in the browser");
     await page.click("#" + decision);
-    await page.waitForURL(base + "/requests/" + requestId + "?voted=" + decision);
+    const voted = base + "/requests/" + requestId + "?voted=" + decision;
+    const refusedAt = base + "/requests/" + requestId + "/decide";
+    await page.waitForURL((url) => url.toString() === voted || url.toString() === refusedAt);
+    if (page.url() === refusedAt && await page.locator("#step-up").count()) {
+      // Step-up: the vote was refused, and the page offers a stronger sign-in.
+      seen.stepUpRefusal = (await page.textContent("#notice")).replace(/\s+/g, " ").trim();
+      await page.click("#step-up");
+      await page.waitForURL((url) => !url.toString().startsWith(base));
+      seen.stepUpPage = (await page.textContent("body")).replace(/\s+/g, " ").trim();
+      seen.stepUpClaims = new URL(page.url()).searchParams.get("claims");
+      await page.click('button[data-user="' + expected.user + '"]');
+      await page.waitForURL(base + "/requests/" + requestId + "?stepped_up=1");
+      seen.steppedUpNotice = await page.textContent("#notice");
+      await page.fill("#reason", expected.reason || "checked in the browser");
+      await page.click("#" + decision);
+    }
+    await page.waitForURL(voted);
     seen.notice = await page.textContent("#notice");
     seen.state = await page.locator("article .state").first().innerText();
+    seen.votes = (await page.locator("ul.votes").innerText().catch(() => "")).replace(/\s+/g, " ").trim();
     console.log(JSON.stringify(seen));
   } catch (e) {
     seen.failedAt = page.url();

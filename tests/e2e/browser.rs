@@ -346,3 +346,65 @@ async fn one_sign_in_is_served_by_either_reviewer_replica_and_survives_their_res
     let log = std::fs::read_to_string(stack.dir.join("reviewer-2.log")).unwrap_or_default();
     assert!(log.contains("kept in NATS KV"), "{log}");
 }
+
+/// Issue: step-up for approvals. The DELETE rule requires authentication
+/// context c1: Alice's first sign-in has none, so her click on Approve
+/// sends the browser back to the issuer asking for c1 (the `claims`
+/// parameter); after that sign-in she approves again, the vote is recorded
+/// with the context it met, and the statement runs.
+#[tokio::test]
+async fn approving_a_delete_that_needs_step_up_sends_the_reviewer_to_sign_in_again() {
+    let rules = airlock_e2e::binaries::SEED_RULES.replace(
+        "        reason: deletes need a reviewer\n",
+        "        reason: deletes need a reviewer\n        require_acrs: [c1]\n",
+    );
+    let stack = StackBuilder::new()
+        .orders(20)
+        .rules(&rules)
+        .reviewer()
+        .start_binaries();
+    let agent = stack.agent_token();
+    let statement = "DELETE FROM orders WHERE id = 4";
+    let held = hold(&stack, &agent, statement).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (seen, _) = review(&stack, &held.request_id, "approve", None, None).await;
+    assert!(
+        seen["card"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("authentication context c1"),
+        "the request says approving needs step-up: {seen}"
+    );
+    assert_eq!(
+        seen["stepUpClaims"], r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#,
+        "the sign-in asked the issuer for c1: {seen}"
+    );
+    assert!(
+        seen["stepUpPage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("authentication context c1"),
+        "{seen}"
+    );
+    assert!(
+        seen["steppedUpNotice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Approve again"),
+        "{seen}"
+    );
+    assert!(
+        seen["votes"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sign-in met c1"),
+        "the vote records the context it met: {seen}"
+    );
+    assert_eq!(
+        seen["state"].as_str().map(str::to_lowercase).as_deref(),
+        Some("granted"),
+        "{seen}"
+    );
+    assert_eq!(outcome(held).await.expect("the approved DELETE ran"), 1);
+}

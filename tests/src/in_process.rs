@@ -131,6 +131,7 @@ impl Gate for SeedGate {
                         name: "db-reviewers".into(),
                     }],
                     timeout: self.timeout,
+                    require_acrs: vec![],
                 }),
                 "DELETE|DROP|UPDATE -> require-approval",
             )

@@ -77,6 +77,7 @@ fn status(code: ErrorCode, message: impl Into<String>) -> Status {
         | ErrorCode::NotAReviewer
         | ErrorCode::SelfApproval
         | ErrorCode::AppIdentity
+        | ErrorCode::StepUpRequired
         | ErrorCode::NotFound
         | ErrorCode::AlreadyDecided
         | ErrorCode::AlreadyVoted
@@ -89,6 +90,12 @@ fn status(code: ErrorCode, message: impl Into<String>) -> Status {
 }
 
 fn decide_status(e: DecideError) -> Status {
+    if let DecideError::StepUpRequired { missing, .. } = &e {
+        let message = e.to_string();
+        tracing::info!(code = ErrorCode::StepUpRequired.as_str(), %message, "request refused");
+        let metadata = std::collections::HashMap::from([("acrs".to_owned(), missing.join(" "))]);
+        return ErrorCode::StepUpRequired.status_with(message, metadata);
+    }
     let code = match &e {
         DecideError::UnknownRequest(_) => ErrorCode::NotFound,
         DecideError::AlreadyDecided { .. } => ErrorCode::AlreadyDecided,
@@ -96,6 +103,7 @@ fn decide_status(e: DecideError) -> Status {
         DecideError::AppIdentity { .. } => ErrorCode::AppIdentity,
         DecideError::SelfApproval { .. } => ErrorCode::SelfApproval,
         DecideError::NotAReviewer { .. } => ErrorCode::NotAReviewer,
+        DecideError::StepUpRequired { .. } => ErrorCode::StepUpRequired,
         DecideError::AlreadyVoted { .. } => ErrorCode::AlreadyVoted,
         DecideError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
         DecideError::SessionEnded { .. } => ErrorCode::SessionEnded,

@@ -70,6 +70,12 @@ pub struct Rule {
     #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
     pub timeout: Duration,
     pub reason: Option<String>,
+    /// For require-approval: authentication contexts (Entra `acrs`, e.g.
+    /// `c1` for "MFA within the hour") every approving sign-in must have
+    /// met (step-up). Left out of the digest when empty, so policies
+    /// without step-up keep theirs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub require_acrs: Vec<String>,
 }
 
 /// One policy: which group on which connection, its rules and defaults.
@@ -94,6 +100,10 @@ pub struct Policy {
     #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
     pub timeout: Duration,
     pub max_statement_bytes: usize,
+    /// Step-up for approving `default` and `unparsed` holds, and the
+    /// default of the policy's require-approval rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub require_acrs: Vec<String>,
     #[serde(skip)]
     digest: String,
     /// The file it came from.
@@ -149,6 +159,10 @@ pub struct ApprovalDefaults {
     pub reviewers: Vec<String>,
     #[serde(default, deserialize_with = "de_timeout_opt")]
     pub timeout: Option<Duration>,
+    /// Authentication contexts every approval must have met (step-up),
+    /// unless a policy or rule says otherwise.
+    #[serde(default)]
+    pub require_acrs: Vec<String>,
 }
 
 impl ApprovalDefaults {
@@ -391,6 +405,7 @@ struct RawPolicy {
     #[serde(default, deserialize_with = "de_timeout_opt")]
     timeout: Option<Duration>,
     max_statement_bytes: Option<usize>,
+    require_acrs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +421,7 @@ struct RawRule {
     #[serde(default, deserialize_with = "de_timeout_opt")]
     timeout: Option<Duration>,
     reason: Option<String>,
+    require_acrs: Option<Vec<String>>,
 }
 
 /// Separates a message from its hint inside a serde custom error.
@@ -847,6 +863,9 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                 i + 1
             )));
         }
+        if let Some(bad) = raw.require_acrs.as_deref().and_then(bad_acrs) {
+            return Err(at_policy(bad));
+        }
         let policy_reviewers = raw.reviewers.is_some() || !ctx.defaults.reviewers.is_empty();
         for r in &raw.rules {
             let rule = &r.value;
@@ -871,14 +890,42 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                     "`reviewers` is empty{HINT}name at least one group"
                 )));
             }
-            if !holds && (rule.approvals.is_some() || rule.reviewers.is_some() || rule.timeout.is_some()) {
+            if !holds
+                && (rule.approvals.is_some()
+                    || rule.reviewers.is_some()
+                    || rule.timeout.is_some()
+                    || rule.require_acrs.is_some())
+            {
                 return Err(at_rule(format!(
-                    "`approvals`, `reviewers` and `timeout` only apply to require-approval rules{HINT}remove them, or write `action: require-approval`"
+                    "`approvals`, `reviewers`, `timeout` and `require_acrs` only apply to require-approval rules{HINT}remove them, or write `action: require-approval`"
                 )));
+            }
+            if let Some(bad) = rule.require_acrs.as_deref().and_then(bad_acrs) {
+                return Err(at_rule(bad));
             }
         }
     }
     Ok(())
+}
+
+/// What is wrong with a `require_acrs` list, if anything: authentication
+/// context ids are short tokens (Entra's are `c1` to `c99`).
+fn bad_acrs(acrs: &[String]) -> Option<String> {
+    if acrs.is_empty() {
+        return Some(format!(
+            "`require_acrs` is empty{HINT}name an authentication context (e.g. `c1`), or leave the key out"
+        ));
+    }
+    acrs.iter()
+        .find(|a| {
+            a.is_empty() || a.len() > 64 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(|a| {
+            format!(
+                "`require_acrs` has {a:?}, which is not an authentication context id{HINT}write the id Conditional \
+                 Access shows for it, e.g. `c1`"
+            )
+        })
 }
 
 /// Entra object ids are GUIDs.
@@ -1021,6 +1068,11 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
     );
     let policy_timeout = raw.timeout.or(ctx.defaults.timeout).unwrap_or(DEFAULT_TIMEOUT);
     let policy_approvals = raw.approvals.as_ref().map(|a| a.0).unwrap_or(1);
+    let policy_acrs = sorted(
+        raw.require_acrs
+            .clone()
+            .unwrap_or_else(|| ctx.defaults.require_acrs.clone()),
+    );
     let rules = raw
         .rules
         .into_iter()
@@ -1062,6 +1114,11 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
                     Duration::ZERO
                 },
                 reason: r.reason,
+                require_acrs: if holds {
+                    r.require_acrs.map(sorted).unwrap_or_else(|| policy_acrs.clone())
+                } else {
+                    vec![]
+                },
             };
             rule.text = rule_text(&rule);
             rule
@@ -1079,6 +1136,7 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
         approvals: policy_approvals,
         timeout: policy_timeout,
         max_statement_bytes: raw.max_statement_bytes.unwrap_or(DEFAULT_MAX_STATEMENT_BYTES),
+        require_acrs: policy_acrs,
         digest: String::new(),
         source: file.to_owned(),
     }
@@ -1104,6 +1162,9 @@ fn rule_text(r: &Rule) -> String {
         parts.push(format!("functions: [{}]", r.functions.join(", ")));
     }
     parts.push(format!("action: {}", r.action));
+    if !r.require_acrs.is_empty() {
+        parts.push(format!("require_acrs: [{}]", r.require_acrs.join(", ")));
+    }
     parts.join(", ")
 }
 

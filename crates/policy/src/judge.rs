@@ -64,6 +64,10 @@ pub struct Verdict {
     pub reviewers: Vec<String>,
     #[serde(rename = "timeout_secs", serialize_with = "as_secs")]
     pub timeout: Duration,
+    /// For require-approval: the authentication contexts an approving
+    /// sign-in must have met (those of every held effect).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub require_acrs: Vec<String>,
     /// Whether the policy asks for results to be recorded.
     pub record: bool,
     /// Whether the verdict depends on session state (`EXECUTE`), so must not be cached.
@@ -181,6 +185,7 @@ impl Policy {
             approvals: 0,
             reviewers: Vec::new(),
             timeout: Duration::ZERO,
+            require_acrs: Vec::new(),
             record: self.record,
             uses_session: c.uses_session,
             executes_prepared: c.executes_prepared,
@@ -283,17 +288,24 @@ impl Policy {
     }
 
     /// Reviewers allowed to approve every held effect (their intersection),
-    /// the most approvals any asks for, and the shortest timeout. If no group
+    /// the most approvals any asks for, the shortest timeout, and every
+    /// authentication context any asks for. If no group
     /// may approve them all, nobody can: the statement is denied.
     fn fill_approval(&self, verdict: &mut Verdict, holds: &[Option<&Rule>]) {
         let mut reviewers: Option<Vec<String>> = None;
         let mut approvals = 0;
         let mut timeout = Duration::MAX;
+        let mut acrs: Vec<String> = Vec::new();
         for rule in holds {
-            let (r, a, t) = match rule {
-                Some(rule) => (&rule.reviewers, rule.approvals, rule.timeout),
-                None => (&self.reviewers, self.approvals, self.timeout),
+            let (r, a, t, c) = match rule {
+                Some(rule) => (&rule.reviewers, rule.approvals, rule.timeout, &rule.require_acrs),
+                None => (&self.reviewers, self.approvals, self.timeout, &self.require_acrs),
             };
+            for acr in c {
+                if !acrs.contains(acr) {
+                    acrs.push(acr.clone());
+                }
+            }
             reviewers = Some(match reviewers {
                 None => r.clone(),
                 Some(prev) => prev.into_iter().filter(|g| r.contains(g)).collect(),
@@ -313,6 +325,8 @@ impl Policy {
         verdict.reviewers = reviewers;
         verdict.approvals = approvals;
         verdict.timeout = timeout;
+        acrs.sort();
+        verdict.require_acrs = acrs;
     }
 }
 

@@ -263,6 +263,7 @@ fn requested(
         verdict: Some(judgement.verdict.clone()),
         approvals_required: spec.approvals.max(1),
         reviewer_groups: spec.reviewers.clone(),
+        require_acrs: spec.require_acrs.clone(),
         deadline: Some(deadline.into()),
         proxy_id: ctx.deps.source.id.clone(),
     }));

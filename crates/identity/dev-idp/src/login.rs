@@ -113,6 +113,8 @@ struct Grant {
     redirect_uri: String,
     challenge: String,
     user: UserConfig,
+    /// Authentication contexts the sign-in met (step-up asked for).
+    acrs: Vec<String>,
     issued: Instant,
     used: bool,
 }
@@ -187,6 +189,9 @@ pub struct AuthorizeParams {
     code_challenge: String,
     #[serde(default)]
     code_challenge_method: String,
+    /// Step-up: `{"access_token": {"acrs": {"essential": true, "value": "c1"}}}`.
+    #[serde(default)]
+    claims: String,
     /// POST only: which test user was picked.
     #[serde(default)]
     user: String,
@@ -222,7 +227,31 @@ fn check(login: &Login, p: &AuthorizeParams) -> Result<(), String> {
             "PKCE is required: code_challenge (S256, 43 characters) and code_challenge_method=S256".into(),
         );
     }
+    requested_acrs(&p.claims)?;
     Ok(())
+}
+
+/// The authentication contexts a `claims` request parameter asks for
+/// (`access_token.acrs.value` or `.values`), as Entra reads it.
+pub fn requested_acrs(claims: &str) -> Result<Vec<String>, String> {
+    if claims.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = || format!("claims is not a claims request this issuer understands: {claims:?}");
+    let parsed: serde_json::Value = serde_json::from_str(claims).map_err(|_| bad())?;
+    let Some(acrs) = parsed.pointer("/access_token/acrs") else {
+        return Ok(Vec::new());
+    };
+    let mut ids: Vec<String> = Vec::new();
+    if let Some(one) = acrs.get("value") {
+        ids.push(one.as_str().ok_or_else(bad)?.to_owned());
+    }
+    if let Some(many) = acrs.get("values") {
+        for v in many.as_array().ok_or_else(bad)? {
+            ids.push(v.as_str().ok_or_else(bad)?.to_owned());
+        }
+    }
+    Ok(ids)
 }
 
 /// GET: the page to pick a test user.
@@ -237,7 +266,19 @@ pub async fn authorize_page(
     if let Err(why) = check(login, &p) {
         return refuse_page(&why);
     }
+    let acrs = requested_acrs(&p.claims).unwrap_or_default();
+    let step_up = if acrs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p class=\"warn\" id=\"step-up\"><strong>Step-up:</strong> this sign-in must meet authentication context \
+             <code>{}</code>. Here, picking a user counts as meeting it (a real tenant would ask for MFA or a \
+             compliant device).</p>",
+            esc(&acrs.join(", "))
+        )
+    };
     let hidden = [
+        ("claims", &p.claims),
         ("response_type", &p.response_type),
         ("client_id", &p.client_id),
         ("redirect_uri", &p.redirect_uri),
@@ -268,7 +309,7 @@ pub async fn authorize_page(
     page(
         StatusCode::OK,
         &format!(
-            "<h1>Sign in as a test user</h1><p>for <code>{}</code>, returning to <code>{}</code></p>\
+            "<h1>Sign in as a test user</h1><p>for <code>{}</code>, returning to <code>{}</code></p>{step_up}\
              <form method=\"post\">{hidden}{users}</form>",
             esc(&p.client_id),
             esc(&p.redirect_uri)
@@ -308,6 +349,7 @@ pub async fn authorize_submit(
                 redirect_uri: p.redirect_uri.clone(),
                 challenge: p.code_challenge.clone(),
                 user: user.clone(),
+                acrs: requested_acrs(&p.claims).unwrap_or_default(),
                 issued: Instant::now(),
                 used: false,
             },
@@ -418,7 +460,7 @@ pub async fn token(
     if p.grant_type != "authorization_code" {
         return token_error("unsupported_grant_type", "only authorization_code is supported");
     }
-    let user = {
+    let (user, acrs) = {
         let mut codes = login.codes.lock().unwrap_or_else(|e| e.into_inner());
         let Some(grant) = codes.get_mut(&p.code) else {
             return token_error("invalid_grant", "unknown code");
@@ -429,7 +471,7 @@ pub async fn token(
         if let Err((error, description)) = verdict {
             return token_error(error, &description);
         }
-        grant.user.clone()
+        (grant.user.clone(), grant.acrs.clone())
     };
     let request = TokenRequest {
         issuer: published.issuer.clone(),
@@ -444,7 +486,7 @@ pub async fn token(
         client_id: p.client_id.clone(),
         scope: "access_as_user".into(),
         overage: user.overage,
-        acrs: Vec::new(),
+        acrs,
     };
     match crate::token::mint(&published.key, &request) {
         Ok(access_token) => (
@@ -481,6 +523,7 @@ mod tests {
                 groups: vec![],
                 overage: false,
             },
+            acrs: vec![],
             issued: Instant::now(),
             used: false,
         }
@@ -494,6 +537,20 @@ mod tests {
             client_id: "c".into(),
             code_verifier: verifier.into(),
         }
+    }
+
+    #[test]
+    fn step_up_requests_are_read() {
+        assert_eq!(
+            requested_acrs(r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#).unwrap(),
+            ["c1"]
+        );
+        assert_eq!(
+            requested_acrs(r#"{"access_token":{"acrs":{"essential":true,"values":["c1","c2"]}}}"#).unwrap(),
+            ["c1", "c2"]
+        );
+        assert!(requested_acrs("").unwrap().is_empty());
+        assert!(requested_acrs("{not json").is_err());
     }
 
     #[test]

@@ -140,7 +140,8 @@ async fn discovery(State(published): State<Arc<Published>>) -> axum::Json<Value>
         "subject_types_supported": ["public"],
         "claims_supported": ["iss", "aud", "exp", "nbf", "iat", "oid", "sub", "tid",
                              "azp", "idtyp", "groups", "roles", "name",
-                             "preferred_username", "scp", "app_displayname"],
+                             "preferred_username", "scp", "app_displayname", "acrs"],
+        "claims_parameter_supported": true,
     }))
 }
 

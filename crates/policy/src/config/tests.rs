@@ -199,6 +199,7 @@ fn approval_rule_without_reviewers_is_reported_at_the_rule() {
     let defaults = ApprovalDefaults {
         reviewers: vec!["db-reviewers".into()],
         timeout: None,
+        require_acrs: Vec::new(),
     };
     let ok = "policy: g\nconnection: c\nrules:\n  - match: DELETE\n    action: require-approval\n";
     assert!(Policy::from_yaml(ok, "p.yaml", &defaults).is_ok());
@@ -212,6 +213,7 @@ fn an_empty_reviewers_list_on_the_policy_is_reported() {
     let defaults = ApprovalDefaults {
         reviewers: vec!["db-reviewers".into()],
         timeout: None,
+        require_acrs: Vec::new(),
     };
     let e = Policy::from_yaml(text, "p.yaml", &defaults).expect_err("should be rejected");
     assert!(e.to_string().contains("`reviewers: []`"), "{e}");
@@ -290,5 +292,56 @@ fn do_may_be_allowed_only_in_a_record_only_policy() {
             &ApprovalDefaults::default(),
         )
         .unwrap_or_else(|e| panic!("{action}: {e}"));
+    }
+}
+
+#[test]
+fn step_up_comes_from_approvals_the_policy_or_the_rule() {
+    let text = SEED
+        .replace("  timeout: 15m\n", "  timeout: 15m\n  require_acrs: [c1]\n")
+        .replace(
+            "      - match: DELETE|DROP|UPDATE\n        action: require-approval\n",
+            "      - match: DELETE|DROP|UPDATE\n        action: require-approval\n      - match: TRUNCATE\n        action: require-approval\n        require_acrs: [c2, c1]\n",
+        );
+    let set = PolicySet::from_config_yaml(&text, "airlock.yaml").unwrap();
+    let p = &set.policies[0];
+    assert_eq!(p.require_acrs, ["c1"], "default and unparsed holds step up too");
+    assert!(
+        p.rules[0].require_acrs.is_empty(),
+        "an allow rule needs no step-up"
+    );
+    assert_eq!(p.rules[1].require_acrs, ["c1"]);
+    assert_eq!(p.rules[2].require_acrs, ["c1", "c2"]);
+    assert!(
+        p.rules[2].text.contains("require_acrs: [c1, c2]"),
+        "{}",
+        p.rules[2].text
+    );
+    // Policies without step-up keep the digest they had.
+    let plain = PolicySet::from_config_yaml(SEED, "airlock.yaml").unwrap();
+    let json = serde_json::to_string(&plain.policies[0]).unwrap();
+    assert!(!json.contains("require_acrs"), "{json}");
+}
+
+#[test]
+fn step_up_is_checked() {
+    let base = "policy: g\nconnection: c\nreviewers: [r]\nrules:\n";
+    for (rules, expected) in [
+        (
+            "  - match: SELECT\n    action: allow\n    require_acrs: [c1]\n",
+            "only apply to require-approval rules",
+        ),
+        (
+            "  - match: DELETE\n    action: require-approval\n    require_acrs: []\n",
+            "`require_acrs` is empty",
+        ),
+        (
+            "  - match: DELETE\n    action: require-approval\n    require_acrs: [\"c 1\"]\n",
+            "not an authentication context id",
+        ),
+    ] {
+        let e = err(&format!("{base}{rules}"));
+        assert!(e.to_string().contains(expected), "{rules}: {e}");
+        assert!(e.to_string().contains("p.yaml:5:"), "names the rule's line: {e}");
     }
 }

@@ -394,3 +394,20 @@ fn a_deny_of_a_qualified_function_catches_it_in_any_schema() {
     );
     assert_eq!(v.action, Action::Deny, "{v:?}");
 }
+
+#[test]
+fn a_held_statement_needs_the_step_up_of_every_held_effect() {
+    let p = policy(
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n    require_acrs: [c1]\n  - match: UPDATE\n    action: require-approval\n    require_acrs: [c2]\n  - match: INSERT\n    action: require-approval\n",
+    );
+    assert_eq!(eval(&p, "DELETE FROM t").require_acrs, ["c1"]);
+    assert!(eval(&p, "INSERT INTO t VALUES (1)").require_acrs.is_empty());
+    assert_eq!(
+        eval(
+            &p,
+            "WITH d AS (DELETE FROM t RETURNING id) UPDATE u SET x = 1 FROM d"
+        )
+        .require_acrs,
+        ["c1", "c2"]
+    );
+}
