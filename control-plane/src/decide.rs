@@ -9,9 +9,10 @@
 //!    or denies anything, its own request or another's;
 //! 4. the voter is not the requester (same subject), with no exception;
 //! 5. the voter is in one of the request's reviewer groups;
-//! 5a. an approval comes from a sign-in that met every authentication
-//!    context the request requires (step-up; `require_acrs`). A denial
-//!    needs none: stopping a statement is never made harder;
+//!    An approval must also come from a sign-in that met every
+//!    authentication context the request requires (step-up,
+//!    `require_acrs`); a denial needs none, as stopping a statement is
+//!    never made harder;
 //! 6. the session holding it is open and its proxy process alive (a
 //!    grant would otherwise be recorded for a statement nothing runs);
 //! 7. the voter has not voted on it before;

@@ -576,3 +576,54 @@ fn within_the_grace_nothing_is_repaired_into_a_grant_for_a_closed_session() {
     let c = cancelled(&due_outcomes(&given.state, at(2), &source(), &Alive));
     assert_eq!(c[0].1, proto::approval_cancelled::Cause::SessionEnded as i32);
 }
+
+#[test]
+fn an_approval_needs_the_step_up_the_request_requires_and_a_denial_does_not() {
+    let mut given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 2);
+    // The same request, with step-up: edit the folded ApprovalRequested.
+    let mut e = given.log[0].event.clone();
+    if let Some(Body::ApprovalRequested(r)) = &mut e.body {
+        r.require_acrs = vec!["c1".into(), "c2".into()];
+    }
+    given = Given::new().event("airlock.v1.request.R1", e);
+    let stepped = |acrs: &[&str]| proto::Identity {
+        acrs: acrs.iter().map(|a| (*a).to_owned()).collect(),
+        ..person("alice", &[REVIEWERS])
+    };
+    for (acrs, missing) in [(&[][..], vec!["c1", "c2"]), (&["c2"][..], vec!["c1"])] {
+        let err = decide(
+            &given.state,
+            &vote("R1", stepped(acrs), proto::Decision::Approve),
+            at(1),
+            &source(),
+            &Alive,
+        )
+        .expect_err("not stepped up enough");
+        match err {
+            DecideError::StepUpRequired { missing: m, .. } => assert_eq!(m, missing),
+            other => panic!("{other:?}"),
+        }
+    }
+    let events = decide(
+        &given.state,
+        &vote("R1", stepped(&["c2", "c1", "c9"]), proto::Decision::Approve),
+        at(1),
+        &source(),
+        &Alive,
+    )
+    .expect("every context met");
+    match &events[0].body {
+        Some(Body::ApprovalVoted(v)) => {
+            assert_eq!(v.reviewer.as_ref().expect("reviewer").acrs, ["c2", "c1", "c9"])
+        }
+        other => panic!("{other:?}"),
+    }
+    decide(
+        &given.state,
+        &vote("R1", person("bob", &[REVIEWERS]), proto::Decision::Deny),
+        at(1),
+        &source(),
+        &Alive,
+    )
+    .expect("a denial needs no step-up");
+}
