@@ -682,6 +682,7 @@ mod tests {
             user: "maint".into(),
             database: "shop".into(),
             password: None,
+            token: None,
             connect_timeout: Duration::from_secs(1),
         };
         CatalogWatch::new("shop".into(), config, Duration::from_secs(60))

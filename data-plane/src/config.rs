@@ -143,11 +143,43 @@ pub struct ConnectionSection {
     pub password_env: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// `password` (the default: `password_env` or `password_file`, or none
+    /// for trust), or `entra`: the proxy's own Entra token is the password
+    /// (Azure Database for PostgreSQL), fetched from the managed identity
+    /// endpoint or, with `federated_token_file`, by workload identity.
+    #[serde(default)]
+    pub upstream_auth: UpstreamAuth,
+    /// With `entra`: the token's scope (default Azure Database for
+    /// PostgreSQL's).
+    #[serde(default)]
+    pub token_scope: Option<String>,
+    /// With `entra`: where tokens come from. Default: the instance metadata
+    /// service, or, with `federated_token_file`, the tenant's token
+    /// endpoint (`$AZURE_AUTHORITY_HOST$AZURE_TENANT_ID/oauth2/v2.0/token`).
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// With `entra`: a user-assigned managed identity's client id, or the
+    /// application of workload identity (default `$AZURE_CLIENT_ID`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// With `entra`: Kubernetes workload identity's projected token file
+    /// (as the webhook sets `$AZURE_FEDERATED_TOKEN_FILE`).
+    #[serde(default)]
+    pub federated_token_file: Option<PathBuf>,
     /// Schema unqualified table names resolve to (read by the policy crate).
     #[serde(default)]
     pub default_schema: Option<String>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+/// How the proxy logs into a connection's upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamAuth {
+    #[default]
+    Password,
+    Entra,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -276,6 +308,24 @@ fn upstream_config(
     if database.is_empty() {
         bail!("upstream URL has no database (postgres://user@host:port/database)");
     }
+    let entra_keys = c.token_scope.is_some()
+        || c.token_endpoint.is_some()
+        || c.client_id.is_some()
+        || c.federated_token_file.is_some();
+    let token = match c.upstream_auth {
+        UpstreamAuth::Password if entra_keys => bail!(
+            "token_scope, token_endpoint, client_id and federated_token_file are for `upstream_auth: entra`"
+        ),
+        UpstreamAuth::Password => None,
+        UpstreamAuth::Entra => {
+            if c.password_env.is_some() || c.password_file.is_some() {
+                bail!(
+                    "`upstream_auth: entra` uses the proxy's Entra token as the password: remove password_env and password_file"
+                );
+            }
+            Some(std::sync::Arc::new(entra_token(c, env)?))
+        }
+    };
     let password = match (&c.password_env, &c.password_file) {
         (Some(_), Some(_)) => bail!("set password_env or password_file, not both"),
         (Some(var), None) => {
@@ -298,8 +348,49 @@ fn upstream_config(
         user: user.to_owned(),
         database: database.to_owned(),
         password,
+        token,
         connect_timeout: c.connect_timeout,
     })
+}
+
+/// The token source of an `upstream_auth: entra` connection.
+fn entra_token(
+    c: &ConnectionSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<airlock_identity::UpstreamToken> {
+    use airlock_identity::{AZURE_POSTGRES_SCOPE, IMDS_TOKEN_ENDPOINT, UpstreamToken, WorkloadIdentity};
+    let identity = match &c.federated_token_file {
+        None => WorkloadIdentity::Managed {
+            endpoint: c
+                .token_endpoint
+                .clone()
+                .unwrap_or_else(|| IMDS_TOKEN_ENDPOINT.to_owned()),
+            client_id: c.client_id.clone(),
+        },
+        Some(file) => {
+            let client_id = c.client_id.clone().or_else(|| env("AZURE_CLIENT_ID")).context(
+                "workload identity needs the application's client id: set client_id, or AZURE_CLIENT_ID",
+            )?;
+            let token_endpoint = match &c.token_endpoint {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let tenant = env("AZURE_TENANT_ID").context(
+                        "workload identity needs the tenant: set token_endpoint, or AZURE_TENANT_ID",
+                    )?;
+                    let authority = env("AZURE_AUTHORITY_HOST")
+                        .unwrap_or_else(|| "https://login.microsoftonline.com/".to_owned());
+                    format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'))
+                }
+            };
+            WorkloadIdentity::Federated {
+                token_endpoint,
+                client_id,
+                token_file: file.clone(),
+            }
+        }
+    };
+    let scope = c.token_scope.as_deref().unwrap_or(AZURE_POSTGRES_SCOPE);
+    UpstreamToken::new(identity, scope).map_err(|e| anyhow::anyhow!("upstream_auth: entra: {e}"))
 }
 
 #[cfg(test)]
@@ -319,6 +410,71 @@ policies: []
 
     fn env(name: &str) -> Option<String> {
         (name == "PROD_MAINT_PASSWORD").then(|| "s3cret".to_owned())
+    }
+
+    #[test]
+    fn entra_upstream_auth_replaces_the_password() {
+        let entra = GOOD.replace(
+            "    password_env: PROD_MAINT_PASSWORD\n",
+            "    upstream_auth: entra\n    token_endpoint: http://127.0.0.1:9/token\n",
+        );
+        let c = parse(&entra, Path::new("airlock.yaml"), &env).expect("valid");
+        let up = &c.connections[0].1;
+        assert!(up.password.is_none() && up.token.is_some());
+        // Managed identity by default: the metadata service.
+        let imds = GOOD.replace(
+            "    password_env: PROD_MAINT_PASSWORD\n",
+            "    upstream_auth: entra\n",
+        );
+        parse(&imds, Path::new("airlock.yaml"), &env).expect("the metadata service's http is allowed");
+        let workload = GOOD.replace(
+            "    password_env: PROD_MAINT_PASSWORD\n",
+            "    upstream_auth: entra\n    federated_token_file: /var/run/secrets/azure/tokens/azure-identity-token\n",
+        );
+        let azure = |name: &str| match name {
+            "AZURE_CLIENT_ID" => Some("app-1".to_owned()),
+            "AZURE_TENANT_ID" => Some("tenant-1".to_owned()),
+            _ => None,
+        };
+        parse(&workload, Path::new("airlock.yaml"), &azure)
+            .expect("workload identity from the webhook's variables");
+        for (text, expected) in [
+            (
+                GOOD.replace(
+                    "    password_env: PROD_MAINT_PASSWORD\n",
+                    "    password_env: PROD_MAINT_PASSWORD\n    upstream_auth: entra\n",
+                ),
+                "remove password_env",
+            ),
+            (
+                GOOD.replace(
+                    "    password_env: PROD_MAINT_PASSWORD\n",
+                    "    password_env: PROD_MAINT_PASSWORD\n    token_scope: x/.default\n",
+                ),
+                "are for `upstream_auth: entra`",
+            ),
+            (
+                GOOD.replace(
+                    "    password_env: PROD_MAINT_PASSWORD\n",
+                    "    upstream_auth: entra\n    token_endpoint: http://tokens.example/t\n",
+                ),
+                "token_endpoint",
+            ),
+            (workload.clone(), "AZURE_CLIENT_ID"),
+            (
+                GOOD.replace(
+                    "    password_env: PROD_MAINT_PASSWORD\n",
+                    "    upstream_auth: kerberos\n",
+                ),
+                "kerberos",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                parse(&text, Path::new("airlock.yaml"), &env).expect_err(expected)
+            );
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

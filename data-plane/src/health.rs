@@ -67,7 +67,8 @@ pub fn router(readiness: Readiness) -> axum::Router {
             "/readyz",
             get(move || {
                 let why = readiness.not_ready();
-                let degraded = readiness.gate.degraded_catalogs();
+                let mut degraded = readiness.gate.degraded_catalogs();
+                degraded.extend(readiness.gate.degraded_upstreams());
                 async move {
                     if why.is_empty() && degraded.is_empty() {
                         (StatusCode::OK, "ready\n".to_owned())

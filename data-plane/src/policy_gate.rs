@@ -56,6 +56,16 @@ impl PolicyGate {
         // Read by tasks of the runtime this is made in; without one (never
         // in the proxy), the facts stay unread and judgement fails closed.
         let runtime = tokio::runtime::Handle::try_current().ok();
+        // `upstream_auth: entra`: each token is fetched now and refreshed
+        // before it expires, so logins do not wait for it and `/readyz`
+        // shows a token endpoint that fails.
+        if let Some(rt) = &runtime {
+            for (name, upstream) in &connections {
+                if let Some(token) = upstream.token.clone() {
+                    rt.spawn(keep_token_fresh(name.clone(), token));
+                }
+            }
+        }
         let catalogs = connections
             .iter()
             .map(|(name, upstream)| {
@@ -94,6 +104,21 @@ impl PolicyGate {
     /// Why connections judge without catalog facts (for `/readyz`).
     pub fn degraded_catalogs(&self) -> Vec<String> {
         self.catalogs.values().filter_map(|w| w.degraded()).collect()
+    }
+
+    /// Connections whose upstream login cannot work now: `upstream_auth:
+    /// entra` with no valid token, and why (for `/readyz`).
+    pub fn degraded_upstreams(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .connections
+            .iter()
+            .filter_map(|(name, upstream)| {
+                let why = upstream.token.as_ref()?.degraded()?;
+                Some(format!("connection {name}: no upstream token: {why}"))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Waits (at most `within`) until every connection's facts have been
@@ -210,6 +235,26 @@ fn proto_verdict(v: &airlock_policy::Verdict) -> proto::Verdict {
 
 /// The policies of `set` that bind one of the agent's groups (by object id
 /// or name) to `database`, by name.
+/// Refreshes a connection's upstream token before it expires; after a
+/// failure, tries again with a growing pause (1 s to 30 s).
+async fn keep_token_fresh(name: String, token: Arc<airlock_identity::UpstreamToken>) {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        let due = token.refresh_due().await;
+        tokio::time::sleep_until(due.into()).await;
+        match token.token().await {
+            Ok(_) if !token.failing() => pause = std::time::Duration::from_secs(1),
+            outcome => {
+                if let Err(e) = outcome {
+                    tracing::warn!(connection = %name, error = %e, "no upstream token");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 fn bound_names(set: &PolicySet, agent: &Agent, database: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for g in &agent.identity.groups {

@@ -145,6 +145,7 @@ async fn start_recording(
         user: "maint".into(),
         database: "shop".into(),
         password: Some(Secret::new("maint-secret")),
+        token: None,
         connect_timeout: Duration::from_secs(5),
     };
     let mut s = ServerSettings::new("127.0.0.1:0".parse().expect("addr"));

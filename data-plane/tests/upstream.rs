@@ -14,6 +14,7 @@ fn config(pg: &Postgres, user: &str, password: Option<&str>) -> UpstreamConfig {
         user: user.into(),
         database: "shop".into(),
         password: password.map(Secret::new),
+        token: None,
         connect_timeout: Duration::from_secs(5),
     }
 }
@@ -113,6 +114,7 @@ async fn an_unreachable_upstream_is_a_clear_error() {
         user: "u".into(),
         database: "d".into(),
         password: None,
+        token: None,
         connect_timeout: Duration::from_secs(2),
     };
     let err = Upstream::connect(&cfg, &[]).await.expect_err("nothing listens");

@@ -201,6 +201,7 @@ pub(crate) async fn start(options: StackBuilder) -> Stack {
         user: "maint".into(),
         database: "shop".into(),
         password: Some(Secret::new("maint-secret")),
+        token: None,
         connect_timeout: Duration::from_secs(5),
     };
     let mut proxies = Vec::new();

@@ -55,6 +55,7 @@ mod identity;
 mod jwt;
 mod keys;
 mod verifier;
+mod workload;
 
 pub use cache::CacheOptions;
 pub use check::{CheckReport, check_token};
@@ -69,5 +70,8 @@ pub use identity::{
     ClientAppId, GroupId, GroupMembership, GroupsSource, Identity, PrincipalKind, SubjectId, TenantId,
 };
 pub use verifier::Verifier;
+pub use workload::{
+    AZURE_POSTGRES_SCOPE, Credential, IMDS_TOKEN_ENDPOINT, TokenError, UpstreamToken, WorkloadIdentity,
+};
 
 mod to_proto;

@@ -11,18 +11,22 @@ use crate::codec::Frame;
 /// Password authentication, one server request at a time.
 pub(super) struct Auth<'a> {
     config: &'a UpstreamConfig,
+    /// The configured password, or the connection's Entra token.
+    password: Option<&'a Secret>,
     scram: Option<ScramSha256>,
 }
 
 impl<'a> Auth<'a> {
-    pub(super) fn new(config: &'a UpstreamConfig) -> Auth<'a> {
-        Auth { config, scram: None }
+    pub(super) fn new(config: &'a UpstreamConfig, password: Option<&'a Secret>) -> Auth<'a> {
+        Auth {
+            config,
+            password,
+            scram: None,
+        }
     }
 
     fn password(&self) -> Result<&str, UpstreamError> {
-        self.config
-            .password
-            .as_ref()
+        self.password
             .map(Secret::expose)
             .ok_or_else(|| UpstreamError::PasswordRequired {
                 user: self.config.user.clone(),

@@ -45,5 +45,9 @@ pub struct UpstreamConfig {
     pub user: String,
     pub database: String,
     pub password: Option<Secret>,
+    /// `upstream_auth: entra`: the proxy's own Entra token is the password
+    /// (fetched, kept and refreshed by the identity crate); `password` is
+    /// then unset.
+    pub token: Option<std::sync::Arc<airlock_identity::UpstreamToken>>,
     pub connect_timeout: Duration,
 }

@@ -54,6 +54,8 @@ pub enum UpstreamError {
     },
     #[error("upstream asks for a password for {user}, but the connection has none configured")]
     PasswordRequired { user: String },
+    #[error("no Entra token for the upstream login (upstream_auth: entra): {0}")]
+    Token(#[source] airlock_identity::TokenError),
     #[error("upstream asks for {method} authentication, which Airlock does not support")]
     UnsupportedAuth { method: String },
     #[error("upstream {addr} TLS: {detail}")]
@@ -108,6 +110,13 @@ impl Upstream {
         params: &[(String, String)],
         addr: &str,
     ) -> Result<Upstream, UpstreamError> {
+        // The token first: without one there is no point reaching the server.
+        let token = match &config.token {
+            Some(source) => Some(Secret::new(
+                source.token().await.map_err(UpstreamError::Token)?.expose(),
+            )),
+            None => None,
+        };
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| UpstreamError::Connect {
@@ -139,7 +148,7 @@ impl Upstream {
         frontend::startup_message(startup.iter().copied(), &mut buf)?;
         writer.write_all(&buf).await?;
 
-        let mut upstream_auth = Auth::new(config);
+        let mut upstream_auth = Auth::new(config, token.as_ref().or(config.password.as_ref()));
         let mut parameters = Vec::new();
         let mut key = None;
         loop {
