@@ -135,6 +135,10 @@ pub struct ApprovalsSection {
     pub reviewers: Vec<String>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Step-up for approvals (read by the policy crate into each hold;
+    /// the control plane enforces what each request carries).
+    #[serde(default)]
+    pub require_acrs: Vec<String>,
 }
 
 /// What `airlock-control serve` needs.
@@ -175,6 +179,7 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
         .unwrap_or(ApprovalsSection {
             reviewers: Vec::new(),
             timeout: None,
+            require_acrs: Vec::new(),
         });
     let signing = file.section::<SigningSection>("signing")?;
     Ok(ControlConfig {

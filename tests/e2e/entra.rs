@@ -308,7 +308,7 @@ policies:
         "the proxy to log in with the refreshed token",
         Duration::from_secs(15),
         || {
-            let count = count.clone();
+            let count = count;
             async move { count("prod-maintenance").await.map_err(|e| vec![e]) }
         },
     )
