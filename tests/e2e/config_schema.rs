@@ -107,11 +107,13 @@ fn yaml_blocks(path: &str) -> Vec<(String, String)> {
 /// A docs block as a whole airlock.yaml: blocks show a file, some of its
 /// sections, a list of policies, a policy's `rules:`, or one standalone
 /// policy. `None` for a block that is not Airlock's configuration (the
-/// development identity provider's).
+/// development identity provider's login and Graph files).
 fn as_config(block: &Value, at: &str) -> Option<(Value, &'static str)> {
     let sections: BTreeSet<&str> = airlock_config::SECTIONS.iter().copied().collect();
     match block {
         Value::Object(m) if m.contains_key("clients") && m.contains_key("users") => None,
+        // The development issuer's Graph stand-in file.
+        Value::Object(m) if m.contains_key("client_secret_env") && m.contains_key("members") => None,
         Value::Object(m) if m.contains_key("policy") => Some((block.clone(), "policy")),
         Value::Object(m) if m.len() == 1 && m.contains_key("rules") => Some((
             json!({"policy": "example-group", "connection": "example", "rules": m["rules"]}),
