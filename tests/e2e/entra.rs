@@ -308,7 +308,6 @@ policies:
         "the proxy to log in with the refreshed token",
         Duration::from_secs(15),
         || {
-            let count = count;
             async move { count("prod-maintenance").await.map_err(|e| vec![e]) }
         },
     )
