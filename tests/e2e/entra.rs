@@ -307,9 +307,7 @@ policies:
     airlock_e2e::eventually(
         "the proxy to log in with the refreshed token",
         Duration::from_secs(15),
-        || {
-            async move { count("prod-maintenance").await.map_err(|e| vec![e]) }
-        },
+        || async move { count("prod-maintenance").await.map_err(|e| vec![e]) },
     )
     .await;
     let calls = imds.calls();
