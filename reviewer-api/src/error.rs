@@ -234,6 +234,25 @@ mod tests {
     }
 
     #[test]
+    fn a_step_up_refusal_names_the_contexts_in_the_json() {
+        let refused = ErrorCode::StepUpRequired.status_with(
+            "approving needs c1",
+            std::collections::HashMap::from([("acrs".to_owned(), "c1 c2".to_owned())]),
+        );
+        let error = ApiError::from(refused);
+        assert_eq!(error.code, Code::StepUpRequired);
+        assert_eq!(error.acrs, ["c1", "c2"]);
+        let json = serde_json::to_value(
+            crate::json::ErrorJson::new(error.code, error.message).with_acrs(error.acrs),
+        )
+        .expect("json");
+        assert_eq!(
+            json,
+            json!({"error": {"code": "step_up_required", "message": "approving needs c1", "acrs": ["c1", "c2"]}})
+        );
+    }
+
+    #[test]
     fn control_plane_codes_map_to_statuses() {
         let table = [
             (
@@ -258,6 +277,12 @@ mod tests {
                 ErrorCode::AppIdentity,
                 tonic::Code::PermissionDenied,
                 "app_identity",
+                403,
+            ),
+            (
+                ErrorCode::StepUpRequired,
+                tonic::Code::PermissionDenied,
+                "step_up_required",
                 403,
             ),
             (ErrorCode::NotFound, tonic::Code::NotFound, "not_found", 404),
