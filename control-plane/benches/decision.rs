@@ -99,6 +99,7 @@ fn main() {
             auditor_groups: Vec::new(),
             attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
             presence: airlock_control::presence::Presence::new(Duration::from_secs(30)),
+            floor_acrs: Vec::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));

@@ -151,6 +151,11 @@ pub struct ControlConfig {
     /// `signing:`: the writers this replica trusts. Required by `serve`;
     /// `verify` checks signatures against it when present.
     pub signing: Option<SigningSection>,
+    /// Groups the file's policies name (their own and their reviewers),
+    /// when it has policies: Graph is asked about them for reviewers with
+    /// group overage. Empty when the file has none or they do not load
+    /// (the proxies report that).
+    pub policy_groups: Vec<String>,
 }
 
 /// Reads and checks airlock.yaml.
@@ -182,12 +187,22 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
             require_acrs: Vec::new(),
         });
     let signing = file.section::<SigningSection>("signing")?;
+    let path = file.path().display().to_string();
+    let policy_groups = [
+        airlock_policy::PolicySet::from_config_yaml(file.text(), &path),
+        airlock_policy::PolicySet::shadow_from_config_yaml(file.text(), &path),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|set| set.named_groups())
+    .collect();
     Ok(ControlConfig {
         nats,
         identity,
         control,
         approvals,
         signing,
+        policy_groups,
     })
 }
 

@@ -39,6 +39,10 @@ pub struct Vote {
     pub reason: String,
     /// The statement digest the reviewer was shown, if the client sent it.
     pub statement_sha256: Option<Vec<u8>>,
+    /// `approvals.require_acrs` of this replica: step-up every approval
+    /// needs, whatever the request carries (a proxy with another
+    /// configuration, or one that does not know the field, cannot lower it).
+    pub floor_acrs: Vec<String>,
 }
 
 /// Why a vote is refused. Each maps to an HTTP / gRPC status at the edge.
@@ -162,12 +166,12 @@ pub fn decide(
         });
     }
     if vote.decision == proto::Decision::Approve {
-        let missing: Vec<String> = asked
-            .require_acrs
-            .iter()
-            .filter(|acr| !reviewer.acrs.contains(acr))
-            .cloned()
-            .collect();
+        let mut missing: Vec<String> = Vec::new();
+        for acr in asked.require_acrs.iter().chain(&vote.floor_acrs) {
+            if !reviewer.acrs.contains(acr) && !missing.contains(acr) {
+                missing.push(acr.clone());
+            }
+        }
         if !missing.is_empty() {
             return Err(DecideError::StepUpRequired {
                 who: who(reviewer),

@@ -128,7 +128,14 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     // Callers with group overage: Graph is asked about the groups that give
     // rights here (and those of identity.group_names).
-    verifier.ask_graph_about(config.approvals.reviewers.iter().chain(&config.control.auditors));
+    verifier.ask_graph_about(
+        config
+            .approvals
+            .reviewers
+            .iter()
+            .chain(&config.control.auditors)
+            .chain(&config.policy_groups),
+    );
     let signer = match &config.control.checkpoints {
         Some(c) => Some((
             crate::checkpoint::CheckpointSigner::load(&c.signing_key)?,
@@ -194,6 +201,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         auditor_groups: by_name_and_id(&config, &config.control.auditors),
         attach,
         presence: presence.clone(),
+        floor_acrs: config.approvals.require_acrs.clone(),
     };
     tokio::spawn(crate::presence::run(
         presence.clone(),

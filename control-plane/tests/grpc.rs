@@ -103,6 +103,7 @@ async fn replica_with(
         auditor_groups: vec![AUDITORS.into()],
         attach,
         presence: presence.clone(),
+        floor_acrs: Vec::new(),
     };
     tokio::spawn(airlock_control::presence::run(
         presence.clone(),

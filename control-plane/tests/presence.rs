@@ -52,6 +52,7 @@ async fn replica(nats: &NatsServer, id: &str, lost_after: Duration) -> String {
         auditor_groups: vec![],
         attach: AttachAuth::InsecureLoopback,
         presence: presence.clone(),
+        floor_acrs: Vec::new(),
     };
     tokio::spawn(airlock_control::presence::run(
         presence.clone(),

@@ -78,6 +78,7 @@ async fn replica(nats: &NatsServer) -> Replica {
         auditor_groups: Vec::new(),
         attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
         presence: presence.clone(),
+        floor_acrs: Vec::new(),
     };
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),

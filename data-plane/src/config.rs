@@ -308,6 +308,20 @@ fn upstream_config(
     if database.is_empty() {
         bail!("upstream URL has no database (postgres://user@host:port/database)");
     }
+    let loopback = host_is_loopback(&host);
+    if c.upstream_auth == UpstreamAuth::Entra
+        && !loopback
+        && !matches!(tls, crate::upstream::UpstreamTls::VerifyFull { .. })
+    {
+        // The token goes to the server in clear text inside TLS (Azure asks
+        // for it so): unless the server's certificate is checked, whoever
+        // answers in its place reads a token every Azure PostgreSQL server
+        // mapping this identity accepts.
+        bail!(
+            "`upstream_auth: entra` sends the proxy's Entra token as the password: use \
+             ?sslmode=verify-full&sslrootcert=<CA file> so it goes only to the real server"
+        );
+    }
     let entra_keys = c.token_scope.is_some()
         || c.token_endpoint.is_some()
         || c.client_id.is_some()
@@ -351,6 +365,13 @@ fn upstream_config(
         token,
         connect_timeout: c.connect_timeout,
     })
+}
+
+/// A loopback address or `localhost` (bracketed IPv6 included).
+fn host_is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The token source of an `upstream_auth: entra` connection.
@@ -421,6 +442,12 @@ policies: []
         let c = parse(&entra, Path::new("airlock.yaml"), &env).expect("valid");
         let up = &c.connections[0].1;
         assert!(up.password.is_none() && up.token.is_some());
+        // Off loopback, only to a server whose certificate is checked.
+        let remote = entra.replace(
+            "127.0.0.1:5432/shop",
+            "db.example:5432/shop?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+        );
+        parse(&remote, Path::new("airlock.yaml"), &env).expect("verify-full");
         // Managed identity by default: the metadata service.
         let imds = GOOD.replace(
             "    password_env: PROD_MAINT_PASSWORD\n",
@@ -461,6 +488,22 @@ policies: []
                 "token_endpoint",
             ),
             (workload.clone(), "AZURE_CLIENT_ID"),
+            (
+                GOOD.replace("127.0.0.1:5432/shop", "db.example:5432/shop?sslmode=require")
+                    .replace(
+                        "    password_env: PROD_MAINT_PASSWORD\n",
+                        "    upstream_auth: entra\n",
+                    ),
+                "sslmode=verify-full",
+            ),
+            (
+                GOOD.replace("127.0.0.1:5432/shop", "db.example:5432/shop")
+                    .replace(
+                        "    password_env: PROD_MAINT_PASSWORD\n",
+                        "    upstream_auth: entra\n",
+                    ),
+                "sslmode=verify-full",
+            ),
             (
                 GOOD.replace(
                     "    password_env: PROD_MAINT_PASSWORD\n",

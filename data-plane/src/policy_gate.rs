@@ -164,17 +164,28 @@ impl PolicyGate {
             let v = self
                 .cache
                 .evaluate_on(policy, sql, schema, catalog, session, prepared);
-            if strictest.as_ref().is_none_or(|s| v.action > s.action) {
-                strictest = Some(v);
-            }
+            strictest = Some(match strictest {
+                None => v,
+                Some(s) if v.action > s.action => v,
+                // Two policies hold it: their approval terms combine as
+                // the rules of one statement's effects do.
+                Some(s) if v.action == s.action && v.action == airlock_policy::Action::RequireApproval => {
+                    Arc::new(combine_holds(&s, &v))
+                }
+                Some(s) => s,
+            });
         }
         strictest
     }
 
     /// Enforces a new policy set from now on.
     pub fn replace_policies(&self, policies: PolicySet) {
+        // Graph is asked about the new groups before they are enforced, so
+        // no login bound under the new policies was resolved for the old.
+        let mut groups = policies.named_groups();
+        groups.extend(self.shadow().named_groups());
+        self.verifier.ask_graph_about(groups);
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
-        self.ask_graph_about_named_groups();
     }
 
     /// Tokens with group overage are resolved through Graph (when
@@ -235,12 +246,41 @@ fn proto_verdict(v: &airlock_policy::Verdict) -> proto::Verdict {
 
 /// The policies of `set` that bind one of the agent's groups (by object id
 /// or name) to `database`, by name.
+/// The hold of a statement two policies of the session both hold: only
+/// groups both let approve may approve (none: it is denied), the larger
+/// quorum, the shorter wait, and every step-up either asks for.
+fn combine_holds(a: &airlock_policy::Verdict, b: &airlock_policy::Verdict) -> airlock_policy::Verdict {
+    let mut out = a.clone();
+    out.reviewers = a
+        .reviewers
+        .iter()
+        .filter(|g| b.reviewers.contains(g))
+        .cloned()
+        .collect();
+    out.approvals = a.approvals.max(b.approvals);
+    out.timeout = a.timeout.min(b.timeout);
+    for acr in &b.require_acrs {
+        if !out.require_acrs.contains(acr) {
+            out.require_acrs.push(acr.clone());
+        }
+    }
+    out.require_acrs.sort();
+    if out.reviewers.is_empty() {
+        out.action = airlock_policy::Action::Deny;
+        out.reason = format!(
+            "{}; held by policies {} and {}, and no reviewer group may approve for both, so it is refused",
+            a.reason, a.policy, b.policy
+        );
+    }
+    out
+}
+
 /// Refreshes a connection's upstream token before it expires; after a
 /// failure, tries again with a growing pause (1 s to 30 s).
 async fn keep_token_fresh(name: String, token: Arc<airlock_identity::UpstreamToken>) {
     let mut pause = std::time::Duration::from_secs(1);
     loop {
-        let due = token.refresh_due().await;
+        let due = token.refresh_due();
         tokio::time::sleep_until(due.into()).await;
         match token.token().await {
             Ok(_) if !token.failing() => pause = std::time::Duration::from_secs(1),
@@ -297,6 +337,16 @@ impl Gate for PolicyGate {
                 Ok(identity) => Ok(Agent {
                     identity: identity.to_proto(),
                 }),
+                // Graph's own words (its URL, the tenant's error text) are
+                // for the operator's log; the agent learns what to do.
+                Err(e @ airlock_identity::VerifyError::GraphUnavailable(_)) => {
+                    tracing::warn!(error = %e, "a login with group overage could not be resolved");
+                    Err(Refusal::bad_token(
+                        "access token refused: your token lists too many groups, and Airlock cannot ask \
+                         Microsoft Graph about them right now; try again later, or ask an operator"
+                            .to_owned(),
+                    ))
+                }
                 // The error's text never holds the token.
                 Err(e) => Err(Refusal::bad_token(format!("access token refused: {e}"))),
             }

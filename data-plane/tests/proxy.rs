@@ -3121,3 +3121,78 @@ mod review_query_in_batch {
         assert_eq!(answer(&mut raw).await, (None, vec![]));
     }
 }
+
+/// Review finding: an agent in two groups whose policies both hold a
+/// statement got the hold of the first policy in the file, so the second's
+/// step-up (and reviewers, quorum, wait) was dropped. Both now combine, in
+/// either order.
+#[tokio::test]
+async fn a_statement_two_policies_hold_needs_what_both_ask() {
+    let second = "
+  - policy: db-leads
+    connection: shop
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+        reviewers: [db-reviewers, grp-dba]
+        approvals: 2
+        timeout: 5m
+        require_acrs: [c1]
+";
+    let first = policy_yaml("SELECT").replace(
+        "    db-reviewers: grp-reviewers\n",
+        "    db-reviewers: grp-reviewers\n    db-leads: grp-leads\n",
+    );
+    let upstream = UpstreamConfig {
+        tls: Default::default(),
+        host: "127.0.0.1".into(),
+        port: 1,
+        user: "maint".into(),
+        database: "shop".into(),
+        password: None,
+        token: None,
+        connect_timeout: Duration::from_secs(1),
+    };
+    let both = proto::Identity {
+        subject: "oid-agent-7".into(),
+        kind: proto::identity::Kind::App as i32,
+        groups: ["grp-agents", "grp-leads"]
+            .iter()
+            .map(|id| proto::Group {
+                id: (*id).into(),
+                name: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for yaml in [format!("{first}{second}"), {
+        // The other order: db-leads first.
+        let (head, rules) = first
+            .split_once("  - policy: db-maintenance-agents")
+            .expect("policy");
+        format!(
+            "{head}{}  - policy: db-maintenance-agents{rules}",
+            second.trim_start_matches('\n')
+        )
+    }] {
+        let gate = SeedPolicy::policy_gate(&yaml, upstream.clone());
+        let agent = Agent {
+            identity: both.clone(),
+        };
+        let binding = gate.bind(&agent, "shop").expect("bound by both policies");
+        assert_eq!(binding.policies.len(), 2);
+        let judged = gate.judge(&binding, "DELETE FROM orders WHERE id = 1");
+        match judged.action {
+            Action::Hold(spec) => {
+                assert_eq!(spec.require_acrs, ["c1"], "{yaml}");
+                assert_eq!(spec.approvals, 2);
+                assert_eq!(spec.timeout, Duration::from_secs(300));
+                let reviewers: Vec<&str> = spec.reviewers.iter().map(|g| g.name.as_str()).collect();
+                assert_eq!(reviewers, ["db-reviewers"], "only the groups both allow");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

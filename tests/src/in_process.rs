@@ -252,6 +252,7 @@ async fn spawn_control(log: &EventLog) -> (Arc<Live>, String) {
         auditor_groups: Vec::new(),
         attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
         presence: presence.clone(),
+        floor_acrs: Vec::new(),
     };
     tokio::spawn(airlock_control::presence::run(
         presence.clone(),

@@ -152,6 +152,7 @@ fn vote(id: &str, reviewer: proto::Identity, decision: proto::Decision) -> Vote 
         decision,
         reason: "looked at it".into(),
         statement_sha256: None,
+        floor_acrs: Vec::new(),
     }
 }
 
@@ -626,4 +627,20 @@ fn an_approval_needs_the_step_up_the_request_requires_and_a_denial_does_not() {
         &Alive,
     )
     .expect("a denial needs no step-up");
+}
+
+/// Review finding: a request filed without step-up (a proxy with another
+/// configuration, or an older one) still needs the replica's own
+/// `approvals.require_acrs`.
+#[test]
+fn the_replicas_own_step_up_floor_applies_to_every_approval() {
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
+    let mut v = vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve);
+    v.floor_acrs = vec!["c1".into()];
+    match decide(&given.state, &v, at(1), &source(), &Alive) {
+        Err(DecideError::StepUpRequired { missing, .. }) => assert_eq!(missing, ["c1"]),
+        other => panic!("{other:?}"),
+    }
+    v.reviewer.acrs = vec!["c1".into()];
+    decide(&given.state, &v, at(1), &source(), &Alive).expect("stepped up");
 }

@@ -133,6 +133,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             decision: proto::Decision::try_from(q.decision).unwrap_or(proto::Decision::Unspecified),
             reason: q.reason,
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
+            floor_acrs: self.floor_acrs.clone(),
         };
         let started = std::time::Instant::now();
         let voted = act::vote(&self.live, &self.log, &vote, &self.source, &self.presence).await;

@@ -188,6 +188,11 @@ fn map_identity(
 /// membership: without `identity.graph` the token is refused rather than
 /// judged on a guess; with it, the verifier asks Graph.
 fn is_overage(claims: &Map<String, Value>, groups_claim: &str) -> bool {
+    // App roles never overflow: with `groups_claim: roles` a groups
+    // overage is beside the point, and the roles claim is complete.
+    if groups_claim == "roles" {
+        return false;
+    }
     let named = claims
         .get("_claim_names")
         .and_then(Value::as_object)
@@ -380,6 +385,12 @@ mod tests {
         assert_eq!(plain.identity.groups.len(), 2);
         let err = check_and_map(&with(json!({"acrs": "c1"})), &config(), NOW).unwrap_err();
         assert_eq!(err.code(), "invalid_claim");
+        // With app roles as the groups, a groups overage does not matter.
+        let mut roles = config();
+        roles.groups_claim = "roles".into();
+        let mapped = check_and_map(&with(json!({"_claim_names": {"groups": "src1"}})), &roles, NOW).unwrap();
+        assert!(!mapped.overage);
+        assert_eq!(mapped.identity.groups[0].id.0, "Airlock.Review");
     }
 
     #[test]

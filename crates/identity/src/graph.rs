@@ -135,8 +135,10 @@ impl GraphConfig {
             .token_endpoint_for(issuer)
             .ok_or_else(|| bad("no token_endpoint, and none can be made from the issuer".into()))?;
         check_fetch_url(&token_endpoint).map_err(|e| bad(format!("token_endpoint: {e}")))?;
-        if self.cache_ttl.is_zero() || self.cache_ttl > Duration::from_secs(24 * 3600) {
-            return Err(bad("cache_ttl must be between 1s and 24h".into()));
+        // A removal from a group takes effect only once answers expire:
+        // at most an hour, about an Entra access token's own life.
+        if self.cache_ttl.is_zero() || self.cache_ttl > Duration::from_secs(3600) {
+            return Err(bad("cache_ttl must be between 1s and 1h".into()));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
             return Err(bad("timeout must be between 1ms and 60s".into()));
@@ -193,10 +195,19 @@ pub enum GraphError {
 }
 
 /// An application token for Graph, and when to stop using it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct AppToken {
     token: String,
     renew_at: Instant,
+}
+
+impl std::fmt::Debug for AppToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppToken")
+            .field("token", &"***")
+            .field("renew_at", &self.renew_at)
+            .finish()
+    }
 }
 
 /// What is known about one identity.
@@ -270,6 +281,7 @@ impl Graph {
     /// The configured groups `subject` is a member of (transitively).
     pub(crate) async fn member_groups(
         &self,
+        tenant: &str,
         kind: PrincipalKind,
         subject: &str,
     ) -> Result<Vec<String>, GraphError> {
@@ -280,7 +292,7 @@ impl Graph {
             return Err(GraphError::BadSubject(clip(subject)));
         }
         let waited_from = Instant::now();
-        let slot = self.slot(kind, subject);
+        let slot = self.slot(tenant, kind, subject);
         let mut slot = slot.lock().await;
         let (generation, groups) = self.groups.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some((at, for_generation, ids)) = &slot.answer
@@ -313,8 +325,12 @@ impl Graph {
         }
     }
 
-    fn slot(&self, kind: PrincipalKind, subject: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        let key = format!("{kind:?}/{}", subject.to_ascii_lowercase());
+    fn slot(&self, tenant: &str, kind: PrincipalKind, subject: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let key = format!(
+            "{}/{kind:?}/{}",
+            tenant.to_ascii_lowercase(),
+            subject.to_ascii_lowercase()
+        );
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.len() >= MAX_CACHED_IDENTITIES && !slots.contains_key(&key) {
             // Drop the slots nobody is waiting on; answers are cheap to ask again.
@@ -445,7 +461,8 @@ impl Graph {
             what: "token endpoint answer",
             detail: e.to_string(),
         })?;
-        let lifetime = Duration::from_secs(answer.expires_in.seconds());
+        // Capped: a huge `expires_in` must not overflow the clock.
+        let lifetime = Duration::from_secs(answer.expires_in.seconds().min(24 * 3600));
         let renew_at = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60)).max(lifetime / 2);
         *cached = Some(AppToken {
             token: answer.access_token.clone(),
@@ -585,6 +602,10 @@ mod tests {
         let mut graph = GraphConfig::new("c");
         let err = graph.validate(issuer).unwrap_err().to_string();
         assert!(err.contains("no credential"), "{err}");
+        graph.cache_ttl = Duration::from_secs(2 * 3600);
+        let err = graph.validate(issuer).unwrap_err().to_string();
+        assert!(err.contains("cache_ttl"), "{err}");
+        graph.cache_ttl = DEFAULT_GRAPH_CACHE_TTL;
         graph.client_secret_env = Some("AIRLOCK_TEST_SURELY_UNSET_SECRET".into());
         let err = graph.validate(issuer).unwrap_err().to_string();
         assert!(err.contains("AIRLOCK_TEST_SURELY_UNSET_SECRET"), "{err}");
@@ -598,6 +619,15 @@ mod tests {
         assert!(looks_like_object_id("0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a90"));
         assert!(!looks_like_object_id("db-reviewers"));
         assert!(!looks_like_object_id("0b7e2f4c-8a5d-4c1e-9f3a-7d2c6b1e4a9"));
+    }
+
+    #[test]
+    fn the_app_token_never_shows() {
+        let t = AppToken {
+            token: "secret-app-token".into(),
+            renew_at: Instant::now(),
+        };
+        assert!(!format!("{t:?}").contains("secret-app-token"));
     }
 
     #[test]

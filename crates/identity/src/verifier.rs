@@ -86,15 +86,20 @@ impl Verifier {
             return;
         };
         let config = &self.inner.config;
+        // Only object ids can be asked about (a role value or a typo would
+        // make Graph refuse the whole question).
         let mut ids: BTreeSet<String> = config
             .group_names
             .values()
+            .filter(|id| looks_like_object_id(id))
             .map(|id| id.to_ascii_lowercase())
             .collect();
         for name in names {
             let name = name.as_ref();
             if let Some(id) = config.group_names.get(name) {
-                ids.insert(id.to_ascii_lowercase());
+                if looks_like_object_id(id) {
+                    ids.insert(id.to_ascii_lowercase());
+                }
             } else if looks_like_object_id(name) {
                 ids.insert(name.to_ascii_lowercase());
             }
@@ -160,8 +165,9 @@ impl Verifier {
         if overage {
             // check_and_map refuses overage without Graph; stay closed all the same.
             let graph = self.inner.graph.as_ref().ok_or(VerifyError::GroupOverage)?;
+            let tenant = identity.tenant.as_ref().map(|t| t.0.as_str()).unwrap_or_default();
             let ids = graph
-                .member_groups(identity.kind, &identity.subject.0)
+                .member_groups(tenant, identity.kind, &identity.subject.0)
                 .await
                 .map_err(VerifyError::GraphUnavailable)?;
             identity.groups = ids

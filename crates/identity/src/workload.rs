@@ -39,6 +39,8 @@ const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// A token this close to expiry is not handed out.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longer lifetimes are taken as this (Azure's are about a day).
+const MAX_LIFETIME_SECS: u64 = 48 * 3600;
 /// After a failed fetch, the next is tried no sooner than this.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -107,13 +109,15 @@ pub struct UpstreamToken {
     identity: WorkloadIdentity,
     scope: String,
     client: reqwest::Client,
-    held: tokio::sync::Mutex<Option<Held>>,
+    held: Mutex<Option<Held>>,
+    /// Held by the one caller fetching a new token.
+    refreshing: tokio::sync::Mutex<()>,
     /// The last failure, until a fetch succeeds.
     failure: Mutex<Option<String>>,
     /// The last failed fetch's error and when it ended: logins within
     /// [`RETRY_AFTER`] of it get the same answer instead of waiting for
     /// another attempt.
-    failed: tokio::sync::Mutex<Option<(Instant, TokenError)>>,
+    failed: Mutex<Option<(Instant, TokenError)>>,
     fetches: AtomicU64,
 }
 
@@ -140,24 +144,37 @@ impl UpstreamToken {
             identity,
             scope: scope.to_owned(),
             client,
-            held: tokio::sync::Mutex::new(None),
+            held: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
             failure: Mutex::new(None),
-            failed: tokio::sync::Mutex::new(None),
+            failed: Mutex::new(None),
             fetches: AtomicU64::new(0),
         })
     }
 
     /// A token valid now: the held one until its refresh time, else a new
     /// one (the held one still, if fetching fails and it has not expired).
+    /// While one caller refreshes, the others get the held token if it is
+    /// still valid, and wait for the refresh only when it is not.
     pub async fn token(&self) -> Result<Credential, TokenError> {
-        let mut held = self.held.lock().await;
-        let now = Instant::now();
-        if let Some(h) = held.as_ref()
-            && now < h.refresh_at
-        {
-            return Ok(h.token.clone());
+        if let Some(token) = self.held_until(|h| h.refresh_at) {
+            return Ok(token);
         }
-        if let Some((at, error)) = self.failed.lock().await.as_ref()
+        let _refreshing = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                if let Some(token) = self.held_until(|h| h.expires_at - EXPIRY_MARGIN) {
+                    return Ok(token);
+                }
+                self.refreshing.lock().await
+            }
+        };
+        // Someone else may have refreshed while this caller waited.
+        if let Some(token) = self.held_until(|h| h.refresh_at) {
+            return Ok(token);
+        }
+        let now = Instant::now();
+        if let Some((at, error)) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
             && now < *at + RETRY_AFTER
         {
             return Err(error.clone());
@@ -165,14 +182,15 @@ impl UpstreamToken {
         match self.fetch().await {
             Ok(fresh) => {
                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                *self.failed.lock().await = None;
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let token = fresh.token.clone();
-                *held = Some(fresh);
+                *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
                 Ok(token)
             }
             Err(error) => {
                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
                 let now = Instant::now();
+                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
                 match held.as_mut() {
                     Some(h) if now + EXPIRY_MARGIN < h.expires_at => {
                         tracing::warn!(%error, "refreshing the upstream token failed; the current one is still valid");
@@ -181,7 +199,7 @@ impl UpstreamToken {
                         Ok(h.token.clone())
                     }
                     _ => {
-                        *self.failed.lock().await = Some((now, error.clone()));
+                        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, error.clone()));
                         Err(error)
                     }
                 }
@@ -189,11 +207,19 @@ impl UpstreamToken {
         }
     }
 
+    /// The held token, if now is before the instant `until` picks.
+    fn held_until(&self, until: impl Fn(&Held) -> Instant) -> Option<Credential> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.as_ref()
+            .filter(|h| Instant::now() < until(h))
+            .map(|h| h.token.clone())
+    }
+
     /// When the held token should be refreshed (now, when none is held).
-    pub async fn refresh_due(&self) -> Instant {
+    pub fn refresh_due(&self) -> Instant {
         self.held
             .lock()
-            .await
+            .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map_or_else(Instant::now, |h| h.refresh_at)
     }
@@ -207,12 +233,7 @@ impl UpstreamToken {
     /// valid token is held.
     pub fn degraded(&self) -> Option<String> {
         let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-        let valid = self
-            .held
-            .try_lock()
-            .ok()
-            .and_then(|h| h.as_ref().map(|h| Instant::now() + EXPIRY_MARGIN < h.expires_at))
-            .unwrap_or(false);
+        let valid = self.held_until(|h| h.expires_at - EXPIRY_MARGIN).is_some();
         (!valid).then_some(failure)
     }
 
@@ -286,7 +307,8 @@ impl UpstreamToken {
         if answer.access_token.is_empty() {
             return Err(failed("the answer has an empty access_token".into()));
         }
-        let lifetime = Duration::from_secs(answer.expires_in.seconds());
+        // Capped: a huge `expires_in` must not overflow the clock.
+        let lifetime = Duration::from_secs(answer.expires_in.seconds().min(MAX_LIFETIME_SECS));
         if lifetime <= EXPIRY_MARGIN {
             return Err(failed(format!("the token expires in {lifetime:?}")));
         }

@@ -224,3 +224,12 @@ fn endpoints_must_be_safe() {
         assert!(err.contains("token_endpoint"), "{bad}: {err}");
     }
 }
+
+/// Review finding: a huge `expires_in` overflowed the clock and panicked.
+#[tokio::test]
+async fn a_huge_lifetime_is_capped_not_a_panic() {
+    let stand_in = StandIn::start("forever", u64::MAX).await;
+    let source = stand_in.managed();
+    assert_eq!(source.token().await.unwrap().expose(), "forever");
+    assert!(source.refresh_due() > std::time::Instant::now() + Duration::from_secs(3600));
+}

@@ -216,6 +216,20 @@ impl PolicySet {
             .collect();
         let group_names = header.identity.map(|i| i.group_names).unwrap_or_default();
         let approvals = header.approvals.unwrap_or_default();
+        if !approvals.require_acrs.is_empty()
+            && let Some(bad) = bad_acrs(&approvals.require_acrs)
+        {
+            let (message, hint) = split_hint(&format!("approvals: {bad}"));
+            return Err(PolicyError::InvalidPolicy {
+                at: Location {
+                    file: file.to_owned(),
+                    line: None,
+                    column: None,
+                },
+                message,
+                hint,
+            });
+        }
         let ctx = Context {
             defaults: approvals.clone(),
             connections: (!header.connections.is_empty()).then(|| connections.keys().cloned().collect()),
@@ -1068,10 +1082,16 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
     );
     let policy_timeout = raw.timeout.or(ctx.defaults.timeout).unwrap_or(DEFAULT_TIMEOUT);
     let policy_approvals = raw.approvals.as_ref().map(|a| a.0).unwrap_or(1);
+    // Step-up adds up: `approvals.require_acrs` is a floor every hold
+    // keeps (the control plane enforces it too), the policy's and a rule's
+    // add to it.
     let policy_acrs = sorted(
-        raw.require_acrs
-            .clone()
-            .unwrap_or_else(|| ctx.defaults.require_acrs.clone()),
+        ctx.defaults
+            .require_acrs
+            .iter()
+            .chain(raw.require_acrs.iter().flatten())
+            .cloned()
+            .collect(),
     );
     let rules = raw
         .rules
@@ -1115,7 +1135,13 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
                 },
                 reason: r.reason,
                 require_acrs: if holds {
-                    r.require_acrs.map(sorted).unwrap_or_else(|| policy_acrs.clone())
+                    sorted(
+                        policy_acrs
+                            .iter()
+                            .chain(r.require_acrs.iter().flatten())
+                            .cloned()
+                            .collect(),
+                    )
                 } else {
                     vec![]
                 },

@@ -229,7 +229,7 @@ impl ToUpstream {
                 spec.timeout,
                 super::login::token_expired(&ctx.agent.identity),
             ) {
-                Decided::Granted if grant_in_log(&ctx, &request_id, &statement.sha256).await => {
+                Decided::Granted if grant_in_log(&ctx, &request_id, &statement.sha256, spec).await => {
                     Step::Run { request_id: rid }
                 }
                 // The grant must be in the log, not only on the wire from the
@@ -330,7 +330,7 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
 /// Whether the log confirms a grant of exactly `sha256` for `request_id`
 /// ([`confirms_grant`]). Anyone who can publish on NATS can append an event,
 /// so only what a control-plane key this proxy trusts signed counts.
-async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool {
+async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8], spec: &HoldSpec) -> bool {
     let Some(trust) = ctx.deps.log.trust() else {
         tracing::warn!(request = %request_id, "no trusted control-plane keys: no grant can be confirmed");
         return false;
@@ -343,7 +343,7 @@ async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool 
             return false;
         }
     };
-    let confirmed = confirms_grant(&events, trust, request_id, sha256);
+    let confirmed = confirms_grant(&events, trust, request_id, sha256, &spec.require_acrs);
     if !confirmed {
         tracing::warn!(request = %request_id, "the log does not confirm the grant; refusing it");
     }
@@ -357,11 +357,18 @@ async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8]) -> bool 
 /// another version, or any other way) never overrides a denial or an
 /// expiry. Events of other writers (a proxy's, a replayed copy of one, junk)
 /// are passed over, so they can neither confirm a grant nor hide one.
+///
+/// The proxy also checks the step-up its own hold asked for
+/// (`require_acrs`): every approver's sign-in must have met each context.
+/// The control plane enforces it first; this keeps a grant from a replica
+/// that does not know the field (an older version during an upgrade) from
+/// running a statement no stepped-up reviewer approved.
 pub(crate) fn confirms_grant(
     events: &[StoredEvent],
     trust: &Trust,
     request_id: &RequestId,
     sha256: &[u8],
+    require_acrs: &[String],
 ) -> bool {
     let own = subjects::lifecycle(request_id);
     let first = events.iter().find(|e| {
@@ -384,10 +391,19 @@ pub(crate) fn confirms_grant(
                 })
             )
     });
-    matches!(
-        first.and_then(|e| e.event.body.as_ref()),
-        Some(Body::ApprovalGranted(g)) if g.statement_sha256 == sha256
-    )
+    let Some(Body::ApprovalGranted(g)) = first.and_then(|e| e.event.body.as_ref()) else {
+        return false;
+    };
+    let stepped_up = g.approvers.iter().all(|a| {
+        a.reviewer
+            .as_ref()
+            .is_some_and(|r| require_acrs.iter().all(|acr| r.acrs.contains(acr)))
+    });
+    if !stepped_up || (!require_acrs.is_empty() && g.approvers.is_empty()) {
+        tracing::warn!(request = %request_id, "a grant whose approvers did not all meet the step-up the hold requires; refusing it");
+        return false;
+    }
+    g.statement_sha256 == sha256
 }
 
 /// Files ApprovalCancelled for a request this session holds.
@@ -503,7 +519,12 @@ mod tests {
             }
 
             fn confirms(&self) -> bool {
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA)
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &[])
+            }
+
+            fn confirms_with_step_up(&self, acrs: &[&str]) -> bool {
+                let acrs: Vec<String> = acrs.iter().map(|a| (*a).to_owned()).collect();
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &acrs)
             }
         }
 
@@ -532,6 +553,46 @@ mod tests {
             let mut old = Log::new();
             old.legacy(granted());
             assert!(old.confirms(), "logs from before the decision subject");
+        }
+
+        /// Review finding: a grant from a replica that does not know the
+        /// step-up field (an older version) runs nothing unless every
+        /// approver's sign-in met the contexts the proxy's own hold asked.
+        #[test]
+        fn a_grant_whose_approvers_did_not_step_up_confirms_nothing() {
+            let approver = |acrs: &[&str]| proto::Approver {
+                reviewer: Some(proto::Identity {
+                    subject: "alice".into(),
+                    acrs: acrs.iter().map(|a| (*a).to_owned()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let grant = |approvers: Vec<proto::Approver>| {
+                Body::ApprovalGranted(proto::ApprovalGranted {
+                    statement_sha256: SHA.to_vec(),
+                    approvers,
+                })
+            };
+            let mut plain = Log::new();
+            plain.decision(grant(vec![approver(&[])]));
+            assert!(plain.confirms(), "no step-up asked");
+            assert!(!plain.confirms_with_step_up(&["c1"]));
+            let mut partly = Log::new();
+            partly.decision(grant(vec![approver(&["c1"]), approver(&["c2"])]));
+            assert!(
+                !partly.confirms_with_step_up(&["c1"]),
+                "each approver must have met it"
+            );
+            let mut nobody = Log::new();
+            nobody.decision(grant(vec![]));
+            assert!(
+                !nobody.confirms_with_step_up(&["c1"]),
+                "a grant naming no approver"
+            );
+            let mut stepped = Log::new();
+            stepped.decision(grant(vec![approver(&["c2", "c1"])]));
+            assert!(stepped.confirms_with_step_up(&["c1"]));
         }
 
         /// Review finding: during an upgrade an old replica (deciding on

@@ -111,6 +111,21 @@ impl Upstream {
         addr: &str,
     ) -> Result<Upstream, UpstreamError> {
         // The token first: without one there is no point reaching the server.
+        // Configuration allows a token only to a verified server or loopback;
+        // checked again here so no other constructor can send it elsewhere.
+        if config.token.is_some()
+            && !matches!(config.tls, UpstreamTls::VerifyFull { .. })
+            && !config
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            && !config.host.eq_ignore_ascii_case("localhost")
+        {
+            return Err(UpstreamError::Tls {
+                addr: addr.to_owned(),
+                detail: "an Entra token is sent only over verify-full TLS (or to loopback)".into(),
+            });
+        }
         let token = match &config.token {
             Some(source) => Some(Secret::new(
                 source.token().await.map_err(UpstreamError::Token)?.expose(),

@@ -311,7 +311,7 @@ fn step_up_comes_from_approvals_the_policy_or_the_rule() {
         "an allow rule needs no step-up"
     );
     assert_eq!(p.rules[1].require_acrs, ["c1"]);
-    assert_eq!(p.rules[2].require_acrs, ["c1", "c2"]);
+    assert_eq!(p.rules[2].require_acrs, ["c1", "c2"], "a rule adds to the floor");
     assert!(
         p.rules[2].text.contains("require_acrs: [c1, c2]"),
         "{}",
@@ -321,6 +321,16 @@ fn step_up_comes_from_approvals_the_policy_or_the_rule() {
     let plain = PolicySet::from_config_yaml(SEED, "airlock.yaml").unwrap();
     let json = serde_json::to_string(&plain.policies[0]).unwrap();
     assert!(!json.contains("require_acrs"), "{json}");
+}
+
+#[test]
+fn step_up_in_approvals_is_checked() {
+    let text = SEED.replace(
+        "  timeout: 15m\n",
+        "  timeout: 15m\n  require_acrs: [\"c1;drop\"]\n",
+    );
+    let e = PolicySet::from_config_yaml(&text, "airlock.yaml").expect_err("not a context id");
+    assert!(e.to_string().contains("approvals: `require_acrs` has"), "{e}");
 }
 
 #[test]
