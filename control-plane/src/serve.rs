@@ -26,11 +26,17 @@ struct VerifierAuth(Verifier);
 impl ReviewerAuth for VerifierAuth {
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<proto::Identity, String>> {
         Box::pin(async move {
-            self.0
-                .verify(token)
-                .await
-                .map(|i| i.to_proto())
-                .map_err(|e| e.to_string())
+            self.0.verify(token).await.map(|i| i.to_proto()).map_err(|e| match e {
+                // Graph's own words (its URL, the tenant's error text) are
+                // for the operator's log, not for whoever holds the token.
+                airlock_identity::VerifyError::GraphUnavailable(_) => {
+                    tracing::warn!(error = %e, "a reviewer's group overage could not be resolved");
+                    "the token lists too many groups, and Microsoft Graph cannot be asked about them right \
+                     now; try again later"
+                        .to_owned()
+                }
+                e => e.to_string(),
+            })
         })
     }
 }

@@ -174,6 +174,9 @@ pub struct Judgement {
     /// The kinds of the statement's effects (a COPY FROM STDIN is a COPY
     /// and an INSERT), for what the session itself must know of it.
     pub kinds: Vec<airlock_policy::Kind>,
+    /// Which policies judged it ([`Gate::policy_generation`] then): a
+    /// statement prepared before a reload is judged again at its Bind.
+    pub policy_generation: u64,
 }
 
 impl Judgement {
@@ -189,6 +192,7 @@ impl Judgement {
             drops_all: false,
             unseen: false,
             kinds: Vec::new(),
+            policy_generation: 0,
         }
     }
 
@@ -219,6 +223,12 @@ pub trait Gate: Send + Sync + 'static {
 
     /// Judges a statement string (possibly several statements).
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement;
+
+    /// Changes whenever the policies change (a reload): judgements made
+    /// under another generation are stale.
+    fn policy_generation(&self) -> u64 {
+        0
+    }
 }
 
 /// "policy P, rule: R; reason" without saying the same thing twice.

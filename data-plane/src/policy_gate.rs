@@ -31,6 +31,8 @@ pub struct PolicyGate {
     connections: HashMap<String, UpstreamConfig>,
     /// Each connection's catalog facts, kept fresh by a task of its own.
     catalogs: HashMap<String, Arc<CatalogWatch>>,
+    /// Bumped at every reload of the enforced or shadow policies.
+    generation: std::sync::atomic::AtomicU64,
     /// Group name -> object id (`identity.group_names`).
     group_names: BTreeMap<String, String>,
     cache: VerdictCache,
@@ -82,6 +84,7 @@ impl PolicyGate {
             shadow: std::sync::RwLock::new(Arc::new(PolicySet::default())),
             connections: connections.into_iter().collect(),
             catalogs,
+            generation: std::sync::atomic::AtomicU64::new(1),
             group_names,
             cache: VerdictCache::new(10_000),
         };
@@ -132,6 +135,7 @@ impl PolicyGate {
     pub fn replace_shadow(&self, shadow: PolicySet) {
         *self.shadow.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shadow);
         self.ask_graph_about_named_groups();
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn shadow(&self) -> Arc<PolicySet> {
@@ -186,6 +190,7 @@ impl PolicyGate {
         groups.extend(self.shadow().named_groups());
         self.verifier.ask_graph_about(groups);
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Tokens with group overage are resolved through Graph (when
@@ -265,11 +270,12 @@ fn combine_holds(a: &airlock_policy::Verdict, b: &airlock_policy::Verdict) -> ai
         }
     }
     out.require_acrs.sort();
+    out.reason = format!("{}; also held by policy {}: {}", a.reason, b.policy, b.reason);
     if out.reviewers.is_empty() {
         out.action = airlock_policy::Action::Deny;
         out.reason = format!(
-            "{}; held by policies {} and {}, and no reviewer group may approve for both, so it is refused",
-            a.reason, a.policy, b.policy
+            "{}; no reviewer group may approve for both policies, so it is refused",
+            out.reason
         );
     }
     out
@@ -283,6 +289,11 @@ async fn keep_token_fresh(name: String, token: Arc<airlock_identity::UpstreamTok
         let due = token.refresh_due();
         tokio::time::sleep_until(due.into()).await;
         match token.token().await {
+            // A login is fetching the new token right now: look again soon
+            // rather than spin on a refresh time already passed.
+            Ok(_) if !token.failing() && token.refresh_due() <= std::time::Instant::now() => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
             Ok(_) if !token.failing() => pause = std::time::Duration::from_secs(1),
             outcome => {
                 if let Err(e) = outcome {
@@ -391,7 +402,14 @@ impl Gate for PolicyGate {
         })
     }
 
+    fn policy_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
+        // Read before the policies: a reload between the two makes this
+        // judgement look stale (judged again), never fresh.
+        let generation = self.policy_generation();
         let set = self.policies();
         let schema = set.default_schema(&binding.connection);
         let mut state = binding.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -582,6 +600,7 @@ impl Gate for PolicyGate {
             drops_all,
             unseen,
             kinds,
+            policy_generation: generation,
         }
     }
 }

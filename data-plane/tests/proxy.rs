@@ -2014,7 +2014,14 @@ async fn forge_grant(log: &EventLog, held: &proto::Held, junk: bool) {
         &source,
         Body::ApprovalGranted(proto::ApprovalGranted {
             statement_sha256: held.statement_sha256.clone(),
-            ..Default::default()
+            // As a control plane writes it: who approved.
+            approvers: vec![proto::Approver {
+                reviewer: Some(proto::Identity {
+                    subject: "oid-alice".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
         }),
     );
     grant.request_id = held.request_id.clone();
@@ -2881,6 +2888,37 @@ mod review_query_in_batch {
         let (fatal, _) = answer(&mut raw).await;
         assert_eq!(fatal.as_deref(), Some("0A000"));
         assert_untouched(&f);
+    }
+
+    /// Review finding: a statement prepared (Parse) before a reload kept
+    /// the judgement made then, so a rule tightened by the reload (deny,
+    /// or a hold with step-up) never applied to it on pooled connections.
+    /// It is judged again at its Bind.
+    #[tokio::test]
+    async fn a_statement_prepared_before_a_reload_is_judged_by_the_new_policies() {
+        let (f, gate) = start_policy(policy_yaml("SELECT|DELETE")).await;
+        let mut raw = login_with_s(&f, "DELETE FROM orders WHERE id = 1").await;
+        // The operator now holds every DELETE.
+        gate.replace_policies(
+            airlock_policy::PolicySet::from_config_yaml(&policy_yaml("SELECT"), "tightened.yaml")
+                .expect("policy"),
+        );
+        raw.send(&[bind("", "s"), execute(""), FeMessage::Sync]).await;
+        assert_eq!(
+            answer(&mut raw).await,
+            (None, vec![HELD_WITHOUT_CONTROL.to_string()]),
+            "held under the new policy, not allowed under the old"
+        );
+        assert_untouched(&f);
+        // And a statement prepared after the reload is judged as usual.
+        raw.send(&[
+            parse("t", "SELECT count(*) FROM orders"),
+            bind("", "t"),
+            execute(""),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
     }
 
     #[tokio::test]

@@ -371,6 +371,15 @@ impl Authenticator {
     pub async fn verify(&self, token: &str) -> Result<proto::Identity, ApiError> {
         match self.verifier.verify(token).await {
             Ok(identity) => Ok(identity.to_proto()),
+            // Graph's own words are for the operator's log.
+            Err(e @ airlock_identity::VerifyError::GraphUnavailable(_)) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "a reviewer's group overage could not be resolved");
+                Err(ApiError::new(
+                    Code::Unavailable,
+                    "your token lists too many groups, and Microsoft Graph cannot be asked about them right \
+                     now; try again later",
+                ))
+            }
             Err(e) if e.is_unavailable() => Err(ApiError::new(
                 Code::Unavailable,
                 format!("cannot check tokens right now: {e}"),

@@ -178,8 +178,9 @@ pub struct ReviewerConfig {
     pub reviewer: ReviewerSection,
     /// `nats:`, read only with `reviewer.state: nats`.
     pub nats: Option<NatsSettings>,
-    /// `approvals.reviewers`: the groups Graph is asked about for reviewers
-    /// whose tokens have group overage (with `identity.group_names`).
+    /// `approvals.reviewers` and the groups the file's policies name: the
+    /// groups Graph is asked about for reviewers whose tokens have group
+    /// overage (with `identity.group_names`).
     pub reviewer_groups: Vec<String>,
 }
 
@@ -240,10 +241,22 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ReviewerConfig> {
             "url of the NATS server (reviewer.state: nats keeps sign-ins there)",
         )?),
     };
-    let reviewer_groups = file
+    // Who may review: approvals.reviewers and, when the file has them, the
+    // groups the policies name (rule reviewers written as object ids).
+    let path = file.path().display().to_string();
+    let mut reviewer_groups = file
         .section::<ApprovalsReviewers>("approvals")?
         .unwrap_or_default()
         .reviewers;
+    for set in [
+        airlock_policy::PolicySet::from_config_yaml(file.text(), &path),
+        airlock_policy::PolicySet::shadow_from_config_yaml(file.text(), &path),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        reviewer_groups.extend(set.named_groups());
+    }
     let config = ReviewerConfig {
         identity,
         reviewer,

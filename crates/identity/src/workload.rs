@@ -32,8 +32,9 @@ pub const AZURE_POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.ne
 /// Azure's instance metadata service token endpoint (link-local, plain http
 /// by design: it never leaves the host).
 pub const IMDS_TOKEN_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
-/// How long one fetch may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one fetch may take: less than a connection's default
+/// `connect_timeout` (5 s), so a login that fetches is not cut off first.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(4);
 /// Refresh this long before expiry (or at half-life, if shorter).
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// A token this close to expiry is not handed out.
@@ -195,7 +196,7 @@ impl UpstreamToken {
                     Some(h) if now + EXPIRY_MARGIN < h.expires_at => {
                         tracing::warn!(%error, "refreshing the upstream token failed; the current one is still valid");
                         // Try again a little later, not at every login.
-                        h.refresh_at = (now + RETRY_AFTER).min(h.expires_at);
+                        h.refresh_at = (now + RETRY_AFTER).min(h.expires_at - EXPIRY_MARGIN);
                         Ok(h.token.clone())
                     }
                     _ => {
@@ -312,7 +313,10 @@ impl UpstreamToken {
         if lifetime <= EXPIRY_MARGIN {
             return Err(failed(format!("the token expires in {lifetime:?}")));
         }
-        let refresh_in = lifetime.saturating_sub(REFRESH_BEFORE).max(lifetime / 2);
+        let refresh_in = lifetime
+            .saturating_sub(REFRESH_BEFORE)
+            .max(lifetime / 2)
+            .min(lifetime - EXPIRY_MARGIN);
         Ok(Held {
             token: Credential(answer.access_token),
             refresh_at: started + refresh_in,

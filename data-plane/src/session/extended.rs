@@ -112,11 +112,22 @@ impl ToUpstream {
             .await?;
         // A statement Airlock never judged (say, one made with SQL-level
         // PREPARE): binding it is refused.
-        let Some(stmt) = found else {
+        let Some(mut stmt) = found else {
             let why = "binding a prepared statement Airlock has not judged is not allowed; prepare it through this connection with Parse";
             self.refuse_unjudged(why, self.ctx.no_statement());
             return Ok(());
         };
+        // Prepared before the policies were reloaded: judged again under
+        // the policies now in force (a rule may now deny it, or hold it
+        // with other reviewers or step-up), as a Parse now would be.
+        let gate = &self.ctx.deps.gate;
+        if stmt.judgement.policy_generation != gate.policy_generation() {
+            let mut fresh = gate.judge(&self.ctx.binding, &stmt.text);
+            if let Some(why) = self.ctx.session_refusal(&stmt.text, &fresh) {
+                fresh.action = Action::Deny { message: why.into() };
+            }
+            stmt.judgement = fresh;
+        }
         let parameters = self.describe_parameters(&stmt, &param_formats, &params);
         // PostgreSQL plans a statement at Bind (and a plan may run
         // functions), so a statement that needs approval is held here, with

@@ -343,7 +343,14 @@ async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8], spec: &H
             return false;
         }
     };
-    let confirmed = confirms_grant(&events, trust, request_id, sha256, &spec.require_acrs);
+    let confirmed = confirms_grant(
+        &events,
+        trust,
+        request_id,
+        sha256,
+        &spec.require_acrs,
+        spec.approvals,
+    );
     if !confirmed {
         tracing::warn!(request = %request_id, "the log does not confirm the grant; refusing it");
     }
@@ -369,6 +376,7 @@ pub(crate) fn confirms_grant(
     request_id: &RequestId,
     sha256: &[u8],
     require_acrs: &[String],
+    approvals: u32,
 ) -> bool {
     let own = subjects::lifecycle(request_id);
     let first = events.iter().find(|e| {
@@ -401,6 +409,20 @@ pub(crate) fn confirms_grant(
     });
     if !stepped_up || (!require_acrs.is_empty() && g.approvers.is_empty()) {
         tracing::warn!(request = %request_id, "a grant whose approvers did not all meet the step-up the hold requires; refusing it");
+        return false;
+    }
+    // The quorum the hold asked for, by distinct people, as the control
+    // plane counts it.
+    let mut people: Vec<&str> = g
+        .approvers
+        .iter()
+        .filter_map(|a| a.reviewer.as_ref().map(|r| r.subject.as_str()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    people.sort_unstable();
+    people.dedup();
+    if people.len() < approvals as usize {
+        tracing::warn!(request = %request_id, approvers = people.len(), needed = approvals, "a grant with fewer approvers than the hold requires; refusing it");
         return false;
     }
     g.statement_sha256 == sha256
@@ -519,12 +541,12 @@ mod tests {
             }
 
             fn confirms(&self) -> bool {
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &[])
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &[], 0)
             }
 
             fn confirms_with_step_up(&self, acrs: &[&str]) -> bool {
                 let acrs: Vec<String> = acrs.iter().map(|a| (*a).to_owned()).collect();
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &acrs)
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &acrs, 0)
             }
         }
 
@@ -593,6 +615,22 @@ mod tests {
             let mut stepped = Log::new();
             stepped.decision(grant(vec![approver(&["c2", "c1"])]));
             assert!(stepped.confirms_with_step_up(&["c1"]));
+            // The quorum, by distinct people.
+            let twice = grant(vec![approver(&[]), approver(&[])]);
+            let mut log = Log::new();
+            log.decision(twice);
+            assert!(
+                !confirms_grant(&log.events, &log.trust(), &log.request, SHA, &[], 2),
+                "one person twice"
+            );
+            assert!(confirms_grant(
+                &log.events,
+                &log.trust(),
+                &log.request,
+                SHA,
+                &[],
+                1
+            ));
         }
 
         /// Review finding: during an upgrade an old replica (deciding on

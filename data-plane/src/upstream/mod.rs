@@ -111,21 +111,6 @@ impl Upstream {
         addr: &str,
     ) -> Result<Upstream, UpstreamError> {
         // The token first: without one there is no point reaching the server.
-        // Configuration allows a token only to a verified server or loopback;
-        // checked again here so no other constructor can send it elsewhere.
-        if config.token.is_some()
-            && !matches!(config.tls, UpstreamTls::VerifyFull { .. })
-            && !config
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-            && !config.host.eq_ignore_ascii_case("localhost")
-        {
-            return Err(UpstreamError::Tls {
-                addr: addr.to_owned(),
-                detail: "an Entra token is sent only over verify-full TLS (or to loopback)".into(),
-            });
-        }
         let token = match &config.token {
             Some(source) => Some(Secret::new(
                 source.token().await.map_err(UpstreamError::Token)?.expose(),
@@ -139,6 +124,18 @@ impl Upstream {
                 source,
             })?;
         stream.set_nodelay(true)?;
+        // Configuration allows an Entra token only to a verified server or
+        // to loopback; checked again here on the address actually reached,
+        // so neither a resolver nor another constructor sends it elsewhere.
+        if token.is_some() && !matches!(config.tls, UpstreamTls::VerifyFull { .. }) {
+            let peer_is_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+            if !peer_is_loopback {
+                return Err(UpstreamError::Tls {
+                    addr: addr.to_owned(),
+                    detail: "an Entra token is sent only over verify-full TLS (or to loopback)".into(),
+                });
+            }
+        }
         let stream = tls(stream, config, addr).await?;
         let (r, mut writer) = tokio::io::split(stream);
         let mut reader = FrameReader::new(
