@@ -225,10 +225,9 @@ pub trait Gate: Send + Sync + 'static {
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement;
 
     /// Changes whenever the policies change (a reload): judgements made
-    /// under another generation are stale.
-    fn policy_generation(&self) -> u64 {
-        0
-    }
+    /// under another generation are stale. A gate that wraps another must
+    /// pass its generation on, or every prepared statement is judged again.
+    fn policy_generation(&self) -> u64;
 }
 
 /// "policy P, rule: R; reason" without saying the same thing twice.

@@ -133,9 +133,12 @@ impl PolicyGate {
     /// Shadow policies from now on (an empty set: none). Sessions bind to
     /// them at login.
     pub fn replace_shadow(&self, shadow: PolicySet) {
+        let same = digests(&self.shadow()) == digests(&shadow);
         *self.shadow.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(shadow);
         self.ask_graph_about_named_groups();
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if !same {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     fn shadow(&self) -> Arc<PolicySet> {
@@ -189,8 +192,12 @@ impl PolicyGate {
         let mut groups = policies.named_groups();
         groups.extend(self.shadow().named_groups());
         self.verifier.ask_graph_about(groups);
+        let same = digests(&self.policies()) == digests(&policies);
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Judgements under unchanged policies stay current.
+        if !same {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// Tokens with group overage are resolved through Graph (when
@@ -251,6 +258,18 @@ fn proto_verdict(v: &airlock_policy::Verdict) -> proto::Verdict {
 
 /// The policies of `set` that bind one of the agent's groups (by object id
 /// or name) to `database`, by name.
+/// Each policy's group, connection and digest: what a reload must change
+/// for judgements made before it to be stale.
+fn digests(set: &PolicySet) -> Vec<(String, String, String)> {
+    let mut all: Vec<(String, String, String)> = set
+        .policies
+        .iter()
+        .map(|p| (p.name.clone(), p.connection.clone(), p.digest().to_owned()))
+        .collect();
+    all.sort();
+    all
+}
+
 /// The hold of a statement two policies of the session both hold: only
 /// groups both let approve may approve (none: it is denied), the larger
 /// quorum, the shorter wait, and every step-up either asks for.

@@ -71,6 +71,10 @@ impl Gate for TestGate {
         }
     }
 
+    fn policy_generation(&self) -> u64 {
+        0
+    }
+
     fn judge(&self, _: &Binding, sql: &str) -> Judgement {
         let upper = sql.to_uppercase();
         let action = if upper.contains("DROP") {
@@ -965,6 +969,10 @@ impl Gate for SeedPolicy {
 
     fn judge(&self, binding: &Binding, sql: &str) -> Judgement {
         self.inner.judge(binding, sql)
+    }
+
+    fn policy_generation(&self) -> u64 {
+        self.inner.policy_generation()
     }
 }
 
@@ -2919,6 +2927,40 @@ mod review_query_in_batch {
         ])
         .await;
         assert_eq!(answer(&mut raw).await, (None, vec![]));
+    }
+
+    /// Review finding: a portal bound (allowed) before a reload that now
+    /// holds its statement ran at its Execute under the old judgement.
+    #[tokio::test]
+    async fn a_portal_bound_before_a_reload_that_tightens_it_does_not_run() {
+        let (f, gate) = start_policy(policy_yaml("SELECT|DELETE")).await;
+        let mut raw = Raw::login(f.addr).await;
+        raw.send(&[query("BEGIN")]).await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]));
+        raw.send(&[
+            parse("s", "DELETE FROM orders WHERE id = 1"),
+            bind("p", "s"),
+            FeMessage::Sync,
+        ])
+        .await;
+        assert_eq!(answer(&mut raw).await, (None, vec![]), "bound, allowed");
+        // Reloading the same policies changes nothing.
+        gate.replace_policies(
+            airlock_policy::PolicySet::from_config_yaml(&policy_yaml("SELECT|DELETE"), "same.yaml")
+                .expect("policy"),
+        );
+        // Now every DELETE is held.
+        gate.replace_policies(
+            airlock_policy::PolicySet::from_config_yaml(&policy_yaml("SELECT"), "tightened.yaml")
+                .expect("policy"),
+        );
+        raw.send(&[execute("p"), FeMessage::Sync]).await;
+        let (fatal, errors) = answer(&mut raw).await;
+        assert_eq!(fatal, None);
+        assert_eq!(errors, vec!["42501".to_string()], "refused at Execute");
+        raw.send(&[query("ROLLBACK")]).await;
+        let _ = answer(&mut raw).await;
+        assert_untouched(&f);
     }
 
     #[tokio::test]

@@ -119,6 +119,10 @@ impl Gate for SeedGate {
         })
     }
 
+    fn policy_generation(&self) -> u64 {
+        0
+    }
+
     fn judge(&self, _: &Binding, sql: &str) -> Judgement {
         let upper = sql.trim_start().to_uppercase();
         let gated = ["DELETE", "DROP", "UPDATE"].iter().any(|k| upper.contains(k));

@@ -28,6 +28,10 @@ use crate::gate::{Action, Judgement};
 use crate::metrics;
 use crate::names::{Portal, Statement};
 
+/// Why a statement judged under policies since reloaded is not run.
+const POLICIES_CHANGED: &str = "the policies changed since this statement was prepared, bound or approved, and now \
+     ask more of it; send it again (Parse and Bind) to have it judged under the policies in force";
+
 impl ToUpstream {
     pub(super) async fn parse(
         &mut self,
@@ -119,15 +123,8 @@ impl ToUpstream {
         };
         // Prepared before the policies were reloaded: judged again under
         // the policies now in force (a rule may now deny it, or hold it
-        // with other reviewers or step-up), as a Parse now would be.
-        let gate = &self.ctx.deps.gate;
-        if stmt.judgement.policy_generation != gate.policy_generation() {
-            let mut fresh = gate.judge(&self.ctx.binding, &stmt.text);
-            if let Some(why) = self.ctx.session_refusal(&stmt.text, &fresh) {
-                fresh.action = Action::Deny { message: why.into() };
-            }
-            stmt.judgement = fresh;
-        }
+        // with other reviewers or step-up), never looser than at Parse.
+        stmt.judgement = self.current(&stmt.judgement, &stmt.text);
         let parameters = self.describe_parameters(&stmt, &param_formats, &params);
         // PostgreSQL plans a statement at Bind (and a plan may run
         // functions), so a statement that needs approval is held here, with
@@ -148,6 +145,21 @@ impl ToUpstream {
                     sha256: digest.finalize().to_vec(),
                 };
                 match self.hold(&held, &stmt.judgement, &spec).await? {
+                    // Policies reloaded while it was held: the grant counts
+                    // only if the policies now in force ask no more.
+                    Step::Run { request_id } if self.tightened(&stmt.judgement, &stmt.text) => {
+                        let refused = Refused {
+                            statement: held,
+                            verdict: stmt.judgement.verdict.clone(),
+                            cause: Cause::Policy,
+                            counted: None,
+                            diagnostic: error_response::denied(POLICIES_CHANGED),
+                            request_id,
+                        };
+                        let stand_in = self.ctx.no_statement();
+                        self.refuse(refused, stand_in);
+                        return Ok(());
+                    }
                     Step::Run { request_id } => Some(request_id),
                     // A Bind of a statement that does not exist fails where
                     // the held Bind would have; nothing was planned.
@@ -230,6 +242,12 @@ impl ToUpstream {
             self.refuse_unjudged(why, ctx.no_portal());
             return Ok(());
         };
+        // Bound before the policies were reloaded: it runs only if the
+        // policies now in force ask no more than it was bound under.
+        if self.tightened(&bound.statement.judgement, &bound.statement.text) {
+            self.refuse_unjudged(POLICIES_CHANGED, ctx.no_portal());
+            return Ok(());
+        }
         let judgement = &bound.statement.judgement;
         let statement = proto::Statement {
             text: bound.statement.text.clone(),
@@ -255,6 +273,59 @@ impl ToUpstream {
         };
         self.run_portal(frame, statement, judgement, request_id).await;
         Ok(())
+    }
+
+    /// The judgement of a prepared statement under the policies in force
+    /// now: `old` if no reload happened since, else judged again and kept
+    /// no looser than `old` (the catalog may have moved a name since
+    /// PostgreSQL resolved it at Parse, so the new judgement alone could be
+    /// about another table).
+    fn current(&self, old: &Judgement, text: &str) -> Judgement {
+        let gate = &self.ctx.deps.gate;
+        if old.policy_generation == gate.policy_generation() {
+            return old.clone();
+        }
+        let mut fresh = gate.judge(&self.ctx.binding, text);
+        self.ctx.count_verdict(&fresh);
+        if let Some(why) = self.ctx.session_refusal(text, &fresh) {
+            fresh.action = Action::Deny { message: why.into() };
+        }
+        fresh.action = match (&old.action, &fresh.action) {
+            (Action::Deny { .. }, _) => old.action.clone(),
+            (_, Action::Deny { .. }) => fresh.action.clone(),
+            (Action::Hold(o), Action::Allow) => Action::Hold(o.clone()),
+            (Action::Hold(o), Action::Hold(n)) => {
+                let mut spec = n.clone();
+                spec.approvals = spec.approvals.max(o.approvals);
+                spec.timeout = spec.timeout.min(o.timeout);
+                for acr in &o.require_acrs {
+                    if !spec.require_acrs.contains(acr) {
+                        spec.require_acrs.push(acr.clone());
+                    }
+                }
+                Action::Hold(spec)
+            }
+            (Action::Allow, _) => fresh.action.clone(),
+        };
+        fresh
+    }
+
+    /// Whether the policies reloaded since `bound` was judged ask more of
+    /// it now: a denial, a hold of what ran allowed, or a hold with a
+    /// larger quorum or more step-up than the one it was approved under.
+    fn tightened(&self, bound: &Judgement, text: &str) -> bool {
+        if bound.policy_generation == self.ctx.deps.gate.policy_generation() {
+            return false;
+        }
+        match (&bound.action, &self.current(bound, text).action) {
+            (_, Action::Deny { .. }) => true,
+            (Action::Allow, Action::Hold(_)) => true,
+            (Action::Hold(then), Action::Hold(now)) => {
+                now.approvals > then.approvals
+                    || now.require_acrs.iter().any(|a| !then.require_acrs.contains(a))
+            }
+            _ => false,
+        }
     }
 
     /// Sends an allowed or approved Execute, with room for its record.
