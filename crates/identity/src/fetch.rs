@@ -130,7 +130,7 @@ impl Fetcher {
 
 /// An error and its sources on one line (reqwest hides the useful part, such
 /// as "connection refused" or a TLS failure, in the chain).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

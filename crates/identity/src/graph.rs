@@ -505,16 +505,9 @@ impl Seconds {
 }
 
 fn transport(url: &str, e: &reqwest::Error) -> GraphError {
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
     GraphError::Fetch(FetchError::Transport {
         url: url.to_owned(),
-        detail,
+        detail: crate::fetch::error_chain(e),
     })
 }
 

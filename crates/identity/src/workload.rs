@@ -287,10 +287,17 @@ impl UpstreamToken {
             url: url.clone(),
             detail,
         };
-        let mut response = request.send().await.map_err(|e| failed(chain(&e)))?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| failed(crate::fetch::error_chain(&e)))?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| failed(chain(&e)))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failed(crate::fetch::error_chain(&e)))?
+        {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
                 return Err(failed(format!("answer larger than {MAX_ANSWER_BYTES} bytes")));
             }
@@ -335,17 +342,6 @@ fn check_endpoint(raw: &str) -> Result<(), String> {
     crate::fetch::check_fetch_url(raw)
         .map(drop)
         .map_err(|e| format!("token_endpoint: {e}"))
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
