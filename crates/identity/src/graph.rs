@@ -240,9 +240,12 @@ impl Graph {
         let token_endpoint = config
             .token_endpoint_for(issuer)
             .ok_or_else(|| ConfigError::Graph("no token endpoint".into()))?;
+        // The whole question is bounded by `timeout` (in `member_groups`);
+        // the client's own limit is a backstop just beyond it, so a slow
+        // Graph is always reported as that timeout.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
+            .timeout(config.timeout + Duration::from_secs(1))
             .connect_timeout(config.timeout)
             .user_agent(concat!("airlock-identity/", env!("CARGO_PKG_VERSION")))
             .build()
