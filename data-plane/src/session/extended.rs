@@ -291,9 +291,12 @@ impl ToUpstream {
             fresh.action = Action::Deny { message: why.into() };
         }
         fresh.action = match (&old.action, &fresh.action) {
-            (Action::Deny { .. }, _) => old.action.clone(),
+            // Kept as judged before, and recorded so.
+            (Action::Deny { .. }, _) | (Action::Hold(_), Action::Allow) => {
+                fresh.verdict = old.verdict.clone();
+                old.action.clone()
+            }
             (_, Action::Deny { .. }) => fresh.action.clone(),
-            (Action::Hold(o), Action::Allow) => Action::Hold(o.clone()),
             (Action::Hold(o), Action::Hold(n)) => {
                 let mut spec = n.clone();
                 spec.approvals = spec.approvals.max(o.approvals);
