@@ -389,6 +389,11 @@ async fn cancelling_a_running_query_reaches_postgres_even_through_another_proxy(
         .expect("the cancel went over NATS")
         .expect("a message");
     assert_eq!(message.payload.len(), 61, "a sealed cancel");
+    // Seen twice in full runs under load: the second statement cancelled
+    // though the replay should be refused. Not understood yet; a settle
+    // time tells a late first cancel apart from an accepted replay (the
+    // first is done once PostgreSQL has answered it).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let running = tokio::spawn(async move { agent.simple_query("SELECT pg_sleep(1.5)").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.publish(message.subject.clone(), message.payload.clone())
