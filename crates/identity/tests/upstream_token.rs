@@ -95,6 +95,18 @@ impl StandIn {
         .unwrap()
     }
 
+    fn federated(&self, token_file: &std::path::Path) -> UpstreamToken {
+        UpstreamToken::new(
+            WorkloadIdentity::Federated {
+                token_endpoint: format!("{}/tenant/oauth2/v2.0/token", self.base),
+                client_id: "app-1".into(),
+                token_file: token_file.to_owned(),
+            },
+            "https://ossrdbms-aad.database.windows.net/.default",
+        )
+        .unwrap()
+    }
+
     fn serve(&self, token: &str, ttl: u64) {
         *self.state.token.lock().unwrap() = (token.to_owned(), ttl);
     }
@@ -171,15 +183,7 @@ async fn workload_identity_exchanges_the_projected_token_read_anew_each_time() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, "projected-one\n").unwrap();
-    let source = UpstreamToken::new(
-        WorkloadIdentity::Federated {
-            token_endpoint: format!("{}/tenant/oauth2/v2.0/token", stand_in.base),
-            client_id: "app-1".into(),
-            token_file: file.clone(),
-        },
-        "https://ossrdbms-aad.database.windows.net/.default",
-    )
-    .unwrap();
+    let source = stand_in.federated(&file);
     assert_eq!(source.token().await.unwrap().expose(), "db-token");
     let form = stand_in.state.seen.lock().unwrap()[0].clone();
     assert_eq!(form["grant_type"], "client_credentials");
@@ -196,15 +200,7 @@ async fn workload_identity_exchanges_the_projected_token_read_anew_each_time() {
 
     // A missing file is a clear error, not a panic.
     std::fs::remove_file(&file).unwrap();
-    let broken = UpstreamToken::new(
-        WorkloadIdentity::Federated {
-            token_endpoint: format!("{}/tenant/oauth2/v2.0/token", stand_in.base),
-            client_id: "app-1".into(),
-            token_file: file.clone(),
-        },
-        "https://ossrdbms-aad.database.windows.net/.default",
-    )
-    .unwrap();
+    let broken = stand_in.federated(&file);
     let err = broken.token().await.unwrap_err();
     assert!(err.to_string().contains("federated token file"), "{err}");
     std::fs::remove_dir_all(&dir).ok();

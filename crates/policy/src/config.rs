@@ -219,16 +219,7 @@ impl PolicySet {
         if !approvals.require_acrs.is_empty()
             && let Some(bad) = bad_acrs(&approvals.require_acrs)
         {
-            let (message, hint) = split_hint(&format!("approvals: {bad}"));
-            return Err(PolicyError::InvalidPolicy {
-                at: Location {
-                    file: file.to_owned(),
-                    line: None,
-                    column: None,
-                },
-                message,
-                hint,
-            });
+            return Err(invalid_without_line(file, &format!("approvals: {bad}")));
         }
         let ctx = Context {
             defaults: approvals.clone(),
@@ -973,18 +964,21 @@ where
     match second {
         Err(e) => Err(yaml_error(&e, file)),
         // The trap did not fire (cannot happen: same text, same order); report without a line.
-        Ok(_) => {
-            let (message, hint) = split_hint(&late.message);
-            Err(PolicyError::InvalidPolicy {
-                at: Location {
-                    file: file.to_owned(),
-                    line: None,
-                    column: None,
-                },
-                message,
-                hint,
-            })
-        }
+        Ok(_) => Err(invalid_without_line(file, &late.message)),
+    }
+}
+
+/// A problem of `file` no line can be given for; `message` may carry a hint.
+fn invalid_without_line(file: &str, message: &str) -> PolicyError {
+    let (message, hint) = split_hint(message);
+    PolicyError::InvalidPolicy {
+        at: Location {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+        },
+        message,
+        hint,
     }
 }
 

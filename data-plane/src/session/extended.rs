@@ -124,7 +124,7 @@ impl ToUpstream {
         // Prepared before the policies were reloaded: judged again under
         // the policies now in force (a rule may now deny it, or hold it
         // with other reviewers or step-up), never looser than at Parse.
-        stmt.judgement = self.current(&stmt.judgement, &stmt.text);
+        self.rejudge(&mut stmt.judgement, &stmt.text);
         let parameters = self.describe_parameters(&stmt, &param_formats, &params);
         // PostgreSQL plans a statement at Bind (and a plan may run
         // functions), so a statement that needs approval is held here, with
@@ -275,16 +275,17 @@ impl ToUpstream {
         Ok(())
     }
 
-    /// The judgement of a prepared statement under the policies in force
-    /// now: `old` if no reload happened since, else judged again and kept
-    /// no looser than `old` (the catalog may have moved a name since
-    /// PostgreSQL resolved it at Parse, so the new judgement alone could be
-    /// about another table).
-    fn current(&self, old: &Judgement, text: &str) -> Judgement {
+    /// Brings the judgement of a prepared statement to the policies in
+    /// force now: untouched if no reload happened since (the common case:
+    /// no work), else judged again and kept no looser than before (the
+    /// catalog may have moved a name since PostgreSQL resolved it at Parse,
+    /// so the new judgement alone could be about another table).
+    fn rejudge(&self, judgement: &mut Judgement, text: &str) {
         let gate = &self.ctx.deps.gate;
-        if old.policy_generation == gate.policy_generation() {
-            return old.clone();
+        if judgement.policy_generation == gate.policy_generation() {
+            return;
         }
+        let old = judgement;
         let mut fresh = gate.judge(&self.ctx.binding, text);
         self.ctx.count_verdict(&fresh);
         if let Some(why) = self.ctx.session_refusal(text, &fresh) {
@@ -310,7 +311,7 @@ impl ToUpstream {
             }
             (Action::Allow, _) => fresh.action.clone(),
         };
-        fresh
+        *old = fresh;
     }
 
     /// Whether the policies reloaded since `bound` was judged ask more of
@@ -320,7 +321,9 @@ impl ToUpstream {
         if bound.policy_generation == self.ctx.deps.gate.policy_generation() {
             return false;
         }
-        match (&bound.action, &self.current(bound, text).action) {
+        let mut now = bound.clone();
+        self.rejudge(&mut now, text);
+        match (&bound.action, &now.action) {
             (_, Action::Deny { .. }) => true,
             (Action::Allow, Action::Hold(_)) => true,
             (Action::Hold(then), Action::Hold(now)) => {
