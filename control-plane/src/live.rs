@@ -182,6 +182,9 @@ impl Live {
             let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
             guard.apply(&event);
         }
+        if let Some(airlock_eventlog::proto::event::Body::Checkpoint(_)) = &event.event.body {
+            self.metrics.checkpoint_folded(sequence, event.stored_at.into());
+        }
         self.advance(sequence, target);
         // No subscriber is fine.
         let _ = self.changes.send(Arc::new(event));

@@ -106,6 +106,12 @@ pub struct Metrics {
     snapshot_behind: Gauge,
     snapshot_save_seconds: Histogram,
     snapshot: Mutex<Option<SnapshotSeen>>,
+    pending_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    since_checkpoint: Gauge,
+    /// The newest checkpoint folded: its own stream sequence and when it
+    /// was stored.
+    checkpoint: Mutex<Option<(u64, SystemTime)>>,
     /// Certificate reloads, applied or refused.
     pub reloads: airlock_reload::Reloads,
 }
@@ -144,6 +150,10 @@ impl Metrics {
             // 10 ms to ~80 s: encoding and storing the whole projection.
             snapshot_save_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             snapshot: Mutex::new(None),
+            pending_expiry: Gauge::default(),
+            checkpoint_age: Gauge::default(),
+            since_checkpoint: Gauge::default(),
+            checkpoint: Mutex::new(None),
             reloads: airlock_reload::Reloads::new(),
         };
         // Every outcome is a series from the start, at 0.
@@ -171,6 +181,21 @@ impl Metrics {
             "airlock_control_pending_requests",
             "Approval requests waiting for a decision",
             self.pending.clone(),
+        );
+        r.register(
+            "airlock_control_pending_expiry_seconds",
+            "Time until the first pending approval request expires undecided (NaN when none is pending)",
+            self.pending_expiry.clone(),
+        );
+        r.register(
+            "airlock_control_checkpoint_age_seconds",
+            "Time since the newest checkpoint this replica folded was stored in the log (NaN when none)",
+            self.checkpoint_age.clone(),
+        );
+        r.register(
+            "airlock_control_events_since_checkpoint",
+            "Events folded after the newest checkpoint (all folded events when none)",
+            self.since_checkpoint.clone(),
         );
         r.register(
             "airlock_control_decisions",
@@ -241,6 +266,14 @@ impl Metrics {
         }
     }
 
+    /// A checkpoint was folded: the event at `sequence`, stored at `stored_at`.
+    pub fn checkpoint_folded(&self, sequence: u64, stored_at: SystemTime) {
+        let mut seen = self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.is_none_or(|(s, _)| s < sequence) {
+            *seen = Some((sequence, stored_at));
+        }
+    }
+
     fn snapshot_seen(&self) -> Option<SnapshotSeen> {
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -250,8 +283,37 @@ impl Metrics {
     pub fn encode(&self, live: &Live) -> String {
         self.fold_lag.set(gauge_value(live.lag()));
         self.log_reachable.set(i64::from(live.log_reachable()));
-        let pending = live.read(|s| s.requests.values().filter(|r| r.is_pending()).count());
+        let (pending, first_deadline) = live.read(|s| {
+            let pending = s.requests.values().filter(|r| r.is_pending());
+            let deadline = pending
+                .clone()
+                .filter_map(|r| r.requested().deadline)
+                .min_by_key(|t| (t.seconds, t.nanos));
+            (pending.count(), deadline)
+        });
         self.pending.set(gauge_value(pending as u64));
+        let now = SystemTime::now();
+        self.pending_expiry.set(match first_deadline {
+            Some(t) => {
+                let at = t.seconds as f64 + f64::from(t.nanos) / 1e9;
+                let now = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                at - now
+            }
+            None => f64::NAN,
+        });
+        let checkpoint = *self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        match checkpoint {
+            Some((sequence, stored_at)) => {
+                let age = now.duration_since(stored_at).unwrap_or_default();
+                self.checkpoint_age.set(age.as_secs_f64());
+                self.since_checkpoint
+                    .set(gauge_value(live.sequence().saturating_sub(sequence)));
+            }
+            None => {
+                self.checkpoint_age.set(f64::NAN);
+                self.since_checkpoint.set(gauge_value(live.sequence()));
+            }
+        }
         match self.snapshot_seen() {
             Some(s) => {
                 let age = SystemTime::now()

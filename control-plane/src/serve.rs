@@ -112,6 +112,10 @@ pub async fn check_unsigned_cut(log: &EventLog) -> anyhow::Result<()> {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
+    airlock_telemetry::survive_hangup(
+        "airlock-control",
+        "nothing to do: TLS files are re-read within a second of changing; the rest is read at start",
+    );
     let replica = config
         .control
         .replica_id

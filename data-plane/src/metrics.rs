@@ -117,6 +117,9 @@ pub struct Metrics {
     held_now: Gauge,
     hold_seconds: Histogram,
     upstream_seconds: Histogram,
+    attached: Gauge,
+    record_buffered: Gauge,
+    record_capacity: Gauge,
     /// Policy and certificate reloads, applied or refused.
     pub reloads: airlock_reload::Reloads,
 }
@@ -133,6 +136,12 @@ impl Metrics {
         );
         m.registry
             .register("event_retries", "Event appends retried", recorder.retries.clone());
+        m.registry.register_with_unit(
+            "log_append",
+            "Time from sending an event to the log until it answered (acknowledged or failed)",
+            Unit::Seconds,
+            recorder.append_seconds.clone(),
+        );
         Arc::new(m)
     }
 
@@ -180,6 +189,14 @@ impl Metrics {
         self.upstream_seconds.observe(seconds);
     }
 
+    /// What is read at each scrape rather than counted: whether an Attach
+    /// stream is up, and how full the recording buffer is.
+    pub fn sample(&self, attached: bool, buffered: usize, capacity: usize) {
+        self.attached.set(i64::from(attached));
+        self.record_buffered.set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        self.record_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -204,6 +221,9 @@ impl Default for Metrics {
             hold_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
             // 100 us to about 7 minutes.
             upstream_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
+            attached: Gauge::default(),
+            record_buffered: Gauge::default(),
+            record_capacity: Gauge::default(),
             reloads: airlock_reload::Reloads::new(),
         };
         m.reloads.register(&mut registry);
@@ -249,6 +269,21 @@ impl Default for Metrics {
             Unit::Seconds,
             m.upstream_seconds.clone(),
         );
+        registry.register(
+            "attached",
+            "1 while an Attach stream to a control-plane replica is up (else held statements are refused)",
+            m.attached.clone(),
+        );
+        registry.register(
+            "record_buffered",
+            "Events waiting in the recording buffer for the log",
+            m.record_buffered.clone(),
+        );
+        registry.register(
+            "record_buffer_capacity",
+            "Events the recording buffer holds at most (proxy.record_buffer)",
+            m.record_capacity.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -278,13 +313,19 @@ impl Drop for HoldTimer<'_> {
 
 /// Serves `/metrics`, and the routes of `health` ([`crate::health`]), until
 /// the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: axum::Router) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    sample: impl Fn(&Metrics) + Clone + Send + Sync + 'static,
+    health: axum::Router,
+) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
+                sample(&m);
                 async move {
                     (
                         [(

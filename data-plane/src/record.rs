@@ -56,10 +56,26 @@ struct Job {
 }
 
 /// Counters for metrics and tests (shared with the metrics registry).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecorderStats {
     pub appended: prometheus_client::metrics::counter::Counter,
     pub retries: prometheus_client::metrics::counter::Counter,
+    /// Each append's time until the log answered (acknowledged or failed).
+    pub append_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for RecorderStats {
+    fn default() -> RecorderStats {
+        RecorderStats {
+            appended: Default::default(),
+            retries: Default::default(),
+            // 100 us to about 26 s: an acknowledged append is a round trip
+            // to the stream's leader and its replicas.
+            append_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 10),
+            ),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -174,6 +190,11 @@ impl Recorder {
     /// writer is appending right now, the first statement is not counted).
     pub fn buffered(&self) -> usize {
         self.shared.capacity - self.shared.room.available_permits()
+    }
+
+    /// How many events the buffer holds at most (`proxy.record_buffer`).
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
     }
 
     /// Waits until the buffer is empty, up to `timeout`; false if not.
@@ -324,7 +345,9 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
         // dropped. Retries keep the event id, so it is stored once.
         loop {
             let lane = w.lanes.acquire().await;
+            let started = std::time::Instant::now();
             let appended = Box::pin(chain.append(&w.log, event.clone())).await;
+            w.stats.append_seconds.observe(started.elapsed().as_secs_f64());
             drop(lane);
             match appended {
                 Ok(_) => {

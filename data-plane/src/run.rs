@@ -262,8 +262,12 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             phase: phase.clone(),
             gate: gate.clone(),
         });
+        let sample = {
+            let (holds, recorder) = (holds.clone(), recorder.clone());
+            move |m: &crate::metrics::Metrics| m.sample(holds.is_attached(), recorder.buffered(), recorder.capacity())
+        };
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m, health).await {
+            if let Err(e) = crate::metrics::serve(addr, m, sample, health).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });

@@ -122,6 +122,10 @@ pub fn router(app: State) -> Router {
 
 /// Serves until SIGTERM or Ctrl-C.
 pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
+    airlock_telemetry::survive_hangup(
+        "airlock-reviewer",
+        "nothing to do: TLS files are re-read within a second of changing; the rest is read at start",
+    );
     let listen = config.reviewer.listen;
     let shared = match &config.nats {
         Some(nats) => {

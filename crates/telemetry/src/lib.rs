@@ -162,3 +162,21 @@ where
         }
     }
 }
+
+/// Keeps a service alive through `SIGHUP`, which would otherwise end it,
+/// saying in the log what a reload does for it: a service manager's
+/// "reload" (systemd's `ExecReload`) must not stop a binary whose files
+/// are re-read on their own. Call from within the runtime.
+pub fn survive_hangup(service: &'static str, reloads: &'static str) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(service, "SIGHUP: {reloads}");
+            }
+        });
+    }
+}
