@@ -74,6 +74,22 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
+/// Why the fold refuses events: the signature checks (`Untrusted`), and
+/// the fold's own (`live.rs`).
+const REJECTED_REASONS: [&str; 11] = [
+    "unsigned",
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "wrong_role",
+    "wrong_writer",
+    "no_body",
+    "undecodable",
+    "replayed",
+    "wrong_subject",
+    "wrong_proxy",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RejectedLabels {
     reason: &'static str,
@@ -156,9 +172,13 @@ impl Metrics {
             checkpoint: Mutex::new(None),
             reloads: airlock_reload::Reloads::new(),
         };
-        // Every outcome is a series from the start, at 0.
+        // Every outcome and reason is a series from the start, at 0: an
+        // alert on its increase sees the first one.
         for outcome in Outcome::ALL {
             drop(m.decisions.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for reason in REJECTED_REASONS {
+            drop(m.rejected.get_or_create(&RejectedLabels { reason }));
         }
         m.register_all()
     }

@@ -220,7 +220,24 @@ pub(crate) fn from_file(
     let proxy = file.required::<ProxySection>("proxy", "listen, control")?;
     check_record_linger(&proxy).with_context(in_file)?;
     let raw: Vec<ConnectionSection> = file.section("connections")?.unwrap_or_default();
-    let connections = connections(raw, env).with_context(in_file)?;
+    // A connection's problem is placed at its `name:` line.
+    let place = |name: &str| {
+        let text = file.text();
+        let from = text.find("\nconnections:").map_or(0, |at| at + 1);
+        let line = text[from..]
+            .lines()
+            .position(|l| {
+                let l = l.trim_start().trim_start_matches("- ").trim_start();
+                l.strip_prefix("name:")
+                    .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == name)
+            })
+            .map(|i| text[..from].lines().count() + i + 1);
+        match line {
+            Some(line) => format!("{}:{line}", file.path().display()),
+            None => in_file(),
+        }
+    };
+    let connections = connections(raw, env, &place)?;
     let signing = file.section::<SigningSection>("signing")?;
     Ok(ProxyConfig {
         path: file.path().to_path_buf(),
@@ -256,15 +273,20 @@ fn check_record_linger(proxy: &ProxySection) -> anyhow::Result<()> {
 fn connections(
     raw: Vec<ConnectionSection>,
     env: &dyn Fn(&str) -> Option<String>,
+    place: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<Vec<(String, UpstreamConfig)>> {
     if raw.is_empty() {
-        bail!("no `connections:`: the proxy has nothing to connect agents to");
+        bail!(
+            "{}: no `connections:`: the proxy has nothing to connect agents to",
+            place("")
+        );
     }
     let mut connections = Vec::new();
     for c in raw {
-        let upstream = upstream_config(&c, env).with_context(|| format!("connection `{}`", c.name))?;
+        let upstream = upstream_config(&c, env)
+            .with_context(|| format!("{}: connections: connection `{}`", place(&c.name), c.name))?;
         if connections.iter().any(|(n, _)| *n == c.name) {
-            bail!("connection `{}` is defined twice", c.name);
+            bail!("{}: connection `{}` is defined twice", place(&c.name), c.name);
         }
         connections.push((c.name, upstream));
     }

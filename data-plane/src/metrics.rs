@@ -45,6 +45,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every cause: each is a series from the start, at 0, so an alert on
+    /// its increase sees the first one.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::Policy,
+        Refusal::Denied,
+        Refusal::Expired,
+        Refusal::Cancelled,
+        Refusal::Unavailable,
+        Refusal::BufferFull,
+        Refusal::DigestMismatch,
+        Refusal::TooLarge,
+        Refusal::TokenExpired,
+    ];
+
     /// The metric cause of a recorded refusal's cause.
     pub fn of(cause: Cause) -> Refusal {
         match cause {
@@ -227,6 +241,12 @@ impl Default for Metrics {
             reloads: airlock_reload::Reloads::new(),
         };
         m.reloads.register(&mut registry);
+        for cause in Refusal::ALL {
+            drop(m.refusals.get_or_create(&CauseLabels { cause }));
+        }
+        for verdict in [Verdict::Allow, Verdict::Deny, Verdict::RequireApproval] {
+            drop(m.statements.get_or_create(&VerdictLabels { verdict }));
+        }
         registry.register(
             "connections",
             "Client connections accepted",

@@ -10,6 +10,7 @@ mod browser;
 mod catalog;
 mod config_check;
 mod config_schema;
+mod deploy;
 mod differential;
 mod drivers;
 mod entra;

@@ -42,9 +42,20 @@ pub struct Found<'a> {
 
 impl Found<'_> {
     /// Records `what` is wrong with `key` (dotted), as `file:line: key: what`.
+    /// A message that already starts with this file's `file:line` (the
+    /// policy crate places its own, to the column) is kept as it is.
     pub fn at(&mut self, key: &str, what: impl std::fmt::Display) {
-        self.problems
-            .push(format!("{}: {key}: {what}", self.file.locate(key)));
+        let what = what.to_string();
+        let placed = what
+            .strip_prefix(self.file.shown.as_str())
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+        if placed {
+            self.problems.push(what);
+        } else {
+            self.problems
+                .push(format!("{}: {key}: {what}", self.file.locate(key)));
+        }
     }
 }
 
