@@ -95,10 +95,12 @@ done
 "$control_bin" signing-key --private "$out/checkpoint/checkpoint.key" \
   --public "$out/checkpoint/checkpoint.pub" >/dev/null
 
-secret() { openssl rand -hex 24; }
+# Without a final newline: a Secret's value becomes an environment
+# variable as it is.
+secret() { openssl rand -hex "${1:-24}" | tr -d '\n'; }
 secret > "$out/db/prod-orders"
 secret > "$out/env/REPORTING_DB_PASSWORD"
-openssl rand -hex 32 > "$out/env/AIRLOCK_CANCEL_KEY"
+secret 32 > "$out/env/AIRLOCK_CANCEL_KEY"
 for role in PROXY CONTROL AUDITOR REVIEWER; do
   secret > "$out/env/AIRLOCK_NATS_PASSWORD_$role"
 done
