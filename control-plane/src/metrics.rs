@@ -316,7 +316,10 @@ impl Metrics {
         self.pending_expiry.set(match first_deadline {
             Some(t) => {
                 let at = t.seconds as f64 + f64::from(t.nanos) / 1e9;
-                let now = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                let now = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
                 at - now
             }
             None => f64::NAN,

@@ -133,7 +133,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         .await?
         .with_signer(signer)
         .with_trust(trust);
-    log.ensure_stream().await?;
+    ensure_stream(&log).await?;
     check_unsigned_cut(&log).await?;
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     // Callers with group overage: Graph is asked about the groups that give
@@ -403,6 +403,27 @@ fn health_routes(live: Arc<Live>, serving: Serving) -> axum::Router {
                 }
             }),
         )
+}
+
+/// Creates or checks the log's stream, waiting while JetStream cannot
+/// answer yet (a cluster starting with its replicas, still electing a
+/// leader): a replica that exited instead would only be restarted. A stream
+/// set up to weaken the log, or any other error, ends the start.
+async fn ensure_stream(log: &EventLog) -> anyhow::Result<()> {
+    let mut attempts = 0u32;
+    loop {
+        match log.ensure_stream().await {
+            Ok(()) => return Ok(()),
+            Err(e @ airlock_eventlog::Error::Stream { .. }) => {
+                if attempts.is_multiple_of(15) {
+                    tracing::warn!(error = %e, "the event log's stream cannot be created or read yet; retrying");
+                }
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn shutdown() {

@@ -207,8 +207,10 @@ impl Metrics {
     /// stream is up, and how full the recording buffer is.
     pub fn sample(&self, attached: bool, buffered: usize, capacity: usize) {
         self.attached.set(i64::from(attached));
-        self.record_buffered.set(i64::try_from(buffered).unwrap_or(i64::MAX));
-        self.record_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        self.record_buffered
+            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        self.record_capacity
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format.

