@@ -168,6 +168,20 @@ fn every_example_config_matches_the_schema() {
         "airlock",
     );
 
+    // The production example, and the Kubernetes manifests' configurations.
+    check(
+        "deploy/examples/airlock.yaml".into(),
+        &yaml(&read("deploy/examples/airlock.yaml"), "deploy/examples/airlock.yaml"),
+        "airlock",
+    );
+    let manifest = read("deploy/kubernetes/config.yaml");
+    let config_map = yaml(&manifest, "deploy/kubernetes/config.yaml");
+    for key in ["control.yaml", "proxy.yaml", "reviewer.yaml"] {
+        let text = config_map["data"][key].as_str().expect("airlock-config's files");
+        let at = format!("deploy/kubernetes/config.yaml: {key}");
+        check(at.clone(), &yaml(text, &at), "airlock");
+    }
+
     // Every YAML block of the docs.
     for file in docs() {
         for (at, body) in yaml_blocks(&file) {
