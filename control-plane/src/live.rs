@@ -174,7 +174,11 @@ impl Live {
                 reason = %why,
                 "event refused: its writer is not trusted for it"
             );
-            self.metrics.rejected(label);
+            // Counted as they arrive: refusals met again while catching up
+            // at start are logged only, so a restart raises no alert.
+            if sequence > target {
+                self.metrics.rejected(label);
+            }
             self.advance(sequence, target);
             return;
         }
@@ -193,7 +197,9 @@ impl Live {
     /// Marks `sequence` folded without folding anything: a stored message
     /// that is not an event.
     fn pass_over(&self, sequence: u64, target: u64) {
-        self.metrics.rejected("undecodable");
+        if sequence > target {
+            self.metrics.rejected("undecodable");
+        }
         self.advance(sequence, target);
     }
 

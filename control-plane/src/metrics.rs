@@ -128,6 +128,9 @@ pub struct Metrics {
     /// The newest checkpoint folded: its own stream sequence and when it
     /// was stored.
     checkpoint: Mutex<Option<(u64, SystemTime)>>,
+    /// With checkpoints configured here: when this replica started, the age
+    /// reported until it folds a checkpoint (so one never written shows).
+    checkpoints_since: Mutex<Option<SystemTime>>,
     /// Certificate reloads, applied or refused.
     pub reloads: airlock_reload::Reloads,
 }
@@ -170,6 +173,7 @@ impl Metrics {
             checkpoint_age: Gauge::default(),
             since_checkpoint: Gauge::default(),
             checkpoint: Mutex::new(None),
+            checkpoints_since: Mutex::new(None),
             reloads: airlock_reload::Reloads::new(),
         };
         // Every outcome and reason is a series from the start, at 0: an
@@ -209,7 +213,7 @@ impl Metrics {
         );
         r.register(
             "airlock_control_checkpoint_age_seconds",
-            "Time since the newest checkpoint this replica folded was stored in the log (NaN when none)",
+            "Time since the newest checkpoint this replica folded was stored in the log; before the first, since this replica started if it appends checkpoints, else NaN",
             self.checkpoint_age.clone(),
         );
         r.register(
@@ -286,6 +290,12 @@ impl Metrics {
         }
     }
 
+    /// This replica appends checkpoints: until it folds one, the age is
+    /// counted from now.
+    pub fn checkpoints_expected(&self) {
+        *self.checkpoints_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+    }
+
     /// A checkpoint was folded: the event at `sequence`, stored at `stored_at`.
     pub fn checkpoint_folded(&self, sequence: u64, stored_at: SystemTime) {
         let mut seen = self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());
@@ -333,7 +343,11 @@ impl Metrics {
                     .set(gauge_value(live.sequence().saturating_sub(sequence)));
             }
             None => {
-                self.checkpoint_age.set(f64::NAN);
+                let since = *self.checkpoints_since.lock().unwrap_or_else(|p| p.into_inner());
+                self.checkpoint_age.set(match since {
+                    Some(t) => now.duration_since(t).unwrap_or_default().as_secs_f64(),
+                    None => f64::NAN,
+                });
                 self.since_checkpoint.set(gauge_value(live.sequence()));
             }
         }

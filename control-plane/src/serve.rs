@@ -187,6 +187,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         ));
     }
     if let Some((signer, interval)) = signer {
+        live.metrics().checkpoints_expected();
         tracing::info!(
             key_id = signer.key_id(),
             ?interval,
@@ -414,7 +415,12 @@ async fn ensure_stream(log: &EventLog) -> anyhow::Result<()> {
     loop {
         match log.ensure_stream().await {
             Ok(()) => return Ok(()),
-            Err(e @ airlock_eventlog::Error::Stream { .. }) => {
+            // Only what a starting cluster answers (no leader yet): a
+            // refusal (limits, replicas, permissions) ends the start.
+            Err(e)
+                if matches!(&e, airlock_eventlog::Error::Stream { detail, .. }
+                    if detail.contains("timed out") || detail.contains("no responders")) =>
+            {
                 if attempts.is_multiple_of(15) {
                     tracing::warn!(error = %e, "the event log's stream cannot be created or read yet; retrying");
                 }

@@ -96,7 +96,47 @@ pub fn signing(config: &ProxyConfig) -> anyhow::Result<(Arc<Signer>, Arc<Trust>)
              held statement would be refused"
         );
     }
+    own_key_trusted(&trust, &signer, config.proxy.proxy_id.as_deref())?;
     Ok((Arc::new(signer), Arc::new(trust)))
+}
+
+/// This proxy's own key is in `trust` as `role: proxy`, for `id` when it is
+/// known: else every event it appends would be refused by the control
+/// plane's fold, and what its agents do would never reach a reviewer.
+pub fn own_key_trusted(
+    trust: &airlock_eventlog::signing::Trust,
+    signer: &Signer,
+    id: Option<&str>,
+) -> anyhow::Result<()> {
+    let own = signer.verifying_key();
+    let listed: Vec<_> = trust
+        .keys()
+        .iter()
+        .filter(|k| k.role == Role::Proxy && k.key == own)
+        .collect();
+    if listed.is_empty() {
+        anyhow::bail!(
+            "signing.trust does not list this proxy's own key ({}) as role: proxy: every event it \
+             appends would be refused",
+            signer.key_id()
+        );
+    }
+    if let Some(id) = id
+        && !listed.iter().any(|k| k.writer.as_deref() == Some(id))
+    {
+        let ids: Vec<&str> = listed.iter().filter_map(|k| k.writer.as_deref()).collect();
+        anyhow::bail!(
+            "signing.trust lists this proxy's own key ({}) for {}, not for this proxy's id {id}: every \
+             event it appends would be refused",
+            signer.key_id(),
+            if ids.is_empty() {
+                "no id".to_owned()
+            } else {
+                ids.join(", ")
+            }
+        );
+    }
+    Ok(())
 }
 
 /// The fleet's cancel key, from the variable `proxy.cancel_key_env` names.

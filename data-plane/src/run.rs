@@ -160,6 +160,8 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     warn_record_only(&policies);
     let verifier = Verifier::new(config.identity.clone()).context("identity configuration")?;
     let (signer, trust) = crate::check::signing(&config)?;
+    // The id may come from --proxy-id, which the file's check did not see.
+    crate::check::own_key_trusted(&trust, &signer, Some(proxy_id.as_str()))?;
     let log = EventLog::connect(config.nats.clone())
         .await?
         .with_signer(signer)

@@ -60,19 +60,22 @@ make_bases() {
   rm -rf "$root/usr/local/rust"
   mkdir -p "$root/usr/local/rust" "$root/usr/local/cargo"
   cp -a "$sysroot/bin" "$sysroot/lib" "$root/usr/local/rust/"
-  # The builder trusts what this machine trusts (a TLS-inspecting proxy's
-  # CA included), so cargo reaches the registry as it does here; the image
-  # carries the builder's bundle.
-  cp "$root/etc/ssl/certs/ca-certificates.crt" "$work/debian-ca-certificates.crt"
+  # Cargo in the builder trusts what this machine trusts (a TLS-inspecting
+  # proxy's CA included), to reach the registry as it does here: a bundle
+  # of its own, named by CARGO_HTTP_CAINFO. The system's bundle stays
+  # Debian's, and the image never carries this one.
+  mkdir -p "$root/usr/local/share/airlock-build"
   if [ -r /etc/ssl/certs/ca-certificates.crt ]; then
-    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    cp /etc/ssl/certs/ca-certificates.crt "$root/usr/local/share/airlock-build/ca.crt"
+  else
+    cp "$root/etc/ssl/certs/ca-certificates.crt" "$root/usr/local/share/airlock-build/ca.crt"
   fi
   tar -C "$root" -c . | podman import \
+    --change 'ENV CARGO_HTTP_CAINFO=/usr/local/share/airlock-build/ca.crt' \
     --change 'ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV CARGO_HOME=/usr/local/cargo' \
     - localhost/airlock-build-base:bookworm >/dev/null
-  rm -rf "$root/usr/local/rust"
-  cp "$work/debian-ca-certificates.crt" "$root/etc/ssl/certs/ca-certificates.crt"
+  rm -rf "$root/usr/local/rust" "$root/usr/local/share/airlock-build"
 
   # The runtime: what the binaries load (glibc's loader, libc, libm,
   # libgcc_s), CA certificates, passwd entries for root and nonroot
@@ -126,10 +129,14 @@ title="$(podman image inspect "$tag" --format '{{index .Config.Labels "org.openc
 [ "$title" = "Airlock" ] || fail "no OCI title label"
 if podman run --rm --network none "$tag" --version >"$work/run.out" 2>&1; then
   grep -q "airlock-proxy $version" "$work/run.out" || fail "airlock-proxy --version said: $(cat "$work/run.out")"
-  for b in airlock-control airlock-reviewer airlock-dev-idp; do
+  for b in airlock-control airlock-reviewer; do
     podman run --rm --network none --entrypoint "/usr/local/bin/$b" "$tag" --version | grep -q "$b $version" \
       || fail "$b --version"
   done
+  # The development issuer is not in the production image.
+  if podman run --rm --network none --entrypoint /usr/local/bin/airlock-dev-idp "$tag" --version >/dev/null 2>&1; then
+    fail "airlock-dev-idp is in the production image"
+  fi
   # No shell in the runtime base made here.
   if [ "$local_bases" = 1 ] && podman run --rm --network none --entrypoint /bin/sh "$tag" -c true 2>/dev/null; then
     fail "a shell runs in the image"
@@ -137,5 +144,13 @@ if podman run --rm --network none "$tag" --version >"$work/run.out" 2>&1; then
   say "ran each binary from the image"
 else
   say "podman run is not available here ($(tail -n1 "$work/run.out")); the test stage ran them"
+fi
+# The image trusts the runtime base's CA certificates, never the builder's.
+if [ "$local_bases" = 1 ]; then
+  cid="$(podman create "$tag")"
+  podman cp "$cid:/etc/ssl/certs/ca-certificates.crt" "$work/image-ca.crt"
+  podman rm "$cid" >/dev/null
+  cmp -s "$work/image-ca.crt" "$work/runtime-root/etc/ssl/certs/ca-certificates.crt" \
+    || fail "the image's CA certificates are not the runtime base's"
 fi
 say "ok: $tag ($(podman image inspect "$tag" --format '{{.Size}}') bytes)"

@@ -8,11 +8,13 @@
 #   deploy/examples/dev-material.sh OUT [--proxies N] [--controls N] [--namespace NS]
 #
 # Writes, under OUT:
-#   ca/ca.key                       the CA's key (never mounted anywhere)
+#   ca/ca.key, ca/nats-route-ca.key the CAs' keys (never mounted anywhere)
 #   tls/ca.crt                      the CA: NATS servers, control plane, proxies' client certificates
 #   tls/control.{crt,key}           the control plane's server certificate (airlock-control)
 #   tls/proxy.{crt,key}             the proxies' certificate for agents (airlock-proxy)
 #   tls/nats.{crt,key}              the NATS servers' certificate (nats-0.nats ... and nats)
+#   tls/nats-route-ca.crt, tls/nats-route.{crt,key}
+#                                   routes between NATS nodes: a CA of their own
 #   tls/db-ca.crt                   the CA the databases' certificates are checked against
 #   identities/airlock-proxy-<i>/   proxy-signing.key, tls.{crt,key} (a client certificate naming the proxy)
 #   identities/airlock-control-<i>/ control-signing.key
@@ -22,8 +24,10 @@
 #   env/<NAME>                      one file per secret read from the environment:
 #                                   AIRLOCK_NATS_PASSWORD_<ROLE>, AIRLOCK_CANCEL_KEY,
 #                                   REPORTING_DB_PASSWORD
-# Certificates also name localhost and 127.0.0.1, so the same files serve a
-# stack on one host. Run again into an empty OUT for new material.
+# Servers' certificates also name localhost and 127.0.0.1, so the same files
+# serve a stack on one host; each certificate is for serving or for client
+# authentication, not both (but the routes'). Run again into an empty OUT
+# for new material.
 set -euo pipefail
 
 usage() { echo "usage: $0 OUT [--proxies N] [--controls N] [--namespace NS]" >&2; exit 2; }
@@ -54,27 +58,39 @@ mkdir -p "$out"/{ca,tls,identities,trust,checkpoint,db,env}
 openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
   -subj "/CN=Airlock development CA" -keyout "$out/ca/ca.key" -out "$out/tls/ca.crt" 2>/dev/null
 
-# cert NAME CN SAN... : a certificate the CA signs, into NAME.crt and NAME.key.
+# cert CA PATH USAGE CN SAN... : a certificate CA signs, into PATH.crt and
+# PATH.key, for USAGE (serverAuth, clientAuth, or both comma-separated).
+# Servers' certificates also name localhost and 127.0.0.1, so the same files
+# serve a stack on one host.
 cert() {
-  local path="$1" cn="$2"; shift 2
-  local sans="DNS:localhost,IP:127.0.0.1" san
-  for san in "$@"; do sans="DNS:$san,$sans"; done
+  local ca="$1" path="$2" usage="$3" cn="$4"; shift 4
+  local sans="" san
+  for san in "$@"; do sans="${sans:+$sans,}$san"; done
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$cn" \
     -keyout "$path.key" -out "$path.csr" 2>/dev/null
-  openssl x509 -req -in "$path.csr" -CA "$out/tls/ca.crt" -CAkey "$out/ca/ca.key" -CAcreateserial \
-    -days 365 -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$sans") \
+  openssl x509 -req -in "$path.csr" -CA "$out/tls/$ca.crt" -CAkey "$out/ca/$ca.key" -CAcreateserial \
+    -days 365 -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' "$sans" "$usage") \
     -out "$path.crt" 2>/dev/null
   rm -f "$path.csr"
 }
+here="DNS:localhost IP:127.0.0.1"
 
-svc() { printf '%s %s.%s %s.%s.svc' "$1" "$1" "$namespace" "$1" "$namespace"; }
+svc() { printf 'DNS:%s DNS:%s.%s DNS:%s.%s.svc' "$1" "$1" "$namespace" "$1" "$namespace"; }
 # shellcheck disable=SC2046
-cert "$out/tls/control" airlock-control $(svc airlock-control)
+cert ca "$out/tls/control" serverAuth airlock-control $(svc airlock-control) $here
 # shellcheck disable=SC2046
-cert "$out/tls/proxy" airlock-proxy $(svc airlock-proxy)
-nats_names=(nats $(svc nats))
-for i in 0 1 2; do nats_names+=("nats-$i.nats" "nats-$i.nats.$namespace.svc"); done
-cert "$out/tls/nats" nats "${nats_names[@]}"
+cert ca "$out/tls/proxy" serverAuth airlock-proxy $(svc airlock-proxy) $here
+nats_names=($(svc nats))
+for i in 0 1 2; do nats_names+=("DNS:nats-$i.nats" "DNS:nats-$i.nats.$namespace.svc"); done
+# shellcheck disable=SC2086
+cert ca "$out/tls/nats" serverAuth nats "${nats_names[@]}" $here
+# Routes between NATS nodes: a CA of their own, so that no client
+# certificate of the fleet (a proxy's, say) can join the cluster as a node.
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+  -subj "/CN=Airlock development NATS route CA" -keyout "$out/ca/nats-route-ca.key" \
+  -out "$out/tls/nats-route-ca.crt" 2>/dev/null
+# shellcheck disable=SC2086
+cert nats-route-ca "$out/tls/nats-route" serverAuth,clientAuth nats-route "${nats_names[@]}" $here
 # The databases' CA: here the same development CA (a test database's
 # certificate is signed by it). In production, your databases' own CA.
 cp "$out/tls/ca.crt" "$out/tls/db-ca.crt"
@@ -84,7 +100,8 @@ for ((i = 0; i < proxies; i++)); do
   mkdir -p "$out/identities/$name"
   "$control_bin" signing-key --private "$out/identities/$name/proxy-signing.key" \
     --public "$out/trust/$name.pub" >/dev/null
-  cert "$out/identities/$name/tls" "$name" "$name"
+  # A client certificate naming the proxy's id, and nothing else.
+  cert ca "$out/identities/$name/tls" clientAuth "$name" "DNS:$name"
 done
 for ((i = 0; i < controls; i++)); do
   name="airlock-control-$i"
@@ -104,6 +121,6 @@ secret 32 > "$out/env/AIRLOCK_CANCEL_KEY"
 for role in PROXY CONTROL AUDITOR REVIEWER; do
   secret > "$out/env/AIRLOCK_NATS_PASSWORD_$role"
 done
-rm -f "$out/tls/ca.srl" "$out"/ca/*.srl
+rm -f "$out"/tls/*.srl "$out"/ca/*.srl
 chmod -R go-rwx "$out"
 echo "$out: development material for $proxies proxies and $controls control-plane replicas" >&2

@@ -25,7 +25,8 @@ secret() {
 secret airlock-ca Opaque ca.crt="$m/tls/ca.crt" db-ca.crt="$m/tls/db-ca.crt"
 secret airlock-control-tls kubernetes.io/tls tls.crt="$m/tls/control.crt" tls.key="$m/tls/control.key"
 secret airlock-proxy-tls kubernetes.io/tls tls.crt="$m/tls/proxy.crt" tls.key="$m/tls/proxy.key"
-secret airlock-nats-tls Opaque tls.crt="$m/tls/nats.crt" tls.key="$m/tls/nats.key" ca.crt="$m/tls/ca.crt"
+secret airlock-nats-tls Opaque tls.crt="$m/tls/nats.crt" tls.key="$m/tls/nats.key" ca.crt="$m/tls/ca.crt" \
+  route.crt="$m/tls/nats-route.crt" route.key="$m/tls/nats-route.key" route-ca.crt="$m/tls/nats-route-ca.crt"
 proxies=() controls=()
 for dir in "$m"/identities/airlock-proxy-*; do
   id="$(basename "$dir")"

@@ -171,7 +171,10 @@ fn every_example_config_matches_the_schema() {
     // The production example, and the Kubernetes manifests' configurations.
     check(
         "deploy/examples/airlock.yaml".into(),
-        &yaml(&read("deploy/examples/airlock.yaml"), "deploy/examples/airlock.yaml"),
+        &yaml(
+            &read("deploy/examples/airlock.yaml"),
+            "deploy/examples/airlock.yaml",
+        ),
         "airlock",
     );
     let manifest = read("deploy/kubernetes/config.yaml");

@@ -136,6 +136,13 @@ fn the_production_example_checks_and_each_broken_variant_is_refused_at_its_line(
             "does not list this replica's own key",
         ),
         (
+            "a proxy id its key is not trusted for",
+            "proxy:\n  listen: 0.0.0.0:6432",
+            "proxy:\n  proxy_id: airlock-proxy-2\n  listen: 0.0.0.0:6432",
+            "signing:\n  # The public half",
+            "not for this proxy's id airlock-proxy-2",
+        ),
+        (
             "a rule with an action that does not exist",
             "        action: deny\n        reason: never",
             "        action: refuse\n        reason: never",
@@ -202,6 +209,45 @@ fn the_production_example_checks_and_each_broken_variant_is_refused_at_its_line(
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_proxy_named_at_start_refuses_a_key_not_trusted_for_its_name() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let etc = etc_airlock(tmp.path());
+    let config = tmp.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        text(&repo().join("deploy/examples/airlock.yaml"))
+            .replace("/etc/airlock/", &format!("{}/", etc.display())),
+    )
+    .expect("write");
+    let proxy = |id: &str| {
+        Command::new(fresh_binary("airlock-proxy"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--proxy-id", id])
+            .env("AIRLOCK_NATS_PASSWORD", "nats-secret")
+            .env("AIRLOCK_CANCEL_KEY", "0123456789abcdef0123456789abcdef01234567")
+            .env("REPORTING_DB_PASSWORD", "report-secret")
+            .env("AZURE_CLIENT_ID", "4b2c9d1e-7f3a-4e5b-8c6d-0a1b2c3d4e5f")
+            .env("AZURE_TENANT_ID", "8d5c3e2a-6f41-4b7e-9a0d-1c2b3a4d5e6f")
+            .output()
+            .expect("run airlock-proxy")
+    };
+    // The identity mounted is airlock-proxy-0's; the proxy is told it is -1.
+    let out = proxy("airlock-proxy-1");
+    assert!(!out.status.success(), "started: {}", output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not for this proxy's id airlock-proxy-1"),
+        "{}",
+        output(&out)
+    );
+    // A name that is no id (a host's full name) is refused as such.
+    let out = proxy("proxy.example.com");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--proxy-id"), "{}", output(&out));
 }
 
 /// A root for `systemd-analyze --root`: the system's own units (targets

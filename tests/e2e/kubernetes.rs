@@ -198,14 +198,29 @@ fn the_manifests_validate_and_agree_with_the_rest_of_the_repository() {
             ((*k).to_owned(), serde_norway::from_str(text).expect("a config"))
         })
         .collect();
-    for section in ["identity", "approvals", "signing"] {
-        let mut seen: Option<(&str, &Value)> = None;
-        for (file, doc) in &sections {
-            let Some(value) = doc.get(section) else { continue };
-            match seen {
-                Some((first, v)) => assert_eq!(v, value, "`{section}` differs between {first} and {file}"),
-                None => seen = Some((file, value)),
-            }
+    // Where each section must be: identity everywhere, approvals and
+    // signing in the control plane's and the proxies'.
+    for (section, files) in [
+        ("identity", &["control.yaml", "proxy.yaml", "reviewer.yaml"][..]),
+        ("approvals", &["control.yaml", "proxy.yaml"][..]),
+        ("signing", &["control.yaml", "proxy.yaml"][..]),
+    ] {
+        let values: Vec<(&str, &Value)> = sections
+            .iter()
+            .filter(|(file, _)| files.contains(&file.as_str()))
+            .map(|(file, doc)| {
+                let value = doc
+                    .get(section)
+                    .unwrap_or_else(|| panic!("{file} has no `{section}`"));
+                (file.as_str(), value)
+            })
+            .collect();
+        for (file, value) in &values[1..] {
+            assert_eq!(
+                values[0].1, *value,
+                "`{section}` differs between {} and {file}",
+                values[0].0
+            );
         }
     }
     // The proxies: the autoscaler stays within the identity slots, and the
@@ -228,11 +243,64 @@ fn the_manifests_validate_and_agree_with_the_rest_of_the_repository() {
         .count();
     let hpa = object(&objects, "HorizontalPodAutoscaler", "airlock-proxy");
     assert!(hpa["spec"]["maxReplicas"].as_u64().expect("maxReplicas") as usize <= slots);
+    assert!(proxy["spec"]["replicas"].as_u64().expect("replicas") as usize <= slots);
+    // Slot i: its key, certificate and key file under airlock-proxy-<i>,
+    // and its public key trusted for exactly that id.
+    let items: Vec<&str> = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "identity")
+        .and_then(|v| v["secret"]["items"].as_array())
+        .expect("identity items")
+        .iter()
+        .map(|i| i["path"].as_str().expect("path"))
+        .collect();
     let trust = sections[1].1["signing"]["trust"].as_array().expect("trust");
-    assert_eq!(
-        trust.iter().filter(|t| t["role"] == "proxy").count(),
-        slots,
-        "every identity slot's key is trusted"
+    for i in 0..slots {
+        let id = format!("airlock-proxy-{i}");
+        for file in ["proxy-signing.key", "tls.crt", "tls.key"] {
+            assert!(
+                items.contains(&format!("{id}/{file}").as_str()),
+                "slot {id} lacks {file}"
+            );
+        }
+        assert!(
+            trust.iter().any(|t| t["role"] == "proxy"
+                && t["id"] == id.as_str()
+                && t["key"] == format!("/etc/airlock/trust/{id}.pub").as_str()),
+            "slot {id}'s key is not trusted for {id}"
+        );
+    }
+    assert_eq!(trust.iter().filter(|t| t["role"] == "proxy").count(), slots);
+    // The reviewer's Ingress passes no path that reaches /metrics or the
+    // health endpoints.
+    let ingress = object(&objects, "Ingress", "airlock-reviewer");
+    for rule in ingress["spec"]["rules"].as_array().expect("rules") {
+        for path in rule["http"]["paths"].as_array().expect("paths") {
+            let (p, kind) = (
+                path["path"].as_str().expect("path"),
+                path["pathType"].as_str().expect("type"),
+            );
+            for inside in ["/metrics", "/livez", "/readyz", "/healthz"] {
+                let reaches = match kind {
+                    "Exact" => p == inside,
+                    _ => inside.starts_with(p),
+                };
+                assert!(!reaches, "the Ingress path {p} ({kind}) reaches {inside}");
+            }
+        }
+    }
+    // NATS routes trust a CA of their own, not the fleet's.
+    let conf = nats["data"]["nats.conf"].as_str().expect("nats.conf");
+    let cluster = &conf[conf.find("cluster {").expect("a cluster block")..];
+    assert!(
+        cluster.contains("ca_file: /etc/nats/tls/route-ca.crt"),
+        "{cluster}"
+    );
+    assert_ne!(
+        store.secrets["airlock-nats-tls"]["route-ca.crt"], store.secrets["airlock-ca"]["ca.crt"],
+        "the routes' CA is the fleet's"
     );
     let drain: u64 = sections[1].1["proxy"]["drain_timeout"]
         .as_str()
