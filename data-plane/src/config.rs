@@ -228,8 +228,10 @@ pub(crate) fn from_file(
             .lines()
             .position(|l| {
                 let l = l.trim_start().trim_start_matches("- ").trim_start();
-                l.strip_prefix("name:")
-                    .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == name)
+                l.strip_prefix("name:").is_some_and(|v| {
+                    let v = v.split(" #").next().unwrap_or(v);
+                    v.trim().trim_matches(['"', '\'']) == name
+                })
             })
             .map(|i| text[..from].lines().count() + i + 1);
         match line {

@@ -69,20 +69,26 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// `config check` of `config`, with the secrets the example reads from
-/// the environment set.
-fn config_check(config: &Path) -> Output {
-    Command::new(fresh_binary("airlock-control"))
-        .args(["config", "check", "--config"])
-        .arg(config)
+/// The secrets the example reads from the environment, set on `command`.
+fn example_env(command: &mut Command) -> &mut Command {
+    command
         .env("AIRLOCK_NATS_PASSWORD", "nats-secret")
         .env("AIRLOCK_CANCEL_KEY", "0123456789abcdef0123456789abcdef01234567")
         .env("REPORTING_DB_PASSWORD", "report-secret")
         // What the workload identity webhook sets in a pod.
         .env("AZURE_CLIENT_ID", "4b2c9d1e-7f3a-4e5b-8c6d-0a1b2c3d4e5f")
         .env("AZURE_TENANT_ID", "8d5c3e2a-6f41-4b7e-9a0d-1c2b3a4d5e6f")
-        .output()
-        .expect("run airlock-control config check")
+}
+
+/// `config check` of `config`, with the example's environment.
+fn config_check(config: &Path) -> Output {
+    example_env(
+        Command::new(fresh_binary("airlock-control"))
+            .args(["config", "check", "--config"])
+            .arg(config),
+    )
+    .output()
+    .expect("run airlock-control config check")
 }
 
 #[test]
@@ -223,17 +229,14 @@ fn a_proxy_named_at_start_refuses_a_key_not_trusted_for_its_name() {
     )
     .expect("write");
     let proxy = |id: &str| {
-        Command::new(fresh_binary("airlock-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--proxy-id", id])
-            .env("AIRLOCK_NATS_PASSWORD", "nats-secret")
-            .env("AIRLOCK_CANCEL_KEY", "0123456789abcdef0123456789abcdef01234567")
-            .env("REPORTING_DB_PASSWORD", "report-secret")
-            .env("AZURE_CLIENT_ID", "4b2c9d1e-7f3a-4e5b-8c6d-0a1b2c3d4e5f")
-            .env("AZURE_TENANT_ID", "8d5c3e2a-6f41-4b7e-9a0d-1c2b3a4d5e6f")
-            .output()
-            .expect("run airlock-proxy")
+        example_env(
+            Command::new(fresh_binary("airlock-proxy"))
+                .arg("--config")
+                .arg(&config)
+                .args(["--proxy-id", id]),
+        )
+        .output()
+        .expect("run airlock-proxy")
     };
     // The identity mounted is airlock-proxy-0's; the proxy is told it is -1.
     let out = proxy("airlock-proxy-1");

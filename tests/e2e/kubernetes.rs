@@ -227,25 +227,7 @@ fn the_manifests_validate_and_agree_with_the_rest_of_the_repository() {
     // grace period covers the pause, the drain and the last events.
     let proxy = object(&objects, "StatefulSet", "airlock-proxy");
     let spec = &proxy["spec"]["template"]["spec"];
-    let slots = spec["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "identity")
-        .and_then(|v| v["secret"]["items"].as_array())
-        .expect("identity items")
-        .iter()
-        .filter(|i| {
-            i["path"]
-                .as_str()
-                .is_some_and(|p| p.ends_with("proxy-signing.key"))
-        })
-        .count();
-    let hpa = object(&objects, "HorizontalPodAutoscaler", "airlock-proxy");
-    assert!(hpa["spec"]["maxReplicas"].as_u64().expect("maxReplicas") as usize <= slots);
-    assert!(proxy["spec"]["replicas"].as_u64().expect("replicas") as usize <= slots);
-    // Slot i: its key, certificate and key file under airlock-proxy-<i>,
-    // and its public key trusted for exactly that id.
+    // Its identity volume's entries.
     let items: Vec<&str> = spec["volumes"]
         .as_array()
         .expect("volumes")
@@ -256,6 +238,12 @@ fn the_manifests_validate_and_agree_with_the_rest_of_the_repository() {
         .iter()
         .map(|i| i["path"].as_str().expect("path"))
         .collect();
+    let slots = items.iter().filter(|p| p.ends_with("proxy-signing.key")).count();
+    let hpa = object(&objects, "HorizontalPodAutoscaler", "airlock-proxy");
+    assert!(hpa["spec"]["maxReplicas"].as_u64().expect("maxReplicas") as usize <= slots);
+    assert!(proxy["spec"]["replicas"].as_u64().expect("replicas") as usize <= slots);
+    // Slot i: its key, certificate and key file under airlock-proxy-<i>,
+    // and its public key trusted for exactly that id.
     let trust = sections[1].1["signing"]["trust"].as_array().expect("trust");
     for i in 0..slots {
         let id = format!("airlock-proxy-{i}");

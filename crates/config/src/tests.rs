@@ -199,3 +199,25 @@ fn a_key_is_located_at_its_line_or_its_deepest_parent() {
     let file = ConfigFile::parse(text, "airlock.yaml").unwrap();
     assert_eq!(file.locate("control.tls"), "airlock.yaml:4");
 }
+
+#[test]
+fn a_problem_is_placed_at_its_key_unless_it_already_names_its_line() {
+    let file = ConfigFile::parse("proxy:\n  listen: 127.0.0.1:1\npolicies: []\n", "air.yaml").expect("parse");
+    let mut found = Found {
+        file: &file,
+        problems: Vec::new(),
+    };
+    found.at("proxy.listen", "in use");
+    // The policy crate places its own problems, to the column.
+    found.at("policies", "air.yaml:3:11: policies[0]: unknown connection `x`");
+    // A message that only mentions the file is placed like any other.
+    found.at("policies", "air.yaml: is not a policy file");
+    assert_eq!(
+        found.problems,
+        [
+            "air.yaml:2: proxy.listen: in use",
+            "air.yaml:3:11: policies[0]: unknown connection `x`",
+            "air.yaml:3: policies: air.yaml: is not a policy file",
+        ]
+    );
+}
