@@ -573,3 +573,140 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_with_live_values
     );
     drop(held);
 }
+
+/// Every event of the log as `export` writes it: (sequence, SHA-256, kind).
+fn exported_events(stack: &airlock_e2e::binaries::BinaryStack) -> Vec<(u64, String, String)> {
+    let out = stack
+        .control_command(&["export", "--from", "1"])
+        .output()
+        .expect("export");
+    assert!(out.status.success(), "export: {}", output(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            (
+                v["sequence"].as_u64().expect("sequence"),
+                v["sha256"].as_str().expect("sha256").to_owned(),
+                v["kind"].as_str().expect("kind").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The backup docs/operations.md describes for one NATS server: its store
+/// copied while it is stopped, put back after the store is lost. The log
+/// comes back whole (verify passes, every event the same bytes) and the
+/// fleet goes on deciding.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_copy_of_the_nats_store_restores_the_whole_log() {
+    use airlock_e2e::binaries::{ALICE, hold};
+    use airlock_e2e::review::vote;
+    use airlock_eventlog::proto;
+
+    let mut stack = tokio::task::block_in_place(|| StackBuilder::new().checkpoints().start_binaries());
+    let agent = stack.agent_token();
+    let alice = stack.user_token(ALICE);
+    let held = hold(&stack, &agent, "DELETE FROM orders WHERE id = 1").await;
+    stack
+        .decide(
+            &alice,
+            vote(&held.request_id, proto::Decision::Approve, "backup test"),
+        )
+        .await
+        .expect("approve");
+    held.outcome.await.expect("task").expect("the DELETE ran");
+    // A checkpoint covers it (every second here).
+    let before = tokio::task::block_in_place(|| {
+        airlock_testkit::eventually_blocking(
+            "a checkpoint after the DELETE",
+            std::time::Duration::from_secs(20),
+            || {
+                let events = exported_events(&stack);
+                let last = events.iter().filter(|e| e.2 != "checkpoint").map(|e| e.0).max();
+                let out = stack.control_command(&["verify"]).output().expect("verify");
+                let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let covered = report["covered_through"].as_u64();
+                if out.status.success() && covered.is_some() && covered >= last {
+                    Ok(events)
+                } else {
+                    Err(format!(
+                        "covered through {covered:?}, last event {last:?}: {report}"
+                    ))
+                }
+            },
+        )
+    });
+    assert!(before.len() >= 6, "{before:?}");
+
+    // The backup: the server stopped, its store copied.
+    let store = stack.nats_server().store_dir();
+    let backup = stack.dir.join("nats-backup");
+    stack.nats_server().stop();
+    let copy = |from: &Path, to: &Path| {
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .output()
+            .expect("cp");
+        assert!(out.status.success(), "cp: {}", output(&out));
+    };
+    copy(&store, &backup);
+    // The disaster: the store is gone. The restore: the copy put back.
+    std::fs::remove_dir_all(&store).expect("lose the store");
+    copy(&backup, &store);
+    stack.nats_server().restart();
+
+    tokio::task::block_in_place(|| stack.assert_verify_passes());
+    let after = tokio::task::block_in_place(|| exported_events(&stack));
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "the restored log holds every event, byte for byte"
+    );
+    // And the fleet goes on: the proxy ready again (NATS reconnected),
+    // another DELETE held and approved.
+    let port = stack.proxy_health_ports[0];
+    tokio::task::block_in_place(|| {
+        airlock_testkit::eventually_blocking(
+            "the proxy ready again",
+            std::time::Duration::from_secs(30),
+            || (http_get(port, "/readyz").0 == 200).then_some(()),
+        )
+    });
+    let (on, token) = (&stack, &agent);
+    let held = airlock_testkit::eventually(
+        "the proxy holding statements again",
+        std::time::Duration::from_secs(30),
+        || async move {
+            let (client, mut notices) = on.connect(token).await;
+            let run =
+                tokio::spawn(async move { client.execute("DELETE FROM orders WHERE id = 2", &[]).await });
+            match tokio::time::timeout(std::time::Duration::from_secs(5), notices.recv()).await {
+                Ok(Some(notice)) => airlock_e2e::request_id(&notice)
+                    .map(|id| (id, run))
+                    .ok_or(vec![notice]),
+                other => {
+                    run.abort();
+                    Err(vec![format!("{other:?}")])
+                }
+            }
+        },
+    )
+    .await;
+    stack
+        .decide(
+            &alice,
+            vote(&held.0, proto::Decision::Approve, "after the restore"),
+        )
+        .await
+        .expect("approve after the restore");
+    held.1.await.expect("task").expect("the second DELETE ran");
+    assert_eq!(
+        stack
+            .pg
+            .psql("shop", "SELECT count(*) FROM orders WHERE id IN (1, 2)"),
+        "0"
+    );
+}

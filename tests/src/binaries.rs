@@ -827,6 +827,11 @@ impl BinaryStack {
         }
     }
 
+    /// The single NATS server (not a cluster's nodes), to stop and start it.
+    pub fn nats_server(&mut self) -> &mut NatsServer {
+        self._nats.as_mut().expect("a stack on one NATS server")
+    }
+
     /// The NATS server's log so far (its refusals of clients among it).
     pub fn nats_log(&self) -> String {
         match (&self._nats, &self.cluster) {
