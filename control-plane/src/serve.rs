@@ -64,7 +64,7 @@ pub fn signing(config: &ControlConfig) -> anyhow::Result<(Arc<Signer>, Arc<Trust
         anyhow::bail!(
             "no `signing:` section: the control plane folds only events signed by a writer it trusts. \
              List each proxy's and each replica's public key: signing: {{ trust: [{{ role: control, key: \
-             control.pub }}, {{ role: proxy, key: proxy.pub }}] }}"
+             control.pub }}, {{ role: proxy, key: proxy.pub, id: proxy-1 }}] }}"
         );
     };
     let trust = section.load().context("signing.trust")?;
@@ -166,6 +166,16 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         tracing::info!(reason = %why, "starting without a snapshot: folding the whole log");
     }
     let live = Live::spawn(log.clone(), start).await;
+    // The newest checkpoint in the log, for its metrics: a replica started
+    // from a snapshot that covers it folds it no more.
+    match log.last(airlock_eventlog::subjects::CHECKPOINT).await {
+        Ok(Some(stored)) if log.trust().is_none_or(|t| t.check(&stored).is_ok()) => {
+            live.metrics()
+                .checkpoint_folded(stored.sequence, stored.stored_at.into());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the newest checkpoint for the metrics"),
+    }
     {
         let live = live.clone();
         tokio::spawn(async move {
@@ -415,14 +425,16 @@ async fn ensure_stream(log: &EventLog) -> anyhow::Result<()> {
     loop {
         match log.ensure_stream().await {
             Ok(()) => return Ok(()),
-            // Only what a starting cluster answers (no leader yet): a
-            // refusal (limits, replicas, permissions) ends the start.
             Err(e)
                 if matches!(&e, airlock_eventlog::Error::Stream { detail, .. }
-                    if detail.contains("timed out") || detail.contains("no responders")) =>
+                    if not_yet_answering(detail)) =>
             {
                 if attempts.is_multiple_of(15) {
-                    tracing::warn!(error = %e, "the event log's stream cannot be created or read yet; retrying");
+                    tracing::warn!(
+                        error = %e,
+                        "the event log's stream cannot be created or read yet; retrying (a NATS user \
+                         not allowed to use JetStream's API also times out)"
+                    );
                 }
                 attempts += 1;
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -430,6 +442,24 @@ async fn ensure_stream(log: &EventLog) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// What JetStream answers while it cannot serve yet: a cluster electing
+/// its leader, its peers not all joined, the server not answering on
+/// JetStream's API. Anything else (limits, replicas beyond the cluster, an
+/// unknown account) is a refusal.
+fn not_yet_answering(detail: &str) -> bool {
+    let detail = detail.to_lowercase();
+    [
+        "timed out",
+        "temporarily unavailable",
+        "jetstream unavailable",
+        "no responders",
+        "insufficient resources",
+        "code 503",
+    ]
+    .iter()
+    .any(|s| detail.contains(s))
 }
 
 async fn shutdown() {
@@ -451,5 +481,31 @@ async fn shutdown() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::not_yet_answering;
+
+    #[test]
+    fn a_starting_cluster_is_waited_for_and_a_refusal_is_not() {
+        // As async-nats words them.
+        for waiting in [
+            "jetstream request timed out",
+            "jetstream error: JetStream system temporarily unavailable (code 503, error code 10008)",
+            "jetstream error: insufficient resources (code 503, error code 10023)",
+            "jetstream unavailable",
+            "request error: no responders",
+        ] {
+            assert!(not_yet_answering(waiting), "{waiting}");
+        }
+        for refused in [
+            "jetstream error: replicas > 1 not supported in non-clustered mode (code 500, error code 10074)",
+            "jetstream error: maximum number of streams reached (code 400, error code 10027)",
+            "jetstream error: subjects overlap with an existing stream (code 400, error code 10065)",
+        ] {
+            assert!(!not_yet_answering(refused), "{refused}");
+        }
     }
 }

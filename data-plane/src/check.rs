@@ -126,8 +126,8 @@ pub fn own_key_trusted(
     {
         let ids: Vec<&str> = listed.iter().filter_map(|k| k.writer.as_deref()).collect();
         anyhow::bail!(
-            "signing.trust lists this proxy's own key ({}) for {}, not for this proxy's id {id}: every \
-             event it appends would be refused",
+            "signing.trust lists this proxy's own key ({}) for {}, not for this proxy's id {id} \
+             (proxy.proxy_id, or --proxy-id): every event it appends would be refused",
             signer.key_id(),
             if ids.is_empty() {
                 "no id".to_owned()

@@ -53,6 +53,9 @@ make_bases() {
       bookworm "$root" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >&2
   fi
 
+  # Debian's own CA certificates in the root, whatever an earlier run left.
+  chroot "$root" update-ca-certificates --fresh >/dev/null
+
   # The builder: the root, and this machine's Rust toolchain in it.
   local sysroot
   sysroot="$(rustc --print sysroot)"

@@ -494,17 +494,20 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported_with_live_values
         .and_then(|p| p.parse().ok())
         .expect("reviewer port");
     let reviewer = scrape(reviewer_port);
-    // A checkpoint is appended within its interval (1 s here) of the hold.
+    // The hold folded, and a checkpoint appended after it (every second
+    // here): no event left after the newest checkpoint but that one.
     let control = airlock_testkit::eventually_blocking(
-        "a checkpoint folded",
+        "the hold and a checkpoint after it folded",
         std::time::Duration::from_secs(20),
         || {
             let body = scrape(control_metrics);
-            value(&body, "airlock_control_checkpoint_age_seconds")
-                .is_some_and(|v| v.is_finite())
-                .then_some(body)
+            let pending = value(&body, "airlock_control_pending_requests") == Some(1.0);
+            let covered = value(&body, "airlock_control_events_since_checkpoint").is_some_and(|n| n <= 1.0);
+            (pending && covered).then_some(body)
         },
     );
+    let age = value(&control, "airlock_control_checkpoint_age_seconds").expect("checkpoint age");
+    assert!((0.0..10.0).contains(&age), "a checkpoint just now: {age}");
     let all: BTreeSet<String> = [&proxy, &control, &reviewer]
         .iter()
         .flat_map(|e| exported(e))
@@ -653,10 +656,15 @@ async fn a_cold_copy_of_the_nats_store_restores_the_whole_log() {
         assert!(out.status.success(), "cp: {}", output(&out));
     };
     copy(&store, &backup);
-    // The disaster: the store is gone. The restore: the copy put back.
+    // The disaster: the store is gone. The restore, as documented: every
+    // Airlock binary stopped, the copy put back, NATS started, then them.
+    stack.kill_proxy(0);
+    stack.kill_replica(0);
     std::fs::remove_dir_all(&store).expect("lose the store");
     copy(&backup, &store);
     stack.nats_server().restart();
+    stack.start_replica(0);
+    stack.start_proxy(0);
 
     tokio::task::block_in_place(|| stack.assert_verify_passes());
     let after = tokio::task::block_in_place(|| exported_events(&stack));

@@ -261,23 +261,40 @@ fn the_manifests_validate_and_agree_with_the_rest_of_the_repository() {
         );
     }
     assert_eq!(trust.iter().filter(|t| t["role"] == "proxy").count(), slots);
-    // The reviewer's Ingress passes no path that reaches /metrics or the
-    // health endpoints.
+    // The reviewer's Ingress passes every route of the reviewer but
+    // /metrics and the health endpoints, and those not.
     let ingress = object(&objects, "Ingress", "airlock-reviewer");
-    for rule in ingress["spec"]["rules"].as_array().expect("rules") {
-        for path in rule["http"]["paths"].as_array().expect("paths") {
-            let (p, kind) = (
-                path["path"].as_str().expect("path"),
-                path["pathType"].as_str().expect("type"),
-            );
-            for inside in ["/metrics", "/livez", "/readyz", "/healthz"] {
-                let reaches = match kind {
-                    "Exact" => p == inside,
-                    _ => inside.starts_with(p),
-                };
-                assert!(!reaches, "the Ingress path {p} ({kind}) reaches {inside}");
+    let paths: Vec<(&str, &str)> = ingress["spec"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|rule| rule["http"]["paths"].as_array().expect("paths"))
+        .map(|p| {
+            (
+                p["path"].as_str().expect("path"),
+                p["pathType"].as_str().expect("type"),
+            )
+        })
+        .collect();
+    // Kubernetes' Prefix matches whole path segments.
+    let passes = |route: &str| {
+        paths.iter().any(|(p, kind)| match *kind {
+            "Exact" => route == *p,
+            _ => route == *p || route.starts_with(&format!("{}/", p.trim_end_matches('/'))),
+        })
+    };
+    let inside = ["/metrics", "/livez", "/readyz", "/healthz"];
+    for (method, route, _) in airlock_reviewer::routes() {
+        assert_eq!(
+            passes(route),
+            !inside.contains(&route),
+            "the Ingress {} {method} {route}",
+            if inside.contains(&route) {
+                "passes"
+            } else {
+                "does not pass"
             }
-        }
+        );
     }
     // NATS routes trust a CA of their own, not the fleet's.
     let conf = nats["data"]["nats.conf"].as_str().expect("nats.conf");
