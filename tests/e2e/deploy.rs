@@ -381,18 +381,14 @@ fn promtool() -> PathBuf {
 #[test]
 fn the_alert_rules_check_and_pass_their_unit_tests() {
     let dir = repo().join("deploy/observability");
-    let out = Command::new(promtool())
-        .args(["check", "rules", "alerts.yaml"])
-        .current_dir(&dir)
-        .output()
-        .expect("run promtool");
-    assert!(out.status.success(), "promtool check rules: {}", output(&out));
-    let out = Command::new(promtool())
-        .args(["test", "rules", "alerts.test.yaml"])
-        .current_dir(&dir)
-        .output()
-        .expect("run promtool");
-    assert!(out.status.success(), "promtool test rules: {}", output(&out));
+    for (what, file) in [("check", "alerts.yaml"), ("test", "alerts.test.yaml")] {
+        let out = Command::new(promtool())
+            .args([what, "rules", file])
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(out.status.success(), "promtool {what} rules: {}", output(&out));
+    }
     // Every alert has a unit test.
     let rules = text(&dir.join("alerts.yaml"));
     let tests = text(&dir.join("alerts.test.yaml"));
@@ -683,34 +679,15 @@ async fn a_cold_copy_of_the_nats_store_restores_the_whole_log() {
             || (http_get(port, "/readyz").0 == 200).then_some(()),
         )
     });
-    let (on, token) = (&stack, &agent);
-    let held = airlock_testkit::eventually(
-        "the proxy holding statements again",
-        std::time::Duration::from_secs(30),
-        || async move {
-            let (client, mut notices) = on.connect(token).await;
-            let run =
-                tokio::spawn(async move { client.execute("DELETE FROM orders WHERE id = 2", &[]).await });
-            match tokio::time::timeout(std::time::Duration::from_secs(5), notices.recv()).await {
-                Ok(Some(notice)) => airlock_e2e::request_id(&notice)
-                    .map(|id| (id, run))
-                    .ok_or(vec![notice]),
-                other => {
-                    run.abort();
-                    Err(vec![format!("{other:?}")])
-                }
-            }
-        },
-    )
-    .await;
+    let held = hold(&stack, &agent, "DELETE FROM orders WHERE id = 2").await;
     stack
         .decide(
             &alice,
-            vote(&held.0, proto::Decision::Approve, "after the restore"),
+            vote(&held.request_id, proto::Decision::Approve, "after the restore"),
         )
         .await
         .expect("approve after the restore");
-    held.1.await.expect("task").expect("the second DELETE ran");
+    held.outcome.await.expect("task").expect("the second DELETE ran");
     assert_eq!(
         stack
             .pg

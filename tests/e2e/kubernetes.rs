@@ -84,12 +84,11 @@ fn kubernetes_validate() -> PathBuf {
     find_binary("kubernetes-validate", "AIRLOCK_KUBERNETES_VALIDATE", &[])
 }
 
-/// `secrets.sh` over development material: the Secrets and ConfigMap it
-/// writes, and the material.
-fn secrets(tmp: &Path) -> (PathBuf, PathBuf) {
-    let material = dev_material(tmp, &["--namespace", "airlock"]);
+/// What `secrets.sh` writes for `material`: the Secrets and the trust
+/// ConfigMap, as YAML.
+fn secrets_sh(material: &Path) -> String {
     let out = Command::new(dir().join("secrets.sh"))
-        .arg(&material)
+        .arg(material)
         .output()
         .expect("run secrets.sh");
     assert!(
@@ -97,9 +96,7 @@ fn secrets(tmp: &Path) -> (PathBuf, PathBuf) {
         "secrets.sh: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = tmp.join("secrets.yaml");
-    std::fs::write(&path, &out.stdout).expect("write");
-    (material, path)
+    String::from_utf8(out.stdout).expect("secrets.sh writes text")
 }
 
 #[test]
@@ -118,7 +115,9 @@ fn the_manifests_validate_and_agree_with_the_rest_of_the_repository() {
     assert_eq!(present, listed, "kustomization.yaml lists every manifest");
 
     let tmp = tempfile::tempdir().expect("tmp");
-    let (_, secrets) = secrets(tmp.path());
+    let material = dev_material(tmp.path(), &["--namespace", "airlock"]);
+    let secrets = tmp.path().join("secrets.yaml");
+    std::fs::write(&secrets, secrets_sh(&material)).expect("write");
     let out = Command::new(kubernetes_validate())
         .args(["--strict", "--kubernetes-version", "1.33.0"])
         .args(files.iter().map(|f| dir().join(f)))
@@ -665,21 +664,13 @@ async fn the_manifests_boot_and_a_held_delete_is_approved_through_them() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
     let objects = manifests();
-    let (material, secrets_file) = tokio::task::block_in_place(|| secrets(root));
+    let material = tokio::task::block_in_place(|| dev_material(root, &["--namespace", "airlock"]));
 
     // The database the proxies' connections name, with TLS, its roles'
     // passwords those of the Secrets.
     let pg = tokio::task::block_in_place(|| Postgres::start_with(PostgresOptions::default().tls()));
     std::fs::copy(pg.server_ca(), material.join("tls/db-ca.crt")).expect("the database's CA");
-    let secrets_text = tokio::task::block_in_place(|| {
-        let out = Command::new(dir().join("secrets.sh"))
-            .arg(&material)
-            .output()
-            .expect("secrets.sh");
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).expect("text")
-    });
-    std::fs::write(&secrets_file, &secrets_text).expect("write");
+    let secrets_text = tokio::task::block_in_place(|| secrets_sh(&material));
     let store = Store::new(&objects, &documents(&secrets_text, "secrets.sh"));
     let maint = store.secret_value("airlock-db", "prod-orders");
     let report = store.secret_value("airlock-db", "reporting");
