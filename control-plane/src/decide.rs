@@ -225,6 +225,7 @@ pub fn decide(
             statement_sha256: digest,
             approvals: approvals as u32,
             approvals_required: required,
+            max_rows: Vec::new(),
         }),
     );
     voted.request_id = vote.request_id.clone();
@@ -300,6 +301,7 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
                 .as_ref()
                 .map(|s| s.sha256.clone())
                 .unwrap_or_default(),
+            bounds: Vec::new(),
         })
     } else if past(asked.deadline.as_ref(), now) {
         Body::ApprovalExpired(proto::ApprovalExpired {

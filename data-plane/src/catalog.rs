@@ -15,18 +15,16 @@
 //!   judges that way until its transaction ends: no other connection can
 //!   see what it made.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_policy::facts::{Called, CatalogFacts, RelationKind, RelationsBuilder};
 use airlock_policy::{Catalog, Kind};
-use bytes::{Buf, BytesMut};
+
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::codec::parse_diagnostic_fields;
 use crate::upstream::{Upstream, UpstreamConfig};
 
 /// The longest one read of the facts may take.
@@ -594,76 +592,20 @@ const VIEW_TRIGGERS: &str = "SELECT n.nspname, c.relname, fn.nspname, f.proname,
      JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
      WHERE c.relkind = 'v' AND NOT t.tgisinternal";
 
-type Row = Vec<Option<String>>;
+use crate::upstream::query::Row;
 
 /// Runs one statement over the simple protocol; its rows as text.
 async fn query(up: &mut Upstream, sql: &str) -> Result<Vec<Row>, String> {
-    let mut buf = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut buf).map_err(|e| e.to_string())?;
-    up.send(&buf).await.map_err(|e| e.to_string())?;
-    let mut rows = Vec::new();
-    let mut error = None;
-    loop {
-        let frame = up.recv().await.map_err(|e| e.to_string())?;
-        match frame.tag {
-            b'D' => rows.push(data_row(frame.body.clone()).ok_or("a malformed DataRow from PostgreSQL")?),
-            b'E' => {
-                let fields: HashMap<u8, String> = parse_diagnostic_fields(&frame.body).into_iter().collect();
-                error = Some(format!(
-                    "{} ({})",
-                    fields.get(&b'M').cloned().unwrap_or_default(),
-                    fields.get(&b'C').cloned().unwrap_or_default()
-                ));
-            }
-            b'Z' => break,
-            _ => {}
-        }
+    let answer = crate::upstream::query::simple_answer(up, sql).await?;
+    match answer.error {
+        Some((sqlstate, message)) => Err(format!("reading the catalog: {message} ({sqlstate})")),
+        None => Ok(answer.rows),
     }
-    match error {
-        Some(e) => Err(format!("reading the catalog: {e}")),
-        None => Ok(rows),
-    }
-}
-
-fn data_row(mut body: bytes::Bytes) -> Option<Row> {
-    if body.remaining() < 2 {
-        return None;
-    }
-    let n = body.get_i16();
-    let mut row = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
-        if body.remaining() < 4 {
-            return None;
-        }
-        let len = body.get_i32();
-        if len < 0 {
-            row.push(None);
-            continue;
-        }
-        let len = len as usize;
-        if body.remaining() < len {
-            return None;
-        }
-        row.push(Some(String::from_utf8_lossy(&body.split_to(len)).into_owned()));
-    }
-    Some(row)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn data_rows_parse_and_malformed_ones_are_refused() {
-        let mut b = BytesMut::new();
-        b.extend_from_slice(&2i16.to_be_bytes());
-        b.extend_from_slice(&3i32.to_be_bytes());
-        b.extend_from_slice(b"abc");
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        assert_eq!(data_row(b.clone().freeze()), Some(vec![Some("abc".into()), None]));
-        b.truncate(6);
-        assert_eq!(data_row(b.freeze()), None);
-    }
 
     #[test]
     fn which_kinds_may_change_the_catalog() {
@@ -693,7 +635,7 @@ mod tests {
         s.facts = Some(Arc::new(CatalogFacts::new(
             vec!["public".into()],
             Vec::<String>::new(),
-            HashMap::new(),
+            std::collections::HashMap::new(),
         )));
         s.read_started = Some(Instant::now());
     }

@@ -88,6 +88,40 @@ pub struct ProxySection {
     /// the proxy they arrive at.
     #[serde(default)]
     pub cancel_key_env: Option<String>,
+    /// How long the impact estimate of a held statement (EXPLAIN on a
+    /// connection of the proxy's own) may take before the request is filed
+    /// without it. 100ms to 30s.
+    #[serde(default = "default_impact_timeout", with = "humantime_serde")]
+    pub impact_timeout: Duration,
+    /// A dry run's `statement_timeout`. 100ms to 5m.
+    #[serde(default = "default_dry_run_timeout", with = "humantime_serde")]
+    pub dry_run_timeout: Duration,
+    /// A dry run's `lock_timeout`: the longest it waits for a lock another
+    /// transaction holds (and so the longest it may make others wait
+    /// behind it). 10ms to 1m.
+    #[serde(default = "default_dry_run_lock_timeout", with = "humantime_serde")]
+    pub dry_run_lock_timeout: Duration,
+}
+
+impl ProxySection {
+    /// The impact estimate's and dry run's time limits.
+    pub fn impact_limits(&self) -> crate::impact::Limits {
+        crate::impact::Limits {
+            estimate: self.impact_timeout,
+            dry_run: self.dry_run_timeout,
+            dry_run_locks: self.dry_run_lock_timeout,
+        }
+    }
+}
+
+fn default_impact_timeout() -> Duration {
+    crate::impact::Limits::default().estimate
+}
+fn default_dry_run_timeout() -> Duration {
+    crate::impact::Limits::default().dry_run
+}
+fn default_dry_run_lock_timeout() -> Duration {
+    crate::impact::Limits::default().dry_run_locks
 }
 
 /// `proxy.control_tls:`.
@@ -260,6 +294,30 @@ fn check_record_linger(proxy: &ProxySection) -> anyhow::Result<()> {
              the database's functions or views made outside this proxy may go unseen)"
         );
     }
+    let within = |name: &str, d: Duration, min: Duration, max: Duration| {
+        if d < min || d > max {
+            bail!("proxy.{name} is {d:?}; it must be between {min:?} and {max:?}");
+        }
+        Ok(())
+    };
+    within(
+        "impact_timeout",
+        proxy.impact_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+    )?;
+    within(
+        "dry_run_timeout",
+        proxy.dry_run_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    )?;
+    within(
+        "dry_run_lock_timeout",
+        proxy.dry_run_lock_timeout,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    )?;
     if proxy.record_linger > MAX_RECORD_LINGER {
         bail!(
             "proxy.record_linger is {:?}; at most {:?} (it is how far the log may trail an allowed \

@@ -131,6 +131,12 @@ pub struct HoldSpec {
     pub timeout: Duration,
     /// Authentication contexts every approving sign-in must have met.
     pub require_acrs: Vec<String>,
+    /// `Ok` when the statement may be planned for an impact estimate
+    /// (`airlock_policy::trial`); else why not.
+    pub plan: Result<(), String>,
+    /// Set when a rule that held it asks for a dry run: `Ok` when it may
+    /// be tried, else why not.
+    pub dry_run: Option<Result<(), String>>,
 }
 
 /// What policy says of one statement string.

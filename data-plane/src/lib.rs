@@ -29,6 +29,7 @@ pub mod conn;
 pub mod error_response;
 pub mod gate;
 pub mod health;
+pub mod impact;
 pub mod metrics;
 pub mod names;
 pub mod params;

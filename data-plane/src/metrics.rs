@@ -42,12 +42,14 @@ pub enum Refusal {
     TooLarge,
     /// The session's token expired (the session ended).
     TokenExpired,
+    /// Approved, but it changed more rows than its bound (rolled back).
+    BoundExceeded,
 }
 
 impl Refusal {
     /// Every cause: each is a series from the start, at 0, so an alert on
     /// its increase sees the first one.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::Policy,
         Refusal::Denied,
         Refusal::Expired,
@@ -57,6 +59,7 @@ impl Refusal {
         Refusal::DigestMismatch,
         Refusal::TooLarge,
         Refusal::TokenExpired,
+        Refusal::BoundExceeded,
     ];
 
     /// The metric cause of a recorded refusal's cause.
@@ -68,6 +71,7 @@ impl Refusal {
             Cause::Cancelled => Refusal::Cancelled,
             Cause::Unavailable => Refusal::Unavailable,
             Cause::DigestMismatch => Refusal::DigestMismatch,
+            Cause::BoundExceeded => Refusal::BoundExceeded,
         }
     }
 }
@@ -99,6 +103,7 @@ impl EncodeLabelValue for Refusal {
                 Refusal::DigestMismatch => "digest_mismatch",
                 Refusal::TooLarge => "too_large",
                 Refusal::TokenExpired => "token_expired",
+                Refusal::BoundExceeded => "bound_exceeded",
             },
         )
     }

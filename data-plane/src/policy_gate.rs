@@ -289,6 +289,7 @@ fn combine_holds(a: &airlock_policy::Verdict, b: &airlock_policy::Verdict) -> ai
         }
     }
     out.require_acrs.sort();
+    out.dry_run = a.dry_run || b.dry_run;
     out.reason = format!("{}; also held by policy {}: {}", a.reason, b.policy, b.reason);
     if out.reviewers.is_empty() {
         out.action = airlock_policy::Action::Deny;
@@ -536,6 +537,7 @@ impl Gate for PolicyGate {
         // A temporary relation shadows names, and a search path of the
         // session's own moves them, for the rest of the session, from the
         // moment the statement may run.
+        let names_before = state.names;
         if !matches!(v.action, airlock_policy::Action::Deny) {
             state.names = v.names_after(state.names);
         }
@@ -561,6 +563,21 @@ impl Gate for PolicyGate {
             _ => on_finish,
         };
         drop(state);
+        // Whether the held statement may be tried before approval, on a
+        // connection that sees the catalog as the facts do: not once this
+        // session's names may mean other relations than a fresh
+        // connection's (its own temporary tables, its own search path).
+        let trial = |trial| {
+            if names_before.any() {
+                return Err(
+                    "this session made temporary tables or changed its search path, so another connection could \
+                     read its names as other relations"
+                        .to_owned(),
+                );
+            }
+            let effects: Vec<&airlock_policy::Effect> = v.effects.iter().map(|e| &e.effect).collect();
+            airlock_policy::trial::may_try(&effects, v.parsed(), catalog, trial)
+        };
         let mut verdict = proto_verdict(&v);
         verdict.shadow_verdict = shadow_verdict;
         // EXECUTE of a name the policy did not see prepared (by SQL PREPARE
@@ -595,6 +612,8 @@ impl Gate for PolicyGate {
                 reviewers: v.reviewers.iter().map(|g| self.group(g)).collect(),
                 timeout: v.timeout,
                 require_acrs: v.require_acrs.clone(),
+                plan: trial(airlock_policy::trial::Trial::Plan),
+                dry_run: v.dry_run.then(|| trial(airlock_policy::trial::Trial::DryRun)),
             }),
         };
         let mut sql_names = Vec::new();

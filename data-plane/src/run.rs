@@ -284,6 +284,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         source,
         reviewer_url: config.proxy.reviewer_url.clone(),
         expiry_grace: Duration::from_secs(5),
+        impact: config.proxy.impact_limits(),
         cancels,
         metrics: metrics.clone(),
         phase,

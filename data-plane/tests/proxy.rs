@@ -179,6 +179,7 @@ async fn start_recording(
         },
         reviewer_url: None,
         expiry_grace: Duration::from_secs(2),
+        impact: Default::default(),
         cancels: airlock_proxy::cancel::Cancels::new(),
         metrics: airlock_proxy::metrics::Metrics::new(&Default::default()),
         phase: tokio::sync::watch::channel(airlock_proxy::session::Phase::Running).1,

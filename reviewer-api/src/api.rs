@@ -265,6 +265,7 @@ pub async fn vote(
         decision: decision as i32,
         reason,
         statement_sha256: digest,
+        max_rows: Vec::new(),
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {

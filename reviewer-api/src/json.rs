@@ -104,6 +104,29 @@ words! {
 }
 
 words! {
+    /// What the policy said of a statement; `unknown` for an action this
+    /// build does not know.
+    pub enum VerdictActionJson as VerdictAction {
+        Allow = "allow",
+        RequireApproval = "require-approval",
+        Deny = "deny",
+        Unknown = "unknown",
+    }
+}
+
+impl VerdictActionJson {
+    pub fn of(a: i32) -> VerdictActionJson {
+        use proto::verdict::Action;
+        match Action::try_from(a).unwrap_or(Action::Unspecified) {
+            Action::Allow => VerdictActionJson::Allow,
+            Action::RequireApproval => VerdictActionJson::RequireApproval,
+            Action::Deny => VerdictActionJson::Deny,
+            Action::Unspecified => VerdictActionJson::Unknown,
+        }
+    }
+}
+
+words! {
     pub enum SessionStateJson as SessionState {
         Open = "open",
         Closed = "closed",
@@ -261,6 +284,74 @@ pub struct VoteJson {
     pub time: Option<String>,
 }
 
+/// Rows of one table: estimated (`rows` only) or counted.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = TableRows)]
+pub struct TableRowsJson {
+    /// Schema-qualified; a partition's rows count for its partitioned table.
+    pub table: String,
+    pub rows: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+/// PostgreSQL's plan for the held statement (EXPLAIN, never ANALYZE).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ImpactEstimate)]
+pub struct EstimateJson {
+    /// Why there is no estimate; empty when there is one.
+    pub unavailable: String,
+    /// Estimated rows per target table.
+    pub tables: Vec<TableRowsJson>,
+    /// The plan's top node, its estimated rows and total cost.
+    pub top_node: String,
+    pub plan_rows: f64,
+    pub total_cost: f64,
+    /// How long asking took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// The held statement run once in a transaction that was rolled back.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = DryRun)]
+pub struct DryRunJson {
+    /// Why it was not run or did not finish; empty when it ran.
+    pub unavailable: String,
+    /// Rows changed per table, cascades and trigger writes included.
+    pub tables: Vec<TableRowsJson>,
+    pub command_tag: String,
+    pub error_sqlstate: String,
+    #[schema(required = true, format = DateTime)]
+    pub started_at: Option<String>,
+    pub took_ms: u64,
+}
+
+/// What PostgreSQL said the statement would touch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Impact)]
+pub struct ImpactJson {
+    /// `null` in requests filed before estimates.
+    #[schema(required = true)]
+    pub estimate: Option<EstimateJson>,
+    /// `null` unless a rule that held it asks for a dry run.
+    #[schema(required = true)]
+    pub dry_run: Option<DryRunJson>,
+}
+
+/// A statement the session sent before the held one.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = RecentStatement)]
+pub struct RecentStatementJson {
+    /// At most 500 characters; `truncated` when cut.
+    pub text: String,
+    pub truncated: bool,
+    pub action: VerdictActionJson,
+    pub rule: String,
+    #[schema(required = true, format = DateTime)]
+    pub time: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(as = Request)]
 pub struct RequestJson {
@@ -293,6 +384,13 @@ pub struct RequestJson {
     pub proxy_id: String,
     /// Stream sequence of the last event folded into this view.
     pub sequence: u64,
+    pub impact: ImpactJson,
+    /// The agent's own words on why: unverified, the requester's claim.
+    pub agent_reason: String,
+    /// The reason was longer than 2 KiB and was cut.
+    pub agent_reason_truncated: bool,
+    /// What the session sent just before (at most 20), oldest first.
+    pub recent_statements: Vec<RecentStatementJson>,
 }
 
 /// `GET /api/v1/requests`.
@@ -664,6 +762,57 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
             .collect(),
         proxy_id: asked.proxy_id.clone(),
         sequence: view.sequence,
+        impact: impact(asked.impact.as_ref()),
+        agent_reason: asked.agent_reason.clone(),
+        agent_reason_truncated: asked.agent_reason_truncated,
+        recent_statements: asked
+            .recent_statements
+            .iter()
+            .map(|r| RecentStatementJson {
+                text: r.text.clone(),
+                truncated: r.truncated,
+                action: VerdictActionJson::of(r.action),
+                rule: r.rule.clone(),
+                time: rfc3339(r.time.as_ref()),
+            })
+            .collect(),
+    }
+}
+
+fn millis(d: Option<&prost_types::Duration>) -> u64 {
+    d.and_then(|d| std::time::Duration::try_from(*d).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn table_rows(t: &proto::TableRows) -> TableRowsJson {
+    TableRowsJson {
+        table: t.table.clone(),
+        rows: t.rows,
+        inserted: t.inserted,
+        updated: t.updated,
+        deleted: t.deleted,
+    }
+}
+
+pub fn impact(i: Option<&proto::Impact>) -> ImpactJson {
+    ImpactJson {
+        estimate: i.and_then(|i| i.estimate.as_ref()).map(|e| EstimateJson {
+            unavailable: e.unavailable.clone(),
+            tables: e.tables.iter().map(table_rows).collect(),
+            top_node: e.top_node.clone(),
+            plan_rows: e.plan_rows,
+            total_cost: e.total_cost,
+            took_ms: millis(e.took.as_ref()),
+        }),
+        dry_run: i.and_then(|i| i.dry_run.as_ref()).map(|d| DryRunJson {
+            unavailable: d.unavailable.clone(),
+            tables: d.tables.iter().map(table_rows).collect(),
+            command_tag: d.command_tag.clone(),
+            error_sqlstate: d.error_sqlstate.clone(),
+            started_at: rfc3339(d.started_at.as_ref()),
+            took_ms: millis(d.took.as_ref()),
+        }),
     }
 }
 

@@ -257,6 +257,22 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
                     }
                 }
                 dt { "rule" } dd { (rule(asked.verdict.as_ref())) }
+                @if let Some(i) = &asked.impact {
+                    @if let Some(e) = &i.estimate {
+                        dt { "estimate" } dd.estimate { (estimate(e)) }
+                    }
+                    @if let Some(d) = &i.dry_run {
+                        dt { "dry run" } dd.dry-run { (dry_run(d)) }
+                    }
+                }
+                @if !asked.agent_reason.is_empty() {
+                    dt { "agent's reason" }
+                    dd.agent-reason {
+                        span.muted { "the requester's own words, not verified: " }
+                        q { (asked.agent_reason) }
+                        @if asked.agent_reason_truncated { " " span.muted { "(cut at 2 KiB)" } }
+                    }
+                }
                 @if let Some(shadow) = asked.verdict.as_ref().and_then(|v| v.shadow_verdict.as_deref()) {
                     dt { "shadow policy" }
                     dd.shadow {
@@ -289,6 +305,78 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
                     a.button href={ "/requests/" (view.request_id) } { "Review" }
                     " "
                     a.muted href={ "/sessions/" (view.session_id) } { "session" }
+                }
+            }
+        }
+    }
+}
+
+fn rows_of(tables: &[proto::TableRows], counted: bool) -> Markup {
+    html! {
+        @for (i, t) in tables.iter().enumerate() {
+            @if i > 0 { ", " }
+            strong { (t.rows) } " " @if t.rows == 1 { "row" } @else { "rows" } " of " code { (t.table) }
+            @if counted {
+                " "
+                span.muted {
+                    "("
+                    @let parts = [("inserted", t.inserted), ("updated", t.updated), ("deleted", t.deleted)];
+                    @for (j, (word, n)) in parts.iter().filter(|(_, n)| *n > 0).enumerate() {
+                        @if j > 0 { ", " }
+                        (n) " " (word)
+                    }
+                    ")"
+                }
+            }
+        }
+    }
+}
+
+fn estimate(e: &proto::ImpactEstimate) -> Markup {
+    html! {
+        @if !e.unavailable.is_empty() {
+            span.muted { (e.unavailable) }
+        } @else {
+            @if e.tables.is_empty() {
+                "about " strong { (e.plan_rows.ceil() as u64) } " rows read"
+            } @else {
+                "about " (rows_of(&e.tables, false))
+            }
+            " " span.muted { "(PostgreSQL's plan: " (e.top_node) ", cost " (format!("{:.1}", e.total_cost)) "; an estimate)" }
+        }
+    }
+}
+
+fn dry_run(d: &proto::DryRun) -> Markup {
+    html! {
+        @if !d.unavailable.is_empty() {
+            span.muted { (d.unavailable) }
+        } @else if d.tables.is_empty() {
+            "changed no rows " span.muted { "(" (d.command_tag) ", rolled back)" }
+        } @else {
+            "changed exactly " (rows_of(&d.tables, true))
+            " " span.muted { "(" (d.command_tag) ", run once and rolled back, cascades and triggers included)" }
+        }
+    }
+}
+
+fn recent(statements: &[proto::RecentStatement]) -> Markup {
+    html! {
+        h2 { "Before it asked" }
+        @if statements.is_empty() {
+            p.muted { "Nothing else was sent on this session before." }
+        } @else {
+            table.recent {
+                thead { tr { th { "time" } th { "statement" } th { "verdict" } } }
+                tbody {
+                    @for r in statements {
+                        @let action = json::VerdictActionJson::of(r.action).as_str();
+                        tr {
+                            td { (clock(ts(r.time.as_ref()))) }
+                            td { code { (r.text) } @if r.truncated { " " span.muted { "(cut)" } } }
+                            td { span.verdict.(action) { (action) } " " span.muted { (r.rule) } }
+                        }
+                    }
                 }
             }
         }
@@ -436,6 +524,7 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                 a href={ "/sessions/" (view.session_id) } { "the whole session" }
             }
         }
+        (recent(&asked.recent_statements))
         @if !view.votes.is_empty() {
             h2 { "Votes" }
             ul.votes {

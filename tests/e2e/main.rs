@@ -16,6 +16,7 @@ mod drivers;
 mod entra;
 mod fleet;
 mod health;
+mod impact;
 mod kubernetes;
 mod lifetimes;
 mod reload;

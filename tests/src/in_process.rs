@@ -136,6 +136,8 @@ impl Gate for SeedGate {
                     }],
                     timeout: self.timeout,
                     require_acrs: vec![],
+                    plan: Err("the test gate reads no catalog".into()),
+                    dry_run: None,
                 }),
                 "DELETE|DROP|UPDATE -> require-approval",
             )
@@ -318,6 +320,7 @@ async fn spawn_proxy(
         },
         reviewer_url: Some("https://airlock.example".into()),
         expiry_grace: Duration::from_secs(2),
+        impact: Default::default(),
         cancels,
         metrics: airlock_proxy::metrics::Metrics::new(&Default::default()),
         phase,

@@ -31,6 +31,7 @@ pub fn vote(request_id: &str, decision: proto::Decision, reason: &str) -> proto:
         decision: decision as i32,
         reason: reason.to_owned(),
         statement_sha256: vec![],
+        max_rows: vec![],
     }
 }
 

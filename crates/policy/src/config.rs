@@ -76,6 +76,11 @@ pub struct Rule {
     /// without step-up keep theirs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub require_acrs: Vec<String>,
+    /// For require-approval: run the held statement once inside a
+    /// transaction that is rolled back, and show the reviewer the rows it
+    /// would change. Left out of the digest when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// One policy: which group on which connection, its rules and defaults.
@@ -427,6 +432,7 @@ struct RawRule {
     timeout: Option<Duration>,
     reason: Option<String>,
     require_acrs: Option<Vec<String>>,
+    dry_run: Option<bool>,
 }
 
 /// Separates a message from its hint inside a serde custom error.
@@ -899,10 +905,11 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                 && (rule.approvals.is_some()
                     || rule.reviewers.is_some()
                     || rule.timeout.is_some()
-                    || rule.require_acrs.is_some())
+                    || rule.require_acrs.is_some()
+                    || rule.dry_run.is_some())
             {
                 return Err(at_rule(format!(
-                    "`approvals`, `reviewers`, `timeout` and `require_acrs` only apply to require-approval rules{HINT}remove them, or write `action: require-approval`"
+                    "`approvals`, `reviewers`, `timeout`, `require_acrs` and `dry_run` only apply to require-approval rules{HINT}remove them, or write `action: require-approval`"
                 )));
             }
             if let Some(bad) = rule.require_acrs.as_deref().and_then(bad_acrs) {
@@ -1139,6 +1146,7 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
                 } else {
                     vec![]
                 },
+                dry_run: holds && r.dry_run.unwrap_or(false),
             };
             rule.text = rule_text(&rule);
             rule
@@ -1184,6 +1192,9 @@ fn rule_text(r: &Rule) -> String {
     parts.push(format!("action: {}", r.action));
     if !r.require_acrs.is_empty() {
         parts.push(format!("require_acrs: [{}]", r.require_acrs.join(", ")));
+    }
+    if r.dry_run {
+        parts.push("dry_run: true".into());
     }
     parts.join(", ")
 }

@@ -68,6 +68,9 @@ pub struct Verdict {
     /// sign-in must have met (those of every held effect).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub require_acrs: Vec<String>,
+    /// For require-approval: whether a rule that held it asks for a dry run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Whether the policy asks for results to be recorded.
     pub record: bool,
     /// Whether the verdict depends on session state (`EXECUTE`), so must not be cached.
@@ -186,6 +189,7 @@ impl Policy {
             reviewers: Vec::new(),
             timeout: Duration::ZERO,
             require_acrs: Vec::new(),
+            dry_run: false,
             record: self.record,
             uses_session: c.uses_session,
             executes_prepared: c.executes_prepared,
@@ -296,7 +300,9 @@ impl Policy {
         let mut approvals = 0;
         let mut timeout = Duration::MAX;
         let mut acrs: Vec<String> = Vec::new();
+        let mut dry_run = false;
         for rule in holds {
+            dry_run |= rule.is_some_and(|r| r.dry_run);
             let (r, a, t, c) = match rule {
                 Some(rule) => (&rule.reviewers, rule.approvals, rule.timeout, &rule.require_acrs),
                 None => (&self.reviewers, self.approvals, self.timeout, &self.require_acrs),
@@ -327,6 +333,7 @@ impl Policy {
         verdict.timeout = timeout;
         acrs.sort();
         verdict.require_acrs = acrs;
+        verdict.dry_run = dry_run;
     }
 }
 

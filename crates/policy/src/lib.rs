@@ -104,6 +104,7 @@ mod glob;
 pub mod ident;
 pub mod judge;
 pub mod kind;
+pub mod trial;
 
 pub use cache::VerdictCache;
 

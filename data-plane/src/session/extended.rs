@@ -82,6 +82,7 @@ impl ToUpstream {
             // Fails at parse time: the Parse fails where the client expects
             // its answer.
             Action::Deny { message } => {
+                self.context.note(&query, &judgement.verdict);
                 let refused = Refused {
                     statement: proto::Statement {
                         text: query,
@@ -126,6 +127,10 @@ impl ToUpstream {
         // with other reviewers or step-up), never looser than at Parse.
         self.rejudge(&mut stmt.judgement, &stmt.text);
         let parameters = self.describe_parameters(&stmt, &param_formats, &params);
+        self.context.note(&stmt.text, &stmt.judgement.verdict);
+        if matches!(stmt.judgement.action, Action::Allow) {
+            self.context.ran(&stmt.text);
+        }
         // PostgreSQL plans a statement at Bind (and a plan may run
         // functions), so a statement that needs approval is held here, with
         // its parameters known, and its Bind goes upstream only once

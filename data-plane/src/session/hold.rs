@@ -103,6 +103,16 @@ impl ToUpstream {
         if !deps.holds.is_attached() {
             return Ok(unavailable("the control plane is unreachable"));
         }
+        // What the reviewer decides on, asked of PostgreSQL first, each
+        // bounded by its own time limit.
+        let impact = impact(&ctx, statement, spec).await;
+        let (agent_reason, reason_cut) = self.context.reason_for(&statement.text);
+        let asked = Asked {
+            impact,
+            agent_reason,
+            reason_cut,
+            recent: self.context.before_last(),
+        };
         let request_id = RequestId::generate();
         let rid = request_id.to_string();
         tracing::Span::current().record("request", rid.as_str());
@@ -116,7 +126,7 @@ impl ToUpstream {
         // cancelled at once, so no reviewer is shown it as waiting.
         let mut filing = tokio::spawn({
             let log = deps.log.clone();
-            let event = requested(&ctx, &request_id, statement, judgement, spec);
+            let event = requested(&ctx, &request_id, statement, judgement, spec, asked);
             let subject = subjects::request(&request_id);
             // In the hold's span: the request's trace goes on through it.
             async move {
@@ -246,6 +256,45 @@ impl ToUpstream {
 /// How long a hold waits for the log to store its request.
 const FILE_WITHIN: Duration = Duration::from_secs(10);
 
+/// What a request carries beside the statement and its verdict.
+struct Asked {
+    impact: proto::Impact,
+    agent_reason: String,
+    reason_cut: bool,
+    recent: Vec<proto::RecentStatement>,
+}
+
+/// The estimate and, when a rule asks, the dry run, side by side.
+async fn impact(ctx: &Ctx, statement: &proto::Statement, spec: &HoldSpec) -> proto::Impact {
+    let limits = ctx.deps.impact;
+    let upstream = &ctx.binding.upstream;
+    let estimate = crate::impact::estimate(
+        upstream,
+        statement,
+        spec.plan.as_ref().err().map(String::as_str),
+        limits,
+    );
+    let dry_run = async {
+        match &spec.dry_run {
+            None => None,
+            Some(may) => Some(
+                crate::impact::dry_run(
+                    upstream,
+                    statement,
+                    may.as_ref().err().map(String::as_str),
+                    limits,
+                )
+                .await,
+            ),
+        }
+    };
+    let (estimate, dry_run) = tokio::join!(estimate, dry_run);
+    proto::Impact {
+        estimate: Some(estimate),
+        dry_run,
+    }
+}
+
 /// The `ApprovalRequested` that starts the request's chain.
 fn requested(
     ctx: &Ctx,
@@ -253,6 +302,7 @@ fn requested(
     statement: &proto::Statement,
     judgement: &Judgement,
     spec: &HoldSpec,
+    asked: Asked,
 ) -> proto::Event {
     let deadline = SystemTime::now() + spec.timeout;
     let mut requested = ctx.event(Body::ApprovalRequested(proto::ApprovalRequested {
@@ -266,8 +316,20 @@ fn requested(
         require_acrs: spec.require_acrs.clone(),
         deadline: Some(deadline.into()),
         proxy_id: ctx.deps.source.id.clone(),
+        impact: Some(asked.impact),
+        agent_reason: asked.agent_reason,
+        agent_reason_truncated: asked.reason_cut,
+        recent_statements: asked.recent,
     }));
     requested.request_id = request_id.to_string();
+    // A statement near the size limit keeps its place before a reviewer
+    // at the cost of its context: the recent statements go first.
+    let room = airlock_eventlog::MAX_EVENT_BYTES - 64 * 1024;
+    if prost::Message::encoded_len(&requested) > room
+        && let Some(Body::ApprovalRequested(r)) = requested.body.as_mut()
+    {
+        r.recent_statements.clear();
+    }
     requested
 }
 
@@ -595,6 +657,7 @@ mod tests {
                 Body::ApprovalGranted(proto::ApprovalGranted {
                     statement_sha256: SHA.to_vec(),
                     approvers,
+                    ..Default::default()
                 })
             };
             let mut plain = Log::new();

@@ -22,6 +22,7 @@
 //! task (client -> upstream) forwards, substitutes, and injects notices and
 //! fatal errors through a channel, so output stays in order.
 
+mod context;
 mod extended;
 mod hold;
 mod inflight;
@@ -67,6 +68,8 @@ pub struct Deps {
     /// Extra time past a hold's deadline before the proxy refuses it on its
     /// own (the control plane's expiry normally arrives first).
     pub expiry_grace: Duration,
+    /// Time limits of a held statement's impact estimate and dry run.
+    pub impact: crate::impact::Limits,
     pub cancels: Arc<crate::cancel::Cancels>,
     pub metrics: Arc<Metrics>,
     /// Shutdown state: see [`Phase`].
@@ -377,6 +380,7 @@ impl Ctx {
             request_id: request_id.to_owned(),
             message: d.message.clone(),
             sqlstate: d.code.to_owned(),
+            bound: None,
         }));
         if self.deps.recorder.record(&self.session, e).is_err() {
             self.unrecorded_refusals
@@ -427,6 +431,7 @@ impl Ctx {
             error_sqlstate,
             error_message,
             unfinished: ended.is_some(),
+            bound: None,
         }));
         slot.send(e);
     }

@@ -52,8 +52,17 @@ impl ToUpstream {
                 cause: Cause::Policy,
                 request_id: String::new(),
             },
-            Action::Hold(spec) => self.hold(&statement, &judgement, &spec).await?,
+            Action::Hold(spec) => {
+                self.context.note(&statement.text, &judgement.verdict);
+                self.hold(&statement, &judgement, &spec).await?
+            }
         };
+        if !matches!(judgement.action, Action::Hold(_)) {
+            self.context.note(&statement.text, &judgement.verdict);
+        }
+        if matches!(step, Step::Run { .. }) {
+            self.context.ran(&statement.text);
+        }
         {
             let mut names = ctx.names();
             if matches!(step, Step::Run { .. }) && judgement.unseen {

@@ -47,6 +47,8 @@ pub(super) struct ToUpstream {
     pub signals: Signals,
     /// The extended-protocol batch open from its first message to its Sync.
     pub batch: Batch,
+    /// The agent's reason and recent statements, for reviewers.
+    pub context: super::context::SessionContext,
 }
 
 /// What the open extended-protocol batch holds, as far as a simple Query
@@ -82,6 +84,7 @@ impl ToUpstream {
             inject,
             signals,
             batch: Batch::Closed,
+            context: Default::default(),
         }
     }
 

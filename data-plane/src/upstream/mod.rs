@@ -13,6 +13,7 @@
 
 mod auth;
 mod config;
+pub mod query;
 mod tls;
 
 use std::fmt;
