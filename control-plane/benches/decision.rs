@@ -203,6 +203,7 @@ fn main() {
                     decision: proto::Decision::Approve as i32,
                     reason: "bench".into(),
                     statement_sha256: vec![],
+                    max_rows: vec![],
                 }))
                 .await
                 .expect("decide");

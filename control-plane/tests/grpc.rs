@@ -246,6 +246,7 @@ async fn decide(
                 decision: decision as i32,
                 reason: format!("{token} looked"),
                 statement_sha256: vec![],
+                max_rows: vec![],
             },
         ))
         .await

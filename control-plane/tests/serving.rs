@@ -329,6 +329,7 @@ async fn metrics_move_with_requests_decisions_and_snapshots() {
         decision: proto::Decision::Approve as i32,
         reason: "looked".into(),
         statement_sha256: vec![],
+        max_rows: vec![],
     });
     decide
         .metadata_mut()

@@ -89,6 +89,8 @@ impl Gate for TestGate {
                 reviewers: vec![],
                 timeout: Duration::from_secs(60),
                 require_acrs: vec![],
+                plan: Err("the test gate reads no catalog".into()),
+                dry_run: None,
             })
         } else {
             Action::Allow
@@ -2022,6 +2024,7 @@ async fn forge_grant(log: &EventLog, held: &proto::Held, junk: bool) {
     let mut grant = airlock_eventlog::new_event(
         &source,
         Body::ApprovalGranted(proto::ApprovalGranted {
+            bounds: Vec::new(),
             statement_sha256: held.statement_sha256.clone(),
             // As a control plane writes it: who approved.
             approvers: vec![proto::Approver {

@@ -113,6 +113,7 @@ async fn agent_loop(
                     decision: proto::Decision::Approve as i32,
                     reason: "benchmark".into(),
                     statement_sha256: vec![],
+                    max_rows: vec![],
                 },
             ))
             .await

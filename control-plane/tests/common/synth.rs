@@ -142,6 +142,7 @@ pub async fn write_session_as(proxy: &EventLog, control: &EventLog, n: u64) -> S
                 statement_sha256: delete.sha256.clone(),
                 approvals: 1,
                 approvals_required: 1,
+                max_rows: vec![],
             }),
         ),
         (false, Body::ApprovalGranted(proto::ApprovalGranted::default())),
