@@ -43,7 +43,13 @@ pub struct Vote {
     /// needs, whatever the request carries (a proxy with another
     /// configuration, or one that does not know the field, cannot lower it).
     pub floor_acrs: Vec<String>,
+    /// With an approval: the most rows of each table the statement may
+    /// change (empty: the default, see [`bounds`]).
+    pub max_rows: Vec<proto::TableBound>,
 }
+
+/// The most row bounds one approval may set.
+pub const MAX_BOUNDS: usize = 64;
 
 /// Why a vote is refused. Each maps to an HTTP / gRPC status at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +83,8 @@ pub enum DecideError {
     DigestMismatch { request_id: String },
     #[error("a vote must approve or deny")]
     NoDecision,
+    #[error("max_rows: {0}")]
+    BadBounds(String),
     #[error(
         "the session holding request {request_id} has ended ({why}): nothing waits for a decision, and the request is being cancelled"
     )]
@@ -213,6 +221,7 @@ pub fn decide(
     if vote.decision == proto::Decision::Unspecified {
         return Err(DecideError::NoDecision);
     }
+    check_bounds(vote)?;
 
     let approvals = request.approvals() + usize::from(vote.decision == proto::Decision::Approve);
     let required = asked.approvals_required.max(1);
@@ -225,7 +234,7 @@ pub fn decide(
             statement_sha256: digest,
             approvals: approvals as u32,
             approvals_required: required,
-            max_rows: Vec::new(),
+            max_rows: vote.max_rows.clone(),
         }),
     );
     voted.request_id = vote.request_id.clone();
@@ -238,10 +247,84 @@ pub fn decide(
         decision: vote.decision as i32,
         reason: vote.reason.clone(),
         time: voted.time,
+        max_rows: vote.max_rows.clone(),
     });
     let mut events = vec![voted];
     events.extend(due_outcome(&after, now, source));
     Ok(events)
+}
+
+/// Bounds only with an approval; each names a table, once.
+fn check_bounds(vote: &Vote) -> Result<(), DecideError> {
+    if vote.max_rows.is_empty() {
+        return Ok(());
+    }
+    if vote.decision != proto::Decision::Approve {
+        return Err(DecideError::BadBounds(
+            "row bounds go with an approval, not a denial".into(),
+        ));
+    }
+    if vote.max_rows.len() > MAX_BOUNDS {
+        return Err(DecideError::BadBounds(format!("at most {MAX_BOUNDS} tables")));
+    }
+    for (i, b) in vote.max_rows.iter().enumerate() {
+        let table = b.table.trim();
+        if table.is_empty() || table.len() > 200 || table != b.table {
+            return Err(DecideError::BadBounds(format!(
+                "{:?} is not a table name (schema.table, as the request shows it)",
+                b.table
+            )));
+        }
+        if vote.max_rows[..i].iter().any(|o| o.table == b.table) {
+            return Err(DecideError::BadBounds(format!("{} is bounded twice", b.table)));
+        }
+    }
+    Ok(())
+}
+
+/// The bounds a grant carries: for each table, the lowest any approver
+/// allowed, an approver who set none for it allowing the default. The
+/// default is what the reviewer was shown: the dry run's count of each
+/// table it changed, else the estimate's rows of each target table; none
+/// when neither could be had (the statement then runs unbounded).
+pub fn bounds(asked: &proto::ApprovalRequested, votes: &[proto::Vote]) -> Vec<proto::TableBound> {
+    let defaults: Vec<(String, u64)> = airlock_proto::bounds::default_bounds(asked)
+        .into_iter()
+        .map(|b| (b.table, b.max_rows))
+        .collect();
+    let approving: Vec<&proto::Vote> = votes
+        .iter()
+        .filter(|v| v.decision == proto::Decision::Approve as i32)
+        .collect();
+    let mut tables: Vec<&str> = defaults.iter().map(|(t, _)| t.as_str()).collect();
+    for v in &approving {
+        for b in &v.max_rows {
+            if !tables.contains(&b.table.as_str()) {
+                tables.push(&b.table);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for table in tables {
+        let default = defaults.iter().find(|(t, _)| t == table).map(|(_, n)| *n);
+        let allowed = approving
+            .iter()
+            .filter_map(|v| {
+                v.max_rows
+                    .iter()
+                    .find(|b| b.table == table)
+                    .map(|b| b.max_rows)
+                    .or(default)
+            })
+            .min();
+        if let Some(max_rows) = allowed {
+            out.push(proto::TableBound {
+                table: table.to_owned(),
+                max_rows,
+            });
+        }
+    }
+    out
 }
 
 /// "denied" or "granted" when the votes already settle the request.
@@ -301,7 +384,7 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
                 .as_ref()
                 .map(|s| s.sha256.clone())
                 .unwrap_or_default(),
-            bounds: Vec::new(),
+            bounds: bounds(asked, &request.view.votes),
         })
     } else if past(asked.deadline.as_ref(), now) {
         Body::ApprovalExpired(proto::ApprovalExpired {

@@ -185,6 +185,7 @@ impl Projection {
                     decision: v.decision,
                     reason: v.reason.clone(),
                     time: event.time,
+                    max_rows: v.max_rows.clone(),
                 });
                 None
             }

@@ -38,6 +38,12 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// The event log or control plane is unavailable: retry shortly.
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// Airlock's own class `ZA` (implementation-defined, unused by
+    /// PostgreSQL): an approved statement changed more rows than its
+    /// bound, and was rolled back.
+    pub const BOUND_EXCEEDED: &str = "ZA001";
+    /// An approved statement's bound could not be checked: nothing kept.
+    pub const BOUND_UNCHECKED: &str = "ZA002";
 }
 
 use sqlstate::*;
@@ -259,6 +265,43 @@ pub fn digest_mismatch(request_id: &str) -> Diagnostic {
     denied(format!(
         "request {request_id} was granted for different bytes than the ones held; refused"
     ))
+}
+
+/// An approved statement changed more rows of a table than its approval
+/// allows: rolled back.
+pub fn bound_exceeded(request_id: &str, check: &proto::BoundCheck) -> Diagnostic {
+    let over = check.bounds.iter().find_map(|b| {
+        check
+            .rows
+            .iter()
+            .find(|r| r.table == b.table && r.rows > b.max_rows)
+            .map(|r| (b, r.rows))
+    });
+    let message = match over {
+        Some((b, rows)) => format!(
+            "request {request_id} was approved for at most {} {} of {}; it would have changed {rows}; nothing was changed",
+            b.max_rows,
+            if b.max_rows == 1 { "row" } else { "rows" },
+            b.table
+        ),
+        None => {
+            format!("request {request_id} changed more rows than it was approved for; nothing was changed")
+        }
+    };
+    with_hint(
+        error(BOUND_EXCEEDED, message),
+        "the rows matching it changed since it was approved: ask again, and a reviewer can approve it with a higher bound",
+    )
+}
+
+/// An approved statement whose bounds cannot be checked: refused.
+pub fn cannot_bound(request_id: &str, why: &str) -> Diagnostic {
+    error(
+        BOUND_UNCHECKED,
+        format!(
+            "request {request_id} was approved with row bounds that cannot be checked: {why}; nothing was changed"
+        ),
+    )
 }
 
 /// A grant announced on Attach that the log does not hold.

@@ -3,10 +3,12 @@
 //! control plane (proxy `Attach`, reviewer, audit stream).
 //!
 //! Hand-written code stays out of this crate, which re-exports what
-//! tonic-prost-build generates, with one exception: [`error`], the refusal
-//! codes both ends of a call must agree on, which are as much a part of the
-//! wire contract as the messages.
+//! tonic-prost-build generates, with two exceptions, as much a part of the
+//! wire contract as the messages: [`error`], the refusal codes both ends of
+//! a call must agree on, and [`bounds`], the row bounds an approval has
+//! unless its reviewer sets others.
 
+pub mod bounds;
 pub mod error;
 
 pub use error::ErrorCode;

@@ -245,6 +245,7 @@ pub async fn vote(
     decision: proto::Decision,
     reason: String,
     sha256_hex: Option<&str>,
+    max_rows: Vec<proto::TableBound>,
 ) -> Result<proto::DecideResponse, ApiError> {
     check_id(id)?;
     check_reason(&reason)?;
@@ -265,7 +266,7 @@ pub async fn vote(
         decision: decision as i32,
         reason,
         statement_sha256: digest,
-        max_rows: Vec::new(),
+        max_rows,
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {
@@ -299,6 +300,11 @@ async fn decide_json(
         decision,
         body.reason.unwrap_or_default(),
         body.statement_sha256.as_deref(),
+        body.max_rows
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(table, max_rows)| proto::TableBound { table, max_rows })
+            .collect(),
     )
     .await?;
     Ok(Json(VoteResultJson {

@@ -467,6 +467,12 @@ pub struct VoteBody {
     #[serde(default)]
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub statement_sha256: Option<String>,
+    /// With an approval: the most rows of each table (`schema.table`, as
+    /// the request's impact names it) the statement may change; it runs in
+    /// a transaction of the proxy's and is rolled back past them. Tables
+    /// left out keep the default: the dry run's count, else the estimate.
+    #[serde(default)]
+    pub max_rows: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Body of `POST /api/v1/sessions/{id}/kill`; an empty body is `{}`.

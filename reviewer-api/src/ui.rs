@@ -311,6 +311,14 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
     }
 }
 
+/// The bounds an approval gets unless the reviewer changes them.
+fn default_bounds(asked: &proto::ApprovalRequested) -> Vec<(String, u64)> {
+    airlock_proto::bounds::default_bounds(asked)
+        .into_iter()
+        .map(|b| (b.table, b.max_rows))
+        .collect()
+}
+
 fn rows_of(tables: &[proto::TableRows], counted: bool) -> Markup {
     html! {
         @for (i, t) in tables.iter().enumerate() {
@@ -547,6 +555,22 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                 input type="hidden" name="statement_sha256" value=(sha);
                 label for="reason" { "Reason (recorded in the audit log)" }
                 textarea #reason name="reason" rows="3" maxlength=(json::MAX_REASON_CHARS) {}
+                @let defaults = default_bounds(&asked);
+                @if !defaults.is_empty() {
+                    fieldset.bounds {
+                        legend { "Row bounds of an approval" }
+                        p.muted {
+                            "It runs in a transaction of Airlock's and is rolled back, refused, if it changes more \
+                             rows of a table than this (rows that match it may appear before it runs)."
+                        }
+                        @for (table, n) in &defaults {
+                            label {
+                                "at most " input.bound type="number" min="0" name={ "max_rows:" (table) } value=(n);
+                                " rows of " code { (table) }
+                            }
+                        }
+                    }
+                }
                 div.actions {
                     button.approve #approve type="submit" name="decision" value="approve" { "Approve" }
                     button.deny #deny type="submit" name="decision" value="deny" { "Deny" }
@@ -605,7 +629,27 @@ async fn decide(
     };
     let reason = field(&body, "reason").unwrap_or_default().trim().to_owned();
     let sha = field(&body, "statement_sha256");
-    match api::vote(&app, &caller, &id, decision, reason, sha.as_deref()).await {
+    let mut max_rows = Vec::new();
+    if decision == proto::Decision::Approve {
+        for (k, v) in url::form_urlencoded::parse(&body) {
+            if let Some(table) = k.strip_prefix("max_rows:") {
+                let v = v.trim();
+                if v.is_empty() {
+                    continue;
+                }
+                let Ok(n) = v.parse::<u64>() else {
+                    return Err(
+                        ApiError::invalid(format!("the bound for {table} is not a number of rows")).into(),
+                    );
+                };
+                max_rows.push(proto::TableBound {
+                    table: table.to_owned(),
+                    max_rows: n,
+                });
+            }
+        }
+    }
+    match api::vote(&app, &caller, &id, decision, reason, sha.as_deref(), max_rows).await {
         // Post/redirect/get: reloading the page never votes twice.
         Ok(_) => Ok(Redirect::to(&format!("/requests/{id}?voted={word}"))),
         Err(error) => {

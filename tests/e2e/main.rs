@@ -6,6 +6,7 @@
 
 mod approval;
 mod binaries;
+mod bounded;
 mod browser;
 mod catalog;
 mod config_check;

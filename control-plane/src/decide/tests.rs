@@ -153,6 +153,7 @@ fn vote(id: &str, reviewer: proto::Identity, decision: proto::Decision) -> Vote 
         reason: "looked at it".into(),
         statement_sha256: None,
         floor_acrs: Vec::new(),
+        max_rows: Vec::new(),
     }
 }
 
@@ -643,4 +644,142 @@ fn the_replicas_own_step_up_floor_applies_to_every_approval() {
     }
     v.reviewer.acrs = vec!["c1".into()];
     decide(&given.state, &v, at(1), &source(), &Alive).expect("stepped up");
+}
+
+fn bound(table: &str, max_rows: u64) -> proto::TableBound {
+    proto::TableBound {
+        table: table.into(),
+        max_rows,
+    }
+}
+
+fn rows(table: &str, rows: u64) -> proto::TableRows {
+    proto::TableRows {
+        table: table.into(),
+        rows,
+        ..Default::default()
+    }
+}
+
+fn granted_bounds(events: &[proto::Event]) -> Vec<(String, u64)> {
+    match events.last().and_then(|e| e.body.as_ref()) {
+        Some(Body::ApprovalGranted(g)) => g.bounds.iter().map(|b| (b.table.clone(), b.max_rows)).collect(),
+        other => panic!("not a grant: {other:?}"),
+    }
+}
+
+#[test]
+fn a_grant_is_bounded_by_the_dry_run_else_the_estimate_else_nothing_and_reviewers_may_change_it() {
+    let with_impact = |impact: Option<proto::Impact>| {
+        let mut asked = proto::ApprovalRequested {
+            impact,
+            ..Default::default()
+        };
+        asked.approvals_required = 1;
+        asked
+    };
+    let estimate = proto::ImpactEstimate {
+        tables: vec![rows("public.orders", 10)],
+        ..Default::default()
+    };
+    let dry = proto::DryRun {
+        tables: vec![rows("public.orders", 9), rows("public.order_lines", 18)],
+        ..Default::default()
+    };
+    let approve = |max_rows: Vec<proto::TableBound>| proto::Vote {
+        decision: proto::Decision::Approve as i32,
+        max_rows,
+        ..Default::default()
+    };
+    let pairs = |b: Vec<proto::TableBound>| b.into_iter().map(|b| (b.table, b.max_rows)).collect::<Vec<_>>();
+    // Nothing known: unbounded.
+    assert!(bounds(&with_impact(None), &[approve(vec![])]).is_empty());
+    // The estimate's rows.
+    let est = with_impact(Some(proto::Impact {
+        estimate: Some(estimate.clone()),
+        dry_run: None,
+    }));
+    assert_eq!(
+        pairs(bounds(&est, &[approve(vec![])])),
+        [("public.orders".to_owned(), 10)]
+    );
+    // An estimate that failed bounds nothing.
+    let failed = with_impact(Some(proto::Impact {
+        estimate: Some(proto::ImpactEstimate {
+            unavailable: "timed out".into(),
+            ..estimate.clone()
+        }),
+        dry_run: None,
+    }));
+    assert!(bounds(&failed, &[approve(vec![])]).is_empty());
+    // The dry run's exact counts win over the estimate, every table.
+    let both = with_impact(Some(proto::Impact {
+        estimate: Some(estimate),
+        dry_run: Some(dry),
+    }));
+    assert_eq!(
+        pairs(bounds(&both, &[approve(vec![])])),
+        [
+            ("public.orders".to_owned(), 9),
+            ("public.order_lines".to_owned(), 18)
+        ]
+    );
+    // A reviewer raises one; a second who set nothing agreed to the
+    // default: the lowest stands.
+    let raised = approve(vec![bound("public.orders", 50)]);
+    assert_eq!(
+        pairs(bounds(&both, std::slice::from_ref(&raised)))[0],
+        ("public.orders".to_owned(), 50)
+    );
+    assert_eq!(
+        pairs(bounds(&both, &[raised.clone(), approve(vec![])]))[0],
+        ("public.orders".to_owned(), 9)
+    );
+    // A table the reviewer named that nothing estimated.
+    let extra = approve(vec![bound("public.audit", 0)]);
+    assert!(pairs(bounds(&both, &[extra])).contains(&("public.audit".to_owned(), 0)));
+    // Denials do not count.
+    let deny = proto::Vote {
+        decision: proto::Decision::Deny as i32,
+        max_rows: vec![bound("public.orders", 1)],
+        ..Default::default()
+    };
+    assert_eq!(
+        pairs(bounds(&both, &[raised, deny]))[0],
+        ("public.orders".to_owned(), 50)
+    );
+}
+
+#[test]
+fn the_reviewers_bounds_go_on_the_vote_and_the_grant_and_bad_ones_are_refused() {
+    let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
+    let mut v = vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve);
+    v.max_rows = vec![bound("public.orders", 3)];
+    let events = decide(&given.state, &v, at(1), &source(), &Alive).expect("approved");
+    assert_eq!(granted_bounds(&events), [("public.orders".to_owned(), 3)]);
+    match events[0].body.as_ref() {
+        Some(Body::ApprovalVoted(voted)) => assert_eq!(voted.max_rows.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    for (max_rows, decision, says) in [
+        (vec![bound("", 1)], proto::Decision::Approve, "not a table name"),
+        (
+            vec![bound(" public.orders", 1)],
+            proto::Decision::Approve,
+            "not a table name",
+        ),
+        (
+            vec![bound("a.b", 1), bound("a.b", 2)],
+            proto::Decision::Approve,
+            "twice",
+        ),
+        (vec![bound("a.b", 1)], proto::Decision::Deny, "with an approval"),
+    ] {
+        let mut v = vote("R1", person("alice", &[REVIEWERS]), decision);
+        v.max_rows = max_rows;
+        match decide(&given.state, &v, at(1), &source(), &Alive) {
+            Err(DecideError::BadBounds(why)) => assert!(why.contains(says), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

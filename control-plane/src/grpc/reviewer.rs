@@ -134,6 +134,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             reason: q.reason,
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
             floor_acrs: self.floor_acrs.clone(),
+            max_rows: q.max_rows,
         };
         let started = std::time::Instant::now();
         let voted = act::vote(&self.live, &self.log, &vote, &self.source, &self.presence).await;

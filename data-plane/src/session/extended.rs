@@ -152,7 +152,7 @@ impl ToUpstream {
                 match self.hold(&held, &stmt.judgement, &spec).await? {
                     // Policies reloaded while it was held: the grant counts
                     // only if the policies now in force ask no more.
-                    Step::Run { request_id } if self.tightened(&stmt.judgement, &stmt.text) => {
+                    Step::Run { request_id, .. } if self.tightened(&stmt.judgement, &stmt.text) => {
                         let refused = Refused {
                             statement: held,
                             verdict: stmt.judgement.verdict.clone(),
@@ -165,7 +165,25 @@ impl ToUpstream {
                         self.refuse(refused, stand_in);
                         return Ok(());
                     }
-                    Step::Run { request_id } => Some(request_id),
+                    Step::Run { request_id, bounds } if !bounds.is_empty() => {
+                        // Not yet over the extended protocol: refused, so an
+                        // approval's bounds are never skipped.
+                        let refused = Refused {
+                            statement: held,
+                            verdict: stmt.judgement.verdict.clone(),
+                            cause: Cause::BoundExceeded,
+                            counted: None,
+                            diagnostic: error_response::cannot_bound(
+                                &request_id,
+                                "bounds are checked over the simple query protocol only; send it as a simple query",
+                            ),
+                            request_id,
+                        };
+                        let stand_in = self.ctx.no_statement();
+                        self.refuse(refused, stand_in);
+                        return Ok(());
+                    }
+                    Step::Run { request_id, .. } => Some(request_id),
                     // A Bind of a statement that does not exist fails where
                     // the held Bind would have; nothing was planned.
                     Step::Refuse {

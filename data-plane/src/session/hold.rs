@@ -33,6 +33,9 @@ pub(super) enum Step {
     Run {
         /// The approval it runs under; empty when allowed by policy.
         request_id: String,
+        /// The approval's row bounds, from its grant in the log: it runs
+        /// in a transaction of the proxy's and is rolled back past them.
+        bounds: Vec<proto::TableBound>,
     },
     Refuse {
         diagnostic: Diagnostic,
@@ -239,14 +242,16 @@ impl ToUpstream {
                 spec.timeout,
                 super::login::token_expired(&ctx.agent.identity),
             ) {
-                Decided::Granted if grant_in_log(&ctx, &request_id, &statement.sha256, spec).await => {
-                    Step::Run { request_id: rid }
-                }
                 // The grant must be in the log, not only on the wire from the
-                // control plane: a forged Attach message runs nothing.
-                Decided::Granted => {
-                    Step::refuse(error_response::grant_unconfirmed(&rid), Cause::Unavailable, rid)
-                }
+                // control plane: a forged Attach message runs nothing. Its
+                // bounds are the log's too.
+                Decided::Granted => match grant_in_log(&ctx, &request_id, &statement.sha256, spec).await {
+                    Some(bounds) => Step::Run {
+                        request_id: rid,
+                        bounds,
+                    },
+                    None => Step::refuse(error_response::grant_unconfirmed(&rid), Cause::Unavailable, rid),
+                },
                 Decided::Refused(d, cause) => Step::refuse(d, cause, rid),
             },
         )
@@ -392,17 +397,22 @@ pub(super) fn frame_sha256(frame: &Frame) -> Vec<u8> {
 /// Whether the log confirms a grant of exactly `sha256` for `request_id`
 /// ([`confirms_grant`]). Anyone who can publish on NATS can append an event,
 /// so only what a control-plane key this proxy trusts signed counts.
-async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8], spec: &HoldSpec) -> bool {
+async fn grant_in_log(
+    ctx: &Ctx,
+    request_id: &RequestId,
+    sha256: &[u8],
+    spec: &HoldSpec,
+) -> Option<Vec<proto::TableBound>> {
     let Some(trust) = ctx.deps.log.trust() else {
         tracing::warn!(request = %request_id, "no trusted control-plane keys: no grant can be confirmed");
-        return false;
+        return None;
     };
     let lifecycle = ReadFilter::subjects(subjects::lifecycle(request_id));
     let events = match ctx.deps.log.read_events(lifecycle).await {
         Ok(events) => events,
         Err(err) => {
             tracing::warn!(request = %request_id, error = %err, "cannot confirm a grant in the log");
-            return false;
+            return None;
         }
     };
     let confirmed = confirms_grant(
@@ -414,7 +424,7 @@ async fn grant_in_log(ctx: &Ctx, request_id: &RequestId, sha256: &[u8], spec: &H
         // The control plane asks for at least one approval, whatever the spec.
         spec.approvals.max(1),
     );
-    if !confirmed {
+    if confirmed.is_none() {
         tracing::warn!(request = %request_id, "the log does not confirm the grant; refusing it");
     }
     confirmed
@@ -440,7 +450,7 @@ pub(crate) fn confirms_grant(
     sha256: &[u8],
     require_acrs: &[String],
     approvals: u32,
-) -> bool {
+) -> Option<Vec<proto::TableBound>> {
     let own = subjects::lifecycle(request_id);
     let first = events.iter().find(|e| {
         own.contains(&e.subject)
@@ -463,7 +473,7 @@ pub(crate) fn confirms_grant(
             )
     });
     let Some(Body::ApprovalGranted(g)) = first.and_then(|e| e.event.body.as_ref()) else {
-        return false;
+        return None;
     };
     let stepped_up = g.approvers.iter().all(|a| {
         a.reviewer
@@ -472,7 +482,7 @@ pub(crate) fn confirms_grant(
     });
     if !stepped_up || (!require_acrs.is_empty() && g.approvers.is_empty()) {
         tracing::warn!(request = %request_id, "a grant whose approvers did not all meet the step-up the hold requires; refusing it");
-        return false;
+        return None;
     }
     // The quorum the hold asked for, by distinct people, as the control
     // plane counts it.
@@ -486,9 +496,9 @@ pub(crate) fn confirms_grant(
     people.dedup();
     if people.len() < approvals as usize {
         tracing::warn!(request = %request_id, approvers = people.len(), needed = approvals, "a grant with fewer approvers than the hold requires; refusing it");
-        return false;
+        return None;
     }
-    g.statement_sha256 == sha256
+    (g.statement_sha256 == sha256).then(|| g.bounds.clone())
 }
 
 /// Files ApprovalCancelled for a request this session holds.
@@ -604,12 +614,12 @@ mod tests {
             }
 
             fn confirms(&self) -> bool {
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &[], 0)
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &[], 0).is_some()
             }
 
             fn confirms_with_step_up(&self, acrs: &[&str]) -> bool {
                 let acrs: Vec<String> = acrs.iter().map(|a| (*a).to_owned()).collect();
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &acrs, 0)
+                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &acrs, 0).is_some()
             }
         }
 
@@ -684,17 +694,22 @@ mod tests {
             let mut log = Log::new();
             log.decision(twice);
             assert!(
-                !confirms_grant(&log.events, &log.trust(), &log.request, SHA, &[], 2),
+                confirms_grant(&log.events, &log.trust(), &log.request, SHA, &[], 2).is_none(),
                 "one person twice"
             );
-            assert!(confirms_grant(
-                &log.events,
-                &log.trust(),
-                &log.request,
-                SHA,
-                &[],
-                1
-            ));
+            assert!(confirms_grant(&log.events, &log.trust(), &log.request, SHA, &[], 1).is_some());
+            // The bounds the log's grant carries are the ones that apply.
+            let mut bounded = Log::new();
+            bounded.decision(Body::ApprovalGranted(proto::ApprovalGranted {
+                statement_sha256: SHA.to_vec(),
+                bounds: vec![proto::TableBound {
+                    table: "public.orders".into(),
+                    max_rows: 3,
+                }],
+                ..Default::default()
+            }));
+            let bounds = confirms_grant(&bounded.events, &bounded.trust(), &bounded.request, SHA, &[], 0);
+            assert_eq!(bounds.map(|b| b.len()), Some(1));
         }
 
         /// Review finding: during an upgrade an old replica (deciding on

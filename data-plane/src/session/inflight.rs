@@ -37,6 +37,37 @@ pub(super) enum InFlight {
         diagnostic: Option<Diagnostic>,
         boundary: bool,
     },
+    /// A simple Query of the proxy's own (bounded execution): its answer
+    /// goes to `reply`, never to the client.
+    Own(Own),
+}
+
+/// A Query of the proxy's own, and what PostgreSQL answered so far.
+pub(super) struct Own {
+    pub reply: tokio::sync::oneshot::Sender<OwnAnswer>,
+    pub answer: OwnAnswer,
+}
+
+/// What PostgreSQL answered a Query of the proxy's own.
+#[derive(Debug, Default)]
+pub(super) struct OwnAnswer {
+    /// The last statement's rows, as text.
+    pub rows: Vec<crate::upstream::query::Row>,
+    /// The first error: SQLSTATE and message, and the message itself.
+    pub error: Option<(String, String)>,
+    pub error_frame: Option<bytes::Bytes>,
+    /// The ReadyForQuery status: b'I', b'T' or b'E'.
+    pub status: u8,
+}
+
+/// An approved statement run under bounds: PostgreSQL's whole answer,
+/// held back from the client until its rows are counted.
+pub(super) struct HeldBack {
+    pub running: Running,
+    /// Every message PostgreSQL sent for it, up to its ReadyForQuery.
+    pub frames: bytes::BytesMut,
+    /// Its ReadyForQuery status.
+    pub status: u8,
 }
 
 /// A statement PostgreSQL is running, and what is learnt of it.
@@ -61,6 +92,11 @@ pub(super) struct Running {
     /// its, ends COPY mode (a ReadyForQuery of something sent before it
     /// may arrive after the proxy entered COPY mode for it).
     pub copies_in: bool,
+    /// Run under bounds: PostgreSQL's answer is held back and handed here
+    /// at its ReadyForQuery, instead of going to the client.
+    pub held_back: Option<tokio::sync::oneshot::Sender<HeldBack>>,
+    /// The bound check it ran under, for its record.
+    pub bound: Option<proto::BoundCheck>,
 }
 
 /// Whether a statement of these kinds may change how PostgreSQL reads
@@ -117,6 +153,8 @@ impl Running {
             drops_all: judgement.drops_all,
             may_change_reading: may_change_reading(&judgement.kinds),
             copies_in: false,
+            held_back: None,
+            bound: None,
         }
     }
 }
@@ -130,6 +168,8 @@ pub(super) enum Ready {
     /// The batch the proxy ended with its own Sync: the client did not ask
     /// for this ReadyForQuery and does not see it.
     OwnSync,
+    /// A Query of the proxy's own.
+    Own(Own),
 }
 
 /// The in-flight queue, shared by the two directions of a session.
@@ -160,7 +200,7 @@ impl InFlightQueue {
                 self.syncs_after_change.push_back(self.batch_changes_reading);
                 self.batch_changes_reading = false;
             }
-            InFlight::Simple(_) | InFlight::Extended(_) | InFlight::Substitute { .. } => {}
+            InFlight::Simple(_) | InFlight::Extended(_) | InFlight::Substitute { .. } | InFlight::Own(_) => {}
         }
         self.items.push_back(item);
     }
@@ -190,8 +230,25 @@ impl InFlightQueue {
                 note(r);
                 None
             }
-            Some(InFlight::Sync { .. }) | Some(InFlight::Substitute { .. }) | None => None,
+            Some(InFlight::Sync { .. })
+            | Some(InFlight::Substitute { .. })
+            | Some(InFlight::Own(_))
+            | None => None,
         }
+    }
+
+    /// A Query of the proxy's own is what PostgreSQL answers now.
+    pub fn own_front(&mut self) -> Option<&mut Own> {
+        match self.items.front_mut() {
+            Some(InFlight::Own(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A statement run under bounds is what PostgreSQL answers now: its
+    /// answer is held back.
+    pub fn held_back_front(&self) -> bool {
+        matches!(self.items.front(), Some(InFlight::Simple(r)) if r.held_back.is_some())
     }
 
     /// An error naming this session's marker: if a stand-in is what
@@ -215,6 +272,7 @@ impl InFlightQueue {
                     return if own { Ready::OwnSync } else { Ready::Batch };
                 }
                 InFlight::Substitute { boundary: true, .. } => return Ready::Batch,
+                InFlight::Own(o) => return Ready::Own(o),
                 InFlight::Extended(_) | InFlight::Substitute { boundary: false, .. } => {}
             }
         }
@@ -248,7 +306,10 @@ impl InFlightQueue {
             .take_while(|i| {
                 !matches!(
                     i,
-                    InFlight::Sync { .. } | InFlight::Simple(_) | InFlight::Substitute { boundary: true, .. }
+                    InFlight::Sync { .. }
+                        | InFlight::Simple(_)
+                        | InFlight::Substitute { boundary: true, .. }
+                        | InFlight::Own(_)
                 )
             })
             .any(|i| {
@@ -270,7 +331,7 @@ impl InFlightQueue {
             .drain(..)
             .filter_map(|i| match i {
                 InFlight::Simple(r) | InFlight::Extended(r) => Some(r),
-                InFlight::Sync { .. } | InFlight::Substitute { .. } => None,
+                InFlight::Sync { .. } | InFlight::Substitute { .. } | InFlight::Own(_) => None,
             })
             .collect()
     }
@@ -282,7 +343,7 @@ mod tests {
         fn query(self) -> Option<Running> {
             match self {
                 Ready::Query(r) => Some(*r),
-                Ready::Batch | Ready::OwnSync => None,
+                Ready::Batch | Ready::OwnSync | Ready::Own(_) => None,
             }
         }
     }
@@ -317,6 +378,8 @@ mod tests {
             drops_all: false,
             may_change_reading: false,
             copies_in: false,
+            held_back: None,
+            bound: None,
         }
     }
 

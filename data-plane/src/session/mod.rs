@@ -22,6 +22,7 @@
 //! task (client -> upstream) forwards, substitutes, and injects notices and
 //! fatal errors through a channel, so output stays in order.
 
+mod bounded;
 mod context;
 mod extended;
 mod hold;
@@ -370,6 +371,7 @@ impl Ctx {
         d: &Diagnostic,
         request_id: &str,
         counted: metrics::Refusal,
+        bound: Option<proto::BoundCheck>,
     ) {
         self.count(false);
         self.deps.metrics.refused(counted);
@@ -380,7 +382,7 @@ impl Ctx {
             request_id: request_id.to_owned(),
             message: d.message.clone(),
             sqlstate: d.code.to_owned(),
-            bound: None,
+            bound,
         }));
         if self.deps.recorder.record(&self.session, e).is_err() {
             self.unrecorded_refusals
@@ -431,7 +433,7 @@ impl Ctx {
             error_sqlstate,
             error_message,
             unfinished: ended.is_some(),
-            bound: None,
+            bound: r.bound,
         }));
         slot.send(e);
     }

@@ -159,6 +159,16 @@ impl ToUpstream {
     /// Records a refusal and sends `stand_in` upstream in the statement's
     /// place; the stand-in's error is rewritten into the refusal.
     pub(super) fn refuse(&mut self, r: Refused, stand_in: FeMessage) {
+        self.refuse_checked(r, stand_in, None);
+    }
+
+    /// [`ToUpstream::refuse`], recording the bound check that refused it.
+    pub(super) fn refuse_checked(
+        &mut self,
+        r: Refused,
+        stand_in: FeMessage,
+        bound: Option<proto::BoundCheck>,
+    ) {
         let counted = r.counted.unwrap_or(match r.diagnostic.code {
             error_response::sqlstate::PROGRAM_LIMIT_EXCEEDED => metrics::Refusal::TooLarge,
             _ => metrics::Refusal::of(r.cause),
@@ -170,6 +180,7 @@ impl ToUpstream {
             &r.diagnostic,
             &r.request_id,
             counted,
+            bound,
         );
         let boundary = matches!(stand_in, FeMessage::Query { .. });
         queue(&self.queue).push(InFlight::Substitute {

@@ -46,6 +46,7 @@ impl ToUpstream {
         let step = match judgement.action.clone() {
             Action::Allow => Step::Run {
                 request_id: String::new(),
+                bounds: Vec::new(),
             },
             Action::Deny { message } => Step::Refuse {
                 diagnostic: error_response::denied(message),
@@ -79,7 +80,7 @@ impl ToUpstream {
             request_id,
         };
         match step {
-            Step::Run { request_id } => {
+            Step::Run { request_id, bounds } => {
                 let needed = ctx.binding.record || !request_id.is_empty();
                 let slot = match self.reserve_record(needed).await {
                     Ok(slot) => slot,
@@ -94,10 +95,14 @@ impl ToUpstream {
                         return Ok(());
                     }
                 };
+                let mut running = Running::new(statement, &judgement, request_id, slot);
+                if !bounds.is_empty() {
+                    // COPY is refused there: no copy mode to enter.
+                    return self.run_bounded(frame, running, bounds, &judgement).await;
+                }
                 if copies_in {
                     ctx.copy_in.store(true, std::sync::atomic::Ordering::Release);
                 }
-                let mut running = Running::new(statement, &judgement, request_id, slot);
                 running.copies_in = copies_in;
                 queue(&self.queue).push(InFlight::Simple(running));
                 frame.encode(&mut self.out);

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::inflight::{Queue, Ready, queue};
+use super::inflight::{HeldBack, Queue, Ready, queue};
 use super::{Ctx, Ending};
 use crate::codec::{BeMessage, Diagnostic, Frame, FrameReader, parse_diagnostic_fields};
 use crate::conn::ClientStream;
@@ -24,6 +24,9 @@ pub(super) enum Inject {
     Notice(Diagnostic),
     /// Write, then end the session.
     Fatal(Diagnostic),
+    /// Messages as they are: an answer held back for a bound check, and
+    /// what ends it.
+    Frames(BytesMut),
 }
 
 pub(super) async fn upstream_to_client(
@@ -36,6 +39,8 @@ pub(super) async fn upstream_to_client(
     let lost = |e: String| Ending::new(Cause::UpstreamClosed, e);
     // Grows on first use: an idle session holds no write buffer.
     let mut out = BytesMut::new();
+    // The answer of a statement run under bounds, until it is counted.
+    let mut held = BytesMut::new();
     // Once the client is gone, keep reading PostgreSQL's answers (to record
     // what ran) and write nothing.
     let mut client_gone = false;
@@ -50,6 +55,14 @@ pub(super) async fn upstream_to_client(
                         client.write_all(&out).await.map_err(|e| lost(format!("client write: {e}")))?;
                         client.flush().await.map_err(|e| lost(format!("client flush: {e}")))?;
                         out.clear();
+                        continue;
+                    }
+                    Inject::Frames(frames) => {
+                        if !client_gone
+                            && (client.write_all(&frames).await.is_err() || client.flush().await.is_err())
+                        {
+                            client_gone = true;
+                        }
                         continue;
                     }
                     Inject::Fatal(d) => {
@@ -70,7 +83,7 @@ pub(super) async fn upstream_to_client(
             }
             Err(e) => return Err(lost(format!("upstream: {e}"))),
         };
-        if let Err(refusal) = observe(&ctx, &queue, &frame, &mut out) {
+        if let Err(refusal) = observe(&ctx, &queue, &frame, &mut out, &mut held) {
             // Fail closed: what PostgreSQL answered so far goes out, then
             // the FATAL; the session ends and its running statement is
             // cancelled.
@@ -95,7 +108,24 @@ pub(super) async fn upstream_to_client(
 /// Matches one upstream frame to the statement it answers, records
 /// completed statements, rewrites refusals, and encodes it for the client.
 /// `Err`: the session must end with this FATAL.
-fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Result<(), Diagnostic> {
+fn observe(
+    ctx: &Ctx,
+    queue_: &Queue,
+    frame: &Frame,
+    out: &mut BytesMut,
+    held: &mut BytesMut,
+) -> Result<(), Diagnostic> {
+    // The proxy's own Query: its answer is the proxy's (a setting that
+    // changed is still checked and passed on).
+    if frame.tag != b'S' && own(ctx, queue_, frame) {
+        return Ok(());
+    }
+    // A statement run under bounds: its answer waits for the count.
+    let out = if queue(queue_).held_back_front() {
+        held
+    } else {
+        out
+    };
     match frame.tag {
         // ParameterStatus: a setting changed. Those that change how
         // PostgreSQL reads text must stay as the proxy reads it.
@@ -195,6 +225,23 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
             let ended = queue(queue_).ready();
             let own = matches!(ended, Ready::OwnSync);
             match ended {
+                Ready::Query(r) if r.held_back.is_some() => {
+                    // Handed to the reading side, which counts its rows and
+                    // then sends the client what it may see.
+                    let mut running = *r;
+                    let reply = running.held_back.take();
+                    let answer = HeldBack {
+                        frames: std::mem::take(out),
+                        status: frame.body.first().copied().unwrap_or(b'E'),
+                        running,
+                    };
+                    if let Some(tx) = reply
+                        && let Err(back) = tx.send(answer)
+                    {
+                        ctx.finish(back.running);
+                    }
+                    return Ok(());
+                }
                 Ready::Query(r) => {
                     // COPY mode ends with the COPY's own answer (if it
                     // failed before starting, no CopyDone will come).
@@ -203,21 +250,10 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
                     }
                     ctx.finish(*r);
                 }
-                Ready::Batch | Ready::OwnSync => {}
+                Ready::Batch | Ready::OwnSync | Ready::Own(_) => {}
             }
-            // Outside a transaction block: what this session changed in
-            // the catalog is committed (after the statement's finish).
             if idle {
-                let catalog = ctx
-                    .binding
-                    .session
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .catalog
-                    .clone();
-                if let Some(c) = catalog {
-                    c.idle();
-                }
+                catalog_committed(ctx);
             }
             // The proxy's own Sync: the client never asked for this one.
             if own {
@@ -228,4 +264,66 @@ fn observe(ctx: &Ctx, queue_: &Queue, frame: &Frame, out: &mut BytesMut) -> Resu
         _ => frame.encode(out),
     }
     Ok(())
+}
+
+/// Outside a transaction block: what this session changed in the catalog
+/// is committed (after the statement's finish).
+fn catalog_committed(ctx: &Ctx) {
+    let catalog = ctx
+        .binding
+        .session
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .catalog
+        .clone();
+    if let Some(c) = catalog {
+        c.idle();
+    }
+}
+
+/// Takes `frame` into the answer of the proxy's own Query if that is what
+/// PostgreSQL answers now; at its ReadyForQuery the answer goes to the
+/// reading side. False when the frame is not for one.
+fn own(ctx: &Ctx, queue_: &Queue, frame: &Frame) -> bool {
+    let mut q = queue(queue_);
+    let Some(own) = q.own_front() else { return false };
+    match frame.tag {
+        b'T' => own.answer.rows.clear(),
+        b'D' => match crate::upstream::query::data_row(frame.body.clone()) {
+            Some(row) => own.answer.rows.push(row),
+            None => {
+                own.answer
+                    .error
+                    .get_or_insert(("XX000".into(), "a malformed row from PostgreSQL".into()));
+            }
+        },
+        b'E' => {
+            let fields = parse_diagnostic_fields(&frame.body);
+            let get = |c: u8| {
+                fields
+                    .iter()
+                    .find(|(k, _)| *k == c)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            if own.answer.error.is_none() {
+                own.answer.error = Some((get(b'C'), get(b'M')));
+                own.answer.error_frame = Some(frame.to_bytes());
+            }
+        }
+        b'Z' => {
+            let status = frame.body.first().copied().unwrap_or(b'E');
+            if let Ready::Own(mut own) = q.ready() {
+                drop(q);
+                if status == b'I' {
+                    catalog_committed(ctx);
+                }
+                own.answer.status = status;
+                let _ = own.reply.send(own.answer);
+            }
+        }
+        // Completions, notices: the proxy's, not the client's.
+        _ => {}
+    }
+    true
 }

@@ -1,0 +1,297 @@
+//! Bounded execution: an approved statement whose grant carries row
+//! bounds runs inside a transaction the proxy controls, and is committed
+//! only if it changed no more rows of each bounded table than its bound.
+//!
+//! Over the simple protocol, for a Query approved with bounds:
+//!
+//! 1. `SHOW track_counts` (the proxy's own Query, answered to the proxy
+//!    alone) gives the session's transaction status, and whether
+//!    PostgreSQL counts rows at all: without its counters a bound cannot be
+//!    checked, and the statement is refused.
+//! 2. `BEGIN` when the agent is outside a transaction, else a `SAVEPOINT`,
+//!    and the per-table counters of the transaction so far
+//!    (`pg_stat_xact_user_tables`, a partition counted as its partitioned
+//!    table).
+//! 3. The approved bytes, exactly; PostgreSQL's whole answer (rows,
+//!    command tags, notices) is held back from the agent.
+//! 4. The counters again: the difference is what the statement changed,
+//!    foreign-key cascades and trigger writes included.
+//! 5. Within its bounds: `COMMIT` (or `RELEASE SAVEPOINT`), then the agent
+//!    gets exactly the answer it would have had. Past a bound, or counts
+//!    that cannot be read: `ROLLBACK` (or `ROLLBACK TO SAVEPOINT`), and the
+//!    agent gets the proxy's refusal as an error, its transaction (if it
+//!    had one) failed as after any error. Nothing it did is kept.
+//!
+//! An agent already in a failed transaction runs nothing anyway: the
+//! statement is sent as it is, and fails. A statement that controls
+//! transactions itself, or COPY, cannot be run this way and is refused.
+
+use airlock_eventlog::proto::{self, statement_refused::Cause};
+use bytes::BytesMut;
+
+use super::Ending;
+use super::inflight::{HeldBack, InFlight, Own, OwnAnswer, Running, queue};
+use super::refuse::Refused;
+use super::to_client::Inject;
+use super::to_upstream::ToUpstream;
+use crate::codec::{BeMessage, Frame, TxStatus};
+use crate::error_response;
+use crate::impact::{COUNTS, Counts, changed, parse_counts};
+
+/// The savepoint the proxy sets inside an agent's transaction.
+const SAVEPOINT: &str = "airlock_bound_check";
+
+/// Why an approved statement with bounds is refused instead of run.
+pub(super) fn unboundable(judgement: &crate::gate::Judgement) -> Option<&'static str> {
+    use airlock_policy::Kind;
+    if judgement.has(Kind::Transaction) {
+        Some("it controls transactions itself, and a bound is checked in a transaction of the proxy's")
+    } else if judgement.has(Kind::Copy) {
+        Some("COPY cannot be counted before it is committed")
+    } else if !judgement.verdict.parsed {
+        Some("it could not be parsed")
+    } else {
+        None
+    }
+}
+
+impl ToUpstream {
+    /// Sends a Query of the proxy's own and waits for its answer (the
+    /// client sees none of it). A kill or the proxy stopping ends the
+    /// session meanwhile.
+    async fn own_query(&mut self, sql: &str) -> Result<OwnAnswer, Ending> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        queue(&self.queue).push(InFlight::Own(Own {
+            reply,
+            answer: OwnAnswer::default(),
+        }));
+        crate::codec::FeMessage::Query { sql: sql.to_owned() }
+            .to_frame()
+            .encode(&mut self.out);
+        self.flush().await?;
+        self.answered(answer).await
+    }
+
+    /// Waits for what the writing side hands back, or an interrupt.
+    async fn answered<T>(&mut self, answer: tokio::sync::oneshot::Receiver<T>) -> Result<T, Ending> {
+        tokio::select! {
+            a = answer => a.map_err(|_| Ending::new(
+                proto::session_closed::Cause::UpstreamClosed,
+                "PostgreSQL stopped answering during a bound check",
+            )),
+            i = self.signals.interrupted() => Err(self.interrupted(i).await),
+        }
+    }
+
+    /// Runs the approved Query `frame` under `bounds` (see the module).
+    pub(super) async fn run_bounded(
+        &mut self,
+        frame: &Frame,
+        mut running: Running,
+        bounds: Vec<proto::TableBound>,
+        judgement: &crate::gate::Judgement,
+    ) -> Result<(), Ending> {
+        let request_id = running.request_id.clone();
+        if let Some(why) = unboundable(judgement) {
+            let refusal = error_response::cannot_bound(&request_id, why);
+            self.refuse_bounded(running, refusal, None);
+            return Ok(());
+        }
+        self.flush().await?;
+        let probe = self.own_query("SHOW track_counts").await?;
+        if probe.status == b'E' {
+            // A failed transaction runs nothing: PostgreSQL refuses it.
+            queue(&self.queue).push(InFlight::Simple(running));
+            frame.encode(&mut self.out);
+            return Ok(());
+        }
+        let counting = probe.rows.first().and_then(|r| r.first()).cloned().flatten();
+        if counting.as_deref() != Some("on") {
+            let why = format!(
+                "PostgreSQL does not count rows here (track_counts is {})",
+                counting.as_deref().unwrap_or("unknown")
+            );
+            let refusal = error_response::cannot_bound(&request_id, &why);
+            self.refuse_bounded(running, refusal, None);
+            return Ok(());
+        }
+        let inside = probe.status == b'T';
+        let open = if inside {
+            format!("SAVEPOINT {SAVEPOINT}; {COUNTS}")
+        } else {
+            format!("BEGIN; {COUNTS}")
+        };
+        let opened = self.own_query(&open).await?;
+        let before = match counts(&opened) {
+            Ok(c) => c,
+            Err(why) => {
+                self.undo(inside).await?;
+                let refusal = error_response::cannot_bound(&request_id, &why);
+                self.refuse_bounded(running, refusal, None);
+                return Ok(());
+            }
+        };
+        // The approved bytes, their answer held back.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        running.held_back = Some(tx);
+        queue(&self.queue).push(InFlight::Simple(running));
+        frame.encode(&mut self.out);
+        self.flush().await?;
+        let HeldBack {
+            mut running,
+            mut frames,
+            status,
+        } = self.answered(rx).await?;
+        if running.error.is_some() {
+            // It failed: nothing to count. Outside a transaction of its
+            // own, the proxy's is ended as PostgreSQL would have ended it.
+            let status = if inside {
+                status
+            } else {
+                self.own_query("ROLLBACK").await?.status
+            };
+            self.release(running, frames, status).await;
+            return Ok(());
+        }
+        let after = self.own_query(COUNTS).await?;
+        let check = counts(&after).map(|after| check(&bounds, &before, &after));
+        match check {
+            Ok(check) if !check.exceeded => {
+                let end = if inside {
+                    format!("RELEASE SAVEPOINT {SAVEPOINT}")
+                } else {
+                    "COMMIT".to_owned()
+                };
+                let ended = self.own_query(&end).await?;
+                if let Some(error) = ended.error {
+                    // Not committed after all (a deferred constraint, a
+                    // serialization failure): the agent hears PostgreSQL.
+                    if let Some(raw) = &ended.error_frame {
+                        frames.extend_from_slice(raw);
+                    }
+                    running.error = Some(error);
+                }
+                running.bound = Some(check);
+                self.release(running, frames, ended.status).await;
+            }
+            Ok(check) => {
+                self.undo(inside).await?;
+                let refusal = error_response::bound_exceeded(&request_id, &check);
+                self.refuse_bounded(running, refusal, Some(check));
+            }
+            Err(why) => {
+                self.undo(inside).await?;
+                let refusal = error_response::cannot_bound(&request_id, &why);
+                self.refuse_bounded(running, refusal, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls back what the proxy opened: its transaction, or the agent's
+    /// work since its savepoint.
+    async fn undo(&mut self, inside: bool) -> Result<(), Ending> {
+        let sql = if inside {
+            format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
+        } else {
+            "ROLLBACK".to_owned()
+        };
+        let undone = self.own_query(&sql).await?;
+        if let Some((code, message)) = undone.error {
+            // Fail closed: a transaction the proxy cannot roll back must
+            // not be left for the agent to commit.
+            tracing::error!(session = %self.ctx.session, %code, %message, "a bound check could not roll back; ending the session");
+            return Err(Ending::new(
+                proto::session_closed::Cause::Error,
+                format!("a bound check could not roll back: {message}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The agent gets the answer it would have had, then the
+    /// ReadyForQuery of the transaction as it now stands; the statement
+    /// is recorded.
+    async fn release(&mut self, running: Running, mut frames: BytesMut, status: u8) {
+        let status = TxStatus::from_byte(status).unwrap_or(TxStatus::Failed);
+        BeMessage::ReadyForQuery(status).encode(&mut frames);
+        self.ctx.finish(running);
+        let _ = self.inject.send(Inject::Frames(frames)).await;
+    }
+
+    /// Refuses the statement as a refusal is: a stand-in fails where it
+    /// would have run (failing the agent's transaction, if any, as any
+    /// error does), its error rewritten into `refusal`.
+    fn refuse_bounded(
+        &mut self,
+        running: Running,
+        refusal: crate::codec::Diagnostic,
+        check: Option<proto::BoundCheck>,
+    ) {
+        let refused = Refused {
+            statement: running.statement,
+            verdict: running.verdict,
+            cause: Cause::BoundExceeded,
+            counted: None,
+            diagnostic: refusal,
+            request_id: running.request_id,
+        };
+        let stand_in = self.ctx.failing_query();
+        self.refuse_checked(refused, stand_in, check);
+    }
+}
+
+fn counts(answer: &OwnAnswer) -> Result<Counts, String> {
+    match &answer.error {
+        Some((code, message)) => Err(format!("its rows could not be counted: {message} ({code})")),
+        None => parse_counts(answer.rows.clone()).map_err(|e| format!("its rows could not be counted: {e}")),
+    }
+}
+
+/// Pure: what the statement changed against its bounds. A bounded table it
+/// did not touch changed 0 rows.
+pub(super) fn check(bounds: &[proto::TableBound], before: &Counts, after: &Counts) -> proto::BoundCheck {
+    let rows = changed(before, after);
+    let exceeded = bounds.iter().any(|b| {
+        rows.iter()
+            .find(|r| r.table == b.table)
+            .is_some_and(|r| r.rows > b.max_rows)
+    });
+    proto::BoundCheck {
+        bounds: bounds.to_vec(),
+        rows,
+        exceeded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(rows: &[(&str, [u64; 3])]) -> Counts {
+        rows.iter().map(|(t, c)| ((*t).to_owned(), *c)).collect()
+    }
+
+    fn bound(table: &str, max_rows: u64) -> proto::TableBound {
+        proto::TableBound {
+            table: table.into(),
+            max_rows,
+        }
+    }
+
+    #[test]
+    fn a_bound_is_exceeded_only_by_more_rows_of_its_own_table() {
+        let before = counts(&[("public.orders", [0, 0, 2])]);
+        let after = counts(&[("public.orders", [0, 0, 5]), ("public.audit", [9, 0, 0])]);
+        let c = check(&[bound("public.orders", 3)], &before, &after);
+        assert!(!c.exceeded, "3 of 3: {c:?}");
+        let c = check(&[bound("public.orders", 2)], &before, &after);
+        assert!(c.exceeded);
+        assert_eq!(c.rows.len(), 2, "every table changed is reported");
+        // Inserts, updates and deletes all count.
+        let after = counts(&[("public.orders", [1, 1, 3])]);
+        assert!(check(&[bound("public.orders", 2)], &before, &after).exceeded);
+        // A table it never touched, and a table with no bound.
+        assert!(!check(&[bound("public.other", 0)], &before, &after).exceeded);
+    }
+}

@@ -1,0 +1,35 @@
+//! The default row bounds of an approval, which the control plane puts on
+//! a grant and the reviewer UI offers to change: what the reviewer was
+//! shown of the statement's impact, so both ends must agree on it.
+
+use crate::v1::{ApprovalRequested, TableBound};
+
+/// The dry run's count of each table it changed, if it ran; else the
+/// estimate's rows of each target table, if there is one; else none (the
+/// statement runs unbounded unless a reviewer sets bounds).
+pub fn default_bounds(asked: &ApprovalRequested) -> Vec<TableBound> {
+    let impact = asked.impact.as_ref();
+    let dry = impact
+        .and_then(|i| i.dry_run.as_ref())
+        .filter(|d| d.unavailable.is_empty());
+    let estimate = impact
+        .and_then(|i| i.estimate.as_ref())
+        .filter(|e| e.unavailable.is_empty());
+    let mut tables = match (dry, estimate) {
+        (Some(d), _) => d.tables.clone(),
+        (None, Some(e)) => e.tables.clone(),
+        (None, None) => return Vec::new(),
+    };
+    // The statement's own targets (the estimate's) first, then what it
+    // reaches (cascades, triggers): the first bound is the one a reviewer
+    // thinks of.
+    let target = |t: &str| estimate.is_some_and(|e| e.tables.iter().any(|e| e.table == t));
+    tables.sort_by_key(|t| !target(&t.table));
+    tables
+        .into_iter()
+        .map(|t| TableBound {
+            table: t.table,
+            max_rows: t.rows,
+        })
+        .collect()
+}

@@ -1,0 +1,255 @@
+//! An approval enforces what the reviewer saw: the approved statement runs
+//! in a transaction of the proxy's and is rolled back when it would change
+//! more rows of a table than its bound. Through the real binaries against
+//! real PostgreSQL: the race (rows matching the predicate inserted between
+//! the approval screen and the execution), a bound raised by the reviewer,
+//! and an agent's own transaction kept (savepoint) or failed as after any
+//! error, over both query protocols.
+
+use std::time::Duration;
+
+use airlock_e2e::binaries::{ALICE, BinaryStack};
+use airlock_e2e::{StackBuilder, request_id};
+use serde_json::{Value, json};
+
+const DATABASE: &str = "
+CREATE TABLE public.order_lines (order_id int REFERENCES public.orders ON DELETE CASCADE, n int);
+INSERT INTO public.order_lines SELECT id, k FROM public.orders, generate_series(1, 2) k WHERE id <= 10;
+CREATE TABLE public.audit (order_id int);
+CREATE FUNCTION public.audit_delete() RETURNS trigger LANGUAGE plpgsql
+  AS $$ BEGIN INSERT INTO public.audit (order_id) VALUES (OLD.id); RETURN OLD; END $$;
+CREATE TRIGGER orders_audit AFTER DELETE ON public.orders FOR EACH ROW EXECUTE FUNCTION public.audit_delete();
+CREATE TABLE public.notes (body text);
+GRANT ALL ON public.order_lines, public.audit, public.notes TO maint;
+ANALYZE public.orders, public.order_lines;
+";
+
+const RULES: &str = "      - match: SELECT
+        action: allow
+      - match: INSERT
+        tables: [public.notes]
+        action: allow
+      - match: DELETE
+        action: require-approval
+        dry_run: true
+";
+
+fn start() -> BinaryStack {
+    tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(100)
+            .database_setup(DATABASE)
+            .rules(RULES)
+            .reviewer()
+            .start_binaries()
+    })
+}
+
+/// The log, one exported line per event.
+fn export(stack: &BinaryStack) -> Vec<String> {
+    let out = stack
+        .control_command(&["export", "--from", "1"])
+        .output()
+        .expect("export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn count(stack: &BinaryStack, table: &str) -> i64 {
+    stack
+        .pg
+        .psql("shop", &format!("SELECT count(*) FROM public.{table}"))
+        .parse()
+        .expect("a count")
+}
+
+/// Rows matching `id <= 10` that appear after the request was filed,
+/// written straight to PostgreSQL.
+fn race(stack: &BinaryStack, ids: &[i32]) {
+    let values: Vec<String> = ids.iter().map(|i| format!("({i}, {})", i * 100)).collect();
+    stack.pg.psql(
+        "shop",
+        &format!(
+            "INSERT INTO public.orders (id, total) VALUES {}",
+            values.join(", ")
+        ),
+    );
+}
+
+/// Alice approves `id` through the REST API, with `max_rows` when given.
+async fn approve(stack: &BinaryStack, id: &str, max_rows: Option<Value>) -> Value {
+    let alice = stack.user_token(ALICE);
+    let mut body = json!({"reason": "checked"});
+    if let Some(m) = max_rows {
+        body["max_rows"] = m;
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/requests/{id}/approve", stack.reviewer_url))
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .expect("approve");
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Waits for the hold notice on `notices`; the request id.
+async fn held(notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("held in time")
+        .expect("notice");
+    request_id(&notice).expect("a request id")
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_default()
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_that_appear_after_approval_are_refused_and_a_raised_bound_runs() {
+    let stack = start();
+    let agent = stack.agent_token();
+    let (client, mut notices) = stack.connect(&agent).await;
+    let client = std::sync::Arc::new(client);
+    let sql = "DELETE FROM orders WHERE id <= 10 RETURNING id";
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.simple_query(sql).await });
+    let id = held(&mut notices).await;
+    // The race: three more rows match by the time it runs.
+    race(&stack, &[0, -1, -2]);
+    approve(&stack, &id, None).await;
+    let e = run.await.expect("task").expect_err("refused past its bound");
+    assert_eq!(sqlstate(&e), "ZA001", "{e:?}");
+    assert_eq!(
+        message(&e),
+        format!(
+            "request {id} was approved for at most 10 rows of public.orders; it would have changed 13; nothing was changed"
+        )
+    );
+    // Every row is still there, cascades and trigger writes undone.
+    assert_eq!(count(&stack, "orders"), 103);
+    assert_eq!(count(&stack, "order_lines"), 20);
+    assert_eq!(count(&stack, "audit"), 0);
+    // The session goes on, outside any transaction.
+    let rows = client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session goes on");
+    assert!(!rows.is_empty());
+
+    // Asked again, more rows appear again; raising the bound for orders
+    // alone is not enough (the audit rows its trigger writes are bounded
+    // by the dry run's count too); raising both, it runs.
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.simple_query(sql).await });
+    let id = held(&mut notices).await;
+    race(&stack, &[-3, -4]);
+    approve(&stack, &id, Some(json!({"public.orders": 20}))).await;
+    let e = run.await.expect("task").expect_err("audit rows past their bound");
+    assert!(
+        message(&e).contains("at most 13 rows of public.audit; it would have changed 15"),
+        "{e:?}"
+    );
+    assert_eq!(count(&stack, "orders"), 105);
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.simple_query(sql).await });
+    let id = held(&mut notices).await;
+    approve(
+        &stack,
+        &id,
+        Some(json!({"public.orders": 20, "public.audit": 20})),
+    )
+    .await;
+    let answer = run.await.expect("task").expect("runs within the raised bound");
+    let returned = answer
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(returned, 15, "RETURNING rows once the check passed");
+    assert_eq!(count(&stack, "orders"), 90);
+    assert_eq!(count(&stack, "order_lines"), 0);
+    assert_eq!(count(&stack, "audit"), 15);
+    // The check is in the log: the refusal with its counts, the run with
+    // its counts.
+    let log = export(&stack);
+    let event = |kind: &str, has: &str| {
+        log.iter()
+            .find(|l| l.contains(&format!("\"kind\":\"{kind}\"")) && l.contains(has))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} with {has} in the log"))
+    };
+    let refused = event("statement_refused", "CAUSE_BOUND_EXCEEDED");
+    assert!(
+        refused.contains("\"exceeded\":true") && refused.contains("public.order_lines"),
+        "{refused}"
+    );
+    let ran = event("statement_executed", "DELETE 15");
+    assert!(ran.contains("\"max_rows\":\"20\""), "{ran}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inside_the_agents_transaction_a_savepoint_keeps_its_work_and_a_refusal_fails_it() {
+    let stack = start();
+    let agent = stack.agent_token();
+    let (client, mut notices) = stack.connect(&agent).await;
+    let client = std::sync::Arc::new(client);
+    // Refused inside a transaction: failed until ROLLBACK, as after any
+    // error; the agent's earlier work goes with it, as PostgreSQL would.
+    client
+        .simple_query("BEGIN; INSERT INTO notes VALUES ('before')")
+        .await
+        .expect("begin");
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.simple_query("DELETE FROM orders WHERE id <= 10").await });
+    let id = held(&mut notices).await;
+    race(&stack, &[0]);
+    approve(&stack, &id, None).await;
+    let e = run.await.expect("task").expect_err("refused");
+    assert_eq!(sqlstate(&e), "ZA001");
+    let e = client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the transaction failed");
+    assert_eq!(sqlstate(&e), "25P02", "{e:?}");
+    client.simple_query("ROLLBACK").await.expect("rollback");
+    assert_eq!(count(&stack, "orders"), 101);
+    assert_eq!(count(&stack, "notes"), 0);
+
+    // Within its bounds: the savepoint is released, the agent's earlier
+    // work and the statement commit together with the agent's COMMIT.
+    client
+        .simple_query("BEGIN; INSERT INTO notes VALUES ('kept')")
+        .await
+        .expect("begin");
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.simple_query("DELETE FROM orders WHERE id <= 10").await });
+    let id = held(&mut notices).await;
+    approve(&stack, &id, None).await;
+    run.await.expect("task").expect("runs within its bounds");
+    assert_eq!(count(&stack, "orders"), 101, "not committed yet");
+    // (SELECT 1: after a statement that ran a trigger, this session's
+    // reads of tables are held until its transaction ends.)
+    let rows = client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the transaction is usable");
+    assert!(!rows.is_empty());
+    client.simple_query("COMMIT").await.expect("commit");
+    assert_eq!(count(&stack, "orders"), 90);
+    assert_eq!(count(&stack, "notes"), 1);
+}
