@@ -44,6 +44,8 @@ pub struct Portal {
     /// For a statement that needs approval: the request under which its
     /// Bind was approved (such a portal exists only once approved).
     pub approved: Option<String>,
+    /// Approved with row bounds: it runs once, under them.
+    pub bounded: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -253,3 +253,70 @@ async fn inside_the_agents_transaction_a_savepoint_keeps_its_work_and_a_refusal_
     assert_eq!(count(&stack, "orders"), 90);
     assert_eq!(count(&stack, "notes"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_extended_protocol_the_bound_holds_and_the_session_goes_on() {
+    let stack = start();
+    let agent = stack.agent_token();
+    let (client, mut notices) = stack.connect(&agent).await;
+    let client = std::sync::Arc::new(client);
+    let delete = "DELETE FROM orders WHERE id <= $1";
+    // Outside a transaction: refused past its bound, nothing changed.
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.execute(delete, &[&10i32]).await });
+    let id = held(&mut notices).await;
+    race(&stack, &[0, -1]);
+    approve(&stack, &id, None).await;
+    let e = run.await.expect("task").expect_err("refused past its bound");
+    assert_eq!(sqlstate(&e), "ZA001", "{e:?}");
+    assert!(
+        message(&e).contains("at most 10 rows of public.orders; it would have changed 12"),
+        "{e:?}"
+    );
+    assert_eq!(count(&stack, "orders"), 102);
+    assert_eq!(count(&stack, "order_lines"), 20);
+    let one: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the session goes on")
+        .get(0);
+    assert_eq!(one, 1);
+    // Inside the agent's transaction: refused, the transaction failed as
+    // after any error; then, within its bounds, kept with the agent's work.
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .execute("INSERT INTO notes VALUES ($1)", &[&"lost"])
+        .await
+        .expect("insert");
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.execute(delete, &[&10i32]).await });
+    let id = held(&mut notices).await;
+    race(&stack, &[-2]);
+    approve(&stack, &id, None).await;
+    let e = run.await.expect("task").expect_err("refused");
+    assert_eq!(sqlstate(&e), "ZA001", "{e:?}");
+    let e = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect_err("failed transaction");
+    assert_eq!(sqlstate(&e), "25P02", "{e:?}");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(count(&stack, "notes"), 0);
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .execute("INSERT INTO notes VALUES ($1)", &[&"kept"])
+        .await
+        .expect("insert");
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.execute(delete, &[&10i32]).await });
+    let id = held(&mut notices).await;
+    approve(&stack, &id, None).await;
+    let deleted = run.await.expect("task").expect("within its bounds");
+    assert_eq!(deleted, 13, "the command tag the agent would have had");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.expect("usable").get(0);
+    assert_eq!(one, 1);
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(count(&stack, "orders"), 90);
+    assert_eq!(count(&stack, "notes"), 1);
+    assert_eq!(count(&stack, "audit"), 13);
+}

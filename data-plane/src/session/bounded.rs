@@ -34,7 +34,7 @@ use super::inflight::{HeldBack, InFlight, Own, OwnAnswer, Running, queue};
 use super::refuse::Refused;
 use super::to_client::Inject;
 use super::to_upstream::ToUpstream;
-use crate::codec::{BeMessage, Frame, TxStatus};
+use crate::codec::{BeMessage, Diagnostic, Frame, TxStatus};
 use crate::error_response;
 use crate::impact::{COUNTS, Counts, changed, parse_counts};
 
@@ -83,6 +83,40 @@ impl ToUpstream {
         }
     }
 
+    /// Asks whether rows can be counted and opens the proxy's transaction
+    /// (or savepoint): `Ok(None)` when the session's transaction has
+    /// failed (the statement then fails as it would anyway), `Err` with
+    /// the refusal when rows cannot be counted (nothing opened).
+    async fn open_bounded(&mut self, request_id: &str) -> Result<Result<Option<Opened>, Diagnostic>, Ending> {
+        self.flush().await?;
+        let probe = self.own_query("SHOW track_counts").await?;
+        if probe.status == b'E' {
+            return Ok(Ok(None));
+        }
+        let counting = probe.rows.first().and_then(|r| r.first()).cloned().flatten();
+        if counting.as_deref() != Some("on") {
+            let why = format!(
+                "PostgreSQL does not count rows here (track_counts is {})",
+                counting.as_deref().unwrap_or("unknown")
+            );
+            return Ok(Err(error_response::cannot_bound(request_id, &why)));
+        }
+        let inside = probe.status == b'T';
+        let open = if inside {
+            format!("SAVEPOINT {SAVEPOINT}; {COUNTS}")
+        } else {
+            format!("BEGIN; {COUNTS}")
+        };
+        let opened = self.own_query(&open).await?;
+        match counts(&opened) {
+            Ok(before) => Ok(Ok(Some(Opened { inside, before }))),
+            Err(why) => {
+                self.undo(inside).await?;
+                Ok(Err(error_response::cannot_bound(request_id, &why)))
+            }
+        }
+    }
+
     /// Runs the approved Query `frame` under `bounds` (see the module).
     pub(super) async fn run_bounded(
         &mut self,
@@ -94,40 +128,19 @@ impl ToUpstream {
         let request_id = running.request_id.clone();
         if let Some(why) = unboundable(judgement) {
             let refusal = error_response::cannot_bound(&request_id, why);
-            self.refuse_bounded(running, refusal, None);
+            self.refuse_bounded(running, refusal, None, self.ctx.failing_query());
             return Ok(());
         }
-        self.flush().await?;
-        let probe = self.own_query("SHOW track_counts").await?;
-        if probe.status == b'E' {
-            // A failed transaction runs nothing: PostgreSQL refuses it.
-            queue(&self.queue).push(InFlight::Simple(running));
-            frame.encode(&mut self.out);
-            return Ok(());
-        }
-        let counting = probe.rows.first().and_then(|r| r.first()).cloned().flatten();
-        if counting.as_deref() != Some("on") {
-            let why = format!(
-                "PostgreSQL does not count rows here (track_counts is {})",
-                counting.as_deref().unwrap_or("unknown")
-            );
-            let refusal = error_response::cannot_bound(&request_id, &why);
-            self.refuse_bounded(running, refusal, None);
-            return Ok(());
-        }
-        let inside = probe.status == b'T';
-        let open = if inside {
-            format!("SAVEPOINT {SAVEPOINT}; {COUNTS}")
-        } else {
-            format!("BEGIN; {COUNTS}")
-        };
-        let opened = self.own_query(&open).await?;
-        let before = match counts(&opened) {
-            Ok(c) => c,
-            Err(why) => {
-                self.undo(inside).await?;
-                let refusal = error_response::cannot_bound(&request_id, &why);
-                self.refuse_bounded(running, refusal, None);
+        let opened = match self.open_bounded(&request_id).await? {
+            Ok(Some(opened)) => opened,
+            Ok(None) => {
+                // A failed transaction runs nothing: PostgreSQL refuses it.
+                queue(&self.queue).push(InFlight::Simple(running));
+                frame.encode(&mut self.out);
+                return Ok(());
+            }
+            Err(refusal) => {
+                self.refuse_bounded(running, refusal, None, self.ctx.failing_query());
                 return Ok(());
             }
         };
@@ -137,11 +150,99 @@ impl ToUpstream {
         queue(&self.queue).push(InFlight::Simple(running));
         frame.encode(&mut self.out);
         self.flush().await?;
+        let held = self.answered(rx).await?;
+        self.settle_bounded(held, &bounds, opened, Protocol::Simple).await
+    }
+
+    /// At the Bind of a statement approved with bounds: ends the batch
+    /// (with a Sync of the proxy's own) and opens the proxy's transaction
+    /// around the portal. `Ok(Ok(Some))`: bound it, and run its Execute
+    /// with [`ToUpstream::run_bounded_portal`]; `Ok(Ok(None))`: bind it as
+    /// it is (the session's transaction failed); `Ok(Err)`: refuse it.
+    pub(super) async fn bind_bounded(
+        &mut self,
+        judgement: &crate::gate::Judgement,
+        batch_before: super::to_upstream::Batch,
+        request_id: &str,
+    ) -> Result<Result<Option<Opened>, Diagnostic>, Ending> {
+        if let Some(why) = unboundable(judgement) {
+            return Ok(Err(error_response::cannot_bound(request_id, why)));
+        }
+        if batch_before == super::to_upstream::Batch::Runs {
+            return Ok(Err(error_response::cannot_bound(
+                request_id,
+                "something else already ran in its batch, and the check needs a transaction of its own; \
+                 send Sync before the approved statement",
+            )));
+        }
+        // Nothing ran in the batch: a Sync of the proxy's own ends it.
+        self.end_batch_for_query();
+        self.open_bounded(request_id).await
+    }
+
+    /// Runs the Execute of a portal bound under bounds: its answer held
+    /// back, a Sync of the proxy's own after it, then the check.
+    pub(super) async fn run_bounded_portal(
+        &mut self,
+        frame: &Frame,
+        mut running: Running,
+        pending: PendingBound,
+        row_limit: i32,
+    ) -> Result<(), Ending> {
+        let opened = Opened {
+            inside: pending.inside,
+            before: pending.before,
+        };
+        if row_limit != 0 {
+            self.end_batch_for_query();
+            self.flush().await?;
+            self.undo(opened.inside).await?;
+            let refusal = error_response::cannot_bound(
+                &running.request_id,
+                "its rows are counted once it has run to the end: execute it without a row limit",
+            );
+            self.refuse_bounded(running, refusal, None, self.ctx.no_portal());
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        running.held_back = Some(tx);
+        queue(&self.queue).push(InFlight::Extended(running));
+        frame.encode(&mut self.out);
+        // Its ReadyForQuery hands the held answer back; inside the
+        // proxy's transaction it commits nothing.
+        self.end_batch_for_query();
+        self.flush().await?;
+        let held = self.answered(rx).await?;
+        self.settle_bounded(held, &pending.bounds, opened, Protocol::Extended)
+            .await
+    }
+
+    /// A portal bound under bounds was not executed before the client went
+    /// on: the proxy's transaction is rolled back (the portal with it).
+    pub(super) async fn abandon_bound(&mut self) -> Result<(), Ending> {
+        let Some(pending) = self.pending_bound.take() else {
+            return Ok(());
+        };
+        self.end_batch_for_query();
+        self.flush().await?;
+        self.undo(pending.inside).await
+    }
+
+    /// Counts what the statement changed and commits it, or rolls it back
+    /// and refuses it; the agent then hears what it may.
+    async fn settle_bounded(
+        &mut self,
+        held: HeldBack,
+        bounds: &[proto::TableBound],
+        opened: Opened,
+        protocol: Protocol,
+    ) -> Result<(), Ending> {
         let HeldBack {
             mut running,
             mut frames,
             status,
-        } = self.answered(rx).await?;
+        } = held;
+        let inside = opened.inside;
         if running.error.is_some() {
             // It failed: nothing to count. Outside a transaction of its
             // own, the proxy's is ended as PostgreSQL would have ended it.
@@ -150,11 +251,15 @@ impl ToUpstream {
             } else {
                 self.own_query("ROLLBACK").await?.status
             };
-            self.release(running, frames, status).await;
+            self.release(running, frames, status, protocol, true).await;
             return Ok(());
         }
         let after = self.own_query(COUNTS).await?;
-        let check = counts(&after).map(|after| check(&bounds, &before, &after));
+        let check = counts(&after).map(|after| check(bounds, &opened.before, &after));
+        let stand_in = match protocol {
+            Protocol::Simple => self.ctx.failing_query(),
+            Protocol::Extended => self.ctx.no_portal(),
+        };
         match check {
             Ok(check) if !check.exceeded => {
                 let end = if inside {
@@ -163,6 +268,7 @@ impl ToUpstream {
                     "COMMIT".to_owned()
                 };
                 let ended = self.own_query(&end).await?;
+                let failed = ended.error.is_some();
                 if let Some(error) = ended.error {
                     // Not committed after all (a deferred constraint, a
                     // serialization failure): the agent hears PostgreSQL.
@@ -172,17 +278,18 @@ impl ToUpstream {
                     running.error = Some(error);
                 }
                 running.bound = Some(check);
-                self.release(running, frames, ended.status).await;
+                self.release(running, frames, ended.status, protocol, failed)
+                    .await;
             }
             Ok(check) => {
                 self.undo(inside).await?;
-                let refusal = error_response::bound_exceeded(&request_id, &check);
-                self.refuse_bounded(running, refusal, Some(check));
+                let refusal = error_response::bound_exceeded(&running.request_id, &check);
+                self.refuse_bounded(running, refusal, Some(check), stand_in);
             }
             Err(why) => {
                 self.undo(inside).await?;
-                let refusal = error_response::cannot_bound(&request_id, &why);
-                self.refuse_bounded(running, refusal, None);
+                let refusal = error_response::cannot_bound(&running.request_id, &why);
+                self.refuse_bounded(running, refusal, None, stand_in);
             }
         }
         Ok(())
@@ -209,24 +316,39 @@ impl ToUpstream {
         Ok(())
     }
 
-    /// The agent gets the answer it would have had, then the
-    /// ReadyForQuery of the transaction as it now stands; the statement
-    /// is recorded.
-    async fn release(&mut self, running: Running, mut frames: BytesMut, status: u8) {
-        let status = TxStatus::from_byte(status).unwrap_or(TxStatus::Failed);
-        BeMessage::ReadyForQuery(status).encode(&mut frames);
+    /// The agent gets the answer it would have had: over the simple
+    /// protocol with the ReadyForQuery of the transaction as it now
+    /// stands; over the extended one without (the client's own Sync gets
+    /// that), and after an error the client's messages up to its Sync are
+    /// dropped, as PostgreSQL would skip them. The statement is recorded.
+    async fn release(
+        &mut self,
+        running: Running,
+        mut frames: BytesMut,
+        status: u8,
+        protocol: Protocol,
+        failed: bool,
+    ) {
+        match protocol {
+            Protocol::Simple => {
+                let status = TxStatus::from_byte(status).unwrap_or(TxStatus::Failed);
+                BeMessage::ReadyForQuery(status).encode(&mut frames);
+            }
+            Protocol::Extended => self.skip_to_sync = failed,
+        }
         self.ctx.finish(running);
         let _ = self.inject.send(Inject::Frames(frames)).await;
     }
 
-    /// Refuses the statement as a refusal is: a stand-in fails where it
+    /// Refuses the statement as a refusal is: `stand_in` fails where it
     /// would have run (failing the agent's transaction, if any, as any
     /// error does), its error rewritten into `refusal`.
     fn refuse_bounded(
         &mut self,
         running: Running,
-        refusal: crate::codec::Diagnostic,
+        refusal: Diagnostic,
         check: Option<proto::BoundCheck>,
+        stand_in: crate::codec::FeMessage,
     ) {
         let refused = Refused {
             statement: running.statement,
@@ -236,8 +358,42 @@ impl ToUpstream {
             diagnostic: refusal,
             request_id: running.request_id,
         };
-        let stand_in = self.ctx.failing_query();
         self.refuse_checked(refused, stand_in, check);
+    }
+}
+
+/// Which protocol a bounded statement came by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Simple,
+    Extended,
+}
+
+/// The proxy's transaction (or savepoint) around a bounded statement, and
+/// the counters when it was opened.
+#[derive(Debug)]
+pub(super) struct Opened {
+    inside: bool,
+    before: Counts,
+}
+
+/// A portal bound under bounds, waiting for its Execute.
+#[derive(Debug)]
+pub(super) struct PendingBound {
+    pub portal: String,
+    bounds: Vec<proto::TableBound>,
+    inside: bool,
+    before: Counts,
+}
+
+impl PendingBound {
+    pub fn new(portal: String, bounds: Vec<proto::TableBound>, opened: Opened) -> PendingBound {
+        PendingBound {
+            portal,
+            bounds,
+            inside: opened.inside,
+            before: opened.before,
+        }
     }
 }
 

@@ -111,6 +111,7 @@ impl ToUpstream {
         param_formats: Vec<i16>,
         params: Vec<Option<Bytes>>,
     ) -> Result<(), Ending> {
+        let batch_before = self.batch;
         self.batch = Batch::Runs;
         let found = self
             .resolve(|n| n.statement(&statement).map(|s| s.clone()))
@@ -135,6 +136,7 @@ impl ToUpstream {
         // functions), so a statement that needs approval is held here, with
         // its parameters known, and its Bind goes upstream only once
         // approved. The approval binds the exact Parse and Bind messages.
+        let mut bounded = None;
         let approved = match stmt.judgement.action.clone() {
             Action::Allow => None,
             Action::Hold(spec) => {
@@ -165,23 +167,31 @@ impl ToUpstream {
                         self.refuse(refused, stand_in);
                         return Ok(());
                     }
+                    // Approved with row bounds: bound inside a transaction of
+                    // the proxy's, run by its Execute (see `bounded`).
                     Step::Run { request_id, bounds } if !bounds.is_empty() => {
-                        // Not yet over the extended protocol: refused, so an
-                        // approval's bounds are never skipped.
-                        let refused = Refused {
-                            statement: held,
-                            verdict: stmt.judgement.verdict.clone(),
-                            cause: Cause::BoundExceeded,
-                            counted: None,
-                            diagnostic: error_response::cannot_bound(
-                                &request_id,
-                                "bounds are checked over the simple query protocol only; send it as a simple query",
-                            ),
-                            request_id,
-                        };
-                        let stand_in = self.ctx.no_statement();
-                        self.refuse(refused, stand_in);
-                        return Ok(());
+                        match self
+                            .bind_bounded(&stmt.judgement, batch_before, &request_id)
+                            .await?
+                        {
+                            Ok(opened) => {
+                                bounded = opened.map(|o| (bounds, o));
+                                Some(request_id)
+                            }
+                            Err(diagnostic) => {
+                                let refused = Refused {
+                                    statement: held,
+                                    verdict: stmt.judgement.verdict.clone(),
+                                    cause: Cause::BoundExceeded,
+                                    counted: None,
+                                    diagnostic,
+                                    request_id,
+                                };
+                                let stand_in = self.ctx.no_statement();
+                                self.refuse(refused, stand_in);
+                                return Ok(());
+                            }
+                        }
                     }
                     Step::Run { request_id, .. } => Some(request_id),
                     // A Bind of a statement that does not exist fails where
@@ -217,7 +227,11 @@ impl ToUpstream {
             parameters,
             bind: frame.to_bytes(),
             approved,
+            bounded: bounded.is_some(),
         };
+        if let Some((bounds, opened)) = bounded {
+            self.pending_bound = Some(super::bounded::PendingBound::new(portal.clone(), bounds, opened));
+        }
         self.ctx.names().bind(portal, bound);
         frame.encode(&mut self.out);
         Ok(())
@@ -256,7 +270,12 @@ impl ToUpstream {
             .collect()
     }
 
-    pub(super) async fn execute(&mut self, frame: &Frame, portal: String) -> Result<(), Ending> {
+    pub(super) async fn execute(
+        &mut self,
+        frame: &Frame,
+        portal: String,
+        row_limit: i32,
+    ) -> Result<(), Ending> {
         self.batch = Batch::Runs;
         let ctx = self.ctx.clone();
         let found = self.resolve(|n| n.portal(&portal).map(|p| p.clone())).await?;
@@ -294,6 +313,41 @@ impl ToUpstream {
                 return Ok(());
             }
         };
+        if bound.bounded {
+            // Its bounds apply to one run: the one its Bind opened.
+            let pending = self
+                .pending_bound
+                .take()
+                .filter(|p| p.portal == statement.portal_name);
+            let Some(pending) = pending else {
+                let why = error_response::cannot_bound(
+                    &request_id,
+                    "an approved statement runs once under its bounds; send it again to have it approved again",
+                );
+                self.refuse_unjudged(&why.message, ctx.no_portal());
+                return Ok(());
+            };
+            let slot = match self.reserve_record(true).await {
+                Ok(slot) => slot,
+                Err(full) => {
+                    self.pending_bound = Some(pending);
+                    self.abandon_bound().await?;
+                    let refused = Refused {
+                        statement,
+                        verdict: judgement.verdict.clone(),
+                        cause: Cause::Unavailable,
+                        counted: Some(metrics::Refusal::BufferFull),
+                        diagnostic: error_response::log_unavailable(&full),
+                        request_id,
+                    };
+                    let stand_in = ctx.no_portal();
+                    self.refuse(refused, stand_in);
+                    return Ok(());
+                }
+            };
+            let running = Running::new(statement, judgement, request_id, slot);
+            return self.run_bounded_portal(frame, running, pending, row_limit).await;
+        }
         self.run_portal(frame, statement, judgement, request_id).await;
         Ok(())
     }

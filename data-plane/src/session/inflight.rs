@@ -248,7 +248,10 @@ impl InFlightQueue {
     /// A statement run under bounds is what PostgreSQL answers now: its
     /// answer is held back.
     pub fn held_back_front(&self) -> bool {
-        matches!(self.items.front(), Some(InFlight::Simple(r)) if r.held_back.is_some())
+        matches!(
+            self.items.front(),
+            Some(InFlight::Simple(r) | InFlight::Extended(r)) if r.held_back.is_some()
+        )
     }
 
     /// An error naming this session's marker: if a stand-in is what

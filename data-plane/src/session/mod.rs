@@ -361,25 +361,23 @@ impl Ctx {
         });
     }
 
-    /// Records a refusal. A full buffer is logged: the statement is refused
-    /// either way, so nothing ran unrecorded.
+    /// Records a refusal; the message the client gets. A full buffer is
+    /// logged: the statement is refused either way, so nothing ran
+    /// unrecorded.
     fn refused(
         &self,
-        statement: proto::Statement,
-        verdict: proto::Verdict,
-        cause: proto::statement_refused::Cause,
-        d: &Diagnostic,
-        request_id: &str,
+        r: refuse::Refused,
         counted: metrics::Refusal,
         bound: Option<proto::BoundCheck>,
-    ) {
+    ) -> Diagnostic {
         self.count(false);
         self.deps.metrics.refused(counted);
+        let d = r.diagnostic;
         let e = self.event(Body::StatementRefused(proto::StatementRefused {
-            statement: Some(statement),
-            verdict: Some(verdict),
-            cause: cause as i32,
-            request_id: request_id.to_owned(),
+            statement: Some(r.statement),
+            verdict: Some(r.verdict),
+            cause: r.cause as i32,
+            request_id: r.request_id,
             message: d.message.clone(),
             sqlstate: d.code.to_owned(),
             bound,
@@ -389,6 +387,7 @@ impl Ctx {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(session = %self.session, "a refusal could not be recorded: buffer full");
         }
+        d
     }
 
     /// A statement PostgreSQL has answered: applies what it changed (SQL

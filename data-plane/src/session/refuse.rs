@@ -173,18 +173,10 @@ impl ToUpstream {
             error_response::sqlstate::PROGRAM_LIMIT_EXCEEDED => metrics::Refusal::TooLarge,
             _ => metrics::Refusal::of(r.cause),
         });
-        self.ctx.refused(
-            r.statement,
-            r.verdict,
-            r.cause,
-            &r.diagnostic,
-            &r.request_id,
-            counted,
-            bound,
-        );
+        let diagnostic = self.ctx.refused(r, counted, bound);
         let boundary = matches!(stand_in, FeMessage::Query { .. });
         queue(&self.queue).push(InFlight::Substitute {
-            diagnostic: Some(r.diagnostic),
+            diagnostic: Some(diagnostic),
             boundary,
         });
         stand_in.to_frame().encode(&mut self.out);

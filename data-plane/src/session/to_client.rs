@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::inflight::{HeldBack, Queue, Ready, queue};
+use super::inflight::{HeldBack, Queue, Ready, Running, queue};
 use super::{Ctx, Ending};
 use crate::codec::{BeMessage, Diagnostic, Frame, FrameReader, parse_diagnostic_fields};
 use crate::conn::ClientStream;
@@ -39,8 +39,10 @@ pub(super) async fn upstream_to_client(
     let lost = |e: String| Ending::new(Cause::UpstreamClosed, e);
     // Grows on first use: an idle session holds no write buffer.
     let mut out = BytesMut::new();
-    // The answer of a statement run under bounds, until it is counted.
+    // The answer of a statement run under bounds, until it is counted; an
+    // Execute's, until the proxy's own Sync after it is answered.
     let mut held = BytesMut::new();
+    let mut stash: Option<Running> = None;
     // Once the client is gone, keep reading PostgreSQL's answers (to record
     // what ran) and write nothing.
     let mut client_gone = false;
@@ -83,7 +85,7 @@ pub(super) async fn upstream_to_client(
             }
             Err(e) => return Err(lost(format!("upstream: {e}"))),
         };
-        if let Err(refusal) = observe(&ctx, &queue, &frame, &mut out, &mut held) {
+        if let Err(refusal) = observe(&ctx, &queue, &frame, &mut out, &mut held, &mut stash) {
             // Fail closed: what PostgreSQL answered so far goes out, then
             // the FATAL; the session ends and its running statement is
             // cancelled.
@@ -114,10 +116,34 @@ fn observe(
     frame: &Frame,
     out: &mut BytesMut,
     held: &mut BytesMut,
+    stash: &mut Option<Running>,
 ) -> Result<(), Diagnostic> {
     // The proxy's own Query: its answer is the proxy's (a setting that
     // changed is still checked and passed on).
     if frame.tag != b'S' && own(ctx, queue_, frame) {
+        return Ok(());
+    }
+    // An Execute run under bounds, answered: the ReadyForQuery of the
+    // proxy's Sync after it hands its answer back.
+    if frame.tag == b'Z'
+        && let Some(mut running) = stash.take()
+    {
+        let status = frame.body.first().copied().unwrap_or(b'E');
+        ctx.names().ready(status == b'I');
+        ctx.names_settled.notify_waiters();
+        // The proxy's Sync: the client never sees its ReadyForQuery.
+        let _ = queue(queue_).ready();
+        let reply = running.held_back.take();
+        let answer = HeldBack {
+            frames: std::mem::take(held),
+            status,
+            running,
+        };
+        if let Some(tx) = reply
+            && let Err(back) = tx.send(answer)
+        {
+            ctx.finish(back.running);
+        }
         return Ok(());
     }
     // A statement run under bounds: its answer waits for the count.
@@ -152,7 +178,7 @@ fn observe(
             };
             let finished = queue(queue_).completed(tag);
             if let Some(r) = finished {
-                ctx.finish(r);
+                finished_or_held(ctx, r, stash);
             }
             frame.encode(out);
         }
@@ -179,7 +205,7 @@ fn observe(
             };
             let finished = queue(queue_).failed((get(b'C'), get(b'M')));
             if let Some(r) = finished {
-                ctx.finish(r);
+                finished_or_held(ctx, r, stash);
             }
             frame.encode(out);
         }
@@ -326,4 +352,14 @@ fn own(ctx: &Ctx, queue_: &Queue, frame: &Frame) -> bool {
         _ => {}
     }
     true
+}
+
+/// An Execute answered: recorded, unless it ran under bounds (then kept
+/// until the proxy's Sync after it is answered).
+fn finished_or_held(ctx: &Ctx, r: Running, stash: &mut Option<Running>) {
+    if r.held_back.is_some() {
+        *stash = Some(r);
+    } else {
+        ctx.finish(r);
+    }
 }

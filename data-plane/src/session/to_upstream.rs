@@ -49,6 +49,13 @@ pub(super) struct ToUpstream {
     pub batch: Batch,
     /// The agent's reason and recent statements, for reviewers.
     pub context: super::context::SessionContext,
+    /// A portal bound under row bounds, in a transaction (or savepoint) of
+    /// the proxy's, waiting for its Execute.
+    pub pending_bound: Option<super::bounded::PendingBound>,
+    /// After an error the proxy saw and PostgreSQL no longer does (a
+    /// bounded run it ended with a Sync of its own): the client's messages
+    /// are dropped up to its Sync, as PostgreSQL would skip them.
+    pub skip_to_sync: bool,
 }
 
 /// What the open extended-protocol batch holds, as far as a simple Query
@@ -85,6 +92,8 @@ impl ToUpstream {
             signals,
             batch: Batch::Closed,
             context: Default::default(),
+            pending_bound: None,
+            skip_to_sync: false,
         }
     }
 
@@ -148,6 +157,23 @@ impl ToUpstream {
         if self.ctx.copy_in.load(std::sync::atomic::Ordering::Acquire) {
             return self.copy_data(frame, msg).await;
         }
+        if self.skip_to_sync && !matches!(msg, FeMessage::Sync | FeMessage::Terminate) {
+            return Ok(());
+        }
+        self.skip_to_sync = false;
+        // A portal bound under bounds runs with its own Execute; anything
+        // else first ends the proxy's transaction around it.
+        if let Some(pending) = &self.pending_bound {
+            let its_own = match &msg {
+                FeMessage::Execute { portal, .. } => *portal == pending.portal,
+                FeMessage::Describe { kind, name } => *kind == b'P' && *name == pending.portal,
+                FeMessage::Flush => true,
+                _ => false,
+            };
+            if !its_own {
+                self.abandon_bound().await?;
+            }
+        }
         if matches!(msg, FeMessage::Query { .. } | FeMessage::FunctionCall(_)) && self.batch != Batch::Closed
         {
             // PostgreSQL runs a Query inside a batch, unless an error earlier
@@ -185,7 +211,7 @@ impl ToUpstream {
                 params,
                 ..
             } => self.bind(frame, portal, statement, param_formats, params).await,
-            FeMessage::Execute { portal, .. } => self.execute(frame, portal).await,
+            FeMessage::Execute { portal, max_rows } => self.execute(frame, portal, max_rows).await,
             FeMessage::Describe { kind, name } => {
                 self.describe(frame, kind, name);
                 Ok(())
