@@ -340,6 +340,7 @@ mod tests {
             parameters: vec![],
             bind: Bytes::new(),
             approved: None,
+            bounded: false,
         }
     }
 
