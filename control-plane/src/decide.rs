@@ -283,10 +283,10 @@ fn check_bounds(vote: &Vote) -> Result<(), DecideError> {
 }
 
 /// The bounds a grant carries: for each table, the lowest any approver
-/// allowed, an approver who set none for it allowing the default. The
-/// default is what the reviewer was shown: the dry run's count of each
-/// table it changed, else the estimate's rows of each target table; none
-/// when neither could be had (the statement then runs unbounded).
+/// allowed, an approver who set none for it allowing the default
+/// (`airlock_proto::bounds::default_bounds`: the dry run's counts, else
+/// twice the estimate and ten, else none, and the statement runs
+/// unbounded).
 pub fn bounds(asked: &proto::ApprovalRequested, votes: &[proto::Vote]) -> Vec<proto::TableBound> {
     let defaults: Vec<(String, u64)> = airlock_proto::bounds::default_bounds(asked)
         .into_iter()

@@ -4,8 +4,8 @@
 
 use crate::v1::{ApprovalRequested, TableBound};
 
-/// The dry run's count of each table it changed, if it ran; else the
-/// estimate's rows of each target table, if there is one; else none (the
+/// The dry run's count of each table it changed, if it ran; else, from
+/// the estimate of each target table, [`from_estimate`]; else none (the
 /// statement runs unbounded unless a reviewer sets bounds).
 pub fn default_bounds(asked: &ApprovalRequested) -> Vec<TableBound> {
     let impact = asked.impact.as_ref();
@@ -17,7 +17,13 @@ pub fn default_bounds(asked: &ApprovalRequested) -> Vec<TableBound> {
         .filter(|e| e.unavailable.is_empty());
     let mut tables = match (dry, estimate) {
         (Some(d), _) => d.tables.clone(),
-        (None, Some(e)) => e.tables.clone(),
+        (None, Some(e)) => {
+            let mut t = e.tables.clone();
+            for t in &mut t {
+                t.rows = from_estimate(t.rows);
+            }
+            t
+        }
         (None, None) => return Vec::new(),
     };
     // The statement's own targets (the estimate's) first, then what it
@@ -32,4 +38,13 @@ pub fn default_bounds(asked: &ApprovalRequested) -> Vec<TableBound> {
             max_rows: t.rows,
         })
         .collect()
+}
+
+/// The bound an estimate of `rows` gives: an estimate is the planner's
+/// guess, often off by a few rows or a factor of two on small or freshly
+/// changed tables, so the bound is twice it plus ten. That still stops the
+/// runaway statement (thousands of rows where a handful were shown); a
+/// dry run's exact count bounds tightly, and a reviewer can set any bound.
+pub fn from_estimate(rows: u64) -> u64 {
+    rows.saturating_mul(2).saturating_add(10)
 }

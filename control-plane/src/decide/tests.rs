@@ -701,7 +701,7 @@ fn a_grant_is_bounded_by_the_dry_run_else_the_estimate_else_nothing_and_reviewer
     }));
     assert_eq!(
         pairs(bounds(&est, &[approve(vec![])])),
-        [("public.orders".to_owned(), 10)]
+        [("public.orders".to_owned(), 30)]
     );
     // An estimate that failed bounds nothing.
     let failed = with_impact(Some(proto::Impact {
