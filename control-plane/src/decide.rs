@@ -221,7 +221,7 @@ pub fn decide(
     if vote.decision == proto::Decision::Unspecified {
         return Err(DecideError::NoDecision);
     }
-    check_bounds(vote)?;
+    check_bounds(vote, asked)?;
 
     let approvals = request.approvals() + usize::from(vote.decision == proto::Decision::Approve);
     let required = asked.approvals_required.max(1);
@@ -254,8 +254,10 @@ pub fn decide(
     Ok(events)
 }
 
-/// Bounds only with an approval; each names a table, once.
-fn check_bounds(vote: &Vote) -> Result<(), DecideError> {
+/// Bounds only with an approval; each names, once, a table the request
+/// shows the statement touching (its impact, or its verdict's effects): a
+/// name that matches nothing the proxy counts would bound nothing.
+fn check_bounds(vote: &Vote, asked: &proto::ApprovalRequested) -> Result<(), DecideError> {
     if vote.max_rows.is_empty() {
         return Ok(());
     }
@@ -277,6 +279,21 @@ fn check_bounds(vote: &Vote) -> Result<(), DecideError> {
         }
         if vote.max_rows[..i].iter().any(|o| o.table == b.table) {
             return Err(DecideError::BadBounds(format!("{} is bounded twice", b.table)));
+        }
+        let shown = airlock_proto::bounds::default_bounds(asked)
+            .iter()
+            .any(|d| d.table == b.table)
+            || asked
+                .verdict
+                .iter()
+                .flat_map(|v| &v.effects)
+                .flat_map(|e| &e.tables)
+                .any(|t| *t == b.table);
+        if !shown {
+            return Err(DecideError::BadBounds(format!(
+                "{} is not a table this request shows the statement touching (write schema.table as its impact or rule names it)",
+                b.table
+            )));
         }
     }
     Ok(())
@@ -385,6 +402,13 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
                 .map(|s| s.sha256.clone())
                 .unwrap_or_default(),
             bounds: bounds(asked, &request.view.votes),
+            // Bounded when anything was measured or a reviewer set a bound;
+            // strict about other tables when a dry run showed them all.
+            bounded: {
+                let (dry, estimate) = airlock_proto::bounds::measured(asked);
+                dry || estimate || request.view.votes.iter().any(|v| !v.max_rows.is_empty())
+            },
+            every_table: airlock_proto::bounds::measured(asked).0,
         })
     } else if past(asked.deadline.as_ref(), now) {
         Body::ApprovalExpired(proto::ApprovalExpired {

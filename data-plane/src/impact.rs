@@ -144,7 +144,7 @@ async fn explain(
         )
         .await?;
         let text = format!("EXPLAIN (VERBOSE, FORMAT JSON) {}", statement.text);
-        let answer = extended(&mut up, &text, &statement.parameters).await?;
+        let answer = extended(&mut up, &text, &statement.parameters, true).await?;
         if let Some((sqlstate, message)) = answer.error {
             return Err(failure(&sqlstate, &message));
         }
@@ -187,7 +187,7 @@ async fn try_and_roll_back(
         .map_err(|e| (e, String::new()))?;
         counting(&mut up).await.map_err(|e| (e, String::new()))?;
         let before = counts(&mut up).await.map_err(|e| (e, String::new()))?;
-        let answer = extended(&mut up, &statement.text, &statement.parameters)
+        let answer = extended(&mut up, &statement.text, &statement.parameters, false)
             .await
             .map_err(|e| (e, String::new()))?;
         if let Some((sqlstate, message)) = answer.error {
@@ -222,12 +222,14 @@ async fn try_and_roll_back(
 }
 
 /// Per-table counts of this transaction's writes: a partition's count
-/// under its partitioned table, as `schema.table`.
-pub(crate) const COUNTS: &str = "SELECT n.nspname || '.' || c.relname, s.n_tup_ins, s.n_tup_upd, s.n_tup_del \
+/// under its partitioned table, as `schema.table`. Run inside the agent's
+/// session too, so every function and operator is `pg_catalog`'s by name:
+/// the session's search path cannot put others in their place.
+pub(crate) const COUNTS: &str = "SELECT pg_catalog.concat(n.nspname, '.', c.relname), s.n_tup_ins, s.n_tup_upd, s.n_tup_del \
      FROM pg_catalog.pg_stat_xact_user_tables s \
-     JOIN pg_catalog.pg_class c ON c.oid = COALESCE(pg_catalog.pg_partition_root(s.relid), s.relid) \
-     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     WHERE s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0";
+     JOIN pg_catalog.pg_class c \
+       ON c.oid OPERATOR(pg_catalog.=) COALESCE(pg_catalog.pg_partition_root(s.relid), s.relid) \
+     JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace";
 
 /// Inserted, updated, deleted.
 pub(crate) type Counts = BTreeMap<String, [u64; 3]>;

@@ -562,6 +562,31 @@ impl Gate for PolicyGate {
             }
             _ => on_finish,
         };
+        // The calls the held statement's own text makes (judged without the
+        // catalog, so nothing a table reaches is among them): none may be
+        // tried before approval, whoever else also calls them.
+        let text_calls: Vec<String> = if v.action == airlock_policy::Action::RequireApproval {
+            let text_only = airlock_policy::ClassifyContext {
+                default_schema: schema,
+                prepared: &state.prepared,
+                max_statement_bytes: airlock_policy::DEFAULT_MAX_STATEMENT_BYTES,
+                catalog: Catalog::Assumed,
+                session: names_before,
+            };
+            airlock_policy::classify(sql, &text_only)
+                .effects
+                .into_iter()
+                .filter(|e| {
+                    matches!(
+                        e.kind,
+                        airlock_policy::Kind::Function | airlock_policy::Kind::Call
+                    )
+                })
+                .flat_map(|e| e.functions)
+                .collect()
+        } else {
+            Vec::new()
+        };
         drop(state);
         // Whether the held statement may be tried before approval, on a
         // connection that sees the catalog as the facts do: not once this
@@ -576,7 +601,7 @@ impl Gate for PolicyGate {
                 );
             }
             let effects: Vec<&airlock_policy::Effect> = v.effects.iter().map(|e| &e.effect).collect();
-            airlock_policy::trial::may_try(&effects, v.parsed(), catalog, trial)
+            airlock_policy::trial::may_try(&effects, &text_calls, v.parsed(), catalog, trial)
         };
         let mut verdict = proto_verdict(&v);
         verdict.shadow_verdict = shadow_verdict;

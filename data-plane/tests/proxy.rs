@@ -2025,6 +2025,8 @@ async fn forge_grant(log: &EventLog, held: &proto::Held, junk: bool) {
         &source,
         Body::ApprovalGranted(proto::ApprovalGranted {
             bounds: Vec::new(),
+            bounded: false,
+            every_table: false,
             statement_sha256: held.statement_sha256.clone(),
             // As a control plane writes it: who approved.
             approvers: vec![proto::Approver {

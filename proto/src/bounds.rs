@@ -4,9 +4,26 @@
 
 use crate::v1::{ApprovalRequested, TableBound};
 
-/// The dry run's count of each table it changed, if it ran; else, from
-/// the estimate of each target table, [`from_estimate`]; else none (the
-/// statement runs unbounded unless a reviewer sets bounds).
+/// What was measured of the statement: whether a dry run ran (then the
+/// reviewer was shown every table it changes), and whether an estimate
+/// was had. Neither: the statement is not bounded unless a reviewer sets
+/// bounds.
+pub fn measured(asked: &ApprovalRequested) -> (bool, bool) {
+    let impact = asked.impact.as_ref();
+    let dry = impact
+        .and_then(|i| i.dry_run.as_ref())
+        .is_some_and(|d| d.unavailable.is_empty());
+    let estimate = impact
+        .and_then(|i| i.estimate.as_ref())
+        .is_some_and(|e| e.unavailable.is_empty());
+    (dry, estimate)
+}
+
+/// The statement's own target tables first (the estimate's), each bounded
+/// by the dry run's exact count (0 when the dry run changed none of it) or,
+/// without a dry run, by [`from_estimate`]; then every other table the dry
+/// run changed (cascades, trigger writes), by its count. Empty when
+/// nothing was measured.
 pub fn default_bounds(asked: &ApprovalRequested) -> Vec<TableBound> {
     let impact = asked.impact.as_ref();
     let dry = impact
@@ -15,29 +32,26 @@ pub fn default_bounds(asked: &ApprovalRequested) -> Vec<TableBound> {
     let estimate = impact
         .and_then(|i| i.estimate.as_ref())
         .filter(|e| e.unavailable.is_empty());
-    let mut tables = match (dry, estimate) {
-        (Some(d), _) => d.tables.clone(),
-        (None, Some(e)) => {
-            let mut t = e.tables.clone();
-            for t in &mut t {
-                t.rows = from_estimate(t.rows);
-            }
-            t
+    let mut out: Vec<TableBound> = Vec::new();
+    for t in estimate.map(|e| e.tables.as_slice()).unwrap_or_default() {
+        let max_rows = match dry {
+            Some(d) => d.tables.iter().find(|c| c.table == t.table).map_or(0, |c| c.rows),
+            None => from_estimate(t.rows),
+        };
+        out.push(TableBound {
+            table: t.table.clone(),
+            max_rows,
+        });
+    }
+    for t in dry.map(|d| d.tables.as_slice()).unwrap_or_default() {
+        if !out.iter().any(|b| b.table == t.table) {
+            out.push(TableBound {
+                table: t.table.clone(),
+                max_rows: t.rows,
+            });
         }
-        (None, None) => return Vec::new(),
-    };
-    // The statement's own targets (the estimate's) first, then what it
-    // reaches (cascades, triggers): the first bound is the one a reviewer
-    // thinks of.
-    let target = |t: &str| estimate.is_some_and(|e| e.tables.iter().any(|e| e.table == t));
-    tables.sort_by_key(|t| !target(&t.table));
-    tables
-        .into_iter()
-        .map(|t| TableBound {
-            table: t.table,
-            max_rows: t.rows,
-        })
-        .collect()
+    }
+    out
 }
 
 /// The bound an estimate of `rows` gives: an estimate is the planner's

@@ -311,12 +311,29 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
     }
 }
 
-/// The bounds an approval gets unless the reviewer changes them.
-fn default_bounds(asked: &proto::ApprovalRequested) -> Vec<(String, u64)> {
-    airlock_proto::bounds::default_bounds(asked)
+/// The bounds an approval gets unless the reviewer changes them; when
+/// nothing was measured, the tables its rule names, unbounded unless the
+/// reviewer sets one.
+fn default_bounds(asked: &proto::ApprovalRequested) -> Vec<(String, Option<u64>)> {
+    let measured: Vec<(String, Option<u64>)> = airlock_proto::bounds::default_bounds(asked)
         .into_iter()
-        .map(|b| (b.table, b.max_rows))
-        .collect()
+        .map(|b| (b.table, Some(b.max_rows)))
+        .collect();
+    if !measured.is_empty() {
+        return measured;
+    }
+    let mut named: Vec<(String, Option<u64>)> = Vec::new();
+    for t in asked
+        .verdict
+        .iter()
+        .flat_map(|v| &v.effects)
+        .flat_map(|e| &e.tables)
+    {
+        if !t.contains('*') && !named.iter().any(|(n, _)| n == t) {
+            named.push((t.clone(), None));
+        }
+    }
+    named
 }
 
 fn rows_of(tables: &[proto::TableRows], counted: bool) -> Markup {
@@ -556,16 +573,24 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                 label for="reason" { "Reason (recorded in the audit log)" }
                 textarea #reason name="reason" rows="3" maxlength=(json::MAX_REASON_CHARS) {}
                 @let defaults = default_bounds(&asked);
+                @let measured = airlock_proto::bounds::measured(&asked);
                 @if !defaults.is_empty() {
                     fieldset.bounds {
                         legend { "Row bounds of an approval" }
-                        p.muted {
-                            "It runs in a transaction of Airlock's and is rolled back, refused, if it changes more \
-                             rows of a table than this (rows that match it may appear before it runs)."
+                        @if measured.0 || measured.1 {
+                            p.muted {
+                                "It runs in a transaction of Airlock's and is rolled back, refused, if it changes more \
+                                 rows of a table than this (rows that match it may appear before it runs)."
+                            }
+                        } @else {
+                            p.warning.unbounded {
+                                "Nothing was measured of this statement: unless you set a bound here, approving runs it \
+                                 however many rows it changes."
+                            }
                         }
                         @for (table, n) in &defaults {
                             label {
-                                "at most " input.bound type="number" min="0" name={ "max_rows:" (table) } value=(n);
+                                "at most " input.bound type="number" min="0" name={ "max_rows:" (table) } value=[n];
                                 " rows of " code { (table) }
                             }
                         }

@@ -83,6 +83,14 @@ function fail(message) {
     seen.requestStatement = await page.locator("pre.sql").first().innerText();
     const shadow = page.locator("dd.shadow");
     seen.shadow = (await shadow.count()) ? (await shadow.first().innerText()).replace(/\s+/g, " ").trim() : null;
+    const text = async (selector) => {
+      const found = page.locator(selector);
+      return (await found.count()) ? (await found.first().innerText()).replace(/\s+/g, " ").trim() : null;
+    };
+    seen.agentReason = await text("dd.agent-reason");
+    seen.estimate = await text("dd.estimate");
+    seen.recent = await text("table.recent");
+    seen.bounds = await page.locator("input.bound").evaluateAll((inputs) => inputs.map((i) => [i.name, i.value]));
     await page.fill("#reason", expected.reason || "checked in the browser");
     await page.click("#" + decision);
     const voted = base + "/requests/" + requestId + "?voted=" + decision;

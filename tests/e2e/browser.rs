@@ -177,12 +177,55 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let statement = "DELETE FROM orders\nWHERE status = 'open' AND id <= 3 -- <b>stale</b> test orders";
-    let held = hold(&stack, &agent, statement).await;
+    // The agent reads before it asks, and says why.
+    let (session, mut notices) = stack.connect(&agent).await;
+    session
+        .simple_query("SELECT count(*) FROM orders")
+        .await
+        .expect("read");
+    let sent = format!("/* airlock-reason: <i>cleanup</i> of stale test orders */ {statement}");
+    let text = sent.clone();
+    let outcome_task = tokio::spawn(async move {
+        let r = session.execute(text.as_str(), &[]).await;
+        drop(session);
+        r
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(20), notices.recv())
+        .await
+        .expect("held in time")
+        .expect("notice");
+    let held = airlock_e2e::binaries::Held {
+        request_id: airlock_e2e::request_id(&notice).expect("request id"),
+        outcome: outcome_task,
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let screenshot = std::env::var_os("AIRLOCK_SCREENSHOT").map(PathBuf::from);
     let (seen, _) = review(&stack, &held.request_id, "approve", screenshot.as_deref(), None).await;
-    check_seen(&seen, statement);
+    check_seen(&seen, &sent);
+    // The reviewer saw the agent's words as text, labelled unverified, what
+    // the session did before, the estimate, and the bound it approves.
+    let reason = seen["agentReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not verified") && reason.contains("<i>cleanup</i> of stale test orders"),
+        "{seen}"
+    );
+    let recent = seen["recent"].as_str().unwrap_or_default();
+    assert!(
+        recent.contains("SELECT count(*) FROM orders") && recent.contains("allow"),
+        "{seen}"
+    );
+    assert!(
+        seen["estimate"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("of public.orders"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["bounds"][0][0], "max_rows:public.orders",
+        "the approval's bound, offered to change: {seen}"
+    );
     assert!(
         seen["notice"]
             .as_str()

@@ -127,6 +127,13 @@ impl Given {
                     name: "db-reviewers".into(),
                 }],
                 deadline: Some((t0() + Duration::from_secs(900)).into()),
+                verdict: Some(proto::Verdict {
+                    effects: vec![proto::Effect {
+                        kind: "DELETE".into(),
+                        tables: vec!["public.orders".into()],
+                    }],
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
         );
@@ -762,6 +769,11 @@ fn the_reviewers_bounds_go_on_the_vote_and_the_grant_and_bad_ones_are_refused() 
         other => panic!("{other:?}"),
     }
     for (max_rows, decision, says) in [
+        (
+            vec![bound("public.customers", 1)],
+            proto::Decision::Approve,
+            "not a table this request shows",
+        ),
         (vec![bound("", 1)], proto::Decision::Approve, "not a table name"),
         (
             vec![bound(" public.orders", 1)],
@@ -769,11 +781,15 @@ fn the_reviewers_bounds_go_on_the_vote_and_the_grant_and_bad_ones_are_refused() 
             "not a table name",
         ),
         (
-            vec![bound("a.b", 1), bound("a.b", 2)],
+            vec![bound("public.orders", 1), bound("public.orders", 2)],
             proto::Decision::Approve,
             "twice",
         ),
-        (vec![bound("a.b", 1)], proto::Decision::Deny, "with an approval"),
+        (
+            vec![bound("public.orders", 1)],
+            proto::Decision::Deny,
+            "with an approval",
+        ),
     ] {
         let mut v = vote("R1", person("alice", &[REVIEWERS]), decision);
         v.max_rows = max_rows;
@@ -782,4 +798,50 @@ fn the_reviewers_bounds_go_on_the_vote_and_the_grant_and_bad_ones_are_refused() 
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// Review finding: a dry run that changed nothing gave no bounds, and the
+/// statement ran unbounded; rows that appeared later were all deleted.
+#[test]
+fn a_dry_run_that_changed_nothing_bounds_its_targets_at_zero() {
+    let asked = proto::ApprovalRequested {
+        impact: Some(proto::Impact {
+            estimate: Some(proto::ImpactEstimate {
+                tables: vec![rows("public.orders", 4)],
+                ..Default::default()
+            }),
+            dry_run: Some(proto::DryRun {
+                command_tag: "DELETE 0".into(),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let approve = proto::Vote {
+        decision: proto::Decision::Approve as i32,
+        ..Default::default()
+    };
+    let b = bounds(&asked, &[approve]);
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].table.as_str(), b[0].max_rows), ("public.orders", 0));
+    assert_eq!(airlock_proto::bounds::measured(&asked), (true, true));
+}
+
+#[test]
+fn a_grant_says_whether_it_is_bounded_and_strict() {
+    let grant = |max_rows: Vec<proto::TableBound>| {
+        let given = Given::new().requested("R1", app("agent-7", &[AGENTS]), 1);
+        let mut v = vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve);
+        v.max_rows = max_rows;
+        let events = decide(&given.state, &v, at(1), &source(), &Alive).expect("approved");
+        match events.last().and_then(|e| e.body.clone()) {
+            Some(Body::ApprovalGranted(g)) => (g.bounded, g.every_table),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Nothing measured, no bound set: it runs as it is.
+    assert_eq!(grant(vec![]), (false, false));
+    // A reviewer's bound on a table its rule names bounds it; other tables
+    // are not limited (no dry run showed them).
+    assert_eq!(grant(vec![bound("public.orders", 1)]), (true, false));
 }

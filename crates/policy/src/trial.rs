@@ -32,7 +32,16 @@ pub enum Trial {
 
 /// `Ok` when `effects` (the held statement's, as judged, `parsed` by the
 /// parser) may be tried; else why not, in words for the reviewer.
-pub fn may_try(effects: &[&Effect], parsed: bool, catalog: Catalog<'_>, trial: Trial) -> Result<(), String> {
+/// `text_calls`: the functions its own text calls that are not known to
+/// only read (classified without the catalog): never tried, even when a
+/// table it writes calls the same function.
+pub fn may_try(
+    effects: &[&Effect],
+    text_calls: &[String],
+    parsed: bool,
+    catalog: Catalog<'_>,
+    trial: Trial,
+) -> Result<(), String> {
     if !parsed {
         return Err("the statement could not be parsed, so what it would run is not known".into());
     }
@@ -47,6 +56,25 @@ pub fn may_try(effects: &[&Effect], parsed: bool, catalog: Catalog<'_>, trial: T
     };
     if effects.is_empty() {
         return Err("the statement does nothing to estimate".into());
+    }
+    if trial == Trial::DryRun
+        && let Some(e) = effects
+            .iter()
+            .find(|e| matches!(e.kind, Kind::Insert | Kind::Merge))
+    {
+        return Err(format!(
+            "a {} may advance a sequence (an identity or serial column), which a rollback does not undo",
+            e.kind
+        ));
+    }
+    let who = match trial {
+        Trial::Plan => "planning it",
+        Trial::DryRun => "a dry run",
+    };
+    if let Some(f) = text_calls.first() {
+        return Err(format!(
+            "it calls {f}, which is not known to only read: {who} could run it before anyone approved"
+        ));
     }
     for e in effects {
         let tried = matches!(
@@ -82,11 +110,7 @@ pub fn may_try(effects: &[&Effect], parsed: bool, catalog: Catalog<'_>, trial: T
     for f in calls {
         if !on_write.contains(f) {
             return Err(format!(
-                "it calls {f}, which is not known to only read: {} could run it before anyone approved",
-                match trial {
-                    Trial::Plan => "planning it",
-                    Trial::DryRun => "a dry run",
-                }
+                "it calls {f}, which is not known to only read: {who} could run it before anyone approved"
             ));
         }
     }
@@ -152,7 +176,7 @@ mod tests {
     fn check(effects: &[Effect], trial: Trial) -> Result<(), String> {
         let f = facts();
         let refs: Vec<&Effect> = effects.iter().collect();
-        may_try(&refs, true, Catalog::Known(&f), trial)
+        may_try(&refs, &[], true, Catalog::Known(&f), trial)
     }
 
     #[test]
@@ -206,6 +230,35 @@ mod tests {
         assert_eq!(check(&serial, Trial::Plan), Ok(()), "planning runs no default");
         let why = check(&serial, Trial::DryRun).expect_err("a sequence moves");
         assert!(why.contains("sequence"), "{why}");
+        // An UPDATE whose table's trigger calls nextval.
+        let update = [
+            effect(Kind::Update, &["public.serial"], &[]),
+            effect(Kind::Function, &[], &["pg_catalog.nextval"]),
+        ];
+        assert!(
+            check(&update, Trial::DryRun)
+                .expect_err("sequence")
+                .contains("sequence")
+        );
+        // Any INSERT may (identity columns are not in the facts).
+        let insert = [effect(Kind::Insert, &["public.orders"], &[])];
+        assert_eq!(check(&insert, Trial::Plan), Ok(()));
+        assert!(check(&insert, Trial::DryRun).is_err());
+        // Review finding: the default of a table the statement writes
+        // (with a no-op DELETE in a CTE) called by the statement's own
+        // text, with arguments of the agent's choosing, is never tried.
+        let f = facts();
+        let cte = [
+            effect(Kind::Delete, &["public.audited"], &[]),
+            effect(Kind::Update, &["public.orders"], &[]),
+            effect(Kind::Function, &[], &["util.audit_row"]),
+        ];
+        let refs: Vec<&Effect> = cte.iter().collect();
+        assert_eq!(may_try(&refs, &[], true, Catalog::Known(&f), Trial::Plan), Ok(()));
+        let text = vec!["util.audit_row".to_owned()];
+        for trial in [Trial::Plan, Trial::DryRun] {
+            assert!(may_try(&refs, &text, true, Catalog::Known(&f), trial).is_err());
+        }
     }
 
     #[test]
@@ -235,8 +288,8 @@ mod tests {
             Catalog::Unreadable,
             Catalog::Assumed,
         ] {
-            assert!(may_try(&[&delete], true, catalog, Trial::Plan).is_err());
+            assert!(may_try(&[&delete], &[], true, catalog, Trial::Plan).is_err());
         }
-        assert!(may_try(&[&delete], false, Catalog::Known(&f), Trial::Plan).is_err());
+        assert!(may_try(&[&delete], &[], false, Catalog::Known(&f), Trial::Plan).is_err());
     }
 }

@@ -28,6 +28,7 @@
 
 use airlock_eventlog::proto::{self, statement_refused::Cause};
 use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 
 use super::Ending;
 use super::inflight::{HeldBack, InFlight, Own, OwnAnswer, Running, queue};
@@ -40,34 +41,74 @@ use crate::impact::{COUNTS, Counts, changed, parse_counts};
 
 /// The savepoint the proxy sets inside an agent's transaction.
 const SAVEPOINT: &str = "airlock_bound_check";
+/// The statement and portal name of the proxy's own statements (names
+/// starting with `airlock:` are refused to clients).
+const OWN: &str = "airlock:own";
 
-/// Why an approved statement with bounds is refused instead of run.
-pub(super) fn unboundable(judgement: &crate::gate::Judgement) -> Option<&'static str> {
+/// Why an approved statement with bounds is refused instead of run: only
+/// reads and row writes (and the functions they reach) have every change
+/// counted by PostgreSQL's per-transaction counters. TRUNCATE resets them,
+/// DDL rewrites a table without counting rows, COPY and procedures are not
+/// counted either, and transaction control would end the proxy's
+/// transaction.
+pub(super) fn unboundable(judgement: &crate::gate::Judgement) -> Option<String> {
     use airlock_policy::Kind;
-    if judgement.has(Kind::Transaction) {
-        Some("it controls transactions itself, and a bound is checked in a transaction of the proxy's")
-    } else if judgement.has(Kind::Copy) {
-        Some("COPY cannot be counted before it is committed")
-    } else if !judgement.verdict.parsed {
-        Some("it could not be parsed")
-    } else {
-        None
+    if !judgement.verdict.parsed {
+        return Some("it could not be parsed".into());
     }
+    let counted = |k: &Kind| {
+        matches!(
+            k,
+            Kind::Select | Kind::Insert | Kind::Update | Kind::Delete | Kind::Merge | Kind::Function
+        )
+    };
+    judgement.kinds.iter().find(|k| !counted(k)).map(|k| {
+        format!(
+            "the rows a {k} statement changes are not all counted (only SELECT, INSERT, UPDATE, DELETE and MERGE can run under bounds)"
+        )
+    })
 }
 
 impl ToUpstream {
-    /// Sends a Query of the proxy's own and waits for its answer (the
-    /// client sees none of it). A kill or the proxy stopping ends the
-    /// session meanwhile.
-    async fn own_query(&mut self, sql: &str) -> Result<OwnAnswer, Ending> {
+    /// Runs statements of the proxy's own and waits for their answer (the
+    /// client sees none of it): over the extended protocol, under a
+    /// reserved name, so the client's unnamed statement (which a simple
+    /// Query would destroy) survives; the first error stops the rest. A
+    /// kill or the proxy stopping ends the session meanwhile.
+    async fn own_query(&mut self, statements: &[&str]) -> Result<OwnAnswer, Ending> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         queue(&self.queue).push(InFlight::Own(Own {
             reply,
             answer: OwnAnswer::default(),
         }));
-        crate::codec::FeMessage::Query { sql: sql.to_owned() }
-            .to_frame()
-            .encode(&mut self.out);
+        let close = |out: &mut BytesMut| {
+            // Closing what does not exist is no error; after an error
+            // skipped the last close, the name is free again.
+            let _ = frontend::close(b'P', OWN, out);
+            let _ = frontend::close(b'S', OWN, out);
+        };
+        close(&mut self.out);
+        for sql in statements {
+            let parsed = frontend::parse(OWN, sql, std::iter::empty(), &mut self.out);
+            let bound = frontend::bind(
+                OWN,
+                OWN,
+                std::iter::empty::<i16>(),
+                std::iter::empty::<()>(),
+                |_, _| Ok(postgres_protocol::IsNull::Yes),
+                [0i16],
+                &mut self.out,
+            );
+            let executed = frontend::execute(OWN, 0, &mut self.out);
+            if parsed.is_err() || bound.is_err() || executed.is_err() {
+                return Err(Ending::new(
+                    proto::session_closed::Cause::Error,
+                    "a statement of the proxy's own could not be encoded",
+                ));
+            }
+            close(&mut self.out);
+        }
+        frontend::sync(&mut self.out);
         self.flush().await?;
         self.answered(answer).await
     }
@@ -89,7 +130,7 @@ impl ToUpstream {
     /// the refusal when rows cannot be counted (nothing opened).
     async fn open_bounded(&mut self, request_id: &str) -> Result<Result<Option<Opened>, Diagnostic>, Ending> {
         self.flush().await?;
-        let probe = self.own_query("SHOW track_counts").await?;
+        let probe = self.own_query(&["SHOW track_counts"]).await?;
         if probe.status == b'E' {
             return Ok(Ok(None));
         }
@@ -103,11 +144,11 @@ impl ToUpstream {
         }
         let inside = probe.status == b'T';
         let open = if inside {
-            format!("SAVEPOINT {SAVEPOINT}; {COUNTS}")
+            format!("SAVEPOINT {SAVEPOINT}")
         } else {
-            format!("BEGIN; {COUNTS}")
+            "BEGIN".to_owned()
         };
-        let opened = self.own_query(&open).await?;
+        let opened = self.own_query(&[&open, COUNTS]).await?;
         match counts(&opened) {
             Ok(before) => Ok(Ok(Some(Opened { inside, before }))),
             Err(why) => {
@@ -122,12 +163,12 @@ impl ToUpstream {
         &mut self,
         frame: &Frame,
         mut running: Running,
-        bounds: Vec<proto::TableBound>,
+        bounds: Bounds,
         judgement: &crate::gate::Judgement,
     ) -> Result<(), Ending> {
         let request_id = running.request_id.clone();
         if let Some(why) = unboundable(judgement) {
-            let refusal = error_response::cannot_bound(&request_id, why);
+            let refusal = error_response::cannot_bound(&request_id, &why);
             self.refuse_bounded(running, refusal, None, self.ctx.failing_query());
             return Ok(());
         }
@@ -166,7 +207,7 @@ impl ToUpstream {
         request_id: &str,
     ) -> Result<Result<Option<Opened>, Diagnostic>, Ending> {
         if let Some(why) = unboundable(judgement) {
-            return Ok(Err(error_response::cannot_bound(request_id, why)));
+            return Ok(Err(error_response::cannot_bound(request_id, &why)));
         }
         if batch_before == super::to_upstream::Batch::Runs {
             return Ok(Err(error_response::cannot_bound(
@@ -233,7 +274,7 @@ impl ToUpstream {
     async fn settle_bounded(
         &mut self,
         held: HeldBack,
-        bounds: &[proto::TableBound],
+        bounds: &Bounds,
         opened: Opened,
         protocol: Protocol,
     ) -> Result<(), Ending> {
@@ -241,25 +282,39 @@ impl ToUpstream {
             mut running,
             mut frames,
             status,
+            overflowed,
         } = held;
         let inside = opened.inside;
+        let stand_in = match protocol {
+            Protocol::Simple => self.ctx.failing_query(),
+            Protocol::Extended => self.ctx.no_portal(),
+        };
+        if overflowed {
+            // (ROLLBACK, or ROLLBACK TO, works in a failed transaction too.)
+            self.undo(inside).await?;
+            let refusal = error_response::cannot_bound(
+                &running.request_id,
+                &format!(
+                    "its answer is larger than the {} MiB the proxy holds back while it counts rows",
+                    super::to_client::MAX_HELD >> 20
+                ),
+            );
+            self.refuse_bounded(running, refusal, None, stand_in);
+            return Ok(());
+        }
         if running.error.is_some() {
             // It failed: nothing to count. Outside a transaction of its
             // own, the proxy's is ended as PostgreSQL would have ended it.
             let status = if inside {
                 status
             } else {
-                self.own_query("ROLLBACK").await?.status
+                self.own_query(&["ROLLBACK"]).await?.status
             };
             self.release(running, frames, status, protocol, true).await;
             return Ok(());
         }
-        let after = self.own_query(COUNTS).await?;
+        let after = self.own_query(&[COUNTS]).await?;
         let check = counts(&after).map(|after| check(bounds, &opened.before, &after));
-        let stand_in = match protocol {
-            Protocol::Simple => self.ctx.failing_query(),
-            Protocol::Extended => self.ctx.no_portal(),
-        };
         match check {
             Ok(check) if !check.exceeded => {
                 let end = if inside {
@@ -267,7 +322,7 @@ impl ToUpstream {
                 } else {
                     "COMMIT".to_owned()
                 };
-                let ended = self.own_query(&end).await?;
+                let ended = self.own_query(&[&end]).await?;
                 let failed = ended.error.is_some();
                 if let Some(error) = ended.error {
                     // Not committed after all (a deferred constraint, a
@@ -298,12 +353,10 @@ impl ToUpstream {
     /// Rolls back what the proxy opened: its transaction, or the agent's
     /// work since its savepoint.
     async fn undo(&mut self, inside: bool) -> Result<(), Ending> {
-        let sql = if inside {
-            format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
-        } else {
-            "ROLLBACK".to_owned()
-        };
-        let undone = self.own_query(&sql).await?;
+        let back = format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}");
+        let release = format!("RELEASE SAVEPOINT {SAVEPOINT}");
+        let statements: &[&str] = if inside { &[&back, &release] } else { &["ROLLBACK"] };
+        let undone = self.own_query(statements).await?;
         if let Some((code, message)) = undone.error {
             // Fail closed: a transaction the proxy cannot roll back must
             // not be left for the agent to commit.
@@ -381,13 +434,13 @@ pub(super) struct Opened {
 #[derive(Debug)]
 pub(super) struct PendingBound {
     pub portal: String,
-    bounds: Vec<proto::TableBound>,
+    bounds: Bounds,
     inside: bool,
     before: Counts,
 }
 
 impl PendingBound {
-    pub fn new(portal: String, bounds: Vec<proto::TableBound>, opened: Opened) -> PendingBound {
+    pub fn new(portal: String, bounds: Bounds, opened: Opened) -> PendingBound {
         PendingBound {
             portal,
             bounds,
@@ -404,19 +457,51 @@ fn counts(answer: &OwnAnswer) -> Result<Counts, String> {
     }
 }
 
+/// An approval's row bounds, from its grant in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Bounds {
+    pub tables: Vec<proto::TableBound>,
+    /// A table not in `tables` may change no row.
+    pub every_table: bool,
+}
+
+impl Bounds {
+    /// The bounds a confirmed grant sets, if it is bounded (a grant
+    /// naming bounds is bounded whatever its flag says).
+    pub fn of(grant: &proto::ApprovalGranted) -> Option<Bounds> {
+        (grant.bounded || !grant.bounds.is_empty()).then(|| Bounds {
+            tables: grant.bounds.clone(),
+            every_table: grant.every_table,
+        })
+    }
+}
+
 /// Pure: what the statement changed against its bounds. A bounded table it
-/// did not touch changed 0 rows.
-pub(super) fn check(bounds: &[proto::TableBound], before: &Counts, after: &Counts) -> proto::BoundCheck {
+/// did not touch changed 0 rows; with `every_table`, a table it changed
+/// that is not named is bounded at 0.
+pub(super) fn check(bounds: &Bounds, before: &Counts, after: &Counts) -> proto::BoundCheck {
     let rows = changed(before, after);
-    let exceeded = bounds.iter().any(|b| {
+    let mut effective = bounds.tables.clone();
+    if bounds.every_table {
+        for r in &rows {
+            if !effective.iter().any(|b| b.table == r.table) {
+                effective.push(proto::TableBound {
+                    table: r.table.clone(),
+                    max_rows: 0,
+                });
+            }
+        }
+    }
+    let exceeded = effective.iter().any(|b| {
         rows.iter()
             .find(|r| r.table == b.table)
             .is_some_and(|r| r.rows > b.max_rows)
     });
     proto::BoundCheck {
-        bounds: bounds.to_vec(),
+        bounds: effective,
         rows,
         exceeded,
+        every_table: bounds.every_table,
     }
 }
 
@@ -428,10 +513,13 @@ mod tests {
         rows.iter().map(|(t, c)| ((*t).to_owned(), *c)).collect()
     }
 
-    fn bound(table: &str, max_rows: u64) -> proto::TableBound {
-        proto::TableBound {
-            table: table.into(),
-            max_rows,
+    fn bound(table: &str, max_rows: u64) -> Bounds {
+        Bounds {
+            tables: vec![proto::TableBound {
+                table: table.into(),
+                max_rows,
+            }],
+            every_table: false,
         }
     }
 
@@ -439,15 +527,29 @@ mod tests {
     fn a_bound_is_exceeded_only_by_more_rows_of_its_own_table() {
         let before = counts(&[("public.orders", [0, 0, 2])]);
         let after = counts(&[("public.orders", [0, 0, 5]), ("public.audit", [9, 0, 0])]);
-        let c = check(&[bound("public.orders", 3)], &before, &after);
+        let c = check(&bound("public.orders", 3), &before, &after);
         assert!(!c.exceeded, "3 of 3: {c:?}");
-        let c = check(&[bound("public.orders", 2)], &before, &after);
+        let c = check(&bound("public.orders", 2), &before, &after);
         assert!(c.exceeded);
         assert_eq!(c.rows.len(), 2, "every table changed is reported");
         // Inserts, updates and deletes all count.
         let after = counts(&[("public.orders", [1, 1, 3])]);
-        assert!(check(&[bound("public.orders", 2)], &before, &after).exceeded);
+        assert!(check(&bound("public.orders", 2), &before, &after).exceeded);
         // A table it never touched, and a table with no bound.
-        assert!(!check(&[bound("public.other", 0)], &before, &after).exceeded);
+        assert!(!check(&bound("public.other", 0), &before, &after).exceeded);
+        // Review finding: with every table shown (a dry run), a table not
+        // named may change no row.
+        let strict = Bounds {
+            every_table: true,
+            ..bound("public.orders", 10)
+        };
+        let after = counts(&[("public.orders", [0, 0, 3]), ("public.audit", [1, 0, 0])]);
+        let c = check(&strict, &before, &after);
+        assert!(c.exceeded);
+        assert!(
+            c.bounds
+                .iter()
+                .any(|b| b.table == "public.audit" && b.max_rows == 0)
+        );
     }
 }

@@ -169,7 +169,10 @@ impl ToUpstream {
                     }
                     // Approved with row bounds: bound inside a transaction of
                     // the proxy's, run by its Execute (see `bounded`).
-                    Step::Run { request_id, bounds } if !bounds.is_empty() => {
+                    Step::Run {
+                        request_id,
+                        bounds: Some(bounds),
+                    } => {
                         match self
                             .bind_bounded(&stmt.judgement, batch_before, &request_id)
                             .await?

@@ -35,7 +35,7 @@ pub(super) enum Step {
         request_id: String,
         /// The approval's row bounds, from its grant in the log: it runs
         /// in a transaction of the proxy's and is rolled back past them.
-        bounds: Vec<proto::TableBound>,
+        bounds: Option<super::bounded::Bounds>,
     },
     Refuse {
         diagnostic: Diagnostic,
@@ -402,7 +402,7 @@ async fn grant_in_log(
     request_id: &RequestId,
     sha256: &[u8],
     spec: &HoldSpec,
-) -> Option<Vec<proto::TableBound>> {
+) -> Option<Option<super::bounded::Bounds>> {
     let Some(trust) = ctx.deps.log.trust() else {
         tracing::warn!(request = %request_id, "no trusted control-plane keys: no grant can be confirmed");
         return None;
@@ -450,7 +450,7 @@ pub(crate) fn confirms_grant(
     sha256: &[u8],
     require_acrs: &[String],
     approvals: u32,
-) -> Option<Vec<proto::TableBound>> {
+) -> Option<Option<super::bounded::Bounds>> {
     let own = subjects::lifecycle(request_id);
     let first = events.iter().find(|e| {
         own.contains(&e.subject)
@@ -498,7 +498,7 @@ pub(crate) fn confirms_grant(
         tracing::warn!(request = %request_id, approvers = people.len(), needed = approvals, "a grant with fewer approvers than the hold requires; refusing it");
         return None;
     }
-    (g.statement_sha256 == sha256).then(|| g.bounds.clone())
+    (g.statement_sha256 == sha256).then(|| super::bounded::Bounds::of(g))
 }
 
 /// Files ApprovalCancelled for a request this session holds.
@@ -709,7 +709,7 @@ mod tests {
                 ..Default::default()
             }));
             let bounds = confirms_grant(&bounded.events, &bounded.trust(), &bounded.request, SHA, &[], 0);
-            assert_eq!(bounds.map(|b| b.len()), Some(1));
+            assert_eq!(bounds.flatten().map(|b| b.tables.len()), Some(1));
         }
 
         /// Review finding: during an upgrade an old replica (deciding on

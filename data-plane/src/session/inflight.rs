@@ -66,6 +66,8 @@ pub(super) struct HeldBack {
     pub running: Running,
     /// Every message PostgreSQL sent for it, up to its ReadyForQuery.
     pub frames: bytes::BytesMut,
+    /// The answer outgrew what the proxy holds back: `frames` is not it.
+    pub overflowed: bool,
     /// Its ReadyForQuery status.
     pub status: u8,
 }

@@ -46,7 +46,7 @@ impl ToUpstream {
         let step = match judgement.action.clone() {
             Action::Allow => Step::Run {
                 request_id: String::new(),
-                bounds: Vec::new(),
+                bounds: None,
             },
             Action::Deny { message } => Step::Refuse {
                 diagnostic: error_response::denied(message),
@@ -96,7 +96,7 @@ impl ToUpstream {
                     }
                 };
                 let mut running = Running::new(statement, &judgement, request_id, slot);
-                if !bounds.is_empty() {
+                if let Some(bounds) = bounds {
                     // COPY is refused there: no copy mode to enter.
                     return self.run_bounded(frame, running, bounds, &judgement).await;
                 }

@@ -41,7 +41,7 @@ pub(super) async fn upstream_to_client(
     let mut out = BytesMut::new();
     // The answer of a statement run under bounds, until it is counted; an
     // Execute's, until the proxy's own Sync after it is answered.
-    let mut held = BytesMut::new();
+    let mut held = Held::default();
     let mut stash: Option<Running> = None;
     // Once the client is gone, keep reading PostgreSQL's answers (to record
     // what ran) and write nothing.
@@ -115,7 +115,7 @@ fn observe(
     queue_: &Queue,
     frame: &Frame,
     out: &mut BytesMut,
-    held: &mut BytesMut,
+    held: &mut Held,
     stash: &mut Option<Running>,
 ) -> Result<(), Diagnostic> {
     // The proxy's own Query: its answer is the proxy's (a setting that
@@ -135,7 +135,8 @@ fn observe(
         let _ = queue(queue_).ready();
         let reply = running.held_back.take();
         let answer = HeldBack {
-            frames: std::mem::take(held),
+            frames: std::mem::take(&mut held.buf),
+            overflowed: std::mem::take(&mut held.overflowed),
             status,
             running,
         };
@@ -148,7 +149,13 @@ fn observe(
     }
     // A statement run under bounds: its answer waits for the count.
     let out = if queue(queue_).held_back_front() {
-        held
+        if held.buf.len() > MAX_HELD {
+            // Too large to hold back: the count decides nothing now, the
+            // statement will be rolled back and refused; keep reading.
+            held.buf.clear();
+            held.overflowed = true;
+        }
+        &mut held.buf
     } else {
         out
     };
@@ -258,6 +265,7 @@ fn observe(
                     let reply = running.held_back.take();
                     let answer = HeldBack {
                         frames: std::mem::take(out),
+                        overflowed: std::mem::take(&mut held.overflowed),
                         status: frame.body.first().copied().unwrap_or(b'E'),
                         running,
                     };
@@ -352,6 +360,18 @@ fn own(ctx: &Ctx, queue_: &Queue, frame: &Frame) -> bool {
         _ => {}
     }
     true
+}
+
+/// The most of a bounded statement's answer held back while its rows are
+/// counted; past it the statement is rolled back and refused.
+pub(super) const MAX_HELD: usize = 64 * 1024 * 1024;
+
+/// A bounded statement's answer, held back.
+#[derive(Default)]
+pub(super) struct Held {
+    buf: BytesMut,
+    /// It outgrew [`MAX_HELD`]: what was held is gone.
+    overflowed: bool,
 }
 
 /// An Execute answered: recorded, unless it ran under bounds (then kept

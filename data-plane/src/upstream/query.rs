@@ -28,7 +28,7 @@ pub async fn simple_answer(up: &mut Upstream, sql: &str) -> Result<Answer, Strin
     let mut buf = BytesMut::new();
     frontend::query(sql, &mut buf).map_err(|e| e.to_string())?;
     up.send(&buf).await.map_err(|e| e.to_string())?;
-    answer(up).await
+    answer(up, true).await
 }
 
 /// What PostgreSQL answered, up to its ReadyForQuery.
@@ -40,11 +40,14 @@ pub struct Answer {
     pub error: Option<(String, String)>,
 }
 
-pub async fn answer(up: &mut Upstream) -> Result<Answer, String> {
+/// `keep_rows`: false reads rows and drops them (a dry run's RETURNING
+/// rows are never held in memory).
+pub async fn answer(up: &mut Upstream, keep_rows: bool) -> Result<Answer, String> {
     let mut out = Answer::default();
     loop {
         let frame = up.recv().await.map_err(|e| e.to_string())?;
         match frame.tag {
+            b'D' if !keep_rows => {}
             b'D' => {
                 // The last statement's rows only.
                 out.rows
@@ -74,7 +77,12 @@ pub async fn answer(up: &mut Upstream) -> Result<Answer, String> {
 /// Runs `text` once over the extended protocol with the agent's exact
 /// parameters (types, formats, values); one statement only, as Parse
 /// refuses several. Results in text.
-pub async fn extended(up: &mut Upstream, text: &str, params: &[proto::Parameter]) -> Result<Answer, String> {
+pub async fn extended(
+    up: &mut Upstream,
+    text: &str,
+    params: &[proto::Parameter],
+    keep_rows: bool,
+) -> Result<Answer, String> {
     let mut buf = BytesMut::new();
     let types: Vec<u32> = params.iter().map(|p| p.type_oid).collect();
     frontend::parse("", text, types, &mut buf).map_err(|e| e.to_string())?;
@@ -99,7 +107,7 @@ pub async fn extended(up: &mut Upstream, text: &str, params: &[proto::Parameter]
     frontend::execute("", 0, &mut buf).map_err(|e| e.to_string())?;
     frontend::sync(&mut buf);
     up.send(&buf).await.map_err(|e| e.to_string())?;
-    answer(up).await
+    answer(up, keep_rows).await
 }
 
 pub fn data_row(mut body: bytes::Bytes) -> Option<Row> {
