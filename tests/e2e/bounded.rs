@@ -320,3 +320,75 @@ async fn over_the_extended_protocol_the_bound_holds_and_the_session_goes_on() {
     assert_eq!(count(&stack, "notes"), 1);
     assert_eq!(count(&stack, "audit"), 13);
 }
+
+/// Review finding: a dry run that changed nothing gave the grant no bounds,
+/// and the statement ran unbounded once rows appeared. Its target is now
+/// bounded at what the dry run saw: nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_that_changed_nothing_bounds_its_target_at_zero() {
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(100)
+            .database_setup(&format!(
+                "{DATABASE}\nCREATE TABLE public.purge_list (order_id int); GRANT ALL ON public.purge_list TO maint; \
+                 ANALYZE public.purge_list;"
+            ))
+            .rules(RULES)
+            .reviewer()
+            .start_binaries()
+    });
+    let agent = stack.agent_token();
+    let (client, mut notices) = stack.connect(&agent).await;
+    let sql = "DELETE FROM orders WHERE id IN (SELECT order_id FROM purge_list)";
+    let run = tokio::spawn(async move { client.simple_query(sql).await });
+    let id = held(&mut notices).await;
+    // The list fills after the reviewer saw "changed no rows".
+    stack.pg.psql(
+        "shop",
+        "INSERT INTO public.purge_list SELECT g FROM generate_series(1, 50) g",
+    );
+    approve(&stack, &id, None).await;
+    let e = run.await.expect("task").expect_err("refused");
+    assert_eq!(sqlstate(&e), "ZA001", "{e:?}");
+    assert!(message(&e).contains("at most 0 rows of public.orders"), "{e:?}");
+    assert_eq!(count(&stack, "orders"), 100);
+}
+
+/// Review finding: the proxy's own statements, sent as simple Queries,
+/// destroyed the client's unnamed prepared statement, so the approved Bind
+/// of a driver that uses it (node-postgres, psycopg, libpq's PQexecParams)
+/// failed. Through node-postgres's unnamed statement: bounded and run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_using_the_unnamed_statement_runs_its_approved_delete_under_bounds() {
+    let stack = start();
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients");
+    assert!(
+        dir.join("node_modules/pg/package.json").is_file(),
+        "Node's pg driver is missing: run ./deploy/local/install-deps.sh (installs it into tests/clients)"
+    );
+    let agent = stack.agent_token();
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join("agent.js"))
+        .args(["pg", &stack.proxy_port.to_string(), &agent])
+        .arg("DELETE FROM orders WHERE id <= $1")
+        .arg("10")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (run ./deploy/local/install-deps.sh)");
+    let alice = stack.user_token(ALICE);
+    let pending = airlock_e2e::review::pending(&mut stack.reviewer().await, &alice, |_| true).await;
+    approve(&stack, &pending.request_id, None).await;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the agent finished")
+        .expect("output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 10", "{out:?}");
+    assert_eq!(count(&stack, "orders"), 90);
+    let ran = export(&stack)
+        .into_iter()
+        .find(|l| l.contains("\"kind\":\"statement_executed\"") && l.contains("DELETE 10"))
+        .expect("the DELETE in the log");
+    assert!(ran.contains("\"bound\""), "it ran under bounds: {ran}");
+}
