@@ -137,6 +137,10 @@ def main():
     if os.path.exists(os.path.join(results, "approval.json")):
         with open(os.path.join(results, "approval.json")) as f:
             approval = json.load(f)
+    unbounded = None
+    if os.path.exists(os.path.join(results, "approval-unbounded.json")):
+        with open(os.path.join(results, "approval-unbounded.json")) as f:
+            unbounded = json.load(f)
     idle = {}
     for t in ("airlock", "pgbouncer"):
         p = os.path.join(results, f"idle-{t}.json")
@@ -305,16 +309,29 @@ def main():
         w.append("| latency | n | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
         w.append("|---|---:|---:|---:|---:|---:|")
         labels = {
-            "release": "decision acknowledged (`Decide` returned) -> agent has its result",
+            "release": "decision acknowledged (`Decide` returned) -> agent has its result (bounded execution included)",
             "visible": "`ApprovalRequested` stored in JetStream -> on a reviewer's `Watch` stream",
+            "listed": "statement sent -> request on a reviewer's `Watch` stream with its estimate",
             "notice": "statement sent -> hold NOTICE at the agent",
             "total": "statement sent -> result at the agent (whole round trip, reviewer included)",
         }
-        for key in ("release", "visible", "notice", "total"):
+        for key in ("release", "visible", "listed", "notice", "total"):
+            if key not in approval:
+                continue
             s = approval[key]
             w.append(f"| {labels[key]} | {s['n']} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} "
                      f"| {s['max_ms']:.2f} |")
+        if unbounded:
+            s = unbounded["release"]
+            w.append(f"| the same release, unbounded (no estimate, so no row bounds) | {s['n']} | {s['p50_ms']:.2f} "
+                     f"| {s['p90_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.2f} |")
         w.append("")
+        if "estimated" in approval:
+            w.append(f"Requests that carried an impact estimate: {approval['estimated']} of {approval['statements']}. "
+                     "Bounded execution's cost is the difference between the two release rows: the proxy's own "
+                     "round trips to PostgreSQL around an approved single-row `DELETE` (count, `BEGIN`, count, "
+                     "`COMMIT`).")
+            w.append("")
         w.append(f"Results that reached the agent before `Decide` returned (counted as 0 ms): "
                  f"{approval['released_before_ack']} of {approval['statements']}. Requests never seen on "
                  f"`Watch`: {approval['not_seen_on_watch']}. Visibility is measured on `Watch`, the push path; "

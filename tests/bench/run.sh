@@ -404,6 +404,16 @@ AIRLOCK_BENCH_OUT="$results/approval.json" \
   cargo bench -q -p airlock-e2e --bench approval >"$state/approval.log" 2>&1 \
   || { echo "run.sh: the approval bench failed; see $state/approval.log" >&2; exit 1; }
 echo "approval $(loadavg)" >>"$results/load.txt"
+# The same, with statements EXPLAIN cannot take: no estimate, no bounds
+# (what bounded execution adds to the release is the difference).
+say "approval round trip, unbounded: $BENCH_APPROVALS held statements"
+AIRLOCK_BENCH_ADDR="127.0.0.1:$PROXY_PORT" AIRLOCK_BENCH_USER=bench-agent AIRLOCK_BENCH_DB=bench \
+AIRLOCK_BENCH_PASSWORD="$AGENT_TOKEN" AIRLOCK_BENCH_REVIEWER_TOKEN="$REVIEWER_TOKEN" \
+AIRLOCK_BENCH_CONTROL="http://127.0.0.1:$CONTROL_PORT" AIRLOCK_BENCH_NATS="nats://127.0.0.1:$NATS_PORT" \
+AIRLOCK_BENCH_STATEMENTS="$BENCH_APPROVALS" AIRLOCK_BENCH_AGENTS="$BENCH_APPROVAL_AGENTS" \
+AIRLOCK_BENCH_APPROVAL_FORM=unbounded AIRLOCK_BENCH_OUT="$results/approval-unbounded.json" \
+  cargo bench -q -p airlock-e2e --bench approval >"$state/approval-unbounded.log" 2>&1 \
+  || { echo "run.sh: the unbounded approval bench failed; see $state/approval-unbounded.log" >&2; exit 1; }
 
 # --- part 3: the event log ------------------------------------------------------
 # Its own throwaway nats-server (the harness's): appends from many concurrent

@@ -9,6 +9,15 @@
 //! * visibility: from JetStream storing `ApprovalRequested` (the stored
 //!   message's timestamp) to the request arriving on a reviewer's `Watch`
 //!   stream. Both clocks are this machine's.
+//! * listed: from the agent sending the statement to the request arriving
+//!   on `Watch`, its impact estimate (EXPLAIN on the proxy's own
+//!   connection) included; `estimated` counts those that carry one.
+//!
+//! `AIRLOCK_BENCH_APPROVAL_FORM=unbounded` sends each DELETE with a second
+//! statement in the same Query, which EXPLAIN cannot take: no estimate, so
+//! the approval carries no row bounds and the release is the plain one.
+//! The default (`bounded`) is one DELETE, estimated, and released under
+//! bounds (bounded execution's own round trips included).
 //!
 //! Environment (all set by run.sh):
 //!   AIRLOCK_BENCH_ADDR, AIRLOCK_BENCH_USER, AIRLOCK_BENCH_DB, AIRLOCK_BENCH_PASSWORD
@@ -74,6 +83,8 @@ struct Held {
     raced: bool,
     /// Statement sent -> result received, the whole round trip.
     total: Duration,
+    /// When the statement was sent, by the wall clock (for `listed`).
+    sent_at: SystemTime,
 }
 
 /// One agent: holds `count` statements one after another, each approved
@@ -84,15 +95,17 @@ async fn agent_loop(
     token: String,
     first_id: i64,
     count: usize,
+    unbounded: bool,
 ) -> Vec<Held> {
     let (client, mut notices) = agent(&config).await;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         // Deletes nothing (the table is empty) but needs approval.
-        let sql = format!(
-            "DELETE FROM airlock_bench_held WHERE id = {}",
-            first_id + i as i64
-        );
+        let mut sql = format!("DELETE FROM airlock_bench_held WHERE id = {}", first_id + i as i64);
+        if unbounded {
+            sql.push_str("; DELETE FROM airlock_bench_held WHERE false");
+        }
+        let sent_at = SystemTime::now();
         let sent = Instant::now();
         let c = client.clone();
         let running = tokio::spawn(async move {
@@ -130,6 +143,7 @@ async fn agent_loop(
             release: done.saturating_duration_since(acknowledged),
             raced: done < acknowledged,
             total: done - sent,
+            sent_at,
         });
     }
     out
@@ -160,7 +174,10 @@ async fn main() {
         .expect("connect to the control plane");
 
     // A reviewer watching every request: when did each new one arrive?
-    let seen: Arc<Mutex<HashMap<String, (SystemTime, u64)>>> = Arc::default();
+    let unbounded = env("AIRLOCK_BENCH_APPROVAL_FORM").as_deref() == Some("unbounded");
+    // When each request arrived, its sequence, and whether it carried an
+    // estimate.
+    let seen: Arc<Mutex<HashMap<String, (SystemTime, u64, bool)>>> = Arc::default();
     let mut watch = reviewer
         .clone()
         .watch(authed(&token, proto::WatchRequest::default()))
@@ -174,11 +191,16 @@ async fn main() {
                 let at = SystemTime::now();
                 let Ok(item) = item else { break };
                 if let Some(event) = &item.event
-                    && matches!(event.body, Some(Body::ApprovalRequested(_)))
+                    && let Some(Body::ApprovalRequested(asked)) = &event.body
                 {
+                    let estimated = asked
+                        .impact
+                        .as_ref()
+                        .and_then(|i| i.estimate.as_ref())
+                        .is_some_and(|e| e.unavailable.is_empty());
                     seen.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(event.request_id.clone(), (at, item.sequence));
+                        .insert(event.request_id.clone(), (at, item.sequence, estimated));
                 }
             }
         })
@@ -201,6 +223,7 @@ async fn main() {
             token.clone(),
             (a * per_agent) as i64 + 1,
             count,
+            unbounded,
         )));
     }
     let mut held = Vec::new();
@@ -215,12 +238,18 @@ async fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut visible = Vec::new();
+    let mut listed = Vec::new();
+    let mut estimated = 0;
     let mut unseen = 0;
     for h in &held {
-        let Some((at, sequence)) = seen.get(&h.request_id) else {
+        let Some((at, sequence, with_estimate)) = seen.get(&h.request_id) else {
             unseen += 1;
             continue;
         };
+        estimated += usize::from(*with_estimate);
+        if let Ok(d) = at.duration_since(h.sent_at) {
+            listed.push(ms(d));
+        }
         let stored = log.get(*sequence).await.expect("read ApprovalRequested");
         let stored_ns = stored.stored_at.unix_timestamp_nanos();
         let at_ns = at
@@ -231,11 +260,13 @@ async fn main() {
     let raced = held.iter().filter(|h| h.raced).count();
     let json = format!(
         "{{\"statements\": {}, \"agents\": {agents}, \"elapsed_s\": {:.2}, \"released_before_ack\": {raced}, \
-         \"not_seen_on_watch\": {unseen},\n {},\n {},\n {},\n {}}}\n",
+         \"not_seen_on_watch\": {unseen}, \"form\": \"{}\", \"estimated\": {estimated},\n {},\n {},\n {},\n {},\n {}}}\n",
         held.len(),
         elapsed.as_secs_f64(),
+        if unbounded { "unbounded" } else { "bounded" },
         summary("release", held.iter().map(|h| ms(h.release)).collect()),
         summary("visible", visible),
+        summary("listed", listed),
         summary("notice", held.iter().map(|h| ms(h.noticed)).collect()),
         summary("total", held.iter().map(|h| ms(h.total)).collect()),
     );
