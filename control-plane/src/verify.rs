@@ -273,6 +273,10 @@ pub struct ReplayReport {
     /// require_approval), and refused ones by cause (policy, denied, ...).
     pub statements_executed: BTreeMap<String, u64>,
     pub statements_refused: BTreeMap<String, u64>,
+    /// Approved statements that ran under row bounds and were committed
+    /// (those rolled back past a bound are in `statements_refused` as
+    /// `bound_exceeded`).
+    pub statements_bounded: u64,
     pub requests: BTreeMap<String, usize>,
     /// Votes by reviewer (keyed by object id).
     pub approvals_by_reviewer: BTreeMap<String, ReviewerSummary>,
@@ -302,6 +306,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
     let mut events = 0u64;
     let mut executed: BTreeMap<String, u64> = BTreeMap::new();
     let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+    let mut bounded = 0u64;
     let mut reviewers: BTreeMap<String, ReviewerSummary> = BTreeMap::new();
     let mut identities: BTreeMap<String, IdentitySummary> = BTreeMap::new();
     // Session -> identity, from SessionOpened (events of a session follow it).
@@ -329,6 +334,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
                 // A group counts as the statements it records.
                 for x in airlock_eventlog::executed_statements(&e.event) {
                     shadow.count(x.statement.verdict.as_ref());
+                    bounded += u64::from(x.statement.bound.is_some());
                     let action = x
                         .statement
                         .verdict
@@ -389,6 +395,7 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
         sessions_closed: fold.sessions.len() - open,
         statements_executed: executed,
         statements_refused: refused,
+        statements_bounded: bounded,
         requests,
         approvals_by_reviewer: reviewers,
         identities,

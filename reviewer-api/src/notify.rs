@@ -103,6 +103,36 @@ fn statement_text(n: &Notification) -> String {
         .unwrap_or_default()
 }
 
+/// What the statement would touch, in one line: the dry run's counts, else
+/// the estimate, else why there is neither.
+fn impact_line(asked: &proto::ApprovalRequested) -> String {
+    let rows = |tables: &[proto::TableRows]| {
+        tables
+            .iter()
+            .map(|t| format!("{} rows of {}", t.rows, t.table))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let impact = asked.impact.clone().unwrap_or_default();
+    match (impact.dry_run, impact.estimate) {
+        (Some(d), _) if d.unavailable.is_empty() => format!("dry run changed: {}", rows(&d.tables)),
+        (_, Some(e)) if e.unavailable.is_empty() && !e.tables.is_empty() => {
+            format!("estimate: about {}", rows(&e.tables))
+        }
+        (_, Some(e)) if !e.unavailable.is_empty() => e.unavailable,
+        _ => "no estimate".into(),
+    }
+}
+
+/// The agent's reason, labelled as its own claim; empty when none.
+fn reason_line(asked: &proto::ApprovalRequested) -> String {
+    if asked.agent_reason.is_empty() {
+        String::new()
+    } else {
+        format!("agent says (unverified): {}", clip(&asked.agent_reason, 500))
+    }
+}
+
 /// Slack mrkdwn: `&`, `<` and `>` are control characters there.
 fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -126,7 +156,7 @@ pub fn slack_payload(n: &Notification) -> Value {
     // A code block cannot be closed early by the statement's own backticks.
     let sql = slack_escape(&clip(&statement_text(n), 2500)).replace("```", "`\u{200b}``");
     let asked = n.view.request.clone().unwrap_or_default();
-    let rule = asked.verdict.unwrap_or_default();
+    let rule = asked.verdict.clone().unwrap_or_default();
     json!({
         "text": format!("{} — {}", slack_escape(&title), n.link),
         "blocks": [
@@ -134,6 +164,8 @@ pub fn slack_payload(n: &Notification) -> Value {
             {"type": "section", "text": {"type": "mrkdwn", "text": format!("```{sql}```")}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&format!(
                 "request {} · policy {} · rule {} · {}", n.view.request_id, rule.policy, rule.rule, rule.reason))}]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&[impact_line(&asked), reason_line(&asked)]
+                .iter().filter(|l| !l.is_empty()).cloned().collect::<Vec<_>>().join(" · "))}]},
             {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in Airlock"},
                 "url": n.link}]}
         ]
@@ -164,6 +196,8 @@ pub fn teams_payload(n: &Notification) -> Value {
                         {"title": "Connection", "value": asked.connection.as_ref().map(|c| c.name.clone()).unwrap_or_default()},
                         {"title": "Rule", "value": format!("{} {}", rule.policy, rule.rule)},
                         {"title": "Reason", "value": rule.reason},
+                        {"title": "Impact", "value": impact_line(&asked)},
+                        {"title": "Agent's reason (unverified)", "value": clip(&asked.agent_reason, 500)},
                         {"title": "Approvals", "value": format!("{} of {}", json::approvals_given(&n.view), asked.approvals_required)}
                     ]}
                 ],
@@ -572,6 +606,18 @@ mod tests {
                         ..Default::default()
                     }),
                     approvals_required: 1,
+                    impact: Some(proto::Impact {
+                        estimate: Some(proto::ImpactEstimate {
+                            tables: vec![proto::TableRows {
+                                table: "public.t".into(),
+                                rows: 3,
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }),
+                        dry_run: None,
+                    }),
+                    agent_reason: "ticket <42>".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -605,8 +651,17 @@ mod tests {
             teams["attachments"][0]["content"]["actions"][0]["url"],
             "https://airlock.example/requests/01REQ"
         );
+        // The facts a reviewer decides on, and the agent's own words as
+        // such, escaped.
+        assert!(slack.contains("estimate: about 3 rows of public.t"), "{slack}");
+        assert!(
+            slack.contains("agent says (unverified): ticket &lt;42&gt;"),
+            "{slack}"
+        );
+        assert!(teams.to_string().contains("Agent's reason (unverified)"));
         let generic = generic_payload(&n);
         assert_eq!(generic["type"], "request.created");
+        assert_eq!(generic["request"]["impact"]["estimate"]["tables"][0]["rows"], 3);
         assert_eq!(
             generic["request"]["statement"]["text"],
             "DELETE FROM t WHERE note = '```<b>&'"

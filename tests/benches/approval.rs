@@ -42,6 +42,10 @@ use tokio::sync::mpsc;
 
 type Reviewer = proto::reviewer_service_client::ReviewerServiceClient<tonic::transport::Channel>;
 
+/// When a request arrived on `Watch`, its stream sequence, and whether it
+/// carried an impact estimate.
+type Arrival = (SystemTime, u64, bool);
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -101,7 +105,10 @@ async fn agent_loop(
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         // Deletes nothing (the table is empty) but needs approval.
-        let mut sql = format!("DELETE FROM airlock_bench_held WHERE id = {}", first_id + i as i64);
+        let mut sql = format!(
+            "DELETE FROM airlock_bench_held WHERE id = {}",
+            first_id + i as i64
+        );
         if unbounded {
             sql.push_str("; DELETE FROM airlock_bench_held WHERE false");
         }
@@ -177,7 +184,7 @@ async fn main() {
     let unbounded = env("AIRLOCK_BENCH_APPROVAL_FORM").as_deref() == Some("unbounded");
     // When each request arrived, its sequence, and whether it carried an
     // estimate.
-    let seen: Arc<Mutex<HashMap<String, (SystemTime, u64, bool)>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, Arrival>>> = Arc::default();
     let mut watch = reviewer
         .clone()
         .watch(authed(&token, proto::WatchRequest::default()))

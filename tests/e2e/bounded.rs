@@ -200,6 +200,12 @@ async fn rows_that_appear_after_approval_are_refused_and_a_raised_bound_runs() {
     );
     let ran = event("statement_executed", "DELETE 15");
     assert!(ran.contains("\"max_rows\":\"20\""), "{ran}");
+    // And replay counts them.
+    let out = stack.control_command(&["replay"]).output().expect("replay");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("replay JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["statements_refused"]["bound_exceeded"], 2, "{report}");
+    assert_eq!(report["statements_bounded"], 1, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
