@@ -271,7 +271,7 @@ fn check_bounds(vote: &Vote, asked: &proto::ApprovalRequested) -> Result<(), Dec
     }
     for (i, b) in vote.max_rows.iter().enumerate() {
         let table = b.table.trim();
-        if table.is_empty() || table.len() > 200 || table != b.table {
+        if table.is_empty() || table.len() > 200 || table != b.table || table.contains('*') {
             return Err(DecideError::BadBounds(format!(
                 "{:?} is not a table name (schema.table, as the request shows it)",
                 b.table
@@ -379,6 +379,8 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
             reason: denial.reason.clone(),
         })
     } else if request.approvals() >= asked.approvals_required.max(1) as usize {
+        let granted = bounds(asked, &request.view.votes);
+        let every_table = airlock_proto::bounds::measured(asked).0;
         let mut approvers: Vec<proto::Approver> = Vec::new();
         for v in &request.view.votes {
             let subject = v.reviewer.as_ref().map(|r| r.subject.as_str());
@@ -401,14 +403,12 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
                 .as_ref()
                 .map(|s| s.sha256.clone())
                 .unwrap_or_default(),
-            bounds: bounds(asked, &request.view.votes),
-            // Bounded when anything was measured or a reviewer set a bound;
-            // strict about other tables when a dry run showed them all.
-            bounded: {
-                let (dry, estimate) = airlock_proto::bounds::measured(asked);
-                dry || estimate || request.view.votes.iter().any(|v| !v.max_rows.is_empty())
-            },
-            every_table: airlock_proto::bounds::measured(asked).0,
+            bounds: granted.clone(),
+            // Bounded when a table is bounded, or a dry run showed every
+            // table it changes (then any other may change no row); never
+            // "bounded" with nothing to check.
+            bounded: !granted.is_empty() || every_table,
+            every_table,
         })
     } else if past(asked.deadline.as_ref(), now) {
         Body::ApprovalExpired(proto::ApprovalExpired {

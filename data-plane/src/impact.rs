@@ -64,17 +64,13 @@ pub async fn estimate(
     // The login counts against the budget too, with a second of grace
     // for the answer after PostgreSQL's own timeout.
     let budget = limits.estimate + Duration::from_secs(1);
-    let plan = match tokio::time::timeout(budget, explain(upstream, statement, limits.estimate)).await {
-        Err(_) => return unavailable(format!("no estimate within {}", secs(budget))),
-        Ok(Err(e)) => return unavailable(format!("no estimate: {e}")),
-        Ok(Ok(plan)) => plan,
-    };
-    match read_plan(&plan) {
-        Some(mut e) => {
+    match tokio::time::timeout(budget, explain(upstream, statement, limits.estimate)).await {
+        Err(_) => unavailable(format!("no estimate within {}", secs(budget))),
+        Ok(Err(e)) => unavailable(format!("no estimate: {e}")),
+        Ok(Ok(mut e)) => {
             e.took = prost_types::Duration::try_from(started.elapsed()).ok();
             e
         }
-        None => unavailable("no estimate: PostgreSQL's plan could not be read".into()),
     }
 }
 
@@ -132,7 +128,7 @@ async fn explain(
     upstream: &UpstreamConfig,
     statement: &proto::Statement,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<proto::ImpactEstimate, String> {
     let mut up = side_connection(upstream).await?;
     let result = async {
         simple(
@@ -148,12 +144,36 @@ async fn explain(
         if let Some((sqlstate, message)) = answer.error {
             return Err(failure(&sqlstate, &message));
         }
-        answer
+        let plan = answer
             .rows
             .into_iter()
             .next()
             .and_then(|r| r.into_iter().next().flatten())
-            .ok_or_else(|| "EXPLAIN returned no plan".to_owned())
+            .ok_or_else(|| "EXPLAIN returned no plan".to_owned())?;
+        let mut estimate = read_plan(&plan).ok_or_else(|| "PostgreSQL's plan could not be read".to_owned())?;
+        // Each target under the name its rows are counted by: a partition
+        // or an inheritance child as its topmost parent (as COUNTS names
+        // it); a target whose rows are never counted is no estimate.
+        let mut tables: Vec<proto::TableRows> = Vec::new();
+        for t in std::mem::take(&mut estimate.tables) {
+            let (schema, name) = t.table.split_once('.').unwrap_or(("", &t.table));
+            let rows = simple(&mut up, &canonical_query(schema, name)).await?;
+            let row = rows.into_iter().next().unwrap_or_default();
+            let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let (canonical, kind) = (field(0), field(1));
+            if canonical.is_empty() || !matches!(kind.as_str(), "r" | "p") {
+                return Err(format!(
+                    "its target {} is not a table whose rows PostgreSQL counts (a view, a foreign table, ...)",
+                    t.table
+                ));
+            }
+            match tables.iter_mut().find(|e| e.table == canonical) {
+                Some(e) => e.rows += t.rows,
+                None => tables.push(proto::TableRows { table: canonical, ..t }),
+            }
+        }
+        estimate.tables = tables;
+        Ok(estimate)
     }
     .await;
     let _ = up.send(&[b'X', 0, 0, 0, 4]).await;
@@ -204,6 +224,11 @@ async fn try_and_roll_back(
             };
             return Err((why, sqlstate));
         }
+        // Deferred constraint triggers would fire only at a COMMIT that
+        // never comes: fired now, so what they write counts too.
+        simple(&mut up, "SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .map_err(|e| (format!("the dry run failed: {e}"), String::new()))?;
         let after = counts(&mut up).await.map_err(|e| (e, String::new()))?;
         Ok((answer.tags.join("; "), changed(&before, &after)))
     }
@@ -221,15 +246,47 @@ async fn try_and_roll_back(
     }
 }
 
-/// Per-table counts of this transaction's writes: a partition's count
-/// under its partitioned table, as `schema.table`. Run inside the agent's
-/// session too, so every function and operator is `pg_catalog`'s by name:
-/// the session's search path cannot put others in their place.
-pub(crate) const COUNTS: &str = "SELECT pg_catalog.concat(n.nspname, '.', c.relname), s.n_tup_ins, s.n_tup_upd, s.n_tup_del \
+/// Per-table counts of this transaction's writes, as `schema.table`: a
+/// partition's, or an inheritance child's, under its topmost parent. Run
+/// inside the agent's session too, so every function and operator is
+/// `pg_catalog`'s by name: the session's search path cannot put others in
+/// their place.
+pub(crate) const COUNTS: &str = "WITH RECURSIVE up(relid, top, depth) AS ( \
+       SELECT s.relid, s.relid, 0 FROM pg_catalog.pg_stat_xact_user_tables s \
+       UNION ALL \
+       SELECT up.relid, i.inhparent, up.depth OPERATOR(pg_catalog.+) 1 \
+         FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) up.top \
+        WHERE up.depth OPERATOR(pg_catalog.<) 64) \
+     SELECT pg_catalog.concat(n.nspname, '.', c.relname), s.n_tup_ins, s.n_tup_upd, s.n_tup_del \
      FROM pg_catalog.pg_stat_xact_user_tables s \
-     JOIN pg_catalog.pg_class c \
-       ON c.oid OPERATOR(pg_catalog.=) COALESCE(pg_catalog.pg_partition_root(s.relid), s.relid) \
+     JOIN LATERAL (SELECT up.top FROM up WHERE up.relid OPERATOR(pg_catalog.=) s.relid \
+                   ORDER BY up.depth DESC LIMIT 1) r ON true \
+     JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.top \
      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace";
+
+/// The name [`COUNTS`] gives the rows of the relation `schema`.`name`, and
+/// the relation's kind (`r` table, `p` partitioned table, ...).
+fn canonical_query(schema: &str, name: &str) -> String {
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    format!(
+        "WITH RECURSIVE up(top, depth) AS ( \
+           SELECT c.oid, 0 FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+            WHERE n.nspname OPERATOR(pg_catalog.=) {} AND c.relname OPERATOR(pg_catalog.=) {} \
+           UNION ALL \
+           SELECT i.inhparent, up.depth OPERATOR(pg_catalog.+) 1 \
+             FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) up.top \
+            WHERE up.depth OPERATOR(pg_catalog.<) 64) \
+         SELECT pg_catalog.concat(n.nspname, '.', c.relname), \
+                (SELECT o.relkind::text FROM up u JOIN pg_catalog.pg_class o ON o.oid OPERATOR(pg_catalog.=) u.top \
+                  WHERE u.depth OPERATOR(pg_catalog.=) 0) \
+           FROM (SELECT top FROM up ORDER BY depth DESC LIMIT 1) t \
+           JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.top \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
+        literal(schema),
+        literal(name)
+    )
+}
 
 /// Inserted, updated, deleted.
 pub(crate) type Counts = BTreeMap<String, [u64; 3]>;
@@ -294,7 +351,9 @@ pub(crate) fn read_plan(json: &str) -> Option<proto::ImpactEstimate> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let top = v.get(0)?.get("Plan")?;
     let mut tables: BTreeMap<String, f64> = BTreeMap::new();
-    let mut stack = vec![top];
+    // Every plan: a rule adds plans of its own (an ALSO rule's before the
+    // statement's own).
+    let mut stack: Vec<&serde_json::Value> = v.as_array()?.iter().filter_map(|p| p.get("Plan")).collect();
     while let Some(node) = stack.pop() {
         if node.get("Node Type").and_then(|t| t.as_str()) == Some("ModifyTable") {
             let target = node

@@ -133,6 +133,22 @@ fn reason_line(asked: &proto::ApprovalRequested) -> String {
     }
 }
 
+/// Teams renders Markdown in card text: the agent's words must not become
+/// links or formatting.
+fn markdown_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '[' | ']' | '(' | ')' | '*' | '_' | '`' | '#' | '<' | '>' | '!' | '~'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Slack mrkdwn: `&`, `<` and `>` are control characters there.
 fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -162,10 +178,12 @@ pub fn slack_payload(n: &Notification) -> Value {
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", slack_escape(&title))}},
             {"type": "section", "text": {"type": "mrkdwn", "text": format!("```{sql}```")}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&format!(
-                "request {} · policy {} · rule {} · {}", n.view.request_id, rule.policy, rule.rule, rule.reason))}]},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&[impact_line(&asked), reason_line(&asked)]
-                .iter().filter(|l| !l.is_empty()).cloned().collect::<Vec<_>>().join(" · "))}]},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": slack_escape(&format!(
+                    "request {} · policy {} · rule {} · {}", n.view.request_id, rule.policy, rule.rule, rule.reason))},
+                {"type": "mrkdwn", "text": slack_escape(&[impact_line(&asked), reason_line(&asked)]
+                    .iter().filter(|l| !l.is_empty()).cloned().collect::<Vec<_>>().join(" · "))}
+            ]},
             {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in Airlock"},
                 "url": n.link}]}
         ]
@@ -197,7 +215,7 @@ pub fn teams_payload(n: &Notification) -> Value {
                         {"title": "Rule", "value": format!("{} {}", rule.policy, rule.rule)},
                         {"title": "Reason", "value": rule.reason},
                         {"title": "Impact", "value": impact_line(&asked)},
-                        {"title": "Agent's reason (unverified)", "value": clip(&asked.agent_reason, 500)},
+                        {"title": "Agent's reason (unverified)", "value": markdown_escape(&clip(&asked.agent_reason, 500))},
                         {"title": "Approvals", "value": format!("{} of {}", json::approvals_given(&n.view), asked.approvals_required)}
                     ]}
                 ],
@@ -659,6 +677,16 @@ mod tests {
             "{slack}"
         );
         assert!(teams.to_string().contains("Agent's reason (unverified)"));
+        // Review finding: Teams renders Markdown; the agent's words stay text.
+        let mut linked = notification();
+        if let Some(r) = linked.view.request.as_mut() {
+            r.agent_reason = "[Approve now](https://evil.example)".into();
+        }
+        let card = teams_payload(&linked).to_string();
+        assert!(
+            card.contains("\\\\[Approve now\\\\]\\\\(https://evil.example\\\\)"),
+            "{card}"
+        );
         let generic = generic_payload(&n);
         assert_eq!(generic["type"], "request.created");
         assert_eq!(generic["request"]["impact"]["estimate"]["tables"][0]["rows"], 3);

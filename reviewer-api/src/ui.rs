@@ -595,6 +595,11 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                             }
                         }
                     }
+                } @else {
+                    p.warning.unbounded {
+                        "Nothing was measured of this statement and it names no table to bound: approving runs it \
+                         whatever it changes."
+                    }
                 }
                 div.actions {
                     button.approve #approve type="submit" name="decision" value="approve" { "Approve" }

@@ -398,3 +398,43 @@ async fn a_driver_using_the_unnamed_statement_runs_its_approved_delete_under_bou
         .expect("the DELETE in the log");
     assert!(ran.contains("\"bound\""), "it ran under bounds: {ran}");
 }
+
+/// Review finding: the estimate named a leaf partition while the counters
+/// named its partitioned table, so an estimate-only bound never tripped.
+/// Both now name the topmost parent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bound_on_a_leaf_partition_counts_the_rows_it_really_changes() {
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .database_setup(
+                "CREATE TABLE public.events (id int, note text) PARTITION BY RANGE (id);
+                 CREATE TABLE public.events_1 PARTITION OF public.events FOR VALUES FROM (0) TO (1000);
+                 INSERT INTO public.events SELECT g, 'x' FROM generate_series(1, 500) g;
+                 GRANT ALL ON public.events, public.events_1 TO maint;
+                 ANALYZE public.events;",
+            )
+            .rules(
+                "      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+",
+            )
+            .reviewer()
+            .start_binaries()
+    });
+    let agent = stack.agent_token();
+    let (client, mut notices) = stack.connect(&agent).await;
+    let run = tokio::spawn(async move { client.simple_query("DELETE FROM events_1 WHERE id <= 2").await });
+    let id = held(&mut notices).await;
+    // Rows matching it appear: far past twice the estimate plus ten.
+    stack.pg.psql(
+        "shop",
+        "INSERT INTO public.events SELECT 1, 'late' FROM generate_series(1, 100)",
+    );
+    approve(&stack, &id, None).await;
+    let e = run.await.expect("task").expect_err("refused");
+    assert_eq!(sqlstate(&e), "ZA001", "{e:?}");
+    assert!(message(&e).contains("rows of public.events;"), "{e:?}");
+    assert_eq!(count(&stack, "events"), 600);
+}

@@ -192,6 +192,9 @@ pub(super) struct InFlightQueue {
     batch_changes_reading: bool,
     /// For each Sync in `items`, in order: whether its batch ran one.
     syncs_after_change: VecDeque<bool>,
+    /// A held-back Execute PostgreSQL skipped (an earlier error in its
+    /// batch), for the reading side, which waits for it.
+    skipped_held: Option<Running>,
 }
 
 impl InFlightQueue {
@@ -239,6 +242,11 @@ impl InFlightQueue {
         }
     }
 
+    /// A held-back Execute that PostgreSQL skipped, once.
+    pub fn take_skipped_held(&mut self) -> Option<Running> {
+        self.skipped_held.take()
+    }
+
     /// A Query of the proxy's own is what PostgreSQL answers now.
     pub fn own_front(&mut self) -> Option<&mut Own> {
         match self.items.front_mut() {
@@ -278,6 +286,13 @@ impl InFlightQueue {
                 }
                 InFlight::Substitute { boundary: true, .. } => return Ready::Batch,
                 InFlight::Own(o) => return Ready::Own(o),
+                InFlight::Extended(mut r) if r.held_back.is_some() => {
+                    r.error = Some((
+                        "26000".into(),
+                        "PostgreSQL skipped it after an earlier error in its batch".into(),
+                    ));
+                    self.skipped_held = Some(r);
+                }
                 InFlight::Extended(_) | InFlight::Substitute { boundary: false, .. } => {}
             }
         }

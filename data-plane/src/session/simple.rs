@@ -29,6 +29,10 @@ impl ToUpstream {
             };
         } else if let Some(why) = ctx.session_refusal(&sql, &judgement) {
             judgement.action = Action::Deny { message: why.into() };
+        } else if judgement.sql_names.iter().any(|n| n.starts_with("airlock:")) {
+            judgement.action = Action::Deny {
+                message: "statement names starting with \"airlock:\" are reserved".into(),
+            };
         } else if judgement.sql_names.iter().any(|n| ctx.names().has_statement(n)) {
             judgement.action = Action::Deny {
                 message: "this name belongs to a statement prepared through the extended protocol; use another name".into(),

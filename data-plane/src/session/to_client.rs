@@ -256,6 +256,22 @@ fn observe(
             ctx.described().waiting.clear();
             // The end of a Query or of a batch: settle everything up to it.
             let ended = queue(queue_).ready();
+            // A bounded Execute skipped after an error: the reading side
+            // waits for its answer, which is that it did not run.
+            let skipped = queue(queue_).take_skipped_held();
+            if let Some(mut running) = skipped
+                && let Some(tx) = running.held_back.take()
+            {
+                let answer = HeldBack {
+                    frames: BytesMut::new(),
+                    overflowed: false,
+                    status: frame.body.first().copied().unwrap_or(b'E'),
+                    running,
+                };
+                if let Err(back) = tx.send(answer) {
+                    ctx.finish(back.running);
+                }
+            }
             let own = matches!(ended, Ready::OwnSync);
             match ended {
                 Ready::Query(r) if r.held_back.is_some() => {
