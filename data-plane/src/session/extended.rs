@@ -235,6 +235,9 @@ impl ToUpstream {
         if let Some((bounds, opened)) = bounded {
             self.pending_bound = Some(super::bounded::PendingBound::new(portal.clone(), bounds, opened));
         }
+        // A Sync of the proxy's own may have ended the batch before it; this
+        // Bind opens the client's next one.
+        self.batch = Batch::Runs;
         self.ctx.names().bind(portal, bound);
         frame.encode(&mut self.out);
         Ok(())
