@@ -143,6 +143,16 @@ impl BeMessage<'_> {
 }
 
 /// Fields of an ErrorResponse or NoticeResponse from the upstream, by code.
+/// One field of a parsed ErrorResponse or NoticeResponse (`C` the
+/// SQLSTATE, `M` the message, ...); empty when it has none.
+pub fn diagnostic_field(fields: &[(u8, String)], code: u8) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| *k == code)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
 pub fn parse_diagnostic_fields(body: &[u8]) -> Vec<(u8, String)> {
     let mut out = Vec::new();
     let mut rest = body;

@@ -15,7 +15,7 @@ mod frame;
 mod frontend;
 mod wire;
 
-pub use backend::{BeMessage, Diagnostic, Severity, TxStatus, parse_diagnostic_fields};
+pub use backend::{BeMessage, Diagnostic, Severity, TxStatus, diagnostic_field, parse_diagnostic_fields};
 pub use frame::{FeStartup, Frame, FrameReader, Limits, ReadError, decode_frame, decode_startup};
 pub use frontend::FeMessage;
 

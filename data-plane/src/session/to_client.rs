@@ -349,13 +349,7 @@ fn own(ctx: &Ctx, queue_: &Queue, frame: &Frame) -> bool {
         },
         b'E' => {
             let fields = parse_diagnostic_fields(&frame.body);
-            let get = |c: u8| {
-                fields
-                    .iter()
-                    .find(|(k, _)| *k == c)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let get = |c: u8| crate::codec::diagnostic_field(&fields, c);
             if own.answer.error.is_none() {
                 own.answer.error = Some((get(b'C'), get(b'M')));
                 own.answer.error_frame = Some(frame.to_bytes());

@@ -7,7 +7,7 @@ use postgres_protocol::IsNull;
 use postgres_protocol::message::frontend;
 
 use super::Upstream;
-use crate::codec::parse_diagnostic_fields;
+use crate::codec::{diagnostic_field, parse_diagnostic_fields};
 use airlock_eventlog::proto;
 
 pub type Row = Vec<Option<String>>;
@@ -59,13 +59,7 @@ pub async fn answer(up: &mut Upstream, keep_rows: bool) -> Result<Answer, String
             ),
             b'E' => {
                 let fields = parse_diagnostic_fields(&frame.body);
-                let get = |c: u8| {
-                    fields
-                        .iter()
-                        .find(|(k, _)| *k == c)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
+                let get = |c: u8| diagnostic_field(&fields, c);
                 out.error.get_or_insert((get(b'C'), get(b'M')));
             }
             b'Z' => return Ok(out),
