@@ -569,11 +569,13 @@ impl Gate for PolicyGate {
             let text_only = airlock_policy::ClassifyContext {
                 default_schema: schema,
                 prepared: &state.prepared,
-                max_statement_bytes: airlock_policy::DEFAULT_MAX_STATEMENT_BYTES,
+                // Judged already within the policy's limit: read it whole.
+                max_statement_bytes: usize::MAX,
                 catalog: Catalog::Assumed,
                 session: names_before,
             };
-            airlock_policy::classify(sql, &text_only)
+            let c = airlock_policy::classify(sql, &text_only);
+            let mut calls: Vec<String> = c
                 .effects
                 .into_iter()
                 .filter(|e| {
@@ -583,7 +585,12 @@ impl Gate for PolicyGate {
                     )
                 })
                 .flat_map(|e| e.functions)
-                .collect()
+                .collect();
+            if c.unparsed.is_some() || c.oversized.is_some() {
+                // Not read whole: whatever it calls is unknown.
+                calls.push("code the parser could not read".into());
+            }
+            calls
         } else {
             Vec::new()
         };
