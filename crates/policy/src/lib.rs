@@ -99,6 +99,7 @@ pub mod classify;
 pub mod config;
 mod error;
 pub mod facts;
+pub mod fingerprint;
 pub mod functions;
 mod glob;
 pub mod ident;

@@ -490,6 +490,29 @@ fn classify_text(sql: &str, ctx: &ClassifyContext<'_>) -> Classification {
     out
 }
 
+/// `sql` parsed as exactly one statement, read as the classifier reads it
+/// (for fingerprints); else why not.
+pub(crate) fn parse_one(sql: &str) -> Result<sqlparser::ast::Statement, String> {
+    if contains_unicode_escaped_identifier(sql) {
+        return Err("Unicode-escaped identifiers are not supported".into());
+    }
+    let tokens = match lexing::read(sql) {
+        lexing::Reading::Agreed(tokens) => tokens,
+        lexing::Reading::Refused(e) => return Err(ParserError::from(e).to_string()),
+        lexing::Reading::Disagreed(why) => return Err(why),
+    };
+    let mut statements = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|e| e.to_string())?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        0 => Err("no statement".into()),
+        _ => Err("several statements: a shape is of one".into()),
+    }
+}
+
 fn contains_unicode_escaped_identifier(sql: &str) -> bool {
     sql.as_bytes()
         .windows(3)
