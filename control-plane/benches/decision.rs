@@ -204,6 +204,7 @@ fn main() {
                     reason: "bench".into(),
                     statement_sha256: vec![],
                     max_rows: vec![],
+                    scope: None,
                 }))
                 .await
                 .expect("decide");

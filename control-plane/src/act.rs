@@ -125,6 +125,9 @@ async fn append_vote(
         if let Some(v) = voted {
             // Read your writes: the caller's next view includes the vote.
             live.wait_for(head.sequence, CATCH_UP).await;
+            // A grant in scope follows the approval at once (else the next
+            // reconcile issues it).
+            issue_grant(live, log, &vote.request_id, source).await;
             return Ok(v);
         }
     }
@@ -184,7 +187,82 @@ pub async fn reconcile(live: &Live, log: &EventLog, source: &proto::Source, pres
             appended += 1;
         }
     }
+    // Grants earned and not yet issued, and grants past their expiry.
+    let folded = live.sequence();
+    let grants = live.read(|s| crate::grants::grants_due(s, SystemTime::now(), source));
+    for (id, event, last) in grants {
+        let Ok(gid) = RequestId::parse(&id) else { continue };
+        if append_if_unmoved(live, log, &subjects::grant(&gid), event, last, folded).await {
+            appended += 1;
+        }
+    }
     appended
+}
+
+/// Appends the GrantIssued request `id` has earned, if it has and the
+/// fold shows none yet (the subject must be empty: one grant per request).
+async fn issue_grant(live: &Live, log: &EventLog, id: &str, source: &proto::Source) {
+    let Ok(gid) = RequestId::parse(id) else { return };
+    let folded = live.sequence();
+    let due = live.read(|s| s.request(id).and_then(|r| crate::grants::issue_due(s, r, source)));
+    if let Some(event) = due
+        && append_if_unmoved(live, log, &subjects::grant(&gid), event, 0, folded).await
+    {
+        tracing::info!(grant = %id, "grant issued");
+    }
+}
+
+/// Why a revocation did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeActError {
+    #[error(transparent)]
+    Refused(#[from] crate::grants::RevokeError),
+    #[error("the event log: {0}")]
+    Log(#[from] LogError),
+    #[error("this replica has not caught up with the log; retry")]
+    Lagging,
+    #[error("the grant kept changing while revoking; retry")]
+    Contended,
+}
+
+/// Judges and appends the revocation of grant `id` by `who`, under
+/// optimistic concurrency on the grant's subject: a use claimed meanwhile
+/// moves it, and the revocation is judged again after it.
+pub async fn revoke(
+    live: &Live,
+    log: &EventLog,
+    id: &str,
+    who: &proto::Identity,
+    reason: &str,
+    source: &proto::Source,
+) -> Result<proto::GrantView, RevokeActError> {
+    let gid = RequestId::parse(id).map_err(|_| crate::grants::RevokeError::Unknown(id.to_owned()))?;
+    let subject = subjects::grant(&gid);
+    for _ in 0..10 {
+        let mut head = log.head(&subject).await?;
+        if !live.wait_for(head.sequence, CATCH_UP).await {
+            return Err(RevokeActError::Lagging);
+        }
+        let (mut event, _) = live.read(|s| crate::grants::revoke(s, id, who, reason, source))?;
+        trace::stamp(&mut event);
+        head.index = head.index.max(live.chain_index(&subject));
+        link(&mut event, &head);
+        match log
+            .append(&subject, &event, Expect::LastSequence(head.sequence))
+            .await
+        {
+            Ok(appended) => {
+                live.wait_for(appended.sequence, CATCH_UP).await;
+                tracing::info!(grant = %id, by = %who.subject, "grant revoked");
+                return Ok(live
+                    .read(|s| s.grants.get(id).map(|g| g.view.clone()))
+                    .unwrap_or_default());
+            }
+            Err(LogError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RevokeActError::Contended)
 }
 
 /// Appends one due outcome on the request's decision subject: see

@@ -46,6 +46,8 @@ pub struct Vote {
     /// With an approval: the most rows of each table the statement may
     /// change (empty: the default, see [`bounds`]).
     pub max_rows: Vec<proto::TableBound>,
+    /// With an approval: what else it allows (a grant; see `grants`).
+    pub scope: Option<proto::GrantScope>,
 }
 
 /// The most row bounds one approval may set.
@@ -85,6 +87,8 @@ pub enum DecideError {
     NoDecision,
     #[error("max_rows: {0}")]
     BadBounds(String),
+    #[error("scope: {0}")]
+    BadScope(String),
     #[error(
         "the session holding request {request_id} has ended ({why}): nothing waits for a decision, and the request is being cancelled"
     )]
@@ -222,6 +226,9 @@ pub fn decide(
         return Err(DecideError::NoDecision);
     }
     check_bounds(vote, asked)?;
+    if let Some(scope) = &vote.scope {
+        crate::grants::check_scope(scope, vote.decision, asked)?;
+    }
 
     let approvals = request.approvals() + usize::from(vote.decision == proto::Decision::Approve);
     let required = asked.approvals_required.max(1);
@@ -235,6 +242,7 @@ pub fn decide(
             approvals: approvals as u32,
             approvals_required: required,
             max_rows: vote.max_rows.clone(),
+            scope: vote.scope.clone(),
         }),
     );
     voted.request_id = vote.request_id.clone();
@@ -248,6 +256,7 @@ pub fn decide(
         reason: vote.reason.clone(),
         time: voted.time,
         max_rows: vote.max_rows.clone(),
+        scope: vote.scope.clone(),
     });
     let mut events = vec![voted];
     events.extend(due_outcome(&after, now, source));

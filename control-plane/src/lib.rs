@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod export;
+pub mod grants;
 pub mod grpc;
 pub mod live;
 pub mod metrics;

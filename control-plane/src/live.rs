@@ -255,7 +255,14 @@ impl Live {
                 (SubjectKind::Request(id), _) => {
                     self.read(|s| s.request(id).map(|r| r.requested().proxy_id.clone()))
                 }
-                (SubjectKind::Decision(_) | SubjectKind::Checkpoint | SubjectKind::Other, _) => None,
+                // Any proxy may use a grant: its subject has no owner.
+                (
+                    SubjectKind::Decision(_)
+                    | SubjectKind::Grant(_)
+                    | SubjectKind::Checkpoint
+                    | SubjectKind::Other,
+                    _,
+                ) => None,
             };
             if let Some(owner) = owner
                 && owner != writer

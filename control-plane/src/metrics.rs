@@ -58,7 +58,11 @@ impl Outcome {
             | Body::SessionKillRequested(_)
             | Body::SessionClosed(_)
             | Body::PolicyLoaded(_)
-            | Body::Checkpoint(_) => None,
+            | Body::Checkpoint(_)
+            | Body::GrantIssued(_)
+            | Body::GrantUsed(_)
+            | Body::GrantRevoked(_)
+            | Body::GrantExpired(_) => None,
         }
     }
 }

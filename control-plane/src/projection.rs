@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use airlock_eventlog::StoredEvent;
 use airlock_eventlog::proto::{self, event::Body};
 use airlock_eventlog::subjects::{SubjectKind, classify};
+use airlock_eventlog::{ChainHead, StoredEvent};
 use prost_types::Timestamp;
 
 /// One approval request, as folded.
@@ -78,6 +78,44 @@ pub struct ProxyView {
     pub last_seen: Option<Timestamp>,
 }
 
+/// One grant (an approval in scope), as folded from its subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub view: proto::GrantView,
+    /// The GrantIssued exactly as stored, and its sequence: proxies check
+    /// its signature.
+    pub issued_raw: Vec<u8>,
+    pub issued_sequence: u64,
+    /// The subject's last event folded: where the next use, revocation or
+    /// expiry appends (optimistic concurrency).
+    pub head: ChainHead,
+}
+
+/// Uses kept on a grant's view (the newest).
+pub const RECENT_USES: usize = 20;
+
+impl Grant {
+    pub fn state(&self) -> proto::GrantState {
+        proto::GrantState::try_from(self.view.state).unwrap_or(proto::GrantState::Unspecified)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.state() == proto::GrantState::Active
+    }
+
+    pub fn issued(&self) -> &proto::GrantIssued {
+        static EMPTY: std::sync::OnceLock<proto::GrantIssued> = std::sync::OnceLock::new();
+        self.view
+            .grant
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+    }
+
+    pub fn max_uses(&self) -> u32 {
+        self.issued().scope.as_ref().map_or(0, |s| s.max_uses)
+    }
+}
+
 /// The whole folded state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Projection {
@@ -89,6 +127,8 @@ pub struct Projection {
     /// before its session's SessionOpened: they are written by different
     /// paths).
     pub session_requests: HashMap<String, Vec<String>>,
+    /// Grants by id (the approved request's).
+    pub grants: BTreeMap<String, Grant>,
     /// Last stream sequence folded.
     pub sequence: u64,
     /// Events that did not fit (an outcome for an unknown request, a second
@@ -129,7 +169,101 @@ impl Projection {
                     );
                 }
             }
+            SubjectKind::Grant(id) => self.apply_grant(&id, stored, body),
             SubjectKind::Checkpoint | SubjectKind::Other => {}
+        }
+    }
+
+    /// Folds an event of grant `id`'s subject: issued once, then uses,
+    /// and one end (revoked or expired; the first stands).
+    fn apply_grant(&mut self, id: &str, stored: &StoredEvent, body: &Body) {
+        let event = &stored.event;
+        if event.request_id != id {
+            self.anomalies += 1;
+            return;
+        }
+        if let Body::GrantIssued(g) = body {
+            if self.grants.contains_key(id) {
+                self.anomalies += 1;
+                return;
+            }
+            let max_uses = g.scope.as_ref().map_or(0, |s| s.max_uses);
+            self.grants.insert(
+                id.to_owned(),
+                Grant {
+                    view: proto::GrantView {
+                        grant_id: id.to_owned(),
+                        state: if max_uses == 0 {
+                            proto::GrantState::UsedUp
+                        } else {
+                            proto::GrantState::Active
+                        } as i32,
+                        grant: Some(g.clone()),
+                        issued_at: event.time,
+                        uses: 0,
+                        remaining: max_uses,
+                        sequence: stored.sequence,
+                        ..Default::default()
+                    },
+                    issued_raw: stored.raw.to_vec(),
+                    issued_sequence: stored.sequence,
+                    head: ChainHead::of(stored),
+                },
+            );
+            return;
+        }
+        let Some(grant) = self.grants.get_mut(id) else {
+            self.anomalies += 1;
+            return;
+        };
+        grant.head = ChainHead::of(stored);
+        grant.view.sequence = stored.sequence;
+        let ended = |g: &mut Grant, state: proto::GrantState| {
+            if matches!(g.state(), proto::GrantState::Active | proto::GrantState::UsedUp) {
+                g.view.state = state as i32;
+                g.view.ended_at = event.time;
+                g.view.remaining = 0;
+                true
+            } else {
+                false
+            }
+        };
+        match body {
+            Body::GrantUsed(u) => {
+                // Each use follows the last under optimistic concurrency:
+                // one numbered otherwise, or past the end, is an anomaly
+                // (it is counted all the same: it may have run).
+                if u.number != grant.view.uses + 1 || !grant.is_active() {
+                    self.anomalies += 1;
+                }
+                grant.view.uses = grant.view.uses.saturating_add(1);
+                let max = grant.max_uses();
+                grant.view.remaining = max.saturating_sub(grant.view.uses);
+                if grant.view.uses >= max && grant.is_active() {
+                    grant.view.state = proto::GrantState::UsedUp as i32;
+                    grant.view.ended_at = event.time;
+                }
+                grant.view.recent_uses.push(proto::GrantUse {
+                    number: u.number,
+                    session_id: event.session_id.clone(),
+                    proxy_id: u.proxy_id.clone(),
+                    statement_sha256: u.statement_sha256.clone(),
+                    time: event.time,
+                    sequence: stored.sequence,
+                });
+                let over = grant.view.recent_uses.len().saturating_sub(RECENT_USES);
+                grant.view.recent_uses.drain(..over);
+            }
+            Body::GrantRevoked(r) => {
+                if ended(grant, proto::GrantState::Revoked) {
+                    grant.view.revoked_by = r.revoked_by.clone();
+                    grant.view.revoke_reason = r.reason.clone();
+                }
+            }
+            Body::GrantExpired(_) => {
+                ended(grant, proto::GrantState::Expired);
+            }
+            _ => self.anomalies += 1,
         }
     }
 
@@ -186,6 +320,7 @@ impl Projection {
                     reason: v.reason.clone(),
                     time: event.time,
                     max_rows: v.max_rows.clone(),
+                    scope: v.scope.clone(),
                 });
                 None
             }
@@ -204,7 +339,11 @@ impl Projection {
             | Body::SessionKillRequested(_)
             | Body::SessionClosed(_)
             | Body::PolicyLoaded(_)
-            | Body::Checkpoint(_) => {
+            | Body::Checkpoint(_)
+            | Body::GrantIssued(_)
+            | Body::GrantUsed(_)
+            | Body::GrantRevoked(_)
+            | Body::GrantExpired(_) => {
                 self.anomalies += 1;
                 None
             }
@@ -309,7 +448,11 @@ impl Projection {
             | Body::ApprovalExpired(_)
             | Body::ApprovalCancelled(_)
             | Body::PolicyLoaded(_)
-            | Body::Checkpoint(_) => self.anomalies += 1,
+            | Body::Checkpoint(_)
+            | Body::GrantIssued(_)
+            | Body::GrantUsed(_)
+            | Body::GrantRevoked(_)
+            | Body::GrantExpired(_) => self.anomalies += 1,
         }
     }
 

@@ -16,7 +16,7 @@ use airlock_eventlog::{EventLog, SnapshotMeta, SnapshotRejected};
 use prost::Message;
 
 use crate::live::Live;
-use crate::projection::{PendingKill, Projection, ProxyView, Request, Session};
+use crate::projection::{Grant, PendingKill, Projection, ProxyView, Request, Session};
 
 /// Name of the projection's snapshot in the bucket.
 pub const NAME: &str = "control-projection";
@@ -27,7 +27,8 @@ pub const NAME: &str = "control-projection";
 /// v3: sessions carry the run of the proxy that opened them, how they
 /// closed and their last chain index. A v2 snapshot lacks the run, and a
 /// replica would take its open sessions for a lost proxy's: ignored.
-pub const FORMAT: &str = "airlock.control.projection.v3";
+/// v4: grants (their subjects) are folded; a v3 snapshot has none.
+pub const FORMAT: &str = "airlock.control.projection.v4";
 
 #[derive(Clone, PartialEq, Message)]
 struct SnapshotFile {
@@ -43,6 +44,24 @@ struct SnapshotFile {
     proxies: Vec<ProxyEntry>,
     #[prost(message, repeated, tag = "6")]
     session_requests: Vec<SessionRequests>,
+    #[prost(message, repeated, tag = "7")]
+    grants: Vec<GrantEntry>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct GrantEntry {
+    #[prost(message, optional, tag = "1")]
+    view: Option<proto::GrantView>,
+    #[prost(bytes = "vec", tag = "2")]
+    issued_raw: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    issued_sequence: u64,
+    #[prost(uint64, tag = "4")]
+    head_sequence: u64,
+    #[prost(bytes = "vec", tag = "5")]
+    head_hash: Vec<u8>,
+    #[prost(uint64, tag = "6")]
+    head_index: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -145,6 +164,18 @@ pub fn encode(p: &Projection) -> Vec<u8> {
             })
             .collect(),
         session_requests,
+        grants: p
+            .grants
+            .values()
+            .map(|g| GrantEntry {
+                view: Some(g.view.clone()),
+                issued_raw: g.issued_raw.clone(),
+                issued_sequence: g.issued_sequence,
+                head_sequence: g.head.sequence,
+                head_hash: g.head.hash.clone(),
+                head_index: g.head.index,
+            })
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -190,6 +221,22 @@ pub fn decode(bytes: &[u8]) -> Result<Projection, prost::DecodeError> {
     }
     for s in file.session_requests {
         p.session_requests.insert(s.session_id, s.request_ids);
+    }
+    for g in file.grants {
+        let view = g.view.unwrap_or_default();
+        p.grants.insert(
+            view.grant_id.clone(),
+            Grant {
+                view,
+                issued_raw: g.issued_raw,
+                issued_sequence: g.issued_sequence,
+                head: airlock_eventlog::ChainHead {
+                    sequence: g.head_sequence,
+                    hash: g.head_hash,
+                    index: g.head_index,
+                },
+            },
+        );
     }
     Ok(p)
 }

@@ -247,6 +247,7 @@ async fn decide(
                 reason: format!("{token} looked"),
                 statement_sha256: vec![],
                 max_rows: vec![],
+                scope: None,
             },
         ))
         .await

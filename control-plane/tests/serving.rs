@@ -330,6 +330,7 @@ async fn metrics_move_with_requests_decisions_and_snapshots() {
         reason: "looked".into(),
         statement_sha256: vec![],
         max_rows: vec![],
+        scope: None,
     });
     decide
         .metadata_mut()

@@ -39,6 +39,8 @@ pub struct Holds {
     /// This run of the process: in every Hello and SessionOpened, so the
     /// control plane can tell the sessions of a run that ended.
     instance: String,
+    /// The live grants the control plane pushed, applied here.
+    pub grants: crate::grants::Grants,
 }
 
 /// A request still registered when its session ended: it was never
@@ -58,6 +60,7 @@ impl Holds {
             inner: Mutex::default(),
             attached: AtomicBool::new(false),
             instance: ulid::Ulid::new().to_string(),
+            grants: crate::grants::Grants::default(),
         })
     }
 
@@ -389,11 +392,18 @@ async fn attach_inner(
             Some(Message::Welcome(w)) => {
                 *attached = true;
                 holds.attached.store(true, Ordering::Release);
+                // The live grants follow the Welcome: what this proxy knew
+                // of them before may have ended meanwhile.
+                holds.grants.reset();
                 tracing::info!(replica = %w.replica_id, "attached to the control plane");
             }
             Some(Message::Decision(d)) => holds.deliver(d),
             Some(Message::Kill(k)) => holds.kill(k),
+            Some(Message::Grant(g)) => holds.grants.notice(g),
             Some(Message::Heartbeat(_)) | None => {}
+        }
+        if *attached {
+            holds.grants.heard();
         }
     }
 }

@@ -137,6 +137,9 @@ pub struct HoldSpec {
     /// Set when a rule that held it asks for a dry run: `Ok` when it may
     /// be tried, else why not.
     pub dry_run: Option<Result<(), String>>,
+    /// The statement's shape (`airlock_policy::fingerprint`): what a grant
+    /// may cover; `hash` empty (and `unavailable` set) when none may.
+    pub fingerprint: proto::Fingerprint,
 }
 
 /// What policy says of one statement string.

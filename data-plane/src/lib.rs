@@ -28,6 +28,7 @@ pub mod config;
 pub mod conn;
 pub mod error_response;
 pub mod gate;
+pub mod grants;
 pub mod health;
 pub mod impact;
 pub mod metrics;

@@ -134,6 +134,7 @@ pub struct Metrics {
     statements: Family<VerdictLabels, Counter>,
     refusals: Family<CauseLabels, Counter>,
     held_now: Gauge,
+    grant_uses: Counter,
     hold_seconds: Histogram,
     upstream_seconds: Histogram,
     attached: Gauge,
@@ -203,6 +204,11 @@ impl Metrics {
         }
     }
 
+    /// A held statement ran under a grant.
+    pub fn grant_used(&self) {
+        self.grant_uses.inc();
+    }
+
     /// A statement PostgreSQL answered, `seconds` after it was forwarded.
     pub fn answered(&self, seconds: f64) {
         self.upstream_seconds.observe(seconds);
@@ -238,6 +244,7 @@ impl Default for Metrics {
             statements: Family::default(),
             refusals: Family::default(),
             held_now: Gauge::default(),
+            grant_uses: Counter::default(),
             // 1 ms to about 70 minutes: holds wait for people.
             hold_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
             // 100 us to about 7 minutes.
@@ -283,6 +290,11 @@ impl Default for Metrics {
             "held_now",
             "Statements waiting for a decision now",
             m.held_now.clone(),
+        );
+        registry.register(
+            "grant_uses",
+            "Held statements run under a grant (each use claimed in the log)",
+            m.grant_uses.clone(),
         );
         registry.register_with_unit(
             "hold",

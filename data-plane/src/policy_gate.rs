@@ -646,6 +646,7 @@ impl Gate for PolicyGate {
                 require_acrs: v.require_acrs.clone(),
                 plan: trial(airlock_policy::trial::Trial::Plan),
                 dry_run: v.dry_run.then(|| trial(airlock_policy::trial::Trial::DryRun)),
+                fingerprint: fingerprint(sql, &v, names_before.any()),
             }),
         };
         let mut sql_names = Vec::new();
@@ -672,5 +673,29 @@ impl Gate for PolicyGate {
             kinds,
             policy_generation: generation,
         }
+    }
+}
+
+/// The held statement's shape, which a grant may cover; none for a session
+/// whose names may resolve unlike a fresh one's.
+fn fingerprint(sql: &str, v: &airlock_policy::Verdict, own_names: bool) -> proto::Fingerprint {
+    let effects: Vec<&airlock_policy::Effect> = v.effects.iter().map(|e| &e.effect).collect();
+    let made = if own_names {
+        Err("this session made temporary tables or changed its search path".to_owned())
+    } else if !v.parsed() {
+        Err("the statement was not parsed".to_owned())
+    } else {
+        airlock_policy::fingerprint::fingerprint(sql, &effects)
+    };
+    match made {
+        Ok(f) => proto::Fingerprint {
+            hash: f.hash,
+            normalized: f.normalized,
+            unavailable: String::new(),
+        },
+        Err(why) => proto::Fingerprint {
+            unavailable: why,
+            ..Default::default()
+        },
     }
 }

@@ -91,6 +91,7 @@ impl Gate for TestGate {
                 require_acrs: vec![],
                 plan: Err("the test gate reads no catalog".into()),
                 dry_run: None,
+                fingerprint: Default::default(),
             })
         } else {
             Action::Allow

@@ -246,6 +246,7 @@ pub async fn vote(
     reason: String,
     sha256_hex: Option<&str>,
     max_rows: Vec<proto::TableBound>,
+    scope: Option<proto::GrantScope>,
 ) -> Result<proto::DecideResponse, ApiError> {
     check_id(id)?;
     check_reason(&reason)?;
@@ -267,6 +268,7 @@ pub async fn vote(
         reason,
         statement_sha256: digest,
         max_rows,
+        scope,
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {
@@ -293,6 +295,12 @@ async fn decide_json(
 ) -> Result<Json<VoteResultJson>, ApiError> {
     let caller = app.auth.changing(&headers, None).await?;
     let body: VoteBody = json_body(&body)?;
+    let scope = body
+        .scope
+        .as_ref()
+        .map(json::ScopeBody::to_proto)
+        .transpose()
+        .map_err(ApiError::invalid)?;
     let r = vote(
         &app,
         &caller,
@@ -305,6 +313,7 @@ async fn decide_json(
             .into_iter()
             .map(|(table, max_rows)| proto::TableBound { table, max_rows })
             .collect(),
+        scope,
     )
     .await?;
     Ok(Json(VoteResultJson {

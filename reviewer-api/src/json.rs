@@ -151,6 +151,10 @@ words! {
         SessionClosed = "session_closed",
         PolicyLoaded = "policy_loaded",
         Checkpoint = "checkpoint",
+        GrantIssued = "grant_issued",
+        GrantUsed = "grant_used",
+        GrantRevoked = "grant_revoked",
+        GrantExpired = "grant_expired",
         Unknown = "unknown",
     }
 }
@@ -473,6 +477,61 @@ pub struct VoteBody {
     /// left out keep the default: the dry run's count, else the estimate.
     #[serde(default)]
     pub max_rows: Option<std::collections::BTreeMap<String, u64>>,
+    /// With an approval: also allow statements like this one, from the
+    /// same identity on the same connection, for a while (a grant).
+    #[serde(default)]
+    pub scope: Option<ScopeBody>,
+}
+
+/// What an approval allows beyond its one statement (a grant). Every
+/// approver of a quorum must send one; the grant is the narrowest.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Scope)]
+pub struct ScopeBody {
+    /// `fingerprint`: statements of the approved one's shape (its
+    /// fingerprint); `rule`: statements whose every effect is of `kinds` on
+    /// `tables` (a time-boxed elevation).
+    #[serde(rename = "match")]
+    #[schema(pattern = "^(fingerprint|rule)$")]
+    pub match_: String,
+    /// How long the grant lives, e.g. `30m` (at most the policy's maximum,
+    /// 8 h unless it says less).
+    pub ttl: String,
+    /// How many statements it may let run (1 to 1000).
+    pub max_uses: u32,
+    /// Each use may change at most this many rows of each table it writes.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    /// For `rule`: statement kinds and schema-qualified tables, each among
+    /// the approved statement's.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+impl ScopeBody {
+    /// The scope as the control plane takes it; a word or time it cannot
+    /// be is refused here, the rest is judged there.
+    pub fn to_proto(&self) -> Result<proto::GrantScope, String> {
+        use proto::grant_scope::Match;
+        let m = match self.match_.as_str() {
+            "fingerprint" => Match::Fingerprint,
+            "rule" => Match::Rule,
+            other => return Err(format!("scope.match: `{other}` is not one of fingerprint, rule")),
+        };
+        let ttl = humantime::parse_duration(self.ttl.trim())
+            .map_err(|e| format!("scope.ttl: `{}`: {e} (e.g. 30m, 2h)", self.ttl))?;
+        Ok(proto::GrantScope {
+            r#match: m as i32,
+            ttl: prost_types::Duration::try_from(ttl).ok(),
+            max_uses: self.max_uses,
+            max_rows: self.max_rows,
+            kinds: self.kinds.clone(),
+            tables: self.tables.clone(),
+        })
+    }
 }
 
 /// Body of `POST /api/v1/sessions/{id}/kill`; an empty body is `{}`.
@@ -948,6 +1007,11 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             out.verdict = x.verdict.as_ref().map(verdict);
             out.summary = if x.unfinished {
                 format!("unfinished (outcome unknown): {}", x.error_message)
+            } else if x.error_sqlstate.is_empty() && !x.grant_id.is_empty() {
+                format!(
+                    "executed under grant {}: {} ({} rows)",
+                    x.grant_id, x.command_tag, x.rows
+                )
             } else if x.error_sqlstate.is_empty() {
                 format!("executed: {} ({} rows)", x.command_tag, x.rows)
             } else {
@@ -1026,6 +1090,32 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
                 }
             );
         }
+        Body::GrantIssued(x) => {
+            out.kind = TimelineKindJson::GrantIssued;
+            out.by = x.identity.as_ref().map(identity);
+            let names: Vec<String> = x.approvers.iter().map(|a| who(a.reviewer.as_ref())).collect();
+            out.summary = format!(
+                "grant issued by {} for {} uses",
+                names.join(", "),
+                x.scope.as_ref().map_or(0, |s| s.max_uses)
+            );
+        }
+        Body::GrantUsed(x) => {
+            out.kind = TimelineKindJson::GrantUsed;
+            out.summary = format!("grant use {} on {}", x.number, x.proxy_id);
+        }
+        Body::GrantRevoked(x) => {
+            out.kind = TimelineKindJson::GrantRevoked;
+            out.by = x.revoked_by.as_ref().map(identity);
+            out.summary = with_reason(
+                format!("grant revoked by {}", who(x.revoked_by.as_ref())),
+                &x.reason,
+            );
+        }
+        Body::GrantExpired(x) => {
+            out.kind = TimelineKindJson::GrantExpired;
+            out.summary = format!("grant expired after {} uses", x.uses);
+        }
         Body::PolicyLoaded(_) => {
             out.kind = TimelineKindJson::PolicyLoaded;
             out.summary = "policy loaded".into();
@@ -1074,7 +1164,11 @@ impl ChangeKindJson {
                 | Body::SessionKillRequested(_)
                 | Body::SessionClosed(_)
                 | Body::PolicyLoaded(_)
-                | Body::Checkpoint(_),
+                | Body::Checkpoint(_)
+                | Body::GrantIssued(_)
+                | Body::GrantUsed(_)
+                | Body::GrantRevoked(_)
+                | Body::GrantExpired(_),
             )
             | None => ChangeKindJson::Updated,
         }

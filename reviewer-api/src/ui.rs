@@ -679,7 +679,18 @@ async fn decide(
             }
         }
     }
-    match api::vote(&app, &caller, &id, decision, reason, sha.as_deref(), max_rows).await {
+    match api::vote(
+        &app,
+        &caller,
+        &id,
+        decision,
+        reason,
+        sha.as_deref(),
+        max_rows,
+        None,
+    )
+    .await
+    {
         // Post/redirect/get: reloading the page never votes twice.
         Ok(_) => Ok(Redirect::to(&format!("/requests/{id}?voted={word}"))),
         Err(error) => {

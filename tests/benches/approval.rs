@@ -134,6 +134,7 @@ async fn agent_loop(
                     reason: "benchmark".into(),
                     statement_sha256: vec![],
                     max_rows: vec![],
+                    scope: None,
                 },
             ))
             .await

@@ -138,6 +138,7 @@ impl Gate for SeedGate {
                     require_acrs: vec![],
                     plan: Err("the test gate reads no catalog".into()),
                     dry_run: None,
+                    fingerprint: Default::default(),
                 }),
                 "DELETE|DROP|UPDATE -> require-approval",
             )

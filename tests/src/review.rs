@@ -32,6 +32,7 @@ pub fn vote(request_id: &str, decision: proto::Decision, reason: &str) -> proto:
         reason: reason.to_owned(),
         statement_sha256: vec![],
         max_rows: vec![],
+        scope: None,
     }
 }
 

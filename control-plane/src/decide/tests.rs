@@ -161,6 +161,7 @@ fn vote(id: &str, reviewer: proto::Identity, decision: proto::Decision) -> Vote 
         statement_sha256: None,
         floor_acrs: Vec::new(),
         max_rows: Vec::new(),
+        scope: None,
     }
 }
 

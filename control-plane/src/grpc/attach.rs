@@ -164,6 +164,23 @@ impl proto::proxy_service_server::ProxyService for Control {
             if !send_decided(&live, &mut held, &tx).await {
                 return;
             }
+            // Every live grant: any proxy may serve the identity it is for.
+            let grants: Vec<proto::GrantNotice> = live.read(|s| {
+                s.grants
+                    .values()
+                    .filter(|g| g.is_active())
+                    .map(grant_notice)
+                    .collect()
+            });
+            for g in grants {
+                if tx
+                    .send(Ok(control(proto::control_message::Message::Grant(g))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             let mut heartbeat = tokio::time::interval(HEARTBEAT);
             // Since when this replica has not reached the log: it can
             // neither decide nor tell decisions, and the other replicas
@@ -307,9 +324,36 @@ fn closed_as_lost(session: &crate::projection::Session) -> Option<proto::KillOrd
         })
 }
 
+/// What a proxy is told of a grant: its GrantIssued as stored, and where
+/// its subject stands.
+fn grant_notice(g: &crate::projection::Grant) -> proto::GrantNotice {
+    let id = &g.view.grant_id;
+    proto::GrantNotice {
+        grant_id: id.clone(),
+        issued: g.issued_raw.clone(),
+        issued_sequence: g.issued_sequence,
+        subject: airlock_eventlog::RequestId::parse(id)
+            .map(|r| airlock_eventlog::subjects::grant(&r))
+            .unwrap_or_default(),
+        head_sequence: g.head.sequence,
+        head_hash: g.head.hash.clone(),
+        head_index: g.head.index,
+        uses: g.view.uses,
+        live: g.is_active(),
+    }
+}
+
 async fn forward(live: &Live, held: &mut Holdings, event: &StoredEvent, tx: &Tx) -> bool {
     let e = &event.event;
     match &e.body {
+        Some(Body::GrantIssued(_) | Body::GrantUsed(_) | Body::GrantRevoked(_) | Body::GrantExpired(_)) => {
+            let Some(n) = live.read(|s| s.grants.get(&e.request_id).map(grant_notice)) else {
+                return true;
+            };
+            tx.send(Ok(control(proto::control_message::Message::Grant(n))))
+                .await
+                .is_ok()
+        }
         Some(
             Body::ApprovalGranted(_)
             | Body::ApprovalDenied(_)

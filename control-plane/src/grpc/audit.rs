@@ -234,7 +234,10 @@ impl ReviewerScope {
             return mine;
         }
         live.read(|state| match classify(&stored.subject) {
-            SubjectKind::Request(id) | SubjectKind::Decision(id) => self.request(state, &id),
+            // A grant is its request's: whoever may read one reads both.
+            SubjectKind::Request(id) | SubjectKind::Decision(id) | SubjectKind::Grant(id) => {
+                self.request(state, &id)
+            }
             SubjectKind::Session(id) => {
                 self.session(state, &id) && requests_named(e).into_iter().all(|r| self.request(state, r))
             }

@@ -109,7 +109,9 @@ fn decide_status(e: DecideError) -> Status {
         DecideError::AlreadyVoted { .. } => ErrorCode::AlreadyVoted,
         DecideError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
         DecideError::SessionEnded { .. } => ErrorCode::SessionEnded,
-        DecideError::NoDecision | DecideError::BadBounds(_) => ErrorCode::InvalidArgument,
+        DecideError::NoDecision | DecideError::BadBounds(_) | DecideError::BadScope(_) => {
+            ErrorCode::InvalidArgument
+        }
     };
     status(code, e.to_string())
 }

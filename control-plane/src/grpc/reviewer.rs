@@ -18,6 +18,16 @@ use crate::projection::Request as RequestState;
 
 use super::{Control, decide_status, log_status, status, vote_status, who};
 
+fn revoke_status(e: crate::grants::RevokeError) -> Status {
+    use crate::grants::RevokeError;
+    let code = match &e {
+        RevokeError::Unknown(_) => ErrorCode::NotFound,
+        RevokeError::Ended { .. } => ErrorCode::AlreadyDecided,
+        RevokeError::NotAllowed { .. } => ErrorCode::NotAReviewer,
+    };
+    status(code, e.to_string())
+}
+
 /// Page size asked for (0: the default), capped.
 fn page_size(asked: u32) -> usize {
     match asked {
@@ -135,6 +145,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
             floor_acrs: self.floor_acrs.clone(),
             max_rows: q.max_rows,
+            scope: q.scope,
         };
         let started = std::time::Instant::now();
         let voted = act::vote(&self.live, &self.log, &vote, &self.source, &self.presence).await;
@@ -339,6 +350,80 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             timeline,
             requests,
         }))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<proto::ListGrantsRequest>,
+    ) -> Result<Response<proto::ListGrantsResponse>, Status> {
+        let caller = self.reader(&request).await?;
+        self.ready()?;
+        let q = request.into_inner();
+        let grants = self.live.read(|s| {
+            s.grants
+                .values()
+                .rev()
+                .filter(|g| q.states.is_empty() || q.states.contains(&g.view.state))
+                .filter(|g| {
+                    s.request(&g.view.grant_id)
+                        .is_some_and(|r| caller.may_read_request(r.requested()))
+                })
+                .take(1000)
+                .map(|g| g.view.clone())
+                .collect()
+        });
+        Ok(Response::new(proto::ListGrantsResponse { grants }))
+    }
+
+    async fn get_grant(
+        &self,
+        request: Request<proto::GetGrantRequest>,
+    ) -> Result<Response<proto::GrantView>, Status> {
+        let caller = self.reader(&request).await?;
+        let id = request.into_inner().grant_id;
+        let found = self.live.read(|s| {
+            let g = s.grants.get(&id)?;
+            let mine = s
+                .request(&id)
+                .is_some_and(|r| caller.may_read_request(r.requested()));
+            Some((mine, g.view.clone()))
+        });
+        match found {
+            Some((true, view)) => Ok(Response::new(view)),
+            // Another group's grant: as unknown to this caller as a
+            // request of theirs would be refused.
+            Some((false, _)) | None => Err(revoke_status(crate::grants::RevokeError::Unknown(id))),
+        }
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<proto::RevokeGrantRequest>,
+    ) -> Result<Response<proto::GrantView>, Status> {
+        let caller = self.actor(&request).await?;
+        self.ready()?;
+        let q = request.into_inner();
+        if q.reason.chars().count() > 2000 {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "reason is longer than 2000 characters",
+            ));
+        }
+        match act::revoke(
+            &self.live,
+            &self.log,
+            &q.grant_id,
+            &caller.identity,
+            &q.reason,
+            &self.source,
+        )
+        .await
+        {
+            Ok(view) => Ok(Response::new(view)),
+            Err(act::RevokeActError::Refused(e)) => Err(revoke_status(e)),
+            Err(act::RevokeActError::Log(e)) => Err(log_status(e)),
+            Err(e) => Err(status(ErrorCode::Unavailable, e.to_string())),
+        }
     }
 
     async fn kill_session(

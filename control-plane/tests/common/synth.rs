@@ -143,6 +143,7 @@ pub async fn write_session_as(proxy: &EventLog, control: &EventLog, n: u64) -> S
                 approvals: 1,
                 approvals_required: 1,
                 max_rows: vec![],
+                scope: None,
             }),
         ),
         (false, Body::ApprovalGranted(proto::ApprovalGranted::default())),

@@ -251,7 +251,10 @@ fn check_ids(subject: &str, stored: &StoredEvent) -> Result<(), ChainError> {
     let e = &stored.event;
     let (field, value, want) = match classify(subject) {
         SubjectKind::Session(id) => ("session_id", &e.session_id, id),
-        SubjectKind::Request(id) | SubjectKind::Decision(id) => ("request_id", &e.request_id, id),
+        // A grant's id is the approved request's: its events carry it.
+        SubjectKind::Request(id) | SubjectKind::Decision(id) | SubjectKind::Grant(id) => {
+            ("request_id", &e.request_id, id)
+        }
         SubjectKind::Proxy(_) | SubjectKind::Checkpoint | SubjectKind::Other => return Ok(()),
     };
     if *value == want {

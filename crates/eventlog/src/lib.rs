@@ -52,6 +52,10 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::PolicyLoaded(_) => "policy_loaded",
         Body::Checkpoint(_) => "checkpoint",
         Body::StatementsExecuted(_) => "statements_executed",
+        Body::GrantIssued(_) => "grant_issued",
+        Body::GrantUsed(_) => "grant_used",
+        Body::GrantRevoked(_) => "grant_revoked",
+        Body::GrantExpired(_) => "grant_expired",
     }
 }
 

@@ -66,6 +66,12 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// An event's stored bytes as read elsewhere (a GrantNotice carries
+    /// them), to check its signature: the store time is not known.
+    pub fn from_raw(sequence: u64, subject: &str, raw: Bytes) -> Result<Self, Error> {
+        Self::decode(sequence, subject, time::OffsetDateTime::UNIX_EPOCH, raw)
+    }
+
     fn decode(
         sequence: u64,
         subject: &str,

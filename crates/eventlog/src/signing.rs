@@ -70,13 +70,17 @@ pub fn writer_role(body: &Body) -> Role {
         | Body::ApprovalRequested(_)
         | Body::ApprovalCancelled(_)
         | Body::SessionClosed(_)
-        | Body::PolicyLoaded(_) => Role::Proxy,
+        | Body::PolicyLoaded(_)
+        | Body::GrantUsed(_) => Role::Proxy,
         Body::ApprovalVoted(_)
         | Body::ApprovalGranted(_)
         | Body::ApprovalDenied(_)
         | Body::ApprovalExpired(_)
         | Body::SessionKillRequested(_)
-        | Body::Checkpoint(_) => Role::Control,
+        | Body::Checkpoint(_)
+        | Body::GrantIssued(_)
+        | Body::GrantRevoked(_)
+        | Body::GrantExpired(_) => Role::Control,
     }
 }
 

@@ -49,6 +49,12 @@ pub fn lifecycle(id: &RequestId) -> Vec<String> {
     vec![request(id), decision(id)]
 }
 
+/// One grant (an approval in scope): issued, each use, its revocation or
+/// expiry. The id is the approved request's.
+pub fn grant(id: &RequestId) -> String {
+    format!("{PREFIX}.grant.{id}")
+}
+
 /// What one proxy or replica says of itself (PolicyLoaded).
 pub fn proxy(id: &ProxyId) -> String {
     format!("{PREFIX}.proxy.{id}")
@@ -59,6 +65,7 @@ pub const ALL_SESSIONS: &str = "airlock.v1.session.*";
 pub const ALL_REQUESTS: &str = "airlock.v1.request.*";
 pub const ALL_DECISIONS: &str = "airlock.v1.request.*.decision";
 pub const ALL_PROXIES: &str = "airlock.v1.proxy.*";
+pub const ALL_GRANTS: &str = "airlock.v1.grant.*";
 
 /// What a subject says about the chain it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +75,7 @@ pub enum SubjectKind {
     /// The decision subject of a request (the id is the request's).
     Decision(String),
     Proxy(String),
+    Grant(String),
     Checkpoint,
     Other,
 }
@@ -85,6 +93,7 @@ pub fn classify(subject: &str) -> SubjectKind {
             _ => SubjectKind::Other,
         },
         Some(("proxy", id)) if !id.contains('.') => SubjectKind::Proxy(id.to_owned()),
+        Some(("grant", id)) if !id.contains('.') && !id.is_empty() => SubjectKind::Grant(id.to_owned()),
         None if rest == "checkpoint" => SubjectKind::Checkpoint,
         _ => SubjectKind::Other,
     }
@@ -112,5 +121,7 @@ mod tests {
         assert_eq!(classify("airlock.v1.request.a.decision.x"), SubjectKind::Other);
         assert_eq!(classify("airlock.v1.request..decision"), SubjectKind::Other);
         assert_eq!(classify("other.v1.session.a"), SubjectKind::Other);
+        assert_eq!(classify(&grant(&r)), SubjectKind::Grant("01J0REQUEST".into()));
+        assert_eq!(classify("airlock.v1.grant.a.b"), SubjectKind::Other);
     }
 }

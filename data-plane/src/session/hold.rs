@@ -106,6 +106,11 @@ impl ToUpstream {
         if !deps.holds.is_attached() {
             return Ok(unavailable("the control plane is unreachable"));
         }
+        // A live grant that covers it: the use is claimed in the log, and
+        // the statement runs without a hold.
+        if let Some(step) = self.use_grant(statement, judgement, spec).await {
+            return Ok(step);
+        }
         // What the reviewer decides on, asked of PostgreSQL first, each
         // bounded by its own time limit.
         let impact = impact(&ctx, statement, spec).await;
@@ -258,6 +263,96 @@ impl ToUpstream {
     }
 }
 
+impl ToUpstream {
+    /// Runs `statement` under a live grant that covers it, if one does and
+    /// its use is claimed in the log; `None` leaves it to a hold.
+    async fn use_grant(
+        &mut self,
+        statement: &proto::Statement,
+        judgement: &Judgement,
+        spec: &HoldSpec,
+    ) -> Option<Step> {
+        let ctx = self.ctx.clone();
+        let grants = &ctx.deps.holds.grants;
+        if spec.fingerprint.hash.is_empty() || grants.is_empty() {
+            return None;
+        }
+        if super::login::token_expired(&ctx.agent.identity) {
+            return None;
+        }
+        let covering = grants.covering(
+            &ctx.agent.identity,
+            &ctx.binding.connection,
+            &judgement.verdict.effects,
+            spec,
+            SystemTime::now(),
+        );
+        for id in covering {
+            let used = |use_: u32| {
+                let mut e = ctx.event(Body::GrantUsed(proto::GrantUsed {
+                    number: use_,
+                    statement_sha256: statement.sha256.clone(),
+                    fingerprint: spec.fingerprint.hash.clone(),
+                    proxy_id: ctx.deps.source.id.clone(),
+                }));
+                e.request_id = id.clone();
+                e
+            };
+            match grants.claim(&ctx.deps.log, &id, used).await {
+                Ok(claimed) => {
+                    tracing::info!(session = %ctx.session, grant = %id, r#use = claimed.use_, of = claimed.max_uses, "statement run under a grant");
+                    ctx.deps.metrics.grant_used();
+                    let bounds = claimed.max_rows.map(|max_rows| super::bounded::Bounds {
+                        tables: written_tables(&judgement.verdict.effects)
+                            .into_iter()
+                            .map(|table| proto::TableBound { table, max_rows })
+                            .collect(),
+                        every_table: false,
+                    });
+                    return Some(Step::Run {
+                        request_id: format!("{GRANT_PREFIX}{id}"),
+                        bounds,
+                    });
+                }
+                Err(why) => {
+                    tracing::info!(session = %ctx.session, grant = %id, %why, "a grant that covers the statement was not used; holding it");
+                }
+            }
+        }
+        None
+    }
+}
+
+/// How a statement run under a grant names it where a statement run under
+/// an approval names the request (`Step::Run::request_id`, the running
+/// statement, its record): request ids are ULIDs, so this never collides.
+pub(crate) const GRANT_PREFIX: &str = "grant:";
+
+/// Splits what a statement ran under into (request id, grant id).
+pub(crate) fn approval_ids(ran_under: String) -> (String, String) {
+    match ran_under.strip_prefix(GRANT_PREFIX) {
+        Some(grant) => (String::new(), grant.to_owned()),
+        None => (ran_under, String::new()),
+    }
+}
+
+/// The tables a statement's effects write (each bounded by a grant's
+/// `max_rows`).
+fn written_tables(effects: &[proto::Effect]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in effects {
+        if e.kind.eq_ignore_ascii_case("SELECT") {
+            continue;
+        }
+        for t in &e.tables {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+    }
+    out
+}
+
 /// How long a hold waits for the log to store its request.
 const FILE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -325,6 +420,7 @@ fn requested(
         agent_reason: asked.agent_reason,
         agent_reason_truncated: asked.reason_cut,
         recent_statements: asked.recent,
+        fingerprint: Some(spec.fingerprint.clone()),
     }));
     requested.request_id = request_id.to_string();
     // A statement near the size limit keeps its place before a reviewer

@@ -373,11 +373,13 @@ impl Ctx {
         self.count(false);
         self.deps.metrics.refused(counted);
         let d = r.diagnostic;
+        let (request_id, grant_id) = hold::approval_ids(r.request_id);
         let e = self.event(Body::StatementRefused(proto::StatementRefused {
             statement: Some(r.statement),
             verdict: Some(r.verdict),
             cause: r.cause as i32,
-            request_id: r.request_id,
+            request_id,
+            grant_id,
             message: d.message.clone(),
             sqlstate: d.code.to_owned(),
             bound,
@@ -422,10 +424,12 @@ impl Ctx {
             error_message.push_str("the session ended before PostgreSQL finished answering: ");
             error_message.push_str(why);
         }
+        let (request_id, grant_id) = hold::approval_ids(r.request_id);
         let e = self.event(Body::StatementExecuted(proto::StatementExecuted {
             statement: Some(r.statement),
             verdict: Some(r.verdict),
-            request_id: r.request_id,
+            request_id,
+            grant_id,
             duration: prost_types::Duration::try_from(r.started.elapsed()).ok(),
             command_tag: r.tags.join("; "),
             rows,

@@ -1,0 +1,585 @@
+//! Grants this proxy applies itself: statements like an approved one, from
+//! the same identity on the same connection, run without a hold while the
+//! grant lives.
+//!
+//! The control plane pushes every live grant over Attach ([`Grants::notice`]).
+//! A held statement a grant covers ([`covers`]) runs once its use is claimed
+//! in the log: a `GrantUsed` appended on the grant's subject expecting the
+//! subject's last event, so two proxies (or a use and a revocation) can
+//! never both append after the same event, and uses are counted exactly
+//! across the fleet. A claim that loses re-reads the subject and tries
+//! again; one that cannot be made leaves the statement to an ordinary hold.
+//!
+//! A grant is applied only while this proxy has heard from the control
+//! plane within [`LEASE`] (a proxy cut off from it falls back to holding),
+//! and only under a GrantIssued a control-plane key it trusts signed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use airlock_eventlog::proto::{self, event::Body};
+use airlock_eventlog::signing::{Role, Trust, Vouched};
+use airlock_eventlog::{
+    ChainHead, Error as LogError, EventLog, Expect, RequestId, StoredEvent, link, subjects,
+};
+use bytes::Bytes;
+
+use crate::gate::HoldSpec;
+
+/// How long after last hearing from the control plane grants still apply.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// How many times a claim re-reads the subject after losing a race.
+const CLAIM_TRIES: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    subject: String,
+    issued_raw: Bytes,
+    issued_sequence: u64,
+    issued: proto::GrantIssued,
+    head: ChainHead,
+    uses: u32,
+    /// The GrantIssued's signature checked out (checked once).
+    vouched: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    grants: HashMap<String, Entry>,
+    heard: Option<Instant>,
+}
+
+/// The live grants this proxy knows of.
+#[derive(Debug, Default)]
+pub struct Grants {
+    inner: Mutex<Inner>,
+}
+
+/// A use claimed in the log: the statement may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub grant_id: String,
+    /// Which use this is, and of how many.
+    pub use_: u32,
+    pub max_uses: u32,
+    /// Each table the statement writes may change at most this many rows.
+    pub max_rows: Option<u64>,
+}
+
+impl Grants {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The control plane was heard from (any message on Attach).
+    pub fn heard(&self) {
+        self.lock().heard = Some(Instant::now());
+    }
+
+    /// A new Attach stream: the live grants follow its Welcome.
+    pub fn reset(&self) {
+        self.lock().grants.clear();
+    }
+
+    /// Whether grants apply now: the control plane was heard from within
+    /// the lease.
+    pub fn leased(&self) -> bool {
+        self.lock().heard.is_some_and(|h| h.elapsed() < LEASE)
+    }
+
+    /// How many grants are known (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().grants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A grant as the control plane folded it. A notice that is not a
+    /// grant's (another subject, another id) is dropped.
+    pub fn notice(&self, n: proto::GrantNotice) {
+        let mut inner = self.lock();
+        if !n.live {
+            inner.grants.remove(&n.grant_id);
+            return;
+        }
+        let Ok(id) = RequestId::parse(&n.grant_id) else {
+            return;
+        };
+        let subject = subjects::grant(&id);
+        let raw = Bytes::from(n.issued);
+        let Ok(event) = <proto::Event as prost::Message>::decode(raw.clone()) else {
+            tracing::warn!(grant = %n.grant_id, "a grant notice whose GrantIssued does not decode; ignored");
+            return;
+        };
+        let Some(Body::GrantIssued(issued)) = event.body else {
+            return;
+        };
+        if n.subject != subject || event.request_id != n.grant_id {
+            return;
+        }
+        let head = ChainHead {
+            sequence: n.head_sequence,
+            hash: n.head_hash,
+            index: n.head_index,
+        };
+        match inner.grants.get_mut(&n.grant_id) {
+            // Only ever forward: a claim of ours may be ahead of the fold.
+            Some(e) if e.head.sequence >= head.sequence => {}
+            Some(e) => {
+                e.head = head;
+                e.uses = n.uses;
+            }
+            None => {
+                inner.grants.insert(
+                    n.grant_id,
+                    Entry {
+                        subject,
+                        issued_raw: raw,
+                        issued_sequence: n.issued_sequence,
+                        issued,
+                        head,
+                        uses: n.uses,
+                        vouched: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The grants that cover a held statement, oldest first.
+    pub fn covering(
+        &self,
+        who: &proto::Identity,
+        connection: &str,
+        effects: &[proto::Effect],
+        spec: &HoldSpec,
+        now: SystemTime,
+    ) -> Vec<String> {
+        let inner = self.lock();
+        if !inner.heard.is_some_and(|h| h.elapsed() < LEASE) {
+            return Vec::new();
+        }
+        let mut ids: Vec<String> = inner
+            .grants
+            .iter()
+            .filter(|(_, e)| e.uses < e.issued.scope.as_ref().map_or(0, |s| s.max_uses))
+            .filter(|(_, e)| covers(&e.issued, who, connection, effects, spec, now).is_ok())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Claims the next use of grant `id` in the log. `used` makes the
+    /// `GrantUsed` event for a use number (the caller's session and
+    /// source). `Err` says why not: the statement is then held as usual.
+    pub async fn claim(
+        &self,
+        log: &EventLog,
+        id: &str,
+        used: impl Fn(u32) -> proto::Event,
+    ) -> Result<Claimed, String> {
+        let trust = log.trust().ok_or("no trusted control-plane keys")?;
+        for _ in 0..CLAIM_TRIES {
+            let entry = {
+                let mut inner = self.lock();
+                let e = inner.grants.get_mut(id).ok_or("the grant is no longer live")?;
+                if !e.vouched {
+                    e.vouched = vouched_issue(trust, e);
+                }
+                if !e.vouched {
+                    inner.grants.remove(id);
+                    return Err("the grant is not signed by a trusted control-plane key".into());
+                }
+                e.clone()
+            };
+            let scope = entry.issued.scope.clone().unwrap_or_default();
+            if entry.uses >= scope.max_uses {
+                return Err(format!("all {} uses are taken", scope.max_uses));
+            }
+            let mut event = used(entry.uses + 1);
+            link(&mut event, &entry.head);
+            match log
+                .append(&entry.subject, &event, Expect::LastSequence(entry.head.sequence))
+                .await
+            {
+                Ok(appended) if !appended.duplicate => {
+                    let mut inner = self.lock();
+                    if let Some(e) = inner.grants.get_mut(id)
+                        && e.head.sequence < appended.sequence
+                    {
+                        e.head = appended.head;
+                        e.uses = entry.uses + 1;
+                    }
+                    return Ok(Claimed {
+                        grant_id: id.to_owned(),
+                        use_: entry.uses + 1,
+                        max_uses: scope.max_uses,
+                        max_rows: scope.max_rows,
+                    });
+                }
+                Ok(_) => return Err("the use's event id was already in the log".into()),
+                Err(LogError::Conflict { .. }) => {
+                    // Another use, or a revocation, came first.
+                    self.reread(log, trust, id, &entry).await?;
+                }
+                Err(e) => return Err(format!("the log did not take the use: {e}")),
+            }
+        }
+        Err("the grant's uses kept moving".into())
+    }
+
+    /// After a lost race: the subject's state from the log itself.
+    async fn reread(&self, log: &EventLog, trust: &Trust, id: &str, entry: &Entry) -> Result<(), String> {
+        let events = log
+            .read_subject_events(&entry.subject)
+            .await
+            .map_err(|e| format!("reading the grant: {e}"))?;
+        let state = fold_subject(&events, trust, id);
+        let head = log
+            .head(&entry.subject)
+            .await
+            .map_err(|e| format!("reading the grant: {e}"))?;
+        let mut inner = self.lock();
+        match state {
+            Ok(uses) => {
+                if let Some(e) = inner.grants.get_mut(id) {
+                    e.head = head;
+                    e.uses = uses;
+                }
+                Ok(())
+            }
+            Err(why) => {
+                inner.grants.remove(id);
+                Err(why)
+            }
+        }
+    }
+}
+
+/// Whether the GrantIssued in `e` is one a control-plane key this proxy
+/// trusts signed, on the grant's subject.
+fn vouched_issue(trust: &Trust, e: &Entry) -> bool {
+    let Ok(stored) = StoredEvent::from_raw(e.issued_sequence, &e.subject, e.issued_raw.clone()) else {
+        return false;
+    };
+    matches!(
+        trust.check(&stored),
+        Ok(Vouched::Signed {
+            role: Role::Control,
+            ..
+        })
+    )
+}
+
+/// Pure: the uses taken of grant `id` by the trusted events on its
+/// subject, or why it is over (revoked, expired, never issued).
+pub fn fold_subject(events: &[StoredEvent], trust: &Trust, id: &str) -> Result<u32, String> {
+    let mut issued = false;
+    let mut uses = 0u32;
+    for e in events {
+        if e.event.request_id != id {
+            continue;
+        }
+        let Ok(Vouched::Signed { role, .. }) = trust.check(e) else {
+            continue;
+        };
+        match (&e.event.body, role) {
+            (Some(Body::GrantIssued(_)), Role::Control) => issued = true,
+            (Some(Body::GrantUsed(u)), Role::Proxy) => uses = uses.max(u.number),
+            (Some(Body::GrantRevoked(_)), Role::Control) => return Err("the grant was revoked".into()),
+            (Some(Body::GrantExpired(_)), Role::Control) => return Err("the grant expired".into()),
+            _ => {}
+        }
+    }
+    if issued {
+        Ok(uses)
+    } else {
+        Err("the grant is not in the log".into())
+    }
+}
+
+/// Pure: whether `issued` covers a statement held with `spec`, with judged
+/// `effects`, from `who` on `connection`, at `now`. A use must be from the
+/// grant's identity (tenant and subject) on its connection, before its
+/// expiry, match its scope, be grantable at all, and be held on terms its
+/// approvers meet: no more approvals than they were, each approver in a
+/// group that may review it, each with the step-up it asks.
+pub fn covers(
+    issued: &proto::GrantIssued,
+    who: &proto::Identity,
+    connection: &str,
+    effects: &[proto::Effect],
+    spec: &HoldSpec,
+    now: SystemTime,
+) -> Result<(), &'static str> {
+    use proto::grant_scope::Match;
+    let mine = issued.identity.as_ref().ok_or("no identity")?;
+    if mine.subject.is_empty() || mine.subject != who.subject || mine.tenant_id != who.tenant_id {
+        return Err("another identity");
+    }
+    if issued.connection != connection {
+        return Err("another connection");
+    }
+    let expires = issued
+        .expires_at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .ok_or("no expiry")?;
+    if now >= expires {
+        return Err("expired");
+    }
+    let scope = issued.scope.as_ref().ok_or("no scope")?;
+    let fingerprint = &spec.fingerprint;
+    if fingerprint.hash.is_empty() {
+        // Not a statement a grant may cover (several statements, a call,
+        // DDL, unparsed).
+        return Err("not grantable");
+    }
+    match Match::try_from(scope.r#match) {
+        Ok(Match::Fingerprint) => {
+            let want = issued.fingerprint.as_ref().map(|f| f.hash.as_str()).unwrap_or("");
+            if want.is_empty() || want != fingerprint.hash {
+                return Err("another shape");
+            }
+        }
+        Ok(Match::Rule) => {
+            let covered = !effects.is_empty()
+                && effects.iter().all(|e| {
+                    scope.kinds.iter().any(|k| k.eq_ignore_ascii_case(&e.kind))
+                        && (e.tables.iter().all(|t| scope.tables.contains(t)))
+                        && (e.kind.eq_ignore_ascii_case("SELECT") || !e.tables.is_empty())
+                });
+            if !covered {
+                return Err("outside its kinds and tables");
+            }
+        }
+        _ => return Err("an unknown match"),
+    }
+    // The hold's terms, met by the grant's approvers.
+    let mut people: Vec<&proto::Identity> = Vec::new();
+    for a in &issued.approvers {
+        if let Some(r) = &a.reviewer
+            && !r.subject.is_empty()
+            && !people.iter().any(|p| p.subject == r.subject)
+        {
+            people.push(r);
+        }
+    }
+    if people.len() < spec.approvals.max(1) as usize {
+        return Err("fewer approvers than the hold asks");
+    }
+    let may_review = |p: &proto::Identity| {
+        spec.reviewers
+            .iter()
+            .any(|g| !g.id.is_empty() && p.groups.iter().any(|m| m.id == g.id))
+    };
+    if !people.iter().all(|p| may_review(p)) {
+        return Err("an approver is not a reviewer of this hold");
+    }
+    if !people
+        .iter()
+        .all(|p| spec.require_acrs.iter().all(|acr| p.acrs.contains(acr)))
+    {
+        return Err("an approver lacks the step-up the hold asks");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(subject: &str, groups: &[&str], acrs: &[&str]) -> proto::Identity {
+        proto::Identity {
+            subject: subject.into(),
+            tenant_id: "t".into(),
+            kind: proto::identity::Kind::User as i32,
+            groups: groups
+                .iter()
+                .map(|g| proto::Group {
+                    id: (*g).into(),
+                    name: String::new(),
+                })
+                .collect(),
+            acrs: acrs.iter().map(|a| (*a).to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn agent() -> proto::Identity {
+        proto::Identity {
+            subject: "agent".into(),
+            tenant_id: "t".into(),
+            kind: proto::identity::Kind::App as i32,
+            ..Default::default()
+        }
+    }
+
+    fn spec(fingerprint: &str) -> HoldSpec {
+        HoldSpec {
+            approvals: 1,
+            reviewers: vec![proto::Group {
+                id: "rev".into(),
+                name: "db-reviewers".into(),
+            }],
+            timeout: Duration::from_secs(60),
+            require_acrs: Vec::new(),
+            plan: Ok(()),
+            dry_run: None,
+            fingerprint: proto::Fingerprint {
+                hash: fingerprint.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn issued(m: proto::grant_scope::Match) -> proto::GrantIssued {
+        proto::GrantIssued {
+            identity: Some(agent()),
+            connection: "shop".into(),
+            scope: Some(proto::GrantScope {
+                r#match: m as i32,
+                max_uses: 5,
+                kinds: vec!["DELETE".into()],
+                tables: vec!["public.orders".into()],
+                ..Default::default()
+            }),
+            fingerprint: Some(proto::Fingerprint {
+                hash: "abc".into(),
+                ..Default::default()
+            }),
+            expires_at: Some((SystemTime::now() + Duration::from_secs(600)).into()),
+            approvers: vec![proto::Approver {
+                reviewer: Some(person("alice", &["rev"], &[])),
+                ..Default::default()
+            }],
+            approvals_required: 1,
+            ..Default::default()
+        }
+    }
+
+    fn delete_orders() -> Vec<proto::Effect> {
+        vec![proto::Effect {
+            kind: "DELETE".into(),
+            tables: vec!["public.orders".into()],
+        }]
+    }
+
+    #[test]
+    fn a_fingerprint_grant_covers_its_shape_for_its_identity_and_connection_only() {
+        use proto::grant_scope::Match;
+        let g = issued(Match::Fingerprint);
+        let now = SystemTime::now();
+        assert_eq!(
+            covers(&g, &agent(), "shop", &delete_orders(), &spec("abc"), now),
+            Ok(())
+        );
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &spec("abd"), now).is_err());
+        assert!(covers(&g, &agent(), "other", &delete_orders(), &spec("abc"), now).is_err());
+        let mut other = agent();
+        other.subject = "agent-2".into();
+        assert!(covers(&g, &other, "shop", &delete_orders(), &spec("abc"), now).is_err());
+        let mut other_tenant = agent();
+        other_tenant.tenant_id = "t2".into();
+        assert!(covers(&g, &other_tenant, "shop", &delete_orders(), &spec("abc"), now).is_err());
+        // Not grantable (no fingerprint): never covered.
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &spec(""), now).is_err());
+        // Past its expiry.
+        assert!(
+            covers(
+                &g,
+                &agent(),
+                "shop",
+                &delete_orders(),
+                &spec("abc"),
+                now + Duration::from_secs(601)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_rule_grant_covers_only_its_kinds_on_its_tables() {
+        use proto::grant_scope::Match;
+        let g = issued(Match::Rule);
+        let now = SystemTime::now();
+        assert_eq!(
+            covers(&g, &agent(), "shop", &delete_orders(), &spec("x"), now),
+            Ok(())
+        );
+        let update = vec![proto::Effect {
+            kind: "UPDATE".into(),
+            tables: vec!["public.orders".into()],
+        }];
+        assert!(covers(&g, &agent(), "shop", &update, &spec("x"), now).is_err());
+        let two = vec![proto::Effect {
+            kind: "DELETE".into(),
+            tables: vec!["public.orders".into(), "public.customers".into()],
+        }];
+        assert!(covers(&g, &agent(), "shop", &two, &spec("x"), now).is_err());
+        assert!(covers(&g, &agent(), "shop", &[], &spec("x"), now).is_err());
+    }
+
+    #[test]
+    fn a_hold_asking_more_than_the_approvers_gave_is_not_covered() {
+        use proto::grant_scope::Match;
+        let g = issued(Match::Fingerprint);
+        let now = SystemTime::now();
+        let mut two = spec("abc");
+        two.approvals = 2;
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &two, now).is_err());
+        let mut other_reviewers = spec("abc");
+        other_reviewers.reviewers = vec![proto::Group {
+            id: "leads".into(),
+            name: String::new(),
+        }];
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &other_reviewers, now).is_err());
+        let mut step_up = spec("abc");
+        step_up.require_acrs = vec!["c1".into()];
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &step_up, now).is_err());
+    }
+
+    #[test]
+    fn without_hearing_from_the_control_plane_no_grant_applies() {
+        let grants = Grants::default();
+        let g = issued(proto::grant_scope::Match::Fingerprint);
+        let event = proto::Event {
+            id: "E".into(),
+            request_id: "01J0GRANT".into(),
+            body: Some(Body::GrantIssued(g)),
+            ..Default::default()
+        };
+        grants.notice(proto::GrantNotice {
+            grant_id: "01J0GRANT".into(),
+            issued: prost::Message::encode_to_vec(&event),
+            issued_sequence: 1,
+            subject: "airlock.v1.grant.01J0GRANT".into(),
+            head_sequence: 1,
+            live: true,
+            ..Default::default()
+        });
+        assert_eq!(grants.len(), 1);
+        let now = SystemTime::now();
+        assert!(
+            grants
+                .covering(&agent(), "shop", &delete_orders(), &spec("abc"), now)
+                .is_empty()
+        );
+        grants.heard();
+        assert_eq!(
+            grants.covering(&agent(), "shop", &delete_orders(), &spec("abc"), now),
+            vec!["01J0GRANT".to_owned()]
+        );
+        // A notice that it ended removes it.
+        grants.notice(proto::GrantNotice {
+            grant_id: "01J0GRANT".into(),
+            live: false,
+            ..Default::default()
+        });
+        assert!(grants.is_empty());
+    }
+}
