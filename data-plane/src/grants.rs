@@ -240,13 +240,9 @@ impl Grants {
             .await
             .map_err(|e| format!("reading the grant: {e}"))?;
         let state = fold_subject(&events, trust, id);
-        let head = log
-            .head(&entry.subject)
-            .await
-            .map_err(|e| format!("reading the grant: {e}"))?;
         let mut inner = self.lock();
         match state {
-            Ok(uses) => {
+            Ok((uses, head)) => {
                 if let Some(e) = inner.grants.get_mut(id) {
                     e.head = head;
                     e.uses = uses;
@@ -276,31 +272,49 @@ fn vouched_issue(trust: &Trust, e: &Entry) -> bool {
     )
 }
 
-/// Pure: the uses taken of grant `id` by the trusted events on its
-/// subject, or why it is over (revoked, expired, never issued).
-pub fn fold_subject(events: &[StoredEvent], trust: &Trust, id: &str) -> Result<u32, String> {
+/// Pure: the uses taken of grant `id` by the events on its subject, and
+/// the subject's head; or why it is over (revoked, expired, never issued).
+/// Only the GrantIssued must be signed by a trusted control-plane key.
+/// Every other event counts whoever wrote it (this proxy may not know the
+/// other proxies' keys): a forged use or end can only stop a grant sooner,
+/// never give it more uses, so the count fails closed.
+pub fn fold_subject(events: &[StoredEvent], trust: &Trust, id: &str) -> Result<(u32, ChainHead), String> {
     let mut issued = false;
     let mut uses = 0u32;
+    let mut index = 0u64;
     for e in events {
         if e.event.request_id != id {
             continue;
         }
-        let Ok(Vouched::Signed { role, .. }) = trust.check(e) else {
-            continue;
-        };
-        match (&e.event.body, role) {
-            (Some(Body::GrantIssued(_)), Role::Control) => issued = true,
-            (Some(Body::GrantUsed(u)), Role::Proxy) => uses = uses.max(u.number),
-            (Some(Body::GrantRevoked(_)), Role::Control) => return Err("the grant was revoked".into()),
-            (Some(Body::GrantExpired(_)), Role::Control) => return Err("the grant expired".into()),
+        index = index.max(e.event.chain_index);
+        match &e.event.body {
+            Some(Body::GrantIssued(_)) => {
+                issued |= matches!(
+                    trust.check(e),
+                    Ok(Vouched::Signed {
+                        role: Role::Control,
+                        ..
+                    })
+                );
+            }
+            Some(Body::GrantUsed(u)) => uses = uses.saturating_add(1).max(u.number),
+            Some(Body::GrantRevoked(_)) => return Err("the grant was revoked".into()),
+            Some(Body::GrantExpired(_)) => return Err("the grant expired".into()),
             _ => {}
         }
     }
-    if issued {
-        Ok(uses)
-    } else {
-        Err("the grant is not in the log".into())
+    let last = events.last().ok_or("the grant is not in the log")?;
+    if !issued {
+        return Err("the grant is not in the log".into());
     }
+    Ok((
+        uses,
+        ChainHead {
+            sequence: last.sequence,
+            hash: airlock_eventlog::hash(&last.raw).to_vec(),
+            index,
+        },
+    ))
 }
 
 /// Pure: whether `issued` covers a statement held with `spec`, with judged

@@ -22,8 +22,9 @@ use crate::access::may_review;
 use crate::auth::{Caller, Via};
 use crate::error::{ApiError, Code};
 use crate::json::{
-    self, ErrorJson, HealthJson, HealthStatusJson, KillBody, KillResultJson, MAX_REASON_CHARS, MeJson,
-    Refusals, RequestJson, RequestPageJson, SessionJson, SessionPageJson, ViaJson, VoteBody, VoteResultJson,
+    self, ErrorJson, GrantJson, GrantListJson, HealthJson, HealthStatusJson, KillBody, KillResultJson,
+    MAX_REASON_CHARS, MeJson, Refusals, RequestJson, RequestPageJson, RevokeBody, SessionJson,
+    SessionPageJson, ViaJson, VoteBody, VoteResultJson,
 };
 use crate::{Route, events};
 
@@ -38,6 +39,8 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/api/v1/sessions", get(list_sessions)),
         ("GET", "/api/v1/sessions/{id}", get(get_session)),
         ("POST", "/api/v1/sessions/{id}/kill", post(kill_session)),
+        ("GET", "/api/v1/grants", get(list_grants)),
+        ("GET", "/api/v1/grants/{id}", get(get_grant).delete(revoke_grant)),
         ("GET", "/api/v1/events", get(events::events)),
         ("GET", "/api/v1/me", get(me)),
         ("GET", "/healthz", get(healthz)),
@@ -520,6 +523,109 @@ async fn kill_session(
         event_id: killed.event_id,
         sequence: killed.sequence,
     }))
+}
+
+/// List grants (approvals in scope), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/grants",
+    tag = "grants",
+    params(("state" = Option<String>, Query, description = "active, used_up, revoked, expired, comma-separated.")),
+    responses(
+        (status = 200, description = "Grants the caller may see.", body = GrantListJson),
+        (status = 400, description = "An unknown parameter or state (`invalid_argument`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
+async fn list_grants(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<GrantListJson>, ApiError> {
+    let caller = app.auth.caller(&headers).await?;
+    let mut states = Vec::new();
+    for (k, v) in query_pairs(raw.as_deref()) {
+        match k.as_str() {
+            "state" => {
+                for word in v.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                    let state = json::parse_grant_state(word).ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "unknown grant state {word:?}: active, used_up, revoked or expired"
+                        ))
+                    })?;
+                    states.push(state as i32);
+                }
+            }
+            other => return Err(ApiError::invalid(format!("unknown parameter {other:?}: state"))),
+        }
+    }
+    let r = app.control.list_grants(&caller.token, states).await?;
+    Ok(Json(GrantListJson {
+        grants: r.grants.iter().map(json::grant).collect(),
+    }))
+}
+
+/// One grant: its scope, uses and state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/grants/{id}",
+    tag = "grants",
+    params(("id" = String, Path, description = "Grant id (the approved request's).", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "The grant.", body = GrantJson),
+        (status = 404, description = "No such grant the caller may see (`not_found`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
+async fn get_grant(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<GrantJson>, ApiError> {
+    let id = path_id(id)?;
+    let caller = app.auth.caller(&headers).await?;
+    check_id(&id)?;
+    Ok(Json(json::grant(
+        &app.control.get_grant(&caller.token, &id).await?,
+    )))
+}
+
+/// Revoke a grant: no proxy runs a statement under it from then on (each
+/// use is claimed in the log after the revocation's place).
+///
+/// A browser session must also send `X-CSRF-Token`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/grants/{id}",
+    tag = "grants",
+    params(("id" = String, Path, description = "Grant id.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = RevokeBody, description = "May be left out: an empty body is `{}`."),
+    responses(
+        (status = 200, description = "Revoked; the grant as it is now.", body = GrantJson),
+        (status = 403, description = "Not a reviewer of the grant's request (`not_a_reviewer`).", body = ErrorJson),
+        (status = 404, description = "No such grant (`not_found`).", body = ErrorJson),
+        (status = 409, description = "It has already ended (`already_decided`).", body = ErrorJson),
+        Refusals,
+    ),
+    security(("bearer" = []), ("session" = [])),
+)]
+async fn revoke_grant(
+    State(app): State<crate::State>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<GrantJson>, ApiError> {
+    let id = path_id(id)?;
+    let caller = app.auth.changing(&headers, None).await?;
+    check_id(&id)?;
+    let body: RevokeBody = json_body(&body)?;
+    let reason = body.reason.unwrap_or_default();
+    check_reason(&reason)?;
+    let view = app.control.revoke_grant(&caller.token, &id, reason).await?;
+    tracing::info!(grant = %id, by = %caller.identity.subject, "grant revoked");
+    Ok(Json(json::grant(&view)))
 }
 
 /// The verified caller: who the token or session belongs to.

@@ -193,4 +193,45 @@ impl ControlClient {
             .await?
             .into_inner())
     }
+
+    pub async fn list_grants(
+        &self,
+        token: &Token,
+        states: Vec<i32>,
+    ) -> Result<proto::ListGrantsResponse, ApiError> {
+        let q = proto::ListGrantsRequest { states };
+        Ok(self
+            .client()
+            .list_grants(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get_grant(&self, token: &Token, id: &str) -> Result<proto::GrantView, ApiError> {
+        let q = proto::GetGrantRequest {
+            grant_id: id.to_owned(),
+        };
+        Ok(self
+            .client()
+            .get_grant(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn revoke_grant(
+        &self,
+        token: &Token,
+        id: &str,
+        reason: String,
+    ) -> Result<proto::GrantView, ApiError> {
+        let q = proto::RevokeGrantRequest {
+            grant_id: id.to_owned(),
+            reason,
+        };
+        Ok(self
+            .client()
+            .revoke_grant(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
 }

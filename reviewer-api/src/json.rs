@@ -395,6 +395,170 @@ pub struct RequestJson {
     pub agent_reason_truncated: bool,
     /// What the session sent just before (at most 20), oldest first.
     pub recent_statements: Vec<RecentStatementJson>,
+    /// The statement's shape, which an approval may allow in scope.
+    pub fingerprint: FingerprintJson,
+}
+
+/// A statement's shape: SHA-256 of its normalised parse tree and effects.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Fingerprint)]
+pub struct FingerprintJson {
+    /// Hex; empty when a grant cannot cover the statement.
+    pub hash: String,
+    /// Literals and parameters as `?`, lists collapsed, names folded.
+    pub normalized: String,
+    /// Why there is none.
+    pub unavailable: String,
+}
+
+pub fn fingerprint(f: Option<&proto::Fingerprint>) -> FingerprintJson {
+    let f = f.cloned().unwrap_or_default();
+    FingerprintJson {
+        hash: f.hash,
+        normalized: f.normalized,
+        unavailable: f.unavailable,
+    }
+}
+
+/// A grant: an approval in scope, its uses and state.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Grant)]
+pub struct GrantJson {
+    /// The approved request's id.
+    pub id: String,
+    /// active, used_up, revoked or expired.
+    pub state: String,
+    /// For whom (the requester) and on which connection.
+    #[schema(required = true)]
+    pub identity: Option<IdentityJson>,
+    pub connection: String,
+    /// fingerprint or rule.
+    #[serde(rename = "match")]
+    pub match_: String,
+    pub fingerprint: FingerprintJson,
+    pub kinds: Vec<String>,
+    pub tables: Vec<String>,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub remaining: u32,
+    /// Each use may change at most this many rows of each table it writes.
+    pub max_rows: Option<u64>,
+    #[schema(required = true, format = DateTime)]
+    pub issued_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
+    pub ended_at: Option<String>,
+    pub approvers: Vec<IdentityJson>,
+    pub policy: String,
+    pub rule: String,
+    pub break_glass: bool,
+    #[schema(required = true)]
+    pub revoked_by: Option<IdentityJson>,
+    pub revoke_reason: String,
+    /// The newest uses (at most 20).
+    pub recent_uses: Vec<GrantUseJson>,
+    pub sequence: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = GrantUse)]
+pub struct GrantUseJson {
+    pub number: u32,
+    pub session_id: String,
+    pub proxy_id: String,
+    /// Hex SHA-256 of the statement's exact messages.
+    pub statement_sha256: String,
+    #[schema(required = true, format = DateTime)]
+    pub time: Option<String>,
+}
+
+/// `GET /api/v1/grants`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = GrantList)]
+pub struct GrantListJson {
+    pub grants: Vec<GrantJson>,
+}
+
+/// The word for a grant state.
+pub fn grant_state_name(state: i32) -> &'static str {
+    match proto::GrantState::try_from(state) {
+        Ok(proto::GrantState::Active) => "active",
+        Ok(proto::GrantState::UsedUp) => "used_up",
+        Ok(proto::GrantState::Revoked) => "revoked",
+        Ok(proto::GrantState::Expired) => "expired",
+        _ => "unknown",
+    }
+}
+
+/// A grant state from its word.
+pub fn parse_grant_state(word: &str) -> Option<proto::GrantState> {
+    Some(match word {
+        "active" => proto::GrantState::Active,
+        "used_up" => proto::GrantState::UsedUp,
+        "revoked" => proto::GrantState::Revoked,
+        "expired" => proto::GrantState::Expired,
+        _ => return None,
+    })
+}
+
+pub fn grant(v: &proto::GrantView) -> GrantJson {
+    let g = v.grant.clone().unwrap_or_default();
+    let scope = g.scope.clone().unwrap_or_default();
+    GrantJson {
+        id: v.grant_id.clone(),
+        state: grant_state_name(v.state).to_owned(),
+        identity: g.identity.as_ref().map(identity),
+        connection: g.connection.clone(),
+        match_: match proto::grant_scope::Match::try_from(scope.r#match) {
+            Ok(proto::grant_scope::Match::Fingerprint) => "fingerprint",
+            Ok(proto::grant_scope::Match::Rule) => "rule",
+            _ => "unknown",
+        }
+        .to_owned(),
+        fingerprint: fingerprint(g.fingerprint.as_ref()),
+        kinds: scope.kinds.clone(),
+        tables: scope.tables.clone(),
+        max_uses: scope.max_uses,
+        uses: v.uses,
+        remaining: v.remaining,
+        max_rows: scope.max_rows,
+        issued_at: rfc3339(v.issued_at.as_ref()),
+        expires_at: rfc3339(g.expires_at.as_ref()),
+        ended_at: rfc3339(v.ended_at.as_ref()),
+        approvers: g
+            .approvers
+            .iter()
+            .filter_map(|a| a.reviewer.as_ref().map(identity))
+            .collect(),
+        policy: g.policy.clone(),
+        rule: g.rule.clone(),
+        break_glass: g.break_glass,
+        revoked_by: v.revoked_by.as_ref().map(identity),
+        revoke_reason: v.revoke_reason.clone(),
+        recent_uses: v
+            .recent_uses
+            .iter()
+            .map(|u| GrantUseJson {
+                number: u.number,
+                session_id: u.session_id.clone(),
+                proxy_id: u.proxy_id.clone(),
+                statement_sha256: hex::encode(&u.statement_sha256),
+                time: rfc3339(u.time.as_ref()),
+            })
+            .collect(),
+        sequence: v.sequence,
+    }
+}
+
+/// Body of `DELETE /api/v1/grants/{id}`; an empty body is `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RevokeBody)]
+pub struct RevokeBody {
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    pub reason: Option<String>,
 }
 
 /// `GET /api/v1/requests`.
@@ -841,6 +1005,7 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
                 time: rfc3339(r.time.as_ref()),
             })
             .collect(),
+        fingerprint: fingerprint(asked.fingerprint.as_ref()),
     }
 }
 

@@ -35,6 +35,9 @@ use crate::Route;
         crate::api::list_sessions,
         crate::api::get_session,
         crate::api::kill_session,
+        crate::api::list_grants,
+        crate::api::get_grant,
+        crate::api::revoke_grant,
         crate::events::events,
         crate::api::me,
         serve,
@@ -49,6 +52,7 @@ use crate::Route;
     tags(
         (name = "requests", description = "Held statements and the votes on them."),
         (name = "sessions", description = "Recorded sessions, and ending one."),
+        (name = "grants", description = "Approvals in scope: their uses, and revoking one."),
         (name = "events", description = "Request changes as they happen."),
         (name = "caller", description = "Who the server thinks you are."),
         (name = "service", description = "Health, metrics and this document; no sign-in."),

@@ -1,0 +1,395 @@
+//! Grants: a reviewer approves one statement and, in the same act, allows
+//! statements of its shape (or of a kind on a table) from the same identity
+//! on the same connection, a number of times, for a while. Through the
+//! real binaries, two proxies and two control-plane replicas, against real
+//! PostgreSQL and NATS: uses run without a hold and are each in the log
+//! before they run, exactly `max_uses` of them however two proxies race,
+//! another identity or shape is held, a revocation stops every proxy at
+//! once, a use past its row bound is rolled back.
+
+use std::time::{Duration, Instant};
+
+use airlock_e2e::binaries::{AGENTS, ALICE, BinaryStack};
+use airlock_e2e::{StackBuilder, request_id};
+use serde_json::{Value, json};
+
+const RULES: &str = "      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+";
+
+fn start(orders: u32) -> BinaryStack {
+    tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(orders)
+            .rules(RULES)
+            .proxies(2)
+            .replicas(2)
+            .reviewer()
+            .start_binaries()
+    })
+}
+
+/// Another agent of the same group: its own identity.
+fn other_agent(stack: &BinaryStack) -> String {
+    stack.token(&[
+        "--sub",
+        "oid-agent-8",
+        "--name",
+        "agent-8",
+        "--app",
+        "--group",
+        AGENTS,
+    ])
+}
+
+fn export(stack: &BinaryStack) -> Vec<Value> {
+    let out = stack
+        .control_command(&["export", "--from", "1"])
+        .output()
+        .expect("export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The grant uses in the log, in stream order: (grant id, number).
+fn uses(stack: &BinaryStack) -> Vec<(String, u64)> {
+    export(stack)
+        .iter()
+        .filter(|e| e["kind"] == "grant_used")
+        .map(|e| {
+            let id = e["event"]["request_id"].as_str().unwrap_or("").to_owned();
+            (id, e["event"]["grant_used"]["number"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Grant ids of the executed statements in the log (alone or grouped).
+fn executed_grants(stack: &BinaryStack) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in export(stack) {
+        let one = e["event"]["statement_executed"].clone();
+        let group = e["event"]["statements_executed"]["statements"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for s in std::iter::once(one).chain(group.into_iter().map(|g| g["statement"].clone())) {
+            if let Some(g) = s["grant_id"].as_str() {
+                out.push(g.to_owned());
+            }
+        }
+    }
+    out
+}
+
+fn count(stack: &BinaryStack) -> i64 {
+    stack
+        .pg
+        .psql("shop", "SELECT count(*) FROM public.orders")
+        .parse()
+        .expect("a count")
+}
+
+async fn rest(stack: &BinaryStack, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let alice = stack.user_token(ALICE);
+    let r = reqwest::Client::new()
+        .request(method, format!("{}{path}", stack.reviewer_url))
+        .bearer_auth(&alice)
+        .json(&body)
+        .send()
+        .await
+        .expect("reviewer answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Holds `sql` on a session of `token` at proxy `proxy`; Alice approves
+/// it with `scope`; returns once it ran, with the request (grant) id.
+async fn approve_in_scope(stack: &BinaryStack, token: &str, sql: &str, scope: Value) -> String {
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_ports[0], token).await;
+    let sql = sql.to_owned();
+    let run = tokio::spawn(async move { client.simple_query(&sql).await.map(|_| client) });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("held in time")
+        .expect("a notice");
+    let id = request_id(&notice).expect("a request id");
+    let (status, v) = rest(
+        stack,
+        reqwest::Method::POST,
+        &format!("/api/v1/requests/{id}/approve"),
+        json!({"reason": "cleanup ticket 42", "scope": scope}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    run.await.expect("task").expect("the approved statement ran");
+    // The grant is issued and reaches both proxies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = rest(
+            stack,
+            reqwest::Method::GET,
+            &format!("/api/v1/grants/{id}"),
+            json!({}),
+        )
+        .await;
+        if status == 200 && v["state"] == "active" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no active grant {id}: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    id
+}
+
+/// Runs `sql` on `client`: `Ok(true)` when it ran without a hold, `Ok(false)`
+/// when it was held (the session is then dropped, cancelling the request).
+async fn runs_unheld(port: u16, token: &str, sql: &str) -> bool {
+    let (client, mut notices) = airlock_e2e::session(port, token).await;
+    let q = client.simple_query(sql);
+    tokio::select! {
+        r = q => {
+            r.expect("the statement ran");
+            true
+        }
+        n = notices.recv() => {
+            assert!(n.is_some_and(|n| n.contains("request")), "a hold notice");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fingerprint_grant_runs_its_shape_five_times_for_its_identity_only() {
+    let stack = start(100);
+    let agent = stack.agent_token();
+    let grant = approve_in_scope(
+        &stack,
+        &agent,
+        "DELETE FROM orders WHERE id = 1",
+        json!({"match": "fingerprint", "ttl": "30m", "max_uses": 5}),
+    )
+    .await;
+    // The request showed its shape.
+    let (_, request) = rest(
+        &stack,
+        reqwest::Method::GET,
+        &format!("/api/v1/requests/{grant}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        request["fingerprint"]["normalized"], "DELETE FROM orders WHERE id = ?",
+        "{request}"
+    );
+    // Five more of that shape, on either proxy, run without a hold.
+    for id in 2..=6 {
+        let port = stack.proxy_ports[id % 2];
+        let sql = format!("delete from ORDERS where id = {id} -- same shape");
+        assert!(runs_unheld(port, &agent, &sql).await, "use {id} was held");
+    }
+    assert_eq!(count(&stack), 94);
+    // The sixth is held; so is the same shape from another identity, and
+    // another shape from this one.
+    assert!(!runs_unheld(stack.proxy_ports[0], &agent, "DELETE FROM orders WHERE id = 7").await);
+    assert!(
+        !runs_unheld(
+            stack.proxy_ports[1],
+            &other_agent(&stack),
+            "DELETE FROM orders WHERE id = 8"
+        )
+        .await
+    );
+    assert!(!runs_unheld(stack.proxy_ports[0], &agent, "DELETE FROM orders WHERE total = 8").await);
+    assert_eq!(count(&stack), 94);
+    // Each use is in the log, numbered in order, before its statement's
+    // record names the grant.
+    assert_eq!(
+        uses(&stack),
+        (1..=5).map(|n| (grant.clone(), n)).collect::<Vec<_>>()
+    );
+    let (_, v) = rest(
+        &stack,
+        reqwest::Method::GET,
+        &format!("/api/v1/grants/{grant}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["state"], "used_up", "{v}");
+    assert_eq!(v["uses"], 5);
+    assert_eq!(v["recent_uses"].as_array().map(Vec::len), Some(5));
+    let executed_under_grant = executed_grants(&stack).iter().filter(|g| **g == grant).count();
+    assert_eq!(executed_under_grant, 5);
+    stack.assert_verify_passes();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_proxies_racing_on_one_grant_never_exceed_its_uses() {
+    let stack = start(300);
+    let agent = stack.agent_token();
+    let max_uses = 40;
+    let grant = approve_in_scope(
+        &stack,
+        &agent,
+        "DELETE FROM orders WHERE id = 1",
+        json!({"match": "fingerprint", "ttl": "30m", "max_uses": max_uses}),
+    )
+    .await;
+    // 100 tries, 50 on each proxy, both at once; each proxy's session stops
+    // at its first hold.
+    let mut tasks = Vec::new();
+    for p in 0..2usize {
+        let port = stack.proxy_ports[p];
+        let token = agent.clone();
+        tasks.push(tokio::spawn(async move {
+            let (client, mut notices) = airlock_e2e::session(port, &token).await;
+            let mut ran = 0u32;
+            for i in 0..50u32 {
+                let id = 2 + p as u32 * 50 + i;
+                let sql = format!("DELETE FROM orders WHERE id = {id}");
+                let q = client.simple_query(&sql);
+                tokio::select! {
+                    r = q => { r.expect("ran"); ran += 1; }
+                    _ = notices.recv() => break,
+                }
+            }
+            ran
+        }));
+    }
+    let mut ran = 0;
+    for t in tasks {
+        ran += t.await.expect("task");
+    }
+    assert_eq!(ran, max_uses, "statements run under the grant");
+    assert_eq!(count(&stack), 300 - 1 - i64::from(max_uses));
+    let numbers: Vec<u64> = uses(&stack)
+        .into_iter()
+        .filter(|(g, _)| *g == grant)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(numbers, (1..=u64::from(max_uses)).collect::<Vec<_>>());
+    stack.assert_verify_passes();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_stops_both_proxies_at_once_and_a_use_past_its_row_bound_is_rolled_back() {
+    let stack = start(100);
+    let agent = stack.agent_token();
+    let grant = approve_in_scope(
+        &stack,
+        &agent,
+        "DELETE FROM orders WHERE id <= 1",
+        json!({"match": "fingerprint", "ttl": "30m", "max_uses": 50, "max_rows": 1}),
+    )
+    .await;
+    assert!(runs_unheld(stack.proxy_ports[1], &agent, "DELETE FROM orders WHERE id <= 2").await);
+    assert_eq!(count(&stack), 98);
+    // Two rows would change: the use is refused and rolled back.
+    let (client, _notices) = airlock_e2e::session(stack.proxy_ports[0], &agent).await;
+    let e = client
+        .simple_query("DELETE FROM orders WHERE id <= 4")
+        .await
+        .expect_err("past the grant's row bound");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("ZA001"), "{e:?}");
+    assert_eq!(count(&stack), 98);
+    // Revoked: neither proxy runs another use, from the moment the
+    // revocation is answered.
+    let started = Instant::now();
+    let (status, v) = rest(
+        &stack,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/grants/{grant}"),
+        json!({"reason": "done"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "revoked");
+    assert!(!runs_unheld(stack.proxy_ports[0], &agent, "DELETE FROM orders WHERE id <= 3").await);
+    assert!(!runs_unheld(stack.proxy_ports[1], &agent, "DELETE FROM orders WHERE id <= 3").await);
+    let took = started.elapsed();
+    eprintln!("revocation to both proxies holding: {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(count(&stack), 98);
+    let (status, _) = rest(
+        &stack,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/grants/{grant}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "a revoked grant is not revoked again");
+    let (_, active) = rest(
+        &stack,
+        reqwest::Method::GET,
+        "/api/v1/grants?state=active",
+        json!({}),
+    )
+    .await;
+    assert_eq!(active["grants"].as_array().map(Vec::len), Some(0), "{active}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scopes_wider_than_a_reviewer_may_grant_are_refused() {
+    let stack = start(20);
+    let agent = stack.agent_token();
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_ports[0], &agent).await;
+    let run = tokio::spawn(async move { client.simple_query("DELETE FROM orders WHERE id = 1").await });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("held")
+        .expect("notice");
+    let id = request_id(&notice).expect("id");
+    for (scope, says) in [
+        (
+            json!({"match": "anything", "ttl": "30m", "max_uses": 5}),
+            "fingerprint, rule",
+        ),
+        (
+            json!({"match": "fingerprint", "ttl": "9h", "max_uses": 5}),
+            "maximum",
+        ),
+        (
+            json!({"match": "fingerprint", "ttl": "30m", "max_uses": 0}),
+            "max_uses",
+        ),
+        (
+            json!({"match": "fingerprint", "ttl": "soon", "max_uses": 5}),
+            "ttl",
+        ),
+        (
+            json!({"match": "rule", "ttl": "30m", "max_uses": 5, "kinds": ["DELETE"], "tables": ["public.customers"]}),
+            "public.customers",
+        ),
+        (
+            json!({"match": "rule", "ttl": "30m", "max_uses": 5, "kinds": ["DROP"], "tables": ["public.orders"]}),
+            "DROP",
+        ),
+    ] {
+        let (status, v) = rest(
+            &stack,
+            reqwest::Method::POST,
+            &format!("/api/v1/requests/{id}/approve"),
+            json!({"scope": scope}),
+        )
+        .await;
+        assert_eq!(status, 400, "{scope}: {v}");
+        assert!(v.to_string().contains(says), "{scope}: {v}");
+    }
+    // Nothing was voted: a plain approval still runs it.
+    let (status, v) = rest(
+        &stack,
+        reqwest::Method::POST,
+        &format!("/api/v1/requests/{id}/approve"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    run.await.expect("task").expect("ran");
+    let (_, grants) = rest(&stack, reqwest::Method::GET, "/api/v1/grants", json!({})).await;
+    assert_eq!(grants["grants"].as_array().map(Vec::len), Some(0), "{grants}");
+}
