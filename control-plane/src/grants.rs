@@ -324,3 +324,97 @@ pub fn revoke(
     event.request_id = id.to_owned();
     Ok((event, grant.head.sequence))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(m: Match, ttl_s: u64, uses: u32) -> proto::GrantScope {
+        proto::GrantScope {
+            r#match: m as i32,
+            ttl: prost_types::Duration::try_from(Duration::from_secs(ttl_s)).ok(),
+            max_uses: uses,
+            ..Default::default()
+        }
+    }
+
+    fn asked() -> proto::ApprovalRequested {
+        proto::ApprovalRequested {
+            verdict: Some(proto::Verdict {
+                effects: vec![proto::Effect {
+                    kind: "DELETE".into(),
+                    tables: vec!["public.orders".into()],
+                }],
+                ..Default::default()
+            }),
+            fingerprint: Some(proto::Fingerprint {
+                hash: "abc".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn refused(s: &proto::GrantScope, d: proto::Decision, a: &proto::ApprovalRequested) -> String {
+        match check_scope(s, d, a) {
+            Err(DecideError::BadScope(why)) => why,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scope_is_refused_unless_within_what_the_reviewer_may_grant() {
+        let approve = proto::Decision::Approve;
+        assert_eq!(check_scope(&scope(Match::Fingerprint, 1800, 5), approve, &asked()), Ok(()));
+        assert!(refused(&scope(Match::Fingerprint, 1800, 5), proto::Decision::Deny, &asked()).contains("approval"));
+        assert!(refused(&scope(Match::Fingerprint, 9 * 3600, 5), approve, &asked()).contains("maximum"));
+        assert!(refused(&scope(Match::Fingerprint, 0, 5), approve, &asked()).contains("ttl"));
+        assert!(refused(&scope(Match::Fingerprint, 60, 0), approve, &asked()).contains("max_uses"));
+        assert!(refused(&scope(Match::Fingerprint, 60, MAX_USES + 1), approve, &asked()).contains("max_uses"));
+        assert!(refused(&scope(Match::Unspecified, 60, 1), approve, &asked()).contains("match"));
+        let mut no_fp = asked();
+        no_fp.fingerprint = Some(proto::Fingerprint {
+            unavailable: "it calls code".into(),
+            ..Default::default()
+        });
+        assert!(refused(&scope(Match::Fingerprint, 60, 1), approve, &no_fp).contains("it calls code"));
+        let mut rule = scope(Match::Rule, 60, 1);
+        rule.kinds = vec!["delete".into()];
+        rule.tables = vec!["public.orders".into()];
+        assert_eq!(check_scope(&rule, approve, &asked()), Ok(()));
+        let mut wider = rule.clone();
+        wider.tables.push("public.customers".into());
+        assert!(refused(&wider, approve, &asked()).contains("public.customers"));
+        let mut other_kind = rule.clone();
+        other_kind.kinds = vec!["UPDATE".into()];
+        assert!(refused(&other_kind, approve, &asked()).contains("UPDATE"));
+    }
+
+    #[test]
+    fn the_grant_is_the_narrowest_of_its_approvers_scopes() {
+        let mut a = scope(Match::Rule, 3600, 50);
+        a.kinds = vec!["DELETE".into(), "UPDATE".into()];
+        a.tables = vec!["public.orders".into(), "public.lines".into()];
+        a.max_rows = Some(10);
+        let mut b = scope(Match::Rule, 600, 80);
+        b.kinds = vec!["delete".into()];
+        b.tables = vec!["public.orders".into()];
+        let n = narrowest(&[&a, &b]).expect("a scope");
+        assert_eq!(n.r#match, Match::Rule as i32);
+        assert_eq!(n.kinds, vec!["DELETE".to_owned()]);
+        assert_eq!(n.tables, vec!["public.orders".to_owned()]);
+        assert_eq!(n.max_uses, 50);
+        assert_eq!(n.max_rows, Some(10));
+        assert_eq!(n.ttl.and_then(|d| Duration::try_from(d).ok()), Some(Duration::from_secs(600)));
+        // A fingerprint is narrower than any rule.
+        let f = scope(Match::Fingerprint, 7200, 3);
+        let n = narrowest(&[&a, &f]).expect("a scope");
+        assert_eq!(n.r#match, Match::Fingerprint as i32);
+        assert!(n.kinds.is_empty() && n.tables.is_empty());
+        // Nothing in common: no grant.
+        let mut c = scope(Match::Rule, 60, 1);
+        c.kinds = vec!["UPDATE".into()];
+        c.tables = vec!["public.lines".into()];
+        assert!(narrowest(&[&b, &c]).is_none());
+    }
+}

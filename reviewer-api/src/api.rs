@@ -16,7 +16,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::access::may_review;
 use crate::auth::{Caller, Via};
@@ -40,7 +40,8 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/api/v1/sessions/{id}", get(get_session)),
         ("POST", "/api/v1/sessions/{id}/kill", post(kill_session)),
         ("GET", "/api/v1/grants", get(list_grants)),
-        ("GET", "/api/v1/grants/{id}", get(get_grant).delete(revoke_grant)),
+        ("GET", "/api/v1/grants/{id}", get(get_grant)),
+        ("DELETE", "/api/v1/grants/{id}", delete(revoke_grant)),
         ("GET", "/api/v1/events", get(events::events)),
         ("GET", "/api/v1/me", get(me)),
         ("GET", "/healthz", get(healthz)),

@@ -254,6 +254,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 5);
+        assert_eq!(seen, 7);
     }
 }
