@@ -365,12 +365,24 @@ mod tests {
     #[test]
     fn a_scope_is_refused_unless_within_what_the_reviewer_may_grant() {
         let approve = proto::Decision::Approve;
-        assert_eq!(check_scope(&scope(Match::Fingerprint, 1800, 5), approve, &asked()), Ok(()));
-        assert!(refused(&scope(Match::Fingerprint, 1800, 5), proto::Decision::Deny, &asked()).contains("approval"));
+        assert_eq!(
+            check_scope(&scope(Match::Fingerprint, 1800, 5), approve, &asked()),
+            Ok(())
+        );
+        assert!(
+            refused(
+                &scope(Match::Fingerprint, 1800, 5),
+                proto::Decision::Deny,
+                &asked()
+            )
+            .contains("approval")
+        );
         assert!(refused(&scope(Match::Fingerprint, 9 * 3600, 5), approve, &asked()).contains("maximum"));
         assert!(refused(&scope(Match::Fingerprint, 0, 5), approve, &asked()).contains("ttl"));
         assert!(refused(&scope(Match::Fingerprint, 60, 0), approve, &asked()).contains("max_uses"));
-        assert!(refused(&scope(Match::Fingerprint, 60, MAX_USES + 1), approve, &asked()).contains("max_uses"));
+        assert!(
+            refused(&scope(Match::Fingerprint, 60, MAX_USES + 1), approve, &asked()).contains("max_uses")
+        );
         assert!(refused(&scope(Match::Unspecified, 60, 1), approve, &asked()).contains("match"));
         let mut no_fp = asked();
         no_fp.fingerprint = Some(proto::Fingerprint {
@@ -405,7 +417,10 @@ mod tests {
         assert_eq!(n.tables, vec!["public.orders".to_owned()]);
         assert_eq!(n.max_uses, 50);
         assert_eq!(n.max_rows, Some(10));
-        assert_eq!(n.ttl.and_then(|d| Duration::try_from(d).ok()), Some(Duration::from_secs(600)));
+        assert_eq!(
+            n.ttl.and_then(|d| Duration::try_from(d).ok()),
+            Some(Duration::from_secs(600))
+        );
         // A fingerprint is narrower than any rule.
         let f = scope(Match::Fingerprint, 7200, 3);
         let n = narrowest(&[&a, &f]).expect("a scope");
