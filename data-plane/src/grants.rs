@@ -160,7 +160,7 @@ impl Grants {
         now: SystemTime,
     ) -> Vec<String> {
         let inner = self.lock();
-        if !inner.heard.is_some_and(|h| h.elapsed() < LEASE) {
+        if inner.heard.is_none_or(|h| h.elapsed() >= LEASE) {
             return Vec::new();
         }
         let mut ids: Vec<String> = inner

@@ -239,6 +239,13 @@ pub fn check_reason(reason: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What an approval sets beyond itself: row bounds, and a scope (a grant).
+#[derive(Debug, Clone, Default)]
+pub struct Terms {
+    pub max_rows: Vec<proto::TableBound>,
+    pub scope: Option<proto::GrantScope>,
+}
+
 /// Passes one vote to the control plane. The vote is bound to `sha256_hex`
 /// when given (what the reviewer was shown), else to the digest of the
 /// request as read just before, so a vote never covers bytes nobody saw.
@@ -249,8 +256,7 @@ pub async fn vote(
     decision: proto::Decision,
     reason: String,
     sha256_hex: Option<&str>,
-    max_rows: Vec<proto::TableBound>,
-    scope: Option<proto::GrantScope>,
+    terms: Terms,
 ) -> Result<proto::DecideResponse, ApiError> {
     check_id(id)?;
     check_reason(&reason)?;
@@ -271,8 +277,8 @@ pub async fn vote(
         decision: decision as i32,
         reason,
         statement_sha256: digest,
-        max_rows,
-        scope,
+        max_rows: terms.max_rows,
+        scope: terms.scope,
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {
@@ -312,12 +318,15 @@ async fn decide_json(
         decision,
         body.reason.unwrap_or_default(),
         body.statement_sha256.as_deref(),
-        body.max_rows
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(table, max_rows)| proto::TableBound { table, max_rows })
-            .collect(),
-        scope,
+        Terms {
+            max_rows: body
+                .max_rows
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(table, max_rows)| proto::TableBound { table, max_rows })
+                .collect(),
+            scope,
+        },
     )
     .await?;
     Ok(Json(VoteResultJson {

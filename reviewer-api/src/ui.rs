@@ -686,8 +686,10 @@ async fn decide(
         decision,
         reason,
         sha.as_deref(),
-        max_rows,
-        None,
+        api::Terms {
+            max_rows,
+            scope: None,
+        },
     )
     .await
     {
