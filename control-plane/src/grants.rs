@@ -70,6 +70,15 @@ pub fn check_scope(
         .as_ref()
         .map(|v| v.effects.iter().collect())
         .unwrap_or_default();
+    let writes = effects.iter().any(|e| !e.kind.eq_ignore_ascii_case("SELECT"));
+    if writes && scope.max_rows.is_none() {
+        // A use is not shown to anyone: what it may change is bounded
+        // by the reviewer, every time.
+        return bad(
+            "max_rows is required for a grant over writes (the most rows each use may change per table)"
+                .into(),
+        );
+    }
     match Match::try_from(scope.r#match) {
         Ok(Match::Fingerprint) => {
             if !scope.kinds.is_empty() || !scope.tables.is_empty() {
@@ -186,6 +195,26 @@ pub fn issue_due(state: &Projection, request: &Request, source: &proto::Source) 
         });
     }
     let scope = narrowest(&scopes)?;
+    let effects: Vec<proto::Effect> = asked
+        .verdict
+        .as_ref()
+        .map(|v| v.effects.clone())
+        .unwrap_or_default();
+    // An approver who chose kinds and tables agreed to a shape only if
+    // their choice covers the whole statement: else no grant at all.
+    if scope.r#match == Match::Fingerprint as i32
+        && scopes
+            .iter()
+            .filter(|s| s.r#match == Match::Rule as i32)
+            .any(|s| !rule_covers_all(s, &effects))
+    {
+        return None;
+    }
+    let allowed = if scope.r#match == Match::Rule as i32 {
+        within(&scope, &effects)
+    } else {
+        Vec::new()
+    };
     let from = request
         .view
         .decided_at
@@ -211,11 +240,39 @@ pub fn issue_due(state: &Projection, request: &Request, source: &proto::Source) 
             policy: verdict.policy,
             rule: verdict.rule,
             break_glass: false,
+            allowed,
         }),
     );
     event.request_id = request.view.request_id.clone();
     event.session_id = request.view.session_id.clone();
     Some(event)
+}
+
+/// The approved statement's effects within a rule scope's kinds and
+/// tables: the (kind, tables) pairs its uses may have.
+fn within(scope: &proto::GrantScope, effects: &[proto::Effect]) -> Vec<proto::Effect> {
+    effects
+        .iter()
+        .filter(|e| scope.kinds.iter().any(|k| k.eq_ignore_ascii_case(&e.kind)))
+        .map(|e| proto::Effect {
+            kind: e.kind.to_ascii_uppercase(),
+            tables: e
+                .tables
+                .iter()
+                .filter(|t| scope.tables.contains(t))
+                .cloned()
+                .collect(),
+        })
+        .filter(|e| !e.tables.is_empty())
+        .collect()
+}
+
+/// Whether a rule scope covers every (kind, table) of `effects`.
+fn rule_covers_all(scope: &proto::GrantScope, effects: &[proto::Effect]) -> bool {
+    effects.iter().all(|e| {
+        scope.kinds.iter().any(|k| k.eq_ignore_ascii_case(&e.kind))
+            && e.tables.iter().all(|t| scope.tables.contains(t))
+    })
 }
 
 /// The GrantExpired of an active (or used-up) grant past its expiry.
@@ -334,6 +391,7 @@ mod tests {
             r#match: m as i32,
             ttl: prost_types::Duration::try_from(Duration::from_secs(ttl_s)).ok(),
             max_uses: uses,
+            max_rows: Some(1),
             ..Default::default()
         }
     }
@@ -397,6 +455,9 @@ mod tests {
         let mut wider = rule.clone();
         wider.tables.push("public.customers".into());
         assert!(refused(&wider, approve, &asked()).contains("public.customers"));
+        let mut unbounded = scope(Match::Fingerprint, 60, 1);
+        unbounded.max_rows = None;
+        assert!(refused(&unbounded, approve, &asked()).contains("max_rows is required"));
         let mut other_kind = rule.clone();
         other_kind.kinds = vec!["UPDATE".into()];
         assert!(refused(&other_kind, approve, &asked()).contains("UPDATE"));
@@ -409,6 +470,7 @@ mod tests {
         a.tables = vec!["public.orders".into(), "public.lines".into()];
         a.max_rows = Some(10);
         let mut b = scope(Match::Rule, 600, 80);
+        b.max_rows = None;
         b.kinds = vec!["delete".into()];
         b.tables = vec!["public.orders".into()];
         let n = narrowest(&[&a, &b]).expect("a scope");

@@ -41,6 +41,10 @@ struct Entry {
     issued: proto::GrantIssued,
     head: ChainHead,
     uses: u32,
+    /// `head` and `uses` were read from the log by this proxy (or are its
+    /// own last claim): only then does a claim append after them. What the
+    /// control plane folded may miss events it passed over.
+    head_known: bool,
     /// The GrantIssued's signature checked out (checked once).
     vouched: bool,
 }
@@ -127,12 +131,9 @@ impl Grants {
             index: n.head_index,
         };
         match inner.grants.get_mut(&n.grant_id) {
-            // Only ever forward: a claim of ours may be ahead of the fold.
-            Some(e) if e.head.sequence >= head.sequence => {}
-            Some(e) => {
-                e.head = head;
-                e.uses = n.uses;
-            }
+            // The fold's count only ever makes a proxy try less; where the
+            // subject stands is read from the log before a claim.
+            Some(e) => e.uses = e.uses.max(n.uses),
             None => {
                 inner.grants.insert(
                     n.grant_id,
@@ -143,6 +144,7 @@ impl Grants {
                         issued,
                         head,
                         uses: n.uses,
+                        head_known: false,
                         vouched: false,
                     },
                 );
@@ -197,6 +199,10 @@ impl Grants {
                 }
                 e.clone()
             };
+            if !entry.head_known {
+                self.reread(log, trust, id, &entry).await?;
+                continue;
+            }
             let scope = entry.issued.scope.clone().unwrap_or_default();
             if entry.uses >= scope.max_uses {
                 return Err(format!("all {} uses are taken", scope.max_uses));
@@ -209,11 +215,10 @@ impl Grants {
             {
                 Ok(appended) if !appended.duplicate => {
                     let mut inner = self.lock();
-                    if let Some(e) = inner.grants.get_mut(id)
-                        && e.head.sequence < appended.sequence
-                    {
+                    if let Some(e) = inner.grants.get_mut(id) {
                         e.head = appended.head;
                         e.uses = entry.uses + 1;
+                        e.head_known = true;
                     }
                     return Ok(Claimed {
                         grant_id: id.to_owned(),
@@ -246,6 +251,7 @@ impl Grants {
                 if let Some(e) = inner.grants.get_mut(id) {
                     e.head = head;
                     e.uses = uses;
+                    e.head_known = true;
                 }
                 Ok(())
             }
@@ -304,6 +310,13 @@ pub fn fold_subject(events: &[StoredEvent], trust: &Trust, id: &str) -> Result<(
         }
     }
     let last = events.last().ok_or("the grant is not in the log")?;
+    // Each event links to the one before, so no honest index is past the
+    // count of events on the subject: a larger one was put there to make
+    // the next uses look like replays (or to overflow), and the grant is
+    // not used.
+    if index > events.len() as u64 {
+        return Err("the grant's subject holds an event out of place".into());
+    }
     if !issued {
         return Err("the grant is not in the log".into());
     }
@@ -347,6 +360,11 @@ pub fn covers(
         return Err("expired");
     }
     let scope = issued.scope.as_ref().ok_or("no scope")?;
+    if spec.dry_run.is_some() {
+        // Its rule asks that each statement be tried before a reviewer
+        // decides: a grant would skip that.
+        return Err("its rule asks for a dry run");
+    }
     let fingerprint = &spec.fingerprint;
     if fingerprint.hash.is_empty() {
         // Not a statement a grant may cover (several statements, a call,
@@ -361,11 +379,23 @@ pub fn covers(
             }
         }
         Ok(Match::Rule) => {
+            // Each (kind, table) of the statement must be one the grant
+            // allows: its kinds on its tables as the approved statement
+            // had them, not every kind on every table.
+            let allowed = |kind: &str, table: &str| {
+                issued
+                    .allowed
+                    .iter()
+                    .any(|a| a.kind.eq_ignore_ascii_case(kind) && a.tables.iter().any(|t| t == table))
+            };
             let covered = !effects.is_empty()
                 && effects.iter().all(|e| {
-                    scope.kinds.iter().any(|k| k.eq_ignore_ascii_case(&e.kind))
-                        && (e.tables.iter().all(|t| scope.tables.contains(t)))
-                        && (e.kind.eq_ignore_ascii_case("SELECT") || !e.tables.is_empty())
+                    if e.tables.is_empty() {
+                        // A read of no table (`SELECT 1`).
+                        e.kind.eq_ignore_ascii_case("SELECT")
+                    } else {
+                        e.tables.iter().all(|t| allowed(&e.kind, t))
+                    }
                 });
             if !covered {
                 return Err("outside its kinds and tables");
@@ -472,6 +502,10 @@ mod tests {
                 ..Default::default()
             }],
             approvals_required: 1,
+            allowed: vec![proto::Effect {
+                kind: "DELETE".into(),
+                tables: vec!["public.orders".into()],
+            }],
             ..Default::default()
         }
     }
@@ -536,6 +570,29 @@ mod tests {
         }];
         assert!(covers(&g, &agent(), "shop", &two, &spec("x"), now).is_err());
         assert!(covers(&g, &agent(), "shop", &[], &spec("x"), now).is_err());
+        // Kinds and tables pair as the approved statement had them: a
+        // DELETE ... USING customers does not allow DELETE FROM customers.
+        let mut using = issued(Match::Rule);
+        using.scope.as_mut().expect("scope").kinds.push("SELECT".into());
+        using
+            .scope
+            .as_mut()
+            .expect("scope")
+            .tables
+            .push("public.customers".into());
+        using.allowed.push(proto::Effect {
+            kind: "SELECT".into(),
+            tables: vec!["public.customers".into()],
+        });
+        let delete_customers = vec![proto::Effect {
+            kind: "DELETE".into(),
+            tables: vec!["public.customers".into()],
+        }];
+        assert!(covers(&using, &agent(), "shop", &delete_customers, &spec("x"), now).is_err());
+        // A rule that asks for a dry run is never covered.
+        let mut dry = spec("x");
+        dry.dry_run = Some(Ok(()));
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &dry, now).is_err());
     }
 
     #[test]

@@ -385,7 +385,8 @@ async fn writer(w: Writer, session: SessionId, mut jobs: mpsc::UnboundedReceiver
 /// one waits for and that did not run after an approval (those stay single
 /// events, next to their request in the log).
 fn groupable(event: &proto::Event, done: Option<&tokio::sync::oneshot::Sender<()>>) -> bool {
-    done.is_none() && matches!(&event.body, Some(Body::StatementExecuted(s)) if s.request_id.is_empty())
+    done.is_none()
+        && matches!(&event.body, Some(Body::StatementExecuted(s)) if s.request_id.is_empty() && s.grant_id.is_empty())
 }
 
 /// Gathers the statements queued behind `first` (waiting up to `linger` for

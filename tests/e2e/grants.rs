@@ -172,7 +172,7 @@ async fn a_fingerprint_grant_runs_its_shape_five_times_for_its_identity_only() {
         &stack,
         &agent,
         "DELETE FROM orders WHERE id = 1",
-        json!({"match": "fingerprint", "ttl": "30m", "max_uses": 5}),
+        json!({"match": "fingerprint", "ttl": "30m", "max_uses": 5, "max_rows": 1}),
     )
     .await;
     // The request showed its shape.
@@ -237,7 +237,7 @@ async fn two_proxies_racing_on_one_grant_never_exceed_its_uses() {
         &stack,
         &agent,
         "DELETE FROM orders WHERE id = 1",
-        json!({"match": "fingerprint", "ttl": "30m", "max_uses": max_uses}),
+        json!({"match": "fingerprint", "ttl": "30m", "max_uses": max_uses, "max_rows": 1}),
     )
     .await;
     // 100 tries, 50 on each proxy, both at once; each proxy's session stops
@@ -346,27 +346,31 @@ async fn scopes_wider_than_a_reviewer_may_grant_are_refused() {
     let id = request_id(&notice).expect("id");
     for (scope, says) in [
         (
-            json!({"match": "anything", "ttl": "30m", "max_uses": 5}),
+            json!({"match": "fingerprint", "ttl": "30m", "max_uses": 5}),
+            "max_rows is required",
+        ),
+        (
+            json!({"match": "anything", "ttl": "30m", "max_uses": 5, "max_rows": 1}),
             "fingerprint, rule",
         ),
         (
-            json!({"match": "fingerprint", "ttl": "9h", "max_uses": 5}),
+            json!({"match": "fingerprint", "ttl": "9h", "max_uses": 5, "max_rows": 1}),
             "maximum",
         ),
         (
-            json!({"match": "fingerprint", "ttl": "30m", "max_uses": 0}),
+            json!({"match": "fingerprint", "ttl": "30m", "max_uses": 0, "max_rows": 1}),
             "max_uses",
         ),
         (
-            json!({"match": "fingerprint", "ttl": "soon", "max_uses": 5}),
+            json!({"match": "fingerprint", "ttl": "soon", "max_uses": 5, "max_rows": 1}),
             "ttl",
         ),
         (
-            json!({"match": "rule", "ttl": "30m", "max_uses": 5, "kinds": ["DELETE"], "tables": ["public.customers"]}),
+            json!({"match": "rule", "ttl": "30m", "max_uses": 5, "max_rows": 1, "kinds": ["DELETE"], "tables": ["public.customers"]}),
             "public.customers",
         ),
         (
-            json!({"match": "rule", "ttl": "30m", "max_uses": 5, "kinds": ["DROP"], "tables": ["public.orders"]}),
+            json!({"match": "rule", "ttl": "30m", "max_uses": 5, "max_rows": 1, "kinds": ["DROP"], "tables": ["public.orders"]}),
             "DROP",
         ),
     ] {

@@ -2,10 +2,12 @@
 //! this one") is bound to. Pure.
 //!
 //! The statement is parsed, and its tree normalised before it is printed:
-//! every literal and every parameter (`$1`) becomes `?`, an IN list of
-//! nothing but such values becomes one, a VALUES list whose rows are alike
-//! becomes one row, and identifiers are folded as PostgreSQL folds them
-//! (unquoted ones to lower case; quoted ones kept). Comments and
+//! every literal and parameter (`$1`) in a value position becomes `?` (see
+//! `Normalise`: compared with or assigned to a column, or a row of VALUES;
+//! elsewhere a literal is part of the shape), an IN list of nothing but such
+//! values becomes one, a VALUES list whose rows are alike becomes one row,
+//! and identifiers are folded as PostgreSQL folds them (unquoted ones to
+//! lower case; quoted ones kept). Comments and
 //! whitespace are gone with the parse. The fingerprint is SHA-256 over that
 //! text and the statement's effects as judged (each kind with its
 //! resolved tables), so two statements share one only if they read alike
@@ -24,7 +26,8 @@ use std::ops::ControlFlow;
 
 use sha2::{Digest, Sha256};
 use sqlparser::ast::{
-    Expr, Ident, InTarget, Query, SetExpr, UnaryOperator, Value, ValueWithSpan, VisitMut, VisitorMut,
+    BinaryOperator, Expr, Ident, InTarget, Query, SetExpr, Statement, UnaryOperator, Value, ValueWithSpan,
+    VisitMut, VisitorMut,
 };
 
 use crate::classify::{ANY_RELATION, Effect};
@@ -91,7 +94,20 @@ pub fn grantable(effects: &[&Effect]) -> Result<(), String> {
 pub fn fingerprint(sql: &str, effects: &[&Effect]) -> Result<Fingerprint, String> {
     grantable(effects)?;
     let mut statement = crate::classify::parse_one(sql)?;
-    let _ = statement.visit(&mut Normalise);
+    if matches!(statement, Statement::Execute { .. } | Statement::Prepare { .. }) {
+        // EXECUTE's shape is its prepared statement's, which the session
+        // may make again with other text: never covered.
+        return Err("it runs a prepared statement by name".into());
+    }
+    let mut normalise = Normalise::default();
+    let _ = statement.visit(&mut normalise);
+    if normalise.loose_parameter {
+        return Err(
+            "a parameter stands where it could decide which rows match (not compared with a column or \
+             assigned to one)"
+                .into(),
+        );
+    }
     let normalized = statement.to_string();
     let mut acts: Vec<String> = effects
         .iter()
@@ -115,8 +131,19 @@ pub fn fingerprint(sql: &str, effects: &[&Effect]) -> Result<Fingerprint, String
     })
 }
 
-/// Literals and parameters to `?`, like lists to one, identifiers folded.
-struct Normalise;
+/// Values to `?` where they are values, lists of them to one, identifiers
+/// folded. A literal becomes `?` only in a value position: compared with a
+/// column (`id = 42`, `id IN (1, 2)`, `id BETWEEN 1 AND 9`, `id =
+/// ANY('{1,2}')`), assigned to one (`SET total = 0`), or a row of VALUES.
+/// Anywhere else a literal is part of the shape (`OR 1 = 1` is not `OR 1
+/// = 2`; `LIMIT 10` is not `LIMIT NULL`; `interval '30 days'` is not
+/// `interval '1 day'`), and NULL is never a value. A parameter outside a
+/// value position (`WHERE $1`, `COALESCE($1, id)`, `$1 IS NULL`, `LIMIT
+/// $1`) could decide which rows match: the statement has no shape.
+#[derive(Default)]
+struct Normalise {
+    loose_parameter: bool,
+}
 
 fn placeholder() -> Value {
     Value::Placeholder("?".into())
@@ -126,11 +153,114 @@ fn is_placeholder(e: &Expr) -> bool {
     matches!(e, Expr::Value(ValueWithSpan { value: Value::Placeholder(p), .. }) if p == "?")
 }
 
+/// A literal or parameter, possibly signed or cast: one value.
+fn value_like(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => !matches!(v.value, Value::Null),
+        Expr::TypedString(_) => true,
+        Expr::Cast { expr, .. } => value_like(expr),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus | UnaryOperator::Plus,
+            expr,
+        } => matches!(expr.as_ref(), Expr::Value(v) if !matches!(v.value, Value::Null)),
+        Expr::Nested(inner) => value_like(inner),
+        _ => false,
+    }
+}
+
+fn is_column(e: &Expr) -> bool {
+    match e {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        Expr::Nested(inner) => is_column(inner),
+        _ => false,
+    }
+}
+
+/// `e` as `?` if it is one value.
+fn to_value(e: &mut Expr) {
+    if value_like(e) {
+        *e = Expr::value(placeholder());
+    }
+}
+
+fn comparison(op: &BinaryOperator) -> bool {
+    matches!(
+        op,
+        BinaryOperator::Eq
+            | BinaryOperator::NotEq
+            | BinaryOperator::Lt
+            | BinaryOperator::LtEq
+            | BinaryOperator::Gt
+            | BinaryOperator::GtEq
+    )
+}
+
 impl VisitorMut for Normalise {
     type Break = ();
 
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::BinaryOp { left, op, right } if comparison(op) => {
+                if is_column(left) {
+                    to_value(right);
+                } else if is_column(right) {
+                    to_value(left);
+                }
+            }
+            Expr::In {
+                expr: column,
+                target: InTarget::List(list),
+                ..
+            } if is_column(column) => {
+                list.iter_mut().for_each(to_value);
+                if list.len() > 1 && list.iter().all(is_placeholder) {
+                    list.truncate(1);
+                }
+            }
+            Expr::Between {
+                expr: column,
+                low,
+                high,
+                ..
+            } if is_column(column) => {
+                to_value(low);
+                to_value(high);
+            }
+            Expr::AnyOp { left, right, .. } | Expr::AllOp { left, right, .. } if is_column(left) => {
+                to_value(right)
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, statement: &mut Statement) -> ControlFlow<()> {
+        if let Statement::Update(u) = statement {
+            for a in &mut u.assignments {
+                to_value(&mut a.value);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Values(values) = query.body.as_mut() {
+            for row in &mut values.rows {
+                row.iter_mut().for_each(to_value);
+            }
+            let mut rows = std::mem::take(&mut values.rows);
+            rows.dedup();
+            values.rows = rows;
+        }
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_value(&mut self, value: &mut ValueWithSpan) -> ControlFlow<()> {
-        value.value = placeholder();
+        if let Value::Placeholder(p) = &value.value
+            && p != "?"
+        {
+            self.loose_parameter = true;
+        }
         ControlFlow::Continue(())
     }
 
@@ -141,41 +271,10 @@ impl VisitorMut for Normalise {
         }
         ControlFlow::Continue(())
     }
-
-    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        // A signed number is one literal (`-1`).
-        if let Expr::UnaryOp {
-            op: UnaryOperator::Minus | UnaryOperator::Plus,
-            expr: inner,
-        } = expr
-            && is_placeholder(inner)
-        {
-            *expr = Expr::value(placeholder());
-        }
-        if let Expr::In {
-            target: InTarget::List(list),
-            ..
-        } = expr
-            && list.len() > 1
-            && list.iter().all(is_placeholder)
-        {
-            list.truncate(1);
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        if let SetExpr::Values(values) = query.body.as_mut() {
-            let mut rows = std::mem::take(&mut values.rows);
-            rows.dedup();
-            values.rows = rows;
-        }
-        ControlFlow::Continue(())
-    }
 }
 
 #[cfg(test)]
-fn parsed(sql: &str) -> sqlparser::ast::Statement {
+fn parsed(sql: &str) -> Statement {
     crate::classify::parse_one(sql).expect("one statement")
 }
 
@@ -314,6 +413,88 @@ mod tests {
             let refs: Vec<&Effect> = effects.iter().collect();
             assert!(fingerprint(sql, &refs).is_err(), "{sql}");
         }
+    }
+
+    /// Review findings: literals that decide which rows match are part of
+    /// the shape, and a parameter that could decide it leaves no shape.
+    #[test]
+    fn literals_outside_value_positions_are_part_of_the_shape() {
+        let sel = vec![effect(Kind::Select, &["public.customers"])];
+        let upd = vec![effect(Kind::Update, &["public.orders"])];
+        for (a, b, effects) in [
+            (
+                "SELECT * FROM customers LIMIT 10",
+                "SELECT * FROM customers LIMIT NULL",
+                &sel,
+            ),
+            (
+                "DELETE FROM orders WHERE id = 42 OR false",
+                "DELETE FROM orders WHERE id = 42 OR true",
+                &delete_orders(),
+            ),
+            (
+                "DELETE FROM orders WHERE id = 42 OR 1 = 2",
+                "DELETE FROM orders WHERE id = 42 OR 1 = 1",
+                &delete_orders(),
+            ),
+            (
+                "UPDATE orders SET state = 'void' WHERE customer_id = COALESCE(42, customer_id)",
+                "UPDATE orders SET state = 'void' WHERE customer_id = COALESCE(NULL, customer_id)",
+                &upd,
+            ),
+            (
+                "DELETE FROM orders WHERE id = 42",
+                "DELETE FROM orders WHERE id = NULL",
+                &delete_orders(),
+            ),
+            (
+                "DELETE FROM orders WHERE placed < now() - interval '30 days'",
+                "DELETE FROM orders WHERE placed < now() - interval '1 second'",
+                &delete_orders(),
+            ),
+            (
+                "DELETE FROM orders WHERE note LIKE 'x%'",
+                "DELETE FROM orders WHERE note LIKE '%'",
+                &delete_orders(),
+            ),
+        ] {
+            assert_ne!(fp(a, effects).hash, fp(b, effects).hash, "{a} / {b}");
+        }
+        for sql in [
+            "DELETE FROM orders WHERE ($1::int IS NULL OR id = $1)",
+            "DELETE FROM orders WHERE $1",
+            "DELETE FROM orders WHERE id = 1 OR $1",
+            "UPDATE orders SET state = 'x' WHERE customer_id = COALESCE($1, customer_id)",
+            "SELECT * FROM orders LIMIT $1",
+        ] {
+            let effects = if sql.starts_with("UPDATE") {
+                upd.clone()
+            } else if sql.starts_with("SELECT") {
+                vec![effect(Kind::Select, &["public.orders"])]
+            } else {
+                delete_orders()
+            };
+            let refs: Vec<&Effect> = effects.iter().collect();
+            assert!(fingerprint(sql, &refs).is_err(), "{sql}");
+        }
+        // EXECUTE takes its shape from a statement the session may make
+        // again: none.
+        assert!(fingerprint("EXECUTE p(42)", &delete_orders().iter().collect::<Vec<_>>()).is_err());
+        // Values compared with or assigned to columns still vary.
+        assert_eq!(
+            fp(
+                "UPDATE orders SET state = 'void', total = -1 WHERE id BETWEEN 1 AND 9",
+                &upd
+            ),
+            fp(
+                "UPDATE orders SET state = $1, total = 7 WHERE id BETWEEN $2 AND 20",
+                &upd
+            )
+        );
+        assert_eq!(
+            fp("DELETE FROM orders WHERE id = ANY('{1,2}')", &delete_orders()),
+            fp("DELETE FROM orders WHERE id = ANY($1)", &delete_orders())
+        );
     }
 
     #[test]
