@@ -205,6 +205,7 @@ fn main() {
                     statement_sha256: vec![],
                     max_rows: vec![],
                     scope: None,
+                    break_glass: false,
                 }))
                 .await
                 .expect("decide");

@@ -104,6 +104,10 @@ async fn append_vote(
                     if let Some(outcome) = event.body.as_ref().and_then(Outcome::of) {
                         live.metrics().decided(outcome);
                     }
+                    if i == 0 && vote.break_glass {
+                        live.metrics().broke_glass();
+                        tracing::warn!(request = %vote.request_id, by = %vote.reviewer.subject, "BREAK-GLASS approval");
+                    }
                     if i == 0 {
                         voted = Some(Voted {
                             event_id: event.id.clone(),

@@ -48,7 +48,13 @@ pub struct Vote {
     pub max_rows: Vec<proto::TableBound>,
     /// With an approval: what else it allows (a grant; see `grants`).
     pub scope: Option<proto::GrantScope>,
+    /// The requester approves their own request under the policy's
+    /// break-glass terms ([`check_break_glass`]).
+    pub break_glass: bool,
 }
+
+/// The shortest reason a break-glass approval must give.
+pub const BREAK_GLASS_REASON_CHARS: usize = 20;
 
 /// The most row bounds one approval may set.
 pub const MAX_BOUNDS: usize = 64;
@@ -89,6 +95,10 @@ pub enum DecideError {
     BadBounds(String),
     #[error("scope: {0}")]
     BadScope(String),
+    #[error("break-glass refused: {0}")]
+    BreakGlassRefused(String),
+    #[error("break-glass: {0}")]
+    BadBreakGlass(String),
     #[error(
         "the session holding request {request_id} has ended ({why}): nothing waits for a decision, and the request is being cancelled"
     )]
@@ -156,10 +166,11 @@ pub fn decide(
         return Err(DecideError::AppIdentity { who: who(reviewer) });
     }
     let requester = asked.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
-    if reviewer.subject == requester {
+    if vote.break_glass {
+        check_break_glass(vote, asked)?;
+    } else if reviewer.subject == requester {
         return Err(DecideError::SelfApproval { who: who(reviewer) });
-    }
-    if !in_reviewer_groups(reviewer, asked) {
+    } else if !in_reviewer_groups(reviewer, asked) {
         let groups = asked
             .reviewer_groups
             .iter()
@@ -243,6 +254,7 @@ pub fn decide(
             approvals_required: required,
             max_rows: vote.max_rows.clone(),
             scope: vote.scope.clone(),
+            break_glass: vote.break_glass,
         }),
     );
     voted.request_id = vote.request_id.clone();
@@ -257,10 +269,79 @@ pub fn decide(
         time: voted.time,
         max_rows: vote.max_rows.clone(),
         scope: vote.scope.clone(),
+        break_glass: vote.break_glass,
     });
     let mut events = vec![voted];
     events.extend(due_outcome(&after, now, source));
     Ok(events)
+}
+
+/// A break-glass vote: an approval, by the requester themself, a person
+/// (an app identity never breaks glass), in one of the policy's
+/// break-glass groups, with a reason of at least
+/// [`BREAK_GLASS_REASON_CHARS`] characters and any scope within its
+/// `max_ttl`.
+fn check_break_glass(vote: &Vote, asked: &proto::ApprovalRequested) -> Result<(), DecideError> {
+    let refused = |why: &str| Err(DecideError::BreakGlassRefused(why.to_owned()));
+    let Some(terms) = &asked.break_glass else {
+        return refused("the policy that held this statement has no break_glass terms");
+    };
+    if vote.decision != proto::Decision::Approve {
+        return Err(DecideError::BadBreakGlass(
+            "break-glass goes with an approval only".into(),
+        ));
+    }
+    let requester = asked.identity.as_ref();
+    let reviewer = &vote.reviewer;
+    if requester.is_none_or(|r| r.kind != proto::identity::Kind::User as i32) {
+        return refused("an application identity (every agent) can never break glass");
+    }
+    if requester.is_none_or(|r| {
+        r.subject.is_empty() || r.subject != reviewer.subject || r.tenant_id != reviewer.tenant_id
+    }) {
+        return refused(
+            "only the requester may break glass on their own request; others approve it as reviewers",
+        );
+    }
+    if !terms
+        .groups
+        .iter()
+        .any(|g| !g.id.is_empty() && reviewer.groups.iter().any(|m| m.id == g.id))
+    {
+        return refused("you are not in a break_glass group of the policy");
+    }
+    if vote.reason.trim().chars().count() < BREAK_GLASS_REASON_CHARS {
+        return Err(DecideError::BadBreakGlass(format!(
+            "say why in at least {BREAK_GLASS_REASON_CHARS} characters"
+        )));
+    }
+    if let Some(scope) = &vote.scope {
+        let ttl = scope
+            .ttl
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .unwrap_or_default();
+        let max = terms
+            .max_ttl
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .unwrap_or_default();
+        if ttl > max {
+            return Err(DecideError::BadScope(format!(
+                "a break-glass grant lives at most {}s (break_glass.max_ttl), not {}s",
+                max.as_secs(),
+                ttl.as_secs()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a break-glass approval is among the request's votes.
+pub fn broke_glass(request: &Request) -> bool {
+    request
+        .view
+        .votes
+        .iter()
+        .any(|v| v.break_glass && v.decision == proto::Decision::Approve as i32)
 }
 
 /// Bounds only with an approval; each names, once, a table the request
@@ -362,7 +443,9 @@ fn settled_by_votes(request: &Request) -> Option<&'static str> {
         .any(|v| v.decision == proto::Decision::Deny as i32)
     {
         Some("denied")
-    } else if request.approvals() >= request.requested().approvals_required.max(1) as usize {
+    } else if request.approvals() >= request.requested().approvals_required.max(1) as usize
+        || broke_glass(request)
+    {
         Some("granted")
     } else {
         None
@@ -387,7 +470,7 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
             reviewer: denial.reviewer.clone(),
             reason: denial.reason.clone(),
         })
-    } else if request.approvals() >= asked.approvals_required.max(1) as usize {
+    } else if request.approvals() >= asked.approvals_required.max(1) as usize || broke_glass(request) {
         let granted = bounds(asked, &request.view.votes);
         let every_table = airlock_proto::bounds::measured(asked).0;
         let mut approvers: Vec<proto::Approver> = Vec::new();
@@ -418,6 +501,7 @@ pub fn due_outcome(request: &Request, now: SystemTime, source: &proto::Source) -
             // "bounded" with nothing to check.
             bounded: !granted.is_empty() || every_table,
             every_table,
+            break_glass: broke_glass(request),
         })
     } else if past(asked.deadline.as_ref(), now) {
         Body::ApprovalExpired(proto::ApprovalExpired {

@@ -239,7 +239,7 @@ pub fn issue_due(state: &Projection, request: &Request, source: &proto::Source) 
             require_acrs: asked.require_acrs.clone(),
             policy: verdict.policy,
             rule: verdict.rule,
-            break_glass: false,
+            break_glass: crate::decide::broke_glass(request),
             allowed,
         }),
     );

@@ -120,6 +120,7 @@ pub struct Metrics {
     log_reachable: Gauge,
     pending: Gauge,
     decisions: Family<OutcomeLabels, Counter>,
+    break_glass: Counter,
     rejected: Family<RejectedLabels, Counter>,
     decide_seconds: Histogram,
     snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -165,6 +166,7 @@ impl Metrics {
             log_reachable: Gauge::default(),
             pending: Gauge::default(),
             decisions: Family::default(),
+            break_glass: Counter::default(),
             rejected: Family::default(),
             // 1 ms to ~16 s: a vote is an append or two and a fold.
             decide_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
@@ -231,6 +233,11 @@ impl Metrics {
             self.decisions.clone(),
         );
         r.register(
+            "airlock_control_break_glass",
+            "Break-glass approvals (a requester approving their own held statement) this replica appended",
+            self.break_glass.clone(),
+        );
+        r.register(
             "airlock_control_events_rejected",
             "Events in the log this replica did not fold because no trusted writer signed them \
              (signing.trust), by reason: forged or misconfigured writers",
@@ -262,6 +269,11 @@ impl Metrics {
     /// An outcome this replica appended.
     pub fn decided(&self, outcome: Outcome) {
         self.decisions.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A break-glass approval was appended.
+    pub fn broke_glass(&self) {
+        self.break_glass.inc();
     }
 
     /// An event not folded: its writer is not trusted for it.

@@ -321,10 +321,20 @@ impl Projection {
                     time: event.time,
                     max_rows: v.max_rows.clone(),
                     scope: v.scope.clone(),
+                    break_glass: v.break_glass,
                 });
                 None
             }
-            Body::ApprovalGranted(_) => Some((proto::RequestState::Granted, String::new())),
+            Body::ApprovalGranted(g) => {
+                // Loud: the session carries the flag from then on.
+                if g.break_glass
+                    && request.is_pending()
+                    && let Some(s) = self.sessions.get_mut(&request.view.session_id)
+                {
+                    s.summary.break_glass = true;
+                }
+                Some((proto::RequestState::Granted, String::new()))
+            }
             Body::ApprovalDenied(d) => Some((proto::RequestState::Denied, d.reason.clone())),
             Body::ApprovalExpired(_) => Some((
                 proto::RequestState::Expired,
@@ -379,6 +389,11 @@ impl Projection {
                 .iter()
                 .filter(|r| self.requests.get(*r).is_some_and(Request::is_pending))
                 .count() as u32;
+            let break_glass = request_ids.iter().any(|r| {
+                self.requests.get(r).is_some_and(|r| {
+                    r.state() == proto::RequestState::Granted && crate::decide::broke_glass(r)
+                })
+            });
             self.sessions.insert(
                 id.to_owned(),
                 Session {
@@ -393,6 +408,7 @@ impl Projection {
                         opened_at: event.time,
                         requests_pending: pending,
                         last_index: event.chain_index,
+                        break_glass,
                         ..Default::default()
                     },
                     request_ids,

@@ -248,6 +248,7 @@ async fn decide(
                 statement_sha256: vec![],
                 max_rows: vec![],
                 scope: None,
+                break_glass: false,
             },
         ))
         .await

@@ -331,6 +331,7 @@ async fn metrics_move_with_requests_decisions_and_snapshots() {
         statement_sha256: vec![],
         max_rows: vec![],
         scope: None,
+        break_glass: false,
     });
     decide
         .metadata_mut()

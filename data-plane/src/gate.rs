@@ -140,6 +140,9 @@ pub struct HoldSpec {
     /// The statement's shape (`airlock_policy::fingerprint`): what a grant
     /// may cover; `hash` empty (and `unavailable` set) when none may.
     pub fingerprint: proto::Fingerprint,
+    /// The policy's break-glass terms: a member of these groups may
+    /// approve their own held statement.
+    pub break_glass: Option<proto::BreakGlass>,
 }
 
 /// What policy says of one statement string.

@@ -413,16 +413,33 @@ pub fn covers(
             people.push(r);
         }
     }
-    if people.len() < spec.approvals.max(1) as usize {
-        return Err("fewer approvers than the hold asks");
-    }
-    let may_review = |p: &proto::Identity| {
-        spec.reviewers
+    let in_any = |p: &proto::Identity, groups: &[proto::Group]| {
+        groups
             .iter()
             .any(|g| !g.id.is_empty() && p.groups.iter().any(|m| m.id == g.id))
     };
-    if !people.iter().all(|p| may_review(p)) {
-        return Err("an approver is not a reviewer of this hold");
+    if issued.break_glass {
+        // The requester's own approval: only where this hold allows
+        // break-glass, for a person in one of its groups.
+        let glass = spec
+            .break_glass
+            .as_ref()
+            .ok_or("its hold allows no break-glass")?;
+        let own = who.kind == proto::identity::Kind::User as i32
+            && !people.is_empty()
+            && people.iter().all(|p| {
+                p.subject == who.subject && p.tenant_id == who.tenant_id && in_any(p, &glass.groups)
+            });
+        if !own {
+            return Err("a break-glass grant of someone this hold does not allow");
+        }
+    } else {
+        if people.len() < spec.approvals.max(1) as usize {
+            return Err("fewer approvers than the hold asks");
+        }
+        if !people.iter().all(|p| in_any(p, &spec.reviewers)) {
+            return Err("an approver is not a reviewer of this hold");
+        }
     }
     if !people
         .iter()
@@ -478,6 +495,7 @@ mod tests {
                 hash: fingerprint.into(),
                 ..Default::default()
             },
+            break_glass: None,
         }
     }
 

@@ -290,6 +290,23 @@ fn combine_holds(a: &airlock_policy::Verdict, b: &airlock_policy::Verdict) -> ai
     }
     out.require_acrs.sort();
     out.dry_run = a.dry_run || b.dry_run;
+    // Break-glass only where both policies allow it, to members of a group
+    // both name, for the shorter time.
+    out.break_glass = match (&a.break_glass, &b.break_glass) {
+        (Some(x), Some(y)) => {
+            let groups: Vec<String> = x
+                .groups
+                .iter()
+                .filter(|g| y.groups.contains(g))
+                .cloned()
+                .collect();
+            (!groups.is_empty()).then(|| airlock_policy::config::BreakGlass {
+                groups,
+                max_ttl: x.max_ttl.min(y.max_ttl),
+            })
+        }
+        _ => None,
+    };
     out.reason = format!("{}; also held by policy {}: {}", a.reason, b.policy, b.reason);
     if out.reviewers.is_empty() {
         out.action = airlock_policy::Action::Deny;
@@ -647,6 +664,10 @@ impl Gate for PolicyGate {
                 plan: trial(airlock_policy::trial::Trial::Plan),
                 dry_run: v.dry_run.then(|| trial(airlock_policy::trial::Trial::DryRun)),
                 fingerprint: fingerprint(sql, &v, names_before.any()),
+                break_glass: v.break_glass.as_ref().map(|b| proto::BreakGlass {
+                    groups: b.groups.iter().map(|g| self.group(g)).collect(),
+                    max_ttl: prost_types::Duration::try_from(b.max_ttl).ok(),
+                }),
             }),
         };
         let mut sql_names = Vec::new();

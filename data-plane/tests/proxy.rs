@@ -92,6 +92,7 @@ impl Gate for TestGate {
                 plan: Err("the test gate reads no catalog".into()),
                 dry_run: None,
                 fingerprint: Default::default(),
+                break_glass: None,
             })
         } else {
             Action::Allow
@@ -2028,6 +2029,7 @@ async fn forge_grant(log: &EventLog, held: &proto::Held, junk: bool) {
             bounds: Vec::new(),
             bounded: false,
             every_table: false,
+            break_glass: false,
             statement_sha256: held.statement_sha256.clone(),
             // As a control plane writes it: who approved.
             approvers: vec![proto::Approver {

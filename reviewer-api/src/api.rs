@@ -244,6 +244,9 @@ pub fn check_reason(reason: &str) -> Result<(), ApiError> {
 pub struct Terms {
     pub max_rows: Vec<proto::TableBound>,
     pub scope: Option<proto::GrantScope>,
+    /// The caller approves their own request under the policy's
+    /// break-glass terms.
+    pub break_glass: bool,
 }
 
 /// Passes one vote to the control plane. The vote is bound to `sha256_hex`
@@ -279,6 +282,7 @@ pub async fn vote(
         statement_sha256: digest,
         max_rows: terms.max_rows,
         scope: terms.scope,
+        break_glass: terms.break_glass,
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {
@@ -326,6 +330,7 @@ async fn decide_json(
                 .map(|(table, max_rows)| proto::TableBound { table, max_rows })
                 .collect(),
             scope,
+            break_glass: body.break_glass,
         },
     )
     .await?;

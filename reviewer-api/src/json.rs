@@ -286,6 +286,8 @@ pub struct VoteJson {
     pub reason: String,
     #[schema(required = true, format = DateTime)]
     pub time: Option<String>,
+    /// The requester's own break-glass approval.
+    pub break_glass: bool,
 }
 
 /// Rows of one table: estimated (`rows` only) or counted.
@@ -397,6 +399,12 @@ pub struct RequestJson {
     pub recent_statements: Vec<RecentStatementJson>,
     /// The statement's shape, which an approval may allow in scope.
     pub fingerprint: FingerprintJson,
+    /// The requester approved it themself under the policy's break-glass
+    /// terms.
+    pub break_glass: bool,
+    /// The policy allows break-glass: the groups whose members may approve
+    /// their own held statement.
+    pub break_glass_groups: Vec<GroupJson>,
 }
 
 /// A statement's shape: SHA-256 of its normalised parse tree and effects.
@@ -645,6 +653,11 @@ pub struct VoteBody {
     /// same identity on the same connection, for a while (a grant).
     #[serde(default)]
     pub scope: Option<ScopeBody>,
+    /// Approve your own request under the policy's `break_glass` terms
+    /// (a person in one of its groups; `reason` of at least 20
+    /// characters). Every reviewer is told.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// What an approval allows beyond its one statement (a grant). Every
@@ -987,6 +1000,7 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
                 decision: DecisionJson::of(v.decision),
                 reason: v.reason.clone(),
                 time: rfc3339(v.time.as_ref()),
+                break_glass: v.break_glass,
             })
             .collect(),
         proxy_id: asked.proxy_id.clone(),
@@ -1006,6 +1020,12 @@ pub fn request(view: &proto::RequestView) -> RequestJson {
             })
             .collect(),
         fingerprint: fingerprint(asked.fingerprint.as_ref()),
+        break_glass: view.votes.iter().any(|v| v.break_glass),
+        break_glass_groups: asked
+            .break_glass
+            .as_ref()
+            .map(|b| b.groups.iter().map(group).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -1066,6 +1086,8 @@ pub struct SessionSummaryJson {
     pub statements_executed: u64,
     pub statements_refused: u64,
     pub requests_pending: u32,
+    /// A request of the session was granted by break-glass.
+    pub break_glass: bool,
 }
 
 /// `GET /api/v1/sessions`.
@@ -1094,6 +1116,7 @@ pub fn session_summary(s: &proto::SessionSummary) -> SessionSummaryJson {
         statements_executed: s.statements_executed,
         statements_refused: s.statements_refused,
         requests_pending: s.requests_pending,
+        break_glass: s.break_glass,
     }
 }
 

@@ -80,6 +80,22 @@ fn headline(n: &Notification) -> String {
             connection,
             asked.approvals_required
         ),
+        Occasion::Decided if n.view.votes.iter().any(|v| v.break_glass) => {
+            let reason = n
+                .view
+                .votes
+                .iter()
+                .find(|v| v.break_glass)
+                .map(|v| v.reason.clone())
+                .unwrap_or_default();
+            format!(
+                "BREAK-GLASS: {} approved their own statement on {} ({}): {}",
+                who(asked.identity.as_ref()),
+                connection,
+                json::state_name(n.view.state),
+                reason
+            )
+        }
         Occasion::Decided => format!(
             "Request by {} on {}: {}{}",
             who(asked.identity.as_ref()),

@@ -688,7 +688,7 @@ async fn decide(
         sha.as_deref(),
         api::Terms {
             max_rows,
-            scope: None,
+            ..Default::default()
         },
     )
     .await

@@ -135,6 +135,7 @@ async fn agent_loop(
                     statement_sha256: vec![],
                     max_rows: vec![],
                     scope: None,
+                    break_glass: false,
                 },
             ))
             .await

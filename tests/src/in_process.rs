@@ -139,6 +139,7 @@ impl Gate for SeedGate {
                     plan: Err("the test gate reads no catalog".into()),
                     dry_run: None,
                     fingerprint: Default::default(),
+                    break_glass: None,
                 }),
                 "DELETE|DROP|UPDATE -> require-approval",
             )

@@ -33,6 +33,7 @@ pub fn vote(request_id: &str, decision: proto::Decision, reason: &str) -> proto:
         statement_sha256: vec![],
         max_rows: vec![],
         scope: None,
+        break_glass: false,
     }
 }
 

@@ -142,6 +142,33 @@ impl Given {
         self.event(&format!("airlock.v1.request.{id}"), e)
     }
 
+    /// [`Given::requested`], with the policy's break-glass terms.
+    fn requested_glass(self, id: &str, requester: proto::Identity, required: u32, groups: &[&str]) -> Given {
+        let mut g = self.requested(id, requester, required);
+        let stored = g.log.pop().expect("the request");
+        g.seq -= 1;
+        let mut e = stored.event;
+        if let Some(Body::ApprovalRequested(r)) = e.body.as_mut() {
+            r.break_glass = Some(proto::BreakGlass {
+                groups: groups
+                    .iter()
+                    .map(|g| proto::Group {
+                        id: (*g).into(),
+                        name: String::new(),
+                    })
+                    .collect(),
+                max_ttl: prost_types::Duration::try_from(Duration::from_secs(3600)).ok(),
+            });
+        }
+        g.state = Projection::new();
+        let log = std::mem::take(&mut g.log);
+        let mut fresh = Given::new();
+        for s in log {
+            fresh = fresh.event(&s.subject, s.event);
+        }
+        fresh.event(&stored.subject, e)
+    }
+
     fn folded(self, events: Vec<proto::Event>) -> Given {
         let mut g = self;
         for e in events {
@@ -162,6 +189,7 @@ fn vote(id: &str, reviewer: proto::Identity, decision: proto::Decision) -> Vote 
         floor_acrs: Vec::new(),
         max_rows: Vec::new(),
         scope: None,
+        break_glass: false,
     }
 }
 
@@ -845,4 +873,90 @@ fn a_grant_says_whether_it_is_bounded_and_strict() {
     // A reviewer's bound on a table its rule names bounds it; other tables
     // are not limited (no dry run showed them).
     assert_eq!(grant(vec![bound("public.orders", 1)]), (true, false));
+}
+
+const ONCALL: &str = "0c1d-oncall";
+
+fn glass(id: &str, who: proto::Identity, reason: &str) -> Vote {
+    let mut v = vote(id, who, proto::Decision::Approve);
+    v.break_glass = true;
+    v.reason = reason.into();
+    v
+}
+
+#[test]
+fn a_member_breaks_glass_on_their_own_request_and_it_is_granted_at_once() {
+    let dana = person("dana", &[ONCALL]);
+    let given = Given::new().requested_glass("R1", dana.clone(), 2, &[ONCALL]);
+    let events = decide(
+        &given.state,
+        &glass("R1", dana, "prod is down, ticket INC-4711, restoring orders"),
+        at(1),
+        &source(),
+        &Alive,
+    )
+    .expect("a member breaks glass");
+    assert_eq!(kinds(&events), vec!["approval_voted", "approval_granted"]);
+    match &events[1].body {
+        Some(Body::ApprovalGranted(g)) => assert!(g.break_glass, "the grant says so"),
+        other => panic!("{other:?}"),
+    }
+    match &events[0].body {
+        Some(Body::ApprovalVoted(v)) => assert!(v.break_glass),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn break_glass_is_refused_to_apps_non_members_others_short_reasons_and_policies_without_it() {
+    let reason = "prod is down, ticket INC-4711, restoring orders";
+    let dana = person("dana", &[ONCALL]);
+    let refused =
+        |given: &Given, v: Vote| decide(&given.state, &v, at(1), &source(), &Alive).expect_err("refused");
+    // An agent (app identity) never breaks glass, even in the group.
+    let agent = app("agent-7", &[ONCALL]);
+    let g = Given::new().requested_glass("R1", agent.clone(), 1, &[ONCALL]);
+    assert!(matches!(
+        refused(&g, glass("R1", agent, reason)),
+        DecideError::AppIdentity { .. }
+    ));
+    // A person not in a break-glass group.
+    let erin = person("erin", &[REVIEWERS]);
+    let g = Given::new().requested_glass("R1", erin.clone(), 1, &[ONCALL]);
+    assert!(matches!(
+        refused(&g, glass("R1", erin, reason)),
+        DecideError::BreakGlassRefused(_)
+    ));
+    // A member on someone else's request.
+    let g = Given::new().requested_glass("R1", app("agent-7", &[AGENTS]), 1, &[ONCALL]);
+    assert!(matches!(
+        refused(&g, glass("R1", dana.clone(), reason)),
+        DecideError::BreakGlassRefused(_)
+    ));
+    // Too short a reason.
+    let g = Given::new().requested_glass("R1", dana.clone(), 1, &[ONCALL]);
+    assert!(matches!(
+        refused(&g, glass("R1", dana.clone(), "urgent")),
+        DecideError::BadBreakGlass(_)
+    ));
+    // A scope longer than max_ttl.
+    let mut long = glass("R1", dana.clone(), reason);
+    long.scope = Some(proto::GrantScope {
+        r#match: proto::grant_scope::Match::Fingerprint as i32,
+        ttl: prost_types::Duration::try_from(Duration::from_secs(7200)).ok(),
+        max_uses: 5,
+        max_rows: Some(1),
+        ..Default::default()
+    });
+    assert!(matches!(refused(&g, long), DecideError::BadScope(_)));
+    // A policy without break_glass: self-approval stays refused.
+    let g = Given::new().requested("R1", dana.clone(), 1);
+    assert!(matches!(
+        refused(&g, glass("R1", dana.clone(), reason)),
+        DecideError::BreakGlassRefused(_)
+    ));
+    assert!(matches!(
+        refused(&g, vote("R1", dana, proto::Decision::Approve)),
+        DecideError::SelfApproval { .. }
+    ));
 }

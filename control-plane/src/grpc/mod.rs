@@ -109,9 +109,11 @@ fn decide_status(e: DecideError) -> Status {
         DecideError::AlreadyVoted { .. } => ErrorCode::AlreadyVoted,
         DecideError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
         DecideError::SessionEnded { .. } => ErrorCode::SessionEnded,
-        DecideError::NoDecision | DecideError::BadBounds(_) | DecideError::BadScope(_) => {
-            ErrorCode::InvalidArgument
-        }
+        DecideError::BreakGlassRefused(_) => ErrorCode::NotAReviewer,
+        DecideError::NoDecision
+        | DecideError::BadBounds(_)
+        | DecideError::BadScope(_)
+        | DecideError::BadBreakGlass(_) => ErrorCode::InvalidArgument,
     };
     status(code, e.to_string())
 }

@@ -146,6 +146,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             floor_acrs: self.floor_acrs.clone(),
             max_rows: q.max_rows,
             scope: q.scope,
+            break_glass: q.break_glass,
         };
         let started = std::time::Instant::now();
         let voted = act::vote(&self.live, &self.log, &vote, &self.source, &self.presence).await;

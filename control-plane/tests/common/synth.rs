@@ -144,6 +144,7 @@ pub async fn write_session_as(proxy: &EventLog, control: &EventLog, n: u64) -> S
                 approvals_required: 1,
                 max_rows: vec![],
                 scope: None,
+                break_glass: false,
             }),
         ),
         (false, Body::ApprovalGranted(proto::ApprovalGranted::default())),

@@ -109,6 +109,10 @@ pub struct Policy {
     /// default of the policy's require-approval rules.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub require_acrs: Vec<String>,
+    /// Members of these groups may approve their own held statements,
+    /// loudly (left out of the digest when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
     #[serde(skip)]
     digest: String,
     /// The file it came from.
@@ -119,6 +123,18 @@ pub struct Policy {
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }
+
+/// A policy's `break_glass:`: who may approve their own held statement,
+/// and the longest grant such an approval may carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakGlass {
+    pub groups: Vec<String>,
+    #[serde(rename = "max_ttl_secs", serialize_with = "as_secs")]
+    pub max_ttl: Duration,
+}
+
+/// The longest `break_glass.max_ttl`.
+pub const MAX_BREAK_GLASS_TTL: Duration = Duration::from_secs(8 * 3600);
 
 impl Policy {
     /// A record-only policy: it allows every statement, even text the
@@ -416,6 +432,15 @@ struct RawPolicy {
     timeout: Option<Duration>,
     max_statement_bytes: Option<usize>,
     require_acrs: Option<Vec<String>>,
+    break_glass: Option<RawBreakGlass>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlass {
+    groups: Vec<String>,
+    #[serde(default, deserialize_with = "de_timeout_opt")]
+    max_ttl: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -877,6 +902,29 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
         if let Some(bad) = raw.require_acrs.as_deref().and_then(bad_acrs) {
             return Err(at_policy(bad));
         }
+        if let Some(b) = &raw.break_glass {
+            if b.groups.is_empty() {
+                return Err(at_policy(format!(
+                    "policy `{}` has `break_glass` with no groups{HINT}name the groups whose members may \
+                     approve their own held statements, or leave `break_glass` out",
+                    raw.policy
+                )));
+            }
+            if let Some(groups) = &ctx.groups
+                && let Some(g) = b.groups.iter().find(|g| {
+                    !groups.contains_key(*g) && !groups.values().any(|v| v == *g) && !looks_like_object_id(g)
+                })
+            {
+                return Err(at_policy(format!(
+                    "break_glass: unknown group `{g}`{HINT}add it under `identity.group_names`, or write the group's object id"
+                )));
+            }
+            if b.max_ttl.is_some_and(|t| t.is_zero() || t > MAX_BREAK_GLASS_TTL) {
+                return Err(at_policy(format!(
+                    "break_glass.max_ttl must be more than 0 and at most 8h{HINT}e.g. `max_ttl: 1h`"
+                )));
+            }
+        }
         let policy_reviewers = raw.reviewers.is_some() || !ctx.defaults.reviewers.is_empty();
         for r in &raw.rules {
             let rule = &r.value;
@@ -1165,6 +1213,10 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
         timeout: policy_timeout,
         max_statement_bytes: raw.max_statement_bytes.unwrap_or(DEFAULT_MAX_STATEMENT_BYTES),
         require_acrs: policy_acrs,
+        break_glass: raw.break_glass.map(|b| BreakGlass {
+            groups: sorted(b.groups),
+            max_ttl: b.max_ttl.unwrap_or(Duration::from_secs(3600)),
+        }),
         digest: String::new(),
         source: file.to_owned(),
     }

@@ -71,6 +71,9 @@ pub struct Verdict {
     /// For require-approval: whether a rule that held it asks for a dry run.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// For require-approval: the policy's break-glass terms, if it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<crate::config::BreakGlass>,
     /// Whether the policy asks for results to be recorded.
     pub record: bool,
     /// Whether the verdict depends on session state (`EXECUTE`), so must not be cached.
@@ -190,6 +193,7 @@ impl Policy {
             timeout: Duration::ZERO,
             require_acrs: Vec::new(),
             dry_run: false,
+            break_glass: None,
             record: self.record,
             uses_session: c.uses_session,
             executes_prepared: c.executes_prepared,
@@ -334,6 +338,7 @@ impl Policy {
         acrs.sort();
         verdict.require_acrs = acrs;
         verdict.dry_run = dry_run;
+        verdict.break_glass = self.break_glass.clone();
     }
 }
 

@@ -421,6 +421,7 @@ fn requested(
         agent_reason_truncated: asked.reason_cut,
         recent_statements: asked.recent,
         fingerprint: Some(spec.fingerprint.clone()),
+        break_glass: spec.break_glass.clone(),
     }));
     requested.request_id = request_id.to_string();
     // A statement near the size limit keeps its place before a reviewer
@@ -519,7 +520,21 @@ async fn grant_in_log(
         &spec.require_acrs,
         // The control plane asks for at least one approval, whatever the spec.
         spec.approvals.max(1),
-    );
+    )
+    .or_else(|| {
+        // A break-glass grant: one approver, the requester, on terms the
+        // hold itself carries.
+        let glass = spec.break_glass.as_ref()?;
+        confirms_break_glass(
+            &events,
+            trust,
+            request_id,
+            sha256,
+            &spec.require_acrs,
+            glass,
+            &ctx.agent.identity,
+        )
+    });
     if confirmed.is_none() {
         tracing::warn!(request = %request_id, "the log does not confirm the grant; refusing it");
     }
@@ -595,6 +610,63 @@ pub(crate) fn confirms_grant(
         return None;
     }
     (g.statement_sha256 == sha256).then(|| super::bounded::Bounds::of(g))
+}
+
+/// Pure: whether the first trusted outcome of `request_id` is a
+/// break-glass grant for exactly `sha256` that the hold's own terms allow:
+/// every approver is the requester, a person, in one of the `glass`
+/// groups, with the step-up the hold asks.
+pub(crate) fn confirms_break_glass(
+    events: &[StoredEvent],
+    trust: &Trust,
+    request_id: &RequestId,
+    sha256: &[u8],
+    require_acrs: &[String],
+    glass: &proto::BreakGlass,
+    requester: &proto::Identity,
+) -> Option<Option<super::bounded::Bounds>> {
+    let own = subjects::lifecycle(request_id);
+    let first = events.iter().find(|e| {
+        own.contains(&e.subject)
+            && e.event.request_id == request_id.as_str()
+            && matches!(
+                e.event.body,
+                Some(
+                    Body::ApprovalGranted(_)
+                        | Body::ApprovalDenied(_)
+                        | Body::ApprovalExpired(_)
+                        | Body::ApprovalCancelled(_)
+                )
+            )
+            && matches!(
+                trust.check(e),
+                Ok(Vouched::Signed {
+                    role: Role::Control,
+                    ..
+                })
+            )
+    });
+    let Some(Body::ApprovalGranted(g)) = first.and_then(|e| e.event.body.as_ref()) else {
+        return None;
+    };
+    let person = requester.kind == proto::identity::Kind::User as i32 && !requester.subject.is_empty();
+    let own_approval = !g.approvers.is_empty()
+        && g.approvers.iter().all(|a| {
+            a.reviewer.as_ref().is_some_and(|r| {
+                r.subject == requester.subject
+                    && r.tenant_id == requester.tenant_id
+                    && glass
+                        .groups
+                        .iter()
+                        .any(|grp| !grp.id.is_empty() && r.groups.iter().any(|m| m.id == grp.id))
+                    && require_acrs.iter().all(|acr| r.acrs.contains(acr))
+            })
+        });
+    if !(g.break_glass && person && own_approval && g.statement_sha256 == sha256) {
+        tracing::warn!(request = %request_id, "a grant that is neither a quorum nor a break-glass approval this hold allows; refusing it");
+        return None;
+    }
+    Some(super::bounded::Bounds::of(g))
 }
 
 /// Files ApprovalCancelled for a request this session holds.
