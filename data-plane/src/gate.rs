@@ -153,8 +153,9 @@ pub enum Action {
     Deny {
         message: String,
     },
-    /// Needs a reviewer's approval.
-    Hold(HoldSpec),
+    /// Needs a reviewer's approval (boxed: a hold's terms are large and
+    /// most statements have none).
+    Hold(Box<HoldSpec>),
 }
 
 /// Run once PostgreSQL has answered a statement that changes the session's

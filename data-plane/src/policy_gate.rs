@@ -656,7 +656,7 @@ impl Gate for PolicyGate {
             airlock_policy::Action::Deny => Action::Deny {
                 message: format!("refused by Airlock: {}", why(&verdict)),
             },
-            airlock_policy::Action::RequireApproval => Action::Hold(HoldSpec {
+            airlock_policy::Action::RequireApproval => Action::Hold(Box::new(HoldSpec {
                 approvals: v.approvals.max(1),
                 reviewers: v.reviewers.iter().map(|g| self.group(g)).collect(),
                 timeout: v.timeout,
@@ -668,7 +668,7 @@ impl Gate for PolicyGate {
                     groups: b.groups.iter().map(|g| self.group(g)).collect(),
                     max_ttl: prost_types::Duration::try_from(b.max_ttl).ok(),
                 }),
-            }),
+            })),
         };
         let mut sql_names = Vec::new();
         let mut drops_all = false;

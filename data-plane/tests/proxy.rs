@@ -84,7 +84,7 @@ impl Gate for TestGate {
                         .into(),
             }
         } else if upper.contains("DELETE") {
-            Action::Hold(HoldSpec {
+            Action::Hold(Box::new(HoldSpec {
                 approvals: 1,
                 reviewers: vec![],
                 timeout: Duration::from_secs(60),
@@ -93,7 +93,7 @@ impl Gate for TestGate {
                 dry_run: None,
                 fingerprint: Default::default(),
                 break_glass: None,
-            })
+            }))
         } else {
             Action::Allow
         };

@@ -662,6 +662,27 @@ mod tests {
     }
 
     #[test]
+    fn a_break_glass_grant_is_announced_as_such() {
+        let mut n = notification();
+        n.occasion = Occasion::Decided;
+        n.view.state = proto::RequestState::Granted as i32;
+        n.view.votes.push(proto::Vote {
+            decision: proto::Decision::Approve as i32,
+            reason: "orders down, INC-4711, removing the poison row".into(),
+            break_glass: true,
+            ..Default::default()
+        });
+        let h = headline(&n);
+        assert!(
+            h.starts_with("BREAK-GLASS: agent-7 approved their own statement"),
+            "{h}"
+        );
+        assert!(h.contains("INC-4711"), "{h}");
+        n.view.votes[0].break_glass = false;
+        assert!(!headline(&n).contains("BREAK-GLASS"));
+    }
+
+    #[test]
     fn hmac_signature_is_over_timestamp_and_body() {
         // RFC 4231 test case 2 key and data, split as "<timestamp>.<body>".
         let sig = sign(b"Jefe", 1_700_000_000, b"{}");

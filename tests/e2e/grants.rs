@@ -397,3 +397,145 @@ async fn scopes_wider_than_a_reviewer_may_grant_are_refused() {
     let (_, grants) = rest(&stack, reqwest::Method::GET, "/api/v1/grants", json!({})).await;
     assert_eq!(grants["grants"].as_array().map(Vec::len), Some(0), "{grants}");
 }
+
+const GLASS_ACCESS: &str = "connections:
+  - name: prod-maintenance
+    upstream: postgres://maint@127.0.0.1:{PG}/shop
+    password_env: PROD_MAINT_PASSWORD
+policies:
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    break_glass: {groups: [dba-leads]}
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+    record: true
+  - policy: dba-leads
+    connection: prod-maintenance
+    break_glass: {groups: [dba-leads], max_ttl: 30m}
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+        approvals: 2
+    record: true
+";
+
+const LENA: (&str, &str, &str) = ("oid-lena", "Lena Lead", airlock_e2e::binaries::LEADS);
+
+async fn approve_as(stack: &BinaryStack, token: &str, id: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/requests/{id}/approve", stack.reviewer_url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("reviewer answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_others_cannot() {
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(20)
+            .access(GLASS_ACCESS)
+            .reviewer()
+            .start_binaries()
+    });
+    let lena = stack.user_token(LENA);
+    let reason = "orders service down, INC-4711: removing the poison row";
+    // Lena's own DELETE, which needs two reviewers, she approves herself.
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &lena).await;
+    let run = tokio::spawn(async move { client.simple_query("DELETE FROM orders WHERE id = 1").await });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("held")
+        .expect("notice");
+    let id = request_id(&notice).expect("id");
+    let (status, v) = approve_as(
+        &stack,
+        &lena,
+        &id,
+        json!({"reason": "urgent", "break_glass": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "too short a reason: {v}");
+    let (status, v) = approve_as(&stack, &lena, &id, json!({"reason": reason, "break_glass": true})).await;
+    assert_eq!(status, 200, "{v}");
+    run.await.expect("task").expect("her statement ran");
+    assert_eq!(count(&stack), 19);
+    // Flagged on the request and the session, counted.
+    let (_, request) = rest(
+        &stack,
+        reqwest::Method::GET,
+        &format!("/api/v1/requests/{id}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(request["break_glass"], true, "{request}");
+    assert_eq!(request["state"], "granted");
+    let session = request["session_id"].as_str().expect("session id").to_owned();
+    let (_, s) = rest(
+        &stack,
+        reqwest::Method::GET,
+        &format!("/api/v1/sessions/{session}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s["summary"]["break_glass"], true, "{s}");
+    // In the log for auditors: the vote and the grant say so.
+    let log = export(&stack);
+    let flagged = |kind: &str, body: &str| {
+        log.iter().any(|e| {
+            e["kind"] == kind
+                && e["event"][body]["break_glass"] == true
+                && e["event"]["request_id"] == id.as_str()
+        })
+    };
+    assert!(flagged("approval_voted", "approval_voted"));
+    assert!(flagged("approval_granted", "approval_granted"));
+    // An agent in the break-glass group's policy cannot: it is an app.
+    let agent = stack.agent_token();
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &agent).await;
+    let held = tokio::spawn(async move { client.simple_query("DELETE FROM orders WHERE id = 2").await });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("held")
+        .expect("notice");
+    let agent_request = request_id(&notice).expect("id");
+    let (status, v) = approve_as(
+        &stack,
+        &agent,
+        &agent_request,
+        json!({"reason": reason, "break_glass": true}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    // Nor may Lena break glass on the agent's request: only her own.
+    let (status, v) = approve_as(
+        &stack,
+        &lena,
+        &agent_request,
+        json!({"reason": reason, "break_glass": true}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    // Nor Alice, a reviewer who is not in the group.
+    let alice = stack.user_token(ALICE);
+    let (status, v) = approve_as(
+        &stack,
+        &alice,
+        &agent_request,
+        json!({"reason": reason, "break_glass": true}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    held.abort();
+    assert_eq!(count(&stack), 19);
+    stack.assert_verify_passes();
+}

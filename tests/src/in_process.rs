@@ -128,7 +128,7 @@ impl Gate for SeedGate {
         let gated = ["DELETE", "DROP", "UPDATE"].iter().any(|k| upper.contains(k));
         let (action, rule) = if gated {
             (
-                Action::Hold(HoldSpec {
+                Action::Hold(Box::new(HoldSpec {
                     approvals: 1,
                     reviewers: vec![proto::Group {
                         id: REVIEWERS.into(),
@@ -140,7 +140,7 @@ impl Gate for SeedGate {
                     dry_run: None,
                     fingerprint: Default::default(),
                     break_glass: None,
-                }),
+                })),
                 "DELETE|DROP|UPDATE -> require-approval",
             )
         } else {

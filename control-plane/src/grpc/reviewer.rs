@@ -94,8 +94,32 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::GetRequestRequest>,
     ) -> Result<Response<proto::RequestView>, Status> {
-        let caller = self.reader(&request).await?;
+        // A person may read their own request (to break glass on it);
+        // anyone else must be a reviewer or an auditor.
+        let identity = self.caller(&request).await?;
         let id = request.into_inner().request_id;
+        let own = self.live.read(|s| {
+            s.request(&id)
+                .filter(|r| {
+                    r.requested().identity.as_ref().is_some_and(|i| {
+                        identity.kind == proto::identity::Kind::User as i32
+                            && !i.subject.is_empty()
+                            && i.subject == identity.subject
+                            && i.tenant_id == identity.tenant_id
+                    })
+                })
+                .map(|r| r.view.clone())
+        });
+        if let Some(view) = own {
+            return Ok(Response::new(view));
+        }
+        let caller = self.roles().caller(identity);
+        if !caller.reviewer && !caller.auditor {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!("{} is not in a reviewer or auditor group", who(&caller.identity)),
+            ));
+        }
         let found = self.live.read(|s| {
             s.request(&id)
                 .map(|r| (caller.may_read_request(r.requested()), r.view.clone()))
@@ -134,7 +158,14 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::DecideRequest>,
     ) -> Result<Response<proto::DecideResponse>, Status> {
-        let reviewer = self.actor(&request).await?.identity;
+        // Break-glass is the requester's own approval: they need not be a
+        // reviewer (the decision checks they are in the policy's
+        // break-glass groups, a person, and the requester).
+        let reviewer = if request.get_ref().break_glass {
+            self.caller(&request).await?
+        } else {
+            self.actor(&request).await?.identity
+        };
         self.ready()?;
         let q = request.into_inner();
         let vote = Vote {

@@ -390,6 +390,10 @@ impl ToUpstream {
                         spec.require_acrs.push(acr.clone());
                     }
                 }
+                // Break-glass only if it was allowed when prepared too.
+                if o.break_glass.is_none() {
+                    spec.break_glass = None;
+                }
                 Action::Hold(spec)
             }
             (Action::Allow, _) => fresh.action.clone(),
