@@ -89,6 +89,14 @@ enum Command {
         #[command(subcommand)]
         command: crate::policy_cmd::PolicyCommand,
     },
+    /// Review from a terminal: list, show, approve, deny; grants, revoke.
+    Review {
+        #[command(subcommand)]
+        command: crate::review_cmd::ReviewCommand,
+    },
+    /// Sign in with the device flow (a code to enter in a browser) and keep
+    /// the token for `review`.
+    Login(crate::review_cmd::LoginArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,9 +135,31 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => return config_check(&config),
+        // A client of the reviewer API: no telemetry, stdout for results.
+        Command::Review { command } => return client(crate::review_cmd::review(command)),
+        Command::Login(args) => return client(crate::review_cmd::login(args)),
         other => other,
     };
     airlock_telemetry::run_binary("airlock-control", run(command))
+}
+
+/// Runs a client command on a small runtime; an error on standard error.
+#[allow(clippy::print_stderr)]
+fn client(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("airlock-control: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("airlock-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `config check`: offline, like `policy`; what it found on standard
@@ -259,6 +289,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => crate::policy_cmd::simulate(command).await,
+        Command::Review { command } => crate::review_cmd::review(command).await,
+        Command::Login(args) => crate::review_cmd::login(args).await,
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(&config)),

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod policy_cmd;
 pub mod presence;
 pub mod projection;
+pub mod review_cmd;
 pub mod serve;
 pub mod simulate;
 pub mod snapshot;

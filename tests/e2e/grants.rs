@@ -539,3 +539,166 @@ async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_othe
     assert_eq!(count(&stack), 19);
     stack.assert_verify_passes();
 }
+
+/// `airlock-control review ...` with the stack's configuration and a token file.
+fn review(stack: &BinaryStack, token: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["review"];
+    all.extend_from_slice(args);
+    let out = stack
+        .control_command(&all)
+        .arg("--token-file")
+        .arg(token)
+        .env_remove("AIRLOCK_TOKEN")
+        .output()
+        .expect("airlock-control review");
+    assert!(
+        out.status.success(),
+        "review {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_signs_in_with_the_device_flow_then_lists_shows_approves_in_scope_and_revokes() {
+    use tokio::io::AsyncBufReadExt;
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(20)
+            .rules(RULES)
+            .reviewer()
+            .start_binaries()
+    });
+    let token = stack.dir.join("cli-token");
+    // `login`: the device flow against the development issuer; Alice
+    // enters the code on its page.
+    let mut login = tokio::process::Command::from(stack.control_command(&["login"]));
+    login
+        .arg("--token-file")
+        .arg(&token)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = login.spawn().expect("airlock-control login");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (page, code) = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("login prints a code")
+            .expect("stderr")
+            .expect("a line");
+        if let Some(rest) = line.strip_prefix("To sign in, open ") {
+            let (page, code) = rest.split_once(" and enter the code ").expect("page and code");
+            break (page.to_owned(), code.trim().to_owned());
+        }
+    };
+    let r = reqwest::Client::new()
+        .post(&page)
+        .form(&[("user_code", code.to_lowercase().as_str()), ("user", ALICE.0)])
+        .send()
+        .await
+        .expect("the verification page");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("login ends")
+        .expect("status");
+    assert!(status.success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token)
+            .expect("token file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the token file is its owner's only");
+    }
+    // The agent's DELETE waits.
+    let agent = stack.agent_token();
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &agent).await;
+    let run = tokio::spawn(async move {
+        client
+            .simple_query("DELETE FROM orders WHERE id = 1")
+            .await
+            .map(|_| client)
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .expect("held")
+        .expect("notice");
+    let id = request_id(&notice).expect("id");
+    let listed = review(&stack, &token, &["list"]);
+    assert!(listed.contains(&id) && listed.contains("pending"), "{listed}");
+    assert!(
+        listed.lines().next().is_some_and(|h| h.starts_with("ID")),
+        "{listed}"
+    );
+    let shown = review(&stack, &token, &["show", &id]);
+    assert!(shown.contains("DELETE FROM orders WHERE id = 1"), "{shown}");
+    assert!(
+        shown.contains("DELETE FROM orders WHERE id = ?"),
+        "the shape: {shown}"
+    );
+    assert!(shown.contains("agent-7"), "{shown}");
+    let json: Value = serde_json::from_str(&review(&stack, &token, &["show", &id, "--json"])).expect("JSON");
+    assert_eq!(json["id"], id.as_str());
+    let approved = review(
+        &stack,
+        &token,
+        &[
+            "approve",
+            &id,
+            "--reason",
+            "cleanup",
+            "--scope",
+            "fingerprint",
+            "--max-uses",
+            "3",
+            "--max-rows",
+            "1",
+        ],
+    );
+    assert!(approved.contains("granted"), "{approved}");
+    let client = run.await.expect("task").expect("ran");
+    // The grant is listed, and a use of it shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let grants = review(&stack, &token, &["grants"]);
+        if grants.contains(&id) {
+            assert!(grants.contains("active") && grants.contains("0/3"), "{grants}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no grant listed: {grants}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .simple_query("DELETE FROM orders WHERE id = 2")
+        .await
+        .expect("a use");
+    let one = review(&stack, &token, &["grants", &id]);
+    assert!(one.contains("1/3") && one.contains("use 1 at"), "{one}");
+    let revoked = review(&stack, &token, &["revoke", &id, "--reason", "done"]);
+    assert!(revoked.contains("revoked grant"), "{revoked}");
+    let json: Value = serde_json::from_str(&review(
+        &stack,
+        &token,
+        &["grants", "--state", "revoked", "--json"],
+    ))
+    .expect("JSON");
+    assert_eq!(json["grants"][0]["id"], id.as_str(), "{json}");
+    // A wrong token is refused with the API's words.
+    std::fs::write(&token, "not-a-token").expect("write");
+    let out = stack
+        .control_command(&["review", "list"])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .expect("review");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

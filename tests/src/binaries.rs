@@ -737,7 +737,7 @@ fn write_login_config(layout: &Layout) {
     std::fs::write(
         layout.dir.join("login.yaml"),
         format!(
-            "audience: api://airlock\nclients:\n  - client_id: {CLIENT_ID}\n    redirect_uris: [{}/auth/callback]\nusers:\n{users}",
+            "audience: api://airlock\nclients:\n  - client_id: {CLIENT_ID}\n    redirect_uris: [{}/auth/callback]\n  - client_id: airlock-cli\n    device: true\nusers:\n{users}",
             layout.reviewer_url
         ),
     )

@@ -5,13 +5,15 @@
 //! Owns: the command line ([`cli`]), the signing key file ([`key`]), minting
 //! Entra-shaped v2 access tokens ([`token`]), and serving OIDC discovery and
 //! the JWKS on loopback ([`server`]), browser sign-in with the
-//! authorization code flow and PKCE for test users ([`login`]), and a
+//! authorization code flow and PKCE for test users ([`login`]), sign-in
+//! from a terminal with the device authorization grant ([`device`]), and a
 //! stand-in for Microsoft Graph's group membership questions ([`graph`]).
 //!
 //! It does not verify anything: that is `airlock-identity`, which the tests
 //! use to check this issuer's tokens exactly as the proxy would.
 
 pub mod cli;
+pub mod device;
 pub mod error;
 pub mod graph;
 pub mod key;

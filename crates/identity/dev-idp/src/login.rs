@@ -56,7 +56,12 @@ pub struct LoginConfig {
 pub struct ClientConfig {
     pub client_id: String,
     /// Compared exactly, as OAuth 2.0 Security BCP requires.
+    #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// A public client that signs in with the device authorization grant
+    /// (RFC 8628), as `airlock-control login` does; it needs no redirect.
+    #[serde(default)]
+    pub device: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,8 +100,10 @@ impl LoginConfig {
             return Err(bad("list at least one client and one user".into()));
         }
         for c in &config.clients {
-            if c.client_id.is_empty() || c.redirect_uris.is_empty() {
-                return Err(bad("every client needs a client_id and redirect_uris".into()));
+            if c.client_id.is_empty() || (c.redirect_uris.is_empty() && !c.device) {
+                return Err(bad(
+                    "every client needs a client_id, and redirect_uris unless it is a device client".into(),
+                ));
             }
         }
         if config.users.iter().any(|u| u.sub.is_empty()) {
@@ -124,6 +131,8 @@ struct Grant {
 pub struct Login {
     pub config: LoginConfig,
     codes: Mutex<HashMap<String, Grant>>,
+    /// Device authorizations waiting for a user, by device code.
+    pub(crate) devices: Mutex<HashMap<String, crate::device::Pending>>,
 }
 
 impl Login {
@@ -131,11 +140,12 @@ impl Login {
         Arc::new(Login {
             config,
             codes: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
         })
     }
 }
 
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -143,7 +153,7 @@ fn esc(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn page(status: StatusCode, body: &str) -> Response {
+pub(crate) fn page(status: StatusCode, body: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>airlock-dev-idp sign-in</title>\
          <style>body{{font:15px system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}\
@@ -165,7 +175,7 @@ fn page(status: StatusCode, body: &str) -> Response {
         .into_response()
 }
 
-fn refuse_page(why: &str) -> Response {
+pub(crate) fn refuse_page(why: &str) -> Response {
     page(
         StatusCode::BAD_REQUEST,
         &format!("<h1>Sign-in refused</h1><p>{}</p>", esc(why)),
@@ -197,7 +207,7 @@ pub struct AuthorizeParams {
     user: String,
 }
 
-fn login_of(published: &Published) -> Result<&Arc<Login>, String> {
+pub(crate) fn login_of(published: &Published) -> Result<&Arc<Login>, String> {
     published.login.as_ref().ok_or_else(|| {
         "no test users are configured: start `airlock-dev-idp serve` with --login-config FILE".to_owned()
     })
@@ -379,7 +389,7 @@ pub struct TokenParams {
     code_verifier: String,
 }
 
-fn token_error(error: &str, description: &str) -> Response {
+pub(crate) fn token_error(error: &str, description: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
         [(header::CACHE_CONTROL, "no-store")],
@@ -445,6 +455,9 @@ pub async fn token(
                 "client_credentials needs the Graph stand-in (--graph-config)",
             ),
         };
+    }
+    if form.get("grant_type").map(String::as_str) == Some(crate::device::GRANT_TYPE) {
+        return crate::device::exchange(&published, &form);
     }
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     let p = TokenParams {

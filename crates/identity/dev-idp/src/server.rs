@@ -63,6 +63,14 @@ pub fn router(published: Arc<Published>) -> Result<Router, DevIdpError> {
         )
         .route(&format!("{prefix}/oauth2/v2.0/token"), post(crate::login::token))
         .route(
+            &format!("{prefix}/oauth2/v2.0/devicecode"),
+            post(crate::device::device_code),
+        )
+        .route(
+            &format!("{prefix}/oauth2/v2.0/deviceauth"),
+            get(crate::device::verify_page).post(crate::device::verify_submit),
+        )
+        .route(
             &format!("{prefix}/graph/v1.0/{{collection}}/{{id}}/checkMemberGroups"),
             post(crate::graph::check_member_groups),
         )
@@ -131,8 +139,9 @@ async fn discovery(State(published): State<Arc<Published>>) -> axum::Json<Value>
         "jwks_uri": published.jwks_uri,
         "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "device_authorization_endpoint": format!("{base}/oauth2/v2.0/devicecode"),
         "response_types_supported": ["code"],
-        "grant_types_supported": ["authorization_code"],
+        "grant_types_supported": ["authorization_code", crate::device::GRANT_TYPE],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": ["openid", "profile"],

@@ -1,0 +1,745 @@
+//! `airlock-control review` and `login`: the reviewer API from a terminal.
+//! Tables for people, `--json` (the API's own JSON) for scripts.
+//!
+//! The token is `AIRLOCK_TOKEN`, else `--token-file`, else the file
+//! `login` wrote (`$XDG_CONFIG_HOME/airlock/token`, or
+//! `~/.config/airlock/token`). `login` signs in with the OAuth 2.0 device
+//! authorization grant (RFC 8628) at the issuer of `identity.issuer` (or
+//! `--issuer`): it prints a code and a page to enter it on, waits, and keeps
+//! the access token in that file, readable by its owner only. The reviewer
+//! is `--reviewer URL`, else `AIRLOCK_REVIEWER_URL`, else `reviewer.public_url`
+//! (or `http://` + `reviewer.listen`) of `--config`.
+
+// Printing results to standard output is what a CLI is for.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The reviewer's base URL (default: AIRLOCK_REVIEWER_URL, else from --config).
+    #[arg(long)]
+    reviewer: Option<String>,
+    /// airlock.yaml, for the reviewer's address.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Read the token from this file (default: AIRLOCK_TOKEN, else the login file).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A CA certificate (PEM) for the reviewer's TLS, beside the system roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// Requests you may review (default: pending ones).
+    List {
+        /// pending, granted, denied, expired, cancelled, decided; comma-separated.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// One request: statement, identity, rule, impact, fingerprint, votes.
+    Show {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Approve a request, optionally in scope (a grant).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Also allow statements like this one: `fingerprint` (its shape) or
+        /// `rule` (its kinds on its tables, with --kinds and --tables).
+        #[arg(long, value_parser = ["fingerprint", "rule"])]
+        scope: Option<String>,
+        /// How long the grant lives (e.g. 30m).
+        #[arg(long, default_value = "30m")]
+        ttl: String,
+        /// How many statements the grant may let run.
+        #[arg(long, default_value_t = 10)]
+        max_uses: u32,
+        /// The most rows each use may change per table (required over writes).
+        #[arg(long)]
+        max_rows: Option<u64>,
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Approve your own request under the policy's break-glass terms.
+        #[arg(long)]
+        break_glass: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Grants (default: active ones), or one grant by id.
+    Grants {
+        id: Option<String>,
+        /// active, used_up, revoked, expired; comma-separated.
+        #[arg(long, default_value = "active")]
+        state: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a grant: no proxy runs a statement under it from then on.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The issuer (default: identity.issuer of --config).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// airlock.yaml, for the issuer.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The public client registered for device sign-in.
+    #[arg(long, default_value = "airlock-cli")]
+    client_id: String,
+    /// Scopes asked for (Entra: the API's, e.g. api://airlock/.default).
+    #[arg(long, default_value = "openid profile offline_access")]
+    scope: String,
+    /// Where to keep the token (default: the login file).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// The file `login` writes and `review` reads by default.
+pub fn default_token_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("airlock").join("token"))
+}
+
+fn read_yaml(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_norway::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))
+}
+
+impl Conn {
+    fn base(&self) -> anyhow::Result<String> {
+        if let Some(r) = &self.reviewer {
+            return Ok(r.trim_end_matches('/').to_owned());
+        }
+        if let Ok(r) = std::env::var("AIRLOCK_REVIEWER_URL")
+            && !r.is_empty()
+        {
+            return Ok(r.trim_end_matches('/').to_owned());
+        }
+        if let Some(path) = &self.config {
+            let v = read_yaml(path)?;
+            if let Some(u) = v.pointer("/reviewer/public_url").and_then(Value::as_str) {
+                return Ok(u.trim_end_matches('/').to_owned());
+            }
+            if let Some(l) = v.pointer("/reviewer/listen").and_then(Value::as_str) {
+                return Ok(format!("http://{l}"));
+            }
+        }
+        bail!(
+            "no reviewer: pass --reviewer URL, set AIRLOCK_REVIEWER_URL, or --config with a reviewer section"
+        )
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        if self.token_file.is_none()
+            && let Ok(t) = std::env::var("AIRLOCK_TOKEN")
+            && !t.trim().is_empty()
+        {
+            return Ok(t.trim().to_owned());
+        }
+        let path = self
+            .token_file
+            .clone()
+            .or_else(default_token_file)
+            .ok_or_else(|| {
+                anyhow!("no token: set AIRLOCK_TOKEN, pass --token-file, or run `airlock-control login`")
+            })?;
+        let t = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading the token from {} (set AIRLOCK_TOKEN, or run `airlock-control login`)",
+                path.display()
+            )
+        })?;
+        Ok(t.trim().to_owned())
+    }
+
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        client_with(self.ca.as_deref())
+    }
+}
+
+fn client_with(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        b = b.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).context("--ca is not a PEM certificate")?,
+        );
+    }
+    b.build().context("building the HTTP client")
+}
+
+/// One call to the reviewer API: its JSON, or its error as the API said it.
+async fn call(
+    conn: &Conn,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", conn.base()?);
+    let mut req = conn.client()?.request(method, &url).bearer_auth(conn.token()?);
+    if let Some(b) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let code = v.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
+        let message = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+        bail!("{} {code}: {message}", status.as_u16());
+    }
+    Ok(v)
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        format!(
+            "{}…",
+            one_line.chars().take(n.saturating_sub(1)).collect::<String>()
+        )
+    }
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn who(v: &Value) -> String {
+    let name = text(v, "/display_name");
+    let subject = text(v, "/subject");
+    if name.is_empty() {
+        subject.to_owned()
+    } else {
+        format!("{name} ({subject})")
+    }
+}
+
+/// Rows as aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| (*h).to_owned()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+fn request_rows(v: &Value) -> Vec<Vec<String>> {
+    v["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                text(r, "/id").to_owned(),
+                text(r, "/state").to_owned(),
+                who(&r["identity"]),
+                text(r, "/connection/name").to_owned(),
+                clip(text(r, "/statement/text"), 60),
+            ]
+        })
+        .collect()
+}
+
+fn show_request(r: &Value) -> String {
+    let mut out = vec![
+        format!("request     {}", text(r, "/id")),
+        format!("state       {}", text(r, "/state")),
+        format!("requester   {}", who(&r["identity"])),
+        format!("connection  {}", text(r, "/connection/name")),
+        format!(
+            "rule        {} ({})",
+            text(r, "/verdict/rule"),
+            text(r, "/verdict/policy")
+        ),
+        format!(
+            "approvals   {} of {}",
+            r["approvals_given"].as_u64().unwrap_or(0),
+            r["approvals_required"].as_u64().unwrap_or(0)
+        ),
+        format!("deadline    {}", text(r, "/deadline")),
+        format!("sha256      {}", text(r, "/statement/sha256")),
+    ];
+    let fp = text(r, "/fingerprint/hash");
+    if fp.is_empty() {
+        out.push(format!(
+            "shape       none: {}",
+            text(r, "/fingerprint/unavailable")
+        ));
+    } else {
+        out.push(format!(
+            "shape       {} ({})",
+            text(r, "/fingerprint/normalized"),
+            &fp[..fp.len().min(16)]
+        ));
+    }
+    if r["break_glass"] == true {
+        out.push("BREAK-GLASS the requester approved it themself".to_owned());
+    }
+    let reason = text(r, "/agent_reason");
+    if !reason.is_empty() {
+        out.push(format!("reason      {reason} (the agent's own words)"));
+    }
+    let estimate = &r["impact"]["estimate"];
+    if !estimate.is_null() {
+        let unavailable = text(estimate, "/unavailable");
+        if unavailable.is_empty() {
+            for t in estimate["tables"].as_array().into_iter().flatten() {
+                out.push(format!(
+                    "estimate    {} rows of {}",
+                    t["rows"].as_u64().unwrap_or(0),
+                    text(t, "/table")
+                ));
+            }
+        } else {
+            out.push(format!("estimate    none: {unavailable}"));
+        }
+    }
+    let dry = &r["impact"]["dry_run"];
+    if !dry.is_null() {
+        for t in dry["tables"].as_array().into_iter().flatten() {
+            out.push(format!(
+                "dry run     {} rows of {}",
+                t["rows"].as_u64().unwrap_or(0),
+                text(t, "/table")
+            ));
+        }
+    }
+    out.push(String::new());
+    out.push(text(r, "/statement/text").to_owned());
+    let votes: Vec<Vec<String>> = r["votes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                who(&v["reviewer"]),
+                text(v, "/decision").to_owned(),
+                text(v, "/time").to_owned(),
+                clip(text(v, "/reason"), 50),
+            ]
+        })
+        .collect();
+    if !votes.is_empty() {
+        out.push(String::new());
+        out.push(table(&["VOTER", "DECISION", "TIME", "REASON"], votes));
+    }
+    out.join("\n")
+}
+
+fn grant_rows(grants: &[Value]) -> Vec<Vec<String>> {
+    grants
+        .iter()
+        .map(|g| {
+            let what = if g["match"] == "fingerprint" {
+                text(g, "/fingerprint/normalized").to_owned()
+            } else {
+                let kinds: Vec<&str> = g["kinds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let tables: Vec<&str> = g["tables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                format!("{} on {}", kinds.join("|"), tables.join(", "))
+            };
+            vec![
+                text(g, "/id").to_owned(),
+                text(g, "/state").to_owned(),
+                format!(
+                    "{}/{}",
+                    g["uses"].as_u64().unwrap_or(0),
+                    g["max_uses"].as_u64().unwrap_or(0)
+                ),
+                text(g, "/expires_at").to_owned(),
+                who(&g["identity"]),
+                clip(&what, 50),
+            ]
+        })
+        .collect()
+}
+
+fn print(conn: &Conn, v: &Value, human: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        println!("{}", human(v));
+    }
+    Ok(())
+}
+
+fn path_id(id: &str) -> anyhow::Result<&str> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("{id:?} is not a request or grant id");
+    }
+    Ok(id)
+}
+
+fn query_states(state: &str) -> String {
+    state
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs one `review` command.
+pub async fn review(command: ReviewCommand) -> anyhow::Result<ExitCode> {
+    use reqwest::Method;
+    match command {
+        ReviewCommand::List { state, conn } => {
+            let v = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/requests?state={}", query_states(&state)),
+                None,
+            )
+            .await?;
+            print(&conn, &v, |v| {
+                table(
+                    &["ID", "STATE", "REQUESTER", "CONNECTION", "STATEMENT"],
+                    request_rows(v),
+                )
+            })?;
+        }
+        ReviewCommand::Show { id, conn } => {
+            let v = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/requests/{}", path_id(&id)?),
+                None,
+            )
+            .await?;
+            print(&conn, &v, show_request)?;
+        }
+        ReviewCommand::Approve {
+            id,
+            reason,
+            scope,
+            ttl,
+            max_uses,
+            max_rows,
+            kinds,
+            tables,
+            break_glass,
+            conn,
+        } => {
+            let mut body = json!({"reason": reason});
+            if let Some(m) = scope {
+                let mut s = json!({"match": m, "ttl": ttl, "max_uses": max_uses});
+                if let Some(n) = max_rows {
+                    s["max_rows"] = json!(n);
+                }
+                if !kinds.is_empty() {
+                    s["kinds"] = json!(kinds);
+                }
+                if !tables.is_empty() {
+                    s["tables"] = json!(tables);
+                }
+                body["scope"] = s;
+            }
+            if break_glass {
+                body["break_glass"] = json!(true);
+            }
+            let v = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/requests/{}/approve", path_id(&id)?),
+                Some(body),
+            )
+            .await?;
+            print(&conn, &v, |v| {
+                format!("approved {id}: request is {}", text(v, "/request/state"))
+            })?;
+        }
+        ReviewCommand::Deny { id, reason, conn } => {
+            let v = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/requests/{}/deny", path_id(&id)?),
+                Some(json!({"reason": reason})),
+            )
+            .await?;
+            print(&conn, &v, |v| {
+                format!("denied {id}: request is {}", text(v, "/request/state"))
+            })?;
+        }
+        ReviewCommand::Grants {
+            id: Some(id), conn, ..
+        } => {
+            let v = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/grants/{}", path_id(&id)?),
+                None,
+            )
+            .await?;
+            print(&conn, &v, |g| {
+                let mut out = table(
+                    &["ID", "STATE", "USES", "EXPIRES", "FOR", "ALLOWS"],
+                    grant_rows(std::slice::from_ref(g)),
+                );
+                for u in g["recent_uses"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n  use {} at {} on {} (session {})",
+                        u["number"].as_u64().unwrap_or(0),
+                        text(u, "/time"),
+                        text(u, "/proxy_id"),
+                        text(u, "/session_id")
+                    ));
+                }
+                out
+            })?;
+        }
+        ReviewCommand::Grants {
+            id: None,
+            state,
+            conn,
+        } => {
+            let v = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/grants?state={}", query_states(&state)),
+                None,
+            )
+            .await?;
+            print(&conn, &v, |v| {
+                let grants = v["grants"].as_array().cloned().unwrap_or_default();
+                table(
+                    &["ID", "STATE", "USES", "EXPIRES", "FOR", "ALLOWS"],
+                    grant_rows(&grants),
+                )
+            })?;
+        }
+        ReviewCommand::Revoke { id, reason, conn } => {
+            let v = call(
+                &conn,
+                Method::DELETE,
+                &format!("/api/v1/grants/{}", path_id(&id)?),
+                Some(json!({"reason": reason})),
+            )
+            .await?;
+            print(&conn, &v, |g| {
+                format!(
+                    "revoked grant {id} after {} uses",
+                    g["uses"].as_u64().unwrap_or(0)
+                )
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `login`: the device authorization grant at the issuer; the access token
+/// kept in the token file.
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let issuer = match (&args.issuer, &args.config) {
+        (Some(i), _) => i.clone(),
+        (None, Some(path)) => read_yaml(path)?
+            .pointer("/identity/issuer")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{} has no identity.issuer", path.display()))?,
+        (None, None) => bail!("pass --issuer URL, or --config airlock.yaml (its identity.issuer)"),
+    };
+    let http = client_with(None)?;
+    let discovery_url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let discovery: Value = serde_json::from_str(
+        &http
+            .get(&discovery_url)
+            .send()
+            .await
+            .with_context(|| format!("reading {discovery_url}"))?
+            .text()
+            .await?,
+    )
+    .with_context(|| format!("{discovery_url} is not JSON"))?;
+    let device_endpoint = text(&discovery, "/device_authorization_endpoint").to_owned();
+    let token_endpoint = text(&discovery, "/token_endpoint").to_owned();
+    if device_endpoint.is_empty() || token_endpoint.is_empty() {
+        bail!("the issuer does not offer device sign-in (no device_authorization_endpoint in its discovery)");
+    }
+    let started: Value = serde_json::from_str(
+        &http
+            .post(&device_endpoint)
+            .form(&[
+                ("client_id", args.client_id.as_str()),
+                ("scope", args.scope.as_str()),
+            ])
+            .send()
+            .await
+            .context("asking for a device code")?
+            .text()
+            .await?,
+    )
+    .context("the device code answer is not JSON")?;
+    let device_code = text(&started, "/device_code").to_owned();
+    if device_code.is_empty() {
+        bail!(
+            "no device code: {} {}",
+            text(&started, "/error"),
+            text(&started, "/error_description")
+        );
+    }
+    eprintln!(
+        "To sign in, open {} and enter the code {}",
+        text(&started, "/verification_uri"),
+        text(&started, "/user_code")
+    );
+    let mut interval = Duration::from_secs(started["interval"].as_u64().unwrap_or(5).max(1));
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(started["expires_in"].as_u64().unwrap_or(900));
+    loop {
+        if std::time::Instant::now() >= deadline {
+            bail!("the code expired before anyone signed in; run `airlock-control login` again");
+        }
+        tokio::time::sleep(interval).await;
+        let answer: Value = serde_json::from_str(
+            &http
+                .post(&token_endpoint)
+                .form(&[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("client_id", args.client_id.as_str()),
+                    ("device_code", device_code.as_str()),
+                ])
+                .send()
+                .await
+                .context("polling the token endpoint")?
+                .text()
+                .await?,
+        )
+        .context("the token answer is not JSON")?;
+        if let Some(token) = answer["access_token"].as_str() {
+            let path = args
+                .token_file
+                .clone()
+                .or_else(default_token_file)
+                .ok_or_else(|| anyhow!("no place for the token: pass --token-file"))?;
+            write_private(&path, token)?;
+            eprintln!("signed in; the token is in {}", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        match text(&answer, "/error") {
+            "authorization_pending" => {}
+            "slow_down" => interval += Duration::from_secs(5),
+            other => bail!("sign-in failed: {other} {}", text(&answer, "/error_description")),
+        }
+    }
+}
+
+/// Writes `token` to `path`, readable by its owner only.
+fn write_private(path: &Path, token: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, token.as_bytes())?;
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_statements_are_clipped() {
+        let t = table(
+            &["ID", "STATE"],
+            vec![
+                vec!["01A".into(), "pending".into()],
+                vec!["01BBBB".into(), "granted".into()],
+            ],
+        );
+        assert_eq!(t, "ID      STATE\n01A     pending\n01BBBB  granted");
+        assert_eq!(clip("DELETE FROM\n  orders", 60), "DELETE FROM orders");
+        assert_eq!(clip("abcdefgh", 5), "abcd…");
+    }
+
+    #[test]
+    fn ids_are_checked_before_any_call() {
+        assert!(path_id("01J0ABC").is_ok());
+        assert!(path_id("../x").is_err());
+        assert!(path_id("").is_err());
+    }
+}
