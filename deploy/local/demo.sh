@@ -244,6 +244,8 @@ ttl: 8h
 clients:
   - client_id: airlock-reviewer-demo
     redirect_uris: [http://127.0.0.1:$REVIEWER_PORT/auth/callback]
+  - client_id: airlock-cli        # airlock-control login (device sign-in)
+    device: true
 users:
   - { sub: 3a9e5b11-alice, name: Alice Reviewer, groups: [$REVIEWERS_GROUP] }
   - { sub: 8c4d2f70-bob, name: Bob Reviewer, groups: [$REVIEWERS_GROUP] }
