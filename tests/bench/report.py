@@ -141,6 +141,10 @@ def main():
     if os.path.exists(os.path.join(results, "approval-unbounded.json")):
         with open(os.path.join(results, "approval-unbounded.json")) as f:
             unbounded = json.load(f)
+    grants = None
+    if os.path.exists(os.path.join(results, "grants.json")):
+        with open(os.path.join(results, "grants.json")) as f:
+            grants = json.load(f)
     idle = {}
     for t in ("airlock", "pgbouncer"):
         p = os.path.join(results, f"idle-{t}.json")
@@ -212,6 +216,9 @@ def main():
         w.append(f"| approval release p99 <= 10 ms | {rel:.2f} ms | {verdict(rel <= 10)} |")
     else:
         w.append("| approval release p99 <= 10 ms | not measured in this run | n/a |")
+    if grants:
+        g = grants["grant_use"]["p99_ms"]
+        w.append(f"| grant use p99 < 1 ms at 1 client | {g:.2f} ms | {verdict(g < 1)} |")
     if "airlock" in idle:
         per = idle["airlock"]["per_connection_kib"]
         w.append(f"| <= 64 KiB per idle connection | {per:.1f} KiB | {verdict(per <= 64)} |")
@@ -341,6 +348,30 @@ def main():
 
     else:
         w.append("**Not measured in this run**: the run ended before this part (see the note at the top).")
+        w.append("")
+
+    w.append("## 2b. Grants")
+    w.append("")
+    if grants:
+        w.append("`tests/benches/grants.rs`: a reviewer approves one held `DELETE` with a fingerprint scope; "
+                 "one agent session then alternates a read the policy allows (`SELECT` of the same table and "
+                 "shape) with a `DELETE` of the granted shape, each a grant use: judged, its `GrantUsed` "
+                 "appended under optimistic concurrency on the grant's subject, then run bounded (the "
+                 "proxy's own count, `BEGIN`, count, `COMMIT` around it).")
+        w.append("")
+        w.append("| at 1 client | n | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |")
+        w.append("|---|---:|---:|---:|---:|---:|")
+        for key, label in (("grant_use", "a `DELETE` run under a grant"), ("allowed_read", "a `SELECT` allowed by policy")):
+            s_ = grants[key]
+            w.append(f"| {label} | {s_['n']} | {s_['p50_ms']:.2f} | {s_['p90_ms']:.2f} | {s_['p99_ms']:.2f} | {s_['max_ms']:.2f} |")
+        r = grants["race"]
+        w.append("")
+        w.append(f"Racing: {r['sessions']} sessions on {r['proxies']} proxies used one grant of {r['max_uses']} "
+                 f"uses until it ran out: {r['ran']} ran (never more than `max_uses`), "
+                 f"{r['uses_per_second']:.0f} uses per second over {r['seconds']:.2f} s.")
+        w.append("")
+    else:
+        w.append("**Not measured in this run**.")
         w.append("")
 
     # Part 3.

@@ -12,7 +12,8 @@
 # measures:
 #   1. proxy overhead: pgbench -S against PostgreSQL, PgBouncer and Airlock,
 #      interleaved (direct, pgbouncer, airlock, direct, ...), several rounds;
-#   2. approval round trip (tests/benches/approval.rs);
+#   2. approval round trip (tests/benches/approval.rs), and grant uses
+#      (tests/benches/grants.rs, with a second proxy);
 #   3. the event log: append throughput, fold rate, start-up with and
 #      without a snapshot over 1,000,000 events, decision delivery;
 #   4. proxy memory per idle connection (tests/benches/idle.rs);
@@ -27,6 +28,7 @@
 #   BENCH_SCALE=10          pgbench scale factor (100,000 accounts per unit)
 #   BENCH_APPROVALS=500     statements held and approved
 #   BENCH_APPROVAL_AGENTS=8 agent sessions holding statements at once
+#   BENCH_GRANT_USES=1000   grant uses timed one after another
 #   BENCH_IDLE=1000         idle connections for the memory figure
 #   BENCH_LOG_EVENTS=1000000  events in the log for part 3
 #   BENCH_DECISIONS=1000    decisions timed for part 3
@@ -50,7 +52,7 @@ done
 if [ "$quick" = 1 ]; then
   : "${BENCH_DURATION:=2}" "${BENCH_ROUNDS:=1}" "${BENCH_SCALE:=1}" "${BENCH_APPROVALS:=50}"
   : "${BENCH_IDLE:=100}" "${BENCH_CRITERION:=--warm-up-time 0.2 --measurement-time 0.5}"
-  : "${BENCH_LOG_EVENTS:=100000}" "${BENCH_DECISIONS:=200}"
+  : "${BENCH_LOG_EVENTS:=100000}" "${BENCH_DECISIONS:=200}" "${BENCH_GRANT_USES:=200}"
   : "${BENCH_OUT:=.airlock/bench/BENCHMARKS-quick.md}"
 fi
 BENCH_DURATION="${BENCH_DURATION:-5}"
@@ -58,6 +60,7 @@ BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_CLIENTS="${BENCH_CLIENTS:-1 8 32}"
 BENCH_PROTOCOLS="${BENCH_PROTOCOLS:-simple extended prepared}"
 BENCH_SCALE="${BENCH_SCALE:-10}"
+BENCH_GRANT_USES="${BENCH_GRANT_USES:-1000}"
 BENCH_APPROVALS="${BENCH_APPROVALS:-500}"
 BENCH_APPROVAL_AGENTS="${BENCH_APPROVAL_AGENTS:-8}"
 BENCH_IDLE="${BENCH_IDLE:-1000}"
@@ -106,7 +109,7 @@ PGBENCH="$PGBIN/pgbench"
 say "building release binaries and the bench programs"
 cargo build --release -q -p airlock-proxy -p airlock-control -p airlock-dev-idp
 cargo bench -q -p airlock-control --no-run --bench log --bench decision 2>&1 | grep -v "^ *Executable" >&2 || true
-cargo bench -q -p airlock-e2e --no-run --bench approval --bench idle 2>&1 | grep -v '^ *Executable' >&2 || true
+cargo bench -q -p airlock-e2e --no-run --bench approval --bench idle --bench grants 2>&1 | grep -v '^ *Executable' >&2 || true
 bin="$repo/target/release"
 
 # --- the stack ------------------------------------------------------------------
@@ -156,6 +159,7 @@ fi
 
 NATS_PORT=$(free_port); PG_PORT=$(free_port); BOUNCER_PORT=$(free_port)
 IDP_PORT=$(free_port); CONTROL_PORT=$(free_port); PROXY_PORT=$(free_port); METRICS_PORT=$(free_port)
+PROXY2_PORT=$(free_port); METRICS2_PORT=$(free_port)
 AGENTS_GROUP=3c4f8a10-5b2e-4d7a-9c61-0e8f2b7d4a01
 REVIEWERS_GROUP=8e2d6b90-1f4c-4a3e-b7d5-6c9a0f1e2b02
 DB_PASSWORD="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
@@ -217,7 +221,7 @@ wait_port "$BOUNCER_PORT" pgbouncer
 say "starting airlock-dev-idp, airlock-control and airlock-proxy"
 printf '%s' "$DB_PASSWORD" >"$state/bench.password"
 chmod 600 "$state/bench.password"
-for writer in control proxy; do
+for writer in control proxy proxy2; do
   rm -f "$state/$writer-signing.key" "$state/$writer-signing.pub"
   "$bin/airlock-control" signing-key --private "$state/$writer-signing.key" --public "$state/$writer-signing.pub" >/dev/null
 done
@@ -269,6 +273,7 @@ signing:
   trust:
     - { role: control, key: $state/control-signing.pub }
     - { role: proxy, key: $state/proxy-signing.pub, id: bench-proxy }
+    - { role: proxy, key: $state/proxy2-signing.pub, id: bench-proxy-2 }
 YAML
 export AIRLOCK_LOG=warn
 "$bin/airlock-dev-idp" serve --listen "127.0.0.1:$IDP_PORT" --issuer "http://127.0.0.1:$IDP_PORT" \
@@ -414,6 +419,30 @@ AIRLOCK_BENCH_STATEMENTS="$BENCH_APPROVALS" AIRLOCK_BENCH_AGENTS="$BENCH_APPROVA
 AIRLOCK_BENCH_APPROVAL_FORM=unbounded AIRLOCK_BENCH_OUT="$results/approval-unbounded.json" \
   cargo bench -q -p airlock-e2e --bench approval >"$state/approval-unbounded.log" 2>&1 \
   || { echo "run.sh: the unbounded approval bench failed; see $state/approval-unbounded.log" >&2; exit 1; }
+
+# --- part 2b: grants ------------------------------------------------------------
+# A second proxy on the same control plane and log, for uses of one grant
+# racing from two proxies; stopped after.
+say "grants: uses at one client, and two proxies racing on one grant"
+sed -e "s/^  listen: 127.0.0.1:$PROXY_PORT\$/  listen: 127.0.0.1:$PROXY2_PORT/" \
+    -e "s/^  proxy_id: bench-proxy\$/  proxy_id: bench-proxy-2/" \
+    -e "s/^  metrics_listen: 127.0.0.1:$METRICS_PORT\$/  metrics_listen: 127.0.0.1:$METRICS2_PORT/" \
+    -e "s#^  signing_key: $state/proxy-signing.key\$#  signing_key: $state/proxy2-signing.key#" \
+    "$state/airlock.yaml" >"$state/airlock-2.yaml"
+"$bin/airlock-proxy" --config "$state/airlock-2.yaml" >"$state/proxy2.log" 2>&1 &
+PROXY2_PID=$!
+pids+=($!)
+wait_port "$PROXY2_PORT" proxy2
+AIRLOCK_BENCH_ADDR="127.0.0.1:$PROXY_PORT" AIRLOCK_BENCH_ADDRS="127.0.0.1:$PROXY_PORT,127.0.0.1:$PROXY2_PORT" \
+AIRLOCK_BENCH_USER=bench-agent AIRLOCK_BENCH_DB=bench \
+AIRLOCK_BENCH_PASSWORD="$AGENT_TOKEN" AIRLOCK_BENCH_REVIEWER_TOKEN="$REVIEWER_TOKEN" \
+AIRLOCK_BENCH_CONTROL="http://127.0.0.1:$CONTROL_PORT" \
+AIRLOCK_BENCH_GRANT_USES="$BENCH_GRANT_USES" AIRLOCK_BENCH_OUT="$results/grants.json" \
+  cargo bench -q -p airlock-e2e --bench grants >"$state/grants.log" 2>&1 \
+  || { echo "run.sh: the grants bench failed; see $state/grants.log" >&2; exit 1; }
+kill "$PROXY2_PID" 2>/dev/null || true
+wait "$PROXY2_PID" 2>/dev/null || true
+echo "grants $(loadavg)" >>"$results/load.txt"
 
 # --- part 3: the event log ------------------------------------------------------
 # Its own throwaway nats-server (the harness's): appends from many concurrent
