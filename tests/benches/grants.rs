@@ -54,7 +54,11 @@ fn summary(name: &str, mut values: Vec<f64>) -> String {
 /// returns once its grant is active.
 async fn grant(config: &tokio_postgres::Config, reviewer: &mut Reviewer, token: &str, uses: u32) -> String {
     let (client, mut notices) = session_with(config).await;
-    let held = tokio::spawn(async move { client.simple_query("DELETE FROM airlock_bench_held WHERE id = -1").await });
+    let held = tokio::spawn(async move {
+        client
+            .simple_query("DELETE FROM airlock_bench_held WHERE id = -1")
+            .await
+    });
     let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
         .await
         .expect("held in time")
@@ -115,10 +119,18 @@ async fn main() {
         .map(|a| a.split(',').map(str::to_owned).collect())
         .unwrap_or_else(|| vec![addr.clone()]);
     let config = agent_config(&addr);
-    let mut reviewer = Reviewer::connect(control).await.expect("connect to the control plane");
+    let mut reviewer = Reviewer::connect(control)
+        .await
+        .expect("connect to the control plane");
 
     // 1. One client: grant uses against allowed reads of the same shape.
-    let grant_id = grant(&config, &mut reviewer, &token, u32::try_from(n + 10).unwrap_or(u32::MAX)).await;
+    let grant_id = grant(
+        &config,
+        &mut reviewer,
+        &token,
+        u32::try_from(n + 10).unwrap_or(u32::MAX),
+    )
+    .await;
     let (client, mut notices) = session_with(&config).await;
     // Warm up: the first use of a grant on a proxy reads its subject.
     for i in 0..10 {
@@ -143,7 +155,10 @@ async fn main() {
             .expect("a grant use");
         uses.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    assert!(notices.try_recv().is_err(), "a use was held: the grant ran out or never arrived");
+    assert!(
+        notices.try_recv().is_err(),
+        "a use was held: the grant ran out or never arrived"
+    );
     drop(client);
     let _ = grant_id;
 
