@@ -197,7 +197,13 @@ async fn main() {
     }
     let secs = last.duration_since(started).as_secs_f64();
     assert_eq!(ran, budget, "statements run under a grant of {budget} uses");
-    let _ = race_grant;
+    // The log agrees: the grant counted exactly its uses.
+    let view = reviewer
+        .get_grant(authed(&token, proto::GetGrantRequest { grant_id: race_grant }))
+        .await
+        .expect("the race's grant")
+        .into_inner();
+    assert_eq!(view.uses, budget, "uses the control plane folded");
     let json = format!(
         "{{{}, {}, \"race\": {{\"proxies\": {}, \"sessions\": {}, \"max_uses\": {budget}, \"ran\": {ran}, \"seconds\": {secs:.3}, \"uses_per_second\": {:.0}}}}}\n",
         summary("grant_use", uses),
@@ -207,5 +213,5 @@ async fn main() {
         f64::from(ran) / secs.max(1e-9),
     );
     std::fs::write(&out, &json).expect("write the result");
-    print!("{json}");
+    eprint!("grants: {json}");
 }
