@@ -167,7 +167,7 @@ pub fn decide(
     }
     let requester = asked.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
     if vote.break_glass {
-        check_break_glass(vote, asked)?;
+        check_break_glass(vote, asked, !request.view.votes.is_empty())?;
     } else if reviewer.subject == requester {
         return Err(DecideError::SelfApproval { who: who(reviewer) });
     } else if !in_reviewer_groups(reviewer, asked) {
@@ -281,7 +281,17 @@ pub fn decide(
 /// break-glass groups, with a reason of at least
 /// [`BREAK_GLASS_REASON_CHARS`] characters and any scope within its
 /// `max_ttl`.
-fn check_break_glass(vote: &Vote, asked: &proto::ApprovalRequested) -> Result<(), DecideError> {
+///
+/// The vote must come from another sign-in than the one the session logged
+/// in with (another client application): whatever holds the credential the
+/// statement came with (an agent given a person's token) must not approve
+/// it with that same credential. And it must be the request's only vote: a
+/// quorum already under way is for its reviewers to finish.
+fn check_break_glass(
+    vote: &Vote,
+    asked: &proto::ApprovalRequested,
+    others_voted: bool,
+) -> Result<(), DecideError> {
     let refused = |why: &str| Err(DecideError::BreakGlassRefused(why.to_owned()));
     let Some(terms) = &asked.break_glass else {
         return refused("the policy that held this statement has no break_glass terms");
@@ -302,6 +312,18 @@ fn check_break_glass(vote: &Vote, asked: &proto::ApprovalRequested) -> Result<()
         return refused(
             "only the requester may break glass on their own request; others approve it as reviewers",
         );
+    }
+    if requester.is_none_or(|r| r.issuer != reviewer.issuer) {
+        return refused("break glass signed in with the issuer the session logged in with");
+    }
+    if requester.is_none_or(|r| r.client_app_id.is_empty() || r.client_app_id == reviewer.client_app_id) {
+        return refused(
+            "break glass from a sign-in of your own (the reviewer UI or CLI), not with the credential \
+             the session logged in with",
+        );
+    }
+    if others_voted {
+        return refused("reviewers have already voted on this request: the quorum is theirs to finish");
     }
     if !terms
         .groups

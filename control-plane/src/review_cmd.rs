@@ -1,7 +1,7 @@
 //! `airlock-control review` and `login`: the reviewer API from a terminal.
 //! Tables for people, `--json` (the API's own JSON) for scripts.
 //!
-//! The token is `AIRLOCK_TOKEN`, else `--token-file`, else the file
+//! The token is the file `--token-file` names, else `AIRLOCK_TOKEN`, else the file
 //! `login` wrote (`$XDG_CONFIG_HOME/airlock/token`, or
 //! `~/.config/airlock/token`). `login` signs in with the OAuth 2.0 device
 //! authorization grant (RFC 8628) at the issuer of `identity.issuer` (or
@@ -128,6 +128,9 @@ pub struct LoginArgs {
     /// Where to keep the token (default: the login file).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A CA certificate (PEM) the issuer's TLS certificate chains to.
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 /// The file `login` writes and `review` reads by default.
@@ -208,6 +211,20 @@ fn client_with(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     b.build().context("building the HTTP client")
 }
 
+/// Tokens and sign-ins go over TLS, or plain HTTP on this machine's
+/// loopback only (a development stack): never in clear across a network.
+fn check_transport(url: &str, what: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("{what}'s URL {url:?} is not a URL"))?;
+    let host = parsed.host_str().unwrap_or("").trim_matches(['[', ']']);
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => bail!("refusing to send a token to {what} at {url}: use https (plain http only on loopback)"),
+    }
+}
+
 /// One call to the reviewer API: its JSON, or its error as the API said it.
 async fn call(
     conn: &Conn,
@@ -216,6 +233,7 @@ async fn call(
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
     let url = format!("{}{path}", conn.base()?);
+    check_transport(&url, "the reviewer")?;
     let mut req = conn.client()?.request(method, &url).bearer_auth(conn.token()?);
     if let Some(b) = body {
         req = req
@@ -337,7 +355,10 @@ fn show_request(r: &Value) -> String {
     }
     let reason = text(r, "/agent_reason");
     if !reason.is_empty() {
-        out.push(format!("reason      {reason} (the agent's own words)"));
+        out.push(format!(
+            "reason      {} (the agent's own words, not verified)",
+            clip(reason, 2048)
+        ));
     }
     let estimate = &r["impact"]["estimate"];
     if !estimate.is_null() {
@@ -364,8 +385,17 @@ fn show_request(r: &Value) -> String {
             ));
         }
     }
+    let sql = text(r, "/statement/text");
+    if sql.chars().any(hidden) {
+        out.push(
+            "WARNING     the statement holds control or invisible characters, shown escaped (\\u{..})"
+                .to_owned(),
+        );
+    }
+    // Indented, every line of it: no line of the statement passes for a
+    // line of this report.
     out.push(String::new());
-    out.push(text(r, "/statement/text").to_owned());
+    out.extend(sql.lines().map(|l| format!("    {l}")));
     let votes: Vec<Vec<String>> = r["votes"]
         .as_array()
         .into_iter()
@@ -423,11 +453,36 @@ fn grant_rows(grants: &[Value]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A character a terminal would act on or not show: control characters
+/// (escape sequences move the cursor, erase lines, hide text) and the
+/// invisible format characters (bidirectional overrides reorder what is
+/// read, zero-width ones hide).
+fn hidden(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Text as the terminal may show it: every hidden character escaped
+/// (`\u{1b}`), so an agent's text can neither drive the reviewer's terminal
+/// nor hide part of a statement.
+fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn print(conn: &Conn, v: &Value, human: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
     if conn.json {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        println!("{}", human(v));
+        println!("{}", terminal_safe(&human(v)));
     }
     Ok(())
 }
@@ -612,7 +667,8 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow!("{} has no identity.issuer", path.display()))?,
         (None, None) => bail!("pass --issuer URL, or --config airlock.yaml (its identity.issuer)"),
     };
-    let http = client_with(None)?;
+    let http = client_with(args.ca.as_deref())?;
+    check_transport(&issuer, "the issuer")?;
     let discovery_url = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
@@ -632,6 +688,14 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     if device_endpoint.is_empty() || token_endpoint.is_empty() {
         bail!("the issuer does not offer device sign-in (no device_authorization_endpoint in its discovery)");
     }
+    // The discovery is the issuer's own, and its endpoints are as safe to
+    // reach as it is.
+    let said = text(&discovery, "/issuer");
+    if said.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        bail!("{discovery_url} names another issuer ({said:?}), not {issuer}");
+    }
+    check_transport(&device_endpoint, "the device authorization endpoint")?;
+    check_transport(&token_endpoint, "the token endpoint")?;
     let started: Value = serde_json::from_str(
         &http
             .post(&device_endpoint)
@@ -700,27 +764,142 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Writes `token` to `path`, readable by its owner only.
+/// Writes `token` to `path`, readable by its owner only: into a new file
+/// created 0600 beside it (never an existing file or a link planted there),
+/// then renamed over `path`, so no reader ever sees it half written or
+/// readable by others. A directory it creates is its owner's only.
 fn write_private(path: &Path, token: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} names no file", path.display()))?;
+    let temp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, token.as_bytes())?;
-    #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    Ok(())
+    let written = (|| -> anyhow::Result<()> {
+        let mut f = options
+            .open(&temp)
+            .with_context(|| format!("creating {}", temp.display()))?;
+        std::io::Write::write_all(&mut f, token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_text_cannot_drive_the_terminal_or_pass_for_a_line_of_the_report() {
+        let r = serde_json::json!({
+            "id": "01R",
+            "state": "pending",
+            "statement": {
+                "text": "DELETE FROM orders /*\u{1b}[1A\u{1b}[2K\rSELECT 1 */\nvotes: alice approve\u{202e}",
+                "sha256": "ab"
+            },
+            "agent_reason": "fine\nBREAK-GLASS none",
+            "fingerprint": {"hash": "", "unavailable": "x"},
+            "votes": []
+        });
+        let shown = terminal_safe(&show_request(&r));
+        assert!(!shown.chars().any(hidden), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}[1A") && shown.contains("\\u{202e}"),
+            "{shown}"
+        );
+        assert!(shown.contains("WARNING"), "{shown}");
+        // The statement's second line is indented as the statement; the
+        // reason stays on its own line.
+        assert!(
+            shown.lines().any(|l| l == "    votes: alice approve\\u{202e}"),
+            "{shown}"
+        );
+        assert!(
+            !shown
+                .lines()
+                .any(|l| l.starts_with("votes:") || l.starts_with("BREAK-GLASS")),
+            "{shown}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_token_file_is_its_owners_only_and_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a directory");
+        // An existing file readable by all is replaced, not rewritten.
+        let path = dir.path().join("sub/token");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, "old").expect("old token");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private(&path, "new").expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "new");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A link planted at the path is replaced; its target is untouched.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "theirs").expect("target");
+        let link = dir.path().join("linked");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        write_private(&link, "secret").expect("written");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "theirs");
+        assert!(
+            !std::fs::symlink_metadata(&link)
+                .expect("meta")
+                .file_type()
+                .is_symlink()
+        );
+        // A directory it creates is its owner's only.
+        let fresh = dir.path().join("new-dir/token");
+        write_private(&fresh, "t").expect("written");
+        let mode = std::fs::metadata(dir.path().join("new-dir"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn tokens_go_over_tls_or_loopback_only() {
+        for ok in [
+            "https://review.example.com",
+            "http://127.0.0.1:8080/x",
+            "http://[::1]:9/",
+            "http://localhost:1",
+        ] {
+            assert!(check_transport(ok, "it").is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://review.example.com",
+            "http://10.0.0.5:8080",
+            "ftp://127.0.0.1",
+            "review.example.com",
+        ] {
+            assert!(check_transport(refused, "it").is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn tables_align_and_statements_are_clipped() {

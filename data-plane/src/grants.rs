@@ -428,12 +428,28 @@ pub fn covers(
         let own = who.kind == proto::identity::Kind::User as i32
             && !people.is_empty()
             && people.iter().all(|p| {
-                p.subject == who.subject && p.tenant_id == who.tenant_id && in_any(p, &glass.groups)
+                p.subject == who.subject
+                    && p.tenant_id == who.tenant_id
+                    && p.issuer == who.issuer
+                    // Approved from another sign-in than this session's
+                    // credential.
+                    && !who.client_app_id.is_empty()
+                    && p.client_app_id != who.client_app_id
+                    && in_any(p, &glass.groups)
             });
         if !own {
             return Err("a break-glass grant of someone this hold does not allow");
         }
+        // No longer than this hold's break-glass terms allow now (a policy
+        // since tightened, or a second policy holding the statement).
+        let ttl = scope.ttl.and_then(|d| Duration::try_from(d).ok());
+        let max = glass.max_ttl.and_then(|d| Duration::try_from(d).ok());
+        if !matches!((ttl, max), (Some(t), Some(m)) if t <= m) {
+            return Err("a break-glass grant longer than this hold's max_ttl");
+        }
     } else {
+        // The requester never counts towards their own quorum.
+        people.retain(|p| p.subject != who.subject);
         if people.len() < spec.approvals.max(1) as usize {
             return Err("fewer approvers than the hold asks");
         }
@@ -630,6 +646,75 @@ mod tests {
         let mut step_up = spec("abc");
         step_up.require_acrs = vec!["c1".into()];
         assert!(covers(&g, &agent(), "shop", &delete_orders(), &step_up, now).is_err());
+    }
+
+    #[test]
+    fn a_break_glass_grant_covers_its_own_person_on_this_holds_terms_only() {
+        use proto::grant_scope::Match;
+        let now = SystemTime::now();
+        let mut dana = person("dana", &["oncall"], &[]);
+        dana.client_app_id = "psql".into();
+        let mut signed_in = dana.clone();
+        signed_in.client_app_id = "airlock-reviewer".into();
+        let glass_grant = |approver: proto::Identity, ttl: u64| {
+            let mut g = issued(Match::Fingerprint);
+            g.identity = Some(dana.clone());
+            g.break_glass = true;
+            g.approvers = vec![proto::Approver {
+                reviewer: Some(approver),
+                ..Default::default()
+            }];
+            if let Some(s) = g.scope.as_mut() {
+                s.ttl = prost_types::Duration::try_from(Duration::from_secs(ttl)).ok();
+            }
+            g
+        };
+        let glass_spec = |max_ttl: u64| {
+            let mut s = spec("abc");
+            s.break_glass = Some(proto::BreakGlass {
+                groups: vec![proto::Group {
+                    id: "oncall".into(),
+                    name: String::new(),
+                }],
+                max_ttl: prost_types::Duration::try_from(Duration::from_secs(max_ttl)).ok(),
+            });
+            s
+        };
+        let ok = glass_grant(signed_in.clone(), 900);
+        assert_eq!(
+            covers(&ok, &dana, "shop", &delete_orders(), &glass_spec(3600), now),
+            Ok(())
+        );
+        // A hold with no break-glass terms, or shorter ones than the grant's.
+        assert!(covers(&ok, &dana, "shop", &delete_orders(), &spec("abc"), now).is_err());
+        assert!(covers(&ok, &dana, "shop", &delete_orders(), &glass_spec(600), now).is_err());
+        // Approved with the session's own credential (same client).
+        let same = glass_grant(dana.clone(), 900);
+        assert!(covers(&same, &dana, "shop", &delete_orders(), &glass_spec(3600), now).is_err());
+        // From another issuer.
+        let mut elsewhere = signed_in.clone();
+        elsewhere.issuer = "https://elsewhere.example".into();
+        let other_issuer = glass_grant(elsewhere, 900);
+        assert!(
+            covers(
+                &other_issuer,
+                &dana,
+                "shop",
+                &delete_orders(),
+                &glass_spec(3600),
+                now
+            )
+            .is_err()
+        );
+        // A self-approval without the break-glass flag never makes a quorum.
+        let mut plain = glass_grant(signed_in, 900);
+        plain.break_glass = false;
+        let mut dana_reviews = glass_spec(3600);
+        dana_reviews.reviewers = vec![proto::Group {
+            id: "oncall".into(),
+            name: String::new(),
+        }];
+        assert!(covers(&plain, &dana, "shop", &delete_orders(), &dana_reviews, now).is_err());
     }
 
     #[test]

@@ -187,8 +187,10 @@ pub async fn visible_request(
 ) -> Result<proto::RequestView, ApiError> {
     check_id(id)?;
     let view = app.control.get_request(&caller.token, id).await?;
-    // The requester sees their own request (to break glass on it).
+    // The requester sees their own request where its policy allows
+    // break-glass (to break glass on it).
     let own = caller.identity.kind == proto::identity::Kind::User as i32
+        && view.request.as_ref().is_some_and(|r| r.break_glass.is_some())
         && view
             .request
             .as_ref()

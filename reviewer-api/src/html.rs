@@ -66,6 +66,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, live: Live, body: Markup) -> M
                         nav {
                             a href="/" { "Inbox" }
                             a href="/history" { "History" }
+                            a href="/grants" { "Grants" }
                         }
                         div.who {
                             "Signed in as " strong { (v.name) }

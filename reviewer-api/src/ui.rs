@@ -1,8 +1,9 @@
 //! The web UI at `/`: server-rendered pages, one small script for live
 //! updates, one stylesheet, all served by this binary (no CDN: it works
 //! air-gapped). Pages: the inbox of pending requests, a request with
-//! approve and deny, the history of decided requests, and a session's
-//! timeline with a kill form. Votes and kills are HTML form posts with a
+//! approve (optionally in scope: a grant, or break-glass) and deny, the
+//! history of decided requests, a session's timeline with a kill form, and
+//! the grants with their uses and a revoke form. Votes and kills are HTML form posts with a
 //! CSRF token; they go through the same path as the REST API's.
 //!
 //! Every page handler answers `Result<Markup, PageError>` (a form post
@@ -25,6 +26,8 @@ use crate::highlight::{has_hidden, highlight};
 use crate::html::{self, Live, PageError, Viewer, duration};
 use crate::{Route, api, json};
 
+mod grants;
+
 pub fn routes() -> Vec<Route> {
     vec![
         ("GET", "/", get(inbox)),
@@ -33,6 +36,9 @@ pub fn routes() -> Vec<Route> {
         ("POST", "/requests/{id}/decide", post(decide)),
         ("GET", "/sessions/{id}", get(session_page)),
         ("POST", "/sessions/{id}/kill", post(kill)),
+        ("GET", "/grants", get(grants::list)),
+        ("GET", "/grants/{id}", get(grants::page)),
+        ("POST", "/grants/{id}/revoke", post(grants::revoke)),
         ("GET", "/static/app.css", get(css)),
         ("GET", "/static/app.js", get(js)),
     ]
@@ -257,6 +263,20 @@ fn request_card(view: &proto::RequestView, now: OffsetDateTime, link: bool) -> M
                     }
                 }
                 dt { "rule" } dd { (rule(asked.verdict.as_ref())) }
+                @if let Some(f) = asked.fingerprint.as_ref().filter(|f| !f.hash.is_empty()) {
+                    dt { "shape" }
+                    dd.fingerprint {
+                        code.shape { (f.normalized) } " "
+                        span.muted { "fingerprint " (f.hash.get(..12).unwrap_or(&f.hash)) }
+                    }
+                }
+                @if view.votes.iter().any(|v| v.break_glass) {
+                    dt { "break-glass" }
+                    dd.break-glass {
+                        span.badge.break-glass { "break-glass" }
+                        " the requester approved it themself under the policy's break-glass terms"
+                    }
+                }
                 @if let Some(i) = &asked.impact {
                     @if let Some(e) = &i.estimate {
                         dt { "estimate" } dd.estimate { (estimate(e)) }
@@ -601,6 +621,20 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
                          whatever it changes."
                     }
                 }
+                (scope_fields(&asked))
+                @if own_request(caller, &asked) {
+                    @if let Some(glass) = &asked.break_glass {
+                        fieldset.break-glass {
+                            legend { "Break-glass" }
+                            label {
+                                input #break-glass type="checkbox" name="break_glass" value="1";
+                                " This is my own statement: I approve it under the policy's break-glass terms (groups "
+                                (glass.groups.iter().map(|g| if g.name.is_empty() { g.id.as_str() } else { g.name.as_str() }).collect::<Vec<_>>().join(", "))
+                                "). Every reviewer is told; say why in at least 20 characters."
+                            }
+                        }
+                    }
+                }
                 div.actions {
                     button.approve #approve type="submit" name="decision" value="approve" { "Approve" }
                     button.deny #deny type="submit" name="decision" value="deny" { "Deny" }
@@ -609,6 +643,121 @@ fn request_body(view: &proto::RequestView, caller: &Caller, notice: Option<Notic
             }
         }
     }
+}
+
+/// Whether the signed-in caller is the request's requester (a person).
+fn own_request(caller: &Caller, asked: &proto::ApprovalRequested) -> bool {
+    caller.identity.kind == proto::identity::Kind::User as i32
+        && asked
+            .identity
+            .as_ref()
+            .is_some_and(|i| !i.subject.is_empty() && i.subject == caller.identity.subject)
+}
+
+/// The grant an approval may carry: nothing more (the default), statements
+/// of this one's shape, or its kinds on its tables, for a while, a number
+/// of times, each within a row bound.
+fn scope_fields(asked: &proto::ApprovalRequested) -> Markup {
+    let fp = asked.fingerprint.clone().unwrap_or_default();
+    let effects: Vec<proto::Effect> = asked
+        .verdict
+        .as_ref()
+        .map(|v| v.effects.clone())
+        .unwrap_or_default();
+    let writes = effects.iter().any(|e| !e.kind.eq_ignore_ascii_case("SELECT"));
+    html! {
+        fieldset.scope {
+            legend { "Also allow statements like this one (a grant)" }
+            @if fp.hash.is_empty() {
+                p.muted {
+                    "Not offered for this statement: "
+                    @if fp.unavailable.is_empty() { "it has no shape a grant can cover" } @else { (fp.unavailable) }
+                    "."
+                }
+            } @else {
+                label { input #scope-none type="radio" name="scope" value="" checked; " No: this statement only" }
+                label {
+                    input #scope-fingerprint type="radio" name="scope" value="fingerprint";
+                    " Statements of this shape: " code.shape { (fp.normalized) }
+                }
+                label {
+                    input #scope-rule type="radio" name="scope" value="rule";
+                    " Any statement that only does "
+                    @for (i, e) in effects.iter().enumerate() {
+                        @if i > 0 { "; " }
+                        strong { (e.kind) } " on " code { (e.tables.join(", ")) }
+                    }
+                    " (a time-boxed elevation)"
+                }
+                div.scope-terms {
+                    label { "for " input #scope-ttl type="text" name="scope_ttl" value="30m" size="6"; }
+                    label { ", at most " input #scope-max-uses type="number" min="1" max="1000" name="scope_max_uses" value="10"; " times" }
+                    label {
+                        ", each changing at most "
+                        input #scope-max-rows type="number" min="0" name="scope_max_rows" value=[writes.then_some(1)];
+                        " rows of a table"
+                    }
+                }
+                p.muted {
+                    "For this requester on this connection only, never for what policy refuses; every use is in                      the log, and the grant can be revoked on its page."
+                }
+            }
+        }
+    }
+}
+
+/// The scope the approve form asked for, if any.
+fn scope_from_form(
+    body: &[u8],
+    asked: &proto::ApprovalRequested,
+) -> Result<Option<proto::GrantScope>, ApiError> {
+    let m = field(body, "scope").unwrap_or_default();
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let number = |name: &str, what: &str| -> Result<Option<u64>, ApiError> {
+        let v = field(body, name).unwrap_or_default();
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("{what} is not a whole number")))
+    };
+    let max_uses = number("scope_max_uses", "the grant's number of uses")?.unwrap_or(0);
+    let mut kinds = Vec::new();
+    let mut tables = Vec::new();
+    if m == "rule" {
+        // The kinds and tables of the statement shown: the grant can only
+        // be narrower, never wider, than what the reviewer read.
+        for e in asked
+            .verdict
+            .as_ref()
+            .map(|v| v.effects.as_slice())
+            .unwrap_or(&[])
+        {
+            if !kinds.contains(&e.kind) {
+                kinds.push(e.kind.clone());
+            }
+            for t in &e.tables {
+                if !tables.contains(t) {
+                    tables.push(t.clone());
+                }
+            }
+        }
+    }
+    json::ScopeBody {
+        match_: m,
+        ttl: field(body, "scope_ttl").unwrap_or_default(),
+        max_uses: u32::try_from(max_uses).unwrap_or(u32::MAX),
+        max_rows: number("scope_max_rows", "the grant's row bound")?,
+        kinds,
+        tables,
+    }
+    .to_proto()
+    .map(Some)
+    .map_err(ApiError::invalid)
 }
 
 async fn request_page(
@@ -659,6 +808,16 @@ async fn decide(
     };
     let reason = field(&body, "reason").unwrap_or_default().trim().to_owned();
     let sha = field(&body, "statement_sha256");
+    let break_glass = decision == proto::Decision::Approve && field(&body, "break_glass").is_some();
+    let scope =
+        if decision == proto::Decision::Approve && field(&body, "scope").is_some_and(|s| !s.is_empty()) {
+            // What the reviewer was shown decides which kinds and tables a
+            // rule grant names.
+            let view = api::visible_request(&app, &caller, &id).await?;
+            scope_from_form(&body, view.request.as_ref().unwrap_or(&Default::default()))?
+        } else {
+            None
+        };
     let mut max_rows = Vec::new();
     if decision == proto::Decision::Approve {
         for (k, v) in url::form_urlencoded::parse(&body) {
@@ -688,7 +847,8 @@ async fn decide(
         sha.as_deref(),
         api::Terms {
             max_rows,
-            ..Default::default()
+            scope,
+            break_glass,
         },
     )
     .await

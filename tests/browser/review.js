@@ -6,7 +6,9 @@
 // Environment: AIRLOCK_CHROMIUM (default /usr/bin/chromium), AIRLOCK_USER_DATA
 // (a fresh empty directory), AIRLOCK_SCREENSHOT (optional: a PNG path for
 // the inbox), AIRLOCK_LIVE_CHECK (optional: print READY, then wait for a new
-// request to appear in the open inbox). When a vote sends the browser back
+// request to appear in the open inbox). With `scope` in the expectations,
+// it approves in that scope, prints GRANTED, finds the grant, waits for its
+// first use to show, and revokes it. When a vote sends the browser back
 // to the issuer for a step-up sign-in, it signs in again as the same user,
 // records what the pages said, and votes again. Prints one JSON line with what it
 // saw, last; exits 1 on any failure.
@@ -91,6 +93,15 @@ function fail(message) {
     seen.estimate = await text("dd.estimate");
     seen.recent = await text("table.recent");
     seen.bounds = await page.locator("input.bound").evaluateAll((inputs) => inputs.map((i) => [i.name, i.value]));
+    if (expected.scope) {
+      // Approve in scope: statements of this shape, for a while, a number
+      // of times, each within a row bound.
+      seen.shape = await text("dd.fingerprint");
+      await page.check("#scope-fingerprint");
+      await page.fill("#scope-ttl", expected.scope.ttl);
+      await page.fill("#scope-max-uses", String(expected.scope.max_uses));
+      await page.fill("#scope-max-rows", String(expected.scope.max_rows));
+    }
     await page.fill("#reason", expected.reason || "checked in the browser");
     await page.click("#" + decision);
     const voted = base + "/requests/" + requestId + "?voted=" + decision;
@@ -113,6 +124,36 @@ function fail(message) {
     seen.notice = await page.textContent("#notice");
     seen.state = await page.locator("article .state").first().innerText();
     seen.votes = (await page.locator("ul.votes").innerText().catch(() => "")).replace(/\s+/g, " ").trim();
+    if (expected.scope) {
+      // The test uses the grant once told GRANTED; the grant's page shows
+      // the use, and the reviewer revokes it there.
+      console.log("GRANTED");
+      const reloadUntil = async (check, what) => {
+        const deadline = Date.now() + 20000;
+        for (;;) {
+          if (await check()) { return; }
+          if (Date.now() > deadline) { throw new Error("never saw " + what); }
+          await page.waitForTimeout(300);
+          await page.reload();
+        }
+      };
+      await page.click('nav a[href="/grants"]');
+      await page.waitForURL(base + "/grants");
+      const row = page.locator('tr[data-grant-id="' + requestId + '"]');
+      await reloadUntil(async () => (await row.count()) > 0, "the grant among the active ones");
+      seen.grantRow = (await row.innerText()).replace(/\s+/g, " ").trim();
+      await row.locator("a").first().click();
+      await page.waitForURL(base + "/grants/" + requestId);
+      await reloadUntil(async () => (await text("dd.uses") || "").startsWith("1 of"), "the grant's first use");
+      seen.grantCard = await text("article.grant");
+      seen.grantUses = await text("table.grant-uses");
+      await page.fill("#revoke-reason", "cleanup finished");
+      await page.click("#revoke");
+      await page.waitForURL(base + "/grants/" + requestId + "?revoked=1");
+      seen.revokedNotice = await text("#notice");
+      seen.grantState = await text("article.grant .state");
+      seen.revokedBy = await text("dd.revoked");
+    }
     console.log(JSON.stringify(seen));
   } catch (e) {
     seen.failedAt = page.url();

@@ -47,16 +47,23 @@ fn check_tools() {
     chromium();
 }
 
-/// Runs the browser as Alice; returns what it saw. With `live`, the browser
-/// says READY once the inbox is open, `live` then holds another statement,
-/// and the browser waits for it to appear there by itself.
+/// Something the test does while the browser waits: its answer.
+type During<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>>;
+
+/// Runs the browser as Alice; returns what it saw. With `live` and no
+/// `scope`, the browser says READY once the inbox is open, `live` then
+/// holds another statement, and the browser waits for it to appear there
+/// by itself. With `scope`, the browser approves in that scope and says
+/// GRANTED, `live` then uses the grant, and the browser waits for the use
+/// to show on the grant's page and revokes it.
 async fn review(
     stack: &BinaryStack,
     request_id: &str,
     decision: &str,
     screenshot: Option<&Path>,
-    live: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Held> + Send + '_>>>,
-) -> (Value, Option<Held>) {
+    live: Option<During<'_>>,
+    scope: Option<Value>,
+) -> (Value, Option<String>) {
     use tokio::io::AsyncBufReadExt;
     check_tools();
     let profile = tempfile::tempdir().expect("a fresh user-data-dir");
@@ -70,7 +77,7 @@ async fn review(
         .arg(&stack.reviewer_url)
         .arg(request_id)
         .arg(decision)
-        .arg(json!({"user": ALICE.0, "reason": reason}).to_string())
+        .arg(json!({"user": ALICE.0, "reason": reason, "scope": scope}).to_string())
         .env("AIRLOCK_CHROMIUM", chromium())
         .env("AIRLOCK_USER_DATA", profile.path())
         .current_dir(browser_dir())
@@ -81,9 +88,9 @@ async fn review(
         Some(path) => cmd.env("AIRLOCK_SCREENSHOT", path),
         None => cmd.env_remove("AIRLOCK_SCREENSHOT"),
     };
-    match live {
-        Some(_) => cmd.env("AIRLOCK_LIVE_CHECK", "1"),
-        None => cmd.env_remove("AIRLOCK_LIVE_CHECK"),
+    match (&live, &scope) {
+        (Some(_), None) => cmd.env("AIRLOCK_LIVE_CHECK", "1"),
+        _ => cmd.env_remove("AIRLOCK_LIVE_CHECK"),
     };
     let mut child = cmd.spawn().expect("run node");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -91,7 +98,7 @@ async fn review(
     let mut arrived = None;
     let mut last = String::new();
     while let Some(line) = lines.next_line().await.expect("read the browser's output") {
-        if line == "READY" {
+        if line == "READY" || line == "GRANTED" {
             if let Some(hold_another) = live.take() {
                 arrived = Some(hold_another.await);
             }
@@ -201,7 +208,15 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let screenshot = std::env::var_os("AIRLOCK_SCREENSHOT").map(PathBuf::from);
-    let (seen, _) = review(&stack, &held.request_id, "approve", screenshot.as_deref(), None).await;
+    let (seen, _) = review(
+        &stack,
+        &held.request_id,
+        "approve",
+        screenshot.as_deref(),
+        None,
+        None,
+    )
+    .await;
     check_seen(&seen, &sent);
     // The reviewer saw the agent's words as text, labelled unverified, what
     // the session did before, the estimate, and the bound it approves.
@@ -254,6 +269,112 @@ async fn a_reviewer_approves_a_held_delete_in_the_browser_and_it_completes() {
     );
 }
 
+/// Whether `sql` runs on a fresh session of `token` without being held.
+async fn runs_unheld(stack: &BinaryStack, token: &str, sql: &str) -> bool {
+    let (client, mut notices) = stack.connect(token).await;
+    tokio::select! {
+        r = client.simple_query(sql) => {
+            r.expect("the statement ran");
+            true
+        }
+        n = notices.recv() => {
+            assert!(n.is_some_and(|n| n.contains("request")), "a hold notice");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reviewer_approves_in_scope_in_the_browser_sees_the_use_and_revokes_the_grant() {
+    let stack = tokio::task::block_in_place(|| StackBuilder::new().orders(20).reviewer().start_binaries());
+    let agent = stack.agent_token();
+    let held = hold(&stack, &agent, "DELETE FROM orders WHERE id = 1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grant_id = held.request_id.clone();
+    let (stack_ref, agent_ref) = (&stack, agent.clone());
+    // Once granted: wait for the grant to be live, then use it once.
+    let use_it: During<'_> = Box::pin(async move {
+        let alice = stack_ref.user_token(ALICE);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v: Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/grants/{grant_id}", stack_ref.reviewer_url))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .expect("reviewer answers")
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if v["state"] == "active" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no active grant: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ran = runs_unheld(stack_ref, &agent_ref, "delete from orders where id = 2").await;
+        if ran { "ran" } else { "held" }.to_owned()
+    });
+    let scope = json!({"ttl": "30m", "max_uses": 3, "max_rows": 1});
+    let (seen, used) = review(
+        &stack,
+        &held.request_id,
+        "approve",
+        None,
+        Some(use_it),
+        Some(scope),
+    )
+    .await;
+    assert_eq!(
+        used.as_deref(),
+        Some("ran"),
+        "the grant's use ran without a hold: {seen}"
+    );
+    assert!(
+        seen["shape"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("DELETE FROM orders WHERE id = ?"),
+        "the reviewer was shown the shape: {seen}"
+    );
+    let row = seen["grantRow"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        row.contains("active") && row.contains("of 3") && row.contains("agent-7"),
+        "the grant among the active ones: {seen}"
+    );
+    let card = seen["grantCard"].as_str().unwrap_or_default();
+    assert!(card.contains("1 of 3 (2 left)"), "uses and what is left: {seen}");
+    assert!(card.contains("at most 1 rows"), "{seen}");
+    assert!(
+        seen["grantUses"].as_str().unwrap_or_default().contains("proxy"),
+        "{seen}"
+    );
+    assert!(
+        seen["revokedNotice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Revoked"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["grantState"].as_str().map(str::to_lowercase).as_deref(),
+        Some("revoked"),
+        "{seen}"
+    );
+    assert!(
+        seen["revokedBy"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cleanup finished"),
+        "{seen}"
+    );
+    assert_eq!(outcome(held).await.expect("the approved DELETE ran"), 1);
+    // Revoked: the same shape is held again.
+    assert!(!runs_unheld(&stack, &agent, "DELETE FROM orders WHERE id = 3").await);
+    assert_eq!(stack.pg.psql("shop", "SELECT count(*) FROM orders"), "18");
+}
+
 #[tokio::test]
 async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused() {
     // A shadow policy that would refuse the DELETE outright: the request
@@ -279,14 +400,17 @@ async fn a_reviewer_denies_a_held_delete_in_the_browser_and_the_agent_is_refused
 
     let agent_again = agent.clone();
     let stack_ref = &stack;
-    let another =
-        Box::pin(async move { hold(stack_ref, &agent_again, "DELETE FROM orders WHERE id = 18").await });
-    let (seen, arrived) = review(&stack, &held.request_id, "deny", None, Some(another)).await;
+    let another: During<'_> = Box::pin(async move {
+        hold(stack_ref, &agent_again, "DELETE FROM orders WHERE id = 18")
+            .await
+            .request_id
+    });
+    let (seen, arrived) = review(&stack, &held.request_id, "deny", None, Some(another), None).await;
     check_seen(&seen, statement);
     let arrived = arrived.expect("another request was held");
     assert_eq!(
         seen["liveArrival"],
-        arrived.request_id.as_str(),
+        arrived.as_str(),
         "the open inbox showed the new request by itself (server-sent events): {seen}"
     );
     assert!(
@@ -411,7 +535,7 @@ async fn approving_a_delete_that_needs_step_up_sends_the_reviewer_to_sign_in_aga
     let held = hold(&stack, &agent, statement).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (seen, _) = review(&stack, &held.request_id, "approve", None, None).await;
+    let (seen, _) = review(&stack, &held.request_id, "approve", None, None, None).await;
     assert!(
         seen["card"]
             .as_str()

@@ -333,6 +333,49 @@ async fn a_revocation_stops_both_proxies_at_once_and_a_use_past_its_row_bound_is
     assert_eq!(active["grants"].as_array().map(Vec::len), Some(0), "{active}");
 }
 
+/// How long a proxy applies grants after it last heard from the control
+/// plane (the proxy's `grants::LEASE`).
+const LEASE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_that_cannot_hear_the_control_plane_stops_applying_grants_within_its_lease() {
+    let stack = start(100);
+    let agent = stack.agent_token();
+    approve_in_scope(
+        &stack,
+        &agent,
+        "DELETE FROM orders WHERE id = 1",
+        json!({"match": "fingerprint", "ttl": "30m", "max_uses": 50, "max_rows": 1}),
+    )
+    .await;
+    // Both control-plane replicas frozen: their connections to the proxies
+    // stay open and say nothing, as across a partition.
+    stack.signal_replica(0, "STOP");
+    stack.signal_replica(1, "STOP");
+    let frozen = Instant::now();
+    // Heard from less than a lease ago: the grant still applies.
+    assert!(runs_unheld(stack.proxy_ports[1], &agent, "DELETE FROM orders WHERE id = 2").await);
+    // A lease after the freeze (the last word heard came before it), both
+    // proxies hold instead.
+    tokio::time::sleep_until((frozen + LEASE + Duration::from_millis(500)).into()).await;
+    assert!(!runs_unheld(stack.proxy_ports[0], &agent, "DELETE FROM orders WHERE id = 3").await);
+    assert!(!runs_unheld(stack.proxy_ports[1], &agent, "DELETE FROM orders WHERE id = 4").await);
+    assert_eq!(count(&stack), 98);
+    // Heard again: the grant applies again.
+    stack.signal_replica(0, "CONT");
+    stack.signal_replica(1, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if runs_unheld(stack.proxy_ports[0], &agent, "DELETE FROM orders WHERE id = 5").await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the grant never applied again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(count(&stack), 97);
+    stack.assert_verify_passes();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scopes_wider_than_a_reviewer_may_grant_are_refused() {
     let stack = start(20);
@@ -457,15 +500,37 @@ async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_othe
         .expect("held")
         .expect("notice");
     let id = request_id(&notice).expect("id");
+    // Not with the credential her session logged in with: whatever holds
+    // it (an agent given her token) must not approve its own statement.
+    let (status, v) = approve_as(&stack, &lena, &id, json!({"reason": reason, "break_glass": true})).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v.to_string().contains("sign-in of your own"), "{v}");
+    // Signed in to the reviewer as herself, through its own client.
+    let lena_reviewing = stack.token(&[
+        "--sub",
+        LENA.0,
+        "--name",
+        LENA.1,
+        "--group",
+        LENA.2,
+        "--client-id",
+        "airlock-reviewer",
+    ]);
     let (status, v) = approve_as(
         &stack,
-        &lena,
+        &lena_reviewing,
         &id,
         json!({"reason": "urgent", "break_glass": true}),
     )
     .await;
     assert_eq!(status, 400, "too short a reason: {v}");
-    let (status, v) = approve_as(&stack, &lena, &id, json!({"reason": reason, "break_glass": true})).await;
+    let (status, v) = approve_as(
+        &stack,
+        &lena_reviewing,
+        &id,
+        json!({"reason": reason, "break_glass": true}),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     run.await.expect("task").expect("her statement ran");
     assert_eq!(count(&stack), 19);
@@ -519,7 +584,7 @@ async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_othe
     // Nor may Lena break glass on the agent's request: only her own.
     let (status, v) = approve_as(
         &stack,
-        &lena,
+        &lena_reviewing,
         &agent_request,
         json!({"reason": reason, "break_glass": true}),
     )

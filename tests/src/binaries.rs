@@ -908,6 +908,19 @@ impl BinaryStack {
         wait_port(self.control_ports[i], "airlock-control");
     }
 
+    /// Sends `signal` (a `kill` signal name) to control-plane replica `i`:
+    /// `STOP` freezes it with its connections open (to the proxies it is
+    /// then silent, as across a partition), `CONT` wakes it.
+    pub fn signal_replica(&self, i: usize, signal: &str) {
+        let pid = self.replicas[i].as_ref().expect("the replica runs").0.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} control-plane replica {i}");
+    }
+
     /// Sends `signal` (a `kill` signal name) to the first proxy.
     pub fn signal_proxy(&self, signal: &str) {
         let pid = self.proxies[0].as_ref().expect("the first proxy runs").0.id();

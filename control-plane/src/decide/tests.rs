@@ -143,7 +143,16 @@ impl Given {
     }
 
     /// [`Given::requested`], with the policy's break-glass terms.
-    fn requested_glass(self, id: &str, requester: proto::Identity, required: u32, groups: &[&str]) -> Given {
+    /// A request whose policy allows break-glass to `groups`; the session
+    /// logged in through client application `psql`.
+    fn requested_glass(
+        self,
+        id: &str,
+        mut requester: proto::Identity,
+        required: u32,
+        groups: &[&str],
+    ) -> Given {
+        requester.client_app_id = "psql".into();
         let mut g = self.requested(id, requester, required);
         let stored = g.log.pop().expect("the request");
         g.seq -= 1;
@@ -877,7 +886,9 @@ fn a_grant_says_whether_it_is_bounded_and_strict() {
 
 const ONCALL: &str = "0c1d-oncall";
 
-fn glass(id: &str, who: proto::Identity, reason: &str) -> Vote {
+/// A break-glass vote, signed in through the reviewer's own client.
+fn glass(id: &str, mut who: proto::Identity, reason: &str) -> Vote {
+    who.client_app_id = "airlock-reviewer".into();
     let mut v = vote(id, who, proto::Decision::Approve);
     v.break_glass = true;
     v.reason = reason.into();
@@ -949,6 +960,30 @@ fn break_glass_is_refused_to_apps_non_members_others_short_reasons_and_policies_
         ..Default::default()
     });
     assert!(matches!(refused(&g, long), DecideError::BadScope(_)));
+    // With the very credential the session logged in with (an agent given
+    // a person's token approving its own statement).
+    let mut same = glass("R1", dana.clone(), reason);
+    same.reviewer.client_app_id = "psql".into();
+    match refused(&g, same) {
+        DecideError::BreakGlassRefused(why) => assert!(why.contains("sign-in of your own"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // From another issuer.
+    let mut elsewhere = glass("R1", dana.clone(), reason);
+    elsewhere.reviewer.issuer = "https://elsewhere.example".into();
+    assert!(matches!(
+        refused(&g, elsewhere),
+        DecideError::BreakGlassRefused(_)
+    ));
+    // After a reviewer voted: the quorum is theirs to finish.
+    let g2 = Given::new().requested_glass("R1", dana.clone(), 3, &[ONCALL]);
+    let first = vote("R1", person("alice", &[REVIEWERS]), proto::Decision::Approve);
+    let events = decide(&g2.state, &first, at(1), &source(), &Alive).expect("alice votes");
+    let g2 = g2.folded(events);
+    match refused(&g2, glass("R1", dana.clone(), reason)) {
+        DecideError::BreakGlassRefused(why) => assert!(why.contains("already voted"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     // A policy without break_glass: self-approval stays refused.
     let g = Given::new().requested("R1", dana.clone(), 1);
     assert!(matches!(

@@ -94,21 +94,39 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         &self,
         request: Request<proto::GetRequestRequest>,
     ) -> Result<Response<proto::RequestView>, Status> {
-        // A person may read their own request (to break glass on it);
-        // anyone else must be a reviewer or an auditor.
+        // A person may read their own request where its policy allows
+        // break-glass (to break glass on it), without the reviewers'
+        // groups, sign-in contexts and clients; anyone else must be a
+        // reviewer or an auditor.
         let identity = self.caller(&request).await?;
         let id = request.into_inner().request_id;
+        self.caught_up_with_request(&id).await;
         let own = self.live.read(|s| {
             s.request(&id)
                 .filter(|r| {
-                    r.requested().identity.as_ref().is_some_and(|i| {
-                        identity.kind == proto::identity::Kind::User as i32
-                            && !i.subject.is_empty()
-                            && i.subject == identity.subject
-                            && i.tenant_id == identity.tenant_id
-                    })
+                    r.requested().break_glass.is_some()
+                        && r.requested().identity.as_ref().is_some_and(|i| {
+                            identity.kind == proto::identity::Kind::User as i32
+                                && !i.subject.is_empty()
+                                && i.subject == identity.subject
+                                && i.tenant_id == identity.tenant_id
+                                && i.issuer == identity.issuer
+                        })
                 })
-                .map(|r| r.view.clone())
+                .map(|r| {
+                    let mut view = r.view.clone();
+                    for v in &mut view.votes {
+                        if let Some(who) = v.reviewer.as_mut()
+                            && who.subject != identity.subject
+                        {
+                            who.groups.clear();
+                            who.acrs.clear();
+                            who.roles.clear();
+                            who.client_app_id.clear();
+                        }
+                    }
+                    view
+                })
         });
         if let Some(view) = own {
             return Ok(Response::new(view));
@@ -539,4 +557,26 @@ fn not_theirs(caller: &Caller, id: &str, what: &str) -> Status {
             who(&caller.identity)
         ),
     )
+}
+
+impl Control {
+    /// A request the fold does not know yet, though it is in the log (a
+    /// requester or reviewer told of it a moment ago, by a hold notice or a
+    /// notification): waits, briefly, for the fold to reach it, so a
+    /// request is never "not found" just after it was filed.
+    async fn caught_up_with_request(&self, id: &str) {
+        if self.live.read(|s| s.request(id).is_some()) {
+            return;
+        }
+        let Ok(rid) = airlock_eventlog::RequestId::parse(id) else {
+            return;
+        };
+        if let Ok(head) = self.log.head(&subjects::request(&rid)).await
+            && head.sequence > 0
+        {
+            self.live
+                .wait_for(head.sequence, std::time::Duration::from_secs(2))
+                .await;
+        }
+    }
 }

@@ -520,6 +520,7 @@ async fn grant_in_log(
         &spec.require_acrs,
         // The control plane asks for at least one approval, whatever the spec.
         spec.approvals.max(1),
+        &ctx.agent.identity,
     )
     .or_else(|| {
         // A break-glass grant: one approver, the requester, on terms the
@@ -561,6 +562,7 @@ pub(crate) fn confirms_grant(
     sha256: &[u8],
     require_acrs: &[String],
     approvals: u32,
+    requester: &proto::Identity,
 ) -> Option<Option<super::bounded::Bounds>> {
     let own = subjects::lifecycle(request_id);
     let first = events.iter().find(|e| {
@@ -586,6 +588,11 @@ pub(crate) fn confirms_grant(
     let Some(Body::ApprovalGranted(g)) = first.and_then(|e| e.event.body.as_ref()) else {
         return None;
     };
+    // A break-glass grant is confirmed on the hold's break-glass terms
+    // only (`confirms_break_glass`).
+    if g.break_glass {
+        return None;
+    }
     let stepped_up = g.approvers.iter().all(|a| {
         a.reviewer
             .as_ref()
@@ -601,7 +608,8 @@ pub(crate) fn confirms_grant(
         .approvers
         .iter()
         .filter_map(|a| a.reviewer.as_ref().map(|r| r.subject.as_str()))
-        .filter(|s| !s.is_empty())
+        // The requester never counts towards their own quorum.
+        .filter(|s| !s.is_empty() && *s != requester.subject)
         .collect();
     people.sort_unstable();
     people.dedup();
@@ -655,6 +663,10 @@ pub(crate) fn confirms_break_glass(
             a.reviewer.as_ref().is_some_and(|r| {
                 r.subject == requester.subject
                     && r.tenant_id == requester.tenant_id
+                    && r.issuer == requester.issuer
+                    // Another sign-in than the session's credential.
+                    && !requester.client_app_id.is_empty()
+                    && r.client_app_id != requester.client_app_id
                     && glass
                         .groups
                         .iter()
@@ -782,12 +794,30 @@ mod tests {
             }
 
             fn confirms(&self) -> bool {
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &[], 0).is_some()
+                confirms_grant(
+                    &self.events,
+                    &self.trust(),
+                    &self.request,
+                    SHA,
+                    &[],
+                    0,
+                    &proto::Identity::default(),
+                )
+                .is_some()
             }
 
             fn confirms_with_step_up(&self, acrs: &[&str]) -> bool {
                 let acrs: Vec<String> = acrs.iter().map(|a| (*a).to_owned()).collect();
-                confirms_grant(&self.events, &self.trust(), &self.request, SHA, &acrs, 0).is_some()
+                confirms_grant(
+                    &self.events,
+                    &self.trust(),
+                    &self.request,
+                    SHA,
+                    &acrs,
+                    0,
+                    &proto::Identity::default(),
+                )
+                .is_some()
             }
         }
 
@@ -862,10 +892,30 @@ mod tests {
             let mut log = Log::new();
             log.decision(twice);
             assert!(
-                confirms_grant(&log.events, &log.trust(), &log.request, SHA, &[], 2).is_none(),
+                confirms_grant(
+                    &log.events,
+                    &log.trust(),
+                    &log.request,
+                    SHA,
+                    &[],
+                    2,
+                    &proto::Identity::default()
+                )
+                .is_none(),
                 "one person twice"
             );
-            assert!(confirms_grant(&log.events, &log.trust(), &log.request, SHA, &[], 1).is_some());
+            assert!(
+                confirms_grant(
+                    &log.events,
+                    &log.trust(),
+                    &log.request,
+                    SHA,
+                    &[],
+                    1,
+                    &proto::Identity::default()
+                )
+                .is_some()
+            );
             // The bounds the log's grant carries are the ones that apply.
             let mut bounded = Log::new();
             bounded.decision(Body::ApprovalGranted(proto::ApprovalGranted {
@@ -876,7 +926,15 @@ mod tests {
                 }],
                 ..Default::default()
             }));
-            let bounds = confirms_grant(&bounded.events, &bounded.trust(), &bounded.request, SHA, &[], 0);
+            let bounds = confirms_grant(
+                &bounded.events,
+                &bounded.trust(),
+                &bounded.request,
+                SHA,
+                &[],
+                0,
+                &proto::Identity::default(),
+            );
             assert_eq!(bounds.flatten().map(|b| b.tables.len()), Some(1));
         }
 
