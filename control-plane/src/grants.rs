@@ -52,11 +52,22 @@ pub fn check_scope(
     if ttl.is_zero() {
         return bad("ttl is required (e.g. 30m)".into());
     }
-    if ttl > MAX_TTL {
+    // The policy's maximum, if it names a shorter one.
+    let max = asked
+        .max_grant_ttl
+        .and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero())
+        .map_or(MAX_TTL, |d| d.min(MAX_TTL));
+    if ttl > max {
         return bad(format!(
-            "ttl {} is over the maximum of {}",
+            "ttl {} is over the maximum of {}{}",
             humantime::format_duration(ttl),
-            humantime::format_duration(MAX_TTL)
+            humantime::format_duration(max),
+            if max < MAX_TTL {
+                " (the policy's max_grant_ttl)"
+            } else {
+                ""
+            }
         ));
     }
     if scope.max_uses == 0 || scope.max_uses > MAX_USES {
@@ -461,6 +472,17 @@ mod tests {
         let mut other_kind = rule.clone();
         other_kind.kinds = vec!["UPDATE".into()];
         assert!(refused(&other_kind, approve, &asked()).contains("UPDATE"));
+        // A policy's max_grant_ttl: 2h.
+        let mut short = asked();
+        short.max_grant_ttl = prost_types::Duration::try_from(Duration::from_secs(7200)).ok();
+        assert_eq!(
+            check_scope(&scope(Match::Fingerprint, 7200, 5), approve, &short),
+            Ok(())
+        );
+        assert!(
+            refused(&scope(Match::Fingerprint, 7201, 5), approve, &short)
+                .contains("the policy's max_grant_ttl")
+        );
     }
 
     #[test]

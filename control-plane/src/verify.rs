@@ -237,6 +237,30 @@ pub struct ReviewerSummary {
     pub denied: u64,
 }
 
+/// One break-glass approval.
+#[derive(Debug, Default, Serialize)]
+pub struct BreakGlassUse {
+    pub sequence: u64,
+    pub request_id: String,
+    pub session_id: String,
+    /// The requester, who approved it themself (object id).
+    pub subject: String,
+    pub display_name: String,
+    pub reason: String,
+}
+
+/// Grants as the log tells them.
+#[derive(Debug, Default, Serialize)]
+pub struct GrantsSummary {
+    pub issued: u64,
+    /// Of those issued, by a break-glass approval.
+    pub issued_by_break_glass: u64,
+    /// Statements run under a grant (each a `GrantUsed`).
+    pub uses: u64,
+    pub revoked: u64,
+    pub expired: u64,
+}
+
 /// Statements judged by shadow policies too (`shadow_policies:`), and
 /// where their verdict differed from the enforced one.
 #[derive(Debug, Default, Serialize)]
@@ -288,6 +312,11 @@ pub struct ReplayReport {
     pub untrusted: u64,
     /// Where shadow policies and the enforced ones disagreed.
     pub shadow: ShadowReport,
+    /// Requests their requester approved under break-glass terms, in log
+    /// order: who, on which request, why.
+    pub break_glass: Vec<BreakGlassUse>,
+    /// Approvals in scope: issued, used, revoked, expired.
+    pub grants: GrantsSummary,
     pub seconds: f64,
     pub events_per_second: f64,
 }
@@ -313,6 +342,8 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
     let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut untrusted = 0u64;
     let mut shadow = ShadowReport::default();
+    let mut break_glass = Vec::new();
+    let mut grants = GrantsSummary::default();
     while let Some(item) = stream.next().await {
         let e = item?;
         events += 1;
@@ -371,7 +402,24 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
                 } else if v.decision() == proto::Decision::Deny {
                     entry.denied += 1;
                 }
+                if v.break_glass && v.decision() == proto::Decision::Approve {
+                    break_glass.push(BreakGlassUse {
+                        sequence: e.sequence,
+                        request_id: e.event.request_id.clone(),
+                        session_id: e.event.session_id.clone(),
+                        subject: r.subject.clone(),
+                        display_name: entry.display_name.clone(),
+                        reason: v.reason.clone(),
+                    });
+                }
             }
+            Some(Body::GrantIssued(g)) => {
+                grants.issued += 1;
+                grants.issued_by_break_glass += u64::from(g.break_glass);
+            }
+            Some(Body::GrantUsed(_)) => grants.uses += 1,
+            Some(Body::GrantRevoked(_)) => grants.revoked += 1,
+            Some(Body::GrantExpired(_)) => grants.expired += 1,
             _ => {}
         }
         fold.apply(&e);
@@ -403,6 +451,8 @@ pub async fn replay(log: &EventLog) -> anyhow::Result<ReplayReport> {
         anomalies: fold.anomalies,
         untrusted,
         shadow,
+        break_glass,
+        grants,
         seconds,
         events_per_second: if seconds > 0.0 {
             events as f64 / seconds

@@ -143,6 +143,9 @@ pub struct HoldSpec {
     /// The policy's break-glass terms: a member of these groups may
     /// approve their own held statement.
     pub break_glass: Option<proto::BreakGlass>,
+    /// The longest grant an approval of it may carry (the policy's
+    /// `max_grant_ttl`), if its policy says.
+    pub max_grant_ttl: Option<Duration>,
 }
 
 /// What policy says of one statement string.

@@ -360,6 +360,14 @@ pub fn covers(
         return Err("expired");
     }
     let scope = issued.scope.as_ref().ok_or("no scope")?;
+    if let Some(max) = spec.max_grant_ttl {
+        // A grant longer than this hold's policy allows now (tightened
+        // since, or a second policy holding the statement).
+        let ttl = scope.ttl.and_then(|d| Duration::try_from(d).ok());
+        if ttl.is_none_or(|t| t > max) {
+            return Err("a grant longer than this hold's max_grant_ttl");
+        }
+    }
     if spec.dry_run.is_some() {
         // Its rule asks that each statement be tried before a reviewer
         // decides: a grant would skip that.
@@ -512,6 +520,7 @@ mod tests {
                 ..Default::default()
             },
             break_glass: None,
+            max_grant_ttl: None,
         }
     }
 
@@ -646,6 +655,21 @@ mod tests {
         let mut step_up = spec("abc");
         step_up.require_acrs = vec!["c1".into()];
         assert!(covers(&g, &agent(), "shop", &delete_orders(), &step_up, now).is_err());
+        // A grant longer than the hold's policy now allows (its ttl is
+        // unset here: never within a maximum).
+        let mut short = spec("abc");
+        short.max_grant_ttl = Some(Duration::from_secs(600));
+        assert!(covers(&g, &agent(), "shop", &delete_orders(), &short, now).is_err());
+        let mut g30 = g.clone();
+        if let Some(s) = g30.scope.as_mut() {
+            s.ttl = prost_types::Duration::try_from(Duration::from_secs(1800)).ok();
+        }
+        assert!(covers(&g30, &agent(), "shop", &delete_orders(), &short, now).is_err());
+        short.max_grant_ttl = Some(Duration::from_secs(1800));
+        assert_eq!(
+            covers(&g30, &agent(), "shop", &delete_orders(), &short, now),
+            Ok(())
+        );
     }
 
     #[test]

@@ -307,6 +307,11 @@ fn combine_holds(a: &airlock_policy::Verdict, b: &airlock_policy::Verdict) -> ai
         }
         _ => None,
     };
+    // The shorter of the two policies' longest grants.
+    out.max_grant_ttl = match (a.max_grant_ttl, b.max_grant_ttl) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
     out.reason = format!("{}; also held by policy {}: {}", a.reason, b.policy, b.reason);
     if out.reviewers.is_empty() {
         out.action = airlock_policy::Action::Deny;
@@ -668,6 +673,7 @@ impl Gate for PolicyGate {
                     groups: b.groups.iter().map(|g| self.group(g)).collect(),
                     max_ttl: prost_types::Duration::try_from(b.max_ttl).ok(),
                 }),
+                max_grant_ttl: v.max_grant_ttl,
             })),
         };
         let mut sql_names = Vec::new();

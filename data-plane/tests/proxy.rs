@@ -93,6 +93,7 @@ impl Gate for TestGate {
                 dry_run: None,
                 fingerprint: Default::default(),
                 break_glass: None,
+                max_grant_ttl: None,
             }))
         } else {
             Action::Allow

@@ -86,6 +86,13 @@ fn executed_grants(stack: &BinaryStack) -> Vec<String> {
     out
 }
 
+/// `airlock-control replay`'s report.
+fn replay(stack: &BinaryStack) -> Value {
+    let out = stack.control_command(&["replay"]).output().expect("replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("replay's JSON")
+}
+
 fn count(stack: &BinaryStack) -> i64 {
     stack
         .pg
@@ -225,6 +232,10 @@ async fn a_fingerprint_grant_runs_its_shape_five_times_for_its_identity_only() {
     assert_eq!(v["recent_uses"].as_array().map(Vec::len), Some(5));
     let executed_under_grant = executed_grants(&stack).iter().filter(|g| **g == grant).count();
     assert_eq!(executed_under_grant, 5);
+    // An auditor's replay counts them.
+    let report = replay(&stack);
+    assert_eq!(report["grants"]["issued"], 1, "{report}");
+    assert_eq!(report["grants"]["uses"], 5, "{report}");
     stack.assert_verify_passes();
 }
 
@@ -378,9 +389,27 @@ async fn a_proxy_that_cannot_hear_the_control_plane_stops_applying_grants_within
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scopes_wider_than_a_reviewer_may_grant_are_refused() {
-    let stack = start(20);
+    // The agents' policy allows grants of at most 2 h.
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(20)
+            .access(&format!(
+                "connections:
+  - name: prod-maintenance
+    upstream: postgres://maint@127.0.0.1:{{PG}}/shop
+    password_env: PROD_MAINT_PASSWORD
+policies:
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    max_grant_ttl: 2h
+    rules:
+{RULES}"
+            ))
+            .reviewer()
+            .start_binaries()
+    });
     let agent = stack.agent_token();
-    let (client, mut notices) = airlock_e2e::session(stack.proxy_ports[0], &agent).await;
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &agent).await;
     let run = tokio::spawn(async move { client.simple_query("DELETE FROM orders WHERE id = 1").await });
     let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
         .await
@@ -388,6 +417,10 @@ async fn scopes_wider_than_a_reviewer_may_grant_are_refused() {
         .expect("notice");
     let id = request_id(&notice).expect("id");
     for (scope, says) in [
+        (
+            json!({"match": "fingerprint", "ttl": "3h", "max_uses": 5, "max_rows": 1}),
+            "the policy's max_grant_ttl",
+        ),
         (
             json!({"match": "fingerprint", "ttl": "30m", "max_uses": 5}),
             "max_rows is required",
@@ -564,6 +597,13 @@ async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_othe
     };
     assert!(flagged("approval_voted", "approval_voted"));
     assert!(flagged("approval_granted", "approval_granted"));
+    // And in replay: who broke glass, on which request, why.
+    let report = replay(&stack);
+    let glass = report["break_glass"].as_array().cloned().unwrap_or_default();
+    assert_eq!(glass.len(), 1, "{report}");
+    assert_eq!(glass[0]["request_id"], id.as_str());
+    assert_eq!(glass[0]["subject"], LENA.0);
+    assert_eq!(glass[0]["reason"], reason);
     // An agent in the break-glass group's policy cannot: it is an app.
     let agent = stack.agent_token();
     let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &agent).await;

@@ -140,6 +140,7 @@ impl Gate for SeedGate {
                     dry_run: None,
                     fingerprint: Default::default(),
                     break_glass: None,
+                    max_grant_ttl: None,
                 })),
                 "DELETE|DROP|UPDATE -> require-approval",
             )

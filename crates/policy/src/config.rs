@@ -113,6 +113,14 @@ pub struct Policy {
     /// loudly (left out of the digest when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<BreakGlass>,
+    /// The longest grant an approval of this policy's holds may carry
+    /// (unset: [`MAX_GRANT_TTL`]; left out of the digest when unset).
+    #[serde(
+        rename = "max_grant_ttl_secs",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_secs"
+    )]
+    pub max_grant_ttl: Option<Duration>,
     #[serde(skip)]
     digest: String,
     /// The file it came from.
@@ -122,6 +130,13 @@ pub struct Policy {
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.as_secs()),
+        None => s.serialize_none(),
+    }
 }
 
 /// A policy's `break_glass:`: who may approve their own held statement,
@@ -135,6 +150,10 @@ pub struct BreakGlass {
 
 /// The longest `break_glass.max_ttl`.
 pub const MAX_BREAK_GLASS_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// The longest grant any approval may carry, and the most a policy's
+/// `max_grant_ttl` may say.
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(8 * 3600);
 
 impl Policy {
     /// A record-only policy: it allows every statement, even text the
@@ -433,6 +452,8 @@ struct RawPolicy {
     max_statement_bytes: Option<usize>,
     require_acrs: Option<Vec<String>>,
     break_glass: Option<RawBreakGlass>,
+    #[serde(default, deserialize_with = "de_timeout_opt")]
+    max_grant_ttl: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -925,6 +946,11 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                 )));
             }
         }
+        if raw.max_grant_ttl.is_some_and(|t| t > MAX_GRANT_TTL) {
+            return Err(at_policy(format!(
+                "max_grant_ttl must be at most 8h{HINT}e.g. `max_grant_ttl: 2h`, or leave it out for 8h"
+            )));
+        }
         let policy_reviewers = raw.reviewers.is_some() || !ctx.defaults.reviewers.is_empty();
         for r in &raw.rules {
             let rule = &r.value;
@@ -1217,6 +1243,7 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
             groups: sorted(b.groups),
             max_ttl: b.max_ttl.unwrap_or(Duration::from_secs(3600)),
         }),
+        max_grant_ttl: raw.max_grant_ttl,
         digest: String::new(),
         source: file.to_owned(),
     }

@@ -74,6 +74,10 @@ pub struct Verdict {
     /// For require-approval: the policy's break-glass terms, if it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<crate::config::BreakGlass>,
+    /// For require-approval: the longest grant its approval may carry (the
+    /// policy's `max_grant_ttl`), if the policy says.
+    #[serde(skip)]
+    pub max_grant_ttl: Option<Duration>,
     /// Whether the policy asks for results to be recorded.
     pub record: bool,
     /// Whether the verdict depends on session state (`EXECUTE`), so must not be cached.
@@ -194,6 +198,7 @@ impl Policy {
             require_acrs: Vec::new(),
             dry_run: false,
             break_glass: None,
+            max_grant_ttl: None,
             record: self.record,
             uses_session: c.uses_session,
             executes_prepared: c.executes_prepared,
@@ -339,6 +344,7 @@ impl Policy {
         verdict.require_acrs = acrs;
         verdict.dry_run = dry_run;
         verdict.break_glass = self.break_glass.clone();
+        verdict.max_grant_ttl = self.max_grant_ttl;
     }
 }
 

@@ -422,6 +422,9 @@ fn requested(
         recent_statements: asked.recent,
         fingerprint: Some(spec.fingerprint.clone()),
         break_glass: spec.break_glass.clone(),
+        max_grant_ttl: spec
+            .max_grant_ttl
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
     }));
     requested.request_id = request_id.to_string();
     // A statement near the size limit keeps its place before a reviewer

@@ -355,3 +355,26 @@ fn step_up_is_checked() {
         assert!(e.to_string().contains("p.yaml:5:"), "names the rule's line: {e}");
     }
 }
+
+#[test]
+fn max_grant_ttl_is_at_most_eight_hours_and_left_out_of_the_digest_when_unset() {
+    let base =
+        "policy: g\nconnection: c\nreviewers: [r]\nrules:\n  - match: DELETE\n    action: require-approval\n";
+    let defaults = ApprovalDefaults::default();
+    let plain = Policy::from_yaml(base, "p.yaml", &defaults).expect("loads");
+    assert_eq!(plain.max_grant_ttl, None);
+    let two = Policy::from_yaml(&format!("max_grant_ttl: 2h\n{base}"), "p.yaml", &defaults).expect("loads");
+    assert_eq!(two.max_grant_ttl, Some(Duration::from_secs(7200)));
+    assert_ne!(
+        two.digest(),
+        plain.digest(),
+        "the key changes what the policy allows"
+    );
+    // Left out of the digest when unset: a policy from before the key
+    // keeps its digest (the serialised form has no such field).
+    let serialized = serde_json::to_string(&plain).expect("json");
+    assert!(!serialized.contains("max_grant_ttl"), "{serialized}");
+    let e = err(&format!("max_grant_ttl: 9h\n{base}"));
+    assert!(e.to_string().contains("at most 8h"), "{e}");
+    assert_eq!(line_of(&e), Some(1), "{e}");
+}
