@@ -322,6 +322,21 @@ fn check_break_glass(
              the session logged in with",
         );
     }
+    if !terms.clients.is_empty() {
+        if requester.is_some_and(|r| terms.clients.contains(&r.client_app_id)) {
+            return refused(
+                "the session logged in through a client that approves (break_glass.clients): a session \
+                 that can approve never breaks glass",
+            );
+        }
+        if !terms.clients.contains(&reviewer.client_app_id) {
+            return refused(&format!(
+                "break glass through one of the policy's break_glass.clients ({}), not client {}",
+                terms.clients.join(", "),
+                reviewer.client_app_id
+            ));
+        }
+    }
     if others_voted {
         return refused("reviewers have already voted on this request: the quorum is theirs to finish");
     }
@@ -355,6 +370,33 @@ fn check_break_glass(
         }
     }
     Ok(())
+}
+
+/// Whether `caller` may read their own request `asked` to break glass on
+/// it: the requester (tenant, subject, issuer), signed in through another
+/// client than the session's (one of the terms' clients, if they name
+/// any), in one of the break-glass groups. Whatever holds the session's own
+/// credential reads nothing through this.
+pub fn may_read_to_break_glass(
+    caller: &proto::Identity,
+    asked: &proto::ApprovalRequested,
+    terms: &proto::BreakGlass,
+) -> bool {
+    let Some(r) = asked.identity.as_ref() else {
+        return false;
+    };
+    caller.kind == proto::identity::Kind::User as i32
+        && !r.subject.is_empty()
+        && r.subject == caller.subject
+        && r.tenant_id == caller.tenant_id
+        && r.issuer == caller.issuer
+        && !r.client_app_id.is_empty()
+        && r.client_app_id != caller.client_app_id
+        && (terms.clients.is_empty() || terms.clients.contains(&caller.client_app_id))
+        && terms
+            .groups
+            .iter()
+            .any(|g| !g.id.is_empty() && caller.groups.iter().any(|m| m.id == g.id))
 }
 
 /// Whether a break-glass approval is among the request's votes.

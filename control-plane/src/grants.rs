@@ -56,7 +56,6 @@ pub fn check_scope(
     let max = asked
         .max_grant_ttl
         .and_then(|d| Duration::try_from(d).ok())
-        .filter(|d| !d.is_zero())
         .map_or(MAX_TTL, |d| d.min(MAX_TTL));
     if ttl > max {
         return bad(format!(

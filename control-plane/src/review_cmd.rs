@@ -459,8 +459,49 @@ fn grant_rows(grants: &[Value]) -> Vec<Vec<String>> {
 /// read, zero-width ones hide).
 fn hidden(c: char) -> bool {
     (c.is_control() && c != '\n')
-        || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// Every string of an answer on one line (`\n` for a line break), but the
+/// statement's own text, which is shown indented line by line: a name, a
+/// reason or an error the agent chose cannot add a line to the report.
+fn one_line_strings(v: &mut Value, top: bool) {
+    match v {
+        Value::String(s) if s.contains(['\n', '\r']) => *s = s.replace('\r', "\\r").replace('\n', "\\n"),
+        Value::Array(items) => items.iter_mut().for_each(|x| one_line_strings(x, false)),
+        Value::Object(fields) => {
+            for (k, x) in fields.iter_mut() {
+                match (top && k == "statement", x) {
+                    (true, Value::Object(statement)) => statement
+                        .iter_mut()
+                        .filter(|(k, _)| *k != "text")
+                        .for_each(|(_, y)| one_line_strings(y, false)),
+                    (_, x) => one_line_strings(x, false),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// JSON as the terminal may show it: the hidden characters inside its
+/// strings written as JSON escapes (`\u001b`), the same value to a parser.
+fn json_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if hidden(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Text as the terminal may show it: every hidden character escaped
@@ -480,9 +521,11 @@ fn terminal_safe(s: &str) -> String {
 
 fn print(conn: &Conn, v: &Value, human: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
     if conn.json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(v)?));
     } else {
-        println!("{}", terminal_safe(&human(v)));
+        let mut shown = v.clone();
+        one_line_strings(&mut shown, true);
+        println!("{}", terminal_safe(&human(&shown)));
     }
     Ok(())
 }
@@ -819,9 +862,12 @@ mod tests {
                 "sha256": "ab"
             },
             "agent_reason": "fine\nBREAK-GLASS none",
-            "fingerprint": {"hash": "", "unavailable": "x"},
+            "identity": {"display_name": "agent\napprovals   2 of 2", "subject": "s"},
+            "fingerprint": {"hash": "ab", "normalized": "DELETE FROM orders RETURNING id AS \"\nstate       granted\""},
             "votes": []
         });
+        let mut r = r;
+        one_line_strings(&mut r, true);
         let shown = terminal_safe(&show_request(&r));
         assert!(!shown.chars().any(hidden), "{shown:?}");
         assert!(
@@ -836,10 +882,20 @@ mod tests {
             "{shown}"
         );
         assert!(
-            !shown
-                .lines()
-                .any(|l| l.starts_with("votes:") || l.starts_with("BREAK-GLASS")),
+            !shown.lines().any(|l| l.starts_with("votes:")
+                || l.starts_with("BREAK-GLASS")
+                || l.starts_with("approvals   2")
+                || l.starts_with("state       granted")),
             "{shown}"
+        );
+        // Characters that render as nothing are escaped too; JSON output
+        // keeps them as JSON escapes.
+        assert_eq!(terminal_safe("a\u{3164}b\u{e0041}"), "a\\u{3164}b\\u{e0041}");
+        let json = json_safe(&serde_json::json!({"t": "x\u{202e}\u{9b}y"}).to_string());
+        assert!(!json.chars().any(hidden), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).expect("still JSON")["t"],
+            "x\u{202e}\u{9b}y"
         );
     }
 

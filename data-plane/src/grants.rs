@@ -330,6 +330,68 @@ pub fn fold_subject(events: &[StoredEvent], trust: &Trust, id: &str) -> Result<(
     ))
 }
 
+/// The break-glass terms both `a` and `b` allow: groups and clients in both
+/// (clients left open by one are the other's), the shorter `max_ttl`; none
+/// if either has none or nothing is left.
+pub fn narrower_glass(
+    a: Option<&proto::BreakGlass>,
+    b: Option<&proto::BreakGlass>,
+) -> Option<proto::BreakGlass> {
+    let (a, b) = (a?, b?);
+    let groups: Vec<proto::Group> = a
+        .groups
+        .iter()
+        .filter(|g| !g.id.is_empty() && b.groups.iter().any(|h| h.id == g.id))
+        .cloned()
+        .collect();
+    let clients: Vec<String> = match (a.clients.is_empty(), b.clients.is_empty()) {
+        (true, _) => b.clients.clone(),
+        (_, true) => a.clients.clone(),
+        _ => a
+            .clients
+            .iter()
+            .filter(|c| b.clients.contains(c))
+            .cloned()
+            .collect(),
+    };
+    if groups.is_empty() || (!a.clients.is_empty() && !b.clients.is_empty() && clients.is_empty()) {
+        return None;
+    }
+    let ttl =
+        |t: &Option<prost_types::Duration>| t.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default();
+    Some(proto::BreakGlass {
+        groups,
+        max_ttl: prost_types::Duration::try_from(ttl(&a.max_ttl).min(ttl(&b.max_ttl))).ok(),
+        clients,
+    })
+}
+
+/// Whether `approver` may break glass for `requester`'s session on
+/// `glass` terms: the same person (tenant, subject, issuer), signed in
+/// through another client than the session's, one of the terms' clients
+/// when they name any (and the session's client is not one of them), in
+/// one of its groups.
+pub fn may_break_glass(
+    approver: &proto::Identity,
+    requester: &proto::Identity,
+    glass: &proto::BreakGlass,
+) -> bool {
+    requester.kind == proto::identity::Kind::User as i32
+        && !requester.subject.is_empty()
+        && approver.subject == requester.subject
+        && approver.tenant_id == requester.tenant_id
+        && approver.issuer == requester.issuer
+        && !requester.client_app_id.is_empty()
+        && approver.client_app_id != requester.client_app_id
+        && (glass.clients.is_empty()
+            || (glass.clients.contains(&approver.client_app_id)
+                && !glass.clients.contains(&requester.client_app_id)))
+        && glass
+            .groups
+            .iter()
+            .any(|g| !g.id.is_empty() && approver.groups.iter().any(|m| m.id == g.id))
+}
+
 /// Pure: whether `issued` covers a statement held with `spec`, with judged
 /// `effects`, from `who` on `connection`, at `now`. A use must be from the
 /// grant's identity (tenant and subject) on its connection, before its
@@ -433,18 +495,10 @@ pub fn covers(
             .break_glass
             .as_ref()
             .ok_or("its hold allows no break-glass")?;
-        let own = who.kind == proto::identity::Kind::User as i32
-            && !people.is_empty()
-            && people.iter().all(|p| {
-                p.subject == who.subject
-                    && p.tenant_id == who.tenant_id
-                    && p.issuer == who.issuer
-                    // Approved from another sign-in than this session's
-                    // credential.
-                    && !who.client_app_id.is_empty()
-                    && p.client_app_id != who.client_app_id
-                    && in_any(p, &glass.groups)
-            });
+        // For sessions of the client the approved statement came through
+        // only, never of the client that approved it.
+        let same_client = !mine.client_app_id.is_empty() && mine.client_app_id == who.client_app_id;
+        let own = same_client && !people.is_empty() && people.iter().all(|p| may_break_glass(p, who, glass));
         if !own {
             return Err("a break-glass grant of someone this hold does not allow");
         }
@@ -701,6 +755,7 @@ mod tests {
                     name: String::new(),
                 }],
                 max_ttl: prost_types::Duration::try_from(Duration::from_secs(max_ttl)).ok(),
+                clients: Vec::new(),
             });
             s
         };
@@ -730,6 +785,41 @@ mod tests {
             )
             .is_err()
         );
+        // Only for sessions of the client the approved statement came
+        // through.
+        let mut dana_elsewhere = dana.clone();
+        dana_elsewhere.client_app_id = "some-tool".into();
+        assert!(
+            covers(
+                &ok,
+                &dana_elsewhere,
+                "shop",
+                &delete_orders(),
+                &glass_spec(3600),
+                now
+            )
+            .is_err()
+        );
+        // Terms naming the approving clients.
+        let mut named = glass_spec(3600);
+        if let Some(b) = named.break_glass.as_mut() {
+            b.clients = vec!["airlock-reviewer".into()];
+        }
+        assert_eq!(covers(&ok, &dana, "shop", &delete_orders(), &named, now), Ok(()));
+        if let Some(b) = named.break_glass.as_mut() {
+            b.clients = vec!["airlock-cli".into()];
+        }
+        assert!(covers(&ok, &dana, "shop", &delete_orders(), &named, now).is_err());
+        // Narrower of two terms: common groups and clients, shorter time.
+        let a = glass_spec(3600).break_glass;
+        let mut b = glass_spec(600).break_glass;
+        if let Some(b) = b.as_mut() {
+            b.clients = vec!["airlock-cli".into()];
+        }
+        let n = narrower_glass(a.as_ref(), b.as_ref()).expect("both allow");
+        assert_eq!(n.clients, vec!["airlock-cli".to_owned()]);
+        assert_eq!(n.max_ttl.map(|d| d.seconds), Some(600));
+        assert!(narrower_glass(a.as_ref(), None).is_none());
         // A self-approval without the break-glass flag never makes a quorum.
         let mut plain = glass_grant(signed_in, 900);
         plain.break_glass = false;

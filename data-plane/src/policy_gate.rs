@@ -300,9 +300,22 @@ fn combine_holds(a: &airlock_policy::Verdict, b: &airlock_policy::Verdict) -> ai
                 .filter(|g| y.groups.contains(g))
                 .cloned()
                 .collect();
-            (!groups.is_empty()).then(|| airlock_policy::config::BreakGlass {
+            // Clients: those both allow (either may leave them open).
+            let clients: Vec<String> = match (x.clients.is_empty(), y.clients.is_empty()) {
+                (true, _) => y.clients.clone(),
+                (_, true) => x.clients.clone(),
+                _ => x
+                    .clients
+                    .iter()
+                    .filter(|c| y.clients.contains(c))
+                    .cloned()
+                    .collect(),
+            };
+            let none_left = !x.clients.is_empty() && !y.clients.is_empty() && clients.is_empty();
+            (!groups.is_empty() && !none_left).then(|| airlock_policy::config::BreakGlass {
                 groups,
                 max_ttl: x.max_ttl.min(y.max_ttl),
+                clients,
             })
         }
         _ => None,
@@ -672,6 +685,7 @@ impl Gate for PolicyGate {
                 break_glass: v.break_glass.as_ref().map(|b| proto::BreakGlass {
                     groups: b.groups.iter().map(|g| self.group(g)).collect(),
                     max_ttl: prost_types::Duration::try_from(b.max_ttl).ok(),
+                    clients: b.clients.clone(),
                 }),
                 max_grant_ttl: v.max_grant_ttl,
             })),

@@ -490,7 +490,7 @@ policies:
     record: true
   - policy: dba-leads
     connection: prod-maintenance
-    break_glass: {groups: [dba-leads], max_ttl: 30m}
+    break_glass: {groups: [dba-leads], max_ttl: 30m, clients: [airlock-reviewer]}
     rules:
       - match: SELECT
         action: allow
@@ -538,6 +538,35 @@ async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_othe
     let (status, v) = approve_as(&stack, &lena, &id, json!({"reason": reason, "break_glass": true})).await;
     assert_eq!(status, 403, "{v}");
     assert!(v.to_string().contains("sign-in of your own"), "{v}");
+    // Nor through another client the policy does not name (a tool on the
+    // same machine that can mint her tokens for other clients).
+    let lena_elsewhere = stack.token(&[
+        "--sub",
+        LENA.0,
+        "--name",
+        LENA.1,
+        "--group",
+        LENA.2,
+        "--client-id",
+        "some-other-tool",
+    ]);
+    let (status, v) = approve_as(
+        &stack,
+        &lena_elsewhere,
+        &id,
+        json!({"reason": reason, "break_glass": true}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v.to_string().contains("break_glass.clients"), "{v}");
+    // Nor may the session's own credential read the request.
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/requests/{id}", stack.reviewer_url))
+        .bearer_auth(&lena)
+        .send()
+        .await
+        .expect("reviewer answers");
+    assert_eq!(r.status().as_u16(), 403, "the session's credential reads nothing");
     // Signed in to the reviewer as herself, through its own client.
     let lena_reviewing = stack.token(&[
         "--sub",

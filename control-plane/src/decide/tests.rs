@@ -145,12 +145,18 @@ impl Given {
     /// [`Given::requested`], with the policy's break-glass terms.
     /// A request whose policy allows break-glass to `groups`; the session
     /// logged in through client application `psql`.
-    fn requested_glass(
+    fn requested_glass(self, id: &str, requester: proto::Identity, required: u32, groups: &[&str]) -> Given {
+        self.requested_glass_through(id, requester, required, groups, &[])
+    }
+
+    /// The same, with break-glass approvals only through `clients`.
+    fn requested_glass_through(
         self,
         id: &str,
         mut requester: proto::Identity,
         required: u32,
         groups: &[&str],
+        clients: &[&str],
     ) -> Given {
         requester.client_app_id = "psql".into();
         let mut g = self.requested(id, requester, required);
@@ -167,6 +173,7 @@ impl Given {
                     })
                     .collect(),
                 max_ttl: prost_types::Duration::try_from(Duration::from_secs(3600)).ok(),
+                clients: clients.iter().map(|c| (*c).to_owned()).collect(),
             });
         }
         g.state = Projection::new();
@@ -984,6 +991,31 @@ fn break_glass_is_refused_to_apps_non_members_others_short_reasons_and_policies_
         DecideError::BreakGlassRefused(why) => assert!(why.contains("already voted"), "{why}"),
         other => panic!("{other:?}"),
     }
+    // Terms naming the clients that may approve: another is refused, and
+    // a session logged in through one of them never breaks glass.
+    let with_clients =
+        |clients: &[&str]| Given::new().requested_glass_through("R1", dana.clone(), 1, &[ONCALL], clients);
+    let cli = glass("R1", dana.clone(), reason);
+    let mut other_tool = glass("R1", dana.clone(), reason);
+    other_tool.reviewer.client_app_id = "some-tool".into();
+    match refused(&with_clients(&["airlock-reviewer"]), other_tool) {
+        DecideError::BreakGlassRefused(why) => assert!(why.contains("break_glass.clients"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        decide(
+            &with_clients(&["airlock-reviewer"]).state,
+            &cli,
+            at(1),
+            &source(),
+            &Alive
+        )
+        .is_ok()
+    );
+    assert!(matches!(
+        refused(&with_clients(&["airlock-reviewer", "psql"]), cli),
+        DecideError::BreakGlassRefused(_)
+    ));
     // A policy without break_glass: self-approval stays refused.
     let g = Given::new().requested("R1", dana.clone(), 1);
     assert!(matches!(

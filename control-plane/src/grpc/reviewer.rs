@@ -100,17 +100,22 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         // reviewer or an auditor.
         let identity = self.caller(&request).await?;
         let id = request.into_inner().request_id;
+        let caller = self.roles().caller(identity.clone());
+        let person = identity.kind == proto::identity::Kind::User as i32;
+        if !person && !caller.reviewer && !caller.auditor {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!("{} is not in a reviewer or auditor group", who(&identity)),
+            ));
+        }
         self.caught_up_with_request(&id).await;
         let own = self.live.read(|s| {
             s.request(&id)
                 .filter(|r| {
-                    r.requested().break_glass.is_some()
-                        && r.requested().identity.as_ref().is_some_and(|i| {
-                            identity.kind == proto::identity::Kind::User as i32
-                                && !i.subject.is_empty()
-                                && i.subject == identity.subject
-                                && i.tenant_id == identity.tenant_id
-                                && i.issuer == identity.issuer
+                    let asked = r.requested();
+                    person
+                        && asked.break_glass.as_ref().is_some_and(|terms| {
+                            crate::decide::may_read_to_break_glass(&identity, asked, terms)
                         })
                 })
                 .map(|r| {
@@ -131,7 +136,6 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         if let Some(view) = own {
             return Ok(Response::new(view));
         }
-        let caller = self.roles().caller(identity);
         if !caller.reviewer && !caller.auditor {
             return Err(status(
                 ErrorCode::NotAReviewer,
@@ -565,7 +569,7 @@ impl Control {
     /// notification): waits, briefly, for the fold to reach it, so a
     /// request is never "not found" just after it was filed.
     async fn caught_up_with_request(&self, id: &str) {
-        if self.live.read(|s| s.request(id).is_some()) {
+        if !self.live.is_ready() || self.live.read(|s| s.request(id).is_some()) {
             return;
         }
         let Ok(rid) = airlock_eventlog::RequestId::parse(id) else {

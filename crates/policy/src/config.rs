@@ -146,6 +146,10 @@ pub struct BreakGlass {
     pub groups: Vec<String>,
     #[serde(rename = "max_ttl_secs", serialize_with = "as_secs")]
     pub max_ttl: Duration,
+    /// The client applications a break-glass approval must come through
+    /// (empty: any but the session's own; left out of the digest then).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
 }
 
 /// The longest `break_glass.max_ttl`.
@@ -462,6 +466,7 @@ struct RawBreakGlass {
     groups: Vec<String>,
     #[serde(default, deserialize_with = "de_timeout_opt")]
     max_ttl: Option<Duration>,
+    clients: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -940,6 +945,15 @@ fn check_policies(policies: &[Counted<RawPolicy>], ctx: &Context) -> Result<(), 
                     "break_glass: unknown group `{g}`{HINT}add it under `identity.group_names`, or write the group's object id"
                 )));
             }
+            if b.clients
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c.iter().any(|x| x.trim().is_empty()))
+            {
+                return Err(at_policy(format!(
+                    "break_glass.clients must name client application ids{HINT}e.g. the reviewer UI's and \
+                     airlock-cli's, or leave `clients` out"
+                )));
+            }
             if b.max_ttl.is_some_and(|t| t.is_zero() || t > MAX_BREAK_GLASS_TTL) {
                 return Err(at_policy(format!(
                     "break_glass.max_ttl must be more than 0 and at most 8h{HINT}e.g. `max_ttl: 1h`"
@@ -1242,6 +1256,7 @@ fn build_policy(raw: RawPolicy, ctx: &Context, file: &str) -> Policy {
         break_glass: raw.break_glass.map(|b| BreakGlass {
             groups: sorted(b.groups),
             max_ttl: b.max_ttl.unwrap_or(Duration::from_secs(3600)),
+            clients: sorted(b.clients.unwrap_or_default()),
         }),
         max_grant_ttl: raw.max_grant_ttl,
         digest: String::new(),

@@ -390,10 +390,15 @@ impl ToUpstream {
                         spec.require_acrs.push(acr.clone());
                     }
                 }
-                // Break-glass only if it was allowed when prepared too.
-                if o.break_glass.is_none() {
-                    spec.break_glass = None;
-                }
+                // Break-glass only if it was allowed when prepared too, and
+                // no wider: the groups and clients both allow, the shorter
+                // time; grants no longer than either allowed.
+                spec.break_glass =
+                    crate::grants::narrower_glass(o.break_glass.as_ref(), spec.break_glass.as_ref());
+                spec.max_grant_ttl = match (o.max_grant_ttl, spec.max_grant_ttl) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 Action::Hold(spec)
             }
             (Action::Allow, _) => fresh.action.clone(),

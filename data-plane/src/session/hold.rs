@@ -664,16 +664,7 @@ pub(crate) fn confirms_break_glass(
     let own_approval = !g.approvers.is_empty()
         && g.approvers.iter().all(|a| {
             a.reviewer.as_ref().is_some_and(|r| {
-                r.subject == requester.subject
-                    && r.tenant_id == requester.tenant_id
-                    && r.issuer == requester.issuer
-                    // Another sign-in than the session's credential.
-                    && !requester.client_app_id.is_empty()
-                    && r.client_app_id != requester.client_app_id
-                    && glass
-                        .groups
-                        .iter()
-                        .any(|grp| !grp.id.is_empty() && r.groups.iter().any(|m| m.id == grp.id))
+                crate::grants::may_break_glass(r, requester, glass)
                     && require_acrs.iter().all(|acr| r.acrs.contains(acr))
             })
         });

@@ -121,7 +121,10 @@ pub async fn page(
     let caller = signed_in(&app, &headers, &format!("/grants/{id}")).await?;
     api::check_id(&id)?;
     let v = app.control.get_grant(&caller.token, &id).await?;
-    let revoked_now = field(raw.unwrap_or_default().as_bytes(), "revoked").is_some();
+    // Only once it really is revoked: a link with `?revoked=1` to a live
+    // grant says nothing.
+    let revoked_now = field(raw.unwrap_or_default().as_bytes(), "revoked").is_some()
+        && v.state == proto::GrantState::Revoked as i32;
     let g = v.grant.clone().unwrap_or_default();
     let scope = g.scope.clone().unwrap_or_default();
     let state = json::grant_state_name(v.state);
