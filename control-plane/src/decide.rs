@@ -377,26 +377,51 @@ fn check_break_glass(
 /// client than the session's (one of the terms' clients, if they name
 /// any), in one of the break-glass groups. Whatever holds the session's own
 /// credential reads nothing through this.
+///
+/// `None` when the request is not the caller's own; else whether they may,
+/// and if not, why (for the requester's eyes only).
 pub fn may_read_to_break_glass(
     caller: &proto::Identity,
     asked: &proto::ApprovalRequested,
-    terms: &proto::BreakGlass,
-) -> bool {
-    let Some(r) = asked.identity.as_ref() else {
-        return false;
-    };
-    caller.kind == proto::identity::Kind::User as i32
+) -> Option<Result<(), String>> {
+    let r = asked.identity.as_ref()?;
+    let own = caller.kind == proto::identity::Kind::User as i32
         && !r.subject.is_empty()
         && r.subject == caller.subject
         && r.tenant_id == caller.tenant_id
-        && r.issuer == caller.issuer
-        && !r.client_app_id.is_empty()
-        && r.client_app_id != caller.client_app_id
-        && (terms.clients.is_empty() || terms.clients.contains(&caller.client_app_id))
-        && terms
-            .groups
-            .iter()
-            .any(|g| !g.id.is_empty() && caller.groups.iter().any(|m| m.id == g.id))
+        && r.issuer == caller.issuer;
+    if !own {
+        return None;
+    }
+    let Some(terms) = &asked.break_glass else {
+        return Some(Err(
+            "your own request: its policy allows no break-glass, so reviewers decide it".into(),
+        ));
+    };
+    if r.client_app_id.is_empty() || r.client_app_id == caller.client_app_id {
+        return Some(Err(
+            "your own request: break glass from a sign-in of your own (the reviewer UI or CLI), not with the \
+             credential the session logged in with"
+                .into(),
+        ));
+    }
+    if !terms.clients.is_empty() && !terms.clients.contains(&caller.client_app_id) {
+        return Some(Err(format!(
+            "your own request: break glass through one of the policy's break_glass.clients ({}), not client {}",
+            terms.clients.join(", "),
+            caller.client_app_id
+        )));
+    }
+    if !terms
+        .groups
+        .iter()
+        .any(|g| !g.id.is_empty() && caller.groups.iter().any(|m| m.id == g.id))
+    {
+        return Some(Err(
+            "your own request: you are not in a break_glass group of its policy".into(),
+        ));
+    }
+    Some(Ok(()))
 }
 
 /// Whether a break-glass approval is among the request's votes.
