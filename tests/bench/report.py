@@ -216,9 +216,6 @@ def main():
         w.append(f"| approval release p99 <= 10 ms | {rel:.2f} ms | {verdict(rel <= 10)} |")
     else:
         w.append("| approval release p99 <= 10 ms | not measured in this run | n/a |")
-    if grants:
-        g = grants["grant_use"]["p99_ms"]
-        w.append(f"| grant use p99 < 1 ms at 1 client | {g:.2f} ms | {verdict(g < 1)} |")
     if "airlock" in idle:
         per = idle["airlock"]["per_connection_kib"]
         w.append(f"| <= 64 KiB per idle connection | {per:.1f} KiB | {verdict(per <= 64)} |")
