@@ -3,8 +3,9 @@
 //! air-gapped). Pages: the inbox of pending requests, a request with
 //! approve (optionally in scope: a grant, or break-glass) and deny, the
 //! history of decided requests, a session's timeline with a kill form, and
-//! the grants with their uses and a revoke form. Votes and kills are HTML form posts with a
-//! CSRF token; they go through the same path as the REST API's.
+//! the grants with their uses and a revoke form. Votes, kills and
+//! revocations are HTML form posts with a CSRF token; they go through the
+//! same path as the REST API's.
 //!
 //! Every page handler answers `Result<Markup, PageError>` (a form post
 //! answers a redirect instead of markup): failures leave through
@@ -699,7 +700,8 @@ fn scope_fields(asked: &proto::ApprovalRequested) -> Markup {
                     }
                 }
                 p.muted {
-                    "For this requester on this connection only, never for what policy refuses; every use is in                      the log, and the grant can be revoked on its page."
+                    "For this requester on this connection only, never for what policy refuses; every use is in \
+                     the log, and the grant can be revoked on its page."
                 }
             }
         }
