@@ -48,8 +48,14 @@ pub(super) async fn upstream_to_client(
     let mut client_gone = false;
     loop {
         // Both branches are cancel safe: FrameReader keeps partial frames.
+        // What the session injects goes first: it was sent before whatever
+        // the session forwarded to PostgreSQL next, so it must reach the
+        // client before that answer does (a bounded statement's held-back
+        // answer before the ReadyForQuery of the client's Sync after it; a
+        // fair choice let the ReadyForQuery overtake it now and then, and
+        // drivers failed on a CommandComplete after ReadyForQuery).
         let read = tokio::select! {
-            r = upstream.read_frame() => r,
+            biased;
             Some(msg) = inject.recv() => {
                 match msg {
                     Inject::Notice(d) => {
@@ -60,11 +66,12 @@ pub(super) async fn upstream_to_client(
                         continue;
                     }
                     Inject::Frames(frames) => {
-                        if !client_gone
-                            && (client.write_all(&frames).await.is_err() || client.flush().await.is_err())
-                        {
+                        // After anything of PostgreSQL's not yet written.
+                        out.extend_from_slice(&frames);
+                        if !client_gone && (client.write_all(&out).await.is_err() || client.flush().await.is_err()) {
                             client_gone = true;
                         }
+                        out.clear();
                         continue;
                     }
                     Inject::Fatal(d) => {
@@ -76,6 +83,7 @@ pub(super) async fn upstream_to_client(
                     }
                 }
             }
+            r = upstream.read_frame() => r,
         };
         let frame = match read {
             Ok(Some(f)) => f,
