@@ -545,6 +545,41 @@ async fn grant_in_log(
     confirmed
 }
 
+/// The first outcome of `request_id` in `events` (stream order) that a
+/// trusted control-plane key signed, on one of the request's two subjects,
+/// if it is an ApprovalGranted.
+fn first_grant<'a>(
+    events: &'a [StoredEvent],
+    trust: &Trust,
+    request_id: &RequestId,
+) -> Option<&'a proto::ApprovalGranted> {
+    let own = subjects::lifecycle(request_id);
+    let first = events.iter().find(|e| {
+        own.contains(&e.subject)
+            && e.event.request_id == request_id.as_str()
+            && matches!(
+                e.event.body,
+                Some(
+                    Body::ApprovalGranted(_)
+                        | Body::ApprovalDenied(_)
+                        | Body::ApprovalExpired(_)
+                        | Body::ApprovalCancelled(_)
+                )
+            )
+            && matches!(
+                trust.check(e),
+                Ok(Vouched::Signed {
+                    role: Role::Control,
+                    ..
+                })
+            )
+    })?;
+    match first.event.body.as_ref() {
+        Some(Body::ApprovalGranted(g)) => Some(g),
+        _ => None,
+    }
+}
+
 /// Pure: whether the first outcome of `request_id` in `events` (stream
 /// order) that a trusted control-plane key signed, on one of the request's
 /// two subjects, is an ApprovalGranted for exactly `sha256`. The first, as
@@ -567,30 +602,7 @@ pub(crate) fn confirms_grant(
     approvals: u32,
     requester: &proto::Identity,
 ) -> Option<Option<super::bounded::Bounds>> {
-    let own = subjects::lifecycle(request_id);
-    let first = events.iter().find(|e| {
-        own.contains(&e.subject)
-            && e.event.request_id == request_id.as_str()
-            && matches!(
-                e.event.body,
-                Some(
-                    Body::ApprovalGranted(_)
-                        | Body::ApprovalDenied(_)
-                        | Body::ApprovalExpired(_)
-                        | Body::ApprovalCancelled(_)
-                )
-            )
-            && matches!(
-                trust.check(e),
-                Ok(Vouched::Signed {
-                    role: Role::Control,
-                    ..
-                })
-            )
-    });
-    let Some(Body::ApprovalGranted(g)) = first.and_then(|e| e.event.body.as_ref()) else {
-        return None;
-    };
+    let g = first_grant(events, trust, request_id)?;
     // A break-glass grant is confirmed on the hold's break-glass terms
     // only (`confirms_break_glass`).
     if g.break_glass {
@@ -636,30 +648,7 @@ pub(crate) fn confirms_break_glass(
     glass: &proto::BreakGlass,
     requester: &proto::Identity,
 ) -> Option<Option<super::bounded::Bounds>> {
-    let own = subjects::lifecycle(request_id);
-    let first = events.iter().find(|e| {
-        own.contains(&e.subject)
-            && e.event.request_id == request_id.as_str()
-            && matches!(
-                e.event.body,
-                Some(
-                    Body::ApprovalGranted(_)
-                        | Body::ApprovalDenied(_)
-                        | Body::ApprovalExpired(_)
-                        | Body::ApprovalCancelled(_)
-                )
-            )
-            && matches!(
-                trust.check(e),
-                Ok(Vouched::Signed {
-                    role: Role::Control,
-                    ..
-                })
-            )
-    });
-    let Some(Body::ApprovalGranted(g)) = first.and_then(|e| e.event.body.as_ref()) else {
-        return None;
-    };
+    let g = first_grant(events, trust, request_id)?;
     let person = requester.kind == proto::identity::Kind::User as i32 && !requester.subject.is_empty();
     let own_approval = !g.approvers.is_empty()
         && g.approvers.iter().all(|a| {
