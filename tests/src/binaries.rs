@@ -93,7 +93,14 @@ pub fn fresh_binary(name: &str) -> PathBuf {
             .args(["build", "-q"])
             .args(airlock_testkit::release_binaries().then_some("--release"))
             .args(["--bin", "airlock-reviewer", "--bin", "airlock-dev-idp"])
-            .args(["--bin", "airlock-control", "--bin", "airlock-proxy"])
+            .args([
+                "--bin",
+                "airlock-control",
+                "--bin",
+                "airlock-proxy",
+                "--bin",
+                "airlock-mcp",
+            ])
             .current_dir(&root)
             .status()
             .expect("run cargo build");
