@@ -45,8 +45,8 @@ enum Command {
         #[arg(long = "checkpoint-key")]
         checkpoint_keys: Vec<PathBuf>,
     },
-    /// Write the log as JSON lines (one object per event; see the README
-    /// for the schema).
+    /// Write the log as JSON lines: one object per event (see the README
+    /// for the schema), or with --format ocsf OCSF 1.3.0 records.
     Export {
         #[arg(long, default_value = "airlock.yaml")]
         config: PathBuf,
@@ -94,6 +94,9 @@ enum Command {
         #[command(subcommand)]
         command: crate::review_cmd::ReviewCommand,
     },
+    /// Stream the log to a SIEM (HTTPS, Splunk HEC, syslog over TLS), as
+    /// OCSF or native records, at least once, resuming where it stopped.
+    Forward(crate::forward::ForwardArgs),
     /// Sign in with the device flow (a code to enter in a browser) and keep
     /// the token for `review`.
     Login(crate::review_cmd::LoginArgs),
@@ -260,20 +263,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             from,
             to,
-            format: _,
+            format,
             output,
         } => {
+            let ocsf = format == "ocsf";
             let config = crate::config::load(&config)?;
             let log = airlock_eventlog::EventLog::connect(config.nats).await?;
             let written = match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
                         .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
-                    crate::export::export(&log, from, to, &mut std::io::BufWriter::new(file)).await?
+                    crate::export::export(&log, from, to, ocsf, &mut std::io::BufWriter::new(file)).await?
                 }
                 None => {
                     let stdout = std::io::stdout();
-                    crate::export::export(&log, from, to, &mut std::io::BufWriter::new(stdout.lock())).await?
+                    crate::export::export(&log, from, to, ocsf, &mut std::io::BufWriter::new(stdout.lock()))
+                        .await?
                 }
             };
             eprintln!("airlock-control: exported {written} events");
@@ -291,6 +296,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy { command } => crate::policy_cmd::simulate(command).await,
         Command::Review { command } => crate::review_cmd::review(command).await,
         Command::Login(args) => crate::review_cmd::login(args).await,
+        Command::Forward(args) => crate::forward::forward(args).await.map(|()| ExitCode::SUCCESS),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(config_check(&config)),

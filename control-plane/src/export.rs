@@ -21,8 +21,9 @@ use futures::StreamExt;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde::Serialize;
 
-/// The only format, named so others can follow.
-pub const FORMATS: &[&str] = &["jsonl"];
+/// `jsonl`: the native lines above; `ocsf`: OCSF records, one JSON object
+/// per line (see `ocsf`).
+pub const FORMATS: &[&str] = &["jsonl", "ocsf"];
 
 /// Turns stored events into export lines.
 #[derive(Debug)]
@@ -56,6 +57,11 @@ impl Exporter {
 
     /// One JSON object for `stored`, from its exact stored bytes.
     pub fn line(&self, stored: &StoredEvent) -> anyhow::Result<String> {
+        Ok(serde_json::to_string(&self.value(stored)?)?)
+    }
+
+    /// [`Exporter::line`], as a value.
+    pub fn value(&self, stored: &StoredEvent) -> anyhow::Result<serde_json::Value> {
         let message = DynamicMessage::decode(self.event.clone(), stored.raw.as_ref())
             .with_context(|| format!("event at sequence {} does not decode", stored.sequence))?;
         let event = message
@@ -73,14 +79,48 @@ impl Exporter {
             kind: stored.event.body.as_ref().map(body_kind).unwrap_or(""),
             event,
         };
-        Ok(serde_json::to_string(&line)?)
+        Ok(serde_json::to_value(&line)?)
     }
 }
 
-/// Writes events `from..=to` (to: the end of the log as it is now) to `out`.
-/// Returns how many were written.
-pub async fn export(log: &EventLog, from: u64, to: Option<u64>, out: &mut impl Write) -> anyhow::Result<u64> {
+/// Makes sure `sessions` knows the session of `line` (read from the log
+/// when its opening came before the reader's start).
+pub async fn know_session(log: &EventLog, sessions: &mut crate::ocsf::Sessions, line: &serde_json::Value) {
+    let Some(id) = line["event"]["session_id"].as_str().filter(|s| !s.is_empty()) else {
+        return;
+    };
+    if line["kind"] == "session_opened" || sessions.get(id).is_some() {
+        return;
+    }
+    let Ok(session) = id.parse::<airlock_eventlog::SessionId>() else {
+        return;
+    };
+    match log.first(&airlock_eventlog::subjects::session(&session)).await {
+        Ok(Some(first)) => {
+            if let Some(airlock_eventlog::proto::event::Body::SessionOpened(_)) = &first.event.body
+                && let Ok(exporter) = Exporter::new()
+                && let Ok(opened) = exporter.value(&first)
+            {
+                sessions.learn(&opened);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(session = id, error = %e, "reading a session's opening for its records"),
+    }
+}
+
+/// Writes events `from..=to` (to: the end of the log as it is now) to `out`,
+/// as native lines (`ocsf` false) or OCSF records. Returns how many events
+/// were read.
+pub async fn export(
+    log: &EventLog,
+    from: u64,
+    to: Option<u64>,
+    ocsf: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
     let exporter = Exporter::new()?;
+    let mut sessions = crate::ocsf::Sessions::default();
     let stream = log.read(from, ReadFilter::all()).await?;
     futures::pin_mut!(stream);
     let mut written = 0u64;
@@ -89,7 +129,15 @@ pub async fn export(log: &EventLog, from: u64, to: Option<u64>, out: &mut impl W
         if to.is_some_and(|to| stored.sequence > to) {
             break;
         }
-        writeln!(out, "{}", exporter.line(&stored)?).context("writing the export")?;
+        if ocsf {
+            let line = exporter.value(&stored)?;
+            know_session(log, &mut sessions, &line).await;
+            for record in crate::ocsf::records(&line, &mut sessions) {
+                writeln!(out, "{record}").context("writing the export")?;
+            }
+        } else {
+            writeln!(out, "{}", exporter.line(&stored)?).context("writing the export")?;
+        }
         written += 1;
     }
     out.flush().context("writing the export")?;

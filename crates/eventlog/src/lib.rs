@@ -12,6 +12,7 @@
 
 mod chain;
 pub mod checkpoint;
+pub mod durable;
 mod error;
 pub mod ids;
 mod log;

@@ -72,7 +72,8 @@ impl StoredEvent {
         Self::decode(sequence, subject, time::OffsetDateTime::UNIX_EPOCH, raw)
     }
 
-    fn decode(
+    /// An event as read from the stream, with its store time.
+    pub fn decode(
         sequence: u64,
         subject: &str,
         stored_at: time::OffsetDateTime,
@@ -354,7 +355,7 @@ impl EventLog {
         Ok(())
     }
 
-    async fn stream(&self) -> Result<stream::Stream<()>, Error> {
+    pub(crate) async fn stream(&self) -> Result<stream::Stream<()>, Error> {
         self.js
             .get_stream_no_info(&self.settings.stream)
             .await
@@ -597,6 +598,16 @@ impl EventLog {
                     Err(Error::Read(format!("last event on {subject}: {e}")))
                 }
             },
+        }
+    }
+
+    /// The first event of `subject`, if any (a session's opening, say).
+    pub async fn first(&self, subject: &str) -> Result<Option<StoredEvent>, Error> {
+        let stream = self.stream().await?;
+        match stream.get_first_raw_message_by_subject(subject, 1).await {
+            Ok(m) => StoredEvent::decode(m.sequence, m.subject.as_str(), m.time, m.payload).map(Some),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::Read(format!("first event on {subject}: {e}"))),
         }
     }
 
