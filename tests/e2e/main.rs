@@ -16,6 +16,7 @@ mod differential;
 mod drivers;
 mod entra;
 mod fleet;
+mod forward;
 mod grants;
 mod health;
 mod impact;
