@@ -9,8 +9,9 @@
 //! Browsers are kept out: a request carrying an `Origin` is refused, and
 //! only the configured host names are served (DNS rebinding).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use airlock_identity::{Identity, Verifier};
 use axum::Router;
@@ -19,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
@@ -47,13 +49,12 @@ struct Auth {
 
 /// The owner of what a token opens: issuer, tenant, subject, client app.
 pub fn owner(identity: &Identity) -> Owner {
-    Owner(format!(
-        "{}|{}|{}|{}",
-        identity.issuer,
+    Owner::of(
+        &identity.issuer,
         identity.tenant.as_ref().map_or("", |t| t.0.as_str()),
-        identity.subject.0,
+        &identity.subject.0,
         identity.client_app.as_ref().map_or("", |c| c.0.as_str()),
-    ))
+    )
 }
 
 fn base_url(auth: &Auth, headers: &HeaderMap) -> String {
@@ -112,6 +113,7 @@ async fn bearer(State(auth): State<Auth>, mut request: Request, next: Next) -> R
             request.extensions_mut().insert(Caller {
                 owner: owner(&identity),
                 token,
+                in_session: false,
             });
             next.run(request).await
         }
@@ -120,6 +122,96 @@ async fn bearer(State(auth): State<Auth>, mut request: Request, next: Next) -> R
             unauthorized(&auth, &headers, Some(&e.to_string()))
         }
     }
+}
+
+/// Which identity opened each MCP session (by `Mcp-Session-Id`), so a
+/// session id is never a key another identity's token can use: a request
+/// naming a session of another identity, or one this server did not open,
+/// is answered 404 (the client opens a new session), and an identity opens
+/// at most [`MAX_MCP_SESSIONS_PER_OWNER`] at once.
+#[derive(Clone)]
+struct Bindings {
+    owners: Arc<Mutex<HashMap<String, Owner>>>,
+    manager: Arc<LocalSessionManager>,
+}
+
+/// MCP sessions one identity may hold open.
+pub const MAX_MCP_SESSIONS_PER_OWNER: usize = 32;
+
+async fn bind_sessions(State(b): State<Bindings>, request: Request, next: Next) -> Response {
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let named = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let deleting = request.method() == axum::http::Method::DELETE;
+    match &named {
+        Some(id) => {
+            let owner = b
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned();
+            if owner.as_ref() != Some(&caller.owner) {
+                return (StatusCode::NOT_FOUND, "no such MCP session for this identity").into_response();
+            }
+        }
+        None => {
+            // A new session may be opened: within the identity's limit,
+            // counting only sessions that still exist.
+            let mine: Vec<String> = b
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, o)| **o == caller.owner)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if mine.len() >= MAX_MCP_SESSIONS_PER_OWNER {
+                let mut gone = Vec::new();
+                for id in mine.iter() {
+                    let sid: rmcp::transport::streamable_http_server::SessionId = id.as_str().into();
+                    if !b.manager.has_session(&sid).await.unwrap_or(false) {
+                        gone.push(id.clone());
+                    }
+                }
+                let mut owners = b.owners.lock().unwrap_or_else(|p| p.into_inner());
+                for id in &gone {
+                    owners.remove(id);
+                }
+                if mine.len() - gone.len() >= MAX_MCP_SESSIONS_PER_OWNER {
+                    return (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "{MAX_MCP_SESSIONS_PER_OWNER} MCP sessions of yours are open; close some first"
+                        ),
+                    )
+                        .into_response();
+                }
+            }
+        }
+    }
+    let response = next.run(request).await;
+    let mut owners = b.owners.lock().unwrap_or_else(|p| p.into_inner());
+    if named.is_none()
+        && let Some(id) = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+    {
+        owners.insert(id.to_owned(), caller.owner.clone());
+    }
+    if deleting
+        && response.status().is_success()
+        && let Some(id) = &named
+    {
+        owners.remove(id);
+    }
+    response
 }
 
 async fn resource_metadata(State(auth): State<Auth>, headers: HeaderMap) -> Response {
@@ -144,13 +236,16 @@ pub async fn serve(shared: Arc<Shared>, verifier: Verifier, settings: HttpSettin
         .with_allowed_hosts(settings.allowed_hosts.clone())
         .enforce_origin_validation();
     let factory_shared = shared.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(Handler::new(factory_shared.clone())),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let manager = Arc::new(LocalSessionManager::default());
+    let bindings = Bindings {
+        owners: Arc::default(),
+        manager: manager.clone(),
+    };
+    let mcp = StreamableHttpService::new(move || Ok(Handler::new(factory_shared.clone())), manager, config);
     let router = Router::new()
         .nest_service("/mcp", mcp)
+        // Layers run outermost last: the bearer check, then the binding.
+        .layer(axum::middleware::from_fn_with_state(bindings, bind_sessions))
         .layer(axum::middleware::from_fn_with_state(auth.clone(), bearer))
         .route("/.well-known/oauth-protected-resource", get(resource_metadata))
         .route(

@@ -80,6 +80,10 @@ pub struct Args {
     /// (default: the system's roots).
     #[arg(long)]
     pub proxy_ca: Option<PathBuf>,
+    /// Send the token in plain text to a proxy on a loopback address that
+    /// does not speak TLS (development only).
+    #[arg(long)]
+    pub allow_plaintext_loopback: bool,
     /// The longest statement a tool call may send, in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     pub max_statement_bytes: usize,
@@ -142,7 +146,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("--proxy-ca {}", p.display()))?),
         None => None,
     };
-    let target = proxy_target(&args, &file, ca.as_deref())?;
+    let mut target = proxy_target(&args, &file, ca.as_deref())?;
+    target.plaintext_ok = args.allow_plaintext_loopback && target.loopback;
     let identity: Option<IdentityConfig> = file.section("identity")?;
     let verifier = match identity {
         Some(config) => {

@@ -22,13 +22,22 @@ use crate::tools::{self, BadArguments};
 use crate::wire::{Caps, Target, application_name};
 
 /// Where the stdio server's token comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum LocalToken {
     /// Read once, at start (`AIRLOCK_TOKEN`).
     Fixed(String),
     /// Read again at every login, so a refreshed file is used
     /// (`--token-file`).
     File(PathBuf),
+}
+
+impl std::fmt::Debug for LocalToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalToken::Fixed(_) => f.write_str("LocalToken::Fixed(..)"),
+            LocalToken::File(p) => f.debug_tuple("LocalToken::File").field(p).finish(),
+        }
+    }
 }
 
 impl LocalToken {
@@ -43,10 +52,21 @@ impl LocalToken {
 }
 
 /// The caller of an HTTP request, as verified from its bearer token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     pub owner: Owner,
     pub token: String,
+    /// Whether the call belongs to an MCP session (a lane that outlives
+    /// it); without one, each call is its own database session.
+    pub in_session: bool,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What every session of this process shares.
@@ -87,14 +107,16 @@ impl Handler {
             return Ok(Caller {
                 owner: Owner(LOCAL_OWNER.into()),
                 token: local.read()?,
+                in_session: true,
             });
         }
-        context
-            .extensions
-            .get::<http::request::Parts>()
+        let parts = context.extensions.get::<http::request::Parts>();
+        let mut caller = parts
             .and_then(|p| p.extensions.get::<Caller>())
             .cloned()
-            .ok_or_else(|| "no verified bearer token came with this request".to_owned())
+            .ok_or_else(|| "no verified bearer token came with this request".to_owned())?;
+        caller.in_session = parts.is_some_and(|p| p.headers.contains_key("mcp-session-id"));
+        Ok(caller)
     }
 
     async fn run(
@@ -106,6 +128,7 @@ impl Handler {
         max_rows: usize,
     ) -> CallToolResult {
         let client = context.client_info();
+        let in_session = caller.in_session;
         let login = Login {
             target: self.shared.target.clone(),
             database: self.shared.connection.clone(),
@@ -119,12 +142,13 @@ impl Handler {
             max_rows,
             max_bytes: self.shared.max_result_bytes,
         };
+        let cancelled = context.ct.cancelled();
         match self
             .lane
-            .start(&self.shared.holds, &login, sql, params, caps)
+            .start(&self.shared.holds, &login, sql, params, caps, cancelled)
             .await
         {
-            Ok(Started::Ended(outcome)) => tools::ended(&outcome, None),
+            Ok(Started::Ended(outcome)) => tools::ended_in(&outcome, None, in_session),
             Ok(Started::Held(hold)) => tools::held(&hold, None),
             Err(busy) => tools::refused(&busy.to_string()),
         }
@@ -176,7 +200,7 @@ impl Handler {
                 let wait = tools::optional_count(&args, "timeout_s", 1, tools::MAX_WAIT.as_secs())?
                     .map_or(tools::DEFAULT_WAIT, Duration::from_secs);
                 Ok(match self.shared.holds.wait(&caller.owner, &id, wait).await {
-                    Waited::Ended(e) => tools::ended(&e.1, Some(&e.0.request_id)),
+                    Waited::Ended(e) => tools::ended_in(&e.1, Some(&e.0.request_id), caller.in_session),
                     Waited::StillHeld(hold) => tools::held(&hold, Some(wait)),
                     Waited::Unknown => tools::refused(&format!(
                         "no statement of yours is held by this server under request {id} (or it ended more than \

@@ -110,7 +110,8 @@ pub fn all() -> Vec<Tool> {
         Tool::new(
             "explain",
             format!(
-                "Show PostgreSQL's plan for one statement (EXPLAIN, never ANALYZE: nothing is run). The EXPLAIN \
+                "Show PostgreSQL's plan for one statement (EXPLAIN, never ANALYZE: the statement is planned, \
+                 not executed). The EXPLAIN \
                  itself goes through Airlock like any statement. {HOLD_EXPLAINED}"
             ),
             schema(json!({
@@ -334,6 +335,25 @@ fn advice(e: &DbError) -> &'static str {
     }
 }
 
+/// A statement's end as a tool result, for a call without an MCP session
+/// (`in_session` false) too: there its database session ends with the
+/// call, so a transaction left open was rolled back, and that is said.
+pub fn ended_in(outcome: &Outcome, request_id: Option<&str>, in_session: bool) -> CallToolResult {
+    if let (false, Outcome::Ended(a)) = (in_session, outcome)
+        && a.error.is_none()
+        && a.transaction != b'I'
+    {
+        let msg = "the statement ran, but it left a transaction open, and without an MCP session each call is \
+                   its own database session: the transaction was rolled back when this call ended. Use an MCP \
+                   session (the initialize handshake) for transactions.";
+        return error_result(
+            json!({"status": "error", "message": msg, "request_id": request_id, "rolled_back": true}),
+            msg.to_owned(),
+        );
+    }
+    ended(outcome, request_id)
+}
+
 /// A statement's end as a tool result.
 pub fn ended(outcome: &Outcome, request_id: Option<&str>) -> CallToolResult {
     let answer = match outcome {
@@ -379,8 +399,13 @@ pub fn ended(outcome: &Outcome, request_id: Option<&str>) -> CallToolResult {
         "columns": columns,
         "rows": rows(answer),
         "row_count": answer.rows.len(),
-        "truncated": answer.truncated,
+                "truncated": answer.truncated,
         "notices": answer.notices,
+        "transaction": match answer.transaction {
+            b'T' => "open",
+            b'E' => "failed (ROLLBACK to continue)",
+            _ => "none",
+        },
     });
     CallToolResult::structured(v)
 }
@@ -393,8 +418,8 @@ pub fn held(hold: &Hold, waited: Option<Duration>) -> CallToolResult {
                  wait_for_decision with this request_id. Do not run the statement again."
         }
         Some(_) => {
-            "Nobody has decided yet. Tell the user, and call wait_for_decision again later. Do not run the \
-                    statement again."
+            "Not ended yet: nobody has decided, or it was approved and is still running. Tell the user, \
+                 and call wait_for_decision again later. Do not run the statement again."
         }
     };
     CallToolResult::structured(json!({

@@ -24,9 +24,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The largest backend message read whole (a row, an error); a larger one
-/// ends the connection rather than filling memory.
-pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+/// The largest backend message read whole, but a row: a larger one (an
+/// error quoting a huge value, say) is read past and dropped, never
+/// buffered.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The longest error or notice field kept (message, detail, hint).
+const MAX_FIELD_CHARS: usize = 8 * 1024;
 /// How long connecting and logging in may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// PostgreSQL keeps 63 bytes of `application_name`.
@@ -42,9 +45,11 @@ pub struct Target {
     /// The name the proxy's certificate must carry.
     pub server_name: ServerName<'static>,
     pub tls: Arc<rustls::ClientConfig>,
-    /// The proxy is on a loopback address: a proxy that does not speak TLS
-    /// may be given the token in plain text (development only).
+    /// The proxy is on a loopback address.
     pub loopback: bool,
+    /// A proxy that does not speak TLS may be given the token in plain
+    /// text: only on loopback, and only when asked for (development).
+    pub plaintext_ok: bool,
 }
 
 impl Target {
@@ -95,6 +100,7 @@ impl Target {
             server_name,
             tls: Arc::new(tls),
             loopback,
+            plaintext_ok: false,
         })
     }
 }
@@ -109,19 +115,34 @@ pub struct DbError {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Raised by PostgreSQL (it names its source file and routine), not
+    /// by the proxy.
+    #[serde(skip)]
+    pub from_server: bool,
 }
 
 impl DbError {
     fn from_fields(mut fields: ErrorFields<'_>) -> DbError {
         let mut e = DbError::default();
         while let Ok(Some(f)) = fields.next() {
-            let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+            let mut v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+            if v.len() > MAX_FIELD_CHARS {
+                let mut cut = MAX_FIELD_CHARS;
+                while !v.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                v.truncate(cut);
+                v.push_str("... (cut)");
+            }
             match f.type_() {
                 b'S' => e.severity = v,
                 b'C' => e.sqlstate = v,
                 b'M' => e.message = v,
                 b'D' => e.detail = Some(v),
                 b'H' => e.hint = Some(v),
+                // Where in PostgreSQL's source it was raised: only the
+                // server sends these, never the proxy.
+                b'F' | b'L' | b'R' => e.from_server = true,
                 _ => {}
             }
         }
@@ -150,7 +171,7 @@ pub enum WireError {
     #[error("the Airlock proxy at {0} did not answer in time")]
     Timeout(String),
     #[error(
-        "the Airlock proxy at {0} does not speak TLS, and the token is sent in plain text only to a loopback address"
+        "the Airlock proxy at {0} does not speak TLS; the token is sent in plain text only to a loopback address, with --allow-plaintext-loopback"
     )]
     NoTls(String),
     #[error("TLS with the Airlock proxy: {0}")]
@@ -165,7 +186,7 @@ pub enum WireError {
     Io(#[from] std::io::Error),
     #[error("the connection to the Airlock proxy closed{0}")]
     Closed(String),
-    #[error("the Airlock proxy sent a message of {0} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")]
+    #[error("the Airlock proxy sent an unexpected message of {0} bytes")]
     MessageTooLarge(usize),
     #[error("unexpected protocol message from the Airlock proxy: {0}")]
     Protocol(String),
@@ -200,6 +221,9 @@ pub struct Answer {
     pub notices: Vec<String>,
     /// The error that ended the statement, if any.
     pub error: Option<DbError>,
+    /// The session's transaction state after it: `I` idle, `T` in a
+    /// transaction, `E` in a failed one.
+    pub transaction: u8,
 }
 
 /// What the proxy said when it held the statement.
@@ -212,9 +236,9 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// The proxy's hold notice, or `None` for any other notice. A notice
-    /// raised by a function with the same words is taken too: it can only
-    /// make the caller wait for the statement's real end, never skip it.
+    /// The hold a notice's text names, or `None`. Only the proxy's own
+    /// notice is taken for a hold (see `Conn::run`): one raised by a
+    /// database function with the same words stays an ordinary notice.
     pub fn from_notice(message: &str) -> Option<Hold> {
         let rest = message.strip_prefix(HOLD_NOTICE)?;
         let id: String = rest
@@ -245,6 +269,17 @@ pub struct Conn {
     io: Box<dyn Io>,
     buf: BytesMut,
     out: BytesMut,
+    /// The proxy's cancel key for this session (BackendKeyData).
+    key: Option<(i32, i32)>,
+    /// Rows larger than this are read past, not buffered (the byte cap).
+    row_limit: usize,
+}
+
+/// What [`Conn::next`] read.
+enum Incoming {
+    Message(Message),
+    /// A message too large to keep, read past: its tag and length.
+    Skipped(u8, usize),
 }
 
 impl std::fmt::Debug for Conn {
@@ -257,7 +292,7 @@ impl std::fmt::Debug for Conn {
 /// calls itself, printable ASCII, cut to what PostgreSQL keeps.
 pub fn application_name(client: Option<(&str, &str)>) -> String {
     let raw = match client {
-        Some((name, version)) if !name.is_empty() => format!("{name}/{version} (airlock-mcp)"),
+        Some((name, version)) if !name.is_empty() => format!("airlock-mcp: {name}/{version}"),
         _ => "airlock-mcp".to_owned(),
     };
     let mut clean: String = raw
@@ -314,7 +349,7 @@ impl Conn {
                     .map_err(WireError::Tls)?;
                 Box::new(tls)
             }
-            b'N' if target.loopback => Box::new(tcp),
+            b'N' if target.loopback && target.plaintext_ok => Box::new(tcp),
             b'N' => return Err(WireError::NoTls(target.addr.clone())),
             other => {
                 return Err(WireError::Protocol(format!(
@@ -326,6 +361,8 @@ impl Conn {
             io,
             buf: BytesMut::with_capacity(8192),
             out,
+            key: None,
+            row_limit: MAX_MESSAGE_BYTES,
         };
         let params = [
             ("user", "airlock-mcp"),
@@ -336,12 +373,16 @@ impl Conn {
         frontend::startup_message(params, &mut conn.out)?;
         conn.flush().await?;
         loop {
-            match conn.next().await? {
+            let Incoming::Message(m) = conn.next().await? else {
+                return Err(WireError::Protocol("an oversized message during login".into()));
+            };
+            match m {
+                Message::BackendKeyData(k) => conn.key = Some((k.process_id(), k.secret_key())),
                 Message::AuthenticationCleartextPassword => {
                     frontend::password_message(token.as_bytes(), &mut conn.out)?;
                     conn.flush().await?;
                 }
-                Message::AuthenticationOk | Message::ParameterStatus(_) | Message::BackendKeyData(_) => {}
+                Message::AuthenticationOk | Message::ParameterStatus(_) => {}
                 Message::NoticeResponse(_) => {}
                 Message::ErrorResponse(e) => {
                     return Err(WireError::LoginRefused(DbError::from_fields(e.fields())));
@@ -404,11 +445,34 @@ impl Conn {
         let mut answer = Answer::default();
         let mut bytes = 0usize;
         let mut held_once = false;
+        let mut results = false;
+        // A row over the byte cap cannot be kept: read past it.
+        self.row_limit = caps.max_bytes.saturating_add(64);
         loop {
-            match self.next().await? {
+            let message = match self.next().await? {
+                Incoming::Message(m) => m,
+                Incoming::Skipped(b'D', _) => {
+                    answer.truncated.get_or_insert("bytes");
+                    continue;
+                }
+                Incoming::Skipped(b'E', len) => {
+                    answer.error = Some(DbError {
+                        severity: "ERROR".into(),
+                        message: format!(
+                            "PostgreSQL answered with an error of {len} bytes, too large to show"
+                        ),
+                        ..DbError::default()
+                    });
+                    continue;
+                }
+                Incoming::Skipped(b'N', _) => continue,
+                Incoming::Skipped(_, len) => return Err(WireError::MessageTooLarge(len)),
+            };
+            match message {
                 Message::ParseComplete | Message::BindComplete | Message::NoData => {}
                 Message::ParameterStatus(_) | Message::NotificationResponse(_) => {}
                 Message::RowDescription(d) => {
+                    results = true;
                     let mut fields = d.fields();
                     while let Some(f) = fields.next().map_err(|e| WireError::Protocol(e.to_string()))? {
                         answer.columns.push(Column {
@@ -418,6 +482,7 @@ impl Conn {
                     }
                 }
                 Message::DataRow(row) => {
+                    results = true;
                     if answer.truncated.is_some() {
                         continue;
                     }
@@ -442,6 +507,7 @@ impl Conn {
                     answer.truncated.get_or_insert("rows");
                 }
                 Message::CommandComplete(c) => {
+                    results = true;
                     answer.command = Some(
                         c.tag()
                             .map_err(|e| WireError::Protocol(e.to_string()))?
@@ -451,7 +517,11 @@ impl Conn {
                 Message::EmptyQueryResponse => answer.command = Some(String::new()),
                 Message::NoticeResponse(n) => {
                     let notice = DbError::from_fields(n.fields());
-                    match Hold::from_notice(&notice.message) {
+                    // The proxy's hold notice: its own (no source location,
+                    // SQLSTATE 00000), before any result. A function raising
+                    // the same words is an ordinary notice.
+                    let proxys = !notice.from_server && notice.sqlstate == "00000" && !results;
+                    match Hold::from_notice(&notice.message).filter(|_| proxys) {
                         Some(hold) if !held_once => {
                             held_once = true;
                             held(hold);
@@ -461,17 +531,13 @@ impl Conn {
                     }
                 }
                 Message::ErrorResponse(e) => answer.error = Some(DbError::from_fields(e.fields())),
-                Message::ReadyForQuery(_) => return Ok(answer),
-                Message::CopyInResponse(_) => {
-                    // COPY FROM STDIN has no data to give here: end it.
-                    frontend::copy_fail(
-                        "COPY FROM STDIN is not available through airlock-mcp",
-                        &mut self.out,
-                    )?;
-                    frontend::sync(&mut self.out);
-                    self.flush().await?;
+                Message::ReadyForQuery(r) => {
+                    answer.transaction = r.status();
+                    if self.buf.capacity() > 1 << 20 && self.buf.is_empty() {
+                        self.buf = BytesMut::with_capacity(8192);
+                    }
+                    return Ok(answer);
                 }
-                Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
                 other => return Err(WireError::Protocol(name(&other).into())),
             }
         }
@@ -484,17 +550,67 @@ impl Conn {
         Ok(())
     }
 
-    /// The next backend message, reading as needed.
-    async fn next(&mut self) -> Result<Message, WireError> {
+    /// Asks the proxy to cancel what this session is running (a held
+    /// statement is cancelled there, nothing of it run), on a connection
+    /// of its own.
+    pub async fn cancel(target: &Target, key: (i32, i32)) -> Result<(), WireError> {
+        let mut tcp = TcpStream::connect(&target.addr)
+            .await
+            .map_err(|source| WireError::Unreachable {
+                addr: target.addr.clone(),
+                source,
+            })?;
+        let mut out = BytesMut::new();
+        frontend::ssl_request(&mut out);
+        tcp.write_all(&out).await?;
+        out.clear();
+        frontend::cancel_request(key.0, key.1, &mut out);
+        match tcp.read_u8().await? {
+            b'S' => {
+                let connector = tokio_rustls::TlsConnector::from(target.tls.clone());
+                let mut tls = connector
+                    .connect(target.server_name.clone(), tcp)
+                    .await
+                    .map_err(WireError::Tls)?;
+                tls.write_all(&out).await?;
+                tls.flush().await?;
+            }
+            b'N' if target.loopback && target.plaintext_ok => tcp.write_all(&out).await?,
+            b'N' => return Err(WireError::NoTls(target.addr.clone())),
+            other => {
+                return Err(WireError::Protocol(format!(
+                    "answer {other:#x} to the TLS request"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The proxy's cancel key for this session.
+    pub fn key(&self) -> Option<(i32, i32)> {
+        self.key
+    }
+
+    /// The next backend message, reading as needed. A message over its
+    /// limit (a row over the byte cap, anything else over
+    /// [`MAX_MESSAGE_BYTES`]) is read past without being kept.
+    async fn next(&mut self) -> Result<Incoming, WireError> {
         loop {
             if self.buf.len() >= 5 {
+                let tag = self.buf[0];
                 let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if len > MAX_MESSAGE_BYTES {
-                    return Err(WireError::MessageTooLarge(len));
+                let limit = if tag == b'D' {
+                    self.row_limit
+                } else {
+                    MAX_MESSAGE_BYTES
+                };
+                if len > limit {
+                    self.skip(1 + len).await?;
+                    return Ok(Incoming::Skipped(tag, len));
                 }
             }
             if let Some(m) = Message::parse(&mut self.buf)? {
-                return Ok(m);
+                return Ok(Incoming::Message(m));
             }
             self.buf.reserve(8192);
             let n = self.io.read_buf(&mut self.buf).await?;
@@ -507,6 +623,26 @@ impl Conn {
                 return Err(WireError::Closed(why.into()));
             }
         }
+    }
+}
+
+impl Conn {
+    /// Reads past `total` bytes (a whole message, tag included) without
+    /// keeping them.
+    async fn skip(&mut self, total: usize) -> Result<(), WireError> {
+        let from_buf = total.min(self.buf.len());
+        self.buf.advance(from_buf);
+        let mut left = total - from_buf;
+        let mut scratch = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = left.min(scratch.len());
+            let n = self.io.read(&mut scratch[..want]).await?;
+            if n == 0 {
+                return Err(WireError::Closed(" in the middle of a message".into()));
+            }
+            left -= n;
+        }
+        Ok(())
     }
 }
 
@@ -569,12 +705,13 @@ mod tests {
         assert_eq!(application_name(None), "airlock-mcp");
         assert_eq!(
             application_name(Some(("claude-code", "1.2.3"))),
-            "claude-code/1.2.3 (airlock-mcp)"
+            "airlock-mcp: claude-code/1.2.3"
         );
         let odd = application_name(Some(("a\u{1b}[31mb\u{202e}", "1")));
         assert!(odd.chars().all(|c| (' '..='~').contains(&c)), "{odd}");
         let long = application_name(Some((&"x".repeat(200), "1")));
         assert_eq!(long.len(), 63);
+        assert!(long.starts_with("airlock-mcp: "));
     }
 
     #[test]

@@ -11,6 +11,7 @@ It connects, prints one JSON line ({"server": name, "version": ...}), then
 reads one JSON command per line on stdin and prints one JSON line each:
     {"list_tools": true}                 -> {"tools": [names]}
     {"tool": NAME, "args": {...}}        -> {"is_error": bool, "structured": ..., "text": "..."}
+    {"parallel": N, "tool": ..., "args"} -> {"results": [N of the above]}, called at once
 Anything that raises prints {"exception": "..."}; the loop goes on. A
 connection that fails prints {"connect_error": "..."} and ends.
 """
@@ -55,6 +56,14 @@ def describe(e):
     return f"{type(e).__name__}: {e}"
 
 
+def shape(r):
+    """A tool result (or the exception a call raised) as JSON."""
+    if isinstance(r, BaseException):
+        return {"exception": describe(r)}
+    text = " ".join(c.text for c in r.content if getattr(c, "type", "") == "text")
+    return {"is_error": r.is_error, "structured": r.structured_content, "text": text}
+
+
 async def serve(client, mode):
     info = client.server_info
     say({"server": info.name if info else None, "mode": mode, "protocol": client.protocol_version})
@@ -68,10 +77,12 @@ async def serve(client, mode):
             if command.get("list_tools"):
                 tools = await client.list_tools()
                 say({"tools": [t.name for t in tools.tools]})
+            elif command.get("parallel"):
+                calls = [client.call_tool(command["tool"], command.get("args") or {}) for _ in range(command["parallel"])]
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                say({"results": [shape(r) for r in results]})
             else:
-                r = await client.call_tool(command["tool"], command.get("args") or {})
-                text = " ".join(c.text for c in r.content if getattr(c, "type", "") == "text")
-                say({"is_error": r.is_error, "structured": r.structured_content, "text": text})
+                say(shape(await client.call_tool(command["tool"], command.get("args") or {})))
         except Exception as e:  # noqa: BLE001 - reported to the test, which decides
             say({"exception": describe(e)})
 
