@@ -84,16 +84,21 @@ impl Exporter {
 }
 
 /// Makes sure `sessions` knows the session of `line` (read from the log
-/// when its opening came before the reader's start).
-pub async fn know_session(log: &EventLog, sessions: &mut crate::ocsf::Sessions, line: &serde_json::Value) {
+/// when its opening came before the reader's start). An error reading the
+/// log is returned: the caller decides whether to go on without.
+pub async fn know_session(
+    log: &EventLog,
+    sessions: &mut crate::ocsf::Sessions,
+    line: &serde_json::Value,
+) -> Result<(), airlock_eventlog::Error> {
     let Some(id) = line["event"]["session_id"].as_str().filter(|s| !s.is_empty()) else {
-        return;
+        return Ok(());
     };
     if line["kind"] == "session_opened" || sessions.get(id).is_some() {
-        return;
+        return Ok(());
     }
     let Ok(session) = id.parse::<airlock_eventlog::SessionId>() else {
-        return;
+        return Ok(());
     };
     match log.first(&airlock_eventlog::subjects::session(&session)).await {
         Ok(Some(first)) => {
@@ -105,8 +110,9 @@ pub async fn know_session(log: &EventLog, sessions: &mut crate::ocsf::Sessions, 
             }
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(session = id, error = %e, "reading a session's opening for its records"),
+        Err(e) => return Err(e),
     }
+    Ok(())
 }
 
 /// Writes events `from..=to` (to: the end of the log as it is now) to `out`,
@@ -131,8 +137,10 @@ pub async fn export(
         }
         if ocsf {
             let line = exporter.value(&stored)?;
-            know_session(log, &mut sessions, &line).await;
-            for record in crate::ocsf::records(&line, &mut sessions) {
+            if let Err(e) = know_session(log, &mut sessions, &line).await {
+                tracing::warn!(error = %e, "reading a session's opening for its records");
+            }
+            for record in crate::ocsf::records(&line, &mut sessions, true) {
                 writeln!(out, "{record}").context("writing the export")?;
             }
         } else {

@@ -172,12 +172,35 @@ impl Target {
 }
 
 /// An HTTP sink: a generic JSON endpoint, or Splunk's event collector.
-#[derive(Debug)]
 struct HttpSink {
     client: reqwest::Client,
     url: String,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, reqwest::header::HeaderValue)>,
     splunk: bool,
+}
+
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSink")
+            .field("host", &host_of(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a URL points, without its path, query or user info (which may
+/// hold a secret): what logs say.
+fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .map(|u| {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 fn classify(status: reqwest::StatusCode, body: &str) -> SinkError {
@@ -213,12 +236,18 @@ impl HttpSink {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         for (k, v) in &self.headers {
-            request = request.header(k.as_str(), v.as_str());
+            request = request.header(k.as_str(), v.clone());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| SinkError::Transient(format!("{}: {e}", self.url)))?;
+        let response = request.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "unreachable"
+            } else {
+                "failed"
+            };
+            SinkError::Transient(format!("{}: {why}", host_of(&self.url)))
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -234,8 +263,17 @@ struct SyslogSink {
     port: u16,
     tls: Option<tokio_rustls::TlsConnector>,
     conn: Option<Box<dyn SyslogIo>>,
+    /// When the connection last carried a batch: an idle one is opened
+    /// again, since a receiver that closed it would make the next write
+    /// vanish (syslog has no acknowledgement).
+    used: Instant,
     hostname: String,
 }
+
+/// Connecting, the handshake and a batch's write each get this long.
+const SYSLOG_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connection idle this long is opened again before use.
+const SYSLOG_IDLE: Duration = Duration::from_secs(20);
 
 impl std::fmt::Debug for SyslogSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,19 +297,44 @@ fn header_field(s: &str, max: usize) -> String {
 pub fn syslog_frame(r: &Record, hostname: &str) -> String {
     // Facility 10: security/authorization (authpriv).
     let pri = 10 * 8 + u32::from(r.severity);
-    let time = r.time.format(&Rfc3339).unwrap_or_else(|_| "-".into());
+    // RFC 5424: at most six digits of fractional seconds, UTC.
+    let micros = r
+        .time
+        .replace_nanosecond(r.time.nanosecond() / 1000 * 1000)
+        .unwrap_or(r.time);
+    let time = micros
+        .to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "-".into());
+    // JSON keeps these raw inside strings; line-based tools split on them.
+    let body = r
+        .value
+        .to_string()
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+        .replace('\u{85}', "\\u0085");
     let message = format!(
-        "<{pri}>1 {time} {} airlock - {} [origin software=\"Airlock\" swVersion=\"{}\"] {}",
+        "<{pri}>1 {time} {} airlock - {} [origin software=\"Airlock\" swVersion=\"{}\"] \u{feff}{body}",
         header_field(hostname, 255),
         header_field(&r.kind, 32),
         env!("CARGO_PKG_VERSION"),
-        r.value
     );
     format!("{} {message}", message.len())
 }
 
 impl SyslogSink {
     async fn connect(&mut self) -> Result<(), SinkError> {
+        tokio::time::timeout(SYSLOG_TIMEOUT, self.open())
+            .await
+            .map_err(|_| {
+                SinkError::Transient(format!(
+                    "syslog {}:{}: connecting timed out",
+                    self.host, self.port
+                ))
+            })?
+    }
+
+    async fn open(&mut self) -> Result<(), SinkError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| SinkError::Transient(format!("syslog {}:{}: {e}", self.host, self.port)))?;
@@ -293,6 +356,9 @@ impl SyslogSink {
     }
 
     async fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
+        if self.used.elapsed() > SYSLOG_IDLE {
+            self.conn = None;
+        }
         if self.conn.is_none() {
             self.connect().await?;
         }
@@ -301,19 +367,31 @@ impl SyslogSink {
             out.push_str(&syslog_frame(r, &self.hostname));
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let written = async {
+        let written = tokio::time::timeout(SYSLOG_TIMEOUT, async {
             conn.write_all(out.as_bytes()).await?;
             conn.flush().await
-        }
+        })
         .await;
-        if let Err(e) = written {
-            self.conn = None;
-            return Err(SinkError::Transient(format!(
-                "syslog {}:{}: {e}",
-                self.host, self.port
-            )));
+        match written {
+            Ok(Ok(())) => {
+                self.used = Instant::now();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(SinkError::Transient(format!(
+                    "syslog {}:{}: {e}",
+                    self.host, self.port
+                )))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(SinkError::Transient(format!(
+                    "syslog {}:{}: writing timed out",
+                    self.host, self.port
+                )))
+            }
         }
-        Ok(())
     }
 }
 
@@ -359,7 +437,13 @@ fn sink(args: &ForwardArgs, target: &Target) -> anyhow::Result<Sink> {
         headers.push((name.to_owned(), value));
     }
     let http = |url: &str, splunk: bool, mut headers: Vec<(String, String)>| -> anyhow::Result<Sink> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        // No redirects (a 302 to a login page answered 200 is no delivery,
+        // and a 307 must not carry records or headers elsewhere), no
+        // HTTP proxy from the environment.
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
         if let Some(ca) = &args.ca {
             let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem).context("--ca")? {
@@ -371,6 +455,15 @@ fn sink(args: &ForwardArgs, target: &Target) -> anyhow::Result<Sink> {
                 .with_context(|| format!("Splunk needs its HEC token in ${}", args.token_env))?;
             headers.push(("Authorization".into(), format!("Splunk {token}")));
         }
+        let headers = headers
+            .into_iter()
+            .map(|(k, v)| {
+                let mut value = reqwest::header::HeaderValue::from_str(&v)
+                    .map_err(|_| anyhow::anyhow!("the value of header {k} is not a valid header value"))?;
+                value.set_sensitive(true);
+                Ok((k, value))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Sink::Http(HttpSink {
             client: builder.build()?,
             url: url.to_owned(),
@@ -401,6 +494,7 @@ fn sink(args: &ForwardArgs, target: &Target) -> anyhow::Result<Sink> {
                 port: *port,
                 tls,
                 conn: None,
+                used: Instant::now(),
                 hostname,
             }))
         }
@@ -467,30 +561,41 @@ async fn send_retrying(
     }
 }
 
-/// The records of one event.
-fn to_records(line: &Value, ocsf: bool, sessions: &mut Sessions) -> Vec<Record> {
+/// The records of one event. An event whose writer the log's trust does
+/// not vouch for is still sent, marked (`untrusted`, and in OCSF High).
+fn to_records(line: &Value, ocsf: bool, sessions: &mut Sessions, untrusted: Option<&str>) -> Vec<Record> {
     let time = |v: &Value| {
         v.as_str()
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-            .unwrap_or_else(OffsetDateTime::now_utc)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     };
     let kind = line["kind"].as_str().unwrap_or("event").to_owned();
     let severity = match kind.as_str() {
+        _ if untrusted.is_some() => 4,
         "statement_refused" | "approval_denied" | "session_kill_requested" | "grant_revoked" => 5,
         _ => 6,
     };
     if !ocsf {
+        let mut value = line.clone();
+        if let Some(why) = untrusted {
+            value["untrusted"] = json!(why);
+        }
         return vec![Record {
             id: line["event"]["id"].as_str().unwrap_or("").to_owned(),
             time: time(&line["event"]["time"]),
             kind,
             severity,
-            value: line.clone(),
+            value,
         }];
     }
-    crate::ocsf::records(line, sessions)
+    crate::ocsf::records(line, sessions, untrusted.is_none())
         .into_iter()
-        .map(|r| {
+        .map(|mut r| {
+            if let Some(why) = untrusted {
+                r["severity_id"] = json!(4);
+                r["severity"] = json!("High");
+                r["unmapped"]["untrusted"] = json!(why);
+            }
             let severity = if r["severity_id"].as_u64() == Some(4) {
                 4
             } else {
@@ -499,7 +604,7 @@ fn to_records(line: &Value, ocsf: bool, sessions: &mut Sessions) -> Vec<Record> 
             let t = r["time"]
                 .as_i64()
                 .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
-                .unwrap_or_else(OffsetDateTime::now_utc);
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
             Record {
                 id: r["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
                 time: t,
@@ -511,13 +616,94 @@ fn to_records(line: &Value, ocsf: bool, sessions: &mut Sessions) -> Vec<Record> 
         .collect()
 }
 
+/// One event of the log to send, by sequence: what the durable reader
+/// delivered, or what was read by sequence to fill a gap.
+enum Item {
+    Event(Box<airlock_eventlog::StoredEvent>),
+    NotAnEvent(String),
+}
+
+/// Reads event `sequence` from the stream, trying again while the log
+/// cannot answer (a gap must be filled before anything after it is
+/// acknowledged).
+async fn read_at(log: &EventLog, sequence: u64) -> Item {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match log.get(sequence).await {
+            Ok(e) => return Item::Event(Box::new(e)),
+            Err(airlock_eventlog::Error::Corrupt { detail, .. }) => return Item::NotAnEvent(detail),
+            // Nothing stored there (a limit removed it): nothing to send.
+            Err(e) if e.to_string().to_lowercase().contains("no message found") => {
+                return Item::NotAnEvent(format!("no message at sequence {sequence}"));
+            }
+            Err(e) => {
+                tracing::warn!(sequence, error = %e, "reading a missed event; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Sends `records`, splitting and parking what the sink refuses; when the
+/// sink refuses every record of a batch alone it is not the records but
+/// the sink (its configuration): that is retried, nothing parked.
+async fn deliver(
+    sink: &mut Sink,
+    records: &[Record],
+    last: &Delivered,
+    args: &ForwardArgs,
+    park: &Park,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let Err(why) = send_retrying(sink, records, last, args.max_backoff).await else {
+            return Ok(());
+        };
+        if records.len() == 1 {
+            park.put(&records[0], &why)?;
+            return Ok(());
+        }
+        tracing::info!(records = records.len(), reason = %why, "the sink refused a batch: sending its records one by one");
+        let mut refused = Vec::new();
+        for r in records {
+            if let Err(why) = send_retrying(sink, std::slice::from_ref(r), last, args.max_backoff).await {
+                refused.push((r, why));
+            }
+        }
+        if refused.len() < records.len() {
+            for (r, why) in refused {
+                park.put(r, &why)?;
+            }
+            return Ok(());
+        }
+        tracing::error!(records = records.len(), reason = %why,
+            "the sink refused every record of the batch, each alone: taken for the sink's configuration, not the records; trying again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(args.max_backoff);
+    }
+}
+
 /// Runs the forwarder until stopped.
 pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.to)?;
     let mut sink = sink(&args, &target)?;
     let config = crate::config::load(&args.config)?;
-    let log = EventLog::connect(config.nats).await?;
-    let durable = log.durable(&args.name, args.from).await?;
+    let mut log = EventLog::connect(config.nats).await?;
+    match &config.signing {
+        Some(signing) => log = log.with_trust(Arc::new(signing.load().context("signing.trust")?)),
+        None => tracing::warn!(
+            "no `signing:` section: events are forwarded without checking their writers; list the writers' \
+             keys to mark what no trusted writer signed"
+        ),
+    }
+    let mut durable = log.durable(&args.name, args.from).await?;
+    // Where this reader is: after the last event the log says was taken.
+    // Anything delivered below it is a redelivery (skipped); a gap above
+    // it (events given to another puller, or lost to a broken fetch) is
+    // read by sequence before anything after it is acknowledged.
+    let floor = durable.ack_floor().await?;
+    let mut next = if floor > 0 { floor + 1 } else { args.from.max(1) };
     let exporter = Exporter::new()?;
     let ocsf = args.format == "ocsf";
     let mut sessions = Sessions::default();
@@ -527,14 +713,13 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     };
     let batch_size = args.batch.clamp(1, 10_000);
     let mut delivered = 0u64;
-    tracing::info!(to = %args.to, format = %args.format, reader = durable.name(), "forwarding the log");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tracing::info!(to = %host_of(&args.to), format = %args.format, reader = durable.name(), from = next, "forwarding the log");
     loop {
         let batch = tokio::select! {
             b = durable.fetch(batch_size, Duration::from_secs(2)) => b,
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!(delivered, "stopping: what was not confirmed is sent again at the next start");
-                return Ok(());
-            }
+            _ = tokio::signal::ctrl_c() => return stopping(delivered),
+            _ = terminate.recv() => return stopping(delivered),
         };
         let batch = match batch {
             Ok(b) => b,
@@ -544,37 +729,86 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let Some(last) = batch.last() else { continue };
+        let Some(last) = batch.iter().max_by_key(|d| d.sequence) else {
+            continue;
+        };
+        if last.sequence < next {
+            // Only redeliveries of what was sent: acknowledged again.
+            if let Err(e) = last.ack().await {
+                tracing::warn!(error = %e, "acknowledging redelivered events");
+            }
+            continue;
+        }
+        let mut items: Vec<(u64, Item)> = Vec::new();
+        let mut by_sequence: std::collections::BTreeMap<u64, &Delivered> = batch
+            .iter()
+            .filter(|d| d.sequence >= next)
+            .map(|d| (d.sequence, d))
+            .collect();
+        for sequence in next..=last.sequence {
+            let item = match by_sequence.remove(&sequence) {
+                Some(d) => match &d.event {
+                    Ok(e) => Item::Event(Box::new(e.clone())),
+                    Err(e) => Item::NotAnEvent(e.to_string()),
+                },
+                None => read_at(&log, sequence).await,
+            };
+            items.push((sequence, item));
+        }
         let mut records = Vec::new();
-        for d in &batch {
-            match &d.event {
-                Ok(stored) => {
-                    let line = exporter.value(stored)?;
-                    if ocsf {
-                        know_session(&log, &mut sessions, &line).await;
-                    }
-                    records.extend(to_records(&line, ocsf, &mut sessions));
+        for (sequence, item) in &items {
+            let stored = match item {
+                Item::Event(e) if !e.event.id.is_empty() => e,
+                Item::Event(_) => {
+                    tracing::warn!(
+                        sequence,
+                        "a stored message without an event id: not an event, passed over"
+                    );
+                    continue;
                 }
-                Err(e) => tracing::warn!(sequence = d.sequence, error = %e, "not an event: passed over"),
-            }
-        }
-        if !records.is_empty()
-            && let Err(why) = send_retrying(&mut sink, &records, last, args.max_backoff).await
-        {
-            if records.len() == 1 {
-                park.put(&records[0], &why)?;
-            } else {
-                tracing::info!(records = records.len(), reason = %why, "the sink refused a batch: sending its records one by one");
-                for r in &records {
-                    if let Err(why) =
-                        send_retrying(&mut sink, std::slice::from_ref(r), last, args.max_backoff).await
-                    {
-                        park.put(r, &why)?;
-                    }
+                Item::NotAnEvent(why) => {
+                    tracing::warn!(sequence, error = %why, "not an event: passed over");
+                    continue;
+                }
+            };
+            let line = match exporter.value(stored) {
+                Ok(l) => l,
+                Err(e) => {
+                    let raw = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &stored.raw);
+                    let record = Record {
+                        id: stored.event.id.clone(),
+                        time: OffsetDateTime::UNIX_EPOCH,
+                        kind: "undecodable".into(),
+                        severity: 4,
+                        value: json!({"sequence": sequence, "subject": stored.subject, "raw_base64": raw}),
+                    };
+                    park.put(&record, &format!("the event has no JSON form: {e:#}"))?;
+                    continue;
+                }
+            };
+            let untrusted = log
+                .trust()
+                .and_then(|t| t.check(stored).err())
+                .map(|u| u.to_string());
+            if ocsf {
+                // The session's opening, for its identity: read until read.
+                let mut backoff = Duration::from_millis(200);
+                while let Err(e) = know_session(&log, &mut sessions, &line).await {
+                    tracing::warn!(error = %e, "reading a session's opening for its records; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
+            records.extend(to_records(&line, ocsf, &mut sessions, untrusted.as_deref()));
         }
-        last.ack().await.context("acknowledging a delivered batch")?;
+        if !records.is_empty() {
+            deliver(&mut sink, &records, last, &args, &park).await?;
+        }
+        next = last.sequence + 1;
+        if let Err(e) = last.ack().await {
+            // Sent: at worst sent again after a restart.
+            tracing::warn!(error = %e, "acknowledging a delivered batch");
+        }
         delivered += records.len() as u64;
         tracing::info!(
             through = last.sequence,
@@ -584,6 +818,14 @@ pub async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             "delivered"
         );
     }
+}
+
+fn stopping(delivered: u64) -> anyhow::Result<()> {
+    tracing::info!(
+        delivered,
+        "stopping: what was not confirmed is sent again at the next start"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -637,7 +879,21 @@ mod tests {
             msg.starts_with("<85>1 2025-12-01T10:00:00Z hostone airlock - statement_refused [origin"),
             "{msg}"
         );
-        assert!(msg.ends_with("{\"a\":\"é\"}"));
+        assert!(msg.ends_with("\u{feff}{\"a\":\"é\"}"), "a BOM, then the record");
+
+        let mut r = r;
+        r.time = OffsetDateTime::from_unix_timestamp_nanos(1_764_583_200_123_456_789).unwrap();
+        r.value = json!({"sql": "a\u{2028}b\u{85}c"});
+        let frame = syslog_frame(&r, "h");
+        assert!(
+            frame.contains(" 2025-12-01T10:00:00.123456Z "),
+            "six digits at most: {frame}"
+        );
+        assert!(
+            !frame.contains('\u{2028}') && !frame.contains('\u{85}'),
+            "{frame}"
+        );
+        assert!(frame.contains("a\\u2028b\\u0085c"), "{frame}");
     }
 
     #[test]
@@ -650,7 +906,7 @@ mod tests {
             classify(reqwest::StatusCode::BAD_REQUEST, ""),
             SinkError::Rejected(_)
         ));
-        for s in [401, 403, 404, 408, 429, 500, 503] {
+        for s in [301, 302, 307, 401, 403, 404, 408, 429, 500, 503] {
             let status = reqwest::StatusCode::from_u16(s).unwrap();
             assert!(matches!(classify(status, ""), SinkError::Transient(_)), "{s}");
         }

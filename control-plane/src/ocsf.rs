@@ -92,10 +92,14 @@ impl Sessions {
         self.known.put(session.to_owned(), facts);
     }
 
-    /// Learns from `line` (a session's opening).
+    /// Learns from `line` a session's opening: only on the session's own
+    /// subject, and the first one stands (a later "opening" cannot
+    /// change whom a session's statements are attributed to).
     pub fn learn(&mut self, line: &Value) {
         if line["kind"] == "session_opened"
-            && let Some(session) = line["event"]["session_id"].as_str()
+            && let Some(session) = line["event"]["session_id"].as_str().filter(|s| !s.is_empty())
+            && line["subject"].as_str() == Some(format!("airlock.v1.session.{session}").as_str())
+            && !self.known.contains(session)
         {
             self.put(
                 session,
@@ -314,6 +318,7 @@ fn datastore_context(
         a.insert("session".into(), json!({"uid": session}));
     }
     if let Some(app) = facts
+        .filter(|_| actor.is_none())
         .and_then(|f| f.client["application_name"].as_str())
         .filter(|a| !a.is_empty())
     {
@@ -342,6 +347,13 @@ fn datastore_context(
             );
         }
     }
+    if !r.contains_key("database") {
+        // OCSF asks for the datastore; unknown without the session.
+        r.insert(
+            "database".into(),
+            json!({"name": "unknown", "type_id": 0, "type": "Unknown"}),
+        );
+    }
 }
 
 fn statement_fields(r: &mut Map<String, Value>, statement: &Value, verdict: &Value) {
@@ -357,9 +369,13 @@ fn statement_fields(r: &mut Map<String, Value>, statement: &Value, verdict: &Val
 }
 
 /// The OCSF records for one export line, with what `sessions` knows of its
-/// session (the caller looks up openings it has not seen).
-pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
-    sessions.learn(line);
+/// session (the caller looks up openings it has not seen). Only a
+/// `trusted` line (its writer checked, or no check asked for) teaches
+/// `sessions` anything.
+pub fn records(line: &Value, sessions: &mut Sessions, trusted: bool) -> Vec<Value> {
+    if trusted {
+        sessions.learn(line);
+    }
     let e = &line["event"];
     let kind = line["kind"].as_str().unwrap_or("");
     let id = e["id"].as_str().unwrap_or("").to_owned();
@@ -495,12 +511,23 @@ pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
                 _ => 1,
             };
             let mut r = base(id, time, request).record(DATASTORE, (99, &title(kind)), severity);
+            // Who acted: the requester for a request (in its session); the
+            // reviewer, the approver, the person who killed or revoked
+            // otherwise (not the agent's session).
+            let first_approver = &body["approvers"][0]["reviewer"];
             let actor = match kind {
-                "approval_requested" => Some(&body["identity"]),
                 "approval_voted" | "approval_denied" => Some(&body["reviewer"]),
+                "approval_granted" if first_approver.is_object() => Some(first_approver),
+                "session_kill_requested" => Some(&body["requested_by"]),
+                "grant_revoked" => Some(&body["revoked_by"]),
                 _ => None,
             };
-            datastore_context(&mut r, source, &session, facts.as_ref(), actor);
+            match actor.filter(|a| a.is_object()) {
+                // The person acted, not the agent's session; the request's
+                // connection and client stay.
+                Some(person) => datastore_context(&mut r, source, "", facts.as_ref(), Some(person)),
+                None => datastore_context(&mut r, source, &session, facts.as_ref(), None),
+            }
             if kind == "approval_requested" {
                 statement_fields(&mut r, &body["statement"], &body["verdict"]);
                 if let Some(c) = body["connection"]["name"].as_str() {
@@ -523,6 +550,23 @@ pub fn records(line: &Value, sessions: &mut Sessions) -> Vec<Value> {
                 format!("BREAK-GLASS {}", title(kind))
             } else {
                 title(kind)
+            };
+            let approvers: Vec<&str> = body["approvers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| {
+                            x["reviewer"]["display_name"]
+                                .as_str()
+                                .or(x["reviewer"]["subject"].as_str())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let what = if approvers.is_empty() {
+                what
+            } else {
+                format!("{what} by {}", approvers.join(", "))
             };
             let message = match request {
                 Some(req) => format!("{what}: request {req}"),
@@ -561,7 +605,7 @@ mod tests {
     #[test]
     fn a_session_opening_is_an_authentication_logon_with_the_agents_identity() {
         let mut sessions = Sessions::default();
-        let r = records(&opened(), &mut sessions);
+        let r = records(&opened(), &mut sessions, true);
         assert_eq!(r.len(), 1);
         let r = &r[0];
         assert_eq!(r["class_uid"], 3002);
@@ -580,7 +624,7 @@ mod tests {
     #[test]
     fn grouped_statements_are_one_record_each_with_the_sessions_identity() {
         let mut sessions = Sessions::default();
-        records(&opened(), &mut sessions);
+        records(&opened(), &mut sessions, true);
         let group = line(
             "statements_executed",
             json!({"statements": [
@@ -594,7 +638,7 @@ mod tests {
                     "error_sqlstate": "23503", "error_message": "fk"}}
             ]}),
         );
-        let r = records(&group, &mut sessions);
+        let r = records(&group, &mut sessions, true);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0]["metadata"]["uid"], "01A");
         assert_eq!(r[0]["activity_id"], 4);
@@ -618,7 +662,7 @@ mod tests {
             json!({"statement": {"text": "DROP TABLE t"}, "verdict": {"effects": [{"kind": "DROP"}]},
                    "cause": "CAUSE_POLICY", "message": "no", "sqlstate": "42501"}),
         );
-        let r = &records(&refused, &mut sessions)[0];
+        let r = &records(&refused, &mut sessions, true)[0];
         assert_eq!(r["actor"], json!({"session": {"uid": "s1"}}));
         assert_eq!(r["src_endpoint"], json!({"name": "unknown"}));
         assert_eq!(r["status_detail"], "CAUSE_POLICY");
@@ -639,13 +683,68 @@ mod tests {
     }
 
     #[test]
+    fn a_later_opening_or_one_on_another_subject_does_not_change_attribution() {
+        let mut sessions = Sessions::default();
+        let mut forged = opened();
+        forged["subject"] = json!("airlock.v1.request.r1");
+        forged["event"]["session_opened"]["identity"]["subject"] = json!("oid-alice");
+        records(&forged, &mut sessions, true);
+        assert!(sessions.get("s1").is_none(), "not on the session's subject");
+        records(&opened(), &mut sessions, true);
+        let mut again = opened();
+        again["event"]["session_opened"]["identity"]["subject"] = json!("oid-alice");
+        records(&again, &mut sessions, true);
+        assert_eq!(
+            sessions.get("s1").unwrap().identity["subject"],
+            "oid-agent-7",
+            "the first stands"
+        );
+        let mut untrusted = Sessions::default();
+        records(&opened(), &mut untrusted, false);
+        assert!(
+            untrusted.get("s1").is_none(),
+            "an untrusted opening teaches nothing"
+        );
+    }
+
+    #[test]
+    fn a_kill_is_the_killers_act() {
+        let mut sessions = Sessions::default();
+        records(&opened(), &mut sessions, true);
+        let kill = line(
+            "session_kill_requested",
+            json!({"requested_by": {"subject": "oid-bob", "kind": "KIND_USER"}, "reason": "runaway"}),
+        );
+        let r = &records(&kill, &mut sessions, true)[0];
+        assert_eq!(r["actor"]["user"]["uid"], "oid-bob");
+        assert_eq!(
+            r["src_endpoint"]["ip"], "10.0.0.5",
+            "where the killed session came from"
+        );
+        assert_eq!(r["severity_id"], 3);
+    }
+
+    #[test]
     fn a_break_glass_approval_is_high_and_says_so() {
         let mut sessions = Sessions::default();
-        let granted = line("approval_granted", json!({"break_glass": true, "approvers": []}));
-        let r = &records(&granted, &mut sessions)[0];
+        let granted = line(
+            "approval_granted",
+            json!({"break_glass": true, "approvers": [{"reviewer": {"subject": "oid-dana", "display_name": "Dana", "kind": "KIND_USER"}}]}),
+        );
+        let r = &records(&granted, &mut sessions, true)[0];
         assert_eq!(r["severity_id"], 4);
         assert_eq!(r["activity_id"], 99);
         assert_eq!(r["activity_name"], "Approval Granted");
-        assert!(r["message"].as_str().unwrap().starts_with("BREAK-GLASS"));
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("BREAK-GLASS Approval Granted by Dana")
+        );
+        assert_eq!(
+            r["actor"]["user"]["uid"], "oid-dana",
+            "the approver acted, not the agent"
+        );
+        assert!(r["actor"].get("session").is_none());
     }
 }

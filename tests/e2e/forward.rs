@@ -327,6 +327,31 @@ async fn every_event_reaches_the_siem_across_a_forwarder_restart_and_a_30s_outag
         || async { so_far.is_subset(&receiver.ids().into_iter().collect()) },
     )
     .await;
+
+    // Killed while it retries a batch the receiver did not take, started
+    // again at once with newer events waiting: the unsent batch is not
+    // taken as acknowledged with the newer ones.
+    receiver.down().await;
+    traffic(&stack, 2, "unsent").await;
+    let log = stack.dir.join("forward.log");
+    eventually(
+        "the forwarder to retry a batch",
+        Duration::from_secs(30),
+        || async { std::fs::read_to_string(&log).is_ok_and(|l| l.contains("did not take the batch")) },
+    )
+    .await;
+    forward.kill().await.expect("kill the forwarder");
+    receiver.up().await;
+    traffic(&stack, 2, "after-the-kill").await;
+    let mut forward = forwarder(&stack, &args);
+    let so_far = wanted(&export(&stack, "jsonl"));
+    eventually(
+        "the unsent batch to arrive after the restart",
+        Duration::from_secs(30),
+        || async { so_far.is_subset(&receiver.ids().into_iter().collect()) },
+    )
+    .await;
+
     receiver.down().await;
     let down_at = receiver.ids().len();
     traffic(&stack, 3, "while-down").await;
@@ -487,7 +512,11 @@ async fn ocsf_records_over_syslog_and_from_export_validate_against_the_ocsf_sche
             .map(|m| {
                 assert!(m.starts_with("<"), "{m}");
                 let json = &m[m.find("] ").expect("structured data, then the message") + 2..];
-                serde_json::from_str(json).expect("the message is an OCSF record")
+                serde_json::from_str(
+                    json.strip_prefix('\u{feff}')
+                        .expect("a BOM before the UTF-8 message"),
+                )
+                .expect("the message is an OCSF record")
             })
             .collect()
     };

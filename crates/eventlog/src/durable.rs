@@ -73,8 +73,21 @@ impl Durable {
         &self.name
     }
 
+    /// The stream sequence up to which every event is acknowledged (0:
+    /// none yet). A reader resumes after it; what it is given below it
+    /// again is a redelivery.
+    pub async fn ack_floor(&mut self) -> Result<u64, Error> {
+        let info = self
+            .consumer
+            .info()
+            .await
+            .map_err(|e| Error::Read(format!("the durable reader {:?}: {e}", self.name)))?;
+        Ok(info.ack_floor.stream_sequence)
+    }
+
     /// Up to `max` events, waiting at most `wait` for the first; fewer (or
-    /// none) when the log has no more now.
+    /// none) when the log has no more now. A fetch that breaks off returns
+    /// what it had received (the reader fills gaps by sequence).
     pub async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivered>, Error> {
         let mut batch = self
             .consumer
@@ -86,7 +99,14 @@ impl Durable {
             .map_err(|e| Error::Read(format!("fetching from {:?}: {e}", self.name)))?;
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| Error::Read(format!("fetching from {:?}: {e}", self.name)))?;
+            let m = match m {
+                Ok(m) => m,
+                Err(e) if !out.is_empty() => {
+                    tracing::warn!(reader = %self.name, error = %e, "a fetch broke off; keeping what came");
+                    break;
+                }
+                Err(e) => return Err(Error::Read(format!("fetching from {:?}: {e}", self.name))),
+            };
             let info = m
                 .info()
                 .map_err(|e| Error::Read(format!("message metadata: {e}")))?;
