@@ -568,3 +568,83 @@ async fn ocsf_records_over_syslog_and_from_export_validate_against_the_ocsf_sche
             .any(|r| r["class_uid"] == 3002 && r["activity_id"] == 1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn splunk_hec_gets_every_record_with_its_token_and_event_time() {
+    let stack = start();
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let keep = got.clone();
+    let app = Router::new().route(
+        "/services/collector/event",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let keep = keep.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                if auth != "Splunk hec-token-for-this-test" {
+                    return (StatusCode::FORBIDDEN, "{\"code\":4}");
+                }
+                // HEC's batch form: event objects one after another.
+                let mut events = serde_json::Deserializer::from_str(&body).into_iter::<Value>();
+                let mut out = keep.lock().unwrap();
+                for e in events.by_ref() {
+                    out.push((auth.clone(), e.expect("a JSON event object")));
+                }
+                (StatusCode::OK, "{\"text\":\"Success\",\"code\":0}")
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    traffic(&stack, 2, "splunk").await;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stack.dir.join("forward.log"))
+        .unwrap();
+    let mut forward = tokio::process::Command::new(fresh_binary("airlock-control"))
+        .arg("forward")
+        .arg("--config")
+        .arg(stack.config())
+        .args([
+            "--to",
+            &format!("splunk+http://127.0.0.1:{port}"),
+            "--format",
+            "ocsf",
+            "--name",
+            "splunk",
+        ])
+        .env("SPLUNK_HEC_TOKEN", "hec-token-for-this-test")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the forwarder");
+    let want: HashSet<String> = export(&stack, "ocsf")
+        .iter()
+        .map(|r| r["metadata"]["uid"].as_str().unwrap().to_owned())
+        .collect();
+    eventually("every record in Splunk", Duration::from_secs(60), || async {
+        let ids: HashSet<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e["event"]["metadata"]["uid"].as_str().unwrap_or("").to_owned())
+            .collect();
+        want.is_subset(&ids)
+    })
+    .await;
+    forward.kill().await.expect("stop");
+    for (_, e) in got.lock().unwrap().iter() {
+        assert_eq!(e["source"], "airlock");
+        assert_eq!(e["sourcetype"], "airlock:event");
+        let ms = e["event"]["time"].as_i64().expect("the record's time");
+        let secs = e["time"].as_f64().expect("HEC time in seconds");
+        assert!((secs * 1000.0 - ms as f64).abs() < 1.0, "{secs} vs {ms}");
+    }
+}
