@@ -118,7 +118,7 @@ secret() { openssl rand -hex "${1:-24}" | tr -d '\n'; }
 secret > "$out/db/prod-orders"
 secret > "$out/env/REPORTING_DB_PASSWORD"
 secret 32 > "$out/env/AIRLOCK_CANCEL_KEY"
-for role in PROXY CONTROL AUDITOR REVIEWER; do
+for role in PROXY CONTROL AUDITOR REVIEWER FORWARDER; do
   secret > "$out/env/AIRLOCK_NATS_PASSWORD_$role"
 done
 rm -f "$out"/tls/*.srl "$out"/ca/*.srl

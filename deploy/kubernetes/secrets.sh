@@ -41,7 +41,7 @@ secret airlock-control-identities Opaque "${controls[@]}"
 secret airlock-checkpoint Opaque checkpoint.key="$m/checkpoint/checkpoint.key"
 secret airlock-nats-users Opaque proxy="$m/env/AIRLOCK_NATS_PASSWORD_PROXY" \
   control="$m/env/AIRLOCK_NATS_PASSWORD_CONTROL" auditor="$m/env/AIRLOCK_NATS_PASSWORD_AUDITOR" \
-  reviewer="$m/env/AIRLOCK_NATS_PASSWORD_REVIEWER"
+  reviewer="$m/env/AIRLOCK_NATS_PASSWORD_REVIEWER" forwarder="$m/env/AIRLOCK_NATS_PASSWORD_FORWARDER"
 secret airlock-cancel-key Opaque key="$m/env/AIRLOCK_CANCEL_KEY"
 secret airlock-db Opaque prod-orders="$m/db/prod-orders" reporting="$m/env/REPORTING_DB_PASSWORD"
 # Public keys: not secret, but made with the private halves.

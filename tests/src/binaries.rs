@@ -566,7 +566,7 @@ fn nats_section(layout: &Layout, role: NatsRole) -> String {
     let url = match role {
         NatsRole::Proxy => layout.proxy_nats.as_ref(),
         NatsRole::Control => layout.control_nats.as_ref(),
-        NatsRole::Auditor | NatsRole::Reviewer => None,
+        NatsRole::Auditor | NatsRole::Reviewer | NatsRole::Forwarder => None,
     }
     .unwrap_or(&layout.nats);
     let mut section = format!("nats:\n  url: {url}\n  replicas: {}\n", layout.replicas);

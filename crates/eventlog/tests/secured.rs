@@ -161,6 +161,28 @@ async fn each_role_does_what_it_needs_and_the_server_refuses_the_rest() {
         "nothing else was stored"
     );
 
+    // The SIEM forwarder reads on a durable reader of its own and
+    // acknowledges there; it writes nothing.
+    let forwarder = EventLog::connect(settings(&nats, &ca, NatsRole::Forwarder))
+        .await
+        .expect("the forwarder connects over TLS");
+    let mut durable = forwarder
+        .durable("airlock-forward", 1)
+        .await
+        .expect("a durable reader");
+    let delivered = durable
+        .fetch(10, Duration::from_secs(2))
+        .await
+        .expect("the forwarder reads");
+    assert_eq!(delivered.len(), 3);
+    delivered[2].ack().await.expect("the forwarder acknowledges");
+    assert_eq!(durable.ack_floor().await.expect("its position"), 3);
+    let err = forwarder
+        .append(&subjects::session(&session), &late, Expect::Anything)
+        .await
+        .expect_err("a forwarder may not write");
+    assert!(err.to_string().contains("Permissions Violation"), "{err}");
+
     // Review finding: every role could subscribe to every inbox and hear
     // the control plane's answers (consumer names, the events it reads).
     // Each role now hears only its own.

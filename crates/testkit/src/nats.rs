@@ -36,14 +36,16 @@ pub enum NatsRole {
     Control,
     Auditor,
     Reviewer,
+    Forwarder,
 }
 
 impl NatsRole {
-    pub const ALL: [NatsRole; 4] = [
+    pub const ALL: [NatsRole; 5] = [
         NatsRole::Proxy,
         NatsRole::Control,
         NatsRole::Auditor,
         NatsRole::Reviewer,
+        NatsRole::Forwarder,
     ];
 
     /// The user name.
@@ -53,6 +55,7 @@ impl NatsRole {
             NatsRole::Control => "airlock-control",
             NatsRole::Auditor => "airlock-auditor",
             NatsRole::Reviewer => "airlock-reviewer",
+            NatsRole::Forwarder => "airlock-forwarder",
         }
     }
 
@@ -63,6 +66,7 @@ impl NatsRole {
             NatsRole::Control => "AIRLOCK_NATS_CONTROL_PASSWORD",
             NatsRole::Auditor => "AIRLOCK_NATS_AUDITOR_PASSWORD",
             NatsRole::Reviewer => "AIRLOCK_NATS_REVIEWER_PASSWORD",
+            NatsRole::Forwarder => "AIRLOCK_NATS_FORWARDER_PASSWORD",
         }
     }
 }
