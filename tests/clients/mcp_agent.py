@@ -12,6 +12,8 @@ reads one JSON command per line on stdin and prints one JSON line each:
     {"list_tools": true}                 -> {"tools": [names]}
     {"tool": NAME, "args": {...}}        -> {"is_error": bool, "structured": ..., "text": "..."}
     {"parallel": N, "tool": ..., "args"} -> {"results": [N of the above]}, called at once
+    {"give_up_after_s": S, "tool": ..., "args"} -> the result, or {"gave_up": true}
+                                         when the call was cancelled after S seconds
 Anything that raises prints {"exception": "..."}; the loop goes on. A
 connection that fails prints {"connect_error": "..."} and ends.
 """
@@ -81,6 +83,13 @@ async def serve(client, mode):
                 calls = [client.call_tool(command["tool"], command.get("args") or {}) for _ in range(command["parallel"])]
                 results = await asyncio.gather(*calls, return_exceptions=True)
                 say({"results": [shape(r) for r in results]})
+            elif command.get("give_up_after_s"):
+                # The MCP client cancels the call (notifications/cancelled).
+                call = client.call_tool(command["tool"], command.get("args") or {})
+                try:
+                    say(shape(await asyncio.wait_for(call, command["give_up_after_s"])))
+                except asyncio.TimeoutError:
+                    say({"gave_up": True})
             else:
                 say(shape(await client.call_tool(command["tool"], command.get("args") or {})))
         except Exception as e:  # noqa: BLE001 - reported to the test, which decides

@@ -361,6 +361,30 @@ async fn an_mcp_client_on_stdio_reads_waits_for_a_reviewer_and_is_recorded_as_th
     assert!(huge["text"].as_str().unwrap().len() < 20_000, "the error is cut");
     let after = agent.call("query", json!({"sql": "SELECT 1 AS one"})).await;
     assert_eq!(after["structured"]["rows"], json!([[1]]), "{after}");
+    // A call the client gives up on is cancelled at the proxy: the session
+    // is free again long before the statement would have ended.
+    let started = std::time::Instant::now();
+    let gave_up = agent
+        .send(json!({"give_up_after_s": 1, "tool": "query", "args": {"sql": "SELECT pg_sleep(60)"}}))
+        .await;
+    assert_eq!(gave_up["gave_up"], true, "{gave_up}");
+    let mut free = Value::Null;
+    for _ in 0..40 {
+        free = agent.call("query", json!({"sql": "SELECT 2 AS two"})).await;
+        if free["structured"]["rows"] == json!([[2]]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        free["structured"]["rows"],
+        json!([[2]]),
+        "the session is free again: {free}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "cancelled, not waited out"
+    );
     assert_eq!(count(&stack), 9);
     agent.stop().await;
 
