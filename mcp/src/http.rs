@@ -269,10 +269,7 @@ pub async fn serve(shared: Arc<Shared>, verifier: Verifier, settings: HttpSettin
             .with_cert_resolver(live);
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            let listener = TlsListener {
-                addr: bound,
-                ready: airlock_reload::handshaken(listener, acceptor),
-            };
+            let listener = airlock_reload::TlsListener::new(listener, acceptor)?;
             tracing::info!(listen = %bound, "airlock-mcp serving MCP over HTTPS at /mcp");
             axum::serve(listener, router).await?;
         }
@@ -282,25 +279,4 @@ pub async fn serve(shared: Arc<Shared>, verifier: Verifier, settings: HttpSettin
         }
     }
     Ok(())
-}
-
-struct TlsListener {
-    addr: SocketAddr,
-    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
 }

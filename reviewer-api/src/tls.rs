@@ -2,17 +2,13 @@
 //! TLS-terminating proxy in front. Handshakes run in their own tasks with a
 //! timeout, so a slow or silent client never holds up the others.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use airlock_reload::LiveCert;
 use anyhow::Context;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// `reviewer.tls:`.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,41 +35,13 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<(TlsAcceptor, Arc<LiveCert>)
     Ok((TlsAcceptor::from(Arc::new(config)), live))
 }
 
-/// A listener whose connections have completed the TLS handshake.
-#[derive(Debug)]
-pub struct TlsListener {
-    addr: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
-        let addr = listener.local_addr()?;
-        let ready = airlock_reload::handshaken(listener, acceptor);
-        Ok(TlsListener { addr, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept loop only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
+pub use airlock_reload::TlsListener;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use tokio::net::{TcpListener, TcpStream};
 
     #[tokio::test]
     async fn serves_https_with_the_configured_certificate() {

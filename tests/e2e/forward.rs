@@ -178,18 +178,6 @@ fn forwarder(stack: &BinaryStack, args: &[&str]) -> tokio::process::Child {
         .expect("start the forwarder")
 }
 
-fn export(stack: &BinaryStack, format: &str) -> Vec<Value> {
-    let out = stack
-        .control_command(&["export", "--from", "1", "--format", format])
-        .output()
-        .expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
 /// Sessions doing reads, and one DELETE held and approved.
 async fn traffic(stack: &BinaryStack, sessions: usize, tag: &str) {
     let token = stack.agent_token();
@@ -320,7 +308,7 @@ async fn every_event_reaches_the_siem_across_a_forwarder_restart_and_a_30s_outag
 
     // Caught up after the restart, then the receiver down for 30 s while
     // events keep coming.
-    let so_far = wanted(&export(&stack, "jsonl"));
+    let so_far = wanted(&stack.export("jsonl"));
     eventually(
         "the restarted forwarder to catch up",
         Duration::from_secs(30),
@@ -344,7 +332,7 @@ async fn every_event_reaches_the_siem_across_a_forwarder_restart_and_a_30s_outag
     receiver.up().await;
     traffic(&stack, 2, "after-the-kill").await;
     let mut forward = forwarder(&stack, &args);
-    let so_far = wanted(&export(&stack, "jsonl"));
+    let so_far = wanted(&stack.export("jsonl"));
     eventually(
         "the unsent batch to arrive after the restart",
         Duration::from_secs(30),
@@ -364,7 +352,7 @@ async fn every_event_reaches_the_siem_across_a_forwarder_restart_and_a_30s_outag
     );
     receiver.up().await;
 
-    let logged: Vec<Value> = export(&stack, "jsonl");
+    let logged: Vec<Value> = stack.export("jsonl");
     let want = wanted(&logged);
     eventually(
         "every event to reach the receiver",
@@ -499,7 +487,7 @@ async fn ocsf_records_over_syslog_and_from_export_validate_against_the_ocsf_sche
     assert!(client.simple_query("DROP TABLE public.orders").await.is_err());
     drop(client);
 
-    let exported = export(&stack, "ocsf");
+    let exported = stack.export("ocsf");
     let want: HashSet<String> = exported
         .iter()
         .map(|r| r["metadata"]["uid"].as_str().unwrap().to_owned())
@@ -625,7 +613,8 @@ async fn splunk_hec_gets_every_record_with_its_token_and_event_time() {
         .kill_on_drop(true)
         .spawn()
         .expect("start the forwarder");
-    let want: HashSet<String> = export(&stack, "ocsf")
+    let want: HashSet<String> = stack
+        .export("ocsf")
         .iter()
         .map(|r| r["metadata"]["uid"].as_str().unwrap().to_owned())
         .collect();

@@ -44,21 +44,10 @@ fn other_agent(stack: &BinaryStack) -> String {
     ])
 }
 
-fn export(stack: &BinaryStack) -> Vec<Value> {
-    let out = stack
-        .control_command(&["export", "--from", "1"])
-        .output()
-        .expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
 /// The grant uses in the log, in stream order: (grant id, number).
 fn uses(stack: &BinaryStack) -> Vec<(String, u64)> {
-    export(stack)
+    stack
+        .export("jsonl")
         .iter()
         .filter(|e| e["kind"] == "grant_used")
         .map(|e| {
@@ -71,7 +60,7 @@ fn uses(stack: &BinaryStack) -> Vec<(String, u64)> {
 /// Grant ids of the executed statements in the log (alone or grouped).
 fn executed_grants(stack: &BinaryStack) -> Vec<String> {
     let mut out = Vec::new();
-    for e in export(stack) {
+    for e in stack.export("jsonl") {
         let one = e["event"]["statement_executed"].clone();
         let group = e["event"]["statements_executed"]["statements"]
             .as_array()
@@ -616,7 +605,7 @@ async fn a_member_breaks_glass_on_their_own_statement_loudly_and_agents_and_othe
     .await;
     assert_eq!(s["summary"]["break_glass"], true, "{s}");
     // In the log for auditors: the vote and the grant say so.
-    let log = export(&stack);
+    let log = stack.export("jsonl");
     let flagged = |kind: &str, body: &str| {
         log.iter().any(|e| {
             e["kind"] == kind

@@ -16,18 +16,6 @@ use airlock_eventlog::proto;
 /// least).
 const LOST_AFTER: &str = "  proxy_lost_after: 20s\n  reconcile_interval: 200ms\n";
 
-fn export(stack: &BinaryStack) -> Vec<serde_json::Value> {
-    let out = stack
-        .control_command(&["export", "--from", "1"])
-        .output()
-        .expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
-
 async fn request(stack: &BinaryStack, token: &str, id: &str) -> Result<proto::RequestView, tonic::Status> {
     stack
         .reviewer()
@@ -99,7 +87,7 @@ async fn a_killed_proxys_requests_are_cancelled_and_its_sessions_closed_in_the_l
         "both sessions closed in the log",
         Duration::from_secs(10),
         || async {
-            let lines = export(&stack);
+            let lines = stack.export("jsonl");
             let closes = lines
                 .iter()
                 .filter(|l| l["kind"] == "session_closed")
@@ -187,7 +175,7 @@ async fn a_hold_that_postgresql_cuts_short_is_cancelled_with_its_cause() {
         stack.pg.psql("shop", "SELECT count(*) FROM orders WHERE id = 4"),
         "1"
     );
-    let lines = export(&stack);
+    let lines = stack.export("jsonl");
     let cancel = lines
         .iter()
         .find(|l| l["kind"] == "approval_cancelled")

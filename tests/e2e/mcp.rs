@@ -146,18 +146,6 @@ fn count(stack: &BinaryStack) -> i64 {
         .expect("a count")
 }
 
-fn export(stack: &BinaryStack) -> Vec<Value> {
-    let out = stack
-        .control_command(&["export", "--from", "1"])
-        .output()
-        .expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
 /// The held → approved → ran path, the denied path, and what a model is
 /// told on the way, through one MCP session.
 async fn held_approved_and_denied(stack: &BinaryStack, agent: &mut Agent) {
@@ -390,7 +378,7 @@ async fn an_mcp_client_on_stdio_reads_waits_for_a_reviewer_and_is_recorded_as_th
 
     // The log: a proxy session for each MCP session, the agent's identity,
     // the MCP client's name; both DELETEs held in the first.
-    let events = export(&stack);
+    let events = stack.export("jsonl");
     let opened: Vec<&Value> = events
         .iter()
         .filter(|e| {
@@ -466,12 +454,9 @@ async fn an_mcp_client_over_http_brings_its_own_token_and_another_audience_is_re
     assert_eq!(metadata["authorization_servers"], json!([stack.issuer.clone()]));
 
     // A token for another audience: refused before MCP.
-    let out = std::process::Command::new(fresh_binary("airlock-dev-idp"))
-        .arg("token")
-        .arg("--key-file")
-        .arg(stack.dir.join("idp.key"))
-        .args(["--issuer", &stack.issuer, "--audience", "api://another-app"])
-        .args([
+    let other_audience = stack.token_for(
+        "api://another-app",
+        &[
             "--sub",
             "oid-agent-7",
             "--name",
@@ -479,10 +464,8 @@ async fn an_mcp_client_over_http_brings_its_own_token_and_another_audience_is_re
             "--app",
             "--group",
             AGENTS,
-        ])
-        .output()
-        .expect("mint");
-    let other_audience = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ],
+    );
     let refused = http
         .post(&url)
         .bearer_auth(&other_audience)
@@ -659,7 +642,7 @@ async fn an_mcp_client_over_http_brings_its_own_token_and_another_audience_is_re
     );
     let _ = server.kill().await;
 
-    let events = export(&stack);
+    let events = stack.export("jsonl");
     assert!(
         events
             .iter()
@@ -673,12 +656,9 @@ async fn an_mcp_client_over_http_brings_its_own_token_and_another_audience_is_re
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stdio_server_given_a_token_for_another_audience_does_not_start() {
     let stack = start_stack();
-    let out = std::process::Command::new(fresh_binary("airlock-dev-idp"))
-        .arg("token")
-        .arg("--key-file")
-        .arg(stack.dir.join("idp.key"))
-        .args(["--issuer", &stack.issuer, "--audience", "api://another-app"])
-        .args([
+    let token = stack.token_for(
+        "api://another-app",
+        &[
             "--sub",
             "oid-agent-7",
             "--name",
@@ -686,11 +666,8 @@ async fn a_stdio_server_given_a_token_for_another_audience_does_not_start() {
             "--app",
             "--group",
             AGENTS,
-        ])
-        .output()
-        .expect("mint");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ],
+    );
     let run = tokio::process::Command::new(fresh_binary("airlock-mcp"))
         .args([
             "--config",

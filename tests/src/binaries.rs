@@ -956,13 +956,32 @@ impl BinaryStack {
         wait_port(self.proxy_ports[i], "airlock-proxy");
     }
 
+    /// The whole log as `airlock-control export --format <format>` writes
+    /// it: one JSON value a line (`jsonl`: events; `ocsf`: records).
+    pub fn export(&self, format: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .control_command(&["export", "--from", "1", "--format", format])
+            .output()
+            .expect("export");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
     /// A token from the dev issuer: `airlock-dev-idp token <args>`.
     pub fn token(&self, args: &[&str]) -> String {
+        self.token_for("api://airlock", args)
+    }
+
+    /// [`BinaryStack::token`] for another audience than Airlock's.
+    pub fn token_for(&self, audience: &str, args: &[&str]) -> String {
         let out = Command::new(fresh_binary("airlock-dev-idp"))
             .arg("token")
             .arg("--key-file")
             .arg(self.dir.join("idp.key"))
-            .args(["--issuer", &self.issuer, "--audience", "api://airlock"])
+            .args(["--issuer", &self.issuer, "--audience", audience])
             .args(args)
             .output()
             .expect("mint a token");
