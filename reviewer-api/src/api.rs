@@ -292,6 +292,7 @@ pub async fn vote(
         max_rows: terms.max_rows,
         scope: terms.scope,
         break_glass: terms.break_glass,
+        slack: None,
     };
     match app.control.decide(&caller.token, q).await {
         Ok(r) => {

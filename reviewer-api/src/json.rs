@@ -1308,6 +1308,11 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             out.kind = TimelineKindJson::PolicyLoaded;
             out.summary = "policy loaded".into();
         }
+        // Not on a session's or request's timeline; said if ever met.
+        Body::SlackLinked(_) | Body::SlackUnlinked(_) => {
+            out.kind = TimelineKindJson::PolicyLoaded;
+            out.summary = "Slack link changed".into();
+        }
         Body::Checkpoint(_) => {
             out.kind = TimelineKindJson::Checkpoint;
             out.summary = "checkpoint".into();
@@ -1356,7 +1361,9 @@ impl ChangeKindJson {
                 | Body::GrantIssued(_)
                 | Body::GrantUsed(_)
                 | Body::GrantRevoked(_)
-                | Body::GrantExpired(_),
+                | Body::GrantExpired(_)
+                | Body::SlackLinked(_)
+                | Body::SlackUnlinked(_),
             )
             | None => ChangeKindJson::Updated,
         }

@@ -255,6 +255,29 @@ fn check_ids(subject: &str, stored: &StoredEvent) -> Result<(), ChainError> {
         SubjectKind::Request(id) | SubjectKind::Decision(id) | SubjectKind::Grant(id) => {
             ("request_id", &e.request_id, id)
         }
+        // A link's events name the Slack user of their subject.
+        SubjectKind::SlackLink(team, user) => {
+            use crate::proto::event::Body;
+            let slack = match &e.body {
+                Some(Body::SlackLinked(l)) => l.slack.as_ref(),
+                Some(Body::SlackUnlinked(u)) => u.slack.as_ref(),
+                _ => None,
+            };
+            let named = slack
+                .map(|s| format!("{}.{}", s.team_id, s.user_id))
+                .unwrap_or_default();
+            let want = format!("{team}.{user}");
+            if named == want {
+                return Ok(());
+            }
+            return Err(ChainError::IdMismatch {
+                subject: subject.to_owned(),
+                event_id: e.id.clone(),
+                sequence: stored.sequence,
+                field: "slack",
+                value: named,
+            });
+        }
         SubjectKind::Proxy(_) | SubjectKind::Checkpoint | SubjectKind::Other => return Ok(()),
     };
     if *value == want {

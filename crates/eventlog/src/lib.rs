@@ -57,6 +57,8 @@ pub fn body_kind(body: &Body) -> &'static str {
         Body::GrantUsed(_) => "grant_used",
         Body::GrantRevoked(_) => "grant_revoked",
         Body::GrantExpired(_) => "grant_expired",
+        Body::SlackLinked(_) => "slack_linked",
+        Body::SlackUnlinked(_) => "slack_unlinked",
     }
 }
 

@@ -80,7 +80,9 @@ pub fn writer_role(body: &Body) -> Role {
         | Body::Checkpoint(_)
         | Body::GrantIssued(_)
         | Body::GrantRevoked(_)
-        | Body::GrantExpired(_) => Role::Control,
+        | Body::GrantExpired(_)
+        | Body::SlackLinked(_)
+        | Body::SlackUnlinked(_) => Role::Control,
     }
 }
 

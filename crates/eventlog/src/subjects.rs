@@ -66,6 +66,7 @@ pub const ALL_REQUESTS: &str = "airlock.v1.request.*";
 pub const ALL_DECISIONS: &str = "airlock.v1.request.*.decision";
 pub const ALL_PROXIES: &str = "airlock.v1.proxy.*";
 pub const ALL_GRANTS: &str = "airlock.v1.grant.*";
+pub const ALL_SLACK_LINKS: &str = "airlock.v1.link.slack.*.*";
 
 /// What a subject says about the chain it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +77,22 @@ pub enum SubjectKind {
     Decision(String),
     Proxy(String),
     Grant(String),
+    /// A Slack user's link: (team, user).
+    SlackLink(String, String),
     Checkpoint,
     Other,
+}
+
+/// Whether `id` is a Slack team or user id as Slack writes them (upper
+/// case letters and digits): safe in a subject.
+pub fn slack_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// The link of Slack user `user` of workspace `team` to an identity
+/// (`SlackLinked`, `SlackUnlinked`). Both ids must pass [`slack_id`].
+pub fn slack_link(team: &str, user: &str) -> String {
+    format!("{PREFIX}.link.slack.{team}.{user}")
 }
 
 /// Splits a stored subject into its family and id.
@@ -94,6 +109,12 @@ pub fn classify(subject: &str) -> SubjectKind {
         },
         Some(("proxy", id)) if !id.contains('.') => SubjectKind::Proxy(id.to_owned()),
         Some(("grant", id)) if !id.contains('.') && !id.is_empty() => SubjectKind::Grant(id.to_owned()),
+        Some(("link", rest)) => match rest.strip_prefix("slack.").and_then(|r| r.split_once('.')) {
+            Some((team, user)) if slack_id(team) && slack_id(user) => {
+                SubjectKind::SlackLink(team.to_owned(), user.to_owned())
+            }
+            _ => SubjectKind::Other,
+        },
         None if rest == "checkpoint" => SubjectKind::Checkpoint,
         _ => SubjectKind::Other,
     }
@@ -123,5 +144,12 @@ mod tests {
         assert_eq!(classify("other.v1.session.a"), SubjectKind::Other);
         assert_eq!(classify(&grant(&r)), SubjectKind::Grant("01J0REQUEST".into()));
         assert_eq!(classify("airlock.v1.grant.a.b"), SubjectKind::Other);
+        assert_eq!(
+            classify(&slack_link("T1", "U2")),
+            SubjectKind::SlackLink("T1".into(), "U2".into())
+        );
+        assert_eq!(classify("airlock.v1.link.slack.T1.U2.x"), SubjectKind::Other);
+        assert_eq!(classify("airlock.v1.link.slack.t1.U2"), SubjectKind::Other);
+        assert!(!slack_id("U1.*") && !slack_id("") && slack_id("U024BE7LH"));
     }
 }
