@@ -100,6 +100,7 @@ fn main() {
             attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
             presence: airlock_control::presence::Presence::new(Duration::from_secs(30)),
             floor_acrs: Vec::new(),
+            slack: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
@@ -206,6 +207,7 @@ fn main() {
                     max_rows: vec![],
                     scope: None,
                     break_glass: false,
+                    slack: None,
                 }))
                 .await
                 .expect("decide");

@@ -390,3 +390,93 @@ pub async fn reconcile_forever(
         }
     }
 }
+
+/// Why a Slack link was not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SlackLinkError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("this replica has not caught up with the log; retry")]
+    Lagging,
+    #[error("the link kept changing; retry")]
+    Contended,
+}
+
+/// Links Slack user `slack` to `who` (a person, as verified from their own
+/// token), or ends the link (`link` false), under optimistic concurrency on
+/// the link's subject. A Slack user linked to someone else is not taken
+/// over: that link must end first.
+pub async fn slack_link(
+    live: &Live,
+    log: &EventLog,
+    slack: &proto::SlackUser,
+    who: &proto::Identity,
+    link_it: bool,
+    reason: &str,
+    source: &proto::Source,
+) -> Result<proto::SlackLinkView, SlackLinkError> {
+    use proto::event::Body;
+    if !subjects::slack_id(&slack.team_id) || !subjects::slack_id(&slack.user_id) {
+        return Err(SlackLinkError::Refused(
+            "a Slack team and user id are upper-case letters and digits".into(),
+        ));
+    }
+    let key = (slack.team_id.clone(), slack.user_id.clone());
+    let subject = subjects::slack_link(&slack.team_id, &slack.user_id);
+    for _ in 0..10 {
+        let mut head = log.head(&subject).await?;
+        if !live.wait_for(head.sequence, CATCH_UP).await {
+            return Err(SlackLinkError::Lagging);
+        }
+        let current = live.read(|s| s.slack_links.get(&key).cloned());
+        let body = match (link_it, &current) {
+            (true, Some(l)) if l.identity.as_ref().map(|i| &i.subject) != Some(&who.subject) => {
+                return Err(SlackLinkError::Refused(format!(
+                    "Slack user {} is linked to someone else; that link must end first",
+                    slack.user_id
+                )));
+            }
+            (true, _) => {
+                let mut identity = who.clone();
+                // Step-up is for the moment of a vote: never carried by a link.
+                identity.acrs.clear();
+                Body::SlackLinked(proto::SlackLinked {
+                    slack: Some(slack.clone()),
+                    identity: Some(identity),
+                })
+            }
+            (false, Some(l)) if l.identity.as_ref().map(|i| &i.subject) == Some(&who.subject) => {
+                Body::SlackUnlinked(proto::SlackUnlinked {
+                    slack: Some(slack.clone()),
+                    by: Some(who.clone()),
+                    reason: reason.to_owned(),
+                })
+            }
+            (false, Some(_)) => {
+                return Err(SlackLinkError::Refused(
+                    "only the person a Slack user is linked to ends the link".into(),
+                ));
+            }
+            (false, None) => return Err(SlackLinkError::Refused("that Slack user is not linked".into())),
+        };
+        let mut event = airlock_eventlog::new_event(source, body);
+        trace::stamp(&mut event);
+        head.index = head.index.max(live.chain_index(&subject));
+        link(&mut event, &head);
+        match log.append(&subject, &event, Expect::LastSequence(head.sequence)).await {
+            Ok(appended) => {
+                live.wait_for(appended.sequence, CATCH_UP).await;
+                tracing::info!(slack = %slack.user_id, who = %who.subject, linked = link_it, "Slack link changed");
+                return Ok(live.read(|s| s.slack_links.get(&key).cloned()).unwrap_or(proto::SlackLinkView {
+                    slack: Some(slack.clone()),
+                    ..Default::default()
+                }));
+            }
+            Err(LogError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SlackLinkError::Contended)
+}

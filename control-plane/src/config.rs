@@ -54,9 +54,12 @@ pub struct ControlSection {
     /// Required by `serve`.
     #[serde(default)]
     pub signing_key: Option<std::path::PathBuf>,
-    /// Signed checkpoints over the log; off when unset.
+        /// Signed checkpoints over the log; off when unset.
     #[serde(default)]
     pub checkpoints: Option<CheckpointsSection>,
+    /// Votes cast with Slack buttons; refused when unset.
+    #[serde(default)]
+    pub slack: Option<SlackSection>,
     /// TLS for the gRPC listener; plain text when unset (loopback and
     /// development only: reviewer tokens cross this link).
     #[serde(default)]
@@ -121,6 +124,24 @@ fn default_snapshot_min_events() -> u64 {
 
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(60)
+}
+
+/// `control.slack:`: who may relay votes cast in Slack, and how long a
+/// Slack user's link to an identity stands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSection {
+    /// Client application ids (`azp`/`appid`) of the reviewer service's
+    /// own identity: only a caller with one of them may relay a Slack vote.
+    pub relays: Vec<String>,
+    /// A link older than this is refused until linked again (group
+    /// membership is the link's: it is not checked again). Default 30 days.
+    #[serde(default = "default_link_ttl", with = "humantime_serde")]
+    pub link_ttl: Duration,
+}
+
+fn default_link_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 /// `approvals:` (defaults for require-approval rules).

@@ -259,6 +259,7 @@ impl Live {
                 (
                     SubjectKind::Decision(_)
                     | SubjectKind::Grant(_)
+                    | SubjectKind::SlackLink(..)
                     | SubjectKind::Checkpoint
                     | SubjectKind::Other,
                     _,

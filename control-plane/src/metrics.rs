@@ -62,7 +62,9 @@ impl Outcome {
             | Body::GrantIssued(_)
             | Body::GrantUsed(_)
             | Body::GrantRevoked(_)
-            | Body::GrantExpired(_) => None,
+            | Body::GrantExpired(_)
+            | Body::SlackLinked(_)
+            | Body::SlackUnlinked(_) => None,
         }
     }
 }

@@ -520,6 +520,8 @@ pub fn records(line: &Value, sessions: &mut Sessions, trusted: bool) -> Vec<Valu
                 "approval_granted" if first_approver.is_object() => Some(first_approver),
                 "session_kill_requested" => Some(&body["requested_by"]),
                 "grant_revoked" => Some(&body["revoked_by"]),
+                "slack_linked" => Some(&body["identity"]),
+                "slack_unlinked" => Some(&body["by"]),
                 _ => None,
             };
             match actor.filter(|a| a.is_object()) {

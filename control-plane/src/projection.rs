@@ -127,8 +127,10 @@ pub struct Projection {
     /// before its session's SessionOpened: they are written by different
     /// paths).
     pub session_requests: HashMap<String, Vec<String>>,
-    /// Grants by id (the approved request's).
+        /// Grants by id (the approved request's).
     pub grants: BTreeMap<String, Grant>,
+    /// Slack users linked to an identity, by (team, user).
+    pub slack_links: BTreeMap<(String, String), proto::SlackLinkView>,
     /// Last stream sequence folded.
     pub sequence: u64,
     /// Events that did not fit (an outcome for an unknown request, a second
@@ -169,8 +171,32 @@ impl Projection {
                     );
                 }
             }
-            SubjectKind::Grant(id) => self.apply_grant(&id, stored, body),
+                        SubjectKind::Grant(id) => self.apply_grant(&id, stored, body),
+            SubjectKind::SlackLink(team, user) => self.apply_slack_link(team, user, stored, body),
             SubjectKind::Checkpoint | SubjectKind::Other => {}
+        }
+    }
+
+        /// Folds a Slack link's event: linked (to the identity it names, as of
+    /// then), or unlinked.
+    fn apply_slack_link(&mut self, team: String, user: String, stored: &StoredEvent, body: &Body) {
+        match body {
+            Body::SlackLinked(l) => {
+                self.slack_links.insert(
+                    (team, user),
+                    proto::SlackLinkView {
+                        slack: l.slack.clone(),
+                        linked: true,
+                        identity: l.identity.clone(),
+                        linked_at: stored.event.time,
+                        sequence: stored.sequence,
+                    },
+                );
+            }
+            Body::SlackUnlinked(_) => {
+                self.slack_links.remove(&(team, user));
+            }
+            _ => self.anomalies += 1,
         }
     }
 
@@ -353,7 +379,9 @@ impl Projection {
             | Body::GrantIssued(_)
             | Body::GrantUsed(_)
             | Body::GrantRevoked(_)
-            | Body::GrantExpired(_) => {
+            | Body::GrantExpired(_)
+            | Body::SlackLinked(_)
+            | Body::SlackUnlinked(_) => {
                 self.anomalies += 1;
                 None
             }
@@ -468,7 +496,9 @@ impl Projection {
             | Body::GrantIssued(_)
             | Body::GrantUsed(_)
             | Body::GrantRevoked(_)
-            | Body::GrantExpired(_) => self.anomalies += 1,
+            | Body::GrantExpired(_)
+            | Body::SlackLinked(_)
+            | Body::SlackUnlinked(_) => self.anomalies += 1,
         }
     }
 

@@ -28,7 +28,7 @@ pub const NAME: &str = "control-projection";
 /// closed and their last chain index. A v2 snapshot lacks the run, and a
 /// replica would take its open sessions for a lost proxy's: ignored.
 /// v4: grants (their subjects) are folded; a v3 snapshot has none.
-pub const FORMAT: &str = "airlock.control.projection.v4";
+pub const FORMAT: &str = "airlock.control.projection.v5";
 
 #[derive(Clone, PartialEq, Message)]
 struct SnapshotFile {
@@ -44,8 +44,10 @@ struct SnapshotFile {
     proxies: Vec<ProxyEntry>,
     #[prost(message, repeated, tag = "6")]
     session_requests: Vec<SessionRequests>,
-    #[prost(message, repeated, tag = "7")]
+        #[prost(message, repeated, tag = "7")]
     grants: Vec<GrantEntry>,
+    #[prost(message, repeated, tag = "8")]
+    slack_links: Vec<proto::SlackLinkView>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -173,9 +175,10 @@ pub fn encode(p: &Projection) -> Vec<u8> {
                 issued_sequence: g.issued_sequence,
                 head_sequence: g.head.sequence,
                 head_hash: g.head.hash.clone(),
-                head_index: g.head.index,
+                                head_index: g.head.index,
             })
             .collect(),
+        slack_links: p.slack_links.values().cloned().collect(),
     }
     .encode_to_vec()
 }
@@ -221,6 +224,10 @@ pub fn decode(bytes: &[u8]) -> Result<Projection, prost::DecodeError> {
     }
     for s in file.session_requests {
         p.session_requests.insert(s.session_id, s.request_ids);
+    }
+        for l in file.slack_links {
+        let slack = l.slack.clone().unwrap_or_default();
+        p.slack_links.insert((slack.team_id, slack.user_id), l);
     }
     for g in file.grants {
         let view = g.view.unwrap_or_default();

@@ -104,6 +104,7 @@ async fn replica_with(
         attach,
         presence: presence.clone(),
         floor_acrs: Vec::new(),
+        slack: None,
     };
     tokio::spawn(airlock_control::presence::run(
         presence.clone(),
@@ -249,6 +250,7 @@ async fn decide(
                 max_rows: vec![],
                 scope: None,
                 break_glass: false,
+                slack: None,
             },
         ))
         .await

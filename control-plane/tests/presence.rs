@@ -53,6 +53,7 @@ async fn replica(nats: &NatsServer, id: &str, lost_after: Duration) -> String {
         attach: AttachAuth::InsecureLoopback,
         presence: presence.clone(),
         floor_acrs: Vec::new(),
+        slack: None,
     };
     tokio::spawn(airlock_control::presence::run(
         presence.clone(),

@@ -79,6 +79,7 @@ async fn replica(nats: &NatsServer) -> Replica {
         attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
         presence: presence.clone(),
         floor_acrs: Vec::new(),
+        slack: None,
     };
     tokio::spawn(airlock_control::act::reconcile_forever(
         live.clone(),
@@ -332,6 +333,7 @@ async fn metrics_move_with_requests_decisions_and_snapshots() {
         max_rows: vec![],
         scope: None,
         break_glass: false,
+        slack: None,
     });
     decide
         .metadata_mut()

@@ -136,6 +136,7 @@ async fn agent_loop(
                     max_rows: vec![],
                     scope: None,
                     break_glass: false,
+                    slack: None,
                 },
             ))
             .await

@@ -81,6 +81,7 @@ async fn grant(config: &tokio_postgres::Config, reviewer: &mut Reviewer, token: 
                     ..Default::default()
                 }),
                 break_glass: false,
+                slack: None,
             },
         ))
         .await

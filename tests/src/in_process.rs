@@ -262,6 +262,7 @@ async fn spawn_control(log: &EventLog) -> (Arc<Live>, String) {
         attach: airlock_control::grpc::AttachAuth::InsecureLoopback,
         presence: presence.clone(),
         floor_acrs: Vec::new(),
+        slack: None,
     };
     tokio::spawn(airlock_control::presence::run(
         presence.clone(),

@@ -34,6 +34,7 @@ pub fn vote(request_id: &str, decision: proto::Decision, reason: &str) -> proto:
         max_rows: vec![],
         scope: None,
         break_glass: false,
+        slack: None,
     }
 }
 

@@ -206,6 +206,7 @@ fn vote(id: &str, reviewer: proto::Identity, decision: proto::Decision) -> Vote 
         max_rows: Vec::new(),
         scope: None,
         break_glass: false,
+        slack: None,
     }
 }
 

@@ -241,7 +241,8 @@ impl ReviewerScope {
             SubjectKind::Session(id) => {
                 self.session(state, &id) && requests_named(e).into_iter().all(|r| self.request(state, r))
             }
-            SubjectKind::Proxy(_) | SubjectKind::Checkpoint | SubjectKind::Other => false,
+            // Who is linked to whom in Slack: not for every reader.
+            SubjectKind::SlackLink(..) | SubjectKind::Proxy(_) | SubjectKind::Checkpoint | SubjectKind::Other => false,
         })
     }
 }

@@ -54,8 +54,10 @@ pub struct Control {
     /// Which proxy processes are alive: kept by `Attach`, asked before a
     /// vote (a statement whose proxy is gone cannot be approved).
     pub presence: Arc<crate::presence::Presence>,
-    /// `approvals.require_acrs`: step-up every approval needs here.
+        /// `approvals.require_acrs`: step-up every approval needs here.
     pub floor_acrs: Vec<String>,
+    /// `control.slack`: who relays Slack votes; none when unset.
+    pub slack: Option<crate::config::SlackSection>,
 }
 
 impl std::fmt::Debug for Control {
@@ -113,7 +115,8 @@ fn decide_status(e: DecideError) -> Status {
         DecideError::NoDecision
         | DecideError::BadBounds(_)
         | DecideError::BadScope(_)
-        | DecideError::BadBreakGlass(_) => ErrorCode::InvalidArgument,
+        | DecideError::BadBreakGlass(_)
+        | DecideError::SlackVote(_) => ErrorCode::InvalidArgument,
     };
     status(code, e.to_string())
 }

@@ -183,7 +183,15 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         // Break-glass is the requester's own approval: they need not be a
         // reviewer (the decision checks they are in the policy's
         // break-glass groups, a person, and the requester).
-        let reviewer = if request.get_ref().break_glass {
+                let mut slack = None;
+        let reviewer = if let Some(user) = request.get_ref().slack.clone() {
+            // Relayed from Slack: the caller is the reviewer service, the
+            // voter the person the Slack user is linked to.
+            let relay = self.caller(&request).await?;
+            let (voter, relay) = self.slack_voter(&user, relay)?;
+            slack = Some((user, relay));
+            voter
+        } else if request.get_ref().break_glass {
             self.caller(&request).await?
         } else {
             self.actor(&request).await?.identity
@@ -198,8 +206,9 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
             floor_acrs: self.floor_acrs.clone(),
             max_rows: q.max_rows,
-            scope: q.scope,
+                        scope: q.scope,
             break_glass: q.break_glass,
+            slack,
         };
         let started = std::time::Instant::now();
         let voted = act::vote(&self.live, &self.log, &vote, &self.source, &self.presence).await;
@@ -450,6 +459,48 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         }
     }
 
+        async fn link_slack(
+        &self,
+        request: Request<proto::LinkSlackRequest>,
+    ) -> Result<Response<proto::SlackLinkView>, Status> {
+        let who = self.caller(&request).await?;
+        self.slack_change(who, request.into_inner().slack, true, "").await
+    }
+
+    async fn unlink_slack(
+        &self,
+        request: Request<proto::UnlinkSlackRequest>,
+    ) -> Result<Response<proto::SlackLinkView>, Status> {
+        let who = self.caller(&request).await?;
+        let q = request.into_inner();
+        if q.reason.chars().count() > 2000 {
+            return Err(status(ErrorCode::InvalidArgument, "reason is longer than 2000 characters"));
+        }
+        self.slack_change(who, q.slack, false, &q.reason).await
+    }
+
+    async fn get_slack_link(
+        &self,
+        request: Request<proto::GetSlackLinkRequest>,
+    ) -> Result<Response<proto::SlackLinkView>, Status> {
+        let caller = self.caller(&request).await?;
+        let user = request.into_inner().slack.unwrap_or_default();
+        let view = self
+            .live
+            .read(|s| s.slack_links.get(&(user.team_id.clone(), user.user_id.clone())).cloned());
+        let relay = self.is_slack_relay(&caller);
+        match view {
+            // Its person, or the relay, reads it; anyone else learns nothing.
+            Some(v) if relay || v.identity.as_ref().map(|i| &i.subject) == Some(&caller.subject) => {
+                Ok(Response::new(v))
+            }
+            _ => Ok(Response::new(proto::SlackLinkView {
+                slack: Some(user),
+                ..Default::default()
+            })),
+        }
+    }
+
     async fn revoke_grant(
         &self,
         request: Request<proto::RevokeGrantRequest>,
@@ -581,6 +632,80 @@ impl Control {
             self.live
                 .wait_for(head.sequence, std::time::Duration::from_secs(2))
                 .await;
+        }
+    }
+}
+
+impl Control {
+    fn is_slack_relay(&self, caller: &proto::Identity) -> bool {
+        self.slack
+            .as_ref()
+            .is_some_and(|s| !caller.client_app_id.is_empty() && s.relays.contains(&caller.client_app_id))
+    }
+
+    /// The identity a relayed Slack vote is cast as: `relay` must be one of
+    /// `control.slack.relays`, and the Slack user linked (within
+    /// `control.slack.link_ttl`) to a person. The person's groups are the
+    /// link's; step-up never comes with a link, so a rule that asks for it
+    /// cannot be approved from Slack.
+    fn slack_voter(
+        &self,
+        user: &proto::SlackUser,
+        relay: proto::Identity,
+    ) -> Result<(proto::Identity, proto::Identity), Status> {
+        let Some(section) = &self.slack else {
+            return Err(status(ErrorCode::NotAReviewer, "votes from Slack are not enabled (control.slack)"));
+        };
+        if !self.is_slack_relay(&relay) {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!("{} is not a Slack relay (control.slack.relays)", who(&relay)),
+            ));
+        }
+        let link = self
+            .live
+            .read(|s| s.slack_links.get(&(user.team_id.clone(), user.user_id.clone())).cloned());
+        let Some(link) = link else {
+            return Err(status(
+                ErrorCode::NotFound,
+                format!("Slack user {} is not linked to an identity", user.user_id),
+            ));
+        };
+        let at = link.linked_at.and_then(|t| std::time::SystemTime::try_from(t).ok());
+        let fresh = at
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < section.link_ttl);
+        if !fresh {
+            return Err(status(
+                ErrorCode::NotFound,
+                format!("Slack user {}'s link has expired; link again", user.user_id),
+            ));
+        }
+        let mut voter = link.identity.unwrap_or_default();
+        voter.acrs.clear();
+        Ok((voter, relay))
+    }
+
+    async fn slack_change(
+        &self,
+        who: proto::Identity,
+        slack: Option<proto::SlackUser>,
+        link_it: bool,
+        reason: &str,
+    ) -> Result<Response<proto::SlackLinkView>, Status> {
+        if self.slack.is_none() {
+            return Err(status(ErrorCode::NotAReviewer, "votes from Slack are not enabled (control.slack)"));
+        }
+        if who.kind != proto::identity::Kind::User as i32 {
+            return Err(decide_status(DecideError::AppIdentity { who: who.display_name.clone() }));
+        }
+        self.ready()?;
+        let slack = slack.unwrap_or_default();
+        match act::slack_link(&self.live, &self.log, &slack, &who, link_it, reason, &self.source).await {
+            Ok(view) => Ok(Response::new(view)),
+            Err(act::SlackLinkError::Refused(why)) => Err(status(ErrorCode::InvalidArgument, why)),
+            Err(act::SlackLinkError::Log(e)) => Err(log_status(e)),
+            Err(e) => Err(status(ErrorCode::Unavailable, e.to_string())),
         }
     }
 }

@@ -145,6 +145,8 @@ pub async fn write_session_as(proxy: &EventLog, control: &EventLog, n: u64) -> S
                 max_rows: vec![],
                 scope: None,
                 break_glass: false,
+                slack: None,
+                relayed_by: None,
             }),
         ),
         (false, Body::ApprovalGranted(proto::ApprovalGranted::default())),
