@@ -465,14 +465,19 @@ pub async fn slack_link(
         trace::stamp(&mut event);
         head.index = head.index.max(live.chain_index(&subject));
         link(&mut event, &head);
-        match log.append(&subject, &event, Expect::LastSequence(head.sequence)).await {
+        match log
+            .append(&subject, &event, Expect::LastSequence(head.sequence))
+            .await
+        {
             Ok(appended) => {
                 live.wait_for(appended.sequence, CATCH_UP).await;
                 tracing::info!(slack = %slack.user_id, who = %who.subject, linked = link_it, "Slack link changed");
-                return Ok(live.read(|s| s.slack_links.get(&key).cloned()).unwrap_or(proto::SlackLinkView {
-                    slack: Some(slack.clone()),
-                    ..Default::default()
-                }));
+                return Ok(live
+                    .read(|s| s.slack_links.get(&key).cloned())
+                    .unwrap_or(proto::SlackLinkView {
+                        slack: Some(slack.clone()),
+                        ..Default::default()
+                    }));
             }
             Err(LogError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

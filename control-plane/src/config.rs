@@ -54,7 +54,7 @@ pub struct ControlSection {
     /// Required by `serve`.
     #[serde(default)]
     pub signing_key: Option<std::path::PathBuf>,
-        /// Signed checkpoints over the log; off when unset.
+    /// Signed checkpoints over the log; off when unset.
     #[serde(default)]
     pub checkpoints: Option<CheckpointsSection>,
     /// Votes cast with Slack buttons; refused when unset.

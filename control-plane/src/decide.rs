@@ -48,7 +48,7 @@ pub struct Vote {
     pub max_rows: Vec<proto::TableBound>,
     /// With an approval: what else it allows (a grant; see `grants`).
     pub scope: Option<proto::GrantScope>,
-        /// The requester approves their own request under the policy's
+    /// The requester approves their own request under the policy's
     /// break-glass terms ([`check_break_glass`]).
     pub break_glass: bool,
     /// Cast with a Slack button: the Slack user (linked to `reviewer`) and
@@ -100,7 +100,7 @@ pub enum DecideError {
     BadScope(String),
     #[error("break-glass refused: {0}")]
     BreakGlassRefused(String),
-        #[error("break-glass: {0}")]
+    #[error("break-glass: {0}")]
     BadBreakGlass(String),
     #[error("a vote from Slack {0}")]
     SlackVote(String),
@@ -242,7 +242,7 @@ pub fn decide(
         return Err(DecideError::NoDecision);
     }
     check_bounds(vote, asked)?;
-        if vote.slack.is_some() && (vote.break_glass || vote.scope.is_some()) {
+    if vote.slack.is_some() && (vote.break_glass || vote.scope.is_some()) {
         return Err(DecideError::SlackVote(
             "approves or denies this statement only: no break-glass, no grant".into(),
         ));
@@ -263,7 +263,7 @@ pub fn decide(
             approvals: approvals as u32,
             approvals_required: required,
             max_rows: vote.max_rows.clone(),
-                        scope: vote.scope.clone(),
+            scope: vote.scope.clone(),
             break_glass: vote.break_glass,
             slack: vote.slack.as_ref().map(|(u, _)| u.clone()),
             relayed_by: vote.slack.as_ref().map(|(_, r)| r.clone()),

@@ -127,7 +127,7 @@ pub struct Projection {
     /// before its session's SessionOpened: they are written by different
     /// paths).
     pub session_requests: HashMap<String, Vec<String>>,
-        /// Grants by id (the approved request's).
+    /// Grants by id (the approved request's).
     pub grants: BTreeMap<String, Grant>,
     /// Slack users linked to an identity, by (team, user).
     pub slack_links: BTreeMap<(String, String), proto::SlackLinkView>,
@@ -171,13 +171,13 @@ impl Projection {
                     );
                 }
             }
-                        SubjectKind::Grant(id) => self.apply_grant(&id, stored, body),
+            SubjectKind::Grant(id) => self.apply_grant(&id, stored, body),
             SubjectKind::SlackLink(team, user) => self.apply_slack_link(team, user, stored, body),
             SubjectKind::Checkpoint | SubjectKind::Other => {}
         }
     }
 
-        /// Folds a Slack link's event: linked (to the identity it names, as of
+    /// Folds a Slack link's event: linked (to the identity it names, as of
     /// then), or unlinked.
     fn apply_slack_link(&mut self, team: String, user: String, stored: &StoredEvent, body: &Body) {
         match body {

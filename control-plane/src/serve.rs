@@ -222,7 +222,7 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         auditor_groups: by_name_and_id(&config, &config.control.auditors),
         attach,
         presence: presence.clone(),
-                floor_acrs: config.approvals.require_acrs.clone(),
+        floor_acrs: config.approvals.require_acrs.clone(),
         slack: config.control.slack.clone(),
     };
     tokio::spawn(crate::presence::run(

@@ -44,7 +44,7 @@ struct SnapshotFile {
     proxies: Vec<ProxyEntry>,
     #[prost(message, repeated, tag = "6")]
     session_requests: Vec<SessionRequests>,
-        #[prost(message, repeated, tag = "7")]
+    #[prost(message, repeated, tag = "7")]
     grants: Vec<GrantEntry>,
     #[prost(message, repeated, tag = "8")]
     slack_links: Vec<proto::SlackLinkView>,
@@ -175,7 +175,7 @@ pub fn encode(p: &Projection) -> Vec<u8> {
                 issued_sequence: g.issued_sequence,
                 head_sequence: g.head.sequence,
                 head_hash: g.head.hash.clone(),
-                                head_index: g.head.index,
+                head_index: g.head.index,
             })
             .collect(),
         slack_links: p.slack_links.values().cloned().collect(),
@@ -225,7 +225,7 @@ pub fn decode(bytes: &[u8]) -> Result<Projection, prost::DecodeError> {
     for s in file.session_requests {
         p.session_requests.insert(s.session_id, s.request_ids);
     }
-        for l in file.slack_links {
+    for l in file.slack_links {
         let slack = l.slack.clone().unwrap_or_default();
         p.slack_links.insert((slack.team_id, slack.user_id), l);
     }

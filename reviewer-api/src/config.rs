@@ -44,6 +44,9 @@ pub struct ReviewerSection {
     /// Webhook notifications. Off when unset.
     #[serde(default)]
     pub notifications: Option<NotificationsSection>,
+    /// Slack approvals with buttons, bound to Entra ID. Off when unset.
+    #[serde(default)]
+    pub slack: Option<crate::slack::SlackSection>,
     /// How long a browser session lasts at most (it also ends when the
     /// token it was made from expires).
     #[serde(default = "default_session_ttl", with = "humantime_serde")]

@@ -140,6 +140,49 @@ impl ControlClient {
         Ok(self.client().decide(Self::unary(token, q)?).await?.into_inner())
     }
 
+    pub async fn get_slack_link(
+        &self,
+        token: &Token,
+        slack: proto::SlackUser,
+    ) -> Result<proto::SlackLinkView, ApiError> {
+        let q = proto::GetSlackLinkRequest { slack: Some(slack) };
+        Ok(self
+            .client()
+            .get_slack_link(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn link_slack(
+        &self,
+        token: &Token,
+        slack: proto::SlackUser,
+    ) -> Result<proto::SlackLinkView, ApiError> {
+        let q = proto::LinkSlackRequest { slack: Some(slack) };
+        Ok(self
+            .client()
+            .link_slack(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn unlink_slack(
+        &self,
+        token: &Token,
+        slack: proto::SlackUser,
+        reason: &str,
+    ) -> Result<proto::SlackLinkView, ApiError> {
+        let q = proto::UnlinkSlackRequest {
+            slack: Some(slack),
+            reason: reason.to_owned(),
+        };
+        Ok(self
+            .client()
+            .unlink_slack(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
+
     /// Opens the stream of request changes after `after_sequence` (0: from
     /// now). Refusals (token, group) come back here, before any event.
     pub async fn watch(

@@ -28,6 +28,7 @@ pub mod notify;
 pub mod oidc;
 pub mod openapi;
 pub mod shared;
+pub mod slack;
 pub mod tls;
 pub mod ui;
 
@@ -52,6 +53,8 @@ pub struct App {
     pub control: ControlClient,
     pub metrics: Arc<Metrics>,
     pub oidc: Option<oidc::Oidc>,
+    /// Slack approvals (`reviewer.slack`), when set up.
+    pub slack: Option<slack::Slack>,
 }
 
 pub type State = Arc<App>;
@@ -75,6 +78,12 @@ impl App {
             .as_ref()
             .map(|o| oidc::Oidc::new(o, &config.identity, &public_url, shared.clone()))
             .transpose()?;
+        let slack = config.reviewer.slack.clone().map(slack::Slack::new).transpose()?;
+        if slack.is_some() && config.reviewer.notifications.is_none() {
+            anyhow::bail!(
+                "reviewer.slack needs reviewer.notifications: its token_file is the identity Slack votes are relayed with"
+            );
+        }
         Ok(App {
             auth: Authenticator {
                 verifier,
@@ -89,6 +98,7 @@ impl App {
             control,
             metrics: Metrics::new(),
             oidc,
+            slack,
             config,
         })
     }
@@ -145,6 +155,7 @@ pub async fn run(config: ReviewerConfig) -> anyhow::Result<()> {
     if let Some(n) = app.config.reviewer.notifications.clone() {
         notify::spawn(
             n,
+            app.config.reviewer.slack.clone(),
             app.control.clone(),
             app.public_url.clone(),
             app.metrics.clone(),

@@ -352,6 +352,31 @@ fn host_of(url: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The Slack app's worker: posts each request with its buttons and
+/// updates it when decided, with retries.
+async fn post_forever(
+    poster: Arc<crate::slack::Poster>,
+    queue: Arc<Queue>,
+    attempts: u32,
+    backoff: Duration,
+) {
+    loop {
+        let n = queue.pop().await;
+        let mut delay = backoff;
+        for attempt in 1..=attempts {
+            match poster.send(&n).await {
+                Ok(()) => break,
+                Err(why) if attempt < attempts => {
+                    tracing::info!(request = %n.view.request_id, attempt, %why, "Slack post failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(300));
+                }
+                Err(why) => tracing::warn!(request = %n.view.request_id, %why, "Slack post given up"),
+            }
+        }
+    }
+}
+
 async fn deliver_forever(
     hook: WebhookSection,
     key: Option<Vec<u8>>,
@@ -450,12 +475,34 @@ fn occasion_of(item: &proto::WatchEvent, seen: &mut HashSet<(String, bool)>) -> 
 /// the others wait to take it over (see [`lead`]).
 pub fn spawn(
     section: NotificationsSection,
+    slack: Option<crate::slack::SlackSection>,
     control: ControlClient,
     public_url: String,
     metrics: Arc<Metrics>,
     shared: Option<Arc<Shared>>,
 ) -> anyhow::Result<Dispatcher> {
-    let dispatcher = start_workers(&section, metrics.clone())?;
+    let mut dispatcher = start_workers(&section, metrics.clone())?;
+    if let Some(slack) = slack {
+        let poster = Arc::new(crate::slack::Poster::new(slack)?);
+        let queue = Arc::new(Queue {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity: section.queue,
+        });
+        tokio::spawn(post_forever(
+            poster,
+            queue.clone(),
+            section.attempts,
+            section.backoff,
+        ));
+        let hook = WebhookSection {
+            kind: WebhookKind::Slack,
+            url: String::new(),
+            secret_env: None,
+            on: vec![NotifyOn::Requested, NotifyOn::Decided],
+        };
+        dispatcher.hooks.push((hook, queue));
+    }
     let watcher = Watcher {
         section,
         control,

@@ -28,6 +28,7 @@ use crate::html::{self, Live, PageError, Viewer, duration};
 use crate::{Route, api, json};
 
 mod grants;
+mod slack;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -40,6 +41,10 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/grants", get(grants::list)),
         ("GET", "/grants/{id}", get(grants::page)),
         ("POST", "/grants/{id}/revoke", post(grants::revoke)),
+        ("GET", "/slack/link", get(slack::page)),
+        ("POST", "/slack/link", post(slack::link)),
+        ("POST", "/slack/unlink", post(slack::unlink)),
+        ("POST", "/slack/interactions", post(crate::slack::interactions)),
         ("GET", "/static/app.css", get(css)),
         ("GET", "/static/app.js", get(js)),
     ]

@@ -26,5 +26,6 @@ mod mcp;
 mod reload;
 mod reviewer;
 mod shadow;
+mod slack;
 mod stack;
 mod webhooks;

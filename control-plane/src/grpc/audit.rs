@@ -242,7 +242,10 @@ impl ReviewerScope {
                 self.session(state, &id) && requests_named(e).into_iter().all(|r| self.request(state, r))
             }
             // Who is linked to whom in Slack: not for every reader.
-            SubjectKind::SlackLink(..) | SubjectKind::Proxy(_) | SubjectKind::Checkpoint | SubjectKind::Other => false,
+            SubjectKind::SlackLink(..)
+            | SubjectKind::Proxy(_)
+            | SubjectKind::Checkpoint
+            | SubjectKind::Other => false,
         })
     }
 }

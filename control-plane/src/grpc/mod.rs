@@ -54,7 +54,7 @@ pub struct Control {
     /// Which proxy processes are alive: kept by `Attach`, asked before a
     /// vote (a statement whose proxy is gone cannot be approved).
     pub presence: Arc<crate::presence::Presence>,
-        /// `approvals.require_acrs`: step-up every approval needs here.
+    /// `approvals.require_acrs`: step-up every approval needs here.
     pub floor_acrs: Vec<String>,
     /// `control.slack`: who relays Slack votes; none when unset.
     pub slack: Option<crate::config::SlackSection>,

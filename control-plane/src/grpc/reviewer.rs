@@ -183,7 +183,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         // Break-glass is the requester's own approval: they need not be a
         // reviewer (the decision checks they are in the policy's
         // break-glass groups, a person, and the requester).
-                let mut slack = None;
+        let mut slack = None;
         let reviewer = if let Some(user) = request.get_ref().slack.clone() {
             // Relayed from Slack: the caller is the reviewer service, the
             // voter the person the Slack user is linked to.
@@ -206,7 +206,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             statement_sha256: (!q.statement_sha256.is_empty()).then_some(q.statement_sha256),
             floor_acrs: self.floor_acrs.clone(),
             max_rows: q.max_rows,
-                        scope: q.scope,
+            scope: q.scope,
             break_glass: q.break_glass,
             slack,
         };
@@ -459,7 +459,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         }
     }
 
-        async fn link_slack(
+    async fn link_slack(
         &self,
         request: Request<proto::LinkSlackRequest>,
     ) -> Result<Response<proto::SlackLinkView>, Status> {
@@ -474,7 +474,10 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         let who = self.caller(&request).await?;
         let q = request.into_inner();
         if q.reason.chars().count() > 2000 {
-            return Err(status(ErrorCode::InvalidArgument, "reason is longer than 2000 characters"));
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "reason is longer than 2000 characters",
+            ));
         }
         self.slack_change(who, q.slack, false, &q.reason).await
     }
@@ -485,9 +488,11 @@ impl proto::reviewer_service_server::ReviewerService for Control {
     ) -> Result<Response<proto::SlackLinkView>, Status> {
         let caller = self.caller(&request).await?;
         let user = request.into_inner().slack.unwrap_or_default();
-        let view = self
-            .live
-            .read(|s| s.slack_links.get(&(user.team_id.clone(), user.user_id.clone())).cloned());
+        let view = self.live.read(|s| {
+            s.slack_links
+                .get(&(user.team_id.clone(), user.user_id.clone()))
+                .cloned()
+        });
         let relay = self.is_slack_relay(&caller);
         match view {
             // Its person, or the relay, reads it; anyone else learns nothing.
@@ -637,10 +642,14 @@ impl Control {
 }
 
 impl Control {
+    /// A relay is the reviewer service's own application identity: an app
+    /// token (never a person's) of a client listed in `control.slack.relays`.
     fn is_slack_relay(&self, caller: &proto::Identity) -> bool {
-        self.slack
-            .as_ref()
-            .is_some_and(|s| !caller.client_app_id.is_empty() && s.relays.contains(&caller.client_app_id))
+        caller.kind == proto::identity::Kind::App as i32
+            && self
+                .slack
+                .as_ref()
+                .is_some_and(|s| !caller.client_app_id.is_empty() && s.relays.contains(&caller.client_app_id))
     }
 
     /// The identity a relayed Slack vote is cast as: `relay` must be one of
@@ -654,7 +663,10 @@ impl Control {
         relay: proto::Identity,
     ) -> Result<(proto::Identity, proto::Identity), Status> {
         let Some(section) = &self.slack else {
-            return Err(status(ErrorCode::NotAReviewer, "votes from Slack are not enabled (control.slack)"));
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                "votes from Slack are not enabled (control.slack)",
+            ));
         };
         if !self.is_slack_relay(&relay) {
             return Err(status(
@@ -662,16 +674,20 @@ impl Control {
                 format!("{} is not a Slack relay (control.slack.relays)", who(&relay)),
             ));
         }
-        let link = self
-            .live
-            .read(|s| s.slack_links.get(&(user.team_id.clone(), user.user_id.clone())).cloned());
+        let link = self.live.read(|s| {
+            s.slack_links
+                .get(&(user.team_id.clone(), user.user_id.clone()))
+                .cloned()
+        });
         let Some(link) = link else {
             return Err(status(
                 ErrorCode::NotFound,
                 format!("Slack user {} is not linked to an identity", user.user_id),
             ));
         };
-        let at = link.linked_at.and_then(|t| std::time::SystemTime::try_from(t).ok());
+        let at = link
+            .linked_at
+            .and_then(|t| std::time::SystemTime::try_from(t).ok());
         let fresh = at
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < section.link_ttl);
@@ -694,10 +710,15 @@ impl Control {
         reason: &str,
     ) -> Result<Response<proto::SlackLinkView>, Status> {
         if self.slack.is_none() {
-            return Err(status(ErrorCode::NotAReviewer, "votes from Slack are not enabled (control.slack)"));
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                "votes from Slack are not enabled (control.slack)",
+            ));
         }
         if who.kind != proto::identity::Kind::User as i32 {
-            return Err(decide_status(DecideError::AppIdentity { who: who.display_name.clone() }));
+            return Err(decide_status(DecideError::AppIdentity {
+                who: who.display_name.clone(),
+            }));
         }
         self.ready()?;
         let slack = slack.unwrap_or_default();

@@ -1,0 +1,517 @@
+//! Slack approvals bound to Entra ID, through the real reviewer and control
+//! plane, with a stand-in for Slack's Web API and its interaction callbacks
+//! signed as Slack signs them: the held request is posted with Approve and
+//! Deny buttons; an unlinked Slack user is sent a link, signs in with Entra
+//! ID and confirms it; their button then approves as them and the agent's
+//! statement runs; the message is updated in place. A forged signature, a
+//! replayed payload, an unlinked user, a user without the reviewer group
+//! and a self-approval are each refused, and nothing is voted.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_e2e::binaries::{ALICE, BinaryStack, ERIN, LEADS, REVIEWERS, hold};
+use airlock_e2e::review::authed;
+use airlock_e2e::{Process, StackBuilder, eventually};
+use airlock_eventlog::proto;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const SECRET: &str = "slack-signing-secret-for-this-test-run";
+const RELAY_CLIENT: &str = "00000000-0000-4000-8000-00000000f1a7";
+const TEAM: &str = "T0AIRLOCK";
+
+const ACCESS: &str = "connections:
+  - name: prod-maintenance
+    upstream: postgres://maint@127.0.0.1:{PG}/shop
+    password_env: PROD_MAINT_PASSWORD
+policies:
+  - policy: db-maintenance-agents
+    connection: prod-maintenance
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+    record: true
+  - policy: dba-leads
+    connection: prod-maintenance
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE
+        action: require-approval
+    record: true
+";
+
+const LENA: (&str, &str, &str) = ("oid-lena", "Lena Lead", LEADS);
+
+/// What the stand-in for Slack received.
+#[derive(Debug, Default)]
+struct Slack {
+    posted: Mutex<Vec<Value>>,
+    updated: Mutex<Vec<Value>>,
+    told: Mutex<Vec<(String, Value)>>,
+}
+
+async fn post_message(State(s): State<Arc<Slack>>, body: axum::Json<Value>) -> axum::Json<Value> {
+    let n = {
+        let mut posted = s.posted.lock().unwrap();
+        posted.push(body.0.clone());
+        posted.len()
+    };
+    axum::Json(json!({"ok": true, "channel": body.0["channel"], "ts": format!("1700000000.{n:06}")}))
+}
+
+async fn update(State(s): State<Arc<Slack>>, body: axum::Json<Value>) -> axum::Json<Value> {
+    s.updated.lock().unwrap().push(body.0.clone());
+    axum::Json(json!({"ok": true}))
+}
+
+async fn respond(State(s): State<Arc<Slack>>, Path(id): Path<String>, body: axum::Json<Value>) {
+    s.told.lock().unwrap().push((id, body.0));
+}
+
+async fn start_slack() -> (String, Arc<Slack>) {
+    let slack = Arc::new(Slack::default());
+    let app = Router::new()
+        .route("/api/chat.postMessage", post(post_message))
+        .route("/api/chat.update", post(update))
+        .route("/respond/{id}", post(respond))
+        .with_state(slack.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), slack)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A `block_actions` callback body and Slack's headers for it.
+fn press_body(user: &str, action: &str, value: &str, respond: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "team_id": TEAM},
+        "team": {"id": TEAM},
+        "actions": [{"action_id": action, "value": value}],
+        "response_url": respond,
+    });
+    format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    )
+}
+
+fn signature(secret: &str, ts: i64, body: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn send(stack: &BinaryStack, body: &str, ts: i64, sig: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/slack/interactions", stack.reviewer_url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", sig)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("the reviewer answers")
+        .status()
+        .as_u16()
+}
+
+/// Presses a button as Slack would send it; returns the HTTP status.
+async fn press(stack: &BinaryStack, user: &str, action: &str, value: &str, respond: &str) -> u16 {
+    let body = press_body(user, action, value, respond);
+    let ts = now();
+    send(stack, &body, ts, &signature(SECRET, ts, &body)).await
+}
+
+/// What the reviewer told the presser through `response_url` `id`.
+async fn told(slack: &Slack, id: &str) -> String {
+    eventually(
+        &format!("the reviewer to answer press {id}"),
+        Duration::from_secs(20),
+        || async {
+            slack
+                .told
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, v)| v["text"].as_str().unwrap_or("").to_owned())
+                .ok_or(())
+        },
+    )
+    .await
+}
+
+/// Signs `user` in to the reviewer UI through the dev issuer; returns the
+/// session cookie.
+async fn sign_in(stack: &BinaryStack, http: &reqwest::Client, user: &str) -> String {
+    let login = http
+        .get(format!("{}/auth/login?return_to=/", stack.reviewer_url))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let authorize = url::Url::parse(login.headers()["location"].to_str().unwrap()).unwrap();
+    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    form.push(("user".into(), user.into()));
+    let picked = http
+        .post(authorize.as_str().split('?').next().unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let callback = picked.headers()["location"].to_str().unwrap().to_owned();
+    let done = http
+        .get(&callback)
+        .header("cookie", &login_cookie)
+        .send()
+        .await
+        .unwrap();
+    done.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("airlock_session="))
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn pending(stack: &BinaryStack, id: &str) -> bool {
+    let out = stack
+        .control_command(&["export", "--from", "1"])
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains(id) && (l.contains("\"approval_voted\"") || l.contains("\"approval_granted\"")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refused() {
+    let (base, slack) = start_slack().await;
+    let reviewer_yaml = format!(
+        "  notifications:\n    token_file: {{DIR}}/notifier.token\n    backoff: 200ms\n    timeout: 2s\n\
+         \x20 slack:\n    signing_secret_env: AIRLOCK_TEST_SLACK_SECRET\n    bot_token_env: AIRLOCK_TEST_SLACK_BOT\n\
+         \x20   channel: C0REVIEW\n    api_url: {base}/api\n    response_url_prefix: {base}/respond/\n"
+    );
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .orders(10)
+            .access(ACCESS)
+            .reviewer_yaml(&reviewer_yaml)
+            .control_yaml(&format!("  slack: {{ relays: [{RELAY_CLIENT}] }}\n"))
+            .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_SECRET", SECRET)
+            .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_BOT", "xoxb-test-only")
+            .notifier_token()
+            .reviewer()
+            .start_binaries()
+    });
+    // The reviewer service's own identity: an app of the relay client.
+    let relay = stack.token(&[
+        "--sub",
+        "oid-reviewer-app",
+        "--name",
+        "airlock-reviewer",
+        "--app",
+        "--group",
+        REVIEWERS,
+        "--client-id",
+        RELAY_CLIENT,
+    ]);
+    std::fs::write(stack.dir.join("notifier.token"), relay).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    eventually("the notifier to connect", Duration::from_secs(20), || async {
+        let m = http
+            .get(format!("{}/metrics", stack.reviewer_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .any(|l| l.trim() == "airlock_reviewer_notifier_connected 1")
+            .then_some(())
+            .ok_or(())
+    })
+    .await;
+
+    // The agent's DELETE is held; Slack gets it with the buttons.
+    let agent = stack.agent_token();
+    let held = hold(&stack, &agent, "DELETE FROM public.orders WHERE id = 1").await;
+    let id = held.request_id.clone();
+    let posted = eventually("the request in Slack", Duration::from_secs(20), || async {
+        slack
+            .posted
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m.to_string().contains(&id))
+            .cloned()
+            .ok_or(())
+    })
+    .await;
+    assert_eq!(posted["channel"], "C0REVIEW");
+    let actions = posted["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .expect("buttons");
+    assert_eq!(actions["elements"][0]["action_id"], "airlock_approve");
+    assert_eq!(actions["elements"][1]["action_id"], "airlock_deny");
+    let value = actions["elements"][0]["value"].as_str().unwrap().to_owned();
+    assert!(value.starts_with(&format!("{id}:")), "{value}");
+    let respond = |n: &str| format!("{base}/respond/{n}");
+
+    // Forged: another secret. Stale: six minutes old. Nothing voted.
+    let body = press_body("UALICE", "airlock_approve", &value, &respond("forged"));
+    let ts = now();
+    assert_eq!(
+        send(
+            &stack,
+            &body,
+            ts,
+            &signature("not the signing secret at all", ts, &body)
+        )
+        .await,
+        401
+    );
+    let old = now() - 360;
+    assert_eq!(
+        send(&stack, &body, old, &signature(SECRET, old, &body)).await,
+        401
+    );
+
+    // Unlinked: told how to link, nothing voted.
+    assert_eq!(
+        press(&stack, "UALICE", "airlock_approve", &value, &respond("1")).await,
+        200
+    );
+    let text = told(&slack, "1").await;
+    assert!(
+        text.contains("Nothing was voted") && text.contains("/slack/link?code="),
+        "{text}"
+    );
+    assert!(pending(&stack, &id), "nothing voted while unlinked");
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("/slack/link?code="))
+        .unwrap()
+        .to_owned();
+
+    // Alice signs in with Entra ID and confirms the link.
+    let cookie = sign_in(&stack, &http, ALICE.0).await;
+    let page = http.get(&link).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("ualice") && html.contains("Link my Slack user"),
+        "{html}"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let code = link.split("code=").nth(1).unwrap().to_owned();
+    let code = url::form_urlencoded::parse(format!("c={code}").as_bytes())
+        .next()
+        .unwrap()
+        .1
+        .into_owned();
+    let linked = http
+        .post(format!("{}/slack/link", stack.reviewer_url))
+        .header("cookie", &cookie)
+        .header("origin", &stack.reviewer_url)
+        .form(&[("csrf", csrf.as_str()), ("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let linked_html = linked.text().await.unwrap();
+    assert!(linked_html.contains("now votes as you"), "{linked_html}");
+
+    // A replayed press (the same signed body) is refused.
+    let body = press_body("UALICE", "airlock_approve", &value, &respond("2"));
+    let ts = now();
+    let sig = signature(SECRET, ts, &body);
+    assert_eq!(send(&stack, &body, ts, &sig).await, 200);
+    assert_eq!(send(&stack, &body, ts, &sig).await, 401, "a replay");
+    let text = told(&slack, "2").await;
+    assert!(text.contains("recorded"), "{text}");
+
+    // The statement ran, approved as Alice, relayed from Slack.
+    held.outcome.await.unwrap().expect("the approved DELETE ran");
+    let out = stack
+        .control_command(&["export", "--from", "1"])
+        .output()
+        .unwrap();
+    let voted: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "approval_voted" && e["event"]["request_id"] == id.as_str())
+        .collect();
+    assert_eq!(voted.len(), 1, "one vote, the replay took nothing");
+    let v = &voted[0]["event"]["approval_voted"];
+    assert_eq!(v["reviewer"]["subject"], "oid-alice");
+    assert_eq!(v["slack"]["user_id"], "UALICE");
+    assert_eq!(v["relayed_by"]["client_app_id"], RELAY_CLIENT);
+    // The message is updated in place: outcome said, buttons gone.
+    let updated = eventually("the message updated", Duration::from_secs(20), || async {
+        slack
+            .updated
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m.to_string().contains(&id))
+            .cloned()
+            .ok_or(())
+    })
+    .await;
+    assert_eq!(updated["ts"], "1700000000.000001");
+    assert!(updated["text"].as_str().unwrap().contains("granted"), "{updated}");
+    assert!(
+        !updated["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "actions")
+    );
+
+    // Erin, linked but not a reviewer; Lena, linked, on her own request.
+    let mut control = stack.reviewer().await;
+    for (user, token) in [
+        ("UERIN", stack.user_token(ERIN)),
+        ("ULENA", stack.user_token(LENA)),
+    ] {
+        let q = proto::LinkSlackRequest {
+            slack: Some(proto::SlackUser {
+                team_id: TEAM.into(),
+                user_id: user.into(),
+                name: String::new(),
+            }),
+        };
+        control
+            .link_slack(authed(&token, q))
+            .await
+            .expect("a person links their own Slack user");
+    }
+    let held = hold(&stack, &agent, "DELETE FROM public.orders WHERE id = 2").await;
+    let value = format!("{}:", held.request_id);
+    let sha = eventually("the second request in Slack", Duration::from_secs(20), || async {
+        let posted = slack.posted.lock().unwrap();
+        posted
+            .iter()
+            .find(|m| m.to_string().contains(&held.request_id))
+            .and_then(|m| {
+                m["blocks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|b| b["type"] == "actions")
+                    .cloned()
+            })
+            .map(|a| a["elements"][0]["value"].as_str().unwrap().to_owned())
+            .ok_or(())
+    })
+    .await;
+    assert!(sha.starts_with(&value));
+    assert_eq!(
+        press(&stack, "UERIN", "airlock_approve", &sha, &respond("3")).await,
+        200
+    );
+    let text = told(&slack, "3").await;
+    assert!(
+        text.contains("Nothing was voted") && text.contains("reviewer"),
+        "{text}"
+    );
+    assert!(pending(&stack, &held.request_id));
+
+    let lena = stack.user_token(LENA);
+    let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &lena).await;
+    let _run = tokio::spawn(async move {
+        client
+            .simple_query("DELETE FROM public.orders WHERE id = 3")
+            .await
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let own = airlock_e2e::request_id(&notice).unwrap();
+    let own_value = eventually("Lena's request in Slack", Duration::from_secs(20), || async {
+        let posted = slack.posted.lock().unwrap();
+        posted
+            .iter()
+            .find(|m| m.to_string().contains(&own))
+            .and_then(|m| {
+                m["blocks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|b| b["type"] == "actions")
+                    .cloned()
+            })
+            .map(|a| a["elements"][0]["value"].as_str().unwrap().to_owned())
+            .ok_or(())
+    })
+    .await;
+    assert_eq!(
+        press(&stack, "ULENA", "airlock_approve", &own_value, &respond("4")).await,
+        200
+    );
+    let text = told(&slack, "4").await;
+    assert!(
+        text.contains("Nothing was voted") && text.contains("self-approval"),
+        "{text}"
+    );
+    assert!(pending(&stack, &own));
+
+    // An agent's token is no relay, even naming a linked Slack user.
+    let q = proto::DecideRequest {
+        request_id: held.request_id.clone(),
+        decision: proto::Decision::Approve as i32,
+        reason: "x".into(),
+        slack: Some(proto::SlackUser {
+            team_id: TEAM.into(),
+            user_id: "UALICE".into(),
+            name: String::new(),
+        }),
+        ..Default::default()
+    };
+    let refused = control
+        .decide(authed(&agent, q))
+        .await
+        .expect_err("an agent cannot relay");
+    assert!(refused.message().contains("not a Slack relay"), "{refused:?}");
+    assert!(pending(&stack, &held.request_id));
+    stack.assert_verify_passes();
+}
