@@ -404,17 +404,30 @@ pub enum SlackLinkError {
     Contended,
 }
 
-/// Links Slack user `slack` to `who` (a person, as verified from their own
-/// token), or ends the link (`link` false), under optimistic concurrency on
-/// the link's subject. A Slack user linked to someone else is not taken
-/// over: that link must end first.
+/// A change to a Slack user's link.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkChange<'a> {
+    /// Link to the person a checked ticket names, as passed on by `relay`.
+    Link {
+        ticket: &'a crate::slack::Ticket,
+        relay: &'a proto::Identity,
+    },
+    /// End the link: `who` must be the person it names.
+    Unlink {
+        who: &'a proto::Identity,
+        reason: &'a str,
+    },
+}
+
+/// Links Slack user `slack` (as Slack vouched for them to the relay) to the
+/// person a ticket names, or ends a link, under optimistic concurrency on
+/// the link's subject. A ticket links once; a Slack user may be linked
+/// again (to whoever's ticket they type: Slack vouched that it is them).
 pub async fn slack_link(
     live: &Live,
     log: &EventLog,
     slack: &proto::SlackUser,
-    who: &proto::Identity,
-    link_it: bool,
-    reason: &str,
+    change: LinkChange<'_>,
     source: &proto::Source,
 ) -> Result<proto::SlackLinkView, SlackLinkError> {
     use proto::event::Body;
@@ -431,35 +444,43 @@ pub async fn slack_link(
             return Err(SlackLinkError::Lagging);
         }
         let current = live.read(|s| s.slack_links.get(&key).cloned());
-        let body = match (link_it, &current) {
-            (true, Some(l)) if l.identity.as_ref().map(|i| &i.subject) != Some(&who.subject) => {
-                return Err(SlackLinkError::Refused(format!(
-                    "Slack user {} is linked to someone else; that link must end first",
-                    slack.user_id
-                )));
-            }
-            (true, _) => {
-                let mut identity = who.clone();
-                // Step-up is for the moment of a vote: never carried by a link.
-                identity.acrs.clear();
+        let body = match change {
+            LinkChange::Link { ticket, relay } => {
+                if live.read(|s| s.slack_tickets.contains_key(&ticket.id)) {
+                    return Err(SlackLinkError::Refused(
+                        "that link ticket was already used: ask for a new one on the reviewer's Slack page"
+                            .into(),
+                    ));
+                }
+                let mut name = slack.clone();
+                name.name = name.name.chars().take(100).collect();
                 Body::SlackLinked(proto::SlackLinked {
-                    slack: Some(slack.clone()),
-                    identity: Some(identity),
+                    slack: Some(name),
+                    identity: Some(ticket.identity.clone()),
+                    ticket_id: ticket.id.clone(),
+                    ticket_expires_at: Some(ticket.expires_at.into()),
+                    relayed_by: Some(relay.clone()),
                 })
             }
-            (false, Some(l)) if l.identity.as_ref().map(|i| &i.subject) == Some(&who.subject) => {
-                Body::SlackUnlinked(proto::SlackUnlinked {
-                    slack: Some(slack.clone()),
-                    by: Some(who.clone()),
-                    reason: reason.to_owned(),
-                })
-            }
-            (false, Some(_)) => {
-                return Err(SlackLinkError::Refused(
-                    "only the person a Slack user is linked to ends the link".into(),
-                ));
-            }
-            (false, None) => return Err(SlackLinkError::Refused("that Slack user is not linked".into())),
+            LinkChange::Unlink { who, reason } => match &current {
+                Some(l)
+                    if l.identity
+                        .as_ref()
+                        .is_some_and(|i| crate::slack::same_person(i, who)) =>
+                {
+                    Body::SlackUnlinked(proto::SlackUnlinked {
+                        slack: Some(slack.clone()),
+                        by: Some(who.clone()),
+                        reason: reason.to_owned(),
+                    })
+                }
+                Some(_) => {
+                    return Err(SlackLinkError::Refused(
+                        "only the person a Slack user is linked to ends the link".into(),
+                    ));
+                }
+                None => return Err(SlackLinkError::Refused("that Slack user is not linked".into())),
+            },
         };
         let mut event = airlock_eventlog::new_event(source, body);
         trace::stamp(&mut event);
@@ -471,7 +492,7 @@ pub async fn slack_link(
         {
             Ok(appended) => {
                 live.wait_for(appended.sequence, CATCH_UP).await;
-                tracing::info!(slack = %slack.user_id, who = %who.subject, linked = link_it, "Slack link changed");
+                tracing::info!(slack = %slack.user_id, linked = matches!(change, LinkChange::Link { .. }), "Slack link changed");
                 return Ok(live
                     .read(|s| s.slack_links.get(&key).cloned())
                     .unwrap_or(proto::SlackLinkView {

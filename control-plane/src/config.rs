@@ -134,15 +134,19 @@ pub struct SlackSection {
     /// Client application ids (`azp`/`appid`) of the reviewer service's
     /// own identity: only a caller with one of them may relay a Slack vote.
     pub relays: Vec<String>,
-    /// A link older than this is refused until linked again (group
-    /// membership is the link's: it is not checked again). Default 30 days.
+    /// A link older than this is refused until linked again: the
+    /// person's groups are the link's until then (they are not asked of
+    /// Entra again), so keep it short. Default 12 hours, at most 7 days.
     #[serde(default = "default_link_ttl", with = "humantime_serde")]
     pub link_ttl: Duration,
 }
 
 fn default_link_ttl() -> Duration {
-    Duration::from_secs(30 * 24 * 3600)
+    Duration::from_secs(12 * 3600)
 }
+
+/// The longest `control.slack.link_ttl`.
+pub const MAX_SLACK_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `approvals:` (defaults for require-approval rules).
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +203,20 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
              tls.client_ca; with client certificates configured, remove it",
             file.path().display()
         );
+    }
+    if let Some(slack) = &control.slack {
+        if slack.link_ttl.is_zero() || slack.link_ttl > MAX_SLACK_LINK_TTL {
+            anyhow::bail!(
+                "{}: control.slack.link_ttl must be more than 0 and at most 7d (a link keeps the groups it was made with)",
+                file.path().display()
+            );
+        }
+        if slack.relays.is_empty() || slack.relays.iter().any(|r| r.trim().is_empty()) {
+            anyhow::bail!(
+                "{}: control.slack.relays must name the client id of the reviewer service's own identity",
+                file.path().display()
+            );
+        }
     }
     let approvals = file
         .section::<ApprovalsSection>("approvals")?

@@ -226,6 +226,11 @@ pub fn decide(
             request_id: vote.request_id.clone(),
         });
     }
+    if vote.slack.is_some() && vote.statement_sha256.as_ref().is_none_or(|d| d.is_empty()) {
+        return Err(DecideError::SlackVote(
+            "must name the digest of the statement its message showed".into(),
+        ));
+    }
     let digest = asked
         .statement
         .as_ref()
@@ -242,9 +247,9 @@ pub fn decide(
         return Err(DecideError::NoDecision);
     }
     check_bounds(vote, asked)?;
-    if vote.slack.is_some() && (vote.break_glass || vote.scope.is_some()) {
+    if vote.slack.is_some() && (vote.break_glass || vote.scope.is_some() || !vote.max_rows.is_empty()) {
         return Err(DecideError::SlackVote(
-            "approves or denies this statement only: no break-glass, no grant".into(),
+            "approves or denies this statement only: no break-glass, no grant, no bounds of its own".into(),
         ));
     }
     if let Some(scope) = &vote.scope {

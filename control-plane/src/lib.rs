@@ -31,6 +31,7 @@ pub mod projection;
 pub mod review_cmd;
 pub mod serve;
 pub mod simulate;
+pub mod slack;
 pub mod snapshot;
 pub mod tls;
 pub mod verify;

@@ -131,6 +131,9 @@ pub struct Projection {
     pub grants: BTreeMap<String, Grant>,
     /// Slack users linked to an identity, by (team, user).
     pub slack_links: BTreeMap<(String, String), proto::SlackLinkView>,
+    /// Slack link tickets already used, with when they expire (seconds
+    /// since the epoch): each links once. Dropped once expired.
+    pub slack_tickets: BTreeMap<String, i64>,
     /// Last stream sequence folded.
     pub sequence: u64,
     /// Events that did not fit (an outcome for an unknown request, a second
@@ -182,6 +185,12 @@ impl Projection {
     fn apply_slack_link(&mut self, team: String, user: String, stored: &StoredEvent, body: &Body) {
         match body {
             Body::SlackLinked(l) => {
+                if !l.ticket_id.is_empty() {
+                    let now = stored.event.time.map(|t| t.seconds).unwrap_or_default();
+                    self.slack_tickets.retain(|_, expires| *expires >= now);
+                    let expires = l.ticket_expires_at.map(|t| t.seconds).unwrap_or(i64::MAX);
+                    self.slack_tickets.insert(l.ticket_id.clone(), expires);
+                }
                 self.slack_links.insert(
                     (team, user),
                     proto::SlackLinkView {
@@ -190,6 +199,7 @@ impl Projection {
                         identity: l.identity.clone(),
                         linked_at: stored.event.time,
                         sequence: stored.sequence,
+                        expires_at: None,
                     },
                 );
             }

@@ -223,7 +223,17 @@ pub async fn serve(config: ControlConfig) -> anyhow::Result<()> {
         attach,
         presence: presence.clone(),
         floor_acrs: config.approvals.require_acrs.clone(),
-        slack: config.control.slack.clone(),
+        slack: config
+            .control
+            .slack
+            .clone()
+            .map(|section| crate::slack::SlackLinks {
+                section,
+                groups: by_name_and_id(
+                    &config,
+                    &[config.approvals.reviewers.clone(), config.policy_groups.clone()].concat(),
+                ),
+            }),
     };
     tokio::spawn(crate::presence::run(
         presence.clone(),

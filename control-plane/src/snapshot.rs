@@ -48,6 +48,16 @@ struct SnapshotFile {
     grants: Vec<GrantEntry>,
     #[prost(message, repeated, tag = "8")]
     slack_links: Vec<proto::SlackLinkView>,
+    #[prost(message, repeated, tag = "9")]
+    slack_tickets: Vec<UsedTicket>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct UsedTicket {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(int64, tag = "2")]
+    expires: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -179,6 +189,14 @@ pub fn encode(p: &Projection) -> Vec<u8> {
             })
             .collect(),
         slack_links: p.slack_links.values().cloned().collect(),
+        slack_tickets: p
+            .slack_tickets
+            .iter()
+            .map(|(id, expires)| UsedTicket {
+                id: id.clone(),
+                expires: *expires,
+            })
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -228,6 +246,9 @@ pub fn decode(bytes: &[u8]) -> Result<Projection, prost::DecodeError> {
     for l in file.slack_links {
         let slack = l.slack.clone().unwrap_or_default();
         p.slack_links.insert((slack.team_id, slack.user_id), l);
+    }
+    for t in file.slack_tickets {
+        p.slack_tickets.insert(t.id, t.expires);
     }
     for g in file.grants {
         let view = g.view.unwrap_or_default();

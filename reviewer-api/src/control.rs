@@ -153,12 +153,36 @@ impl ControlClient {
             .into_inner())
     }
 
+    pub async fn offer_slack_link(&self, token: &Token) -> Result<proto::SlackLinkOffer, ApiError> {
+        let q = proto::OfferSlackLinkRequest {};
+        Ok(self
+            .client()
+            .offer_slack_link(Self::unary(token, q)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list_slack_links(&self, token: &Token) -> Result<Vec<proto::SlackLinkView>, ApiError> {
+        let q = proto::ListSlackLinksRequest {};
+        Ok(self
+            .client()
+            .list_slack_links(Self::unary(token, q)?)
+            .await?
+            .into_inner()
+            .links)
+    }
+
+    /// Relays a ticket typed in Slack by `slack` (the relay's own token).
     pub async fn link_slack(
         &self,
         token: &Token,
         slack: proto::SlackUser,
+        ticket: &str,
     ) -> Result<proto::SlackLinkView, ApiError> {
-        let q = proto::LinkSlackRequest { slack: Some(slack) };
+        let q = proto::LinkSlackRequest {
+            slack: Some(slack),
+            ticket: ticket.to_owned(),
+        };
         Ok(self
             .client()
             .link_slack(Self::unary(token, q)?)

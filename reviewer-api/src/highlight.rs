@@ -102,11 +102,14 @@ const KEYWORDS: &[&str] = &[
 ];
 
 /// Characters a reviewer could not see but the database would: controls
-/// other than newline, tab and carriage return, bidirectional overrides and
-/// zero-width characters.
-fn hidden(c: char) -> bool {
+/// other than newline, tab and carriage return, bidirectional overrides,
+/// zero-width and other invisible format characters.
+pub(crate) fn hidden(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t' && c != '\r')
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// True when the statement holds characters [`highlight`] marks.

@@ -155,6 +155,8 @@ words! {
         GrantUsed = "grant_used",
         GrantRevoked = "grant_revoked",
         GrantExpired = "grant_expired",
+        SlackLinked = "slack_linked",
+        SlackUnlinked = "slack_unlinked",
         Unknown = "unknown",
     }
 }
@@ -1309,9 +1311,19 @@ pub fn timeline_entry(e: &proto::RecordedEvent) -> TimelineJson {
             out.summary = "policy loaded".into();
         }
         // Not on a session's or request's timeline; said if ever met.
-        Body::SlackLinked(_) | Body::SlackUnlinked(_) => {
-            out.kind = TimelineKindJson::PolicyLoaded;
-            out.summary = "Slack link changed".into();
+        Body::SlackLinked(l) => {
+            out.kind = TimelineKindJson::SlackLinked;
+            out.summary = format!(
+                "Slack user {} linked",
+                l.slack.as_ref().map(|s| s.user_id.as_str()).unwrap_or("?")
+            );
+        }
+        Body::SlackUnlinked(u) => {
+            out.kind = TimelineKindJson::SlackUnlinked;
+            out.summary = format!(
+                "Slack user {} unlinked",
+                u.slack.as_ref().map(|s| s.user_id.as_str()).unwrap_or("?")
+            );
         }
         Body::Checkpoint(_) => {
             out.kind = TimelineKindJson::Checkpoint;

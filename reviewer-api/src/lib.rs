@@ -78,7 +78,12 @@ impl App {
             .as_ref()
             .map(|o| oidc::Oidc::new(o, &config.identity, &public_url, shared.clone()))
             .transpose()?;
-        let slack = config.reviewer.slack.clone().map(slack::Slack::new).transpose()?;
+        let slack = config
+            .reviewer
+            .slack
+            .clone()
+            .map(|section| slack::Slack::new(section, shared.clone()))
+            .transpose()?;
         if slack.is_some() && config.reviewer.notifications.is_none() {
             anyhow::bail!(
                 "reviewer.slack needs reviewer.notifications: its token_file is the identity Slack votes are relayed with"

@@ -42,6 +42,10 @@ const SESSIONS: &str = "airlock_reviewer_sessions";
 const LOGINS: &str = "airlock_reviewer_logins";
 const LEASE: &str = "airlock_reviewer_lease";
 const NOTIFIER: &str = "airlock_reviewer_notifier";
+const SLACK: &str = "airlock_reviewer_slack";
+/// How long a Slack request is remembered: longer than any timestamp
+/// Slack's signature check lets through (five minutes either way).
+const SLACK_SEEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The key of the lease, and of the cursor in the notifier bucket.
 const HOLDER: &str = "notifier";
 const CURSOR: &str = "cursor";
@@ -54,6 +58,8 @@ pub struct Shared {
     lease: kv::Store,
     /// The cursor of the notifications sent: outlives any lease.
     notifier: kv::Store,
+    /// Slack requests already taken (hashes of their signatures).
+    slack: kv::Store,
 }
 
 impl std::fmt::Debug for Shared {
@@ -119,6 +125,12 @@ impl Shared {
                 1 << 20,
                 "Airlock reviewer: how far notifications were queued",
             ),
+            bucket(
+                SLACK,
+                SLACK_SEEN_TTL,
+                16 << 20,
+                "Airlock reviewer: Slack requests already taken (hashes)",
+            ),
         ] {
             let name = config.bucket.clone();
             let store = match js.get_key_value(&name).await {
@@ -130,16 +142,34 @@ impl Shared {
             };
             stores.push(store);
         }
-        let notifier = stores.pop().expect("four buckets");
-        let lease = stores.pop().expect("four buckets");
-        let logins = stores.pop().expect("four buckets");
-        let sessions = stores.pop().expect("four buckets");
+        let slack = stores.pop().expect("five buckets");
+        let notifier = stores.pop().expect("five buckets");
+        let lease = stores.pop().expect("five buckets");
+        let logins = stores.pop().expect("five buckets");
+        let sessions = stores.pop().expect("five buckets");
         Ok(Shared {
             sessions,
             logins,
             lease,
             notifier,
+            slack,
         })
+    }
+
+    /// Whether no replica has taken the Slack request signed `signature`
+    /// before; from now on every replica has. An error when NATS does not
+    /// answer: the caller refuses the request (a replay is never let
+    /// through for want of an answer).
+    pub async fn first_sight(&self, signature: &str) -> Result<bool, StoreError> {
+        match self
+            .slack
+            .create(entry_key("slack", signature), Bytes::from_static(b"1"))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(store_error("remembering a Slack request", e)),
+        }
     }
 
     /// Stores `value` for the browser holding `cookie`.

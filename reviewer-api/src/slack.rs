@@ -2,24 +2,26 @@
 //!
 //! Messages for held requests carry Approve and Deny buttons (posted with
 //! the Slack app's bot token, and updated in place once the request is
-//! decided, wherever it was decided). A button press reaches
-//! `POST /slack/interactions`, which is believed only when Slack's
+//! decided, wherever it was decided). Slack's requests reach
+//! `POST /slack/interactions` (button presses) and `POST /slack/commands`
+//! (`/airlock link <ticket>`), which believe a request only when Slack's
 //! signature checks: HMAC-SHA256 with the app's signing secret over
-//! `v0:<timestamp>:<body>`, a timestamp within five minutes, and never the
-//! same signature twice. Nothing is read from an unverified payload.
+//! `v0:<timestamp>:<body>`, a timestamp within five minutes, never the same
+//! signature twice (on any replica, with `reviewer.state: nats`), and only
+//! from the configured workspace (and, for buttons, channel).
 //!
-//! The vote is not this service's: it relays it to the control plane with
-//! its own identity (`notifications.token_file`, listed in
-//! `control.slack.relays`), naming the Slack user, and the control plane
-//! casts it as the Entra identity that Slack user linked themselves to,
-//! with the same group, self-approval and quorum checks as any vote. A
-//! Slack user who is not linked gets a link (only they see it): signed
-//! here, good for ten minutes, it opens a reviewer page where they sign in
-//! with Entra ID and confirm; the link is an event in the log, and they can
-//! end it on the same page.
+//! Neither a vote nor a link is this service's: it relays them to the
+//! control plane with its own identity (`notifications.token_file`, listed
+//! in `control.slack.relays`), naming the Slack user Slack vouched for. A
+//! link needs a ticket the person got from the control plane while signed
+//! in to this service's `/slack` page; the vote is cast as the person the
+//! Slack user is linked to, with the same group, self-approval and quorum
+//! checks as any vote. A message shows everything its Approve button
+//! approves (the whole statement and its parameters, as plain text), or it
+//! carries no buttons.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_proto::v1 as proto;
@@ -27,7 +29,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,11 +36,15 @@ use sha2::Sha256;
 
 use crate::auth::Token;
 use crate::notify::{Notification, Occasion};
+use crate::shared::Shared;
 
 /// How far a request's timestamp may be from now.
 pub const TOLERANCE_SECS: i64 = 300;
-/// How long a link code is good for.
-pub const LINK_CODE_SECS: i64 = 600;
+/// The most characters of statement and parameters a message shows; a
+/// request with more is posted without buttons.
+pub const MAX_SHOWN: usize = 12_000;
+/// Characters per preformatted block.
+const CHUNK: usize = 2_900;
 /// Action ids of the buttons.
 pub const APPROVE: &str = "airlock_approve";
 pub const DENY: &str = "airlock_deny";
@@ -52,12 +57,16 @@ pub struct SlackSection {
     pub signing_secret_env: String,
     /// The environment variable with the app's bot token (`xoxb-...`).
     pub bot_token_env: String,
-    /// The channel held requests are posted to (its id).
+    /// The Slack workspace (team id): requests from any other are refused.
+    pub team: String,
+    /// The channel held requests are posted to (its id): buttons pressed
+    /// anywhere else are refused.
     pub channel: String,
     /// Slack's Web API (a stand-in's in tests).
     #[serde(default = "default_api_url")]
     pub api_url: String,
-    /// Where Slack's `response_url`s point: any other is never called.
+    /// Where Slack's `response_url`s point (scheme, host and port exactly,
+    /// and the path's start): any other is never called.
     #[serde(default = "default_response_prefix")]
     pub response_url_prefix: String,
 }
@@ -74,8 +83,11 @@ fn default_response_prefix() -> String {
 pub struct Slack {
     pub section: SlackSection,
     secret: Vec<u8>,
-    /// Signatures already taken, with their timestamps.
+    /// Signatures already taken, with their timestamps (one replica).
     seen: Mutex<HashMap<String, i64>>,
+    /// Or, with `reviewer.state: nats`, every replica's.
+    shared: Option<Arc<Shared>>,
+    respond_to: url::Url,
     http: reqwest::Client,
 }
 
@@ -88,7 +100,17 @@ impl std::fmt::Debug for Slack {
 }
 
 impl Slack {
-    pub fn new(section: SlackSection) -> anyhow::Result<Slack> {
+    pub fn new(section: SlackSection, shared: Option<Arc<Shared>>) -> anyhow::Result<Slack> {
+        if !airlock_eventlog::subjects::slack_id(&section.team) {
+            anyhow::bail!(
+                "reviewer.slack.team must be the workspace's id (like T0123ABCD), not {:?}",
+                section.team
+            );
+        }
+        let respond_to = url::Url::parse(&section.response_url_prefix)
+            .ok()
+            .filter(|u| u.host_str().is_some() && matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| anyhow::anyhow!("reviewer.slack.response_url_prefix is not a URL"))?;
         let secret = std::env::var(&section.signing_secret_env).map_err(|_| {
             anyhow::anyhow!(
                 "reviewer.slack.signing_secret_env names {}, which is not set",
@@ -105,6 +127,8 @@ impl Slack {
             section,
             secret: secret.into_bytes(),
             seen: Mutex::new(HashMap::new()),
+            shared,
+            respond_to,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())
@@ -113,7 +137,7 @@ impl Slack {
     }
 
     /// Checks Slack's signature of `body` and refuses a replay.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), &'static str> {
+    pub async fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), &'static str> {
         let ts = headers
             .get("x-slack-request-timestamp")
             .and_then(|v| v.to_str().ok())
@@ -123,61 +147,46 @@ impl Slack {
             .and_then(|v| v.to_str().ok())
             .ok_or("no X-Slack-Signature")?;
         check_signature(&self.secret, ts, body, sig, now)?;
+        if let Some(shared) = &self.shared {
+            return match shared.first_sight(sig).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("this request was already taken (a replay)"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a Slack request refused: its replay check failed");
+                    Err("this request could not be checked for a replay; try again")
+                }
+            };
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, t| now - *t <= 2 * TOLERANCE_SECS);
         if seen.len() > 100_000 {
-            return Err("too many interactions at once");
+            return Err("too many requests at once");
         }
         if seen.insert(sig.to_owned(), ts.parse().unwrap_or(now)).is_some() {
-            return Err("this interaction was already taken (a replay)");
+            return Err("this request was already taken (a replay)");
         }
         Ok(())
     }
 
-    /// A link code for Slack user `user` of `team` (`name` as Slack shows
-    /// them), good until `now + LINK_CODE_SECS`.
-    pub fn link_code(&self, team: &str, user: &str, name: &str, now: i64) -> String {
-        let payload = json!({"t": team, "u": user, "n": name, "e": now + LINK_CODE_SECS}).to_string();
-        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
-        format!(
-            "{body}.{}",
-            hex::encode(self.mac(b"airlock-slack-link:", body.as_bytes()))
-        )
-    }
-
-    /// The Slack user a link code names, if it is ours and not expired.
-    pub fn check_code(&self, code: &str, now: i64) -> Result<proto::SlackUser, &'static str> {
-        let (body, mac) = code.split_once('.').ok_or("not a link code")?;
-        let want = self.mac(b"airlock-slack-link:", body.as_bytes());
-        let got = hex::decode(mac).map_err(|_| "not a link code")?;
-        if !constant_eq(&want, &got) {
-            return Err("this link was not made by this reviewer service");
-        }
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| "not a link code")?;
-        let v: Value = serde_json::from_slice(&raw).map_err(|_| "not a link code")?;
-        if v["e"].as_i64().is_none_or(|e| now > e) {
-            return Err("this link has expired: press the button in Slack again for a new one");
-        }
-        Ok(proto::SlackUser {
-            team_id: v["t"].as_str().unwrap_or_default().to_owned(),
-            user_id: v["u"].as_str().unwrap_or_default().to_owned(),
-            name: v["n"].as_str().unwrap_or_default().to_owned(),
-        })
-    }
-
-    fn mac(&self, context: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        mac.update(context);
-        mac.update(body);
-        mac.finalize().into_bytes().to_vec()
+    /// Whether `url` is one of Slack's response URLs: the configured
+    /// prefix's scheme, host and port exactly, and a path under its path.
+    fn is_response_url(&self, url: &str) -> bool {
+        let Ok(u) = url::Url::parse(url) else {
+            return false;
+        };
+        let p = &self.respond_to;
+        u.scheme() == p.scheme()
+            && u.host_str() == p.host_str()
+            && u.port_or_known_default() == p.port_or_known_default()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.path().starts_with(p.path())
     }
 
     /// Tells the Slack user something only they see, through the
     /// interaction's `response_url` (only one under the configured prefix).
     pub async fn tell(&self, response_url: &str, text: &str) {
-        if !response_url.starts_with(&self.section.response_url_prefix) {
+        if !self.is_response_url(response_url) {
             tracing::warn!("a Slack response_url outside reviewer.slack.response_url_prefix: not called");
             return;
         }
@@ -237,6 +246,8 @@ pub struct Press {
     pub request_id: String,
     /// The digest of the statement the message showed.
     pub sha256: Vec<u8>,
+    /// Where the button was pressed.
+    pub channel: String,
     pub response_url: String,
 }
 
@@ -258,10 +269,17 @@ pub fn parse(body: &[u8]) -> Result<Press, String> {
     };
     let value = action["value"].as_str().ok_or("no value")?;
     let (request_id, sha) = value.split_once(':').ok_or("a bad value")?;
-    let team = v["user"]["team_id"]
-        .as_str()
-        .or(v["team"]["id"].as_str())
-        .unwrap_or_default();
+    let sha256 = hex::decode(sha).map_err(|_| "a bad digest")?;
+    if sha256.len() != 32 {
+        return Err("a button without the statement's digest".into());
+    }
+    // The workspace is the user's and the payload's, and they agree.
+    let team = v["user"]["team_id"].as_str().unwrap_or_default();
+    let outer = v["team"]["id"].as_str().unwrap_or_default();
+    if !outer.is_empty() && !team.is_empty() && outer != team {
+        return Err("the user's workspace is not the payload's".into());
+    }
+    let team = if team.is_empty() { outer } else { team };
     let user = v["user"]["id"].as_str().unwrap_or_default();
     if team.is_empty() || user.is_empty() {
         return Err("no Slack user".into());
@@ -278,8 +296,44 @@ pub fn parse(body: &[u8]) -> Result<Press, String> {
         },
         approve,
         request_id: request_id.to_owned(),
-        sha256: hex::decode(sha).map_err(|_| "a bad digest")?,
+        sha256,
+        channel: v["channel"]["id"]
+            .as_str()
+            .or(v["container"]["channel_id"].as_str())
+            .unwrap_or_default()
+            .to_owned(),
         response_url: v["response_url"].as_str().unwrap_or_default().to_owned(),
+    })
+}
+
+/// What a slash command says (`/airlock ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub slack: proto::SlackUser,
+    pub text: String,
+    pub response_url: String,
+}
+
+/// Reads a slash command's form.
+pub fn parse_command(body: &[u8]) -> Result<Command, String> {
+    let field = |name: &str| {
+        url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (team, user) = (field("team_id"), field("user_id"));
+    if team.is_empty() || user.is_empty() {
+        return Err("no Slack user".into());
+    }
+    Ok(Command {
+        slack: proto::SlackUser {
+            team_id: team,
+            user_id: user,
+            name: field("user_name"),
+        },
+        text: field("text"),
+        response_url: field("response_url"),
     })
 }
 
@@ -287,14 +341,44 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The reviewer service's own token, which relays what Slack users do.
+fn relay_token(app: &crate::App) -> Option<Token> {
+    let path = &app.config.reviewer.notifications.as_ref()?.token_file;
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(Token::new(t.trim().to_owned())),
+        Err(e) => {
+            tracing::warn!(error = %e, "a Slack request cannot be relayed: notifications.token_file unreadable");
+            None
+        }
+    }
+}
+
+/// Checks what every Slack request must pass; the refusal otherwise.
+async fn admit(
+    app: &crate::App,
+    headers: &HeaderMap,
+    body: &[u8],
+    team: impl FnOnce(&[u8]) -> Option<String>,
+) -> Result<(), Response> {
+    let Some(slack) = app.slack.as_ref() else {
+        return Err(StatusCode::NOT_FOUND.into_response());
+    };
+    if let Err(why) = slack.verify(headers, body, now()).await {
+        tracing::warn!(why, "a Slack request refused");
+        return Err((StatusCode::UNAUTHORIZED, why).into_response());
+    }
+    if team(body).as_deref() != Some(slack.section.team.as_str()) {
+        tracing::warn!("a Slack request from another workspace refused");
+        return Err((StatusCode::FORBIDDEN, "not this workspace's Airlock").into_response());
+    }
+    Ok(())
+}
+
 /// `POST /slack/interactions`.
 pub async fn interactions(State(app): State<crate::State>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(slack) = app.slack.as_ref() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    if let Err(why) = slack.verify(&headers, &body, now()) {
-        tracing::warn!(why, "a Slack interaction refused");
-        return (StatusCode::UNAUTHORIZED, why).into_response();
+    let team = |b: &[u8]| parse(b).ok().map(|p| p.slack.team_id);
+    if let Err(refused) = admit(&app, &headers, &body, team).await {
+        return refused;
     }
     let press = match parse(&body) {
         Ok(p) => p,
@@ -302,30 +386,99 @@ pub async fn interactions(State(app): State<crate::State>, headers: HeaderMap, b
     };
     // Answered at once (Slack waits three seconds); the vote goes on.
     let app = app.clone();
-    tokio::spawn(async move { relay(app, press).await });
+    tokio::spawn(async move { relay_vote(app, press).await });
     StatusCode::OK.into_response()
 }
 
-async fn relay(app: crate::State, press: Press) {
+/// `POST /slack/commands`: `/airlock link <ticket>`, `/airlock status`.
+pub async fn commands(State(app): State<crate::State>, headers: HeaderMap, body: Bytes) -> Response {
+    let team = |b: &[u8]| parse_command(b).ok().map(|c| c.slack.team_id);
+    if let Err(refused) = admit(&app, &headers, &body, team).await {
+        return refused;
+    }
+    let command = match parse_command(&body) {
+        Ok(c) => c,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    let app = app.clone();
+    tokio::spawn(async move { relay_command(app, command).await });
+    StatusCode::OK.into_response()
+}
+
+fn page(app: &crate::App) -> String {
+    format!("{}/slack", app.public_url.trim_end_matches('/'))
+}
+
+fn when(t: Option<prost_types::Timestamp>) -> String {
+    crate::ui::clock(crate::ui::ts(t.as_ref()))
+}
+
+async fn relay_command(app: crate::State, command: Command) {
     let Some(slack) = app.slack.as_ref() else { return };
-    let token = match app
-        .config
-        .reviewer
-        .notifications
-        .as_ref()
-        .map(|n| std::fs::read_to_string(&n.token_file))
-    {
-        Some(Ok(t)) => Token::new(t.trim().to_owned()),
-        _ => {
-            tracing::warn!("a Slack vote cannot be relayed: no notifications.token_file");
-            slack
-                .tell(
-                    &press.response_url,
-                    "This reviewer service cannot relay votes right now.",
-                )
-                .await;
-            return;
+    let text = command.text.trim();
+    let (verb, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let answer = match (verb, relay_token(&app)) {
+        (_, None) => "This reviewer service cannot relay to Airlock right now.".to_owned(),
+        ("link", Some(token)) if !rest.trim().is_empty() => {
+            match app
+                .control
+                .link_slack(&token, command.slack.clone(), rest.trim())
+                .await
+            {
+                Ok(view) => format!(
+                    "Linked: your Slack user's Approve and Deny buttons now cast the votes of {}, until {} \
+                     (or until you end it at {}). If that is not you, end it there now.",
+                    view.identity
+                        .as_ref()
+                        .map(|i| i.display_name.as_str())
+                        .unwrap_or("?"),
+                    when(view.expires_at),
+                    page(&app)
+                ),
+                Err(e) => format!("Nothing was linked: {}", e.message),
+            }
         }
+        ("status", Some(token)) => match app.control.get_slack_link(&token, command.slack.clone()).await {
+            Ok(view) if view.linked => format!(
+                "Your Slack user votes as {} until {}. Manage it at {}.",
+                view.identity
+                    .as_ref()
+                    .map(|i| i.display_name.as_str())
+                    .unwrap_or("?"),
+                when(view.expires_at),
+                page(&app)
+            ),
+            Ok(_) => format!("Your Slack user is not linked. Link it at {}.", page(&app)),
+            Err(e) => format!("Airlock did not answer: {}", e.message),
+        },
+        _ => format!(
+            "`/airlock link <ticket>` links your Slack user to your Entra ID sign-in: get the ticket, and \
+             the whole command, at {} (sign in there first). `/airlock status` says who your buttons vote as.",
+            page(&app)
+        ),
+    };
+    slack.tell(&command.response_url, &answer).await;
+}
+
+async fn relay_vote(app: crate::State, press: Press) {
+    let Some(slack) = app.slack.as_ref() else { return };
+    if press.channel != slack.section.channel {
+        slack
+            .tell(
+                &press.response_url,
+                "Nothing was voted: Airlock's buttons count only in its review channel.",
+            )
+            .await;
+        return;
+    }
+    let Some(token) = relay_token(&app) else {
+        slack
+            .tell(
+                &press.response_url,
+                "This reviewer service cannot relay votes right now.",
+            )
+            .await;
+        return;
     };
     let q = proto::DecideRequest {
         request_id: press.request_id.clone(),
@@ -350,33 +503,53 @@ async fn relay(app: crate::State, press: Press) {
             if press.approve { "approval" } else { "denial" },
             press.request_id
         ),
-        Err(e) if e.code == crate::error::Code::NotFound && e.message.contains("Slack user") => {
-            let code = slack.link_code(
-                &press.slack.team_id,
-                &press.slack.user_id,
-                &press.slack.name,
-                now(),
-            );
-            format!(
-                "Nothing was voted: {}. Link your Slack user to your Entra ID sign-in once (good for ten \
-                 minutes, only you see this): {}/slack/link?code={code}",
-                e.message,
-                app.public_url.trim_end_matches('/')
-            )
-        }
+        Err(e) if e.code == crate::error::Code::NotFound && e.message.contains("Slack user") => format!(
+            "Nothing was voted: {}. Link your Slack user to your Entra ID sign-in: sign in at {} and follow \
+             the steps there.",
+            e.message,
+            page(&app)
+        ),
         Err(e) => format!("Nothing was voted: {}", e.message),
     };
     slack.tell(&press.response_url, &text).await;
 }
 
-/// Slack mrkdwn: `&`, `<` and `>` are control characters there.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// `text` as a reviewer must read it: every character the database would
+/// see and a reader would not (controls, bidirectional overrides,
+/// zero-width) written out as `<U+XXXX>`; whether there were any.
+fn visible(text: &str) -> (String, bool) {
+    let mut out = String::with_capacity(text.len());
+    let mut any = false;
+    for c in text.chars() {
+        if crate::highlight::hidden(c) {
+            any = true;
+            out.push_str(&format!("<U+{:04X}>", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    (out, any)
 }
 
-/// The message for `n`: the request, and while it is pending, the buttons.
+/// Preformatted blocks of plain text (never read as markup), in chunks.
+fn preformatted(text: &str) -> Vec<Value> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(CHUNK)
+        .map(|c| {
+            json!({"type": "rich_text", "elements": [{"type": "rich_text_preformatted",
+                "elements": [{"type": "text", "text": c.iter().collect::<String>()}]}]})
+        })
+        .collect()
+}
+
+/// Plain text for a section.
+fn plain(text: &str) -> Value {
+    json!({"type": "section", "text": {"type": "plain_text", "emoji": false, "text": text}})
+}
+
+/// The message for `n`: the request, and while it is pending and the
+/// message shows all of it, the buttons.
 pub fn message(channel: &str, n: &Notification) -> Value {
     let r = &n.view;
     let asked = r.request.as_ref();
@@ -390,15 +563,26 @@ pub fn message(channel: &str, n: &Notification) -> Value {
             }
         })
         .unwrap_or_default();
-    let sql = asked
-        .and_then(|a| a.statement.as_ref())
-        .map(|s| s.text.clone())
-        .unwrap_or_default();
-    let sql: String = sql.chars().take(2500).collect();
-    let sha = asked
-        .and_then(|a| a.statement.as_ref())
-        .map(|s| hex::encode(&s.sha256))
-        .unwrap_or_default();
+    let (who, _) = visible(&who.chars().take(200).collect::<String>());
+    let statement = asked.and_then(|a| a.statement.as_ref());
+    let (sql, mut hidden) = visible(statement.map(|s| s.text.as_str()).unwrap_or_default());
+    let mut params = String::new();
+    for (i, p) in statement
+        .map(|s| s.parameters.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let shown = if p.is_null {
+            "NULL".to_owned()
+        } else {
+            let (v, h) = visible(&p.display);
+            hidden |= h;
+            v
+        };
+        params.push_str(&format!("${} = {shown}\n", i + 1));
+    }
+    let sha = statement.map(|s| hex::encode(&s.sha256)).unwrap_or_default();
     let pending = r.state == proto::RequestState::Pending as i32;
     let state = proto::RequestState::try_from(r.state)
         .map(|s| {
@@ -412,13 +596,31 @@ pub fn message(channel: &str, n: &Notification) -> Value {
     } else {
         format!("Request {} by {who}: {state}", r.request_id)
     };
-    let mut blocks = vec![
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*", escape(&title))}}),
-        json!({"type": "section", "text": {"type": "mrkdwn",
-            "text": format!("```{}```", escape(&sql).replace("```", "`\u{200b}``"))}}),
-        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(&n.link)}]}),
-    ];
-    if pending {
+    let whole = sql.chars().count() + params.chars().count() <= MAX_SHOWN;
+    let mut blocks = vec![plain(&title)];
+    if whole {
+        blocks.extend(preformatted(&sql));
+        if !params.is_empty() {
+            blocks.push(plain("Parameters:"));
+            blocks.extend(preformatted(&params));
+        }
+    } else {
+        blocks.push(plain(&format!(
+            "The statement and its parameters ({} characters) are too long to show here in full: review it \
+             on the reviewer's page.",
+            sql.chars().count() + params.chars().count()
+        )));
+    }
+    if hidden {
+        blocks.push(plain(
+            "Warning: this statement holds characters a reader cannot see (shown as <U+XXXX>).",
+        ));
+    }
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "plain_text", "emoji": false, "text": n.link}]}),
+    );
+    // Buttons only for what the message shows in full, bound to its digest.
+    if pending && whole && sha.len() == 64 {
         let value = format!("{}:{sha}", r.request_id);
         blocks.push(json!({"type": "actions", "block_id": "airlock", "elements": [
             {"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
@@ -557,23 +759,142 @@ mod tests {
     }
 
     #[test]
-    fn a_press_names_its_user_request_and_digest() {
+    fn a_press_names_its_user_request_digest_and_channel() {
+        let sha = "ab".repeat(32);
+        let form = |payload: Value| {
+            format!(
+                "payload={}",
+                url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+            )
+        };
         let payload = json!({"type": "block_actions", "user": {"id": "U1", "username": "alice", "team_id": "T1"},
-            "actions": [{"action_id": APPROVE, "value": "01REQ:abcd"}], "response_url": "https://hooks.slack.com/x"});
-        let body = format!(
-            "payload={}",
-            url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
-        );
-        let p = parse(body.as_bytes()).unwrap();
+            "team": {"id": "T1"}, "channel": {"id": "C1"},
+            "actions": [{"action_id": APPROVE, "value": format!("01REQ:{sha}")}], "response_url": "https://hooks.slack.com/x"});
+        let p = parse(form(payload.clone()).as_bytes()).unwrap();
         assert_eq!(
             (p.slack.team_id.as_str(), p.slack.user_id.as_str(), p.approve),
             ("T1", "U1", true)
         );
         assert_eq!(
-            (p.request_id.as_str(), p.sha256.as_slice()),
-            ("01REQ", &[0xab, 0xcd][..])
+            (p.request_id.as_str(), p.sha256.len(), p.channel.as_str()),
+            ("01REQ", 32, "C1")
         );
+        // No digest, a short one, two workspaces: refused.
+        let mut short = payload.clone();
+        short["actions"][0]["value"] = json!("01REQ:");
+        assert!(parse(form(short).as_bytes()).is_err());
+        let mut short = payload.clone();
+        short["actions"][0]["value"] = json!("01REQ:abcd");
+        assert!(parse(form(short).as_bytes()).is_err());
+        let mut two = payload;
+        two["team"]["id"] = json!("T2");
+        assert!(parse(form(two).as_bytes()).is_err());
         assert!(parse(b"payload=%7B%22type%22%3A%22view_submission%22%7D").is_err());
         assert!(parse(b"nothing").is_err());
+    }
+
+    fn held(text: &str, params: Vec<proto::Parameter>) -> Notification {
+        Notification {
+            occasion: Occasion::Requested,
+            view: proto::RequestView {
+                request_id: "01REQ".into(),
+                state: proto::RequestState::Pending as i32,
+                request: Some(proto::ApprovalRequested {
+                    statement: Some(proto::Statement {
+                        text: text.into(),
+                        parameters: params,
+                        sha256: vec![7; 32],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            link: "https://review.example/requests/01REQ".into(),
+            sequence: 1,
+        }
+    }
+
+    fn shown(m: &Value) -> String {
+        m["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "rich_text")
+            .map(|b| {
+                b["elements"][0]["elements"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn has_buttons(m: &Value) -> bool {
+        m["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "actions")
+    }
+
+    #[test]
+    fn a_message_shows_everything_its_button_approves_or_has_no_button() {
+        // Long, with markup and mentions: all of it, as plain text.
+        let sql = format!(
+            "DELETE FROM t WHERE note = '<!channel> *x* ```' -- {}",
+            "y".repeat(7000)
+        );
+        let m = message("C1", &held(&sql, Vec::new()));
+        assert!(has_buttons(&m));
+        assert_eq!(shown(&m), sql);
+        // Parameters are shown with the statement.
+        let p = proto::Parameter {
+            display: "42".into(),
+            ..Default::default()
+        };
+        let null = proto::Parameter {
+            is_null: true,
+            ..Default::default()
+        };
+        let m = message(
+            "C1",
+            &held("DELETE FROM t WHERE id = $1 OR x = $2", vec![p, null]),
+        );
+        assert!(shown(&m).contains("$1 = 42\n$2 = NULL"), "{m}");
+        // Too long to show: no buttons.
+        let m = message("C1", &held(&"z".repeat(MAX_SHOWN + 1), Vec::new()));
+        assert!(!has_buttons(&m));
+        assert!(shown(&m).is_empty());
+        // Invisible characters are written out, and said.
+        let m = message("C1", &held("DELETE FROM t -- \u{202E}x\u{200B}", Vec::new()));
+        assert!(shown(&m).contains("<U+202E>x<U+200B>"), "{m}");
+        assert!(m.to_string().contains("cannot see"));
+        // Without a digest, no buttons.
+        let mut n = held("DELETE FROM t", Vec::new());
+        n.view
+            .request
+            .as_mut()
+            .unwrap()
+            .statement
+            .as_mut()
+            .unwrap()
+            .sha256
+            .clear();
+        assert!(!has_buttons(&message("C1", &n)));
+    }
+
+    #[test]
+    fn a_command_names_its_user_and_text() {
+        let c = parse_command(b"team_id=T1&user_id=U1&user_name=al&text=link+airlock-link-x&response_url=https%3A%2F%2Fhooks.slack.com%2Fc").unwrap();
+        assert_eq!(
+            (
+                c.slack.team_id.as_str(),
+                c.slack.user_id.as_str(),
+                c.text.as_str()
+            ),
+            ("T1", "U1", "link airlock-link-x")
+        );
+        assert!(parse_command(b"text=link").is_err());
     }
 }

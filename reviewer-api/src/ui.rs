@@ -41,10 +41,11 @@ pub fn routes() -> Vec<Route> {
         ("GET", "/grants", get(grants::list)),
         ("GET", "/grants/{id}", get(grants::page)),
         ("POST", "/grants/{id}/revoke", post(grants::revoke)),
-        ("GET", "/slack/link", get(slack::page)),
-        ("POST", "/slack/link", post(slack::link)),
+        ("GET", "/slack", get(slack::page)),
+        ("POST", "/slack/ticket", post(slack::ticket)),
         ("POST", "/slack/unlink", post(slack::unlink)),
         ("POST", "/slack/interactions", post(crate::slack::interactions)),
+        ("POST", "/slack/commands", post(crate::slack::commands)),
         ("GET", "/static/app.css", get(css)),
         ("GET", "/static/app.js", get(js)),
     ]
@@ -123,11 +124,11 @@ fn field(raw: &[u8], name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn ts(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
+pub(crate) fn ts(t: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
     json::time(t)
 }
 
-fn clock(t: Option<OffsetDateTime>) -> String {
+pub(crate) fn clock(t: Option<OffsetDateTime>) -> String {
     t.map(|t| {
         format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",

@@ -392,6 +392,24 @@ fn refusals_name_their_reason() {
                 request_id: "R2".into(),
             },
         ),
+        (
+            // A Slack vote names the statement its message showed.
+            Vote {
+                slack: Some((proto::SlackUser::default(), app("relay", &[]))),
+                ..vote("R2", person("alice", &[REVIEWERS]), proto::Decision::Approve)
+            },
+            at(1),
+            DecideError::SlackVote("must name the digest of the statement its message showed".into()),
+        ),
+        (
+            Vote {
+                slack: Some((proto::SlackUser::default(), app("relay", &[]))),
+                statement_sha256: Some(Vec::new()),
+                ..vote("R2", person("alice", &[REVIEWERS]), proto::Decision::Deny)
+            },
+            at(1),
+            DecideError::SlackVote("must name the digest of the statement its message showed".into()),
+        ),
     ];
     for (v, now, want) in cases {
         assert_eq!(

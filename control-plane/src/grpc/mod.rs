@@ -56,8 +56,8 @@ pub struct Control {
     pub presence: Arc<crate::presence::Presence>,
     /// `approvals.require_acrs`: step-up every approval needs here.
     pub floor_acrs: Vec<String>,
-    /// `control.slack`: who relays Slack votes; none when unset.
-    pub slack: Option<crate::config::SlackSection>,
+    /// `control.slack`: who relays Slack votes and links; none when unset.
+    pub slack: Option<crate::slack::SlackLinks>,
 }
 
 impl std::fmt::Debug for Control {

@@ -459,19 +459,78 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         }
     }
 
+    async fn offer_slack_link(
+        &self,
+        request: Request<proto::OfferSlackLinkRequest>,
+    ) -> Result<Response<proto::SlackLinkOffer>, Status> {
+        let links = self.slack_links()?;
+        // A reviewer, and a person: only they vote, so only they link.
+        let caller = self.actor(&request).await?;
+        if !caller.is_person() {
+            return Err(decide_status(DecideError::AppIdentity {
+                who: caller.identity.display_name.clone(),
+            }));
+        }
+        let Some(signer) = self.log.signer() else {
+            return Err(status(
+                ErrorCode::Unavailable,
+                "this replica has no signing key: it cannot make link tickets",
+            ));
+        };
+        let (ticket, made) = links.issue(signer, &caller.identity, std::time::SystemTime::now());
+        tracing::info!(who = %caller.identity.subject, ticket = %made.id, "Slack link ticket made");
+        Ok(Response::new(proto::SlackLinkOffer {
+            ticket,
+            expires_at: Some(made.expires_at.into()),
+            link_ttl: links.section.link_ttl.try_into().ok(),
+        }))
+    }
+
     async fn link_slack(
         &self,
         request: Request<proto::LinkSlackRequest>,
     ) -> Result<Response<proto::SlackLinkView>, Status> {
-        let who = self.caller(&request).await?;
-        self.slack_change(who, request.into_inner().slack, true, "").await
+        let links = self.slack_links()?;
+        let relay = self.caller(&request).await?;
+        if !self.is_slack_relay(&relay) {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!(
+                    "{} is not a Slack relay (control.slack.relays): links are made with a ticket typed in Slack",
+                    who(&relay)
+                ),
+            ));
+        }
+        self.ready()?;
+        let q = request.into_inner();
+        let Some(trust) = self.log.trust() else {
+            return Err(status(
+                ErrorCode::Unavailable,
+                "this replica trusts no keys: it cannot check link tickets",
+            ));
+        };
+        let ticket = crate::slack::open(trust, &q.ticket, std::time::SystemTime::now())
+            .map_err(|why| status(ErrorCode::InvalidArgument, why))?;
+        let slack = q.slack.unwrap_or_default();
+        let change = act::LinkChange::Link {
+            ticket: &ticket,
+            relay: &relay,
+        };
+        self.slack_change(&links, slack, change).await
     }
 
     async fn unlink_slack(
         &self,
         request: Request<proto::UnlinkSlackRequest>,
     ) -> Result<Response<proto::SlackLinkView>, Status> {
+        let links = self.slack_links()?;
         let who = self.caller(&request).await?;
+        if who.kind != proto::identity::Kind::User as i32 {
+            return Err(decide_status(DecideError::AppIdentity {
+                who: who.display_name.clone(),
+            }));
+        }
+        self.ready()?;
         let q = request.into_inner();
         if q.reason.chars().count() > 2000 {
             return Err(status(
@@ -479,13 +538,19 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                 "reason is longer than 2000 characters",
             ));
         }
-        self.slack_change(who, q.slack, false, &q.reason).await
+        let change = act::LinkChange::Unlink {
+            who: &who,
+            reason: &q.reason,
+        };
+        self.slack_change(&links, q.slack.unwrap_or_default(), change)
+            .await
     }
 
     async fn get_slack_link(
         &self,
         request: Request<proto::GetSlackLinkRequest>,
     ) -> Result<Response<proto::SlackLinkView>, Status> {
+        let links = self.slack_links()?;
         let caller = self.caller(&request).await?;
         let user = request.into_inner().slack.unwrap_or_default();
         let view = self.live.read(|s| {
@@ -496,14 +561,41 @@ impl proto::reviewer_service_server::ReviewerService for Control {
         let relay = self.is_slack_relay(&caller);
         match view {
             // Its person, or the relay, reads it; anyone else learns nothing.
-            Some(v) if relay || v.identity.as_ref().map(|i| &i.subject) == Some(&caller.subject) => {
-                Ok(Response::new(v))
+            Some(v)
+                if relay
+                    || v.identity
+                        .as_ref()
+                        .is_some_and(|i| crate::slack::same_person(i, &caller)) =>
+            {
+                Ok(Response::new(with_expiry(&links, v)))
             }
             _ => Ok(Response::new(proto::SlackLinkView {
                 slack: Some(user),
                 ..Default::default()
             })),
         }
+    }
+
+    async fn list_slack_links(
+        &self,
+        request: Request<proto::ListSlackLinksRequest>,
+    ) -> Result<Response<proto::ListSlackLinksResponse>, Status> {
+        let links = self.slack_links()?;
+        let caller = self.caller(&request).await?;
+        let mine = self.live.read(|s| {
+            s.slack_links
+                .values()
+                .filter(|v| {
+                    v.identity
+                        .as_ref()
+                        .is_some_and(|i| crate::slack::same_person(i, &caller))
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        Ok(Response::new(proto::ListSlackLinksResponse {
+            links: mine.into_iter().map(|v| with_expiry(&links, v)).collect(),
+        }))
     }
 
     async fn revoke_grant(
@@ -641,33 +733,47 @@ impl Control {
     }
 }
 
+/// `view` with when it stops counting.
+fn with_expiry(links: &crate::slack::SlackLinks, mut view: proto::SlackLinkView) -> proto::SlackLinkView {
+    view.expires_at = view
+        .linked_at
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| (t + links.section.link_ttl).into());
+    view
+}
+
 impl Control {
+    fn slack_links(&self) -> Result<crate::slack::SlackLinks, Status> {
+        self.slack.clone().ok_or_else(|| {
+            status(
+                ErrorCode::NotAReviewer,
+                "Slack approvals are not enabled (control.slack)",
+            )
+        })
+    }
+
     /// A relay is the reviewer service's own application identity: an app
     /// token (never a person's) of a client listed in `control.slack.relays`.
     fn is_slack_relay(&self, caller: &proto::Identity) -> bool {
         caller.kind == proto::identity::Kind::App as i32
+            && !caller.client_app_id.is_empty()
             && self
                 .slack
                 .as_ref()
-                .is_some_and(|s| !caller.client_app_id.is_empty() && s.relays.contains(&caller.client_app_id))
+                .is_some_and(|s| s.section.relays.contains(&caller.client_app_id))
     }
 
     /// The identity a relayed Slack vote is cast as: `relay` must be one of
     /// `control.slack.relays`, and the Slack user linked (within
-    /// `control.slack.link_ttl`) to a person. The person's groups are the
-    /// link's; step-up never comes with a link, so a rule that asks for it
-    /// cannot be approved from Slack.
+    /// `control.slack.link_ttl`) to a person who is, with the link's groups,
+    /// in `approvals.reviewers`. Step-up never comes with a link, so a rule
+    /// that asks for it cannot be approved from Slack.
     fn slack_voter(
         &self,
         user: &proto::SlackUser,
         relay: proto::Identity,
     ) -> Result<(proto::Identity, proto::Identity), Status> {
-        let Some(section) = &self.slack else {
-            return Err(status(
-                ErrorCode::NotAReviewer,
-                "votes from Slack are not enabled (control.slack)",
-            ));
-        };
+        let links = self.slack_links()?;
         if !self.is_slack_relay(&relay) {
             return Err(status(
                 ErrorCode::NotAReviewer,
@@ -685,12 +791,10 @@ impl Control {
                 format!("Slack user {} is not linked to an identity", user.user_id),
             ));
         };
-        let at = link
-            .linked_at
-            .and_then(|t| std::time::SystemTime::try_from(t).ok());
-        let fresh = at
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age < section.link_ttl);
+        let fresh = with_expiry(&links, link.clone())
+            .expires_at
+            .and_then(|t| std::time::SystemTime::try_from(t).ok())
+            .is_some_and(|end| std::time::SystemTime::now() < end);
         if !fresh {
             return Err(status(
                 ErrorCode::NotFound,
@@ -699,31 +803,27 @@ impl Control {
         }
         let mut voter = link.identity.unwrap_or_default();
         voter.acrs.clear();
+        if !self.roles().caller(voter.clone()).reviewer {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!(
+                    "{} (linked to Slack user {}) is not in a reviewer group (approvals.reviewers)",
+                    who(&voter),
+                    user.user_id
+                ),
+            ));
+        }
         Ok((voter, relay))
     }
 
     async fn slack_change(
         &self,
-        who: proto::Identity,
-        slack: Option<proto::SlackUser>,
-        link_it: bool,
-        reason: &str,
+        links: &crate::slack::SlackLinks,
+        slack: proto::SlackUser,
+        change: act::LinkChange<'_>,
     ) -> Result<Response<proto::SlackLinkView>, Status> {
-        if self.slack.is_none() {
-            return Err(status(
-                ErrorCode::NotAReviewer,
-                "votes from Slack are not enabled (control.slack)",
-            ));
-        }
-        if who.kind != proto::identity::Kind::User as i32 {
-            return Err(decide_status(DecideError::AppIdentity {
-                who: who.display_name.clone(),
-            }));
-        }
-        self.ready()?;
-        let slack = slack.unwrap_or_default();
-        match act::slack_link(&self.live, &self.log, &slack, &who, link_it, reason, &self.source).await {
-            Ok(view) => Ok(Response::new(view)),
+        match act::slack_link(&self.live, &self.log, &slack, change, &self.source).await {
+            Ok(view) => Ok(Response::new(with_expiry(links, view))),
             Err(act::SlackLinkError::Refused(why)) => Err(status(ErrorCode::InvalidArgument, why)),
             Err(act::SlackLinkError::Log(e)) => Err(log_status(e)),
             Err(e) => Err(status(ErrorCode::Unavailable, e.to_string())),

@@ -1,35 +1,19 @@
-//! The Slack link pages: `/slack/link?code=...` (from a Slack message only
-//! its Slack user sees) asks the signed-in person to confirm that this
-//! Slack user's button votes are to be cast as them; `POST /slack/link`
-//! records it (a `SlackLinked` event, through the control plane with the
-//! person's own token); `POST /slack/unlink` ends it. Same rules as every
-//! form here: a browser session, its CSRF token and origin.
+//! The Slack page, `/slack`: a signed-in reviewer sees the Slack users
+//! linked to them (and ends any), and gets a link ticket to type into
+//! Slack as `/airlock link <ticket>`. The ticket comes from the control
+//! plane, names the person signed in here, is good for ten minutes and
+//! links once; whoever types it links their Slack user to this person, so
+//! the page says never to give it to anyone. Same rules as every form
+//! here: a browser session, its CSRF token and origin.
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use maud::{Markup, html};
 
-use super::{field, signed_in, viewer};
-use crate::error::ApiError;
+use super::{clock, field, signed_in, ts, viewer};
 use crate::html::{self, Live, PageError};
 use airlock_proto::v1 as proto;
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn slack_user(app: &crate::App, code: &str) -> Result<proto::SlackUser, PageError> {
-    let slack = app.slack.as_ref().ok_or_else(|| {
-        ApiError::new(
-            crate::error::Code::NotFound,
-            "Slack approvals are not set up here",
-        )
-    })?;
-    slack
-        .check_code(code, now())
-        .map_err(|why| ApiError::invalid(why).into())
-}
 
 fn describe(u: &proto::SlackUser) -> Markup {
     html! {
@@ -38,76 +22,59 @@ fn describe(u: &proto::SlackUser) -> Markup {
     }
 }
 
-/// `GET /slack/link?code=...`.
-pub async fn page(
-    State(app): State<crate::State>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Markup, PageError> {
-    let code = field(raw.as_deref().unwrap_or("").as_bytes(), "code").unwrap_or_default();
-    let here = format!(
-        "/slack/link?code={}",
-        url::form_urlencoded::byte_serialize(code.as_bytes()).collect::<String>()
-    );
-    let caller = signed_in(&app, &headers, &here).await?;
-    let user = slack_user(&app, &code)?;
-    let current = app.control.get_slack_link(&caller.token, user.clone()).await?;
-    let mine =
-        current.linked && current.identity.as_ref().map(|i| &i.subject) == Some(&caller.identity.subject);
-    let body = html! {
-        h1 { "Slack approvals" }
-        @if mine {
-            p { "Slack user " (describe(&user)) " is linked to you: their Approve and Deny buttons cast your votes." }
-            form.card method="post" action="/slack/unlink" {
-                input type="hidden" name="csrf" value=(caller.csrf());
-                input type="hidden" name="code" value=(code);
-                div.actions { button.deny #unlink type="submit" { "End this link" } }
-            }
-        } @else {
-            p {
-                "Link Slack user " (describe(&user)) " to you, " strong { (caller.name()) } "? "
-                "From then on, their Approve and Deny buttons in Slack cast " em { "your" } " votes, with your "
-                "reviewer groups as of now, for 30 days or until you end the link here. Only confirm if that "
-                "Slack user is you."
-            }
-            form.card method="post" action="/slack/link" {
-                input type="hidden" name="csrf" value=(caller.csrf());
-                input type="hidden" name="code" value=(code);
-                div.actions { button.approve #link type="submit" { "Link my Slack user" } }
-            }
-        }
-    };
-    Ok(html::page(
-        "Slack approvals",
-        Some(&viewer(&caller)),
-        Live::Off,
-        body,
-    ))
-}
-
-/// `POST /slack/link` and `POST /slack/unlink`.
-async fn change(
-    app: &crate::App,
-    headers: &HeaderMap,
-    body: &Bytes,
-    link: bool,
-) -> Result<Markup, PageError> {
-    let caller = app.auth.changing(headers, field(body, "csrf").as_deref()).await?;
-    let user = slack_user(app, &field(body, "code").unwrap_or_default())?;
-    if link {
-        app.control.link_slack(&caller.token, user.clone()).await?;
-    } else {
-        app.control
-            .unlink_slack(&caller.token, user.clone(), "ended on the link page")
-            .await?;
+fn not_set_up(app: &crate::App) -> Result<(), PageError> {
+    if app.slack.is_none() {
+        return Err(crate::error::ApiError::new(
+            crate::error::Code::NotFound,
+            "Slack approvals are not set up here",
+        )
+        .into());
     }
-    tracing::info!(slack = %user.user_id, who = %caller.identity.subject, link, "Slack link changed");
+    Ok(())
+}
+
+/// `GET /slack`.
+pub async fn page(State(app): State<crate::State>, headers: HeaderMap) -> Result<Markup, PageError> {
+    let caller = signed_in(&app, &headers, "/slack").await?;
+    not_set_up(&app)?;
+    let links = app.control.list_slack_links(&caller.token).await?;
     let body = html! {
         h1 { "Slack approvals" }
-        @if link {
-            p #linked { "Linked: Slack user " (describe(&user)) " now votes as you. Press the button in Slack again." }
+        p {
+            "A Slack user linked to you casts " em { "your" } " votes with the Approve and Deny buttons in "
+            "Airlock's review channel, with your reviewer groups as of the link, until the link expires."
+        }
+        h2 { "Your links" }
+        @if links.is_empty() {
+            p.muted #no-links { "No Slack user is linked to you." }
         } @else {
-            p #unlinked { "The link is ended: Slack user " (describe(&user)) " votes as nobody." }
+            table #links {
+                thead { tr { th { "Slack user" } th { "Linked" } th { "Expires" } th {} } }
+                tbody {
+                    @for l in &links {
+                        @let u = l.slack.clone().unwrap_or_default();
+                        tr {
+                            td { (describe(&u)) }
+                            td { (clock(ts(l.linked_at.as_ref()))) }
+                            td { (clock(ts(l.expires_at.as_ref()))) }
+                            td {
+                                form method="post" action="/slack/unlink" {
+                                    input type="hidden" name="csrf" value=(caller.csrf());
+                                    input type="hidden" name="team" value=(u.team_id);
+                                    input type="hidden" name="user" value=(u.user_id);
+                                    button.deny type="submit" { "End this link" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Link your Slack user" }
+        form.card method="post" action="/slack/ticket" {
+            input type="hidden" name="csrf" value=(caller.csrf());
+            p { "Get a ticket, then type the command it comes with into Slack yourself." }
+            div.actions { button.approve #ticket type="submit" { "Get a link ticket" } }
         }
     };
     Ok(html::page(
@@ -118,18 +85,67 @@ async fn change(
     ))
 }
 
-pub async fn link(
+/// `POST /slack/ticket`: a ticket for the person signed in.
+pub async fn ticket(
     State(app): State<crate::State>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Markup, PageError> {
-    change(&app, &headers, &body, true).await
+    let caller = app
+        .auth
+        .changing(&headers, field(&body, "csrf").as_deref())
+        .await?;
+    not_set_up(&app)?;
+    let offer = app.control.offer_slack_link(&caller.token).await?;
+    tracing::info!(who = %caller.identity.subject, "Slack link ticket handed out");
+    let command = format!("/airlock link {}", offer.ticket);
+    let body = html! {
+        h1 { "Link your Slack user" }
+        p.warning {
+            strong { "This ticket is you. " }
+            "Whoever types it into Slack casts your votes from then on. Type it yourself, in your own Slack; "
+            "never paste it to a person, a bot or a channel, whoever asks for it."
+        }
+        p { "In Slack, send this command (to any conversation: only you see the answer):" }
+        pre #command { (command) }
+        p.muted { "Good until " (clock(ts(offer.expires_at.as_ref()))) ", once. " a href="/slack" { "Back to your links" } }
+    };
+    Ok(html::page(
+        "Link your Slack user",
+        Some(&viewer(&caller)),
+        Live::Off,
+        body,
+    ))
 }
 
+/// `POST /slack/unlink`.
 pub async fn unlink(
     State(app): State<crate::State>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Markup, PageError> {
-    change(&app, &headers, &body, false).await
+    let caller = app
+        .auth
+        .changing(&headers, field(&body, "csrf").as_deref())
+        .await?;
+    not_set_up(&app)?;
+    let user = proto::SlackUser {
+        team_id: field(&body, "team").unwrap_or_default(),
+        user_id: field(&body, "user").unwrap_or_default(),
+        name: String::new(),
+    };
+    app.control
+        .unlink_slack(&caller.token, user.clone(), "ended on the Slack page")
+        .await?;
+    tracing::info!(slack = %user.user_id, who = %caller.identity.subject, "Slack link ended");
+    let body = html! {
+        h1 { "Slack approvals" }
+        p #unlinked { "The link is ended: Slack user " (describe(&user)) " votes as nobody. " a href="/slack" { "Back" } }
+    };
+    Ok(html::page(
+        "Slack approvals",
+        Some(&viewer(&caller)),
+        Live::Off,
+        body,
+    ))
 }
