@@ -720,3 +720,71 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
     assert!(pending(&stack, &own));
     stack.assert_verify_passes();
 }
+
+/// With `reviewer.state: nats`, a Slack request taken by one replica is a
+/// replay on every other: a press or a command captured on its way and sent
+/// to another replica does nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slack_request_taken_by_one_reviewer_replica_is_a_replay_on_the_other() {
+    let (base, slack) = start_slack().await;
+    let reviewer_yaml = format!(
+        "  notifications:\n    token_file: {{DIR}}/notifier.token\n\
+         \x20 slack:\n    signing_secret_env: AIRLOCK_TEST_SLACK_SECRET\n    bot_token_env: AIRLOCK_TEST_SLACK_BOT\n\
+         \x20   team: {TEAM}\n    channel: C0REVIEW\n    api_url: {base}/api\n    response_url_prefix: {base}/respond/\n"
+    );
+    let stack = tokio::task::block_in_place(|| {
+        StackBuilder::new()
+            .reviewer_yaml(&reviewer_yaml)
+            .control_yaml(&format!("  slack: {{ relays: [{RELAY_CLIENT}] }}\n"))
+            .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_SECRET", SECRET)
+            .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_BOT", "xoxb-test-only")
+            .notifier_token()
+            .reviewer_replicas(2)
+            .start_binaries()
+    });
+    let ports = stack.reviewer_ports.clone();
+    let to = |port: u16, path: &str, body: &str, ts: i64| {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", signature(SECRET, ts, body))
+            .body(body.to_owned())
+            .send()
+    };
+    let value = format!("01NOREQUEST:{}", "ab".repeat(32));
+    let press = press_body("UALICE", "airlock_approve", &value, &format!("{base}/respond/p"));
+    let ts = now();
+    assert_eq!(
+        to(ports[0], "/slack/interactions", &press, ts)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        to(ports[1], "/slack/interactions", &press, ts)
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "the same press on the other replica"
+    );
+    let cmd = format!("team_id={TEAM}&user_id=UMALLORY&text=status&response_url={base}/respond/c");
+    let ts = now();
+    assert_eq!(
+        to(ports[1], "/slack/commands", &cmd, ts).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        to(ports[0], "/slack/commands", &cmd, ts).await.unwrap().status(),
+        401
+    );
+    // Each was acted on once.
+    told(&slack, "p").await;
+    told(&slack, "c").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let told = slack.told.lock().unwrap();
+    assert_eq!(told.iter().filter(|(i, _)| i == "p").count(), 1);
+    assert_eq!(told.iter().filter(|(i, _)| i == "c").count(), 1);
+}
