@@ -39,6 +39,32 @@ impl ReviewerAuth for VerifierAuth {
             })
         })
     }
+
+    fn groups_now<'a>(
+        &'a self,
+        person: &'a proto::Identity,
+    ) -> BoxFuture<'a, Option<Result<Vec<proto::Group>, String>>> {
+        Box::pin(async move {
+            let asked = self.0.groups_now(&person.tenant_id, &person.subject).await?;
+            Some(
+                asked
+                    .map(|groups| {
+                        groups
+                            .into_iter()
+                            .map(|g| proto::Group {
+                                id: g.id.0,
+                                name: g.name.unwrap_or_default(),
+                            })
+                            .collect()
+                    })
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "a Slack voter's groups could not be asked of Graph");
+                        "Microsoft Graph cannot be asked about the voter's groups right now; try again later"
+                            .to_owned()
+                    }),
+            )
+        })
+    }
 }
 
 fn default_replica_id() -> String {

@@ -295,6 +295,8 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
             .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_BOT", "xoxb-test-only")
             .notifier_token()
             .reviewer()
+            // Votes from Slack ask Graph for the voter's groups now.
+            .graph()
             .start_binaries()
     });
     // The reviewer service's own identity: an app of the relay client.
@@ -617,6 +619,45 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
     };
     let refused = control.decide(authed(&relay, q)).await.expect_err("no digest");
     assert!(refused.message().contains("digest"), "{refused:?}");
+    assert!(pending(&stack, &second.request_id));
+
+    // Frank's token says db-reviewers, so he gets a ticket and links; but
+    // Graph, asked at his vote, says he is in no group: nothing voted.
+    let frank = stack.token(&[
+        "--sub",
+        "oid-frank",
+        "--name",
+        "Frank Former",
+        "--group",
+        REVIEWERS,
+    ]);
+    let offer = control
+        .offer_slack_link(authed(&frank, proto::OfferSlackLinkRequest {}))
+        .await
+        .expect("his token says reviewer")
+        .into_inner();
+    assert_eq!(
+        command(
+            &stack,
+            TEAM,
+            "UFRANK",
+            &format!("link {}", offer.ticket),
+            &respond("f1")
+        )
+        .await,
+        200
+    );
+    assert!(told(&slack, "f1").await.contains("Frank Former"));
+    let (_, second_value) = button(&slack, &second.request_id).await;
+    assert_eq!(
+        press(&stack, "UFRANK", "airlock_approve", &second_value, &respond("f2")).await,
+        200
+    );
+    let text = told(&slack, "f2").await;
+    assert!(
+        text.contains("Nothing was voted") && text.contains("not in a reviewer group"),
+        "{text}"
+    );
     assert!(pending(&stack, &second.request_id));
 
     // Dave, a reviewer who also runs statements, links his Slack user and

@@ -753,10 +753,18 @@ fn write_login_config(layout: &Layout) {
 
 /// The dev issuer's Graph stand-in: who is in which group.
 fn write_graph_config(layout: &Layout) {
-    let members: String = [ALICE, BOB, ERIN, ("oid-agent-7", "agent-7", AGENTS)]
-        .iter()
-        .map(|(sub, _, group)| format!("  {sub}: [{group}]\n"))
-        .collect();
+    // Dave runs statements as an agent would and reviews too (the Slack
+    // tests); nobody else is a member of anything.
+    let members: String = [
+        ALICE,
+        BOB,
+        ERIN,
+        ("oid-agent-7", "agent-7", AGENTS),
+        ("oid-dave", "Dave Both", REVIEWERS),
+    ]
+    .iter()
+    .map(|(sub, _, group)| format!("  {sub}: [{group}]\n"))
+    .collect();
     std::fs::write(
         layout.dir.join("graph.yaml"),
         format!("client_id: {GRAPH_CLIENT_ID}\nclient_secret_env: {GRAPH_SECRET_ENV}\nmembers:\n{members}"),

@@ -33,6 +33,17 @@ pub trait ReviewerAuth: Send + Sync + 'static {
     /// The identity the token belongs to, or why it is refused (never
     /// containing the token).
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<proto::Identity, String>>;
+
+    /// A person's groups now, from the identity provider, for a decision
+    /// made without their token (a vote relayed from Slack): `None` when
+    /// it cannot be asked (no `identity.graph`), else its answer or why
+    /// there is none.
+    fn groups_now<'a>(
+        &'a self,
+        _person: &'a proto::Identity,
+    ) -> BoxFuture<'a, Option<Result<Vec<proto::Group>, String>>> {
+        Box::pin(async { None })
+    }
 }
 
 /// Everything the services share.

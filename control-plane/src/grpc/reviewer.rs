@@ -188,7 +188,7 @@ impl proto::reviewer_service_server::ReviewerService for Control {
             // Relayed from Slack: the caller is the reviewer service, the
             // voter the person the Slack user is linked to.
             let relay = self.caller(&request).await?;
-            let (voter, relay) = self.slack_voter(&user, relay)?;
+            let (voter, relay) = self.slack_voter(&user, relay).await?;
             slack = Some((user, relay));
             voter
         } else if request.get_ref().break_glass {
@@ -765,10 +765,12 @@ impl Control {
 
     /// The identity a relayed Slack vote is cast as: `relay` must be one of
     /// `control.slack.relays`, and the Slack user linked (within
-    /// `control.slack.link_ttl`) to a person who is, with the link's groups,
-    /// in `approvals.reviewers`. Step-up never comes with a link, so a rule
-    /// that asks for it cannot be approved from Slack.
-    fn slack_voter(
+    /// `control.slack.link_ttl`) to a person who is in
+    /// `approvals.reviewers`. The person's groups are Graph's answer now
+    /// where `identity.graph` is set (no answer, no vote), else the link's.
+    /// Step-up never comes with a link, so a rule that asks for it cannot be
+    /// approved from Slack.
+    async fn slack_voter(
         &self,
         user: &proto::SlackUser,
         relay: proto::Identity,
@@ -803,6 +805,14 @@ impl Control {
         }
         let mut voter = link.identity.unwrap_or_default();
         voter.acrs.clear();
+        match self.auth.groups_now(&voter).await {
+            None => {}
+            Some(Ok(groups)) => {
+                voter.groups = groups;
+                voter.groups_source = "graph".into();
+            }
+            Some(Err(why)) => return Err(status(ErrorCode::Unavailable, why)),
+        }
         if !self.roles().caller(voter.clone()).reviewer {
             return Err(status(
                 ErrorCode::NotAReviewer,

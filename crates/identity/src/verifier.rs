@@ -19,7 +19,7 @@ use crate::config::IdentityConfig;
 use crate::error::{FetchError, VerifyError, clip};
 use crate::fetch::Fetcher;
 use crate::graph::{Graph, looks_like_object_id};
-use crate::identity::{GroupId, GroupMembership, GroupsSource, Identity};
+use crate::identity::{GroupId, GroupMembership, GroupsSource, Identity, PrincipalKind};
 use crate::jwt::{algorithm_name, check_header};
 
 /// Verifies access tokens against one issuer's keys. Cheap to clone; clones
@@ -136,6 +136,33 @@ impl Verifier {
     /// How many times the JWKS document has been requested so far.
     pub fn jwks_fetch_count(&self) -> u64 {
         self.inner.cache.jwks_fetches()
+    }
+
+    /// A person's groups as Microsoft Graph says now (transitive, among
+    /// those Airlock's configuration names), for a decision made without
+    /// their token (a vote relayed from Slack). `None` without
+    /// `identity.graph`.
+    pub async fn groups_now(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Option<Result<Vec<GroupMembership>, VerifyError>> {
+        let graph = self.inner.graph.as_ref()?;
+        let config = &self.inner.config;
+        Some(
+            graph
+                .member_groups(tenant, PrincipalKind::User, subject)
+                .await
+                .map(|ids| {
+                    ids.into_iter()
+                        .map(|id| GroupMembership {
+                            name: config.group_name(&id).map(str::to_owned),
+                            id: GroupId(id),
+                        })
+                        .collect()
+                })
+                .map_err(VerifyError::GraphUnavailable),
+        )
     }
 
     /// Verifies `token` and maps its claims. Never logs the token, and no
