@@ -474,12 +474,12 @@ pub async fn slack_link(
                         reason: reason.to_owned(),
                     })
                 }
-                Some(_) => {
+                // One answer whoever else it is linked to, if anyone.
+                _ => {
                     return Err(SlackLinkError::Refused(
-                        "only the person a Slack user is linked to ends the link".into(),
+                        "that Slack user is not linked to you".into(),
                     ));
                 }
-                None => return Err(SlackLinkError::Refused("that Slack user is not linked".into())),
             },
         };
         let mut event = airlock_eventlog::new_event(source, body);
@@ -492,13 +492,22 @@ pub async fn slack_link(
         {
             Ok(appended) => {
                 live.wait_for(appended.sequence, CATCH_UP).await;
+                let view = live.read(|s| s.slack_links.get(&key).cloned());
+                if let LinkChange::Link { .. } = change {
+                    // The fold takes the first link a ticket made, in log
+                    // order: if this one was not it, another replica won.
+                    if view.as_ref().is_none_or(|v| v.sequence != appended.sequence) {
+                        return Err(SlackLinkError::Refused(
+                            "that link ticket was already used: ask for a new one on the reviewer's Slack page"
+                                .into(),
+                        ));
+                    }
+                }
                 tracing::info!(slack = %slack.user_id, linked = matches!(change, LinkChange::Link { .. }), "Slack link changed");
-                return Ok(live
-                    .read(|s| s.slack_links.get(&key).cloned())
-                    .unwrap_or(proto::SlackLinkView {
-                        slack: Some(slack.clone()),
-                        ..Default::default()
-                    }));
+                return Ok(view.unwrap_or(proto::SlackLinkView {
+                    slack: Some(slack.clone()),
+                    ..Default::default()
+                }));
             }
             Err(LogError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

@@ -134,6 +134,10 @@ pub struct SlackSection {
     /// Client application ids (`azp`/`appid`) of the reviewer service's
     /// own identity: only a caller with one of them may relay a Slack vote.
     pub relays: Vec<String>,
+    /// Client application ids whose (person's) tokens may ask for a link
+    /// ticket: the reviewer UI's own. A person's token for any other client
+    /// (a CLI, a tool an agent runs) cannot make a Slack user vote as them.
+    pub ticket_clients: Vec<String>,
     /// A link older than this is refused until linked again: the
     /// person's groups are the link's until then (they are not asked of
     /// Entra again), so keep it short. Default 12 hours, at most 7 days.
@@ -208,6 +212,12 @@ pub(crate) fn from_file(file: &ConfigFile) -> anyhow::Result<ControlConfig> {
         if slack.link_ttl.is_zero() || slack.link_ttl > MAX_SLACK_LINK_TTL {
             anyhow::bail!(
                 "{}: control.slack.link_ttl must be more than 0 and at most 7d (a link keeps the groups it was made with)",
+                file.path().display()
+            );
+        }
+        if slack.ticket_clients.is_empty() || slack.ticket_clients.iter().any(|c| c.trim().is_empty()) {
+            anyhow::bail!(
+                "{}: control.slack.ticket_clients must name the reviewer UI's client id (reviewer.oidc.client_id)",
                 file.path().display()
             );
         }

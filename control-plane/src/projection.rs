@@ -94,6 +94,10 @@ pub struct Grant {
 /// Uses kept on a grant's view (the newest).
 pub const RECENT_USES: usize = 20;
 
+/// How far past a Slack link ticket's expiry the log may store the link
+/// (the control plane appends it at once; clocks differ a little).
+const TICKET_SKEW_SECS: i64 = 60;
+
 impl Grant {
     pub fn state(&self) -> proto::GrantState {
         proto::GrantState::try_from(self.view.state).unwrap_or(proto::GrantState::Unspecified)
@@ -185,12 +189,22 @@ impl Projection {
     fn apply_slack_link(&mut self, team: String, user: String, stored: &StoredEvent, body: &Body) {
         match body {
             Body::SlackLinked(l) => {
-                if !l.ticket_id.is_empty() {
-                    let now = stored.event.time.map(|t| t.seconds).unwrap_or_default();
-                    self.slack_tickets.retain(|_, expires| *expires >= now);
-                    let expires = l.ticket_expires_at.map(|t| t.seconds).unwrap_or(i64::MAX);
-                    self.slack_tickets.insert(l.ticket_id.clone(), expires);
+                // A ticket links once, and only while good: a second link
+                // with it (two replicas racing, or an old event copied back
+                // onto its subject) is no link. The log's own store time
+                // decides, not the event's.
+                let stored_at = stored.stored_at.unix_timestamp();
+                let expires = l.ticket_expires_at.map(|t| t.seconds).unwrap_or(i64::MIN);
+                if l.ticket_id.is_empty()
+                    || self.slack_tickets.contains_key(&l.ticket_id)
+                    || stored_at > expires + TICKET_SKEW_SECS
+                {
+                    self.anomalies += 1;
+                    return;
                 }
+                self.slack_tickets
+                    .retain(|_, e| *e + TICKET_SKEW_SECS >= stored_at);
+                self.slack_tickets.insert(l.ticket_id.clone(), expires);
                 self.slack_links.insert(
                     (team, user),
                     proto::SlackLinkView {

@@ -167,6 +167,7 @@ mod tests {
         SlackLinks {
             section: SlackSection {
                 relays: vec!["relay".into()],
+                ticket_clients: vec!["ui".into()],
                 link_ttl: Duration::from_secs(3600),
             },
             groups: vec!["reviewers".into(), "gid-leads".into()],
@@ -241,5 +242,66 @@ mod tests {
             URL_SAFE_NO_PAD.encode(bare.to_bytes())
         );
         assert!(open(&trust, &text, SystemTime::now()).is_err());
+    }
+
+    fn linked(
+        sequence: u64,
+        user: &str,
+        ticket: &str,
+        expires: i64,
+        stored: i64,
+    ) -> airlock_eventlog::StoredEvent {
+        let slack = proto::SlackUser {
+            team_id: "T1".into(),
+            user_id: user.into(),
+            name: String::new(),
+        };
+        let event = airlock_eventlog::new_event(
+            &proto::Source::default(),
+            proto::event::Body::SlackLinked(proto::SlackLinked {
+                slack: Some(slack),
+                identity: Some(person()),
+                ticket_id: ticket.into(),
+                ticket_expires_at: Some(prost_types::Timestamp {
+                    seconds: expires,
+                    nanos: 0,
+                }),
+                relayed_by: None,
+            }),
+        );
+        airlock_eventlog::StoredEvent {
+            sequence,
+            subject: airlock_eventlog::subjects::slack_link("T1", user),
+            stored_at: time::OffsetDateTime::from_unix_timestamp(stored).unwrap(),
+            raw: prost::Message::encode_to_vec(&event).into(),
+            event,
+        }
+    }
+
+    #[test]
+    fn a_ticket_links_once_and_only_while_good_in_log_order() {
+        let mut p = crate::projection::Projection::new();
+        let t0 = 1_800_000_000;
+        p.apply(&linked(1, "U1", "K1", t0 + 600, t0));
+        // The same ticket again (a race lost, or the event copied back).
+        p.apply(&linked(2, "U2", "K1", t0 + 600, t0 + 1));
+        p.apply(&linked(3, "U1", "K1", t0 + 600, t0 + 2));
+        // A ticket stored well after it expired; one without a ticket.
+        p.apply(&linked(4, "U3", "K2", t0 + 600, t0 + 700));
+        p.apply(&linked(5, "U4", "", t0 + 600, t0));
+        let links: Vec<_> = p
+            .slack_links
+            .iter()
+            .map(|((_, u), v)| (u.as_str(), v.sequence))
+            .collect();
+        assert_eq!(links, [("U1", 1)]);
+        assert_eq!(p.anomalies, 4);
+        // Used tickets are forgotten once expired.
+        p.apply(&linked(6, "U5", "K3", t0 + 4000, t0 + 3000));
+        assert!(!p.slack_tickets.contains_key("K1") && p.slack_tickets.contains_key("K3"));
+        // What a snapshot keeps folds the same.
+        let back = crate::snapshot::decode(&crate::snapshot::encode(&p)).unwrap();
+        assert_eq!(back.slack_tickets, p.slack_tickets);
+        assert_eq!(back.slack_links, p.slack_links);
     }
 }

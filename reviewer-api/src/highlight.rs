@@ -117,6 +117,16 @@ pub fn has_hidden(text: &str) -> bool {
     text.chars().any(hidden)
 }
 
+/// True when a character outside ASCII stands outside string literals,
+/// quoted identifiers and comments: there it is part of a name to
+/// PostgreSQL, but can pass for an operator or a quote to a reader (U+2212
+/// for `-`, U+02BC for `'`).
+pub fn bare_non_ascii(sql: &str) -> bool {
+    tokens(sql)
+        .iter()
+        .any(|(kind, text)| matches!(kind, Kind::Plain | Kind::Keyword | Kind::Number) && !text.is_ascii())
+}
+
 /// Where a `$tag$` opening at `start` ends, if it is one.
 fn dollar_tag(s: &str, start: usize) -> Option<usize> {
     let rest = &s[start + 1..];
@@ -154,7 +164,11 @@ fn tokens(sql: &str) -> Vec<(Kind, &str)> {
         let rest = &sql[i..];
         let Some(c) = rest.chars().next() else { break };
         let (kind, end) = if rest.starts_with("--") {
-            (Kind::Comment, rest.find('\n').map_or(sql.len(), |n| i + n))
+            // PostgreSQL ends a line comment at a carriage return too.
+            (
+                Kind::Comment,
+                rest.find(['\n', '\r']).map_or(sql.len(), |n| i + n),
+            )
         } else if let Some(body) = rest.strip_prefix("/*") {
             (
                 Kind::Comment,
@@ -244,6 +258,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_line_comment_ends_at_a_carriage_return_and_bare_non_ascii_is_told() {
+        let t = tokens("SELECT 1 -- note\rDELETE FROM t");
+        assert!(t.contains(&(Kind::Comment, "-- note")), "{t:?}");
+        assert!(t.iter().any(|&(k, w)| k == Kind::Keyword && w == "DELETE"));
+        assert!(bare_non_ascii("SELECT * FROM t \u{2212}\u{2212} ; DROP TABLE x"));
+        assert!(bare_non_ascii("SELECT \u{2BC}x\u{2BC}"));
+        assert!(bare_non_ascii("SELECT * FROM café"));
+        assert!(!bare_non_ascii("SELECT 'café', \"été\" -- ✓\n/* ✓ */ FROM t"));
+    }
 
     /// The only markup the highlighter may write.
     const OUR_TAGS: &[&str] = &[

@@ -70,7 +70,7 @@ fn who(i: Option<&proto::Identity>) -> String {
     }
 }
 
-fn headline(n: &Notification) -> String {
+pub(crate) fn headline(n: &Notification) -> String {
     let asked = n.view.request.clone().unwrap_or_default();
     let connection = asked.connection.as_ref().map(|c| c.name.as_str()).unwrap_or("?");
     match n.occasion {
@@ -121,7 +121,7 @@ fn statement_text(n: &Notification) -> String {
 
 /// What the statement would touch, in one line: the dry run's counts, else
 /// the estimate, else why there is neither.
-fn impact_line(asked: &proto::ApprovalRequested) -> String {
+pub(crate) fn impact_line(asked: &proto::ApprovalRequested) -> String {
     let rows = |tables: &[proto::TableRows]| {
         tables
             .iter()
@@ -141,7 +141,7 @@ fn impact_line(asked: &proto::ApprovalRequested) -> String {
 }
 
 /// The agent's reason, labelled as its own claim; empty when none.
-fn reason_line(asked: &proto::ApprovalRequested) -> String {
+pub(crate) fn reason_line(asked: &proto::ApprovalRequested) -> String {
     if asked.agent_reason.is_empty() {
         String::new()
     } else {

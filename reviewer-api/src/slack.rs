@@ -45,6 +45,9 @@ pub const TOLERANCE_SECS: i64 = 300;
 pub const MAX_SHOWN: usize = 12_000;
 /// Characters per preformatted block.
 const CHUNK: usize = 2_900;
+/// A binary parameter's display longer than this may have been cut by the
+/// proxy (it keeps 4,096 bytes): no buttons then.
+const MAX_BINARY_DISPLAY: usize = 4_000;
 /// Action ids of the buttons.
 pub const APPROVE: &str = "airlock_approve";
 pub const DENY: &str = "airlock_deny";
@@ -147,6 +150,8 @@ impl Slack {
             .and_then(|v| v.to_str().ok())
             .ok_or("no X-Slack-Signature")?;
         check_signature(&self.secret, ts, body, sig, now)?;
+        // One key per signature, however its hex is written.
+        let sig = &sig.to_ascii_lowercase();
         if let Some(shared) = &self.shared {
             return match shared.first_sight(sig).await {
                 Ok(true) => Ok(()),
@@ -521,7 +526,9 @@ fn visible(text: &str) -> (String, bool) {
     let mut out = String::with_capacity(text.len());
     let mut any = false;
     for c in text.chars() {
-        if crate::highlight::hidden(c) {
+        // A carriage return ends a `--` comment for PostgreSQL, and Slack
+        // may not show it as a line break: written out too.
+        if crate::highlight::hidden(c) || c == '\r' {
             any = true;
             out.push_str(&format!("<U+{:04X}>", c as u32));
         } else {
@@ -567,21 +574,38 @@ pub fn message(channel: &str, n: &Notification) -> Value {
     let statement = asked.and_then(|a| a.statement.as_ref());
     let (sql, mut hidden) = visible(statement.map(|s| s.text.as_str()).unwrap_or_default());
     let mut params = String::new();
+    // Whether every parameter is shown as it will be bound.
+    let mut exact = true;
     for (i, p) in statement
         .map(|s| s.parameters.as_slice())
         .unwrap_or_default()
         .iter()
         .enumerate()
     {
-        let shown = if p.is_null {
-            "NULL".to_owned()
-        } else {
-            let (v, h) = visible(&p.display);
-            hidden |= h;
-            v
+        let text_format = p.format == proto::parameter::Format::Text as i32;
+        let shown = match (p.is_null, text_format) {
+            (true, _) => "NULL".to_owned(),
+            // Text: the bytes bound, whole (the display may be cut).
+            (false, true) => match std::str::from_utf8(&p.value) {
+                Ok(text) => {
+                    let (v, h) = visible(text);
+                    hidden |= h;
+                    v
+                }
+                Err(_) => {
+                    exact = false;
+                    p.display.clone()
+                }
+            },
+            // Binary: decoded for reading; a long one may have been cut.
+            (false, false) => {
+                exact &= p.display.len() <= MAX_BINARY_DISPLAY;
+                visible(&p.display).0
+            }
         };
         params.push_str(&format!("${} = {shown}\n", i + 1));
     }
+    let confusable = crate::highlight::bare_non_ascii(statement.map(|s| s.text.as_str()).unwrap_or_default());
     let sha = statement.map(|s| hex::encode(&s.sha256)).unwrap_or_default();
     let pending = r.state == proto::RequestState::Pending as i32;
     let state = proto::RequestState::try_from(r.state)
@@ -596,7 +620,7 @@ pub fn message(channel: &str, n: &Notification) -> Value {
     } else {
         format!("Request {} by {who}: {state}", r.request_id)
     };
-    let whole = sql.chars().count() + params.chars().count() <= MAX_SHOWN;
+    let whole = exact && sql.chars().count() + params.chars().count() <= MAX_SHOWN;
     let mut blocks = vec![plain(&title)];
     if whole {
         blocks.extend(preformatted(&sql));
@@ -604,6 +628,10 @@ pub fn message(channel: &str, n: &Notification) -> Value {
             blocks.push(plain("Parameters:"));
             blocks.extend(preformatted(&params));
         }
+    } else if !exact {
+        blocks.push(plain(
+            "A parameter cannot be shown here exactly as it will be bound: review it on the reviewer's page.",
+        ));
     } else {
         blocks.push(plain(&format!(
             "The statement and its parameters ({} characters) are too long to show here in full: review it \
@@ -616,11 +644,36 @@ pub fn message(channel: &str, n: &Notification) -> Value {
             "Warning: this statement holds characters a reader cannot see (shown as <U+XXXX>).",
         ));
     }
+    if confusable {
+        blocks.push(plain(
+            "Warning: characters outside ASCII stand outside quotes and comments, where they can pass for \
+             operators or quotes: review it on the reviewer's page.",
+        ));
+    }
+    if let Some(asked) = asked {
+        let rule = asked.verdict.clone().unwrap_or_default();
+        let facts = [
+            crate::notify::headline(n),
+            format!("policy {} · rule {} · {}", rule.policy, rule.rule, rule.reason),
+            crate::notify::impact_line(asked),
+            crate::notify::reason_line(asked),
+        ];
+        let facts: Vec<String> = facts
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| visible(&f.chars().take(600).collect::<String>()).0)
+            .collect();
+        blocks.push(
+            json!({"type": "context", "elements": [{"type": "plain_text", "emoji": false,
+            "text": facts.join("\n")}]}),
+        );
+    }
     blocks.push(
         json!({"type": "context", "elements": [{"type": "plain_text", "emoji": false, "text": n.link}]}),
     );
-    // Buttons only for what the message shows in full, bound to its digest.
-    if pending && whole && sha.len() == 64 {
+    // Buttons only for what the message shows in full and plainly, bound
+    // to its digest.
+    if pending && whole && !confusable && sha.len() == 64 {
         let value = format!("{}:{sha}", r.request_id);
         blocks.push(json!({"type": "actions", "block_id": "airlock", "elements": [
             {"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
@@ -850,7 +903,8 @@ mod tests {
         assert_eq!(shown(&m), sql);
         // Parameters are shown with the statement.
         let p = proto::Parameter {
-            display: "42".into(),
+            value: b"42".to_vec(),
+            display: "4…".into(),
             ..Default::default()
         };
         let null = proto::Parameter {
@@ -862,6 +916,35 @@ mod tests {
             &held("DELETE FROM t WHERE id = $1 OR x = $2", vec![p, null]),
         );
         assert!(shown(&m).contains("$1 = 42\n$2 = NULL"), "{m}");
+        // A binary value the proxy may have cut, or text that is not UTF-8:
+        // no buttons.
+        let cut = proto::Parameter {
+            format: proto::parameter::Format::Binary as i32,
+            display: "x".repeat(4097),
+            ..Default::default()
+        };
+        assert!(!has_buttons(&message(
+            "C1",
+            &held("DELETE FROM t WHERE b = $1", vec![cut])
+        )));
+        let bad = proto::Parameter {
+            value: vec![0xff, 0xfe],
+            ..Default::default()
+        };
+        assert!(!has_buttons(&message(
+            "C1",
+            &held("DELETE FROM t WHERE b = $1", vec![bad])
+        )));
+        // A carriage return ends a comment for PostgreSQL: written out.
+        let m = message("C1", &held("UPDATE t SET a = 1 -- ok\rDELETE FROM t", Vec::new()));
+        assert!(shown(&m).contains("-- ok<U+000D>DELETE"), "{m}");
+        // A look-alike of an operator or a quote outside quotes: no buttons.
+        let m = message(
+            "C1",
+            &held("SELECT * FROM t \u{2212}\u{2212} ; DROP TABLE x", Vec::new()),
+        );
+        assert!(!has_buttons(&m));
+        assert!(m.to_string().contains("outside ASCII"));
         // Too long to show: no buttons.
         let m = message("C1", &held(&"z".repeat(MAX_SHOWN + 1), Vec::new()));
         assert!(!has_buttons(&m));

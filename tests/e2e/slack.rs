@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_e2e::binaries::{AGENTS, ALICE, BinaryStack, ERIN, LEADS, REVIEWERS, hold};
+use airlock_e2e::binaries::{AGENTS, ALICE, BinaryStack, CLIENT_ID, ERIN, LEADS, REVIEWERS, hold};
 use airlock_e2e::review::authed;
 use airlock_e2e::{Process, StackBuilder, eventually};
 use airlock_eventlog::proto;
@@ -290,7 +290,9 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
             .orders(10)
             .access(ACCESS)
             .reviewer_yaml(&reviewer_yaml)
-            .control_yaml(&format!("  slack: {{ relays: [{RELAY_CLIENT}] }}\n"))
+            .control_yaml(&format!(
+                "  slack: {{ relays: [{RELAY_CLIENT}], ticket_clients: [{CLIENT_ID}] }}\n"
+            ))
             .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_SECRET", SECRET)
             .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_BOT", "xoxb-test-only")
             .notifier_token()
@@ -449,6 +451,13 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
             "{who}: {refused:?}"
         );
     }
+    // Alice's token for another client (a CLI, a tool an agent runs) gets
+    // no ticket: only the reviewer's sign-in does.
+    let refused = control
+        .offer_slack_link(authed(&stack.user_token(ALICE), proto::OfferSlackLinkRequest {}))
+        .await
+        .expect_err("no ticket outside the reviewer's sign-in");
+    assert!(refused.message().contains("ticket_clients"), "{refused:?}");
     // Erin is no reviewer: no ticket for her.
     let refused = control
         .offer_slack_link(authed(&stack.user_token(ERIN), proto::OfferSlackLinkRequest {}))
@@ -630,6 +639,8 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
         "Frank Former",
         "--group",
         REVIEWERS,
+        "--client-id",
+        CLIENT_ID,
     ]);
     let offer = control
         .offer_slack_link(authed(&frank, proto::OfferSlackLinkRequest {}))
@@ -672,6 +683,8 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
         REVIEWERS,
         "--group",
         AGENTS,
+        "--client-id",
+        CLIENT_ID,
     ]);
     let offer = control
         .offer_slack_link(authed(&dave, proto::OfferSlackLinkRequest {}))
@@ -776,7 +789,9 @@ async fn a_slack_request_taken_by_one_reviewer_replica_is_a_replay_on_the_other(
     let stack = tokio::task::block_in_place(|| {
         StackBuilder::new()
             .reviewer_yaml(&reviewer_yaml)
-            .control_yaml(&format!("  slack: {{ relays: [{RELAY_CLIENT}] }}\n"))
+            .control_yaml(&format!(
+                "  slack: {{ relays: [{RELAY_CLIENT}], ticket_clients: [{CLIENT_ID}] }}\n"
+            ))
             .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_SECRET", SECRET)
             .env(Process::Reviewer, "AIRLOCK_TEST_SLACK_BOT", "xoxb-test-only")
             .notifier_token()
@@ -811,6 +826,20 @@ async fn a_slack_request_taken_by_one_reviewer_replica_is_a_replay_on_the_other(
         401,
         "the same press on the other replica"
     );
+    // Its signature in upper case is the same signature.
+    let upper = signature(SECRET, ts, &press)
+        .replacen("v0=", "", 1)
+        .to_uppercase();
+    let again = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/slack/interactions", ports[1]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", format!("v0={upper}"))
+        .body(press.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401, "the same press, its signature in upper case");
     let cmd = format!("team_id={TEAM}&user_id=UMALLORY&text=status&response_url={base}/respond/c");
     let ts = now();
     assert_eq!(

@@ -471,6 +471,20 @@ impl proto::reviewer_service_server::ReviewerService for Control {
                 who: caller.identity.display_name.clone(),
             }));
         }
+        if !links
+            .section
+            .ticket_clients
+            .contains(&caller.identity.client_app_id)
+        {
+            return Err(status(
+                ErrorCode::NotAReviewer,
+                format!(
+                    "link tickets are given only through the reviewer's sign-in (control.slack.ticket_clients), \
+                     not to a token of client {:?}",
+                    caller.identity.client_app_id
+                ),
+            ));
+        }
         let Some(signer) = self.log.signer() else {
             return Err(status(
                 ErrorCode::Unavailable,
