@@ -404,6 +404,12 @@ pub enum SlackLinkError {
     Contended,
 }
 
+/// What the typist of a ticket already used is told: it may have been
+/// used by someone else, and the person whose ticket it is can see by whom.
+const USED: &str = "that link ticket was already used, perhaps by another Slack user: whoever asked for it \
+                    should check the links on the reviewer's Slack page and end any that is not theirs, then \
+                    ask for a new ticket";
+
 /// A change to a Slack user's link.
 #[derive(Debug, Clone, Copy)]
 pub enum LinkChange<'a> {
@@ -447,10 +453,7 @@ pub async fn slack_link(
         let body = match change {
             LinkChange::Link { ticket, relay } => {
                 if live.read(|s| s.slack_tickets.contains_key(&ticket.id)) {
-                    return Err(SlackLinkError::Refused(
-                        "that link ticket was already used: ask for a new one on the reviewer's Slack page"
-                            .into(),
-                    ));
+                    return Err(SlackLinkError::Refused(USED.into()));
                 }
                 let mut name = slack.clone();
                 name.name = name.name.chars().take(100).collect();
@@ -491,16 +494,15 @@ pub async fn slack_link(
             .await
         {
             Ok(appended) => {
-                live.wait_for(appended.sequence, CATCH_UP).await;
+                if !live.wait_for(appended.sequence, CATCH_UP).await {
+                    return Err(SlackLinkError::Lagging);
+                }
                 let view = live.read(|s| s.slack_links.get(&key).cloned());
                 if let LinkChange::Link { .. } = change {
                     // The fold takes the first link a ticket made, in log
                     // order: if this one was not it, another replica won.
                     if view.as_ref().is_none_or(|v| v.sequence != appended.sequence) {
-                        return Err(SlackLinkError::Refused(
-                            "that link ticket was already used: ask for a new one on the reviewer's Slack page"
-                                .into(),
-                        ));
+                        return Err(SlackLinkError::Refused(USED.into()));
                     }
                 }
                 tracing::info!(slack = %slack.user_id, linked = matches!(change, LinkChange::Link { .. }), "Slack link changed");

@@ -45,9 +45,6 @@ pub const TOLERANCE_SECS: i64 = 300;
 pub const MAX_SHOWN: usize = 12_000;
 /// Characters per preformatted block.
 const CHUNK: usize = 2_900;
-/// A binary parameter's display longer than this may have been cut by the
-/// proxy (it keeps 4,096 bytes): no buttons then.
-const MAX_BINARY_DISPLAY: usize = 4_000;
 /// Action ids of the buttons.
 pub const APPROVE: &str = "airlock_approve";
 pub const DENY: &str = "airlock_deny";
@@ -538,16 +535,73 @@ fn visible(text: &str) -> (String, bool) {
     (out, any)
 }
 
-/// Preformatted blocks of plain text (never read as markup), in chunks.
-fn preformatted(text: &str) -> Vec<Value> {
-    let chars: Vec<char> = text.chars().collect();
-    chars
-        .chunks(CHUNK)
-        .map(|c| {
-            json!({"type": "rich_text", "elements": [{"type": "rich_text_preformatted",
-                "elements": [{"type": "text", "text": c.iter().collect::<String>()}]}]})
-        })
-        .collect()
+/// Preformatted blocks of plain text (never read as markup), cut only
+/// after a line break (a cut elsewhere would show as one): `None` when a
+/// line is longer than a block holds.
+fn preformatted(text: &str) -> Option<Vec<Value>> {
+    let block = |t: &str| {
+        json!({"type": "rich_text", "elements": [{"type": "rich_text_preformatted",
+            "elements": [{"type": "text", "text": t}]}]})
+    };
+    let mut blocks = Vec::new();
+    let mut current = String::new();
+    for line in text.split_inclusive('\n') {
+        let n = line.chars().count();
+        if n > CHUNK {
+            return None;
+        }
+        if current.chars().count() + n > CHUNK {
+            blocks.push(block(&current));
+            current.clear();
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() {
+        blocks.push(block(&current));
+    }
+    Some(blocks)
+}
+
+/// Why `sql` is not plain enough to approve from a plain-text message, if it
+/// is not. Plain: ASCII, no backslash (escape strings, and `\'` where
+/// standard_conforming_strings is off), no block comment (PostgreSQL nests
+/// them), no dollar quoting (`$` only before a parameter's number), no
+/// control character but line breaks and tabs. Anything else can read one
+/// way and run another (`ʼ` for `'`, `∗/` for `*/`, a comment that goes on
+/// further than it seems): it is reviewed on the request page, where it is
+/// highlighted.
+pub fn not_plain(sql: &str) -> Option<&'static str> {
+    let bytes = sql.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let why = match b {
+            0x80.. => "it holds characters outside ASCII",
+            b'\\' => "it holds a backslash (an escape string)",
+            b'/' if bytes.get(i + 1) == Some(&b'*') => "it holds a block comment",
+            b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => "it uses dollar quoting",
+            b'\n' | b'\t' => continue,
+            c if c.is_ascii_control() => "it holds control characters",
+            _ => continue,
+        };
+        return Some(why);
+    }
+    None
+}
+
+/// A text parameter as an SQL literal: quoted, a quote doubled, every
+/// character a reader could miss (line breaks included) written out.
+fn literal(value: &str) -> String {
+    let mut out = String::from("'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            c if c.is_control() || crate::highlight::hidden(c) => {
+                out.push_str(&format!("<U+{:04X}>", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Plain text for a section.
@@ -572,10 +626,11 @@ pub fn message(channel: &str, n: &Notification) -> Value {
         .unwrap_or_default();
     let (who, _) = visible(&who.chars().take(200).collect::<String>());
     let statement = asked.and_then(|a| a.statement.as_ref());
-    let (sql, mut hidden) = visible(statement.map(|s| s.text.as_str()).unwrap_or_default());
+    let (sql, hidden) = visible(statement.map(|s| s.text.as_str()).unwrap_or_default());
     let mut params = String::new();
-    // Whether every parameter is shown as it will be bound.
-    let mut exact = true;
+    // Why a parameter cannot be shown exactly as it will be bound, if one
+    // cannot.
+    let mut inexact = None;
     for (i, p) in statement
         .map(|s| s.parameters.as_slice())
         .unwrap_or_default()
@@ -583,29 +638,25 @@ pub fn message(channel: &str, n: &Notification) -> Value {
         .enumerate()
     {
         let text_format = p.format == proto::parameter::Format::Text as i32;
-        let shown = match (p.is_null, text_format) {
-            (true, _) => "NULL".to_owned(),
+        let shown = match (p.is_null, text_format, std::str::from_utf8(&p.value)) {
+            (true, _, _) => "NULL".to_owned(),
             // Text: the bytes bound, whole (the display may be cut).
-            (false, true) => match std::str::from_utf8(&p.value) {
-                Ok(text) => {
-                    let (v, h) = visible(text);
-                    hidden |= h;
-                    v
-                }
-                Err(_) => {
-                    exact = false;
-                    p.display.clone()
-                }
-            },
-            // Binary: decoded for reading; a long one may have been cut.
-            (false, false) => {
-                exact &= p.display.len() <= MAX_BINARY_DISPLAY;
-                visible(&p.display).0
+            (false, true, Ok(text)) => literal(text),
+            (false, true, Err(_)) => {
+                inexact = Some("a text parameter is not UTF-8");
+                continue;
+            }
+            // Binary: its reading depends on a type the server may have
+            // named, which the message cannot vouch for.
+            (false, false, _) => {
+                inexact = Some("a parameter is bound in binary");
+                continue;
             }
         };
         params.push_str(&format!("${} = {shown}\n", i + 1));
     }
-    let confusable = crate::highlight::bare_non_ascii(statement.map(|s| s.text.as_str()).unwrap_or_default());
+    let text = statement.map(|s| s.text.as_str()).unwrap_or_default();
+    let unplain = not_plain(text);
     let sha = statement.map(|s| hex::encode(&s.sha256)).unwrap_or_default();
     let pending = r.state == proto::RequestState::Pending as i32;
     let state = proto::RequestState::try_from(r.state)
@@ -620,22 +671,32 @@ pub fn message(channel: &str, n: &Notification) -> Value {
     } else {
         format!("Request {} by {who}: {state}", r.request_id)
     };
-    let whole = exact && sql.chars().count() + params.chars().count() <= MAX_SHOWN;
+    let long = sql.chars().count() + params.chars().count() > MAX_SHOWN;
+    let shown = match (inexact, long) {
+        (None, false) => preformatted(&sql).zip(if params.is_empty() {
+            Some(Vec::new())
+        } else {
+            preformatted(&params)
+        }),
+        _ => None,
+    };
+    let whole = shown.is_some();
     let mut blocks = vec![plain(&title)];
-    if whole {
-        blocks.extend(preformatted(&sql));
-        if !params.is_empty() {
+    if let Some((statement_blocks, param_blocks)) = shown {
+        blocks.extend(statement_blocks);
+        if !param_blocks.is_empty() {
             blocks.push(plain("Parameters:"));
-            blocks.extend(preformatted(&params));
+            blocks.extend(param_blocks);
         }
-    } else if !exact {
-        blocks.push(plain(
-            "A parameter cannot be shown here exactly as it will be bound: review it on the reviewer's page.",
-        ));
+    } else if let Some(why) = inexact {
+        blocks.push(plain(&format!(
+            "Not shown here: {why}, and this message shows only what it can show exactly. Review it on \
+             the reviewer's page."
+        )));
     } else {
         blocks.push(plain(&format!(
-            "The statement and its parameters ({} characters) are too long to show here in full: review it \
-             on the reviewer's page.",
+            "The statement and its parameters ({} characters, or a line too long) are too long to show \
+             here in full: review it on the reviewer's page.",
             sql.chars().count() + params.chars().count()
         )));
     }
@@ -644,11 +705,11 @@ pub fn message(channel: &str, n: &Notification) -> Value {
             "Warning: this statement holds characters a reader cannot see (shown as <U+XXXX>).",
         ));
     }
-    if confusable {
-        blocks.push(plain(
-            "Warning: characters outside ASCII stand outside quotes and comments, where they can pass for \
-             operators or quotes: review it on the reviewer's page.",
-        ));
+    if let Some(why) = unplain.filter(|_| whole) {
+        blocks.push(plain(&format!(
+            "No buttons: {why}, which can read one way here and run another. Review it on the reviewer's \
+             page, where it is highlighted."
+        )));
     }
     if let Some(asked) = asked {
         let rule = asked.verdict.clone().unwrap_or_default();
@@ -673,7 +734,7 @@ pub fn message(channel: &str, n: &Notification) -> Value {
     );
     // Buttons only for what the message shows in full and plainly, bound
     // to its digest.
-    if pending && whole && !confusable && sha.len() == 64 {
+    if pending && whole && unplain.is_none() && sha.len() == 64 {
         let value = format!("{}:{sha}", r.request_id);
         blocks.push(json!({"type": "actions", "block_id": "airlock", "elements": [
             {"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
@@ -893,18 +954,37 @@ mod tests {
 
     #[test]
     fn a_message_shows_everything_its_button_approves_or_has_no_button() {
-        // Long, with markup and mentions: all of it, as plain text.
+        // Long, with markup and mentions: all of it, as plain text, cut
+        // only after line breaks.
+        let line = format!("  OR note = '{}'\n", "y".repeat(90));
         let sql = format!(
-            "DELETE FROM t WHERE note = '<!channel> *x* ```' -- {}",
-            "y".repeat(7000)
+            "DELETE FROM t WHERE note = '<!channel> *x* ```' -- <@U1>\n{}",
+            line.repeat(80)
         );
         let m = message("C1", &held(&sql, Vec::new()));
         assert!(has_buttons(&m));
         assert_eq!(shown(&m), sql);
-        // Parameters are shown with the statement.
+        let texts: Vec<String> = m["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "rich_text")
+            .map(|b| {
+                b["elements"][0]["elements"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert!(texts.len() > 1 && texts.iter().all(|t| t.ends_with('\n')));
+        // One line longer than a block: no buttons (a cut would look like
+        // a line break).
+        let one = format!("DELETE FROM t -- {}\nAND x = 1", "y".repeat(CHUNK));
+        assert!(!has_buttons(&message("C1", &held(&one, Vec::new()))));
+        // Text parameters are shown as literals, as bound.
         let p = proto::Parameter {
-            value: b"42".to_vec(),
-            display: "4…".into(),
+            value: b"7\n$2 = 100 'x'".to_vec(),
+            display: "7…".into(),
             ..Default::default()
         };
         let null = proto::Parameter {
@@ -915,18 +995,20 @@ mod tests {
             "C1",
             &held("DELETE FROM t WHERE id = $1 OR x = $2", vec![p, null]),
         );
-        assert!(shown(&m).contains("$1 = 42\n$2 = NULL"), "{m}");
-        // A binary value the proxy may have cut, or text that is not UTF-8:
-        // no buttons.
-        let cut = proto::Parameter {
+        assert!(has_buttons(&m));
+        assert!(
+            shown(&m).contains("$1 = '7<U+000A>$2 = 100 ''x'''\n$2 = NULL"),
+            "{m}"
+        );
+        // A binary value, or text that is not UTF-8: not shown, no buttons.
+        let binary = proto::Parameter {
             format: proto::parameter::Format::Binary as i32,
-            display: "x".repeat(4097),
+            value: vec![0x3f, 0x80, 0, 0],
+            display: "1065353216".into(),
             ..Default::default()
         };
-        assert!(!has_buttons(&message(
-            "C1",
-            &held("DELETE FROM t WHERE b = $1", vec![cut])
-        )));
+        let m = message("C1", &held("DELETE FROM t WHERE b > $1", vec![binary]));
+        assert!(!has_buttons(&m) && m.to_string().contains("binary"), "{m}");
         let bad = proto::Parameter {
             value: vec![0xff, 0xfe],
             ..Default::default()
@@ -935,16 +1017,27 @@ mod tests {
             "C1",
             &held("DELETE FROM t WHERE b = $1", vec![bad])
         )));
-        // A carriage return ends a comment for PostgreSQL: written out.
+        // What can read one way and run another: shown, but no buttons.
+        for (sql, why) in [
+            ("UPDATE t SET a = 1 -- ok\rDELETE FROM t", "control characters"),
+            ("SELECT * FROM t \u{2212}\u{2212} ; DROP TABLE x", "outside ASCII"),
+            (
+                "DELETE FROM u WHERE n <> 'bob\u{FF07} AND t = 7 AND n <> \u{FF07}x'",
+                "outside ASCII",
+            ),
+            (
+                "DELETE FROM o WHERE id > 0 /* k: /* */ AND t = 7 -- */",
+                "block comment",
+            ),
+            ("DELETE FROM o WHERE n <> E'\\'' --' AND t = 7", "backslash"),
+            ("DELETE FROM o WHERE n <> $a$ x $a$", "dollar quoting"),
+        ] {
+            let m = message("C1", &held(sql, Vec::new()));
+            assert!(!has_buttons(&m), "{sql}");
+            assert!(m.to_string().contains(why), "{sql}: {m}");
+        }
         let m = message("C1", &held("UPDATE t SET a = 1 -- ok\rDELETE FROM t", Vec::new()));
         assert!(shown(&m).contains("-- ok<U+000D>DELETE"), "{m}");
-        // A look-alike of an operator or a quote outside quotes: no buttons.
-        let m = message(
-            "C1",
-            &held("SELECT * FROM t \u{2212}\u{2212} ; DROP TABLE x", Vec::new()),
-        );
-        assert!(!has_buttons(&m));
-        assert!(m.to_string().contains("outside ASCII"));
         // Too long to show: no buttons.
         let m = message("C1", &held(&"z".repeat(MAX_SHOWN + 1), Vec::new()));
         assert!(!has_buttons(&m));
