@@ -245,7 +245,7 @@ def main():
     w.append("* **PgBouncer**: session pooling, plain-text password to PgBouncer, SCRAM to PostgreSQL;")
     w.append("* **Airlock**: `airlock-proxy` with a policy allowing `SELECT` with `record: true` (every statement "
              "is parsed, judged, and recorded in NATS JetStream; a busy session's statements are recorded "
-             "together, one `StatementsExecuted` event per `proxy.record_linger` of 2 ms), logging in with a "
+             "together, one `StatementsExecuted` event per `proxy.record_linger` of 20 ms), logging in with a "
              "token from `airlock-dev-idp` as the password, plain text on loopback "
              "(`proxy.allow_plaintext_loopback`), SCRAM to PostgreSQL; `airlock-control` attached.")
     w.append("")
@@ -264,6 +264,16 @@ def main():
         w.append("")
     w.append(f"Failed transactions over all runs: {failed}.")
     w.append("")
+    rec_path = os.path.join(results, "recorded.json")
+    if os.path.exists(rec_path):
+        with open(rec_path) as f:
+            rec = json.load(f)
+        w.append(f"Recorded exactly once: pgbench counted {rec['transactions']:,} transactions through Airlock "
+                 f"over all runs, and the log holds {rec['recorded']:,} of its statements with "
+                 f"{rec['distinct']:,} distinct record ids, in {rec['events']:,} events "
+                 f"({rec['recorded'] / max(rec['events'], 1):.1f} statements per event); the run stops if "
+                 "they differ (`tests/bench/recorded.py`).")
+        w.append("")
 
     # Where the CPU goes.
     cpu_path = os.path.join(results, "cpu.csv")

@@ -399,6 +399,17 @@ for round in $(seq "$BENCH_ROUNDS"); do
   echo "round$round $(loadavg)" >>"$results/load.txt"
 done
 
+# Every statement pgbench ran through Airlock is in the log exactly once: the
+# recorder has written what it gathered (its linger is milliseconds), then
+# the log is read back and counted against pgbench's own transaction count.
+sleep 2
+if ! "$bin/airlock-control" export --config "$state/airlock.yaml" --from 1 2>"$state/export.err" \
+     | python3 "$repo/tests/bench/recorded.py" "$results" >"$state/recorded.txt"; then
+  echo "run.sh: the log does not hold every statement pgbench ran through Airlock exactly once: $(cat "$state/recorded.txt") $(tail -3 "$state/export.err")" >&2
+  exit 1
+fi
+say "recorded exactly once: $(cat "$state/recorded.txt")"
+
 # --- part 2: approval round trip ------------------------------------------------
 say "approval round trip: $BENCH_APPROVALS held statements, $BENCH_APPROVAL_AGENTS agents at once"
 AIRLOCK_BENCH_ADDR="127.0.0.1:$PROXY_PORT" AIRLOCK_BENCH_USER=bench-agent AIRLOCK_BENCH_DB=bench \
