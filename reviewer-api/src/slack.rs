@@ -722,7 +722,7 @@ pub fn message(channel: &str, n: &Notification) -> Value {
         let facts: Vec<String> = facts
             .iter()
             .filter(|f| !f.is_empty())
-            .map(|f| visible(&f.chars().take(600).collect::<String>()).0)
+            .map(|f| visible(&f.chars().take(400).collect::<String>()).0)
             .collect();
         blocks.push(
             json!({"type": "context", "elements": [{"type": "plain_text", "emoji": false,

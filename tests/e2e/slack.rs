@@ -161,6 +161,27 @@ async fn command(stack: &BinaryStack, team: &str, user: &str, text: &str, respon
         .as_u16()
 }
 
+/// Gets a ticket with `token` (a person's, of the reviewer UI's client) and
+/// types it in Slack as `user`; what the reviewer answered there.
+async fn link_through_slack(
+    stack: &BinaryStack,
+    slack: &Slack,
+    token: &str,
+    user: &str,
+    respond: &str,
+) -> String {
+    let offer = stack
+        .reviewer()
+        .await
+        .offer_slack_link(authed(token, proto::OfferSlackLinkRequest {}))
+        .await
+        .expect("a reviewer gets a ticket")
+        .into_inner();
+    let typed = format!("link {}", offer.ticket);
+    assert_eq!(command(stack, TEAM, user, &typed, respond).await, 200);
+    told(slack, respond.rsplit('/').next().unwrap_or_default()).await
+}
+
 /// The value of the Approve button of the message about `id`.
 async fn button(slack: &Slack, id: &str) -> (Value, String) {
     eventually(
@@ -642,23 +663,8 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
         "--client-id",
         CLIENT_ID,
     ]);
-    let offer = control
-        .offer_slack_link(authed(&frank, proto::OfferSlackLinkRequest {}))
-        .await
-        .expect("his token says reviewer")
-        .into_inner();
-    assert_eq!(
-        command(
-            &stack,
-            TEAM,
-            "UFRANK",
-            &format!("link {}", offer.ticket),
-            &respond("f1")
-        )
-        .await,
-        200
-    );
-    assert!(told(&slack, "f1").await.contains("Frank Former"));
+    let linked = link_through_slack(&stack, &slack, &frank, "UFRANK", &respond("f1")).await;
+    assert!(linked.contains("Frank Former"), "{linked}");
     let (_, second_value) = button(&slack, &second.request_id).await;
     assert_eq!(
         press(&stack, "UFRANK", "airlock_approve", &second_value, &respond("f2")).await,
@@ -688,23 +694,8 @@ async fn a_linked_reviewer_approves_with_a_slack_button_and_forgeries_are_refuse
         "--client-id",
         CLIENT_ID,
     ]);
-    let offer = control
-        .offer_slack_link(authed(&dave, proto::OfferSlackLinkRequest {}))
-        .await
-        .expect("a reviewer gets a ticket")
-        .into_inner();
-    assert_eq!(
-        command(
-            &stack,
-            TEAM,
-            "UDAVE",
-            &format!("link {}", offer.ticket),
-            &respond("d1")
-        )
-        .await,
-        200
-    );
-    assert!(told(&slack, "d1").await.contains("Dave Both"));
+    let linked = link_through_slack(&stack, &slack, &dave, "UDAVE", &respond("d1")).await;
+    assert!(linked.contains("Dave Both"), "{linked}");
     let (client, mut notices) = airlock_e2e::session(stack.proxy_port, &dave).await;
     let _run = tokio::spawn(async move {
         client
