@@ -355,13 +355,16 @@ fn relay_token(app: &crate::App) -> Option<Token> {
     }
 }
 
-/// Checks what every Slack request must pass; the refusal otherwise.
-async fn admit(
+/// A Slack request as `parse` reads it, once Slack's signature checks (and
+/// it is no replay) and it comes from the configured workspace; the
+/// refusal otherwise.
+async fn admitted<T>(
     app: &crate::App,
     headers: &HeaderMap,
     body: &[u8],
-    team: impl FnOnce(&[u8]) -> Option<String>,
-) -> Result<(), Response> {
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    team: impl FnOnce(&T) -> &str,
+) -> Result<T, Response> {
     let Some(slack) = app.slack.as_ref() else {
         return Err(StatusCode::NOT_FOUND.into_response());
     };
@@ -369,41 +372,36 @@ async fn admit(
         tracing::warn!(why, "a Slack request refused");
         return Err((StatusCode::UNAUTHORIZED, why).into_response());
     }
-    if team(body).as_deref() != Some(slack.section.team.as_str()) {
+    let request = parse(body).map_err(|why| (StatusCode::BAD_REQUEST, why).into_response())?;
+    if team(&request) != slack.section.team {
         tracing::warn!("a Slack request from another workspace refused");
         return Err((StatusCode::FORBIDDEN, "not this workspace's Airlock").into_response());
     }
-    Ok(())
+    Ok(request)
 }
 
 /// `POST /slack/interactions`.
 pub async fn interactions(State(app): State<crate::State>, headers: HeaderMap, body: Bytes) -> Response {
-    let team = |b: &[u8]| parse(b).ok().map(|p| p.slack.team_id);
-    if let Err(refused) = admit(&app, &headers, &body, team).await {
-        return refused;
-    }
-    let press = match parse(&body) {
+    let press = match admitted(&app, &headers, &body, parse, |p: &Press| &p.slack.team_id).await {
         Ok(p) => p,
-        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(refused) => return refused,
     };
     // Answered at once (Slack waits three seconds); the vote goes on.
-    let app = app.clone();
-    tokio::spawn(async move { relay_vote(app, press).await });
+    tokio::spawn(relay_vote(app.clone(), press));
     StatusCode::OK.into_response()
 }
 
 /// `POST /slack/commands`: `/airlock link <ticket>`, `/airlock status`.
 pub async fn commands(State(app): State<crate::State>, headers: HeaderMap, body: Bytes) -> Response {
-    let team = |b: &[u8]| parse_command(b).ok().map(|c| c.slack.team_id);
-    if let Err(refused) = admit(&app, &headers, &body, team).await {
-        return refused;
-    }
-    let command = match parse_command(&body) {
+    let command = match admitted(&app, &headers, &body, parse_command, |c: &Command| {
+        &c.slack.team_id
+    })
+    .await
+    {
         Ok(c) => c,
-        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(refused) => return refused,
     };
-    let app = app.clone();
-    tokio::spawn(async move { relay_command(app, command).await });
+    tokio::spawn(relay_command(app.clone(), command));
     StatusCode::OK.into_response()
 }
 

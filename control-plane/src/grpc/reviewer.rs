@@ -749,11 +749,15 @@ impl Control {
 
 /// `view` with when it stops counting.
 fn with_expiry(links: &crate::slack::SlackLinks, mut view: proto::SlackLinkView) -> proto::SlackLinkView {
-    view.expires_at = view
-        .linked_at
-        .and_then(|t| std::time::SystemTime::try_from(t).ok())
-        .map(|t| (t + links.section.link_ttl).into());
+    view.expires_at = link_ends(links, &view).map(Into::into);
     view
+}
+
+/// When `view` stops counting: its link time plus `control.slack.link_ttl`.
+fn link_ends(links: &crate::slack::SlackLinks, view: &proto::SlackLinkView) -> Option<std::time::SystemTime> {
+    view.linked_at
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| t + links.section.link_ttl)
 }
 
 impl Control {
@@ -807,10 +811,7 @@ impl Control {
                 format!("Slack user {} is not linked to an identity", user.user_id),
             ));
         };
-        let fresh = with_expiry(&links, link.clone())
-            .expires_at
-            .and_then(|t| std::time::SystemTime::try_from(t).ok())
-            .is_some_and(|end| std::time::SystemTime::now() < end);
+        let fresh = link_ends(&links, &link).is_some_and(|end| std::time::SystemTime::now() < end);
         if !fresh {
             return Err(status(
                 ErrorCode::NotFound,

@@ -33,6 +33,11 @@ fn not_set_up(app: &crate::App) -> Result<(), PageError> {
     Ok(())
 }
 
+/// A page of these, for `caller`.
+fn page_of(title: &str, caller: &crate::auth::Caller, body: Markup) -> Markup {
+    html::page(title, Some(&viewer(caller)), Live::Off, body)
+}
+
 /// `GET /slack`.
 pub async fn page(State(app): State<crate::State>, headers: HeaderMap) -> Result<Markup, PageError> {
     let caller = signed_in(&app, &headers, "/slack").await?;
@@ -77,12 +82,7 @@ pub async fn page(State(app): State<crate::State>, headers: HeaderMap) -> Result
             div.actions { button.approve #ticket type="submit" { "Get a link ticket" } }
         }
     };
-    Ok(html::page(
-        "Slack approvals",
-        Some(&viewer(&caller)),
-        Live::Off,
-        body,
-    ))
+    Ok(page_of("Slack approvals", &caller, body))
 }
 
 /// `POST /slack/ticket`: a ticket for the person signed in.
@@ -110,12 +110,7 @@ pub async fn ticket(
         pre #command { (command) }
         p.muted { "Good until " (clock(ts(offer.expires_at.as_ref()))) ", once. " a href="/slack" { "Back to your links" } }
     };
-    Ok(html::page(
-        "Link your Slack user",
-        Some(&viewer(&caller)),
-        Live::Off,
-        body,
-    ))
+    Ok(page_of("Link your Slack user", &caller, body))
 }
 
 /// `POST /slack/unlink`.
@@ -142,10 +137,5 @@ pub async fn unlink(
         h1 { "Slack approvals" }
         p #unlinked { "The link is ended: Slack user " (describe(&user)) " votes as nobody. " a href="/slack" { "Back" } }
     };
-    Ok(html::page(
-        "Slack approvals",
-        Some(&viewer(&caller)),
-        Live::Off,
-        body,
-    ))
+    Ok(page_of("Slack approvals", &caller, body))
 }
